@@ -1,0 +1,86 @@
+import type { ParamRule } from './param-rule.js';
+
+/** The fields of /v1/generate and /v1/edit that mean the same thing for every model. */
+export const NORMALIZED_PARAMS = [
+  'n',
+  'size',
+  'aspect_ratio',
+  'quality',
+  'seed',
+  'negative_prompt',
+  'style',
+  'output_format',
+  'background',
+] as const;
+export type NormalizedParam = (typeof NORMALIZED_PARAMS)[number];
+
+export type Operation = 'generate' | 'edit';
+export type EditMode = 'edit' | 'remix' | 'replace_background';
+export const EDIT_MODES: readonly EditMode[] = ['edit', 'remix', 'replace_background'];
+
+/**
+ * How a request is written to upstream:
+ * - predictions: JSON `{"input":{...}}` to /v1/models/<vendor>/<model>/predictions, Bearer
+ * - openai-json: OpenAI Images JSON at the top level, Bearer
+ * - openai-multipart: OpenAI Images multipart (edits), Bearer
+ * - ideogram-multipart / ideogram-json: Ideogram native, `Api-Key` header
+ */
+export type UpstreamFamily = 'predictions' | 'openai-json' | 'openai-multipart' | 'ideogram-multipart' | 'ideogram-json';
+
+/** Where a normalized or option value goes upstream: a dotted path, and how it is written. */
+export interface FieldMapping {
+  rule: ParamRule;
+  /** Dotted path relative to the body root (predictions: relative to `input`). Defaults to the field's own name. */
+  to?: string;
+  write?: (value: unknown) => unknown;
+}
+
+export interface ImageInput {
+  /** Upstream field for the image(s): a file field name for multipart, a dotted path for JSON. */
+  to: string;
+  /** file: multipart file; data-url: `data:image/png;base64,...`; base64: bare base64. */
+  encoding: 'file' | 'data-url' | 'base64';
+  max: number;
+  /** JSON: write one image as a string, or always an array. Multipart with several files: the repeated field name. */
+  shape?: 'single' | 'array';
+  repeatedFileField?: string;
+}
+
+export interface MaskInput {
+  to: string;
+  /** Which pixels mean "change here" upstream; the gateway takes OpenAI's (transparent). */
+  convention: 'transparent' | 'black';
+  required: boolean;
+}
+
+/** Price of one image; `byOption` picks the price from an option's value (Ideogram's rendering speed). */
+export type Price =
+  | { perImageUsd: number }
+  | { byOption: string; defaultValue: string; perImageUsd: Record<string, number> };
+
+export interface UpstreamRoute {
+  family: UpstreamFamily;
+  path: string;
+  /** The reply is a task to poll at /v1/tasks/<taskId>. */
+  async?: boolean;
+  prompt: { to: string; maxLength: number };
+  params: Partial<Record<NormalizedParam, FieldMapping>>;
+  /** Model-specific upstream parameters accepted in `options`, by their upstream names. */
+  options: Record<string, FieldMapping>;
+  /** Values always sent (the model name for OpenAI-compatible calls, for example). */
+  fixed?: Record<string, unknown>;
+  images?: ImageInput;
+  mask?: MaskInput;
+  price?: Price;
+}
+
+export interface ModelSpec {
+  id: string;
+  aliases: string[];
+  /** A sentence for GET /v1/models and the docs. */
+  description: string;
+  generate?: UpstreamRoute;
+  edit?: Partial<Record<EditMode, UpstreamRoute>>;
+  /** The edit mode used without a mask when the caller names none (the model's image-to-image). */
+  imageToImageMode?: EditMode;
+}

@@ -1,0 +1,40 @@
+import { randomBytes } from 'node:crypto';
+import { loadConfig, ConfigError } from './config.js';
+import { serve } from './server.js';
+import { startUpstreamSimulator } from './simulator/upstream-simulator.js';
+
+/**
+ * `npm run demo`: the gateway in front of the built-in upstream simulator, so frontends can be built
+ * and tried without an upstream key or spending money.
+ */
+async function main(): Promise<void> {
+  const simulatorKey = `sim-${randomBytes(12).toString('hex')}`;
+  const simulator = await startUpstreamSimulator({ apiKey: simulatorKey, taskPollsUntilReady: 2 });
+  const env: NodeJS.ProcessEnv = { ...process.env, AIHUBMIX_BASE_URL: simulator.url, AIHUBMIX_API_KEY: simulatorKey };
+  let demoKey: string | undefined;
+  if (!env.GATEWAY_API_KEYS && !env.GATEWAY_KEYS_FILE) {
+    demoKey = `gk-demo-${randomBytes(16).toString('hex')}`;
+    env.GATEWAY_API_KEYS = `demo:${demoKey}`;
+  }
+  env.TASK_POLL_INTERVAL_MS ??= '300';
+  const config = loadConfig(env);
+  await serve(config, { onClose: () => simulator.close() });
+  const shown = config.HOST === '0.0.0.0' || config.HOST === '::' ? 'localhost' : config.HOST;
+  const url = `http://${shown}:${config.PORT}`;
+  const key = demoKey ?? '<one of your GATEWAY_API_KEYS>';
+  console.log(`
+Image gateway demo (upstream: built-in simulator at ${simulator.url})
+  URL:        ${url}
+  client key: ${key}${demoKey ? '   (made for this demo run)' : ''}
+  docs:       ${url}/docs
+
+Try:
+  curl -s ${url}/v1/generate -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\
+    -d '{"model":"gpt-image-1","prompt":"A deer drinking in the lake"}'
+`);
+}
+
+main().catch((err) => {
+  console.error(err instanceof ConfigError ? err.message : err);
+  process.exit(err instanceof ConfigError ? 2 : 1);
+});

@@ -1,0 +1,81 @@
+/**
+ * Every failure the gateway reports is a GatewayError: thrown anywhere, rendered once by the
+ * error handler in app.ts, so each route stays free of response-building try/catch.
+ */
+export type ErrorCode =
+  | 'invalid_request'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not_found'
+  | 'conflict'
+  | 'payload_too_large'
+  | 'unsupported_media_type'
+  | 'content_rejected'
+  | 'rate_limited'
+  | 'upstream_error'
+  | 'upstream_timeout'
+  | 'service_unavailable'
+  | 'internal_error';
+
+const STATUS_OF: Record<ErrorCode, number> = {
+  invalid_request: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  content_rejected: 422,
+  rate_limited: 429,
+  upstream_error: 502,
+  service_unavailable: 503,
+  upstream_timeout: 504,
+  internal_error: 500,
+};
+
+export interface ErrorDetail {
+  field?: string;
+  message: string;
+  allowed?: unknown;
+}
+
+export class GatewayError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly details: ErrorDetail[];
+  /** Seconds, sent as Retry-After. */
+  readonly retryAfter: number | undefined;
+  /** What upstream answered, for logs and usage; never shown to the client verbatim. */
+  readonly upstreamStatus: number | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    extra: { details?: ErrorDetail[]; retryAfter?: number; upstreamStatus?: number; cause?: unknown } = {},
+  ) {
+    super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
+    this.name = 'GatewayError';
+    this.code = code;
+    this.status = STATUS_OF[code];
+    this.details = extra.details ?? [];
+    this.retryAfter = extra.retryAfter;
+    this.upstreamStatus = extra.upstreamStatus;
+  }
+}
+
+/** A 400 that names the field and what it may be. */
+export function invalidField(field: string, message: string, allowed?: unknown): GatewayError {
+  const detail: ErrorDetail = allowed === undefined ? { field, message } : { field, message, allowed };
+  return new GatewayError('invalid_request', `${field}: ${message}`, { details: [detail] });
+}
+
+export function errorBody(err: GatewayError, requestId: string) {
+  return {
+    error: {
+      code: err.code,
+      message: err.message,
+      ...(err.details.length > 0 ? { details: err.details } : {}),
+      request_id: requestId,
+    },
+  };
+}

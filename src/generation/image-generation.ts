@@ -1,0 +1,121 @@
+import { randomBytes } from 'node:crypto';
+import sharp from 'sharp';
+import { GatewayError } from '../errors.js';
+import type { ModelCatalogue } from '../catalogue/catalogue.js';
+import { pricePerImage, routeFor } from '../catalogue/catalogue.js';
+import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
+import type { ImageRequest } from '../request/image-request.js';
+import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
+import type { UpstreamClient } from '../upstream/upstream-client.js';
+import type { UpstreamImage } from '../upstream/upstream-reply.js';
+import { sniffImageType } from '../images/image-bytes.js';
+import type { ImageStore } from '../images/image-store.js';
+import type { UrlSigner } from '../images/url-signer.js';
+
+export interface ImageResult {
+  url: string;
+  mime_type: string;
+  bytes: number;
+  width: number | null;
+  height: number | null;
+  sha256: string;
+  seed?: number;
+  revised_prompt?: string;
+  expires_at: string;
+  b64_json?: string;
+}
+
+export interface GenerationResult {
+  id: string;
+  object: 'image.result';
+  created: number;
+  model: string;
+  images: ImageResult[];
+  usage: { images: number; estimated_cost_usd: number | null; upstream_ms: number; upstream_tokens?: Record<string, unknown> };
+}
+
+/** A request checked against its model and written in upstream terms, ready to send. */
+export interface PreparedGeneration {
+  request: ImageRequest;
+  model: ModelSpec;
+  route: UpstreamRoute;
+  mode?: EditMode;
+  upstream: UpstreamRequest;
+}
+
+export interface GenerationDeps {
+  catalogue: ModelCatalogue;
+  upstream: UpstreamClient;
+  store: ImageStore;
+  signer: UrlSigner;
+  retentionDays: number;
+}
+
+const newId = (prefix: string) => `${prefix}_${randomBytes(12).toString('base64url')}`;
+
+/** The pipeline behind /v1/generate and /v1/edit: validate, send, store, answer in one shape. */
+export class ImageGeneration {
+  constructor(private readonly deps: GenerationDeps) {}
+
+  /** Everything the gateway can check is checked here, before anything is sent or paid for. */
+  async prepare(request: ImageRequest): Promise<PreparedGeneration> {
+    const model = this.deps.catalogue.resolve(request.model);
+    const { route, mode } = routeFor(model, request.operation, request.mode, request.mask !== undefined);
+    checkAgainstRoute(model, route, request);
+    const upstream = await toUpstreamRequest(route, request);
+    return { request, model, route, upstream, ...(mode ? { mode } : {}) };
+  }
+
+  async run(prepared: PreparedGeneration, ctx: { signal: AbortSignal; publicBaseUrl: string }): Promise<GenerationResult> {
+    const { request, model, route } = prepared;
+    const produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal);
+    const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
+    const images = await Promise.all(
+      produced.images.map((image) => this.keep(image, request.responseFormat, expiresAt, ctx)),
+    );
+    const unitPrice = pricePerImage(route.price, request.options);
+    return {
+      id: newId('gen'),
+      object: 'image.result',
+      created: Math.floor(Date.now() / 1000),
+      model: model.id,
+      images,
+      usage: {
+        images: images.length,
+        estimated_cost_usd: unitPrice === null ? null : Math.round(unitPrice * images.length * 1e6) / 1e6,
+        upstream_ms: produced.upstreamMs,
+        ...(produced.usage ? { upstream_tokens: produced.usage } : {}),
+      },
+    };
+  }
+
+  /** Stores one upstream image now (its URL may expire within minutes) and describes it. */
+  private async keep(
+    image: UpstreamImage,
+    responseFormat: 'url' | 'b64_json',
+    expiresAt: number,
+    ctx: { signal: AbortSignal; publicBaseUrl: string },
+  ): Promise<ImageResult> {
+    const bytes = image.b64 !== undefined ? Buffer.from(image.b64, 'base64') : await this.deps.upstream.download(image.url!, ctx.signal);
+    const mime = sniffImageType(bytes);
+    if (!mime) throw new GatewayError('upstream_error', 'upstream returned data that is not a PNG, JPEG or WebP image');
+    const [stored, meta] = await Promise.all([
+      this.deps.store.put(bytes, mime),
+      sharp(bytes).metadata().catch(() => undefined),
+    ]);
+    const sig = this.deps.signer.sign(stored.name, expiresAt);
+    const result: ImageResult = {
+      url: `${ctx.publicBaseUrl}/v1/images/${stored.name}?exp=${expiresAt}&sig=${sig}`,
+      mime_type: mime,
+      bytes: stored.bytes,
+      width: meta?.width ?? null,
+      height: meta?.height ?? null,
+      sha256: stored.sha256,
+      expires_at: new Date(expiresAt * 1000).toISOString(),
+    };
+    if (image.seed !== undefined) result.seed = image.seed;
+    if (image.revisedPrompt !== undefined) result.revised_prompt = image.revisedPrompt;
+    if (responseFormat === 'b64_json') result.b64_json = bytes.toString('base64');
+    return result;
+  }
+}

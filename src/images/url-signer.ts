@@ -1,0 +1,24 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+
+/**
+ * Signed capability URLs for stored images: anyone holding the URL may fetch the image until it
+ * expires, so an <img> tag works without an auth header, and nobody can guess another image's URL.
+ */
+export class UrlSigner {
+  constructor(private readonly secret: Buffer) {}
+
+  sign(imageName: string, expiresAtSeconds: number): string {
+    return createHmac('sha256', this.secret).update(`${imageName}\n${expiresAtSeconds}`).digest('base64url');
+  }
+
+  /** Constant-time comparison of the signature, whatever its length. */
+  verify(imageName: string, expiresAtSeconds: number, signature: string): boolean {
+    const expected = Buffer.from(this.sign(imageName, expiresAtSeconds), 'utf8');
+    const given = Buffer.from(signature, 'utf8');
+    if (given.length !== expected.length) {
+      timingSafeEqual(expected, expected);
+      return false;
+    }
+    return timingSafeEqual(expected, given);
+  }
+}

@@ -1,0 +1,178 @@
+import { z } from 'zod';
+import { GatewayError, invalidField, type ErrorDetail } from '../errors.js';
+import type { EditMode, NormalizedParam, Operation } from '../catalogue/model-spec.js';
+import { EDIT_MODES, NORMALIZED_PARAMS } from '../catalogue/model-spec.js';
+import { sniffImageType, type ImageMime } from '../images/image-bytes.js';
+
+/** An image the caller sent, checked by its bytes. */
+export interface InputImage {
+  bytes: Buffer;
+  mime: ImageMime;
+  filename: string;
+}
+
+/** /v1/generate and /v1/edit after parsing, before the model's own rules are applied. */
+export interface ImageRequest {
+  operation: Operation;
+  model: string;
+  prompt: string;
+  params: Partial<Record<NormalizedParam, unknown>>;
+  options: Record<string, unknown>;
+  responseFormat: 'url' | 'b64_json';
+  async: boolean;
+  mode?: EditMode;
+  images: InputImage[];
+  mask?: InputImage;
+}
+
+const commonFields = {
+  model: z.string().min(1),
+  prompt: z.string().min(1),
+  n: z.number().int().min(1),
+  size: z.string().min(1),
+  aspect_ratio: z.string().regex(/^\d+:\d+$/, 'must be written W:H, for example "16:9"'),
+  quality: z.enum(['low', 'medium', 'high', 'standard', 'hd', 'auto']),
+  seed: z.number().int().min(0).max(2147483647),
+  negative_prompt: z.string(),
+  style: z.string().min(1),
+  output_format: z.enum(['png', 'jpeg', 'webp']),
+  background: z.string().min(1),
+  response_format: z.enum(['url', 'b64_json']),
+  options: z.record(z.string(), z.unknown()),
+  async: z.boolean(),
+};
+
+const generateSchema = z
+  .strictObject(commonFields)
+  .partial()
+  .required({ model: true, prompt: true });
+
+const dataUrl = z.string().regex(/^data:[\w.+-]+\/[\w.+-]+;base64,/, 'must be a data URL (data:image/png;base64,...)');
+
+const editJsonSchema = z
+  .strictObject({
+    ...commonFields,
+    mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]),
+    image: z.union([dataUrl, z.array(dataUrl).min(1)]),
+    mask: dataUrl,
+  })
+  .partial()
+  .required({ model: true, prompt: true, image: true });
+
+type GenerateBody = z.infer<typeof generateSchema>;
+
+/** zod's complaints, turned into a 400 that names each field and what it may be. */
+function refuse(error: z.ZodError, allowedFields: string[]): GatewayError {
+  const details: ErrorDetail[] = [];
+  for (const issue of error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) {
+        details.push({ field: key, message: 'is not a field of this request', allowed: allowedFields });
+      }
+      continue;
+    }
+    const field = issue.path.map(String).join('.') || '(body)';
+    const message = issue.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue.message;
+    details.push({ field, message });
+  }
+  const summary = details.map((d) => `${d.field} ${d.message}`).join('; ');
+  return new GatewayError('invalid_request', summary, { details });
+}
+
+function pickParams(body: GenerateBody): Partial<Record<NormalizedParam, unknown>> {
+  const params: Partial<Record<NormalizedParam, unknown>> = {};
+  for (const name of NORMALIZED_PARAMS) {
+    if (body[name] !== undefined) params[name] = body[name];
+  }
+  return params;
+}
+
+function fromBody(operation: Operation, body: GenerateBody, extra: { mode?: EditMode; images?: InputImage[]; mask?: InputImage }): ImageRequest {
+  return {
+    operation,
+    model: body.model,
+    prompt: body.prompt,
+    params: pickParams(body),
+    options: body.options ?? {},
+    responseFormat: body.response_format ?? 'url',
+    async: body.async ?? false,
+    ...(extra.mode ? { mode: extra.mode } : {}),
+    images: extra.images ?? [],
+    ...(extra.mask ? { mask: extra.mask } : {}),
+  };
+}
+
+export function parseGenerateBody(raw: unknown): ImageRequest {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw invalidField('(body)', 'must be a JSON object');
+  }
+  const parsed = generateSchema.safeParse(raw);
+  if (!parsed.success) throw refuse(parsed.error, Object.keys(commonFields));
+  return fromBody('generate', parsed.data, {});
+}
+
+export function inputImage(bytes: Buffer, field: string, filename: string): InputImage {
+  if (bytes.length === 0) throw invalidField(field, 'is empty');
+  const mime = sniffImageType(bytes);
+  if (!mime) {
+    throw new GatewayError('unsupported_media_type', `${field}: is not a PNG, JPEG or WebP image`, {
+      details: [{ field, message: 'is not a PNG, JPEG or WebP image', allowed: ['image/png', 'image/jpeg', 'image/webp'] }],
+    });
+  }
+  return { bytes, mime, filename };
+}
+
+function decodeDataUrl(value: string, field: string, maxBytes: number): InputImage {
+  const comma = value.indexOf(',');
+  const base64 = value.slice(comma + 1);
+  // 4 base64 characters carry 3 bytes; refuse before decoding anything too large.
+  if (Math.floor((base64.length * 3) / 4) > maxBytes + 3) {
+    throw new GatewayError('payload_too_large', `${field}: image is larger than ${maxBytes} bytes`, {
+      details: [{ field, message: `must be at most ${maxBytes} bytes` }],
+    });
+  }
+  return inputImage(Buffer.from(base64, 'base64'), field, field.replace(/\W/g, '_'));
+}
+
+export function parseEditJson(raw: unknown, maxImageBytes: number): ImageRequest {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw invalidField('(body)', 'must be a JSON object');
+  }
+  const parsed = editJsonSchema.safeParse(raw);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image', 'mask']);
+  const { image, mask, mode, ...rest } = parsed.data;
+  const list = Array.isArray(image) ? image : [image];
+  const images = list.map((v, i) => decodeDataUrl(v, list.length > 1 ? `image[${i}]` : 'image', maxImageBytes));
+  return fromBody('edit', rest, {
+    images,
+    ...(mode ? { mode } : {}),
+    ...(mask ? { mask: decodeDataUrl(mask, 'mask', maxImageBytes) } : {}),
+  });
+}
+
+const INTEGER_FIELDS = new Set(['n', 'seed']);
+
+/** Multipart text fields arrive as strings; turn them into the JSON body's types, then validate the same way. */
+export function parseEditMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined): ImageRequest {
+  const body: Record<string, unknown> = {};
+  for (const [name, value] of fields) {
+    if (INTEGER_FIELDS.has(name) && /^-?\d+$/.test(value)) body[name] = Number(value);
+    else if (name === 'async' && (value === 'true' || value === 'false')) body[name] = value === 'true';
+    else if (name === 'options') {
+      try {
+        body[name] = JSON.parse(value);
+      } catch {
+        throw invalidField('options', 'must be a JSON object (as a string in multipart)');
+      }
+    } else body[name] = value;
+  }
+  const schema = z
+    .strictObject({ ...commonFields, mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]) })
+    .partial()
+    .required({ model: true, prompt: true });
+  const parsed = schema.safeParse(body);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image (file)', 'mask (file)']);
+  if (images.length === 0) throw invalidField('image', 'at least one image file is required');
+  const { mode, ...rest } = parsed.data;
+  return fromBody('edit', rest, { images, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
+}

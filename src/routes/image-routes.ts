@@ -1,0 +1,131 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { GatewayError, invalidField } from '../errors.js';
+import { describeModel } from '../catalogue/catalogue.js';
+import { inputImage, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest, type InputImage } from '../request/image-request.js';
+import type { GenerationResult } from '../generation/image-generation.js';
+
+function isJson(request: FastifyRequest): boolean {
+  const type = request.headers['content-type'] ?? '';
+  return /^application\/(.+\+)?json\b/i.test(type);
+}
+
+export class ClientGone extends Error {
+  constructor() {
+    super('the client closed the connection');
+    this.name = 'ClientGone';
+  }
+}
+
+/** Where returned image URLs point: PUBLIC_BASE_URL, else the origin the client called. */
+function publicBaseUrl(app: FastifyInstance, request: FastifyRequest): string {
+  return app.config.PUBLIC_BASE_URL?.replace(/\/+$/, '') ?? `${request.protocol}://${request.host}`;
+}
+
+/**
+ * Runs one upstream exchange under UPSTREAM_TIMEOUT_MS, and aborts it when the client goes away so
+ * nobody waits on (or pays for polling) a result nobody will read.
+ */
+async function generateFor(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, imageRequest: ImageRequest): Promise<GenerationResult> {
+  const prepared = await app.generation.prepare(imageRequest);
+  request.model = prepared.model.id;
+  if (imageRequest.async) {
+    throw invalidField('async', 'asynchronous jobs are not enabled on this gateway yet', [false]);
+  }
+  const clientGone = new AbortController();
+  const onClose = () => {
+    if (!reply.raw.writableFinished) clientGone.abort(new ClientGone());
+  };
+  reply.raw.on('close', onClose);
+  const deadline = AbortSignal.timeout(app.config.UPSTREAM_TIMEOUT_MS);
+  const signal = AbortSignal.any([clientGone.signal, deadline]);
+  try {
+    return await app.generation.run(prepared, { signal, publicBaseUrl: publicBaseUrl(app, request) });
+  } catch (err) {
+    if (deadline.aborted) {
+      throw new GatewayError('upstream_timeout', `no complete upstream answer within ${app.config.UPSTREAM_TIMEOUT_MS} ms`, { cause: err });
+    }
+    if (clientGone.signal.aborted) throw new ClientGone();
+    throw err;
+  } finally {
+    reply.raw.off('close', onClose);
+  }
+}
+
+async function readMultipartEdit(request: FastifyRequest): Promise<ImageRequest> {
+  const fields = new Map<string, string>();
+  const images: InputImage[] = [];
+  let mask: InputImage | undefined;
+  for await (const part of request.parts()) {
+    if (part.type === 'file') {
+      const bytes = await part.toBuffer();
+      if (part.fieldname === 'image' || part.fieldname === 'image[]') {
+        images.push(inputImage(bytes, images.length === 0 ? 'image' : `image[${images.length}]`, part.filename));
+      } else if (part.fieldname === 'mask') {
+        if (mask) throw invalidField('mask', 'give at most one mask');
+        mask = inputImage(bytes, 'mask', part.filename);
+      } else {
+        throw invalidField(part.fieldname, 'is not a file field of this request', ['image', 'image[]', 'mask']);
+      }
+    } else {
+      if (fields.has(part.fieldname)) throw invalidField(part.fieldname, 'is given more than once');
+      fields.set(part.fieldname, String(part.value));
+    }
+  }
+  return parseEditMultipart(fields, images, mask);
+}
+
+export async function imageRoutes(app: FastifyInstance): Promise<void> {
+  app.get('/v1/models', async () => ({ data: app.catalogue.models.map(describeModel) }));
+
+  app.get<{ Params: { id: string } }>('/v1/models/:id', async (request) => {
+    const model = app.catalogue.find(decodeURIComponent(request.params.id));
+    if (!model) throw new GatewayError('not_found', `no model "${request.params.id}"; GET /v1/models lists them`);
+    return describeModel(model);
+  });
+
+  app.post('/v1/generate', async (request, reply) => {
+    if (!isJson(request)) {
+      throw new GatewayError('unsupported_media_type', 'POST /v1/generate takes application/json');
+    }
+    const result = await generateFor(app, request, reply, parseGenerateBody(request.body));
+    return result;
+  });
+
+  app.post('/v1/edit', async (request, reply) => {
+    let imageRequest: ImageRequest;
+    if (request.isMultipart()) imageRequest = await readMultipartEdit(request);
+    else if (isJson(request)) imageRequest = parseEditJson(request.body, app.config.MAX_UPLOAD_BYTES);
+    else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
+    return generateFor(app, request, reply, imageRequest);
+  });
+
+  app.get<{ Params: { name: string }; Querystring: { exp?: string; sig?: string; download?: string } }>(
+    '/v1/images/:name',
+    async (request, reply) => {
+      const { name } = request.params;
+      const exp = Number(request.query.exp);
+      const sig = request.query.sig ?? '';
+      if (!Number.isInteger(exp) || sig === '') {
+        throw new GatewayError('forbidden', 'an image URL needs its exp and sig parameters, as returned by the gateway');
+      }
+      if (!app.signer.verify(name, exp, sig)) throw new GatewayError('forbidden', 'the image URL signature is not valid');
+      const secondsLeft = exp - Math.floor(Date.now() / 1000);
+      if (secondsLeft <= 0) throw new GatewayError('not_found', 'the image URL has expired');
+      const image = await app.store.open(name);
+      if (!image) throw new GatewayError('not_found', 'no such image');
+      const etag = `"${name.slice(4, 68)}"`;
+      reply
+        .header('content-type', image.mime)
+        .header('cache-control', `private, max-age=${secondsLeft}, immutable`)
+        .header('etag', etag)
+        .header('x-content-type-options', 'nosniff');
+      if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name}"`);
+      if (request.headers['if-none-match'] === etag) {
+        image.stream.destroy();
+        return reply.status(304).send();
+      }
+      reply.header('content-length', image.bytes);
+      return reply.send(image.stream);
+    },
+  );
+}

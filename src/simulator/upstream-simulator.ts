@@ -1,0 +1,592 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import multipart from '@fastify/multipart';
+import { colourForPrompt, solidPng, type Rgb } from './png.js';
+
+export interface RecordedFile {
+  field: string;
+  filename: string;
+  mimetype: string;
+  bytes: number;
+  sha256: string;
+}
+
+export interface RecordedRequest {
+  method: string;
+  /** URL path without query, e.g. '/v1/models/opanai/gpt-image-1/predictions'. */
+  path: string;
+  headers: Record<string, string | string[] | undefined>;
+  /** Parsed JSON body, when the body was JSON. */
+  json?: unknown;
+  /** Multipart text fields; a repeated name gives an array. */
+  fields?: Record<string, string | string[]>;
+  files?: RecordedFile[];
+}
+
+export type SimulatedFault =
+  | 'http429'
+  | 'http500'
+  | 'http503'
+  | 'http400'
+  | 'http401'
+  | 'http403'
+  | 'moderated'
+  | 'hang'
+  | 'malformed'
+  | 'task_error';
+
+export interface UpstreamSimulator {
+  /** e.g. 'http://127.0.0.1:43123' */
+  url: string;
+  /** Every request to the API routes (not the image downloads under /sim/files/), in arrival order. */
+  received: RecordedRequest[];
+  /**
+   * The next `count` API submissions (task polls excluded) fail that way. 'task_error' instead
+   * makes the next `count` asynchronous tasks end in Error.
+   */
+  failNext(fault: SimulatedFault, count?: number): void;
+  /** Clears `received` and every pending fault. */
+  reset(): void;
+  close(): Promise<void>;
+}
+
+export interface SimulatorOptions {
+  /** 0 = ephemeral (default). */
+  port?: number;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** When set, a request whose key (Bearer, or Api-Key for Ideogram) differs gets 401. */
+  apiKey?: string;
+  /** How long served image URLs live; default 10 minutes, like Flux's result URLs. */
+  urlTtlMs?: number;
+  /** An async task answers Pending this many polls, then its outcome; default 2. */
+  taskPollsUntilReady?: number;
+  /** Delay before every API answer; default 0. */
+  latencyMs?: number;
+}
+
+const BODY_LIMIT_BYTES = 64 * 1024 * 1024;
+const MAX_IMAGES_PER_CALL = 16;
+const ASYNC_BFL_MODELS = new Set(['flux-kontext-max', 'flux-kontext-pro', 'flux-2-pro', 'flux-2-flex']);
+
+/** Faults that answer a submission; 'task_error' acts on a task instead. */
+type SubmissionFault = Exclude<SimulatedFault, 'task_error'>;
+
+/** Ideogram answers errors as {"error":"..."}; the other families as {"error":{"message","type"}}. */
+type ErrorStyle = 'openai' | 'ideogram';
+
+class SimulatedHttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+  ) {
+    super(message);
+  }
+}
+
+interface SimulatedTask {
+  prompt: string;
+  outcome: 'ready' | 'error' | 'moderated';
+  polls: number;
+  sampleUrl?: string;
+}
+
+interface ServedFile {
+  colour: Rgb;
+  expiresAt: number;
+}
+
+class SimulatorState {
+  baseUrl = '';
+  readonly received: RecordedRequest[] = [];
+  readonly recordOf = new WeakMap<FastifyRequest, RecordedRequest>();
+  /** Insertion order equals expiry order, because every file gets the same TTL. */
+  readonly files = new Map<string, ServedFile>();
+  readonly tasks = new Map<string, SimulatedTask>();
+  readonly hungResponses = new Set<ServerResponse>();
+  private pendingFaults: SubmissionFault[] = [];
+  private pendingTaskErrors = 0;
+
+  constructor(
+    readonly apiKey: string | undefined,
+    readonly urlTtlMs: number,
+    readonly taskPollsUntilReady: number,
+    readonly latencyMs: number,
+  ) {}
+
+  failNext(fault: SimulatedFault, count: number): void {
+    for (let i = 0; i < count; i++) {
+      if (fault === 'task_error') this.pendingTaskErrors += 1;
+      else this.pendingFaults.push(fault);
+    }
+  }
+
+  reset(): void {
+    this.received.length = 0;
+    this.pendingFaults = [];
+    this.pendingTaskErrors = 0;
+  }
+
+  takeFault(): SubmissionFault | undefined {
+    return this.pendingFaults.shift();
+  }
+
+  takeTaskError(): boolean {
+    if (this.pendingTaskErrors === 0) return false;
+    this.pendingTaskErrors -= 1;
+    return true;
+  }
+
+  /** Refuses with 401 when an API key is configured and the request carries a different one. */
+  checkKey(request: FastifyRequest, style: ErrorStyle): void {
+    if (this.apiKey === undefined) return;
+    const presented = style === 'ideogram' ? apiKeyHeader(request) : bearerToken(request);
+    if (presented !== this.apiKey) throw new SimulatedHttpError(401, 'invalid api key', 'authentication_error');
+  }
+
+  async delay(): Promise<void> {
+    if (this.latencyMs > 0) await sleep(this.latencyMs);
+  }
+
+  imageUrl(prompt: string, index: number): string {
+    const now = Date.now();
+    this.forgetExpiredFiles(now);
+    const name = `${randomUUID()}.png`;
+    const expiresAt = now + this.urlTtlMs;
+    this.files.set(name, { colour: colourForPrompt(prompt, index), expiresAt });
+    return `${this.baseUrl}/sim/files/${name}?exp=${expiresAt}`;
+  }
+
+  imageBase64(prompt: string, index: number): string {
+    return solidPng(colourForPrompt(prompt, index)).toString('base64');
+  }
+
+  createTask(prompt: string, outcome: SimulatedTask['outcome']): { taskId: string; polling_url: string } {
+    const taskId = `sim-task-${randomUUID()}`;
+    this.tasks.set(taskId, { prompt, outcome, polls: 0 });
+    return { taskId, polling_url: `${this.baseUrl}/v1/tasks/${taskId}` };
+  }
+
+  private forgetExpiredFiles(now: number): void {
+    for (const [name, file] of this.files) {
+      if (file.expiresAt > now) break;
+      this.files.delete(name);
+    }
+  }
+}
+
+export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promise<UpstreamSimulator> {
+  const host = opts.host ?? '127.0.0.1';
+  const sim = new SimulatorState(
+    opts.apiKey,
+    opts.urlTtlMs ?? 10 * 60 * 1000,
+    opts.taskPollsUntilReady ?? 2,
+    opts.latencyMs ?? 0,
+  );
+
+  // forceCloseConnections: close() must not wait for keep-alive sockets or 'hang' faults.
+  const app = Fastify({ logger: false, bodyLimit: BODY_LIMIT_BYTES, forceCloseConnections: true });
+  await app.register(multipart, {
+    limits: { fileSize: BODY_LIMIT_BYTES, fieldSize: BODY_LIMIT_BYTES, files: 32, fields: 256, parts: 288 },
+  });
+
+  app.setErrorHandler((error: FastifyError | SimulatedHttpError, request, reply) => {
+    const status = error instanceof SimulatedHttpError ? error.status : (error.statusCode ?? 500);
+    const type =
+      error instanceof SimulatedHttpError ? error.type : status >= 500 ? 'server_error' : 'invalid_request_error';
+    return reply.code(status).send(errorBody(errorStyleOf(request), error.message, type));
+  });
+
+  app.get<{ Params: { name: string } }>('/sim/files/:name', async (request, reply) => {
+    const file = sim.files.get(request.params.name);
+    if (!file || file.expiresAt <= Date.now()) {
+      return reply.code(404).send({ error: 'file not found or expired' });
+    }
+    return reply.type('image/png').send(solidPng(file.colour));
+  });
+
+  await app.register(async (api) => {
+    api.addHook('onRequest', async (request) => {
+      const record: RecordedRequest = {
+        method: request.method,
+        path: request.url.split('?')[0] ?? request.url,
+        headers: { ...request.headers },
+      };
+      sim.received.push(record);
+      sim.recordOf.set(request, record);
+    });
+    registerPredictionRoutes(api, sim);
+    registerOpenAiImageRoutes(api, sim);
+    registerIdeogramV3Routes(api, sim);
+    registerIdeogramLegacyRoutes(api, sim);
+  });
+
+  await app.listen({ port: opts.port ?? 0, host });
+  const { port } = app.server.address() as AddressInfo;
+  sim.baseUrl = `http://${urlHost(host)}:${port}`;
+
+  return {
+    url: sim.baseUrl,
+    received: sim.received,
+    failNext: (fault, count = 1) => sim.failNext(fault, count),
+    reset: () => sim.reset(),
+    close: async () => {
+      for (const response of sim.hungResponses) response.destroy();
+      await app.close();
+    },
+  };
+}
+
+function registerPredictionRoutes(api: FastifyInstance, sim: SimulatorState): void {
+  api.post<{ Params: { vendor: string; model: string } }>(
+    '/v1/models/:vendor/:model/predictions',
+    async (request, reply) => {
+      const { vendor, model } = request.params;
+      const body = recordJsonBody(sim, request);
+      sim.checkKey(request, 'openai');
+      await sim.delay();
+      const isAsync = vendor === 'bfl' && ASYNC_BFL_MODELS.has(model);
+      const fault = sim.takeFault();
+      // An async submission is accepted even when moderated; the moderation shows in the task.
+      if (fault && !(fault === 'moderated' && isAsync)) return answerFault(sim, reply, fault, 'openai');
+
+      const input = asObject(asObject(body)?.input) ?? {};
+      const prompt = requirePrompt(input.prompt);
+      if (isAsync) {
+        const outcome = fault === 'moderated' ? 'moderated' : sim.takeTaskError() ? 'error' : 'ready';
+        return { output: [sim.createTask(prompt, outcome)] };
+      }
+
+      const count = imageCount(input.n ?? input.numberOfImages ?? input.sampleCount ?? input.num_images);
+      const indexes = Array.from({ length: count }, (_, index) => index);
+      switch (vendor) {
+        case 'opanai':
+        case 'openai':
+          return {
+            output: {
+              b64_json: indexes.map((i) => ({ bytesBase64: sim.imageBase64(prompt, i), mimeType: 'png' })),
+              urls: [],
+            },
+            usage: tokenUsage(count),
+          };
+        case 'google':
+          return { output: indexes.map((i) => ({ bytesBase64: sim.imageBase64(prompt, i) })) };
+        case 'stability':
+          return { output: { urls: indexes.map((i) => sim.imageUrl(prompt, i)) } };
+        case 'doubao':
+        case 'qianfan':
+        case 'bailian':
+        case 'ideogram':
+        case 'bfl':
+          return { output: indexes.map((i) => ({ url: sim.imageUrl(prompt, i) })) };
+        default:
+          // What AiHubMix answers for a model id it has no channel for.
+          throw new SimulatedHttpError(503, `no available channel for model ${vendor}/${model}`, 'server_error');
+      }
+    },
+  );
+
+  // Unknown task ids answer HTTP 404 with Black Forest Labs' body, so a client may rely on either.
+  api.get<{ Params: { taskId: string } }>('/v1/tasks/:taskId', async (request, reply) => {
+    const id = request.params.taskId;
+    sim.checkKey(request, 'openai');
+    await sim.delay();
+    const task = sim.tasks.get(id);
+    if (!task) return reply.code(404).send({ id, status: 'Task not found' });
+    task.polls += 1;
+    if (task.polls <= sim.taskPollsUntilReady) return { id, status: 'Pending' };
+    switch (task.outcome) {
+      case 'error':
+        return { id, status: 'Error', details: 'simulated failure' };
+      case 'moderated':
+        return { id, status: 'Content Moderated' };
+      case 'ready':
+        task.sampleUrl ??= sim.imageUrl(task.prompt, 0);
+        return { id, status: 'Ready', result: { sample: task.sampleUrl } };
+    }
+  });
+}
+
+function registerOpenAiImageRoutes(api: FastifyInstance, sim: SimulatorState): void {
+  api.post('/v1/images/generations', async (request, reply) => {
+    const body = asObject(recordJsonBody(sim, request)) ?? {};
+    sim.checkKey(request, 'openai');
+    await sim.delay();
+    const fault = sim.takeFault();
+    if (fault) return answerFault(sim, reply, fault, 'openai');
+
+    const prompt = requirePrompt(body.prompt);
+    return openAiImagesReply(sim, prompt, imageCount(body.n), body.response_format === 'url');
+  });
+
+  api.post('/v1/images/edits', async (request, reply) => {
+    const { fields, files } = await recordMultipartBody(sim, request, 'openai');
+    sim.checkKey(request, 'openai');
+    await sim.delay();
+    const fault = sim.takeFault();
+    if (fault) return answerFault(sim, reply, fault, 'openai');
+
+    if (!files.some((file) => file.field === 'image' || file.field === 'image[]')) {
+      throw new SimulatedHttpError(400, 'image is required', 'invalid_request_error');
+    }
+    const prompt = requirePrompt(firstField(fields, 'prompt'));
+    const count = imageCount(firstField(fields, 'n'));
+    return openAiImagesReply(sim, prompt, count, firstField(fields, 'response_format') === 'url');
+  });
+}
+
+const IDEOGRAM_V3_ACTIONS = [
+  { action: 'generate', needsImage: false, needsMask: false },
+  { action: 'remix', needsImage: true, needsMask: false },
+  { action: 'edit', needsImage: true, needsMask: true },
+  { action: 'replace-background', needsImage: true, needsMask: false },
+] as const;
+
+function registerIdeogramV3Routes(api: FastifyInstance, sim: SimulatorState): void {
+  for (const { action, needsImage, needsMask } of IDEOGRAM_V3_ACTIONS) {
+    api.post(`/ideogram/v1/ideogram-v3/${action}`, async (request, reply) => {
+      const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
+      sim.checkKey(request, 'ideogram');
+      await sim.delay();
+      const fault = sim.takeFault();
+      if (fault) return answerFault(sim, reply, fault, 'ideogram');
+
+      if (needsImage && !files.some((file) => file.field === 'image')) {
+        throw new SimulatedHttpError(400, 'image is required', 'invalid_request_error');
+      }
+      if (needsMask && !files.some((file) => file.field === 'mask')) {
+        throw new SimulatedHttpError(400, 'mask is required', 'invalid_request_error');
+      }
+      const prompt = requirePrompt(firstField(fields, 'prompt'));
+      return ideogramReply(sim, prompt, imageCount(firstField(fields, 'num_images')));
+    });
+  }
+}
+
+function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState): void {
+  api.post('/ideogram/generate', async (request, reply) => {
+    const body = asObject(recordJsonBody(sim, request)) ?? {};
+    sim.checkKey(request, 'ideogram');
+    await sim.delay();
+    const fault = sim.takeFault();
+    if (fault) return answerFault(sim, reply, fault, 'ideogram');
+
+    const imageRequest = asObject(body.image_request);
+    if (!imageRequest) throw new SimulatedHttpError(400, 'image_request is required', 'invalid_request_error');
+    const prompt = requirePrompt(imageRequest.prompt);
+    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images));
+  });
+
+  api.post('/ideogram/edit', async (request, reply) => {
+    const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
+    sim.checkKey(request, 'ideogram');
+    await sim.delay();
+    const fault = sim.takeFault();
+    if (fault) return answerFault(sim, reply, fault, 'ideogram');
+
+    for (const required of ['image_file', 'mask']) {
+      if (!files.some((file) => file.field === required)) {
+        throw new SimulatedHttpError(400, `${required} is required`, 'invalid_request_error');
+      }
+    }
+    if (firstField(fields, 'model') === undefined) {
+      throw new SimulatedHttpError(400, 'model is required', 'invalid_request_error');
+    }
+    const prompt = requirePrompt(firstField(fields, 'prompt'));
+    return ideogramReply(sim, prompt, imageCount(firstField(fields, 'num_images')));
+  });
+
+  api.post('/ideogram/remix', async (request, reply) => {
+    const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
+    sim.checkKey(request, 'ideogram');
+    await sim.delay();
+    const fault = sim.takeFault();
+    if (fault) return answerFault(sim, reply, fault, 'ideogram');
+
+    if (!files.some((file) => file.field === 'image_file')) {
+      throw new SimulatedHttpError(400, 'image_file is required', 'invalid_request_error');
+    }
+    const imageRequest = parseImageRequestField(firstField(fields, 'image_request'));
+    const prompt = requirePrompt(imageRequest.prompt);
+    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images));
+  });
+}
+
+function answerFault(
+  sim: SimulatorState,
+  reply: FastifyReply,
+  fault: SubmissionFault,
+  style: ErrorStyle,
+): FastifyReply {
+  switch (fault) {
+    case 'http429':
+      return reply.code(429).header('retry-after', '1').send(errorBody(style, 'rate limited', 'rate_limit_error'));
+    case 'http500':
+      return reply.code(500).send(errorBody(style, 'internal server error', 'server_error'));
+    case 'http503':
+      return reply.code(503).send(errorBody(style, 'service temporarily unavailable', 'server_error'));
+    case 'http400':
+      return reply.code(400).send(errorBody(style, 'size not supported', 'invalid_request_error'));
+    case 'http401':
+      return reply.code(401).send(errorBody(style, 'invalid api key', 'authentication_error'));
+    case 'http403':
+      return reply.code(403).send(errorBody(style, 'insufficient balance', 'insufficient_quota'));
+    case 'moderated':
+      return reply
+        .code(422)
+        .send(
+          errorBody(
+            style,
+            'Your request was rejected by the safety system',
+            'content_policy_violation',
+            'moderation_blocked',
+          ),
+        );
+    case 'malformed':
+      return reply.code(200).header('content-type', 'application/json').send('<html>oops');
+    case 'hang':
+      // Never answer; close() destroys the socket.
+      reply.hijack();
+      sim.hungResponses.add(reply.raw);
+      reply.raw.once('close', () => sim.hungResponses.delete(reply.raw));
+      return reply;
+  }
+}
+
+function errorBody(style: ErrorStyle, message: string, type: string, code?: string): unknown {
+  if (style === 'ideogram') return { error: message };
+  return { error: code === undefined ? { message, type } : { message, type, code } };
+}
+
+function errorStyleOf(request: FastifyRequest): ErrorStyle {
+  return request.url.startsWith('/ideogram/') ? 'ideogram' : 'openai';
+}
+
+function openAiImagesReply(sim: SimulatorState, prompt: string, count: number, asUrl: boolean): unknown {
+  const data = Array.from({ length: count }, (_, i) =>
+    asUrl ? { url: sim.imageUrl(prompt, i) } : { b64_json: sim.imageBase64(prompt, i) },
+  );
+  return { created: Math.floor(Date.now() / 1000), data, usage: tokenUsage(count) };
+}
+
+function ideogramReply(sim: SimulatorState, prompt: string, count: number): unknown {
+  const data = Array.from({ length: count }, (_, i) => ({
+    url: sim.imageUrl(prompt, i),
+    prompt,
+    resolution: '1024x1024',
+    is_image_safe: true,
+    seed: 12345,
+    style_type: 'AUTO',
+  }));
+  return { created: new Date().toISOString(), data };
+}
+
+function tokenUsage(imageCount: number): { input_tokens: number; output_tokens: number; total_tokens: number } {
+  const outputTokens = 100 * imageCount;
+  return { input_tokens: 10, output_tokens: outputTokens, total_tokens: 10 + outputTokens };
+}
+
+function recordJsonBody(sim: SimulatorState, request: FastifyRequest): unknown {
+  const record = sim.recordOf.get(request);
+  const contentType = request.headers['content-type'] ?? '';
+  if (record && request.body !== undefined && contentType.includes('json')) record.json = request.body;
+  return request.body;
+}
+
+async function recordMultipartBody(
+  sim: SimulatorState,
+  request: FastifyRequest,
+  style: ErrorStyle,
+): Promise<{ fields: Record<string, string | string[]>; files: RecordedFile[] }> {
+  if (!request.isMultipart()) {
+    // A wrong key must still win over a wrong body, as on the other routes.
+    sim.checkKey(request, style);
+    throw new SimulatedHttpError(400, 'multipart/form-data body required', 'invalid_request_error');
+  }
+  const fields: Record<string, string | string[]> = {};
+  const files: RecordedFile[] = [];
+  for await (const part of request.parts()) {
+    if (part.type === 'file') {
+      const bytes = await part.toBuffer();
+      files.push({
+        field: part.fieldname,
+        filename: part.filename,
+        mimetype: part.mimetype,
+        bytes: bytes.length,
+        sha256: createHash('sha256').update(bytes).digest('hex'),
+      });
+    } else {
+      const value = String(part.value);
+      const existing = fields[part.fieldname];
+      if (existing === undefined) fields[part.fieldname] = value;
+      else if (Array.isArray(existing)) existing.push(value);
+      else fields[part.fieldname] = [existing, value];
+    }
+  }
+  const record = sim.recordOf.get(request);
+  if (record) {
+    record.fields = fields;
+    record.files = files;
+  }
+  return { fields, files };
+}
+
+function parseImageRequestField(raw: string | undefined): Record<string, unknown> {
+  if (raw === undefined) throw new SimulatedHttpError(400, 'image_request is required', 'invalid_request_error');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw new SimulatedHttpError(400, 'image_request must be a JSON object', 'invalid_request_error');
+  }
+  const imageRequest = asObject(parsed);
+  if (!imageRequest) throw new SimulatedHttpError(400, 'image_request must be a JSON object', 'invalid_request_error');
+  return imageRequest;
+}
+
+function requirePrompt(value: unknown): string {
+  if (typeof value !== 'string' || value.trim() === '') {
+    throw new SimulatedHttpError(400, 'prompt is required', 'invalid_request_error');
+  }
+  return value;
+}
+
+function imageCount(value: unknown): number {
+  if (value === undefined || value === null || value === '') return 1;
+  const count = typeof value === 'string' ? Number(value) : value;
+  if (typeof count !== 'number' || !Number.isInteger(count) || count < 1 || count > MAX_IMAGES_PER_CALL) {
+    throw new SimulatedHttpError(400, `n must be an integer from 1 to ${MAX_IMAGES_PER_CALL}`, 'invalid_request_error');
+  }
+  return count;
+}
+
+function firstField(fields: Record<string, string | string[]>, name: string): string | undefined {
+  const value = fields[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function asObject(value: unknown): Record<string, unknown> | undefined {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : undefined;
+}
+
+function bearerToken(request: FastifyRequest): string | undefined {
+  const header = request.headers.authorization;
+  if (header === undefined) return undefined;
+  return /^Bearer\s+(.+)$/i.exec(header)?.[1]?.trim();
+}
+
+function apiKeyHeader(request: FastifyRequest): string | undefined {
+  const header = request.headers['api-key'];
+  return typeof header === 'string' ? header.trim() : undefined;
+}
+
+function urlHost(host: string): string {
+  if (host === '0.0.0.0' || host === '::') return '127.0.0.1';
+  return host.includes(':') ? `[${host}]` : host;
+}

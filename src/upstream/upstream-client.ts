@@ -1,0 +1,240 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent, FormData, interceptors, request, type Dispatcher } from 'undici';
+import { GatewayError } from '../errors.js';
+import type { UpstreamRequest } from './upstream-request.js';
+import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type UpstreamImage } from './upstream-reply.js';
+import { Semaphore } from './semaphore.js';
+
+export interface UpstreamClientOptions {
+  baseUrl: string;
+  apiKey: string;
+  maxConcurrency: number;
+  /** First wait between task polls; it grows 1.5x per poll up to 5 s. */
+  pollIntervalMs: number;
+  maxReplyBytes: number;
+  maxDownloadBytes: number;
+}
+
+export interface UpstreamResult {
+  images: UpstreamImage[];
+  usage?: Record<string, unknown>;
+  upstreamMs: number;
+}
+
+const MODERATION_HINT = /moderat|safety|content[_ ]policy|sensitive|nsfw|unsafe/i;
+
+/** Things that look like keys are cut from upstream messages before they reach a client or a log. */
+export function scrubSecrets(message: string, ...secrets: string[]): string {
+  let out = message.replace(/\b(sk|gk)-[A-Za-z0-9_*.-]{4,}/g, '$1-***');
+  for (const secret of secrets) if (secret) out = out.split(secret).join('***');
+  return out.slice(0, 500);
+}
+
+/**
+ * Talks to AiHubMix: adds the key in the family's header, caps concurrency per replica, polls async
+ * tasks, and maps every upstream failure to the gateway's error codes.
+ */
+export class UpstreamClient {
+  private readonly dispatcher: Agent;
+  /** Result URLs may redirect to a CDN; API calls never should. */
+  private readonly downloads: Dispatcher;
+  private readonly slots: Semaphore;
+
+  constructor(private readonly options: UpstreamClientOptions) {
+    this.dispatcher = new Agent({ keepAliveTimeout: 30_000, connections: Math.max(8, options.maxConcurrency * 2) });
+    this.downloads = this.dispatcher.compose(interceptors.redirect({ maxRedirections: 3 }));
+    this.slots = new Semaphore(options.maxConcurrency);
+  }
+
+  get queueDepth(): number {
+    return this.slots.waiting;
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+
+  private headers(auth: 'bearer' | 'api-key'): Record<string, string> {
+    return auth === 'api-key' ? { 'api-key': this.options.apiKey } : { authorization: `Bearer ${this.options.apiKey}` };
+  }
+
+  /** Sends one request and, for a task, polls it to the end; resolves with the images upstream made. */
+  async generate(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResult> {
+    await this.slots.acquire(signal);
+    const started = performance.now();
+    try {
+      const body = await this.exchange(req, signal);
+      const reply = normalizeOutput(body);
+      if (!reply) throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
+      if (reply.kind === 'task') {
+        const images = await this.pollTask(reply.taskId, signal);
+        return { images, upstreamMs: Math.round(performance.now() - started) };
+      }
+      if (reply.images.length === 0) {
+        if (reply.unsafeCount > 0) {
+          throw new GatewayError('content_rejected', 'upstream moderation withheld every image as unsafe', { upstreamStatus: 200 });
+        }
+        throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
+      }
+      return {
+        images: reply.images,
+        ...(reply.usage ? { usage: reply.usage } : {}),
+        upstreamMs: Math.round(performance.now() - started),
+      };
+    } finally {
+      this.slots.release();
+    }
+  }
+
+  private async exchange(req: UpstreamRequest, signal: AbortSignal): Promise<unknown> {
+    const url = new URL(req.path, this.options.baseUrl);
+    let body: string | FormData;
+    const headers = this.headers(req.auth);
+    if (req.body.kind === 'json') {
+      body = JSON.stringify(req.body.value);
+      headers['content-type'] = 'application/json';
+    } else {
+      const form = new FormData();
+      for (const [name, value] of req.body.fields) form.append(name, value);
+      for (const file of req.body.files) form.append(file.field, new Blob([file.bytes as Uint8Array<ArrayBuffer>], { type: file.mime }), file.filename);
+      body = form;
+    }
+    const res = await this.call(url, { method: 'POST', headers, body, signal });
+    return this.readJson(res, signal);
+  }
+
+  private async call(url: URL, init: { method: 'GET' | 'POST'; headers: Record<string, string>; body?: string | FormData; signal: AbortSignal }) {
+    try {
+      return await request(url, { ...init, dispatcher: this.dispatcher, headersTimeout: 0, bodyTimeout: 0 });
+    } catch (err) {
+      if (init.signal.aborted) throw err;
+      throw new GatewayError('upstream_error', `could not reach upstream: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  private async readBody(res: Dispatcher.ResponseData, max: number): Promise<Buffer> {
+    const declared = Number(res.headers['content-length'] ?? 0);
+    if (declared > max) {
+      res.body.destroy();
+      throw new GatewayError('upstream_error', `upstream reply is ${declared} bytes, over the ${max} byte limit`, { upstreamStatus: res.statusCode });
+    }
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for await (const chunk of res.body) {
+      total += (chunk as Buffer).length;
+      if (total > max) {
+        res.body.destroy();
+        throw new GatewayError('upstream_error', `upstream reply is over the ${max} byte limit`, { upstreamStatus: res.statusCode });
+      }
+      chunks.push(chunk as Buffer);
+    }
+    return Buffer.concat(chunks, total);
+  }
+
+  private async readJson(res: Dispatcher.ResponseData, signal: AbortSignal): Promise<unknown> {
+    const raw = await this.readBody(res, this.options.maxReplyBytes);
+    signal.throwIfAborted();
+    let parsed: unknown;
+    let malformed = false;
+    try {
+      parsed = JSON.parse(raw.toString('utf8'));
+    } catch {
+      malformed = true;
+    }
+    const status = res.statusCode;
+    if (status >= 200 && status < 300) {
+      if (malformed) throw new GatewayError('upstream_error', 'upstream answered with malformed JSON', { upstreamStatus: status });
+      return parsed;
+    }
+    throw this.failure(status, parsed, res.headers['retry-after']);
+  }
+
+  private failure(status: number, body: unknown, retryAfterHeader: string | string[] | undefined): GatewayError {
+    const said = scrubSecrets(upstreamErrorMessage(body) ?? `HTTP ${status}`, this.options.apiKey);
+    const code = upstreamErrorCode(body) ?? '';
+    const extra = { upstreamStatus: status };
+    if (status === 401 || status === 403) {
+      // The upstream refused the gateway's own credentials or balance: not the caller's fault.
+      return new GatewayError('upstream_error', `upstream refused the gateway's credentials (HTTP ${status}); an operator must check the upstream key and balance`, extra);
+    }
+    if (status === 429) {
+      const retryAfter = Number(Array.isArray(retryAfterHeader) ? retryAfterHeader[0] : retryAfterHeader);
+      return new GatewayError('rate_limited', 'upstream is throttling requests; retry later', {
+        ...extra,
+        retryAfter: Number.isFinite(retryAfter) && retryAfter > 0 ? Math.ceil(retryAfter) : 5,
+      });
+    }
+    const moderation = MODERATION_HINT.test(code) || MODERATION_HINT.test(said);
+    if (status === 422 && !(typeof body === 'object' && body !== null && Array.isArray((body as Record<string, unknown>).detail))) {
+      return new GatewayError('content_rejected', `upstream moderation refused the request: ${said}`, extra);
+    }
+    if (status >= 400 && status < 500) {
+      if (moderation) return new GatewayError('content_rejected', `upstream moderation refused the request: ${said}`, extra);
+      return new GatewayError('invalid_request', `upstream refused the request: ${said}`, {
+        ...extra,
+        details: [{ message: said }],
+      });
+    }
+    return new GatewayError('upstream_error', `upstream failed (HTTP ${status}): ${said}`, extra);
+  }
+
+  /** Black Forest Labs-style task: Pending until Ready, Error or Moderated. */
+  private async pollTask(taskId: string, signal: AbortSignal): Promise<UpstreamImage[]> {
+    const url = new URL(`/v1/tasks/${encodeURIComponent(taskId)}`, this.options.baseUrl);
+    let wait = this.options.pollIntervalMs;
+    for (;;) {
+      await sleep(wait, undefined, { signal });
+      wait = Math.min(Math.round(wait * 1.5), 5000);
+      const res = await this.call(url, { method: 'GET', headers: this.headers('bearer'), signal });
+      const body = (await this.readJson(res, signal)) as Record<string, unknown> | null;
+      const status = typeof body?.status === 'string' ? body.status : '';
+      if (status === 'Ready') {
+        const result = body?.result as Record<string, unknown> | undefined;
+        const sample = result?.sample;
+        const urls = (Array.isArray(sample) ? sample : [sample]).filter((u): u is string => typeof u === 'string');
+        if (urls.length === 0) throw new GatewayError('upstream_error', 'upstream task finished without an image', { upstreamStatus: 200 });
+        return urls.map((u) => ({ url: u }));
+      }
+      if (/moderated/i.test(status)) {
+        throw new GatewayError('content_rejected', `upstream moderation refused the request (${status})`, { upstreamStatus: 200 });
+      }
+      if (status === 'Error' || status === 'Failed' || /not found/i.test(status)) {
+        const detail = upstreamErrorMessage(body) ?? (typeof body?.details === 'string' ? body.details : JSON.stringify(body?.details ?? ''));
+        throw new GatewayError('upstream_error', `upstream task ended with ${status}: ${scrubSecrets(detail, this.options.apiKey)}`, { upstreamStatus: 200 });
+      }
+      // Pending, Queued, Processing, ...: keep waiting.
+    }
+  }
+
+  /** Fetches an upstream result URL at once, before it expires. */
+  async download(url: string, signal: AbortSignal): Promise<Buffer> {
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      throw new GatewayError('upstream_error', 'upstream returned an image URL that is not a URL');
+    }
+    if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') {
+      throw new GatewayError('upstream_error', 'upstream returned an image URL that is not http(s)');
+    }
+    let lastError: unknown;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        const res = await request(parsed, { method: 'GET', signal, dispatcher: this.downloads });
+        if (res.statusCode !== 200) {
+          await res.body.dump();
+          throw new GatewayError('upstream_error', `downloading the upstream image failed with HTTP ${res.statusCode}`, { upstreamStatus: res.statusCode });
+        }
+        return await this.readBody(res, this.options.maxDownloadBytes);
+      } catch (err) {
+        if (signal.aborted) throw err;
+        lastError = err;
+        // A 4xx on a result URL (expired, gone) will not heal by retrying.
+        if (err instanceof GatewayError && err.upstreamStatus && err.upstreamStatus < 500) break;
+        await sleep(200 * (attempt + 1), undefined, { signal });
+      }
+    }
+    if (lastError instanceof GatewayError) throw lastError;
+    throw new GatewayError('upstream_error', `downloading the upstream image failed: ${(lastError as Error).message}`);
+  }
+}

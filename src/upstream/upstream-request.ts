@@ -1,0 +1,139 @@
+import { GatewayError, invalidField } from '../errors.js';
+import type { FieldMapping, ModelSpec, NormalizedParam, UpstreamRoute } from '../catalogue/model-spec.js';
+import type { ImageRequest, InputImage } from '../request/image-request.js';
+import { toBlackMeansChangeMask } from '../images/mask.js';
+
+export interface UpstreamFile {
+  field: string;
+  filename: string;
+  mime: string;
+  bytes: Buffer;
+}
+
+/** What the gateway sends upstream for one request; the key is added only when it is sent. */
+export interface UpstreamRequest {
+  path: string;
+  auth: 'bearer' | 'api-key';
+  body:
+    | { kind: 'json'; value: Record<string, unknown> }
+    | { kind: 'multipart'; fields: Array<[string, string]>; files: UpstreamFile[] };
+  async: boolean;
+}
+
+function setPath(target: Record<string, unknown>, dotted: string, value: unknown): void {
+  const keys = dotted.split('.');
+  let node = target;
+  for (const key of keys.slice(0, -1)) {
+    const next = node[key];
+    if (typeof next !== 'object' || next === null) node[key] = {};
+    node = node[key] as Record<string, unknown>;
+  }
+  node[keys[keys.length - 1]!] = value;
+}
+
+function check(field: string, mapping: FieldMapping, value: unknown): void {
+  const problem = mapping.rule.check(value);
+  if (problem) throw invalidField(field, problem, mapping.rule.values ?? mapping.rule.allowed);
+}
+
+/**
+ * Applies the model's own rules to a parsed request: every field must be one the model takes,
+ * with a value it allows. Nothing is dropped or clamped: a mismatch is a 400 before any upstream call.
+ */
+export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: ImageRequest): void {
+  if (req.prompt.length > route.prompt.maxLength) {
+    throw invalidField('prompt', `is ${req.prompt.length} characters; ${model.id} takes at most ${route.prompt.maxLength}`);
+  }
+  const supported = Object.keys(route.params);
+  for (const [name, value] of Object.entries(req.params) as Array<[NormalizedParam, unknown]>) {
+    const mapping = route.params[name];
+    if (!mapping) {
+      if (name === 'n' && value === 1) continue;
+      const message = name === 'n' ? `${model.id} makes one image per request; n must be 1` : `is not supported by ${model.id}`;
+      throw invalidField(name, message, supported);
+    }
+    check(name, mapping, value);
+  }
+  const optionNames = Object.keys(route.options);
+  for (const [name, value] of Object.entries(req.options)) {
+    const mapping = route.options[name];
+    if (!mapping) {
+      throw invalidField(`options.${name}`, `is not an option of ${model.id}`, optionNames);
+    }
+    check(`options.${name}`, mapping, value);
+  }
+  if (req.operation === 'edit') {
+    const images = route.images;
+    if (!images) throw new GatewayError('internal_error', `catalogue: ${model.id} edit route takes no image`);
+    if (req.images.length > images.max) {
+      throw invalidField('image', `${model.id} takes at most ${images.max} image${images.max === 1 ? '' : 's'}; got ${req.images.length}`);
+    }
+    if (req.mask && !route.mask) {
+      throw invalidField('mask', `${model.id}${req.mode ? ` in mode ${req.mode}` : ''} takes no mask`);
+    }
+    if (!req.mask && route.mask?.required) {
+      throw invalidField('mask', `${model.id} in mode ${req.mode ?? 'edit'} needs a mask (transparent pixels = the area to change)`);
+    }
+  }
+}
+
+function encodeImage(image: InputImage, encoding: 'data-url' | 'base64'): string {
+  const base64 = image.bytes.toString('base64');
+  return encoding === 'data-url' ? `data:${image.mime};base64,${base64}` : base64;
+}
+
+function fileName(image: InputImage, fallback: string): string {
+  const ext = image.mime === 'image/jpeg' ? 'jpg' : image.mime.slice('image/'.length);
+  return /^[\w.-]{1,100}$/.test(image.filename) ? image.filename : `${fallback}.${ext}`;
+}
+
+/** Writes the normalized request in the upstream's own terms, as the catalogue declares. */
+export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest): Promise<UpstreamRequest> {
+  const tree: Record<string, unknown> = structuredClone(route.fixed ?? {});
+  setPath(tree, route.prompt.to, req.prompt);
+  for (const [name, value] of Object.entries(req.params) as Array<[NormalizedParam, unknown]>) {
+    const mapping = route.params[name];
+    if (!mapping) continue; // only n = 1 on a one-image model, which upstream does not take
+    setPath(tree, mapping.to ?? name, mapping.write ? mapping.write(value) : value);
+  }
+  for (const [name, value] of Object.entries(req.options)) {
+    const mapping = route.options[name]!;
+    setPath(tree, mapping.to ?? name, mapping.write ? mapping.write(value) : value);
+  }
+
+  const files: UpstreamFile[] = [];
+  if (req.operation === 'edit' && route.images) {
+    const spec = route.images;
+    if (spec.encoding === 'file') {
+      const field = req.images.length > 1 && spec.repeatedFileField ? spec.repeatedFileField : spec.to;
+      req.images.forEach((image, i) => {
+        files.push({ field, filename: fileName(image, `image-${i + 1}`), mime: image.mime, bytes: image.bytes });
+      });
+    } else {
+      const encoded = req.images.map((image) => encodeImage(image, spec.encoding as 'data-url' | 'base64'));
+      setPath(tree, spec.to, spec.shape === 'single' ? encoded[0] : encoded);
+    }
+    if (req.mask && route.mask) {
+      const mask = route.mask.convention === 'black' ? await toBlackMeansChangeMask(req.mask, req.images[0]!) : req.mask;
+      files.push({ field: route.mask.to, filename: 'mask.png', mime: mask.mime, bytes: mask.bytes });
+    }
+  }
+
+  const auth = route.family.startsWith('ideogram') ? 'api-key' : 'bearer';
+  const async = route.async === true;
+  switch (route.family) {
+    case 'predictions':
+      return { path: route.path, auth, async, body: { kind: 'json', value: { input: tree } } };
+    case 'openai-json':
+    case 'ideogram-json':
+      return { path: route.path, auth, async, body: { kind: 'json', value: tree } };
+    case 'openai-multipart':
+    case 'ideogram-multipart': {
+      const fields: Array<[string, string]> = Object.entries(tree).map(([k, v]) => [
+        k,
+        typeof v === 'string' ? v : typeof v === 'object' ? JSON.stringify(v) : String(v),
+      ]);
+      return { path: route.path, auth, async, body: { kind: 'multipart', fields, files } };
+    }
+  }
+}

@@ -1,0 +1,594 @@
+import { createHash } from 'node:crypto';
+import { describe, it, expect, beforeAll, afterAll, beforeEach } from 'vitest';
+import sharp from 'sharp';
+import { startUpstreamSimulator, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
+import { colourForPrompt, pngForPrompt } from '../src/simulator/png.js';
+
+const API_KEY = 'sim-test-key';
+const BEARER = { authorization: `Bearer ${API_KEY}` };
+const IDEOGRAM_KEY = { 'api-key': API_KEY };
+const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+
+let sim: UpstreamSimulator;
+
+beforeAll(async () => {
+  sim = await startUpstreamSimulator({ apiKey: API_KEY, taskPollsUntilReady: 2 });
+});
+
+afterAll(async () => {
+  await sim.close();
+});
+
+beforeEach(() => {
+  sim.reset();
+});
+
+function postJson(path: string, body: unknown, headers: Record<string, string> = BEARER): Promise<Response> {
+  return fetch(`${sim.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify(body),
+  });
+}
+
+function postForm(path: string, form: FormData, headers: Record<string, string>): Promise<Response> {
+  return fetch(`${sim.url}${path}`, { method: 'POST', headers, body: form });
+}
+
+function predict(vendorAndModel: string, input: Record<string, unknown>): Promise<Response> {
+  return postJson(`/v1/models/${vendorAndModel}/predictions`, { input });
+}
+
+function pollTask(taskId: string): Promise<Response> {
+  return fetch(`${sim.url}/v1/tasks/${taskId}`, { headers: BEARER });
+}
+
+function pngBlob(prompt = 'source image'): Blob {
+  return new Blob([new Uint8Array(pngForPrompt(prompt))], { type: 'image/png' });
+}
+
+function formWith(fields: Record<string, string>, files: Record<string, Blob> = {}): FormData {
+  const form = new FormData();
+  for (const [name, value] of Object.entries(fields)) form.append(name, value);
+  for (const [name, blob] of Object.entries(files)) form.append(name, blob, `${name}.png`);
+  return form;
+}
+
+// Replies are checked field by field, so a loosely typed view of the JSON is what the tests want.
+async function readJson(response: Response): Promise<any> {
+  return response.json();
+}
+
+async function firstPixel(png: Buffer): Promise<[number, number, number]> {
+  const { data } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
+  return [data[0] ?? -1, data[1] ?? -1, data[2] ?? -1];
+}
+
+async function download(url: string): Promise<Buffer> {
+  const response = await fetch(url);
+  expect(response.status).toBe(200);
+  return Buffer.from(await response.arrayBuffer());
+}
+
+describe('unified predictions', () => {
+  it.each(['opanai/gpt-image-1', 'openai/gpt-image-2'])(
+    '%s answers b64_json items with bytesBase64 and token usage',
+    async (vendorAndModel) => {
+      const response = await predict(vendorAndModel, { prompt: 'a red fox', n: 2 });
+      expect(response.status).toBe(200);
+      const body = await readJson(response);
+      expect(body.output.urls).toEqual([]);
+      expect(body.output.b64_json).toHaveLength(2);
+      expect(body.output.b64_json[0].mimeType).toBe('png');
+      expect(Buffer.from(body.output.b64_json[0].bytesBase64, 'base64')).toEqual(pngForPrompt('a red fox'));
+      expect(body.usage).toEqual({ input_tokens: 10, output_tokens: 200, total_tokens: 210 });
+    },
+  );
+
+  it('google answers an output array of bytesBase64 sized by sampleCount', async () => {
+    const response = await predict('google/imagen-4.0-generate-001', { prompt: 'a lighthouse', sampleCount: 3 });
+    const body = await readJson(response);
+    expect(body.output).toHaveLength(3);
+    expect(Object.keys(body.output[0])).toEqual(['bytesBase64']);
+  });
+
+  it('google takes the image count from numberOfImages as the older documents write it', async () => {
+    const response = await predict('google/imagen-3.0-generate-002', { prompt: 'a lighthouse', numberOfImages: 2 });
+    expect((await readJson(response)).output).toHaveLength(2);
+  });
+
+  it.each(['doubao/doubao-seedream-4-0', 'qianfan/irag-1.0', 'bailian/qwen-image-plus'])(
+    '%s answers an output array of downloadable urls',
+    async (vendorAndModel) => {
+      const response = await predict(vendorAndModel, { prompt: 'a teapot', n: 2 });
+      const body = await readJson(response);
+      expect(body.output).toHaveLength(2);
+      expect(body.output[0].url).toMatch(new RegExp(`^${sim.url}/sim/files/`));
+      expect(await download(body.output[0].url)).toEqual(pngForPrompt('a teapot'));
+    },
+  );
+
+  it('stability answers output.urls', async () => {
+    const response = await predict('stability/Stable-Diffusion-3-5-Large', { prompt: 'a castle', n: 2 });
+    const body = await readJson(response);
+    expect(body.output.urls).toHaveLength(2);
+    expect(await download(body.output.urls[1])).toEqual(pngForPrompt('a castle', 1));
+  });
+
+  it('ideogram V3 takes num_images and answers an output array of urls', async () => {
+    const response = await predict('ideogram/V3', { prompt: 'a poster', num_images: 2, rendering_speed: 'TURBO' });
+    const body = await readJson(response);
+    expect(body.output).toHaveLength(2);
+    expect(typeof body.output[1].url).toBe('string');
+  });
+
+  it.each(['bfl/FLUX-1.1-pro', 'bfl/FLUX.1-Kontext-pro'])(
+    '%s is synchronous and answers an output array with one url',
+    async (vendorAndModel) => {
+      const response = await predict(vendorAndModel, { prompt: 'a meadow' });
+      const body = await readJson(response);
+      expect(body.output).toHaveLength(1);
+      expect(typeof body.output[0].url).toBe('string');
+    },
+  );
+
+  it.each(['flux-kontext-max', 'flux-kontext-pro', 'flux-2-pro', 'flux-2-flex'])(
+    'bfl/%s is asynchronous and answers a task id with its polling url',
+    async (model) => {
+      const response = await predict(`bfl/${model}`, { prompt: 'a deer', aspect_ratio: '2:3' });
+      const body = await readJson(response);
+      expect(body.output).toHaveLength(1);
+      expect(body.output[0].polling_url).toBe(`${sim.url}/v1/tasks/${body.output[0].taskId}`);
+    },
+  );
+
+  it('refuses an input without a prompt with 400 invalid_request_error', async () => {
+    const response = await predict('opanai/gpt-image-1', { size: '1024x1024' });
+    expect(response.status).toBe(400);
+    expect(await readJson(response)).toEqual({
+      error: { message: 'prompt is required', type: 'invalid_request_error' },
+    });
+  });
+
+  it('answers 503 for a vendor it has no channel for', async () => {
+    const response = await predict('nobody/some-model', { prompt: 'x' });
+    expect(response.status).toBe(503);
+    expect((await readJson(response)).error.type).toBe('server_error');
+  });
+
+  it('records the path, auth header and JSON body of a submission', async () => {
+    await predict('doubao/doubao-seedream-4-0', { prompt: 'a kite', size: '2K' });
+    expect(sim.received).toHaveLength(1);
+    const [recorded] = sim.received;
+    expect(recorded?.method).toBe('POST');
+    expect(recorded?.path).toBe('/v1/models/doubao/doubao-seedream-4-0/predictions');
+    expect(recorded?.headers.authorization).toBe(`Bearer ${API_KEY}`);
+    expect(recorded?.json).toEqual({ input: { prompt: 'a kite', size: '2K' } });
+  });
+});
+
+describe('task polling', () => {
+  async function submitAsync(prompt: string): Promise<string> {
+    const response = await predict('bfl/flux-kontext-pro', { prompt });
+    expect(response.status).toBe(200);
+    return (await readJson(response)).output[0].taskId;
+  }
+
+  it('answers Pending for taskPollsUntilReady polls, then Ready with a sample url', async () => {
+    const taskId = await submitAsync('a deer drinking');
+    expect(await readJson(await pollTask(taskId))).toEqual({ id: taskId, status: 'Pending' });
+    expect(await readJson(await pollTask(taskId))).toEqual({ id: taskId, status: 'Pending' });
+    const ready = await readJson(await pollTask(taskId));
+    expect(ready.status).toBe('Ready');
+    expect(await download(ready.result.sample)).toEqual(pngForPrompt('a deer drinking'));
+  });
+
+  it('answers 404 with status "Task not found" for an unknown task id', async () => {
+    const response = await pollTask('no-such-task');
+    expect(response.status).toBe(404);
+    expect((await readJson(response)).status).toBe('Task not found');
+  });
+
+  it('ends a task submitted after failNext("task_error") with status Error', async () => {
+    sim.failNext('task_error');
+    const taskId = await submitAsync('doomed');
+    await pollTask(taskId);
+    await pollTask(taskId);
+    expect(await readJson(await pollTask(taskId))).toEqual({
+      id: taskId,
+      status: 'Error',
+      details: 'simulated failure',
+    });
+  });
+
+  it('leaves task_error pending across synchronous calls until an async task is submitted', async () => {
+    sim.failNext('task_error');
+    expect((await predict('bfl/FLUX-1.1-pro', { prompt: 'sync' })).status).toBe(200);
+    const taskId = await submitAsync('async');
+    await pollTask(taskId);
+    await pollTask(taskId);
+    expect((await readJson(await pollTask(taskId))).status).toBe('Error');
+  });
+
+  it('accepts an async submission under "moderated" and ends its task Content Moderated', async () => {
+    sim.failNext('moderated');
+    const taskId = await submitAsync('forbidden');
+    await pollTask(taskId);
+    await pollTask(taskId);
+    expect(await readJson(await pollTask(taskId))).toEqual({ id: taskId, status: 'Content Moderated' });
+  });
+
+  it('does not spend a pending fault on a poll', async () => {
+    const taskId = await submitAsync('patient');
+    sim.failNext('http500');
+    expect((await pollTask(taskId)).status).toBe(200);
+    expect((await predict('bfl/FLUX-1.1-pro', { prompt: 'next' })).status).toBe(500);
+  });
+});
+
+describe('OpenAI-compatible images', () => {
+  it('generations answers n b64_json items by default', async () => {
+    const response = await postJson('/v1/images/generations', { model: 'gpt-image-1', prompt: 'a boat', n: 2 });
+    const body = await readJson(response);
+    expect(typeof body.created).toBe('number');
+    expect(body.data).toHaveLength(2);
+    expect(Buffer.from(body.data[0].b64_json, 'base64')).toEqual(pngForPrompt('a boat'));
+    expect(body.usage.total_tokens).toBe(210);
+  });
+
+  it('generations answers urls when response_format is url', async () => {
+    const response = await postJson('/v1/images/generations', {
+      model: 'dall-e-3',
+      prompt: 'a boat',
+      response_format: 'url',
+    });
+    const body = await readJson(response);
+    expect(body.data).toHaveLength(1);
+    expect(await download(body.data[0].url)).toEqual(pngForPrompt('a boat'));
+  });
+
+  it('edits records repeated image[] files with size and sha256, and the text fields', async () => {
+    const form = formWith({ model: 'gpt-image-1', prompt: 'add a hat', input_fidelity: 'high' });
+    form.append('image[]', pngBlob('one'), 'one.png');
+    form.append('image[]', pngBlob('two'), 'two.png');
+    form.append('mask', pngBlob('mask'), 'mask.png');
+    const response = await postForm('/v1/images/edits', form, BEARER);
+    expect(response.status).toBe(200);
+    expect((await readJson(response)).data).toHaveLength(1);
+
+    const recorded = sim.received[0];
+    expect(recorded?.fields).toEqual({ model: 'gpt-image-1', prompt: 'add a hat', input_fidelity: 'high' });
+    expect(recorded?.files?.map((file) => file.field)).toEqual(['image[]', 'image[]', 'mask']);
+    const onePng = pngForPrompt('one');
+    expect(recorded?.files?.[0]).toEqual({
+      field: 'image[]',
+      filename: 'one.png',
+      mimetype: 'image/png',
+      bytes: onePng.length,
+      sha256: createHash('sha256').update(onePng).digest('hex'),
+    });
+  });
+
+  it('edits records a repeated text field as an array', async () => {
+    const form = formWith({ model: 'gpt-image-1', prompt: 'p' }, { image: pngBlob() });
+    form.append('tag', 'a');
+    form.append('tag', 'b');
+    await postForm('/v1/images/edits', form, BEARER);
+    expect(sim.received[0]?.fields?.tag).toEqual(['a', 'b']);
+  });
+
+  it('edits refuses a request without an image file with 400', async () => {
+    const response = await postForm('/v1/images/edits', formWith({ model: 'gpt-image-1', prompt: 'p' }), BEARER);
+    expect(response.status).toBe(400);
+    expect((await readJson(response)).error.type).toBe('invalid_request_error');
+  });
+});
+
+describe('Ideogram native v3', () => {
+  it('generate answers num_images items in Ideogram shape', async () => {
+    const response = await postForm(
+      '/ideogram/v1/ideogram-v3/generate',
+      formWith({ prompt: 'a neon sign', num_images: '3', rendering_speed: 'TURBO' }),
+      IDEOGRAM_KEY,
+    );
+    const body = await readJson(response);
+    expect(Number.isNaN(Date.parse(body.created))).toBe(false);
+    expect(body.data).toHaveLength(3);
+    expect(body.data[0]).toEqual({
+      url: expect.stringContaining('/sim/files/'),
+      prompt: 'a neon sign',
+      resolution: '1024x1024',
+      is_image_safe: true,
+      seed: 12345,
+      style_type: 'AUTO',
+    });
+  });
+
+  it.each(['remix', 'edit', 'replace-background'])('%s refuses a request without an image with 400', async (action) => {
+    const response = await postForm(
+      `/ideogram/v1/ideogram-v3/${action}`,
+      formWith({ prompt: 'p' }, { mask: pngBlob() }),
+      IDEOGRAM_KEY,
+    );
+    expect(response.status).toBe(400);
+    expect(typeof (await readJson(response)).error).toBe('string');
+  });
+
+  it('edit refuses a request without a mask with 400', async () => {
+    const response = await postForm(
+      '/ideogram/v1/ideogram-v3/edit',
+      formWith({ prompt: 'p' }, { image: pngBlob() }),
+      IDEOGRAM_KEY,
+    );
+    expect(response.status).toBe(400);
+    expect(await readJson(response)).toEqual({ error: 'mask is required' });
+  });
+
+  it.each([
+    ['remix', { image: 'image' }],
+    ['edit', { image: 'image', mask: 'mask' }],
+    ['replace-background', { image: 'image' }],
+  ])('%s answers when given its files', async (action, fileFields) => {
+    const files = Object.fromEntries(Object.keys(fileFields).map((field) => [field, pngBlob()]));
+    const response = await postForm(
+      `/ideogram/v1/ideogram-v3/${action}`,
+      formWith({ prompt: 'p' }, files),
+      IDEOGRAM_KEY,
+    );
+    expect(response.status).toBe(200);
+    expect((await readJson(response)).data).toHaveLength(1);
+  });
+});
+
+describe('Ideogram legacy', () => {
+  it('generate takes a JSON image_request and answers num_images items', async () => {
+    const response = await postJson(
+      '/ideogram/generate',
+      { image_request: { prompt: 'an owl', model: 'V_2', num_images: 2 } },
+      IDEOGRAM_KEY,
+    );
+    const body = await readJson(response);
+    expect(body.data).toHaveLength(2);
+    expect(body.data[0].prompt).toBe('an owl');
+  });
+
+  it('edit takes image_file, mask, prompt and model as multipart', async () => {
+    const response = await postForm(
+      '/ideogram/edit',
+      formWith({ prompt: 'fix it', model: 'V_2' }, { image_file: pngBlob(), mask: pngBlob('m') }),
+      IDEOGRAM_KEY,
+    );
+    expect(response.status).toBe(200);
+    expect((await readJson(response)).data[0].prompt).toBe('fix it');
+  });
+
+  it('remix reads its image_request from a JSON string field', async () => {
+    const response = await postForm(
+      '/ideogram/remix',
+      formWith({ image_request: JSON.stringify({ prompt: 'watercolor', num_images: 2 }) }, { image_file: pngBlob() }),
+      IDEOGRAM_KEY,
+    );
+    const body = await readJson(response);
+    expect(body.data).toHaveLength(2);
+    expect(body.data[0].prompt).toBe('watercolor');
+  });
+
+  it('remix refuses an image_request that is not JSON with 400', async () => {
+    const response = await postForm(
+      '/ideogram/remix',
+      formWith({ image_request: '{not json' }, { image_file: pngBlob() }),
+      IDEOGRAM_KEY,
+    );
+    expect(response.status).toBe(400);
+    expect(typeof (await readJson(response)).error).toBe('string');
+  });
+});
+
+describe('served images', () => {
+  it('are PNG files beginning with the PNG signature', async () => {
+    const body = await readJson(await predict('doubao/doubao-seedream-4-0', { prompt: 'signature' }));
+    const png = await download(body.output[0].url);
+    expect([...png.subarray(0, 8)]).toEqual(PNG_SIGNATURE);
+  });
+
+  it('are served with content-type image/png', async () => {
+    const body = await readJson(await predict('doubao/doubao-seedream-4-0', { prompt: 'type' }));
+    const response = await fetch(body.output[0].url);
+    expect(response.headers.get('content-type')).toBe('image/png');
+  });
+
+  it('take their colour from the prompt, so different prompts give different colours', async () => {
+    const red = await readJson(await predict('google/imagen-4.0-generate-001', { prompt: 'crimson' }));
+    const blue = await readJson(await predict('google/imagen-4.0-generate-001', { prompt: 'cobalt' }));
+    const redPixel = await firstPixel(Buffer.from(red.output[0].bytesBase64, 'base64'));
+    const bluePixel = await firstPixel(Buffer.from(blue.output[0].bytesBase64, 'base64'));
+    const { r, g, b } = colourForPrompt('crimson');
+    expect(redPixel).toEqual([r, g, b]);
+    expect(bluePixel).not.toEqual(redPixel);
+  });
+
+  it('are not recorded as API requests when downloaded', async () => {
+    const body = await readJson(await predict('doubao/doubao-seedream-4-0', { prompt: 'quiet' }));
+    await download(body.output[0].url);
+    expect(sim.received.map((request) => request.path)).toEqual([
+      '/v1/models/doubao/doubao-seedream-4-0/predictions',
+    ]);
+  });
+
+  it('answer 404 once urlTtlMs has passed', async () => {
+    const shortLived = await startUpstreamSimulator({ urlTtlMs: 300 });
+    try {
+      const response = await fetch(`${shortLived.url}/v1/models/doubao/doubao-seedream-4-0/predictions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ input: { prompt: 'ephemeral' } }),
+      });
+      const url: string = (await readJson(response)).output[0].url;
+      expect((await fetch(url)).status).toBe(200);
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      expect((await fetch(url)).status).toBe(404);
+    } finally {
+      await shortLived.close();
+    }
+  });
+});
+
+describe('faults', () => {
+  it('http429 answers 429 with Retry-After: 1 and a rate_limit_error', async () => {
+    sim.failNext('http429');
+    const response = await predict('opanai/gpt-image-1', { prompt: 'x' });
+    expect(response.status).toBe(429);
+    expect(response.headers.get('retry-after')).toBe('1');
+    expect(await readJson(response)).toEqual({ error: { message: 'rate limited', type: 'rate_limit_error' } });
+  });
+
+  it.each([
+    ['http500', 500],
+    ['http503', 503],
+  ] as const)('%s answers that status with an OpenAI-style server_error', async (fault, status) => {
+    sim.failNext(fault);
+    const response = await postJson('/v1/images/generations', { prompt: 'x' });
+    expect(response.status).toBe(status);
+    expect((await readJson(response)).error.type).toBe('server_error');
+  });
+
+  it('http400 answers 400 "size not supported"', async () => {
+    sim.failNext('http400');
+    const response = await predict('opanai/gpt-image-1', { prompt: 'x' });
+    expect(response.status).toBe(400);
+    expect(await readJson(response)).toEqual({
+      error: { message: 'size not supported', type: 'invalid_request_error' },
+    });
+  });
+
+  it('http401 answers 401 even with the right key', async () => {
+    sim.failNext('http401');
+    const response = await predict('opanai/gpt-image-1', { prompt: 'x' });
+    expect(response.status).toBe(401);
+  });
+
+  it('http403 answers 403 "insufficient balance"', async () => {
+    sim.failNext('http403');
+    const response = await predict('opanai/gpt-image-1', { prompt: 'x' });
+    expect(response.status).toBe(403);
+    expect((await readJson(response)).error.message).toBe('insufficient balance');
+  });
+
+  it('moderated answers a synchronous call 422 moderation_blocked', async () => {
+    sim.failNext('moderated');
+    const response = await predict('opanai/gpt-image-1', { prompt: 'x' });
+    expect(response.status).toBe(422);
+    expect(await readJson(response)).toEqual({
+      error: {
+        message: 'Your request was rejected by the safety system',
+        type: 'content_policy_violation',
+        code: 'moderation_blocked',
+      },
+    });
+  });
+
+  it('malformed answers 200 application/json with a body that is not JSON', async () => {
+    sim.failNext('malformed');
+    const response = await predict('opanai/gpt-image-1', { prompt: 'x' });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toContain('application/json');
+    const text = await response.text();
+    expect(text).toBe('<html>oops');
+    expect(() => JSON.parse(text)).toThrow();
+  });
+
+  it('hang never answers, yet records the request', async () => {
+    sim.failNext('hang');
+    const call = fetch(`${sim.url}/v1/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...BEARER },
+      body: JSON.stringify({ prompt: 'x' }),
+      signal: AbortSignal.timeout(300),
+    });
+    await expect(call).rejects.toThrow(/aborted|timeout/i);
+    expect(sim.received).toHaveLength(1);
+  });
+
+  it('uses Ideogram error shape on the Ideogram routes', async () => {
+    sim.failNext('http429');
+    const response = await postJson('/ideogram/generate', { image_request: { prompt: 'x' } }, IDEOGRAM_KEY);
+    expect(response.status).toBe(429);
+    expect(await readJson(response)).toEqual({ error: 'rate limited' });
+  });
+
+  it('applies a fault to exactly the next count calls', async () => {
+    sim.failNext('http500', 2);
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push((await predict('opanai/gpt-image-1', { prompt: 'x' })).status);
+    expect(statuses).toEqual([500, 500, 200]);
+  });
+
+  it('records faulted requests before answering them', async () => {
+    sim.failNext('http503');
+    await predict('opanai/gpt-image-1', { prompt: 'recorded anyway' });
+    expect(sim.received[0]?.json).toEqual({ input: { prompt: 'recorded anyway' } });
+  });
+
+  it('reset clears pending faults and recorded requests', async () => {
+    sim.failNext('http500');
+    await predict('opanai/gpt-image-1', { prompt: 'x' });
+    sim.failNext('http500');
+    sim.reset();
+    expect(sim.received).toHaveLength(0);
+    expect((await predict('opanai/gpt-image-1', { prompt: 'x' })).status).toBe(200);
+  });
+});
+
+describe('authentication', () => {
+  it('refuses a wrong Bearer key with 401 authentication_error', async () => {
+    const response = await postJson('/v1/images/generations', { prompt: 'x' }, { authorization: 'Bearer wrong' });
+    expect(response.status).toBe(401);
+    expect(await readJson(response)).toEqual({
+      error: { message: 'invalid api key', type: 'authentication_error' },
+    });
+  });
+
+  it('refuses a missing key on task polls', async () => {
+    const response = await fetch(`${sim.url}/v1/tasks/anything`);
+    expect(response.status).toBe(401);
+  });
+
+  it('refuses a Bearer key on the Ideogram routes, which take Api-Key', async () => {
+    const response = await postJson('/ideogram/generate', { image_request: { prompt: 'x' } }, BEARER);
+    expect(response.status).toBe(401);
+    expect(await readJson(response)).toEqual({ error: 'invalid api key' });
+  });
+
+  it('does not spend a pending fault on a refused key', async () => {
+    sim.failNext('http500');
+    const refused = await postJson('/v1/images/generations', { prompt: 'x' }, { authorization: 'Bearer wrong' });
+    expect(refused.status).toBe(401);
+    expect((await predict('opanai/gpt-image-1', { prompt: 'x' })).status).toBe(500);
+  });
+});
+
+describe('lifecycle', () => {
+  it('close finishes while a request hangs, dropping its connection', async () => {
+    const own = await startUpstreamSimulator();
+    own.failNext('hang');
+    const call = fetch(`${own.url}/v1/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'x' }),
+    });
+    while (own.received.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    await own.close();
+    await expect(call).rejects.toThrow();
+  });
+
+  it('latencyMs delays each answer by at least that long', async () => {
+    const slow = await startUpstreamSimulator({ latencyMs: 200 });
+    try {
+      const started = performance.now();
+      await fetch(`${slow.url}/v1/tasks/unknown`);
+      expect(performance.now() - started).toBeGreaterThanOrEqual(190);
+    } finally {
+      await slow.close();
+    }
+  });
+});
