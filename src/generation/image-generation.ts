@@ -16,8 +16,8 @@ export interface ImageResult {
   url: string;
   mime_type: string;
   bytes: number;
-  width: number | null;
-  height: number | null;
+  width: number;
+  height: number;
   sha256: string;
   seed?: number;
   revised_prompt?: string;
@@ -99,17 +99,19 @@ export class ImageGeneration {
     const bytes = image.b64 !== undefined ? Buffer.from(image.b64, 'base64') : await this.deps.upstream.download(image.url!, ctx.signal);
     const mime = sniffImageType(bytes);
     if (!mime) throw new GatewayError('upstream_error', 'upstream returned data that is not a PNG, JPEG or WebP image');
-    const [stored, meta] = await Promise.all([
-      this.deps.store.put(bytes, mime),
-      sharp(bytes).metadata().catch(() => undefined),
-    ]);
+    const meta = await sharp(bytes)
+      .metadata()
+      .catch((err: unknown) => {
+        throw new GatewayError('upstream_error', 'upstream returned an image that cannot be read', { cause: err });
+      });
+    const stored = await this.deps.store.put(bytes, mime);
     const sig = this.deps.signer.sign(stored.name, expiresAt);
     const result: ImageResult = {
       url: `${ctx.publicBaseUrl}/v1/images/${stored.name}?exp=${expiresAt}&sig=${sig}`,
       mime_type: mime,
       bytes: stored.bytes,
-      width: meta?.width ?? null,
-      height: meta?.height ?? null,
+      width: meta.width,
+      height: meta.height,
       sha256: stored.sha256,
       expires_at: new Date(expiresAt * 1000).toISOString(),
     };

@@ -1,0 +1,109 @@
+/**
+ * A gateway wired to the upstream simulator over real HTTP on loopback, with its log lines captured.
+ * Each test file builds one (or more) and closes it afterwards.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import type { FastifyInstance } from 'fastify';
+import sharp from 'sharp';
+import { buildApp } from '../src/app.js';
+import { loadConfig, type Config } from '../src/config.js';
+import { startUpstreamSimulator, type SimulatorOptions, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
+
+export const UPSTREAM_KEY = 'sk-test-upstream-key-0123456789abcdef';
+export const CLIENT_KEY = 'gk-test-design-0123456789';
+export const OTHER_CLIENT_KEY = 'gk-test-ads-0123456789abcd';
+export const ADMIN_KEY = 'gk-test-admin-0123456789abcdef';
+
+export interface Harness {
+  app: FastifyInstance;
+  simulator: UpstreamSimulator;
+  config: Config;
+  dataDir: string;
+  /** Every log line the gateway wrote, raw. */
+  logs: string[];
+  auth: Record<string, string>;
+  close(): Promise<void>;
+}
+
+export async function startHarness(
+  env: Record<string, string> = {},
+  simulatorOptions: SimulatorOptions = {},
+): Promise<Harness> {
+  const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskPollsUntilReady: 2, ...simulatorOptions });
+  const dataDir = mkdtempSync(join(tmpdir(), 'gw-test-'));
+  const config = loadConfig({
+    AIHUBMIX_API_KEY: UPSTREAM_KEY,
+    AIHUBMIX_BASE_URL: simulator.url,
+    GATEWAY_API_KEYS: `design:${CLIENT_KEY},ads:${OTHER_CLIENT_KEY}`,
+    GATEWAY_ADMIN_KEY: ADMIN_KEY,
+    DATA_DIR: dataDir,
+    TASK_POLL_INTERVAL_MS: '10',
+    LOG_LEVEL: 'info',
+    ...env,
+  });
+  const logs: string[] = [];
+  const logStream = new Writable({
+    write(chunk, _enc, done) {
+      logs.push(...String(chunk).split('\n').filter(Boolean));
+      done();
+    },
+  });
+  const app = await buildApp(config, { logStream });
+  await app.ready();
+  return {
+    app,
+    simulator,
+    config,
+    dataDir,
+    logs,
+    auth: { authorization: `Bearer ${CLIENT_KEY}` },
+    async close() {
+      await app.close();
+      await simulator.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A real PNG of the given size and colour; `alpha` < 255 makes it (partly) transparent. */
+export async function makePng(width = 32, height = 32, colour = { r: 200, g: 40, b: 40 }, alpha = 255): Promise<Buffer> {
+  return sharp({ create: { width, height, channels: 4, background: { ...colour, alpha: alpha / 255 } } }).png().toBuffer();
+}
+
+/** An OpenAI-style mask: transparent (change) on the left half, opaque (keep) on the right. */
+export async function makeHalfTransparentMask(width = 32, height = 32): Promise<Buffer> {
+  const raw = Buffer.alloc(width * height * 4);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 4;
+      raw[i + 3] = x < width / 2 ? 0 : 255;
+    }
+  }
+  return sharp(raw, { raw: { width, height, channels: 4 } }).png().toBuffer();
+}
+
+/** multipart/form-data body for app.inject. */
+export function multipartBody(
+  fields: Record<string, string>,
+  files: Array<{ field: string; filename: string; bytes: Buffer; type?: string }>,
+): { payload: Buffer; headers: Record<string, string> } {
+  const boundary = `----gwtest${Math.random().toString(16).slice(2)}`;
+  const chunks: Buffer[] = [];
+  for (const [name, value] of Object.entries(fields)) {
+    chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`));
+  }
+  for (const file of files) {
+    chunks.push(
+      Buffer.from(
+        `--${boundary}\r\nContent-Disposition: form-data; name="${file.field}"; filename="${file.filename}"\r\nContent-Type: ${file.type ?? 'image/png'}\r\n\r\n`,
+      ),
+      file.bytes,
+      Buffer.from('\r\n'),
+    );
+  }
+  chunks.push(Buffer.from(`--${boundary}--\r\n`));
+  return { payload: Buffer.concat(chunks), headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } };
+}

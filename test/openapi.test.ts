@@ -1,0 +1,100 @@
+import { readFileSync } from 'node:fs';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
+import { parse } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startHarness, type Harness, makePng, multipartBody } from './harness.js';
+
+const spec = parse(readFileSync(new URL('../openapi.yaml', import.meta.url), 'utf8')) as {
+  paths: Record<string, Record<string, { responses: Record<string, unknown> }>>;
+  components: { schemas: Record<string, unknown> };
+};
+
+const ajv = new Ajv2020({ strict: false, allErrors: true });
+addFormats.default(ajv);
+ajv.addSchema({ ...spec, $id: 'openapi.yaml' });
+
+function validate(schemaName: string, body: unknown): string[] {
+  const check = ajv.getSchema(`openapi.yaml#/components/schemas/${schemaName}`);
+  if (!check) throw new Error(`no schema ${schemaName}`);
+  return check(body) ? [] : (check.errors ?? []).map((e) => `${e.instancePath} ${e.message}`);
+}
+
+let h: Harness;
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => h.close());
+
+/** The routes the app serves, as OpenAPI paths (`:id` → `{id}`), read from Fastify's route tree. */
+function servedRoutes(): Set<string> {
+  const routes = new Set<string>();
+  const stack: string[] = [];
+  for (const line of h.app.printRoutes({ commonPrefix: false }).split('\n')) {
+    const start = line.search(/[^│├└─\s]/);
+    const m = /^(\S+) \(([A-Z, ]+)\)/.exec(line.slice(start));
+    if (start < 0 || !m) continue;
+    const depth = start / 4 - 1;
+    stack.length = depth;
+    stack.push(m[1]!);
+    const path = stack.join('').replace(/:(\w+)/g, '{$1}');
+    for (const method of m[2]!.split(', ')) routes.add(`${method.toLowerCase()} ${path}`);
+  }
+  return routes;
+}
+
+describe('openapi.yaml and the running app', () => {
+  it('describes every route the app serves under /v1 and the health routes', () => {
+    const described = new Set(Object.entries(spec.paths).flatMap(([path, item]) => Object.keys(item).map((m) => `${m} ${path}`)));
+    const served = [...servedRoutes()].filter((r) => (r.includes(' /v1/') || r.endsWith('/healthz') || r.endsWith('/readyz')) && !r.startsWith('head '));
+    expect(served).toContain('get /v1/models/{id}');
+    const undocumented = served.filter((r) => !described.has(r.replace('{name}', '{id}')));
+    expect(undocumented).toEqual([]);
+  });
+
+  it('a generate answer matches GenerationResult', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'otter', n: 2, response_format: 'b64_json' } });
+    expect(res.statusCode).toBe(200);
+    expect(validate('GenerationResult', res.json())).toEqual([]);
+  });
+
+  it('an edit answer matches GenerationResult', async () => {
+    const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'add a hat' }, [{ field: 'image', filename: 'a.png', bytes: await makePng() }]);
+    const res = await h.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...h.auth, ...headers }, payload });
+    expect(res.statusCode).toBe(200);
+    expect(validate('GenerationResult', res.json())).toEqual([]);
+  });
+
+  it('the model list matches ModelList', async () => {
+    const res = await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth });
+    expect(validate('ModelList', res.json())).toEqual([]);
+  });
+
+  it('a validation error matches Error', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1' } });
+    expect(res.statusCode).toBe(400);
+    expect(validate('Error', res.json())).toEqual([]);
+  });
+
+  it('an upstream failure matches Error', async () => {
+    h.simulator.failNext('http500');
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x' } });
+    expect(res.statusCode).toBe(502);
+    expect(validate('Error', res.json())).toEqual([]);
+  });
+
+  it('the schema check itself refuses a body that breaks the spec', () => {
+    expect(validate('GenerationResult', { id: 'gen_x', object: 'image.result' })).not.toEqual([]);
+  });
+
+  it('/docs renders the reference from openapi.yaml with the catalogue, and /openapi.yaml serves the spec', async () => {
+    const docs = await h.app.inject({ method: 'GET', url: '/docs' });
+    expect(docs.statusCode).toBe(200);
+    expect(docs.headers['content-type']).toMatch(/text\/html/);
+    expect(docs.body).toContain('/v1/generate');
+    expect(docs.body).toContain('FLUX-1.1-pro');
+    expect(docs.body).not.toMatch(/<script|https?:\/\/(?!localhost)/);
+    const yaml = await h.app.inject({ method: 'GET', url: '/openapi.yaml' });
+    expect(parse(yaml.body).paths['/v1/generate']).toBeDefined();
+  });
+});
