@@ -15,6 +15,8 @@ import { UrlSigner } from './images/url-signer.js';
 import { ImageGeneration } from './generation/image-generation.js';
 import { ClientGone, imageRoutes } from './routes/image-routes.js';
 import { docsRoutes } from './routes/docs-routes.js';
+import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
+import { openDatabase, type Database } from './storage/database.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -25,10 +27,13 @@ declare module 'fastify' {
     store: ImageStore;
     signer: UrlSigner;
     generation: ImageGeneration;
+    /** SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL. */
+    db: Database;
   }
   interface FastifyRequest {
     client?: Client;
-    model?: string;
+    /** What this request did; see RequestOutcome. */
+    outcome: RequestOutcome;
   }
 }
 
@@ -115,6 +120,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   const store = new FileImageStore(config.DATA_DIR);
   const signer = new UrlSigner(signingSecret(config));
   const catalogue = new ModelCatalogue();
+  const db = openDatabase(config);
 
   app.decorate('config', config);
   app.decorate('catalogue', catalogue);
@@ -123,13 +129,19 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.decorate('store', store);
   app.decorate('signer', signer);
   app.decorate('generation', new ImageGeneration({ catalogue, upstream, store, signer, retentionDays: config.IMAGE_RETENTION_DAYS }));
-  app.addHook('onClose', async () => upstream.close());
+  app.decorate('db', db);
+  app.addHook('onClose', async () => {
+    await upstream.close();
+    await db.close();
+  });
 
   await app.register(multipart, {
     limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
   });
 
+  app.decorateRequest('outcome', null as unknown as RequestOutcome);
   app.addHook('onRequest', async (request, reply) => {
+    request.outcome = newOutcome();
     reply.header('x-request-id', request.id);
     const path = request.url.split('?', 1)[0]!;
     if (path.startsWith('/v1/') && !path.startsWith('/v1/images/')) {
@@ -147,7 +159,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
         ms: Math.round(reply.elapsedTime * 10) / 10,
         key_id: request.client?.id,
         team: request.client?.team,
-        model: request.model,
+        model: request.outcome.model,
       },
       'request completed',
     );
@@ -159,6 +171,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
       return reply.status(499).send();
     }
     const gw = asGatewayError(err);
+    request.outcome.errorCode = gw.code;
+    if (gw.upstreamStatus !== undefined) request.outcome.upstreamStatus = gw.upstreamStatus;
     if (gw.status >= 500) {
       request.log.error({ code: gw.code, upstream_status: gw.upstreamStatus, err: gw.cause ?? gw }, gw.message);
     } else {
@@ -175,12 +189,12 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
-    const storage = await access(config.DATA_DIR, constants.W_OK).then(
-      () => 'ok',
-      () => 'unavailable',
-    );
-    const ready = storage === 'ok';
-    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', checks: { storage } });
+    const [storage, database] = await Promise.all([
+      access(config.DATA_DIR, constants.W_OK).then(() => 'ok', () => 'unavailable'),
+      db.ping().then(() => 'ok', () => 'unavailable'),
+    ]);
+    const ready = storage === 'ok' && database === 'ok';
+    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', checks: { storage, database } });
   });
 
   await app.register(imageRoutes);

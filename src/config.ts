@@ -78,6 +78,10 @@ const envSchema = z.object({
   }),
   MAX_UPLOAD_BYTES: positiveInt('MAX_UPLOAD_BYTES', 25 * 1024 * 1024),
   TASK_POLL_INTERVAL_MS: positiveInt('TASK_POLL_INTERVAL_MS', 1000),
+  LOG_PROMPTS: z
+    .enum(['0', '1', 'true', 'false', ''], { message: 'LOG_PROMPTS must be 1 or 0' })
+    .optional()
+    .transform((v) => v === '1' || v === 'true'),
 });
 
 export type Config = z.output<typeof envSchema>;

@@ -26,8 +26,13 @@ function publicBaseUrl(app: FastifyInstance, request: FastifyRequest): string {
  * nobody waits on (or pays for polling) a result nobody will read.
  */
 async function generateFor(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, imageRequest: ImageRequest): Promise<GenerationResult> {
+  const outcome = request.outcome;
+  outcome.operation = imageRequest.operation;
+  outcome.imagesRequested = typeof imageRequest.params.n === 'number' ? imageRequest.params.n : 1;
+  const named = app.catalogue.find(imageRequest.model);
+  outcome.model = named?.id ?? imageRequest.model;
+  if (app.config.LOG_PROMPTS) outcome.prompt = imageRequest.prompt;
   const prepared = await app.generation.prepare(imageRequest);
-  request.model = prepared.model.id;
   if (imageRequest.async) {
     throw invalidField('async', 'asynchronous jobs are not enabled on this gateway yet', [false]);
   }
@@ -39,7 +44,14 @@ async function generateFor(app: FastifyInstance, request: FastifyRequest, reply:
   const deadline = AbortSignal.timeout(app.config.UPSTREAM_TIMEOUT_MS);
   const signal = AbortSignal.any([clientGone.signal, deadline]);
   try {
-    return await app.generation.run(prepared, { signal, publicBaseUrl: publicBaseUrl(app, request) });
+    const result = await app.generation.run(prepared, { signal, publicBaseUrl: publicBaseUrl(app, request) });
+    outcome.imagesReturned = result.images.length;
+    outcome.bytesStored = result.images.reduce((sum, image) => sum + image.bytes, 0);
+    outcome.estimatedCostUsd = result.usage.estimated_cost_usd;
+    outcome.upstreamStatus = 200;
+    outcome.upstreamMs = result.usage.upstream_ms;
+    if (result.usage.upstream_tokens) outcome.upstreamTokens = result.usage.upstream_tokens;
+    return result;
   } catch (err) {
     if (deadline.aborted) {
       throw new GatewayError('upstream_timeout', `no complete upstream answer within ${app.config.UPSTREAM_TIMEOUT_MS} ms`, { cause: err });

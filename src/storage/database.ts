@@ -1,0 +1,142 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
+import pg from 'pg';
+
+export type SqlValue = string | number | bigint | null | boolean;
+
+/** A schema change, written once per dialect where they differ. */
+export interface Migration {
+  id: string;
+  sqlite: string[];
+  postgres: string[];
+}
+
+/**
+ * The gateway's relational state: SQLite in DATA_DIR by default, PostgreSQL with DATABASE_URL.
+ * SQL is written with `$1, $2, ...` placeholders, which both dialects take.
+ */
+export interface Database {
+  readonly dialect: 'sqlite' | 'postgres';
+  run(sql: string, params?: SqlValue[]): Promise<number>;
+  all<T = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<T[]>;
+  get<T = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<T | undefined>;
+  migrate(migrations: Migration[]): Promise<void>;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const MIGRATIONS_TABLE = 'CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)';
+
+// node:sqlite numbers its placeholders ?1, ?2; PostgreSQL $1, $2.
+const toSqlite = (sql: string) => sql.replace(/\$(\d+)/g, '?$1');
+const sqliteParams = (params: SqlValue[]): SQLInputValue[] => params.map((p) => (typeof p === 'boolean' ? (p ? 1 : 0) : p));
+
+export class SqliteDatabase implements Database {
+  readonly dialect = 'sqlite' as const;
+  private readonly db: DatabaseSync;
+
+  constructor(path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    this.db = new DatabaseSync(path);
+    // WAL lets readers (usage queries) run beside the batch writer; busy_timeout rides out brief locks.
+    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;');
+  }
+
+  async run(sql: string, params: SqlValue[] = []): Promise<number> {
+    return Number(this.db.prepare(toSqlite(sql)).run(...sqliteParams(params)).changes);
+  }
+
+  async all<T>(sql: string, params: SqlValue[] = []): Promise<T[]> {
+    return this.db.prepare(toSqlite(sql)).all(...sqliteParams(params)) as T[];
+  }
+
+  async get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
+    return this.db.prepare(toSqlite(sql)).get(...sqliteParams(params)) as T | undefined;
+  }
+
+  async migrate(migrations: Migration[]): Promise<void> {
+    this.db.exec(MIGRATIONS_TABLE);
+    for (const m of migrations) {
+      if (this.db.prepare('SELECT 1 FROM schema_migrations WHERE id = ?').get(m.id)) continue;
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        for (const statement of m.sqlite) this.db.exec(statement);
+        this.db.prepare('INSERT INTO schema_migrations (id, applied_at) VALUES (?, ?)').run(m.id, Date.now());
+        this.db.exec('COMMIT');
+      } catch (err) {
+        this.db.exec('ROLLBACK');
+        throw err;
+      }
+    }
+  }
+
+  async ping(): Promise<void> {
+    this.db.prepare('SELECT 1').get();
+  }
+
+  async close(): Promise<void> {
+    if (this.db.isOpen) this.db.close();
+  }
+}
+
+export class PostgresDatabase implements Database {
+  readonly dialect = 'postgres' as const;
+  private readonly pool: pg.Pool;
+
+  constructor(connectionString: string) {
+    this.pool = new pg.Pool({ connectionString, max: 10 });
+    // An idle client's error (server restart) must not crash the process; the next query reconnects.
+    this.pool.on('error', () => {});
+  }
+
+  async run(sql: string, params: SqlValue[] = []): Promise<number> {
+    return (await this.pool.query(sql, params)).rowCount ?? 0;
+  }
+
+  async all<T>(sql: string, params: SqlValue[] = []): Promise<T[]> {
+    return (await this.pool.query(sql, params)).rows as T[];
+  }
+
+  async get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
+    return (await this.pool.query(sql, params)).rows[0] as T | undefined;
+  }
+
+  async migrate(migrations: Migration[]): Promise<void> {
+    const client = await this.pool.connect();
+    try {
+      // One migrator at a time across replicas.
+      await client.query('SELECT pg_advisory_lock(7314159)');
+      await client.query(MIGRATIONS_TABLE);
+      for (const m of migrations) {
+        const done = await client.query('SELECT 1 FROM schema_migrations WHERE id = $1', [m.id]);
+        if (done.rowCount) continue;
+        await client.query('BEGIN');
+        try {
+          for (const statement of m.postgres) await client.query(statement);
+          await client.query('INSERT INTO schema_migrations (id, applied_at) VALUES ($1, $2)', [m.id, Date.now()]);
+          await client.query('COMMIT');
+        } catch (err) {
+          await client.query('ROLLBACK');
+          throw err;
+        }
+      }
+    } finally {
+      await client.query('SELECT pg_advisory_unlock(7314159)').catch(() => {});
+      client.release();
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.pool.query('SELECT 1');
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}
+
+export function openDatabase(config: { DATABASE_URL?: string | undefined; DATA_DIR: string }): Database {
+  if (config.DATABASE_URL) return new PostgresDatabase(config.DATABASE_URL);
+  return new SqliteDatabase(`${config.DATA_DIR.replace(/\/+$/, '')}/gateway.sqlite`);
+}

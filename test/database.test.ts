@@ -1,0 +1,55 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PostgresDatabase, SqliteDatabase, type Database, type Migration } from '../src/storage/database.js';
+import { freshPostgres, postgresProblem } from './services.js';
+
+const migrations: Migration[] = [
+  {
+    id: '001-things',
+    sqlite: ['CREATE TABLE things (id TEXT PRIMARY KEY, n INTEGER NOT NULL, flag INTEGER NOT NULL)'],
+    postgres: ['CREATE TABLE things (id TEXT PRIMARY KEY, n BIGINT NOT NULL, flag BOOLEAN NOT NULL)'],
+  },
+];
+
+function databaseContract(name: string, open: () => Promise<{ db: Database; cleanup(): Promise<void> }>) {
+  describe(name, () => {
+    let db: Database;
+    let cleanup: () => Promise<void>;
+    beforeAll(async () => {
+      ({ db, cleanup } = await open());
+      await db.migrate(migrations);
+    });
+    afterAll(async () => {
+      await db.close();
+      await cleanup();
+    });
+
+    it('runs each migration once, however often migrate is called', async () => {
+      await db.migrate(migrations);
+      const applied = await db.all<{ id: string }>('SELECT id FROM schema_migrations');
+      expect(applied.map((r) => r.id)).toEqual(['001-things']);
+    });
+
+    it('writes and reads rows with numbered placeholders', async () => {
+      expect(await db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['a', 41, true])).toBe(1);
+      await db.run('UPDATE things SET n = n + $1 WHERE id = $2', [1, 'a']);
+      const row = await db.get<{ id: string; n: number | string }>('SELECT id, n FROM things WHERE id = $1', ['a']);
+      expect(Number(row?.n)).toBe(42);
+      expect(await db.get('SELECT id FROM things WHERE id = $1', ['missing'])).toBeUndefined();
+    });
+  });
+}
+
+databaseContract('SQLite', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+  return { db: new SqliteDatabase(join(dir, 'x.sqlite')), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+});
+
+describe.skipIf(postgresProblem !== undefined)('PostgreSQL (skipped when unreachable and REQUIRE_SERVICES is unset)', () => {
+  databaseContract('PostgreSQL', async () => {
+    const pgdb = await freshPostgres();
+    return { db: new PostgresDatabase(pgdb.url), cleanup: pgdb.drop };
+  });
+});
