@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { access, constants } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -15,6 +15,8 @@ import { UrlSigner } from './images/url-signer.js';
 import { ImageGeneration } from './generation/image-generation.js';
 import { ClientGone, imageRoutes } from './routes/image-routes.js';
 import { docsRoutes } from './routes/docs-routes.js';
+import { jobRoutes } from './routes/job-routes.js';
+import { JobRunner } from './jobs/job-runner.js';
 import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
 import { openDatabase, type Database } from './storage/database.js';
 
@@ -29,6 +31,7 @@ declare module 'fastify' {
     generation: ImageGeneration;
     /** SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL. */
     db: Database;
+    jobs: JobRunner;
   }
   interface FastifyRequest {
     client?: Client;
@@ -118,7 +121,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     maxDownloadBytes: 64 * 1024 * 1024,
   });
   const store = new FileImageStore(config.DATA_DIR);
-  const signer = new UrlSigner(signingSecret(config));
+  const secret = signingSecret(config);
+  const signer = new UrlSigner(secret);
   const catalogue = new ModelCatalogue();
   const db = openDatabase(config);
 
@@ -128,9 +132,24 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.decorate('upstream', upstream);
   app.decorate('store', store);
   app.decorate('signer', signer);
-  app.decorate('generation', new ImageGeneration({ catalogue, upstream, store, signer, retentionDays: config.IMAGE_RETENTION_DAYS }));
+  const generation = new ImageGeneration({ catalogue, upstream, store, signer, retentionDays: config.IMAGE_RETENTION_DAYS });
+  app.decorate('generation', generation);
   app.decorate('db', db);
+  const jobs = new JobRunner({
+    db,
+    generation,
+    log: app.log,
+    upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS,
+    retentionDays: config.IMAGE_RETENTION_DAYS,
+    leaseMs: config.JOB_LEASE_MS,
+    shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
+    callbackSecret: config.CALLBACK_SECRET ? Buffer.from(config.CALLBACK_SECRET, 'utf8') : createHmac('sha256', secret).update('job callbacks').digest(),
+  });
+  app.decorate('jobs', jobs);
+  app.addHook('onReady', async () => jobs.start());
   app.addHook('onClose', async () => {
+    // Jobs first: they write their state to the database before it closes.
+    await jobs.close();
     await upstream.close();
     await db.close();
   });
@@ -198,6 +217,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   });
 
   await app.register(imageRoutes);
+  await app.register(jobRoutes);
   await app.register(docsRoutes);
   return app;
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MODELS } from './catalogue/models.js';
 
 const positiveInt = (name: string, fallback: number) =>
   z
@@ -21,6 +22,36 @@ const optionalString = z
 
 const urlString = (name: string) =>
   optionalString.refine((v) => v === undefined || URL.canParse(v), { message: `${name} must be an absolute URL` });
+
+/** A positive integer without a default: absent means "no limit". */
+const optionalPositiveInt = (name: string) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v.trim() === '') return undefined;
+      const n = Number(v);
+      if (!Number.isSafeInteger(n) || n <= 0) {
+        ctx.addIssue({ code: 'custom', message: `${name} must be a positive integer, got "${v}"` });
+        return z.NEVER;
+      }
+      return n;
+    });
+
+/** Host names, lower case, as a URL writes them (IPv6 without brackets). */
+const hostList = (name: string) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      const hosts = (v ?? '').split(',').map((h) => h.trim().toLowerCase().replace(/^\[(.*)\]$/, '$1')).filter(Boolean);
+      const bad = hosts.find((h) => !/^[a-z0-9.:_-]+$/.test(h));
+      if (bad !== undefined) {
+        ctx.addIssue({ code: 'custom', message: `${name} must be comma-separated host names (no scheme, port or path), got "${bad}"` });
+        return z.NEVER;
+      }
+      return hosts;
+    });
 
 export interface ClientKeyConfig {
   id: string;
@@ -46,6 +77,31 @@ function parseClientKeys(value: string | undefined, ctx: z.RefinementCtx): Clien
     keys.push({ id: count === 1 ? team : `${team}-${count}`, team, key });
   }
   return keys;
+}
+
+/** PRICE_OVERRIDES: `{"model id or alias": USD per image}`, replacing the catalogue's price for those models. */
+function parsePriceOverrides(value: string | undefined, ctx: z.RefinementCtx): Record<string, number> {
+  if (value === undefined || value.trim() === '') return {};
+  const shape = 'PRICE_OVERRIDES must be a JSON object of model id to USD per image, e.g. {"gpt-image-2": 0.05}';
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `${shape}; it is not valid JSON` });
+    return {};
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    ctx.addIssue({ code: 'custom', message: shape });
+    return {};
+  }
+  const known = new Set(MODELS.flatMap((m) => [m.id, ...m.aliases]));
+  for (const [model, price] of Object.entries(parsed)) {
+    if (!known.has(model)) ctx.addIssue({ code: 'custom', message: `PRICE_OVERRIDES names "${model}", which is not a catalogue model id or alias` });
+    if (typeof price !== 'number' || !Number.isFinite(price) || price < 0) {
+      ctx.addIssue({ code: 'custom', message: `PRICE_OVERRIDES: the price of "${model}" must be a number of USD, 0 or more` });
+    }
+  }
+  return parsed as Record<string, number>;
 }
 
 const envSchema = z.object({
@@ -78,10 +134,29 @@ const envSchema = z.object({
   }),
   MAX_UPLOAD_BYTES: positiveInt('MAX_UPLOAD_BYTES', 25 * 1024 * 1024),
   TASK_POLL_INTERVAL_MS: positiveInt('TASK_POLL_INTERVAL_MS', 1000),
+  // The image store: S3-compatible object storage when S3_BUCKET is set, else files under DATA_DIR.
+  S3_BUCKET: optionalString,
+  S3_ENDPOINT: urlString('S3_ENDPOINT'),
+  S3_REGION: optionalString.transform((v) => v ?? 'us-east-1'),
+  S3_FORCE_PATH_STYLE: z
+    .enum(['0', '1', 'true', 'false', ''], { message: 'S3_FORCE_PATH_STYLE must be 1 or 0' })
+    .optional()
+    .transform((v) => v === '1' || v === 'true'),
+  AWS_ACCESS_KEY_ID: optionalString,
+  AWS_SECRET_ACCESS_KEY: optionalString,
+  IMAGE_STORE_MAX_BYTES: optionalPositiveInt('IMAGE_STORE_MAX_BYTES'),
+  RETENTION_SWEEP_INTERVAL_MS: positiveInt('RETENTION_SWEEP_INTERVAL_MS', 10 * 60 * 1000),
+  ALLOWED_IMAGE_HOSTS: hostList('ALLOWED_IMAGE_HOSTS'),
+  JOB_LEASE_MS: positiveInt('JOB_LEASE_MS', 30_000),
+  JOB_SHUTDOWN_GRACE_MS: positiveInt('JOB_SHUTDOWN_GRACE_MS', 25_000),
+  CALLBACK_SECRET: optionalString.refine((v) => v === undefined || v.length >= 32, {
+    message: 'CALLBACK_SECRET must be at least 32 characters',
+  }),
   LOG_PROMPTS: z
     .enum(['0', '1', 'true', 'false', ''], { message: 'LOG_PROMPTS must be 1 or 0' })
     .optional()
     .transform((v) => v === '1' || v === 'true'),
+  PRICE_OVERRIDES: z.string().optional().transform((v, ctx) => parsePriceOverrides(v, ctx)),
 });
 
 export type Config = z.output<typeof envSchema>;
@@ -99,6 +174,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
   }
   const config = parsed.data;
+  // Half a credential pair is a typo, not a request for the SDK's default credential chain.
+  if ((config.AWS_ACCESS_KEY_ID === undefined) !== (config.AWS_SECRET_ACCESS_KEY === undefined)) {
+    throw new ConfigError('invalid configuration:\n  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together');
+  }
+  if (!config.S3_BUCKET && (config.S3_ENDPOINT || config.S3_FORCE_PATH_STYLE)) {
+    throw new ConfigError('invalid configuration:\n  S3_BUCKET is required when S3_ENDPOINT or S3_FORCE_PATH_STYLE is set');
+  }
   if (opts.requireUpstreamKey && !config.AIHUBMIX_API_KEY) {
     throw new ConfigError('invalid configuration:\n  AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)');
   }

@@ -266,6 +266,7 @@ describe('OpenAI-compatible images', () => {
       mimetype: 'image/png',
       bytes: onePng.length,
       sha256: createHash('sha256').update(onePng).digest('hex'),
+      data: onePng,
     });
   });
 

@@ -3,12 +3,30 @@ import type { EditMode, ModelSpec, Operation, Price, UpstreamRoute } from './mod
 import { EDIT_MODES } from './model-spec.js';
 import { MODELS } from './models.js';
 
+/** The same model with every route priced per image; how PRICE_OVERRIDES applies. */
+function withPricePerImage(model: ModelSpec, perImageUsd: number): ModelSpec {
+  const priced = (route: UpstreamRoute): UpstreamRoute => ({ ...route, price: { perImageUsd } });
+  const edit = model.edit
+    ? Object.fromEntries(Object.entries(model.edit).map(([mode, route]) => [mode, priced(route)]))
+    : undefined;
+  return { ...model, ...(model.generate ? { generate: priced(model.generate) } : {}), ...(edit ? { edit } : {}) };
+}
+
 /** Looks models up by id or alias and answers what each one offers. */
 export class ModelCatalogue {
   private readonly byName = new Map<string, ModelSpec>();
+  readonly models: readonly ModelSpec[];
 
-  constructor(readonly models: readonly ModelSpec[] = MODELS) {
-    for (const model of models) {
+  /** `priceOverrides`: USD per image by model id or alias, replacing the catalogue's price for every operation. */
+  constructor(models: readonly ModelSpec[] = MODELS, priceOverrides: Readonly<Record<string, number>> = {}) {
+    const overrideById = new Map<string, number>();
+    for (const [name, perImageUsd] of Object.entries(priceOverrides)) {
+      const model = models.find((m) => m.id === name || m.aliases.includes(name));
+      if (!model) throw new Error(`catalogue: a price override names "${name}", which is not a model`);
+      overrideById.set(model.id, perImageUsd);
+    }
+    this.models = models.map((m) => (overrideById.has(m.id) ? withPricePerImage(m, overrideById.get(m.id)!) : m));
+    for (const model of this.models) {
       for (const name of [model.id, ...model.aliases]) {
         const existing = this.byName.get(name);
         if (existing && existing !== model) throw new Error(`catalogue: ${name} names both ${existing.id} and ${model.id}`);
@@ -63,14 +81,46 @@ export function maxImagesOf(route: UpstreamRoute | undefined): number {
   return route?.params.n?.rule.range?.max ?? 1;
 }
 
+/** The price of one image, where it does not depend on the reply; null for unknown and token prices. */
 export function pricePerImage(price: Price | undefined, options: Record<string, unknown> = {}): number | null {
-  if (!price) return null;
+  if (!price || 'perMillionTokensUsd' in price) return null;
   if ('byOption' in price) {
     const chosen = options[price.byOption];
     const key = typeof chosen === 'string' ? chosen : price.defaultValue;
     return price.perImageUsd[key] ?? null;
   }
   return price.perImageUsd;
+}
+
+const count = (value: unknown): number | undefined => (typeof value === 'number' && Number.isFinite(value) && value >= 0 ? value : undefined);
+
+/**
+ * The estimated cost of one answer in USD, rounded to a millionth: images times the per-image
+ * price, or the reply's token usage times the token prices. Null when the price, or the usage a
+ * token price needs, is unknown: an unknown price is never 0.
+ */
+export function estimateCostUsd(
+  price: Price | undefined,
+  answer: { images: number; options?: Record<string, unknown>; upstreamTokens?: Record<string, unknown> | undefined },
+): number | null {
+  let usd: number;
+  if (price && 'perMillionTokensUsd' in price) {
+    const usage = answer.upstreamTokens ?? {};
+    const input = count(usage.input_tokens);
+    const output = count(usage.output_tokens);
+    if (input === undefined || output === undefined) return null;
+    // OpenAI splits input into text and image tokens; without the split, all of it is priced as text.
+    const details = (usage.input_tokens_details ?? {}) as Record<string, unknown>;
+    const imageInput = count(details.image_tokens) ?? 0;
+    const textInput = count(details.text_tokens) ?? input - imageInput;
+    const p = price.perMillionTokensUsd;
+    usd = (textInput * p.textInput + imageInput * p.imageInput + output * p.imageOutput) / 1e6;
+  } else {
+    const unit = pricePerImage(price, answer.options);
+    if (unit === null) return null;
+    usd = unit * answer.images;
+  }
+  return Math.round(usd * 1e6) / 1e6;
 }
 
 /** The public description of a model for GET /v1/models. */
@@ -97,5 +147,14 @@ export function describeModel(model: ModelSpec) {
     options,
     async: primary.async === true,
     price_per_image_usd: pricePerImage(primary.price),
+    ...(primary.price && 'perMillionTokensUsd' in primary.price
+      ? {
+          price_per_million_tokens_usd: {
+            text_input: primary.price.perMillionTokensUsd.textInput,
+            image_input: primary.price.perMillionTokensUsd.imageInput,
+            image_output: primary.price.perMillionTokensUsd.imageOutput,
+          },
+        }
+      : {}),
   };
 }

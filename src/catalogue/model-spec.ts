@@ -53,10 +53,20 @@ export interface MaskInput {
   required: boolean;
 }
 
-/** Price of one image; `byOption` picks the price from an option's value (Ideogram's rendering speed). */
+/**
+ * What a model costs: per image (`byOption` picks the price from an option's value, Ideogram's
+ * rendering speed), or per million upstream tokens (gpt-image), known only once the reply reports its usage.
+ */
 export type Price =
   | { perImageUsd: number }
-  | { byOption: string; defaultValue: string; perImageUsd: Record<string, number> };
+  | { byOption: string; defaultValue: string; perImageUsd: Record<string, number> }
+  | { perMillionTokensUsd: TokenPrices };
+
+export interface TokenPrices {
+  textInput: number;
+  imageInput: number;
+  imageOutput: number;
+}
 
 export interface UpstreamRoute {
   family: UpstreamFamily;

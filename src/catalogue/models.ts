@@ -3,7 +3,7 @@
  * Routing, validation, GET /v1/models, pricing and the docs all read from this list.
  * Sources: ../shared/upstream-docs (AiHubMix) and ../shared/upstream-specs (vendor OpenAPI).
  */
-import type { FieldMapping, ModelSpec, UpstreamRoute } from './model-spec.js';
+import type { FieldMapping, ModelSpec, Price, UpstreamRoute } from './model-spec.js';
 import { arrayOf, bool, intRange, numberRange, object, oneOf, pixelSize, ratioRange, text, type ParamRule } from './param-rule.js';
 
 const SEED: FieldMapping = { rule: intRange(0, 2147483647) };
@@ -23,7 +23,11 @@ const GPT_IMAGE_2_SIZES = pixelSize({
   presets: ['auto', '1024x1024', '1536x1024', '1024x1536'],
 });
 
-function gptImage(id: string, modelPath: string, sizeRule = GPT_IMAGE_SIZES): ModelSpec {
+// OpenAI's published prices per million tokens; the cost of an answer follows from the usage its reply reports.
+const GPT_IMAGE_1_PRICE: Price = { perMillionTokensUsd: { textInput: 5, imageInput: 10, imageOutput: 40 } };
+const GPT_IMAGE_1_5_PRICE: Price = { perMillionTokensUsd: { textInput: 5, imageInput: 8, imageOutput: 32 } };
+
+function gptImage(id: string, modelPath: string, price: Price | undefined, sizeRule = GPT_IMAGE_SIZES): ModelSpec {
   const common = {
     n: { rule: intRange(1, 10) },
     size: { rule: sizeRule },
@@ -44,6 +48,7 @@ function gptImage(id: string, modelPath: string, sizeRule = GPT_IMAGE_SIZES): Mo
         moderation: { rule: oneOf(['low', 'auto']) },
         output_compression: { rule: intRange(0, 100) },
       },
+      ...(price ? { price } : {}),
     },
     edit: {
       edit: {
@@ -58,6 +63,7 @@ function gptImage(id: string, modelPath: string, sizeRule = GPT_IMAGE_SIZES): Mo
         },
         images: { to: 'image', encoding: 'file', max: 16, repeatedFileField: 'image[]' },
         mask: { to: 'mask', convention: 'transparent', required: false },
+        ...(price ? { price } : {}),
       },
     },
     imageToImageMode: 'edit',
@@ -125,7 +131,7 @@ const flux11Pro: ModelSpec = {
   },
 };
 
-function fluxWithImageInput(id: string, opts: { async: boolean; maxSafety: number; description: string }): ModelSpec {
+function fluxWithImageInput(id: string, opts: { async: boolean; maxSafety: number; promptUpsampling: boolean; description: string }): ModelSpec {
   const base: UpstreamRoute = {
     family: 'predictions',
     path: predictionsPath(`bfl/${id}`),
@@ -134,7 +140,8 @@ function fluxWithImageInput(id: string, opts: { async: boolean; maxSafety: numbe
     params: { aspect_ratio: FLUX_RATIOS, seed: SEED, output_format: FLUX_OUTPUT },
     options: {
       safety_tolerance: { rule: intRange(0, opts.maxSafety) },
-      prompt_upsampling: { rule: bool },
+      // Black Forest Labs' spec gives FLUX.2 [pro] no prompt_upsampling.
+      ...(opts.promptUpsampling ? { prompt_upsampling: { rule: bool } } : {}),
     },
   };
   return {
@@ -394,9 +401,10 @@ function irag(id: string, operations: { generate: boolean }): ModelSpec {
 }
 
 export const MODELS: readonly ModelSpec[] = [
-  gptImage('gpt-image-1', 'opanai/gpt-image-1'),
-  gptImage('gpt-image-1.5', 'openai/gpt-image-1.5'),
-  gptImage('gpt-image-2', 'openai/gpt-image-2', GPT_IMAGE_2_SIZES),
+  gptImage('gpt-image-1', 'opanai/gpt-image-1', GPT_IMAGE_1_PRICE),
+  gptImage('gpt-image-1.5', 'openai/gpt-image-1.5', GPT_IMAGE_1_5_PRICE),
+  // No published token prices to rely on yet: unpriced unless PRICE_OVERRIDES names it.
+  gptImage('gpt-image-2', 'openai/gpt-image-2', undefined, GPT_IMAGE_2_SIZES),
   dallE3,
   imagen('imagen-4.0-ultra-generate-001', 1, ', one image per call'),
   imagen('imagen-4.0-generate-001', 4),
@@ -408,11 +416,11 @@ export const MODELS: readonly ModelSpec[] = [
   imagen('imagen-4.0-ultra-generate-exp-05-20', 1, ' (named in older documents)'),
   imagen('imagen-4.0-generate-preview-05-20', 4, ' (named in older documents)'),
   flux11Pro,
-  fluxWithImageInput('flux-kontext-max', { async: true, maxSafety: 6, description: 'Black Forest Labs FLUX.1 Kontext [max], asynchronous task; edits take the source image as input_image.' }),
-  fluxWithImageInput('flux-kontext-pro', { async: true, maxSafety: 6, description: 'Black Forest Labs FLUX.1 Kontext [pro], asynchronous task; edits take the source image as input_image.' }),
-  fluxWithImageInput('flux-2-pro', { async: true, maxSafety: 5, description: 'Black Forest Labs FLUX.2 [pro], asynchronous task.' }),
-  fluxWithImageInput('flux-2-flex', { async: true, maxSafety: 5, description: 'Black Forest Labs FLUX.2 [flex], asynchronous task.' }),
-  fluxWithImageInput('FLUX.1-Kontext-pro', { async: false, maxSafety: 6, description: 'Black Forest Labs FLUX.1 Kontext [pro] through the general interface, synchronous.' }),
+  fluxWithImageInput('flux-kontext-max', { promptUpsampling: true, async: true, maxSafety: 6, description: 'Black Forest Labs FLUX.1 Kontext [max], asynchronous task; edits take the source image as input_image.' }),
+  fluxWithImageInput('flux-kontext-pro', { promptUpsampling: true, async: true, maxSafety: 6, description: 'Black Forest Labs FLUX.1 Kontext [pro], asynchronous task; edits take the source image as input_image.' }),
+  fluxWithImageInput('flux-2-pro', { promptUpsampling: false, async: true, maxSafety: 5, description: 'Black Forest Labs FLUX.2 [pro], asynchronous task.' }),
+  fluxWithImageInput('flux-2-flex', { promptUpsampling: true, async: true, maxSafety: 5, description: 'Black Forest Labs FLUX.2 [flex], asynchronous task.' }),
+  fluxWithImageInput('FLUX.1-Kontext-pro', { promptUpsampling: true, async: false, maxSafety: 6, description: 'Black Forest Labs FLUX.1 Kontext [pro] through the general interface, synchronous.' }),
   ideogramV3,
   ideogramLegacy('ideogram-v2', 'V_2', { generate: 0.08, edit: 0.08 }),
   ideogramLegacy('ideogram-v2-turbo', 'V_2_TURBO', { generate: 0.05, edit: 0.05 }),

@@ -2,11 +2,11 @@ import { randomBytes } from 'node:crypto';
 import sharp from 'sharp';
 import { GatewayError } from '../errors.js';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
-import { pricePerImage, routeFor } from '../catalogue/catalogue.js';
+import { estimateCostUsd, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { ImageRequest } from '../request/image-request.js';
 import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
-import type { UpstreamClient } from '../upstream/upstream-client.js';
+import type { TaskHooks, UpstreamClient } from '../upstream/upstream-client.js';
 import type { UpstreamImage } from '../upstream/upstream-reply.js';
 import { sniffImageType } from '../images/image-bytes.js';
 import type { ImageStore } from '../images/image-store.js';
@@ -66,14 +66,14 @@ export class ImageGeneration {
     return { request, model, route, upstream, ...(mode ? { mode } : {}) };
   }
 
-  async run(prepared: PreparedGeneration, ctx: { signal: AbortSignal; publicBaseUrl: string }): Promise<GenerationResult> {
+  async run(prepared: PreparedGeneration, ctx: { signal: AbortSignal; publicBaseUrl: string; task?: TaskHooks }): Promise<GenerationResult> {
     const { request, model, route } = prepared;
-    const produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal);
+    const produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal, ctx.task);
     const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
     const images = await Promise.all(
       produced.images.map((image) => this.keep(image, request.responseFormat, expiresAt, ctx)),
     );
-    const unitPrice = pricePerImage(route.price, request.options);
+    const estimatedCostUsd = estimateCostUsd(route.price, { images: images.length, options: request.options, upstreamTokens: produced.usage });
     return {
       id: newId('gen'),
       object: 'image.result',
@@ -82,7 +82,7 @@ export class ImageGeneration {
       images,
       usage: {
         images: images.length,
-        estimated_cost_usd: unitPrice === null ? null : Math.round(unitPrice * images.length * 1e6) / 1e6,
+        estimated_cost_usd: estimatedCostUsd,
         upstream_ms: produced.upstreamMs,
         ...(produced.usage ? { upstream_tokens: produced.usage } : {}),
       },

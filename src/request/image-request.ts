@@ -23,10 +23,16 @@ export interface ImageRequest {
   mode?: EditMode;
   images: InputImage[];
   mask?: InputImage;
+  /** Where to POST the finished job (async requests). */
+  callbackUrl?: string;
 }
 
+/** Names a client makes up (models, fields, option keys) are echoed in errors and logs: keep them short. */
+const NAME_MAX = 100;
+const clipName = (name: string) => (name.length > NAME_MAX ? `${name.slice(0, NAME_MAX)}...` : name);
+
 const commonFields = {
-  model: z.string().min(1),
+  model: z.string().min(1).max(NAME_MAX),
   prompt: z.string().min(1),
   n: z.number().int().min(1),
   size: z.string().min(1),
@@ -38,8 +44,12 @@ const commonFields = {
   output_format: z.enum(['png', 'jpeg', 'webp']),
   background: z.string().min(1),
   response_format: z.enum(['url', 'b64_json']),
-  options: z.record(z.string(), z.unknown()),
+  options: z.record(z.string().min(1).max(NAME_MAX), z.unknown()),
   async: z.boolean(),
+  callback_url: z
+    .string()
+    .max(2000)
+    .refine((v) => /^https?:$/.test(URL.canParse(v) ? new URL(v).protocol : ''), 'must be an http(s) URL'),
 };
 
 const generateSchema = z
@@ -62,20 +72,22 @@ const editJsonSchema = z
 type GenerateBody = z.infer<typeof generateSchema>;
 
 /** zod's complaints, turned into a 400 that names each field and what it may be. */
-function refuse(error: z.ZodError, allowedFields: string[]): GatewayError {
+function refuse(error: z.ZodError, allowedFields: string[], body: object): GatewayError {
   const details: ErrorDetail[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
       for (const key of issue.keys) {
-        details.push({ field: key, message: 'is not a field of this request', allowed: allowedFields });
+        details.push({ field: clipName(key), message: 'is not a field of this request', allowed: allowedFields });
       }
       continue;
     }
-    const field = issue.path.map(String).join('.') || '(body)';
-    const message = issue.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue.message;
+    const field = issue.path.map((p) => clipName(String(p))).join('.') || '(body)';
+    // zod leaves issue.input out unless asked, so absence is read from the body itself.
+    const missing = issue.code === 'invalid_type' && issue.path.length === 1 && !Object.hasOwn(body, String(issue.path[0]));
+    const message = missing ? 'is required' : issue.message;
     details.push({ field, message });
   }
-  const summary = details.map((d) => `${d.field} ${d.message}`).join('; ');
+  const summary = details.map((d) => `${d.field} ${d.message}`).join('; ').slice(0, 1000);
   return new GatewayError('invalid_request', summary, { details });
 }
 
@@ -96,6 +108,7 @@ function fromBody(operation: Operation, body: GenerateBody, extra: { mode?: Edit
     options: body.options ?? {},
     responseFormat: body.response_format ?? 'url',
     async: body.async ?? false,
+    ...(body.callback_url ? { callbackUrl: body.callback_url } : {}),
     ...(extra.mode ? { mode: extra.mode } : {}),
     images: extra.images ?? [],
     ...(extra.mask ? { mask: extra.mask } : {}),
@@ -107,7 +120,7 @@ export function parseGenerateBody(raw: unknown): ImageRequest {
     throw invalidField('(body)', 'must be a JSON object');
   }
   const parsed = generateSchema.safeParse(raw);
-  if (!parsed.success) throw refuse(parsed.error, Object.keys(commonFields));
+  if (!parsed.success) throw refuse(parsed.error, Object.keys(commonFields), raw);
   return fromBody('generate', parsed.data, {});
 }
 
@@ -139,7 +152,7 @@ export function parseEditJson(raw: unknown, maxImageBytes: number): ImageRequest
     throw invalidField('(body)', 'must be a JSON object');
   }
   const parsed = editJsonSchema.safeParse(raw);
-  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image', 'mask']);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image', 'mask'], raw);
   const { image, mask, mode, ...rest } = parsed.data;
   const list = Array.isArray(image) ? image : [image];
   const images = list.map((v, i) => decodeDataUrl(v, list.length > 1 ? `image[${i}]` : 'image', maxImageBytes));
@@ -171,7 +184,7 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
     .partial()
     .required({ model: true, prompt: true });
   const parsed = schema.safeParse(body);
-  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image (file)', 'mask (file)']);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image (file)', 'mask (file)'], body);
   if (images.length === 0) throw invalidField('image', 'at least one image file is required');
   const { mode, ...rest } = parsed.data;
   return fromBody('edit', rest, { images, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });

@@ -2,7 +2,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
 import { describeModel } from '../catalogue/catalogue.js';
 import { inputImage, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest, type InputImage } from '../request/image-request.js';
-import type { GenerationResult } from '../generation/image-generation.js';
+import type { GenerationResult, PreparedGeneration } from '../generation/image-generation.js';
+import { requestFingerprint } from '../jobs/stored-request.js';
 
 function isJson(request: FastifyRequest): boolean {
   const type = request.headers['content-type'] ?? '';
@@ -21,46 +22,110 @@ function publicBaseUrl(app: FastifyInstance, request: FastifyRequest): string {
   return app.config.PUBLIC_BASE_URL?.replace(/\/+$/, '') ?? `${request.protocol}://${request.host}`;
 }
 
+interface JobAccepted {
+  id: string;
+  status: string;
+  status_url: string;
+}
+
 /**
- * Runs one upstream exchange under UPSTREAM_TIMEOUT_MS, and aborts it when the client goes away so
- * nobody waits on (or pays for polling) a result nobody will read.
+ * Runs one request. A plain request goes straight upstream under UPSTREAM_TIMEOUT_MS and is aborted
+ * when the client goes away. An async request, or one with an Idempotency-Key, runs as a persisted
+ * job: a retry joins the first request's job instead of paying twice.
  */
-async function generateFor(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, imageRequest: ImageRequest): Promise<GenerationResult> {
+async function generateFor(
+  app: FastifyInstance,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  imageRequest: ImageRequest,
+): Promise<GenerationResult | JobAccepted> {
   const outcome = request.outcome;
   outcome.operation = imageRequest.operation;
   outcome.imagesRequested = typeof imageRequest.params.n === 'number' ? imageRequest.params.n : 1;
   const named = app.catalogue.find(imageRequest.model);
   outcome.model = named?.id ?? imageRequest.model;
   if (app.config.LOG_PROMPTS) outcome.prompt = imageRequest.prompt;
-  const prepared = await app.generation.prepare(imageRequest);
-  if (imageRequest.async) {
-    throw invalidField('async', 'asynchronous jobs are not enabled on this gateway yet', [false]);
+  const idempotencyKey = request.headers['idempotency-key'];
+  if (idempotencyKey !== undefined && (typeof idempotencyKey !== 'string' || idempotencyKey.length === 0 || idempotencyKey.length > 255)) {
+    throw invalidField('Idempotency-Key', 'must be one header of 1 to 255 characters');
   }
+  const prepared = await app.generation.prepare(imageRequest);
+
   const clientGone = new AbortController();
   const onClose = () => {
     if (!reply.raw.writableFinished) clientGone.abort(new ClientGone());
   };
   reply.raw.on('close', onClose);
-  const deadline = AbortSignal.timeout(app.config.UPSTREAM_TIMEOUT_MS);
-  const signal = AbortSignal.any([clientGone.signal, deadline]);
   try {
-    const result = await app.generation.run(prepared, { signal, publicBaseUrl: publicBaseUrl(app, request) });
-    outcome.imagesReturned = result.images.length;
-    outcome.bytesStored = result.images.reduce((sum, image) => sum + image.bytes, 0);
-    outcome.estimatedCostUsd = result.usage.estimated_cost_usd;
-    outcome.upstreamStatus = 200;
-    outcome.upstreamMs = result.usage.upstream_ms;
-    if (result.usage.upstream_tokens) outcome.upstreamTokens = result.usage.upstream_tokens;
+    const result =
+      imageRequest.async || idempotencyKey
+        ? await viaJob(app, request, reply, prepared, idempotencyKey, clientGone.signal)
+        : await directly(app, request, prepared, clientGone.signal);
+    if ('images' in result) {
+      outcome.imagesReturned = result.images.length;
+      outcome.bytesStored = result.images.reduce((sum, image) => sum + image.bytes, 0);
+      outcome.estimatedCostUsd = result.usage.estimated_cost_usd;
+      outcome.upstreamStatus = 200;
+      outcome.upstreamMs = result.usage.upstream_ms;
+      if (result.usage.upstream_tokens) outcome.upstreamTokens = result.usage.upstream_tokens;
+    }
     return result;
   } catch (err) {
-    if (deadline.aborted) {
-      throw new GatewayError('upstream_timeout', `no complete upstream answer within ${app.config.UPSTREAM_TIMEOUT_MS} ms`, { cause: err });
-    }
     if (clientGone.signal.aborted) throw new ClientGone();
     throw err;
   } finally {
     reply.raw.off('close', onClose);
   }
+}
+
+async function directly(app: FastifyInstance, request: FastifyRequest, prepared: PreparedGeneration, clientGone: AbortSignal): Promise<GenerationResult> {
+  const deadline = AbortSignal.timeout(app.config.UPSTREAM_TIMEOUT_MS);
+  try {
+    return await app.generation.run(prepared, { signal: AbortSignal.any([clientGone, deadline]), publicBaseUrl: publicBaseUrl(app, request) });
+  } catch (err) {
+    if (deadline.aborted) {
+      throw new GatewayError('upstream_timeout', `no complete upstream answer within ${app.config.UPSTREAM_TIMEOUT_MS} ms`, { cause: err });
+    }
+    throw err;
+  }
+}
+
+async function viaJob(
+  app: FastifyInstance,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  prepared: PreparedGeneration,
+  idempotencyKey: string | undefined,
+  clientGone: AbortSignal,
+): Promise<GenerationResult | JobAccepted> {
+  const client = request.client!;
+  let jobId = app.jobs.newJobId();
+  let first = true;
+  const scope = idempotencyKey ? `${client.id}:${idempotencyKey}` : undefined;
+  if (scope) {
+    ({ jobId, first } = await app.jobs.claimIdempotencyKey(scope, requestFingerprint(prepared.request, prepared.model.id), jobId));
+    reply.header('idempotent-replayed', String(!first));
+  }
+  if (first) {
+    try {
+      await app.jobs.create(jobId, prepared, { client, publicBaseUrl: publicBaseUrl(app, request) });
+    } catch (err) {
+      if (scope) await app.jobs.releaseIdempotencyKey(scope, jobId);
+      throw err;
+    }
+  }
+  if (prepared.request.async) {
+    const row = await app.jobs.get(jobId);
+    if (!row) throw new GatewayError('not_found', `job ${jobId} is gone`);
+    reply.status(202).header('location', `/v1/jobs/${jobId}`);
+    return { id: row.id, status: row.status, status_url: `/v1/jobs/${row.id}` };
+  }
+  // A synchronous request with an Idempotency-Key waits for its job; if the client leaves, the job
+  // goes on, and the client's retry gets its result.
+  const row = await app.jobs.waitFor(jobId, clientGone);
+  const finished = app.jobs.outcome(row);
+  if ('error' in finished) throw finished.error;
+  return finished.result;
 }
 
 async function readMultipartEdit(request: FastifyRequest): Promise<ImageRequest> {

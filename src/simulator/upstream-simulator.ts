@@ -12,6 +12,8 @@ export interface RecordedFile {
   mimetype: string;
   bytes: number;
   sha256: string;
+  /** The file itself, for files up to RECORDED_FILE_DATA_LIMIT bytes, so tests can decode what arrived. */
+  data?: Buffer;
 }
 
 export interface RecordedRequest {
@@ -48,6 +50,8 @@ export interface UpstreamSimulator {
    * makes the next `count` asynchronous tasks end in Error.
    */
   failNext(fault: SimulatedFault, count?: number): void;
+  /** While true, every async task answers Pending, however often it is polled (to catch a job mid-task). */
+  holdTasks: boolean;
   /** Clears `received` and every pending fault. */
   reset(): void;
   close(): Promise<void>;
@@ -70,6 +74,7 @@ export interface SimulatorOptions {
 
 const BODY_LIMIT_BYTES = 64 * 1024 * 1024;
 const MAX_IMAGES_PER_CALL = 16;
+const RECORDED_FILE_DATA_LIMIT = 1024 * 1024;
 const ASYNC_BFL_MODELS = new Set(['flux-kontext-max', 'flux-kontext-pro', 'flux-2-pro', 'flux-2-flex']);
 
 /** Faults that answer a submission; 'task_error' acts on a task instead. */
@@ -110,6 +115,7 @@ class SimulatorState {
   readonly hungResponses = new Set<ServerResponse>();
   private pendingFaults: SubmissionFault[] = [];
   private pendingTaskErrors = 0;
+  holdTasks = false;
 
   constructor(
     readonly apiKey: string | undefined,
@@ -233,6 +239,12 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
     url: sim.baseUrl,
     received: sim.received,
     failNext: (fault, count = 1) => sim.failNext(fault, count),
+    get holdTasks() {
+      return sim.holdTasks;
+    },
+    set holdTasks(hold: boolean) {
+      sim.holdTasks = hold;
+    },
     reset: () => sim.reset(),
     close: async () => {
       for (const response of sim.hungResponses) response.destroy();
@@ -298,7 +310,7 @@ function registerPredictionRoutes(api: FastifyInstance, sim: SimulatorState): vo
     const task = sim.tasks.get(id);
     if (!task) return reply.code(404).send({ id, status: 'Task not found' });
     task.polls += 1;
-    if (task.polls <= sim.taskPollsUntilReady) return { id, status: 'Pending' };
+    if (sim.holdTasks || task.polls <= sim.taskPollsUntilReady) return { id, status: 'Pending' };
     switch (task.outcome) {
       case 'error':
         return { id, status: 'Error', details: 'simulated failure' };
@@ -518,6 +530,7 @@ async function recordMultipartBody(
         mimetype: part.mimetype,
         bytes: bytes.length,
         sha256: createHash('sha256').update(bytes).digest('hex'),
+        ...(bytes.length <= RECORDED_FILE_DATA_LIMIT ? { data: bytes } : {}),
       });
     } else {
       const value = String(part.value);

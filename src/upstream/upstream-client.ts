@@ -15,6 +15,14 @@ export interface UpstreamClientOptions {
   maxDownloadBytes: number;
 }
 
+/** For jobs that must survive a restart: learn the task id at once, or pick up a known one. */
+export interface TaskHooks {
+  /** Called as soon as upstream has accepted an asynchronous task, before polling it. */
+  onTaskId?: (taskId: string) => Promise<void>;
+  /** Poll this task instead of submitting again: it was submitted (and paid for) before a restart. */
+  resumeTaskId?: string;
+}
+
 export interface UpstreamResult {
   images: UpstreamImage[];
   usage?: Record<string, unknown>;
@@ -59,14 +67,15 @@ export class UpstreamClient {
   }
 
   /** Sends one request and, for a task, polls it to the end; resolves with the images upstream made. */
-  async generate(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamResult> {
+  async generate(req: UpstreamRequest, signal: AbortSignal, hooks: TaskHooks = {}): Promise<UpstreamResult> {
     await this.slots.acquire(signal);
     const started = performance.now();
     try {
-      const body = await this.exchange(req, signal);
+      const body = hooks.resumeTaskId ? { output: [{ taskId: hooks.resumeTaskId }] } : await this.exchange(req, signal);
       const reply = normalizeOutput(body);
       if (!reply) throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
       if (reply.kind === 'task') {
+        if (!hooks.resumeTaskId) await hooks.onTaskId?.(reply.taskId);
         const images = await this.pollTask(reply.taskId, signal);
         return { images, upstreamMs: Math.round(performance.now() - started) };
       }
@@ -223,7 +232,9 @@ export class UpstreamClient {
         const res = await request(parsed, { method: 'GET', signal, dispatcher: this.downloads });
         if (res.statusCode !== 200) {
           await res.body.dump();
-          throw new GatewayError('upstream_error', `downloading the upstream image failed with HTTP ${res.statusCode}`, { upstreamStatus: res.statusCode });
+          // Result URLs are short-lived (Flux: 10 minutes); a 403/404/410 there almost always means expired.
+          const cause = [403, 404, 410].includes(res.statusCode) ? ': the upstream image URL has expired or is gone' : '';
+          throw new GatewayError('upstream_error', `downloading the upstream image failed with HTTP ${res.statusCode}${cause}`, { upstreamStatus: res.statusCode });
         }
         return await this.readBody(res, this.options.maxDownloadBytes);
       } catch (err) {

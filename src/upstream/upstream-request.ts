@@ -114,7 +114,10 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
       setPath(tree, spec.to, spec.shape === 'single' ? encoded[0] : encoded);
     }
     if (req.mask && route.mask) {
-      const mask = route.mask.convention === 'black' ? await toBlackMeansChangeMask(req.mask, req.images[0]!) : req.mask;
+      // OpenAI too refuses a mask that is not a PNG with transparency the image's size; the conversion
+      // checks exactly that, so it runs for both conventions and nothing bad reaches upstream.
+      const converted = await toBlackMeansChangeMask(req.mask, req.images[0]!);
+      const mask = route.mask.convention === 'black' ? converted : req.mask;
       files.push({ field: route.mask.to, filename: 'mask.png', mime: mask.mime, bytes: mask.bytes });
     }
   }

@@ -1,0 +1,372 @@
+import { createHmac, randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FastifyBaseLogger } from 'fastify';
+import { request as httpRequest } from 'undici';
+import { GatewayError, errorBody, type ErrorCode } from '../errors.js';
+import type { Client } from '../auth/client-keys.js';
+import type { Database } from '../storage/database.js';
+import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
+import { deserializeRequest, serializeRequest } from './stored-request.js';
+import { JOB_MIGRATIONS } from './job-migrations.js';
+
+export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed';
+
+export interface JobRow {
+  id: string;
+  key_id: string;
+  team: string;
+  status: JobStatus;
+  operation: string;
+  model: string;
+  request_json: string | null;
+  upstream_task_id: string | null;
+  result_json: string | null;
+  error_json: string | null;
+  callback_url: string | null;
+  callback_status: string | null;
+  public_base_url: string;
+  lease_owner: string | null;
+  lease_until: number | string;
+  created_at: number | string;
+  updated_at: number | string;
+  expires_at: number | string;
+}
+
+/** What a finished job failed with: the HTTP status it would have had, and the error object. */
+interface StoredError {
+  status: number;
+  error: ReturnType<typeof errorBody>['error'];
+}
+
+export interface JobView {
+  id: string;
+  status: JobStatus;
+  status_url: string;
+  model: string;
+  created: number;
+  result?: GenerationResult;
+  error?: StoredError['error'];
+}
+
+export interface JobRunnerOptions {
+  db: Database;
+  generation: ImageGeneration;
+  log: FastifyBaseLogger;
+  upstreamTimeoutMs: number;
+  retentionDays: number;
+  /** How long a replica's claim on a running job lasts without renewal; a dead replica's jobs are taken over after it. */
+  leaseMs: number;
+  /** How long a graceful stop waits for synchronous upstream calls that cannot be resumed. */
+  shutdownGraceMs: number;
+  callbackSecret: Buffer;
+  /** Checks a callback URL against the egress policy before each delivery; throws to refuse. */
+  checkCallbackUrl?: (url: string) => Promise<void>;
+}
+
+const FINAL: JobStatus[] = ['succeeded', 'failed'];
+const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
+
+/**
+ * Runs asynchronous and idempotent requests as persisted jobs. The upstream task id is written as
+ * soon as it is known, so a job whose gateway died is taken over (after its lease lapses) and
+ * polled to the end without being submitted, and paid for, again.
+ */
+export class JobRunner {
+  readonly instanceId = `gw_${randomBytes(6).toString('hex')}`;
+  private readonly active = new Map<string, { controller: AbortController; done: Promise<void>; resumable: () => boolean }>();
+  private timers: NodeJS.Timeout[] = [];
+  private closing = false;
+
+  constructor(private readonly o: JobRunnerOptions) {}
+
+  async start(): Promise<void> {
+    await this.o.db.migrate(JOB_MIGRATIONS);
+    await this.takeOverAbandoned();
+    const every = (ms: number, fn: () => Promise<unknown>) => {
+      const t = setInterval(() => fn().catch((err) => this.o.log.error({ err }, 'job maintenance failed')), ms);
+      t.unref();
+      this.timers.push(t);
+    };
+    every(Math.max(50, Math.floor(this.o.leaseMs / 3)), () => this.renewLeases());
+    every(this.o.leaseMs, () => this.takeOverAbandoned());
+    every(3600_000, () => this.forgetExpired());
+  }
+
+  /** Stops polling (those jobs resume elsewhere or on restart), waits for unresumable calls, frees the leases. */
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const t of this.timers) clearInterval(t);
+    const waits: Promise<void>[] = [];
+    for (const [id, job] of this.active) {
+      if (job.resumable()) job.controller.abort(new Error('gateway shutting down'));
+      waits.push(job.done);
+      void id;
+    }
+    await Promise.race([Promise.allSettled(waits), sleep(this.o.shutdownGraceMs)]);
+    for (const job of this.active.values()) job.controller.abort(new Error('gateway shutting down'));
+    await Promise.allSettled([...this.active.values()].map((j) => j.done));
+    await this.o.db.run('UPDATE jobs SET lease_until = 0 WHERE lease_owner = $1 AND status IN ($2, $3)', [this.instanceId, 'queued', 'running']);
+  }
+
+  get activeCount(): number {
+    return this.active.size;
+  }
+
+  async counts(): Promise<Record<JobStatus, number>> {
+    const rows = await this.o.db.all<{ status: JobStatus; n: number | string }>('SELECT status, COUNT(*) AS n FROM jobs GROUP BY status');
+    const counts: Record<JobStatus, number> = { queued: 0, running: 0, succeeded: 0, failed: 0 };
+    for (const r of rows) counts[r.status] = Number(r.n);
+    return counts;
+  }
+
+  newJobId(): string {
+    return `job_${randomBytes(12).toString('base64url')}`;
+  }
+
+  /** Persists a job, then runs it in the background. */
+  async create(
+    id: string,
+    prepared: PreparedGeneration,
+    owner: { client: Client; publicBaseUrl: string },
+  ): Promise<JobRow> {
+    const now = Date.now();
+    const request = prepared.request;
+    await this.o.db.run(
+      `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
+         lease_owner, lease_until, created_at, updated_at, expires_at)
+       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)`,
+      [
+        id,
+        owner.client.id,
+        owner.client.team,
+        request.operation,
+        prepared.model.id,
+        serializeRequest(request),
+        request.callbackUrl ?? null,
+        owner.publicBaseUrl,
+        this.instanceId,
+        now + this.o.leaseMs,
+        now,
+        now + this.o.retentionDays * 86_400_000,
+      ],
+    );
+    this.launch(id, prepared, undefined);
+    return (await this.get(id))!;
+  }
+
+  async get(id: string): Promise<JobRow | undefined> {
+    const row = await this.o.db.get<JobRow>('SELECT * FROM jobs WHERE id = $1', [id]);
+    if (!row || Number(row.expires_at) < Date.now()) return undefined;
+    return row;
+  }
+
+  view(row: JobRow): JobView {
+    const view: JobView = {
+      id: row.id,
+      status: row.status,
+      status_url: `/v1/jobs/${row.id}`,
+      model: row.model,
+      created: Math.floor(Number(row.created_at) / 1000),
+    };
+    if (row.result_json) view.result = JSON.parse(row.result_json) as GenerationResult;
+    if (row.error_json) view.error = (JSON.parse(row.error_json) as StoredError).error;
+    return view;
+  }
+
+  /** The finished job's answer, as the synchronous request would have had it. */
+  outcome(row: JobRow): { result: GenerationResult } | { error: GatewayError } {
+    if (row.status === 'succeeded' && row.result_json) return { result: JSON.parse(row.result_json) as GenerationResult };
+    const stored = row.error_json ? (JSON.parse(row.error_json) as StoredError) : undefined;
+    const code = (stored?.error.code ?? 'upstream_error') as ErrorCode;
+    return { error: new GatewayError(code, stored?.error.message ?? 'the job failed', { details: stored?.error.details ?? [] }) };
+  }
+
+  /** Waits until the job has finished, here or on another replica. */
+  async waitFor(id: string, signal: AbortSignal): Promise<JobRow> {
+    for (;;) {
+      const local = this.active.get(id);
+      if (local) await Promise.race([local.done, sleep(60_000, undefined, { signal })]);
+      const row = await this.get(id);
+      if (!row) throw new GatewayError('not_found', `job ${id} is gone`);
+      if (FINAL.includes(row.status)) return row;
+      await sleep(200, undefined, { signal });
+    }
+  }
+
+  /**
+   * Claims the first use of an Idempotency-Key. Returns the job id to run (ours) or to join (the
+   * first request's); a different request under the same key is a 409.
+   */
+  async claimIdempotencyKey(scope: string, fingerprint: string, jobId: string): Promise<{ jobId: string; first: boolean }> {
+    const now = Date.now();
+    await this.o.db.run('DELETE FROM idempotency_keys WHERE scope = $1 AND expires_at < $2', [scope, now]);
+    const inserted = await this.o.db.run(
+      'INSERT INTO idempotency_keys (scope, request_hash, job_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope) DO NOTHING',
+      [scope, fingerprint, jobId, now, now + IDEMPOTENCY_TTL_MS],
+    );
+    if (inserted === 1) return { jobId, first: true };
+    const row = await this.o.db.get<{ request_hash: string; job_id: string }>('SELECT request_hash, job_id FROM idempotency_keys WHERE scope = $1', [scope]);
+    if (!row) return this.claimIdempotencyKey(scope, fingerprint, jobId);
+    if (row.request_hash !== fingerprint) {
+      throw new GatewayError('conflict', 'this Idempotency-Key was already used with a different request body', {
+        details: [{ field: 'Idempotency-Key', message: 'reuse a key only to retry the identical request' }],
+      });
+    }
+    return { jobId: row.job_id, first: false };
+  }
+
+  /** Undoes a claim whose job could not be created, so a retry is not stuck on a job that never existed. */
+  async releaseIdempotencyKey(scope: string, jobId: string): Promise<void> {
+    await this.o.db.run('DELETE FROM idempotency_keys WHERE scope = $1 AND job_id = $2', [scope, jobId]);
+  }
+
+  private launch(id: string, prepared: PreparedGeneration | undefined, resumeTaskId: string | undefined): void {
+    const controller = new AbortController();
+    let taskKnown = resumeTaskId !== undefined;
+    const done = this.execute(id, prepared, resumeTaskId, controller.signal, () => {
+      taskKnown = true;
+    })
+      .catch((err) => this.o.log.error({ err, job_id: id }, 'job bookkeeping failed'))
+      .finally(() => this.active.delete(id));
+    this.active.set(id, { controller, done, resumable: () => taskKnown });
+  }
+
+  private async execute(
+    id: string,
+    given: PreparedGeneration | undefined,
+    resumeTaskId: string | undefined,
+    stop: AbortSignal,
+    markTaskKnown: () => void,
+  ): Promise<void> {
+    const row = await this.get(id);
+    if (!row) return;
+    const deadline = AbortSignal.timeout(this.o.upstreamTimeoutMs);
+    const signal = AbortSignal.any([stop, deadline]);
+    let result: GenerationResult | undefined;
+    let failure: GatewayError | undefined;
+    try {
+      const prepared = given ?? (await this.o.generation.prepare(deserializeRequest(row.request_json ?? 'null')));
+      await this.o.db.run("UPDATE jobs SET status = 'running', updated_at = $1 WHERE id = $2", [Date.now(), id]);
+      result = await this.o.generation.run(prepared, {
+        signal,
+        publicBaseUrl: row.public_base_url,
+        task: {
+          ...(resumeTaskId ? { resumeTaskId } : {}),
+          onTaskId: async (taskId) => {
+            await this.o.db.run('UPDATE jobs SET upstream_task_id = $1, updated_at = $2 WHERE id = $3', [taskId, Date.now(), id]);
+            markTaskKnown();
+          },
+        },
+      });
+    } catch (err) {
+      if (stop.aborted && !deadline.aborted) return; // shutting down: another replica or the next start resumes it
+      failure = deadline.aborted
+        ? new GatewayError('upstream_timeout', `no complete upstream answer within ${this.o.upstreamTimeoutMs} ms`)
+        : err instanceof GatewayError
+          ? err
+          : new GatewayError('internal_error', 'internal error', { cause: err });
+      if (failure.status >= 500) this.o.log.error({ err: failure.cause ?? failure, job_id: id, code: failure.code }, failure.message);
+    }
+    await this.finish(id, result, failure);
+  }
+
+  private async finish(id: string, result: GenerationResult | undefined, failure: GatewayError | undefined): Promise<void> {
+    const error: StoredError | null = failure ? { status: failure.status, error: errorBody(failure, id).error } : null;
+    await this.o.db.run(
+      `UPDATE jobs SET status = $1, result_json = $2, error_json = $3, request_json = NULL, lease_owner = NULL, lease_until = 0, updated_at = $4
+       WHERE id = $5`,
+      [result ? 'succeeded' : 'failed', result ? JSON.stringify(result) : null, error ? JSON.stringify(error) : null, Date.now(), id],
+    );
+    const row = await this.get(id);
+    if (row?.callback_url) void this.deliverCallback(row);
+  }
+
+  private async renewLeases(): Promise<void> {
+    if (this.closing || this.active.size === 0) return;
+    const until = Date.now() + this.o.leaseMs;
+    for (const id of this.active.keys()) {
+      await this.o.db.run('UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3', [until, id, this.instanceId]);
+    }
+  }
+
+  /** Jobs whose replica stopped renewing its lease: claim each one atomically and carry it on. */
+  async takeOverAbandoned(): Promise<number> {
+    if (this.closing) return 0;
+    const now = Date.now();
+    const candidates = await this.o.db.all<JobRow>(
+      "SELECT * FROM jobs WHERE status IN ('queued', 'running') AND lease_until < $1 ORDER BY created_at LIMIT 100",
+      [now],
+    );
+    let taken = 0;
+    for (const job of candidates) {
+      if (this.active.has(job.id)) continue;
+      const claimed = await this.o.db.run(
+        "UPDATE jobs SET lease_owner = $1, lease_until = $2, updated_at = $3 WHERE id = $4 AND status IN ('queued', 'running') AND lease_until < $3",
+        [this.instanceId, now + this.o.leaseMs, now, job.id],
+      );
+      if (claimed !== 1) continue;
+      taken++;
+      if (job.upstream_task_id) {
+        this.o.log.info({ job_id: job.id }, 'resuming a job: polling its upstream task again');
+        this.launch(job.id, undefined, job.upstream_task_id);
+      } else if (job.status === 'queued') {
+        this.o.log.info({ job_id: job.id }, 'resuming a job that was never sent upstream');
+        this.launch(job.id, undefined, undefined);
+      } else {
+        // Its synchronous upstream call was in flight when the gateway died: sending it again could
+        // pay twice, and the first answer is lost. Say so rather than guess.
+        await this.finish(
+          job.id,
+          undefined,
+          new GatewayError('upstream_error', 'the gateway stopped while this job’s upstream call was in flight; it was not sent again, to avoid paying twice. Submit it again to retry.'),
+        );
+      }
+    }
+    return taken;
+  }
+
+  private async forgetExpired(): Promise<void> {
+    const now = Date.now();
+    await this.o.db.run("DELETE FROM jobs WHERE expires_at < $1 AND status IN ('succeeded', 'failed')", [now]);
+    await this.o.db.run('DELETE FROM idempotency_keys WHERE expires_at < $1', [now]);
+  }
+
+  /** POSTs the finished job to its callback_url, signed, retried with backoff. */
+  private async deliverCallback(row: JobRow): Promise<void> {
+    const body = JSON.stringify(this.view(row));
+    const timestamp = Math.floor(Date.now() / 1000);
+    const signature = createHmac('sha256', this.o.callbackSecret).update(`${timestamp}.${body}`).digest('hex');
+    let status = 'failed';
+    for (const wait of [0, 1000, 5000, 25_000]) {
+      if (this.closing) break;
+      if (wait) await sleep(wait);
+      try {
+        await this.o.checkCallbackUrl?.(row.callback_url!);
+        const res = await httpRequest(row.callback_url!, {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            'x-gateway-event': 'job.finished',
+            'x-gateway-signature': `t=${timestamp},v1=${signature}`,
+          },
+          body,
+          headersTimeout: 10_000,
+          bodyTimeout: 10_000,
+        });
+        await res.body.dump();
+        if (res.statusCode >= 200 && res.statusCode < 300) {
+          status = 'delivered';
+          break;
+        }
+        if (res.statusCode < 500 && res.statusCode !== 429) break;
+      } catch (err) {
+        if (err instanceof GatewayError) {
+          status = `refused: ${err.message}`;
+          break;
+        }
+      }
+    }
+    await this.o.db.run('UPDATE jobs SET callback_status = $1 WHERE id = $2', [status, row.id]);
+    if (status !== 'delivered') this.o.log.warn({ job_id: row.id, callback_status: status }, 'job callback not delivered');
+  }
+}

@@ -1,0 +1,135 @@
+import type { FastifyBaseLogger } from 'fastify';
+import type { Database, SqlValue } from '../storage/database.js';
+
+/** What one /v1 request did, as kept in `usage_records`. Never image bytes; the prompt only with LOG_PROMPTS. */
+export interface UsageRecord {
+  /** When the request arrived, Unix ms. */
+  timeMs: number;
+  requestId: string;
+  /** Null when no valid key was presented (401). */
+  keyId: string | null;
+  team: string | null;
+  method: string;
+  /** The route pattern (`/v1/models/:id`); null when no route matched (404). */
+  route: string | null;
+  model: string | null;
+  /** generate or edit; null for the other routes. */
+  operation: string | null;
+  imagesRequested: number | null;
+  imagesReturned: number;
+  status: number;
+  errorCode: string | null;
+  upstreamStatus: number | null;
+  upstreamMs: number | null;
+  totalMs: number;
+  bytesStored: number;
+  estimatedCostUsd: number | null;
+  upstreamTokens: Record<string, unknown> | null;
+  prompt: string | null;
+}
+
+const COLUMNS = [
+  'time_ms', 'day', 'request_id', 'key_id', 'team', 'method', 'route', 'model', 'operation', 'images_requested',
+  'images_returned', 'status', 'error_code', 'upstream_status', 'upstream_ms', 'total_ms', 'bytes_stored', 'cost_usd',
+  'upstream_tokens', 'prompt',
+] as const;
+
+function rowOf(r: UsageRecord): SqlValue[] {
+  return [
+    r.timeMs, new Date(r.timeMs).toISOString().slice(0, 10), r.requestId, r.keyId, r.team, r.method, r.route, r.model,
+    r.operation, r.imagesRequested, r.imagesReturned, r.status, r.errorCode, r.upstreamStatus, r.upstreamMs, r.totalMs,
+    r.bytesStored, r.estimatedCostUsd, r.upstreamTokens ? JSON.stringify(r.upstreamTokens) : null, r.prompt,
+  ];
+}
+
+export interface UsageLogOptions {
+  flushIntervalMs?: number;
+  batchSize?: number;
+  /** Records held while the database is failing; past it the oldest are dropped (and logged). */
+  maxQueued?: number;
+}
+
+/**
+ * Records are queued in memory and written in batches, one multi-row INSERT each, so a request
+ * never waits on the database. A failed write keeps its records for the next try; close() writes
+ * whatever is left, so a graceful stop loses nothing.
+ */
+export class UsageLog {
+  private queue: UsageRecord[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private writing: Promise<void> = Promise.resolve();
+  private closed = false;
+  private readonly flushIntervalMs: number;
+  private readonly batchSize: number;
+  private readonly maxQueued: number;
+
+  constructor(
+    private readonly db: Database,
+    private readonly log: FastifyBaseLogger,
+    options: UsageLogOptions = {},
+  ) {
+    this.flushIntervalMs = options.flushIntervalMs ?? 250;
+    this.batchSize = options.batchSize ?? 200;
+    this.maxQueued = options.maxQueued ?? 100_000;
+  }
+
+  /** Records waiting to be written. */
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  add(record: UsageRecord): void {
+    if (this.closed) {
+      this.log.error({ request_id: record.requestId }, 'usage record arrived after the usage log closed; it is not kept');
+      return;
+    }
+    this.queue.push(record);
+    if (this.queue.length > this.maxQueued) {
+      const dropped = this.queue.splice(0, this.queue.length - this.maxQueued);
+      this.log.error({ dropped: dropped.length }, 'usage records dropped: the database has not accepted writes for too long');
+    }
+    if (this.queue.length >= this.batchSize) void this.flush();
+    else this.schedule(this.flushIntervalMs);
+  }
+
+  /** Writes everything queued so far; resolves once it is in the database (or the write failed and was logged). */
+  flush(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.writing = this.writing.then(() => this.writeQueued());
+    return this.writing;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.flush();
+    clearTimeout(this.timer);
+    if (this.queue.length > 0) this.log.error({ lost: this.queue.length }, 'usage records could not be written before shutdown');
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.timer || this.closed) return;
+    this.timer = setTimeout(() => void this.flush(), delayMs);
+    this.timer.unref();
+  }
+
+  private async writeQueued(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue.splice(0, this.batchSize);
+      try {
+        await this.insert(batch);
+      } catch (err) {
+        this.queue.unshift(...batch);
+        this.log.error({ err, pending: this.queue.length }, 'writing usage records failed; retrying');
+        this.schedule(Math.max(1000, this.flushIntervalMs));
+        return;
+      }
+    }
+  }
+
+  private async insert(batch: UsageRecord[]): Promise<void> {
+    const width = COLUMNS.length;
+    const rows = batch.map((_, r) => `(${COLUMNS.map((_, c) => `$${r * width + c + 1}`).join(', ')})`);
+    await this.db.run(`INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${rows.join(', ')}`, batch.flatMap(rowOf));
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * A job survives `kill -9` of its gateway: the gateway runs as a real child process (the built
+ * dist/server.js), is killed mid-job, and a new process on the same DATA_DIR finishes the job
+ * without submitting it upstream again.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startUpstreamSimulator, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
+import { CLIENT_KEY, UPSTREAM_KEY } from './harness.js';
+
+const root = new URL('..', import.meta.url).pathname;
+let simulator: UpstreamSimulator;
+let dataDir: string;
+let port: number;
+const children: ChildProcess[] = [];
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as { port: number };
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+async function startGateway(): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ['dist/server.js'], {
+    cwd: root,
+    env: {
+      PATH: process.env.PATH,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      DATA_DIR: dataDir,
+      AIHUBMIX_API_KEY: UPSTREAM_KEY,
+      AIHUBMIX_BASE_URL: simulator.url,
+      GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
+      JOB_LEASE_MS: '300',
+      TASK_POLL_INTERVAL_MS: '20',
+      LOG_LEVEL: 'warn',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(child);
+  for (let i = 0; i < 200; i++) {
+    const up = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
+    if (up) return child;
+    if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}`);
+    await sleep(50);
+  }
+  throw new Error('gateway did not start');
+}
+
+async function kill9(child: ChildProcess): Promise<void> {
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+const api = (path: string, init: RequestInit = {}) =>
+  fetch(`http://127.0.0.1:${port}${path}`, {
+    ...init,
+    headers: { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json', ...(init.headers ?? {}) },
+  });
+
+type Json = any;
+
+async function jobWhen(id: string, done: (job: { status: string }) => boolean): Promise<Json> {
+  for (let i = 0; i < 300; i++) {
+    const job = (await (await api(`/v1/jobs/${id}`)).json()) as Json;
+    if (done(job)) return job;
+    await sleep(30);
+  }
+  throw new Error(`job ${id} never reached the expected state`);
+}
+
+beforeAll(async () => {
+  execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
+  simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskPollsUntilReady: 1 });
+  port = await freePort();
+}, 60_000);
+
+afterAll(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await simulator?.close();
+});
+
+describe('a gateway killed mid-job', () => {
+  it('finishes an async task job after restart, polling the saved task instead of submitting again', async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
+    simulator.reset();
+    simulator.holdTasks = true;
+    const first = await startGateway();
+    const accepted: Json = await (await api('/v1/generate', { method: 'POST', body: JSON.stringify({ model: 'flux-kontext-pro', prompt: 'survive', async: true }) })).json();
+    // The first poll comes only after the task id has been written down.
+    for (let i = 0; i < 200 && !simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+    await kill9(first);
+
+    simulator.holdTasks = false;
+    await startGateway();
+    const job = await jobWhen(accepted.id, (j) => j.status === 'succeeded' || j.status === 'failed');
+    expect(job.status).toBe('succeeded');
+    const submissions = simulator.received.filter((r) => r.method === 'POST' && r.path.includes('flux-kontext-pro'));
+    expect(submissions).toHaveLength(1);
+    const image = await fetch(job.result.images[0].url);
+    expect(image.status).toBe(200);
+    expect(image.headers.get('content-type')).toBe('image/png');
+    await kill9(children.at(-1)!);
+    rmSync(dataDir, { recursive: true, force: true });
+  }, 60_000);
+
+  it('fails a job whose synchronous upstream call was in flight, rather than paying for it twice', async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
+    simulator.reset();
+    simulator.failNext('hang');
+    const first = await startGateway();
+    const accepted: Json = await (await api('/v1/generate', { method: 'POST', body: JSON.stringify({ model: 'gpt-image-1', prompt: 'in flight', async: true }) })).json();
+    for (let i = 0; i < 200 && simulator.received.length === 0; i++) await sleep(20);
+    await kill9(first);
+
+    await startGateway();
+    const job = await jobWhen(accepted.id, (j) => j.status === 'failed' || j.status === 'succeeded');
+    expect(job.status).toBe('failed');
+    expect(job.error.message).toMatch(/not sent again/);
+    expect(simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+    await kill9(children.at(-1)!);
+    rmSync(dataDir, { recursive: true, force: true });
+  }, 60_000);
+});

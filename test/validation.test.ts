@@ -1,0 +1,500 @@
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { LightMyRequestResponse } from 'fastify';
+import sharp from 'sharp';
+import { makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+
+let h: Harness;
+let png: Buffer;
+let mask: Buffer;
+
+beforeAll(async () => {
+  h = await startHarness();
+  png = await makePng(32, 32);
+  mask = await makeHalfTransparentMask(32, 32);
+});
+afterAll(async () => h.close());
+beforeEach(() => h.simulator.reset());
+
+function generate(body: unknown, headers: Record<string, string> = h.auth): Promise<LightMyRequestResponse> {
+  return h.app.inject({ method: 'POST', url: '/v1/generate', headers, payload: body as Record<string, unknown> });
+}
+
+function editMultipart(
+  harness: Harness,
+  fields: Record<string, string>,
+  files: Array<{ field: string; filename: string; bytes: Buffer; type?: string }>,
+): Promise<LightMyRequestResponse> {
+  const { payload, headers } = multipartBody(fields, files);
+  return harness.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...harness.auth, ...headers }, payload });
+}
+
+function editJson(harness: Harness, body: Record<string, unknown>): Promise<LightMyRequestResponse> {
+  return harness.app.inject({ method: 'POST', url: '/v1/edit', headers: harness.auth, payload: body });
+}
+
+const dataUrl = (bytes: Buffer, mime = 'image/png') => `data:${mime};base64,${bytes.toString('base64')}`;
+const image = (bytes: Buffer, filename = 'source.png') => ({ field: 'image', filename, bytes });
+
+interface ErrorBody {
+  error: { code: string; message: string; details?: Array<{ field?: string; message: string; allowed?: unknown }>; request_id: string };
+}
+
+/**
+ * The refusal shape every test relies on: the status and code, the contract's error body, the
+ * request id matching the header, the words the client needs (field, what is allowed), and no
+ * upstream call.
+ */
+function expectRefused(
+  res: LightMyRequestResponse,
+  status: number,
+  code: string,
+  mentions: Array<string | RegExp>,
+  harness: Harness = h,
+): ErrorBody['error'] {
+  expect(res.statusCode, res.body).toBe(status);
+  expect(res.headers['content-type']).toMatch(/^application\/json/);
+  const body = res.json() as ErrorBody;
+  expect(Object.keys(body)).toEqual(['error']);
+  expect(body.error.code).toBe(code);
+  expect(typeof body.error.message).toBe('string');
+  expect(body.error.request_id).toBe(res.headers['x-request-id']);
+  if (body.error.details !== undefined) expect(Array.isArray(body.error.details)).toBe(true);
+  const said = `${body.error.message} ${JSON.stringify(body.error.details ?? [])}`;
+  for (const m of mentions) {
+    if (typeof m === 'string') expect(said).toContain(m);
+    else expect(said).toMatch(m);
+  }
+  expect(harness.simulator.received.length).toBe(0);
+  return body.error;
+}
+
+/** A PNG whose noise does not compress, so its size is predictable. */
+async function noisyPng(width: number, height: number): Promise<Buffer> {
+  const raw = Buffer.alloc(width * height * 3);
+  for (let i = 0; i < raw.length; i++) raw[i] = Math.floor(Math.random() * 256);
+  return sharp(raw, { raw: { width, height, channels: 3 } }).png().toBuffer();
+}
+
+describe('the checks themselves can fail', () => {
+  it('a valid generate request does reach the upstream', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer' });
+    expect(res.statusCode).toBe(200);
+    expect(h.simulator.received.length).toBe(1);
+  });
+});
+
+describe('generate: the request itself', () => {
+  it('refuses an unknown model, naming the model and where the list is', async () => {
+    const res = await generate({ model: 'no-such-model', prompt: 'a deer' });
+    const err = expectRefused(res, 400, 'invalid_request', ['model', 'no-such-model', '/v1/models']);
+    expect(err.details?.[0]?.field).toBe('model');
+  });
+
+  it('refuses a model name over 100 characters without echoing it whole', async () => {
+    const long = 'm'.repeat(5000);
+    const res = await generate({ model: long, prompt: 'a deer' });
+    const err = expectRefused(res, 400, 'invalid_request', ['model', '100']);
+    expect(res.body).not.toContain(long);
+    expect(err.details?.[0]?.field).toBe('model');
+  });
+
+  it('refuses a request without a prompt, naming prompt as required', async () => {
+    const res = await generate({ model: 'gpt-image-1' });
+    const err = expectRefused(res, 400, 'invalid_request', ['prompt', 'required']);
+    expect(err.details?.map((d) => d.field)).toContain('prompt');
+  });
+
+  it('refuses a request without a model, naming model as required', async () => {
+    const res = await generate({ prompt: 'a deer' });
+    const err = expectRefused(res, 400, 'invalid_request', ['model', 'required']);
+    expect(err.details?.map((d) => d.field)).toContain('model');
+  });
+
+  it('refuses an unknown top-level field, naming it and listing the fields allowed', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', callback: 'https://example.com/hook' });
+    const err = expectRefused(res, 400, 'invalid_request', ['callback']);
+    const detail = err.details?.find((d) => d.field === 'callback');
+    expect(detail?.allowed).toEqual(expect.arrayContaining(['model', 'prompt', 'size', 'options']));
+  });
+
+  it('refuses a body that is not valid JSON with 400', async () => {
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...h.auth, 'content-type': 'application/json' },
+      payload: '{"model": "gpt-image-1", "prompt": ',
+    });
+    expectRefused(res, 400, 'invalid_request', [/JSON/]);
+  });
+
+  it('refuses a JSON body that is not an object', async () => {
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...h.auth, 'content-type': 'application/json' },
+      payload: '["gpt-image-1", "a deer"]',
+    });
+    expectRefused(res, 400, 'invalid_request', ['(body)', 'JSON object']);
+  });
+
+  it('refuses a body that is not JSON with 415', async () => {
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...h.auth, 'content-type': 'text/plain' },
+      payload: 'model=gpt-image-1&prompt=a deer',
+    });
+    expectRefused(res, 415, 'unsupported_media_type', ['application/json']);
+  });
+
+  it('refuses a prompt longer than the model takes, naming the limit', async () => {
+    const res = await generate({ model: 'wan2.7-image-pro', prompt: 'x'.repeat(801) });
+    expectRefused(res, 400, 'invalid_request', ['prompt', '801', '800']);
+  });
+});
+
+describe('generate: parameters the model does not take', () => {
+  it('refuses quality on Stable-Diffusion-3-5-Large, listing what it does take', async () => {
+    const res = await generate({ model: 'Stable-Diffusion-3-5-Large', prompt: 'a deer', quality: 'high' });
+    const err = expectRefused(res, 400, 'invalid_request', ['quality', 'Stable-Diffusion-3-5-Large']);
+    expect(err.details?.[0]).toMatchObject({ field: 'quality', allowed: ['n'] });
+  });
+
+  it('refuses aspect_ratio on gpt-image-1, listing what it does take', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', aspect_ratio: '16:9' });
+    const err = expectRefused(res, 400, 'invalid_request', ['aspect_ratio', 'gpt-image-1']);
+    expect(err.details?.[0]?.allowed).toEqual(expect.arrayContaining(['size', 'quality']));
+  });
+
+  it('refuses negative_prompt on wan2.7-image', async () => {
+    const res = await generate({ model: 'wan2.7-image', prompt: 'a deer', negative_prompt: 'blurry' });
+    const err = expectRefused(res, 400, 'invalid_request', ['negative_prompt', 'wan2.7-image']);
+    expect(err.details?.[0]?.allowed).toEqual(expect.arrayContaining(['size', 'seed']));
+  });
+
+  it('refuses an option the model does not have, listing its options', async () => {
+    const res = await generate({ model: 'ideogram-v3', prompt: 'a deer', options: { foo: 1 } });
+    const err = expectRefused(res, 400, 'invalid_request', ['options.foo']);
+    expect(err.details?.[0]?.allowed).toEqual(expect.arrayContaining(['rendering_speed', 'magic_prompt']));
+  });
+
+  it('refuses an option value outside what the model allows, naming the values', async () => {
+    const res = await generate({ model: 'ideogram-v3', prompt: 'a deer', options: { rendering_speed: 'FAST' } });
+    const err = expectRefused(res, 400, 'invalid_request', ['options.rendering_speed', '"TURBO"', '"DEFAULT"', '"QUALITY"']);
+    expect(err.details?.[0]?.allowed).toEqual(['TURBO', 'DEFAULT', 'QUALITY']);
+  });
+
+  it('refuses an options value that is not an object', async () => {
+    const res = await generate({ model: 'ideogram-v3', prompt: 'a deer', options: 'rendering_speed=TURBO' });
+    expectRefused(res, 400, 'invalid_request', ['options']);
+  });
+});
+
+describe('generate: values outside what the model allows', () => {
+  it('refuses n=2 on dall-e-3, which makes one image', async () => {
+    const res = await generate({ model: 'dall-e-3', prompt: 'a deer', n: 2 });
+    expectRefused(res, 400, 'invalid_request', ['n', 'the integer 1']);
+  });
+
+  it('refuses n=9 on ideogram-v3, whose max is 8', async () => {
+    const res = await generate({ model: 'ideogram-v3', prompt: 'a deer', n: 9 });
+    expectRefused(res, 400, 'invalid_request', ['n', 'from 1 to 8']);
+  });
+
+  it('refuses n=0 whatever the model', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', n: 0 });
+    const err = expectRefused(res, 400, 'invalid_request', ['n', '1']);
+    expect(err.details?.[0]?.field).toBe('n');
+  });
+
+  it('refuses a size gpt-image-1 does not offer, listing its sizes', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', size: '999x999' });
+    const err = expectRefused(res, 400, 'invalid_request', ['size', '"1024x1024"', '"1536x1024"']);
+    expect(err.details?.[0]?.allowed).toEqual(['auto', '1024x1024', '1536x1024', '1024x1536']);
+  });
+
+  it('refuses a glm-image size that is not a multiple of 32', async () => {
+    const res = await generate({ model: 'glm-image', prompt: 'a deer', size: '1040x1040' });
+    expectRefused(res, 400, 'invalid_request', ['size', 'multiples of 32']);
+  });
+
+  it('refuses a zimage size outside its range', async () => {
+    const res = await generate({ model: 'wan2.7-image-pro', prompt: 'a deer', size: '512x512' });
+    expectRefused(res, 400, 'invalid_request', ['size', '768..4096']);
+  });
+
+  it('refuses an aspect ratio ideogram-v3 does not offer, listing its ratios', async () => {
+    const res = await generate({ model: 'ideogram-v3', prompt: 'a deer', aspect_ratio: '7:3' });
+    const err = expectRefused(res, 400, 'invalid_request', ['aspect_ratio', '"16:9"']);
+    expect(err.details?.[0]?.allowed).toEqual(expect.arrayContaining(['1:1', '16:9', '9:16']));
+  });
+
+  it('refuses an aspect ratio written in Ideogram form (16x9), asking for W:H', async () => {
+    const res = await generate({ model: 'ideogram-v3', prompt: 'a deer', aspect_ratio: '16x9' });
+    expectRefused(res, 400, 'invalid_request', ['aspect_ratio', 'W:H']);
+  });
+
+  it('refuses a seed above 2147483647', async () => {
+    const res = await generate({ model: 'ideogram-v3', prompt: 'a deer', seed: 2147483648 });
+    expectRefused(res, 400, 'invalid_request', ['seed', '2147483647']);
+  });
+
+  it('refuses a negative seed', async () => {
+    const res = await generate({ model: 'ideogram-v3', prompt: 'a deer', seed: -1 });
+    expectRefused(res, 400, 'invalid_request', ['seed', '0']);
+  });
+
+  it('refuses quality "hd" on gpt-image-1, listing its qualities', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', quality: 'hd' });
+    const err = expectRefused(res, 400, 'invalid_request', ['quality', '"low"', '"high"']);
+    expect(err.details?.[0]?.allowed).toEqual(['low', 'medium', 'high', 'auto']);
+  });
+
+  it('refuses a JSON n given as a string, saying a number is expected rather than that n is missing', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', n: '2' });
+    const err = expectRefused(res, 400, 'invalid_request', ['n', 'expected number']);
+    expect(err.message).not.toContain('required');
+  });
+
+  it('refuses a quality no model knows, naming the values', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', quality: 'ultra' });
+    expectRefused(res, 400, 'invalid_request', ['quality', 'low']);
+  });
+});
+
+describe('operations a model does not offer', () => {
+  it('refuses an edit on a model that only generates (imagen)', async () => {
+    const res = await editMultipart(h, { model: 'imagen-4.0-generate-001', prompt: 'make it blue' }, [image(png)]);
+    const err = expectRefused(res, 400, 'invalid_request', ['model', 'does not edit', '/v1/generate']);
+    expect(err.details?.[0]?.allowed).toEqual(['generate']);
+  });
+
+  it('refuses a generate on an edit-only model (qwen-image-edit)', async () => {
+    const res = await generate({ model: 'qwen-image-edit', prompt: 'a deer' });
+    const err = expectRefused(res, 400, 'invalid_request', ['model', 'does not generate', '/v1/edit']);
+    expect(err.details?.[0]?.allowed).toEqual(['edit']);
+  });
+
+  it('refuses an edit mode the model does not have, listing its modes', async () => {
+    const res = await editMultipart(h, { model: 'flux-kontext-pro', prompt: 'make it blue', mode: 'remix' }, [image(png)]);
+    const err = expectRefused(res, 400, 'invalid_request', ['mode', 'remix']);
+    expect(err.details?.[0]?.allowed).toEqual(['edit']);
+  });
+});
+
+describe('edit: images and masks', () => {
+  it('refuses a multipart edit without an image file', async () => {
+    const res = await editMultipart(h, { model: 'gpt-image-1', prompt: 'make it blue' }, []);
+    expectRefused(res, 400, 'invalid_request', ['image', 'required']);
+  });
+
+  it('refuses a JSON edit without an image', async () => {
+    const res = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue' });
+    const err = expectRefused(res, 400, 'invalid_request', ['image', 'required']);
+    expect(err.details?.map((d) => d.field)).toContain('image');
+  });
+
+  it('refuses a file that is not an image with 415, whatever its name says', async () => {
+    const res = await editMultipart(h, { model: 'gpt-image-1', prompt: 'make it blue' }, [
+      { field: 'image', filename: 'x.png', bytes: Buffer.from('just some text, not a picture\n'.repeat(4)) },
+    ]);
+    const err = expectRefused(res, 415, 'unsupported_media_type', ['image', 'PNG, JPEG or WebP']);
+    expect(err.details?.[0]?.allowed).toEqual(['image/png', 'image/jpeg', 'image/webp']);
+  });
+
+  it('refuses more images than the model takes', async () => {
+    const res = await editMultipart(h, { model: 'flux-kontext-pro', prompt: 'make it blue' }, [image(png, 'a.png'), image(png, 'b.png')]);
+    expectRefused(res, 400, 'invalid_request', ['image', 'at most 1', 'got 2']);
+  });
+
+  it('refuses a mask for a model that takes none (flux)', async () => {
+    const res = await editMultipart(h, { model: 'flux-kontext-pro', prompt: 'make it blue' }, [
+      image(png),
+      { field: 'mask', filename: 'mask.png', bytes: mask },
+    ]);
+    const err = expectRefused(res, 400, 'invalid_request', ['mask', 'takes no mask']);
+    expect(err.details?.[0]?.field).toBe('mask');
+  });
+
+  it('refuses Ideogram V3 mode "edit" without a mask', async () => {
+    const res = await editMultipart(h, { model: 'ideogram-v3', prompt: 'make it blue', mode: 'edit' }, [image(png)]);
+    expectRefused(res, 400, 'invalid_request', ['mask', 'needs a mask', 'transparent']);
+  });
+
+  it('refuses an Ideogram mask with no transparent pixels', async () => {
+    const opaque = await makePng(32, 32, { r: 0, g: 0, b: 0 }, 255);
+    const res = await editMultipart(h, { model: 'ideogram-v3', prompt: 'make it blue' }, [
+      image(png),
+      { field: 'mask', filename: 'mask.png', bytes: opaque },
+    ]);
+    expectRefused(res, 400, 'invalid_request', ['mask', /transparen/]);
+  });
+
+  it('refuses an Ideogram mask with no alpha channel at all', async () => {
+    const rgb = await sharp({ create: { width: 32, height: 32, channels: 3, background: { r: 0, g: 0, b: 0 } } }).png().toBuffer();
+    const res = await editMultipart(h, { model: 'ideogram-v3', prompt: 'make it blue' }, [
+      image(png),
+      { field: 'mask', filename: 'mask.png', bytes: rgb },
+    ]);
+    expectRefused(res, 400, 'invalid_request', ['mask', 'no transparency']);
+  });
+
+  it('refuses an Ideogram mask whose size differs from the image, naming both sizes', async () => {
+    const small = await makeHalfTransparentMask(16, 16);
+    const res = await editMultipart(h, { model: 'ideogram-v3', prompt: 'make it blue' }, [
+      image(png),
+      { field: 'mask', filename: 'mask.png', bytes: small },
+    ]);
+    expectRefused(res, 400, 'invalid_request', ['mask', '16x16', '32x32']);
+  });
+
+  it('refuses a gpt-image-1 mask whose size differs from the image', async () => {
+    const small = await makeHalfTransparentMask(16, 16);
+    const res = await editMultipart(h, { model: 'gpt-image-1', prompt: 'make it blue' }, [
+      image(png),
+      { field: 'mask', filename: 'mask.png', bytes: small },
+    ]);
+    expectRefused(res, 400, 'invalid_request', ['mask', '16x16', '32x32']);
+  });
+
+  it('refuses a gpt-image-1 mask with no transparency', async () => {
+    const rgb = await sharp({ create: { width: 32, height: 32, channels: 3, background: { r: 0, g: 0, b: 0 } } }).png().toBuffer();
+    const res = await editMultipart(h, { model: 'gpt-image-1', prompt: 'make it blue' }, [
+      image(png),
+      { field: 'mask', filename: 'mask.png', bytes: rgb },
+    ]);
+    expectRefused(res, 400, 'invalid_request', ['mask', 'transparen']);
+  });
+
+  it('sends a valid gpt-image-1 mask upstream unchanged', async () => {
+    const res = await editMultipart(h, { model: 'gpt-image-1', prompt: 'make it blue' }, [
+      image(png),
+      { field: 'mask', filename: 'mask.png', bytes: mask },
+    ]);
+    expect(res.statusCode, res.body).toBe(200);
+    const sent = h.simulator.received[0]?.files?.find((f) => f.field === 'mask');
+    expect(sent?.sha256).toBe(createHash('sha256').update(mask).digest('hex'));
+  });
+
+  it('refuses a multipart n that is not a number', async () => {
+    const res = await editMultipart(h, { model: 'gpt-image-1', prompt: 'make it blue', n: 'two' }, [image(png)]);
+    const err = expectRefused(res, 400, 'invalid_request', ['n', 'number']);
+    expect(err.details?.[0]?.field).toBe('n');
+  });
+
+  it('refuses an unknown multipart field, listing the fields allowed', async () => {
+    const res = await editMultipart(h, { model: 'gpt-image-1', prompt: 'make it blue', callback: 'https://example.com' }, [image(png)]);
+    const err = expectRefused(res, 400, 'invalid_request', ['callback']);
+    expect(err.details?.[0]?.allowed).toEqual(expect.arrayContaining(['model', 'prompt', 'mode']));
+  });
+
+  it('refuses a JSON edit whose image is not a data URL', async () => {
+    const res = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: 'https://example.com/cat.png' });
+    expectRefused(res, 400, 'invalid_request', ['image', 'data URL']);
+  });
+
+  it('refuses a JSON edit whose data URL holds no image with 415', async () => {
+    const res = await editJson(h, {
+      model: 'gpt-image-1',
+      prompt: 'make it blue',
+      image: dataUrl(Buffer.from('plain text pretending to be a picture'), 'image/png'),
+    });
+    expectRefused(res, 415, 'unsupported_media_type', ['image']);
+  });
+});
+
+describe('size limits (MAX_UPLOAD_BYTES=1024)', () => {
+  let small: Harness;
+  /** Over MAX_UPLOAD_BYTES, yet small enough that a JSON body carrying it stays under the body limit. */
+  let overLimit: Buffer;
+  /** Big enough that a JSON body carrying it is over the body limit as well. */
+  let big: Buffer;
+  beforeAll(async () => {
+    small = await startHarness({ MAX_UPLOAD_BYTES: '1024' });
+    overLimit = await noisyPng(24, 24);
+    big = await noisyPng(48, 48);
+  });
+  afterAll(async () => small.close());
+
+  it('the oversized test images are over the limit while the normal one is under it', () => {
+    expect(overLimit.length).toBeGreaterThan(1024);
+    expect(big.length).toBeGreaterThan(overLimit.length);
+    expect(png.length).toBeLessThan(1024);
+  });
+
+  it('refuses a multipart image file over the limit with 413', async () => {
+    const res = await editMultipart(small, { model: 'gpt-image-1', prompt: 'make it blue' }, [image(big)]);
+    expectRefused(res, 413, 'payload_too_large', [/size limit|too large|larger/i], small);
+  });
+
+  it('refuses a JSON edit whose image is over the limit with 413, naming the limit', async () => {
+    const res = await editJson(small, { model: 'gpt-image-1', prompt: 'make it blue', image: dataUrl(overLimit) });
+    expectRefused(res, 413, 'payload_too_large', ['image', '1024'], small);
+  });
+
+  it('refuses a JSON body over the body limit with 413', async () => {
+    const res = await editJson(small, { model: 'gpt-image-1', prompt: 'make it blue', image: dataUrl(big) });
+    expectRefused(res, 413, 'payload_too_large', [/size limit/], small);
+  });
+
+  it('still takes an image under the limit', async () => {
+    const res = await editMultipart(small, { model: 'gpt-image-1', prompt: 'make it blue' }, [image(png)]);
+    expect(res.statusCode, res.body).toBe(200);
+  });
+});
+
+describe('client authentication', () => {
+  it('refuses a request without a client key with 401 and no upstream call', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer' }, {});
+    expectRefused(res, 401, 'unauthorized', ['Authorization: Bearer']);
+  });
+
+  it('refuses a wrong client key with 401 and no upstream call', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer' }, { authorization: 'Bearer gk-not-a-real-key-000000' });
+    expectRefused(res, 401, 'unauthorized', ['not valid']);
+  });
+
+  it('refuses a wrong x-api-key with 401 and no upstream call', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer' }, { 'x-api-key': 'gk-not-a-real-key-000000' });
+    expectRefused(res, 401, 'unauthorized', ['not valid']);
+  });
+
+  it('accepts the client key as x-api-key', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer' }, { 'x-api-key': h.auth.authorization!.slice('Bearer '.length) });
+    expect(res.statusCode).toBe(200);
+  });
+});
+
+describe('routes and request ids', () => {
+  it('answers an unknown route with a 404 JSON error', async () => {
+    const res = await h.app.inject({ method: 'GET', url: '/v1/nothing-here', headers: h.auth });
+    expectRefused(res, 404, 'not_found', ['/v1/nothing-here']);
+  });
+
+  it('answers an unknown route outside /v1 with a 404 JSON error', async () => {
+    const res = await h.app.inject({ method: 'GET', url: '/nothing-here' });
+    expectRefused(res, 404, 'not_found', ['GET /nothing-here']);
+  });
+
+  const kinds: Array<[string, () => Promise<LightMyRequestResponse>]> = [
+    ['a health check', () => h.app.inject({ method: 'GET', url: '/healthz' })],
+    ['a success', () => generate({ model: 'gpt-image-1', prompt: 'a deer' })],
+    ['a validation refusal', () => generate({ model: 'gpt-image-1', prompt: 'a deer', n: 0 })],
+    ['malformed JSON', () => h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...h.auth, 'content-type': 'application/json' }, payload: '{' })],
+    ['a wrong content type', () => h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...h.auth, 'content-type': 'text/plain' }, payload: 'x' })],
+    ['a missing client key', () => generate({ model: 'gpt-image-1', prompt: 'a deer' }, {})],
+    ['an unknown route', () => h.app.inject({ method: 'GET', url: '/nope' })],
+    ['an image URL without a signature', () => h.app.inject({ method: 'GET', url: '/v1/images/img_x.png' })],
+  ];
+  it.each(kinds)('gives %s an x-request-id header', async (_name, send) => {
+    const res = await send();
+    expect(res.headers['x-request-id']).toMatch(/^req_[\w-]{8,}$/);
+  });
+
+  it('gives two requests two different request ids', async () => {
+    const a = await h.app.inject({ method: 'GET', url: '/healthz' });
+    const b = await h.app.inject({ method: 'GET', url: '/healthz' });
+    expect(a.headers['x-request-id']).not.toBe(b.headers['x-request-id']);
+  });
+});
