@@ -83,6 +83,19 @@ describe('openapi.yaml and the running app', () => {
     expect(validate('Error', res.json())).toEqual([]);
   });
 
+  it('an async answer matches JobAccepted and the finished job matches Job', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'later', async: true } });
+    expect(res.statusCode).toBe(202);
+    expect(validate('JobAccepted', res.json())).toEqual([]);
+    let job = res.json();
+    for (let i = 0; i < 100 && job.status !== 'succeeded'; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${job.id}`, headers: h.auth })).json();
+    }
+    expect(job.status).toBe('succeeded');
+    expect(validate('Job', job)).toEqual([]);
+  });
+
   it('the schema check itself refuses a body that breaks the spec', () => {
     expect(validate('GenerationResult', { id: 'gen_x', object: 'image.result' })).not.toEqual([]);
   });

@@ -14,6 +14,12 @@ export interface RequestOutcome {
   upstreamMs?: number;
   upstreamTokens?: Record<string, unknown>;
   errorCode?: string;
+  /**
+   * Which of the client's own limits refused the request with 429 (e.g. `rpm`, `images_per_day`,
+   * `monthly_budget_usd`): set by whatever enforces the limit; labels the limit-refusal metric.
+   */
+  limitReason?: string;
+  /** Only with LOG_PROMPTS=1. */
   prompt?: string;
 }
 

@@ -1,0 +1,135 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ModelCatalogue } from '../catalogue/catalogue.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** This app's Prometheus metrics; other parts set the gauges they own (`metrics.jobs`). */
+    metrics: GatewayMetrics;
+  }
+}
+
+// Image calls take seconds to minutes (UPSTREAM_TIMEOUT_MS defaults to 180 s).
+const LATENCY_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300];
+
+/**
+ * The gateway's metrics in a Registry of its own, so several apps (tests) never share counters.
+ * Labels hold only bounded values: route patterns, catalogue ids, team names, codes.
+ */
+export class GatewayMetrics {
+  readonly registry = new Registry();
+
+  readonly requests = new Counter({
+    name: 'gateway_http_requests_total',
+    help: 'HTTP requests answered, by route pattern, model, team and status.',
+    labelNames: ['route', 'model', 'team', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  readonly requestDuration = new Histogram({
+    name: 'gateway_http_request_duration_seconds',
+    help: 'Time from request to answer, by route pattern.',
+    labelNames: ['route'] as const,
+    buckets: LATENCY_BUCKETS_SECONDS,
+    registers: [this.registry],
+  });
+
+  readonly upstreamDuration = new Histogram({
+    name: 'gateway_upstream_duration_seconds',
+    help: 'Time spent in successful upstream exchanges (task polling included), by model.',
+    labelNames: ['model'] as const,
+    buckets: LATENCY_BUCKETS_SECONDS,
+    registers: [this.registry],
+  });
+
+  readonly upstreamErrors = new Counter({
+    name: 'gateway_upstream_errors_total',
+    help: 'Requests failed by upstream, by the error code answered and model.',
+    labelNames: ['code', 'model'] as const,
+    registers: [this.registry],
+  });
+
+  readonly imagesStored = new Counter({
+    name: 'gateway_images_stored_total',
+    help: 'Result images stored, by model.',
+    labelNames: ['model'] as const,
+    registers: [this.registry],
+  });
+
+  readonly imageBytesStored = new Counter({
+    name: 'gateway_image_bytes_stored_total',
+    help: 'Bytes of result images stored, by model.',
+    labelNames: ['model'] as const,
+    registers: [this.registry],
+  });
+
+  readonly limitRefusals = new Counter({
+    name: 'gateway_limit_refusals_total',
+    help: "Requests refused with 429 by the client's own limits (not upstream throttling), by limit.",
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
+  /** Set by the job store: how many asynchronous jobs are in each state. */
+  readonly jobs = new Gauge({
+    name: 'gateway_jobs',
+    help: 'Asynchronous jobs by state.',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(
+    private readonly catalogue: ModelCatalogue,
+    queueDepth: () => number,
+  ) {
+    new Gauge({
+      name: 'gateway_upstream_queue_depth',
+      help: 'Upstream calls waiting for a slot (UPSTREAM_MAX_CONCURRENCY) on this replica.',
+      registers: [this.registry],
+      collect() {
+        this.set(queueDepth());
+      },
+    });
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** A model label: a catalogue id, `unknown` for a name the catalogue does not know, '' for none. */
+  private modelLabel(model: string | undefined): string {
+    if (model === undefined) return '';
+    return this.catalogue.find(model)?.id === model ? model : 'unknown';
+  }
+
+  /** Counts one answered request from what it did (request.outcome). */
+  observe(request: FastifyRequest, reply: FastifyReply): void {
+    const outcome = request.outcome;
+    const route = request.routeOptions.url ?? 'unmatched';
+    const model = this.modelLabel(outcome?.model);
+    this.requests.inc({ route, model, team: request.client?.team ?? '', status: String(reply.statusCode) });
+    this.requestDuration.observe({ route }, reply.elapsedTime / 1000);
+    if (!outcome) return;
+    if (outcome.upstreamMs !== undefined) this.upstreamDuration.observe({ model }, outcome.upstreamMs / 1000);
+    if (outcome.imagesReturned > 0) {
+      this.imagesStored.inc({ model }, outcome.imagesReturned);
+      this.imageBytesStored.inc({ model }, outcome.bytesStored);
+    }
+    const code = outcome.errorCode;
+    if (code === undefined) return;
+    const fromUpstream = outcome.upstreamStatus !== undefined || code === 'upstream_error' || code === 'upstream_timeout';
+    if (fromUpstream) this.upstreamErrors.inc({ code, model });
+    else if (code === 'rate_limited') this.limitRefusals.inc({ reason: outcome.limitReason ?? 'unspecified' });
+  }
+}
+
+async function metrics(app: FastifyInstance): Promise<void> {
+  const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth);
+  app.decorate('metrics', gatewayMetrics);
+  app.addHook('onResponse', async (request, reply) => gatewayMetrics.observe(request, reply));
+  // Public like /healthz: scrapers carry no client key.
+  app.get('/metrics', async (_request, reply) => {
+    return reply.type(gatewayMetrics.registry.contentType).send(await gatewayMetrics.registry.metrics());
+  });
+}
+
+/** Prometheus metrics at GET /metrics. */
+export const metricsPlugin = fp(metrics, { name: 'metrics' });

@@ -1,0 +1,119 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { GatewayError } from '../errors.js';
+import { newOutcome } from './request-outcome.js';
+import { UsageLog, type UsageRecord } from './usage-log.js';
+import { USAGE_MIGRATIONS } from './usage-migrations.js';
+import {
+  RECORD_COLUMNS,
+  REPORT_METRIC_COLUMNS,
+  checkQueryNames,
+  parseCursor,
+  parseFormat,
+  parseGroupBy,
+  parseLimit,
+  parseWindow,
+  toCsv,
+  usageRecords,
+  usageReport,
+  type Query,
+  type UsageScope,
+} from './usage-report.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Every /v1 request, written in batches; app.ts closes it before the database. */
+    usageLog: UsageLog;
+  }
+}
+
+/**
+ * The API calls: every /v1 route except image downloads, which are capability URLs fetched by
+ * browsers, not calls a client makes. These need a client key and are counted in usage.
+ */
+export function isApiCall(path: string): boolean {
+  return path.startsWith('/v1/') && !path.startsWith('/v1/images/');
+}
+
+const MODEL_NAME_MAX = 200;
+
+function usageRecordOf(request: FastifyRequest, reply: FastifyReply, keepPrompt: boolean): UsageRecord {
+  const outcome = request.outcome ?? newOutcome();
+  const totalMs = reply.elapsedTime;
+  return {
+    timeMs: Math.round(Date.now() - totalMs),
+    requestId: request.id,
+    keyId: request.client?.id ?? null,
+    team: request.client?.team ?? null,
+    method: request.method,
+    route: request.routeOptions.url ?? null,
+    model: outcome.model?.slice(0, MODEL_NAME_MAX) ?? null,
+    operation: outcome.operation ?? null,
+    imagesRequested: outcome.imagesRequested ?? null,
+    imagesReturned: outcome.imagesReturned,
+    status: reply.statusCode,
+    errorCode: outcome.errorCode ?? null,
+    upstreamStatus: outcome.upstreamStatus ?? null,
+    upstreamMs: outcome.upstreamMs ?? null,
+    totalMs: Math.round(totalMs),
+    bytesStored: outcome.bytesStored,
+    estimatedCostUsd: outcome.estimatedCostUsd,
+    upstreamTokens: outcome.upstreamTokens ?? null,
+    prompt: keepPrompt ? (outcome.prompt ?? null) : null,
+  };
+}
+
+function scopeOf(request: FastifyRequest): UsageScope {
+  const client = request.client;
+  if (!client) throw new GatewayError('unauthorized', 'a client key is required');
+  return client.admin ? {} : { team: client.team };
+}
+
+const CSV_TYPE = 'text/csv; charset=utf-8';
+
+async function usage(app: FastifyInstance): Promise<void> {
+  await app.db.migrate(USAGE_MIGRATIONS);
+  const usageLog = new UsageLog(app.db, app.log);
+  app.decorate('usageLog', usageLog);
+
+  app.addHook('onResponse', async (request, reply) => {
+    if (!isApiCall(request.url.split('?', 1)[0]!)) return;
+    usageLog.add(usageRecordOf(request, reply, app.config.LOG_PROMPTS));
+  });
+
+  app.get<{ Querystring: Query }>('/v1/usage', async (request, reply) => {
+    const query = request.query;
+    checkQueryNames(query, ['from', 'to', 'group_by', 'format']);
+    const window = parseWindow(query);
+    const groupBy = parseGroupBy(query);
+    const format = parseFormat(query);
+    const scope = scopeOf(request);
+    // Read-your-writes on this replica: what was just answered is in the report.
+    await usageLog.flush();
+    const data = await usageReport(app.db, window, scope, groupBy);
+    if (format === 'csv') {
+      return reply.type(CSV_TYPE).send(toCsv([...groupBy, ...REPORT_METRIC_COLUMNS], data as unknown as Record<string, unknown>[]));
+    }
+    return { from: new Date(window.fromMs).toISOString(), to: new Date(window.toMs).toISOString(), group_by: groupBy, data };
+  });
+
+  app.get<{ Querystring: Query }>('/v1/usage/records', async (request, reply) => {
+    const query = request.query;
+    checkQueryNames(query, ['from', 'to', 'limit', 'cursor', 'format']);
+    const window = parseWindow(query);
+    const limit = parseLimit(query);
+    const after = parseCursor(query);
+    const format = parseFormat(query);
+    const scope = scopeOf(request);
+    await usageLog.flush();
+    const page = await usageRecords(app.db, window, scope, { limit, after });
+    if (format === 'csv') {
+      if (page.next_cursor) reply.header('x-next-cursor', page.next_cursor);
+      return reply.type(CSV_TYPE).send(toCsv(RECORD_COLUMNS, page.data as unknown as Record<string, unknown>[]));
+    }
+    return { from: new Date(window.fromMs).toISOString(), to: new Date(window.toMs).toISOString(), ...page };
+  });
+}
+
+/** The usage log (one record per API call) and the reports read from it. */
+export const usagePlugin = fp(usage, { name: 'usage' });
