@@ -1,6 +1,5 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import { access, constants } from 'node:fs/promises';
 import { join } from 'node:path';
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
@@ -8,9 +7,21 @@ import type { DestinationStream } from 'pino';
 import type { Config } from './config.js';
 import { GatewayError, errorBody } from './errors.js';
 import { ModelCatalogue } from './catalogue/catalogue.js';
-import { ClientKeys, authenticate, type Client } from './auth/client-keys.js';
+import { MODELS } from './catalogue/models.js';
+import { authenticate, type Client } from './auth/client-keys.js';
+import { KeyStore } from './auth/key-store.js';
+import { Counters } from './limits/counters.js';
+import { KeyLimits } from './limits/key-limits.js';
+import { rateLimitStore } from './limits/rate-limit-store.js';
+import { keyRoutes } from './routes/key-routes.js';
+import rateLimit from '@fastify/rate-limit';
+import { Redis } from 'ioredis';
 import { UpstreamClient } from './upstream/upstream-client.js';
-import { FileImageStore, type ImageStore } from './images/image-store.js';
+import type { ImageStore } from './images/image-store.js';
+import { openImageStore } from './images/open-image-store.js';
+import { ImageLibrary } from './images/image-library.js';
+import { ImageRecords } from './images/image-records.js';
+import { imageFilesPlugin } from './routes/image-file-routes.js';
 import { UrlSigner } from './images/url-signer.js';
 import { ImageGeneration } from './generation/image-generation.js';
 import { ClientGone, imageRoutes } from './routes/image-routes.js';
@@ -18,15 +29,21 @@ import { docsRoutes } from './routes/docs-routes.js';
 import { jobRoutes } from './routes/job-routes.js';
 import { JobRunner } from './jobs/job-runner.js';
 import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
+import { isApiCall, usagePlugin } from './usage/usage-routes.js';
+import { metricsPlugin } from './observability/metrics.js';
 import { openDatabase, type Database } from './storage/database.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config;
     catalogue: ModelCatalogue;
-    clientKeys: ClientKeys;
+    keyStore: KeyStore;
+    limits: KeyLimits;
+    counters: Counters;
     upstream: UpstreamClient;
     store: ImageStore;
+    /** Stored result images: bytes in `store` (files or S3), rows in the database. */
+    images: ImageLibrary;
     signer: UrlSigner;
     generation: ImageGeneration;
     /** SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL. */
@@ -107,10 +124,6 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     trustProxy: true,
   });
 
-  const clientKeys = new ClientKeys();
-  for (const k of config.GATEWAY_API_KEYS) clientKeys.add(k.key, { id: k.id, team: k.team, admin: false });
-  if (config.GATEWAY_ADMIN_KEY) clientKeys.add(config.GATEWAY_ADMIN_KEY, { id: 'admin', team: 'admin', admin: true });
-  if (clientKeys.size === 0) app.log.warn('no client keys configured (GATEWAY_API_KEYS, GATEWAY_ADMIN_KEY): every /v1 request will be refused');
 
   const upstream = new UpstreamClient({
     baseUrl: config.AIHUBMIX_BASE_URL,
@@ -120,19 +133,33 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     maxReplyBytes: 512 * 1024 * 1024,
     maxDownloadBytes: 64 * 1024 * 1024,
   });
-  const store = new FileImageStore(config.DATA_DIR);
+  const store = openImageStore(config);
   const secret = signingSecret(config);
   const signer = new UrlSigner(secret);
-  const catalogue = new ModelCatalogue();
+  const catalogue = new ModelCatalogue(MODELS, config.PRICE_OVERRIDES);
   const db = openDatabase(config);
+  // Redis is optional: without it (or while it is down) limits are counted per replica.
+  const redis = config.REDIS_URL
+    ? new Redis(config.REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 })
+    : undefined;
+  redis?.on('error', () => {}); // Counters logs the switch to local limits once; ioredis keeps reconnecting.
+  const keyStore = new KeyStore(config, db, redis, app.log);
+  if (keyStore.keys.size === 0) {
+    app.log.warn('no client keys configured (GATEWAY_API_KEYS, GATEWAY_KEYS_FILE, GATEWAY_ADMIN_KEY): every /v1 request will be refused until an admin mints one');
+  }
+  const counters = new Counters(redis, app.log);
 
   app.decorate('config', config);
   app.decorate('catalogue', catalogue);
-  app.decorate('clientKeys', clientKeys);
+  app.decorate('keyStore', keyStore);
+  app.decorate('counters', counters);
+  app.decorate('limits', new KeyLimits(counters));
   app.decorate('upstream', upstream);
   app.decorate('store', store);
+  const images = new ImageLibrary(store, new ImageRecords(db));
+  app.decorate('images', images);
   app.decorate('signer', signer);
-  const generation = new ImageGeneration({ catalogue, upstream, store, signer, retentionDays: config.IMAGE_RETENTION_DAYS });
+  const generation = new ImageGeneration({ catalogue, upstream, images, signer, retentionDays: config.IMAGE_RETENTION_DAYS });
   app.decorate('generation', generation);
   app.decorate('db', db);
   const jobs = new JobRunner({
@@ -146,16 +173,43 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     callbackSecret: config.CALLBACK_SECRET ? Buffer.from(config.CALLBACK_SECRET, 'utf8') : createHmac('sha256', secret).update('job callbacks').digest(),
   });
   app.decorate('jobs', jobs);
-  app.addHook('onReady', async () => jobs.start());
+  app.addHook('onReady', async () => {
+    if (redis) await redis.connect().catch((err) => app.log.warn({ err }, 'redis is unavailable at start: limits are counted in this replica only'));
+    await keyStore.start();
+    await jobs.start();
+  });
   app.addHook('onClose', async () => {
     // Jobs first: they write their state to the database before it closes.
     await jobs.close();
+    // The server has stopped taking requests by now; what they did is written before the database closes.
+    await app.usageLog.close();
+    await keyStore.close();
     await upstream.close();
     await db.close();
+    redis?.disconnect();
   });
 
   await app.register(multipart, {
     limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
+  });
+  // Requests per minute per client key, one bucket across routes; after authentication (preHandler).
+  await app.register(rateLimit, {
+    global: true,
+    hook: 'preHandler',
+    timeWindow: 60_000,
+    max: (request) => request.client?.rpm ?? config.RATE_LIMIT_RPM,
+    keyGenerator: (request) => request.client?.id ?? 'anonymous',
+    // The admin key is an operator's credential: not counted, so it can always manage keys.
+    allowList: (request) => request.client === undefined || request.client.admin,
+    store: rateLimitStore(counters),
+    errorResponseBuilder: (request, context) => {
+      const seconds = Math.max(1, Math.ceil(context.ttl / 1000));
+      return new GatewayError(
+        'rate_limited',
+        `rpm limit reached: key ${request.client?.id} may make ${context.max} requests per minute; retry in ${seconds} s`,
+        { retryAfter: seconds },
+      );
+    },
   });
 
   app.decorateRequest('outcome', null as unknown as RequestOutcome);
@@ -163,8 +217,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     request.outcome = newOutcome();
     reply.header('x-request-id', request.id);
     const path = request.url.split('?', 1)[0]!;
-    if (path.startsWith('/v1/') && !path.startsWith('/v1/images/')) {
-      request.client = authenticate(clientKeys, request);
+    if (isApiCall(path)) {
+      request.client = authenticate(keyStore.keys, request);
     }
   });
 
@@ -209,15 +263,20 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
     const [storage, database] = await Promise.all([
-      access(config.DATA_DIR, constants.W_OK).then(() => 'ok', () => 'unavailable'),
+      store.check().then(() => 'ok', () => 'unavailable'),
       db.ping().then(() => 'ok', () => 'unavailable'),
     ]);
     const ready = storage === 'ok' && database === 'ok';
-    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', checks: { storage, database } });
+    // Limits degrade to per-replica counting without Redis; that is reported, not fatal.
+    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', checks: { storage, database, limits: counters.mode } });
   });
 
+  await app.register(metricsPlugin);
+  await app.register(usagePlugin);
+  await app.register(imageFilesPlugin);
   await app.register(imageRoutes);
   await app.register(jobRoutes);
+  await app.register(keyRoutes);
   await app.register(docsRoutes);
   return app;
 }

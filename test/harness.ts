@@ -34,16 +34,6 @@ export async function startHarness(
 ): Promise<Harness> {
   const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskPollsUntilReady: 2, ...simulatorOptions });
   const dataDir = mkdtempSync(join(tmpdir(), 'gw-test-'));
-  const config = loadConfig({
-    AIHUBMIX_API_KEY: UPSTREAM_KEY,
-    AIHUBMIX_BASE_URL: simulator.url,
-    GATEWAY_API_KEYS: `design:${CLIENT_KEY},ads:${OTHER_CLIENT_KEY}`,
-    GATEWAY_ADMIN_KEY: ADMIN_KEY,
-    DATA_DIR: dataDir,
-    TASK_POLL_INTERVAL_MS: '10',
-    LOG_LEVEL: 'info',
-    ...env,
-  });
   const logs: string[] = [];
   const logStream = new Writable({
     write(chunk, _enc, done) {
@@ -51,8 +41,27 @@ export async function startHarness(
       done();
     },
   });
-  const app = await buildApp(config, { logStream });
-  await app.ready();
+  let config: Config;
+  let app: FastifyInstance;
+  try {
+    config = loadConfig({
+      AIHUBMIX_API_KEY: UPSTREAM_KEY,
+      AIHUBMIX_BASE_URL: simulator.url,
+      GATEWAY_API_KEYS: `design:${CLIENT_KEY},ads:${OTHER_CLIENT_KEY}`,
+      GATEWAY_ADMIN_KEY: ADMIN_KEY,
+      DATA_DIR: dataDir,
+      TASK_POLL_INTERVAL_MS: '10',
+      LOG_LEVEL: 'info',
+      ...env,
+    });
+    app = await buildApp(config, { logStream });
+    await app.ready();
+  } catch (err) {
+    // A start that fails (the tests of bad configuration) leaves nothing running behind it.
+    await simulator.close();
+    rmSync(dataDir, { recursive: true, force: true });
+    throw err;
+  }
   return {
     app,
     simulator,

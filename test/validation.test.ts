@@ -389,9 +389,9 @@ describe('edit: images and masks', () => {
     expect(err.details?.[0]?.allowed).toEqual(expect.arrayContaining(['model', 'prompt', 'mode']));
   });
 
-  it('refuses a JSON edit whose image is not a data URL', async () => {
-    const res = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: 'https://example.com/cat.png' });
-    expectRefused(res, 400, 'invalid_request', ['image', 'data URL']);
+  it('refuses a JSON edit whose image is neither a data URL nor an http(s) URL', async () => {
+    const res = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: 'ftp://example.com/cat.png' });
+    expectRefused(res, 400, 'invalid_request', ['image', 'data URL', 'http(s) URL']);
   });
 
   it('refuses a JSON edit whose data URL holds no image with 415', async () => {

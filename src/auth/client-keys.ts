@@ -1,15 +1,14 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
 import { GatewayError } from '../errors.js';
+import type { KeyPolicy, KeySource } from './key-policy.js';
 
-export interface Client {
-  /** Stable name used in logs and usage, never the key. */
-  id: string;
-  team: string;
-  admin: boolean;
+/** The caller, as the gateway knows it after authentication: a policy, never the key. */
+export interface Client extends KeyPolicy {
+  source: KeySource;
 }
 
-const sha256 = (value: string) => createHash('sha256').update(value, 'utf8').digest();
+export const sha256Hex = (value: string) => createHash('sha256').update(value, 'utf8').digest('hex');
 
 /**
  * Client keys are held only as sha256 digests. Looking a key up by its digest, then comparing the
@@ -19,16 +18,43 @@ export class ClientKeys {
   private readonly byDigest = new Map<string, { digest: Buffer; client: Client }>();
 
   add(key: string, client: Client): void {
-    const digest = sha256(key);
+    this.addDigest(sha256Hex(key), client);
+  }
+
+  addDigest(hex: string, client: Client): void {
+    const digest = Buffer.from(hex.toLowerCase(), 'hex');
+    const existing = this.byDigest.get(digest.toString('hex'));
+    if (existing && existing.client.id !== client.id) {
+      throw new Error(`client keys ${existing.client.id} and ${client.id} are the same key`);
+    }
     this.byDigest.set(digest.toString('hex'), { digest, client });
+  }
+
+  /** Removes every key with this id (a revoked key stops working at once). */
+  removeId(id: string): void {
+    for (const [hex, entry] of this.byDigest) if (entry.client.id === id) this.byDigest.delete(hex);
+  }
+
+  /** Drops the keys of one source, so a reload of that source can add them back. */
+  removeSource(source: KeySource): void {
+    for (const [hex, entry] of this.byDigest) if (entry.client.source === source) this.byDigest.delete(hex);
   }
 
   get size(): number {
     return this.byDigest.size;
   }
 
+  list(): Client[] {
+    return [...this.byDigest.values()].map((e) => e.client);
+  }
+
+  findById(id: string): Client | undefined {
+    for (const entry of this.byDigest.values()) if (entry.client.id === id) return entry.client;
+    return undefined;
+  }
+
   find(key: string): Client | undefined {
-    const digest = sha256(key);
+    const digest = createHash('sha256').update(key, 'utf8').digest();
     const entry = this.byDigest.get(digest.toString('hex'));
     if (!entry || !timingSafeEqual(entry.digest, digest)) return undefined;
     return entry.client;

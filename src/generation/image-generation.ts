@@ -1,6 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import sharp from 'sharp';
-import { GatewayError } from '../errors.js';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
 import { estimateCostUsd, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
@@ -8,8 +6,8 @@ import type { ImageRequest } from '../request/image-request.js';
 import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
 import type { TaskHooks, UpstreamClient } from '../upstream/upstream-client.js';
 import type { UpstreamImage } from '../upstream/upstream-reply.js';
-import { sniffImageType } from '../images/image-bytes.js';
-import type { ImageStore } from '../images/image-store.js';
+import type { ImageLibrary, ImageOwner } from '../images/image-library.js';
+import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
 
 export interface ImageResult {
@@ -46,7 +44,8 @@ export interface PreparedGeneration {
 export interface GenerationDeps {
   catalogue: ModelCatalogue;
   upstream: UpstreamClient;
-  store: ImageStore;
+  /** Where results are kept: the image store (files or S3) and their rows in the database. */
+  images: ImageLibrary;
   signer: UrlSigner;
   retentionDays: number;
 }
@@ -66,7 +65,7 @@ export class ImageGeneration {
     return { request, model, route, upstream, ...(mode ? { mode } : {}) };
   }
 
-  async run(prepared: PreparedGeneration, ctx: { signal: AbortSignal; publicBaseUrl: string; task?: TaskHooks }): Promise<GenerationResult> {
+  async run(prepared: PreparedGeneration, ctx: { signal: AbortSignal; publicBaseUrl: string; task?: TaskHooks; owner?: ImageOwner }): Promise<GenerationResult> {
     const { request, model, route } = prepared;
     const produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal, ctx.task);
     const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
@@ -89,35 +88,41 @@ export class ImageGeneration {
     };
   }
 
-  /** Stores one upstream image now (its URL may expire within minutes) and describes it. */
+  /**
+   * Stores one upstream image now (its URL may expire within minutes) and describes it. A download
+   * streams through a hash into a temp file; a base64 reply is decoded once; neither is copied again.
+   */
   private async keep(
     image: UpstreamImage,
     responseFormat: 'url' | 'b64_json',
     expiresAt: number,
-    ctx: { signal: AbortSignal; publicBaseUrl: string },
+    ctx: { signal: AbortSignal; publicBaseUrl: string; owner?: ImageOwner },
   ): Promise<ImageResult> {
-    const bytes = image.b64 !== undefined ? Buffer.from(image.b64, 'base64') : await this.deps.upstream.download(image.url!, ctx.signal);
-    const mime = sniffImageType(bytes);
-    if (!mime) throw new GatewayError('upstream_error', 'upstream returned data that is not a PNG, JPEG or WebP image');
-    const meta = await sharp(bytes)
-      .metadata()
-      .catch((err: unknown) => {
-        throw new GatewayError('upstream_error', 'upstream returned an image that cannot be read', { cause: err });
-      });
-    const stored = await this.deps.store.put(bytes, mime);
-    const sig = this.deps.signer.sign(stored.name, expiresAt);
+    const options = { owner: ctx.owner, expiresAt };
+    let record: ImageRecord;
+    let b64: string | undefined;
+    if (image.b64 !== undefined) {
+      record = await this.deps.images.keepBytes(Buffer.from(image.b64, 'base64'), options);
+      b64 = image.b64;
+    } else {
+      const staged = await this.deps.upstream.download(image.url!, ctx.signal, (body) => this.deps.images.stage(body));
+      const kept = await this.deps.images.keepStaged(staged, { ...options, readBack: responseFormat === 'b64_json' });
+      record = kept.record;
+      b64 = kept.bytes?.toString('base64');
+    }
+    const sig = this.deps.signer.sign(record.name, expiresAt);
     const result: ImageResult = {
-      url: `${ctx.publicBaseUrl}/v1/images/${stored.name}?exp=${expiresAt}&sig=${sig}`,
-      mime_type: mime,
-      bytes: stored.bytes,
-      width: meta.width,
-      height: meta.height,
-      sha256: stored.sha256,
+      url: `${ctx.publicBaseUrl}/v1/images/${record.name}?exp=${expiresAt}&sig=${sig}`,
+      mime_type: record.mimeType,
+      bytes: record.bytes,
+      width: record.width,
+      height: record.height,
+      sha256: record.sha256,
       expires_at: new Date(expiresAt * 1000).toISOString(),
     };
     if (image.seed !== undefined) result.seed = image.seed;
     if (image.revisedPrompt !== undefined) result.revised_prompt = image.revisedPrompt;
-    if (responseFormat === 'b64_json') result.b64_json = bytes.toString('base64');
+    if (responseFormat === 'b64_json') result.b64_json = b64;
     return result;
   }
 }

@@ -1,65 +1,116 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, rename, stat, writeFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { access, constants, mkdir, open, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { EXTENSION_OF, MIME_OF_EXTENSION, type ImageMime } from './image-bytes.js';
 
-export interface StoredImage {
-  /** `img_<sha256>`; the file name adds the extension. */
-  id: string;
-  /** `img_<sha256>.<ext>`, the name used in URLs. */
-  name: string;
-  sha256: string;
-  mime: ImageMime;
-  bytes: number;
+/** Inclusive byte offsets, as in a `Range: bytes=start-end` header. */
+export interface ByteRange {
+  start: number;
+  end: number;
 }
 
+/**
+ * Where the bytes of stored images live: files under DATA_DIR, or an S3-compatible bucket so
+ * several replicas share them. Images are content-addressed (`img_<sha256>.<ext>`), so writing the
+ * same name twice writes the same bytes; each write replaces the object whole, never in part.
+ * What is known about an image (owner, size, expiry) lives in the database, not here.
+ */
 export interface ImageStore {
-  put(bytes: Buffer, mime: ImageMime): Promise<StoredImage>;
-  open(name: string): Promise<{ stream: Readable; bytes: number; mime: ImageMime } | undefined>;
+  readonly kind: 'file' | 's3';
+  /** A directory on this machine where downloads are written before they have a name. */
+  readonly stagingDir: string;
+  /** Stores bytes already in memory (a decoded base64 reply). */
+  putBytes(name: string, bytes: Buffer, mime: ImageMime): Promise<void>;
+  /** Stores a finished file from `stagingDir`; the file is gone afterwards. */
+  putFile(name: string, stagedPath: string, bytes: number, mime: ImageMime): Promise<void>;
+  /** The image's bytes (or one range of them), or undefined when there is no such image. */
+  open(name: string, range?: ByteRange): Promise<Readable | undefined>;
+  /** Removes the image; removing a missing one is not an error. */
+  delete(name: string): Promise<void>;
+  /** Readiness: throws when the store cannot be used. */
+  check(): Promise<void>;
+  close(): Promise<void>;
 }
 
 const NAME_PATTERN = /^img_([0-9a-f]{64})\.(png|jpg|webp)$/;
 
-/** Content-addressed files under DATA_DIR/images, written to a temp file and renamed so no half image is ever served. */
+export function imageNameOf(sha256: string, mime: ImageMime): string {
+  return `img_${sha256}.${EXTENSION_OF[mime]}`;
+}
+
+/** The parts of an image name, or undefined for anything the gateway never hands out. */
+export function parseImageName(name: string): { sha256: string; ext: string; mime: ImageMime } | undefined {
+  const m = NAME_PATTERN.exec(name);
+  if (!m) return undefined;
+  return { sha256: m[1]!, ext: m[2]!, mime: MIME_OF_EXTENSION[m[2]!]! };
+}
+
+/** Files under DATA_DIR/images, written to a temp file and renamed so no half image is ever served. */
 export class FileImageStore implements ImageStore {
+  readonly kind = 'file' as const;
+  readonly stagingDir: string;
   private readonly root: string;
 
   constructor(dataDir: string) {
     this.root = join(dataDir, 'images');
+    // Inside the store's own directory tree, so rename() stays on one file system and is atomic.
+    this.stagingDir = join(this.root, '.staging');
   }
 
-  private pathOf(sha256: string, ext: string): string {
-    return join(this.root, sha256.slice(0, 2), `${sha256}.${ext}`);
+  private pathOf(name: string): string | undefined {
+    const parts = parseImageName(name);
+    return parts && join(this.root, parts.sha256.slice(0, 2), `${parts.sha256}.${parts.ext}`);
   }
 
-  async put(bytes: Buffer, mime: ImageMime): Promise<StoredImage> {
-    const sha256 = createHash('sha256').update(bytes).digest('hex');
-    const ext = EXTENSION_OF[mime];
-    const path = this.pathOf(sha256, ext);
-    const stored: StoredImage = { id: `img_${sha256}`, name: `img_${sha256}.${ext}`, sha256, mime, bytes: bytes.length };
-    const existing = await stat(path).catch(() => undefined);
-    if (existing?.size === bytes.length) return stored;
-    await mkdir(join(this.root, sha256.slice(0, 2)), { recursive: true });
-    const temp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  private mustPathOf(name: string): string {
+    const path = this.pathOf(name);
+    if (!path) throw new Error(`not an image name: ${name}`);
+    return path;
+  }
+
+  async putBytes(name: string, bytes: Buffer): Promise<void> {
+    await mkdir(this.stagingDir, { recursive: true });
+    const staged = join(this.stagingDir, `${randomBytes(8).toString('hex')}.tmp`);
     try {
-      await writeFile(temp, bytes);
-      await rename(temp, path);
-    } catch (err) {
-      await rm(temp, { force: true });
-      throw err;
+      await writeFile(staged, bytes);
+      await this.putFile(name, staged);
+    } finally {
+      await rm(staged, { force: true });
     }
-    return stored;
   }
 
-  async open(name: string) {
-    const m = NAME_PATTERN.exec(name);
-    if (!m) return undefined;
-    const [, sha256, ext] = m as unknown as [string, string, string];
-    const path = this.pathOf(sha256, ext);
-    const info = await stat(path).catch(() => undefined);
-    if (!info?.isFile()) return undefined;
-    return { stream: createReadStream(path), bytes: info.size, mime: MIME_OF_EXTENSION[ext]! };
+  async putFile(name: string, stagedPath: string): Promise<void> {
+    const path = this.mustPathOf(name);
+    await mkdir(dirname(path), { recursive: true });
+    // Replacing an existing copy is harmless (same bytes) and a reader holding the old one keeps it.
+    await rename(stagedPath, path);
   }
+
+  async open(name: string, range?: ByteRange): Promise<Readable | undefined> {
+    const path = this.pathOf(name);
+    if (!path) return undefined;
+    // Opened first: once open, the file reads to the end even if retention unlinks it meanwhile.
+    const handle = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (!handle) return undefined;
+    return handle.createReadStream(range ? { start: range.start, end: range.end } : {});
+  }
+
+  async delete(name: string): Promise<void> {
+    const path = this.pathOf(name);
+    if (!path) return;
+    await unlink(path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
+
+  async check(): Promise<void> {
+    await mkdir(this.root, { recursive: true });
+    await access(this.root, constants.W_OK);
+  }
+
+  async close(): Promise<void> {}
 }

@@ -57,14 +57,19 @@ const generateSchema = z
   .partial()
   .required({ model: true, prompt: true });
 
-const dataUrl = z.string().regex(/^data:[\w.+-]+\/[\w.+-]+;base64,/, 'must be a data URL (data:image/png;base64,...)');
+const DATA_URL = /^data:[\w.+-]+\/[\w.+-]+;base64,/;
+const HTTP_URL = /^https?:\/\//i;
+/** A data URL, or an http(s) URL that the route fetches under the egress policy (src/images/image-fetch.ts). */
+const imageRef = z.string().refine((v) => DATA_URL.test(v) || HTTP_URL.test(v), {
+  message: 'must be a data URL (data:image/png;base64,...) or an http(s) URL',
+});
 
 const editJsonSchema = z
   .strictObject({
     ...commonFields,
     mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]),
-    image: z.union([dataUrl, z.array(dataUrl).min(1)]),
-    mask: dataUrl,
+    image: z.union([imageRef, z.array(imageRef).min(1)]),
+    mask: imageRef,
   })
   .partial()
   .required({ model: true, prompt: true, image: true });
@@ -147,7 +152,13 @@ function decodeDataUrl(value: string, field: string, maxBytes: number): InputIma
   return inputImage(Buffer.from(base64, 'base64'), field, field.replace(/\W/g, '_'));
 }
 
-export function parseEditJson(raw: unknown, maxImageBytes: number): ImageRequest {
+/** An input image given as an http(s) URL in a JSON edit, named by its field (`image`, `image[1]`, `mask`). */
+export interface ImageUrlRef {
+  field: string;
+  url: string;
+}
+
+function validEditJson(raw: unknown) {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw invalidField('(body)', 'must be a JSON object');
   }
@@ -155,11 +166,29 @@ export function parseEditJson(raw: unknown, maxImageBytes: number): ImageRequest
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image', 'mask'], raw);
   const { image, mask, mode, ...rest } = parsed.data;
   const list = Array.isArray(image) ? image : [image];
-  const images = list.map((v, i) => decodeDataUrl(v, list.length > 1 ? `image[${i}]` : 'image', maxImageBytes));
+  const images = list.map((value, i) => ({ field: list.length > 1 ? `image[${i}]` : 'image', value }));
+  return { rest, mode, images, mask: mask === undefined ? undefined : { field: 'mask', value: mask } };
+}
+
+/** The images a JSON edit gives as URLs, for the route to fetch; the body is validated first. */
+export function imageUrlsOfEditJson(raw: unknown): ImageUrlRef[] {
+  const { images, mask } = validEditJson(raw);
+  return [...images, ...(mask ? [mask] : [])].filter((i) => HTTP_URL.test(i.value)).map((i) => ({ field: i.field, url: i.value }));
+}
+
+/** `fetched` holds the URL images (see imageUrlsOfEditJson) by field; data URLs are decoded here. */
+export function parseEditJson(raw: unknown, maxImageBytes: number, fetched: ReadonlyMap<string, InputImage> = new Map()): ImageRequest {
+  const { rest, mode, images, mask } = validEditJson(raw);
+  const toImage = ({ field, value }: { field: string; value: string }): InputImage => {
+    if (!HTTP_URL.test(value)) return decodeDataUrl(value, field, maxImageBytes);
+    const image = fetched.get(field);
+    if (!image) throw new GatewayError('internal_error', `${field}: the image URL was not fetched before parsing`);
+    return image;
+  };
   return fromBody('edit', rest, {
-    images,
+    images: images.map(toImage),
     ...(mode ? { mode } : {}),
-    ...(mask ? { mask: decodeDataUrl(mask, 'mask', maxImageBytes) } : {}),
+    ...(mask ? { mask: toImage(mask) } : {}),
   });
 }
 

@@ -1,9 +1,10 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
-import { describeModel } from '../catalogue/catalogue.js';
-import { inputImage, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest, type InputImage } from '../request/image-request.js';
+import { describeModel, pricePerImage } from '../catalogue/catalogue.js';
+import { imageUrlsOfEditJson, inputImage, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest, type InputImage } from '../request/image-request.js';
 import type { GenerationResult, PreparedGeneration } from '../generation/image-generation.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
+import type { ImageOwner } from '../images/image-library.js';
 
 function isJson(request: FastifyRequest): boolean {
   const type = request.headers['content-type'] ?? '';
@@ -20,6 +21,11 @@ export class ClientGone extends Error {
 /** Where returned image URLs point: PUBLIC_BASE_URL, else the origin the client called. */
 function publicBaseUrl(app: FastifyInstance, request: FastifyRequest): string {
   return app.config.PUBLIC_BASE_URL?.replace(/\/+$/, '') ?? `${request.protocol}://${request.host}`;
+}
+
+/** Who a stored image belongs to: the client key that asked for it. */
+function ownerOf(request: FastifyRequest): ImageOwner | undefined {
+  return request.client ? { keyId: request.client.id, team: request.client.team } : undefined;
 }
 
 interface JobAccepted {
@@ -50,6 +56,11 @@ async function generateFor(
     throw invalidField('Idempotency-Key', 'must be one header of 1 to 255 characters');
   }
   const prepared = await app.generation.prepare(imageRequest);
+  const client = request.client!;
+  app.limits.checkModel(client, prepared.model.id);
+  const images = outcome.imagesRequested;
+  const unitPrice = pricePerImage(prepared.route.price, imageRequest.options);
+  const reservation = await app.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images, reply);
 
   const clientGone = new AbortController();
   const onClose = () => {
@@ -62,6 +73,9 @@ async function generateFor(
         ? await viaJob(app, request, reply, prepared, idempotencyKey, clientGone.signal)
         : await directly(app, request, prepared, clientGone.signal);
     if ('images' in result) {
+      // A replayed idempotent answer cost nothing this time.
+      const replayed = reply.getHeader('idempotent-replayed') === 'true';
+      await app.limits.settle(reservation, replayed ? 0 : result.images.length, replayed ? 0 : result.usage.estimated_cost_usd);
       outcome.imagesReturned = result.images.length;
       outcome.bytesStored = result.images.reduce((sum, image) => sum + image.bytes, 0);
       outcome.estimatedCostUsd = result.usage.estimated_cost_usd;
@@ -71,6 +85,7 @@ async function generateFor(
     }
     return result;
   } catch (err) {
+    await app.limits.settle(reservation, 0, 0);
     if (clientGone.signal.aborted) throw new ClientGone();
     throw err;
   } finally {
@@ -81,7 +96,11 @@ async function generateFor(
 async function directly(app: FastifyInstance, request: FastifyRequest, prepared: PreparedGeneration, clientGone: AbortSignal): Promise<GenerationResult> {
   const deadline = AbortSignal.timeout(app.config.UPSTREAM_TIMEOUT_MS);
   try {
-    return await app.generation.run(prepared, { signal: AbortSignal.any([clientGone, deadline]), publicBaseUrl: publicBaseUrl(app, request) });
+    return await app.generation.run(prepared, {
+      signal: AbortSignal.any([clientGone, deadline]),
+      publicBaseUrl: publicBaseUrl(app, request),
+      owner: ownerOf(request),
+    });
   } catch (err) {
     if (deadline.aborted) {
       throw new GatewayError('upstream_timeout', `no complete upstream answer within ${app.config.UPSTREAM_TIMEOUT_MS} ms`, { cause: err });
@@ -171,38 +190,11 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
   app.post('/v1/edit', async (request, reply) => {
     let imageRequest: ImageRequest;
     if (request.isMultipart()) imageRequest = await readMultipartEdit(request);
-    else if (isJson(request)) imageRequest = parseEditJson(request.body, app.config.MAX_UPLOAD_BYTES);
-    else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
+    else if (isJson(request)) {
+      // Images given as URLs are fetched first, under the egress policy; data URLs are decoded in the parse.
+      const fetched = await app.imageFetcher.fetchAll(imageUrlsOfEditJson(request.body));
+      imageRequest = parseEditJson(request.body, app.config.MAX_UPLOAD_BYTES, fetched);
+    } else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
     return generateFor(app, request, reply, imageRequest);
   });
-
-  app.get<{ Params: { name: string }; Querystring: { exp?: string; sig?: string; download?: string } }>(
-    '/v1/images/:name',
-    async (request, reply) => {
-      const { name } = request.params;
-      const exp = Number(request.query.exp);
-      const sig = request.query.sig ?? '';
-      if (!Number.isInteger(exp) || sig === '') {
-        throw new GatewayError('forbidden', 'an image URL needs its exp and sig parameters, as returned by the gateway');
-      }
-      if (!app.signer.verify(name, exp, sig)) throw new GatewayError('forbidden', 'the image URL signature is not valid');
-      const secondsLeft = exp - Math.floor(Date.now() / 1000);
-      if (secondsLeft <= 0) throw new GatewayError('not_found', 'the image URL has expired');
-      const image = await app.store.open(name);
-      if (!image) throw new GatewayError('not_found', 'no such image');
-      const etag = `"${name.slice(4, 68)}"`;
-      reply
-        .header('content-type', image.mime)
-        .header('cache-control', `private, max-age=${secondsLeft}, immutable`)
-        .header('etag', etag)
-        .header('x-content-type-options', 'nosniff');
-      if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name}"`);
-      if (request.headers['if-none-match'] === etag) {
-        image.stream.destroy();
-        return reply.status(304).send();
-      }
-      reply.header('content-length', image.bytes);
-      return reply.send(image.stream);
-    },
-  );
 }

@@ -215,8 +215,12 @@ export class UpstreamClient {
     }
   }
 
-  /** Fetches an upstream result URL at once, before it expires. */
-  async download(url: string, signal: AbortSignal): Promise<Buffer> {
+  /**
+   * Fetches an upstream result URL at once, before it expires, handing the body to `consume` as it
+   * arrives (capped at maxDownloadBytes) so a large image is never held whole in memory. A network
+   * failure or a 5xx is retried briefly, so `consume` must start afresh on each call.
+   */
+  async download<T>(url: string, signal: AbortSignal, consume: (body: AsyncIterable<Uint8Array>) => Promise<T>): Promise<T> {
     let parsed: URL;
     try {
       parsed = new URL(url);
@@ -226,6 +230,7 @@ export class UpstreamClient {
     if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') {
       throw new GatewayError('upstream_error', 'upstream returned an image URL that is not http(s)');
     }
+    const max = this.options.maxDownloadBytes;
     let lastError: unknown;
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
@@ -236,16 +241,32 @@ export class UpstreamClient {
           const cause = [403, 404, 410].includes(res.statusCode) ? ': the upstream image URL has expired or is gone' : '';
           throw new GatewayError('upstream_error', `downloading the upstream image failed with HTTP ${res.statusCode}${cause}`, { upstreamStatus: res.statusCode });
         }
-        return await this.readBody(res, this.options.maxDownloadBytes);
+        const declared = Number(res.headers['content-length'] ?? 0);
+        if (declared > max) {
+          res.body.destroy();
+          throw new GatewayError('upstream_error', `the upstream image is ${declared} bytes, over the ${max} byte limit`, { upstreamStatus: res.statusCode });
+        }
+        return await consume(capped(res.body, max, res.statusCode));
       } catch (err) {
         if (signal.aborted) throw err;
         lastError = err;
-        // A 4xx on a result URL (expired, gone) will not heal by retrying.
-        if (err instanceof GatewayError && err.upstreamStatus && err.upstreamStatus < 500) break;
+        // Only a dropped connection or a 5xx may heal; an expired URL, an over-size or non-image body will not.
+        const retriable = !(err instanceof GatewayError) || (err.upstreamStatus !== undefined && err.upstreamStatus >= 500);
+        if (!retriable) break;
         await sleep(200 * (attempt + 1), undefined, { signal });
       }
     }
     if (lastError instanceof GatewayError) throw lastError;
-    throw new GatewayError('upstream_error', `downloading the upstream image failed: ${(lastError as Error).message}`);
+    throw new GatewayError('upstream_error', `downloading the upstream image failed: ${(lastError as Error).message}`, { cause: lastError });
+  }
+}
+
+/** The body, failing once it passes `max` bytes (a missing or false Content-Length is not trusted). */
+async function* capped(body: AsyncIterable<Uint8Array>, max: number, status: number): AsyncIterable<Uint8Array> {
+  let total = 0;
+  for await (const chunk of body) {
+    total += chunk.length;
+    if (total > max) throw new GatewayError('upstream_error', `the upstream image is over the ${max} byte limit`, { upstreamStatus: status });
+    yield chunk;
   }
 }

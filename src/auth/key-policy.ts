@@ -1,0 +1,56 @@
+import { z } from 'zod';
+
+/** A client key's policy: who it belongs to and what it may do. The key itself is never part of it. */
+export interface KeyPolicy {
+  id: string;
+  team: string;
+  rpm?: number;
+  images_per_day?: number;
+  monthly_budget_usd?: number;
+  /** Allow-list of model ids, with `*` globs; absent = all models. */
+  models?: string[];
+  admin: boolean;
+}
+
+export type KeySource = 'env' | 'file' | 'api';
+
+const id = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
+const team = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
+
+export const policyFields = {
+  team,
+  rpm: z.number().int().min(1).max(1_000_000).optional(),
+  images_per_day: z.number().int().min(0).max(100_000_000).optional(),
+  monthly_budget_usd: z.number().min(0).max(100_000_000).optional(),
+  models: z.array(z.string().min(1).max(200)).max(200).optional(),
+  admin: z.boolean().optional(),
+};
+
+/** POST /v1/keys */
+export const mintKeySchema = z.strictObject({ id: id.optional(), ...policyFields });
+
+/** One entry of GATEWAY_KEYS_FILE. */
+export const keysFileSchema = z.strictObject({
+  keys: z.array(
+    z
+      .strictObject({
+        id,
+        key: z.string().min(8).optional(),
+        key_sha256: z
+          .string()
+          .regex(/^[0-9a-f]{64}$/i, 'must be the hex sha256 of the key')
+          .optional(),
+        ...policyFields,
+      })
+      .refine((k) => (k.key === undefined) !== (k.key_sha256 === undefined), { message: 'give exactly one of key and key_sha256' }),
+  ),
+});
+
+/** `gpt-image-*` matches `gpt-image-1`; a pattern without `*` must match exactly. */
+export function modelAllowed(policy: Pick<KeyPolicy, 'models'>, modelId: string): boolean {
+  if (!policy.models) return true;
+  return policy.models.some((pattern) => {
+    const regex = new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
+    return regex.test(modelId);
+  });
+}

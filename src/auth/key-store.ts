@@ -1,0 +1,171 @@
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { FastifyBaseLogger } from 'fastify';
+import type { Redis } from 'ioredis';
+import { parse as parseYaml } from 'yaml';
+import { ConfigError, type Config } from '../config.js';
+import { GatewayError } from '../errors.js';
+import type { Database, Migration } from '../storage/database.js';
+import { ClientKeys, sha256Hex, type Client } from './client-keys.js';
+import { keysFileSchema, type KeyPolicy } from './key-policy.js';
+
+const MIGRATIONS: Migration[] = [
+  {
+    id: 'client-keys-001',
+    sqlite: [
+      `CREATE TABLE client_keys (
+        id TEXT PRIMARY KEY,
+        key_sha256 TEXT NOT NULL UNIQUE,
+        policy_json TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+      )`,
+    ],
+    postgres: [
+      `CREATE TABLE client_keys (
+        id TEXT PRIMARY KEY,
+        key_sha256 TEXT NOT NULL UNIQUE,
+        policy_json TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+      )`,
+    ],
+  },
+];
+
+const CHANGES_CHANNEL = 'gw:client-keys:changed';
+
+/** Reads GATEWAY_KEYS_FILE; a bad file stops the start with a message naming it and the entry. */
+export function loadKeysFile(path: string): Array<{ policy: KeyPolicy; key?: string; keySha256?: string }> {
+  let raw: unknown;
+  try {
+    const text = readFileSync(path, 'utf8');
+    raw = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`GATEWAY_KEYS_FILE ${path} cannot be read: ${(err as Error).message}`);
+  }
+  const parsed = keysFileSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+    throw new ConfigError(`GATEWAY_KEYS_FILE ${path} is not valid: ${problems}`);
+  }
+  return parsed.data.keys.map(({ key, key_sha256, admin, ...policy }) => ({
+    policy: { ...policy, admin: admin ?? false },
+    ...(key ? { key } : {}),
+    ...(key_sha256 ? { keySha256: key_sha256.toLowerCase() } : {}),
+  }));
+}
+
+/**
+ * All client keys: GATEWAY_API_KEYS and GATEWAY_ADMIN_KEY (env), GATEWAY_KEYS_FILE (file), and keys
+ * minted through the admin API (api, kept in the database as sha256 digests). A mint or revocation
+ * reaches every replica at once through Redis, or within a second by polling the database.
+ */
+export class KeyStore {
+  readonly keys = new ClientKeys();
+  private version = '';
+  private timer: NodeJS.Timeout | undefined;
+  private subscriber: Redis | undefined;
+
+  constructor(
+    private readonly config: Config,
+    private readonly db: Database,
+    private readonly redis: Redis | undefined,
+    private readonly log: FastifyBaseLogger,
+  ) {
+    for (const k of config.GATEWAY_API_KEYS) this.keys.add(k.key, { id: k.id, team: k.team, admin: false, source: 'env' });
+    if (config.GATEWAY_ADMIN_KEY) this.keys.add(config.GATEWAY_ADMIN_KEY, { id: 'admin', team: 'admin', admin: true, source: 'env' });
+    if (config.GATEWAY_KEYS_FILE) {
+      for (const entry of loadKeysFile(config.GATEWAY_KEYS_FILE)) {
+        const client: Client = { ...entry.policy, source: 'file' };
+        if (this.keys.findById(client.id)) throw new ConfigError(`GATEWAY_KEYS_FILE: key id ${client.id} is used twice`);
+        if (entry.key) this.keys.add(entry.key, client);
+        else this.keys.addDigest(entry.keySha256!, client);
+      }
+    }
+  }
+
+  async start(): Promise<void> {
+    await this.db.migrate(MIGRATIONS);
+    await this.reload();
+    if (this.redis) {
+      this.subscriber = this.redis.duplicate();
+      this.subscriber.on('error', () => {}); // reconnects by itself; the poll below covers the gap
+      this.subscriber.on('message', () => void this.reload().catch((err) => this.log.error({ err }, 'reloading client keys failed')));
+      await this.subscriber
+        .connect()
+        .then(() => this.subscriber!.subscribe(CHANGES_CHANNEL))
+        .catch((err) => this.log.warn({ err }, 'cannot subscribe to key changes; polling the database only'));
+    }
+    this.timer = setInterval(() => void this.reloadIfChanged().catch((err) => this.log.error({ err }, 'checking client keys failed')), 1000);
+    this.timer.unref();
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.subscriber?.disconnect();
+  }
+
+  private async stateVersion(): Promise<string> {
+    const row = await this.db.get<{ n: number | string; c: number | string | null; r: number | string | null }>(
+      'SELECT COUNT(*) AS n, MAX(created_at) AS c, MAX(revoked_at) AS r FROM client_keys',
+    );
+    return `${row?.n}:${row?.c}:${row?.r}`;
+  }
+
+  private async reloadIfChanged(): Promise<void> {
+    if ((await this.stateVersion()) !== this.version) await this.reload();
+  }
+
+  private async reload(): Promise<void> {
+    const version = await this.stateVersion();
+    const rows = await this.db.all<{ id: string; key_sha256: string; policy_json: string }>(
+      'SELECT id, key_sha256, policy_json FROM client_keys WHERE revoked_at IS NULL',
+    );
+    this.keys.removeSource('api');
+    for (const row of rows) this.keys.addDigest(row.key_sha256, { ...(JSON.parse(row.policy_json) as KeyPolicy), source: 'api' });
+    this.version = version;
+  }
+
+  private async announce(): Promise<void> {
+    await this.redis?.publish(CHANGES_CHANNEL, String(Date.now())).catch(() => {});
+  }
+
+  /** Makes a key, stores only its digest, and returns the plaintext this one time. */
+  async mint(input: Omit<KeyPolicy, 'id' | 'admin'> & { id?: string; admin?: boolean }): Promise<{ policy: KeyPolicy; key: string }> {
+    const id = input.id ?? `${input.team}-${randomBytes(4).toString('hex')}`;
+    const exists = this.keys.findById(id) ?? (await this.db.get('SELECT id FROM client_keys WHERE id = $1', [id]));
+    if (exists) throw new GatewayError('conflict', `a key with id ${id} exists already`, { details: [{ field: 'id', message: 'must be unused' }] });
+    const key = `gk-${randomBytes(24).toString('base64url')}`;
+    const policy: KeyPolicy = { ...input, id, admin: input.admin ?? false };
+    await this.db.run('INSERT INTO client_keys (id, key_sha256, policy_json, created_at) VALUES ($1, $2, $3, $4)', [
+      id,
+      sha256Hex(key),
+      JSON.stringify(policy),
+      Date.now(),
+    ]);
+    await this.reload();
+    await this.announce();
+    return { policy, key };
+  }
+
+  async revoke(id: string): Promise<void> {
+    const known = this.keys.findById(id);
+    if (known && known.source !== 'api') {
+      throw new GatewayError('invalid_request', `key ${id} comes from ${known.source === 'env' ? 'GATEWAY_API_KEYS / GATEWAY_ADMIN_KEY' : 'GATEWAY_KEYS_FILE'}; remove it there`, {
+        details: [{ field: 'id', message: 'only keys minted through POST /v1/keys can be revoked here' }],
+      });
+    }
+    const changed = await this.db.run('UPDATE client_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL', [Date.now(), id]);
+    if (changed === 0) throw new GatewayError('not_found', `no active key ${id}`);
+    this.keys.removeId(id);
+    await this.announce();
+  }
+
+  list(): Array<KeyPolicy & { source: string }> {
+    return this.keys
+      .list()
+      .map(({ source, ...policy }) => ({ ...policy, source }))
+      .sort((a, b) => a.id.localeCompare(b.id));
+  }
+}

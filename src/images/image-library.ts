@@ -1,0 +1,232 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import sharp from 'sharp';
+import { GatewayError } from '../errors.js';
+import { sniffImageType, type ImageMime } from './image-bytes.js';
+import type { ImageRecord, ImageRecords } from './image-records.js';
+import { imageNameOf, type ByteRange, type ImageStore } from './image-store.js';
+
+export interface ImageOwner {
+  keyId: string;
+  team: string;
+}
+
+/** A download written to a temp file, hashed and type-checked on the way, not yet in the store. */
+export interface StagedImage {
+  path: string;
+  sha256: string;
+  mime: ImageMime;
+  bytes: number;
+}
+
+export interface KeepOptions {
+  owner?: ImageOwner | undefined;
+  /** Unix seconds. */
+  expiresAt: number;
+}
+
+export interface SweepResult {
+  images: number;
+  bytes: number;
+}
+
+const notAnImage = () => new GatewayError('upstream_error', 'upstream returned data that is not a PNG, JPEG or WebP image');
+const SNIFF_BYTES = 12;
+const SWEEP_BATCH = 500;
+/** A staged file older than this was left by a crash; a live download is far shorter. */
+const STALE_STAGING_MS = 60 * 60 * 1000;
+
+/**
+ * The stored result images: bytes in an ImageStore (files or S3), facts in the `images` table.
+ * Storing writes the row before the bytes and retention deletes the row before the bytes, both
+ * under a per-image lock, so an image made again while it is being swept is never left without
+ * its bytes (within one replica; across replicas the window is the few milliseconds between the
+ * sweeper's two deletes).
+ */
+export class ImageLibrary {
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(
+    readonly store: ImageStore,
+    private readonly records: ImageRecords,
+  ) {}
+
+  /** Creates the `images` table where it is missing. */
+  migrate(): Promise<void> {
+    return this.records.migrate();
+  }
+
+  /** Runs `work` after any other work on the same image has finished. */
+  private async locked<T>(name: string, work: () => Promise<T>): Promise<T> {
+    const before = this.locks.get(name) ?? Promise.resolve();
+    const mine = before.catch(() => {}).then(work);
+    this.locks.set(name, mine);
+    try {
+      return await mine;
+    } finally {
+      if (this.locks.get(name) === mine) this.locks.delete(name);
+    }
+  }
+
+  /**
+   * Writes a download to a temp file through a sha256 hash, checking its first bytes are an image,
+   * so a large image is never held whole in memory. Starts afresh on each call (a retried download).
+   */
+  async stage(body: AsyncIterable<Uint8Array>): Promise<StagedImage> {
+    await mkdir(this.store.stagingDir, { recursive: true });
+    const path = join(this.store.stagingDir, `${randomBytes(8).toString('hex')}.tmp`);
+    const hash = createHash('sha256');
+    let bytes = 0;
+    let mime: ImageMime | undefined;
+    let head = Buffer.alloc(0);
+    async function* inspect(source: AsyncIterable<Uint8Array>) {
+      for await (const chunk of source) {
+        if (mime === undefined && head.length < SNIFF_BYTES) {
+          head = Buffer.concat([head, chunk.subarray(0, SNIFF_BYTES - head.length)]);
+          if (head.length >= SNIFF_BYTES) {
+            mime = sniffImageType(head);
+            if (!mime) throw notAnImage();
+          }
+        }
+        hash.update(chunk);
+        bytes += chunk.length;
+        yield chunk;
+      }
+    }
+    try {
+      await pipeline(body, inspect, createWriteStream(path));
+      mime ??= sniffImageType(head);
+      if (!mime) throw notAnImage();
+    } catch (err) {
+      await rm(path, { force: true });
+      throw err;
+    }
+    return { path, sha256: hash.digest('hex'), mime, bytes };
+  }
+
+  /** Stores a staged download; `readBack` also returns its bytes (for a `b64_json` answer). */
+  async keepStaged(staged: StagedImage, options: KeepOptions & { readBack?: boolean }): Promise<{ record: ImageRecord; bytes?: Buffer }> {
+    try {
+      const { width, height } = await dimensionsOf(staged.path);
+      const readBack = options.readBack ? await readFile(staged.path) : undefined;
+      const record = await this.save(staged, width, height, options, (name) => this.store.putFile(name, staged.path, staged.bytes, staged.mime));
+      return readBack ? { record, bytes: readBack } : { record };
+    } finally {
+      await rm(staged.path, { force: true });
+    }
+  }
+
+  /** Stores bytes already in memory (a base64 reply, decoded once). */
+  async keepBytes(bytes: Buffer, options: KeepOptions): Promise<ImageRecord> {
+    const mime = sniffImageType(bytes);
+    if (!mime) throw notAnImage();
+    const { width, height } = await dimensionsOf(bytes);
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    return this.save({ sha256, mime, bytes: bytes.length }, width, height, options, (name) => this.store.putBytes(name, bytes, mime));
+  }
+
+  private async save(
+    image: { sha256: string; mime: ImageMime; bytes: number },
+    width: number,
+    height: number,
+    options: KeepOptions,
+    write: (name: string) => Promise<void>,
+  ): Promise<ImageRecord> {
+    const name = imageNameOf(image.sha256, image.mime);
+    return this.locked(name, async () => {
+      const record = await this.records.save({
+        name,
+        sha256: image.sha256,
+        mimeType: image.mime,
+        bytes: image.bytes,
+        width,
+        height,
+        keyId: options.owner?.keyId ?? null,
+        team: options.owner?.team ?? null,
+        createdAt: Date.now(),
+        expiresAt: options.expiresAt,
+      });
+      // Written every time, even when already stored: the same bytes, and a retention sweep on
+      // another replica may have just removed them.
+      await write(name);
+      return record;
+    });
+  }
+
+  /** A stored image that has not expired, or undefined. */
+  async find(name: string, nowSeconds = Math.floor(Date.now() / 1000)): Promise<ImageRecord | undefined> {
+    const record = await this.records.find(name);
+    return record && record.expiresAt > nowSeconds ? record : undefined;
+  }
+
+  open(name: string, range?: ByteRange): Promise<Readable | undefined> {
+    return this.store.open(name, range);
+  }
+
+  /**
+   * Removes expired images, then, over `maxBytes`, the oldest until the rest fit. A reader already
+   * streaming an image finishes it (an open file outlives its unlink; an S3 GET its DELETE).
+   */
+  async sweep(options: { maxBytes?: number | undefined; nowSeconds?: number } = {}): Promise<SweepResult> {
+    const now = options.nowSeconds ?? Math.floor(Date.now() / 1000);
+    const removed: SweepResult = { images: 0, bytes: 0 };
+    for (;;) {
+      const batch = await this.records.expired(now, SWEEP_BATCH);
+      let progress = 0;
+      for (const record of batch) if (await this.remove(record, removed)) progress++;
+      if (batch.length < SWEEP_BATCH || progress === 0) break;
+    }
+    if (options.maxBytes !== undefined) {
+      let total = await this.records.totalBytes();
+      while (total > options.maxBytes) {
+        const batch = await this.records.oldest(SWEEP_BATCH);
+        let progress = 0;
+        for (const record of batch) {
+          if (total <= options.maxBytes) break;
+          if (await this.remove(record, removed)) {
+            total -= record.bytes;
+            progress++;
+          }
+        }
+        if (progress === 0) break;
+        total = await this.records.totalBytes();
+      }
+    }
+    await this.removeStaleStaging();
+    return removed;
+  }
+
+  private async remove(record: ImageRecord, removed: SweepResult): Promise<boolean> {
+    return this.locked(record.name, async () => {
+      if (!(await this.records.removeIfUnchanged(record))) return false;
+      await this.store.delete(record.name);
+      removed.images++;
+      removed.bytes += record.bytes;
+      return true;
+    });
+  }
+
+  private async removeStaleStaging(): Promise<void> {
+    const names = await readdir(this.store.stagingDir).catch(() => [] as string[]);
+    const cutoff = Date.now() - STALE_STAGING_MS;
+    for (const name of names) {
+      const path = join(this.store.stagingDir, name);
+      const info = await stat(path).catch(() => undefined);
+      if (info && info.mtimeMs < cutoff) await rm(path, { force: true });
+    }
+  }
+}
+
+/** Width and height from the image's header; sharp reads no more of the file than it needs. */
+async function dimensionsOf(input: string | Buffer): Promise<{ width: number; height: number }> {
+  try {
+    const meta = await sharp(input).metadata();
+    return { width: meta.width, height: meta.height };
+  } catch (err) {
+    throw new GatewayError('upstream_error', 'upstream returned an image that cannot be read', { cause: err });
+  }
+}

@@ -1,0 +1,88 @@
+import type { FastifyBaseLogger } from 'fastify';
+import type { Redis } from 'ioredis';
+
+/** A counter in a time window: its value after the change, and how long the window has left. */
+export interface CounterValue {
+  total: number;
+  ttlMs: number;
+}
+
+// INCRBY, and start the window's expiry on its first use; answer the total and the time left.
+const ADD_SCRIPT = `
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {total, ttl}
+`;
+
+/**
+ * Windowed counters for the limits: in Redis when REDIS_URL is set, so every replica enforces one
+ * limit; in memory otherwise. If Redis stops answering, counting goes on locally (each replica then
+ * enforces the limit on its own) and the change is logged and shown by /readyz.
+ */
+export class Counters {
+  private readonly local = new Map<string, { total: number; resetAt: number }>();
+  private redisFailing = false;
+
+  constructor(
+    private readonly redis: Redis | undefined,
+    private readonly log: FastifyBaseLogger,
+    private readonly prefix = 'gw:limit:',
+  ) {
+    redis?.defineCommand('gwCounterAdd', { numberOfKeys: 1, lua: ADD_SCRIPT });
+  }
+
+  /** 'redis' | 'memory' | 'memory (redis unavailable)', for readiness. */
+  get mode(): string {
+    if (!this.redis) return 'memory';
+    return this.redisFailing ? 'memory (redis unavailable)' : 'redis';
+  }
+
+  async add(key: string, amount: number, windowMs: number): Promise<CounterValue> {
+    if (this.redis && this.redis.status === 'ready') {
+      try {
+        const [total, ttl] = (await (this.redis as Redis & { gwCounterAdd(k: string, a: number, w: number): Promise<[number, number]> }).gwCounterAdd(
+          this.prefix + key,
+          amount,
+          windowMs,
+        )) as [number, number];
+        if (this.redisFailing) {
+          this.redisFailing = false;
+          this.log.warn('redis answers again: limits are shared between replicas again');
+        }
+        return { total: Number(total), ttlMs: Number(ttl) };
+      } catch (err) {
+        this.markFailing(err);
+      }
+    } else if (this.redis) {
+      this.markFailing(new Error(`redis connection is ${this.redis.status}`));
+    }
+    return this.addLocally(key, amount, windowMs);
+  }
+
+  private markFailing(err: unknown): void {
+    if (!this.redisFailing) {
+      this.redisFailing = true;
+      this.log.warn({ err }, 'redis is unavailable: limits are now counted in this replica only');
+    }
+  }
+
+  private addLocally(key: string, amount: number, windowMs: number): CounterValue {
+    const now = Date.now();
+    let entry = this.local.get(key);
+    if (!entry || entry.resetAt <= now) {
+      entry = { total: 0, resetAt: now + windowMs };
+      this.local.set(key, entry);
+      if (this.local.size > 100_000) this.sweep(now);
+    }
+    entry.total += amount;
+    return { total: entry.total, ttlMs: entry.resetAt - now };
+  }
+
+  private sweep(now: number): void {
+    for (const [k, v] of this.local) if (v.resetAt <= now) this.local.delete(k);
+  }
+}

@@ -1,0 +1,102 @@
+import type { FastifyReply } from 'fastify';
+import { GatewayError } from '../errors.js';
+import type { Client } from '../auth/client-keys.js';
+import { modelAllowed } from '../auth/key-policy.js';
+import type { Counters } from './counters.js';
+
+/** What a request took from its key's daily images and monthly budget, to settle once the answer is known. */
+export interface Reservation {
+  client: Client;
+  images: number;
+  microUsd: number;
+  dayKey: string;
+  monthKey: string;
+}
+
+const MICRO = 1_000_000;
+
+function windows(now = new Date()) {
+  const day = now.toISOString().slice(0, 10);
+  const month = now.toISOString().slice(0, 7);
+  const nextDay = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
+  const nextMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1);
+  return { day, month, msToNextDay: nextDay - now.getTime(), msToNextMonth: nextMonth - now.getTime() };
+}
+
+/**
+ * A key's model allow-list, images per UTC day and estimated spend per calendar month, checked
+ * before any upstream call. Counts are reserved up front (so concurrent requests cannot overshoot)
+ * and settled to what the request really made.
+ */
+export class KeyLimits {
+  constructor(private readonly counters: Counters) {}
+
+  checkModel(client: Client, modelId: string): void {
+    if (!modelAllowed(client, modelId)) {
+      throw new GatewayError('forbidden', `key ${client.id} may not use model ${modelId}`, {
+        details: [{ field: 'model', message: 'is not in this key’s allow-list', allowed: client.models }],
+      });
+    }
+  }
+
+  async reserve(client: Client, images: number, estimatedCostUsd: number | null, reply: FastifyReply): Promise<Reservation> {
+    const w = windows();
+    const reservation: Reservation = {
+      client,
+      images: 0,
+      microUsd: 0,
+      dayKey: `images:${client.id}:${w.day}`,
+      monthKey: `usd:${client.id}:${w.month}`,
+    };
+    if (client.images_per_day !== undefined) {
+      const limit = client.images_per_day;
+      const { total } = await this.counters.add(reservation.dayKey, images, w.msToNextDay + 60_000);
+      if (total > limit) {
+        await this.counters.add(reservation.dayKey, -images, w.msToNextDay + 60_000);
+        const used = total - images;
+        throw new GatewayError(
+          'rate_limited',
+          `images_per_day limit reached: key ${client.id} may make ${limit} images per UTC day, has made ${used}, and asked for ${images}; it resets at 00:00 UTC`,
+          { retryAfter: Math.ceil(w.msToNextDay / 1000), details: [{ field: 'n', message: 'over the images_per_day limit', allowed: Math.max(0, limit - used) }] },
+        );
+      }
+      reservation.images = images;
+      reply.header('x-ratelimit-images-limit', String(limit)).header('x-ratelimit-images-remaining', String(Math.max(0, limit - total)));
+    }
+    if (client.monthly_budget_usd !== undefined) {
+      const limit = Math.round(client.monthly_budget_usd * MICRO);
+      const cost = Math.round((estimatedCostUsd ?? 0) * MICRO);
+      const { total } = await this.counters.add(reservation.monthKey, cost, w.msToNextMonth + 86_400_000);
+      // Refused when it would go over, or when the budget is spent already (a request of unknown price included).
+      if (total > limit || total - cost >= limit) {
+        await this.counters.add(reservation.monthKey, -cost, w.msToNextMonth + 86_400_000);
+        await this.settle(reservation, 0, 0);
+        throw new GatewayError(
+          'rate_limited',
+          `monthly_budget_usd limit reached: key ${client.id} may spend an estimated $${client.monthly_budget_usd} per calendar month and has spent $${((total - cost) / MICRO).toFixed(4)}; this request would cost about $${(cost / MICRO).toFixed(4)}`,
+          { retryAfter: Math.ceil(w.msToNextMonth / 1000) },
+        );
+      }
+      reservation.microUsd = cost;
+      reply
+        .header('x-ratelimit-budget-limit-usd', String(client.monthly_budget_usd))
+        .header('x-ratelimit-budget-remaining-usd', String(Math.max(0, limit - total) / MICRO));
+    }
+    return reservation;
+  }
+
+  /** Gives back what was reserved but not used (a failure, fewer images) or adds what it cost beyond the estimate. */
+  async settle(reservation: Reservation, images: number, costUsd: number | null): Promise<void> {
+    const w = windows();
+    if (reservation.images !== 0 || (reservation.client.images_per_day !== undefined && images !== 0)) {
+      const delta = images - reservation.images;
+      if (delta !== 0) await this.counters.add(reservation.dayKey, delta, w.msToNextDay + 60_000);
+    }
+    if (reservation.client.monthly_budget_usd !== undefined) {
+      const actual = costUsd === null ? reservation.microUsd : Math.round(costUsd * MICRO);
+      const delta = actual - reservation.microUsd;
+      if (delta !== 0) await this.counters.add(reservation.monthKey, delta, w.msToNextMonth + 86_400_000);
+    }
+    reservation.images = images;
+  }
+}

@@ -1,0 +1,99 @@
+import type { FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
+import { Counter } from 'prom-client';
+import { GatewayError } from '../errors.js';
+import { etagMatches, parseByteRange } from '../images/byte-range.js';
+import { ImageFetcher } from '../images/image-fetch.js';
+import { RetentionSweeper } from '../images/retention-sweeper.js';
+import type { SweepResult } from '../images/image-library.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Removes expired images (and the oldest past IMAGE_STORE_MAX_BYTES); `sweepNow()` runs one sweep. */
+    retention: RetentionSweeper;
+    /** Fetches input images given as URLs, under the egress policy. */
+    imageFetcher: ImageFetcher;
+  }
+}
+
+/** Counters for what retention removed, in the app's metrics registry when there is one. */
+function sweptMetrics(app: FastifyInstance): ((removed: SweepResult) => void) | undefined {
+  if (!app.hasDecorator('metrics')) return undefined;
+  const registers = [app.metrics.registry];
+  const images = new Counter({ name: 'gateway_images_swept_total', help: 'Stored images removed by retention (expired, or oldest past IMAGE_STORE_MAX_BYTES).', registers });
+  const bytes = new Counter({ name: 'gateway_image_bytes_swept_total', help: 'Bytes of stored images removed by retention.', registers });
+  return (removed) => {
+    images.inc(removed.images);
+    bytes.inc(removed.bytes);
+  };
+}
+
+async function imageFiles(app: FastifyInstance): Promise<void> {
+  await app.images.migrate();
+
+  const retention = new RetentionSweeper({
+    library: app.images,
+    log: app.log,
+    intervalMs: app.config.RETENTION_SWEEP_INTERVAL_MS,
+    maxBytes: app.config.IMAGE_STORE_MAX_BYTES,
+    onSwept: sweptMetrics(app),
+  });
+  app.decorate('retention', retention);
+  const fetcher = new ImageFetcher({ maxBytes: app.config.MAX_UPLOAD_BYTES, allowedHosts: app.config.ALLOWED_IMAGE_HOSTS });
+  app.decorate('imageFetcher', fetcher);
+  app.addHook('onReady', async () => retention.start());
+  // preClose: before onClose hooks close the database a sweep may be using.
+  app.addHook('preClose', async () => retention.stop());
+  app.addHook('onClose', async () => {
+    await fetcher.close();
+    await app.images.store.close();
+  });
+
+  app.get<{ Params: { name: string }; Querystring: { exp?: string; sig?: string; download?: string } }>(
+    '/v1/images/:name',
+    async (request, reply) => {
+      const { name } = request.params;
+      const exp = Number(request.query.exp);
+      const sig = request.query.sig ?? '';
+      if (!Number.isInteger(exp) || sig === '') {
+        throw new GatewayError('forbidden', 'an image URL needs its exp and sig parameters, as returned by the gateway');
+      }
+      if (!app.signer.verify(name, exp, sig)) throw new GatewayError('forbidden', 'the image URL signature is not valid');
+      const now = Math.floor(Date.now() / 1000);
+      if (exp <= now) throw new GatewayError('not_found', 'the image URL has expired');
+      const image = await app.images.find(name, now);
+      if (!image) throw new GatewayError('not_found', 'no such image (unknown, expired or removed by retention)');
+
+      const etag = `"${image.sha256}"`;
+      reply
+        .header('content-type', image.mimeType)
+        .header('cache-control', `private, max-age=${Math.min(exp, image.expiresAt) - now}, immutable`)
+        .header('etag', etag)
+        .header('accept-ranges', 'bytes')
+        .header('x-content-type-options', 'nosniff');
+      if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name}"`);
+      if (etagMatches(request.headers['if-none-match'], etag)) return reply.status(304).send();
+
+      // If-Range: a range of another version is no use to the client; send the whole image.
+      const ifRange = request.headers['if-range'];
+      const range = ifRange === undefined || ifRange === etag ? parseByteRange(request.headers.range, image.bytes) : undefined;
+      if (range === 'unsatisfiable') {
+        // Not an API error: a byte-range answer, which carries the size and no body.
+        return reply.status(416).header('content-range', `bytes */${image.bytes}`).send();
+      }
+      const stream = await app.images.open(name, range);
+      if (!stream) throw new GatewayError('not_found', 'no such image (removed by retention)');
+      if (range) {
+        return reply
+          .status(206)
+          .header('content-range', `bytes ${range.start}-${range.end}/${image.bytes}`)
+          .header('content-length', range.end - range.start + 1)
+          .send(stream);
+      }
+      return reply.header('content-length', image.bytes).send(stream);
+    },
+  );
+}
+
+/** GET /v1/images/{name}, the retention sweeper and the input-image fetcher. */
+export const imageFilesPlugin = fp(imageFiles, { name: 'image-files' });

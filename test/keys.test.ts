@@ -1,0 +1,140 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
+import { modelAllowed } from '../src/auth/key-policy.js';
+
+const admin = { authorization: `Bearer ${ADMIN_KEY}` };
+let h: Harness;
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => h.close());
+
+describe('the admin key API', () => {
+  it('mints a key shown once, stored only as a hash, that works at once', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'growth', rpm: 5, models: ['gpt-image-*'] } });
+    expect(res.statusCode).toBe(201);
+    const minted = res.json();
+    expect(minted).toMatchObject({ team: 'growth', rpm: 5, models: ['gpt-image-*'], admin: false, key: expect.stringMatching(/^gk-/) });
+    const stored = await h.app.db.all<{ key_sha256: string; policy_json: string }>('SELECT key_sha256, policy_json FROM client_keys');
+    const row = stored.find((r) => JSON.parse(r.policy_json).id === minted.id)!;
+    expect(row.key_sha256).toBe(createHash('sha256').update(minted.key).digest('hex'));
+    expect(JSON.stringify(stored)).not.toContain(minted.key);
+    const use = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${minted.key}` }, payload: { model: 'gpt-image-1', prompt: 'hi' } });
+    expect(use.statusCode).toBe(200);
+  });
+
+  it('lists keys with their policies and never a key', async () => {
+    const minted = (await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'list-me' } })).json();
+    const res = await h.app.inject({ method: 'GET', url: '/v1/keys', headers: admin });
+    expect(res.statusCode).toBe(200);
+    const ids = res.json().data.map((k: { id: string }) => k.id);
+    expect(ids).toEqual(expect.arrayContaining(['design', 'ads', 'admin', minted.id]));
+    expect(res.body).not.toContain(minted.key);
+    expect(res.body).not.toContain(ADMIN_KEY);
+    expect(res.json().data.every((k: Record<string, unknown>) => !('key' in k))).toBe(true);
+  });
+
+  it('revokes a key, which is refused at once', async () => {
+    const minted = (await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'temp' } })).json();
+    const del = await h.app.inject({ method: 'DELETE', url: `/v1/keys/${minted.id}`, headers: admin });
+    expect(del.statusCode).toBe(204);
+    const use = await h.app.inject({ method: 'GET', url: '/v1/models', headers: { authorization: `Bearer ${minted.key}` } });
+    expect(use.statusCode).toBe(401);
+    const again = await h.app.inject({ method: 'DELETE', url: `/v1/keys/${minted.id}`, headers: admin });
+    expect(again.statusCode).toBe(404);
+  });
+
+  it('refuses every key route to a non-admin key with 403', async () => {
+    for (const [method, url] of [['GET', '/v1/keys'], ['POST', '/v1/keys'], ['DELETE', '/v1/keys/design']] as const) {
+      const res = await h.app.inject({ method, url, headers: h.auth, payload: method === 'POST' ? { team: 'x' } : undefined });
+      expect(res.statusCode).toBe(403);
+    }
+  });
+
+  it('refuses a bad mint body naming the field', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', rpm: 0 } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.details[0].field).toBe('rpm');
+    const unknown = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', key: 'gk-mine' } });
+    expect(unknown.statusCode).toBe(400);
+  });
+
+  it('refuses to mint a second key with an id in use', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { id: 'design', team: 'design' } });
+    expect(res.statusCode).toBe(409);
+  });
+
+  it('will not revoke a key that comes from the environment', async () => {
+    const res = await h.app.inject({ method: 'DELETE', url: '/v1/keys/design', headers: admin });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.message).toMatch(/GATEWAY_API_KEYS/);
+  });
+});
+
+describe('GATEWAY_KEYS_FILE', () => {
+  it('loads keys given in plaintext or as sha256, with their policies', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'gw-keys-')), 'keys.yaml');
+    const plain = 'gk-file-plain-0123456789';
+    const hashed = 'gk-file-hashed-0123456789';
+    const h2 = await startHarness({
+      GATEWAY_KEYS_FILE: writeKeysFile(file, `keys:
+  - id: web
+    key: ${plain}
+    team: design
+    models: ["imagen-4.0-*"]
+  - id: batch
+    key_sha256: "${createHash('sha256').update(hashed).digest('hex')}"
+    team: ads
+    images_per_day: 1
+`),
+    });
+    try {
+      const web = await h2.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${plain}` }, payload: { model: 'gpt-image-1', prompt: 'x' } });
+      expect(web.statusCode).toBe(403);
+      expect(web.json().error.code).toBe('forbidden');
+      const ok = await h2.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${plain}` }, payload: { model: 'imagen-4.0-generate-001', prompt: 'x' } });
+      expect(ok.statusCode).toBe(200);
+      const batch = await h2.app.inject({ method: 'POST', url: '/v1/generate', headers: { 'x-api-key': hashed }, payload: { model: 'gpt-image-1', prompt: 'x', n: 2 } });
+      expect(batch.statusCode).toBe(429);
+    } finally {
+      await h2.close();
+    }
+  });
+
+  it('a file with a bad entry stops the start with a message naming the file and field', async () => {
+    const file = writeKeysFile(join(mkdtempSync(join(tmpdir(), 'gw-keys-')), 'bad.yaml'), 'keys:\n  - id: x\n    team: t\n    rpm: -1\n    key: gk-0123456789\n');
+    await expect(startHarness({ GATEWAY_KEYS_FILE: file })).rejects.toThrow(/GATEWAY_KEYS_FILE .*bad\.yaml.*keys\.0\.rpm/);
+  });
+});
+
+describe('model allow-lists', () => {
+  it('globs match model ids, and a plain name matches only itself', () => {
+    expect(modelAllowed({ models: ['gpt-image-*'] }, 'gpt-image-1.5')).toBe(true);
+    expect(modelAllowed({ models: ['gpt-image-*'] }, 'dall-e-3')).toBe(false);
+    expect(modelAllowed({ models: ['FLUX-1.1-pro'] }, 'FLUX-1.1-pro')).toBe(true);
+    expect(modelAllowed({ models: ['FLUX-1.1-pro'] }, 'FLUX-1x1-pro')).toBe(false);
+    expect(modelAllowed({ models: ['*'] }, 'anything')).toBe(true);
+    expect(modelAllowed({}, 'anything')).toBe(true);
+    expect(modelAllowed({ models: [] }, 'anything')).toBe(false);
+  });
+
+  it('an alias is checked as the model id it names', async () => {
+    const minted = (await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'imagen-only', models: ['imagen-*'] } })).json();
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { authorization: `Bearer ${minted.key}` },
+      payload: { model: 'google/imagen-4.0-generate-001', prompt: 'x' },
+    });
+    expect(res.statusCode).toBe(200);
+  });
+});
+
+function writeKeysFile(path: string, text: string): string {
+  writeFileSync(path, text);
+  return path;
+}

@@ -1,0 +1,166 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
+import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
+
+const admin = { authorization: `Bearer ${ADMIN_KEY}` };
+
+async function mint(h: Harness, policy: Record<string, unknown>): Promise<Record<string, string>> {
+  const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: `t${randomBytes(3).toString('hex')}`, ...policy } });
+  expect(res.statusCode).toBe(201);
+  return { authorization: `Bearer ${res.json().key}` };
+}
+
+describe('limits on one gateway', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ RATE_LIMIT_RPM: '3' });
+  });
+  afterAll(async () => h.close());
+  beforeEach(() => h.simulator.reset());
+
+  const generate = (auth: Record<string, string>, payload: Record<string, unknown>) =>
+    h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload });
+
+  it('a key at its rpm is refused with 429, Retry-After and a message naming the limit, before any upstream call', async () => {
+    const key = await mint(h, { rpm: 2 });
+    const first = await generate(key, { model: 'gpt-image-1', prompt: 'a' });
+    expect(first.headers['x-ratelimit-limit']).toBe('2');
+    expect(first.headers['x-ratelimit-remaining']).toBe('1');
+    await generate(key, { model: 'gpt-image-1', prompt: 'b' });
+    h.simulator.reset();
+    const third = await generate(key, { model: 'gpt-image-1', prompt: 'c' });
+    expect(third.statusCode).toBe(429);
+    expect(third.json().error.code).toBe('rate_limited');
+    expect(third.json().error.message).toMatch(/rpm limit/);
+    expect(Number(third.headers['retry-after'])).toBeGreaterThan(0);
+    expect(Number(third.headers['retry-after'])).toBeLessThanOrEqual(60);
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('keys without their own rpm get RATE_LIMIT_RPM', async () => {
+    const key = await mint(h, {});
+    const codes = [];
+    for (let i = 0; i < 4; i++) codes.push((await h.app.inject({ method: 'GET', url: '/v1/models', headers: key })).statusCode);
+    expect(codes).toEqual([200, 200, 200, 429]);
+  });
+
+  it('one key’s limit does not touch another key', async () => {
+    const a = await mint(h, { rpm: 1 });
+    const b = await mint(h, { rpm: 1 });
+    expect((await h.app.inject({ method: 'GET', url: '/v1/models', headers: a })).statusCode).toBe(200);
+    expect((await h.app.inject({ method: 'GET', url: '/v1/models', headers: a })).statusCode).toBe(429);
+    expect((await h.app.inject({ method: 'GET', url: '/v1/models', headers: b })).statusCode).toBe(200);
+  });
+
+  it('images_per_day counts n, refuses the request that would cross it, and says what is left', async () => {
+    const key = await mint(h, { images_per_day: 3, rpm: 100 });
+    const two = await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 2 });
+    expect(two.statusCode).toBe(200);
+    expect(two.headers['x-ratelimit-images-remaining']).toBe('1');
+    h.simulator.reset();
+    const over = await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 2 });
+    expect(over.statusCode).toBe(429);
+    expect(over.json().error.message).toMatch(/images_per_day/);
+    expect(Number(over.headers['retry-after'])).toBeGreaterThan(0);
+    expect(Number(over.headers['retry-after'])).toBeLessThanOrEqual(86_400);
+    expect(h.simulator.received).toHaveLength(0);
+    expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 1 })).statusCode).toBe(200);
+    expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 1 })).statusCode).toBe(429);
+  });
+
+  it('images of a request that failed upstream are given back', async () => {
+    const key = await mint(h, { images_per_day: 2, rpm: 100 });
+    h.simulator.failNext('http500');
+    expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 2 })).statusCode).toBe(502);
+    expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 2 })).statusCode).toBe(200);
+  });
+
+  it('monthly_budget_usd refuses the request whose estimated price would cross it', async () => {
+    // Ideogram 3.0 Turbo: $0.03 an image.
+    const key = await mint(h, { monthly_budget_usd: 0.1, rpm: 100 });
+    const body = { model: 'ideogram-v3', prompt: 'x', n: 3, options: { rendering_speed: 'TURBO' } };
+    const ok = await generate(key, body);
+    expect(ok.statusCode).toBe(200);
+    expect(Number(ok.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.01, 6);
+    h.simulator.reset();
+    const over = await generate(key, { ...body, n: 1 });
+    expect(over.statusCode).toBe(429);
+    expect(over.json().error.message).toMatch(/monthly_budget_usd/);
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('a model outside the key’s allow-list is 403 forbidden with no upstream call', async () => {
+    const key = await mint(h, { models: ['imagen-*'], rpm: 100 });
+    const res = await generate(key, { model: 'gpt-image-1', prompt: 'x' });
+    expect(res.statusCode).toBe(403);
+    expect(res.json().error.details[0].allowed).toEqual(['imagen-*']);
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('without Redis, readiness says limits are counted in memory', async () => {
+    const res = await h.app.inject({ method: 'GET', url: '/readyz' });
+    expect(res.json().checks.limits).toBe('memory');
+  });
+});
+
+describe('a Redis that is not there', () => {
+  it('leaves the gateway serving with local limits, saying so in readiness and logs', async () => {
+    const h = await startHarness({ REDIS_URL: 'redis://127.0.0.1:1', RATE_LIMIT_RPM: '2' });
+    try {
+      const codes = [];
+      for (let i = 0; i < 3; i++) codes.push((await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth })).statusCode);
+      expect(codes).toEqual([200, 200, 429]);
+      expect((await h.app.inject({ method: 'GET', url: '/readyz' })).json().checks.limits).toBe('memory (redis unavailable)');
+      expect(h.logs.some((l) => /limits are (now )?counted in this replica only/.test(l))).toBe(true);
+    } finally {
+      await h.close();
+    }
+  });
+});
+
+describe.skipIf(redisProblem !== undefined || postgresProblem !== undefined)('two replicas on one Redis and one PostgreSQL (skipped when either is unreachable and REQUIRE_SERVICES is unset)', () => {
+  let a: Harness;
+  let b: Harness;
+  const team = `r${randomBytes(4).toString('hex')}`;
+  const key = `gk-${team}-0123456789`;
+  const auth = { authorization: `Bearer ${key}` };
+  let database: Awaited<ReturnType<typeof freshPostgres>>;
+  beforeAll(async () => {
+    database = await freshPostgres();
+    const env = { REDIS_URL: freshRedis().url, DATABASE_URL: database.url, GATEWAY_API_KEYS: `${team}:${key}`, RATE_LIMIT_RPM: '4' };
+    a = await startHarness(env);
+    b = await startHarness(env);
+  });
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+    await database?.drop();
+  });
+
+  it('enforce one rpm limit between them', async () => {
+    const codes = [];
+    for (const h of [a, b, a, b, a, b]) codes.push((await h.app.inject({ method: 'GET', url: '/v1/models', headers: auth })).statusCode);
+    expect(codes).toEqual([200, 200, 200, 200, 429, 429]);
+    expect((await a.app.inject({ method: 'GET', url: '/readyz' })).json().checks.limits).toBe('redis');
+  });
+
+  it('see a key revoked on one replica refused on the other at once', async () => {
+    const minted = (await a.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'shared', rpm: 100 } })).json();
+    const use = { authorization: `Bearer ${minted.key}` };
+    // Minting reaches the other replica through Redis, like revocation.
+    let seen = 0;
+    for (let i = 0; i < 50 && seen !== 200; i++) {
+      seen = (await b.app.inject({ method: 'GET', url: '/v1/models', headers: use })).statusCode;
+      if (seen !== 200) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(seen).toBe(200);
+    await a.app.inject({ method: 'DELETE', url: `/v1/keys/${minted.id}`, headers: admin });
+    let after = 200;
+    for (let i = 0; i < 50 && after !== 401; i++) {
+      after = (await b.app.inject({ method: 'GET', url: '/v1/models', headers: use })).statusCode;
+      if (after !== 401) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(after).toBe(401);
+  });
+});
