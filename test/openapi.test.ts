@@ -3,7 +3,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startHarness, type Harness, makePng, multipartBody } from './harness.js';
+import { ADMIN_KEY, startHarness, type Harness, makePng, multipartBody } from './harness.js';
 
 const spec = parse(readFileSync(new URL('../openapi.yaml', import.meta.url), 'utf8')) as {
   paths: Record<string, Record<string, { responses: Record<string, unknown> }>>;
@@ -94,6 +94,15 @@ describe('openapi.yaml and the running app', () => {
     }
     expect(job.status).toBe('succeeded');
     expect(validate('Job', job)).toEqual([]);
+  });
+
+  it('minting and listing keys answer KeyCreated and KeyList', async () => {
+    const admin = { authorization: `Bearer ${ADMIN_KEY}` };
+    const created = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'docs', rpm: 10, models: ['gpt-image-*'] } });
+    expect(created.statusCode).toBe(201);
+    expect(validate('KeyCreated', created.json())).toEqual([]);
+    const list = await h.app.inject({ method: 'GET', url: '/v1/keys', headers: admin });
+    expect(validate('KeyList', list.json())).toEqual([]);
   });
 
   it('the schema check itself refuses a body that breaks the spec', () => {
