@@ -127,8 +127,12 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
 
   const upstream = new UpstreamClient({
     baseUrl: config.AIHUBMIX_BASE_URL,
-    apiKey: config.AIHUBMIX_API_KEY ?? '',
+    apiKeys: (config.AIHUBMIX_API_KEY ?? '').split(',').map((k) => k.trim()).filter(Boolean),
     maxConcurrency: config.UPSTREAM_MAX_CONCURRENCY,
+    queueTimeoutMs: config.UPSTREAM_QUEUE_TIMEOUT_MS,
+    retries: config.UPSTREAM_RETRIES,
+    retryBaseMs: config.UPSTREAM_RETRY_BASE_MS,
+    keyCooldownMs: config.UPSTREAM_KEY_COOLDOWN_MS,
     pollIntervalMs: config.TASK_POLL_INTERVAL_MS,
     maxReplyBytes: 512 * 1024 * 1024,
     maxDownloadBytes: 64 * 1024 * 1024,

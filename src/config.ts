@@ -147,6 +147,21 @@ const envSchema = z.object({
   IMAGE_STORE_MAX_BYTES: optionalPositiveInt('IMAGE_STORE_MAX_BYTES'),
   RETENTION_SWEEP_INTERVAL_MS: positiveInt('RETENTION_SWEEP_INTERVAL_MS', 10 * 60 * 1000),
   ALLOWED_IMAGE_HOSTS: hostList('ALLOWED_IMAGE_HOSTS'),
+  UPSTREAM_QUEUE_TIMEOUT_MS: positiveInt('UPSTREAM_QUEUE_TIMEOUT_MS', 30_000),
+  UPSTREAM_RETRIES: z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v.trim() === '') return 2;
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0 || n > 10) {
+        ctx.addIssue({ code: 'custom', message: `UPSTREAM_RETRIES must be an integer from 0 to 10, got "${v}"` });
+        return z.NEVER;
+      }
+      return n;
+    }),
+  UPSTREAM_RETRY_BASE_MS: positiveInt('UPSTREAM_RETRY_BASE_MS', 500),
+  UPSTREAM_KEY_COOLDOWN_MS: positiveInt('UPSTREAM_KEY_COOLDOWN_MS', 300_000),
   JOB_LEASE_MS: positiveInt('JOB_LEASE_MS', 30_000),
   JOB_SHUTDOWN_GRACE_MS: positiveInt('JOB_SHUTDOWN_GRACE_MS', 25_000),
   CALLBACK_SECRET: optionalString.refine((v) => v === undefined || v.length >= 32, {

@@ -51,6 +51,8 @@ export async function startHarness(
       GATEWAY_ADMIN_KEY: ADMIN_KEY,
       DATA_DIR: dataDir,
       TASK_POLL_INTERVAL_MS: '10',
+      // One simulated fault = one failed answer; the retry tests turn retries on themselves.
+      UPSTREAM_RETRIES: '0',
       LOG_LEVEL: 'info',
       ...env,
     });

@@ -67,7 +67,7 @@ export class ImageGeneration {
 
   async run(prepared: PreparedGeneration, ctx: { signal: AbortSignal; publicBaseUrl: string; task?: TaskHooks; owner?: ImageOwner }): Promise<GenerationResult> {
     const { request, model, route } = prepared;
-    const produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal, ctx.task);
+    const produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal, { ...ctx.task, ...(ctx.owner ? { queueOwner: ctx.owner.team } : {}) });
     const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
     const images = await Promise.all(
       produced.images.map((image) => this.keep(image, request.responseFormat, expiresAt, ctx)),

@@ -17,8 +17,8 @@ export function parseByteRange(header: string | undefined, size: number): ByteRa
   }
   const start = Number(m[1]);
   const end = m[2] === '' ? size - 1 : Number(m[2]);
-  if (end < start) return undefined;
   if (start >= size) return 'unsatisfiable';
+  if (end < start) return undefined;
   return { start, end: Math.min(end, size - 1) };
 }
 

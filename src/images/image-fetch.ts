@@ -88,7 +88,28 @@ export interface ImageFetcherOptions {
 }
 
 /** Why a URL was not fetched; turned into a 400 naming the field. */
-class EgressRefused extends Error {}
+class EgressRefused extends Error {
+  readonly code = 'EGRESS_REFUSED';
+}
+
+/**
+ * The DNS lookup of every connection the fetcher opens: it refuses non-public answers, so a socket
+ * connects only to an address this check passed, whatever the name resolves to by then (rebinding).
+ */
+export function egressLookup(allowedHosts: ReadonlySet<string>): LookupFunction {
+  return (hostname, options, callback) => {
+    dnsLookup(hostname, { ...options, all: true }, (err, addresses: LookupAddress[]) => {
+      if (err) return callback(err, '', 0);
+      const refused = addresses.find((a) => !isPublicAddress(a.address));
+      if (!allowedHosts.has(hostname.toLowerCase()) && (refused || addresses.length === 0)) {
+        const reason = `the URL's host ${hostname} resolves to a non-public address (${refused?.address ?? 'none'}), which the gateway does not fetch`;
+        return callback(new EgressRefused(reason), '', 0);
+      }
+      if (options.all) return (callback as unknown as (e: null, all: LookupAddress[]) => void)(null, addresses);
+      return callback(null, addresses[0]!.address, addresses[0]!.family);
+    });
+  };
+}
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const hostOf = (url: URL) => url.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1');
@@ -109,7 +130,7 @@ export class ImageFetcher {
     this.allowed = new Set(options.allowedHosts);
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.maxRedirects = options.maxRedirects ?? 3;
-    this.dispatcher = new Agent({ connect: { lookup: this.pinnedLookup } });
+    this.dispatcher = new Agent({ connect: { lookup: egressLookup(this.allowed) } });
   }
 
   async close(): Promise<void> {
@@ -192,23 +213,6 @@ export class ImageFetcher {
       throw new EgressRefused(`the URL's host ${host} is a private, loopback, link-local or otherwise non-public address (${refused}), which the gateway does not fetch`);
     }
   }
-
-  /**
-   * The connection's own DNS lookup: it refuses non-public answers, so the socket connects only to
-   * an address this check passed, whatever the name resolves to by then.
-   */
-  private readonly pinnedLookup: LookupFunction = (hostname, options, callback) => {
-    dnsLookup(hostname, { ...options, all: true }, (err, addresses: LookupAddress[]) => {
-      if (err) return callback(err, '', 0);
-      const refused = addresses.find((a) => !isPublicAddress(a.address));
-      if (!this.allowed.has(hostname.toLowerCase()) && (refused || addresses.length === 0)) {
-        const error = new EgressRefused(`the URL's host ${hostname} resolves to a non-public address (${refused?.address ?? 'none'}), which the gateway does not fetch`);
-        return callback(Object.assign(error, { code: 'EGRESS_REFUSED' }), '', 0);
-      }
-      if (options.all) return (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, addresses);
-      return callback(null, addresses[0]!.address, addresses[0]!.family);
-    });
-  };
 
   private async readCapped(field: string, res: Dispatcher.ResponseData): Promise<Buffer> {
     const max = this.options.maxBytes;

@@ -250,6 +250,7 @@ export class JobRunner {
       result = await this.o.generation.run(prepared, {
         signal,
         publicBaseUrl: row.public_base_url,
+        owner: { keyId: row.key_id, team: row.team },
         task: {
           ...(resumeTaskId ? { resumeTaskId } : {}),
           onTaskId: async (taskId) => {

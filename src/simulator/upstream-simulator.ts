@@ -64,6 +64,10 @@ export interface SimulatorOptions {
   host?: string;
   /** When set, a request whose key (Bearer, or Api-Key for Ideogram) differs gets 401. */
   apiKey?: string;
+  /** More keys of the same account that are accepted (for key rotation). */
+  extraApiKeys?: string[];
+  /** Keys that are valid but whose balance is spent: refused with 403. */
+  brokeApiKeys?: string[];
   /** How long served image URLs live; default 10 minutes, like Flux's result URLs. */
   urlTtlMs?: number;
   /** An async task answers Pending this many polls, then its outcome; default 2. */
@@ -147,11 +151,19 @@ class SimulatorState {
     return true;
   }
 
-  /** Refuses with 401 when an API key is configured and the request carries a different one. */
+  extraApiKeys: string[] = [];
+  brokeApiKeys: string[] = [];
+
+  /** Refuses with 401 when an API key is configured and the request carries another one; 403 for a spent key. */
   checkKey(request: FastifyRequest, style: ErrorStyle): void {
     if (this.apiKey === undefined) return;
     const presented = style === 'ideogram' ? apiKeyHeader(request) : bearerToken(request);
-    if (presented !== this.apiKey) throw new SimulatedHttpError(401, 'invalid api key', 'authentication_error');
+    if (presented !== undefined && this.brokeApiKeys.includes(presented)) {
+      throw new SimulatedHttpError(403, 'insufficient balance', 'insufficient_quota');
+    }
+    if (presented !== this.apiKey && !(presented !== undefined && this.extraApiKeys.includes(presented))) {
+      throw new SimulatedHttpError(401, 'invalid api key', 'authentication_error');
+    }
   }
 
   async delay(): Promise<void> {
@@ -193,6 +205,8 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
     opts.taskPollsUntilReady ?? 2,
     opts.latencyMs ?? 0,
   );
+  sim.extraApiKeys = opts.extraApiKeys ?? [];
+  sim.brokeApiKeys = opts.brokeApiKeys ?? [];
 
   // forceCloseConnections: close() must not wait for keep-alive sockets or 'hang' faults.
   const app = Fastify({ logger: false, bodyLimit: BODY_LIMIT_BYTES, forceCloseConnections: true });

@@ -3,12 +3,21 @@ import { Agent, FormData, interceptors, request, type Dispatcher } from 'undici'
 import { GatewayError } from '../errors.js';
 import type { UpstreamRequest } from './upstream-request.js';
 import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type UpstreamImage } from './upstream-reply.js';
-import { Semaphore } from './semaphore.js';
+import { FairQueue } from './fair-queue.js';
 
 export interface UpstreamClientOptions {
   baseUrl: string;
-  apiKey: string;
+  /** One key, or several to rotate through. */
+  apiKeys: string[];
   maxConcurrency: number;
+  /** Longest wait for a free upstream slot before a 503. */
+  queueTimeoutMs: number;
+  /** How often a refused call (upstream 429/503) is tried again. */
+  retries: number;
+  /** First backoff before a retry; doubles per retry, with jitter, unless upstream sends Retry-After. */
+  retryBaseMs: number;
+  /** How long a key upstream refused (401/403: bad key, no balance) is set aside. */
+  keyCooldownMs: number;
   /** First wait between task polls; it grows 1.5x per poll up to 5 s. */
   pollIntervalMs: number;
   maxReplyBytes: number;
@@ -21,12 +30,24 @@ export interface TaskHooks {
   onTaskId?: (taskId: string) => Promise<void>;
   /** Poll this task instead of submitting again: it was submitted (and paid for) before a restart. */
   resumeTaskId?: string;
+  /** Whose call this is, for the fair queue (the team). */
+  queueOwner?: string;
 }
 
 export interface UpstreamResult {
   images: UpstreamImage[];
   usage?: Record<string, unknown>;
   upstreamMs: number;
+}
+
+/** Retry-After in seconds, from a number of seconds or an HTTP date. */
+export function parseRetryAfter(header: string | string[] | undefined): number | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return seconds >= 0 ? Math.ceil(seconds) : undefined;
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - Date.now()) / 1000));
 }
 
 const MODERATION_HINT = /moderat|safety|content[_ ]policy|sensitive|nsfw|unsafe/i;
@@ -46,12 +67,16 @@ export class UpstreamClient {
   private readonly dispatcher: Agent;
   /** Result URLs may redirect to a CDN; API calls never should. */
   private readonly downloads: Dispatcher;
-  private readonly slots: Semaphore;
+  private readonly slots: FairQueue;
+  private readonly keys: Array<{ key: string; setAsideUntil: number }>;
+  private nextKey = 0;
 
   constructor(private readonly options: UpstreamClientOptions) {
+    // Keep-alive pool to upstream: most of an exchange's overhead is connection setup otherwise.
     this.dispatcher = new Agent({ keepAliveTimeout: 30_000, connections: Math.max(8, options.maxConcurrency * 2) });
     this.downloads = this.dispatcher.compose(interceptors.redirect({ maxRedirections: 3 }));
-    this.slots = new Semaphore(options.maxConcurrency);
+    this.slots = new FairQueue(options.maxConcurrency, options.queueTimeoutMs);
+    this.keys = options.apiKeys.map((key) => ({ key, setAsideUntil: 0 }));
   }
 
   get queueDepth(): number {
@@ -62,21 +87,43 @@ export class UpstreamClient {
     await this.dispatcher.close();
   }
 
-  private headers(auth: 'bearer' | 'api-key'): Record<string, string> {
-    return auth === 'api-key' ? { 'api-key': this.options.apiKey } : { authorization: `Bearer ${this.options.apiKey}` };
+  /** The next key in rotation that upstream has not recently refused. */
+  private pickKey(): string {
+    const now = Date.now();
+    for (let i = 0; i < this.keys.length; i++) {
+      const candidate = this.keys[(this.nextKey + i) % this.keys.length]!;
+      if (candidate.setAsideUntil <= now) {
+        this.nextKey = (this.nextKey + i + 1) % this.keys.length;
+        return candidate.key;
+      }
+    }
+    throw new GatewayError('upstream_error', 'upstream has refused every configured upstream key recently (HTTP 401/403); an operator must check the keys and balance');
+  }
+
+  private setAside(key: string): void {
+    const entry = this.keys.find((k) => k.key === key);
+    if (entry) entry.setAsideUntil = Date.now() + this.options.keyCooldownMs;
+  }
+
+  private headers(auth: 'bearer' | 'api-key', key: string): Record<string, string> {
+    return auth === 'api-key' ? { 'api-key': key } : { authorization: `Bearer ${key}` };
   }
 
   /** Sends one request and, for a task, polls it to the end; resolves with the images upstream made. */
   async generate(req: UpstreamRequest, signal: AbortSignal, hooks: TaskHooks = {}): Promise<UpstreamResult> {
-    await this.slots.acquire(signal);
+    await this.slots.acquire(hooks.queueOwner ?? '', signal);
     const started = performance.now();
     try {
-      const body = hooks.resumeTaskId ? { output: [{ taskId: hooks.resumeTaskId }] } : await this.exchange(req, signal);
+      let key: string | undefined;
+      let body: unknown;
+      if (hooks.resumeTaskId) body = { output: [{ taskId: hooks.resumeTaskId }] };
+      else ({ body, key } = await this.submit(req, signal));
       const reply = normalizeOutput(body);
       if (!reply) throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
       if (reply.kind === 'task') {
         if (!hooks.resumeTaskId) await hooks.onTaskId?.(reply.taskId);
-        const images = await this.pollTask(reply.taskId, signal);
+        // A task belongs to the account that submitted it: poll with the same key.
+        const images = await this.pollTask(reply.taskId, key ?? this.pickKey(), signal);
         return { images, upstreamMs: Math.round(performance.now() - started) };
       }
       if (reply.images.length === 0) {
@@ -95,10 +142,45 @@ export class UpstreamClient {
     }
   }
 
-  private async exchange(req: UpstreamRequest, signal: AbortSignal): Promise<unknown> {
+  /**
+   * Sends with retries, but only where no image can have been paid for: upstream refused the call
+   * (429 throttling, 503 no channel) or refused the key (401/403, then the next key is tried).
+   */
+  private async submit(req: UpstreamRequest, signal: AbortSignal): Promise<{ body: unknown; key: string }> {
+    let refusals = 0;
+    for (;;) {
+      const key = this.pickKey();
+      try {
+        return { body: await this.exchange(req, key, signal), key };
+      } catch (err) {
+        if (!(err instanceof GatewayError) || signal.aborted) throw err;
+        const status = err.upstreamStatus;
+        if ((status === 401 || status === 403) && this.keys.length > 1) {
+          this.setAside(key);
+          continue;
+        }
+        if (status === 429 || status === 503) {
+          if (refusals < this.options.retries) {
+            refusals++;
+            const backoff = this.options.retryBaseMs * 2 ** (refusals - 1);
+            const wait = err.retryAfter !== undefined ? err.retryAfter * 1000 : backoff / 2 + Math.random() * backoff;
+            await sleep(Math.min(wait, 30_000), undefined, { signal });
+            continue;
+          }
+          // Out of retries: the client still learns when to come back.
+          if (err.retryAfter === undefined) {
+            throw new GatewayError(err.code, err.message, { upstreamStatus: status, retryAfter: 5, details: err.details });
+          }
+        }
+        throw err;
+      }
+    }
+  }
+
+  private async exchange(req: UpstreamRequest, key: string, signal: AbortSignal): Promise<unknown> {
     const url = new URL(req.path, this.options.baseUrl);
     let body: string | FormData;
-    const headers = this.headers(req.auth);
+    const headers = this.headers(req.auth, key);
     if (req.body.kind === 'json') {
       body = JSON.stringify(req.body.value);
       headers['content-type'] = 'application/json';
@@ -159,18 +241,24 @@ export class UpstreamClient {
   }
 
   private failure(status: number, body: unknown, retryAfterHeader: string | string[] | undefined): GatewayError {
-    const said = scrubSecrets(upstreamErrorMessage(body) ?? `HTTP ${status}`, this.options.apiKey);
+    const said = scrubSecrets(upstreamErrorMessage(body) ?? `HTTP ${status}`, ...this.options.apiKeys);
     const code = upstreamErrorCode(body) ?? '';
     const extra = { upstreamStatus: status };
     if (status === 401 || status === 403) {
       // The upstream refused the gateway's own credentials or balance: not the caller's fault.
       return new GatewayError('upstream_error', `upstream refused the gateway's credentials (HTTP ${status}); an operator must check the upstream key and balance`, extra);
     }
+    const retryAfter = parseRetryAfter(retryAfterHeader);
     if (status === 429) {
-      const retryAfter = Number(Array.isArray(retryAfterHeader) ? retryAfterHeader[0] : retryAfterHeader);
       return new GatewayError('rate_limited', 'upstream is throttling requests; retry later', {
         ...extra,
-        retryAfter: Number.isFinite(retryAfter) && retryAfter > 0 ? Math.ceil(retryAfter) : 5,
+        ...(retryAfter !== undefined ? { retryAfter } : {}),
+      });
+    }
+    if (status === 503) {
+      return new GatewayError('upstream_error', `upstream is unavailable for this model (HTTP 503): ${said}`, {
+        ...extra,
+        ...(retryAfter !== undefined ? { retryAfter } : {}),
       });
     }
     const moderation = MODERATION_HINT.test(code) || MODERATION_HINT.test(said);
@@ -188,13 +276,13 @@ export class UpstreamClient {
   }
 
   /** Black Forest Labs-style task: Pending until Ready, Error or Moderated. */
-  private async pollTask(taskId: string, signal: AbortSignal): Promise<UpstreamImage[]> {
+  private async pollTask(taskId: string, key: string, signal: AbortSignal): Promise<UpstreamImage[]> {
     const url = new URL(`/v1/tasks/${encodeURIComponent(taskId)}`, this.options.baseUrl);
     let wait = this.options.pollIntervalMs;
     for (;;) {
       await sleep(wait, undefined, { signal });
       wait = Math.min(Math.round(wait * 1.5), 5000);
-      const res = await this.call(url, { method: 'GET', headers: this.headers('bearer'), signal });
+      const res = await this.call(url, { method: 'GET', headers: this.headers('bearer', key), signal });
       const body = (await this.readJson(res, signal)) as Record<string, unknown> | null;
       const status = typeof body?.status === 'string' ? body.status : '';
       if (status === 'Ready') {
@@ -209,7 +297,7 @@ export class UpstreamClient {
       }
       if (status === 'Error' || status === 'Failed' || /not found/i.test(status)) {
         const detail = upstreamErrorMessage(body) ?? (typeof body?.details === 'string' ? body.details : JSON.stringify(body?.details ?? ''));
-        throw new GatewayError('upstream_error', `upstream task ended with ${status}: ${scrubSecrets(detail, this.options.apiKey)}`, { upstreamStatus: 200 });
+        throw new GatewayError('upstream_error', `upstream task ended with ${status}: ${scrubSecrets(detail, ...this.options.apiKeys)}`, { upstreamStatus: 200 });
       }
       // Pending, Queued, Processing, ...: keep waiting.
     }

@@ -1,0 +1,95 @@
+import { GatewayError } from '../errors.js';
+
+interface Waiter {
+  grant: () => void;
+}
+
+/**
+ * At most `limit` upstream calls in flight. The rest wait, each team in its own line, and lines are
+ * served in turn, so one team's burst cannot starve the others. A wait longer than the queue
+ * timeout is a 503: better a quick "try again" than a request that hangs.
+ */
+export class FairQueue {
+  private active = 0;
+  private readonly lines = new Map<string, Waiter[]>();
+  private turn: string[] = [];
+
+  constructor(
+    private readonly limit: number,
+    private readonly timeoutMs: number,
+  ) {}
+
+  get waiting(): number {
+    let n = 0;
+    for (const line of this.lines.values()) n += line.length;
+    return n;
+  }
+
+  get inFlight(): number {
+    return this.active;
+  }
+
+  async acquire(owner: string, signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    if (this.active < this.limit && this.waiting === 0) {
+      this.active++;
+      return;
+    }
+    await new Promise<void>((resolve, reject) => {
+      const waiter: Waiter = {
+        grant: () => {
+          cleanup();
+          this.active++;
+          resolve();
+        },
+      };
+      const leave = () => {
+        const line = this.lines.get(owner);
+        const i = line?.indexOf(waiter) ?? -1;
+        if (line && i >= 0) line.splice(i, 1);
+        if (line?.length === 0) {
+          this.lines.delete(owner);
+          this.turn = this.turn.filter((o) => o !== owner);
+        }
+      };
+      const onAbort = () => {
+        cleanup();
+        leave();
+        reject(signal.reason);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        leave();
+        reject(
+          new GatewayError('service_unavailable', `the gateway is at its upstream concurrency limit and this request waited ${this.timeoutMs} ms; retry shortly`, {
+            retryAfter: Math.max(1, Math.ceil(this.timeoutMs / 1000)),
+          }),
+        );
+      }, this.timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      const line = this.lines.get(owner);
+      if (line) line.push(waiter);
+      else {
+        this.lines.set(owner, [waiter]);
+        this.turn.push(owner);
+      }
+    });
+  }
+
+  release(): void {
+    this.active--;
+    // Round robin: the next team in turn sends its oldest waiting request, then goes to the back.
+    while (this.active < this.limit && this.turn.length > 0) {
+      const owner = this.turn.shift()!;
+      const line = this.lines.get(owner)!;
+      const waiter = line.shift()!;
+      if (line.length > 0) this.turn.push(owner);
+      else this.lines.delete(owner);
+      waiter.grant();
+    }
+  }
+}

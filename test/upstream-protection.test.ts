@@ -1,0 +1,137 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FairQueue } from '../src/upstream/fair-queue.js';
+import { parseRetryAfter } from '../src/upstream/upstream-client.js';
+import { UPSTREAM_KEY, startHarness, type Harness } from './harness.js';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+const generate = (harness: Harness, payload: Record<string, unknown> = { model: 'gpt-image-1', prompt: 'x' }) =>
+  harness.app.inject({ method: 'POST', url: '/v1/generate', headers: harness.auth, payload });
+const submissions = (harness: Harness) => harness.simulator.received.filter((r) => r.method === 'POST').length;
+
+describe('retries of refused upstream calls', () => {
+  it('upstream throttling (429) is absorbed by retrying, honouring Retry-After', async () => {
+    h = await startHarness({ UPSTREAM_RETRIES: '2', UPSTREAM_RETRY_BASE_MS: '10' });
+    h.simulator.failNext('http429', 2);
+    const started = Date.now();
+    const res = await generate(h);
+    expect(res.statusCode).toBe(200);
+    expect(submissions(h)).toBe(3);
+    // The simulator says Retry-After: 1 on each throttle.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+  });
+
+  it('upstream 503 is retried with backoff when no Retry-After is given', async () => {
+    h = await startHarness({ UPSTREAM_RETRIES: '1', UPSTREAM_RETRY_BASE_MS: '10' });
+    h.simulator.failNext('http503');
+    const res = await generate(h);
+    expect(res.statusCode).toBe(200);
+    expect(submissions(h)).toBe(2);
+  });
+
+  it('after the last retry the client gets 429 with Retry-After', async () => {
+    h = await startHarness({ UPSTREAM_RETRIES: '1', UPSTREAM_RETRY_BASE_MS: '10' });
+    h.simulator.failNext('http429', 5);
+    const res = await generate(h);
+    expect(res.statusCode).toBe(429);
+    expect(res.json().error.code).toBe('rate_limited');
+    expect(Number(res.headers['retry-after'])).toBeGreaterThan(0);
+    expect(submissions(h)).toBe(2);
+  });
+
+  it('an upstream 500 is not retried: an image may have been made and paid for', async () => {
+    h = await startHarness({ UPSTREAM_RETRIES: '3', UPSTREAM_RETRY_BASE_MS: '10' });
+    h.simulator.failNext('http500');
+    const res = await generate(h);
+    expect(res.statusCode).toBe(502);
+    expect(submissions(h)).toBe(1);
+  });
+
+  it('Retry-After is read as seconds or as an HTTP date', () => {
+    expect(parseRetryAfter('3')).toBe(3);
+    expect(parseRetryAfter(new Date(Date.now() + 10_000).toUTCString())).toBeGreaterThanOrEqual(9);
+    expect(parseRetryAfter('soon')).toBeUndefined();
+    expect(parseRetryAfter(undefined)).toBeUndefined();
+  });
+});
+
+describe('several upstream keys', () => {
+  it('rotate between calls', async () => {
+    const second = 'sk-test-second-upstream-key-0123';
+    h = await startHarness({ AIHUBMIX_API_KEY: `${UPSTREAM_KEY},${second}` }, { extraApiKeys: [second] });
+    await generate(h);
+    await generate(h);
+    const used = h.simulator.received.map((r) => r.headers.authorization);
+    expect(used).toEqual([`Bearer ${UPSTREAM_KEY}`, `Bearer ${second}`]);
+  });
+
+  it('a key upstream refuses for its balance is set aside and the call goes out with the next key', async () => {
+    const broke = 'sk-test-broke-upstream-key-0123';
+    h = await startHarness({ AIHUBMIX_API_KEY: `${broke},${UPSTREAM_KEY}` }, { brokeApiKeys: [broke] });
+    const first = await generate(h);
+    expect(first.statusCode).toBe(200);
+    const second = await generate(h);
+    expect(second.statusCode).toBe(200);
+    const used = h.simulator.received.map((r) => r.headers.authorization);
+    // The broke key is tried once, then left out while it cools down.
+    expect(used).toEqual([`Bearer ${broke}`, `Bearer ${UPSTREAM_KEY}`, `Bearer ${UPSTREAM_KEY}`]);
+  });
+
+  it('with every key refused, the client gets 502 naming the gateway’s credentials', async () => {
+    const broke = 'sk-test-broke-upstream-key-0123';
+    h = await startHarness({ AIHUBMIX_API_KEY: broke }, { brokeApiKeys: [broke] });
+    const res = await generate(h);
+    expect(res.statusCode).toBe(502);
+    expect(res.json().error.message).toMatch(/credentials/);
+    expect(res.body).not.toContain(broke);
+  });
+});
+
+describe('the upstream concurrency cap', () => {
+  it('keeps at most UPSTREAM_MAX_CONCURRENCY calls in flight under load', async () => {
+    h = await startHarness({ UPSTREAM_MAX_CONCURRENCY: '2', RATE_LIMIT_RPM: '1000' }, { latencyMs: 100 });
+    let inFlight = 0;
+    let peak = 0;
+    const upstream = h.app.upstream as unknown as { slots: FairQueue };
+    const timer = setInterval(() => {
+      inFlight = upstream.slots.inFlight;
+      peak = Math.max(peak, inFlight);
+    }, 5);
+    const answers = await Promise.all(Array.from({ length: 8 }, (_, i) => generate(h!, { model: 'gpt-image-1', prompt: `p${i}` })));
+    clearInterval(timer);
+    expect(answers.every((a) => a.statusCode === 200)).toBe(true);
+    expect(peak).toBe(2);
+  });
+
+  it('a request that waits past UPSTREAM_QUEUE_TIMEOUT_MS gets 503 with Retry-After and is never sent', async () => {
+    h = await startHarness({ UPSTREAM_MAX_CONCURRENCY: '1', UPSTREAM_QUEUE_TIMEOUT_MS: '100', RATE_LIMIT_RPM: '1000' }, { latencyMs: 400 });
+    const [first, second] = await Promise.all([generate(h, { model: 'gpt-image-1', prompt: 'a' }), generate(h, { model: 'gpt-image-1', prompt: 'b' })]);
+    expect(first.statusCode).toBe(200);
+    expect(second.statusCode).toBe(503);
+    expect(second.headers['retry-after']).toBeDefined();
+    expect(submissions(h)).toBe(1);
+  });
+
+  it('serves waiting teams in turn, so one team’s burst cannot starve another', async () => {
+    const queue = new FairQueue(1, 10_000);
+    const order: string[] = [];
+    const never = new AbortController().signal;
+    await queue.acquire('holder', never);
+    const waits = [
+      ...['a1', 'a2', 'a3'].map((id) => queue.acquire('team-a', never).then(() => order.push(id))),
+      queue.acquire('team-b', never).then(() => order.push('b1')),
+    ];
+    for (let i = 0; i < 4; i++) {
+      queue.release();
+      await sleep(1);
+    }
+    queue.release();
+    await Promise.all(waits);
+    expect(order.slice(0, 2)).toEqual(['a1', 'b1']);
+  });
+});
