@@ -26,6 +26,7 @@ import { UrlSigner } from './images/url-signer.js';
 import { ImageGeneration } from './generation/image-generation.js';
 import { ClientGone, imageRoutes } from './routes/image-routes.js';
 import { docsRoutes } from './routes/docs-routes.js';
+import { answersOpenAiErrors, openAiErrorBody, openAiRoutes } from './routes/openai-routes.js';
 import { jobRoutes } from './routes/job-routes.js';
 import { JobRunner } from './jobs/job-runner.js';
 import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
@@ -175,6 +176,19 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     leaseMs: config.JOB_LEASE_MS,
     shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
     callbackSecret: config.CALLBACK_SECRET ? Buffer.from(config.CALLBACK_SECRET, 'utf8') : createHmac('sha256', secret).update('job callbacks').digest(),
+    onFinished: async (row, result, failure) => {
+      if (!row.async_request_id) return;
+      await app.usageLog.completeJob(row.async_request_id, {
+        status: failure ? failure.status : 200,
+        errorCode: failure ? failure.code : null,
+        imagesReturned: result?.images.length ?? 0,
+        bytesStored: result?.images.reduce((sum, image) => sum + image.bytes, 0) ?? 0,
+        estimatedCostUsd: result ? result.usage.estimated_cost_usd : null,
+        upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
+        upstreamMs: result?.usage.upstream_ms ?? null,
+        upstreamTokens: result?.usage.upstream_tokens ?? null,
+      });
+    },
   });
   app.decorate('jobs', jobs);
   app.addHook('onReady', async () => {
@@ -211,7 +225,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
       return new GatewayError(
         'rate_limited',
         `rpm limit reached: key ${request.client?.id} may make ${context.max} requests per minute; retry in ${seconds} s`,
-        { retryAfter: seconds },
+        { retryAfter: seconds, limit: 'rpm' },
       );
     },
   });
@@ -249,6 +263,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     }
     const gw = asGatewayError(err);
     request.outcome.errorCode = gw.code;
+    if (gw.limit) request.outcome.limitReason = gw.limit;
     if (gw.upstreamStatus !== undefined) request.outcome.upstreamStatus = gw.upstreamStatus;
     if (gw.status >= 500) {
       request.log.error({ code: gw.code, upstream_status: gw.upstreamStatus, err: gw.cause ?? gw }, gw.message);
@@ -256,7 +271,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
       request.log.info({ code: gw.code, upstream_status: gw.upstreamStatus }, gw.message);
     }
     if (gw.retryAfter !== undefined) reply.header('retry-after', String(gw.retryAfter));
-    return reply.status(gw.status).send(errorBody(gw, request.id));
+    // The OpenAI-compatible routes answer in OpenAI's error shape, for OpenAI's SDKs; same status.
+    return reply.status(gw.status).send(answersOpenAiErrors(request) ? openAiErrorBody(gw) : errorBody(gw, request.id));
   });
 
   app.setNotFoundHandler((request, reply) => {
@@ -279,6 +295,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   await app.register(usagePlugin);
   await app.register(imageFilesPlugin);
   await app.register(imageRoutes);
+  await app.register(openAiRoutes);
   await app.register(jobRoutes);
   await app.register(keyRoutes);
   await app.register(docsRoutes);

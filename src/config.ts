@@ -190,7 +190,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   }
   const config = parsed.data;
   // Half a credential pair is a typo, not a request for the SDK's default credential chain.
-  if ((config.AWS_ACCESS_KEY_ID === undefined) !== (config.AWS_SECRET_ACCESS_KEY === undefined)) {
+  if (config.S3_BUCKET && (config.AWS_ACCESS_KEY_ID === undefined) !== (config.AWS_SECRET_ACCESS_KEY === undefined)) {
     throw new ConfigError('invalid configuration:\n  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together');
   }
   if (!config.S3_BUCKET && (config.S3_ENDPOINT || config.S3_FORCE_PATH_STYLE)) {

@@ -47,11 +47,13 @@ export class GatewayError extends Error {
   readonly retryAfter: number | undefined;
   /** What upstream answered, for logs and usage; never shown to the client verbatim. */
   readonly upstreamStatus: number | undefined;
+  /** For a 429 from the client's own limits: which one (rpm, images_per_day, monthly_budget_usd). */
+  readonly limit: string | undefined;
 
   constructor(
     code: ErrorCode,
     message: string,
-    extra: { details?: ErrorDetail[]; retryAfter?: number; upstreamStatus?: number; cause?: unknown } = {},
+    extra: { details?: ErrorDetail[]; retryAfter?: number; upstreamStatus?: number; limit?: string; cause?: unknown } = {},
   ) {
     super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
     this.name = 'GatewayError';
@@ -60,6 +62,7 @@ export class GatewayError extends Error {
     this.details = extra.details ?? [];
     this.retryAfter = extra.retryAfter;
     this.upstreamStatus = extra.upstreamStatus;
+    this.limit = extra.limit;
   }
 }
 

@@ -97,11 +97,29 @@ describe('GET /metrics', () => {
     expect(valueOf(samples, 'gateway_image_bytes_stored_total', { model: 'gpt-image-1.5' })).toBe(bytes);
   });
 
-  it('shows the upstream queue depth and the job states the job store sets', async () => {
-    h.app.metrics.jobs.set({ state: 'queued' }, 3);
+  it('shows the upstream queue depth and the jobs in each state, read from the job store', async () => {
+    const before = valueOf(await scrape(h), 'gateway_jobs', { state: 'succeeded' }) ?? 0;
+    const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'a job', async: true } });
+    const id = accepted.json().id;
+    for (let i = 0; i < 100; i++) {
+      const job = await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: h.auth });
+      if (job.json().status === 'succeeded') break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
     const samples = await scrape(h);
     expect(valueOf(samples, 'gateway_upstream_queue_depth')).toBe(0);
-    expect(valueOf(samples, 'gateway_jobs', { state: 'queued' })).toBe(3);
+    expect(valueOf(samples, 'gateway_jobs', { state: 'succeeded' })).toBe(before + 1);
+    expect(valueOf(samples, 'gateway_jobs', { state: 'failed' })).toBe(0);
+  });
+
+  it('labels refusals by the limit that refused them', async () => {
+    const minted = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'limited', rpm: 1, images_per_day: 1 } });
+    const auth = { authorization: `Bearer ${minted.json().key}` };
+    await h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'gpt-image-1', prompt: 'x', n: 2 } });
+    await h.app.inject({ method: 'GET', url: '/v1/models', headers: auth });
+    const samples = await scrape(h);
+    expect(valueOf(samples, 'gateway_limit_refusals_total', { reason: 'images_per_day' })).toBe(1);
+    expect(valueOf(samples, 'gateway_limit_refusals_total', { reason: 'rpm' })).toBe(1);
   });
 
   it('includes the default process metrics', async () => {

@@ -103,6 +103,35 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
       ]);
     });
 
+    it('counts what an async job made, and a failed one as an error, in the record of the request that started it', async () => {
+      const h = await gateway();
+      const settled = async (id: string) => {
+        for (let i = 0; i < 100; i++) {
+          const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: DESIGN })).json();
+          if (job.status === 'succeeded' || job.status === 'failed') return;
+          await sleep(20);
+        }
+      };
+      await settled((await generate(h, DESIGN, { model: 'ideogram-v3', prompt: 'later', n: 2, async: true })).json().id);
+      h.simulator.failNext('http500');
+      await settled((await generate(h, DESIGN, { model: 'ideogram-v2', prompt: 'fails later', async: true })).json().id);
+      const report = await usage(h, `${ALL_TIME}&group_by=model`);
+      const row = (model: string) => report.data.find((r: { model: string }) => r.model === model);
+      expect(row('ideogram-v3')).toMatchObject({ requests: 1, images: 2, errors: 0, estimated_cost_usd: 0.12 });
+      expect(row('ideogram-v2')).toMatchObject({ requests: 1, images: 0, errors: 1 });
+    });
+
+    it('does not count a replayed idempotent answer’s images or cost twice', async () => {
+      const h = await gateway();
+      const body = { model: 'ideogram-v3', prompt: 'once' };
+      for (let i = 0; i < 2; i++) {
+        const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...DESIGN, 'idempotency-key': 'usage-replay' }, payload: body });
+        expect(res.statusCode).toBe(200);
+      }
+      const report = await usage(h, `${ALL_TIME}&group_by=model`);
+      expect(report.data.find((r: { model: string }) => r.model === 'ideogram-v3')).toMatchObject({ requests: 2, images: 1, estimated_cost_usd: 0.06 });
+    });
+
     it('echoes the window and grouping it used', async () => {
       const h = await gateway();
       const report = await usage(h, 'from=2026-01-01&to=2026-02-01T00:00:00%2B01:00&group_by=model,team');

@@ -152,7 +152,9 @@ export class ImageLibrary {
       });
       // Written every time, even when already stored: the same bytes, and a retention sweep on
       // another replica may have just removed them.
-      await write(name);
+      await write(name).catch((err: unknown) => {
+        throw new GatewayError('service_unavailable', `the image store (${this.store.kind}) could not be written; try again`, { cause: err });
+      });
       return record;
     });
   }
@@ -164,7 +166,9 @@ export class ImageLibrary {
   }
 
   open(name: string, range?: ByteRange): Promise<Readable | undefined> {
-    return this.store.open(name, range);
+    return this.store.open(name, range).catch((err: unknown) => {
+      throw new GatewayError('service_unavailable', `the image store (${this.store.kind}) could not be read; try again`, { cause: err });
+    });
   }
 
   /**

@@ -25,6 +25,8 @@ export interface JobRow {
   callback_url: string | null;
   callback_status: string | null;
   public_base_url: string;
+  /** For an async request, the request that accepted it: its usage record is completed when the job ends. */
+  async_request_id: string | null;
   lease_owner: string | null;
   lease_until: number | string;
   created_at: number | string;
@@ -61,6 +63,8 @@ export interface JobRunnerOptions {
   callbackSecret: Buffer;
   /** Checks a callback URL against the egress policy before each delivery; throws to refuse. */
   checkCallbackUrl?: (url: string) => Promise<void>;
+  /** Told when a job has ended, with what it made or why it failed (usage completes its record). */
+  onFinished?: (row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined) => Promise<void>;
 }
 
 const FINAL: JobStatus[] = ['succeeded', 'failed'];
@@ -127,14 +131,14 @@ export class JobRunner {
   async create(
     id: string,
     prepared: PreparedGeneration,
-    owner: { client: Client; publicBaseUrl: string },
+    owner: { client: Client; publicBaseUrl: string; requestId: string },
   ): Promise<JobRow> {
     const now = Date.now();
     const request = prepared.request;
     await this.o.db.run(
       `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
-         lease_owner, lease_until, created_at, updated_at, expires_at)
-       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)`,
+         lease_owner, lease_until, created_at, updated_at, expires_at, async_request_id)
+       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)`,
       [
         id,
         owner.client.id,
@@ -148,6 +152,7 @@ export class JobRunner {
         now + this.o.leaseMs,
         now,
         now + this.o.retentionDays * 86_400_000,
+        request.async ? owner.requestId : null,
       ],
     );
     this.launch(id, prepared, undefined);
@@ -279,6 +284,7 @@ export class JobRunner {
       [result ? 'succeeded' : 'failed', result ? JSON.stringify(result) : null, error ? JSON.stringify(error) : null, Date.now(), id],
     );
     const row = await this.get(id);
+    if (row) await this.o.onFinished?.(row, result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'recording a finished job failed'));
     if (row?.callback_url) void this.deliverCallback(row);
   }
 

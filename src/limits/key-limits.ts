@@ -57,7 +57,7 @@ export class KeyLimits {
         throw new GatewayError(
           'rate_limited',
           `images_per_day limit reached: key ${client.id} may make ${limit} images per UTC day, has made ${used}, and asked for ${images}; it resets at 00:00 UTC`,
-          { retryAfter: Math.ceil(w.msToNextDay / 1000), details: [{ field: 'n', message: 'over the images_per_day limit', allowed: Math.max(0, limit - used) }] },
+          { retryAfter: Math.ceil(w.msToNextDay / 1000), limit: 'images_per_day', details: [{ field: 'n', message: 'over the images_per_day limit', allowed: Math.max(0, limit - used) }] },
         );
       }
       reservation.images = images;
@@ -74,7 +74,7 @@ export class KeyLimits {
         throw new GatewayError(
           'rate_limited',
           `monthly_budget_usd limit reached: key ${client.id} may spend an estimated $${client.monthly_budget_usd} per calendar month and has spent $${((total - cost) / MICRO).toFixed(4)}; this request would cost about $${(cost / MICRO).toFixed(4)}`,
-          { retryAfter: Math.ceil(w.msToNextMonth / 1000) },
+          { retryAfter: Math.ceil(w.msToNextMonth / 1000), limit: 'monthly_budget_usd' },
         );
       }
       reservation.microUsd = cost;

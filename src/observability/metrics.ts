@@ -71,18 +71,22 @@ export class GatewayMetrics {
     registers: [this.registry],
   });
 
-  /** Set by the job store: how many asynchronous jobs are in each state. */
-  readonly jobs = new Gauge({
-    name: 'gateway_jobs',
-    help: 'Asynchronous jobs by state.',
-    labelNames: ['state'] as const,
-    registers: [this.registry],
-  });
-
   constructor(
     private readonly catalogue: ModelCatalogue,
     queueDepth: () => number,
+    jobCounts?: () => Promise<Record<string, number>>,
   ) {
+    // Read from the jobs table at scrape time, so every replica reports the shared truth.
+    new Gauge({
+      name: 'gateway_jobs',
+      help: 'Jobs (async and idempotent requests) by state, from the job store.',
+      labelNames: ['state'] as const,
+      registers: [this.registry],
+      async collect() {
+        if (!jobCounts) return;
+        for (const [state, n] of Object.entries(await jobCounts())) this.set({ state }, n);
+      },
+    });
     new Gauge({
       name: 'gateway_upstream_queue_depth',
       help: 'Upstream calls waiting for a slot (UPSTREAM_MAX_CONCURRENCY) on this replica.',
@@ -122,7 +126,7 @@ export class GatewayMetrics {
 }
 
 async function metrics(app: FastifyInstance): Promise<void> {
-  const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth);
+  const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth, () => app.jobs.counts());
   app.decorate('metrics', gatewayMetrics);
   app.addHook('onResponse', async (request, reply) => gatewayMetrics.observe(request, reply));
   // Public like /healthz: scrapers carry no client key.

@@ -39,7 +39,7 @@ interface JobAccepted {
  * when the client goes away. An async request, or one with an Idempotency-Key, runs as a persisted
  * job: a retry joins the first request's job instead of paying twice.
  */
-async function generateFor(
+export async function generateFor(
   app: FastifyInstance,
   request: FastifyRequest,
   reply: FastifyReply,
@@ -73,15 +73,19 @@ async function generateFor(
         ? await viaJob(app, request, reply, prepared, idempotencyKey, clientGone.signal)
         : await directly(app, request, prepared, clientGone.signal);
     if ('images' in result) {
-      // A replayed idempotent answer cost nothing this time.
+      // A replayed idempotent answer made nothing and cost nothing this time: its first request counted it.
       const replayed = reply.getHeader('idempotent-replayed') === 'true';
       await app.limits.settle(reservation, replayed ? 0 : result.images.length, replayed ? 0 : result.usage.estimated_cost_usd);
-      outcome.imagesReturned = result.images.length;
-      outcome.bytesStored = result.images.reduce((sum, image) => sum + image.bytes, 0);
-      outcome.estimatedCostUsd = result.usage.estimated_cost_usd;
-      outcome.upstreamStatus = 200;
-      outcome.upstreamMs = result.usage.upstream_ms;
-      if (result.usage.upstream_tokens) outcome.upstreamTokens = result.usage.upstream_tokens;
+      if (!replayed) {
+        outcome.imagesReturned = result.images.length;
+        outcome.bytesStored = result.images.reduce((sum, image) => sum + image.bytes, 0);
+        outcome.estimatedCostUsd = result.usage.estimated_cost_usd;
+        outcome.upstreamStatus = 200;
+        outcome.upstreamMs = result.usage.upstream_ms;
+        if (result.usage.upstream_tokens) outcome.upstreamTokens = result.usage.upstream_tokens;
+      } else {
+        outcome.estimatedCostUsd = 0;
+      }
     }
     return result;
   } catch (err) {
@@ -127,7 +131,7 @@ async function viaJob(
   }
   if (first) {
     try {
-      await app.jobs.create(jobId, prepared, { client, publicBaseUrl: publicBaseUrl(app, request) });
+      await app.jobs.create(jobId, prepared, { client, publicBaseUrl: publicBaseUrl(app, request), requestId: request.id });
     } catch (err) {
       if (scope) await app.jobs.releaseIdempotencyKey(scope, jobId);
       throw err;

@@ -9,7 +9,6 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
     if (!row || (row.team !== client.team && !client.admin)) {
       throw new GatewayError('not_found', `no job ${request.params.id}`);
     }
-    request.outcome.model = row.model;
     return app.jobs.view(row);
   });
 }

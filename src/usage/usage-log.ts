@@ -28,6 +28,12 @@ export interface UsageRecord {
   prompt: string | null;
 }
 
+/** What a finished async job adds to the record of the request that started it. */
+export type JobOutcome = Pick<
+  UsageRecord,
+  'status' | 'errorCode' | 'imagesReturned' | 'bytesStored' | 'estimatedCostUsd' | 'upstreamStatus' | 'upstreamMs' | 'upstreamTokens'
+>;
+
 const COLUMNS = [
   'time_ms', 'day', 'request_id', 'key_id', 'team', 'method', 'route', 'model', 'operation', 'images_requested',
   'images_returned', 'status', 'error_code', 'upstream_status', 'upstream_ms', 'total_ms', 'bytes_stored', 'cost_usd',
@@ -73,6 +79,9 @@ export class UsageLog {
     this.maxQueued = options.maxQueued ?? 100_000;
   }
 
+  /** Outcomes of async jobs that finished before their accepting request's record arrived. */
+  private readonly earlyOutcomes = new Map<string, JobOutcome>();
+
   /** Records waiting to be written. */
   get pending(): number {
     return this.queue.length;
@@ -83,6 +92,11 @@ export class UsageLog {
       this.log.error({ request_id: record.requestId }, 'usage record arrived after the usage log closed; it is not kept');
       return;
     }
+    const early = this.earlyOutcomes.get(record.requestId);
+    if (early) {
+      this.earlyOutcomes.delete(record.requestId);
+      Object.assign(record, early);
+    }
     this.queue.push(record);
     if (this.queue.length > this.maxQueued) {
       const dropped = this.queue.splice(0, this.queue.length - this.maxQueued);
@@ -90,6 +104,36 @@ export class UsageLog {
     }
     if (this.queue.length >= this.batchSize) void this.flush();
     else this.schedule(this.flushIntervalMs);
+  }
+
+  /**
+   * An async request is recorded when it is accepted (202); what its job made, cost or failed with
+   * is known only later. This completes that record, wherever it is: queued, written, or not yet here.
+   */
+  async completeJob(requestId: string, outcome: JobOutcome): Promise<void> {
+    await this.writing;
+    const queued = this.queue.find((r) => r.requestId === requestId);
+    if (queued) {
+      Object.assign(queued, outcome);
+      return;
+    }
+    const changed = await this.db.run(
+      `UPDATE usage_records SET status = $1, error_code = $2, images_returned = $3, bytes_stored = $4, cost_usd = $5,
+         upstream_status = $6, upstream_ms = $7, upstream_tokens = $8
+       WHERE request_id = $9`,
+      [
+        outcome.status,
+        outcome.errorCode,
+        outcome.imagesReturned,
+        outcome.bytesStored,
+        outcome.estimatedCostUsd,
+        outcome.upstreamStatus,
+        outcome.upstreamMs,
+        outcome.upstreamTokens ? JSON.stringify(outcome.upstreamTokens) : null,
+        requestId,
+      ],
+    );
+    if (changed === 0 && this.earlyOutcomes.size < 10_000) this.earlyOutcomes.set(requestId, outcome);
   }
 
   /** Writes everything queued so far; resolves once it is in the database (or the write failed and was logged). */

@@ -29,9 +29,11 @@ declare module 'fastify' {
 
 /**
  * The API calls: every /v1 route except image downloads, which are capability URLs fetched by
- * browsers, not calls a client makes. These need a client key and are counted in usage.
+ * browsers, not calls a client makes. These need a client key and are counted in usage. OpenAI's
+ * image routes (/v1/images/generations, /v1/images/edits) share the prefix but are API calls.
  */
 export function isApiCall(path: string): boolean {
+  if (path === '/v1/images/generations' || path === '/v1/images/edits') return true;
   return path.startsWith('/v1/') && !path.startsWith('/v1/images/');
 }
 

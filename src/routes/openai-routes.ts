@@ -1,0 +1,198 @@
+/**
+ * OpenAI's Images API in front of the gateway: `POST /v1/images/generations` (JSON) and
+ * `POST /v1/images/edits` (multipart), so OpenAI's SDKs work with only `baseURL` and `apiKey` changed.
+ * Each body is translated into an ImageRequest and run by generateFor, the pipeline behind
+ * /v1/generate and /v1/edit: validation, limits, storage, usage and idempotency are the same.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { GatewayError, invalidField, type ErrorCode } from '../errors.js';
+import { inputImage, parseEditMultipart, parseGenerateBody, type ImageRequest, type InputImage } from '../request/image-request.js';
+import type { GenerationResult } from '../generation/image-generation.js';
+import { generateFor } from './image-routes.js';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** `openai`: the one error handler (app.ts) answers this route's errors in OpenAI's shape. */
+    errorShape?: 'openai';
+  }
+}
+
+/** OpenAI's parameters that the catalogue holds as model-specific upstream options. */
+const OPTION_FIELDS = ['moderation', 'input_fidelity', 'output_compression'] as const;
+
+const OPENAI_FIELDS = [
+  'model',
+  'prompt',
+  'n',
+  'size',
+  'quality',
+  'response_format',
+  'output_format',
+  'background',
+  'style',
+  ...OPTION_FIELDS,
+  'user',
+  'stream',
+  'partial_images',
+];
+
+/** Gateway fields the façade also takes, for models that OpenAI's parameters cannot fully reach (aspect ratios, seeds, ...). */
+const GATEWAY_FIELDS = ['aspect_ratio', 'seed', 'negative_prompt', 'options'];
+
+const GENERATION_FIELDS = [...OPENAI_FIELDS, ...GATEWAY_FIELDS];
+const EDIT_FIELDS = [...OPENAI_FIELDS, ...GATEWAY_FIELDS, 'mode'];
+
+interface OpenAiBody {
+  /** The fields under the gateway's own names, for parseGenerateBody / parseEditMultipart. */
+  gatewayFields: Record<string, unknown>;
+  /** OPTION_FIELDS given, merged into the request's options after parsing. */
+  options: Record<string, unknown>;
+}
+
+const isFalse = (value: unknown) => value === false || value === 'false';
+const isZero = (value: unknown) => value === 0 || value === '0';
+
+/**
+ * Sorts an OpenAI body into the gateway's fields and options. Nothing is dropped silently except
+ * `user`, which OpenAI takes for abuse monitoring: here the client key already identifies the caller.
+ */
+function splitOpenAiBody(body: Record<string, unknown>, accepted: readonly string[]): OpenAiBody {
+  const gatewayFields: Record<string, unknown> = {};
+  const options: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(body)) {
+    if (!accepted.includes(name)) throw invalidField(name, 'is not a parameter of this endpoint', accepted);
+    // OpenAI's parameters are nullable: null asks for the default.
+    if (value === null || name === 'user') continue;
+    if (name === 'stream') {
+      if (!isFalse(value)) throw invalidField('stream', 'streaming is not supported by this gateway; leave it unset or false', [false]);
+    } else if (name === 'partial_images') {
+      if (!isZero(value)) throw invalidField('partial_images', 'comes with streaming, which this gateway does not support', [0]);
+    } else if ((OPTION_FIELDS as readonly string[]).includes(name)) {
+      // Multipart sends every field as text; the option's rule expects the number.
+      options[name] = name === 'output_compression' && typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
+    } else {
+      gatewayFields[name] = value;
+    }
+  }
+  return { gatewayFields, options };
+}
+
+/** OpenAI answers its gpt-image models with base64 and dall-e with URLs unless asked otherwise; so does the façade. */
+function defaultResponseFormat(app: FastifyInstance, model: unknown): 'url' | 'b64_json' {
+  const spec = typeof model === 'string' ? app.catalogue.find(model) : undefined;
+  return spec?.id.startsWith('gpt-image') ? 'b64_json' : 'url';
+}
+
+function withOptions(request: ImageRequest, options: Record<string, unknown>): ImageRequest {
+  return Object.keys(options).length === 0 ? request : { ...request, options: { ...request.options, ...options } };
+}
+
+function generationRequest(app: FastifyInstance, raw: unknown): ImageRequest {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
+  const { gatewayFields, options } = splitOpenAiBody(raw as Record<string, unknown>, GENERATION_FIELDS);
+  gatewayFields.response_format ??= defaultResponseFormat(app, gatewayFields.model);
+  return withOptions(parseGenerateBody(gatewayFields), options);
+}
+
+/** OpenAI's multipart edit: files `image` (or repeated `image[]`) and `mask`, the rest text fields. */
+async function editRequest(app: FastifyInstance, request: FastifyRequest): Promise<ImageRequest> {
+  const fields: Record<string, string> = {};
+  const images: InputImage[] = [];
+  let mask: InputImage | undefined;
+  for await (const part of request.parts()) {
+    if (part.type === 'file') {
+      const bytes = await part.toBuffer();
+      if (part.fieldname === 'image' || part.fieldname === 'image[]') {
+        images.push(inputImage(bytes, images.length === 0 ? 'image' : `image[${images.length}]`, part.filename));
+      } else if (part.fieldname === 'mask') {
+        if (mask) throw invalidField('mask', 'give at most one mask');
+        mask = inputImage(bytes, 'mask', part.filename);
+      } else {
+        throw invalidField(part.fieldname, 'is not a file parameter of this endpoint', ['image', 'image[]', 'mask']);
+      }
+    } else {
+      if (Object.hasOwn(fields, part.fieldname)) throw invalidField(part.fieldname, 'is given more than once');
+      fields[part.fieldname] = String(part.value);
+    }
+  }
+  const { gatewayFields, options } = splitOpenAiBody(fields, EDIT_FIELDS);
+  gatewayFields.response_format ??= defaultResponseFormat(app, gatewayFields.model);
+  const text = new Map(Object.entries(gatewayFields).map(([name, value]) => [name, String(value)]));
+  return withOptions(parseEditMultipart(text, images, mask), options);
+}
+
+/** The gateway's answer in OpenAI's ImagesResponse shape. */
+function toImagesResponse(result: GenerationResult, responseFormat: 'url' | 'b64_json') {
+  return {
+    created: result.created,
+    data: result.images.map((image) => ({
+      ...(responseFormat === 'b64_json' ? { b64_json: image.b64_json } : { url: image.url }),
+      ...(image.revised_prompt !== undefined ? { revised_prompt: image.revised_prompt } : {}),
+    })),
+    // OpenAI's token counts where the upstream reply carries them (gpt-image), plus the gateway's own.
+    usage: { ...result.usage.upstream_tokens, images: result.usage.images, estimated_cost_usd: result.usage.estimated_cost_usd },
+  };
+}
+
+/** OpenAI's error `type` (and `code`, where OpenAI has a well-known one) for each gateway code. */
+const OPENAI_ERROR_KIND: Record<ErrorCode, { type: string; code?: string }> = {
+  invalid_request: { type: 'invalid_request_error' },
+  unauthorized: { type: 'authentication_error', code: 'invalid_api_key' },
+  forbidden: { type: 'permission_error' },
+  not_found: { type: 'invalid_request_error' },
+  conflict: { type: 'invalid_request_error' },
+  payload_too_large: { type: 'invalid_request_error' },
+  unsupported_media_type: { type: 'invalid_request_error' },
+  content_rejected: { type: 'invalid_request_error', code: 'content_policy_violation' },
+  rate_limited: { type: 'rate_limit_error', code: 'rate_limit_exceeded' },
+  upstream_error: { type: 'server_error' },
+  upstream_timeout: { type: 'server_error' },
+  service_unavailable: { type: 'server_error' },
+  internal_error: { type: 'server_error' },
+};
+
+/** A field as the OpenAI caller wrote it: `options.moderation` was `moderation`, `image[1]` was one of the `image` files. */
+function openAiParam(field: string): string | null {
+  if (field === '(body)') return null;
+  const option = field.startsWith('options.') ? field.slice('options.'.length) : undefined;
+  if (option !== undefined && (OPTION_FIELDS as readonly string[]).includes(option)) return option;
+  return field.replace(/\[\d+\]$/, '');
+}
+
+/** `{"error":{"message","type","param","code"}}`; the request id travels in the `x-request-id` header, where the SDKs read it. */
+export function openAiErrorBody(err: GatewayError) {
+  const kind = OPENAI_ERROR_KIND[err.code];
+  const field = err.details.find((d) => d.field !== undefined)?.field;
+  const param = field === undefined ? null : openAiParam(field);
+  let message = err.message;
+  for (const name of OPTION_FIELDS) message = message.replaceAll(`options.${name}`, name);
+  return { error: { message, type: kind.type, param, code: kind.code ?? err.code } };
+}
+
+/** Routes registered with `config: { errorShape: 'openai' }` answer errors in OpenAI's shape. */
+export function answersOpenAiErrors(request: FastifyRequest): boolean {
+  return request.routeOptions.config?.errorShape === 'openai';
+}
+
+async function run(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, imageRequest: ImageRequest) {
+  const result = await generateFor(app, request, reply, imageRequest);
+  // The façade never runs async (OpenAI's shape has no job), so a job is always waited for.
+  if (!('images' in result)) throw new GatewayError('internal_error', 'an OpenAI-compatible request answered with a job');
+  return toImagesResponse(result, imageRequest.responseFormat);
+}
+
+export async function openAiRoutes(app: FastifyInstance): Promise<void> {
+  const config = { errorShape: 'openai' as const };
+
+  app.post('/v1/images/generations', { config }, async (request, reply) => {
+    if (!/^application\/(.+\+)?json\b/i.test(request.headers['content-type'] ?? '')) {
+      throw new GatewayError('unsupported_media_type', 'POST /v1/images/generations takes application/json');
+    }
+    return run(app, request, reply, generationRequest(app, request.body));
+  });
+
+  app.post('/v1/images/edits', { config }, async (request, reply) => {
+    if (!request.isMultipart()) throw new GatewayError('unsupported_media_type', 'POST /v1/images/edits takes multipart/form-data');
+    return run(app, request, reply, await editRequest(app, request));
+  });
+}
