@@ -5,32 +5,20 @@ import type { Redis } from 'ioredis';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, type Config } from '../config.js';
 import { GatewayError } from '../errors.js';
-import type { Database, Migration } from '../storage/database.js';
+import { migration, type Database, type Migration } from '../storage/database.js';
 import { ClientKeys, sha256Hex, type Client } from './client-keys.js';
 import { keysFileSchema, type KeyPolicy } from './key-policy.js';
 
 const MIGRATIONS: Migration[] = [
-  {
-    id: 'client-keys-001',
-    sqlite: [
-      `CREATE TABLE client_keys (
-        id TEXT PRIMARY KEY,
-        key_sha256 TEXT NOT NULL UNIQUE,
-        policy_json TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        revoked_at INTEGER
-      )`,
-    ],
-    postgres: [
-      `CREATE TABLE client_keys (
-        id TEXT PRIMARY KEY,
-        key_sha256 TEXT NOT NULL UNIQUE,
-        policy_json TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        revoked_at BIGINT
-      )`,
-    ],
-  },
+  migration('client-keys-001', (t) => [
+    `CREATE TABLE client_keys (
+      id TEXT PRIMARY KEY,
+      key_sha256 TEXT NOT NULL UNIQUE,
+      policy_json TEXT NOT NULL,
+      created_at ${t.bigint} NOT NULL,
+      revoked_at ${t.bigint}
+    )`,
+  ]),
 ];
 
 const CHANGES_CHANNEL = 'gw:client-keys:changed';

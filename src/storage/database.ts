@@ -26,6 +26,21 @@ export interface Database {
   close(): Promise<void>;
 }
 
+/** The column types the dialects spell differently, so a migration is written once. */
+export interface SqlTypes {
+  bigint: string;
+  double: string;
+  /** An auto-incrementing integer primary key. */
+  serialKey: string;
+}
+
+const SQLITE_TYPES: SqlTypes = { bigint: 'INTEGER', double: 'REAL', serialKey: 'INTEGER PRIMARY KEY AUTOINCREMENT' };
+const POSTGRES_TYPES: SqlTypes = { bigint: 'BIGINT', double: 'DOUBLE PRECISION', serialKey: 'BIGSERIAL PRIMARY KEY' };
+
+export function migration(id: string, statements: (types: SqlTypes) => string[]): Migration {
+  return { id, sqlite: statements(SQLITE_TYPES), postgres: statements(POSTGRES_TYPES) };
+}
+
 const MIGRATIONS_TABLE = 'CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)';
 
 // node:sqlite numbers its placeholders ?1, ?2; PostgreSQL $1, $2.

@@ -1,66 +1,37 @@
-import type { Migration } from '../storage/database.js';
+import { migration, type Migration } from '../storage/database.js';
 
 /**
  * One row per /v1 request. `time_ms` is when the request arrived (Unix ms); `day` is its UTC date,
  * kept as text so both dialects group by it the same way. Reports filter by time (admin) or by
- * team and time (team keys); paging walks `id`.
+ * team and time (team keys); paging walks `id`; a finished async job finds its record by request id.
  */
 export const USAGE_MIGRATIONS: Migration[] = [
-  {
-    id: 'usage-001-records',
-    sqlite: [
-      `CREATE TABLE usage_records (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time_ms INTEGER NOT NULL,
-        day TEXT NOT NULL,
-        request_id TEXT NOT NULL,
-        key_id TEXT,
-        team TEXT,
-        method TEXT NOT NULL,
-        route TEXT,
-        model TEXT,
-        operation TEXT,
-        images_requested INTEGER,
-        images_returned INTEGER NOT NULL,
-        status INTEGER NOT NULL,
-        error_code TEXT,
-        upstream_status INTEGER,
-        upstream_ms INTEGER,
-        total_ms INTEGER NOT NULL,
-        bytes_stored INTEGER NOT NULL,
-        cost_usd REAL,
-        upstream_tokens TEXT,
-        prompt TEXT
-      )`,
-      'CREATE INDEX usage_records_time ON usage_records (time_ms)',
-      'CREATE INDEX usage_records_team_time ON usage_records (team, time_ms)',
-    ],
-    postgres: [
-      `CREATE TABLE usage_records (
-        id BIGSERIAL PRIMARY KEY,
-        time_ms BIGINT NOT NULL,
-        day TEXT NOT NULL,
-        request_id TEXT NOT NULL,
-        key_id TEXT,
-        team TEXT,
-        method TEXT NOT NULL,
-        route TEXT,
-        model TEXT,
-        operation TEXT,
-        images_requested INTEGER,
-        images_returned INTEGER NOT NULL,
-        status INTEGER NOT NULL,
-        error_code TEXT,
-        upstream_status INTEGER,
-        upstream_ms INTEGER,
-        total_ms INTEGER NOT NULL,
-        bytes_stored BIGINT NOT NULL,
-        cost_usd DOUBLE PRECISION,
-        upstream_tokens TEXT,
-        prompt TEXT
-      )`,
-      'CREATE INDEX usage_records_time ON usage_records (time_ms)',
-      'CREATE INDEX usage_records_team_time ON usage_records (team, time_ms)',
-    ],
-  },
+  migration('usage-001-records', (t) => [
+    `CREATE TABLE usage_records (
+      id ${t.serialKey},
+      time_ms ${t.bigint} NOT NULL,
+      day TEXT NOT NULL,
+      request_id TEXT NOT NULL,
+      key_id TEXT,
+      team TEXT,
+      method TEXT NOT NULL,
+      route TEXT,
+      model TEXT,
+      operation TEXT,
+      images_requested INTEGER,
+      images_returned INTEGER NOT NULL,
+      status INTEGER NOT NULL,
+      error_code TEXT,
+      upstream_status INTEGER,
+      upstream_ms INTEGER,
+      total_ms INTEGER NOT NULL,
+      bytes_stored ${t.bigint} NOT NULL,
+      cost_usd ${t.double},
+      upstream_tokens TEXT,
+      prompt TEXT
+    )`,
+    'CREATE INDEX usage_records_time ON usage_records (time_ms)',
+    'CREATE INDEX usage_records_team_time ON usage_records (team, time_ms)',
+    'CREATE INDEX usage_records_request ON usage_records (request_id)',
+  ]),
 ];
