@@ -29,6 +29,8 @@ import { docsRoutes } from './routes/docs-routes.js';
 import { answersOpenAiErrors, openAiErrorBody, openAiRoutes } from './routes/openai-routes.js';
 import { jobRoutes } from './routes/job-routes.js';
 import { JobRunner } from './jobs/job-runner.js';
+import { egressLookup, egressRefusal } from './images/image-fetch.js';
+import { Agent } from 'undici';
 import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
 import { isApiCall, usagePlugin } from './usage/usage-routes.js';
 import { metricsPlugin } from './observability/metrics.js';
@@ -167,6 +169,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   const generation = new ImageGeneration({ catalogue, upstream, images, signer, retentionDays: config.IMAGE_RETENTION_DAYS });
   app.decorate('generation', generation);
   app.decorate('db', db);
+  const callbackDispatcher = new Agent({ connect: { lookup: egressLookup(new Set(config.ALLOWED_CALLBACK_HOSTS)) } });
   const jobs = new JobRunner({
     db,
     generation,
@@ -176,6 +179,9 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     leaseMs: config.JOB_LEASE_MS,
     shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
     callbackSecret: config.CALLBACK_SECRET ? Buffer.from(config.CALLBACK_SECRET, 'utf8') : createHmac('sha256', secret).update('job callbacks').digest(),
+    // Callbacks go to caller-given URLs: the same egress policy as image URLs.
+    callbackRefusal: (url) => egressRefusal(url, new Set(config.ALLOWED_CALLBACK_HOSTS)),
+    callbackDispatcher,
     onFinished: async (row, result, failure) => {
       if (!row.async_request_id) return;
       await app.usageLog.completeJob(row.async_request_id, {
@@ -202,6 +208,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     // The server has stopped taking requests by now; what they did is written before the database closes.
     await app.usageLog.close();
     await keyStore.close();
+    await callbackDispatcher.close();
     await upstream.close();
     await db.close();
     redis?.disconnect();

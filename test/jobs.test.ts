@@ -8,7 +8,7 @@ import { ADMIN_KEY, OTHER_CLIENT_KEY, startHarness, type Harness } from './harne
 let h: Harness;
 const CALLBACK_SECRET = 'a-callback-secret-of-at-least-32-characters';
 beforeAll(async () => {
-  h = await startHarness({ CALLBACK_SECRET });
+  h = await startHarness({ CALLBACK_SECRET, ALLOWED_CALLBACK_HOSTS: '127.0.0.1' });
 });
 afterAll(async () => h.close());
 beforeEach(() => {
@@ -100,6 +100,30 @@ describe('asynchronous jobs', () => {
       expect(JSON.parse(body)).toMatchObject({ id, status: 'succeeded' });
       const [t, v1] = String(headers['x-gateway-signature']).split(',').map((p) => p.split('=')[1]);
       expect(v1).toBe(createHmac('sha256', CALLBACK_SECRET).update(`${t}.${body}`).digest('hex'));
+    } finally {
+      server.close();
+    }
+  });
+
+  it('a callback to a non-public address is not made unless its host is allowed', async () => {
+    let called = false;
+    const server = createServer((_req, res) => {
+      called = true;
+      res.end('ok');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.2', r));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const res = await generate({ model: 'gpt-image-1', prompt: 'no call', async: true, callback_url: `http://127.0.0.2:${port}/hook` });
+      const id = res.json().id;
+      await finished(id);
+      let status: string | null = null;
+      for (let i = 0; i < 100 && !status; i++) {
+        status = (await h.app.db.get<{ callback_status: string | null }>('SELECT callback_status FROM jobs WHERE id = $1', [id]))?.callback_status ?? null;
+        if (!status) await sleep(20);
+      }
+      expect(status).toMatch(/^refused: .*non-public/);
+      expect(called).toBe(false);
     } finally {
       server.close();
     }

@@ -115,6 +115,22 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const hostOf = (url: URL) => url.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1');
 
 /**
+ * Why the gateway will not send a request to this URL (a caller-given image URL or job callback),
+ * or undefined when it may. Connections also go through egressLookup, which checks again.
+ */
+export async function egressRefusal(url: URL, allowedHosts: ReadonlySet<string>): Promise<string | undefined> {
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return `the URL scheme "${url.protocol.replace(/:$/, '')}" is not allowed`;
+  const host = hostOf(url);
+  if (allowedHosts.has(host)) return undefined;
+  const addresses = isIP(host) ? [host] : await resolveAll(host);
+  const refused = addresses.find((a) => !isPublicAddress(a));
+  if (refused !== undefined || addresses.length === 0) {
+    return `the URL's host ${host} is a private, loopback, link-local or otherwise non-public address (${refused ?? 'none'}), which the gateway does not reach`;
+  }
+  return undefined;
+}
+
+/**
  * Fetches input images given as URLs under one egress policy: http(s) only; never a non-public
  * address, checked after DNS resolution and again on the connection itself (the address checked
  * is the one connected to, so DNS rebinding cannot slip past); redirects followed by hand, each hop
@@ -205,13 +221,8 @@ export class ImageFetcher {
 
   /** Before any connection: the host's addresses, as resolved now, must all be public. */
   private async checkDestination(url: URL): Promise<void> {
-    const host = hostOf(url);
-    if (this.allowed.has(host)) return;
-    const addresses = isIP(host) ? [host] : await resolveAll(host);
-    const refused = addresses.find((a) => !isPublicAddress(a));
-    if (refused !== undefined) {
-      throw new EgressRefused(`the URL's host ${host} is a private, loopback, link-local or otherwise non-public address (${refused}), which the gateway does not fetch`);
-    }
+    const refusal = await egressRefusal(url, this.allowed);
+    if (refusal) throw new EgressRefused(refusal);
   }
 
   private async readCapped(field: string, res: Dispatcher.ResponseData): Promise<Buffer> {

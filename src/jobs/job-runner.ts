@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyBaseLogger } from 'fastify';
-import { request as httpRequest } from 'undici';
+import { request as httpRequest, type Dispatcher } from 'undici';
 import { GatewayError, errorBody, type ErrorCode } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
 import type { Database } from '../storage/database.js';
@@ -61,8 +61,10 @@ export interface JobRunnerOptions {
   /** How long a graceful stop waits for synchronous upstream calls that cannot be resumed. */
   shutdownGraceMs: number;
   callbackSecret: Buffer;
-  /** Checks a callback URL against the egress policy before each delivery; throws to refuse. */
-  checkCallbackUrl?: (url: string) => Promise<void>;
+  /** Why a callback URL may not be called (the egress policy), or undefined when it may. */
+  callbackRefusal?: (url: URL) => Promise<string | undefined>;
+  /** Connections for callbacks: the egress policy's DNS check on every connection. */
+  callbackDispatcher?: Dispatcher;
   /** Told when a job has ended, with what it made or why it failed (usage completes its record). */
   onFinished?: (row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined) => Promise<void>;
 }
@@ -348,8 +350,13 @@ export class JobRunner {
       if (this.closing) break;
       if (wait) await sleep(wait);
       try {
-        await this.o.checkCallbackUrl?.(row.callback_url!);
+        const refusal = await this.o.callbackRefusal?.(new URL(row.callback_url!));
+        if (refusal) {
+          status = `refused: ${refusal}`;
+          break;
+        }
         const res = await httpRequest(row.callback_url!, {
+          ...(this.o.callbackDispatcher ? { dispatcher: this.o.callbackDispatcher } : {}),
           method: 'POST',
           headers: {
             'content-type': 'application/json',
@@ -366,11 +373,8 @@ export class JobRunner {
           break;
         }
         if (res.statusCode < 500 && res.statusCode !== 429) break;
-      } catch (err) {
-        if (err instanceof GatewayError) {
-          status = `refused: ${err.message}`;
-          break;
-        }
+      } catch {
+        // A network failure: try again after the next wait.
       }
     }
     await this.o.db.run('UPDATE jobs SET callback_status = $1 WHERE id = $2', [status, row.id]);
