@@ -196,6 +196,9 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     if (request.isMultipart()) imageRequest = await readMultipartEdit(request);
     else if (isJson(request)) {
       // Images given as URLs are fetched first, under the egress policy; data URLs are decoded in the parse.
+      // A key may not make the gateway fetch anything for a model it may not use.
+      const named = app.catalogue.find(String((request.body as { model?: unknown } | null)?.model ?? ''));
+      if (named) app.limits.checkModel(request.client!, named.id);
       const fetched = await app.imageFetcher.fetchAll(imageUrlsOfEditJson(request.body));
       imageRequest = parseEditJson(request.body, app.config.MAX_UPLOAD_BYTES, fetched);
     } else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
