@@ -1,19 +1,24 @@
 import { z } from 'zod';
 import { MODELS } from './catalogue/models.js';
 
-const positiveInt = (name: string, fallback: number) =>
-  z
+/** An integer variable within [min, max]; empty or absent gives the fallback (undefined: "not set"). */
+function integer<F extends number | undefined>(name: string, fallback: F, min = 1, max = Number.MAX_SAFE_INTEGER) {
+  return z
     .string()
     .optional()
-    .transform((v, ctx) => {
+    .transform((v, ctx): number | F => {
       if (v === undefined || v.trim() === '') return fallback;
       const n = Number(v);
-      if (!Number.isInteger(n) || n <= 0) {
-        ctx.addIssue({ code: 'custom', message: `${name} must be a positive integer, got "${v}"` });
+      if (!Number.isSafeInteger(n) || n < min || n > max) {
+        const range = max === Number.MAX_SAFE_INTEGER ? (min === 1 ? 'a positive integer' : `an integer of at least ${min}`) : `an integer from ${min} to ${max}`;
+        ctx.addIssue({ code: 'custom', message: `${name} must be ${range}, got "${v}"` });
         return z.NEVER;
       }
       return n;
     });
+}
+
+const positiveInt = (name: string, fallback: number) => integer(name, fallback);
 
 const optionalString = z
   .string()
@@ -24,19 +29,7 @@ const urlString = (name: string) =>
   optionalString.refine((v) => v === undefined || URL.canParse(v), { message: `${name} must be an absolute URL` });
 
 /** A positive integer without a default: absent means "no limit". */
-const optionalPositiveInt = (name: string) =>
-  z
-    .string()
-    .optional()
-    .transform((v, ctx) => {
-      if (v === undefined || v.trim() === '') return undefined;
-      const n = Number(v);
-      if (!Number.isSafeInteger(n) || n <= 0) {
-        ctx.addIssue({ code: 'custom', message: `${name} must be a positive integer, got "${v}"` });
-        return z.NEVER;
-      }
-      return n;
-    });
+const optionalPositiveInt = (name: string) => integer(name, undefined);
 
 /** Host names, lower case, as a URL writes them (IPv6 without brackets). */
 const hostList = (name: string) =>
@@ -149,18 +142,7 @@ const envSchema = z.object({
   ALLOWED_IMAGE_HOSTS: hostList('ALLOWED_IMAGE_HOSTS'),
   ALLOWED_CALLBACK_HOSTS: hostList('ALLOWED_CALLBACK_HOSTS'),
   UPSTREAM_QUEUE_TIMEOUT_MS: positiveInt('UPSTREAM_QUEUE_TIMEOUT_MS', 30_000),
-  UPSTREAM_RETRIES: z
-    .string()
-    .optional()
-    .transform((v, ctx) => {
-      if (v === undefined || v.trim() === '') return 2;
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 0 || n > 10) {
-        ctx.addIssue({ code: 'custom', message: `UPSTREAM_RETRIES must be an integer from 0 to 10, got "${v}"` });
-        return z.NEVER;
-      }
-      return n;
-    }),
+  UPSTREAM_RETRIES: integer('UPSTREAM_RETRIES', 2, 0, 10),
   UPSTREAM_RETRY_BASE_MS: positiveInt('UPSTREAM_RETRY_BASE_MS', 500),
   UPSTREAM_KEY_COOLDOWN_MS: positiveInt('UPSTREAM_KEY_COOLDOWN_MS', 300_000),
   JOB_LEASE_MS: positiveInt('JOB_LEASE_MS', 30_000),
