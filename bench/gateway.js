@@ -1,0 +1,9 @@
+// The gateway as it runs in production, built from dist/ with buildApp, every feature on
+// (configured by bench/run.js through the environment); its log goes to stdout as usual.
+import { buildApp } from '../dist/app.js';
+import { loadConfig } from '../dist/config.js';
+import { reportReady } from './child-process.js';
+
+const app = await buildApp(loadConfig(process.env, { requireUpstreamKey: true }));
+await app.listen({ port: 0, host: '127.0.0.1' });
+reportReady(app.server.address().port, () => app.close());

@@ -1,0 +1,126 @@
+// The benchmark's tables (Markdown, so the README can carry them as printed) and its targets.
+
+const BASELINE_NAMES = { passthrough: 'undici pass-through', static: '@fastify/static' };
+
+const fixed = (value, digits) => (value === null || value === undefined || Number.isNaN(value) ? '-' : value.toFixed(digits));
+
+/** The issue's targets, each read from one scenario's gateway and baseline figures of the same run. */
+const TARGETS = [
+  {
+    scenario: 'small',
+    what: 'small image: added p50 latency at c=1',
+    limit: '≤ 0.5 ms',
+    value: (gw, base) => gw.p50Ms - base.p50Ms,
+    show: (v) => `${fixed(v, 3)} ms`,
+    pass: (v) => v <= 0.5,
+  },
+  {
+    scenario: 'small',
+    what: 'small image: added p99 latency at c=1',
+    limit: '≤ 2 ms',
+    value: (gw, base) => gw.p99Ms - base.p99Ms,
+    show: (v) => `${fixed(v, 3)} ms`,
+    pass: (v) => v <= 2,
+  },
+  {
+    scenario: 'small',
+    what: 'small image: throughput at c=32 vs pass-through',
+    limit: '≥ 60 %',
+    value: (gw, base) => (100 * gw.requestsPerSecond) / base.requestsPerSecond,
+    show: (v) => `${fixed(v, 1)} %`,
+    pass: (v) => v >= 60,
+  },
+  {
+    scenario: '4mib',
+    what: '4 MiB image: p50 latency at c=1 vs pass-through',
+    limit: '≤ 1.3×',
+    value: (gw, base) => gw.p50Ms / base.p50Ms,
+    show: (v) => `${fixed(v, 2)}×`,
+    pass: (v) => v <= 1.3,
+  },
+  {
+    scenario: '4mib',
+    what: '4 MiB image: gateway peak RSS, 16 requests in flight',
+    limit: '≤ 300 MB',
+    value: (gw) => gw.inFlight?.peakRssMb ?? null,
+    show: (v) => `${fixed(v, 0)} MB`,
+    pass: (v) => v <= 300,
+  },
+  {
+    scenario: 'serve',
+    what: 'serving a stored image: throughput at c=32 vs @fastify/static',
+    limit: '≥ 80 %',
+    value: (gw, base) => (100 * gw.requestsPerSecond) / base.requestsPerSecond,
+    show: (v) => `${fixed(v, 1)} %`,
+    pass: (v) => v >= 80,
+  },
+];
+
+function table(header, rows) {
+  const lines = [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`];
+  for (const row of rows) lines.push(`| ${row.join(' | ')} |`);
+  return lines.join('\n');
+}
+
+/** Text for stdout (and the README), and the targets with PASS/MISS for the JSON. */
+export function printReport(report) {
+  const { machine, settings } = report;
+  const out = [];
+  out.push('');
+  out.push(
+    `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGb} GB, ${machine.os}, Node ${machine.node}; ` +
+      `${settings.rounds} round(s), ${settings.seconds} s per measurement, ${report.date}`,
+  );
+  out.push('');
+  out.push(
+    table(
+      ['scenario', 'target', 'p50 ms (c=1)', 'p99 ms (c=1)', `req/s (c=${settings.throughputConnections})`, 'peak RSS MB', 'errors'],
+      report.scenarios.flatMap((s) =>
+        Object.entries(s.targets).map(([name, t]) => [
+          s.title,
+          name,
+          fixed(t.p50Ms, 3),
+          fixed(t.p99Ms, 3),
+          fixed(t.requestsPerSecond, 0),
+          t.inFlight ? `${t.peakRssMb} (c=${t.inFlight.connections}: ${t.inFlight.peakRssMb})` : fixed(t.peakRssMb, 0),
+          String(t.errors),
+        ]),
+      ),
+    ),
+  );
+  out.push('');
+  out.push(
+    table(
+      ['scenario', 'gateway vs', 'added p50 ms', 'added p99 ms', 'p50 ratio', 'throughput %', 'peak RSS MB (baseline → gateway)'],
+      report.scenarios
+        .filter((s) => s.targets.gateway && s.targets[s.baseline])
+        .map((s) => {
+          const gw = s.targets.gateway;
+          const base = s.targets[s.baseline];
+          return [
+            s.title,
+            BASELINE_NAMES[s.baseline],
+            fixed(gw.p50Ms - base.p50Ms, 3),
+            fixed(gw.p99Ms - base.p99Ms, 3),
+            `${fixed(gw.p50Ms / base.p50Ms, 2)}×`,
+            `${fixed((100 * gw.requestsPerSecond) / base.requestsPerSecond, 1)} %`,
+            `${fixed(base.peakRssMb, 0)} → ${fixed(gw.peakRssMb, 0)}`,
+          ];
+        }),
+    ),
+  );
+  const targets = TARGETS.map((t) => {
+    const scenario = report.scenarios.find((s) => s.name === t.scenario);
+    const gw = scenario?.targets.gateway;
+    const base = scenario?.targets[scenario.baseline];
+    const value = gw && base ? t.value(gw, base) : null;
+    const result = value === null || value === undefined || Number.isNaN(value) ? 'NOT RUN' : t.pass(value) ? 'PASS' : 'MISS';
+    return { what: t.what, limit: t.limit, value, measured: value === null ? '-' : t.show(value), result };
+  });
+  out.push('');
+  out.push(table(['target', 'measured', 'limit', 'result'], targets.map((t) => [t.what, t.measured, t.limit, t.result])));
+  out.push('');
+  const errors = report.scenarios.reduce((sum, s) => sum + Object.values(s.targets).reduce((n, t) => n + t.errors, 0), 0);
+  out.push(`errors (non-2xx, socket errors, timeouts) over all measurements: ${errors}; gateway error log lines: ${report.gatewayErrorLogLines}`);
+  return { targets, text: out.join('\n') };
+}

@@ -1,0 +1,361 @@
+// npm run bench: the gateway against a bare undici pass-through and the upstream itself, on
+// loopback, in one run, interleaved round by round so that drift of the machine falls on all
+// targets alike. BENCH_QUICK=1 for a ~1 minute run; BENCH_PROFILE=1 writes a CPU profile of the
+// gateway to bench/results/profiles/; BENCH_ONLY=small,4mib runs only those scenarios,
+// BENCH_TARGETS=gateway only those targets, BENCH_SECONDS=10 measures longer (for profiling).
+import { fork } from 'node:child_process';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { measure, median, quantile } from './measure.js';
+import { loadImages } from './fixtures.js';
+import { printReport } from './report.js';
+
+const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
+const QUICK = process.env.BENCH_QUICK === '1';
+const PROFILE = process.env.BENCH_PROFILE === '1';
+const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',')) : undefined;
+const ONLY_TARGETS = process.env.BENCH_TARGETS ? new Set(process.env.BENCH_TARGETS.split(',')) : undefined;
+
+const SETTINGS = {
+  rounds: QUICK ? 1 : 3,
+  /** Seconds of each measurement. */
+  seconds: Number(process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
+  warmupSeconds: QUICK ? 0.5 : 2,
+  /** Throughput is measured at this concurrency... */
+  throughputConnections: 32,
+  /** ...and peak memory for the 4 MiB image also at this one. */
+  memoryConnections: 16,
+};
+
+const UPSTREAM_KEY = 'sk-bench-upstream-0123456789abcdef';
+const CLIENT_KEY = 'gk-bench-client-0123456789abcdef';
+const UPSTREAM_PATH = '/v1/models/opanai/gpt-image-1/predictions';
+
+/** Image scenarios: the prompt tells the fake upstream what to answer. */
+const IMAGE_SCENARIOS = [
+  { name: 'small', title: 'small image (b64, ~500 B)' },
+  { name: '1mib', title: '1 MiB image (b64)' },
+  { name: '4mib', title: '4 MiB image (b64)', memory: true },
+  { name: 'url', title: 'URL result, 1 MiB download' },
+];
+
+// ---------------------------------------------------------------------------------------------
+// The servers, each in its own process.
+
+const children = new Set();
+
+function start(script, env, options = {}) {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(BENCH_DIR, script), [], {
+      env: { ...process.env, ...env },
+      execArgv: options.execArgv ?? [],
+      stdio: ['ignore', options.stdout ?? 'ignore', 'inherit', 'ipc'],
+    });
+    children.add(child);
+    child.once('exit', (code) => {
+      children.delete(child);
+      reject(new Error(`${script} exited with code ${code} before it was ready`));
+    });
+    child.once('message', (message) => {
+      if (message?.type !== 'ready') return reject(new Error(`${script}: unexpected message ${JSON.stringify(message)}`));
+      resolve({ name: script, child, pid: child.pid, url: `http://127.0.0.1:${message.port}` });
+    });
+  });
+}
+
+async function stop(server) {
+  if (!children.has(server.child)) return;
+  const exited = new Promise((resolve) => server.child.once('exit', resolve));
+  server.child.removeAllListeners('exit');
+  server.child.once('exit', () => children.delete(server.child));
+  server.child.send({ type: 'close' });
+  await Promise.race([exited, sleep(15_000)]);
+  if (children.has(server.child)) server.child.kill('SIGKILL');
+}
+
+function killChildren() {
+  for (const child of children) child.kill('SIGKILL');
+}
+process.on('exit', killChildren);
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    killChildren();
+    process.exit(130);
+  });
+}
+
+/** Peak resident memory of a process since the last reset, in MB (Linux: VmHWM, reset through clear_refs). */
+const memory = {
+  reset(pid) {
+    try {
+      writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    } catch {
+      // Not Linux, or not allowed: the peak is then the process's lifetime peak.
+    }
+  },
+  peakMb(pid) {
+    try {
+      const kb = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+      return Math.round(kb / 1024);
+    } catch {
+      return null;
+    }
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const started = Date.now();
+  const images = await loadImages();
+  const work = mkdtempSync(join(tmpdir(), 'gw-bench-'));
+  const dataDir = join(work, 'data');
+  mkdirSync(dataDir);
+  const keysFile = join(work, 'keys.yaml');
+  // Every limit on, with a ceiling the benchmark never reaches.
+  writeFileSync(
+    keysFile,
+    [
+      'keys:',
+      '  - id: bench',
+      `    key: ${CLIENT_KEY}`,
+      '    team: bench',
+      '    rpm: 1000000',
+      '    images_per_day: 100000000',
+      '    monthly_budget_usd: 100000000',
+      '    models: ["gpt-image-*"]',
+      '',
+    ].join('\n'),
+  );
+  const gatewayLog = join(work, 'gateway.log');
+  const logFd = openSync(gatewayLog, 'a');
+
+  const upstream = await start('fake-upstream.js', { BENCH_UPSTREAM_KEY: UPSTREAM_KEY });
+  const passthrough = await start('passthrough.js', { BENCH_UPSTREAM_URL: upstream.url, BENCH_UPSTREAM_KEY: UPSTREAM_KEY });
+  const profileDir = join(BENCH_DIR, 'results', 'profiles');
+  if (PROFILE) mkdirSync(profileDir, { recursive: true });
+  const gateway = await start(
+    'gateway.js',
+    {
+      AIHUBMIX_API_KEY: UPSTREAM_KEY,
+      AIHUBMIX_BASE_URL: upstream.url,
+      GATEWAY_KEYS_FILE: keysFile,
+      DATA_DIR: dataDir,
+      LOG_LEVEL: 'info',
+      RATE_LIMIT_RPM: '1000000',
+      UPSTREAM_RETRIES: '0',
+      IMAGE_URL_SECRET: 'bench-url-secret-0123456789abcdefghijkl',
+      PUBLIC_BASE_URL: 'http://127.0.0.1',
+    },
+    { stdout: logFd, execArgv: PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [] },
+  );
+  closeSync(logFd);
+  const imagesDir = join(dataDir, 'images');
+  const staticServer = await start('static-server.js', { BENCH_STATIC_ROOT: imagesDir });
+
+  // A stored image to serve: made through the gateway, so both servers read the very same file.
+  const stored = await fetch(`${gateway.url}/v1/generate`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-image-1', prompt: 'bench 1mib' }),
+  }).then((res) => res.json());
+  const storedUrl = new URL(stored.images?.[0]?.url ?? 'http://invalid/');
+  if (!storedUrl.pathname.startsWith('/v1/images/')) throw new Error(`could not store the image to serve: ${JSON.stringify(stored)}`);
+  const sha256 = stored.images[0].sha256;
+  const servedDir = sha256.slice(0, 2);
+
+  const upstreamBody = (scenario) => JSON.stringify({ input: { prompt: `bench ${scenario}` } });
+  const json = { 'content-type': 'application/json' };
+  const scenarios = [
+    ...IMAGE_SCENARIOS.map((s) => ({
+      ...s,
+      baseline: 'passthrough',
+      targets: {
+        upstream: { server: upstream, method: 'POST', url: upstream.url + UPSTREAM_PATH, headers: { ...json, authorization: `Bearer ${UPSTREAM_KEY}` }, body: upstreamBody(s.name) },
+        passthrough: { server: passthrough, method: 'POST', url: passthrough.url + UPSTREAM_PATH, headers: json, body: upstreamBody(s.name) },
+        gateway: {
+          server: gateway,
+          method: 'POST',
+          url: `${gateway.url}/v1/generate`,
+          headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
+          body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
+        },
+      },
+    })),
+    {
+      name: 'serve',
+      title: 'serving a stored 1 MiB image',
+      baseline: 'static',
+      targets: {
+        static: { server: staticServer, method: 'GET', url: `${staticServer.url}/${servedDir}/${sha256}.png`, minBytes: stored.images[0].bytes },
+        gateway: { server: gateway, method: 'GET', url: `${gateway.url}${storedUrl.pathname}${storedUrl.search}`, minBytes: stored.images[0].bytes },
+      },
+    },
+  ]
+    .filter((s) => !ONLY || ONLY.has(s.name))
+    .map((s) => ({ ...s, targets: Object.fromEntries(Object.entries(s.targets).filter(([name]) => !ONLY_TARGETS || ONLY_TARGETS.has(name))) }));
+
+  /** Images the gateway stored while measuring, all but the one served: disk use stays flat. */
+  const clearStoredImages = () => {
+    for (const entry of readdirSync(imagesDir)) {
+      if (/^[0-9a-f]{2}$/.test(entry) && entry !== servedDir) rmSync(join(imagesDir, entry), { recursive: true, force: true });
+    }
+  };
+
+  const log = (line) => process.stdout.write(`${line}\n`);
+  log(`bench: ${SETTINGS.rounds} round(s) of ${scenarios.length} scenario(s), ${SETTINGS.seconds} s per measurement${QUICK ? ' (BENCH_QUICK)' : ''}`);
+
+  // Warm-up: JIT, connection pools, the database's first pages.
+  for (const scenario of scenarios) {
+    for (const target of Object.values(scenario.targets)) {
+      await measure({ ...target, connections: 8, seconds: SETTINGS.warmupSeconds });
+    }
+  }
+  clearStoredImages();
+
+  // results[scenario][target] = { rounds: [...], latencies: [...] }
+  const results = {};
+  for (let round = 0; round < SETTINGS.rounds; round++) {
+    for (const scenario of scenarios) {
+      const names = Object.keys(scenario.targets);
+      // Alternate the order, so no target always runs first (or last) in a round.
+      if (round % 2 === 1) names.reverse();
+      for (const name of names) {
+        const target = scenario.targets[name];
+        const entry = ((results[scenario.name] ??= {})[name] ??= { rounds: [], latencies: [] });
+        const pid = target.server.pid;
+
+        const serial = await measure({ ...target, connections: 1, seconds: SETTINGS.seconds, keepLatencies: true });
+        memory.reset(pid);
+        const loaded = await measure({ ...target, connections: SETTINGS.throughputConnections, seconds: SETTINGS.seconds });
+        const loadedPeakMb = memory.peakMb(pid);
+        let inFlight;
+        if (scenario.memory && name !== 'upstream') {
+          await sleep(300);
+          memory.reset(pid);
+          const m = await measure({ ...target, connections: SETTINGS.memoryConnections, seconds: SETTINGS.seconds });
+          inFlight = { connections: m.connections, requestsPerSecond: m.requestsPerSecond, peakRssMb: memory.peakMb(pid), errors: errorsOf(m) };
+        }
+        const sorted = [...serial.latencies].sort((a, b) => a - b);
+        entry.latencies.push(...serial.latencies);
+        entry.rounds.push({
+          p50Ms: quantile(sorted, 0.5),
+          p99Ms: quantile(sorted, 0.99),
+          serialRequests: serial.ok,
+          requestsPerSecond: loaded.requestsPerSecond,
+          peakRssMb: loadedPeakMb,
+          errors: errorsOf(serial) + errorsOf(loaded) + (inFlight?.errors ?? 0),
+          statuses: mergeCounts(serial.statuses, loaded.statuses),
+          ...(inFlight ? { inFlight } : {}),
+        });
+        log(
+          `  round ${round + 1} ${scenario.name.padEnd(5)} ${name.padEnd(11)} p50 ${fmt(quantile(sorted, 0.5), 3)} ms  p99 ${fmt(quantile(sorted, 0.99), 3)} ms  ` +
+            `${fmt(loaded.requestsPerSecond, 0)} req/s  peak ${loadedPeakMb} MB` +
+            (inFlight ? `  (c=${inFlight.connections}: peak ${inFlight.peakRssMb} MB)` : '') +
+            (errorsOf(serial) + errorsOf(loaded) ? `  errors ${errorsOf(serial) + errorsOf(loaded)} ${JSON.stringify(mergeCounts(serial.statuses, loaded.statuses))}` : ''),
+        );
+        // Let the last answers of the loaded run finish before anything else is measured.
+        await sleep(300);
+        if (name === 'gateway') clearStoredImages();
+      }
+    }
+  }
+
+  await stop(gateway);
+  await Promise.all([stop(upstream), stop(passthrough), stop(staticServer)]);
+  const gatewayErrorLines = readFileSync(gatewayLog, 'utf8')
+    .split('\n')
+    .filter((line) => /"level":(50|60)/.test(line)).length;
+  rmSync(work, { recursive: true, force: true });
+
+  const summary = summarize(scenarios, results);
+  const report = {
+    date: new Date(started).toISOString(),
+    durationSeconds: Math.round((Date.now() - started) / 1000),
+    machine: machine(),
+    settings: { ...SETTINGS, quick: QUICK, profile: PROFILE, only: ONLY ? [...ONLY] : null, onlyTargets: ONLY_TARGETS ? [...ONLY_TARGETS] : null },
+    imageBytes: Object.fromEntries(Object.entries(images).map(([k, v]) => [k, v.length])),
+    gatewayErrorLogLines: gatewayErrorLines,
+    scenarios: summary,
+  };
+  const { targets, text } = printReport(report);
+  report.targets = targets;
+  const resultsDir = join(BENCH_DIR, 'results');
+  mkdirSync(resultsDir, { recursive: true });
+  const body = `${JSON.stringify(report, null, 2)}\n`;
+  const stamped = join(resultsDir, `${report.date.replace(/[:.]/g, '-')}.json`);
+  writeFileSync(stamped, body);
+  writeFileSync(join(resultsDir, 'latest.json'), body);
+  log(text);
+  log(`results: ${stamped} (and bench/results/latest.json); ${report.durationSeconds} s`);
+}
+
+const errorsOf = (m) => m.non2xx + m.socketErrors + m.timeouts + m.short;
+
+function mergeCounts(...maps) {
+  const out = {};
+  for (const map of maps) for (const [k, v] of Object.entries(map)) out[k] = (out[k] ?? 0) + v;
+  return out;
+}
+
+function fmt(value, digits) {
+  return value === null || value === undefined ? '-' : value.toFixed(digits);
+}
+
+/** Latency percentiles over all rounds' answers; throughput as the median of the rounds; peaks as the max. */
+function summarize(scenarios, results) {
+  return scenarios.map((scenario) => ({
+    name: scenario.name,
+    title: scenario.title,
+    baseline: scenario.baseline,
+    targets: Object.fromEntries(
+      Object.keys(scenario.targets).map((name) => {
+        const { rounds, latencies } = results[scenario.name][name];
+        const sorted = latencies.sort((a, b) => a - b);
+        const peaks = rounds.map((r) => r.peakRssMb).filter((v) => v !== null);
+        const inFlight = rounds.map((r) => r.inFlight).filter(Boolean);
+        return [
+          name,
+          {
+            p50Ms: quantile(sorted, 0.5),
+            p99Ms: quantile(sorted, 0.99),
+            serialRequests: sorted.length,
+            requestsPerSecond: median(rounds.map((r) => r.requestsPerSecond)),
+            peakRssMb: peaks.length ? Math.max(...peaks) : null,
+            errors: rounds.reduce((sum, r) => sum + r.errors, 0),
+            ...(inFlight.length
+              ? {
+                  inFlight: {
+                    connections: inFlight[0].connections,
+                    peakRssMb: Math.max(...inFlight.map((r) => r.peakRssMb ?? 0)),
+                    requestsPerSecond: median(inFlight.map((r) => r.requestsPerSecond)),
+                  },
+                }
+              : {}),
+            rounds,
+          },
+        ];
+      }),
+    ),
+  }));
+}
+
+function machine() {
+  const cpu = cpus();
+  return {
+    cpu: cpu[0]?.model ?? 'unknown',
+    cores: cpu.length,
+    memoryGb: Math.round(totalmem() / 1024 ** 3),
+    os: `${process.platform} ${release()}`,
+    node: process.version,
+  };
+}
+
+main().catch((err) => {
+  console.error(err);
+  killChildren();
+  process.exit(1);
+});

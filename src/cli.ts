@@ -1,0 +1,515 @@
+#!/usr/bin/env node
+/**
+ * image-gateway: the gateway's command-line client (`npx image-gateway <command>`), configured by
+ * GATEWAY_URL and GATEWAY_KEY. Node built-ins only (util.parseArgs, fetch), so the built dist/cli.js
+ * runs without loading anything of the server.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import { basename, extname } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+
+const PROGRAM = 'image-gateway';
+
+/** A failure to report: the message, and the exit code (1: the gateway or the machine said no; 2: the command line is wrong). */
+class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
+    super(message);
+  }
+}
+
+const usageError = (message: string, command?: string) =>
+  new CliError(`${message}\nSee: ${PROGRAM} ${command ? `${command} ` : ''}--help`, 2);
+
+// ---------------------------------------------------------------- talking to the gateway
+
+interface Gateway {
+  url: string;
+  key: string;
+}
+
+function gatewayFromEnv(): Gateway {
+  const url = (process.env.GATEWAY_URL ?? 'http://localhost:8080').replace(/\/+$/, '');
+  if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) {
+    throw new CliError(`GATEWAY_URL must be an http(s) URL such as http://localhost:8080, got "${url}"`, 2);
+  }
+  const key = process.env.GATEWAY_KEY?.trim();
+  if (!key) throw new CliError('GATEWAY_KEY is not set: export GATEWAY_KEY=<your client key (gk-...)>', 2);
+  return { url, key };
+}
+
+type Json = Record<string, any>;
+
+/** The gateway's error body as one readable message: status, code, message, the fields at fault, the request id. */
+function describeError(status: number, body: unknown): string {
+  const error = (body as { error?: Json } | undefined)?.error;
+  if (!error || typeof error.message !== 'string') return `the gateway answered ${status}`;
+  const lines = [`${status} ${error.code}: ${error.message}`];
+  for (const detail of (error.details ?? []) as Json[]) {
+    if (detail.allowed === undefined) continue;
+    const allowed = Array.isArray(detail.allowed) ? detail.allowed.join(', ') : String(detail.allowed);
+    lines.push(`  ${detail.field ?? '(body)'}: allowed ${allowed}`);
+  }
+  if (error.request_id) lines.push(`  request id: ${error.request_id}`);
+  return lines.join('\n');
+}
+
+async function call(gateway: Gateway, method: string, path: string, body?: { json: unknown } | { form: FormData }): Promise<Json | undefined> {
+  const headers: Record<string, string> = { authorization: `Bearer ${gateway.key}` };
+  let payload: string | FormData | undefined;
+  if (body && 'json' in body) {
+    headers['content-type'] = 'application/json';
+    payload = JSON.stringify(body.json);
+  } else if (body) {
+    payload = body.form;
+  }
+  let res: Response;
+  try {
+    res = await fetch(`${gateway.url}${path}`, { method, headers, ...(payload !== undefined ? { body: payload } : {}) });
+  } catch (err) {
+    const cause = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
+    throw new CliError(`cannot reach the gateway at ${gateway.url} (GATEWAY_URL): ${cause}`);
+  }
+  const text = await res.text();
+  let parsed: unknown;
+  try {
+    parsed = text === '' ? undefined : JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  if (!res.ok) throw new CliError(describeError(res.status, parsed));
+  return parsed as Json | undefined;
+}
+
+// ---------------------------------------------------------------- output
+
+/** A plain text table: a header row, then the rows, columns padded to their widest cell. */
+function table(headers: string[], rows: unknown[][]): string {
+  const MAX_CELL = 60;
+  const cell = (v: unknown) => {
+    const s = v === null || v === undefined || v === '' ? '-' : Array.isArray(v) ? v.join(',') : String(v);
+    return s.length > MAX_CELL ? `${s.slice(0, MAX_CELL - 1)}…` : s;
+  };
+  const cells = [headers, ...rows.map((r) => r.map(cell))];
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => r[i]!.length)));
+  return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+const EXTENSION_OF: Record<string, string> = { 'image/png': '.png', 'image/jpeg': '.jpg', 'image/webp': '.webp' };
+const MIME_OF: Record<string, string> = { '.png': 'image/png', '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.webp': 'image/webp' };
+
+/** Where image i of n goes: `-o out.png` as is for one image, `out-1.png`, `out-2.png`, ... for several; else the image's own name. */
+function outputPath(output: string | undefined, index: number, count: number, image: Json): string {
+  if (output === undefined) return basename(new URL(image.url).pathname);
+  const ext = extname(output);
+  const stem = ext ? output.slice(0, -ext.length) : output;
+  const suffix = ext || (EXTENSION_OF[image.mime_type] ?? '');
+  return count === 1 ? `${stem}${suffix}` : `${stem}-${index + 1}${suffix}`;
+}
+
+async function saveImages(result: Json, output: string | undefined): Promise<void> {
+  const images = result.images as Json[];
+  for (const [i, image] of images.entries()) {
+    // Signed capability URLs: no key needed.
+    const res = await fetch(image.url).catch((err: Error) => {
+      throw new CliError(`cannot download ${image.url}: ${err.message}`);
+    });
+    if (!res.ok) throw new CliError(`downloading image ${i + 1} answered ${res.status}`);
+    const path = outputPath(output, i, images.length, image);
+    await writeFile(path, Buffer.from(await res.arrayBuffer()));
+    process.stdout.write(`${path}\n`);
+  }
+}
+
+// ---------------------------------------------------------------- jobs
+
+/** Polls GET /v1/jobs/{id} until the job ends, showing its status on stderr; answers the success body. */
+async function waitForJob(gateway: Gateway, accepted: Json, timeoutSeconds: number): Promise<Json> {
+  const started = Date.now();
+  const live = process.stderr.isTTY === true;
+  let shown = '';
+  let delayMs = 250;
+  let job = accepted;
+  for (;;) {
+    const seconds = ((Date.now() - started) / 1000).toFixed(1);
+    if (live) process.stderr.write(`\r\x1b[K${job.id}: ${job.status} (${seconds} s)`);
+    else if (job.status !== shown) process.stderr.write(`${job.id}: ${job.status} (${seconds} s)\n`);
+    shown = job.status;
+    if (job.status === 'succeeded' || job.status === 'failed') break;
+    if (Date.now() - started > timeoutSeconds * 1000) {
+      if (live) process.stderr.write('\n');
+      throw new CliError(`${job.id} is still ${job.status} after ${timeoutSeconds} s; it goes on at the gateway: GET /v1/jobs/${job.id}`);
+    }
+    await sleep(delayMs);
+    delayMs = Math.min(2000, Math.round(delayMs * 1.5));
+    job = (await call(gateway, 'GET', `/v1/jobs/${encodeURIComponent(job.id)}`))!;
+  }
+  if (live) process.stderr.write('\n');
+  if (job.status === 'failed') {
+    const error = job.error ?? {};
+    throw new CliError(`${job.id} failed: ${error.code ?? 'error'}: ${error.message ?? 'no reason given'}`);
+  }
+  return job.result;
+}
+
+// ---------------------------------------------------------------- commands
+
+interface Command {
+  summary: string;
+  help: string;
+  run(args: string[]): Promise<void>;
+}
+
+function parse<T extends Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }>>(command: string, args: string[], options: T) {
+  try {
+    return parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw usageError((err as Error).message, command);
+  }
+}
+
+function integer(name: string, value: string | undefined, command: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^-?\d+$/.test(value)) throw usageError(`--${name} must be an integer, got "${value}"`, command);
+  return Number(value);
+}
+
+function decimal(name: string, value: string | undefined, command: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n)) throw usageError(`--${name} must be a number, got "${value}"`, command);
+  return n;
+}
+
+/** `--option key=value`: the value as JSON where it parses (numbers, booleans, objects), else as text. */
+function parseOptions(pairs: string[] | undefined, command: string): Record<string, unknown> | undefined {
+  if (!pairs?.length) return undefined;
+  const options: Record<string, unknown> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw usageError(`--option takes key=value, got "${pair}"`, command);
+    const raw = pair.slice(eq + 1);
+    let value: unknown = raw;
+    try {
+      value = JSON.parse(raw);
+    } catch {
+      // plain text
+    }
+    options[pair.slice(0, eq)] = value;
+  }
+  return options;
+}
+
+const IMAGE_OPTIONS = {
+  model: { type: 'string', short: 'm' },
+  prompt: { type: 'string', short: 'p' },
+  n: { type: 'string', short: 'n' },
+  size: { type: 'string' },
+  'aspect-ratio': { type: 'string' },
+  quality: { type: 'string' },
+  seed: { type: 'string' },
+  'negative-prompt': { type: 'string' },
+  style: { type: 'string' },
+  'output-format': { type: 'string' },
+  background: { type: 'string' },
+  option: { type: 'string', multiple: true },
+  output: { type: 'string', short: 'o' },
+  timeout: { type: 'string' },
+} as const;
+
+const IMAGE_OPTIONS_HELP = `  -m, --model <id>            a catalogue id or alias (see: ${PROGRAM} models)   [required]
+  -p, --prompt <text>         the prompt (or give it as the last argument)        [required]
+  -n <count>                  number of images, 1..the model's max n
+      --size <WxH|auto|1K..>  --aspect-ratio <W:H>  --quality <q>  --seed <int>
+      --negative-prompt <t>   --style <s>  --output-format <png|jpeg|webp>  --background <b>
+      --option key=value      a model-specific upstream option (repeatable; value read as JSON when it parses)
+  -o, --output <file>         where to save: out.png, or out-1.png, out-2.png, ... when n > 1
+                              (default: the image's own name, img_<sha256>.<ext>, in this directory)
+      --timeout <seconds>     stop waiting after this long (default 900; the job goes on at the gateway)
+  -h, --help                  this help`;
+
+type ImageValues = ReturnType<typeof parse<typeof IMAGE_OPTIONS>>['values'];
+
+/** The fields shared by generate and edit, in the gateway's names; absent flags are left out. */
+function imageFields(command: string, values: ImageValues, positionals: string[]): Record<string, unknown> {
+  const prompt = values.prompt ?? (positionals.length > 0 ? positionals.join(' ') : undefined);
+  if (!values.model) throw usageError('--model is required', command);
+  if (!prompt) throw usageError('a prompt is required: --prompt "..." or as the last argument', command);
+  const fields: Record<string, unknown> = {
+    model: values.model,
+    prompt,
+    n: integer('n', values.n, command),
+    size: values.size,
+    aspect_ratio: values['aspect-ratio'],
+    quality: values.quality,
+    seed: integer('seed', values.seed, command),
+    negative_prompt: values['negative-prompt'],
+    style: values.style,
+    output_format: values['output-format'],
+    background: values.background,
+    options: parseOptions(values.option, command),
+  };
+  return Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined));
+}
+
+/** Sends the request as an async job, waits for it with progress on stderr, saves the images. */
+async function runImageJob(command: string, values: ImageValues, send: (gateway: Gateway) => Promise<Json | undefined>): Promise<void> {
+  const timeout = integer('timeout', values.timeout, command) ?? 900;
+  const gateway = gatewayFromEnv();
+  const answer = (await send(gateway))!;
+  const result = 'images' in answer ? answer : await waitForJob(gateway, answer, timeout);
+  await saveImages(result, values.output);
+}
+
+const generate: Command = {
+  summary: 'generate images from a prompt and save them',
+  help: `Usage: ${PROGRAM} generate -m <model> [options] [prompt]
+
+Sends POST /v1/generate as an async job, shows the job's status on stderr while it runs, then
+downloads the images and prints the saved paths on stdout.
+
+${IMAGE_OPTIONS_HELP}
+
+Example:
+  ${PROGRAM} generate -m gpt-image-1 -n 2 --size 1024x1024 -o deer.png "A deer drinking in the lake"`,
+  async run(args) {
+    const { values, positionals } = parse('generate', args, IMAGE_OPTIONS);
+    if (values.help) return void console.log(this.help);
+    const body = { ...imageFields('generate', values, positionals), async: true };
+    await runImageJob('generate', values, (gateway) => call(gateway, 'POST', '/v1/generate', { json: body }));
+  },
+};
+
+const EDIT_OPTIONS = {
+  ...IMAGE_OPTIONS,
+  image: { type: 'string', short: 'i', multiple: true },
+  mask: { type: 'string' },
+  mode: { type: 'string' },
+} as const;
+
+async function imageBlob(path: string, field: string): Promise<Blob> {
+  try {
+    const bytes = await readFile(path);
+    // The gateway checks the bytes themselves; the type is a courtesy.
+    return new Blob([bytes], { type: MIME_OF[extname(path).toLowerCase()] ?? 'application/octet-stream' });
+  } catch (err) {
+    throw new CliError(`cannot read the ${field} file ${path}: ${(err as Error).message}`);
+  }
+}
+
+const edit: Command = {
+  summary: 'edit images with a prompt (and a mask) and save the results',
+  help: `Usage: ${PROGRAM} edit -m <model> -i <image> [-i <image> ...] [--mask <file>] [options] [prompt]
+
+Sends POST /v1/edit (multipart) as an async job, shows the job's status on stderr while it runs,
+then downloads the images and prints the saved paths on stdout.
+
+  -i, --image <file>          an input image, PNG, JPEG or WebP (repeatable)      [required]
+      --mask <file>           OpenAI's convention: transparent pixels = the area to change
+      --mode <mode>           edit | remix | replace_background (default: edit with a mask, else the model's image-to-image)
+${IMAGE_OPTIONS_HELP}
+
+Example:
+  ${PROGRAM} edit -m gpt-image-1 -i cat.png --mask mask.png -o hat.png "Put a red hat on the cat"`,
+  async run(args) {
+    const { values, positionals } = parse('edit', args, EDIT_OPTIONS);
+    if (values.help) return void console.log(this.help);
+    const fields = imageFields('edit', values, positionals);
+    if (!values.image?.length) throw usageError('at least one --image is required', 'edit');
+    const form = new FormData();
+    for (const [name, value] of Object.entries({ ...fields, ...(values.mode ? { mode: values.mode } : {}), async: true })) {
+      form.append(name, typeof value === 'object' ? JSON.stringify(value) : String(value));
+    }
+    for (const path of values.image) form.append('image', await imageBlob(path, 'image'), basename(path));
+    if (values.mask) form.append('mask', await imageBlob(values.mask, 'mask'), basename(values.mask));
+    await runImageJob('edit', values, (gateway) => call(gateway, 'POST', '/v1/edit', { form }));
+  },
+};
+
+const models: Command = {
+  summary: 'list the model catalogue',
+  help: `Usage: ${PROGRAM} models [model]
+
+Without an argument: a table of every model (GET /v1/models). With a model id or alias: that
+model's parameters and options (GET /v1/models/{id}).
+
+  -h, --help   this help`,
+  async run(args) {
+    const { values, positionals } = parse('models', args, {});
+    if (values.help) return void console.log(this.help);
+    const gateway = gatewayFromEnv();
+    if (positionals.length > 0) {
+      const m = (await call(gateway, 'GET', `/v1/models/${encodeURIComponent(positionals[0]!)}`))!;
+      const rows: unknown[][] = [
+        ['id', m.id],
+        ['aliases', m.aliases],
+        ['operations', m.operations],
+        ...(m.edit_modes ? [['edit modes', m.edit_modes]] : []),
+        ['max n', m.max_n],
+        ['async upstream', m.async ? 'yes' : 'no'],
+        ['USD / image', m.price_per_image_usd],
+        ...Object.entries((m.parameters ?? {}) as Record<string, string>).map(([name, allowed]) => [name, allowed]),
+        ...Object.entries((m.options ?? {}) as Record<string, string>).map(([name, allowed]) => [`options.${name}`, allowed]),
+      ];
+      console.log(m.description ?? '');
+      console.log(table(['FIELD', 'VALUE'], rows));
+      return;
+    }
+    const list = (await call(gateway, 'GET', '/v1/models'))!.data as Json[];
+    console.log(
+      table(
+        ['ID', 'OPERATIONS', 'MAX N', 'SIZES', 'ASPECT RATIOS', 'ASYNC', 'USD/IMAGE'],
+        list.map((m) => [
+          m.id,
+          m.operations,
+          m.max_n,
+          m.sizes?.length ? m.sizes : m.size_rule,
+          m.aspect_ratios?.length ? m.aspect_ratios : m.aspect_ratio_rule,
+          m.async ? 'yes' : 'no',
+          m.price_per_image_usd ?? (m.price_per_million_tokens_usd ? 'by tokens' : null),
+        ]),
+      ),
+    );
+  },
+};
+
+const USAGE_METRICS = ['requests', 'images', 'errors', 'estimated_cost_usd', 'unpriced_images'];
+
+const usage: Command = {
+  summary: 'show usage as a table',
+  help: `Usage: ${PROGRAM} usage [--from <date>] [--to <date>] [--group-by team,model,key,day]
+
+Reads GET /v1/usage: a team key sees its own team, the admin key everyone. Without --from and
+--to, the current UTC month; without --group-by, one row of totals.
+
+      --from <ISO date>    start of the window (inclusive)
+      --to <ISO date>      end of the window (exclusive)
+  -g, --group-by <dims>    any of team, model, key, day, comma-separated
+  -h, --help               this help
+
+Example:
+  ${PROGRAM} usage --from 2026-11-01 --to 2026-12-01 -g team,model`,
+  async run(args) {
+    const { values } = parse('usage', args, { from: { type: 'string' }, to: { type: 'string' }, 'group-by': { type: 'string', short: 'g' } });
+    if (values.help) return void console.log(this.help);
+    const query = new URLSearchParams();
+    if (values.from) query.set('from', values.from);
+    if (values.to) query.set('to', values.to);
+    if (values['group-by']) query.set('group_by', values['group-by']);
+    const report = (await call(gatewayFromEnv(), 'GET', `/v1/usage${query.size > 0 ? `?${query}` : ''}`))!;
+    const groups = report.group_by as string[];
+    const rows = report.data as Json[];
+    const metrics = USAGE_METRICS.filter((name) => name !== 'unpriced_images' || rows.some((r) => r[name] !== undefined));
+    console.log(`usage from ${report.from} to ${report.to}`);
+    console.log(table([...groups, ...metrics].map((h) => h.toUpperCase()), rows.map((r) => [...groups, ...metrics].map((name) => r[name]))));
+  },
+};
+
+const KEY_COLUMNS = ['id', 'team', 'rpm', 'images_per_day', 'monthly_budget_usd', 'models', 'admin', 'source'];
+
+const keys: Command = {
+  summary: 'manage client keys (admin key only): create, list, revoke',
+  help: `Usage: ${PROGRAM} keys <create|list|revoke> [options]      (GATEWAY_KEY must be the admin key)
+
+  keys list                              the keys' policies (never the keys themselves)
+  keys create --team <team> [options]    mint a key; it is printed this once
+      --id <id>                            a stable name (default: generated)
+      --rpm <n>  --images-per-day <n>  --monthly-budget-usd <usd>
+      --models <glob,glob>                 allow-list, e.g. "gpt-image-*,imagen-*"
+      --admin                              an admin key
+  keys revoke <id>                       revoke a minted key at once
+  -h, --help                             this help`,
+  async run(args) {
+    const [action, ...rest] = args;
+    if (action === undefined || action === '-h' || action === '--help' || action === 'help') return void console.log(this.help);
+    if (action === 'list') {
+      const { values } = parse('keys', rest, {});
+      if (values.help) return void console.log(this.help);
+      const list = (await call(gatewayFromEnv(), 'GET', '/v1/keys'))!.data as Json[];
+      console.log(table(KEY_COLUMNS.map((c) => c.toUpperCase()), list.map((k) => KEY_COLUMNS.map((c) => (c === 'admin' ? (k.admin ? 'yes' : 'no') : k[c])))));
+      return;
+    }
+    if (action === 'create') {
+      const { values } = parse('keys', rest, {
+        team: { type: 'string' },
+        id: { type: 'string' },
+        rpm: { type: 'string' },
+        'images-per-day': { type: 'string' },
+        'monthly-budget-usd': { type: 'string' },
+        models: { type: 'string' },
+        admin: { type: 'boolean' },
+      });
+      if (values.help) return void console.log(this.help);
+      if (!values.team) throw usageError('--team is required', 'keys');
+      const policy = Object.fromEntries(
+        Object.entries({
+          id: values.id,
+          team: values.team,
+          rpm: integer('rpm', values.rpm, 'keys'),
+          images_per_day: integer('images-per-day', values['images-per-day'], 'keys'),
+          monthly_budget_usd: decimal('monthly-budget-usd', values['monthly-budget-usd'], 'keys'),
+          models: values.models?.split(',').map((m) => m.trim()).filter(Boolean),
+          admin: values.admin,
+        }).filter(([, v]) => v !== undefined),
+      );
+      const created = (await call(gatewayFromEnv(), 'POST', '/v1/keys', { json: policy }))!;
+      console.log(table(['FIELD', 'VALUE'], [...KEY_COLUMNS.map((c) => [c, c === 'admin' ? (created.admin ? 'yes' : 'no') : created[c]]), ['key', created.key]]));
+      process.stderr.write('The key is shown only this once: store it now.\n');
+      return;
+    }
+    if (action === 'revoke') {
+      const { values, positionals } = parse('keys', rest, {});
+      if (values.help) return void console.log(this.help);
+      if (positionals.length !== 1) throw usageError('keys revoke takes one key id', 'keys');
+      await call(gatewayFromEnv(), 'DELETE', `/v1/keys/${encodeURIComponent(positionals[0]!)}`);
+      console.log(`revoked ${positionals[0]}`);
+      return;
+    }
+    throw usageError(`unknown keys action "${action}": create, list or revoke`, 'keys');
+  },
+};
+
+const COMMANDS: Record<string, Command> = { generate, edit, models, usage, keys };
+
+const MAIN_HELP = `Usage: ${PROGRAM} <command> [options]
+
+The Image Gateway's command-line client.
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, c]) => `  ${name.padEnd(10)}${c.summary}`)
+  .join('\n')}
+
+Environment:
+  GATEWAY_URL   the gateway's base URL (default http://localhost:8080)
+  GATEWAY_KEY   your client key (the admin key for "keys")
+
+Run "${PROGRAM} <command> --help" for a command's options.`;
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...args] = argv;
+  if (name === undefined || name === '-h' || name === '--help') {
+    console.log(MAIN_HELP);
+    return name === undefined ? 2 : 0;
+  }
+  if (name === 'help') {
+    const command = args[0] === undefined ? undefined : COMMANDS[args[0]];
+    console.log(command ? command.help : MAIN_HELP);
+    return 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) throw usageError(`unknown command "${name}"`);
+  await command.run(args);
+  return 0;
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (err) {
+  if (!(err instanceof CliError)) throw err;
+  process.stderr.write(`${PROGRAM}: ${err.message}\n`);
+  process.exitCode = err.exitCode;
+}

@@ -1,0 +1,222 @@
+/**
+ * The OpenAI-compatible façade, driven by the official `openai` SDK over real HTTP: the client is
+ * configured with nothing but `baseURL` and `apiKey`, as a team switching from OpenAI would do.
+ */
+import { readFileSync } from 'node:fs';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
+import OpenAI, { APIError, toFile } from 'openai';
+import { parse } from 'yaml';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { MODELS } from '../src/catalogue/models.js';
+import { CLIENT_KEY, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+
+const PNG_MAGIC = '89504e470d0a1a0a';
+
+const ajv = new Ajv2020({ strict: false, allErrors: true });
+addFormats.default(ajv);
+ajv.addSchema({ ...parse(readFileSync(new URL('../openapi.yaml', import.meta.url), 'utf8')), $id: 'openapi.yaml' });
+function openApiProblems(schemaName: string, body: unknown): string[] {
+  const check = ajv.getSchema(`openapi.yaml#/components/schemas/${schemaName}`)!;
+  return check(body) ? [] : (check.errors ?? []).map((e) => `${e.instancePath} ${e.message}`);
+}
+
+let h: Harness;
+let client: OpenAI;
+let baseURL: string;
+
+beforeAll(async () => {
+  // Every model is called once or twice: well over the default 60 requests a minute of one key.
+  h = await startHarness({ RATE_LIMIT_RPM: '1000' });
+  const address = await h.app.listen({ port: 0, host: '127.0.0.1' });
+  baseURL = `${address}/v1`;
+  client = new OpenAI({ baseURL, apiKey: CLIENT_KEY });
+});
+afterAll(async () => h.close());
+beforeEach(() => h.simulator.reset());
+
+const submissions = () => h.simulator.received.filter((r) => r.method === 'POST');
+const png = async () => toFile(await makePng(), 'a.png', { type: 'image/png' });
+
+describe('images.generate through the SDK', () => {
+  it('answers a gpt-image model with base64 by default, as OpenAI does, with the token usage', async () => {
+    const res = await client.images.generate({ model: 'gpt-image-1', prompt: 'an otter', n: 2, size: '1024x1024', quality: 'high' });
+    expect(res.created).toBeGreaterThan(0);
+    expect(res.data).toHaveLength(2);
+    for (const image of res.data!) {
+      expect(image.url).toBeUndefined();
+      expect(Buffer.from(image.b64_json!, 'base64').subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
+    }
+    expect(res.usage?.total_tokens).toBeGreaterThan(0);
+    expect(submissions()).toHaveLength(1);
+    expect(submissions()[0]!.json).toEqual({ input: { prompt: 'an otter', n: 2, size: '1024x1024', quality: 'high' } });
+  });
+
+  it('answers response_format url with the gateway’s signed URL, which needs no key', async () => {
+    const res = await client.images.generate({ model: 'dall-e-3', prompt: 'a lighthouse', size: '1024x1792', quality: 'hd', style: 'vivid', response_format: 'url' });
+    const url = res.data![0]!.url!;
+    expect(url).toMatch(new RegExp(`^${baseURL}/images/img_[0-9a-f]{64}\\.png\\?exp=\\d+&sig=`));
+    const image = await fetch(url);
+    expect(image.status).toBe(200);
+    expect(image.headers.get('content-type')).toBe('image/png');
+    expect(submissions()[0]!.json).toEqual({ input: { prompt: 'a lighthouse', size: '1024x1792', quality: 'hd', style: 'vivid' } });
+  });
+
+  it('sends moderation as the model’s option and ignores user', async () => {
+    await client.images.generate({ model: 'gpt-image-1', prompt: 'a kite', moderation: 'low', output_compression: 80, output_format: 'webp', user: 'end-user-42' });
+    expect(submissions()[0]!.json).toEqual({ input: { prompt: 'a kite', moderation: 'low', output_compression: 80, output_format: 'webp' } });
+  });
+
+  it('takes the gateway’s own fields too, for models that OpenAI’s parameters cannot reach', async () => {
+    const res = await client.images.generate({ model: 'ideogram-v3', prompt: 'a poster', aspect_ratio: '16:9', seed: 7, options: { rendering_speed: 'TURBO' } } as OpenAI.ImageGenerateParamsNonStreaming);
+    expect(res.data).toHaveLength(1);
+    expect(submissions()[0]!.fields).toMatchObject({ aspect_ratio: '16x9', seed: '7', rendering_speed: 'TURBO' });
+  });
+
+  it('is counted in usage like any generation', async () => {
+    const before = (await h.app.inject({ method: 'GET', url: '/v1/usage', headers: h.auth })).json().data[0];
+    const { response } = await client.images.generate({ model: 'dall-e-3', prompt: 'counted' }).withResponse();
+    const after = (await h.app.inject({ method: 'GET', url: '/v1/usage', headers: h.auth })).json().data[0];
+    expect(after.images - before.images).toBe(1);
+    const records = (await h.app.inject({ method: 'GET', url: '/v1/usage/records?limit=1000', headers: h.auth })).json().data;
+    const record = records.find((r: { request_id: string }) => r.request_id === response.headers.get('x-request-id'));
+    expect(record).toMatchObject({ route: '/v1/images/generations', operation: 'generate', model: 'dall-e-3', images_returned: 1, status: 200 });
+  });
+
+  it('honours Idempotency-Key: a retry replays the first answer without a second upstream call', async () => {
+    const headers = { 'Idempotency-Key': `sdk-${Date.now()}` };
+    const first = await client.images.generate({ model: 'dall-e-3', prompt: 'once' }, { headers });
+    const second = await client.images.generate({ model: 'dall-e-3', prompt: 'once' }, { headers });
+    expect(second.data![0]!.url).toBe(first.data![0]!.url);
+    expect(submissions()).toHaveLength(1);
+  });
+});
+
+describe('images.edit through the SDK', () => {
+  it('sends several images as image[] and the mask, with input_fidelity as the model’s option', async () => {
+    const mask = await toFile(await makeHalfTransparentMask(), 'mask.png', { type: 'image/png' });
+    const res = await client.images.edit({ model: 'gpt-image-1', prompt: 'add a hat', image: [await png(), await png()], mask, input_fidelity: 'high', n: 2 });
+    expect(res.data).toHaveLength(2);
+    expect(Buffer.from(res.data![0]!.b64_json!, 'base64').subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
+    const upstream = submissions()[0]!;
+    expect(upstream.path).toBe('/v1/images/edits');
+    expect(upstream.files?.map((f) => f.field)).toEqual(['image[]', 'image[]', 'mask']);
+    expect(upstream.fields).toMatchObject({ model: 'gpt-image-1', prompt: 'add a hat', input_fidelity: 'high', n: '2' });
+  });
+});
+
+describe('openapi.yaml describes the façade', () => {
+  it('a generation answer matches OpenAiImagesResponse', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', n: 2 } });
+    expect(res.statusCode).toBe(200);
+    expect(openApiProblems('OpenAiImagesResponse', res.json())).toEqual([]);
+  });
+
+  it('an error matches OpenAiError, and the spec check refuses the gateway’s own error shape', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1' } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.param).toBe('prompt');
+    expect(openApiProblems('OpenAiError', res.json())).toEqual([]);
+    expect(openApiProblems('OpenAiError', { error: { code: 'invalid_request', message: 'x', request_id: 'req_1' } })).not.toEqual([]);
+  });
+});
+
+describe('every catalogue model through the SDK', () => {
+  const generators = MODELS.filter((m) => m.generate).map((m) => m.id);
+  const editors = MODELS.filter((m) => m.edit && Object.keys(m.edit).length > 0).map((m) => m.id);
+
+  it.each(generators)('images.generate with %s', async (model) => {
+    const res = await client.images.generate({ model, prompt: `every model: ${model}`, response_format: 'url' });
+    expect(res.data).toHaveLength(1);
+    expect((await fetch(res.data![0]!.url!)).status).toBe(200);
+    expect(submissions()).toHaveLength(1);
+  });
+
+  it.each(editors)('images.edit with %s', async (model) => {
+    const res = await client.images.edit({ model, prompt: `every model: ${model}`, image: await png(), response_format: 'b64_json' });
+    expect(res.data).toHaveLength(1);
+    expect(Buffer.from(res.data![0]!.b64_json!, 'base64').subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
+    expect(submissions()).toHaveLength(1);
+  });
+});
+
+describe('errors in OpenAI’s shape', () => {
+  it('a bad size makes the SDK throw BadRequestError naming the field', async () => {
+    const err = await client.images.generate({ model: 'gpt-image-1', prompt: 'x', size: '640x480' as '1024x1024' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    const bad = err as InstanceType<typeof OpenAI.BadRequestError>;
+    expect(bad.status).toBe(400);
+    expect(bad.message).toMatch(/size/);
+    expect(bad.type).toBe('invalid_request_error');
+    expect(bad.param).toBe('size');
+    expect(bad.requestID).toMatch(/^req_/);
+    expect(submissions()).toHaveLength(0);
+  });
+
+  it('an option the model does not take is named as the caller wrote it', async () => {
+    const err = await client.images.generate({ model: 'dall-e-3', prompt: 'x', moderation: 'low' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((err as APIError).param).toBe('moderation');
+    expect((err as APIError).message).toMatch(/^400 moderation: is not an option of dall-e-3/);
+  });
+
+  it('an unknown key is AuthenticationError', async () => {
+    const stranger = new OpenAI({ baseURL, apiKey: 'gk-nobody-0123456789' });
+    const err = await stranger.images.generate({ model: 'gpt-image-1', prompt: 'x' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.AuthenticationError);
+    expect((err as APIError).type).toBe('authentication_error');
+    expect((err as APIError).code).toBe('invalid_api_key');
+  });
+
+  it('an edit without an image is BadRequestError with param image', async () => {
+    const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'x' }, []);
+    const res = await h.app.inject({ method: 'POST', url: '/v1/images/edits', headers: { ...h.auth, ...headers }, payload });
+    expect(res.statusCode).toBe(400);
+    expect(res.json()).toEqual({ error: { message: expect.stringMatching(/^image: /), type: 'invalid_request_error', param: 'image', code: 'invalid_request' } });
+  });
+
+  it('the raw body is exactly {error:{message,type,param,code}}, for streaming too', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', stream: true } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json()).toEqual({ error: { message: expect.stringMatching(/^stream: /), type: 'invalid_request_error', param: 'stream', code: 'invalid_request' } });
+    expect(res.headers['x-request-id']).toMatch(/^req_/);
+  });
+
+  it('an unknown parameter is refused with the accepted ones', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', async: true } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error).toMatchObject({ param: 'async', type: 'invalid_request_error' });
+  });
+
+  it('the gateway’s own routes keep the gateway’s error shape', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', size: '640x480' } });
+    expect(res.json().error).toMatchObject({ code: 'invalid_request', details: [{ field: 'size' }] });
+  });
+
+  it('an upstream failure keeps its status: 502 server_error (InternalServerError in the SDK)', async () => {
+    h.simulator.failNext('http500');
+    const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x' } });
+    expect(res.statusCode).toBe(502);
+    expect(res.json().error).toMatchObject({ type: 'server_error', code: 'upstream_error', param: null });
+  });
+});
+
+describe('a key over its rpm on the façade', () => {
+  it('is RateLimitError 429 with code rate_limit_exceeded and Retry-After', async () => {
+    const limited = await startHarness({ RATE_LIMIT_RPM: '1' });
+    try {
+      const address = await limited.app.listen({ port: 0, host: '127.0.0.1' });
+      // No SDK retries: the second call must surface the 429 itself.
+      const sdk = new OpenAI({ baseURL: `${address}/v1`, apiKey: CLIENT_KEY, maxRetries: 0 });
+      await sdk.images.generate({ model: 'dall-e-3', prompt: 'one' });
+      const err = await sdk.images.generate({ model: 'dall-e-3', prompt: 'two' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OpenAI.RateLimitError);
+      const limitedErr = err as APIError;
+      expect(limitedErr.code).toBe('rate_limit_exceeded');
+      expect(limitedErr.type).toBe('rate_limit_error');
+      expect(Number(limitedErr.headers?.get('retry-after'))).toBeGreaterThan(0);
+    } finally {
+      await limited.close();
+    }
+  });
+});
