@@ -3,11 +3,7 @@
  * an S3-compatible store (s3rver) and one URL-signing secret, behind a small round-robin proxy,
  * all calling one upstream simulator. Under concurrent mixed load: limits hold across both, usage
  * totals are exact, an image made on one replica is served by the other, and an Idempotency-Key
- * pays upstream once whichever replica each retry reaches.
- *
- * Known gap, left to the jobs code: two requests with one Idempotency-Key that arrive within the
- * same few milliseconds can see the key claimed before its job row is written, and the second then
- * answers 404 "job ... is gone". The test below sends the retry once the first is under way.
+ * pays upstream once whichever replica each retry reaches, even when they arrive at once.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -230,6 +226,23 @@ describe.skipIf(redisProblem !== undefined || postgresProblem !== undefined)(
       }
       expect(job.status).toBe('succeeded');
       expect((await fetch(job.result.images[0].url)).status).toBe(200);
+    });
+
+    it('pay upstream once when requests with one Idempotency-Key reach both replicas at the same moment', async () => {
+      const { key } = await mint({ rpm: 1000 });
+      const before = submissions().filter((r) => r.path.includes('gpt-image-1')).length;
+      const rounds = await Promise.all(
+        Array.from({ length: 10 }, async (_, round) => {
+          const headers = { 'idempotency-key': `same-moment-${round}-${randomBytes(4).toString('hex')}` };
+          const body = { model: 'gpt-image-1', prompt: `together ${round}` };
+          return Promise.all([call(replicaUrls[0]!, key, 'POST', '/v1/generate', body, headers), call(replicaUrls[1]!, key, 'POST', '/v1/generate', body, headers)]);
+        }),
+      );
+      for (const [x, y] of rounds) {
+        expect([x.status, y.status], JSON.stringify([x.body, y.body]).slice(0, 600)).toEqual([200, 200]);
+        expect(y.body.id).toBe(x.body.id);
+      }
+      expect(submissions().filter((r) => r.path.includes('gpt-image-1')).length - before).toBe(10);
     });
 
     it('pay upstream once when the same Idempotency-Key reaches the other replica while the first request runs', async () => {

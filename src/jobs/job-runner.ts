@@ -129,12 +129,17 @@ export class JobRunner {
     return `job_${randomBytes(12).toString('base64url')}`;
   }
 
-  /** Persists a job, then runs it in the background. */
+  /**
+   * Persists a job, then runs it in the background. With an Idempotency-Key, the job row is
+   * written before the key is claimed, so whoever sees the claim finds its job; a request that
+   * loses the claim drops its own row and joins the first one's job.
+   */
   async create(
     id: string,
     prepared: PreparedGeneration,
     owner: { client: Client; publicBaseUrl: string; requestId: string },
-  ): Promise<JobRow> {
+    idempotency?: { scope: string; fingerprint: string },
+  ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
     const request = prepared.request;
     await this.o.db.run(
@@ -157,8 +162,21 @@ export class JobRunner {
         request.async ? owner.requestId : null,
       ],
     );
+    if (idempotency) {
+      let claim: { jobId: string; first: boolean };
+      try {
+        claim = await this.claimIdempotencyKey(idempotency.scope, idempotency.fingerprint, id);
+      } catch (err) {
+        await this.o.db.run('DELETE FROM jobs WHERE id = $1', [id]);
+        throw err;
+      }
+      if (!claim.first) {
+        await this.o.db.run('DELETE FROM jobs WHERE id = $1', [id]);
+        return claim;
+      }
+    }
     this.launch(id, prepared, undefined);
-    return (await this.get(id))!;
+    return { jobId: id, first: true };
   }
 
   async get(id: string): Promise<JobRow | undefined> {
@@ -204,7 +222,7 @@ export class JobRunner {
    * Claims the first use of an Idempotency-Key. Returns the job id to run (ours) or to join (the
    * first request's); a different request under the same key is a 409.
    */
-  async claimIdempotencyKey(scope: string, fingerprint: string, jobId: string): Promise<{ jobId: string; first: boolean }> {
+  private async claimIdempotencyKey(scope: string, fingerprint: string, jobId: string): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
     await this.o.db.run('DELETE FROM idempotency_keys WHERE scope = $1 AND expires_at < $2', [scope, now]);
     const inserted = await this.o.db.run(
@@ -220,11 +238,6 @@ export class JobRunner {
       });
     }
     return { jobId: row.job_id, first: false };
-  }
-
-  /** Undoes a claim whose job could not be created, so a retry is not stuck on a job that never existed. */
-  async releaseIdempotencyKey(scope: string, jobId: string): Promise<void> {
-    await this.o.db.run('DELETE FROM idempotency_keys WHERE scope = $1 AND job_id = $2', [scope, jobId]);
   }
 
   private launch(id: string, prepared: PreparedGeneration | undefined, resumeTaskId: string | undefined): void {

@@ -122,21 +122,14 @@ async function viaJob(
   clientGone: AbortSignal,
 ): Promise<GenerationResult | JobAccepted> {
   const client = request.client!;
-  let jobId = app.jobs.newJobId();
-  let first = true;
   const scope = idempotencyKey ? `${client.id}:${idempotencyKey}` : undefined;
-  if (scope) {
-    ({ jobId, first } = await app.jobs.claimIdempotencyKey(scope, requestFingerprint(prepared.request, prepared.model.id), jobId));
-    reply.header('idempotent-replayed', String(!first));
-  }
-  if (first) {
-    try {
-      await app.jobs.create(jobId, prepared, { client, publicBaseUrl: publicBaseUrl(app, request), requestId: request.id });
-    } catch (err) {
-      if (scope) await app.jobs.releaseIdempotencyKey(scope, jobId);
-      throw err;
-    }
-  }
+  const { jobId, first } = await app.jobs.create(
+    app.jobs.newJobId(),
+    prepared,
+    { client, publicBaseUrl: publicBaseUrl(app, request), requestId: request.id },
+    scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id) } : undefined,
+  );
+  if (scope) reply.header('idempotent-replayed', String(!first));
   if (prepared.request.async) {
     const row = await app.jobs.get(jobId);
     if (!row) throw new GatewayError('not_found', `job ${jobId} is gone`);
