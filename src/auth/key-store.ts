@@ -56,7 +56,7 @@ export class KeyStore {
   private subscriber: Redis | undefined;
 
   constructor(
-    private readonly config: Config,
+    config: Config,
     private readonly db: Database,
     private readonly redis: Redis | undefined,
     private readonly log: FastifyBaseLogger,

@@ -1,9 +1,10 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
 import { describeModel, pricePerImage } from '../catalogue/catalogue.js';
-import { imageUrlsOfEditJson, inputImage, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest, type InputImage } from '../request/image-request.js';
+import { imageUrlsOfEditJson, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
 import type { GenerationResult, PreparedGeneration } from '../generation/image-generation.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
+import { readEditParts } from '../request/edit-parts.js';
 import type { ImageOwner } from '../images/image-library.js';
 
 function isJson(request: FastifyRequest): boolean {
@@ -145,25 +146,7 @@ async function viaJob(
 }
 
 async function readMultipartEdit(request: FastifyRequest): Promise<ImageRequest> {
-  const fields = new Map<string, string>();
-  const images: InputImage[] = [];
-  let mask: InputImage | undefined;
-  for await (const part of request.parts()) {
-    if (part.type === 'file') {
-      const bytes = await part.toBuffer();
-      if (part.fieldname === 'image' || part.fieldname === 'image[]') {
-        images.push(inputImage(bytes, images.length === 0 ? 'image' : `image[${images.length}]`, part.filename));
-      } else if (part.fieldname === 'mask') {
-        if (mask) throw invalidField('mask', 'give at most one mask');
-        mask = inputImage(bytes, 'mask', part.filename);
-      } else {
-        throw invalidField(part.fieldname, 'is not a file field of this request', ['image', 'image[]', 'mask']);
-      }
-    } else {
-      if (fields.has(part.fieldname)) throw invalidField(part.fieldname, 'is given more than once');
-      fields.set(part.fieldname, String(part.value));
-    }
-  }
+  const { fields, images, mask } = await readEditParts(request);
   return parseEditMultipart(fields, images, mask);
 }
 

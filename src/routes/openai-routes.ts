@@ -4,9 +4,10 @@
  * Each body is translated into an ImageRequest and run by generateFor, the pipeline behind
  * /v1/generate and /v1/edit: validation, limits, storage, usage and idempotency are the same.
  */
+import { readEditParts } from '../request/edit-parts.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField, type ErrorCode } from '../errors.js';
-import { inputImage, parseEditMultipart, parseGenerateBody, type ImageRequest, type InputImage } from '../request/image-request.js';
+import { parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
 import type { GenerationResult } from '../generation/image-generation.js';
 import { generateFor } from './image-routes.js';
 
@@ -96,25 +97,8 @@ function generationRequest(app: FastifyInstance, raw: unknown): ImageRequest {
 
 /** OpenAI's multipart edit: files `image` (or repeated `image[]`) and `mask`, the rest text fields. */
 async function editRequest(app: FastifyInstance, request: FastifyRequest): Promise<ImageRequest> {
-  const fields: Record<string, string> = {};
-  const images: InputImage[] = [];
-  let mask: InputImage | undefined;
-  for await (const part of request.parts()) {
-    if (part.type === 'file') {
-      const bytes = await part.toBuffer();
-      if (part.fieldname === 'image' || part.fieldname === 'image[]') {
-        images.push(inputImage(bytes, images.length === 0 ? 'image' : `image[${images.length}]`, part.filename));
-      } else if (part.fieldname === 'mask') {
-        if (mask) throw invalidField('mask', 'give at most one mask');
-        mask = inputImage(bytes, 'mask', part.filename);
-      } else {
-        throw invalidField(part.fieldname, 'is not a file parameter of this endpoint', ['image', 'image[]', 'mask']);
-      }
-    } else {
-      if (Object.hasOwn(fields, part.fieldname)) throw invalidField(part.fieldname, 'is given more than once');
-      fields[part.fieldname] = String(part.value);
-    }
-  }
+  const { fields: parts, images, mask } = await readEditParts(request);
+  const fields = Object.fromEntries(parts);
   const { gatewayFields, options } = splitOpenAiBody(fields, EDIT_FIELDS);
   gatewayFields.response_format ??= defaultResponseFormat(app, gatewayFields.model);
   const text = new Map(Object.entries(gatewayFields).map(([name, value]) => [name, String(value)]));
