@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
-import type { Config } from './config.js';
+import { ConfigError, type Config } from './config.js';
 import { GatewayError, errorBody } from './errors.js';
 import { ModelCatalogue } from './catalogue/catalogue.js';
 import { MODELS } from './catalogue/models.js';
@@ -105,7 +105,11 @@ function asGatewayError(err: unknown): GatewayError {
 }
 
 export async function buildApp(config: Config, options: AppOptions = {}): Promise<FastifyInstance> {
-  mkdirSync(config.DATA_DIR, { recursive: true });
+  try {
+    mkdirSync(config.DATA_DIR, { recursive: true });
+  } catch (err) {
+    throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}`);
+  }
 
   const app = Fastify({
     logger: {
@@ -144,7 +148,18 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   const secret = signingSecret(config);
   const signer = new UrlSigner(secret);
   const catalogue = new ModelCatalogue(MODELS, config.PRICE_OVERRIDES);
-  const db = openDatabase(config);
+  let db: Database;
+  try {
+    db = openDatabase(config);
+    await db.ping();
+  } catch (err) {
+    const reason = (err as Error).message;
+    throw new ConfigError(
+      config.DATABASE_URL
+        ? `DATABASE_URL: the PostgreSQL database cannot be reached: ${reason}`
+        : `DATA_DIR: the SQLite database in ${config.DATA_DIR} cannot be opened: ${reason}`,
+    );
+  }
   // Redis is optional: without it (or while it is down) limits are counted per replica.
   const redis = config.REDIS_URL
     ? new Redis(config.REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 })
@@ -152,7 +167,9 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   redis?.on('error', () => {}); // Counters logs the switch to local limits once; ioredis keeps reconnecting.
   const keyStore = new KeyStore(config, db, redis, app.log);
   if (keyStore.keys.size === 0) {
-    app.log.warn('no client keys configured (GATEWAY_API_KEYS, GATEWAY_KEYS_FILE, GATEWAY_ADMIN_KEY): every /v1 request will be refused until an admin mints one');
+    app.log.warn(
+      'no client keys configured: every /v1 request will be refused. Set GATEWAY_API_KEYS (team:key pairs), GATEWAY_KEYS_FILE, or GATEWAY_ADMIN_KEY to mint keys through POST /v1/keys',
+    );
   }
   const counters = new Counters(redis, app.log);
 

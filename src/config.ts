@@ -113,8 +113,12 @@ const envSchema = z.object({
   RATE_LIMIT_RPM: positiveInt('RATE_LIMIT_RPM', 60),
   IMAGE_RETENTION_DAYS: positiveInt('IMAGE_RETENTION_DAYS', 7),
   UPSTREAM_MAX_CONCURRENCY: positiveInt('UPSTREAM_MAX_CONCURRENCY', 16),
-  REDIS_URL: urlString('REDIS_URL'),
-  DATABASE_URL: urlString('DATABASE_URL'),
+  REDIS_URL: urlString('REDIS_URL').refine((v) => v === undefined || /^rediss?:\/\//.test(v), {
+    message: 'REDIS_URL must be a redis:// (or rediss://) URL',
+  }),
+  DATABASE_URL: urlString('DATABASE_URL').refine((v) => v === undefined || /^postgres(ql)?:\/\//.test(v), {
+    message: 'DATABASE_URL must be a postgres:// (or postgresql://) URL',
+  }),
   LOG_LEVEL: z
     .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
       message: 'LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent',

@@ -1,12 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { loadConfig, ConfigError } from './config.js';
-import { serve } from './server.js';
+import { loadConfig, type Config } from './config.js';
+import { serve, startupProblem } from './server.js';
 import { startUpstreamSimulator } from './simulator/upstream-simulator.js';
 
 /**
  * `npm run demo`: the gateway in front of the built-in upstream simulator, so frontends can be built
  * and tried without an upstream key or spending money.
  */
+let demoConfig: Config | undefined;
+
 async function main(): Promise<void> {
   const simulatorKey = `sim-${randomBytes(12).toString('hex')}`;
   const simulator = await startUpstreamSimulator({ apiKey: simulatorKey, taskPollsUntilReady: 2 });
@@ -17,7 +19,12 @@ async function main(): Promise<void> {
     env.GATEWAY_API_KEYS = `demo:${demoKey}`;
   }
   env.TASK_POLL_INTERVAL_MS ??= '300';
+  // Never the real gateway's state: demo keys, jobs and images must not carry over to npm start.
+  env.DATA_DIR ??= './data-demo';
+  // A demo is for this machine unless the caller says otherwise.
+  env.HOST ??= '127.0.0.1';
   const config = loadConfig(env);
+  demoConfig = config;
   await serve(config, { onClose: () => simulator.close() });
   const shown = config.HOST === '0.0.0.0' || config.HOST === '::' ? 'localhost' : config.HOST;
   const url = `http://${shown}:${config.PORT}`;
@@ -27,6 +34,7 @@ Image gateway demo (upstream: built-in simulator at ${simulator.url})
   URL:        ${url}
   client key: ${key}${demoKey ? '   (made for this demo run)' : ''}
   docs:       ${url}/docs
+  state:      ${config.DATA_DIR} (kept apart from the real gateway's DATA_DIR)
 
 Try:
   curl -s ${url}/v1/generate -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\
@@ -35,6 +43,7 @@ Try:
 }
 
 main().catch((err) => {
-  console.error(err instanceof ConfigError ? err.message : err);
-  process.exit(err instanceof ConfigError ? 2 : 1);
+  const problem = startupProblem(err, demoConfig);
+  console.error(problem ?? err);
+  process.exit(problem ? 2 : 1);
 });

@@ -25,16 +25,30 @@ export async function serve(config: Config, opts: { onClose?: () => Promise<void
   return app;
 }
 
+/** A start-up failure as one line an operator can act on, naming the variable to change. */
+export function startupProblem(err: unknown, config?: Config): string | undefined {
+  if (err instanceof ConfigError) return err.message;
+  const e = err as NodeJS.ErrnoException;
+  if (config && e.syscall === 'listen' && e.code === 'EADDRINUSE') {
+    return `cannot listen: port ${config.PORT} on ${config.HOST} is already in use; set PORT to a free port`;
+  }
+  if (config && e.syscall === 'listen' && (e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL')) {
+    return `cannot listen on ${config.HOST}:${config.PORT} (${e.code}); check HOST and PORT`;
+  }
+  return undefined;
+}
+
 const isMain = process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].replace(/\\/g, '/').split('/').pop()!);
 
 if (isMain) {
+  let config: Config | undefined;
   try {
-    await serve(loadConfig(process.env, { requireUpstreamKey: true }));
+    config = loadConfig(process.env, { requireUpstreamKey: true });
+    await serve(config);
   } catch (err) {
-    if (err instanceof ConfigError) {
-      console.error(err.message);
-      process.exit(2);
-    }
-    throw err;
+    const problem = startupProblem(err, config);
+    if (problem === undefined) throw err;
+    console.error(problem);
+    process.exit(2);
   }
 }

@@ -1,4 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ConfigError, loadConfig } from '../src/config.js';
 
 describe('configuration from the environment', () => {
@@ -50,5 +53,33 @@ describe('configuration from the environment', () => {
 
   it('requires the upstream key for npm start, and names it', () => {
     expect(() => loadConfig({}, { requireUpstreamKey: true })).toThrow(/AIHUBMIX_API_KEY is required/);
+  });
+});
+
+describe('a start that cannot work', () => {
+  it('names DATABASE_URL when PostgreSQL cannot be reached', async () => {
+    const { buildApp } = await import('../src/app.js');
+    const config = loadConfig({ DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', DATA_DIR: mkdtempSync(join(tmpdir(), 'gw-cfg-')) });
+    await expect(buildApp(config)).rejects.toThrow(/^DATABASE_URL: the PostgreSQL database cannot be reached/);
+  });
+
+  it('names DATA_DIR when it is not a directory', async () => {
+    const { buildApp } = await import('../src/app.js');
+    const file = join(mkdtempSync(join(tmpdir(), 'gw-cfg-')), 'a-file');
+    writeFileSync(file, 'x');
+    await expect(buildApp(loadConfig({ DATA_DIR: file }))).rejects.toThrow(/^DATA_DIR .* cannot be used as a directory/);
+  });
+
+  it('names PORT when the port is taken', async () => {
+    const { startupProblem } = await import('../src/server.js');
+    const config = loadConfig({ PORT: '8123' });
+    const taken = Object.assign(new Error('listen EADDRINUSE'), { code: 'EADDRINUSE', syscall: 'listen' });
+    expect(startupProblem(taken, config)).toMatch(/port 8123 .* in use; set PORT/);
+    expect(startupProblem(new Error('something else'), config)).toBeUndefined();
+  });
+
+  it('refuses a DATABASE_URL or REDIS_URL of another kind of server', () => {
+    expect(() => loadConfig({ DATABASE_URL: 'mysql://x/y' })).toThrow(/DATABASE_URL must be a postgres:\/\//);
+    expect(() => loadConfig({ REDIS_URL: 'http://x' })).toThrow(/REDIS_URL must be a redis:\/\//);
   });
 });
