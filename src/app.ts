@@ -165,7 +165,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     ? new Redis(config.REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 })
     : undefined;
   redis?.on('error', () => {}); // Counters logs the switch to local limits once; ioredis keeps reconnecting.
-  const keyStore = new KeyStore(config, db, redis, app.log);
+  const keyStore = new KeyStore(config, db, redis, app.log, catalogue.models.map((m) => m.id));
   if (keyStore.keys.size === 0) {
     app.log.warn(
       'no client keys configured: every /v1 request will be refused. Set GATEWAY_API_KEYS (team:key pairs), GATEWAY_KEYS_FILE, or GATEWAY_ADMIN_KEY to mint keys through POST /v1/keys',

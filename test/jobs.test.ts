@@ -124,9 +124,18 @@ describe('asynchronous jobs', () => {
       }
       expect(status).toMatch(/^refused: .*non-public/);
       expect(called).toBe(false);
+      const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: h.auth })).json();
+      expect(job.callback_status).toMatch(/^refused: /);
     } finally {
       server.close();
     }
+  });
+
+  it('a callback_url on a synchronous request is refused, since it would never be called', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'x', callback_url: 'https://hooks.example/x' });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.message).toMatch(/callback_url.*async/);
+    expect(h.simulator.received).toHaveLength(0);
   });
 
   it('a callback_url that is not http(s) is refused', async () => {

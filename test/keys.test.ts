@@ -63,6 +63,31 @@ describe('the admin key API', () => {
     expect(unknown.statusCode).toBe(400);
   });
 
+  it('refuses an allow-list pattern that matches no model', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', models: ['imagen-*', 'gpt-imgae-*'] } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.message).toMatch(/gpt-imgae-\* match no model/);
+  });
+
+  it('lists to a key only the models it may use', async () => {
+    const minted = (await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'narrow', models: ['imagen-4.0-*'] } })).json();
+    const res = await h.app.inject({ method: 'GET', url: '/v1/models', headers: { authorization: `Bearer ${minted.key}` } });
+    const ids = res.json().data.map((m: { id: string }) => m.id);
+    expect(ids.length).toBeGreaterThan(0);
+    expect(ids.every((id: string) => id.startsWith('imagen-4.0-'))).toBe(true);
+  });
+
+  it('refuses a model of unknown price to a key with a monthly budget, before any upstream call', async () => {
+    const minted = (await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'budgeted', monthly_budget_usd: 10 } })).json();
+    h.simulator.reset();
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${minted.key}` }, payload: { model: 'imagen-4.0-generate-001', prompt: 'x' } });
+    expect(res.statusCode).toBe(403);
+    expect(res.json().error.message).toMatch(/no known price.*PRICE_OVERRIDES/);
+    expect(h.simulator.received).toHaveLength(0);
+    const priced = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${minted.key}` }, payload: { model: 'ideogram-v3', prompt: 'x' } });
+    expect(priced.statusCode).toBe(200);
+  });
+
   it('refuses to mint a second key with an id in use', async () => {
     const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { id: 'design', team: 'design' } });
     expect(res.statusCode).toBe(409);

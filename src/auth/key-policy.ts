@@ -54,3 +54,8 @@ export function modelAllowed(policy: Pick<KeyPolicy, 'models'>, modelId: string)
     return regex.test(modelId);
   });
 }
+
+/** Allow-list patterns that match no model the gateway serves: almost always a typo. */
+export function patternsMatchingNothing(models: string[] | undefined, modelIds: readonly string[]): string[] {
+  return (models ?? []).filter((pattern) => !modelIds.some((id) => modelAllowed({ models: [pattern] }, id)));
+}

@@ -7,7 +7,7 @@ import { ConfigError, type Config } from '../config.js';
 import { GatewayError } from '../errors.js';
 import { migration, type Database, type Migration } from '../storage/database.js';
 import { ClientKeys, sha256Hex, type Client } from './client-keys.js';
-import { keysFileSchema, type KeyPolicy } from './key-policy.js';
+import { keysFileSchema, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
 
 const MIGRATIONS: Migration[] = [
   migration('client-keys-001', (t) => [
@@ -60,6 +60,7 @@ export class KeyStore {
     private readonly db: Database,
     private readonly redis: Redis | undefined,
     private readonly log: FastifyBaseLogger,
+    private readonly modelIds: readonly string[],
   ) {
     for (const k of config.GATEWAY_API_KEYS) this.keys.add(k.key, { id: k.id, team: k.team, admin: false, source: 'env' });
     if (config.GATEWAY_ADMIN_KEY) this.keys.add(config.GATEWAY_ADMIN_KEY, { id: 'admin', team: 'admin', admin: true, source: 'env' });
@@ -67,6 +68,8 @@ export class KeyStore {
       for (const entry of loadKeysFile(config.GATEWAY_KEYS_FILE)) {
         const client: Client = { ...entry.policy, source: 'file' };
         if (this.keys.findById(client.id)) throw new ConfigError(`GATEWAY_KEYS_FILE: key id ${client.id} is used twice`);
+        const typos = patternsMatchingNothing(client.models, modelIds);
+        if (typos.length > 0) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} allows models ${typos.join(', ')}, which match no model the gateway serves`);
         if (entry.key) this.keys.add(entry.key, client);
         else this.keys.addDigest(entry.keySha256!, client);
       }
@@ -121,6 +124,12 @@ export class KeyStore {
 
   /** Makes a key, stores only its digest, and returns the plaintext this one time. */
   async mint(input: Omit<KeyPolicy, 'id' | 'admin'> & { id?: string; admin?: boolean }): Promise<{ policy: KeyPolicy; key: string }> {
+    const typos = patternsMatchingNothing(input.models, this.modelIds);
+    if (typos.length > 0) {
+      throw new GatewayError('invalid_request', `models: ${typos.join(', ')} match no model the gateway serves; GET /v1/models lists them`, {
+        details: typos.map((pattern) => ({ field: 'models', message: `${pattern} matches no model` })),
+      });
+    }
     const id = input.id ?? `${input.team}-${randomBytes(4).toString('hex')}`;
     const exists = this.keys.findById(id) ?? (await this.db.get('SELECT id FROM client_keys WHERE id = $1', [id]));
     if (exists) throw new GatewayError('conflict', `a key with id ${id} exists already`, { details: [{ field: 'id', message: 'must be unused' }] });

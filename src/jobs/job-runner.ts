@@ -48,6 +48,8 @@ export interface JobView {
   created: number;
   result?: GenerationResult;
   error?: StoredError['error'];
+  /** With a callback_url: pending, delivered, failed, or refused: <why>. */
+  callback_status?: string;
 }
 
 export interface JobRunnerOptions {
@@ -195,6 +197,7 @@ export class JobRunner {
     };
     if (row.result_json) view.result = JSON.parse(row.result_json) as GenerationResult;
     if (row.error_json) view.error = (JSON.parse(row.error_json) as StoredError).error;
+    if (row.callback_url) view.callback_status = row.callback_status ?? 'pending';
     return view;
   }
 
@@ -355,7 +358,8 @@ export class JobRunner {
 
   /** POSTs the finished job to its callback_url, signed, retried with backoff. */
   private async deliverCallback(row: JobRow): Promise<void> {
-    const body = JSON.stringify(this.view(row));
+    const { callback_status: _pending, ...job } = this.view(row);
+    const body = JSON.stringify(job);
     const timestamp = Math.floor(Date.now() / 1000);
     const signature = createHmac('sha256', this.o.callbackSecret).update(`${timestamp}.${body}`).digest('hex');
     let status = 'failed';
@@ -385,9 +389,11 @@ export class JobRunner {
           status = 'delivered';
           break;
         }
+        status = `failed: the callback URL answered HTTP ${res.statusCode}`;
         if (res.statusCode < 500 && res.statusCode !== 429) break;
-      } catch {
+      } catch (err) {
         // A network failure: try again after the next wait.
+        status = `failed: ${(err as Error).message}`.slice(0, 300);
       }
     }
     await this.o.db.run('UPDATE jobs SET callback_status = $1 WHERE id = $2', [status, row.id]);

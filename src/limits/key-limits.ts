@@ -39,6 +39,15 @@ export class KeyLimits {
     }
   }
 
+  /** A budget means nothing for a model of unknown price: such a key may not use one until it is priced. */
+  checkPriced(client: Client, modelId: string, priced: boolean): void {
+    if (client.monthly_budget_usd !== undefined && !priced) {
+      throw new GatewayError('forbidden', `key ${client.id} has a monthly_budget_usd, and model ${modelId} has no known price; an operator can set one in PRICE_OVERRIDES`, {
+        details: [{ field: 'model', message: 'has no known price, so a budgeted key may not use it' }],
+      });
+    }
+  }
+
   async reserve(client: Client, images: number, estimatedCostUsd: number | null, reply: FastifyReply): Promise<Reservation> {
     const w = windows();
     const reservation: Reservation = {

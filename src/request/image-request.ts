@@ -104,6 +104,12 @@ function pickParams(body: GenerateBody): Partial<Record<NormalizedParam, unknown
   return params;
 }
 
+/** A callback is the end of an async job; on a synchronous request it would silently never happen. */
+function callbackFor(body: { callback_url?: string; async?: boolean }): string | undefined {
+  if (body.callback_url && body.async !== true) throw invalidField('callback_url', 'needs "async": true: only an asynchronous job calls back');
+  return body.callback_url;
+}
+
 function fromBody(operation: Operation, body: GenerateBody, extra: { mode?: EditMode; images?: InputImage[]; mask?: InputImage }): ImageRequest {
   return {
     operation,
@@ -113,7 +119,7 @@ function fromBody(operation: Operation, body: GenerateBody, extra: { mode?: Edit
     options: body.options ?? {},
     responseFormat: body.response_format ?? 'url',
     async: body.async ?? false,
-    ...(body.callback_url ? { callbackUrl: body.callback_url } : {}),
+    ...(body.callback_url ? { callbackUrl: callbackFor(body) } : {}),
     ...(extra.mode ? { mode: extra.mode } : {}),
     images: extra.images ?? [],
     ...(extra.mask ? { mask: extra.mask } : {}),

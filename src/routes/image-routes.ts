@@ -4,6 +4,7 @@ import { describeModel, pricePerImage } from '../catalogue/catalogue.js';
 import { imageUrlsOfEditJson, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
 import type { GenerationResult, PreparedGeneration } from '../generation/image-generation.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
+import { modelAllowed } from '../auth/key-policy.js';
 import { readEditParts } from '../request/edit-parts.js';
 import type { ImageOwner } from '../images/image-library.js';
 
@@ -59,6 +60,7 @@ export async function generateFor(
   const prepared = await app.generation.prepare(imageRequest);
   const client = request.client!;
   app.limits.checkModel(client, prepared.model.id);
+  app.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
   const images = outcome.imagesRequested;
   const unitPrice = pricePerImage(prepared.route.price, imageRequest.options);
   const reservation = await app.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images, reply);
@@ -151,7 +153,10 @@ async function readMultipartEdit(request: FastifyRequest): Promise<ImageRequest>
 }
 
 export async function imageRoutes(app: FastifyInstance): Promise<void> {
-  app.get('/v1/models', async () => ({ data: app.catalogue.models.map(describeModel) }));
+  // A key sees the models it may use.
+  app.get('/v1/models', async (request) => ({
+    data: app.catalogue.models.filter((m) => modelAllowed(request.client!, m.id)).map(describeModel),
+  }));
 
   app.get<{ Params: { id: string } }>('/v1/models/:id', async (request) => {
     const model = app.catalogue.find(decodeURIComponent(request.params.id));

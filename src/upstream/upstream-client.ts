@@ -4,6 +4,8 @@ import { GatewayError } from '../errors.js';
 import type { UpstreamRequest } from './upstream-request.js';
 import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type UpstreamImage } from './upstream-reply.js';
 import { FairQueue } from './fair-queue.js';
+import { MalformedReply, ReplyTooLarge, parseImageReply, type Base64Sink } from './image-reply-parser.js';
+import type { StagedImage } from '../images/image-library.js';
 
 export interface UpstreamClientOptions {
   baseUrl: string;
@@ -32,6 +34,11 @@ export interface TaskHooks {
   resumeTaskId?: string;
   /** Whose call this is, for the fair queue (the team). */
   queueOwner?: string;
+  /**
+   * Where a large base64 image of the reply is written as it arrives (decoded, never held as a
+   * string); the image then comes back as `staged`. Without it, replies are parsed whole.
+   */
+  stageImage?: Base64Sink<StagedImage>;
 }
 
 export interface UpstreamResult {
@@ -117,7 +124,7 @@ export class UpstreamClient {
       let key: string | undefined;
       let body: unknown;
       if (hooks.resumeTaskId) body = { output: [{ taskId: hooks.resumeTaskId }] };
-      else ({ body, key } = await this.submit(req, signal));
+      else ({ body, key } = await this.submit(req, signal, hooks.stageImage));
       const reply = normalizeOutput(body);
       if (!reply) throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
       if (reply.kind === 'task') {
@@ -146,12 +153,12 @@ export class UpstreamClient {
    * Sends with retries, but only where no image can have been paid for: upstream refused the call
    * (429 throttling, 503 no channel) or refused the key (401/403, then the next key is tried).
    */
-  private async submit(req: UpstreamRequest, signal: AbortSignal): Promise<{ body: unknown; key: string }> {
+  private async submit(req: UpstreamRequest, signal: AbortSignal, stageImage?: Base64Sink<StagedImage>): Promise<{ body: unknown; key: string }> {
     let refusals = 0;
     for (;;) {
       const key = this.pickKey();
       try {
-        return { body: await this.exchange(req, key, signal), key };
+        return { body: await this.exchange(req, key, signal, stageImage), key };
       } catch (err) {
         if (!(err instanceof GatewayError) || signal.aborted) throw err;
         const status = err.upstreamStatus;
@@ -177,7 +184,7 @@ export class UpstreamClient {
     }
   }
 
-  private async exchange(req: UpstreamRequest, key: string, signal: AbortSignal): Promise<unknown> {
+  private async exchange(req: UpstreamRequest, key: string, signal: AbortSignal, stageImage?: Base64Sink<StagedImage>): Promise<unknown> {
     const url = new URL(req.path, this.options.baseUrl);
     let body: string | FormData;
     const headers = this.headers(req.auth, key);
@@ -191,7 +198,27 @@ export class UpstreamClient {
       body = form;
     }
     const res = await this.call(url, { method: 'POST', headers, body, signal });
+    if (stageImage && res.statusCode >= 200 && res.statusCode < 300) return this.readImageReply(res, signal, stageImage);
     return this.readJson(res, signal);
+  }
+
+  /** A successful reply, its large base64 images streamed to `stageImage` (see image-reply-parser.ts). */
+  private async readImageReply(res: Dispatcher.ResponseData, signal: AbortSignal, stageImage: Base64Sink<StagedImage>): Promise<unknown> {
+    const max = this.options.maxReplyBytes;
+    const upstreamStatus = res.statusCode;
+    if (Number(res.headers['content-length'] ?? 0) > max) {
+      res.body.destroy();
+      throw new GatewayError('upstream_error', `upstream reply is ${res.headers['content-length']} bytes, over the ${max} byte limit`, { upstreamStatus });
+    }
+    try {
+      const parsed = await parseImageReply(res.body, stageImage, max);
+      signal.throwIfAborted();
+      return parsed;
+    } catch (err) {
+      if (err instanceof MalformedReply) throw new GatewayError('upstream_error', 'upstream answered with malformed JSON', { upstreamStatus });
+      if (err instanceof ReplyTooLarge) throw new GatewayError('upstream_error', `upstream reply is over the ${max} byte limit`, { upstreamStatus });
+      throw err;
+    }
   }
 
   private async call(url: URL, init: { method: 'GET' | 'POST'; headers: Record<string, string>; body?: string | FormData; signal: AbortSignal }) {
@@ -199,7 +226,8 @@ export class UpstreamClient {
       return await request(url, { ...init, dispatcher: this.dispatcher, headersTimeout: 0, bodyTimeout: 0 });
     } catch (err) {
       if (init.signal.aborted) throw err;
-      throw new GatewayError('upstream_error', `could not reach upstream: ${(err as Error).message}`, { cause: err });
+      // The cause (with the upstream address) goes to the log only.
+      throw new GatewayError('upstream_error', 'could not reach upstream', { cause: err });
     }
   }
 
