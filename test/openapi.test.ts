@@ -116,6 +116,10 @@ describe('openapi.yaml and the running app', () => {
     expect(docs.body).toContain('/v1/generate');
     expect(docs.body).toContain('FLUX-1.1-pro');
     expect(docs.body).not.toMatch(/<script|https?:\/\/(?!localhost)/);
+    // Request fields, header parameters and authentication are spelled out, not just named.
+    expect(docs.body).toMatch(/<code>prompt<\/code> <b>required<\/b>/);
+    expect(docs.body).toContain('<code>Idempotency-Key</code> (header)');
+    expect(docs.body).toContain('Authorization: Bearer');
     const yaml = await h.app.inject({ method: 'GET', url: '/openapi.yaml' });
     expect(parse(yaml.body).paths['/v1/generate']).toBeDefined();
   });

@@ -11,6 +11,61 @@ const escape = (s: unknown) =>
 
 type Json = Record<string, unknown>;
 
+/** Inline `code` and line breaks of OpenAPI descriptions, after escaping. */
+const prose = (s: unknown) => escape(s).replace(/`([^`]+)`/g, '<code>$1</code>');
+
+/** Follows a local `$ref` (`#/components/...`) to what it names. */
+function resolve(spec: Json, node: unknown): Json {
+  let current = node as Json;
+  for (let depth = 0; depth < 10 && current && typeof current.$ref === 'string'; depth++) {
+    const path = String(current.$ref).replace(/^#\//, '').split('/');
+    current = path.reduce<Json>((at, key) => (at?.[key] ?? {}) as Json, spec);
+  }
+  return current ?? {};
+}
+
+/** A schema's type in a few words: `string`, `one of a, b`, `array of ...`. */
+function typeOf(spec: Json, schema: unknown): string {
+  const s = resolve(spec, schema);
+  if (Array.isArray(s.enum)) return `one of ${s.enum.join(', ')}`;
+  if (Array.isArray(s.oneOf)) return s.oneOf.map((x) => typeOf(spec, x)).join(' or ');
+  if (s.type === 'array') return `array of ${typeOf(spec, s.items)}`;
+  if (Array.isArray(s.type)) return s.type.join(' or ');
+  return String(s.type ?? (s.properties ? 'object' : 'any'));
+}
+
+function fieldsTable(spec: Json, schema: unknown): string {
+  const s = resolve(spec, schema);
+  const properties = (s.properties ?? {}) as Record<string, unknown>;
+  const required = new Set((s.required as string[] | undefined) ?? []);
+  const rows = Object.entries(properties).map(([name, prop]) => {
+    const p = resolve(spec, prop);
+    const description = (prop as Json).description ?? p.description ?? '';
+    return `<tr><td><code>${escape(name)}</code>${required.has(name) ? ' <b>required</b>' : ''}</td><td>${escape(typeOf(spec, prop))}</td><td>${prose(description)}</td></tr>`;
+  });
+  return rows.length ? `<table class="f"><tr><th>field</th><th>type</th><th>meaning</th></tr>${rows.join('')}</table>` : '';
+}
+
+function operationSection(spec: Json, method: string, path: string, op: Json): string {
+  const params = ((op.parameters as Json[] | undefined) ?? [])
+    .map((p) => resolve(spec, p))
+    .map((p) => `<tr><td><code>${escape(p.name)}</code> (${escape(p.in)})${p.required ? ' <b>required</b>' : ''}</td><td>${escape(typeOf(spec, p.schema))}</td><td>${prose(p.description)}</td></tr>`)
+    .join('');
+  const body = resolve(spec, op.requestBody);
+  const bodies = Object.entries((body.content ?? {}) as Record<string, Json>)
+    .map(([type, media]) => `<p>Body (<code>${escape(type)}</code>):</p>${fieldsTable(spec, media.schema)}`)
+    .join('');
+  const responses = Object.entries((op.responses ?? {}) as Json)
+    .map(([status, r]) => `<li><code>${escape(status)}</code> ${prose(resolve(spec, r).description)}</li>`)
+    .join('');
+  const open = Array.isArray(op.security) && op.security.length === 0;
+  return `<section id="${escape(op.operationId ?? `${method}-${path}`)}">
+<h3><span class="m">${method.toUpperCase()}</span> ${escape(path)}${open ? ' <small>(no key)</small>' : ''}</h3>
+<p>${prose(op.summary)}</p>${op.description ? `<p class="d">${prose(op.description)}</p>` : ''}
+${params ? `<p>Parameters:</p><table class="f"><tr><th>name</th><th>type</th><th>meaning</th></tr>${params}</table>` : ''}${bodies}
+<p>Responses:</p><ul>${responses}</ul></section>`;
+}
+
 /** The API reference as one self-contained page: no scripts, no CDN, works on a closed network. */
 function renderDocs(spec: Json, models: ReturnType<typeof describeModel>[]): string {
   const info = (spec.info ?? {}) as Json;
@@ -19,16 +74,7 @@ function renderDocs(spec: Json, models: ReturnType<typeof describeModel>[]): str
   for (const [path, item] of Object.entries(paths)) {
     for (const method of METHODS) {
       const op = item[method] as Json | undefined;
-      if (!op) continue;
-      const params = ((op.parameters as Json[] | undefined) ?? [])
-        .map((p) => (p.$ref ? String(p.$ref).split('/').pop() : `${p.name} (${p.in})`))
-        .map((p) => `<code>${escape(p)}</code>`)
-        .join(' ');
-      const responses = Object.keys((op.responses ?? {}) as Json).map((s) => `<code>${escape(s)}</code>`).join(' ');
-      sections.push(`<section id="${escape(op.operationId ?? `${method}-${path}`)}">
-<h3><span class="m">${method.toUpperCase()}</span> ${escape(path)}</h3>
-<p>${escape(op.summary)}</p>${op.description ? `<p class="d">${escape(op.description)}</p>` : ''}
-${params ? `<p>Parameters: ${params}</p>` : ''}<p>Responses: ${responses}</p></section>`);
+      if (op) sections.push(operationSection(spec, method, path, op));
     }
   }
   const rows = models
@@ -41,9 +87,14 @@ ${params ? `<p>Parameters: ${params}</p>` : ''}<p>Responses: ${responses}</p></s
 <style>body{font:15px/1.5 system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
 h3{margin:1.5rem 0 .25rem}.m{display:inline-block;min-width:4rem;color:#fff;background:#2b6cb0;border-radius:4px;padding:0 .4rem;font-size:.8rem;text-align:center}
 code{background:#f3f3f3;padding:0 .2rem;border-radius:3px}.d{white-space:pre-wrap;color:#444}
-table{border-collapse:collapse;width:100%;font-size:13px}td,th{border:1px solid #ddd;padding:.3rem;vertical-align:top;text-align:left;white-space:pre-wrap}</style></head>
-<body><h1>${escape(info.title)} <small>${escape(info.version)}</small></h1><p class="d">${escape(info.description)}</p>
+table{border-collapse:collapse;width:100%;font-size:13px}td,th{border:1px solid #ddd;padding:.3rem;vertical-align:top;text-align:left;white-space:pre-wrap}
+table.f td,table.f th{white-space:normal}</style></head>
+<body><h1>${escape(info.title)} <small>${escape(info.version)}</small></h1><p class="d">${prose(info.description)}</p>
 <p>The machine-readable specification: <a href="/openapi.yaml">/openapi.yaml</a>.</p>
+<h2>Authentication</h2><p>Every <code>/v1</code> route except image downloads needs a client key:
+<code>Authorization: Bearer &lt;key&gt;</code> or <code>x-api-key: &lt;key&gt;</code>. Image URLs
+(<code>/v1/images/{id}?exp=…&amp;sig=…</code>) are signed capabilities and need no header. Every answer carries
+<code>x-request-id</code>; errors are <code>{"error":{"code","message","details","request_id"}}</code>.</p>
 <h2>Endpoints</h2>${sections.join('\n')}
 <h2 id="models">Models</h2><p>Read from the gateway's catalogue (also at <code>GET /v1/models</code>).</p>
 <table><thead><tr><th>model</th><th>operations</th><th>max n</th><th>parameters</th><th>options</th><th>async upstream</th><th>USD / image</th></tr></thead><tbody>${rows}</tbody></table>
