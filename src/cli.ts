@@ -32,7 +32,8 @@ interface Gateway {
 }
 
 function gatewayFromEnv(): Gateway {
-  const url = (process.env.GATEWAY_URL ?? 'http://localhost:8080').replace(/\/+$/, '');
+  // The OpenAI SDK's base URL ends in /v1; accept it here too.
+  const url = (process.env.GATEWAY_URL ?? 'http://localhost:8080').replace(/\/+$/, '').replace(/\/v1$/, '');
   if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) {
     throw new CliError(`GATEWAY_URL must be an http(s) URL such as http://localhost:8080, got "${url}"`, 2);
   }

@@ -32,17 +32,17 @@ const NAME_MAX = 100;
 const clipName = (name: string) => (name.length > NAME_MAX ? `${name.slice(0, NAME_MAX)}...` : name);
 
 const commonFields = {
-  model: z.string().min(1).max(NAME_MAX),
-  prompt: z.string().min(1),
+  model: z.string().min(1, 'must not be empty').max(NAME_MAX, `must be at most ${NAME_MAX} characters`),
+  prompt: z.string().min(1, 'must not be empty'),
   n: z.number().int().min(1),
-  size: z.string().min(1),
+  size: z.string().min(1, 'must not be empty'),
   aspect_ratio: z.string().regex(/^\d+:\d+$/, 'must be written W:H, for example "16:9"'),
   quality: z.enum(['low', 'medium', 'high', 'standard', 'hd', 'auto']),
   seed: z.number().int().min(0).max(2147483647),
   negative_prompt: z.string(),
-  style: z.string().min(1),
+  style: z.string().min(1, 'must not be empty'),
   output_format: z.enum(['png', 'jpeg', 'webp']),
-  background: z.string().min(1),
+  background: z.string().min(1, 'must not be empty'),
   response_format: z.enum(['url', 'b64_json']),
   options: z.record(z.string().min(1).max(NAME_MAX), z.unknown()),
   async: z.boolean(),
