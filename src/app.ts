@@ -258,10 +258,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.addHook('onRequest', async (request, reply) => {
     request.outcome = newOutcome();
     reply.header('x-request-id', request.id);
-    const path = request.url.split('?', 1)[0]!;
-    if (isApiCall(path)) {
-      request.client = authenticate(keyStore.keys, request);
-    }
+    if (isApiCall(request)) request.client = authenticate(keyStore.keys, request);
   });
 
   // One line per request: who, which model, what status, how long. Never the query (image signatures) or bodies.

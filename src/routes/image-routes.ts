@@ -58,7 +58,8 @@ export async function generateFor(
     throw invalidField('Idempotency-Key', 'must be one header of 1 to 255 characters');
   }
   const prepared = await app.generation.prepare(imageRequest);
-  const client = request.client!;
+  const client = request.client;
+  if (!client) throw new GatewayError('unauthorized', 'a client key is required');
   app.limits.checkModel(client, prepared.model.id);
   app.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
   const images = outcome.imagesRequested;

@@ -32,9 +32,17 @@ declare module 'fastify' {
  * browsers, not calls a client makes. These need a client key and are counted in usage. OpenAI's
  * image routes (/v1/images/generations, /v1/images/edits) share the prefix but are API calls.
  */
-export function isApiCall(path: string): boolean {
-  if (path === '/v1/images/generations' || path === '/v1/images/edits') return true;
-  return path.startsWith('/v1/') && !path.startsWith('/v1/images/');
+export function isApiCall(request: FastifyRequest): boolean {
+  // Judged on the route the router matched (it decodes the path), never on the raw URL: `/%761/generate` is /v1/generate.
+  const route = request.routeOptions.url;
+  if (route !== undefined) return route.startsWith('/v1/') && route !== '/v1/images/:name';
+  let path = request.url.split('?', 1)[0]!;
+  try {
+    path = decodeURIComponent(path);
+  } catch {
+    // An undecodable path matches no route; judge it as written.
+  }
+  return path.startsWith('/v1/');
 }
 
 const MODEL_NAME_MAX = 200;
@@ -79,7 +87,7 @@ async function usage(app: FastifyInstance): Promise<void> {
   app.decorate('usageLog', usageLog);
 
   app.addHook('onResponse', async (request, reply) => {
-    if (!isApiCall(request.url.split('?', 1)[0]!)) return;
+    if (!isApiCall(request)) return;
     usageLog.add(usageRecordOf(request, reply, app.config.LOG_PROMPTS));
   });
 
