@@ -200,8 +200,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     callbackRefusal: (url) => egressRefusal(url, new Set(config.ALLOWED_CALLBACK_HOSTS)),
     callbackDispatcher,
     onFinished: async (row, result, failure) => {
-      if (!row.async_request_id) return;
-      await app.usageLog.completeJob(row.async_request_id, {
+      if (!Number(row.is_async)) return;
+      await app.usageLog.completeJob(row.id, {
         status: failure ? failure.status : 200,
         errorCode: failure ? failure.code : null,
         imagesReturned: result?.images.length ?? 0,

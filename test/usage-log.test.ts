@@ -30,6 +30,7 @@ function record(requestId: string): UsageRecord {
     estimatedCostUsd: 0.00405,
     upstreamTokens: { input_tokens: 10, output_tokens: 100, total_tokens: 110 },
     prompt: null,
+    jobId: null,
   };
 }
 

@@ -121,6 +121,22 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
       expect(row('ideogram-v2')).toMatchObject({ requests: 1, images: 0, errors: 1 });
     });
 
+    it('a client-chosen x-request-id cannot rewrite other records when a job ends', async () => {
+      const h = await gateway();
+      const shared = { 'x-request-id': 'req-chosen-by-client' };
+      const ok = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...DESIGN, ...shared }, payload: { model: 'ideogram-v3', prompt: 'paid', n: 2 } });
+      expect(ok.statusCode).toBe(200);
+      h.simulator.failNext('http500');
+      const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...DESIGN, ...shared }, payload: { model: 'ideogram-v3', prompt: 'fails', async: true } });
+      for (let i = 0; i < 100; i++) {
+        const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${accepted.json().id}`, headers: DESIGN })).json();
+        if (job.status === 'failed') break;
+        await sleep(20);
+      }
+      const report = await usage(h, `${ALL_TIME}&group_by=model`);
+      expect(report.data.find((r: { model: string }) => r.model === 'ideogram-v3')).toMatchObject({ requests: 2, images: 2, errors: 1, estimated_cost_usd: 0.12 });
+    });
+
     it('does not count a replayed idempotent answer’s images or cost twice', async () => {
       const h = await gateway();
       const body = { model: 'ideogram-v3', prompt: 'once' };

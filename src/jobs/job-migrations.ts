@@ -16,7 +16,7 @@ export const JOB_MIGRATIONS: Migration[] = [
       callback_url TEXT,
       callback_status TEXT,
       public_base_url TEXT NOT NULL,
-      async_request_id TEXT,
+      is_async INTEGER NOT NULL DEFAULT 0,
       lease_owner TEXT,
       lease_until ${t.bigint} NOT NULL DEFAULT 0,
       created_at ${t.bigint} NOT NULL,

@@ -25,8 +25,8 @@ export interface JobRow {
   callback_url: string | null;
   callback_status: string | null;
   public_base_url: string;
-  /** For an async request, the request that accepted it: its usage record is completed when the job ends. */
-  async_request_id: string | null;
+  /** 1 for an async request (answered 202): its usage record is completed when the job ends. */
+  is_async: number;
   lease_owner: string | null;
   lease_until: number | string;
   created_at: number | string;
@@ -139,14 +139,14 @@ export class JobRunner {
   async create(
     id: string,
     prepared: PreparedGeneration,
-    owner: { client: Client; publicBaseUrl: string; requestId: string },
+    owner: { client: Client; publicBaseUrl: string },
     idempotency?: { scope: string; fingerprint: string },
   ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
     const request = prepared.request;
     await this.o.db.run(
       `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
-         lease_owner, lease_until, created_at, updated_at, expires_at, async_request_id)
+         lease_owner, lease_until, created_at, updated_at, expires_at, is_async)
        VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)`,
       [
         id,
@@ -161,7 +161,7 @@ export class JobRunner {
         now + this.o.leaseMs,
         now,
         now + this.o.retentionDays * 86_400_000,
-        request.async ? owner.requestId : null,
+        request.async ? 1 : 0,
       ],
     );
     if (idempotency) {

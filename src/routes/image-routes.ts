@@ -130,11 +130,12 @@ async function viaJob(
   const { jobId, first } = await app.jobs.create(
     app.jobs.newJobId(),
     prepared,
-    { client, publicBaseUrl: publicBaseUrl(app, request), requestId: request.id },
+    { client, publicBaseUrl: publicBaseUrl(app, request) },
     scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id) } : undefined,
   );
   if (scope) reply.header('idempotent-replayed', String(!first));
   if (prepared.request.async) {
+    if (first) request.outcome.jobId = jobId;
     const row = await app.jobs.get(jobId);
     if (!row) throw new GatewayError('not_found', `job ${jobId} is gone`);
     reply.status(202).header('location', `/v1/jobs/${jobId}`);

@@ -19,6 +19,8 @@ export interface RequestOutcome {
    * `monthly_budget_usd`): set by whatever enforces the limit; labels the limit-refusal metric.
    */
   limitReason?: string;
+  /** The async job this request started, whose outcome later completes its usage record. */
+  jobId?: string;
   /** Only with LOG_PROMPTS=1. */
   prompt?: string;
 }

@@ -26,6 +26,8 @@ export interface UsageRecord {
   estimatedCostUsd: number | null;
   upstreamTokens: Record<string, unknown> | null;
   prompt: string | null;
+  /** The job an async request started; its outcome completes this record. */
+  jobId: string | null;
 }
 
 /** What a finished async job adds to the record of the request that started it. */
@@ -37,14 +39,14 @@ export type JobOutcome = Pick<
 const COLUMNS = [
   'time_ms', 'day', 'request_id', 'key_id', 'team', 'method', 'route', 'model', 'operation', 'images_requested',
   'images_returned', 'status', 'error_code', 'upstream_status', 'upstream_ms', 'total_ms', 'bytes_stored', 'cost_usd',
-  'upstream_tokens', 'prompt',
+  'upstream_tokens', 'prompt', 'job_id',
 ] as const;
 
 function rowOf(r: UsageRecord): SqlValue[] {
   return [
     r.timeMs, new Date(r.timeMs).toISOString().slice(0, 10), r.requestId, r.keyId, r.team, r.method, r.route, r.model,
     r.operation, r.imagesRequested, r.imagesReturned, r.status, r.errorCode, r.upstreamStatus, r.upstreamMs, r.totalMs,
-    r.bytesStored, r.estimatedCostUsd, r.upstreamTokens ? JSON.stringify(r.upstreamTokens) : null, r.prompt,
+    r.bytesStored, r.estimatedCostUsd, r.upstreamTokens ? JSON.stringify(r.upstreamTokens) : null, r.prompt, r.jobId,
   ];
 }
 
@@ -92,9 +94,9 @@ export class UsageLog {
       this.log.error({ request_id: record.requestId }, 'usage record arrived after the usage log closed; it is not kept');
       return;
     }
-    const early = this.earlyOutcomes.get(record.requestId);
+    const early = record.jobId ? this.earlyOutcomes.get(record.jobId) : undefined;
     if (early) {
-      this.earlyOutcomes.delete(record.requestId);
+      this.earlyOutcomes.delete(record.jobId!);
       Object.assign(record, early);
     }
     this.queue.push(record);
@@ -110,9 +112,9 @@ export class UsageLog {
    * An async request is recorded when it is accepted (202); what its job made, cost or failed with
    * is known only later. This completes that record, wherever it is: queued, written, or not yet here.
    */
-  async completeJob(requestId: string, outcome: JobOutcome): Promise<void> {
+  async completeJob(jobId: string, outcome: JobOutcome): Promise<void> {
     await this.writing;
-    const queued = this.queue.find((r) => r.requestId === requestId);
+    const queued = this.queue.find((r) => r.jobId === jobId);
     if (queued) {
       Object.assign(queued, outcome);
       return;
@@ -120,7 +122,7 @@ export class UsageLog {
     const changed = await this.db.run(
       `UPDATE usage_records SET status = $1, error_code = $2, images_returned = $3, bytes_stored = $4, cost_usd = $5,
          upstream_status = $6, upstream_ms = $7, upstream_tokens = $8
-       WHERE request_id = $9`,
+       WHERE job_id = $9 AND status = 202`,
       [
         outcome.status,
         outcome.errorCode,
@@ -130,10 +132,10 @@ export class UsageLog {
         outcome.upstreamStatus,
         outcome.upstreamMs,
         outcome.upstreamTokens ? JSON.stringify(outcome.upstreamTokens) : null,
-        requestId,
+        jobId,
       ],
     );
-    if (changed === 0 && this.earlyOutcomes.size < 10_000) this.earlyOutcomes.set(requestId, outcome);
+    if (changed === 0 && this.earlyOutcomes.size < 10_000) this.earlyOutcomes.set(jobId, outcome);
   }
 
   /** Writes everything queued so far; resolves once it is in the database (or the write failed and was logged). */

@@ -3,7 +3,7 @@ import { migration, type Migration } from '../storage/database.js';
 /**
  * One row per /v1 request. `time_ms` is when the request arrived (Unix ms); `day` is its UTC date,
  * kept as text so both dialects group by it the same way. Reports filter by time (admin) or by
- * team and time (team keys); paging walks `id`; a finished async job finds its record by request id.
+ * team and time (team keys); paging walks `id`; a finished async job finds the record of the request that started it by job id.
  */
 export const USAGE_MIGRATIONS: Migration[] = [
   migration('usage-001-records', (t) => [
@@ -28,10 +28,11 @@ export const USAGE_MIGRATIONS: Migration[] = [
       bytes_stored ${t.bigint} NOT NULL,
       cost_usd ${t.double},
       upstream_tokens TEXT,
-      prompt TEXT
+      prompt TEXT,
+      job_id TEXT
     )`,
     'CREATE INDEX usage_records_time ON usage_records (time_ms)',
     'CREATE INDEX usage_records_team_time ON usage_records (team, time_ms)',
-    'CREATE INDEX usage_records_request ON usage_records (request_id)',
+    'CREATE INDEX usage_records_job ON usage_records (job_id)',
   ]),
 ];

@@ -70,6 +70,7 @@ function usageRecordOf(request: FastifyRequest, reply: FastifyReply, keepPrompt:
     estimatedCostUsd: outcome.estimatedCostUsd,
     upstreamTokens: outcome.upstreamTokens ?? null,
     prompt: keepPrompt ? (outcome.prompt ?? null) : null,
+    jobId: outcome.jobId ?? null,
   };
 }
 
