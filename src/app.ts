@@ -280,6 +280,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.setErrorHandler((err, request, reply) => {
     if (err instanceof ClientGone) {
       request.log.info('client disconnected; upstream call aborted');
+      app.recordAbandonedRequest(request);
       return reply.status(499).send();
     }
     const gw = asGatewayError(err);

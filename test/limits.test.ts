@@ -164,3 +164,65 @@ describe.skipIf(redisProblem !== undefined || postgresProblem !== undefined)('tw
     expect(after).toBe(401);
   });
 });
+
+describe('limits settled by what really happened', () => {
+  let h: Harness;
+  let base: string;
+  beforeAll(async () => {
+    h = await startHarness({ RATE_LIMIT_RPM: '1000' }, { taskPollsUntilReady: 1_000_000 });
+    await h.app.listen({ port: 0, host: '127.0.0.1' });
+    base = `http://127.0.0.1:${(h.app.server.address() as { port: number }).port}`;
+  });
+  afterAll(async () => h.close());
+
+  async function settled(auth: Record<string, string>, id: string) {
+    for (let i = 0; i < 200; i++) {
+      const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: auth })).json();
+      if (job.status === 'succeeded' || job.status === 'failed') return job;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error('job did not end');
+  }
+
+  it('an async job that fails gives its images back', async () => {
+    const key = await mint(h, { images_per_day: 2 });
+    h.simulator.failNext('http500');
+    const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'x', n: 2, async: true } });
+    expect((await settled(key, accepted.json().id)).status).toBe('failed');
+    const next = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'y', n: 2 } });
+    expect(next.statusCode).toBe(200);
+  });
+
+  it('an async job of a token-priced model counts its real cost against the budget', async () => {
+    // gpt-image-1 in the simulator: about $0.00405 an image.
+    const key = await mint(h, { monthly_budget_usd: 0.01 });
+    for (let i = 0; i < 3; i++) {
+      const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: `p${i}`, async: true } });
+      expect(accepted.statusCode).toBe(202);
+      expect((await settled(key, accepted.json().id)).status).toBe('succeeded');
+    }
+    const over = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'one more', async: true } });
+    expect(over.statusCode).toBe(429);
+    expect(over.json().error.message).toMatch(/monthly_budget_usd/);
+  });
+
+  it('a client that hangs up mid-call keeps its images counted, and the request is recorded as 499', async () => {
+    const key = await mint(h, { images_per_day: 1 });
+    const controller = new AbortController();
+    const pending = fetch(`${base}/v1/generate`, {
+      method: 'POST',
+      headers: { ...key, 'content-type': 'application/json', 'x-request-id': 'hang-up' },
+      body: JSON.stringify({ model: 'flux-kontext-pro', prompt: 'paid anyway' }),
+      signal: controller.signal,
+    }).catch((err: unknown) => err);
+    for (let i = 0; i < 200 && !h.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await new Promise((r) => setTimeout(r, 10));
+    controller.abort();
+    await pending;
+    await new Promise((r) => setTimeout(r, 100));
+    const next = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'z' } });
+    expect(next.statusCode).toBe(429);
+    await h.app.usageLog.flush();
+    const rows = await h.app.db.all<{ status: number; error_code: string }>("SELECT status, error_code FROM usage_records WHERE request_id = 'hang-up'");
+    expect(rows).toEqual([{ status: 499, error_code: 'client_closed' }]);
+  });
+});

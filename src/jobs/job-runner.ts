@@ -83,6 +83,8 @@ export class JobRunner {
   readonly instanceId = `gw_${randomBytes(6).toString('hex')}`;
   private readonly active = new Map<string, { controller: AbortController; done: Promise<void>; resumable: () => boolean }>();
   private timers: NodeJS.Timeout[] = [];
+  /** Told once when a job this replica started has ended (settling the limits it reserved). */
+  private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined) => Promise<void>>>();
   private closing = false;
 
   constructor(private readonly o: JobRunnerOptions) {}
@@ -141,6 +143,7 @@ export class JobRunner {
     prepared: PreparedGeneration,
     owner: { client: Client; publicBaseUrl: string },
     idempotency?: { scope: string; fingerprint: string },
+    whenFinished?: (result: GenerationResult | undefined) => Promise<void>,
   ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
     const request = prepared.request;
@@ -177,6 +180,7 @@ export class JobRunner {
         return claim;
       }
     }
+    if (whenFinished) this.finishWatchers.set(id, [whenFinished]);
     this.launch(id, prepared, undefined);
     return { jobId: id, first: true };
   }
@@ -301,6 +305,9 @@ export class JobRunner {
        WHERE id = $5`,
       [result ? 'succeeded' : 'failed', result ? JSON.stringify(result) : null, error ? JSON.stringify(error) : null, Date.now(), id],
     );
+    const watchers = this.finishWatchers.get(id) ?? [];
+    this.finishWatchers.delete(id);
+    for (const watch of watchers) await watch(result).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
     const row = await this.get(id);
     if (row) await this.o.onFinished?.(row, result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'recording a finished job failed'));
     if (row?.callback_url) void this.deliverCallback(row);

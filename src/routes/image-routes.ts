@@ -4,6 +4,7 @@ import { describeModel, pricePerImage } from '../catalogue/catalogue.js';
 import { imageUrlsOfEditJson, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
 import type { GenerationResult, PreparedGeneration } from '../generation/image-generation.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
+import type { Reservation } from '../limits/key-limits.js';
 import { modelAllowed } from '../auth/key-policy.js';
 import { readEditParts } from '../request/edit-parts.js';
 import type { ImageOwner } from '../images/image-library.js';
@@ -71,15 +72,16 @@ export async function generateFor(
     if (!reply.raw.writableFinished) clientGone.abort(new ClientGone());
   };
   reply.raw.on('close', onClose);
+  const viaJobs = imageRequest.async || idempotencyKey !== undefined;
+  const job = { created: false };
   try {
-    const result =
-      imageRequest.async || idempotencyKey
-        ? await viaJob(app, request, reply, prepared, idempotencyKey, clientGone.signal)
-        : await directly(app, request, prepared, clientGone.signal);
+    const result = viaJobs
+      ? await viaJob(app, request, reply, prepared, idempotencyKey, clientGone.signal, reservation, job)
+      : await directly(app, request, prepared, clientGone.signal);
     if ('images' in result) {
       // A replayed idempotent answer made nothing and cost nothing this time: its first request counted it.
       const replayed = reply.getHeader('idempotent-replayed') === 'true';
-      await app.limits.settle(reservation, replayed ? 0 : result.images.length, replayed ? 0 : result.usage.estimated_cost_usd);
+      if (!viaJobs) await app.limits.settle(reservation, result.images.length, result.usage.estimated_cost_usd);
       if (!replayed) {
         outcome.imagesReturned = result.images.length;
         outcome.bytesStored = result.images.reduce((sum, image) => sum + image.bytes, 0);
@@ -93,8 +95,10 @@ export async function generateFor(
     }
     return result;
   } catch (err) {
-    await app.limits.settle(reservation, 0, 0);
+    // A client that leaves does not get its images back: upstream may have made (and charged) them.
     if (clientGone.signal.aborted) throw new ClientGone();
+    // A job settles its own reservation when it ends.
+    if (!job.created) await app.limits.settle(reservation, 0, 0);
     throw err;
   } finally {
     reply.raw.off('close', onClose);
@@ -124,6 +128,8 @@ async function viaJob(
   prepared: PreparedGeneration,
   idempotencyKey: string | undefined,
   clientGone: AbortSignal,
+  reservation: Reservation,
+  job: { created: boolean },
 ): Promise<GenerationResult | JobAccepted> {
   const client = request.client!;
   const scope = idempotencyKey ? `${client.id}:${idempotencyKey}` : undefined;
@@ -132,7 +138,12 @@ async function viaJob(
     prepared,
     { client, publicBaseUrl: publicBaseUrl(app, request) },
     scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id) } : undefined,
+    // Settled to what the job really made, whenever it ends, whether or not anyone still waits for it.
+    (result) => app.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : 0),
   );
+  job.created = true;
+  // Joining another request's job costs nothing.
+  if (!first) await app.limits.settle(reservation, 0, 0);
   if (scope) reply.header('idempotent-replayed', String(!first));
   if (prepared.request.async) {
     if (first) request.outcome.jobId = jobId;

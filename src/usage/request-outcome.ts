@@ -3,6 +3,10 @@
  * been answered: by the request log line, the usage log and the metrics.
  */
 export interface RequestOutcome {
+  /** performance.now() when the request arrived. */
+  startedAt: number;
+  /** Its usage record has been written (once, whether answered or abandoned). */
+  recorded?: boolean;
   operation?: 'generate' | 'edit';
   model?: string;
   /** Images asked for (n, default 1). */
@@ -26,5 +30,5 @@ export interface RequestOutcome {
 }
 
 export function newOutcome(): RequestOutcome {
-  return { imagesReturned: 0, bytesStored: 0, estimatedCostUsd: null };
+  return { startedAt: performance.now(), imagesReturned: 0, bytesStored: 0, estimatedCostUsd: null };
 }

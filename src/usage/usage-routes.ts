@@ -24,6 +24,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** Every /v1 request, written in batches; app.ts closes it before the database. */
     usageLog: UsageLog;
+    /** Writes the usage record of a request whose client left before it was answered. */
+    recordAbandonedRequest(request: FastifyRequest): void;
   }
 }
 
@@ -47,9 +49,9 @@ export function isApiCall(request: FastifyRequest): boolean {
 
 const MODEL_NAME_MAX = 200;
 
-function usageRecordOf(request: FastifyRequest, reply: FastifyReply, keepPrompt: boolean): UsageRecord {
+function usageRecordOf(request: FastifyRequest, answer: { status: number; totalMs: number }, keepPrompt: boolean): UsageRecord {
   const outcome = request.outcome ?? newOutcome();
-  const totalMs = reply.elapsedTime;
+  const totalMs = answer.totalMs;
   return {
     timeMs: Math.round(Date.now() - totalMs),
     requestId: request.id,
@@ -61,7 +63,7 @@ function usageRecordOf(request: FastifyRequest, reply: FastifyReply, keepPrompt:
     operation: outcome.operation ?? null,
     imagesRequested: outcome.imagesRequested ?? null,
     imagesReturned: outcome.imagesReturned,
-    status: reply.statusCode,
+    status: answer.status,
     errorCode: outcome.errorCode ?? null,
     upstreamStatus: outcome.upstreamStatus ?? null,
     upstreamMs: outcome.upstreamMs ?? null,
@@ -88,8 +90,16 @@ async function usage(app: FastifyInstance): Promise<void> {
   app.decorate('usageLog', usageLog);
 
   app.addHook('onResponse', async (request, reply) => {
-    if (!isApiCall(request)) return;
-    usageLog.add(usageRecordOf(request, reply, app.config.LOG_PROMPTS));
+    if (!isApiCall(request) || request.outcome.recorded) return;
+    request.outcome.recorded = true;
+    usageLog.add(usageRecordOf(request, { status: reply.statusCode, totalMs: reply.elapsedTime }, app.config.LOG_PROMPTS));
+  });
+  // A client that hangs up gets no answer, so onResponse never runs for it: the error handler records it (499, as nginx does).
+  app.decorate('recordAbandonedRequest', (request: FastifyRequest) => {
+    if (!isApiCall(request) || request.outcome.recorded) return;
+    request.outcome.recorded = true;
+    request.outcome.errorCode ??= 'client_closed';
+    usageLog.add(usageRecordOf(request, { status: 499, totalMs: performance.now() - request.outcome.startedAt }, app.config.LOG_PROMPTS));
   });
 
   app.get<{ Querystring: Query }>('/v1/usage', async (request, reply) => {
