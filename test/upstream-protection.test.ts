@@ -135,3 +135,38 @@ describe('the upstream concurrency cap', () => {
     expect(order.slice(0, 2)).toEqual(['a1', 'b1']);
   });
 });
+
+describe('tasks already paid for', () => {
+  it('a passing fault while polling a task is waited out, not turned into a failure', async () => {
+    h = await startHarness();
+    h.simulator.failNextPolls(2);
+    const res = await generate(h, { model: 'flux-kontext-pro', prompt: 'keep polling' });
+    expect(res.statusCode).toBe(200);
+    expect(h.simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+  });
+
+  it('polling a task holds no upstream slot, so a long task does not block other calls', async () => {
+    h = await startHarness({ UPSTREAM_MAX_CONCURRENCY: '1', UPSTREAM_QUEUE_TIMEOUT_MS: '200' });
+    h.simulator.holdTasks = true;
+    const accepted = await generate(h, { model: 'flux-kontext-pro', prompt: 'long', async: true });
+    expect(accepted.statusCode).toBe(202);
+    for (let i = 0; i < 100 && !h.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(10);
+    const other = await generate(h, { model: 'gpt-image-1', prompt: 'meanwhile' });
+    expect(other.statusCode).toBe(200);
+    h.simulator.holdTasks = false;
+  });
+});
+
+describe('a 403 that is about the model, not the key', () => {
+  it('does not set the key aside', async () => {
+    const second = 'sk-test-second-upstream-key-0123';
+    h = await startHarness({ AIHUBMIX_API_KEY: `${UPSTREAM_KEY},${second}` }, { extraApiKeys: [second] });
+    h.simulator.failNext('http403_model');
+    expect((await generate(h)).statusCode).toBe(502);
+    await generate(h);
+    await generate(h);
+    const used = h.simulator.received.map((r) => r.headers.authorization);
+    // Not set aside: the rotation goes on through both keys.
+    expect(used).toEqual([`Bearer ${UPSTREAM_KEY}`, `Bearer ${second}`, `Bearer ${UPSTREAM_KEY}`]);
+  });
+});

@@ -11,6 +11,7 @@ export const JOB_MIGRATIONS: Migration[] = [
       model TEXT NOT NULL,
       request_json TEXT,
       upstream_task_id TEXT,
+      upstream_key_tag TEXT,
       result_json TEXT,
       error_json TEXT,
       callback_url TEXT,

@@ -20,6 +20,8 @@ export interface JobRow {
   model: string;
   request_json: string | null;
   upstream_task_id: string | null;
+  /** Which upstream key submitted the task (a short hash), so a resumed job polls with it. */
+  upstream_key_tag: string | null;
   result_json: string | null;
   error_json: string | null;
   callback_url: string | null;
@@ -273,15 +275,16 @@ export class JobRunner {
     let failure: GatewayError | undefined;
     try {
       const prepared = given ?? (await this.o.generation.prepare(deserializeRequest(row.request_json ?? 'null')));
-      await this.o.db.run("UPDATE jobs SET status = 'running', updated_at = $1 WHERE id = $2", [Date.now(), id]);
+      const mine = await this.o.db.run("UPDATE jobs SET status = 'running', updated_at = $1 WHERE id = $2 AND lease_owner = $3", [Date.now(), id, this.instanceId]);
+      if (mine === 0) return; // another replica holds the job now
       result = await this.o.generation.run(prepared, {
         signal,
         publicBaseUrl: row.public_base_url,
         owner: { keyId: row.key_id, team: row.team },
         task: {
-          ...(resumeTaskId ? { resumeTaskId } : {}),
-          onTaskId: async (taskId) => {
-            await this.o.db.run('UPDATE jobs SET upstream_task_id = $1, updated_at = $2 WHERE id = $3', [taskId, Date.now(), id]);
+          ...(resumeTaskId ? { resumeTaskId, ...(row.upstream_key_tag ? { resumeKeyTag: row.upstream_key_tag } : {}) } : {}),
+          onTaskId: async (taskId, keyTag) => {
+            await this.o.db.run('UPDATE jobs SET upstream_task_id = $1, upstream_key_tag = $2, updated_at = $3 WHERE id = $4', [taskId, keyTag, Date.now(), id]);
             markTaskKnown();
           },
         },
@@ -300,11 +303,17 @@ export class JobRunner {
 
   private async finish(id: string, result: GenerationResult | undefined, failure: GatewayError | undefined): Promise<void> {
     const error: StoredError | null = failure ? { status: failure.status, error: errorBody(failure, id).error } : null;
-    await this.o.db.run(
+    // Fenced by the lease: if this replica stalled and another took the job over, that one finishes it.
+    const written = await this.o.db.run(
       `UPDATE jobs SET status = $1, result_json = $2, error_json = $3, request_json = NULL, lease_owner = NULL, lease_until = 0, updated_at = $4
-       WHERE id = $5`,
-      [result ? 'succeeded' : 'failed', result ? JSON.stringify(result) : null, error ? JSON.stringify(error) : null, Date.now(), id],
+       WHERE id = $5 AND lease_owner = $6 AND status IN ('queued', 'running')`,
+      [result ? 'succeeded' : 'failed', result ? JSON.stringify(result) : null, error ? JSON.stringify(error) : null, Date.now(), id, this.instanceId],
     );
+    if (written === 0) {
+      this.o.log.warn({ job_id: id }, 'job was taken over by another replica; leaving its outcome to that one');
+      this.finishWatchers.delete(id);
+      return;
+    }
     const watchers = this.finishWatchers.get(id) ?? [];
     this.finishWatchers.delete(id);
     for (const watch of watchers) await watch(result).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
@@ -316,8 +325,10 @@ export class JobRunner {
   private async renewLeases(): Promise<void> {
     if (this.closing || this.active.size === 0) return;
     const until = Date.now() + this.o.leaseMs;
-    for (const id of this.active.keys()) {
-      await this.o.db.run('UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3', [until, id, this.instanceId]);
+    for (const [id, job] of this.active) {
+      const kept = await this.o.db.run('UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3', [until, id, this.instanceId]);
+      // Lost the lease (this replica stalled past it): stop, the new owner carries the job on.
+      if (kept === 0) job.controller.abort(new Error('lease lost'));
     }
   }
 

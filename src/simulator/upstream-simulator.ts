@@ -35,6 +35,7 @@ export type SimulatedFault =
   | 'http400'
   | 'http401'
   | 'http403'
+  | 'http403_model'
   | 'moderated'
   | 'hang'
   | 'malformed'
@@ -52,6 +53,8 @@ export interface UpstreamSimulator {
   failNext(fault: SimulatedFault, count?: number): void;
   /** While true, every async task answers Pending, however often it is polled (to catch a job mid-task). */
   holdTasks: boolean;
+  /** The next `count` task polls answer 502 (a passing fault on a task already paid for). */
+  failNextPolls(count: number): void;
   /** Clears `received` and every pending fault. */
   reset(): void;
   close(): Promise<void>;
@@ -120,6 +123,7 @@ class SimulatorState {
   private pendingFaults: SubmissionFault[] = [];
   private pendingTaskErrors = 0;
   holdTasks = false;
+  pollFaults = 0;
 
   constructor(
     readonly apiKey: string | undefined,
@@ -139,6 +143,7 @@ class SimulatorState {
     this.received.length = 0;
     this.pendingFaults = [];
     this.pendingTaskErrors = 0;
+    this.pollFaults = 0;
   }
 
   takeFault(): SubmissionFault | undefined {
@@ -253,6 +258,9 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
     url: sim.baseUrl,
     received: sim.received,
     failNext: (fault, count = 1) => sim.failNext(fault, count),
+    failNextPolls: (count: number) => {
+      sim.pollFaults += count;
+    },
     get holdTasks() {
       return sim.holdTasks;
     },
@@ -321,6 +329,10 @@ function registerPredictionRoutes(api: FastifyInstance, sim: SimulatorState): vo
     const id = request.params.taskId;
     sim.checkKey(request, 'openai');
     await sim.delay();
+    if (sim.pollFaults > 0) {
+      sim.pollFaults -= 1;
+      return reply.code(502).send(errorBody('openai', 'bad gateway', 'server_error'));
+    }
     const task = sim.tasks.get(id);
     if (!task) return reply.code(404).send({ id, status: 'Task not found' });
     task.polls += 1;
@@ -461,6 +473,8 @@ function answerFault(
       return reply.code(401).send(errorBody(style, 'invalid api key', 'authentication_error'));
     case 'http403':
       return reply.code(403).send(errorBody(style, 'insufficient balance', 'insufficient_quota'));
+    case 'http403_model':
+      return reply.code(403).send(errorBody(style, 'this key may not use this model', 'permission_error'));
     case 'moderated':
       return reply
         .code(422)

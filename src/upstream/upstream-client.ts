@@ -1,10 +1,11 @@
+import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, FormData, interceptors, request, type Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
 import type { UpstreamRequest } from './upstream-request.js';
 import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type UpstreamImage } from './upstream-reply.js';
 import { FairQueue } from './fair-queue.js';
-import { MalformedReply, ReplyTooLarge, parseImageReply, type Base64Sink } from './image-reply-parser.js';
+import { LONG_BASE64_BYTES, MalformedReply, ReplyTooLarge, parseImageReply, type Base64Sink } from './image-reply-parser.js';
 import type { StagedImage } from '../images/image-library.js';
 
 export interface UpstreamClientOptions {
@@ -29,7 +30,7 @@ export interface UpstreamClientOptions {
 /** For jobs that must survive a restart: learn the task id at once, or pick up a known one. */
 export interface TaskHooks {
   /** Called as soon as upstream has accepted an asynchronous task, before polling it. */
-  onTaskId?: (taskId: string) => Promise<void>;
+  onTaskId?: (taskId: string, keyTag: string) => Promise<void>;
   /** Poll this task instead of submitting again: it was submitted (and paid for) before a restart. */
   resumeTaskId?: string;
   /** Whose call this is, for the fair queue (the team). */
@@ -39,6 +40,13 @@ export interface TaskHooks {
    * string); the image then comes back as `staged`. Without it, replies are parsed whole.
    */
   stageImage?: Base64Sink<StagedImage>;
+  /** With resumeTaskId: the tag of the key that submitted the task (tasks belong to an account). */
+  resumeKeyTag?: string;
+}
+
+/** A short, non-reversible name for an upstream key, safe to store beside a task id. */
+export function keyTag(key: string): string {
+  return createHash('sha256').update(key).digest('hex').slice(0, 16);
 }
 
 export interface UpstreamResult {
@@ -55,6 +63,15 @@ export function parseRetryAfter(header: string | string[] | undefined): number |
   if (Number.isFinite(seconds)) return seconds >= 0 ? Math.ceil(seconds) : undefined;
   const date = Date.parse(value);
   return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}
+
+const KEY_PROBLEM = /balance|quota|insufficient|credit|invalid.*key|api key|余额|額度|잔액/i;
+
+/** Upstream refused the key itself (invalid, or its balance is spent): the next key may do. */
+class UpstreamKeyRefused extends GatewayError {
+  constructor(message: string, extra: { upstreamStatus: number }) {
+    super('upstream_error', message, extra);
+  }
 }
 
 const MODERATION_HINT = /moderat|safety|content[_ ]policy|sensitive|nsfw|unsafe/i;
@@ -118,35 +135,45 @@ export class UpstreamClient {
 
   /** Sends one request and, for a task, polls it to the end; resolves with the images upstream made. */
   async generate(req: UpstreamRequest, signal: AbortSignal, hooks: TaskHooks = {}): Promise<UpstreamResult> {
-    await this.slots.acquire(hooks.queueOwner ?? '', signal);
     const started = performance.now();
-    try {
-      let key: string | undefined;
-      let body: unknown;
-      if (hooks.resumeTaskId) body = { output: [{ taskId: hooks.resumeTaskId }] };
-      else ({ body, key } = await this.submit(req, signal, hooks.stageImage));
-      const reply = normalizeOutput(body);
-      if (!reply) throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
-      if (reply.kind === 'task') {
-        if (!hooks.resumeTaskId) await hooks.onTaskId?.(reply.taskId);
-        // A task belongs to the account that submitted it: poll with the same key.
-        const images = await this.pollTask(reply.taskId, key ?? this.pickKey(), signal);
-        return { images, upstreamMs: Math.round(performance.now() - started) };
+    let key: string | undefined;
+    let body: unknown;
+    if (hooks.resumeTaskId) {
+      body = { output: [{ taskId: hooks.resumeTaskId }] };
+      key = hooks.resumeKeyTag ? this.keyByTag(hooks.resumeKeyTag) : undefined;
+    } else {
+      // The concurrency cap guards submissions; polling a task holds no slot, so long tasks do not starve the rest.
+      await this.slots.acquire(hooks.queueOwner ?? '', signal);
+      try {
+        ({ body, key } = await this.submit(req, signal, hooks.stageImage));
+      } finally {
+        this.slots.release();
       }
-      if (reply.images.length === 0) {
-        if (reply.unsafeCount > 0) {
-          throw new GatewayError('content_rejected', 'upstream moderation withheld every image as unsafe', { upstreamStatus: 200 });
-        }
-        throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
-      }
-      return {
-        images: reply.images,
-        ...(reply.usage ? { usage: reply.usage } : {}),
-        upstreamMs: Math.round(performance.now() - started),
-      };
-    } finally {
-      this.slots.release();
     }
+    const reply = normalizeOutput(body);
+    if (!reply) throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
+    if (reply.kind === 'task') {
+      if (!hooks.resumeTaskId) await hooks.onTaskId?.(reply.taskId, keyTag(key!));
+      // A task belongs to the account that submitted it: poll with the same key.
+      const images = await this.pollTask(reply.taskId, key ?? this.pickKey(), signal);
+      return { images, upstreamMs: Math.round(performance.now() - started) };
+    }
+    if (reply.images.length === 0) {
+      if (reply.unsafeCount > 0) {
+        throw new GatewayError('content_rejected', 'upstream moderation withheld every image as unsafe', { upstreamStatus: 200 });
+      }
+      throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
+    }
+    return {
+      images: reply.images,
+      ...(reply.usage ? { usage: reply.usage } : {}),
+      upstreamMs: Math.round(performance.now() - started),
+    };
+  }
+
+  /** The configured key with this tag, if it is still configured. */
+  private keyByTag(tag: string): string | undefined {
+    return this.keys.find((k) => keyTag(k.key) === tag)?.key;
   }
 
   /**
@@ -162,7 +189,7 @@ export class UpstreamClient {
       } catch (err) {
         if (!(err instanceof GatewayError) || signal.aborted) throw err;
         const status = err.upstreamStatus;
-        if ((status === 401 || status === 403) && this.keys.length > 1) {
+        if (err instanceof UpstreamKeyRefused && this.keys.length > 1) {
           this.setAside(key);
           continue;
         }
@@ -198,7 +225,11 @@ export class UpstreamClient {
       body = form;
     }
     const res = await this.call(url, { method: 'POST', headers, body, signal });
-    if (stageImage && res.statusCode >= 200 && res.statusCode < 300) return this.readImageReply(res, signal, stageImage);
+    // A reply too short to hold a long base64 string is parsed whole: cheaper than scanning it.
+    const declared = Number(res.headers['content-length'] ?? Number.POSITIVE_INFINITY);
+    if (stageImage && res.statusCode >= 200 && res.statusCode < 300 && declared >= LONG_BASE64_BYTES) {
+      return this.readImageReply(res, signal, stageImage);
+    }
     return this.readJson(res, signal);
   }
 
@@ -274,7 +305,9 @@ export class UpstreamClient {
     const extra = { upstreamStatus: status };
     if (status === 401 || status === 403) {
       // The upstream refused the gateway's own credentials or balance: not the caller's fault.
-      return new GatewayError('upstream_error', `upstream refused the gateway's credentials (HTTP ${status}); an operator must check the upstream key and balance`, extra);
+      const message = `upstream refused the gateway's credentials (HTTP ${status}); an operator must check the upstream key and balance`;
+      // 403 also means "this key may not use this model": only a bad key or a spent balance is the key's fault.
+      return status === 401 || KEY_PROBLEM.test(said) ? new UpstreamKeyRefused(message, extra) : new GatewayError('upstream_error', message, extra);
     }
     const retryAfter = parseRetryAfter(retryAfterHeader);
     if (status === 429) {
@@ -310,8 +343,19 @@ export class UpstreamClient {
     for (;;) {
       await sleep(wait, undefined, { signal });
       wait = Math.min(Math.round(wait * 1.5), 5000);
-      const res = await this.call(url, { method: 'GET', headers: this.headers('bearer', key), signal });
-      const body = (await this.readJson(res, signal)) as Record<string, unknown> | null;
+      let body: Record<string, unknown> | null;
+      try {
+        const res = await this.call(url, { method: 'GET', headers: this.headers('bearer', key), signal });
+        body = (await this.readJson(res, signal)) as Record<string, unknown> | null;
+      } catch (err) {
+        // The task is paid for: a passing fault while polling (5xx, throttling, a dropped connection,
+        // a garbled reply) is waited out until the deadline, never turned into a failed job.
+        if (signal.aborted) throw err;
+        const status = err instanceof GatewayError ? err.upstreamStatus : undefined;
+        if (status === undefined || status === 200 || status === 429 || status >= 500) continue;
+        if (status === 404) body = { status: 'Task not found' };
+        else throw err;
+      }
       const status = typeof body?.status === 'string' ? body.status : '';
       if (status === 'Ready') {
         const result = body?.result as Record<string, unknown> | undefined;
