@@ -177,7 +177,15 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.decorate('catalogue', catalogue);
   app.decorate('keyStore', keyStore);
   app.decorate('counters', counters);
-  app.decorate('limits', new KeyLimits(counters));
+  app.decorate(
+    'limits',
+    new KeyLimits(counters, async (keyId, window) => {
+      const [column, where, value] =
+        'day' in window ? ['images_returned', 'day = $2', window.day] : ['cost_usd', 'day LIKE $2', `${window.month}-%`];
+      const row = await db.get<{ used: number | string | null }>(`SELECT SUM(${column}) AS used FROM usage_records WHERE key_id = $1 AND ${where}`, [keyId, value]);
+      return Number(row?.used ?? 0);
+    }),
+  );
   app.decorate('upstream', upstream);
   app.decorate('store', store);
   const images = new ImageLibrary(store, new ImageRecords(db));

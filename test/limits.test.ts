@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
@@ -224,5 +227,24 @@ describe('limits settled by what really happened', () => {
     await h.app.usageLog.flush();
     const rows = await h.app.db.all<{ status: number; error_code: string }>("SELECT status, error_code FROM usage_records WHERE request_id = 'hang-up'");
     expect(rows).toEqual([{ status: 499, error_code: 'client_closed' }]);
+  });
+});
+
+describe('limits across a restart', () => {
+  it('a key’s day of images continues after the gateway restarts, without Redis', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'gw-restart-'));
+    const first = await startHarness({ DATA_DIR: dataDir });
+    const key = await mint(first, { images_per_day: 2 });
+    expect((await first.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'x', n: 2 } })).statusCode).toBe(200);
+    await first.close();
+    const second = await startHarness({ DATA_DIR: dataDir });
+    try {
+      const again = await second.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'y' } });
+      expect(again.statusCode).toBe(429);
+      expect(again.json().error.message).toMatch(/images_per_day/);
+    } finally {
+      await second.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });

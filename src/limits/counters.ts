@@ -41,6 +41,19 @@ export class Counters {
     return this.redisFailing ? 'memory (redis unavailable)' : 'redis';
   }
 
+  /** Starts a window at `value` unless it has started already (Redis SET NX), e.g. from the usage records after a restart. */
+  async seed(key: string, value: number, windowMs: number): Promise<void> {
+    if (this.redis && this.redis.status === 'ready') {
+      try {
+        await this.redis.set(this.prefix + key, String(value), 'PX', windowMs, 'NX');
+        return;
+      } catch (err) {
+        this.markFailing(err);
+      }
+    }
+    if (!this.local.has(key)) this.local.set(key, { total: value, resetAt: Date.now() + windowMs });
+  }
+
   async add(key: string, amount: number, windowMs: number): Promise<CounterValue> {
     if (this.redis && this.redis.status === 'ready') {
       try {

@@ -28,8 +28,26 @@ function windows(now = new Date()) {
  * before any upstream call. Counts are reserved up front (so concurrent requests cannot overshoot)
  * and settled to what the request really made.
  */
+/** What a key has used in a UTC day (images) or calendar month (USD), by the usage records. */
+export type UsageSoFar = (keyId: string, window: { day: string } | { month: string }) => Promise<number>;
+
 export class KeyLimits {
-  constructor(private readonly counters: Counters) {}
+  /** Windows this process has started from the usage records; each once. */
+  private readonly seeded = new Set<string>();
+
+  constructor(
+    private readonly counters: Counters,
+    // Counters in memory (no Redis) or in a Redis that lost them start from the usage records, not
+    // from zero, so a restart does not hand every key a fresh day or month.
+    private readonly usageSoFar?: UsageSoFar,
+  ) {}
+
+  private async seedOnce(key: string, keyId: string, window: { day: string } | { month: string }, scale: number, windowMs: number): Promise<void> {
+    if (!this.usageSoFar || this.seeded.has(key)) return;
+    this.seeded.add(key);
+    const used = await this.usageSoFar(keyId, window);
+    await this.counters.seed(key, Math.round(used * scale), windowMs);
+  }
 
   checkModel(client: Client, modelId: string): void {
     if (!modelAllowed(client, modelId)) {
@@ -58,6 +76,7 @@ export class KeyLimits {
       monthKey: `usd:${client.id}:${w.month}`,
     };
     if (client.images_per_day !== undefined) {
+      await this.seedOnce(reservation.dayKey, client.id, { day: w.day }, 1, w.msToNextDay + 60_000);
       const limit = client.images_per_day;
       const { total } = await this.counters.add(reservation.dayKey, images, w.msToNextDay + 60_000);
       if (total > limit) {
@@ -73,6 +92,7 @@ export class KeyLimits {
       reply.header('x-ratelimit-images-limit', String(limit)).header('x-ratelimit-images-remaining', String(Math.max(0, limit - total)));
     }
     if (client.monthly_budget_usd !== undefined) {
+      await this.seedOnce(reservation.monthKey, client.id, { month: w.month }, MICRO, w.msToNextMonth + 86_400_000);
       const limit = Math.round(client.monthly_budget_usd * MICRO);
       const cost = Math.round((estimatedCostUsd ?? 0) * MICRO);
       const { total } = await this.counters.add(reservation.monthKey, cost, w.msToNextMonth + 86_400_000);
