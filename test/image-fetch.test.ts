@@ -191,6 +191,13 @@ describe('JSON edits with image URLs from ALLOWED_IMAGE_HOSTS', () => {
     expect(files.find((f) => f.field === 'mask')?.sha256).toBe(sha256(mask));
   });
 
+  it('fetches nothing when the model takes fewer images than the URLs given', async () => {
+    const res = await editWith(h, [`${host.url}/cat.png`, `${host.url}/cat.png`], { model: 'flux-kontext-pro' });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.message).toMatch(/at most 1 image/);
+    expect(host.hits).toEqual([]);
+  });
+
   it('follows a redirect within the allowed host', async () => {
     const res = await editWith(h, `${host.url}/moved.png`);
     expect(res.statusCode, res.body).toBe(200);

@@ -159,16 +159,19 @@ export class ImageFetcher {
     if (refs.length === 0) return fetched;
     const failed = new AbortController();
     const all = signal ? AbortSignal.any([signal, failed.signal]) : failed.signal;
-    await Promise.all(
-      refs.map(async (ref) => {
+    // A few at a time: one request must not open dozens of outbound connections at once.
+    const queue = [...refs];
+    const worker = async () => {
+      for (let ref = queue.shift(); ref; ref = queue.shift()) {
         try {
           fetched.set(ref.field, await this.fetch(ref, all));
         } catch (err) {
           failed.abort(err);
           throw err;
         }
-      }),
-    );
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(4, refs.length) }, worker));
     return fetched;
   }
 

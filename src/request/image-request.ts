@@ -68,7 +68,8 @@ const editJsonSchema = z
   .strictObject({
     ...commonFields,
     mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]),
-    image: z.union([imageRef, z.array(imageRef).min(1)]),
+    // 16: the most images any model takes; the model's own limit is checked before anything is fetched.
+    image: z.union([imageRef, z.array(imageRef).min(1).max(16)]),
     mask: imageRef,
   })
   .partial()

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
-import { describeModel, pricePerImage } from '../catalogue/catalogue.js';
+import { describeModel, pricePerImage, routeFor } from '../catalogue/catalogue.js';
+import { EDIT_MODES } from '../catalogue/model-spec.js';
 import { imageUrlsOfEditJson, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
 import type { GenerationResult, PreparedGeneration } from '../generation/image-generation.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
@@ -191,9 +192,19 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     else if (isJson(request)) {
       // Images given as URLs are fetched first, under the egress policy; data URLs are decoded in the parse.
       // A key may not make the gateway fetch anything for a model it may not use.
-      const named = app.catalogue.find(String((request.body as { model?: unknown } | null)?.model ?? ''));
-      if (named) app.limits.checkModel(request.client!, named.id);
-      const fetched = await app.imageFetcher.fetchAll(imageUrlsOfEditJson(request.body));
+      const body = (request.body ?? {}) as { model?: unknown; image?: unknown; mask?: unknown; mode?: unknown };
+      const named = app.catalogue.find(String(body.model ?? ''));
+      const refs = imageUrlsOfEditJson(body);
+      if (named && refs.length > 0) {
+        app.limits.checkModel(request.client!, named.id);
+        const mode = EDIT_MODES.find((m) => m === body.mode);
+        const { route } = routeFor(named, 'edit', mode, body.mask !== undefined);
+        const count = Array.isArray(body.image) ? body.image.length : 1;
+        if (route.images && count > route.images.max) {
+          throw invalidField('image', `${named.id} takes at most ${route.images.max} image${route.images.max === 1 ? '' : 's'}; got ${count}`);
+        }
+      }
+      const fetched = await app.imageFetcher.fetchAll(refs);
       imageRequest = parseEditJson(request.body, app.config.MAX_UPLOAD_BYTES, fetched);
     } else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
     return generateFor(app, request, reply, imageRequest);
