@@ -128,7 +128,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBytes(12).toString('base64url')}`;
     },
-    trustProxy: true,
+    // Off by default: otherwise any client's X-Forwarded-Host would shape the image URLs it is given.
+    trustProxy: config.TRUST_PROXY,
   });
 
 

@@ -154,6 +154,11 @@ const envSchema = z.object({
   CALLBACK_SECRET: optionalString.refine((v) => v === undefined || v.length >= 32, {
     message: 'CALLBACK_SECRET must be at least 32 characters',
   }),
+  // Behind a reverse proxy (nginx, an ingress): trust its X-Forwarded-* headers for the client address and origin.
+  TRUST_PROXY: z
+    .enum(['0', '1', 'true', 'false', ''], { message: 'TRUST_PROXY must be 1 or 0' })
+    .optional()
+    .transform((v) => v === '1' || v === 'true'),
   LOG_PROMPTS: z
     .enum(['0', '1', 'true', 'false', ''], { message: 'LOG_PROMPTS must be 1 or 0' })
     .optional()
@@ -176,6 +181,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
   }
   const config = parsed.data;
+  if (opts.requireUpstreamKey) {
+    // The example secrets in docker/ are public: a gateway started with them could be forged against.
+    const placeholders = Object.entries(env)
+      .filter(([name, value]) => name in envSchema.shape && typeof value === 'string' && /replace-me|change-me/i.test(value))
+      .map(([name]) => name);
+    if (placeholders.length > 0) {
+      throw new ConfigError(`invalid configuration:\n  ${placeholders.join(', ')} still hold the example value (replace-me / change-me); set real secrets`);
+    }
+  }
   // Half a credential pair is a typo, not a request for the SDK's default credential chain.
   if (config.S3_BUCKET && (config.AWS_ACCESS_KEY_ID === undefined) !== (config.AWS_SECRET_ACCESS_KEY === undefined)) {
     throw new ConfigError('invalid configuration:\n  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together');

@@ -127,9 +127,17 @@ describe('docker/k8s', () => {
     expect(configMap.data.S3_BUCKET).toBeDefined();
   });
 
-  it('ConfigMap and Secret together are a configuration the gateway starts with', () => {
+  it('ConfigMap and Secret together are a configuration the gateway starts with, once the secrets are real', () => {
     const env = Object.fromEntries(container.env.map((e: Json) => [e.name, e.value]));
-    expectValidGatewayConfig({ ...configMap.data, ...secret.stringData, ...env });
+    const real = Object.fromEntries(
+      Object.entries(secret.stringData as Record<string, string>).map(([name, value]) => [name, value.replace(/replace-me/g, 'r3al-s3cret')]),
+    );
+    expectValidGatewayConfig({ ...configMap.data, ...real, ...env });
+  });
+
+  it('the Secret’s example values are refused by a real start, naming them', () => {
+    const env = Object.fromEntries(container.env.map((e: Json) => [e.name, e.value]));
+    expect(() => loadConfig({ ...configMap.data, ...secret.stringData, ...env }, { requireUpstreamKey: true })).toThrow(/AIHUBMIX_API_KEY.*still hold the example value/);
   });
 
   it('the Service selects the Deployment’s pods, and the autoscaler scales the Deployment', () => {

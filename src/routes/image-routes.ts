@@ -173,12 +173,13 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
   }));
 
   app.get<{ Params: { id: string } }>('/v1/models/:id', async (request) => {
-    const model = app.catalogue.find(decodeURIComponent(request.params.id));
+    const model = app.catalogue.find(request.params.id);
     if (!model) throw new GatewayError('not_found', `no model "${request.params.id}"; GET /v1/models lists them`);
     return describeModel(model);
   });
 
-  app.post('/v1/generate', async (request, reply) => {
+  // A generate body is a prompt and a few fields: no room for megabytes.
+  app.post('/v1/generate', { bodyLimit: 1024 * 1024 }, async (request, reply) => {
     if (!isJson(request)) {
       throw new GatewayError('unsupported_media_type', 'POST /v1/generate takes application/json');
     }

@@ -13,7 +13,7 @@ export async function keyRoutes(app: FastifyInstance): Promise<void> {
     return { data: app.keyStore.list() };
   });
 
-  app.post('/v1/keys', async (request, reply) => {
+  app.post('/v1/keys', { bodyLimit: 64 * 1024 }, async (request, reply) => {
     requireAdmin(request);
     const parsed = mintKeySchema.safeParse(request.body ?? {});
     if (!parsed.success) {
