@@ -202,15 +202,26 @@ describe('Idempotency-Key', () => {
     expect(submissions('gpt-image-1')).toBe(1);
   });
 
-  it('a failed first request replays its error', async () => {
-    h.simulator.failNext('http400');
+  it('a first request that may have been paid for replays its error', async () => {
+    h.simulator.failNext('http500');
     const body = { model: 'gpt-image-1', prompt: 'fails' };
     const a = await generate(body, { 'idempotency-key': 'k-fail' });
     const b = await generate(body, { 'idempotency-key': 'k-fail' });
-    expect(a.statusCode).toBe(400);
-    expect(b.statusCode).toBe(400);
-    expect(b.json().error.code).toBe('invalid_request');
+    expect(a.statusCode).toBe(502);
+    expect(b.statusCode).toBe(502);
+    expect(b.json().error.code).toBe('upstream_error');
     expect(submissions('gpt-image-1')).toBe(1);
+  });
+
+  it('a first request that upstream refused (never paid) is tried again by its retry, and its 429 keeps Retry-After', async () => {
+    h.simulator.failNext('http429');
+    const body = { model: 'gpt-image-1', prompt: 'throttled' };
+    const a = await generate(body, { 'idempotency-key': 'k-throttled' });
+    expect(a.statusCode).toBe(429);
+    expect(Number(a.headers['retry-after'])).toBeGreaterThan(0);
+    const b = await generate(body, { 'idempotency-key': 'k-throttled' });
+    expect(b.statusCode).toBe(200);
+    expect(submissions('gpt-image-1')).toBe(2);
   });
 
   it('an over-long key is refused', async () => {

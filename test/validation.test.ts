@@ -498,3 +498,24 @@ describe('routes and request ids', () => {
     expect(a.headers['x-request-id']).not.toBe(b.headers['x-request-id']);
   });
 });
+
+describe('model options with a shape', () => {
+  it('refuses Doubao group-mode options other than max_images 1..15, before any upstream call', async () => {
+    const h = await startHarness();
+    try {
+      for (const bad of [{ max_images: 16 }, { max_images: 2, other: 1 }, 'x']) {
+        const res = await h.app.inject({
+          method: 'POST',
+          url: '/v1/generate',
+          headers: h.auth,
+          payload: { model: 'doubao-seedream-4-0', prompt: 'x', options: { sequential_image_generation: 'auto', sequential_image_generation_options: bad } },
+        });
+        expect(res.statusCode).toBe(400);
+        expect(res.json().error.details[0].field).toBe('options.sequential_image_generation_options');
+      }
+      expect(h.simulator.received).toHaveLength(0);
+    } finally {
+      await h.close();
+    }
+  });
+});

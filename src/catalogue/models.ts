@@ -4,7 +4,7 @@
  * Sources: ../shared/upstream-docs (AiHubMix) and ../shared/upstream-specs (vendor OpenAPI).
  */
 import type { FieldMapping, ModelSpec, Price, UpstreamRoute } from './model-spec.js';
-import { arrayOf, bool, intRange, numberRange, object, oneOf, pixelSize, ratioRange, text, type ParamRule } from './param-rule.js';
+import { arrayOf, bool, intRange, numberRange, oneOf, pixelSize, ratioRange, text, type ParamRule } from './param-rule.js';
 
 const SEED: FieldMapping = { rule: intRange(0, 2147483647) };
 const OUTPUT_PNG_JPEG_WEBP: FieldMapping = { rule: oneOf(['png', 'jpeg', 'webp']) };
@@ -354,6 +354,20 @@ const glmImage: ModelSpec = {
   },
 };
 
+// Doubao's group mode takes one option, max_images 1..15; anything else would be refused upstream (or cost more).
+const SEQUENTIAL_IMAGE_OPTIONS: ParamRule = {
+  allowed: 'an object {"max_images": an integer from 1 to 15}',
+  check(v) {
+    const ok =
+      typeof v === 'object' &&
+      v !== null &&
+      !Array.isArray(v) &&
+      Object.keys(v).every((k) => k === 'max_images') &&
+      intRange(1, 15).check((v as { max_images?: unknown }).max_images ?? 15) === undefined;
+    return ok ? undefined : 'must be an object {"max_images": an integer from 1 to 15}';
+  },
+};
+
 const doubaoRoute: UpstreamRoute = {
   family: 'predictions',
   path: predictionsPath('doubao/doubao-seedream-4-0'),
@@ -361,7 +375,7 @@ const doubaoRoute: UpstreamRoute = {
   params: { size: { rule: oneOf(['1K', '2K', '4K']) }, seed: SEED },
   options: {
     sequential_image_generation: { rule: oneOf(['auto', 'disabled']) },
-    sequential_image_generation_options: { rule: object('an object such as {"max_images": 1..15}') },
+    sequential_image_generation_options: { rule: SEQUENTIAL_IMAGE_OPTIONS },
     // Upstream adds a watermark unless told otherwise.
     watermark: { rule: bool },
   },

@@ -52,14 +52,6 @@ export function text(maxLength: number): ParamRule {
   };
 }
 
-/** A JSON object, checked only for shape; upstream validates its content. */
-export function object(description: string): ParamRule {
-  return {
-    allowed: description,
-    check: (v) => (typeof v === 'object' && v !== null && !Array.isArray(v) ? undefined : `must be ${description}`),
-  };
-}
-
 export function arrayOf(description: string, minItems: number, maxItems: number): ParamRule {
   const allowed = `${description} (${minItems} to ${maxItems} items)`;
   return {

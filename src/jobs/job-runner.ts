@@ -40,6 +40,18 @@ export interface JobRow {
 interface StoredError {
   status: number;
   error: ReturnType<typeof errorBody>['error'];
+  /** Seconds, for a 429/503 answer replayed to a waiting request. */
+  retry_after?: number;
+}
+
+/**
+ * A failure that cost nothing upstream (throttled, refused, never sent): a retry under the same
+ * Idempotency-Key should try again rather than replay it.
+ */
+function neverPaid(failure: GatewayError): boolean {
+  if (failure.code === 'rate_limited' || failure.code === 'service_unavailable') return true;
+  const status = failure.upstreamStatus;
+  return status !== undefined && ((status >= 400 && status < 500) || status === 503);
 }
 
 export interface JobView {
@@ -85,6 +97,9 @@ export class JobRunner {
   readonly instanceId = `gw_${randomBytes(6).toString('hex')}`;
   private readonly active = new Map<string, { controller: AbortController; done: Promise<void>; resumable: () => boolean }>();
   private timers: NodeJS.Timeout[] = [];
+  /** Callback deliveries in progress; a stop cuts their waits short and lets them record where they got. */
+  private readonly deliveries = new Set<Promise<void>>();
+  private readonly stopDeliveries = new AbortController();
   /** Told once when a job this replica started has ended (settling the limits it reserved). */
   private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined) => Promise<void>>>();
   private closing = false;
@@ -114,9 +129,13 @@ export class JobRunner {
       waits.push(job.done);
       void id;
     }
-    await Promise.race([Promise.allSettled(waits), sleep(this.o.shutdownGraceMs)]);
+    const grace = new AbortController();
+    await Promise.race([Promise.allSettled(waits), sleep(this.o.shutdownGraceMs, undefined, { signal: grace.signal }).catch(() => {})]);
+    grace.abort();
     for (const job of this.active.values()) job.controller.abort(new Error('gateway shutting down'));
     await Promise.allSettled([...this.active.values()].map((j) => j.done));
+    this.stopDeliveries.abort();
+    await Promise.allSettled([...this.deliveries]);
     await this.o.db.run('UPDATE jobs SET lease_until = 0 WHERE lease_owner = $1 AND status IN ($2, $3)', [this.instanceId, 'queued', 'running']);
   }
 
@@ -212,7 +231,12 @@ export class JobRunner {
     if (row.status === 'succeeded' && row.result_json) return { result: JSON.parse(row.result_json) as GenerationResult };
     const stored = row.error_json ? (JSON.parse(row.error_json) as StoredError) : undefined;
     const code = (stored?.error.code ?? 'upstream_error') as ErrorCode;
-    return { error: new GatewayError(code, stored?.error.message ?? 'the job failed', { details: stored?.error.details ?? [] }) };
+    return {
+      error: new GatewayError(code, stored?.error.message ?? 'the job failed', {
+        details: stored?.error.details ?? [],
+        ...(stored?.retry_after !== undefined ? { retryAfter: stored.retry_after } : {}),
+      }),
+    };
   }
 
   /** Waits until the job has finished, here or on another replica. */
@@ -302,7 +326,9 @@ export class JobRunner {
   }
 
   private async finish(id: string, result: GenerationResult | undefined, failure: GatewayError | undefined): Promise<void> {
-    const error: StoredError | null = failure ? { status: failure.status, error: errorBody(failure, id).error } : null;
+    const error: StoredError | null = failure
+      ? { status: failure.status, error: errorBody(failure, id).error, ...(failure.retryAfter !== undefined ? { retry_after: failure.retryAfter } : {}) }
+      : null;
     // Fenced by the lease: if this replica stalled and another took the job over, that one finishes it.
     const written = await this.o.db.run(
       `UPDATE jobs SET status = $1, result_json = $2, error_json = $3, request_json = NULL, lease_owner = NULL, lease_until = 0, updated_at = $4
@@ -314,12 +340,18 @@ export class JobRunner {
       this.finishWatchers.delete(id);
       return;
     }
+    if (failure && neverPaid(failure)) await this.o.db.run('DELETE FROM idempotency_keys WHERE job_id = $1', [id]);
     const watchers = this.finishWatchers.get(id) ?? [];
     this.finishWatchers.delete(id);
     for (const watch of watchers) await watch(result).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
     const row = await this.get(id);
     if (row) await this.o.onFinished?.(row, result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'recording a finished job failed'));
-    if (row?.callback_url) void this.deliverCallback(row);
+    if (row?.callback_url) {
+      const delivery: Promise<void> = this.deliverCallback(row)
+        .catch((err) => this.o.log.error({ err, job_id: id }, 'job callback failed'))
+        .finally(() => this.deliveries.delete(delivery));
+      this.deliveries.add(delivery);
+    }
   }
 
   private async renewLeases(): Promise<void> {
@@ -381,9 +413,11 @@ export class JobRunner {
     const timestamp = Math.floor(Date.now() / 1000);
     const signature = createHmac('sha256', this.o.callbackSecret).update(`${timestamp}.${body}`).digest('hex');
     let status = 'failed';
+    const stop = this.stopDeliveries.signal;
     for (const wait of [0, 1000, 5000, 25_000]) {
-      if (this.closing) break;
-      if (wait) await sleep(wait);
+      if (stop.aborted) break;
+      if (wait) await sleep(wait, undefined, { signal: stop }).catch(() => {});
+      if (stop.aborted) break;
       try {
         const refusal = await this.o.callbackRefusal?.(new URL(row.callback_url!));
         if (refusal) {
@@ -401,6 +435,7 @@ export class JobRunner {
           body,
           headersTimeout: 10_000,
           bodyTimeout: 10_000,
+          signal: stop,
         });
         await res.body.dump();
         if (res.statusCode >= 200 && res.statusCode < 300) {
