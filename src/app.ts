@@ -208,6 +208,10 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     // Callbacks go to caller-given URLs: the same egress policy as image URLs.
     callbackRefusal: (url) => egressRefusal(url, new Set(config.ALLOWED_CALLBACK_HOSTS)),
     callbackDispatcher,
+    readImage: async (name) => {
+      const stream = await images.open(name);
+      return stream ? Buffer.concat(await stream.toArray()) : undefined;
+    },
     onFinished: async (row, result, failure) => {
       if (!Number(row.is_async)) return;
       await app.usageLog.completeJob(row.id, {

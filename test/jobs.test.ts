@@ -1,4 +1,4 @@
-import { createHmac } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -45,6 +45,18 @@ describe('asynchronous jobs', () => {
     const image = await h.app.inject({ method: 'GET', url: url.pathname + url.search });
     expect(image.statusCode).toBe(200);
     expect(image.headers['content-type']).toBe('image/png');
+  });
+
+  it('keeps no base64 in the jobs table, yet answers b64_json from the image store', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'inline please', async: true, response_format: 'b64_json' });
+    const job = await finished(res.json().id);
+    expect(job.status).toBe('succeeded');
+    const row = await h.app.db.get<{ result_json: string }>('SELECT result_json FROM jobs WHERE id = $1', [job.id]);
+    expect(row?.result_json).not.toContain('iVBORw0KGgo');
+    const bytes = Buffer.from(job.result.images[0].b64_json, 'base64');
+    expect(bytes.subarray(1, 4).toString()).toBe('PNG');
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(job.result.images[0].sha256);
+    expect(job.result.inline_images).toBeUndefined();
   });
 
   it('a job that fails upstream ends failed with the error object', async () => {

@@ -81,11 +81,19 @@ export interface JobRunnerOptions {
   callbackRefusal?: (url: URL) => Promise<string | undefined>;
   /** Connections for callbacks: the egress policy's DNS check on every connection. */
   callbackDispatcher?: Dispatcher;
+  /** The bytes of a stored image by its name, to answer b64_json from the store instead of keeping base64 in the jobs table. */
+  readImage?: (name: string) => Promise<Buffer | undefined>;
   /** Told when a job has ended, with what it made or why it failed (usage completes its record). */
   onFinished?: (row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined) => Promise<void>;
 }
 
 const FINAL: JobStatus[] = ['succeeded', 'failed'];
+
+/** Base64 images stay out of the jobs table (kept for days, read on every poll): a flag says to read them back. */
+function resultToStore(result: GenerationResult): string {
+  if (!result.images.some((image) => image.b64_json !== undefined)) return JSON.stringify(result);
+  return JSON.stringify({ ...result, images: result.images.map(({ b64_json: _b64, ...image }) => image), inline_images: true });
+}
 const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
 
 /**
@@ -212,7 +220,7 @@ export class JobRunner {
     return row;
   }
 
-  view(row: JobRow): JobView {
+  async view(row: JobRow): Promise<JobView> {
     const view: JobView = {
       id: row.id,
       status: row.status,
@@ -220,15 +228,29 @@ export class JobRunner {
       model: row.model,
       created: Math.floor(Number(row.created_at) / 1000),
     };
-    if (row.result_json) view.result = JSON.parse(row.result_json) as GenerationResult;
+    if (row.result_json) view.result = await this.storedResult(row.result_json);
     if (row.error_json) view.error = (JSON.parse(row.error_json) as StoredError).error;
     if (row.callback_url) view.callback_status = row.callback_status ?? 'pending';
     return view;
   }
 
+  /** A result as kept: base64 images are not stored in the row; they are read back from the image store. */
+  private async storedResult(json: string): Promise<GenerationResult> {
+    const { inline_images, ...result } = JSON.parse(json) as GenerationResult & { inline_images?: boolean };
+    if (!inline_images || !this.o.readImage) return result;
+    const images = await Promise.all(
+      result.images.map(async (image) => {
+        const name = new URL(image.url, 'http://gateway').pathname.split('/').pop() ?? '';
+        const bytes = await this.o.readImage!(name);
+        return bytes ? { ...image, b64_json: bytes.toString('base64') } : image;
+      }),
+    );
+    return { ...result, images };
+  }
+
   /** The finished job's answer, as the synchronous request would have had it. */
-  outcome(row: JobRow): { result: GenerationResult } | { error: GatewayError } {
-    if (row.status === 'succeeded' && row.result_json) return { result: JSON.parse(row.result_json) as GenerationResult };
+  async outcome(row: JobRow): Promise<{ result: GenerationResult } | { error: GatewayError }> {
+    if (row.status === 'succeeded' && row.result_json) return { result: await this.storedResult(row.result_json) };
     const stored = row.error_json ? (JSON.parse(row.error_json) as StoredError) : undefined;
     const code = (stored?.error.code ?? 'upstream_error') as ErrorCode;
     return {
@@ -333,7 +355,7 @@ export class JobRunner {
     const written = await this.o.db.run(
       `UPDATE jobs SET status = $1, result_json = $2, error_json = $3, request_json = NULL, lease_owner = NULL, lease_until = 0, updated_at = $4
        WHERE id = $5 AND lease_owner = $6 AND status IN ('queued', 'running')`,
-      [result ? 'succeeded' : 'failed', result ? JSON.stringify(result) : null, error ? JSON.stringify(error) : null, Date.now(), id, this.instanceId],
+      [result ? 'succeeded' : 'failed', result ? resultToStore(result) : null, error ? JSON.stringify(error) : null, Date.now(), id, this.instanceId],
     );
     if (written === 0) {
       this.o.log.warn({ job_id: id }, 'job was taken over by another replica; leaving its outcome to that one');
@@ -408,7 +430,7 @@ export class JobRunner {
 
   /** POSTs the finished job to its callback_url, signed, retried with backoff. */
   private async deliverCallback(row: JobRow): Promise<void> {
-    const { callback_status: _pending, ...job } = this.view(row);
+    const { callback_status: _pending, ...job } = await this.view(row);
     const body = JSON.stringify(job);
     const timestamp = Math.floor(Date.now() / 1000);
     const signature = createHmac('sha256', this.o.callbackSecret).update(`${timestamp}.${body}`).digest('hex');

@@ -156,7 +156,7 @@ async function viaJob(
   // A synchronous request with an Idempotency-Key waits for its job; if the client leaves, the job
   // goes on, and the client's retry gets its result.
   const row = await app.jobs.waitFor(jobId, clientGone);
-  const finished = app.jobs.outcome(row);
+  const finished = await app.jobs.outcome(row);
   if ('error' in finished) throw finished.error;
   return finished.result;
 }

@@ -9,6 +9,6 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
     if (!row || (row.team !== client.team && !client.admin)) {
       throw new GatewayError('not_found', `no job ${request.params.id}`);
     }
-    return app.jobs.view(row);
+    return await app.jobs.view(row);
   });
 }
