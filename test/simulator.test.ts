@@ -593,3 +593,23 @@ describe('lifecycle', () => {
     }
   });
 });
+
+describe('faults asked for in the prompt', () => {
+  it('answers the fault a prompt names with #sim:<fault>, once per such request', async () => {
+    const sim = await startUpstreamSimulator({});
+    try {
+      const post = (prompt: string) =>
+        fetch(`${sim.url}/v1/models/openai/gpt-image-1/predictions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ input: { prompt } }),
+        });
+      expect((await post('a deer #sim:http429')).status).toBe(429);
+      expect((await post('a deer #sim:moderated')).status).toBe(422);
+      expect((await post('a deer #sim:nonsense')).status).toBe(200);
+      expect((await post('a deer')).status).toBe(200);
+    } finally {
+      await sim.close();
+    }
+  });
+});

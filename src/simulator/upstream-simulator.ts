@@ -86,6 +86,7 @@ const ASYNC_BFL_MODELS = new Set(['flux-kontext-max', 'flux-kontext-pro', 'flux-
 
 /** Faults that answer a submission; 'task_error' acts on a task instead. */
 type SubmissionFault = Exclude<SimulatedFault, 'task_error'>;
+const SUBMISSION_FAULTS: readonly SubmissionFault[] = ['http429', 'http500', 'http503', 'http400', 'http401', 'http403', 'http403_model', 'moderated', 'hang', 'malformed'];
 
 /** Ideogram answers errors as {"error":"..."}; the other families as {"error":{"message","type"}}. */
 type ErrorStyle = 'openai' | 'ideogram';
@@ -146,8 +147,22 @@ class SimulatorState {
     this.pollFaults = 0;
   }
 
-  takeFault(): SubmissionFault | undefined {
-    return this.pendingFaults.shift();
+  /**
+   * The fault this submission answers with: one queued by failNext, or one its prompt asks for
+   * (`#sim:http429`, `#sim:moderated`, ...), so a frontend developer can see every error state
+   * through the demo without touching code.
+   */
+  takeFault(request?: FastifyRequest): SubmissionFault | undefined {
+    const queued = this.pendingFaults.shift();
+    if (queued) return queued;
+    const record = request ? this.recordOf.get(request) : undefined;
+    const json = record?.json as { prompt?: unknown; input?: { prompt?: unknown }; image_request?: { prompt?: unknown } } | undefined;
+    const imageRequest = typeof record?.fields?.image_request === 'string' ? record.fields.image_request : '';
+    const prompt = [json?.prompt, json?.input?.prompt, json?.image_request?.prompt, record?.fields?.prompt, imageRequest].find(
+      (p): p is string => typeof p === 'string' && p.includes('#sim:'),
+    );
+    const asked = prompt ? /#sim:(\w+)/.exec(prompt)?.[1] : undefined;
+    return SUBMISSION_FAULTS.find((f) => f === asked);
   }
 
   takeTaskError(): boolean {
@@ -284,7 +299,7 @@ function registerPredictionRoutes(api: FastifyInstance, sim: SimulatorState): vo
       sim.checkKey(request, 'openai');
       await sim.delay();
       const isAsync = vendor === 'bfl' && ASYNC_BFL_MODELS.has(model);
-      const fault = sim.takeFault();
+      const fault = sim.takeFault(request);
       // An async submission is accepted even when moderated; the moderation shows in the task.
       if (fault && !(fault === 'moderated' && isAsync)) return answerFault(sim, reply, fault, 'openai');
 
@@ -354,7 +369,7 @@ function registerOpenAiImageRoutes(api: FastifyInstance, sim: SimulatorState): v
     const body = asObject(recordJsonBody(sim, request)) ?? {};
     sim.checkKey(request, 'openai');
     await sim.delay();
-    const fault = sim.takeFault();
+    const fault = sim.takeFault(request);
     if (fault) return answerFault(sim, reply, fault, 'openai');
 
     const prompt = requirePrompt(body.prompt);
@@ -365,7 +380,7 @@ function registerOpenAiImageRoutes(api: FastifyInstance, sim: SimulatorState): v
     const { fields, files } = await recordMultipartBody(sim, request, 'openai');
     sim.checkKey(request, 'openai');
     await sim.delay();
-    const fault = sim.takeFault();
+    const fault = sim.takeFault(request);
     if (fault) return answerFault(sim, reply, fault, 'openai');
 
     if (!files.some((file) => file.field === 'image' || file.field === 'image[]')) {
@@ -390,7 +405,7 @@ function registerIdeogramV3Routes(api: FastifyInstance, sim: SimulatorState): vo
       const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
       sim.checkKey(request, 'ideogram');
       await sim.delay();
-      const fault = sim.takeFault();
+      const fault = sim.takeFault(request);
       if (fault) return answerFault(sim, reply, fault, 'ideogram');
 
       if (needsImage && !files.some((file) => file.field === 'image')) {
@@ -410,7 +425,7 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
     const body = asObject(recordJsonBody(sim, request)) ?? {};
     sim.checkKey(request, 'ideogram');
     await sim.delay();
-    const fault = sim.takeFault();
+    const fault = sim.takeFault(request);
     if (fault) return answerFault(sim, reply, fault, 'ideogram');
 
     const imageRequest = asObject(body.image_request);
@@ -423,7 +438,7 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
     const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
     sim.checkKey(request, 'ideogram');
     await sim.delay();
-    const fault = sim.takeFault();
+    const fault = sim.takeFault(request);
     if (fault) return answerFault(sim, reply, fault, 'ideogram');
 
     for (const required of ['image_file', 'mask']) {
@@ -442,7 +457,7 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
     const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
     sim.checkKey(request, 'ideogram');
     await sim.delay();
-    const fault = sim.takeFault();
+    const fault = sim.takeFault(request);
     if (fault) return answerFault(sim, reply, fault, 'ideogram');
 
     if (!files.some((file) => file.field === 'image_file')) {
