@@ -254,3 +254,37 @@ describe('a client that disconnects mid-request', () => {
     await pending;
   });
 });
+
+describe('image URLs in upstream replies', () => {
+  it('are held to the egress policy: a private or metadata address is not fetched', async () => {
+    const { createServer } = await import('node:http');
+    let fetchedPrivate = false;
+    const decoy = createServer((_req, res) => {
+      fetchedPrivate = true;
+      res.end('secret');
+    });
+    await new Promise<void>((r) => decoy.listen(0, '127.0.0.2', r));
+    const decoyUrl = `http://127.0.0.2:${(decoy.address() as AddressInfo).port}/latest/meta-data`;
+    const upstream = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ output: [{ url: req.url?.includes('qianfan') ? decoyUrl : 'http://169.254.169.254/latest/meta-data' }] }));
+      });
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const h = await startHarness({ AIHUBMIX_BASE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}` });
+    try {
+      for (const model of ['doubao-seedream-4-0', 'irag-1.0']) {
+        const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model, prompt: 'x' } });
+        expect(res.statusCode).toBe(502);
+        expect(res.json().error.message).toMatch(/image URL the gateway does not fetch/);
+      }
+      expect(fetchedPrivate).toBe(false);
+    } finally {
+      await h.close();
+      upstream.close();
+      decoy.close();
+    }
+  });
+});

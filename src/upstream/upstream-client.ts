@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Agent, FormData, interceptors, request, type Dispatcher } from 'undici';
+import { Agent, FormData, request, type Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
+import { egressLookup, egressRefusal } from '../images/image-fetch.js';
 import type { UpstreamRequest } from './upstream-request.js';
 import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type UpstreamImage } from './upstream-reply.js';
 import { FairQueue } from './fair-queue.js';
-import { LONG_BASE64_BYTES, MalformedReply, ReplyTooLarge, parseImageReply, type Base64Sink } from './image-reply-parser.js';
+import { LONG_BASE64_BYTES, MalformedReply, ReplyBrokeOff, ReplyTooLarge, parseImageReply, type Base64SinkFactory } from './image-reply-parser.js';
 import type { StagedImage } from '../images/image-library.js';
 
 export interface UpstreamClientOptions {
@@ -39,7 +40,7 @@ export interface TaskHooks {
    * Where a large base64 image of the reply is written as it arrives (decoded, never held as a
    * string); the image then comes back as `staged`. Without it, replies are parsed whole.
    */
-  stageImage?: Base64Sink<StagedImage>;
+  stageImage?: Base64SinkFactory<StagedImage>;
   /** With resumeTaskId: the tag of the key that submitted the task (tasks belong to an account). */
   resumeKeyTag?: string;
 }
@@ -89,8 +90,9 @@ export function scrubSecrets(message: string, ...secrets: string[]): string {
  */
 export class UpstreamClient {
   private readonly dispatcher: Agent;
-  /** Result URLs may redirect to a CDN; API calls never should. */
-  private readonly downloads: Dispatcher;
+  /** For result images: redirects are followed by hand, each hop checked. */
+  private readonly downloads: Agent;
+  private readonly resultHosts: Set<string>;
   private readonly slots: FairQueue;
   private readonly keys: Array<{ key: string; setAsideUntil: number }>;
   private nextKey = 0;
@@ -98,7 +100,10 @@ export class UpstreamClient {
   constructor(private readonly options: UpstreamClientOptions) {
     // Keep-alive pool to upstream: most of an exchange's overhead is connection setup otherwise.
     this.dispatcher = new Agent({ keepAliveTimeout: 30_000, connections: Math.max(8, options.maxConcurrency * 2) });
-    this.downloads = this.dispatcher.compose(interceptors.redirect({ maxRedirections: 3 }));
+    // Result URLs come from upstream replies: the same egress policy as caller-given URLs (no private,
+    // loopback or metadata addresses, checked on every connection), except the upstream's own host.
+    this.resultHosts = new Set([new URL(options.baseUrl).hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1')]);
+    this.downloads = new Agent({ keepAliveTimeout: 30_000, connect: { lookup: egressLookup(this.resultHosts) } });
     this.slots = new FairQueue(options.maxConcurrency, options.queueTimeoutMs);
     this.keys = options.apiKeys.map((key) => ({ key, setAsideUntil: 0 }));
   }
@@ -108,6 +113,7 @@ export class UpstreamClient {
   }
 
   async close(): Promise<void> {
+    await this.downloads.close();
     await this.dispatcher.close();
   }
 
@@ -180,7 +186,7 @@ export class UpstreamClient {
    * Sends with retries, but only where no image can have been paid for: upstream refused the call
    * (429 throttling, 503 no channel) or refused the key (401/403, then the next key is tried).
    */
-  private async submit(req: UpstreamRequest, signal: AbortSignal, stageImage?: Base64Sink<StagedImage>): Promise<{ body: unknown; key: string }> {
+  private async submit(req: UpstreamRequest, signal: AbortSignal, stageImage?: Base64SinkFactory<StagedImage>): Promise<{ body: unknown; key: string }> {
     let refusals = 0;
     for (;;) {
       const key = this.pickKey();
@@ -211,7 +217,7 @@ export class UpstreamClient {
     }
   }
 
-  private async exchange(req: UpstreamRequest, key: string, signal: AbortSignal, stageImage?: Base64Sink<StagedImage>): Promise<unknown> {
+  private async exchange(req: UpstreamRequest, key: string, signal: AbortSignal, stageImage?: Base64SinkFactory<StagedImage>): Promise<unknown> {
     const url = new URL(req.path, this.options.baseUrl);
     let body: string | FormData;
     const headers = this.headers(req.auth, key);
@@ -234,7 +240,7 @@ export class UpstreamClient {
   }
 
   /** A successful reply, its large base64 images streamed to `stageImage` (see image-reply-parser.ts). */
-  private async readImageReply(res: Dispatcher.ResponseData, signal: AbortSignal, stageImage: Base64Sink<StagedImage>): Promise<unknown> {
+  private async readImageReply(res: Dispatcher.ResponseData, signal: AbortSignal, stageImage: Base64SinkFactory<StagedImage>): Promise<unknown> {
     const max = this.options.maxReplyBytes;
     const upstreamStatus = res.statusCode;
     if (Number(res.headers['content-length'] ?? 0) > max) {
@@ -248,6 +254,10 @@ export class UpstreamClient {
     } catch (err) {
       if (err instanceof MalformedReply) throw new GatewayError('upstream_error', 'upstream answered with malformed JSON', { upstreamStatus });
       if (err instanceof ReplyTooLarge) throw new GatewayError('upstream_error', `upstream reply is over the ${max} byte limit`, { upstreamStatus });
+      if (err instanceof ReplyBrokeOff) {
+        if (signal.aborted) throw err.cause;
+        throw new GatewayError('upstream_error', `the upstream reply broke off: ${err.message}`, { upstreamStatus, cause: err.cause });
+      }
       throw err;
     }
   }
@@ -380,6 +390,10 @@ export class UpstreamClient {
    * arrives (capped at maxDownloadBytes) so a large image is never held whole in memory. A network
    * failure or a 5xx is retried briefly, so `consume` must start afresh on each call.
    */
+  private fetchResult(url: URL, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
+    return followResult(url, signal, this.downloads, this.resultHosts);
+  }
+
   async download<T>(url: string, signal: AbortSignal, consume: (body: AsyncIterable<Uint8Array>) => Promise<T>): Promise<T> {
     let parsed: URL;
     try {
@@ -394,7 +408,7 @@ export class UpstreamClient {
     let lastError: unknown;
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        const res = await request(parsed, { method: 'GET', signal, dispatcher: this.downloads });
+        const res = await this.fetchResult(parsed, signal);
         if (res.statusCode !== 200) {
           await res.body.dump();
           // Result URLs are short-lived (Flux: 10 minutes); a 403/404/410 there almost always means expired.
@@ -418,6 +432,28 @@ export class UpstreamClient {
     }
     if (lastError instanceof GatewayError) throw lastError;
     throw new GatewayError('upstream_error', `downloading the upstream image failed: ${(lastError as Error).message}`, { cause: lastError });
+  }
+}
+
+/** A result URL that redirects (a CDN): at most 3 hops, each one checked against the egress policy. */
+async function followResult(
+  url: URL,
+  signal: AbortSignal,
+  dispatcher: Dispatcher,
+  allowedHosts: ReadonlySet<string>,
+): Promise<Dispatcher.ResponseData> {
+  for (let hop = 0; ; hop++) {
+    const refusal = await egressRefusal(url, allowedHosts);
+    if (refusal) throw new GatewayError('upstream_error', `upstream returned an image URL the gateway does not fetch: ${refusal}`);
+    const res = await request(url, { method: 'GET', signal, dispatcher });
+    const location = res.headers.location;
+    if (res.statusCode >= 300 && res.statusCode < 400 && typeof location === 'string') {
+      await res.body.dump();
+      if (hop >= 3) throw new GatewayError('upstream_error', 'the upstream image URL redirects more than 3 times');
+      url = new URL(location, url);
+      continue;
+    }
+    return res;
   }
 }
 
