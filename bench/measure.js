@@ -33,7 +33,8 @@ export async function measure({ url, method = 'GET', headers = {}, body, connect
   const latencies = [];
   const statuses = {};
   let short = 0;
-  const run = autocannon({ url, method, headers, body, connections, duration: seconds, timeout: 60, setupClient: discardBodies });
+  // sampleInt: autocannon checks for the end of `duration` once a sample, by default once a second.
+  const run = autocannon({ url, method, headers, body, connections, duration: seconds, sampleInt: 100, timeout: 60, setupClient: discardBodies });
   run.on('response', (_client, status, bytes, ms) => {
     statuses[status] = (statuses[status] ?? 0) + 1;
     // An answer smaller than the image it should carry is a failure, whatever its status.

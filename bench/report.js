@@ -40,7 +40,7 @@ const TARGETS = [
   },
   {
     scenario: '4mib',
-    what: '4 MiB image: gateway peak RSS, 16 requests in flight',
+    what: '4 MiB image: gateway peak RSS, 16 requests in flight (fresh process)',
     limit: '≤ 300 MB',
     value: (gw) => gw.inFlight?.peakRssMb ?? null,
     show: (v) => `${fixed(v, 0)} MB`,
@@ -69,12 +69,13 @@ export function printReport(report) {
   out.push('');
   out.push(
     `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGb} GB, ${machine.os}, Node ${machine.node}; ` +
-      `${settings.rounds} round(s), ${settings.seconds} s per measurement, ${report.date}`,
+      `${settings.rounds} round(s), ${settings.seconds} s per measurement, ${report.date}; ` +
+      `load average ${report.loadAverage.atStart[0]} at start, ${report.loadAverage.atEnd[0]} at end`,
   );
   out.push('');
   out.push(
     table(
-      ['scenario', 'target', 'p50 ms (c=1)', 'p99 ms (c=1)', `req/s (c=${settings.throughputConnections})`, 'peak RSS MB', 'errors'],
+      ['scenario', 'target', 'p50 ms (c=1)', 'p99 ms (c=1)', `req/s (c=${settings.throughputConnections})`, 'CPU ms/req', 'peak RSS MB', 'errors'],
       report.scenarios.flatMap((s) =>
         Object.entries(s.targets).map(([name, t]) => [
           s.title,
@@ -82,7 +83,8 @@ export function printReport(report) {
           fixed(t.p50Ms, 3),
           fixed(t.p99Ms, 3),
           fixed(t.requestsPerSecond, 0),
-          t.inFlight ? `${t.peakRssMb} (c=${t.inFlight.connections}: ${t.inFlight.peakRssMb})` : fixed(t.peakRssMb, 0),
+          fixed(t.cpuPerRequestMs, 2),
+          t.inFlight ? `${t.peakRssMb} (fresh, c=${t.inFlight.connections}: ${t.inFlight.peakRssMb})` : fixed(t.peakRssMb, 0),
           String(t.errors),
         ]),
       ),

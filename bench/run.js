@@ -2,10 +2,11 @@
 // loopback, in one run, interleaved round by round so that drift of the machine falls on all
 // targets alike. BENCH_QUICK=1 for a ~1 minute run; BENCH_PROFILE=1 writes a CPU profile of the
 // gateway to bench/results/profiles/; BENCH_ONLY=small,4mib runs only those scenarios,
-// BENCH_TARGETS=gateway only those targets, BENCH_SECONDS=10 measures longer (for profiling).
+// BENCH_TARGETS=gateway only those targets, BENCH_SECONDS=10 measures longer (for profiling),
+// BENCH_LOG_LEVEL=warn runs the gateway without its per-request log line (to see what it costs).
 import { fork } from 'node:child_process';
 import { mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync } from 'node:fs';
-import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -23,7 +24,7 @@ const SETTINGS = {
   rounds: QUICK ? 1 : 3,
   /** Seconds of each measurement. */
   seconds: Number(process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
-  warmupSeconds: QUICK ? 0.5 : 2,
+  warmupSeconds: QUICK ? 0.3 : 2,
   /** Throughput is measured at this concurrency... */
   throughputConnections: 32,
   /** ...and peak memory for the 4 MiB image also at this one. */
@@ -61,15 +62,17 @@ function start(script, env, options = {}) {
     });
     child.once('message', (message) => {
       if (message?.type !== 'ready') return reject(new Error(`${script}: unexpected message ${JSON.stringify(message)}`));
-      resolve({ name: script, child, pid: child.pid, url: `http://127.0.0.1:${message.port}` });
+      const server = { name: script, child, pid: child.pid, url: `http://127.0.0.1:${message.port}`, exitCode: undefined };
+      child.once('exit', (code, signal) => (server.exitCode = code ?? signal));
+      resolve(server);
     });
   });
 }
 
 async function stop(server) {
   if (!children.has(server.child)) return;
-  const exited = new Promise((resolve) => server.child.once('exit', resolve));
   server.child.removeAllListeners('exit');
+  const exited = new Promise((resolve) => server.child.once('exit', resolve));
   server.child.once('exit', () => children.delete(server.child));
   server.child.send({ type: 'close' });
   await Promise.race([exited, sleep(15_000)]);
@@ -106,10 +109,24 @@ const memory = {
   },
 };
 
+/**
+ * CPU time a process has used, in ms (Linux: /proc/<pid>/stat, user + system, 10 ms ticks). Per
+ * request it is steadier than latency when other work shares the machine.
+ */
+function cpuMs(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return null;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async function main() {
   const started = Date.now();
+  const loadAtStart = loadavg().map((l) => Math.round(l * 100) / 100);
   const images = await loadImages();
   const work = mkdtempSync(join(tmpdir(), 'gw-bench-'));
   const dataDir = join(work, 'data');
@@ -134,25 +151,27 @@ async function main() {
   const logFd = openSync(gatewayLog, 'a');
 
   const upstream = await start('fake-upstream.js', { BENCH_UPSTREAM_KEY: UPSTREAM_KEY });
-  const passthrough = await start('passthrough.js', { BENCH_UPSTREAM_URL: upstream.url, BENCH_UPSTREAM_KEY: UPSTREAM_KEY });
+  const startPassthrough = () => start('passthrough.js', { BENCH_UPSTREAM_URL: upstream.url, BENCH_UPSTREAM_KEY: UPSTREAM_KEY });
   const profileDir = join(BENCH_DIR, 'results', 'profiles');
   if (PROFILE) mkdirSync(profileDir, { recursive: true });
-  const gateway = await start(
-    'gateway.js',
-    {
-      AIHUBMIX_API_KEY: UPSTREAM_KEY,
-      AIHUBMIX_BASE_URL: upstream.url,
-      GATEWAY_KEYS_FILE: keysFile,
-      DATA_DIR: dataDir,
-      LOG_LEVEL: 'info',
-      RATE_LIMIT_RPM: '1000000',
-      UPSTREAM_RETRIES: '0',
-      IMAGE_URL_SECRET: 'bench-url-secret-0123456789abcdefghijkl',
-      PUBLIC_BASE_URL: 'http://127.0.0.1',
-    },
-    { stdout: logFd, execArgv: PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [] },
-  );
-  closeSync(logFd);
+  const startGateway = (options) =>
+    start(
+      'gateway.js',
+      {
+        AIHUBMIX_API_KEY: UPSTREAM_KEY,
+        AIHUBMIX_BASE_URL: upstream.url,
+        GATEWAY_KEYS_FILE: keysFile,
+        DATA_DIR: options.dataDir,
+        LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info',
+        RATE_LIMIT_RPM: '1000000',
+        UPSTREAM_RETRIES: '0',
+        IMAGE_URL_SECRET: 'bench-url-secret-0123456789abcdefghijkl',
+        PUBLIC_BASE_URL: 'http://127.0.0.1',
+      },
+      { stdout: options.stdout, execArgv: options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [] },
+    );
+  const passthrough = await startPassthrough();
+  const gateway = await startGateway({ dataDir, stdout: logFd, profile: PROFILE });
   const imagesDir = join(dataDir, 'images');
   const staticServer = await start('static-server.js', { BENCH_STATIC_ROOT: imagesDir });
 
@@ -206,7 +225,8 @@ async function main() {
   };
 
   const log = (line) => process.stdout.write(`${line}\n`);
-  log(`bench: ${SETTINGS.rounds} round(s) of ${scenarios.length} scenario(s), ${SETTINGS.seconds} s per measurement${QUICK ? ' (BENCH_QUICK)' : ''}`);
+  const elapsed = () => `${Math.round((Date.now() - started) / 1000)}s`.padStart(5);
+  log(`${elapsed()} bench: ${SETTINGS.rounds} round(s) of ${scenarios.length} scenario(s), ${SETTINGS.seconds} s per measurement${QUICK ? ' (BENCH_QUICK)' : ''}`);
 
   // Warm-up: JIT, connection pools, the database's first pages.
   for (const scenario of scenarios) {
@@ -228,16 +248,30 @@ async function main() {
         const entry = ((results[scenario.name] ??= {})[name] ??= { rounds: [], latencies: [] });
         const pid = target.server.pid;
 
+        for (const server of [upstream, passthrough, gateway, staticServer]) {
+          if (server.exitCode !== undefined) throw new Error(`${server.name} exited (${server.exitCode}) during the run`);
+        }
         const serial = await measure({ ...target, connections: 1, seconds: SETTINGS.seconds, keepLatencies: true });
         memory.reset(pid);
+        const cpuBefore = cpuMs(pid);
         const loaded = await measure({ ...target, connections: SETTINGS.throughputConnections, seconds: SETTINGS.seconds });
         const loadedPeakMb = memory.peakMb(pid);
+        const cpuPerRequestMs = cpuBefore === null || loaded.ok === 0 ? null : (cpuMs(pid) - cpuBefore) / loaded.ok;
         let inFlight;
         if (scenario.memory && name !== 'upstream') {
-          await sleep(300);
-          memory.reset(pid);
-          const m = await measure({ ...target, connections: SETTINGS.memoryConnections, seconds: SETTINGS.seconds });
-          inFlight = { connections: m.connections, requestsPerSecond: m.requestsPerSecond, peakRssMb: memory.peakMb(pid), errors: errorsOf(m) };
+          // In a process of its own, fresh: its peak is that of this load, not what earlier scenarios left in the heap.
+          await sleep(QUICK ? 100 : 300);
+          const fresh = name === 'gateway' ? await startGateway({ dataDir: join(work, `memory-${round}`), stdout: logFd }) : await startPassthrough();
+          const probe = { ...target, url: target.url.replace(target.server.url, fresh.url), connections: SETTINGS.memoryConnections };
+          await measure({ ...probe, seconds: SETTINGS.warmupSeconds });
+          memory.reset(fresh.pid);
+          const m = await measure({ ...probe, seconds: SETTINGS.seconds });
+          inFlight = { connections: m.connections, requestsPerSecond: m.requestsPerSecond, peakRssMb: memory.peakMb(fresh.pid), errors: errorsOf(m) };
+          // Requests cut off by the end of the run finish first: the gateway's close does not wait for
+          // requests whose client has gone, and their usage records would come after the log closed.
+          await sleep(1500);
+          await stop(fresh);
+          rmSync(join(work, `memory-${round}`), { recursive: true, force: true });
         }
         const sorted = [...serial.latencies].sort((a, b) => a - b);
         entry.latencies.push(...serial.latencies);
@@ -246,35 +280,42 @@ async function main() {
           p99Ms: quantile(sorted, 0.99),
           serialRequests: serial.ok,
           requestsPerSecond: loaded.requestsPerSecond,
+          cpuPerRequestMs,
           peakRssMb: loadedPeakMb,
           errors: errorsOf(serial) + errorsOf(loaded) + (inFlight?.errors ?? 0),
           statuses: mergeCounts(serial.statuses, loaded.statuses),
           ...(inFlight ? { inFlight } : {}),
         });
         log(
-          `  round ${round + 1} ${scenario.name.padEnd(5)} ${name.padEnd(11)} p50 ${fmt(quantile(sorted, 0.5), 3)} ms  p99 ${fmt(quantile(sorted, 0.99), 3)} ms  ` +
-            `${fmt(loaded.requestsPerSecond, 0)} req/s  peak ${loadedPeakMb} MB` +
+          `${elapsed()} round ${round + 1} ${scenario.name.padEnd(5)} ${name.padEnd(11)} p50 ${fmt(quantile(sorted, 0.5), 3)} ms  p99 ${fmt(quantile(sorted, 0.99), 3)} ms  ` +
+            `${fmt(loaded.requestsPerSecond, 0)} req/s  ${fmt(cpuPerRequestMs, 3)} CPU ms/req  peak ${loadedPeakMb} MB` +
             (inFlight ? `  (c=${inFlight.connections}: peak ${inFlight.peakRssMb} MB)` : '') +
             (errorsOf(serial) + errorsOf(loaded) ? `  errors ${errorsOf(serial) + errorsOf(loaded)} ${JSON.stringify(mergeCounts(serial.statuses, loaded.statuses))}` : ''),
         );
         // Let the last answers of the loaded run finish before anything else is measured.
-        await sleep(300);
+        await sleep(QUICK ? 100 : 300);
         if (name === 'gateway') clearStoredImages();
       }
     }
   }
 
+  await sleep(1500);
   await stop(gateway);
   await Promise.all([stop(upstream), stop(passthrough), stop(staticServer)]);
-  const gatewayErrorLines = readFileSync(gatewayLog, 'utf8')
+  closeSync(logFd);
+  const errorLines = readFileSync(gatewayLog, 'utf8')
     .split('\n')
-    .filter((line) => /"level":(50|60)/.test(line)).length;
+    .filter((line) => /"level":(50|60)/.test(line));
+  const gatewayErrorLines = errorLines.length;
+  for (const line of errorLines.slice(0, 3)) log(`gateway error log line: ${line.slice(0, 400)}`);
   rmSync(work, { recursive: true, force: true });
 
   const summary = summarize(scenarios, results);
   const report = {
     date: new Date(started).toISOString(),
     durationSeconds: Math.round((Date.now() - started) / 1000),
+    // Other work on the machine shows here: the run's own processes keep about 2 busy.
+    loadAverage: { atStart: loadAtStart, atEnd: loadavg().map((l) => Math.round(l * 100) / 100) },
     machine: machine(),
     settings: { ...SETTINGS, quick: QUICK, profile: PROFILE, only: ONLY ? [...ONLY] : null, onlyTargets: ONLY_TARGETS ? [...ONLY_TARGETS] : null },
     imageBytes: Object.fromEntries(Object.entries(images).map(([k, v]) => [k, v.length])),
@@ -324,6 +365,7 @@ function summarize(scenarios, results) {
             p99Ms: quantile(sorted, 0.99),
             serialRequests: sorted.length,
             requestsPerSecond: median(rounds.map((r) => r.requestsPerSecond)),
+            cpuPerRequestMs: median(rounds.map((r) => r.cpuPerRequestMs)),
             peakRssMb: peaks.length ? Math.max(...peaks) : null,
             errors: rounds.reduce((sum, r) => sum + r.errors, 0),
             ...(inFlight.length

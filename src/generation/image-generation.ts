@@ -1,12 +1,14 @@
 import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
 import { estimateCostUsd, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { ImageRequest } from '../request/image-request.js';
 import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
-import type { TaskHooks, UpstreamClient } from '../upstream/upstream-client.js';
+import type { TaskHooks, UpstreamClient, UpstreamResult } from '../upstream/upstream-client.js';
 import type { UpstreamImage } from '../upstream/upstream-reply.js';
-import type { ImageLibrary, ImageOwner } from '../images/image-library.js';
+import type { ImageLibrary, ImageOwner, StagedImage } from '../images/image-library.js';
+import { Base64Staging } from '../images/base64-staging.js';
 import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
 
@@ -67,11 +69,38 @@ export class ImageGeneration {
 
   async run(prepared: PreparedGeneration, ctx: { signal: AbortSignal; publicBaseUrl: string; task?: TaskHooks; owner?: ImageOwner }): Promise<GenerationResult> {
     const { request, model, route } = prepared;
-    const produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal, { ...ctx.task, ...(ctx.owner ? { queueOwner: ctx.owner.team } : {}) });
-    const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
-    const images = await Promise.all(
-      produced.images.map((image) => this.keep(image, request.responseFormat, expiresAt, ctx)),
-    );
+    // Large base64 images are staged as the reply streams in; any not kept in the end are removed.
+    const staged = new Set<StagedImage>();
+    const stageImage = () => {
+      const staging = new Base64Staging(this.deps.images.store.stagingDir);
+      return {
+        write: (base64: Buffer) => staging.write(base64),
+        abort: () => staging.abort(),
+        end: async () => {
+          const image = await staging.end();
+          staged.add(image);
+          return image;
+        },
+      };
+    };
+    let produced: UpstreamResult;
+    let images: ImageResult[];
+    try {
+      produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal, {
+        ...ctx.task,
+        ...(ctx.owner ? { queueOwner: ctx.owner.team } : {}),
+        stageImage,
+      });
+      const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
+      images = await Promise.all(
+        produced.images.map((image) => {
+          if (image.staged) staged.delete(image.staged); // keepStaged owns it from here
+          return this.keep(image, request.responseFormat, expiresAt, ctx);
+        }),
+      );
+    } finally {
+      await Promise.all([...staged].map((image) => rm(image.path, { force: true })));
+    }
     const estimatedCostUsd = estimateCostUsd(route.price, { images: images.length, options: request.options, upstreamTokens: produced.usage });
     return {
       id: newId('gen'),
@@ -101,7 +130,11 @@ export class ImageGeneration {
     const options = { owner: ctx.owner, expiresAt };
     let record: ImageRecord;
     let b64: string | undefined;
-    if (image.b64 !== undefined) {
+    if (image.staged !== undefined) {
+      const kept = await this.deps.images.keepStaged(image.staged, { ...options, readBack: responseFormat === 'b64_json' });
+      record = kept.record;
+      b64 = kept.bytes?.toString('base64');
+    } else if (image.b64 !== undefined) {
       record = await this.deps.images.keepBytes(Buffer.from(image.b64, 'base64'), options);
       b64 = image.b64;
     } else {

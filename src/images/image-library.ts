@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import sharp from 'sharp';
 import { GatewayError } from '../errors.js';
 import { sniffImageType, type ImageMime } from './image-bytes.js';
+import { DIMENSION_HEADER_BYTES, imageDimensions, type ImageDimensions } from './image-dimensions.js';
 import type { ImageRecord, ImageRecords } from './image-records.js';
 import { imageNameOf, type ByteRange, type ImageStore } from './image-store.js';
 
@@ -21,6 +22,8 @@ export interface StagedImage {
   sha256: string;
   mime: ImageMime;
   bytes: number;
+  /** Read from the first bytes as they streamed by, when the header tells them. */
+  dimensions?: ImageDimensions | undefined;
 }
 
 export interface KeepOptions {
@@ -36,6 +39,7 @@ export interface SweepResult {
 
 const notAnImage = () => new GatewayError('upstream_error', 'upstream returned data that is not a PNG, JPEG or WebP image');
 const SNIFF_BYTES = 12;
+const STAGING_WRITE_BYTES = 1024 * 1024;
 const SWEEP_BATCH = 500;
 /** A staged file older than this was left by a crash; a live download is far shorter. */
 const STALE_STAGING_MS = 60 * 60 * 1000;
@@ -85,9 +89,10 @@ export class ImageLibrary {
     let head = Buffer.alloc(0);
     async function* inspect(source: AsyncIterable<Uint8Array>) {
       for await (const chunk of source) {
-        if (mime === undefined && head.length < SNIFF_BYTES) {
-          head = Buffer.concat([head, chunk.subarray(0, SNIFF_BYTES - head.length)]);
-          if (head.length >= SNIFF_BYTES) {
+        // The first bytes are kept for the type and, later, the dimensions (no second read of the file).
+        if (head.length < DIMENSION_HEADER_BYTES) {
+          head = Buffer.concat([head, chunk.subarray(0, DIMENSION_HEADER_BYTES - head.length)]);
+          if (mime === undefined && head.length >= SNIFF_BYTES) {
             mime = sniffImageType(head);
             if (!mime) throw notAnImage();
           }
@@ -98,25 +103,28 @@ export class ImageLibrary {
       }
     }
     try {
-      await pipeline(body, inspect, createWriteStream(path));
+      // A large buffer lets the file stream write many pieces at once (one thread-pool trip for them all).
+      await pipeline(body, inspect, createWriteStream(path, { highWaterMark: STAGING_WRITE_BYTES }));
       mime ??= sniffImageType(head);
       if (!mime) throw notAnImage();
     } catch (err) {
       await rm(path, { force: true });
       throw err;
     }
-    return { path, sha256: hash.digest('hex'), mime, bytes };
+    return { path, sha256: hash.digest('hex'), mime, bytes, dimensions: imageDimensions(head) };
   }
 
   /** Stores a staged download; `readBack` also returns its bytes (for a `b64_json` answer). */
   async keepStaged(staged: StagedImage, options: KeepOptions & { readBack?: boolean }): Promise<{ record: ImageRecord; bytes?: Buffer }> {
     try {
-      const { width, height } = await dimensionsOf(staged.path);
+      const { width, height } = staged.dimensions ?? (await dimensionsOf(staged.path));
       const readBack = options.readBack ? await readFile(staged.path) : undefined;
       const record = await this.save(staged, width, height, options, (name) => this.store.putFile(name, staged.path, staged.bytes, staged.mime));
       return readBack ? { record, bytes: readBack } : { record };
-    } finally {
+    } catch (err) {
+      // On success putFile has moved (or uploaded and removed) the staged file already.
       await rm(staged.path, { force: true });
+      throw err;
     }
   }
 
@@ -225,8 +233,13 @@ export class ImageLibrary {
   }
 }
 
-/** Width and height from the image's header; sharp reads no more of the file than it needs. */
+/**
+ * Width and height from the image's header: read here for bytes in memory (no trip through
+ * libvips' thread pool), else by sharp, which reads no more of the file than it needs.
+ */
 async function dimensionsOf(input: string | Buffer): Promise<{ width: number; height: number }> {
+  const fromHeader = typeof input === 'string' ? undefined : imageDimensions(input);
+  if (fromHeader) return fromHeader;
   try {
     const meta = await sharp(input).metadata();
     return { width: meta.width, height: meta.height };

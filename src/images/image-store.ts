@@ -46,6 +46,20 @@ export function parseImageName(name: string): { sha256: string; ext: string; mim
   return { sha256: m[1]!, ext: m[2]!, mime: MIME_OF_EXTENSION[m[2]!]! };
 }
 
+/**
+ * Runs a write into `dir`, creating the directory only when the write finds it missing: each file
+ * system call is a trip through libuv's thread pool, and a mkdir before every write doubled them.
+ */
+async function inDirectory<T>(dir: string, write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await mkdir(dir, { recursive: true });
+    return write();
+  }
+}
+
 /** Files under DATA_DIR/images, written to a temp file and renamed so no half image is ever served. */
 export class FileImageStore implements ImageStore {
   readonly kind = 'file' as const;
@@ -70,21 +84,20 @@ export class FileImageStore implements ImageStore {
   }
 
   async putBytes(name: string, bytes: Buffer): Promise<void> {
-    await mkdir(this.stagingDir, { recursive: true });
     const staged = join(this.stagingDir, `${randomBytes(8).toString('hex')}.tmp`);
     try {
-      await writeFile(staged, bytes);
+      await inDirectory(this.stagingDir, () => writeFile(staged, bytes));
       await this.putFile(name, staged);
-    } finally {
+    } catch (err) {
       await rm(staged, { force: true });
+      throw err;
     }
   }
 
   async putFile(name: string, stagedPath: string): Promise<void> {
     const path = this.mustPathOf(name);
-    await mkdir(dirname(path), { recursive: true });
     // Replacing an existing copy is harmless (same bytes) and a reader holding the old one keeps it.
-    await rename(stagedPath, path);
+    await inDirectory(dirname(path), () => rename(stagedPath, path));
   }
 
   async open(name: string, range?: ByteRange): Promise<Readable | undefined> {

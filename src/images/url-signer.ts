@@ -1,11 +1,16 @@
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto';
 
 /**
  * Signed capability URLs for stored images: anyone holding the URL may fetch the image until it
  * expires, so an <img> tag works without an auth header, and nobody can guess another image's URL.
  */
 export class UrlSigner {
-  constructor(private readonly secret: Buffer) {}
+  // A KeyObject made once: createHmac with a Buffer makes one on every call.
+  private readonly secret: KeyObject;
+
+  constructor(secret: Buffer) {
+    this.secret = createSecretKey(secret);
+  }
 
   sign(imageName: string, expiresAtSeconds: number): string {
     return createHmac('sha256', this.secret).update(`${imageName}\n${expiresAtSeconds}`).digest('base64url');

@@ -1,9 +1,14 @@
+import type { StagedImage } from '../images/image-library.js';
+import { DecodedBase64 } from './image-reply-parser.js';
+
 /**
  * The predictions family answers in several shapes (see UPSTREAM.md); the OpenAI-compatible and
  * Ideogram routes in their own. This reads all of them into one list of images or one task.
  */
 export interface UpstreamImage {
   b64?: string;
+  /** A large base64 image, decoded into the image store's staging as the reply arrived. */
+  staged?: StagedImage;
   url?: string;
   revisedPrompt?: string;
   seed?: number;
@@ -18,13 +23,17 @@ type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 const str = (v: unknown): string | undefined => (typeof v === 'string' && v.length > 0 ? v : undefined);
 
+const staged = (v: unknown): StagedImage | undefined => (v instanceof DecodedBase64 ? (v.result as StagedImage) : undefined);
+
 function imageOf(item: unknown): UpstreamImage | undefined {
+  if (item instanceof DecodedBase64) return { staged: item.result as StagedImage };
   if (typeof item === 'string') return item.startsWith('http') ? { url: item } : { b64: item };
   if (!isObject(item)) return undefined;
+  const decoded = staged(item.bytesBase64) ?? staged(item.b64_json) ?? staged(item.base64) ?? staged(item.b64);
   const b64 = str(item.bytesBase64) ?? str(item.b64_json) ?? str(item.base64) ?? str(item.b64);
   const url = str(item.url) ?? str(item.image_url);
-  if (!b64 && !url) return undefined;
-  const image: UpstreamImage = b64 ? { b64 } : { url: url! };
+  if (!decoded && !b64 && !url) return undefined;
+  const image: UpstreamImage = decoded ? { staged: decoded } : b64 ? { b64 } : { url: url! };
   const revised = str(item.revised_prompt) ?? str(item.revisedPrompt);
   if (revised) image.revisedPrompt = revised;
   if (typeof item.seed === 'number') image.seed = item.seed;
@@ -66,6 +75,7 @@ export function normalizeOutput(body: unknown): UpstreamReply | undefined {
     if (task) return task;
     return withUsage(collect(output));
   }
+  if (output instanceof DecodedBase64) return withUsage(collect([output]));
   if (isObject(output)) {
     const task = taskOf(output);
     if (task) return task;

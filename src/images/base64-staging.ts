@@ -1,0 +1,108 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { GatewayError } from '../errors.js';
+import type { Base64Sink } from '../upstream/image-reply-parser.js';
+import { sniffImageType } from './image-bytes.js';
+import { DIMENSION_HEADER_BYTES, imageDimensions } from './image-dimensions.js';
+import type { StagedImage } from './image-library.js';
+
+/** Decoded bytes gathered before each write to the temp file: one thread-pool trip per MiB. */
+const WRITE_BYTES = 1024 * 1024;
+/** Idle write buffers kept for the next image. */
+const MAX_POOLED_BUFFERS = 16;
+const pool: Buffer[] = [];
+
+/**
+ * A large base64 image from an upstream reply, decoded into the image store's staging as it
+ * arrives: hashed and written to a temp file a MiB at a time, its type and dimensions read from
+ * its first bytes; the same StagedImage a download gives. The write buffers are reused from image
+ * to image: fresh buffers for every piece made V8 collect garbage (a full collection every other
+ * 4 MiB image) to give back their memory.
+ */
+export class Base64Staging implements Base64Sink<StagedImage> {
+  private readonly buffer = pool.pop() ?? Buffer.allocUnsafe(WRITE_BYTES);
+  private filled = 0;
+  /** Base64 characters that do not yet make a whole group of four. */
+  private carry = '';
+  private readonly hash = createHash('sha256');
+  private bytes = 0;
+  private readonly path: string;
+  private file: FileHandle | undefined;
+  private staged: Omit<StagedImage, 'path' | 'sha256' | 'bytes'> | undefined;
+  private done = false;
+
+  constructor(private readonly stagingDir: string) {
+    this.path = join(stagingDir, `${randomBytes(8).toString('hex')}.tmp`);
+  }
+
+  async write(base64: Buffer): Promise<void> {
+    let text = this.carry + base64.toString('latin1');
+    const whole = text.length - (text.length % 4);
+    this.carry = text.slice(whole);
+    text = text.slice(0, whole);
+    // Decoded in slices that fit the buffer's free room (3 bytes per 4 characters).
+    let at = 0;
+    while (at < text.length) {
+      const room = Math.floor((this.buffer.length - this.filled) / 3) * 4;
+      if (room === 0) {
+        await this.flush();
+        continue;
+      }
+      const slice = text.slice(at, at + room);
+      this.filled += this.buffer.write(slice, this.filled, 'base64');
+      at += slice.length;
+    }
+  }
+
+  async end(): Promise<StagedImage> {
+    try {
+      if (this.carry.length > 0) this.filled += this.buffer.write(this.carry, this.filled, 'base64');
+      await this.flush();
+      if (!this.staged) throw notAnImage();
+      await this.file!.close();
+      this.file = undefined;
+      return { path: this.path, sha256: this.hash.digest('hex'), bytes: this.bytes, ...this.staged };
+    } catch (err) {
+      await this.abort();
+      throw err;
+    } finally {
+      this.release();
+    }
+  }
+
+  async abort(): Promise<void> {
+    this.release();
+    await this.file?.close().catch(() => {});
+    this.file = undefined;
+    await rm(this.path, { force: true });
+  }
+
+  /** Hashes and writes what the buffer holds; the first time, checks it is an image and opens the file. */
+  private async flush(): Promise<void> {
+    if (this.filled === 0) return;
+    const data = this.buffer.subarray(0, this.filled);
+    if (!this.staged) {
+      const mime = sniffImageType(data);
+      if (!mime) throw notAnImage();
+      this.staged = { mime, dimensions: imageDimensions(data.subarray(0, DIMENSION_HEADER_BYTES)) };
+      this.file = await open(this.path, 'w').catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+        await mkdir(this.stagingDir, { recursive: true });
+        return open(this.path, 'w');
+      });
+    }
+    this.hash.update(data);
+    await this.file!.write(data);
+    this.bytes += this.filled;
+    this.filled = 0;
+  }
+
+  private release(): void {
+    if (this.done) return;
+    this.done = true;
+    if (pool.length < MAX_POOLED_BUFFERS) pool.push(this.buffer);
+  }
+}
+
+const notAnImage = () => new GatewayError('upstream_error', 'upstream returned data that is not a PNG, JPEG or WebP image');

@@ -1,0 +1,65 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Base64Staging } from '../src/images/base64-staging.js';
+
+let dir: string;
+let png: Buffer;
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'gw-staging-'));
+  // Noise, stored uncompressed: ~2.3 MB, so the image spans several of the staging's write buffers.
+  png = await sharp(randomBytes(880 * 880 * 3), { raw: { width: 880, height: 880, channels: 3 } }).png({ compressionLevel: 0 }).toBuffer();
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Feeds the base64 of `bytes` in pieces of the given sizes, in turn. */
+async function stage(bytes: Buffer, sizes: number[], stagingDir = join(dir, 'staging')) {
+  const base64 = Buffer.from(bytes.toString('base64'), 'latin1');
+  const staging = new Base64Staging(stagingDir);
+  for (let at = 0, i = 0; at < base64.length; i++) {
+    const size = sizes[i % sizes.length]!;
+    await staging.write(base64.subarray(at, at + size));
+    at += size;
+  }
+  return staging.end();
+}
+
+describe('staging a base64 image as it arrives', () => {
+  for (const sizes of [[1, 2, 3, 5, 7], [65_536], [1 << 22]]) {
+    it(`writes exactly the decoded image, hashed, typed and measured (pieces of ${sizes.join(', ')} characters)`, async () => {
+      const staged = await stage(png, sizes);
+      expect(readFileSync(staged.path).equals(png)).toBe(true);
+      expect(staged).toMatchObject({ sha256: createHash('sha256').update(png).digest('hex'), bytes: png.length, mime: 'image/png', dimensions: { width: 880, height: 880 } });
+      rmSync(staged.path);
+    });
+  }
+
+  it('gives the same image again with reused buffers, one after another', async () => {
+    const small = await sharp({ create: { width: 20, height: 10, channels: 3, background: 'red' } }).png().toBuffer();
+    for (const image of [png, small, png]) {
+      const staged = await stage(image, [10_000]);
+      expect(readFileSync(staged.path).equals(image)).toBe(true);
+      rmSync(staged.path);
+    }
+  });
+
+  it('refuses bytes that are not an image and leaves no file', async () => {
+    const stagingDir = join(dir, 'refused');
+    await expect(stage(Buffer.from('GIF89a, not at all a PNG'.repeat(10)), [50], stagingDir)).rejects.toThrow('not a PNG, JPEG or WebP');
+    // Refused from its first bytes, before any file was opened.
+    expect(existsSync(stagingDir) ? readdirSync(stagingDir) : []).toEqual([]);
+  });
+
+  it('removes what it wrote when aborted', async () => {
+    const stagingDir = join(dir, 'aborted');
+    const staging = new Base64Staging(stagingDir);
+    const base64 = Buffer.from(png.toString('base64'), 'latin1');
+    await staging.write(base64.subarray(0, 2_000_000));
+    expect(readdirSync(stagingDir).length).toBe(1);
+    await staging.abort();
+    expect(readdirSync(stagingDir)).toEqual([]);
+  });
+});
