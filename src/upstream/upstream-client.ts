@@ -280,13 +280,19 @@ export class UpstreamClient {
     }
     const chunks: Buffer[] = [];
     let total = 0;
-    for await (const chunk of res.body) {
-      total += (chunk as Buffer).length;
-      if (total > max) {
-        res.body.destroy();
-        throw new GatewayError('upstream_error', `upstream reply is over the ${max} byte limit`, { upstreamStatus: res.statusCode });
+    try {
+      for await (const chunk of res.body) {
+        total += (chunk as Buffer).length;
+        if (total > max) {
+          res.body.destroy();
+          throw new GatewayError('upstream_error', `upstream reply is over the ${max} byte limit`, { upstreamStatus: res.statusCode });
+        }
+        chunks.push(chunk as Buffer);
       }
-      chunks.push(chunk as Buffer);
+    } catch (err) {
+      // A reply that breaks off mid-body is upstream's fault (502), not the gateway's (500).
+      if (err instanceof GatewayError) throw err;
+      throw new GatewayError('upstream_error', 'the upstream reply broke off before its end', { upstreamStatus: res.statusCode, cause: err });
     }
     return Buffer.concat(chunks, total);
   }
