@@ -79,6 +79,16 @@ export async function startHarness(
   };
 }
 
+/** Polls GET /v1/jobs/{id} until the job has succeeded or failed, and answers it. */
+export async function jobWhenFinished(h: Harness, id: string, auth: Record<string, string> = h.auth): Promise<any> {
+  for (let i = 0; i < 250; i++) {
+    const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: auth })).json();
+    if (job.status === 'succeeded' || job.status === 'failed') return job;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`job ${id} did not finish`);
+}
+
 /** A real PNG of the given size and colour; `alpha` < 255 makes it (partly) transparent. */
 export async function makePng(width = 32, height = 32, colour = { r: 200, g: 40, b: 40 }, alpha = 255): Promise<Buffer> {
   return sharp({ create: { width, height, channels: 4, background: { ...colour, alpha: alpha / 255 } } }).png().toBuffer();

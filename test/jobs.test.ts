@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, OTHER_CLIENT_KEY, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, OTHER_CLIENT_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
 
 let h: Harness;
 const CALLBACK_SECRET = 'a-callback-secret-of-at-least-32-characters';
@@ -19,15 +19,7 @@ beforeEach(() => {
 const generate = (payload: Record<string, unknown>, headers: Record<string, string> = {}) =>
   h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...h.auth, ...headers }, payload });
 
-async function finished(id: string, auth = h.auth) {
-  for (let i = 0; i < 200; i++) {
-    const res = await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: auth });
-    const job = res.json();
-    if (job.status === 'succeeded' || job.status === 'failed') return job;
-    await sleep(20);
-  }
-  throw new Error(`job ${id} did not finish`);
-}
+const finished = (id: string, auth = h.auth) => jobWhenFinished(h, id, auth);
 
 const submissions = (pathPart: string) => h.simulator.received.filter((r) => r.method === 'POST' && r.path.includes(pathPart)).length;
 

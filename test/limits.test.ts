@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
 import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };
@@ -178,14 +178,7 @@ describe('limits settled by what really happened', () => {
   });
   afterAll(async () => h.close());
 
-  async function settled(auth: Record<string, string>, id: string) {
-    for (let i = 0; i < 200; i++) {
-      const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: auth })).json();
-      if (job.status === 'succeeded' || job.status === 'failed') return job;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    throw new Error('job did not end');
-  }
+  const settled = (auth: Record<string, string>, id: string) => jobWhenFinished(h, id, auth);
 
   it('an async job that fails gives its images back', async () => {
     const key = await mint(h, { images_per_day: 2 });

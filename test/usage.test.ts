@@ -6,7 +6,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { parse } from 'yaml';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
 
 const DESIGN = { authorization: `Bearer ${CLIENT_KEY}` };
@@ -105,13 +105,7 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
 
     it('counts what an async job made, and a failed one as an error, in the record of the request that started it', async () => {
       const h = await gateway();
-      const settled = async (id: string) => {
-        for (let i = 0; i < 100; i++) {
-          const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: DESIGN })).json();
-          if (job.status === 'succeeded' || job.status === 'failed') return;
-          await sleep(20);
-        }
-      };
+      const settled = (id: string) => jobWhenFinished(h, id, DESIGN);
       await settled((await generate(h, DESIGN, { model: 'ideogram-v3', prompt: 'later', n: 2, async: true })).json().id);
       h.simulator.failNext('http500');
       await settled((await generate(h, DESIGN, { model: 'ideogram-v2', prompt: 'fails later', async: true })).json().id);
@@ -128,11 +122,7 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
       expect(ok.statusCode).toBe(200);
       h.simulator.failNext('http500');
       const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...DESIGN, ...shared }, payload: { model: 'ideogram-v3', prompt: 'fails', async: true } });
-      for (let i = 0; i < 100; i++) {
-        const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${accepted.json().id}`, headers: DESIGN })).json();
-        if (job.status === 'failed') break;
-        await sleep(20);
-      }
+      expect((await jobWhenFinished(h, accepted.json().id, DESIGN)).status).toBe('failed');
       const report = await usage(h, `${ALL_TIME}&group_by=model`);
       expect(report.data.find((r: { model: string }) => r.model === 'ideogram-v3')).toMatchObject({ requests: 2, images: 2, errors: 1, estimated_cost_usd: 0.12 });
     });
