@@ -1,4 +1,5 @@
 import { createHmac, randomBytes } from 'node:crypto';
+import { randomId } from './ids.js';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
@@ -126,7 +127,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     bodyLimit: Math.ceil(config.MAX_UPLOAD_BYTES * 1.4) * 4,
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBytes(12).toString('base64url')}`;
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomId('req', 12);
     },
     // Off by default: otherwise any client's X-Forwarded-Host would shape the image URLs it is given.
     trustProxy: config.TRUST_PROXY,

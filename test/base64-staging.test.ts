@@ -3,7 +3,8 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { open } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Base64Staging } from '../src/images/base64-staging.js';
 
 let dir: string;
@@ -61,5 +62,27 @@ describe('staging a base64 image as it arrives', () => {
     expect(readdirSync(stagingDir).length).toBe(1);
     await staging.abort();
     expect(readdirSync(stagingDir)).toEqual([]);
+  });
+
+  it('reports a failed write (while the next MiB is being decoded), removes the file and carries on', async () => {
+    const stagingDir = join(dir, 'failed-write');
+    // The prototype every FileHandle shares: the second write of the image fails.
+    const probe = await open(join(dir, 'probe'), 'w');
+    const FileHandle = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<unknown> };
+    await probe.close();
+    const realWrite = FileHandle.write;
+    let calls = 0;
+    const write = vi.spyOn(FileHandle, 'write').mockImplementation(function (this: unknown, ...args: unknown[]) {
+      calls++;
+      return calls === 2 ? Promise.reject(Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' })) : realWrite.apply(this, args);
+    });
+    try {
+      await expect(stage(png, [65_536], stagingDir)).rejects.toThrow('ENOSPC');
+    } finally {
+      write.mockRestore();
+    }
+    expect(readdirSync(stagingDir)).toEqual([]);
+    const staged = await stage(png, [65_536], stagingDir);
+    expect(readFileSync(staged.path).equals(png)).toBe(true);
   });
 });

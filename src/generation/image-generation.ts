@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomId } from '../ids.js';
 import { rm } from 'node:fs/promises';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
 import { estimateCostUsd, routeFor } from '../catalogue/catalogue.js';
@@ -52,7 +52,7 @@ export interface GenerationDeps {
   retentionDays: number;
 }
 
-const newId = (prefix: string) => `${prefix}_${randomBytes(12).toString('base64url')}`;
+const newId = (prefix: string) => randomId(prefix, 12);
 
 /** The pipeline behind /v1/generate and /v1/edit: validate, send, store, answer in one shape. */
 export class ImageGeneration {

@@ -82,24 +82,71 @@ const fromRow = (r: ImageRow): ImageRecord => ({
   expiresAt: Number(r.expires_at),
 });
 
-/** The `images` table: one row per stored image, in SQLite or PostgreSQL. */
+const COLUMNS = ['name', 'sha256', 'mime_type', 'bytes', 'width', 'height', 'key_id', 'team', 'created_at', 'expires_at'];
+/** Rows per INSERT: each distinct row count is one more prepared statement. */
+const SAVE_BATCH = 64;
+
+interface PendingSave {
+  record: ImageRecord;
+  waiters: Array<{ resolve: (saved: ImageRecord) => void; reject: (err: unknown) => void }>;
+}
+
+/**
+ * The `images` table: one row per stored image, in SQLite or PostgreSQL.
+ *
+ * Saves that arrive in the same turn of the event loop are written by one INSERT (group commit):
+ * each commit to SQLite's log cost ~100 µs of the request's CPU, and each caller still hears back
+ * only once its row is committed.
+ */
 export class ImageRecords {
+  private pending = new Map<string, PendingSave>();
+
   constructor(private readonly db: Database) {}
 
   async migrate(): Promise<void> {
     await this.db.migrate(IMAGE_MIGRATIONS);
   }
 
-  /** Records an image; one made again keeps its first owner and gets the later of the two expiries. */
-  async save(record: ImageRecord): Promise<ImageRecord> {
-    await this.db.run(
-      `INSERT INTO images (name, sha256, mime_type, bytes, width, height, key_id, team, created_at, expires_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-       ON CONFLICT (name) DO UPDATE SET expires_at =
-         CASE WHEN excluded.expires_at > images.expires_at THEN excluded.expires_at ELSE images.expires_at END`,
-      [record.name, record.sha256, record.mimeType, record.bytes, record.width, record.height, record.keyId, record.team, record.createdAt, record.expiresAt],
-    );
-    return (await this.find(record.name)) ?? record;
+  /**
+   * Records an image, resolving to its row once committed: one made again keeps its first owner
+   * and gets the later of the two expiries.
+   */
+  save(record: ImageRecord): Promise<ImageRecord> {
+    return new Promise((resolve, reject) => {
+      if (this.pending.size === 0) setImmediate(() => void this.writePending());
+      const same = this.pending.get(record.name);
+      if (same) {
+        // The same image twice in one batch: one row (an INSERT may not touch a row twice).
+        if (record.expiresAt > same.record.expiresAt) same.record = { ...same.record, expiresAt: record.expiresAt };
+        same.waiters.push({ resolve, reject });
+      } else {
+        this.pending.set(record.name, { record, waiters: [{ resolve, reject }] });
+      }
+    });
+  }
+
+  private async writePending(): Promise<void> {
+    const batch = [...this.pending.values()];
+    this.pending = new Map();
+    for (let i = 0; i < batch.length; i += SAVE_BATCH) await this.insert(batch.slice(i, i + SAVE_BATCH));
+  }
+
+  private async insert(batch: PendingSave[]): Promise<void> {
+    try {
+      const width = COLUMNS.length;
+      const rows = batch.map((_, r) => `(${COLUMNS.map((_, c) => `$${r * width + c + 1}`).join(', ')})`);
+      const saved = await this.db.all<ImageRow>(
+        `INSERT INTO images (${COLUMNS.join(', ')}) VALUES ${rows.join(', ')}
+         ON CONFLICT (name) DO UPDATE SET expires_at =
+           CASE WHEN excluded.expires_at > images.expires_at THEN excluded.expires_at ELSE images.expires_at END
+         RETURNING *`,
+        batch.flatMap(({ record: r }) => [r.name, r.sha256, r.mimeType, r.bytes, r.width, r.height, r.keyId, r.team, r.createdAt, r.expiresAt]),
+      );
+      const byName = new Map(saved.map((row) => [row.name, fromRow(row)]));
+      for (const { record, waiters } of batch) for (const w of waiters) w.resolve(byName.get(record.name) ?? record);
+    } catch (err) {
+      for (const { waiters } of batch) for (const w of waiters) w.reject(err);
+    }
   }
 
   async find(name: string): Promise<ImageRecord | undefined> {

@@ -1,5 +1,5 @@
 import { access, constants, mkdir, open, rename, rm, unlink, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { randomHex } from '../ids.js';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { EXTENSION_OF, MIME_OF_EXTENSION, type ImageMime } from './image-bytes.js';
@@ -84,7 +84,7 @@ export class FileImageStore implements ImageStore {
   }
 
   async putBytes(name: string, bytes: Buffer): Promise<void> {
-    const staged = join(this.stagingDir, `${randomBytes(8).toString('hex')}.tmp`);
+    const staged = join(this.stagingDir, `${randomHex(8)}.tmp`);
     try {
       await inDirectory(this.stagingDir, () => writeFile(staged, bytes));
       await this.putFile(name, staged);

@@ -1,4 +1,5 @@
 import { createHmac, randomBytes } from 'node:crypto';
+import { randomId } from '../ids.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyBaseLogger } from 'fastify';
 import { request as httpRequest, type Dispatcher } from 'undici';
@@ -159,7 +160,7 @@ export class JobRunner {
   }
 
   newJobId(): string {
-    return `job_${randomBytes(12).toString('base64url')}`;
+    return randomId('job', 12);
   }
 
   /**

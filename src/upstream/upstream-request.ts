@@ -87,9 +87,18 @@ function fileName(image: InputImage, fallback: string): string {
   return /^[\w.-]{1,100}$/.test(image.filename) ? image.filename : `${fallback}.${ext}`;
 }
 
+/** A deep copy of plain JSON (the catalogue's fixed fields); structuredClone cost ~7 µs a request. */
+function copyJson<T>(value: T): T {
+  if (Array.isArray(value)) return value.map(copyJson) as T;
+  if (value === null || typeof value !== 'object') return value;
+  const copy: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value)) copy[key] = copyJson(item);
+  return copy as T;
+}
+
 /** Writes the normalized request in the upstream's own terms, as the catalogue declares. */
 export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest): Promise<UpstreamRequest> {
-  const tree: Record<string, unknown> = structuredClone(route.fixed ?? {});
+  const tree: Record<string, unknown> = copyJson(route.fixed ?? {});
   setPath(tree, route.prompt.to, req.prompt);
   for (const [name, value] of Object.entries(req.params) as Array<[NormalizedParam, unknown]>) {
     const mapping = route.params[name];
