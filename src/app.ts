@@ -190,7 +190,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   );
   app.decorate('upstream', upstream);
   app.decorate('store', store);
-  const images = new ImageLibrary(store, new ImageRecords(db));
+  const images = new ImageLibrary(store, new ImageRecords(db), { inlineMaxBytes: config.IMAGE_INLINE_MAX_BYTES });
   app.decorate('images', images);
   app.decorate('signer', signer);
   const generation = new ImageGeneration({ catalogue, upstream, images, signer, retentionDays: config.IMAGE_RETENTION_DAYS });
@@ -209,10 +209,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     // Callbacks go to caller-given URLs: the same egress policy as image URLs.
     callbackRefusal: (url) => egressRefusal(url, new Set(config.ALLOWED_CALLBACK_HOSTS)),
     callbackDispatcher,
-    readImage: async (name) => {
-      const stream = await images.open(name);
-      return stream ? Buffer.concat(await stream.toArray()) : undefined;
-    },
+    readImage: (name) => images.read(name),
     onFinished: async (row, result, failure) => {
       if (!Number(row.is_async)) return;
       await app.usageLog.completeJob(row.id, {

@@ -142,6 +142,8 @@ const envSchema = z.object({
   AWS_ACCESS_KEY_ID: optionalString,
   AWS_SECRET_ACCESS_KEY: optionalString,
   IMAGE_STORE_MAX_BYTES: optionalPositiveInt('IMAGE_STORE_MAX_BYTES'),
+  // Images up to this size are kept in their database row instead of the store; 0: every image in the store.
+  IMAGE_INLINE_MAX_BYTES: integer('IMAGE_INLINE_MAX_BYTES', 16 * 1024, 0, 1024 * 1024),
   RETENTION_SWEEP_INTERVAL_MS: positiveInt('RETENTION_SWEEP_INTERVAL_MS', 10 * 60 * 1000),
   ALLOWED_IMAGE_HOSTS: hostList('ALLOWED_IMAGE_HOSTS'),
   ALLOWED_CALLBACK_HOSTS: hostList('ALLOWED_CALLBACK_HOSTS'),

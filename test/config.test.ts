@@ -82,4 +82,11 @@ describe('a start that cannot work', () => {
     expect(() => loadConfig({ DATABASE_URL: 'mysql://x/y' })).toThrow(/DATABASE_URL must be a postgres:\/\//);
     expect(() => loadConfig({ REDIS_URL: 'http://x' })).toThrow(/REDIS_URL must be a redis:\/\//);
   });
+
+  it('keeps images of up to 16 KiB in their rows unless IMAGE_INLINE_MAX_BYTES says otherwise', () => {
+    expect(loadConfig({}).IMAGE_INLINE_MAX_BYTES).toBe(16_384);
+    expect(loadConfig({ IMAGE_INLINE_MAX_BYTES: '0' }).IMAGE_INLINE_MAX_BYTES).toBe(0);
+    expect(() => loadConfig({ IMAGE_INLINE_MAX_BYTES: '-1' })).toThrow(/IMAGE_INLINE_MAX_BYTES must be an integer from 0 to 1048576, got "-1"/);
+    expect(() => loadConfig({ IMAGE_INLINE_MAX_BYTES: '2000000' })).toThrow(/IMAGE_INLINE_MAX_BYTES must be an integer from 0 to 1048576/);
+  });
 });

@@ -71,6 +71,19 @@ function imageRecordsContract(name: string, open: () => Promise<{ db: Database; 
       expect(later).toEqual({ ...first, expiresAt: 2_000_001_000 });
     });
 
+    it("keeps a small image's bytes in its row, read back by name and left out of retention's lists", async () => {
+      const bytes = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0, 1, 2, 3, 255]);
+      const small = record({ inlineBytes: bytes, bytes: bytes.length, expiresAt: 1_000 });
+      expect(await records.save(small)).toEqual(small);
+      const found = await records.find(small.name);
+      expect(found?.inlineBytes?.equals(bytes)).toBe(true);
+      const listed = await records.expired(1_000, 10);
+      expect(listed.map((r) => r.name)).toEqual([small.name]);
+      expect(listed[0]!.inlineBytes).toBeUndefined();
+      expect(await records.removeIfUnchanged(listed[0]!)).toBe(true);
+      expect(await records.find(small.name)).toBeUndefined();
+    });
+
     it('fails every save of a batch whose INSERT fails, and the next batch still works', async () => {
       const all = vi.spyOn(db, 'all').mockRejectedValueOnce(new Error('disk full'));
       const failed = [record(), record()];

@@ -17,6 +17,11 @@ export interface ImageRecord {
   createdAt: number;
   /** Unix seconds, as in the signed URL's `exp`; past it the image is gone. */
   expiresAt: number;
+  /**
+   * A small image's bytes, kept in its row instead of the ImageStore (see INLINE_IMAGE_MAX_BYTES).
+   * Present on a row read by name; lists of rows (retention) leave it out.
+   */
+  inlineBytes?: Buffer | undefined;
 }
 
 export const IMAGE_MIGRATIONS: Migration[] = [
@@ -53,6 +58,11 @@ export const IMAGE_MIGRATIONS: Migration[] = [
       'CREATE INDEX images_by_expiry ON images (expires_at, created_at)',
     ],
   },
+  {
+    id: 'images-inline-bytes',
+    sqlite: ['ALTER TABLE images ADD COLUMN inline_bytes BLOB'],
+    postgres: ['ALTER TABLE images ADD COLUMN inline_bytes BYTEA'],
+  },
 ];
 
 interface ImageRow {
@@ -66,6 +76,7 @@ interface ImageRow {
   team: string | null;
   created_at: number | string;
   expires_at: number | string;
+  inline_bytes?: Uint8Array | null;
 }
 
 // PostgreSQL hands BIGINT back as a string.
@@ -80,9 +91,13 @@ const fromRow = (r: ImageRow): ImageRecord => ({
   team: r.team,
   createdAt: Number(r.created_at),
   expiresAt: Number(r.expires_at),
+  // node:sqlite reads a BLOB as a Uint8Array, pg a BYTEA as a Buffer: a view either way, no copy.
+  ...(r.inline_bytes ? { inlineBytes: Buffer.from(r.inline_bytes.buffer, r.inline_bytes.byteOffset, r.inline_bytes.byteLength) } : {}),
 });
 
-const COLUMNS = ['name', 'sha256', 'mime_type', 'bytes', 'width', 'height', 'key_id', 'team', 'created_at', 'expires_at'];
+/** Every column but the inline bytes: what lists of rows (retention) read. */
+const LISTED = 'name, sha256, mime_type, bytes, width, height, key_id, team, created_at, expires_at';
+const COLUMNS = [...LISTED.split(', '), 'inline_bytes'];
 /** Rows per INSERT: each distinct row count is one more prepared statement. */
 const SAVE_BATCH = 64;
 
@@ -137,10 +152,11 @@ export class ImageRecords {
       const rows = batch.map((_, r) => `(${COLUMNS.map((_, c) => `$${r * width + c + 1}`).join(', ')})`);
       const saved = await this.db.all<ImageRow>(
         `INSERT INTO images (${COLUMNS.join(', ')}) VALUES ${rows.join(', ')}
-         ON CONFLICT (name) DO UPDATE SET expires_at =
-           CASE WHEN excluded.expires_at > images.expires_at THEN excluded.expires_at ELSE images.expires_at END
+         ON CONFLICT (name) DO UPDATE SET
+           expires_at = CASE WHEN excluded.expires_at > images.expires_at THEN excluded.expires_at ELSE images.expires_at END,
+           inline_bytes = COALESCE(images.inline_bytes, excluded.inline_bytes)
          RETURNING *`,
-        batch.flatMap(({ record: r }) => [r.name, r.sha256, r.mimeType, r.bytes, r.width, r.height, r.keyId, r.team, r.createdAt, r.expiresAt]),
+        batch.flatMap(({ record: r }) => [r.name, r.sha256, r.mimeType, r.bytes, r.width, r.height, r.keyId, r.team, r.createdAt, r.expiresAt, r.inlineBytes ?? null]),
       );
       const byName = new Map(saved.map((row) => [row.name, fromRow(row)]));
       for (const { record, waiters } of batch) for (const w of waiters) w.resolve(byName.get(record.name) ?? record);
@@ -156,7 +172,7 @@ export class ImageRecords {
 
   /** Images whose expiry has passed, soonest-expired first. */
   async expired(nowSeconds: number, limit: number): Promise<ImageRecord[]> {
-    const rows = await this.db.all<ImageRow>('SELECT * FROM images WHERE expires_at <= $1 ORDER BY expires_at, created_at LIMIT $2', [nowSeconds, limit]);
+    const rows = await this.db.all<ImageRow>(`SELECT ${LISTED} FROM images WHERE expires_at <= $1 ORDER BY expires_at, created_at LIMIT $2`, [nowSeconds, limit]);
     return rows.map(fromRow);
   }
 
@@ -165,7 +181,7 @@ export class ImageRecords {
    * the soonest expiry is the least recently made image.
    */
   async oldest(limit: number): Promise<ImageRecord[]> {
-    const rows = await this.db.all<ImageRow>('SELECT * FROM images ORDER BY expires_at, created_at LIMIT $1', [limit]);
+    const rows = await this.db.all<ImageRow>(`SELECT ${LISTED} FROM images ORDER BY expires_at, created_at LIMIT $1`, [limit]);
     return rows.map(fromRow);
   }
 

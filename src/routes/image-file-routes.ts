@@ -81,7 +81,7 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
         // Not an API error: a byte-range answer, which carries the size and no body.
         return reply.status(416).header('content-range', `bytes */${image.bytes}`).send();
       }
-      const stream = await app.images.open(name, range);
+      const stream = await app.images.open(image, range);
       if (!stream) throw new GatewayError('not_found', 'no such image (removed by retention)');
       if (range) {
         return reply

@@ -3,7 +3,8 @@ import { dirname } from 'node:path';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import pg from 'pg';
 
-export type SqlValue = string | number | bigint | null | boolean;
+/** Uint8Array for BLOB (SQLite) and BYTEA (PostgreSQL) columns. */
+export type SqlValue = string | number | bigint | null | boolean | Uint8Array;
 
 /** A schema change, written once per dialect where they differ. */
 export interface Migration {
