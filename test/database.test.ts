@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -51,5 +52,36 @@ describe.skipIf(postgresProblem !== undefined)('PostgreSQL (skipped when unreach
   databaseContract('PostgreSQL', async () => {
     const pgdb = await freshPostgres();
     return { db: new PostgresDatabase(pgdb.url), cleanup: pgdb.drop };
+  });
+});
+
+describe('SQLite checkpoints', () => {
+  it('copies the write-ahead log into the database file from a worker thread, between commits', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+    const path = join(dir, 'x.sqlite');
+    const db = new SqliteDatabase(path);
+    try {
+      await db.migrate(migrations);
+      await db.run('ALTER TABLE things ADD COLUMN blob BLOB');
+      const blob = new Uint8Array(2048).fill(7);
+      // One commit of ~200 pages: short of SQLite's own 1000-page checkpoint, so only the worker moves it.
+      const rows = 400;
+      await db.run(
+        `INSERT INTO things (id, n, flag, blob) VALUES ${Array.from({ length: rows }, (_, i) => `($${4 * i + 1}, $${4 * i + 2}, $${4 * i + 3}, $${4 * i + 4})`).join(', ')}`,
+        Array.from({ length: rows }, (_, i) => [`t${i}`, i, true, blob]).flat(),
+      );
+      const written = rows * 2048;
+      let size = statSync(path).size;
+      for (let i = 0; i < 100 && size < written; i++) {
+        await sleep(20);
+        size = statSync(path).size;
+      }
+      expect(size).toBeGreaterThan(written);
+      const row = await db.get<{ n: number }>('SELECT COUNT(*) AS n FROM things');
+      expect(Number(row?.n)).toBe(rows);
+    } finally {
+      await db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
