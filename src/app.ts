@@ -35,6 +35,7 @@ import { Agent } from 'undici';
 import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
 import { isApiCall, usagePlugin } from './usage/usage-routes.js';
 import { metricsPlugin } from './observability/metrics.js';
+import { bufferedStdout } from './observability/log-destination.js';
 import { openDatabase, type Database } from './storage/database.js';
 
 declare module 'fastify' {
@@ -112,6 +113,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}`);
   }
 
+  const bufferedLog = options.logStream ? undefined : bufferedStdout();
   const app = Fastify({
     logger: {
       level: config.LOG_LEVEL,
@@ -119,7 +121,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
         paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers["api-key"]', 'headers.authorization', 'headers["api-key"]'],
         censor: '[redacted]',
       },
-      ...(options.logStream ? { stream: options.logStream } : {}),
+      stream: options.logStream ?? bufferedLog!.stream,
     },
     // The onResponse hook below writes the one line per request.
     logController: new LogController({ disableRequestLogging: true }),
@@ -240,6 +242,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     await upstream.close();
     await db.close();
     redis?.disconnect();
+    // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.
+    bufferedLog?.close();
   });
 
   await app.register(multipart, {

@@ -27,7 +27,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function startGateway(): Promise<ChildProcess> {
+async function startGateway(env: Record<string, string> = {}): Promise<ChildProcess> {
   const child = spawn(process.execPath, ['dist/server.js'], {
     cwd: root,
     env: {
@@ -41,6 +41,7 @@ async function startGateway(): Promise<ChildProcess> {
       JOB_LEASE_MS: '300',
       TASK_POLL_INTERVAL_MS: '20',
       LOG_LEVEL: 'warn',
+      ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -129,4 +130,29 @@ describe('a gateway killed mid-job', () => {
     await kill9(children.at(-1)!);
     rmSync(dataDir, { recursive: true, force: true });
   }, 60_000);
+});
+
+describe("the server process's log on standard output", () => {
+  it('carries each request line within a second, and what was buffered when it stops on SIGTERM', async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'gw-log-'));
+    const gateway = await startGateway({ LOG_LEVEL: 'info' });
+    let stdout = '';
+    gateway.stdout!.on('data', (chunk) => (stdout += chunk));
+    const lineOf = (requestId: string) => stdout.split('\n').find((l) => l.includes(`"reqId":"${requestId}"`));
+
+    // Light traffic: one request, and its line arrives by the flush timer, not a full buffer.
+    const first = await api('/v1/models', { headers: { 'x-request-id': 'req_log_first_0001' } });
+    expect(first.status).toBe(200);
+    for (let i = 0; i < 40 && !lineOf('req_log_first_0001'); i++) await sleep(25);
+    expect(lineOf('req_log_first_0001')).toBeDefined();
+
+    const exited = new Promise((r) => gateway.once('exit', r));
+    const last = await api('/v1/models', { headers: { 'x-request-id': 'req_log_last_00001' } });
+    expect(last.status).toBe(200);
+    gateway.kill('SIGTERM');
+    await exited;
+    expect(lineOf('req_log_last_00001')).toBeDefined();
+    expect(stdout).toMatch(/shutting down/);
+    rmSync(dataDir, { recursive: true, force: true });
+  }, 30_000);
 });
