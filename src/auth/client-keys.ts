@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { hash, timingSafeEqual } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
 import { GatewayError } from '../errors.js';
 import type { KeyPolicy, KeySource } from './key-policy.js';
@@ -8,7 +8,7 @@ export interface Client extends KeyPolicy {
   source: KeySource;
 }
 
-export const sha256Hex = (value: string) => createHash('sha256').update(value, 'utf8').digest('hex');
+export const sha256Hex = (value: string) => hash('sha256', value, 'hex');
 
 /**
  * Client keys are held only as sha256 digests. Looking a key up by its digest, then comparing the
@@ -54,7 +54,7 @@ export class ClientKeys {
   }
 
   find(key: string): Client | undefined {
-    const digest = createHash('sha256').update(key, 'utf8').digest();
+    const digest = hash('sha256', key, 'buffer');
     const entry = this.byDigest.get(digest.toString('hex'));
     if (!entry || !timingSafeEqual(entry.digest, digest)) return undefined;
     return entry.client;

@@ -49,10 +49,19 @@ export const keysFileSchema = z.strictObject({
 /** `gpt-image-*` matches `gpt-image-1`; a pattern without `*` must match exactly. */
 export function modelAllowed(policy: Pick<KeyPolicy, 'models'>, modelId: string): boolean {
   if (!policy.models) return true;
-  return policy.models.some((pattern) => {
-    const regex = new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
-    return regex.test(modelId);
-  });
+  return policy.models.some((pattern) => patternRegex(pattern).test(modelId));
+}
+
+// Compiled once per pattern, not on every request; keys are few, patterns fewer.
+const compiledPatterns = new Map<string, RegExp>();
+function patternRegex(pattern: string): RegExp {
+  let regex = compiledPatterns.get(pattern);
+  if (!regex) {
+    regex = new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
+    if (compiledPatterns.size >= 10_000) compiledPatterns.clear();
+    compiledPatterns.set(pattern, regex);
+  }
+  return regex;
 }
 
 /** Allow-list patterns that match no model the gateway serves: almost always a typo. */

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import { randomHex } from '../ids.js';
 import { createWriteStream } from 'node:fs';
 import { readFile } from 'node:fs';
@@ -153,7 +153,7 @@ export class ImageLibrary {
     const mime = sniffImageType(bytes);
     if (!mime) throw notAnImage();
     const { width, height } = await dimensionsOf(bytes);
-    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    const sha256 = hash('sha256', bytes, 'hex');
     if (bytes.length <= this.settings.inlineMaxBytes) {
       return this.save({ sha256, mime, bytes: bytes.length, inlineBytes: bytes }, width, height, options, async () => {});
     }

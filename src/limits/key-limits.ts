@@ -16,8 +16,9 @@ export interface Reservation {
 const MICRO = 1_000_000;
 
 function windows(now = new Date()) {
-  const day = now.toISOString().slice(0, 10);
-  const month = now.toISOString().slice(0, 7);
+  const iso = now.toISOString();
+  const day = iso.slice(0, 10);
+  const month = iso.slice(0, 7);
   const nextDay = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
   const nextMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1);
   return { day, month, msToNextDay: nextDay - now.getTime(), msToNextMonth: nextMonth - now.getTime() };
