@@ -6,7 +6,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { parse } from 'yaml';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, jobWhenFinished, multipartBody, startHarness, type Harness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
 
 const DESIGN = { authorization: `Bearer ${CLIENT_KEY}` };
@@ -231,6 +231,26 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
       });
       expect(unauthorized).toMatchObject({ request_id: refused.headers['x-request-id'], key_id: null, team: null, status: 401, error_code: 'unauthorized' });
       expect(page.body).not.toContain('a secret plan');
+    });
+
+    it('names the model in the record of a request refused while its body was read', async () => {
+      const h = await gateway();
+      const refusals = [
+        await generate(h, DESIGN, { model: 'gpt-image-1', prompt: 'x', style: 'vivid' }),
+        await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: DESIGN, payload: { model: 'gpt-image-1', prompt: 'x', n: 0 } }),
+        await (async () => {
+          const form = multipartBody({ model: 'gpt-image-1', prompt: 'x' }, []);
+          return h.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...DESIGN, ...form.headers }, payload: form.payload });
+        })(),
+      ];
+      expect(refusals.map((r) => r.statusCode)).toEqual([400, 400, 400]);
+      const page = await h.app.inject({ method: 'GET', url: `/v1/usage/records?${ALL_TIME}`, headers: ADMIN });
+      const records = page.json().data.filter((r: { status: number }) => r.status === 400);
+      expect(records.map((r: { route: string; model: string | null }) => [r.route, r.model])).toEqual([
+        ['/v1/generate', 'gpt-image-1'],
+        ['/v1/images/generations', 'gpt-image-1'],
+        ['/v1/edit', 'gpt-image-1'],
+      ]);
     });
 
     it('keeps the prompt when LOG_PROMPTS=1', async () => {

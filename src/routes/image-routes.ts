@@ -35,6 +35,15 @@ function publicBaseUrl(app: FastifyInstance, request: FastifyRequest): string {
   return app.config.PUBLIC_BASE_URL?.replace(/\/+$/, '') ?? `${request.protocol}://${request.host}`;
 }
 
+/**
+ * The model a request names, in its usage record even when the request is refused before it is
+ * fully read (an unknown field, a bad size): a catalogue id where it is one, else as given.
+ */
+export function noteRequestedModel(app: FastifyInstance, request: FastifyRequest, model: unknown): void {
+  if (typeof model !== 'string' || model.length === 0 || model.length > 200) return;
+  request.outcome.model = app.catalogue.find(model)?.id ?? model;
+}
+
 /** Who a stored image belongs to: the client key that asked for it. */
 function ownerOf(request: FastifyRequest): ImageOwner | undefined {
   return request.client ? { keyId: request.client.id, team: request.client.team } : undefined;
@@ -173,8 +182,9 @@ async function viaJob(
   return finished.result;
 }
 
-async function readMultipartEdit(request: FastifyRequest): Promise<ImageRequest> {
+async function readMultipartEdit(app: FastifyInstance, request: FastifyRequest): Promise<ImageRequest> {
   const { fields, images, mask } = await readEditParts(request);
+  noteRequestedModel(app, request, fields.get('model'));
   return parseEditMultipart(fields, images, mask);
 }
 
@@ -195,17 +205,19 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     if (!isJson(request)) {
       throw new GatewayError('unsupported_media_type', 'POST /v1/generate takes application/json');
     }
+    noteRequestedModel(app, request, (request.body as { model?: unknown } | null)?.model);
     const result = await generateFor(app, request, reply, parseGenerateBody(request.body));
     return result;
   });
 
   app.post('/v1/edit', async (request, reply) => {
     let imageRequest: ImageRequest;
-    if (request.isMultipart()) imageRequest = await readMultipartEdit(request);
+    if (request.isMultipart()) imageRequest = await readMultipartEdit(app, request);
     else if (isJson(request)) {
       // Images given as URLs are fetched first, under the egress policy; data URLs are decoded in the parse.
       // A key may not make the gateway fetch anything for a model it may not use.
       const body = (request.body ?? {}) as { model?: unknown; image?: unknown; mask?: unknown; mode?: unknown };
+      noteRequestedModel(app, request, body.model);
       const named = app.catalogue.find(String(body.model ?? ''));
       const refs = imageUrlsOfEditJson(body);
       if (named && refs.length > 0) {

@@ -9,7 +9,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField, type ErrorCode } from '../errors.js';
 import { parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
 import type { GenerationResult } from '../generation/image-generation.js';
-import { generateFor } from './image-routes.js';
+import { generateFor, noteRequestedModel } from './image-routes.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -99,6 +99,7 @@ function generationRequest(app: FastifyInstance, raw: unknown): ImageRequest {
 async function editRequest(app: FastifyInstance, request: FastifyRequest): Promise<ImageRequest> {
   const { fields: parts, images, mask } = await readEditParts(request);
   const fields = Object.fromEntries(parts);
+  noteRequestedModel(app, request, fields.model);
   const { gatewayFields, options } = splitOpenAiBody(fields, EDIT_FIELDS);
   gatewayFields.response_format ??= defaultResponseFormat(app, gatewayFields.model);
   const text = new Map(Object.entries(gatewayFields).map(([name, value]) => [name, String(value)]));
@@ -172,6 +173,7 @@ export async function openAiRoutes(app: FastifyInstance): Promise<void> {
     if (!/^application\/(.+\+)?json\b/i.test(request.headers['content-type'] ?? '')) {
       throw new GatewayError('unsupported_media_type', 'POST /v1/images/generations takes application/json');
     }
+    noteRequestedModel(app, request, (request.body as { model?: unknown } | null)?.model);
     return run(app, request, reply, generationRequest(app, request.body));
   });
 
