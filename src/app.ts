@@ -233,6 +233,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     await jobs.start();
   });
   app.addHook('onClose', async () => {
+    // Requests whose client left are still being recorded (499) once their connection is gone.
+    await app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS);
     // Jobs first: they write their state to the database before it closes.
     await jobs.close();
     // The server has stopped taking requests by now; what they did is written before the database closes.

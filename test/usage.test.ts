@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { parse } from 'yaml';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, jobWhenFinished, multipartBody, startHarness, type Harness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
 
@@ -337,6 +337,34 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
         ['ads', 1, 1, 0],
         ['design', 4, 3, 2],
         [null, 1, 0, 1],
+      ]);
+    });
+
+    it('records a request whose client left just before a graceful stop, as 499', async () => {
+      const s = await store();
+      const first = await gateway(s);
+      first.simulator.failNext('hang');
+      const url = await first.app.listen({ port: 0, host: '127.0.0.1' });
+      const client = new AbortController();
+      const call = fetch(`${url}/v1/generate`, {
+        method: 'POST',
+        headers: { ...DESIGN, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-image-1', prompt: 'left before the stop' }),
+        signal: client.signal,
+      }).catch(() => undefined);
+      await vi.waitFor(() => expect(first.simulator.received).toHaveLength(1), { timeout: 2000, interval: 5 });
+      client.abort();
+      await call;
+      // The stop begins while the handler is still on its way from the aborted upstream call to the record.
+      await first.close();
+      open.splice(open.indexOf(first), 1);
+      const second = await gateway(s);
+      const page = await second.app.inject({ method: 'GET', url: `/v1/usage/records?${ALL_TIME}`, headers: ADMIN });
+      expect(page.json().data.map((r: { route: string; model: string; status: number; error_code: string }) => [r.route, r.model, r.status, r.error_code])).toContainEqual([
+        '/v1/generate',
+        'gpt-image-1',
+        499,
+        'client_closed',
       ]);
     });
 

@@ -33,6 +33,12 @@ export interface ImageStore {
   close(): Promise<void>;
 }
 
+/**
+ * Served images are read 256 KiB at a time: a read is a trip through libuv's thread pool, and with
+ * the default 64 KiB a 1 MiB image cost ~1.8-2.8 ms of CPU to stream here, ~1.0 ms with 256 KiB.
+ */
+const READ_CHUNK_BYTES = 256 * 1024;
+
 const NAME_PATTERN = /^img_([0-9a-f]{64})\.(png|jpg|webp)$/;
 
 export function imageNameOf(sha256: string, mime: ImageMime): string {
@@ -109,7 +115,7 @@ export class FileImageStore implements ImageStore {
       throw err;
     });
     if (!handle) return undefined;
-    return handle.createReadStream(range ? { start: range.start, end: range.end } : {});
+    return handle.createReadStream({ highWaterMark: READ_CHUNK_BYTES, ...(range ? { start: range.start, end: range.end } : {}) });
   }
 
   async delete(name: string): Promise<void> {

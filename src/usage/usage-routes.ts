@@ -26,6 +26,12 @@ declare module 'fastify' {
     usageLog: UsageLog;
     /** Writes the usage record of a request whose client left before it was answered. */
     recordAbandonedRequest(request: FastifyRequest): void;
+    /**
+     * Resolves once no /v1 handler is running, or after `timeoutMs`. A graceful stop waits for it
+     * before closing the usage log: a handler whose client has left (so its connection no longer
+     * holds the server open) is still on its way to the 499 record.
+     */
+    apiHandlersSettled(timeoutMs: number): Promise<void>;
   }
 }
 
@@ -88,6 +94,35 @@ async function usage(app: FastifyInstance): Promise<void> {
   await app.db.migrate(USAGE_MIGRATIONS);
   const usageLog = new UsageLog(app.db, app.log);
   app.decorate('usageLog', usageLog);
+
+  let handlersRunning = 0;
+  const whenSettled = new Set<() => void>();
+  app.addHook('onRoute', (route) => {
+    if (!route.url.startsWith('/v1/')) return;
+    const handler = route.handler;
+    route.handler = async function (this: FastifyInstance, request, reply) {
+      handlersRunning++;
+      try {
+        return await handler.call(this, request, reply);
+      } finally {
+        handlersRunning--;
+        if (handlersRunning === 0) for (const settled of whenSettled) settled();
+      }
+    } as typeof handler;
+  });
+  app.decorate('apiHandlersSettled', async (timeoutMs: number) => {
+    if (handlersRunning > 0) {
+      let settled!: () => void;
+      const done = new Promise<void>((resolve) => (settled = resolve));
+      whenSettled.add(settled);
+      const timer = setTimeout(settled, timeoutMs);
+      await done;
+      clearTimeout(timer);
+      whenSettled.delete(settled);
+    }
+    // The error handler (which records a 499) runs just after a failed handler's promise settles.
+    await new Promise((resolve) => setImmediate(resolve));
+  });
 
   app.addHook('onResponse', async (request, reply) => {
     if (!isApiCall(request) || request.outcome.recorded) return;
