@@ -46,11 +46,23 @@ export class Base64Staging implements Base64Sink<StagedImage> {
   }
 
   async write(base64: Buffer): Promise<void> {
-    let text = this.carry + base64.toString('latin1');
-    const whole = text.length - (text.length % 4);
-    this.carry = text.slice(whole);
-    text = text.slice(0, whole);
-    // Decoded in slices that fit the buffer's free room (3 bytes per 4 characters).
+    let start = 0;
+    // First the group of four the last piece left open, so the rest is decoded straight from this
+    // piece's string (joining the two strings cost a copy of every piece).
+    if (this.carry.length > 0) {
+      start = Math.min(4 - this.carry.length, base64.length);
+      this.carry += base64.toString('latin1', 0, start);
+      if (this.carry.length < 4) return;
+      await this.decode(this.carry);
+      this.carry = '';
+    }
+    const end = base64.length - ((base64.length - start) % 4);
+    this.carry = base64.toString('latin1', end);
+    if (end > start) await this.decode(base64.toString('latin1', start, end));
+  }
+
+  /** Decodes whole groups of four into the buffers, in slices that fit their free room (3 bytes per 4 characters). */
+  private async decode(text: string): Promise<void> {
     let at = 0;
     while (at < text.length) {
       const buffer = this.buffers[this.current];
@@ -59,7 +71,7 @@ export class Base64Staging implements Base64Sink<StagedImage> {
         await this.flush();
         continue;
       }
-      const slice = text.slice(at, at + room);
+      const slice = at === 0 && text.length <= room ? text : text.slice(at, at + room);
       this.filled += buffer.write(slice, this.filled, 'base64');
       at += slice.length;
     }
