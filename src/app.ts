@@ -154,7 +154,9 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   const catalogue = new ModelCatalogue(MODELS, config.PRICE_OVERRIDES);
   let db: Database;
   try {
-    db = openDatabase(config);
+    db = openDatabase(config, {
+      onCheckpointerLost: (err) => app.log.warn({ err }, 'the SQLite checkpoint thread stopped; checkpoints run inside commits again (slower, with pauses)'),
+    });
     await db.ping();
   } catch (err) {
     const reason = (err as Error).message;
@@ -233,10 +235,10 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     await jobs.start();
   });
   app.addHook('onClose', async () => {
-    // Requests whose client left are still being recorded (499) once their connection is gone.
-    await app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS);
-    // Jobs first: they write their state to the database before it closes.
-    await jobs.close();
+    // Side by side, within one grace period: requests whose client left (still on their way to a
+    // 499 record once their connection is gone), and jobs, which write their state before the
+    // database closes.
+    await Promise.all([app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS), jobs.close()]);
     // The server has stopped taking requests by now; what they did is written before the database closes.
     await app.usageLog.close();
     await keyStore.close();
@@ -295,8 +297,10 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   });
 
   app.setErrorHandler((err, request, reply) => {
-    if (err instanceof ClientGone) {
-      request.log.info('client disconnected; upstream call aborted');
+    // A client that has left gets no answer and onResponse never runs for it: recorded here, as 499,
+    // whatever failed after it left (the deadline, say, in the moment before it noticed).
+    if (err instanceof ClientGone || reply.raw.destroyed) {
+      request.log.info(err instanceof ClientGone ? 'client disconnected; upstream call aborted' : `client disconnected; then: ${asGatewayError(err).code}`);
       app.recordAbandonedRequest(request);
       return reply.status(499).send();
     }

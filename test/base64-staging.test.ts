@@ -85,4 +85,16 @@ describe('staging a base64 image as it arrives', () => {
     const staged = await stage(png, [65_536], stagingDir);
     expect(readFileSync(staged.path).equals(png)).toBe(true);
   });
+
+  it('keeps the last byte of unpadded base64 that ends where a write buffer is full', async () => {
+    // 1 MiB buffers hold 349525 whole groups (1048575 bytes); 2 bytes more end in 3 unpadded characters.
+    const bytes = Buffer.concat([png.subarray(0, 16), randomBytes(1_048_577 - 16)]);
+    const unpadded = Buffer.from(bytes.toString('base64').replace(/=+$/, ''), 'latin1');
+    const staging = new Base64Staging(join(dir, 'unpadded'));
+    for (let at = 0; at < unpadded.length; at += 65_536) await staging.write(unpadded.subarray(at, at + 65_536));
+    const staged = await staging.end();
+    expect(staged.bytes).toBe(bytes.length);
+    expect(readFileSync(staged.path).equals(bytes)).toBe(true);
+    rmSync(staged.path);
+  });
 });

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { PostgresDatabase, SqliteDatabase, type Database, type Migration } from '../src/storage/database.js';
 import { freshPostgres, postgresProblem } from './services.js';
 
@@ -83,5 +83,33 @@ describe('SQLite checkpoints', () => {
       await db.close();
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('SQLite without its checkpoint thread', () => {
+  it('says so, and lets SQLite checkpoint inside commits again', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+    const lost: Array<Error | undefined> = [];
+    const db = new SqliteDatabase(join(dir, 'x.sqlite'), { onCheckpointerLost: (err) => lost.push(err) });
+    try {
+      expect(await db.get<{ wal_autocheckpoint: number }>('PRAGMA wal_autocheckpoint')).toEqual({ wal_autocheckpoint: 8192 });
+      // The thread dies (as an uncaught error in it would end it).
+      await (db as unknown as { checkpointer: { worker: { terminate(): Promise<number> } } }).checkpointer.worker.terminate();
+      await vi.waitFor(() => expect(lost).toHaveLength(1), { timeout: 2000, interval: 10 });
+      expect(await db.get<{ wal_autocheckpoint: number }>('PRAGMA wal_autocheckpoint')).toEqual({ wal_autocheckpoint: 1000 });
+    } finally {
+      await db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('is quiet when it is stopped by close()', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+    const lost: Array<Error | undefined> = [];
+    const db = new SqliteDatabase(join(dir, 'x.sqlite'), { onCheckpointerLost: (err) => lost.push(err) });
+    await db.close();
+    await sleep(50);
+    expect(lost).toEqual([]);
+    rmSync(dir, { recursive: true, force: true });
   });
 });

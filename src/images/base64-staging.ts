@@ -79,7 +79,11 @@ export class Base64Staging implements Base64Sink<StagedImage> {
 
   async end(): Promise<StagedImage> {
     try {
-      if (this.carry.length > 0) this.filled += this.buffers[this.current].write(this.carry, this.filled, 'base64');
+      if (this.carry.length > 0) {
+        // Unpadded base64 ends in 2 or 3 characters (1 or 2 bytes): room for them first.
+        if (this.buffers[this.current].length - this.filled < 2) await this.flush();
+        this.filled += this.buffers[this.current].write(this.carry, this.filled, 'base64');
+      }
       await this.flush();
       await Promise.all(this.writing);
       if (!this.staged) throw notAnImage();

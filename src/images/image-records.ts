@@ -141,7 +141,8 @@ export class ImageRecords {
   }
 
   private async writePending(): Promise<void> {
-    const batch = [...this.pending.values()];
+    // In name order: two replicas upserting the same names lock their rows in the same order (no deadlock).
+    const batch = [...this.pending.values()].sort((a, b) => (a.record.name < b.record.name ? -1 : a.record.name > b.record.name ? 1 : 0));
     this.pending = new Map();
     for (let i = 0; i < batch.length; i += SAVE_BATCH) await this.insert(batch.slice(i, i + SAVE_BATCH));
   }

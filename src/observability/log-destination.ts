@@ -16,7 +16,8 @@ export interface BufferedLog {
  * last 250 ms of log lines (usage records are in the database, not the log).
  */
 export function bufferedStdout(): BufferedLog {
-  const stream = pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  // maxLength: a reader of stdout that stops reading costs at most 16 MiB of lines (then dropped), not all memory.
+  const stream = pino.destination({ dest: 1, sync: false, minLength: 4096, maxLength: 16 * 1024 * 1024 });
   const timer = setInterval(() => stream.flush(), FLUSH_INTERVAL_MS).unref();
   return {
     stream,

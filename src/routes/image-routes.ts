@@ -92,6 +92,8 @@ export async function generateFor(
     if (!reply.raw.writableFinished) cancel.abort(new ClientGone());
   };
   reply.raw.on('close', onClose);
+  // A client that left during the checks above ('close' has been and gone) is not paid for either.
+  if (reply.raw.destroyed) onClose();
   const viaJobs = imageRequest.async || idempotencyKey !== undefined;
   const job = { created: false };
   try {

@@ -70,17 +70,22 @@ const BACKSTOP_CHECKPOINT_PAGES = 8192;
 class SqliteCheckpointer {
   private readonly worker: Worker;
   private readonly exited: Promise<void>;
+  private stopping = false;
 
-  constructor(path: string, onExit: () => void) {
+  /** `onLost` hears of a worker that ended without stop(): its error, if it had one. */
+  constructor(path: string, onLost: (err: Error | undefined) => void) {
     this.worker = new Worker(CHECKPOINT_WORKER, { workerData: { path, intervalMs: CHECKPOINT_INTERVAL_MS } });
     this.worker.unref();
-    // A worker that fails (or is stopped) leaves checkpoints to SQLite, as without it.
-    this.worker.on('error', () => {});
+    let failure: Error | undefined;
+    this.worker.on('error', (err: Error) => (failure = err));
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
-    void this.exited.then(onExit);
+    void this.exited.then(() => {
+      if (!this.stopping) onLost(failure);
+    });
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     this.worker.postMessage('stop');
     const stopped = await Promise.race([this.exited.then(() => true), new Promise<false>((resolve) => setTimeout(resolve, 2000, false).unref())]);
     if (!stopped) await this.worker.terminate();
@@ -97,15 +102,18 @@ export class SqliteDatabase implements Database {
   private readonly prepared = new Map<string, StatementSync>();
   private readonly checkpointer: SqliteCheckpointer | undefined;
 
-  constructor(path: string) {
+  /** `onCheckpointerLost`: the checkpoint thread ended on its own; SQLite checkpoints inside commits again. */
+  constructor(path: string, options: { onCheckpointerLost?: (err: Error | undefined) => void } = {}) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     this.db = new DatabaseSync(path);
     // WAL lets readers (usage queries) run beside the batch writer; busy_timeout rides out brief locks.
     this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;');
     if (path !== ':memory:') {
       this.db.exec(`PRAGMA wal_autocheckpoint = ${BACKSTOP_CHECKPOINT_PAGES}`);
-      this.checkpointer = new SqliteCheckpointer(path, () => {
-        if (this.db.isOpen) this.db.exec('PRAGMA wal_autocheckpoint = 1000');
+      this.checkpointer = new SqliteCheckpointer(path, (err) => {
+        if (!this.db.isOpen) return;
+        this.db.exec('PRAGMA wal_autocheckpoint = 1000');
+        options.onCheckpointerLost?.(err);
       });
     }
   }
@@ -214,7 +222,10 @@ export class PostgresDatabase implements Database {
   }
 }
 
-export function openDatabase(config: { DATABASE_URL?: string | undefined; DATA_DIR: string }): Database {
+export function openDatabase(
+  config: { DATABASE_URL?: string | undefined; DATA_DIR: string },
+  options: { onCheckpointerLost?: (err: Error | undefined) => void } = {},
+): Database {
   if (config.DATABASE_URL) return new PostgresDatabase(config.DATABASE_URL);
-  return new SqliteDatabase(`${config.DATA_DIR.replace(/\/+$/, '')}/gateway.sqlite`);
+  return new SqliteDatabase(`${config.DATA_DIR.replace(/\/+$/, '')}/gateway.sqlite`, options);
 }
