@@ -45,6 +45,11 @@ const readFileQuickly = promisify(readFile);
 
 const notAnImage = () => new GatewayError('upstream_error', 'upstream returned data that is not a PNG, JPEG or WebP image');
 const SNIFF_BYTES = 12;
+const STAGING_WRITE_BYTES = 1024 * 1024;
+const SWEEP_BATCH = 500;
+/** A staged file older than this was left by a crash; a live download is far shorter. */
+const STALE_STAGING_MS = 60 * 60 * 1000;
+
 export interface ImageLibraryOptions {
   /**
    * IMAGE_INLINE_MAX_BYTES: images up to this size live in their database row, not in the store:
@@ -53,10 +58,6 @@ export interface ImageLibraryOptions {
    */
   inlineMaxBytes: number;
 }
-const STAGING_WRITE_BYTES = 1024 * 1024;
-const SWEEP_BATCH = 500;
-/** A staged file older than this was left by a crash; a live download is far shorter. */
-const STALE_STAGING_MS = 60 * 60 * 1000;
 
 /**
  * The stored result images: bytes in an ImageStore (files or S3), facts in the `images` table.
@@ -98,7 +99,7 @@ export class ImageLibrary {
   async stage(body: AsyncIterable<Uint8Array>): Promise<StagedImage> {
     await mkdir(this.store.stagingDir, { recursive: true });
     const path = join(this.store.stagingDir, `${randomHex(8)}.tmp`);
-    const hash = createHash('sha256');
+    const hasher = createHash('sha256');
     let bytes = 0;
     let mime: ImageMime | undefined;
     let head = Buffer.alloc(0);
@@ -112,7 +113,7 @@ export class ImageLibrary {
             if (!mime) throw notAnImage();
           }
         }
-        hash.update(chunk);
+        hasher.update(chunk);
         bytes += chunk.length;
         yield chunk;
       }
@@ -126,7 +127,7 @@ export class ImageLibrary {
       await rm(path, { force: true });
       throw err;
     }
-    return { path, sha256: hash.digest('hex'), mime, bytes, dimensions: imageDimensions(head) };
+    return { path, sha256: hasher.digest('hex'), mime, bytes, dimensions: imageDimensions(head) };
   }
 
   /** Stores a staged download (a small one in its row); `readBack` also returns its bytes (for a `b64_json` answer). */
