@@ -1,4 +1,4 @@
-import type { Database, Migration } from '../storage/database.js';
+import { valuesPlaceholders, type Database, type Migration } from '../storage/database.js';
 import type { ImageMime } from './image-bytes.js';
 
 /** What the gateway knows about one stored image; the bytes themselves are in the ImageStore. */
@@ -18,7 +18,7 @@ export interface ImageRecord {
   /** Unix seconds, as in the signed URL's `exp`; past it the image is gone. */
   expiresAt: number;
   /**
-   * A small image's bytes, kept in its row instead of the ImageStore (see INLINE_IMAGE_MAX_BYTES).
+   * A small image's bytes, kept in its row instead of the ImageStore (IMAGE_INLINE_MAX_BYTES).
    * Present on a row read by name; lists of rows (retention) leave it out.
    */
   inlineBytes?: Buffer | undefined;
@@ -149,10 +149,8 @@ export class ImageRecords {
 
   private async insert(batch: PendingSave[]): Promise<void> {
     try {
-      const width = COLUMNS.length;
-      const rows = batch.map((_, r) => `(${COLUMNS.map((_, c) => `$${r * width + c + 1}`).join(', ')})`);
       const saved = await this.db.all<ImageRow>(
-        `INSERT INTO images (${COLUMNS.join(', ')}) VALUES ${rows.join(', ')}
+        `INSERT INTO images (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(batch.length, COLUMNS.length)}
          ON CONFLICT (name) DO UPDATE SET
            expires_at = CASE WHEN excluded.expires_at > images.expires_at THEN excluded.expires_at ELSE images.expires_at END,
            inline_bytes = COALESCE(images.inline_bytes, excluded.inline_bytes)

@@ -39,6 +39,11 @@ export interface SqlTypes {
 const SQLITE_TYPES: SqlTypes = { bigint: 'INTEGER', double: 'REAL', serialKey: 'INTEGER PRIMARY KEY AUTOINCREMENT' };
 const POSTGRES_TYPES: SqlTypes = { bigint: 'BIGINT', double: 'DOUBLE PRECISION', serialKey: 'BIGSERIAL PRIMARY KEY' };
 
+/** `($1, $2), ($3, $4)` for `rows` rows of `width` values: a multi-row INSERT's VALUES. */
+export function valuesPlaceholders(rows: number, width: number): string {
+  return Array.from({ length: rows }, (_, r) => `(${Array.from({ length: width }, (_, c) => `$${r * width + c + 1}`).join(', ')})`).join(', ');
+}
+
 export function migration(id: string, statements: (types: SqlTypes) => string[]): Migration {
   return { id, sqlite: statements(SQLITE_TYPES), postgres: statements(POSTGRES_TYPES) };
 }

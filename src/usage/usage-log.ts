@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify';
-import type { Database, SqlValue } from '../storage/database.js';
+import { valuesPlaceholders, type Database, type SqlValue } from '../storage/database.js';
 
 /** What one /v1 request did, as kept in `usage_records`. Never image bytes; the prompt only with LOG_PROMPTS. */
 export interface UsageRecord {
@@ -182,8 +182,6 @@ export class UsageLog {
   }
 
   private async insert(batch: UsageRecord[]): Promise<void> {
-    const width = COLUMNS.length;
-    const rows = batch.map((_, r) => `(${COLUMNS.map((_, c) => `$${r * width + c + 1}`).join(', ')})`);
-    await this.db.run(`INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${rows.join(', ')}`, batch.flatMap(rowOf));
+    await this.db.run(`INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(batch.length, COLUMNS.length)}`, batch.flatMap(rowOf));
   }
 }
