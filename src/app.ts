@@ -244,6 +244,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     await keyStore.close();
     await callbackDispatcher.close();
     await upstream.close();
+    await images.close();
     await db.close();
     redis?.disconnect();
     // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.

@@ -1,11 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import sharp from 'sharp';
 import { open } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Base64Staging } from '../src/images/base64-staging.js';
+import { WarmStagingFiles } from '../src/images/warm-staging-files.js';
 
 let dir: string;
 let png: Buffer;
@@ -16,10 +17,13 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+/** New files only: a directory holds nothing but what the staging wrote. */
+const coldFiles = (stagingDir: string) => new WarmStagingFiles(stagingDir, { count: 0, bytes: 0 });
+
 /** Feeds the base64 of `bytes` in pieces of the given sizes, in turn. */
-async function stage(bytes: Buffer, sizes: number[], stagingDir = join(dir, 'staging')) {
+async function stage(bytes: Buffer, sizes: number[], files: WarmStagingFiles = coldFiles(join(dir, 'staging'))) {
   const base64 = Buffer.from(bytes.toString('base64'), 'latin1');
-  const staging = new Base64Staging(stagingDir);
+  const staging = new Base64Staging(files);
   for (let at = 0, i = 0; at < base64.length; i++) {
     const size = sizes[i % sizes.length]!;
     await staging.write(base64.subarray(at, at + size));
@@ -38,6 +42,22 @@ describe('staging a base64 image as it arrives', () => {
     });
   }
 
+  // The ~2.3 MB image into a warm file longer than it (cut to it) and one shorter (written on past it).
+  for (const warmBytes of [4 << 20, 1 << 20]) {
+    it(`writes exactly the decoded image into a warm staging file of ${warmBytes >> 20} MiB`, async () => {
+      const files = new WarmStagingFiles(join(dir, `warm-${warmBytes}`), { count: 1, bytes: warmBytes });
+      // A first take starts the preparing.
+      await (await files.take()).file.close();
+      await files.prepared();
+      const staged = await stage(png, [65_536], files);
+      expect(files.holds(basename(staged.path))).toBe(false);
+      expect(statSync(staged.path).size).toBe(png.length);
+      expect(readFileSync(staged.path).equals(png)).toBe(true);
+      expect(staged.sha256).toBe(createHash('sha256').update(png).digest('hex'));
+      await files.close();
+    });
+  }
+
   it('gives the same image again with reused buffers, one after another', async () => {
     const small = await sharp({ create: { width: 20, height: 10, channels: 3, background: 'red' } }).png().toBuffer();
     for (const image of [png, small, png]) {
@@ -49,14 +69,14 @@ describe('staging a base64 image as it arrives', () => {
 
   it('refuses bytes that are not an image and leaves no file', async () => {
     const stagingDir = join(dir, 'refused');
-    await expect(stage(Buffer.from('GIF89a, not at all a PNG'.repeat(10)), [50], stagingDir)).rejects.toThrow('not a PNG, JPEG or WebP');
+    await expect(stage(Buffer.from('GIF89a, not at all a PNG'.repeat(10)), [50], coldFiles(stagingDir))).rejects.toThrow('not a PNG, JPEG or WebP');
     // Refused from its first bytes, before any file was opened.
     expect(existsSync(stagingDir) ? readdirSync(stagingDir) : []).toEqual([]);
   });
 
   it('removes what it wrote when aborted', async () => {
     const stagingDir = join(dir, 'aborted');
-    const staging = new Base64Staging(stagingDir);
+    const staging = new Base64Staging(coldFiles(stagingDir));
     const base64 = Buffer.from(png.toString('base64'), 'latin1');
     await staging.write(base64.subarray(0, 2_000_000));
     expect(readdirSync(stagingDir).length).toBe(1);
@@ -77,12 +97,12 @@ describe('staging a base64 image as it arrives', () => {
       return calls === 2 ? Promise.reject(Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' })) : realWrite.apply(this, args);
     });
     try {
-      await expect(stage(png, [65_536], stagingDir)).rejects.toThrow('ENOSPC');
+      await expect(stage(png, [65_536], coldFiles(stagingDir))).rejects.toThrow('ENOSPC');
     } finally {
       write.mockRestore();
     }
     expect(readdirSync(stagingDir)).toEqual([]);
-    const staged = await stage(png, [65_536], stagingDir);
+    const staged = await stage(png, [65_536], coldFiles(stagingDir));
     expect(readFileSync(staged.path).equals(png)).toBe(true);
   });
 
@@ -90,7 +110,7 @@ describe('staging a base64 image as it arrives', () => {
     // 1 MiB buffers hold 349525 whole groups (1048575 bytes); 2 bytes more end in 3 unpadded characters.
     const bytes = Buffer.concat([png.subarray(0, 16), randomBytes(1_048_577 - 16)]);
     const unpadded = Buffer.from(bytes.toString('base64').replace(/=+$/, ''), 'latin1');
-    const staging = new Base64Staging(join(dir, 'unpadded'));
+    const staging = new Base64Staging(coldFiles(join(dir, 'unpadded')));
     for (let at = 0; at < unpadded.length; at += 65_536) await staging.write(unpadded.subarray(at, at + 65_536));
     const staged = await staging.end();
     expect(staged.bytes).toBe(bytes.length);

@@ -72,7 +72,7 @@ export class ImageGeneration {
     // Large base64 images are staged as the reply streams in; any not kept in the end are removed.
     const staged = new Set<StagedImage>();
     const stageImage = () => {
-      const staging = new Base64Staging(this.deps.images.store.stagingDir);
+      const staging = new Base64Staging(this.deps.images.stagingFiles);
       return {
         write: (base64: Buffer) => staging.write(base64),
         abort: () => staging.abort(),

@@ -1,8 +1,6 @@
 import { createHash, hash } from 'node:crypto';
-import { randomHex } from '../ids.js';
-import { createWriteStream } from 'node:fs';
 import { readFile } from 'node:fs';
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat, truncate } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -13,6 +11,7 @@ import { sniffImageType, type ImageMime } from './image-bytes.js';
 import { DIMENSION_HEADER_BYTES, imageDimensions, type ImageDimensions } from './image-dimensions.js';
 import type { ImageRecord, ImageRecords } from './image-records.js';
 import { imageNameOf, type ByteRange, type ImageStore } from './image-store.js';
+import { DEFAULT_WARM_STAGING, WarmStagingFiles, type WarmStagingOptions } from './warm-staging-files.js';
 
 export interface ImageOwner {
   keyId: string;
@@ -57,6 +56,8 @@ export interface ImageLibraryOptions {
    * of CPU and ~0.4 ms here) or an S3 PUT. Thumbnails and icons; a full-size render is far larger.
    */
   inlineMaxBytes: number;
+  /** Staging files prepared ahead (see WarmStagingFiles); DEFAULT_WARM_STAGING when not given. */
+  warmStaging?: WarmStagingOptions;
 }
 
 /**
@@ -68,12 +69,21 @@ export interface ImageLibraryOptions {
  */
 export class ImageLibrary {
   private readonly locks = new Map<string, Promise<unknown>>();
+  /** Where downloads and decoded base64 images are written before they have a name. */
+  readonly stagingFiles: WarmStagingFiles;
 
   constructor(
     readonly store: ImageStore,
     private readonly records: ImageRecords,
     private readonly settings: ImageLibraryOptions = { inlineMaxBytes: 0 },
-  ) {}
+  ) {
+    this.stagingFiles = new WarmStagingFiles(store.stagingDir, settings.warmStaging ?? DEFAULT_WARM_STAGING);
+  }
+
+  /** Removes the staging files kept ready; the store and the records are closed by their owners. */
+  close(): Promise<void> {
+    return this.stagingFiles.close();
+  }
 
   /** Creates the `images` table where it is missing. */
   migrate(): Promise<void> {
@@ -97,8 +107,7 @@ export class ImageLibrary {
    * so a large image is never held whole in memory. Starts afresh on each call (a retried download).
    */
   async stage(body: AsyncIterable<Uint8Array>): Promise<StagedImage> {
-    await mkdir(this.store.stagingDir, { recursive: true });
-    const path = join(this.store.stagingDir, `${randomHex(8)}.tmp`);
+    const { path, file, warmBytes } = await this.stagingFiles.take();
     const hasher = createHash('sha256');
     let bytes = 0;
     let mime: ImageMime | undefined;
@@ -120,9 +129,11 @@ export class ImageLibrary {
     }
     try {
       // A large buffer lets the file stream write many pieces at once (one thread-pool trip for them all).
-      await pipeline(body, inspect, createWriteStream(path, { highWaterMark: STAGING_WRITE_BYTES }));
+      // The stream closes the file when it ends or fails.
+      await pipeline(body, inspect, file.createWriteStream({ start: 0, highWaterMark: STAGING_WRITE_BYTES }));
       mime ??= sniffImageType(head);
       if (!mime) throw notAnImage();
+      if (warmBytes > bytes) await truncate(path, bytes);
     } catch (err) {
       await rm(path, { force: true });
       throw err;
@@ -262,6 +273,7 @@ export class ImageLibrary {
     const names = await readdir(this.store.stagingDir).catch(() => [] as string[]);
     const cutoff = Date.now() - STALE_STAGING_MS;
     for (const name of names) {
+      if (this.stagingFiles.holds(name)) continue;
       const path = join(this.store.stagingDir, name);
       const info = await stat(path).catch(() => undefined);
       if (info && info.mtimeMs < cutoff) await rm(path, { force: true });
