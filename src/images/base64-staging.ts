@@ -1,10 +1,10 @@
+import { createHash } from 'node:crypto';
 import { rm, type FileHandle } from 'node:fs/promises';
 import { GatewayError } from '../errors.js';
 import type { Base64Sink } from '../upstream/image-reply-parser.js';
 import { sniffImageType } from './image-bytes.js';
 import { DIMENSION_HEADER_BYTES, imageDimensions } from './image-dimensions.js';
 import type { StagedImage } from './image-library.js';
-import { Sha256Thread, sharedBuffer, type Sha256Stream } from './sha256-thread.js';
 import type { WarmStagingFiles } from './warm-staging-files.js';
 
 /** Decoded bytes gathered before each write to the temp file: one thread-pool trip per MiB. */
@@ -12,19 +12,18 @@ const WRITE_BYTES = 1024 * 1024;
 /** Idle write buffers kept for the next image (two per image in flight). */
 const MAX_POOLED_BUFFERS = 32;
 const pool: Buffer[] = [];
-const sha256Thread = new Sha256Thread();
 
 /**
  * A large base64 image from an upstream reply, decoded into the image store's staging as it
  * arrives: hashed and written to a temp file a MiB at a time, its type and dimensions read from
  * its first bytes; the same StagedImage a download gives.
  *
- * Two buffers take turns: while one MiB is being hashed (on the sha256 thread) and written (on
- * libuv's thread pool), the next is decoded into the other; waiting for each before decoding on
- * put them end to end. The file is a warm one when one is ready (WarmStagingFiles): a new 4 MiB
- * file cost ~14 ms to write here, more than receiving and decoding it. The buffers are reused from
- * image to image: fresh buffers for every piece made V8 collect garbage (a full collection every
- * other 4 MiB image) to give back their memory.
+ * Two buffers take turns: while one MiB is being written (on libuv's thread pool), the next is
+ * decoded into the other; waiting for each write before decoding on put the two end to end. The
+ * file is a warm one when one is ready (WarmStagingFiles): a new 4 MiB file cost ~14 ms to write
+ * here, more than receiving, decoding and hashing it. The buffers are reused from image to image:
+ * fresh buffers for every piece made V8 collect garbage (a full collection every other 4 MiB
+ * image) to give back their memory.
  */
 export class Base64Staging implements Base64Sink<StagedImage> {
   private readonly buffers: [Buffer, Buffer] = [takeBuffer(), takeBuffer()];
@@ -34,7 +33,7 @@ export class Base64Staging implements Base64Sink<StagedImage> {
   private filled = 0;
   /** Base64 characters that do not yet make a whole group of four. */
   private carry = '';
-  private readonly hash: Sha256Stream = sha256Thread.stream();
+  private readonly hash = createHash('sha256');
   /** Bytes handed to the file so far: where the next write goes. */
   private bytes = 0;
   private path: string | undefined;
@@ -86,14 +85,12 @@ export class Base64Staging implements Base64Sink<StagedImage> {
         this.filled += this.buffers[this.current].write(this.carry, this.filled, 'base64');
       }
       await this.flush();
-      const sha256 = this.hash.digest();
-      sha256.catch(() => {});
       await Promise.all(this.writing);
       if (!this.staged) throw notAnImage();
       if (this.warmBytes > this.bytes) await this.file!.truncate(this.bytes);
       await this.file!.close();
       this.file = undefined;
-      return { path: this.path!, sha256: await sha256, bytes: this.bytes, ...this.staged };
+      return { path: this.path!, sha256: this.hash.digest('hex'), bytes: this.bytes, ...this.staged };
     } catch (err) {
       await this.abort();
       throw err;
@@ -105,7 +102,6 @@ export class Base64Staging implements Base64Sink<StagedImage> {
   async abort(): Promise<void> {
     // A write still running holds a buffer: wait for it before the buffers go back to the pool.
     await Promise.allSettled(this.writing);
-    this.hash.drop();
     this.release();
     await this.file?.close().catch(() => {});
     this.file = undefined;
@@ -126,9 +122,9 @@ export class Base64Staging implements Base64Sink<StagedImage> {
       const staging = await this.stagingFiles.take();
       ({ path: this.path, file: this.file, warmBytes: this.warmBytes } = staging);
     }
-    // The buffer is hashed (on the sha256 thread) and written (positioned, so the order the two
-    // writes finish in does not matter) at once; it is filled again once both are done.
-    const write = bothDone(this.hash.update(data), writeAll(this.file!, data, this.bytes));
+    this.hash.update(data);
+    // Positioned, so the order the two writes finish in does not matter.
+    const write = writeAll(this.file!, data, this.bytes);
     // Awaited later (here, by end() or by abort()); a failure before then is not an unhandled one.
     write.catch(() => {});
     this.writing[this.current] = write;
@@ -147,12 +143,7 @@ export class Base64Staging implements Base64Sink<StagedImage> {
 }
 
 function takeBuffer(): Buffer {
-  return pool.pop() ?? sharedBuffer(WRITE_BYTES);
-}
-
-/** Settles once both have (a buffer is free only then), failing with the first failure. */
-async function bothDone(a: Promise<void>, b: Promise<void>): Promise<void> {
-  for (const result of await Promise.allSettled([a, b])) if (result.status === 'rejected') throw result.reason;
+  return pool.pop() ?? Buffer.allocUnsafe(WRITE_BYTES);
 }
 
 /** Writes all of `data` at `position` (one write may write less than asked). */
