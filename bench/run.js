@@ -31,6 +31,14 @@ const SETTINGS = {
   memoryConnections: 16,
 };
 
+/** The gateway runs with the Node flags `npm start` gives it (as the Dockerfile does); BENCH_GATEWAY_FLAGS overrides them. */
+const GATEWAY_NODE_FLAGS = (process.env.BENCH_GATEWAY_FLAGS ?? startScriptFlags()).split(' ').filter(Boolean);
+
+function startScriptFlags() {
+  const start = JSON.parse(readFileSync(join(BENCH_DIR, '..', 'package.json'), 'utf8')).scripts.start;
+  return start.split(' ').filter((word) => word.startsWith('--')).join(' ');
+}
+
 const UPSTREAM_KEY = 'sk-bench-upstream-0123456789abcdef';
 const CLIENT_KEY = 'gk-bench-client-0123456789abcdef';
 const UPSTREAM_PATH = '/v1/models/opanai/gpt-image-1/predictions';
@@ -168,7 +176,7 @@ async function main() {
         IMAGE_URL_SECRET: 'bench-url-secret-0123456789abcdefghijkl',
         PUBLIC_BASE_URL: 'http://127.0.0.1',
       },
-      { stdout: options.stdout, execArgv: options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [] },
+      { stdout: options.stdout, execArgv: [...GATEWAY_NODE_FLAGS, ...(options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])] },
     );
   const passthrough = await startPassthrough();
   const gateway = await startGateway({ dataDir, stdout: logFd, profile: PROFILE });
@@ -317,7 +325,7 @@ async function main() {
     // Other work on the machine shows here: the run's own processes keep about 2 busy.
     loadAverage: { atStart: loadAtStart, atEnd: loadavg().map((l) => Math.round(l * 100) / 100) },
     machine: machine(),
-    settings: { ...SETTINGS, quick: QUICK, profile: PROFILE, only: ONLY ? [...ONLY] : null, onlyTargets: ONLY_TARGETS ? [...ONLY_TARGETS] : null },
+    settings: { ...SETTINGS, gatewayNodeFlags: GATEWAY_NODE_FLAGS, quick: QUICK, profile: PROFILE, only: ONLY ? [...ONLY] : null, onlyTargets: ONLY_TARGETS ? [...ONLY_TARGETS] : null },
     imageBytes: Object.fromEntries(Object.entries(images).map(([k, v]) => [k, v.length])),
     gatewayErrorLogLines: gatewayErrorLines,
     scenarios: summary,

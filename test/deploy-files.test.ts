@@ -158,3 +158,19 @@ describe('docker/k8s', () => {
     expect([...listed].sort()).toEqual(manifests.sort());
   });
 });
+
+describe('how the gateway process is started', () => {
+  const repo = new URL('../', import.meta.url).pathname;
+  const startScript = (JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start!;
+  const cmdLine = /^CMD (\[.*\])$/m.exec(readFileSync(join(repo, 'Dockerfile'), 'utf8'))?.[1];
+
+  it('the image runs the server with the same Node flags as `npm start`', () => {
+    expect(cmdLine).toBeDefined();
+    const cmd = JSON.parse(cmdLine!) as string[];
+    expect(cmd.join(' ')).toBe(startScript);
+  });
+
+  it('caps V8’s young generation, which otherwise holds hundreds of MB of dead base64 pieces', () => {
+    expect(startScript).toMatch(/--max-semi-space-size=\d+ dist\/server\.js$/);
+  });
+});
