@@ -18,7 +18,7 @@ beforeAll(async () => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** New files only: a directory holds nothing but what the staging wrote. */
-const coldFiles = (stagingDir: string) => new WarmStagingFiles(stagingDir, { count: 0, bytes: 0 });
+const coldFiles = (stagingDir: string) => new WarmStagingFiles(stagingDir, { count: 0, maxBytes: 0 });
 
 /** Feeds the base64 of `bytes` in pieces of the given sizes, in turn. */
 async function stage(bytes: Buffer, sizes: number[], files: WarmStagingFiles = coldFiles(join(dir, 'staging'))) {
@@ -45,7 +45,7 @@ describe('staging a base64 image as it arrives', () => {
   // The ~2.3 MB image into a warm file longer than it (cut to it) and one shorter (written on past it).
   for (const warmBytes of [4 << 20, 1 << 20]) {
     it(`writes exactly the decoded image into a warm staging file of ${warmBytes >> 20} MiB`, async () => {
-      const files = new WarmStagingFiles(join(dir, `warm-${warmBytes}`), { count: 1, bytes: warmBytes });
+      const files = new WarmStagingFiles(join(dir, `warm-${warmBytes}`), { count: 1, maxBytes: warmBytes });
       // A first take starts the preparing.
       await (await files.take()).file.close();
       await files.prepared();

@@ -21,7 +21,7 @@ const MiB = 1024 * 1024;
 
 describe('warm staging files', () => {
   it('hands out a new file until warm ones are ready, then warm ones of the set length, sparse on disk', async () => {
-    const files = new WarmStagingFiles(join(dir, 'pool'), { count: 2, bytes: 2 * MiB });
+    const files = new WarmStagingFiles(join(dir, 'pool'), { count: 2, maxBytes: 2 * MiB });
     const first = await files.take();
     expect(first.warmBytes).toBe(0);
     expect(statSync(first.path).size).toBe(0);
@@ -47,8 +47,27 @@ describe('warm staging files', () => {
     expect(readdirSync(join(dir, 'pool')).sort()).toEqual([basename(first.path), basename(warm.path)].sort());
   });
 
+  it('makes each warm file as long as the largest of the last images staged, rounded up to 256 KiB, within the maximum', async () => {
+    const files = new WarmStagingFiles(join(dir, 'sized'), { count: 1, maxBytes: 4 * MiB });
+    expect(files.nextWarmBytes()).toBe(4 * MiB);
+    files.noteImageBytes(300_000);
+    expect(files.nextWarmBytes()).toBe(512 * 1024);
+    files.noteImageBytes(10);
+    expect(files.nextWarmBytes()).toBe(512 * 1024);
+    await (await files.take()).file.close();
+    await files.prepared();
+    const [warm] = readdirSync(join(dir, 'sized')).filter((name) => files.holds(name));
+    expect(statSync(join(dir, 'sized', warm!)).size).toBe(512 * 1024);
+    files.noteImageBytes(9 * MiB);
+    expect(files.nextWarmBytes()).toBe(4 * MiB);
+    // Only the last eight count: the 9 MiB image is forgotten after eight small ones.
+    for (let i = 0; i < 8; i++) files.noteImageBytes(1000);
+    expect(files.nextWarmBytes()).toBe(256 * 1024);
+    await files.close();
+  });
+
   it('makes none when the count is 0', async () => {
-    const files = new WarmStagingFiles(join(dir, 'none'), { count: 0, bytes: MiB });
+    const files = new WarmStagingFiles(join(dir, 'none'), { count: 0, maxBytes: MiB });
     const taken = await files.take();
     await taken.file.close();
     await files.prepared();
@@ -60,7 +79,7 @@ describe('warm staging files', () => {
     // The directory is a file: neither kind can be made, and take() says why instead of hanging.
     const notADir = join(dir, 'not-a-dir');
     writeFileSync(notADir, 'x');
-    const files = new WarmStagingFiles(notADir, { count: 2, bytes: MiB });
+    const files = new WarmStagingFiles(notADir, { count: 2, maxBytes: MiB });
     await expect(files.take()).rejects.toThrow(/ENOTDIR|EEXIST/);
     await files.prepared();
     await files.close();
@@ -74,7 +93,7 @@ describe('a download staged in a warm file', () => {
   beforeAll(async () => {
     dataDir = join(dir, 'library');
     db = new SqliteDatabase(':memory:');
-    library = new ImageLibrary(new FileImageStore(dataDir), new ImageRecords(db), { inlineMaxBytes: 0, warmStaging: { count: 1, bytes: 3 * MiB } });
+    library = new ImageLibrary(new FileImageStore(dataDir), new ImageRecords(db), { inlineMaxBytes: 0, warmStaging: { count: 1, maxBytes: 3 * MiB } });
     await library.migrate();
   });
   afterAll(async () => {

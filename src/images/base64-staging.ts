@@ -87,6 +87,7 @@ export class Base64Staging implements Base64Sink<StagedImage> {
       await this.flush();
       await Promise.all(this.writing);
       if (!this.staged) throw notAnImage();
+      this.stagingFiles.noteImageBytes(this.bytes);
       if (this.warmBytes > this.bytes) await this.file!.truncate(this.bytes);
       await this.file!.close();
       this.file = undefined;

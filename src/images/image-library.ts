@@ -133,6 +133,7 @@ export class ImageLibrary {
       await pipeline(body, inspect, file.createWriteStream({ start: 0, highWaterMark: STAGING_WRITE_BYTES }));
       mime ??= sniffImageType(head);
       if (!mime) throw notAnImage();
+      this.stagingFiles.noteImageBytes(bytes);
       if (warmBytes > bytes) await truncate(path, bytes);
     } catch (err) {
       await rm(path, { force: true });

@@ -13,12 +13,20 @@ export interface StagingFile {
 export interface WarmStagingOptions {
   /** How many warm files to keep ready. 0 turns warming off: every staging file is new. */
   count: number;
-  /** The length of each: most images fit in it whole; a longer one writes its tail to new pages. */
-  bytes: number;
+  /**
+   * The longest a warm file is made. Each is as long as the largest of the last few images staged
+   * (rounded up to 256 KiB), this until one has been: an image that fits is written over warm pages
+   * and the file cut to it; a longer one writes its tail to new pages.
+   */
+  maxBytes: number;
 }
 
 /** A full-size render is 1.5-4 MB as PNG; four in flight at once is a busy replica. */
-export const DEFAULT_WARM_STAGING: WarmStagingOptions = { count: 4, bytes: 4 * 1024 * 1024 };
+export const DEFAULT_WARM_STAGING: WarmStagingOptions = { count: 4, maxBytes: 4 * 1024 * 1024 };
+
+/** How many recent images size the next warm file. */
+const RECENT_IMAGES = 8;
+const SIZE_STEP = 256 * 1024;
 
 const WARM_PREFIX = 'warm-';
 const PREPARE_READ_BYTES = 1024 * 1024;
@@ -41,6 +49,7 @@ export class WarmStagingFiles {
   private preparingPath: string | undefined;
   private scratch: Buffer | undefined;
   private closed = false;
+  private readonly recentBytes: number[] = [];
 
   constructor(
     readonly dir: string,
@@ -59,6 +68,22 @@ export class WarmStagingFiles {
       return open(path, 'w');
     });
     return { path, file, warmBytes: 0 };
+  }
+
+  /**
+   * A staged image's length, which sizes the files prepared next: cutting a 4 MiB warm file to a
+   * 1 MiB image (and freeing the rest of its pages) cost more here than the warm pages saved.
+   */
+  noteImageBytes(bytes: number): void {
+    this.recentBytes.push(bytes);
+    if (this.recentBytes.length > RECENT_IMAGES) this.recentBytes.shift();
+  }
+
+  /** The length the next warm file is made. */
+  nextWarmBytes(): number {
+    if (this.recentBytes.length === 0) return this.options.maxBytes;
+    const largest = Math.max(...this.recentBytes);
+    return Math.min(this.options.maxBytes, Math.max(SIZE_STEP, Math.ceil(largest / SIZE_STEP) * SIZE_STEP));
   }
 
   /** Resolves once the files being prepared are ready (or preparing them has failed). */
@@ -99,17 +124,18 @@ export class WarmStagingFiles {
     await mkdir(this.dir, { recursive: true });
     const path = join(this.dir, `${WARM_PREFIX}${randomHex(8)}.tmp`);
     this.preparingPath = path;
+    const bytes = this.nextWarmBytes();
     try {
       const file = await open(path, 'w+');
       try {
-        await file.truncate(this.options.bytes);
+        await file.truncate(bytes);
         this.scratch ??= Buffer.allocUnsafe(PREPARE_READ_BYTES);
-        for (let at = 0; at < this.options.bytes; at += this.scratch.length) await file.read(this.scratch, 0, this.scratch.length, at);
+        for (let at = 0; at < bytes; at += this.scratch.length) await file.read(this.scratch, 0, Math.min(this.scratch.length, bytes - at), at);
       } catch (err) {
         await file.close().catch(() => {});
         throw err;
       }
-      this.ready.push({ path, file, warmBytes: this.options.bytes });
+      this.ready.push({ path, file, warmBytes: bytes });
     } catch (err) {
       await rm(path, { force: true });
       throw err;
