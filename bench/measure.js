@@ -47,7 +47,10 @@ export async function measure({ url, method = 'GET', headers = {}, body, connect
     connections,
     seconds: result.duration,
     ok,
-    requestsPerSecond: ok / result.duration,
+    // A run that got no answer at all (seen twice here, with no error of any kind) is a failure,
+    // and has no rate: a 0 would pull the rounds' median down.
+    stalled: ok === 0 ? 1 : 0,
+    requestsPerSecond: ok === 0 ? null : ok / result.duration,
     non2xx: result.non2xx,
     short,
     socketErrors: result.errors,

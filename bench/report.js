@@ -123,6 +123,6 @@ export function printReport(report) {
   out.push(table(['target', 'measured', 'limit', 'result'], targets.map((t) => [t.what, t.measured, t.limit, t.result])));
   out.push('');
   const errors = report.scenarios.reduce((sum, s) => sum + Object.values(s.targets).reduce((n, t) => n + t.errors, 0), 0);
-  out.push(`errors (non-2xx, socket errors, timeouts) over all measurements: ${errors}; gateway error log lines: ${report.gatewayErrorLogLines}`);
+  out.push(`errors (non-2xx, socket errors, timeouts, short answers, measurements with no answer) over all measurements: ${errors}; gateway error log lines: ${report.gatewayErrorLogLines}`);
   return { targets, text: out.join('\n') };
 }

@@ -342,7 +342,7 @@ async function main() {
   log(`results: ${stamped} (and bench/results/latest.json); ${report.durationSeconds} s`);
 }
 
-const errorsOf = (m) => m.non2xx + m.socketErrors + m.timeouts + m.short;
+const errorsOf = (m) => m.non2xx + m.socketErrors + m.timeouts + m.short + m.stalled;
 
 function mergeCounts(...maps) {
   const out = {};
