@@ -40,5 +40,5 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:${PORT:-8080}/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 
-# The same flags as `npm start` (see the README's Performance section for why).
+# The same flags as `npm start` (the README's Docker section says why).
 CMD ["node", "--max-semi-space-size=16", "dist/server.js"]

@@ -4,13 +4,20 @@ const BASELINE_NAMES = { passthrough: 'undici pass-through', static: '@fastify/s
 
 const fixed = (value, digits) => (value === null || value === undefined || Number.isNaN(value) ? '-' : value.toFixed(digits));
 
+// A measurement that got no answer has no figure (null): a target built on one is not run, never
+// a PASS by a division by null.
+const known = (...values) => values.every((v) => typeof v === 'number' && Number.isFinite(v));
+const difference = (a, b) => (known(a, b) ? a - b : null);
+const ratio = (a, b) => (known(a, b) && b > 0 ? a / b : null);
+const percentOf = (a, b) => (known(a, b) && b > 0 ? (100 * a) / b : null);
+
 /** The issue's targets, each read from one scenario's gateway and baseline figures of the same run. */
 const TARGETS = [
   {
     scenario: 'small',
     what: 'small image: added p50 latency at c=1',
     limit: '≤ 0.5 ms',
-    value: (gw, base) => gw.p50Ms - base.p50Ms,
+    value: (gw, base) => difference(gw.p50Ms, base.p50Ms),
     show: (v) => `${fixed(v, 3)} ms`,
     pass: (v) => v <= 0.5,
   },
@@ -18,7 +25,7 @@ const TARGETS = [
     scenario: 'small',
     what: 'small image: added p99 latency at c=1',
     limit: '≤ 2 ms',
-    value: (gw, base) => gw.p99Ms - base.p99Ms,
+    value: (gw, base) => difference(gw.p99Ms, base.p99Ms),
     show: (v) => `${fixed(v, 3)} ms`,
     pass: (v) => v <= 2,
   },
@@ -26,7 +33,7 @@ const TARGETS = [
     scenario: 'small',
     what: 'small image: throughput at c=32 vs pass-through',
     limit: '≥ 60 %',
-    value: (gw, base) => (100 * gw.requestsPerSecond) / base.requestsPerSecond,
+    value: (gw, base) => percentOf(gw.requestsPerSecond, base.requestsPerSecond),
     show: (v) => `${fixed(v, 1)} %`,
     pass: (v) => v >= 60,
   },
@@ -34,7 +41,7 @@ const TARGETS = [
     scenario: '4mib',
     what: '4 MiB image: p50 latency at c=1 vs pass-through',
     limit: '≤ 1.3×',
-    value: (gw, base) => gw.p50Ms / base.p50Ms,
+    value: (gw, base) => ratio(gw.p50Ms, base.p50Ms),
     show: (v) => `${fixed(v, 2)}×`,
     pass: (v) => v <= 1.3,
   },
@@ -50,7 +57,7 @@ const TARGETS = [
     scenario: 'serve',
     what: 'serving a stored image: throughput at c=32 vs @fastify/static',
     limit: '≥ 80 %',
-    value: (gw, base) => (100 * gw.requestsPerSecond) / base.requestsPerSecond,
+    value: (gw, base) => percentOf(gw.requestsPerSecond, base.requestsPerSecond),
     show: (v) => `${fixed(v, 1)} %`,
     pass: (v) => v >= 80,
   },
@@ -102,10 +109,10 @@ export function printReport(report) {
           return [
             s.title,
             BASELINE_NAMES[s.baseline],
-            fixed(gw.p50Ms - base.p50Ms, 3),
-            fixed(gw.p99Ms - base.p99Ms, 3),
-            `${fixed(gw.p50Ms / base.p50Ms, 2)}×`,
-            `${fixed((100 * gw.requestsPerSecond) / base.requestsPerSecond, 1)} %`,
+            fixed(difference(gw.p50Ms, base.p50Ms), 3),
+            fixed(difference(gw.p99Ms, base.p99Ms), 3),
+            `${fixed(ratio(gw.p50Ms, base.p50Ms), 2)}×`,
+            `${fixed(percentOf(gw.requestsPerSecond, base.requestsPerSecond), 1)} %`,
             `${fixed(base.peakRssMb, 0)} → ${fixed(gw.peakRssMb, 0)}`,
           ];
         }),

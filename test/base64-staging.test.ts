@@ -84,6 +84,18 @@ describe('staging a base64 image as it arrives', () => {
     expect(readdirSync(stagingDir)).toEqual([]);
   });
 
+  it('removes the file it was taking when aborted meanwhile', async () => {
+    const stagingDir = join(dir, 'aborted-while-taking');
+    const staging = new Base64Staging(coldFiles(stagingDir));
+    const small = await sharp({ create: { width: 20, height: 10, channels: 3, background: 'red' } }).png().toBuffer();
+    await staging.write(Buffer.from(small.toString('base64'), 'latin1'));
+    // end() flushes, which takes a file (a thread-pool trip); the abort lands before that returns.
+    const ended = staging.end();
+    await staging.abort();
+    await expect(ended).rejects.toThrow('aborted');
+    expect(readdirSync(stagingDir)).toEqual([]);
+  });
+
   it('reports a failed write (while the next MiB is being decoded), removes the file and carries on', async () => {
     const stagingDir = join(dir, 'failed-write');
     // The prototype every FileHandle shares: the second write of the image fails.

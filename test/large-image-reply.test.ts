@@ -62,8 +62,9 @@ beforeAll(async () => {
   await app.ready();
 });
 
+let closed = false;
 afterAll(async () => {
-  await app?.close();
+  if (!closed) await app?.close();
   await new Promise((resolve) => upstream?.close(resolve));
   rmSync(dataDir, { recursive: true, force: true });
 });
@@ -101,5 +102,16 @@ describe('a large base64 image in the upstream reply', () => {
     expect(res.statusCode, res.body).toBe(502);
     expect(res.json().error.code).toBe('upstream_error');
     expect(stagingLeftovers()).toEqual([]);
+  });
+});
+
+describe('a graceful stop', () => {
+  it('removes the warm staging files kept ready', async () => {
+    const stagingDir = join(dataDir, 'images', '.staging');
+    await app.images.stagingFiles.prepared();
+    expect(readdirSync(stagingDir).some((name) => app.images.stagingFiles.holds(name))).toBe(true);
+    closed = true;
+    await app.close();
+    expect(readdirSync(stagingDir)).toEqual([]);
   });
 });

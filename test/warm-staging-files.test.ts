@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ImageLibrary } from '../src/images/image-library.js';
 import { ImageRecords } from '../src/images/image-records.js';
 import { FileImageStore } from '../src/images/image-store.js';
@@ -47,12 +47,13 @@ describe('warm staging files', () => {
     expect(readdirSync(join(dir, 'pool')).sort()).toEqual([basename(first.path), basename(warm.path)].sort());
   });
 
-  it('makes each warm file as long as the largest of the last images staged, rounded up to 256 KiB, within the maximum', async () => {
+  it('makes each warm file as long as the largest of the last large images staged, rounded up to 256 KiB, within the maximum', async () => {
     const files = new WarmStagingFiles(join(dir, 'sized'), { count: 1, maxBytes: 4 * MiB });
     expect(files.nextWarmBytes()).toBe(4 * MiB);
+    // A thumbnail does not size them.
+    files.noteImageBytes(10_000);
+    expect(files.nextWarmBytes()).toBe(4 * MiB);
     files.noteImageBytes(300_000);
-    expect(files.nextWarmBytes()).toBe(512 * 1024);
-    files.noteImageBytes(10);
     expect(files.nextWarmBytes()).toBe(512 * 1024);
     await (await files.take()).file.close();
     await files.prepared();
@@ -60,9 +61,9 @@ describe('warm staging files', () => {
     expect(statSync(join(dir, 'sized', warm!)).size).toBe(512 * 1024);
     files.noteImageBytes(9 * MiB);
     expect(files.nextWarmBytes()).toBe(4 * MiB);
-    // Only the last eight count: the 9 MiB image is forgotten after eight small ones.
-    for (let i = 0; i < 8; i++) files.noteImageBytes(1000);
-    expect(files.nextWarmBytes()).toBe(256 * 1024);
+    // Only the last eight count: the 9 MiB image is forgotten after eight smaller ones.
+    for (let i = 0; i < 8; i++) files.noteImageBytes(600_000);
+    expect(files.nextWarmBytes()).toBe(768 * 1024);
     await files.close();
   });
 
@@ -75,14 +76,60 @@ describe('warm staging files', () => {
     expect(taken.warmBytes).toBe(0);
   });
 
-  it('still hands out files when warm ones cannot be made', async () => {
-    // The directory is a file: neither kind can be made, and take() says why instead of hanging.
+  it('still hands out new files when warm ones cannot be made', async () => {
+    // Longer than the file system allows: every preparing fails (and leaves nothing behind).
+    const files = new WarmStagingFiles(join(dir, 'unwarmable'), { count: 2, maxBytes: 2 ** 62 });
+    for (let i = 0; i < 3; i++) {
+      const taken = await files.take();
+      expect(taken.warmBytes).toBe(0);
+      await taken.file.close();
+      rmSync(taken.path);
+      await files.prepared();
+    }
+    expect(readdirSync(join(dir, 'unwarmable'))).toEqual([]);
+    await files.close();
+  });
+
+  it('says why when no staging file can be made at all', async () => {
+    // The directory is a file: neither kind can be made, and take() fails instead of hanging.
     const notADir = join(dir, 'not-a-dir');
     writeFileSync(notADir, 'x');
     const files = new WarmStagingFiles(notADir, { count: 2, maxBytes: MiB });
     await expect(files.take()).rejects.toThrow(/ENOTDIR|EEXIST/);
     await files.prepared();
     await files.close();
+  });
+
+  it('keeps its ready files fresh for the stale-staging sweep of any process sharing the directory', async () => {
+    vi.useFakeTimers({ toFake: ['setInterval'] });
+    try {
+      const dataDir = join(dir, 'shared');
+      const files = new WarmStagingFiles(join(dataDir, 'images', '.staging'), { count: 2, maxBytes: MiB });
+      await (await files.take()).file.close();
+      await files.prepared();
+      const stagingDir = join(dataDir, 'images', '.staging');
+      const ready = readdirSync(stagingDir).filter((name) => files.holds(name));
+      expect(ready).toHaveLength(2);
+      const hoursAgo = Date.now() / 1000 - 2 * 3600;
+      for (const name of readdirSync(stagingDir)) utimesSync(join(stagingDir, name), hoursAgo, hoursAgo);
+      vi.advanceTimersByTime(10 * 60 * 1000);
+      await vi.waitFor(() => {
+        for (const name of ready) expect(statSync(join(stagingDir, name)).mtimeMs).toBeGreaterThan(Date.now() - 60_000);
+      });
+      // Another process's library over the same directory holds none of them: its sweep leaves them.
+      const db = new SqliteDatabase(':memory:');
+      const other = new ImageLibrary(new FileImageStore(dataDir), new ImageRecords(db), { inlineMaxBytes: 0 });
+      await other.migrate();
+      await other.sweep();
+      expect(readdirSync(stagingDir).filter((name) => files.holds(name)).sort()).toEqual([...ready].sort());
+      // The file taken first (never touched again) is a stray to it.
+      expect(readdirSync(stagingDir)).toHaveLength(2);
+      await other.close();
+      await db.close();
+      await files.close();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 

@@ -121,6 +121,12 @@ export class Base64Staging implements Base64Sink<StagedImage> {
       if (!mime) throw notAnImage();
       this.staged = { mime, dimensions: imageDimensions(data.subarray(0, DIMENSION_HEADER_BYTES)) };
       const staging = await this.stagingFiles.take();
+      if (this.done) {
+        // Aborted while the file was being taken: its buffers are back in the pool already.
+        await staging.file.close().catch(() => {});
+        await rm(staging.path, { force: true });
+        throw new Error('the staging was aborted');
+      }
       ({ path: this.path, file: this.file, warmBytes: this.warmBytes } = staging);
     }
     this.hash.update(data);

@@ -27,6 +27,12 @@ export const DEFAULT_WARM_STAGING: WarmStagingOptions = { count: 4, maxBytes: 4 
 /** How many recent images size the next warm file. */
 const RECENT_IMAGES = 8;
 const SIZE_STEP = 256 * 1024;
+/**
+ * Ready files get a new mtime this often. The stale-staging sweep (in this process or another one
+ * sharing the directory) removes staging files untouched for an hour; a warm file may wait longer
+ * than that on an idle gateway, and is still in use for a while after it is taken.
+ */
+const TOUCH_INTERVAL_MS = 10 * 60 * 1000;
 
 const WARM_PREFIX = 'warm-';
 const PREPARE_READ_BYTES = 1024 * 1024;
@@ -40,7 +46,8 @@ const PREPARE_READ_BYTES = 1024 * 1024;
  *
  * A file is prepared by making it sparse (no disk blocks) and reading it once: the reads put zeroed
  * pages in the page cache, and nothing is written to disk until a writer fills them. The first file
- * is prepared when the first is taken, so a gateway that never stages a large image makes none.
+ * is prepared when the first is taken, so a gateway that never stages an image (a download, or a
+ * base64 image of 64 KiB or more) makes none.
  */
 export class WarmStagingFiles {
   private readonly ready: StagingFile[] = [];
@@ -50,6 +57,7 @@ export class WarmStagingFiles {
   private scratch: Buffer | undefined;
   private closed = false;
   private readonly recentBytes: number[] = [];
+  private toucher: NodeJS.Timeout | undefined;
 
   constructor(
     readonly dir: string,
@@ -75,6 +83,8 @@ export class WarmStagingFiles {
    * 1 MiB image (and freeing the rest of its pages) cost more here than the warm pages saved.
    */
   noteImageBytes(bytes: number): void {
+    // Small images (thumbnails) need no warm pages, and must not shrink the files for large ones.
+    if (bytes < SIZE_STEP) return;
     this.recentBytes.push(bytes);
     if (this.recentBytes.length > RECENT_IMAGES) this.recentBytes.shift();
   }
@@ -96,9 +106,16 @@ export class WarmStagingFiles {
     return (this.preparingPath !== undefined && basename(this.preparingPath) === name) || this.ready.some((warm) => basename(warm.path) === name);
   }
 
+  /** Gives the files kept ready a new mtime, so that no stale-staging sweep takes them for strays. */
+  async touchReady(): Promise<void> {
+    const now = new Date();
+    await Promise.all(this.ready.map((warm) => warm.file.utimes(now, now).catch(() => {})));
+  }
+
   /** Removes the files kept ready; takes after this get new files. */
   async close(): Promise<void> {
     this.closed = true;
+    clearInterval(this.toucher);
     await this.preparing;
     const files = this.ready.splice(0);
     await Promise.all(files.map(async ({ path, file }) => {
@@ -109,6 +126,10 @@ export class WarmStagingFiles {
 
   private prepareMore(): void {
     if (this.preparing || this.closed || this.ready.length >= this.options.count) return;
+    if (!this.toucher) {
+      this.toucher = setInterval(() => void this.touchReady(), TOUCH_INTERVAL_MS);
+      this.toucher.unref();
+    }
     this.preparing = (async () => {
       while (!this.closed && this.ready.length < this.options.count) await this.prepareOne();
     })()
