@@ -12,6 +12,13 @@ const apiKey = process.env.BENCH_UPSTREAM_KEY ?? '';
 const dispatcher = new Agent({ keepAliveTimeout: 30_000, connections: 32 });
 
 const server = createServer({ keepAliveTimeout: 60_000 }, async (req, res) => {
+  // A client that leaves (the end of every load run leaves requests in flight) ends the upstream
+  // call too, as the gateway does: else a reply nobody reads holds one of the pool's connections
+  // for good, and once all 32 were held the pass-through stopped answering.
+  const clientGone = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) clientGone.abort();
+  });
   try {
     const headers = { authorization: `Bearer ${apiKey}` };
     if (req.headers['content-type']) headers['content-type'] = req.headers['content-type'];
@@ -21,12 +28,14 @@ const server = createServer({ keepAliveTimeout: 60_000 }, async (req, res) => {
       headers,
       body: req.method === 'GET' || req.method === 'HEAD' ? undefined : req,
       dispatcher,
+      signal: clientGone.signal,
     });
     const out = { 'content-type': reply.headers['content-type'] ?? 'application/octet-stream' };
     if (reply.headers['content-length']) out['content-length'] = reply.headers['content-length'];
     res.writeHead(reply.statusCode, out);
     await pipeline(reply.body, res);
   } catch (err) {
+    if (clientGone.signal.aborted) return;
     if (!res.headersSent) res.writeHead(502, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ error: { message: String(err?.message ?? err) } }));
   }
