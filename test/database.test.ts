@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { PostgresDatabase, SqliteDatabase, type Database, type Migration } from '../src/storage/database.js';
+import { PostgresDatabase, SqliteDatabase, sqlByRowCount, valuesPlaceholders, type Database, type Migration } from '../src/storage/database.js';
 import { freshPostgres, postgresProblem } from './services.js';
 
 const migrations: Migration[] = [
@@ -111,5 +111,22 @@ describe('SQLite without its checkpoint thread', () => {
     await sleep(50);
     expect(lost).toEqual([]);
     rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('multi-row statements', () => {
+  it('number their placeholders row by row', () => {
+    expect(valuesPlaceholders(2, 3)).toBe('($1, $2, $3), ($4, $5, $6)');
+  });
+
+  it('are built once per row count, and handed back as the very same string', () => {
+    const build = vi.fn((rows: number) => `INSERT INTO t (a, b) VALUES ${valuesPlaceholders(rows, 2)}`);
+    const sqlFor = sqlByRowCount(build);
+    const first = sqlFor(3);
+    expect(first).toBe('INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4), ($5, $6)');
+    expect(sqlFor(3)).toBe(first);
+    expect(sqlFor(1)).toBe('INSERT INTO t (a, b) VALUES ($1, $2)');
+    expect(sqlFor(3)).toBe(first);
+    expect(build).toHaveBeenCalledTimes(2);
   });
 });

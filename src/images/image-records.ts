@@ -1,4 +1,4 @@
-import { valuesPlaceholders, type Database, type Migration } from '../storage/database.js';
+import { sqlByRowCount, valuesPlaceholders, type Database, type Migration } from '../storage/database.js';
 import type { ImageMime } from './image-bytes.js';
 
 /** What the gateway knows about one stored image; the bytes themselves are in the ImageStore. */
@@ -101,6 +101,14 @@ const COLUMNS = [...LISTED.split(', '), 'inline_bytes'];
 /** Rows per INSERT: each distinct row count is one more prepared statement. */
 const SAVE_BATCH = 64;
 
+const upsertSql = sqlByRowCount(
+  (rows) => `INSERT INTO images (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(rows, COLUMNS.length)}
+   ON CONFLICT (name) DO UPDATE SET
+     expires_at = CASE WHEN excluded.expires_at > images.expires_at THEN excluded.expires_at ELSE images.expires_at END,
+     inline_bytes = COALESCE(images.inline_bytes, excluded.inline_bytes)
+   RETURNING ${LISTED}`,
+);
+
 interface PendingSave {
   record: ImageRecord;
   waiters: Array<{ resolve: (saved: ImageRecord) => void; reject: (err: unknown) => void }>;
@@ -150,11 +158,7 @@ export class ImageRecords {
   private async insert(batch: PendingSave[]): Promise<void> {
     try {
       const saved = await this.db.all<ImageRow>(
-        `INSERT INTO images (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(batch.length, COLUMNS.length)}
-         ON CONFLICT (name) DO UPDATE SET
-           expires_at = CASE WHEN excluded.expires_at > images.expires_at THEN excluded.expires_at ELSE images.expires_at END,
-           inline_bytes = COALESCE(images.inline_bytes, excluded.inline_bytes)
-         RETURNING ${LISTED}`,
+        upsertSql(batch.length),
         batch.flatMap(({ record: r }) => [r.name, r.sha256, r.mimeType, r.bytes, r.width, r.height, r.keyId, r.team, r.createdAt, r.expiresAt, r.inlineBytes ?? null]),
       );
       const byName = new Map(saved.map((row) => [row.name, fromRow(row)]));

@@ -44,6 +44,19 @@ export function valuesPlaceholders(rows: number, width: number): string {
   return Array.from({ length: rows }, (_, r) => `(${Array.from({ length: width }, (_, c) => `$${r * width + c + 1}`).join(', ')})`).join(', ');
 }
 
+/**
+ * A multi-row statement's SQL for each row count, built once. Building it (and hashing the fresh
+ * string to find its prepared statement) on every INSERT was ~1 % of the gateway's CPU under load.
+ */
+export function sqlByRowCount(build: (rows: number) => string): (rows: number) => string {
+  const built = new Map<number, string>();
+  return (rows) => {
+    let sql = built.get(rows);
+    if (sql === undefined) built.set(rows, (sql = build(rows)));
+    return sql;
+  };
+}
+
 export function migration(id: string, statements: (types: SqlTypes) => string[]): Migration {
   return { id, sqlite: statements(SQLITE_TYPES), postgres: statements(POSTGRES_TYPES) };
 }

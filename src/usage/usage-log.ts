@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify';
-import { valuesPlaceholders, type Database, type SqlValue } from '../storage/database.js';
+import { sqlByRowCount, valuesPlaceholders, type Database, type SqlValue } from '../storage/database.js';
 
 /** What one /v1 request did, as kept in `usage_records`. Never image bytes; the prompt only with LOG_PROMPTS. */
 export interface UsageRecord {
@@ -52,6 +52,7 @@ function rowOf(r: UsageRecord): SqlValue[] {
 
 /** Rows per INSERT statement. */
 const INSERT_ROWS = 50;
+const insertSql = sqlByRowCount((rows) => `INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(rows, COLUMNS.length)}`);
 
 export interface UsageLogOptions {
   flushIntervalMs?: number;
@@ -182,6 +183,6 @@ export class UsageLog {
   }
 
   private async insert(batch: UsageRecord[]): Promise<void> {
-    await this.db.run(`INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(batch.length, COLUMNS.length)}`, batch.flatMap(rowOf));
+    await this.db.run(insertSql(batch.length), batch.flatMap(rowOf));
   }
 }
