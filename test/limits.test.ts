@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ADMIN_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
 import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
 
@@ -70,6 +70,26 @@ describe('limits on one gateway', () => {
     expect(h.simulator.received).toHaveLength(0);
     expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 1 })).statusCode).toBe(200);
     expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 1 })).statusCode).toBe(429);
+  });
+
+  it('images_per_day starts again at midnight UTC', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      vi.setSystemTime(new Date('2031-03-31T23:59:58.500Z'));
+      const key = await mint(h, { images_per_day: 1, rpm: 100 });
+      expect((await generate(key, { model: 'gpt-image-1', prompt: 'x' })).statusCode).toBe(200);
+      const over = await generate(key, { model: 'gpt-image-1', prompt: 'x' });
+      expect(over.statusCode).toBe(429);
+      expect(Number(over.headers['retry-after'])).toBeLessThanOrEqual(2);
+      // A new day, and a new month.
+      vi.setSystemTime(new Date('2031-04-01T00:00:00.500Z'));
+      const next = await generate(key, { model: 'gpt-image-1', prompt: 'x' });
+      expect(next.statusCode).toBe(200);
+      expect(next.headers['x-ratelimit-images-remaining']).toBe('0');
+      expect((await generate(key, { model: 'gpt-image-1', prompt: 'x' })).statusCode).toBe(429);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('images of a request that failed upstream are given back', async () => {

@@ -15,13 +15,30 @@ export interface Reservation {
 
 const MICRO = 1_000_000;
 
-function windows(now = new Date()) {
-  const iso = now.toISOString();
-  const day = iso.slice(0, 10);
-  const month = iso.slice(0, 7);
-  const nextDay = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
-  const nextMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1);
-  return { day, month, msToNextDay: nextDay - now.getTime(), msToNextMonth: nextMonth - now.getTime() };
+interface DayWindow {
+  day: string;
+  month: string;
+  dayStart: number;
+  nextDay: number;
+  nextMonth: number;
+}
+
+/** The UTC day now is in, worked out once a day rather than twice a request (~5 µs each). */
+let today: DayWindow | undefined;
+
+function windows(nowMs = Date.now()) {
+  if (!today || nowMs < today.dayStart || nowMs >= today.nextDay) {
+    const now = new Date(nowMs);
+    const iso = now.toISOString();
+    today = {
+      day: iso.slice(0, 10),
+      month: iso.slice(0, 7),
+      dayStart: Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate()),
+      nextDay: Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1),
+      nextMonth: Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1),
+    };
+  }
+  return { day: today.day, month: today.month, msToNextDay: today.nextDay - nowMs, msToNextMonth: today.nextMonth - nowMs };
 }
 
 /**
