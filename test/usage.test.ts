@@ -109,10 +109,13 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
       await settled((await generate(h, DESIGN, { model: 'ideogram-v3', prompt: 'later', n: 2, async: true })).json().id);
       h.simulator.failNext('http500');
       await settled((await generate(h, DESIGN, { model: 'ideogram-v2', prompt: 'fails later', async: true })).json().id);
-      const report = await usage(h, `${ALL_TIME}&group_by=model`);
-      const row = (model: string) => report.data.find((r: { model: string }) => r.model === model);
-      expect(row('ideogram-v3')).toMatchObject({ requests: 1, images: 2, errors: 0, estimated_cost_usd: 0.12 });
-      expect(row('ideogram-v2')).toMatchObject({ requests: 1, images: 0, errors: 1 });
+      // The record is completed just after the job's status is written (README, usage).
+      await vi.waitFor(async () => {
+        const report = await usage(h, `${ALL_TIME}&group_by=model`);
+        const row = (model: string) => report.data.find((r: { model: string }) => r.model === model);
+        expect(row('ideogram-v3')).toMatchObject({ requests: 1, images: 2, errors: 0, estimated_cost_usd: 0.12 });
+        expect(row('ideogram-v2')).toMatchObject({ requests: 1, images: 0, errors: 1 });
+      });
     });
 
     it('a client-chosen x-request-id cannot rewrite other records when a job ends', async () => {
@@ -123,8 +126,11 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
       h.simulator.failNext('http500');
       const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...DESIGN, ...shared }, payload: { model: 'ideogram-v3', prompt: 'fails', async: true } });
       expect((await jobWhenFinished(h, accepted.json().id, DESIGN)).status).toBe('failed');
-      const report = await usage(h, `${ALL_TIME}&group_by=model`);
-      expect(report.data.find((r: { model: string }) => r.model === 'ideogram-v3')).toMatchObject({ requests: 2, images: 2, errors: 1, estimated_cost_usd: 0.12 });
+      // The record is completed just after the job's status is written (README, usage).
+      await vi.waitFor(async () => {
+        const report = await usage(h, `${ALL_TIME}&group_by=model`);
+        expect(report.data.find((r: { model: string }) => r.model === 'ideogram-v3')).toMatchObject({ requests: 2, images: 2, errors: 1, estimated_cost_usd: 0.12 });
+      });
     });
 
     it('does not count a replayed idempotent answer’s images or cost twice', async () => {
