@@ -56,7 +56,7 @@ export function parseImageName(name: string): { sha256: string; ext: string; mim
  * Runs a write into `dir`, creating the directory only when the write finds it missing: each file
  * system call is a trip through libuv's thread pool, and a mkdir before every write doubled them.
  */
-async function inDirectory<T>(dir: string, write: () => Promise<T>): Promise<T> {
+export async function inDirectory<T>(dir: string, write: () => Promise<T>): Promise<T> {
   try {
     return await write();
   } catch (err) {

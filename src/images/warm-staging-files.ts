@@ -1,6 +1,7 @@
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { open, rm, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { randomHex } from '../ids.js';
+import { inDirectory } from './image-store.js';
 
 /** A staging file open for writing from offset 0; `warmBytes` of it already have page cache. */
 export interface StagingFile {
@@ -70,11 +71,7 @@ export class WarmStagingFiles {
     this.prepareMore();
     if (warm) return warm;
     const path = join(this.dir, `${randomHex(8)}.tmp`);
-    const file = await open(path, 'w').catch(async (err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-      await mkdir(this.dir, { recursive: true });
-      return open(path, 'w');
-    });
+    const file = await inDirectory(this.dir, () => open(path, 'w'));
     return { path, file, warmBytes: 0 };
   }
 
@@ -142,12 +139,11 @@ export class WarmStagingFiles {
   }
 
   private async prepareOne(): Promise<void> {
-    await mkdir(this.dir, { recursive: true });
     const path = join(this.dir, `${WARM_PREFIX}${randomHex(8)}.tmp`);
     this.preparingPath = path;
     const bytes = this.nextWarmBytes();
     try {
-      const file = await open(path, 'w+');
+      const file = await inDirectory(this.dir, () => open(path, 'w+'));
       try {
         await file.truncate(bytes);
         this.scratch ??= Buffer.allocUnsafe(PREPARE_READ_BYTES);
