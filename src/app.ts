@@ -156,6 +156,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   try {
     db = openDatabase(config, {
       onCheckpointerLost: (err) => app.log.warn({ err }, 'the SQLite checkpoint thread stopped; checkpoints run inside commits again (slower, with pauses)'),
+      onThreadLost: (err) => app.log.warn({ err }, 'the SQLite thread stopped; every statement runs on the event loop again (slower under load)'),
     });
     await db.ping();
   } catch (err) {

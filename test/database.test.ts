@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { PostgresDatabase, SqliteDatabase, sqlByRowCount, valuesPlaceholders, type Database, type Migration } from '../src/storage/database.js';
 import { freshPostgres, postgresProblem } from './services.js';
@@ -33,6 +34,11 @@ function databaseContract(name: string, open: () => Promise<{ db: Database; clea
       expect(applied.map((r) => r.id)).toEqual(['001-things']);
     });
 
+    it("fails a statement with the database's own words", async () => {
+      await expect(db.run('INSERT INTO missing_table (id) VALUES ($1)', ['x'])).rejects.toThrow(/missing_table/);
+      expect(await db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['after-error', 1, false])).toBe(1);
+    });
+
     it('writes and reads rows with numbered placeholders', async () => {
       expect(await db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['a', 41, true])).toBe(1);
       await db.run('UPDATE things SET n = n + $1 WHERE id = $2', [1, 'a']);
@@ -46,6 +52,11 @@ function databaseContract(name: string, open: () => Promise<{ db: Database; clea
 databaseContract('SQLite', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
   return { db: new SqliteDatabase(join(dir, 'x.sqlite')), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+});
+
+databaseContract('SQLite, every statement on its thread', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+  return { db: new SqliteDatabase(join(dir, 'x.sqlite'), { statementsOnThread: 'always' }), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
 });
 
 describe.skipIf(postgresProblem !== undefined)('PostgreSQL (skipped when unreachable and REQUIRE_SERVICES is unset)', () => {
@@ -83,6 +94,87 @@ describe('SQLite checkpoints', () => {
       await db.close();
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+/** Holds the event loop for `ms`, as a saturating load would. */
+function busyLoop(ms: number): void {
+  const until = performance.now() + ms;
+  while (performance.now() < until);
+}
+
+describe('SQLite statements on their own thread', () => {
+  it('run there while the event loop is saturated: a statement waiting for a lock holds up nothing else', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+    const path = join(dir, 'x.sqlite');
+    const db = new SqliteDatabase(path);
+    const other = new DatabaseSync(path);
+    try {
+      await db.migrate(migrations);
+      // Another connection (another process, say) holds the write lock.
+      other.exec('PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE');
+      other.exec("INSERT INTO things (id, n, flag) VALUES ('theirs', 1, 0)");
+      // Over a whole sample of the loop's utilization (100 ms), it is busy.
+      busyLoop(1500);
+      await sleep(0);
+      let written = false;
+      const first = db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['ours', 2, true]).then((n) => ((written = true), n));
+      // Sent after it, so to the same thread, in order: it reads the row above once that is written.
+      const read = db.get<{ n: number }>('SELECT n FROM things WHERE id = $1', ['ours']);
+      // On the event loop, the INSERT would have held it until busy_timeout; here timers still fire.
+      const ticks = await new Promise<number>((resolve) => {
+        let n = 0;
+        const timer = setInterval(() => ++n === 5 && (clearInterval(timer), resolve(n)), 10);
+      });
+      expect(ticks).toBe(5);
+      expect(written).toBe(false);
+      other.exec('COMMIT');
+      expect(await first).toBe(1);
+      expect(await read).toEqual({ n: 2 });
+      // With the thread's statements answered and the loop idle again, statements run on the loop.
+      await sleep(250);
+      expect(await db.get<{ total: number }>('SELECT SUM(n) AS total FROM things')).toEqual({ total: 3 });
+    } finally {
+      other.close();
+      await db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('when the thread ends, fails what it held with a clear error, says so, and runs later statements on the loop', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+    const path = join(dir, 'x.sqlite');
+    const lost: Array<Error | undefined> = [];
+    const db = new SqliteDatabase(path, { statementsOnThread: 'always', onThreadLost: (err) => lost.push(err) });
+    const other = new DatabaseSync(path);
+    try {
+      await db.migrate(migrations);
+      other.exec('PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE');
+      const held = db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['held', 1, true]);
+      await sleep(20);
+      await (db as unknown as { thread: { worker: { terminate(): Promise<number> } } }).thread.worker.terminate();
+      await expect(held).rejects.toThrow(/SQLite thread stopped/);
+      expect(lost).toHaveLength(1);
+      other.exec('ROLLBACK');
+      expect(await db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['later', 1, true])).toBe(1);
+      expect(await db.all<{ id: string }>('SELECT id FROM things')).toEqual([{ id: 'later' }]);
+    } finally {
+      other.close();
+      await db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('is quiet when it is stopped by close(), and refuses statements after', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+    const lost: Array<Error | undefined> = [];
+    const db = new SqliteDatabase(join(dir, 'x.sqlite'), { statementsOnThread: 'always', onThreadLost: (err) => lost.push(err) });
+    await db.migrate(migrations);
+    await db.close();
+    await sleep(50);
+    expect(lost).toEqual([]);
+    await expect(db.get('SELECT 1')).rejects.toThrow();
+    rmSync(dir, { recursive: true, force: true });
   });
 });
 

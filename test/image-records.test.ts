@@ -100,6 +100,10 @@ function imageRecordsContract(name: string, open: () => Promise<{ db: Database; 
 const sqliteDir = mkdtempSync(join(tmpdir(), 'gw-records-'));
 afterAll(() => rmSync(sqliteDir, { recursive: true, force: true }));
 imageRecordsContract('image records in SQLite', async () => ({ db: new SqliteDatabase(join(sqliteDir, 'gateway.db')), cleanup: async () => {} }));
+imageRecordsContract('image records in SQLite, written on its thread', async () => ({
+  db: new SqliteDatabase(join(sqliteDir, 'on-thread.db'), { statementsOnThread: 'always' }),
+  cleanup: async () => {},
+}));
 
 describe.skipIf(postgresProblem !== undefined)('in PostgreSQL (skipped when unreachable and REQUIRE_SERVICES is unset)', () => {
   imageRecordsContract('image records in PostgreSQL', async () => {

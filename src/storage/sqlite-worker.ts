@@ -1,0 +1,55 @@
+// The SQLite thread behind SqliteDatabase: its own connection to the gateway's SQLite file, running
+// the statements sent to it one at a time, in order. Node loads this file on its own (as .js from
+// dist/, or as .ts with the types stripped under the tests): node: imports only.
+import type { SQLInputValue } from 'node:sqlite';
+import { parentPort, workerData } from 'node:worker_threads';
+import type { SqliteConnection } from './sqlite-connection.js';
+
+/** What SqliteDatabase sends: one statement, or the end. */
+export type SqliteRequest = { id: number; op: 'run' | 'all' | 'get'; sql: string; params: SQLInputValue[] } | { id: number; op: 'exec'; sql: string } | { id: number; op: 'close' };
+
+/** What it hears back: the statement's result, or its error's own words and codes. */
+export type SqliteReply = { id: number; result: unknown } | { id: number; error: { message: string; code?: string; errcode?: number; errstr?: string } };
+
+const { path, autocheckpointPages } = workerData as { path: string; autocheckpointPages: number };
+// Its sibling module, with the extension this file was loaded with.
+const { SqliteConnection: Connection } = (await import(import.meta.url.endsWith('.ts') ? './sqlite-connection.ts' : './sqlite-connection.js')) as {
+  SqliteConnection: typeof SqliteConnection;
+};
+
+let connection: SqliteConnection | undefined;
+let openFailure: unknown;
+try {
+  connection = new Connection(path, autocheckpointPages);
+} catch (err) {
+  openFailure = err;
+}
+
+function perform(request: SqliteRequest): unknown {
+  if (openFailure) throw openFailure;
+  const db = connection!;
+  switch (request.op) {
+    case 'run':
+      return db.run(request.sql, request.params);
+    case 'all':
+      return db.all(request.sql, request.params);
+    case 'get':
+      return db.get(request.sql, request.params);
+    case 'exec':
+      return db.exec(request.sql);
+    case 'close':
+      return db.close();
+  }
+}
+
+parentPort!.on('message', (request: SqliteRequest) => {
+  let reply: SqliteReply;
+  try {
+    reply = { id: request.id, result: perform(request) };
+  } catch (err) {
+    const e = err as { message?: string; code?: string; errcode?: number; errstr?: string };
+    reply = { id: request.id, error: { message: String(e?.message ?? err), code: e?.code, errcode: e?.errcode, errstr: e?.errstr } };
+  }
+  parentPort!.postMessage(reply);
+  if (request.op === 'close') parentPort!.close();
+});
