@@ -128,12 +128,16 @@ describe('SQLite statements on their own thread', () => {
       });
       expect(ticks).toBe(5);
       expect(written).toBe(false);
+      // The loop is idle again, but the thread still holds statements: the next one queues behind
+      // them there (inline, it would wait on the lock and hold the loop).
+      await sleep(250);
+      const later = db.run('UPDATE things SET n = n + 1 WHERE id = $1', ['ours']);
       other.exec('COMMIT');
       expect(await first).toBe(1);
       expect(await read).toEqual({ n: 2 });
-      // With the thread's statements answered and the loop idle again, statements run on the loop.
-      await sleep(250);
-      expect(await db.get<{ total: number }>('SELECT SUM(n) AS total FROM things')).toEqual({ total: 3 });
+      expect(await later).toBe(1);
+      // With the thread's statements answered and the loop idle, statements run on the loop.
+      expect(await db.get<{ total: number }>('SELECT SUM(n) AS total FROM things')).toEqual({ total: 4 });
     } finally {
       other.close();
       await db.close();
@@ -165,11 +169,34 @@ describe('SQLite statements on their own thread', () => {
     }
   });
 
+  it('on close(), finishes what the thread holds and refuses what comes after', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+    const path = join(dir, 'x.sqlite');
+    const db = new SqliteDatabase(path, { statementsOnThread: 'always' });
+    const other = new DatabaseSync(path);
+    try {
+      await db.migrate(migrations);
+      other.exec('PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE');
+      const held = db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['held', 1, true]);
+      const closing = db.close();
+      await expect(db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['late', 1, true])).rejects.toThrow(/closed/);
+      await expect(db.migrate(migrations)).rejects.toThrow(/closed/);
+      other.exec('COMMIT');
+      expect(await held).toBe(1);
+      await closing;
+      expect(other.prepare('SELECT id FROM things').all()).toEqual([{ id: 'held' }]);
+    } finally {
+      other.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('is quiet when it is stopped by close(), and refuses statements after', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
     const lost: Array<Error | undefined> = [];
     const db = new SqliteDatabase(join(dir, 'x.sqlite'), { statementsOnThread: 'always', onThreadLost: (err) => lost.push(err) });
     await db.migrate(migrations);
+    expect(await db.get('SELECT COUNT(*) AS n FROM things')).toEqual({ n: 0 });
     await db.close();
     await sleep(50);
     expect(lost).toEqual([]);

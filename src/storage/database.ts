@@ -120,8 +120,8 @@ class SqliteThread {
   private readonly exited: Promise<void>;
 
   /** `onLost` hears of a thread that ended without close(): its error, if it had one. */
-  constructor(path: string, onLost: (err: Error | undefined) => void) {
-    this.worker = new Worker(SQLITE_WORKER, { workerData: { path, autocheckpointPages: BACKSTOP_CHECKPOINT_PAGES } });
+  constructor(path: string, autocheckpointPages: number, onLost: (err: Error | undefined) => void) {
+    this.worker = new Worker(SQLITE_WORKER, { workerData: { path, autocheckpointPages } });
     // Only a statement waiting for its answer keeps the process alive.
     this.worker.unref();
     this.worker.on('message', (reply: SqliteReply) => this.answer(reply));
@@ -201,9 +201,16 @@ const LOOP_SAMPLE_MS = 100;
 export class SqliteDatabase implements Database {
   readonly dialect = 'sqlite' as const;
   private readonly connection: SqliteConnection;
-  private readonly thread: SqliteThread | undefined;
+  /** The file, for the thread's connection; none for ':memory:' (a second connection would be another database). */
+  private readonly file: string | undefined;
+  /** Started the first time a statement goes to it: a gateway that is never saturated never starts it. */
+  private thread: SqliteThread | undefined;
+  private threadLost = false;
+  private readonly onThreadLost: ((err: Error | undefined) => void) | undefined;
+  private autocheckpointPages = BACKSTOP_CHECKPOINT_PAGES;
   private readonly checkpointer: SqliteCheckpointer | undefined;
   private loopSaturated = false;
+  private closed = false;
   private readonly loopSampler: NodeJS.Timeout | undefined;
 
   /**
@@ -219,16 +226,16 @@ export class SqliteDatabase implements Database {
       statementsOnThread?: 'when-busy' | 'always';
     } = {},
   ) {
-    const file = path !== ':memory:';
-    if (file) mkdirSync(dirname(path), { recursive: true });
-    this.connection = new SqliteConnection(path, file ? BACKSTOP_CHECKPOINT_PAGES : undefined);
-    // A second connection to ':memory:' would be another database.
-    if (!file) return;
-    this.thread = new SqliteThread(path, (err) => options.onThreadLost?.(err));
-    this.checkpointer = new SqliteCheckpointer(path, (err) => {
+    this.file = path === ':memory:' ? undefined : path;
+    if (this.file) mkdirSync(dirname(this.file), { recursive: true });
+    this.connection = new SqliteConnection(path, this.file ? this.autocheckpointPages : undefined);
+    this.onThreadLost = options.onThreadLost;
+    if (!this.file) return;
+    this.checkpointer = new SqliteCheckpointer(this.file, (err) => {
       if (!this.connection.isOpen) return;
-      this.connection.exec('PRAGMA wal_autocheckpoint = 1000');
-      this.thread?.call({ op: 'exec', sql: 'PRAGMA wal_autocheckpoint = 1000' }).catch(() => {});
+      this.autocheckpointPages = 1000;
+      this.connection.exec(`PRAGMA wal_autocheckpoint = ${this.autocheckpointPages}`);
+      this.thread?.call({ op: 'exec', sql: `PRAGMA wal_autocheckpoint = ${this.autocheckpointPages}` }).catch(() => {});
       options.onCheckpointerLost?.(err);
     });
     if (options.statementsOnThread === 'always') {
@@ -243,10 +250,20 @@ export class SqliteDatabase implements Database {
     }, LOOP_SAMPLE_MS).unref();
   }
 
-  /** Whether this statement goes to the SQLite thread. */
+  private refuseIfClosed(): void {
+    // Once closing, nothing new runs: inline, it could write beside what the thread still finishes.
+    if (this.closed) throw new Error('the database is closed');
+  }
+
+  /** Whether this statement goes to the SQLite thread (started here the first time). */
   private offloaded(): boolean {
-    const thread = this.thread;
-    return thread !== undefined && !thread.ended && (thread.pending > 0 || this.loopSaturated);
+    this.refuseIfClosed();
+    if (!(this.loopSaturated || (this.thread?.pending ?? 0) > 0) || !this.file || this.threadLost) return false;
+    this.thread ??= new SqliteThread(this.file, this.autocheckpointPages, (err) => {
+      this.threadLost = true;
+      this.onThreadLost?.(err);
+    });
+    return !this.thread.ended;
   }
 
   async run(sql: string, params: SqlValue[] = []): Promise<number> {
@@ -265,16 +282,20 @@ export class SqliteDatabase implements Database {
   }
 
   async migrate(migrations: Migration[]): Promise<void> {
-    // On the loop's connection, once the thread's statements are done: schema changes in one place.
-    await this.thread?.idle();
+    this.refuseIfClosed();
+    // On the loop's connection, once the thread's statements are done (checked again after each
+    // wait, since more may have been sent meanwhile): the two never write at once.
+    while (this.thread && this.thread.pending > 0) await this.thread.idle();
     this.connection.migrate(migrations);
   }
 
   async ping(): Promise<void> {
+    this.refuseIfClosed();
     this.connection.get('SELECT 1', []);
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     clearInterval(this.loopSampler);
     await this.checkpointer?.stop();
     await this.thread?.close();

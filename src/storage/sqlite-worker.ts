@@ -17,17 +17,11 @@ const { SqliteConnection: Connection } = (await import(import.meta.url.endsWith(
   SqliteConnection: typeof SqliteConnection;
 };
 
-let connection: SqliteConnection | undefined;
-let openFailure: unknown;
-try {
-  connection = new Connection(path, autocheckpointPages);
-} catch (err) {
-  openFailure = err;
-}
+// A file this thread cannot open ends it (an uncaught error): SqliteDatabase then hears the thread
+// is lost and runs every statement on the event loop's own connection.
+const db = new Connection(path, autocheckpointPages);
 
 function perform(request: SqliteRequest): unknown {
-  if (openFailure) throw openFailure;
-  const db = connection!;
   switch (request.op) {
     case 'run':
       return db.run(request.sql, request.params);
