@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
 import { modelAllowed } from '../src/auth/key-policy.js';
+import type { GatewayError } from '../src/errors.js';
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };
 let h: Harness;
@@ -91,6 +92,12 @@ describe('the admin key API', () => {
   it('refuses to mint a second key with an id in use', async () => {
     const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { id: 'design', team: 'design' } });
     expect(res.statusCode).toBe(409);
+  });
+
+  it('answers two simultaneous mints of one new id with one key and one 409, not a 500', async () => {
+    const mint = () => h.app.keyStore.mint({ id: 'twice-at-once', team: 'twins' }).then(() => 201, (err) => (err as GatewayError).status ?? 500);
+    const statuses = (await Promise.all([mint(), mint()])).sort();
+    expect(statuses).toEqual([201, 409]);
   });
 
   it('will not revoke a key that comes from the environment', async () => {

@@ -131,16 +131,23 @@ export class KeyStore {
       });
     }
     const id = input.id ?? `${input.team}-${randomBytes(4).toString('hex')}`;
-    const exists = this.keys.findById(id) ?? (await this.db.get('SELECT id FROM client_keys WHERE id = $1', [id]));
-    if (exists) throw new GatewayError('conflict', `a key with id ${id} exists already`, { details: [{ field: 'id', message: 'must be unused' }] });
+    const inUse = () => new GatewayError('conflict', `a key with id ${id} exists already`, { details: [{ field: 'id', message: 'must be unused' }] });
+    const stored = () => this.db.get('SELECT id FROM client_keys WHERE id = $1', [id]);
+    if (this.keys.findById(id) ?? (await stored())) throw inUse();
     const key = `gk-${randomBytes(24).toString('base64url')}`;
     const policy: KeyPolicy = { ...input, id, admin: input.admin ?? false };
-    await this.db.run('INSERT INTO client_keys (id, key_sha256, policy_json, created_at) VALUES ($1, $2, $3, $4)', [
-      id,
-      sha256Hex(key),
-      JSON.stringify(policy),
-      Date.now(),
-    ]);
+    try {
+      await this.db.run('INSERT INTO client_keys (id, key_sha256, policy_json, created_at) VALUES ($1, $2, $3, $4)', [
+        id,
+        sha256Hex(key),
+        JSON.stringify(policy),
+        Date.now(),
+      ]);
+    } catch (err) {
+      // Minted at the same moment, here or on another replica: the id was free when checked above.
+      if (await stored().catch(() => undefined)) throw inUse();
+      throw err;
+    }
     await this.reload();
     await this.announce();
     return { policy, key };
