@@ -64,7 +64,6 @@ export function migration(id: string, statements: (types: SqlTypes) => string[])
   return { id, sqlite: statements(SQLITE_TYPES), postgres: statements(POSTGRES_TYPES) };
 }
 
-
 const sqliteParams = (params: SqlValue[]): SQLInputValue[] => params.map((p) => (typeof p === 'boolean' ? (p ? 1 : 0) : p));
 
 // Under the tests this module runs as TypeScript, and so do the workers (Node strips the types).
