@@ -103,16 +103,32 @@ function busyLoop(ms: number): void {
   while (performance.now() < until);
 }
 
+/**
+ * A migrated database in a fresh directory, with another connection to its file (another process,
+ * say) holding the write lock while `body` runs; both closed and the directory removed after.
+ */
+async function withWriteLockHeld(
+  options: ConstructorParameters<typeof SqliteDatabase>[1],
+  body: (db: SqliteDatabase, other: DatabaseSync) => Promise<void>,
+): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
+  const path = join(dir, 'x.sqlite');
+  const db = new SqliteDatabase(path, options);
+  const other = new DatabaseSync(path);
+  try {
+    await db.migrate(migrations);
+    other.exec('PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE');
+    await body(db, other);
+  } finally {
+    other.close();
+    await db.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 describe('SQLite statements on their own thread', () => {
   it('run there while the event loop is saturated: a statement waiting for a lock holds up nothing else', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
-    const path = join(dir, 'x.sqlite');
-    const db = new SqliteDatabase(path);
-    const other = new DatabaseSync(path);
-    try {
-      await db.migrate(migrations);
-      // Another connection (another process, say) holds the write lock.
-      other.exec('PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE');
+    await withWriteLockHeld({}, async (db, other) => {
       other.exec("INSERT INTO things (id, n, flag) VALUES ('theirs', 1, 0)");
       // Over a whole sample of the loop's utilization (100 ms), it is busy.
       busyLoop(1500);
@@ -138,22 +154,12 @@ describe('SQLite statements on their own thread', () => {
       expect(await later).toBe(1);
       // With the thread's statements answered and the loop idle, statements run on the loop.
       expect(await db.get<{ total: number }>('SELECT SUM(n) AS total FROM things')).toEqual({ total: 4 });
-    } finally {
-      other.close();
-      await db.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('when the thread ends, fails what it held with a clear error, says so, and runs later statements on the loop', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
-    const path = join(dir, 'x.sqlite');
     const lost: Array<Error | undefined> = [];
-    const db = new SqliteDatabase(path, { statementsOnThread: 'always', onThreadLost: (err) => lost.push(err) });
-    const other = new DatabaseSync(path);
-    try {
-      await db.migrate(migrations);
-      other.exec('PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE');
+    await withWriteLockHeld({ statementsOnThread: 'always', onThreadLost: (err) => lost.push(err) }, async (db, other) => {
       const held = db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['held', 1, true]);
       await sleep(20);
       await (db as unknown as { thread: { worker: { terminate(): Promise<number> } } }).thread.worker.terminate();
@@ -162,21 +168,11 @@ describe('SQLite statements on their own thread', () => {
       other.exec('ROLLBACK');
       expect(await db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['later', 1, true])).toBe(1);
       expect(await db.all<{ id: string }>('SELECT id FROM things')).toEqual([{ id: 'later' }]);
-    } finally {
-      other.close();
-      await db.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('on close(), finishes what the thread holds and refuses what comes after', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'gw-db-'));
-    const path = join(dir, 'x.sqlite');
-    const db = new SqliteDatabase(path, { statementsOnThread: 'always' });
-    const other = new DatabaseSync(path);
-    try {
-      await db.migrate(migrations);
-      other.exec('PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE');
+    await withWriteLockHeld({ statementsOnThread: 'always' }, async (db, other) => {
       const held = db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['held', 1, true]);
       const closing = db.close();
       await expect(db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['late', 1, true])).rejects.toThrow(/closed/);
@@ -185,10 +181,7 @@ describe('SQLite statements on their own thread', () => {
       expect(await held).toBe(1);
       await closing;
       expect(other.prepare('SELECT id FROM things').all()).toEqual([{ id: 'held' }]);
-    } finally {
-      other.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('is quiet when it is stopped by close(), and refuses statements after', async () => {
