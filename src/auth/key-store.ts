@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { FastifyBaseLogger } from 'fastify';
+import type { Logger } from '../observability/logger.js';
 import type { Redis } from 'ioredis';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, type Config } from '../config.js';
@@ -59,7 +59,7 @@ export class KeyStore {
     config: Config,
     private readonly db: Database,
     private readonly redis: Redis | undefined,
-    private readonly log: FastifyBaseLogger,
+    private readonly log: Logger,
     private readonly modelIds: readonly string[],
   ) {
     for (const k of config.GATEWAY_API_KEYS) this.keys.add(k.key, { id: k.id, team: k.team, admin: false, source: 'env' });

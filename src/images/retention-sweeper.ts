@@ -1,9 +1,9 @@
-import type { FastifyBaseLogger } from 'fastify';
+import type { Logger } from '../observability/logger.js';
 import type { ImageLibrary, SweepResult } from './image-library.js';
 
 export interface RetentionSweeperOptions {
   library: ImageLibrary;
-  log: FastifyBaseLogger;
+  log: Logger;
   intervalMs: number;
   /** IMAGE_STORE_MAX_BYTES; absent: no cap. */
   maxBytes?: number | undefined;

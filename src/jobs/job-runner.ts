@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { randomId } from '../ids.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { FastifyBaseLogger } from 'fastify';
+import type { Logger } from '../observability/logger.js';
 import { request as httpRequest, type Dispatcher } from 'undici';
 import { GatewayError, errorBody, type ErrorCode } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
@@ -70,7 +70,7 @@ export interface JobView {
 export interface JobRunnerOptions {
   db: Database;
   generation: ImageGeneration;
-  log: FastifyBaseLogger;
+  log: Logger;
   upstreamTimeoutMs: number;
   retentionDays: number;
   /** How long a replica's claim on a running job lasts without renewal; a dead replica's jobs are taken over after it. */

@@ -1,4 +1,4 @@
-import type { FastifyBaseLogger } from 'fastify';
+import type { Logger } from '../observability/logger.js';
 import type { Redis } from 'ioredis';
 
 /** A counter in a time window: its value after the change, and how long the window has left. */
@@ -29,7 +29,7 @@ export class Counters {
 
   constructor(
     private readonly redis: Redis | undefined,
-    private readonly log: FastifyBaseLogger,
+    private readonly log: Logger,
     private readonly prefix = 'gw:limit:',
   ) {
     redis?.defineCommand('gwCounterAdd', { numberOfKeys: 1, lua: ADD_SCRIPT });

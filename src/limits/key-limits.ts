@@ -1,4 +1,3 @@
-import type { FastifyReply } from 'fastify';
 import { GatewayError } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
 import { modelAllowed } from '../auth/key-policy.js';
@@ -11,6 +10,8 @@ export interface Reservation {
   microUsd: number;
   dayKey: string;
   monthKey: string;
+  /** What the answer tells the client of these limits (x-ratelimit-images-*, x-ratelimit-budget-*). */
+  headers: Record<string, string>;
 }
 
 const MICRO = 1_000_000;
@@ -84,7 +85,7 @@ export class KeyLimits {
     }
   }
 
-  async reserve(client: Client, images: number, estimatedCostUsd: number | null, reply: FastifyReply): Promise<Reservation> {
+  async reserve(client: Client, images: number, estimatedCostUsd: number | null): Promise<Reservation> {
     const w = windows();
     const reservation: Reservation = {
       client,
@@ -92,6 +93,7 @@ export class KeyLimits {
       microUsd: 0,
       dayKey: `images:${client.id}:${w.day}`,
       monthKey: `usd:${client.id}:${w.month}`,
+      headers: {},
     };
     if (client.images_per_day !== undefined) {
       await this.seedOnce(reservation.dayKey, client.id, { day: w.day }, 1, w.msToNextDay + 60_000);
@@ -107,7 +109,8 @@ export class KeyLimits {
         );
       }
       reservation.images = images;
-      reply.header('x-ratelimit-images-limit', String(limit)).header('x-ratelimit-images-remaining', String(Math.max(0, limit - total)));
+      reservation.headers['x-ratelimit-images-limit'] = String(limit);
+      reservation.headers['x-ratelimit-images-remaining'] = String(Math.max(0, limit - total));
     }
     if (client.monthly_budget_usd !== undefined) {
       await this.seedOnce(reservation.monthKey, client.id, { month: w.month }, MICRO, w.msToNextMonth + 86_400_000);
@@ -125,9 +128,8 @@ export class KeyLimits {
         );
       }
       reservation.microUsd = cost;
-      reply
-        .header('x-ratelimit-budget-limit-usd', String(client.monthly_budget_usd))
-        .header('x-ratelimit-budget-remaining-usd', String(Math.max(0, limit - total) / MICRO));
+      reservation.headers['x-ratelimit-budget-limit-usd'] = String(client.monthly_budget_usd);
+      reservation.headers['x-ratelimit-budget-remaining-usd'] = String(Math.max(0, limit - total) / MICRO);
     }
     return reservation;
   }

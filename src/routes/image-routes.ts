@@ -83,7 +83,8 @@ export async function generateFor(
   app.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
   const images = outcome.imagesRequested;
   const unitPrice = pricePerImage(prepared.route.price, imageRequest.options);
-  const reservation = await app.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images, reply);
+  const reservation = await app.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
+  reply.headers(reservation.headers);
 
   // One controller for both ends of a request, the client leaving and (for a direct request) the
   // deadline: a composite AbortSignal.any() cost more per request than the rest of the routing.

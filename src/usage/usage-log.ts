@@ -1,4 +1,4 @@
-import type { FastifyBaseLogger } from 'fastify';
+import type { Logger } from '../observability/logger.js';
 import { sqlByRowCount, valuesPlaceholders, type Database, type SqlValue } from '../storage/database.js';
 
 /** What one /v1 request did, as kept in `usage_records`. Never image bytes; the prompt only with LOG_PROMPTS. */
@@ -77,7 +77,7 @@ export class UsageLog {
 
   constructor(
     private readonly db: Database,
-    private readonly log: FastifyBaseLogger,
+    private readonly log: Logger,
     options: UsageLogOptions = {},
   ) {
     this.flushIntervalMs = options.flushIntervalMs ?? 250;
