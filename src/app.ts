@@ -2,7 +2,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { randomId } from './ids.js';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyRequest } from 'fastify';
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
 import { ConfigError, type Config } from './config.js';
@@ -25,7 +25,10 @@ import { ImageRecords } from './images/image-records.js';
 import { imageFilesPlugin } from './routes/image-file-routes.js';
 import { UrlSigner } from './images/url-signer.js';
 import { ImageGeneration } from './generation/image-generation.js';
-import { ClientGone, imageRoutes } from './routes/image-routes.js';
+import { imageRoutes } from './routes/image-routes.js';
+import { ClientGone, GenerationPipeline } from './generation/generation-pipeline.js';
+import { JobEventBus } from './jobs/job-events.js';
+import { requestRecordsPlugin } from './observability/request-records.js';
 import { docsRoutes } from './routes/docs-routes.js';
 import { answersOpenAiErrors, openAiErrorBody, openAiRoutes } from './routes/openai-routes.js';
 import { jobRoutes } from './routes/job-routes.js';
@@ -51,9 +54,15 @@ declare module 'fastify' {
     images: ImageLibrary;
     signer: UrlSigner;
     generation: ImageGeneration;
+    /** Every generate and edit runs through it: checks, limits, direct or as a job, events. */
+    pipeline: GenerationPipeline;
     /** SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL. */
     db: Database;
     jobs: JobRunner;
+  }
+  interface FastifyContextConfig {
+    /** A route whose requests can cost money upstream: counted against the key's rpm, not its reads. */
+    spendsMoney?: boolean;
   }
   interface FastifyRequest {
     client?: Client;
@@ -202,7 +211,11 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.decorate('generation', generation);
   app.decorate('db', db);
   const callbackDispatcher = new Agent({ connect: { lookup: egressLookup(new Set(config.ALLOWED_CALLBACK_HOSTS)) } });
+  const replicaId = `gw_${randomBytes(6).toString('hex')}`;
+  const jobEvents = new JobEventBus(replicaId, app.log, redis);
   const jobs = new JobRunner({
+    instanceId: replicaId,
+    events: jobEvents,
     db,
     generation,
     log: app.log,
@@ -230,8 +243,13 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     },
   });
   app.decorate('jobs', jobs);
+  app.decorate(
+    'pipeline',
+    new GenerationPipeline({ catalogue, generation, limits: app.limits, jobs, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, keepPrompts: config.LOG_PROMPTS }),
+  );
   app.addHook('onReady', async () => {
     if (redis) await redis.connect().catch((err) => app.log.warn({ err }, 'redis is unavailable at start: limits are counted in this replica only'));
+    await jobEvents.start();
     await keyStore.start();
     await jobs.start();
   });
@@ -243,6 +261,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     // The server has stopped taking requests by now; what they did is written before the database closes.
     await app.usageLog.close();
     await keyStore.close();
+    await jobEvents.close();
     await callbackDispatcher.close();
     await upstream.close();
     await images.close();
@@ -255,23 +274,44 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   await app.register(multipart, {
     limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
   });
-  // Requests per minute per client key, one bucket across routes; after authentication (preHandler).
+  // Requests per minute per client key, in two buckets, after authentication (preHandler): requests
+  // that can cost money (RATE_LIMIT_RPM or the key's rpm), and reads (RATE_LIMIT_READ_RPM, default 10x
+  // that), so following a job never uses up the key's generations. An idempotent replay is a read.
+  const bucketOf = new WeakMap<FastifyRequest, 'rpm' | 'read_rpm'>();
+  const spendsMoney = async (request: FastifyRequest, client: Client): Promise<boolean> => {
+    if (request.routeOptions.config?.spendsMoney !== true) return false;
+    const idempotencyKey = request.headers['idempotency-key'];
+    return typeof idempotencyKey !== 'string' || !(await jobs.idempotencyKeyClaimed(`${client.id}:${idempotencyKey}`));
+  };
+  const rpmOf = (client: Client | undefined) => client?.rpm ?? config.RATE_LIMIT_RPM;
   await app.register(rateLimit, {
     global: true,
     hook: 'preHandler',
     timeWindow: 60_000,
-    max: (request) => request.client?.rpm ?? config.RATE_LIMIT_RPM,
-    keyGenerator: (request) => request.client?.id ?? 'anonymous',
+    keyGenerator: async (request) => {
+      const client = request.client;
+      if (client === undefined || client.admin) return 'anonymous';
+      const bucket = (await spendsMoney(request, client)) ? 'rpm' : 'read_rpm';
+      bucketOf.set(request, bucket);
+      return bucket === 'rpm' ? client.id : `read:${client.id}`;
+    },
+    max: (request) => (bucketOf.get(request) === 'read_rpm' ? (config.RATE_LIMIT_READ_RPM ?? rpmOf(request.client) * 10) : rpmOf(request.client)),
     // The admin key is an operator's credential: not counted, so it can always manage keys.
     allowList: (request) => request.client === undefined || request.client.admin,
     store: rateLimitStore(counters),
     errorResponseBuilder: (request, context) => {
       const seconds = Math.max(1, Math.ceil(context.ttl / 1000));
-      return new GatewayError(
-        'rate_limited',
-        `rpm limit reached: key ${request.client?.id} may make ${context.max} requests per minute; retry in ${seconds} s`,
-        { retryAfter: seconds, limit: 'rpm' },
-      );
+      const id = request.client?.id;
+      return bucketOf.get(request) === 'read_rpm'
+        ? new GatewayError(
+            'rate_limited',
+            `read limit reached: key ${id} may make ${context.max} reads per minute (job status and events, models, usage); retry in ${seconds} s`,
+            { retryAfter: seconds, limit: 'read_rpm' },
+          )
+        : new GatewayError('rate_limited', `rpm limit reached: key ${id} may make ${context.max} requests per minute; retry in ${seconds} s`, {
+            retryAfter: seconds,
+            limit: 'rpm',
+          });
     },
   });
 
@@ -282,39 +322,15 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     if (isApiCall(request)) request.client = authenticate(keyStore.keys, request);
   });
 
-  // One line per request: who, which model, what status, how long. Never the query (image signatures) or bodies.
-  app.addHook('onResponse', async (request, reply) => {
-    request.log.info(
-      {
-        method: request.method,
-        path: request.url.split('?', 1)[0],
-        status: reply.statusCode,
-        ms: Math.round(reply.elapsedTime * 10) / 10,
-        key_id: request.client?.id,
-        team: request.client?.team,
-        model: request.outcome.model,
-      },
-      'request completed',
-    );
-  });
-
   app.setErrorHandler((err, request, reply) => {
     // A client that has left gets no answer and onResponse never runs for it: recorded here, as 499,
     // whatever failed after it left (the deadline, say, in the moment before it noticed).
     if (err instanceof ClientGone || reply.raw.destroyed) {
-      request.log.info(err instanceof ClientGone ? 'client disconnected; upstream call aborted' : `client disconnected; then: ${asGatewayError(err).code}`);
-      app.recordAbandonedRequest(request);
+      app.recordAbandonedRequest(request, err instanceof ClientGone ? 'client disconnected; upstream call aborted' : `client disconnected; then: ${asGatewayError(err).code}`);
       return reply.status(499).send();
     }
     const gw = asGatewayError(err);
-    request.outcome.errorCode = gw.code;
-    if (gw.limit) request.outcome.limitReason = gw.limit;
-    if (gw.upstreamStatus !== undefined) request.outcome.upstreamStatus = gw.upstreamStatus;
-    if (gw.status >= 500) {
-      request.log.error({ code: gw.code, upstream_status: gw.upstreamStatus, err: gw.cause ?? gw }, gw.message);
-    } else {
-      request.log.info({ code: gw.code, upstream_status: gw.upstreamStatus }, gw.message);
-    }
+    app.noteFailure(request, gw);
     if (gw.retryAfter !== undefined) reply.header('retry-after', String(gw.retryAfter));
     // The OpenAI-compatible routes answer in OpenAI's error shape, for OpenAI's SDKs; same status.
     return reply.status(gw.status).send(answersOpenAiErrors(request) ? openAiErrorBody(gw) : errorBody(gw, request.id));
@@ -338,6 +354,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
 
   await app.register(metricsPlugin);
   await app.register(usagePlugin);
+  await app.register(requestRecordsPlugin);
   await app.register(imageFilesPlugin);
   await app.register(imageRoutes);
   await app.register(openAiRoutes);

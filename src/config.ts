@@ -111,6 +111,8 @@ const envSchema = z.object({
   PUBLIC_BASE_URL: urlString('PUBLIC_BASE_URL'),
   UPSTREAM_TIMEOUT_MS: positiveInt('UPSTREAM_TIMEOUT_MS', 180_000),
   RATE_LIMIT_RPM: positiveInt('RATE_LIMIT_RPM', 60),
+  // Reads (job status and events, models, usage) per minute per key; unset: 10 x the key's rpm.
+  RATE_LIMIT_READ_RPM: optionalPositiveInt('RATE_LIMIT_READ_RPM'),
   IMAGE_RETENTION_DAYS: positiveInt('IMAGE_RETENTION_DAYS', 7),
   UPSTREAM_MAX_CONCURRENCY: positiveInt('UPSTREAM_MAX_CONCURRENCY', 16),
   REDIS_URL: urlString('REDIS_URL').refine((v) => v === undefined || /^rediss?:\/\//.test(v), {
@@ -131,6 +133,8 @@ const envSchema = z.object({
   }),
   MAX_UPLOAD_BYTES: positiveInt('MAX_UPLOAD_BYTES', 25 * 1024 * 1024),
   TASK_POLL_INTERVAL_MS: positiveInt('TASK_POLL_INTERVAL_MS', 1000),
+  // The longest silence in an event stream before a `: keepalive` comment (proxies cut silent connections).
+  STREAM_KEEPALIVE_MS: positiveInt('STREAM_KEEPALIVE_MS', 10_000),
   // The image store: S3-compatible object storage when S3_BUCKET is set, else files under DATA_DIR.
   S3_BUCKET: optionalString,
   S3_ENDPOINT: urlString('S3_ENDPOINT'),

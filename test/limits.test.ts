@@ -44,16 +44,16 @@ describe('limits on one gateway', () => {
   it('keys without their own rpm get RATE_LIMIT_RPM', async () => {
     const key = await mint(h, {});
     const codes = [];
-    for (let i = 0; i < 4; i++) codes.push((await h.app.inject({ method: 'GET', url: '/v1/models', headers: key })).statusCode);
+    for (let i = 0; i < 4; i++) codes.push((await generate(key, { model: 'gpt-image-1', prompt: `rpm ${i}` })).statusCode);
     expect(codes).toEqual([200, 200, 200, 429]);
   });
 
   it('one key’s limit does not touch another key', async () => {
     const a = await mint(h, { rpm: 1 });
     const b = await mint(h, { rpm: 1 });
-    expect((await h.app.inject({ method: 'GET', url: '/v1/models', headers: a })).statusCode).toBe(200);
-    expect((await h.app.inject({ method: 'GET', url: '/v1/models', headers: a })).statusCode).toBe(429);
-    expect((await h.app.inject({ method: 'GET', url: '/v1/models', headers: b })).statusCode).toBe(200);
+    expect((await generate(a, { model: 'gpt-image-1', prompt: 'a1' })).statusCode).toBe(200);
+    expect((await generate(a, { model: 'gpt-image-1', prompt: 'a2' })).statusCode).toBe(429);
+    expect((await generate(b, { model: 'gpt-image-1', prompt: 'b1' })).statusCode).toBe(200);
   });
 
   it('images_per_day counts n, refuses the request that would cross it, and says what is left', async () => {
@@ -132,13 +132,77 @@ describe('a Redis that is not there', () => {
     const h = await startHarness({ REDIS_URL: 'redis://127.0.0.1:1', RATE_LIMIT_RPM: '2' });
     try {
       const codes = [];
-      for (let i = 0; i < 3; i++) codes.push((await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth })).statusCode);
+      for (let i = 0; i < 3; i++) {
+        codes.push((await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: `local ${i}` } })).statusCode);
+      }
       expect(codes).toEqual([200, 200, 429]);
       expect((await h.app.inject({ method: 'GET', url: '/readyz' })).json().checks.limits).toBe('memory (redis unavailable)');
       expect(h.logs.some((l) => /limits are (now )?counted in this replica only/.test(l))).toBe(true);
     } finally {
       await h.close();
     }
+  });
+});
+
+describe('reads and requests that can cost money count in buckets of their own', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ RATE_LIMIT_RPM: '5' });
+  });
+  afterAll(async () => h.close());
+
+  const generate = (auth: Record<string, string>, payload: Record<string, unknown>, headers: Record<string, string> = {}) =>
+    h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...auth, ...headers }, payload });
+
+  it('at rpm 5, 30 status reads of a job in a row leave the key’s next generate its rpm', async () => {
+    const key = await mint(h, {});
+    const accepted = await generate(key, { model: 'flux-kontext-pro', prompt: 'followed', async: true });
+    expect(accepted.statusCode).toBe(202);
+    const reads = [];
+    for (let i = 0; i < 30; i++) reads.push(await h.app.inject({ method: 'GET', url: `/v1/jobs/${accepted.json().id}`, headers: key }));
+    expect(reads.map((r) => r.statusCode)).toEqual(Array(30).fill(200));
+    // Reads answer with their own bucket: 10 x the key's rpm by default.
+    expect(reads[29]!.headers['x-ratelimit-limit']).toBe('50');
+    expect(reads[29]!.headers['x-ratelimit-remaining']).toBe('20');
+    const next = await generate(key, { model: 'gpt-image-1', prompt: 'after the reads' });
+    expect(next.statusCode).toBe(200);
+    expect(next.headers['x-ratelimit-limit']).toBe('5');
+    expect(next.headers['x-ratelimit-remaining']).toBe('3');
+    await jobWhenFinished(h, accepted.json().id, key);
+  });
+
+  it('reads past RATE_LIMIT_READ_RPM are refused with a 429 naming the read limit, and generating goes on', async () => {
+    const limited = await startHarness({ RATE_LIMIT_RPM: '5', RATE_LIMIT_READ_RPM: '3' });
+    try {
+      const key = await mint(limited, {});
+      const codes = [];
+      for (let i = 0; i < 4; i++) codes.push((await limited.app.inject({ method: 'GET', url: '/v1/models', headers: key })).statusCode);
+      expect(codes).toEqual([200, 200, 200, 429]);
+      const refused = await limited.app.inject({ method: 'GET', url: '/v1/usage', headers: key });
+      expect(refused.statusCode).toBe(429);
+      expect(refused.json().error.message).toMatch(/read limit reached: .* 3 reads per minute/);
+      expect(Number(refused.headers['retry-after'])).toBeGreaterThan(0);
+      const generated = await limited.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'still allowed' } });
+      expect(generated.statusCode).toBe(200);
+      const metrics = (await limited.app.inject({ method: 'GET', url: '/metrics' })).body;
+      expect(metrics).toMatch(/gateway_limit_refusals_total\{reason="read_rpm"\} 2/);
+    } finally {
+      await limited.close();
+    }
+  });
+
+  it('an idempotent replay is a read: it is answered when the key’s rpm is spent', async () => {
+    const key = await mint(h, { rpm: 1 });
+    const retry = { 'idempotency-key': `replay-${randomBytes(4).toString('hex')}` };
+    const first = await generate(key, { model: 'gpt-image-1', prompt: 'once' }, retry);
+    expect(first.statusCode).toBe(200);
+    const replayed = await generate(key, { model: 'gpt-image-1', prompt: 'once' }, retry);
+    expect(replayed.statusCode).toBe(200);
+    expect(replayed.headers['idempotent-replayed']).toBe('true');
+    expect(replayed.json().id).toBe(first.json().id);
+    const fresh = await generate(key, { model: 'gpt-image-1', prompt: 'a new one' });
+    expect(fresh.statusCode).toBe(429);
+    expect(fresh.json().error.message).toMatch(/rpm limit/);
   });
 });
 
@@ -163,7 +227,9 @@ describe.skipIf(redisProblem !== undefined || postgresProblem !== undefined)('tw
 
   it('enforce one rpm limit between them', async () => {
     const codes = [];
-    for (const h of [a, b, a, b, a, b]) codes.push((await h.app.inject({ method: 'GET', url: '/v1/models', headers: auth })).statusCode);
+    for (const h of [a, b, a, b, a, b]) {
+      codes.push((await h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'gpt-image-1', prompt: 'shared rpm' } })).statusCode);
+    }
     expect(codes).toEqual([200, 200, 200, 200, 429, 429]);
     expect((await a.app.inject({ method: 'GET', url: '/readyz' })).json().checks.limits).toBe('redis');
   });

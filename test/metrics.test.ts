@@ -1,4 +1,4 @@
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyRequest } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelCatalogue } from '../src/catalogue/catalogue.js';
 import { GatewayMetrics } from '../src/observability/metrics.js';
@@ -116,7 +116,7 @@ describe('GET /metrics', () => {
     const minted = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'limited', rpm: 1, images_per_day: 1 } });
     const auth = { authorization: `Bearer ${minted.json().key}` };
     await h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'gpt-image-1', prompt: 'x', n: 2 } });
-    await h.app.inject({ method: 'GET', url: '/v1/models', headers: auth });
+    await h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'gpt-image-1', prompt: 'y' } });
     const samples = await scrape(h);
     expect(valueOf(samples, 'gateway_limit_refusals_total', { reason: 'images_per_day' })).toBe(1);
     expect(valueOf(samples, 'gateway_limit_refusals_total', { reason: 'rpm' })).toBe(1);
@@ -145,7 +145,7 @@ describe('GatewayMetrics.observe', () => {
 
   function answered(status: number, outcome: Partial<RequestOutcome>): void {
     const request = { outcome: { ...newOutcome(), ...outcome }, routeOptions: { url: '/v1/generate' }, client: { id: 'design', team: 'design', admin: false } };
-    metrics.observe(request as unknown as FastifyRequest, { statusCode: status, elapsedTime: 12 } as unknown as FastifyReply);
+    metrics.observe(request as unknown as FastifyRequest, status, 0.012);
   }
 
   it("counts a 429 from the client's own limit as a limit refusal labelled by the limit", async () => {

@@ -175,8 +175,8 @@ describe('errors in OpenAI’s shape', () => {
     expect(res.json()).toEqual({ error: { message: expect.stringMatching(/^image: /), type: 'invalid_request_error', param: 'image', code: 'invalid_request' } });
   });
 
-  it('the raw body is exactly {error:{message,type,param,code}}, for streaming too', async () => {
-    const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', stream: true } });
+  it('the raw body is exactly {error:{message,type,param,code}}, for a stream refused before it opens too', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', stream: 'yes' } });
     expect(res.statusCode).toBe(400);
     expect(res.json()).toEqual({ error: { message: expect.stringMatching(/^stream: /), type: 'invalid_request_error', param: 'stream', code: 'invalid_request' } });
     expect(res.headers['x-request-id']).toMatch(/^req_/);

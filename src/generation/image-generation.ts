@@ -11,6 +11,7 @@ import type { ImageLibrary, ImageOwner, StagedImage } from '../images/image-libr
 import { Base64Staging } from '../images/base64-staging.js';
 import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
+import type { ProgressEvent } from './generation-events.js';
 
 export interface ImageResult {
   url: string;
@@ -67,8 +68,16 @@ export class ImageGeneration {
     return { request, model, route, upstream, ...(mode ? { mode } : {}) };
   }
 
-  async run(prepared: PreparedGeneration, ctx: { signal: AbortSignal; publicBaseUrl: string; task?: TaskHooks; owner?: ImageOwner }): Promise<GenerationResult> {
+  /**
+   * Sends a prepared request, stores what comes back and describes it. Reports `queued`, `running`,
+   * `progress` and each `image` to `onEvent` as they happen; the caller reports the end.
+   */
+  async run(
+    prepared: PreparedGeneration,
+    ctx: { signal: AbortSignal; publicBaseUrl: string; task?: TaskHooks; owner?: ImageOwner; onEvent?: (event: ProgressEvent) => void },
+  ): Promise<GenerationResult> {
     const { request, model, route } = prepared;
+    const report = ctx.onEvent ?? (() => {});
     // Large base64 images are staged as the reply streams in; any not kept in the end are removed.
     const staged = new Set<StagedImage>();
     const stageImage = () => {
@@ -85,17 +94,30 @@ export class ImageGeneration {
     };
     let produced: UpstreamResult;
     let images: ImageResult[];
+    const task = ctx.task ?? {};
+    if (task.resumeTaskId) report({ type: 'running', task_id: task.resumeTaskId });
+    else report({ type: 'queued' });
     try {
       produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal, {
-        ...ctx.task,
+        ...task,
         ...(ctx.owner ? { queueOwner: ctx.owner.team } : {}),
         stageImage,
+        // An asynchronous model has the request once it answers with a task; any other once it is sent.
+        onSent: () => {
+          if (!route.async) report({ type: 'running' });
+        },
+        onTaskId: async (taskId, keyTag) => {
+          await task.onTaskId?.(taskId, keyTag);
+          report({ type: 'running', task_id: taskId });
+        },
       });
       const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
       images = await Promise.all(
-        produced.images.map((image) => {
+        produced.images.map(async (image, index) => {
           if (image.staged) staged.delete(image.staged); // keepStaged owns it from here
-          return this.keep(image, request.responseFormat, expiresAt, ctx);
+          const kept = await this.keep(image, request.responseFormat, expiresAt, ctx);
+          report({ type: 'image', index, image: kept });
+          return kept;
         }),
       );
     } finally {

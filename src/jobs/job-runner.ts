@@ -9,6 +9,8 @@ import type { Database } from '../storage/database.js';
 import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
 import { deserializeRequest, serializeRequest } from './stored-request.js';
 import { JOB_MIGRATIONS } from './job-migrations.js';
+import type { ProgressEvent } from '../generation/generation-events.js';
+import type { JobEventBus, JobNotice } from './job-events.js';
 
 export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed';
 
@@ -68,6 +70,8 @@ export interface JobView {
 }
 
 export interface JobRunnerOptions {
+  /** This replica's name in job leases and job notices. */
+  instanceId?: string;
   db: Database;
   generation: ImageGeneration;
   log: Logger;
@@ -86,6 +90,18 @@ export interface JobRunnerOptions {
   readImage?: (name: string) => Promise<Buffer | undefined>;
   /** Told when a job has ended, with what it made or why it failed (usage completes its record). */
   onFinished?: (row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined) => Promise<void>;
+  /** Where a job's progress is told to its followers, here and on the other replicas. */
+  events: JobEventBus;
+  /**
+   * How often a follower reads the job store when no notices can reach it (the job runs on another
+   * replica and Redis is not shared); five times less often when they can, in case one is missed.
+   */
+  followPollMs?: number;
+}
+
+/** A stored image's name, from the URL the gateway gave for it. */
+function imageNameOf(url: string): string {
+  return new URL(url, 'http://gateway').pathname.split('/').pop() ?? '';
 }
 
 const FINAL: JobStatus[] = ['succeeded', 'failed'];
@@ -103,7 +119,7 @@ const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
  * polled to the end without being submitted, and paid for, again.
  */
 export class JobRunner {
-  readonly instanceId = `gw_${randomBytes(6).toString('hex')}`;
+  readonly instanceId: string;
   private readonly active = new Map<string, { controller: AbortController; done: Promise<void>; resumable: () => boolean }>();
   private timers: NodeJS.Timeout[] = [];
   /** Callback deliveries in progress; a stop cuts their waits short and lets them record where they got. */
@@ -113,7 +129,9 @@ export class JobRunner {
   private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined) => Promise<void>>>();
   private closing = false;
 
-  constructor(private readonly o: JobRunnerOptions) {}
+  constructor(private readonly o: JobRunnerOptions) {
+    this.instanceId = o.instanceId ?? `gw_${randomBytes(6).toString('hex')}`;
+  }
 
   async start(): Promise<void> {
     await this.o.db.migrate(JOB_MIGRATIONS);
@@ -241,8 +259,7 @@ export class JobRunner {
     if (!inline_images || !this.o.readImage) return result;
     const images = await Promise.all(
       result.images.map(async (image) => {
-        const name = new URL(image.url, 'http://gateway').pathname.split('/').pop() ?? '';
-        const bytes = await this.o.readImage!(name);
+        const bytes = await this.o.readImage!(imageNameOf(image.url));
         return bytes ? { ...image, b64_json: bytes.toString('base64') } : image;
       }),
     );
@@ -262,16 +279,107 @@ export class JobRunner {
     };
   }
 
-  /** Waits until the job has finished, here or on another replica. */
-  async waitFor(id: string, signal: AbortSignal): Promise<JobRow> {
-    for (;;) {
-      const local = this.active.get(id);
-      if (local) await Promise.race([local.done, sleep(60_000, undefined, { signal })]);
-      const row = await this.get(id);
-      if (!row) throw new GatewayError('not_found', `job ${id} is gone`);
-      if (FINAL.includes(row.status)) return row;
-      await sleep(200, undefined, { signal });
+  /**
+   * Tells `onEvent` where the job stands (`queued` or `running`), then what it does as it happens
+   * (here or on another replica), and resolves with its row once it has finished. Rejects with
+   * `signal`'s reason when that aborts first, and with a 404 when the job is gone.
+   */
+  async follow(id: string, opts: { signal: AbortSignal; onEvent?: (event: ProgressEvent) => void }): Promise<JobRow> {
+    const { signal } = opts;
+    signal.throwIfAborted();
+    const report = opts.onEvent ?? (() => {});
+    const notices: JobNotice[] = [];
+    let wake: (() => void) | undefined;
+    // Listening before the first read: nothing that happens after it is missed.
+    const stopListening = this.o.events.listen(id, (notice) => {
+      notices.push(notice);
+      wake?.();
+    });
+    const told = { queued: false, running: false, taskId: undefined as string | undefined, progress: '', images: new Set<number>() };
+    const tellRunning = (taskId: string | undefined) => {
+      if (told.running && (taskId === undefined || taskId === told.taskId)) return;
+      told.running = true;
+      told.taskId = taskId ?? told.taskId;
+      report({ type: 'running', ...(told.taskId !== undefined ? { task_id: told.taskId } : {}) });
+    };
+    const tell = async (notice: Exclude<JobNotice, { type: 'finished' }>) => {
+      switch (notice.type) {
+        case 'queued':
+          return; // a job's queued is told from its row
+        case 'running':
+          return tellRunning(notice.task_id);
+        case 'progress': {
+          const key = `${notice.upstream_status}:${notice.progress}`;
+          if (key === told.progress) return;
+          told.progress = key;
+          return report(notice);
+        }
+        case 'image': {
+          if (told.images.has(notice.index)) return;
+          told.images.add(notice.index);
+          const { b64_in_store, ...event } = notice;
+          if (b64_in_store && this.o.readImage) {
+            const bytes = await this.o.readImage(imageNameOf(event.image.url));
+            if (bytes) event.image = { ...event.image, b64_json: bytes.toString('base64') };
+          }
+          return report(event);
+        }
+        case 'partial_image':
+          return report(notice);
+      }
+    };
+    /** True once a notice has arrived, false when it is time to read the job store again. */
+    const nextNotice = (ms: number) =>
+      new Promise<boolean>((resolve, reject) => {
+        if (notices.length > 0) return resolve(true);
+        const settle = (noticed: boolean) => {
+          cleanup();
+          resolve(noticed);
+        };
+        const onAbort = () => {
+          cleanup();
+          reject(signal.reason);
+        };
+        const timer = setTimeout(() => settle(false), ms);
+        const cleanup = () => {
+          clearTimeout(timer);
+          wake = undefined;
+          signal.removeEventListener('abort', onAbort);
+        };
+        wake = () => settle(true);
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+    const pollMs = this.o.followPollMs ?? 1000;
+    try {
+      let row = await this.get(id);
+      for (;;) {
+        if (!row) throw new GatewayError('not_found', `job ${id} is gone`);
+        if (FINAL.includes(row.status)) return row;
+        if (row.status === 'queued' && !told.queued && !told.running) {
+          told.queued = true;
+          report({ type: 'queued', job_id: row.id });
+        }
+        if (row.status === 'running') tellRunning(row.upstream_task_id ?? undefined);
+        let finished = false;
+        while (!finished) {
+          const heard = this.active.has(id) || this.o.events.sharedAcrossReplicas;
+          if (!(await nextNotice(heard ? pollMs * 5 : pollMs))) break;
+          for (const notice of notices.splice(0)) {
+            if (notice.type === 'finished') finished = true;
+            else await tell(notice);
+          }
+        }
+        row = await this.get(id);
+      }
+    } finally {
+      stopListening();
     }
+  }
+
+  /** Whether a request under this Idempotency-Key scope has been made already (a retry of it replays or joins it). */
+  async idempotencyKeyClaimed(scope: string): Promise<boolean> {
+    const row = await this.o.db.get<{ job_id: string }>('SELECT job_id FROM idempotency_keys WHERE scope = $1 AND expires_at >= $2', [scope, Date.now()]);
+    return row !== undefined;
   }
 
   /**
@@ -328,6 +436,7 @@ export class JobRunner {
         signal,
         publicBaseUrl: row.public_base_url,
         owner: { keyId: row.key_id, team: row.team },
+        onEvent: (event) => this.o.events.publish(id, event),
         task: {
           ...(resumeTaskId ? { resumeTaskId, ...(row.upstream_key_tag ? { resumeKeyTag: row.upstream_key_tag } : {}) } : {}),
           onTaskId: async (taskId, keyTag) => {
@@ -363,6 +472,7 @@ export class JobRunner {
       this.finishWatchers.delete(id);
       return;
     }
+    this.o.events.publish(id, { type: 'finished' });
     if (failure && neverPaid(failure)) await this.o.db.run('DELETE FROM idempotency_keys WHERE job_id = $1', [id]);
     const watchers = this.finishWatchers.get(id) ?? [];
     this.finishWatchers.delete(id);

@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
@@ -104,13 +104,13 @@ export class GatewayMetrics {
     return this.catalogue.find(model)?.id === model ? model : 'unknown';
   }
 
-  /** Counts one answered request from what it did (request.outcome). */
-  observe(request: FastifyRequest, reply: FastifyReply): void {
+  /** Counts one finished request (answered, or abandoned as 499) from what it did (request.outcome). */
+  observe(request: FastifyRequest, status: number, seconds: number): void {
     const outcome = request.outcome;
     const route = request.routeOptions.url ?? 'unmatched';
     const model = this.modelLabel(outcome?.model);
-    this.requests.inc({ route, model, team: request.client?.team ?? '', status: String(reply.statusCode) });
-    this.requestDuration.observe({ route }, reply.elapsedTime / 1000);
+    this.requests.inc({ route, model, team: request.client?.team ?? '', status: String(status) });
+    this.requestDuration.observe({ route }, seconds);
     if (!outcome) return;
     if (outcome.upstreamMs !== undefined) this.upstreamDuration.observe({ model }, outcome.upstreamMs / 1000);
     if (outcome.imagesReturned > 0) {
@@ -128,7 +128,6 @@ export class GatewayMetrics {
 async function metrics(app: FastifyInstance): Promise<void> {
   const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth, () => app.jobs.counts());
   app.decorate('metrics', gatewayMetrics);
-  app.addHook('onResponse', async (request, reply) => gatewayMetrics.observe(request, reply));
   // Public like /healthz: scrapers carry no client key.
   app.get('/metrics', async (_request, reply) => {
     return reply.type(gatewayMetrics.registry.contentType).send(await gatewayMetrics.registry.metrics());

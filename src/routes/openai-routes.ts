@@ -1,15 +1,17 @@
 /**
  * OpenAI's Images API in front of the gateway: `POST /v1/images/generations` (JSON) and
  * `POST /v1/images/edits` (multipart), so OpenAI's SDKs work with only `baseURL` and `apiKey` changed.
- * Each body is translated into an ImageRequest and run by generateFor, the pipeline behind
- * /v1/generate and /v1/edit: validation, limits, storage, usage and idempotency are the same.
+ * Each body is translated into an ImageRequest and run by the generation pipeline, as /v1/generate
+ * and /v1/edit are: validation, limits, storage, usage and idempotency are the same. With
+ * `stream: true` the answer is OpenAI's image event stream.
  */
 import { readEditParts } from '../request/edit-parts.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField, type ErrorCode } from '../errors.js';
 import { parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
-import type { GenerationResult } from '../generation/image-generation.js';
-import { generateFor, noteRequestedModel } from './image-routes.js';
+import type { GenerationResult, ImageResult } from '../generation/image-generation.js';
+import { noteRequestedModel } from './image-routes.js';
+import { answerGeneration, streamFlag, type StreamDialect } from './generation-http.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -48,10 +50,15 @@ interface OpenAiBody {
   gatewayFields: Record<string, unknown>;
   /** OPTION_FIELDS given, merged into the request's options after parsing. */
   options: Record<string, unknown>;
+  /** `stream: true`: the answer is an event stream. */
+  stream: boolean;
 }
 
-const isFalse = (value: unknown) => value === false || value === 'false';
-const isZero = (value: unknown) => value === 0 || value === '0';
+/** OpenAI's partial_images: 0 to 3 previews before each image (multipart sends the number as text). */
+function checkPartialImages(value: unknown): void {
+  const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 3) throw invalidField('partial_images', 'must be an integer from 0 to 3', [0, 1, 2, 3]);
+}
 
 /**
  * Sorts an OpenAI body into the gateway's fields and options. Nothing is dropped silently except
@@ -60,14 +67,16 @@ const isZero = (value: unknown) => value === 0 || value === '0';
 function splitOpenAiBody(body: Record<string, unknown>, accepted: readonly string[]): OpenAiBody {
   const gatewayFields: Record<string, unknown> = {};
   const options: Record<string, unknown> = {};
+  let stream = false;
   for (const [name, value] of Object.entries(body)) {
     if (!accepted.includes(name)) throw invalidField(name, 'is not a parameter of this endpoint', accepted);
     // OpenAI's parameters are nullable: null asks for the default.
     if (value === null || name === 'user') continue;
     if (name === 'stream') {
-      if (!isFalse(value)) throw invalidField('stream', 'streaming is not supported by this gateway; leave it unset or false', [false]);
+      stream = streamFlag(value);
     } else if (name === 'partial_images') {
-      if (!isZero(value)) throw invalidField('partial_images', 'comes with streaming, which this gateway does not support', [0]);
+      // No upstream sends previews today, so a stream has only the completed images (OpenAI allows fewer partials than asked).
+      checkPartialImages(value);
     } else if ((OPTION_FIELDS as readonly string[]).includes(name)) {
       // Multipart sends every field as text; the option's rule expects the number.
       options[name] = name === 'output_compression' && typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
@@ -75,7 +84,7 @@ function splitOpenAiBody(body: Record<string, unknown>, accepted: readonly strin
       gatewayFields[name] = value;
     }
   }
-  return { gatewayFields, options };
+  return { gatewayFields, options, stream };
 }
 
 /** OpenAI answers its gpt-image models with base64 and dall-e with URLs unless asked otherwise; so does the façade. */
@@ -88,22 +97,34 @@ function withOptions(request: ImageRequest, options: Record<string, unknown>): I
   return Object.keys(options).length === 0 ? request : { ...request, options: { ...request.options, ...options } };
 }
 
-function generationRequest(app: FastifyInstance, raw: unknown): ImageRequest {
+/** An OpenAI request in the gateway's terms, and whether it asked for a stream. */
+interface OpenAiRequest {
+  imageRequest: ImageRequest;
+  stream: boolean;
+}
+
+/** A stream's images always come as base64, as OpenAI's do; otherwise OpenAI's default for the model. */
+function responseFormatOf(app: FastifyInstance, fields: Record<string, unknown>, stream: boolean): void {
+  if (stream) fields.response_format = 'b64_json';
+  else fields.response_format ??= defaultResponseFormat(app, fields.model);
+}
+
+function generationRequest(app: FastifyInstance, raw: unknown): OpenAiRequest {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
-  const { gatewayFields, options } = splitOpenAiBody(raw as Record<string, unknown>, GENERATION_FIELDS);
-  gatewayFields.response_format ??= defaultResponseFormat(app, gatewayFields.model);
-  return withOptions(parseGenerateBody(gatewayFields), options);
+  const { gatewayFields, options, stream } = splitOpenAiBody(raw as Record<string, unknown>, GENERATION_FIELDS);
+  responseFormatOf(app, gatewayFields, stream);
+  return { imageRequest: withOptions(parseGenerateBody(gatewayFields), options), stream };
 }
 
 /** OpenAI's multipart edit: files `image` (or repeated `image[]`) and `mask`, the rest text fields. */
-async function editRequest(app: FastifyInstance, request: FastifyRequest): Promise<ImageRequest> {
+async function editRequest(app: FastifyInstance, request: FastifyRequest): Promise<OpenAiRequest> {
   const { fields: parts, images, mask } = await readEditParts(request);
   const fields = Object.fromEntries(parts);
   noteRequestedModel(app, request, fields.model);
-  const { gatewayFields, options } = splitOpenAiBody(fields, EDIT_FIELDS);
-  gatewayFields.response_format ??= defaultResponseFormat(app, gatewayFields.model);
+  const { gatewayFields, options, stream } = splitOpenAiBody(fields, EDIT_FIELDS);
+  responseFormatOf(app, gatewayFields, stream);
   const text = new Map(Object.entries(gatewayFields).map(([name, value]) => [name, String(value)]));
-  return withOptions(parseEditMultipart(text, images, mask), options);
+  return { imageRequest: withOptions(parseEditMultipart(text, images, mask), options), stream };
 }
 
 /** The gateway's answer in OpenAI's ImagesResponse shape. */
@@ -159,26 +180,84 @@ export function answersOpenAiErrors(request: FastifyRequest): boolean {
   return request.routeOptions.config?.errorShape === 'openai';
 }
 
-async function run(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, imageRequest: ImageRequest) {
-  const result = await generateFor(app, request, reply, imageRequest);
+/** OpenAI's `usage` of an image event: its token counts where upstream reports them (gpt-image), zero otherwise, and the gateway's own. */
+function eventUsage(result: GenerationResult) {
+  const tokens = (result.usage.upstream_tokens ?? {}) as Record<string, unknown>;
+  const count = (name: string) => (typeof tokens[name] === 'number' ? (tokens[name] as number) : 0);
+  const details = (tokens.input_tokens_details ?? {}) as Record<string, unknown>;
+  return {
+    input_tokens: count('input_tokens'),
+    input_tokens_details: {
+      image_tokens: typeof details.image_tokens === 'number' ? details.image_tokens : 0,
+      text_tokens: typeof details.text_tokens === 'number' ? details.text_tokens : 0,
+    },
+    output_tokens: count('output_tokens'),
+    total_tokens: count('total_tokens'),
+    images: result.usage.images,
+    estimated_cost_usd: result.usage.estimated_cost_usd,
+  };
+}
+
+const FORMAT_OF_MIME: Record<string, string> = { 'image/png': 'png', 'image/jpeg': 'jpeg', 'image/webp': 'webp' };
+
+/** What OpenAI's image events say of an image besides its bytes: as asked, or as made. */
+function imageSettings(request: ImageRequest, image: Pick<ImageResult, 'width' | 'height' | 'mime_type'> | undefined) {
+  return {
+    size: image ? `${image.width}x${image.height}` : typeof request.params.size === 'string' ? request.params.size : 'auto',
+    quality: typeof request.params.quality === 'string' ? request.params.quality : 'auto',
+    background: typeof request.params.background === 'string' ? request.params.background : 'auto',
+    output_format: image ? (FORMAT_OF_MIME[image.mime_type] ?? 'png') : typeof request.params.output_format === 'string' ? request.params.output_format : 'png',
+  };
+}
+
+/**
+ * OpenAI's image events: `<prefix>.partial_image` for previews (none today: no upstream sends
+ * them), one `<prefix>.completed` per image once the request has succeeded (its usage is known only
+ * then), and an `error` event for a failure. The gateway's other events have no OpenAI form: the
+ * stream's keep-alive comments hold the connection while they happen.
+ */
+function openAiEvents(prefix: 'image_generation' | 'image_edit', imageRequest: ImageRequest): StreamDialect {
+  return (event) => {
+    const createdAt = Math.floor(Date.now() / 1000);
+    switch (event.type) {
+      case 'partial_image': {
+        const type = `${prefix}.partial_image`;
+        return [[type, { type, b64_json: event.b64_json, created_at: createdAt, ...imageSettings(imageRequest, undefined), partial_image_index: event.partial_image_index }]];
+      }
+      case 'succeeded': {
+        const type = `${prefix}.completed`;
+        const usage = eventUsage(event.result);
+        return event.result.images.map((image) => [type, { type, b64_json: image.b64_json, created_at: createdAt, ...imageSettings(imageRequest, image), usage }]);
+      }
+      case 'failed':
+        return [['error', { type: 'error', error: openAiErrorBody(event.error).error }]];
+      default:
+        return [];
+    }
+  };
+}
+
+async function run(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, { imageRequest, stream }: OpenAiRequest, prefix: 'image_generation' | 'image_edit') {
+  if (stream) return answerGeneration(app, request, reply, imageRequest, openAiEvents(prefix, imageRequest));
+  const result = (await answerGeneration(app, request, reply, imageRequest)) as GenerationResult | { status_url: string };
   // The façade never runs async (OpenAI's shape has no job), so a job is always waited for.
   if (!('images' in result)) throw new GatewayError('internal_error', 'an OpenAI-compatible request answered with a job');
   return toImagesResponse(result, imageRequest.responseFormat);
 }
 
 export async function openAiRoutes(app: FastifyInstance): Promise<void> {
-  const config = { errorShape: 'openai' as const };
+  const config = { errorShape: 'openai' as const, spendsMoney: true };
 
   app.post('/v1/images/generations', { config }, async (request, reply) => {
     if (!/^application\/(.+\+)?json\b/i.test(request.headers['content-type'] ?? '')) {
       throw new GatewayError('unsupported_media_type', 'POST /v1/images/generations takes application/json');
     }
     noteRequestedModel(app, request, (request.body as { model?: unknown } | null)?.model);
-    return run(app, request, reply, generationRequest(app, request.body));
+    return run(app, request, reply, generationRequest(app, request.body), 'image_generation');
   });
 
   app.post('/v1/images/edits', { config }, async (request, reply) => {
     if (!request.isMultipart()) throw new GatewayError('unsupported_media_type', 'POST /v1/images/edits takes multipart/form-data');
-    return run(app, request, reply, await editRequest(app, request));
+    return run(app, request, reply, await editRequest(app, request), 'image_edit');
   });
 }

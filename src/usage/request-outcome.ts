@@ -5,8 +5,10 @@
 export interface RequestOutcome {
   /** performance.now() when the request arrived. */
   startedAt: number;
-  /** Its usage record has been written (once, whether answered or abandoned). */
+  /** Its log line, metrics and usage record have been written (once, whether answered or abandoned). */
   recorded?: boolean;
+  /** The status it is recorded with when not the HTTP status: a stream that failed after its 200 headers. */
+  status?: number;
   operation?: 'generate' | 'edit';
   model?: string;
   /** Images asked for (n, default 1). */

@@ -24,8 +24,6 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** Every /v1 request, written in batches; app.ts closes it before the database. */
     usageLog: UsageLog;
-    /** Writes the usage record of a request whose client left before it was answered. */
-    recordAbandonedRequest(request: FastifyRequest): void;
     /**
      * Resolves once no /v1 handler is running, or after `timeoutMs`. A graceful stop waits for it
      * before closing the usage log: a handler whose client has left (so its connection no longer
@@ -55,7 +53,8 @@ export function isApiCall(request: FastifyRequest): boolean {
 
 const MODEL_NAME_MAX = 200;
 
-function usageRecordOf(request: FastifyRequest, answer: { status: number; totalMs: number }, keepPrompt: boolean): UsageRecord {
+/** The usage record of a finished request: what it did (request.outcome) and how it was answered. */
+export function usageRecordOf(request: FastifyRequest, answer: { status: number; totalMs: number }, keepPrompt: boolean): UsageRecord {
   const outcome = request.outcome ?? newOutcome();
   const totalMs = answer.totalMs;
   return {
@@ -122,19 +121,6 @@ async function usage(app: FastifyInstance): Promise<void> {
     }
     // The error handler (which records a 499) runs just after a failed handler's promise settles.
     await new Promise((resolve) => setImmediate(resolve));
-  });
-
-  app.addHook('onResponse', async (request, reply) => {
-    if (!isApiCall(request) || request.outcome.recorded) return;
-    request.outcome.recorded = true;
-    usageLog.add(usageRecordOf(request, { status: reply.statusCode, totalMs: reply.elapsedTime }, app.config.LOG_PROMPTS));
-  });
-  // A client that hangs up gets no answer, so onResponse never runs for it: the error handler records it (499, as nginx does).
-  app.decorate('recordAbandonedRequest', (request: FastifyRequest) => {
-    if (!isApiCall(request) || request.outcome.recorded) return;
-    request.outcome.recorded = true;
-    request.outcome.errorCode ??= 'client_closed';
-    usageLog.add(usageRecordOf(request, { status: 499, totalMs: performance.now() - request.outcome.startedAt }, app.config.LOG_PROMPTS));
   });
 
   app.get<{ Querystring: Query }>('/v1/usage', async (request, reply) => {

@@ -1,0 +1,218 @@
+import { GatewayError } from '../errors.js';
+import type { Client } from '../auth/client-keys.js';
+import { pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
+import type { ImageRequest } from '../request/image-request.js';
+import type { KeyLimits, Reservation } from '../limits/key-limits.js';
+import type { JobRunner } from '../jobs/job-runner.js';
+import { requestFingerprint } from '../jobs/stored-request.js';
+import type { RequestOutcome } from '../usage/request-outcome.js';
+import type { GenerationResult, ImageGeneration, PreparedGeneration } from './image-generation.js';
+import type { ReportEvent } from './generation-events.js';
+
+/** Why a request was cut short: its caller went away (the connection closed). */
+export class ClientGone extends Error {
+  constructor() {
+    super('the client closed the connection');
+    this.name = 'ClientGone';
+  }
+}
+
+/** Why a direct request was cut short by UPSTREAM_TIMEOUT_MS. */
+class UpstreamDeadline extends Error {
+  constructor() {
+    super('the upstream deadline passed');
+    this.name = 'UpstreamDeadline';
+  }
+}
+
+/** One request to generate or edit, as its caller made it. */
+export interface GenerationCall {
+  client: Client;
+  request: ImageRequest;
+  /** Aborts when the caller leaves (reason: ClientGone): a direct request stops its upstream call; a job goes on. */
+  signal: AbortSignal;
+  /** The origin of the image URLs in the answer. */
+  publicBaseUrl: string;
+  /** A retry under the same key joins the first request's job instead of paying twice. */
+  idempotencyKey?: string;
+  /** What the request did, filled in as it goes, for its usage record, metrics and log line. */
+  outcome: RequestOutcome;
+}
+
+/** An asynchronous request's answer: the job to follow. */
+export interface JobAccepted {
+  id: string;
+  status: string;
+  status_url: string;
+}
+
+export type GenerationAnswer =
+  | { kind: 'result'; result: GenerationResult; /** With an Idempotency-Key: whether this is the first request's answer again. */ replayed?: boolean }
+  | { kind: 'job'; job: JobAccepted; replayed?: boolean };
+
+/** A request that passed every check and holds its reservation: ready to run once. */
+export interface AdmittedGeneration {
+  /** What the answer tells the client of its limits. */
+  headers: Record<string, string>;
+  /** Runs the request, telling `onEvent` what happens, `succeeded` or `failed` last. */
+  run(onEvent?: ReportEvent): Promise<GenerationAnswer>;
+}
+
+export interface GenerationPipelineDeps {
+  catalogue: ModelCatalogue;
+  generation: ImageGeneration;
+  limits: KeyLimits;
+  jobs: JobRunner;
+  upstreamTimeoutMs: number;
+  /** LOG_PROMPTS: keep the prompt in the usage record. */
+  keepPrompts: boolean;
+}
+
+/** What a failure is in the gateway's terms; anything unforeseen is an internal error. */
+export function asFailure(err: unknown): GatewayError {
+  return err instanceof GatewayError ? err : new GatewayError('internal_error', 'internal error', { cause: err });
+}
+
+/**
+ * The use case behind every way of asking for images (/v1/generate, /v1/edit, their streams and
+ * OpenAI's forms): check the request against its model and the key's limits, reserve what it may
+ * cost, run it directly or as a persisted job, settle the reservation and note what it did.
+ *
+ * A plain request goes straight upstream under UPSTREAM_TIMEOUT_MS and stops when its caller leaves.
+ * An async request, or one with an Idempotency-Key, runs as a persisted job: a retry joins the
+ * first request's job instead of paying twice.
+ */
+export class GenerationPipeline {
+  constructor(private readonly deps: GenerationPipelineDeps) {}
+
+  /**
+   * The model a request names, noted in its outcome even when the request is refused before it is
+   * fully read (an unknown field, a bad size): a catalogue id where it is one, else as given.
+   */
+  noteRequestedModel(outcome: RequestOutcome, model: unknown): void {
+    if (typeof model !== 'string' || model.length === 0 || model.length > 200) return;
+    outcome.model = this.deps.catalogue.find(model)?.id ?? model;
+  }
+
+  /** Everything checked and reserved before anything is sent; a refusal throws and costs nothing. */
+  async admit(call: GenerationCall): Promise<AdmittedGeneration> {
+    const { client, request, outcome } = call;
+    outcome.operation = request.operation;
+    outcome.imagesRequested = typeof request.params.n === 'number' ? request.params.n : 1;
+    this.noteRequestedModel(outcome, request.model);
+    if (this.deps.keepPrompts) outcome.prompt = request.prompt;
+    const prepared = await this.deps.generation.prepare(request);
+    this.deps.limits.checkModel(client, prepared.model.id);
+    this.deps.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
+    const images = outcome.imagesRequested;
+    const unitPrice = pricePerImage(prepared.route.price, request.options);
+    const reservation = await this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
+    let started = false;
+    return {
+      headers: reservation.headers,
+      run: (onEvent = () => {}) => {
+        if (started) throw new Error('an admitted generation runs once');
+        started = true;
+        return this.run(call, prepared, reservation, onEvent);
+      },
+    };
+  }
+
+  private async run(call: GenerationCall, prepared: PreparedGeneration, reservation: Reservation, onEvent: ReportEvent): Promise<GenerationAnswer> {
+    const { outcome } = call;
+    const viaJobs = call.request.async || call.idempotencyKey !== undefined;
+    const job = { created: false };
+    try {
+      const answer: GenerationAnswer = viaJobs
+        ? await this.viaJob(call, prepared, reservation, job, onEvent)
+        : { kind: 'result', result: await this.directly(call, prepared, onEvent) };
+      if (answer.kind === 'result') {
+        const { result } = answer;
+        if (!viaJobs) await this.deps.limits.settle(reservation, result.images.length, result.usage.estimated_cost_usd);
+        // A replayed answer made nothing and cost nothing this time: its first request counted it.
+        if (answer.replayed) {
+          outcome.estimatedCostUsd = 0;
+        } else {
+          outcome.imagesReturned = result.images.length;
+          outcome.bytesStored = result.images.reduce((sum, image) => sum + image.bytes, 0);
+          outcome.estimatedCostUsd = result.usage.estimated_cost_usd;
+          outcome.upstreamStatus = 200;
+          outcome.upstreamMs = result.usage.upstream_ms;
+          if (result.usage.upstream_tokens) outcome.upstreamTokens = result.usage.upstream_tokens;
+        }
+        onEvent({ type: 'succeeded', result });
+      }
+      return answer;
+    } catch (err) {
+      // A caller that leaves does not get its images back: upstream may have made (and charged) them.
+      if (call.signal.aborted && call.signal.reason instanceof ClientGone) throw new ClientGone();
+      // A job settles its own reservation when it ends.
+      if (!job.created) await this.deps.limits.settle(reservation, 0, 0);
+      const failure = asFailure(err);
+      onEvent({ type: 'failed', error: failure });
+      throw failure;
+    }
+  }
+
+  private async directly(call: GenerationCall, prepared: PreparedGeneration, onEvent: ReportEvent): Promise<GenerationResult> {
+    // One controller for both ends of a request, the caller leaving and the deadline: a composite
+    // AbortSignal.any() costs more per request than the rest of the routing.
+    const cancel = new AbortController();
+    const onLeave = () => cancel.abort(call.signal.reason);
+    if (call.signal.aborted) onLeave();
+    else call.signal.addEventListener('abort', onLeave, { once: true });
+    const deadline = setTimeout(() => cancel.abort(new UpstreamDeadline()), this.deps.upstreamTimeoutMs);
+    try {
+      return await this.deps.generation.run(prepared, {
+        signal: cancel.signal,
+        publicBaseUrl: call.publicBaseUrl,
+        owner: { keyId: call.client.id, team: call.client.team },
+        onEvent,
+      });
+    } catch (err) {
+      if (cancel.signal.reason instanceof UpstreamDeadline) {
+        throw new GatewayError('upstream_timeout', `no complete upstream answer within ${this.deps.upstreamTimeoutMs} ms`, { cause: err });
+      }
+      throw err;
+    } finally {
+      clearTimeout(deadline);
+      call.signal.removeEventListener('abort', onLeave);
+    }
+  }
+
+  private async viaJob(
+    call: GenerationCall,
+    prepared: PreparedGeneration,
+    reservation: Reservation,
+    job: { created: boolean },
+    onEvent: ReportEvent,
+  ): Promise<GenerationAnswer> {
+    const { client, idempotencyKey } = call;
+    const jobs = this.deps.jobs;
+    const scope = idempotencyKey ? `${client.id}:${idempotencyKey}` : undefined;
+    const { jobId, first } = await jobs.create(
+      jobs.newJobId(),
+      prepared,
+      { client, publicBaseUrl: call.publicBaseUrl },
+      scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id) } : undefined,
+      // Settled to what the job really made, whenever it ends, whether or not anyone still waits for it.
+      (result) => this.deps.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : 0),
+    );
+    job.created = true;
+    // Joining another request's job costs nothing.
+    if (!first) await this.deps.limits.settle(reservation, 0, 0);
+    const replayed = scope ? !first : undefined;
+    if (prepared.request.async) {
+      if (first) call.outcome.jobId = jobId;
+      const row = await jobs.get(jobId);
+      if (!row) throw new GatewayError('not_found', `job ${jobId} is gone`);
+      return { kind: 'job', job: { id: row.id, status: row.status, status_url: `/v1/jobs/${row.id}` }, ...(replayed !== undefined ? { replayed } : {}) };
+    }
+    // A synchronous request with an Idempotency-Key waits for its job; if the caller leaves, the job
+    // goes on, and the caller's retry gets its result.
+    const row = await jobs.follow(jobId, { signal: call.signal, onEvent });
+    const finished = await jobs.outcome(row);
+    if ('error' in finished) throw finished.error;
+    return { kind: 'result', result: finished.result, ...(replayed !== undefined ? { replayed } : {}) };
+  }
+}

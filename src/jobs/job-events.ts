@@ -1,0 +1,115 @@
+import type { Redis } from 'ioredis';
+import type { ProgressEvent } from '../generation/generation-events.js';
+import type { ImageResult } from '../generation/image-generation.js';
+import type { Logger } from '../observability/logger.js';
+
+/**
+ * What a replica running a job tells those following it: its progress events as they happen, then
+ * `finished` once the outcome is written (followers read the outcome from the job store).
+ */
+export type JobNotice =
+  | Exclude<ProgressEvent, { type: 'image' }>
+  /** From another replica, a base64 image comes without its bytes (`b64_in_store`): they are read back from the image store. */
+  | { type: 'image'; index: number; image: ImageResult; b64_in_store?: true }
+  | { type: 'finished' };
+
+type Listener = (notice: JobNotice) => void;
+
+/** One channel for every job: notices are small and few, and a replica subscribes once. */
+const CHANNEL = 'gw:job-events';
+
+interface Envelope {
+  /** The replica that published it, which has already told its own listeners. */
+  from: string;
+  job: string;
+  notice: JobNotice;
+}
+
+/**
+ * Job notices between the replica that runs a job and whoever follows it: in this process
+ * directly, and to the other replicas through Redis pub/sub where REDIS_URL is set. Without Redis
+ * (or while it is down) followers on other replicas learn a job's state from the job store instead;
+ * see JobRunner.follow.
+ */
+export class JobEventBus {
+  private readonly listeners = new Map<string, Set<Listener>>();
+  private subscriber: Redis | undefined;
+
+  constructor(
+    private readonly replicaId: string,
+    private readonly log: Logger,
+    private readonly publisher?: Redis,
+  ) {}
+
+  /** Whether notices from other replicas arrive: they do through a connected Redis subscription. */
+  get sharedAcrossReplicas(): boolean {
+    return this.subscriber?.status === 'ready';
+  }
+
+  async start(): Promise<void> {
+    if (!this.publisher) return;
+    // A connection in subscriber mode can do nothing else: this one is the bus's own.
+    const subscriber = this.publisher.duplicate({ lazyConnect: true, enableOfflineQueue: true });
+    subscriber.on('error', () => {}); // ioredis reconnects; followers read the job store meanwhile.
+    subscriber.on('message', (_channel: string, message: string) => this.receive(message));
+    this.subscriber = subscriber;
+    try {
+      await subscriber.connect();
+      await subscriber.subscribe(CHANNEL);
+    } catch (err) {
+      this.log.warn({ err }, 'redis is unavailable: job events of other replicas are read from the job store until it answers');
+    }
+  }
+
+  async close(): Promise<void> {
+    this.subscriber?.disconnect();
+    this.listeners.clear();
+  }
+
+  /** Calls `listener` with each notice about job `jobId` until the returned function is called. */
+  listen(jobId: string, listener: Listener): () => void {
+    let set = this.listeners.get(jobId);
+    if (!set) this.listeners.set(jobId, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0 && this.listeners.get(jobId) === set) this.listeners.delete(jobId);
+    };
+  }
+
+  publish(jobId: string, notice: JobNotice): void {
+    this.deliver(jobId, notice);
+    if (!this.publisher || this.publisher.status !== 'ready') return;
+    // Image bytes stay out of Redis: a follower elsewhere reads a base64 image back from the image store.
+    let shared = notice;
+    if (notice.type === 'image' && notice.image.b64_json !== undefined) {
+      const { b64_json: _bytes, ...image } = notice.image;
+      shared = { ...notice, image, b64_in_store: true };
+    }
+    const envelope: Envelope = { from: this.replicaId, job: jobId, notice: shared };
+    this.publisher.publish(CHANNEL, JSON.stringify(envelope)).catch((err) => this.log.debug({ err, job_id: jobId }, 'a job notice was not shared through redis'));
+  }
+
+  private receive(message: string): void {
+    let envelope: Envelope;
+    try {
+      envelope = JSON.parse(message) as Envelope;
+    } catch {
+      return;
+    }
+    if (envelope.from === this.replicaId || typeof envelope.job !== 'string') return;
+    this.deliver(envelope.job, envelope.notice);
+  }
+
+  private deliver(jobId: string, notice: JobNotice): void {
+    const set = this.listeners.get(jobId);
+    if (!set) return;
+    for (const listener of [...set]) {
+      try {
+        listener(notice);
+      } catch (err) {
+        this.log.error({ err, job_id: jobId }, 'a job event listener failed');
+      }
+    }
+  }
+}

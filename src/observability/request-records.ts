@@ -1,0 +1,67 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import type { GatewayError } from '../errors.js';
+import { isApiCall, usageRecordOf } from '../usage/usage-routes.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Notes a failure in the request's outcome and logs it (5xx as errors). */
+    noteFailure(request: FastifyRequest, failure: GatewayError): void;
+    /**
+     * Records a request whose client left before it was answered: as 499, as nginx writes it
+     * (no answer goes out, so onResponse never runs for it). `why` is logged.
+     */
+    recordAbandonedRequest(request: FastifyRequest, why: string): void;
+  }
+}
+
+/**
+ * Once a request is over, one place writes all that is kept of it: its log line (who, which model,
+ * what status, how long; never the query, which holds image signatures, nor bodies), its metrics,
+ * and for API calls its usage record. Answered requests and abandoned ones alike.
+ */
+async function requestRecords(app: FastifyInstance): Promise<void> {
+  const record = (request: FastifyRequest, status: number, totalMs: number) => {
+    const outcome = request.outcome;
+    if (outcome.recorded) return;
+    outcome.recorded = true;
+    request.log.info(
+      {
+        method: request.method,
+        path: request.url.split('?', 1)[0],
+        status,
+        ms: Math.round(totalMs * 10) / 10,
+        key_id: request.client?.id,
+        team: request.client?.team,
+        model: outcome.model,
+      },
+      'request completed',
+    );
+    app.metrics.observe(request, status, totalMs / 1000);
+    if (isApiCall(request)) app.usageLog.add(usageRecordOf(request, { status, totalMs }, app.config.LOG_PROMPTS));
+  };
+
+  // A stream that failed after its 200 headers is recorded with the failure's status (outcome.status).
+  app.addHook('onResponse', async (request, reply) => record(request, request.outcome.status ?? reply.statusCode, reply.elapsedTime));
+
+  app.decorate('recordAbandonedRequest', (request: FastifyRequest, why: string) => {
+    if (request.outcome.recorded) return;
+    request.log.info(why);
+    request.outcome.errorCode ??= 'client_closed';
+    record(request, 499, performance.now() - request.outcome.startedAt);
+  });
+
+  app.decorate('noteFailure', (request: FastifyRequest, failure: GatewayError) => {
+    const outcome = request.outcome;
+    outcome.errorCode = failure.code;
+    if (failure.limit) outcome.limitReason = failure.limit;
+    if (failure.upstreamStatus !== undefined) outcome.upstreamStatus = failure.upstreamStatus;
+    if (failure.status >= 500) {
+      request.log.error({ code: failure.code, upstream_status: failure.upstreamStatus, err: failure.cause ?? failure }, failure.message);
+    } else {
+      request.log.info({ code: failure.code, upstream_status: failure.upstreamStatus }, failure.message);
+    }
+  });
+}
+
+export const requestRecordsPlugin = fp(requestRecords, { name: 'request-records', dependencies: ['metrics', 'usage'] });

@@ -1,0 +1,65 @@
+import { PassThrough } from 'node:stream';
+import type { FastifyReply } from 'fastify';
+
+/**
+ * A `text/event-stream` answer, as OpenAI's SDKs and EventSource read it: each event an `event:`
+ * line and one `data:` line of JSON. Headers go out at once; a `: keepalive` comment is written
+ * whenever nothing else has been for `keepAliveMs`, so proxies that cut silent connections do not;
+ * each write waits until the client has taken the one before (back-pressure).
+ */
+export class EventStream {
+  private readonly body = new PassThrough();
+  private writing: Promise<void> = Promise.resolve();
+  private keepAlive: NodeJS.Timeout | undefined;
+
+  private constructor(private readonly keepAliveMs: number) {}
+
+  /** Answers `reply` with an event stream; the status and headers already set on it go out with it. */
+  static open(reply: FastifyReply, keepAliveMs: number): EventStream {
+    const stream = new EventStream(keepAliveMs);
+    reply
+      .header('content-type', 'text/event-stream; charset=utf-8')
+      .header('cache-control', 'no-cache, no-transform')
+      // nginx passes the stream on as it comes instead of buffering it.
+      .header('x-accel-buffering', 'no');
+    void reply.send(stream.body);
+    // A first line, so the headers leave now rather than with the first event.
+    void stream.write(': stream opened\n\n');
+    return stream;
+  }
+
+  /** False once the client has gone or the stream has ended. */
+  get open(): boolean {
+    return !this.body.destroyed && !this.body.writableEnded;
+  }
+
+  send(event: string, data: unknown): Promise<void> {
+    return this.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  }
+
+  /** Ends the stream once everything sent before has been written. */
+  async end(): Promise<void> {
+    await this.writing;
+    clearTimeout(this.keepAlive);
+    if (this.open) this.body.end();
+  }
+
+  private write(text: string): Promise<void> {
+    this.writing = this.writing.then(() => this.writeNow(text));
+    return this.writing;
+  }
+
+  private async writeNow(text: string): Promise<void> {
+    if (!this.open) return;
+    clearTimeout(this.keepAlive);
+    this.keepAlive = setTimeout(() => void this.write(': keepalive\n\n'), this.keepAliveMs);
+    if (this.body.write(text)) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        this.body.off('drain', done).off('close', done);
+        resolve();
+      };
+      this.body.on('drain', done).on('close', done);
+    });
+  }
+}
