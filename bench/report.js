@@ -1,4 +1,4 @@
-// The benchmark's tables (Markdown, so the README can carry them as printed) and its targets.
+// The benchmark's tables (Markdown, so bench/README.md can carry them as printed) and its targets.
 
 const BASELINE_NAMES = { passthrough: 'undici pass-through', static: '@fastify/static' };
 
@@ -69,7 +69,7 @@ function table(header, rows) {
   return lines.join('\n');
 }
 
-/** Text for stdout (and the README), and the targets with PASS/MISS for the JSON. */
+/** Text for stdout (and bench/README.md), and the targets with PASS/MISS for the JSON. */
 export function printReport(report) {
   const { machine, settings } = report;
   const out = [];

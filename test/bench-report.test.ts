@@ -90,7 +90,7 @@ describe('bench report', () => {
     expect(text).toContain('over all measurements: 7;');
   });
 
-  it('prints the ratios to the baseline the README carries', () => {
+  it('prints the ratios to the baseline bench/README.md carries', () => {
     const report = reportOf(
       { passthrough: figures({ p50Ms: 0.2, p99Ms: 0.3, requestsPerSecond: 20_000 }), gateway: figures({ p50Ms: 0.4, p99Ms: 1.5, requestsPerSecond: 9000 }) },
       { passthrough: figures({ p50Ms: 4 }), gateway: figures({ p50Ms: 7 }) },
