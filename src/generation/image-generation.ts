@@ -103,7 +103,8 @@ export class ImageGeneration {
         ...(ctx.owner ? { queueOwner: ctx.owner.team } : {}),
         stageImage,
         // An asynchronous model has the request once it answers with a task; any other once it is sent.
-        onSent: () => {
+        onSent: async () => {
+          await task.onSent?.();
           if (!route.async) report({ type: 'running' });
         },
         onTaskId: async (taskId, keyTag) => {

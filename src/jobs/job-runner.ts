@@ -106,6 +106,14 @@ function imageNameOf(url: string): string {
 
 const FINAL: JobStatus[] = ['succeeded', 'failed'];
 
+/** A job about to be sent upstream that its replica no longer holds (another took it over). */
+class LeaseLost extends Error {
+  constructor() {
+    super('the job is held by another replica');
+    this.name = 'LeaseLost';
+  }
+}
+
 /** Base64 images stay out of the jobs table (kept for days, read on every poll): a flag says to read them back. */
 function resultToStore(result: GenerationResult): string {
   if (!result.images.some((image) => image.b64_json !== undefined)) return JSON.stringify(result);
@@ -295,7 +303,7 @@ export class JobRunner {
       notices.push(notice);
       wake?.();
     });
-    const told = { queued: false, running: false, taskId: undefined as string | undefined, progress: '', images: new Set<number>() };
+    const told = { queued: false, running: false, taskId: undefined as string | undefined, images: new Set<number>() };
     const tellRunning = (taskId: string | undefined) => {
       if (told.running && (taskId === undefined || taskId === told.taskId)) return;
       told.running = true;
@@ -308,12 +316,8 @@ export class JobRunner {
           return; // a job's queued is told from its row
         case 'running':
           return tellRunning(notice.task_id);
-        case 'progress': {
-          const key = `${notice.upstream_status}:${notice.progress}`;
-          if (key === told.progress) return;
-          told.progress = key;
+        case 'progress':
           return report(notice);
-        }
         case 'image': {
           if (told.images.has(notice.index)) return;
           told.images.add(notice.index);
@@ -406,13 +410,12 @@ export class JobRunner {
 
   private launch(id: string, prepared: PreparedGeneration | undefined, resumeTaskId: string | undefined): void {
     const controller = new AbortController();
-    let taskKnown = resumeTaskId !== undefined;
-    const done = this.execute(id, prepared, resumeTaskId, controller.signal, () => {
-      taskKnown = true;
-    })
+    // A stop may cut a job short where nothing is lost: before it is sent, or once its task id is kept.
+    const progress = { sent: false, taskKnown: resumeTaskId !== undefined };
+    const done = this.execute(id, prepared, resumeTaskId, controller.signal, progress)
       .catch((err) => this.o.log.error({ err, job_id: id }, 'job bookkeeping failed'))
       .finally(() => this.active.delete(id));
-    this.active.set(id, { controller, done, resumable: () => taskKnown });
+    this.active.set(id, { controller, done, resumable: () => progress.taskKnown || !progress.sent });
   }
 
   private async execute(
@@ -420,7 +423,7 @@ export class JobRunner {
     given: PreparedGeneration | undefined,
     resumeTaskId: string | undefined,
     stop: AbortSignal,
-    markTaskKnown: () => void,
+    progress: { sent: boolean; taskKnown: boolean },
   ): Promise<void> {
     const row = await this.get(id);
     if (!row) return;
@@ -430,8 +433,6 @@ export class JobRunner {
     let failure: GatewayError | undefined;
     try {
       const prepared = given ?? (await this.o.generation.prepare(deserializeRequest(row.request_json ?? 'null')));
-      const mine = await this.o.db.run("UPDATE jobs SET status = 'running', updated_at = $1 WHERE id = $2 AND lease_owner = $3", [Date.now(), id, this.instanceId]);
-      if (mine === 0) return; // another replica holds the job now
       result = await this.o.generation.run(prepared, {
         signal,
         publicBaseUrl: row.public_base_url,
@@ -439,13 +440,20 @@ export class JobRunner {
         onEvent: (event) => this.o.events.publish(id, event),
         task: {
           ...(resumeTaskId ? { resumeTaskId, ...(row.upstream_key_tag ? { resumeKeyTag: row.upstream_key_tag } : {}) } : {}),
+          // A job is queued until it has an upstream slot: one that dies queued is sent again elsewhere.
+          onSent: async () => {
+            const mine = await this.o.db.run("UPDATE jobs SET status = 'running', updated_at = $1 WHERE id = $2 AND lease_owner = $3", [Date.now(), id, this.instanceId]);
+            if (mine === 0) throw new LeaseLost();
+            progress.sent = true;
+          },
           onTaskId: async (taskId, keyTag) => {
             await this.o.db.run('UPDATE jobs SET upstream_task_id = $1, upstream_key_tag = $2, updated_at = $3 WHERE id = $4', [taskId, keyTag, Date.now(), id]);
-            markTaskKnown();
+            progress.taskKnown = true;
           },
         },
       });
     } catch (err) {
+      if (err instanceof LeaseLost) return; // another replica holds the job now, and sends it
       if (stop.aborted && !deadline.aborted) return; // shutting down: another replica or the next start resumes it
       failure = deadline.aborted
         ? new GatewayError('upstream_timeout', `no complete upstream answer within ${this.o.upstreamTimeoutMs} ms`)

@@ -30,8 +30,11 @@ export interface UpstreamClientOptions {
 
 /** For jobs that must survive a restart: learn the task id at once, or pick up a known one. */
 export interface TaskHooks {
-  /** Called when the request goes upstream: a slot was free (or became free) and it is being sent. */
-  onSent?: () => void;
+  /**
+   * Called once the request has an upstream slot, just before it is sent; a rejection stops it
+   * unsent (a job checks here that it is still its replica's to send).
+   */
+  onSent?: () => Promise<void> | void;
   /** Called as soon as upstream has accepted an asynchronous task, before polling it. */
   onTaskId?: (taskId: string, keyTag: string) => Promise<void>;
   /** Poll this task instead of submitting again: it was submitted (and paid for) before a restart. */
@@ -152,8 +155,8 @@ export class UpstreamClient {
     } else {
       // The concurrency cap guards submissions; polling a task holds no slot, so long tasks do not starve the rest.
       await this.slots.acquire(hooks.queueOwner ?? '', signal);
-      hooks.onSent?.();
       try {
+        await hooks.onSent?.();
         ({ body, key } = await this.submit(req, signal, hooks.stageImage));
       } finally {
         this.slots.release();

@@ -1,0 +1,228 @@
+/**
+ * Following a job without polling: its event stream (replayed, then live, here or on another
+ * replica) and the long-poll `GET /v1/jobs/{id}?wait=N`.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent, fetch as undiciFetch } from 'undici';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { OTHER_CLIENT_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
+import { freshRedis, redisProblem } from './services.js';
+import { eventsOf, parseSse, readStream } from './sse.js';
+
+let h: Harness;
+let base: string;
+/** This file's HTTP connections, closed before the gateway so its graceful close waits on none of them. */
+const connections = new Agent();
+const fetch = (url: string, init: Parameters<typeof undiciFetch>[1] = {}) => undiciFetch(url, { ...init, dispatcher: connections });
+
+beforeAll(async () => {
+  h = await startHarness({ RATE_LIMIT_RPM: '1000' });
+  base = await h.app.listen({ port: 0, host: '127.0.0.1' });
+});
+afterAll(async () => {
+  await connections.destroy();
+  await h.close();
+});
+beforeEach(() => {
+  h.simulator.reset();
+  h.simulator.holdTasks = false;
+});
+
+async function submit(target: Harness, body: Record<string, unknown>): Promise<string> {
+  const res = await target.app.inject({ method: 'POST', url: '/v1/generate', headers: target.auth, payload: { ...body, async: true } });
+  expect(res.statusCode).toBe(202);
+  return res.json().id;
+}
+
+const pollsOf = (target: Harness) => target.simulator.received.filter((r) => r.path.startsWith('/v1/tasks/'));
+
+async function until(ready: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 250 && !ready(); i++) await new Promise((r) => setTimeout(r, 20));
+  if (!ready()) throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('GET /v1/jobs/{id}/events', () => {
+  it('replays a finished job’s last event at once, with the job’s result, and ends', async () => {
+    const id = await submit(h, { model: 'gpt-image-1', prompt: 'done already' });
+    const job = await jobWhenFinished(h, id);
+    const res = await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}/events`, headers: h.auth });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    const events = eventsOf(parseSse(res.body));
+    expect(events).toEqual([{ event: 'succeeded', data: job.result }]);
+  });
+
+  it('replays a failed job as `failed` with its error object', async () => {
+    h.simulator.failNext('task_error');
+    const id = await submit(h, { model: 'flux-kontext-pro', prompt: 'will fail' });
+    const job = await jobWhenFinished(h, id);
+    expect(job.status).toBe('failed');
+    const events = eventsOf(parseSse((await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}/events`, headers: h.auth })).body));
+    expect(events).toEqual([{ event: 'failed', data: job.error }]);
+  });
+
+  it('follows a running job live: its state first, then the task, the image and the result', async () => {
+    h.simulator.holdTasks = true;
+    const id = await submit(h, { model: 'flux-kontext-pro', prompt: 'followed live', response_format: 'b64_json' });
+    await until(() => pollsOf(h).length > 0, 'the task to be polled');
+    const res = await fetch(`${base}/v1/jobs/${id}/events`, { headers: h.auth });
+    const blocks = await readStream(res, (block) => {
+      if (block.event === 'running') h.simulator.holdTasks = false;
+    });
+    const events = eventsOf(blocks);
+    expect(events[0]).toMatchObject({ event: 'running', data: { task_id: expect.stringMatching(/^sim-task-/) } });
+    const names = events.map((e) => e.event);
+    expect(names.slice(-2)).toEqual(['image', 'succeeded']);
+    const image = events.at(-2)!.data;
+    const result = events.at(-1)!.data;
+    expect(image).toEqual({ index: 0, image: result.images[0] });
+    expect(Buffer.from(image.image.b64_json, 'base64').subarray(1, 4).toString()).toBe('PNG');
+    const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: h.auth })).json();
+    expect(result).toEqual(job.result);
+  });
+
+  it('says `queued` first for a job waiting for an upstream slot, then `running` once it is sent', async () => {
+    // One upstream slot, and an upstream that takes 400 ms to answer: the second job waits for the first.
+    const narrow = await startHarness({ UPSTREAM_MAX_CONCURRENCY: '1' }, { latencyMs: 400 });
+    try {
+      await submit(narrow, { model: 'gpt-image-1', prompt: 'holds the slot' });
+      await until(() => narrow.simulator.received.length > 0, 'the first job to be sent');
+      const waiting = await submit(narrow, { model: 'gpt-image-1', prompt: 'waits' });
+      const url = await narrow.app.listen({ port: 0, host: '127.0.0.1' });
+      const events = eventsOf(await readStream(await fetch(`${url}/v1/jobs/${waiting}/events`, { headers: narrow.auth })));
+      expect(events[0]).toEqual({ event: 'queued', data: { job_id: waiting } });
+      expect(events.map((e) => e.event).slice(1)).toEqual(['running', 'image', 'succeeded']);
+    } finally {
+      await narrow.close();
+    }
+  });
+
+  it('answers another team’s job with 404 JSON, not a stream', async () => {
+    const id = await submit(h, { model: 'gpt-image-1', prompt: 'not theirs' });
+    const res = await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}/events`, headers: { authorization: `Bearer ${OTHER_CLIENT_KEY}` } });
+    expect(res.statusCode).toBe(404);
+    expect(res.json().error.code).toBe('not_found');
+    await jobWhenFinished(h, id);
+  });
+
+  it('a client that leaves the stream leaves the job running', async () => {
+    h.simulator.holdTasks = true;
+    const id = await submit(h, { model: 'flux-kontext-pro', prompt: 'left alone' });
+    const leave = new AbortController();
+    const res = await fetch(`${base}/v1/jobs/${id}/events`, { headers: h.auth, signal: leave.signal });
+    await readStream(res, () => leave.abort()).catch(() => {});
+    h.simulator.holdTasks = false;
+    expect((await jobWhenFinished(h, id)).status).toBe('succeeded');
+  });
+});
+
+describe('GET /v1/jobs/{id}?wait=N', () => {
+  it('answers as soon as the job has finished, well before N', async () => {
+    h.simulator.holdTasks = true;
+    const id = await submit(h, { model: 'flux-kontext-pro', prompt: 'long-polled' });
+    await until(() => pollsOf(h).length > 0, 'the task to be polled');
+    const started = Date.now();
+    const answer = h.app.inject({ method: 'GET', url: `/v1/jobs/${id}?wait=60`, headers: h.auth });
+    setTimeout(() => (h.simulator.holdTasks = false), 100);
+    const job = (await answer).json();
+    expect(job.status).toBe('succeeded');
+    expect(job.result.images).toHaveLength(1);
+    // Not the 60 s it may wait: the answer came with the job's end.
+    expect(Date.now() - started).toBeLessThan(30_000);
+  });
+
+  it('answers where the job stands after N when it has not finished', async () => {
+    h.simulator.holdTasks = true;
+    const id = await submit(h, { model: 'flux-kontext-pro', prompt: 'still running' });
+    const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}?wait=0.3`, headers: h.auth })).json();
+    expect(job.status).toBe('running');
+    h.simulator.holdTasks = false;
+    await jobWhenFinished(h, id);
+  });
+
+  it('answers a finished job at once, and refuses a wait outside 0..60 or an unknown parameter', async () => {
+    const id = await submit(h, { model: 'gpt-image-1', prompt: 'quick' });
+    await jobWhenFinished(h, id);
+    expect((await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}?wait=60`, headers: h.auth })).json().status).toBe('succeeded');
+    for (const wait of ['61', '-1', 'soon']) {
+      const res = await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}?wait=${wait}`, headers: h.auth });
+      expect(res.statusCode).toBe(400);
+      expect(res.json().error.details[0].field).toBe('wait');
+    }
+    const unknown = await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}?timeout=5`, headers: h.auth });
+    expect(unknown.json().error.details[0]).toMatchObject({ field: 'timeout', allowed: ['wait'] });
+  });
+});
+
+/** Two replicas on one database (a shared DATA_DIR), with or without Redis between them. */
+async function twoReplicas(env: Record<string, string>): Promise<{ a: Harness; b: Harness; close(): Promise<void> }> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'gw-two-replicas-'));
+  const a = await startHarness({ DATA_DIR: dataDir, ...env });
+  const b = await startHarness({ DATA_DIR: dataDir, ...env });
+  return {
+    a,
+    b,
+    async close() {
+      await b.close();
+      await a.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+describe('a job followed from another replica', () => {
+  it('without Redis: the other replica reads the job’s state from the database and ends with its result', async () => {
+    const { a, b, close } = await twoReplicas({});
+    try {
+      a.simulator.holdTasks = true;
+      const id = await submit(a, { model: 'flux-kontext-pro', prompt: 'made on a' });
+      await until(() => pollsOf(a).length > 0, 'the task to be polled on a');
+      const onB = await b.app.listen({ port: 0, host: '127.0.0.1' });
+      const res = await fetch(`${onB}/v1/jobs/${id}/events`, { headers: b.auth });
+      const longPoll = b.app.inject({ method: 'GET', url: `/v1/jobs/${id}?wait=30`, headers: b.auth });
+      const blocks = await readStream(res, (block) => {
+        if (block.event === 'running') a.simulator.holdTasks = false;
+      });
+      const events = eventsOf(blocks);
+      expect(events[0]!.event).toBe('running');
+      expect(events.at(-1)!.event).toBe('succeeded');
+      const job = (await a.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: a.auth })).json();
+      expect(events.at(-1)!.data).toEqual(job.result);
+      expect((await longPoll).json().status).toBe('succeeded');
+      // The task was submitted and polled on a only.
+      expect(b.simulator.received).toHaveLength(0);
+    } finally {
+      await close();
+    }
+  });
+
+  describe.skipIf(redisProblem !== undefined)('with Redis (skipped when Redis is unreachable and REQUIRE_SERVICES is unset)', () => {
+    it('the other replica hears every event as it happens: the task, its progress, the image with its bytes', async () => {
+      const { a, b, close } = await twoReplicas({ REDIS_URL: freshRedis().url });
+      try {
+        a.simulator.holdTasks = true;
+        const id = await submit(a, { model: 'flux-kontext-pro', prompt: 'made on a, heard on b', response_format: 'b64_json' });
+        const onB = await b.app.listen({ port: 0, host: '127.0.0.1' });
+        const res = await fetch(`${onB}/v1/jobs/${id}/events`, { headers: b.auth });
+        let progress = 0;
+        const blocks = await readStream(res, (block) => {
+          if (block.event === 'progress' && ++progress === 1) a.simulator.holdTasks = false;
+        });
+        const events = eventsOf(blocks);
+        expect(events.filter((e) => e.event === 'running').at(-1)!.data.task_id).toMatch(/^sim-task-/);
+        expect(progress).toBeGreaterThanOrEqual(1);
+        const image = events.find((e) => e.event === 'image')!.data;
+        const result = events.at(-1)!.data;
+        expect(events.at(-1)!.event).toBe('succeeded');
+        // Bytes travel through the image store, not Redis: the same image either way.
+        expect(image).toEqual({ index: 0, image: result.images[0] });
+        expect(image.image.b64_json.length).toBeGreaterThan(100);
+        expect(b.simulator.received).toHaveLength(0);
+      } finally {
+        await close();
+      }
+    });
+  });
+});

@@ -1,0 +1,241 @@
+/**
+ * Long renders as events, over real HTTP: the gateway's own streams on /v1/generate and /v1/edit,
+ * keep-alives through a proxy that cuts silent connections, failures after the headers, clients
+ * that leave, and the records each streamed request leaves behind.
+ */
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
+import { parse } from 'yaml';
+import { Agent, fetch as undiciFetch } from 'undici';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ADMIN_KEY, jobWhenFinished, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { eventsOf, parseSse, readStream } from './sse.js';
+
+const ajv = new Ajv2020({ strict: false, allErrors: true });
+addFormats.default(ajv);
+ajv.addSchema({ ...parse(readFileSync(new URL('../openapi.yaml', import.meta.url), 'utf8')), $id: 'openapi.yaml' });
+function openApiProblems(schemaName: string, body: unknown): string[] {
+  const check = ajv.getSchema(`openapi.yaml#/components/schemas/${schemaName}`);
+  if (!check) return [`no schema ${schemaName}`];
+  return check(body) ? [] : (check.errors ?? []).map((e) => `${e.instancePath} ${e.message}`);
+}
+
+const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
+
+let h: Harness;
+let base: string;
+/** This file's HTTP connections, closed before the gateway so its graceful close waits on none of them. */
+const connections = new Agent();
+const fetch = (url: string, init: Parameters<typeof undiciFetch>[1] = {}) => undiciFetch(url, { ...init, dispatcher: connections });
+
+beforeAll(async () => {
+  h = await startHarness({ RATE_LIMIT_RPM: '1000', STREAM_KEEPALIVE_MS: '50' });
+  base = await h.app.listen({ port: 0, host: '127.0.0.1' });
+});
+afterAll(async () => {
+  await connections.destroy();
+  await h.close();
+});
+beforeEach(() => {
+  h.simulator.reset();
+  h.simulator.holdTasks = false;
+});
+
+const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+  fetch(`${base}${path}`, { method: 'POST', headers: { ...h.auth, 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+
+const polls = () => h.simulator.received.filter((r) => r.path.startsWith('/v1/tasks/'));
+
+/** The usage record a request left, by its request id. */
+async function usageRecordOf(requestId: string): Promise<any> {
+  for (let i = 0; i < 100; i++) {
+    const page = await h.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=500', headers: ADMIN });
+    const record = page.json().data.find((r: any) => r.request_id === requestId);
+    if (record) return record;
+    await sleep(20);
+  }
+  throw new Error(`no usage record for ${requestId}`);
+}
+
+describe('"stream": true on the gateway’s own routes', () => {
+  it('/v1/generate answers queued, running, image and succeeded, and succeeded is the usual success body', async () => {
+    const res = await post('/v1/generate', { model: 'gpt-image-1', prompt: 'streamed', n: 2, stream: true });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
+    expect(res.headers.get('x-request-id')).toMatch(/^req_/);
+    const events = eventsOf(parseSse(await res.text()));
+    expect(events.map((e) => e.event)).toEqual(['queued', 'running', 'image', 'image', 'succeeded']);
+    const succeeded = events.at(-1)!.data;
+    expect(openApiProblems('GenerationResult', succeeded)).toEqual([]);
+    expect(succeeded.images).toHaveLength(2);
+    // Each image event carries one stored image of the result, as soon as it was stored.
+    const streamed = events.filter((e) => e.event === 'image').map((e) => e.data);
+    expect(streamed.map((e) => e.index).sort()).toEqual([0, 1]);
+    for (const { index, image } of streamed) expect(image).toEqual(succeeded.images[index]);
+    expect((await fetch(succeeded.images[0].url)).status).toBe(200);
+    const record = await usageRecordOf(res.headers.get('x-request-id')!);
+    expect(record).toMatchObject({ status: 200, images_returned: 2, model: 'gpt-image-1' });
+  });
+
+  it('an asynchronous model streams its upstream task id and the progress upstream reports', async () => {
+    const res = await post('/v1/generate', { model: 'flux-kontext-pro', prompt: 'a slow render', stream: true });
+    const events = eventsOf(parseSse(await res.text()));
+    const names = events.map((e) => e.event);
+    expect(names[0]).toBe('queued');
+    const running = events.find((e) => e.event === 'running')!;
+    expect(running.data.task_id).toMatch(/^sim-task-/);
+    expect(polls()[0]!.path).toBe(`/v1/tasks/${running.data.task_id}`);
+    const progress = events.filter((e) => e.event === 'progress');
+    expect(progress.length).toBeGreaterThan(0);
+    for (const p of progress) {
+      expect(p.data.upstream_status).toBe('Pending');
+      expect(p.data.progress).toBeGreaterThanOrEqual(0);
+      expect(p.data.progress).toBeLessThanOrEqual(1);
+    }
+    expect(names.indexOf('running')).toBeLessThan(names.indexOf('progress'));
+    expect(names.slice(-2)).toEqual(['image', 'succeeded']);
+  });
+
+  it('/v1/edit streams too, from multipart (stream=true) and from JSON', async () => {
+    const png = await makePng();
+    const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'add a hat', stream: 'true' }, [{ field: 'image', filename: 'a.png', bytes: png }]);
+    const multipart = await fetch(`${base}/v1/edit`, { method: 'POST', headers: { ...h.auth, ...headers }, body: payload });
+    expect(multipart.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    expect(eventsOf(parseSse(await multipart.text())).map((e) => e.event)).toEqual(['queued', 'running', 'image', 'succeeded']);
+    const json = await post('/v1/edit', { model: 'gpt-image-1', prompt: 'add a hat', image: `data:image/png;base64,${png.toString('base64')}`, stream: true });
+    const events = eventsOf(parseSse(await json.text()));
+    expect(events.at(-1)!.event).toBe('succeeded');
+    expect(events.at(-1)!.data.model).toBe('gpt-image-1');
+  });
+
+  it('a request refused before the stream opens gets the usual JSON error, and nothing goes upstream', async () => {
+    const res = await post('/v1/generate', { model: 'gpt-image-1', prompt: 'x', size: '640x480', stream: true });
+    expect(res.status).toBe(400);
+    expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(((await res.json()) as any).error.details[0].field).toBe('size');
+    const both = await post('/v1/generate', { model: 'gpt-image-1', prompt: 'x', stream: true, async: true });
+    expect(both.status).toBe(400);
+    expect(((await both.json()) as any).error.details[0]).toMatchObject({ field: 'stream', message: expect.stringMatching(/GET \/v1\/jobs\/\{id\}\/events/) });
+    const notBoolean = await post('/v1/generate', { model: 'gpt-image-1', prompt: 'x', stream: 'yes' });
+    expect(((await notBoolean.json()) as any).error.details[0]).toMatchObject({ field: 'stream', allowed: [true, false] });
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('a failure after the headers is the stream’s last event, `failed` with the error object, and the records keep its status', async () => {
+    h.simulator.failNext('http500');
+    const res = await post('/v1/generate', { model: 'gpt-image-1', prompt: 'x', stream: true });
+    expect(res.status).toBe(200);
+    const events = eventsOf(parseSse(await res.text()));
+    expect(events.map((e) => e.event)).toEqual(['queued', 'running', 'failed']);
+    const failed = events.at(-1)!.data;
+    expect(failed).toMatchObject({ code: 'upstream_error', request_id: res.headers.get('x-request-id') });
+    expect(openApiProblems('Error', { error: failed })).toEqual([]);
+    const record = await usageRecordOf(res.headers.get('x-request-id')!);
+    expect(record).toMatchObject({ status: 502, error_code: 'upstream_error' });
+    const metrics = (await h.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(metrics).toMatch(/gateway_http_requests_total\{route="\/v1\/generate",model="gpt-image-1",team="design",status="502"\} [1-9]/);
+  });
+
+  it('writes `: keepalive` whenever nothing else has been sent for STREAM_KEEPALIVE_MS, while a task is held', async () => {
+    h.simulator.holdTasks = true;
+    const res = await post('/v1/generate', { model: 'flux-kontext-pro', prompt: 'held', stream: true });
+    let keepalives = 0;
+    const blocks = await readStream(res, (block) => {
+      if (block.comment === 'keepalive' && ++keepalives === 3) h.simulator.holdTasks = false;
+    });
+    expect(keepalives).toBeGreaterThanOrEqual(3);
+    // The first line opens the stream at once; keep-alives come only in the silences between events.
+    expect(blocks[0]).toEqual({ comment: 'stream opened' });
+    expect(eventsOf(blocks).at(-1)!.event).toBe('succeeded');
+  });
+
+  it('a client that leaves a stream aborts its upstream call and is recorded as 499', async () => {
+    h.simulator.holdTasks = true;
+    const leave = new AbortController();
+    const res = await fetch(`${base}/v1/generate`, {
+      method: 'POST',
+      headers: { ...h.auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'flux-kontext-pro', prompt: 'left', stream: true }),
+      signal: leave.signal,
+    });
+    const requestId = res.headers.get('x-request-id')!;
+    await readStream(res, () => {
+      if (polls().length >= 2) leave.abort();
+    }).catch(() => {});
+    const record = await usageRecordOf(requestId);
+    expect(record).toMatchObject({ status: 499, error_code: 'client_closed', model: 'flux-kontext-pro' });
+    const after = polls().length;
+    await sleep(300);
+    expect(polls().length).toBe(after);
+  });
+});
+
+/** A proxy like nginx with a short read timeout: it cuts a connection after `idleMs` without a byte from upstream. */
+async function startIdleCuttingProxy(target: string, idleMs: number): Promise<{ url: string; close(): Promise<void> }> {
+  const to = new URL(target);
+  const server: Server = createServer((req, res) => {
+    // As nginx's proxy_read_timeout: counted from the request on, reset by every byte of the answer.
+    let idle = setTimeout(() => cut(), idleMs);
+    const forward = httpRequest({ host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode ?? 502, answer.headers);
+      answer.on('data', (chunk) => {
+        clearTimeout(idle);
+        idle = setTimeout(() => cut(), idleMs);
+        res.write(chunk);
+      });
+      answer.on('end', () => {
+        clearTimeout(idle);
+        res.end();
+      });
+    });
+    function cut() {
+      forward.destroy();
+      res.destroy();
+    }
+    forward.on('error', () => res.destroy());
+    req.pipe(forward);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe('a render that outlasts a proxy’s idle timeout', () => {
+  let proxy: Awaited<ReturnType<typeof startIdleCuttingProxy>>;
+  beforeAll(async () => {
+    // The proxy cuts after 300 ms of silence; the gateway's keep-alive comes every 50 ms.
+    proxy = await startIdleCuttingProxy(base, 300);
+  });
+  afterAll(async () => proxy.close());
+  afterEach(() => {
+    h.simulator.holdTasks = false;
+  });
+
+  const through = (body: unknown) =>
+    fetch(`${proxy.url}/v1/generate`, { method: 'POST', headers: { ...h.auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+  it('arrives whole as a stream, kept alive through the silence', async () => {
+    h.simulator.holdTasks = true;
+    setTimeout(() => (h.simulator.holdTasks = false), 1200);
+    const res = await through({ model: 'flux-kontext-pro', prompt: 'a long render', stream: true });
+    const blocks = await readStream(res);
+    expect(blocks.filter((b) => b.comment === 'keepalive').length).toBeGreaterThan(3);
+    expect(eventsOf(blocks).at(-1)!.event).toBe('succeeded');
+  });
+
+  it('is cut without a stream (which is why streams keep alive)', async () => {
+    h.simulator.holdTasks = true;
+    setTimeout(() => (h.simulator.holdTasks = false), 1200);
+    const outcome = await through({ model: 'flux-kontext-pro', prompt: 'a long render' }).then(
+      (res) => res.text().then(() => 'answered'),
+      () => 'cut',
+    );
+    expect(outcome).toBe('cut');
+  });
+});
