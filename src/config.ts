@@ -132,7 +132,7 @@ const envSchema = z.object({
     message: 'IMAGE_URL_SECRET must be at least 32 characters',
   }),
   MAX_UPLOAD_BYTES: positiveInt('MAX_UPLOAD_BYTES', 25 * 1024 * 1024),
-  TASK_POLL_INTERVAL_MS: positiveInt('TASK_POLL_INTERVAL_MS', 1000),
+  TASK_POLL_INTERVAL_MS: positiveInt('TASK_POLL_INTERVAL_MS', 500),
   // The longest silence in an event stream before a `: keepalive` comment (proxies cut silent connections).
   STREAM_KEEPALIVE_MS: positiveInt('STREAM_KEEPALIVE_MS', 10_000),
   // The image store: S3-compatible object storage when S3_BUCKET is set, else files under DATA_DIR.

@@ -11,14 +11,14 @@ let demoConfig: Config | undefined;
 
 async function main(): Promise<void> {
   const simulatorKey = `sim-${randomBytes(12).toString('hex')}`;
-  const simulator = await startUpstreamSimulator({ apiKey: simulatorKey, taskPollsUntilReady: 2 });
+  // Async tasks take a few seconds, so a client can watch their progress.
+  const simulator = await startUpstreamSimulator({ apiKey: simulatorKey, taskReadyAfterMs: 4000 });
   const env: NodeJS.ProcessEnv = { ...process.env, AIHUBMIX_BASE_URL: simulator.url, AIHUBMIX_API_KEY: simulatorKey };
   let demoKey: string | undefined;
   if (!env.GATEWAY_API_KEYS && !env.GATEWAY_KEYS_FILE) {
     demoKey = `gk-demo-${randomBytes(16).toString('hex')}`;
     env.GATEWAY_API_KEYS = `demo:${demoKey}`;
   }
-  env.TASK_POLL_INTERVAL_MS ??= '300';
   // Never the real gateway's state: demo keys, jobs and images must not carry over to npm start.
   env.DATA_DIR ??= './data-demo';
   // A demo is for this machine unless the caller says otherwise.

@@ -1035,8 +1035,9 @@ describe.each(CASES.map((c) => [title(c), c] as const))('%s', (_title, c) => {
   if (c.upstream.polled) {
     it('polls the submitted task at GET /v1/tasks/<taskId> until it is ready', () => {
       const polls = received.slice(1);
-      // The harness's simulator answers Pending twice, then Ready.
-      expect(polls).toHaveLength(3);
+      // The harness's simulator answers Pending for a short while, then Ready: polling stops there.
+      expect(polls.length).toBeGreaterThan(0);
+      expect(polls.map((p) => p.taskStatus)).toEqual([...polls.slice(1).map(() => 'Pending'), 'Ready']);
       for (const poll of polls) {
         expect(poll.method).toBe('GET');
         expect(poll.path).toMatch(/^\/v1\/tasks\/sim-task-[0-9a-f-]+$/);

@@ -32,7 +32,7 @@ export async function startHarness(
   env: Record<string, string> = {},
   simulatorOptions: SimulatorOptions = {},
 ): Promise<Harness> {
-  const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskPollsUntilReady: 2, ...simulatorOptions });
+  const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30, ...simulatorOptions });
   const dataDir = mkdtempSync(join(tmpdir(), 'gw-test-'));
   const logs: string[] = [];
   const logStream = new Writable({

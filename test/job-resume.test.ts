@@ -80,7 +80,7 @@ async function jobWhen(id: string, done: (job: { status: string }) => boolean): 
 
 beforeAll(async () => {
   execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
-  simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskPollsUntilReady: 1 });
+  simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30 });
   port = await freePort();
 }, 60_000);
 

@@ -258,7 +258,7 @@ describe('limits settled by what really happened', () => {
   let h: Harness;
   let base: string;
   beforeAll(async () => {
-    h = await startHarness({ RATE_LIMIT_RPM: '1000' }, { taskPollsUntilReady: 1_000_000 });
+    h = await startHarness({ RATE_LIMIT_RPM: '1000' }, { taskReadyAfterMs: 3_600_000 });
     await h.app.listen({ port: 0, host: '127.0.0.1' });
     base = `http://127.0.0.1:${(h.app.server.address() as { port: number }).port}`;
   });

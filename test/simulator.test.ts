@@ -10,9 +10,11 @@ const IDEOGRAM_KEY = { 'api-key': API_KEY };
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 let sim: UpstreamSimulator;
+/** Long enough that a poll sent right after submission surely comes before it. */
+const TASK_READY_AFTER_MS = 800;
 
 beforeAll(async () => {
-  sim = await startUpstreamSimulator({ apiKey: API_KEY, taskPollsUntilReady: 2 });
+  sim = await startUpstreamSimulator({ apiKey: API_KEY, taskReadyAfterMs: TASK_READY_AFTER_MS });
 });
 
 afterAll(async () => {
@@ -168,19 +170,58 @@ describe('unified predictions', () => {
 });
 
 describe('task polling', () => {
-  async function submitAsync(prompt: string): Promise<string> {
+  async function submitAsync(prompt: string): Promise<{ taskId: string; submittedAt: number }> {
+    const submittedAt = Date.now();
     const response = await predict('bfl/flux-kontext-pro', { prompt });
     expect(response.status).toBe(200);
-    return (await readJson(response)).output[0].taskId;
+    return { taskId: (await readJson(response)).output[0].taskId, submittedAt };
   }
 
-  it('answers Pending for taskPollsUntilReady polls, then Ready with a sample url', async () => {
-    const taskId = await submitAsync('a deer drinking');
-    expect(await readJson(await pollTask(taskId))).toEqual({ id: taskId, status: 'Pending' });
-    expect(await readJson(await pollTask(taskId))).toEqual({ id: taskId, status: 'Pending' });
-    const ready = await readJson(await pollTask(taskId));
+  /** Every answer to polls 50 ms apart, up to the first that is not Pending, and when that one came. */
+  async function pollUntilFinal(taskId: string): Promise<{ answers: any[]; finalAt: number }> {
+    const answers: any[] = [];
+    for (let i = 0; i < 200; i++) {
+      const answer = await readJson(await pollTask(taskId));
+      answers.push(answer);
+      if (answer.status !== 'Pending') return { answers, finalAt: Date.now() };
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    throw new Error(`task ${taskId} stayed Pending`);
+  }
+
+  it('answers Pending with the share of taskReadyAfterMs gone by as progress, then Ready with a sample url', async () => {
+    const { taskId, submittedAt } = await submitAsync('a deer drinking');
+    const { answers, finalAt } = await pollUntilFinal(taskId);
+    const pending = answers.slice(0, -1);
+    expect(pending.length).toBeGreaterThan(1);
+    for (const answer of pending) {
+      expect(answer).toEqual({ id: taskId, status: 'Pending', progress: expect.any(Number) });
+      expect(answer.progress).toBeGreaterThanOrEqual(0);
+      expect(answer.progress).toBeLessThan(1);
+    }
+    const progress = pending.map((a) => a.progress as number);
+    expect(progress).toEqual([...progress].sort((a, b) => a - b));
+    expect(progress.at(-1)!).toBeGreaterThan(progress[0]!);
+    // Never Ready before its time.
+    expect(finalAt - submittedAt).toBeGreaterThanOrEqual(TASK_READY_AFTER_MS);
+    const ready = answers.at(-1);
     expect(ready.status).toBe('Ready');
     expect(await download(ready.result.sample)).toEqual(pngForPrompt('a deer drinking'));
+  });
+
+  it('keeps a task Pending past taskReadyAfterMs while holdTasks is set, short of full progress', async () => {
+    sim.holdTasks = true;
+    try {
+      const { taskId } = await submitAsync('held');
+      await new Promise((resolve) => setTimeout(resolve, TASK_READY_AFTER_MS + 100));
+      const held = await readJson(await pollTask(taskId));
+      expect(held.status).toBe('Pending');
+      expect(held.progress).toBeLessThan(1);
+      sim.holdTasks = false;
+      expect((await readJson(await pollTask(taskId))).status).toBe('Ready');
+    } finally {
+      sim.holdTasks = false;
+    }
   });
 
   it('answers 404 with status "Task not found" for an unknown task id', async () => {
@@ -191,38 +232,45 @@ describe('task polling', () => {
 
   it('ends a task submitted after failNext("task_error") with status Error', async () => {
     sim.failNext('task_error');
-    const taskId = await submitAsync('doomed');
-    await pollTask(taskId);
-    await pollTask(taskId);
-    expect(await readJson(await pollTask(taskId))).toEqual({
-      id: taskId,
-      status: 'Error',
-      details: 'simulated failure',
-    });
+    const { taskId } = await submitAsync('doomed');
+    const { answers } = await pollUntilFinal(taskId);
+    expect(answers[0].status).toBe('Pending');
+    expect(answers.at(-1)).toEqual({ id: taskId, status: 'Error', details: 'simulated failure' });
   });
 
   it('leaves task_error pending across synchronous calls until an async task is submitted', async () => {
     sim.failNext('task_error');
     expect((await predict('bfl/FLUX-1.1-pro', { prompt: 'sync' })).status).toBe(200);
-    const taskId = await submitAsync('async');
-    await pollTask(taskId);
-    await pollTask(taskId);
-    expect((await readJson(await pollTask(taskId))).status).toBe('Error');
+    const { taskId } = await submitAsync('async');
+    expect((await pollUntilFinal(taskId)).answers.at(-1).status).toBe('Error');
   });
 
   it('accepts an async submission under "moderated" and ends its task Content Moderated', async () => {
     sim.failNext('moderated');
-    const taskId = await submitAsync('forbidden');
-    await pollTask(taskId);
-    await pollTask(taskId);
-    expect(await readJson(await pollTask(taskId))).toEqual({ id: taskId, status: 'Content Moderated' });
+    const { taskId } = await submitAsync('forbidden');
+    const { answers } = await pollUntilFinal(taskId);
+    expect(answers[0].status).toBe('Pending');
+    expect(answers.at(-1)).toEqual({ id: taskId, status: 'Content Moderated' });
   });
 
   it('does not spend a pending fault on a poll', async () => {
-    const taskId = await submitAsync('patient');
+    const { taskId } = await submitAsync('patient');
     sim.failNext('http500');
     expect((await pollTask(taskId)).status).toBe(200);
     expect((await predict('bfl/FLUX-1.1-pro', { prompt: 'next' })).status).toBe(500);
+  });
+
+  it('records when each request arrived, and the status each task poll was answered with', async () => {
+    const before = Date.now();
+    const { taskId } = await submitAsync('stamped');
+    const after = Date.now();
+    expect(sim.received[0]!.at).toBeGreaterThanOrEqual(before);
+    expect(sim.received[0]!.at).toBeLessThanOrEqual(after);
+    expect(sim.received[0]!.taskStatus).toBeUndefined();
+    await pollUntilFinal(taskId);
+    await pollTask('no-such-task');
+    const statuses = sim.received.slice(1).map((r) => r.taskStatus);
+    expect(statuses).toEqual([...statuses.slice(2).map(() => 'Pending'), 'Ready', 'Task not found']);
   });
 });
 

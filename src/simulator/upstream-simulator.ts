@@ -26,6 +26,10 @@ export interface RecordedRequest {
   /** Multipart text fields; a repeated name gives an array. */
   fields?: Record<string, string | string[]>;
   files?: RecordedFile[];
+  /** When it arrived (Date.now()). */
+  at: number;
+  /** For a task poll: the status it was answered with ('Pending', 'Ready', ...). */
+  taskStatus?: string;
 }
 
 export type SimulatedFault =
@@ -51,7 +55,7 @@ export interface UpstreamSimulator {
    * makes the next `count` asynchronous tasks end in Error.
    */
   failNext(fault: SimulatedFault, count?: number): void;
-  /** While true, every async task answers Pending, however often it is polled (to catch a job mid-task). */
+  /** While true, every async task answers Pending, however long it has run (to catch a job mid-task). */
   holdTasks: boolean;
   /** The next `count` task polls answer 502 (a passing fault on a task already paid for). */
   failNextPolls(count: number): void;
@@ -73,8 +77,11 @@ export interface SimulatorOptions {
   brokeApiKeys?: string[];
   /** How long served image URLs live; default 10 minutes, like Flux's result URLs. */
   urlTtlMs?: number;
-  /** An async task answers Pending this many polls, then its outcome; default 2. */
-  taskPollsUntilReady?: number;
+  /**
+   * An async task answers Pending, with the fraction of this time gone by as its progress, until
+   * this long after its submission, then its outcome; default 4000 (long enough to watch progress).
+   */
+  taskReadyAfterMs?: number;
   /** Delay before every API answer; default 0. */
   latencyMs?: number;
 }
@@ -104,7 +111,7 @@ class SimulatedHttpError extends Error {
 interface SimulatedTask {
   prompt: string;
   outcome: 'ready' | 'error' | 'moderated';
-  polls: number;
+  submittedAt: number;
   sampleUrl?: string;
 }
 
@@ -129,7 +136,7 @@ class SimulatorState {
   constructor(
     readonly apiKey: string | undefined,
     readonly urlTtlMs: number,
-    readonly taskPollsUntilReady: number,
+    readonly taskReadyAfterMs: number,
     readonly latencyMs: number,
   ) {}
 
@@ -205,7 +212,7 @@ class SimulatorState {
 
   createTask(prompt: string, outcome: SimulatedTask['outcome']): { taskId: string; polling_url: string } {
     const taskId = `sim-task-${randomUUID()}`;
-    this.tasks.set(taskId, { prompt, outcome, polls: 0 });
+    this.tasks.set(taskId, { prompt, outcome, submittedAt: Date.now() });
     return { taskId, polling_url: `${this.baseUrl}/v1/tasks/${taskId}` };
   }
 
@@ -222,7 +229,7 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
   const sim = new SimulatorState(
     opts.apiKey,
     opts.urlTtlMs ?? 10 * 60 * 1000,
-    opts.taskPollsUntilReady ?? 2,
+    opts.taskReadyAfterMs ?? 4000,
     opts.latencyMs ?? 0,
   );
   sim.extraApiKeys = opts.extraApiKeys ?? [];
@@ -255,6 +262,7 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
         method: request.method,
         path: request.url.split('?')[0] ?? request.url,
         headers: { ...request.headers },
+        at: Date.now(),
       };
       sim.received.push(record);
       sim.recordOf.set(request, record);
@@ -348,20 +356,33 @@ function registerPredictionRoutes(api: FastifyInstance, sim: SimulatorState): vo
       sim.pollFaults -= 1;
       return reply.code(502).send(errorBody('openai', 'bad gateway', 'server_error'));
     }
-    const task = sim.tasks.get(id);
-    if (!task) return reply.code(404).send({ id, status: 'Task not found' });
-    task.polls += 1;
-    if (sim.holdTasks || task.polls <= sim.taskPollsUntilReady) return { id, status: 'Pending' };
-    switch (task.outcome) {
-      case 'error':
-        return { id, status: 'Error', details: 'simulated failure' };
-      case 'moderated':
-        return { id, status: 'Content Moderated' };
-      case 'ready':
-        task.sampleUrl ??= sim.imageUrl(task.prompt, 0);
-        return { id, status: 'Ready', result: { sample: task.sampleUrl } };
-    }
+    const answer = taskAnswer(sim, id);
+    const record = sim.recordOf.get(request);
+    if (record) record.taskStatus = answer.status;
+    return answer.status === 'Task not found' ? reply.code(404).send(answer) : answer;
   });
+}
+
+function taskAnswer(sim: SimulatorState, id: string): { id: string; status: string; [field: string]: unknown } {
+  const task = sim.tasks.get(id);
+  if (!task) return { id, status: 'Task not found' };
+  const elapsed = Date.now() - task.submittedAt;
+  if (sim.holdTasks || elapsed < sim.taskReadyAfterMs) return { id, status: 'Pending', progress: pendingProgress(elapsed, sim.taskReadyAfterMs) };
+  switch (task.outcome) {
+    case 'error':
+      return { id, status: 'Error', details: 'simulated failure' };
+    case 'moderated':
+      return { id, status: 'Content Moderated' };
+    case 'ready':
+      task.sampleUrl ??= sim.imageUrl(task.prompt, 0);
+      return { id, status: 'Ready', result: { sample: task.sampleUrl } };
+  }
+}
+
+/** The fraction of the task's time gone by, to two places; a held task stays short of done. */
+function pendingProgress(elapsedMs: number, readyAfterMs: number): number {
+  const fraction = readyAfterMs > 0 ? elapsedMs / readyAfterMs : 1;
+  return Math.min(Math.floor(fraction * 100) / 100, 0.99);
 }
 
 function registerOpenAiImageRoutes(api: FastifyInstance, sim: SimulatorState): void {

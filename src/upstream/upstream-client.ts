@@ -8,6 +8,7 @@ import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type Upstream
 import { FairQueue } from './fair-queue.js';
 import { LONG_BASE64_BYTES, MalformedReply, ReplyBrokeOff, ReplyTooLarge, parseImageReply, type Base64SinkFactory } from './image-reply-parser.js';
 import type { StagedImage } from '../images/image-library.js';
+import { nextPoll } from './task-poll-schedule.js';
 
 export interface UpstreamClientOptions {
   baseUrl: string;
@@ -22,7 +23,7 @@ export interface UpstreamClientOptions {
   retryBaseMs: number;
   /** How long a key upstream refused (401/403: bad key, no balance) is set aside. */
   keyCooldownMs: number;
-  /** First wait between task polls; it grows 1.5x per poll up to 5 s. */
+  /** Delay between task polls for the first 10 s after submission (see task-poll-schedule.ts). */
   pollIntervalMs: number;
   maxReplyBytes: number;
   maxDownloadBytes: number;
@@ -48,6 +49,13 @@ export interface TaskHooks {
   stageImage?: Base64SinkFactory<StagedImage>;
   /** With resumeTaskId: the tag of the key that submitted the task (tasks belong to an account). */
   resumeKeyTag?: string;
+  /**
+   * When UPSTREAM_TIMEOUT_MS runs out for this exchange (epoch ms, as Date.now()). Task polls never
+   * wait past it: the last one goes out just before it. Without it, polling goes on until aborted.
+   */
+  deadline?: number;
+  /** Called after every poll whose answer is not final, with upstream's progress when it gives a number. */
+  onProgress?: (progress: { status: string; progress?: number }) => void;
 }
 
 /** A short, non-reversible name for an upstream key, safe to store beside a task id. */
@@ -162,12 +170,13 @@ export class UpstreamClient {
         this.slots.release();
       }
     }
+    const acceptedAt = Date.now();
     const reply = normalizeOutput(body);
     if (!reply) throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
     if (reply.kind === 'task') {
       if (!hooks.resumeTaskId) await hooks.onTaskId?.(reply.taskId, keyTag(key!));
       // A task belongs to the account that submitted it: poll with the same key.
-      const images = await this.pollTask(reply.taskId, key ?? this.pickKey(), signal);
+      const images = await this.pollTask(reply.taskId, key ?? this.pickKey(), signal, hooks, acceptedAt);
       return { images, upstreamMs: Math.round(performance.now() - started) };
     }
     if (reply.images.length === 0) {
@@ -358,16 +367,43 @@ export class UpstreamClient {
     return new GatewayError('upstream_error', `upstream failed (HTTP ${status}): ${said}`, extra);
   }
 
-  /** Black Forest Labs-style task: Pending until Ready, Error or Moderated. */
-  private async pollTask(taskId: string, key: string, signal: AbortSignal): Promise<UpstreamImage[]> {
+  /**
+   * Black Forest Labs-style task: Pending until Ready, Error or Moderated. Polled on the schedule of
+   * task-poll-schedule.ts, from `acceptedAt` (when upstream accepted the task, or polling resumed).
+   */
+  private async pollTask(taskId: string, key: string, signal: AbortSignal, hooks: TaskHooks, acceptedAt: number): Promise<UpstreamImage[]> {
     const url = new URL(`/v1/tasks/${encodeURIComponent(taskId)}`, this.options.baseUrl);
-    let wait = this.options.pollIntervalMs;
+    let lastPollAt: number | undefined;
+    let previousDelayMs: number | undefined;
+    let retryAfterMs: number | undefined;
+    let lastBeforeDeadline = false;
     for (;;) {
-      await sleep(wait, undefined, { signal });
-      wait = Math.min(Math.round(wait * 1.5), 5000);
+      if (lastBeforeDeadline && hooks.deadline !== undefined) {
+        // No later poll could be answered in time: wait for the caller's deadline to abort the call.
+        await sleep(Math.max(0, hooks.deadline - Date.now()), undefined, { signal });
+        throw new GatewayError('upstream_timeout', 'the upstream task was not finished before the deadline');
+      }
+      const now = Date.now();
+      const next = nextPoll({
+        sinceSubmitMs: now - acceptedAt,
+        sinceLastPollMs: lastPollAt === undefined ? undefined : now - lastPollAt,
+        previousDelayMs,
+        intervalMs: this.options.pollIntervalMs,
+        msToDeadline: hooks.deadline === undefined ? undefined : hooks.deadline - now,
+        retryAfterMs,
+      });
+      await sleep(next.waitMs, undefined, { signal });
+      const sentAt = Date.now();
+      previousDelayMs = sentAt - (lastPollAt ?? acceptedAt);
+      lastPollAt = sentAt;
+      lastBeforeDeadline = next.last;
+      retryAfterMs = undefined;
       let body: Record<string, unknown> | null;
       try {
         const res = await this.call(url, { method: 'GET', headers: this.headers('bearer', key), signal });
+        // Any reply may say when to come back: a 200 Pending as well as a 429 or a 503.
+        const retryAfter = parseRetryAfter(res.headers['retry-after']);
+        if (retryAfter !== undefined) retryAfterMs = retryAfter * 1000;
         body = (await this.readJson(res, signal)) as Record<string, unknown> | null;
       } catch (err) {
         // The task is paid for: a passing fault while polling (5xx, throttling, a dropped connection,
@@ -393,7 +429,8 @@ export class UpstreamClient {
         const detail = upstreamErrorMessage(body) ?? (typeof body?.details === 'string' ? body.details : JSON.stringify(body?.details ?? ''));
         throw new GatewayError('upstream_error', `upstream task ended with ${status}: ${scrubSecrets(detail, ...this.options.apiKeys)}`, { upstreamStatus: 200 });
       }
-      // Pending, Queued, Processing, ...: keep waiting.
+      // Pending, Queued, Reasoning, Generating, ...: keep waiting.
+      if (status) reportProgress(hooks.onProgress, status, body?.progress);
     }
   }
 
@@ -444,6 +481,16 @@ export class UpstreamClient {
     }
     if (lastError instanceof GatewayError) throw lastError;
     throw new GatewayError('upstream_error', `downloading the upstream image failed: ${(lastError as Error).message}`, { cause: lastError });
+  }
+}
+
+/** Tells the caller how a pending task is doing; upstream's progress is passed on as given. */
+function reportProgress(onProgress: TaskHooks['onProgress'], status: string, progress: unknown): void {
+  if (!onProgress) return;
+  try {
+    onProgress(typeof progress === 'number' && Number.isFinite(progress) ? { status, progress } : { status });
+  } catch {
+    // An observer's fault must not fail a task already paid for.
   }
 }
 
