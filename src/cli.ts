@@ -4,9 +4,9 @@
  * GATEWAY_URL and GATEWAY_KEY. Node built-ins only (util.parseArgs, fetch), so the built dist/cli.js
  * runs without loading anything of the server.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readFile, writeFile } from 'node:fs/promises';
 import { basename, extname } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 
 const PROGRAM = 'image-gateway';
@@ -127,33 +127,91 @@ async function saveImages(result: Json, output: string | undefined): Promise<voi
 
 // ---------------------------------------------------------------- jobs
 
-/** Polls GET /v1/jobs/{id} until the job ends, showing its status on stderr; answers the success body. */
+/** The events of a `text/event-stream` body: `event:` and `data:` lines, blocks apart by a blank line; comments give `null`. */
+async function* serverSentEvents(body: AsyncIterable<Uint8Array>): AsyncGenerator<{ event: string; data: string } | null> {
+  const decoder = new TextDecoder();
+  let pending = '';
+  for await (const chunk of body) {
+    pending += decoder.decode(chunk, { stream: true });
+    let end: number;
+    while ((end = pending.indexOf('\n\n')) >= 0) {
+      const lines = pending.slice(0, end).split('\n');
+      pending = pending.slice(end + 2);
+      const event = lines.find((l) => l.startsWith('event: '))?.slice('event: '.length);
+      const data = lines.filter((l) => l.startsWith('data: ')).map((l) => l.slice('data: '.length)).join('\n');
+      yield event === undefined ? null : { event, data };
+    }
+  }
+}
+
+/**
+ * Follows a job's events (GET /v1/jobs/{id}/events) to its end, showing where it stands on stderr,
+ * and answers the success body. A stream that breaks off is opened again: it replays the job's state.
+ */
 async function waitForJob(gateway: Gateway, accepted: Json, timeoutSeconds: number): Promise<Json> {
   const started = Date.now();
   const live = process.stderr.isTTY === true;
+  const id = String(accepted.id);
   let shown = '';
-  let delayMs = 250;
-  let job = accepted;
-  for (;;) {
+  const show = (status: string) => {
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
-    if (live) process.stderr.write(`\r\x1b[K${job.id}: ${job.status} (${seconds} s)`);
-    else if (job.status !== shown) process.stderr.write(`${job.id}: ${job.status} (${seconds} s)\n`);
-    shown = job.status;
-    if (job.status === 'succeeded' || job.status === 'failed') break;
-    if (Date.now() - started > timeoutSeconds * 1000) {
-      if (live) process.stderr.write('\n');
-      throw new CliError(`${job.id} is still ${job.status} after ${timeoutSeconds} s; it goes on at the gateway: GET /v1/jobs/${job.id}`);
+    if (live) process.stderr.write(`\r\x1b[K${id}: ${status} (${seconds} s)`);
+    else if (status.split(' ')[0] !== shown) process.stderr.write(`${id}: ${status} (${seconds} s)\n`);
+    shown = status.split(' ')[0]!;
+  };
+  const end = (line: string) => {
+    if (live) process.stderr.write('\n');
+    return line;
+  };
+  const timeout = AbortSignal.timeout(timeoutSeconds * 1000);
+  const tooLong = () => new CliError(end(`${id} is still ${shown} after ${timeoutSeconds} s; it goes on at the gateway: GET /v1/jobs/${id}`));
+  let status = String(accepted.status);
+  show(status);
+  for (;;) {
+    let res: Response;
+    try {
+      res = await fetch(`${gateway.url}/v1/jobs/${encodeURIComponent(id)}/events`, { headers: { authorization: `Bearer ${gateway.key}` }, signal: timeout });
+    } catch (err) {
+      if (timeout.aborted) throw tooLong();
+      const cause = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
+      throw new CliError(end(`cannot reach the gateway at ${gateway.url} (GATEWAY_URL): ${cause}`));
     }
-    await sleep(delayMs);
-    delayMs = Math.min(2000, Math.round(delayMs * 1.5));
-    job = (await call(gateway, 'GET', `/v1/jobs/${encodeURIComponent(job.id)}`))!;
+    if (!res.ok) {
+      const text = await res.text();
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = undefined;
+      }
+      throw new CliError(end(describeError(res.status, parsed)));
+    }
+    try {
+      for await (const message of serverSentEvents(res.body as unknown as AsyncIterable<Uint8Array>)) {
+        // A keep-alive (null) only moves the clock on.
+        if (message?.event === 'succeeded') {
+          show('succeeded');
+          end('');
+          return JSON.parse(message.data) as Json;
+        }
+        if (message?.event === 'failed' || message?.event === 'error') {
+          show('failed');
+          const parsed = JSON.parse(message.data) as Json;
+          const error = (message.event === 'error' ? parsed.error : parsed) ?? {};
+          throw new CliError(end(`${id} failed: ${error.code ?? 'error'}: ${error.message ?? 'no reason given'}`));
+        }
+        if (message?.event === 'queued' || message?.event === 'running') status = message.event;
+        const progress = message?.event === 'progress' ? (JSON.parse(message.data) as Json).progress : undefined;
+        show(typeof progress === 'number' ? `${status} ${Math.round(progress * 100)} %` : status);
+      }
+    } catch (err) {
+      if (err instanceof CliError) throw err;
+      if (timeout.aborted) throw tooLong();
+      // The stream broke off (a proxy, a restart): open it again.
+    }
+    if (timeout.aborted) throw tooLong();
+    await sleep(500);
   }
-  if (live) process.stderr.write('\n');
-  if (job.status === 'failed') {
-    const error = job.error ?? {};
-    throw new CliError(`${job.id} failed: ${error.code ?? 'error'}: ${error.message ?? 'no reason given'}`);
-  }
-  return job.result;
 }
 
 // ---------------------------------------------------------------- commands

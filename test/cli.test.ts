@@ -120,6 +120,18 @@ describe('generate', () => {
     expect(submissions()[0]!.json).toMatchObject({ input: { aspect_ratio: '16:9', safety_tolerance: 2 } });
   });
 
+  it('stops waiting after --timeout, saying the job goes on at the gateway', async () => {
+    h.simulator.holdTasks = true;
+    try {
+      const run = await cli(['generate', '-m', 'flux-kontext-pro', '--timeout', '1', '-o', 'late.png', 'held']);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/image-gateway: (job_\S+) is still running after 1 s; it goes on at the gateway: GET \/v1\/jobs\/\1/);
+      expect(existsSync(join(workDir, 'late.png'))).toBe(false);
+    } finally {
+      h.simulator.holdTasks = false;
+    }
+  });
+
   it('a job that fails upstream ends with the gateway’s reason and exit code 1', async () => {
     h.simulator.failNext('http500');
     const run = await cli(['generate', '-m', 'gpt-image-1', '-o', 'never.png', 'x']);

@@ -105,6 +105,18 @@ describe('docker/compose.yaml', () => {
     expect(conf).toMatch(/proxy_pass http:\/\/gateway;/);
     expect(services.nginx!.volumes).toContain('./nginx.conf:/etc/nginx/nginx.conf:ro');
   });
+
+  it('nginx passes event streams on unbuffered and outlasts a long render', () => {
+    const conf = readFileSync(join(dockerDir, 'nginx.conf'), 'utf8');
+    expect(conf).toMatch(/^\s*proxy_buffering off;/m);
+    // The gateway's own X-Accel-Buffering: no must not be ignored either.
+    expect(conf).not.toMatch(/proxy_ignore_headers[^;]*X-Accel-Buffering/i);
+    expect(conf).not.toMatch(/^\s*gzip on;/m);
+    // Longer than UPSTREAM_TIMEOUT_MS's default (180 s) and than the longest long-poll (60 s).
+    const seconds = (name: string) => Number(new RegExp(`^\\s*${name} (\\d+)s;`, 'm').exec(conf)?.[1]);
+    expect(seconds('proxy_read_timeout')).toBeGreaterThan(180);
+    expect(seconds('proxy_send_timeout')).toBeGreaterThan(180);
+  });
 });
 
 describe('docker/k8s', () => {

@@ -132,11 +132,82 @@ describe('every catalogue model through the SDK', () => {
     expect(submissions()).toHaveLength(1);
   });
 
+  it.each(generators)('images.generate with %s, streamed', async (model) => {
+    const events = [];
+    for await (const event of await client.images.generate({ model, prompt: `every model streamed: ${model}`, stream: true })) events.push(event);
+    expect(events.map((e) => e.type)).toEqual(['image_generation.completed']);
+    expect(Buffer.from(events[0]!.b64_json, 'base64').length).toBeGreaterThan(0);
+    expect(submissions()).toHaveLength(1);
+  });
+
   it.each(editors)('images.edit with %s', async (model) => {
     const res = await client.images.edit({ model, prompt: `every model: ${model}`, image: await png(), response_format: 'b64_json' });
     expect(res.data).toHaveLength(1);
     expect(Buffer.from(res.data![0]!.b64_json!, 'base64').subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
     expect(submissions()).toHaveLength(1);
+  });
+});
+
+describe('streaming through the SDK (stream: true)', () => {
+  /** Every event a streamed call yields, as the SDK hands them out. */
+  async function collect(stream: AsyncIterable<any>): Promise<any[]> {
+    const events = [];
+    for await (const event of stream) events.push(event);
+    return events;
+  }
+
+  it.each(['gpt-image-1', 'flux-kontext-pro'])('images.generate with %s yields one image_generation.completed per image, in OpenAI’s shape', async (model) => {
+    const n = model === 'gpt-image-1' ? 2 : 1;
+    const stream = await client.images.generate({ model, prompt: 'a streamed otter', n, stream: true, partial_images: 2 });
+    const events = await collect(stream);
+    expect(events).toHaveLength(n);
+    for (const event of events) {
+      expect(event.type).toBe('image_generation.completed');
+      expect(openApiProblems('OpenAiImageEvent', event)).toEqual([]);
+      expect(Buffer.from(event.b64_json, 'base64').subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
+      expect(event.size).toMatch(/^\d+x\d+$/);
+      expect(event.output_format).toBe('png');
+      expect(event.usage.images).toBe(n);
+    }
+    if (model === 'gpt-image-1') expect(events[0].usage.total_tokens).toBeGreaterThan(0);
+    else expect(events[0].usage).toMatchObject({ input_tokens: 0, output_tokens: 0, total_tokens: 0 });
+    expect(submissions()).toHaveLength(1);
+  });
+
+  it.each(['gpt-image-1', 'flux-kontext-pro'])('images.edit with %s yields image_edit.completed', async (model) => {
+    const stream = await client.images.edit({ model, prompt: 'a streamed hat', image: await png(), stream: true });
+    const events = await collect(stream);
+    expect(events.map((e) => e.type)).toEqual(['image_edit.completed']);
+    expect(openApiProblems('OpenAiImageEvent', events[0])).toEqual([]);
+    expect(Buffer.from(events[0].b64_json, 'base64').subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
+  });
+
+  it('a failure after the headers is an `error` event, which the SDK throws as an APIError', async () => {
+    h.simulator.failNext('http500');
+    const stream = await client.images.generate({ model: 'gpt-image-1', prompt: 'fails upstream', stream: true });
+    const err = await collect(stream).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(APIError);
+    expect((err as APIError).type).toBe('server_error');
+    h.simulator.failNext('http500');
+    const raw = await fetch(`${baseURL}/images/generations`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-image-1', prompt: 'fails upstream', stream: true }),
+    });
+    expect(raw.status).toBe(200);
+    const text = await raw.text();
+    const block = text.split('\n\n').find((b) => b.startsWith('event: error'))!;
+    const data = JSON.parse(block.split('\n')[1]!.slice('data: '.length));
+    expect(data).toEqual({ type: 'error', error: { message: expect.stringMatching(/upstream failed/), type: 'server_error', param: null, code: 'upstream_error' } });
+    expect(openApiProblems('OpenAiStreamError', data)).toEqual([]);
+  });
+
+  it('refuses partial_images outside 0..3 before the stream opens', async () => {
+    const err = await client.images.generate({ model: 'gpt-image-1', prompt: 'x', stream: true, partial_images: 4 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(APIError);
+    expect((err as APIError).status).toBe(400);
+    expect((err as APIError).param).toBe('partial_images');
+    expect(submissions()).toHaveLength(0);
   });
 });
 

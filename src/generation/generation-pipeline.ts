@@ -165,6 +165,7 @@ export class GenerationPipeline {
     try {
       return await this.deps.generation.run(prepared, {
         signal: cancel.signal,
+        deadline: Date.now() + this.deps.upstreamTimeoutMs,
         publicBaseUrl: call.publicBaseUrl,
         owner: { keyId: call.client.id, team: call.client.team },
         onEvent,

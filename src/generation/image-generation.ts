@@ -74,7 +74,15 @@ export class ImageGeneration {
    */
   async run(
     prepared: PreparedGeneration,
-    ctx: { signal: AbortSignal; publicBaseUrl: string; task?: TaskHooks; owner?: ImageOwner; onEvent?: (event: ProgressEvent) => void },
+    ctx: {
+      signal: AbortSignal;
+      publicBaseUrl: string;
+      task?: TaskHooks;
+      owner?: ImageOwner;
+      /** When UPSTREAM_TIMEOUT_MS runs out (Date.now() ms): a task is polled one last time just before it. */
+      deadline?: number;
+      onEvent?: (event: ProgressEvent) => void;
+    },
   ): Promise<GenerationResult> {
     const { request, model, route } = prepared;
     const report = ctx.onEvent ?? (() => {});
@@ -101,6 +109,7 @@ export class ImageGeneration {
       produced = await this.deps.upstream.generate(prepared.upstream, ctx.signal, {
         ...task,
         ...(ctx.owner ? { queueOwner: ctx.owner.team } : {}),
+        ...(ctx.deadline !== undefined ? { deadline: ctx.deadline } : {}),
         stageImage,
         // An asynchronous model has the request once it answers with a task; any other once it is sent.
         onSent: async () => {
@@ -111,6 +120,7 @@ export class ImageGeneration {
           await task.onTaskId?.(taskId, keyTag);
           report({ type: 'running', task_id: taskId });
         },
+        onProgress: ({ status, progress }) => report({ type: 'progress', upstream_status: status, ...(progress !== undefined ? { progress } : {}) }),
       });
       const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
       images = await Promise.all(

@@ -427,6 +427,7 @@ export class JobRunner {
   ): Promise<void> {
     const row = await this.get(id);
     if (!row) return;
+    const deadlineAt = Date.now() + this.o.upstreamTimeoutMs;
     const deadline = AbortSignal.timeout(this.o.upstreamTimeoutMs);
     const signal = AbortSignal.any([stop, deadline]);
     let result: GenerationResult | undefined;
@@ -437,6 +438,7 @@ export class JobRunner {
         signal,
         publicBaseUrl: row.public_base_url,
         owner: { keyId: row.key_id, team: row.team },
+        deadline: deadlineAt,
         onEvent: (event) => this.o.events.publish(id, event),
         task: {
           ...(resumeTaskId ? { resumeTaskId, ...(row.upstream_key_tag ? { resumeKeyTag: row.upstream_key_tag } : {}) } : {}),
