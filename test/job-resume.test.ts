@@ -132,6 +132,32 @@ describe('a gateway killed mid-job', () => {
   }, 60_000);
 });
 
+describe('a gateway killed while a job waits for an upstream slot', () => {
+  it('leaves it queued, and the restarted gateway sends it once', async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
+    simulator.reset();
+    // One slot, held by a call that never answers: the second job waits for it, never sent.
+    simulator.failNext('hang');
+    const first = await startGateway({ UPSTREAM_MAX_CONCURRENCY: '1' });
+    const holder: Json = await (await api('/v1/generate', { method: 'POST', body: JSON.stringify({ model: 'gpt-image-1', prompt: 'holds the slot', async: true }) })).json();
+    for (let i = 0; i < 200 && simulator.received.length === 0; i++) await sleep(20);
+    const waiting: Json = await (await api('/v1/generate', { method: 'POST', body: JSON.stringify({ model: 'gpt-image-1', prompt: 'waits for a slot', async: true }) })).json();
+    expect((await jobWhen(waiting.id, () => true)).status).toBe('queued');
+    await kill9(first);
+
+    await startGateway({ UPSTREAM_MAX_CONCURRENCY: '1' });
+    const job = await jobWhen(waiting.id, (j) => j.status === 'succeeded' || j.status === 'failed');
+    expect(job.status).toBe('succeeded');
+    const sent = (prompt: string) => simulator.received.filter((r) => r.method === 'POST' && JSON.stringify(r.json ?? '').includes(prompt));
+    expect(sent('waits for a slot')).toHaveLength(1);
+    // The one in flight is not sent again.
+    expect((await jobWhen(holder.id, (j) => j.status === 'failed')).error.message).toMatch(/not sent again/);
+    expect(sent('holds the slot')).toHaveLength(1);
+    await kill9(children.at(-1)!);
+    rmSync(dataDir, { recursive: true, force: true });
+  }, 60_000);
+});
+
 describe("the server process's log on standard output", () => {
   it('carries each request line within a second, and what was buffered when it stops on SIGTERM', async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'gw-log-'));

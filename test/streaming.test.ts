@@ -155,6 +155,10 @@ describe('"stream": true on the gateway’s own routes', () => {
     }).catch(() => {});
     const record = await usageRecordOf(requestId);
     expect(record).toMatchObject({ status: 499, error_code: 'client_closed', model: 'flux-kontext-pro' });
+    // The same one place writes the log line and the metrics of a request whose client left.
+    expect(h.logs.some((l) => l.includes(`"reqId":"${requestId}"`) && l.includes('"status":499') && l.includes('request completed'))).toBe(true);
+    const metrics = (await h.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(metrics).toMatch(/gateway_http_requests_total\{route="\/v1\/generate",model="flux-kontext-pro",team="design",status="499"\} [1-9]/);
     const after = polls().length;
     await sleep(300);
     expect(polls().length).toBe(after);
