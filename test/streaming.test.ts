@@ -86,9 +86,10 @@ describe('"stream": true on the gateway’s own routes', () => {
     const events = eventsOf(parseSse(await res.text()));
     const names = events.map((e) => e.event);
     expect(names[0]).toBe('queued');
-    const running = events.find((e) => e.event === 'running')!;
-    expect(running.data.task_id).toMatch(/^sim-task-/);
-    expect(polls()[0]!.path).toBe(`/v1/tasks/${running.data.task_id}`);
+    // Running once sent, then again with the task id once upstream accepted the task.
+    const running = events.filter((e) => e.event === 'running');
+    expect(running.map((e) => e.data)).toEqual([{}, { task_id: expect.stringMatching(/^sim-task-/) }]);
+    expect(polls()[0]!.path).toBe(`/v1/tasks/${running[1]!.data.task_id}`);
     const progress = events.filter((e) => e.event === 'progress');
     expect(progress.length).toBeGreaterThan(0);
     for (const p of progress) {

@@ -3,9 +3,9 @@ import type { GenerationResult, ImageResult } from './image-generation.js';
 
 /**
  * What a generation reports as it goes, in order: `queued` (waiting for an upstream slot),
- * `running` (upstream has it; the task id when the model answers with a task), `progress` (where
- * upstream reports it), `image` (each image once it is stored), then one of `succeeded` or
- * `failed`. Direct calls, jobs, the gateway's streams and the OpenAI façade all read these.
+ * `running` (sent upstream; again with the task id once an asynchronous model accepted the task),
+ * `progress` (where upstream reports it), `image` (each image once it is stored), then one of
+ * `succeeded` or `failed`. Direct calls, jobs, the gateway's streams and the OpenAI façade all read these.
  */
 export type GenerationEvent =
   | { type: 'queued'; job_id?: string }

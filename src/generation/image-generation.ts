@@ -111,10 +111,10 @@ export class ImageGeneration {
         ...(ctx.owner ? { queueOwner: ctx.owner.team } : {}),
         ...(ctx.deadline !== undefined ? { deadline: ctx.deadline } : {}),
         stageImage,
-        // An asynchronous model has the request once it answers with a task; any other once it is sent.
+        // Running once sent; an asynchronous model says so again with its task id once it accepted the task.
         onSent: async () => {
           await task.onSent?.();
-          if (!route.async) report({ type: 'running' });
+          report({ type: 'running' });
         },
         onTaskId: async (taskId, keyTag) => {
           await task.onTaskId?.(taskId, keyTag);
