@@ -26,7 +26,7 @@ import { imageFilesPlugin } from './routes/image-file-routes.js';
 import { UrlSigner } from './images/url-signer.js';
 import { ImageGeneration } from './generation/image-generation.js';
 import { imageRoutes } from './routes/image-routes.js';
-import { ClientGone, GenerationPipeline } from './generation/generation-pipeline.js';
+import { ClientGone, GenerationPipeline, idempotencyScope } from './generation/generation-pipeline.js';
 import { JobEventBus } from './jobs/job-events.js';
 import { requestRecordsPlugin } from './observability/request-records.js';
 import { docsRoutes } from './routes/docs-routes.js';
@@ -56,6 +56,11 @@ declare module 'fastify' {
     generation: ImageGeneration;
     /** Every generate and edit runs through it: checks, limits, direct or as a job, events. */
     pipeline: GenerationPipeline;
+    /**
+     * Aborts when the gateway starts to stop: open-ended waits (a job's event stream, a long-poll)
+     * end then, so a graceful stop does not wait for jobs that will finish elsewhere.
+     */
+    stopping: AbortSignal;
     /** SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL. */
     db: Database;
     jobs: JobRunner;
@@ -247,6 +252,11 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     'pipeline',
     new GenerationPipeline({ catalogue, generation, limits: app.limits, jobs, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, keepPrompts: config.LOG_PROMPTS }),
   );
+  const stopping = new AbortController();
+  app.decorate('stopping', stopping.signal);
+  app.addHook('preClose', async () => {
+    stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1 }));
+  });
   app.addHook('onReady', async () => {
     if (redis) await redis.connect().catch((err) => app.log.warn({ err }, 'redis is unavailable at start: limits are counted in this replica only'));
     await jobEvents.start();
@@ -281,7 +291,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   const spendsMoney = async (request: FastifyRequest, client: Client): Promise<boolean> => {
     if (request.routeOptions.config?.spendsMoney !== true) return false;
     const idempotencyKey = request.headers['idempotency-key'];
-    return typeof idempotencyKey !== 'string' || !(await jobs.idempotencyKeyClaimed(`${client.id}:${idempotencyKey}`));
+    return typeof idempotencyKey !== 'string' || !(await jobs.idempotencyKeyClaimed(idempotencyScope(client, idempotencyKey)));
   };
   const rpmOf = (client: Client | undefined) => client?.rpm ?? config.RATE_LIMIT_RPM;
   await app.register(rateLimit, {

@@ -194,12 +194,13 @@ async function waitForJob(gateway: Gateway, accepted: Json, timeoutSeconds: numb
           end('');
           return JSON.parse(message.data) as Json;
         }
-        if (message?.event === 'failed' || message?.event === 'error') {
+        if (message?.event === 'failed') {
           show('failed');
-          const parsed = JSON.parse(message.data) as Json;
-          const error = (message.event === 'error' ? parsed.error : parsed) ?? {};
+          const error = (JSON.parse(message.data) as Json) ?? {};
           throw new CliError(end(`${id} failed: ${error.code ?? 'error'}: ${error.message ?? 'no reason given'}`));
         }
+        // Following broke off at the gateway (a replica stopping, say), not the job: follow again.
+        if (message?.event === 'error') break;
         if (message?.event === 'queued' || message?.event === 'running') status = message.event;
         const progress = message?.event === 'progress' ? (JSON.parse(message.data) as Json).progress : undefined;
         show(typeof progress === 'number' ? `${status} ${Math.round(progress * 100)} %` : status);

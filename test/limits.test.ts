@@ -191,6 +191,19 @@ describe('reads and requests that can cost money count in buckets of their own',
     }
   });
 
+  it('an idempotent replay reserves nothing: it is answered when the key’s images_per_day is spent', async () => {
+    const key = await mint(h, { images_per_day: 1 });
+    const retry = { 'idempotency-key': `quota-${randomBytes(4).toString('hex')}` };
+    const first = await generate(key, { model: 'gpt-image-1', prompt: 'the only one today' }, retry);
+    expect(first.statusCode).toBe(200);
+    const replayed = await generate(key, { model: 'gpt-image-1', prompt: 'the only one today' }, retry);
+    expect(replayed.statusCode).toBe(200);
+    expect(replayed.json().images[0].url).toBe(first.json().images[0].url);
+    const another = await generate(key, { model: 'gpt-image-1', prompt: 'one more' });
+    expect(another.statusCode).toBe(429);
+    expect(another.json().error.message).toMatch(/images_per_day/);
+  });
+
   it('an idempotent replay is a read: it is answered when the key’s rpm is spent', async () => {
     const key = await mint(h, { rpm: 1 });
     const retry = { 'idempotency-key': `replay-${randomBytes(4).toString('hex')}` };

@@ -167,10 +167,18 @@ describe('streaming through the SDK (stream: true)', () => {
       expect(Buffer.from(event.b64_json, 'base64').subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
       expect(event.size).toMatch(/^\d+x\d+$/);
       expect(event.output_format).toBe('png');
-      expect(event.usage.images).toBe(n);
+      expect(event.usage.images).toBe(1);
     }
-    if (model === 'gpt-image-1') expect(events[0].usage.total_tokens).toBeGreaterThan(0);
-    else expect(events[0].usage).toMatchObject({ input_tokens: 0, output_tokens: 0, total_tokens: 0 });
+    // Each event carries its image's share: together, the request's usage.
+    const sum = (name: string) => events.reduce((total, e) => total + e.usage[name], 0);
+    if (model === 'gpt-image-1') {
+      // The simulator reports 10 input tokens and 100 output tokens per image.
+      expect(sum('total_tokens')).toBe(210);
+      expect(events.map((e) => e.usage.output_tokens)).toEqual([100, 100]);
+      expect(events.map((e) => e.usage.input_tokens)).toEqual([5, 5]);
+    } else {
+      expect(events[0].usage).toMatchObject({ input_tokens: 0, output_tokens: 0, total_tokens: 0 });
+    }
     expect(submissions()).toHaveLength(1);
   });
 

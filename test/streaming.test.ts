@@ -67,6 +67,9 @@ describe('"stream": true on the gateway’s own routes', () => {
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
     expect(res.headers.get('x-request-id')).toMatch(/^req_/);
+    // nginx (docker/nginx.conf) passes on what is marked so without buffering it.
+    expect(res.headers.get('x-accel-buffering')).toBe('no');
+    expect(res.headers.get('cache-control')).toBe('no-cache, no-transform');
     const events = eventsOf(parseSse(await res.text()));
     expect(events.map((e) => e.event)).toEqual(['queued', 'running', 'image', 'image', 'succeeded']);
     const succeeded = events.at(-1)!.data;

@@ -68,6 +68,11 @@ export interface GenerationPipelineDeps {
   keepPrompts: boolean;
 }
 
+/** Idempotency-Keys are the client key's own: the same string from two keys names two requests. */
+export function idempotencyScope(client: Client, idempotencyKey: string): string {
+  return `${client.id}:${idempotencyKey}`;
+}
+
 /** What a failure is in the gateway's terms; anything unforeseen is an internal error. */
 export function asFailure(err: unknown): GatewayError {
   return err instanceof GatewayError ? err : new GatewayError('internal_error', 'internal error', { cause: err });
@@ -106,7 +111,11 @@ export class GenerationPipeline {
     this.deps.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
     const images = outcome.imagesRequested;
     const unitPrice = pricePerImage(prepared.route.price, request.options);
-    const reservation = await this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
+    // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
+    const reservation =
+      call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)))
+        ? this.deps.limits.nothingReserved(client)
+        : await this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
     let started = false;
     return {
       headers: reservation.headers,
@@ -122,10 +131,9 @@ export class GenerationPipeline {
     const { outcome } = call;
     const viaJobs = call.request.async || call.idempotencyKey !== undefined;
     const job = { created: false };
+    let answer: GenerationAnswer;
     try {
-      const answer: GenerationAnswer = viaJobs
-        ? await this.viaJob(call, prepared, reservation, job, onEvent)
-        : { kind: 'result', result: await this.directly(call, prepared, onEvent) };
+      answer = viaJobs ? await this.viaJob(call, prepared, reservation, job, onEvent) : { kind: 'result', result: await this.directly(call, prepared, onEvent) };
       if (answer.kind === 'result') {
         const { result } = answer;
         if (!viaJobs) await this.deps.limits.settle(reservation, result.images.length, result.usage.estimated_cost_usd);
@@ -140,9 +148,7 @@ export class GenerationPipeline {
           outcome.upstreamMs = result.usage.upstream_ms;
           if (result.usage.upstream_tokens) outcome.upstreamTokens = result.usage.upstream_tokens;
         }
-        onEvent({ type: 'succeeded', result });
       }
-      return answer;
     } catch (err) {
       // A caller that leaves does not get its images back: upstream may have made (and charged) them.
       if (call.signal.aborted && call.signal.reason instanceof ClientGone) throw new ClientGone();
@@ -152,6 +158,9 @@ export class GenerationPipeline {
       onEvent({ type: 'failed', error: failure });
       throw failure;
     }
+    // Told once all is settled: nothing a listener does can undo the request's bookkeeping.
+    if (answer.kind === 'result') onEvent({ type: 'succeeded', result: answer.result });
+    return answer;
   }
 
   private async directly(call: GenerationCall, prepared: PreparedGeneration, onEvent: ReportEvent): Promise<GenerationResult> {
@@ -190,7 +199,7 @@ export class GenerationPipeline {
   ): Promise<GenerationAnswer> {
     const { client, idempotencyKey } = call;
     const jobs = this.deps.jobs;
-    const scope = idempotencyKey ? `${client.id}:${idempotencyKey}` : undefined;
+    const scope = idempotencyKey ? idempotencyScope(client, idempotencyKey) : undefined;
     const { jobId, first } = await jobs.create(
       jobs.newJobId(),
       prepared,

@@ -34,6 +34,8 @@ interface Envelope {
 export class JobEventBus {
   private readonly listeners = new Map<string, Set<Listener>>();
   private subscriber: Redis | undefined;
+  /** The subscription has been made; ioredis makes it again after each reconnection. */
+  private subscribed = false;
 
   constructor(
     private readonly replicaId: string,
@@ -43,26 +45,31 @@ export class JobEventBus {
 
   /** Whether notices from other replicas arrive: they do through a connected Redis subscription. */
   get sharedAcrossReplicas(): boolean {
-    return this.subscriber?.status === 'ready';
+    return this.subscribed && this.subscriber?.status === 'ready';
   }
 
   async start(): Promise<void> {
     if (!this.publisher) return;
     // A connection in subscriber mode can do nothing else: this one is the bus's own.
-    const subscriber = this.publisher.duplicate({ lazyConnect: true, enableOfflineQueue: true });
+    // Its commands wait for Redis however long it is down (no retry limit), in the offline queue.
+    const subscriber = this.publisher.duplicate({ lazyConnect: true, enableOfflineQueue: true, maxRetriesPerRequest: null });
     subscriber.on('error', () => {}); // ioredis reconnects; followers read the job store meanwhile.
     subscriber.on('message', (_channel: string, message: string) => this.receive(message));
     this.subscriber = subscriber;
-    try {
-      await subscriber.connect();
-      await subscriber.subscribe(CHANNEL);
-    } catch (err) {
-      this.log.warn({ err }, 'redis is unavailable: job events of other replicas are read from the job store until it answers');
-    }
+    // Not awaited (the command connects): with Redis down at start, the subscription waits and is
+    // made once Redis answers; meanwhile followers read the job store.
+    subscriber.subscribe(CHANNEL).then(
+      () => (this.subscribed = true),
+      (err: unknown) => {
+        if (this.subscriber) this.log.warn({ err }, 'job events could not be subscribed to in redis: other replicas’ job events are read from the job store');
+      },
+    );
   }
 
   async close(): Promise<void> {
-    this.subscriber?.disconnect();
+    const subscriber = this.subscriber;
+    this.subscriber = undefined;
+    subscriber?.disconnect();
     this.listeners.clear();
   }
 
@@ -81,6 +88,8 @@ export class JobEventBus {
     this.deliver(jobId, notice);
     if (!this.publisher || this.publisher.status !== 'ready') return;
     // Image bytes stay out of Redis: a follower elsewhere reads a base64 image back from the image store.
+    // Previews are this replica's own: their bytes stay out of Redis.
+    if (notice.type === 'partial_image') return;
     let shared = notice;
     if (notice.type === 'image' && notice.image.b64_json !== undefined) {
       const { b64_json: _bytes, ...image } = notice.image;

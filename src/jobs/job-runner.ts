@@ -411,11 +411,11 @@ export class JobRunner {
   private launch(id: string, prepared: PreparedGeneration | undefined, resumeTaskId: string | undefined): void {
     const controller = new AbortController();
     // A stop may cut a job short where nothing is lost: before it is sent, or once its task id is kept.
-    const progress = { sent: false, taskKnown: resumeTaskId !== undefined };
+    const progress = { sending: false, taskKnown: resumeTaskId !== undefined };
     const done = this.execute(id, prepared, resumeTaskId, controller.signal, progress)
       .catch((err) => this.o.log.error({ err, job_id: id }, 'job bookkeeping failed'))
       .finally(() => this.active.delete(id));
-    this.active.set(id, { controller, done, resumable: () => progress.taskKnown || !progress.sent });
+    this.active.set(id, { controller, done, resumable: () => progress.taskKnown || !progress.sending });
   }
 
   private async execute(
@@ -423,7 +423,7 @@ export class JobRunner {
     given: PreparedGeneration | undefined,
     resumeTaskId: string | undefined,
     stop: AbortSignal,
-    progress: { sent: boolean; taskKnown: boolean },
+    progress: { sending: boolean; taskKnown: boolean },
   ): Promise<void> {
     const row = await this.get(id);
     if (!row) return;
@@ -439,14 +439,22 @@ export class JobRunner {
         publicBaseUrl: row.public_base_url,
         owner: { keyId: row.key_id, team: row.team },
         deadline: deadlineAt,
-        onEvent: (event) => this.o.events.publish(id, event),
+        // A job's queued is told from its row.
+        onEvent: (event) => {
+          if (event.type !== 'queued') this.o.events.publish(id, event);
+        },
         task: {
           ...(resumeTaskId ? { resumeTaskId, ...(row.upstream_key_tag ? { resumeKeyTag: row.upstream_key_tag } : {}) } : {}),
           // A job is queued until it has an upstream slot: one that dies queued is sent again elsewhere.
+          // Sent only while this replica's lease holds, renewed here: no other replica can send it too.
           onSent: async () => {
-            const mine = await this.o.db.run("UPDATE jobs SET status = 'running', updated_at = $1 WHERE id = $2 AND lease_owner = $3", [Date.now(), id, this.instanceId]);
+            progress.sending = true;
+            const now = Date.now();
+            const mine = await this.o.db.run(
+              "UPDATE jobs SET status = 'running', lease_until = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND lease_until > $2",
+              [now + this.o.leaseMs, now, id, this.instanceId],
+            );
             if (mine === 0) throw new LeaseLost();
-            progress.sent = true;
           },
           onTaskId: async (taskId, keyTag) => {
             await this.o.db.run('UPDATE jobs SET upstream_task_id = $1, upstream_key_tag = $2, updated_at = $3 WHERE id = $4', [taskId, keyTag, Date.now(), id]);
@@ -455,8 +463,12 @@ export class JobRunner {
         },
       });
     } catch (err) {
-      if (err instanceof LeaseLost) return; // another replica holds the job now, and sends it
-      if (stop.aborted && !deadline.aborted) return; // shutting down: another replica or the next start resumes it
+      // Another replica holds the job now, or will once this one has stopped: it carries the job on.
+      // The reservation stays counted, for the images the job will make there.
+      if (err instanceof LeaseLost || (stop.aborted && !deadline.aborted)) {
+        this.finishWatchers.delete(id);
+        return;
+      }
       failure = deadline.aborted
         ? new GatewayError('upstream_timeout', `no complete upstream answer within ${this.o.upstreamTimeoutMs} ms`)
         : err instanceof GatewayError
@@ -518,9 +530,10 @@ export class JobRunner {
     let taken = 0;
     for (const job of candidates) {
       if (this.active.has(job.id)) continue;
+      // Claimed only as read: a replica that sent the job (or learned its task) since then keeps it.
       const claimed = await this.o.db.run(
-        "UPDATE jobs SET lease_owner = $1, lease_until = $2, updated_at = $3 WHERE id = $4 AND status IN ('queued', 'running') AND lease_until < $3",
-        [this.instanceId, now + this.o.leaseMs, now, job.id],
+        "UPDATE jobs SET lease_owner = $1, lease_until = $2, updated_at = $3 WHERE id = $4 AND status = $5 AND COALESCE(upstream_task_id, '') = $6 AND lease_until < $3",
+        [this.instanceId, now + this.o.leaseMs, now, job.id, job.status, job.upstream_task_id ?? ''],
       );
       if (claimed !== 1) continue;
       taken++;

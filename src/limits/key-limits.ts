@@ -134,6 +134,12 @@ export class KeyLimits {
     return reservation;
   }
 
+  /** A reservation of nothing, for a request that can cost nothing (a retry that joins or replays the first). */
+  nothingReserved(client: Client): Reservation {
+    const w = windows();
+    return { client, images: 0, microUsd: 0, dayKey: `images:${client.id}:${w.day}`, monthKey: `usd:${client.id}:${w.month}`, headers: {} };
+  }
+
   /** Gives back what was reserved but not used (a failure, fewer images) or adds what it cost beyond the estimate. */
   async settle(reservation: Reservation, images: number, costUsd: number | null): Promise<void> {
     const w = windows();

@@ -26,7 +26,7 @@ export const gatewayEvents: StreamDialect = (event, request) => {
     case 'progress':
       return [['progress', { upstream_status: event.upstream_status, ...(event.progress !== undefined ? { progress: event.progress } : {}) }]];
     case 'partial_image':
-      return [['partial_image', { index: event.index, partial_image_index: event.partial_image_index, b64_json: event.b64_json }]];
+      return []; // previews are OpenAI's (partial_images); none are sent today
     case 'image':
       return [['image', { index: event.index, image: event.image }]];
     case 'succeeded':

@@ -8,8 +8,6 @@ import { errorEvent, gatewayEvents, streamAnswer, whileConnected } from './gener
 const MAX_WAIT_SECONDS = 60;
 
 function waitSeconds(query: Record<string, unknown>): number {
-  const unknown = Object.keys(query).find((name) => name !== 'wait');
-  if (unknown !== undefined) throw invalidField(unknown, 'is not a parameter of this endpoint', ['wait']);
   const value = query.wait;
   if (value === undefined) return 0;
   const seconds = typeof value === 'string' && /^\d+(\.\d+)?$/.test(value) ? Number(value) : Number.NaN;
@@ -38,10 +36,11 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
       const connected = whileConnected(reply);
       const timeout = AbortSignal.timeout(Math.round(wait * 1000));
       try {
-        row = await app.jobs.follow(row.id, { signal: AbortSignal.any([connected.signal, timeout]) });
+        row = await app.jobs.follow(row.id, { signal: AbortSignal.any([connected.signal, timeout, app.stopping]) });
       } catch (err) {
         if (connected.signal.aborted) throw connected.signal.reason;
-        if (!timeout.aborted) throw err;
+        // The wait is over (or the gateway is stopping): where the job stands now.
+        if (!timeout.aborted && !app.stopping.aborted) throw err;
         row = (await app.jobs.get(row.id)) ?? row;
       } finally {
         connected.release();
@@ -63,7 +62,8 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
           const send = (event: GenerationEvent) => {
             for (const [name, data] of gatewayEvents(event, request)) void stream.send(name, data);
           };
-          const finished = await app.jobs.follow(row.id, { signal: connected.signal, onEvent: send });
+          // A stopping gateway ends the stream with an error event (service_unavailable): follow again.
+          const finished = await app.jobs.follow(row.id, { signal: AbortSignal.any([connected.signal, app.stopping]), onEvent: send });
           const view = await app.jobs.view(finished);
           if (view.result) send({ type: 'succeeded', result: view.result });
           else void stream.send('failed', view.error ?? errorBody(new GatewayError('upstream_error', 'the job failed'), row.id).error);

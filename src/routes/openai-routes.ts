@@ -180,23 +180,34 @@ export function answersOpenAiErrors(request: FastifyRequest): boolean {
   return request.routeOptions.config?.errorShape === 'openai';
 }
 
-/** OpenAI's `usage` of an image event: its token counts where upstream reports them (gpt-image), zero otherwise, and the gateway's own. */
-function eventUsage(result: GenerationResult) {
+/**
+ * OpenAI's `usage` of one image's event: its share of the request's token counts (where upstream
+ * reports them, gpt-image; else 0) and of the gateway's `images` and `estimated_cost_usd`, so the
+ * events of a request add up to its usage.
+ */
+function eventUsage(result: GenerationResult, index: number) {
+  const n = Math.max(1, result.images.length);
   const tokens = (result.usage.upstream_tokens ?? {}) as Record<string, unknown>;
-  const count = (name: string) => (typeof tokens[name] === 'number' ? (tokens[name] as number) : 0);
   const details = (tokens.input_tokens_details ?? {}) as Record<string, unknown>;
+  // Whole tokens: the last image takes what an even split leaves over.
+  const share = (total: unknown) => {
+    if (typeof total !== 'number') return 0;
+    const each = Math.floor(total / n);
+    return index === n - 1 ? total - each * (n - 1) : each;
+  };
+  const cost = result.usage.estimated_cost_usd;
   return {
-    input_tokens: count('input_tokens'),
-    input_tokens_details: {
-      image_tokens: typeof details.image_tokens === 'number' ? details.image_tokens : 0,
-      text_tokens: typeof details.text_tokens === 'number' ? details.text_tokens : 0,
-    },
-    output_tokens: count('output_tokens'),
-    total_tokens: count('total_tokens'),
-    images: result.usage.images,
-    estimated_cost_usd: result.usage.estimated_cost_usd,
+    input_tokens: share(tokens.input_tokens),
+    input_tokens_details: { image_tokens: share(details.image_tokens), text_tokens: share(details.text_tokens) },
+    output_tokens: share(tokens.output_tokens),
+    total_tokens: share(tokens.total_tokens),
+    images: 1,
+    estimated_cost_usd: cost === null ? null : Math.round((cost / n) * 1e6) / 1e6,
   };
 }
+
+/** OpenAI's image events know four qualities; dall-e-3's `hd` and `standard` are its high and medium. */
+const OPENAI_QUALITY: Record<string, string> = { low: 'low', medium: 'medium', high: 'high', auto: 'auto', hd: 'high', standard: 'medium' };
 
 const FORMAT_OF_MIME: Record<string, string> = { 'image/png': 'png', 'image/jpeg': 'jpeg', 'image/webp': 'webp' };
 
@@ -204,7 +215,7 @@ const FORMAT_OF_MIME: Record<string, string> = { 'image/png': 'png', 'image/jpeg
 function imageSettings(request: ImageRequest, image: Pick<ImageResult, 'width' | 'height' | 'mime_type'> | undefined) {
   return {
     size: image ? `${image.width}x${image.height}` : typeof request.params.size === 'string' ? request.params.size : 'auto',
-    quality: typeof request.params.quality === 'string' ? request.params.quality : 'auto',
+    quality: OPENAI_QUALITY[String(request.params.quality)] ?? 'auto',
     background: typeof request.params.background === 'string' ? request.params.background : 'auto',
     output_format: image ? (FORMAT_OF_MIME[image.mime_type] ?? 'png') : typeof request.params.output_format === 'string' ? request.params.output_format : 'png',
   };
@@ -226,8 +237,10 @@ function openAiEvents(prefix: 'image_generation' | 'image_edit', imageRequest: I
       }
       case 'succeeded': {
         const type = `${prefix}.completed`;
-        const usage = eventUsage(event.result);
-        return event.result.images.map((image) => [type, { type, b64_json: image.b64_json, created_at: createdAt, ...imageSettings(imageRequest, image), usage }]);
+        return event.result.images.map((image, index) => [
+          type,
+          { type, b64_json: image.b64_json, created_at: createdAt, ...imageSettings(imageRequest, image), usage: eventUsage(event.result, index) },
+        ]);
       }
       case 'failed':
         return [['error', { type: 'error', error: openAiErrorBody(event.error).error }]];
