@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import sharp from 'sharp';
+import { Agent, fetch as undiciFetch } from 'undici';
 import { buildApp } from '../src/app.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { startUpstreamSimulator, type SimulatorOptions, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
@@ -75,6 +76,29 @@ export async function startHarness(
       await app.close();
       await simulator.close();
       rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface ListeningHarness extends Harness {
+  /** The gateway's origin on loopback. */
+  base: string;
+  /** fetch over connections of this harness's own, destroyed before the gateway closes (so its graceful close waits on none of them). */
+  fetch(url: string, init?: Parameters<typeof undiciFetch>[1]): ReturnType<typeof undiciFetch>;
+}
+
+/** A harness whose gateway listens on a loopback port, for tests that need real HTTP (streams, clients that leave). */
+export async function startListening(env: Record<string, string> = {}, simulatorOptions: SimulatorOptions = {}): Promise<ListeningHarness> {
+  const h = await startHarness(env, simulatorOptions);
+  const base = await h.app.listen({ port: 0, host: '127.0.0.1' });
+  const connections = new Agent();
+  return {
+    ...h,
+    base,
+    fetch: (url, init = {}) => undiciFetch(url, { ...init, dispatcher: connections }),
+    async close() {
+      await connections.destroy();
+      await h.close();
     },
   };
 }

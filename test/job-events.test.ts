@@ -6,26 +6,20 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, fetch as undiciFetch } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { OTHER_CLIENT_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
+import { OTHER_CLIENT_KEY, jobWhenFinished, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 import { freshRedis, redisProblem } from './services.js';
 import { eventsOf, parseSse, readStream } from './sse.js';
 
-let h: Harness;
+let h: ListeningHarness;
 let base: string;
-/** This file's HTTP connections, closed before the gateway so its graceful close waits on none of them. */
-const connections = new Agent();
-const fetch = (url: string, init: Parameters<typeof undiciFetch>[1] = {}) => undiciFetch(url, { ...init, dispatcher: connections });
+const fetch: ListeningHarness['fetch'] = (url, init) => h.fetch(url, init);
 
 beforeAll(async () => {
-  h = await startHarness({ RATE_LIMIT_RPM: '1000' });
-  base = await h.app.listen({ port: 0, host: '127.0.0.1' });
+  h = await startListening({ RATE_LIMIT_RPM: '1000' });
+  base = h.base;
 });
-afterAll(async () => {
-  await connections.destroy();
-  await h.close();
-});
+afterAll(async () => h.close());
 beforeEach(() => {
   h.simulator.reset();
   h.simulator.holdTasks = false;

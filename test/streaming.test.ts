@@ -10,9 +10,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { parse } from 'yaml';
-import { Agent, fetch as undiciFetch } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, jobWhenFinished, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, jobWhenFinished, makePng, multipartBody, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 import { eventsOf, parseSse, readStream } from './sse.js';
 
 const ajv = new Ajv2020({ strict: false, allErrors: true });
@@ -26,20 +25,15 @@ function openApiProblems(schemaName: string, body: unknown): string[] {
 
 const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
 
-let h: Harness;
+let h: ListeningHarness;
 let base: string;
-/** This file's HTTP connections, closed before the gateway so its graceful close waits on none of them. */
-const connections = new Agent();
-const fetch = (url: string, init: Parameters<typeof undiciFetch>[1] = {}) => undiciFetch(url, { ...init, dispatcher: connections });
+const fetch: ListeningHarness['fetch'] = (url, init) => h.fetch(url, init);
 
 beforeAll(async () => {
-  h = await startHarness({ RATE_LIMIT_RPM: '1000', STREAM_KEEPALIVE_MS: '50' });
-  base = await h.app.listen({ port: 0, host: '127.0.0.1' });
+  h = await startListening({ RATE_LIMIT_RPM: '1000', STREAM_KEEPALIVE_MS: '50' });
+  base = h.base;
 });
-afterAll(async () => {
-  await connections.destroy();
-  await h.close();
-});
+afterAll(async () => h.close());
 beforeEach(() => {
   h.simulator.reset();
   h.simulator.holdTasks = false;
