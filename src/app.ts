@@ -1,14 +1,12 @@
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { randomId } from './ids.js';
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
 import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyRequest } from 'fastify';
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
 import { ConfigError, type Config } from './config.js';
 import { GatewayError, errorBody } from './errors.js';
-import { ModelCatalogue } from './catalogue/catalogue.js';
-import { MODELS } from './catalogue/models.js';
+import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
 import { authenticate, type Client } from './auth/client-keys.js';
 import { KeyStore } from './auth/key-store.js';
 import { Counters } from './limits/counters.js';
@@ -16,14 +14,10 @@ import { KeyLimits } from './limits/key-limits.js';
 import { rateLimitStore } from './limits/rate-limit-store.js';
 import { keyRoutes } from './routes/key-routes.js';
 import rateLimit from '@fastify/rate-limit';
-import { Redis } from 'ioredis';
-import { UpstreamClient } from './upstream/upstream-client.js';
-import type { ImageStore } from './images/image-store.js';
-import { openImageStore } from './images/open-image-store.js';
-import { ImageLibrary } from './images/image-library.js';
-import { ImageRecords } from './images/image-records.js';
+import { upstreamPlugin } from './upstream/upstream-plugin.js';
+import { imagesPlugin } from './images/images-plugin.js';
 import { imageFilesPlugin } from './routes/image-file-routes.js';
-import { UrlSigner } from './images/url-signer.js';
+import { urlSignerPlugin } from './images/url-signer-plugin.js';
 import { ImageGeneration } from './generation/image-generation.js';
 import { imageRoutes } from './routes/image-routes.js';
 import { ClientGone, GenerationPipeline, idempotencyScope } from './generation/generation-pipeline.js';
@@ -39,20 +33,15 @@ import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
 import { isApiCall, usagePlugin } from './usage/usage-routes.js';
 import { metricsPlugin } from './observability/metrics.js';
 import { bufferedStdout } from './observability/log-destination.js';
-import { openDatabase, type Database } from './storage/database.js';
+import { databasePlugin, openGatewayDatabase } from './storage/database-plugin.js';
+import { redisPlugin } from './storage/redis-plugin.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config;
-    catalogue: ModelCatalogue;
     keyStore: KeyStore;
     limits: KeyLimits;
     counters: Counters;
-    upstream: UpstreamClient;
-    store: ImageStore;
-    /** Stored result images: bytes in `store` (files or S3), rows in the database. */
-    images: ImageLibrary;
-    signer: UrlSigner;
     generation: ImageGeneration;
     /** Every generate and edit runs through it: checks, limits, direct or as a job, events. */
     pipeline: GenerationPipeline;
@@ -61,8 +50,6 @@ declare module 'fastify' {
      * end then, so a graceful stop does not wait for jobs that will finish elsewhere.
      */
     stopping: AbortSignal;
-    /** SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL. */
-    db: Database;
     jobs: JobRunner;
   }
   interface FastifyContextConfig {
@@ -79,16 +66,6 @@ declare module 'fastify' {
 export interface AppOptions {
   /** Where log lines go; tests pass a stream to read them. Defaults to stdout. */
   logStream?: DestinationStream;
-}
-
-/** The URL-signing secret: IMAGE_URL_SECRET, else one kept in DATA_DIR so URLs outlive a restart. */
-function signingSecret(config: Config): Buffer {
-  if (config.IMAGE_URL_SECRET) return Buffer.from(config.IMAGE_URL_SECRET, 'utf8');
-  const path = join(config.DATA_DIR, 'url-signing.key');
-  if (existsSync(path)) return Buffer.from(readFileSync(path, 'utf8').trim(), 'base64');
-  const secret = randomBytes(32);
-  writeFileSync(path, secret.toString('base64'), { mode: 0o600, flag: 'wx' });
-  return secret;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -148,44 +125,34 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     // Off by default: otherwise any client's X-Forwarded-Host would shape the image URLs it is given.
     trustProxy: config.TRUST_PROXY,
   });
+  app.decorate('config', config);
+  // Fastify runs onClose hooks last-registered first: this one runs after every other.
+  // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.
+  if (bufferedLog) app.addHook('onClose', async () => bufferedLog.close());
 
-
-  const upstream = new UpstreamClient({
-    baseUrl: config.AIHUBMIX_BASE_URL,
-    apiKeys: (config.AIHUBMIX_API_KEY ?? '').split(',').map((k) => k.trim()).filter(Boolean),
-    maxConcurrency: config.UPSTREAM_MAX_CONCURRENCY,
-    queueTimeoutMs: config.UPSTREAM_QUEUE_TIMEOUT_MS,
-    retries: config.UPSTREAM_RETRIES,
-    retryBaseMs: config.UPSTREAM_RETRY_BASE_MS,
-    keyCooldownMs: config.UPSTREAM_KEY_COOLDOWN_MS,
-    pollIntervalMs: config.TASK_POLL_INTERVAL_MS,
-    maxReplyBytes: 512 * 1024 * 1024,
-    maxDownloadBytes: 64 * 1024 * 1024,
-  });
-  const store = openImageStore(config);
-  const secret = signingSecret(config);
-  const signer = new UrlSigner(secret);
-  const catalogue = new ModelCatalogue(MODELS, config.PRICE_OVERRIDES);
-  let db: Database;
   try {
-    db = openDatabase(config, {
-      onCheckpointerLost: (err) => app.log.warn({ err }, 'the SQLite checkpoint thread stopped; checkpoints run inside commits again (slower, with pauses)'),
-      onThreadLost: (err) => app.log.warn({ err }, 'the SQLite thread stopped; every statement runs on the event loop again (slower under load)'),
-    });
-    await db.ping();
+    await registerAll(app, config);
   } catch (err) {
-    const reason = (err as Error).message;
-    throw new ConfigError(
-      config.DATABASE_URL
-        ? `DATABASE_URL: the PostgreSQL database cannot be reached: ${reason}`
-        : `DATA_DIR: the SQLite database in ${config.DATA_DIR} cannot be opened: ${reason}`,
-    );
+    // A failed start leaves nothing open: what was registered so far closes as in a stop. Not waited
+    // for: SQLite's threads do not keep the process alive, so a close waiting on them could outlast
+    // the process and lose this error, the one to report.
+    void app.close().catch(() => {});
+    throw err;
   }
-  // Redis is optional: without it (or while it is down) limits are counted per replica.
-  const redis = config.REDIS_URL
-    ? new Redis(config.REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 })
-    : undefined;
-  redis?.on('error', () => {}); // Counters logs the switch to local limits once; ioredis keeps reconnecting.
+  return app;
+}
+
+async function registerAll(app: FastifyInstance, config: Config): Promise<void> {
+  await app.register(urlSignerPlugin);
+  await app.register(cataloguePlugin);
+  await app.register(redisPlugin);
+  // Opened out here: avvio gives a plugin 10 s to load, and an unreachable PostgreSQL may take
+  // longer to fail; it must fail with its ConfigError.
+  await app.register(databasePlugin, { db: await openGatewayDatabase(config, app.log) });
+  await app.register(imagesPlugin);
+  await app.register(upstreamPlugin);
+
+  const { catalogue, db, redis, images, upstream, signer } = app;
   const keyStore = new KeyStore(config, db, redis, app.log, catalogue.models.map((m) => m.id));
   if (keyStore.keys.size === 0) {
     app.log.warn(
@@ -194,8 +161,6 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   }
   const counters = new Counters(redis, app.log);
 
-  app.decorate('config', config);
-  app.decorate('catalogue', catalogue);
   app.decorate('keyStore', keyStore);
   app.decorate('counters', counters);
   app.decorate(
@@ -207,14 +172,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
       return Number(row?.used ?? 0);
     }),
   );
-  app.decorate('upstream', upstream);
-  app.decorate('store', store);
-  const images = new ImageLibrary(store, new ImageRecords(db), { inlineMaxBytes: config.IMAGE_INLINE_MAX_BYTES });
-  app.decorate('images', images);
-  app.decorate('signer', signer);
   const generation = new ImageGeneration({ catalogue, upstream, images, signer, retentionDays: config.IMAGE_RETENTION_DAYS });
   app.decorate('generation', generation);
-  app.decorate('db', db);
   const callbackDispatcher = new Agent({ connect: { lookup: egressLookup(new Set(config.ALLOWED_CALLBACK_HOSTS)) } });
   const replicaId = `gw_${randomBytes(6).toString('hex')}`;
   const jobEvents = new JobEventBus(replicaId, app.log, redis);
@@ -228,7 +187,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     retentionDays: config.IMAGE_RETENTION_DAYS,
     leaseMs: config.JOB_LEASE_MS,
     shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
-    callbackSecret: config.CALLBACK_SECRET ? Buffer.from(config.CALLBACK_SECRET, 'utf8') : createHmac('sha256', secret).update('job callbacks').digest(),
+    callbackSecret: config.CALLBACK_SECRET ? Buffer.from(config.CALLBACK_SECRET, 'utf8') : signer.derivedKey('job callbacks'),
     // Callbacks go to caller-given URLs: the same egress policy as image URLs.
     callbackRefusal: (url) => egressRefusal(url, new Set(config.ALLOWED_CALLBACK_HOSTS)),
     callbackDispatcher,
@@ -258,7 +217,6 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1 }));
   });
   app.addHook('onReady', async () => {
-    if (redis) await redis.connect().catch((err) => app.log.warn({ err }, 'redis is unavailable at start: limits are counted in this replica only'));
     await jobEvents.start();
     await keyStore.start();
     await jobs.start();
@@ -273,12 +231,6 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     await keyStore.close();
     await jobEvents.close();
     await callbackDispatcher.close();
-    await upstream.close();
-    await images.close();
-    await db.close();
-    redis?.disconnect();
-    // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.
-    bufferedLog?.close();
   });
 
   await app.register(multipart, {
@@ -354,7 +306,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
     const [storage, database] = await Promise.all([
-      store.check().then(() => 'ok', () => 'unavailable'),
+      app.store.check().then(() => 'ok', () => 'unavailable'),
       db.ping().then(() => 'ok', () => 'unavailable'),
     ]);
     const ready = storage === 'ok' && database === 'ok';
@@ -371,5 +323,4 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   await app.register(jobRoutes);
   await app.register(keyRoutes);
   await app.register(docsRoutes);
-  return app;
 }

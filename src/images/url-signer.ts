@@ -16,6 +16,11 @@ export class UrlSigner {
     return createHmac('sha256', this.secret).update(`${imageName}\n${expiresAtSeconds}`).digest('base64url');
   }
 
+  /** A key for another purpose, derived from this one (job callbacks' without CALLBACK_SECRET). */
+  derivedKey(purpose: string): Buffer {
+    return createHmac('sha256', this.secret).update(purpose).digest();
+  }
+
   /** Constant-time comparison of the signature, whatever its length. */
   verify(imageName: string, expiresAtSeconds: number, signature: string): boolean {
     const expected = Buffer.from(this.sign(imageName, expiresAtSeconds), 'utf8');

@@ -1,0 +1,41 @@
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
+import { ConfigError, type Config } from '../config.js';
+import { openDatabase, type Database } from './database.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL. */
+    db: Database;
+  }
+}
+
+/** Opens the database and checks that it answers; if it cannot, a ConfigError names the setting to change. */
+export async function openGatewayDatabase(config: Config, log: FastifyBaseLogger): Promise<Database> {
+  let db: Database | undefined;
+  try {
+    db = openDatabase(config, {
+      onCheckpointerLost: (err) => log.warn({ err }, 'the SQLite checkpoint thread stopped; checkpoints run inside commits again (slower, with pauses)'),
+      onThreadLost: (err) => log.warn({ err }, 'the SQLite thread stopped; every statement runs on the event loop again (slower under load)'),
+    });
+    await db.ping();
+    return db;
+  } catch (err) {
+    // Not waited for, as in buildApp: a wait on SQLite's threads could outlast the process.
+    void db?.close().catch(() => {});
+    const reason = (err as Error).message;
+    throw new ConfigError(
+      config.DATABASE_URL
+        ? `DATABASE_URL: the PostgreSQL database cannot be reached: ${reason}`
+        : `DATA_DIR: the SQLite database in ${config.DATA_DIR} cannot be opened: ${reason}`,
+    );
+  }
+}
+
+async function database(app: FastifyInstance, { db }: { db: Database }): Promise<void> {
+  app.decorate('db', db);
+  app.addHook('onClose', async () => db.close());
+}
+
+/** The database opened by openGatewayDatabase, closed with the app. */
+export const databasePlugin = fp(database, { name: 'database' });
