@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { randomId } from './ids.js';
 import { mkdirSync } from 'node:fs';
 import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyRequest } from 'fastify';
@@ -7,28 +6,23 @@ import type { DestinationStream } from 'pino';
 import { ConfigError, type Config } from './config.js';
 import { GatewayError, errorBody } from './errors.js';
 import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
-import { authenticate, type Client } from './auth/client-keys.js';
-import { KeyStore } from './auth/key-store.js';
-import { Counters } from './limits/counters.js';
-import { KeyLimits } from './limits/key-limits.js';
-import { rateLimitStore } from './limits/rate-limit-store.js';
+import { clientKeysPlugin } from './auth/client-keys-plugin.js';
+import { limitsPlugin } from './limits/limits-plugin.js';
 import { keyRoutes } from './routes/key-routes.js';
-import rateLimit from '@fastify/rate-limit';
 import { upstreamPlugin } from './upstream/upstream-plugin.js';
 import { imagesPlugin } from './images/images-plugin.js';
 import { imageFilesPlugin } from './routes/image-file-routes.js';
 import { urlSignerPlugin } from './images/url-signer-plugin.js';
 import { ImageGeneration } from './generation/image-generation.js';
 import { imageRoutes } from './routes/image-routes.js';
-import { ClientGone, GenerationPipeline, idempotencyScope } from './generation/generation-pipeline.js';
-import { JobEventBus } from './jobs/job-events.js';
+import { ClientGone, GenerationPipeline } from './generation/generation-pipeline.js';
+import { jobCallbacksPlugin } from './jobs/job-callbacks-plugin.js';
+import { jobEventsPlugin } from './jobs/job-events-plugin.js';
 import { requestRecordsPlugin } from './observability/request-records.js';
 import { docsRoutes } from './routes/docs-routes.js';
 import { answersOpenAiErrors, openAiErrorBody, openAiRoutes } from './routes/openai-routes.js';
 import { jobRoutes } from './routes/job-routes.js';
 import { JobRunner } from './jobs/job-runner.js';
-import { egressLookup, egressRefusal } from './images/image-fetch.js';
-import { Agent } from 'undici';
 import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
 import { isApiCall, usagePlugin } from './usage/usage-routes.js';
 import { metricsPlugin } from './observability/metrics.js';
@@ -39,9 +33,6 @@ import { redisPlugin } from './storage/redis-plugin.js';
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config;
-    keyStore: KeyStore;
-    limits: KeyLimits;
-    counters: Counters;
     generation: ImageGeneration;
     /** Every generate and edit runs through it: checks, limits, direct or as a job, events. */
     pipeline: GenerationPipeline;
@@ -52,12 +43,7 @@ declare module 'fastify' {
     stopping: AbortSignal;
     jobs: JobRunner;
   }
-  interface FastifyContextConfig {
-    /** A route whose requests can cost money upstream: counted against the key's rpm, not its reads. */
-    spendsMoney?: boolean;
-  }
   interface FastifyRequest {
-    client?: Client;
     /** What this request did; see RequestOutcome. */
     outcome: RequestOutcome;
   }
@@ -143,6 +129,16 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
 }
 
 async function registerAll(app: FastifyInstance, config: Config): Promise<void> {
+  await app.register(multipart, {
+    limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
+  });
+  app.decorateRequest('outcome', null as unknown as RequestOutcome);
+  // Before authentication (client-keys), which may refuse the request.
+  app.addHook('onRequest', async (request, reply) => {
+    request.outcome = newOutcome();
+    reply.header('x-request-id', request.id);
+  });
+
   await app.register(urlSignerPlugin);
   await app.register(cataloguePlugin);
   await app.register(redisPlugin);
@@ -151,34 +147,16 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
   await app.register(databasePlugin, { db: await openGatewayDatabase(config, app.log) });
   await app.register(imagesPlugin);
   await app.register(upstreamPlugin);
+  await app.register(jobCallbacksPlugin);
+  await app.register(jobEventsPlugin);
+  await app.register(clientKeysPlugin);
+  await app.register(limitsPlugin);
 
-  const { catalogue, db, redis, images, upstream, signer } = app;
-  const keyStore = new KeyStore(config, db, redis, app.log, catalogue.models.map((m) => m.id));
-  if (keyStore.keys.size === 0) {
-    app.log.warn(
-      'no client keys configured: every /v1 request will be refused. Set GATEWAY_API_KEYS (team:key pairs), GATEWAY_KEYS_FILE, or GATEWAY_ADMIN_KEY to mint keys through POST /v1/keys',
-    );
-  }
-  const counters = new Counters(redis, app.log);
-
-  app.decorate('keyStore', keyStore);
-  app.decorate('counters', counters);
-  app.decorate(
-    'limits',
-    new KeyLimits(counters, async (keyId, window) => {
-      const [column, where, value] =
-        'day' in window ? ['images_returned', 'day = $2', window.day] : ['cost_usd', 'day LIKE $2', `${window.month}-%`];
-      const row = await db.get<{ used: number | string | null }>(`SELECT SUM(${column}) AS used FROM usage_records WHERE key_id = $1 AND ${where}`, [keyId, value]);
-      return Number(row?.used ?? 0);
-    }),
-  );
+  const { catalogue, db, images, upstream, signer, jobEvents } = app;
   const generation = new ImageGeneration({ catalogue, upstream, images, signer, retentionDays: config.IMAGE_RETENTION_DAYS });
   app.decorate('generation', generation);
-  const callbackDispatcher = new Agent({ connect: { lookup: egressLookup(new Set(config.ALLOWED_CALLBACK_HOSTS)) } });
-  const replicaId = `gw_${randomBytes(6).toString('hex')}`;
-  const jobEvents = new JobEventBus(replicaId, app.log, redis);
   const jobs = new JobRunner({
-    instanceId: replicaId,
+    instanceId: jobEvents.replicaId,
     events: jobEvents,
     db,
     generation,
@@ -187,10 +165,7 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
     retentionDays: config.IMAGE_RETENTION_DAYS,
     leaseMs: config.JOB_LEASE_MS,
     shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
-    callbackSecret: config.CALLBACK_SECRET ? Buffer.from(config.CALLBACK_SECRET, 'utf8') : signer.derivedKey('job callbacks'),
-    // Callbacks go to caller-given URLs: the same egress policy as image URLs.
-    callbackRefusal: (url) => egressRefusal(url, new Set(config.ALLOWED_CALLBACK_HOSTS)),
-    callbackDispatcher,
+    ...app.jobCallbacks,
     readImage: (name) => images.read(name),
     onFinished: async (row, result, failure) => {
       if (!Number(row.is_async)) return;
@@ -217,8 +192,6 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
     stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1 }));
   });
   app.addHook('onReady', async () => {
-    await jobEvents.start();
-    await keyStore.start();
     await jobs.start();
   });
   app.addHook('onClose', async () => {
@@ -228,60 +201,6 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
     await Promise.all([app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS), jobs.close()]);
     // The server has stopped taking requests by now; what they did is written before the database closes.
     await app.usageLog.close();
-    await keyStore.close();
-    await jobEvents.close();
-    await callbackDispatcher.close();
-  });
-
-  await app.register(multipart, {
-    limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
-  });
-  // Requests per minute per client key, in two buckets, after authentication (preHandler): requests
-  // that can cost money (RATE_LIMIT_RPM or the key's rpm), and reads (RATE_LIMIT_READ_RPM, default 10x
-  // that), so following a job never uses up the key's generations. An idempotent replay is a read.
-  const bucketOf = new WeakMap<FastifyRequest, 'rpm' | 'read_rpm'>();
-  const spendsMoney = async (request: FastifyRequest, client: Client): Promise<boolean> => {
-    if (request.routeOptions.config?.spendsMoney !== true) return false;
-    const idempotencyKey = request.headers['idempotency-key'];
-    return typeof idempotencyKey !== 'string' || !(await jobs.idempotencyKeyClaimed(idempotencyScope(client, idempotencyKey)));
-  };
-  const rpmOf = (client: Client | undefined) => client?.rpm ?? config.RATE_LIMIT_RPM;
-  await app.register(rateLimit, {
-    global: true,
-    hook: 'preHandler',
-    timeWindow: 60_000,
-    keyGenerator: async (request) => {
-      const client = request.client;
-      if (client === undefined || client.admin) return 'anonymous';
-      const bucket = (await spendsMoney(request, client)) ? 'rpm' : 'read_rpm';
-      bucketOf.set(request, bucket);
-      return bucket === 'rpm' ? client.id : `read:${client.id}`;
-    },
-    max: (request) => (bucketOf.get(request) === 'read_rpm' ? (config.RATE_LIMIT_READ_RPM ?? rpmOf(request.client) * 10) : rpmOf(request.client)),
-    // The admin key is an operator's credential: not counted, so it can always manage keys.
-    allowList: (request) => request.client === undefined || request.client.admin,
-    store: rateLimitStore(counters),
-    errorResponseBuilder: (request, context) => {
-      const seconds = Math.max(1, Math.ceil(context.ttl / 1000));
-      const id = request.client?.id;
-      return bucketOf.get(request) === 'read_rpm'
-        ? new GatewayError(
-            'rate_limited',
-            `read limit reached: key ${id} may make ${context.max} reads per minute (job status and events, models, usage); retry in ${seconds} s`,
-            { retryAfter: seconds, limit: 'read_rpm' },
-          )
-        : new GatewayError('rate_limited', `rpm limit reached: key ${id} may make ${context.max} requests per minute; retry in ${seconds} s`, {
-            retryAfter: seconds,
-            limit: 'rpm',
-          });
-    },
-  });
-
-  app.decorateRequest('outcome', null as unknown as RequestOutcome);
-  app.addHook('onRequest', async (request, reply) => {
-    request.outcome = newOutcome();
-    reply.header('x-request-id', request.id);
-    if (isApiCall(request)) request.client = authenticate(keyStore.keys, request);
   });
 
   app.setErrorHandler((err, request, reply) => {
@@ -311,7 +230,7 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
     ]);
     const ready = storage === 'ok' && database === 'ok';
     // Limits degrade to per-replica counting without Redis; that is reported, not fatal.
-    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', checks: { storage, database, limits: counters.mode } });
+    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', checks: { storage, database, limits: app.counters.mode } });
   });
 
   await app.register(metricsPlugin);

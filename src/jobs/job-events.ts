@@ -38,7 +38,8 @@ export class JobEventBus {
   private subscribed = false;
 
   constructor(
-    private readonly replicaId: string,
+    /** This replica's name in job notices, and the job runner's in job leases. */
+    readonly replicaId: string,
     private readonly log: Logger,
     private readonly publisher?: Redis,
   ) {}
