@@ -1,6 +1,6 @@
 import { randomId } from './ids.js';
 import { mkdirSync } from 'node:fs';
-import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
 import { ConfigError, type Config } from './config.js';
@@ -13,18 +13,19 @@ import { upstreamPlugin } from './upstream/upstream-plugin.js';
 import { imagesPlugin } from './images/images-plugin.js';
 import { imageFilesPlugin } from './routes/image-file-routes.js';
 import { urlSignerPlugin } from './images/url-signer-plugin.js';
-import { ImageGeneration } from './generation/image-generation.js';
+import { imageGenerationPlugin } from './generation/image-generation-plugin.js';
 import { imageRoutes } from './routes/image-routes.js';
-import { ClientGone, GenerationPipeline } from './generation/generation-pipeline.js';
+import { ClientGone } from './generation/generation-pipeline.js';
+import { generationPipelinePlugin } from './generation/generation-pipeline-plugin.js';
 import { jobCallbacksPlugin } from './jobs/job-callbacks-plugin.js';
 import { jobEventsPlugin } from './jobs/job-events-plugin.js';
+import { jobsPlugin } from './jobs/jobs-plugin.js';
 import { requestRecordsPlugin } from './observability/request-records.js';
 import { docsRoutes } from './routes/docs-routes.js';
 import { answersOpenAiErrors, openAiErrorBody, openAiRoutes } from './routes/openai-routes.js';
 import { jobRoutes } from './routes/job-routes.js';
-import { JobRunner } from './jobs/job-runner.js';
 import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
-import { isApiCall, usagePlugin } from './usage/usage-routes.js';
+import { usagePlugin } from './usage/usage-routes.js';
 import { metricsPlugin } from './observability/metrics.js';
 import { bufferedStdout } from './observability/log-destination.js';
 import { databasePlugin, openGatewayDatabase } from './storage/database-plugin.js';
@@ -33,15 +34,6 @@ import { redisPlugin } from './storage/redis-plugin.js';
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config;
-    generation: ImageGeneration;
-    /** Every generate and edit runs through it: checks, limits, direct or as a job, events. */
-    pipeline: GenerationPipeline;
-    /**
-     * Aborts when the gateway starts to stop: open-ended waits (a job's event stream, a long-poll)
-     * end then, so a graceful stop does not wait for jobs that will finish elsewhere.
-     */
-    stopping: AbortSignal;
-    jobs: JobRunner;
   }
   interface FastifyRequest {
     /** What this request did; see RequestOutcome. */
@@ -128,6 +120,13 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   return app;
 }
 
+/**
+ * The plugins and routes. fastify-plugin checks that each plugin comes after its `dependencies`;
+ * onReady hooks run in this order and onClose hooks in reverse (Fastify runs them last-registered
+ * first), so a service closes after everything registered after it, including what uses it. The
+ * services stop in this order: jobs (with requests whose client left), usage log, client keys, job
+ * events, job callbacks, upstream, images, database, Redis.
+ */
 async function registerAll(app: FastifyInstance, config: Config): Promise<void> {
   await app.register(multipart, {
     limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
@@ -139,70 +138,7 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
     reply.header('x-request-id', request.id);
   });
 
-  await app.register(urlSignerPlugin);
-  await app.register(cataloguePlugin);
-  await app.register(redisPlugin);
-  // Opened out here: avvio gives a plugin 10 s to load, and an unreachable PostgreSQL may take
-  // longer to fail; it must fail with its ConfigError.
-  await app.register(databasePlugin, { db: await openGatewayDatabase(config, app.log) });
-  await app.register(imagesPlugin);
-  await app.register(upstreamPlugin);
-  await app.register(jobCallbacksPlugin);
-  await app.register(jobEventsPlugin);
-  await app.register(clientKeysPlugin);
-  await app.register(limitsPlugin);
-
-  const { catalogue, db, images, upstream, signer, jobEvents } = app;
-  const generation = new ImageGeneration({ catalogue, upstream, images, signer, retentionDays: config.IMAGE_RETENTION_DAYS });
-  app.decorate('generation', generation);
-  const jobs = new JobRunner({
-    instanceId: jobEvents.replicaId,
-    events: jobEvents,
-    db,
-    generation,
-    log: app.log,
-    upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS,
-    retentionDays: config.IMAGE_RETENTION_DAYS,
-    leaseMs: config.JOB_LEASE_MS,
-    shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
-    ...app.jobCallbacks,
-    readImage: (name) => images.read(name),
-    onFinished: async (row, result, failure) => {
-      if (!Number(row.is_async)) return;
-      await app.usageLog.completeJob(row.id, {
-        status: failure ? failure.status : 200,
-        errorCode: failure ? failure.code : null,
-        imagesReturned: result?.images.length ?? 0,
-        bytesStored: result?.images.reduce((sum, image) => sum + image.bytes, 0) ?? 0,
-        estimatedCostUsd: result ? result.usage.estimated_cost_usd : null,
-        upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
-        upstreamMs: result?.usage.upstream_ms ?? null,
-        upstreamTokens: result?.usage.upstream_tokens ?? null,
-      });
-    },
-  });
-  app.decorate('jobs', jobs);
-  app.decorate(
-    'pipeline',
-    new GenerationPipeline({ catalogue, generation, limits: app.limits, jobs, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, keepPrompts: config.LOG_PROMPTS }),
-  );
-  const stopping = new AbortController();
-  app.decorate('stopping', stopping.signal);
-  app.addHook('preClose', async () => {
-    stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1 }));
-  });
-  app.addHook('onReady', async () => {
-    await jobs.start();
-  });
-  app.addHook('onClose', async () => {
-    // Side by side, within one grace period: requests whose client left (still on their way to a
-    // 499 record once their connection is gone), and jobs, which write their state before the
-    // database closes.
-    await Promise.all([app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS), jobs.close()]);
-    // The server has stopped taking requests by now; what they did is written before the database closes.
-    await app.usageLog.close();
-  });
-
+  // Set before any plugin adds routes: a route takes the error handler set when it is added.
   app.setErrorHandler((err, request, reply) => {
     // A client that has left gets no answer and onResponse never runs for it: recorded here, as 499,
     // whatever failed after it left (the deadline, say, in the moment before it noticed).
@@ -222,11 +158,29 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
     return reply.status(404).send(errorBody(gw, request.id));
   });
 
+  await app.register(urlSignerPlugin);
+  await app.register(cataloguePlugin);
+  await app.register(redisPlugin);
+  // Opened out here: avvio gives a plugin 10 s to load, and an unreachable PostgreSQL may take
+  // longer to fail; it must fail with its ConfigError.
+  await app.register(databasePlugin, { db: await openGatewayDatabase(config, app.log) });
+  await app.register(imagesPlugin);
+  await app.register(upstreamPlugin);
+  await app.register(jobCallbacksPlugin);
+  await app.register(jobEventsPlugin);
+  await app.register(clientKeysPlugin);
+  // Before any route: the rate limit applies to the routes added after it.
+  await app.register(limitsPlugin);
+  await app.register(usagePlugin);
+  await app.register(imageGenerationPlugin);
+  await app.register(jobsPlugin);
+  await app.register(generationPipelinePlugin);
+
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
     const [storage, database] = await Promise.all([
       app.store.check().then(() => 'ok', () => 'unavailable'),
-      db.ping().then(() => 'ok', () => 'unavailable'),
+      app.db.ping().then(() => 'ok', () => 'unavailable'),
     ]);
     const ready = storage === 'ok' && database === 'ok';
     // Limits degrade to per-replica counting without Redis; that is reported, not fatal.
@@ -234,7 +188,6 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
   });
 
   await app.register(metricsPlugin);
-  await app.register(usagePlugin);
   await app.register(requestRecordsPlugin);
   await app.register(imageFilesPlugin);
   await app.register(imageRoutes);

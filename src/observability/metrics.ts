@@ -135,4 +135,4 @@ async function metrics(app: FastifyInstance): Promise<void> {
 }
 
 /** Prometheus metrics at GET /metrics. */
-export const metricsPlugin = fp(metrics, { name: 'metrics' });
+export const metricsPlugin = fp(metrics, { name: 'metrics', dependencies: ['catalogue', 'upstream', 'jobs'] });

@@ -96,4 +96,4 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
 }
 
 /** GET /v1/images/{name}, the retention sweeper and the input-image fetcher. */
-export const imageFilesPlugin = fp(imageFiles, { name: 'image-files' });
+export const imageFilesPlugin = fp(imageFiles, { name: 'image-files', dependencies: ['images', 'url-signer'] });

@@ -22,7 +22,7 @@ import {
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** Every /v1 request, written in batches; app.ts closes it before the database. */
+    /** Every /v1 request, written in batches; closed (written out) before the database. */
     usageLog: UsageLog;
     /**
      * Resolves once no /v1 handler is running, or after `timeoutMs`. A graceful stop waits for it
@@ -93,6 +93,10 @@ async function usage(app: FastifyInstance): Promise<void> {
   await app.db.migrate(USAGE_MIGRATIONS);
   const usageLog = new UsageLog(app.db, app.log);
   app.decorate('usageLog', usageLog);
+  // After the jobs and the requests whose client left have settled (the jobs plugin's onClose, run
+  // before this one); the server has stopped taking requests by now. What they did is written
+  // before the database closes.
+  app.addHook('onClose', async () => usageLog.close());
 
   let handlersRunning = 0;
   const whenSettled = new Set<() => void>();
@@ -158,4 +162,4 @@ async function usage(app: FastifyInstance): Promise<void> {
 }
 
 /** The usage log (one record per API call) and the reports read from it. */
-export const usagePlugin = fp(usage, { name: 'usage' });
+export const usagePlugin = fp(usage, { name: 'usage', dependencies: ['database'] });

@@ -1,0 +1,20 @@
+import type { FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
+import { GenerationPipeline } from './generation-pipeline.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Every generate and edit runs through it: checks, limits, direct or as a job, events. */
+    pipeline: GenerationPipeline;
+  }
+}
+
+async function generationPipeline(app: FastifyInstance): Promise<void> {
+  const { catalogue, generation, limits, jobs, config } = app;
+  app.decorate('pipeline', new GenerationPipeline({ catalogue, generation, limits, jobs, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, keepPrompts: config.LOG_PROMPTS }));
+}
+
+export const generationPipelinePlugin = fp(generationPipeline, {
+  name: 'generation-pipeline',
+  dependencies: ['catalogue', 'image-generation', 'limits', 'jobs'],
+});

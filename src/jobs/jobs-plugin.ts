@@ -1,0 +1,64 @@
+import type { FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
+import { GatewayError } from '../errors.js';
+import { JobRunner } from './job-runner.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    jobs: JobRunner;
+    /**
+     * Aborts when the gateway starts to stop: open-ended waits (a job's event stream, a long-poll)
+     * end then, so a graceful stop does not wait for jobs that will finish elsewhere.
+     */
+    stopping: AbortSignal;
+  }
+}
+
+async function jobs(app: FastifyInstance): Promise<void> {
+  const config = app.config;
+  const jobs = new JobRunner({
+    instanceId: app.jobEvents.replicaId,
+    events: app.jobEvents,
+    db: app.db,
+    generation: app.generation,
+    log: app.log,
+    upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS,
+    retentionDays: config.IMAGE_RETENTION_DAYS,
+    leaseMs: config.JOB_LEASE_MS,
+    shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
+    ...app.jobCallbacks,
+    readImage: (name) => app.images.read(name),
+    onFinished: async (row, result, failure) => {
+      if (!Number(row.is_async)) return;
+      await app.usageLog.completeJob(row.id, {
+        status: failure ? failure.status : 200,
+        errorCode: failure ? failure.code : null,
+        imagesReturned: result?.images.length ?? 0,
+        bytesStored: result?.images.reduce((sum, image) => sum + image.bytes, 0) ?? 0,
+        estimatedCostUsd: result ? result.usage.estimated_cost_usd : null,
+        upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
+        upstreamMs: result?.usage.upstream_ms ?? null,
+        upstreamTokens: result?.usage.upstream_tokens ?? null,
+      });
+    },
+  });
+  app.decorate('jobs', jobs);
+
+  const stopping = new AbortController();
+  app.decorate('stopping', stopping.signal);
+  app.addHook('preClose', async () => {
+    stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1 }));
+  });
+  // Migrates the jobs table and takes over jobs that a stopped replica left.
+  app.addHook('onReady', async () => jobs.start());
+  app.addHook('onClose', async () => {
+    // Side by side, within one grace period: requests whose client left (still on their way to a
+    // 499 record once their connection is gone), and jobs, which write their state before the
+    // database closes. Both in this one hook, as Fastify runs onClose hooks one at a time; the
+    // usage log closes next (the usage plugin registers before this one).
+    await Promise.all([app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS), jobs.close()]);
+  });
+}
+
+/** The job runner, and the signal that ends waits on jobs when the gateway stops. */
+export const jobsPlugin = fp(jobs, { name: 'jobs', dependencies: ['database', 'images', 'image-generation', 'job-events', 'job-callbacks', 'usage'] });
