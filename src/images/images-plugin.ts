@@ -18,8 +18,11 @@ async function images(app: FastifyInstance): Promise<void> {
   const images = new ImageLibrary(store, new ImageRecords(app.db), { inlineMaxBytes: app.config.IMAGE_INLINE_MAX_BYTES });
   app.decorate('store', store);
   app.decorate('images', images);
-  // The store itself is closed by image-files, whose onClose runs before this one.
-  app.addHook('onClose', async () => images.close());
+  // After jobs (which depend on this plugin) have settled: a job ending in its grace period still stores its images.
+  app.addHook('onClose', async () => {
+    await images.close();
+    await store.close();
+  });
 }
 
 /** The image store (files or S3) and the library of stored images over it. */

@@ -44,10 +44,7 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
   app.addHook('onReady', async () => retention.start());
   // preClose: before onClose hooks close the database a sweep may be using.
   app.addHook('preClose', async () => retention.stop());
-  app.addHook('onClose', async () => {
-    await fetcher.close();
-    await app.images.store.close();
-  });
+  app.addHook('onClose', async () => fetcher.close());
 
   app.get<{ Params: { name: string }; Querystring: { exp?: string; sig?: string; download?: string } }>(
     '/v1/images/:name',
