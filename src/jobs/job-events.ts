@@ -88,8 +88,8 @@ export class JobEventBus {
   publish(jobId: string, notice: JobNotice): void {
     this.deliver(jobId, notice);
     if (!this.publisher || this.publisher.status !== 'ready') return;
-    // Image bytes stay out of Redis: a follower elsewhere reads a base64 image back from the image store.
-    // Previews are this replica's own: their bytes stay out of Redis.
+    // Image bytes stay out of Redis: previews are this replica's own, and a follower elsewhere reads
+    // a base64 image back from the image store.
     if (notice.type === 'partial_image') return;
     let shared = notice;
     if (notice.type === 'image' && notice.image.b64_json !== undefined) {

@@ -36,6 +36,13 @@ export const gatewayEvents: StreamDialect = (event, request) => {
   }
 };
 
+/** Writes each of the pipeline's events to `stream` as `dialect` says. */
+export function writeEvents(stream: EventStream, dialect: StreamDialect, request: FastifyRequest): (event: GenerationEvent) => void {
+  return (event) => {
+    for (const [name, data] of dialect(event, request)) void stream.send(name, data);
+  };
+}
+
 /** Where returned image URLs point: PUBLIC_BASE_URL, else the origin the client called. */
 export function publicBaseUrl(app: FastifyInstance, request: FastifyRequest): string {
   return app.config.PUBLIC_BASE_URL?.replace(/\/+$/, '') ?? `${request.protocol}://${request.host}`;
@@ -148,9 +155,5 @@ export async function answerGeneration(
 
 /** The pipeline's events as a stream; the pipeline tells its own failure (`failed`), which the dialect writes. */
 function streamGeneration(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, admitted: AdmittedGeneration, dialect: StreamDialect): Promise<FastifyReply> {
-  return streamAnswer(app, request, reply, (stream) =>
-    admitted.run((event) => {
-      for (const [name, data] of dialect(event, request)) void stream.send(name, data);
-    }),
-  );
+  return streamAnswer(app, request, reply, (stream) => admitted.run(writeEvents(stream, dialect, request)));
 }

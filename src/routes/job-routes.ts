@@ -1,8 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GatewayError, errorBody, invalidField } from '../errors.js';
 import type { JobRow } from '../jobs/job-runner.js';
-import type { GenerationEvent } from '../generation/generation-events.js';
-import { errorEvent, gatewayEvents, streamAnswer, whileConnected } from './generation-http.js';
+import { errorEvent, gatewayEvents, streamAnswer, whileConnected, writeEvents } from './generation-http.js';
 
 /** The longest a status read waits for a job to finish (`?wait=`), in seconds: under a proxy's usual 60 s read timeout. */
 const MAX_WAIT_SECONDS = 60;
@@ -59,9 +58,7 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
         request,
         reply,
         async (stream) => {
-          const send = (event: GenerationEvent) => {
-            for (const [name, data] of gatewayEvents(event, request)) void stream.send(name, data);
-          };
+          const send = writeEvents(stream, gatewayEvents, request);
           // A stopping gateway ends the stream with an error event (service_unavailable): follow again.
           const finished = await app.jobs.follow(row.id, { signal: AbortSignal.any([connected.signal, app.stopping]), onEvent: send });
           const view = await app.jobs.view(finished);
