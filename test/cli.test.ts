@@ -2,7 +2,7 @@
  * The command-line client as users run it: the built dist/cli.js in a child process, configured by
  * GATEWAY_URL and GATEWAY_KEY, against a gateway listening on a real port.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -52,7 +52,6 @@ const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex
 const submissions = () => h.simulator.received.filter((r) => r.method === 'POST');
 
 beforeAll(async () => {
-  execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
   h = await startHarness({ RATE_LIMIT_RPM: '1000' });
   gatewayUrl = await h.app.listen({ port: 0, host: '127.0.0.1' });
   workDir = mkdtempSync(join(tmpdir(), 'gw-cli-'));

@@ -3,7 +3,7 @@
  * dist/server.js), is killed mid-job, and a new process on the same DATA_DIR finishes the job
  * without submitting it upstream again.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -79,7 +79,6 @@ async function jobWhen(id: string, done: (job: { status: string }) => boolean): 
 }
 
 beforeAll(async () => {
-  execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
   simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30 });
   port = await freePort();
 }, 60_000);

@@ -1,0 +1,12 @@
+import { execFileSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Builds dist/ once, before any test file runs: the tests that start the gateway or the CLI as a
+ * user does (child processes of dist/) then never race a build of another file.
+ */
+export default function buildOnce(): void {
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+  execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
+}
