@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'forbidden'
   | 'not_found'
   | 'conflict'
+  | 'request_timeout'
   | 'payload_too_large'
   | 'unsupported_media_type'
   | 'content_rejected'
@@ -15,6 +16,7 @@ export type ErrorCode =
   | 'upstream_error'
   | 'upstream_timeout'
   | 'service_unavailable'
+  | 'storage_full'
   | 'internal_error';
 
 const STATUS_OF: Record<ErrorCode, number> = {
@@ -23,6 +25,7 @@ const STATUS_OF: Record<ErrorCode, number> = {
   forbidden: 403,
   not_found: 404,
   conflict: 409,
+  request_timeout: 408,
   payload_too_large: 413,
   unsupported_media_type: 415,
   content_rejected: 422,
@@ -30,6 +33,7 @@ const STATUS_OF: Record<ErrorCode, number> = {
   upstream_error: 502,
   service_unavailable: 503,
   upstream_timeout: 504,
+  storage_full: 507,
   internal_error: 500,
 };
 

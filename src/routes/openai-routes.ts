@@ -147,6 +147,7 @@ const OPENAI_ERROR_KIND: Record<ErrorCode, { type: string; code?: string }> = {
   forbidden: { type: 'permission_error' },
   not_found: { type: 'invalid_request_error' },
   conflict: { type: 'invalid_request_error' },
+  request_timeout: { type: 'invalid_request_error' },
   payload_too_large: { type: 'invalid_request_error' },
   unsupported_media_type: { type: 'invalid_request_error' },
   content_rejected: { type: 'invalid_request_error', code: 'content_policy_violation' },
@@ -154,6 +155,7 @@ const OPENAI_ERROR_KIND: Record<ErrorCode, { type: string; code?: string }> = {
   upstream_error: { type: 'server_error' },
   upstream_timeout: { type: 'server_error' },
   service_unavailable: { type: 'server_error' },
+  storage_full: { type: 'server_error' },
   internal_error: { type: 'server_error' },
 };
 
