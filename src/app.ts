@@ -48,6 +48,9 @@ export interface AppOptions {
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
+/** The nearest `hops` proxies are trusted, as Fastify does for a number (its types take only a function). */
+const trustHops = (hops: number) => (_address: string, hop: number) => hop < hops;
+
 /** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms. */
 function asGatewayError(err: unknown): GatewayError {
   if (err instanceof GatewayError) return err;
@@ -100,8 +103,9 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomId('req', 12);
     },
-    // Off by default: otherwise any client's X-Forwarded-Host would shape the image URLs it is given.
-    trustProxy: config.TRUST_PROXY,
+    // Off by default: otherwise any client's X-Forwarded-* would set its address and shape its image URLs.
+    // A hop count or the proxies' addresses (TRUST_PROXY), never every hop.
+    trustProxy: typeof config.TRUST_PROXY === 'number' ? trustHops(config.TRUST_PROXY) : config.TRUST_PROXY,
   });
   app.decorate('config', config);
   // Fastify runs onClose hooks last-registered first: this one runs after every other.

@@ -1,4 +1,6 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
+import { MIN_CLIENT_KEY_LENGTH } from './auth/key-policy.js';
 import { MODELS } from './catalogue/models.js';
 
 /** An integer variable within [min, max]; empty or absent gives the fallback (undefined: "not set"). */
@@ -60,9 +62,14 @@ function parseClientKeys(value: string | undefined, ctx: z.RefinementCtx): Clien
     const colon = pair.indexOf(':');
     const team = pair.slice(0, colon).trim();
     const key = pair.slice(colon + 1).trim();
-    if (colon <= 0 || !/^[\w.-]+$/.test(team) || key.length < 8) {
+    if (colon <= 0 || !/^[\w.-]+$/.test(team) || key.length === 0) {
       // Never echo the value: it holds secrets.
-      ctx.addIssue({ code: 'custom', message: `GATEWAY_API_KEYS entry ${keys.length + 1} must be team:key with a key of at least 8 characters` });
+      ctx.addIssue({ code: 'custom', message: `GATEWAY_API_KEYS entry ${keys.length + 1} must be team:key with a key of at least ${MIN_CLIENT_KEY_LENGTH} characters` });
+      return [];
+    }
+    if (key.length < MIN_CLIENT_KEY_LENGTH) {
+      // The team names the entry; the key itself is never echoed.
+      ctx.addIssue({ code: 'custom', message: `GATEWAY_API_KEYS: the key of team ${team} (entry ${keys.length + 1}) is shorter than ${MIN_CLIENT_KEY_LENGTH} characters; use a long random key (openssl rand -hex 16)` });
       return [];
     }
     const count = (perTeam.get(team) ?? 0) + 1;
@@ -70,6 +77,43 @@ function parseClientKeys(value: string | undefined, ctx: z.RefinementCtx): Clien
     keys.push({ id: count === 1 ? team : `${team}-${count}`, team, key });
   }
   return keys;
+}
+
+const NAMED_PROXY_RANGES = ['loopback', 'linklocal', 'uniquelocal'];
+const TRUST_PROXY_CHOICES =
+  'give the number of proxies in front of the gateway (1 for one nginx or ingress), or their addresses/CIDRs, comma-separated (10.0.0.0/8,127.0.0.1; also loopback, linklocal, uniquelocal), or 0 for none';
+
+/**
+ * TRUST_PROXY: whose X-Forwarded-* headers to believe. A hop count or the proxies' addresses, never
+ * "everyone": trusting every hop lets any client set its own address (and dodge the limits kept per address).
+ */
+function parseTrustProxy(value: string | undefined, ctx: z.RefinementCtx): false | number | string[] {
+  const v = (value ?? '').trim();
+  if (v === '' || v === '0' || v.toLowerCase() === 'false') return false;
+  if (/^\d+$/.test(v)) {
+    const hops = Number(v);
+    if (hops <= 100) return hops;
+    ctx.addIssue({ code: 'custom', message: `TRUST_PROXY: ${v} hops is not a plausible number of proxies; ${TRUST_PROXY_CHOICES}` });
+    return z.NEVER;
+  }
+  if (v.toLowerCase() === 'true' || v === '*') {
+    ctx.addIssue({ code: 'custom', message: `TRUST_PROXY=${v} would trust every hop, so any client could choose its own address and origin; ${TRUST_PROXY_CHOICES}` });
+    return z.NEVER;
+  }
+  const entries = v.split(',').map((e) => e.trim()).filter(Boolean);
+  for (const entry of entries) {
+    if (NAMED_PROXY_RANGES.includes(entry)) continue;
+    const [address, bits, extra] = entry.split('/');
+    const family = isIP(address ?? '');
+    const maxBits = family === 6 ? 128 : 32;
+    const bitsOk = bits === undefined || (/^\d+$/.test(bits) && Number(bits) >= 1 && Number(bits) <= maxBits);
+    if (family === 0 || !bitsOk || extra !== undefined) {
+      const why = family !== 0 && bits !== undefined && Number(bits) === 0 ? ' (a /0 range is every address)' : '';
+      ctx.addIssue({ code: 'custom', message: `TRUST_PROXY: "${entry}" is not an address, CIDR or named range${why}; ${TRUST_PROXY_CHOICES}` });
+      return z.NEVER;
+    }
+  }
+  return entries;
 }
 
 /** PRICE_OVERRIDES: `{"model id or alias": USD per image}`, replacing the catalogue's price for those models. */
@@ -104,8 +148,8 @@ const envSchema = z.object({
   AIHUBMIX_BASE_URL: urlString('AIHUBMIX_BASE_URL').transform((v) => v ?? 'https://aihubmix.com'),
   GATEWAY_API_KEYS: z.string().optional().transform((v, ctx) => parseClientKeys(v, ctx)),
   GATEWAY_KEYS_FILE: optionalString,
-  GATEWAY_ADMIN_KEY: optionalString.refine((v) => v === undefined || v.length >= 16, {
-    message: 'GATEWAY_ADMIN_KEY must be at least 16 characters',
+  GATEWAY_ADMIN_KEY: optionalString.refine((v) => v === undefined || v.length >= MIN_CLIENT_KEY_LENGTH, {
+    message: `GATEWAY_ADMIN_KEY (team admin) must be at least ${MIN_CLIENT_KEY_LENGTH} characters`,
   }),
   DATA_DIR: optionalString.transform((v) => v ?? './data'),
   PUBLIC_BASE_URL: urlString('PUBLIC_BASE_URL'),
@@ -161,10 +205,10 @@ const envSchema = z.object({
     message: 'CALLBACK_SECRET must be at least 32 characters',
   }),
   // Behind a reverse proxy (nginx, an ingress): trust its X-Forwarded-* headers for the client address and origin.
-  TRUST_PROXY: z
-    .enum(['0', '1', 'true', 'false', ''], { message: 'TRUST_PROXY must be 1 or 0' })
-    .optional()
-    .transform((v) => v === '1' || v === 'true'),
+  // A hop count (1: the one proxy in front) or the proxies' addresses/CIDRs; never every hop.
+  TRUST_PROXY: z.string().optional().transform((v, ctx) => parseTrustProxy(v, ctx)),
+  // Failed authentications (wrong keys) per client address and minute; past it: 429 before the key is looked at.
+  AUTH_FAILURES_PER_MINUTE: positiveInt('AUTH_FAILURES_PER_MINUTE', 20),
   LOG_PROMPTS: z
     .enum(['0', '1', 'true', 'false', ''], { message: 'LOG_PROMPTS must be 1 or 0' })
     .optional()
@@ -202,6 +246,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   }
   if (!config.S3_BUCKET && (config.S3_ENDPOINT || config.S3_FORCE_PATH_STYLE)) {
     throw new ConfigError('invalid configuration:\n  S3_BUCKET is required when S3_ENDPOINT or S3_FORCE_PATH_STYLE is set');
+  }
+  // In production the origin of image URLs is the operator's, never a client's Host header.
+  if (env.NODE_ENV === 'production' && !config.PUBLIC_BASE_URL) {
+    throw new ConfigError(
+      'invalid configuration:\n  PUBLIC_BASE_URL is required when NODE_ENV=production: the origin clients reach the gateway at (https://images.example.com), used in returned image URLs instead of the request\'s Host header',
+    );
   }
   if (opts.requireUpstreamKey && !config.AIHUBMIX_API_KEY) {
     throw new ConfigError('invalid configuration:\n  AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)');

@@ -22,7 +22,7 @@ describe('configuration from the environment', () => {
   });
 
   it('reads client keys as team:key pairs, naming repeated teams apart', () => {
-    const config = loadConfig({ GATEWAY_API_KEYS: 'design:gk-aaaaaaaa, ads:gk-bbbbbbbb,design:gk-cccccccc' });
+    const config = loadConfig({ GATEWAY_API_KEYS: 'design:gk-aaaaaaaaaaaaaaaaaaaaaaaa, ads:gk-bbbbbbbbbbbbbbbbbbbbbbbb,design:gk-cccccccccccccccccccccccc' });
     expect(config.GATEWAY_API_KEYS.map((k) => [k.id, k.team])).toEqual([
       ['design', 'design'],
       ['ads', 'ads'],

@@ -1,7 +1,9 @@
 import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { isApiCall } from '../usage/usage-routes.js';
-import { authenticate, type Client } from './client-keys.js';
+import { GatewayError } from '../errors.js';
+import { AuthFailures } from './auth-failures.js';
+import { authenticate, presentedKey, type Client } from './client-keys.js';
 import { KeyStore } from './key-store.js';
 
 declare module 'fastify' {
@@ -23,8 +25,18 @@ async function clientKeys(app: FastifyInstance): Promise<void> {
   app.decorate('keyStore', keyStore);
   app.addHook('onReady', async () => keyStore.start());
   app.addHook('onClose', async () => keyStore.close());
+  // Failed authentications are limited per client address: past the limit the key is not even looked at.
+  const failures = new AuthFailures(app.redis, app.log, app.config.AUTH_FAILURES_PER_MINUTE);
   app.addHook('onRequest', async (request) => {
-    if (isApiCall(request)) request.client = authenticate(keyStore.keys, request);
+    if (!isApiCall(request)) return;
+    await failures.check(request.ip);
+    try {
+      request.client = authenticate(keyStore.keys, request);
+    } catch (err) {
+      // A wrong key is a guess; a missing one is not (a browser, a misconfigured client), and is only refused.
+      if (err instanceof GatewayError && presentedKey(request) !== undefined) throw (await failures.failed(request.ip)) ?? err;
+      throw err;
+    }
   });
 }
 

@@ -14,6 +14,9 @@ export interface KeyPolicy {
 
 export type KeySource = 'env' | 'file' | 'api';
 
+/** The shortest client key accepted from configuration (minted keys are longer): short keys can be guessed. */
+export const MIN_CLIENT_KEY_LENGTH = 24;
+
 const id = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
 const team = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
 
@@ -35,7 +38,7 @@ export const keysFileSchema = z.strictObject({
     z
       .strictObject({
         id,
-        key: z.string().min(8).optional(),
+        key: z.string().min(1).optional(), // its length is checked with the entry's team named (loadKeysFile)
         key_sha256: z
           .string()
           .regex(/^[0-9a-f]{64}$/i, 'must be the hex sha256 of the key')

@@ -7,7 +7,7 @@ import { ConfigError, type Config } from '../config.js';
 import { GatewayError } from '../errors.js';
 import { migration, type Database, type Migration } from '../storage/database.js';
 import { ClientKeys, sha256Hex, type Client } from './client-keys.js';
-import { keysFileSchema, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
+import { MIN_CLIENT_KEY_LENGTH, keysFileSchema, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
 
 const MIGRATIONS: Migration[] = [
   migration('client-keys-001', (t) => [
@@ -36,6 +36,12 @@ export function loadKeysFile(path: string): Array<{ policy: KeyPolicy; key?: str
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
     throw new ConfigError(`GATEWAY_KEYS_FILE ${path} is not valid: ${problems}`);
+  }
+  const short = parsed.data.keys.find((k) => k.key !== undefined && k.key.length < MIN_CLIENT_KEY_LENGTH);
+  if (short) {
+    throw new ConfigError(
+      `GATEWAY_KEYS_FILE ${path}: the key of ${short.id} (team ${short.team}) is shorter than ${MIN_CLIENT_KEY_LENGTH} characters; use a long random key (openssl rand -hex 16)`,
+    );
   }
   return parsed.data.keys.map(({ key, key_sha256, admin, ...policy }) => ({
     policy: { ...policy, admin: admin ?? false },

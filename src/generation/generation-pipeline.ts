@@ -8,6 +8,7 @@ import { requestFingerprint } from '../jobs/stored-request.js';
 import type { RequestOutcome } from '../usage/request-outcome.js';
 import type { GenerationResult, ImageGeneration, PreparedGeneration } from './image-generation.js';
 import type { ReportEvent } from './generation-events.js';
+import { eventWithOrigin, resultWithOrigin, storedJobOrigin } from '../jobs/job-origin.js';
 
 /** Why a request was cut short: its caller went away (the connection closed). */
 export class ClientGone extends Error {
@@ -66,6 +67,8 @@ export interface GenerationPipelineDeps {
   upstreamTimeoutMs: number;
   /** LOG_PROMPTS: keep the prompt in the usage record. */
   keepPrompts: boolean;
+  /** PUBLIC_BASE_URL, the one origin a job row may keep; without it job rows keep image paths (src/jobs/job-origin.ts). */
+  publicBaseUrl?: string;
 }
 
 /** Idempotency-Keys are the client key's own: the same string from two keys names two requests. */
@@ -203,7 +206,8 @@ export class GenerationPipeline {
     const { jobId, first } = await jobs.create(
       jobs.newJobId(),
       prepared,
-      { client, publicBaseUrl: call.publicBaseUrl },
+      // Never the caller's Host: the job row keeps PUBLIC_BASE_URL or image paths; the caller's origin is added below.
+      { client, publicBaseUrl: storedJobOrigin(this.deps.publicBaseUrl) },
       scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id) } : undefined,
       // Settled to what the job really made, whenever it ends, whether or not anyone still waits for it.
       (result) => this.deps.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : 0),
@@ -220,9 +224,9 @@ export class GenerationPipeline {
     }
     // A synchronous request with an Idempotency-Key waits for its job; if the caller leaves, the job
     // goes on, and the caller's retry gets its result.
-    const row = await jobs.follow(jobId, { signal: call.signal, onEvent });
+    const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)) });
     const finished = await jobs.outcome(row);
     if ('error' in finished) throw finished.error;
-    return { kind: 'result', result: finished.result, ...(replayed !== undefined ? { replayed } : {}) };
+    return { kind: 'result', result: resultWithOrigin(finished.result, call.publicBaseUrl), ...(replayed !== undefined ? { replayed } : {}) };
   }
 }

@@ -54,6 +54,24 @@ export class Counters {
     if (!this.local.has(key)) this.local.set(key, { total: value, resetAt: Date.now() + windowMs });
   }
 
+  /** A window's current total and time left, without counting (0 when it has not started). */
+  async peek(key: string): Promise<CounterValue> {
+    if (this.redis && this.redis.status === 'ready') {
+      try {
+        const replies = (await this.redis.multi().get(this.prefix + key).pttl(this.prefix + key).exec()) ?? [];
+        const failed = replies.find(([err]) => err);
+        if (failed || replies.length !== 2) throw failed?.[0] ?? new Error('redis MULTI was discarded');
+        const [[, total], [, ttl]] = replies as [[null, string | null], [null, number]];
+        return { total: Number(total ?? 0), ttlMs: Math.max(0, Number(ttl)) };
+      } catch (err) {
+        this.markFailing(err);
+      }
+    }
+    const entry = this.local.get(key);
+    const now = Date.now();
+    return entry && entry.resetAt > now ? { total: entry.total, ttlMs: entry.resetAt - now } : { total: 0, ttlMs: 0 };
+  }
+
   async add(key: string, amount: number, windowMs: number): Promise<CounterValue> {
     if (this.redis && this.redis.status === 'ready') {
       try {

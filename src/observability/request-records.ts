@@ -34,6 +34,8 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
         key_id: request.client?.id,
         team: request.client?.team,
         model: outcome.model,
+        // Who was refused a key or throttled: the address (as TRUST_PROXY lets Fastify read it) to act on.
+        ...(status === 401 || status === 429 ? { client_address: request.ip } : {}),
       },
       'request completed',
     );
@@ -59,7 +61,8 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
     if (failure.status >= 500) {
       request.log.error({ code: failure.code, upstream_status: failure.upstreamStatus, err: failure.cause ?? failure }, failure.message);
     } else {
-      request.log.info({ code: failure.code, upstream_status: failure.upstreamStatus }, failure.message);
+      const clientAddress = failure.status === 401 || failure.status === 429 ? { client_address: request.ip } : {};
+      request.log.info({ code: failure.code, upstream_status: failure.upstreamStatus, ...clientAddress }, failure.message);
     }
   });
 }

@@ -1,7 +1,8 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GatewayError, errorBody, invalidField } from '../errors.js';
 import type { JobRow } from '../jobs/job-runner.js';
-import { errorEvent, gatewayEvents, streamAnswer, whileConnected, writeEvents } from './generation-http.js';
+import { eventWithOrigin, resultWithOrigin } from '../jobs/job-origin.js';
+import { errorEvent, gatewayEvents, publicBaseUrl, streamAnswer, whileConnected, writeEvents } from './generation-http.js';
 
 /** The longest a status read waits for a job to finish (`?wait=`), in seconds: under a proxy's usual 60 s read timeout. */
 const MAX_WAIT_SECONDS = 60;
@@ -45,7 +46,9 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
         connected.release();
       }
     }
-    return await app.jobs.view(row);
+    // The row keeps image paths unless PUBLIC_BASE_URL is set: this reader's origin goes in front.
+    const view = await app.jobs.view(row);
+    return view.result ? { ...view, result: resultWithOrigin(view.result, publicBaseUrl(app, request)) } : view;
   });
 
   // The job's events: first where it stands (a finished job: its last event at once), then as they happen.
@@ -58,7 +61,9 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
         request,
         reply,
         async (stream) => {
-          const send = writeEvents(stream, gatewayEvents, request);
+          const write = writeEvents(stream, gatewayEvents, request);
+          const origin = publicBaseUrl(app, request);
+          const send = (event: Parameters<typeof write>[0]) => write(eventWithOrigin(event, origin));
           // A stopping gateway ends the stream with an error event (service_unavailable): follow again.
           const finished = await app.jobs.follow(row.id, { signal: AbortSignal.any([connected.signal, app.stopping]), onEvent: send });
           const view = await app.jobs.view(finished);
