@@ -44,11 +44,72 @@ describe('configuration from the environment', () => {
 
   it('never echoes a client key in its complaint', () => {
     try {
-      loadConfig({ GATEWAY_API_KEYS: 'design:short' });
+      loadConfig({ GATEWAY_API_KEYS: 'design:s3cr3t' });
       expect.unreachable();
     } catch (err) {
-      expect((err as Error).message).not.toContain('short');
+      expect((err as Error).message).not.toContain('s3cr3t');
     }
+  });
+
+  it('refuses a client key shorter than 24 characters, naming its team and never the key', () => {
+    const short = 'gk-only-23-characters-x';
+    expect(short).toHaveLength(23);
+    for (const env of [{ GATEWAY_API_KEYS: `design:gk-long-enough-0123456789abcdef,ads:${short}` }, { GATEWAY_ADMIN_KEY: short }]) {
+      let message = '';
+      try {
+        loadConfig(env);
+      } catch (err) {
+        expect(err).toBeInstanceOf(ConfigError);
+        message = (err as Error).message;
+      }
+      expect(message).toMatch(env.GATEWAY_ADMIN_KEY ? /GATEWAY_ADMIN_KEY \(team admin\) must be at least 24 characters/ : /GATEWAY_API_KEYS: the key of team ads .*shorter than 24 characters/);
+      expect(message).not.toContain(short);
+    }
+    expect(loadConfig({ GATEWAY_API_KEYS: `ads:${short}x` }).GATEWAY_API_KEYS).toHaveLength(1);
+  });
+
+  it('refuses a short plaintext key in GATEWAY_KEYS_FILE, naming its team and never the key', async () => {
+    const { loadKeysFile } = await import('../src/auth/key-store.js');
+    const file = join(mkdtempSync(join(tmpdir(), 'gw-cfg-')), 'keys.yaml');
+    writeFileSync(file, 'keys:\n  - id: web\n    team: design\n    key: gk-too-short-123\n');
+    expect(() => loadKeysFile(file)).toThrow(/key of web \(team design\) is shorter than 24 characters/);
+    try {
+      loadKeysFile(file);
+    } catch (err) {
+      expect((err as Error).message).not.toContain('gk-too-short-123');
+    }
+  });
+
+  it.each([
+    ['', false],
+    ['0', false],
+    ['1', 'hops:1'],
+    ['2', 'hops:2'],
+    ['10.0.0.0/8, 127.0.0.1', ['10.0.0.0/8', '127.0.0.1']],
+    ['loopback,fd00::/8', ['loopback', 'fd00::/8']],
+  ])('TRUST_PROXY=%j is a hop count or the proxies’ addresses', (value, expected) => {
+    const trust = loadConfig({ TRUST_PROXY: value }).TRUST_PROXY;
+    expect(typeof trust === 'number' ? `hops:${trust}` : trust).toEqual(expected);
+  });
+
+  it.each([['true'], ['TRUE'], ['*'], ['0.0.0.0/0'], ['::/0'], ['nginx'], ['10.0.0.0/33'], ['1.5']])(
+    'TRUST_PROXY=%s (every hop, or not an address) stops the start, explaining the choices',
+    (value) => {
+      expect(() => loadConfig({ TRUST_PROXY: value })).toThrow(ConfigError);
+      expect(() => loadConfig({ TRUST_PROXY: value })).toThrow(/TRUST_PROXY.*number of proxies in front of the gateway.*addresses\/CIDRs/);
+    },
+  );
+
+  it('requires PUBLIC_BASE_URL when NODE_ENV=production, and names it', () => {
+    expect(() => loadConfig({ NODE_ENV: 'production' })).toThrow(/PUBLIC_BASE_URL is required when NODE_ENV=production/);
+    expect(loadConfig({ NODE_ENV: 'production', PUBLIC_BASE_URL: 'https://images.example.com' }).PUBLIC_BASE_URL).toBe('https://images.example.com');
+    expect(loadConfig({ NODE_ENV: 'development' }).PUBLIC_BASE_URL).toBeUndefined();
+  });
+
+  it('reads AUTH_FAILURES_PER_MINUTE (default 20)', () => {
+    expect(loadConfig({}).AUTH_FAILURES_PER_MINUTE).toBe(20);
+    expect(loadConfig({ AUTH_FAILURES_PER_MINUTE: '5' }).AUTH_FAILURES_PER_MINUTE).toBe(5);
+    expect(() => loadConfig({ AUTH_FAILURES_PER_MINUTE: '0' })).toThrow(/AUTH_FAILURES_PER_MINUTE must be a positive integer/);
   });
 
   it('requires the upstream key for npm start, and names it', () => {

@@ -106,6 +106,17 @@ describe('docker/compose.yaml', () => {
     expect(services.nginx!.volumes).toContain('./nginx.conf:/etc/nginx/nginx.conf:ro');
   });
 
+  it('nginx sets X-Forwarded-For, -Host and -Proto itself, overwriting what the client sent', () => {
+    const conf = readFileSync(join(dockerDir, 'nginx.conf'), 'utf8');
+    const header = (name: string) => new RegExp(`^\\s*proxy_set_header ${name} (\\S+);`, 'mi').exec(conf)?.[1];
+    // $proxy_add_x_forwarded_for appends to the client's list; with one trusted hop the gateway reads its last entry, nginx's.
+    expect(['$remote_addr', '$proxy_add_x_forwarded_for']).toContain(header('X-Forwarded-For'));
+    expect(header('X-Forwarded-Host')).toBe('$host');
+    expect(header('X-Forwarded-Proto')).toBe('$scheme');
+    // The replicas trust exactly that one hop, never every hop.
+    expect(replicas.map((r) => services[r]!.environment.TRUST_PROXY)).toEqual(replicas.map(() => '1'));
+  });
+
   it('nginx passes event streams on unbuffered and outlasts a long render', () => {
     const conf = readFileSync(join(dockerDir, 'nginx.conf'), 'utf8');
     // Streams are unbuffered by the gateway's own X-Accel-Buffering: no, which nginx must not ignore.

@@ -74,7 +74,8 @@ describe('GET /v1/jobs/{id}/events', () => {
     const result = events.at(-1)!.data;
     expect(image).toEqual({ index: 0, image: result.images[0] });
     expect(Buffer.from(image.image.b64_json, 'base64').subarray(1, 4).toString()).toBe('PNG');
-    const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: h.auth })).json();
+    // Read through the same origin: a job's image URLs carry each reader's own (src/jobs/job-origin.ts).
+    const job = (await h.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: { ...h.auth, host: new URL(base).host } })).json();
     expect(result).toEqual(job.result);
   });
 
@@ -203,7 +204,7 @@ describe('a job followed from another replica', () => {
       const events = eventsOf(blocks);
       expect(events[0]!.event).toBe('running');
       expect(events.at(-1)!.event).toBe('succeeded');
-      const job = (await a.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: a.auth })).json();
+      const job = (await a.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: { ...a.auth, host: new URL(onB).host } })).json();
       expect(events.at(-1)!.data).toEqual(job.result);
       expect((await longPoll).json().status).toBe('succeeded');
       // The task was submitted and polled on a only.

@@ -223,7 +223,7 @@ describe.skipIf(redisProblem !== undefined || postgresProblem !== undefined)('tw
   let a: Harness;
   let b: Harness;
   const team = `r${randomBytes(4).toString('hex')}`;
-  const key = `gk-${team}-0123456789`;
+  const key = `gk-${team}-0123456789abcdef`;
   const auth = { authorization: `Bearer ${key}` };
   let database: Awaited<ReturnType<typeof freshPostgres>>;
   beforeAll(async () => {
