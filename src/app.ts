@@ -30,6 +30,7 @@ import { metricsPlugin } from './observability/metrics.js';
 import { bufferedStdout } from './observability/log-destination.js';
 import { databasePlugin, openGatewayDatabase } from './storage/database-plugin.js';
 import { redisPlugin } from './storage/redis-plugin.js';
+import type { FreeSpaceProbe } from './images/storage-pressure.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -44,6 +45,8 @@ declare module 'fastify' {
 export interface AppOptions {
   /** Where log lines go; tests pass a stream to read them. Defaults to stdout. */
   logStream?: DestinationStream;
+  /** Reads DATA_DIR's free space (storage pressure); tests inject one. Defaults to statfs. */
+  freeSpaceProbe?: FreeSpaceProbe;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -113,7 +116,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   if (bufferedLog) app.addHook('onClose', async () => bufferedLog.close());
 
   try {
-    await registerAll(app, config);
+    await registerAll(app, config, options);
   } catch (err) {
     // A failed start leaves nothing open: what was registered so far closes as in a stop. Not waited
     // for: SQLite's threads do not keep the process alive, so a close waiting on them could outlast
@@ -131,7 +134,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
  * services stop in this order: jobs (with requests whose client left), usage log, client keys, job
  * events, job callbacks, upstream, images, database, Redis.
  */
-async function registerAll(app: FastifyInstance, config: Config): Promise<void> {
+async function registerAll(app: FastifyInstance, config: Config, options: AppOptions): Promise<void> {
   await app.register(multipart, {
     limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
   });
@@ -168,7 +171,7 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
   // Opened out here: avvio gives a plugin 10 s to load, and an unreachable PostgreSQL may take
   // longer to fail; it must fail with its ConfigError.
   await app.register(databasePlugin, { db: await openGatewayDatabase(config, app.log) });
-  await app.register(imagesPlugin);
+  await app.register(imagesPlugin, { freeSpaceProbe: options.freeSpaceProbe });
   await app.register(upstreamPlugin);
   await app.register(jobCallbacksPlugin);
   await app.register(jobEventsPlugin);
@@ -183,7 +186,8 @@ async function registerAll(app: FastifyInstance, config: Config): Promise<void> 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_request, reply) => {
     const [storage, database] = await Promise.all([
-      app.store.check().then(() => 'ok', () => 'unavailable'),
+      // Under pressure (DATA_DIR below STORAGE_MIN_FREE_BYTES: `full`; S3 refusing writes: `unavailable`) new generations are refused.
+      app.storagePressure.state !== 'ok' ? app.storagePressure.state : app.store.check().then(() => 'ok', () => 'unavailable'),
       app.db.ping().then(() => 'ok', () => 'unavailable'),
     ]);
     const ready = storage === 'ok' && database === 'ok';

@@ -193,6 +193,8 @@ const envSchema = z.object({
   // Images up to this size are kept in their database row instead of the store; 0: every image in the store.
   IMAGE_INLINE_MAX_BYTES: integer('IMAGE_INLINE_MAX_BYTES', 16 * 1024, 0, 1024 * 1024),
   RETENTION_SWEEP_INTERVAL_MS: positiveInt('RETENTION_SWEEP_INTERVAL_MS', 10 * 60 * 1000),
+  // Below this free space in DATA_DIR new generations are refused (507); unset: the smaller of 1 GiB and 5 % of the disk; 0: off.
+  STORAGE_MIN_FREE_BYTES: integer('STORAGE_MIN_FREE_BYTES', undefined, 0),
   ALLOWED_IMAGE_HOSTS: hostList('ALLOWED_IMAGE_HOSTS'),
   ALLOWED_CALLBACK_HOSTS: hostList('ALLOWED_CALLBACK_HOSTS'),
   UPSTREAM_QUEUE_TIMEOUT_MS: positiveInt('UPSTREAM_QUEUE_TIMEOUT_MS', 30_000),

@@ -6,7 +6,7 @@ import type { KeyLimits, Reservation } from '../limits/key-limits.js';
 import type { JobRunner } from '../jobs/job-runner.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
 import type { RequestOutcome } from '../usage/request-outcome.js';
-import type { GenerationResult, ImageGeneration, PreparedGeneration } from './image-generation.js';
+import { PaidImageLost, type GenerationResult, type ImageGeneration, type PreparedGeneration } from './image-generation.js';
 import type { ReportEvent } from './generation-events.js';
 import { eventWithOrigin, resultWithOrigin, storedJobOrigin } from '../jobs/job-origin.js';
 
@@ -69,6 +69,8 @@ export interface GenerationPipelineDeps {
   keepPrompts: boolean;
   /** PUBLIC_BASE_URL, the one origin a job row may keep; without it job rows keep image paths (src/jobs/job-origin.ts). */
   publicBaseUrl?: string;
+  /** Refuses (507 storage_full) while image storage is full or unavailable: nothing is sent upstream then. */
+  storage?: { refuseIfPressed(): void };
 }
 
 /** Idempotency-Keys are the client key's own: the same string from two keys names two requests. */
@@ -109,6 +111,8 @@ export class GenerationPipeline {
     outcome.imagesRequested = typeof request.params.n === 'number' ? request.params.n : 1;
     this.noteRequestedModel(outcome, request.model);
     if (this.deps.keepPrompts) outcome.prompt = request.prompt;
+    // First: an image that cannot be stored would be paid for and lost.
+    this.deps.storage?.refuseIfPressed();
     const prepared = await this.deps.generation.prepare(request);
     this.deps.limits.checkModel(client, prepared.model.id);
     this.deps.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
@@ -155,8 +159,13 @@ export class GenerationPipeline {
     } catch (err) {
       // A caller that leaves does not get its images back: upstream may have made (and charged) them.
       if (call.signal.aborted && call.signal.reason instanceof ClientGone) throw new ClientGone();
+      // Paid for and lost (storage failed after upstream answered): what it cost still counts.
+      if (err instanceof PaidImageLost) {
+        outcome.estimatedCostUsd = err.costUsd;
+        if (err.upstreamMs !== undefined) outcome.upstreamMs = err.upstreamMs;
+      }
       // A job settles its own reservation when it ends.
-      if (!job.created) await this.deps.limits.settle(reservation, 0, 0);
+      if (!job.created) await this.deps.limits.settle(reservation, 0, err instanceof PaidImageLost ? err.costUsd : 0);
       const failure = asFailure(err);
       onEvent({ type: 'failed', error: failure });
       throw failure;
@@ -210,7 +219,9 @@ export class GenerationPipeline {
       { client, publicBaseUrl: storedJobOrigin(this.deps.publicBaseUrl) },
       scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id) } : undefined,
       // Settled to what the job really made, whenever it ends, whether or not anyone still waits for it.
-      (result) => this.deps.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : 0),
+      // Images paid for and lost to full storage count at what they cost.
+      (result, failure) =>
+        this.deps.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : 0),
     );
     job.created = true;
     // Joining another request's job costs nothing.

@@ -12,9 +12,17 @@ import { Base64Staging } from '../images/base64-staging.js';
 import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
 import type { ProgressEvent } from './generation-events.js';
+import { GatewayError } from '../errors.js';
+import { INLINE_FALLBACK_MAX_BYTES } from '../images/image-library.js';
+import { sniffImageType } from '../images/image-bytes.js';
+import { imageDimensions } from '../images/image-dimensions.js';
+import { StorageWriteFailed } from '../images/storage-pressure.js';
+import sharp from 'sharp';
+import { hash } from 'node:crypto';
 
 export interface ImageResult {
-  url: string;
+  /** Absent only when the image could not be stored (storage full) and is answered inline in `b64_json`. */
+  url?: string;
   mime_type: string;
   bytes: number;
   width: number;
@@ -22,8 +30,27 @@ export interface ImageResult {
   sha256: string;
   seed?: number;
   revised_prompt?: string;
-  expires_at: string;
+  /** Absent with `url`. */
+  expires_at?: string;
   b64_json?: string;
+}
+
+/**
+ * Upstream made (and was paid for) the images, but the gateway could not store them and no longer
+ * has their bytes (or they are over INLINE_FALLBACK_MAX_BYTES): 507, with what it cost.
+ */
+export class PaidImageLost extends GatewayError {
+  constructor(
+    readonly costUsd: number | null,
+    readonly upstreamMs: number | undefined,
+    cause: StorageWriteFailed,
+  ) {
+    super('storage_full', `upstream made the image and it was paid for, but image storage is full or unavailable and it was lost; retry later`, {
+      cause,
+      retryAfter: cause.retryAfter,
+    });
+    this.name = 'PaidImageLost';
+  }
 }
 
 export interface GenerationResult {
@@ -91,16 +118,16 @@ export class ImageGeneration {
     const stageImage = () => {
       const staging = new Base64Staging(this.deps.images.stagingFiles);
       return {
-        write: (base64: Buffer) => staging.write(base64),
+        write: (base64: Buffer) => staging.write(base64).catch((err: unknown) => this.stagingFailed(err)),
         abort: () => staging.abort(),
         end: async () => {
-          const image = await staging.end();
+          const image = await staging.end().catch((err: unknown) => this.stagingFailed(err));
           staged.add(image);
           return image;
         },
       };
     };
-    let produced: UpstreamResult;
+    let produced: UpstreamResult | undefined;
     let images: ImageResult[];
     const task = ctx.task ?? {};
     if (task.resumeTaskId) report({ type: 'running', task_id: task.resumeTaskId });
@@ -131,6 +158,14 @@ export class ImageGeneration {
           return kept;
         }),
       );
+    } catch (err) {
+      // Past the upstream answer: the images are paid for. Their cost goes with the 507.
+      if (err instanceof StorageWriteFailed) {
+        const paidImages = produced?.images.length ?? (typeof request.params.n === 'number' ? request.params.n : 1);
+        const cost = estimateCostUsd(route.price, { images: paidImages, options: request.options, upstreamTokens: produced?.usage });
+        throw new PaidImageLost(cost, produced?.upstreamMs, err);
+      }
+      throw err;
     } finally {
       await Promise.all([...staged].map((image) => rm(image.path, { force: true })));
     }
@@ -155,6 +190,63 @@ export class ImageGeneration {
    * streams through a hash into a temp file; a base64 reply is decoded once; neither is copied again.
    */
   private async keep(
+    image: UpstreamImage,
+    responseFormat: 'url' | 'b64_json',
+    expiresAt: number,
+    ctx: { signal: AbortSignal; publicBaseUrl: string; owner?: ImageOwner },
+  ): Promise<ImageResult> {
+    try {
+      return await this.store(image, responseFormat, expiresAt, ctx);
+    } catch (err) {
+      if (!(err instanceof StorageWriteFailed)) throw err;
+      // The store could not take it: the bytes still in hand are answered inline, without a URL.
+      const bytes =
+        err.salvaged ??
+        (image.b64 !== undefined ? Buffer.from(image.b64, 'base64') : image.url !== undefined ? await this.downloadToMemory(image.url, ctx.signal) : undefined);
+      if (!bytes || bytes.length > INLINE_FALLBACK_MAX_BYTES) throw err;
+      return this.inline(image, bytes);
+    }
+  }
+
+  /** A download into memory, for an image its staging could not take; undefined when over INLINE_FALLBACK_MAX_BYTES. */
+  private async downloadToMemory(url: string, signal: AbortSignal): Promise<Buffer | undefined> {
+    return this.deps.upstream.download(url, signal, async (body) => {
+      const chunks: Uint8Array[] = [];
+      let total = 0;
+      for await (const chunk of body) {
+        total += chunk.length;
+        if (total > INLINE_FALLBACK_MAX_BYTES) return undefined;
+        chunks.push(chunk);
+      }
+      return Buffer.concat(chunks);
+    });
+  }
+
+  /** An image answered only inline: no URL, no expiry, nothing stored. */
+  private async inline(image: UpstreamImage, bytes: Buffer): Promise<ImageResult> {
+    const mime = sniffImageType(bytes);
+    if (!mime) throw new GatewayError('upstream_error', 'upstream returned data that is not a PNG, JPEG or WebP image');
+    const size = imageDimensions(bytes) ?? (await sharp(bytes).metadata());
+    const result: ImageResult = {
+      mime_type: mime,
+      bytes: bytes.length,
+      width: size.width,
+      height: size.height,
+      sha256: hash('sha256', bytes, 'hex'),
+      b64_json: bytes.toString('base64'),
+    };
+    if (image.seed !== undefined) result.seed = image.seed;
+    if (image.revisedPrompt !== undefined) result.revised_prompt = image.revisedPrompt;
+    return result;
+  }
+
+  /** A failure of the staging of a base64 reply: the file system's is storage's; a bad image stays what it is. */
+  private stagingFailed(err: unknown): never {
+    if (err instanceof GatewayError) throw err;
+    throw this.deps.images.writeFailed('the image staging file', 'disk', err);
+  }
+
+  private async store(
     image: UpstreamImage,
     responseFormat: 'url' | 'b64_json',
     expiresAt: number,

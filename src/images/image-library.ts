@@ -12,6 +12,7 @@ import { DIMENSION_HEADER_BYTES, imageDimensions, type ImageDimensions } from '.
 import type { ImageRecord, ImageRecords } from './image-records.js';
 import { imageNameOf, type ByteRange, type ImageStore } from './image-store.js';
 import { DEFAULT_WARM_STAGING, WarmStagingFiles, type WarmStagingOptions } from './warm-staging-files.js';
+import { StorageWriteFailed, type StoragePressure } from './storage-pressure.js';
 
 export interface ImageOwner {
   keyId: string;
@@ -48,6 +49,8 @@ const STAGING_WRITE_BYTES = 1024 * 1024;
 const SWEEP_BATCH = 500;
 /** A staged file older than this was left by a crash; a live download is far shorter. */
 const STALE_STAGING_MS = 60 * 60 * 1000;
+/** An image the store could not take is answered inline (base64) up to this size; a larger one is lost. */
+export const INLINE_FALLBACK_MAX_BYTES = 32 * 1024 * 1024;
 
 export interface ImageLibraryOptions {
   /**
@@ -58,6 +61,8 @@ export interface ImageLibraryOptions {
   inlineMaxBytes: number;
   /** Staging files prepared ahead (see WarmStagingFiles); DEFAULT_WARM_STAGING when not given. */
   warmStaging?: WarmStagingOptions;
+  /** Told of failed writes (a full disk is probed again; S3 failures are counted) and of S3 writes that worked. */
+  pressure?: StoragePressure;
 }
 
 /**
@@ -107,11 +112,14 @@ export class ImageLibrary {
    * so a large image is never held whole in memory. Starts afresh on each call (a retried download).
    */
   async stage(body: AsyncIterable<Uint8Array>): Promise<StagedImage> {
-    const { path, file, warmBytes } = await this.stagingFiles.take();
+    const { path, file, warmBytes } = await this.stagingFiles.take().catch((err: unknown) => {
+      throw this.writeFailed('the image staging file', 'disk', err);
+    });
     const hasher = createHash('sha256');
     let bytes = 0;
     let mime: ImageMime | undefined;
     let head = Buffer.alloc(0);
+    let writeError: unknown;
     async function* inspect(source: AsyncIterable<Uint8Array>) {
       for await (const chunk of source) {
         // The first bytes are kept for the type and, later, the dimensions (no second read of the file).
@@ -130,13 +138,24 @@ export class ImageLibrary {
     try {
       // A large buffer lets the file stream write many pieces at once (one thread-pool trip for them all).
       // The stream closes the file when it ends or fails.
-      await pipeline(body, inspect, file.createWriteStream({ start: 0, highWaterMark: STAGING_WRITE_BYTES }));
+      const sinkFile = file.createWriteStream({ start: 0, highWaterMark: STAGING_WRITE_BYTES });
+      sinkFile.once('error', (err) => {
+        writeError = err;
+      });
+      await pipeline(body, inspect, sinkFile);
       mime ??= sniffImageType(head);
       if (!mime) throw notAnImage();
       this.stagingFiles.noteImageBytes(bytes);
-      if (warmBytes > bytes) await truncate(path, bytes);
+      if (warmBytes > bytes) {
+        await truncate(path, bytes).catch((err: unknown) => {
+          writeError = err;
+          throw err;
+        });
+      }
     } catch (err) {
       await rm(path, { force: true });
+      // What the file refused (ENOSPC, EIO, ...) is storage; a bad or broken download is not.
+      if (writeError !== undefined) throw this.writeFailed('the image staging file', 'disk', writeError);
       throw err;
     }
     return { path, sha256: hasher.digest('hex'), mime, bytes, dimensions: imageDimensions(head) };
@@ -155,6 +174,10 @@ export class ImageLibrary {
       const record = await this.save(staged, width, height, options, (name) => this.store.putFile(name, staged.path, staged.bytes, staged.mime));
       return readBack ? { record, bytes: readBack } : { record };
     } catch (err) {
+      // The bytes are still in hand: a failed store write answers them inline when they fit in memory.
+      if (err instanceof StorageWriteFailed && staged.bytes <= INLINE_FALLBACK_MAX_BYTES) {
+        err.salvaged = await readFileQuickly(staged.path).catch(() => undefined);
+      }
       // On success putFile has moved (or uploaded and removed) the staged file already.
       await rm(staged.path, { force: true });
       throw err;
@@ -198,10 +221,17 @@ export class ImageLibrary {
       // Written every time, even when already stored: the same bytes, and a retention sweep on
       // another replica may have just removed them.
       await write(name).catch((err: unknown) => {
-        throw new GatewayError('service_unavailable', `the image store (${this.store.kind}) could not be written; try again`, { cause: err });
+        throw this.writeFailed(`the image store (${this.store.kind})`, this.store.kind === 's3' ? 's3' : 'disk', err);
       });
+      if (this.store.kind === 's3') this.settings.pressure?.noteWriteSuccess();
       return record;
     });
+  }
+
+  /** A failed write, told to the storage watcher. */
+  writeFailed(what: string, where: 'disk' | 's3', err: unknown): StorageWriteFailed {
+    this.settings.pressure?.noteWriteFailure(where, err);
+    return err instanceof StorageWriteFailed ? err : new StorageWriteFailed(what, err);
   }
 
   /** A stored image that has not expired, or undefined. */

@@ -4,20 +4,39 @@ import { ImageLibrary } from './image-library.js';
 import { ImageRecords } from './image-records.js';
 import type { ImageStore } from './image-store.js';
 import { openImageStore } from './open-image-store.js';
+import { StoragePressure, type FreeSpaceProbe } from './storage-pressure.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     store: ImageStore;
     /** Stored result images: bytes in `store` (files or S3), rows in the database. */
     images: ImageLibrary;
+    /** The free space of DATA_DIR and the S3 store's health: new generations are refused under pressure. */
+    storagePressure: StoragePressure;
   }
 }
 
-async function images(app: FastifyInstance): Promise<void> {
+export interface ImagesPluginOptions {
+  /** Reads DATA_DIR's free space (tests inject one); statfs by default. */
+  freeSpaceProbe?: FreeSpaceProbe | undefined;
+}
+
+async function images(app: FastifyInstance, options: ImagesPluginOptions): Promise<void> {
   const store = openImageStore(app.config);
-  const images = new ImageLibrary(store, new ImageRecords(app.db), { inlineMaxBytes: app.config.IMAGE_INLINE_MAX_BYTES });
+  const pressure = new StoragePressure({
+    dataDir: app.config.DATA_DIR,
+    minFreeBytes: app.config.STORAGE_MIN_FREE_BYTES,
+    s3: store.kind === 's3',
+    checkStore: () => store.check(),
+    log: app.log,
+    probe: options.freeSpaceProbe,
+  });
+  const images = new ImageLibrary(store, new ImageRecords(app.db), { inlineMaxBytes: app.config.IMAGE_INLINE_MAX_BYTES, pressure });
   app.decorate('store', store);
   app.decorate('images', images);
+  app.decorate('storagePressure', pressure);
+  app.addHook('onReady', async () => pressure.start());
+  app.addHook('preClose', async () => pressure.stop());
   // After jobs (which depend on this plugin) have settled: a job ending in its grace period still stores its images.
   app.addHook('onClose', async () => {
     await images.close();

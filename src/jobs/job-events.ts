@@ -92,7 +92,8 @@ export class JobEventBus {
     // a base64 image back from the image store.
     if (notice.type === 'partial_image') return;
     let shared = notice;
-    if (notice.type === 'image' && notice.image.b64_json !== undefined) {
+    // An image answered only inline (storage full: no URL) has no stored copy to read back; its bytes go along.
+    if (notice.type === 'image' && notice.image.b64_json !== undefined && notice.image.url !== undefined) {
       const { b64_json: _bytes, ...image } = notice.image;
       shared = { ...notice, image, b64_in_store: true };
     }

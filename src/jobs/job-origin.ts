@@ -11,11 +11,11 @@ export function storedJobOrigin(configured: string | undefined): string {
 }
 
 const withOrigin = (image: ImageResult, origin: string): ImageResult =>
-  image.url.startsWith('/') ? { ...image, url: `${origin}${image.url}` } : image;
+  image.url?.startsWith('/') ? { ...image, url: `${origin}${image.url}` } : image;
 
 /** A job's result with `origin` in front of its image paths (URLs that have an origin stay as they are). */
 export function resultWithOrigin(result: GenerationResult, origin: string): GenerationResult {
-  return result.images.some((image) => image.url.startsWith('/')) ? { ...result, images: result.images.map((image) => withOrigin(image, origin)) } : result;
+  return result.images.some((image) => image.url?.startsWith('/')) ? { ...result, images: result.images.map((image) => withOrigin(image, origin)) } : result;
 }
 
 /** A job's event with `origin` in front of the image paths it carries. */

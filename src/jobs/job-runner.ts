@@ -116,8 +116,10 @@ class LeaseLost extends Error {
 
 /** Base64 images stay out of the jobs table (kept for days, read on every poll): a flag says to read them back. */
 function resultToStore(result: GenerationResult): string {
-  if (!result.images.some((image) => image.b64_json !== undefined)) return JSON.stringify(result);
-  return JSON.stringify({ ...result, images: result.images.map(({ b64_json: _b64, ...image }) => image), inline_images: true });
+  if (!result.images.some((image) => image.b64_json !== undefined && image.url !== undefined)) return JSON.stringify(result);
+  // An image answered only inline (storage full: no URL) has no stored copy: its bytes stay in the row.
+  const images = result.images.map(({ b64_json, ...image }) => (image.url === undefined && b64_json !== undefined ? { ...image, b64_json } : image));
+  return JSON.stringify({ ...result, images, inline_images: true });
 }
 const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
 
@@ -134,7 +136,7 @@ export class JobRunner {
   private readonly deliveries = new Set<Promise<void>>();
   private readonly stopDeliveries = new AbortController();
   /** Told once when a job this replica started has ended (settling the limits it reserved). */
-  private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined) => Promise<void>>>();
+  private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>>>();
   private closing = false;
 
   constructor(private readonly o: JobRunnerOptions) {
@@ -199,7 +201,7 @@ export class JobRunner {
     prepared: PreparedGeneration,
     owner: { client: Client; publicBaseUrl: string },
     idempotency?: { scope: string; fingerprint: string },
-    whenFinished?: (result: GenerationResult | undefined) => Promise<void>,
+    whenFinished?: (result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>,
   ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
     const request = prepared.request;
@@ -267,6 +269,7 @@ export class JobRunner {
     if (!inline_images || !this.o.readImage) return result;
     const images = await Promise.all(
       result.images.map(async (image) => {
+        if (image.url === undefined) return image;
         const bytes = await this.o.readImage!(imageNameOf(image.url));
         return bytes ? { ...image, b64_json: bytes.toString('base64') } : image;
       }),
@@ -322,7 +325,7 @@ export class JobRunner {
           if (told.images.has(notice.index)) return;
           told.images.add(notice.index);
           const { b64_in_store, ...event } = notice;
-          if (b64_in_store && this.o.readImage) {
+          if (b64_in_store && this.o.readImage && event.image.url !== undefined) {
             const bytes = await this.o.readImage(imageNameOf(event.image.url));
             if (bytes) event.image = { ...event.image, b64_json: bytes.toString('base64') };
           }
@@ -498,7 +501,7 @@ export class JobRunner {
     if (failure && neverPaid(failure)) await this.o.db.run('DELETE FROM idempotency_keys WHERE job_id = $1', [id]);
     const watchers = this.finishWatchers.get(id) ?? [];
     this.finishWatchers.delete(id);
-    for (const watch of watchers) await watch(result).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
+    for (const watch of watchers) await watch(result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
     const row = await this.get(id);
     if (row) await this.o.onFinished?.(row, result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'recording a finished job failed'));
     if (row?.callback_url) {

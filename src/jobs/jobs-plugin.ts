@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
+import { PaidImageLost } from '../generation/image-generation.js';
 import { GatewayError } from '../errors.js';
 import { JobRunner } from './job-runner.js';
 
@@ -35,7 +36,8 @@ async function jobs(app: FastifyInstance): Promise<void> {
         errorCode: failure ? failure.code : null,
         imagesReturned: result?.images.length ?? 0,
         bytesStored: result?.images.reduce((sum, image) => sum + image.bytes, 0) ?? 0,
-        estimatedCostUsd: result ? result.usage.estimated_cost_usd : null,
+        // Images paid for and lost to full storage: the record keeps what they cost.
+        estimatedCostUsd: result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : null,
         upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
         upstreamMs: result?.usage.upstream_ms ?? null,
         upstreamTokens: result?.usage.upstream_tokens ?? null,

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
+import type { StoragePressure } from '../images/storage-pressure.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -125,9 +126,39 @@ export class GatewayMetrics {
   }
 }
 
+/** Storage pressure, read at scrape time (the watcher polls DATA_DIR every 10 s and after a failed write). */
+function storageGauges(registry: Registry, pressure: StoragePressure): void {
+  const registers = [registry];
+  new Gauge({
+    name: 'gateway_storage_refusing',
+    help: '1 while image storage is full or unavailable and new generations are refused with 507, else 0.',
+    registers,
+    collect() {
+      this.set(pressure.state === 'ok' ? 0 : 1);
+    },
+  });
+  new Gauge({
+    name: 'gateway_storage_free_bytes',
+    help: 'Free bytes of the file system holding DATA_DIR, at the last check.',
+    registers,
+    collect() {
+      if (pressure.freeBytes !== undefined) this.set(pressure.freeBytes);
+    },
+  });
+  new Gauge({
+    name: 'gateway_storage_min_free_bytes',
+    help: 'STORAGE_MIN_FREE_BYTES in force (its default: the smaller of 1 GiB and 5 % of the file system); 0: off.',
+    registers,
+    collect() {
+      if (pressure.minFreeBytes !== undefined) this.set(pressure.minFreeBytes);
+    },
+  });
+}
+
 async function metrics(app: FastifyInstance): Promise<void> {
   const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth, () => app.jobs.counts());
   app.decorate('metrics', gatewayMetrics);
+  storageGauges(gatewayMetrics.registry, app.storagePressure);
   // Public like /healthz: scrapers carry no client key.
   app.get('/metrics', async (_request, reply) => {
     return reply.type(gatewayMetrics.registry.contentType).send(await gatewayMetrics.registry.metrics());
@@ -135,4 +166,4 @@ async function metrics(app: FastifyInstance): Promise<void> {
 }
 
 /** Prometheus metrics at GET /metrics. */
-export const metricsPlugin = fp(metrics, { name: 'metrics', dependencies: ['catalogue', 'upstream', 'jobs'] });
+export const metricsPlugin = fp(metrics, { name: 'metrics', dependencies: ['catalogue', 'upstream', 'jobs', 'images'] });

@@ -39,6 +39,10 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
     onSwept: sweptMetrics(app),
   });
   app.decorate('retention', retention);
+  // Storage under pressure: expired images (and the oldest past IMAGE_STORE_MAX_BYTES) go at once, not at the next interval.
+  app.storagePressure.onPressure(() => {
+    retention.sweepNow().catch((err: unknown) => app.log.error({ err }, 'image retention sweep failed'));
+  });
   const fetcher = new ImageFetcher({ maxBytes: app.config.MAX_UPLOAD_BYTES, allowedHosts: app.config.ALLOWED_IMAGE_HOSTS });
   app.decorate('imageFetcher', fetcher);
   app.addHook('onReady', async () => retention.start());

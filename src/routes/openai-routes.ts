@@ -132,7 +132,8 @@ function toImagesResponse(result: GenerationResult, responseFormat: 'url' | 'b64
   return {
     created: result.created,
     data: result.images.map((image) => ({
-      ...(responseFormat === 'b64_json' ? { b64_json: image.b64_json } : { url: image.url }),
+      // An image storage could not take (no URL) comes inline whatever was asked.
+      ...(responseFormat === 'b64_json' || image.url === undefined ? { b64_json: image.b64_json } : { url: image.url }),
       ...(image.revised_prompt !== undefined ? { revised_prompt: image.revised_prompt } : {}),
     })),
     // OpenAI's token counts where the upstream reply carries them (gpt-image), plus the gateway's own.

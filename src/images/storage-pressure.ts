@@ -1,0 +1,190 @@
+import { statfs } from 'node:fs/promises';
+import { GatewayError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+
+/** What the file system under DATA_DIR has room for, in bytes. */
+export interface FreeSpace {
+  /** Free to an unprivileged process (statfs `bavail`). */
+  freeBytes: number;
+  totalBytes: number;
+}
+
+/** Reads the free space of the file system holding `dir`; tests inject their own. */
+export type FreeSpaceProbe = (dir: string) => Promise<FreeSpace>;
+
+export const statfsProbe: FreeSpaceProbe = async (dir) => {
+  const s = await statfs(dir);
+  return { freeBytes: s.bavail * s.bsize, totalBytes: s.blocks * s.bsize };
+};
+
+/** `ok`; `full`: DATA_DIR below its floor; `unavailable`: the S3 store refuses writes. */
+export type StorageState = 'ok' | 'full' | 'unavailable';
+
+/** The floor when STORAGE_MIN_FREE_BYTES is not set: the smaller of 1 GiB and 5 % of the file system. */
+export function defaultMinFreeBytes(totalBytes: number): number {
+  return Math.min(1024 ** 3, Math.floor(totalBytes * 0.05));
+}
+
+/** Seconds a refused client is told to wait: a sweep or an operator needs a while. */
+export const STORAGE_RETRY_AFTER_SECONDS = 60;
+
+/** Consecutive S3 write failures that mark the store unavailable (one may be a passing fault). */
+const S3_FAILURES_UNAVAILABLE = 3;
+
+/**
+ * A write to the image store or its staging that failed: the disk is full, or the S3 store refused.
+ * Thrown once upstream has made (and been paid for) the image; the generation answers the bytes
+ * inline where it still has them, else this.
+ */
+export class StorageWriteFailed extends GatewayError {
+  /** The image's bytes, when they were still in hand and fit in memory. */
+  salvaged: Buffer | undefined;
+
+  constructor(what: string, cause: unknown) {
+    super('storage_full', `${what} could not be written (image storage is full or unavailable)`, { cause, retryAfter: STORAGE_RETRY_AFTER_SECONDS });
+    this.name = 'StorageWriteFailed';
+  }
+}
+
+export interface StoragePressureOptions {
+  dataDir: string;
+  /** STORAGE_MIN_FREE_BYTES: undefined for the default (see defaultMinFreeBytes), 0 turns the disk check off. */
+  minFreeBytes: number | undefined;
+  /** Whether images go to S3 (then its write failures count too). */
+  s3: boolean;
+  /** Readiness of the S3 store: a successful check ends its unavailability. */
+  checkStore: () => Promise<void>;
+  log: Logger;
+  probe?: FreeSpaceProbe;
+  intervalMs?: number;
+}
+
+/**
+ * Watches the free space of DATA_DIR (polled, and again after a failed write) and the S3 store's
+ * write failures. While storage is under pressure, new generations and edits are refused before
+ * anything is sent upstream (refuseIfPressed), and /readyz reports it. Listeners added with
+ * onPressure run when pressure begins (the retention sweeper).
+ */
+export class StoragePressure {
+  private diskFull = false;
+  private s3Failures = 0;
+  private s3Down = false;
+  private timer: NodeJS.Timeout | undefined;
+  private checking: Promise<StorageState> | undefined;
+  private readonly listeners: Array<() => void> = [];
+  private readonly probe: FreeSpaceProbe;
+  /** From the last probe; undefined before the first or when the probe failed. */
+  freeBytes: number | undefined;
+  /** The floor in force (0: the disk check is off); undefined until the first probe when defaulted. */
+  minFreeBytes: number | undefined;
+  private lastState: StorageState = 'ok';
+
+  constructor(private readonly options: StoragePressureOptions) {
+    this.probe = options.probe ?? statfsProbe;
+    this.minFreeBytes = options.minFreeBytes;
+  }
+
+  get state(): StorageState {
+    if (this.diskFull) return 'full';
+    if (this.s3Down) return 'unavailable';
+    return 'ok';
+  }
+
+  /** Runs `listener` each time pressure begins. */
+  onPressure(listener: () => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** A first check, then one every intervalMs (unref'd: never keeps the process alive). */
+  async start(): Promise<void> {
+    await this.check();
+    if (this.timer) return;
+    this.timer = setInterval(() => {
+      this.check().catch((err: unknown) => this.options.log.error({ err }, 'storage check failed'));
+    }, this.options.intervalMs ?? 10_000);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    await this.checking?.catch(() => {});
+  }
+
+  /** Probes now (joining a probe in flight) and answers the state. */
+  check(): Promise<StorageState> {
+    this.checking ??= this.probeNow().finally(() => {
+      this.checking = undefined;
+    });
+    return this.checking;
+  }
+
+  private async probeNow(): Promise<StorageState> {
+    if (this.options.minFreeBytes !== 0) {
+      try {
+        const space = await this.probe(this.options.dataDir);
+        this.freeBytes = space.freeBytes;
+        this.minFreeBytes = this.options.minFreeBytes ?? defaultMinFreeBytes(space.totalBytes);
+        this.diskFull = space.freeBytes < this.minFreeBytes;
+      } catch (err) {
+        // A DATA_DIR that cannot even be asked is not refused for that; the store check reports it.
+        this.options.log.warn({ err }, 'the free space of DATA_DIR could not be read');
+      }
+    }
+    if (this.s3Down) {
+      try {
+        await this.options.checkStore();
+        this.s3Down = false;
+        this.s3Failures = 0;
+      } catch {
+        // Still down.
+      }
+    }
+    this.noteState();
+    return this.state;
+  }
+
+  /** A write to the store or its staging failed: the disk is probed again at once; S3 failures are counted. */
+  noteWriteFailure(where: 'disk' | 's3', err: unknown): void {
+    if (where === 's3' && this.options.s3) {
+      this.s3Failures++;
+      if (this.s3Failures >= S3_FAILURES_UNAVAILABLE) this.s3Down = true;
+      this.noteState(err);
+    }
+    this.check().catch(() => {});
+  }
+
+  /** A write to the S3 store succeeded: it is available again. */
+  noteWriteSuccess(): void {
+    if (this.s3Failures === 0 && !this.s3Down) return;
+    this.s3Failures = 0;
+    this.s3Down = false;
+    this.noteState();
+  }
+
+  /** Throws 507 storage_full while storage is under pressure: before a request is sent upstream. */
+  refuseIfPressed(): void {
+    const state = this.state;
+    if (state === 'ok') return;
+    const why =
+      state === 'full'
+        ? `image storage is full: DATA_DIR has ${this.freeBytes} bytes free, below STORAGE_MIN_FREE_BYTES (${this.minFreeBytes})`
+        : 'image storage is unavailable: the S3 image store refuses writes';
+    throw new GatewayError('storage_full', `${why}; new generations are refused until space returns, retry later`, { retryAfter: STORAGE_RETRY_AFTER_SECONDS });
+  }
+
+  /** Logs a change of state (a warning when pressure begins) and tells the listeners. */
+  private noteState(err?: unknown): void {
+    const state = this.state;
+    if (state === this.lastState) return;
+    const before = this.lastState;
+    this.lastState = state;
+    const facts = { storage: state, free_bytes: this.freeBytes, min_free_bytes: this.minFreeBytes };
+    if (state === 'ok') {
+      this.options.log.warn(facts, 'image storage has room again: generations are accepted');
+      return;
+    }
+    this.options.log.warn({ ...facts, ...(err ? { err } : {}) }, `image storage is ${state}: new generations and edits are refused with 507 storage_full`);
+    if (before === 'ok') for (const listener of this.listeners) listener();
+  }
+}
