@@ -9,7 +9,7 @@ import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import sharp from 'sharp';
 import { Agent, fetch as undiciFetch } from 'undici';
-import { buildApp } from '../src/app.js';
+import { buildApp, type AppOptions } from '../src/app.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { startUpstreamSimulator, type SimulatorOptions, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
 
@@ -32,6 +32,8 @@ export interface Harness {
 export async function startHarness(
   env: Record<string, string> = {},
   simulatorOptions: SimulatorOptions = {},
+  /** More of buildApp's options (an injected free-space probe, ...); the log stream is the harness's. */
+  appOptions: Omit<AppOptions, 'logStream'> = {},
 ): Promise<Harness> {
   const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30, ...simulatorOptions });
   const dataDir = mkdtempSync(join(tmpdir(), 'gw-test-'));
@@ -57,7 +59,7 @@ export async function startHarness(
       LOG_LEVEL: 'info',
       ...env,
     });
-    app = await buildApp(config, { logStream });
+    app = await buildApp(config, { ...appOptions, logStream });
     await app.ready();
   } catch (err) {
     // A start that fails (the tests of bad configuration) leaves nothing running behind it.

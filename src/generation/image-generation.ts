@@ -1,7 +1,7 @@
 import { randomId } from '../ids.js';
 import { rm } from 'node:fs/promises';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
-import { estimateCostUsd, routeFor } from '../catalogue/catalogue.js';
+import { estimateCostUsd, pricePerImage, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { ImageRequest } from '../request/image-request.js';
 import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
@@ -117,13 +117,30 @@ export class ImageGeneration {
     const staged = new Set<StagedImage>();
     const stageImage = () => {
       const staging = new Base64Staging(this.deps.images.stagingFiles);
+      // A staging write that fails (a full disk) drops this image but reads the rest of the reply,
+      // which still tells what it cost (its token counts come after the images).
+      let lost: StorageWriteFailed | undefined;
+      const drop = async (err: unknown) => {
+        lost = this.stagingFailed(err);
+        await staging.abort();
+      };
       return {
-        write: (base64: Buffer) => staging.write(base64).catch((err: unknown) => this.stagingFailed(err)),
+        write: async (base64: Buffer) => {
+          if (lost) return;
+          await staging.write(base64).catch(drop);
+        },
         abort: () => staging.abort(),
-        end: async () => {
-          const image = await staging.end().catch((err: unknown) => this.stagingFailed(err));
-          staged.add(image);
-          return image;
+        end: async (): Promise<StagedImage> => {
+          if (!lost) {
+            try {
+              const image = await staging.end();
+              staged.add(image);
+              return image;
+            } catch (err) {
+              await drop(err);
+            }
+          }
+          return { path: '', sha256: '', mime: 'image/png', bytes: 0, lost };
         },
       };
     };
@@ -162,7 +179,9 @@ export class ImageGeneration {
       // Past the upstream answer: the images are paid for. Their cost goes with the 507.
       if (err instanceof StorageWriteFailed) {
         const paidImages = produced?.images.length ?? (typeof request.params.n === 'number' ? request.params.n : 1);
-        const cost = estimateCostUsd(route.price, { images: paidImages, options: request.options, upstreamTokens: produced?.usage });
+        // A reply cut short by its staging never showed its token counts: the estimate the request reserved.
+        const unit = pricePerImage(route.price, request.options);
+        const cost = estimateCostUsd(route.price, { images: paidImages, options: request.options, upstreamTokens: produced?.usage }) ?? (unit === null ? null : unit * paidImages);
         throw new PaidImageLost(cost, produced?.upstreamMs, err);
       }
       throw err;
@@ -196,6 +215,7 @@ export class ImageGeneration {
     ctx: { signal: AbortSignal; publicBaseUrl: string; owner?: ImageOwner },
   ): Promise<ImageResult> {
     try {
+      if (image.staged?.lost) throw image.staged.lost;
       return await this.store(image, responseFormat, expiresAt, ctx);
     } catch (err) {
       if (!(err instanceof StorageWriteFailed)) throw err;
@@ -241,9 +261,10 @@ export class ImageGeneration {
   }
 
   /** A failure of the staging of a base64 reply: the file system's is storage's; a bad image stays what it is. */
-  private stagingFailed(err: unknown): never {
+  private stagingFailed(err: unknown): StorageWriteFailed {
+    if (err instanceof StorageWriteFailed) return err;
     if (err instanceof GatewayError) throw err;
-    throw this.deps.images.writeFailed('the image staging file', 'disk', err);
+    return this.deps.images.writeFailed('the image staging file', 'disk', err);
   }
 
   private async store(

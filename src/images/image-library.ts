@@ -27,6 +27,8 @@ export interface StagedImage {
   bytes: number;
   /** Read from the first bytes as they streamed by, when the header tells them. */
   dimensions?: ImageDimensions | undefined;
+  /** The staging could not be written (storage full): the image was received and dropped; no file. */
+  lost?: StorageWriteFailed | undefined;
 }
 
 export interface KeepOptions {
