@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectCommand, HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startHarness, type Harness } from './harness.js';
 
 // s3rver ships no types; this is the part the test uses.
@@ -108,5 +108,53 @@ describe('the S3 image store (S3_BUCKET, against s3rver)', () => {
 
   it('writes no image files under DATA_DIR', () => {
     expect(readdirSync(h.dataDir)).not.toContain('images');
+  });
+});
+
+describe('an S3 store that refuses writes', () => {
+  const refuse = () => vi.spyOn(h.app.store, 'putBytes').mockRejectedValue(Object.assign(new Error('Access Denied'), { name: 'AccessDenied' }));
+  const post = (prompt: string) => h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt } });
+
+  it('answers each image inline while it refuses, and counts only failures in a row', async () => {
+    const put = refuse();
+    for (const prompt of ['s3 down 1', 's3 down 2']) {
+      const res = await post(prompt);
+      expect(res.statusCode, res.body).toBe(200);
+      expect(res.json().images[0].url).toBeUndefined();
+      expect(res.json().images[0].b64_json).toEqual(expect.any(String));
+    }
+    put.mockRestore();
+    expect((await post('s3 back for one')).statusCode).toBe(200);
+    refuse();
+    for (const prompt of ['s3 down 3', 's3 down 4']) expect((await post(prompt)).statusCode).toBe(200);
+    // Two in a row since the last success: not yet unavailable.
+    expect(h.app.storagePressure.state).toBe('ok');
+    vi.restoreAllMocks();
+    // A write that works starts the count again.
+    expect((await post('s3 back again')).statusCode).toBe(200);
+  });
+
+  it('is unavailable after three failed writes in a row: generations refused before upstream, /readyz 503; a probe that succeeds ends it', async () => {
+    refuse();
+    try {
+      for (const prompt of ['s3 refuses 1', 's3 refuses 2', 's3 refuses 3']) expect((await post(prompt)).statusCode).toBe(200);
+      expect(h.app.storagePressure.state).toBe('unavailable');
+      h.simulator.reset();
+      const refused = await post('s3 refused');
+      expect(refused.statusCode).toBe(507);
+      expect(refused.headers['retry-after']).toBe('60');
+      expect(refused.json().error.message).toMatch(/S3/);
+      expect(h.simulator.received).toHaveLength(0);
+      const ready = await h.app.inject({ method: 'GET', url: '/readyz' });
+      expect(ready.statusCode).toBe(503);
+      expect(ready.json().checks.storage).toBe('unavailable');
+    } finally {
+      vi.restoreAllMocks();
+    }
+    // The periodic check probes the bucket (HeadBucket); here it is run at once.
+    expect(await h.app.storagePressure.check()).toBe('ok');
+    const res = await post('s3 recovered');
+    expect(res.statusCode).toBe(200);
+    expect(res.json().images[0].url).toEqual(expect.any(String));
   });
 });

@@ -22,7 +22,7 @@ export interface ImageStore {
   readonly stagingDir: string;
   /** Stores bytes already in memory (a decoded base64 reply). */
   putBytes(name: string, bytes: Buffer, mime: ImageMime): Promise<void>;
-  /** Stores a finished file from `stagingDir`; the file is gone afterwards. */
+  /** Stores a finished file from `stagingDir`; the file is gone afterwards (after a failure, the caller removes it). */
   putFile(name: string, stagedPath: string, bytes: number, mime: ImageMime): Promise<void>;
   /** The image's bytes (or one range of them), or undefined when there is no such image. */
   open(name: string, range?: ByteRange): Promise<Readable | undefined>;

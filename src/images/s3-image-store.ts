@@ -49,14 +49,12 @@ export class S3ImageStore implements ImageStore {
   }
 
   async putFile(name: string, stagedPath: string, bytes: number, mime: ImageMime): Promise<void> {
-    try {
-      // A PutObject is all or nothing: nobody ever reads a partly uploaded object.
-      await this.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: KEY_PREFIX + name, Body: createReadStream(stagedPath), ContentType: mime, ContentLength: bytes }),
-      );
-    } finally {
-      await rm(stagedPath, { force: true });
-    }
+    // A PutObject is all or nothing: nobody ever reads a partly uploaded object.
+    await this.client.send(
+      new PutObjectCommand({ Bucket: this.bucket, Key: KEY_PREFIX + name, Body: createReadStream(stagedPath), ContentType: mime, ContentLength: bytes }),
+    );
+    // Removed once uploaded; after a failure the caller still has it (to answer it inline) and removes it.
+    await rm(stagedPath, { force: true });
   }
 
   async open(name: string, range?: ByteRange): Promise<Readable | undefined> {

@@ -144,12 +144,17 @@ export class StoragePressure {
     return this.state;
   }
 
-  /** A write to the store or its staging failed: the disk is probed again at once; S3 failures are counted. */
+  /**
+   * A write to the store or its staging failed: a disk is probed again at once; S3 failures are
+   * counted, and the store is probed again at the next interval (a bucket that answers its
+   * readiness check may still refuse writes).
+   */
   noteWriteFailure(where: 'disk' | 's3', err: unknown): void {
     if (where === 's3' && this.options.s3) {
       this.s3Failures++;
       if (this.s3Failures >= S3_FAILURES_UNAVAILABLE) this.s3Down = true;
       this.noteState(err);
+      return;
     }
     this.check().catch(() => {});
   }
