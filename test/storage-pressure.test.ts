@@ -208,6 +208,8 @@ describe('an image the store cannot take after upstream made it', () => {
     expect(sha256(bytes)).toBe(image.sha256);
     expect(image).toMatchObject({ mime_type: 'image/png', bytes: bytes.length, width: 64, height: 64 });
     expect(stagingLeftovers(h)).toEqual([]);
+    // No row left naming bytes that were never stored.
+    expect(await h.app.db.get('SELECT name FROM images WHERE sha256 = $1', [image.sha256])).toBeUndefined();
   });
 
   it('answers a downloaded result inline when the store write fails, and leaves no staged file', async () => {

@@ -207,6 +207,7 @@ export class ImageLibrary {
   ): Promise<ImageRecord> {
     const name = imageNameOf(image.sha256, image.mime);
     return this.locked(name, async () => {
+      const createdAt = Date.now();
       const record = await this.records.save({
         name,
         sha256: image.sha256,
@@ -216,13 +217,15 @@ export class ImageLibrary {
         height,
         keyId: options.owner?.keyId ?? null,
         team: options.owner?.team ?? null,
-        createdAt: Date.now(),
+        createdAt,
         expiresAt: options.expiresAt,
         inlineBytes: image.inlineBytes,
       });
       // Written every time, even when already stored: the same bytes, and a retention sweep on
       // another replica may have just removed them.
-      await write(name).catch((err: unknown) => {
+      await write(name).catch(async (err: unknown) => {
+        // A row this save made names bytes that were never stored: it goes (an older row keeps its older bytes).
+        if (record.createdAt === createdAt) await this.records.removeIfUnchanged(record).catch(() => {});
         throw this.writeFailed(`the image store (${this.store.kind})`, this.store.kind === 's3' ? 's3' : 'disk', err);
       });
       if (this.store.kind === 's3') this.settings.pressure?.noteWriteSuccess();
