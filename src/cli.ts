@@ -104,7 +104,10 @@ const MIME_OF: Record<string, string> = { '.png': 'image/png', '.jpg': 'image/jp
 
 /** Where image i of n goes: `-o out.png` as is for one image, `out-1.png`, `out-2.png`, ... for several; else the image's own name. */
 function outputPath(output: string | undefined, index: number, count: number, image: Json): string {
-  if (output === undefined) return basename(new URL(image.url).pathname);
+  if (output === undefined) {
+    // An image answered only inline (storage full) has no URL: named by its hash.
+    return image.url === undefined ? `img_${image.sha256}${EXTENSION_OF[image.mime_type] ?? ''}` : basename(new URL(image.url).pathname);
+  }
   const ext = extname(output);
   const stem = ext ? output.slice(0, -ext.length) : output;
   const suffix = ext || (EXTENSION_OF[image.mime_type] ?? '');
@@ -114,12 +117,18 @@ function outputPath(output: string | undefined, index: number, count: number, im
 async function saveImages(result: Json, output: string | undefined): Promise<void> {
   const images = result.images as Json[];
   for (const [i, image] of images.entries()) {
+    const path = outputPath(output, i, images.length, image);
+    if (image.url === undefined && typeof image.b64_json === 'string') {
+      // Not stored by the gateway (its storage was full): the bytes came inline.
+      await writeFile(path, Buffer.from(image.b64_json, 'base64'));
+      process.stdout.write(`${path}\n`);
+      continue;
+    }
     // Signed capability URLs: no key needed.
     const res = await fetch(image.url).catch((err: Error) => {
       throw new CliError(`cannot download ${image.url}: ${err.message}`);
     });
     if (!res.ok) throw new CliError(`downloading image ${i + 1} answered ${res.status}`);
-    const path = outputPath(output, i, images.length, image);
     await writeFile(path, Buffer.from(await res.arrayBuffer()));
     process.stdout.write(`${path}\n`);
   }
