@@ -1,5 +1,8 @@
 import { randomId } from '../ids.js';
+import { hash } from 'node:crypto';
 import { rm } from 'node:fs/promises';
+import sharp from 'sharp';
+import { GatewayError } from '../errors.js';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
 import { estimateCostUsd, pricePerImage, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
@@ -12,13 +15,10 @@ import { Base64Staging } from '../images/base64-staging.js';
 import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
 import type { ProgressEvent } from './generation-events.js';
-import { GatewayError } from '../errors.js';
 import { INLINE_FALLBACK_MAX_BYTES } from '../images/image-library.js';
 import { sniffImageType } from '../images/image-bytes.js';
 import { imageDimensions } from '../images/image-dimensions.js';
 import { StorageWriteFailed } from '../images/storage-pressure.js';
-import sharp from 'sharp';
-import { hash } from 'node:crypto';
 
 export interface ImageResult {
   /** Absent only when the image could not be stored (storage full) and is answered inline in `b64_json`. */
