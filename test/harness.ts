@@ -57,6 +57,9 @@ export async function startHarness(
       // One simulated fault = one failed answer; the retry tests turn retries on themselves.
       UPSTREAM_RETRIES: '0',
       LOG_LEVEL: 'info',
+      // The machine's real free space must not decide a test: only tests that inject a
+      // free-space probe get the storage floor's default.
+      ...(appOptions.freeSpaceProbe ? {} : { STORAGE_MIN_FREE_BYTES: '0' }),
       ...env,
     });
     app = await buildApp(config, { ...appOptions, logStream });
