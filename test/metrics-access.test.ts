@@ -21,7 +21,7 @@ const scrape = (g: Harness, headers: Record<string, string> = {}) => g.app.injec
 describe('METRICS_TOKEN', () => {
   it('/metrics without the token, or with a wrong one, is 401 with WWW-Authenticate: Bearer; with it, the metrics', async () => {
     h = await startHarness({ METRICS_TOKEN: TOKEN });
-    for (const headers of [{}, { authorization: 'Bearer wrong-token-0123456789abcdef0123456789' }, { authorization: `Basic ${TOKEN}` }, { authorization: `Bearer ${TOKEN}x` }]) {
+    for (const headers of [{} as Record<string, string>, { authorization: 'Bearer wrong-token-0123456789abcdef0123456789' }, { authorization: `Basic ${TOKEN}` }, { authorization: `Bearer ${TOKEN}x` }]) {
       const res = await scrape(h, headers);
       expect(res.statusCode).toBe(401);
       expect(res.headers['www-authenticate']).toMatch(/^Bearer\b/);
@@ -68,7 +68,7 @@ describe('METRICS_PORT', () => {
     // Nothing else on the metrics listener: the API is not reachable through it.
     const other = await g.fetch(`http://127.0.0.1:${address.port}/v1/models`);
     expect(other.status).toBe(404);
-    expect((await other.json()).error.code).toBe('not_found');
+    expect(((await other.json()) as any).error.code).toBe('not_found');
 
     // And the API's port has no /metrics.
     const onApi = await g.fetch(`${g.base}/metrics`);
@@ -83,7 +83,7 @@ describe('METRICS_PORT', () => {
     const refused = await g.fetch(url);
     expect(refused.status).toBe(401);
     expect(refused.headers.get('www-authenticate')).toMatch(/^Bearer\b/);
-    expect((await refused.json()).error.code).toBe('unauthorized');
+    expect(((await refused.json()) as any).error.code).toBe('unauthorized');
     expect((await g.fetch(url, { headers: { authorization: `Bearer ${TOKEN}` } })).status).toBe(200);
   });
 
