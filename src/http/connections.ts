@@ -68,7 +68,7 @@ export function connectionOptions(config: Config): Pick<FastifyHttpOptions<Serve
 }
 
 /** An answer written straight to the socket, for a request Fastify never saw (or whose route cannot answer). */
-function rawAnswer(socket: Socket, status: number, code: ErrorCode | 'headers_too_large', message: string): void {
+function rawAnswer(socket: Socket, status: number, code: ErrorCode, message: string): void {
   const requestId = randomId('req', 12);
   const body = JSON.stringify({ error: { code, message, request_id: requestId } });
   const headers = [
@@ -123,8 +123,9 @@ function onClientError(app: FastifyInstance, config: Config, err: NodeJS.ErrnoEx
     app.log.info({ remote, code: 'request_timeout' }, 'request not received in time; connection closed');
     rawAnswer(socket, 408, 'request_timeout', `the request headers did not arrive within ${headersTimeoutMs(config)} ms`);
   } else if (err.code === 'HPE_HEADER_OVERFLOW') {
-    app.log.info({ remote, code: 'headers_too_large' }, 'request headers too large; connection closed');
-    rawAnswer(socket, 431, 'headers_too_large', 'the request headers are larger than the server accepts (16 KiB in all)');
+    app.log.info({ remote, code: 'invalid_request' }, 'request headers too large; connection closed');
+    // 431 (Request Header Fields Too Large), with the code of every other refused request.
+    rawAnswer(socket, 431, 'invalid_request', 'the request headers are larger than the server accepts (16 KiB in all)');
   } else {
     app.log.info({ remote, code: 'invalid_request', parser_error: err.code }, 'malformed HTTP request; connection closed');
     rawAnswer(socket, 400, 'invalid_request', 'the request is not well-formed HTTP/1.1');
