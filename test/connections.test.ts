@@ -7,7 +7,10 @@
  * long anything took, only what was answered and in which order.
  */
 import { connect, type Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
+import { timeOutBody } from '../src/http/connections.js';
 import { ADMIN_KEY, CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
 
 const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
@@ -155,6 +158,35 @@ describe('a body that arrives too slowly (REQUEST_TIMEOUT_MS)', () => {
     expect(res?.status).toBe(408);
     expect(JSON.parse(res!.body).error.code).toBe('request_timeout');
     expect(res!.headers['x-content-type-options']).toBe('nosniff');
+  });
+});
+
+describe('a late body whose reader is not attached yet (authentication still running)', () => {
+  const config = loadConfig({ REQUEST_TIMEOUT_MS: '300' });
+  const fakeReply = () => {
+    const headers: Record<string, string> = {};
+    return { headers, header: (name: string, value: string) => (headers[name] = value) };
+  };
+
+  it('fails the reader that attaches later with request_timeout, once, and closes the connection after the answer', async () => {
+    const raw = new PassThrough();
+    const reply = fakeReply();
+    timeOutBody({ raw } as any, reply as any, config);
+    expect(reply.headers.connection).toBe('close');
+    const errors: unknown[] = [];
+    raw.on('error', (err) => errors.push(err));
+    raw.on('error', (err) => errors.push(err));
+    await new Promise((r) => setImmediate(r));
+    expect(errors).toHaveLength(2); // one emit, both listeners
+    expect(errors[0]).toMatchObject({ code: 'request_timeout', status: 408 });
+  });
+
+  it('fails a reader already attached at once', () => {
+    const raw = new PassThrough();
+    const errors: unknown[] = [];
+    raw.on('error', (err) => errors.push(err));
+    timeOutBody({ raw } as any, fakeReply() as any, config);
+    expect(errors).toEqual([expect.objectContaining({ code: 'request_timeout' })]);
   });
 });
 

@@ -90,7 +90,7 @@ function rawAnswer(socket: Socket, status: number, code: ErrorCode, message: str
  * multipart route reads after authentication) gets the error as it attaches; a route that reads
  * no body answers as usual, and the connection closes after it.
  */
-function timeOutBody(request: FastifyRequest, reply: FastifyReply, config: Config): void {
+export function timeOutBody(request: FastifyRequest, reply: FastifyReply, config: Config): void {
   const err = new GatewayError('request_timeout', `the request did not arrive in full within ${config.REQUEST_TIMEOUT_MS} ms; send the body at once`);
   reply.header('connection', 'close');
   const raw = request.raw;
@@ -199,11 +199,13 @@ async function connections(app: FastifyInstance): Promise<void> {
  */
 export function trackRequests(app: FastifyInstance): void {
   app.addHook('onRequest', (request, reply, done) => {
-    inFlight.set(request.raw.socket, { request, reply });
+    const socket = request.raw.socket as Socket | null;
+    if (socket) inFlight.set(socket, { request, reply });
     done();
   });
   app.addHook('onResponse', (request, _reply, done) => {
-    if (inFlight.get(request.raw.socket)?.request === request) inFlight.delete(request.raw.socket);
+    const socket = request.raw.socket as Socket | null;
+    if (socket && inFlight.get(socket)?.request === request) inFlight.delete(socket);
     done();
   });
 }
