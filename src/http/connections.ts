@@ -109,12 +109,18 @@ export function timeOutBody(request: FastifyRequest, reply: FastifyReply, config
 function onClientError(app: FastifyInstance, config: Config, err: NodeJS.ErrnoException, socket: Socket): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
   const current = inFlight.get(socket);
-  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && current && !current.request.raw.complete && !current.reply.sent && !current.reply.raw.headersSent) {
-    timeOutBody(current.request, current.reply, config);
+  if (current) {
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && !current.request.raw.complete && !current.reply.sent && !current.reply.raw.headersSent) {
+      timeOutBody(current.request, current.reply, config);
+      return;
+    }
+    // A request on this socket is still being answered (a pipelined one behind it failed): nothing
+    // can be written before its answer.
+    socket.destroy();
     return;
   }
-  // An answer is already on its way on this socket, or one was written: nothing more can be said.
-  if (!socket.writable || socket.writableEnded || current?.reply.raw.headersSent) {
+  // An answer was written already: nothing more can be said.
+  if (!socket.writable || socket.writableEnded) {
     socket.destroy();
     return;
   }
