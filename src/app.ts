@@ -31,6 +31,8 @@ import { bufferedStdout } from './observability/log-destination.js';
 import { databasePlugin, openGatewayDatabase } from './storage/database-plugin.js';
 import { redisPlugin } from './storage/redis-plugin.js';
 import type { FreeSpaceProbe } from './images/storage-pressure.js';
+import { connectionOptions, connectionsPlugin, trackRequests } from './http/connections.js';
+import { securityHeaders } from './http/security-headers.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -109,6 +111,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     // Off by default: otherwise any client's X-Forwarded-* would set its address and shape its image URLs.
     // A hop count or the proxies' addresses (TRUST_PROXY), never every hop.
     trustProxy: typeof config.TRUST_PROXY === 'number' ? trustHops(config.TRUST_PROXY) : config.TRUST_PROXY,
+    // Timeouts, and answers to what Node refuses before a route runs: src/http/connections.ts.
+    ...connectionOptions(config),
   });
   app.decorate('config', config);
   // Fastify runs onClose hooks last-registered first: this one runs after every other.
@@ -144,6 +148,8 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     request.outcome = newOutcome();
     reply.header('x-request-id', request.id);
   });
+  trackRequests(app);
+  securityHeaders(app);
 
   // Set before any plugin adds routes: a route takes the error handler set when it is added.
   app.setErrorHandler((err, request, reply) => {
@@ -196,6 +202,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   });
 
   await app.register(metricsPlugin);
+  await app.register(connectionsPlugin);
   await app.register(requestRecordsPlugin);
   await app.register(imageFilesPlugin);
   await app.register(imageRoutes);

@@ -216,6 +216,22 @@ const envSchema = z.object({
     .optional()
     .transform((v) => v === '1' || v === 'true'),
   PRICE_OVERRIDES: z.string().optional().transform((v, ctx) => parsePriceOverrides(v, ctx)),
+  // Connection hygiene (src/http/connections.ts): the whole request, body included, must arrive within
+  // REQUEST_TIMEOUT_MS (else 408), its headers within HEADERS_TIMEOUT_MS (default: the smaller of 30 s and it).
+  REQUEST_TIMEOUT_MS: positiveInt('REQUEST_TIMEOUT_MS', 120_000),
+  HEADERS_TIMEOUT_MS: optionalPositiveInt('HEADERS_TIMEOUT_MS'),
+  // Above the 60 s idle timeout of common load balancers, so the gateway is not the one to close first.
+  KEEP_ALIVE_TIMEOUT_MS: positiveInt('KEEP_ALIVE_TIMEOUT_MS', 72_000),
+  // An idle socket is cut after this; never one whose request is being worked on (a long render, a stream).
+  CONNECTION_TIMEOUT_MS: positiveInt('CONNECTION_TIMEOUT_MS', 60_000),
+  MAX_CONNECTIONS: positiveInt('MAX_CONNECTIONS', 1024),
+  // /metrics: a bearer token, and/or a listener of its own (then /metrics is not served on PORT).
+  METRICS_TOKEN: optionalString.refine((v) => v === undefined || v.length >= 32, {
+    message: 'METRICS_TOKEN must be at least 32 characters',
+  }),
+  // 0: any free port (tests).
+  METRICS_PORT: integer('METRICS_PORT', undefined, 0, 65_535),
+  METRICS_HOST: optionalString.transform((v) => v ?? '127.0.0.1'),
 });
 
 export type Config = z.output<typeof envSchema>;
@@ -254,6 +270,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     throw new ConfigError(
       'invalid configuration:\n  PUBLIC_BASE_URL is required when NODE_ENV=production: the origin clients reach the gateway at (https://images.example.com), used in returned image URLs instead of the request\'s Host header',
     );
+  }
+  if (config.HEADERS_TIMEOUT_MS !== undefined && config.HEADERS_TIMEOUT_MS > config.REQUEST_TIMEOUT_MS) {
+    throw new ConfigError(`invalid configuration:\n  HEADERS_TIMEOUT_MS (${config.HEADERS_TIMEOUT_MS}) must not be more than REQUEST_TIMEOUT_MS (${config.REQUEST_TIMEOUT_MS})`);
+  }
+  if (config.METRICS_PORT !== undefined && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
+    throw new ConfigError(`invalid configuration:\n  METRICS_PORT must differ from PORT (${config.PORT}): it is a listener of its own`);
   }
   if (opts.requireUpstreamKey && !config.AIHUBMIX_API_KEY) {
     throw new ConfigError('invalid configuration:\n  AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)');

@@ -48,7 +48,7 @@ describe('every YAML file under docker/', () => {
 
   it('includes the compose file and the Kubernetes manifests', () => {
     const names = files.map((f) => relative(dockerDir, f)).sort();
-    expect(names).toEqual(expect.arrayContaining(['compose.yaml', 'k8s/deployment.yaml', 'k8s/service.yaml', 'k8s/secret.yaml', 'k8s/configmap.yaml', 'k8s/hpa.yaml']));
+    expect(names).toEqual(expect.arrayContaining(['compose.yaml', 'prometheus.yaml', 'k8s/deployment.yaml', 'k8s/service.yaml', 'k8s/secret.yaml', 'k8s/configmap.yaml', 'k8s/hpa.yaml']));
   });
 
   it.each(files.map((f) => [relative(dockerDir, f), f]))('%s parses', (_name, path) => {
@@ -93,6 +93,23 @@ describe('docker/compose.yaml', () => {
       for (const dependency of ['redis', 'postgres']) expect(service.depends_on[dependency].condition).toBe('service_healthy');
     }
     for (const name of ['nginx', 'redis', 'postgres', 'minio']) expect(services[name]!.healthcheck?.test).toBeDefined();
+  });
+
+  it('serves /metrics on each replica’s own metrics port, published nowhere, which Prometheus scrapes', () => {
+    for (const replica of replicas) {
+      expect(envOf(replica).METRICS_PORT).toBe('9464');
+      // Bound on the compose network (Prometheus is another container), yet no port is published.
+      expect(envOf(replica).METRICS_HOST).toBe('0.0.0.0');
+      expect(services[replica]!.ports).toBeUndefined();
+    }
+    const prometheus = documents(join(dockerDir, 'prometheus.yaml'))[0]!;
+    const job = (prometheus.scrape_configs as Json[]).find((j) => j.job_name === 'image-gateway')!;
+    expect(job.metrics_path ?? '/metrics').toBe('/metrics');
+    expect(job.static_configs.flatMap((c: Json) => c.targets).sort()).toEqual(replicas.map((r) => `${r}:9464`));
+    expect(services.prometheus!.volumes).toContain('./prometheus.yaml:/etc/prometheus/prometheus.yaml:ro');
+    expect(services.prometheus!.command.join(' ')).toContain('--config.file=/etc/prometheus/prometheus.yaml');
+    // Not published beyond this machine.
+    for (const port of services.prometheus!.ports as string[]) expect(interpolate(port)).toMatch(/^127\.0\.0\.1:/);
   });
 
   it('nginx round-robins over both replicas on the gateway port', () => {
@@ -142,6 +159,18 @@ describe('docker/k8s', () => {
     expect(port.containerPort).toBe(8080);
     expect(container.livenessProbe.httpGet.path).toBe('/healthz');
     expect(container.readinessProbe.httpGet.path).toBe('/readyz');
+  });
+
+  it('serves /metrics on a port of its own, annotated for Prometheus and not exposed by the Service', () => {
+    expect(configMap.data.METRICS_PORT).toBe('9464');
+    const metricsPort = container.ports.find((p: Json) => p.name === 'metrics');
+    expect(metricsPort.containerPort).toBe(9464);
+    const annotations = deployment.spec.template.metadata.annotations;
+    expect(annotations['prometheus.io/port']).toBe('9464');
+    expect(annotations['prometheus.io/path']).toBe('/metrics');
+    const service = k8s('service.yaml');
+    expect(service.spec.ports.map((p: Json) => p.targetPort)).not.toContain('metrics');
+    expect(service.spec.ports.map((p: Json) => p.targetPort)).not.toContain(9464);
   });
 
   it('feeds every pod the ConfigMap and the Secret, which hold the shared settings', () => {

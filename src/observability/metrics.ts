@@ -1,13 +1,21 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
 import type { StoragePressure } from '../images/storage-pressure.js';
+import { ConfigError } from '../config.js';
+import { GatewayError } from '../errors.js';
+import { randomId } from '../ids.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** This app's Prometheus metrics; other parts set the gauges they own (`metrics.jobs`). */
     metrics: GatewayMetrics;
+    /** Where the separate metrics listener (METRICS_PORT) listens, once ready; undefined without one. */
+    readonly metricsAddress: AddressInfo | undefined;
   }
 }
 
@@ -155,15 +163,90 @@ function storageGauges(registry: Registry, pressure: StoragePressure): void {
   });
 }
 
+/** Whether an Authorization header holds the bearer token, compared in constant time (of the hashes, so lengths do not show). */
+export function bearerMatches(authorization: string | undefined, token: string): boolean {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
+  const given = createHash('sha256').update(m?.[1] ?? '').digest();
+  const expected = createHash('sha256').update(token).digest();
+  return timingSafeEqual(given, expected) && m !== null;
+}
+
+const UNAUTHORIZED = 'GET /metrics needs Authorization: Bearer <METRICS_TOKEN>';
+
+/**
+ * Serves /metrics and nothing else on METRICS_HOST:METRICS_PORT, apart from the API's listener, so
+ * that an address reachable only by the scraper can carry it.
+ */
+function metricsListener(registry: Registry, token: string | undefined): Server {
+  const answer = (res: ServerResponse, status: number, headers: Record<string, string>, body: string) => {
+    res.writeHead(status, { 'x-content-type-options': 'nosniff', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body), ...headers });
+    res.end(body);
+  };
+  const error = (res: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}) =>
+    answer(res, status, { 'content-type': 'application/json; charset=utf-8', ...headers }, JSON.stringify({ error: { code, message, request_id: randomId('req', 12) } }));
+  const server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
+    const path = (req.url ?? '/').split('?', 1)[0];
+    if (path !== '/metrics') return error(res, 404, 'not_found', `no route ${req.method} ${path} (this listener serves GET /metrics only)`);
+    if (req.method !== 'GET' && req.method !== 'HEAD') return error(res, 405, 'invalid_request', 'GET /metrics only', { allow: 'GET, HEAD' });
+    if (token !== undefined && !bearerMatches(req.headers.authorization, token)) {
+      return error(res, 401, 'unauthorized', UNAUTHORIZED, { 'www-authenticate': 'Bearer realm="metrics"' });
+    }
+    registry.metrics().then(
+      (text) => answer(res, 200, { 'content-type': registry.contentType }, req.method === 'HEAD' ? '' : text),
+      () => error(res, 500, 'internal_error', 'internal error'),
+    );
+  });
+  server.keepAliveTimeout = 72_000;
+  return server;
+}
+
 async function metrics(app: FastifyInstance): Promise<void> {
   const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth, () => app.jobs.counts());
   app.decorate('metrics', gatewayMetrics);
   storageGauges(gatewayMetrics.registry, app.storagePressure);
-  // Public like /healthz: scrapers carry no client key.
-  app.get('/metrics', async (_request, reply) => {
-    return reply.type(gatewayMetrics.registry.contentType).send(await gatewayMetrics.registry.metrics());
+  const { METRICS_TOKEN: token, METRICS_PORT: port, METRICS_HOST: host } = app.config;
+
+  if (port === undefined) {
+    // Scrapers carry no client key: the metrics token, when set, is their credential.
+    app.get('/metrics', async (request, reply) => {
+      if (token !== undefined && !bearerMatches(request.headers.authorization, token)) {
+        reply.header('www-authenticate', 'Bearer realm="metrics"');
+        throw new GatewayError('unauthorized', UNAUTHORIZED);
+      }
+      return reply.type(gatewayMetrics.registry.contentType).send(await gatewayMetrics.registry.metrics());
+    });
+    if (token === undefined) {
+      app.addHook('onReady', async () => {
+        app.log.warn('GET /metrics is open to anyone who reaches the gateway (team names, models, volumes); set METRICS_TOKEN, or METRICS_PORT to serve it on an internal address only');
+      });
+    }
+    app.decorate('metricsAddress', { getter: () => undefined });
+    return;
+  }
+
+  const listener = metricsListener(gatewayMetrics.registry, token);
+  let address: AddressInfo | undefined;
+  app.decorate('metricsAddress', {
+    getter: () => address,
+  });
+  app.addHook('onReady', async () => {
+    await new Promise<void>((resolve, reject) => {
+      listener.once('error', (err: NodeJS.ErrnoException) => {
+        reject(new ConfigError(`cannot listen for metrics on ${host}:${port} (${err.code ?? err.message}); set METRICS_PORT to a free port or METRICS_HOST to an address of this machine`));
+      });
+      listener.listen(port, host, () => {
+        address = listener.address() as AddressInfo;
+        app.log.info({ host: address.address, port: address.port }, 'metrics listening (GET /metrics), apart from the API');
+        resolve();
+      });
+    });
+  });
+  app.addHook('onClose', async () => {
+    if (!listener.listening) return;
+    listener.closeAllConnections();
+    await new Promise<void>((resolve) => listener.close(() => resolve()));
   });
 }
 
-/** Prometheus metrics at GET /metrics. */
+/** Prometheus metrics at GET /metrics: on the main listener, or on METRICS_HOST:METRICS_PORT alone. */
 export const metricsPlugin = fp(metrics, { name: 'metrics', dependencies: ['catalogue', 'upstream', 'jobs', 'images'] });
