@@ -31,10 +31,13 @@ import { bufferedStdout } from './observability/log-destination.js';
 import { databasePlugin, openGatewayDatabase } from './storage/database-plugin.js';
 import { redisPlugin } from './storage/redis-plugin.js';
 import type { FreeSpaceProbe } from './images/storage-pressure.js';
+import { systemResolver, type HostResolver } from './images/image-fetch.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config;
+    /** How the egress policy resolves host names (image URLs, result downloads, callbacks). */
+    resolveHost: HostResolver;
   }
   interface FastifyRequest {
     /** What this request did; see RequestOutcome. */
@@ -47,6 +50,11 @@ export interface AppOptions {
   logStream?: DestinationStream;
   /** Reads DATA_DIR's free space (storage pressure); tests inject one. Defaults to statfs. */
   freeSpaceProbe?: FreeSpaceProbe;
+  /**
+   * How the egress policy resolves host names, at its check and on every connection; the system
+   * resolver by default. Tests give one that answers differently at the two (DNS rebinding).
+   */
+  resolveHost?: HostResolver;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -111,6 +119,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     trustProxy: typeof config.TRUST_PROXY === 'number' ? trustHops(config.TRUST_PROXY) : config.TRUST_PROXY,
   });
   app.decorate('config', config);
+  app.decorate('resolveHost', options.resolveHost ?? systemResolver);
   // Fastify runs onClose hooks last-registered first: this one runs after every other.
   // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.
   if (bufferedLog) app.addHook('onClose', async () => bufferedLog.close());
