@@ -30,6 +30,17 @@ const IPV4_COMPATIBLE = v6('::/96'); // ::a.b.c.d (deprecated); also holds :: an
 const NAT64_LOCAL = v6('64:ff9b:1::/48'); // NAT64 local-use (RFC 8215): a network's own translator
 const TEREDO = v6('2001::/32'); // a tunnel to the (obfuscated) client IPv4 it carries
 
+/**
+ * An IPv6 address parsed as written. A dotted tail is rewritten as two hex groups first: ipaddr.js
+ * reads "::a.b.c.d" (IPv4-compatible) as "::ffff:a.b.c.d" (IPv4-mapped), another form.
+ */
+function parseV6(address: string): ipaddr.IPv6 {
+  const text = address.split('%', 1)[0]!.replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_all, a: string, b: string, c: string, d: string) =>
+    `${((Number(a) << 8) | Number(b)).toString(16)}:${((Number(c) << 8) | Number(d)).toString(16)}`,
+  );
+  return ipaddr.IPv6.parse(text);
+}
+
 const within = (ip: ipaddr.IPv6, [net, bits]: readonly [ipaddr.IPv6, number]) => ip.match(net, bits);
 
 /**
@@ -38,7 +49,7 @@ const within = (ip: ipaddr.IPv6, [net, bits]: readonly [ipaddr.IPv6, number]) =>
  */
 export function embeddedIpv4(address: string): string[] {
   if (isIP(address) !== 6) return [];
-  const ip = ipaddr.IPv6.parse(address);
+  const ip = parseV6(address);
   const b = ip.toByteArray();
   const quad = (o: number[]) => new ipaddr.IPv4(o.slice(0, 4)).toString();
   if (CARRIES_IPV4.some((net) => within(ip, net)) || within(ip, IPV4_COMPATIBLE)) return [quad(b.slice(12, 16))];
@@ -58,7 +69,7 @@ export function addressRefusal(address: string): string | undefined {
     const range = ipaddr.IPv4.parse(address).range();
     return range === 'unicast' ? undefined : `${range} IPv4 address`;
   }
-  const ip = ipaddr.IPv6.parse(address);
+  const ip = parseV6(address);
   const inside = embeddedIpv4(address);
   const refusedInside = inside.map((v4) => [v4, addressRefusal(v4)] as const).find(([, why]) => why !== undefined);
   if (refusedInside) return `IPv6 form of the ${refusedInside[1]} ${refusedInside[0]}`;
@@ -96,6 +107,14 @@ export interface ImageFetcherOptions {
 /** Why a URL was not fetched; turned into a 400 naming the field. */
 class EgressRefused extends Error {
   readonly code = 'EGRESS_REFUSED';
+}
+
+/** The egress policy's reason when a request failed on it (the connection's DNS check included), else undefined. */
+export function egressRefusalOf(err: unknown): string | undefined {
+  for (let e = err, depth = 0; e instanceof Error && depth < 3; e = e.cause, depth++) {
+    if (e instanceof EgressRefused) return e.message;
+  }
+  return undefined;
 }
 
 /**

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, FormData, request, type Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
-import { egressLookup, egressRefusal, type HostResolver } from '../images/image-fetch.js';
+import { egressLookup, egressRefusal, egressRefusalOf, type HostResolver } from '../images/image-fetch.js';
 import type { UpstreamRequest } from './upstream-request.js';
 import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type UpstreamImage } from './upstream-reply.js';
 import { FairQueue } from './fair-queue.js';
@@ -507,7 +507,15 @@ async function followResult(
   for (let hop = 0; ; hop++) {
     const refusal = await egressRefusal(url, allowedHosts, resolveHost);
     if (refusal) throw new GatewayError('upstream_error', `upstream returned an image URL the gateway does not fetch: ${refusal}`);
-    const res = await request(url, { method: 'GET', signal, dispatcher });
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, { method: 'GET', signal, dispatcher });
+    } catch (err) {
+      // Refused by the connection's own egress check (the name resolves elsewhere now): final, not retried.
+      const refused = egressRefusalOf(err);
+      if (refused) throw new GatewayError('upstream_error', `upstream returned an image URL the gateway does not fetch: ${refused}`, { cause: err });
+      throw err;
+    }
     const location = res.headers.location;
     if (res.statusCode >= 300 && res.statusCode < 400 && typeof location === 'string') {
       await res.body.dump();
