@@ -1,5 +1,5 @@
 import { randomId } from './ids.js';
-import { mkdirSync } from 'node:fs';
+import { makePrivateDirSync } from './storage/private-files.js';
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
@@ -91,7 +91,7 @@ function asGatewayError(err: unknown): GatewayError {
 
 export async function buildApp(config: Config, options: AppOptions = {}): Promise<FastifyInstance> {
   try {
-    mkdirSync(config.DATA_DIR, { recursive: true });
+    makePrivateDirSync(config.DATA_DIR);
   } catch (err) {
     throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}`);
   }
