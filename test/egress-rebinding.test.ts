@@ -33,6 +33,7 @@ const lookups: Array<'check' | 'connect'> = [];
 /** When set, `localhost` is public at the check (the first `checksPublic` checks) and loopback at connect. */
 let checksPublic = Infinity;
 const rebinding: HostResolver = async (hostname, phase) => {
+  if (hostname === 'unresolvable.test') throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname}`), { code: 'ENOTFOUND' });
   if (hostname !== 'localhost') return systemResolver(hostname, phase);
   lookups.push(phase);
   const checks = lookups.filter((p) => p === 'check').length;
@@ -173,5 +174,18 @@ describe('a name that resolves to a public address at the check and to loopback 
     // Refused at the delivery check, before any connection.
     expect(lookups).toEqual(['check', 'check']);
     expect(hits).toEqual([]);
+  });
+
+  it('a callback URL whose host does not resolve at submission is a 400 naming callback_url', async () => {
+    const res = await gateway.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: auth,
+      payload: { model: 'gpt-image-1', prompt: 'nowhere', async: true, callback_url: 'http://unresolvable.test/hook' },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error).toMatchObject({ code: 'invalid_request', details: [{ field: 'callback_url' }] });
+    expect(res.json().error.message).toMatch(/could not be resolved \(ENOTFOUND\)/);
+    expect(simulator.received).toHaveLength(0);
   });
 });

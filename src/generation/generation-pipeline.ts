@@ -124,7 +124,8 @@ export class GenerationPipeline {
     this.deps.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
     // Refused now, not after the job ran and was paid for.
     if (request.callbackUrl !== undefined && this.deps.callbackRefusal) {
-      const refusal = await this.deps.callbackRefusal(new URL(request.callbackUrl));
+      // A host that does not resolve now is refused too: the job would have nowhere to call.
+      const refusal = await this.deps.callbackRefusal(new URL(request.callbackUrl)).catch((err: Error) => err.message);
       if (refusal) throw invalidField('callback_url', `${refusal}; give a URL of a public host (or name the host in ALLOWED_CALLBACK_HOSTS)`);
     }
     const images = outcome.imagesRequested;

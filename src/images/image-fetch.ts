@@ -109,6 +109,9 @@ class EgressRefused extends Error {
   readonly code = 'EGRESS_REFUSED';
 }
 
+/** A URL's host did not resolve when the egress policy checked it: a failure that may pass. */
+export class HostUnresolved extends Error {}
+
 /** The egress policy's reason when a request failed on it (the connection's DNS check included), else undefined. */
 export function egressRefusalOf(err: unknown): string | undefined {
   for (let e = err, depth = 0; e instanceof Error && depth < 3; e = e.cause, depth++) {
@@ -144,7 +147,8 @@ const hostOf = (url: URL) => url.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$
 
 /**
  * Why the gateway will not send a request to this URL (a caller-given image URL or job callback),
- * or undefined when it may. Connections also go through egressLookup, which checks again.
+ * or undefined when it may; HostUnresolved when the host does not resolve. Connections also go
+ * through egressLookup, which checks again.
  */
 export async function egressRefusal(url: URL, allowedHosts: ReadonlySet<string>, resolve: HostResolver = systemResolver): Promise<string | undefined> {
   if (url.protocol !== 'http:' && url.protocol !== 'https:') return `the URL scheme "${url.protocol.replace(/:$/, '')}" is not allowed`;
@@ -154,7 +158,8 @@ export async function egressRefusal(url: URL, allowedHosts: ReadonlySet<string>,
   try {
     addresses = isIP(host) ? [host] : (await resolve(host, 'check')).map((a) => a.address);
   } catch (err) {
-    return `the URL's host ${host} could not be resolved (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`;
+    // Not a refusal: DNS may answer on a retry (a result download or a callback delivery tries again).
+    throw new HostUnresolved(`the URL's host ${host} could not be resolved (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
   }
   for (const address of addresses) {
     const why = addressRefusal(address);
