@@ -25,14 +25,18 @@ export async function makePrivateDir(path: string): Promise<void> {
  */
 export function makePrivateFileSync(path: string): void {
   closeSync(openSync(path, 'a', PRIVATE_FILE_MODE));
-  chmodSync(path, PRIVATE_FILE_MODE);
+  tightenIfPresent(path, PRIVATE_FILE_MODE);
 }
 
-/** Sets an existing file or directory of the gateway's to `mode`; a missing one is no error. */
+/**
+ * Sets an existing file or directory of the gateway's to `mode`. A missing one is no error, nor one
+ * another user owns (EPERM: only its owner may change its mode; the gateway can still use it).
+ */
 export function tightenIfPresent(path: string, mode: number): void {
   try {
     chmodSync(path, mode);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'EPERM') throw err;
   }
 }
