@@ -28,8 +28,9 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/openapi.yaml /app/package.json ./
 
-# Embedded state (image store, SQLite database) lives in /data, owned by the unprivileged user.
-RUN mkdir -p /data && chown node:node /data
+# Embedded state (image store, SQLite database) lives in /data, owned by the unprivileged user
+# and closed to every other (0700); the gateway makes what it writes there 0700/0600 too.
+RUN mkdir -p /data && chown node:node /data && chmod 0700 /data
 ENV DATA_DIR=/data
 VOLUME /data
 

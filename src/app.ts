@@ -1,5 +1,5 @@
 import { randomId } from './ids.js';
-import { mkdirSync } from 'node:fs';
+import { makePrivateDirSync } from './storage/private-files.js';
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
@@ -33,10 +33,13 @@ import { redisPlugin } from './storage/redis-plugin.js';
 import type { FreeSpaceProbe } from './images/storage-pressure.js';
 import { connectionOptions, connectionsPlugin, trackRequests } from './http/connections.js';
 import { securityHeaders } from './http/security-headers.js';
+import { systemResolver, type HostResolver } from './images/image-fetch.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config;
+    /** How the egress policy resolves host names (image URLs, result downloads, callbacks). */
+    resolveHost: HostResolver;
   }
   interface FastifyRequest {
     /** What this request did; see RequestOutcome. */
@@ -49,6 +52,11 @@ export interface AppOptions {
   logStream?: DestinationStream;
   /** Reads DATA_DIR's free space (storage pressure); tests inject one. Defaults to statfs. */
   freeSpaceProbe?: FreeSpaceProbe;
+  /**
+   * How the egress policy resolves host names, at its check and on every connection; the system
+   * resolver by default. Tests give one that answers differently at the two (DNS rebinding).
+   */
+  resolveHost?: HostResolver;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -85,7 +93,7 @@ function asGatewayError(err: unknown): GatewayError {
 
 export async function buildApp(config: Config, options: AppOptions = {}): Promise<FastifyInstance> {
   try {
-    mkdirSync(config.DATA_DIR, { recursive: true });
+    makePrivateDirSync(config.DATA_DIR);
   } catch (err) {
     throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}`);
   }
@@ -115,6 +123,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     ...connectionOptions(config),
   });
   app.decorate('config', config);
+  app.decorate('resolveHost', options.resolveHost ?? systemResolver);
   // Fastify runs onClose hooks last-registered first: this one runs after every other.
   // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.
   if (bufferedLog) app.addHook('onClose', async () => bufferedLog.close());

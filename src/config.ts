@@ -238,6 +238,17 @@ export type Config = z.output<typeof envSchema>;
 
 export class ConfigError extends Error {}
 
+/**
+ * Client keys printed in openapi.yaml's examples: public, so never accepted as a real key (a test
+ * checks that every `gk-` example there is listed). The docker/ examples say replace-me / change-me.
+ */
+export const PUBLIC_EXAMPLE_KEYS: readonly string[] = ['gk-3q9VbX2mKp7LwT4sN8yR1cZ6'];
+
+/** True for a key copied from the project's own examples. */
+export function isPublicExampleKey(key: string): boolean {
+  return PUBLIC_EXAMPLE_KEYS.includes(key) || /replace-me|change-me/i.test(key);
+}
+
 /** Reads the environment once at start; a wrong value stops the start with a message naming the variable. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { requireUpstreamKey?: boolean } = {}): Config {
   const parsed = envSchema.safeParse(env);
@@ -249,6 +260,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
   }
   const config = parsed.data;
+  // Named by variable and team, never by the key itself.
+  const examples = [
+    ...config.GATEWAY_API_KEYS.filter((k) => PUBLIC_EXAMPLE_KEYS.includes(k.key)).map((k) => `GATEWAY_API_KEYS (team ${k.team})`),
+    ...(config.GATEWAY_ADMIN_KEY !== undefined && PUBLIC_EXAMPLE_KEYS.includes(config.GATEWAY_ADMIN_KEY) ? ['GATEWAY_ADMIN_KEY'] : []),
+  ];
+  if (examples.length > 0) {
+    throw new ConfigError(`invalid configuration:\n  ${examples.join(', ')} hold the example key printed in openapi.yaml, which is public; set a key of your own`);
+  }
   if (opts.requireUpstreamKey) {
     // The example secrets in docker/ are public: a gateway started with them could be forged against.
     const placeholders = Object.entries(env)

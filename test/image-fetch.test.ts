@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { egressLookup, isPublicAddress } from '../src/images/image-fetch.js';
+import { addressRefusal, egressLookup, embeddedIpv4, isPublicAddress } from '../src/images/image-fetch.js';
 import { makePng, startHarness, type Harness } from './harness.js';
 
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
@@ -95,6 +95,77 @@ describe('the egress policy for caller-given image URLs', () => {
 
   it.each([['93.184.215.14'], ['8.8.8.8'], ['2606:4700:4700::1111'], ['::ffff:8.8.8.8']])('allows the public address %s', (address) => {
     expect(isPublicAddress(address)).toBe(true);
+  });
+
+  // Every IPv6 form that carries an IPv4 address, each around loopback, private and metadata addresses.
+  it.each([
+    ['::ffff:0:7f00:1', 'IPv4-translated loopback'],
+    ['::ffff:0:127.0.0.1', 'IPv4-translated loopback, dotted'],
+    ['::ffff:0:a9fe:a9fe', 'IPv4-translated metadata'],
+    ['::ffff:0:a00:1', 'IPv4-translated private'],
+    ['64:ff9b::7f00:1', 'NAT64 loopback'],
+    ['64:ff9b::169.254.169.254', 'NAT64 metadata, dotted'],
+    ['64:ff9b:1::', 'NAT64 local-use, prefix itself'],
+    ['64:ff9b:1::808:8', 'NAT64 local-use'],
+    ['64:ff9b:1:7f00:0:100::', 'NAT64 local-use carrying loopback (/48 layout)'],
+    ['64:ff9b:1:808:8:800::', 'NAT64 local-use carrying a public address'],
+    ['2002:7f00:1::', '6to4 loopback'],
+    ['2002:a9fe:a9fe::1', '6to4 metadata'],
+    ['2002:c0a8:101::1', '6to4 private'],
+    ['2001:0:4136:e378:8000:63bf:80ff:fffe', 'Teredo, client 127.0.0.1'],
+    ['2001:0:808:808:8000:63bf:f7f7:f7f7', 'Teredo, public server and client'],
+    ['::127.0.0.1', 'IPv4-compatible loopback'],
+    ['::7f00:1', 'IPv4-compatible loopback, hex'],
+    ['::8.8.8.8', 'IPv4-compatible public (deprecated form)'],
+    ['::ffff:7f00:1', 'IPv4-mapped loopback, hex'],
+    ['::ffff:100.64.0.1', 'IPv4-mapped carrier-grade NAT'],
+    ['fe80::1%eth0', 'link-local with a zone'],
+    ['2001:db8::1', 'documentation'],
+    ['100::1', 'discard'],
+    ['fec0::1', 'site-local'],
+  ])('refuses %s (%s)', (address) => {
+    expect(isPublicAddress(address)).toBe(false);
+    expect(addressRefusal(address)).toEqual(expect.any(String));
+  });
+
+  it.each([
+    ['64:ff9b::808:808', 'NAT64 of a public address'],
+    ['::ffff:0:808:808', 'IPv4-translated public address'],
+    ['2002:808:808::1', '6to4 of a public address'],
+  ])('allows %s (%s): it reaches a public IPv4 address', (address) => {
+    expect(isPublicAddress(address)).toBe(true);
+  });
+
+  it.each([
+    ['::ffff:127.0.0.1', ['127.0.0.1']],
+    ['::ffff:0:7f00:1', ['127.0.0.1']],
+    ['64:ff9b::a9fe:a9fe', ['169.254.169.254']],
+    ['64:ff9b:1:7f00:0:100::', ['127.0.0.1']],
+    ['2002:c0a8:101::1', ['192.168.1.1']],
+    ['2001:0:4136:e378:8000:63bf:80ff:fffe', ['65.54.227.120', '127.0.0.1']],
+    ['::a00:1', ['10.0.0.1']],
+    ['2606:4700:4700::1111', []],
+  ])('decodes the IPv4 inside %s', (address, inside) => {
+    expect(embeddedIpv4(address)).toEqual(inside);
+  });
+
+  it('names the IPv4 address an IPv6 form carries in the refusal', () => {
+    expect(addressRefusal('::ffff:0:7f00:1')).toMatch(/loopback.*127\.0\.0\.1/);
+  });
+});
+
+describe('JSON edits with an image URL whose host is an IPv6 form of loopback', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ MAX_UPLOAD_BYTES: String(MAX_UPLOAD_BYTES) });
+  });
+  afterAll(async () => h.close());
+
+  it.each([['::ffff:0:7f00:1'], ['64:ff9b:1::7f00:1'], ['2002:7f00:1::1']])('refuses http://[%s]/ with 400 naming the field', async (address) => {
+    const res = await editWith(h, `http://[${address}]:${host.port}/cat.png`);
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error).toMatchObject({ code: 'invalid_request', details: [{ field: 'image' }] });
+    expect(editsSent(h)).toHaveLength(0);
   });
 });
 

@@ -17,6 +17,16 @@ export type KeySource = 'env' | 'file' | 'api';
 /** The shortest client key accepted from configuration (minted keys are longer): short keys can be guessed. */
 export const MIN_CLIENT_KEY_LENGTH = 24;
 
+/**
+ * The team of GATEWAY_ADMIN_KEY's records, reserved: no other key may take it (in any case), or it
+ * would share the admin key's jobs and usage. What a key may reach is decided by its admin flag.
+ */
+export const ADMIN_TEAM = 'admin';
+
+export function isReservedTeam(team: string): boolean {
+  return team.toLowerCase() === ADMIN_TEAM;
+}
+
 const id = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
 const team = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
 

@@ -3,11 +3,11 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from '../observability/logger.js';
 import type { Redis } from 'ioredis';
 import { parse as parseYaml } from 'yaml';
-import { ConfigError, type Config } from '../config.js';
+import { ConfigError, isPublicExampleKey, type Config } from '../config.js';
 import { GatewayError } from '../errors.js';
 import { migration, type Database, type Migration } from '../storage/database.js';
 import { ClientKeys, sha256Hex, type Client } from './client-keys.js';
-import { MIN_CLIENT_KEY_LENGTH, keysFileSchema, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
+import { ADMIN_TEAM, MIN_CLIENT_KEY_LENGTH, isReservedTeam, keysFileSchema, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
 
 const MIGRATIONS: Migration[] = [
   migration('client-keys-001', (t) => [
@@ -68,14 +68,23 @@ export class KeyStore {
     private readonly log: Logger,
     private readonly modelIds: readonly string[],
   ) {
-    for (const k of config.GATEWAY_API_KEYS) this.keys.add(k.key, { id: k.id, team: k.team, admin: false, source: 'env' });
-    if (config.GATEWAY_ADMIN_KEY) this.keys.add(config.GATEWAY_ADMIN_KEY, { id: 'admin', team: 'admin', admin: true, source: 'env' });
+    for (const k of config.GATEWAY_API_KEYS) {
+      if (isReservedTeam(k.team)) throw new ConfigError(`GATEWAY_API_KEYS: the team name "${k.team}" is reserved for GATEWAY_ADMIN_KEY; give the key another team`);
+      this.keys.add(k.key, { id: k.id, team: k.team, admin: false, source: 'env' });
+    }
+    if (config.GATEWAY_ADMIN_KEY) this.keys.add(config.GATEWAY_ADMIN_KEY, { id: 'admin', team: ADMIN_TEAM, admin: true, source: 'env' });
     if (config.GATEWAY_KEYS_FILE) {
       for (const entry of loadKeysFile(config.GATEWAY_KEYS_FILE)) {
         const client: Client = { ...entry.policy, source: 'file' };
         if (this.keys.findById(client.id)) throw new ConfigError(`GATEWAY_KEYS_FILE: key id ${client.id} is used twice`);
+        if (!client.admin && isReservedTeam(client.team)) {
+          throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} has the team name "${client.team}", reserved for admin keys; give it another team (or admin: true)`);
+        }
         const typos = patternsMatchingNothing(client.models, modelIds);
         if (typos.length > 0) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} allows models ${typos.join(', ')}, which match no model the gateway serves`);
+        if (entry.key && isPublicExampleKey(entry.key)) {
+          throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} is an example key from the documentation, which is public; set a key of your own`);
+        }
         if (entry.key) this.keys.add(entry.key, client);
         else this.keys.addDigest(entry.keySha256!, client);
       }
@@ -120,7 +129,15 @@ export class KeyStore {
       'SELECT id, key_sha256, policy_json FROM client_keys WHERE revoked_at IS NULL',
     );
     this.keys.removeSource('api');
-    for (const row of rows) this.keys.addDigest(row.key_sha256, { ...(JSON.parse(row.policy_json) as KeyPolicy), source: 'api' });
+    for (const row of rows) {
+      const policy = JSON.parse(row.policy_json) as KeyPolicy;
+      // Minted before the name was reserved: it would reach the admin key's jobs and usage.
+      if (!policy.admin && isReservedTeam(policy.team)) {
+        this.log.warn({ key_id: row.id, team: policy.team }, 'a minted key with the reserved team name is not accepted; revoke it and mint one with another team');
+        continue;
+      }
+      this.keys.addDigest(row.key_sha256, { ...policy, source: 'api' });
+    }
     this.version = version;
   }
 
@@ -130,6 +147,11 @@ export class KeyStore {
 
   /** Makes a key, stores only its digest, and returns the plaintext this one time. */
   async mint(input: Omit<KeyPolicy, 'id' | 'admin'> & { id?: string; admin?: boolean }): Promise<{ policy: KeyPolicy; key: string }> {
+    if (isReservedTeam(input.team)) {
+      throw new GatewayError('invalid_request', `team: "${input.team}" is reserved for GATEWAY_ADMIN_KEY; give another team (an admin key is made with "admin": true)`, {
+        details: [{ field: 'team', message: `must not be "${ADMIN_TEAM}" (reserved)` }],
+      });
+    }
     const typos = patternsMatchingNothing(input.models, this.modelIds);
     if (typos.length > 0) {
       throw new GatewayError('invalid_request', `models: ${typos.join(', ')} match no model the gateway serves; GET /v1/models lists them`, {

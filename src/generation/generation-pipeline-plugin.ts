@@ -11,10 +11,23 @@ declare module 'fastify' {
 
 async function generationPipeline(app: FastifyInstance): Promise<void> {
   const { catalogue, generation, limits, jobs, config } = app;
-  app.decorate('pipeline', new GenerationPipeline({ catalogue, generation, limits, jobs, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, keepPrompts: config.LOG_PROMPTS, storage: app.storagePressure, ...(config.PUBLIC_BASE_URL ? { publicBaseUrl: config.PUBLIC_BASE_URL } : {}) }));
+  app.decorate(
+    'pipeline',
+    new GenerationPipeline({
+      catalogue,
+      generation,
+      limits,
+      jobs,
+      upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS,
+      keepPrompts: config.LOG_PROMPTS,
+      storage: app.storagePressure,
+      callbackRefusal: app.jobCallbacks.callbackRefusal,
+      ...(config.PUBLIC_BASE_URL ? { publicBaseUrl: config.PUBLIC_BASE_URL } : {}),
+    }),
+  );
 }
 
 export const generationPipelinePlugin = fp(generationPipeline, {
   name: 'generation-pipeline',
-  dependencies: ['catalogue', 'image-generation', 'limits', 'jobs'],
+  dependencies: ['catalogue', 'image-generation', 'limits', 'jobs', 'job-callbacks'],
 });

@@ -1,4 +1,4 @@
-import { GatewayError } from '../errors.js';
+import { GatewayError, invalidField } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
 import { pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import type { ImageRequest } from '../request/image-request.js';
@@ -17,6 +17,9 @@ export class ClientGone extends Error {
     this.name = 'ClientGone';
   }
 }
+
+/** The model recorded for a request naming no model of the catalogue. */
+export const UNKNOWN_MODEL = 'unknown';
 
 /** Why a direct request was cut short by UPSTREAM_TIMEOUT_MS. */
 class UpstreamDeadline extends Error {
@@ -71,6 +74,8 @@ export interface GenerationPipelineDeps {
   publicBaseUrl?: string;
   /** Refuses (507 storage_full) while image storage is full or unavailable: nothing is sent upstream then. */
   storage?: { refuseIfPressed(): void };
+  /** Why a job's callback URL may not be called (the egress policy, as at delivery), or undefined. */
+  callbackRefusal?: (url: URL) => Promise<string | undefined>;
 }
 
 /** Idempotency-Keys are the client key's own: the same string from two keys names two requests. */
@@ -97,11 +102,12 @@ export class GenerationPipeline {
 
   /**
    * The model a request names, noted in its outcome even when the request is refused before it is
-   * fully read (an unknown field, a bad size): a catalogue id where it is one, else as given.
+   * fully read (an unknown field, a bad size): a catalogue id where it is one, else `unknown`. Never
+   * the client's text: usage records reach reports and spreadsheets.
    */
   noteRequestedModel(outcome: RequestOutcome, model: unknown): void {
-    if (typeof model !== 'string' || model.length === 0 || model.length > 200) return;
-    outcome.model = this.deps.catalogue.find(model)?.id ?? model;
+    if (model === undefined || model === null || model === '') return;
+    outcome.model = (typeof model === 'string' && model.length <= 200 ? this.deps.catalogue.find(model)?.id : undefined) ?? UNKNOWN_MODEL;
   }
 
   /** Everything checked and reserved before anything is sent; a refusal throws and costs nothing. */
@@ -116,6 +122,12 @@ export class GenerationPipeline {
     const prepared = await this.deps.generation.prepare(request);
     this.deps.limits.checkModel(client, prepared.model.id);
     this.deps.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
+    // Refused now, not after the job ran and was paid for.
+    if (request.callbackUrl !== undefined && this.deps.callbackRefusal) {
+      // A host that does not resolve now is refused too: the job would have nowhere to call.
+      const refusal = await this.deps.callbackRefusal(new URL(request.callbackUrl)).catch((err: Error) => err.message);
+      if (refusal) throw invalidField('callback_url', `${refusal}; give a URL of a public host (or name the host in ALLOWED_CALLBACK_HOSTS)`);
+    }
     const images = outcome.imagesRequested;
     const unitPrice = pricePerImage(prepared.route.price, request.options);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.

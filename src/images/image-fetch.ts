@@ -1,80 +1,95 @@
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
-import { BlockList, isIP, type LookupFunction } from 'node:net';
+import { isIP, type LookupFunction } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import { Agent, request, type Dispatcher } from 'undici';
 import { GatewayError, invalidField } from '../errors.js';
 import { inputImage, type ImageUrlRef, type InputImage } from '../request/image-request.js';
 
 /**
- * Addresses a caller-given URL must never reach: this host, the private networks behind it, and
- * cloud metadata services (169.254.169.254, fd00:ec2::254, 100.100.100.200 are all inside these).
+ * How the egress policy resolves a host name: at the check before a request (`check`) and in the
+ * DNS lookup of every connection (`connect`). The system resolver unless a test gives its own, which
+ * may answer differently at the two moments, as a rebinding name does.
  */
-const NON_PUBLIC = new BlockList();
-for (const [net, prefix] of [
-  ['0.0.0.0', 8], // "this network", unspecified
-  ['10.0.0.0', 8],
-  ['100.64.0.0', 10], // carrier-grade NAT
-  ['127.0.0.0', 8],
-  ['169.254.0.0', 16], // link-local, cloud metadata
-  ['172.16.0.0', 12],
-  ['192.0.0.0', 24],
-  ['192.0.2.0', 24],
-  ['192.168.0.0', 16],
-  ['198.18.0.0', 15],
-  ['198.51.100.0', 24],
-  ['203.0.113.0', 24],
-  ['224.0.0.0', 4], // multicast
-  ['240.0.0.0', 4], // reserved, broadcast
-] as const) {
-  NON_PUBLIC.addSubnet(net, prefix, 'ipv4');
-}
-for (const [net, prefix] of [
-  ['::', 96], // unspecified, loopback, IPv4-compatible
-  ['100::', 64], // discard
-  ['2001::', 32], // Teredo
-  ['2001:db8::', 32], // documentation
-  ['fc00::', 7], // unique local
-  ['fe80::', 10], // link-local
-  ['fec0::', 10], // site-local
-  ['ff00::', 8], // multicast
-] as const) {
-  NON_PUBLIC.addSubnet(net, prefix, 'ipv6');
+export type HostResolver = (hostname: string, phase: 'check' | 'connect') => Promise<LookupAddress[]>;
+
+export const systemResolver: HostResolver = (hostname) =>
+  new Promise((resolve, reject) => {
+    dnsLookup(hostname, { all: true }, (err, addresses) => (err ? reject(err) : resolve(addresses)));
+  });
+
+const v6 = (cidr: string) => ipaddr.IPv6.parseCIDR(cidr);
+
+/** IPv6 forms that reach the IPv4 address they carry: judged by that IPv4 address. */
+const CARRIES_IPV4 = [
+  v6('::ffff:0:0/96'), // IPv4-mapped, ::ffff:a.b.c.d
+  v6('::ffff:0:0:0/96'), // IPv4-translated (RFC 6145), ::ffff:0:a.b.c.d
+  v6('64:ff9b::/96'), // NAT64, well-known prefix (RFC 6052)
+];
+const SIX_TO_FOUR = v6('2002::/16'); // 6to4: 2002:AABB:CCDD::/48 carries AA.BB.CC.DD
+const IPV4_COMPATIBLE = v6('::/96'); // ::a.b.c.d (deprecated); also holds :: and ::1
+const NAT64_LOCAL = v6('64:ff9b:1::/48'); // NAT64 local-use (RFC 8215): a network's own translator
+const TEREDO = v6('2001::/32'); // a tunnel to the (obfuscated) client IPv4 it carries
+
+/**
+ * An IPv6 address parsed as written. A dotted tail is rewritten as two hex groups first: ipaddr.js
+ * reads "::a.b.c.d" (IPv4-compatible) as "::ffff:a.b.c.d" (IPv4-mapped), another form.
+ */
+function parseV6(address: string): ipaddr.IPv6 {
+  const text = address.split('%', 1)[0]!.replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_all, a: string, b: string, c: string, d: string) =>
+    `${((Number(a) << 8) | Number(b)).toString(16)}:${((Number(c) << 8) | Number(d)).toString(16)}`,
+  );
+  return ipaddr.IPv6.parse(text);
 }
 
-/** The IPv4 address inside an IPv6 one that carries it (mapped, NAT64, 6to4), if any. */
-function embeddedIpv4(v6: string): string | undefined {
-  const groups = expandIpv6(v6);
-  if (!groups) return undefined;
-  const quad = (hi: number, lo: number) => `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
-  const zeros = (from: number, to: number) => groups.slice(from, to).every((g) => g === 0);
-  if (zeros(0, 5) && groups[5] === 0xffff) return quad(groups[6]!, groups[7]!); // ::ffff:a.b.c.d
-  if (groups[0] === 0x64 && groups[1] === 0xff9b && zeros(2, 6)) return quad(groups[6]!, groups[7]!); // 64:ff9b::/96
-  if (groups[0] === 0x2002) return quad(groups[1]!, groups[2]!); // 2002:AABB:CCDD::/48
-  return undefined;
+const within = (ip: ipaddr.IPv6, [net, bits]: readonly [ipaddr.IPv6, number]) => ip.match(net, bits);
+
+/**
+ * Every IPv4 address an IPv6 one carries (mapped, translated, NAT64 /96 and local-use /48, 6to4,
+ * Teredo server and client, IPv4-compatible); empty for any other address.
+ */
+export function embeddedIpv4(address: string): string[] {
+  if (isIP(address) !== 6) return [];
+  const ip = parseV6(address);
+  const b = ip.toByteArray();
+  const quad = (o: number[]) => new ipaddr.IPv4(o.slice(0, 4)).toString();
+  if (CARRIES_IPV4.some((net) => within(ip, net)) || within(ip, IPV4_COMPATIBLE)) return [quad(b.slice(12, 16))];
+  // RFC 6052 with a /48 prefix: the IPv4 in bytes 6-7 and 9-10 (byte 8 is the reserved "u" octet).
+  if (within(ip, NAT64_LOCAL)) return [quad([b[6]!, b[7]!, b[9]!, b[10]!])];
+  if (within(ip, SIX_TO_FOUR)) return [quad(b.slice(2, 6))];
+  // Teredo: the server's IPv4 in bytes 4-7, the client's in bytes 12-15 with every bit flipped.
+  if (within(ip, TEREDO)) return [quad(b.slice(4, 8)), quad(b.slice(12, 16).map((x) => x ^ 0xff))];
+  return [];
 }
 
-function expandIpv6(address: string): number[] | undefined {
-  let text = address.split('%', 1)[0]!;
-  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (dotted) {
-    const [a, b, c, d] = dotted[1]!.split('.').map(Number) as [number, number, number, number];
-    text = text.slice(0, -dotted[1]!.length) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const [head, tail] = text.split('::') as [string, string | undefined];
-  const part = (s: string | undefined) => (s ? s.split(':').map((g) => parseInt(g, 16)) : []);
-  const left = part(head);
-  const right = part(tail);
-  const groups = tail === undefined ? left : [...left, ...Array<number>(8 - left.length - right.length).fill(0), ...right];
-  return groups.length === 8 && groups.every((g) => Number.isInteger(g) && g >= 0 && g <= 0xffff) ? groups : undefined;
-}
-
-/** True for an address a caller-given URL may reach; IPv4 written inside IPv6 is judged as IPv4. */
-export function isPublicAddress(address: string): boolean {
+/** Why an address is not one a caller-given URL may reach, or undefined when it is public unicast. */
+export function addressRefusal(address: string): string | undefined {
   const family = isIP(address);
-  if (family === 4) return !NON_PUBLIC.check(address, 'ipv4');
-  if (family !== 6) return false;
-  const v4 = embeddedIpv4(address);
-  if (v4 !== undefined) return !NON_PUBLIC.check(v4, 'ipv4');
-  return !NON_PUBLIC.check(address, 'ipv6');
+  if (family === 0) return 'not an IP address';
+  if (family === 4) {
+    const range = ipaddr.IPv4.parse(address).range();
+    return range === 'unicast' ? undefined : `${range} IPv4 address`;
+  }
+  const ip = parseV6(address);
+  const inside = embeddedIpv4(address);
+  const refusedInside = inside.map((v4) => [v4, addressRefusal(v4)] as const).find(([, why]) => why !== undefined);
+  if (refusedInside) return `IPv6 form of the ${refusedInside[1]} ${refusedInside[0]}`;
+  if (within(ip, IPV4_COMPATIBLE)) return ip.range() === 'unicast' ? 'IPv4-compatible IPv6 address' : `${ip.range()} IPv6 address`;
+  if (within(ip, NAT64_LOCAL)) return 'local-use NAT64 IPv6 address (64:ff9b:1::/48)';
+  if (within(ip, TEREDO)) return 'Teredo IPv6 address';
+  // Reaches the public IPv4 address it carries.
+  if (CARRIES_IPV4.some((net) => within(ip, net)) || within(ip, SIX_TO_FOUR)) return undefined;
+  const range = ip.range();
+  return range === 'unicast' ? undefined : `${range} IPv6 address`;
+}
+
+/**
+ * True for an address a caller-given URL may reach: IPv4 only in public unicast space (no private,
+ * loopback, link-local with cloud metadata, carrier-grade NAT, documentation, benchmarking,
+ * multicast or reserved ranges); IPv6 likewise, and an IPv6 form that carries an IPv4 address is
+ * judged by that address.
+ */
+export function isPublicAddress(address: string): boolean {
+  return addressRefusal(address) === undefined;
 }
 
 export interface ImageFetcherOptions {
@@ -84,6 +99,8 @@ export interface ImageFetcherOptions {
   allowedHosts: string[];
   /** For one URL, redirects included. */
   timeoutMs?: number;
+  /** How host names are resolved (the system resolver by default; tests give their own). */
+  resolve?: HostResolver;
   maxRedirects?: number;
 }
 
@@ -92,22 +109,36 @@ class EgressRefused extends Error {
   readonly code = 'EGRESS_REFUSED';
 }
 
+/** A URL's host did not resolve when the egress policy checked it: a failure that may pass. */
+export class HostUnresolved extends Error {}
+
+/** The egress policy's reason when a request failed on it (the connection's DNS check included), else undefined. */
+export function egressRefusalOf(err: unknown): string | undefined {
+  for (let e = err, depth = 0; e instanceof Error && depth < 3; e = e.cause, depth++) {
+    if (e instanceof EgressRefused) return e.message;
+  }
+  return undefined;
+}
+
 /**
  * The DNS lookup of every connection the fetcher opens: it refuses non-public answers, so a socket
  * connects only to an address this check passed, whatever the name resolves to by then (rebinding).
  */
-export function egressLookup(allowedHosts: ReadonlySet<string>): LookupFunction {
+export function egressLookup(allowedHosts: ReadonlySet<string>, resolve: HostResolver = systemResolver): LookupFunction {
   return (hostname, options, callback) => {
-    dnsLookup(hostname, { ...options, all: true }, (err, addresses: LookupAddress[]) => {
-      if (err) return callback(err, '', 0);
-      const refused = addresses.find((a) => !isPublicAddress(a.address));
-      if (!allowedHosts.has(hostname.toLowerCase()) && (refused || addresses.length === 0)) {
-        const reason = `the URL's host ${hostname} resolves to a non-public address (${refused?.address ?? 'none'}), which the gateway does not fetch`;
-        return callback(new EgressRefused(reason), '', 0);
-      }
-      if (options.all) return (callback as unknown as (e: null, all: LookupAddress[]) => void)(null, addresses);
-      return callback(null, addresses[0]!.address, addresses[0]!.family);
-    });
+    resolve(hostname, 'connect').then(
+      (all) => {
+        const addresses = options.family === 4 || options.family === 6 ? all.filter((a) => a.family === options.family) : all;
+        const refused = addresses.find((a) => !isPublicAddress(a.address));
+        if (!allowedHosts.has(hostname.toLowerCase()) && (refused || addresses.length === 0)) {
+          const reason = `the URL's host ${hostname} resolves to a non-public address (${refused?.address ?? 'none'}), which the gateway does not fetch`;
+          return callback(new EgressRefused(reason), '', 0);
+        }
+        if (options.all) return (callback as unknown as (e: null, all: LookupAddress[]) => void)(null, addresses);
+        return callback(null, addresses[0]!.address, addresses[0]!.family);
+      },
+      (err: NodeJS.ErrnoException) => callback(err, '', 0),
+    );
   };
 }
 
@@ -116,18 +147,25 @@ const hostOf = (url: URL) => url.hostname.toLowerCase().replace(/^\[(.*)\]$/, '$
 
 /**
  * Why the gateway will not send a request to this URL (a caller-given image URL or job callback),
- * or undefined when it may. Connections also go through egressLookup, which checks again.
+ * or undefined when it may; HostUnresolved when the host does not resolve. Connections also go
+ * through egressLookup, which checks again.
  */
-export async function egressRefusal(url: URL, allowedHosts: ReadonlySet<string>): Promise<string | undefined> {
+export async function egressRefusal(url: URL, allowedHosts: ReadonlySet<string>, resolve: HostResolver = systemResolver): Promise<string | undefined> {
   if (url.protocol !== 'http:' && url.protocol !== 'https:') return `the URL scheme "${url.protocol.replace(/:$/, '')}" is not allowed`;
   const host = hostOf(url);
   if (allowedHosts.has(host)) return undefined;
-  const addresses = isIP(host) ? [host] : await resolveAll(host);
-  const refused = addresses.find((a) => !isPublicAddress(a));
-  if (refused !== undefined || addresses.length === 0) {
-    return `the URL's host ${host} is a private, loopback, link-local or otherwise non-public address (${refused ?? 'none'}), which the gateway does not reach`;
+  let addresses: string[];
+  try {
+    addresses = isIP(host) ? [host] : (await resolve(host, 'check')).map((a) => a.address);
+  } catch (err) {
+    // Not a refusal: DNS may answer on a retry (a result download or a callback delivery tries again).
+    throw new HostUnresolved(`the URL's host ${host} could not be resolved (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
   }
-  return undefined;
+  for (const address of addresses) {
+    const why = addressRefusal(address);
+    if (why) return `the URL's host ${host} is or resolves to a non-public address (${address}: ${why}), which the gateway does not reach`;
+  }
+  return addresses.length === 0 ? `the URL's host ${host} resolves to no address` : undefined;
 }
 
 /**
@@ -141,12 +179,14 @@ export class ImageFetcher {
   private readonly allowed: Set<string>;
   private readonly timeoutMs: number;
   private readonly maxRedirects: number;
+  private readonly resolve: HostResolver;
 
   constructor(private readonly options: ImageFetcherOptions) {
     this.allowed = new Set(options.allowedHosts);
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.maxRedirects = options.maxRedirects ?? 3;
-    this.dispatcher = new Agent({ connect: { lookup: egressLookup(this.allowed) } });
+    this.resolve = options.resolve ?? systemResolver;
+    this.dispatcher = new Agent({ connect: { lookup: egressLookup(this.allowed, this.resolve) } });
   }
 
   async close(): Promise<void> {
@@ -224,7 +264,7 @@ export class ImageFetcher {
 
   /** Before any connection: the host's addresses, as resolved now, must all be public. */
   private async checkDestination(url: URL): Promise<void> {
-    const refusal = await egressRefusal(url, this.allowed);
+    const refusal = await egressRefusal(url, this.allowed, this.resolve);
     if (refusal) throw new EgressRefused(refusal);
   }
 
@@ -247,13 +287,4 @@ export class ImageFetcher {
     }
     return Buffer.concat(chunks, total);
   }
-}
-
-async function resolveAll(host: string): Promise<string[]> {
-  return new Promise((resolve, reject) => {
-    dnsLookup(host, { all: true }, (err, addresses) => {
-      if (err) reject(new EgressRefused(`the URL's host ${host} could not be resolved (${err.code ?? err.message})`));
-      else resolve(addresses.map((a) => a.address));
-    });
-  });
 }

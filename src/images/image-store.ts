@@ -1,4 +1,5 @@
-import { access, constants, mkdir, open, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { access, constants, open, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { makePrivateDir, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenIfPresent } from '../storage/private-files.js';
 import { randomHex } from '../ids.js';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -61,7 +62,7 @@ export async function inDirectory<T>(dir: string, write: () => Promise<T>): Prom
     return await write();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    await mkdir(dir, { recursive: true });
+    await makePrivateDir(dir);
     return write();
   }
 }
@@ -76,6 +77,8 @@ export class FileImageStore implements ImageStore {
     this.root = join(dataDir, 'images');
     // Inside the store's own directory tree, so rename() stays on one file system and is atomic.
     this.stagingDir = join(this.root, '.staging');
+    // A store an older version made 0755: closed to other users (the directories below it too, so).
+    tightenIfPresent(this.root, PRIVATE_DIR_MODE);
   }
 
   private pathOf(name: string): string | undefined {
@@ -92,7 +95,7 @@ export class FileImageStore implements ImageStore {
   async putBytes(name: string, bytes: Buffer): Promise<void> {
     const staged = join(this.stagingDir, `${randomHex(8)}.tmp`);
     try {
-      await inDirectory(this.stagingDir, () => writeFile(staged, bytes));
+      await inDirectory(this.stagingDir, () => writeFile(staged, bytes, { mode: PRIVATE_FILE_MODE }));
       await this.putFile(name, staged);
     } catch (err) {
       await rm(staged, { force: true });
@@ -127,7 +130,7 @@ export class FileImageStore implements ImageStore {
   }
 
   async check(): Promise<void> {
-    await mkdir(this.root, { recursive: true });
+    await makePrivateDir(this.root);
     await access(this.root, constants.W_OK);
   }
 

@@ -1,4 +1,5 @@
 import { open, rm, type FileHandle } from 'node:fs/promises';
+import { PRIVATE_FILE_MODE } from '../storage/private-files.js';
 import { basename, join } from 'node:path';
 import { randomHex } from '../ids.js';
 import { inDirectory } from './image-store.js';
@@ -71,7 +72,7 @@ export class WarmStagingFiles {
     this.prepareMore();
     if (warm) return warm;
     const path = join(this.dir, `${randomHex(8)}.tmp`);
-    const file = await inDirectory(this.dir, () => open(path, 'w'));
+    const file = await inDirectory(this.dir, () => open(path, 'w', PRIVATE_FILE_MODE));
     return { path, file, warmBytes: 0 };
   }
 
@@ -143,7 +144,7 @@ export class WarmStagingFiles {
     this.preparingPath = path;
     const bytes = this.nextWarmBytes();
     try {
-      const file = await inDirectory(this.dir, () => open(path, 'w+'));
+      const file = await inDirectory(this.dir, () => open(path, 'w+', PRIVATE_FILE_MODE));
       try {
         await file.truncate(bytes);
         this.scratch ??= Buffer.allocUnsafe(PREPARE_READ_BYTES);

@@ -13,11 +13,12 @@ declare module 'fastify' {
 
 async function jobCallbacks(app: FastifyInstance): Promise<void> {
   const config = app.config;
-  const callbackDispatcher = new Agent({ connect: { lookup: egressLookup(new Set(config.ALLOWED_CALLBACK_HOSTS)) } });
+  const allowed = new Set(config.ALLOWED_CALLBACK_HOSTS);
+  const callbackDispatcher = new Agent({ connect: { lookup: egressLookup(allowed, app.resolveHost) } });
   app.decorate('jobCallbacks', {
     callbackSecret: config.CALLBACK_SECRET ? Buffer.from(config.CALLBACK_SECRET, 'utf8') : app.signer.derivedKey('job callbacks'),
     // Callbacks go to caller-given URLs: the same egress policy as image URLs.
-    callbackRefusal: (url) => egressRefusal(url, new Set(config.ALLOWED_CALLBACK_HOSTS)),
+    callbackRefusal: (url) => egressRefusal(url, allowed, app.resolveHost),
     callbackDispatcher,
   });
   app.addHook('onClose', async () => callbackDispatcher.close());

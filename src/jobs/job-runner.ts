@@ -1,4 +1,5 @@
 import { createHmac, randomBytes } from 'node:crypto';
+import { egressRefusalOf } from '../images/image-fetch.js';
 import { randomId } from '../ids.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../observability/logger.js';
@@ -604,6 +605,12 @@ export class JobRunner {
         status = `failed: the callback URL answered HTTP ${res.statusCode}`;
         if (res.statusCode < 500 && res.statusCode !== 429) break;
       } catch (err) {
+        // The connection's own egress check (the name now resolves elsewhere): final, like the one above.
+        const refused = egressRefusalOf(err);
+        if (refused) {
+          status = `refused: ${refused}`;
+          break;
+        }
         // A network failure: try again after the next wait.
         status = `failed: ${(err as Error).message}`.slice(0, 300);
       }

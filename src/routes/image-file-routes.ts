@@ -43,7 +43,7 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
   app.storagePressure.onPressure(() => {
     retention.sweepNow().catch((err: unknown) => app.log.error({ err }, 'image retention sweep failed'));
   });
-  const fetcher = new ImageFetcher({ maxBytes: app.config.MAX_UPLOAD_BYTES, allowedHosts: app.config.ALLOWED_IMAGE_HOSTS });
+  const fetcher = new ImageFetcher({ maxBytes: app.config.MAX_UPLOAD_BYTES, allowedHosts: app.config.ALLOWED_IMAGE_HOSTS, resolve: app.resolveHost });
   app.decorate('imageFetcher', fetcher);
   app.addHook('onReady', async () => retention.start());
   // preClose: before onClose hooks close the database a sweep may be using.

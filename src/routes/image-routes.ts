@@ -53,7 +53,8 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
 
   app.get<{ Params: { id: string } }>('/v1/models/:id', async (request) => {
     const model = app.catalogue.find(request.params.id);
-    if (!model) throw new GatewayError('not_found', `no model "${request.params.id}"; GET /v1/models lists them`);
+    // A model outside the key's allow-list answers as an unknown one: the key does not learn it exists.
+    if (!model || !modelAllowed(request.client!, model.id)) throw new GatewayError('not_found', `no model "${request.params.id}"; GET /v1/models lists them`);
     return describeModel(model);
   });
 

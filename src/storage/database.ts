@@ -1,5 +1,5 @@
-import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { makePrivateDirSync, makePrivateFileSync, PRIVATE_FILE_MODE, tightenIfPresent } from './private-files.js';
 import type { SQLInputValue } from 'node:sqlite';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
@@ -226,7 +226,12 @@ export class SqliteDatabase implements Database {
     } = {},
   ) {
     this.file = path === ':memory:' ? undefined : path;
-    if (this.file) mkdirSync(dirname(this.file), { recursive: true });
+    if (this.file) {
+      makePrivateDirSync(dirname(this.file));
+      // Before SQLite opens it: its -wal and -shm files take the database file's mode.
+      makePrivateFileSync(this.file);
+      for (const suffix of ['-wal', '-shm', '-journal']) tightenIfPresent(this.file + suffix, PRIVATE_FILE_MODE);
+    }
     this.connection = new SqliteConnection(path, this.file ? this.autocheckpointPages : undefined);
     this.onThreadLost = options.onThreadLost;
     if (!this.file) return;

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, FormData, request, type Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
-import { egressLookup, egressRefusal } from '../images/image-fetch.js';
+import { egressLookup, egressRefusal, egressRefusalOf, type HostResolver } from '../images/image-fetch.js';
 import type { UpstreamRequest } from './upstream-request.js';
 import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type UpstreamImage } from './upstream-reply.js';
 import { FairQueue } from './fair-queue.js';
@@ -27,6 +27,8 @@ export interface UpstreamClientOptions {
   pollIntervalMs: number;
   maxReplyBytes: number;
   maxDownloadBytes: number;
+  /** How result URLs' host names are resolved under the egress policy (the system resolver by default). */
+  resolveHost?: HostResolver;
 }
 
 /** For jobs that must survive a restart: learn the task id at once, or pick up a known one. */
@@ -116,7 +118,7 @@ export class UpstreamClient {
     // Result URLs come from upstream replies: the same egress policy as caller-given URLs (no private,
     // loopback or metadata addresses, checked on every connection), except the upstream's own host.
     this.resultHosts = new Set([new URL(options.baseUrl).hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1')]);
-    this.downloads = new Agent({ keepAliveTimeout: 30_000, connect: { lookup: egressLookup(this.resultHosts) } });
+    this.downloads = new Agent({ keepAliveTimeout: 30_000, connect: { lookup: egressLookup(this.resultHosts, options.resolveHost) } });
     this.slots = new FairQueue(options.maxConcurrency, options.queueTimeoutMs);
     this.keys = options.apiKeys.map((key) => ({ key, setAsideUntil: 0 }));
   }
@@ -440,7 +442,7 @@ export class UpstreamClient {
    * failure or a 5xx is retried briefly, so `consume` must start afresh on each call.
    */
   private fetchResult(url: URL, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
-    return followResult(url, signal, this.downloads, this.resultHosts);
+    return followResult(url, signal, this.downloads, this.resultHosts, this.options.resolveHost);
   }
 
   async download<T>(url: string, signal: AbortSignal, consume: (body: AsyncIterable<Uint8Array>) => Promise<T>): Promise<T> {
@@ -500,11 +502,20 @@ async function followResult(
   signal: AbortSignal,
   dispatcher: Dispatcher,
   allowedHosts: ReadonlySet<string>,
+  resolveHost?: HostResolver,
 ): Promise<Dispatcher.ResponseData> {
   for (let hop = 0; ; hop++) {
-    const refusal = await egressRefusal(url, allowedHosts);
+    const refusal = await egressRefusal(url, allowedHosts, resolveHost);
     if (refusal) throw new GatewayError('upstream_error', `upstream returned an image URL the gateway does not fetch: ${refusal}`);
-    const res = await request(url, { method: 'GET', signal, dispatcher });
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, { method: 'GET', signal, dispatcher });
+    } catch (err) {
+      // Refused by the connection's own egress check (the name resolves elsewhere now): final, not retried.
+      const refused = egressRefusalOf(err);
+      if (refused) throw new GatewayError('upstream_error', `upstream returned an image URL the gateway does not fetch: ${refused}`, { cause: err });
+      throw err;
+    }
     const location = res.headers.location;
     if (res.statusCode >= 300 && res.statusCode < 400 && typeof location === 'string') {
       await res.body.dump();

@@ -21,6 +21,7 @@ async function upstream(app: FastifyInstance): Promise<void> {
     pollIntervalMs: config.TASK_POLL_INTERVAL_MS,
     maxReplyBytes: 512 * 1024 * 1024,
     maxDownloadBytes: 64 * 1024 * 1024,
+    resolveHost: app.resolveHost,
   });
   app.decorate('upstream', upstream);
   app.addHook('onClose', async () => upstream.close());

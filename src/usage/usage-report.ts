@@ -243,13 +243,22 @@ export async function usageRecords(db: Database, window: UsageWindow, scope: Usa
   return { data, next_cursor: more ? encodeCursor(data[data.length - 1]!.id) : null };
 }
 
+/** What a spreadsheet reads as the start of a formula (=, +, -, @) or may strip before one (tab, CR). */
+const FORMULA_START = /^[=+\-@\t\r]/;
+
 function csvField(value: unknown): string {
   if (value === null || value === undefined) return '';
-  const text = typeof value === 'object' ? JSON.stringify(value) : String(value);
+  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') return String(value);
+  let text = typeof value === 'object' ? JSON.stringify(value) : String(value);
+  // A text cell never opens as a formula in the spreadsheet an admin loads the export into.
+  if (FORMULA_START.test(text)) text = `'${text}`;
   return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
-/** RFC 4180 CSV with a header row; null is an empty field, objects are JSON. */
+/**
+ * RFC 4180 CSV with a header row; null is an empty field, objects are JSON. A text cell starting
+ * with =, +, -, @, tab or CR is prefixed with ' (CSV injection); numbers are written as they are.
+ */
 export function toCsv(columns: readonly string[], rows: ReadonlyArray<Record<string, unknown>>): string {
   const lines = [columns.join(',')];
   for (const row of rows) lines.push(columns.map((c) => csvField(row[c])).join(','));

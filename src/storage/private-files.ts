@@ -1,0 +1,42 @@
+import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+
+/**
+ * DATA_DIR holds usage records, stored images and the URL-signing secret: readable by the gateway's
+ * own user only. Directories it creates are 0700 and files 0600, whatever the umask leaves.
+ */
+export const PRIVATE_DIR_MODE = 0o700;
+export const PRIVATE_FILE_MODE = 0o600;
+
+/** Creates a directory (and its missing parents) 0700; one that exists is left as it is. */
+export function makePrivateDirSync(path: string): void {
+  mkdirSync(path, { recursive: true, mode: PRIVATE_DIR_MODE });
+}
+
+/** As makePrivateDirSync, without blocking. */
+export async function makePrivateDir(path: string): Promise<void> {
+  await mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
+}
+
+/**
+ * The gateway's own file made private before anything opens it: created empty 0600 when missing,
+ * set to 0600 when it exists (a file an older version left 0644). SQLite then creates the database's
+ * -wal and -shm files with the database file's mode.
+ */
+export function makePrivateFileSync(path: string): void {
+  closeSync(openSync(path, 'a', PRIVATE_FILE_MODE));
+  tightenIfPresent(path, PRIVATE_FILE_MODE);
+}
+
+/**
+ * Sets an existing file or directory of the gateway's to `mode`. A missing one is no error, nor one
+ * another user owns (EPERM: only its owner may change its mode; the gateway can still use it).
+ */
+export function tightenIfPresent(path: string, mode: number): void {
+  try {
+    chmodSync(path, mode);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'EPERM') throw err;
+  }
+}
