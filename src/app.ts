@@ -92,6 +92,8 @@ function asGatewayError(err: unknown, bodyLimit?: number): GatewayError {
     case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
       return new GatewayError('unsupported_media_type', e.message);
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      // Fastify's parser says the same of a syntax error and of a prototype key, which it refuses.
+      return new GatewayError('invalid_request', 'the body is not valid JSON, or it holds a "__proto__" key or a "constructor" with a "prototype", which the gateway refuses');
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
       return new GatewayError('invalid_request', `the body is not valid JSON: ${e.message}`);
   }
