@@ -10,7 +10,7 @@ declare module 'fastify' {
     uploadDir: string;
   }
   interface FastifyRequest {
-    /** The request's files under uploadDir, removed once its answer is sent or its client has left. */
+    /** The request's files under uploadDir, removed as its answer is sent or when its client has left. */
     uploadPaths: string[] | null;
   }
 }
@@ -32,7 +32,7 @@ async function removeUploads(request: FastifyRequest): Promise<void> {
 /**
  * Multipart files go to DATA_DIR/uploads as they arrive, not into memory. The directory is emptied
  * at start (what a stopped process left there belongs to no request) and each request's files are
- * removed when its answer has been sent, or when its client leaves before that.
+ * removed as its answer is sent, or when its client leaves before that.
  */
 export const uploadsPlugin = fp(
   async (app: FastifyInstance) => {
@@ -44,7 +44,11 @@ export const uploadsPlugin = fp(
     app.addHook('onRequest', async (request, reply) => {
       reply.raw.once('close', () => void removeUploads(request));
     });
-    app.addHook('onResponse', async (request) => removeUploads(request));
+    // Before the answer goes out: its images were read when the request was admitted, or it was refused.
+    app.addHook('onSend', async (request, _reply, payload) => {
+      await removeUploads(request);
+      return payload;
+    });
   },
   { name: 'uploads' },
 );
