@@ -113,6 +113,26 @@ describe('multipart files on disk', () => {
     expect(status, body).toBe(200);
     expect(uploadsOf(h)).toEqual([]);
   });
+
+  it('are removed when the client leaves in the middle of its upload', async () => {
+    const png = await makePng(64, 64);
+    const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'make it blue' }, [{ field: 'image', filename: 'a.png', bytes: png }]);
+    const req = httpRequest(`${h.base}/v1/edit`, { method: 'POST', headers: { ...h.auth, ...headers, 'content-length': String(payload.length) } });
+    req.on('error', () => {}); // the abort below
+    req.write(payload.subarray(0, payload.lastIndexOf(Buffer.from('\r\n--'))));
+    let held: string[] = [];
+    for (let i = 0; i < 500 && held.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      held = uploadsOf(h);
+    }
+    expect(held).toHaveLength(1);
+    req.destroy();
+    for (let i = 0; i < 500 && held.length > 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      held = uploadsOf(h);
+    }
+    expect(held).toEqual([]);
+  });
 });
 
 describe('DATA_DIR/uploads at start', () => {
