@@ -45,6 +45,8 @@ function fileTooLarge(field: string, maxBytes: number): GatewayError {
 
 /** Shared by POST /v1/edit and the OpenAI-compatible POST /v1/images/edits. */
 export async function readEditParts(app: FastifyInstance, request: FastifyRequest): Promise<EditParts> {
+  // Uploads are written under DATA_DIR: none while it is short of space (refused as the pipeline would).
+  app.storagePressure.refuseIfPressed();
   const maxRequest = app.config.MAX_REQUEST_BYTES;
   const maxFile = app.config.MAX_UPLOAD_BYTES;
   // A declared length over the limit is refused before a byte of the body is read.
@@ -85,7 +87,14 @@ export async function readEditParts(app: FastifyInstance, request: FastifyReques
           done(null, chunk);
         },
       });
-      await pipeline(part.file, watch, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
+      try {
+        await pipeline(part.file, watch, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOSPC') {
+          throw new GatewayError('storage_full', 'the gateway has no space left to receive the upload; try again later', { retryAfter: 60, cause: err });
+        }
+        throw err;
+      }
       if (part.file.truncated) throw fileTooLarge(field, maxFile);
       if (over()) throw requestTooLarge(maxRequest);
       if (size === 0) throw invalidField(field, 'is empty');
