@@ -34,6 +34,7 @@ import type { FreeSpaceProbe } from './images/storage-pressure.js';
 import { connectionOptions, connectionsPlugin, trackRequests } from './http/connections.js';
 import { securityHeaders } from './http/security-headers.js';
 import { systemResolver, type HostResolver } from './images/image-fetch.js';
+import { uploadsPlugin } from './request/uploads.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -64,12 +65,24 @@ const REQUEST_ID = /^[\w.:-]{1,128}$/;
 /** The nearest `hops` proxies are trusted, as Fastify does for a number (its types take only a function). */
 const trustHops = (hops: number) => (_address: string, hop: number) => hop < hops;
 
-/** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms. */
-function asGatewayError(err: unknown): GatewayError {
+/** The default body limit: every JSON route but a JSON edit's (see jsonEditBodyLimit) takes a prompt and a few fields. */
+const BODY_LIMIT = 1024 * 1024;
+
+/** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms; `bodyLimit`: the route's. */
+function asGatewayError(err: unknown, bodyLimit?: number): GatewayError {
   if (err instanceof GatewayError) return err;
   const e = err as FastifyError & { part?: unknown };
   switch (e.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      if (bodyLimit !== undefined) {
+        const size = bodyLimit >= 1024 * 1024 ? `${Math.round((bodyLimit / (1024 * 1024)) * 10) / 10} MiB` : `${Math.round(bodyLimit / 1024)} KiB`;
+        return new GatewayError('payload_too_large', `the request body is over this endpoint's size limit of ${bodyLimit} bytes (${size})`, {
+          details: [{ field: '(body)', message: `must be at most ${bodyLimit} bytes` }],
+        });
+      }
+      return new GatewayError('payload_too_large', `the request is over the size limit (${e.message})`);
+    case 'FST_PROTO_VIOLATION':
+      return new GatewayError('invalid_request', 'a multipart field is named after a property of Object.prototype (constructor, __proto__, ...), which is no field of this request');
     case 'FST_REQ_FILE_TOO_LARGE':
     case 'FST_PARTS_LIMIT':
     case 'FST_FILES_LIMIT':
@@ -79,6 +92,8 @@ function asGatewayError(err: unknown): GatewayError {
     case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
       return new GatewayError('unsupported_media_type', e.message);
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      // Fastify's parser says the same of a syntax error and of a prototype key, which it refuses.
+      return new GatewayError('invalid_request', 'the body is not valid JSON, or it holds a "__proto__" key or a "constructor" with a "prototype", which the gateway refuses');
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
       return new GatewayError('invalid_request', `the body is not valid JSON: ${e.message}`);
   }
@@ -110,8 +125,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     },
     // The onResponse hook below writes the one line per request.
     logController: new LogController({ disableRequestLogging: true }),
-    // JSON edits carry images as data URLs: room for several uploads, base64 included.
-    bodyLimit: Math.ceil(config.MAX_UPLOAD_BYTES * 1.4) * 4,
+    // JSON edits, whose images may come as data URLs, set their own (image-routes.ts).
+    bodyLimit: BODY_LIMIT,
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomId('req', 12);
@@ -148,9 +163,11 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
  * events, job callbacks, upstream, images, database, Redis.
  */
 async function registerAll(app: FastifyInstance, config: Config, options: AppOptions): Promise<void> {
+  // Files are streamed to DATA_DIR/uploads (request/edit-parts.ts), the whole request within MAX_REQUEST_BYTES.
   await app.register(multipart, {
     limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
   });
+  await app.register(uploadsPlugin);
   app.decorateRequest('outcome', null as unknown as RequestOutcome);
   // Before authentication (client-keys), which may refuse the request.
   app.addHook('onRequest', async (request, reply) => {
@@ -168,9 +185,11 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
       app.recordAbandonedRequest(request, err instanceof ClientGone ? 'client disconnected; upstream call aborted' : `client disconnected; then: ${asGatewayError(err).code}`);
       return reply.status(499).send();
     }
-    const gw = asGatewayError(err);
+    const gw = asGatewayError(err, request.routeOptions.bodyLimit);
     app.noteFailure(request, gw);
     if (gw.retryAfter !== undefined) reply.header('retry-after', String(gw.retryAfter));
+    // The rest of a body over the limit is not read: the connection closes after the answer.
+    if (gw.code === 'payload_too_large') reply.header('connection', 'close');
     // The OpenAI-compatible routes answer in OpenAI's error shape, for OpenAI's SDKs; same status.
     return reply.status(gw.status).send(answersOpenAiErrors(request) ? openAiErrorBody(gw) : errorBody(gw, request.id));
   });

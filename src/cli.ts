@@ -565,11 +565,11 @@ async function main(argv: string[]): Promise<number> {
     return name === undefined ? 2 : 0;
   }
   if (name === 'help') {
-    const command = args[0] === undefined ? undefined : COMMANDS[args[0]];
+    const command = args[0] === undefined || !Object.hasOwn(COMMANDS, args[0]) ? undefined : COMMANDS[args[0]];
     console.log(command ? command.help : MAIN_HELP);
     return 0;
   }
-  const command = COMMANDS[name];
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (!command) throw usageError(`unknown command "${name}"`);
   await command.run(args);
   return 0;

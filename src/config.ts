@@ -176,6 +176,8 @@ const envSchema = z.object({
     message: 'IMAGE_URL_SECRET must be at least 32 characters',
   }),
   MAX_UPLOAD_BYTES: positiveInt('MAX_UPLOAD_BYTES', 25 * 1024 * 1024),
+  // The whole of one multipart request (files, fields and framing), and the cap of a JSON edit's body.
+  MAX_REQUEST_BYTES: positiveInt('MAX_REQUEST_BYTES', 64 * 1024 * 1024),
   TASK_POLL_INTERVAL_MS: positiveInt('TASK_POLL_INTERVAL_MS', 500),
   // The longest silence in an event stream before a `: keepalive` comment (proxies cut silent connections).
   STREAM_KEEPALIVE_MS: positiveInt('STREAM_KEEPALIVE_MS', 10_000),
@@ -295,6 +297,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   }
   if (config.METRICS_PORT !== undefined && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
     throw new ConfigError(`invalid configuration:\n  METRICS_PORT must differ from PORT (${config.PORT}): it is a listener of its own`);
+  }
+  if (config.MAX_REQUEST_BYTES < config.MAX_UPLOAD_BYTES) {
+    throw new ConfigError(`invalid configuration:\n  MAX_REQUEST_BYTES (${config.MAX_REQUEST_BYTES}) must be at least MAX_UPLOAD_BYTES (${config.MAX_UPLOAD_BYTES}): one upload must fit in a request`);
   }
   if (opts.requireUpstreamKey && !config.AIHUBMIX_API_KEY) {
     throw new ConfigError('invalid configuration:\n  AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)');

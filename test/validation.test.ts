@@ -434,8 +434,9 @@ describe('size limits (MAX_UPLOAD_BYTES=1024)', () => {
   });
 
   it('refuses a JSON body over the body limit with 413', async () => {
-    const res = await editJson(small, { model: 'gpt-image-1', prompt: 'make it blue', image: dataUrl(big) });
-    expectRefused(res, 413, 'payload_too_large', [/size limit/], small);
+    // The JSON edit limit: the most images a model takes, each of MAX_UPLOAD_BYTES in base64, plus 256 KiB for the rest.
+    const res = await editJson(small, { model: 'gpt-image-1', prompt: 'make it blue '.repeat(40_000), image: dataUrl(big) });
+    expectRefused(res, 413, 'payload_too_large', [/size limit of \d+ bytes/], small);
   });
 
   it('still takes an image under the limit', async () => {

@@ -72,7 +72,8 @@ export function routeFor(model: ModelSpec, operation: Operation, mode: EditMode 
     throw invalidField('model', `${model.id} does not edit images; use POST /v1/generate`, operationsOf(model));
   }
   const chosen: EditMode = mode ?? (hasMask && modes.includes('edit') ? 'edit' : (model.imageToImageMode ?? 'edit'));
-  const route = model.edit?.[chosen];
+  // A client's mode is looked up as the model's own property only: "constructor" is no mode.
+  const route = model.edit && Object.hasOwn(model.edit, chosen) ? model.edit[chosen] : undefined;
   if (!route) throw invalidField('mode', `${model.id} does not support mode "${chosen}"`, modes);
   return { route, mode: chosen };
 }
@@ -85,9 +86,9 @@ export function maxImagesOf(route: UpstreamRoute | undefined): number {
 export function pricePerImage(price: Price | undefined, options: Record<string, unknown> = {}): number | null {
   if (!price || 'perMillionTokensUsd' in price) return null;
   if ('byOption' in price) {
-    const chosen = options[price.byOption];
+    const chosen = Object.hasOwn(options, price.byOption) ? options[price.byOption] : undefined;
     const key = typeof chosen === 'string' ? chosen : price.defaultValue;
-    return price.perImageUsd[key] ?? null;
+    return Object.hasOwn(price.perImageUsd, key) ? (price.perImageUsd[key] ?? null) : null;
   }
   return price.perImageUsd;
 }

@@ -1,7 +1,7 @@
 import { GatewayError, invalidField } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
 import { pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
-import type { ImageRequest } from '../request/image-request.js';
+import { isPending, type ImageRequest } from '../request/image-request.js';
 import type { KeyLimits, Reservation } from '../limits/key-limits.js';
 import type { JobRunner } from '../jobs/job-runner.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
@@ -41,6 +41,12 @@ export interface GenerationCall {
   idempotencyKey?: string;
   /** What the request did, filled in as it goes, for its usage record, metrics and log line. */
   outcome: RequestOutcome;
+  /**
+   * Reads the request's pending images (URLs to fetch, uploads on disk; see pendingImage): called
+   * only once the model, the key's allow-list and its limits have passed, so a refused request
+   * fetches nothing.
+   */
+  loadImages?: (request: ImageRequest, signal: AbortSignal) => Promise<ImageRequest>;
 }
 
 /** An asynchronous request's answer: the job to follow. */
@@ -119,9 +125,11 @@ export class GenerationPipeline {
     if (this.deps.keepPrompts) outcome.prompt = request.prompt;
     // First: an image that cannot be stored would be paid for and lost.
     this.deps.storage?.refuseIfPressed();
-    const prepared = await this.deps.generation.prepare(request);
-    this.deps.limits.checkModel(client, prepared.model.id);
-    this.deps.limits.checkPriced(client, prepared.model.id, prepared.route.price !== undefined);
+    // With images still to read, what does not need their bytes is checked first (the same checks again once they are read).
+    let prepared = call.loadImages ? undefined : await this.deps.generation.prepare(request);
+    const { model, route } = prepared ?? this.deps.generation.check(request);
+    this.deps.limits.checkModel(client, model.id);
+    this.deps.limits.checkPriced(client, model.id, route.price !== undefined);
     // Refused now, not after the job ran and was paid for.
     if (request.callbackUrl !== undefined && this.deps.callbackRefusal) {
       // A host that does not resolve now is refused too: the job would have nowhere to call.
@@ -129,19 +137,32 @@ export class GenerationPipeline {
       if (refusal) throw invalidField('callback_url', `${refusal}; give a URL of a public host (or name the host in ALLOWED_CALLBACK_HOSTS)`);
     }
     const images = outcome.imagesRequested;
-    const unitPrice = pricePerImage(prepared.route.price, request.options);
+    const unitPrice = pricePerImage(route.price, request.options);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
     const reservation =
       call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)))
         ? this.deps.limits.nothingReserved(client)
         : await this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
+    if (!prepared) {
+      try {
+        const loaded = await call.loadImages!(request, call.signal);
+        if (loaded.images.some(isPending) || (loaded.mask && isPending(loaded.mask))) {
+          throw new GatewayError('internal_error', 'an input image was not read before the request was prepared');
+        }
+        prepared = await this.deps.generation.prepare(loaded);
+      } catch (err) {
+        await this.deps.limits.settle(reservation, 0, 0);
+        throw err;
+      }
+    }
+    const ready = prepared;
     let started = false;
     return {
       headers: reservation.headers,
       run: (onEvent = () => {}) => {
         if (started) throw new Error('an admitted generation runs once');
         started = true;
-        return this.run(call, prepared, reservation, onEvent);
+        return this.run(call, ready, reservation, onEvent);
       },
     };
   }

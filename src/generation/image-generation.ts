@@ -86,11 +86,17 @@ const newId = (prefix: string) => randomId(prefix, 12);
 export class ImageGeneration {
   constructor(private readonly deps: GenerationDeps) {}
 
-  /** Everything the gateway can check is checked here, before anything is sent or paid for. */
-  async prepare(request: ImageRequest): Promise<PreparedGeneration> {
+  /** The request against its model, by its fields and its images' count alone (their bytes may not be read yet). */
+  check(request: ImageRequest): { model: ModelSpec; route: UpstreamRoute; mode?: EditMode } {
     const model = this.deps.catalogue.resolve(request.model);
     const { route, mode } = routeFor(model, request.operation, request.mode, request.mask !== undefined);
     checkAgainstRoute(model, route, request);
+    return { model, route, ...(mode ? { mode } : {}) };
+  }
+
+  /** Everything the gateway can check is checked here, before anything is sent or paid for. */
+  async prepare(request: ImageRequest): Promise<PreparedGeneration> {
+    const { model, route, mode } = this.check(request);
     const upstream = await toUpstreamRequest(route, request);
     return { request, model, route, upstream, ...(mode ? { mode } : {}) };
   }

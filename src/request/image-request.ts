@@ -177,42 +177,74 @@ function validEditJson(raw: unknown) {
   return { rest, mode, images, mask: mask === undefined ? undefined : { field: 'mask', value: mask } };
 }
 
-/** The images a JSON edit gives as URLs, for the route to fetch; the body is validated first. */
-export function imageUrlsOfEditJson(raw: unknown): ImageUrlRef[] {
-  const { images, mask } = validEditJson(raw);
-  return [...images, ...(mask ? [mask] : [])].filter((i) => HTTP_URL.test(i.value)).map((i) => ({ field: i.field, url: i.value }));
+/** The bytes of an image not read yet (a URL to fetch, an upload on disk): a real image is never empty. */
+const PENDING = Buffer.alloc(0);
+
+/** An image the request names but whose bytes are read only once the request is admitted. */
+export function pendingImage(mime: ImageMime, filename: string): InputImage {
+  return { bytes: PENDING, mime, filename };
 }
 
-/** `fetched` holds the URL images (see imageUrlsOfEditJson) by field; data URLs are decoded here. */
-export function parseEditJson(raw: unknown, maxImageBytes: number, fetched: ReadonlyMap<string, InputImage> = new Map()): ImageRequest {
+export function isPending(image: InputImage): boolean {
+  return image.bytes.length === 0;
+}
+
+/** A JSON edit, its URL images still pending: the model, the allow-list and the limits are checked before any is fetched. */
+export interface ParsedEditJson {
+  request: ImageRequest;
+  /** The images given as http(s) URLs, by field (`image`, `image[1]`, `mask`). */
+  urls: ImageUrlRef[];
+}
+
+/** Data URLs are decoded here; URL images are left pending for `withFetched`. */
+export function parseEditJson(raw: unknown, maxImageBytes: number): ParsedEditJson {
   const { rest, mode, images, mask } = validEditJson(raw);
+  const urls: ImageUrlRef[] = [];
   const toImage = ({ field, value }: { field: string; value: string }): InputImage => {
     if (!HTTP_URL.test(value)) return decodeDataUrl(value, field, maxImageBytes);
-    const image = fetched.get(field);
-    if (!image) throw new GatewayError('internal_error', `${field}: the image URL was not fetched before parsing`);
-    return image;
+    urls.push({ field, url: value });
+    return pendingImage('image/png', field.replace(/\W/g, '_'));
   };
-  return fromBody('edit', rest, {
+  const request = fromBody('edit', rest, {
     images: images.map(toImage),
     ...(mode ? { mode } : {}),
     ...(mask ? { mask: toImage(mask) } : {}),
   });
+  return { request, urls };
+}
+
+/** The request with its pending images replaced by those `fetched`, by field (`image`, `image[1]`, `mask`). */
+export function withFetched(request: ImageRequest, fetched: ReadonlyMap<string, InputImage>): ImageRequest {
+  const many = request.images.length > 1;
+  const pick = (image: InputImage, field: string) => (isPending(image) ? (fetched.get(field) ?? image) : image);
+  return {
+    ...request,
+    images: request.images.map((image, i) => pick(image, many ? `image[${i}]` : 'image')),
+    ...(request.mask ? { mask: pick(request.mask, 'mask') } : {}),
+  };
 }
 
 const INTEGER_FIELDS = new Set(['n', 'seed']);
 
 /** Multipart text fields arrive as strings; turn them into the JSON body's types, then validate the same way. */
 export function parseEditMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined): ImageRequest {
-  const body: Record<string, unknown> = {};
+  // No prototype: a field named after one of Object.prototype's properties is just an unknown field.
+  const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
   for (const [name, value] of fields) {
     if (INTEGER_FIELDS.has(name) && /^-?\d+$/.test(value)) body[name] = Number(value);
     else if (name === 'async' && (value === 'true' || value === 'false')) body[name] = value === 'true';
     else if (name === 'options') {
+      let prototypeKey = false;
       try {
-        body[name] = JSON.parse(value);
+        // JSON.parse keeps "__proto__" as an own key; anything copying the object later might not.
+        body[name] = JSON.parse(value, (key, v: unknown) => {
+          if (key === '__proto__') prototypeKey = true;
+          return v;
+        });
       } catch {
         throw invalidField('options', 'must be a JSON object (as a string in multipart)');
       }
+      if (prototypeKey) throw invalidField('options', 'must not contain a "__proto__" key');
     } else body[name] = value;
   }
   const schema = z

@@ -68,7 +68,13 @@ export function whileConnected(reply: FastifyReply): { signal: AbortSignal; rele
 }
 
 /** The request as a call to the pipeline, for as long as its client is connected. */
-function generationCall(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, imageRequest: ImageRequest): { call: GenerationCall; release: () => void } {
+function generationCall(
+  app: FastifyInstance,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  imageRequest: ImageRequest,
+  loadImages?: GenerationCall['loadImages'],
+): { call: GenerationCall; release: () => void } {
   const idempotencyKey = request.headers['idempotency-key'];
   if (idempotencyKey !== undefined && (typeof idempotencyKey !== 'string' || idempotencyKey.length === 0 || idempotencyKey.length > 255)) {
     throw invalidField('Idempotency-Key', 'must be one header of 1 to 255 characters');
@@ -82,6 +88,7 @@ function generationCall(app: FastifyInstance, request: FastifyRequest, reply: Fa
       publicBaseUrl: publicBaseUrl(app, request),
       ...(idempotencyKey !== undefined ? { idempotencyKey } : {}),
       outcome: request.outcome,
+      ...(loadImages ? { loadImages } : {}),
     },
     release,
   };
@@ -135,8 +142,10 @@ export async function answerGeneration(
   reply: FastifyReply,
   imageRequest: ImageRequest,
   dialect?: StreamDialect,
+  /** Reads the request's pending images once it is admitted (see GenerationCall.loadImages). */
+  loadImages?: GenerationCall['loadImages'],
 ): Promise<unknown> {
-  const { call, release } = generationCall(app, request, reply, imageRequest);
+  const { call, release } = generationCall(app, request, reply, imageRequest, loadImages);
   try {
     const admitted = await app.pipeline.admit(call);
     reply.headers(admitted.headers);

@@ -1,10 +1,10 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
-import { describeModel, routeFor } from '../catalogue/catalogue.js';
-import { EDIT_MODES } from '../catalogue/model-spec.js';
-import { imageUrlsOfEditJson, parseEditJson, parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
+import { describeModel } from '../catalogue/catalogue.js';
+import { parseEditJson, parseEditMultipart, parseGenerateBody, withFetched, type ImageRequest } from '../request/image-request.js';
 import { modelAllowed } from '../auth/key-policy.js';
-import { readEditParts } from '../request/edit-parts.js';
+import { readEditParts, type EditParts } from '../request/edit-parts.js';
+import type { GenerationCall } from '../generation/generation-pipeline.js';
 import { answerGeneration, gatewayEvents, streamFlag } from './generation-http.js';
 
 function isJson(request: FastifyRequest): boolean {
@@ -38,11 +38,26 @@ function jsonBody(body: unknown): unknown {
   return typeof body === 'object' && body !== null && !Array.isArray(body) ? { ...(body as Record<string, unknown>) } : body;
 }
 
-async function readMultipartEdit(app: FastifyInstance, request: FastifyRequest): Promise<{ imageRequest: ImageRequest; stream: boolean }> {
-  const { fields, images, mask } = await readEditParts(request);
+async function readMultipartEdit(app: FastifyInstance, request: FastifyRequest): Promise<{ imageRequest: ImageRequest; stream: boolean; load: EditParts['load'] }> {
+  const { fields, images, mask, load } = await readEditParts(app, request);
   noteRequestedModel(app, request, fields.get('model'));
   const stream = takeStreamFlag(fields);
-  return { imageRequest: parseEditMultipart(fields, images, mask), stream };
+  return { imageRequest: parseEditMultipart(fields, images, mask), stream, load };
+}
+
+/** The most input images (and a mask) any model of the catalogue takes in one edit. */
+function mostInputImages(app: FastifyInstance): number {
+  const counts = app.catalogue.models.flatMap((m) => Object.values(m.edit ?? {}).map((route) => (route?.images?.max ?? 1) + (route?.mask ? 1 : 0)));
+  return Math.max(1, ...counts);
+}
+
+/**
+ * A JSON edit's body limit: room for the most images a model takes, each up to MAX_UPLOAD_BYTES in
+ * base64 (4/3 of it), plus 256 KiB for the other fields; never over MAX_REQUEST_BYTES.
+ */
+export function jsonEditBodyLimit(app: FastifyInstance): number {
+  const perImage = Math.ceil((app.config.MAX_UPLOAD_BYTES * 4) / 3) + 64;
+  return Math.min(app.config.MAX_REQUEST_BYTES, perImage * mostInputImages(app) + 256 * 1024);
 }
 
 export async function imageRoutes(app: FastifyInstance): Promise<void> {
@@ -58,8 +73,8 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     return describeModel(model);
   });
 
-  // A generate body is a prompt and a few fields: no room for megabytes.
-  app.post('/v1/generate', { bodyLimit: 1024 * 1024, config: { spendsMoney: true } }, async (request, reply) => {
+  // A generate body is a prompt and a few fields: the default body limit (1 MiB, app.ts) leaves no room for megabytes.
+  app.post('/v1/generate', { config: { spendsMoney: true } }, async (request, reply) => {
     if (!isJson(request)) {
       throw new GatewayError('unsupported_media_type', 'POST /v1/generate takes application/json');
     }
@@ -69,30 +84,21 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     return answerGeneration(app, request, reply, parseGenerateBody(body), stream ? gatewayEvents : undefined);
   });
 
-  app.post('/v1/edit', { config: { spendsMoney: true } }, async (request, reply) => {
+  app.post('/v1/edit', { bodyLimit: jsonEditBodyLimit(app), config: { spendsMoney: true } }, async (request, reply) => {
     let imageRequest: ImageRequest;
     let stream = false;
-    if (request.isMultipart()) ({ imageRequest, stream } = await readMultipartEdit(app, request));
+    let load: GenerationCall['loadImages'];
+    if (request.isMultipart()) ({ imageRequest, stream, load } = await readMultipartEdit(app, request));
     else if (isJson(request)) {
-      // Images given as URLs are fetched first, under the egress policy; data URLs are decoded in the parse.
-      // A key may not make the gateway fetch anything for a model it may not use.
-      const body = (jsonBody(request.body) ?? {}) as { model?: unknown; image?: unknown; mask?: unknown; mode?: unknown };
+      // Images given as URLs are fetched under the egress policy, and only once the pipeline has
+      // checked the model, the key's allow-list and its limits; data URLs are decoded in the parse.
+      const body = (jsonBody(request.body) ?? {}) as { model?: unknown };
       noteRequestedModel(app, request, body.model);
       if (typeof body === 'object') stream = takeStreamFlag(body as Record<string, unknown>);
-      const named = app.catalogue.find(String(body.model ?? ''));
-      const refs = imageUrlsOfEditJson(body);
-      if (named && refs.length > 0) {
-        app.limits.checkModel(request.client!, named.id);
-        const mode = EDIT_MODES.find((m) => m === body.mode);
-        const { route } = routeFor(named, 'edit', mode, body.mask !== undefined);
-        const count = Array.isArray(body.image) ? body.image.length : 1;
-        if (route.images && count > route.images.max) {
-          throw invalidField('image', `${named.id} takes at most ${route.images.max} image${route.images.max === 1 ? '' : 's'}; got ${count}`);
-        }
-      }
-      const fetched = await app.imageFetcher.fetchAll(refs);
-      imageRequest = parseEditJson(body, app.config.MAX_UPLOAD_BYTES, fetched);
+      const parsed = parseEditJson(body, app.config.MAX_UPLOAD_BYTES);
+      imageRequest = parsed.request;
+      if (parsed.urls.length > 0) load = async (admitted, signal) => withFetched(admitted, await app.imageFetcher.fetchAll(parsed.urls, signal));
     } else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
-    return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined);
+    return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined, load);
   });
 }

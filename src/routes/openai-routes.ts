@@ -5,7 +5,7 @@
  * and /v1/edit are: validation, limits, storage, usage and idempotency are the same. With
  * `stream: true` the answer is OpenAI's image event stream.
  */
-import { readEditParts } from '../request/edit-parts.js';
+import { readEditParts, type EditParts } from '../request/edit-parts.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField, type ErrorCode } from '../errors.js';
 import { parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
@@ -101,6 +101,8 @@ function withOptions(request: ImageRequest, options: Record<string, unknown>): I
 interface OpenAiRequest {
   imageRequest: ImageRequest;
   stream: boolean;
+  /** An edit's uploads, read from disk once the request is admitted. */
+  load?: EditParts['load'];
 }
 
 /** A stream's images always come as base64, as OpenAI's do; otherwise OpenAI's default for the model. */
@@ -118,13 +120,13 @@ function generationRequest(app: FastifyInstance, raw: unknown): OpenAiRequest {
 
 /** OpenAI's multipart edit: files `image` (or repeated `image[]`) and `mask`, the rest text fields. */
 async function editRequest(app: FastifyInstance, request: FastifyRequest): Promise<OpenAiRequest> {
-  const { fields: parts, images, mask } = await readEditParts(request);
+  const { fields: parts, images, mask, load } = await readEditParts(app, request);
   const fields = Object.fromEntries(parts);
   noteRequestedModel(app, request, fields.model);
   const { gatewayFields, options, stream } = splitOpenAiBody(fields, EDIT_FIELDS);
   responseFormatOf(app, gatewayFields, stream);
   const text = new Map(Object.entries(gatewayFields).map(([name, value]) => [name, String(value)]));
-  return { imageRequest: withOptions(parseEditMultipart(text, images, mask), options), stream };
+  return { imageRequest: withOptions(parseEditMultipart(text, images, mask), options), stream, load };
 }
 
 /** The gateway's answer in OpenAI's ImagesResponse shape. */
@@ -218,9 +220,9 @@ const FORMAT_OF_MIME: Record<string, string> = { 'image/png': 'png', 'image/jpeg
 function imageSettings(request: ImageRequest, image: Pick<ImageResult, 'width' | 'height' | 'mime_type'> | undefined) {
   return {
     size: image ? `${image.width}x${image.height}` : typeof request.params.size === 'string' ? request.params.size : 'auto',
-    quality: OPENAI_QUALITY[String(request.params.quality)] ?? 'auto',
+    quality: Object.hasOwn(OPENAI_QUALITY, String(request.params.quality)) ? OPENAI_QUALITY[String(request.params.quality)]! : 'auto',
     background: typeof request.params.background === 'string' ? request.params.background : 'auto',
-    output_format: image ? (FORMAT_OF_MIME[image.mime_type] ?? 'png') : typeof request.params.output_format === 'string' ? request.params.output_format : 'png',
+    output_format: image ? (Object.hasOwn(FORMAT_OF_MIME, image.mime_type) ? FORMAT_OF_MIME[image.mime_type]! : 'png') : typeof request.params.output_format === 'string' ? request.params.output_format : 'png',
   };
 }
 
@@ -253,9 +255,9 @@ function openAiEvents(prefix: 'image_generation' | 'image_edit', imageRequest: I
   };
 }
 
-async function run(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, { imageRequest, stream }: OpenAiRequest, prefix: 'image_generation' | 'image_edit') {
-  if (stream) return answerGeneration(app, request, reply, imageRequest, openAiEvents(prefix, imageRequest));
-  const result = (await answerGeneration(app, request, reply, imageRequest)) as GenerationResult | { status_url: string };
+async function run(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, { imageRequest, stream, load }: OpenAiRequest, prefix: 'image_generation' | 'image_edit') {
+  if (stream) return answerGeneration(app, request, reply, imageRequest, openAiEvents(prefix, imageRequest), load);
+  const result = (await answerGeneration(app, request, reply, imageRequest, undefined, load)) as GenerationResult | { status_url: string };
   // The façade never runs async (OpenAI's shape has no job), so a job is always waited for.
   if (!('images' in result)) throw new GatewayError('internal_error', 'an OpenAI-compatible request answered with a job');
   return toImagesResponse(result, imageRequest.responseFormat);
@@ -264,6 +266,7 @@ async function run(app: FastifyInstance, request: FastifyRequest, reply: Fastify
 export async function openAiRoutes(app: FastifyInstance): Promise<void> {
   const config = { errorShape: 'openai' as const, spendsMoney: true };
 
+  // A prompt and a few fields: the default body limit of 1 MiB (app.ts), refused by its Content-Length before it is read.
   app.post('/v1/images/generations', { config }, async (request, reply) => {
     if (!/^application\/(.+\+)?json\b/i.test(request.headers['content-type'] ?? '')) {
       throw new GatewayError('unsupported_media_type', 'POST /v1/images/generations takes application/json');

@@ -31,6 +31,11 @@ function setPath(target: Record<string, unknown>, dotted: string, value: unknown
   node[keys[keys.length - 1]!] = value;
 }
 
+/** A mapping by a name the client chose (an option, a parameter): the route's own, never one inherited from Object.prototype. */
+function ownMapping(mappings: Readonly<Record<string, FieldMapping | undefined>>, name: string): FieldMapping | undefined {
+  return Object.hasOwn(mappings, name) ? mappings[name] : undefined;
+}
+
 function check(field: string, mapping: FieldMapping, value: unknown): void {
   const problem = mapping.rule.check(value);
   if (problem) throw invalidField(field, problem, mapping.rule.values ?? mapping.rule.allowed);
@@ -46,7 +51,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
   }
   const supported = Object.keys(route.params);
   for (const [name, value] of Object.entries(req.params) as Array<[NormalizedParam, unknown]>) {
-    const mapping = route.params[name];
+    const mapping = ownMapping(route.params, name);
     if (!mapping) {
       if (name === 'n' && value === 1) continue;
       const message = name === 'n' ? `${model.id} makes one image per request; n must be 1` : `is not supported by ${model.id}`;
@@ -56,7 +61,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
   }
   const optionNames = Object.keys(route.options);
   for (const [name, value] of Object.entries(req.options)) {
-    const mapping = route.options[name];
+    const mapping = ownMapping(route.options, name);
     if (!mapping) {
       throw invalidField(`options.${name}`, `is not an option of ${model.id}`, optionNames);
     }
@@ -101,12 +106,13 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
   const tree: Record<string, unknown> = copyJson(route.fixed ?? {});
   setPath(tree, route.prompt.to, req.prompt);
   for (const [name, value] of Object.entries(req.params) as Array<[NormalizedParam, unknown]>) {
-    const mapping = route.params[name];
+    const mapping = ownMapping(route.params, name);
     if (!mapping) continue; // only n = 1 on a one-image model, which upstream does not take
     setPath(tree, mapping.to ?? name, mapping.write ? mapping.write(value) : value);
   }
   for (const [name, value] of Object.entries(req.options)) {
-    const mapping = route.options[name]!;
+    const mapping = ownMapping(route.options, name);
+    if (!mapping) throw invalidField(`options.${name}`, 'is not an option of this model', Object.keys(route.options));
     setPath(tree, mapping.to ?? name, mapping.write ? mapping.write(value) : value);
   }
 
