@@ -58,6 +58,8 @@ export interface AppOptions {
    * resolver by default. Tests give one that answers differently at the two (DNS rebinding).
    */
   resolveHost?: HostResolver;
+  /** How often client keys are re-read from the database (1 s by default); a test sets it long to prove Redis alone carries a revocation. */
+  keyPollIntervalMs?: number;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -209,7 +211,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   await app.register(upstreamPlugin);
   await app.register(jobCallbacksPlugin);
   await app.register(jobEventsPlugin);
-  await app.register(clientKeysPlugin);
+  await app.register(clientKeysPlugin, { pollIntervalMs: options.keyPollIntervalMs });
   // Before any route: the rate limit applies to the routes added after it.
   await app.register(limitsPlugin);
   await app.register(usagePlugin);

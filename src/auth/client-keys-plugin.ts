@@ -15,8 +15,13 @@ declare module 'fastify' {
   }
 }
 
-async function clientKeys(app: FastifyInstance): Promise<void> {
-  const keyStore = new KeyStore(app.config, app.db, app.redis, app.log, app.catalogue.models.map((m) => m.id));
+export interface ClientKeysOptions {
+  /** How often each replica checks the database for minted or revoked keys; 1 s unless set (tests). */
+  pollIntervalMs?: number;
+}
+
+async function clientKeys(app: FastifyInstance, options: ClientKeysOptions): Promise<void> {
+  const keyStore = new KeyStore(app.config, app.db, app.redis, app.log, app.catalogue.models.map((m) => m.id), options.pollIntervalMs);
   if (keyStore.keys.size === 0) {
     app.log.warn(
       'no client keys configured: every /v1 request will be refused. Set GATEWAY_API_KEYS (team:key pairs), GATEWAY_KEYS_FILE, or GATEWAY_ADMIN_KEY to mint keys through POST /v1/keys',

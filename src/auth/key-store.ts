@@ -67,6 +67,8 @@ export class KeyStore {
     private readonly redis: Redis | undefined,
     private readonly log: Logger,
     private readonly modelIds: readonly string[],
+    /** How often the database is checked for keys minted or revoked elsewhere (the fallback when Redis misses a change). */
+    private readonly pollIntervalMs = 1000,
   ) {
     for (const k of config.GATEWAY_API_KEYS) {
       if (isReservedTeam(k.team)) throw new ConfigError(`GATEWAY_API_KEYS: the team name "${k.team}" is reserved for GATEWAY_ADMIN_KEY; give the key another team`);
@@ -103,7 +105,7 @@ export class KeyStore {
         .then(() => this.subscriber!.subscribe(CHANGES_CHANNEL))
         .catch((err) => this.log.warn({ err }, 'cannot subscribe to key changes; polling the database only'));
     }
-    this.timer = setInterval(() => void this.reloadIfChanged().catch((err) => this.log.error({ err }, 'checking client keys failed')), 1000);
+    this.timer = setInterval(() => void this.reloadIfChanged().catch((err) => this.log.error({ err }, 'checking client keys failed')), this.pollIntervalMs);
     this.timer.unref();
   }
 
