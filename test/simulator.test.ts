@@ -10,11 +10,13 @@ const IDEOGRAM_KEY = { 'api-key': API_KEY };
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 let sim: UpstreamSimulator;
-/** Long enough that a poll sent right after submission surely comes before it. */
 const TASK_READY_AFTER_MS = 800;
+/** The simulator's clock, moved by hand: a task's readiness depends on it, never on how fast the machine is. */
+let clockMs = Date.now();
+const advanceClock = (ms: number) => void (clockMs += ms);
 
 beforeAll(async () => {
-  sim = await startUpstreamSimulator({ apiKey: API_KEY, taskReadyAfterMs: TASK_READY_AFTER_MS });
+  sim = await startUpstreamSimulator({ apiKey: API_KEY, taskReadyAfterMs: TASK_READY_AFTER_MS, now: () => clockMs });
 });
 
 afterAll(async () => {
@@ -171,29 +173,32 @@ describe('unified predictions', () => {
 
 describe('task polling', () => {
   async function submitAsync(prompt: string): Promise<{ taskId: string; submittedAt: number }> {
-    const submittedAt = Date.now();
+    const submittedAt = clockMs;
     const response = await predict('bfl/flux-kontext-pro', { prompt });
     expect(response.status).toBe(200);
     return { taskId: (await readJson(response)).output[0].taskId, submittedAt };
   }
 
-  /** Every answer to polls 50 ms apart, up to the first that is not Pending, and when that one came. */
-  async function pollUntilFinal(taskId: string): Promise<{ answers: any[]; finalAt: number }> {
+  /** Every answer to polls 100 ms apart on the simulator's clock, up to the first that is not Pending, and when each came. */
+  async function pollUntilFinal(taskId: string): Promise<{ answers: any[]; finalAt: number; lastPendingAt: number }> {
     const answers: any[] = [];
+    let lastPendingAt = Number.NaN;
     for (let i = 0; i < 200; i++) {
       const answer = await readJson(await pollTask(taskId));
       answers.push(answer);
-      if (answer.status !== 'Pending') return { answers, finalAt: Date.now() };
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      if (answer.status !== 'Pending') return { answers, finalAt: clockMs, lastPendingAt };
+      lastPendingAt = clockMs;
+      advanceClock(100);
     }
     throw new Error(`task ${taskId} stayed Pending`);
   }
 
   it('answers Pending with the share of taskReadyAfterMs gone by as progress, then Ready with a sample url', async () => {
     const { taskId, submittedAt } = await submitAsync('a deer drinking');
-    const { answers, finalAt } = await pollUntilFinal(taskId);
+    const { answers, finalAt, lastPendingAt } = await pollUntilFinal(taskId);
     const pending = answers.slice(0, -1);
-    expect(pending.length).toBeGreaterThan(1);
+    // Polls at 0, 100, ... 700 ms are Pending; the one at 800 ms is the first final answer.
+    expect(pending).toHaveLength(TASK_READY_AFTER_MS / 100);
     for (const answer of pending) {
       expect(answer).toEqual({ id: taskId, status: 'Pending', progress: expect.any(Number) });
       expect(answer.progress).toBeGreaterThanOrEqual(0);
@@ -202,8 +207,9 @@ describe('task polling', () => {
     const progress = pending.map((a) => a.progress as number);
     expect(progress).toEqual([...progress].sort((a, b) => a - b));
     expect(progress.at(-1)!).toBeGreaterThan(progress[0]!);
-    // Never Ready before its time.
-    expect(finalAt - submittedAt).toBeGreaterThanOrEqual(TASK_READY_AFTER_MS);
+    // Never Ready before its time, and Ready as soon as it has come.
+    expect(lastPendingAt - submittedAt).toBe(TASK_READY_AFTER_MS - 100);
+    expect(finalAt - submittedAt).toBe(TASK_READY_AFTER_MS);
     const ready = answers.at(-1);
     expect(ready.status).toBe('Ready');
     expect(await download(ready.result.sample)).toEqual(pngForPrompt('a deer drinking'));
@@ -213,7 +219,7 @@ describe('task polling', () => {
     sim.holdTasks = true;
     try {
       const { taskId } = await submitAsync('held');
-      await new Promise((resolve) => setTimeout(resolve, TASK_READY_AFTER_MS + 100));
+      advanceClock(TASK_READY_AFTER_MS + 100);
       const held = await readJson(await pollTask(taskId));
       expect(held.status).toBe('Pending');
       expect(held.progress).toBeLessThan(1);
@@ -261,11 +267,8 @@ describe('task polling', () => {
   });
 
   it('records when each request arrived, and the status each task poll was answered with', async () => {
-    const before = Date.now();
-    const { taskId } = await submitAsync('stamped');
-    const after = Date.now();
-    expect(sim.received[0]!.at).toBeGreaterThanOrEqual(before);
-    expect(sim.received[0]!.at).toBeLessThanOrEqual(after);
+    const { taskId, submittedAt } = await submitAsync('stamped');
+    expect(sim.received[0]!.at).toBe(submittedAt);
     expect(sim.received[0]!.taskStatus).toBeUndefined();
     await pollUntilFinal(taskId);
     await pollTask('no-such-task');
@@ -465,7 +468,8 @@ describe('served images', () => {
   });
 
   it('answer 404 once urlTtlMs has passed', async () => {
-    const shortLived = await startUpstreamSimulator({ urlTtlMs: 300 });
+    let now = Date.now();
+    const shortLived = await startUpstreamSimulator({ urlTtlMs: 300, now: () => now });
     try {
       const response = await fetch(`${shortLived.url}/v1/models/doubao/doubao-seedream-4-0/predictions`, {
         method: 'POST',
@@ -473,8 +477,9 @@ describe('served images', () => {
         body: JSON.stringify({ input: { prompt: 'ephemeral' } }),
       });
       const url: string = (await readJson(response)).output[0].url;
+      now += 299;
       expect((await fetch(url)).status).toBe(200);
-      await new Promise((resolve) => setTimeout(resolve, 400));
+      now += 1;
       expect((await fetch(url)).status).toBe(404);
     } finally {
       await shortLived.close();
@@ -630,12 +635,25 @@ describe('lifecycle', () => {
     await expect(call).rejects.toThrow();
   });
 
-  it('latencyMs delays each answer by at least that long', async () => {
-    const slow = await startUpstreamSimulator({ latencyMs: 200 });
+  it('latencyMs holds each answer until that long a wait is over', async () => {
+    // The wait is released by hand: the answer must come after it and not before.
+    const waits: Array<{ ms: number; release: () => void }> = [];
+    const slow = await startUpstreamSimulator({ latencyMs: 200, wait: (ms) => new Promise<void>((release) => waits.push({ ms, release })) });
     try {
-      const started = performance.now();
-      await fetch(`${slow.url}/v1/tasks/unknown`);
-      expect(performance.now() - started).toBeGreaterThanOrEqual(190);
+      const events: string[] = [];
+      const answer = fetch(`${slow.url}/v1/tasks/unknown`).then((r) => {
+        events.push('answered');
+        return r;
+      });
+      while (slow.received.length === 0 || waits.length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      expect(waits.map((w) => w.ms)).toEqual([200]);
+      // A round trip the simulator could answer if it were not waiting: the held answer is still held.
+      await fetch(`${slow.url}/sim/files/none`);
+      expect(events).toEqual([]);
+      events.push('released');
+      waits[0]!.release();
+      expect((await answer).status).toBe(404);
+      expect(events).toEqual(['released', 'answered']);
     } finally {
       await slow.close();
     }

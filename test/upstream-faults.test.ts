@@ -149,16 +149,14 @@ describe('an upstream that never answers (UPSTREAM_TIMEOUT_MS=300)', () => {
   });
   afterAll(async () => h.close());
 
-  it('answers 504 upstream_timeout once the limit has passed, not before and not much after', async () => {
+  it('answers 504 upstream_timeout at the limit instead of hanging with upstream', async () => {
     h.simulator.failNext('hang');
-    const started = performance.now();
+    // An upstream that never answers: without the limit this request would hang until the test's own timeout.
     const res = await generate(h, { model: 'gpt-image-1', prompt: 'a deer' });
-    const elapsed = performance.now() - started;
     const err = errorOf(res, 504, 'upstream_timeout');
     expect(err.message).toContain('300 ms');
-    expect(elapsed).toBeGreaterThanOrEqual(290);
-    // Generous: the point is that the request ends at the limit instead of hanging with upstream.
-    expect(elapsed).toBeLessThan(5000);
+    // Sent once and given up on, not retried (an image may have been made and paid for).
+    expect(h.simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
   });
 
   it('counts task polling within the same limit', async () => {

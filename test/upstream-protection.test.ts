@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FairQueue } from '../src/upstream/fair-queue.js';
-import { parseRetryAfter } from '../src/upstream/upstream-client.js';
+import { UpstreamClient, parseRetryAfter, type UpstreamClientOptions } from '../src/upstream/upstream-client.js';
+import type { UpstreamRequest } from '../src/upstream/upstream-request.js';
 import { UPSTREAM_KEY, startHarness, type Harness } from './harness.js';
 
 let h: Harness | undefined;
@@ -12,18 +13,62 @@ afterEach(async () => {
 
 const generate = (harness: Harness, payload: Record<string, unknown> = { model: 'gpt-image-1', prompt: 'x' }) =>
   harness.app.inject({ method: 'POST', url: '/v1/generate', headers: harness.auth, payload });
+/** An UpstreamClient of its own against the harness's simulator, as the gateway's is configured. */
+const clientOptions = (harness: Harness): UpstreamClientOptions => ({
+  baseUrl: harness.simulator.url,
+  apiKeys: [UPSTREAM_KEY],
+  maxConcurrency: 4,
+  queueTimeoutMs: 5_000,
+  retries: 0,
+  retryBaseMs: 10,
+  keyCooldownMs: 60_000,
+  pollIntervalMs: 10,
+  maxReplyBytes: 64 * 1024 * 1024,
+  maxDownloadBytes: 64 * 1024 * 1024,
+});
+const gptImage: UpstreamRequest = {
+  path: '/v1/images/generations',
+  auth: 'bearer',
+  body: { kind: 'json', value: { model: 'gpt-image-1', prompt: 'x' } },
+  async: false,
+};
 const submissions = (harness: Harness) => harness.simulator.received.filter((r) => r.method === 'POST').length;
 
 describe('retries of refused upstream calls', () => {
   it('upstream throttling (429) is absorbed by retrying, honouring Retry-After', async () => {
     h = await startHarness({ UPSTREAM_RETRIES: '2', UPSTREAM_RETRY_BASE_MS: '10' });
     h.simulator.failNext('http429', 2);
-    const started = Date.now();
-    const res = await generate(h);
-    expect(res.statusCode).toBe(200);
+    // The pauses before each retry, recorded instead of slept: the order and the values are the claim.
+    const waits: number[] = [];
+    const upstream = new UpstreamClient({ ...clientOptions(h), retries: 2, wait: async (ms) => void waits.push(ms) });
+    try {
+      const result = await upstream.generate(gptImage, AbortSignal.timeout(15_000));
+      expect(result.images).toHaveLength(1);
+    } finally {
+      await upstream.close();
+    }
     expect(submissions(h)).toBe(3);
-    // The simulator says Retry-After: 1 on each throttle.
-    expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+    // The simulator says Retry-After: 1 on each throttle: 1 s before each retry, not the 10 ms backoff.
+    expect(waits).toEqual([1000, 1000]);
+  });
+
+  it('without Retry-After the pause before a retry is the backoff, doubling per retry', async () => {
+    h = await startHarness();
+    h.simulator.failNext('http503', 2);
+    const waits: number[] = [];
+    const upstream = new UpstreamClient({ ...clientOptions(h), retries: 2, retryBaseMs: 1000, wait: async (ms) => void waits.push(ms) });
+    try {
+      await upstream.generate(gptImage, AbortSignal.timeout(15_000));
+    } finally {
+      await upstream.close();
+    }
+    expect(submissions(h)).toBe(3);
+    expect(waits).toHaveLength(2);
+    // base/2 + jitter up to base, per retry: [500, 1500) then [1000, 3000).
+    expect(waits[0]).toBeGreaterThanOrEqual(500);
+    expect(waits[0]).toBeLessThan(1500);
+    expect(waits[1]).toBeGreaterThanOrEqual(1000);
+    expect(waits[1]).toBeLessThan(3000);
   });
 
   it('upstream 503 is retried with backoff when no Retry-After is given', async () => {

@@ -84,6 +84,10 @@ export interface SimulatorOptions {
   taskReadyAfterMs?: number;
   /** Delay before every API answer; default 0. */
   latencyMs?: number;
+  /** The clock for task readiness, URL expiry and `received[].at`; default Date.now (tests pass one they move by hand). */
+  now?: () => number;
+  /** How the `latencyMs` delay is waited; default a timer (a test passes one it releases by hand). */
+  wait?: (ms: number) => Promise<void>;
 }
 
 const BODY_LIMIT_BYTES = 64 * 1024 * 1024;
@@ -138,6 +142,8 @@ class SimulatorState {
     readonly urlTtlMs: number,
     readonly taskReadyAfterMs: number,
     readonly latencyMs: number,
+    readonly now: () => number = Date.now,
+    private readonly wait: (ms: number) => Promise<void> = (ms) => sleep(ms),
   ) {}
 
   failNext(fault: SimulatedFault, count: number): void {
@@ -194,11 +200,11 @@ class SimulatorState {
   }
 
   async delay(): Promise<void> {
-    if (this.latencyMs > 0) await sleep(this.latencyMs);
+    if (this.latencyMs > 0) await this.wait(this.latencyMs);
   }
 
   imageUrl(prompt: string, index: number): string {
-    const now = Date.now();
+    const now = this.now();
     this.forgetExpiredFiles(now);
     const name = `${randomUUID()}.png`;
     const expiresAt = now + this.urlTtlMs;
@@ -212,7 +218,7 @@ class SimulatorState {
 
   createTask(prompt: string, outcome: SimulatedTask['outcome']): { taskId: string; polling_url: string } {
     const taskId = `sim-task-${randomUUID()}`;
-    this.tasks.set(taskId, { prompt, outcome, submittedAt: Date.now() });
+    this.tasks.set(taskId, { prompt, outcome, submittedAt: this.now() });
     return { taskId, polling_url: `${this.baseUrl}/v1/tasks/${taskId}` };
   }
 
@@ -231,6 +237,8 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
     opts.urlTtlMs ?? 10 * 60 * 1000,
     opts.taskReadyAfterMs ?? 4000,
     opts.latencyMs ?? 0,
+    opts.now,
+    opts.wait,
   );
   sim.extraApiKeys = opts.extraApiKeys ?? [];
   sim.brokeApiKeys = opts.brokeApiKeys ?? [];
@@ -250,7 +258,7 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
 
   app.get<{ Params: { name: string } }>('/sim/files/:name', async (request, reply) => {
     const file = sim.files.get(request.params.name);
-    if (!file || file.expiresAt <= Date.now()) {
+    if (!file || file.expiresAt <= sim.now()) {
       return reply.code(404).send({ error: 'file not found or expired' });
     }
     return reply.type('image/png').send(solidPng(file.colour));
@@ -262,7 +270,7 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
         method: request.method,
         path: request.url.split('?')[0] ?? request.url,
         headers: { ...request.headers },
-        at: Date.now(),
+        at: sim.now(),
       };
       sim.received.push(record);
       sim.recordOf.set(request, record);
@@ -366,7 +374,7 @@ function registerPredictionRoutes(api: FastifyInstance, sim: SimulatorState): vo
 function taskAnswer(sim: SimulatorState, id: string): { id: string; status: string; [field: string]: unknown } {
   const task = sim.tasks.get(id);
   if (!task) return { id, status: 'Task not found' };
-  const elapsed = Date.now() - task.submittedAt;
+  const elapsed = sim.now() - task.submittedAt;
   if (sim.holdTasks || elapsed < sim.taskReadyAfterMs) return { id, status: 'Pending', progress: pendingProgress(elapsed, sim.taskReadyAfterMs) };
   switch (task.outcome) {
     case 'error':

@@ -29,6 +29,8 @@ export interface UpstreamClientOptions {
   maxDownloadBytes: number;
   /** How result URLs' host names are resolved under the egress policy (the system resolver by default). */
   resolveHost?: HostResolver;
+  /** The pause before a retried submission or result download; a test passes one that records the pause and returns at once. */
+  wait?: (ms: number, signal: AbortSignal) => Promise<void>;
 }
 
 /** For jobs that must survive a restart: learn the task id at once, or pick up a known one. */
@@ -121,6 +123,10 @@ export class UpstreamClient {
     this.downloads = new Agent({ keepAliveTimeout: 30_000, connect: { lookup: egressLookup(this.resultHosts, options.resolveHost) } });
     this.slots = new FairQueue(options.maxConcurrency, options.queueTimeoutMs);
     this.keys = options.apiKeys.map((key) => ({ key, setAsideUntil: 0 }));
+  }
+
+  private wait(ms: number, signal: AbortSignal): Promise<void> {
+    return this.options.wait ? this.options.wait(ms, signal) : sleep(ms, undefined, { signal });
   }
 
   get queueDepth(): number {
@@ -221,7 +227,7 @@ export class UpstreamClient {
             refusals++;
             const backoff = this.options.retryBaseMs * 2 ** (refusals - 1);
             const wait = err.retryAfter !== undefined ? err.retryAfter * 1000 : backoff / 2 + Math.random() * backoff;
-            await sleep(Math.min(wait, 30_000), undefined, { signal });
+            await this.wait(Math.min(wait, 30_000), signal);
             continue;
           }
           // Out of retries: the client still learns when to come back.
@@ -478,7 +484,7 @@ export class UpstreamClient {
         // Only a dropped connection or a 5xx may heal; an expired URL, an over-size or non-image body will not.
         const retriable = !(err instanceof GatewayError) || (err.upstreamStatus !== undefined && err.upstreamStatus >= 500);
         if (!retriable) break;
-        await sleep(200 * (attempt + 1), undefined, { signal });
+        await this.wait(200 * (attempt + 1), signal);
       }
     }
     if (lastError instanceof GatewayError) throw lastError;
