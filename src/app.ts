@@ -60,6 +60,8 @@ export interface AppOptions {
   resolveHost?: HostResolver;
   /** How often client keys are re-read from the database (1 s by default); a test sets it long to prove Redis alone carries a revocation. */
   keyPollIntervalMs?: number;
+  /** The pause before a job's callback is tried again (1 s, 5 s, 25 s by default); a test records it instead. */
+  callbackWait?: (ms: number, signal: AbortSignal) => Promise<void>;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -216,7 +218,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   await app.register(limitsPlugin);
   await app.register(usagePlugin);
   await app.register(imageGenerationPlugin);
-  await app.register(jobsPlugin);
+  await app.register(jobsPlugin, { callbackWait: options.callbackWait });
   await app.register(generationPipelinePlugin);
 
   app.get('/healthz', async () => ({ status: 'ok' }));

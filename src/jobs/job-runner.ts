@@ -98,6 +98,8 @@ export interface JobRunnerOptions {
    * replica and Redis is not shared); five times less often when they can, in case one is missed.
    */
   followPollMs?: number;
+  /** The pause before a callback is tried again (1 s, 5 s, 25 s); a test passes one that records it and returns at once. */
+  callbackWait?: (ms: number, signal: AbortSignal) => Promise<void>;
 }
 
 /** A stored image's name, from the URL the gateway gave for it. */
@@ -576,7 +578,7 @@ export class JobRunner {
     const stop = this.stopDeliveries.signal;
     for (const wait of [0, 1000, 5000, 25_000]) {
       if (stop.aborted) break;
-      if (wait) await sleep(wait, undefined, { signal: stop }).catch(() => {});
+      if (wait) await (this.o.callbackWait ?? ((ms, signal) => sleep(ms, undefined, { signal })))(wait, stop).catch(() => {});
       if (stop.aborted) break;
       try {
         const refusal = await this.o.callbackRefusal?.(new URL(row.callback_url!));

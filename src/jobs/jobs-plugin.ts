@@ -15,7 +15,12 @@ declare module 'fastify' {
   }
 }
 
-async function jobs(app: FastifyInstance): Promise<void> {
+export interface JobsPluginOptions {
+  /** See JobRunnerOptions.callbackWait (tests). */
+  callbackWait?: (ms: number, signal: AbortSignal) => Promise<void>;
+}
+
+async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<void> {
   const config = app.config;
   const jobs = new JobRunner({
     instanceId: app.jobEvents.replicaId,
@@ -28,6 +33,7 @@ async function jobs(app: FastifyInstance): Promise<void> {
     leaseMs: config.JOB_LEASE_MS,
     shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
     ...app.jobCallbacks,
+    ...(options.callbackWait ? { callbackWait: options.callbackWait } : {}),
     readImage: (name) => app.images.read(name),
     onFinished: async (row, result, failure) => {
       if (!Number(row.is_async)) return;
