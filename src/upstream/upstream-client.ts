@@ -483,7 +483,8 @@ export class UpstreamClient {
         lastError = err;
         // Only a dropped connection or a 5xx may heal; an expired URL, an over-size or non-image body will not.
         const retriable = !(err instanceof GatewayError) || (err.upstreamStatus !== undefined && err.upstreamStatus >= 500);
-        if (!retriable) break;
+        // No pause after the last attempt: nothing follows it.
+        if (!retriable || attempt === 2) break;
         await this.wait(200 * (attempt + 1), signal);
       }
     }
