@@ -1,0 +1,116 @@
+/**
+ * A graceful stop (SIGTERM calls app.close(): src/server.ts) with jobs in flight: a job following
+ * an upstream task stops polling at once and frees its lease (another replica, or this one
+ * restarted, carries it on), while a job whose synchronous upstream call is on the wire (which
+ * cannot be resumed without paying twice) is given JOB_SHUTDOWN_GRACE_MS to finish. The simulator
+ * holds its answer until the test releases it, so the order of events is the claim, not timing.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startHarness, type Harness } from './harness.js';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  // The app is closed by each test itself.
+  await h?.simulator.close();
+  if (h) rmSync(h.dataDir, { recursive: true, force: true });
+  h = undefined;
+});
+
+/** Upstream answers that wait for release(): every API answer of the simulator is held. */
+function gate(): { wait: () => Promise<void>; release: () => void; released: boolean } {
+  let open!: () => void;
+  const opened = new Promise<void>((r) => (open = r));
+  const g = {
+    released: false,
+    wait: () => opened,
+    release: () => {
+      g.released = true;
+      open();
+    },
+  };
+  return g;
+}
+
+async function until(ready: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (ready()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`never: ${what}`);
+}
+
+/** The job's row, read from the SQLite file after the gateway has closed it. */
+function jobRow(harness: Harness, id: string): { status: string; upstream_task_id: string | null; lease_until: number; result_json: string | null } {
+  const db = new DatabaseSync(join(harness.dataDir, 'gateway.sqlite'), { readOnly: true });
+  try {
+    return db.prepare('SELECT status, upstream_task_id, lease_until, result_json FROM jobs WHERE id = ?').get(id) as never;
+  } finally {
+    db.close();
+  }
+}
+
+const submit = async (harness: Harness, model: string) => {
+  const res = await harness.app.inject({ method: 'POST', url: '/v1/generate', headers: harness.auth, payload: { model, prompt: 'stopping', async: true } });
+  expect(res.statusCode).toBe(202);
+  return res.json().id as string;
+};
+
+describe('a graceful stop', () => {
+  it('stops polling an upstream task at once, leaving the job running with its task id and a free lease', async () => {
+    h = await startHarness({ JOB_SHUTDOWN_GRACE_MS: '3600000' });
+    h.simulator.holdTasks = true;
+    const id = await submit(h, 'flux-kontext-pro');
+    const polls = () => h!.simulator.received.filter((r) => r.path.startsWith('/v1/tasks/')).length;
+    await until(() => polls() >= 2, 'two task polls');
+    // The task is never ready, and the grace is an hour: the stop ends without waiting for either.
+    await h.app.close();
+    const atStop = polls();
+    expect(h.simulator.holdTasks).toBe(true);
+    const row = jobRow(h, id);
+    expect(row.status).toBe('running');
+    expect(row.upstream_task_id).toMatch(/^sim-task-/);
+    expect(Number(row.lease_until)).toBe(0);
+    // Nothing polls any more: a round trip to the simulator later, the count is the same.
+    await fetch(`${h.simulator.url}/sim/files/none`);
+    expect(polls()).toBe(atStop);
+  });
+
+  it('waits for a synchronous upstream call in flight, within JOB_SHUTDOWN_GRACE_MS, and the job ends succeeded', async () => {
+    const upstream = gate();
+    h = await startHarness({ JOB_SHUTDOWN_GRACE_MS: '3600000' }, { latencyMs: 1, wait: upstream.wait });
+    const id = await submit(h, 'gpt-image-1');
+    await until(() => h!.simulator.received.some((r) => r.method === 'POST'), 'the upstream submission');
+    const events: string[] = [];
+    const closed = h.app.close().then(() => events.push('closed'));
+    // The jobs have been told to stop (a resumable one would be aborted now) ...
+    await until(() => (h!.app.jobs as unknown as { closing: boolean }).closing, 'the job runner closing');
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    expect(events).toEqual([]);
+    // ... and only once upstream answers does the stop end, with the job finished, not abandoned.
+    events.push('released');
+    upstream.release();
+    await closed;
+    expect(events).toEqual(['released', 'closed']);
+    const row = jobRow(h, id);
+    expect(row.status).toBe('succeeded');
+    expect(JSON.parse(row.result_json!).images).toHaveLength(1);
+  });
+
+  it('gives up on the call once JOB_SHUTDOWN_GRACE_MS has passed, leaving the job to be failed (not sent again) on restart', async () => {
+    const upstream = gate();
+    h = await startHarness({ JOB_SHUTDOWN_GRACE_MS: '50' }, { latencyMs: 1, wait: upstream.wait });
+    const id = await submit(h, 'gpt-image-1');
+    await until(() => h!.simulator.received.some((r) => r.method === 'POST'), 'the upstream submission');
+    // Upstream never answers: the stop ends anyway.
+    await h.app.close();
+    expect(upstream.released).toBe(false);
+    const row = jobRow(h, id);
+    expect(row.status).toBe('running');
+    expect(row.upstream_task_id).toBeNull();
+    expect(Number(row.lease_until)).toBe(0);
+    upstream.release();
+  });
+});
