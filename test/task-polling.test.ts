@@ -1,10 +1,12 @@
 /**
  * UpstreamClient polling asynchronous tasks over real HTTP: against the simulator, and against a
- * small scripted upstream for the Retry-After replies the simulator does not send.
+ * small scripted upstream for the Retry-After replies the simulator does not send. Time is a
+ * virtual clock shared by the client (its waits move it) and the simulator (task readiness, the
+ * time each request is recorded at): when each poll went out is exact, whatever the machine's load.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { GatewayError } from '../src/errors.js';
 import { startUpstreamSimulator, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
@@ -23,8 +25,23 @@ const fluxTask: UpstreamRequest = {
   async: true,
 };
 
+/** A clock that moves only when the client waits. */
+function virtualClock(): { now: () => number; wait: (ms: number, signal: AbortSignal) => Promise<void> } {
+  let t = Date.now();
+  return {
+    now: () => t,
+    wait: async (ms, signal) => {
+      signal.throwIfAborted();
+      t += ms;
+    },
+  };
+}
+let clock = virtualClock();
+
 function clientFor(baseUrl: string, pollIntervalMs: number): UpstreamClient {
   return new UpstreamClient({
+    now: clock.now,
+    wait: clock.wait,
     baseUrl,
     apiKeys: [KEY],
     maxConcurrency: 4,
@@ -39,12 +56,15 @@ function clientFor(baseUrl: string, pollIntervalMs: number): UpstreamClient {
 }
 
 const closers: Array<() => Promise<unknown>> = [];
+beforeEach(() => {
+  clock = virtualClock();
+});
 afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close();
 });
 
 async function simulator(taskReadyAfterMs: number): Promise<UpstreamSimulator> {
-  const sim = await startUpstreamSimulator({ apiKey: KEY, taskReadyAfterMs });
+  const sim = await startUpstreamSimulator({ apiKey: KEY, taskReadyAfterMs, now: clock.now });
   closers.push(() => sim.close());
   return sim;
 }
@@ -62,19 +82,20 @@ describe('polling an upstream task', () => {
   async function answeredSoonAfterReady(readyAfterMs: number, deadlineInMs: number): Promise<void> {
     const sim = await simulator(readyAfterMs);
     const upstream = client(sim.url, DEFAULT_INTERVAL_MS);
-    const deadline = Date.now() + deadlineInMs;
-    const result = await upstream.generate(fluxTask, AbortSignal.timeout(deadlineInMs), { deadline });
+    const deadline = clock.now() + deadlineInMs;
+    const result = await upstream.generate(fluxTask, new AbortController().signal, { deadline });
     expect(result.images).toEqual([{ url: expect.stringContaining('/sim/files/') }]);
 
     const submission = sim.received.find((r) => r.method === 'POST')!;
     const readyAt = submission.at + readyAfterMs;
     const polls = pollsOf(sim);
     expect(polls.map((p) => p.taskStatus)).toEqual([...polls.slice(1).map(() => 'Pending'), 'Ready']);
-    // The poll that found it Ready came well within a second of its readiness.
-    expect(polls.at(-1)!.at - readyAt).toBeLessThan(1_000);
+    // Polled every interval from submission: the first one interval after it ...
+    expect(polls.map((p) => p.at - submission.at)).toEqual(polls.map((_, i) => (i + 1) * DEFAULT_INTERVAL_MS));
+    // ... so the poll that found it Ready came within one interval of its readiness, before the deadline.
+    expect(polls.at(-1)!.at - readyAt).toBeGreaterThanOrEqual(0);
+    expect(polls.at(-1)!.at - readyAt).toBeLessThan(DEFAULT_INTERVAL_MS);
     expect(polls.at(-1)!.at).toBeLessThan(deadline);
-    // The first poll within half a second of submission, with some room for a busy machine.
-    expect(polls[0]!.at - submission.at).toBeLessThan(900);
   }
 
   it('answers a task ready after 1.2 s within a 3 s deadline, soon after it is ready', async () => {
@@ -90,37 +111,27 @@ describe('polling an upstream task', () => {
   it('sends one last poll just before the deadline for a task that is never ready, then answers upstream_timeout at it', async () => {
     const sim = await simulator(3_600_000);
     const upstream = client(sim.url, 500);
-    const deadline = Date.now() + 3_000;
+    const start = clock.now();
+    const deadline = start + 3_000;
     // A signal nobody aborts: the deadline alone must end the call.
     const outcome = await upstream.generate(fluxTask, new AbortController().signal, { deadline }).catch((err: unknown) => err);
-    const endedAt = Date.now();
     expect(outcome).toBeInstanceOf(GatewayError);
     expect((outcome as GatewayError).code).toBe('upstream_timeout');
     // Not before the deadline: the last answer could still have been Ready.
-    expect(endedAt).toBeGreaterThanOrEqual(deadline - 5);
+    expect(clock.now()).toBe(deadline);
 
-    await new Promise((resolve) => setTimeout(resolve, 300));
     const polls = pollsOf(sim);
     expect(polls.every((p) => p.taskStatus === 'Pending')).toBe(true);
-    // Regular polls every 0.5 s, then the last one: none after the deadline.
-    expect(polls.length).toBeGreaterThanOrEqual(4);
-    expect(polls.length).toBeLessThanOrEqual(7);
-    // Scheduled DEADLINE_MARGIN_MS before the deadline; a busy machine's timers may run a little late.
-    const late = 250;
-    expect(polls.every((p) => p.at < deadline + late)).toBe(true);
-    const last = polls.at(-1)!;
-    expect(last.at).toBeGreaterThan(deadline - 1_000);
-    expect(last.at).toBeLessThan(deadline + late);
-    // Brought forward to fit before the deadline, not a regular poll half a second after the one before.
-    expect(last.at - polls.at(-2)!.at).toBeLessThan(500);
-    expect(last.at).toBeGreaterThanOrEqual(deadline - DEADLINE_MARGIN_MS - 400);
+    // Regular polls every 0.5 s, then the last one brought forward to DEADLINE_MARGIN_MS before the
+    // deadline (not a regular poll at 3 s, whose answer would come too late); none after it.
+    expect(polls.map((p) => p.at - start)).toEqual([500, 1000, 1500, 2000, 2500, 3_000 - DEADLINE_MARGIN_MS]);
   });
 
   it('reports each Pending answer with the simulator’s progress, in order', async () => {
     const sim = await simulator(1_000);
     const upstream = client(sim.url, 100);
     const seen: Array<{ status: string; progress?: number }> = [];
-    const result = await upstream.generate(fluxTask, AbortSignal.timeout(10_000), { onProgress: (p) => seen.push(p) });
+    const result = await upstream.generate(fluxTask, new AbortController().signal, { onProgress: (p) => seen.push(p) });
     expect(result.images).toHaveLength(1);
     // One report per Pending answer.
     expect(seen).toHaveLength(pollsOf(sim).filter((p) => p.taskStatus === 'Pending').length);
@@ -139,7 +150,7 @@ describe('polling an upstream task', () => {
   it('keeps polling when a progress observer throws: the task is paid for', async () => {
     const sim = await simulator(300);
     const upstream = client(sim.url, 50);
-    const result = await upstream.generate(fluxTask, AbortSignal.timeout(10_000), {
+    const result = await upstream.generate(fluxTask, new AbortController().signal, {
       onProgress: () => {
         throw new Error('the stream is gone');
       },
@@ -159,7 +170,7 @@ describe('Retry-After on a task poll', () => {
         res.end(JSON.stringify(body));
       };
       if (req.method === 'POST') return send(200, { output: [{ taskId: 'task-1' }] });
-      pollTimes.push(Date.now());
+      pollTimes.push(clock.now());
       const reply = replies[Math.min(pollTimes.length - 1, replies.length - 1)]!;
       send(reply.status, reply.body, reply.retryAfter ? { 'retry-after': reply.retryAfter } : {});
     });
@@ -177,11 +188,11 @@ describe('Retry-After on a task poll', () => {
     ]);
     const upstream = client(url, 50);
     const seen: Array<{ status: string; progress?: number }> = [];
-    const result = await upstream.generate(fluxTask, AbortSignal.timeout(15_000), { deadline: Date.now() + 15_000, onProgress: (p) => seen.push(p) });
+    const result = await upstream.generate(fluxTask, new AbortController().signal, { deadline: clock.now() + 15_000, onProgress: (p) => seen.push(p) });
     expect(result.images).toEqual([{ url: 'https://example.invalid/a.png' }]);
     expect(pollTimes).toHaveLength(4);
     // Without Retry-After these polls would be 50 ms apart.
-    for (let i = 1; i < pollTimes.length; i++) expect(pollTimes[i]! - pollTimes[i - 1]!).toBeGreaterThanOrEqual(950);
+    expect(pollTimes.slice(1).map((t, i) => t - pollTimes[i]!)).toEqual([1000, 1000, 1000]);
     // A null progress is not a number: only the status is reported.
     expect(seen).toEqual([{ status: 'Pending' }]);
   });
@@ -192,11 +203,11 @@ describe('Retry-After on a task poll', () => {
       { status: 200, body: { id: 'task-1', status: 'Ready', result: { sample: 'https://example.invalid/b.png' } } },
     ]);
     const upstream = client(url, 50);
-    const deadline = Date.now() + 2_000;
-    const result = await upstream.generate(fluxTask, AbortSignal.timeout(2_000), { deadline });
+    const deadline = clock.now() + 2_000;
+    const result = await upstream.generate(fluxTask, new AbortController().signal, { deadline });
     expect(result.images).toEqual([{ url: 'https://example.invalid/b.png' }]);
     expect(pollTimes).toHaveLength(2);
-    expect(pollTimes[1]!).toBeGreaterThan(deadline - 1_000);
-    expect(pollTimes[1]!).toBeLessThan(deadline);
+    // Retry-After: 30 is cut to the last moment a poll can still be answered in time.
+    expect(pollTimes[1]!).toBe(deadline - DEADLINE_MARGIN_MS);
   });
 });

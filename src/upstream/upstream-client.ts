@@ -29,8 +29,10 @@ export interface UpstreamClientOptions {
   maxDownloadBytes: number;
   /** How result URLs' host names are resolved under the egress policy (the system resolver by default). */
   resolveHost?: HostResolver;
-  /** The pause before a retried submission or result download; a test passes one that records the pause and returns at once. */
+  /** The pauses: before a retried submission or result download, and between task polls; a test passes one that records the pause and returns at once. */
   wait?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /** The clock for the task poll schedule and its deadline (epoch ms); default Date.now, a test passes one it moves in `wait`. */
+  now?: () => number;
 }
 
 /** For jobs that must survive a restart: learn the task id at once, or pick up a known one. */
@@ -125,6 +127,10 @@ export class UpstreamClient {
     this.keys = options.apiKeys.map((key) => ({ key, setAsideUntil: 0 }));
   }
 
+  private now(): number {
+    return this.options.now ? this.options.now() : Date.now();
+  }
+
   private wait(ms: number, signal: AbortSignal): Promise<void> {
     return this.options.wait ? this.options.wait(ms, signal) : sleep(ms, undefined, { signal });
   }
@@ -178,7 +184,7 @@ export class UpstreamClient {
         this.slots.release();
       }
     }
-    const acceptedAt = Date.now();
+    const acceptedAt = this.now();
     const reply = normalizeOutput(body);
     if (!reply) throw new GatewayError('upstream_error', 'upstream reply carried no images', { upstreamStatus: 200 });
     if (reply.kind === 'task') {
@@ -388,10 +394,10 @@ export class UpstreamClient {
     for (;;) {
       if (lastBeforeDeadline && hooks.deadline !== undefined) {
         // No later poll could be answered in time: wait for the caller's deadline to abort the call.
-        await sleep(Math.max(0, hooks.deadline - Date.now()), undefined, { signal });
+        await this.wait(Math.max(0, hooks.deadline - this.now()), signal);
         throw new GatewayError('upstream_timeout', 'the upstream task was not finished before the deadline');
       }
-      const now = Date.now();
+      const now = this.now();
       const next = nextPoll({
         sinceSubmitMs: now - acceptedAt,
         sinceLastPollMs: lastPollAt === undefined ? undefined : now - lastPollAt,
@@ -400,8 +406,8 @@ export class UpstreamClient {
         msToDeadline: hooks.deadline === undefined ? undefined : hooks.deadline - now,
         retryAfterMs,
       });
-      await sleep(next.waitMs, undefined, { signal });
-      const sentAt = Date.now();
+      await this.wait(next.waitMs, signal);
+      const sentAt = this.now();
       previousDelayMs = sentAt - (lastPollAt ?? acceptedAt);
       lastPollAt = sentAt;
       lastBeforeDeadline = next.last;
