@@ -62,6 +62,8 @@ export interface AppOptions {
   keyPollIntervalMs?: number;
   /** The pause before a job's callback is tried again (1 s, 5 s, 25 s by default); a test records it instead. */
   callbackWait?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /** How often a job's follower reads the job store for news it was not told (1 s, 5 s with notices); a test sets it long so only notices count. */
+  jobFollowPollMs?: number;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -218,7 +220,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   await app.register(limitsPlugin);
   await app.register(usagePlugin);
   await app.register(imageGenerationPlugin);
-  await app.register(jobsPlugin, { callbackWait: options.callbackWait });
+  await app.register(jobsPlugin, { callbackWait: options.callbackWait, followPollMs: options.jobFollowPollMs });
   await app.register(generationPipelinePlugin);
 
   app.get('/healthz', async () => ({ status: 'ok' }));

@@ -18,6 +18,8 @@ declare module 'fastify' {
 export interface JobsPluginOptions {
   /** See JobRunnerOptions.callbackWait (tests). */
   callbackWait?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /** See JobRunnerOptions.followPollMs (tests). */
+  followPollMs?: number;
 }
 
 async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<void> {
@@ -34,6 +36,7 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
     shutdownGraceMs: config.JOB_SHUTDOWN_GRACE_MS,
     ...app.jobCallbacks,
     ...(options.callbackWait ? { callbackWait: options.callbackWait } : {}),
+    ...(options.followPollMs !== undefined ? { followPollMs: options.followPollMs } : {}),
     readImage: (name) => app.images.read(name),
     onFinished: async (row, result, failure) => {
       if (!Number(row.is_async)) return;
