@@ -315,11 +315,15 @@ describe('limits settled by what really happened', () => {
     for (let i = 0; i < 200 && !h.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await new Promise((r) => setTimeout(r, 10));
     controller.abort();
     await pending;
-    await new Promise((r) => setTimeout(r, 100));
     const next = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'z' } });
     expect(next.statusCode).toBe(429);
-    await h.app.usageLog.flush();
-    const rows = await h.app.db.all<{ status: number; error_code: string }>("SELECT status, error_code FROM usage_records WHERE request_id = 'hang-up'");
+    // The record is written once the gateway has noticed the hang-up: read until it is there.
+    let rows: Array<{ status: number; error_code: string }> = [];
+    for (let i = 0; i < 500 && rows.length === 0; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 10));
+      await h.app.usageLog.flush();
+      rows = await h.app.db.all<{ status: number; error_code: string }>("SELECT status, error_code FROM usage_records WHERE request_id = 'hang-up'");
+    }
     expect(rows).toEqual([{ status: 499, error_code: 'client_closed' }]);
   });
 });
