@@ -5,11 +5,15 @@
  * cannot be resumed without paying twice) is given JOB_SHUTDOWN_GRACE_MS to finish. The simulator
  * holds its answer until the test releases it, so the order of events is the claim, not timing.
  */
-import { rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startHarness, type Harness } from './harness.js';
+import { startUpstreamSimulator } from '../src/simulator/upstream-simulator.js';
+import { CLIENT_KEY, UPSTREAM_KEY, startHarness, type Harness } from './harness.js';
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -43,7 +47,7 @@ async function until(ready: () => boolean, what: string): Promise<void> {
 }
 
 /** The job's row, read from the SQLite file after the gateway has closed it. */
-function jobRow(harness: Harness, id: string): { status: string; upstream_task_id: string | null; lease_until: number; result_json: string | null } {
+function jobRow(harness: Pick<Harness, 'dataDir'>, id: string): { status: string; upstream_task_id: string | null; lease_until: number; result_json: string | null } {
   const db = new DatabaseSync(join(harness.dataDir, 'gateway.sqlite'), { readOnly: true });
   try {
     return db.prepare('SELECT status, upstream_task_id, lease_until, result_json FROM jobs WHERE id = ?').get(id) as never;
@@ -112,5 +116,66 @@ describe('a graceful stop', () => {
     expect(row.upstream_task_id).toBeNull();
     expect(Number(row.lease_until)).toBe(0);
     upstream.release();
+  });
+});
+
+describe('SIGTERM to the server process (dist/server.js)', () => {
+  it('stops it without waiting for a task job: polling ends, the process exits 0, the job is left to resume', async () => {
+    const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30 });
+    const dataDir = mkdtempSync(join(tmpdir(), 'gw-stop-'));
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    const child = spawn(process.execPath, ['dist/server.js'], {
+      cwd: new URL('..', import.meta.url).pathname,
+      env: {
+        PATH: process.env.PATH,
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        DATA_DIR: dataDir,
+        AIHUBMIX_API_KEY: UPSTREAM_KEY,
+        AIHUBMIX_BASE_URL: simulator.url,
+        GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
+        TASK_POLL_INTERVAL_MS: '10',
+        // An hour: a stop that waited for the task job would never end within the test.
+        JOB_SHUTDOWN_GRACE_MS: '3600000',
+        LOG_LEVEL: 'warn',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      let up = false;
+      for (let i = 0; i < 400 && !up && child.exitCode === null; i++) {
+        up = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
+        if (!up) await new Promise((r) => setTimeout(r, 25));
+      }
+      expect(up).toBe(true);
+      simulator.holdTasks = true;
+      const accepted = await fetch(`http://127.0.0.1:${port}/v1/generate`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'flux-kontext-pro', prompt: 'outlives its process', async: true }),
+      });
+      expect(accepted.status).toBe(202);
+      const { id } = (await accepted.json()) as { id: string };
+      const polls = () => simulator.received.filter((r) => r.path.startsWith('/v1/tasks/')).length;
+      await until(() => polls() >= 2, 'two task polls');
+
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      const atExit = polls();
+      const row = jobRow({ dataDir }, id);
+      expect(row.status).toBe('running');
+      expect(row.upstream_task_id).toMatch(/^sim-task-/);
+      expect(Number(row.lease_until)).toBe(0);
+      await fetch(`${simulator.url}/sim/files/none`);
+      expect(polls()).toBe(atExit);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await simulator.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });

@@ -12,7 +12,7 @@ import { startHarness, type Harness } from './harness.js';
 import { freshRedis, redisProblem } from './services.js';
 
 async function until(ready: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 2000; i++) {
+  for (let i = 0; i < 1000; i++) {
     if (ready()) return;
     await new Promise((r) => setTimeout(r, 10));
   }
