@@ -37,12 +37,13 @@ describe('an image kept from a short-lived upstream URL', () => {
   let ahead = 0;
   beforeAll(async () => {
     // The simulator's clock runs ahead by hand: its URLs expire without the test waiting for them.
-    h = await startHarness({}, { urlTtlMs: 150, now: () => Date.now() + ahead });
+    h = await startHarness({}, { urlTtlMs: 10_000, now: () => Date.now() + ahead });
   });
   afterAll(async () => h.close());
 
   it('is still served from its gateway URL after the upstream URL has expired', async () => {
     const image = await generate(h, { model: 'FLUX-1.1-pro', prompt: 'a lighthouse at dusk' });
+    // Past the upstream URL's 10 s: the simulator answers 404 for it now.
     ahead += 60_000;
     const res = await h.app.inject({ method: 'GET', url: image.url });
     expect(res.statusCode).toBe(200);
