@@ -151,6 +151,8 @@ describe('the result download', () => {
       },
     ];
     const err = await failure(download());
+    // The download's failure, not the disk's: no storage_full for a bad body.
+    expect(err.code).toBe('upstream_error');
     expect(err.message).toContain(`over the ${MAX} byte limit`);
     expect(requests).toBe(1);
     expect(waits).toEqual([]);
@@ -159,6 +161,7 @@ describe('the result download', () => {
   it('bytes that are not an image are refused by the byte check and not tried again', async () => {
     script = [(_req, res) => res.writeHead(200, { 'content-type': 'image/png' }).end('<html>an error page, not an image</html>')];
     const err = await failure(download());
+    expect(err.code).toBe('upstream_error');
     expect(err.message).toMatch(/not a PNG, JPEG or WebP image/);
     expect(requests).toBe(1);
     expect(waits).toEqual([]);

@@ -122,7 +122,18 @@ export class ImageLibrary {
     let mime: ImageMime | undefined;
     let head = Buffer.alloc(0);
     let writeError: unknown;
+    // A failed read (a broken download, bytes over the cap, not an image) reaches the file too: the
+    // pipeline destroys it with that error. It is the download's failure, not the disk's.
+    let readError: unknown;
     async function* inspect(source: AsyncIterable<Uint8Array>) {
+      try {
+        yield* inspected(source);
+      } catch (err) {
+        readError = err;
+        throw err;
+      }
+    }
+    async function* inspected(source: AsyncIterable<Uint8Array>) {
       for await (const chunk of source) {
         // The first bytes are kept for the type and, later, the dimensions (no second read of the file).
         if (head.length < DIMENSION_HEADER_BYTES) {
@@ -157,7 +168,7 @@ export class ImageLibrary {
     } catch (err) {
       await rm(path, { force: true });
       // What the file refused (ENOSPC, EIO, ...) is storage; a bad or broken download is not.
-      if (writeError !== undefined) throw this.writeFailed('the image staging file', 'disk', writeError);
+      if (writeError !== undefined && writeError !== readError) throw this.writeFailed('the image staging file', 'disk', writeError);
       throw err;
     }
     return { path, sha256: hasher.digest('hex'), mime, bytes, dimensions: imageDimensions(head) };
