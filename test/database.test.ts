@@ -46,6 +46,53 @@ function databaseContract(name: string, open: () => Promise<{ db: Database; clea
       expect(Number(row?.n)).toBe(42);
       expect(await db.get('SELECT id FROM things WHERE id = $1', ['missing'])).toBeUndefined();
     });
+
+    it('commits a transaction once its function resolves, with what it returned', async () => {
+      const result = await db.transaction(async (tx) => {
+        await tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['tx-1', 1, true]);
+        await tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['tx-2', 2, false]);
+        return (await tx.all<{ id: string }>("SELECT id FROM things WHERE id LIKE 'tx-%' ORDER BY id")).map((r) => r.id);
+      });
+      expect(result).toEqual(['tx-1', 'tx-2']);
+      expect((await db.all<{ id: string }>("SELECT id FROM things WHERE id LIKE 'tx-%' ORDER BY id")).map((r) => r.id)).toEqual(['tx-1', 'tx-2']);
+    });
+
+    it('rolls a transaction back when its function throws, and goes on after', async () => {
+      await expect(
+        db.transaction(async (tx) => {
+          await tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['rb-1', 1, true]);
+          await tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['rb-1', 2, true]); // duplicate key
+        }),
+      ).rejects.toThrow();
+      await expect(
+        db.transaction(async (tx) => {
+          await tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['rb-2', 1, true]);
+          throw new Error('changed my mind');
+        }),
+      ).rejects.toThrow('changed my mind');
+      expect(await db.all("SELECT id FROM things WHERE id LIKE 'rb-%'")).toEqual([]);
+      expect(await db.transaction((tx) => tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['rb-3', 1, true]))).toBe(1);
+    });
+
+    it('keeps statements made beside an open transaction out of it', async () => {
+      let inside!: () => void;
+      const opened = new Promise<void>((resolve) => (inside = resolve));
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      const tx = db.transaction(async (t) => {
+        await t.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['side-tx', 1, true]);
+        inside();
+        await held;
+        throw new Error('rolled back');
+      });
+      await opened;
+      // Made while the transaction is open: committed on its own, not rolled back with it.
+      const beside = db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['side-other', 1, true]);
+      release();
+      await expect(tx).rejects.toThrow('rolled back');
+      expect(await beside).toBe(1);
+      expect((await db.all<{ id: string }>("SELECT id FROM things WHERE id LIKE 'side-%'")).map((r) => r.id)).toEqual(['side-other']);
+    });
   });
 }
 

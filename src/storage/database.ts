@@ -21,14 +21,24 @@ export interface Migration {
  * The gateway's relational state: SQLite in DATA_DIR by default, PostgreSQL with DATABASE_URL.
  * SQL is written with `$1, $2, ...` placeholders, which both dialects take.
  */
-export interface Database {
+export interface Database extends Statements {
+  /**
+   * Runs `fn` in one transaction: committed once it resolves (and only then does this resolve),
+   * rolled back when it throws. Statements go through `tx`; on SQLite, the database's other
+   * statements wait until it ends, so `fn` must not use the database itself (it would wait forever).
+   */
+  transaction<T>(fn: (tx: Statements) => Promise<T>): Promise<T>;
+  migrate(migrations: Migration[]): Promise<void>;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The statements of a database, or of one transaction in it. */
+export interface Statements {
   readonly dialect: 'sqlite' | 'postgres';
   run(sql: string, params?: SqlValue[]): Promise<number>;
   all<T = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<T[]>;
   get<T = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<T | undefined>;
-  migrate(migrations: Migration[]): Promise<void>;
-  ping(): Promise<void>;
-  close(): Promise<void>;
 }
 
 /** The column types the dialects spell differently, so a migration is written once. */
@@ -259,6 +269,63 @@ export class SqliteDatabase implements Database {
     if (this.closed) throw new Error('the database is closed');
   }
 
+  /** Set while a transaction is open (or waiting to open): other statements wait for it to end. */
+  private inTransaction: Promise<void> | undefined;
+
+  private async transactionOver(): Promise<void> {
+    while (this.inTransaction) await this.inTransaction;
+  }
+
+  /**
+   * BEGIN IMMEDIATE ... COMMIT on one connection: the thread's if statements are going there now
+   * (they keep their order), else the event loop's. Meanwhile the database's other statements wait,
+   * so none lands inside the transaction and the two connections never write at once.
+   */
+  async transaction<T>(fn: (tx: Statements) => Promise<T>): Promise<T> {
+    await this.transactionOver();
+    let over!: () => void;
+    this.inTransaction = new Promise((resolve) => (over = resolve));
+    try {
+      const thread = this.offloaded() ? this.thread! : undefined;
+      const exec = async (sql: string) => {
+        if (thread) await thread.call({ op: 'exec', sql });
+        else this.connection.exec(sql);
+      };
+      const tx: Statements = thread
+        ? {
+            dialect: 'sqlite',
+            run: async (sql, params = []) => (await thread.call({ op: 'run', sql, params: sqliteParams(params) })) as number,
+            all: async <R>(sql: string, params: SqlValue[] = []) => (await thread.call({ op: 'all', sql, params: sqliteParams(params) })) as R[],
+            get: async <R>(sql: string, params: SqlValue[] = []) => (await thread.call({ op: 'get', sql, params: sqliteParams(params) })) as R | undefined,
+          }
+        : {
+            dialect: 'sqlite',
+            run: async (sql, params = []) => this.connection.run(sql, sqliteParams(params)),
+            all: async <R>(sql: string, params: SqlValue[] = []) => this.connection.all(sql, sqliteParams(params)) as R[],
+            get: async <R>(sql: string, params: SqlValue[] = []) => this.connection.get(sql, sqliteParams(params)) as R | undefined,
+          };
+      await exec('BEGIN IMMEDIATE');
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (err) {
+        await exec('ROLLBACK').catch(() => {});
+        throw err;
+      }
+      try {
+        await exec('COMMIT');
+      } catch (err) {
+        // A COMMIT that failed (busy, disk full) leaves the transaction open: end it.
+        await exec('ROLLBACK').catch(() => {});
+        throw err;
+      }
+      return result;
+    } finally {
+      this.inTransaction = undefined;
+      over();
+    }
+  }
+
   /** Whether this statement goes to the SQLite thread (started here the first time). */
   private offloaded(): boolean {
     this.refuseIfClosed();
@@ -271,22 +338,26 @@ export class SqliteDatabase implements Database {
   }
 
   async run(sql: string, params: SqlValue[] = []): Promise<number> {
+    if (this.inTransaction) await this.transactionOver();
     if (this.offloaded()) return (await this.thread!.call({ op: 'run', sql, params: sqliteParams(params) })) as number;
     return this.connection.run(sql, sqliteParams(params));
   }
 
   async all<T>(sql: string, params: SqlValue[] = []): Promise<T[]> {
+    if (this.inTransaction) await this.transactionOver();
     if (this.offloaded()) return (await this.thread!.call({ op: 'all', sql, params: sqliteParams(params) })) as T[];
     return this.connection.all(sql, sqliteParams(params)) as T[];
   }
 
   async get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
+    if (this.inTransaction) await this.transactionOver();
     if (this.offloaded()) return (await this.thread!.call({ op: 'get', sql, params: sqliteParams(params) })) as T | undefined;
     return this.connection.get(sql, sqliteParams(params)) as T | undefined;
   }
 
   async migrate(migrations: Migration[]): Promise<void> {
     this.refuseIfClosed();
+    await this.transactionOver();
     // On the loop's connection, once the thread's statements are done (checked again after each
     // wait, since more may have been sent meanwhile): the two never write at once.
     while (this.thread && this.thread.pending > 0) await this.thread.idle();
@@ -300,6 +371,8 @@ export class SqliteDatabase implements Database {
 
   async close(): Promise<void> {
     this.closed = true;
+    // A transaction open now finishes first (its statements bypass the refusal above).
+    await this.transactionOver();
     clearInterval(this.loopSampler);
     await this.checkpointer?.stop();
     await this.thread?.close();
@@ -327,6 +400,37 @@ export class PostgresDatabase implements Database {
 
   async get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
     return (await this.pool.query(sql, params)).rows[0] as T | undefined;
+  }
+
+  /** BEGIN ... COMMIT on a client of the pool's own, returned to it after. */
+  async transaction<T>(fn: (tx: Statements) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    const tx: Statements = {
+      dialect: 'postgres',
+      run: async (sql, params = []) => (await client.query(sql, params)).rowCount ?? 0,
+      all: async <R>(sql: string, params: SqlValue[] = []) => (await client.query(sql, params)).rows as R[],
+      get: async <R>(sql: string, params: SqlValue[] = []) => (await client.query(sql, params)).rows[0] as R | undefined,
+    };
+    // A connection left in no known state (a failed BEGIN, COMMIT or ROLLBACK) is not given back to the pool.
+    let broken: Error | undefined;
+    try {
+      await client.query('BEGIN').catch((err: Error) => {
+        throw (broken = err);
+      });
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (err) {
+        await client.query('ROLLBACK').catch((rollbackFailed: Error) => (broken = rollbackFailed));
+        throw err;
+      }
+      await client.query('COMMIT').catch((err: Error) => {
+        throw (broken = err);
+      });
+      return result;
+    } finally {
+      client.release(broken);
+    }
   }
 
   async migrate(migrations: Migration[]): Promise<void> {
