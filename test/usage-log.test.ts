@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { SqliteDatabase, type Database, type SqlValue } from '../src/storage/database.js';
+import type { Logger } from '../src/observability/logger.js';
+import { SqliteDatabase, type Database, type Statements } from '../src/storage/database.js';
 import { UsageLog, type UsageRecord } from '../src/usage/usage-log.js';
 import { USAGE_MIGRATIONS } from '../src/usage/usage-migrations.js';
 
@@ -34,20 +35,41 @@ function record(requestId: string): UsageRecord {
   };
 }
 
-/** The SQLite database, with its writes counted and, when told, failing. */
+/** The SQLite database, with its transactions watched (the rows of each INSERT) and, when told, held or failing. */
 class WatchedDatabase extends SqliteDatabase {
-  writes = 0;
+  /** Per transaction, the row count of each usage INSERT in it. */
+  transactions: number[][] = [];
   failNextWrite = false;
-  override async run(sql: string, params?: SqlValue[]): Promise<number> {
-    if (sql.startsWith('INSERT INTO usage_records')) {
-      if (this.failNextWrite) {
-        this.failNextWrite = false;
-        throw new Error('disk full');
-      }
-      this.writes += 1;
+  /** While set, a transaction waits for it before it begins. */
+  hold: Promise<void> | undefined;
+  override async transaction<T>(fn: (tx: Statements) => Promise<T>): Promise<T> {
+    const inserts: number[] = [];
+    this.transactions.push(inserts);
+    if (this.hold) await this.hold;
+    if (this.failNextWrite) {
+      this.failNextWrite = false;
+      throw new Error('disk full');
     }
-    return super.run(sql, params);
+    return super.transaction((tx) =>
+      fn({
+        dialect: tx.dialect,
+        run: async (sql, params = []) => {
+          if (sql.startsWith('INSERT INTO usage_records')) inserts.push(params.length / 21);
+          return tx.run(sql, params);
+        },
+        all: (sql, params) => tx.all(sql, params),
+        get: (sql, params) => tx.get(sql, params),
+      }),
+    );
   }
+}
+
+/** A logger whose warnings and errors are kept. */
+function watchedLogger() {
+  const warnings: string[] = [];
+  const errors: string[] = [];
+  const logger = { warn: (_o: unknown, msg: string) => warnings.push(msg), error: (_o: unknown, msg: string) => errors.push(msg), info: () => {}, debug: () => {} };
+  return { logger: logger as unknown as Logger, warnings, errors };
 }
 
 describe('UsageLog', () => {
@@ -64,76 +86,123 @@ describe('UsageLog', () => {
   });
 
   const stored = async (database: Database = db) => (await database.all<{ request_id: string }>('SELECT request_id FROM usage_records ORDER BY id')).map((r) => r.request_id);
+  /** A gate: transactions wait at it until opened. */
+  const gate = () => {
+    let open!: () => void;
+    db.hold = new Promise<void>((resolve) => (open = resolve));
+    return () => {
+      db.hold = undefined;
+      open();
+    };
+  };
 
-  it('writes nothing on the request path: records wait for the next flush', async () => {
-    const log = new UsageLog(db, silent, { flushIntervalMs: 60_000 });
-    log.add(record('req_1'));
-    expect(log.pending).toBe(1);
+  it('resolves record() only once the record is committed', async () => {
+    const log = new UsageLog(db, silent);
+    const release = gate();
+    let answered = false;
+    const recorded = log.record(record('req_1')).then(() => (answered = true));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(answered).toBe(false);
     expect(await stored()).toEqual([]);
+    release();
+    await recorded;
+    // Read by another connection: it is in the file, not only in this one's view.
+    const other = new SqliteDatabase(join(dir, 'usage.sqlite'));
+    expect(await stored(other)).toEqual(['req_1']);
+    await other.close();
     await log.close();
   });
 
-  it('writes a batch as one multi-row INSERT', async () => {
-    const log = new UsageLog(db, silent, { flushIntervalMs: 60_000 });
-    for (let i = 1; i <= 5; i++) log.add(record(`req_${i}`));
-    await log.flush();
-    expect(db.writes).toBe(1);
+  it('commits concurrent records together: one transaction, one multi-row INSERT', async () => {
+    const log = new UsageLog(db, silent);
+    await Promise.all([1, 2, 3, 4, 5].map((i) => log.record(record(`req_${i}`))));
+    expect(db.transactions).toEqual([[5]]);
     expect(await stored()).toEqual(['req_1', 'req_2', 'req_3', 'req_4', 'req_5']);
     await log.close();
   });
 
-  it('writes within the flush interval without being asked', async () => {
-    const log = new UsageLog(db, silent, { flushIntervalMs: 20 });
-    log.add(record('req_1'));
-    await vi.waitFor(async () => expect(await stored()).toEqual(['req_1']), { timeout: 2000, interval: 10 });
+  it('gathers the records that arrive while a commit is in flight for the next one', async () => {
+    const log = new UsageLog(db, silent);
+    const release = gate();
+    const first = log.record(record('req_1'));
+    await vi.waitFor(() => expect(db.transactions).toHaveLength(1), { timeout: 2000, interval: 5 });
+    const later = [2, 3, 4].map((i) => log.record(record(`req_${i}`)));
+    release();
+    await Promise.all([first, ...later]);
+    expect(db.transactions).toEqual([[1], [3]]);
+    expect(await stored()).toEqual(['req_1', 'req_2', 'req_3', 'req_4']);
     await log.close();
   });
 
-  it('writes as soon as a full batch is queued', async () => {
-    const log = new UsageLog(db, silent, { flushIntervalMs: 60_000, batchSize: 3 });
-    for (let i = 1; i <= 3; i++) log.add(record(`req_${i}`));
-    await vi.waitFor(async () => expect(await stored()).toHaveLength(3), { timeout: 2000, interval: 10 });
+  it('writes a large group 50 rows per INSERT, in one transaction', async () => {
+    const log = new UsageLog(db, silent);
+    await Promise.all(Array.from({ length: 120 }, (_, i) => log.record(record(`req_${i + 1}`))));
+    expect(db.transactions).toEqual([[50, 50, 20]]);
+    expect(await stored()).toHaveLength(120);
     await log.close();
   });
 
-  it('writes every queued record on close', async () => {
-    const log = new UsageLog(db, silent, { flushIntervalMs: 60_000, batchSize: 2 });
+  it('past maxWaitMs lets the answer go, keeps the record queued and retries it until it is committed', async () => {
+    const { logger, warnings, errors } = watchedLogger();
+    const log = new UsageLog(db, logger, { maxWaitMs: 30, retryMs: 60_000 });
+    db.failNextWrite = true;
+    await log.record(record('req_1'));
+    expect(warnings.some((w) => /not committed within 30 ms/.test(w))).toBe(true);
+    expect(errors.some((e) => /failed; retrying/.test(e))).toBe(true);
+    expect(log.pending).toBe(1);
+    expect(await stored()).toEqual([]);
+    // The retry (here cut short by flush, as a usage read does) writes it.
+    await log.flush();
+    expect(log.pending).toBe(0);
+    expect(await stored()).toEqual(['req_1']);
+    await log.close();
+  });
+
+  it('retries a failed write by itself', async () => {
+    const log = new UsageLog(db, silent, { retryMs: 10 });
+    db.failNextWrite = true;
+    await log.record(record('req_1'));
+    expect(db.transactions).toHaveLength(2);
+    expect(await stored()).toEqual(['req_1']);
+    await log.close();
+  });
+
+  it('add() does not wait for the commit; close() writes every queued record', async () => {
+    const log = new UsageLog(db, silent);
+    const release = gate();
     for (let i = 1; i <= 5; i++) log.add(record(`req_${i}`));
+    expect(log.pending).toBe(5);
+    release();
     await log.close();
     expect(log.pending).toBe(0);
     expect(await stored()).toEqual(['req_1', 'req_2', 'req_3', 'req_4', 'req_5']);
   });
 
-  it('writes a long queue 50 rows at a time, letting other work run between the INSERTs', async () => {
-    const log = new UsageLog(db, silent, { flushIntervalMs: 60_000, batchSize: 1000 });
-    for (let i = 1; i <= 120; i++) log.add(record(`req_${i}`));
-    const writesBefore = db.writes;
-    let ranBetween = false;
-    const flushed = log.flush();
-    setImmediate(() => (ranBetween = db.writes - writesBefore < 3));
-    await flushed;
-    expect(db.writes - writesBefore).toBe(3);
-    expect(ranBetween).toBe(true);
-    expect(await stored()).toHaveLength(120);
-    await log.close();
-  });
-
-  it('keeps the records of a failed write and writes them on the next flush', async () => {
-    const log = new UsageLog(db, silent, { flushIntervalMs: 60_000 });
-    log.add(record('req_1'));
-    db.failNextWrite = true;
-    await log.flush();
-    expect(log.pending).toBe(1);
-    expect(await stored()).toEqual([]);
-    await log.flush();
-    expect(await stored()).toEqual(['req_1']);
+  it('completes a job’s record: queued (committed with it), committed (updated), or not yet arrived', async () => {
+    const log = new UsageLog(db, silent);
+    const outcome = { status: 200, errorCode: null, imagesReturned: 2, bytesStored: 99, estimatedCostUsd: 0.08, upstreamStatus: 200, upstreamMs: 5, upstreamTokens: null };
+    const accepted = (id: string, job: string) => ({ ...record(id), status: 202, imagesReturned: 0, jobId: job });
+    const release = gate();
+    const queued = log.record(accepted('req_q', 'job_q'));
+    await log.completeJob('job_q', outcome);
+    release();
+    await queued;
+    await log.record(accepted('req_c', 'job_c'));
+    await db.transaction((tx) => log.completeJob('job_c', outcome, tx));
+    await log.completeJob('job_e', outcome);
+    await log.record(accepted('req_e', 'job_e'));
+    const rows = await db.all<{ request_id: string; status: number; images_returned: number }>('SELECT request_id, status, images_returned FROM usage_records ORDER BY id');
+    expect(rows).toEqual([
+      { request_id: 'req_q', status: 200, images_returned: 2 },
+      { request_id: 'req_c', status: 200, images_returned: 2 },
+      { request_id: 'req_e', status: 200, images_returned: 2 },
+    ]);
     await log.close();
   });
 
   it('stores the record as given, tokens as JSON', async () => {
-    const log = new UsageLog(db, silent, { flushIntervalMs: 60_000 });
-    log.add(record('req_1'));
-    await log.close();
+    const log = new UsageLog(db, silent);
+    await log.record(record('req_1'));
     const row = await db.get('SELECT * FROM usage_records');
     expect(row).toMatchObject({
       time_ms: Date.UTC(2026, 10, 24, 12),
@@ -146,5 +215,6 @@ describe('UsageLog', () => {
       upstream_tokens: '{"input_tokens":10,"output_tokens":100,"total_tokens":110}',
       prompt: null,
     });
+    await log.close();
   });
 });

@@ -1,5 +1,5 @@
 import type { Logger } from '../observability/logger.js';
-import { sqlByRowCount, valuesPlaceholders, type Database, type SqlValue } from '../storage/database.js';
+import { sqlByRowCount, valuesPlaceholders, type Database, type SqlValue, type Statements } from '../storage/database.js';
 
 /** What one /v1 request did, as kept in `usage_records`. Never image bytes; the prompt only with LOG_PROMPTS. */
 export interface UsageRecord {
@@ -53,26 +53,62 @@ function rowOf(r: UsageRecord): SqlValue[] {
 /** Rows per INSERT statement. */
 const INSERT_ROWS = 50;
 const insertSql = sqlByRowCount((rows) => `INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(rows, COLUMNS.length)}`);
+const COMPLETE_JOB_SQL = `UPDATE usage_records SET status = $1, error_code = $2, images_returned = $3, bytes_stored = $4, cost_usd = $5,
+   upstream_status = $6, upstream_ms = $7, upstream_tokens = $8
+ WHERE job_id = $9 AND status = 202`;
+
+const completeJobParams = (jobId: string, outcome: JobOutcome): SqlValue[] => [
+  outcome.status,
+  outcome.errorCode,
+  outcome.imagesReturned,
+  outcome.bytesStored,
+  outcome.estimatedCostUsd,
+  outcome.upstreamStatus,
+  outcome.upstreamMs,
+  outcome.upstreamTokens ? JSON.stringify(outcome.upstreamTokens) : null,
+  jobId,
+];
 
 export interface UsageLogOptions {
-  flushIntervalMs?: number;
-  batchSize?: number;
+  /**
+   * How long record() holds an answer for its commit. Past it the answer goes out anyway (a
+   * warning says so) and the record stays queued, retried until the database takes it.
+   */
+  maxWaitMs?: number;
+  /** How long after a failed write the next try starts. */
+  retryMs?: number;
+  /** Records per transaction: the rest go in the next one. */
+  groupSize?: number;
   /** Records held while the database is failing; past it the oldest are dropped (and logged). */
   maxQueued?: number;
 }
 
+/** A record waiting for its commit, and who hears of it. */
+interface Entry {
+  record: UsageRecord;
+  committed: Promise<void>;
+  /** Resolves `committed` (also when the record is dropped: nobody waits forever). */
+  settle: () => void;
+}
+
 /**
- * Records are queued in memory and written in batches, one multi-row INSERT each, so a request
- * never waits on the database. A failed write keeps its records for the next try; close() writes
- * whatever is left, so a graceful stop loses nothing.
+ * Every API call's record, committed before its answer goes out (record()), by a group commit:
+ * the records that arrive while a commit is in flight (or in the same turn of the event loop) are
+ * written together by the next one, in one transaction of multi-row INSERTs, so the cost per
+ * request stays small. A failed write keeps its records and is retried; close() writes whatever
+ * is left, so a graceful stop loses nothing either.
  */
 export class UsageLog {
-  private queue: UsageRecord[] = [];
-  private timer: NodeJS.Timeout | undefined;
-  private writing: Promise<void> = Promise.resolve();
+  private queue: Entry[] = [];
+  /** The group being committed now. */
+  private inFlight: Entry[] = [];
+  /** The write loop, while one runs. */
+  private writer: Promise<void> | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
-  private readonly flushIntervalMs: number;
-  private readonly batchSize: number;
+  private readonly maxWaitMs: number;
+  private readonly retryMs: number;
+  private readonly groupSize: number;
   private readonly maxQueued: number;
 
   constructor(
@@ -80,109 +116,177 @@ export class UsageLog {
     private readonly log: Logger,
     options: UsageLogOptions = {},
   ) {
-    this.flushIntervalMs = options.flushIntervalMs ?? 250;
-    this.batchSize = options.batchSize ?? 200;
+    this.maxWaitMs = options.maxWaitMs ?? 2000;
+    this.retryMs = options.retryMs ?? 500;
+    this.groupSize = options.groupSize ?? 200;
     this.maxQueued = options.maxQueued ?? 100_000;
   }
 
-  /** Outcomes of async jobs that finished before their accepting request's record arrived. */
+  /** Outcomes of async jobs that finished before their accepting request's record arrived (or was committed). */
   private readonly earlyOutcomes = new Map<string, JobOutcome>();
 
-  /** Records waiting to be written. */
+  /** Records not yet committed. */
   get pending(): number {
-    return this.queue.length;
+    return this.queue.length + this.inFlight.length;
   }
 
+  /**
+   * Queues a record and resolves once it is committed, or after `maxWaitMs` if the database has
+   * not taken it by then (it stays queued and is retried; a warning says so). Never rejects.
+   */
+  record(record: UsageRecord): Promise<void> {
+    const entry = this.enqueue(record);
+    if (!entry) return Promise.resolve();
+    return this.capped(entry.committed, () =>
+      this.log.warn({ request_id: record.requestId, pending: this.pending }, `usage record not committed within ${this.maxWaitMs} ms; answering anyway, it stays queued and is retried`),
+    );
+  }
+
+  /** Queues a record without waiting for its commit: for a request that can no longer be answered (499). */
   add(record: UsageRecord): void {
+    this.enqueue(record);
+  }
+
+  private enqueue(record: UsageRecord): Entry | undefined {
     if (this.closed) {
       this.log.error({ request_id: record.requestId }, 'usage record arrived after the usage log closed; it is not kept');
-      return;
+      return undefined;
     }
     const early = record.jobId ? this.earlyOutcomes.get(record.jobId) : undefined;
     if (early) {
       this.earlyOutcomes.delete(record.jobId!);
       Object.assign(record, early);
     }
-    this.queue.push(record);
+    let settle!: () => void;
+    const committed = new Promise<void>((resolve) => (settle = resolve));
+    const entry: Entry = { record, committed, settle };
+    this.queue.push(entry);
     if (this.queue.length > this.maxQueued) {
       const dropped = this.queue.splice(0, this.queue.length - this.maxQueued);
+      for (const d of dropped) d.settle();
       this.log.error({ dropped: dropped.length }, 'usage records dropped: the database has not accepted writes for too long');
     }
-    if (this.queue.length >= this.batchSize) void this.flush();
-    else this.schedule(this.flushIntervalMs);
+    this.kick(false);
+    return entry;
+  }
+
+  private capped(committed: Promise<void>, onTimeout: () => void): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        onTimeout();
+        resolve();
+      }, this.maxWaitMs);
+      timer.unref();
+      void committed.then(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** Starts the write loop unless one runs or a retry is pending; `now` also cuts a pending retry's wait. */
+  private kick(now: boolean): void {
+    if (this.writer) return;
+    if (this.retryTimer) {
+      if (!now) return;
+      clearTimeout(this.retryTimer);
+      this.retryTimer = undefined;
+    }
+    if (this.queue.length === 0) return;
+    // The next turn of the event loop: records that arrive in this one go in the same commit.
+    const writer = (now ? Promise.resolve() : new Promise((resolve) => setImmediate(resolve)))
+      .then(() => this.writeQueued())
+      .finally(() => {
+        if (this.writer !== writer) return;
+        this.writer = undefined;
+        // Records that came as the loop was ending (it had seen an empty queue).
+        if (!this.closed) this.kick(false);
+      });
+    this.writer = writer;
+  }
+
+  /**
+   * Resolves once the record of `jobId` (the request that started the job) is committed, if it is
+   * waiting for its commit; at most `maxWaitMs`. A job's outcome is written over the committed record.
+   */
+  async whenCommitted(jobId: string): Promise<void> {
+    const entry = this.inFlight.find((e) => e.record.jobId === jobId) ?? this.queue.find((e) => e.record.jobId === jobId);
+    if (entry) await this.capped(entry.committed, () => this.log.warn({ job_id: jobId }, 'the record of the request that started this job is not committed yet'));
   }
 
   /**
    * An async request is recorded when it is accepted (202); what its job made, cost or failed with
-   * is known only later. This completes that record, wherever it is: queued, written, or not yet here.
+   * is known only later. This completes that record, wherever it is: queued (it is committed with
+   * it), written (updated through `tx`, the transaction that marks the job finished), or not yet here.
    */
-  async completeJob(jobId: string, outcome: JobOutcome): Promise<void> {
-    await this.writing;
-    const queued = this.queue.find((r) => r.jobId === jobId);
+  async completeJob(jobId: string, outcome: JobOutcome, tx: Statements = this.db): Promise<void> {
+    const queued = this.queue.find((e) => e.record.jobId === jobId);
     if (queued) {
-      Object.assign(queued, outcome);
+      Object.assign(queued.record, outcome);
       return;
     }
-    const changed = await this.db.run(
-      `UPDATE usage_records SET status = $1, error_code = $2, images_returned = $3, bytes_stored = $4, cost_usd = $5,
-         upstream_status = $6, upstream_ms = $7, upstream_tokens = $8
-       WHERE job_id = $9 AND status = 202`,
-      [
-        outcome.status,
-        outcome.errorCode,
-        outcome.imagesReturned,
-        outcome.bytesStored,
-        outcome.estimatedCostUsd,
-        outcome.upstreamStatus,
-        outcome.upstreamMs,
-        outcome.upstreamTokens ? JSON.stringify(outcome.upstreamTokens) : null,
-        jobId,
-      ],
-    );
+    const changed = await tx.run(COMPLETE_JOB_SQL, completeJobParams(jobId, outcome));
+    // Not here yet, or in a commit now: applied when it arrives, or once that commit is done.
     if (changed === 0 && this.earlyOutcomes.size < 10_000) this.earlyOutcomes.set(jobId, outcome);
   }
 
   /** Writes everything queued so far; resolves once it is in the database (or the write failed and was logged). */
-  flush(): Promise<void> {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    this.writing = this.writing.then(() => this.writeQueued());
-    return this.writing;
+  async flush(): Promise<void> {
+    // A write loop running now may have taken its group before the latest records arrived: it goes
+    // on until the queue is empty, or stops at a failure.
+    this.kick(true);
+    await this.writer;
   }
 
   async close(): Promise<void> {
     this.closed = true;
     await this.flush();
-    clearTimeout(this.timer);
-    if (this.queue.length > 0) this.log.error({ lost: this.queue.length }, 'usage records could not be written before shutdown');
-  }
-
-  private schedule(delayMs: number): void {
-    if (this.timer || this.closed) return;
-    this.timer = setTimeout(() => void this.flush(), delayMs);
-    this.timer.unref();
-  }
-
-  private async writeQueued(): Promise<void> {
-    let first = true;
-    while (this.queue.length > 0) {
-      // SQLite writes on the event loop: 200 rows at once held it for 2-4 ms (a request's p99 here);
-      // 50 at a time, with requests served in between, about a quarter of that.
-      if (!first) await new Promise((resolve) => setImmediate(resolve));
-      first = false;
-      const batch = this.queue.splice(0, INSERT_ROWS);
-      try {
-        await this.insert(batch);
-      } catch (err) {
-        this.queue.unshift(...batch);
-        this.log.error({ err, pending: this.queue.length }, 'writing usage records failed; retrying');
-        this.schedule(Math.max(1000, this.flushIntervalMs));
-        return;
-      }
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    if (this.pending > 0) {
+      this.log.error({ lost: this.pending }, 'usage records could not be written before shutdown');
+      for (const e of this.queue.splice(0)) e.settle();
     }
   }
 
-  private async insert(batch: UsageRecord[]): Promise<void> {
-    await this.db.run(insertSql(batch.length), batch.flatMap(rowOf));
+  private async writeQueued(): Promise<void> {
+    while (this.queue.length > 0) {
+      const group = this.queue.splice(0, this.groupSize);
+      this.inFlight = group;
+      try {
+        await this.db.transaction(async (tx) => {
+          for (let i = 0; i < group.length; i += INSERT_ROWS) {
+            const rows = group.slice(i, i + INSERT_ROWS);
+            await tx.run(insertSql(rows.length), rows.flatMap((e) => rowOf(e.record)));
+          }
+        });
+      } catch (err) {
+        this.inFlight = [];
+        this.queue.unshift(...group);
+        this.log.error({ err, pending: this.queue.length }, 'writing usage records failed; retrying');
+        if (!this.closed) {
+          this.retryTimer = setTimeout(() => {
+            this.retryTimer = undefined;
+            this.kick(true);
+          }, this.retryMs);
+          this.retryTimer.unref();
+        }
+        return;
+      }
+      this.inFlight = [];
+      for (const e of group) e.settle();
+      await this.applyLateOutcomes(group);
+    }
+  }
+
+  /** Outcomes of jobs that finished while their record was in the commit just made. */
+  private async applyLateOutcomes(group: Entry[]): Promise<void> {
+    if (this.earlyOutcomes.size === 0) return;
+    for (const { record } of group) {
+      const outcome = record.jobId ? this.earlyOutcomes.get(record.jobId) : undefined;
+      if (!outcome) continue;
+      this.earlyOutcomes.delete(record.jobId!);
+      await this.db.run(COMPLETE_JOB_SQL, completeJobParams(record.jobId!, outcome)).catch((err) => this.log.error({ err, job_id: record.jobId }, 'completing a job’s usage record failed'));
+    }
   }
 }
