@@ -182,6 +182,12 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   });
   trackRequests(app);
   securityHeaders(app);
+  // Once a graceful stop has begun, each answer closes its connection: the client's next request
+  // opens a new one, to a replica that stays, rather than reusing one that is about to end.
+  app.addHook('onSend', async (_request, reply, payload) => {
+    if (app.hasDecorator('stopping') && app.stopping.aborted) reply.header('connection', 'close');
+    return payload;
+  });
 
   // Set before any plugin adds routes: a route takes the error handler set when it is added.
   app.setErrorHandler((err, request, reply) => {

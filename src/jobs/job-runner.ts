@@ -6,7 +6,7 @@ import type { Logger } from '../observability/logger.js';
 import { request as httpRequest, type Dispatcher } from 'undici';
 import { GatewayError, errorBody, type ErrorCode } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
-import type { Database } from '../storage/database.js';
+import type { Database, Statements } from '../storage/database.js';
 import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
 import { deserializeRequest, serializeRequest } from './stored-request.js';
 import { JOB_MIGRATIONS } from './job-migrations.js';
@@ -89,8 +89,15 @@ export interface JobRunnerOptions {
   callbackDispatcher?: Dispatcher;
   /** The bytes of a stored image by its name, to answer b64_json from the store instead of keeping base64 in the jobs table. */
   readImage?: (name: string) => Promise<Buffer | undefined>;
-  /** Told when a job has ended, with what it made or why it failed (usage completes its record). */
-  onFinished?: (row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined) => Promise<void>;
+  /**
+   * Told of a job's end inside the transaction that marks it finished, with what it made or why it
+   * failed (usage completes its record): both are committed together, before anyone sees the job
+   * finished. `ready` is awaited before that transaction (the starting request's record committed).
+   */
+  recordOutcome?: {
+    ready: (row: JobRow) => Promise<void>;
+    write: (tx: Statements, row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined) => Promise<void>;
+  };
   /** Where a job's progress is told to its followers, here and on the other replicas. */
   events: JobEventBus;
   /**
@@ -482,19 +489,27 @@ export class JobRunner {
           : new GatewayError('internal_error', 'internal error', { cause: err });
       if (failure.status >= 500) this.o.log.error({ err: failure.cause ?? failure, job_id: id, code: failure.code }, failure.message);
     }
-    await this.finish(id, result, failure);
+    await this.finish(row, result, failure);
   }
 
-  private async finish(id: string, result: GenerationResult | undefined, failure: GatewayError | undefined): Promise<void> {
+  private async finish(row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined): Promise<void> {
+    const id = row.id;
     const error: StoredError | null = failure
       ? { status: failure.status, error: errorBody(failure, id).error, ...(failure.retryAfter !== undefined ? { retry_after: failure.retryAfter } : {}) }
       : null;
+    const recorder = this.o.recordOutcome;
+    await recorder?.ready(row);
     // Fenced by the lease: if this replica stalled and another took the job over, that one finishes it.
-    const written = await this.o.db.run(
-      `UPDATE jobs SET status = $1, result_json = $2, error_json = $3, request_json = NULL, lease_owner = NULL, lease_until = 0, updated_at = $4
-       WHERE id = $5 AND lease_owner = $6 AND status IN ('queued', 'running')`,
-      [result ? 'succeeded' : 'failed', result ? resultToStore(result) : null, error ? JSON.stringify(error) : null, Date.now(), id, this.instanceId],
-    );
+    // With its usage in the same transaction: the job never shows finished before what it cost is kept.
+    const written = await this.o.db.transaction(async (tx) => {
+      const changed = await tx.run(
+        `UPDATE jobs SET status = $1, result_json = $2, error_json = $3, request_json = NULL, lease_owner = NULL, lease_until = 0, updated_at = $4
+         WHERE id = $5 AND lease_owner = $6 AND status IN ('queued', 'running')`,
+        [result ? 'succeeded' : 'failed', result ? resultToStore(result) : null, error ? JSON.stringify(error) : null, Date.now(), id, this.instanceId],
+      );
+      if (changed === 1) await recorder?.write(tx, row, result, failure);
+      return changed;
+    });
     if (written === 0) {
       this.o.log.warn({ job_id: id }, 'job was taken over by another replica; leaving its outcome to that one');
       this.finishWatchers.delete(id);
@@ -505,10 +520,9 @@ export class JobRunner {
     const watchers = this.finishWatchers.get(id) ?? [];
     this.finishWatchers.delete(id);
     for (const watch of watchers) await watch(result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
-    const row = await this.get(id);
-    if (row) await this.o.onFinished?.(row, result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'recording a finished job failed'));
-    if (row?.callback_url) {
-      const delivery: Promise<void> = this.deliverCallback(row)
+    const finished = row.callback_url ? await this.get(id) : undefined;
+    if (finished?.callback_url) {
+      const delivery: Promise<void> = this.deliverCallback(finished)
         .catch((err) => this.o.log.error({ err, job_id: id }, 'job callback failed'))
         .finally(() => this.deliveries.delete(delivery));
       this.deliveries.add(delivery);
@@ -553,7 +567,7 @@ export class JobRunner {
         // Its synchronous upstream call was in flight when the gateway died: sending it again could
         // pay twice, and the first answer is lost. Say so rather than guess.
         await this.finish(
-          job.id,
+          job,
           undefined,
           new GatewayError('upstream_error', 'the gateway stopped while this job’s upstream call was in flight; it was not sent again, to avoid paying twice. Submit it again to retry.'),
         );

@@ -38,19 +38,28 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
     ...(options.callbackWait ? { callbackWait: options.callbackWait } : {}),
     ...(options.followPollMs !== undefined ? { followPollMs: options.followPollMs } : {}),
     readImage: (name) => app.images.read(name),
-    onFinished: async (row, result, failure) => {
-      if (!Number(row.is_async)) return;
-      await app.usageLog.completeJob(row.id, {
-        status: failure ? failure.status : 200,
-        errorCode: failure ? failure.code : null,
-        imagesReturned: result?.images.length ?? 0,
-        bytesStored: result?.images.reduce((sum, image) => sum + image.bytes, 0) ?? 0,
-        // Images paid for and lost to full storage: the record keeps what they cost.
-        estimatedCostUsd: result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : null,
-        upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
-        upstreamMs: result?.usage.upstream_ms ?? null,
-        upstreamTokens: result?.usage.upstream_tokens ?? null,
-      });
+    recordOutcome: {
+      ready: async (row) => {
+        if (Number(row.is_async)) await app.usageLog.whenCommitted(row.id);
+      },
+      write: async (tx, row, result, failure) => {
+        if (!Number(row.is_async)) return;
+        await app.usageLog.completeJob(
+          row.id,
+          {
+            status: failure ? failure.status : 200,
+            errorCode: failure ? failure.code : null,
+            imagesReturned: result?.images.length ?? 0,
+            bytesStored: result?.images.reduce((sum, image) => sum + image.bytes, 0) ?? 0,
+            // Images paid for and lost to full storage: the record keeps what they cost.
+            estimatedCostUsd: result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : null,
+            upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
+            upstreamMs: result?.usage.upstream_ms ?? null,
+            upstreamTokens: result?.usage.upstream_tokens ?? null,
+          },
+          tx,
+        );
+      },
     },
   });
   app.decorate('jobs', jobs);

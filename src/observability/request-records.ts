@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import type { GatewayError } from '../errors.js';
+import type { UsageRecord } from '../usage/usage-log.js';
 import { isApiCall, usageRecordOf } from '../usage/usage-routes.js';
 
 declare module 'fastify' {
@@ -12,6 +13,12 @@ declare module 'fastify' {
      * (no answer goes out, so onResponse never runs for it). `why` is logged.
      */
     recordAbandonedRequest(request: FastifyRequest, why: string): void;
+    /**
+     * Commits an API call's usage record now, with `status`; resolves once it is committed (or
+     * after the usage log's cap). An event stream calls it before its final events; other answers
+     * are held for it by the onSend hook.
+     */
+    commitUsage(request: FastifyRequest, status: number): Promise<void>;
   }
 }
 
@@ -21,6 +28,14 @@ declare module 'fastify' {
  * and for API calls its usage record. Answered requests and abandoned ones alike.
  */
 async function requestRecords(app: FastifyInstance): Promise<void> {
+  /** The request's usage record, the first time it is asked for, if it is an API call. */
+  const usageOf = (request: FastifyRequest, status: number, totalMs: number): UsageRecord | undefined => {
+    const outcome = request.outcome;
+    if (outcome.usageRecorded || !isApiCall(request)) return undefined;
+    outcome.usageRecorded = true;
+    return usageRecordOf(request, { status, totalMs }, app.config.LOG_PROMPTS);
+  };
+
   const record = (request: FastifyRequest, status: number, totalMs: number) => {
     const outcome = request.outcome;
     if (outcome.recorded) return;
@@ -40,8 +55,25 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
       'request completed',
     );
     app.metrics.observe(request, status, totalMs / 1000);
-    if (isApiCall(request)) app.usageLog.add(usageRecordOf(request, { status, totalMs }, app.config.LOG_PROMPTS));
+    // Committed before the answer already, unless it never had one to wait for.
+    const usage = usageOf(request, status, totalMs);
+    if (usage) app.usageLog.add(usage);
   };
+
+  app.decorate('commitUsage', async (request: FastifyRequest, status: number) => {
+    const usage = usageOf(request, status, performance.now() - request.outcome.startedAt);
+    if (usage) await app.usageLog.record(usage);
+  });
+
+  // The answer leaves only once its usage record is committed: a crash after it loses no record of
+  // what was answered. Status and duration are known here; an event stream commits its own later.
+  app.addHook('onSend', async (request, reply, payload) => {
+    if (request.outcome && !request.outcome.streaming) {
+      const usage = usageOf(request, request.outcome.status ?? reply.statusCode, reply.elapsedTime);
+      if (usage) await app.usageLog.record(usage);
+    }
+    return payload;
+  });
 
   // A stream that failed after its 200 headers is recorded with the failure's status (outcome.status).
   app.addHook('onResponse', async (request, reply) => record(request, request.outcome.status ?? reply.statusCode, reply.elapsedTime));

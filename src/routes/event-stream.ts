@@ -1,6 +1,11 @@
 import { PassThrough } from 'node:stream';
 import type { FastifyReply } from 'fastify';
 
+/** Events that tell only where the work stands (nothing made, nothing failed): never held back. */
+function tellsProgressOnly(event: string): boolean {
+  return event === 'queued' || event === 'running' || event === 'progress' || event.endsWith('.partial_image');
+}
+
 /**
  * A `text/event-stream` answer, as OpenAI's SDKs and EventSource read it: each event an `event:`
  * line and one `data:` line of JSON. Headers go out at once; a `: keepalive` comment is written
@@ -11,6 +16,12 @@ export class EventStream {
   private readonly body = new PassThrough();
   private writing: Promise<void> = Promise.resolve();
   private keepAlive: NodeJS.Timeout | undefined;
+  /**
+   * Events held back until release(): from the first one that tells an outcome (an image, the
+   * result, a failure) on, so that none goes out before the request's usage record is committed.
+   */
+  private held: Array<[string, unknown]> | undefined;
+  private holding = false;
 
   private constructor(private readonly keepAliveMs: number) {}
 
@@ -34,7 +45,25 @@ export class EventStream {
   }
 
   send(event: string, data: unknown): Promise<void> {
+    if (this.holding && (this.held !== undefined || !tellsProgressOnly(event))) {
+      (this.held ??= []).push([event, data]);
+      return this.writing;
+    }
     return this.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  }
+
+  /** From now on, events that tell an outcome (and all after them) wait for release(). */
+  hold(): void {
+    this.holding = true;
+  }
+
+  /** Sends the events held back, in order, and stops holding. */
+  release(): Promise<void> {
+    this.holding = false;
+    const held = this.held ?? [];
+    this.held = undefined;
+    for (const [event, data] of held) void this.send(event, data);
+    return this.writing;
   }
 
   /** Ends the stream once everything sent before has been written. */

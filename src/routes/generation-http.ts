@@ -106,7 +106,10 @@ export async function streamAnswer(
   produce: (stream: EventStream) => Promise<unknown>,
   tellFailure?: (failure: GatewayError) => StreamEvent,
 ): Promise<FastifyReply> {
+  // The usage record is committed here, before the events that tell the outcome (held back till then).
+  request.outcome.streaming = true;
   const stream = EventStream.open(reply, app.config.STREAM_KEEPALIVE_MS);
+  stream.hold();
   let finished = false;
   reply.raw.once('finish', () => (finished = true));
   reply.raw.once('close', () => {
@@ -122,6 +125,8 @@ export async function streamAnswer(
       if (tellFailure) void stream.send(...tellFailure(failure));
     }
   } finally {
+    if (stream.open) await app.commitUsage(request, request.outcome.status ?? reply.statusCode);
+    await stream.release();
     await stream.end();
   }
   return reply;

@@ -7,6 +7,10 @@ export interface RequestOutcome {
   startedAt: number;
   /** Its log line, metrics and usage record have been written (once, whether answered or abandoned). */
   recorded?: boolean;
+  /** Its usage record has been made (committed before the answer, or queued for an abandoned request). */
+  usageRecorded?: boolean;
+  /** Answered with an event stream, which commits the usage record itself before its final events. */
+  streaming?: boolean;
   /** The status it is recorded with when not the HTTP status: a stream that failed after its 200 headers. */
   status?: number;
   operation?: 'generate' | 'edit';
