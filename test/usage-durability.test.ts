@@ -12,8 +12,10 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startUpstreamSimulator, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
-import { CLIENT_KEY, UPSTREAM_KEY } from './harness.js';
+import { DatabaseSync } from 'node:sqlite';
+import { CLIENT_KEY, UPSTREAM_KEY, startListening, type ListeningHarness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
+import { readStream } from './sse.js';
 
 const root = new URL('..', import.meta.url).pathname;
 const REQUESTS = 120;
@@ -133,4 +135,94 @@ describe('usage is durable before the answer', () => {
       await answeredThenKilled({ DATABASE_URL: pg.url });
     }, 120_000);
   });
+});
+
+describe('nothing is told before its usage is committed', () => {
+  let h: ListeningHarness;
+  beforeAll(async () => {
+    h = await startListening({ RATE_LIMIT_RPM: '1000' });
+  });
+  afterAll(async () => h?.close());
+
+  const post = (body: unknown) =>
+    h.fetch(`${h.base}/v1/generate`, { method: 'POST', headers: { ...h.auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  /** The request's committed record, read from the database itself (no flush of the usage log). */
+  const committed = (requestId: string) => h.app.db.get<{ status: number; images_returned: number }>('SELECT status, images_returned FROM usage_records WHERE request_id = $1', [requestId]);
+
+  it('a JSON answer arrives with its record already committed', async () => {
+    const res = await post({ model: 'gpt-image-1', prompt: 'durable' });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    expect(await committed(res.headers.get('x-request-id')!)).toEqual({ status: 200, images_returned: 1 });
+  });
+
+  it('a stream’s image and succeeded events arrive with its record already committed', async () => {
+    const res = await post({ model: 'gpt-image-1', prompt: 'durable stream', n: 2, stream: true });
+    const requestId = res.headers.get('x-request-id')!;
+    const seen: Array<[string, unknown]> = [];
+    await readStream(res, async (block) => {
+      if (block.event === 'image' || block.event === 'succeeded') seen.push([block.event, await committed(requestId)]);
+    });
+    expect(seen).toEqual([
+      ['image', { status: 200, images_returned: 2 }],
+      ['image', { status: 200, images_returned: 2 }],
+      ['succeeded', { status: 200, images_returned: 2 }],
+    ]);
+  });
+
+  it('an async job shows as succeeded only once its outcome is in the usage record of the request that started it', async () => {
+    const usage = h.app.usageLog;
+    const original = usage.completeJob.bind(usage);
+    let writing!: () => void;
+    const outcomeBeingWritten = new Promise<void>((resolve) => (writing = resolve));
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    usage.completeJob = async (...args: Parameters<typeof usage.completeJob>) => {
+      writing();
+      await released;
+      return original(...args);
+    };
+    const reader = new DatabaseSync(join(h.dataDir, 'gateway.sqlite'), { readOnly: true });
+    try {
+      const res = await post({ model: 'gpt-image-1', prompt: 'durable job', async: true });
+      expect(res.status).toBe(202);
+      const { id } = (await res.json()) as { id: string };
+      await outcomeBeingWritten;
+      // Another reader of the file (a replica, or this one after a crash) sees no finished job yet.
+      expect(reader.prepare('SELECT status FROM jobs WHERE id = ?').get(id)).not.toEqual({ status: 'succeeded' });
+      release();
+      for (let i = 0; i < 200 && (reader.prepare('SELECT status FROM jobs WHERE id = ?').get(id) as { status: string }).status !== 'succeeded'; i++) await sleep(10);
+      expect(reader.prepare('SELECT status FROM jobs WHERE id = ?').get(id)).toEqual({ status: 'succeeded' });
+      expect(reader.prepare('SELECT status, images_returned FROM usage_records WHERE job_id = ?').get(id)).toEqual({ status: 200, images_returned: 1 });
+    } finally {
+      usage.completeJob = original;
+      release();
+      reader.close();
+    }
+  });
+
+  it('answers sent after a graceful stop began carry Connection: close', async () => {
+    const stopping = await startListening();
+    try {
+      stopping.simulator.holdTasks = true;
+      const submitted = await stopping.fetch(`${stopping.base}/v1/generate`, {
+        method: 'POST',
+        headers: { ...stopping.auth, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'flux-kontext-pro', prompt: 'outlives its gateway', async: true }),
+      });
+      const { id } = (await submitted.json()) as { id: string };
+      expect(submitted.headers.get('connection')).not.toBe('close');
+      const longPoll = stopping.fetch(`${stopping.base}/v1/jobs/${id}?wait=60`, { headers: stopping.auth });
+      for (let i = 0; i < 200 && !stopping.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(10);
+      // The long-poll ends when the stop begins, with the job's state.
+      const closing = stopping.app.close();
+      const answer = await longPoll;
+      expect(answer.status).toBe(200);
+      expect(answer.headers.get('connection')).toBe('close');
+      await answer.arrayBuffer();
+      await closing;
+    } finally {
+      await stopping.close().catch(() => {});
+    }
+  }, 20_000);
 });
