@@ -188,6 +188,11 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     if (app.hasDecorator('stopping') && app.stopping.aborted) reply.header('connection', 'close');
     return payload;
   });
+  // An answer whose headers left before the stop (an event stream) ends its connection once it is
+  // done: the server's close waits for every connection, and this one would idle until keep-alive ends.
+  app.addHook('onResponse', async (request) => {
+    if (app.hasDecorator('stopping') && app.stopping.aborted) request.raw.socket?.end();
+  });
 
   // Set before any plugin adds routes: a route takes the error handler set when it is added.
   app.setErrorHandler((err, request, reply) => {
