@@ -19,6 +19,7 @@ const QUICK = process.env.BENCH_QUICK === '1';
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',')) : undefined;
 const ONLY_TARGETS = process.env.BENCH_TARGETS ? new Set(process.env.BENCH_TARGETS.split(',')) : undefined;
+const USAGE_COMPARE = process.env.BENCH_USAGE_COMPARE === '1';
 
 const SETTINGS = {
   rounds: QUICK ? 1 : 3,
@@ -175,11 +176,15 @@ async function main() {
         UPSTREAM_RETRIES: '0',
         IMAGE_URL_SECRET: 'bench-url-secret-0123456789abcdefghijkl',
         PUBLIC_BASE_URL: 'http://127.0.0.1',
+        ...options.env,
       },
       { stdout: options.stdout, execArgv: [...GATEWAY_NODE_FLAGS, ...(options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])] },
     );
   const passthrough = await startPassthrough();
   const gateway = await startGateway({ dataDir, stdout: logFd, profile: PROFILE });
+  // BENCH_USAGE_COMPARE=1: a second gateway whose answers do not wait for their usage record's
+  // commit (BENCH_USAGE_QUEUED), the baseline for what durable usage costs (target gateway-queued).
+  const queuedGateway = USAGE_COMPARE ? await startGateway({ dataDir: join(work, 'queued'), stdout: logFd, env: { BENCH_USAGE_QUEUED: '1' } }) : undefined;
   const imagesDir = join(dataDir, 'images');
   const staticServer = await start('static-server.js', { BENCH_STATIC_ROOT: imagesDir });
 
@@ -210,6 +215,17 @@ async function main() {
           headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
           body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
         },
+        ...(queuedGateway
+          ? {
+              'gateway-queued': {
+                server: queuedGateway,
+                method: 'POST',
+                url: `${queuedGateway.url}/v1/generate`,
+                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
+                body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
+              },
+            }
+          : {}),
       },
     })),
     {
@@ -256,7 +272,7 @@ async function main() {
         const entry = ((results[scenario.name] ??= {})[name] ??= { rounds: [], latencies: [] });
         const pid = target.server.pid;
 
-        for (const server of [upstream, passthrough, gateway, staticServer]) {
+        for (const server of [upstream, passthrough, gateway, staticServer, ...(queuedGateway ? [queuedGateway] : [])]) {
           if (server.exitCode !== undefined) throw new Error(`${server.name} exited (${server.exitCode}) during the run`);
         }
         const serial = await measure({ ...target, connections: 1, seconds: SETTINGS.seconds, keepLatencies: true });
@@ -309,6 +325,7 @@ async function main() {
 
   await sleep(1500);
   await stop(gateway);
+  if (queuedGateway) await stop(queuedGateway);
   await Promise.all([stop(upstream), stop(passthrough), stop(staticServer)]);
   closeSync(logFd);
   const errorLines = readFileSync(gatewayLog, 'utf8')
