@@ -278,7 +278,8 @@ async function main() {
         const serial = await measure({ ...target, connections: 1, seconds: SETTINGS.seconds, keepLatencies: true });
         memory.reset(pid);
         const cpuBefore = cpuMs(pid);
-        const loaded = await measure({ ...target, connections: SETTINGS.throughputConnections, seconds: SETTINGS.seconds });
+        const loaded = await measure({ ...target, connections: SETTINGS.throughputConnections, seconds: SETTINGS.seconds, keepLatencies: true });
+        const loadedP50Ms = quantile([...loaded.latencies].sort((a, b) => a - b), 0.5);
         const loadedPeakMb = memory.peakMb(pid);
         const cpuPerRequestMs = cpuBefore === null || loaded.ok === 0 ? null : (cpuMs(pid) - cpuBefore) / loaded.ok;
         let inFlight;
@@ -304,6 +305,7 @@ async function main() {
           p99Ms: quantile(sorted, 0.99),
           serialRequests: serial.ok,
           requestsPerSecond: loaded.requestsPerSecond,
+          loadedP50Ms,
           cpuPerRequestMs,
           peakRssMb: loadedPeakMb,
           errors: errorsOf(serial) + errorsOf(loaded) + (inFlight?.errors ?? 0),
@@ -312,7 +314,7 @@ async function main() {
         });
         log(
           `${elapsed()} round ${round + 1} ${scenario.name.padEnd(5)} ${name.padEnd(11)} p50 ${fmt(quantile(sorted, 0.5), 3)} ms  p99 ${fmt(quantile(sorted, 0.99), 3)} ms  ` +
-            `${fmt(loaded.requestsPerSecond, 0)} req/s  ${fmt(cpuPerRequestMs, 3)} CPU ms/req  peak ${loadedPeakMb} MB` +
+            `${fmt(loaded.requestsPerSecond, 0)} req/s  p50 ${fmt(loadedP50Ms, 3)} ms (c=${SETTINGS.throughputConnections})  ${fmt(cpuPerRequestMs, 3)} CPU ms/req  peak ${loadedPeakMb} MB` +
             (inFlight ? `  (c=${inFlight.connections}: peak ${inFlight.peakRssMb} MB)` : '') +
             (errorsOf(serial) + errorsOf(loaded) ? `  errors ${errorsOf(serial) + errorsOf(loaded)} ${JSON.stringify(mergeCounts(serial.statuses, loaded.statuses))}` : ''),
         );
