@@ -140,7 +140,7 @@ describe('usage is durable before the answer', () => {
 describe('nothing is told before its usage is committed', () => {
   let h: ListeningHarness;
   beforeAll(async () => {
-    h = await startListening({ RATE_LIMIT_RPM: '1000' });
+    h = await startListening({ RATE_LIMIT_RPM: '1000', STREAM_KEEPALIVE_MS: '20' });
   });
   afterAll(async () => h?.close());
 
@@ -156,18 +156,52 @@ describe('nothing is told before its usage is committed', () => {
     expect(await committed(res.headers.get('x-request-id')!)).toEqual({ status: 200, images_returned: 1 });
   });
 
-  it('a stream’s image and succeeded events arrive with its record already committed', async () => {
-    const res = await post({ model: 'gpt-image-1', prompt: 'durable stream', n: 2, stream: true });
-    const requestId = res.headers.get('x-request-id')!;
-    const seen: Array<[string, unknown]> = [];
-    await readStream(res, async (block) => {
-      if (block.event === 'image' || block.event === 'succeeded') seen.push([block.event, await committed(requestId)]);
-    });
-    expect(seen).toEqual([
-      ['image', { status: 200, images_returned: 2 }],
-      ['image', { status: 200, images_returned: 2 }],
-      ['succeeded', { status: 200, images_returned: 2 }],
-    ]);
+  /**
+   * Streams `body` from `path` while the usage commit is held: the events the client has once two
+   * keep-alives came after the gateway asked for the commit (the keep-alive restarts with each
+   * write, so the second was written after anything sent before that ask), then all of them.
+   */
+  async function streamWithCommitHeld(path: string, body: unknown): Promise<{ beforeCommit: string[]; all: string[] }> {
+    const usage = h.app.usageLog;
+    const original = usage.record.bind(usage);
+    let asked = false;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    usage.record = async (record) => {
+      asked = true;
+      await released;
+      return original(record);
+    };
+    try {
+      const res = await h.fetch(`${h.base}${path}`, { method: 'POST', headers: { ...h.auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      const all: string[] = [];
+      let beforeCommit: string[] | undefined;
+      let keepAlives = 0;
+      await readStream(res, (block) => {
+        if (block.event) all.push(block.event);
+        if (asked && beforeCommit === undefined && block.comment === 'keepalive' && ++keepAlives === 2) {
+          beforeCommit = [...all];
+          release();
+        }
+      });
+      return { beforeCommit: beforeCommit ?? ['(never asked)'], all };
+    } finally {
+      usage.record = original;
+      release();
+    }
+  }
+
+  it('a stream’s image and succeeded events wait for its record’s commit; where it stands does not', async () => {
+    const { beforeCommit, all } = await streamWithCommitHeld('/v1/generate', { model: 'flux-kontext-pro', prompt: 'durable stream', stream: true });
+    expect(beforeCommit).toContain('running');
+    expect(beforeCommit.filter((e) => e === 'image' || e === 'succeeded')).toEqual([]);
+    expect(all.slice(-2)).toEqual(['image', 'succeeded']);
+  });
+
+  it('an OpenAI stream’s completed event waits for its record’s commit', async () => {
+    const { beforeCommit, all } = await streamWithCommitHeld('/v1/images/generations', { model: 'gpt-image-1', prompt: 'durable openai stream', stream: true });
+    expect(beforeCommit).toEqual([]);
+    expect(all).toEqual(['image_generation.completed']);
   });
 
   it('an async job shows as succeeded only once its outcome is in the usage record of the request that started it', async () => {
