@@ -5,6 +5,7 @@
  * images from them as they were answered. On SQLite (DATA_DIR) and on PostgreSQL (DATABASE_URL).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -149,11 +150,28 @@ describe('nothing is told before its usage is committed', () => {
   /** The request's committed record, read from the database itself (no flush of the usage log). */
   const committed = (requestId: string) => h.app.db.get<{ status: number; images_returned: number }>('SELECT status, images_returned FROM usage_records WHERE request_id = $1', [requestId]);
 
-  it('a JSON answer arrives with its record already committed', async () => {
-    const res = await post({ model: 'gpt-image-1', prompt: 'durable' });
-    expect(res.status).toBe(200);
-    await res.arrayBuffer();
-    expect(await committed(res.headers.get('x-request-id')!)).toEqual({ status: 200, images_returned: 1 });
+  it('a JSON answer is written only once its record is committed', async () => {
+    const responses: ServerResponse[] = [];
+    const capture = (_req: IncomingMessage, res: ServerResponse) => responses.push(res);
+    h.app.server.prependListener('request', capture);
+    const db = h.app.db;
+    const transaction = db.transaction.bind(db);
+    // At each commit: had the answer's headers gone out already?
+    const answeredAtCommit: boolean[] = [];
+    db.transaction = (fn) => {
+      answeredAtCommit.push(responses.some((r) => r.headersSent));
+      return transaction(fn);
+    };
+    try {
+      const res = await post({ model: 'gpt-image-1', prompt: 'durable' });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+      expect(answeredAtCommit).toEqual([false]);
+      expect(await committed(res.headers.get('x-request-id')!)).toEqual({ status: 200, images_returned: 1 });
+    } finally {
+      db.transaction = transaction;
+      h.app.server.off('request', capture);
+    }
   });
 
   /**
