@@ -140,7 +140,8 @@ describe('SIGTERM to the server process (dist/server.js)', () => {
         TASK_POLL_INTERVAL_MS: '10',
         // An hour: a stop that waited for the task job would never end within the test.
         JOB_SHUTDOWN_GRACE_MS: '3600000',
-        LOG_LEVEL: 'warn',        STORAGE_MIN_FREE_BYTES: '0', // the machine's free space must not decide the test
+        LOG_LEVEL: 'warn',
+        STORAGE_MIN_FREE_BYTES: '0', // the machine's free space must not decide the test
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     });

@@ -44,7 +44,8 @@ async function startGateway(port: number, env: Record<string, string>): Promise<
       AIHUBMIX_API_KEY: UPSTREAM_KEY,
       AIHUBMIX_BASE_URL: simulator.url,
       UPSTREAM_RETRIES: '0',
-      LOG_LEVEL: 'warn',      STORAGE_MIN_FREE_BYTES: '0', // the machine's free space must not decide the test
+      LOG_LEVEL: 'warn',
+      STORAGE_MIN_FREE_BYTES: '0', // the machine's free space must not decide the test
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
