@@ -33,6 +33,7 @@ import { redisPlugin } from './storage/redis-plugin.js';
 import type { FreeSpaceProbe } from './images/storage-pressure.js';
 import { connectionOptions, connectionsPlugin, trackRequests } from './http/connections.js';
 import { securityHeaders } from './http/security-headers.js';
+import { registerCors } from './http/cors.js';
 import { systemResolver, type HostResolver } from './images/image-fetch.js';
 import { uploadsPlugin } from './request/uploads.js';
 
@@ -182,6 +183,8 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   });
   trackRequests(app);
   securityHeaders(app);
+  // Before authentication (client-keys) and the rate limit: a listed origin's preflight is answered here.
+  await registerCors(app, config.CORS_ORIGINS);
   // Once a graceful stop has begun, each answer closes its connection: the client's next request
   // opens a new one, to a replica that stays, rather than reusing one that is about to end.
   app.addHook('onSend', async (_request, reply, payload) => {

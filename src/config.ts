@@ -48,6 +48,28 @@ const hostList = (name: string) =>
       return hosts;
     });
 
+/**
+ * CORS_ORIGINS: the exact origins (scheme://host[:port], as a browser sends them in Origin) whose
+ * pages may call the API. Never `*`: any page on the web could then spend a token it got hold of.
+ */
+function parseCorsOrigins(value: string | undefined, ctx: z.RefinementCtx): string[] {
+  const entries = (value ?? '').split(',').map((e) => e.trim()).filter(Boolean);
+  for (const entry of entries) {
+    const shape = 'a comma-separated list of exact origins, scheme://host[:port] (https://app.example.com), as a browser sends them';
+    if (entry === '*' || entry.includes('*')) {
+      ctx.addIssue({ code: 'custom', message: `CORS_ORIGINS: "${entry}" is not allowed (no wildcards); give ${shape}` });
+      return z.NEVER;
+    }
+    const url = URL.canParse(entry) ? new URL(entry) : undefined;
+    if (url === undefined || (url.protocol !== 'https:' && url.protocol !== 'http:') || url.origin !== entry) {
+      const hint = url !== undefined && (url.protocol === 'https:' || url.protocol === 'http:') ? ` (did you mean "${url.origin}"?)` : '';
+      ctx.addIssue({ code: 'custom', message: `CORS_ORIGINS: "${entry}" is not an exact origin${hint}; give ${shape}` });
+      return z.NEVER;
+    }
+  }
+  return [...new Set(entries)];
+}
+
 export interface ClientKeyConfig {
   id: string;
   team: string;
@@ -231,6 +253,8 @@ const envSchema = z.object({
   METRICS_TOKEN: optionalString.refine((v) => v === undefined || v.length >= 32, {
     message: 'METRICS_TOKEN must be at least 32 characters',
   }),
+  // Browser pages on these exact origins may call the API (CORS); unset: no CORS headers at all.
+  CORS_ORIGINS: z.string().optional().transform((v, ctx) => parseCorsOrigins(v, ctx)),
   // 0: any free port (tests).
   METRICS_PORT: integer('METRICS_PORT', undefined, 0, 65_535),
   METRICS_HOST: optionalString.transform((v) => v ?? '127.0.0.1'),
