@@ -148,6 +148,8 @@ export class JobRunner {
   /** Told once when a job this replica started has ended (settling the limits it reserved). */
   private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>>>();
   private closing = false;
+  /** Told of every job this replica finished (the metrics set it: they are made after the runner); `code`: a failure's error code. */
+  observeFinished: ((status: 'succeeded' | 'failed', code: string) => void) | undefined;
 
   constructor(private readonly o: JobRunnerOptions) {
     this.instanceId = o.instanceId ?? `gw_${randomBytes(6).toString('hex')}`;
@@ -515,6 +517,7 @@ export class JobRunner {
       this.finishWatchers.delete(id);
       return;
     }
+    this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
     this.o.events.publish(id, { type: 'finished' });
     if (failure && neverPaid(failure)) await this.o.db.run('DELETE FROM idempotency_keys WHERE job_id = $1', [id]);
     const watchers = this.finishWatchers.get(id) ?? [];

@@ -21,6 +21,8 @@ declare module 'fastify' {
 
 // Image calls take seconds to minutes (UPSTREAM_TIMEOUT_MS defaults to 180 s).
 const LATENCY_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300];
+// A wait for an upstream slot ends by UPSTREAM_QUEUE_TIMEOUT_MS (30 s by default); most are 0.
+const QUEUE_WAIT_BUCKETS_SECONDS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120];
 
 /**
  * The gateway's metrics in a Registry of its own, so several apps (tests) never share counters.
@@ -70,6 +72,21 @@ export class GatewayMetrics {
     name: 'gateway_image_bytes_stored_total',
     help: 'Bytes of result images stored, by model.',
     labelNames: ['model'] as const,
+    registers: [this.registry],
+  });
+
+  readonly upstreamQueueWait = new Histogram({
+    name: 'gateway_upstream_queue_wait_seconds',
+    help: 'Time upstream submissions waited for a slot (UPSTREAM_MAX_CONCURRENCY) on this replica, by how the wait ended: granted, timed_out (503), abandoned (client gone).',
+    labelNames: ['outcome'] as const,
+    buckets: QUEUE_WAIT_BUCKETS_SECONDS,
+    registers: [this.registry],
+  });
+
+  readonly jobsFinished = new Counter({
+    name: 'gateway_jobs_finished_total',
+    help: 'Jobs (async and idempotent requests) this replica finished, by status (succeeded, failed) and the error code of a failure.',
+    labelNames: ['status', 'code'] as const,
     registers: [this.registry],
   });
 
@@ -203,6 +220,8 @@ function metricsListener(registry: Registry, token: string | undefined): Server 
 async function metrics(app: FastifyInstance): Promise<void> {
   const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth, () => app.jobs.counts());
   app.decorate('metrics', gatewayMetrics);
+  app.upstream.observeQueueWait = (seconds, outcome) => gatewayMetrics.upstreamQueueWait.observe({ outcome }, seconds);
+  app.jobs.observeFinished = (status, code) => gatewayMetrics.jobsFinished.inc({ status, code });
   storageGauges(gatewayMetrics.registry, app.storagePressure);
   const { METRICS_TOKEN: token, METRICS_PORT: port, METRICS_HOST: host } = app.config;
 

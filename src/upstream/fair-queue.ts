@@ -4,6 +4,12 @@ interface Waiter {
   grant: () => void;
 }
 
+/** How a wait for a slot ended: a slot granted, the queue timeout (503), or the caller gone. */
+export type QueueWaitOutcome = 'granted' | 'timed_out' | 'abandoned';
+
+/** Told of every acquire as it ends: how long it waited (seconds; 0 for a slot free at once) and how it ended. */
+export type QueueWaitObserver = (seconds: number, outcome: QueueWaitOutcome) => void;
+
 /**
  * At most `limit` upstream calls in flight. The rest wait, each team in its own line, and lines are
  * served in turn, so one team's burst cannot starve the others. A wait longer than the queue
@@ -17,6 +23,7 @@ export class FairQueue {
   constructor(
     private readonly limit: number,
     private readonly timeoutMs: number,
+    private readonly observeWait: QueueWaitObserver = () => {},
   ) {}
 
   get waiting(): number {
@@ -33,13 +40,17 @@ export class FairQueue {
     signal.throwIfAborted();
     if (this.active < this.limit && this.waiting === 0) {
       this.active++;
+      this.observeWait(0, 'granted');
       return;
     }
+    const since = performance.now();
+    const waited = () => (performance.now() - since) / 1000;
     await new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
         grant: () => {
           cleanup();
           this.active++;
+          this.observeWait(waited(), 'granted');
           resolve();
         },
       };
@@ -55,11 +66,13 @@ export class FairQueue {
       const onAbort = () => {
         cleanup();
         leave();
+        this.observeWait(waited(), 'abandoned');
         reject(signal.reason);
       };
       const timer = setTimeout(() => {
         cleanup();
         leave();
+        this.observeWait(waited(), 'timed_out');
         reject(
           new GatewayError('service_unavailable', `the gateway is at its upstream concurrency limit and this request waited ${this.timeoutMs} ms; retry shortly`, {
             retryAfter: Math.max(1, Math.ceil(this.timeoutMs / 1000)),

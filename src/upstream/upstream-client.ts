@@ -5,7 +5,7 @@ import { GatewayError } from '../errors.js';
 import { egressLookup, egressRefusal, egressRefusalOf, type HostResolver } from '../images/image-fetch.js';
 import type { UpstreamRequest } from './upstream-request.js';
 import { normalizeOutput, upstreamErrorCode, upstreamErrorMessage, type UpstreamImage } from './upstream-reply.js';
-import { FairQueue } from './fair-queue.js';
+import { FairQueue, type QueueWaitObserver } from './fair-queue.js';
 import { LONG_BASE64_BYTES, MalformedReply, ReplyBrokeOff, ReplyTooLarge, parseImageReply, type Base64SinkFactory } from './image-reply-parser.js';
 import type { StagedImage } from '../images/image-library.js';
 import { nextPoll } from './task-poll-schedule.js';
@@ -115,6 +115,8 @@ export class UpstreamClient {
   private readonly slots: FairQueue;
   private readonly keys: Array<{ key: string; setAsideUntil: number }>;
   private nextKey = 0;
+  /** Told how long each call waited for an upstream slot (the metrics set it: they are made after this client). */
+  observeQueueWait: QueueWaitObserver | undefined;
 
   constructor(private readonly options: UpstreamClientOptions) {
     // Keep-alive pool to upstream: most of an exchange's overhead is connection setup otherwise.
@@ -123,7 +125,7 @@ export class UpstreamClient {
     // loopback or metadata addresses, checked on every connection), except the upstream's own host.
     this.resultHosts = new Set([new URL(options.baseUrl).hostname.toLowerCase().replace(/^\[(.*)\]$/, '$1')]);
     this.downloads = new Agent({ keepAliveTimeout: 30_000, connect: { lookup: egressLookup(this.resultHosts, options.resolveHost) } });
-    this.slots = new FairQueue(options.maxConcurrency, options.queueTimeoutMs);
+    this.slots = new FairQueue(options.maxConcurrency, options.queueTimeoutMs, (seconds, outcome) => this.observeQueueWait?.(seconds, outcome));
     this.keys = options.apiKeys.map((key) => ({ key, setAsideUntil: 0 }));
   }
 
