@@ -183,8 +183,6 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   });
   trackRequests(app);
   securityHeaders(app);
-  // Before authentication (client-keys) and the rate limit: a listed origin's preflight is answered here.
-  await registerCors(app, config.CORS_ORIGINS);
   // Once a graceful stop has begun, each answer closes its connection: the client's next request
   // opens a new one, to a replica that stays, rather than reusing one that is about to end.
   app.addHook('onSend', async (_request, reply, payload) => {
@@ -219,6 +217,9 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     return reply.status(404).send(errorBody(gw, request.id));
   });
 
+  // After the error and not-found handlers (its OPTIONS route takes them), before authentication
+  // (client-keys) and the rate limit: a listed origin's preflight is answered in its onRequest hook.
+  await registerCors(app, config.CORS_ORIGINS);
   await app.register(urlSignerPlugin);
   await app.register(cataloguePlugin);
   await app.register(redisPlugin);

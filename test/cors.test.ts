@@ -96,11 +96,18 @@ describe('with CORS_ORIGINS listing two origins', () => {
       const pre = await preflight(h, origin);
       // No route answers OPTIONS but the preflight's: not found, as for a path that does not exist.
       expect(pre.statusCode).toBe(404);
+      expect(pre.json().error.code).toBe('not_found');
       expect(corsHeaders(pre.headers)).toEqual([]);
       const res = await h.app.inject({ method: 'GET', url: '/v1/models', headers: { ...h.auth, origin } });
       expect(res.statusCode).toBe(200);
       expect(corsHeaders(res.headers)).toEqual([]);
     }
+    // A listed origin's OPTIONS without Access-Control-Request-Method is a broken preflight: 400 naming the header.
+    const broken = await h.app.inject({ method: 'OPTIONS', url: '/v1/generate', headers: { origin: APP } });
+    expect(broken.statusCode).toBe(400);
+    expect(broken.json().error).toMatchObject({ code: 'invalid_request' });
+    expect(broken.json().error.message).toContain('Access-Control-Request-Method');
+    expect(corsHeaders(broken.headers)).toEqual([]);
     // An OPTIONS without Origin is no preflight either.
     const bare = await h.app.inject({ method: 'OPTIONS', url: '/v1/generate', headers: { 'access-control-request-method': 'POST' } });
     expect(bare.statusCode).toBe(404);

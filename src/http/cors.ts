@@ -1,5 +1,6 @@
 import cors from '@fastify/cors';
 import type { FastifyInstance } from 'fastify';
+import { GatewayError } from '../errors.js';
 
 /** What a browser page may send: the credentials (a key or a browser token), the body's type and the request's own headers. */
 export const CORS_ALLOWED_HEADERS = ['Authorization', 'Content-Type', 'Idempotency-Key', 'X-Request-Id', 'X-Api-Key'] as const;
@@ -31,6 +32,14 @@ export const CORS_MAX_AGE_SECONDS = 600;
 export async function registerCors(app: FastifyInstance, origins: readonly string[]): Promise<void> {
   if (origins.length === 0) return;
   const listed = new Set(origins);
+  // Refused in the gateway's error shape, where @fastify/cors would answer a bare text/plain 400.
+  app.addHook('onRequest', async (request) => {
+    const origin = request.headers.origin;
+    if (request.method !== 'OPTIONS' || origin === undefined || !listed.has(origin) || request.headers['access-control-request-method'] !== undefined) return;
+    throw new GatewayError('invalid_request', 'an OPTIONS request from a browser origin is a CORS preflight: it needs an Access-Control-Request-Method header (GET, POST or DELETE)', {
+      details: [{ field: 'Access-Control-Request-Method', message: 'required in a preflight' }],
+    });
+  });
   await app.register(cors, {
     // A function, not the list: with a list, @fastify/cors would still answer an unlisted origin's preflight (without Allow-Origin).
     origin: (origin, callback) => callback(null, origin !== undefined && listed.has(origin)),
