@@ -36,12 +36,16 @@ import { securityHeaders } from './http/security-headers.js';
 import { registerCors } from './http/cors.js';
 import { systemResolver, type HostResolver } from './images/image-fetch.js';
 import { uploadsPlugin } from './request/uploads.js';
+import { startTracing, traceLogFields, tracingSettings, type Tracing } from './observability/tracing.js';
+import { tracingHooks } from './observability/tracing-hooks.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config;
     /** How the egress policy resolves host names (image URLs, result downloads, callbacks). */
     resolveHost: HostResolver;
+    /** OpenTelemetry traces (src/observability/tracing.ts): `enabled` only with an OTLP endpoint configured. */
+    tracing: Tracing;
   }
   interface FastifyRequest {
     /** What this request did; see RequestOutcome. */
@@ -121,9 +125,14 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   }
 
   const bufferedLog = options.logStream ? undefined : bufferedStdout();
+  // Loaded (and registered with the OpenTelemetry API) only when an OTLP endpoint is set.
+  const traces = tracingSettings(config);
+  const tracing = await startTracing(traces, { warn: (obj, msg) => console.warn(msg, obj) });
   const app = Fastify({
     logger: {
       level: config.LOG_LEVEL,
+      // With traces on, every line logged inside a request (or a job) names its trace_id and span_id.
+      ...(tracing.enabled ? { mixin: traceLogFields } : {}),
       redact: {
         paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers["api-key"]', 'headers.authorization', 'headers["api-key"]'],
         censor: '[redacted]',
@@ -146,9 +155,13 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   });
   app.decorate('config', config);
   app.decorate('resolveHost', options.resolveHost ?? systemResolver);
+  app.decorate('tracing', tracing);
+  if (traces) app.log.info({ endpoint: traces.url.replace(/^(\w+:\/\/)[^@/]*@/, '$1'), protocol: traces.protocol, service: traces.serviceName }, 'OpenTelemetry traces on');
   // Fastify runs onClose hooks last-registered first: this one runs after every other.
   // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.
   if (bufferedLog) app.addHook('onClose', async () => bufferedLog.close());
+  // Before the log closes: spans still buffered are exported (the last ones of a graceful stop included).
+  if (tracing.enabled) app.addHook('onClose', async () => tracing.shutdown().catch((err: unknown) => app.log.warn({ err }, 'exporting the last spans failed')));
 
   try {
     await registerAll(app, config, options);
@@ -181,6 +194,8 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     request.outcome = newOutcome();
     reply.header('x-request-id', request.id);
   });
+  // The server span of each request (only while traces are on); before authentication, which may refuse it.
+  tracingHooks(app);
   trackRequests(app);
   securityHeaders(app);
   // Once a graceful stop has begun, each answer closes its connection: the client's next request

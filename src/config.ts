@@ -70,6 +70,15 @@ function parseCorsOrigins(value: string | undefined, ctx: z.RefinementCtx): stri
   return [...new Set(entries)];
 }
 
+const TRACES_SAMPLERS = ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'];
+const TRACES_SAMPLERS_LIST = TRACES_SAMPLERS.join(', ');
+
+/** OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL: OTLP over HTTP, protobuf or JSON; gRPC is refused by name. */
+const otlpProtocol = (name: string) =>
+  optionalString.refine((v) => v === undefined || v === 'http/protobuf' || v === 'http/json', {
+    message: `${name} must be http/protobuf (the default) or http/json; grpc is not supported: point the gateway at the collector's OTLP/HTTP port (4318) instead`,
+  });
+
 export interface ClientKeyConfig {
   id: string;
   team: string;
@@ -258,6 +267,29 @@ const envSchema = z.object({
   // 0: any free port (tests).
   METRICS_PORT: integer('METRICS_PORT', undefined, 0, 65_535),
   METRICS_HOST: optionalString.transform((v) => v ?? '127.0.0.1'),
+  // OpenTelemetry traces (src/observability/tracing.ts), by the standard variables. No endpoint: the SDK is not loaded.
+  OTEL_SDK_DISABLED: optionalString.transform((v) => v?.toLowerCase() === 'true'),
+  OTEL_TRACES_EXPORTER: optionalString.refine((v) => v === undefined || v === 'otlp' || v === 'none', {
+    message: 'OTEL_TRACES_EXPORTER must be otlp or none (traces go out over OTLP/HTTP)',
+  }),
+  OTEL_EXPORTER_OTLP_ENDPOINT: urlString('OTEL_EXPORTER_OTLP_ENDPOINT'),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: urlString('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'),
+  OTEL_EXPORTER_OTLP_PROTOCOL: otlpProtocol('OTEL_EXPORTER_OTLP_PROTOCOL'),
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: otlpProtocol('OTEL_EXPORTER_OTLP_TRACES_PROTOCOL'),
+  OTEL_EXPORTER_OTLP_HEADERS: optionalString,
+  OTEL_EXPORTER_OTLP_TRACES_HEADERS: optionalString,
+  OTEL_SERVICE_NAME: optionalString,
+  OTEL_RESOURCE_ATTRIBUTES: optionalString,
+  OTEL_TRACES_SAMPLER: optionalString.refine((v) => v === undefined || TRACES_SAMPLERS.includes(v), {
+    message: `OTEL_TRACES_SAMPLER must be one of ${TRACES_SAMPLERS_LIST}`,
+  }),
+  OTEL_TRACES_SAMPLER_ARG: optionalString.refine((v) => v === undefined || (Number.isFinite(Number(v)) && Number(v) >= 0 && Number(v) <= 1), {
+    message: 'OTEL_TRACES_SAMPLER_ARG must be a sampling ratio from 0 to 1',
+  }),
+  OTEL_BSP_SCHEDULE_DELAY: optionalPositiveInt('OTEL_BSP_SCHEDULE_DELAY'),
+  OTEL_BSP_MAX_QUEUE_SIZE: optionalPositiveInt('OTEL_BSP_MAX_QUEUE_SIZE'),
+  OTEL_BSP_MAX_EXPORT_BATCH_SIZE: optionalPositiveInt('OTEL_BSP_MAX_EXPORT_BATCH_SIZE'),
+  OTEL_BSP_EXPORT_TIMEOUT: optionalPositiveInt('OTEL_BSP_EXPORT_TIMEOUT'),
 });
 
 export type Config = z.output<typeof envSchema>;
