@@ -1,3 +1,4 @@
+import { inSpan } from '../observability/tracing.js';
 import { createHash, hash } from 'node:crypto';
 import { readFile } from 'node:fs';
 import { readdir, rm, stat, truncate } from 'node:fs/promises';
@@ -217,9 +218,10 @@ export class ImageLibrary {
     write: (name: string) => Promise<void>,
   ): Promise<ImageRecord> {
     const name = imageNameOf(image.sha256, image.mime);
-    return this.locked(name, async () => {
+    const attributes = { 'gateway.image.name': name, 'gateway.image.bytes': image.bytes, 'gateway.image.store': image.inlineBytes ? 'row' : this.store.kind };
+    return inSpan('image.store', attributes, () => this.locked(name, async () => {
       const createdAt = Date.now();
-      const record = await this.records.save({
+      const record = await inSpan('db.image_row', { 'db.operation.name': 'save', 'db.collection.name': 'images' }, () => this.records.save({
         name,
         sha256: image.sha256,
         mimeType: image.mime,
@@ -231,7 +233,7 @@ export class ImageLibrary {
         createdAt,
         expiresAt: options.expiresAt,
         inlineBytes: image.inlineBytes,
-      });
+      }));
       // Written every time, even when already stored: the same bytes, and a retention sweep on
       // another replica may have just removed them.
       await write(name).catch(async (err: unknown) => {
@@ -241,7 +243,7 @@ export class ImageLibrary {
       });
       if (this.store.kind === 's3') this.settings.pressure?.noteWriteSuccess();
       return record;
-    });
+    }));
   }
 
   /** A failed write, told to the storage watcher. */

@@ -12,6 +12,8 @@ import { deserializeRequest, serializeRequest } from './stored-request.js';
 import { JOB_MIGRATIONS } from './job-migrations.js';
 import type { ProgressEvent } from '../generation/generation-events.js';
 import type { JobEventBus, JobNotice } from './job-events.js';
+import type { Span } from '@opentelemetry/api';
+import { injectTraceHeaders, inSpan, markSpanError } from '../observability/tracing.js';
 
 export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed';
 
@@ -217,7 +219,7 @@ export class JobRunner {
   ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
     const request = prepared.request;
-    await this.o.db.run(
+    await inSpan('db.job_row', { 'db.operation.name': 'INSERT', 'db.collection.name': 'jobs', 'gateway.job_id': id }, () => this.o.db.run(
       `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
          lease_owner, lease_until, created_at, updated_at, expires_at, is_async)
        VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)`,
@@ -236,7 +238,7 @@ export class JobRunner {
         now + this.o.retentionDays * 86_400_000,
         request.async ? 1 : 0,
       ],
-    );
+    ));
     if (idempotency) {
       let claim: { jobId: string; first: boolean };
       try {
@@ -427,7 +429,11 @@ export class JobRunner {
     const controller = new AbortController();
     // A stop may cut a job short where nothing is lost: before it is sent, or once its task id is kept.
     const progress = { sending: false, taskKnown: resumeTaskId !== undefined };
-    const done = this.execute(id, prepared, resumeTaskId, controller.signal, progress)
+    // In the context of the request that created the job (same process): its trace goes on. A job
+    // taken over after a restart starts a trace of its own.
+    const done = inSpan('job.run', { 'gateway.job_id': id, 'gateway.job.resumed': resumeTaskId !== undefined || prepared === undefined }, (span) =>
+      this.execute(id, prepared, resumeTaskId, controller.signal, progress, span),
+    )
       .catch((err) => this.o.log.error({ err, job_id: id }, 'job bookkeeping failed'))
       .finally(() => this.active.delete(id));
     this.active.set(id, { controller, done, resumable: () => progress.taskKnown || !progress.sending });
@@ -439,6 +445,7 @@ export class JobRunner {
     resumeTaskId: string | undefined,
     stop: AbortSignal,
     progress: { sending: boolean; taskKnown: boolean },
+    span?: Span,
   ): Promise<void> {
     const row = await this.get(id);
     if (!row) return;
@@ -465,14 +472,18 @@ export class JobRunner {
           onSent: async () => {
             progress.sending = true;
             const now = Date.now();
-            const mine = await this.o.db.run(
-              "UPDATE jobs SET status = 'running', lease_until = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND lease_until > $2",
-              [now + this.o.leaseMs, now, id, this.instanceId],
+            const mine = await inSpan('db.job_row', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.job.status': 'running' }, () =>
+              this.o.db.run(
+                "UPDATE jobs SET status = 'running', lease_until = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND lease_until > $2",
+                [now + this.o.leaseMs, now, id, this.instanceId],
+              ),
             );
             if (mine === 0) throw new LeaseLost();
           },
           onTaskId: async (taskId, keyTag) => {
-            await this.o.db.run('UPDATE jobs SET upstream_task_id = $1, upstream_key_tag = $2, updated_at = $3 WHERE id = $4', [taskId, keyTag, Date.now(), id]);
+            await inSpan('db.job_row', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.upstream.task_id': taskId }, () =>
+              this.o.db.run('UPDATE jobs SET upstream_task_id = $1, upstream_key_tag = $2, updated_at = $3 WHERE id = $4', [taskId, keyTag, Date.now(), id]),
+            );
             progress.taskKnown = true;
           },
         },
@@ -490,6 +501,7 @@ export class JobRunner {
           ? err
           : new GatewayError('internal_error', 'internal error', { cause: err });
       if (failure.status >= 500) this.o.log.error({ err: failure.cause ?? failure, job_id: id, code: failure.code }, failure.message);
+      if (span) markSpanError(span, failure);
     }
     await this.finish(row, result, failure);
   }
@@ -503,7 +515,7 @@ export class JobRunner {
     await recorder?.ready(row);
     // Fenced by the lease: if this replica stalled and another took the job over, that one finishes it.
     // With its usage in the same transaction: the job never shows finished before what it cost is kept.
-    const written = await this.o.db.transaction(async (tx) => {
+    const written = await inSpan('db.job_finish', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.job.status': result ? 'succeeded' : 'failed' }, () => this.o.db.transaction(async (tx) => {
       const changed = await tx.run(
         `UPDATE jobs SET status = $1, result_json = $2, error_json = $3, request_json = NULL, lease_owner = NULL, lease_until = 0, updated_at = $4
          WHERE id = $5 AND lease_owner = $6 AND status IN ('queued', 'running')`,
@@ -511,7 +523,7 @@ export class JobRunner {
       );
       if (changed === 1) await recorder?.write(tx, row, result, failure);
       return changed;
-    });
+    }));
     if (written === 0) {
       this.o.log.warn({ job_id: id }, 'job was taken over by another replica; leaving its outcome to that one');
       this.finishWatchers.delete(id);
@@ -606,11 +618,12 @@ export class JobRunner {
         const res = await httpRequest(row.callback_url!, {
           ...(this.o.callbackDispatcher ? { dispatcher: this.o.callbackDispatcher } : {}),
           method: 'POST',
-          headers: {
+          // The job's traceparent, while traces are on.
+          headers: injectTraceHeaders({
             'content-type': 'application/json',
             'x-gateway-event': 'job.finished',
             'x-gateway-signature': `t=${timestamp},v1=${signature}`,
-          },
+          }),
           body,
           headersTimeout: 10_000,
           bodyTimeout: 10_000,

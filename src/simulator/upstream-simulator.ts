@@ -50,6 +50,8 @@ export interface UpstreamSimulator {
   url: string;
   /** Every request to the API routes (not the image downloads under /sim/files/), in arrival order. */
   received: RecordedRequest[];
+  /** Every image download (GET /sim/files/...), in arrival order: path and headers (no body). */
+  downloads: RecordedRequest[];
   /**
    * The next `count` API submissions (task polls excluded) fail that way. 'task_error' instead
    * makes the next `count` asynchronous tasks end in Error.
@@ -127,6 +129,7 @@ interface ServedFile {
 class SimulatorState {
   baseUrl = '';
   readonly received: RecordedRequest[] = [];
+  readonly downloads: RecordedRequest[] = [];
   readonly recordOf = new WeakMap<FastifyRequest, RecordedRequest>();
   /** Insertion order equals expiry order, because every file gets the same TTL. */
   readonly files = new Map<string, ServedFile>();
@@ -155,6 +158,7 @@ class SimulatorState {
 
   reset(): void {
     this.received.length = 0;
+    this.downloads.length = 0;
     this.pendingFaults = [];
     this.pendingTaskErrors = 0;
     this.pollFaults = 0;
@@ -257,6 +261,7 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
   });
 
   app.get<{ Params: { name: string } }>('/sim/files/:name', async (request, reply) => {
+    sim.downloads.push({ method: request.method, path: request.url.split('?')[0] ?? request.url, headers: { ...request.headers }, at: sim.now() });
     const file = sim.files.get(request.params.name);
     if (!file || file.expiresAt <= sim.now()) {
       return reply.code(404).send({ error: 'file not found or expired' });
@@ -288,6 +293,7 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
   return {
     url: sim.baseUrl,
     received: sim.received,
+    downloads: sim.downloads,
     failNext: (fault, count = 1) => sim.failNext(fault, count),
     failNextPolls: (count: number) => {
       sim.pollFaults += count;

@@ -9,6 +9,7 @@ import { FairQueue, type QueueWaitObserver } from './fair-queue.js';
 import { LONG_BASE64_BYTES, MalformedReply, ReplyBrokeOff, ReplyTooLarge, parseImageReply, type Base64SinkFactory } from './image-reply-parser.js';
 import type { StagedImage } from '../images/image-library.js';
 import { nextPoll } from './task-poll-schedule.js';
+import { SpanKind, injectTraceHeaders, inSpan, spanEvent } from '../observability/tracing.js';
 
 export interface UpstreamClientOptions {
   baseUrl: string;
@@ -178,7 +179,9 @@ export class UpstreamClient {
       key = hooks.resumeKeyTag ? this.keyByTag(hooks.resumeKeyTag) : undefined;
     } else {
       // The concurrency cap guards submissions; polling a task holds no slot, so long tasks do not starve the rest.
-      await this.slots.acquire(hooks.queueOwner ?? '', signal);
+      await inSpan('upstream.queue_wait', { 'gateway.team': hooks.queueOwner ?? '', 'gateway.queue.waiting': this.slots.waiting }, () =>
+        this.slots.acquire(hooks.queueOwner ?? '', signal),
+      );
       try {
         await hooks.onSent?.();
         ({ body, key } = await this.submit(req, signal, hooks.stageImage));
@@ -192,7 +195,10 @@ export class UpstreamClient {
     if (reply.kind === 'task') {
       if (!hooks.resumeTaskId) await hooks.onTaskId?.(reply.taskId, keyTag(key!));
       // A task belongs to the account that submitted it: poll with the same key.
-      const images = await this.pollTask(reply.taskId, key ?? this.pickKey(), signal, hooks, acceptedAt);
+      const pollKey = key ?? this.pickKey();
+      const images = await inSpan('upstream.task_poll', { 'gateway.upstream.task_id': reply.taskId, 'gateway.upstream.resumed': hooks.resumeTaskId !== undefined }, () =>
+        this.pollTask(reply.taskId, pollKey, signal, hooks, acceptedAt),
+      );
       return { images, upstreamMs: Math.round(performance.now() - started) };
     }
     if (reply.images.length === 0) {
@@ -217,7 +223,22 @@ export class UpstreamClient {
    * Sends with retries, but only where no image can have been paid for: upstream refused the call
    * (429 throttling, 503 no channel) or refused the key (401/403, then the next key is tried).
    */
-  private async submit(req: UpstreamRequest, signal: AbortSignal, stageImage?: Base64SinkFactory<StagedImage>): Promise<{ body: unknown; key: string }> {
+  private submit(req: UpstreamRequest, signal: AbortSignal, stageImage?: Base64SinkFactory<StagedImage>): Promise<{ body: unknown; key: string }> {
+    const url = new URL(req.path, this.options.baseUrl);
+    // One span per submission, its retries as events; named by what it is, the path as an attribute.
+    return inSpan(
+      'upstream.exchange',
+      { 'http.request.method': 'POST', 'server.address': url.hostname, 'url.path': url.pathname },
+      (span) =>
+        this.submitWithRetries(req, signal, stageImage).then((sent) => {
+          span?.setAttribute('http.response.status_code', 200);
+          return sent;
+        }),
+      { kind: SpanKind.CLIENT },
+    );
+  }
+
+  private async submitWithRetries(req: UpstreamRequest, signal: AbortSignal, stageImage?: Base64SinkFactory<StagedImage>): Promise<{ body: unknown; key: string }> {
     let refusals = 0;
     for (;;) {
       const key = this.pickKey();
@@ -228,6 +249,7 @@ export class UpstreamClient {
         const status = err.upstreamStatus;
         if (err instanceof UpstreamKeyRefused && this.keys.length > 1) {
           this.setAside(key);
+          spanEvent('retry', { 'gateway.retry.reason': 'upstream refused the key; the next key is tried', 'http.response.status_code': status ?? 0 });
           continue;
         }
         if (status === 429 || status === 503) {
@@ -235,6 +257,7 @@ export class UpstreamClient {
             refusals++;
             const backoff = this.options.retryBaseMs * 2 ** (refusals - 1);
             const wait = err.retryAfter !== undefined ? err.retryAfter * 1000 : backoff / 2 + Math.random() * backoff;
+            spanEvent('retry', { 'gateway.retry.attempt': refusals, 'gateway.retry.wait_ms': Math.round(Math.min(wait, 30_000)), 'http.response.status_code': status });
             await this.wait(Math.min(wait, 30_000), signal);
             continue;
           }
@@ -251,7 +274,7 @@ export class UpstreamClient {
   private async exchange(req: UpstreamRequest, key: string, signal: AbortSignal, stageImage?: Base64SinkFactory<StagedImage>): Promise<unknown> {
     const url = new URL(req.path, this.options.baseUrl);
     let body: string | FormData;
-    const headers = this.headers(req.auth, key);
+    const headers = injectTraceHeaders(this.headers(req.auth, key));
     if (req.body.kind === 'json') {
       body = JSON.stringify(req.body.value);
       headers['content-type'] = 'application/json';
@@ -416,7 +439,7 @@ export class UpstreamClient {
       retryAfterMs = undefined;
       let body: Record<string, unknown> | null;
       try {
-        const res = await this.call(url, { method: 'GET', headers: this.headers('bearer', key), signal });
+        const res = await this.call(url, { method: 'GET', headers: injectTraceHeaders(this.headers('bearer', key)), signal });
         // Any reply may say when to come back: a 200 Pending as well as a 429 or a 503.
         const retryAfter = parseRetryAfter(res.headers['retry-after']);
         if (retryAfter !== undefined) retryAfterMs = retryAfter * 1000;
@@ -426,11 +449,13 @@ export class UpstreamClient {
         // a garbled reply) is waited out until the deadline, never turned into a failed job.
         if (signal.aborted) throw err;
         const status = err instanceof GatewayError ? err.upstreamStatus : undefined;
+        spanEvent('poll', { 'http.response.status_code': status ?? 0, 'error.type': err instanceof GatewayError ? err.code : 'network' });
         if (status === undefined || status === 200 || status === 429 || status >= 500) continue;
         if (status === 404) body = { status: 'Task not found' };
         else throw err;
       }
       const status = typeof body?.status === 'string' ? body.status : '';
+      spanEvent('poll', { 'gateway.upstream.task_status': status });
       if (status === 'Ready') {
         const result = body?.result as Record<string, unknown> | undefined;
         const sample = result?.sample;
@@ -459,7 +484,16 @@ export class UpstreamClient {
     return followResult(url, signal, this.downloads, this.resultHosts, this.options.resolveHost);
   }
 
-  async download<T>(url: string, signal: AbortSignal, consume: (body: AsyncIterable<Uint8Array>) => Promise<T>): Promise<T> {
+  download<T>(url: string, signal: AbortSignal, consume: (body: AsyncIterable<Uint8Array>) => Promise<T>): Promise<T> {
+    return inSpan('upstream.download', {}, (span) => this.downloadOnce(url, signal, consume, span), { kind: SpanKind.CLIENT });
+  }
+
+  private async downloadOnce<T>(
+    url: string,
+    signal: AbortSignal,
+    consume: (body: AsyncIterable<Uint8Array>) => Promise<T>,
+    span: { setAttribute(key: string, value: string | number): unknown } | undefined,
+  ): Promise<T> {
     let parsed: URL;
     try {
       parsed = new URL(url);
@@ -470,10 +504,14 @@ export class UpstreamClient {
       throw new GatewayError('upstream_error', 'upstream returned an image URL that is not http(s)');
     }
     const max = this.options.maxDownloadBytes;
+    // The host only: a result URL's query may be a signature.
+    span?.setAttribute('server.address', parsed.hostname);
     let lastError: unknown;
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
+        if (attempt > 0) spanEvent('retry', { 'gateway.retry.attempt': attempt });
         const res = await this.fetchResult(parsed, signal);
+        span?.setAttribute('http.response.status_code', res.statusCode);
         if (res.statusCode !== 200) {
           await res.body.dump();
           // Result URLs are short-lived (Flux: 10 minutes); a 403/404/410 there almost always means expired.
@@ -524,7 +562,7 @@ async function followResult(
     if (refusal) throw new GatewayError('upstream_error', `upstream returned an image URL the gateway does not fetch: ${refusal}`);
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(url, { method: 'GET', signal, dispatcher });
+      res = await request(url, { method: 'GET', signal, dispatcher, headers: injectTraceHeaders({}) });
     } catch (err) {
       // Refused by the connection's own egress check (the name resolves elsewhere now): final, not retried.
       const refused = egressRefusalOf(err);

@@ -1,4 +1,6 @@
+import type { SpanContext } from '@opentelemetry/api';
 import type { Logger } from '../observability/logger.js';
+import { activeSpanContext, inSpan } from '../observability/tracing.js';
 import { sqlByRowCount, valuesPlaceholders, type Database, type SqlValue, type Statements } from '../storage/database.js';
 
 /** What one /v1 request did, as kept in `usage_records`. Never image bytes; the prompt only with LOG_PROMPTS. */
@@ -89,6 +91,8 @@ interface Entry {
   committed: Promise<void>;
   /** Resolves `committed` (also when the record is dropped: nobody waits forever). */
   settle: () => void;
+  /** The span of the request the record is of (while traces are on): its commit's span links to it. */
+  span?: SpanContext;
 }
 
 /**
@@ -159,7 +163,8 @@ export class UsageLog {
     }
     let settle!: () => void;
     const committed = new Promise<void>((resolve) => (settle = resolve));
-    const entry: Entry = { record, committed, settle };
+    const span = activeSpanContext();
+    const entry: Entry = { record, committed, settle, ...(span ? { span } : {}) };
     this.queue.push(entry);
     if (this.queue.length > this.maxQueued) {
       const dropped = this.queue.splice(0, this.queue.length - this.maxQueued);
@@ -254,12 +259,20 @@ export class UsageLog {
       const group = this.queue.splice(0, this.groupSize);
       this.inFlight = group;
       try {
-        await this.db.transaction(async (tx) => {
-          for (let i = 0; i < group.length; i += INSERT_ROWS) {
-            const rows = group.slice(i, i + INSERT_ROWS);
-            await tx.run(insertSql(rows.length), rows.flatMap((e) => rowOf(e.record)));
-          }
-        });
+        // One commit serves many requests: its span is under the first one's and links to each.
+        const spans = group.flatMap((e) => (e.span ? [e.span] : []));
+        await inSpan(
+          'usage.commit',
+          { 'gateway.usage.records': group.length, 'db.operation.name': 'INSERT', 'db.collection.name': 'usage_records' },
+          () =>
+            this.db.transaction(async (tx) => {
+              for (let i = 0; i < group.length; i += INSERT_ROWS) {
+                const rows = group.slice(i, i + INSERT_ROWS);
+                await tx.run(insertSql(rows.length), rows.flatMap((e) => rowOf(e.record)));
+              }
+            }),
+          spans.length > 0 ? { parent: spans[0], links: spans.map((context) => ({ context })) } : {},
+        );
       } catch (err) {
         this.inFlight = [];
         this.queue.unshift(...group);
