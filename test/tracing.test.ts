@@ -28,9 +28,10 @@ interface OtlpSpan {
   status?: { code?: number; message?: string };
 }
 
-/** An OTLP/HTTP receiver: every POST /v1/traces kept as it came. */
-async function startReceiver(): Promise<{ url: string; received: Received[]; close(): Promise<void> }> {
+/** An OTLP/HTTP receiver: every POST /v1/traces kept as it came; it also takes job callbacks (POST /hook), keeping their headers. */
+async function startReceiver(): Promise<{ url: string; received: Received[]; callbacks: Array<Record<string, unknown>>; close(): Promise<void> }> {
   const received: Received[] = [];
+  const callbacks: Array<Record<string, unknown>> = [];
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -38,12 +39,15 @@ async function startReceiver(): Promise<{ url: string; received: Received[]; clo
       if (req.method === 'POST' && req.url === '/v1/traces') {
         received.push({ contentType: String(req.headers['content-type'] ?? ''), body: Buffer.concat(chunks) });
         res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      } else if (req.method === 'POST' && req.url === '/hook') {
+        callbacks.push({ ...req.headers });
+        res.writeHead(200).end('ok');
       } else res.writeHead(404).end();
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
-  return { url: `http://127.0.0.1:${port}`, received, close: () => new Promise((resolve) => server.close(() => resolve())) };
+  return { url: `http://127.0.0.1:${port}`, received, callbacks, close: () => new Promise((resolve) => server.close(() => resolve())) };
 }
 
 /** Every span of the JSON exports received so far. */
@@ -244,6 +248,52 @@ describe('with an OTLP endpoint (http/json)', () => {
     expect(run!.status?.code).toBe(2); // ERROR
     expect(run!.status?.message).toBe(job.error.code);
     expect(exchange.status).toMatchObject({ code: 2, message: 'upstream_error' });
+    // Lines the job logs (not a request's: the job runner's own logger) name its trace too.
+    const failedLine = h.logs.map((l) => JSON.parse(l)).find((l) => l.job_id === job.id && l.code === 'upstream_error');
+    expect(failedLine?.trace_id).toBe(CLIENT_TRACE_ID);
+  });
+
+  it('a refused upstream call tried again is one exchange span with a retry event, each attempt carrying the trace', async () => {
+    const h = await tracedHarness('http/json', { UPSTREAM_RETRIES: '1', UPSTREAM_RETRY_BASE_MS: '1' });
+    h.simulator.failNext('http503');
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...h.auth, traceparent: TRACEPARENT },
+      payload: { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' },
+    });
+    expect(res.statusCode).toBe(200);
+    await h.app.tracing.forceFlush();
+    const spans = spansOf(receiver!.received);
+    const exchanges = spans.filter((s) => s.name === 'upstream.exchange');
+    expect(exchanges).toHaveLength(1);
+    const retries = exchanges[0]!.events!.filter((e) => e.name === 'retry');
+    expect(retries).toHaveLength(1);
+    expect(retries[0]!.attributes).toContainEqual({ key: 'http.response.status_code', value: { intValue: 503 } });
+    expect(h.simulator.received).toHaveLength(2);
+    for (const r of h.simulator.received) expect(r.headers.traceparent).toBe(`00-${CLIENT_TRACE_ID}-${exchanges[0]!.spanId}-01`);
+  });
+
+  it("a job's callback carries the job's trace", async () => {
+    receiver = await startReceiver();
+    harness = await startHarness({
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${receiver.url}/v1/traces`,
+      OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json',
+      ALLOWED_CALLBACK_HOSTS: '127.0.0.1',
+      CALLBACK_SECRET: 'a-callback-secret-of-at-least-32-characters',
+    });
+    const h = harness;
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...h.auth, traceparent: TRACEPARENT },
+      payload: { model: 'gpt-image-1', prompt: 'call me back', async: true, callback_url: `${receiver.url}/hook` },
+    });
+    expect(res.statusCode).toBe(202);
+    await jobWhenFinished(h, res.json().id);
+    for (let i = 0; i < 250 && receiver.callbacks.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(receiver.callbacks).toHaveLength(1);
+    expect(String(receiver.callbacks[0]!.traceparent)).toMatch(new RegExp(`^00-${CLIENT_TRACE_ID}-[0-9a-f]{16}-01$`));
   });
 
   it('a malformed traceparent is ignored: a trace of its own', async () => {

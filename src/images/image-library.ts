@@ -1,4 +1,3 @@
-import { inSpan } from '../observability/tracing.js';
 import { createHash, hash } from 'node:crypto';
 import { readFile } from 'node:fs';
 import { readdir, rm, stat, truncate } from 'node:fs/promises';
@@ -14,6 +13,7 @@ import type { ImageRecord, ImageRecords } from './image-records.js';
 import { imageNameOf, type ByteRange, type ImageStore } from './image-store.js';
 import { DEFAULT_WARM_STAGING, WarmStagingFiles, type WarmStagingOptions } from './warm-staging-files.js';
 import { StorageWriteFailed, type StoragePressure } from './storage-pressure.js';
+import { inSpan } from '../observability/tracing.js';
 
 export interface ImageOwner {
   keyId: string;
