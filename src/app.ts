@@ -156,6 +156,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.decorate('config', config);
   app.decorate('resolveHost', options.resolveHost ?? systemResolver);
   app.decorate('tracing', tracing);
+  tracing.logTo(app.log);
   if (traces) app.log.info({ endpoint: traces.url.replace(/^(\w+:\/\/)[^@/]*@/, '$1'), protocol: traces.protocol, service: traces.serviceName }, 'OpenTelemetry traces on');
   // Fastify runs onClose hooks last-registered first: this one runs after every other.
   // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.

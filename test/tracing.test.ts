@@ -29,7 +29,7 @@ interface OtlpSpan {
 }
 
 /** An OTLP/HTTP receiver: every POST /v1/traces kept as it came; it also takes job callbacks (POST /hook), keeping their headers. */
-async function startReceiver(): Promise<{ url: string; received: Received[]; callbacks: Array<Record<string, unknown>>; close(): Promise<void> }> {
+async function startReceiver(answer = 200): Promise<{ url: string; received: Received[]; callbacks: Array<Record<string, unknown>>; close(): Promise<void> }> {
   const received: Received[] = [];
   const callbacks: Array<Record<string, unknown>> = [];
   const server: Server = createServer((req, res) => {
@@ -38,7 +38,7 @@ async function startReceiver(): Promise<{ url: string; received: Received[]; cal
     req.on('end', () => {
       if (req.method === 'POST' && req.url === '/v1/traces') {
         received.push({ contentType: String(req.headers['content-type'] ?? ''), body: Buffer.concat(chunks) });
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+        res.writeHead(answer, { 'content-type': 'application/json' }).end('{}');
       } else if (req.method === 'POST' && req.url === '/hook') {
         callbacks.push({ ...req.headers });
         res.writeHead(200).end('ok');
@@ -321,6 +321,22 @@ describe('with an OTLP endpoint (http/json)', () => {
     const server = spansOf(receiver!.received).find((s) => s.name === 'POST /v1/generate')!;
     expect(server.status).toMatchObject({ code: 2, message: 'invalid_request' });
     expect(attr(server, 'http.response.status_code')).toBe(400);
+  });
+});
+
+describe('a collector that refuses the spans', () => {
+  it("the exporter's failure is a log line, and the request is served as usual", async () => {
+    receiver = await startReceiver(400);
+    harness = await startHarness({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '10' });
+    const h = harness;
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' } });
+    expect(res.statusCode).toBe(200);
+    const failures = () => h.logs.map((l) => JSON.parse(l)).filter((l) => String(l.msg).startsWith('OpenTelemetry: '));
+    for (let i = 0; i < 250 && failures().length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    const lines = failures();
+    expect(receiver.received.length).toBeGreaterThan(0);
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines[0].level).toBeGreaterThanOrEqual(40);
   });
 });
 

@@ -5,7 +5,7 @@
  * and OTEL_SDK_DISABLED is not true. Only @opentelemetry/api is imported statically: its calls are
  * not reached while tracing is off.
  */
-import { ROOT_CONTEXT, context, propagation, trace, SpanKind, SpanStatusCode, type Attributes, type Context, type Link, type Span, type SpanContext } from '@opentelemetry/api';
+import { DiagLogLevel, ROOT_CONTEXT, context, diag, propagation, trace, SpanKind, SpanStatusCode, type Attributes, type Context, type Link, type Span, type SpanContext } from '@opentelemetry/api';
 import type { Config } from '../config.js';
 import { GatewayError } from '../errors.js';
 
@@ -61,13 +61,31 @@ export function sdkLoadCount(): number {
 
 export interface Tracing {
   enabled: boolean;
+  /** Where the SDK's own warnings and errors go (an export that failed, a collector that refused): the gateway's log. */
+  logTo(log: { warn(obj: object, msg: string): void; error(obj: object, msg: string): void }): void;
   /** Exports what is buffered; resolves when done (or failed: export failures are the SDK's to log). */
   forceFlush(): Promise<void>;
   /** Exports what is left and turns tracing off. */
   shutdown(): Promise<void>;
 }
 
-const OFF: Tracing = { enabled: false, forceFlush: async () => {}, shutdown: async () => {} };
+const OFF: Tracing = { enabled: false, logTo: () => {}, forceFlush: async () => {}, shutdown: async () => {} };
+
+/** The SDK's diagnostics as log lines; its arguments (errors, codes) summed up in `details`. */
+function diagnosticsTo(log: { warn(obj: object, msg: string): void; error(obj: object, msg: string): void }): void {
+  const details = (args: unknown[]) => ({ details: args.map((a) => (a instanceof Error ? a.message : typeof a === 'string' ? a : JSON.stringify(a))).join(' ').slice(0, 500) });
+  const quiet = () => {};
+  diag.setLogger(
+    {
+      error: (msg, ...args) => log.error(details(args), `OpenTelemetry: ${msg}`),
+      warn: (msg, ...args) => log.warn(details(args), `OpenTelemetry: ${msg}`),
+      info: quiet,
+      debug: quiet,
+      verbose: quiet,
+    },
+    { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true },
+  );
+}
 
 /**
  * Loads the SDK and registers it with the API (tracer provider, AsyncLocalStorage context manager,
@@ -77,7 +95,7 @@ export async function startTracing(settings: TracingSettings | undefined, log: {
   if (!settings) return OFF;
   if (running) {
     log.warn({}, 'tracing is already running in this process (another gateway instance started it); this one shares it');
-    return { enabled: true, forceFlush: running.forceFlush, shutdown: async () => {} };
+    return { enabled: true, logTo: () => {}, forceFlush: running.forceFlush, shutdown: async () => {} };
   }
   sdkLoads++;
   const [sdk, { AsyncLocalStorageContextManager }, { W3CTraceContextPropagator, parseKeyPairsIntoRecord }, { defaultResource, resourceFromAttributes }, semconv, exporterModule] =
@@ -118,12 +136,13 @@ export async function startTracing(settings: TracingSettings | undefined, log: {
       trace.disable();
       propagation.disable();
       context.disable();
+      diag.disable();
     }
   };
   const forceFlush = () => provider.forceFlush();
   running = { owner, shutdown, forceFlush };
   active = true;
-  return { enabled: true, forceFlush, shutdown };
+  return { enabled: true, logTo: diagnosticsTo, forceFlush, shutdown };
 }
 
 const TRACER = 'image-gateway';
