@@ -296,6 +296,28 @@ describe('with an OTLP endpoint (http/json)', () => {
     expect(String(receiver.callbacks[0]!.traceparent)).toMatch(new RegExp(`^00-${CLIENT_TRACE_ID}-[0-9a-f]{16}-01$`));
   });
 
+  it('a listed browser origin may send traceparent (CORS), and its trace is continued', async () => {
+    const origin = 'https://app.example.com';
+    const h = await tracedHarness('http/json', { CORS_ORIGINS: origin });
+    const preflight = await h.app.inject({
+      method: 'OPTIONS',
+      url: '/v1/generate',
+      headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, content-type, traceparent, tracestate' },
+    });
+    expect(preflight.statusCode).toBe(204);
+    const allowed = String(preflight.headers['access-control-allow-headers']).toLowerCase().split(/\s*,\s*/);
+    expect(allowed).toEqual(expect.arrayContaining(['traceparent', 'tracestate']));
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...h.auth, origin, traceparent: TRACEPARENT },
+      payload: { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' },
+    });
+    expect(res.statusCode).toBe(200);
+    await h.app.tracing.forceFlush();
+    expect(spansOf(receiver!.received).find((s) => s.name === 'POST /v1/generate')?.traceId).toBe(CLIENT_TRACE_ID);
+  });
+
   it('a malformed traceparent is ignored: a trace of its own', async () => {
     const h = await tracedHarness('http/json');
     const res = await h.app.inject({

@@ -2,8 +2,11 @@ import cors from '@fastify/cors';
 import type { FastifyInstance } from 'fastify';
 import { GatewayError } from '../errors.js';
 
-/** What a browser page may send: the credentials (a key or a browser token), the body's type and the request's own headers. */
-export const CORS_ALLOWED_HEADERS = ['Authorization', 'Content-Type', 'Idempotency-Key', 'X-Request-Id', 'X-Api-Key'] as const;
+/**
+ * What a browser page may send: the credentials (a key or a browser token), the body's type, the
+ * request's own headers, and W3C trace context (a page traced with OpenTelemetry continues its trace here).
+ */
+export const CORS_ALLOWED_HEADERS = ['Authorization', 'Content-Type', 'Idempotency-Key', 'X-Request-Id', 'X-Api-Key', 'traceparent', 'tracestate'] as const;
 
 /** The answer's headers a page may read: its id, when to retry, the key's limits, and whether an idempotent answer is a replay. */
 export const CORS_EXPOSED_HEADERS = [
