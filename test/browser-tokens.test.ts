@@ -268,6 +268,48 @@ describe('browser tokens on one gateway', () => {
   });
 });
 
+describe.skipIf(postgresProblem !== undefined)('browser tokens across a restart without Redis (skipped when PostgreSQL is unreachable and REQUIRE_SERVICES is unset)', () => {
+  let database: Awaited<ReturnType<typeof freshPostgres>>;
+  beforeAll(async () => {
+    database = await freshPostgres();
+  });
+  afterAll(async () => database?.drop());
+
+  it('a token’s max_requests and max_images counts start from its usage records after a restart, not from zero', async () => {
+    const env = { DATABASE_URL: database.url };
+    const generate = (h: Harness, auth: Record<string, string>, body: Record<string, unknown>) =>
+      h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'gpt-image-1', prompt: 'x', ...body } });
+    const first = await startHarness(env);
+    let requests: Awaited<ReturnType<typeof mintToken>>;
+    let images: Awaited<ReturnType<typeof mintToken>>;
+    try {
+      const key = await mintKey(first);
+      requests = await mintToken(first, key.auth, { max_requests: 2 });
+      images = await mintToken(first, key.auth, { max_images: 3 });
+      minted.push(requests.token, images.token);
+      expect((await generate(first, requests.auth, {})).statusCode).toBe(200);
+      // Refused before its reservation: not a request against max_requests.
+      expect((await generate(first, requests.auth, { seed: 1 })).statusCode).toBe(400);
+      expect((await generate(first, images.auth, { n: 2 })).statusCode).toBe(200);
+    } finally {
+      await first.close();
+    }
+    const second = await startHarness(env);
+    try {
+      expect((await generate(second, requests.auth, {})).statusCode).toBe(200);
+      const third = await generate(second, requests.auth, {});
+      expect(third.statusCode).toBe(429);
+      expect(third.json().error.message).toMatch(/max_requests limit reached/);
+      const over = await generate(second, images.auth, { n: 2 });
+      expect(over.statusCode).toBe(429);
+      expect(over.json().error.message).toMatch(/max_images limit reached: .* has made 2, and asked for 2/);
+      expect((await generate(second, images.auth, { n: 1 })).statusCode).toBe(200);
+    } finally {
+      await second.close();
+    }
+  });
+});
+
 describe.skipIf(redisProblem !== undefined || postgresProblem !== undefined)(
   'browser tokens on two replicas sharing Redis and PostgreSQL (skipped when either is unreachable and REQUIRE_SERVICES is unset)',
   () => {

@@ -52,6 +52,9 @@ function windows(nowMs = Date.now()) {
 /** What a key has used in a UTC day (images) or calendar month (USD), by the usage records. */
 export type UsageSoFar = (keyId: string, window: { day: string } | { month: string }) => Promise<number>;
 
+/** What a browser token has used in its life, by the usage records. */
+export type TokenUsageSoFar = (tokenId: string) => Promise<{ requests: number; images: number }>;
+
 export class KeyLimits {
   /** Windows this process has started from the usage records; each once. */
   private readonly seeded = new Set<string>();
@@ -61,7 +64,17 @@ export class KeyLimits {
     // Counters in memory (no Redis) or in a Redis that lost them start from the usage records, not
     // from zero, so a restart does not hand every key a fresh day or month.
     private readonly usageSoFar?: UsageSoFar,
+    // Likewise a browser token's max_requests and max_images.
+    private readonly tokenUsageSoFar?: TokenUsageSoFar,
   ) {}
+
+  private async seedTokenOnce(token: TokenGrant, windowMs: number): Promise<void> {
+    if (!this.tokenUsageSoFar || this.seeded.has(`token:${token.id}`)) return;
+    this.seeded.add(`token:${token.id}`);
+    const used = await this.tokenUsageSoFar(token.id);
+    if (token.maxRequests !== null) await this.counters.seed(`token-requests:${token.id}`, used.requests, windowMs);
+    if (token.maxImages !== null) await this.counters.seed(`token-images:${token.id}`, used.images, windowMs);
+  }
 
   private async seedOnce(key: string, keyId: string, window: { day: string } | { month: string }, scale: number, windowMs: number): Promise<void> {
     if (!this.usageSoFar || this.seeded.has(key)) return;
@@ -110,6 +123,8 @@ export class KeyLimits {
   /** Counts a request and its images against a browser token's max_requests and max_images (shared between replicas like the other limits). */
   private async reserveToken(token: TokenGrant, images: number, reservation: Reservation): Promise<void> {
     const windowMs = KeyLimits.tokenWindowMs(token);
+    if (token.maxRequests === null && token.maxImages === null) return;
+    await this.seedTokenOnce(token, windowMs);
     if (token.maxRequests !== null) {
       const { total } = await this.counters.add(`token-requests:${token.id}`, 1, windowMs);
       if (total > token.maxRequests) {
