@@ -6,11 +6,13 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
 import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };
 const bearer = (secret: string) => ({ authorization: `Bearer ${secret}` });
+/** A configured client key that happens to start like a browser token. */
+const KEY_LIKE_A_TOKEN = 'gkt_configured-client-key-0123456789';
 
 async function mintKey(h: Harness, policy: Record<string, unknown> = {}): Promise<{ id: string; team: string; auth: Record<string, string> }> {
   const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: `t${randomBytes(3).toString('hex')}`, rpm: 1000, ...policy } });
@@ -34,7 +36,7 @@ describe('browser tokens on one gateway', () => {
   let h: Harness;
   let clock = Date.parse('2026-06-01T12:00:00Z');
   beforeAll(async () => {
-    h = await startHarness({}, {}, { now: () => clock });
+    h = await startHarness({ GATEWAY_API_KEYS: `design:${CLIENT_KEY},web:${KEY_LIKE_A_TOKEN}` }, {}, { now: () => clock });
   });
   afterAll(async () => h.close());
   beforeEach(() => h.simulator.reset());
@@ -101,6 +103,11 @@ describe('browser tokens on one gateway', () => {
       const res = await generate(bearer(`gkt_${randomBytes(32).toString('base64url')}`), { model: 'gpt-image-1', prompt: 'x' });
       expect(res.statusCode).toBe(401);
       expect(res.json().error.message).toMatch(/browser token is not valid/);
+    });
+
+    it('a configured client key that starts with gkt_ still works as a key', async () => {
+      const res = await h.app.inject({ method: 'GET', url: '/v1/usage', headers: bearer(KEY_LIKE_A_TOKEN) });
+      expect(res.statusCode).toBe(200);
     });
   });
 
