@@ -275,6 +275,36 @@ describe('browser tokens on one gateway', () => {
   });
 });
 
+describe('a page on a listed origin (CORS_ORIGINS)', () => {
+  const APP = 'https://app.example.com';
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ CORS_ORIGINS: APP });
+  });
+  afterAll(async () => h.close());
+
+  it('generates with a token its backend minted: the preflight allows the token header, the answer and the token’s image counts are readable', async () => {
+    const key = await mintKey(h);
+    const t = await mintToken(h, key.auth, { models: ['gpt-image-1'], max_images: 2 });
+    minted.push(t.token);
+    const preflight = await h.app.inject({
+      method: 'OPTIONS',
+      url: '/v1/generate',
+      headers: { origin: APP, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization,content-type' },
+    });
+    expect(preflight.statusCode).toBe(204);
+    expect(String(preflight.headers['access-control-allow-headers']).toLowerCase()).toContain('authorization');
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...t.auth, origin: APP }, payload: { model: 'gpt-image-1', prompt: 'from a page' } });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['access-control-allow-origin']).toBe(APP);
+    expect(String(res.headers['access-control-expose-headers']).toLowerCase()).toContain('x-ratelimit-token-images-remaining');
+    expect(res.headers['x-ratelimit-token-images-remaining']).toBe('1');
+    // The same token is useless for anything else.
+    const usage = await h.app.inject({ method: 'GET', url: '/v1/usage', headers: { ...t.auth, origin: APP } });
+    expect(usage.statusCode).toBe(403);
+  });
+});
+
 describe.skipIf(postgresProblem !== undefined)('browser tokens across a restart without Redis (skipped when PostgreSQL is unreachable and REQUIRE_SERVICES is unset)', () => {
   let database: Awaited<ReturnType<typeof freshPostgres>>;
   beforeAll(async () => {
