@@ -9,6 +9,7 @@ import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
 import { clientKeysPlugin } from './auth/client-keys-plugin.js';
 import { limitsPlugin } from './limits/limits-plugin.js';
 import { keyRoutes } from './routes/key-routes.js';
+import { tokenRoutes } from './routes/token-routes.js';
 import { upstreamPlugin } from './upstream/upstream-plugin.js';
 import { imagesPlugin } from './images/images-plugin.js';
 import { imageFilesPlugin } from './routes/image-file-routes.js';
@@ -67,6 +68,8 @@ export interface AppOptions {
   keyPollIntervalMs?: number;
   /** The pause before a job's callback is tried again (1 s, 5 s, 25 s by default); a test records it instead. */
   callbackWait?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /** The clock browser tokens are minted and expire by (Date.now by default); a test moves it past a token's expiry. */
+  now?: () => number;
   /** How often a job's follower reads the job store for news it was not told (1 s, 5 s with notices); a test sets it long so only notices count. */
   jobFollowPollMs?: number;
 }
@@ -246,7 +249,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   await app.register(upstreamPlugin);
   await app.register(jobCallbacksPlugin);
   await app.register(jobEventsPlugin);
-  await app.register(clientKeysPlugin, { pollIntervalMs: options.keyPollIntervalMs });
+  await app.register(clientKeysPlugin, { pollIntervalMs: options.keyPollIntervalMs, now: options.now });
   // Before any route: the rate limit applies to the routes added after it.
   await app.register(limitsPlugin);
   await app.register(usagePlugin);
@@ -274,5 +277,6 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   await app.register(openAiRoutes);
   await app.register(jobRoutes);
   await app.register(keyRoutes);
+  await app.register(tokenRoutes);
   await app.register(docsRoutes);
 }

@@ -105,6 +105,18 @@ describe('openapi.yaml and the running app', () => {
     expect(validate('KeyList', list.json())).toEqual([]);
   });
 
+  it('minting a browser token answers TokenCreated, and the usage records of its requests match UsageRecordPage', async () => {
+    const created = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: h.auth, payload: { models: ['gpt-image-1'], max_images: 2 } });
+    expect(created.statusCode).toBe(201);
+    expect(validate('TokenCreated', created.json())).toEqual([]);
+    const bare = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: h.auth });
+    expect(validate('TokenCreated', bare.json())).toEqual([]);
+    await h.app.inject({ method: 'GET', url: '/v1/models', headers: { authorization: `Bearer ${created.json().token}` } });
+    const records = await h.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: h.auth });
+    expect(records.json().data.some((r: { token_id: string | null }) => r.token_id === created.json().id)).toBe(true);
+    expect(validate('UsageRecordPage', records.json())).toEqual([]);
+  });
+
   it('the schema check itself refuses a body that breaks the spec', () => {
     expect(validate('GenerationResult', { id: 'gen_x', object: 'image.result' })).not.toEqual([]);
   });

@@ -16,6 +16,8 @@ import {
 const WRONG_KEY = 'gk-test-wrong-key-5555555555';
 /** Each secret in full, and its distinctive tail in case a prefix such as "sk-" is cut or masked. */
 const SECRETS = [UPSTREAM_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, ADMIN_KEY, WRONG_KEY].flatMap((k) => [k, k.slice(3)]);
+/** A browser token (POST /v1/tokens), minted in beforeAll; added to SECRETS then. */
+let browserToken = '';
 const PNG_BASE64_PREFIX = 'iVBORw0KGgo';
 
 interface Exchange {
@@ -40,11 +42,13 @@ const as = {
   admin: { authorization: `Bearer ${ADMIN_KEY}` },
   wrong: { authorization: `Bearer ${WRONG_KEY}` },
   nobody: {},
+  browser: {} as Record<string, string>,
 };
 const CLIENT_OF = {
   design: { keyId: 'design', team: 'design' },
   ads: { keyId: 'ads', team: 'ads' },
   admin: { keyId: 'admin', team: 'admin' },
+  browser: { keyId: 'design', team: 'design' },
 } as const;
 
 async function record(
@@ -90,6 +94,16 @@ beforeAll(async () => {
   });
   await record(h, 'ideogram-v3 edit with mask', 'ads', 200, await edit({ model: 'ideogram-v3', prompt: 'make it blue' }, true), { model: 'ideogram-v3' });
   await record(h, 'catalogue with the admin key', 'admin', 200, { method: 'GET', url: '/v1/models' });
+
+  // A browser token: minted outside the record (its one answer carries it), then used and refused.
+  browserToken = (await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: as.design, payload: { models: ['gpt-image-1'] } })).json().token;
+  expect(browserToken).toMatch(/^gkt_/);
+  SECRETS.push(browserToken, browserToken.slice(4));
+  as.browser = { authorization: `Bearer ${browserToken}` };
+  await record(h, 'a browser token generates', 'browser', 200, generate({ model: 'gpt-image-1', prompt: 'a deer' }), { model: 'gpt-image-1' });
+  await record(h, 'a browser token as x-api-key', 'nobody', 200, { method: 'GET', url: '/v1/models', headers: { 'x-api-key': browserToken } });
+  await record(h, 'a browser token on a model outside its list', 'browser', 403, generate({ model: 'ideogram-v3', prompt: 'a deer' }), { model: 'ideogram-v3' });
+  await record(h, 'a browser token on usage', 'browser', 403, { method: 'GET', url: '/v1/usage' });
 
   // Every upstream fault.
   const faults: Array<[SimulatedFault, string, number]> = [
@@ -178,7 +192,7 @@ describe('keys never leave where they belong', () => {
       expect(key, call.path).toBe(call.path.startsWith('/ideogram/') ? UPSTREAM_KEY : `Bearer ${UPSTREAM_KEY}`);
       expect(call.headers['x-api-key'], call.path).toBeUndefined();
       const everything = JSON.stringify(call.headers);
-      for (const secret of [CLIENT_KEY, OTHER_CLIENT_KEY, ADMIN_KEY, WRONG_KEY]) expect(everything, call.path).not.toContain(secret);
+      for (const secret of [CLIENT_KEY, OTHER_CLIENT_KEY, ADMIN_KEY, WRONG_KEY, browserToken]) expect(everything, call.path).not.toContain(secret);
     }
   });
 

@@ -54,7 +54,8 @@ class WatchedDatabase extends SqliteDatabase {
       fn({
         dialect: tx.dialect,
         run: async (sql, params = []) => {
-          if (sql.startsWith('INSERT INTO usage_records')) inserts.push(params.length / 21);
+          // Rows per INSERT: parameters over the columns the statement names.
+          if (sql.startsWith('INSERT INTO usage_records')) inserts.push(params.length / /\(([^)]*)\) VALUES/.exec(sql)![1]!.split(',').length);
           return tx.run(sql, params);
         },
         all: (sql, params) => tx.all(sql, params),

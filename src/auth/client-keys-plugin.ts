@@ -5,10 +5,13 @@ import { GatewayError } from '../errors.js';
 import { AuthFailures } from './auth-failures.js';
 import { authenticate, presentedKey, type Client } from './client-keys.js';
 import { KeyStore } from './key-store.js';
+import { SpentToken, TOKEN_PREFIX, TokenStore, checkTokenRoute } from './browser-tokens.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     keyStore: KeyStore;
+    /** Browser tokens (POST /v1/tokens): minted by client keys, acting as them within narrower bounds. */
+    tokens: TokenStore;
   }
   interface FastifyRequest {
     client?: Client;
@@ -18,6 +21,8 @@ declare module 'fastify' {
 export interface ClientKeysOptions {
   /** How often each replica checks the database for minted or revoked keys; 1 s unless set (tests). */
   pollIntervalMs?: number;
+  /** The clock browser tokens expire by (Date.now unless set: tests). */
+  now?: () => number;
 }
 
 async function clientKeys(app: FastifyInstance, options: ClientKeysOptions): Promise<void> {
@@ -28,6 +33,9 @@ async function clientKeys(app: FastifyInstance, options: ClientKeysOptions): Pro
     );
   }
   app.decorate('keyStore', keyStore);
+  const tokens = new TokenStore(app.db, keyStore.keys, () => app.catalogue, options.now);
+  await tokens.migrate();
+  app.decorate('tokens', tokens);
   app.addHook('onReady', async () => keyStore.start());
   app.addHook('onClose', async () => keyStore.close());
   // Failed authentications are limited per client address: past the limit the key is not even looked at.
@@ -36,12 +44,14 @@ async function clientKeys(app: FastifyInstance, options: ClientKeysOptions): Pro
     if (!isApiCall(request)) return;
     await failures.check(request.ip);
     try {
-      request.client = authenticate(keyStore.keys, request);
+      const presented = presentedKey(request);
+      request.client = presented?.startsWith(TOKEN_PREFIX) ? await tokens.authenticate(presented) : authenticate(keyStore.keys, request);
     } catch (err) {
-      // A wrong key is a guess; a missing one is not (a browser, a misconfigured client), and is only refused.
-      if (err instanceof GatewayError && presentedKey(request) !== undefined) throw (await failures.failed(request.ip)) ?? err;
+      // A wrong key is a guess; a missing one is not (a browser, a misconfigured client), nor is a token that was real (expired), and is only refused.
+      if (err instanceof GatewayError && !(err instanceof SpentToken) && presentedKey(request) !== undefined) throw (await failures.failed(request.ip)) ?? err;
       throw err;
     }
+    if (request.client.token) checkTokenRoute(request);
   });
 }
 

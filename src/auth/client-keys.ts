@@ -6,6 +6,20 @@ import type { KeyPolicy, KeySource } from './key-policy.js';
 /** The caller, as the gateway knows it after authentication: a policy, never the key. */
 export interface Client extends KeyPolicy {
   source: KeySource;
+  /**
+   * Set when the caller presented a browser token (POST /v1/tokens) rather than a key: the policy
+   * is then its parent key's (id, team, limits), narrowed to the token's models.
+   */
+  token?: TokenGrant;
+}
+
+/** What a browser token adds to its parent key's policy; never the token itself. */
+export interface TokenGrant {
+  id: string;
+  /** Unix ms. */
+  expiresAt: number;
+  maxImages: number | null;
+  maxRequests: number | null;
 }
 
 export const sha256Hex = (value: string) => hash('sha256', value, 'hex');

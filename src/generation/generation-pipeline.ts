@@ -84,9 +84,9 @@ export interface GenerationPipelineDeps {
   callbackRefusal?: (url: URL) => Promise<string | undefined>;
 }
 
-/** Idempotency-Keys are the client key's own: the same string from two keys names two requests. */
+/** Idempotency-Keys are the client key's (or browser token's) own: the same string from two keys names two requests. */
 export function idempotencyScope(client: Client, idempotencyKey: string): string {
-  return `${client.id}:${idempotencyKey}`;
+  return client.token ? `${client.id}/${client.token.id}:${idempotencyKey}` : `${client.id}:${idempotencyKey}`;
 }
 
 /** What a failure is in the gateway's terms; anything unforeseen is an internal error. */

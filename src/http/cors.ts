@@ -19,6 +19,9 @@ export const CORS_EXPOSED_HEADERS = [
   'x-ratelimit-images-remaining',
   'x-ratelimit-budget-limit-usd',
   'x-ratelimit-budget-remaining-usd',
+  // A browser token's own max_images (POST /v1/tokens).
+  'x-ratelimit-token-images-limit',
+  'x-ratelimit-token-images-remaining',
   'idempotent-replayed',
 ] as const;
 

@@ -35,4 +35,6 @@ export const JOB_MIGRATIONS: Migration[] = [
     )`,
     'CREATE INDEX idempotency_expiry ON idempotency_keys (expires_at)',
   ]),
+  // The browser token that started the job (POST /v1/tokens): such a token sees only its own jobs.
+  migration('jobs-002-token', () => ['ALTER TABLE jobs ADD COLUMN token_id TEXT']),
 ];

@@ -40,6 +40,8 @@ export interface JobRow {
   created_at: number | string;
   updated_at: number | string;
   expires_at: number | string;
+  /** The browser token that started it, if one did. */
+  token_id: string | null;
 }
 
 /** What a finished job failed with: the HTTP status it would have had, and the error object. */
@@ -221,8 +223,8 @@ export class JobRunner {
     const request = prepared.request;
     await inSpan('db.job_row', { 'db.operation.name': 'INSERT', 'db.collection.name': 'jobs', 'gateway.job_id': id }, () => this.o.db.run(
       `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
-         lease_owner, lease_until, created_at, updated_at, expires_at, is_async)
-       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)`,
+         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id)
+       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)`,
       [
         id,
         owner.client.id,
@@ -237,6 +239,7 @@ export class JobRunner {
         now,
         now + this.o.retentionDays * 86_400_000,
         request.async ? 1 : 0,
+        owner.client.token?.id ?? null,
       ],
     ));
     if (idempotency) {

@@ -1,5 +1,5 @@
 import { GatewayError } from '../errors.js';
-import type { Client } from '../auth/client-keys.js';
+import type { Client, TokenGrant } from '../auth/client-keys.js';
 import { modelAllowed } from '../auth/key-policy.js';
 import type { Counters } from './counters.js';
 
@@ -12,6 +12,8 @@ export interface Reservation {
   monthKey: string;
   /** What the answer tells the client of these limits (x-ratelimit-images-*, x-ratelimit-budget-*). */
   headers: Record<string, string>;
+  /** Images taken from a browser token's max_images, given back like the daily images. */
+  tokenImages?: number;
 }
 
 const MICRO = 1_000_000;
@@ -50,6 +52,9 @@ function windows(nowMs = Date.now()) {
 /** What a key has used in a UTC day (images) or calendar month (USD), by the usage records. */
 export type UsageSoFar = (keyId: string, window: { day: string } | { month: string }) => Promise<number>;
 
+/** What a browser token has used in its life, by the usage records. */
+export type TokenUsageSoFar = (tokenId: string) => Promise<{ requests: number; images: number }>;
+
 export class KeyLimits {
   /** Windows this process has started from the usage records; each once. */
   private readonly seeded = new Set<string>();
@@ -59,7 +64,17 @@ export class KeyLimits {
     // Counters in memory (no Redis) or in a Redis that lost them start from the usage records, not
     // from zero, so a restart does not hand every key a fresh day or month.
     private readonly usageSoFar?: UsageSoFar,
+    // Likewise a browser token's max_requests and max_images.
+    private readonly tokenUsageSoFar?: TokenUsageSoFar,
   ) {}
+
+  private async seedTokenOnce(token: TokenGrant, windowMs: number): Promise<void> {
+    if (!this.tokenUsageSoFar || this.seeded.has(`token:${token.id}`)) return;
+    this.seeded.add(`token:${token.id}`);
+    const used = await this.tokenUsageSoFar(token.id);
+    if (token.maxRequests !== null) await this.counters.seed(`token-requests:${token.id}`, used.requests, windowMs);
+    if (token.maxImages !== null) await this.counters.seed(`token-images:${token.id}`, used.images, windowMs);
+  }
 
   private async seedOnce(key: string, keyId: string, window: { day: string } | { month: string }, scale: number, windowMs: number): Promise<void> {
     if (!this.usageSoFar || this.seeded.has(key)) return;
@@ -70,6 +85,11 @@ export class KeyLimits {
 
   checkModel(client: Client, modelId: string): void {
     if (!modelAllowed(client, modelId)) {
+      if (client.token) {
+        throw new GatewayError('forbidden', `browser token ${client.token.id} may not use model ${modelId}`, {
+          details: [{ field: 'model', message: 'is not among the token’s models', allowed: client.models }],
+        });
+      }
       throw new GatewayError('forbidden', `key ${client.id} may not use model ${modelId}`, {
         details: [{ field: 'model', message: 'is not in this key’s allow-list', allowed: client.models }],
       });
@@ -85,7 +105,70 @@ export class KeyLimits {
     }
   }
 
+  /** A browser token's counters last until it expires (and a minute more, for clocks that differ). */
+  private static tokenWindowMs(token: TokenGrant): number {
+    return Math.max(1000, token.expiresAt - Date.now()) + 60_000;
+  }
+
+  private static tokenRefusal(token: TokenGrant, limit: 'max_requests' | 'max_images', message: string, allowed?: number): GatewayError {
+    // Nothing resets a token's counts: the useful wait is until it expires, when a new token is needed anyway.
+    const seconds = Math.max(1, Math.ceil((token.expiresAt - Date.now()) / 1000));
+    return new GatewayError('rate_limited', `${limit} limit reached: browser token ${token.id} ${message}; ask the backend for a new token`, {
+      retryAfter: seconds,
+      limit: `token_${limit}`,
+      ...(allowed === undefined ? {} : { details: [{ field: 'n', message: `over the token's ${limit}`, allowed }] }),
+    });
+  }
+
+  /** Counts a request and its images against a browser token's max_requests and max_images (shared between replicas like the other limits). */
+  private async reserveToken(token: TokenGrant, images: number, reservation: Reservation): Promise<void> {
+    const windowMs = KeyLimits.tokenWindowMs(token);
+    if (token.maxRequests === null && token.maxImages === null) return;
+    await this.seedTokenOnce(token, windowMs);
+    if (token.maxRequests !== null) {
+      const { total } = await this.counters.add(`token-requests:${token.id}`, 1, windowMs);
+      if (total > token.maxRequests) {
+        await this.counters.add(`token-requests:${token.id}`, -1, windowMs);
+        throw KeyLimits.tokenRefusal(token, 'max_requests', `may make ${token.maxRequests} requests and has made them`);
+      }
+    }
+    if (token.maxImages !== null) {
+      const { total } = await this.counters.add(`token-images:${token.id}`, images, windowMs);
+      if (total > token.maxImages) {
+        await this.counters.add(`token-images:${token.id}`, -images, windowMs);
+        if (token.maxRequests !== null) await this.counters.add(`token-requests:${token.id}`, -1, windowMs);
+        const used = total - images;
+        throw KeyLimits.tokenRefusal(token, 'max_images', `may make ${token.maxImages} images, has made ${used}, and asked for ${images}`, Math.max(0, token.maxImages - used));
+      }
+      reservation.tokenImages = images;
+      reservation.headers['x-ratelimit-token-images-limit'] = String(token.maxImages);
+      reservation.headers['x-ratelimit-token-images-remaining'] = String(Math.max(0, token.maxImages - total));
+    }
+  }
+
+  /** Gives back what reserveToken took, for a request refused by a later limit. */
+  private async releaseToken(token: TokenGrant, reservation: Reservation): Promise<void> {
+    const windowMs = KeyLimits.tokenWindowMs(token);
+    if (token.maxRequests !== null) await this.counters.add(`token-requests:${token.id}`, -1, windowMs);
+    if (reservation.tokenImages) await this.counters.add(`token-images:${token.id}`, -reservation.tokenImages, windowMs);
+    reservation.tokenImages = 0;
+  }
+
   async reserve(client: Client, images: number, estimatedCostUsd: number | null): Promise<Reservation> {
+    if (!client.token) return this.reserveForKey(client, images, estimatedCostUsd, undefined);
+    const pending: Reservation = { ...this.nothingReserved(client) };
+    await this.reserveToken(client.token, images, pending);
+    try {
+      const reservation = await this.reserveForKey(client, images, estimatedCostUsd, pending);
+      if (pending.tokenImages !== undefined) reservation.tokenImages = pending.tokenImages;
+      return reservation;
+    } catch (err) {
+      await this.releaseToken(client.token, pending);
+      throw err;
+    }
+  }
+
+  private async reserveForKey(client: Client, images: number, estimatedCostUsd: number | null, token: Reservation | undefined): Promise<Reservation> {
     const w = windows();
     const reservation: Reservation = {
       client,
@@ -93,7 +176,7 @@ export class KeyLimits {
       microUsd: 0,
       dayKey: `images:${client.id}:${w.day}`,
       monthKey: `usd:${client.id}:${w.month}`,
-      headers: {},
+      headers: { ...token?.headers },
     };
     if (client.images_per_day !== undefined) {
       await this.seedOnce(reservation.dayKey, client.id, { day: w.day }, 1, w.msToNextDay + 60_000);
@@ -143,6 +226,12 @@ export class KeyLimits {
   /** Gives back what was reserved but not used (a failure, fewer images) or adds what it cost beyond the estimate. */
   async settle(reservation: Reservation, images: number, costUsd: number | null): Promise<void> {
     const w = windows();
+    const token = reservation.client.token;
+    if (token && reservation.tokenImages !== undefined && token.maxImages !== null) {
+      const delta = images - reservation.tokenImages;
+      if (delta !== 0) await this.counters.add(`token-images:${token.id}`, delta, KeyLimits.tokenWindowMs(token));
+      reservation.tokenImages = images;
+    }
     if (reservation.images !== 0 || (reservation.client.images_per_day !== undefined && images !== 0)) {
       const delta = images - reservation.images;
       if (delta !== 0) await this.counters.add(reservation.dayKey, delta, w.msToNextDay + 60_000);

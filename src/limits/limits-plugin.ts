@@ -31,6 +31,15 @@ async function limits(app: FastifyInstance): Promise<void> {
         'day' in window ? ['images_returned', 'day = $2', window.day] : ['cost_usd', 'day LIKE $2', `${window.month}-%`];
       const row = await db.get<{ used: number | string | null }>(`SELECT SUM(${column}) AS used FROM usage_records WHERE key_id = $1 AND ${where}`, [keyId, value]);
       return Number(row?.used ?? 0);
+    },
+    // The generate and edit requests that counted against the token (not those refused before their reservation).
+    async (tokenId) => {
+      const row = await db.get<{ requests: number | string | null; images: number | string | null }>(
+        `SELECT COUNT(*) AS requests, SUM(images_returned) AS images FROM usage_records
+         WHERE token_id = $1 AND operation IS NOT NULL AND (status NOT IN (400, 401, 403, 413, 415, 429) OR upstream_status IS NOT NULL)`,
+        [tokenId],
+      );
+      return { requests: Number(row?.requests ?? 0), images: Number(row?.images ?? 0) };
     }),
   );
 

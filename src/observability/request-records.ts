@@ -48,6 +48,7 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
         ms: Math.round(totalMs * 10) / 10,
         key_id: request.client?.id,
         team: request.client?.team,
+        ...(request.client?.token ? { token_id: request.client.token.id } : {}),
         model: outcome.model,
         // Who was refused a key or throttled: the address (as TRUST_PROXY lets Fastify read it) to act on.
         ...(status === 401 || status === 429 ? { client_address: request.ip } : {}),

@@ -18,11 +18,15 @@ function waitSeconds(query: Record<string, unknown>): number {
 }
 
 export async function jobRoutes(app: FastifyInstance): Promise<void> {
-  /** The job, if the caller's team may see it: another team's job answers exactly like a missing one. */
+  /**
+   * The job, if the caller's team may see it (a browser token: only the jobs it started): another
+   * team's job answers exactly like a missing one.
+   */
   async function visibleJob(request: FastifyRequest<{ Params: { id: string } }>): Promise<JobRow> {
     const row = await app.jobs.get(request.params.id);
     const client = request.client!;
-    if (!row || (row.team !== client.team && !client.admin)) {
+    const visible = row && (client.token ? row.token_id === client.token.id : row.team === client.team || client.admin);
+    if (!row || !visible) {
       throw new GatewayError('not_found', `no job ${request.params.id}`);
     }
     return row;

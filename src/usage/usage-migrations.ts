@@ -35,4 +35,10 @@ export const USAGE_MIGRATIONS: Migration[] = [
     'CREATE INDEX usage_records_team_time ON usage_records (team, time_ms)',
     'CREATE INDEX usage_records_job ON usage_records (job_id)',
   ]),
+  // The browser token a request came with (POST /v1/tokens); key_id and team are its parent key's.
+  migration('usage-002-token-id', () => [
+    'ALTER TABLE usage_records ADD COLUMN token_id TEXT',
+    // A token's counts start from its records after a restart without Redis (limits-plugin.ts).
+    'CREATE INDEX usage_records_token ON usage_records (token_id)',
+  ]),
 ];

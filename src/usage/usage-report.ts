@@ -193,6 +193,8 @@ export interface UsageRecordView {
   total_ms: number;
   upstream_tokens: Record<string, unknown> | null;
   prompt: string | null;
+  /** The browser token the request came with; key_id and team are its parent key's. */
+  token_id: string | null;
 }
 
 const numberOrNull = (v: unknown) => (v === null || v === undefined ? null : Number(v));
@@ -219,6 +221,7 @@ function viewOf(row: Record<string, unknown>): UsageRecordView {
     total_ms: Number(row.total_ms),
     upstream_tokens: typeof row.upstream_tokens === 'string' ? (JSON.parse(row.upstream_tokens) as Record<string, unknown>) : null,
     prompt: (row.prompt as string | null) ?? null,
+    token_id: (row.token_id as string | null) ?? null,
   };
 }
 
@@ -268,7 +271,7 @@ export function toCsv(columns: readonly string[], rows: ReadonlyArray<Record<str
 export const RECORD_COLUMNS: readonly (keyof UsageRecordView)[] = [
   'id', 'time', 'request_id', 'key_id', 'team', 'method', 'route', 'model', 'operation', 'status', 'error_code',
   'images_requested', 'images_returned', 'bytes_stored', 'estimated_cost_usd', 'upstream_status', 'upstream_ms',
-  'total_ms', 'upstream_tokens', 'prompt',
+  'total_ms', 'upstream_tokens', 'prompt', 'token_id',
 ];
 
 export const REPORT_METRIC_COLUMNS = ['requests', 'images', 'errors', 'estimated_cost_usd', 'unpriced_images'] as const;

@@ -78,6 +78,7 @@ export function usageRecordOf(request: FastifyRequest, answer: { status: number;
     upstreamTokens: outcome.upstreamTokens ?? null,
     prompt: keepPrompt ? (outcome.prompt ?? null) : null,
     jobId: outcome.jobId ?? null,
+    tokenId: request.client?.token?.id ?? null,
   };
 }
 
