@@ -1,0 +1,32 @@
+/**
+ * Headless Chromium for the browser tests: Debian's `chromium` package driven by playwright-core,
+ * never a downloaded browser. Without it, those tests skip and say why, unless REQUIRE_SERVICES=1
+ * (CI, whose `.ci/run` installs it), where a missing browser is a failure.
+ */
+import { existsSync } from 'node:fs';
+import { chromium, type Browser } from 'playwright-core';
+import { requireServices } from './services.js';
+
+export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+
+export const chromiumProblem = existsSync(CHROMIUM_PATH)
+  ? undefined
+  : `${CHROMIUM_PATH} is missing (apt-get install chromium)`;
+
+if (requireServices && chromiumProblem) throw new Error(`REQUIRE_SERVICES=1 but Chromium is unavailable: ${chromiumProblem}`);
+if (chromiumProblem) console.warn(`skipping browser tests: ${chromiumProblem}; set REQUIRE_SERVICES=1 to make this a failure`);
+
+/** A fresh headless Chromium; Playwright gives each launch an empty temporary profile. */
+export async function launchChromium(): Promise<Browser> {
+  return chromium.launch({
+    executablePath: CHROMIUM_PATH,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}
