@@ -39,6 +39,8 @@ import { systemResolver, type HostResolver } from './images/image-fetch.js';
 import { uploadsPlugin } from './request/uploads.js';
 import { startTracing, traceLogFields, tracingSettings, type Tracing } from './observability/tracing.js';
 import { tracingHooks } from './observability/tracing-hooks.js';
+import { rewriteConsoleUrl } from './console/console-sessions.js';
+import { consoleRoutesPlugin } from './console/console-routes.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -155,6 +157,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     trustProxy: typeof config.TRUST_PROXY === 'number' ? trustHops(config.TRUST_PROXY) : config.TRUST_PROXY,
     // Timeouts, and answers to what Node refuses before a route runs: src/http/connections.ts.
     ...connectionOptions(config),
+    // The console's /console/api/v1/... is the /v1 API, authenticated by its session (src/console).
+    rewriteUrl: rewriteConsoleUrl,
   });
   app.decorate('config', config);
   app.decorate('resolveHost', options.resolveHost ?? systemResolver);
@@ -279,4 +283,5 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   await app.register(keyRoutes);
   await app.register(tokenRoutes);
   await app.register(docsRoutes);
+  await app.register(consoleRoutesPlugin);
 }

@@ -20,6 +20,29 @@ function integer<F extends number | undefined>(name: string, fallback: F, min = 
     });
 }
 
+/**
+ * A duration: seconds ("3600"), or a number with a unit: "90s", "30m", "12h", "7d". Answers seconds
+ * (at least 60, at most 30 days).
+ */
+function duration(name: string, fallbackSeconds: number, minSeconds = 60, maxSeconds = 30 * 86_400) {
+  return z
+    .string()
+    .optional()
+    .transform((v, ctx): number => {
+      if (v === undefined || v.trim() === '') return fallbackSeconds;
+      const m = /^(\d+)\s*(s|m|h|d)?$/i.exec(v.trim());
+      const seconds = m ? Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86_400 }[(m[2] ?? 's').toLowerCase() as 's' | 'm' | 'h' | 'd'] : NaN;
+      if (!Number.isSafeInteger(seconds) || seconds < minSeconds || seconds > maxSeconds) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `${name} must be a duration from ${minSeconds} s to ${maxSeconds / 86_400} days: seconds (43200) or a number with s, m, h or d (30m, 12h), got "${v}"`,
+        });
+        return z.NEVER;
+      }
+      return seconds;
+    });
+}
+
 const positiveInt = (name: string, fallback: number) => integer(name, fallback);
 
 const optionalString = z
@@ -248,6 +271,8 @@ const envSchema = z.object({
     .enum(['0', '1', 'true', 'false', ''], { message: 'LOG_PROMPTS must be 1 or 0' })
     .optional()
     .transform((v) => v === '1' || v === 'true'),
+  // How long a console sign-in lasts (seconds once parsed): "12h", "30m", or seconds.
+  CONSOLE_SESSION_TTL: duration('CONSOLE_SESSION_TTL', 12 * 3600),
   PRICE_OVERRIDES: z.string().optional().transform((v, ctx) => parsePriceOverrides(v, ctx)),
   // Connection hygiene (src/http/connections.ts): the whole request, body included, must arrive within
   // REQUEST_TIMEOUT_MS (else 408), its headers within HEADERS_TIMEOUT_MS (default: the smaller of 30 s and it).

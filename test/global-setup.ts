@@ -3,10 +3,13 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /**
- * Builds dist/ once, before any test file runs: the tests that start the gateway or the CLI as a
+ * Builds dist/ (the gateway and the console) once, before any test file runs: the tests that start the gateway or the CLI as a
  * user does (child processes of dist/) then never race a build of another file.
  */
 export default function buildOnce(): void {
   const root = join(dirname(fileURLToPath(import.meta.url)), '..');
   execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
+  // The console (dist/console), served by every gateway the tests start: its modules, then its static and vendored files.
+  execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.console.json'], { cwd: root, stdio: 'pipe' });
+  execFileSync(process.execPath, ['scripts/build-console.mjs'], { cwd: root, stdio: 'pipe' });
 }

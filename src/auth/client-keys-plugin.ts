@@ -6,12 +6,17 @@ import { AuthFailures } from './auth-failures.js';
 import { authenticate, presentedKey, type Client } from './client-keys.js';
 import { KeyStore } from './key-store.js';
 import { SpentToken, TOKEN_PREFIX, TokenStore, checkTokenRoute } from './browser-tokens.js';
+import { ConsoleSessions, checkConsoleCsrf, viaConsole } from '../console/console-sessions.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     keyStore: KeyStore;
     /** Browser tokens (POST /v1/tokens): minted by client keys, acting as them within narrower bounds. */
     tokens: TokenStore;
+    /** Console sign-ins (src/console): a session cookie standing for a key, on /console/api only. */
+    consoleSessions: ConsoleSessions;
+    /** Failed authentications per client address (AUTH_FAILURES_PER_MINUTE); console sign-ins count too. */
+    authFailures: AuthFailures;
   }
   interface FastifyRequest {
     client?: Client;
@@ -21,7 +26,7 @@ declare module 'fastify' {
 export interface ClientKeysOptions {
   /** How often each replica checks the database for minted or revoked keys; 1 s unless set (tests). */
   pollIntervalMs?: number;
-  /** The clock browser tokens expire by (Date.now unless set: tests). */
+  /** The clock browser tokens and console sessions expire by (Date.now unless set: tests). */
   now?: () => number;
 }
 
@@ -36,13 +41,24 @@ async function clientKeys(app: FastifyInstance, options: ClientKeysOptions): Pro
   const tokens = new TokenStore(app.db, keyStore.keys, () => app.catalogue, options.now);
   await tokens.migrate();
   app.decorate('tokens', tokens);
+  const sessions = new ConsoleSessions(app.db, keyStore.keys, app.config.CONSOLE_SESSION_TTL, options.now);
+  await sessions.migrate();
+  app.decorate('consoleSessions', sessions);
   app.addHook('onReady', async () => keyStore.start());
   app.addHook('onClose', async () => keyStore.close());
   // Failed authentications are limited per client address: past the limit the key is not even looked at.
   const failures = new AuthFailures(app.redis, app.log, app.config.AUTH_FAILURES_PER_MINUTE);
+  app.decorate('authFailures', failures);
   app.addHook('onRequest', async (request) => {
     if (!isApiCall(request)) return;
     await failures.check(request.ip);
+    // /console/api/v1/...: the console's session cookie stands for its key (never a key or token
+    // presented with it); the cookie is looked at nowhere else.
+    if (viaConsole(request)) {
+      checkConsoleCsrf(request, app.config);
+      request.client = (await sessions.authenticate(request)).client;
+      return;
+    }
     try {
       const presented = presentedKey(request);
       request.client = presented?.startsWith(TOKEN_PREFIX) ? await tokens.authenticate(presented) : authenticate(keyStore.keys, request);

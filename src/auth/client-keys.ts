@@ -67,6 +67,11 @@ export class ClientKeys {
     return undefined;
   }
 
+  /** The client whose key has this sha256 digest (hex), if it is still a key: a console session holds the digest, never the key. */
+  findByDigest(hex: string): Client | undefined {
+    return this.byDigest.get(hex.toLowerCase())?.client;
+  }
+
   find(key: string): Client | undefined {
     const digest = hash('sha256', key, 'buffer');
     const entry = this.byDigest.get(digest.toString('hex'));

@@ -1,0 +1,147 @@
+/**
+ * The console's shell: signs in (or finds the session), then shows the navigation and the page
+ * named by location.hash (#/playground, #/gallery, #/usage, #/keys), loaded on demand.
+ */
+import { api, currentSession, signOut, whenUnauthorized, type ConsoleContext, type Session } from './api.js';
+import { renderSignIn } from './signin.js';
+import { h, replaceChildren, toast } from './ui.js';
+
+interface Page {
+  render(root: HTMLElement, ctx: ConsoleContext): void | Promise<void>;
+}
+
+/** The route table: one line per page (`#/<name>`), each module loaded when first shown. */
+const pages: Record<string, () => Promise<Page>> = {
+  playground: () => import('./playground.js'),
+  gallery: () => import('./gallery.js'),
+  usage: () => import('./usage.js'),
+  keys: () => import('./keys.js'),
+};
+
+const NAV: Array<{ route: string; label: string; adminOnly?: boolean }> = [
+  { route: 'playground', label: 'Playground' },
+  { route: 'gallery', label: 'Gallery' },
+  { route: 'usage', label: 'Usage' },
+  { route: 'keys', label: 'Keys', adminOnly: true },
+];
+
+const DEFAULT_ROUTE = 'playground';
+
+const app = document.getElementById('app')!;
+
+let session: Session | undefined;
+/** State handed to the next page by navigate(). */
+let pendingState: unknown;
+/** Bumped on every render, so a slow page load that was navigated away from does not draw. */
+let renderSeq = 0;
+let pageRoot: HTMLElement | undefined;
+let navLinks = new Map<string, HTMLAnchorElement>();
+
+function routeOf(hash: string): string {
+  const name = hash.replace(/^#\/?/, '').split(/[/?]/, 1)[0] ?? '';
+  return name;
+}
+
+function allowed(route: string): boolean {
+  const entry = NAV.find((n) => n.route === route);
+  return route in pages && (!entry?.adminOnly || session?.admin === true);
+}
+
+function navigate(hash: string, state?: unknown): void {
+  pendingState = state;
+  if (location.hash === hash) void showRoute();
+  else location.hash = hash;
+}
+
+async function showRoute(): Promise<void> {
+  if (!session || !pageRoot) return;
+  let route = routeOf(location.hash);
+  if (!allowed(route)) {
+    route = DEFAULT_ROUTE;
+    if (location.hash !== `#/${route}`) {
+      history.replaceState(null, '', `#/${route}`);
+    }
+  }
+  for (const [name, link] of navLinks) {
+    if (name === route) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  const seq = ++renderSeq;
+  const state = pendingState;
+  pendingState = undefined;
+  const root = pageRoot;
+  replaceChildren(root, h('p', { class: 'loading' }, 'Loading…'));
+  try {
+    const page = await pages[route]!();
+    if (seq !== renderSeq) return;
+    root.replaceChildren();
+    const ctx: ConsoleContext = { api, session, navigate, ...(state === undefined ? {} : { state }) };
+    await page.render(root, ctx);
+  } catch (err) {
+    if (seq !== renderSeq) return;
+    replaceChildren(root, h('p', { class: 'form-error', role: 'alert' }, `This page could not be shown: ${(err as Error).message}`));
+  }
+}
+
+function showShell(current: Session): void {
+  session = current;
+  navLinks = new Map(
+    NAV.filter((n) => !n.adminOnly || current.admin).map((n) => [n.route, h('a', { href: `#/${n.route}`, class: 'nav-link' }, n.label)]),
+  );
+  const signOutButton = h('button', { type: 'button', class: 'secondary', onclick: () => void doSignOut() }, 'Sign out');
+  pageRoot = h('main', { id: 'main', class: 'page', tabindex: '-1' });
+  replaceChildren(
+    app,
+    h('a', { href: '#main', class: 'skip-link', onclick: (e: Event) => (e.preventDefault(), pageRoot?.focus()) }, 'Skip to content'),
+    h(
+      'header',
+      { class: 'topbar' },
+      h('span', { class: 'brand' }, 'Image Gateway'),
+      h('nav', { 'aria-label': 'Console' }, h('ul', { class: 'nav' }, [...navLinks.values()].map((a) => h('li', null, a)))),
+      h(
+        'div',
+        { class: 'who' },
+        h('span', { class: 'team', title: `key ${current.key_id}` }, current.admin ? 'Admin' : `Team ${current.team}`),
+        signOutButton,
+      ),
+    ),
+    pageRoot,
+  );
+  if (!location.hash || !allowed(routeOf(location.hash))) history.replaceState(null, '', `#/${DEFAULT_ROUTE}`);
+  void showRoute();
+}
+
+function showSignIn(notice?: string): void {
+  session = undefined;
+  pageRoot = undefined;
+  navLinks = new Map();
+  renderSeq++;
+  renderSignIn(app, start, notice);
+}
+
+async function doSignOut(): Promise<void> {
+  try {
+    await signOut();
+  } catch {
+    toast('The gateway could not be reached; the session may still be open.', 'error');
+  }
+  showSignIn();
+}
+
+async function start(): Promise<void> {
+  let current: Session | undefined;
+  try {
+    current = await currentSession();
+  } catch {
+    replaceChildren(app, h('main', { class: 'signin' }, h('p', { class: 'form-error', role: 'alert' }, 'The gateway could not be reached.')));
+    return;
+  }
+  if (current) showShell(current);
+  else showSignIn();
+}
+
+whenUnauthorized(() => {
+  if (session) showSignIn('Your session ended (it expired, was signed out, or its key was revoked). Sign in again.');
+});
+window.addEventListener('hashchange', () => void showRoute());
+void start();
