@@ -15,11 +15,14 @@ RUN npm ci --no-audit --no-fund
 
 COPY tsconfig*.json ./
 COPY src ./src
+# The console: its client source and the script that copies its static and vendored files.
+COPY console ./console
+COPY scripts ./scripts
 COPY openapi.yaml ./
 RUN npm run build \
  && npm prune --omit=dev --no-audit --no-fund
 
-# ---- runtime: production dependencies, compiled output and the API description ---------
+# ---- runtime: production dependencies, compiled output (the console's in dist/console) and the API description
 FROM node:24-slim
 ENV NODE_ENV=production
 WORKDIR /app

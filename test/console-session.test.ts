@@ -124,7 +124,7 @@ describe('signing in', () => {
     expect(attributes.sort()).toEqual(['HttpOnly', 'Max-Age=1800', 'Path=/console', 'SameSite=Strict']);
     const session = await inject({ method: 'GET', url: '/console/api/session', headers: { host: HOST, cookie } });
     expect(session.statusCode).toBe(200);
-    expect(session.json()).toEqual({ key_id: 'design', team: 'design', admin: false, expires_at: new Date(clock + 1800_000).toISOString() });
+    expect(session.json()).toEqual({ signed_in: true, key_id: 'design', team: 'design', admin: false, expires_at: new Date(clock + 1800_000).toISOString() });
   });
 
   it('sets Secure when the browser came over HTTPS (X-Forwarded-Proto from a trusted proxy)', async () => {
@@ -158,10 +158,16 @@ describe('signing in', () => {
     }
   });
 
-  it('answers 401 to GET /console/api/session without a cookie or with an unknown one', async () => {
-    expect((await inject({ method: 'GET', url: '/console/api/session' })).statusCode).toBe(401);
+  it('answers signed_in false to GET /console/api/session without a cookie or with an unknown one, and 401 on the API', async () => {
+    const none = await inject({ method: 'GET', url: '/console/api/session' });
+    expect(none.statusCode).toBe(200);
+    expect(none.json()).toEqual({ signed_in: false, reason: expect.stringMatching(/no session cookie/) });
+    expect(none.headers['set-cookie']).toBeUndefined();
     const forged = `gw_console=${'A'.repeat(43)}`;
-    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie: forged } })).statusCode).toBe(401);
+    const unknown = await inject({ method: 'GET', url: '/console/api/session', headers: { cookie: forged } });
+    expect(unknown.json()).toMatchObject({ signed_in: false });
+    expect(String(unknown.headers['set-cookie'])).toMatch(/^gw_console=; .*Max-Age=0/);
+    expect((await inject({ method: 'GET', url: '/console/api/v1/models', headers: { cookie: forged } })).statusCode).toBe(401);
   });
 });
 
@@ -240,7 +246,7 @@ describe('CSRF', () => {
     const signOutRes = await inject({ method: 'DELETE', url: '/console/api/session', headers: { host: HOST, origin: ORIGIN, cookie } });
     expect(signOutRes.statusCode).toBe(403);
     // Still signed in.
-    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie } })).statusCode).toBe(200);
+    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie } })).json()).toMatchObject({ signed_in: true });
   });
 });
 
@@ -255,7 +261,7 @@ describe('the end of a session', () => {
       const models = await inject({ method: 'GET', url: '/console/api/v1/models', headers: { cookie } });
       expect(models.statusCode).toBe(401);
       expect(models.json().error.message).toMatch(/expired/);
-      expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie } })).statusCode).toBe(401);
+        expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie } })).json()).toEqual({ signed_in: false, reason: expect.stringMatching(/expired/) });
     } finally {
       clock = start;
     }
@@ -273,7 +279,7 @@ describe('the end of a session', () => {
     const after = await inject({ method: 'GET', url: '/console/api/v1/models', headers: { cookie } });
     expect(after.statusCode).toBe(401);
     expect(after.json().error.message).toMatch(/revoked/);
-    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie } })).statusCode).toBe(401);
+    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie } })).json()).toEqual({ signed_in: false, reason: expect.stringMatching(/revoked/) });
   });
 
   it('ends on sign-out, and the cookie is cleared', async () => {
@@ -281,7 +287,7 @@ describe('the end of a session', () => {
     const out = await inject({ method: 'DELETE', url: '/console/api/session', headers: { ...CONSOLE, cookie } });
     expect(out.statusCode).toBe(204);
     expect(String(out.headers['set-cookie'])).toMatch(/^gw_console=; Path=\/console; Max-Age=0; HttpOnly; SameSite=Strict/);
-    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie } })).statusCode).toBe(401);
+    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie } })).json()).toMatchObject({ signed_in: false });
     expect((await inject({ method: 'GET', url: '/console/api/v1/models', headers: { cookie } })).statusCode).toBe(401);
   });
 });

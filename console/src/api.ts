@@ -49,10 +49,14 @@ export async function api(path: string, init: RequestInit = {}): Promise<Respons
   return res;
 }
 
-/** The current session, or undefined when signed out. */
-export async function currentSession(): Promise<Session | undefined> {
+/** The current session, or why there is none (signed out, expired, its key revoked). */
+export async function currentSession(): Promise<{ session?: Session; reason?: string }> {
   const res = await api('/session');
-  return res.ok ? ((await res.json()) as Session) : undefined;
+  if (!res.ok) return { reason: await errorMessage(res) };
+  const body = (await res.json()) as ({ signed_in: true } & Session) | { signed_in: false; reason?: string };
+  if (!body.signed_in) return { reason: body.reason };
+  const { signed_in: _, ...session } = body;
+  return { session };
 }
 
 /** Signs in with a key, which goes to the gateway once and is kept nowhere. Answers the Response (204 on success). */

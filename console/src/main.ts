@@ -129,14 +129,14 @@ async function doSignOut(): Promise<void> {
 }
 
 async function start(): Promise<void> {
-  let current: Session | undefined;
+  let current: Awaited<ReturnType<typeof currentSession>>;
   try {
     current = await currentSession();
   } catch {
     replaceChildren(app, h('main', { class: 'signin' }, h('p', { class: 'form-error', role: 'alert' }, 'The gateway could not be reached.')));
     return;
   }
-  if (current) showShell(current);
+  if (current.session) showShell(current.session);
   else showSignIn();
 }
 

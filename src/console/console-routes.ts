@@ -48,7 +48,8 @@ function keyOf(body: unknown): string {
 /**
  * The console: `/` and `/console` redirect to `/console/`, which serves the page; its files come
  * from dist/console with an ETag and `Cache-Control: no-cache` (always revalidated: a new build
- * shows at once). Sign-in, the session and sign-out live at /console/api/session; the /v1 API is
+ * shows at once). Sign-in (POST), the session (GET: `signed_in` true with who, or false with why)
+ * and sign-out (DELETE) live at /console/api/session; the /v1 API is
  * served under /console/api/v1 (console-sessions.ts).
  */
 async function consoleRoutes(app: FastifyInstance): Promise<void> {
@@ -93,9 +94,17 @@ async function consoleRoutes(app: FastifyInstance): Promise<void> {
     return reply.status(204).send();
   });
 
-  app.get('/console/api/session', async (request) => {
-    const { client, expiresAt } = await app.consoleSessions.authenticate(request);
-    return { key_id: client.id, team: client.team, admin: client.admin, expires_at: new Date(expiresAt).toISOString() };
+  // Whether the page is signed in: asked on every load, so "not signed in" is an answer (200), not an
+  // error a browser would log; why not (expired, revoked, signed out) is said, and the cookie cleared.
+  app.get('/console/api/session', async (request, reply) => {
+    try {
+      const { client, expiresAt } = await app.consoleSessions.authenticate(request);
+      return { signed_in: true, key_id: client.id, team: client.team, admin: client.admin, expires_at: new Date(expiresAt).toISOString() };
+    } catch (err) {
+      if (!(err instanceof GatewayError) || err.code !== 'unauthorized') throw err;
+      if (request.headers.cookie !== undefined) clearSessionCookie(request, reply, app.config);
+      return { signed_in: false, reason: err.message };
+    }
   });
 
   app.delete('/console/api/session', async (request, reply) => {

@@ -1,0 +1,134 @@
+/**
+ * The console's shell in headless Chromium: / leads to the sign-in form, a key signs in (and is
+ * kept nowhere the page's scripts can read), the navigation shows, the page talks to no other
+ * origin and logs no error, and sign-out returns to the form. Makes docs/images/console-signin.png.
+ */
+import { mkdirSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Browser, Page } from 'playwright-core';
+import { chromiumProblem, launchChromium } from './browser.js';
+import { ADMIN_KEY, CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
+
+const SCREENSHOTS = new URL('../docs/images/', import.meta.url).pathname;
+
+/** A page that records every request it makes and every error it logs. */
+async function watchedPage(browser: Browser, viewport = { width: 1000, height: 700 }) {
+  const page = await browser.newPage({ viewport });
+  const requests: string[] = [];
+  const errors: string[] = [];
+  page.on('request', (r) => requests.push(r.url()));
+  page.on('console', (m) => {
+    if (m.type() === 'error') errors.push(m.text());
+  });
+  page.on('pageerror', (e) => errors.push(String(e)));
+  return { page, requests, errors };
+}
+
+async function signIn(page: Page, key: string) {
+  await page.getByLabel('API key').fill(key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+/** What the page's scripts can read that could hold a key or the session. */
+const readable = (page: Page) => page.evaluate<string>('JSON.stringify([document.cookie, Object.entries(localStorage), Object.entries(sessionStorage)])');
+
+describe.skipIf(chromiumProblem !== undefined)('the console shell in Chromium (skipped when Chromium is absent and REQUIRE_SERVICES is unset)', () => {
+  let browser: Browser;
+  let h: ListeningHarness;
+
+  beforeAll(async () => {
+    h = await startListening();
+    browser = await launchChromium();
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await h?.close();
+  });
+
+  it('signs in from /, shows the navigation, keeps the key unreadable, talks only to the gateway, and signs out', async () => {
+    const { page, requests, errors } = await watchedPage(browser);
+    const first = await page.goto(`${h.base}/`);
+    expect(new URL(page.url()).pathname).toBe('/console/');
+    expect(first!.status()).toBe(200);
+    const csp = (await first!.allHeaders())['content-security-policy'];
+    expect(csp).toBe("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'");
+
+    await expect.poll(() => page.getByLabel('API key').isVisible()).toBe(true);
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    await page.screenshot({ path: `${SCREENSHOTS}console-signin.png` });
+
+    await signIn(page, CLIENT_KEY);
+    await page.getByRole('navigation').waitFor();
+    for (const name of ['Playground', 'Gallery', 'Usage']) expect(await page.getByRole('link', { name }).isVisible()).toBe(true);
+    expect(await page.getByRole('link', { name: 'Keys' }).count()).toBe(0);
+    expect(await page.getByText('Team design').isVisible()).toBe(true);
+    expect(new URL(page.url()).hash).toBe('#/playground');
+    expect(await page.getByRole('link', { name: 'Playground' }).getAttribute('aria-current')).toBe('page');
+
+    // The session is an HttpOnly cookie for /console; nothing a script can read holds it or the key.
+    const cookies = await page.context().cookies();
+    const session = cookies.find((c) => c.name === 'gw_console');
+    expect(session).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/console' });
+    const visible = await readable(page);
+    expect(visible).not.toContain(CLIENT_KEY);
+    expect(visible).not.toContain(session!.value);
+    expect(visible).not.toContain('gw_console');
+
+    // The pages follow the hash.
+    await page.getByRole('link', { name: 'Gallery' }).click();
+    expect(new URL(page.url()).hash).toBe('#/gallery');
+    expect(await page.getByRole('link', { name: 'Gallery' }).getAttribute('aria-current')).toBe('page');
+    // A team key cannot open #/keys: back to the playground.
+    await page.goto(`${h.base}/console/#/keys`);
+    await expect.poll(() => new URL(page.url()).hash).toBe('#/playground');
+
+    // A reload keeps the session.
+    await page.reload();
+    await page.getByRole('button', { name: 'Sign out' }).waitFor();
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByLabel('API key').waitFor();
+    expect(await page.getByRole('navigation').count()).toBe(0);
+    // Ended on the server too: a reload shows the form again.
+    await page.reload();
+    await page.getByLabel('API key').waitFor();
+
+    const origins = new Set(requests.filter((u) => !u.startsWith('data:')).map((u) => new URL(u).origin));
+    expect([...origins]).toEqual([h.base]);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('says so when the key is wrong, and clears the field', async () => {
+    const { page, requests } = await watchedPage(browser);
+    await page.goto(`${h.base}/console/`);
+    await signIn(page, 'gk-not-a-real-key-0123456789');
+    await page.getByRole('alert').filter({ hasText: 'not valid' }).waitFor();
+    expect(await page.getByLabel('API key').inputValue()).toBe('');
+    expect(await page.getByRole('navigation').count()).toBe(0);
+    expect(requests.every((u) => u.startsWith('data:') || u.startsWith(h.base))).toBe(true);
+    await page.close();
+  });
+
+  it('shows Keys to the admin, and fits a 375 px phone without sideways scrolling', async () => {
+    const { page, errors } = await watchedPage(browser, { width: 375, height: 720 });
+    await page.goto(`${h.base}/console/`);
+    await signIn(page, ADMIN_KEY);
+    await page.getByRole('link', { name: 'Keys' }).click();
+    expect(new URL(page.url()).hash).toBe('#/keys');
+    await page.reload();
+    await page.getByRole('navigation').waitFor();
+    expect(await page.getByText('Admin', { exact: true }).isVisible()).toBe(true);
+    const overflow = await page.evaluate<number>('document.documentElement.scrollWidth - document.documentElement.clientWidth');
+    expect(overflow).toBeLessThanOrEqual(0);
+    // Keyboard: Tab from the top reaches the navigation links.
+    const focused: string[] = [];
+    for (let i = 0; i < 7; i++) {
+      await page.keyboard.press('Tab');
+      focused.push(await page.evaluate<string>("document.activeElement?.textContent ?? ''"));
+    }
+    expect(focused).toEqual(expect.arrayContaining(['Playground', 'Gallery', 'Usage', 'Keys', 'Sign out']));
+    expect(errors).toEqual([]);
+    expect(await readable(page)).not.toContain(ADMIN_KEY);
+    await page.close();
+  });
+});
