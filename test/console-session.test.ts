@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InjectOptions, LightMyRequestResponse } from 'fastify';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { ADMIN_KEY, CLIENT_KEY, startHarness, type Harness } from './harness.js';
+import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
 
 const HOST = 'gw.test';
 const ORIGIN = `http://${HOST}`;
@@ -291,6 +292,56 @@ describe('the end of a session', () => {
     expect((await inject({ method: 'GET', url: '/console/api/v1/models', headers: { cookie } })).statusCode).toBe(401);
   });
 });
+
+describe.skipIf(postgresProblem !== undefined || redisProblem !== undefined)(
+  'sessions across two replicas on PostgreSQL and Redis (skipped when either is unreachable and REQUIRE_SERVICES is unset)',
+  () => {
+    let database: Awaited<ReturnType<typeof freshPostgres>>;
+    let a: Harness;
+    let b: Harness;
+    beforeAll(async () => {
+      database = await freshPostgres();
+      // A long key poll: only Redis can carry a revocation to the other replica in time.
+      const shared = { DATABASE_URL: database.url, REDIS_URL: freshRedis().url };
+      a = await startHarness(shared, {}, { keyPollIntervalMs: 3_600_000 });
+      b = await startHarness(shared, {}, { keyPollIntervalMs: 3_600_000 });
+    }, 60_000);
+    afterAll(async () => {
+      await a?.close();
+      await b?.close();
+      await database?.drop();
+    });
+
+    it('a session opened on one replica works on the other, and ends on both at sign-out and at revocation', async () => {
+      const open = async (on: Harness, key: string) => {
+        const res = await on.app.inject({ method: 'POST', url: '/console/api/session', headers: CONSOLE, payload: { key } });
+        expect(res.statusCode, res.body).toBe(204);
+        return String(res.headers['set-cookie']).split(';', 1)[0]!;
+      };
+      const models = (on: Harness, cookie: string) => on.app.inject({ method: 'GET', url: '/console/api/v1/models', headers: { cookie } });
+
+      const cookie = await open(a, CLIENT_KEY);
+      expect((await models(b, cookie)).statusCode).toBe(200);
+      const row = await a.app.db.get<{ key_id: string; id: string }>('SELECT id, key_id FROM console_sessions');
+      // Only the digest is stored, never the token.
+      expect(row).toMatchObject({ key_id: 'design' });
+      expect(row!.id).toMatch(/^[0-9a-f]{64}$/);
+      expect(row!.id).not.toBe(cookie.split('=')[1]);
+      expect((await b.app.inject({ method: 'DELETE', url: '/console/api/session', headers: { ...CONSOLE, cookie } })).statusCode).toBe(204);
+      expect((await models(a, cookie)).statusCode).toBe(401);
+
+      const mint = await a.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'shared' } });
+      const { id, key } = mint.json() as { id: string; key: string };
+      minted.push(key);
+      // b learns of the new key through Redis.
+      await expect.poll(async () => (await b.app.inject({ method: 'GET', url: '/v1/models', headers: { authorization: `Bearer ${key}` } })).statusCode).toBe(200);
+      const second = await open(b, key);
+      expect((await models(a, second)).statusCode).toBe(200);
+      expect((await a.app.inject({ method: 'DELETE', url: `/v1/keys/${id}`, headers: { authorization: `Bearer ${ADMIN_KEY}` } })).statusCode).toBe(204);
+      await expect.poll(async () => (await models(b, second)).statusCode).toBe(401);
+    });
+  },
+);
 
 describe('keys', () => {
   it('are in no answer and no log line', () => {
