@@ -26,8 +26,17 @@ export interface ConsoleContext {
 /** Where the console API lives. */
 export const API_BASE = '/console/api';
 
-/** The URL of a console API path: `apiUrl('/v1/jobs/j1/events')` (for an EventSource, a download link). */
+/**
+ * The URL of a console API path: `apiUrl('/v1/jobs/j1/events')` is `/console/api/v1/jobs/j1/events`
+ * (for an EventSource, a download link). Takes what the API answers as it is: a path (`status_url`),
+ * a path already under /console/api, or an absolute URL of this origin.
+ */
 export function apiUrl(path: string): string {
+  if (/^https?:\/\//i.test(path)) {
+    const url = new URL(path);
+    if (url.origin !== location.origin) throw new Error(`the console calls only its own origin, not ${url.origin}`);
+    path = url.pathname + url.search;
+  }
   return path.startsWith(`${API_BASE}/`) ? path : `${API_BASE}${path.startsWith('/') ? '' : '/'}${path}`;
 }
 

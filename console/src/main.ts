@@ -66,6 +66,8 @@ async function showRoute(): Promise<void> {
     if (name === route) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
+  const label = NAV.find((n) => n.route === route)?.label ?? route;
+  document.title = `${label} · Image Gateway console`;
   const seq = ++renderSeq;
   const state = pendingState;
   pendingState = undefined;
@@ -116,6 +118,7 @@ function showSignIn(notice?: string): void {
   pageRoot = undefined;
   navLinks = new Map();
   renderSeq++;
+  document.title = 'Sign in · Image Gateway console';
   renderSignIn(app, start, notice);
 }
 

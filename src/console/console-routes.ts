@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { GatewayError } from '../errors.js';
-import { checkConsoleCsrf, clearSessionCookie, setSessionCookie } from './console-sessions.js';
+import { checkConsoleCsrf, clearSessionCookie, sessionCookie, setSessionCookie } from './console-sessions.js';
 
 /** Where `npm run build` puts the console (console/ compiled and copied); the same from src/console and dist/console. */
 export const CONSOLE_DIST = fileURLToPath(new URL('../../dist/console/', import.meta.url));
@@ -102,7 +102,7 @@ async function consoleRoutes(app: FastifyInstance): Promise<void> {
       return { signed_in: true, key_id: client.id, team: client.team, admin: client.admin, expires_at: new Date(expiresAt).toISOString() };
     } catch (err) {
       if (!(err instanceof GatewayError) || err.code !== 'unauthorized') throw err;
-      if (request.headers.cookie !== undefined) clearSessionCookie(request, reply, app.config);
+      if (sessionCookie(request) !== undefined) clearSessionCookie(request, reply, app.config);
       return { signed_in: false, reason: err.message };
     }
   });
