@@ -139,7 +139,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
       // With traces on, every line logged inside a request (or a job) names its trace_id and span_id.
       ...(tracing.enabled ? { mixin: traceLogFields } : {}),
       redact: {
-        paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers["api-key"]', 'headers.authorization', 'headers["api-key"]'],
+        // Cookies too: the console's session cookie stands for a key.
+        paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers["api-key"]', 'headers.authorization', 'headers["api-key"]', 'req.headers.cookie', 'headers.cookie'],
         censor: '[redacted]',
       },
       stream: options.logStream ?? bufferedLog!.stream,

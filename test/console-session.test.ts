@@ -21,6 +21,8 @@ let h: Harness;
 /** Every answer of this file, to check that none holds a key. */
 const answers: LightMyRequestResponse[] = [];
 const minted: string[] = [];
+/** Every session token this file was given, to look for in logs. */
+const sessionTokens: string[] = [];
 
 async function inject(opts: InjectOptions): Promise<LightMyRequestResponse> {
   const res = await h.app.inject(opts);
@@ -33,6 +35,7 @@ async function signIn(key: string, headers: Record<string, string> = {}) {
   const res = await inject({ method: 'POST', url: '/console/api/session', headers: { ...CONSOLE, ...headers }, payload: { key } });
   expect(res.statusCode, res.body).toBe(204);
   const setCookie = String(res.headers['set-cookie']);
+  sessionTokens.push(setCookie.split(';', 1)[0]!.split('=')[1]!);
   return { cookie: setCookie.split(';', 1)[0]!, setCookie };
 }
 
@@ -355,5 +358,7 @@ describe('keys', () => {
     }
     const logs = h.logs.join('\n');
     for (const key of keys) expect(logs).not.toContain(key);
+    expect(sessionTokens.length).toBeGreaterThan(3);
+    for (const token of sessionTokens) expect(logs).not.toContain(token);
   });
 });
