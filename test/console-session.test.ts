@@ -136,6 +136,13 @@ describe('signing in', () => {
     expect(setCookie.split(';').map((a) => a.trim())).toContain('Secure');
   });
 
+  it('ends the session a browser had when it signs in again', async () => {
+    const first = await signIn(CLIENT_KEY);
+    const second = await signIn(ADMIN_KEY, { cookie: first.cookie });
+    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie: first.cookie } })).json()).toMatchObject({ signed_in: false });
+    expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie: second.cookie } })).json()).toMatchObject({ signed_in: true, key_id: 'admin' });
+  });
+
   it('refuses a wrong key with 401 and counts it as a failed authentication', async () => {
     const strict = await startHarness({ AUTH_FAILURES_PER_MINUTE: '2' });
     try {

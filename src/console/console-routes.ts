@@ -89,6 +89,8 @@ async function consoleRoutes(app: FastifyInstance): Promise<void> {
     if (!opened) {
       throw (await app.authFailures.failed(request.ip)) ?? new GatewayError('unauthorized', 'the key is not valid: sign in with a client key or the admin key');
     }
+    // A sign-in over an open session (another key, say) ends that one: one browser, one session.
+    await app.consoleSessions.close(request);
     request.log.info({ key_id: opened.session.client.id, team: opened.session.client.team }, 'console sign-in');
     setSessionCookie(request, reply, app.config, opened.token, app.consoleSessions.ttlSeconds);
     return reply.status(204).send();
