@@ -119,7 +119,7 @@ function showSignIn(notice?: string): void {
   navLinks = new Map();
   renderSeq++;
   document.title = 'Sign in · Image Gateway console';
-  renderSignIn(app, start, notice);
+  renderSignIn(app, afterSignIn, notice);
 }
 
 async function doSignOut(): Promise<void> {
@@ -141,6 +141,16 @@ async function start(): Promise<void> {
   }
   if (current.session) showShell(current.session);
   else showSignIn();
+}
+
+/** After a 204 from sign-in: the cookie is there unless the browser refused it (a Secure cookie over plain HTTP). */
+async function afterSignIn(): Promise<void> {
+  const current = await currentSession();
+  if (current.session) showShell(current.session);
+  else
+    showSignIn(
+      'The gateway accepted the key, but this browser did not keep the session cookie. Open the console at the gateway’s public address (over HTTPS when PUBLIC_BASE_URL is https://).',
+    );
 }
 
 whenUnauthorized(() => {
