@@ -143,6 +143,25 @@ describe('signing in', () => {
     expect((await inject({ method: 'GET', url: '/console/api/session', headers: { cookie: second.cookie } })).json()).toMatchObject({ signed_in: true, key_id: 'admin' });
   });
 
+  it('behind PUBLIC_BASE_URL https: Secure, that origin passes the CSRF check, and the CSP allows its image URLs', async () => {
+    const behind = await startHarness({ PUBLIC_BASE_URL: 'https://images.example.com' });
+    try {
+      const res = await behind.app.inject({
+        method: 'POST',
+        url: '/console/api/session',
+        headers: { host: '10.0.0.7:8080', origin: 'https://images.example.com', 'x-console-request': '1' },
+        payload: { key: CLIENT_KEY },
+      });
+      expect(res.statusCode).toBe(204);
+      expect(String(res.headers['set-cookie']).split(';').map((a) => a.trim())).toContain('Secure');
+      const page = await behind.app.inject({ method: 'GET', url: '/console/' });
+      expect(page.headers['content-security-policy']).toContain("img-src 'self' data: blob: https://images.example.com;");
+      expect(page.headers['content-security-policy']).toContain("connect-src 'self' https://images.example.com;");
+    } finally {
+      await behind.close();
+    }
+  });
+
   it('refuses a wrong key with 401 and counts it as a failed authentication', async () => {
     const strict = await startHarness({ AUTH_FAILURES_PER_MINUTE: '2' });
     try {
