@@ -13,6 +13,7 @@ import { tokenRoutes } from './routes/token-routes.js';
 import { upstreamPlugin } from './upstream/upstream-plugin.js';
 import { imagesPlugin } from './images/images-plugin.js';
 import { imageFilesPlugin } from './routes/image-file-routes.js';
+import { imageListRoutes } from './routes/image-list-routes.js';
 import { urlSignerPlugin } from './images/url-signer-plugin.js';
 import { imageGenerationPlugin } from './generation/image-generation-plugin.js';
 import { imageRoutes } from './routes/image-routes.js';
@@ -279,6 +280,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   await app.register(requestRecordsPlugin);
   await app.register(imageFilesPlugin);
   await app.register(imageRoutes);
+  await app.register(imageListRoutes);
   await app.register(openAiRoutes);
   await app.register(jobRoutes);
   await app.register(keyRoutes);

@@ -273,6 +273,11 @@ const envSchema = z.object({
     .transform((v) => v === '1' || v === 'true'),
   // How long a console sign-in lasts (seconds once parsed): "12h", "30m", or seconds.
   CONSOLE_SESSION_TTL: duration('CONSOLE_SESSION_TTL', 12 * 3600),
+  // Keep each stored image's prompt and parameters with its gallery entry (GET /v1/images); 0 keeps neither.
+  IMAGE_KEEP_PROMPTS: z
+    .enum(['0', '1', 'true', 'false', ''], { message: 'IMAGE_KEEP_PROMPTS must be 1 or 0' })
+    .optional()
+    .transform((v) => v !== '0' && v !== 'false'),
   PRICE_OVERRIDES: z.string().optional().transform((v, ctx) => parsePriceOverrides(v, ctx)),
   // Connection hygiene (src/http/connections.ts): the whole request, body included, must arrive within
   // REQUEST_TIMEOUT_MS (else 408), its headers within HEADERS_TIMEOUT_MS (default: the smaller of 30 s and it).

@@ -10,7 +10,7 @@ declare module 'fastify' {
 
 async function imageGeneration(app: FastifyInstance): Promise<void> {
   const { catalogue, upstream, images, signer } = app;
-  app.decorate('generation', new ImageGeneration({ catalogue, upstream, images, signer, retentionDays: app.config.IMAGE_RETENTION_DAYS }));
+  app.decorate('generation', new ImageGeneration({ catalogue, upstream, images, signer, retentionDays: app.config.IMAGE_RETENTION_DAYS, keepPrompts: app.config.IMAGE_KEEP_PROMPTS }));
 }
 
 /** A generation or an edit: checked, sent upstream, stored and answered in one shape. */

@@ -10,7 +10,7 @@ import type { ImageRequest } from '../request/image-request.js';
 import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
 import type { TaskHooks, UpstreamClient, UpstreamResult } from '../upstream/upstream-client.js';
 import type { UpstreamImage } from '../upstream/upstream-reply.js';
-import type { ImageLibrary, ImageOwner, StagedImage } from '../images/image-library.js';
+import type { ImageLibrary, ImageOwner, ImageProvenance, StagedImage } from '../images/image-library.js';
 import { Base64Staging } from '../images/base64-staging.js';
 import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
@@ -78,6 +78,17 @@ export interface GenerationDeps {
   images: ImageLibrary;
   signer: UrlSigner;
   retentionDays: number;
+  /** IMAGE_KEEP_PROMPTS: keep the prompt and parameters with each stored image's entry. */
+  keepPrompts?: boolean;
+}
+
+/** The request's fields other than the prompt and the images: what GET /v1/images shows as `parameters`. */
+export function requestParameters(request: ImageRequest): Record<string, unknown> {
+  const parameters: Record<string, unknown> = { ...request.params };
+  if (Object.keys(request.options).length > 0) parameters.options = request.options;
+  if (request.mode !== undefined) parameters.mode = request.mode;
+  if (request.responseFormat !== 'url') parameters.response_format = request.responseFormat;
+  return parameters;
 }
 
 const newId = (prefix: string) => randomId(prefix, 12);
@@ -173,10 +184,24 @@ export class ImageGeneration {
         onProgress: ({ status, progress }) => report({ type: 'progress', upstream_status: status, ...(progress !== undefined ? { progress } : {}) }),
       });
       const expiresAt = Math.floor(Date.now() / 1000) + this.deps.retentionDays * 86_400;
+      const made = produced;
+      const totalCost = estimateCostUsd(route.price, { images: made.images.length, options: request.options, upstreamTokens: made.usage });
+      const keepPrompts = this.deps.keepPrompts ?? true;
+      const provenanceOf = (image: UpstreamImage): ImageProvenance => {
+        const seed = image.seed ?? request.params.seed;
+        return {
+          model: model.id,
+          operation: request.operation,
+          prompt: keepPrompts ? request.prompt : null,
+          parameters: keepPrompts ? requestParameters(request) : null,
+          seed: typeof seed === 'number' && Number.isSafeInteger(seed) ? seed : null,
+          costUsd: totalCost === null || made.images.length === 0 ? null : totalCost / made.images.length,
+        };
+      };
       images = await Promise.all(
-        produced.images.map(async (image, index) => {
+        made.images.map(async (image, index) => {
           if (image.staged) staged.delete(image.staged); // keepStaged owns it from here
-          const kept = await this.keep(image, request.responseFormat, expiresAt, ctx);
+          const kept = await this.keep(image, request.responseFormat, expiresAt, { ...ctx, provenance: provenanceOf(image) });
           report({ type: 'image', index, image: kept });
           return kept;
         }),
@@ -218,7 +243,7 @@ export class ImageGeneration {
     image: UpstreamImage,
     responseFormat: 'url' | 'b64_json',
     expiresAt: number,
-    ctx: { signal: AbortSignal; publicBaseUrl: string; owner?: ImageOwner },
+    ctx: { signal: AbortSignal; publicBaseUrl: string; owner?: ImageOwner; provenance?: ImageProvenance },
   ): Promise<ImageResult> {
     try {
       if (image.staged?.lost) throw image.staged.lost;
@@ -277,9 +302,9 @@ export class ImageGeneration {
     image: UpstreamImage,
     responseFormat: 'url' | 'b64_json',
     expiresAt: number,
-    ctx: { signal: AbortSignal; publicBaseUrl: string; owner?: ImageOwner },
+    ctx: { signal: AbortSignal; publicBaseUrl: string; owner?: ImageOwner; provenance?: ImageProvenance },
   ): Promise<ImageResult> {
-    const options = { owner: ctx.owner, expiresAt };
+    const options = { owner: ctx.owner, provenance: ctx.provenance, expiresAt };
     let record: ImageRecord;
     let b64: string | undefined;
     if (image.staged !== undefined) {
@@ -295,9 +320,8 @@ export class ImageGeneration {
       record = kept.record;
       b64 = kept.bytes?.toString('base64');
     }
-    const sig = this.deps.signer.sign(record.name, expiresAt);
     const result: ImageResult = {
-      url: `${ctx.publicBaseUrl}/v1/images/${record.name}?exp=${expiresAt}&sig=${sig}`,
+      url: `${ctx.publicBaseUrl}/v1/images/${record.name}?${this.deps.signer.query(record.name, expiresAt, ctx.owner?.team)}`,
       mime_type: record.mimeType,
       bytes: record.bytes,
       width: record.width,

@@ -9,7 +9,7 @@ import sharp from 'sharp';
 import { GatewayError } from '../errors.js';
 import { sniffImageType, type ImageMime } from './image-bytes.js';
 import { DIMENSION_HEADER_BYTES, imageDimensions, type ImageDimensions } from './image-dimensions.js';
-import type { ImageRecord, ImageRecords } from './image-records.js';
+import type { GalleryImage, GalleryQuery, ImageOwnership, ImageRecord, ImageRecords } from './image-records.js';
 import { imageNameOf, type ByteRange, type ImageStore } from './image-store.js';
 import { DEFAULT_WARM_STAGING, WarmStagingFiles, type WarmStagingOptions } from './warm-staging-files.js';
 import { StorageWriteFailed, type StoragePressure } from './storage-pressure.js';
@@ -32,8 +32,20 @@ export interface StagedImage {
   lost?: StorageWriteFailed | undefined;
 }
 
+/** What the request that made an image asked for, kept with the owner's entry (IMAGE_KEEP_PROMPTS). */
+export interface ImageProvenance {
+  model: string;
+  operation: 'generate' | 'edit';
+  /** Null with IMAGE_KEEP_PROMPTS=0. */
+  prompt: string | null;
+  parameters: Record<string, unknown> | null;
+  seed: number | null;
+  costUsd: number | null;
+}
+
 export interface KeepOptions {
   owner?: ImageOwner | undefined;
+  provenance?: ImageProvenance | undefined;
   /** Unix seconds. */
   expiresAt: number;
 }
@@ -221,6 +233,19 @@ export class ImageLibrary {
     const attributes = { 'gateway.image.name': name, 'gateway.image.bytes': image.bytes, 'gateway.image.store': image.inlineBytes ? 'row' : this.store.kind };
     return inSpan('image.store', attributes, () => this.locked(name, async () => {
       const createdAt = Date.now();
+      const owner: ImageOwnership | undefined = options.owner && {
+        name,
+        team: options.owner.team,
+        keyId: options.owner.keyId,
+        model: options.provenance?.model ?? null,
+        operation: options.provenance?.operation ?? null,
+        prompt: options.provenance?.prompt ?? null,
+        parameters: options.provenance?.parameters ?? null,
+        seed: options.provenance?.seed ?? null,
+        costUsd: options.provenance?.costUsd ?? null,
+        createdAt,
+        expiresAt: options.expiresAt,
+      };
       const record = await inSpan('db.image_row', { 'db.operation.name': 'save', 'db.collection.name': 'images' }, () => this.records.save({
         name,
         sha256: image.sha256,
@@ -233,7 +258,7 @@ export class ImageLibrary {
         createdAt,
         expiresAt: options.expiresAt,
         inlineBytes: image.inlineBytes,
-      }));
+      }, owner));
       // Written every time, even when already stored: the same bytes, and a retention sweep on
       // another replica may have just removed them.
       await write(name).catch(async (err: unknown) => {
@@ -256,6 +281,55 @@ export class ImageLibrary {
   async find(name: string, nowSeconds = Math.floor(Date.now() / 1000)): Promise<ImageRecord | undefined> {
     const record = await this.records.find(name);
     return record && record.expiresAt > nowSeconds ? record : undefined;
+  }
+
+  /**
+   * A stored image that a URL may serve, or undefined: without `ownerTag` (a URL signed before
+   * images had owners, or one made outside a client request), any live image; with it, only while
+   * the team it names still owns the image and its entry has not expired.
+   */
+  async findFor(name: string, ownerTag: string | undefined, tagOf: (team: string) => string, nowSeconds: number): Promise<ImageRecord | undefined> {
+    if (ownerTag === undefined) return this.find(name, nowSeconds);
+    const found = await this.records.findWithOwners(name);
+    if (!found || found.image.expiresAt <= nowSeconds) return undefined;
+    return found.owners.some((o) => o.expiresAt > nowSeconds && tagOf(o.team) === ownerTag) ? found.image : undefined;
+  }
+
+  /** Teams' entries, newest first (GET /v1/images). */
+  list(query: GalleryQuery): Promise<GalleryImage[]> {
+    return this.records.list(query);
+  }
+
+  /**
+   * Removes a team's entry for an image (every team's when `team` is absent); once no team owns
+   * it, its row, its bytes and its cached thumbnails go. False when there was no such entry.
+   */
+  async deleteImage(name: string, team: string | undefined): Promise<boolean> {
+    return this.locked(name, async () => {
+      const { removed, orphaned } = await this.records.removeOwners(name, team);
+      if (orphaned) await this.removeBytes(orphaned);
+      return removed;
+    });
+  }
+
+  private async removeBytes(record: ImageRecord): Promise<void> {
+    if (!record.inlineBytes) await this.store.delete(record.name);
+    await this.store.deleteThumbnails(record.sha256);
+  }
+
+  /**
+   * A resized copy (WebP, fitting inside `width` × `width`, never enlarged): from the store's cache,
+   * else made with sharp and cached. `cached` tells which.
+   */
+  async thumbnail(image: ImageRecord, width: number): Promise<{ bytes: Buffer; cached: boolean } | undefined> {
+    const hit = await this.store.readThumbnail(image.sha256, width).catch(() => undefined);
+    if (hit) return { bytes: hit, cached: true };
+    const source = image.inlineBytes ?? (await this.open(image).then(async (stream) => (stream ? Buffer.concat(await stream.toArray()) : undefined)));
+    if (!source) return undefined;
+    const bytes = await sharp(source).resize({ width, height: width, fit: 'inside', withoutEnlargement: true }).webp().toBuffer();
+    // A cache that cannot be written (a full disk, S3 down) only costs the next request a resize.
+    await this.store.putThumbnail(image.sha256, width, bytes).catch(() => {});
+    return { bytes, cached: false };
   }
 
   /** The bytes of a stored image (or one range of them), or undefined when they are gone. */
@@ -288,6 +362,8 @@ export class ImageLibrary {
       for (const record of batch) if (await this.remove(record, removed)) progress++;
       if (batch.length < SWEEP_BATCH || progress === 0) break;
     }
+    // A team's entry past its own expiry, while the image lives on for another team.
+    await this.records.removeExpiredOwners(now);
     if (options.maxBytes !== undefined) {
       let total = await this.records.totalBytes();
       while (total > options.maxBytes) {
@@ -312,6 +388,7 @@ export class ImageLibrary {
     return this.locked(record.name, async () => {
       if (!(await this.records.removeIfUnchanged(record))) return false;
       await this.store.delete(record.name);
+      await this.store.deleteThumbnails(record.sha256);
       removed.images++;
       removed.bytes += record.bytes;
       return true;

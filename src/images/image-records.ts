@@ -1,4 +1,4 @@
-import { sqlByRowCount, valuesPlaceholders, type Database, type Migration } from '../storage/database.js';
+import { migration, sqlByRowCount, valuesPlaceholders, type Database, type Migration, type SqlValue, type Statements } from '../storage/database.js';
 import type { ImageMime } from './image-bytes.js';
 
 /** What the gateway knows about one stored image; the bytes themselves are in the ImageStore. */
@@ -63,7 +63,84 @@ export const IMAGE_MIGRATIONS: Migration[] = [
     sqlite: ['ALTER TABLE images ADD COLUMN inline_bytes BLOB'],
     postgres: ['ALTER TABLE images ADD COLUMN inline_bytes BYTEA'],
   },
+  // One row per team that made an image (its gallery entry), with what the request asked for. The
+  // bytes stay content-addressed (one `images` row and one stored copy); each existing image gets
+  // its first owner's row.
+  migration('image-owners', (t) => [
+    `CREATE TABLE image_owners (
+      name TEXT NOT NULL,
+      team TEXT NOT NULL,
+      key_id TEXT,
+      model TEXT,
+      operation TEXT,
+      prompt TEXT,
+      parameters_json TEXT,
+      seed ${t.bigint},
+      cost_usd ${t.double},
+      created_at ${t.bigint} NOT NULL,
+      expires_at ${t.bigint} NOT NULL,
+      PRIMARY KEY (name, team)
+    )`,
+    'CREATE INDEX image_owners_by_team ON image_owners (team, created_at, name)',
+    'CREATE INDEX image_owners_by_time ON image_owners (created_at, name, team)',
+    'CREATE INDEX image_owners_by_expiry ON image_owners (expires_at)',
+    `INSERT INTO image_owners (name, team, key_id, created_at, expires_at)
+      SELECT name, team, key_id, created_at, expires_at FROM images WHERE team IS NOT NULL`,
+  ]),
 ];
+
+/** One team's entry for a stored image (its gallery row): who made it and what they asked for. */
+export interface ImageOwnership {
+  /** The image's name (`img_<sha256>.<ext>`): the bytes, shared by every team that made them. */
+  name: string;
+  team: string;
+  /** The key that last made it for this team. */
+  keyId: string | null;
+  model: string | null;
+  operation: 'generate' | 'edit' | null;
+  /** Absent with IMAGE_KEEP_PROMPTS=0. */
+  prompt: string | null;
+  parameters: Record<string, unknown> | null;
+  seed: number | null;
+  /** This image's share of the request's estimated cost. */
+  costUsd: number | null;
+  /** Unix milliseconds of the last time this team made it. */
+  createdAt: number;
+  /** Unix seconds: this team's URLs of it expire then. */
+  expiresAt: number;
+}
+
+/** A team's entry with the image's own facts: what GET /v1/images lists. */
+export interface GalleryImage extends ImageOwnership {
+  sha256: string;
+  mimeType: ImageMime;
+  bytes: number;
+  width: number;
+  height: number;
+}
+
+/** Where a page of GET /v1/images starts: after this row, newest first. */
+export interface GalleryCursor {
+  createdAt: number;
+  name: string;
+  team: string;
+}
+
+export interface GalleryQuery {
+  /** Unix seconds: expired entries are not listed. */
+  now: number;
+  limit: number;
+  team?: string | undefined;
+  model?: string | undefined;
+  keyId?: string | undefined;
+  /** Unix milliseconds, inclusive. */
+  from?: number | undefined;
+  /** Unix milliseconds, exclusive. */
+  to?: number | undefined;
+  /** A case-insensitive substring of the kept prompt. */
+  q?: string | undefined;
+  after?: GalleryCursor | undefined;
+}
 
 interface ImageRow {
   name: string;
@@ -95,6 +172,62 @@ const fromRow = (r: ImageRow): ImageRecord => ({
   ...(r.inline_bytes ? { inlineBytes: Buffer.from(r.inline_bytes.buffer, r.inline_bytes.byteOffset, r.inline_bytes.byteLength) } : {}),
 });
 
+interface OwnerRow {
+  name: string;
+  team: string;
+  key_id: string | null;
+  model: string | null;
+  operation: string | null;
+  prompt: string | null;
+  parameters_json: string | null;
+  seed: number | string | null;
+  cost_usd: number | string | null;
+  created_at: number | string;
+  expires_at: number | string;
+}
+
+const ownershipFromRow = (r: OwnerRow): ImageOwnership => ({
+  name: r.name,
+  team: r.team,
+  keyId: r.key_id,
+  model: r.model,
+  operation: r.operation === 'generate' || r.operation === 'edit' ? r.operation : null,
+  prompt: r.prompt,
+  parameters: r.parameters_json === null ? null : (JSON.parse(r.parameters_json) as Record<string, unknown>),
+  seed: r.seed === null ? null : Number(r.seed),
+  costUsd: r.cost_usd === null ? null : Number(r.cost_usd),
+  createdAt: Number(r.created_at),
+  expiresAt: Number(r.expires_at),
+});
+
+const OWNER_COLUMNS = ['name', 'team', 'key_id', 'model', 'operation', 'prompt', 'parameters_json', 'seed', 'cost_usd', 'created_at', 'expires_at'];
+
+const ownerParams = (o: ImageOwnership): SqlValue[] => [
+  o.name,
+  o.team,
+  o.keyId,
+  o.model,
+  o.operation,
+  o.prompt,
+  o.parameters === null ? null : JSON.stringify(o.parameters),
+  o.seed,
+  o.costUsd,
+  o.createdAt,
+  o.expiresAt,
+];
+
+// Made again by the same team: the latest request's facts, the later expiry.
+const upsertOwnersSql = sqlByRowCount(
+  (rows) => `INSERT INTO image_owners (${OWNER_COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(rows, OWNER_COLUMNS.length)}
+   ON CONFLICT (name, team) DO UPDATE SET
+     key_id = excluded.key_id, model = excluded.model, operation = excluded.operation, prompt = excluded.prompt,
+     parameters_json = excluded.parameters_json, seed = excluded.seed, cost_usd = excluded.cost_usd, created_at = excluded.created_at,
+     expires_at = CASE WHEN excluded.expires_at > image_owners.expires_at THEN excluded.expires_at ELSE image_owners.expires_at END`,
+);
+
+/** `%text%` for LIKE, with LIKE's own characters taken literally (ESCAPE '\\'). */
+const likePattern = (text: string) => `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+
 /** Every column but the inline bytes: what lists of rows (retention) read. */
 const LISTED = 'name, sha256, mime_type, bytes, width, height, key_id, team, created_at, expires_at';
 const COLUMNS = [...LISTED.split(', '), 'inline_bytes'];
@@ -111,6 +244,8 @@ const upsertSql = sqlByRowCount(
 
 interface PendingSave {
   record: ImageRecord;
+  /** By team: the teams that made it in this batch. */
+  owners: Map<string, ImageOwnership>;
   waiters: Array<{ resolve: (saved: ImageRecord) => void; reject: (err: unknown) => void }>;
 }
 
@@ -134,16 +269,21 @@ export class ImageRecords {
    * Records an image, resolving to its row once committed: one made again keeps its first owner
    * and gets the later of the two expiries.
    */
-  save(record: ImageRecord): Promise<ImageRecord> {
+  save(record: ImageRecord, owner?: ImageOwnership): Promise<ImageRecord> {
     return new Promise((resolve, reject) => {
       if (this.pending.size === 0) setImmediate(() => void this.writePending());
-      const same = this.pending.get(record.name);
+      let same = this.pending.get(record.name);
       if (same) {
         // The same image twice in one batch: one row (an INSERT may not touch a row twice).
         if (record.expiresAt > same.record.expiresAt) same.record = { ...same.record, expiresAt: record.expiresAt };
         same.waiters.push({ resolve, reject });
       } else {
-        this.pending.set(record.name, { record, waiters: [{ resolve, reject }] });
+        same = { record, owners: new Map(), waiters: [{ resolve, reject }] };
+        this.pending.set(record.name, same);
+      }
+      if (owner) {
+        const earlier = same.owners.get(owner.team);
+        same.owners.set(owner.team, earlier ? { ...owner, expiresAt: Math.max(owner.expiresAt, earlier.expiresAt) } : owner);
       }
     });
   }
@@ -157,10 +297,21 @@ export class ImageRecords {
 
   private async insert(batch: PendingSave[]): Promise<void> {
     try {
-      const saved = await this.db.all<ImageRow>(
-        upsertSql(batch.length),
-        batch.flatMap(({ record: r }) => [r.name, r.sha256, r.mimeType, r.bytes, r.width, r.height, r.keyId, r.team, r.createdAt, r.expiresAt, r.inlineBytes ?? null]),
-      );
+      const sql = upsertSql(batch.length);
+      const params = batch.flatMap(({ record: r }) => [r.name, r.sha256, r.mimeType, r.bytes, r.width, r.height, r.keyId, r.team, r.createdAt, r.expiresAt, r.inlineBytes ?? null]);
+      const owners = batch.flatMap(({ owners }) => [...owners.values()].sort((a, b) => (a.team < b.team ? -1 : a.team > b.team ? 1 : 0)));
+      // The image and its owners' rows together: one transaction (a row naming no owner is one statement).
+      const saved =
+        owners.length === 0
+          ? await this.db.all<ImageRow>(sql, params)
+          : await this.db.transaction(async (tx) => {
+              const rows = await tx.all<ImageRow>(sql, params);
+              for (let i = 0; i < owners.length; i += SAVE_BATCH) {
+                const some = owners.slice(i, i + SAVE_BATCH);
+                await tx.run(upsertOwnersSql(some.length), some.flatMap(ownerParams));
+              }
+              return rows;
+            });
       const byName = new Map(saved.map((row) => [row.name, fromRow(row)]));
       for (const { record, waiters } of batch) {
         // Not read back: the same name is the same bytes, and sending them back cost ~10 µs a row.
@@ -203,6 +354,87 @@ export class ImageRecords {
    * meantime has a later expiry and stays. True when the row was deleted.
    */
   async removeIfUnchanged(record: ImageRecord): Promise<boolean> {
-    return (await this.db.run('DELETE FROM images WHERE name = $1 AND expires_at = $2', [record.name, record.expiresAt])) === 1;
+    return this.db.transaction(async (tx) => {
+      if ((await tx.run('DELETE FROM images WHERE name = $1 AND expires_at = $2', [record.name, record.expiresAt])) !== 1) return false;
+      await tx.run('DELETE FROM image_owners WHERE name = $1', [record.name]);
+      return true;
+    });
+  }
+
+  /** Owners' entries past their expiry (the image itself may live on for another team); how many went. */
+  removeExpiredOwners(nowSeconds: number): Promise<number> {
+    return this.db.run('DELETE FROM image_owners WHERE expires_at <= $1', [nowSeconds]);
+  }
+
+  /** An image with the teams that own it (their entries' expiry), or undefined. */
+  async findWithOwners(name: string): Promise<{ image: ImageRecord; owners: Array<{ team: string; expiresAt: number }> } | undefined> {
+    const rows = await this.db.all<ImageRow & { owner_team: string | null; owner_expires_at: number | string | null }>(
+      `SELECT images.*, image_owners.team AS owner_team, image_owners.expires_at AS owner_expires_at
+       FROM images LEFT JOIN image_owners ON image_owners.name = images.name WHERE images.name = $1`,
+      [name],
+    );
+    if (rows.length === 0) return undefined;
+    const owners = rows.flatMap((r) => (r.owner_team === null ? [] : [{ team: r.owner_team, expiresAt: Number(r.owner_expires_at) }]));
+    return { image: fromRow(rows[0]!), owners };
+  }
+
+  /** One team's entry for an image, or undefined. */
+  async ownership(name: string, team: string): Promise<ImageOwnership | undefined> {
+    const row = await this.db.get<OwnerRow>(`SELECT ${OWNER_COLUMNS.join(', ')} FROM image_owners WHERE name = $1 AND team = $2`, [name, team]);
+    return row && ownershipFromRow(row);
+  }
+
+  /** Teams' entries with their images' facts, newest first, filtered; `limit` rows at most. */
+  async list(query: GalleryQuery): Promise<GalleryImage[]> {
+    const where = ['o.expires_at > $1'];
+    const params: SqlValue[] = [query.now];
+    const param = (value: SqlValue) => {
+      params.push(value);
+      return `$${params.length}`;
+    };
+    if (query.team !== undefined) where.push(`o.team = ${param(query.team)}`);
+    if (query.model !== undefined) where.push(`o.model = ${param(query.model)}`);
+    if (query.keyId !== undefined) where.push(`o.key_id = ${param(query.keyId)}`);
+    if (query.from !== undefined) where.push(`o.created_at >= ${param(query.from)}`);
+    if (query.to !== undefined) where.push(`o.created_at < ${param(query.to)}`);
+    if (query.q !== undefined) where.push(`LOWER(o.prompt) LIKE LOWER(${param(likePattern(query.q))}) ESCAPE '\\'`);
+    if (query.after) {
+      const { createdAt, name, team } = query.after;
+      where.push(`(o.created_at, o.name, o.team) < (${param(createdAt)}, ${param(name)}, ${param(team)})`);
+    }
+    const rows = await this.db.all<OwnerRow & { sha256: string; mime_type: string; bytes: number | string; width: number; height: number }>(
+      `SELECT ${OWNER_COLUMNS.map((c) => `o.${c}`).join(', ')}, i.sha256, i.mime_type, i.bytes, i.width, i.height
+       FROM image_owners o JOIN images i ON i.name = o.name
+       WHERE ${where.join(' AND ')}
+       ORDER BY o.created_at DESC, o.name DESC, o.team DESC LIMIT ${param(query.limit)}`,
+      params,
+    );
+    return rows.map((r) => ({
+      ...ownershipFromRow(r),
+      sha256: r.sha256,
+      mimeType: r.mime_type as ImageMime,
+      bytes: Number(r.bytes),
+      width: Number(r.width),
+      height: Number(r.height),
+    }));
+  }
+
+  /**
+   * Removes one team's entry for an image (every team's when `team` is absent), and the image's row
+   * when no team owns it any more, in one transaction. `removed`: whether any entry was there;
+   * `orphaned`: the image's row, deleted, whose bytes the caller removes.
+   */
+  async removeOwners(name: string, team: string | undefined): Promise<{ removed: boolean; orphaned?: ImageRecord }> {
+    return this.db.transaction(async (tx: Statements) => {
+      const removed = team === undefined
+        ? await tx.run('DELETE FROM image_owners WHERE name = $1', [name])
+        : await tx.run('DELETE FROM image_owners WHERE name = $1 AND team = $2', [name, team]);
+      if (removed === 0) return { removed: false };
+      const left = await tx.get<{ n: number | string }>('SELECT COUNT(*) AS n FROM image_owners WHERE name = $1', [name]);
+      if (Number(left?.n ?? 0) > 0) return { removed: true };
+      const row = await tx.get<ImageRow>(`SELECT ${LISTED} FROM images WHERE name = $1`, [name]);
+      await tx.run('DELETE FROM images WHERE name = $1', [name]);
+      return row ? { removed: true, orphaned: fromRow(row) } : { removed: true };
+    });
   }
 }

@@ -1,4 +1,4 @@
-import { access, constants, open, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { access, constants, open, readdir, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { makePrivateDir, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenIfPresent } from '../storage/private-files.js';
 import { randomHex } from '../ids.js';
 import { dirname, join } from 'node:path';
@@ -29,6 +29,12 @@ export interface ImageStore {
   open(name: string, range?: ByteRange): Promise<Readable | undefined>;
   /** Removes the image; removing a missing one is not an error. */
   delete(name: string): Promise<void>;
+  /** Caches a resized copy (WebP) of the image with this sha256 (GET /v1/images/{id}?w=N&format=webp). */
+  putThumbnail(sha256: string, width: number, bytes: Buffer): Promise<void>;
+  /** A cached resized copy, or undefined. */
+  readThumbnail(sha256: string, width: number): Promise<Buffer | undefined>;
+  /** Removes every cached resized copy of the image with this sha256. */
+  deleteThumbnails(sha256: string): Promise<void>;
   /** Readiness: throws when the store cannot be used. */
   check(): Promise<void>;
   close(): Promise<void>;
@@ -41,6 +47,13 @@ export interface ImageStore {
 const READ_CHUNK_BYTES = 256 * 1024;
 
 const NAME_PATTERN = /^img_([0-9a-f]{64})\.(png|jpg|webp)$/;
+const SHA256_PATTERN = /^[0-9a-f]{64}$/;
+
+/** A cached thumbnail's name: `<sha256>-w<width>.webp` (S3: under `thumbs/`). */
+export function thumbnailNameOf(sha256: string, width: number): string {
+  if (!SHA256_PATTERN.test(sha256) || !Number.isInteger(width)) throw new Error(`not a thumbnail: ${sha256} w${width}`);
+  return `${sha256}-w${width}.webp`;
+}
 
 export function imageNameOf(sha256: string, mime: ImageMime): string {
   return `img_${sha256}.${EXTENSION_OF[mime]}`;
@@ -127,6 +140,37 @@ export class FileImageStore implements ImageStore {
     await unlink(path).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });
+  }
+
+  /** `DATA_DIR/images/thumbs/<2 hex>/<sha256>-w<N>.webp`. */
+  private thumbnailDir(sha256: string): string {
+    return join(this.root, 'thumbs', sha256.slice(0, 2));
+  }
+
+  async putThumbnail(sha256: string, width: number, bytes: Buffer): Promise<void> {
+    const path = join(this.thumbnailDir(sha256), thumbnailNameOf(sha256, width));
+    const staged = join(this.stagingDir, `${randomHex(8)}.tmp`);
+    try {
+      await inDirectory(this.stagingDir, () => writeFile(staged, bytes, { mode: PRIVATE_FILE_MODE }));
+      await inDirectory(dirname(path), () => rename(staged, path));
+    } catch (err) {
+      await rm(staged, { force: true });
+      throw err;
+    }
+  }
+
+  async readThumbnail(sha256: string, width: number): Promise<Buffer | undefined> {
+    return readFile(join(this.thumbnailDir(sha256), thumbnailNameOf(sha256, width))).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+  }
+
+  async deleteThumbnails(sha256: string): Promise<void> {
+    if (!SHA256_PATTERN.test(sha256)) return;
+    const dir = this.thumbnailDir(sha256);
+    const names = await readdir(dir).catch(() => [] as string[]);
+    await Promise.all(names.filter((n) => n.startsWith(`${sha256}-w`)).map((n) => rm(join(dir, n), { force: true })));
   }
 
   async check(): Promise<void> {

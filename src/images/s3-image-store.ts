@@ -1,9 +1,9 @@
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import type { ImageMime } from './image-bytes.js';
-import type { ByteRange, ImageStore } from './image-store.js';
+import { thumbnailNameOf, type ByteRange, type ImageStore } from './image-store.js';
 
 export interface S3ImageStoreOptions {
   bucket: string;
@@ -19,6 +19,7 @@ export interface S3ImageStoreOptions {
 }
 
 const KEY_PREFIX = 'images/';
+const THUMBNAIL_PREFIX = 'thumbs/';
 
 /** Images as objects `images/<name>` in one bucket, so every replica serves what any replica stored. */
 export class S3ImageStore implements ImageStore {
@@ -57,10 +58,10 @@ export class S3ImageStore implements ImageStore {
     await rm(stagedPath, { force: true });
   }
 
-  async open(name: string, range?: ByteRange): Promise<Readable | undefined> {
+  async open(name: string, range?: ByteRange, prefix = KEY_PREFIX): Promise<Readable | undefined> {
     try {
       const res = await this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: KEY_PREFIX + name, ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}) }),
+        new GetObjectCommand({ Bucket: this.bucket, Key: prefix + name, ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}) }),
       );
       return res.Body as Readable | undefined;
     } catch (err) {
@@ -71,6 +72,22 @@ export class S3ImageStore implements ImageStore {
 
   async delete(name: string): Promise<void> {
     await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: KEY_PREFIX + name }));
+  }
+
+  async putThumbnail(sha256: string, width: number, bytes: Buffer): Promise<void> {
+    const Key = THUMBNAIL_PREFIX + thumbnailNameOf(sha256, width);
+    await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: bytes, ContentType: 'image/webp', ContentLength: bytes.length }));
+  }
+
+  async readThumbnail(sha256: string, width: number): Promise<Buffer | undefined> {
+    const body = await this.open(thumbnailNameOf(sha256, width), undefined, THUMBNAIL_PREFIX);
+    return body && Buffer.concat(await body.toArray());
+  }
+
+  async deleteThumbnails(sha256: string): Promise<void> {
+    const Prefix = `${THUMBNAIL_PREFIX}${sha256}-w`;
+    const listed = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix }));
+    for (const { Key } of listed.Contents ?? []) if (Key) await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key }));
   }
 
   async check(): Promise<void> {

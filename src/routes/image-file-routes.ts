@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { Counter } from 'prom-client';
-import { GatewayError } from '../errors.js';
+import { GatewayError, invalidField } from '../errors.js';
 import { etagMatches, parseByteRange } from '../images/byte-range.js';
 import { ImageFetcher } from '../images/image-fetch.js';
 import { RetentionSweeper } from '../images/retention-sweeper.js';
@@ -50,25 +50,39 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
   app.addHook('preClose', async () => retention.stop());
   app.addHook('onClose', async () => fetcher.close());
 
-  app.get<{ Params: { name: string }; Querystring: { exp?: string; sig?: string; download?: string } }>(
+  app.get<{ Params: { name: string }; Querystring: { exp?: string; sig?: string; o?: string; download?: string; w?: string; format?: string } }>(
     '/v1/images/:name',
     async (request, reply) => {
       const { name } = request.params;
       const exp = Number(request.query.exp);
       const sig = request.query.sig ?? '';
+      const ownerTag = typeof request.query.o === 'string' && request.query.o !== '' ? request.query.o : undefined;
       if (!Number.isInteger(exp) || sig === '') {
         throw new GatewayError('forbidden', 'an image URL needs its exp and sig parameters, as returned by the gateway');
       }
-      if (!app.signer.verify(name, exp, sig)) throw new GatewayError('forbidden', 'the image URL signature is not valid');
+      if (!app.signer.verify(name, exp, sig, ownerTag)) throw new GatewayError('forbidden', 'the image URL signature is not valid');
+      const width = thumbnailWidth(request.query);
       const now = Math.floor(Date.now() / 1000);
       if (exp <= now) throw new GatewayError('not_found', 'the image URL has expired');
-      const image = await app.images.find(name, now);
-      if (!image) throw new GatewayError('not_found', 'no such image (unknown, expired or removed by retention)');
+      // A team's URL works while the team owns the image: not after it deleted it.
+      const image = await app.images.findFor(name, ownerTag, (team) => app.signer.ownerTagOf(team), now);
+      if (!image) throw new GatewayError('not_found', 'no such image (unknown, expired, deleted or removed by retention)');
+
+      const cacheControl = `private, max-age=${Math.min(exp, image.expiresAt) - now}, immutable`;
+      if (width !== undefined) {
+        const etag = `"${image.sha256}-w${width}"`;
+        reply.header('content-type', 'image/webp').header('cache-control', cacheControl).header('etag', etag).header('x-content-type-options', 'nosniff');
+        if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name.replace(/\.\w+$/, '')}-w${width}.webp"`);
+        if (etagMatches(request.headers['if-none-match'], etag)) return reply.status(304).send();
+        const thumbnail = await app.images.thumbnail(image, width);
+        if (!thumbnail) throw new GatewayError('not_found', 'no such image (removed by retention)');
+        return reply.header('content-length', thumbnail.bytes.length).send(thumbnail.bytes);
+      }
 
       const etag = `"${image.sha256}"`;
       reply
         .header('content-type', image.mimeType)
-        .header('cache-control', `private, max-age=${Math.min(exp, image.expiresAt) - now}, immutable`)
+        .header('cache-control', cacheControl)
         .header('etag', etag)
         .header('accept-ranges', 'bytes')
         .header('x-content-type-options', 'nosniff');
@@ -94,6 +108,24 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
       return reply.header('content-length', image.bytes).send(stream);
     },
   );
+}
+
+export const THUMBNAIL_MIN_WIDTH = 16;
+export const THUMBNAIL_MAX_WIDTH = 1024;
+
+/** `?w=N&format=webp`: a thumbnail's width (its longer side at most), or undefined for the image itself. */
+function thumbnailWidth(query: { w?: unknown; format?: unknown }): number | undefined {
+  const { w, format } = query;
+  if (w === undefined) {
+    if (format !== undefined) throw invalidField('w', `is needed with format: a thumbnail's width from ${THUMBNAIL_MIN_WIDTH} to ${THUMBNAIL_MAX_WIDTH}`);
+    return undefined;
+  }
+  const width = typeof w === 'string' && /^\d{1,5}$/.test(w) ? Number(w) : Number.NaN;
+  if (!(width >= THUMBNAIL_MIN_WIDTH && width <= THUMBNAIL_MAX_WIDTH)) {
+    throw invalidField('w', `must be a whole number of pixels from ${THUMBNAIL_MIN_WIDTH} to ${THUMBNAIL_MAX_WIDTH}`);
+  }
+  if (format !== undefined && format !== 'webp') throw invalidField('format', 'must be webp (thumbnails are WebP)', ['webp']);
+  return width;
 }
 
 /** GET /v1/images/{name}, the retention sweeper and the input-image fetcher. */

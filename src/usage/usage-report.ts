@@ -26,7 +26,7 @@ export function checkQueryNames(query: Query, allowed: readonly string[]): void 
   }
 }
 
-function single(query: Query, name: string): string | undefined {
+export function single(query: Query, name: string): string | undefined {
   const value = query[name];
   if (Array.isArray(value)) throw invalidField(name, 'is given more than once');
   return value === undefined || value === '' ? undefined : value;
@@ -35,7 +35,7 @@ function single(query: Query, name: string): string | undefined {
 const ISO_INSTANT = /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2}))?$/i;
 const ISO_ALLOWED = 'an ISO 8601 date (2026-11-01, read as UTC midnight) or date-time with a zone (2026-11-01T09:30:00Z, 2026-11-01T10:30:00+01:00)';
 
-function parseInstant(name: string, value: string): number {
+export function parseInstant(name: string, value: string): number {
   // An unencoded `+` in a query string arrives as a space.
   const text = value.replace(/ (\d{2}:\d{2})$/, '+$1');
   const m = ISO_INSTANT.exec(text);

@@ -41,7 +41,8 @@ declare module 'fastify' {
 export function isApiCall(request: FastifyRequest): boolean {
   // Judged on the route the router matched (it decodes the path), never on the raw URL: `/%761/generate` is /v1/generate.
   const route = request.routeOptions.url;
-  if (route !== undefined) return route.startsWith('/v1/') && route !== '/v1/images/:name';
+  // The signed image URLs (GET and HEAD /v1/images/{name}) need no key; the other /v1/images routes do.
+  if (route !== undefined) return route.startsWith('/v1/') && !(route === '/v1/images/:name' && (request.method === 'GET' || request.method === 'HEAD'));
   let path = request.url.split('?', 1)[0]!;
   try {
     path = decodeURIComponent(path);
