@@ -65,6 +65,15 @@ describe('openapi.yaml and the running app', () => {
     expect(validate('GenerationResult', res.json())).toEqual([]);
   });
 
+  it('an image listing matches ImageList', async () => {
+    const made = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'a gallery entry', quality: 'low' } });
+    expect(made.statusCode).toBe(200);
+    const res = await h.app.inject({ method: 'GET', url: '/v1/images?limit=1', headers: h.auth });
+    expect(res.statusCode).toBe(200);
+    expect(res.json().data).toHaveLength(1);
+    expect(validate('ImageList', res.json())).toEqual([]);
+  });
+
   it('the model list matches ModelList', async () => {
     const res = await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth });
     expect(validate('ModelList', res.json())).toEqual([]);

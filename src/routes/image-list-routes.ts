@@ -118,10 +118,10 @@ export async function imageListRoutes(app: FastifyInstance): Promise<void> {
     };
   });
 
-  // `:id`, not `:name`: the unauthenticated image route is GET /v1/images/:name (usage-routes.ts isApiCall).
-  app.delete<{ Params: { id: string } }>('/v1/images/:id', async (request, reply) => {
+  // The same route as the signed download; only GET and HEAD of it go without a key (usage-routes.ts isApiCall).
+  app.delete<{ Params: { name: string } }>('/v1/images/:name', async (request, reply) => {
     const client = callerOf(request);
-    const { id } = request.params;
+    const id = request.params.name;
     const notFound = () => new GatewayError('not_found', `no image ${id.length > 100 ? `${id.slice(0, 100)}...` : id} of yours; GET /v1/images lists them`);
     if (!parseImageName(id)) throw notFound();
     // A team key removes its team's entry (another team that made the same bytes keeps its own); the admin removes the image.
