@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, jobWhenFinished, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
 
 const design = { authorization: `Bearer ${CLIENT_KEY}` };
@@ -283,6 +283,28 @@ function gallerySuite(label: string, database: () => Promise<{ env: Record<strin
       // Another team's tag on this URL breaks its signature.
       const retagged = image.url.replace(/o=[^&]+/, `o=${h.app.signer.ownerTagOf('ads')}`);
       expect((await h.app.inject({ method: 'GET', url: retagged })).statusCode).toBe(403);
+    });
+
+    it('keeps an edit as operation edit, its parameters without the images', async () => {
+      const text = prompt('add a hat');
+      const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: text, quality: 'medium' }, [
+        { field: 'image', filename: 'a.png', bytes: await makePng() },
+        { field: 'mask', filename: 'm.png', bytes: await makeHalfTransparentMask() },
+      ]);
+      const res = await h.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...design, ...headers }, payload });
+      expect(res.statusCode, res.body).toBe(200);
+      const [row] = (await list(h, design, `?q=${encodeURIComponent(text)}`)).data;
+      expect(row).toMatchObject({ operation: 'edit', prompt: text, parameters: { quality: 'medium' } });
+      expect(Object.keys(row.parameters).sort()).toEqual(['quality']);
+    });
+
+    it('keeps the request of an asynchronous job too', async () => {
+      const text = prompt('made by a job');
+      const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: design, payload: { model: 'gpt-image-1', prompt: text, async: true, quality: 'low' } });
+      expect(res.statusCode, res.body).toBe(202);
+      expect((await jobWhenFinished(h, res.json().id, design)).status).toBe('succeeded');
+      const [row] = (await list(h, design, `?q=${encodeURIComponent(text)}`)).data;
+      expect(row).toMatchObject({ operation: 'generate', prompt: text, parameters: { quality: 'low' }, team: 'design' });
     });
 
     it('keeps no prompt in the usage records (LOG_PROMPTS unset)', async () => {

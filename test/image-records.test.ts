@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { ImageRecords, type ImageRecord } from '../src/images/image-records.js';
+import { IMAGE_MIGRATIONS, ImageRecords, type ImageOwnership, type ImageRecord } from '../src/images/image-records.js';
 import { PostgresDatabase, SqliteDatabase, type Database } from '../src/storage/database.js';
 import { freshPostgres, postgresProblem } from './services.js';
 
@@ -84,6 +84,43 @@ function imageRecordsContract(name: string, open: () => Promise<{ db: Database; 
       expect(await records.find(small.name)).toBeUndefined();
     });
 
+    it('writes an image and its owners in one transaction; one owner row per team, with the latest request', async () => {
+      const image = record({ expiresAt: 2_000_000_100 });
+      const owner = (team: string, prompt: string, expiresAt: number, createdAt = image.createdAt): ImageOwnership => ({
+        name: image.name, team, keyId: `${team}-key`, model: 'gpt-image-1', operation: 'generate', prompt,
+        parameters: { quality: 'low' }, seed: null, costUsd: 0.01, createdAt, expiresAt,
+      });
+      const transaction = vi.spyOn(db, 'transaction');
+      await Promise.all([records.save(image, owner('team-a', 'first', 2_000_000_100)), records.save(image, owner('team-b', 'theirs', 2_000_000_100))]);
+      expect(transaction).toHaveBeenCalledTimes(1);
+      transaction.mockRestore();
+      await records.save({ ...image, expiresAt: 2_000_000_050 }, owner('team-a', 'again', 2_000_000_050, image.createdAt + 10));
+      expect(await records.ownership(image.name, 'team-a')).toMatchObject({ prompt: 'again', expiresAt: 2_000_000_100, createdAt: image.createdAt + 10 });
+      expect(await records.ownership(image.name, 'team-b')).toMatchObject({ prompt: 'theirs', parameters: { quality: 'low' }, costUsd: 0.01 });
+      const listed = await records.list({ now: 1_000, limit: 10, q: 'THEIRS' });
+      expect(listed.map((r) => [r.team, r.sha256, r.width])).toEqual([['team-b', image.sha256, 16]]);
+
+      // One team's removal leaves the image; the last one's removes its row too.
+      expect(await records.removeOwners(image.name, 'team-a')).toEqual({ removed: true });
+      expect(await records.removeOwners(image.name, 'team-a')).toEqual({ removed: false });
+      const last = await records.removeOwners(image.name, 'team-b');
+      expect(last.orphaned?.name).toBe(image.name);
+      expect(await records.find(image.name)).toBeUndefined();
+    });
+
+    it("removes an image's owners with the image (retention), and owners past their own expiry", async () => {
+      const image = record({ expiresAt: 1_500 });
+      const owner = (team: string, expiresAt: number): ImageOwnership => ({
+        name: image.name, team, keyId: null, model: null, operation: null, prompt: null, parameters: null, seed: null, costUsd: null,
+        createdAt: image.createdAt, expiresAt,
+      });
+      await Promise.all([records.save(image, owner('early', 1_200)), records.save(image, owner('late', 1_500))]);
+      expect(await records.removeExpiredOwners(1_300)).toBe(1);
+      expect((await records.findWithOwners(image.name))?.owners.map((o) => o.team)).toEqual(['late']);
+      expect(await records.removeIfUnchanged((await records.find(image.name))!)).toBe(true);
+      expect(await records.ownership(image.name, 'late')).toBeUndefined();
+    });
+
     it('fails every save of a batch whose INSERT fails, and the next batch still works', async () => {
       const all = vi.spyOn(db, 'all').mockRejectedValueOnce(new Error('disk full'));
       const failed = [record(), record()];
@@ -109,5 +146,25 @@ describe.skipIf(postgresProblem !== undefined)('in PostgreSQL (skipped when unre
   imageRecordsContract('image records in PostgreSQL', async () => {
     const schema = await freshPostgres();
     return { db: new PostgresDatabase(schema.url), cleanup: () => schema.drop() };
+  });
+});
+
+describe('the image-owners migration', () => {
+  it('gives each image stored before it an entry of its first owner, so its team lists it', async () => {
+    const db = new SqliteDatabase(':memory:');
+    try {
+      await db.migrate(IMAGE_MIGRATIONS.filter((m) => m.id !== 'image-owners'));
+      const old = record({ expiresAt: 2_000_000_000 });
+      await db.run(
+        'INSERT INTO images (name, sha256, mime_type, bytes, width, height, key_id, team, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)',
+        [old.name, old.sha256, old.mimeType, old.bytes, old.width, old.height, old.keyId, old.team, old.createdAt, old.expiresAt],
+      );
+      const records = new ImageRecords(db);
+      await records.migrate();
+      expect(await records.ownership(old.name, 'team-a')).toMatchObject({ keyId: 'key-a', prompt: null, createdAt: old.createdAt, expiresAt: old.expiresAt });
+      expect((await records.list({ now: 1_000, limit: 10, team: 'team-a' })).map((r) => r.name)).toEqual([old.name]);
+    } finally {
+      await db.close();
+    }
   });
 });

@@ -101,6 +101,19 @@ describe('the S3 image store (S3_BUCKET, against s3rver)', () => {
     expect((await h.app.inject({ method: 'GET', url: image.url })).statusCode).toBe(404);
   });
 
+  it('caches thumbnails in the bucket under thumbs/, and removes the image and its thumbnails when its team deletes it', async () => {
+    const image = await generate('gpt-image-1', 's3: a thumbnail, then deleted');
+    const thumb = await h.app.inject({ method: 'GET', url: `${image.url}&w=32&format=webp` });
+    expect(thumb.statusCode).toBe(200);
+    expect((await objectBytes(`thumbs/${image.sha256}-w32.webp`)).equals(thumb.rawPayload)).toBe(true);
+    const deleted = await h.app.inject({ method: 'DELETE', url: `/v1/images/${image.name}`, headers: h.auth });
+    expect(deleted.statusCode).toBe(204);
+    for (const Key of [`images/${image.name}`, `thumbs/${image.sha256}-w32.webp`]) {
+      await expect(client.send(new HeadObjectCommand({ Bucket: BUCKET, Key }))).rejects.toMatchObject({ name: 'NotFound' });
+    }
+    expect((await h.app.inject({ method: 'GET', url: image.url })).statusCode).toBe(404);
+  });
+
   it('reports the bucket as ready storage', async () => {
     const res = await h.app.inject({ method: 'GET', url: '/readyz' });
     expect(res.json().checks.storage).toBe('ok');
