@@ -167,7 +167,8 @@ describe('nothing is told before its usage is committed', () => {
       const res = await post({ model: 'gpt-image-1', prompt: 'durable' });
       expect(res.status).toBe(200);
       await res.arrayBuffer();
-      expect(answeredAtCommit).toEqual([false]);
+      // Two commits, both before the answer: the image with its owner's entry, then the usage record.
+      expect(answeredAtCommit).toEqual([false, false]);
       expect(await committed(res.headers.get('x-request-id')!)).toEqual({ status: 200, images_returned: 1 });
     } finally {
       db.transaction = transaction;

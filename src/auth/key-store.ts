@@ -5,21 +5,10 @@ import type { Redis } from 'ioredis';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, isPublicExampleKey, type Config } from '../config.js';
 import { GatewayError } from '../errors.js';
-import { migration, type Database, type Migration } from '../storage/database.js';
+import type { Database } from '../storage/database.js';
+import { KeyRecords } from './key-records.js';
 import { ClientKeys, sha256Hex, type Client } from './client-keys.js';
 import { ADMIN_TEAM, MIN_CLIENT_KEY_LENGTH, isReservedTeam, keysFileSchema, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
-
-const MIGRATIONS: Migration[] = [
-  migration('client-keys-001', (t) => [
-    `CREATE TABLE client_keys (
-      id TEXT PRIMARY KEY,
-      key_sha256 TEXT NOT NULL UNIQUE,
-      policy_json TEXT NOT NULL,
-      created_at ${t.bigint} NOT NULL,
-      revoked_at ${t.bigint}
-    )`,
-  ]),
-];
 
 const CHANGES_CHANNEL = 'gw:client-keys:changed';
 
@@ -60,6 +49,8 @@ export class KeyStore {
   private version = '';
   private timer: NodeJS.Timeout | undefined;
   private subscriber: Redis | undefined;
+  /** The minted keys' rows. */
+  readonly records: KeyRecords;
 
   constructor(
     config: Config,
@@ -70,6 +61,7 @@ export class KeyStore {
     /** How often the database is checked for keys minted or revoked elsewhere (the fallback when Redis misses a change). */
     private readonly pollIntervalMs = 1000,
   ) {
+    this.records = new KeyRecords(db);
     for (const k of config.GATEWAY_API_KEYS) {
       if (isReservedTeam(k.team)) throw new ConfigError(`GATEWAY_API_KEYS: the team name "${k.team}" is reserved for GATEWAY_ADMIN_KEY; give the key another team`);
       this.keys.add(k.key, { id: k.id, team: k.team, admin: false, source: 'env' });
@@ -94,7 +86,7 @@ export class KeyStore {
   }
 
   async start(): Promise<void> {
-    await this.db.migrate(MIGRATIONS);
+    await this.records.migrate();
     await this.reload();
     if (this.redis) {
       this.subscriber = this.redis.duplicate();
@@ -114,11 +106,8 @@ export class KeyStore {
     this.subscriber?.disconnect();
   }
 
-  private async stateVersion(): Promise<string> {
-    const row = await this.db.get<{ n: number | string; c: number | string | null; r: number | string | null }>(
-      'SELECT COUNT(*) AS n, MAX(created_at) AS c, MAX(revoked_at) AS r FROM client_keys',
-    );
-    return `${row?.n}:${row?.c}:${row?.r}`;
+  private stateVersion(): Promise<string> {
+    return this.records.stateVersion();
   }
 
   private async reloadIfChanged(): Promise<void> {
@@ -127,18 +116,16 @@ export class KeyStore {
 
   private async reload(): Promise<void> {
     const version = await this.stateVersion();
-    const rows = await this.db.all<{ id: string; key_sha256: string; policy_json: string }>(
-      'SELECT id, key_sha256, policy_json FROM client_keys WHERE revoked_at IS NULL',
-    );
+    const rows = await this.records.active();
     this.keys.removeSource('api');
     for (const row of rows) {
-      const policy = JSON.parse(row.policy_json) as KeyPolicy;
+      const policy = row.policy;
       // Minted before the name was reserved: it would reach the admin key's jobs and usage.
       if (!policy.admin && isReservedTeam(policy.team)) {
         this.log.warn({ key_id: row.id, team: policy.team }, 'a minted key with the reserved team name is not accepted; revoke it and mint one with another team');
         continue;
       }
-      this.keys.addDigest(row.key_sha256, { ...policy, source: 'api' });
+      this.keys.addDigest(row.keySha256, { ...policy, source: 'api' });
     }
     this.version = version;
   }
@@ -162,17 +149,12 @@ export class KeyStore {
     }
     const id = input.id ?? `${input.team}-${randomBytes(4).toString('hex')}`;
     const inUse = () => new GatewayError('conflict', `a key with id ${id} exists already`, { details: [{ field: 'id', message: 'must be unused' }] });
-    const stored = () => this.db.get('SELECT id FROM client_keys WHERE id = $1', [id]);
+    const stored = () => this.records.exists(id);
     if (this.keys.findById(id) ?? (await stored())) throw inUse();
     const key = `gk-${randomBytes(24).toString('base64url')}`;
     const policy: KeyPolicy = { ...input, id, admin: input.admin ?? false };
     try {
-      await this.db.run('INSERT INTO client_keys (id, key_sha256, policy_json, created_at) VALUES ($1, $2, $3, $4)', [
-        id,
-        sha256Hex(key),
-        JSON.stringify(policy),
-        Date.now(),
-      ]);
+      await this.records.insert({ id, keySha256: sha256Hex(key), policy, createdAt: Date.now() });
     } catch (err) {
       // Minted at the same moment, here or on another replica: the id was free when checked above.
       if (await stored().catch(() => undefined)) throw inUse();
@@ -190,8 +172,7 @@ export class KeyStore {
         details: [{ field: 'id', message: 'only keys minted through POST /v1/keys can be revoked here' }],
       });
     }
-    const changed = await this.db.run('UPDATE client_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL', [Date.now(), id]);
-    if (changed === 0) throw new GatewayError('not_found', `no active key ${id}`);
+    if (!(await this.records.revoke(id, Date.now()))) throw new GatewayError('not_found', `no active key ${id}`);
     this.keys.removeId(id);
     await this.announce();
   }

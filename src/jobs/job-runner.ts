@@ -9,40 +9,13 @@ import type { Client } from '../auth/client-keys.js';
 import type { Database, Statements } from '../storage/database.js';
 import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
 import { deserializeRequest, serializeRequest } from './stored-request.js';
-import { JOB_MIGRATIONS } from './job-migrations.js';
+import { JobRecords, type JobRow, type JobStatus } from './job-records.js';
 import type { ProgressEvent } from '../generation/generation-events.js';
 import type { JobEventBus, JobNotice } from './job-events.js';
 import type { Span } from '@opentelemetry/api';
 import { injectTraceHeaders, inSpan, markSpanError } from '../observability/tracing.js';
 
-export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed';
-
-export interface JobRow {
-  id: string;
-  key_id: string;
-  team: string;
-  status: JobStatus;
-  operation: string;
-  model: string;
-  request_json: string | null;
-  upstream_task_id: string | null;
-  /** Which upstream key submitted the task (a short hash), so a resumed job polls with it. */
-  upstream_key_tag: string | null;
-  result_json: string | null;
-  error_json: string | null;
-  callback_url: string | null;
-  callback_status: string | null;
-  public_base_url: string;
-  /** 1 for an async request (answered 202): its usage record is completed when the job ends. */
-  is_async: number;
-  lease_owner: string | null;
-  lease_until: number | string;
-  created_at: number | string;
-  updated_at: number | string;
-  expires_at: number | string;
-  /** The browser token that started it, if one did. */
-  token_id: string | null;
-}
+export type { JobRow, JobStatus } from './job-records.js';
 
 /** What a finished job failed with: the HTTP status it would have had, and the error object. */
 interface StoredError {
@@ -155,12 +128,16 @@ export class JobRunner {
   /** Told of every job this replica finished (the metrics set it: they are made after the runner); `code`: a failure's error code. */
   observeFinished: ((status: 'succeeded' | 'failed', code: string) => void) | undefined;
 
+  /** The job rows: every statement about jobs goes through it. */
+  readonly records: JobRecords;
+
   constructor(private readonly o: JobRunnerOptions) {
     this.instanceId = o.instanceId ?? `gw_${randomBytes(6).toString('hex')}`;
+    this.records = new JobRecords(o.db);
   }
 
   async start(): Promise<void> {
-    await this.o.db.migrate(JOB_MIGRATIONS);
+    await this.records.migrate();
     await this.takeOverAbandoned();
     const every = (ms: number, fn: () => Promise<unknown>) => {
       const t = setInterval(() => fn().catch((err) => this.o.log.error({ err }, 'job maintenance failed')), ms);
@@ -189,18 +166,15 @@ export class JobRunner {
     await Promise.allSettled([...this.active.values()].map((j) => j.done));
     this.stopDeliveries.abort();
     await Promise.allSettled([...this.deliveries]);
-    await this.o.db.run('UPDATE jobs SET lease_until = 0 WHERE lease_owner = $1 AND status IN ($2, $3)', [this.instanceId, 'queued', 'running']);
+    await this.records.releaseLeases(this.instanceId);
   }
 
   get activeCount(): number {
     return this.active.size;
   }
 
-  async counts(): Promise<Record<JobStatus, number>> {
-    const rows = await this.o.db.all<{ status: JobStatus; n: number | string }>('SELECT status, COUNT(*) AS n FROM jobs GROUP BY status');
-    const counts: Record<JobStatus, number> = { queued: 0, running: 0, succeeded: 0, failed: 0 };
-    for (const r of rows) counts[r.status] = Number(r.n);
-    return counts;
+  counts(): Promise<Record<JobStatus, number>> {
+    return this.records.counts();
   }
 
   newJobId(): string {
@@ -221,37 +195,32 @@ export class JobRunner {
   ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
     const request = prepared.request;
-    await inSpan('db.job_row', { 'db.operation.name': 'INSERT', 'db.collection.name': 'jobs', 'gateway.job_id': id }, () => this.o.db.run(
-      `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
-         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id)
-       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)`,
-      [
-        id,
-        owner.client.id,
-        owner.client.team,
-        request.operation,
-        prepared.model.id,
-        serializeRequest(request),
-        request.callbackUrl ?? null,
-        owner.publicBaseUrl,
-        this.instanceId,
-        now + this.o.leaseMs,
-        now,
-        now + this.o.retentionDays * 86_400_000,
-        request.async ? 1 : 0,
-        owner.client.token?.id ?? null,
-      ],
-    ));
+    await inSpan('db.job_row', { 'db.operation.name': 'INSERT', 'db.collection.name': 'jobs', 'gateway.job_id': id }, () => this.records.insert({
+      id,
+      keyId: owner.client.id,
+      team: owner.client.team,
+      operation: request.operation,
+      model: prepared.model.id,
+      requestJson: serializeRequest(request),
+      callbackUrl: request.callbackUrl ?? null,
+      publicBaseUrl: owner.publicBaseUrl,
+      leaseOwner: this.instanceId,
+      leaseUntil: now + this.o.leaseMs,
+      createdAt: now,
+      expiresAt: now + this.o.retentionDays * 86_400_000,
+      isAsync: request.async,
+      tokenId: owner.client.token?.id ?? null,
+    }));
     if (idempotency) {
       let claim: { jobId: string; first: boolean };
       try {
         claim = await this.claimIdempotencyKey(idempotency.scope, idempotency.fingerprint, id);
       } catch (err) {
-        await this.o.db.run('DELETE FROM jobs WHERE id = $1', [id]);
+        await this.records.remove(id);
         throw err;
       }
       if (!claim.first) {
-        await this.o.db.run('DELETE FROM jobs WHERE id = $1', [id]);
+        await this.records.remove(id);
         return claim;
       }
     }
@@ -261,7 +230,7 @@ export class JobRunner {
   }
 
   async get(id: string): Promise<JobRow | undefined> {
-    const row = await this.o.db.get<JobRow>('SELECT * FROM jobs WHERE id = $1', [id]);
+    const row = await this.records.find(id);
     if (!row || Number(row.expires_at) < Date.now()) return undefined;
     return row;
   }
@@ -402,8 +371,7 @@ export class JobRunner {
 
   /** Whether a request under this Idempotency-Key scope has been made already (a retry of it replays or joins it). */
   async idempotencyKeyClaimed(scope: string): Promise<boolean> {
-    const row = await this.o.db.get<{ job_id: string }>('SELECT job_id FROM idempotency_keys WHERE scope = $1 AND expires_at >= $2', [scope, Date.now()]);
-    return row !== undefined;
+    return this.records.idempotencyKeyLive(scope, Date.now());
   }
 
   /**
@@ -412,13 +380,8 @@ export class JobRunner {
    */
   private async claimIdempotencyKey(scope: string, fingerprint: string, jobId: string): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
-    await this.o.db.run('DELETE FROM idempotency_keys WHERE scope = $1 AND expires_at < $2', [scope, now]);
-    const inserted = await this.o.db.run(
-      'INSERT INTO idempotency_keys (scope, request_hash, job_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope) DO NOTHING',
-      [scope, fingerprint, jobId, now, now + IDEMPOTENCY_TTL_MS],
-    );
-    if (inserted === 1) return { jobId, first: true };
-    const row = await this.o.db.get<{ request_hash: string; job_id: string }>('SELECT request_hash, job_id FROM idempotency_keys WHERE scope = $1', [scope]);
+    if (await this.records.claimIdempotencyKey(scope, fingerprint, jobId, now, now + IDEMPOTENCY_TTL_MS)) return { jobId, first: true };
+    const row = await this.records.idempotencyClaim(scope);
     if (!row) return this.claimIdempotencyKey(scope, fingerprint, jobId);
     if (row.request_hash !== fingerprint) {
       throw new GatewayError('conflict', 'this Idempotency-Key was already used with a different request body', {
@@ -476,16 +439,13 @@ export class JobRunner {
             progress.sending = true;
             const now = Date.now();
             const mine = await inSpan('db.job_row', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.job.status': 'running' }, () =>
-              this.o.db.run(
-                "UPDATE jobs SET status = 'running', lease_until = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND lease_until > $2",
-                [now + this.o.leaseMs, now, id, this.instanceId],
-              ),
+              this.records.markRunning(id, this.instanceId, now, now + this.o.leaseMs),
             );
             if (mine === 0) throw new LeaseLost();
           },
           onTaskId: async (taskId, keyTag) => {
             await inSpan('db.job_row', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.upstream.task_id': taskId }, () =>
-              this.o.db.run('UPDATE jobs SET upstream_task_id = $1, upstream_key_tag = $2, updated_at = $3 WHERE id = $4', [taskId, keyTag, Date.now(), id]),
+              this.records.setUpstreamTask(id, taskId, keyTag ?? null, Date.now()),
             );
             progress.taskKnown = true;
           },
@@ -519,11 +479,12 @@ export class JobRunner {
     // Fenced by the lease: if this replica stalled and another took the job over, that one finishes it.
     // With its usage in the same transaction: the job never shows finished before what it cost is kept.
     const written = await inSpan('db.job_finish', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.job.status': result ? 'succeeded' : 'failed' }, () => this.o.db.transaction(async (tx) => {
-      const changed = await tx.run(
-        `UPDATE jobs SET status = $1, result_json = $2, error_json = $3, request_json = NULL, lease_owner = NULL, lease_until = 0, updated_at = $4
-         WHERE id = $5 AND lease_owner = $6 AND status IN ('queued', 'running')`,
-        [result ? 'succeeded' : 'failed', result ? resultToStore(result) : null, error ? JSON.stringify(error) : null, Date.now(), id, this.instanceId],
-      );
+      const changed = await this.records.finish(tx, id, this.instanceId, {
+        status: result ? 'succeeded' : 'failed',
+        resultJson: result ? resultToStore(result) : null,
+        errorJson: error ? JSON.stringify(error) : null,
+        now: Date.now(),
+      });
       if (changed === 1) await recorder?.write(tx, row, result, failure);
       return changed;
     }));
@@ -534,7 +495,7 @@ export class JobRunner {
     }
     this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
     this.o.events.publish(id, { type: 'finished' });
-    if (failure && neverPaid(failure)) await this.o.db.run('DELETE FROM idempotency_keys WHERE job_id = $1', [id]);
+    if (failure && neverPaid(failure)) await this.records.releaseIdempotencyKeysOf(id);
     const watchers = this.finishWatchers.get(id) ?? [];
     this.finishWatchers.delete(id);
     for (const watch of watchers) await watch(result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
@@ -551,7 +512,7 @@ export class JobRunner {
     if (this.closing || this.active.size === 0) return;
     const until = Date.now() + this.o.leaseMs;
     for (const [id, job] of this.active) {
-      const kept = await this.o.db.run('UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3', [until, id, this.instanceId]);
+      const kept = await this.records.renewLease(id, this.instanceId, until);
       // Lost the lease (this replica stalled past it): stop, the new owner carries the job on.
       if (kept === 0) job.controller.abort(new Error('lease lost'));
     }
@@ -561,18 +522,12 @@ export class JobRunner {
   async takeOverAbandoned(): Promise<number> {
     if (this.closing) return 0;
     const now = Date.now();
-    const candidates = await this.o.db.all<JobRow>(
-      "SELECT * FROM jobs WHERE status IN ('queued', 'running') AND lease_until < $1 ORDER BY created_at LIMIT 100",
-      [now],
-    );
+    const candidates = await this.records.abandoned(now, 100);
     let taken = 0;
     for (const job of candidates) {
       if (this.active.has(job.id)) continue;
       // Claimed only as read: a replica that sent the job (or learned its task) since then keeps it.
-      const claimed = await this.o.db.run(
-        "UPDATE jobs SET lease_owner = $1, lease_until = $2, updated_at = $3 WHERE id = $4 AND status = $5 AND COALESCE(upstream_task_id, '') = $6 AND lease_until < $3",
-        [this.instanceId, now + this.o.leaseMs, now, job.id, job.status, job.upstream_task_id ?? ''],
-      );
+      const claimed = await this.records.claim(job, this.instanceId, now, now + this.o.leaseMs);
       if (claimed !== 1) continue;
       taken++;
       if (job.upstream_task_id) {
@@ -595,9 +550,7 @@ export class JobRunner {
   }
 
   private async forgetExpired(): Promise<void> {
-    const now = Date.now();
-    await this.o.db.run("DELETE FROM jobs WHERE expires_at < $1 AND status IN ('succeeded', 'failed')", [now]);
-    await this.o.db.run('DELETE FROM idempotency_keys WHERE expires_at < $1', [now]);
+    await this.records.forgetExpired(Date.now());
   }
 
   /** POSTs the finished job to its callback_url, signed, retried with backoff. */
@@ -650,7 +603,7 @@ export class JobRunner {
         status = `failed: ${(err as Error).message}`.slice(0, 300);
       }
     }
-    await this.o.db.run('UPDATE jobs SET callback_status = $1 WHERE id = $2', [status, row.id]);
+    await this.records.setCallbackStatus(row.id, status);
     if (status !== 'delivered') this.o.log.warn({ job_id: row.id, callback_status: status }, 'job callback not delivered');
   }
 }
