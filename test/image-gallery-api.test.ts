@@ -352,6 +352,17 @@ describe('IMAGE_KEEP_PROMPTS=0', () => {
     expect(stored).toEqual([{ prompt: null, parameters_json: null }]);
   });
 
+  it('deletes an image kept in its row (IMAGE_INLINE_MAX_BYTES) with its row', async () => {
+    const image = await generate(h, design, { model: 'gpt-image-1', prompt: 'small enough for its row' });
+    const row = await h.app.db.get<{ inline_bytes: Uint8Array | null }>('SELECT inline_bytes FROM images WHERE name = $1', [image.name]);
+    expect(row?.inline_bytes).toBeTruthy();
+    expect((await h.app.inject({ method: 'GET', url: `${image.url}&w=16&format=webp` })).statusCode).toBe(200);
+    expect((await h.app.inject({ method: 'DELETE', url: `/v1/images/${image.name}`, headers: design })).statusCode).toBe(204);
+    expect(await h.app.db.get('SELECT name FROM images WHERE name = $1', [image.name])).toBeUndefined();
+    expect((await h.app.inject({ method: 'GET', url: image.url })).statusCode).toBe(404);
+    expect(existsSync(thumbnailFileOf(h, image.sha256, 16))).toBe(false);
+  });
+
   it('is refused at start when it is not 0 or 1', async () => {
     await expect(startHarness({ IMAGE_KEEP_PROMPTS: 'sometimes' })).rejects.toThrow(/IMAGE_KEEP_PROMPTS/);
   });

@@ -321,7 +321,20 @@ export class ImageLibrary {
    * A resized copy (WebP, fitting inside `width` × `width`, never enlarged): from the store's cache,
    * else made with sharp and cached. `cached` tells which.
    */
-  async thumbnail(image: ImageRecord, width: number): Promise<{ bytes: Buffer; cached: boolean } | undefined> {
+  thumbnail(image: ImageRecord, width: number): Promise<{ bytes: Buffer; cached: boolean } | undefined> {
+    // A gallery page asks for many at once, and browsers may repeat: one resize per thumbnail at a time.
+    const key = `${image.sha256}-w${width}`;
+    let making = this.thumbnailsInFlight.get(key);
+    if (!making) {
+      making = this.makeThumbnail(image, width).finally(() => this.thumbnailsInFlight.delete(key));
+      this.thumbnailsInFlight.set(key, making);
+    }
+    return making;
+  }
+
+  private readonly thumbnailsInFlight = new Map<string, Promise<{ bytes: Buffer; cached: boolean } | undefined>>();
+
+  private async makeThumbnail(image: ImageRecord, width: number): Promise<{ bytes: Buffer; cached: boolean } | undefined> {
     const hit = await this.store.readThumbnail(image.sha256, width).catch(() => undefined);
     if (hit) return { bytes: hit, cached: true };
     const source = image.inlineBytes ?? (await this.open(image).then(async (stream) => (stream ? Buffer.concat(await stream.toArray()) : undefined)));
