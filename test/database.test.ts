@@ -93,6 +93,22 @@ function databaseContract(name: string, open: () => Promise<{ db: Database; clea
       expect(await beside).toBe(1);
       expect((await db.all<{ id: string }>("SELECT id FROM things WHERE id LIKE 'side-%'")).map((r) => r.id)).toEqual(['side-other']);
     });
+
+    it('runs transactions begun in the same turn one after another, each committed', async () => {
+      const ids = ['same-turn-1', 'same-turn-2', 'same-turn-3'];
+      const results = await Promise.allSettled(
+        ids.map((id) =>
+          db.transaction(async (tx) => {
+            await tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', [id, 1, true]);
+            return tx.run('UPDATE things SET n = n + 1 WHERE id = $1', [id]);
+          }),
+        ),
+      );
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled']);
+      expect((await db.all<{ id: string; n: number }>("SELECT id, n FROM things WHERE id LIKE 'same-turn-%' ORDER BY id")).map((r) => [r.id, Number(r.n)])).toEqual(
+        ids.map((id) => [id, 2]),
+      );
+    });
   });
 }
 

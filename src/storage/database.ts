@@ -282,7 +282,9 @@ export class SqliteDatabase implements Database {
    * so none lands inside the transaction and the two connections never write at once.
    */
   async transaction<T>(fn: (tx: Statements) => Promise<T>): Promise<T> {
-    await this.transactionOver();
+    // Waited for here, not through transactionOver(): its own await would leave a turn between the
+    // check and the claim below, in which a second transaction could pass the check too.
+    while (this.inTransaction) await this.inTransaction;
     let over!: () => void;
     this.inTransaction = new Promise((resolve) => (over = resolve));
     try {
@@ -338,19 +340,22 @@ export class SqliteDatabase implements Database {
   }
 
   async run(sql: string, params: SqlValue[] = []): Promise<number> {
-    if (this.inTransaction) await this.transactionOver();
+    // No turn between the wait and the statement: a transaction begun meanwhile would take it in.
+    while (this.inTransaction) await this.inTransaction;
     if (this.offloaded()) return (await this.thread!.call({ op: 'run', sql, params: sqliteParams(params) })) as number;
     return this.connection.run(sql, sqliteParams(params));
   }
 
   async all<T>(sql: string, params: SqlValue[] = []): Promise<T[]> {
-    if (this.inTransaction) await this.transactionOver();
+    // No turn between the wait and the statement: a transaction begun meanwhile would take it in.
+    while (this.inTransaction) await this.inTransaction;
     if (this.offloaded()) return (await this.thread!.call({ op: 'all', sql, params: sqliteParams(params) })) as T[];
     return this.connection.all(sql, sqliteParams(params)) as T[];
   }
 
   async get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
-    if (this.inTransaction) await this.transactionOver();
+    // No turn between the wait and the statement: a transaction begun meanwhile would take it in.
+    while (this.inTransaction) await this.inTransaction;
     if (this.offloaded()) return (await this.thread!.call({ op: 'get', sql, params: sqliteParams(params) })) as T | undefined;
     return this.connection.get(sql, sqliteParams(params)) as T | undefined;
   }
