@@ -314,7 +314,12 @@ export class ImageLibrary {
 
   private async removeBytes(record: ImageRecord): Promise<void> {
     if (!record.inlineBytes) await this.store.delete(record.name);
-    await this.store.deleteThumbnails(record.sha256);
+    await this.removeThumbnails(record);
+  }
+
+  /** Best effort: a thumbnail left behind is never served (its image's row is gone), only kept. */
+  private async removeThumbnails(record: ImageRecord): Promise<void> {
+    await this.store.deleteThumbnails(record.sha256).catch(() => {});
   }
 
   /**
@@ -326,7 +331,8 @@ export class ImageLibrary {
     const key = `${image.sha256}-w${width}`;
     let making = this.thumbnailsInFlight.get(key);
     if (!making) {
-      making = this.makeThumbnail(image, width).finally(() => this.thumbnailsInFlight.delete(key));
+      // Under the image's lock: a delete or a sweep of it never runs while its thumbnail is being cached.
+      making = this.locked(image.name, () => this.makeThumbnail(image, width)).finally(() => this.thumbnailsInFlight.delete(key));
       this.thumbnailsInFlight.set(key, making);
     }
     return making;
@@ -337,6 +343,8 @@ export class ImageLibrary {
   private async makeThumbnail(image: ImageRecord, width: number): Promise<{ bytes: Buffer; cached: boolean } | undefined> {
     const hit = await this.store.readThumbnail(image.sha256, width).catch(() => undefined);
     if (hit) return { bytes: hit, cached: true };
+    // Deleted while this waited for the lock: nothing is made, nothing cached.
+    if (!(await this.records.find(image.name))) return undefined;
     const source = image.inlineBytes ?? (await this.open(image).then(async (stream) => (stream ? Buffer.concat(await stream.toArray()) : undefined)));
     if (!source) return undefined;
     const bytes = await sharp(source).resize({ width, height: width, fit: 'inside', withoutEnlargement: true }).webp().toBuffer();
@@ -401,7 +409,7 @@ export class ImageLibrary {
     return this.locked(record.name, async () => {
       if (!(await this.records.removeIfUnchanged(record))) return false;
       await this.store.delete(record.name);
-      await this.store.deleteThumbnails(record.sha256);
+      await this.removeThumbnails(record);
       removed.images++;
       removed.bytes += record.bytes;
       return true;
