@@ -225,6 +225,18 @@ function gallerySuite(label: string, database: () => Promise<{ env: Record<strin
       expect(seen.slice(4)).toEqual(['0']);
     });
 
+    it('retention removes an expired image with its owners and cached thumbnails', async () => {
+      const image = await generate(h, design, { model: 'gpt-image-1', prompt: prompt('swept') });
+      expect((await h.app.inject({ method: 'GET', url: `${image.url}&w=48&format=webp` })).statusCode).toBe(200);
+      const past = Math.floor(Date.now() / 1000) - 1;
+      await h.app.db.run('UPDATE images SET expires_at = $1 WHERE name = $2', [past, image.name]);
+      await h.app.db.run('UPDATE image_owners SET expires_at = $1 WHERE name = $2', [past, image.name]);
+      await h.app.retention.sweepNow();
+      expect(existsSync(fileOf(h, image.sha256))).toBe(false);
+      expect(existsSync(thumbnailFileOf(h, image.sha256, 48))).toBe(false);
+      expect(await h.app.db.all('SELECT team FROM image_owners WHERE name = $1', [image.name])).toEqual([]);
+    });
+
     it('refuses bad parameters with 400 naming them', async () => {
       for (const [query, field] of [
         ['limit=0', 'limit'],
