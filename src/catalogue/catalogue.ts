@@ -1,5 +1,6 @@
 import { GatewayError, invalidField } from '../errors.js';
-import type { EditMode, ModelSpec, Operation, Price, UpstreamRoute } from './model-spec.js';
+import type { EditMode, FieldMapping, ModelSpec, Operation, Price, UpstreamRoute } from './model-spec.js';
+import type { ParamRule } from './param-rule.js';
 import { EDIT_MODES } from './model-spec.js';
 import { MODELS } from './models.js';
 
@@ -124,6 +125,38 @@ export function estimateCostUsd(
   return Math.round(usd * 1e6) / 1e6;
 }
 
+/** One field of a model's input schema in GET /v1/models: what a form needs to offer it. */
+export interface FieldSchema {
+  type: 'enum' | 'integer' | 'number' | 'boolean' | 'text' | 'size' | 'ratio' | 'json';
+  allowed: string;
+  values?: readonly (string | number | boolean)[];
+  minimum?: number;
+  maximum?: number;
+  max_length?: number;
+}
+
+function fieldSchema(rule: ParamRule): FieldSchema {
+  return {
+    type: rule.kind ?? 'json',
+    allowed: rule.allowed,
+    ...(rule.values ? { values: rule.values } : {}),
+    ...(rule.range ? { minimum: rule.range.min, maximum: rule.range.max } : {}),
+    ...(rule.maxLength !== undefined ? { max_length: rule.maxLength } : {}),
+  };
+}
+
+/** What one route takes: its prompt, normalized parameters and options, and for edits its images and mask. */
+function routeSchema(route: UpstreamRoute, edit: boolean) {
+  const fields = (mappings: Record<string, FieldMapping | undefined>) =>
+    Object.fromEntries(Object.entries(mappings).flatMap(([name, m]) => (m ? [[name, fieldSchema(m.rule)]] : [])));
+  return {
+    prompt: { max_length: route.prompt.maxLength },
+    parameters: fields(route.params),
+    options: fields(route.options),
+    ...(edit ? { images: { max: route.images?.max ?? 1 }, mask: route.mask ? { required: route.mask.required } : null } : {}),
+  };
+}
+
 /** The public description of a model for GET /v1/models. */
 export function describeModel(model: ModelSpec) {
   const primary = model.generate ?? model.edit?.[model.imageToImageMode ?? 'edit'] ?? Object.values(model.edit ?? {})[0];
@@ -147,6 +180,13 @@ export function describeModel(model: ModelSpec) {
     parameters,
     options,
     async: primary.async === true,
+    // Per operation (and edit mode), every field with its type and allowed values: enough to build a form.
+    input_schema: {
+      ...(model.generate ? { generate: routeSchema(model.generate, false) } : {}),
+      ...(editModes.length > 0
+        ? { edit: Object.fromEntries(editModes.map((mode) => [mode, routeSchema(model.edit![mode]!, true)])) }
+        : {}),
+    },
     price_per_image_usd: pricePerImage(primary.price),
     ...(primary.price && 'perMillionTokensUsd' in primary.price
       ? {

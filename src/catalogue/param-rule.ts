@@ -9,6 +9,13 @@ export interface ParamRule {
   readonly values?: readonly (string | number | boolean)[];
   /** Bounds of a numeric rule. */
   readonly range?: { min: number; max: number };
+  /**
+   * What kind of value it is, for forms built from GET /v1/models (the console's playground):
+   * absent for rules that take a structured value (written as JSON).
+   */
+  readonly kind?: 'enum' | 'integer' | 'number' | 'boolean' | 'text' | 'size' | 'ratio';
+  /** The longest string a text rule takes. */
+  readonly maxLength?: number;
   /** undefined when the value is acceptable, otherwise why not. */
   check(value: unknown): string | undefined;
 }
@@ -16,6 +23,7 @@ export interface ParamRule {
 export function oneOf<T extends string | number | boolean>(values: readonly T[]): ParamRule {
   return {
     allowed: `one of ${values.map((v) => JSON.stringify(v)).join(', ')}`,
+    kind: 'enum',
     values,
     check: (v) => ((values as readonly unknown[]).includes(v) ? undefined : `must be one of ${values.map((x) => JSON.stringify(x)).join(', ')}`),
   };
@@ -25,6 +33,7 @@ export function intRange(min: number, max: number): ParamRule {
   const allowed = min === max ? `the integer ${min}` : `an integer from ${min} to ${max}`;
   return {
     allowed,
+    kind: 'integer',
     range: { min, max },
     check: (v) => (typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max ? undefined : `must be ${allowed}`),
   };
@@ -34,6 +43,7 @@ export function numberRange(min: number, max: number): ParamRule {
   const allowed = `a number from ${min} to ${max}`;
   return {
     allowed,
+    kind: 'number',
     range: { min, max },
     check: (v) => (typeof v === 'number' && Number.isFinite(v) && v >= min && v <= max ? undefined : `must be ${allowed}`),
   };
@@ -41,6 +51,7 @@ export function numberRange(min: number, max: number): ParamRule {
 
 export const bool: ParamRule = {
   allowed: 'true or false',
+  kind: 'boolean',
   check: (v) => (typeof v === 'boolean' ? undefined : 'must be true or false'),
 };
 
@@ -48,6 +59,8 @@ export function text(maxLength: number): ParamRule {
   const allowed = `a string of at most ${maxLength} characters`;
   return {
     allowed,
+    kind: 'text',
+    maxLength,
     check: (v) => (typeof v === 'string' && v.length <= maxLength ? undefined : `must be ${allowed}`),
   };
 }
@@ -93,6 +106,7 @@ export function pixelSize(limits: PixelSizeLimits): ParamRule {
   const allowed = (presets.length ? `${presets.map((p) => JSON.stringify(p)).join(', ')} or ` : '') + parts.join(', ');
   return {
     allowed,
+    kind: 'size',
     ...(presets.length ? { values: presets } : {}),
     check(v) {
       if (typeof v !== 'string') return `must be ${allowed}`;
@@ -118,6 +132,7 @@ export function ratioRange(minWOverH: number, maxWOverH: number, describe: strin
   const allowed = `W:H with whole numbers, ${describe}`;
   return {
     allowed,
+    kind: 'ratio',
     check(v) {
       if (typeof v !== 'string') return `must be ${allowed}`;
       const m = /^(\d{1,3}):(\d{1,3})$/.exec(v);
