@@ -1,0 +1,220 @@
+/**
+ * The console playground's form, generated from GET /v1/models without a browser: every catalogue
+ * model gets a form from its input_schema alone (a model the console has never seen too), the texts
+ * become the request's typed values (errors name the field and what it allows), settings round-trip
+ * for "Reuse settings", and the bodies the form builds are ones the gateway takes.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describeModel } from '../src/catalogue/catalogue.js';
+import { MODELS } from '../src/catalogue/models.js';
+import {
+  editFields,
+  editModes,
+  formFields,
+  generateBody,
+  labelFor,
+  operationSchema,
+  rawFromParameters,
+  readValues,
+  settingsOf,
+  type ModelInfo,
+} from '../console/src/param-form.js';
+import { EventStreamParser } from '../console/src/event-stream.js';
+import { makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+
+/** The catalogue as GET /v1/models answers it (through JSON, as the browser gets it). */
+const catalogue: ModelInfo[] = JSON.parse(JSON.stringify(MODELS.map(describeModel)));
+const model = (id: string) => catalogue.find((m) => m.id === id)!;
+const field = (m: ModelInfo, key: string, op: 'generate' | 'edit' = 'generate', mode?: string) => formFields(m, op, mode).find((f) => f.key === key);
+
+describe('form fields from GET /v1/models', () => {
+  it('every model of the catalogue, every operation and edit mode, gets a form from its schema alone', () => {
+    for (const m of catalogue) {
+      const forms = [...(m.operations.includes('generate') ? [formFields(m, 'generate')] : []), ...editModes(m).map((mode) => formFields(m, 'edit', mode))];
+      expect(forms.length, m.id).toBeGreaterThan(0);
+      for (const fields of forms) {
+        const keys = fields.map((f) => f.key);
+        expect(new Set(keys).size, m.id).toBe(keys.length);
+        for (const f of fields) {
+          expect(f.help, `${m.id} ${f.key}`).toMatch(/\S/);
+          // The playground's own controls keep their names.
+          expect(['Model', 'Prompt', 'Image', 'Generate']).not.toContain(f.label);
+        }
+      }
+      // Every parameter and option GET /v1/models names is in the form of the model's first operation.
+      const first = m.operations.includes('generate') ? formFields(m, 'generate') : formFields(m, 'edit', editModes(m)[0]);
+      const described = describeModel(MODELS.find((s) => s.id === m.id)!);
+      expect(first.filter((f) => f.group === 'parameters').map((f) => f.name).sort(), m.id).toEqual(Object.keys(described.parameters).sort());
+      expect(first.filter((f) => f.group === 'options').map((f) => f.name).sort(), m.id).toEqual(Object.keys(described.options).sort());
+    }
+  });
+
+  it('gives each kind of rule its control: enums as selects with the default first, ranges as numbers, presets as suggestions', () => {
+    const gpt = model('gpt-image-1');
+    expect(formFields(gpt, 'generate').map((f) => f.key)).toEqual(['size', 'n', 'quality', 'output_format', 'background', 'options.moderation', 'options.output_compression']);
+    expect(field(gpt, 'size')).toMatchObject({ control: 'select', valueType: 'string', choices: ['', 'auto', '1024x1024', '1536x1024', '1024x1536'] });
+    expect(field(gpt, 'n')).toMatchObject({ label: 'Number of images', control: 'number', valueType: 'integer', min: 1, max: 10, step: 1 });
+    expect(field(gpt, 'options.output_compression')).toMatchObject({ label: 'Output compression', group: 'options', min: 0, max: 100 });
+    // gpt-image-2 takes any WIDTHxHEIGHT within limits, with presets offered.
+    expect(field(model('gpt-image-2'), 'size')).toMatchObject({ control: 'combo', choices: ['auto', '1024x1024', '1536x1024', '1024x1536'] });
+    expect(field(model('gpt-image-2'), 'size')!.help).toMatch(/multiples of 16/);
+
+    const flux = model('flux-kontext-pro');
+    expect(field(flux, 'aspect_ratio')).toMatchObject({ control: 'text', placeholder: 'W:H, e.g. 16:9' });
+    expect(field(flux, 'seed')).toMatchObject({ control: 'number', min: 0, max: 2147483647 });
+    expect(field(flux, 'options.prompt_upsampling')).toMatchObject({ control: 'select', valueType: 'boolean', choices: ['', 'true', 'false'] });
+    expect(field(model('ideogram-v3'), 'negative_prompt')).toMatchObject({ control: 'textarea', maxLength: 10000 });
+    expect(field(model('irag-1.0'), 'options.guidance')).toMatchObject({ valueType: 'number', step: 'any', min: 0, max: 30 });
+    // A structured option is entered as JSON.
+    expect(field(model('doubao-seedream-4-0'), 'options.sequential_image_generation_options')).toMatchObject({ control: 'json', valueType: 'json' });
+  });
+
+  it('follows the edit mode: its fields, how many images it takes, and whether it takes (or needs) a mask', () => {
+    const ideogram = model('ideogram-v3');
+    expect(editModes(ideogram)).toEqual(['edit', 'remix', 'replace_background']);
+    expect(operationSchema(ideogram, 'edit', 'edit')).toMatchObject({ images: { max: 1 }, mask: { required: true } });
+    expect(operationSchema(ideogram, 'edit', 'remix')).toMatchObject({ images: { max: 1 }, mask: null });
+    expect(field(ideogram, 'options.image_weight', 'edit', 'remix')).toMatchObject({ min: 1, max: 100 });
+    expect(field(ideogram, 'options.image_weight', 'edit', 'edit')).toBeUndefined();
+    expect(field(ideogram, 'aspect_ratio', 'edit', 'replace_background')).toBeUndefined();
+    expect(operationSchema(model('gpt-image-1'), 'edit')).toMatchObject({ images: { max: 16 }, mask: { required: false } });
+    expect(operationSchema(model('doubao-seedream-4-0'), 'edit')).toMatchObject({ images: { max: 10 }, mask: null });
+    // An operation the model does not offer has no form.
+    expect(formFields(model('qwen-image-edit'), 'generate')).toEqual([]);
+    expect(operationSchema(model('dall-e-3'), 'edit')).toBeUndefined();
+  });
+
+  it('builds a form for a model the console has never seen, with option types of its own', () => {
+    const newcomer: ModelInfo = {
+      id: 'acme-painter-9',
+      operations: ['generate'],
+      input_schema: {
+        generate: {
+          prompt: { max_length: 500 },
+          parameters: { size: { type: 'size', allowed: 'WIDTHxHEIGHT' }, steps_hint: { type: 'integer', allowed: 'an integer from 1 to 50', minimum: 1, maximum: 50 } },
+          options: {
+            brush_style: { type: 'enum', allowed: 'one of "oil", "ink"', values: ['oil', 'ink'] },
+            strength: { type: 'enum', allowed: 'one of 1, 2', values: [1, 2] },
+            palette: { type: 'hologram' as never, allowed: 'a palette object' },
+          },
+        },
+      },
+    };
+    const fields = formFields(newcomer, 'generate');
+    expect(fields.map((f) => [f.key, f.control, f.label])).toEqual([
+      ['size', 'text', 'Size'],
+      ['steps_hint', 'number', 'Steps hint'],
+      ['options.brush_style', 'select', 'Brush style'],
+      ['options.strength', 'select', 'Strength'],
+      ['options.palette', 'json', 'Palette'],
+    ]);
+    const values = readValues(fields, { 'options.strength': '2', 'options.palette': '{"hues":[1,2]}', steps_hint: '7' });
+    expect(values).toEqual({ parameters: { steps_hint: 7 }, options: { strength: 2, palette: { hues: [1, 2] } }, errors: [] });
+  });
+});
+
+describe('form values', () => {
+  const flux = model('flux-kontext-pro');
+  const fields = formFields(flux, 'generate');
+
+  it('turns the texts into typed values, leaving empty fields to the model default', () => {
+    const values = readValues(fields, { aspect_ratio: '16:9', seed: ' 42 ', output_format: '', 'options.safety_tolerance': '3', 'options.prompt_upsampling': 'true' });
+    expect(values).toEqual({ parameters: { aspect_ratio: '16:9', seed: 42 }, options: { safety_tolerance: 3, prompt_upsampling: true }, errors: [] });
+  });
+
+  it('names the field and what it allows when a text is not a value it takes', () => {
+    const values = readValues(fields, { seed: '4.5', 'options.safety_tolerance': '9', output_format: 'gif' });
+    expect(values.errors).toEqual([
+      { key: 'seed', message: 'Seed must be a whole number (an integer from 0 to 2147483647)' },
+      { key: 'output_format', message: 'Output format must be one of "jpeg", "png"' },
+      { key: 'options.safety_tolerance', message: 'Safety tolerance must be an integer from 0 to 6' },
+    ]);
+    const doubao = formFields(model('doubao-seedream-4-0'), 'generate');
+    expect(readValues(doubao, { 'options.sequential_image_generation_options': '{max_images: 2}' }).errors[0]!.message).toMatch(
+      /^Sequential image generation options must be JSON: an object \{"max_images"/,
+    );
+  });
+
+  it('round-trips settings for "Reuse settings": parameters, options and mode', () => {
+    const ideogram = model('ideogram-v3');
+    const remix = formFields(ideogram, 'edit', 'remix');
+    const entered = { n: '2', seed: '7', style: 'DESIGN', aspect_ratio: '16:9', 'options.image_weight': '60', 'options.rendering_speed': 'TURBO' };
+    const values = readValues(remix, entered);
+    const settings = settingsOf('ideogram-v3', 'a red door', values, 'remix');
+    expect(settings).toEqual({
+      model: 'ideogram-v3',
+      prompt: 'a red door',
+      parameters: { n: 2, seed: 7, style: 'DESIGN', aspect_ratio: '16:9', options: { image_weight: 60, rendering_speed: 'TURBO' }, mode: 'remix' },
+    });
+    expect(rawFromParameters(remix, settings.parameters)).toEqual(entered);
+    // A gallery image's parameters (JSON from the API) fill the same way; unknown ones are ignored.
+    expect(rawFromParameters(formFields(model('doubao-seedream-4-0'), 'generate'), { size: '2K', options: { sequential_image_generation_options: { max_images: 3 } }, quality: 'hd' })).toEqual({
+      size: '2K',
+      'options.sequential_image_generation_options': '{"max_images":3}',
+    });
+    expect(rawFromParameters(remix, null)).toEqual({});
+  });
+});
+
+describe('the requests the form builds, as the gateway takes them', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it('generates with a JSON body of typed parameters and options', async () => {
+    const gpt = model('gpt-image-1');
+    const values = readValues(formFields(gpt, 'generate'), { n: '2', size: '1024x1536', quality: 'low', 'options.output_compression': '80' });
+    const body = generateBody('gpt-image-1', 'a lighthouse', values, false);
+    expect(body).toEqual({ model: 'gpt-image-1', prompt: 'a lighthouse', n: 2, size: '1024x1536', quality: 'low', options: { output_compression: 80 } });
+    expect(generateBody('gpt-image-1', 'a lighthouse', values)).toMatchObject({ stream: true });
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: body });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json().images).toHaveLength(2);
+    const sent = h.simulator.received.at(-1)!.json as { input: Record<string, unknown> };
+    expect(sent.input).toMatchObject({ n: 2, size: '1024x1536', quality: 'low', output_compression: 80 });
+  });
+
+  it('edits with multipart text fields (numbers as text, options as JSON), the image and the mask', async () => {
+    const gpt = model('gpt-image-1');
+    const values = readValues(formFields(gpt, 'edit', 'edit'), { n: '1', seed: '', 'options.input_fidelity': 'high', background: 'opaque' });
+    const fields = editFields('gpt-image-1', 'a blue door', values, 'edit', false);
+    expect(fields).toEqual([
+      ['model', 'gpt-image-1'],
+      ['prompt', 'a blue door'],
+      ['mode', 'edit'],
+      ['n', '1'],
+      ['background', 'opaque'],
+      ['options', '{"input_fidelity":"high"}'],
+    ]);
+    const png = await makePng(32, 32);
+    const { payload, headers } = multipartBody(Object.fromEntries(fields), [
+      { field: 'image', filename: 'source.png', bytes: png },
+      { field: 'mask', filename: 'mask.png', bytes: await makeHalfTransparentMask(32, 32) },
+    ]);
+    const res = await h.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...h.auth, ...headers }, payload });
+    expect(res.statusCode, res.body).toBe(200);
+    const sent = h.simulator.received.at(-1)!;
+    expect(sent.path).toBe('/v1/images/edits');
+    expect(sent.fields).toMatchObject({ n: '1', background: 'opaque', input_fidelity: 'high' });
+    expect(sent.files!.map((f) => f.field).sort()).toEqual(['image', 'mask']);
+  });
+});
+
+describe('the event stream reader', () => {
+  it('parses events split anywhere, with comments, CRLF and multi-line data', () => {
+    const parser = new EventStreamParser();
+    const text = ': stream opened\r\n\r\nevent: queued\r\ndata: {}\r\n\r\nevent: progress\ndata: {"upstream_status":"Pending",\ndata: "progress":40}\n\nevent: succeeded\ndata: {"id":"gen_1"}\n\n';
+    const events = [];
+    for (let i = 0; i < text.length; i += 5) events.push(...parser.push(text.slice(i, i + 5)));
+    expect(events).toEqual([
+      { event: 'queued', data: '{}' },
+      { event: 'progress', data: '{"upstream_status":"Pending",\n"progress":40}' },
+      { event: 'succeeded', data: '{"id":"gen_1"}' },
+    ]);
+    expect(labelFor('rendering_speed')).toBe('Rendering speed');
+  });
+});
