@@ -1,7 +1,434 @@
+/**
+ * The playground: pick a model, fill the form its catalogue entry generates, generate from text or
+ * edit uploaded images (with a painted mask), and watch it run. Results are added side by side,
+ * newest first, never replaced: each with its seed, duration and cost, and "Reuse settings",
+ * "Edit this image" and "Download".
+ */
 import type { ConsoleContext } from './api.js';
-import { h } from './ui.js';
+import { readEventStream } from './event-stream.js';
+import { createMaskEditor, type MaskEditor } from './mask-editor.js';
+import {
+  editFields,
+  editModes,
+  formFields,
+  generateBody,
+  operationSchema,
+  rawFromParameters,
+  readValues,
+  settingsOf,
+  type ModelInfo,
+  type Operation,
+  type ReuseSettings,
+} from './param-form.js';
+import { renderFields, type RenderedFields } from './param-form-view.js';
+import { formatUsd, h, replaceChildren, toast } from './ui.js';
 
-/** Placeholder: replaced by the Playground page. */
-export function render(root: HTMLElement, _ctx: ConsoleContext): void {
-  root.replaceChildren(h('h1', null, 'Playground'));
+interface ResultImage {
+  url?: string;
+  b64_json?: string;
+  mime_type?: string;
+  width?: number;
+  height?: number;
+  seed?: number;
+  revised_prompt?: string;
+}
+
+interface GenerationResult {
+  id: string;
+  model: string;
+  images: ResultImage[];
+  usage?: { images?: number; estimated_cost_usd?: number | null; upstream_ms?: number };
+}
+
+/** What ctx.state may carry here: settings to reuse, or an image to edit (from the gallery). */
+interface PlaygroundState {
+  reuse?: ReuseSettings;
+  editImage?: { url: string; id?: string };
+}
+
+class RequestFailed extends Error {}
+
+const seconds = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
+
+async function errorText(res: Response): Promise<string> {
+  try {
+    const body = (await res.json()) as { error?: { message?: string } };
+    if (body.error?.message) return body.error.message;
+  } catch {
+    // not JSON
+  }
+  return `The gateway answered ${res.status}.`;
+}
+
+/** The progress a stream event tells, in words. */
+function progressText(event: string, data: Record<string, unknown>): string | undefined {
+  if (event === 'queued') return 'Queued…';
+  if (event === 'running') return data.task_id ? 'Running (upstream task accepted)…' : 'Running…';
+  if (event === 'progress') {
+    const pct = typeof data.progress === 'number' ? ` ${Math.round(data.progress)}%` : '';
+    return `Running: ${String(data.upstream_status ?? 'in progress')}${pct}…`;
+  }
+  return undefined;
+}
+
+export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<void> {
+  const state = (ctx.state ?? {}) as PlaygroundState;
+  replaceChildren(root, h('h1', null, 'Playground'), h('p', { class: 'loading' }, 'Loading models…'));
+
+  let models: ModelInfo[];
+  try {
+    const res = await ctx.api('/v1/models');
+    if (!res.ok) throw new RequestFailed(await errorText(res));
+    models = ((await res.json()) as { data: ModelInfo[] }).data;
+  } catch (err) {
+    replaceChildren(root, h('h1', null, 'Playground'), h('p', { class: 'form-error', role: 'alert' }, `The models could not be loaded: ${(err as Error).message}`));
+    return;
+  }
+  if (models.length === 0) {
+    replaceChildren(root, h('h1', null, 'Playground'), h('p', { class: 'notice' }, 'This key may use no model.'));
+    return;
+  }
+
+  // ---- the form
+  const modelSelect = h('select', { id: 'pg-model', name: 'model' }, models.map((m) => h('option', { value: m.id }, m.id)));
+  const modelHint = h('p', { class: 'hint', id: 'pg-model-help' });
+  modelSelect.setAttribute('aria-describedby', 'pg-model-help');
+
+  const opGenerate = h('input', { type: 'radio', name: 'pg-operation', id: 'pg-op-generate', value: 'generate', checked: true });
+  const opEdit = h('input', { type: 'radio', name: 'pg-operation', id: 'pg-op-edit', value: 'edit' });
+  const operationGroup = h(
+    'fieldset',
+    { class: 'field row' },
+    h('legend', null, 'Operation'),
+    h('span', { class: 'row' }, opGenerate, h('label', { for: 'pg-op-generate' }, 'Generate from text')),
+    h('span', { class: 'row' }, opEdit, h('label', { for: 'pg-op-edit' }, 'Edit an image')),
+  );
+
+  const modeSelect = h('select', { id: 'pg-mode', name: 'mode' });
+  const modeField = h('div', { class: 'field' }, h('label', { for: 'pg-mode' }, 'Mode'), modeSelect);
+
+  const fileInput = h('input', { id: 'pg-image', type: 'file', name: 'image', accept: 'image/png,image/jpeg,image/webp' });
+  const dropZone = h(
+    'div',
+    { class: 'drop-zone card' },
+    h('label', { for: 'pg-image' }, 'Image'),
+    fileInput,
+    h('p', { class: 'hint', id: 'pg-image-help' }, 'Choose a file or drop images here.'),
+  );
+  fileInput.setAttribute('aria-describedby', 'pg-image-help');
+  dropZone.style.setProperty('border-style', 'dashed');
+  const thumbs = h('div', { class: 'row source-images' });
+  const maskSlot = h('div', { class: 'mask-slot' });
+  const editSection = h('div', { class: 'edit-section' }, modeField, dropZone, thumbs, maskSlot);
+
+  const prompt = h('textarea', { id: 'pg-prompt', name: 'prompt', rows: 3, required: true, placeholder: 'Describe the image' });
+  const fieldsSlot = h('div', { class: 'fields-slot' });
+  const generateButton = h('button', { type: 'submit', class: 'primary' }, 'Generate');
+  const formError = h('p', { class: 'form-error', role: 'alert' });
+  const form = h(
+    'form',
+    { class: 'card playground-form', novalidate: true },
+    h('div', { class: 'field' }, h('label', { for: 'pg-model' }, 'Model'), modelSelect, modelHint),
+    operationGroup,
+    editSection,
+    h('div', { class: 'field' }, h('label', { for: 'pg-prompt' }, 'Prompt'), prompt),
+    fieldsSlot,
+    h('div', { class: 'row' }, generateButton),
+    formError,
+  );
+
+  const results = h('div', { class: 'grid results', 'aria-live': 'polite' });
+  const emptyResults = h('p', { class: 'muted' }, 'Results appear here, newest first; earlier ones stay.');
+  replaceChildren(root, h('h1', null, 'Playground'), form, h('h2', null, 'Results'), emptyResults, results);
+  results.style.setProperty('margin-top', 'var(--gap, 1rem)');
+
+  // ---- what the form shows: the model, its operation and mode, their fields and inputs
+  let sources: Blob[] = [];
+  let maskEditor: MaskEditor | undefined;
+  let fields = formFields(models[0]!, 'generate');
+  let view: RenderedFields = renderFields([], 'pg');
+
+  const currentModel = () => models.find((m) => m.id === modelSelect.value) ?? models[0]!;
+  const operation = (): Operation => (opEdit.checked ? 'edit' : 'generate');
+  const mode = () => (operation() === 'edit' ? modeSelect.value || undefined : undefined);
+  const schema = () => operationSchema(currentModel(), operation(), mode());
+
+  async function showMask(): Promise<void> {
+    maskEditor?.destroy();
+    maskEditor = undefined;
+    maskSlot.replaceChildren();
+    const s = schema();
+    if (operation() !== 'edit' || !s?.mask || sources.length === 0) return;
+    const first = sources[0]!;
+    try {
+      const editor = await createMaskEditor(first, { required: s.mask.required });
+      // The form changed while the image loaded.
+      if (sources[0] !== first) return editor.destroy();
+      maskEditor = editor;
+      maskSlot.replaceChildren(h('h3', null, s.mask.required ? 'Mask (required)' : 'Mask (optional)'), editor.element);
+    } catch (err) {
+      maskSlot.replaceChildren(h('p', { class: 'form-error', role: 'alert' }, `The image cannot be painted on: ${(err as Error).message}`));
+    }
+  }
+
+  function showSources(): void {
+    thumbs.replaceChildren(
+      ...sources.map((blob, i) => {
+        const url = URL.createObjectURL(blob);
+        const img = h('img', { src: url, alt: `Source image ${i + 1}`, width: 96 });
+        img.addEventListener('load', () => URL.revokeObjectURL(url), { once: true });
+        const remove = h('button', { type: 'button', 'aria-label': `Remove source image ${i + 1}` }, 'Remove');
+        remove.addEventListener('click', () => {
+          sources = sources.filter((_, j) => j !== i);
+          showSources();
+          void showMask();
+        });
+        return h('figure', { class: 'source-image' }, img, remove);
+      }),
+    );
+  }
+
+  function setSources(files: Blob[]): void {
+    const max = schema()?.images?.max ?? 1;
+    const images = files.filter((f) => /^image\//.test(f.type) || f.type === '');
+    if (images.length < files.length) toast('Only images can be edited; other files were left out.', 'error');
+    if (images.length > max) toast(`${currentModel().id} takes at most ${max} image${max === 1 ? '' : 's'}; the first ${max} are used.`, 'error');
+    sources = images.slice(0, max);
+    showSources();
+    void showMask();
+  }
+
+  /** Redraws the parts that depend on the model, operation and mode; keeps what was typed where the field remains. */
+  function update(keep: Record<string, string> = view.read()): void {
+    const model = currentModel();
+    modelHint.textContent = [model.description, model.async ? 'Runs as an upstream task.' : '', model.price_per_image_usd != null ? `${formatUsd(model.price_per_image_usd)} per image.` : '']
+      .filter(Boolean)
+      .join(' ');
+    const ops = model.operations;
+    if (!ops.includes(operation())) (ops.includes('generate') ? opGenerate : opEdit).checked = true;
+    opGenerate.disabled = !ops.includes('generate');
+    opEdit.disabled = !ops.includes('edit');
+    operationGroup.hidden = ops.length < 2;
+
+    const modes = editModes(model);
+    const previousMode = modeSelect.value;
+    modeSelect.replaceChildren(...modes.map((m) => h('option', { value: m }, m.replace(/_/g, ' '))));
+    if (modes.includes(previousMode)) modeSelect.value = previousMode;
+    modeField.hidden = modes.length < 2;
+    editSection.hidden = operation() !== 'edit';
+
+    const s = schema();
+    const max = s?.images?.max ?? 1;
+    fileInput.multiple = max > 1;
+    (dropZone.querySelector('.hint') as HTMLElement).textContent = `Choose ${max > 1 ? `up to ${max} images` : 'an image'} (PNG, JPEG or WebP), or drop ${max > 1 ? 'them' : 'it'} here.`;
+    if (sources.length > max) setSources(sources);
+    prompt.maxLength = s?.prompt.max_length ?? 10000;
+
+    fields = formFields(model, operation(), mode());
+    view = renderFields(fields, 'pg');
+    view.fill(keep);
+    fieldsSlot.replaceChildren(view.element);
+    void showMask();
+  }
+
+  modelSelect.addEventListener('change', () => update());
+  opGenerate.addEventListener('change', () => update());
+  opEdit.addEventListener('change', () => update());
+  modeSelect.addEventListener('change', () => update());
+  fileInput.addEventListener('change', () => setSources([...(fileInput.files ?? [])]));
+  for (const type of ['dragenter', 'dragover'] as const) {
+    dropZone.addEventListener(type, (event) => {
+      event.preventDefault();
+      dropZone.classList.add('dragging');
+    });
+  }
+  dropZone.addEventListener('dragleave', () => dropZone.classList.remove('dragging'));
+  dropZone.addEventListener('drop', (event) => {
+    event.preventDefault();
+    dropZone.classList.remove('dragging');
+    setSources([...(event.dataTransfer?.files ?? [])]);
+  });
+
+  /** Fills the form with a request's settings (a result's, or a gallery image's). */
+  function applySettings(settings: ReuseSettings): void {
+    const model = models.find((m) => m.id === settings.model);
+    if (!model) {
+      toast(`This key may not use ${settings.model} (or the gateway no longer serves it).`, 'error');
+      return;
+    }
+    modelSelect.value = model.id;
+    const parameters = settings.parameters ?? {};
+    const wantedMode = typeof parameters.mode === 'string' ? parameters.mode : undefined;
+    const edit = (wantedMode !== undefined || !model.operations.includes('generate')) && model.operations.includes('edit');
+    (edit ? opEdit : opGenerate).checked = true;
+    if (wantedMode && editModes(model).includes(wantedMode)) {
+      update({});
+      modeSelect.value = wantedMode;
+    }
+    update({});
+    view.fill(rawFromParameters(fields, parameters));
+    if (typeof settings.prompt === 'string') prompt.value = settings.prompt;
+    prompt.focus();
+  }
+
+  /** Switches to editing `blob` with a model that edits (the current one where it does, one that takes a mask first). */
+  async function editImage(blob: Blob): Promise<void> {
+    if (!currentModel().operations.includes('edit')) {
+      const editor = models.find((m) => operationSchema(m, 'edit', 'edit')?.mask) ?? models.find((m) => m.operations.includes('edit'));
+      if (!editor) {
+        toast('None of the models this key may use edits images.', 'error');
+        return;
+      }
+      modelSelect.value = editor.id;
+    }
+    opEdit.checked = true;
+    update();
+    setSources([blob]);
+    editSection.scrollIntoView?.({ block: 'start', behavior: 'smooth' });
+  }
+
+  async function fetchImage(url: string): Promise<Blob> {
+    const res = await fetch(url, { credentials: 'same-origin' });
+    if (!res.ok) throw new RequestFailed(`the image could not be fetched (${res.status})`);
+    return res.blob();
+  }
+
+  // ---- running a request
+  function resultCards(result: GenerationResult, ms: number, settings: ReuseSettings): HTMLElement[] {
+    const cost = result.usage?.estimated_cost_usd;
+    const each = cost === null || cost === undefined || result.images.length === 0 ? null : cost / result.images.length;
+    return result.images.map((image, i) => {
+      const src = image.url ?? (image.b64_json ? `data:${image.mime_type ?? 'image/png'};base64,${image.b64_json}` : '');
+      const ext = (image.mime_type ?? 'image/png').split('/')[1] ?? 'png';
+      const editButton = h('button', { type: 'button' }, 'Edit this image');
+      editButton.addEventListener('click', () => {
+        editButton.disabled = true;
+        fetchImage(src)
+          .then(editImage)
+          .catch((err: Error) => toast(`Cannot edit it: ${err.message}`, 'error'))
+          .finally(() => (editButton.disabled = false));
+      });
+      const facts = [
+        image.seed !== undefined ? `seed ${image.seed}` : 'seed —',
+        seconds(ms),
+        each === null ? 'cost —' : formatUsd(each),
+        image.width && image.height ? `${image.width}×${image.height}` : '',
+      ].filter(Boolean);
+      return h(
+        'figure',
+        { class: 'card result-card', 'data-seed': image.seed ?? '' },
+        h('img', { src, alt: `${result.model}: ${settings.prompt ?? ''}`, loading: 'lazy', width: image.width, height: image.height }),
+        h('figcaption', null, h('p', { class: 'result-facts' }, facts.join(' · ')), h('p', { class: 'muted result-model' }, `${result.model} · ${settings.prompt ?? ''}`)),
+        h(
+          'div',
+          { class: 'row result-actions' },
+          h('button', { type: 'button', onclick: () => applySettings(settings) }, 'Reuse settings'),
+          editButton,
+          src ? h('a', { href: src, download: `${result.id}-${i + 1}.${ext === 'jpeg' ? 'jpg' : ext}`, class: 'button' }, 'Download') : null,
+        ),
+      );
+    });
+  }
+
+  /** Follows a 202's job until it ends, showing its status. */
+  async function followJob(id: string, show: (text: string) => void): Promise<GenerationResult> {
+    for (;;) {
+      const res = await ctx.api(`/v1/jobs/${encodeURIComponent(id)}`);
+      if (!res.ok) throw new RequestFailed(await errorText(res));
+      const job = (await res.json()) as { status: string; result?: GenerationResult; error?: { message?: string } };
+      if (job.status === 'succeeded' && job.result) return job.result;
+      if (job.status === 'failed') throw new RequestFailed(job.error?.message ?? 'The job failed.');
+      show(job.status === 'queued' ? 'Queued…' : 'Running…');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+
+  /** Reads the answer: an event stream (progress as it comes), a 202 job, or the result itself. */
+  async function outcome(res: Response, show: (text: string) => void): Promise<GenerationResult> {
+    if (!res.ok) throw new RequestFailed(await errorText(res));
+    const type = res.headers.get('content-type') ?? '';
+    if (type.startsWith('text/event-stream') && res.body) {
+      for await (const { event, data } of readEventStream(res.body)) {
+        let parsed: Record<string, unknown> = {};
+        try {
+          parsed = JSON.parse(data) as Record<string, unknown>;
+        } catch {
+          // a comment-like or empty event
+        }
+        const text = progressText(event, parsed);
+        if (text) show(text);
+        if (event === 'succeeded') return parsed as unknown as GenerationResult;
+        if (event === 'failed' || event === 'error') {
+          const error = (parsed.error ?? parsed) as { message?: string };
+          throw new RequestFailed(error.message ?? 'The request failed.');
+        }
+      }
+      throw new RequestFailed('The stream ended without a result.');
+    }
+    const body = (await res.json()) as GenerationResult & { status_url?: string; status?: string };
+    if (res.status === 202 && body.id) return followJob(body.id, show);
+    return body;
+  }
+
+  async function submit(): Promise<void> {
+    formError.textContent = '';
+    const model = currentModel();
+    const op = operation();
+    const values = readValues(fields, view.read());
+    view.markInvalid(values.errors.map((e) => e.key));
+    const problems = values.errors.map((e) => e.message);
+    if (!prompt.value.trim()) problems.unshift('Prompt must not be empty.');
+    const s = schema();
+    if (op === 'edit' && sources.length === 0) problems.push('Image: choose the image to edit.');
+    if (op === 'edit' && s?.mask?.required && !maskEditor?.hasPaint()) problems.push('Mask: this mode needs a mask; paint the area to change.');
+    if (problems.length > 0) {
+      formError.textContent = problems.join(' ');
+      if (!prompt.value.trim()) prompt.focus();
+      return;
+    }
+    const promptText = prompt.value;
+    const settings = settingsOf(model.id, promptText, values, mode());
+
+    let init: RequestInit;
+    if (op === 'generate') {
+      init = { method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' }, body: JSON.stringify(generateBody(model.id, promptText, values)) };
+    } else {
+      const body = new FormData();
+      for (const [name, value] of editFields(model.id, promptText, values, mode())) body.append(name, value);
+      sources.forEach((blob, i) => body.append(i === 0 ? 'image' : 'image[]', blob, `image-${i + 1}.${(blob.type.split('/')[1] ?? 'png').replace('jpeg', 'jpg')}`));
+      if (maskEditor?.hasPaint()) body.append('mask', await maskEditor.toBlob(), 'mask.png');
+      init = { method: 'POST', headers: { Accept: 'text/event-stream' }, body };
+    }
+
+    emptyResults.hidden = true;
+    const status = h('p', { class: 'result-status', role: 'status' }, 'Sending…');
+    const pending = h('div', { class: 'card result-pending', 'aria-busy': 'true' }, h('p', { class: 'muted' }, `${model.id} · ${promptText}`), status);
+    results.prepend(pending);
+    const started = performance.now();
+    try {
+      const result = await outcome(await ctx.api(op === 'generate' ? '/v1/generate' : '/v1/edit', init), (text) => (status.textContent = text));
+      pending.replaceWith(...resultCards(result, performance.now() - started, settings));
+    } catch (err) {
+      pending.removeAttribute('aria-busy');
+      status.classList.add('form-error');
+      status.setAttribute('role', 'alert');
+      status.textContent = err instanceof RequestFailed ? err.message : `The gateway could not be reached: ${(err as Error).message}`;
+    }
+  }
+
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    // Several requests may run at once: each result is added as it comes.
+    void submit();
+  });
+
+  update({});
+  if (state.reuse) applySettings(state.reuse);
+  if (state.editImage) {
+    try {
+      await editImage(await fetchImage(state.editImage.url));
+    } catch (err) {
+      toast(`The image could not be loaded for editing: ${(err as Error).message}`, 'error');
+    }
+  }
 }
