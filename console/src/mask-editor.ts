@@ -70,6 +70,7 @@ export async function createMaskEditor(source: Blob, opts: { required?: boolean 
     'aria-label': 'Mask: paint over the area to change',
   });
   view.style.setProperty('width', '100%');
+  view.style.setProperty('max-width', '768px');
   view.style.setProperty('height', 'auto');
   view.style.setProperty('display', 'block');
   view.style.setProperty('cursor', 'crosshair');

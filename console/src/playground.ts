@@ -314,10 +314,15 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         each === null ? 'cost —' : formatUsd(each),
         image.width && image.height ? `${image.width}×${image.height}` : '',
       ].filter(Boolean);
-      return h(
+      const img = h('img', { src, alt: `${result.model}: ${settings.prompt ?? ''}`, loading: 'lazy', width: image.width, height: image.height });
+      // Scaled to the card's width, its proportions kept.
+      img.style.setProperty('width', '100%');
+      img.style.setProperty('height', 'auto');
+      img.style.setProperty('display', 'block');
+      const card = h(
         'figure',
         { class: 'card result-card', 'data-seed': image.seed ?? '' },
-        h('img', { src, alt: `${result.model}: ${settings.prompt ?? ''}`, loading: 'lazy', width: image.width, height: image.height }),
+        img,
         h('figcaption', null, h('p', { class: 'result-facts' }, facts.join(' · ')), h('p', { class: 'muted result-model' }, `${result.model} · ${settings.prompt ?? ''}`)),
         h(
           'div',
@@ -327,6 +332,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
           src ? h('a', { href: src, download: `${result.id}-${i + 1}.${ext === 'jpeg' ? 'jpg' : ext}`, class: 'button' }, 'Download') : null,
         ),
       );
+      card.style.setProperty('margin', '0');
+      return card;
     });
   }
 

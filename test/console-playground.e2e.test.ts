@@ -1,0 +1,190 @@
+/**
+ * The console's playground in headless Chromium: sign in, pick a model from the form built out of
+ * GET /v1/models, generate and see the image; upload a PNG through the "Image" input, paint a mask
+ * with the mouse, edit, and find the image and the painted mask (transparent where painted, at the
+ * image's size) in the upstream request; results accumulate side by side; "Reuse settings" and
+ * "Edit this image" fill the form. Makes docs/images/console-playground.png and console-mask.png.
+ */
+import { mkdirSync } from 'node:fs';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Browser, Page } from 'playwright-core';
+import { chromiumProblem, launchChromium } from './browser.js';
+import { CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
+
+const SCREENSHOTS = new URL('../docs/images/', import.meta.url).pathname;
+
+const cards = (page: Page) => page.locator('.result-card');
+
+/** A PNG with something to look at: sky and sea in gradients, and a sun. */
+async function landscape(width: number, height: number): Promise<Buffer> {
+  const raw = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 3;
+      const sea = y > height * 0.6;
+      const sun = (x - width * 0.7) ** 2 + (y - height * 0.35) ** 2 < (height * 0.12) ** 2;
+      const t = y / height;
+      raw[i] = sun ? 255 : sea ? 20 : Math.round(120 + 120 * t);
+      raw[i + 1] = sun ? 200 : sea ? Math.round(80 + 60 * t) : Math.round(150 + 60 * t);
+      raw[i + 2] = sun ? 60 : sea ? 140 : 235;
+    }
+  }
+  return sharp(raw, { raw: { width, height, channels: 3 } }).png().toBuffer();
+}
+
+/** Waits until `count` result cards show, each image loaded. */
+async function waitForResults(page: Page, count: number): Promise<void> {
+  await expect.poll(() => cards(page).count(), { timeout: 15_000 }).toBe(count);
+  await expect
+    .poll(() => page.locator('.result-card img').evaluateAll((imgs) => imgs.every((img) => (img as HTMLImageElement).complete && (img as HTMLImageElement).naturalWidth > 0)), { timeout: 15_000 })
+    .toBe(true);
+}
+
+describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromium (skipped when Chromium is absent and REQUIRE_SERVICES is unset)', () => {
+  let browser: Browser;
+  let h: ListeningHarness;
+  let page: Page;
+  const requests: string[] = [];
+  const errors: string[] = [];
+  /** The content type of each answer to a generate or edit. */
+  const answers: string[] = [];
+
+  beforeAll(async () => {
+    h = await startListening();
+    browser = await launchChromium();
+    page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    page.on('request', (r) => requests.push(r.url()));
+    page.on('response', (r) => {
+      if (/\/console\/api\/v1\/(generate|edit)$/.test(new URL(r.url()).pathname)) answers.push(`${new URL(r.url()).pathname} ${r.headers()['content-type']}`);
+    });
+    page.on('console', (m) => {
+      if (m.type() === 'error') errors.push(m.text());
+    });
+    page.on('pageerror', (e) => errors.push(String(e)));
+    mkdirSync(SCREENSHOTS, { recursive: true });
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await h?.close();
+  });
+
+  it('signs in, picks a model from the generated form, generates, and shows the image with its facts', async () => {
+    await page.goto(`${h.base}/console/`);
+    await page.getByLabel('API key').fill(CLIENT_KEY);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    const model = page.getByLabel('Model', { exact: true });
+    await model.waitFor();
+    // The key's models, from GET /v1/models.
+    const offered = await model.locator('option').allTextContents();
+    expect(offered).toContain('gpt-image-1');
+    expect(offered).toContain('ideogram-v3');
+    await model.selectOption('gpt-image-1');
+    // The form follows the catalogue: gpt-image-1's sizes and count.
+    expect(await page.getByLabel('Size', { exact: true }).locator('option').allTextContents()).toEqual(['Default', 'auto', '1024x1024', '1536x1024', '1024x1536']);
+    await page.getByLabel('Number of images').fill('2');
+    await page.getByLabel('Prompt', { exact: true }).fill('a lighthouse at dusk');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await waitForResults(page, 2);
+
+    const sent = h.simulator.received.filter((r) => r.path.endsWith('/predictions'));
+    expect(sent).toHaveLength(1);
+    expect((sent[0]!.json as { input: Record<string, unknown> }).input).toMatchObject({ prompt: 'a lighthouse at dusk', n: 2 });
+    const facts = await page.locator('.result-facts').first().textContent();
+    // seed (where the model reports one), duration in seconds, cost.
+    expect(facts).toMatch(/^seed .+ · \d+(\.\d)? s · /);
+    expect(await cards(page).first().getByRole('link', { name: 'Download' }).getAttribute('download')).toMatch(/^gen_.+-1\.png$/);
+    // It asked for the event stream (progress as it comes), through the console's API.
+    expect(answers).toEqual(['/console/api/v1/generate text/event-stream; charset=utf-8']);
+  });
+
+  it('generates again with another model: results accumulate, the earlier ones stay', async () => {
+    await page.getByLabel('Model', { exact: true }).selectOption('ideogram-v3');
+    await page.getByLabel('Aspect ratio').selectOption('16:9');
+    await page.getByLabel('Number of images').fill('1');
+    await page.getByLabel('Prompt', { exact: true }).fill('a red door in a white wall');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await waitForResults(page, 3);
+    const models = await page.locator('.result-model').allTextContents();
+    expect(models.map((m) => m.split(' · ')[0])).toEqual(['ideogram-v3', 'gpt-image-1', 'gpt-image-1']);
+    const sent = h.simulator.received.at(-1)!;
+    expect(sent.path).toBe('/ideogram/v1/ideogram-v3/generate');
+    expect(sent.fields).toMatchObject({ aspect_ratio: '16x9' });
+    await page.screenshot({ path: `${SCREENSHOTS}console-playground.png`, fullPage: true });
+  });
+
+  it('"Reuse settings" fills the form with a result\'s model, prompt and parameters', async () => {
+    await page.getByLabel('Model', { exact: true }).selectOption('gpt-image-1');
+    await page.getByLabel('Prompt', { exact: true }).fill('something else');
+    await cards(page).nth(0).getByRole('button', { name: 'Reuse settings' }).click();
+    expect(await page.getByLabel('Model', { exact: true }).inputValue()).toBe('ideogram-v3');
+    expect(await page.getByLabel('Prompt', { exact: true }).inputValue()).toBe('a red door in a white wall');
+    expect(await page.getByLabel('Aspect ratio').inputValue()).toBe('16:9');
+  });
+
+  it('edits an uploaded PNG with a mask painted with the mouse; the upstream request carries the image and the mask', async () => {
+    await page.getByLabel('Model', { exact: true }).selectOption('gpt-image-1');
+    await page.getByLabel('Edit an image').check();
+    const source = await landscape(200, 120);
+    await page.getByLabel('Image', { exact: true }).setInputFiles({ name: 'source.png', mimeType: 'image/png', buffer: source });
+    const canvas = page.getByRole('img', { name: /^Mask/ });
+    await canvas.waitFor();
+    expect(await canvas.evaluate((c) => [(c as HTMLCanvasElement).width, (c as HTMLCanvasElement).height])).toEqual([200, 120]);
+
+    // A stroke across the left part of the image, then one undone, then redone.
+    await canvas.scrollIntoViewIfNeeded();
+    const box = (await canvas.boundingBox())!;
+    const at = (fx: number, fy: number) => [box.x + box.width * fx, box.y + box.height * fy] as const;
+    await page.mouse.move(...at(0.1, 0.5));
+    await page.mouse.down();
+    await page.mouse.move(...at(0.4, 0.5), { steps: 12 });
+    await page.mouse.up();
+    await page.mouse.move(...at(0.8, 0.2));
+    await page.mouse.down();
+    await page.mouse.move(...at(0.9, 0.2), { steps: 4 });
+    await page.mouse.up();
+    await page.getByRole('button', { name: 'Undo' }).click();
+    await page.getByRole('button', { name: 'Redo' }).click();
+    await page.getByRole('button', { name: 'Undo' }).click();
+    await page.getByLabel('Prompt', { exact: true }).fill('a boat on the water');
+    await page.locator('.mask-editor').screenshot({ path: `${SCREENSHOTS}console-mask.png` });
+
+    const before = h.simulator.received.length;
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await waitForResults(page, 4);
+
+    const edit = h.simulator.received.slice(before).find((r) => r.path === '/v1/images/edits')!;
+    expect(edit).toBeDefined();
+    expect(edit.fields).toMatchObject({ prompt: 'a boat on the water' });
+    const image = edit.files!.find((f) => f.field === 'image')!;
+    const mask = edit.files!.find((f) => f.field === 'mask')!;
+    expect(edit.files!.map((f) => f.field)).toEqual(['image', 'mask']);
+    expect(image.data!.equals(source)).toBe(true);
+    expect(answers.at(-1)).toBe('/console/api/v1/edit text/event-stream; charset=utf-8');
+    // The mask: the image's size, transparent where the mouse painted, opaque elsewhere (the undone stroke too).
+    const { data, info } = await sharp(mask.data!).ensureAlpha().raw().toBuffer({ resolveWithObject: true });
+    expect([info.width, info.height]).toEqual([200, 120]);
+    const alpha = (x: number, y: number) => data[(y * info.width + x) * info.channels + 3];
+    expect(alpha(50, 60)).toBe(0);
+    expect(alpha(25, 60)).toBe(0);
+    expect(alpha(75, 60)).toBe(0);
+    expect(alpha(5, 5)).toBe(255);
+    expect(alpha(170, 24)).toBe(255);
+    expect(alpha(190, 110)).toBe(255);
+  });
+
+  it('"Edit this image" loads a result as the source to edit', async () => {
+    await page.getByLabel('Generate from text').check();
+    await cards(page).last().getByRole('button', { name: 'Edit this image' }).click();
+    await expect.poll(() => page.getByLabel('Edit an image').isChecked()).toBe(true);
+    await page.getByRole('img', { name: /^Mask/ }).waitFor();
+    expect(await page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
+  });
+
+  it('talked to no other origin and logged no error', () => {
+    const origin = new URL(h.base).origin;
+    expect(requests.filter((u) => !u.startsWith(origin) && !u.startsWith('data:') && !u.startsWith('blob:'))).toEqual([]);
+    // The one error: the session probe's 401 before signing in.
+    expect(errors.filter((e) => !/status of 401/.test(e))).toEqual([]);
+  });
+});
