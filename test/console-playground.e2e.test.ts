@@ -14,6 +14,16 @@ import { CLIENT_KEY, startListening, type ListeningHarness } from './harness.js'
 
 const SCREENSHOTS = new URL('../docs/images/', import.meta.url).pathname;
 
+/** What the checks read of an <img> and a <canvas> in the page (the tests are typed without the DOM). */
+interface LoadedImage {
+  complete: boolean;
+  naturalWidth: number;
+}
+interface Sized {
+  width: number;
+  height: number;
+}
+
 const cards = (page: Page) => page.locator('.result-card');
 
 /** A PNG with something to look at: sky and sea in gradients, and a sun. */
@@ -37,7 +47,7 @@ async function landscape(width: number, height: number): Promise<Buffer> {
 async function waitForResults(page: Page, count: number): Promise<void> {
   await expect.poll(() => cards(page).count(), { timeout: 15_000 }).toBe(count);
   await expect
-    .poll(() => page.locator('.result-card img').evaluateAll((imgs) => imgs.every((img) => (img as HTMLImageElement).complete && (img as HTMLImageElement).naturalWidth > 0)), { timeout: 15_000 })
+    .poll(() => page.locator('.result-card img').evaluateAll((imgs) => imgs.every((img) => (img as unknown as LoadedImage).complete && (img as unknown as LoadedImage).naturalWidth > 0)), { timeout: 15_000 })
     .toBe(true);
 }
 
@@ -129,7 +139,7 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     await page.getByLabel('Image', { exact: true }).setInputFiles({ name: 'source.png', mimeType: 'image/png', buffer: source });
     const canvas = page.getByRole('img', { name: /^Mask/ });
     await canvas.waitFor();
-    expect(await canvas.evaluate((c) => [(c as HTMLCanvasElement).width, (c as HTMLCanvasElement).height])).toEqual([200, 120]);
+    expect(await canvas.evaluate((c) => [(c as unknown as Sized).width, (c as unknown as Sized).height])).toEqual([200, 120]);
 
     // A stroke across the left part of the image, then one undone, then redone.
     await canvas.scrollIntoViewIfNeeded();
