@@ -191,6 +191,19 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     expect(await page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
   });
 
+  it("fits a phone's width: nothing wider than 375 px, the mask canvas included", async () => {
+    // Same browser context: the session cookie signs this page in too.
+    const phone = await page.context().newPage();
+    await phone.setViewportSize({ width: 375, height: 740 });
+    await phone.goto(`${h.base}/console/#/playground`);
+    await phone.getByLabel('Model', { exact: true }).selectOption('gpt-image-1');
+    await phone.getByLabel('Edit an image').check();
+    await phone.getByLabel('Image', { exact: true }).setInputFiles({ name: 'wide.png', mimeType: 'image/png', buffer: await landscape(1600, 400) });
+    await phone.getByRole('img', { name: /^Mask/ }).waitFor();
+    expect(await phone.evaluate('[document.documentElement.scrollWidth, document.documentElement.clientWidth]')).toEqual([375, 375]);
+    await phone.close();
+  });
+
   it('talked to no other origin and logged no error', () => {
     const origin = new URL(h.base).origin;
     expect(requests.filter((u) => !u.startsWith(origin) && !u.startsWith('data:') && !u.startsWith('blob:'))).toEqual([]);

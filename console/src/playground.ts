@@ -48,6 +48,13 @@ interface PlaygroundState {
 
 class RequestFailed extends Error {}
 
+/** Shows or hides an element, whatever display its classes give it ([hidden] alone loses to `display: flex`). */
+function shown(el: HTMLElement, visible: boolean): void {
+  el.hidden = !visible;
+  if (visible) el.style.removeProperty('display');
+  else el.style.setProperty('display', 'none');
+}
+
 const seconds = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
 
 async function errorText(res: Response): Promise<string> {
@@ -208,14 +215,14 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     if (!ops.includes(operation())) (ops.includes('generate') ? opGenerate : opEdit).checked = true;
     opGenerate.disabled = !ops.includes('generate');
     opEdit.disabled = !ops.includes('edit');
-    operationGroup.hidden = ops.length < 2;
+    shown(operationGroup, ops.length > 1);
 
     const modes = editModes(model);
     const previousMode = modeSelect.value;
     modeSelect.replaceChildren(...modes.map((m) => h('option', { value: m }, m.replace(/_/g, ' '))));
     if (modes.includes(previousMode)) modeSelect.value = previousMode;
-    modeField.hidden = modes.length < 2;
-    editSection.hidden = operation() !== 'edit';
+    shown(modeField, modes.length > 1);
+    shown(editSection, operation() === 'edit');
 
     const s = schema();
     const max = s?.images?.max ?? 1;
@@ -407,7 +414,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       init = { method: 'POST', headers: { Accept: 'text/event-stream' }, body };
     }
 
-    emptyResults.hidden = true;
+    shown(emptyResults, false);
     const status = h('p', { class: 'result-status', role: 'status' }, 'Sending…');
     const pending = h('div', { class: 'card result-pending', 'aria-busy': 'true' }, h('p', { class: 'muted' }, `${model.id} · ${promptText}`), status);
     results.prepend(pending);
