@@ -63,7 +63,8 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
   beforeAll(async () => {
     h = await startListening();
     browser = await launchChromium();
-    page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+    page = await context.newPage();
     page.on('request', (r) => requests.push(r.url()));
     page.on('response', (r) => {
       if (/\/console\/api\/v1\/(generate|edit)$/.test(new URL(r.url()).pathname)) answers.push(`${new URL(r.url()).pathname} ${r.headers()['content-type']}`);

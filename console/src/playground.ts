@@ -123,6 +123,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     h('p', { class: 'hint', id: 'pg-image-help' }, 'Choose a file or drop images here.'),
   );
   fileInput.setAttribute('aria-describedby', 'pg-image-help');
+  // A file input is as wide as its button and text; on a phone, no wider than the box.
+  fileInput.style.setProperty('max-width', '100%');
   dropZone.style.setProperty('border-style', 'dashed');
   const thumbs = h('div', { class: 'row source-images' });
   const maskSlot = h('div', { class: 'mask-slot' });
@@ -190,7 +192,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
           showSources();
           void showMask();
         });
-        return h('figure', { class: 'source-image' }, img, remove);
+        const figure = h('figure', { class: 'source-image row' }, img, remove);
+        figure.style.setProperty('margin', '0');
+        return figure;
       }),
     );
   }
