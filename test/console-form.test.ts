@@ -19,8 +19,8 @@ import {
   settingsOf,
   type ModelInfo,
 } from '../console/src/param-form.js';
-import { EventStreamParser } from '../console/src/event-stream.js';
-import { makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { EventStreamParser, progressText, readEventStream } from '../console/src/event-stream.js';
+import { makeHalfTransparentMask, makePng, multipartBody, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 
 /** The catalogue as GET /v1/models answers it (through JSON, as the browser gets it). */
 const catalogue: ModelInfo[] = JSON.parse(JSON.stringify(MODELS.map(describeModel)));
@@ -216,5 +216,37 @@ describe('the event stream reader', () => {
       { event: 'succeeded', data: '{"id":"gen_1"}' },
     ]);
     expect(labelFor('rendering_speed')).toBe('Rendering speed');
+  });
+});
+
+describe('the playground reading a real streamed generate', () => {
+  let h: ListeningHarness;
+  beforeAll(async () => {
+    // The task stays pending for several polls (every 10 ms), so its progress is told.
+    h = await startListening({}, { taskReadyAfterMs: 150 });
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it('reads the event stream of an asynchronous model as it comes: progress in words, then the result', async () => {
+    const body = generateBody('flux-kontext-pro', 'a harbour at night', readValues(formFields(model('flux-kontext-pro'), 'generate'), { aspect_ratio: '16:9' }));
+    const res = await h.fetch(`${h.base}/v1/generate`, { method: 'POST', headers: { ...h.auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const seen: string[] = [];
+    let result: { images: Array<{ url: string }> } | undefined;
+    for await (const { event, data } of readEventStream(res.body as ReadableStream<Uint8Array>)) {
+      const text = progressText(event, JSON.parse(data));
+      if (text) seen.push(text);
+      if (event === 'succeeded') result = JSON.parse(data);
+    }
+    // Queued, sent, the task accepted, then its progress while pending, in that order.
+    expect(seen.slice(0, 3)).toEqual(['Queued…', 'Running…', 'Running (upstream task accepted)…']);
+    expect(seen.length).toBeGreaterThan(3);
+    for (const text of seen.slice(3)) expect(text).toMatch(/^Running: \w+/);
+    expect(result!.images).toHaveLength(1);
+    expect(progressText('queued', {})).toBe('Queued…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 41.6 })).toBe('Running: Pending 42%…');
+    expect(progressText('image', {})).toBeUndefined();
   });
 });

@@ -57,3 +57,14 @@ export async function* readEventStream(body: ReadableStream<Uint8Array>): AsyncG
     reader.releaseLock();
   }
 }
+
+/** The progress a stream event tells, in words. */
+export function progressText(event: string, data: Record<string, unknown>): string | undefined {
+  if (event === 'queued') return 'Queued…';
+  if (event === 'running') return data.task_id ? 'Running (upstream task accepted)…' : 'Running…';
+  if (event === 'progress') {
+    const pct = typeof data.progress === 'number' ? ` ${Math.round(data.progress)}%` : '';
+    return `Running: ${String(data.upstream_status ?? 'in progress')}${pct}…`;
+  }
+  return undefined;
+}

@@ -5,7 +5,7 @@
  * "Edit this image" and "Download".
  */
 import type { ConsoleContext } from './api.js';
-import { readEventStream } from './event-stream.js';
+import { progressText, readEventStream } from './event-stream.js';
 import { createMaskEditor, type MaskEditor } from './mask-editor.js';
 import {
   editFields,
@@ -65,17 +65,6 @@ async function errorText(res: Response): Promise<string> {
     // not JSON
   }
   return `The gateway answered ${res.status}.`;
-}
-
-/** The progress a stream event tells, in words. */
-function progressText(event: string, data: Record<string, unknown>): string | undefined {
-  if (event === 'queued') return 'Queued…';
-  if (event === 'running') return data.task_id ? 'Running (upstream task accepted)…' : 'Running…';
-  if (event === 'progress') {
-    const pct = typeof data.progress === 'number' ? ` ${Math.round(data.progress)}%` : '';
-    return `Running: ${String(data.upstream_status ?? 'in progress')}${pct}…`;
-  }
-  return undefined;
 }
 
 export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<void> {
