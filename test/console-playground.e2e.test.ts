@@ -192,6 +192,23 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     expect(await page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
   });
 
+  it('takes images dropped on the box, as many as the model takes; a mode without a mask shows no mask editor', async () => {
+    await page.getByLabel('Model', { exact: true }).selectOption('doubao-seedream-4-0');
+    await page.getByLabel('Edit an image').check();
+    expect(await page.getByLabel('Image', { exact: true }).evaluate((i) => (i as unknown as { multiple: boolean }).multiple)).toBe(true);
+    const png = (await landscape(40, 30)).toString('base64');
+    // A DataTransfer holding two PNG files, made in the page (the tests are typed without the DOM).
+    const drop = await page.evaluateHandle(`(() => {
+      const bytes = Uint8Array.from(atob('${png}'), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      for (const name of ['one.png', 'two.png']) transfer.items.add(new File([bytes], name, { type: 'image/png' }));
+      return transfer;
+    })()`);
+    await page.locator('.drop-zone').dispatchEvent('drop', { dataTransfer: drop });
+    await expect.poll(() => page.getByRole('img', { name: /^Source image/ }).count()).toBe(2);
+    expect(await page.getByRole('img', { name: /^Mask/ }).count()).toBe(0);
+  });
+
   it("fits a phone's width: nothing wider than 375 px, the mask canvas included", async () => {
     // Same browser context: the session cookie signs this page in too.
     const phone = await page.context().newPage();

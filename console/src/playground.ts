@@ -131,7 +131,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     editSection,
     h('div', { class: 'field' }, h('label', { for: 'pg-prompt' }, 'Prompt'), prompt),
     fieldsSlot,
-    h('div', { class: 'row' }, generateButton),
+    h('div', { class: 'row submit-row' }, generateButton),
     formError,
   );
 
@@ -139,6 +139,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const emptyResults = h('p', { class: 'muted' }, 'Results appear here, newest first; earlier ones stay.');
   replaceChildren(root, h('h1', null, 'Playground'), form, h('h2', null, 'Results'), emptyResults, results);
   results.style.setProperty('margin-top', 'var(--gap, 1rem)');
+  (form.querySelector('.submit-row') as HTMLElement).style.setProperty('margin-top', 'var(--gap, 1rem)');
 
   // ---- what the form shows: the model, its operation and mode, their fields and inputs
   let sources: Blob[] = [];
