@@ -61,7 +61,8 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
   const answers: string[] = [];
 
   beforeAll(async () => {
-    h = await startListening();
+    // An upstream task stays pending for a while (polled every 10 ms), so its progress shows.
+    h = await startListening({}, { taskReadyAfterMs: 1500 });
     browser = await launchChromium();
     const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
     page = await context.newPage();
@@ -124,10 +125,20 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     await page.screenshot({ path: `${SCREENSHOTS}console-playground.png`, fullPage: true });
   });
 
+  it('shows an upstream task\'s progress while it runs, from the event stream, then its result', async () => {
+    await page.getByLabel('Model', { exact: true }).selectOption('flux-kontext-pro');
+    await page.getByLabel('Prompt', { exact: true }).fill('a harbour at night');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    const status = page.locator('.result-pending .result-status');
+    await expect.poll(() => status.textContent(), { timeout: 10_000 }).toMatch(/^Running: \w+/);
+    await waitForResults(page, 4);
+    expect((await page.locator('.result-model').first().textContent())!.startsWith('flux-kontext-pro')).toBe(true);
+  });
+
   it('"Reuse settings" fills the form with a result\'s model, prompt and parameters', async () => {
     await page.getByLabel('Model', { exact: true }).selectOption('gpt-image-1');
     await page.getByLabel('Prompt', { exact: true }).fill('something else');
-    await cards(page).nth(0).getByRole('button', { name: 'Reuse settings' }).click();
+    await cards(page).nth(1).getByRole('button', { name: 'Reuse settings' }).click();
     expect(await page.getByLabel('Model', { exact: true }).inputValue()).toBe('ideogram-v3');
     expect(await page.getByLabel('Prompt', { exact: true }).inputValue()).toBe('a red door in a white wall');
     expect(await page.getByLabel('Aspect ratio').inputValue()).toBe('16:9');
@@ -162,7 +173,7 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
 
     const before = h.simulator.received.length;
     await page.getByRole('button', { name: 'Generate' }).click();
-    await waitForResults(page, 4);
+    await waitForResults(page, 5);
 
     const edit = h.simulator.received.slice(before).find((r) => r.path === '/v1/images/edits')!;
     expect(edit).toBeDefined();
