@@ -168,6 +168,10 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     await page.getByRole('button', { name: 'Undo' }).click();
     await page.getByRole('button', { name: 'Redo' }).click();
     await page.getByRole('button', { name: 'Undo' }).click();
+    // Another model that takes the same image and an optional mask keeps what was painted.
+    await page.getByLabel('Model', { exact: true }).selectOption('gpt-image-1.5');
+    await page.getByLabel('Model', { exact: true }).selectOption('gpt-image-1');
+    expect(await page.locator('.mask-editor').getByText(/% of the image will change/).count()).toBe(1);
     await page.getByLabel('Prompt', { exact: true }).fill('a boat on the water');
     await page.locator('.mask-editor').screenshot({ path: `${SCREENSHOTS}console-mask.png` });
 

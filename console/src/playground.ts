@@ -152,21 +152,31 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const mode = () => (operation() === 'edit' ? modeSelect.value || undefined : undefined);
   const schema = () => operationSchema(currentModel(), operation(), mode());
 
+  /** What the mask editor shows: its source image and whether the mask is required (kept while they stay the same). */
+  let maskFor: { source: Blob; required: boolean } | undefined;
+  let maskRequest = 0;
+
+  /** Shows the mask editor over the first image where the edit mode takes a mask; what was painted stays while the image does. */
   async function showMask(): Promise<void> {
+    const s = schema();
+    const source = operation() === 'edit' && s?.mask ? sources[0] : undefined;
+    const required = s?.mask?.required === true;
+    if (source && maskEditor && maskFor?.source === source && maskFor.required === required) return;
+    const request = ++maskRequest;
     maskEditor?.destroy();
     maskEditor = undefined;
+    maskFor = undefined;
     maskSlot.replaceChildren();
-    const s = schema();
-    if (operation() !== 'edit' || !s?.mask || sources.length === 0) return;
-    const first = sources[0]!;
+    if (!source) return;
     try {
-      const editor = await createMaskEditor(first, { required: s.mask.required });
+      const editor = await createMaskEditor(source, { required });
       // The form changed while the image loaded.
-      if (sources[0] !== first) return editor.destroy();
+      if (request !== maskRequest) return editor.destroy();
       maskEditor = editor;
-      maskSlot.replaceChildren(h('h3', null, s.mask.required ? 'Mask (required)' : 'Mask (optional)'), editor.element);
+      maskFor = { source, required };
+      maskSlot.replaceChildren(h('h3', null, required ? 'Mask (required)' : 'Mask (optional)'), editor.element);
     } catch (err) {
-      maskSlot.replaceChildren(h('p', { class: 'form-error', role: 'alert' }, `The image cannot be painted on: ${(err as Error).message}`));
+      if (request === maskRequest) maskSlot.replaceChildren(h('p', { class: 'form-error', role: 'alert' }, `The image cannot be painted on: ${(err as Error).message}`));
     }
   }
 
