@@ -1,7 +1,253 @@
+/**
+ * Usage: for a team key its team, for the admin every team. Requests, images, errors and cost per
+ * day as a uPlot chart (served from /console/vendor, nothing fetched elsewhere), a table by team,
+ * model and key (GET /v1/usage?group_by=...), a date range, and the raw records as CSV.
+ */
 import type { ConsoleContext } from './api.js';
-import { h } from './ui.js';
+import { PAGE_CSS, addStyles, apiJson, dayAfter, el, errorMessage, formatUsd, isoDay, saveBlob, statusLine } from './page-kit.js';
 
-/** Placeholder: replaced by the Usage page. */
-export function render(root: HTMLElement, _ctx: ConsoleContext): void {
-  root.replaceChildren(h('h1', null, 'Usage'));
+type UPlot = import('uplot');
+type UPlotConstructor = typeof import('uplot');
+
+interface UsageRow {
+  team?: string | null;
+  model?: string | null;
+  key?: string | null;
+  day?: string;
+  requests: number;
+  images: number;
+  errors: number;
+  estimated_cost_usd: number;
+  unpriced_images: number;
+}
+
+interface UsageReport {
+  from: string;
+  to: string;
+  data: UsageRow[];
+}
+
+const DAY_MS = 86_400_000;
+/** The most records one CSV request asks for; the download follows next cursors until the end. */
+const CSV_PAGE = 1000;
+
+let uPlotLoaded: Promise<UPlotConstructor> | undefined;
+
+/** uPlot, bundled into /console/vendor at build (and its stylesheet), loaded on first use. */
+function loadUPlot(): Promise<UPlotConstructor> {
+  uPlotLoaded ??= (async () => {
+    const cssHref = new URL('../vendor/uPlot.min.css', import.meta.url).href;
+    if (!document.querySelector(`link[href="${cssHref}"]`)) {
+      document.head.append(el('link', { rel: 'stylesheet', href: cssHref }));
+    }
+    const moduleUrl: string = new URL('../vendor/uPlot.esm.js', import.meta.url).href;
+    const mod = (await import(moduleUrl)) as { default: UPlotConstructor };
+    return mod.default;
+  })();
+  return uPlotLoaded;
+}
+
+/** One value per day of [from, to) (YYYY-MM-DD, `to` exclusive), 0 where nothing was recorded. */
+export function dailySeries(rows: UsageRow[], from: string, to: string): number[][] {
+  const byDay = new Map(rows.map((r) => [r.day, r]));
+  const xs: number[] = [];
+  const requests: number[] = [];
+  const images: number[] = [];
+  const errors: number[] = [];
+  const cost: number[] = [];
+  for (let t = Date.parse(`${from}T00:00:00Z`); t < Date.parse(`${to}T00:00:00Z`); t += DAY_MS) {
+    const row = byDay.get(isoDay(t));
+    xs.push(t / 1000);
+    requests.push(row?.requests ?? 0);
+    images.push(row?.images ?? 0);
+    errors.push(row?.errors ?? 0);
+    cost.push(row?.estimated_cost_usd ?? 0);
+  }
+  return [xs, requests, images, errors, cost];
+}
+
+export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<void> {
+  addStyles('page-kit', PAGE_CSS);
+  root.replaceChildren();
+  const now = Date.now();
+  const from = el('input', { id: 'usage-from', type: 'date', value: `${isoDay(now).slice(0, 8)}01`, required: true });
+  const to = el('input', { id: 'usage-to', type: 'date', value: isoDay(now), required: true });
+  const csv = el('button', { type: 'button', class: 'page-button' }, 'Download CSV');
+  const form = el(
+    'form',
+    { class: 'page-filters', 'aria-label': 'Date range' },
+    el('label', { for: 'usage-from' }, 'From', from),
+    el('label', { for: 'usage-to' }, 'To', to),
+    el('button', { type: 'submit', class: 'page-button' }, 'Show'),
+    csv,
+  );
+  const status = statusLine();
+  const chartBox = el('div', { class: 'usage-chart', role: 'img', 'aria-label': 'Requests, images, errors and cost per day' });
+  const tableBody = el('tbody');
+  const table = el(
+    'table',
+    { class: 'page-table' },
+    el('caption', { class: 'visually-hidden' }, 'Usage by team, model and key'),
+    el(
+      'thead',
+      {},
+      el(
+        'tr',
+        {},
+        el('th', { scope: 'col' }, 'Team'),
+        el('th', { scope: 'col' }, 'Model'),
+        el('th', { scope: 'col' }, 'Key'),
+        el('th', { scope: 'col', class: 'num' }, 'Requests'),
+        el('th', { scope: 'col', class: 'num' }, 'Images'),
+        el('th', { scope: 'col', class: 'num' }, 'Errors'),
+        el('th', { scope: 'col', class: 'num' }, 'Cost'),
+      ),
+    ),
+    tableBody,
+  );
+  root.append(
+    el('h1', {}, 'Usage'),
+    el('p', {}, ctx.session.admin ? 'Every team’s requests, images, errors and estimated cost.' : `Team ${ctx.session.team}’s requests, images, errors and estimated cost.`),
+    form,
+    status,
+    el('h2', {}, 'Per day'),
+    chartBox,
+    el('h2', {}, 'By team, model and key'),
+    el('div', { class: 'table-wrap' }, table),
+  );
+
+  let chart: UPlot | undefined;
+  let generation = 0;
+
+  function window(): { from: string; to: string } | undefined {
+    if (!from.value || !to.value || to.value < from.value) return undefined;
+    return { from: from.value, to: dayAfter(to.value) };
+  }
+
+  async function show(): Promise<void> {
+    const range = window();
+    if (!range) {
+      status.classList.add('error');
+      status.textContent = 'Choose a From date on or before the To date.';
+      return;
+    }
+    const mine = ++generation;
+    status.classList.remove('error');
+    status.textContent = 'Loading…';
+    const span = `from=${range.from}&to=${range.to}`;
+    try {
+      const [daily, grouped, UPlotClass] = await Promise.all([
+        apiJson<UsageReport>(ctx, `/v1/usage?group_by=day&${span}`),
+        apiJson<UsageReport>(ctx, `/v1/usage?group_by=team,model,key&${span}`),
+        loadUPlot(),
+      ]);
+      if (mine !== generation) return;
+      drawChart(UPlotClass, dailySeries(daily.data, range.from, range.to));
+      fillTable(grouped.data);
+      const total = grouped.data.reduce((sum, r) => sum + r.estimated_cost_usd, 0);
+      const requests = grouped.data.reduce((sum, r) => sum + r.requests, 0);
+      status.textContent = `${requests} request${requests === 1 ? '' : 's'}, ${formatUsd(total)} estimated, ${range.from} to ${to.value}.`;
+    } catch (err) {
+      if (mine !== generation) return;
+      status.classList.add('error');
+      status.textContent = `Could not load usage: ${(err as Error).message}`;
+    }
+  }
+
+  function drawChart(UPlotClass: UPlotConstructor, data: number[][]): void {
+    const width = Math.max(280, chartBox.clientWidth || root.clientWidth || 320);
+    const height = width < 500 ? 240 : 300;
+    chart?.destroy();
+    chart = new UPlotClass(
+      {
+        width,
+        height,
+        scales: { x: { time: true }, count: { auto: true }, usd: { auto: true } },
+        series: [
+          { label: 'Day' },
+          { label: 'Requests', scale: 'count', stroke: '#1a73e8', width: 2 },
+          { label: 'Images', scale: 'count', stroke: '#188038', width: 2 },
+          { label: 'Errors', scale: 'count', stroke: '#d93025', width: 2 },
+          { label: 'Cost (USD)', scale: 'usd', stroke: '#e37400', width: 2, dash: [6, 4], value: (_u, v) => (v === null ? '—' : formatUsd(v)) },
+        ],
+        axes: [
+          {},
+          { scale: 'count', label: 'count' },
+          { scale: 'usd', side: 1, label: 'USD', grid: { show: false }, values: (_u, ticks) => ticks.map((t) => `$${t}`) },
+        ],
+      },
+      data as unknown as import('uplot').AlignedData,
+      chartBox,
+    );
+  }
+
+  function fillTable(rows: UsageRow[]): void {
+    tableBody.replaceChildren();
+    if (rows.length === 0) {
+      tableBody.append(el('tr', {}, el('td', { colspan: 7 }, 'No requests in this range.')));
+      return;
+    }
+    for (const r of rows) {
+      tableBody.append(
+        el(
+          'tr',
+          {},
+          el('td', {}, r.team ?? '—'),
+          el('td', {}, r.model ?? '—'),
+          el('td', {}, r.key ?? '—'),
+          el('td', { class: 'num' }, r.requests),
+          el('td', { class: 'num' }, r.images),
+          el('td', { class: 'num' }, r.errors),
+          el('td', { class: 'num' }, formatUsd(r.estimated_cost_usd) + (r.unpriced_images > 0 ? ` (+${r.unpriced_images} unpriced)` : '')),
+        ),
+      );
+    }
+  }
+
+  /** Every record of the range as one CSV file (pages joined, one header). */
+  async function downloadCsv(): Promise<void> {
+    const range = window();
+    if (!range) return void show();
+    csv.disabled = true;
+    status.classList.remove('error');
+    status.textContent = 'Preparing CSV…';
+    try {
+      const parts: string[] = [];
+      let cursor: string | null = null;
+      do {
+        const params = new URLSearchParams({ format: 'csv', limit: String(CSV_PAGE), from: range.from, to: range.to });
+        if (cursor) params.set('cursor', cursor);
+        const res = await ctx.api(`/v1/usage/records?${params}`);
+        if (!res.ok) throw new Error(await errorMessage(res));
+        let text = await res.text();
+        if (parts.length > 0) text = text.slice(text.indexOf('\n') + 1);
+        if (text && !text.endsWith('\n')) text += '\n';
+        parts.push(text);
+        cursor = res.headers.get('x-next-cursor');
+      } while (cursor);
+      saveBlob(new Blob(parts, { type: 'text/csv' }), `usage-${range.from}-to-${to.value}.csv`);
+      status.textContent = 'CSV downloaded.';
+    } catch (err) {
+      status.classList.add('error');
+      status.textContent = `Could not download CSV: ${(err as Error).message}`;
+    } finally {
+      csv.disabled = false;
+    }
+  }
+
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    void show();
+  });
+  csv.addEventListener('click', () => void downloadCsv());
+  // The chart follows the page's width (a phone turned, a window resized).
+  if ('ResizeObserver' in globalThis) {
+    const resized = new ResizeObserver(() => {
+      if (!root.isConnected) return resized.disconnect();
+      const width = Math.max(280, chartBox.clientWidth);
+      if (chart && Math.abs(chart.width - width) > 4) chart.setSize({ width, height: width < 500 ? 240 : 300 });
+    });
+    resized.observe(chartBox);
+  }
+  await show();
 }
