@@ -200,10 +200,12 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
 
     dialog.replaceChildren(
       el('div', { class: 'dialog-head' }, el('h2', { id: 'image-dialog-title' }, `${image.model} · ${formatTime(image.created_at)}`), close),
-      el('img', { src: image.url, alt: image.prompt ?? `image ${image.id}`, width: image.width, height: image.height }),
-      details,
-      el('div', { class: 'page-actions' }, reuse, edit, download, remove),
-      detailStatus,
+      el(
+        'div',
+        { class: 'dialog-body' },
+        el('img', { src: image.url, alt: image.prompt ?? `image ${image.id}`, width: image.width, height: image.height }),
+        el('div', {}, details, el('div', { class: 'page-actions' }, reuse, edit, download, remove), detailStatus),
+      ),
     );
     if (!dialog.open) dialog.showModal();
     reuse.focus();

@@ -48,7 +48,7 @@ export async function apiJson<T>(ctx: ConsoleContext, path: string, init?: Reque
 
 export function formatUsd(usd: number | null | undefined): string {
   if (usd === null || usd === undefined) return '—';
-  return `$${usd < 1 && usd > 0 ? usd.toFixed(4) : usd.toFixed(2)}`;
+  return `$${usd !== 0 && Math.abs(usd) < 0.01 ? usd.toFixed(4) : usd.toFixed(2)}`;
 }
 
 export function formatBytes(bytes: number): string {
@@ -108,7 +108,7 @@ export const PAGE_CSS = `
 .page-filters .field-wide input { width: 14rem; max-width: calc(100vw - 3rem); }
 .page-status { min-height: 1.2em; font-size: .9rem; }
 .page-status.error { color: #b00020; }
-.table-wrap { overflow-x: auto; max-width: 100%; }
+.table-wrap { overflow-x: auto; max-width: 100%; position: relative; }
 .page-table { border-collapse: collapse; width: 100%; font-size: .9rem; }
 .page-table th, .page-table td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #ddd; white-space: nowrap; }
 .page-table td.num, .page-table th.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -123,8 +123,10 @@ export const PAGE_CSS = `
 .gallery-more { margin: 1rem 0; text-align: center; }
 .image-dialog { width: min(56rem, calc(100vw - 1rem)); max-height: calc(100vh - 1rem); padding: 1rem; border: 1px solid #888; border-radius: 6px; box-sizing: border-box; }
 .image-dialog::backdrop { background: rgba(0, 0, 0, .6); }
-.image-dialog img { max-width: 100%; max-height: 60vh; display: block; margin: 0 auto; }
-.image-dialog dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem .75rem; font-size: .9rem; margin: .75rem 0; }
+.image-dialog .dialog-body { display: grid; grid-template-columns: minmax(0, 3fr) minmax(15rem, 2fr); gap: 1rem; align-items: start; margin-top: .75rem; }
+@media (max-width: 700px) { .image-dialog .dialog-body { grid-template-columns: minmax(0, 1fr); } }
+.image-dialog img { max-width: 100%; max-height: 70vh; width: auto; height: auto; display: block; margin: 0 auto; background: #eee; }
+.image-dialog dl { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: .25rem .75rem; font-size: .9rem; margin: 0 0 .75rem; }
 .image-dialog dt { font-weight: 600; }
 .image-dialog dd { margin: 0; overflow-wrap: anywhere; }
 .image-dialog pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; font-size: .85rem; }

@@ -158,20 +158,26 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     const width = Math.max(280, chartBox.clientWidth || root.clientWidth || 320);
     const height = width < 500 ? 240 : 300;
     chart?.destroy();
+    // What the chart shows, for a reader of the page's markup (and the tests): days and totals.
+    chartBox.dataset.days = String(data[0]!.length);
+    chartBox.dataset.requests = String(data[1]!.reduce((a, b) => a + b, 0));
+    chartBox.dataset.images = String(data[2]!.reduce((a, b) => a + b, 0));
     chart = new UPlotClass(
       {
         width,
         height,
+        // Days are UTC days, labelled as such whatever the browser's zone.
+        tzDate: (ts) => UPlotClass.tzDate(new Date(ts * 1000), 'Etc/UTC'),
         scales: { x: { time: true }, count: { auto: true }, usd: { auto: true } },
         series: [
-          { label: 'Day' },
+          { label: 'Day', value: (_u, v) => (v === null ? '—' : isoDay(v * 1000)) },
           { label: 'Requests', scale: 'count', stroke: '#1a73e8', width: 2 },
           { label: 'Images', scale: 'count', stroke: '#188038', width: 2 },
           { label: 'Errors', scale: 'count', stroke: '#d93025', width: 2 },
           { label: 'Cost (USD)', scale: 'usd', stroke: '#e37400', width: 2, dash: [6, 4], value: (_u, v) => (v === null ? '—' : formatUsd(v)) },
         ],
         axes: [
-          {},
+          { incrs: [DAY_MS / 1000, (2 * DAY_MS) / 1000, (7 * DAY_MS) / 1000, (14 * DAY_MS) / 1000, (28 * DAY_MS) / 1000], values: (_u, ticks) => ticks.map((t) => isoDay(t * 1000).slice(5)) },
           { scale: 'count', label: 'count' },
           { scale: 'usd', side: 1, label: 'USD', grid: { show: false }, values: (_u, ticks) => ticks.map((t) => `$${t}`) },
         ],

@@ -1,0 +1,212 @@
+/**
+ * The console's gallery, usage and keys pages in headless Chromium, signed in through the console
+ * like a person: each team sees its own images and not the other's; an image opens with its
+ * details; "Reuse settings" carries its settings to the playground; Delete removes it from the grid
+ * and its URL stops answering; the admin's usage chart draws the days; a minted key is shown once
+ * and works, and revoking it removes it. Screenshots for the docs are written as it goes.
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { chromiumProblem, launchChromium } from './browser.js';
+import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
+
+const SCREENSHOTS = fileURLToPath(new URL('../docs/images/', import.meta.url));
+
+const DESIGN_PROMPTS = ['a red lighthouse at dusk, oil painting', 'a paper crane on a desk, studio light'];
+const ADS_PROMPT = 'a banner for a summer sale';
+
+describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys in Chromium (skipped when Chromium is absent and REQUIRE_SERVICES is unset)', () => {
+  let browser: Browser;
+  let h: ListeningHarness;
+
+  async function generate(key: string, prompt: string, extra: Record<string, unknown> = {}): Promise<void> {
+    const res = await h.fetch(`${h.base}/v1/generate`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-image-1', prompt, ...extra }),
+    });
+    expect(res.status, await res.clone().text()).toBe(200);
+    await res.arrayBuffer();
+  }
+
+  /** A fresh browser profile signed in with `key` through the console's own form. */
+  async function signIn(key: string, viewport = { width: 1100, height: 800 }): Promise<{ context: BrowserContext; page: Page }> {
+    const context = await browser.newContext({ viewport });
+    const page = await context.newPage();
+    await page.goto(`${h.base}/console`);
+    await page.getByLabel('API key').fill(key);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('link', { name: 'Gallery' }).waitFor();
+    return { context, page };
+  }
+
+  async function openGallery(page: Page): Promise<void> {
+    await page.getByRole('link', { name: 'Gallery' }).click();
+    await page.getByRole('heading', { name: 'Gallery' }).waitFor();
+    await expect.poll(() => page.getByRole('status').first().textContent()).toMatch(/image|match/);
+  }
+
+  const tiles = (page: Page) => page.getByRole('list', { name: 'Images' }).getByRole('button');
+
+  beforeAll(async () => {
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    h = await startListening();
+    for (const prompt of DESIGN_PROMPTS) await generate(CLIENT_KEY, prompt, { size: '1024x1024' });
+    await generate(OTHER_CLIENT_KEY, ADS_PROMPT);
+    browser = await launchChromium();
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await h?.close();
+  });
+
+  it('shows each team its own images only, newest first, and filters by prompt text', async () => {
+    const design = await signIn(CLIENT_KEY);
+    await openGallery(design.page);
+    await expect.poll(() => tiles(design.page).count()).toBe(2);
+    const names = await tiles(design.page).evaluateAll((buttons) => buttons.map((b) => b.getAttribute('aria-label')));
+    expect(names).toEqual([`Open image: ${DESIGN_PROMPTS[1]}`, `Open image: ${DESIGN_PROMPTS[0]}`]);
+    // The thumbnails load (the console's image URLs answer in this browser).
+    await expect
+      .poll(() => design.page.locator('.gallery-grid img').evaluateAll((imgs) => imgs.map((i) => (i as unknown as { naturalWidth: number }).naturalWidth > 0)))
+      .toEqual([true, true]);
+    await design.page.screenshot({ path: `${SCREENSHOTS}console-gallery.png` });
+
+    await design.page.getByLabel('Prompt contains').fill('crane');
+    await expect.poll(() => tiles(design.page).count()).toBe(1);
+    await expect(tiles(design.page).first().getAttribute('aria-label')).resolves.toBe(`Open image: ${DESIGN_PROMPTS[1]}`);
+    await design.context.close();
+
+    const ads = await signIn(OTHER_CLIENT_KEY);
+    await openGallery(ads.page);
+    await expect.poll(() => tiles(ads.page).count()).toBe(1);
+    await expect(tiles(ads.page).first().getAttribute('aria-label')).resolves.toBe(`Open image: ${ADS_PROMPT}`);
+    await ads.context.close();
+  });
+
+  it('opens an image with its details, and "Reuse settings" takes its prompt to the playground', async () => {
+    const { context, page } = await signIn(CLIENT_KEY);
+    await openGallery(page);
+    await page.getByRole('button', { name: `Open image: ${DESIGN_PROMPTS[0]}` }).click();
+    const dialog = page.getByRole('dialog');
+    await dialog.waitFor();
+    const details = dialog.getByLabel('Image details');
+    await expect(details.textContent()).resolves.toContain(DESIGN_PROMPTS[0]);
+    await expect(details.textContent()).resolves.toContain('gpt-image-1');
+    await expect(details.textContent()).resolves.toMatch(/\d+×\d+ px, [\d.]+ (B|KB|MB)/);
+    await expect(details.textContent()).resolves.toContain('1024x1024'); // the kept parameters
+    await expect(dialog.getByRole('link', { name: 'Download' }).getAttribute('download')).resolves.toMatch(/\.png$/);
+    await page.screenshot({ path: `${SCREENSHOTS}console-gallery-image.png` });
+
+    await dialog.getByRole('button', { name: 'Reuse settings' }).click();
+    await page.waitForURL(/#\/playground/);
+    const prompt = page.getByLabel('Prompt');
+    await prompt.waitFor();
+    await expect.poll(() => prompt.inputValue()).toBe(DESIGN_PROMPTS[0]);
+    await context.close();
+  });
+
+  it('deletes an image: it leaves the grid and its URL answers 404', async () => {
+    const { context, page } = await signIn(CLIENT_KEY);
+    await openGallery(page);
+    await page.getByRole('button', { name: `Open image: ${DESIGN_PROMPTS[1]}` }).click();
+    const dialog = page.getByRole('dialog');
+    const href = await dialog.getByRole('link', { name: 'Download' }).evaluate((a) => (a as unknown as { href: string }).href);
+    expect((await context.request.get(href)).status()).toBe(200);
+
+    page.once('dialog', (confirm) => void confirm.accept());
+    await dialog.getByRole('button', { name: 'Delete' }).click();
+    await expect.poll(() => tiles(page).count()).toBe(1);
+    expect(await page.getByRole('button', { name: `Open image: ${DESIGN_PROMPTS[1]}` }).count()).toBe(0);
+    expect((await context.request.get(href)).status()).toBe(404);
+
+    // A fresh listing agrees: the image is gone for good, not just from this page.
+    await page.reload();
+    await openGallery(page);
+    await expect.poll(() => tiles(page).count()).toBe(1);
+    await context.close();
+  });
+
+  it('fits a phone: no sideways scrolling at 375 px on the gallery and usage pages', async () => {
+    const { context, page } = await signIn(CLIENT_KEY, { width: 375, height: 740 });
+    await openGallery(page);
+    expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(375);
+    await page.getByRole('link', { name: 'Usage' }).click();
+    await page.locator('.usage-chart canvas').waitFor();
+    expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(375);
+    await context.close();
+  });
+
+  it("draws the admin's usage per day and lists every team", async () => {
+    const { context, page } = await signIn(ADMIN_KEY);
+    await page.getByRole('link', { name: 'Usage' }).click();
+    const chart = page.locator('.usage-chart');
+    await chart.locator('canvas').waitFor();
+    // One point a day, from the range's first day to its last (by default this month so far).
+    const from = await page.getByLabel('From').inputValue();
+    const to = await page.getByLabel('To').inputValue();
+    expect(from).toMatch(/^\d{4}-\d{2}-01$/);
+    expect(Number(await chart.getAttribute('data-days'))).toBe((Date.parse(to) - Date.parse(from)) / 86_400_000 + 1);
+    // Three generations at least (more: the listings and the deletion are requests too).
+    expect(Number(await chart.getAttribute('data-images'))).toBe(3);
+    expect(Number(await chart.getAttribute('data-requests'))).toBeGreaterThanOrEqual(3);
+    const canvasSize = await chart.locator('canvas').evaluate((c) => (c as unknown as { width: number }).width);
+    expect(canvasSize).toBeGreaterThan(200);
+    const teams = await page.locator('.page-table tbody tr td:first-child').allTextContents();
+    expect(teams).toEqual(expect.arrayContaining(['design', 'ads']));
+    await page.screenshot({ path: `${SCREENSHOTS}console-usage.png`, fullPage: true });
+
+    // The CSV download is the records of the range, through the console's API.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download CSV' }).click()]);
+    const path = await download.path();
+    const csv = readFileSync(path, 'utf8');
+    expect(csv.split('\n')[0]).toContain('request_id');
+    expect(csv).toContain('design');
+    await context.close();
+  });
+
+  it("mints a key shown once (copy puts it on the clipboard; it works), and revokes it", async () => {
+    const { context, page } = await signIn(ADMIN_KEY);
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: h.base });
+    await page.getByRole('link', { name: 'Keys' }).click();
+    await page.getByLabel('Team').fill('studio');
+    await page.getByLabel('Images per day').fill('20');
+    await page.getByRole('button', { name: 'Mint key' }).click();
+    const shown = page.locator('#minted-key');
+    await shown.waitFor();
+    const key = (await shown.textContent()) ?? '';
+    expect(key).toMatch(/^gk-/);
+    await page.getByRole('button', { name: 'Copy' }).click();
+    await expect.poll(() => page.evaluate<string>('navigator.clipboard.readText()')).toBe(key);
+    const works = await h.fetch(`${h.base}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+    expect(works.status).toBe(200);
+    await works.arrayBuffer();
+
+    const row = page.locator('tr', { hasText: 'studio' });
+    await row.waitFor();
+    const id = (await row.locator('td').first().textContent()) ?? '';
+    expect(id).toMatch(/^studio-/);
+    await page.screenshot({ path: `${SCREENSHOTS}console-keys.png`, fullPage: true });
+
+    // Leaving the page drops the key: coming back shows the list, never the key again.
+    await page.getByRole('link', { name: 'Gallery' }).click();
+    await page.getByRole('heading', { name: 'Gallery' }).waitFor();
+    await page.getByRole('link', { name: 'Keys' }).click();
+    await page.locator('tr', { hasText: id }).waitFor();
+    expect(await page.locator('#minted-key').count()).toBe(0);
+    expect(await page.content()).not.toContain(key);
+
+    page.once('dialog', (confirm) => void confirm.accept());
+    await page.getByRole('button', { name: `Revoke key ${id}` }).click();
+    await expect.poll(() => page.locator('tr', { hasText: id }).count()).toBe(0);
+    const refused = await h.fetch(`${h.base}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+    expect(refused.status).toBe(401);
+    await refused.arrayBuffer();
+    // Configured keys cannot be revoked here: their buttons are disabled.
+    await expect(page.getByRole('button', { name: 'Revoke key admin' }).isDisabled()).resolves.toBe(true);
+    await context.close();
+  });
+});
