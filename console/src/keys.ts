@@ -70,6 +70,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   // The minted key lives only in this element's text: gone when the console leaves this page.
   const forget = () => {
     once.replaceChildren();
+    delete once.dataset.keyId;
     once.hidden = true;
   };
   const onLeave = () => {
@@ -92,12 +93,13 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     } }, 'Copy');
     const done = el('button', { type: 'button', class: 'page-button', onclick: forget }, 'Done');
     once.replaceChildren(
-      el('h3', { id: 'key-once-title' }, `Key ${minted.id} for team ${minted.team}`),
-      el('p', {}, 'This key is shown once. Copy it now and give it to its team; it cannot be shown again.'),
+      el('h3', { id: 'key-once-title' }, `New key ${minted.id}`),
+      el('p', {}, `For team ${minted.team}. This key is shown once: copy it now, it cannot be shown again.`),
       code,
       el('div', { class: 'page-actions' }, copy, done, copyStatus),
     );
     once.hidden = false;
+    once.dataset.keyId = minted.id;
     copy.focus();
   }
 
@@ -114,6 +116,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         const res = await ctx.api(`/v1/keys/${encodeURIComponent(key.id)}`, { method: 'DELETE' });
         if (!res.ok) throw new Error(await errorMessage(res));
         tr.remove();
+        if (once.dataset.keyId === key.id) forget();
         status.classList.remove('error');
         status.textContent = `Key ${key.id} revoked.`;
       } catch (err) {
