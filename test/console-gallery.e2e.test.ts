@@ -172,7 +172,7 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     const { context, page } = await signIn(ADMIN_KEY);
     await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: h.base });
     await page.getByRole('link', { name: 'Keys' }).click();
-    await page.getByLabel('Team').fill('studio');
+    await page.getByLabel('Team', { exact: true }).fill('studio');
     await page.getByLabel('Images per day').fill('20');
     await page.getByRole('button', { name: 'Mint key' }).click();
     const shown = page.locator('#minted-key');

@@ -61,11 +61,11 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     el('label', { for: 'gallery-key' }, 'Key', key),
     admin ? keyIds : null,
     admin ? el('label', { for: 'gallery-team' }, 'Team', team) : null,
-    el('button', { type: 'submit', class: 'page-button' }, 'Apply'),
+    el('button', { type: 'submit' }, 'Apply'),
   );
   const status = statusLine();
   const grid = el('ul', { class: 'gallery-grid', 'aria-label': 'Images' });
-  const more = el('button', { type: 'button', class: 'page-button', hidden: true }, 'Load more');
+  const more = el('button', { type: 'button', hidden: true }, 'Load more');
   root.append(
     el('h1', {}, 'Gallery'),
     el('p', {}, admin ? 'Every team’s stored images, newest first.' : `Team ${ctx.session.team}’s stored images, newest first.`),
@@ -151,7 +151,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
 
   function open(image: Image, item: HTMLLIElement): void {
     const detailStatus = statusLine();
-    const close = el('button', { type: 'button', class: 'page-button', onclick: () => dialog.close() }, 'Close');
+    const close = el('button', { type: 'button', onclick: () => dialog.close() }, 'Close');
     const ext = EXTENSIONS[image.mime_type] ?? 'img';
     const rows: Array<[string, Node | string]> = [
       ['Prompt', image.prompt ?? '(not kept)'],

@@ -29,12 +29,12 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     return;
   }
 
-  const team = el('input', { id: 'mint-team', name: 'team', required: true, pattern: '[A-Za-z0-9_.\\-]{1,64}', autocomplete: 'off' });
-  const id = el('input', { id: 'mint-id', name: 'id', pattern: '[A-Za-z0-9_.\\-]{1,64}', placeholder: 'generated', autocomplete: 'off' });
+  const team = el('input', { id: 'mint-team', name: 'team', type: 'text', required: true, pattern: '[A-Za-z0-9_.\\-]{1,64}', autocomplete: 'off' });
+  const id = el('input', { id: 'mint-id', name: 'id', type: 'text', pattern: '[A-Za-z0-9_.\\-]{1,64}', placeholder: 'generated', autocomplete: 'off' });
   const rpm = el('input', { id: 'mint-rpm', name: 'rpm', type: 'number', min: 1, step: 1, inputmode: 'numeric' });
   const perDay = el('input', { id: 'mint-images-per-day', name: 'images_per_day', type: 'number', min: 0, step: 1, inputmode: 'numeric' });
   const budget = el('input', { id: 'mint-budget', name: 'monthly_budget_usd', type: 'number', min: 0, step: 0.01, inputmode: 'decimal' });
-  const models = el('input', { id: 'mint-models', name: 'models', placeholder: 'all; or gpt-image-*, flux-*', autocomplete: 'off' });
+  const models = el('input', { id: 'mint-models', name: 'models', type: 'text', placeholder: 'all; or gpt-image-*, flux-*', autocomplete: 'off' });
   const mintForm = el(
     'form',
     { class: 'page-form', 'aria-label': 'Mint a key' },
@@ -44,7 +44,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     el('label', { for: 'mint-images-per-day' }, 'Images per day', perDay),
     el('label', { for: 'mint-budget' }, 'Monthly budget (USD)', budget),
     el('label', { for: 'mint-models' }, 'Models (comma-separated)', models),
-    el('button', { type: 'submit', class: 'page-button' }, 'Mint key'),
+    el('button', { type: 'submit', class: 'primary' }, 'Mint key'),
   );
   const once = el('section', { class: 'key-once', 'aria-labelledby': 'key-once-title', hidden: true });
   const status = statusLine();
@@ -83,7 +83,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   function showOnce(minted: Minted): void {
     const code = el('code', { id: 'minted-key' }, minted.key);
     const copyStatus = el('span', { role: 'status', 'aria-live': 'polite' });
-    const copy = el('button', { type: 'button', class: 'page-button', 'aria-describedby': 'minted-key', onclick: async () => {
+    const copy = el('button', { type: 'button', 'aria-describedby': 'minted-key', onclick: async () => {
       try {
         await navigator.clipboard.writeText(code.textContent ?? '');
         copyStatus.textContent = ' Copied.';
@@ -91,7 +91,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         copyStatus.textContent = ' Copying was refused; select the key and copy it.';
       }
     } }, 'Copy');
-    const done = el('button', { type: 'button', class: 'page-button', onclick: forget }, 'Done');
+    const done = el('button', { type: 'button', onclick: forget }, 'Done');
     once.replaceChildren(
       el('h3', { id: 'key-once-title' }, `New key ${minted.id}`),
       el('p', {}, `For team ${minted.team}. This key is shown once: copy it now, it cannot be shown again.`),
@@ -104,7 +104,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   }
 
   function row(key: KeyEntry): HTMLTableRowElement {
-    const revoke = el('button', { type: 'button', class: 'page-button danger', 'aria-label': `Revoke key ${key.id}` }, 'Revoke');
+    const revoke = el('button', { type: 'button', class: 'danger', 'aria-label': `Revoke key ${key.id}` }, 'Revoke');
     if (key.source !== 'api') {
       revoke.disabled = true;
       revoke.title = `Set in the gateway's configuration (${key.source}); remove it there`;

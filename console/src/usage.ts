@@ -3,11 +3,9 @@
  * day as a uPlot chart (served from /console/vendor, nothing fetched elsewhere), a table by team,
  * model and key (GET /v1/usage?group_by=...), a date range, and the raw records as CSV.
  */
+import uPlot from '../vendor/uPlot.esm.js';
 import type { ConsoleContext } from './api.js';
 import { PAGE_CSS, addStyles, apiJson, dayAfter, el, errorMessage, formatUsd, isoDay, saveBlob, statusLine } from './page-kit.js';
-
-type UPlot = import('uplot');
-type UPlotConstructor = typeof import('uplot');
 
 interface UsageRow {
   team?: string | null;
@@ -30,22 +28,6 @@ interface UsageReport {
 const DAY_MS = 86_400_000;
 /** The most records one CSV request asks for; the download follows next cursors until the end. */
 const CSV_PAGE = 1000;
-
-let uPlotLoaded: Promise<UPlotConstructor> | undefined;
-
-/** uPlot, bundled into /console/vendor at build (and its stylesheet), loaded on first use. */
-function loadUPlot(): Promise<UPlotConstructor> {
-  uPlotLoaded ??= (async () => {
-    const cssHref = new URL('../vendor/uPlot.min.css', import.meta.url).href;
-    if (!document.querySelector(`link[href="${cssHref}"]`)) {
-      document.head.append(el('link', { rel: 'stylesheet', href: cssHref }));
-    }
-    const moduleUrl: string = new URL('../vendor/uPlot.esm.js', import.meta.url).href;
-    const mod = (await import(moduleUrl)) as { default: UPlotConstructor };
-    return mod.default;
-  })();
-  return uPlotLoaded;
-}
 
 /** One value per day of [from, to) (YYYY-MM-DD, `to` exclusive), 0 where nothing was recorded. */
 export function dailySeries(rows: UsageRow[], from: string, to: string): number[][] {
@@ -72,13 +54,13 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const now = Date.now();
   const from = el('input', { id: 'usage-from', type: 'date', value: `${isoDay(now).slice(0, 8)}01`, required: true });
   const to = el('input', { id: 'usage-to', type: 'date', value: isoDay(now), required: true });
-  const csv = el('button', { type: 'button', class: 'page-button' }, 'Download CSV');
+  const csv = el('button', { type: 'button' }, 'Download CSV');
   const form = el(
     'form',
     { class: 'page-filters', 'aria-label': 'Date range' },
     el('label', { for: 'usage-from' }, 'From', from),
     el('label', { for: 'usage-to' }, 'To', to),
-    el('button', { type: 'submit', class: 'page-button' }, 'Show'),
+    el('button', { type: 'submit' }, 'Show'),
     csv,
   );
   const status = statusLine();
@@ -116,16 +98,16 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     el('div', { class: 'table-wrap' }, table),
   );
 
-  let chart: UPlot | undefined;
+  let chart: uPlot | undefined;
   let generation = 0;
 
-  function window(): { from: string; to: string } | undefined {
+  function chosenRange(): { from: string; to: string } | undefined {
     if (!from.value || !to.value || to.value < from.value) return undefined;
     return { from: from.value, to: dayAfter(to.value) };
   }
 
   async function show(): Promise<void> {
-    const range = window();
+    const range = chosenRange();
     if (!range) {
       status.classList.add('error');
       status.textContent = 'Choose a From date on or before the To date.';
@@ -136,13 +118,12 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     status.textContent = 'Loading…';
     const span = `from=${range.from}&to=${range.to}`;
     try {
-      const [daily, grouped, UPlotClass] = await Promise.all([
+      const [daily, grouped] = await Promise.all([
         apiJson<UsageReport>(ctx, `/v1/usage?group_by=day&${span}`),
         apiJson<UsageReport>(ctx, `/v1/usage?group_by=team,model,key&${span}`),
-        loadUPlot(),
       ]);
       if (mine !== generation) return;
-      drawChart(UPlotClass, dailySeries(daily.data, range.from, range.to));
+      drawChart(dailySeries(daily.data, range.from, range.to));
       fillTable(grouped.data);
       const total = grouped.data.reduce((sum, r) => sum + r.estimated_cost_usd, 0);
       const requests = grouped.data.reduce((sum, r) => sum + r.requests, 0);
@@ -154,7 +135,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     }
   }
 
-  function drawChart(UPlotClass: UPlotConstructor, data: number[][]): void {
+  function drawChart(data: number[][]): void {
     const width = Math.max(280, chartBox.clientWidth || root.clientWidth || 320);
     const height = width < 500 ? 240 : 300;
     chart?.destroy();
@@ -162,12 +143,12 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     chartBox.dataset.days = String(data[0]!.length);
     chartBox.dataset.requests = String(data[1]!.reduce((a, b) => a + b, 0));
     chartBox.dataset.images = String(data[2]!.reduce((a, b) => a + b, 0));
-    chart = new UPlotClass(
+    chart = new uPlot(
       {
         width,
         height,
         // Days are UTC days, labelled as such whatever the browser's zone.
-        tzDate: (ts) => UPlotClass.tzDate(new Date(ts * 1000), 'Etc/UTC'),
+        tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), 'Etc/UTC'),
         scales: { x: { time: true }, count: { auto: true }, usd: { auto: true } },
         series: [
           { label: 'Day', value: (_u, v) => (v === null ? '—' : isoDay(v * 1000)) },
@@ -182,7 +163,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
           { scale: 'usd', side: 1, label: 'USD', grid: { show: false }, values: (_u, ticks) => ticks.map((t) => `$${t}`) },
         ],
       },
-      data as unknown as import('uplot').AlignedData,
+      data as unknown as uPlot.AlignedData,
       chartBox,
     );
   }
@@ -212,7 +193,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
 
   /** Every record of the range as one CSV file (pages joined, one header). */
   async function downloadCsv(): Promise<void> {
-    const range = window();
+    const range = chosenRange();
     if (!range) return void show();
     csv.disabled = true;
     status.classList.remove('error');
