@@ -177,7 +177,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       dialog.close();
       ctx.navigate('#/playground', { editImage: { url: image.url, id: image.id } });
     } }, 'Edit this image');
-    const download = el('a', { href: image.url, download: `${image.id}.${ext}` }, 'Download');
+    const download = el('a', { href: image.url, download: /\.[a-z0-9]{2,5}$/i.test(image.id) ? image.id : `${image.id}.${ext}` }, 'Download');
     const remove = el('button', { type: 'button', class: 'danger', onclick: async () => {
       if (!window.confirm('Delete this image? Its links stop working, and it cannot be undone.')) return;
       remove.disabled = true;
@@ -187,8 +187,10 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         const res = await ctx.api(`/v1/images/${encodeURIComponent(image.id)}`, { method: 'DELETE' });
         if (!res.ok && res.status !== 404) throw new Error(await errorMessage(res));
         dialog.close();
-        item.remove();
-        shown = Math.max(0, shown - 1);
+        // The admin's delete removes the image for every team: each team's tile of the same bytes goes.
+        const tiles = admin ? [...grid.querySelectorAll<HTMLLIElement>(`li[data-image-id="${CSS.escape(image.id)}"]`)] : [item];
+        for (const tile of tiles) tile.remove();
+        shown = Math.max(0, shown - tiles.length);
         status.classList.remove('error');
         status.textContent = 'Image deleted.';
       } catch (err) {
