@@ -34,7 +34,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const rpm = el('input', { id: 'mint-rpm', name: 'rpm', type: 'number', min: 1, step: 1, inputmode: 'numeric' });
   const perDay = el('input', { id: 'mint-images-per-day', name: 'images_per_day', type: 'number', min: 0, step: 1, inputmode: 'numeric' });
   const budget = el('input', { id: 'mint-budget', name: 'monthly_budget_usd', type: 'number', min: 0, step: 0.01, inputmode: 'decimal' });
-  const models = el('input', { id: 'mint-models', name: 'models', type: 'text', placeholder: 'all; or gpt-image-*, flux-*', autocomplete: 'off' });
+  const models = el('input', { id: 'mint-models', name: 'models', type: 'text', placeholder: 'all, or gpt-image-*, flux-*', autocomplete: 'off' });
   const mintForm = el(
     'form',
     { class: 'page-form', 'aria-label': 'Mint a key' },
@@ -43,7 +43,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     el('label', { for: 'mint-rpm' }, 'Requests per minute', rpm),
     el('label', { for: 'mint-images-per-day' }, 'Images per day', perDay),
     el('label', { for: 'mint-budget' }, 'Monthly budget (USD)', budget),
-    el('label', { for: 'mint-models' }, 'Models (comma-separated)', models),
+    el('label', { for: 'mint-models' }, 'Allowed models', models),
     el('button', { type: 'submit', class: 'primary' }, 'Mint key'),
   );
   const once = el('section', { class: 'key-once', 'aria-labelledby': 'key-once-title', hidden: true });

@@ -63,7 +63,7 @@ export const PAGE_CSS = `
 .page-status.error { color: var(--danger); }
 .table-wrap { max-width: 100%; position: relative; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-.page-actions { display: flex; flex-wrap: wrap; gap: .5rem; margin: .75rem 0; }
+.page-actions { display: flex; flex-wrap: wrap; align-items: center; gap: .5rem; margin: .75rem 0; }
 .page-actions a { display: inline-block; padding: .5rem 1rem; border: 1px solid var(--border); border-radius: var(--radius); background: var(--surface); color: inherit; text-decoration: none; }
 .page-actions a:hover { border-color: var(--accent); }
 .gallery-grid { list-style: none; margin: 0; padding: 0; display: grid; grid-template-columns: repeat(auto-fill, minmax(min(140px, 40vw), 1fr)); gap: .5rem; }
@@ -77,7 +77,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .image-dialog .dialog-head h2 { margin: 0; font-size: 1.1rem; overflow-wrap: anywhere; }
 .image-dialog .dialog-body { display: grid; grid-template-columns: minmax(0, 3fr) minmax(15rem, 2fr); gap: 1rem; align-items: start; margin-top: .75rem; }
 @media (max-width: 700px) { .image-dialog .dialog-body { grid-template-columns: minmax(0, 1fr); } }
-.image-dialog img { max-width: 100%; max-height: 70vh; width: auto; height: auto; display: block; margin: 0 auto; background: var(--bg); }
+.image-dialog img { width: 100%; height: auto; max-height: 70vh; object-fit: contain; display: block; background: var(--bg); }
 .image-dialog dl { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: .25rem .75rem; font-size: .9rem; margin: 0 0 .75rem; }
 .image-dialog dt { font-weight: 600; color: var(--muted); }
 .image-dialog dd { margin: 0; overflow-wrap: anywhere; }

@@ -160,7 +160,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         axes: [
           { incrs: [DAY_MS / 1000, (2 * DAY_MS) / 1000, (7 * DAY_MS) / 1000, (14 * DAY_MS) / 1000, (28 * DAY_MS) / 1000], values: (_u, ticks) => ticks.map((t) => isoDay(t * 1000).slice(5)) },
           { scale: 'count', label: 'count' },
-          { scale: 'usd', side: 1, label: 'USD', grid: { show: false }, values: (_u, ticks) => ticks.map((t) => `$${t}`) },
+          { scale: 'usd', side: 1, size: 70, grid: { show: false }, values: (_u, ticks) => ticks.map((t) => `$${t}`) },
         ],
       },
       data as unknown as uPlot.AlignedData,
