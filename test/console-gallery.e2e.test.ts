@@ -23,7 +23,10 @@ const DESIGN_PROMPTS = [
   'a bowl of lemons, flat illustration',
   'a city street in the rain at night',
 ];
-const ADS_PROMPT = 'a banner for a summer sale';
+// Four requests of ten images: more than the gallery's first page (30), so the rest come on scrolling.
+const ADS_PROMPTS = ['a banner for a summer sale, take 1', 'a banner for a summer sale, take 2', 'a banner for a summer sale, take 3', 'a banner for a summer sale, take 4'];
+const ADS_IMAGES = ADS_PROMPTS.length * 10;
+const GALLERY_PAGE = 30;
 
 describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys in Chromium (skipped when Chromium is absent and REQUIRE_SERVICES is unset)', () => {
   let browser: Browser;
@@ -49,6 +52,8 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     await page.getByLabel('API key').fill(key);
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.getByRole('link', { name: 'Gallery' }).waitFor();
+    // Sign-in lands on the playground: let it finish drawing (its models loaded) before going elsewhere.
+    await page.getByRole('button', { name: 'Generate' }).waitFor();
     return { context, page };
   }
 
@@ -64,7 +69,7 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     mkdirSync(SCREENSHOTS, { recursive: true });
     h = await startListening();
     for (const prompt of DESIGN_PROMPTS) await generate(CLIENT_KEY, prompt, { size: '1024x1024' });
-    await generate(OTHER_CLIENT_KEY, ADS_PROMPT);
+    for (const prompt of ADS_PROMPTS) await generate(OTHER_CLIENT_KEY, prompt, { n: 10 });
     browser = await launchChromium();
   });
 
@@ -90,10 +95,16 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     await expect(tiles(design.page).first().getAttribute('aria-label')).resolves.toBe(`Open image: ${DESIGN_PROMPTS[1]}`);
     await design.context.close();
 
+    // The other team: its own images only, a page first, the rest when "Load more" scrolls into view.
     const ads = await signIn(OTHER_CLIENT_KEY);
     await openGallery(ads.page);
-    await expect.poll(() => tiles(ads.page).count()).toBe(1);
-    await expect(tiles(ads.page).first().getAttribute('aria-label')).resolves.toBe(`Open image: ${ADS_PROMPT}`);
+    await expect.poll(() => tiles(ads.page).count()).toBe(GALLERY_PAGE);
+    const more = ads.page.getByRole('button', { name: 'Load more' });
+    await more.scrollIntoViewIfNeeded();
+    await expect.poll(() => tiles(ads.page).count()).toBe(ADS_IMAGES);
+    await expect.poll(() => more.isHidden()).toBe(true);
+    const adsNames = await tiles(ads.page).evaluateAll((buttons) => buttons.map((b) => b.getAttribute('aria-label')));
+    expect(new Set(adsNames)).toEqual(new Set(ADS_PROMPTS.map((p) => `Open image: ${p}`)));
     await ads.context.close();
   });
 
@@ -161,8 +172,8 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     expect(from).toMatch(/^\d{4}-\d{2}-01$/);
     expect(Number(await chart.getAttribute('data-days'))).toBe((Date.parse(to) - Date.parse(from)) / 86_400_000 + 1);
     // Every generation's image (and more requests: the listings and the deletion are requests too).
-    const generations = DESIGN_PROMPTS.length + 1;
-    expect(Number(await chart.getAttribute('data-images'))).toBe(generations);
+    const generations = DESIGN_PROMPTS.length + ADS_PROMPTS.length;
+    expect(Number(await chart.getAttribute('data-images'))).toBe(DESIGN_PROMPTS.length + ADS_IMAGES);
     expect(Number(await chart.getAttribute('data-requests'))).toBeGreaterThan(generations);
     const canvasSize = await chart.locator('canvas').evaluate((c) => (c as unknown as { width: number }).width);
     expect(canvasSize).toBeGreaterThan(200);

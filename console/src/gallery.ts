@@ -121,9 +121,11 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     more.disabled = true;
     status.classList.remove('error');
     status.textContent = 'Loading…';
+    let loaded = false;
     try {
       const page = await apiJson<ImagePage>(ctx, `/v1/images?${query()}`);
       if (mine !== generation) return;
+      loaded = true;
       grid.append(...page.data.map((image) => tile(image)));
       shown += page.data.length;
       cursor = page.next_cursor;
@@ -139,6 +141,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         more.disabled = false;
       }
     }
+    // A page that did not fill the screen leaves "Load more" in view, where the observer sees no change: go on.
+    if (loaded && mine === generation && cursor && root.isConnected && more.getBoundingClientRect().top < window.innerHeight) void load(false);
   }
 
   function tile(image: Image): HTMLLIElement {
