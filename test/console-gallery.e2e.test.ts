@@ -42,18 +42,19 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     await res.arrayBuffer();
   }
 
-  /** A fresh browser profile signed in with `key` through the console's own form. */
-  async function signIn(key: string, viewport = { width: 1100, height: 800 }): Promise<{ context: BrowserContext; page: Page }> {
+  /**
+   * A fresh browser profile signed in with `key` through the console's own form, opened at `route`
+   * (the console shows the page the address names once signed in).
+   */
+  async function signIn(key: string, route: string, viewport = { width: 1100, height: 800 }): Promise<{ context: BrowserContext; page: Page }> {
     const context = await browser.newContext({ viewport });
     // A step that cannot happen fails naming its locator, well within the test's own timeout.
     context.setDefaultTimeout(8000);
     const page = await context.newPage();
-    await page.goto(`${h.base}/console`);
+    await page.goto(`${h.base}/console#/${route}`);
     await page.getByLabel('API key').fill(key);
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.getByRole('link', { name: 'Gallery' }).waitFor();
-    // Sign-in lands on the playground: let it finish drawing (its models loaded) before going elsewhere.
-    await page.getByRole('button', { name: 'Generate' }).waitFor();
     return { context, page };
   }
 
@@ -79,7 +80,7 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
   });
 
   it('shows each team its own images only, newest first, and filters by prompt text', async () => {
-    const design = await signIn(CLIENT_KEY);
+    const design = await signIn(CLIENT_KEY, 'gallery');
     await openGallery(design.page);
     await expect.poll(() => tiles(design.page).count()).toBe(DESIGN_PROMPTS.length);
     const names = await tiles(design.page).evaluateAll((buttons) => buttons.map((b) => b.getAttribute('aria-label')));
@@ -88,7 +89,6 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     await expect
       .poll(() => design.page.locator('.gallery-grid img').evaluateAll((imgs) => imgs.map((i) => (i as unknown as { naturalWidth: number }).naturalWidth > 0)))
       .toEqual(DESIGN_PROMPTS.map(() => true));
-    await design.page.screenshot({ path: `${SCREENSHOTS}console-gallery.png` });
 
     await design.page.getByLabel('Prompt contains').fill('crane');
     await expect.poll(() => tiles(design.page).count()).toBe(1);
@@ -96,7 +96,7 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     await design.context.close();
 
     // The other team: its own images only, a page first, the rest when "Load more" scrolls into view.
-    const ads = await signIn(OTHER_CLIENT_KEY);
+    const ads = await signIn(OTHER_CLIENT_KEY, 'gallery');
     await openGallery(ads.page);
     await expect.poll(() => tiles(ads.page).count()).toBe(GALLERY_PAGE);
     const more = ads.page.getByRole('button', { name: 'Load more' });
@@ -105,11 +105,13 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     await expect.poll(() => more.isHidden()).toBe(true);
     const adsNames = await tiles(ads.page).evaluateAll((buttons) => buttons.map((b) => b.getAttribute('aria-label')));
     expect(new Set(adsNames)).toEqual(new Set(ADS_PROMPTS.map((p) => `Open image: ${p}`)));
+    await ads.page.evaluate('window.scrollTo(0, 0)');
+    await ads.page.screenshot({ path: `${SCREENSHOTS}console-gallery.png` });
     await ads.context.close();
   });
 
   it('opens an image with its details, and "Reuse settings" takes its prompt to the playground', async () => {
-    const { context, page } = await signIn(CLIENT_KEY);
+    const { context, page } = await signIn(CLIENT_KEY, 'gallery');
     await openGallery(page);
     await page.getByRole('button', { name: `Open image: ${DESIGN_PROMPTS[0]}` }).click();
     const dialog = page.getByRole('dialog');
@@ -131,7 +133,7 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
   });
 
   it('deletes an image: it leaves the grid and its URL answers 404', async () => {
-    const { context, page } = await signIn(CLIENT_KEY);
+    const { context, page } = await signIn(CLIENT_KEY, 'gallery');
     await openGallery(page);
     await page.getByRole('button', { name: `Open image: ${DESIGN_PROMPTS[1]}` }).click();
     const dialog = page.getByRole('dialog');
@@ -152,7 +154,7 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
   });
 
   it('fits a phone: no sideways scrolling at 375 px on the gallery and usage pages', async () => {
-    const { context, page } = await signIn(CLIENT_KEY, { width: 375, height: 740 });
+    const { context, page } = await signIn(CLIENT_KEY, 'gallery', { width: 375, height: 740 });
     await openGallery(page);
     expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(375);
     await page.getByRole('link', { name: 'Usage' }).click();
@@ -162,7 +164,7 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
   });
 
   it("draws the admin's usage per day and lists every team", async () => {
-    const { context, page } = await signIn(ADMIN_KEY);
+    const { context, page } = await signIn(ADMIN_KEY, 'usage');
     await page.getByRole('link', { name: 'Usage' }).click();
     const chart = page.locator('.usage-chart');
     await chart.locator('canvas').waitFor();
@@ -191,7 +193,7 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
   });
 
   it("mints a key shown once (copy puts it on the clipboard; it works), and revokes it", async () => {
-    const { context, page } = await signIn(ADMIN_KEY);
+    const { context, page } = await signIn(ADMIN_KEY, 'keys');
     await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: h.base });
     await page.getByRole('link', { name: 'Keys' }).click();
     await page.getByLabel('Team', { exact: true }).fill('studio');

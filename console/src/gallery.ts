@@ -68,7 +68,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const more = el('button', { type: 'button', hidden: true }, 'Load more');
   root.append(
     el('h1', {}, 'Gallery'),
-    el('p', {}, admin ? 'Every team’s stored images, newest first.' : `Team ${ctx.session.team}’s stored images, newest first.`),
+    el('p', {}, admin ? 'Every team’s stored images, newest first.' : `The stored images of team ${ctx.session.team}, newest first.`),
     filters,
     status,
     grid,

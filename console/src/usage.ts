@@ -89,7 +89,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   );
   root.append(
     el('h1', {}, 'Usage'),
-    el('p', {}, ctx.session.admin ? 'Every team’s requests, images, errors and estimated cost.' : `Team ${ctx.session.team}’s requests, images, errors and estimated cost.`),
+    el('p', {}, ctx.session.admin ? 'Every team’s requests, images, errors and estimated cost.' : `Requests, images, errors and estimated cost of team ${ctx.session.team}.`),
     form,
     status,
     el('h2', {}, 'Per day'),
