@@ -7,7 +7,7 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { chromiumProblem, launchChromium } from './browser.js';
 import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
@@ -51,6 +51,15 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     // A step that cannot happen fails naming its locator, well within the test's own timeout.
     context.setDefaultTimeout(8000);
     const page = await context.newPage();
+    // Every page of the console talks only to the gateway and breaks no rule of its CSP.
+    page.on('request', (request) => {
+      const url = request.url();
+      if (!url.startsWith(`${h.base}/`) && !/^(data|blob):/.test(url)) offences.push(`request to ${url}`);
+    });
+    page.on('console', (message) => {
+      if (/Content Security Policy|Refused to/i.test(message.text())) offences.push(`CSP: ${message.text()}`);
+    });
+    page.on('pageerror', (err) => offences.push(`page error: ${err.message}`));
     await page.goto(`${h.base}/console#/${route}`);
     await page.getByLabel('API key').fill(key);
     await page.getByRole('button', { name: 'Sign in' }).click();
@@ -65,6 +74,12 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
   }
 
   const tiles = (page: Page) => page.getByRole('list', { name: 'Images' }).getByRole('button');
+
+  /** What a page did that it must not: a request elsewhere, a CSP violation, an uncaught error. */
+  const offences: string[] = [];
+  afterEach(() => {
+    expect(offences.splice(0)).toEqual([]);
+  });
 
   beforeAll(async () => {
     mkdirSync(SCREENSHOTS, { recursive: true });
