@@ -144,6 +144,14 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     const prompt = page.getByLabel('Prompt', { exact: true });
     await prompt.waitFor();
     await expect.poll(() => prompt.inputValue()).toBe(DESIGN_PROMPTS[0]);
+
+    // "Edit this image" opens the playground's edit with the image loaded.
+    await page.getByRole('link', { name: 'Gallery' }).click();
+    await page.getByRole('button', { name: `Open image: ${DESIGN_PROMPTS[0]}` }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Edit this image' }).click();
+    await page.waitForURL(/#\/playground/);
+    await expect.poll(() => page.getByLabel('Edit an image').isChecked()).toBe(true);
+    await expect.poll(() => page.locator('.source-images img').count()).toBe(1);
     await context.close();
   });
 
