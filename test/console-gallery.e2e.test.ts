@@ -167,6 +167,8 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     await dialog.getByRole('button', { name: 'Delete' }).click();
     await expect.poll(() => tiles(page).count()).toBe(DESIGN_PROMPTS.length - 1);
     expect(await page.getByRole('button', { name: `Open image: ${DESIGN_PROMPTS[1]}` }).count()).toBe(0);
+    // The keyboard's place is the next image in the grid (the older one), not lost to the page.
+    expect(await page.evaluate<string | null>("document.activeElement?.getAttribute('aria-label') ?? null")).toBe(`Open image: ${DESIGN_PROMPTS[0]}`);
     expect((await context.request.get(href)).status()).toBe(404);
 
     // A fresh listing agrees: the image is gone for good, not just from this page.

@@ -193,8 +193,11 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         dialog.close();
         // The admin's delete removes the image for every team: each team's tile of the same bytes goes.
         const tiles = admin ? [...grid.querySelectorAll<HTMLLIElement>(`li[data-image-id="${CSS.escape(image.id)}"]`)] : [item];
+        const next = (item.nextElementSibling ?? item.previousElementSibling)?.querySelector('button');
         for (const tile of tiles) tile.remove();
         shown = Math.max(0, shown - tiles.length);
+        // Keyboard users stay in the grid: on the next image (or the previous, after the last).
+        if (next?.isConnected) next.focus();
         status.classList.remove('error');
         status.textContent = 'Image deleted.';
       } catch (err) {

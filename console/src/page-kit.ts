@@ -8,6 +8,7 @@ import { errorMessage, type ConsoleContext } from './api.js';
 import { h } from './ui.js';
 
 export { errorMessage } from './api.js';
+export { dayAfter, isoDay } from './days.js';
 export { formatBytes, formatTime, formatUsd, h as el } from './ui.js';
 
 /** GET (or another method) a console API path and read JSON; a failed answer throws the gateway's message. */
@@ -15,16 +16,6 @@ export async function apiJson<T>(ctx: ConsoleContext, path: string, init?: Reque
   const res = await ctx.api(path, init);
   if (!res.ok) throw new Error(await errorMessage(res));
   return (await res.json()) as T;
-}
-
-/** YYYY-MM-DD of a UTC instant (what a date input holds). */
-export function isoDay(ms: number): string {
-  return new Date(ms).toISOString().slice(0, 10);
-}
-
-/** The day after a YYYY-MM-DD: a "to" date input is inclusive, the API's `to` exclusive. */
-export function dayAfter(day: string): string {
-  return isoDay(Date.parse(`${day}T00:00:00Z`) + 86_400_000);
 }
 
 /** A status line announced to screen readers. */

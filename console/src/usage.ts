@@ -5,17 +5,13 @@
  */
 import uPlot from '../vendor/uPlot.esm.js';
 import type { ConsoleContext } from './api.js';
-import { PAGE_CSS, addStyles, apiJson, dayAfter, el, errorMessage, formatUsd, isoDay, saveBlob, statusLine } from './page-kit.js';
+import { DAY_MS, dailySeries, dayAfter, isoDay, monthToDate, type DayTotals } from './days.js';
+import { PAGE_CSS, addStyles, apiJson, el, errorMessage, formatUsd, saveBlob, statusLine } from './page-kit.js';
 
-interface UsageRow {
+interface UsageRow extends DayTotals {
   team?: string | null;
   model?: string | null;
   key?: string | null;
-  day?: string;
-  requests: number;
-  images: number;
-  errors: number;
-  estimated_cost_usd: number;
   unpriced_images: number;
 }
 
@@ -25,35 +21,15 @@ interface UsageReport {
   data: UsageRow[];
 }
 
-const DAY_MS = 86_400_000;
 /** The most records one CSV request asks for; the download follows next cursors until the end. */
 const CSV_PAGE = 1000;
-
-/** One value per day of [from, to) (YYYY-MM-DD, `to` exclusive), 0 where nothing was recorded. */
-export function dailySeries(rows: UsageRow[], from: string, to: string): number[][] {
-  const byDay = new Map(rows.map((r) => [r.day, r]));
-  const xs: number[] = [];
-  const requests: number[] = [];
-  const images: number[] = [];
-  const errors: number[] = [];
-  const cost: number[] = [];
-  for (let t = Date.parse(`${from}T00:00:00Z`); t < Date.parse(`${to}T00:00:00Z`); t += DAY_MS) {
-    const row = byDay.get(isoDay(t));
-    xs.push(t / 1000);
-    requests.push(row?.requests ?? 0);
-    images.push(row?.images ?? 0);
-    errors.push(row?.errors ?? 0);
-    cost.push(row?.estimated_cost_usd ?? 0);
-  }
-  return [xs, requests, images, errors, cost];
-}
 
 export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<void> {
   addStyles('page-kit', PAGE_CSS);
   root.replaceChildren();
-  const now = Date.now();
-  const from = el('input', { id: 'usage-from', type: 'date', value: `${isoDay(now).slice(0, 8)}01`, required: true });
-  const to = el('input', { id: 'usage-to', type: 'date', value: isoDay(now), required: true });
+  const initial = monthToDate(Date.now());
+  const from = el('input', { id: 'usage-from', type: 'date', value: initial.from, required: true });
+  const to = el('input', { id: 'usage-to', type: 'date', value: initial.to, required: true });
   const csv = el('button', { type: 'button' }, 'Download CSV');
   const form = el(
     'form',
