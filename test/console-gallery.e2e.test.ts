@@ -178,13 +178,17 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     await context.close();
   });
 
-  it('fits a phone: no sideways scrolling at 375 px on the gallery and usage pages', async () => {
+  it("fits a phone: no sideways scrolling at 375 px on the gallery and usage pages; a team's usage is its own", async () => {
     const { context, page } = await signIn(CLIENT_KEY, 'gallery', { width: 375, height: 740 });
     await openGallery(page);
     expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(375);
     await page.getByRole('link', { name: 'Usage' }).click();
     await page.locator('.usage-chart canvas').waitFor();
     expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(375);
+    // A team key's usage is its own team's only.
+    await expect.poll(() => page.locator('.page-table tbody tr td:first-child').allTextContents()).toContain('design');
+    expect(new Set(await page.locator('.page-table tbody tr td:first-child').allTextContents())).toEqual(new Set(['design']));
+    expect(Number(await page.locator('.usage-chart').getAttribute('data-images'))).toBe(DESIGN_PROMPTS.length);
     await context.close();
   });
 
