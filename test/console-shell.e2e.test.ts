@@ -131,4 +131,26 @@ describe.skipIf(chromiumProblem !== undefined)('the console shell in Chromium (s
     expect(await readable(page)).not.toContain(ADMIN_KEY);
     await page.close();
   });
+  it('a page still loading when the user moves on never draws over the next one', async () => {
+    const { page } = await watchedPage(browser);
+    // Hold the playground's model list back until the user has gone to the gallery.
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    await page.route('**/console/api/v1/models', async (route) => {
+      await held;
+      await route.continue();
+    });
+    await page.goto(`${h.base}/console/`);
+    await signIn(page, CLIENT_KEY);
+    await page.getByRole('navigation').waitFor();
+    expect(new URL(page.url()).hash).toBe('#/playground');
+    await page.getByRole('link', { name: 'Gallery' }).click();
+    await page.getByRole('heading', { name: 'Gallery', level: 1 }).waitFor();
+    release();
+    // The playground's late render has nowhere to go: the gallery stays, alone.
+    await page.waitForLoadState('networkidle');
+    expect(await page.getByRole('heading', { name: 'Gallery', level: 1 }).isVisible()).toBe(true);
+    expect(await page.getByRole('heading', { name: 'Playground', level: 1 }).count()).toBe(0);
+    await page.close();
+  });
 });

@@ -76,9 +76,12 @@ async function showRoute(): Promise<void> {
   try {
     const page = await pages[route]!();
     if (seq !== renderSeq) return;
-    root.replaceChildren();
+    // Each render draws into a view of its own: a page still loading when the user moves on
+    // keeps drawing into its detached view, never into the next page's.
+    const view = h('div', { class: 'view' });
+    root.replaceChildren(view);
     const ctx: ConsoleContext = { api, session, navigate, ...(state === undefined ? {} : { state }) };
-    await page.render(root, ctx);
+    await page.render(view, ctx);
   } catch (err) {
     if (seq !== renderSeq) return;
     replaceChildren(root, h('p', { class: 'form-error', role: 'alert' }, `This page could not be shown: ${(err as Error).message}`));
