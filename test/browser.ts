@@ -3,7 +3,10 @@
  * never a downloaded browser. Without it, those tests skip and say why, unless REQUIRE_SERVICES=1
  * (CI, whose `.ci/run` installs it), where a missing browser is a failure.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { chromium, type Browser } from 'playwright-core';
 import { requireServices } from './services.js';
 
@@ -30,3 +33,12 @@ export async function launchChromium(): Promise<Browser> {
     ],
   });
 }
+
+/**
+ * Where the end-to-end runs put their screenshots: docs/images/ (the README's pictures) when
+ * UPDATE_SCREENSHOTS=1, else a scratch directory, so a test run leaves the checkout clean.
+ */
+export const SCREENSHOTS =
+  process.env.UPDATE_SCREENSHOTS === '1'
+    ? fileURLToPath(new URL('../docs/images/', import.meta.url))
+    : `${mkdtempSync(join(tmpdir(), 'gw-screenshots-'))}/`;

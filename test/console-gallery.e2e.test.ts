@@ -9,10 +9,9 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { chromiumProblem, launchChromium } from './browser.js';
+import { chromiumProblem, launchChromium, SCREENSHOTS } from './browser.js';
 import { ADMIN_KEY, CLIENT_KEY, OTHER_CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
 
-const SCREENSHOTS = fileURLToPath(new URL('../docs/images/', import.meta.url));
 
 // Oldest first; the gallery shows them newest first.
 const DESIGN_PROMPTS = [

@@ -9,10 +9,9 @@ import { mkdirSync } from 'node:fs';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
-import { chromiumProblem, launchChromium } from './browser.js';
+import { chromiumProblem, launchChromium, SCREENSHOTS } from './browser.js';
 import { CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
 
-const SCREENSHOTS = new URL('../docs/images/', import.meta.url).pathname;
 
 /** What the checks read of an <img> and a <canvas> in the page (the tests are typed without the DOM). */
 interface LoadedImage {

@@ -6,10 +6,9 @@
 import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
-import { chromiumProblem, launchChromium } from './browser.js';
+import { chromiumProblem, launchChromium, SCREENSHOTS } from './browser.js';
 import { ADMIN_KEY, CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
 
-const SCREENSHOTS = new URL('../docs/images/', import.meta.url).pathname;
 
 /** A page that records every request it makes and every error it logs. */
 async function watchedPage(browser: Browser, viewport = { width: 1000, height: 700 }) {
