@@ -5,6 +5,7 @@ import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
 import { ConfigError, type Config } from './config.js';
 import { GatewayError, errorBody } from './errors.js';
+import { UpstreamFailure, toGatewayError } from './upstream/upstream-failure.js';
 import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
 import { clientKeysPlugin } from './auth/client-keys-plugin.js';
 import { limitsPlugin } from './limits/limits-plugin.js';
@@ -88,6 +89,7 @@ const BODY_LIMIT = 1024 * 1024;
 /** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms; `bodyLimit`: the route's. */
 function asGatewayError(err: unknown, bodyLimit?: number): GatewayError {
   if (err instanceof GatewayError) return err;
+  if (err instanceof UpstreamFailure) return toGatewayError(err);
   const e = err as FastifyError & { part?: unknown };
   switch (e.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { GatewayError } from '../src/errors.js';
 import { UpstreamClient } from '../src/upstream/upstream-client.js';
+import { UpstreamFailure, toGatewayError } from '../src/upstream/upstream-failure.js';
 import { makePng, startHarness, type Harness } from './harness.js';
 
 const MAX = 4096;
@@ -78,8 +79,10 @@ async function failure(promise: Promise<unknown>): Promise<GatewayError> {
     () => undefined,
     (e: unknown) => e,
   );
-  expect(err).toBeInstanceOf(GatewayError);
-  return err as GatewayError;
+  // The download's own failures are UpstreamFailures, answered at the edge as toGatewayError says.
+  const answered = err instanceof UpstreamFailure ? toGatewayError(err) : err;
+  expect(answered).toBeInstanceOf(GatewayError);
+  return answered as GatewayError;
 }
 
 describe('the result download', () => {

@@ -8,9 +8,9 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import { GatewayError } from '../src/errors.js';
 import { startUpstreamSimulator, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
 import { UpstreamClient } from '../src/upstream/upstream-client.js';
+import { UpstreamFailure, toGatewayError } from '../src/upstream/upstream-failure.js';
 import type { UpstreamRequest } from '../src/upstream/upstream-request.js';
 import { DEADLINE_MARGIN_MS } from '../src/upstream/task-poll-schedule.js';
 
@@ -115,8 +115,9 @@ describe('polling an upstream task', () => {
     const deadline = start + 3_000;
     // A signal nobody aborts: the deadline alone must end the call.
     const outcome = await upstream.generate(fluxTask, new AbortController().signal, { deadline }).catch((err: unknown) => err);
-    expect(outcome).toBeInstanceOf(GatewayError);
-    expect((outcome as GatewayError).code).toBe('upstream_timeout');
+    expect(outcome).toBeInstanceOf(UpstreamFailure);
+    expect((outcome as UpstreamFailure).kind).toBe('timeout');
+    expect(toGatewayError(outcome as UpstreamFailure).code).toBe('upstream_timeout');
     // Not before the deadline: the last answer could still have been Ready.
     expect(clock.now()).toBe(deadline);
 

@@ -9,6 +9,7 @@ import type { RequestOutcome } from '../usage/request-outcome.js';
 import { PaidImageLost, type GenerationResult, type ImageGeneration, type PreparedGeneration } from './image-generation.js';
 import type { ReportEvent } from './generation-events.js';
 import { eventWithOrigin, resultWithOrigin, storedJobOrigin } from '../jobs/job-origin.js';
+import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 
 /** Why a request was cut short: its caller went away (the connection closed). */
 export class ClientGone extends Error {
@@ -89,9 +90,14 @@ export function idempotencyScope(client: Client, idempotencyKey: string): string
   return client.token ? `${client.id}/${client.token.id}:${idempotencyKey}` : `${client.id}:${idempotencyKey}`;
 }
 
-/** What a failure is in the gateway's terms; anything unforeseen is an internal error. */
+/**
+ * What a failure is in the gateway's terms: an upstream failure is given its HTTP answer here (the
+ * edge); anything unforeseen is an internal error.
+ */
 export function asFailure(err: unknown): GatewayError {
-  return err instanceof GatewayError ? err : new GatewayError('internal_error', 'internal error', { cause: err });
+  if (err instanceof GatewayError) return err;
+  if (err instanceof UpstreamFailure) return toGatewayError(err);
+  return new GatewayError('internal_error', 'internal error', { cause: err });
 }
 
 /**
@@ -199,6 +205,7 @@ export class GenerationPipeline {
       }
       // A job settles its own reservation when it ends.
       if (!job.created) await this.deps.limits.settle(reservation, 0, err instanceof PaidImageLost ? err.costUsd : 0);
+      if (err instanceof UpstreamFailure) outcome.failureKind = err.kind;
       const failure = asFailure(err);
       onEvent({ type: 'failed', error: failure });
       throw failure;
@@ -226,7 +233,10 @@ export class GenerationPipeline {
       });
     } catch (err) {
       if (cancel.signal.reason instanceof UpstreamDeadline) {
-        throw new GatewayError('upstream_timeout', `no complete upstream answer within ${this.deps.upstreamTimeoutMs} ms`, { cause: err });
+        throw new UpstreamFailure('timeout', `no complete upstream answer within ${this.deps.upstreamTimeoutMs} ms`, {
+          cause: err,
+          ...(err instanceof UpstreamFailure ? { mayHaveBilled: err.mayHaveBilled } : {}),
+        });
       }
       throw err;
     } finally {

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../observability/logger.js';
 import { request as httpRequest, type Dispatcher } from 'undici';
 import { GatewayError, errorBody, type ErrorCode } from '../errors.js';
+import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 import type { Client } from '../auth/client-keys.js';
 import type { Database, Statements } from '../storage/database.js';
 import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
@@ -462,7 +463,9 @@ export class JobRunner {
         ? new GatewayError('upstream_timeout', `no complete upstream answer within ${this.o.upstreamTimeoutMs} ms`)
         : err instanceof GatewayError
           ? err
-          : new GatewayError('internal_error', 'internal error', { cause: err });
+          : err instanceof UpstreamFailure
+            ? toGatewayError(err)
+            : new GatewayError('internal_error', 'internal error', { cause: err });
       if (failure.status >= 500) this.o.log.error({ err: failure.cause ?? failure, job_id: id, code: failure.code }, failure.message);
       if (span) markSpanError(span, failure);
     }

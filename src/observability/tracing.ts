@@ -8,6 +8,7 @@
 import { DiagLogLevel, ROOT_CONTEXT, context, diag, propagation, trace, SpanKind, SpanStatusCode, type Attributes, type Context, type Link, type Span, type SpanContext } from '@opentelemetry/api';
 import type { Config } from '../config.js';
 import { GatewayError } from '../errors.js';
+import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 
 /** What the OTEL_* variables asked for, as read by config.ts. */
 export interface TracingSettings {
@@ -154,6 +155,7 @@ function tracer() {
 /** The gateway's error code for a failure (what a span's ERROR status says). */
 function errorCodeOf(err: unknown): string {
   if (err instanceof GatewayError) return err.code;
+  if (err instanceof UpstreamFailure) return toGatewayError(err).code;
   if (err instanceof Error && err.name === 'AbortError') return 'aborted';
   if (err instanceof Error && err.name === 'ClientGone') return 'client_closed';
   return 'internal_error';
@@ -164,7 +166,10 @@ export function markSpanError(span: Span, err: unknown): void {
   const code = errorCodeOf(err);
   span.setStatus({ code: SpanStatusCode.ERROR, message: code });
   span.setAttribute('error.type', code);
-  if (err instanceof GatewayError && err.upstreamStatus !== undefined) span.setAttribute('gateway.upstream.status_code', err.upstreamStatus);
+  if ((err instanceof GatewayError || err instanceof UpstreamFailure) && err.upstreamStatus !== undefined) {
+    span.setAttribute('gateway.upstream.status_code', err.upstreamStatus);
+  }
+  if (err instanceof UpstreamFailure) span.setAttribute('gateway.upstream.failure_kind', err.kind);
 }
 
 export interface SpanOptions {

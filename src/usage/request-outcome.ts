@@ -25,6 +25,11 @@ export interface RequestOutcome {
   upstreamTokens?: Record<string, unknown>;
   errorCode?: string;
   /**
+   * How upstream failed, when it did (src/upstream/upstream-failure.ts: no_channel, throttled, ...):
+   * for what follows a failure (a fallback), not for the usage record.
+   */
+  failureKind?: string;
+  /**
    * Which of the client's own limits refused the request with 429 (e.g. `rpm`, `images_per_day`,
    * `monthly_budget_usd`): set by whatever enforces the limit; labels the limit-refusal metric.
    */
