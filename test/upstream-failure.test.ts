@@ -14,6 +14,9 @@ import { UpstreamClient, type UpstreamClientOptions } from '../src/upstream/upst
 import { EDGE_CODE, FAILURE_KINDS, FAILURE_TRAITS, UpstreamFailure, toGatewayError, type UpstreamFailureKind } from '../src/upstream/upstream-failure.js';
 import { UpstreamKeyPool } from '../src/upstream/upstream-key-pool.js';
 import type { UpstreamRequest } from '../src/upstream/upstream-request.js';
+import { parseGenerateBody } from '../src/request/image-request.js';
+import { newOutcome } from '../src/usage/request-outcome.js';
+import { startHarness } from './harness.js';
 
 const KEY = 'sk-test-failure-kinds-0123456789';
 const URL_TTL_MS = 60_000;
@@ -288,5 +291,40 @@ describe('the edge mapping', () => {
     expect(answered.details).toEqual([{ message: 'size' }]);
     expect(answered.cause).toBe(cause);
     expect(toGatewayError(new UpstreamFailure('throttled', 'x', { retryAfterSeconds: 7 })).retryAfter).toBe(7);
+  });
+});
+
+describe('the pipeline (the edge)', () => {
+  it('answers with the GatewayError of old and notes the failure kind on the request outcome', async () => {
+    const h = await startHarness();
+    closers.push(() => h.close());
+    const client = { id: 'design', team: 'design', admin: false, source: 'env' as const };
+    const attempt = async (prompt: string) => {
+      const outcome = newOutcome();
+      const admitted = await h.app.pipeline.admit({
+        client,
+        request: parseGenerateBody({ model: 'gpt-image-1', prompt }),
+        signal: new AbortController().signal,
+        publicBaseUrl: 'http://gateway.test',
+        outcome,
+      });
+      const err = await admitted.run().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      return { err: err as GatewayError, outcome };
+    };
+    const unavailable = await attempt('a fox #sim:http503');
+    expect(unavailable.err).toBeInstanceOf(GatewayError);
+    expect({ status: unavailable.err.status, code: unavailable.err.code, upstreamStatus: unavailable.err.upstreamStatus }).toEqual({
+      status: 502,
+      code: 'upstream_error',
+      upstreamStatus: 503,
+    });
+    expect(unavailable.outcome.failureKind).toBe('unavailable');
+    const rejected = await attempt('a fox #sim:http400');
+    expect({ status: rejected.err.status, code: rejected.err.code }).toEqual({ status: 400, code: 'invalid_request' });
+    expect(rejected.err.details).toEqual([{ message: 'size not supported' }]);
+    expect(rejected.outcome.failureKind).toBe('rejected_input');
   });
 });
