@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 export default function buildOnce(): void {
   const root = join(dirname(fileURLToPath(import.meta.url)), '..');
   execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
+  // The built-in catalogue's data file, read next to dist/catalogue/.
+  execFileSync(process.execPath, ['scripts/copy-catalogue.mjs'], { cwd: root, stdio: 'pipe' });
   // The console (dist/console), served by every gateway the tests start: its modules, then its static and vendored files.
   execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.console.json'], { cwd: root, stdio: 'pipe' });
   execFileSync(process.execPath, ['scripts/build-console.mjs'], { cwd: root, stdio: 'pipe' });

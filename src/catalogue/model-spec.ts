@@ -23,7 +23,7 @@ export const EDIT_MODES: readonly EditMode[] = ['edit', 'remix', 'replace_backgr
  * - predictions: JSON `{"input":{...}}` to /v1/models/<vendor>/<model>/predictions, Bearer
  * - openai-json: OpenAI Images JSON at the top level, Bearer
  * - openai-multipart: OpenAI Images multipart (edits), Bearer
- * - ideogram-multipart / ideogram-json: Ideogram native, `Api-Key` header
+ * - ideogram-multipart / ideogram-json: Ideogram native (the route's `auth` names its key header)
  */
 export type UpstreamFamily = 'predictions' | 'openai-json' | 'openai-multipart' | 'ideogram-multipart' | 'ideogram-json';
 
@@ -71,8 +71,11 @@ export interface TokenPrices {
 export interface UpstreamRoute {
   family: UpstreamFamily;
   path: string;
-  /** The reply is a task to poll at /v1/tasks/<taskId>. */
+  /** The header the upstream key travels in: `Authorization: Bearer` or Ideogram's `Api-Key`. */
+  auth: 'bearer' | 'api-key';
+  /** The reply is a task to poll, at `taskPollPath` with `{task_id}` replaced. */
   async?: boolean;
+  taskPollPath?: string;
   prompt: { to: string; maxLength: number };
   params: Partial<Record<NormalizedParam, FieldMapping>>;
   /** Model-specific upstream parameters accepted in `options`, by their upstream names. */

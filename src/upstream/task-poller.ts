@@ -30,10 +30,13 @@ export class TaskPoller {
     private readonly exchange: UpstreamExchange,
   ) {}
 
-  /** Polls from `acceptedAt` (when upstream accepted the task, or polling resumed) to its end. */
-  async poll(taskId: string, key: string, signal: AbortSignal, hooks: PollHooks, acceptedAt: number): Promise<UpstreamImage[]> {
+  /**
+   * Polls from `acceptedAt` (when upstream accepted the task, or polling resumed) to its end, at the
+   * route's poll path (catalogue data, `{task_id}` standing for the id).
+   */
+  async poll(taskId: string, key: string, signal: AbortSignal, hooks: PollHooks, acceptedAt: number, pollPath = '/v1/tasks/{task_id}'): Promise<UpstreamImage[]> {
     const { wait, now: clock } = this.options;
-    const url = new URL(`/v1/tasks/${encodeURIComponent(taskId)}`, this.options.baseUrl);
+    const url = new URL(pollPath.replace('{task_id}', encodeURIComponent(taskId)), this.options.baseUrl);
     let lastPollAt: number | undefined;
     let previousDelayMs: number | undefined;
     let retryAfterMs: number | undefined;

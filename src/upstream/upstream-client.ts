@@ -167,7 +167,7 @@ export class UpstreamClient {
       // A task belongs to the account that submitted it: poll with the same key.
       const pollKey = key ?? this.keys.pick();
       const images = await inSpan('upstream.task_poll', { 'gateway.upstream.task_id': reply.taskId, 'gateway.upstream.resumed': hooks.resumeTaskId !== undefined }, () =>
-        this.poller.poll(reply.taskId, pollKey, signal, hooks, acceptedAt),
+        this.poller.poll(reply.taskId, pollKey, signal, hooks, acceptedAt, req.taskPollPath),
       );
       return { images, upstreamMs: Math.round(performance.now() - started) };
     }

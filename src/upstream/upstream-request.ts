@@ -18,6 +18,8 @@ export interface UpstreamRequest {
     | { kind: 'json'; value: Record<string, unknown> }
     | { kind: 'multipart'; fields: Array<[string, string]>; files: UpstreamFile[] };
   async: boolean;
+  /** Where a task is polled, `{task_id}` standing for its id (the catalogue route's task shape). */
+  taskPollPath?: string;
 }
 
 function setPath(target: Record<string, unknown>, dotted: string, value: unknown): void {
@@ -137,21 +139,22 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
     }
   }
 
-  const auth = route.family.startsWith('ideogram') ? 'api-key' : 'bearer';
+  const { auth } = route;
   const async = route.async === true;
+  const task = route.taskPollPath ? { taskPollPath: route.taskPollPath } : {};
   switch (route.family) {
     case 'predictions':
-      return { path: route.path, auth, async, body: { kind: 'json', value: { input: tree } } };
+      return { path: route.path, auth, async, ...task, body: { kind: 'json', value: { input: tree } } };
     case 'openai-json':
     case 'ideogram-json':
-      return { path: route.path, auth, async, body: { kind: 'json', value: tree } };
+      return { path: route.path, auth, async, ...task, body: { kind: 'json', value: tree } };
     case 'openai-multipart':
     case 'ideogram-multipart': {
       const fields: Array<[string, string]> = Object.entries(tree).map(([k, v]) => [
         k,
         typeof v === 'string' ? v : typeof v === 'object' ? JSON.stringify(v) : String(v),
       ]);
-      return { path: route.path, auth, async, body: { kind: 'multipart', fields, files } };
+      return { path: route.path, auth, async, ...task, body: { kind: 'multipart', fields, files } };
     }
   }
 }

@@ -1,0 +1,165 @@
+/**
+ * The catalogue file's schema (src/catalogue/models.yaml, validated at start) and the loader that
+ * turns its plain data into the ModelSpecs routing, validation, pricing and GET /v1/models read.
+ */
+import { z } from 'zod';
+import type { EditMode, FieldMapping, ModelSpec, NormalizedParam, Price, UpstreamRoute } from './model-spec.js';
+import { EDIT_MODES, NORMALIZED_PARAMS } from './model-spec.js';
+import { paramDescriptorSchema, ruleFromDescriptor } from './param-descriptors.js';
+import { TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
+
+const usd = z.number().nonnegative('a price is a number of USD, 0 or more').finite();
+
+const mappingSchema = z.strictObject({
+  rule: paramDescriptorSchema,
+  /** Dotted upstream path; defaults to the field's own name (predictions: inside `input`). */
+  to: z.string().min(1).optional(),
+  /** A named transform applied to the value before it is written. */
+  transform: z.enum(TRANSFORM_NAMES as [TransformName, ...TransformName[]], { error: `unknown transform; known: ${TRANSFORM_NAMES.join(', ')}` }).optional(),
+});
+
+const priceSchema = z.union([
+  z.strictObject({ per_image_usd: usd }),
+  z.strictObject({ by_option: z.string().min(1), default: z.string().min(1), per_image_usd: z.record(z.string(), usd) }),
+  z.strictObject({ per_million_tokens_usd: z.strictObject({ text_input: usd, image_input: usd, image_output: usd }) }),
+], { error: 'a price is {per_image_usd}, {by_option, default, per_image_usd: {value: usd}} or {per_million_tokens_usd: {text_input, image_input, image_output}}' });
+
+const routeSchema = z.strictObject({
+  family: z.enum(['predictions', 'openai-json', 'openai-multipart', 'ideogram-multipart', 'ideogram-json']),
+  path: z.string().startsWith('/', 'an upstream path starts with /'),
+  /** The header the upstream key travels in: `Authorization: Bearer` or `Api-Key`. */
+  auth: z.enum(['bearer', 'api-key']).default('bearer'),
+  /** Present when the reply is a task to poll; `{task_id}` is replaced by its id. */
+  task: z.strictObject({ poll_path: z.string().startsWith('/').includes('{task_id}') }).optional(),
+  prompt: z.strictObject({ to: z.string().min(1), max_length: z.number().int().positive() }),
+  params: z.partialRecord(z.enum(NORMALIZED_PARAMS), mappingSchema).default({}),
+  options: z.record(z.string(), mappingSchema).default({}),
+  fixed: z.record(z.string(), z.unknown()).optional(),
+  images: z
+    .strictObject({
+      to: z.string().min(1),
+      encoding: z.enum(['file', 'data-url', 'base64']),
+      max: z.number().int().positive(),
+      shape: z.enum(['single', 'array']).optional(),
+      repeated_file_field: z.string().min(1).optional(),
+    })
+    .optional(),
+  mask: z.strictObject({ to: z.string().min(1), convention: z.enum(['transparent', 'black']), required: z.boolean() }).optional(),
+  price: priceSchema.optional(),
+});
+
+const modelSchema = z
+  .strictObject({
+    id: z.string().min(1),
+    aliases: z.array(z.string().min(1)).default([]),
+    description: z.string().default(''),
+    generate: routeSchema.optional(),
+    edit: z.partialRecord(z.enum(EDIT_MODES as [EditMode, ...EditMode[]]), routeSchema).optional(),
+    image_to_image_mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]).optional(),
+  })
+  .refine((m) => m.generate !== undefined || Object.keys(m.edit ?? {}).length > 0, { message: 'a model needs a generate or an edit route' });
+
+export const catalogueFileSchema = z.strictObject({ models: z.array(modelSchema) });
+export type CatalogueFile = z.input<typeof catalogueFileSchema>;
+type RouteData = z.output<typeof routeSchema>;
+type MappingData = z.output<typeof mappingSchema>;
+
+function toMapping(m: MappingData): FieldMapping {
+  return {
+    rule: ruleFromDescriptor(m.rule),
+    ...(m.to !== undefined ? { to: m.to } : {}),
+    ...(m.transform !== undefined ? { write: TRANSFORMS[m.transform] } : {}),
+  };
+}
+
+function toPrice(p: NonNullable<RouteData['price']>): Price {
+  if ('per_million_tokens_usd' in p) {
+    const t = p.per_million_tokens_usd;
+    return { perMillionTokensUsd: { textInput: t.text_input, imageInput: t.image_input, imageOutput: t.image_output } };
+  }
+  if ('by_option' in p) return { byOption: p.by_option, defaultValue: p.default, perImageUsd: p.per_image_usd };
+  return { perImageUsd: p.per_image_usd };
+}
+
+function toRoute(r: RouteData): UpstreamRoute {
+  const params: UpstreamRoute['params'] = {};
+  for (const [name, m] of Object.entries(r.params) as Array<[NormalizedParam, MappingData | undefined]>) if (m) params[name] = toMapping(m);
+  const options: UpstreamRoute['options'] = {};
+  for (const [name, m] of Object.entries(r.options)) options[name] = toMapping(m);
+  return {
+    family: r.family,
+    path: r.path,
+    auth: r.auth,
+    ...(r.task ? { async: true, taskPollPath: r.task.poll_path } : {}),
+    prompt: { to: r.prompt.to, maxLength: r.prompt.max_length },
+    params,
+    options,
+    ...(r.fixed ? { fixed: r.fixed } : {}),
+    ...(r.images
+      ? {
+          images: {
+            to: r.images.to,
+            encoding: r.images.encoding,
+            max: r.images.max,
+            ...(r.images.shape ? { shape: r.images.shape } : {}),
+            ...(r.images.repeated_file_field ? { repeatedFileField: r.images.repeated_file_field } : {}),
+          },
+        }
+      : {}),
+    ...(r.mask ? { mask: r.mask } : {}),
+    ...(r.price ? { price: toPrice(r.price) } : {}),
+  };
+}
+
+/** Where an issue is, named by the model's id when the path reaches one. */
+function describeIssue(data: unknown, issue: z.core.$ZodIssue): string {
+  const path = issue.path.map(String);
+  let where = path.join('.') || '(the file)';
+  if (path[0] === 'models' && path[1] !== undefined) {
+    const entry = (data as { models?: unknown[] }).models?.[Number(path[1])] as { id?: unknown } | undefined;
+    const name = typeof entry?.id === 'string' ? `model "${entry.id}"` : `models[${path[1]}]`;
+    where = path.length > 2 ? `${name}: ${path.slice(2).join('.')}` : name;
+  }
+  return `${where}: ${issue.message}`;
+}
+
+/** Thrown when catalogue data does not validate; the message names the entry and the reason. */
+export class CatalogueError extends Error {}
+
+/**
+ * Validates plain catalogue data (parsed YAML or JSON) and builds the models it declares.
+ * Throws a CatalogueError naming the first offending entries and why.
+ */
+export function loadCatalogue(data: unknown): ModelSpec[] {
+  const parsed = catalogueFileSchema.safeParse(data);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.slice(0, 5).map((issue) => describeIssue(data, issue));
+    throw new CatalogueError(`catalogue: ${lines.join('; ')}`);
+  }
+  const seen = new Map<string, string>();
+  return parsed.data.models.map((m) => {
+    for (const name of [m.id, ...m.aliases]) {
+      const other = seen.get(name);
+      if (other !== undefined && other !== m.id) throw new CatalogueError(`catalogue: model "${m.id}": the name ${name} is already model "${other}"'s`);
+      seen.set(name, m.id);
+    }
+    const edit: Partial<Record<EditMode, UpstreamRoute>> = {};
+    for (const [mode, route] of Object.entries(m.edit ?? {}) as Array<[EditMode, RouteData | undefined]>) {
+      if (route) {
+        if (!route.images) throw new CatalogueError(`catalogue: model "${m.id}": edit.${mode}: an edit route needs images`);
+        edit[mode] = toRoute(route);
+      }
+    }
+    if (m.image_to_image_mode && !edit[m.image_to_image_mode]) {
+      throw new CatalogueError(`catalogue: model "${m.id}": image_to_image_mode: "${m.image_to_image_mode}" is not one of its edit modes`);
+    }
+    return {
+      id: m.id,
+      aliases: m.aliases,
+      description: m.description,
+      ...(m.generate ? { generate: toRoute(m.generate) } : {}),
+      ...(Object.keys(edit).length > 0 ? { edit } : {}),
+      ...(m.image_to_image_mode ? { imageToImageMode: m.image_to_image_mode } : {}),
+    };
+  });
+}
