@@ -7,6 +7,7 @@ import { ConfigError, type Config } from './config.js';
 import { GatewayError, errorBody } from './errors.js';
 import { UpstreamFailure, toGatewayError } from './upstream/upstream-failure.js';
 import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
+import type { ModelSpec } from './catalogue/model-spec.js';
 import { clientKeysPlugin } from './auth/client-keys-plugin.js';
 import { limitsPlugin } from './limits/limits-plugin.js';
 import { keyRoutes } from './routes/key-routes.js';
@@ -76,6 +77,8 @@ export interface AppOptions {
   now?: () => number;
   /** How often a job's follower reads the job store for news it was not told (1 s, 5 s with notices); a test sets it long so only notices count. */
   jobFollowPollMs?: number;
+  /** The models served, instead of the built-in catalogue (loadCatalogue's result); a test gives models declared in data only. */
+  catalogue?: readonly ModelSpec[];
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -248,7 +251,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   // (client-keys) and the rate limit: a listed origin's preflight is answered in its onRequest hook.
   await registerCors(app, config.CORS_ORIGINS);
   await app.register(urlSignerPlugin);
-  await app.register(cataloguePlugin);
+  await app.register(cataloguePlugin, options.catalogue ? { models: options.catalogue } : {});
   await app.register(redisPlugin);
   // Opened out here: avvio gives a plugin 10 s to load, and an unreachable PostgreSQL may take
   // longer to fail; it must fail with its ConfigError.
