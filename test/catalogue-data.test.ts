@@ -28,6 +28,12 @@ describe('the built-in catalogue file (src/catalogue/models.yaml)', () => {
     expect(models.length).toBeGreaterThan(30);
   });
 
+  it('is shipped next to the compiled loader (the build copies it into dist/)', () => {
+    // test/global-setup.ts builds dist/ as `npm run build` does.
+    const shipped = readFileSync(new URL('../dist/catalogue/models.yaml', import.meta.url), 'utf8');
+    expect(shipped).toBe(readFileSync(new URL('../src/catalogue/models.yaml', import.meta.url), 'utf8'));
+  });
+
   it('carries each route’s key header and task shape as data', () => {
     const ideogram = MODELS.find((m) => m.id === 'ideogram-v3')!;
     expect(ideogram.generate?.auth).toBe('api-key');
