@@ -199,6 +199,21 @@ describe('idle connections (CONNECTION_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS)', () =
     expect(await answer).toBeUndefined();
   });
 
+  it('closes silent connections after HEADERS_TIMEOUT_MS, so they cannot hold every place under MAX_CONNECTIONS', async () => {
+    // A socket that never sends a byte carries no request: it is closed without an answer (Node's
+    // own timers do not reliably cut it; the gateway's timer does).
+    const g = await gateway({ MAX_CONNECTIONS: '3', HEADERS_TIMEOUT_MS: '200', CONNECTION_TIMEOUT_MS: '60000', REQUEST_TIMEOUT_MS: '60000' });
+    const silent = [await socketTo(g), await socketTo(g), await socketTo(g)];
+    const answers = silent.map((s) => readAnswer(s));
+    await Promise.all(silent.map(closed));
+    for (const answer of answers) expect(await answer).toBeUndefined();
+    for (let i = 0; i < 200 && g.app.connections.open > 0; i++) await new Promise((r) => setTimeout(r, 5));
+    const next = await socketTo(g);
+    const served = readAnswer(next);
+    next.write('GET /healthz HTTP/1.1\r\nhost: gateway.test\r\n\r\n');
+    expect((await served)?.status).toBe(200);
+  }, 20_000);
+
   it('closes a kept-alive connection idle after its answer', async () => {
     const g = await gateway({ KEEP_ALIVE_TIMEOUT_MS: '200' });
     const socket = await socketTo(g);

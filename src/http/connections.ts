@@ -125,6 +125,12 @@ function onClientError(app: FastifyInstance, config: Config, err: NodeJS.ErrnoEx
     return;
   }
   const remote = socket.remoteAddress;
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && socket.bytesRead === 0) {
+    // Not a byte in: there is no request to answer, only a connection to free.
+    app.log.info({ remote, code: 'request_timeout' }, 'connection sent nothing in time; closed');
+    socket.destroy();
+    return;
+  }
   if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
     app.log.info({ remote, code: 'request_timeout' }, 'request not received in time; connection closed');
     rawAnswer(socket, 408, 'request_timeout', `the request headers did not arrive within ${headersTimeoutMs(config)} ms`);
@@ -167,9 +173,30 @@ async function connections(app: FastifyInstance): Promise<void> {
     },
   });
 
+  // A socket that never sends a byte is not reliably cut by Node's timers (no request has begun on
+  // it, and the socket timeout may not be armed): the gateway's own timer frees it after the
+  // headers timeout (or CONNECTION_TIMEOUT_MS if shorter). One whose request has begun but whose
+  // headers trickle in is answered 408 by Node's headers timeout; should that not happen either, it
+  // is cut one headers timeout later.
+  const silentMs = Math.min(headersTimeoutMs(app.config), app.config.CONNECTION_TIMEOUT_MS);
+  const started = new WeakSet<Socket>();
   const onConnection = (socket: Socket) => {
     open++;
-    socket.once('close', () => open--);
+    let timer: NodeJS.Timeout | undefined = setTimeout(() => {
+      if (started.has(socket) || socket.destroyed) return;
+      if (socket.bytesRead === 0) {
+        socket.destroy();
+        return;
+      }
+      timer = setTimeout(() => {
+        if (!started.has(socket)) socket.destroy();
+      }, headersTimeoutMs(app.config)).unref();
+    }, silentMs).unref();
+    socket.once('close', () => {
+      open--;
+      clearTimeout(timer);
+      timer = undefined;
+    });
   };
   const onDrop = () => {
     refused++;
@@ -179,6 +206,7 @@ async function connections(app: FastifyInstance): Promise<void> {
   const busy = new WeakMap<Socket, number>();
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket;
+    started.add(socket);
     busy.set(socket, (busy.get(socket) ?? 0) + 1);
     res.once('close', () => busy.set(socket, (busy.get(socket) ?? 1) - 1));
   };
