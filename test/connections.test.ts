@@ -161,6 +161,24 @@ describe('a body that arrives too slowly (REQUEST_TIMEOUT_MS)', () => {
   });
 });
 
+describe('an answer given before the body is in', () => {
+  it('closes the connection after it: one request, one answer (no late 408)', async () => {
+    const g = await gateway({ REQUEST_TIMEOUT_MS: '300', HEADERS_TIMEOUT_MS: '200' });
+    const socket = await socketTo(g);
+    socket.on('error', () => {});
+    const answer = readAnswer(socket);
+    socket.write('POST /v1/generate HTTP/1.1\r\nhost: gateway.test\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"model":"');
+    const res = await answer;
+    expect(res?.status).toBe(401);
+    expect(res!.headers.connection).toBe('close');
+    // Whatever else comes before the socket closes is a second answer.
+    let more = '';
+    socket.on('data', (chunk: Buffer) => (more += chunk.toString('latin1')));
+    await closed(socket);
+    expect(more).toBe('');
+  }, 20_000);
+});
+
 describe('a late body whose reader is not attached yet (authentication still running)', () => {
   const config = loadConfig({ REQUEST_TIMEOUT_MS: '300' });
   const fakeReply = () => {

@@ -237,6 +237,13 @@ export function trackRequests(app: FastifyInstance): void {
     if (socket) inFlight.set(socket, { request, reply });
     done();
   });
+  // An answer given before the body is in (a refused key, a wrong content type) closes the
+  // connection after it: the rest of the body is not waited for, and nothing else is said on it (a
+  // late body would otherwise earn the same request a second answer, a 408).
+  app.addHook('onSend', (request, reply, payload, done) => {
+    if (!request.raw.complete) reply.header('connection', 'close');
+    done(null, payload);
+  });
   app.addHook('onResponse', (request, _reply, done) => {
     const socket = request.raw.socket as Socket | null;
     if (socket && inFlight.get(socket)?.request === request) inFlight.delete(socket);
