@@ -155,6 +155,8 @@ function parseTrustProxy(value: string | undefined, ctx: z.RefinementCtx): false
     return z.NEVER;
   }
   const entries = v.split(',').map((e) => e.trim()).filter(Boolean);
+  let span4 = 0n; // addresses covered, IPv4 and IPv6 (overlaps counted twice)
+  let span6 = 0n;
   for (const entry of entries) {
     if (NAMED_PROXY_RANGES.includes(entry)) continue;
     const [address, bits, extra] = entry.split('/');
@@ -166,6 +168,21 @@ function parseTrustProxy(value: string | undefined, ctx: z.RefinementCtx): false
       ctx.addIssue({ code: 'custom', message: `TRUST_PROXY: "${entry}" is not an address, CIDR or named range${why}; ${TRUST_PROXY_CHOICES}` });
       return z.NEVER;
     }
+    // A few very wide ranges together cover every address (0.0.0.0/1,128.0.0.0/1) as /0 does: no
+    // proxy network is wider than a /8 (fd00::/8, the unique-local addresses in use, for IPv6).
+    const minBits = 8;
+    if (bits !== undefined && Number(bits) < minBits) {
+      ctx.addIssue({ code: 'custom', message: `TRUST_PROXY: "${entry}" is wider than a /${minBits}, far more than the proxies in front of the gateway (such ranges together can cover every address); ${TRUST_PROXY_CHOICES}` });
+      return z.NEVER;
+    }
+    const size = 2n ** BigInt(maxBits - Number(bits ?? maxBits));
+    if (family === 6) span6 += size;
+    else span4 += size;
+  }
+  // Many /8s together still span much of the address space: a quarter of it is refused too.
+  if (span4 >= 2n ** 30n || span6 >= 2n ** 126n) {
+    ctx.addIssue({ code: 'custom', message: `TRUST_PROXY: the ranges together span a quarter or more of all ${span4 >= 2n ** 30n ? 'IPv4' : 'IPv6'} addresses, far more than the proxies in front of the gateway; ${TRUST_PROXY_CHOICES}` });
+    return z.NEVER;
   }
   return entries;
 }

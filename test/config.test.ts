@@ -100,6 +100,22 @@ describe('configuration from the environment', () => {
     },
   );
 
+  it.each([
+    ['0.0.0.0/1,128.0.0.0/1', '0.0.0.0/1'],
+    ['10.0.0.0/8,0.0.0.0/7', '0.0.0.0/7'],
+    ['::/1,8000::/1', '::/1'],
+    ['fc00::/7', 'fc00::/7'],
+  ])('TRUST_PROXY=%s (ranges wide enough to cover every address together) stops the start, naming the entry', (value, entry) => {
+    expect(() => loadConfig({ TRUST_PROXY: value })).toThrow(ConfigError);
+    expect(() => loadConfig({ TRUST_PROXY: value })).toThrow(new RegExp(`TRUST_PROXY: "${entry.replace(/\./g, '\\.')}" is wider than a /8`));
+  });
+
+  it('TRUST_PROXY refuses many /8s that together span a quarter of IPv4', () => {
+    const many = Array.from({ length: 64 }, (_, i) => `${i + 1}.0.0.0/8`).join(',');
+    expect(() => loadConfig({ TRUST_PROXY: many })).toThrow(/TRUST_PROXY: the ranges together span a quarter or more of all IPv4 addresses/);
+    expect(loadConfig({ TRUST_PROXY: '10.0.0.0/8,172.16.0.0/12,192.168.0.0/16' }).TRUST_PROXY).toEqual(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16']);
+  });
+
   it('requires PUBLIC_BASE_URL when NODE_ENV=production, and names it', () => {
     expect(() => loadConfig({ NODE_ENV: 'production' })).toThrow(/PUBLIC_BASE_URL is required when NODE_ENV=production/);
     expect(loadConfig({ NODE_ENV: 'production', PUBLIC_BASE_URL: 'https://images.example.com' }).PUBLIC_BASE_URL).toBe('https://images.example.com');

@@ -152,6 +152,12 @@ describe('the egress policy for caller-given image URLs', () => {
   it('names the IPv4 address an IPv6 form carries in the refusal', () => {
     expect(addressRefusal('::ffff:0:7f00:1')).toMatch(/loopback.*127\.0\.0\.1/);
   });
+
+  it('calls ::1 loopback and :: unspecified, not forms of an IPv4 address', () => {
+    expect(addressRefusal('::1')).toBe('loopback IPv6 address');
+    expect(addressRefusal('::')).toBe('unspecified IPv6 address');
+    expect(addressRefusal('0:0:0:0:0:0:0:1')).toBe('loopback IPv6 address');
+  });
 });
 
 describe('JSON edits with an image URL whose host is an IPv6 form of loopback', () => {

@@ -70,6 +70,8 @@ export function addressRefusal(address: string): string | undefined {
     return range === 'unicast' ? undefined : `${range} IPv4 address`;
   }
   const ip = parseV6(address);
+  // :: and ::1 sit inside ::/96 (IPv4-compatible) but are IPv6's own unspecified and loopback addresses.
+  if (ip.range() === 'loopback' || ip.range() === 'unspecified') return `${ip.range()} IPv6 address`;
   const inside = embeddedIpv4(address);
   const refusedInside = inside.map((v4) => [v4, addressRefusal(v4)] as const).find(([, why]) => why !== undefined);
   if (refusedInside) return `IPv6 form of the ${refusedInside[1]} ${refusedInside[0]}`;
