@@ -1,5 +1,5 @@
 import { randomId } from './ids.js';
-import { makePrivateDirSync } from './storage/private-files.js';
+import { makePrivateDirSync, tightenDataDirSync } from './storage/private-files.js';
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
@@ -129,8 +129,10 @@ function asGatewayError(err: unknown, bodyLimit?: number): GatewayError {
 }
 
 export async function buildApp(config: Config, options: AppOptions = {}): Promise<FastifyInstance> {
+  let looseFiles: string[] = [];
   try {
     makePrivateDirSync(config.DATA_DIR);
+    looseFiles = tightenDataDirSync(config.DATA_DIR);
   } catch (err) {
     throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}`);
   }
@@ -171,6 +173,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.decorate('resolveHost', options.resolveHost ?? systemResolver);
   app.decorate('tracing', tracing);
   tracing.logTo(app.log);
+  if (looseFiles.length > 0) app.log.warn({ paths: looseFiles }, 'DATA_DIR files readable by other users could not be made private (owned by another user); change their mode to 0600 (0700 for DATA_DIR)');
   if (traces) app.log.info({ endpoint: traces.url.replace(/^(\w+:\/\/)[^@/]*@/, '$1'), protocol: traces.protocol, service: traces.serviceName }, 'OpenTelemetry traces on');
   // Fastify runs onClose hooks last-registered first: this one runs after every other.
   // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.

@@ -4,14 +4,15 @@
  * is a catalogue id or `unknown` (never the client's text), the admin key's team name is reserved,
  * GET /v1/models/{id} applies the key's allow-list, and the documentation's example key is refused.
  */
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { PUBLIC_EXAMPLE_KEYS, loadConfig } from '../src/config.js';
 import { toCsv } from '../src/usage/usage-report.js';
+import { tightenDataDirSync } from '../src/storage/private-files.js';
 import { ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY, startHarness, type Harness } from './harness.js';
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };
@@ -66,6 +67,35 @@ describe('DATA_DIR is private to the gateway', () => {
     } finally {
       await h.close();
     }
+  });
+
+  it('tightens an existing DATA_DIR (0755) and its url-signing.key, -wal and -shm (0644)', async () => {
+    const dataDir = join(parent, 'loose');
+    mkdirSync(dataDir, { mode: 0o755 });
+    chmodSync(dataDir, 0o755);
+    writeFileSync(join(dataDir, 'url-signing.key'), randomBytes(32).toString('base64'), { mode: 0o644 });
+    for (const f of ['url-signing.key']) chmodSync(join(dataDir, f), 0o644);
+    const h = await startHarness({ DATA_DIR: dataDir });
+    try {
+      expect(mode(dataDir)).toBe(0o700);
+      expect(mode(join(dataDir, 'url-signing.key'))).toBe(0o600);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('tightenDataDirSync tightens the secret files and leaves other files alone', () => {
+    const dataDir = join(parent, 'loose-files');
+    mkdirSync(dataDir, { mode: 0o755 });
+    chmodSync(dataDir, 0o755);
+    for (const f of ['url-signing.key', 'gateway.sqlite', 'gateway.sqlite-wal', 'gateway.sqlite-shm', 'other.txt']) {
+      writeFileSync(join(dataDir, f), 'x');
+      chmodSync(join(dataDir, f), 0o644);
+    }
+    expect(tightenDataDirSync(dataDir)).toEqual([]);
+    expect(mode(dataDir)).toBe(0o700);
+    for (const f of ['url-signing.key', 'gateway.sqlite', 'gateway.sqlite-wal', 'gateway.sqlite-shm']) expect(mode(join(dataDir, f))).toBe(0o600);
+    expect(mode(join(dataDir, 'other.txt'))).toBe(0o644);
   });
 });
 

@@ -1,4 +1,5 @@
-import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 
 /**
@@ -39,4 +40,33 @@ export function tightenIfPresent(path: string, mode: number): void {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT' && code !== 'EPERM') throw err;
   }
+}
+
+/** DATA_DIR's files that hold secrets or records, tightened to 0600 at start when present. */
+const SECRET_FILES = ['url-signing.key', 'gateway.sqlite', 'gateway.sqlite-wal', 'gateway.sqlite-shm', 'gateway.sqlite-journal'];
+
+/**
+ * Tightens an existing DATA_DIR (0700) and its secret files (0600) that an older version, or an
+ * operator, left readable by others. Best effort: returns what stays looser than it should (owned
+ * by another user, so only its owner may change its mode), for a warning.
+ */
+export function tightenDataDirSync(dataDir: string): string[] {
+  const loose: string[] = [];
+  const entries: Array<[string, number]> = [[dataDir, PRIVATE_DIR_MODE], ...SECRET_FILES.map((f): [string, number] => [join(dataDir, f), PRIVATE_FILE_MODE])];
+  for (const [path, wanted] of entries) {
+    let current: number;
+    try {
+      current = statSync(path).mode & 0o777;
+    } catch {
+      continue;
+    }
+    if ((current & ~wanted) === 0) continue;
+    tightenIfPresent(path, wanted);
+    try {
+      if ((statSync(path).mode & 0o777 & ~wanted) !== 0) loose.push(path);
+    } catch {
+      // removed meanwhile
+    }
+  }
+  return loose;
 }
