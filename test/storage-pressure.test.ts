@@ -251,6 +251,79 @@ describe('an image the store cannot take after upstream made it', () => {
   });
 });
 
+describe('a database out of room when the image row is saved (SQLite on the same full disk)', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ IMAGE_INLINE_MAX_BYTES: '0' });
+  });
+  afterAll(async () => h.close());
+  afterEach(() => vi.restoreAllMocks());
+
+  const sqliteFull = () => Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL', errcode: 13 });
+
+  it('answers the paid image inline, then /readyz 503 and 507 before upstream for the next request', async () => {
+    const records = (h.app.images as any).records;
+    vi.spyOn(records, 'save').mockRejectedValueOnce(sqliteFull());
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'a kite on a full database' } });
+    expect(res.statusCode, res.body).toBe(200);
+    const [image] = res.json().images;
+    expect(image.url).toBeUndefined();
+    expect(sha256(Buffer.from(image.b64_json, 'base64'))).toBe(image.sha256);
+    expect(stagingLeftovers(h)).toEqual([]);
+
+    const ready = await h.app.inject({ method: 'GET', url: '/readyz' });
+    expect(ready.statusCode).toBe(503);
+    expect(ready.json()).toMatchObject({ checks: { storage: 'full' } });
+
+    h.simulator.reset();
+    const next = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'another kite' } });
+    expect(next.statusCode).toBe(507);
+    expect(next.json().error.code).toBe('storage_full');
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('PostgreSQL’s disk_full (53100) and ENOSPC count as full; other database errors do not', async () => {
+    const { isStorageFullError } = await import('../src/images/storage-pressure.js');
+    expect(isStorageFullError(Object.assign(new Error('could not extend file'), { code: '53100' }))).toBe(true);
+    expect(isStorageFullError(new Error('wrapped', { cause: noSpace() }))).toBe(true);
+    expect(isStorageFullError(sqliteFull())).toBe(true);
+    expect(isStorageFullError(Object.assign(new Error('UNIQUE constraint failed'), { code: 'SQLITE_CONSTRAINT' }))).toBe(false);
+  });
+});
+
+describe('a usage commit refused for want of room', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({});
+  });
+  afterAll(async () => h.close());
+  afterEach(() => vi.restoreAllMocks());
+
+  it('keeps the record queued (committed once the database takes it) and marks storage full', async () => {
+    const transaction = h.app.db.transaction.bind(h.app.db);
+    // Every commit is refused (the image row's too) until the disk has room again.
+    let full = true;
+    let refused = 0;
+    vi.spyOn(h.app.db, 'transaction').mockImplementation(async (work: any) => {
+      if (full) {
+        refused++;
+        throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+      }
+      return transaction(work);
+    });
+    // Answered once the usage log stops holding it (the record stays queued).
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'a usage record on a full disk' } });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(refused).toBeGreaterThan(0);
+    expect(h.app.storagePressure.state).toBe('full');
+    expect(h.app.usageLog.pending).toBeGreaterThan(0);
+    full = false;
+    await h.app.usageLog.flush();
+    const ids = (await usageRecords(h)).map((r) => r.request_id);
+    expect(ids).toContain(res.headers['x-request-id']);
+  });
+});
+
 describe('a large base64 image whose staging fails mid-reply', () => {
   let upstream: Server;
   let h: Harness;

@@ -12,7 +12,7 @@ import { DIMENSION_HEADER_BYTES, imageDimensions, type ImageDimensions } from '.
 import type { GalleryImage, GalleryQuery, ImageOwnership, ImageRecord, ImageRecords } from './image-records.js';
 import { imageNameOf, type ByteRange, type ImageStore } from './image-store.js';
 import { DEFAULT_WARM_STAGING, WarmStagingFiles, type WarmStagingOptions } from './warm-staging-files.js';
-import { StorageWriteFailed, type StoragePressure } from './storage-pressure.js';
+import { StorageWriteFailed, isStorageFullError, type StoragePressure } from './storage-pressure.js';
 import { inSpan } from '../observability/tracing.js';
 
 export interface ImageOwner {
@@ -258,7 +258,12 @@ export class ImageLibrary {
         createdAt,
         expiresAt: options.expiresAt,
         inlineBytes: image.inlineBytes,
-      }, owner));
+      }, owner)).catch((err: unknown) => {
+        // A database out of room (SQLITE_FULL, PostgreSQL's disk_full) is storage too: the paid
+        // image is answered inline, and storage is marked full.
+        if (isStorageFullError(err)) throw this.writeFailed('the image record (database)', 'database', err);
+        throw err;
+      });
       // Written every time, even when already stored: the same bytes, and a retention sweep on
       // another replica may have just removed them.
       await write(name).catch(async (err: unknown) => {
@@ -272,7 +277,7 @@ export class ImageLibrary {
   }
 
   /** A failed write, told to the storage watcher. */
-  writeFailed(what: string, where: 'disk' | 's3', err: unknown): StorageWriteFailed {
+  writeFailed(what: string, where: 'disk' | 's3' | 'database', err: unknown): StorageWriteFailed {
     this.settings.pressure?.noteWriteFailure(where, err);
     return err instanceof StorageWriteFailed ? err : new StorageWriteFailed(what, err);
   }

@@ -46,6 +46,19 @@ export class StorageWriteFailed extends GatewayError {
   }
 }
 
+/**
+ * Whether a failed write means "no room": a full disk (ENOSPC, a quota), SQLite's SQLITE_FULL
+ * ("database or disk is full"), PostgreSQL's disk_full (53100). Looks through `cause` too.
+ */
+export function isStorageFullError(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e !== null && typeof e === 'object' && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const { code, errcode, message } = e as { code?: unknown; errcode?: unknown; message?: unknown };
+    if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL' || code === '53100' || errcode === 13) return true;
+    if (typeof message === 'string' && /database or disk is full|no space left on device|could not extend file/i.test(message)) return true;
+  }
+  return false;
+}
+
 export interface StoragePressureOptions {
   dataDir: string;
   /** STORAGE_MIN_FREE_BYTES: undefined for the default (see defaultMinFreeBytes), 0 turns the disk check off. */
@@ -67,6 +80,8 @@ export interface StoragePressureOptions {
  */
 export class StoragePressure {
   private diskFull = false;
+  /** A write failed for want of room (the database's included, wherever it lives): when, in ms. */
+  private fullReportedAt: number | undefined;
   private s3Failures = 0;
   private s3Down = false;
   private timer: NodeJS.Timeout | undefined;
@@ -85,7 +100,7 @@ export class StoragePressure {
   }
 
   get state(): StorageState {
-    if (this.diskFull) return 'full';
+    if (this.diskFull || this.fullReportedAt !== undefined) return 'full';
     if (this.s3Down) return 'unavailable';
     return 'ok';
   }
@@ -120,6 +135,9 @@ export class StoragePressure {
   }
 
   private async probeNow(): Promise<StorageState> {
+    // A reported "full" holds for one interval: then writes are tried again (and reported again if
+    // they still fail). The database may live on a disk this probe cannot see.
+    if (this.fullReportedAt !== undefined && Date.now() - this.fullReportedAt >= (this.options.intervalMs ?? 10_000)) this.fullReportedAt = undefined;
     if (this.options.minFreeBytes !== 0) {
       try {
         const space = await this.probe(this.options.dataDir);
@@ -149,7 +167,11 @@ export class StoragePressure {
    * counted, and the store is probed again at the next interval (a bucket that answers its
    * readiness check may still refuse writes).
    */
-  noteWriteFailure(where: 'disk' | 's3', err: unknown): void {
+  noteWriteFailure(where: 'disk' | 's3' | 'database', err: unknown): void {
+    if (where === 'database') {
+      this.reportWriteFailure(err);
+      return;
+    }
     if (where === 's3' && this.options.s3) {
       this.s3Failures++;
       if (this.s3Failures >= S3_FAILURES_UNAVAILABLE) this.s3Down = true;
@@ -157,6 +179,19 @@ export class StoragePressure {
       return;
     }
     this.check().catch(() => {});
+  }
+
+  /**
+   * Any write that failed (an image row, a usage record, a file): one that means "no room" marks
+   * storage full at once (/readyz 503, new generations 507) and probes the disk again. Answers
+   * whether it did.
+   */
+  reportWriteFailure(err: unknown): boolean {
+    if (!isStorageFullError(err)) return false;
+    this.fullReportedAt = Date.now();
+    this.noteState(err);
+    this.check().catch(() => {});
+    return true;
   }
 
   /** A write to the S3 store succeeded: it is available again. */
@@ -173,7 +208,9 @@ export class StoragePressure {
     if (state === 'ok') return;
     const why =
       state === 'full'
-        ? `image storage is full: DATA_DIR has ${this.freeBytes} bytes free, below STORAGE_MIN_FREE_BYTES (${this.minFreeBytes})`
+        ? this.diskFull
+          ? `image storage is full: DATA_DIR has ${this.freeBytes} bytes free, below STORAGE_MIN_FREE_BYTES (${this.minFreeBytes})`
+          : 'image storage is full: a write failed for want of space (disk or database full)'
         : 'image storage is unavailable: the S3 image store refuses writes';
     throw new GatewayError('storage_full', `${why}; new generations are refused until space returns, retry later`, { retryAfter: STORAGE_RETRY_AFTER_SECONDS });
   }

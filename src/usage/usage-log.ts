@@ -86,6 +86,8 @@ export interface UsageLogOptions {
   groupSize?: number;
   /** Records held while the database is failing; past it the oldest are dropped (and logged). */
   maxQueued?: number;
+  /** Told of each failed commit (a full disk marks storage full); the records stay queued either way. */
+  onWriteFailure?: (err: unknown) => void;
 }
 
 /** A record waiting for its commit, and who hears of it. */
@@ -127,7 +129,10 @@ export class UsageLog {
     this.retryMs = options.retryMs ?? 500;
     this.groupSize = options.groupSize ?? 200;
     this.maxQueued = options.maxQueued ?? 100_000;
+    this.onWriteFailure = options.onWriteFailure;
   }
+
+  private readonly onWriteFailure: ((err: unknown) => void) | undefined;
 
   /** Outcomes of async jobs that finished before their accepting request's record arrived (or was committed). */
   private readonly earlyOutcomes = new Map<string, JobOutcome>();
@@ -280,6 +285,11 @@ export class UsageLog {
         this.inFlight = [];
         this.queue.unshift(...group);
         this.log.error({ err, pending: this.queue.length }, 'writing usage records failed; retrying');
+        try {
+          this.onWriteFailure?.(err);
+        } catch {
+          // A listener's fault does not stop the retry.
+        }
         if (!this.closed) {
           this.retryTimer = setTimeout(() => {
             this.retryTimer = undefined;
