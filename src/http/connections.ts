@@ -241,7 +241,7 @@ export function trackRequests(app: FastifyInstance): void {
   // connection after it: the rest of the body is not waited for, and nothing else is said on it (a
   // late body would otherwise earn the same request a second answer, a 408).
   app.addHook('onSend', (request, reply, payload, done) => {
-    if (!request.raw.complete) reply.header('connection', 'close');
+    if (request.raw.complete === false) reply.header('connection', 'close');
     done(null, payload);
   });
   app.addHook('onResponse', (request, _reply, done) => {
