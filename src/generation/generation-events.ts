@@ -11,6 +11,8 @@ export type GenerationEvent =
   | { type: 'queued'; job_id?: string }
   | { type: 'running'; task_id?: string }
   | { type: 'progress'; upstream_status: string; progress?: number }
+  /** Upstream could not serve `from` (`reason`: the failure kind, e.g. no_channel): the request goes on with `to` (fallback_models). */
+  | { type: 'fallback'; from: string; to: string; reason: string }
   /**
    * A preview before the image is done: OpenAI's `partial_images`. No upstream the gateway calls
    * sends one today; a streaming upstream would report them here.

@@ -2,6 +2,7 @@ import { GatewayError, invalidField } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
 import { pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { isPending, type ImageRequest } from '../request/image-request.js';
+import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { KeyLimits, Reservation } from '../limits/key-limits.js';
 import type { JobRunner } from '../jobs/job-runner.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
@@ -28,6 +29,27 @@ class UpstreamDeadline extends Error {
     super('the upstream deadline passed');
     this.name = 'UpstreamDeadline';
   }
+}
+
+/** Whether a failure of one model of a fallback chain lets the next model try (never one that may have been billed, unless a timeout was allowed). */
+export function fallbackAllowed(err: unknown, request: ImageRequest): err is UpstreamFailure {
+  if (!(err instanceof UpstreamFailure)) return false;
+  if (err.kind === 'timeout') return request.fallbackOnTimeout === true;
+  return err.otherModelMayServe && !err.mayHaveBilled;
+}
+
+/** A refusal of one fallback model, naming it: the chain is checked whole before anything is sent. */
+function forFallback(err: unknown, index: number, modelName: string): unknown {
+  if (!(err instanceof GatewayError)) return err;
+  const field = `fallback_models[${index}]`;
+  const named = err.details.find((d) => d.field !== undefined)?.field;
+  return new GatewayError(err.code, `${field}: model ${modelName} cannot take this request: ${err.message}`, {
+    details: [
+      { field, message: `model ${modelName} cannot take this request${named ? ` (field ${named})` : ''}` },
+      ...err.details.map((d) => ({ ...d, message: `${d.message} (for fallback model ${modelName})` })),
+    ],
+    cause: err,
+  });
 }
 
 /** One request to generate or edit, as its caller made it. */
@@ -136,6 +158,9 @@ export class GenerationPipeline {
     const { model, route } = prepared ?? this.deps.generation.check(request);
     this.deps.limits.checkModel(client, model.id);
     this.deps.limits.checkPriced(client, model.id, route.price !== undefined);
+    // The whole fallback chain is checked now: each model must take the request, the key, its budget.
+    const fallbacks = this.checkFallbacks(call, model.id);
+    if (fallbacks.length > 0) outcome.modelsTried = [];
     // Refused now, not after the job ran and was paid for.
     if (request.callbackUrl !== undefined && this.deps.callbackRefusal) {
       // A host that does not resolve now is refused too: the job would have nowhere to call.
@@ -143,7 +168,10 @@ export class GenerationPipeline {
       if (refusal) throw invalidField('callback_url', `${refusal}; give a URL of a public host (or name the host in ALLOWED_CALLBACK_HOSTS)`);
     }
     const images = outcome.imagesRequested;
-    const unitPrice = pricePerImage(route.price, request.options);
+    // A chain reserves what its dearest model would cost; the reservation settles to what ran.
+    const unitPrice = [route, ...fallbacks.map((f) => f.route)]
+      .map((r) => pricePerImage(r.price, request.options))
+      .reduce<number | null>((dearest, price) => (price === null ? dearest : dearest === null ? price : Math.max(dearest, price)), null);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
     const reservation =
       call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)))
@@ -162,24 +190,64 @@ export class GenerationPipeline {
       }
     }
     const ready = prepared;
+    let chain: PreparedGeneration[];
+    try {
+      chain = [ready, ...(await Promise.all(fallbacks.map((f, i) => this.deps.generation.prepare({ ...ready.request, model: f.model.id }).catch((err: unknown) => {
+        throw forFallback(err, i, f.model.id);
+      }))))];
+    } catch (err) {
+      await this.deps.limits.settle(reservation, 0, 0);
+      throw err;
+    }
     let started = false;
     return {
       headers: reservation.headers,
       run: (onEvent = () => {}) => {
         if (started) throw new Error('an admitted generation runs once');
         started = true;
-        return this.run(call, ready, reservation, onEvent);
+        return this.run(call, chain, reservation, onEvent);
       },
     };
   }
 
-  private async run(call: GenerationCall, prepared: PreparedGeneration, reservation: Reservation, onEvent: ReportEvent): Promise<GenerationAnswer> {
+  /**
+   * The request's fallback models, resolved and checked as the requested one is (its fields, the
+   * key's allow-list, a price for a budgeted key); a refusal names the model.
+   */
+  private checkFallbacks(call: GenerationCall, requestedId: string): { model: ModelSpec; route: UpstreamRoute }[] {
+    const { request, client } = call;
+    const names = request.fallbackModels ?? [];
+    if (names.length === 0) return [];
+    if (request.async || call.idempotencyKey !== undefined) {
+      throw invalidField('fallback_models', 'is not supported with "async": true or an Idempotency-Key yet; send the request without them');
+    }
+    const seen = new Set([requestedId]);
+    return names.map((name, i) => {
+      const field = `fallback_models[${i}]`;
+      const spec = this.deps.catalogue.find(name);
+      if (!spec) throw invalidField(field, `model ${name} is not in the catalogue (GET /v1/models lists them)`);
+      if (spec.id === requestedId) throw invalidField(field, `names the requested model ${spec.id}: a fallback must be another model`);
+      if (seen.has(spec.id)) throw invalidField(field, `names model ${spec.id} twice`);
+      seen.add(spec.id);
+      try {
+        const { model, route } = this.deps.generation.check({ ...request, model: spec.id });
+        this.deps.limits.checkModel(client, model.id);
+        this.deps.limits.checkPriced(client, model.id, route.price !== undefined);
+        return { model, route };
+      } catch (err) {
+        throw forFallback(err, i, spec.id);
+      }
+    });
+  }
+
+  private async run(call: GenerationCall, chain: PreparedGeneration[], reservation: Reservation, onEvent: ReportEvent): Promise<GenerationAnswer> {
     const { outcome } = call;
+    const prepared = chain[0]!;
     const viaJobs = call.request.async || call.idempotencyKey !== undefined;
     const job = { created: false };
     let answer: GenerationAnswer;
     try {
-      answer = viaJobs ? await this.viaJob(call, prepared, reservation, job, onEvent) : { kind: 'result', result: await this.directly(call, prepared, onEvent) };
+      answer = viaJobs ? await this.viaJob(call, prepared, reservation, job, onEvent) : { kind: 'result', result: await this.alongChain(call, chain, onEvent) };
       if (answer.kind === 'result') {
         const { result } = answer;
         if (!viaJobs) await this.deps.limits.settle(reservation, result.images.length, result.usage.estimated_cost_usd);
@@ -213,6 +281,31 @@ export class GenerationPipeline {
     // Told once all is settled: nothing a listener does can undo the request's bookkeeping.
     if (answer.kind === 'result') onEvent({ type: 'succeeded', result: answer.result });
     return answer;
+  }
+
+  /**
+   * Runs the first model of the chain, and on a failure another model may serve (and upstream did
+   * not bill) the next one: the answer's `model` is the one that served, `requested_model` the first.
+   */
+  private async alongChain(call: GenerationCall, chain: PreparedGeneration[], onEvent: ReportEvent): Promise<GenerationResult> {
+    if (chain.length === 1) return this.directly(call, chain[0]!, onEvent);
+    const { outcome } = call;
+    const tried = (outcome.modelsTried ??= []);
+    for (let i = 0; ; i++) {
+      const prepared = chain[i]!;
+      tried.push(prepared.model.id);
+      outcome.model = prepared.model.id;
+      try {
+        const result = await this.directly(call, prepared, onEvent);
+        return { ...result, requested_model: chain[0]!.model.id };
+      } catch (err) {
+        const next = chain[i + 1];
+        if (!next || call.signal.aborted || !fallbackAllowed(err, call.request)) throw err;
+        const fallback = { from: prepared.model.id, to: next.model.id, reason: err.kind };
+        (outcome.fallbacks ??= []).push(fallback);
+        onEvent({ type: 'fallback', ...fallback });
+      }
+    }
   }
 
   private async directly(call: GenerationCall, prepared: PreparedGeneration, onEvent: ReportEvent): Promise<GenerationResult> {

@@ -58,6 +58,8 @@ export interface GenerationResult {
   object: 'image.result';
   created: number;
   model: string;
+  /** With fallback_models: the model asked for (`model` is the one that served). */
+  requested_model?: string;
   images: ImageResult[];
   usage: { images: number; estimated_cost_usd: number | null; upstream_ms: number; upstream_tokens?: Record<string, unknown> };
 }

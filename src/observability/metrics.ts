@@ -54,6 +54,13 @@ export class GatewayMetrics {
     registers: [this.registry],
   });
 
+  readonly fallbacks = new Counter({
+    name: 'gateway_fallbacks_total',
+    help: 'Requests passed on to their next fallback model, by the model that failed, the next one and the failure kind.',
+    labelNames: ['from', 'to', 'reason'] as const,
+    registers: [this.registry],
+  });
+
   readonly upstreamErrors = new Counter({
     name: 'gateway_upstream_errors_total',
     help: 'Requests failed by upstream, by the error code answered and model.',
@@ -138,6 +145,7 @@ export class GatewayMetrics {
     this.requests.inc({ route, model, team: request.client?.team ?? '', status: String(status) });
     this.requestDuration.observe({ route }, seconds);
     if (!outcome) return;
+    for (const f of outcome.fallbacks ?? []) this.fallbacks.inc({ from: this.modelLabel(f.from), to: this.modelLabel(f.to), reason: f.reason });
     if (outcome.upstreamMs !== undefined) this.upstreamDuration.observe({ model }, outcome.upstreamMs / 1000);
     if (outcome.imagesReturned > 0) {
       this.imagesStored.inc({ model }, outcome.imagesReturned);

@@ -25,7 +25,14 @@ export interface ImageRequest {
   mask?: InputImage;
   /** Where to POST the finished job (async requests). */
   callbackUrl?: string;
+  /** Models to try, in order, when upstream cannot serve `model` (no channel, throttled, unavailable). */
+  fallbackModels?: string[];
+  /** Fall back also after a timeout once upstream took the request (it may have been billed). */
+  fallbackOnTimeout?: boolean;
 }
+
+/** The most models `fallback_models` may name. */
+export const MAX_FALLBACK_MODELS = 3;
 
 /** Names a client makes up (models, fields, option keys) are echoed in errors and logs: keep them short. */
 const NAME_MAX = 100;
@@ -46,6 +53,11 @@ const commonFields = {
   response_format: z.enum(['url', 'b64_json']),
   options: z.record(z.string().min(1).max(NAME_MAX), z.unknown()),
   async: z.boolean(),
+  fallback_models: z
+    .array(z.string().min(1, 'must not be empty').max(NAME_MAX, `must be at most ${NAME_MAX} characters`))
+    .max(MAX_FALLBACK_MODELS, `must name at most ${MAX_FALLBACK_MODELS} models`)
+    .refine((list) => new Set(list).size === list.length, 'must not name a model twice'),
+  fallback_on_timeout: z.boolean(),
   callback_url: z
     .string()
     .max(2000)
@@ -121,6 +133,8 @@ function fromBody(operation: Operation, body: GenerateBody, extra: { mode?: Edit
     responseFormat: body.response_format ?? 'url',
     async: body.async ?? false,
     ...(body.callback_url ? { callbackUrl: callbackFor(body) } : {}),
+    ...(body.fallback_models && body.fallback_models.length > 0 ? { fallbackModels: body.fallback_models } : {}),
+    ...(body.fallback_on_timeout ? { fallbackOnTimeout: true } : {}),
     ...(extra.mode ? { mode: extra.mode } : {}),
     images: extra.images ?? [],
     ...(extra.mask ? { mask: extra.mask } : {}),
@@ -224,6 +238,14 @@ export function withFetched(request: ImageRequest, fetched: ReadonlyMap<string, 
   };
 }
 
+function parseJsonList(value: string): unknown {
+  try {
+    return JSON.parse(value) as unknown;
+  } catch {
+    throw invalidField('fallback_models', 'must be a JSON array of model ids or a comma-separated list');
+  }
+}
+
 const INTEGER_FIELDS = new Set(['n', 'seed']);
 
 /** Multipart text fields arrive as strings; turn them into the JSON body's types, then validate the same way. */
@@ -232,7 +254,9 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
   const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
   for (const [name, value] of fields) {
     if (INTEGER_FIELDS.has(name) && /^-?\d+$/.test(value)) body[name] = Number(value);
-    else if (name === 'async' && (value === 'true' || value === 'false')) body[name] = value === 'true';
+    else if ((name === 'async' || name === 'fallback_on_timeout') && (value === 'true' || value === 'false')) body[name] = value === 'true';
+    // A JSON array (as a string) or a comma-separated list.
+    else if (name === 'fallback_models') body[name] = value.trim().startsWith('[') ? parseJsonList(value) : value.split(',').map((v) => v.trim()).filter(Boolean);
     else if (name === 'options') {
       let prototypeKey = false;
       try {

@@ -25,6 +25,8 @@ export const gatewayEvents: StreamDialect = (event, request) => {
       return [['running', event.task_id !== undefined ? { task_id: event.task_id } : {}]];
     case 'progress':
       return [['progress', { upstream_status: event.upstream_status, ...(event.progress !== undefined ? { progress: event.progress } : {}) }]];
+    case 'fallback':
+      return [['fallback', { from: event.from, to: event.to, reason: event.reason }]];
     case 'partial_image':
       return []; // previews are OpenAI's (partial_images); none are sent today
     case 'image':

@@ -40,7 +40,7 @@ const OPENAI_FIELDS = [
 ];
 
 /** Gateway fields the façade also takes, for models that OpenAI's parameters cannot fully reach (aspect ratios, seeds, ...). */
-const GATEWAY_FIELDS = ['aspect_ratio', 'seed', 'negative_prompt', 'options'];
+const GATEWAY_FIELDS = ['aspect_ratio', 'seed', 'negative_prompt', 'options', 'fallback_models', 'fallback_on_timeout'];
 
 const GENERATION_FIELDS = [...OPENAI_FIELDS, ...GATEWAY_FIELDS];
 const EDIT_FIELDS = [...OPENAI_FIELDS, ...GATEWAY_FIELDS, 'mode'];

@@ -36,6 +36,8 @@ export type SimulatedFault =
   | 'http429'
   | 'http500'
   | 'http503'
+  /** 503 with AiHubMix's (new-api's) "no available channel" message: no provider serves the model right now. */
+  | 'no_channel'
   | 'http400'
   | 'http401'
   | 'http403'
@@ -99,7 +101,7 @@ const ASYNC_BFL_MODELS = new Set(['flux-kontext-max', 'flux-kontext-pro', 'flux-
 
 /** Faults that answer a submission; 'task_error' acts on a task instead. */
 type SubmissionFault = Exclude<SimulatedFault, 'task_error'>;
-const SUBMISSION_FAULTS: readonly SubmissionFault[] = ['http429', 'http500', 'http503', 'http400', 'http401', 'http403', 'http403_model', 'moderated', 'hang', 'malformed'];
+const SUBMISSION_FAULTS: readonly SubmissionFault[] = ['http429', 'http500', 'http503', 'no_channel', 'http400', 'http401', 'http403', 'http403_model', 'moderated', 'hang', 'malformed'];
 
 /** Ideogram answers errors as {"error":"..."}; the other families as {"error":{"message","type"}}. */
 type ErrorStyle = 'openai' | 'ideogram';
@@ -517,6 +519,8 @@ function answerFault(
       return reply.code(500).send(errorBody(style, 'internal server error', 'server_error'));
     case 'http503':
       return reply.code(503).send(errorBody(style, 'service temporarily unavailable', 'server_error'));
+    case 'no_channel':
+      return reply.code(503).send(errorBody(style, 'No available channel for model under group default (distributor)', 'new_api_error', 'model_not_found'));
     case 'http400':
       return reply.code(400).send(errorBody(style, 'size not supported', 'invalid_request_error'));
     case 'http401':

@@ -34,6 +34,10 @@ export interface RequestOutcome {
    * `monthly_budget_usd`): set by whatever enforces the limit; labels the limit-refusal metric.
    */
   limitReason?: string;
+  /** With fallback_models: the models tried, in order, the last one the one that served (or failed last). */
+  modelsTried?: string[];
+  /** Each fallback taken: from one model to the next, and why (the failure kind). */
+  fallbacks?: { from: string; to: string; reason: string }[];
   /** The async job this request started, whose outcome later completes its usage record. */
   jobId?: string;
   /** Only with LOG_PROMPTS=1. */

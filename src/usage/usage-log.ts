@@ -32,6 +32,8 @@ export interface UsageRecord {
   jobId: string | null;
   /** The browser token the request came with (keyId and team are then its parent key's). */
   tokenId?: string | null;
+  /** With fallback_models: the models tried, in order (the record's `model` is the one that served). */
+  modelsTried?: string[] | null;
 }
 
 /** What a finished async job adds to the record of the request that started it. */
@@ -43,7 +45,7 @@ export type JobOutcome = Pick<
 const COLUMNS = [
   'time_ms', 'day', 'request_id', 'key_id', 'team', 'method', 'route', 'model', 'operation', 'images_requested',
   'images_returned', 'status', 'error_code', 'upstream_status', 'upstream_ms', 'total_ms', 'bytes_stored', 'cost_usd',
-  'upstream_tokens', 'prompt', 'job_id', 'token_id',
+  'upstream_tokens', 'prompt', 'job_id', 'token_id', 'models_tried',
 ] as const;
 
 function rowOf(r: UsageRecord): SqlValue[] {
@@ -51,7 +53,7 @@ function rowOf(r: UsageRecord): SqlValue[] {
     r.timeMs, new Date(r.timeMs).toISOString().slice(0, 10), r.requestId, r.keyId, r.team, r.method, r.route, r.model,
     r.operation, r.imagesRequested, r.imagesReturned, r.status, r.errorCode, r.upstreamStatus, r.upstreamMs, r.totalMs,
     r.bytesStored, r.estimatedCostUsd, r.upstreamTokens ? JSON.stringify(r.upstreamTokens) : null, r.prompt, r.jobId,
-    r.tokenId ?? null,
+    r.tokenId ?? null, r.modelsTried && r.modelsTried.length > 0 ? r.modelsTried.join(',') : null,
   ];
 }
 

@@ -41,4 +41,6 @@ export const USAGE_MIGRATIONS: Migration[] = [
     // A token's counts start from its records after a restart without Redis (limits-plugin.ts).
     'CREATE INDEX usage_records_token ON usage_records (token_id)',
   ]),
+  // fallback_models: the models a request tried, in order, comma-separated (catalogue ids); null without fallbacks.
+  migration('usage-003-models-tried', () => ['ALTER TABLE usage_records ADD COLUMN models_tried TEXT']),
 ];

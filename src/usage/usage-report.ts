@@ -195,6 +195,8 @@ export interface UsageRecordView {
   prompt: string | null;
   /** The browser token the request came with; key_id and team are its parent key's. */
   token_id: string | null;
+  /** With fallback_models: the models tried, in order; `model` is the one that served. */
+  models_tried: string[] | null;
 }
 
 const numberOrNull = (v: unknown) => (v === null || v === undefined ? null : Number(v));
@@ -222,6 +224,7 @@ function viewOf(row: Record<string, unknown>): UsageRecordView {
     upstream_tokens: typeof row.upstream_tokens === 'string' ? (JSON.parse(row.upstream_tokens) as Record<string, unknown>) : null,
     prompt: (row.prompt as string | null) ?? null,
     token_id: (row.token_id as string | null) ?? null,
+    models_tried: typeof row.models_tried === 'string' && row.models_tried !== '' ? row.models_tried.split(',') : null,
   };
 }
 
@@ -271,7 +274,7 @@ export function toCsv(columns: readonly string[], rows: ReadonlyArray<Record<str
 export const RECORD_COLUMNS: readonly (keyof UsageRecordView)[] = [
   'id', 'time', 'request_id', 'key_id', 'team', 'method', 'route', 'model', 'operation', 'status', 'error_code',
   'images_requested', 'images_returned', 'bytes_stored', 'estimated_cost_usd', 'upstream_status', 'upstream_ms',
-  'total_ms', 'upstream_tokens', 'prompt', 'token_id',
+  'total_ms', 'upstream_tokens', 'prompt', 'token_id', 'models_tried',
 ];
 
 export const REPORT_METRIC_COLUMNS = ['requests', 'images', 'errors', 'estimated_cost_usd', 'unpriced_images'] as const;
