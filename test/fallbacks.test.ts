@@ -1,0 +1,255 @@
+/**
+ * fallback_models: a request whose model upstream cannot serve (no channel, throttled, unavailable)
+ * is answered by the next model it named; one upstream refused as invalid or unsafe never reaches
+ * another model. The whole chain is checked before anything is sent.
+ */
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { LightMyRequestResponse } from 'fastify';
+import { ADMIN_KEY, makePng, startHarness, type Harness } from './harness.js';
+import { eventsOf, parseSse } from './sse.js';
+
+const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
+const ALL_TIME = 'from=2000-01-01&to=2100-01-01';
+
+const submissions = (h: Harness) => h.simulator.received.filter((r) => r.method === 'POST');
+/** The model each upstream submission was for. */
+const modelsSent = (h: Harness) =>
+  submissions(h).map((r) => {
+    // The model is in the path (predictions), the JSON body or the multipart fields (OpenAI's edits).
+    const named = [r.path, (r.json as { model?: unknown } | undefined)?.model, r.fields?.model].map((v) => String(v ?? '')).join(' ');
+    return named.includes('gpt-image-1.5') ? 'gpt-image-1.5' : named.includes('gpt-image-1') ? 'gpt-image-1' : named;
+  });
+
+async function mint(h: Harness, policy: Record<string, unknown>): Promise<Record<string, string>> {
+  const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: ADMIN, payload: { team: `t${randomBytes(3).toString('hex')}`, ...policy } });
+  expect(res.statusCode, res.body).toBe(201);
+  return { authorization: `Bearer ${res.json().key}` };
+}
+
+async function usageOf(h: Harness, requestId: string): Promise<Record<string, unknown>> {
+  const page = await h.app.inject({ method: 'GET', url: `/v1/usage/records?${ALL_TIME}&limit=1000`, headers: ADMIN });
+  expect(page.statusCode, page.body).toBe(200);
+  const records = (page.json().data as Array<Record<string, unknown>>).filter((r) => r.request_id === requestId);
+  expect(records).toHaveLength(1);
+  return records[0]!;
+}
+
+async function fallbackMetric(h: Harness): Promise<string[]> {
+  const res = await h.app.inject({ method: 'GET', url: '/metrics' });
+  return res.body.split('\n').filter((l) => l.startsWith('gateway_fallbacks_total{'));
+}
+
+function errorOf(res: LightMyRequestResponse, status: number, code: string) {
+  expect(res.statusCode, res.body).toBe(status);
+  const error = res.json().error as { code: string; message: string; details: Array<{ field?: string; message: string }> };
+  expect(error.code).toBe(code);
+  return error;
+}
+
+describe('fallback_models on one gateway', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => h.close());
+  beforeEach(() => h.simulator.reset());
+
+  const generate = (payload: Record<string, unknown>, auth: Record<string, string> = h.auth) => h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload });
+
+  for (const [fault, kind] of [
+    ['no_channel', 'no_channel'],
+    ['http429', 'throttled'],
+    ['http503', 'unavailable'],
+  ] as const) {
+    it(`${kind} on the first model: the second answers; model/requested_model, one usage record under the server naming the models tried, the metric`, async () => {
+      h.simulator.failNext(fault);
+      const res = await generate({ model: 'gpt-image-1', prompt: `a fox (${kind})`, fallback_models: ['gpt-image-1.5'] });
+      expect(res.statusCode, res.body).toBe(200);
+      expect(res.json().model).toBe('gpt-image-1.5');
+      expect(res.json().requested_model).toBe('gpt-image-1');
+      expect(res.json().images).toHaveLength(1);
+      expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+      const record = await usageOf(h, String(res.headers['x-request-id']));
+      expect(record.model).toBe('gpt-image-1.5');
+      expect(record.status).toBe(200);
+      expect(record.models_tried).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+      expect(await fallbackMetric(h)).toContain(`gateway_fallbacks_total{from="gpt-image-1",to="gpt-image-1.5",reason="${kind}"} 1`);
+    });
+  }
+
+  it('the simulator\'s #sim:no_channel fails every model of the chain: the last failure is answered, each model tried once', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a fox #sim:no_channel', fallback_models: ['gpt-image-1.5'] });
+    errorOf(res, 502, 'upstream_error');
+    expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+    const record = await usageOf(h, String(res.headers['x-request-id']));
+    expect(record.models_tried).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+  });
+
+  for (const [fault, status] of [
+    ['http400', 400],
+    ['moderated', 422],
+  ] as const) {
+    it(`${fault}: never sent to another model`, async () => {
+      h.simulator.failNext(fault);
+      const res = await generate({ model: 'gpt-image-1', prompt: 'a fox', fallback_models: ['gpt-image-1.5'] });
+      expect(res.statusCode, res.body).toBe(status);
+      expect(modelsSent(h)).toEqual(['gpt-image-1']);
+      const record = await usageOf(h, String(res.headers['x-request-id']));
+      expect(record.model).toBe('gpt-image-1');
+      expect(record.models_tried).toEqual(['gpt-image-1']);
+    });
+  }
+
+  it('a request without fallback_models keeps its body and record as before (no requested_model, no models_tried)', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'plain' });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).not.toHaveProperty('requested_model');
+    expect((await usageOf(h, String(res.headers['x-request-id']))).models_tried).toBeNull();
+  });
+
+  it('the chain is checked whole before anything is sent: a model that cannot take a field is a 400 naming it and the field', async () => {
+    // dall-e-3 makes one image per request: n = 2 is fine for gpt-image-1, not for it.
+    const err = errorOf(await generate({ model: 'gpt-image-1', prompt: 'two', n: 2, fallback_models: ['dall-e-3'] }), 400, 'invalid_request');
+    expect(err.message).toContain('dall-e-3');
+    expect(err.details.some((d) => d.field === 'fallback_models[0]')).toBe(true);
+    expect(err.details.some((d) => d.field === 'n')).toBe(true);
+    const notAModel = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', fallback_models: ['no-such-model'] }), 400, 'invalid_request');
+    expect(notAModel.details[0]!.field).toBe('fallback_models[0]');
+    expect(notAModel.message).toContain('no-such-model');
+    const itself = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', fallback_models: ['gpt-image-1'] }), 400, 'invalid_request');
+    expect(itself.message).toMatch(/requested model/);
+    const twice = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', fallback_models: ['gpt-image-1.5', 'gpt-image-1.5'] }), 400, 'invalid_request');
+    expect(twice.details[0]!.field).toBe('fallback_models');
+    const many = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', fallback_models: ['gpt-image-1.5', 'gpt-image-2', 'dall-e-3', 'FLUX-1.1-pro'] }), 400, 'invalid_request');
+    expect(many.message).toMatch(/at most 3/);
+    const onTimeout = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', fallback_on_timeout: 'yes' }), 400, 'invalid_request');
+    expect(onTimeout.details[0]!.field).toBe('fallback_on_timeout');
+    expect(submissions(h)).toHaveLength(0);
+  });
+
+  it('an edit checks its fallbacks for the edit: a generate-only model is refused by name', async () => {
+    const image = `data:image/png;base64,${(await makePng(64, 64)).toString('base64')}`;
+    const err = errorOf(
+      await h.app.inject({ method: 'POST', url: '/v1/edit', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', image, fallback_models: ['wan2.6-t2i'] } }),
+      400,
+      'invalid_request',
+    );
+    expect(err.message).toContain('wan2.6-t2i');
+    expect(err.details[0]!.field).toBe('fallback_models[0]');
+    expect(submissions(h)).toHaveLength(0);
+  });
+
+  it('an edit falls back too', async () => {
+    const image = `data:image/png;base64,${(await makePng(64, 64)).toString('base64')}`;
+    h.simulator.failNext('no_channel');
+    const res = await h.app.inject({ method: 'POST', url: '/v1/edit', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', image, fallback_models: ['gpt-image-1.5'] } });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json().model).toBe('gpt-image-1.5');
+    expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+  });
+
+  it("a key's allow-list applies to each fallback model: 403 naming it", async () => {
+    const key = await mint(h, { models: ['gpt-image-1'] });
+    const err = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', fallback_models: ['gpt-image-1.5'] }, key), 403, 'forbidden');
+    expect(err.message).toContain('gpt-image-1.5');
+    expect(err.details[0]!.field).toBe('fallback_models[0]');
+    expect(submissions(h)).toHaveLength(0);
+  });
+
+  it('a stream shows the fallback event before the result', async () => {
+    h.simulator.failNext('no_channel');
+    const res = await generate({ model: 'gpt-image-1', prompt: 'streamed', stream: true, fallback_models: ['gpt-image-1.5'] });
+    expect(res.statusCode).toBe(200);
+    const events = eventsOf(parseSse(res.body));
+    const names = events.map((e) => e.event);
+    const fallback = events.find((e) => e.event === 'fallback');
+    expect(fallback?.data).toEqual({ from: 'gpt-image-1', to: 'gpt-image-1.5', reason: 'no_channel' });
+    expect(names.indexOf('fallback')).toBeLessThan(names.indexOf('succeeded'));
+    expect(events.find((e) => e.event === 'succeeded')?.data.model).toBe('gpt-image-1.5');
+  });
+
+  it('the OpenAI route takes fallback_models as an extra field', async () => {
+    h.simulator.failNext('no_channel');
+    const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', fallback_models: ['gpt-image-1.5'] } });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+  });
+
+  it('fallback_models with async is refused for now, naming the field', async () => {
+    const err = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', async: true, fallback_models: ['gpt-image-1.5'] }), 400, 'invalid_request');
+    expect(err.details[0]!.field).toBe('fallback_models');
+  });
+});
+
+describe('fallback_models and upstream auth failures', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => h.close());
+
+  it('auth: never sent to another model', async () => {
+    h.simulator.failNext('http401');
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', fallback_models: ['gpt-image-1.5'] } });
+    expect(res.statusCode).not.toBe(200);
+    expect(modelsSent(h)).toEqual(['gpt-image-1']);
+  });
+});
+
+describe('fallback_on_timeout (UPSTREAM_TIMEOUT_MS=300)', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ UPSTREAM_TIMEOUT_MS: '300' });
+  });
+  afterAll(async () => h.close());
+  beforeEach(() => h.simulator.reset());
+
+  const generate = (payload: Record<string, unknown>) => h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload });
+
+  it('off (the default): a timeout after upstream took the request is answered, no other model tried', async () => {
+    h.simulator.failNext('hang');
+    const res = await generate({ model: 'gpt-image-1', prompt: 'slow', fallback_models: ['gpt-image-1.5'] });
+    errorOf(res, 504, 'upstream_timeout');
+    expect(modelsSent(h)).toEqual(['gpt-image-1']);
+  });
+
+  it('on: the next model answers', async () => {
+    h.simulator.failNext('hang');
+    const res = await generate({ model: 'gpt-image-1', prompt: 'slow', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json().model).toBe('gpt-image-1.5');
+    expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+  });
+});
+
+describe('limits with a chain', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ PRICE_OVERRIDES: JSON.stringify({ 'gpt-image-1': 0.02, 'gpt-image-1.5': 0.3 }) });
+  });
+  afterAll(async () => h.close());
+  beforeEach(() => h.simulator.reset());
+
+  const generate = (payload: Record<string, unknown>, auth: Record<string, string>) => h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload });
+
+  it('the reservation takes the dearest model of the chain', async () => {
+    const key = await mint(h, { monthly_budget_usd: 0.1, rpm: 100 });
+    expect((await generate({ model: 'gpt-image-1', prompt: 'cheap' }, key)).statusCode).toBe(200);
+    h.simulator.reset();
+    const err = errorOf(await generate({ model: 'gpt-image-1', prompt: 'chain', fallback_models: ['gpt-image-1.5'] }, key), 429, 'rate_limited');
+    expect(err.message).toMatch(/monthly_budget_usd/);
+    expect(submissions(h)).toHaveLength(0);
+  });
+
+  it('and settles to what ran', async () => {
+    const key = await mint(h, { monthly_budget_usd: 0.35, rpm: 100 });
+    // Served by the first model: 0.02 spent, not the 0.3 reserved.
+    const first = await generate({ model: 'gpt-image-1', prompt: 'chain 1', fallback_models: ['gpt-image-1.5'] }, key);
+    expect(first.statusCode, first.body).toBe(200);
+    expect(first.json().usage.estimated_cost_usd).toBeCloseTo(0.02);
+    // 0.02 + 0.3 fits in 0.35; had the first kept 0.3, this would be refused.
+    const second = await generate({ model: 'gpt-image-1', prompt: 'chain 2', fallback_models: ['gpt-image-1.5'] }, key);
+    expect(second.statusCode, second.body).toBe(200);
+  });
+});
