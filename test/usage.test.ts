@@ -235,6 +235,7 @@ function usageSuite(name: string, openStore: () => Promise<UsageStore>) {
         upstream_tokens: { input_tokens: 10, output_tokens: 200, total_tokens: 210 },
         prompt: null,
         token_id: null,
+        models_tried: null,
       });
       expect(unauthorized).toMatchObject({ request_id: refused.headers['x-request-id'], key_id: null, team: null, status: 401, error_code: 'unauthorized' });
       expect(page.body).not.toContain('a secret plan');
