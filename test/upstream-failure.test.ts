@@ -100,6 +100,7 @@ interface Expected {
 
 const SUBMISSION_FAULTS: Array<[string, Expected]> = [
   ['http429', { kind: 'throttled', mayHaveBilled: false, otherModelMayServe: true, upstreamStatus: 429, status: 429, code: 'rate_limited' }],
+  ['no_channel', { kind: 'no_channel', mayHaveBilled: false, otherModelMayServe: true, upstreamStatus: 503, status: 502, code: 'upstream_error' }],
   ['http503', { kind: 'unavailable', mayHaveBilled: false, otherModelMayServe: true, upstreamStatus: 503, status: 502, code: 'upstream_error' }],
   ['http500', { kind: 'server_error', mayHaveBilled: true, otherModelMayServe: false, upstreamStatus: 500, status: 502, code: 'upstream_error' }],
   ['http400', { kind: 'rejected_input', mayHaveBilled: false, otherModelMayServe: false, upstreamStatus: 400, status: 400, code: 'invalid_request' }],
