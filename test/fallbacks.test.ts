@@ -6,8 +6,11 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { LightMyRequestResponse } from 'fastify';
-import { ADMIN_KEY, makePng, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 import { eventsOf, parseSse } from './sse.js';
+import { fallbackAllowed } from '../src/generation/generation-pipeline.js';
+import { UpstreamFailure } from '../src/upstream/upstream-failure.js';
+import { parseGenerateBody } from '../src/request/image-request.js';
 
 const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
 const ALL_TIME = 'from=2000-01-01&to=2100-01-01';
@@ -89,6 +92,9 @@ describe('fallback_models on one gateway', () => {
   for (const [fault, status] of [
     ['http400', 400],
     ['moderated', 422],
+    // Upstream may have worked on (and billed) these.
+    ['http500', 502],
+    ['malformed', 502],
   ] as const) {
     it(`${fault}: never sent to another model`, async () => {
       h.simulator.failNext(fault);
@@ -176,6 +182,18 @@ describe('fallback_models on one gateway', () => {
     expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
   });
 
+  it('multipart edits take fallback_models as a comma-separated list (and a JSON array)', async () => {
+    const bytes = await makePng(64, 64);
+    for (const list of ['gpt-image-1.5', '["gpt-image-1.5"]']) {
+      h.simulator.reset();
+      h.simulator.failNext('no_channel');
+      const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'x', fallback_models: list, response_format: 'url' }, [{ field: 'image', filename: 'a.png', bytes }]);
+      const res = await h.app.inject({ method: 'POST', url: '/v1/images/edits', headers: { ...h.auth, ...headers }, payload });
+      expect(res.statusCode, res.body).toBe(200);
+      expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+    }
+  });
+
   it('fallback_models with async is refused for now, naming the field', async () => {
     const err = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', async: true, fallback_models: ['gpt-image-1.5'] }), 400, 'invalid_request');
     expect(err.details[0]!.field).toBe('fallback_models');
@@ -251,5 +269,24 @@ describe('limits with a chain', () => {
     // 0.02 + 0.3 fits in 0.35; had the first kept 0.3, this would be refused.
     const second = await generate({ model: 'gpt-image-1', prompt: 'chain 2', fallback_models: ['gpt-image-1.5'] }, key);
     expect(second.statusCode, second.body).toBe(200);
+  });
+});
+
+describe('which upstream failures fall back', () => {
+  const request = parseGenerateBody({ model: 'gpt-image-1', prompt: 'x', fallback_models: ['gpt-image-1.5'] });
+  it('those another model may serve and upstream did not bill, a refused connection among them', () => {
+    for (const kind of ['no_channel', 'throttled', 'unavailable', 'connection_refused'] as const) expect(fallbackAllowed(new UpstreamFailure(kind, kind), request)).toBe(true);
+  });
+  it('never one that may have been billed, nor one about the request itself', () => {
+    for (const kind of ['server_error', 'rejected_input', 'moderated', 'auth', 'malformed_reply', 'connection_lost', 'task_failed', 'download_failed'] as const) {
+      expect(fallbackAllowed(new UpstreamFailure(kind, kind), request)).toBe(false);
+    }
+    // A throttle upstream says it billed for is not passed on.
+    expect(fallbackAllowed(new UpstreamFailure('throttled', 'x', { mayHaveBilled: true }), request)).toBe(false);
+    expect(fallbackAllowed(new Error('not upstream'), request)).toBe(false);
+  });
+  it('a timeout only with fallback_on_timeout', () => {
+    expect(fallbackAllowed(new UpstreamFailure('timeout', 't'), request)).toBe(false);
+    expect(fallbackAllowed(new UpstreamFailure('timeout', 't'), { ...request, fallbackOnTimeout: true })).toBe(true);
   });
 });
