@@ -5,15 +5,14 @@
  * cannot be resumed without paying twice) is given JOB_SHUTDOWN_GRACE_MS to finish. The simulator
  * holds its answer until the test releases it, so the order of events is the claim, not timing.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startUpstreamSimulator } from '../src/simulator/upstream-simulator.js';
 import { CLIENT_KEY, UPSTREAM_KEY, startHarness, type Harness } from './harness.js';
+import { freePort, startGatewayProcess } from './gateway-process.js';
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -123,36 +122,18 @@ describe('SIGTERM to the server process (dist/server.js)', () => {
   it('stops it without waiting for a task job: polling ends, the process exits 0, the job is left to resume', async () => {
     const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30 });
     const dataDir = mkdtempSync(join(tmpdir(), 'gw-stop-'));
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-    const port = (probe.address() as { port: number }).port;
-    await new Promise((r) => probe.close(r));
-    const child = spawn(process.execPath, ['dist/server.js'], {
-      cwd: new URL('..', import.meta.url).pathname,
-      env: {
-        PATH: process.env.PATH,
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        DATA_DIR: dataDir,
-        AIHUBMIX_API_KEY: UPSTREAM_KEY,
-        AIHUBMIX_BASE_URL: simulator.url,
-        GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
-        TASK_POLL_INTERVAL_MS: '10',
-        // An hour: a stop that waited for the task job would never end within the test.
-        JOB_SHUTDOWN_GRACE_MS: '3600000',
-        LOG_LEVEL: 'warn',
-        STORAGE_MIN_FREE_BYTES: '0', // the machine's free space must not decide the test
-      },
-      stdio: ['ignore', 'ignore', 'pipe'],
+    const port = await freePort();
+    const { child } = await startGatewayProcess(port, {
+      DATA_DIR: dataDir,
+      AIHUBMIX_API_KEY: UPSTREAM_KEY,
+      AIHUBMIX_BASE_URL: simulator.url,
+      GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
+      TASK_POLL_INTERVAL_MS: '10',
+      // An hour: a stop that waited for the task job would never end within the test.
+      JOB_SHUTDOWN_GRACE_MS: '3600000',
     });
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     try {
-      let up = false;
-      for (let i = 0; i < 400 && !up && child.exitCode === null; i++) {
-        up = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
-        if (!up) await new Promise((r) => setTimeout(r, 25));
-      }
-      expect(up).toBe(true);
       simulator.holdTasks = true;
       const accepted = await fetch(`http://127.0.0.1:${port}/v1/generate`, {
         method: 'POST',

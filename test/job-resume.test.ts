@@ -3,63 +3,33 @@
  * dist/server.js), is killed mid-job, and a new process on the same DATA_DIR finishes the job
  * without submitting it upstream again.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startUpstreamSimulator, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
 import { CLIENT_KEY, UPSTREAM_KEY } from './harness.js';
+import { freePort, kill9, startGatewayProcess } from './gateway-process.js';
 
-const root = new URL('..', import.meta.url).pathname;
 let simulator: UpstreamSimulator;
 let dataDir: string;
 let port: number;
 const children: ChildProcess[] = [];
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address() as { port: number };
-  await new Promise((r) => server.close(r));
-  return port;
-}
-
 async function startGateway(env: Record<string, string> = {}): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['dist/server.js'], {
-    cwd: root,
-    env: {
-      PATH: process.env.PATH,
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      DATA_DIR: dataDir,
-      AIHUBMIX_API_KEY: UPSTREAM_KEY,
-      AIHUBMIX_BASE_URL: simulator.url,
-      GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
-      JOB_LEASE_MS: '300',
-      TASK_POLL_INTERVAL_MS: '20',
-      LOG_LEVEL: 'warn',
-      STORAGE_MIN_FREE_BYTES: '0', // the machine's free space must not decide the test
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const { child } = await startGatewayProcess(port, {
+    DATA_DIR: dataDir,
+    AIHUBMIX_API_KEY: UPSTREAM_KEY,
+    AIHUBMIX_BASE_URL: simulator.url,
+    GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
+    JOB_LEASE_MS: '300',
+    TASK_POLL_INTERVAL_MS: '20',
+    ...env,
   });
   children.push(child);
-  for (let i = 0; i < 200; i++) {
-    const up = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
-    if (up) return child;
-    if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}`);
-    await sleep(50);
-  }
-  throw new Error('gateway did not start');
-}
-
-async function kill9(child: ChildProcess): Promise<void> {
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await exited;
+  return child;
 }
 
 const api = (path: string, init: RequestInit = {}) =>

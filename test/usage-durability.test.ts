@@ -4,10 +4,9 @@
  * has arrived, and a new process on the same storage finds N records, and counts the key's daily
  * images from them as they were answered. On SQLite (DATA_DIR) and on PostgreSQL (DATABASE_URL).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,8 +16,8 @@ import { DatabaseSync } from 'node:sqlite';
 import { CLIENT_KEY, UPSTREAM_KEY, startListening, type ListeningHarness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
 import { readStream } from './sse.js';
+import { freePort, kill9, startGatewayProcess } from './gateway-process.js';
 
-const root = new URL('..', import.meta.url).pathname;
 const REQUESTS = 120;
 /** The key's daily image limit: a few more than the requests answered before the kill. */
 const IMAGES_PER_DAY = REQUESTS + 3;
@@ -26,47 +25,15 @@ const IMAGES_PER_DAY = REQUESTS + 3;
 let simulator: UpstreamSimulator;
 const children: ChildProcess[] = [];
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address() as { port: number };
-  await new Promise((r) => server.close(r));
-  return port;
-}
-
 async function startGateway(port: number, env: Record<string, string>): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['dist/server.js'], {
-    cwd: root,
-    env: {
-      PATH: process.env.PATH,
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      AIHUBMIX_API_KEY: UPSTREAM_KEY,
-      AIHUBMIX_BASE_URL: simulator.url,
-      UPSTREAM_RETRIES: '0',
-      LOG_LEVEL: 'warn',
-      STORAGE_MIN_FREE_BYTES: '0', // the machine's free space must not decide the test
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const { child } = await startGatewayProcess(port, {
+    AIHUBMIX_API_KEY: UPSTREAM_KEY,
+    AIHUBMIX_BASE_URL: simulator.url,
+    UPSTREAM_RETRIES: '0',
+    ...env,
   });
   children.push(child);
-  let output = '';
-  child.stdout!.on('data', (chunk) => (output += chunk));
-  child.stderr!.on('data', (chunk) => (output += chunk));
-  for (let i = 0; i < 300; i++) {
-    const up = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
-    if (up) return child;
-    if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}: ${output}`);
-    await sleep(50);
-  }
-  throw new Error(`gateway did not start: ${output}`);
-}
-
-async function kill9(child: ChildProcess): Promise<void> {
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await exited;
+  return child;
 }
 
 beforeAll(async () => {
