@@ -246,10 +246,11 @@ describe('browser tokens on one gateway', () => {
       const byKey = page.data.find((r: { key_id: string; token_id: string | null; route: string }) => r.key_id === key.id && r.route === '/v1/tokens');
       expect(byKey.token_id).toBeNull();
       const csv = (await h.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000&format=csv', headers: admin })).body.split('\r\n');
-      // token_id is the last column; the request id, key id and team come before the JSON ones.
-      expect(csv[0]!.split(',').at(-1)).toBe('token_id');
+      // token_id comes after the JSON columns, followed only by models_tried (empty: no fallback);
+      // the request id, key id and team come before the JSON ones.
+      expect(csv[0]!.split(',').slice(-2)).toEqual(['token_id', 'models_tried']);
       const line = csv.find((l) => l.includes(`tok-usage-${t.id}`))!;
-      expect(line.endsWith(`,${t.id}`)).toBe(true);
+      expect(line.endsWith(`,${t.id},`)).toBe(true);
       expect(line).toContain(`,tok-usage-${t.id},${key.id},${key.team},`);
     });
 
