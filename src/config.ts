@@ -1,6 +1,8 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { MIN_CLIENT_KEY_LENGTH } from './auth/key-policy.js';
+import { CatalogueError } from './catalogue/catalogue-schema.js';
+import { loadEffectiveCatalogue } from './catalogue/catalogue-file.js';
 import { MODELS } from './catalogue/models.js';
 
 /** An integer variable within [min, max]; empty or absent gives the fallback (undefined: "not set"). */
@@ -202,9 +204,8 @@ function parsePriceOverrides(value: string | undefined, ctx: z.RefinementCtx): R
     ctx.addIssue({ code: 'custom', message: shape });
     return {};
   }
-  const known = new Set(MODELS.flatMap((m) => [m.id, ...m.aliases]));
+  // The names are checked in loadConfig, against the catalogue CATALOGUE_FILE makes.
   for (const [model, price] of Object.entries(parsed)) {
-    if (!known.has(model)) ctx.addIssue({ code: 'custom', message: `PRICE_OVERRIDES names "${model}", which is not a catalogue model id or alias` });
     if (typeof price !== 'number' || !Number.isFinite(price) || price < 0) {
       ctx.addIssue({ code: 'custom', message: `PRICE_OVERRIDES: the price of "${model}" must be a number of USD, 0 or more` });
     }
@@ -296,6 +297,8 @@ const envSchema = z.object({
     .optional()
     .transform((v) => v !== '0' && v !== 'false'),
   PRICE_OVERRIDES: z.string().optional().transform((v, ctx) => parsePriceOverrides(v, ctx)),
+  // An operator's YAML overlay of the built-in model catalogue (src/catalogue/catalogue-file.ts); reloaded on change and SIGHUP.
+  CATALOGUE_FILE: optionalString,
   // Connection hygiene (src/http/connections.ts): the whole request, body included, must arrive within
   // REQUEST_TIMEOUT_MS (else 408), its headers within HEADERS_TIMEOUT_MS (default: the smaller of 30 s and it).
   REQUEST_TIMEOUT_MS: positiveInt('REQUEST_TIMEOUT_MS', 120_000),
@@ -365,6 +368,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
   }
   const config = parsed.data;
+  // The catalogue served: the built-in one with CATALOGUE_FILE applied; PRICE_OVERRIDES must name its models.
+  let models = MODELS;
+  if (config.CATALOGUE_FILE !== undefined) {
+    try {
+      models = loadEffectiveCatalogue(config.CATALOGUE_FILE);
+    } catch (err) {
+      if (err instanceof CatalogueError) throw new ConfigError(`invalid configuration:\n  ${err.message}`);
+      throw err;
+    }
+  }
+  const known = new Set(models.flatMap((m) => [m.id, ...m.aliases]));
+  const unknownPrices = Object.keys(config.PRICE_OVERRIDES).filter((name) => !known.has(name));
+  if (unknownPrices.length > 0) {
+    throw new ConfigError(`invalid configuration:\n  ${unknownPrices.map((name) => `PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`).join('\n  ')}`);
+  }
   // Named by variable and team, never by the key itself.
   const examples = [
     ...config.GATEWAY_API_KEYS.filter((k) => PUBLIC_EXAMPLE_KEYS.includes(k.key)).map((k) => `GATEWAY_API_KEYS (team ${k.team})`),

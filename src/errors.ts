@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'not_found'
   | 'conflict'
   | 'request_timeout'
+  | 'model_retired'
   | 'payload_too_large'
   | 'unsupported_media_type'
   | 'content_rejected'
@@ -26,6 +27,7 @@ const STATUS_OF: Record<ErrorCode, number> = {
   not_found: 404,
   conflict: 409,
   request_timeout: 408,
+  model_retired: 410,
   payload_too_large: 413,
   unsupported_media_type: 415,
   content_rejected: 422,

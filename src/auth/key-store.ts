@@ -57,7 +57,7 @@ export class KeyStore {
     private readonly db: Database,
     private readonly redis: Redis | undefined,
     private readonly log: Logger,
-    private readonly modelIds: readonly string[],
+    private modelIds: readonly string[],
     /** How often the database is checked for keys minted or revoked elsewhere (the fallback when Redis misses a change). */
     private readonly pollIntervalMs = 1000,
   ) {
@@ -83,6 +83,18 @@ export class KeyStore {
         else this.keys.addDigest(entry.keySha256!, client);
       }
     }
+  }
+
+  /**
+   * Checks the keys file's allow-lists against a new catalogue (CATALOGUE_FILE reload) and, when
+   * every pattern still matches a model, takes its ids for later mints; else throws naming the key.
+   */
+  checkModels(modelIds: readonly string[]): void {
+    for (const client of this.keys.list()) {
+      const typos = patternsMatchingNothing(client.models, modelIds);
+      if (typos.length > 0) throw new ConfigError(`key ${client.id} allows models ${typos.join(', ')}, which would match no model the gateway serves`);
+    }
+    this.modelIds = modelIds;
   }
 
   async start(): Promise<void> {

@@ -56,6 +56,11 @@ const modelSchema = z
     generate: routeSchema.optional(),
     edit: z.partialRecord(z.enum(EDIT_MODES as [EditMode, ...EditMode[]]), routeSchema).optional(),
     image_to_image_mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]).optional(),
+    /** Retired (CATALOGUE_FILE): requests get 410 model_retired naming `replacement`. */
+    retired: z.literal(true).optional(),
+    replacement: z.string().min(1).optional(),
+    /** The models to fall back to, in order (CATALOGUE_FILE). */
+    fallbacks: z.array(z.string().min(1)).optional(),
   })
   .refine((m) => m.generate !== undefined || Object.keys(m.edit ?? {}).length > 0, { message: 'a model needs a generate or an edit route' });
 
@@ -137,7 +142,7 @@ export function loadCatalogue(data: unknown): ModelSpec[] {
     throw new CatalogueError(`catalogue: ${lines.join('; ')}`);
   }
   const seen = new Map<string, string>();
-  return parsed.data.models.map((m) => {
+  const models = parsed.data.models.map((m): ModelSpec => {
     for (const name of [m.id, ...m.aliases]) {
       const other = seen.get(name);
       if (other !== undefined && other !== m.id) throw new CatalogueError(`catalogue: model "${m.id}": the name ${name} is already model "${other}"'s`);
@@ -160,6 +165,20 @@ export function loadCatalogue(data: unknown): ModelSpec[] {
       ...(m.generate ? { generate: toRoute(m.generate) } : {}),
       ...(Object.keys(edit).length > 0 ? { edit } : {}),
       ...(m.image_to_image_mode ? { imageToImageMode: m.image_to_image_mode } : {}),
+      ...(m.retired ? { retired: { replacement: m.replacement ?? '' } } : {}),
+      ...(m.fallbacks ? { fallbacks: m.fallbacks } : {}),
     };
   });
+  // A replacement or fallback must be a model served (by id or alias), and not itself retired.
+  for (const m of models) {
+    for (const [what, names] of [['replacement', m.retired ? [m.retired.replacement] : []], ['fallbacks', m.fallbacks ?? []]] as const) {
+      for (const name of names) {
+        const target = models.find((o) => o.id === name || o.aliases.includes(name));
+        if (!target) throw new CatalogueError(`catalogue: model "${m.id}": ${what}: "${name}" is not a model of the catalogue`);
+        if (target.retired) throw new CatalogueError(`catalogue: model "${m.id}": ${what}: "${name}" is retired itself`);
+        if (target === m) throw new CatalogueError(`catalogue: model "${m.id}": ${what}: names the model itself`);
+      }
+    }
+  }
+  return models;
 }

@@ -13,37 +13,71 @@ function withPricePerImage(model: ModelSpec, perImageUsd: number): ModelSpec {
   return { ...model, ...(model.generate ? { generate: priced(model.generate) } : {}), ...(edit ? { edit } : {}) };
 }
 
-/** Looks models up by id or alias and answers what each one offers. */
-export class ModelCatalogue {
-  private readonly byName = new Map<string, ModelSpec>();
+/** One catalogue's lookup tables, replaced as a whole on reload. */
+interface CatalogueState {
   readonly models: readonly ModelSpec[];
+  readonly byName: ReadonlyMap<string, ModelSpec>;
+}
+
+function buildState(models: readonly ModelSpec[], priceOverrides: Readonly<Record<string, number>>): CatalogueState {
+  const overrideById = new Map<string, number>();
+  for (const [name, perImageUsd] of Object.entries(priceOverrides)) {
+    const model = models.find((m) => m.id === name || m.aliases.includes(name));
+    if (!model) throw new Error(`catalogue: PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`);
+    overrideById.set(model.id, perImageUsd);
+  }
+  const priced = models.map((m) => (overrideById.has(m.id) ? withPricePerImage(m, overrideById.get(m.id)!) : m));
+  const byName = new Map<string, ModelSpec>();
+  for (const model of priced) {
+    for (const name of [model.id, ...model.aliases]) {
+      const existing = byName.get(name);
+      if (existing && existing !== model) throw new Error(`catalogue: ${name} names both ${existing.id} and ${model.id}`);
+      byName.set(name, model);
+    }
+  }
+  return { models: priced, byName };
+}
+
+/**
+ * Looks models up by id or alias and answers what each one offers. The models can be replaced
+ * (CATALOGUE_FILE reloads): `replace` swaps them all at once, and every reader sees either the
+ * old catalogue or the new one, never a mix.
+ */
+export class ModelCatalogue {
+  private state: CatalogueState;
 
   /** `priceOverrides`: USD per image by model id or alias, replacing the catalogue's price for every operation. */
-  constructor(models: readonly ModelSpec[] = MODELS, priceOverrides: Readonly<Record<string, number>> = {}) {
-    const overrideById = new Map<string, number>();
-    for (const [name, perImageUsd] of Object.entries(priceOverrides)) {
-      const model = models.find((m) => m.id === name || m.aliases.includes(name));
-      if (!model) throw new Error(`catalogue: a price override names "${name}", which is not a model`);
-      overrideById.set(model.id, perImageUsd);
-    }
-    this.models = models.map((m) => (overrideById.has(m.id) ? withPricePerImage(m, overrideById.get(m.id)!) : m));
-    for (const model of this.models) {
-      for (const name of [model.id, ...model.aliases]) {
-        const existing = this.byName.get(name);
-        if (existing && existing !== model) throw new Error(`catalogue: ${name} names both ${existing.id} and ${model.id}`);
-        this.byName.set(name, model);
-      }
-    }
+  constructor(
+    models: readonly ModelSpec[] = MODELS,
+    private readonly priceOverrides: Readonly<Record<string, number>> = {},
+  ) {
+    this.state = buildState(models, priceOverrides);
+  }
+
+  get models(): readonly ModelSpec[] {
+    return this.state.models;
+  }
+
+  /** Serves `models` from now on; throws (and keeps the current ones) when they do not hold together with PRICE_OVERRIDES. */
+  replace(models: readonly ModelSpec[]): void {
+    this.state = buildState(models, this.priceOverrides);
   }
 
   find(name: string): ModelSpec | undefined {
-    return this.byName.get(name);
+    return this.state.byName.get(name);
   }
 
+  /** The model a request names; an unknown name is a 400, a retired model a 410 naming its replacement. */
   resolve(name: string): ModelSpec {
     const model = this.find(name);
     if (!model) {
       throw invalidField('model', `"${name}" is not a model this gateway serves; GET /v1/models lists them`);
+    }
+    if (model.retired) {
+      const replacement = model.retired.replacement;
+      throw new GatewayError('model_retired', `${model.id} is retired; use ${replacement} instead`, {
+        details: [{ field: 'model', message: `retired; replacement: ${replacement}`, allowed: [replacement] }],
+      });
     }
     return model;
   }
@@ -172,6 +206,7 @@ export function describeModel(model: ModelSpec) {
     id: model.id,
     aliases: model.aliases,
     description: model.description,
+    ...(model.retired ? { retired: true, replacement: model.retired.replacement } : {}),
     operations: operationsOf(model),
     ...(editModes.length > 0 ? { edit_modes: editModes } : {}),
     max_n: maxImagesOf(primary),

@@ -96,4 +96,8 @@ export interface ModelSpec {
   edit?: Partial<Record<EditMode, UpstreamRoute>>;
   /** The edit mode used without a mask when the caller names none (the model's image-to-image). */
   imageToImageMode?: EditMode;
+  /** Retired by the operator (CATALOGUE_FILE): requests get 410 model_retired naming the replacement. */
+  retired?: { replacement: string };
+  /** The models to fall back to, in order, when upstream cannot serve this one (CATALOGUE_FILE). */
+  fallbacks?: string[];
 }

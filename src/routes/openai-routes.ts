@@ -151,6 +151,7 @@ const OPENAI_ERROR_KIND: Record<ErrorCode, { type: string; code?: string }> = {
   not_found: { type: 'invalid_request_error' },
   conflict: { type: 'invalid_request_error' },
   request_timeout: { type: 'invalid_request_error' },
+  model_retired: { type: 'invalid_request_error' },
   payload_too_large: { type: 'invalid_request_error' },
   unsupported_media_type: { type: 'invalid_request_error' },
   content_rejected: { type: 'invalid_request_error', code: 'content_policy_violation' },

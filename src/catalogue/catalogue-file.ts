@@ -1,0 +1,180 @@
+/**
+ * CATALOGUE_FILE: an operator's YAML overlay merged over the built-in catalogue data (models.yaml)
+ * before it is validated. Each entry of `models:` is one of:
+ * - `{id, from, upstream_model, ...}`: a copy of model `from` whose upstream name is replaced by
+ *   `upstream_model` in every route's path and `model` field;
+ * - `{id, retired: true, replacement}`: requests get 410 model_retired naming the replacement;
+ * - `{id, disabled: true}`: the model is no longer served (as unknown);
+ * - `{id, price_per_image_usd | price_per_million_tokens_usd | description | aliases | fallbacks}`
+ *   on an existing model: those are overridden;
+ * - a full declaration (the shape of models.yaml's entries) of a new model.
+ */
+import { readFileSync } from 'node:fs';
+import { parse } from 'yaml';
+import { z } from 'zod';
+import { builtinCatalogueData } from './builtin-catalogue.js';
+import { CatalogueError, loadCatalogue } from './catalogue-schema.js';
+import type { ModelSpec } from './model-spec.js';
+
+const usd = z.number().nonnegative('a price is a number of USD, 0 or more').finite();
+
+/** The keys an overlay entry may carry besides a full declaration's. */
+const overlayEntrySchema = z.looseObject({
+  id: z.string({ error: 'every entry needs an id (a string)' }).min(1, 'every entry needs an id'),
+  from: z.string().min(1).optional(),
+  upstream_model: z.string().min(1).regex(/^[^/?#\s]+$/, 'upstream_model is one name, without / ? # or spaces').optional(),
+  retired: z.literal(true, { error: 'retired is true or absent' }).optional(),
+  replacement: z.string().min(1).optional(),
+  disabled: z.literal(true, { error: 'disabled is true or absent' }).optional(),
+  price_per_image_usd: usd.optional(),
+  price_per_million_tokens_usd: z.strictObject({ text_input: usd, image_input: usd, image_output: usd }).optional(),
+  description: z.string().optional(),
+  aliases: z.array(z.string().min(1)).optional(),
+  fallbacks: z.array(z.string().min(1)).optional(),
+});
+const overlaySchema = z.strictObject({ models: z.array(overlayEntrySchema) }, { error: 'the file is {models: [...]}' });
+
+type Data = Record<string, unknown>;
+const OVERLAY_KEYS = ['from', 'upstream_model', 'disabled', 'price_per_image_usd', 'price_per_million_tokens_usd'];
+const ROUTE_KEYS = ['generate', 'edit', 'image_to_image_mode'];
+
+const clone = <T>(value: T): T => structuredClone(value);
+
+/** Every route of a model's data: its generate route and each edit mode's. */
+function routesOf(model: Data): Data[] {
+  const routes: Data[] = [];
+  if (model.generate && typeof model.generate === 'object') routes.push(model.generate as Data);
+  if (model.edit && typeof model.edit === 'object') for (const r of Object.values(model.edit as Data)) if (r && typeof r === 'object') routes.push(r as Data);
+  return routes;
+}
+
+/** Replaces every string `model` field at any depth of `fixed` whose value is one of `old`; answers how many. */
+function replaceModelFields(node: unknown, replace: (name: string) => string | undefined): number {
+  if (!node || typeof node !== 'object') return 0;
+  let n = 0;
+  for (const [key, value] of Object.entries(node as Data)) {
+    if (key === 'model' && typeof value === 'string') {
+      const next = replace(value);
+      if (next !== undefined) {
+        (node as Data)[key] = next;
+        n++;
+      }
+    } else n += replaceModelFields(value, replace);
+  }
+  return n;
+}
+
+/**
+ * A copy of `from` served under `id`, whose upstream name is `upstreamModel`: in every route the
+ * path segment naming the old model (the predictions path's `/v1/models/<vendor>/<name>/`, or a
+ * segment equal to the model's id) and every `model` field of its fixed values are replaced.
+ */
+function derive(from: Data, id: string, upstreamModel: string): Data {
+  const copy = clone(from);
+  copy.id = id;
+  copy.aliases = [];
+  for (const [i, route] of routesOf(copy).entries()) {
+    let replaced = 0;
+    const olds = new Set<string>([String(from.id)]);
+    const fixedModel = (route.fixed as Data | undefined)?.model ?? ((route.fixed as Data | undefined)?.image_request as Data | undefined)?.model;
+    if (typeof fixedModel === 'string') olds.add(fixedModel);
+    if (typeof route.path === 'string') {
+      const segments = route.path.split('/');
+      const predictions = /^\/v1\/models\/[^/]+\/([^/]+)\/predictions$/.exec(route.path);
+      if (predictions?.[1]) olds.add(predictions[1]);
+      const next = segments.map((s) => (olds.has(s) ? upstreamModel : s));
+      replaced += next.filter((s, j) => s !== segments[j]).length;
+      route.path = next.join('/');
+    }
+    replaced += replaceModelFields(route.fixed, (name) => (olds.has(name) ? upstreamModel : undefined));
+    if (replaced === 0) throw new Error(`from: route ${i + 1} of "${String(from.id)}" names no upstream model to replace (${String(route.path)})`);
+  }
+  return copy;
+}
+
+function setPrice(model: Data, price: Data): void {
+  for (const route of routesOf(model)) route.price = clone(price);
+}
+
+/**
+ * The built-in catalogue data with the overlay applied (plain data, to be validated by loadCatalogue).
+ * Throws a CatalogueError naming the entry and the reason.
+ */
+export function mergeOverlay(builtin: unknown, overlay: unknown): { models: Data[] } {
+  const parsed = overlaySchema.safeParse(overlay ?? { models: [] });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const path = issue.path.map(String);
+    let where = path.join('.') || '(the file)';
+    if (path[0] === 'models' && path[1] !== undefined) {
+      const entry = (overlay as { models?: unknown[] }).models?.[Number(path[1])] as { id?: unknown } | undefined;
+      where = `${typeof entry?.id === 'string' ? `model "${entry.id}"` : `models[${path[1]}]`}${path.length > 2 ? `: ${path.slice(2).join('.')}` : ''}`;
+    }
+    throw new CatalogueError(`${where}: ${issue.message}`);
+  }
+  const models = clone((builtin as { models: Data[] }).models);
+  const index = (id: string) => models.findIndex((m) => m.id === id);
+  for (const entry of parsed.data.models) {
+    const fail = (reason: string): never => {
+      throw new CatalogueError(`model "${entry.id}": ${reason}`);
+    };
+    const at = index(entry.id);
+    if (entry.disabled) {
+      if (at < 0) fail('disabled names no model of the catalogue');
+      models.splice(at, 1);
+      continue;
+    }
+    let model: Data;
+    if (entry.from !== undefined) {
+      if (at >= 0) fail(`from: the id is already a model; give the new model an id of its own`);
+      if (entry.upstream_model === undefined) fail('from needs upstream_model (the name upstream serves it under)');
+      const source = models.find((m) => m.id === entry.from || (Array.isArray(m.aliases) && m.aliases.includes(entry.from)));
+      if (!source) fail(`from: "${entry.from}" is not a model of the catalogue`);
+      try {
+        model = derive(source!, entry.id, entry.upstream_model!);
+      } catch (err) {
+        return fail((err as Error).message);
+      }
+      models.push(model);
+    } else if (entry.upstream_model !== undefined) {
+      return fail('upstream_model goes with from (the model to copy)');
+    } else if (ROUTE_KEYS.some((k) => k in entry)) {
+      // A full declaration: a new model, or one replacing the built-in of that id.
+      model = Object.fromEntries(Object.entries(entry).filter(([k]) => !OVERLAY_KEYS.includes(k)));
+      if (at >= 0) models[at] = model;
+      else models.push(model);
+    } else {
+      if (at < 0) fail(entry.retired ? 'retired names no model of the catalogue' : 'names no model of the catalogue; a new model needs from + upstream_model, or a full declaration');
+      model = models[at]!;
+    }
+    if (entry.description !== undefined) model.description = entry.description;
+    if (entry.aliases !== undefined) model.aliases = entry.aliases;
+    if (entry.fallbacks !== undefined) model.fallbacks = entry.fallbacks;
+    if (entry.price_per_image_usd !== undefined) setPrice(model, { per_image_usd: entry.price_per_image_usd });
+    if (entry.price_per_million_tokens_usd !== undefined) setPrice(model, { per_million_tokens_usd: entry.price_per_million_tokens_usd });
+    if (entry.retired) {
+      if (entry.replacement === undefined) fail('retired needs a replacement (the model clients should move to)');
+      model.retired = true;
+      model.replacement = entry.replacement;
+    } else if (entry.replacement !== undefined) fail('replacement goes with retired: true');
+  }
+  return { models };
+}
+
+/** The catalogue served with CATALOGUE_FILE `path` applied; throws a CatalogueError naming CATALOGUE_FILE, the entry and the reason. */
+export function loadEffectiveCatalogue(path: string | undefined): ModelSpec[] {
+  if (path === undefined) return loadCatalogue(builtinCatalogueData());
+  const prefix = `CATALOGUE_FILE ${path}`;
+  let overlay: unknown;
+  try {
+    overlay = parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new CatalogueError(`${prefix}: cannot be read as YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  try {
+    return loadCatalogue(mergeOverlay(builtinCatalogueData(), overlay));
+  } catch (err) {
+    if (!(err instanceof CatalogueError)) throw err;
+    throw new CatalogueError(`${prefix}: ${err.message.replace(/^catalogue: /, '')}`);
+  }
+}
