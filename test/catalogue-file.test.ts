@@ -1,0 +1,195 @@
+/**
+ * CATALOGUE_FILE: an operator's overlay of the built-in catalogue, at start and on reload.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { loadConfig, ConfigError } from '../src/config.js';
+import { makePng, multipartBody, startHarness, type Harness } from './harness.js';
+
+const ADD = `models:
+  - id: gpt-image-2.5
+    from: gpt-image-2
+    upstream_model: gpt-image-2.5
+    price_per_image_usd: 0.05
+`;
+
+let dir: string;
+let file: string;
+let h: Harness | undefined;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'gw-catfile-'));
+  file = join(dir, 'catalogue.yaml');
+});
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function start(yaml: string, env: Record<string, string> = {}): Promise<Harness> {
+  writeFileSync(file, yaml);
+  h = await startHarness({ CATALOGUE_FILE: file, ...env });
+  return h;
+}
+const generate = (model: string, extra: Record<string, unknown> = {}) =>
+  h!.app.inject({ method: 'POST', url: '/v1/generate', headers: h!.auth, payload: { model, prompt: 'a lighthouse', ...extra } });
+const models = async () => (await h!.app.inject({ method: 'GET', url: '/v1/models', headers: h!.auth })).json().data as Array<Record<string, unknown>>;
+
+describe('CATALOGUE_FILE at start', () => {
+  it('adds a model from another: generate and edit reach upstream under the new upstream name, at the new price', async () => {
+    await start(ADD);
+    const res = await generate('gpt-image-2.5', { n: 2 });
+    expect(res.statusCode).toBe(200);
+    expect(res.json().model).toBe('gpt-image-2.5');
+    expect(res.json().usage.estimated_cost_usd).toBe(0.1);
+    expect(h!.simulator.received.map((r) => r.path)).toEqual(['/v1/models/openai/gpt-image-2.5/predictions']);
+
+    const { payload, headers } = multipartBody({ model: 'gpt-image-2.5', prompt: 'make it blue' }, [{ field: 'image', filename: 'a.png', bytes: await makePng() }]);
+    const edit = await h!.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...h!.auth, ...headers }, payload });
+    expect(edit.statusCode).toBe(200);
+    const sent = h!.simulator.received.at(-1)!;
+    expect(sent.path).toBe('/v1/images/edits');
+    expect(sent.fields?.model).toBe('gpt-image-2.5');
+
+    const listed = (await models()).find((m) => m.id === 'gpt-image-2.5');
+    expect(listed?.price_per_image_usd).toBe(0.05);
+    // The model it was copied from is unchanged.
+    expect((await models()).find((m) => m.id === 'gpt-image-2')?.price_per_image_usd).toBeNull();
+  });
+
+  it('overrides the price and description of a built-in model', async () => {
+    await start('models:\n  - id: imagen-4.0-generate-001\n    price_per_image_usd: 0.07\n    description: Imagen at our price\n');
+    const listed = (await models()).find((m) => m.id === 'imagen-4.0-generate-001')!;
+    expect(listed.price_per_image_usd).toBe(0.07);
+    expect(listed.description).toBe('Imagen at our price');
+    expect((await generate('imagen-4.0-generate-001')).json().usage.estimated_cost_usd).toBe(0.07);
+  });
+
+  it('retires a model: 410 model_retired naming the replacement, nothing sent upstream, and /v1/models marks it', async () => {
+    await start('models:\n  - id: dall-e-3\n    retired: true\n    replacement: gpt-image-2\n');
+    const res = await generate('dall-e-3');
+    expect(res.statusCode).toBe(410);
+    expect(res.json().error.code).toBe('model_retired');
+    expect(res.json().error.message).toContain('gpt-image-2');
+    const openai = await h!.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h!.auth, payload: { model: 'dall-e-3', prompt: 'x' } });
+    expect(openai.statusCode).toBe(410);
+    expect(openai.json().error.message).toContain('gpt-image-2');
+    expect(h!.simulator.received).toHaveLength(0);
+    const listed = (await models()).find((m) => m.id === 'dall-e-3');
+    expect(listed).toMatchObject({ retired: true, replacement: 'gpt-image-2' });
+    expect((await models()).find((m) => m.id === 'gpt-image-2')?.retired).toBeUndefined();
+  });
+
+  it('disables a model: not listed, and refused as unknown', async () => {
+    await start('models:\n  - id: dall-e-3\n    disabled: true\n');
+    expect((await models()).some((m) => m.id === 'dall-e-3')).toBe(false);
+    const res = await generate('dall-e-3');
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.details[0].field).toBe('model');
+    expect(h!.simulator.received).toHaveLength(0);
+  });
+
+  it('a file that does not validate stops the start, naming CATALOGUE_FILE, the entry and the reason', () => {
+    const cases: Array<[string, RegExp]> = [
+      ['models:\n  - id: x-1\n    from: no-such-model\n    upstream_model: x-1\n', /CATALOGUE_FILE .*model "x-1": from: "no-such-model" is not a model/],
+      ['models:\n  - id: dall-e-3\n    retired: true\n', /CATALOGUE_FILE .*model "dall-e-3": retired needs a replacement/],
+      ['models:\n  - id: dall-e-3\n    retired: true\n    replacement: nope\n', /CATALOGUE_FILE .*model "dall-e-3": replacement: "nope" is not a model/],
+      ['models:\n  - id: gpt-image-2\n    price_per_image_usd: -1\n', /CATALOGUE_FILE .*model "gpt-image-2": price_per_image_usd/],
+      ['models:\n  - id: new-one\n    from: gpt-image-2\n', /CATALOGUE_FILE .*model "new-one": from needs upstream_model/],
+      ['models: [ {', /CATALOGUE_FILE .*cannot be read as YAML/],
+    ];
+    for (const [yaml, message] of cases) {
+      writeFileSync(file, yaml);
+      expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(ConfigError);
+      expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(message);
+    }
+  });
+
+  it('PRICE_OVERRIDES may name a model the file adds, and not one it disables', () => {
+    writeFileSync(file, ADD);
+    expect(loadConfig({ CATALOGUE_FILE: file, PRICE_OVERRIDES: '{"gpt-image-2.5": 0.04}' }).PRICE_OVERRIDES).toEqual({ 'gpt-image-2.5': 0.04 });
+    writeFileSync(file, 'models:\n  - id: dall-e-3\n    disabled: true\n');
+    expect(() => loadConfig({ CATALOGUE_FILE: file, PRICE_OVERRIDES: '{"dall-e-3": 0.04}' })).toThrow(/PRICE_OVERRIDES names "dall-e-3"/);
+  });
+});
+
+describe('CATALOGUE_FILE reload', () => {
+  it('a good reload adds a model without a restart', async () => {
+    await start('models: []\n');
+    expect((await generate('gpt-image-2.5')).statusCode).toBe(400);
+    writeFileSync(file, ADD);
+    expect(h!.app.reloadCatalogue()).toEqual({ ok: true });
+    const res = await generate('gpt-image-2.5');
+    expect(res.statusCode).toBe(200);
+    expect(h!.simulator.received.map((r) => r.path)).toEqual(['/v1/models/openai/gpt-image-2.5/predictions']);
+    expect((await models()).some((m) => m.id === 'gpt-image-2.5')).toBe(true);
+  });
+
+  it('a broken reload is logged and the last good catalogue keeps serving', async () => {
+    await start(ADD);
+    writeFileSync(file, 'models:\n  - id: gpt-image-3\n    from: gpt-image-2\n');
+    const result = h!.app.reloadCatalogue();
+    expect(result.ok).toBe(false);
+    const warning = h!.logs.find((line) => line.includes('CATALOGUE_FILE reload refused'));
+    expect(warning).toContain('gpt-image-3');
+    expect(warning).toContain('upstream_model');
+    expect((await generate('gpt-image-2.5')).statusCode).toBe(200);
+    expect((await models()).some((m) => m.id === 'gpt-image-2.5')).toBe(true);
+  });
+
+  it('a reload that would strand PRICE_OVERRIDES is refused', async () => {
+    await start(ADD, { PRICE_OVERRIDES: '{"gpt-image-2.5": 0.04}' });
+    writeFileSync(file, 'models: []\n');
+    const result = h!.app.reloadCatalogue();
+    expect(result.ok).toBe(false);
+    expect(result.ok ? '' : result.error).toContain('PRICE_OVERRIDES names "gpt-image-2.5"');
+    expect((await generate('gpt-image-2.5')).statusCode).toBe(200);
+  });
+
+  it('a reload that would leave a key allow-list matching nothing is refused', async () => {
+    const keys = join(dir, 'keys.yaml');
+    writeFileSync(keys, 'keys:\n  - id: k1\n    team: t1\n    key: gk-test-catfile-0123456789abcdef\n    models: [gpt-image-2.5]\n');
+    await start(ADD, { GATEWAY_KEYS_FILE: keys });
+    writeFileSync(file, 'models: []\n');
+    const result = h!.app.reloadCatalogue();
+    expect(result.ok ? '' : result.error).toMatch(/key k1 allows models gpt-image-2.5/);
+    expect(h!.app.catalogue.find('gpt-image-2.5')).toBeDefined();
+  });
+
+  it('SIGHUP reloads the file', async () => {
+    await start('models: []\n');
+    writeFileSync(file, ADD);
+    process.emit('SIGHUP', 'SIGHUP');
+    expect(h!.app.catalogue.find('gpt-image-2.5')?.id).toBe('gpt-image-2.5');
+  });
+
+  it('a change to the file is picked up by the watcher, without a call or a signal', async () => {
+    await start('models: []\n');
+    writeFileSync(file, ADD);
+    await vi.waitFor(() => expect(h!.app.catalogue.find('gpt-image-2.5')?.id).toBe('gpt-image-2.5'), { timeout: 10_000, interval: 50 });
+    expect(h!.logs.some((line) => line.includes('CATALOGUE_FILE reloaded'))).toBe(true);
+  });
+});
+
+describe('from + upstream_model on every built-in model', () => {
+  it('each route of the copy names the new upstream model where the original named its own', async () => {
+    const { builtinCatalogueData } = await import('../src/catalogue/builtin-catalogue.js');
+    const { mergeOverlay } = await import('../src/catalogue/catalogue-file.js');
+    const { loadCatalogue } = await import('../src/catalogue/catalogue-schema.js');
+    const builtin = builtinCatalogueData() as { models: Array<{ id: string }> };
+    const overlay = { models: builtin.models.map((m) => ({ id: `${m.id}-copy`, from: m.id, upstream_model: 'brand-new-model' })) };
+    const merged = loadCatalogue(mergeOverlay(builtin, overlay));
+    for (const original of builtin.models) {
+      const copy = merged.find((m) => m.id === `${original.id}-copy`)!;
+      const routes = [copy.generate, ...Object.values(copy.edit ?? {})].filter((r) => r !== undefined);
+      expect(routes.length).toBeGreaterThan(0);
+      for (const route of routes) {
+        const named = route.path.split('/').includes('brand-new-model') || JSON.stringify(route.fixed ?? {}).includes('"model":"brand-new-model"');
+        expect(named, `${original.id} ${route.path}`).toBe(true);
+      }
+    }
+  });
+});
