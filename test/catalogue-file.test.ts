@@ -126,6 +126,7 @@ describe('CATALOGUE_FILE reload', () => {
     expect(res.statusCode).toBe(200);
     expect(h!.simulator.received.map((r) => r.path)).toEqual(['/v1/models/openai/gpt-image-2.5/predictions']);
     expect((await models()).some((m) => m.id === 'gpt-image-2.5')).toBe(true);
+    expect((await h!.app.inject({ method: 'GET', url: '/docs' })).body).toContain('gpt-image-2.5');
   });
 
   it('a broken reload is logged and the last good catalogue keeps serving', async () => {

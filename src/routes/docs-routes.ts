@@ -104,9 +104,22 @@ table.f td,table.f th{white-space:normal}</style></head>
 
 export async function docsRoutes(app: FastifyInstance): Promise<void> {
   const specText = await readFile(SPEC_PATH, 'utf8');
-  const page = renderDocs(parse(specText) as Json, app.catalogue.models.map(describeModel));
+  const spec = parse(specText) as Json;
+  // Rendered again only when the catalogue was replaced (a CATALOGUE_FILE reload).
+  let rendered: { models: unknown; page: string; headers: ReturnType<typeof htmlPageHeaders> } | undefined;
+  const docsPage = () => {
+    const models = app.catalogue.models;
+    if (rendered?.models !== models) {
+      const page = renderDocs(spec, models.map(describeModel));
+      // Its inline style is allowed by its hash; the page runs no script and is never framed.
+      rendered = { models, page, headers: htmlPageHeaders(page) };
+    }
+    return rendered;
+  };
+  docsPage();
   app.get('/openapi.yaml', async (_request, reply) => reply.type('application/yaml; charset=utf-8').send(specText));
-  // Its inline style is allowed by its hash; the page runs no script and is never framed.
-  const pageHeaders = htmlPageHeaders(page);
-  app.get('/docs', async (_request, reply) => reply.type('text/html; charset=utf-8').headers(pageHeaders).send(page));
+  app.get('/docs', async (_request, reply) => {
+    const { page, headers } = docsPage();
+    return reply.type('text/html; charset=utf-8').headers(headers).send(page);
+  });
 }
