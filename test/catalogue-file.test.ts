@@ -100,6 +100,8 @@ describe('CATALOGUE_FILE at start', () => {
       ['models:\n  - id: gpt-image-2\n    price_per_image_usd: -1\n', /CATALOGUE_FILE .*model "gpt-image-2": price_per_image_usd/],
       ['models:\n  - id: new-one\n    from: gpt-image-2\n', /CATALOGUE_FILE .*model "new-one": from needs upstream_model/],
       ['models: [ {', /CATALOGUE_FILE .*cannot be read as YAML/],
+      ['models:\n  - id: gpt-image-2\n    price_per_image: 0.05\n', /CATALOGUE_FILE .*model "gpt-image-2": unknown field price_per_image/],
+      ['models:\n  - id: imagen-9\n    price_per_image_usd: 0.05\n', /CATALOGUE_FILE .*model "imagen-9": names no model of the catalogue/],
     ];
     for (const [yaml, message] of cases) {
       writeFileSync(file, yaml);
@@ -192,5 +194,21 @@ describe('from + upstream_model on every built-in model', () => {
         expect(named, `${original.id} ${route.path}`).toBe(true);
       }
     }
+  });
+});
+
+describe('a full declaration', () => {
+  it('adds a model of a known family declared in the shape of models.yaml', async () => {
+    const builtin = (await import('../src/catalogue/builtin-catalogue.js')).builtinCatalogueData() as { models: Array<Record<string, any>> };
+    const imagen = structuredClone(builtin.models.find((m) => m.id === 'imagen-4.0-generate-001')!);
+    imagen.id = 'imagen-5.0-generate-001';
+    imagen.aliases = [];
+    imagen.generate.path = '/v1/models/google/imagen-5.0-generate-001/predictions';
+    const { stringify } = await import('yaml');
+    await start(stringify({ models: [{ ...imagen, price_per_image_usd: 0.03 }] }));
+    const res = await generate('imagen-5.0-generate-001');
+    expect(res.statusCode).toBe(200);
+    expect(res.json().usage.estimated_cost_usd).toBe(0.03);
+    expect(h!.simulator.received.map((r) => r.path)).toEqual(['/v1/models/google/imagen-5.0-generate-001/predictions']);
   });
 });

@@ -37,6 +37,7 @@ const overlaySchema = z.strictObject({ models: z.array(overlayEntrySchema) }, { 
 type Data = Record<string, unknown>;
 const OVERLAY_KEYS = ['from', 'upstream_model', 'disabled', 'price_per_image_usd', 'price_per_million_tokens_usd'];
 const ROUTE_KEYS = ['generate', 'edit', 'image_to_image_mode'];
+const ENTRY_KEYS = Object.keys(overlayEntrySchema.shape);
 
 const clone = <T>(value: T): T => structuredClone(value);
 
@@ -119,6 +120,11 @@ export function mergeOverlay(builtin: unknown, overlay: unknown): { models: Data
       throw new CatalogueError(`model "${entry.id}": ${reason}`);
     };
     const at = index(entry.id);
+    if (!ROUTE_KEYS.some((k) => k in entry)) {
+      // Not a full declaration: a typo (price_per_image) must not be dropped in silence.
+      const unknown = Object.keys(entry).filter((k) => !ENTRY_KEYS.includes(k));
+      if (unknown.length > 0) fail(`unknown field ${unknown.join(', ')}; an entry takes ${ENTRY_KEYS.join(', ')} (or is a full declaration with generate/edit)`);
+    }
     if (entry.disabled) {
       if (at < 0) fail('disabled names no model of the catalogue');
       models.splice(at, 1);
