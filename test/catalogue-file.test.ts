@@ -84,8 +84,10 @@ describe('CATALOGUE_FILE at start', () => {
   });
 
   it('disables a model: not listed, and refused as unknown', async () => {
-    await start('models:\n  - id: dall-e-3\n    disabled: true\n');
+    await start('models:\n  - id: dall-e-3\n    disabled: true\n  - id: openai/gpt-image-1.5\n    disabled: true\n');
     expect((await models()).some((m) => m.id === 'dall-e-3')).toBe(false);
+    // Named by an alias: the model itself is disabled.
+    expect((await models()).some((m) => m.id === 'gpt-image-1.5')).toBe(false);
     const res = await generate('dall-e-3');
     expect(res.statusCode).toBe(400);
     expect(res.json().error.details[0].field).toBe('model');

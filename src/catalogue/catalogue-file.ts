@@ -114,7 +114,7 @@ export function mergeOverlay(builtin: unknown, overlay: unknown): { models: Data
     throw new CatalogueError(`${where}: ${issue.message}`);
   }
   const models = clone((builtin as { models: Data[] }).models);
-  const index = (id: string) => models.findIndex((m) => m.id === id);
+  const index = (name: string) => models.findIndex((m) => m.id === name || (Array.isArray(m.aliases) && m.aliases.includes(name)));
   for (const entry of parsed.data.models) {
     const fail = (reason: string): never => {
       throw new CatalogueError(`model "${entry.id}": ${reason}`);
