@@ -32,6 +32,7 @@ export interface ClientKeysOptions {
 
 async function clientKeys(app: FastifyInstance, options: ClientKeysOptions): Promise<void> {
   const keyStore = new KeyStore(app.config, app.db, app.redis, app.log, app.catalogue.models.map((m) => m.id), options.pollIntervalMs);
+  if (app.config.GATEWAY_KEYS_FILE) keyStore.checkFallbacks((name) => app.catalogue.find(name), app.config.GATEWAY_KEYS_FILE);
   if (keyStore.keys.size === 0) {
     app.log.warn(
       'no client keys configured: every /v1 request will be refused. Set GATEWAY_API_KEYS (team:key pairs), GATEWAY_KEYS_FILE, or GATEWAY_ADMIN_KEY to mint keys through POST /v1/keys',

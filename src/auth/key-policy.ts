@@ -9,6 +9,8 @@ export interface KeyPolicy {
   monthly_budget_usd?: number;
   /** Allow-list of model ids, with `*` globs; absent = all models. */
   models?: string[];
+  /** GATEWAY_KEYS_FILE: the fallback chain of a request that names none (model ids or aliases). */
+  fallbacks?: string[];
   admin: boolean;
 }
 
@@ -54,6 +56,7 @@ export const keysFileSchema = z.strictObject({
           .regex(/^[0-9a-f]{64}$/i, 'must be the hex sha256 of the key')
           .optional(),
         ...policyFields,
+        fallbacks: z.array(z.string().min(1).max(200)).max(3, 'must name at most 3 models').optional(),
       })
       .refine((k) => (k.key === undefined) !== (k.key_sha256 === undefined), { message: 'give exactly one of key and key_sha256' }),
   ),

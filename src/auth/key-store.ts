@@ -8,7 +8,7 @@ import { GatewayError } from '../errors.js';
 import type { Database } from '../storage/database.js';
 import { KeyRecords } from './key-records.js';
 import { ClientKeys, sha256Hex, type Client } from './client-keys.js';
-import { ADMIN_TEAM, MIN_CLIENT_KEY_LENGTH, isReservedTeam, keysFileSchema, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
+import { ADMIN_TEAM, MIN_CLIENT_KEY_LENGTH, isReservedTeam, keysFileSchema, modelAllowed, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
 
 const CHANGES_CHANNEL = 'gw:client-keys:changed';
 
@@ -82,6 +82,24 @@ export class KeyStore {
         if (entry.key) this.keys.add(entry.key, client);
         else this.keys.addDigest(entry.keySha256!, client);
       }
+    }
+  }
+
+  /**
+   * The keys file's `fallbacks`: each must be a model the gateway serves (id or alias), not twice,
+   * and within the key's own allow-list; else the start stops naming the file, the key and the entry.
+   */
+  checkFallbacks(find: (name: string) => { id: string } | undefined, file: string): void {
+    for (const client of this.keys.list()) {
+      const seen = new Set<string>();
+      (client.fallbacks ?? []).forEach((name, i) => {
+        const where = `GATEWAY_KEYS_FILE ${file}: key ${client.id}: fallbacks[${i}]`;
+        const spec = find(name);
+        if (!spec) throw new ConfigError(`${where} names ${name}, which is not a model the gateway serves (an id or alias of GET /v1/models)`);
+        if (seen.has(spec.id)) throw new ConfigError(`${where} names model ${spec.id} twice`);
+        seen.add(spec.id);
+        if (!modelAllowed(client, spec.id)) throw new ConfigError(`${where} names model ${spec.id}, which the key's models allow-list does not allow`);
+      });
     }
   }
 

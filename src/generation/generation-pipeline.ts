@@ -1,7 +1,7 @@
 import { GatewayError, invalidField } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
 import { pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
-import { isPending, type ImageRequest } from '../request/image-request.js';
+import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { KeyLimits, Reservation } from '../limits/key-limits.js';
 import type { JobRunner } from '../jobs/job-runner.js';
@@ -159,7 +159,7 @@ export class GenerationPipeline {
     this.deps.limits.checkModel(client, model.id);
     this.deps.limits.checkPriced(client, model.id, route.price !== undefined);
     // The whole fallback chain is checked now: each model must take the request, the key, its budget.
-    const fallbacks = this.checkFallbacks(call, model.id);
+    const fallbacks = this.checkFallbacks(call, model);
     if (fallbacks.length > 0) outcome.modelsTried = [];
     // Refused now, not after the job ran and was paid for.
     if (request.callbackUrl !== undefined && this.deps.callbackRefusal) {
@@ -192,9 +192,13 @@ export class GenerationPipeline {
     const ready = prepared;
     let chain: PreparedGeneration[];
     try {
-      chain = [ready, ...(await Promise.all(fallbacks.map((f, i) => this.deps.generation.prepare({ ...ready.request, model: f.model.id }).catch((err: unknown) => {
-        throw forFallback(err, i, f.model.id);
-      }))))];
+      // A default chain's model that cannot take the request once its images are read is left out, not refused.
+      const named = call.request.fallbackModels !== undefined;
+      const next = await Promise.all(fallbacks.map((f, i) => this.deps.generation.prepare({ ...ready.request, model: f.model.id }).catch((err: unknown) => {
+        if (named) throw forFallback(err, i, f.model.id);
+        return undefined;
+      })));
+      chain = [ready, ...next.filter((p): p is PreparedGeneration => p !== undefined)];
     } catch (err) {
       await this.deps.limits.settle(reservation, 0, 0);
       throw err;
@@ -212,11 +216,16 @@ export class GenerationPipeline {
 
   /**
    * The request's fallback models, resolved and checked as the requested one is (its fields, the
-   * key's allow-list, a price for a budgeted key); a refusal names the model.
+   * key's allow-list, a price for a budgeted key); a refusal names the model. A request that names
+   * none (no `fallback_models`; `[]` turns them off) gets the key's `fallbacks` (GATEWAY_KEYS_FILE),
+   * else the model's (CATALOGUE_FILE): the caller did not name those, so one that cannot take this
+   * request is left out silently.
    */
-  private checkFallbacks(call: GenerationCall, requestedId: string): { model: ModelSpec; route: UpstreamRoute }[] {
+  private checkFallbacks(call: GenerationCall, requested: ModelSpec): { model: ModelSpec; route: UpstreamRoute }[] {
     const { request, client } = call;
-    const names = request.fallbackModels ?? [];
+    const requestedId = requested.id;
+    if (request.fallbackModels === undefined) return this.defaultFallbacks(call, requested);
+    const names = request.fallbackModels;
     if (names.length === 0) return [];
     if (request.async || call.idempotencyKey !== undefined) {
       throw invalidField('fallback_models', 'is not supported with "async": true or an Idempotency-Key yet; send the request without them');
@@ -230,14 +239,38 @@ export class GenerationPipeline {
       if (seen.has(spec.id)) throw invalidField(field, `names model ${spec.id} twice`);
       seen.add(spec.id);
       try {
-        const { model, route } = this.deps.generation.check({ ...request, model: spec.id });
-        this.deps.limits.checkModel(client, model.id);
-        this.deps.limits.checkPriced(client, model.id, route.price !== undefined);
-        return { model, route };
+        return this.checkFallback(call, spec);
       } catch (err) {
         throw forFallback(err, i, spec.id);
       }
     });
+  }
+
+  private checkFallback(call: GenerationCall, spec: ModelSpec): { model: ModelSpec; route: UpstreamRoute } {
+    const { model, route } = this.deps.generation.check({ ...call.request, model: spec.id });
+    this.deps.limits.checkModel(call.client, model.id);
+    this.deps.limits.checkPriced(call.client, model.id, route.price !== undefined);
+    return { model, route };
+  }
+
+  /** The key's, else the model's `fallbacks`, keeping only the models that can take this request. */
+  private defaultFallbacks(call: GenerationCall, requested: ModelSpec): { model: ModelSpec; route: UpstreamRoute }[] {
+    const names = call.client.fallbacks ?? requested.fallbacks ?? [];
+    // A persisted job cannot follow a chain yet: it runs the requested model alone.
+    if (names.length === 0 || call.request.async || call.idempotencyKey !== undefined) return [];
+    const seen = new Set([requested.id]);
+    const chain: { model: ModelSpec; route: UpstreamRoute }[] = [];
+    for (const name of names) {
+      const spec = this.deps.catalogue.find(name);
+      if (!spec || seen.has(spec.id) || chain.length >= MAX_FALLBACK_MODELS) continue;
+      seen.add(spec.id);
+      try {
+        chain.push(this.checkFallback(call, spec));
+      } catch {
+        // Cannot take this request's fields, outside the allow-list, unpriced for a budget: left out.
+      }
+    }
+    return chain;
   }
 
   private async run(call: GenerationCall, chain: PreparedGeneration[], reservation: Reservation, onEvent: ReportEvent): Promise<GenerationAnswer> {

@@ -25,7 +25,7 @@ export interface ImageRequest {
   mask?: InputImage;
   /** Where to POST the finished job (async requests). */
   callbackUrl?: string;
-  /** Models to try, in order, when upstream cannot serve `model` (no channel, throttled, unavailable). */
+  /** Models to try, in order, when upstream cannot serve `model` (no channel, throttled, unavailable); [] = none, not even the defaults. */
   fallbackModels?: string[];
   /** Fall back also after a timeout once upstream took the request (it may have been billed). */
   fallbackOnTimeout?: boolean;
@@ -133,7 +133,8 @@ function fromBody(operation: Operation, body: GenerateBody, extra: { mode?: Edit
     responseFormat: body.response_format ?? 'url',
     async: body.async ?? false,
     ...(body.callback_url ? { callbackUrl: callbackFor(body) } : {}),
-    ...(body.fallback_models && body.fallback_models.length > 0 ? { fallbackModels: body.fallback_models } : {}),
+    // [] is kept: it turns off the default chain (the model's or the key's `fallbacks`) for this request.
+    ...(body.fallback_models ? { fallbackModels: body.fallback_models } : {}),
     ...(body.fallback_on_timeout ? { fallbackOnTimeout: true } : {}),
     ...(extra.mode ? { mode: extra.mode } : {}),
     images: extra.images ?? [],
