@@ -4,6 +4,9 @@
  * another model. The whole chain is checked before anything is sent.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { LightMyRequestResponse } from 'fastify';
 import { ADMIN_KEY, makePng, multipartBody, startHarness, type Harness } from './harness.js';
@@ -288,5 +291,111 @@ describe('which upstream failures fall back', () => {
   it('a timeout only with fallback_on_timeout', () => {
     expect(fallbackAllowed(new UpstreamFailure('timeout', 't'), request)).toBe(false);
     expect(fallbackAllowed(new UpstreamFailure('timeout', 't'), { ...request, fallbackOnTimeout: true })).toBe(true);
+  });
+});
+
+describe('default chains: the key\'s fallbacks (GATEWAY_KEYS_FILE), else the model\'s (CATALOGUE_FILE)', () => {
+  let h: Harness;
+  let dir: string;
+  const KEYED = 'gk-test-fallbacks-keyed-0123456789';
+  const keyed = { authorization: `Bearer ${KEYED}` };
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'gw-fallbacks-'));
+    const catalogue = join(dir, 'catalogue.yaml');
+    // dall-e-3 first: it makes one image per request, so a request for two leaves it out.
+    writeFileSync(catalogue, 'models:\n  - id: gpt-image-1\n    fallbacks: [dall-e-3, gpt-image-1.5]\n');
+    const keys = join(dir, 'keys.yaml');
+    writeFileSync(keys, `keys:\n  - id: keyed\n    team: keyed\n    key: ${KEYED}\n    models: ["gpt-image-*"]\n    fallbacks: [gpt-image-2]\n`);
+    h = await startHarness({ CATALOGUE_FILE: catalogue, GATEWAY_KEYS_FILE: keys });
+  });
+  afterAll(async () => {
+    await h.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  beforeEach(() => h.simulator.reset());
+
+  const generate = (payload: Record<string, unknown>, auth: Record<string, string> = h.auth) => h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload });
+
+  it("the model's catalogue fallbacks serve a request that names none", async () => {
+    h.simulator.failNext('no_channel');
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a fox' });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json().model).toBe('dall-e-3');
+    expect(res.json().requested_model).toBe('gpt-image-1');
+    expect((await usageOf(h, String(res.headers['x-request-id']))).models_tried).toEqual(['gpt-image-1', 'dall-e-3']);
+  });
+
+  it('#sim:no_channel walks the whole default chain', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a fox #sim:no_channel' });
+    errorOf(res, 502, 'upstream_error');
+    expect((await usageOf(h, String(res.headers['x-request-id']))).models_tried).toEqual(['gpt-image-1', 'dall-e-3', 'gpt-image-1.5']);
+  });
+
+  it('a default model that cannot take the request is left out silently, not a 400', async () => {
+    h.simulator.failNext('no_channel');
+    const res = await generate({ model: 'gpt-image-1', prompt: 'two foxes', n: 2 });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json().model).toBe('gpt-image-1.5');
+    expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+  });
+
+  it("a default model outside the key's allow-list is left out silently, not a 403", async () => {
+    const key = await mint(h, { models: ['gpt-image-1', 'gpt-image-1.5'] });
+    h.simulator.failNext('no_channel');
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a fox' }, key);
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json().model).toBe('gpt-image-1.5');
+  });
+
+  it("the key's fallbacks come before the model's", async () => {
+    h.simulator.failNext('no_channel');
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a fox' }, keyed);
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json().model).toBe('gpt-image-2');
+    expect(res.json().requested_model).toBe('gpt-image-1');
+  });
+
+  it("the request's fallback_models come before both", async () => {
+    for (const auth of [h.auth, keyed]) {
+      h.simulator.reset();
+      h.simulator.failNext('no_channel');
+      const res = await generate({ model: 'gpt-image-1', prompt: 'a fox', fallback_models: ['gpt-image-1.5'] }, auth);
+      expect(res.statusCode, res.body).toBe(200);
+      expect(res.json().model).toBe('gpt-image-1.5');
+    }
+  });
+
+  it('"fallback_models": [] turns the defaults off for one request', async () => {
+    for (const auth of [h.auth, keyed]) {
+      h.simulator.reset();
+      h.simulator.failNext('no_channel');
+      const res = await generate({ model: 'gpt-image-1', prompt: 'a fox', fallback_models: [] }, auth);
+      expect(res.statusCode).not.toBe(200);
+      expect(res.json()).not.toHaveProperty('requested_model');
+      expect(modelsSent(h)).toEqual(['gpt-image-1']);
+    }
+  });
+
+  it('an async request runs the requested model alone (a default chain is not refused)', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'later', async: true });
+    expect(res.statusCode, res.body).toBe(202);
+  });
+});
+
+describe('GATEWAY_KEYS_FILE fallbacks are checked at start', () => {
+  it('an unknown model, or one outside the key allow-list, stops the start naming the file, the key and the entry', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-fallbacks-keys-'));
+    try {
+      const keys = join(dir, 'keys.yaml');
+      for (const [extra, message] of [
+        ['fallbacks: [gpt-image-1.5, no-such-model]', /GATEWAY_KEYS_FILE .*keys\.yaml: key k1: fallbacks\[1\] names no-such-model, which is not a model/],
+        ['models: ["gpt-image-1"]\n    fallbacks: [gpt-image-1.5]', /GATEWAY_KEYS_FILE .*: key k1: fallbacks\[0\] names model gpt-image-1.5, which the key's models allow-list does not allow/],
+      ] as const) {
+        writeFileSync(keys, `keys:\n  - id: k1\n    team: t1\n    key: gk-test-fallbacks-start-0123456789\n    ${extra}\n`);
+        await expect(startHarness({ GATEWAY_KEYS_FILE: keys })).rejects.toThrow(message);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
