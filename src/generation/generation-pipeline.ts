@@ -199,6 +199,7 @@ export class GenerationPipeline {
         return undefined;
       })));
       chain = [ready, ...next.filter((p): p is PreparedGeneration => p !== undefined)];
+      if (chain.length === 1) delete outcome.modelsTried;
     } catch (err) {
       await this.deps.limits.settle(reservation, 0, 0);
       throw err;
