@@ -383,6 +383,24 @@ describe('default chains: the key\'s fallbacks (GATEWAY_KEYS_FILE), else the mod
 });
 
 describe('GATEWAY_KEYS_FILE fallbacks are checked at start', () => {
+  it('and on a CATALOGUE_FILE reload: one that drops a model a key falls back to is refused', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gw-fallbacks-reload-'));
+    const catalogue = join(dir, 'catalogue.yaml');
+    const keys = join(dir, 'keys.yaml');
+    writeFileSync(catalogue, 'models: []\n');
+    writeFileSync(keys, 'keys:\n  - id: k1\n    team: t1\n    key: gk-test-fallbacks-reload-0123456789\n    fallbacks: [gpt-image-1.5]\n');
+    const h = await startHarness({ CATALOGUE_FILE: catalogue, GATEWAY_KEYS_FILE: keys });
+    try {
+      writeFileSync(catalogue, 'models:\n  - id: gpt-image-1.5\n    disabled: true\n');
+      const result = h.app.reloadCatalogue();
+      expect(result.ok ? '' : result.error).toMatch(/key k1: fallbacks\[0\] names gpt-image-1.5/);
+      expect(h.app.catalogue.find('gpt-image-1.5')).toBeDefined();
+    } finally {
+      await h.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('an unknown model, or one outside the key allow-list, stops the start naming the file, the key and the entry', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'gw-fallbacks-keys-'));
     try {

@@ -48,6 +48,10 @@ async function catalogue(app: FastifyInstance, options: CatalogueOptions): Promi
       const next = loadEffectiveCatalogue(file);
       // Checked before the swap: a catalogue that strands a key's allow-list or PRICE_OVERRIDES is refused.
       if (app.hasDecorator('keyStore')) app.keyStore.checkModels(next.map((m) => m.id));
+      // And one that drops a model a key's fallbacks names (GATEWAY_KEYS_FILE).
+      if (app.hasDecorator('keyStore') && app.config.GATEWAY_KEYS_FILE) {
+        app.keyStore.checkFallbacks((name) => next.find((m) => m.id === name || m.aliases.includes(name)), app.config.GATEWAY_KEYS_FILE);
+      }
       current.replace(next);
     } catch (err) {
       const error = (err as Error).message.replace(/^catalogue: /, '');
