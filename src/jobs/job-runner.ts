@@ -118,9 +118,18 @@ function declarationJson(model: ModelSpec): string | null {
   return declaration ? JSON.stringify(declaration) : null;
 }
 
-/** The model a job was created with, from its row; undefined (the catalogue decides) for a row without one. */
-function keptModel(row: JobRow): ModelSpec | undefined {
-  return row.model_json ? modelFromDeclaration(JSON.parse(row.model_json)) : undefined;
+/**
+ * The model a job was created with, from its row; undefined (the catalogue decides) for a row
+ * without one, or whose declaration this version no longer reads (logged).
+ */
+function keptModel(row: JobRow, log: Logger): ModelSpec | undefined {
+  if (!row.model_json) return undefined;
+  try {
+    return modelFromDeclaration(JSON.parse(row.model_json));
+  } catch (err) {
+    log.warn({ job_id: row.id, reason: (err as Error).message }, "a job's kept model declaration does not validate; the catalogue's model is used");
+    return undefined;
+  }
 }
 
 /**
@@ -436,7 +445,7 @@ export class JobRunner {
     let failure: GatewayError | undefined;
     try {
       // A job sent again or resumed runs with the model it started with, not the catalogue's today.
-      const prepared = given ?? (await this.o.generation.prepare(deserializeRequest(row.request_json ?? 'null'), keptModel(row)));
+      const prepared = given ?? (await this.o.generation.prepare(deserializeRequest(row.request_json ?? 'null'), keptModel(row, this.o.log)));
       result = await this.o.generation.run(prepared, {
         signal,
         publicBaseUrl: row.public_base_url,
