@@ -35,7 +35,7 @@ async function until(ready: () => boolean | Promise<boolean>, what: string): Pro
   throw new Error(`never: ${what}`);
 }
 
-async function gateway(file: string): Promise<FastifyInstance> {
+async function gateway(file: string, env: Record<string, string> = {}): Promise<FastifyInstance> {
   const config = loadConfig({
     AIHUBMIX_API_KEY: UPSTREAM_KEY,
     AIHUBMIX_BASE_URL: simulator!.url,
@@ -46,6 +46,7 @@ async function gateway(file: string): Promise<FastifyInstance> {
     UPSTREAM_RETRIES: '0',
     STORAGE_MIN_FREE_BYTES: '0',
     LOG_LEVEL: 'silent',
+    ...env,
   });
   const app = await buildApp(config);
   apps.push(app);
@@ -88,5 +89,36 @@ describe('a resumed job', () => {
     expect(simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
     const taskPaths = new Set(polls().map((r) => r.path));
     expect(taskPaths.size).toBe(1);
+  });
+
+  it('left queued, is sent with the upstream model it was accepted for, though CATALOGUE_FILE has changed it since', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'gw-jobdecl-'));
+    const file = join(dir, 'catalogue.yaml');
+    const derived = (upstream: string) => `models:\n  - id: gpt-image-2.5\n    from: gpt-image-2\n    upstream_model: ${upstream}\n`;
+    writeFileSync(file, derived('gpt-image-2.5'));
+    simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30 });
+    // One upstream slot, held by a call that never answers: the second job waits for it, never sent.
+    simulator.failNext('hang');
+    const env = { UPSTREAM_MAX_CONCURRENCY: '1', JOB_SHUTDOWN_GRACE_MS: '20' };
+    const first = await gateway(file, env);
+    const generate = (prompt: string) => first.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'gpt-image-2.5', prompt, async: true } });
+    expect((await generate('holds the slot')).statusCode).toBe(202);
+    await until(() => simulator!.received.length === 1, 'the first submission');
+    const waiting = await generate('waits for a slot');
+    expect(waiting.statusCode).toBe(202);
+    const id = waiting.json().id as string;
+    expect((await first.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: auth })).json().status).toBe('queued');
+
+    writeFileSync(file, derived('gpt-image-2.6'));
+    expect(first.reloadCatalogue()).toEqual({ ok: true });
+    await first.close();
+    apps.splice(0);
+
+    const second = await gateway(file, env);
+    const job = async () => (await second.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: auth })).json();
+    await until(async () => ['succeeded', 'failed'].includes((await job()).status), 'the job ending');
+    expect((await job()).status).toBe('succeeded');
+    const sent = simulator.received.filter((r) => r.method === 'POST' && JSON.stringify(r.json ?? '').includes('waits for a slot'));
+    expect(sent.map((r) => r.path)).toEqual(['/v1/models/openai/gpt-image-2.5/predictions']);
   });
 });
