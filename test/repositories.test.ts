@@ -50,6 +50,13 @@ function repositoriesContract(name: string, open: () => Promise<{ db: Database; 
       await cleanup();
     });
 
+    it("keeps a job's model declaration (model_json), and none for a job without one", async () => {
+      await jobs.insert(job('job_decl', { modelJson: '{"id":"gpt-image-1"}', expiresAt: NOW - 2 }));
+      await jobs.insert(job('job_nodecl', { expiresAt: NOW - 2 }));
+      expect((await jobs.find('job_decl'))?.model_json).toBe('{"id":"gpt-image-1"}');
+      expect((await jobs.find('job_nodecl'))?.model_json).toBeNull();
+    });
+
     it('lists jobs newest first, filtered by team, key, status, model and time, in pages', async () => {
       await jobs.insert(job('job_1', { createdAt: NOW + 1 }));
       await jobs.insert(job('job_2', { createdAt: NOW + 2, model: 'FLUX-1.1-pro' }));

@@ -128,6 +128,27 @@ function describeIssue(data: unknown, issue: z.core.$ZodIssue): string {
   return `${where}: ${issue.message}`;
 }
 
+/**
+ * Each model's data entry (as declared, overlay applied), so a job can keep the declaration it
+ * started with and rebuild its model on resume, whatever the catalogue has become by then.
+ */
+const DECLARATIONS = new WeakMap<ModelSpec, Record<string, unknown>>();
+
+/** The model's data entry (plain JSON) without what ties it to the rest of the catalogue (fallbacks, retirement); undefined for a model not loaded from data. */
+export function declarationOf(model: ModelSpec): Record<string, unknown> | undefined {
+  return DECLARATIONS.get(model);
+}
+
+/** Keeps `declaration` as `model`'s (a copy of a model, PRICE_OVERRIDES applied, keeps its declaration so). */
+export function setDeclaration(model: ModelSpec, declaration: Record<string, unknown>): void {
+  DECLARATIONS.set(model, declaration);
+}
+
+/** The model a kept declaration describes (declarationOf's answer); throws a CatalogueError when it no longer validates. */
+export function modelFromDeclaration(declaration: unknown): ModelSpec {
+  return loadCatalogue({ models: [declaration] })[0]!;
+}
+
 /** Thrown when catalogue data does not validate; the message names the entry and the reason. */
 export class CatalogueError extends Error {}
 
@@ -142,7 +163,7 @@ export function loadCatalogue(data: unknown): ModelSpec[] {
     throw new CatalogueError(`catalogue: ${lines.join('; ')}`);
   }
   const seen = new Map<string, string>();
-  const models = parsed.data.models.map((m): ModelSpec => {
+  const models = parsed.data.models.map((m, i): ModelSpec => {
     for (const name of [m.id, ...m.aliases]) {
       const other = seen.get(name);
       if (other !== undefined && other !== m.id) throw new CatalogueError(`catalogue: model "${m.id}": the name ${name} is already model "${other}"'s`);
@@ -158,7 +179,7 @@ export function loadCatalogue(data: unknown): ModelSpec[] {
     if (m.image_to_image_mode && !edit[m.image_to_image_mode]) {
       throw new CatalogueError(`catalogue: model "${m.id}": image_to_image_mode: "${m.image_to_image_mode}" is not one of its edit modes`);
     }
-    return {
+    const model: ModelSpec = {
       id: m.id,
       aliases: m.aliases,
       description: m.description,
@@ -168,6 +189,9 @@ export function loadCatalogue(data: unknown): ModelSpec[] {
       ...(m.retired ? { retired: { replacement: m.replacement ?? '' } } : {}),
       ...(m.fallbacks ? { fallbacks: m.fallbacks } : {}),
     };
+    const { fallbacks: _f, retired: _r, replacement: _p, ...declaration } = structuredClone((data as { models: Record<string, unknown>[] }).models[i]!);
+    DECLARATIONS.set(model, declaration);
+    return model;
   });
   // A replacement or fallback must be a model served (by id or alias), and not itself retired.
   for (const m of models) {

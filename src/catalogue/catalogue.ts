@@ -3,6 +3,7 @@ import type { EditMode, FieldMapping, ModelSpec, Operation, Price, UpstreamRoute
 import type { ParamRule } from './param-rule.js';
 import { EDIT_MODES } from './model-spec.js';
 import { MODELS } from './models.js';
+import { declarationOf, setDeclaration } from './catalogue-schema.js';
 
 /** The same model with every route priced per image; how PRICE_OVERRIDES applies. */
 function withPricePerImage(model: ModelSpec, perImageUsd: number): ModelSpec {
@@ -10,7 +11,15 @@ function withPricePerImage(model: ModelSpec, perImageUsd: number): ModelSpec {
   const edit = model.edit
     ? Object.fromEntries(Object.entries(model.edit).map(([mode, route]) => [mode, priced(route)]))
     : undefined;
-  return { ...model, ...(model.generate ? { generate: priced(model.generate) } : {}), ...(edit ? { edit } : {}) };
+  const copy: ModelSpec = { ...model, ...(model.generate ? { generate: priced(model.generate) } : {}), ...(edit ? { edit } : {}) };
+  const declaration = declarationOf(model);
+  if (declaration) {
+    const kept = structuredClone(declaration);
+    const routes = [kept.generate, ...Object.values((kept.edit as Record<string, unknown> | undefined) ?? {})];
+    for (const route of routes) if (route && typeof route === 'object') (route as Record<string, unknown>).price = { per_image_usd: perImageUsd };
+    setDeclaration(copy, kept);
+  }
+  return copy;
 }
 
 /** One catalogue's lookup tables, replaced as a whole on reload. */

@@ -100,18 +100,21 @@ export class ImageGeneration {
   constructor(private readonly deps: GenerationDeps) {}
 
   /** The request against its model, by its fields and its images' count alone (their bytes may not be read yet). */
-  check(request: ImageRequest): { model: ModelSpec; route: UpstreamRoute; mode?: EditMode } {
-    const model = this.deps.catalogue.resolve(request.model);
+  check(request: ImageRequest, given?: ModelSpec): { model: ModelSpec; route: UpstreamRoute; mode?: EditMode } {
+    const model = given ?? this.deps.catalogue.resolve(request.model);
     const { route, mode } = routeFor(model, request.operation, request.mode, request.mask !== undefined);
     checkAgainstRoute(model, route, request);
     return { model, route, ...(mode ? { mode } : {}) };
   }
 
-  /** Everything the gateway can check is checked here, before anything is sent or paid for. */
-  async prepare(request: ImageRequest): Promise<PreparedGeneration> {
-    const { model, route, mode } = this.check(request);
+  /**
+   * Everything the gateway can check is checked here, before anything is sent or paid for.
+   * `model`: the model to use instead of the catalogue's (a resumed job's kept declaration).
+   */
+  async prepare(request: ImageRequest, model?: ModelSpec): Promise<PreparedGeneration> {
+    const { model: resolved, route, mode } = this.check(request, model);
     const upstream = await toUpstreamRequest(route, request);
-    return { request, model, route, upstream, ...(mode ? { mode } : {}) };
+    return { request, model: resolved, route, upstream, ...(mode ? { mode } : {}) };
   }
 
   /**

@@ -37,4 +37,7 @@ export const JOB_MIGRATIONS: Migration[] = [
   ]),
   // The browser token that started the job (POST /v1/tokens): such a token sees only its own jobs.
   migration('jobs-002-token', () => ['ALTER TABLE jobs ADD COLUMN token_id TEXT']),
+  // The model's declaration (its catalogue data entry) when the job was created: a resumed job runs
+  // with it, whatever CATALOGUE_FILE says by then. Older rows have none and use the catalogue.
+  migration('jobs-003-model-declaration', () => ['ALTER TABLE jobs ADD COLUMN model_json TEXT']),
 ];

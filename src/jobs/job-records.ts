@@ -28,6 +28,8 @@ export interface JobRow {
   expires_at: number | string;
   /** The browser token that started it, if one did. */
   token_id: string | null;
+  /** The model's catalogue data entry when the job was created (JSON); null on rows older than it. */
+  model_json: string | null;
 }
 
 /** A job as first written: queued, leased to the replica that runs it. */
@@ -46,6 +48,8 @@ export interface NewJob {
   expiresAt: number;
   isAsync: boolean;
   tokenId: string | null;
+  /** The model's catalogue data entry (JSON), to resume with; null when it has none. */
+  modelJson?: string | null;
 }
 
 /** Where a page of jobs starts: after this one, newest first. */
@@ -83,8 +87,8 @@ export class JobRecords {
   async insert(job: NewJob): Promise<void> {
     await this.db.run(
       `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
-         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id)
-       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)`,
+         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id, model_json)
+       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15)`,
       [
         job.id,
         job.keyId,
@@ -100,6 +104,7 @@ export class JobRecords {
         job.expiresAt,
         job.isAsync ? 1 : 0,
         job.tokenId,
+        job.modelJson ?? null,
       ],
     );
   }

@@ -10,6 +10,8 @@ import type { Client } from '../auth/client-keys.js';
 import type { Database, Statements } from '../storage/database.js';
 import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
 import { deserializeRequest, serializeRequest } from './stored-request.js';
+import { declarationOf, modelFromDeclaration } from '../catalogue/catalogue-schema.js';
+import type { ModelSpec } from '../catalogue/model-spec.js';
 import { JobRecords, type JobRow, type JobStatus } from './job-records.js';
 import type { ProgressEvent } from '../generation/generation-events.js';
 import type { JobEventBus, JobNotice } from './job-events.js';
@@ -111,6 +113,25 @@ function resultToStore(result: GenerationResult): string {
 }
 const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
 
+function declarationJson(model: ModelSpec): string | null {
+  const declaration = declarationOf(model);
+  return declaration ? JSON.stringify(declaration) : null;
+}
+
+/**
+ * The model a job was created with, from its row; undefined (the catalogue decides) for a row
+ * without one, or whose declaration this version no longer reads (logged).
+ */
+function keptModel(row: JobRow, log: Logger): ModelSpec | undefined {
+  if (!row.model_json) return undefined;
+  try {
+    return modelFromDeclaration(JSON.parse(row.model_json));
+  } catch (err) {
+    log.warn({ job_id: row.id, reason: (err as Error).message }, "a job's kept model declaration does not validate; the catalogue's model is used");
+    return undefined;
+  }
+}
+
 /**
  * Runs asynchronous and idempotent requests as persisted jobs. The upstream task id is written as
  * soon as it is known, so a job whose gateway died is taken over (after its lease lapses) and
@@ -211,6 +232,7 @@ export class JobRunner {
       expiresAt: now + this.o.retentionDays * 86_400_000,
       isAsync: request.async,
       tokenId: owner.client.token?.id ?? null,
+      modelJson: declarationJson(prepared.model),
     }));
     if (idempotency) {
       let claim: { jobId: string; first: boolean };
@@ -422,7 +444,8 @@ export class JobRunner {
     let result: GenerationResult | undefined;
     let failure: GatewayError | undefined;
     try {
-      const prepared = given ?? (await this.o.generation.prepare(deserializeRequest(row.request_json ?? 'null')));
+      // A job sent again or resumed runs with the model it started with, not the catalogue's today.
+      const prepared = given ?? (await this.o.generation.prepare(deserializeRequest(row.request_json ?? 'null'), keptModel(row, this.o.log)));
       result = await this.o.generation.run(prepared, {
         signal,
         publicBaseUrl: row.public_base_url,
