@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -367,7 +368,8 @@ describe('IMAGE_KEEP_PROMPTS=0', () => {
   it('deletes an image kept in its row (IMAGE_INLINE_MAX_BYTES) with its row', async () => {
     const image = await generate(h, design, { model: 'gpt-image-1', prompt: 'small enough for its row' });
     const row = await h.app.db.get<{ inline_bytes: Uint8Array | null }>('SELECT inline_bytes FROM images WHERE name = $1', [image.name]);
-    expect(row?.inline_bytes).toBeTruthy();
+    // The bytes live in the row itself: they are the image's.
+    expect(createHash('sha256').update(row!.inline_bytes!).digest('hex')).toBe(image.sha256);
     expect((await h.app.inject({ method: 'GET', url: `${image.url}&w=16&format=webp` })).statusCode).toBe(200);
     expect((await h.app.inject({ method: 'DELETE', url: `/v1/images/${image.name}`, headers: design })).statusCode).toBe(204);
     expect(await h.app.db.get('SELECT name FROM images WHERE name = $1', [image.name])).toBeUndefined();
