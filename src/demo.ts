@@ -33,6 +33,7 @@ async function main(): Promise<void> {
 Image gateway demo (upstream: built-in simulator at ${simulator.url})
   URL:        ${url}
   client key: ${key}${demoKey ? '   (made for this demo run)' : ''}
+  console:    ${url}/console/ (sign in with the client key)
   docs:       ${url}/docs
   state:      ${config.DATA_DIR} (kept apart from the real gateway's DATA_DIR)
 
