@@ -58,10 +58,9 @@ export class Counters {
   async peek(key: string): Promise<CounterValue> {
     if (this.redis && this.redis.status === 'ready') {
       try {
-        const replies = (await this.redis.multi().get(this.prefix + key).pttl(this.prefix + key).exec()) ?? [];
-        const failed = replies.find(([err]) => err);
-        if (failed || replies.length !== 2) throw failed?.[0] ?? new Error('redis MULTI was discarded');
-        const [[, total], [, ttl]] = replies as [[null, string | null], [null, number]];
+        // Two plain commands, each awaited: a MULTI's own queued replies reject unobserved when the
+        // connection drops mid-transaction (an unhandled rejection). A peek needs no atomicity.
+        const [total, ttl] = await Promise.all([this.redis.get(this.prefix + key), this.redis.pttl(this.prefix + key)]);
         return { total: Number(total ?? 0), ttlMs: Math.max(0, Number(ttl)) };
       } catch (err) {
         this.markFailing(err);
