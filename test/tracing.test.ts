@@ -77,6 +77,11 @@ const CLIENT_TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736';
 const CLIENT_PARENT_ID = '00f067aa0ba902b7';
 const TRACEPARENT = `00-${CLIENT_TRACE_ID}-${CLIENT_PARENT_ID}-01`;
 
+/** A generate that carries the client's traceparent. */
+function generateTraced(h: Harness, payload: Record<string, unknown>) {
+  return h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...h.auth, traceparent: TRACEPARENT }, payload });
+}
+
 let harness: Harness | undefined;
 let receiver: Awaited<ReturnType<typeof startReceiver>> | undefined;
 afterEach(async () => {
@@ -135,12 +140,7 @@ describe('without an OTLP endpoint', () => {
 describe('with an OTLP endpoint (http/json)', () => {
   it('exports one trace per request, continuing the client traceparent, with the spans of the queue, upstream, the store and the usage commit', async () => {
     const h = await tracedHarness('http/json');
-    const res = await h.app.inject({
-      method: 'POST',
-      url: '/v1/generate',
-      headers: { ...h.auth, traceparent: TRACEPARENT },
-      payload: { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' },
-    });
+    const res = await generateTraced(h, { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' });
     expect(res.statusCode).toBe(200);
     await h.app.tracing.forceFlush();
 
@@ -191,12 +191,7 @@ describe('with an OTLP endpoint (http/json)', () => {
 
   it('an async-task model shows task polling with an event per poll and the result download; its upstream calls carry the trace', async () => {
     const h = await tracedHarness('http/json');
-    const res = await h.app.inject({
-      method: 'POST',
-      url: '/v1/generate',
-      headers: { ...h.auth, traceparent: TRACEPARENT },
-      payload: { model: 'flux-kontext-pro', prompt: 'a lighthouse at dusk' },
-    });
+    const res = await generateTraced(h, { model: 'flux-kontext-pro', prompt: 'a lighthouse at dusk' });
     expect(res.statusCode).toBe(200);
     await h.app.tracing.forceFlush();
     const spans = spansOf(receiver!.received);
@@ -225,12 +220,7 @@ describe('with an OTLP endpoint (http/json)', () => {
     const h = await tracedHarness('http/json');
     // The job fails (retries are off in the harness): its span says how.
     h.simulator.failNext('http500');
-    const res = await h.app.inject({
-      method: 'POST',
-      url: '/v1/generate',
-      headers: { ...h.auth, traceparent: TRACEPARENT },
-      payload: { model: 'gpt-image-1', prompt: 'a deer drinking in the lake', async: true },
-    });
+    const res = await generateTraced(h, { model: 'gpt-image-1', prompt: 'a deer drinking in the lake', async: true });
     expect(res.statusCode).toBe(202);
     const job = await jobWhenFinished(h, res.json().id);
     await h.app.tracing.forceFlush();
@@ -256,12 +246,7 @@ describe('with an OTLP endpoint (http/json)', () => {
   it('a refused upstream call tried again is one exchange span with a retry event, each attempt carrying the trace', async () => {
     const h = await tracedHarness('http/json', { UPSTREAM_RETRIES: '1', UPSTREAM_RETRY_BASE_MS: '1' });
     h.simulator.failNext('http503');
-    const res = await h.app.inject({
-      method: 'POST',
-      url: '/v1/generate',
-      headers: { ...h.auth, traceparent: TRACEPARENT },
-      payload: { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' },
-    });
+    const res = await generateTraced(h, { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' });
     expect(res.statusCode).toBe(200);
     await h.app.tracing.forceFlush();
     const spans = spansOf(receiver!.received);
@@ -283,12 +268,7 @@ describe('with an OTLP endpoint (http/json)', () => {
       CALLBACK_SECRET: 'a-callback-secret-of-at-least-32-characters',
     });
     const h = harness;
-    const res = await h.app.inject({
-      method: 'POST',
-      url: '/v1/generate',
-      headers: { ...h.auth, traceparent: TRACEPARENT },
-      payload: { model: 'gpt-image-1', prompt: 'call me back', async: true, callback_url: `${receiver.url}/hook` },
-    });
+    const res = await generateTraced(h, { model: 'gpt-image-1', prompt: 'call me back', async: true, callback_url: `${receiver.url}/hook` });
     expect(res.statusCode).toBe(202);
     await jobWhenFinished(h, res.json().id);
     for (let i = 0; i < 250 && receiver.callbacks.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
@@ -365,12 +345,7 @@ describe('a collector that refuses the spans', () => {
 describe('with an OTLP endpoint (http/protobuf, the default)', () => {
   it('exports protobuf carrying the client trace id', async () => {
     const h = await tracedHarness('http/protobuf');
-    const res = await h.app.inject({
-      method: 'POST',
-      url: '/v1/generate',
-      headers: { ...h.auth, traceparent: TRACEPARENT },
-      payload: { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' },
-    });
+    const res = await generateTraced(h, { model: 'gpt-image-1', prompt: 'a deer drinking in the lake' });
     expect(res.statusCode).toBe(200);
     await h.app.tracing.forceFlush();
     expect(receiver!.received.length).toBeGreaterThan(0);
