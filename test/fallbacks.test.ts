@@ -11,7 +11,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { LightMyRequestResponse } from 'fastify';
 import { ADMIN_KEY, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 import { eventsOf, parseSse } from './sse.js';
-import { fallbackAllowed } from '../src/generation/generation-pipeline.js';
+import { fallbackAllowed } from '../src/generation/fallbacks.js';
 import { UpstreamFailure } from '../src/upstream/upstream-failure.js';
 import { parseGenerateBody } from '../src/request/image-request.js';
 
@@ -197,10 +197,6 @@ describe('fallback_models on one gateway', () => {
     }
   });
 
-  it('fallback_models with async is refused for now, naming the field', async () => {
-    const err = errorOf(await generate({ model: 'gpt-image-1', prompt: 'x', async: true, fallback_models: ['gpt-image-1.5'] }), 400, 'invalid_request');
-    expect(err.details[0]!.field).toBe('fallback_models');
-  });
 });
 
 describe('fallback_models and upstream auth failures', () => {
@@ -376,9 +372,16 @@ describe('default chains: the key\'s fallbacks (GATEWAY_KEYS_FILE), else the mod
     }
   });
 
-  it('an async request runs the requested model alone (a default chain is not refused)', async () => {
+  it('an async request follows the default chain too, as a job', async () => {
+    h.simulator.failNext('no_channel');
     const res = await generate({ model: 'gpt-image-1', prompt: 'later', async: true });
     expect(res.statusCode, res.body).toBe(202);
+    const job = await h.app.inject({ method: 'GET', url: `/v1/jobs/${res.json().id}?wait=30`, headers: h.auth });
+    expect(job.json().status).toBe('succeeded');
+    expect(job.json().model).toBe('dall-e-3');
+    expect(job.json().result.requested_model).toBe('gpt-image-1');
+    expect(submissions(h)).toHaveLength(2);
+    expect((await usageOf(h, String(res.headers['x-request-id']))).models_tried).toEqual(['gpt-image-1', 'dall-e-3']);
   });
 });
 

@@ -11,6 +11,8 @@ import { PaidImageLost, type GenerationResult, type ImageGeneration, type Prepar
 import type { ReportEvent } from './generation-events.js';
 import { eventWithOrigin, resultWithOrigin, storedJobOrigin } from '../jobs/job-origin.js';
 import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
+import { fallbackAllowed } from './fallbacks.js';
+import { parseJobChain } from '../jobs/job-chain.js';
 
 /** Why a request was cut short: its caller went away (the connection closed). */
 export class ClientGone extends Error {
@@ -29,13 +31,6 @@ class UpstreamDeadline extends Error {
     super('the upstream deadline passed');
     this.name = 'UpstreamDeadline';
   }
-}
-
-/** Whether a failure of one model of a fallback chain lets the next model try (never one that may have been billed, unless a timeout was allowed). */
-export function fallbackAllowed(err: unknown, request: ImageRequest): err is UpstreamFailure {
-  if (!(err instanceof UpstreamFailure)) return false;
-  if (err.kind === 'timeout') return request.fallbackOnTimeout === true;
-  return err.otherModelMayServe && !err.mayHaveBilled;
 }
 
 /** A refusal of one fallback model, naming it: the chain is checked whole before anything is sent. */
@@ -228,9 +223,6 @@ export class GenerationPipeline {
     if (request.fallbackModels === undefined) return this.defaultFallbacks(call, requested);
     const names = request.fallbackModels;
     if (names.length === 0) return [];
-    if (request.async || call.idempotencyKey !== undefined) {
-      throw invalidField('fallback_models', 'is not supported with "async": true or an Idempotency-Key yet; send the request without them');
-    }
     const seen = new Set([requestedId]);
     return names.map((name, i) => {
       const field = `fallback_models[${i}]`;
@@ -257,8 +249,7 @@ export class GenerationPipeline {
   /** The key's, else the model's `fallbacks`, keeping only the models that can take this request. */
   private defaultFallbacks(call: GenerationCall, requested: ModelSpec): { model: ModelSpec; route: UpstreamRoute }[] {
     const names = call.client.fallbacks ?? requested.fallbacks ?? [];
-    // A persisted job cannot follow a chain yet: it runs the requested model alone.
-    if (names.length === 0 || call.request.async || call.idempotencyKey !== undefined) return [];
+    if (names.length === 0) return [];
     const seen = new Set([requested.id]);
     const chain: { model: ModelSpec; route: UpstreamRoute }[] = [];
     for (const name of names) {
@@ -281,7 +272,7 @@ export class GenerationPipeline {
     const job = { created: false };
     let answer: GenerationAnswer;
     try {
-      answer = viaJobs ? await this.viaJob(call, prepared, reservation, job, onEvent) : { kind: 'result', result: await this.alongChain(call, chain, onEvent) };
+      answer = viaJobs ? await this.viaJob(call, chain, reservation, job, onEvent) : { kind: 'result', result: await this.alongChain(call, chain, onEvent) };
       if (answer.kind === 'result') {
         const { result } = answer;
         if (!viaJobs) await this.deps.limits.settle(reservation, result.images.length, result.usage.estimated_cost_usd);
@@ -372,9 +363,10 @@ export class GenerationPipeline {
     }
   }
 
+  /** As a persisted job, which moves along the fallback chain itself (and goes on along it after a restart). */
   private async viaJob(
     call: GenerationCall,
-    prepared: PreparedGeneration,
+    chain: PreparedGeneration[],
     reservation: Reservation,
     job: { created: boolean },
     onEvent: ReportEvent,
@@ -382,9 +374,10 @@ export class GenerationPipeline {
     const { client, idempotencyKey } = call;
     const jobs = this.deps.jobs;
     const scope = idempotencyKey ? idempotencyScope(client, idempotencyKey) : undefined;
+    const prepared = chain[0]!;
     const { jobId, first } = await jobs.create(
       jobs.newJobId(),
-      prepared,
+      chain,
       // Never the caller's Host: the job row keeps PUBLIC_BASE_URL or image paths; the caller's origin is added below.
       { client, publicBaseUrl: storedJobOrigin(this.deps.publicBaseUrl) },
       scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id) } : undefined,
@@ -406,6 +399,13 @@ export class GenerationPipeline {
     // A synchronous request with an Idempotency-Key waits for its job; if the caller leaves, the job
     // goes on, and the caller's retry gets its result.
     const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)) });
+    // Along a chain: the record counts under the model that served (or failed last), naming those
+    // tried. The job's runner counted its fallbacks in the metrics.
+    const moved = parseJobChain(row.chain_json);
+    if (moved) {
+      call.outcome.model = row.model;
+      call.outcome.modelsTried = moved.tried;
+    }
     const finished = await jobs.outcome(row);
     if ('error' in finished) throw finished.error;
     return { kind: 'result', result: resultWithOrigin(finished.result, call.publicBaseUrl), ...(replayed !== undefined ? { replayed } : {}) };

@@ -40,4 +40,7 @@ export const JOB_MIGRATIONS: Migration[] = [
   // The model's declaration (its catalogue data entry) when the job was created: a resumed job runs
   // with it, whatever CATALOGUE_FILE says by then. Older rows have none and use the catalogue.
   migration('jobs-003-model-declaration', () => ['ALTER TABLE jobs ADD COLUMN model_json TEXT']),
+  // A job's fallback chain (JSON, see JobChain): the model asked for, those tried, and the models
+  // still to try with their declarations, so a job resumed after a restart goes on along it.
+  migration('jobs-004-fallback-chain', () => ['ALTER TABLE jobs ADD COLUMN chain_json TEXT']),
 ];

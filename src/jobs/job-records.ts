@@ -30,6 +30,8 @@ export interface JobRow {
   token_id: string | null;
   /** The model's catalogue data entry when the job was created (JSON); null on rows older than it. */
   model_json: string | null;
+  /** With fallback models: the chain (JobChain as JSON); null without one and on older rows. */
+  chain_json: string | null;
 }
 
 /** A job as first written: queued, leased to the replica that runs it. */
@@ -50,6 +52,8 @@ export interface NewJob {
   tokenId: string | null;
   /** The model's catalogue data entry (JSON), to resume with; null when it has none. */
   modelJson?: string | null;
+  /** The fallback chain (JobChain as JSON), when the request has one. */
+  chainJson?: string | null;
 }
 
 /** Where a page of jobs starts: after this one, newest first. */
@@ -87,8 +91,8 @@ export class JobRecords {
   async insert(job: NewJob): Promise<void> {
     await this.db.run(
       `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
-         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id, model_json)
-       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15)`,
+         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id, model_json, chain_json)
+       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15, $16)`,
       [
         job.id,
         job.keyId,
@@ -105,6 +109,7 @@ export class JobRecords {
         job.isAsync ? 1 : 0,
         job.tokenId,
         job.modelJson ?? null,
+        job.chainJson ?? null,
       ],
     );
   }
@@ -156,6 +161,19 @@ export class JobRecords {
       id,
       owner,
     ]);
+  }
+
+  /**
+   * Moves a job on to its next fallback model, fenced by `owner`'s lease: queued again with no
+   * upstream task (the model that failed was not billed), so a replica that takes it over after a
+   * restart sends it to the new model. 1 if it did.
+   */
+  advanceChain(id: string, owner: string, next: { model: string; modelJson: string | null; chainJson: string }, now: number): Promise<number> {
+    return this.db.run(
+      `UPDATE jobs SET model = $1, model_json = $2, chain_json = $3, status = 'queued', upstream_task_id = NULL, upstream_key_tag = NULL, updated_at = $4
+       WHERE id = $5 AND lease_owner = $6 AND status IN ('queued', 'running')`,
+      [next.model, next.modelJson, next.chainJson, now, id, owner],
+    );
   }
 
   async setUpstreamTask(id: string, taskId: string, keyTag: string | null, now: number): Promise<void> {

@@ -9,9 +9,12 @@ import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js
 import type { Client } from '../auth/client-keys.js';
 import type { Database, Statements } from '../storage/database.js';
 import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
+import type { TaskHooks } from '../upstream/upstream-client.js';
 import { deserializeRequest, serializeRequest } from './stored-request.js';
 import { declarationOf, modelFromDeclaration } from '../catalogue/catalogue-schema.js';
 import type { ModelSpec } from '../catalogue/model-spec.js';
+import { fallbackAllowed, type FallbackTaken } from '../generation/fallbacks.js';
+import { advancedChain, newJobChain, parseJobChain, type JobChain } from './job-chain.js';
 import { JobRecords, type JobRow, type JobStatus } from './job-records.js';
 import type { ProgressEvent } from '../generation/generation-events.js';
 import type { JobEventBus, JobNotice } from './job-events.js';
@@ -149,6 +152,8 @@ export class JobRunner {
   private closing = false;
   /** Told of every job this replica finished (the metrics set it: they are made after the runner); `code`: a failure's error code. */
   observeFinished: ((status: 'succeeded' | 'failed', code: string) => void) | undefined;
+  /** Told of every fallback a job takes here (the metrics set it). */
+  observeFallback: ((fallback: FallbackTaken) => void) | undefined;
 
   /** The job rows: every statement about jobs goes through it. */
   readonly records: JobRecords;
@@ -210,12 +215,14 @@ export class JobRunner {
    */
   async create(
     id: string,
-    prepared: PreparedGeneration,
+    /** The requested model's prepared request, then its fallback models' (the job moves along them as they fail). */
+    chain: PreparedGeneration[],
     owner: { client: Client; publicBaseUrl: string },
     idempotency?: { scope: string; fingerprint: string },
     whenFinished?: (result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>,
   ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
+    const prepared = chain[0]!;
     const request = prepared.request;
     await inSpan('db.job_row', { 'db.operation.name': 'INSERT', 'db.collection.name': 'jobs', 'gateway.job_id': id }, () => this.records.insert({
       id,
@@ -233,6 +240,7 @@ export class JobRunner {
       isAsync: request.async,
       tokenId: owner.client.token?.id ?? null,
       modelJson: declarationJson(prepared.model),
+      chainJson: chain.length > 1 ? JSON.stringify(newJobChain(chain)) : null,
     }));
     if (idempotency) {
       let claim: { jobId: string; first: boolean };
@@ -248,7 +256,7 @@ export class JobRunner {
       }
     }
     if (whenFinished) this.finishWatchers.set(id, [whenFinished]);
-    this.launch(id, prepared, undefined);
+    this.launch(id, chain, undefined);
     return { jobId: id, first: true };
   }
 
@@ -342,6 +350,11 @@ export class JobRunner {
         }
         case 'partial_image':
           return report(notice);
+        case 'fallback':
+          // The next model is sent anew: its running (and task id) is told again.
+          told.running = false;
+          told.taskId = undefined;
+          return report(notice);
       }
     };
     /** True once a notice has arrived, false when it is time to read the job store again. */
@@ -414,14 +427,15 @@ export class JobRunner {
     return { jobId: row.job_id, first: false };
   }
 
-  private launch(id: string, prepared: PreparedGeneration | undefined, resumeTaskId: string | undefined): void {
+  /** `chain`: prepared here (a new job); undefined: prepared from its row (a job taken over). */
+  private launch(id: string, chain: PreparedGeneration[] | undefined, resumeTaskId: string | undefined): void {
     const controller = new AbortController();
     // A stop may cut a job short where nothing is lost: before it is sent, or once its task id is kept.
     const progress = { sending: false, taskKnown: resumeTaskId !== undefined };
     // In the context of the request that created the job (same process): its trace goes on. A job
     // taken over after a restart starts a trace of its own.
-    const done = inSpan('job.run', { 'gateway.job_id': id, 'gateway.job.resumed': resumeTaskId !== undefined || prepared === undefined }, (span) =>
-      this.execute(id, prepared, resumeTaskId, controller.signal, progress, span),
+    const done = inSpan('job.run', { 'gateway.job_id': id, 'gateway.job.resumed': resumeTaskId !== undefined || chain === undefined }, (span) =>
+      this.execute(id, chain, resumeTaskId, controller.signal, progress, span),
     )
       .catch((err) => this.o.log.error({ err, job_id: id }, 'job bookkeeping failed'))
       .finally(() => this.active.delete(id));
@@ -430,69 +444,125 @@ export class JobRunner {
 
   private async execute(
     id: string,
-    given: PreparedGeneration | undefined,
+    given: PreparedGeneration[] | undefined,
     resumeTaskId: string | undefined,
     stop: AbortSignal,
     progress: { sending: boolean; taskKnown: boolean },
     span?: Span,
   ): Promise<void> {
-    const row = await this.get(id);
+    let row = await this.get(id);
     if (!row) return;
-    const deadlineAt = Date.now() + this.o.upstreamTimeoutMs;
-    const deadline = AbortSignal.timeout(this.o.upstreamTimeoutMs);
-    const signal = AbortSignal.any([stop, deadline]);
+    let chain = parseJobChain(row.chain_json);
     let result: GenerationResult | undefined;
     let failure: GatewayError | undefined;
-    try {
-      // A job sent again or resumed runs with the model it started with, not the catalogue's today.
-      const prepared = given ?? (await this.o.generation.prepare(deserializeRequest(row.request_json ?? 'null'), keptModel(row, this.o.log)));
-      result = await this.o.generation.run(prepared, {
-        signal,
-        publicBaseUrl: row.public_base_url,
-        owner: { keyId: row.key_id, team: row.team },
-        deadline: deadlineAt,
-        // A job's queued is told from its row.
-        onEvent: (event) => {
-          if (event.type !== 'queued') this.o.events.publish(id, event);
-        },
-        task: {
-          ...(resumeTaskId ? { resumeTaskId, ...(row.upstream_key_tag ? { resumeKeyTag: row.upstream_key_tag } : {}) } : {}),
-          // A job is queued until it has an upstream slot: one that dies queued is sent again elsewhere.
-          // Sent only while this replica's lease holds, renewed here: no other replica can send it too.
-          onSent: async () => {
-            progress.sending = true;
-            const now = Date.now();
-            const mine = await inSpan('db.job_row', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.job.status': 'running' }, () =>
-              this.records.markRunning(id, this.instanceId, now, now + this.o.leaseMs),
-            );
-            if (mine === 0) throw new LeaseLost();
+    // Once per model of the chain: each has UPSTREAM_TIMEOUT_MS of its own, as in a direct request.
+    for (;;) {
+      const deadlineAt = Date.now() + this.o.upstreamTimeoutMs;
+      const deadline = AbortSignal.timeout(this.o.upstreamTimeoutMs);
+      const signal = AbortSignal.any([stop, deadline]);
+      let prepared: PreparedGeneration | undefined;
+      try {
+        // A job sent again or resumed runs with the model it started with (or moved on to), not the catalogue's today.
+        prepared = given?.[chain ? chain.tried.length - 1 : 0] ?? (await this.preparedFromRow(row));
+        result = await this.o.generation.run(prepared, {
+          signal,
+          publicBaseUrl: row.public_base_url,
+          owner: { keyId: row.key_id, team: row.team },
+          deadline: deadlineAt,
+          // A job's queued is told from its row.
+          onEvent: (event) => {
+            if (event.type !== 'queued') this.o.events.publish(id, event);
           },
-          onTaskId: async (taskId, keyTag) => {
-            await inSpan('db.job_row', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.upstream.task_id': taskId }, () =>
-              this.records.setUpstreamTask(id, taskId, keyTag ?? null, Date.now()),
-            );
-            progress.taskKnown = true;
-          },
-        },
-      });
-    } catch (err) {
-      // Another replica holds the job now, or will once this one has stopped: it carries the job on.
-      // The reservation stays counted, for the images the job will make there.
-      if (err instanceof LeaseLost || (stop.aborted && !deadline.aborted)) {
-        this.finishWatchers.delete(id);
-        return;
+          task: this.taskHooks(id, resumeTaskId, row.upstream_key_tag, progress),
+        });
+        break;
+      } catch (err) {
+        // Another replica holds the job now, or will once this one has stopped: it carries the job on.
+        // The reservation stays counted, for the images the job will make there.
+        if (err instanceof LeaseLost || (stop.aborted && !deadline.aborted)) {
+          this.finishWatchers.delete(id);
+          return;
+        }
+        const cause = deadline.aborted
+          ? new UpstreamFailure('timeout', `no complete upstream answer within ${this.o.upstreamTimeoutMs} ms`, {
+              cause: err,
+              ...(err instanceof UpstreamFailure ? { mayHaveBilled: err.mayHaveBilled } : {}),
+            })
+          : err;
+        if (chain && chain.next.length > 0 && prepared && fallbackAllowed(cause, prepared.request)) {
+          const moved = await this.moveAlongChain(row, chain, cause.kind);
+          if (!moved) {
+            this.finishWatchers.delete(id);
+            return;
+          }
+          ({ row, chain } = moved);
+          resumeTaskId = undefined;
+          progress.sending = false;
+          progress.taskKnown = false;
+          continue;
+        }
+        failure =
+          cause instanceof GatewayError
+            ? cause
+            : cause instanceof UpstreamFailure
+              ? toGatewayError(cause)
+              : new GatewayError('internal_error', 'internal error', { cause });
+        if (failure.status >= 500) this.o.log.error({ err: failure.cause ?? failure, job_id: id, code: failure.code }, failure.message);
+        if (span) markSpanError(span, failure);
+        break;
       }
-      failure = deadline.aborted
-        ? new GatewayError('upstream_timeout', `no complete upstream answer within ${this.o.upstreamTimeoutMs} ms`)
-        : err instanceof GatewayError
-          ? err
-          : err instanceof UpstreamFailure
-            ? toGatewayError(err)
-            : new GatewayError('internal_error', 'internal error', { cause: err });
-      if (failure.status >= 500) this.o.log.error({ err: failure.cause ?? failure, job_id: id, code: failure.code }, failure.message);
-      if (span) markSpanError(span, failure);
     }
+    if (result && chain) result = { ...result, requested_model: chain.requested };
     await this.finish(row, result, failure);
+  }
+
+  /** The job's request for its model now, from its row (a job taken over, or moved along its chain). */
+  private preparedFromRow(row: JobRow): Promise<PreparedGeneration> {
+    const request = deserializeRequest(row.request_json ?? 'null');
+    // Along a chain the row's model is the one to run; the request still names the one asked for.
+    return this.o.generation.prepare(row.chain_json ? { ...request, model: row.model } : request, keptModel(row, this.o.log));
+  }
+
+  private taskHooks(id: string, resumeTaskId: string | undefined, keyTag: string | null, progress: { sending: boolean; taskKnown: boolean }): TaskHooks {
+    return {
+      ...(resumeTaskId ? { resumeTaskId, ...(keyTag ? { resumeKeyTag: keyTag } : {}) } : {}),
+      // A job is queued until it has an upstream slot: one that dies queued is sent again elsewhere.
+      // Sent only while this replica's lease holds, renewed here: no other replica can send it too.
+      onSent: async () => {
+        progress.sending = true;
+        const now = Date.now();
+        const mine = await inSpan('db.job_row', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.job.status': 'running' }, () =>
+          this.records.markRunning(id, this.instanceId, now, now + this.o.leaseMs),
+        );
+        if (mine === 0) throw new LeaseLost();
+      },
+      onTaskId: async (taskId: string, taskKeyTag?: string) => {
+        await inSpan('db.job_row', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.upstream.task_id': taskId }, () =>
+          this.records.setUpstreamTask(id, taskId, taskKeyTag ?? null, Date.now()),
+        );
+        progress.taskKnown = true;
+      },
+    };
+  }
+
+  /**
+   * Moves a job to the next model of its chain (the one that failed was not billed): kept in its
+   * row first, so a restart goes on from there; then told to followers and the metrics. Undefined
+   * when this replica no longer holds the job.
+   */
+  private async moveAlongChain(row: JobRow, chain: JobChain, reason: string): Promise<{ row: JobRow; chain: JobChain } | undefined> {
+    const moved = advancedChain(chain, reason);
+    const next = chain.next[0]!;
+    const modelJson = next.declaration === null ? null : JSON.stringify(next.declaration);
+    const chainJson = JSON.stringify(moved);
+    const kept = await this.records.advanceChain(row.id, this.instanceId, { model: next.model, modelJson, chainJson }, Date.now());
+    if (kept === 0) return undefined;
+    const fallback = moved.fallbacks[moved.fallbacks.length - 1]!;
+    this.o.log.info({ job_id: row.id, ...fallback }, 'job falls back to its next model');
+    this.o.events.publish(row.id, { type: 'fallback', ...fallback });
+    this.observeFallback?.(fallback);
+    const updated: JobRow = { ...row, model: next.model, model_json: modelJson, chain_json: chainJson, status: 'queued', upstream_task_id: null, upstream_key_tag: null };
+    return { row: updated, chain: moved };
   }
 
   private async finish(row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined): Promise<void> {

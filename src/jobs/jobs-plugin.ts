@@ -3,6 +3,14 @@ import fp from 'fastify-plugin';
 import { PaidImageLost } from '../generation/image-generation.js';
 import { GatewayError } from '../errors.js';
 import { JobRunner } from './job-runner.js';
+import { parseJobChain } from './job-chain.js';
+import type { JobRow } from './job-records.js';
+
+/** A job with a fallback chain: the model its usage record counts under and the models it tried. */
+function servedBy(row: JobRow): { model?: string; modelsTried?: string[] } {
+  const chain = parseJobChain(row.chain_json);
+  return chain ? { model: row.model, modelsTried: chain.tried } : {};
+}
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -56,6 +64,8 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
             upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
             upstreamMs: result?.usage.upstream_ms ?? null,
             upstreamTokens: result?.usage.upstream_tokens ?? null,
+            // Moved along a fallback chain: counted under the model that served (or failed last), naming those tried.
+            ...servedBy(row),
           },
           tx,
         );

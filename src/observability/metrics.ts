@@ -137,6 +137,11 @@ export class GatewayMetrics {
     return this.catalogue.find(model)?.id === model ? model : 'unknown';
   }
 
+  /** Counts one fallback taken, by a direct request or a job. */
+  observeFallback(f: { from: string; to: string; reason: string }): void {
+    this.fallbacks.inc({ from: this.modelLabel(f.from), to: this.modelLabel(f.to), reason: f.reason });
+  }
+
   /** Counts one finished request (answered, or abandoned as 499) from what it did (request.outcome). */
   observe(request: FastifyRequest, status: number, seconds: number): void {
     const outcome = request.outcome;
@@ -145,7 +150,7 @@ export class GatewayMetrics {
     this.requests.inc({ route, model, team: request.client?.team ?? '', status: String(status) });
     this.requestDuration.observe({ route }, seconds);
     if (!outcome) return;
-    for (const f of outcome.fallbacks ?? []) this.fallbacks.inc({ from: this.modelLabel(f.from), to: this.modelLabel(f.to), reason: f.reason });
+    for (const f of outcome.fallbacks ?? []) this.observeFallback(f);
     if (outcome.upstreamMs !== undefined) this.upstreamDuration.observe({ model }, outcome.upstreamMs / 1000);
     if (outcome.imagesReturned > 0) {
       this.imagesStored.inc({ model }, outcome.imagesReturned);
@@ -230,6 +235,7 @@ async function metrics(app: FastifyInstance): Promise<void> {
   app.decorate('metrics', gatewayMetrics);
   app.upstream.observeQueueWait = (seconds, outcome) => gatewayMetrics.upstreamQueueWait.observe({ outcome }, seconds);
   app.jobs.observeFinished = (status, code) => gatewayMetrics.jobsFinished.inc({ status, code });
+  app.jobs.observeFallback = (fallback) => gatewayMetrics.observeFallback(fallback);
   storageGauges(gatewayMetrics.registry, app.storagePressure);
   const { METRICS_TOKEN: token, METRICS_PORT: port, METRICS_HOST: host } = app.config;
 

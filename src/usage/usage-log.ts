@@ -36,11 +36,14 @@ export interface UsageRecord {
   modelsTried?: string[] | null;
 }
 
-/** What a finished async job adds to the record of the request that started it. */
+/**
+ * What a finished async job adds to the record of the request that started it; with a fallback
+ * chain, also the model that served (or failed last) and the models tried.
+ */
 export type JobOutcome = Pick<
   UsageRecord,
   'status' | 'errorCode' | 'imagesReturned' | 'bytesStored' | 'estimatedCostUsd' | 'upstreamStatus' | 'upstreamMs' | 'upstreamTokens'
->;
+> & { model?: string; modelsTried?: string[] };
 
 const COLUMNS = [
   'time_ms', 'day', 'request_id', 'key_id', 'team', 'method', 'route', 'model', 'operation', 'images_requested',
@@ -61,7 +64,7 @@ function rowOf(r: UsageRecord): SqlValue[] {
 const INSERT_ROWS = 50;
 const insertSql = sqlByRowCount((rows) => `INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(rows, COLUMNS.length)}`);
 const COMPLETE_JOB_SQL = `UPDATE usage_records SET status = $1, error_code = $2, images_returned = $3, bytes_stored = $4, cost_usd = $5,
-   upstream_status = $6, upstream_ms = $7, upstream_tokens = $8
+   upstream_status = $6, upstream_ms = $7, upstream_tokens = $8, model = COALESCE($10, model), models_tried = COALESCE($11, models_tried)
  WHERE job_id = $9 AND status = 202`;
 
 const completeJobParams = (jobId: string, outcome: JobOutcome): SqlValue[] => [
@@ -74,6 +77,8 @@ const completeJobParams = (jobId: string, outcome: JobOutcome): SqlValue[] => [
   outcome.upstreamMs,
   outcome.upstreamTokens ? JSON.stringify(outcome.upstreamTokens) : null,
   jobId,
+  outcome.model ?? null,
+  outcome.modelsTried && outcome.modelsTried.length > 0 ? outcome.modelsTried.join(',') : null,
 ];
 
 export interface UsageLogOptions {
