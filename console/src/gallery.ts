@@ -18,7 +18,7 @@ export interface Image {
   height: number;
   sha256: string;
   model: string;
-  operation: 'generate' | 'edit';
+  operation: 'generate' | 'edit' | 'upscale';
   key_id: string;
   team: string;
   prompt: string | null;

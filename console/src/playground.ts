@@ -75,7 +75,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   try {
     const res = await ctx.api('/v1/models');
     if (!res.ok) throw new RequestFailed(await errorText(res));
-    models = ((await res.json()) as { data: ModelInfo[] }).data;
+    // The playground generates and edits; models that only upscale or describe are not offered here.
+    models = ((await res.json()) as { data: ModelInfo[] }).data.filter((m) => m.operations.includes('generate') || m.operations.includes('edit'));
   } catch (err) {
     replaceChildren(root, h('h1', null, 'Playground'), h('p', { class: 'form-error', role: 'alert' }, `The models could not be loaded: ${(err as Error).message}`));
     return;

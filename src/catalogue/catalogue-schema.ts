@@ -3,7 +3,7 @@
  * turns its plain data into the ModelSpecs routing, validation, pricing and GET /v1/models read.
  */
 import { z } from 'zod';
-import type { EditMode, FieldMapping, ModelSpec, NormalizedParam, Price, UpstreamRoute } from './model-spec.js';
+import type { DescribeRoute, EditMode, FieldMapping, ModelSpec, NormalizedParam, Price, UpstreamRoute } from './model-spec.js';
 import { EDIT_MODES, NORMALIZED_PARAMS } from './model-spec.js';
 import { paramDescriptorSchema, ruleFromDescriptor } from './param-descriptors.js';
 import { TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
@@ -48,6 +48,15 @@ const routeSchema = z.strictObject({
   price: priceSchema.optional(),
 });
 
+/** A describe route: one image file in, text out; options only (no prompt, no parameters, no price). */
+const describeRouteSchema = z.strictObject({
+  family: z.literal('ideogram-multipart'),
+  path: z.string().startsWith('/', 'an upstream path starts with /'),
+  auth: z.enum(['bearer', 'api-key']).default('bearer'),
+  options: z.record(z.string(), mappingSchema).default({}),
+  images: z.strictObject({ to: z.string().min(1), encoding: z.literal('file'), max: z.literal(1) }),
+});
+
 const modelSchema = z
   .strictObject({
     id: z.string().min(1),
@@ -55,6 +64,10 @@ const modelSchema = z
     description: z.string().default(''),
     generate: routeSchema.optional(),
     edit: z.partialRecord(z.enum(EDIT_MODES as [EditMode, ...EditMode[]]), routeSchema).optional(),
+    /** POST /v1/upscale: one image in (images.max 1), the prompt optional. */
+    upscale: routeSchema.optional(),
+    /** POST /v1/describe: one image in, text descriptions out. */
+    describe: describeRouteSchema.optional(),
     image_to_image_mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]).optional(),
     /** Retired (CATALOGUE_FILE): requests get 410 model_retired naming `replacement`. */
     retired: z.literal(true).optional(),
@@ -62,12 +75,15 @@ const modelSchema = z
     /** The models to fall back to, in order (CATALOGUE_FILE). */
     fallbacks: z.array(z.string().min(1)).optional(),
   })
-  .refine((m) => m.generate !== undefined || Object.keys(m.edit ?? {}).length > 0, { message: 'a model needs a generate or an edit route' });
+  .refine((m) => m.generate !== undefined || Object.keys(m.edit ?? {}).length > 0 || m.upscale !== undefined || m.describe !== undefined, {
+    message: 'a model needs a generate, edit, upscale or describe route',
+  });
 
 export const catalogueFileSchema = z.strictObject({ models: z.array(modelSchema) });
 export type CatalogueFile = z.input<typeof catalogueFileSchema>;
 type RouteData = z.output<typeof routeSchema>;
 type MappingData = z.output<typeof mappingSchema>;
+type DescribeRouteData = z.output<typeof describeRouteSchema>;
 
 function toMapping(m: MappingData): FieldMapping {
   return {
@@ -114,6 +130,12 @@ function toRoute(r: RouteData): UpstreamRoute {
     ...(r.mask ? { mask: r.mask } : {}),
     ...(r.price ? { price: toPrice(r.price) } : {}),
   };
+}
+
+function toDescribeRoute(r: DescribeRouteData): DescribeRoute {
+  const options: DescribeRoute['options'] = {};
+  for (const [name, m] of Object.entries(r.options)) options[name] = toMapping(m);
+  return { family: r.family, path: r.path, auth: r.auth, options, images: { to: r.images.to, encoding: 'file', max: 1 } };
 }
 
 /** Where an issue is, named by the model's id when the path reaches one. */
@@ -176,6 +198,9 @@ export function loadCatalogue(data: unknown): ModelSpec[] {
         edit[mode] = toRoute(route);
       }
     }
+    if (m.upscale && m.upscale.images?.max !== 1) {
+      throw new CatalogueError(`catalogue: model "${m.id}": upscale: an upscale route takes one image (images.max: 1)`);
+    }
     if (m.image_to_image_mode && !edit[m.image_to_image_mode]) {
       throw new CatalogueError(`catalogue: model "${m.id}": image_to_image_mode: "${m.image_to_image_mode}" is not one of its edit modes`);
     }
@@ -185,6 +210,8 @@ export function loadCatalogue(data: unknown): ModelSpec[] {
       description: m.description,
       ...(m.generate ? { generate: toRoute(m.generate) } : {}),
       ...(Object.keys(edit).length > 0 ? { edit } : {}),
+      ...(m.upscale ? { upscale: toRoute(m.upscale) } : {}),
+      ...(m.describe ? { describe: toDescribeRoute(m.describe) } : {}),
       ...(m.image_to_image_mode ? { imageToImageMode: m.image_to_image_mode } : {}),
       ...(m.retired ? { retired: { replacement: m.replacement ?? '' } } : {}),
       ...(m.fallbacks ? { fallbacks: m.fallbacks } : {}),

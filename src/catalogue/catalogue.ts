@@ -1,5 +1,5 @@
 import { GatewayError, invalidField } from '../errors.js';
-import type { EditMode, FieldMapping, ModelSpec, Operation, Price, UpstreamRoute } from './model-spec.js';
+import type { EditMode, FieldMapping, ImageOperation, ModelSpec, Operation, Price, UpstreamRoute } from './model-spec.js';
 import type { ParamRule } from './param-rule.js';
 import { EDIT_MODES } from './model-spec.js';
 import { MODELS } from './models.js';
@@ -11,11 +11,17 @@ function withPricePerImage(model: ModelSpec, perImageUsd: number): ModelSpec {
   const edit = model.edit
     ? Object.fromEntries(Object.entries(model.edit).map(([mode, route]) => [mode, priced(route)]))
     : undefined;
-  const copy: ModelSpec = { ...model, ...(model.generate ? { generate: priced(model.generate) } : {}), ...(edit ? { edit } : {}) };
+  // Describe makes no image: a price per image does not apply to it.
+  const copy: ModelSpec = {
+    ...model,
+    ...(model.generate ? { generate: priced(model.generate) } : {}),
+    ...(edit ? { edit } : {}),
+    ...(model.upscale ? { upscale: priced(model.upscale) } : {}),
+  };
   const declaration = declarationOf(model);
   if (declaration) {
     const kept = structuredClone(declaration);
-    const routes = [kept.generate, ...Object.values((kept.edit as Record<string, unknown> | undefined) ?? {})];
+    const routes = [kept.generate, kept.upscale, ...Object.values((kept.edit as Record<string, unknown> | undefined) ?? {})];
     for (const route of routes) if (route && typeof route === 'object') (route as Record<string, unknown>).price = { per_image_usd: perImageUsd };
     setDeclaration(copy, kept);
   }
@@ -96,7 +102,16 @@ export function operationsOf(model: ModelSpec): Operation[] {
   const ops: Operation[] = [];
   if (model.generate) ops.push('generate');
   if (model.edit && Object.keys(model.edit).length > 0) ops.push('edit');
+  if (model.upscale) ops.push('upscale');
+  if (model.describe) ops.push('describe');
   return ops;
+}
+
+/** Where a model's operations are asked for, for the 400 of a request sent to the wrong one. */
+export function endpointsOf(model: ModelSpec): string {
+  return operationsOf(model)
+    .map((op) => `POST /v1/${op}`)
+    .join(' or ');
 }
 
 export function editModesOf(model: ModelSpec): EditMode[] {
@@ -104,16 +119,20 @@ export function editModesOf(model: ModelSpec): EditMode[] {
 }
 
 /** The route for an operation; for edits, `mode` or the model's default (edit with a mask, else image-to-image). */
-export function routeFor(model: ModelSpec, operation: Operation, mode: EditMode | undefined, hasMask: boolean): { route: UpstreamRoute; mode?: EditMode } {
+export function routeFor(model: ModelSpec, operation: ImageOperation, mode: EditMode | undefined, hasMask: boolean): { route: UpstreamRoute; mode?: EditMode } {
   if (operation === 'generate') {
     if (!model.generate) {
-      throw invalidField('model', `${model.id} does not generate from text; use POST /v1/edit`, operationsOf(model));
+      throw invalidField('model', `${model.id} does not generate from text; use ${endpointsOf(model)}`, operationsOf(model));
     }
     return { route: model.generate };
   }
+  if (operation === 'upscale') {
+    if (!model.upscale) throw invalidField('model', `${model.id} does not upscale images; use ${endpointsOf(model)}`, operationsOf(model));
+    return { route: model.upscale };
+  }
   const modes = editModesOf(model);
   if (modes.length === 0) {
-    throw invalidField('model', `${model.id} does not edit images; use POST /v1/generate`, operationsOf(model));
+    throw invalidField('model', `${model.id} does not edit images; use ${endpointsOf(model)}`, operationsOf(model));
   }
   const chosen: EditMode = mode ?? (hasMask && modes.includes('edit') ? 'edit' : (model.imageToImageMode ?? 'edit'));
   // A client's mode is looked up as the model's own property only: "constructor" is no mode.
@@ -189,21 +208,48 @@ function fieldSchema(rule: ParamRule): FieldSchema {
 }
 
 /** What one route takes: its prompt, normalized parameters and options, and for edits its images and mask. */
-function routeSchema(route: UpstreamRoute, edit: boolean) {
+function routeSchema(route: UpstreamRoute, withImages: boolean) {
   const fields = (mappings: Record<string, FieldMapping | undefined>) =>
     Object.fromEntries(Object.entries(mappings).flatMap(([name, m]) => (m ? [[name, fieldSchema(m.rule)]] : [])));
   return {
     prompt: { max_length: route.prompt.maxLength },
     parameters: fields(route.params),
     options: fields(route.options),
-    ...(edit ? { images: { max: route.images?.max ?? 1 }, mask: route.mask ? { required: route.mask.required } : null } : {}),
+    ...(withImages ? { images: { max: route.images?.max ?? 1 }, mask: route.mask ? { required: route.mask.required } : null } : {}),
+  };
+}
+
+/** What a describe route takes: its options and one image. */
+function describeSchema(model: ModelSpec) {
+  const route = model.describe!;
+  return {
+    options: Object.fromEntries(Object.entries(route.options).map(([name, m]) => [name, fieldSchema(m.rule)])),
+    images: { max: route.images.max },
   };
 }
 
 /** The public description of a model for GET /v1/models. */
 export function describeModel(model: ModelSpec) {
-  const primary = model.generate ?? model.edit?.[model.imageToImageMode ?? 'edit'] ?? Object.values(model.edit ?? {})[0];
-  if (!primary) throw new GatewayError('internal_error', `catalogue: ${model.id} has no route`);
+  const primary = model.generate ?? model.edit?.[model.imageToImageMode ?? 'edit'] ?? Object.values(model.edit ?? {})[0] ?? model.upscale;
+  if (!primary && !model.describe) throw new GatewayError('internal_error', `catalogue: ${model.id} has no route`);
+  if (!primary) {
+    // Describe alone: text out, no image made, no parameters; no published price.
+    const options: Record<string, string> = {};
+    for (const [name, mapping] of Object.entries(model.describe!.options)) options[name] = mapping.rule.allowed;
+    return {
+      id: model.id,
+      aliases: model.aliases,
+      description: model.description,
+      ...(model.retired ? { retired: true, replacement: model.retired.replacement } : {}),
+      operations: operationsOf(model),
+      max_n: 0,
+      parameters: {},
+      options,
+      async: false,
+      input_schema: { describe: describeSchema(model) },
+      price_per_image_usd: null,
+    };
+  }
   const sizeRule = primary.params.size?.rule;
   const ratioRule = primary.params.aspect_ratio?.rule;
   const editModes = editModesOf(model);
@@ -230,6 +276,8 @@ export function describeModel(model: ModelSpec) {
       ...(editModes.length > 0
         ? { edit: Object.fromEntries(editModes.map((mode) => [mode, routeSchema(model.edit![mode]!, true)])) }
         : {}),
+      ...(model.upscale ? { upscale: routeSchema(model.upscale, true) } : {}),
+      ...(model.describe ? { describe: describeSchema(model) } : {}),
     },
     price_per_image_usd: pricePerImage(primary.price),
     ...(primary.price && 'perMillionTokensUsd' in primary.price

@@ -1,6 +1,6 @@
 import type { ParamRule } from './param-rule.js';
 
-/** The fields of /v1/generate and /v1/edit that mean the same thing for every model. */
+/** The fields of /v1/generate, /v1/edit and /v1/upscale that mean the same thing for every model. */
 export const NORMALIZED_PARAMS = [
   'n',
   'size',
@@ -11,10 +11,15 @@ export const NORMALIZED_PARAMS = [
   'style',
   'output_format',
   'background',
+  // Upscale's (Ideogram): how closely the result keeps the source, and how much detail it adds.
+  'resemblance',
+  'detail',
 ] as const;
 export type NormalizedParam = (typeof NORMALIZED_PARAMS)[number];
 
-export type Operation = 'generate' | 'edit';
+export type Operation = 'generate' | 'edit' | 'upscale' | 'describe';
+/** The operations that make images, through the generation pipeline (describe answers text). */
+export type ImageOperation = Exclude<Operation, 'describe'>;
 export type EditMode = 'edit' | 'remix' | 'replace_background';
 export const EDIT_MODES: readonly EditMode[] = ['edit', 'remix', 'replace_background'];
 
@@ -87,6 +92,18 @@ export interface UpstreamRoute {
   price?: Price;
 }
 
+/**
+ * How a describe request is written upstream: one image file and the route's options, nothing else.
+ * No price: the upstream documents publish none for describe, so its cost is unknown (null), never 0.
+ */
+export interface DescribeRoute {
+  family: 'ideogram-multipart';
+  path: string;
+  auth: 'bearer' | 'api-key';
+  options: Record<string, FieldMapping>;
+  images: ImageInput;
+}
+
 export interface ModelSpec {
   id: string;
   aliases: string[];
@@ -94,6 +111,10 @@ export interface ModelSpec {
   description: string;
   generate?: UpstreamRoute;
   edit?: Partial<Record<EditMode, UpstreamRoute>>;
+  /** One image made larger (POST /v1/upscale); the prompt is optional. */
+  upscale?: UpstreamRoute;
+  /** One image in, text descriptions out (POST /v1/describe): nothing is made or stored. */
+  describe?: DescribeRoute;
   /** The edit mode used without a mask when the caller names none (the model's image-to-image). */
   imageToImageMode?: EditMode;
   /** Retired by the operator (CATALOGUE_FILE): requests get 410 model_retired naming the replacement. */

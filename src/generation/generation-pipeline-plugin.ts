@@ -1,11 +1,14 @@
 import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { GenerationPipeline } from './generation-pipeline.js';
+import { ImageDescription } from './image-description.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** Every generate and edit runs through it: checks, limits, direct or as a job, events. */
     pipeline: GenerationPipeline;
+    /** POST /v1/describe: an image in, text out, nothing stored. */
+    description: ImageDescription;
   }
 }
 
@@ -25,9 +28,10 @@ async function generationPipeline(app: FastifyInstance): Promise<void> {
       ...(config.PUBLIC_BASE_URL ? { publicBaseUrl: config.PUBLIC_BASE_URL } : {}),
     }),
   );
+  app.decorate('description', new ImageDescription({ catalogue, upstream: app.upstream, limits, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS }));
 }
 
 export const generationPipelinePlugin = fp(generationPipeline, {
   name: 'generation-pipeline',
-  dependencies: ['catalogue', 'image-generation', 'limits', 'jobs', 'job-callbacks'],
+  dependencies: ['catalogue', 'image-generation', 'limits', 'jobs', 'job-callbacks', 'upstream'],
 });

@@ -1,3 +1,4 @@
+import type { ImageOperation } from '../catalogue/model-spec.js';
 import { createHash, hash } from 'node:crypto';
 import { readFile } from 'node:fs';
 import { readdir, rm, stat, truncate } from 'node:fs/promises';
@@ -35,7 +36,7 @@ export interface StagedImage {
 /** What the request that made an image asked for, kept with the owner's entry (IMAGE_KEEP_PROMPTS). */
 export interface ImageProvenance {
   model: string;
-  operation: 'generate' | 'edit';
+  operation: ImageOperation;
   /** Null with IMAGE_KEEP_PROMPTS=0. */
   prompt: string | null;
   parameters: Record<string, unknown> | null;

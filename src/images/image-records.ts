@@ -1,3 +1,4 @@
+import type { ImageOperation } from '../catalogue/model-spec.js';
 import { migration, sqlByRowCount, valuesPlaceholders, type Database, type Migration, type SqlValue, type Statements } from '../storage/database.js';
 import type { ImageMime } from './image-bytes.js';
 
@@ -97,7 +98,7 @@ export interface ImageOwnership {
   /** The key that last made it for this team. */
   keyId: string | null;
   model: string | null;
-  operation: 'generate' | 'edit' | null;
+  operation: ImageOperation | null;
   /** Absent with IMAGE_KEEP_PROMPTS=0. */
   prompt: string | null;
   parameters: Record<string, unknown> | null;
@@ -191,7 +192,7 @@ const ownershipFromRow = (r: OwnerRow): ImageOwnership => ({
   team: r.team,
   keyId: r.key_id,
   model: r.model,
-  operation: r.operation === 'generate' || r.operation === 'edit' ? r.operation : null,
+  operation: r.operation === 'generate' || r.operation === 'edit' || r.operation === 'upscale' ? r.operation : null,
   prompt: r.prompt,
   parameters: r.parameters_json === null ? null : (JSON.parse(r.parameters_json) as Record<string, unknown>),
   seed: r.seed === null ? null : Number(r.seed),

@@ -26,6 +26,8 @@ export interface EditParts {
   mask: InputImage | undefined;
   /** The request with its images read from disk; the pipeline calls it after its checks (GenerationCall.loadImages). */
   load: (request: ImageRequest) => Promise<ImageRequest>;
+  /** One image read from disk (a pending upload), for requests that are not an ImageRequest (describe). */
+  readImage: (image: InputImage) => Promise<InputImage>;
 }
 
 const mib = (bytes: number) => `${Math.round((bytes / (1024 * 1024)) * 10) / 10} MiB`;
@@ -43,7 +45,7 @@ function fileTooLarge(field: string, maxBytes: number): GatewayError {
   });
 }
 
-/** Shared by POST /v1/edit and the OpenAI-compatible POST /v1/images/edits. */
+/** Shared by POST /v1/edit, /v1/upscale, /v1/describe and the OpenAI-compatible POST /v1/images/edits. */
 export async function readEditParts(app: FastifyInstance, request: FastifyRequest): Promise<EditParts> {
   // Uploads are written under DATA_DIR: none while it is short of space (refused as the pipeline would).
   app.storagePressure.refuseIfPressed();
@@ -119,6 +121,7 @@ export async function readEditParts(app: FastifyInstance, request: FastifyReques
     fields,
     images: files.map((f) => f.image),
     mask: mask?.image,
+    readImage: read,
     load: async (imageRequest) => ({
       ...imageRequest,
       images: await Promise.all(imageRequest.images.map(read)),

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { GatewayError, invalidField, type ErrorDetail } from '../errors.js';
-import type { EditMode, NormalizedParam, Operation } from '../catalogue/model-spec.js';
+import type { EditMode, ImageOperation, NormalizedParam } from '../catalogue/model-spec.js';
 import { EDIT_MODES, NORMALIZED_PARAMS } from '../catalogue/model-spec.js';
 import { sniffImageType, type ImageMime } from '../images/image-bytes.js';
 
@@ -11,10 +11,11 @@ export interface InputImage {
   filename: string;
 }
 
-/** /v1/generate and /v1/edit after parsing, before the model's own rules are applied. */
+/** /v1/generate, /v1/edit and /v1/upscale after parsing, before the model's own rules are applied. */
 export interface ImageRequest {
-  operation: Operation;
+  operation: ImageOperation;
   model: string;
+  /** '' only for an upscale without a prompt (its prompt is optional); then none is sent upstream. */
   prompt: string;
   params: Partial<Record<NormalizedParam, unknown>>;
   options: Record<string, unknown>;
@@ -109,7 +110,7 @@ function refuse(error: z.ZodError, allowedFields: string[], body: object): Gatew
   return new GatewayError('invalid_request', summary, { details });
 }
 
-function pickParams(body: GenerateBody): Partial<Record<NormalizedParam, unknown>> {
+function pickParams(body: Partial<Record<NormalizedParam, unknown>>): Partial<Record<NormalizedParam, unknown>> {
   const params: Partial<Record<NormalizedParam, unknown>> = {};
   for (const name of NORMALIZED_PARAMS) {
     if (body[name] !== undefined) params[name] = body[name];
@@ -123,7 +124,7 @@ function callbackFor(body: { callback_url?: string; async?: boolean }): string |
   return body.callback_url;
 }
 
-function fromBody(operation: Operation, body: GenerateBody, extra: { mode?: EditMode; images?: InputImage[]; mask?: InputImage }): ImageRequest {
+function fromBody(operation: ImageOperation, body: GenerateBody, extra: { mode?: EditMode; images?: InputImage[]; mask?: InputImage }): ImageRequest {
   return {
     operation,
     model: body.model,
@@ -247,7 +248,24 @@ function parseJsonList(value: string): unknown {
   }
 }
 
-const INTEGER_FIELDS = new Set(['n', 'seed']);
+const INTEGER_FIELDS = new Set(['n', 'seed', 'resemblance', 'detail']);
+
+/** A multipart `options` field: a JSON object as a string, with no "__proto__" key. */
+function parseOptionsField(value: string): unknown {
+  let prototypeKey = false;
+  let parsed: unknown;
+  try {
+    // JSON.parse keeps "__proto__" as an own key; anything copying the object later might not.
+    parsed = JSON.parse(value, (key, v: unknown) => {
+      if (key === '__proto__') prototypeKey = true;
+      return v;
+    });
+  } catch {
+    throw invalidField('options', 'must be a JSON object (as a string in multipart)');
+  }
+  if (prototypeKey) throw invalidField('options', 'must not contain a "__proto__" key');
+  return parsed;
+}
 
 /** Multipart text fields arrive as strings; turn them into the JSON body's types, then validate the same way. */
 export function parseEditMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined): ImageRequest {
@@ -258,19 +276,8 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
     else if ((name === 'async' || name === 'fallback_on_timeout') && (value === 'true' || value === 'false')) body[name] = value === 'true';
     // A JSON array (as a string) or a comma-separated list.
     else if (name === 'fallback_models') body[name] = value.trim().startsWith('[') ? parseJsonList(value) : value.split(',').map((v) => v.trim()).filter(Boolean);
-    else if (name === 'options') {
-      let prototypeKey = false;
-      try {
-        // JSON.parse keeps "__proto__" as an own key; anything copying the object later might not.
-        body[name] = JSON.parse(value, (key, v: unknown) => {
-          if (key === '__proto__') prototypeKey = true;
-          return v;
-        });
-      } catch {
-        throw invalidField('options', 'must be a JSON object (as a string in multipart)');
-      }
-      if (prototypeKey) throw invalidField('options', 'must not contain a "__proto__" key');
-    } else body[name] = value;
+    else if (name === 'options') body[name] = parseOptionsField(value);
+    else body[name] = value;
   }
   const schema = z
     .strictObject({ ...commonFields, mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]) })
@@ -281,4 +288,111 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
   if (images.length === 0) throw invalidField('image', 'at least one image file is required');
   const { mode, ...rest } = parsed.data;
   return fromBody('edit', rest, { images, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
+}
+
+// ---------------------------------------------------------------- upscale and describe
+
+/**
+ * POST /v1/upscale: one image, an optional prompt, and the fields the upscale model declares
+ * (resemblance, detail, n, seed, options). Ranges are the catalogue's rules, checked by the
+ * pipeline; here only the types. No fallbacks: one model upscales.
+ */
+const upscaleFields = {
+  model: commonFields.model,
+  prompt: commonFields.prompt,
+  n: commonFields.n,
+  seed: commonFields.seed,
+  resemblance: z.number().int(),
+  detail: z.number().int(),
+  response_format: commonFields.response_format,
+  options: commonFields.options,
+  async: commonFields.async,
+  callback_url: commonFields.callback_url,
+};
+const upscaleSchema = z.strictObject(upscaleFields).partial().required({ model: true });
+type UpscaleBody = z.infer<typeof upscaleSchema>;
+
+function upscaleRequest(body: UpscaleBody, image: InputImage): ImageRequest {
+  return {
+    operation: 'upscale',
+    model: body.model,
+    prompt: body.prompt ?? '',
+    params: pickParams(body),
+    options: body.options ?? {},
+    responseFormat: body.response_format ?? 'url',
+    async: body.async ?? false,
+    ...(body.callback_url ? { callbackUrl: callbackFor(body) } : {}),
+    images: [image],
+  };
+}
+
+/** A JSON upscale: `image` a data URL (decoded here) or an http(s) URL (left pending for `withFetched`). */
+export function parseUpscaleJson(raw: unknown, maxImageBytes: number): ParsedEditJson {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
+  const schema = upscaleSchema.extend({ image: imageRef }).required({ image: true });
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(upscaleFields), 'image'], raw);
+  const { image, ...rest } = parsed.data;
+  const urls: ImageUrlRef[] = [];
+  let input: InputImage;
+  if (HTTP_URL.test(image)) {
+    urls.push({ field: 'image', url: image });
+    input = pendingImage('image/png', 'image');
+  } else input = decodeDataUrl(image, 'image', maxImageBytes);
+  return { request: upscaleRequest(rest, input), urls };
+}
+
+/** Multipart text fields in the JSON body's types; files were read by readEditParts. */
+function multipartBody(fields: Map<string, string>): Record<string, unknown> {
+  const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+  for (const [name, value] of fields) {
+    if (INTEGER_FIELDS.has(name) && /^-?\d+$/.test(value)) body[name] = Number(value);
+    else if (name === 'async' && (value === 'true' || value === 'false')) body[name] = value === 'true';
+    else if (name === 'options') body[name] = parseOptionsField(value);
+    else body[name] = value;
+  }
+  return body;
+}
+
+/** The one image an upscale or describe takes, from a multipart body's files. */
+function oneImage(images: InputImage[], mask: InputImage | undefined): InputImage {
+  if (mask) throw invalidField('mask', 'is not a field of this request: it takes one image and no mask');
+  if (images.length === 0) throw invalidField('image', 'one image file is required');
+  if (images.length > 1) throw invalidField('image', `takes one image; got ${images.length}`);
+  return images[0]!;
+}
+
+export function parseUpscaleMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined): ImageRequest {
+  const body = multipartBody(fields);
+  const parsed = upscaleSchema.safeParse(body);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(upscaleFields), 'image (file)'], body);
+  return upscaleRequest(parsed.data, oneImage(images, mask));
+}
+
+/** POST /v1/describe after parsing: the model, its options, one image. */
+export interface DescribeRequest {
+  model: string;
+  options: Record<string, unknown>;
+  image: InputImage;
+}
+
+const describeFields = { model: commonFields.model, options: commonFields.options };
+const describeSchema = z.strictObject(describeFields).partial().required({ model: true });
+
+/** A JSON describe: `image` a data URL (decoded here) or an http(s) URL (to fetch once admitted). */
+export function parseDescribeJson(raw: unknown, maxImageBytes: number): { request: DescribeRequest; url?: string } {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
+  const parsed = describeSchema.extend({ image: imageRef }).required({ image: true }).safeParse(raw);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(describeFields), 'image'], raw);
+  const { image, model, options } = parsed.data;
+  const base = { model, options: options ?? {} };
+  if (HTTP_URL.test(image)) return { request: { ...base, image: pendingImage('image/png', 'image') }, url: image };
+  return { request: { ...base, image: decodeDataUrl(image, 'image', maxImageBytes) } };
+}
+
+export function parseDescribeMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined): DescribeRequest {
+  const body = multipartBody(fields);
+  const parsed = describeSchema.safeParse(body);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(describeFields), 'image (file)'], body);
+  return { model: parsed.data.model, options: parsed.data.options ?? {}, image: oneImage(images, mask) };
 }

@@ -1,11 +1,23 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
 import { describeModel } from '../catalogue/catalogue.js';
-import { parseEditJson, parseEditMultipart, parseGenerateBody, withFetched, type ImageRequest } from '../request/image-request.js';
+import {
+  parseDescribeJson,
+  parseDescribeMultipart,
+  parseEditJson,
+  parseEditMultipart,
+  parseGenerateBody,
+  parseUpscaleJson,
+  parseUpscaleMultipart,
+  withFetched,
+  type DescribeRequest,
+  type ImageRequest,
+} from '../request/image-request.js';
 import { modelAllowed } from '../auth/key-policy.js';
 import { readEditParts, type EditParts } from '../request/edit-parts.js';
 import type { GenerationCall } from '../generation/generation-pipeline.js';
-import { answerGeneration, gatewayEvents, streamFlag } from './generation-http.js';
+import type { DescribeCall } from '../generation/image-description.js';
+import { answerGeneration, gatewayEvents, streamFlag, whileConnected } from './generation-http.js';
 
 function isJson(request: FastifyRequest): boolean {
   const type = request.headers['content-type'] ?? '';
@@ -60,6 +72,11 @@ export function jsonEditBodyLimit(app: FastifyInstance): number {
   return Math.min(app.config.MAX_REQUEST_BYTES, perImage * mostInputImages(app) + 256 * 1024);
 }
 
+/** A JSON body with one image (upscale, describe): that image up to MAX_UPLOAD_BYTES in base64, plus 256 KiB; never over MAX_REQUEST_BYTES. */
+function oneImageBodyLimit(app: FastifyInstance): number {
+  return Math.min(app.config.MAX_REQUEST_BYTES, Math.ceil((app.config.MAX_UPLOAD_BYTES * 4) / 3) + 64 + 256 * 1024);
+}
+
 export async function imageRoutes(app: FastifyInstance): Promise<void> {
   // A key sees the models it may use.
   app.get('/v1/models', async (request) => ({
@@ -100,5 +117,65 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
       if (parsed.urls.length > 0) load = async (admitted, signal) => withFetched(admitted, await app.imageFetcher.fetchAll(parsed.urls, signal));
     } else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
     return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined, load);
+  });
+
+  // One image, an optional prompt: through the same pipeline as an edit (limits, usage, jobs, streams).
+  app.post('/v1/upscale', { bodyLimit: oneImageBodyLimit(app), config: { spendsMoney: true } }, async (request, reply) => {
+    let imageRequest: ImageRequest;
+    let stream = false;
+    let load: GenerationCall['loadImages'];
+    if (request.isMultipart()) {
+      const parts = await readEditParts(app, request);
+      noteRequestedModel(app, request, parts.fields.get('model'));
+      stream = takeStreamFlag(parts.fields);
+      imageRequest = parseUpscaleMultipart(parts.fields, parts.images, parts.mask);
+      load = parts.load;
+    } else if (isJson(request)) {
+      const body = (jsonBody(request.body) ?? {}) as { model?: unknown };
+      noteRequestedModel(app, request, body.model);
+      if (typeof body === 'object') stream = takeStreamFlag(body as Record<string, unknown>);
+      const parsed = parseUpscaleJson(body, app.config.MAX_UPLOAD_BYTES);
+      imageRequest = parsed.request;
+      if (parsed.urls.length > 0) load = async (admitted, signal) => withFetched(admitted, await app.imageFetcher.fetchAll(parsed.urls, signal));
+    } else throw new GatewayError('unsupported_media_type', 'POST /v1/upscale takes multipart/form-data or application/json');
+    return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined, load);
+  });
+
+  // Text out, nothing stored: not a job, not a stream, no Idempotency-Key (nothing to replay).
+  app.post('/v1/describe', { bodyLimit: oneImageBodyLimit(app), config: { spendsMoney: true } }, async (request, reply) => {
+    if (request.headers['idempotency-key'] !== undefined) {
+      throw invalidField('Idempotency-Key', 'is not taken by POST /v1/describe: a describe is answered at once and stores nothing to replay; send it without the header');
+    }
+    let describeRequest: DescribeRequest;
+    let loadImage: DescribeCall['loadImage'];
+    if (request.isMultipart()) {
+      const parts = await readEditParts(app, request);
+      noteRequestedModel(app, request, parts.fields.get('model'));
+      describeRequest = parseDescribeMultipart(parts.fields, parts.images, parts.mask);
+      loadImage = async (admitted) => ({ ...admitted, image: await parts.readImage(admitted.image) });
+    } else if (isJson(request)) {
+      const body = (jsonBody(request.body) ?? {}) as { model?: unknown };
+      noteRequestedModel(app, request, body.model);
+      const parsed = parseDescribeJson(body, app.config.MAX_UPLOAD_BYTES);
+      describeRequest = parsed.request;
+      const url = parsed.url;
+      if (url !== undefined) {
+        loadImage = async (admitted, signal) => ({ ...admitted, image: (await app.imageFetcher.fetchAll([{ field: 'image', url }], signal)).get('image') ?? admitted.image });
+      }
+    } else throw new GatewayError('unsupported_media_type', 'POST /v1/describe takes multipart/form-data or application/json');
+    const { signal, release } = whileConnected(reply);
+    try {
+      const admitted = await app.description.admit({
+        client: request.client!,
+        request: describeRequest,
+        signal,
+        outcome: request.outcome,
+        ...(loadImage ? { loadImage } : {}),
+      });
+      reply.headers(admitted.headers);
+      return await admitted.run();
+    } finally {
+      release();
+    }
   });
 }

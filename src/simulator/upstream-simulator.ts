@@ -504,6 +504,45 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
     const prompt = requirePrompt(imageRequest.prompt);
     return ideogramReply(sim, prompt, imageCount(imageRequest.num_images));
   });
+
+  // As the documents show: image_file, and image_request (a JSON object, {} at least) whose prompt is optional.
+  api.post('/ideogram/upscale', async (request, reply) => {
+    const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
+    sim.checkKey(request, 'ideogram');
+    await sim.delay();
+    const fault = sim.takeFault(request);
+    if (fault) return answerFault(sim, reply, fault, 'ideogram');
+
+    if (files.filter((file) => file.field === 'image_file').length !== 1) {
+      throw new SimulatedHttpError(400, 'one image_file is required', 'invalid_request_error');
+    }
+    const imageRequest = parseImageRequestField(firstField(fields, 'image_request'));
+    for (const name of ['resemblance', 'detail']) {
+      const value = imageRequest[name];
+      if (value !== undefined && !(typeof value === 'number' && Number.isInteger(value) && value >= 1 && value <= 100)) {
+        throw new SimulatedHttpError(400, `${name} must be an integer from 1 to 100`, 'invalid_request_error');
+      }
+    }
+    const prompt = typeof imageRequest.prompt === 'string' && imageRequest.prompt !== '' ? imageRequest.prompt : `upscale ${files[0]!.sha256}`;
+    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images));
+  });
+
+  // One image_file in, {"descriptions":[{"text"}]} out; describe_model_version as the vendor's spec allows.
+  api.post('/ideogram/describe', async (request, reply) => {
+    const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
+    sim.checkKey(request, 'ideogram');
+    await sim.delay();
+    const fault = sim.takeFault(request);
+    if (fault) return answerFault(sim, reply, fault, 'ideogram');
+
+    const image = files.find((file) => file.field === 'image_file');
+    if (!image) throw new SimulatedHttpError(400, 'image_file is required', 'invalid_request_error');
+    const version = firstField(fields, 'describe_model_version') ?? 'V_3';
+    if (!['V_2', 'V_3', 'V_4'].includes(version)) {
+      throw new SimulatedHttpError(400, 'describe_model_version must be one of V_2, V_3, V_4', 'invalid_request_error');
+    }
+    return { descriptions: [{ text: `A simulated description (${version}) of an image of ${image.bytes} bytes, sha256 ${image.sha256.slice(0, 12)}.` }] };
+  });
 }
 
 function answerFault(

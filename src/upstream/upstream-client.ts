@@ -184,6 +184,21 @@ export class UpstreamClient {
     };
   }
 
+  /**
+   * Sends one request whose answer is not images (describe) under the same concurrency cap, key
+   * rotation and retries as a generation; resolves with upstream's JSON reply as it is.
+   */
+  async send(req: UpstreamRequest, signal: AbortSignal, queueOwner = ''): Promise<{ body: unknown; upstreamMs: number }> {
+    const started = performance.now();
+    await inSpan('upstream.queue_wait', { 'gateway.team': queueOwner, 'gateway.queue.waiting': this.slots.waiting }, () => this.slots.acquire(queueOwner, signal));
+    try {
+      const { body } = await this.exchange.submit(req, signal);
+      return { body, upstreamMs: Math.round(performance.now() - started) };
+    } finally {
+      this.slots.release();
+    }
+  }
+
   /** See ResultDownloader.download. */
   download<T>(url: string, signal: AbortSignal, consume: (body: AsyncIterable<Uint8Array>) => Promise<T>): Promise<T> {
     return this.downloader.download(url, signal, consume);

@@ -1,6 +1,6 @@
 import { GatewayError, invalidField } from '../errors.js';
-import type { FieldMapping, ModelSpec, NormalizedParam, UpstreamRoute } from '../catalogue/model-spec.js';
-import type { ImageRequest, InputImage } from '../request/image-request.js';
+import type { DescribeRoute, FieldMapping, ModelSpec, NormalizedParam, UpstreamRoute } from '../catalogue/model-spec.js';
+import type { DescribeRequest, ImageRequest, InputImage } from '../request/image-request.js';
 import { toBlackMeansChangeMask } from '../images/mask.js';
 
 export interface UpstreamFile {
@@ -69,9 +69,9 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     }
     check(`options.${name}`, mapping, value);
   }
-  if (req.operation === 'edit') {
+  if (req.operation === 'edit' || req.operation === 'upscale') {
     const images = route.images;
-    if (!images) throw new GatewayError('internal_error', `catalogue: ${model.id} edit route takes no image`);
+    if (!images) throw new GatewayError('internal_error', `catalogue: ${model.id} ${req.operation} route takes no image`);
     if (req.images.length > images.max) {
       throw invalidField('image', `${model.id} takes at most ${images.max} image${images.max === 1 ? '' : 's'}; got ${req.images.length}`);
     }
@@ -106,7 +106,8 @@ function copyJson<T>(value: T): T {
 /** Writes the normalized request in the upstream's own terms, as the catalogue declares. */
 export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest): Promise<UpstreamRequest> {
   const tree: Record<string, unknown> = copyJson(route.fixed ?? {});
-  setPath(tree, route.prompt.to, req.prompt);
+  // Only an upscale may come without a prompt (its prompt is optional upstream too).
+  if (req.prompt !== '') setPath(tree, route.prompt.to, req.prompt);
   for (const [name, value] of Object.entries(req.params) as Array<[NormalizedParam, unknown]>) {
     const mapping = ownMapping(route.params, name);
     if (!mapping) continue; // only n = 1 on a one-image model, which upstream does not take
@@ -119,7 +120,7 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
   }
 
   const files: UpstreamFile[] = [];
-  if (req.operation === 'edit' && route.images) {
+  if ((req.operation === 'edit' || req.operation === 'upscale') && route.images) {
     const spec = route.images;
     if (spec.encoding === 'file') {
       const field = req.images.length > 1 && spec.repeatedFileField ? spec.repeatedFileField : spec.to;
@@ -157,4 +158,27 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
       return { path: route.path, auth, async, ...task, body: { kind: 'multipart', fields, files } };
     }
   }
+}
+
+/** A describe request against its model's route: options it declares, with values it allows, and one image. */
+export function checkDescribe(model: ModelSpec, route: DescribeRoute, req: DescribeRequest): void {
+  const optionNames = Object.keys(route.options);
+  for (const [name, value] of Object.entries(req.options)) {
+    const mapping = ownMapping(route.options, name);
+    if (!mapping) throw invalidField(`options.${name}`, `is not an option of ${model.id}`, optionNames);
+    check(`options.${name}`, mapping, value);
+  }
+}
+
+/** A describe request in upstream terms: multipart, the image as the route's file field, each option a text field. */
+export function toDescribeRequest(route: DescribeRoute, req: DescribeRequest): UpstreamRequest {
+  const tree: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(req.options)) {
+    const mapping = ownMapping(route.options, name);
+    if (!mapping) throw invalidField(`options.${name}`, 'is not an option of this model', Object.keys(route.options));
+    setPath(tree, mapping.to ?? name, mapping.write ? mapping.write(value) : value);
+  }
+  const fields: Array<[string, string]> = Object.entries(tree).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify(v)]);
+  const file: UpstreamFile = { field: route.images.to, filename: fileName(req.image, 'image-1'), mime: req.image.mime, bytes: req.image.bytes };
+  return { path: route.path, auth: route.auth, async: false, body: { kind: 'multipart', fields, files: [file] } };
 }

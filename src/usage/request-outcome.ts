@@ -1,3 +1,5 @@
+import type { Operation } from '../catalogue/model-spec.js';
+
 /**
  * What one request did, filled in as it goes (route, pipeline, error handler) and read once it has
  * been answered: by the request log line, the usage log and the metrics.
@@ -13,7 +15,7 @@ export interface RequestOutcome {
   streaming?: boolean;
   /** The status it is recorded with when not the HTTP status: a stream that failed after its 200 headers. */
   status?: number;
-  operation?: 'generate' | 'edit';
+  operation?: Operation;
   model?: string;
   /** Images asked for (n, default 1). */
   imagesRequested?: number;
