@@ -32,7 +32,7 @@ const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex
 
 const COLOR_PALETTE = [{ hex: '#C0392B' }, { hex: '#F1C40F' }, { hex: '#2C3E50' }];
 
-type Operation = 'generate' | 'edit' | 'remix' | 'replace_background';
+type Operation = 'generate' | 'edit' | 'remix' | 'replace_background' | 'upscale';
 
 interface ExpectedUpstream {
   path: string;
@@ -719,6 +719,21 @@ const CASES: RoutingCase[] = [
     },
   },
 
+  // ------------------------------------------------------------ Ideogram upscale (POST /v1/upscale)
+  {
+    model: 'ideogram-upscale',
+    op: 'upscale',
+    request: { n: '2', seed: '9', resemblance: '70', detail: '30', options: options({ magic_prompt_option: 'AUTO' }) },
+    images: [SOURCE],
+    expectImages: 2,
+    upstream: {
+      path: '/ideogram/upscale',
+      auth: 'api-key',
+      fields: { image_request: { prompt: PROMPT, num_images: 2, seed: 9, resemblance: 70, detail: 30, magic_prompt_option: 'AUTO' } },
+      files: ['image_file'],
+    },
+  },
+
   // ------------------------------------------------------------ Stability
   {
     model: 'Stable-Diffusion-3-5-Large',
@@ -977,16 +992,17 @@ async function sendGenerate(body: Record<string, unknown>) {
   return h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { prompt: PROMPT, ...body } });
 }
 
-async function sendEdit(fields: Record<string, unknown>, images: Buffer[], mask?: Buffer) {
+async function sendEdit(fields: Record<string, unknown>, images: Buffer[], mask?: Buffer, url = '/v1/edit') {
   const textFields = Object.fromEntries(Object.entries({ prompt: PROMPT, ...fields }).map(([k, v]) => [k, String(v)]));
   const files = images.map((bytes, i) => ({ field: 'image', filename: `source-${i + 1}.png`, bytes }));
   if (mask) files.push({ field: 'mask', filename: 'mask.png', bytes: mask });
   const { payload, headers } = multipartBody(textFields, files);
-  return h.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...h.auth, ...headers }, payload });
+  return h.app.inject({ method: 'POST', url, headers: { ...h.auth, ...headers }, payload });
 }
 
 function send(c: RoutingCase, model = c.model) {
-  return c.op === 'generate' ? sendGenerate({ model, ...c.request }) : sendEdit({ model, ...c.request }, c.images ?? [], c.mask);
+  if (c.op === 'generate') return sendGenerate({ model, ...c.request });
+  return sendEdit({ model, ...c.request }, c.images ?? [], c.mask, c.op === 'upscale' ? '/v1/upscale' : '/v1/edit');
 }
 
 /** Legacy Ideogram remix carries its parameters as one JSON string field, image_request: compare it parsed. */
@@ -1082,14 +1098,17 @@ describe.each(CASES.map((c) => [title(c), c] as const))('%s', (_title, c) => {
 // ---------------------------------------------------------------- coverage of the catalogue
 
 describe('the routing table', () => {
-  it('covers every catalogue model id and no other', () => {
+  // A model that only describes answers text, not images: test/ideogram-upscale-describe.test.ts covers it.
+  const imageModels = MODELS.filter((m) => m.generate || m.edit || m.upscale);
+
+  it('covers every catalogue model id (that makes images) and no other', () => {
     const covered = [...new Set(CASES.map((c) => c.model))].sort();
-    expect(covered).toEqual(MODELS.map((m) => m.id).sort());
+    expect(covered).toEqual(imageModels.map((m) => m.id).sort());
   });
 
   it('covers every operation and edit mode that each model offers', () => {
     const offered = Object.fromEntries(
-      MODELS.map((m) => [m.id, [...(m.generate ? ['generate'] : []), ...Object.keys(m.edit ?? {})].sort()]),
+      imageModels.map((m) => [m.id, [...(m.generate ? ['generate'] : []), ...Object.keys(m.edit ?? {}), ...(m.upscale ? ['upscale'] : [])].sort()]),
     );
     const covered: Record<string, string[]> = {};
     for (const c of CASES) (covered[c.model] ??= []).push(c.op);

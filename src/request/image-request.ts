@@ -302,8 +302,9 @@ const upscaleFields = {
   prompt: commonFields.prompt,
   n: commonFields.n,
   seed: commonFields.seed,
-  resemblance: z.number().int(),
-  detail: z.number().int(),
+  // Numbers here; the model's own rules (intRange 1-100 for ideogram-upscale) judge them.
+  resemblance: z.number(),
+  detail: z.number(),
   response_format: commonFields.response_format,
   options: commonFields.options,
   async: commonFields.async,
