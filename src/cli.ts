@@ -325,7 +325,7 @@ function imageFields(command: string, values: ImageValues, positionals: string[]
 }
 
 /** Sends the request as an async job, waits for it with progress on stderr, saves the images. */
-async function runImageJob(command: string, values: ImageValues, send: (gateway: Gateway) => Promise<Json | undefined>): Promise<void> {
+async function runImageJob(command: string, values: { timeout?: string | undefined; output?: string | undefined }, send: (gateway: Gateway) => Promise<Json | undefined>): Promise<void> {
   const timeout = integer('timeout', values.timeout, command) ?? 900;
   const gateway = gatewayFromEnv();
   const answer = (await send(gateway))!;
@@ -395,6 +395,104 @@ Example:
     for (const path of values.image) form.append('image', await imageBlob(path, 'image'), basename(path));
     if (values.mask) form.append('mask', await imageBlob(values.mask, 'mask'), basename(values.mask));
     await runImageJob('edit', values, (gateway) => call(gateway, 'POST', '/v1/edit', { form }));
+  },
+};
+
+const UPSCALE_OPTIONS = {
+  model: { type: 'string', short: 'm' },
+  image: { type: 'string', short: 'i' },
+  prompt: { type: 'string', short: 'p' },
+  resemblance: { type: 'string' },
+  detail: { type: 'string' },
+  n: { type: 'string', short: 'n' },
+  seed: { type: 'string' },
+  option: { type: 'string', multiple: true },
+  output: { type: 'string', short: 'o' },
+  timeout: { type: 'string' },
+} as const;
+
+/** Text fields and one image file as a multipart form; objects (options) JSON-encoded, absent fields left out. */
+async function imageForm(fields: Record<string, unknown>, imagePath: string): Promise<FormData> {
+  const form = new FormData();
+  for (const [name, value] of Object.entries(fields)) {
+    if (value !== undefined) form.append(name, typeof value === 'object' ? JSON.stringify(value) : String(value));
+  }
+  form.append('image', await imageBlob(imagePath, 'image'), basename(imagePath));
+  return form;
+}
+
+const upscale: Command = {
+  summary: 'upscale an image (with an optional prompt) and save the results',
+  help: `Usage: ${PROGRAM} upscale -m <model> -i <image> [options] [prompt]
+
+Sends POST /v1/upscale (multipart) as an async job, shows the job's status on stderr while it
+runs, then downloads the images and prints the saved paths on stdout.
+
+  -m, --model <id>            a model that upscales, e.g. ideogram-upscale       [required]
+  -i, --image <file>          the image to upscale, PNG, JPEG or WebP            [required]
+  -p, --prompt <text>         an optional prompt to guide the upscale (or the last argument)
+      --resemblance <1-100>   how closely the result keeps the source
+      --detail <1-100>        how much detail the upscale adds
+  -n <count>                  number of images, 1..the model's max n
+      --seed <int>
+      --option key=value      a model-specific option, e.g. magic_prompt_option=OFF (repeatable)
+  -o, --output <file>         where to save: out.png, or out-1.png, out-2.png, ... when n > 1
+      --timeout <seconds>     stop waiting after this long (default 900; the job goes on at the gateway)
+  -h, --help                  this help
+
+Example:
+  ${PROGRAM} upscale -m ideogram-upscale -i poster.png --resemblance 80 -o poster-large.png`,
+  async run(args) {
+    const { values, positionals } = parse('upscale', args, UPSCALE_OPTIONS);
+    if (values.help) return void console.log(this.help);
+    if (!values.model) throw usageError('--model is required', 'upscale');
+    if (!values.image) throw usageError('--image is required', 'upscale');
+    const prompt = values.prompt ?? (positionals.length > 0 ? positionals.join(' ') : undefined);
+    const form = await imageForm(
+      {
+        model: values.model,
+        prompt,
+        resemblance: integer('resemblance', values.resemblance, 'upscale'),
+        detail: integer('detail', values.detail, 'upscale'),
+        n: integer('n', values.n, 'upscale'),
+        seed: integer('seed', values.seed, 'upscale'),
+        options: parseOptions(values.option, 'upscale'),
+        async: true,
+      },
+      values.image,
+    );
+    await runImageJob('upscale', values, (gateway) => call(gateway, 'POST', '/v1/upscale', { form }));
+  },
+};
+
+const describeCommand: Command = {
+  summary: 'describe an image in text',
+  help: `Usage: ${PROGRAM} describe -m <model> -i <image> [--option key=value]
+
+Sends POST /v1/describe (multipart) and prints each description on stdout, a blank line apart.
+Nothing is stored at the gateway.
+
+  -m, --model <id>            a model that describes, e.g. ideogram-describe     [required]
+  -i, --image <file>          the image to describe, PNG, JPEG or WebP           [required]
+      --option key=value      a model-specific option, e.g. describe_model_version=V_3 (repeatable)
+  -h, --help                  this help
+
+Example:
+  ${PROGRAM} describe -m ideogram-describe -i poster.png`,
+  async run(args) {
+    const { values, positionals } = parse('describe', args, {
+      model: { type: 'string', short: 'm' },
+      image: { type: 'string', short: 'i' },
+      option: { type: 'string', multiple: true },
+    });
+    if (values.help) return void console.log(this.help);
+    if (!values.model) throw usageError('--model is required', 'describe');
+    if (!values.image) throw usageError('--image is required', 'describe');
+    if (positionals.length > 0) throw usageError(`describe takes no prompt; got "${positionals.join(' ')}"`, 'describe');
+    const form = await imageForm({ model: values.model, options: parseOptions(values.option, 'describe') }, values.image);
+    const answer = (await call(gatewayFromEnv(), 'POST', '/v1/describe', { form }))!;
+    const texts = (answer.descriptions as Json[]).map((d) => String(d.text));
+    process.stdout.write(`${texts.join('\n\n')}\n`);
   },
 };
 
@@ -541,7 +639,7 @@ const keys: Command = {
   },
 };
 
-const COMMANDS: Record<string, Command> = { generate, edit, models, usage, keys };
+const COMMANDS: Record<string, Command> = { generate, edit, upscale, describe: describeCommand, models, usage, keys };
 
 const MAIN_HELP = `Usage: ${PROGRAM} <command> [options]
 

@@ -68,12 +68,12 @@ describe('help', () => {
   it('lists the commands and the environment it reads', async () => {
     const run = await cli(['--help'], { key: undefined });
     expect(run.code).toBe(0);
-    for (const command of ['generate', 'edit', 'models', 'usage', 'keys']) expect(run.stdout).toContain(`  ${command}`);
+    for (const command of ['generate', 'edit', 'upscale', 'describe', 'models', 'usage', 'keys']) expect(run.stdout).toContain(`  ${command}`);
     expect(run.stdout).toMatch(/GATEWAY_URL/);
     expect(run.stdout).toMatch(/GATEWAY_KEY/);
   });
 
-  it.each(['generate', 'edit', 'models', 'usage', 'keys'])('%s --help explains the command without calling the gateway', async (command) => {
+  it.each(['generate', 'edit', 'upscale', 'describe', 'models', 'usage', 'keys'])('%s --help explains the command without calling the gateway', async (command) => {
     const run = await cli([command, '--help'], { key: undefined });
     expect(run.code).toBe(0);
     expect(run.stdout).toMatch(new RegExp(`^Usage: image-gateway ${command}`));
@@ -175,6 +175,57 @@ describe('edit', () => {
     const run = await cli(['edit', '-m', 'gpt-image-1', '-i', 'nope.png', 'x']);
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/cannot read the image file nope\.png/);
+  });
+});
+
+describe('upscale', () => {
+  it('uploads the image with its fields as image_file and image_request upstream, and saves the results', async () => {
+    const source = await makePng(40, 24);
+    writeFileSync(join(workDir, 'poster.png'), source);
+    const run = await cli(['upscale', '-m', 'ideogram-upscale', '-i', 'poster.png', '--resemblance', '80', '--detail', '30', '-n', '2', '--option', 'magic_prompt_option=OFF', '-o', 'large.png', 'sharper letters']);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout.trim().split('\n')).toEqual(['large-1.png', 'large-2.png']);
+    expect(readFileSync(join(workDir, 'large-1.png')).subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
+    const upstream = submissions()[0]!;
+    expect(upstream.path).toBe('/ideogram/upscale');
+    expect(upstream.files?.map((f) => [f.field, f.sha256])).toEqual([['image_file', sha256(source)]]);
+    expect(JSON.parse(upstream.fields!.image_request as string)).toEqual({ prompt: 'sharper letters', resemblance: 80, detail: 30, num_images: 2, magic_prompt_option: 'OFF' });
+  });
+
+  it('a value out of the model’s range is the gateway’s 400 naming the field, and nothing goes upstream', async () => {
+    writeFileSync(join(workDir, 'poster.png'), await makePng());
+    const run = await cli(['upscale', '-m', 'ideogram-upscale', '-i', 'poster.png', '--resemblance', '101']);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/400 invalid_request: resemblance: must be an integer from 1 to 100/);
+    expect(submissions()).toHaveLength(0);
+  });
+
+  it('without --image is exit code 2', async () => {
+    const run = await cli(['upscale', '-m', 'ideogram-upscale']);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toMatch(/--image is required/);
+  });
+});
+
+describe('describe', () => {
+  it('prints the descriptions, sending the image and the option upstream', async () => {
+    const source = await makePng(20, 20);
+    writeFileSync(join(workDir, 'photo.png'), source);
+    const run = await cli(['describe', '-m', 'ideogram-describe', '-i', 'photo.png', '--option', 'describe_model_version=V_2']);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/^A simulated description \(V_2\)/);
+    const upstream = submissions()[0]!;
+    expect(upstream.path).toBe('/ideogram/describe');
+    expect(upstream.fields).toEqual({ describe_model_version: 'V_2' });
+    expect(upstream.files?.map((f) => [f.field, f.sha256])).toEqual([['image_file', sha256(source)]]);
+  });
+
+  it('a model that does not describe is the gateway’s 400', async () => {
+    writeFileSync(join(workDir, 'photo.png'), await makePng());
+    const run = await cli(['describe', '-m', 'gpt-image-1', '-i', 'photo.png']);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/gpt-image-1 does not describe images/);
+    expect(submissions()).toHaveLength(0);
   });
 });
 
