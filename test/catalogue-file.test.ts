@@ -184,7 +184,8 @@ describe('from + upstream_model on every built-in model', () => {
     const { builtinCatalogueData } = await import('../src/catalogue/builtin-catalogue.js');
     const { mergeOverlay } = await import('../src/catalogue/catalogue-file.js');
     const { loadCatalogue } = await import('../src/catalogue/catalogue-schema.js');
-    const builtin = builtinCatalogueData() as { models: Array<{ id: string }> };
+    // Ideogram's upscale and describe paths name no model (one model serves each): nothing to rename, tested below.
+    const builtin = { models: (builtinCatalogueData() as { models: Array<{ id: string; generate?: unknown; edit?: unknown }> }).models.filter((m) => m.generate || m.edit) };
     const overlay = { models: builtin.models.map((m) => ({ id: `${m.id}-copy`, from: m.id, upstream_model: 'brand-new-model' })) };
     const merged = loadCatalogue(mergeOverlay(builtin, overlay));
     for (const original of builtin.models) {
@@ -196,6 +197,25 @@ describe('from + upstream_model on every built-in model', () => {
         expect(named, `${original.id} ${route.path}`).toBe(true);
       }
     }
+  });
+});
+
+describe('upscale and describe models in the overlay', () => {
+  it('a copy of ideogram-upscale or ideogram-describe is refused: their routes name no upstream model to replace', async () => {
+    const { builtinCatalogueData } = await import('../src/catalogue/builtin-catalogue.js');
+    const { mergeOverlay } = await import('../src/catalogue/catalogue-file.js');
+    for (const from of ['ideogram-upscale', 'ideogram-describe']) {
+      expect(() => mergeOverlay(builtinCatalogueData(), { models: [{ id: `${from}-2`, from, upstream_model: 'V_9' }] })).toThrow(/names no upstream model to replace/);
+    }
+  });
+
+  it('price_per_image_usd reprices the upscale route; on describe it is refused, describe makes no image', async () => {
+    const { builtinCatalogueData } = await import('../src/catalogue/builtin-catalogue.js');
+    const { mergeOverlay } = await import('../src/catalogue/catalogue-file.js');
+    const { loadCatalogue } = await import('../src/catalogue/catalogue-schema.js');
+    const merged = loadCatalogue(mergeOverlay(builtinCatalogueData(), { models: [{ id: 'ideogram-upscale', price_per_image_usd: 0.05 }] }));
+    expect(merged.find((m) => m.id === 'ideogram-upscale')!.upscale!.price).toEqual({ perImageUsd: 0.05 });
+    expect(() => mergeOverlay(builtinCatalogueData(), { models: [{ id: 'ideogram-describe', price_per_image_usd: 0.01 }] })).toThrow(/only describes makes no image and takes no price/);
   });
 });
 

@@ -14,6 +14,8 @@ import { parse } from 'yaml';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ADMIN_KEY, UPSTREAM_KEY, jobWhenFinished, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 import { eventsOf, parseSse } from './sse.js';
+import { ModelCatalogue, pricePerImage } from '../src/catalogue/catalogue.js';
+import { MODELS } from '../src/catalogue/models.js';
 
 const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
 const ajv = new Ajv2020({ strict: false, allErrors: true });
@@ -357,5 +359,13 @@ describe('POST /v1/describe', () => {
     expect(res.statusCode).toBe(403);
     expect(res.json().error.message).toMatch(/no known price/);
     expect(h.simulator.received).toHaveLength(0);
+  });
+});
+
+describe('PRICE_OVERRIDES', () => {
+  it('reprices the upscale route, and refuses to price a model that only describes', () => {
+    const catalogue = new ModelCatalogue(MODELS, { 'ideogram/upscale': 0.05 });
+    expect(pricePerImage(catalogue.find('ideogram-upscale')!.upscale!.price)).toBe(0.05);
+    expect(() => new ModelCatalogue(MODELS, { 'ideogram-describe': 0.01 })).toThrow(/only describes: it makes no image to price/);
   });
 });

@@ -36,16 +36,17 @@ const overlaySchema = z.strictObject({ models: z.array(overlayEntrySchema) }, { 
 
 type Data = Record<string, unknown>;
 const OVERLAY_KEYS = ['from', 'upstream_model', 'disabled', 'price_per_image_usd', 'price_per_million_tokens_usd'];
-const ROUTE_KEYS = ['generate', 'edit', 'image_to_image_mode'];
+const ROUTE_KEYS = ['generate', 'edit', 'upscale', 'describe', 'image_to_image_mode'];
 const ENTRY_KEYS = Object.keys(overlayEntrySchema.shape);
 
 const clone = <T>(value: T): T => structuredClone(value);
 
-/** Every route of a model's data: its generate route and each edit mode's. */
+/** Every route of a model's data: its generate route, each edit mode's, its upscale and describe routes. */
 function routesOf(model: Data): Data[] {
   const routes: Data[] = [];
   if (model.generate && typeof model.generate === 'object') routes.push(model.generate as Data);
   if (model.edit && typeof model.edit === 'object') for (const r of Object.values(model.edit as Data)) if (r && typeof r === 'object') routes.push(r as Data);
+  for (const key of ['upscale', 'describe']) if (model[key] && typeof model[key] === 'object') routes.push(model[key] as Data);
   return routes;
 }
 
@@ -93,8 +94,11 @@ function derive(from: Data, id: string, upstreamModel: string): Data {
   return copy;
 }
 
+/** Sets the price of every route that makes images (a describe makes none: it has no price). */
 function setPrice(model: Data, price: Data): void {
-  for (const route of routesOf(model)) route.price = clone(price);
+  const priced = routesOf(model).filter((route) => route !== model.describe);
+  if (priced.length === 0) throw new CatalogueError(`model "${String(model.id)}": a model that only describes makes no image and takes no price`);
+  for (const route of priced) route.price = clone(price);
 }
 
 /**

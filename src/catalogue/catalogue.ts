@@ -39,6 +39,7 @@ function buildState(models: readonly ModelSpec[], priceOverrides: Readonly<Recor
   for (const [name, perImageUsd] of Object.entries(priceOverrides)) {
     const model = models.find((m) => m.id === name || m.aliases.includes(name));
     if (!model) throw new Error(`catalogue: PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`);
+    if (!model.generate && !model.edit && !model.upscale) throw new Error(`catalogue: PRICE_OVERRIDES names "${name}", which only describes: it makes no image to price`);
     overrideById.set(model.id, perImageUsd);
   }
   const priced = models.map((m) => (overrideById.has(m.id) ? withPricePerImage(m, overrideById.get(m.id)!) : m));
