@@ -434,6 +434,32 @@ describe('Ideogram legacy', () => {
     expect(response.status).toBe(400);
     expect(typeof (await readJson(response)).error).toBe('string');
   });
+
+  it('upscale takes image_file and an image_request without a prompt, and answers num_images items', async () => {
+    const response = await postForm('/ideogram/upscale', formWith({ image_request: JSON.stringify({ num_images: 2, resemblance: 90 }) }, { image_file: pngBlob() }), IDEOGRAM_KEY);
+    expect(response.status).toBe(200);
+    const body = await readJson(response);
+    expect(body.data).toHaveLength(2);
+    expect(body.data[0].url).toContain('/sim/files/');
+  });
+
+  it.each([
+    ['no image_file', formWith({ image_request: '{}' })],
+    ['no image_request', formWith({}, { image_file: pngBlob() })],
+    ['detail out of range', formWith({ image_request: JSON.stringify({ detail: 0 }) }, { image_file: pngBlob() })],
+  ])('upscale refuses %s with 400', async (_case, form) => {
+    const response = await postForm('/ideogram/upscale', form, IDEOGRAM_KEY);
+    expect(response.status).toBe(400);
+    expect(typeof (await readJson(response)).error).toBe('string');
+  });
+
+  it('describe answers descriptions for an image_file, and refuses an unknown describe_model_version', async () => {
+    const response = await postForm('/ideogram/describe', formWith({ describe_model_version: 'V_4' }, { image_file: pngBlob() }), IDEOGRAM_KEY);
+    expect(response.status).toBe(200);
+    expect(await readJson(response)).toEqual({ descriptions: [{ text: expect.stringContaining('(V_4)') }] });
+    const refused = await postForm('/ideogram/describe', formWith({ describe_model_version: 'V_1' }, { image_file: pngBlob() }), IDEOGRAM_KEY);
+    expect(refused.status).toBe(400);
+  });
 });
 
 describe('served images', () => {

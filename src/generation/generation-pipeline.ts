@@ -145,7 +145,8 @@ export class GenerationPipeline {
     outcome.operation = request.operation;
     outcome.imagesRequested = typeof request.params.n === 'number' ? request.params.n : 1;
     this.noteRequestedModel(outcome, request.model);
-    if (this.deps.keepPrompts) outcome.prompt = request.prompt;
+    // An upscale may have no prompt: none is recorded then.
+    if (this.deps.keepPrompts && request.prompt !== '') outcome.prompt = request.prompt;
     // First: an image that cannot be stored would be paid for and lost.
     this.deps.storage?.refuseIfPressed();
     // With images still to read, what does not need their bytes is checked first (the same checks again once they are read).

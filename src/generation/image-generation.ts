@@ -197,7 +197,7 @@ export class ImageGeneration {
         return {
           model: model.id,
           operation: request.operation,
-          prompt: keepPrompts ? request.prompt : null,
+          prompt: keepPrompts && request.prompt !== '' ? request.prompt : null,
           parameters: keepPrompts ? requestParameters(request) : null,
           seed: typeof seed === 'number' && Number.isSafeInteger(seed) ? seed : null,
           costUsd: totalCost === null || made.images.length === 0 ? null : totalCost / made.images.length,

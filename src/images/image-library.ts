@@ -37,7 +37,7 @@ export interface StagedImage {
 export interface ImageProvenance {
   model: string;
   operation: ImageOperation;
-  /** Null with IMAGE_KEEP_PROMPTS=0. */
+  /** Null with IMAGE_KEEP_PROMPTS=0, or for an upscale without a prompt. */
   prompt: string | null;
   parameters: Record<string, unknown> | null;
   seed: number | null;
