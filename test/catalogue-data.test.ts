@@ -75,10 +75,10 @@ describe('a catalogue entry that does not validate is refused, naming the entry 
     expect(refusal(listed)).toMatch(/model "flux-2-pro": generate\.params\.size\.to: a list of paths needs a transform that splits the value \(size-to-width-height\)/);
     const three = builtin();
     entry(three, 'flux-2-pro').generate.params.size.to = ['width', 'height', 'depth'];
-    expect(refusal(three)).toMatch(/model "flux-2-pro": generate\.params\.size\.to: transform size-to-width-height splits the value in 2: "to" must list 2 paths/);
+    expect(refusal(three)).toMatch(/model "flux-2-pro": generate\.params\.size\.to: transform size-to-width-height splits the value into 2 parts: "to" must list 2 paths/);
     const single = builtin();
     entry(single, 'flux-2-pro').generate.params.size.to = 'width';
-    expect(refusal(single)).toMatch(/model "flux-2-pro": generate\.params\.size\.to: transform size-to-width-height splits the value in 2/);
+    expect(refusal(single)).toMatch(/model "flux-2-pro": generate\.params\.size\.to: transform size-to-width-height splits the value into 2 parts/);
   });
 
   it('a bad price', () => {

@@ -26,7 +26,7 @@ const mappingSchema = z
       const message =
         parts === undefined
           ? `a list of paths needs a transform that splits the value (${Object.keys(SPLITTING_TRANSFORMS).join(', ')})`
-          : `transform ${m.transform} splits the value in ${parts}: "to" must list ${parts} paths`;
+          : `transform ${m.transform} splits the value into ${parts} parts: "to" must list ${parts} paths`;
       ctx.addIssue({ code: 'custom', message, path: ['to'] });
     }
   });
