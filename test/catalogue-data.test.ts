@@ -69,6 +69,18 @@ describe('a catalogue entry that does not validate is refused, naming the entry 
     expect(refusal(data)).toMatch(/model "ideogram-v3": edit\.remix\.params\.aspect_ratio\.transform: unknown transform; known: colon-to-x, ideogram-aspect-enum, x-to-star/);
   });
 
+  it('a list of upstream paths without a transform that splits the value into as many, and the other way round', () => {
+    const listed = builtin();
+    delete entry(listed, 'flux-2-pro').generate.params.size.transform;
+    expect(refusal(listed)).toMatch(/model "flux-2-pro": generate\.params\.size\.to: a list of paths needs a transform that splits the value \(size-to-width-height\)/);
+    const three = builtin();
+    entry(three, 'flux-2-pro').generate.params.size.to = ['width', 'height', 'depth'];
+    expect(refusal(three)).toMatch(/model "flux-2-pro": generate\.params\.size\.to: transform size-to-width-height splits the value into 2 parts: "to" must list 2 paths/);
+    const single = builtin();
+    entry(single, 'flux-2-pro').generate.params.size.to = 'width';
+    expect(refusal(single)).toMatch(/model "flux-2-pro": generate\.params\.size\.to: transform size-to-width-height splits the value into 2 parts/);
+  });
+
   it('a bad price', () => {
     const data = builtin();
     entry(data, 'ideogram-v2').generate.price = { per_image_usd: -0.08 };

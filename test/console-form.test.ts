@@ -127,7 +127,7 @@ describe('form values', () => {
     const values = readValues(fields, { seed: '4.5', 'options.safety_tolerance': '9', output_format: 'gif' });
     expect(values.errors).toEqual([
       { key: 'seed', message: 'Seed must be a whole number (an integer from 0 to 2147483647)' },
-      { key: 'output_format', message: 'Output format must be one of "jpeg", "png"' },
+      { key: 'output_format', message: 'Output format must be one of "jpeg", "png", "webp"' },
       { key: 'options.safety_tolerance', message: 'Safety tolerance must be an integer from 0 to 6' },
     ]);
     const doubao = formFields(model('doubao-seedream-4-0'), 'generate');

@@ -80,8 +80,10 @@ describe('an edit with an image URL', () => {
   });
 
   it('fetches nothing for more images than the model takes', async () => {
-    const res = await edit({ model: 'flux-kontext-pro', image: [imageUrl, imageUrl] });
+    // flux-kontext-pro takes 4.
+    const res = await edit({ model: 'flux-kontext-pro', image: Array.from({ length: 5 }, () => imageUrl) });
     expect(res.statusCode).toBe(400);
+    expect(res.json().error.details[0].field).toBe('image');
     expect(hits).toEqual([]);
   });
 

@@ -269,7 +269,7 @@ describe('JSON edits with image URLs from ALLOWED_IMAGE_HOSTS', () => {
   });
 
   it('fetches nothing when the model takes fewer images than the URLs given', async () => {
-    const res = await editWith(h, [`${host.url}/cat.png`, `${host.url}/cat.png`], { model: 'flux-kontext-pro' });
+    const res = await editWith(h, [`${host.url}/cat.png`, `${host.url}/cat.png`], { model: 'FLUX.1-Kontext-pro' });
     expect(res.statusCode).toBe(400);
     expect(res.json().error.message).toMatch(/at most 1 image/);
     expect(host.hits).toEqual([]);

@@ -304,7 +304,7 @@ describe('edit: images and masks', () => {
   });
 
   it('refuses more images than the model takes', async () => {
-    const res = await editMultipart(h, { model: 'flux-kontext-pro', prompt: 'make it blue' }, [image(png, 'a.png'), image(png, 'b.png')]);
+    const res = await editMultipart(h, { model: 'FLUX.1-Kontext-pro', prompt: 'make it blue' }, [image(png, 'a.png'), image(png, 'b.png')]);
     expectRefused(res, 400, 'invalid_request', ['image', 'at most 1', 'got 2']);
   });
 

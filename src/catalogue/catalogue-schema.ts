@@ -6,17 +6,30 @@ import { z } from 'zod';
 import type { DescribeRoute, EditMode, FieldMapping, ModelSpec, NormalizedParam, Price, UpstreamRoute } from './model-spec.js';
 import { EDIT_MODES, NORMALIZED_PARAMS } from './model-spec.js';
 import { paramDescriptorSchema, ruleFromDescriptor } from './param-descriptors.js';
-import { TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
+import { SPLITTING_TRANSFORMS, TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
 
 const usd = z.number().nonnegative('a price is a number of USD, 0 or more').finite();
 
-const mappingSchema = z.strictObject({
-  rule: paramDescriptorSchema,
-  /** Dotted upstream path; defaults to the field's own name (predictions: inside `input`). */
-  to: z.string().min(1).optional(),
-  /** A named transform applied to the value before it is written. */
-  transform: z.enum(TRANSFORM_NAMES as [TransformName, ...TransformName[]], { error: `unknown transform; known: ${TRANSFORM_NAMES.join(', ')}` }).optional(),
-});
+const mappingSchema = z
+  .strictObject({
+    rule: paramDescriptorSchema,
+    /** Dotted upstream path; defaults to the field's own name (predictions: inside `input`). A list: one path per part of a splitting transform. */
+    to: z.union([z.string().min(1), z.array(z.string().min(1)).min(2)]).optional(),
+    /** A named transform applied to the value before it is written. */
+    transform: z.enum(TRANSFORM_NAMES as [TransformName, ...TransformName[]], { error: `unknown transform; known: ${TRANSFORM_NAMES.join(', ')}` }).optional(),
+  })
+  .superRefine((m, ctx) => {
+    // A list of paths and a splitting transform go together, part for path.
+    const parts = m.transform ? SPLITTING_TRANSFORMS[m.transform] : undefined;
+    const paths = Array.isArray(m.to) ? m.to.length : undefined;
+    if (parts !== paths) {
+      const message =
+        parts === undefined
+          ? `a list of paths needs a transform that splits the value (${Object.keys(SPLITTING_TRANSFORMS).join(', ')})`
+          : `transform ${m.transform} splits the value into ${parts} parts: "to" must list ${parts} paths`;
+      ctx.addIssue({ code: 'custom', message, path: ['to'] });
+    }
+  });
 
 const priceSchema = z.union([
   z.strictObject({ per_image_usd: usd }),
@@ -40,7 +53,7 @@ const routeSchema = z.strictObject({
       to: z.string().min(1),
       encoding: z.enum(['file', 'data-url', 'base64']),
       max: z.number().int().positive(),
-      shape: z.enum(['single', 'array']).optional(),
+      shape: z.enum(['single', 'array', 'numbered']).optional(),
       repeated_file_field: z.string().min(1).optional(),
     })
     .optional(),

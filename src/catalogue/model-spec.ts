@@ -35,8 +35,11 @@ export type UpstreamFamily = 'predictions' | 'openai-json' | 'openai-multipart' 
 /** Where a normalized or option value goes upstream: a dotted path, and how it is written. */
 export interface FieldMapping {
   rule: ParamRule;
-  /** Dotted path relative to the body root (predictions: relative to `input`). Defaults to the field's own name. */
-  to?: string;
+  /**
+   * Dotted path relative to the body root (predictions: relative to `input`). Defaults to the field's own name.
+   * Several paths: `write` splits the value into as many parts, written in order (a size as `width` and `height`).
+   */
+  to?: string | readonly string[];
   write?: (value: unknown) => unknown;
 }
 
@@ -46,8 +49,12 @@ export interface ImageInput {
   /** file: multipart file; data-url: `data:image/png;base64,...`; base64: bare base64. */
   encoding: 'file' | 'data-url' | 'base64';
   max: number;
-  /** JSON: write one image as a string, or always an array. Multipart with several files: the repeated field name. */
-  shape?: 'single' | 'array';
+  /**
+   * JSON: write one image as a string (`single`), always an array (`array`), or each image in its own
+   * field (`numbered`: the first at `to`, the k-th at `to_k`, Black Forest Labs' `input_image`, `input_image_2`, ...).
+   * Multipart with several files: `repeatedFileField` is the repeated field name.
+   */
+  shape?: 'single' | 'array' | 'numbered';
   repeatedFileField?: string;
 }
 

@@ -43,6 +43,16 @@ function check(field: string, mapping: FieldMapping, value: unknown): void {
   if (problem) throw invalidField(field, problem, mapping.rule.values ?? mapping.rule.allowed);
 }
 
+/** Why a parameter is refused; a shape asked in the form the model does not take names the one it does. */
+function unsupportedParamMessage(model: ModelSpec, route: UpstreamRoute, name: NormalizedParam): string {
+  if (name === 'n') return `${model.id} makes one image per request; n must be 1`;
+  const size = route.params.size;
+  if (name === 'aspect_ratio' && size) return `is not supported by ${model.id}, which takes an explicit size: give size, ${size.rule.allowed}`;
+  const ratio = route.params.aspect_ratio;
+  if (name === 'size' && ratio) return `is not supported by ${model.id}, which takes its shape as aspect_ratio: give aspect_ratio, ${ratio.rule.allowed}`;
+  return `is not supported by ${model.id}`;
+}
+
 /**
  * Applies the model's own rules to a parsed request: every field must be one the model takes,
  * with a value it allows. Nothing is dropped or clamped: a mismatch is a 400 before any upstream call.
@@ -56,8 +66,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     const mapping = ownMapping(route.params, name);
     if (!mapping) {
       if (name === 'n' && value === 1) continue;
-      const message = name === 'n' ? `${model.id} makes one image per request; n must be 1` : `is not supported by ${model.id}`;
-      throw invalidField(name, message, supported);
+      throw invalidField(name, unsupportedParamMessage(model, route, name), supported);
     }
     check(name, mapping, value);
   }
@@ -94,6 +103,15 @@ function fileName(image: InputImage, fallback: string): string {
   return /^[\w.-]{1,100}$/.test(image.filename) ? image.filename : `${fallback}.${ext}`;
 }
 
+/** Writes one value where its mapping says; a mapping with several paths takes its transform's parts, in order. */
+function writeMapped(tree: Record<string, unknown>, name: string, mapping: FieldMapping, value: unknown): void {
+  const written = mapping.write ? mapping.write(value) : value;
+  const to = mapping.to ?? name;
+  if (typeof to === 'string') return setPath(tree, to, written);
+  const parts = written as unknown[];
+  to.forEach((path, i) => setPath(tree, path, parts[i]));
+}
+
 /** A deep copy of plain JSON (the catalogue's fixed fields); structuredClone cost ~7 µs a request. */
 function copyJson<T>(value: T): T {
   if (Array.isArray(value)) return value.map(copyJson) as T;
@@ -111,12 +129,12 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
   for (const [name, value] of Object.entries(req.params) as Array<[NormalizedParam, unknown]>) {
     const mapping = ownMapping(route.params, name);
     if (!mapping) continue; // only n = 1 on a one-image model, which upstream does not take
-    setPath(tree, mapping.to ?? name, mapping.write ? mapping.write(value) : value);
+    writeMapped(tree, name, mapping, value);
   }
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
     if (!mapping) throw invalidField(`options.${name}`, 'is not an option of this model', Object.keys(route.options));
-    setPath(tree, mapping.to ?? name, mapping.write ? mapping.write(value) : value);
+    writeMapped(tree, name, mapping, value);
   }
 
   const files: UpstreamFile[] = [];
@@ -129,7 +147,8 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
       });
     } else {
       const encoded = req.images.map((image) => encodeImage(image, spec.encoding as 'data-url' | 'base64'));
-      setPath(tree, spec.to, spec.shape === 'single' ? encoded[0] : encoded);
+      if (spec.shape === 'numbered') encoded.forEach((image, i) => setPath(tree, i === 0 ? spec.to : `${spec.to}_${i + 1}`, image));
+      else setPath(tree, spec.to, spec.shape === 'single' ? encoded[0] : encoded);
     }
     if (req.mask && route.mask) {
       // OpenAI too refuses a mask that is not a PNG with transparency the image's size; the conversion
