@@ -252,11 +252,24 @@ describe('style reference images', () => {
     expect(h.simulator.received).toHaveLength(0);
   });
 
-  it('in multipart, as files only: options.style_reference_images there is refused with the way to send them', async () => {
-    const res = await multipartEdit({ prompt: 'winter', options: JSON.stringify({ style_reference_images: [styleUrl] }) }, [{ field: 'image', bytes: SOURCE }]);
-    expect(res.statusCode).toBe(400);
-    expect(res.json().error.details[0].message).toMatch(/files named style_reference_images/);
+  it('in multipart, also in options (a URL fetched once admitted), but not both ways at once', async () => {
+    const inOptions = await multipartEdit({ prompt: 'winter', options: JSON.stringify({ style_reference_images: [styleUrl] }) }, [{ field: 'image', bytes: SOURCE }]);
+    expect(inOptions.statusCode, inOptions.body).toBe(200);
+    expect(hostHits).toEqual(['/style.png']);
+    expect(h.simulator.received[0]!.files!.map((f) => [f.field, f.sha256])).toEqual([
+      ['image', sha256(SOURCE)],
+      ['style_reference_images', sha256(FETCHED_STYLE)],
+    ]);
+    h.simulator.reset();
+    hostHits.length = 0;
+    const both = await multipartEdit({ prompt: 'winter', options: JSON.stringify({ style_reference_images: [styleUrl] }) }, [
+      { field: 'image', bytes: SOURCE },
+      { field: 'style_reference_images', bytes: STYLE_A },
+    ]);
+    expect(both.statusCode).toBe(400);
+    expect(both.json().error.details[0].message).toMatch(/either as files named style_reference_images or in options, not both/);
     expect(hostHits).toEqual([]);
+    expect(h.simulator.received).toHaveLength(0);
   });
 
   it('are listed in GET /v1/models for generate, remix and replace-background', async () => {

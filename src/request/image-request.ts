@@ -294,8 +294,8 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image (file)', 'mask (file)'], body);
   if (images.length === 0) throw invalidField('image', 'at least one image file is required');
   const { mode, ...rest } = parsed.data;
-  if (rest.options && Object.hasOwn(rest.options, STYLE_REFERENCES_FIELD)) {
-    throw invalidField(`options.${STYLE_REFERENCES_FIELD}`, `in a multipart edit, send style reference images as files named ${STYLE_REFERENCES_FIELD} (repeat the part for several)`);
+  if (styleReferences.length > 0 && rest.options && Object.hasOwn(rest.options, STYLE_REFERENCES_FIELD)) {
+    throw invalidField(`options.${STYLE_REFERENCES_FIELD}`, `give style reference images either as files named ${STYLE_REFERENCES_FIELD} or in options, not both`);
   }
   const request = fromBody('edit', rest, { images, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
   return styleReferences.length > 0 ? { ...request, styleReferences } : request;

@@ -52,11 +52,14 @@ function jsonBody(body: unknown): unknown {
   return typeof body === 'object' && body !== null && !Array.isArray(body) ? { ...(body as Record<string, unknown>) } : body;
 }
 
-async function readMultipartEdit(app: FastifyInstance, request: FastifyRequest): Promise<{ imageRequest: ImageRequest; stream: boolean; load: EditParts['load'] }> {
+async function readMultipartEdit(app: FastifyInstance, request: FastifyRequest): Promise<{ imageRequest: ImageRequest; stream: boolean; load: NonNullable<GenerationCall['loadImages']> }> {
   const { fields, images, mask, styleReferences, load } = await readEditParts(app, request, { styleReferences: true });
   noteRequestedModel(app, request, fields.get('model'));
   const stream = takeStreamFlag(fields);
-  return { imageRequest: parseEditMultipart(fields, images, mask, styleReferences), stream, load };
+  // Style references may come as files or, as in JSON, in options (data URLs or URLs, fetched once admitted).
+  const styled = takeStyleReferences(parseEditMultipart(fields, images, mask, styleReferences), app.config.MAX_UPLOAD_BYTES);
+  const fetch = fetchUrls(app, styled.urls);
+  return { imageRequest: styled.request, stream, load: fetch ? async (admitted, signal) => fetch(await load(admitted), signal) : load };
 }
 
 /** The most input images (a mask and style references included) any model of the catalogue takes in one edit. */
