@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import sharp from 'sharp';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ADMIN_KEY, jobWhenFinished, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 
@@ -203,6 +204,16 @@ describe('style reference images', () => {
       ['style_reference_images', sha256(STYLE_A)],
       ['style_reference_images', sha256(FETCHED_STYLE)],
     ]);
+  });
+
+  it('fit in a generate body as data URLs larger than the 1 MiB of a body without images', async () => {
+    const raw = Buffer.alloc(800 * 700 * 3, 0);
+    for (let i = 0; i < raw.length; i++) raw[i] = (i * 7919 + ((i * i) % 251)) & 255;
+    const large = await sharp(raw, { raw: { width: 800, height: 700, channels: 3 } }).png({ compressionLevel: 0 }).toBuffer();
+    expect(large.length).toBeGreaterThan(1024 * 1024);
+    const res = await generate({ options: { style_reference_images: [dataUrl(large)] } });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(h.simulator.received[0]!.files!.map((f) => f.sha256)).toEqual([sha256(large)]);
   });
 
   it('as options in a JSON replace-background edit', async () => {

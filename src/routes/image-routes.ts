@@ -89,7 +89,7 @@ export function jsonEditBodyLimit(app: FastifyInstance): number {
  * A generate body is a prompt and a few fields (the default limit, 1 MiB, app.ts), unless a model
  * takes style reference images: then room for them as data URLs, as for an edit's images.
  */
-function generateBodyLimit(app: FastifyInstance): number | undefined {
+export function generateBodyLimit(app: FastifyInstance): number | undefined {
   const most = mostStyleReferences(app);
   return most === 0 ? undefined : Math.min(app.config.MAX_REQUEST_BYTES, perImageInJson(app) * most + 256 * 1024);
 }
