@@ -83,6 +83,10 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
     if (!mapping) {
+      // Still in options: the entry point did not take the images off (the OpenAI-compatible ones do not).
+      if (name === STYLE_REFERENCES_FIELD && route.styleReferences) {
+        throw invalidField(`options.${name}`, 'style reference images are taken by POST /v1/generate and POST /v1/edit, not by the OpenAI-compatible endpoints');
+      }
       throw invalidField(`options.${name}`, `is not an option of ${model.id}${inMode}`, optionNames);
     }
     check(`options.${name}`, mapping, value);
