@@ -283,6 +283,18 @@ describe('style reference images', () => {
     expect(h.simulator.received).toHaveLength(0);
   });
 
+  it('are not taken by the OpenAI-compatible endpoints, which say where they are', async () => {
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/images/generations',
+      headers: h.auth,
+      payload: { model: 'ideogram-v3', prompt: 'a lighthouse', options: { style_reference_images: [dataUrl(STYLE_A)] } },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.message).toMatch(/taken by POST \/v1\/generate and POST \/v1\/edit/);
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
   it('are listed in GET /v1/models for generate, remix and replace-background', async () => {
     const model = (await h.app.inject({ method: 'GET', url: '/v1/models/ideogram-v3', headers: h.auth })).json();
     expect(model.options.style_reference_images).toMatch(/1 to 10 images/);
