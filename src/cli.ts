@@ -303,10 +303,11 @@ const IMAGE_OPTIONS_HELP = `  -m, --model <id>            a catalogue id or alia
 type ImageValues = ReturnType<typeof parse<typeof IMAGE_OPTIONS>>['values'];
 
 /** The fields shared by generate and edit, in the gateway's names; absent flags are left out. */
-function imageFields(command: string, values: ImageValues, positionals: string[]): Record<string, unknown> {
+function imageFields(command: string, values: ImageValues, positionals: string[], promptless = false): Record<string, unknown> {
   const prompt = values.prompt ?? (positionals.length > 0 ? positionals.join(' ') : undefined);
   if (!values.model) throw usageError('--model is required', command);
-  if (!prompt) throw usageError('a prompt is required: --prompt "..." or as the last argument', command);
+  // An edit mode that takes no prompt (Ideogram's reframe) is sent without one.
+  if (!prompt && !promptless) throw usageError('a prompt is required: --prompt "..." or as the last argument', command);
   const fields: Record<string, unknown> = {
     model: values.model,
     prompt,
@@ -357,6 +358,7 @@ const EDIT_OPTIONS = {
   image: { type: 'string', short: 'i', multiple: true },
   mask: { type: 'string' },
   mode: { type: 'string' },
+  'style-ref': { type: 'string', multiple: true },
 } as const;
 
 async function imageBlob(path: string, field: string): Promise<Blob> {
@@ -378,7 +380,9 @@ then downloads the images and prints the saved paths on stdout.
 
   -i, --image <file>          an input image, PNG, JPEG or WebP (repeatable)      [required]
       --mask <file>           OpenAI's convention: transparent pixels = the area to change
-      --mode <mode>           edit | remix | replace_background (default: edit with a mask, else the model's image-to-image)
+      --mode <mode>           edit | remix | replace_background | reframe (default: edit with a mask, else the model's image-to-image);
+                              reframe (ideogram-v3) takes no prompt and needs --size, one of the model's resolutions
+      --style-ref <file>      a style reference image (repeatable; ideogram-v3 remix and replace_background)
 ${IMAGE_OPTIONS_HELP}
 
 Example:
@@ -386,7 +390,7 @@ Example:
   async run(args) {
     const { values, positionals } = parse('edit', args, EDIT_OPTIONS);
     if (values.help) return void console.log(this.help);
-    const fields = imageFields('edit', values, positionals);
+    const fields = imageFields('edit', values, positionals, values.mode === 'reframe');
     if (!values.image?.length) throw usageError('at least one --image is required', 'edit');
     const form = new FormData();
     for (const [name, value] of Object.entries({ ...fields, ...(values.mode ? { mode: values.mode } : {}), async: true })) {
@@ -394,6 +398,7 @@ Example:
     }
     for (const path of values.image) form.append('image', await imageBlob(path, 'image'), basename(path));
     if (values.mask) form.append('mask', await imageBlob(values.mask, 'mask'), basename(values.mask));
+    for (const path of values['style-ref'] ?? []) form.append('style_reference_images', await imageBlob(path, 'style reference'), basename(path));
     await runImageJob('edit', values, (gateway) => call(gateway, 'POST', '/v1/edit', { form }));
   },
 };

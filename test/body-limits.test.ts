@@ -1,12 +1,13 @@
 /**
  * Body limits per route: 1 MiB for the JSON routes that take a prompt and a few fields (refused by
- * their Content-Length before the body is read), and for a JSON edit room for the most images a
- * model takes at MAX_UPLOAD_BYTES each in base64, never more than MAX_REQUEST_BYTES.
+ * their Content-Length before the body is read), and for a JSON edit (and a generate, whose style
+ * reference images may come as data URLs) room for the most images a model takes at
+ * MAX_UPLOAD_BYTES each in base64, never more than MAX_REQUEST_BYTES.
  */
 import { connect } from 'node:net';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { jsonEditBodyLimit } from '../src/routes/image-routes.js';
+import { generateBodyLimit, jsonEditBodyLimit } from '../src/routes/image-routes.js';
 import { CLIENT_KEY, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 
 const MIB = 1024 * 1024;
@@ -49,10 +50,20 @@ describe('the JSON routes that take a prompt and a few fields', () => {
   });
   afterAll(async () => h.close());
 
-  it.each(['/v1/images/generations', '/v1/generate'])('%s refuses a body declared over 1 MiB with 413 before reading it', async (path) => {
-    const { status, body } = await postPartly(h.base, path, 2 * MIB, '{"model":"gpt-image-1","prompt":"');
+  it('/v1/images/generations refuses a body declared over 1 MiB with 413 before reading it', async () => {
+    const { status, body } = await postPartly(h.base, '/v1/images/generations', 2 * MIB, '{"model":"gpt-image-1","prompt":"');
     expect(status).toBe(413);
     expect(body).toMatch(/size limit of 1048576 bytes \(1 MiB\)/);
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('/v1/generate refuses a body declared over its limit (room for the style reference images a model takes) with 413 before reading it', async () => {
+    const limit = generateBodyLimit(h.app)!;
+    // ideogram-v3 takes 10 style reference images: room for them as data URLs, within MAX_REQUEST_BYTES.
+    expect(limit).toBe(h.config.MAX_REQUEST_BYTES);
+    const { status, body } = await postPartly(h.base, '/v1/generate', limit + 1, '{"model":"gpt-image-1","prompt":"');
+    expect(status).toBe(413);
+    expect(body).toContain(`size limit of ${limit} bytes`);
     expect(h.simulator.received).toHaveLength(0);
   });
 

@@ -32,7 +32,7 @@ const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex
 
 const COLOR_PALETTE = [{ hex: '#C0392B' }, { hex: '#F1C40F' }, { hex: '#2C3E50' }];
 
-type Operation = 'generate' | 'edit' | 'remix' | 'replace_background' | 'upscale';
+type Operation = 'generate' | 'edit' | 'remix' | 'replace_background' | 'reframe' | 'upscale';
 
 interface ExpectedUpstream {
   path: string;
@@ -53,6 +53,8 @@ interface RoutingCase {
   op: Operation;
   /** generate: the JSON body; edit: the multipart text fields (options as a JSON string). `model` and `prompt` are added. */
   request: Record<string, unknown>;
+  /** The route takes no prompt (Ideogram's reframe): none is sent. */
+  noPrompt?: true;
   /** Edits only: the image files, and the mask. */
   images?: Buffer[];
   mask?: Buffer;
@@ -483,13 +485,12 @@ const CASES: RoutingCase[] = [
   {
     model: 'ideogram-v3',
     op: 'edit',
-    // No mode: a mask makes it an edit.
+    // No mode: a mask makes it an edit. No aspect_ratio or negative_prompt: Ideogram's edit schema has
+    // neither (AiHubMix's document lists them; the vendor spec decides), and the gateway refuses them.
     request: {
       n: '1',
       seed: '42',
-      aspect_ratio: '4:3',
       style: 'DESIGN',
-      negative_prompt: 'text',
       options: options({ rendering_speed: 'QUALITY', magic_prompt: 'AUTO' }),
     },
     images: [SOURCE],
@@ -502,9 +503,7 @@ const CASES: RoutingCase[] = [
         prompt: PROMPT,
         num_images: '1',
         seed: '42',
-        aspect_ratio: '4x3',
         style_type: 'DESIGN',
-        negative_prompt: 'text',
         rendering_speed: 'QUALITY',
         magic_prompt: 'AUTO',
       },
@@ -535,13 +534,29 @@ const CASES: RoutingCase[] = [
   {
     model: 'ideogram-v3',
     op: 'replace_background',
-    request: { mode: 'replace_background', n: '2', seed: '1', style: 'GENERAL', options: options({ magic_prompt: 'ON', rendering_speed: 'TURBO' }) },
+    // No style: Ideogram's replace-background schema has no style_type (AiHubMix's document lists it; the spec decides).
+    request: { mode: 'replace_background', n: '2', seed: '1', options: options({ magic_prompt: 'ON', rendering_speed: 'TURBO' }) },
     images: [SOURCE],
     expectImages: 2,
     upstream: {
       path: '/ideogram/v1/ideogram-v3/replace-background',
       auth: 'api-key',
-      fields: { prompt: PROMPT, num_images: '2', seed: '1', style_type: 'GENERAL', magic_prompt: 'ON', rendering_speed: 'TURBO' },
+      fields: { prompt: PROMPT, num_images: '2', seed: '1', magic_prompt: 'ON', rendering_speed: 'TURBO' },
+      files: ['image'],
+    },
+  },
+  {
+    model: 'ideogram-v3',
+    op: 'reframe',
+    // Ideogram's /v1/ideogram-v3/reframe (spec): no prompt; size as the required resolution.
+    request: { mode: 'reframe', size: '1280x768', n: '2', seed: '7', options: options({ rendering_speed: 'QUALITY' }) },
+    noPrompt: true,
+    images: [SOURCE],
+    expectImages: 2,
+    upstream: {
+      path: '/ideogram/v1/ideogram-v3/reframe',
+      auth: 'api-key',
+      fields: { resolution: '1280x768', num_images: '2', seed: '7', rendering_speed: 'QUALITY' },
       files: ['image'],
     },
   },
@@ -1012,8 +1027,8 @@ async function sendGenerate(body: Record<string, unknown>) {
   return h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { prompt: PROMPT, ...body } });
 }
 
-async function sendEdit(fields: Record<string, unknown>, images: Buffer[], mask?: Buffer, url = '/v1/edit') {
-  const textFields = Object.fromEntries(Object.entries({ prompt: PROMPT, ...fields }).map(([k, v]) => [k, String(v)]));
+async function sendEdit(fields: Record<string, unknown>, images: Buffer[], mask?: Buffer, url = '/v1/edit', noPrompt = false) {
+  const textFields = Object.fromEntries(Object.entries({ ...(noPrompt ? {} : { prompt: PROMPT }), ...fields }).map(([k, v]) => [k, String(v)]));
   const files = images.map((bytes, i) => ({ field: 'image', filename: `source-${i + 1}.png`, bytes }));
   if (mask) files.push({ field: 'mask', filename: 'mask.png', bytes: mask });
   const { payload, headers } = multipartBody(textFields, files);
@@ -1022,7 +1037,7 @@ async function sendEdit(fields: Record<string, unknown>, images: Buffer[], mask?
 
 function send(c: RoutingCase, model = c.model) {
   if (c.op === 'generate') return sendGenerate({ model, ...c.request });
-  return sendEdit({ model, ...c.request }, c.images ?? [], c.mask, c.op === 'upscale' ? '/v1/upscale' : '/v1/edit');
+  return sendEdit({ model, ...c.request }, c.images ?? [], c.mask, c.op === 'upscale' ? '/v1/upscale' : '/v1/edit', c.noPrompt);
 }
 
 /** Legacy Ideogram remix carries its parameters as one JSON string field, image_request: compare it parsed. */

@@ -171,6 +171,20 @@ describe('edit', () => {
     expect(upstream.fields).toMatchObject({ prompt: 'Put a red hat on the cat' });
   });
 
+  it('reframes with no prompt, and remixes with style reference files (ideogram-v3)', async () => {
+    writeFileSync(join(workDir, 'square.png'), await makePng(64, 64));
+    writeFileSync(join(workDir, 'style.png'), await makePng(16, 16, { r: 0, g: 0, b: 255 }));
+    const reframe = await cli(['edit', '-m', 'ideogram-v3', '--mode', 'reframe', '--size', '1280x768', '-i', 'square.png', '-o', 'wide.png']);
+    expect(reframe.code, reframe.stderr).toBe(0);
+    expect(submissions()[0]!).toMatchObject({ path: '/ideogram/v1/ideogram-v3/reframe', fields: { resolution: '1280x768' } });
+    expect(submissions()[0]!.fields).not.toHaveProperty('prompt');
+    h.simulator.reset();
+    const remix = await cli(['edit', '-m', 'ideogram-v3', '-i', 'square.png', '--style-ref', 'style.png', '--style-ref', 'style.png', '-o', 'remix.png', 'the same, in winter']);
+    expect(remix.code, remix.stderr).toBe(0);
+    expect(submissions()[0]!.path).toBe('/ideogram/v1/ideogram-v3/remix');
+    expect(submissions()[0]!.files?.map((f) => f.field)).toEqual(['image', 'style_reference_images', 'style_reference_images']);
+  });
+
   it('a missing input file is a clear error', async () => {
     const run = await cli(['edit', '-m', 'gpt-image-1', '-i', 'nope.png', 'x']);
     expect(run.code).toBe(1);

@@ -72,7 +72,9 @@ describe('form fields from GET /v1/models', () => {
 
   it('follows the edit mode: its fields, how many images it takes, and whether it takes (or needs) a mask', () => {
     const ideogram = model('ideogram-v3');
-    expect(editModes(ideogram)).toEqual(['edit', 'remix', 'replace_background']);
+    expect(editModes(ideogram)).toEqual(['edit', 'remix', 'replace_background', 'reframe']);
+    // Reframe takes no prompt (max_length 0) and requires its size.
+    expect(operationSchema(ideogram, 'edit', 'reframe')).toMatchObject({ prompt: { max_length: 0 }, images: { max: 1 }, mask: null });
     expect(operationSchema(ideogram, 'edit', 'edit')).toMatchObject({ images: { max: 1 }, mask: { required: true } });
     expect(operationSchema(ideogram, 'edit', 'remix')).toMatchObject({ images: { max: 1 }, mask: null });
     expect(field(ideogram, 'options.image_weight', 'edit', 'remix')).toMatchObject({ min: 1, max: 100 });

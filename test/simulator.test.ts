@@ -390,6 +390,30 @@ describe('Ideogram native v3', () => {
     expect(response.status).toBe(200);
     expect((await readJson(response)).data).toHaveLength(1);
   });
+
+  it('reframe answers at the resolution asked, with no prompt; without a resolution, or with a prompt, 400', async () => {
+    const ok = await postForm('/ideogram/v1/ideogram-v3/reframe', formWith({ resolution: '1536x640', num_images: '2' }, { image: pngBlob() }), IDEOGRAM_KEY);
+    expect(ok.status).toBe(200);
+    const body = await readJson(ok);
+    expect(body.data).toHaveLength(2);
+    expect(body.data[0].resolution).toBe('1536x640');
+    const noResolution = await postForm('/ideogram/v1/ideogram-v3/reframe', formWith({}, { image: pngBlob() }), IDEOGRAM_KEY);
+    expect(noResolution.status).toBe(400);
+    expect((await readJson(noResolution)).error).toMatch(/resolution is required/);
+    const prompted = await postForm('/ideogram/v1/ideogram-v3/reframe', formWith({ resolution: '1024x1024', prompt: 'p' }, { image: pngBlob() }), IDEOGRAM_KEY);
+    expect(prompted.status).toBe(400);
+  });
+
+  it('takes repeated style_reference_images files and records each; an undefined file field is a 400', async () => {
+    const form = formWith({ prompt: 'p' }, { image: pngBlob() });
+    form.append('style_reference_images', pngBlob(), 'a.png');
+    form.append('style_reference_images', pngBlob(), 'b.png');
+    const response = await postForm('/ideogram/v1/ideogram-v3/remix', form, IDEOGRAM_KEY);
+    expect(response.status).toBe(200);
+    expect(sim.received.at(-1)?.files?.map((f) => f.field)).toEqual(['image', 'style_reference_images', 'style_reference_images']);
+    const odd = formWith({ prompt: 'p' }, { image: pngBlob(), character_sheet: pngBlob() });
+    expect((await postForm('/ideogram/v1/ideogram-v3/remix', odd, IDEOGRAM_KEY)).status).toBe(400);
+  });
 });
 
 describe('Ideogram legacy', () => {

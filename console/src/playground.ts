@@ -234,7 +234,13 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     fileInput.multiple = max > 1;
     (dropZone.querySelector('.hint') as HTMLElement).textContent = `Choose ${max > 1 ? `up to ${max} images` : 'an image'} (PNG, JPEG or WebP), or drop ${max > 1 ? 'them' : 'it'} here.`;
     if (sources.length > max) setSources(sources);
-    prompt.maxLength = s?.prompt.max_length ?? 10000;
+    // max_length 0: the mode takes no prompt (Ideogram's reframe).
+    const takesPrompt = (s?.prompt.max_length ?? 10000) > 0;
+    prompt.maxLength = takesPrompt ? (s?.prompt.max_length ?? 10000) : 0;
+    prompt.required = takesPrompt;
+    prompt.disabled = !takesPrompt;
+    if (!takesPrompt) prompt.value = '';
+    prompt.placeholder = takesPrompt ? 'Describe the image' : 'This mode takes no prompt';
 
     fields = formFields(model, operation(), mode());
     view = renderFields(fields, 'pg');
@@ -396,13 +402,14 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     const values = readValues(fields, view.read());
     view.markInvalid(values.errors.map((e) => e.key));
     const problems = values.errors.map((e) => e.message);
-    if (!prompt.value.trim()) problems.unshift('Prompt must not be empty.');
     const s = schema();
+    const needsPrompt = (s?.prompt.max_length ?? 10000) > 0;
+    if (needsPrompt && !prompt.value.trim()) problems.unshift('Prompt must not be empty.');
     if (op === 'edit' && sources.length === 0) problems.push('Image: choose the image to edit.');
     if (op === 'edit' && s?.mask?.required && !maskEditor?.hasPaint()) problems.push('Mask: this mode needs a mask; paint the area to change.');
     if (problems.length > 0) {
       formError.textContent = problems.join(' ');
-      if (!prompt.value.trim()) prompt.focus();
+      if (needsPrompt && !prompt.value.trim()) prompt.focus();
       return;
     }
     const promptText = prompt.value;

@@ -17,6 +17,8 @@ const mappingSchema = z
     to: z.union([z.string().min(1), z.array(z.string().min(1)).min(2)]).optional(),
     /** A named transform applied to the value before it is written. */
     transform: z.enum(TRANSFORM_NAMES as [TransformName, ...TransformName[]], { error: `unknown transform; known: ${TRANSFORM_NAMES.join(', ')}` }).optional(),
+    /** The route cannot be called without this field: a request lacking it is a 400 listing what is allowed. */
+    required: z.literal(true).optional(),
   })
   .superRefine((m, ctx) => {
     // A list of paths and a splitting transform go together, part for path.
@@ -44,8 +46,11 @@ const routeSchema = z.strictObject({
   auth: z.enum(['bearer', 'api-key']).default('bearer'),
   /** Present when the reply is a task to poll; `{task_id}` is replaced by its id. */
   task: z.strictObject({ poll_path: z.string().startsWith('/').includes('{task_id}') }).optional(),
-  prompt: z.strictObject({ to: z.string().min(1), max_length: z.number().int().positive() }),
+  /** Absent: the route takes no prompt, and a request with one is refused. */
+  prompt: z.strictObject({ to: z.string().min(1), max_length: z.number().int().positive() }).optional(),
   params: z.partialRecord(z.enum(NORMALIZED_PARAMS), mappingSchema).default({}),
+  /** Normalized fields the route refuses, each with the reason the 400 gives (not merely "not supported"). */
+  refused: z.partialRecord(z.enum(NORMALIZED_PARAMS), z.string().min(1)).optional(),
   options: z.record(z.string(), mappingSchema).default({}),
   fixed: z.record(z.string(), z.unknown()).optional(),
   images: z
@@ -58,7 +63,16 @@ const routeSchema = z.strictObject({
     })
     .optional(),
   mask: z.strictObject({ to: z.string().min(1), convention: z.enum(['transparent', 'black']), required: z.boolean() }).optional(),
+  /** Style reference images, sent as the repeated file field `to` (multipart routes only). */
+  style_references: z
+    .strictObject({ to: z.string().min(1), max: z.number().int().positive(), max_bytes: z.number().int().positive(), max_total_bytes: z.number().int().positive().optional() })
+    .optional(),
   price: priceSchema.optional(),
+  /** Free text for whoever reads the catalogue: where a source was not followed, and why. */
+  note: z.string().optional(),
+}).refine((r) => !r.style_references || r.family.endsWith('-multipart'), {
+  message: 'style_references are sent as files: the route must be multipart',
+  path: ['style_references'],
 });
 
 /** A describe route: one image file in, text out; options only (no prompt, no parameters, no price). */
@@ -103,6 +117,7 @@ function toMapping(m: MappingData): FieldMapping {
     rule: ruleFromDescriptor(m.rule),
     ...(m.to !== undefined ? { to: m.to } : {}),
     ...(m.transform !== undefined ? { write: TRANSFORMS[m.transform] } : {}),
+    ...(m.required ? { required: true } : {}),
   };
 }
 
@@ -125,8 +140,9 @@ function toRoute(r: RouteData): UpstreamRoute {
     path: r.path,
     auth: r.auth,
     ...(r.task ? { async: true, taskPollPath: r.task.poll_path } : {}),
-    prompt: { to: r.prompt.to, maxLength: r.prompt.max_length },
+    ...(r.prompt ? { prompt: { to: r.prompt.to, maxLength: r.prompt.max_length } } : {}),
     params,
+    ...(r.refused ? { refused: r.refused } : {}),
     options,
     ...(r.fixed ? { fixed: r.fixed } : {}),
     ...(r.images
@@ -141,6 +157,16 @@ function toRoute(r: RouteData): UpstreamRoute {
         }
       : {}),
     ...(r.mask ? { mask: r.mask } : {}),
+    ...(r.style_references
+      ? {
+          styleReferences: {
+            to: r.style_references.to,
+            max: r.style_references.max,
+            maxBytes: r.style_references.max_bytes,
+            ...(r.style_references.max_total_bytes ? { maxTotalBytes: r.style_references.max_total_bytes } : {}),
+          },
+        }
+      : {}),
     ...(r.price ? { price: toPrice(r.price) } : {}),
   };
 }

@@ -1,7 +1,7 @@
 import { GatewayError, invalidField } from '../errors.js';
-import type { EditMode, FieldMapping, ImageOperation, ModelSpec, Operation, Price, UpstreamRoute } from './model-spec.js';
+import type { EditMode, FieldMapping, ImageOperation, ModelSpec, Operation, Price, StyleReferenceInput, UpstreamRoute } from './model-spec.js';
 import type { ParamRule } from './param-rule.js';
-import { EDIT_MODES } from './model-spec.js';
+import { EDIT_MODES, STYLE_REFERENCES_FIELD } from './model-spec.js';
 import { MODELS } from './models.js';
 import { declarationOf, setDeclaration } from './catalogue-schema.js';
 
@@ -196,6 +196,8 @@ export interface FieldSchema {
   minimum?: number;
   maximum?: number;
   max_length?: number;
+  /** The route cannot be called without it. */
+  required?: boolean;
 }
 
 function fieldSchema(rule: ParamRule): FieldSchema {
@@ -211,11 +213,17 @@ function fieldSchema(rule: ParamRule): FieldSchema {
 /** What one route takes: its prompt, normalized parameters and options, and for edits its images and mask. */
 function routeSchema(route: UpstreamRoute, withImages: boolean) {
   const fields = (mappings: Record<string, FieldMapping | undefined>) =>
-    Object.fromEntries(Object.entries(mappings).flatMap(([name, m]) => (m ? [[name, fieldSchema(m.rule)]] : [])));
+    Object.fromEntries(Object.entries(mappings).flatMap(([name, m]) => (m ? [[name, { ...fieldSchema(m.rule), ...(m.required ? { required: true } : {}) }]] : [])));
+  const styleReferences = route.styleReferences;
   return {
-    prompt: { max_length: route.prompt.maxLength },
+    // max_length 0: the route takes no prompt (Ideogram's reframe).
+    prompt: { max_length: route.prompt?.maxLength ?? 0 },
     parameters: fields(route.params),
-    options: fields(route.options),
+    options: {
+      ...fields(route.options),
+      ...(styleReferences ? { [STYLE_REFERENCES_FIELD]: { type: 'json' as const, allowed: styleReferencesAllowed(styleReferences) } } : {}),
+    },
+    ...(styleReferences ? { style_references: { max: styleReferences.max, max_bytes: styleReferences.maxBytes } } : {}),
     ...(withImages ? { images: { max: route.images?.max ?? 1 }, mask: route.mask ? { required: route.mask.required } : null } : {}),
   };
 }
@@ -227,6 +235,11 @@ function describeSchema(model: ModelSpec) {
     options: Object.fromEntries(Object.entries(route.options).map(([name, m]) => [name, fieldSchema(m.rule)])),
     images: { max: route.images.max },
   };
+}
+
+/** What `options.style_reference_images` takes, in 400s and GET /v1/models. */
+export function styleReferencesAllowed(input: StyleReferenceInput): string {
+  return `an array of 1 to ${input.max} images (data URLs or http(s) URLs; in a multipart edit, files named ${STYLE_REFERENCES_FIELD}), each PNG, JPEG or WebP of at most ${input.maxBytes} bytes`;
 }
 
 /** The public description of a model for GET /v1/models. */
@@ -258,6 +271,7 @@ export function describeModel(model: ModelSpec) {
   for (const [name, mapping] of Object.entries(primary.params)) parameters[name] = mapping.rule.allowed;
   const options: Record<string, string> = {};
   for (const [name, mapping] of Object.entries(primary.options)) options[name] = mapping.rule.allowed;
+  if (primary.styleReferences) options[STYLE_REFERENCES_FIELD] = styleReferencesAllowed(primary.styleReferences);
   return {
     id: model.id,
     aliases: model.aliases,

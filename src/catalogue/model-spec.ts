@@ -20,8 +20,8 @@ export type NormalizedParam = (typeof NORMALIZED_PARAMS)[number];
 export type Operation = 'generate' | 'edit' | 'upscale' | 'describe';
 /** The operations that make images, through the generation pipeline (describe answers text). */
 export type ImageOperation = Exclude<Operation, 'describe'>;
-export type EditMode = 'edit' | 'remix' | 'replace_background';
-export const EDIT_MODES: readonly EditMode[] = ['edit', 'remix', 'replace_background'];
+export type EditMode = 'edit' | 'remix' | 'replace_background' | 'reframe';
+export const EDIT_MODES: readonly EditMode[] = ['edit', 'remix', 'replace_background', 'reframe'];
 
 /**
  * How a request is written to upstream:
@@ -41,6 +41,8 @@ export interface FieldMapping {
    */
   to?: string | readonly string[];
   write?: (value: unknown) => unknown;
+  /** The route cannot be called without it (Ideogram's reframe `resolution`). */
+  required?: boolean;
 }
 
 export interface ImageInput {
@@ -57,6 +59,23 @@ export interface ImageInput {
   shape?: 'single' | 'array' | 'numbered';
   repeatedFileField?: string;
 }
+
+/**
+ * Style reference images (Ideogram 3.0): files upstream, taken as `style_reference_images` files in
+ * a multipart edit or as `options.style_reference_images` (data URLs or URLs) in JSON.
+ */
+export interface StyleReferenceInput {
+  /** The upstream file field, repeated once per image. */
+  to: string;
+  max: number;
+  /** The largest one image may be (the vendor's per-image limit). */
+  maxBytes: number;
+  /** The most all the request's images together may be, style references included (the vendor's request limit). */
+  maxTotalBytes?: number;
+}
+
+/** The option under which a JSON request gives its style reference images, and the multipart file field. */
+export const STYLE_REFERENCES_FIELD = 'style_reference_images';
 
 export interface MaskInput {
   to: string;
@@ -88,14 +107,18 @@ export interface UpstreamRoute {
   /** The reply is a task to poll, at `taskPollPath` with `{task_id}` replaced. */
   async?: boolean;
   taskPollPath?: string;
-  prompt: { to: string; maxLength: number };
+  /** Absent: the route takes no prompt (Ideogram's reframe); a request with one is refused. */
+  prompt?: { to: string; maxLength: number };
   params: Partial<Record<NormalizedParam, FieldMapping>>;
+  /** Normalized fields the route refuses with a reason of its own (Ideogram 3.0's edit keeps the image's shape). */
+  refused?: Partial<Record<NormalizedParam, string>>;
   /** Model-specific upstream parameters accepted in `options`, by their upstream names. */
   options: Record<string, FieldMapping>;
   /** Values always sent (the model name for OpenAI-compatible calls, for example). */
   fixed?: Record<string, unknown>;
   images?: ImageInput;
   mask?: MaskInput;
+  styleReferences?: StyleReferenceInput;
   price?: Price;
 }
 

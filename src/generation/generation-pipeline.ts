@@ -176,7 +176,7 @@ export class GenerationPipeline {
     if (!prepared) {
       try {
         const loaded = await call.loadImages!(request, call.signal);
-        if (loaded.images.some(isPending) || (loaded.mask && isPending(loaded.mask))) {
+        if (loaded.images.some(isPending) || (loaded.mask && isPending(loaded.mask)) || loaded.styleReferences?.some(isPending)) {
           throw new GatewayError('internal_error', 'an input image was not read before the request was prepared');
         }
         prepared = await this.deps.generation.prepare(loaded);

@@ -103,7 +103,7 @@ export class ImageGeneration {
   check(request: ImageRequest, given?: ModelSpec): { model: ModelSpec; route: UpstreamRoute; mode?: EditMode } {
     const model = given ?? this.deps.catalogue.resolve(request.model);
     const { route, mode } = routeFor(model, request.operation, request.mode, request.mask !== undefined);
-    checkAgainstRoute(model, route, request);
+    checkAgainstRoute(model, route, mode ? { ...request, mode } : request);
     return { model, route, ...(mode ? { mode } : {}) };
   }
 

@@ -10,20 +10,30 @@ interface StoredImage {
   filename: string;
   base64: string;
 }
-type StoredRequest = Omit<ImageRequest, 'images' | 'mask'> & { images: StoredImage[]; mask?: StoredImage };
+type StoredRequest = Omit<ImageRequest, 'images' | 'mask' | 'styleReferences'> & { images: StoredImage[]; mask?: StoredImage; styleReferences?: StoredImage[] };
 
 const toStored = (image: InputImage): StoredImage => ({ mime: image.mime, filename: image.filename, base64: image.bytes.toString('base64') });
 const fromStored = (image: StoredImage): InputImage => ({ mime: image.mime, filename: image.filename, bytes: Buffer.from(image.base64, 'base64') });
 
 export function serializeRequest(request: ImageRequest): string {
-  const { images, mask, ...rest } = request;
-  const stored: StoredRequest = { ...rest, images: images.map(toStored), ...(mask ? { mask: toStored(mask) } : {}) };
+  const { images, mask, styleReferences, ...rest } = request;
+  const stored: StoredRequest = {
+    ...rest,
+    images: images.map(toStored),
+    ...(mask ? { mask: toStored(mask) } : {}),
+    ...(styleReferences ? { styleReferences: styleReferences.map(toStored) } : {}),
+  };
   return JSON.stringify(stored);
 }
 
 export function deserializeRequest(json: string): ImageRequest {
-  const { images, mask, ...rest } = JSON.parse(json) as StoredRequest;
-  return { ...rest, images: images.map(fromStored), ...(mask ? { mask: fromStored(mask) } : {}) };
+  const { images, mask, styleReferences, ...rest } = JSON.parse(json) as StoredRequest;
+  return {
+    ...rest,
+    images: images.map(fromStored),
+    ...(mask ? { mask: fromStored(mask) } : {}),
+    ...(styleReferences ? { styleReferences: styleReferences.map(fromStored) } : {}),
+  };
 }
 
 function canonical(value: unknown): unknown {
@@ -41,12 +51,14 @@ function canonical(value: unknown): unknown {
 /** The same request, however its fields were ordered or its images sent (multipart or data URL), hashes the same. */
 export function requestFingerprint(request: ImageRequest, resolvedModel: string): string {
   const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-  const { images, mask, model: _model, ...rest } = request;
+  const { images, mask, styleReferences, model: _model, ...rest } = request;
   const shape = canonical({
     ...rest,
     model: resolvedModel,
     images: images.map((i) => sha(i.bytes)),
     mask: mask ? sha(mask.bytes) : null,
+    // Absent for requests without any, so fingerprints of jobs kept before style references stay as they were.
+    ...(styleReferences ? { styleReferences: styleReferences.map((i) => sha(i.bytes)) } : {}),
   });
   return createHash('sha256').update(JSON.stringify(shape)).digest('hex');
 }

@@ -7,6 +7,7 @@ import { GatewayError, invalidField } from '../errors.js';
 import { sniffImageType } from '../images/image-bytes.js';
 import { inputImage, isPending, pendingImage, type ImageRequest, type InputImage } from './image-request.js';
 import { newUploadPath } from './uploads.js';
+import { STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 
 /** A multipart file as received: on disk under DATA_DIR/uploads until the request is admitted. */
 interface UploadedFile {
@@ -24,6 +25,8 @@ export interface EditParts {
   fields: Map<string, string>;
   images: InputImage[];
   mask: InputImage | undefined;
+  /** `style_reference_images` files (POST /v1/edit only), in order. */
+  styleReferences: InputImage[];
   /** The request with its images read from disk; the pipeline calls it after its checks (GenerationCall.loadImages). */
   load: (request: ImageRequest) => Promise<ImageRequest>;
   /** One image read from disk (a pending upload), for requests that are not an ImageRequest (describe). */
@@ -46,7 +49,12 @@ function fileTooLarge(field: string, maxBytes: number): GatewayError {
 }
 
 /** Shared by POST /v1/edit, /v1/upscale, /v1/describe and the OpenAI-compatible POST /v1/images/edits. */
-export async function readEditParts(app: FastifyInstance, request: FastifyRequest): Promise<EditParts> {
+export async function readEditParts(
+  app: FastifyInstance,
+  request: FastifyRequest,
+  /** Takes `style_reference_images` files too (POST /v1/edit; the OpenAI façade keeps OpenAI's fields). */
+  accept: { styleReferences?: boolean } = {},
+): Promise<EditParts> {
   // Uploads are written under DATA_DIR: none while it is short of space (refused as the pipeline would).
   app.storagePressure.refuseIfPressed();
   const maxRequest = app.config.MAX_REQUEST_BYTES;
@@ -64,7 +72,9 @@ export async function readEditParts(app: FastifyInstance, request: FastifyReques
 
   const fields = new Map<string, string>();
   const files: UploadedFile[] = [];
+  const styleFiles: UploadedFile[] = [];
   let mask: UploadedFile | undefined;
+  const fileFields = ['image', 'image[]', 'mask', ...(accept.styleReferences ? [STYLE_REFERENCES_FIELD] : [])];
   try {
     for await (const part of request.parts()) {
       if (over()) throw requestTooLarge(maxRequest);
@@ -75,9 +85,10 @@ export async function readEditParts(app: FastifyInstance, request: FastifyReques
         continue;
       }
       const isImage = part.fieldname === 'image' || part.fieldname === 'image[]';
-      if (!isImage && part.fieldname !== 'mask') throw invalidField(part.fieldname, 'is not a file field of this request', ['image', 'image[]', 'mask']);
+      const isStyle = accept.styleReferences === true && part.fieldname === STYLE_REFERENCES_FIELD;
+      if (!isImage && !isStyle && part.fieldname !== 'mask') throw invalidField(part.fieldname, 'is not a file field of this request', fileFields);
       if (part.fieldname === 'mask' && mask) throw invalidField('mask', 'give at most one mask');
-      const field = isImage ? (files.length === 0 ? 'image' : `image[${files.length}]`) : 'mask';
+      const field = isImage ? (files.length === 0 ? 'image' : `image[${files.length}]`) : isStyle ? `${STYLE_REFERENCES_FIELD}[${styleFiles.length}]` : 'mask';
       const path = newUploadPath(app, request);
       let head = Buffer.alloc(0);
       let size = 0;
@@ -105,6 +116,7 @@ export async function readEditParts(app: FastifyInstance, request: FastifyReques
       if (!mime) inputImage(head, field, part.filename);
       const uploaded = { field, path, image: pendingImage(mime!, part.filename) };
       if (isImage) files.push(uploaded);
+      else if (isStyle) styleFiles.push(uploaded);
       else mask = uploaded;
     }
     if (over()) throw requestTooLarge(maxRequest);
@@ -112,7 +124,7 @@ export async function readEditParts(app: FastifyInstance, request: FastifyReques
     request.raw.off('data', count);
   }
 
-  const byImage = new Map<InputImage, UploadedFile>([...files, ...(mask ? [mask] : [])].map((f) => [f.image, f]));
+  const byImage = new Map<InputImage, UploadedFile>([...files, ...styleFiles, ...(mask ? [mask] : [])].map((f) => [f.image, f]));
   const read = async (image: InputImage): Promise<InputImage> => {
     const file = isPending(image) ? byImage.get(image) : undefined;
     return file ? inputImage(await readFile(file.path), file.field, image.filename) : image;
@@ -122,10 +134,12 @@ export async function readEditParts(app: FastifyInstance, request: FastifyReques
     images: files.map((f) => f.image),
     mask: mask?.image,
     readImage: read,
+    styleReferences: styleFiles.map((f) => f.image),
     load: async (imageRequest) => ({
       ...imageRequest,
       images: await Promise.all(imageRequest.images.map(read)),
       ...(imageRequest.mask ? { mask: await read(imageRequest.mask) } : {}),
+      ...(imageRequest.styleReferences ? { styleReferences: await Promise.all(imageRequest.styleReferences.map(read)) } : {}),
     }),
   };
 }

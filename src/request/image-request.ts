@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { GatewayError, invalidField, type ErrorDetail } from '../errors.js';
 import type { EditMode, ImageOperation, NormalizedParam } from '../catalogue/model-spec.js';
-import { EDIT_MODES, NORMALIZED_PARAMS } from '../catalogue/model-spec.js';
+import { EDIT_MODES, NORMALIZED_PARAMS, STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 import { sniffImageType, type ImageMime } from '../images/image-bytes.js';
 
 /** An image the caller sent, checked by its bytes. */
@@ -15,7 +15,7 @@ export interface InputImage {
 export interface ImageRequest {
   operation: ImageOperation;
   model: string;
-  /** '' only for an upscale without a prompt (its prompt is optional); then none is sent upstream. */
+  /** '' when none was given: an upscale's prompt is optional, and an edit's route decides (Ideogram's reframe takes none). */
   prompt: string;
   params: Partial<Record<NormalizedParam, unknown>>;
   options: Record<string, unknown>;
@@ -24,6 +24,8 @@ export interface ImageRequest {
   mode?: EditMode;
   images: InputImage[];
   mask?: InputImage;
+  /** Style reference images (`options.style_reference_images` in JSON, `style_reference_images` files in multipart). */
+  styleReferences?: InputImage[];
   /** Where to POST the finished job (async requests). */
   callbackUrl?: string;
   /** Models to try, in order, when upstream cannot serve `model` (no channel, throttled, unavailable); [] = none, not even the defaults. */
@@ -84,9 +86,11 @@ const editJsonSchema = z
     // 16: the most images any model takes; the model's own limit is checked before anything is fetched.
     image: z.union([imageRef, z.array(imageRef).min(1).max(16)]),
     mask: imageRef,
+    // An edit's route decides whether it needs a prompt (checkAgainstRoute): Ideogram's reframe takes none.
+    prompt: z.string(),
   })
   .partial()
-  .required({ model: true, prompt: true, image: true });
+  .required({ model: true, image: true });
 
 type GenerateBody = z.infer<typeof generateSchema>;
 
@@ -124,11 +128,11 @@ function callbackFor(body: { callback_url?: string; async?: boolean }): string |
   return body.callback_url;
 }
 
-function fromBody(operation: ImageOperation, body: GenerateBody, extra: { mode?: EditMode; images?: InputImage[]; mask?: InputImage }): ImageRequest {
+function fromBody(operation: ImageOperation, body: Omit<GenerateBody, 'prompt'> & { prompt?: string | undefined }, extra: { mode?: EditMode; images?: InputImage[]; mask?: InputImage }): ImageRequest {
   return {
     operation,
     model: body.model,
-    prompt: body.prompt,
+    prompt: body.prompt ?? '',
     params: pickParams(body),
     options: body.options ?? {},
     responseFormat: body.response_format ?? 'url',
@@ -237,6 +241,9 @@ export function withFetched(request: ImageRequest, fetched: ReadonlyMap<string, 
     ...request,
     images: request.images.map((image, i) => pick(image, many ? `image[${i}]` : 'image')),
     ...(request.mask ? { mask: pick(request.mask, 'mask') } : {}),
+    ...(request.styleReferences
+      ? { styleReferences: request.styleReferences.map((image, i) => pick(image, `options.${STYLE_REFERENCES_FIELD}[${i}]`)) }
+      : {}),
   };
 }
 
@@ -268,7 +275,7 @@ function parseOptionsField(value: string): unknown {
 }
 
 /** Multipart text fields arrive as strings; turn them into the JSON body's types, then validate the same way. */
-export function parseEditMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined): ImageRequest {
+export function parseEditMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined, styleReferences: InputImage[] = []): ImageRequest {
   // No prototype: a field named after one of Object.prototype's properties is just an unknown field.
   const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
   for (const [name, value] of fields) {
@@ -280,14 +287,44 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
     else body[name] = value;
   }
   const schema = z
-    .strictObject({ ...commonFields, mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]) })
+    .strictObject({ ...commonFields, mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]), prompt: z.string() })
     .partial()
-    .required({ model: true, prompt: true });
+    .required({ model: true });
   const parsed = schema.safeParse(body);
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image (file)', 'mask (file)'], body);
   if (images.length === 0) throw invalidField('image', 'at least one image file is required');
   const { mode, ...rest } = parsed.data;
-  return fromBody('edit', rest, { images, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
+  if (styleReferences.length > 0 && rest.options && Object.hasOwn(rest.options, STYLE_REFERENCES_FIELD)) {
+    throw invalidField(`options.${STYLE_REFERENCES_FIELD}`, `give style reference images either as files named ${STYLE_REFERENCES_FIELD} or in options, not both`);
+  }
+  const request = fromBody('edit', rest, { images, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
+  return styleReferences.length > 0 ? { ...request, styleReferences } : request;
+}
+
+/** The most style reference images a request may name before its model is known; the model's own limit is checked later. */
+const MAX_STYLE_REFERENCES = 16;
+
+/**
+ * A JSON request's `options.style_reference_images` taken off its options into `styleReferences`:
+ * data URLs are decoded here, URLs are left pending (named `options.style_reference_images[i]`)
+ * for `withFetched`, which fetches them under the egress policy once the request is admitted.
+ */
+export function takeStyleReferences(request: ImageRequest, maxImageBytes: number): { request: ImageRequest; urls: ImageUrlRef[] } {
+  if (!Object.hasOwn(request.options, STYLE_REFERENCES_FIELD)) return { request, urls: [] };
+  const field = `options.${STYLE_REFERENCES_FIELD}`;
+  const { [STYLE_REFERENCES_FIELD]: value, ...options } = request.options;
+  const parsed = z.array(imageRef).min(1).max(MAX_STYLE_REFERENCES).safeParse(value);
+  if (!parsed.success) {
+    throw invalidField(field, `must be an array of 1 to ${MAX_STYLE_REFERENCES} images, each a data URL (data:image/png;base64,...) or an http(s) URL`);
+  }
+  const urls: ImageUrlRef[] = [];
+  const styleReferences = parsed.data.map((ref, i) => {
+    const name = `${field}[${i}]`;
+    if (!HTTP_URL.test(ref)) return decodeDataUrl(ref, name, maxImageBytes);
+    urls.push({ field: name, url: ref });
+    return pendingImage('image/png', `style-reference-${i + 1}`);
+  });
+  return { request: { ...request, options, styleReferences }, urls };
 }
 
 // ---------------------------------------------------------------- upscale and describe

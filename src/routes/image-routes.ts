@@ -9,9 +9,11 @@ import {
   parseGenerateBody,
   parseUpscaleJson,
   parseUpscaleMultipart,
+  takeStyleReferences,
   withFetched,
   type DescribeRequest,
   type ImageRequest,
+  type ImageUrlRef,
 } from '../request/image-request.js';
 import { modelAllowed } from '../auth/key-policy.js';
 import { readEditParts, type EditParts } from '../request/edit-parts.js';
@@ -50,26 +52,52 @@ function jsonBody(body: unknown): unknown {
   return typeof body === 'object' && body !== null && !Array.isArray(body) ? { ...(body as Record<string, unknown>) } : body;
 }
 
-async function readMultipartEdit(app: FastifyInstance, request: FastifyRequest): Promise<{ imageRequest: ImageRequest; stream: boolean; load: EditParts['load'] }> {
-  const { fields, images, mask, load } = await readEditParts(app, request);
+async function readMultipartEdit(app: FastifyInstance, request: FastifyRequest): Promise<{ imageRequest: ImageRequest; stream: boolean; load: NonNullable<GenerationCall['loadImages']> }> {
+  const { fields, images, mask, styleReferences, load } = await readEditParts(app, request, { styleReferences: true });
   noteRequestedModel(app, request, fields.get('model'));
   const stream = takeStreamFlag(fields);
-  return { imageRequest: parseEditMultipart(fields, images, mask), stream, load };
+  // Style references may come as files or, as in JSON, in options (data URLs or URLs, fetched once admitted).
+  const styled = takeStyleReferences(parseEditMultipart(fields, images, mask, styleReferences), app.config.MAX_UPLOAD_BYTES);
+  const fetch = fetchUrls(app, styled.urls);
+  return { imageRequest: styled.request, stream, load: fetch ? async (admitted, signal) => fetch(await load(admitted), signal) : load };
 }
 
-/** The most input images (and a mask) any model of the catalogue takes in one edit. */
+/** The most input images (a mask and style references included) any model of the catalogue takes in one edit. */
 function mostInputImages(app: FastifyInstance): number {
-  const counts = app.catalogue.models.flatMap((m) => Object.values(m.edit ?? {}).map((route) => (route?.images?.max ?? 1) + (route?.mask ? 1 : 0)));
+  const counts = app.catalogue.models.flatMap((m) =>
+    Object.values(m.edit ?? {}).map((route) => (route?.images?.max ?? 1) + (route?.mask ? 1 : 0) + (route?.styleReferences?.max ?? 0)),
+  );
   return Math.max(1, ...counts);
 }
+
+/** The most style reference images any model of the catalogue takes in one generate. */
+function mostStyleReferences(app: FastifyInstance): number {
+  return Math.max(0, ...app.catalogue.models.map((m) => m.generate?.styleReferences?.max ?? 0));
+}
+
+const perImageInJson = (app: FastifyInstance) => Math.ceil((app.config.MAX_UPLOAD_BYTES * 4) / 3) + 64;
 
 /**
  * A JSON edit's body limit: room for the most images a model takes, each up to MAX_UPLOAD_BYTES in
  * base64 (4/3 of it), plus 256 KiB for the other fields; never over MAX_REQUEST_BYTES.
  */
 export function jsonEditBodyLimit(app: FastifyInstance): number {
-  const perImage = Math.ceil((app.config.MAX_UPLOAD_BYTES * 4) / 3) + 64;
-  return Math.min(app.config.MAX_REQUEST_BYTES, perImage * mostInputImages(app) + 256 * 1024);
+  return Math.min(app.config.MAX_REQUEST_BYTES, perImageInJson(app) * mostInputImages(app) + 256 * 1024);
+}
+
+/**
+ * A generate body is a prompt and a few fields (the default limit, 1 MiB, app.ts), unless a model
+ * takes style reference images: then room for them as data URLs, as for an edit's images.
+ */
+export function generateBodyLimit(app: FastifyInstance): number | undefined {
+  const most = mostStyleReferences(app);
+  return most === 0 ? undefined : Math.min(app.config.MAX_REQUEST_BYTES, perImageInJson(app) * most + 256 * 1024);
+}
+
+/** Fetches a request's images given as URLs under the egress policy, once the pipeline has admitted it. */
+function fetchUrls(app: FastifyInstance, urls: ImageUrlRef[]): GenerationCall['loadImages'] {
+  if (urls.length === 0) return undefined;
+  return async (admitted, signal) => withFetched(admitted, await app.imageFetcher.fetchAll(urls, signal));
 }
 
 /** A JSON body with one image (upscale, describe): that image up to MAX_UPLOAD_BYTES in base64, plus 256 KiB; never over MAX_REQUEST_BYTES. */
@@ -90,15 +118,17 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     return describeModel(model);
   });
 
-  // A generate body is a prompt and a few fields: the default body limit (1 MiB, app.ts) leaves no room for megabytes.
-  app.post('/v1/generate', { config: { spendsMoney: true } }, async (request, reply) => {
+  const generateLimit = generateBodyLimit(app);
+  app.post('/v1/generate', { ...(generateLimit ? { bodyLimit: generateLimit } : {}), config: { spendsMoney: true } }, async (request, reply) => {
     if (!isJson(request)) {
       throw new GatewayError('unsupported_media_type', 'POST /v1/generate takes application/json');
     }
     noteRequestedModel(app, request, (request.body as { model?: unknown } | null)?.model);
     const body = jsonBody(request.body);
     const stream = typeof body === 'object' && body !== null ? takeStreamFlag(body as Record<string, unknown>) : false;
-    return answerGeneration(app, request, reply, parseGenerateBody(body), stream ? gatewayEvents : undefined);
+    // Style reference images given as URLs are fetched only once the request is admitted, as an edit's.
+    const { request: imageRequest, urls } = takeStyleReferences(parseGenerateBody(body), app.config.MAX_UPLOAD_BYTES);
+    return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined, fetchUrls(app, urls));
   });
 
   app.post('/v1/edit', { bodyLimit: jsonEditBodyLimit(app), config: { spendsMoney: true } }, async (request, reply) => {
@@ -113,8 +143,9 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
       noteRequestedModel(app, request, body.model);
       if (typeof body === 'object') stream = takeStreamFlag(body as Record<string, unknown>);
       const parsed = parseEditJson(body, app.config.MAX_UPLOAD_BYTES);
-      imageRequest = parsed.request;
-      if (parsed.urls.length > 0) load = async (admitted, signal) => withFetched(admitted, await app.imageFetcher.fetchAll(parsed.urls, signal));
+      const styled = takeStyleReferences(parsed.request, app.config.MAX_UPLOAD_BYTES);
+      imageRequest = styled.request;
+      load = fetchUrls(app, [...parsed.urls, ...styled.urls]);
     } else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
     return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined, load);
   });

@@ -434,7 +434,12 @@ const IDEOGRAM_V3_ACTIONS = [
   { action: 'remix', needsImage: true, needsMask: false },
   { action: 'edit', needsImage: true, needsMask: true },
   { action: 'replace-background', needsImage: true, needsMask: false },
+  // Reframe (Ideogram's spec): no prompt, a required resolution.
+  { action: 'reframe', needsImage: true, needsMask: false },
 ] as const;
+
+/** A reframe's resolution: WIDTHxHEIGHT, as Ideogram's ResolutionV3 values are written (its whole list is the gateway's catalogue's). */
+const V3_RESOLUTION = /^\d{3,4}x\d{3,4}$/;
 
 function registerIdeogramV3Routes(api: FastifyInstance, sim: SimulatorState): void {
   for (const { action, needsImage, needsMask } of IDEOGRAM_V3_ACTIONS) {
@@ -445,14 +450,26 @@ function registerIdeogramV3Routes(api: FastifyInstance, sim: SimulatorState): vo
       const fault = sim.takeFault(request);
       if (fault) return answerFault(sim, reply, fault, 'ideogram');
 
+      // Files the V3 routes define: the image, the edit's mask, and repeated style_reference_images.
+      const unknownFile = files.find((file) => !['image', 'mask', 'style_reference_images'].includes(file.field));
+      if (unknownFile) throw new SimulatedHttpError(400, `unexpected file field ${unknownFile.field}`, 'invalid_request_error');
       if (needsImage && !files.some((file) => file.field === 'image')) {
         throw new SimulatedHttpError(400, 'image is required', 'invalid_request_error');
       }
       if (needsMask && !files.some((file) => file.field === 'mask')) {
         throw new SimulatedHttpError(400, 'mask is required', 'invalid_request_error');
       }
+      const count = imageCount(firstField(fields, 'num_images'));
+      if (action === 'reframe') {
+        const resolution = firstField(fields, 'resolution');
+        if (resolution === undefined || !V3_RESOLUTION.test(resolution)) {
+          throw new SimulatedHttpError(400, 'resolution is required (one of the ResolutionV3 values, e.g. 1024x1024)', 'invalid_request_error');
+        }
+        if (fields.prompt !== undefined) throw new SimulatedHttpError(400, 'reframe takes no prompt', 'invalid_request_error');
+        return ideogramReply(sim, `reframe ${resolution}`, count, resolution);
+      }
       const prompt = requirePrompt(firstField(fields, 'prompt'));
-      return ideogramReply(sim, prompt, imageCount(firstField(fields, 'num_images')));
+      return ideogramReply(sim, prompt, count);
     });
   }
 }
@@ -606,11 +623,11 @@ function openAiImagesReply(sim: SimulatorState, prompt: string, count: number, a
   return { created: Math.floor(Date.now() / 1000), data, usage: tokenUsage(count) };
 }
 
-function ideogramReply(sim: SimulatorState, prompt: string, count: number): unknown {
+function ideogramReply(sim: SimulatorState, prompt: string, count: number, resolution = '1024x1024'): unknown {
   const data = Array.from({ length: count }, (_, i) => ({
     url: sim.imageUrl(prompt, i),
     prompt,
-    resolution: '1024x1024',
+    resolution,
     is_image_safe: true,
     seed: 12345,
     style_type: 'AUTO',

@@ -1,5 +1,7 @@
 import { GatewayError, invalidField } from '../errors.js';
 import type { DescribeRoute, FieldMapping, ModelSpec, NormalizedParam, UpstreamRoute } from '../catalogue/model-spec.js';
+import { STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
+import { styleReferencesAllowed } from '../catalogue/catalogue.js';
 import type { DescribeRequest, ImageRequest, InputImage } from '../request/image-request.js';
 import { toBlackMeansChangeMask } from '../images/mask.js';
 
@@ -44,13 +46,13 @@ function check(field: string, mapping: FieldMapping, value: unknown): void {
 }
 
 /** Why a parameter is refused; a shape asked in the form the model does not take names the one it does. */
-function unsupportedParamMessage(model: ModelSpec, route: UpstreamRoute, name: NormalizedParam): string {
+function unsupportedParamMessage(model: ModelSpec, route: UpstreamRoute, name: NormalizedParam, inMode: string): string {
   if (name === 'n') return `${model.id} makes one image per request; n must be 1`;
   const size = route.params.size;
   if (name === 'aspect_ratio' && size) return `is not supported by ${model.id}, which takes an explicit size: give size, ${size.rule.allowed}`;
   const ratio = route.params.aspect_ratio;
   if (name === 'size' && ratio) return `is not supported by ${model.id}, which takes its shape as aspect_ratio: give aspect_ratio, ${ratio.rule.allowed}`;
-  return `is not supported by ${model.id}`;
+  return `is not supported by ${model.id}${inMode}`;
 }
 
 /**
@@ -58,7 +60,13 @@ function unsupportedParamMessage(model: ModelSpec, route: UpstreamRoute, name: N
  * with a value it allows. Nothing is dropped or clamped: a mismatch is a 400 before any upstream call.
  */
 export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: ImageRequest): void {
-  if (req.prompt.length > route.prompt.maxLength) {
+  const inMode = req.mode ? ` in mode ${req.mode}` : '';
+  if (!route.prompt) {
+    if (req.prompt !== '') throw invalidField('prompt', `${model.id}${inMode} takes no prompt: leave it out`);
+  } else if (req.prompt === '') {
+    // An upscale's prompt is optional (POST /v1/upscale); every other route with a prompt needs one.
+    if (req.operation !== 'upscale') throw invalidField('prompt', 'is required (a non-empty string)');
+  } else if (req.prompt.length > route.prompt.maxLength) {
     throw invalidField('prompt', `is ${req.prompt.length} characters; ${model.id} takes at most ${route.prompt.maxLength}`);
   }
   const supported = Object.keys(route.params);
@@ -66,18 +74,29 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     const mapping = ownMapping(route.params, name);
     if (!mapping) {
       if (name === 'n' && value === 1) continue;
-      throw invalidField(name, unsupportedParamMessage(model, route, name), supported);
+      const refused = route.refused && Object.hasOwn(route.refused, name) ? route.refused[name] : undefined;
+      throw invalidField(name, refused ? `is not taken by ${model.id}${inMode}: ${refused}` : unsupportedParamMessage(model, route, name, inMode), supported);
     }
     check(name, mapping, value);
   }
-  const optionNames = Object.keys(route.options);
+  for (const [name, mapping] of Object.entries(route.params) as Array<[NormalizedParam, FieldMapping]>) {
+    if (mapping.required && req.params[name] === undefined) {
+      throw invalidField(name, `is required by ${model.id}${inMode}; one of ${mapping.rule.allowed.replace(/^one of /, '')}`, mapping.rule.values ?? mapping.rule.allowed);
+    }
+  }
+  const optionNames = [...Object.keys(route.options), ...(route.styleReferences ? [STYLE_REFERENCES_FIELD] : [])];
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
     if (!mapping) {
-      throw invalidField(`options.${name}`, `is not an option of ${model.id}`, optionNames);
+      // Still in options: the entry point did not take the images off (the OpenAI-compatible ones do not).
+      if (name === STYLE_REFERENCES_FIELD && route.styleReferences) {
+        throw invalidField(`options.${name}`, 'style reference images are taken by POST /v1/generate and POST /v1/edit, not by the OpenAI-compatible endpoints');
+      }
+      throw invalidField(`options.${name}`, `is not an option of ${model.id}${inMode}`, optionNames);
     }
     check(`options.${name}`, mapping, value);
   }
+  checkStyleReferences(model, route, req, inMode, optionNames);
   if (req.operation === 'edit' || req.operation === 'upscale') {
     const images = route.images;
     if (!images) throw new GatewayError('internal_error', `catalogue: ${model.id} ${req.operation} route takes no image`);
@@ -90,6 +109,32 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     if (!req.mask && route.mask?.required) {
       throw invalidField('mask', `${model.id} in mode ${req.mode ?? 'edit'} needs a mask (transparent pixels = the area to change)`);
     }
+  }
+}
+
+/** Style reference images: only where the route takes them, at most its count, each within its size (once read). */
+function checkStyleReferences(model: ModelSpec, route: UpstreamRoute, req: ImageRequest, inMode: string, optionNames: string[]): void {
+  const given = req.styleReferences ?? [];
+  if (given.length === 0) return;
+  const field = `options.${STYLE_REFERENCES_FIELD}`;
+  const spec = route.styleReferences;
+  if (!spec) throw invalidField(field, `is not an option of ${model.id}${inMode}`, optionNames);
+  if (given.length > spec.max) {
+    throw invalidField(field, `${model.id}${inMode} takes at most ${spec.max} style reference images; got ${given.length}`, styleReferencesAllowed(spec));
+  }
+  given.forEach((image, i) => {
+    if (image.bytes.length > spec.maxBytes) {
+      throw new GatewayError('payload_too_large', `${field}[${i}]: the image is ${image.bytes.length} bytes; ${model.id} takes at most ${spec.maxBytes} per style reference image`, {
+        details: [{ field: `${field}[${i}]`, message: `must be at most ${spec.maxBytes} bytes` }],
+      });
+    }
+  });
+  // Images not read yet count 0 here; the check runs again once they are.
+  const total = [...req.images, ...(req.mask ? [req.mask] : []), ...given].reduce((sum, image) => sum + image.bytes.length, 0);
+  if (spec.maxTotalBytes !== undefined && total > spec.maxTotalBytes) {
+    throw new GatewayError('payload_too_large', `${field}: the request's images come to ${total} bytes; ${model.id} takes at most ${spec.maxTotalBytes} for all of them together`, {
+      details: [{ field, message: `all images together must be at most ${spec.maxTotalBytes} bytes` }],
+    });
   }
 }
 
@@ -124,8 +169,8 @@ function copyJson<T>(value: T): T {
 /** Writes the normalized request in the upstream's own terms, as the catalogue declares. */
 export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest): Promise<UpstreamRequest> {
   const tree: Record<string, unknown> = copyJson(route.fixed ?? {});
-  // Only an upscale may come without a prompt (its prompt is optional upstream too).
-  if (req.prompt !== '') setPath(tree, route.prompt.to, req.prompt);
+  // No prompt: a route that takes none (Ideogram's reframe), or an upscale given none (its prompt is optional).
+  if (route.prompt && req.prompt !== '') setPath(tree, route.prompt.to, req.prompt);
   for (const [name, value] of Object.entries(req.params) as Array<[NormalizedParam, unknown]>) {
     const mapping = ownMapping(route.params, name);
     if (!mapping) continue; // only n = 1 on a one-image model, which upstream does not take
@@ -157,6 +202,13 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
       const mask = route.mask.convention === 'black' ? converted : req.mask;
       files.push({ field: route.mask.to, filename: 'mask.png', mime: mask.mime, bytes: mask.bytes });
     }
+  }
+
+  if (route.styleReferences && req.styleReferences) {
+    const to = route.styleReferences.to;
+    req.styleReferences.forEach((image, i) => {
+      files.push({ field: to, filename: fileName(image, `style-reference-${i + 1}`), mime: image.mime, bytes: image.bytes });
+    });
   }
 
   const { auth } = route;
@@ -195,7 +247,7 @@ export function toDescribeRequest(route: DescribeRoute, req: DescribeRequest): U
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
     if (!mapping) throw invalidField(`options.${name}`, 'is not an option of this model', Object.keys(route.options));
-    setPath(tree, mapping.to ?? name, mapping.write ? mapping.write(value) : value);
+    writeMapped(tree, name, mapping, value);
   }
   const fields: Array<[string, string]> = Object.entries(tree).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify(v)]);
   const file: UpstreamFile = { field: route.images.to, filename: fileName(req.image, 'image-1'), mime: req.image.mime, bytes: req.image.bytes };
