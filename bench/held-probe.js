@@ -75,9 +75,12 @@ process.on('exit', () => {
   for (const child of children) child.kill('SIGKILL');
 });
 
-function start(script, args, env, stdout = 'ignore') {
+/** The node flags of `npm start`, as the gateway runs in production. */
+const START_FLAGS = JSON.parse(readFileSync(join(BENCH_DIR, '..', 'package.json'), 'utf8')).scripts.start.split(' ').filter((word) => word.startsWith('--'));
+
+function start(script, args, env, stdout = 'ignore', execArgv = []) {
   return new Promise((resolve, reject) => {
-    const child = fork(script, args, { env: { ...process.env, ...env }, stdio: ['ignore', stdout, 'inherit', 'ipc'] });
+    const child = fork(script, args, { env: { ...process.env, ...env }, execArgv, stdio: ['ignore', stdout, 'inherit', 'ipc'] });
     children.add(child);
     child.once('exit', (code) => {
       children.delete(child);
@@ -139,7 +142,7 @@ async function main() {
             UPSTREAM_MAX_CONCURRENCY: process.env.UPSTREAM_MAX_CONCURRENCY ?? String(clients),
             IMAGE_URL_SECRET: 'held-probe-url-secret-0123456789abcdef',
             PUBLIC_BASE_URL: 'http://127.0.0.1',
-          }, process.env.HELD_GATEWAY_LOG ? openSync(process.env.HELD_GATEWAY_LOG, 'a') : 'ignore')
+          }, process.env.HELD_GATEWAY_LOG ? openSync(process.env.HELD_GATEWAY_LOG, 'a') : 'ignore', START_FLAGS)
         : await start(process.env.HELD_PASSTHROUGH ?? join(BENCH_DIR, 'passthrough.js'), [], { BENCH_UPSTREAM_URL: upstream.url, BENCH_UPSTREAM_KEY: UPSTREAM_KEY });
     const job =
       name === 'gateway'
@@ -149,11 +152,22 @@ async function main() {
     await load({ ...job, connections: 4, seconds: REPLY_MS / 1000 + 1 });
     writeFileSync(`/proc/${server.pid}/clear_refs`, '5');
     const cpuBefore = cpuMs(server.pid);
+    // Where the peak is (V8's heap, buffers outside it), sampled every 100 ms.
+    const peaks = { heapUsed: 0, external: 0, arrayBuffers: 0 };
+    const onMemory = (message) => {
+      if (message?.type !== 'memory') return;
+      for (const field of Object.keys(peaks)) peaks[field] = Math.max(peaks[field], Math.round(message.usage[field] / 2 ** 20));
+    };
+    server.child.on('message', onMemory);
+    const sampler = setInterval(() => server.child.send({ type: 'memory' }), 100);
     const result = await load({ ...job, connections: clients, seconds });
+    clearInterval(sampler);
+    server.child.off('message', onMemory);
     const cores = (cpuMs(server.pid) - cpuBefore) / (seconds * 1000);
     console.log(
       `${name.padEnd(12)} ${result.requestsPerSecond?.toFixed(1)} req/s  p50 ${result.p50?.toFixed(0)} ms  p99 ${result.p99?.toFixed(0)} ms  ` +
-        `errors ${result.errors} ${JSON.stringify(result.statuses)}  cores ${cores.toFixed(2)}  peak RSS ${peakMb(server.pid)} MB`,
+        `errors ${result.errors} ${JSON.stringify(result.statuses)}  cores ${cores.toFixed(2)}  peak RSS ${peakMb(server.pid)} MB ` +
+        `(peaks in MB: heap ${peaks.heapUsed}, external ${peaks.external}, array buffers ${peaks.arrayBuffers})`,
     );
     await stop(server);
   }

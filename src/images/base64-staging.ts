@@ -8,9 +8,9 @@ import type { StagedImage } from './image-library.js';
 import type { WarmStagingFiles } from './warm-staging-files.js';
 
 /** Decoded bytes gathered before each write to the temp file: one thread-pool trip per MiB. */
-const WRITE_BYTES = 1024 * 1024;
+const WRITE_BYTES = 256 * 1024;
 /** Idle write buffers kept for the next image (two per image in flight). */
-const MAX_POOLED_BUFFERS = 32;
+const MAX_POOLED_BUFFERS = 64;
 const pool: Buffer[] = [];
 
 /**

@@ -29,6 +29,13 @@ const KEY_PROBLEM = /balance|quota|insufficient|credit|invalid.*key|api key|余�
 const MODERATION_HINT = /moderat|safety|content[_ ]policy|sensitive|nsfw|unsafe/i;
 /** How AiHubMix (new-api) says it has no provider for a model: "当前分组 default 下对于模型 x 无可用渠道". */
 const NO_CHANNEL = /无可用渠道|no available channel|no channel available|model_not_found|distributor/i;
+/**
+ * What undici buffers of a reply before it pauses the socket. A reply waiting for room in the
+ * in-flight image bytes budget holds this much plus a socket read (~64 KiB): with undici's 64 KiB
+ * default, 400 waiting replies held ~100 MB, with 16 KiB half that; reading is no slower (each
+ * socket read is one piece either way).
+ */
+const UNREAD_REPLY_BYTES = 16 * 1024;
 /** Connection errors that mean nothing reached upstream. */
 const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
 
@@ -207,7 +214,7 @@ export class UpstreamExchange {
   /** One HTTP request to upstream; a connection that fails is classified (refused: nothing was sent). */
   async call(url: URL, init: { method: 'GET' | 'POST'; headers: Record<string, string>; body?: string | FormData; signal: AbortSignal }) {
     try {
-      return await request(url, { ...init, dispatcher: this.dispatcher, headersTimeout: 0, bodyTimeout: 0 });
+      return await request(url, { ...init, dispatcher: this.dispatcher, headersTimeout: 0, bodyTimeout: 0, highWaterMark: UNREAD_REPLY_BYTES });
     } catch (err) {
       if (init.signal.aborted) throw err;
       // The cause (with the upstream address) goes to the log only.
