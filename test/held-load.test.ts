@@ -33,13 +33,13 @@ let upstream: Server;
 let calls: ServerResponse[] = [];
 
 beforeAll(async () => {
-  // Noise, so the PNG stays large: ~1.1 MB, ~1.5 MB of base64; more than one staging write (256 KiB).
-  const side = 600;
+  // Noise, so the PNG stays large: ~2.4 MB, ~3.2 MB of base64; more than one staging write (1 MiB).
+  const side = 900;
   const raw = Buffer.alloc(side * side * 3);
   for (let i = 0; i < raw.length; i++) raw[i] = (i * 2654435761) >>> 24;
   png = await sharp(raw, { raw: { width: side, height: side, channels: 3 } }).png({ compressionLevel: 0 }).toBuffer();
   reply = Buffer.from(JSON.stringify({ output: { b64_json: [{ bytesBase64: png.toString('base64'), mimeType: 'png' }] } }));
-  // Two thirds: ~700 KB of the image decoded, several staging writes, and the reply far from whole.
+  // Two thirds: ~1.6 MB of the image decoded (a staging write or more), and the reply far from whole.
   replyHead = reply.subarray(0, Math.floor((reply.length * 2) / 3));
   upstream = createServer((req, res) => {
     req.resume();
@@ -116,7 +116,7 @@ describe('a large base64 image in an upstream reply', () => {
     const answer = generate(base);
     await vi.waitFor(() => expect(calls).toHaveLength(1), eventually);
     const staging = join(dataDir, 'images', '.staging');
-    const head = png.subarray(0, 256 * 1024);
+    const head = png.subarray(0, 64 * 1024);
     // The staging file already holds the image's first staging write, decoded; the reply is not whole.
     await vi.waitFor(() => {
       const holding = readdirSync(staging).filter((name) => readFileSync(join(staging, name)).subarray(0, head.length).equals(head));
