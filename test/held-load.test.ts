@@ -134,7 +134,7 @@ describe('a large base64 image in an upstream reply', () => {
 describe('MAX_INFLIGHT_IMAGE_BYTES', () => {
   it('is validated: a whole number of bytes, at least 1 MiB', () => {
     const env = { AIHUBMIX_API_KEY: UPSTREAM_KEY, GATEWAY_API_KEYS: `design:${CLIENT_KEY}` };
-    expect(loadConfig(env).MAX_INFLIGHT_IMAGE_BYTES).toBe(64 * 1024 * 1024);
+    expect(loadConfig(env).MAX_INFLIGHT_IMAGE_BYTES).toBe(32 * 1024 * 1024);
     expect(() => loadConfig({ ...env, MAX_INFLIGHT_IMAGE_BYTES: '64' })).toThrow(/MAX_INFLIGHT_IMAGE_BYTES.*at least 1048576/);
     expect(() => loadConfig({ ...env, MAX_INFLIGHT_IMAGE_BYTES: '64MiB' })).toThrow(/MAX_INFLIGHT_IMAGE_BYTES/);
   });
