@@ -272,6 +272,9 @@ const envSchema = z.object({
   ALLOWED_IMAGE_HOSTS: hostList('ALLOWED_IMAGE_HOSTS'),
   ALLOWED_CALLBACK_HOSTS: hostList('ALLOWED_CALLBACK_HOSTS'),
   UPSTREAM_QUEUE_TIMEOUT_MS: positiveInt('UPSTREAM_QUEUE_TIMEOUT_MS', 30_000),
+  // Bytes of upstream image replies received at once per replica; past it, new calls wait in the upstream queue (docs/held-load.md).
+  // At least 1 MiB: a smaller figure is almost surely meant in MiB, and would receive one render at a time.
+  MAX_INFLIGHT_IMAGE_BYTES: integer('MAX_INFLIGHT_IMAGE_BYTES', 32 * 1024 * 1024, 1024 * 1024),
   UPSTREAM_RETRIES: integer('UPSTREAM_RETRIES', 2, 0, 10),
   UPSTREAM_RETRY_BASE_MS: positiveInt('UPSTREAM_RETRY_BASE_MS', 500),
   UPSTREAM_KEY_COOLDOWN_MS: positiveInt('UPSTREAM_KEY_COOLDOWN_MS', 300_000),

@@ -6,6 +6,7 @@ import fp from 'fastify-plugin';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
 import type { StoragePressure } from '../images/storage-pressure.js';
+import type { ReplyByteBudget } from '../upstream/reply-byte-budget.js';
 import { ConfigError } from '../config.js';
 import { GatewayError } from '../errors.js';
 import { randomId } from '../ids.js';
@@ -90,6 +91,14 @@ export class GatewayMetrics {
     registers: [this.registry],
   });
 
+  readonly inflightImageWait = new Histogram({
+    name: 'gateway_inflight_image_wait_seconds',
+    help: 'Time successful upstream replies waited, unread, for room in MAX_INFLIGHT_IMAGE_BYTES on this replica, by how the wait ended: granted, abandoned (client gone, deadline).',
+    labelNames: ['outcome'] as const,
+    buckets: QUEUE_WAIT_BUCKETS_SECONDS,
+    registers: [this.registry],
+  });
+
   readonly jobsFinished = new Counter({
     name: 'gateway_jobs_finished_total',
     help: 'Jobs (async and idempotent requests) this replica finished, by status (succeeded, failed) and the error code of a failure.',
@@ -164,6 +173,35 @@ export class GatewayMetrics {
   }
 }
 
+/** The in-flight image bytes budget (MAX_INFLIGHT_IMAGE_BYTES), read at scrape time. */
+function inflightImageGauges(registry: Registry, budget: ReplyByteBudget): void {
+  const registers = [registry];
+  new Gauge({
+    name: 'gateway_inflight_image_bytes',
+    help: 'Bytes of upstream image replies being received on this replica (their declared length), out of MAX_INFLIGHT_IMAGE_BYTES.',
+    registers,
+    collect() {
+      this.set(budget.inUse);
+    },
+  });
+  new Gauge({
+    name: 'gateway_inflight_image_bytes_limit',
+    help: 'MAX_INFLIGHT_IMAGE_BYTES in force: past it, new upstream calls wait in the queue and replies wait unread.',
+    registers,
+    collect() {
+      this.set(budget.limit);
+    },
+  });
+  new Gauge({
+    name: 'gateway_inflight_image_waiting',
+    help: 'Successful upstream replies waiting, unread, for room in MAX_INFLIGHT_IMAGE_BYTES on this replica.',
+    registers,
+    collect() {
+      this.set(budget.waiting);
+    },
+  });
+}
+
 /** Storage pressure, read at scrape time (the watcher polls DATA_DIR every 10 s and after a failed write). */
 function storageGauges(registry: Registry, pressure: StoragePressure): void {
   const registers = [registry];
@@ -234,8 +272,10 @@ async function metrics(app: FastifyInstance): Promise<void> {
   const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth, () => app.jobs.counts());
   app.decorate('metrics', gatewayMetrics);
   app.upstream.observeQueueWait = (seconds, outcome) => gatewayMetrics.upstreamQueueWait.observe({ outcome }, seconds);
+  app.upstream.observeReplyWait = (seconds, outcome) => gatewayMetrics.inflightImageWait.observe({ outcome }, seconds);
   app.jobs.observeFinished = (status, code) => gatewayMetrics.jobsFinished.inc({ status, code });
   app.jobs.observeFallback = (fallback) => gatewayMetrics.observeFallback(fallback);
+  inflightImageGauges(gatewayMetrics.registry, app.upstream.replyBytes);
   storageGauges(gatewayMetrics.registry, app.storagePressure);
   const { METRICS_TOKEN: token, METRICS_PORT: port, METRICS_HOST: host } = app.config;
 

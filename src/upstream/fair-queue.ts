@@ -10,10 +10,16 @@ export type QueueWaitOutcome = 'granted' | 'timed_out' | 'abandoned';
 /** Told of every acquire as it ends: how long it waited (seconds; 0 for a slot free at once) and how it ended. */
 export type QueueWaitObserver = (seconds: number, outcome: QueueWaitOutcome) => void;
 
+/** Something else that may hold the queue shut (the in-flight image bytes budget, reply-byte-budget.ts). */
+export interface QueueGate {
+  readonly open: boolean;
+}
+
 /**
- * At most `limit` upstream calls in flight. The rest wait, each team in its own line, and lines are
- * served in turn, so one team's burst cannot starve the others. A wait longer than the queue
- * timeout is a 503: better a quick "try again" than a request that hangs.
+ * At most `limit` upstream calls in flight, and none sent while the gate is shut. The rest wait,
+ * each team in its own line, and lines are served in turn, so one team's burst cannot starve the
+ * others. A wait longer than the queue timeout is a 503: better a quick "try again" than a request
+ * that hangs. Whoever shuts the gate calls `wake()` when it opens again.
  */
 export class FairQueue {
   private active = 0;
@@ -24,7 +30,13 @@ export class FairQueue {
     private readonly limit: number,
     private readonly timeoutMs: number,
     private readonly observeWait: QueueWaitObserver = () => {},
+    private readonly gate: QueueGate = { open: true },
   ) {}
+
+  /** With nothing in flight the gate cannot stay shut on account of this queue's calls: never a stall. */
+  private get mayGrant(): boolean {
+    return this.active < this.limit && (this.active === 0 || this.gate.open);
+  }
 
   get waiting(): number {
     let n = 0;
@@ -38,7 +50,7 @@ export class FairQueue {
 
   async acquire(owner: string, signal: AbortSignal): Promise<void> {
     signal.throwIfAborted();
-    if (this.active < this.limit && this.waiting === 0) {
+    if (this.mayGrant && this.waiting === 0) {
       this.active++;
       this.observeWait(0, 'granted');
       return;
@@ -95,8 +107,13 @@ export class FairQueue {
 
   release(): void {
     this.active--;
+    this.wake();
+  }
+
+  /** Grants what waits, as far as the limit and the gate allow. */
+  wake(): void {
     // Round robin: the next team in turn sends its oldest waiting request, then goes to the back.
-    while (this.active < this.limit && this.turn.length > 0) {
+    while (this.mayGrant && this.turn.length > 0) {
       const owner = this.turn.shift()!;
       const line = this.lines.get(owner)!;
       const waiter = line.shift()!;

@@ -3,6 +3,7 @@ import type { HostResolver } from '../images/image-fetch.js';
 import type { UpstreamRequest } from './upstream-request.js';
 import { normalizeOutput, type UpstreamImage } from './upstream-reply.js';
 import { FairQueue, type QueueWaitObserver } from './fair-queue.js';
+import { ReplyByteBudget } from './reply-byte-budget.js';
 import type { Base64SinkFactory } from './image-reply-parser.js';
 import type { StagedImage } from '../images/image-library.js';
 import { inSpan } from '../observability/tracing.js';
@@ -31,6 +32,11 @@ export interface UpstreamClientOptions {
   /** Delay between task polls for the first 10 s after submission (see task-poll-schedule.ts). */
   pollIntervalMs: number;
   maxReplyBytes: number;
+  /**
+   * Bytes of successful upstream replies received at once (MAX_INFLIGHT_IMAGE_BYTES, see
+   * reply-byte-budget.ts); past it, replies wait unread and new calls wait in the queue. Unset: no budget.
+   */
+  maxInflightImageBytes?: number;
   maxDownloadBytes: number;
   /** How result URLs' host names are resolved under the egress policy (the system resolver by default). */
   resolveHost?: HostResolver;
@@ -83,19 +89,33 @@ export interface UpstreamResult {
  */
 export class UpstreamClient {
   private readonly slots: FairQueue;
+  /** Bytes of upstream replies being received (MAX_INFLIGHT_IMAGE_BYTES); read by the metrics. */
+  readonly replyBytes: ReplyByteBudget;
   private readonly keys: UpstreamKeyPool;
   private readonly exchange: UpstreamExchange;
   private readonly poller: TaskPoller;
   private readonly downloader: ResultDownloader;
   /** Told how long each call waited for an upstream slot (the metrics set it: they are made after this client). */
   observeQueueWait: QueueWaitObserver | undefined;
+  /** Told how long each successful reply waited for room in the budget (set by the metrics, as above). */
+  observeReplyWait: ((seconds: number, outcome: 'granted' | 'abandoned') => void) | undefined;
 
   constructor(private readonly options: UpstreamClientOptions) {
     const wait = (ms: number, signal: AbortSignal) => this.wait(ms, signal);
-    this.slots = new FairQueue(options.maxConcurrency, options.queueTimeoutMs, (seconds, outcome) => this.observeQueueWait?.(seconds, outcome));
+    this.replyBytes = new ReplyByteBudget(options.maxInflightImageBytes ?? Number.POSITIVE_INFINITY, (seconds, outcome) => this.observeReplyWait?.(seconds, outcome));
+    this.slots = new FairQueue(options.maxConcurrency, options.queueTimeoutMs, (seconds, outcome) => this.observeQueueWait?.(seconds, outcome), this.replyBytes);
+    this.replyBytes.onRoom(() => this.slots.wake());
     this.keys = new UpstreamKeyPool(options.apiKeys, options.keyCooldownMs);
     this.exchange = new UpstreamExchange(
-      { baseUrl: options.baseUrl, retries: options.retries, retryBaseMs: options.retryBaseMs, maxReplyBytes: options.maxReplyBytes, maxConcurrency: options.maxConcurrency, wait },
+      {
+        baseUrl: options.baseUrl,
+        retries: options.retries,
+        retryBaseMs: options.retryBaseMs,
+        maxReplyBytes: options.maxReplyBytes,
+        maxConcurrency: options.maxConcurrency,
+        replyBytes: this.replyBytes,
+        wait,
+      },
       this.keys,
     );
     this.poller = new TaskPoller(

@@ -6,6 +6,7 @@ import type { StagedImage } from '../images/image-library.js';
 import { SpanKind, injectTraceHeaders, inSpan, spanEvent } from '../observability/tracing.js';
 import { UpstreamFailure } from './upstream-failure.js';
 import type { UpstreamKeyPool } from './upstream-key-pool.js';
+import type { ReplyByteBudget, ReplyReservation } from './reply-byte-budget.js';
 
 /** Retry-After in seconds, from a number of seconds or an HTTP date. */
 export function parseRetryAfter(header: string | string[] | undefined): number | undefined {
@@ -28,6 +29,13 @@ const KEY_PROBLEM = /balance|quota|insufficient|credit|invalid.*key|api key|余�
 const MODERATION_HINT = /moderat|safety|content[_ ]policy|sensitive|nsfw|unsafe/i;
 /** How AiHubMix (new-api) says it has no provider for a model: "当前分组 default 下对于模型 x 无可用渠道". */
 const NO_CHANNEL = /无可用渠道|no available channel|no channel available|model_not_found|distributor/i;
+/**
+ * What undici buffers of a reply before it pauses the socket. A reply waiting for room in the
+ * in-flight image bytes budget holds this much plus a socket read (~64 KiB): with undici's 64 KiB
+ * default, 400 waiting replies held ~100 MB, with 16 KiB half that; reading is no slower (each
+ * socket read is one piece either way).
+ */
+const UNREAD_REPLY_BYTES = 16 * 1024;
 /** Connection errors that mean nothing reached upstream. */
 const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
 
@@ -47,6 +55,8 @@ export interface UpstreamExchangeOptions {
   retryBaseMs: number;
   maxReplyBytes: number;
   maxConcurrency: number;
+  /** What a successful reply takes while it is received (MAX_INFLIGHT_IMAGE_BYTES); none when unset. */
+  replyBytes?: ReplyByteBudget;
   wait: (ms: number, signal: AbortSignal) => Promise<void>;
 }
 
@@ -138,16 +148,48 @@ export class UpstreamExchange {
       body = form;
     }
     const res = await this.call(url, { method: 'POST', headers, body, signal });
-    // A reply too short to hold a long base64 string is parsed whole: cheaper than scanning it.
     const declared = Number(res.headers['content-length'] ?? Number.POSITIVE_INFINITY);
-    if (stageImage && res.statusCode >= 200 && res.statusCode < 300 && declared >= LONG_BASE64_BYTES) {
-      return this.readImageReply(res, signal, stageImage);
+    const succeeded = res.statusCode >= 200 && res.statusCode < 300;
+    // An answer that is not an image (a refusal, an error) is small and read at once.
+    if (!succeeded || !this.options.replyBytes) return this.readReply(res, signal, declared, stageImage);
+    let reservation: ReplyReservation;
+    try {
+      // Past the budget the body stays unread (the socket paused) until a reply before it is done.
+      reservation = await this.options.replyBytes.reserve(Number.isFinite(declared) ? Math.min(declared, this.options.maxReplyBytes) : 0, signal);
+    } catch (err) {
+      res.body.destroy();
+      throw err;
     }
-    return this.readJson(res, signal);
+    try {
+      // A reply of unknown length takes its bytes as they arrive.
+      const onBytes = Number.isFinite(declared) ? undefined : (bytes: number) => reservation.grow(bytes);
+      return await this.readReply(res, signal, declared, stageImage, onBytes);
+    } finally {
+      reservation.release();
+    }
+  }
+
+  private readReply(
+    res: Dispatcher.ResponseData,
+    signal: AbortSignal,
+    declared: number,
+    stageImage?: Base64SinkFactory<StagedImage>,
+    onBytes?: (bytes: number) => void,
+  ): Promise<unknown> {
+    // A reply too short to hold a long base64 string is parsed whole: cheaper than scanning it.
+    if (stageImage && res.statusCode >= 200 && res.statusCode < 300 && declared >= LONG_BASE64_BYTES) {
+      return this.readImageReply(res, signal, stageImage, onBytes);
+    }
+    return this.readJson(res, signal, onBytes);
   }
 
   /** A successful reply, its large base64 images streamed to `stageImage` (see image-reply-parser.ts). */
-  private async readImageReply(res: Dispatcher.ResponseData, signal: AbortSignal, stageImage: Base64SinkFactory<StagedImage>): Promise<unknown> {
+  private async readImageReply(
+    res: Dispatcher.ResponseData,
+    signal: AbortSignal,
+    stageImage: Base64SinkFactory<StagedImage>,
+    onBytes?: (bytes: number) => void,
+  ): Promise<unknown> {
     const max = this.options.maxReplyBytes;
     const upstreamStatus = res.statusCode;
     if (Number(res.headers['content-length'] ?? 0) > max) {
@@ -155,7 +197,7 @@ export class UpstreamExchange {
       throw new UpstreamFailure('reply_too_large', `upstream reply is ${res.headers['content-length']} bytes, over the ${max} byte limit`, { upstreamStatus });
     }
     try {
-      const parsed = await parseImageReply(res.body, stageImage, max);
+      const parsed = await parseImageReply(onBytes ? counted(res.body, onBytes) : res.body, stageImage, max);
       signal.throwIfAborted();
       return parsed;
     } catch (err) {
@@ -172,7 +214,7 @@ export class UpstreamExchange {
   /** One HTTP request to upstream; a connection that fails is classified (refused: nothing was sent). */
   async call(url: URL, init: { method: 'GET' | 'POST'; headers: Record<string, string>; body?: string | FormData; signal: AbortSignal }) {
     try {
-      return await request(url, { ...init, dispatcher: this.dispatcher, headersTimeout: 0, bodyTimeout: 0 });
+      return await request(url, { ...init, dispatcher: this.dispatcher, headersTimeout: 0, bodyTimeout: 0, highWaterMark: UNREAD_REPLY_BYTES });
     } catch (err) {
       if (init.signal.aborted) throw err;
       // The cause (with the upstream address) goes to the log only.
@@ -181,7 +223,7 @@ export class UpstreamExchange {
     }
   }
 
-  private async readBody(res: Dispatcher.ResponseData, max: number): Promise<Buffer> {
+  private async readBody(res: Dispatcher.ResponseData, max: number, onBytes?: (bytes: number) => void): Promise<Buffer> {
     const declared = Number(res.headers['content-length'] ?? 0);
     if (declared > max) {
       res.body.destroy();
@@ -192,6 +234,7 @@ export class UpstreamExchange {
     try {
       for await (const chunk of res.body) {
         total += (chunk as Buffer).length;
+        onBytes?.((chunk as Buffer).length);
         if (total > max) {
           res.body.destroy();
           throw new UpstreamFailure('reply_too_large', `upstream reply is over the ${max} byte limit`, { upstreamStatus: res.statusCode });
@@ -206,9 +249,9 @@ export class UpstreamExchange {
     return Buffer.concat(chunks, total);
   }
 
-  /** A whole JSON reply; a non-2xx is thrown as its failure. */
-  async readJson(res: Dispatcher.ResponseData, signal: AbortSignal): Promise<unknown> {
-    const raw = await this.readBody(res, this.options.maxReplyBytes);
+  /** A whole JSON reply; a non-2xx is thrown as its failure. `onBytes` is told of each piece as it arrives. */
+  async readJson(res: Dispatcher.ResponseData, signal: AbortSignal, onBytes?: (bytes: number) => void): Promise<unknown> {
+    const raw = await this.readBody(res, this.options.maxReplyBytes, onBytes);
     signal.throwIfAborted();
     let parsed: unknown;
     let malformed = false;
@@ -252,5 +295,13 @@ export class UpstreamExchange {
       return new UpstreamFailure('rejected_input', `upstream refused the request: ${said}`, extra);
     }
     return new UpstreamFailure(status >= 500 && noChannel ? 'no_channel' : 'server_error', `upstream failed (HTTP ${status}): ${said}`, extra);
+  }
+}
+
+/** `body`, each piece counted by `onBytes` as it passes. */
+async function* counted(body: AsyncIterable<Uint8Array>, onBytes: (bytes: number) => void): AsyncIterable<Uint8Array> {
+  for await (const chunk of body) {
+    onBytes(chunk.length);
+    yield chunk;
   }
 }

@@ -20,6 +20,7 @@ async function upstream(app: FastifyInstance): Promise<void> {
     keyCooldownMs: config.UPSTREAM_KEY_COOLDOWN_MS,
     pollIntervalMs: config.TASK_POLL_INTERVAL_MS,
     maxReplyBytes: 512 * 1024 * 1024,
+    maxInflightImageBytes: config.MAX_INFLIGHT_IMAGE_BYTES,
     maxDownloadBytes: 64 * 1024 * 1024,
     resolveHost: app.resolveHost,
   });

@@ -1,0 +1,222 @@
+/**
+ * Held load in bounded memory (docs/held-load.md): a large upstream reply is staged as it streams
+ * in, and the in-flight image bytes budget (MAX_INFLIGHT_IMAGE_BYTES) makes further upstream calls
+ * wait in the queue, unsent, until a reply before them is done. The fake upstream here answers
+ * each call with its headers and the first part of a large base64 PNG, and sends the rest only when
+ * the test says so; what the gateway does meanwhile is read from its metrics and its staging files.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import sharp from 'sharp';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { buildApp } from '../src/app.js';
+import { loadConfig } from '../src/config.js';
+
+const UPSTREAM_KEY = 'sk-test-held-0123456789abcdef';
+const CLIENT_KEY = 'gk-test-held-0123456789abcdef';
+const headers = { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json' };
+const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+/** Eventually, however slow the machine: never a timing assertion. */
+const eventually = { timeout: 30_000, interval: 10 };
+
+let png: Buffer;
+/** The whole reply upstream sends for every call, and the part it sends at once. */
+let reply: Buffer;
+let replyHead: Buffer;
+let upstream: Server;
+/** Calls upstream has received, each waiting for the rest of its reply. */
+let calls: ServerResponse[] = [];
+
+beforeAll(async () => {
+  // Noise, so the PNG stays large: ~2.4 MB, ~3.2 MB of base64; more than one staging write (1 MiB).
+  const side = 900;
+  const raw = Buffer.alloc(side * side * 3);
+  for (let i = 0; i < raw.length; i++) raw[i] = (i * 2654435761) >>> 24;
+  png = await sharp(raw, { raw: { width: side, height: side, channels: 3 } }).png({ compressionLevel: 0 }).toBuffer();
+  reply = Buffer.from(JSON.stringify({ output: { b64_json: [{ bytesBase64: png.toString('base64'), mimeType: 'png' }] } }));
+  // Two thirds: ~1.6 MB of the image decoded (a staging write or more), and the reply far from whole.
+  replyHead = reply.subarray(0, Math.floor((reply.length * 2) / 3));
+  upstream = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      calls.push(res);
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': reply.length });
+      res.write(replyHead);
+    });
+  });
+  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+});
+
+afterAll(async () => {
+  upstream.closeAllConnections();
+  await new Promise((resolve) => upstream?.close(resolve));
+});
+
+/** Sends the rest of call `i`'s reply. */
+const finishCall = (i: number) => calls[i]!.end(reply.subarray(replyHead.length));
+
+let app: FastifyInstance | undefined;
+let dataDir: string;
+
+afterEach(async () => {
+  for (const call of calls) if (!call.writableEnded) call.destroy();
+  calls = [];
+  await app?.close();
+  app = undefined;
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function startGateway(maxInflightImageBytes: number): Promise<string> {
+  dataDir = mkdtempSync(join(tmpdir(), 'gw-held-'));
+  app = await buildApp(
+    loadConfig({
+      AIHUBMIX_API_KEY: UPSTREAM_KEY,
+      AIHUBMIX_BASE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
+      DATA_DIR: dataDir,
+      UPSTREAM_RETRIES: '0',
+      MAX_INFLIGHT_IMAGE_BYTES: String(maxInflightImageBytes),
+      RATE_LIMIT_RPM: '1000',
+      LOG_LEVEL: 'silent',
+    }),
+  );
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+}
+
+/** One sample of the gateway's metrics, by name and labels as written. */
+async function metric(name: string): Promise<number> {
+  const text = (await app!.inject({ method: 'GET', url: '/metrics' })).body;
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  if (line === undefined) throw new Error(`no metric ${name} in /metrics`);
+  return Number(line.slice(name.length + 1));
+}
+
+function generate(base: string, signal?: AbortSignal): Promise<Response> {
+  return fetch(`${base}/v1/generate`, { method: 'POST', headers, body: JSON.stringify({ model: 'gpt-image-1', prompt: 'noise' }), signal });
+}
+
+async function expectStored(answer: Promise<Response>): Promise<void> {
+  const res = await answer;
+  const body = (await res.json()) as { images: { sha256: string; bytes: number }[] };
+  expect(res.status, JSON.stringify(body)).toBe(200);
+  expect(body.images[0]).toMatchObject({ sha256: sha256(png), bytes: png.length });
+  const file = join(dataDir, 'images', body.images[0]!.sha256.slice(0, 2), `${body.images[0]!.sha256}.png`);
+  expect(readFileSync(file).equals(png)).toBe(true);
+}
+
+describe('a large base64 image in an upstream reply', () => {
+  it('is staged as it arrives: its first bytes are on disk while most of the reply is still to come', async () => {
+    const base = await startGateway(64 * 1024 * 1024);
+    const answer = generate(base);
+    await vi.waitFor(() => expect(calls).toHaveLength(1), eventually);
+    const staging = join(dataDir, 'images', '.staging');
+    const head = png.subarray(0, 64 * 1024);
+    // The staging file already holds the image's first staging write, decoded; the reply is not whole.
+    await vi.waitFor(() => {
+      const holding = readdirSync(staging).filter((name) => readFileSync(join(staging, name)).subarray(0, head.length).equals(head));
+      expect(holding).toHaveLength(1);
+    }, eventually);
+    expect(calls[0]!.writableEnded).toBe(false);
+    // While it is received, the reply counts its declared length against the budget.
+    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    finishCall(0);
+    await expectStored(answer);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(0);
+  });
+});
+
+describe('MAX_INFLIGHT_IMAGE_BYTES', () => {
+  it('is validated: a whole number of bytes, at least 1 MiB', () => {
+    const env = { AIHUBMIX_API_KEY: UPSTREAM_KEY, GATEWAY_API_KEYS: `design:${CLIENT_KEY}` };
+    expect(loadConfig(env).MAX_INFLIGHT_IMAGE_BYTES).toBe(32 * 1024 * 1024);
+    expect(() => loadConfig({ ...env, MAX_INFLIGHT_IMAGE_BYTES: '64' })).toThrow(/MAX_INFLIGHT_IMAGE_BYTES.*at least 1048576/);
+    expect(() => loadConfig({ ...env, MAX_INFLIGHT_IMAGE_BYTES: '64MiB' })).toThrow(/MAX_INFLIGHT_IMAGE_BYTES/);
+  });
+
+  it('holds the next call in the upstream queue, unsent, until a reply in flight is done', async () => {
+    // Room for exactly two replies.
+    const base = await startGateway(2 * reply.length);
+    expect(await metric('gateway_inflight_image_bytes_limit')).toBe(2 * reply.length);
+    const first = [generate(base), generate(base)];
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(2 * reply.length), eventually);
+    const third = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
+    expect(calls).toHaveLength(2);
+    finishCall(0);
+    await expectStored(first[0]!);
+    // The first reply's bytes given back, the third call goes.
+    await vi.waitFor(() => expect(calls).toHaveLength(3), eventually);
+    expect(await metric('gateway_upstream_queue_depth')).toBe(0);
+    finishCall(1);
+    finishCall(2);
+    await Promise.all([expectStored(first[1]!), expectStored(third)]);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(0);
+  });
+
+  it('drops a call waiting in the queue whose client leaves: it is never sent and takes nothing', async () => {
+    const base = await startGateway(reply.length);
+    const first = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    const leaving = new AbortController();
+    const left = generate(base, leaving.signal).catch((err: unknown) => err);
+    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
+    leaving.abort();
+    expect(await left).toBeInstanceOf(Error);
+    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(0), eventually);
+    expect(await metric('gateway_upstream_queue_wait_seconds_count{outcome="abandoned"}')).toBe(1);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    finishCall(0);
+    await expectStored(first);
+    // The next call is the only other one upstream ever sees.
+    const next = generate(base);
+    await vi.waitFor(() => expect(calls).toHaveLength(2), eventually);
+    finishCall(1);
+    await expectStored(next);
+  });
+
+  it('drops a reply waiting unread for room whose client leaves, and lets the queue go on', async () => {
+    // Room for one reply and a half: the second call is sent, its reply waits for room unread.
+    const base = await startGateway(Math.floor(reply.length * 1.5));
+    const first = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    const leaving = new AbortController();
+    const left = generate(base, leaving.signal).catch((err: unknown) => err);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(1), eventually);
+    expect(calls).toHaveLength(2);
+    // While a reply waits for room, nothing new is sent.
+    const third = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
+    leaving.abort();
+    expect(await left).toBeInstanceOf(Error);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(0), eventually);
+    expect(await metric('gateway_inflight_image_wait_seconds_count{outcome="abandoned"}')).toBe(1);
+    // The reply that was left took nothing; with no reply waiting, the third call is sent.
+    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    await vi.waitFor(() => expect(calls).toHaveLength(3), eventually);
+    finishCall(0);
+    await expectStored(first);
+    finishCall(2);
+    await expectStored(third);
+  });
+
+  it('still receives a reply larger than the whole budget, alone', async () => {
+    const base = await startGateway(1024 * 1024);
+    expect(reply.length).toBeGreaterThan(1024 * 1024);
+    const first = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    const second = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
+    expect(calls).toHaveLength(1);
+    finishCall(0);
+    await expectStored(first);
+    await vi.waitFor(() => expect(calls).toHaveLength(2), eventually);
+    finishCall(1);
+    await expectStored(second);
+  });
+});
