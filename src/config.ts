@@ -1,5 +1,4 @@
 import { isIP } from 'node:net';
-import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { MIN_CLIENT_KEY_LENGTH } from './auth/key-policy.js';
 import { CatalogueError } from './catalogue/catalogue-schema.js';
@@ -270,8 +269,9 @@ const envSchema = z.object({
   IMAGE_STORE_MAX_BYTES: optionalPositiveInt('IMAGE_STORE_MAX_BYTES'),
   // Images up to this size are kept in their database row instead of the store; 0: every image in the store.
   IMAGE_INLINE_MAX_BYTES: integer('IMAGE_INLINE_MAX_BYTES', 16 * 1024, 0, 1024 * 1024),
-  // Worker threads for the image work of large images (decoding, hashing, encoding); 0: all on the main thread.
-  WORKERS: integer('WORKERS', availableParallelism(), 0, MAX_WORKERS),
+  // Worker threads for the image work of large images (decoding, hashing, encoding); 0: all on the main
+  // thread. 0 by default: measured (docs/workers.md), the threads cost more CPU than they take off the main thread.
+  WORKERS: integer('WORKERS', 0, 0, MAX_WORKERS),
   RETENTION_SWEEP_INTERVAL_MS: positiveInt('RETENTION_SWEEP_INTERVAL_MS', 10 * 60 * 1000),
   // Below this free space in DATA_DIR new generations are refused (507); unset: the smaller of 1 GiB and 5 % of the disk; 0: off.
   STORAGE_MIN_FREE_BYTES: integer('STORAGE_MIN_FREE_BYTES', undefined, 0),

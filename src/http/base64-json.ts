@@ -22,10 +22,14 @@ export class Base64Text {
 /** The Base64Texts met by the JSON.stringify of serializeJson, each replaced by a marker string. */
 class Splicing {
   readonly pieces: Buffer[] = [];
-  /** Random for each answer: no string in the answer (a prompt echoed back) can pass for a marker. */
-  readonly tag = `\u0000b64:${randomBytes(8).toString('hex')}:`;
+  /**
+   * Random for each answer that has a Base64Text (made then: most answers have none), so that no
+   * string in the answer (a prompt echoed back) can pass for a marker.
+   */
+  tag = '';
 
   mark(ascii: Buffer): string {
+    if (this.tag === '') this.tag = `\u0000b64:${randomBytes(8).toString('hex')}:`;
     this.pieces.push(ascii);
     return `${this.tag}${this.pieces.length - 1}`;
   }

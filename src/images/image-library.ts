@@ -142,6 +142,7 @@ export class ImageLibrary {
       throw this.writeFailed('the image staging file', 'disk', err);
     });
     const hasher = createHash('sha256');
+    const hashOnThread = this.workers.size > 0;
     let bytes = 0;
     let mime: ImageMime | undefined;
     let head = Buffer.alloc(0);
@@ -167,7 +168,8 @@ export class ImageLibrary {
             if (!mime) throw notAnImage();
           }
         }
-        hasher.update(chunk);
+        // With worker threads the file is hashed by one once written (hashFile), not here.
+        if (!hashOnThread) hasher.update(chunk);
         bytes += chunk.length;
         yield chunk;
       }
@@ -195,7 +197,14 @@ export class ImageLibrary {
       if (writeError !== undefined && writeError !== readError) throw this.writeFailed('the image staging file', 'disk', writeError);
       throw err;
     }
-    return { path, sha256: hasher.digest('hex'), mime, bytes, dimensions: imageDimensions(head) };
+    let sha256: string;
+    try {
+      sha256 = hashOnThread ? await this.workers.hashFile(path) : hasher.digest('hex');
+    } catch (err) {
+      await rm(path, { force: true });
+      throw err;
+    }
+    return { path, sha256, mime, bytes, dimensions: imageDimensions(head) };
   }
 
   /**

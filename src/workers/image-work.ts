@@ -13,8 +13,14 @@ const { imageDimensions, DIMENSION_HEADER_BYTES } = (await import(TS ? '../image
 
 /** Base64 characters read at a time: a whole number of groups of four (1 MiB; 768 KiB decoded). */
 const TEXT_CHUNK = 1024 * 1024;
-/** Image bytes encoded at a time: a whole number of groups of three. */
+/** Image bytes read at a time: a whole number of groups of three. */
 const BYTES_CHUNK = 768 * 1024;
+/**
+ * Strings are made of at most this many characters at a time: a young object. Strings of a MiB went
+ * to V8's large-object space, which only a full collection frees: on the main thread (WORKERS=0)
+ * they made most of its time garbage collection.
+ */
+const STRING_SLICE = 64 * 1024;
 
 /** What decoding a staged base64 image found. */
 export interface DecodedImage {
@@ -61,7 +67,8 @@ export async function decodeBase64File(path: string, keepText: boolean): Promise
       text?.set(piece, readAt);
       // Base64url's two characters: decodable, but not the text a standard encoder gives.
       if (standardAlphabet && (piece.includes(0x2d) || piece.includes(0x5f))) standardAlphabet = false;
-      const n = decoded.write(piece.toString('latin1'), 0, 'base64');
+      let n = 0;
+      for (let at = 0; at < length; at += STRING_SLICE) n += decoded.write(piece.toString('latin1', at, Math.min(at + STRING_SLICE, length)), n, 'base64');
       const bytes = decoded.subarray(0, n);
       if (!found) {
         const mime = sniffImageType(bytes);
@@ -107,10 +114,29 @@ export async function encodeFileBase64(path: string): Promise<ArrayBuffer> {
     let writeAt = 0;
     while (readAt < bytes) {
       const length = await readFully(file, chunk, Math.min(BYTES_CHUNK, bytes - readAt), readAt);
-      writeAt += out.write(chunk.toString('base64', 0, length), writeAt, 'latin1');
+      for (let at = 0; at < length; at += (STRING_SLICE / 4) * 3) {
+        writeAt += out.write(chunk.toString('base64', at, Math.min(at + (STRING_SLICE / 4) * 3, length)), writeAt, 'latin1');
+      }
       readAt += length;
     }
     return out.buffer as ArrayBuffer;
+  } finally {
+    await file.close();
+  }
+}
+
+/** The sha256 of the file at `path` (a downloaded image, staged). */
+export async function hashFile(path: string): Promise<string> {
+  const file = await open(path, 'r');
+  try {
+    const hash = createHash('sha256');
+    const chunk = Buffer.allocUnsafeSlow(BYTES_CHUNK);
+    for (;;) {
+      const { bytesRead } = await file.read(chunk, 0, chunk.length, null);
+      if (bytesRead === 0) break;
+      hash.update(chunk.subarray(0, bytesRead));
+    }
+    return hash.digest('hex');
   } finally {
     await file.close();
   }

@@ -7,7 +7,7 @@ import type * as ImageWorkModule from './image-work.js';
 const work = (await import(import.meta.url.endsWith('.ts') ? './image-work.ts' : './image-work.js')) as typeof ImageWorkModule;
 
 /** What the main thread sends: a task over a file of the image store's staging directory. */
-export type ImageTask = { op: 'decode-base64-file'; path: string; keepText: boolean } | { op: 'encode-file-base64'; path: string };
+export type ImageTask = { op: 'decode-base64-file'; path: string; keepText: boolean } | { op: 'encode-file-base64'; path: string } | { op: 'hash-file'; path: string };
 
 /**
  * A task that failed for a reason of its own (not a crash), as a value: an Error's class and code
@@ -50,5 +50,7 @@ async function perform(task: ImageTask): Promise<unknown> {
     }
     case 'encode-file-base64':
       return move(await work.encodeFileBase64(task.path));
+    case 'hash-file':
+      return work.hashFile(task.path);
   }
 }

@@ -63,6 +63,11 @@ export class ImageWorkers {
     return new Base64Text(Buffer.from((await this.run({ op: 'encode-file-base64', path })) as ArrayBuffer));
   }
 
+  /** The sha256 of a staged download; only with worker threads (on the main thread it is hashed as it streams in). */
+  async hashFile(path: string): Promise<string> {
+    return (await this.run({ op: 'hash-file', path })) as string;
+  }
+
   private async run(task: ImageTask): Promise<unknown> {
     if (this.closed) throw new GatewayError('service_unavailable', 'the gateway is stopping');
     this.pool ??= new Piscina<ImageTask, unknown>({

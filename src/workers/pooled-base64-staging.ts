@@ -7,6 +7,9 @@ import type { ImageWorkers } from './image-workers.js';
 
 /** Base64 characters gathered before each write to the staging file: one thread-pool trip per MiB. */
 const WRITE_BYTES = 1024 * 1024;
+/** Idle write buffers kept for the next image: a fresh MiB for every image makes V8 collect garbage to give it back. */
+const MAX_POOLED_BUFFERS = 16;
+const pool: Buffer[] = [];
 
 /**
  * A large base64 image from an upstream reply, staged with the image workers (WORKERS > 0): its
@@ -16,7 +19,7 @@ const WRITE_BYTES = 1024 * 1024;
  * for the answer, when it is exactly the image's base64.
  */
 export class PooledBase64Staging implements Base64Sink<StagedImage> {
-  private readonly buffer = Buffer.allocUnsafeSlow(WRITE_BYTES);
+  private buffer: Buffer | undefined = pool.pop() ?? Buffer.allocUnsafeSlow(WRITE_BYTES);
   private filled = 0;
   private written = 0;
   private staging: StagingFile | undefined;
@@ -32,6 +35,7 @@ export class PooledBase64Staging implements Base64Sink<StagedImage> {
   async write(base64: Buffer): Promise<void> {
     let at = 0;
     while (at < base64.length) {
+      if (!this.buffer) throw new Error('the staging has ended');
       const n = base64.copy(this.buffer, this.filled, at);
       this.filled += n;
       at += n;
@@ -42,6 +46,7 @@ export class PooledBase64Staging implements Base64Sink<StagedImage> {
   async end(): Promise<StagedImage> {
     try {
       await this.flush();
+      this.release();
       const staging = this.staging ?? (await this.open());
       if (staging.warmBytes > this.written) await staging.file.truncate(this.written);
       await staging.file.close();
@@ -65,6 +70,8 @@ export class PooledBase64Staging implements Base64Sink<StagedImage> {
 
   async abort(): Promise<void> {
     this.aborted = true;
+    // A write still running holds the buffer: abort() comes after it (the parser awaits each write).
+    this.release();
     await this.file?.close().catch(() => {});
     this.file = undefined;
     if (this.staging) await rm(this.staging.path, { force: true });
@@ -81,12 +88,18 @@ export class PooledBase64Staging implements Base64Sink<StagedImage> {
     return staging;
   }
 
+  private release(): void {
+    if (this.buffer && pool.length < MAX_POOLED_BUFFERS) pool.push(this.buffer);
+    this.buffer = undefined;
+  }
+
   private async flush(): Promise<void> {
-    if (this.filled === 0) return;
+    if (this.filled === 0 || !this.buffer) return;
     const { file } = this.staging ?? (await this.open());
+    const buffer = this.buffer;
     let done = 0;
     while (done < this.filled) {
-      const { bytesWritten } = await file.write(this.buffer, done, this.filled - done, this.written + done);
+      const { bytesWritten } = await file.write(buffer, done, this.filled - done, this.written + done);
       done += bytesWritten;
     }
     this.written += this.filled;
