@@ -49,6 +49,8 @@ const IMAGE_SCENARIOS = [
   { name: 'small', title: 'small image (b64, ~500 B)' },
   { name: '1mib', title: '1 MiB image (b64)' },
   { name: '4mib', title: '4 MiB image (b64)', memory: true },
+  // The same reply, answered as base64 (`b64_json`): the image stored, and its base64 in the answer.
+  { name: '4mib-b64json', upstream: '4mib', title: '4 MiB image, answered as b64_json', responseFormat: 'b64_json' },
   { name: 'url', title: 'URL result, 1 MiB download' },
 ];
 
@@ -206,14 +208,14 @@ async function main() {
       ...s,
       baseline: 'passthrough',
       targets: {
-        upstream: { server: upstream, method: 'POST', url: upstream.url + UPSTREAM_PATH, headers: { ...json, authorization: `Bearer ${UPSTREAM_KEY}` }, body: upstreamBody(s.name) },
-        passthrough: { server: passthrough, method: 'POST', url: passthrough.url + UPSTREAM_PATH, headers: json, body: upstreamBody(s.name) },
+        upstream: { server: upstream, method: 'POST', url: upstream.url + UPSTREAM_PATH, headers: { ...json, authorization: `Bearer ${UPSTREAM_KEY}` }, body: upstreamBody(s.upstream ?? s.name) },
+        passthrough: { server: passthrough, method: 'POST', url: passthrough.url + UPSTREAM_PATH, headers: json, body: upstreamBody(s.upstream ?? s.name) },
         gateway: {
           server: gateway,
           method: 'POST',
           url: `${gateway.url}/v1/generate`,
           headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
-          body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
+          body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.upstream ?? s.name}`, ...(s.responseFormat ? { response_format: s.responseFormat } : {}) }),
         },
         ...(queuedGateway
           ? {

@@ -14,6 +14,9 @@ import { keyRoutes } from './routes/key-routes.js';
 import { tokenRoutes } from './routes/token-routes.js';
 import { upstreamPlugin } from './upstream/upstream-plugin.js';
 import { imagesPlugin } from './images/images-plugin.js';
+import { workersPlugin } from './workers/workers-plugin.js';
+import type { ImageWorkers } from './workers/image-workers.js';
+import { serializeJson } from './http/base64-json.js';
 import { imageFilesPlugin } from './routes/image-file-routes.js';
 import { imageListRoutes } from './routes/image-list-routes.js';
 import { urlSignerPlugin } from './images/url-signer-plugin.js';
@@ -79,6 +82,8 @@ export interface AppOptions {
   jobFollowPollMs?: number;
   /** The models served, instead of the built-in catalogue (loadCatalogue's result); a test gives models declared in data only. */
   catalogue?: readonly ModelSpec[];
+  /** The image work's threads instead of WORKERS of them; a test gives a pool whose worker crashes on demand. */
+  imageWorkers?: ImageWorkers;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -198,7 +203,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
  * onReady hooks run in this order and onClose hooks in reverse (Fastify runs them last-registered
  * first), so a service closes after everything registered after it, including what uses it. The
  * services stop in this order: jobs (with requests whose client left), usage log, client keys, job
- * events, job callbacks, upstream, images, database, Redis.
+ * events, job callbacks, upstream, images, image workers, database, Redis.
  */
 async function registerAll(app: FastifyInstance, config: Config, options: AppOptions): Promise<void> {
   // Files are streamed to DATA_DIR/uploads (request/edit-parts.ts), the whole request within MAX_REQUEST_BYTES.
@@ -206,6 +211,9 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
   });
   await app.register(uploadsPlugin);
+  // JSON answers with a b64_json image splice its base64 bytes in, not through JSON.stringify (src/http/base64-json.ts).
+  // Fastify's types want a string; it sends a Buffer as it is (reply.js onSendEnd).
+  app.setReplySerializer(serializeJson as (payload: unknown) => string);
   app.decorateRequest('outcome', null as unknown as RequestOutcome);
   // Before authentication (client-keys), which may refuse the request.
   app.addHook('onRequest', async (request, reply) => {
@@ -259,6 +267,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   // Opened out here: avvio gives a plugin 10 s to load, and an unreachable PostgreSQL may take
   // longer to fail; it must fail with its ConfigError.
   await app.register(databasePlugin, { db: await openGatewayDatabase(config, app.log) });
+  await app.register(workersPlugin, { workers: options.imageWorkers });
   await app.register(imagesPlugin, { freeSpaceProbe: options.freeSpaceProbe });
   await app.register(upstreamPlugin);
   await app.register(jobCallbacksPlugin);

@@ -47,6 +47,9 @@ function duration(name: string, fallbackSeconds: number, minSeconds = 60, maxSec
 
 const positiveInt = (name: string, fallback: number) => integer(name, fallback);
 
+/** More image threads than this is a typo, not a machine. */
+const MAX_WORKERS = 256;
+
 const optionalString = z
   .string()
   .optional()
@@ -266,6 +269,9 @@ const envSchema = z.object({
   IMAGE_STORE_MAX_BYTES: optionalPositiveInt('IMAGE_STORE_MAX_BYTES'),
   // Images up to this size are kept in their database row instead of the store; 0: every image in the store.
   IMAGE_INLINE_MAX_BYTES: integer('IMAGE_INLINE_MAX_BYTES', 16 * 1024, 0, 1024 * 1024),
+  // Worker threads for the image work of large images (decoding, hashing, encoding); 0: all on the main
+  // thread. 0 by default: measured (docs/workers.md), the threads cost more CPU than they take off the main thread.
+  WORKERS: integer('WORKERS', 0, 0, MAX_WORKERS),
   RETENTION_SWEEP_INTERVAL_MS: positiveInt('RETENTION_SWEEP_INTERVAL_MS', 10 * 60 * 1000),
   // Below this free space in DATA_DIR new generations are refused (507); unset: the smaller of 1 GiB and 5 % of the disk; 0: off.
   STORAGE_MIN_FREE_BYTES: integer('STORAGE_MIN_FREE_BYTES', undefined, 0),

@@ -12,6 +12,8 @@ import type { TaskHooks, UpstreamClient, UpstreamResult } from '../upstream/upst
 import type { UpstreamImage } from '../upstream/upstream-reply.js';
 import type { ImageLibrary, ImageOwner, ImageProvenance, StagedImage } from '../images/image-library.js';
 import { Base64Staging } from '../images/base64-staging.js';
+import { Base64Text } from '../http/base64-json.js';
+import { PooledBase64Staging } from '../workers/pooled-base64-staging.js';
 import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
 import type { ProgressEvent } from './generation-events.js';
@@ -32,7 +34,7 @@ export interface ImageResult {
   revised_prompt?: string;
   /** Absent with `url`. */
   expires_at?: string;
-  b64_json?: string;
+  b64_json?: string | Base64Text;
 }
 
 /**
@@ -138,7 +140,9 @@ export class ImageGeneration {
     // Large base64 images are staged as the reply streams in; any not kept in the end are removed.
     const staged = new Set<StagedImage>();
     const stageImage = () => {
-      const staging = new Base64Staging(this.deps.images.stagingFiles);
+      // With worker threads (WORKERS) a worker decodes the text; else the main thread as it arrives.
+      const { stagingFiles, workers } = this.deps.images;
+      const staging = workers.size > 0 ? new PooledBase64Staging(stagingFiles, workers, request.responseFormat === 'b64_json') : new Base64Staging(stagingFiles);
       // A staging write that fails (a full disk) drops this image but reads the rest of the reply,
       // which still tells what it cost (its token counts come after the images).
       let lost: StorageWriteFailed | undefined;
@@ -311,19 +315,19 @@ export class ImageGeneration {
   ): Promise<ImageResult> {
     const options = { owner: ctx.owner, provenance: ctx.provenance, expiresAt };
     let record: ImageRecord;
-    let b64: string | undefined;
+    let b64: string | Base64Text | undefined;
     if (image.staged !== undefined) {
-      const kept = await this.deps.images.keepStaged(image.staged, { ...options, readBack: responseFormat === 'b64_json' });
+      const kept = await this.deps.images.keepStaged(image.staged, { ...options, answerBase64: responseFormat === 'b64_json' });
       record = kept.record;
-      b64 = kept.bytes?.toString('base64');
+      b64 = kept.base64;
     } else if (image.b64 !== undefined) {
       record = await this.deps.images.keepBytes(Buffer.from(image.b64, 'base64'), options);
       b64 = image.b64;
     } else {
       const staged = await this.deps.upstream.download(image.url!, ctx.signal, (body) => this.deps.images.stage(body));
-      const kept = await this.deps.images.keepStaged(staged, { ...options, readBack: responseFormat === 'b64_json' });
+      const kept = await this.deps.images.keepStaged(staged, { ...options, answerBase64: responseFormat === 'b64_json' });
       record = kept.record;
-      b64 = kept.bytes?.toString('base64');
+      b64 = kept.base64;
     }
     const result: ImageResult = {
       url: `${ctx.publicBaseUrl}/v1/images/${record.name}?${this.deps.signer.query(record.name, expiresAt, ctx.owner?.team)}`,

@@ -15,6 +15,8 @@ import { imageNameOf, type ByteRange, type ImageStore } from './image-store.js';
 import { DEFAULT_WARM_STAGING, WarmStagingFiles, type WarmStagingOptions } from './warm-staging-files.js';
 import { StorageWriteFailed, isStorageFullError, type StoragePressure } from './storage-pressure.js';
 import { inSpan } from '../observability/tracing.js';
+import { Base64Text } from '../http/base64-json.js';
+import { ImageWorkers } from '../workers/image-workers.js';
 
 export interface ImageOwner {
   keyId: string;
@@ -31,6 +33,8 @@ export interface StagedImage {
   dimensions?: ImageDimensions | undefined;
   /** The staging could not be written (storage full): the image was received and dropped; no file. */
   lost?: StorageWriteFailed | undefined;
+  /** The upstream's own base64 of the image, kept for a `b64_json` answer (see PooledBase64Staging). */
+  base64?: Base64Text | undefined;
 }
 
 /** What the request that made an image asked for, kept with the owner's entry (IMAGE_KEEP_PROMPTS). */
@@ -79,6 +83,8 @@ export interface ImageLibraryOptions {
   warmStaging?: WarmStagingOptions;
   /** Told of failed writes (a full disk is probed again; S3 failures are counted) and of S3 writes that worked. */
   pressure?: StoragePressure;
+  /** Where a `b64_json` answer's base64 is encoded (WORKERS); the main thread when not given. */
+  workers?: ImageWorkers;
 }
 
 /**
@@ -99,7 +105,11 @@ export class ImageLibrary {
     private readonly settings: ImageLibraryOptions = { inlineMaxBytes: 0 },
   ) {
     this.stagingFiles = new WarmStagingFiles(store.stagingDir, settings.warmStaging ?? DEFAULT_WARM_STAGING);
+    this.workers = settings.workers ?? new ImageWorkers(0);
   }
+
+  /** The image work's threads (WORKERS): decoding, hashing, encoding of large images. */
+  readonly workers: ImageWorkers;
 
   /** Removes the staging files kept ready; the store and the records are closed by their owners. */
   close(): Promise<void> {
@@ -132,6 +142,7 @@ export class ImageLibrary {
       throw this.writeFailed('the image staging file', 'disk', err);
     });
     const hasher = createHash('sha256');
+    const hashOnThread = this.workers.size > 0;
     let bytes = 0;
     let mime: ImageMime | undefined;
     let head = Buffer.alloc(0);
@@ -157,7 +168,8 @@ export class ImageLibrary {
             if (!mime) throw notAnImage();
           }
         }
-        hasher.update(chunk);
+        // With worker threads the file is hashed by one once written (hashFile), not here.
+        if (!hashOnThread) hasher.update(chunk);
         bytes += chunk.length;
         yield chunk;
       }
@@ -185,21 +197,32 @@ export class ImageLibrary {
       if (writeError !== undefined && writeError !== readError) throw this.writeFailed('the image staging file', 'disk', writeError);
       throw err;
     }
-    return { path, sha256: hasher.digest('hex'), mime, bytes, dimensions: imageDimensions(head) };
+    let sha256: string;
+    try {
+      sha256 = hashOnThread ? await this.workers.hashFile(path) : hasher.digest('hex');
+    } catch (err) {
+      await rm(path, { force: true });
+      throw err;
+    }
+    return { path, sha256, mime, bytes, dimensions: imageDimensions(head) };
   }
 
-  /** Stores a staged download (a small one in its row); `readBack` also returns its bytes (for a `b64_json` answer). */
-  async keepStaged(staged: StagedImage, options: KeepOptions & { readBack?: boolean }): Promise<{ record: ImageRecord; bytes?: Buffer }> {
+  /**
+   * Stores a staged download (a small one in its row); `answerBase64` also returns the image's
+   * base64 for a `b64_json` answer: the upstream's own text when the staging kept it, else encoded
+   * (on a worker thread with WORKERS), before the file moves into the store.
+   */
+  async keepStaged(staged: StagedImage, options: KeepOptions & { answerBase64?: boolean }): Promise<{ record: ImageRecord; base64?: Base64Text }> {
     try {
       const { width, height } = staged.dimensions ?? (await dimensionsOf(staged.path));
       if (staged.bytes <= this.settings.inlineMaxBytes) {
         const bytes = await readFileQuickly(staged.path);
         const record = await this.save({ ...staged, inlineBytes: bytes }, width, height, options, () => rm(staged.path, { force: true }));
-        return options.readBack ? { record, bytes } : { record };
+        return options.answerBase64 ? { record, base64: staged.base64 ?? new Base64Text(Buffer.from(bytes.toString('base64'), 'latin1')) } : { record };
       }
-      const readBack = options.readBack ? await readFileQuickly(staged.path) : undefined;
+      const base64 = options.answerBase64 ? (staged.base64 ?? (await this.workers.encodeFileBase64(staged.path))) : undefined;
       const record = await this.save(staged, width, height, options, (name) => this.store.putFile(name, staged.path, staged.bytes, staged.mime));
-      return readBack ? { record, bytes: readBack } : { record };
+      return base64 ? { record, base64 } : { record };
     } catch (err) {
       // The bytes are still in hand: a failed store write answers them inline when they fit in memory.
       if (err instanceof StorageWriteFailed && staged.bytes <= INLINE_FALLBACK_MAX_BYTES) {

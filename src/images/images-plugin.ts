@@ -31,7 +31,7 @@ async function images(app: FastifyInstance, options: ImagesPluginOptions): Promi
     log: app.log,
     probe: options.freeSpaceProbe,
   });
-  const images = new ImageLibrary(store, new ImageRecords(app.db), { inlineMaxBytes: app.config.IMAGE_INLINE_MAX_BYTES, pressure });
+  const images = new ImageLibrary(store, new ImageRecords(app.db), { inlineMaxBytes: app.config.IMAGE_INLINE_MAX_BYTES, pressure, workers: app.imageWorkers });
   app.decorate('store', store);
   app.decorate('images', images);
   app.decorate('storagePressure', pressure);
@@ -45,4 +45,4 @@ async function images(app: FastifyInstance, options: ImagesPluginOptions): Promi
 }
 
 /** The image store (files or S3) and the library of stored images over it. */
-export const imagesPlugin = fp(images, { name: 'images', dependencies: ['database'] });
+export const imagesPlugin = fp(images, { name: 'images', dependencies: ['database', 'workers'] });

@@ -1,0 +1,35 @@
+/**
+ * A b64_json answer's base64 is spliced into the JSON body as bytes (src/http/base64-json.ts): the
+ * body must be exactly the JSON.stringify of the same answer with strings, and nothing else in the
+ * answer can be taken for the place of an image.
+ */
+import { describe, expect, it } from 'vitest';
+import { Base64Text, serializeJson } from '../src/http/base64-json.js';
+
+const text = (s: string) => new Base64Text(Buffer.from(s, 'latin1'));
+
+describe('serializeJson', () => {
+  it('writes each Base64Text where it stands, the rest as JSON.stringify does', () => {
+    const answer = { id: 'gen_1', images: [{ b64_json: text('iVBORw0KGgo='), sha256: 'ab' }, { b64_json: text('UklGRg=='), note: 'é ✓ "quoted"' }] };
+    const body = serializeJson(answer);
+    expect(Buffer.isBuffer(body)).toBe(true);
+    const plain = { id: 'gen_1', images: [{ b64_json: 'iVBORw0KGgo=', sha256: 'ab' }, { b64_json: 'UklGRg==', note: 'é ✓ "quoted"' }] };
+    expect(body.toString('utf8')).toBe(JSON.stringify(plain));
+  });
+
+  it('answers a string, as JSON.stringify, when there is no Base64Text', () => {
+    expect(serializeJson({ a: [1, 'x'] })).toBe('{"a":[1,"x"]}');
+  });
+
+  it('does not take a string of the answer that looks like a marker for an image', () => {
+    // What a marker looks like, with guessed tags: an echoed prompt or a revised prompt could carry it.
+    const lookalikes = ['\u0000b64:0000000000000000:0', '\u0000b64:', '\\u0000b64:0'];
+    const answer = { revised_prompt: lookalikes, images: [{ b64_json: text('QUJD') }] };
+    expect(JSON.parse(serializeJson(answer).toString())).toEqual({ revised_prompt: lookalikes, images: [{ b64_json: 'QUJD' }] });
+  });
+
+  it('is the plain string to JSON.stringify elsewhere (an event stream, a stored job)', () => {
+    expect(JSON.stringify({ b64_json: text('QUJD') })).toBe('{"b64_json":"QUJD"}');
+    expect(String(text('QUJD'))).toBe('QUJD');
+  });
+});
