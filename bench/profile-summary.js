@@ -1,6 +1,8 @@
 // Summarizes a V8 .cpuprofile (node --cpu-prof; BENCH_PROFILE=1 npm run bench writes the
 // gateway's): self time by function and by file, so the hot spots can be read without DevTools.
-// Usage: node bench/profile-summary.js <file.cpuprofile> [top=30]
+// Usage: node bench/profile-summary.js <file.cpuprofile> [top=30] [function name]
+// It also prints the gateway's own functions (dist/) by total time (their callees included): where
+// a request's hooks and steps spend, whichever library does the work.
 import { readFileSync } from 'node:fs';
 
 const [file, topArg] = process.argv.slice(2);
@@ -35,6 +37,26 @@ const print = (title, map) => {
 };
 print('self time by function', byFunction);
 print('self time by file or package', byFile);
+
+// Total time of the gateway's functions: each sample counts once for every distinct dist/ function on its stack.
+{
+  const parentOf = new Map();
+  for (const node of profile.nodes) for (const child of node.children ?? []) parentOf.set(child, node.id);
+  const label = (callFrame) => `${callFrame.functionName || '(anonymous)'} ${shortUrl(callFrame.url)}:${callFrame.lineNumber + 1}`;
+  const totalByFunction = new Map();
+  for (const [id, micros] of selfMicros) {
+    const seen = new Set();
+    for (let at = id; at !== undefined; at = parentOf.get(at)) {
+      const { callFrame } = byId.get(at);
+      if (!shortUrl(callFrame.url).startsWith('dist/')) continue;
+      const key = label(callFrame);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      bump(totalByFunction, key, micros);
+    }
+  }
+  print('total time of the gateway\'s functions (dist/, callees included)', totalByFunction);
+}
 
 // With a third argument, the call paths (5 frames up) that lead to functions of that name.
 const callersOf = process.argv[4];

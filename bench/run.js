@@ -23,6 +23,8 @@ const PROFILE = process.env.BENCH_PROFILE === '1';
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',')) : undefined;
 const ONLY_TARGETS = process.env.BENCH_TARGETS ? new Set(process.env.BENCH_TARGETS.split(',')) : undefined;
 const USAGE_COMPARE = process.env.BENCH_USAGE_COMPARE === '1';
+/** Another build's dist/ (a copy made before a change), measured as the target `gateway-before`: an A/B in one interleaved run. */
+const COMPARE_DIST = process.env.BENCH_COMPARE_DIST;
 
 const SETTINGS = {
   rounds: QUICK ? 1 : 3,
@@ -215,6 +217,7 @@ async function main() {
   // BENCH_USAGE_COMPARE=1: a second gateway whose answers do not wait for their usage record's
   // commit (BENCH_USAGE_QUEUED), the baseline for what durable usage costs (target gateway-queued).
   const queuedGateway = USAGE_COMPARE ? await startGateway({ dataDir: join(work, 'queued'), stdout: logFd, env: { BENCH_USAGE_QUEUED: '1' } }) : undefined;
+  const gatewayBefore = COMPARE_DIST ? await startGateway({ dataDir: join(work, 'before'), stdout: logFd, env: { BENCH_GATEWAY_DIST: COMPARE_DIST } }) : undefined;
   const imagesDir = join(dataDir, 'images');
   const staticServer = await start('static-server.js', { BENCH_STATIC_ROOT: imagesDir });
 
@@ -251,6 +254,17 @@ async function main() {
                 server: queuedGateway,
                 method: 'POST',
                 url: `${queuedGateway.url}/v1/generate`,
+                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
+                body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
+              },
+            }
+          : {}),
+        ...(gatewayBefore
+          ? {
+              'gateway-before': {
+                server: gatewayBefore,
+                method: 'POST',
+                url: `${gatewayBefore.url}/v1/generate`,
                 headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
                 body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
               },
@@ -342,7 +356,7 @@ async function main() {
         const entry = ((results[scenario.name] ??= {})[name] ??= { rounds: [], latencies: [] });
         const pid = target.server.pid;
 
-        for (const server of [upstream, passthrough, gateway, staticServer, ...(queuedGateway ? [queuedGateway] : [])]) {
+        for (const server of [upstream, passthrough, gateway, staticServer, ...(queuedGateway ? [queuedGateway] : []), ...(gatewayBefore ? [gatewayBefore] : [])]) {
           if (server.exitCode !== undefined) throw new Error(`${server.name} exited (${server.exitCode}) during the run`);
         }
         if (scenario.held) {
@@ -419,6 +433,7 @@ async function main() {
   await sleep(1500);
   await stop(gateway);
   if (queuedGateway) await stop(queuedGateway);
+  if (gatewayBefore) await stop(gatewayBefore);
   await Promise.all([stop(upstream), stop(passthrough), stop(staticServer)]);
   stopLoadGenerator();
   closeSync(logFd);
