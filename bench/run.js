@@ -27,7 +27,7 @@ const USAGE_COMPARE = process.env.BENCH_USAGE_COMPARE === '1';
 const COMPARE_DIST = process.env.BENCH_COMPARE_DIST;
 
 const SETTINGS = {
-  rounds: QUICK ? 1 : 3,
+  rounds: Number(process.env.BENCH_ROUNDS ?? (QUICK ? 1 : 3)),
   /** Seconds of each measurement. */
   seconds: Number(process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
   warmupSeconds: QUICK ? 0.3 : 2,
