@@ -14,8 +14,12 @@ const top = Number(topArg ?? 30);
 const profile = JSON.parse(readFileSync(file, 'utf8'));
 const byId = new Map(profile.nodes.map((node) => [node.id, node]));
 const selfMicros = new Map();
-// timeDeltas[i] is the time before sample i; attribute it to that sample's node.
-profile.samples.forEach((id, i) => selfMicros.set(id, (selfMicros.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
+// timeDeltas[i] is the time before sample i; attribute it to that sample's node. The profiler's
+// own stop (node:inspector, when BENCH_PROFILE ends the profile) is not the gateway's time.
+profile.samples.forEach((id, i) => {
+  if (byId.get(id).callFrame.url === 'node:inspector') return;
+  selfMicros.set(id, (selfMicros.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0));
+});
 const total = [...selfMicros.values()].reduce((a, b) => a + b, 0);
 
 const shortUrl = (url) => url.replace(/^file:\/\/.*?\/(node_modules|dist|bench)\//, '$1/').replace(/^node:/, 'node:');

@@ -1,7 +1,7 @@
 // npm run bench: the gateway against a bare undici pass-through and the upstream itself, on
 // loopback, in one run, interleaved round by round so that drift of the machine falls on all
-// targets alike. BENCH_QUICK=1 for a ~1 minute run; BENCH_PROFILE=1 writes a CPU profile of the
-// gateway to bench/results/profiles/; BENCH_ONLY=small,4mib runs only those scenarios,
+// targets alike. BENCH_QUICK=1 for a short smoke run; BENCH_PROFILE=1 writes a CPU profile of the
+// gateway's main thread over the measured rounds to bench/results/profiles/; BENCH_ONLY=small,4mib runs only those scenarios,
 // BENCH_TARGETS=gateway only those targets, BENCH_SECONDS=10 measures longer (for profiling),
 // BENCH_LOG_LEVEL=warn runs the gateway without its per-request log line (to see what it costs).
 // The load generator (autocannon) runs in a process of its own (load-generator.js).
@@ -210,10 +210,10 @@ async function main() {
         PUBLIC_BASE_URL: 'http://127.0.0.1',
         ...options.env,
       },
-      { stdout: options.stdout, execArgv: [...GATEWAY_NODE_FLAGS, ...(options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])] },
+      { stdout: options.stdout, execArgv: GATEWAY_NODE_FLAGS },
     );
   const passthrough = await startPassthrough();
-  const gateway = await startGateway({ dataDir, stdout: logFd, profile: PROFILE });
+  const gateway = await startGateway({ dataDir, stdout: logFd });
   // BENCH_USAGE_COMPARE=1: a second gateway whose answers do not wait for their usage record's
   // commit (BENCH_USAGE_QUEUED), the baseline for what durable usage costs (target gateway-queued).
   const queuedGateway = USAGE_COMPARE ? await startGateway({ dataDir: join(work, 'queued'), stdout: logFd, env: { BENCH_USAGE_QUEUED: '1' } }) : undefined;
@@ -344,6 +344,19 @@ async function main() {
     }
   };
 
+  /** Asks a server for something and waits for its answer of type `answer`. */
+  const ask = (server, message, answer) =>
+    new Promise((resolve) => {
+      const listen = (reply) => {
+        if (reply?.type !== answer) return;
+        server.child.off('message', listen);
+        resolve(reply);
+      };
+      server.child.on('message', listen);
+      server.child.send(message);
+    });
+  if (PROFILE) await ask(gateway, { type: 'profile-start' }, 'profile-started');
+
   // results[scenario][target] = { rounds: [...], latencies: [...] }
   const results = {};
   for (let round = 0; round < SETTINGS.rounds; round++) {
@@ -430,6 +443,10 @@ async function main() {
     }
   }
 
+  if (PROFILE) {
+    const { path } = await ask(gateway, { type: 'profile-stop', path: join(profileDir, `gateway-${new Date(started).toISOString().replace(/[:.]/g, '-')}.cpuprofile`) }, 'profile-written');
+    log(`profile of the gateway's main thread over the rounds: ${path}`);
+  }
   await sleep(1500);
   await stop(gateway);
   if (queuedGateway) await stop(queuedGateway);
