@@ -60,7 +60,8 @@ const TARGETS = [
     scenario: 'held',
     what: 'held: gateway peak RSS (process tree)',
     limit: '≤ 400 MB',
-    value: (gw) => gw.peakRssMb,
+    // The peak of a run that answered nothing says nothing of the load it was to carry.
+    value: (gw) => (known(gw.requestsPerSecond) ? gw.peakRssMb : null),
     show: (v, gw, base) => `${fixed(v, 0)} MB (pass-through ${fixed(base.peakRssMb, 0)} MB)`,
     pass: (v) => v <= 400,
   },

@@ -121,6 +121,18 @@ describe('bench report', () => {
     expect(result('small image: throughput at c=32 vs pass-through')).toBe('NOT RUN');
     expect(result('4 MiB image: p50 latency at c=1 vs pass-through')).toBe('NOT RUN');
     expect(result('earlier: serving a stored image: throughput at c=32 vs @fastify/static')).toBe('NOT RUN');
+    // A held run with no answer: its errors count, and its memory proves nothing either way.
+    const stalled = printReport(
+      reportOf(
+        { passthrough: figures({}), gateway: figures({}) },
+        { passthrough: figures({}), gateway: figures({}) },
+        { static: figures({}), gateway: figures({}) },
+        { passthrough: figures({ requestsPerSecond: 120 }), gateway: figures({ requestsPerSecond: null, errors: 1, peakRssMb: 250 }) },
+      ),
+    ).targets;
+    const stalledResult = (what: string) => stalled.find((t: { what: string }) => t.what === what)?.result;
+    expect(stalledResult('held: gateway errors')).toBe('MISS');
+    expect(stalledResult('held: gateway peak RSS (process tree)')).toBe('NOT RUN');
     // The figures the run has still give their verdicts.
     expect(result('small image: added p50 latency at c=1')).toBe('PASS');
     expect(text).toContain('over all measurements: 7;');
