@@ -37,7 +37,7 @@ const SETTINGS = {
   memoryConnections: 16,
   /** The held scenario: this many clients, each waiting on a slow upstream reply, for this long. */
   heldConnections: 400,
-  heldSeconds: Number(process.env.BENCH_HELD_SECONDS ?? (QUICK ? 12 : 20)),
+  heldSeconds: Number(process.env.BENCH_HELD_SECONDS ?? (QUICK ? 12 : 30)),
 };
 
 /** The gateway runs with the Node flags `npm start` gives it (as the Dockerfile does); BENCH_GATEWAY_FLAGS overrides them. */
