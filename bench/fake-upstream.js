@@ -2,6 +2,7 @@
 // POST /v1/models/<vendor>/<model>/predictions answers by the prompt's scenario:
 //   bench small | bench 1mib | bench 4mib → {"output":{"b64_json":[{"bytesBase64":"...","mimeType":"png"}]}}
 //   bench url                            → {"output":[{"url":"http://127.0.0.1:<port>/files/<n>.png"}]}
+//   bench held                           → the 1 MiB image's reply, after HELD_REPLY_MS (a slow render)
 // GET /files/<n>.png serves the 1 MiB PNG. Every image is made unique by a counter (see StampedPng).
 import { createServer } from 'node:http';
 import { StampedPng, loadImages } from './fixtures.js';
@@ -11,6 +12,8 @@ const apiKey = process.env.BENCH_UPSTREAM_KEY ?? '';
 const images = await loadImages();
 const stamped = Object.fromEntries(Object.entries(images).map(([name, png]) => [name, new StampedPng(png)]));
 const URL_IMAGE = stamped['1mib'];
+/** How long a `bench held` reply takes: many renders in flight at once, each carrying a MiB. */
+const HELD_REPLY_MS = 2000;
 
 const B64_PREFIX = Buffer.from('{"output":{"b64_json":[{"bytesBase64":"');
 const B64_SUFFIX = Buffer.from('","mimeType":"png"}]}}');
@@ -43,6 +46,12 @@ function predictions(req, res, body) {
   counter++;
   if (scenario === 'url') {
     return sendJson(res, 200, { output: [{ url: `http://127.0.0.1:${port}/files/${counter}.png` }] });
+  }
+  if (scenario === 'held') {
+    const stamp = counter;
+    const timer = setTimeout(() => sendPieces(res, 'application/json', [B64_PREFIX, ...stamped['1mib'].base64Pieces(stamp), B64_SUFFIX]), HELD_REPLY_MS);
+    res.once('close', () => clearTimeout(timer));
+    return;
   }
   const image = stamped[scenario];
   if (!image) return sendJson(res, 400, { error: { message: `unknown bench scenario in prompt: ${prompt}`, type: 'invalid_request_error' } });

@@ -2,9 +2,13 @@
 // (configured by bench/run.js through the environment); its log goes to stdout as usual.
 // BENCH_USAGE_QUEUED=1 (the bench's own knob, read only here): usage records are queued without
 // the answer waiting for their commit, the baseline for what durable usage costs.
-import { buildApp } from '../dist/app.js';
-import { loadConfig } from '../dist/config.js';
+// BENCH_GATEWAY_DIST (set by bench/run.js for BENCH_COMPARE_DIST): another build's dist/ to run.
+import { pathToFileURL } from 'node:url';
 import { reportReady } from './child-process.js';
+
+const dist = process.env.BENCH_GATEWAY_DIST ? pathToFileURL(`${process.env.BENCH_GATEWAY_DIST}/`) : new URL('../dist/', import.meta.url);
+const { buildApp } = await import(new URL('app.js', dist).href);
+const { loadConfig } = await import(new URL('config.js', dist).href);
 
 const app = await buildApp(loadConfig(process.env, { requireUpstreamKey: true }));
 if (process.env.BENCH_USAGE_QUEUED === '1') {

@@ -1,16 +1,19 @@
 // npm run bench: the gateway against a bare undici pass-through and the upstream itself, on
 // loopback, in one run, interleaved round by round so that drift of the machine falls on all
-// targets alike. BENCH_QUICK=1 for a ~1 minute run; BENCH_PROFILE=1 writes a CPU profile of the
-// gateway to bench/results/profiles/; BENCH_ONLY=small,4mib runs only those scenarios,
+// targets alike. BENCH_QUICK=1 for a short smoke run; BENCH_PROFILE=1 writes a CPU profile of the
+// gateway's main thread over the measured rounds to bench/results/profiles/; BENCH_ONLY=small,4mib runs only those scenarios,
 // BENCH_TARGETS=gateway only those targets, BENCH_SECONDS=10 measures longer (for profiling),
 // BENCH_LOG_LEVEL=warn runs the gateway without its per-request log line (to see what it costs).
+// The load generator (autocannon) runs in a process of its own (load-generator.js).
 import { fork } from 'node:child_process';
 import { mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { measure, median, quantile } from './measure.js';
+import { performance } from 'node:perf_hooks';
+import { median, quantile } from './measure.js';
+import { coresUsed, treeCpuMs, treeMemory } from './proc.js';
 import { loadImages } from './fixtures.js';
 import { printReport } from './report.js';
 
@@ -20,9 +23,11 @@ const PROFILE = process.env.BENCH_PROFILE === '1';
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',')) : undefined;
 const ONLY_TARGETS = process.env.BENCH_TARGETS ? new Set(process.env.BENCH_TARGETS.split(',')) : undefined;
 const USAGE_COMPARE = process.env.BENCH_USAGE_COMPARE === '1';
+/** Another build's dist/ (a copy made before a change), measured as the target `gateway-before`: an A/B in one interleaved run. */
+const COMPARE_DIST = process.env.BENCH_COMPARE_DIST;
 
 const SETTINGS = {
-  rounds: QUICK ? 1 : 3,
+  rounds: Number(process.env.BENCH_ROUNDS ?? (QUICK ? 1 : 3)),
   /** Seconds of each measurement. */
   seconds: Number(process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
   warmupSeconds: QUICK ? 0.3 : 2,
@@ -30,6 +35,9 @@ const SETTINGS = {
   throughputConnections: 32,
   /** ...and peak memory for the 4 MiB image also at this one. */
   memoryConnections: 16,
+  /** The held scenario: this many clients, each waiting on a slow upstream reply, for this long. */
+  heldConnections: 400,
+  heldSeconds: Number(process.env.BENCH_HELD_SECONDS ?? (QUICK ? 12 : 30)),
 };
 
 /** The gateway runs with the Node flags `npm start` gives it (as the Dockerfile does); BENCH_GATEWAY_FLAGS overrides them. */
@@ -53,6 +61,7 @@ const IMAGE_SCENARIOS = [
   { name: '4mib-b64json', upstream: '4mib', title: '4 MiB image, answered as b64_json', responseFormat: 'b64_json' },
   { name: 'url', title: 'URL result, 1 MiB download' },
 ];
+const HELD_TITLE = 'held: 400 clients, upstream answers after 2 s with 1 MiB b64';
 
 // ---------------------------------------------------------------------------------------------
 // The servers, each in its own process.
@@ -101,42 +110,63 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
   });
 }
 
-/** Peak resident memory of a process since the last reset, in MB (Linux: VmHWM, reset through clear_refs). */
-const memory = {
-  reset(pid) {
-    try {
-      writeFileSync(`/proc/${pid}/clear_refs`, '5');
-    } catch {
-      // Not Linux, or not allowed: the peak is then the process's lifetime peak.
-    }
-  },
-  peakMb(pid) {
-    try {
-      const kb = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
-      return Math.round(kb / 1024);
-    } catch {
-      return null;
-    }
-  },
-};
+/** The load generator's process; `load(options)` runs one measurement there (bench/measure.js). */
+async function startLoadGenerator() {
+  const child = fork(join(BENCH_DIR, 'load-generator.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.add(child);
+  const pending = new Map();
+  let nextId = 0;
+  child.on('message', (message) => {
+    const waiter = pending.get(message?.id);
+    if (!waiter) return;
+    pending.delete(message.id);
+    if (message.error) waiter.reject(new Error(`load generator: ${message.error}`));
+    else waiter.resolve(message.result);
+  });
+  child.once('exit', (code) => {
+    children.delete(child);
+    for (const waiter of pending.values()) waiter.reject(new Error(`the load generator exited (${code})`));
+  });
+  await new Promise((resolve, reject) => {
+    child.once('message', (message) => (message?.type === 'ready' ? resolve() : reject(new Error('load generator: no ready message'))));
+  });
+  return {
+    /** One measurement of a target (its request: url, method, headers, body, minBytes). */
+    load({ url, method, headers, body, minBytes }, { connections, seconds, keepLatencies = false }) {
+      const id = nextId++;
+      return new Promise((resolve, reject) => {
+        pending.set(id, { resolve, reject });
+        child.send({ type: 'measure', id, options: { url, method, headers, body, minBytes, connections, seconds, keepLatencies } });
+      });
+    },
+    stop: () => child.kill('SIGTERM'),
+  };
+}
 
 /**
- * CPU time a process has used, in ms (Linux: /proc/<pid>/stat, user + system, 10 ms ticks). Per
- * request it is steadier than latency when other work shares the machine.
+ * Runs `measurement` while watching the process tree of `pid`: its CPU time over the wall time
+ * (cores in use) and its peak RSS, summed over the tree.
  */
-function cpuMs(pid) {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
-  } catch {
-    return null;
-  }
+async function watched(pid, measurement) {
+  treeMemory.reset(pid);
+  const cpuBefore = treeCpuMs(pid);
+  const startedAt = performance.now();
+  const result = await measurement();
+  const wallMs = performance.now() - startedAt;
+  const cpuAfter = treeCpuMs(pid);
+  return {
+    result,
+    cores: coresUsed(cpuBefore, cpuAfter, wallMs),
+    cpuPerRequestMs: cpuBefore === null || cpuAfter === null || result.ok === 0 ? null : (cpuAfter - cpuBefore) / result.ok,
+    peakRssMb: treeMemory.peakMb(pid),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
 
 async function main() {
   const started = Date.now();
+  const { load, stop: stopLoadGenerator } = await startLoadGenerator();
   const loadAtStart = loadavg().map((l) => Math.round(l * 100) / 100);
   const images = await loadImages();
   const work = mkdtempSync(join(tmpdir(), 'gw-bench-'));
@@ -175,18 +205,21 @@ async function main() {
         DATA_DIR: options.dataDir,
         LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info',
         RATE_LIMIT_RPM: '1000000',
+        // The held scenario's 400 slow renders all go upstream at once, as they do through the pass-through.
+        UPSTREAM_MAX_CONCURRENCY: '512',
         UPSTREAM_RETRIES: '0',
         IMAGE_URL_SECRET: 'bench-url-secret-0123456789abcdefghijkl',
         PUBLIC_BASE_URL: 'http://127.0.0.1',
         ...options.env,
       },
-      { stdout: options.stdout, execArgv: [...GATEWAY_NODE_FLAGS, ...(options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])] },
+      { stdout: options.stdout, execArgv: GATEWAY_NODE_FLAGS },
     );
   const passthrough = await startPassthrough();
-  const gateway = await startGateway({ dataDir, stdout: logFd, profile: PROFILE });
+  const gateway = await startGateway({ dataDir, stdout: logFd });
   // BENCH_USAGE_COMPARE=1: a second gateway whose answers do not wait for their usage record's
   // commit (BENCH_USAGE_QUEUED), the baseline for what durable usage costs (target gateway-queued).
   const queuedGateway = USAGE_COMPARE ? await startGateway({ dataDir: join(work, 'queued'), stdout: logFd, env: { BENCH_USAGE_QUEUED: '1' } }) : undefined;
+  const gatewayBefore = COMPARE_DIST ? await startGateway({ dataDir: join(work, 'before'), stdout: logFd, env: { BENCH_GATEWAY_DIST: COMPARE_DIST } }) : undefined;
   const imagesDir = join(dataDir, 'images');
   const staticServer = await start('static-server.js', { BENCH_STATIC_ROOT: imagesDir });
 
@@ -228,6 +261,17 @@ async function main() {
               },
             }
           : {}),
+        ...(gatewayBefore
+          ? {
+              'gateway-before': {
+                server: gatewayBefore,
+                method: 'POST',
+                url: `${gatewayBefore.url}/v1/generate`,
+                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
+                body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
+              },
+            }
+          : {}),
       },
     })),
     {
@@ -237,6 +281,22 @@ async function main() {
       targets: {
         static: { server: staticServer, method: 'GET', url: `${staticServer.url}/${servedDir}/${sha256}.png`, minBytes: stored.images[0].bytes },
         gateway: { server: gateway, method: 'GET', url: `${gateway.url}${storedUrl.pathname}${storedUrl.search}`, minBytes: stored.images[0].bytes },
+      },
+    },
+    {
+      name: 'held',
+      title: HELD_TITLE,
+      baseline: 'passthrough',
+      held: true,
+      targets: {
+        passthrough: { server: passthrough, method: 'POST', url: passthrough.url + UPSTREAM_PATH, headers: json, body: upstreamBody('held') },
+        gateway: {
+          server: gateway,
+          method: 'POST',
+          url: `${gateway.url}/v1/generate`,
+          headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
+          body: JSON.stringify({ model: 'gpt-image-1', prompt: 'bench held' }),
+        },
       },
     },
   ]
@@ -254,13 +314,50 @@ async function main() {
   const elapsed = () => `${Math.round((Date.now() - started) / 1000)}s`.padStart(5);
   log(`${elapsed()} bench: ${SETTINGS.rounds} round(s) of ${scenarios.length} scenario(s), ${SETTINGS.seconds} s per measurement${QUICK ? ' (BENCH_QUICK)' : ''}`);
 
-  // Warm-up: JIT, connection pools, the database's first pages.
-  for (const scenario of scenarios) {
+  // Warm-up: JIT, connection pools, the database's first pages. (The held scenario runs in fresh
+  // processes, warmed up on their own.)
+  for (const scenario of scenarios.filter((s) => !s.held)) {
     for (const target of Object.values(scenario.targets)) {
-      await measure({ ...target, connections: 8, seconds: SETTINGS.warmupSeconds });
+      await load(target, { connections: 8, seconds: SETTINGS.warmupSeconds });
     }
   }
   clearStoredImages();
+
+  /**
+   * The held scenario for one target, in a fresh process: 400 clients, each waiting ~2 s on the
+   * upstream for a 1 MiB image. Its peak is that of this load, not what earlier scenarios left.
+   */
+  const measureHeld = async (name, target, round) => {
+    const dir = join(work, `held-${round}`);
+    const fresh = name === 'gateway' ? await startGateway({ dataDir: dir, stdout: logFd }) : await startPassthrough();
+    try {
+      const probe = { ...target, url: target.url.replace(target.server.url, fresh.url) };
+      // JIT and pools on the same path (a 1 MiB image without the wait), then a pause for its last answers.
+      await load({ ...probe, body: probe.body.replace('bench held', 'bench 1mib') }, { connections: 8, seconds: SETTINGS.warmupSeconds });
+      await sleep(500);
+      const m = await watched(fresh.pid, () => load(probe, { connections: SETTINGS.heldConnections, seconds: SETTINGS.heldSeconds, keepLatencies: true }));
+      if (fresh.exitCode !== undefined) throw new Error(`${name} exited (${fresh.exitCode}) during the held scenario`);
+      // The requests cut off by the end of the run end before the process does (see the 4 MiB probe).
+      await sleep(2500);
+      return m;
+    } finally {
+      await stop(fresh);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  /** Asks a server for something and waits for its answer of type `answer`. */
+  const ask = (server, message, answer) =>
+    new Promise((resolve) => {
+      const listen = (reply) => {
+        if (reply?.type !== answer) return;
+        server.child.off('message', listen);
+        resolve(reply);
+      };
+      server.child.on('message', listen);
+      server.child.send(message);
+    });
+  if (PROFILE) await ask(gateway, { type: 'profile-start' }, 'profile-started');
 
   // results[scenario][target] = { rounds: [...], latencies: [...] }
   const results = {};
@@ -274,26 +371,46 @@ async function main() {
         const entry = ((results[scenario.name] ??= {})[name] ??= { rounds: [], latencies: [] });
         const pid = target.server.pid;
 
-        for (const server of [upstream, passthrough, gateway, staticServer, ...(queuedGateway ? [queuedGateway] : [])]) {
+        for (const server of [upstream, passthrough, gateway, staticServer, ...(queuedGateway ? [queuedGateway] : []), ...(gatewayBefore ? [gatewayBefore] : [])]) {
           if (server.exitCode !== undefined) throw new Error(`${server.name} exited (${server.exitCode}) during the run`);
         }
-        const serial = await measure({ ...target, connections: 1, seconds: SETTINGS.seconds, keepLatencies: true });
-        memory.reset(pid);
-        const cpuBefore = cpuMs(pid);
-        const loaded = await measure({ ...target, connections: SETTINGS.throughputConnections, seconds: SETTINGS.seconds, keepLatencies: true });
+        if (scenario.held) {
+          const { result: held, cores, cpuPerRequestMs, peakRssMb } = await measureHeld(name, target, round);
+          const sorted = [...held.latencies].sort((a, b) => a - b);
+          entry.latencies.push(...held.latencies);
+          entry.rounds.push({
+            connections: held.connections,
+            p50Ms: quantile(sorted, 0.5),
+            p99Ms: quantile(sorted, 0.99),
+            requestsPerSecond: held.requestsPerSecond,
+            cores,
+            cpuPerRequestMs,
+            peakRssMb,
+            errors: errorsOf(held),
+            statuses: held.statuses,
+          });
+          log(
+            `${elapsed()} round ${round + 1} ${scenario.name.padEnd(5)} ${name.padEnd(11)} c=${held.connections}: ${fmt(held.requestsPerSecond, 1)} req/s  ` +
+              `p50 ${fmt(quantile(sorted, 0.5), 0)} ms  p99 ${fmt(quantile(sorted, 0.99), 0)} ms  ${fmt(cores, 2)} cores  peak ${peakRssMb} MB` +
+              (errorsOf(held) ? `  errors ${errorsOf(held)} ${JSON.stringify(held.statuses)}` : ''),
+          );
+          continue;
+        }
+        const serial = await load(target, { connections: 1, seconds: SETTINGS.seconds, keepLatencies: true });
+        const { result: loaded, cores, cpuPerRequestMs, peakRssMb: loadedPeakMb } = await watched(pid, () =>
+          load(target, { connections: SETTINGS.throughputConnections, seconds: SETTINGS.seconds, keepLatencies: true }),
+        );
         const loadedP50Ms = quantile([...loaded.latencies].sort((a, b) => a - b), 0.5);
-        const loadedPeakMb = memory.peakMb(pid);
-        const cpuPerRequestMs = cpuBefore === null || loaded.ok === 0 ? null : (cpuMs(pid) - cpuBefore) / loaded.ok;
         let inFlight;
         if (scenario.memory && name !== 'upstream') {
           // In a process of its own, fresh: its peak is that of this load, not what earlier scenarios left in the heap.
           await sleep(QUICK ? 100 : 300);
           const fresh = name === 'gateway' ? await startGateway({ dataDir: join(work, `memory-${round}`), stdout: logFd }) : await startPassthrough();
-          const probe = { ...target, url: target.url.replace(target.server.url, fresh.url), connections: SETTINGS.memoryConnections };
-          await measure({ ...probe, seconds: SETTINGS.warmupSeconds });
-          memory.reset(fresh.pid);
-          const m = await measure({ ...probe, seconds: SETTINGS.seconds });
-          inFlight = { connections: m.connections, requestsPerSecond: m.requestsPerSecond, peakRssMb: memory.peakMb(fresh.pid), errors: errorsOf(m) };
+          const probe = { ...target, url: target.url.replace(target.server.url, fresh.url) };
+          await load(probe, { connections: SETTINGS.memoryConnections, seconds: SETTINGS.warmupSeconds });
+          treeMemory.reset(fresh.pid);
+          const m = await load(probe, { connections: SETTINGS.memoryConnections, seconds: SETTINGS.seconds });
+          inFlight = { connections: m.connections, requestsPerSecond: m.requestsPerSecond, peakRssMb: treeMemory.peakMb(fresh.pid), errors: errorsOf(m) };
           // Requests cut off by the end of the run finish first: the gateway's close does not wait for
           // requests whose client has gone, and their usage records would come after the log closed.
           await sleep(1500);
@@ -308,6 +425,7 @@ async function main() {
           serialRequests: serial.ok,
           requestsPerSecond: loaded.requestsPerSecond,
           loadedP50Ms,
+          cores,
           cpuPerRequestMs,
           peakRssMb: loadedPeakMb,
           errors: errorsOf(serial) + errorsOf(loaded) + (inFlight?.errors ?? 0),
@@ -316,7 +434,7 @@ async function main() {
         });
         log(
           `${elapsed()} round ${round + 1} ${scenario.name.padEnd(5)} ${name.padEnd(11)} p50 ${fmt(quantile(sorted, 0.5), 3)} ms  p99 ${fmt(quantile(sorted, 0.99), 3)} ms  ` +
-            `${fmt(loaded.requestsPerSecond, 0)} req/s  p50 ${fmt(loadedP50Ms, 3)} ms (c=${SETTINGS.throughputConnections})  ${fmt(cpuPerRequestMs, 3)} CPU ms/req  peak ${loadedPeakMb} MB` +
+            `${fmt(loaded.requestsPerSecond, 0)} req/s  p50 ${fmt(loadedP50Ms, 3)} ms (c=${SETTINGS.throughputConnections})  ${fmt(cpuPerRequestMs, 3)} CPU ms/req  ${fmt(cores, 2)} cores  peak ${loadedPeakMb} MB` +
             (inFlight ? `  (c=${inFlight.connections}: peak ${inFlight.peakRssMb} MB)` : '') +
             (errorsOf(serial) + errorsOf(loaded) ? `  errors ${errorsOf(serial) + errorsOf(loaded)} ${JSON.stringify(mergeCounts(serial.statuses, loaded.statuses))}` : ''),
         );
@@ -327,10 +445,16 @@ async function main() {
     }
   }
 
+  if (PROFILE) {
+    const { path } = await ask(gateway, { type: 'profile-stop', path: join(profileDir, `gateway-${new Date(started).toISOString().replace(/[:.]/g, '-')}.cpuprofile`) }, 'profile-written');
+    log(`profile of the gateway's main thread over the rounds: ${path}`);
+  }
   await sleep(1500);
   await stop(gateway);
   if (queuedGateway) await stop(queuedGateway);
+  if (gatewayBefore) await stop(gatewayBefore);
   await Promise.all([stop(upstream), stop(passthrough), stop(staticServer)]);
+  stopLoadGenerator();
   closeSync(logFd);
   const errorLines = readFileSync(gatewayLog, 'utf8')
     .split('\n')
@@ -381,6 +505,7 @@ function summarize(scenarios, results) {
     name: scenario.name,
     title: scenario.title,
     baseline: scenario.baseline,
+    ...(scenario.held ? { held: true, connections: SETTINGS.heldConnections } : {}),
     targets: Object.fromEntries(
       Object.keys(scenario.targets).map((name) => {
         const { rounds, latencies } = results[scenario.name][name];
@@ -394,6 +519,7 @@ function summarize(scenarios, results) {
             p99Ms: quantile(sorted, 0.99),
             serialRequests: sorted.length,
             requestsPerSecond: median(rounds.map((r) => r.requestsPerSecond)),
+            cores: median(rounds.map((r) => r.cores)),
             cpuPerRequestMs: median(rounds.map((r) => r.cpuPerRequestMs)),
             peakRssMb: peaks.length ? Math.max(...peaks) : null,
             errors: rounds.reduce((sum, r) => sum + r.errors, 0),

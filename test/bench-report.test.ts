@@ -4,12 +4,14 @@
 import { describe, expect, it } from 'vitest';
 import { median, quantile } from '../bench/measure.js';
 import { printReport } from '../bench/report.js';
+import { coresUsed, parseStat, treeOf } from '../bench/proc.js';
 
 interface Figures {
   p50Ms: number | null;
   p99Ms: number | null;
   requestsPerSecond: number | null;
   cpuPerRequestMs?: number;
+  cores?: number;
   peakRssMb: number;
   errors: number;
   inFlight?: { connections: number; peakRssMb: number; requestsPerSecond: number };
@@ -17,8 +19,11 @@ interface Figures {
 
 const figures = (f: Partial<Figures>): Figures => ({ p50Ms: 1, p99Ms: 2, requestsPerSecond: 1000, cpuPerRequestMs: 0.1, peakRssMb: 200, errors: 0, ...f });
 
-/** A run's report as bench/run.js builds it, with the three scenarios the targets read. */
-function reportOf(small: { passthrough: Figures; gateway: Figures }, large: { passthrough: Figures; gateway: Figures }, serve: { static: Figures; gateway: Figures }) {
+type Pair = { passthrough: Figures; gateway: Figures };
+const heldDefault: Pair = { passthrough: figures({ requestsPerSecond: 100 }), gateway: figures({ requestsPerSecond: 90, peakRssMb: 300 }) };
+
+/** A run's report as bench/run.js builds it, with the four scenarios the targets read. */
+function reportOf(small: Pair, large: Pair, serve: { static: Figures; gateway: Figures }, held: Pair = heldDefault) {
   return {
     machine: { cpu: 'test CPU', cores: 2, memoryGb: 4, os: 'linux', node: 'v24' },
     settings: { rounds: 3, seconds: 4, throughputConnections: 32 },
@@ -29,6 +34,7 @@ function reportOf(small: { passthrough: Figures; gateway: Figures }, large: { pa
       { name: 'small', title: 'small image', baseline: 'passthrough', targets: small },
       { name: '4mib', title: '4 MiB image', baseline: 'passthrough', targets: large },
       { name: 'serve', title: 'serving', baseline: 'static', targets: serve },
+      { name: 'held', title: 'held load', baseline: 'passthrough', held: true, connections: 400, targets: held },
     ],
   };
 }
@@ -38,27 +44,57 @@ const verdicts = (report: ReturnType<typeof reportOf>) => Object.fromEntries(pri
 describe('bench report', () => {
   it('passes each target at its limit and misses it just past', () => {
     const atLimits = reportOf(
-      // added p50 0.5 ms, added p99 2 ms, 60 % of the pass-through's requests per second
-      { passthrough: figures({ p50Ms: 0.25, p99Ms: 1, requestsPerSecond: 10_000 }), gateway: figures({ p50Ms: 0.75, p99Ms: 3, requestsPerSecond: 6000 }) },
-      // 1.3× the pass-through's p50, 300 MB with 16 in flight
-      { passthrough: figures({ p50Ms: 10 }), gateway: figures({ p50Ms: 13, inFlight: { connections: 16, peakRssMb: 300, requestsPerSecond: 50 } }) },
+      // added p50 0.5 ms, added p99 2 ms, 50 % of the pass-through's requests per second
+      { passthrough: figures({ p50Ms: 0.25, p99Ms: 1, requestsPerSecond: 10_000 }), gateway: figures({ p50Ms: 0.75, p99Ms: 3, requestsPerSecond: 5000 }) },
+      // 1.5× the pass-through's p50, 300 MB with 16 in flight
+      { passthrough: figures({ p50Ms: 10 }), gateway: figures({ p50Ms: 15, inFlight: { connections: 16, peakRssMb: 300, requestsPerSecond: 50 } }) },
       // 80 % of @fastify/static's requests per second
       { static: figures({ requestsPerSecond: 500 }), gateway: figures({ requestsPerSecond: 400 }) },
+      // held: 80 % of the pass-through's requests per second, no error, 400 MB
+      { passthrough: figures({ requestsPerSecond: 130 }), gateway: figures({ requestsPerSecond: 104, errors: 0, peakRssMb: 400 }) },
     );
-    expect(Object.values(verdicts(atLimits))).toEqual(['PASS', 'PASS', 'PASS', 'PASS', 'PASS', 'PASS']);
+    expect(Object.values(verdicts(atLimits))).toEqual(['PASS', 'PASS', 'PASS', 'PASS', 'PASS', 'PASS', 'PASS', 'PASS', 'PASS']);
 
     const pastLimits = reportOf(
-      { passthrough: figures({ p50Ms: 0.25, p99Ms: 1, requestsPerSecond: 10_000 }), gateway: figures({ p50Ms: 0.76, p99Ms: 3.01, requestsPerSecond: 5999 }) },
-      { passthrough: figures({ p50Ms: 10 }), gateway: figures({ p50Ms: 13.01, inFlight: { connections: 16, peakRssMb: 301, requestsPerSecond: 50 } }) },
+      { passthrough: figures({ p50Ms: 0.25, p99Ms: 1, requestsPerSecond: 10_000 }), gateway: figures({ p50Ms: 0.76, p99Ms: 3.01, requestsPerSecond: 4999 }) },
+      { passthrough: figures({ p50Ms: 10 }), gateway: figures({ p50Ms: 15.01, inFlight: { connections: 16, peakRssMb: 301, requestsPerSecond: 50 } }) },
       { static: figures({ requestsPerSecond: 500 }), gateway: figures({ requestsPerSecond: 399 }) },
+      { passthrough: figures({ requestsPerSecond: 130 }), gateway: figures({ requestsPerSecond: 103.9, errors: 1, peakRssMb: 401 }) },
     );
     expect(verdicts(pastLimits)).toEqual({
       'small image: added p50 latency at c=1': 'MISS',
-      'small image: added p99 latency at c=1': 'MISS',
       'small image: throughput at c=32 vs pass-through': 'MISS',
       '4 MiB image: p50 latency at c=1 vs pass-through': 'MISS',
-      '4 MiB image: gateway peak RSS, 16 requests in flight (fresh process)': 'MISS',
-      'serving a stored image: throughput at c=32 vs @fastify/static': 'MISS',
+      'held (400 clients, 2 s upstream, 1 MiB): throughput vs pass-through': 'MISS',
+      'held: gateway errors': 'MISS',
+      'held: gateway peak RSS (process tree)': 'MISS',
+      'earlier: small image: added p99 latency at c=1': 'MISS',
+      'earlier: 4 MiB image: gateway peak RSS, 16 requests in flight (fresh process)': 'MISS',
+      'earlier: serving a stored image: throughput at c=32 vs @fastify/static': 'MISS',
+    });
+  });
+
+  it('prints the held scenario in a table of its own, with the cores and the peak of each target', () => {
+    const report = reportOf(
+      { passthrough: figures({}), gateway: figures({}) },
+      { passthrough: figures({}), gateway: figures({}) },
+      { static: figures({}), gateway: figures({}) },
+      {
+        passthrough: figures({ requestsPerSecond: 130.4, p50Ms: 2003, p99Ms: 2950, cores: 0.61, cpuPerRequestMs: 4.7, peakRssMb: 190 }),
+        gateway: figures({ requestsPerSecond: 27.1, p50Ms: 11161, p99Ms: 11618, cores: 1.04, cpuPerRequestMs: 19.6, peakRssMb: 805, errors: 0 }),
+      },
+    );
+    const { text, targets } = printReport(report);
+    expect(text).toContain('| held load | req/s (c=400) | p50 ms | p99 ms | CPU cores | CPU ms/req | peak RSS MB | errors |');
+    expect(text).toContain('| passthrough | 130.4 | 2003 | 2950 | 0.61 | 4.70 | 190 | 0 |');
+    expect(text).toContain('| gateway | 27.1 | 11161 | 11618 | 1.04 | 19.60 | 805 | 0 |');
+    // Its latencies are at c=400, so it has no row in the c=1 table.
+    expect(text).not.toMatch(/\| held load \| gateway \| 11161/);
+    const held = targets.find((t: { what: string }) => t.what.startsWith('held (400 clients'));
+    expect(held).toMatchObject({ measured: '20.8 % (27.1 vs 130.4 req/s)', result: 'MISS' });
+    expect(targets.find((t: { what: string }) => t.what === 'held: gateway peak RSS (process tree)')).toMatchObject({
+      measured: '805 MB (pass-through 190 MB)',
+      result: 'MISS',
     });
   });
 
@@ -68,7 +104,7 @@ describe('bench report', () => {
       { passthrough: figures({}), gateway: figures({ peakRssMb: 450, inFlight: { connections: 16, peakRssMb: 280, requestsPerSecond: 50 } }) },
       { static: figures({}), gateway: figures({}) },
     );
-    const memory = printReport(report).targets.find((t: { what: string }) => t.what.startsWith('4 MiB image: gateway peak RSS'));
+    const memory = printReport(report).targets.find((t: { what: string }) => t.what.startsWith('earlier: 4 MiB image: gateway peak RSS'));
     expect(memory).toMatchObject({ value: 280, measured: '280 MB', result: 'PASS' });
   });
 
@@ -84,7 +120,19 @@ describe('bench report', () => {
     const result = (what: string) => targets.find((t: { what: string }) => t.what === what)?.result;
     expect(result('small image: throughput at c=32 vs pass-through')).toBe('NOT RUN');
     expect(result('4 MiB image: p50 latency at c=1 vs pass-through')).toBe('NOT RUN');
-    expect(result('serving a stored image: throughput at c=32 vs @fastify/static')).toBe('NOT RUN');
+    expect(result('earlier: serving a stored image: throughput at c=32 vs @fastify/static')).toBe('NOT RUN');
+    // A held run with no answer: its errors count, and its memory proves nothing either way.
+    const stalled = printReport(
+      reportOf(
+        { passthrough: figures({}), gateway: figures({}) },
+        { passthrough: figures({}), gateway: figures({}) },
+        { static: figures({}), gateway: figures({}) },
+        { passthrough: figures({ requestsPerSecond: 120 }), gateway: figures({ requestsPerSecond: null, errors: 1, peakRssMb: 250 }) },
+      ),
+    ).targets;
+    const stalledResult = (what: string) => stalled.find((t: { what: string }) => t.what === what)?.result;
+    expect(stalledResult('held: gateway errors')).toBe('MISS');
+    expect(stalledResult('held: gateway peak RSS (process tree)')).toBe('NOT RUN');
     // The figures the run has still give their verdicts.
     expect(result('small image: added p50 latency at c=1')).toBe('PASS');
     expect(text).toContain('over all measurements: 7;');
@@ -102,7 +150,7 @@ describe('bench report', () => {
     expect(text).toContain('| 1.75× |');
     expect(text).toContain('| serving | @fastify/static |');
     expect(text).toContain('| 87.0 % |');
-    expect(text).toContain('| small image: throughput at c=32 vs pass-through | 45.0 % | ≥ 60 % | MISS |');
+    expect(text).toContain('| small image: throughput at c=32 vs pass-through | 45.0 % (9000 vs 20000 req/s) | ≥ 50 % | MISS |');
   });
 });
 
@@ -124,5 +172,35 @@ describe('bench statistics', () => {
     // A round with no answer (null) is left out, not counted as 0.
     expect(median([null, 5000, 9000])).toBe(7000);
     expect(median([null])).toBeNull();
+  });
+});
+
+describe('bench process figures', () => {
+  it('reads the parent and the CPU time of a /proc stat line, a command name with spaces and parentheses included', () => {
+    // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime ...
+    const line = '4242 (node (worker) x) S 4200 4242 4242 0 -1 4194560 100 0 0 0 250 50 30 20 20 0 11 0 1000 0 0';
+    // (250 + 50 + 30 + 20) ticks of 10 ms: the threads' time and the reaped children's.
+    expect(parseStat(line)).toEqual({ ppid: 4200, cpuMs: 3500 });
+  });
+
+  it('takes a process and all its descendants, and nothing else', () => {
+    const parents: [number, number][] = [
+      [1, 0],
+      [10, 1],
+      [11, 10],
+      [12, 10],
+      [13, 12],
+      [20, 1],
+      [21, 20],
+    ];
+    expect(treeOf(10, parents).sort((a, b) => a - b)).toEqual([10, 11, 12, 13]);
+    expect(treeOf(21, parents)).toEqual([21]);
+  });
+
+  it('gives cores as CPU time over wall time, and none when a figure is missing', () => {
+    expect(coresUsed(1000, 3000, 1000)).toBe(2);
+    expect(coresUsed(1000, 1500, 2000)).toBe(0.25);
+    expect(coresUsed(null, 1500, 2000)).toBeNull();
+    expect(coresUsed(1000, 1500, 0)).toBeNull();
   });
 });

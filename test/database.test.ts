@@ -74,6 +74,14 @@ function databaseContract(name: string, open: () => Promise<{ db: Database; clea
       expect(await db.transaction((tx) => tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['rb-3', 1, true]))).toBe(1);
     });
 
+    it('rolls back a transaction whose very first statement fails, commits one that ran none, and goes on after', async () => {
+      // On the SQLite thread the first statement carries the BEGIN: a failure there must still end the transaction.
+      await expect(db.transaction((tx) => tx.run('INSERT INTO nowhere (id) VALUES ($1)', ['first-fails']))).rejects.toThrow();
+      expect(await db.transaction(async () => 'nothing to write')).toBe('nothing to write');
+      expect(await db.transaction((tx) => tx.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['after-first-fails', 1, true]))).toBe(1);
+      expect(await db.all("SELECT id FROM things WHERE id = 'after-first-fails'")).toEqual([{ id: 'after-first-fails' }]);
+    });
+
     it('keeps statements made beside an open transaction out of it', async () => {
       let inside!: () => void;
       const opened = new Promise<void>((resolve) => (inside = resolve));

@@ -58,10 +58,14 @@ export class Counters {
   async peek(key: string): Promise<CounterValue> {
     if (this.redis && this.redis.status === 'ready') {
       try {
-        // Two plain commands, each awaited: a MULTI's own queued replies reject unobserved when the
-        // connection drops mid-transaction (an unhandled rejection). A peek needs no atomicity.
-        const [total, ttl] = await Promise.all([this.redis.get(this.prefix + key), this.redis.pttl(this.prefix + key)]);
-        return { total: Number(total ?? 0), ttlMs: Math.max(0, Number(ttl)) };
+        // Plain commands, each awaited: a MULTI's own queued replies reject unobserved when the
+        // connection drops mid-transaction (an unhandled rejection). A peek needs no atomicity. A
+        // window that has not started (every request with a good key, for the auth-failure count)
+        // costs one command: its time left is only asked for once it has a count.
+        const total = Number((await this.redis.get(this.prefix + key)) ?? 0);
+        if (total === 0) return { total: 0, ttlMs: 0 };
+        const ttl = await this.redis.pttl(this.prefix + key);
+        return { total, ttlMs: Math.max(0, Number(ttl)) };
       } catch (err) {
         this.markFailing(err);
       }

@@ -293,12 +293,20 @@ export class SqliteDatabase implements Database {
         if (thread) await thread.call({ op: 'exec', sql });
         else this.connection.exec(sql);
       };
+      // On the thread, BEGIN goes with the transaction's first statement: a trip to the thread and
+      // back (a message each way, each waking a thread) saved per transaction, of three.
+      let begun = !thread;
+      const onThread = (op: 'run' | 'all' | 'get', sql: string, params: SqlValue[]) => {
+        const begin = !begun;
+        begun = true;
+        return thread!.call({ op, sql, params: sqliteParams(params), ...(begin ? { begin: true as const } : {}) });
+      };
       const tx: Statements = thread
         ? {
             dialect: 'sqlite',
-            run: async (sql, params = []) => (await thread.call({ op: 'run', sql, params: sqliteParams(params) })) as number,
-            all: async <R>(sql: string, params: SqlValue[] = []) => (await thread.call({ op: 'all', sql, params: sqliteParams(params) })) as R[],
-            get: async <R>(sql: string, params: SqlValue[] = []) => (await thread.call({ op: 'get', sql, params: sqliteParams(params) })) as R | undefined,
+            run: async (sql, params = []) => (await onThread('run', sql, params)) as number,
+            all: async <R>(sql: string, params: SqlValue[] = []) => (await onThread('all', sql, params)) as R[],
+            get: async <R>(sql: string, params: SqlValue[] = []) => (await onThread('get', sql, params)) as R | undefined,
           }
         : {
             dialect: 'sqlite',
@@ -306,14 +314,17 @@ export class SqliteDatabase implements Database {
             all: async <R>(sql: string, params: SqlValue[] = []) => this.connection.all(sql, sqliteParams(params)) as R[],
             get: async <R>(sql: string, params: SqlValue[] = []) => this.connection.get(sql, sqliteParams(params)) as R | undefined,
           };
-      await exec('BEGIN IMMEDIATE');
+      if (!thread) this.connection.exec('BEGIN IMMEDIATE');
       let result: T;
       try {
         result = await fn(tx);
       } catch (err) {
-        await exec('ROLLBACK').catch(() => {});
+        // (A BEGIN that failed with its statement left nothing open: that ROLLBACK's own error is ignored.)
+        if (begun) await exec('ROLLBACK').catch(() => {});
         throw err;
       }
+      // A transaction that ran no statement on the thread was never opened there.
+      if (!begun) return result;
       try {
         await exec('COMMIT');
       } catch (err) {

@@ -5,8 +5,14 @@ import type { SQLInputValue } from 'node:sqlite';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { SqliteConnection } from './sqlite-connection.js';
 
-/** What SqliteDatabase sends: one statement, or the end. */
-export type SqliteRequest = { id: number; op: 'run' | 'all' | 'get'; sql: string; params: SQLInputValue[] } | { id: number; op: 'exec'; sql: string } | { id: number; op: 'close' };
+/**
+ * What SqliteDatabase sends: one statement, or the end. `begin`: open the transaction (BEGIN
+ * IMMEDIATE) first, in the same trip; if that fails the statement is not run.
+ */
+export type SqliteRequest =
+  | { id: number; op: 'run' | 'all' | 'get'; sql: string; params: SQLInputValue[]; begin?: true }
+  | { id: number; op: 'exec'; sql: string }
+  | { id: number; op: 'close' };
 
 /** What it hears back: the statement's result, or its error's own words and codes. */
 export type SqliteReply = { id: number; result: unknown } | { id: number; error: { message: string; code?: string; errcode?: number; errstr?: string } };
@@ -21,7 +27,10 @@ const { SqliteConnection: Connection } = (await import(import.meta.url.endsWith(
 // is lost and runs every statement on the event loop's own connection.
 const db = new Connection(path, autocheckpointPages);
 
+const BEGIN = 'BEGIN IMMEDIATE';
+
 function perform(request: SqliteRequest): unknown {
+  if ('begin' in request && request.begin) db.exec(BEGIN);
   switch (request.op) {
     case 'run':
       return db.run(request.sql, request.params);
