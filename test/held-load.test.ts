@@ -110,7 +110,7 @@ async function expectStored(answer: Promise<Response>): Promise<void> {
   expect(readFileSync(file).equals(png)).toBe(true);
 }
 
-describe('a large base64 image in an upstream reply', () => {
+describe('a large base64 image in an upstream reply', { timeout: 120_000 }, () => {
   it('is staged as it arrives: its first bytes are on disk while most of the reply is still to come', async () => {
     const base = await startGateway(64 * 1024 * 1024);
     const answer = generate(base);
@@ -131,7 +131,8 @@ describe('a large base64 image in an upstream reply', () => {
   });
 });
 
-describe('MAX_INFLIGHT_IMAGE_BYTES', () => {
+// Each test waits up to `eventually` per step (a loaded machine is slow, never wrong): its own timeout allows several such steps.
+describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
   it('is validated: a whole number of bytes, at least 1 MiB', () => {
     const env = { AIHUBMIX_API_KEY: UPSTREAM_KEY, GATEWAY_API_KEYS: `design:${CLIENT_KEY}` };
     expect(loadConfig(env).MAX_INFLIGHT_IMAGE_BYTES).toBe(32 * 1024 * 1024);
