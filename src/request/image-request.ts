@@ -351,17 +351,7 @@ const upscaleSchema = z.strictObject(upscaleFields).partial().required({ model: 
 type UpscaleBody = z.infer<typeof upscaleSchema>;
 
 function upscaleRequest(body: UpscaleBody, image: InputImage): ImageRequest {
-  return {
-    operation: 'upscale',
-    model: body.model,
-    prompt: body.prompt ?? '',
-    params: pickParams(body),
-    options: body.options ?? {},
-    responseFormat: body.response_format ?? 'url',
-    async: body.async ?? false,
-    ...(body.callback_url ? { callbackUrl: callbackFor(body) } : {}),
-    images: [image],
-  };
+  return fromBody('upscale', body, { images: [image] });
 }
 
 /** A JSON upscale: `image` a data URL (decoded here) or an http(s) URL (left pending for `withFetched`). */
