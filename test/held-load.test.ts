@@ -181,6 +181,35 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     await expectStored(next);
   });
 
+  it('drops a reply waiting unread for room whose client leaves, and lets the queue go on', async () => {
+    // Room for one reply and a half: the second call is sent, its reply waits for room unread.
+    const base = await startGateway(Math.floor(reply.length * 1.5));
+    const first = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    const leaving = new AbortController();
+    const left = generate(base, leaving.signal).catch((err: unknown) => err);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(1), eventually);
+    expect(calls).toHaveLength(2);
+    // While a reply waits for room, nothing new is sent.
+    const third = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
+    leaving.abort();
+    expect(await left).toBeInstanceOf(Error);
+    // The reply left waiting is dropped: counted as abandoned, its upstream connection closed.
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_wait_seconds_count{outcome="abandoned"}')).toBe(1), eventually);
+    await vi.waitFor(() => expect(calls[1]!.destroyed).toBe(true), eventually);
+    // With no reply waiting, the third call is sent; the reply that was left took nothing, so
+    // the third's reply now waits for room in its turn (waiting is not checked to be 0 in
+    // between: the third may be sent and its reply waiting before a poll of the metrics).
+    await vi.waitFor(() => expect(calls).toHaveLength(3), eventually);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(1), eventually);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    finishCall(0);
+    await expectStored(first);
+    finishCall(2);
+    await expectStored(third);
+  });
+
   it('still receives a reply larger than the whole budget, alone', async () => {
     const base = await startGateway(1024 * 1024);
     expect(reply.length).toBeGreaterThan(1024 * 1024);
