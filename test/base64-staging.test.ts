@@ -21,9 +21,9 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const coldFiles = (stagingDir: string) => new WarmStagingFiles(stagingDir, { count: 0, maxBytes: 0 });
 
 /** Feeds the base64 of `bytes` in pieces of the given sizes, in turn. */
-async function stage(bytes: Buffer, sizes: number[], files: WarmStagingFiles = coldFiles(join(dir, 'staging'))) {
+async function stage(bytes: Buffer, sizes: number[], files: WarmStagingFiles = coldFiles(join(dir, 'staging')), maxBytes?: number) {
   const base64 = Buffer.from(bytes.toString('base64'), 'latin1');
-  const staging = new Base64Staging(files);
+  const staging = new Base64Staging(files, maxBytes);
   for (let at = 0, i = 0; at < base64.length; i++) {
     const size = sizes[i % sizes.length]!;
     await staging.write(base64.subarray(at, at + size));
@@ -128,5 +128,52 @@ describe('staging a base64 image as it arrives', () => {
     expect(staged.bytes).toBe(bytes.length);
     expect(readFileSync(staged.path).equals(bytes)).toBe(true);
     rmSync(staged.path);
+  });
+
+  describe('with the bound its reply declared', () => {
+    const MiB = 1024 * 1024;
+    // Just over the one MiB write buffer, as a 1 MiB render is.
+    const justOver = () => Buffer.concat([png.subarray(0, 16), randomBytes(MiB + 1_638 - 16)]);
+
+    it('takes a last buffer only as large as what is left of the image, not a second MiB', async () => {
+      const image = justOver();
+      const base64 = Buffer.from(image.toString('base64'), 'latin1');
+      // The reply's JSON around the base64: a few dozen characters, so a bound a little over the image.
+      const staging = new Base64Staging(coldFiles(join(dir, 'bounded')), image.length + 60);
+      for (let at = 0; at < base64.length; at += 65_536) await staging.write(base64.subarray(at, at + 65_536));
+      const staged = await staging.end();
+      expect(readFileSync(staged.path).equals(image)).toBe(true);
+      rmSync(staged.path);
+      const [first, last] = (staging as unknown as { buffers: [Buffer, Buffer] }).buffers;
+      expect(first.length).toBe(MiB);
+      expect(last.length).toBeGreaterThan(1_638);
+      expect(last.length).toBeLessThanOrEqual(8_192);
+    });
+
+    for (const [what, bound] of [
+      ['exactly the image', 0],
+      ['less than the image (a wrong bound)', -500_000],
+      ['far more than the image', 10 * MiB],
+    ] as const) {
+      it(`writes exactly the decoded image with a bound of ${what}`, async () => {
+        for (const image of [justOver(), png]) {
+          const staged = await stage(image, [1, 2, 3, 65_536], undefined, image.length + bound);
+          expect(staged.bytes).toBe(image.length);
+          expect(readFileSync(staged.path).equals(image)).toBe(true);
+          expect(staged.sha256).toBe(createHash('sha256').update(image).digest('hex'));
+          rmSync(staged.path);
+        }
+      });
+    }
+
+    it('keeps the last bytes of unpadded base64 with a tight bound', async () => {
+      const bytes = Buffer.concat([png.subarray(0, 16), randomBytes(MiB + 2 - 16)]);
+      const unpadded = Buffer.from(bytes.toString('base64').replace(/=+$/, ''), 'latin1');
+      const staging = new Base64Staging(coldFiles(join(dir, 'unpadded-bound')), bytes.length);
+      for (let at = 0; at < unpadded.length; at += 65_536) await staging.write(unpadded.subarray(at, at + 65_536));
+      const staged = await staging.end();
+      expect(readFileSync(staged.path).equals(bytes)).toBe(true);
+      rmSync(staged.path);
+    });
   });
 });

@@ -139,10 +139,10 @@ export class ImageGeneration {
     const report = ctx.onEvent ?? (() => {});
     // Large base64 images are staged as the reply streams in; any not kept in the end are removed.
     const staged = new Set<StagedImage>();
-    const stageImage = () => {
+    const stageImage = (maxBytes?: number) => {
       // With worker threads (WORKERS) a worker decodes the text; else the main thread as it arrives.
       const { stagingFiles, workers } = this.deps.images;
-      const staging = workers.size > 0 ? new PooledBase64Staging(stagingFiles, workers, request.responseFormat === 'b64_json') : new Base64Staging(stagingFiles);
+      const staging = workers.size > 0 ? new PooledBase64Staging(stagingFiles, workers, request.responseFormat === 'b64_json') : new Base64Staging(stagingFiles, maxBytes);
       // A staging write that fails (a full disk) drops this image but reads the rest of the reply,
       // which still tells what it cost (its token counts come after the images).
       let lost: StorageWriteFailed | undefined;

@@ -13,6 +13,8 @@ import type { WarmStagingFiles } from './warm-staging-files.js';
  * in flight, how many are staged at once is bounded by MAX_INFLIGHT_IMAGE_BYTES instead.
  */
 const WRITE_BYTES = 1024 * 1024;
+/** The smallest last buffer: room for whole groups of four, whatever the bound says. */
+const MIN_TAIL_BYTES = 4096;
 /** Idle write buffers kept for the next image (two per image in flight). */
 const MAX_POOLED_BUFFERS = 32;
 const pool: Buffer[] = [];
@@ -48,7 +50,11 @@ export class Base64Staging implements Base64Sink<StagedImage> {
   private staged: Omit<StagedImage, 'path' | 'sha256' | 'bytes'> | undefined;
   private done = false;
 
-  constructor(private readonly stagingFiles: WarmStagingFiles) {}
+  constructor(
+    private readonly stagingFiles: WarmStagingFiles,
+    /** What the image can decode to at most (its reply's length), when known. */
+    private readonly maxBytes = Number.POSITIVE_INFINITY,
+  ) {}
 
   async write(base64: Buffer): Promise<void> {
     let start = 0;
@@ -70,7 +76,7 @@ export class Base64Staging implements Base64Sink<StagedImage> {
   private async decode(text: string): Promise<void> {
     let at = 0;
     while (at < text.length) {
-      const buffer = (this.buffers[this.current] ??= takeBuffer());
+      const buffer = (this.buffers[this.current] ??= this.takeBuffer());
       const room = Math.floor((buffer.length - this.filled) / 3) * 4;
       if (room === 0) {
         await this.flush();
@@ -86,8 +92,8 @@ export class Base64Staging implements Base64Sink<StagedImage> {
     try {
       if (this.carry.length > 0) {
         // Unpadded base64 ends in 2 or 3 characters (1 or 2 bytes): room for them first.
-        if (WRITE_BYTES - this.filled < 2) await this.flush();
-        this.filled += (this.buffers[this.current] ??= takeBuffer()).write(this.carry, this.filled, 'base64');
+        if ((this.buffers[this.current]?.length ?? WRITE_BYTES) - this.filled < 2) await this.flush();
+        this.filled += (this.buffers[this.current] ??= this.takeBuffer()).write(this.carry, this.filled, 'base64');
       }
       await this.flush();
       await Promise.all(this.writing);
@@ -150,12 +156,20 @@ export class Base64Staging implements Base64Sink<StagedImage> {
   private release(): void {
     if (this.done) return;
     this.done = true;
-    for (const buffer of this.buffers) if (buffer && pool.length < MAX_POOLED_BUFFERS) pool.push(buffer);
+    for (const buffer of this.buffers) if (buffer?.length === WRITE_BYTES && pool.length < MAX_POOLED_BUFFERS) pool.push(buffer);
   }
-}
 
-function takeBuffer(): Buffer {
-  return pool.pop() ?? Buffer.allocUnsafe(WRITE_BYTES);
+  /**
+   * A write buffer from the pool; but the second one, when what is left of the image is known to
+   * fit in less, is only that large: an image just over a MiB (a 1 MiB render) would otherwise
+   * hold a second MiB for its last few KB, and with dozens of replies in flight that is most of
+   * their staging memory.
+   */
+  private takeBuffer(): Buffer {
+    const left = this.maxBytes - this.bytes - this.filled;
+    if (this.bytes > 0 && left < WRITE_BYTES) return Buffer.allocUnsafe(Math.max(MIN_TAIL_BYTES, left + 3));
+    return pool.pop() ?? Buffer.allocUnsafe(WRITE_BYTES);
+  }
 }
 
 /** Writes all of `data` at `position` (one write may write less than asked). */

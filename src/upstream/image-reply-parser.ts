@@ -20,8 +20,11 @@ export interface Base64Sink<T> {
   abort(): Promise<void>;
 }
 
-/** Makes the sink for each long base64 string of a reply. */
-export type Base64SinkFactory<T> = () => Base64Sink<T>;
+/**
+ * Makes the sink for each long base64 string of a reply; `maxBytes`, when the reply declared its
+ * length, bounds what any string in it can decode to (3 bytes per 4 characters of the reply).
+ */
+export type Base64SinkFactory<T> = (maxBytes?: number) => Base64Sink<T>;
 
 /** The reply is not JSON (or breaks off); the message says where. */
 export class MalformedReply extends Error {}

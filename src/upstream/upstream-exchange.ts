@@ -197,7 +197,10 @@ export class UpstreamExchange {
       throw new UpstreamFailure('reply_too_large', `upstream reply is ${res.headers['content-length']} bytes, over the ${max} byte limit`, { upstreamStatus });
     }
     try {
-      const parsed = await parseImageReply(onBytes ? counted(res.body, onBytes) : res.body, stageImage, max);
+      const declared = Number(res.headers['content-length'] ?? Number.NaN);
+      // A declared length bounds each image in the reply: staging sizes its last buffer from it.
+      const newSink = Number.isFinite(declared) ? () => stageImage(Math.floor((declared * 3) / 4)) : stageImage;
+      const parsed = await parseImageReply(onBytes ? counted(res.body, onBytes) : res.body, newSink, max);
       signal.throwIfAborted();
       return parsed;
     } catch (err) {
