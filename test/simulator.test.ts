@@ -477,6 +477,32 @@ describe('Ideogram legacy', () => {
     expect(typeof (await readJson(response)).error).toBe('string');
   });
 
+  it('legacy reframe takes image_file, model and a Resolution value, and answers num_images items at that resolution', async () => {
+    const response = await postForm(
+      '/ideogram/reframe',
+      formWith({ model: 'V_2', resolution: 'RESOLUTION_1024_768', num_images: '3', style_type: 'ANIME' }, { image_file: pngBlob() }),
+      IDEOGRAM_KEY,
+    );
+    expect(response.status).toBe(200);
+    const body = await readJson(response);
+    expect(body.data).toHaveLength(3);
+    expect(body.data[0].resolution).toBe('1024x768');
+  });
+
+  it.each([
+    ['no image_file', formWith({ model: 'V_2', resolution: 'RESOLUTION_1024_1024' })],
+    ['no model', formWith({ resolution: 'RESOLUTION_1024_1024' }, { image_file: pngBlob() })],
+    ['no resolution', formWith({ model: 'V_2' }, { image_file: pngBlob() })],
+    ['a V3-style resolution', formWith({ model: 'V_2', resolution: '1024x1024' }, { image_file: pngBlob() })],
+    ['a prompt', formWith({ model: 'V_2', resolution: 'RESOLUTION_1024_1024', prompt: 'p' }, { image_file: pngBlob() })],
+    ['style_type for V_1', formWith({ model: 'V_1', resolution: 'RESOLUTION_1024_1024', style_type: 'AUTO' }, { image_file: pngBlob() })],
+    ['the V3 file field image', formWith({ model: 'V_2', resolution: 'RESOLUTION_1024_1024' }, { image: pngBlob() })],
+  ])('legacy reframe refuses %s with 400', async (_case, form) => {
+    const response = await postForm('/ideogram/reframe', form, IDEOGRAM_KEY);
+    expect(response.status).toBe(400);
+    expect(typeof (await readJson(response)).error).toBe('string');
+  });
+
   it('describe answers descriptions for an image_file, and refuses an unknown describe_model_version', async () => {
     const response = await postForm('/ideogram/describe', formWith({ describe_model_version: 'V_4' }, { image_file: pngBlob() }), IDEOGRAM_KEY);
     expect(response.status).toBe(200);

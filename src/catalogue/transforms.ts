@@ -22,6 +22,8 @@ export const TRANSFORMS = {
   'x-to-star': (v) => String(v).replace('x', '*'),
   /** `1024x768` → 1024 and 768, written to two fields (`to: [width, height]`, Black Forest Labs' FLUX.2). */
   'size-to-width-height': widthAndHeight,
+  /** `1024x768` → `RESOLUTION_1024_768` (Ideogram's legacy `Resolution` enum, the legacy reframe's resolution). */
+  'ideogram-resolution-enum': (v) => `RESOLUTION_${String(v).replace('x', '_')}`,
 } as const satisfies Record<string, Transform>;
 
 export type TransformName = keyof typeof TRANSFORMS;

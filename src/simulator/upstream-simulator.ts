@@ -474,6 +474,10 @@ function registerIdeogramV3Routes(api: FastifyInstance, sim: SimulatorState): vo
   }
 }
 
+/** Ideogram's legacy ModelEnum (AUTO aside) and Resolution values (RESOLUTION_<width>_<height>; the whole list is the gateway's catalogue's). */
+const LEGACY_MODELS = ['V_1', 'V_1_TURBO', 'V_2', 'V_2_TURBO', 'V_2A', 'V_2A_TURBO'];
+const LEGACY_RESOLUTION = /^RESOLUTION_(\d{3,4})_(\d{3,4})$/;
+
 function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState): void {
   api.post('/ideogram/generate', async (request, reply) => {
     const body = asObject(recordJsonBody(sim, request)) ?? {};
@@ -520,6 +524,32 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
     const imageRequest = parseImageRequestField(firstField(fields, 'image_request'));
     const prompt = requirePrompt(imageRequest.prompt);
     return ideogramReply(sim, prompt, imageCount(imageRequest.num_images));
+  });
+
+  // Ideogram's legacy reframe (spec: POST /reframe; AiHubMix documents none, so the path is the gateway's
+  // inference): flat fields like /edit, the file image_file, a required model and Resolution value, no prompt.
+  api.post('/ideogram/reframe', async (request, reply) => {
+    const { fields, files } = await recordMultipartBody(sim, request, 'ideogram');
+    sim.checkKey(request, 'ideogram');
+    await sim.delay();
+    const fault = sim.takeFault(request);
+    if (fault) return answerFault(sim, reply, fault, 'ideogram');
+
+    const unknownFile = files.find((file) => file.field !== 'image_file');
+    if (unknownFile) throw new SimulatedHttpError(400, `unexpected file field ${unknownFile.field}`, 'invalid_request_error');
+    if (files.length !== 1) throw new SimulatedHttpError(400, 'one image_file is required', 'invalid_request_error');
+    const model = firstField(fields, 'model');
+    if (model === undefined || !LEGACY_MODELS.includes(model)) {
+      throw new SimulatedHttpError(400, `model is required, one of ${LEGACY_MODELS.join(', ')}`, 'invalid_request_error');
+    }
+    const resolution = LEGACY_RESOLUTION.exec(firstField(fields, 'resolution') ?? '');
+    if (!resolution) throw new SimulatedHttpError(400, 'resolution is required (a Resolution value, e.g. RESOLUTION_1024_1024)', 'invalid_request_error');
+    if (fields.prompt !== undefined) throw new SimulatedHttpError(400, 'reframe takes no prompt', 'invalid_request_error');
+    if (fields.style_type !== undefined && model.startsWith('V_1')) {
+      throw new SimulatedHttpError(400, 'style_type is only for V_2 and later models', 'invalid_request_error');
+    }
+    const size = `${resolution[1]}x${resolution[2]}`;
+    return ideogramReply(sim, `reframe ${size}`, imageCount(firstField(fields, 'num_images')), size);
   });
 
   // As the documents show: image_file, and image_request (a JSON object, {} at least) whose prompt is optional.
