@@ -1,11 +1,12 @@
 /**
  * Ideogram's own schema as the bound of what the gateway sends: every Ideogram 3.0 route of the
- * catalogue (found in the catalogue, so a new route is covered as soon as it is declared) gets the
- * fullest request the catalogue allows, sent through the gateway; the multipart body the upstream
- * simulator received on loopback must validate against the vendor's request schema for that path
- * (test/fixtures/vendor-schemas/ideogram-v3.json, copied from ../shared/upstream-specs), with no
- * field the schema does not declare. Every value each field's rule allows (enums whole, ranges at
- * both ends) is checked against the vendor's schema of the field it is written to as well.
+ * catalogue, and every legacy reframe route (found in the catalogue, so a new route is covered as
+ * soon as it is declared), gets the fullest request the catalogue allows, sent through the gateway;
+ * the multipart body the upstream simulator received on loopback must validate against the vendor's
+ * request schema for that path (test/fixtures/vendor-schemas/ideogram.json, copied from
+ * ../shared/upstream-specs), with no field the schema does not declare. Every value each field's
+ * rule allows (enums whole, ranges at both ends) is checked against the vendor's schema of the
+ * field it is written to as well.
  */
 import { readFileSync } from 'node:fs';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
@@ -20,44 +21,48 @@ interface VendorSchemas {
   routes: Record<string, { properties: Record<string, unknown>; required?: string[] }>;
   components: { schemas: Record<string, unknown> };
 }
-const vendor = JSON.parse(readFileSync(new URL('./fixtures/vendor-schemas/ideogram-v3.json', import.meta.url), 'utf8')) as VendorSchemas;
+const vendor = JSON.parse(readFileSync(new URL('./fixtures/vendor-schemas/ideogram.json', import.meta.url), 'utf8')) as VendorSchemas;
 
 /** AiHubMix serves Ideogram's API under /ideogram: the vendor's path is the rest. */
-const vendorPath = (route: UpstreamRoute) => route.path.replace(/^\/ideogram(?=\/v1\/)/, '');
+const vendorPath = (route: UpstreamRoute) => route.path.replace(/^\/ideogram(?=\/)/, '');
 
-interface V3Route {
+interface CheckedRoute {
   title: string;
   model: string;
   mode?: EditMode;
   route: UpstreamRoute;
 }
 
-/** Every Ideogram 3.0 route the catalogue declares: generate and each edit mode of each model calling /ideogram-v3/. */
-const V3_ROUTES: V3Route[] = MODELS.flatMap((model) => {
-  const routes: V3Route[] = [];
+/**
+ * Every Ideogram 3.0 route the catalogue declares (generate and each edit mode of each model calling
+ * /ideogram-v3/), and every legacy reframe (an Ideogram edit route in mode reframe outside /ideogram-v3/).
+ */
+const CHECKED_ROUTES: CheckedRoute[] = MODELS.flatMap((model) => {
+  const routes: CheckedRoute[] = [];
   if (model.generate) routes.push({ title: `${model.id} generate`, model: model.id, route: model.generate });
   for (const [mode, route] of Object.entries(model.edit ?? {}) as Array<[EditMode, UpstreamRoute]>) {
     routes.push({ title: `${model.id} edit mode ${mode}`, model: model.id, mode, route });
   }
-  return routes.filter((r) => r.route.path.includes('/ideogram-v3/'));
+  return routes.filter((r) => r.route.path.includes('/ideogram-v3/') || (r.mode === 'reframe' && r.route.family.startsWith('ideogram-')));
 });
+const LEGACY_REFRAMES = CHECKED_ROUTES.filter((r) => r.mode === 'reframe' && !r.route.path.includes('/ideogram-v3/'));
 
 // One document: the components, and each route's schema closed to fields it does not declare.
 const ajv = new Ajv2020({ strict: false, allErrors: true, coerceTypes: true, formats: { binary: true, double: true } });
 ajv.addSchema({
-  $id: 'ideogram-v3',
+  $id: 'ideogram',
   components: vendor.components,
   closed: Object.fromEntries(Object.entries(vendor.routes).map(([path, schema]) => [path, { ...schema, additionalProperties: false }])),
 });
 const pointer = (path: string) => path.replaceAll('~', '~0').replaceAll('/', '~1');
 function bodyValidator(path: string): ValidateFunction {
-  const check = ajv.getSchema(`ideogram-v3#/closed/${pointer(path)}`);
+  const check = ajv.getSchema(`ideogram#/closed/${pointer(path)}`);
   if (!check) throw new Error(`no vendor schema for ${path}`);
   return check;
 }
 /** A validator of one property of a vendor route (its `$ref`s resolved in the same document). */
 function propertyValidator(path: string, property: string): ValidateFunction {
-  const check = ajv.getSchema(`ideogram-v3#/closed/${pointer(path)}/properties/${pointer(property)}`);
+  const check = ajv.getSchema(`ideogram#/closed/${pointer(path)}/properties/${pointer(property)}`);
   if (!check) throw new Error(`${path} declares no field ${property}`);
   return check;
 }
@@ -92,7 +97,7 @@ beforeAll(async () => {
 afterAll(async () => h.close());
 
 /** The fullest request the route allows, through the gateway: every parameter, option, image, mask and style reference it takes. */
-async function sendFullest({ model, mode, route }: V3Route): Promise<{ status: number; body: string; sent: RecordedRequest | undefined }> {
+async function sendFullest({ model, mode, route }: CheckedRoute): Promise<{ status: number; body: string; sent: RecordedRequest | undefined }> {
   const params: Record<string, unknown> = {};
   for (const [name, mapping] of Object.entries(route.params) as Array<[string, FieldMapping]>) params[name] = fullestValue(name, mapping.rule);
   const options: Record<string, unknown> = {};
@@ -142,12 +147,35 @@ function asVendorBody(path: string, sent: RecordedRequest): Record<string, unkno
   return body;
 }
 
-describe('the Ideogram 3.0 routes of the catalogue', () => {
+describe('the Ideogram 3.0 and legacy reframe routes of the catalogue', () => {
   it('are found in the catalogue, and each calls a path the vendor schema fixture covers', () => {
-    expect(V3_ROUTES.map((r) => vendorPath(r.route)).sort()).toEqual(
-      ['/v1/ideogram-v3/edit', '/v1/ideogram-v3/generate', '/v1/ideogram-v3/reframe', '/v1/ideogram-v3/remix', '/v1/ideogram-v3/replace-background'],
-    );
-    for (const r of V3_ROUTES) expect(Object.keys(vendor.routes), r.title).toContain(vendorPath(r.route));
+    expect(CHECKED_ROUTES.map((r) => vendorPath(r.route)).sort()).toEqual([
+      ...Array<string>(6).fill('/reframe'),
+      '/v1/ideogram-v3/edit',
+      '/v1/ideogram-v3/generate',
+      '/v1/ideogram-v3/reframe',
+      '/v1/ideogram-v3/remix',
+      '/v1/ideogram-v3/replace-background',
+    ]);
+    for (const r of CHECKED_ROUTES) expect(Object.keys(vendor.routes), r.title).toContain(vendorPath(r.route));
+  });
+
+  it('include a legacy reframe for every legacy model, each sending its own model, and style_type only from V_2 on', () => {
+    const fixedModel = (r: CheckedRoute) => (r.route.fixed as { model?: unknown } | undefined)?.model;
+    expect(LEGACY_REFRAMES.map((r) => [r.model, fixedModel(r)])).toEqual([
+      ['ideogram-v2', 'V_2'],
+      ['ideogram-v2-turbo', 'V_2_TURBO'],
+      ['ideogram-v2a', 'V_2A'],
+      ['ideogram-v2a-turbo', 'V_2A_TURBO'],
+      ['ideogram-v1', 'V_1'],
+      ['ideogram-v1-turbo', 'V_1_TURBO'],
+    ]);
+    // Ideogram's StyleType: "only applicable for models V_2 and above and should not be specified for model versions V_1".
+    for (const r of LEGACY_REFRAMES) {
+      const v1 = String(fixedModel(r)).startsWith('V_1');
+      expect(r.route.params.style === undefined, r.title).toBe(v1);
+      if (v1) expect(r.route.refused?.style, r.title).toMatch(/V_2 and later/);
+    }
   });
 
   it('the check itself refuses what the vendor does not define: an edit with aspect_ratio, a reframe without resolution', () => {
@@ -159,23 +187,33 @@ describe('the Ideogram 3.0 routes of the catalogue', () => {
     expect(problems(reframe, { image: 'a.png', resolution: '1000x1000' }).join('\n')).toMatch(/allowedValues/);
     expect(problems(reframe, { image: 'a.png', resolution: '1024x1024', num_images: '9' }).join('\n')).toMatch(/num_images/);
   });
+
+  it('the check refuses a legacy reframe without model, with a V3 resolution, or with a prompt', () => {
+    const legacy = bodyValidator('/reframe');
+    expect(problems(legacy, { image_file: 'a.png', model: 'V_2', resolution: 'RESOLUTION_1024_1024' })).toEqual([]);
+    expect(problems(legacy, { image_file: 'a.png', resolution: 'RESOLUTION_1024_1024' }).join('\n')).toMatch(/model/);
+    expect(problems(legacy, { image_file: 'a.png', model: 'V_2', resolution: '1024x1024' }).join('\n')).toMatch(/allowedValues/);
+    expect(problems(legacy, { image_file: 'a.png', model: 'V_2', resolution: 'RESOLUTION_800_1280' }).join('\n')).toMatch(/allowedValues/);
+    expect(problems(legacy, { image_file: 'a.png', model: 'V_2', resolution: 'RESOLUTION_1024_1024', prompt: 'x' }).join('\n')).toMatch(/additionalProperty.*prompt/);
+    expect(problems(legacy, { image: 'a.png', model: 'V_2', resolution: 'RESOLUTION_1024_1024' }).join('\n')).toMatch(/image_file/);
+  });
 });
 
-describe.each(V3_ROUTES.map((r) => [r.title, r] as const))('%s', (_title, v3) => {
-  const path = vendorPath(v3.route);
+describe.each(CHECKED_ROUTES.map((r) => [r.title, r] as const))('%s', (_title, checked) => {
+  const path = vendorPath(checked.route);
 
   it('sends, for its fullest request, a body that validates against the vendor schema with no undeclared field', async () => {
-    const { status, body, sent } = await sendFullest(v3);
+    const { status, body, sent } = await sendFullest(checked);
     expect(status, body).toBe(200);
-    expect(sent?.path).toBe(v3.route.path);
+    expect(sent?.path).toBe(checked.route.path);
     expect(sent?.headers['content-type']).toMatch(/^multipart\/form-data/);
     expect(problems(bodyValidator(path), asVendorBody(path, sent!))).toEqual([]);
   });
 
   it('allows in each field only values the vendor schema allows for the field it is written to', () => {
     const mappings: Array<[string, FieldMapping]> = [
-      ...(Object.entries(v3.route.params) as Array<[string, FieldMapping]>),
-      ...Object.entries(v3.route.options).map(([name, m]): [string, FieldMapping] => [name, m]),
+      ...(Object.entries(checked.route.params) as Array<[string, FieldMapping]>),
+      ...Object.entries(checked.route.options).map(([name, m]): [string, FieldMapping] => [name, m]),
     ];
     expect(mappings.length).toBeGreaterThan(0);
     for (const [name, mapping] of mappings) {
@@ -194,10 +232,10 @@ describe.each(V3_ROUTES.map((r) => [r.title, r] as const))('%s', (_title, v3) =>
 
   it('writes its images, mask and style references to file fields the vendor declares', () => {
     const declared = vendor.routes[path]!.properties;
-    if (v3.route.images) expect(declared).toHaveProperty(v3.route.images.to);
-    if (v3.route.mask) expect(declared).toHaveProperty(v3.route.mask.to);
-    if (v3.route.styleReferences) expect(declared[v3.route.styleReferences.to]).toMatchObject({ type: 'array', items: { format: 'binary' } });
-    if (v3.route.prompt) expect(declared).toHaveProperty(v3.route.prompt.to);
+    if (checked.route.images) expect(declared).toHaveProperty(checked.route.images.to);
+    if (checked.route.mask) expect(declared).toHaveProperty(checked.route.mask.to);
+    if (checked.route.styleReferences) expect(declared[checked.route.styleReferences.to]).toMatchObject({ type: 'array', items: { format: 'binary' } });
+    if (checked.route.prompt) expect(declared).toHaveProperty(checked.route.prompt.to);
     else expect(declared).not.toHaveProperty('prompt');
   });
 });
