@@ -151,9 +151,9 @@ export class GenerationPipeline {
     this.deps.storage?.refuseIfPressed();
     // With images still to read, what does not need their bytes is checked first (the same checks again once they are read).
     let prepared = call.loadImages ? undefined : await this.deps.generation.prepare(request);
-    const { model, route } = prepared ?? this.deps.generation.check(request);
+    const { model, route, mode } = prepared ?? this.deps.generation.check(request);
     this.deps.limits.checkModel(client, model.id);
-    this.deps.limits.checkPriced(client, model.id, route.price !== undefined);
+    this.deps.limits.checkPriced(client, model.id, route.price !== undefined, mode);
     // The whole fallback chain is checked now: each model must take the request, the key, its budget.
     const fallbacks = this.checkFallbacks(call, model);
     if (fallbacks.length > 0) outcome.modelsTried = [];
@@ -241,9 +241,9 @@ export class GenerationPipeline {
   }
 
   private checkFallback(call: GenerationCall, spec: ModelSpec): { model: ModelSpec; route: UpstreamRoute } {
-    const { model, route } = this.deps.generation.check({ ...call.request, model: spec.id });
+    const { model, route, mode } = this.deps.generation.check({ ...call.request, model: spec.id });
     this.deps.limits.checkModel(call.client, model.id);
-    this.deps.limits.checkPriced(call.client, model.id, route.price !== undefined);
+    this.deps.limits.checkPriced(call.client, model.id, route.price !== undefined, mode);
     return { model, route };
   }
 

@@ -96,10 +96,14 @@ export class KeyLimits {
     }
   }
 
-  /** A budget means nothing for a model of unknown price: such a key may not use one until it is priced. */
-  checkPriced(client: Client, modelId: string, priced: boolean): void {
+  /**
+   * A budget means nothing for a model of unknown price: such a key may not use one until it is priced.
+   * `mode`: the edit mode, where only that route of the model is unpriced (Ideogram's legacy reframe).
+   */
+  checkPriced(client: Client, modelId: string, priced: boolean, mode?: string): void {
     if (client.monthly_budget_usd !== undefined && !priced) {
-      throw new GatewayError('forbidden', `key ${client.id} has a monthly_budget_usd, and model ${modelId} has no known price; an operator can set one in PRICE_OVERRIDES`, {
+      const where = mode ? ` in mode ${mode}` : '';
+      throw new GatewayError('forbidden', `key ${client.id} has a monthly_budget_usd, and model ${modelId} has no known price${where}; an operator can set one in PRICE_OVERRIDES`, {
         details: [{ field: 'model', message: 'has no known price, so a budgeted key may not use it' }],
       });
     }
