@@ -381,7 +381,7 @@ then downloads the images and prints the saved paths on stdout.
   -i, --image <file>          an input image, PNG, JPEG or WebP (repeatable)      [required]
       --mask <file>           OpenAI's convention: transparent pixels = the area to change
       --mode <mode>           edit | remix | replace_background | reframe (default: edit with a mask, else the model's image-to-image);
-                              reframe (ideogram-v3) takes no prompt and needs --size, one of the model's resolutions
+                              reframe (ideogram-v3 and the legacy Ideogram models) takes no prompt and needs --size, one of the model's resolutions
       --style-ref <file>      a style reference image (repeatable; ideogram-v3 remix and replace_background)
 ${IMAGE_OPTIONS_HELP}
 

@@ -185,6 +185,15 @@ describe('edit', () => {
     expect(submissions()[0]!.files?.map((f) => f.field)).toEqual(['image', 'style_reference_images', 'style_reference_images']);
   });
 
+  it('reframes with a legacy model, with no prompt (ideogram-v2: /ideogram/reframe)', async () => {
+    writeFileSync(join(workDir, 'square.png'), await makePng(64, 64));
+    const reframe = await cli(['edit', '-m', 'ideogram-v2', '--mode', 'reframe', '--size', '1024x768', '-i', 'square.png', '-o', 'wide.png']);
+    expect(reframe.code, reframe.stderr).toBe(0);
+    expect(submissions()[0]!).toMatchObject({ path: '/ideogram/reframe', fields: { model: 'V_2', resolution: 'RESOLUTION_1024_768' } });
+    expect(submissions()[0]!.files?.map((f) => f.field)).toEqual(['image_file']);
+    expect(reframe.stdout.trim()).toMatch(/wide\.png$/);
+  });
+
   it('a missing input file is a clear error', async () => {
     const run = await cli(['edit', '-m', 'gpt-image-1', '-i', 'nope.png', 'x']);
     expect(run.code).toBe(1);
