@@ -20,6 +20,13 @@ const refusal = (data: unknown): string => {
 };
 
 describe('the built-in catalogue file (src/catalogue/models.yaml)', () => {
+  it('is what the built gateway reads: dist/ holds it, and openapi.yaml, as the same data in JSON', () => {
+    // Written by the build (global setup runs it), so a stale or partial copy shows here.
+    const yamlOf = (path: string) => parse(readFileSync(path, 'utf8'));
+    expect(JSON.parse(readFileSync('dist/catalogue/models.json', 'utf8'))).toEqual(yamlOf('src/catalogue/models.yaml'));
+    expect(JSON.parse(readFileSync('dist/openapi.json', 'utf8'))).toEqual(yamlOf('openapi.yaml'));
+  });
+
   it('validates, and declares every model the gateway serves', () => {
     const data = builtin();
     const models = loadCatalogue(data);
