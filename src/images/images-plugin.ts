@@ -22,7 +22,7 @@ export interface ImagesPluginOptions {
 }
 
 async function images(app: FastifyInstance, options: ImagesPluginOptions): Promise<void> {
-  const store = openImageStore(app.config);
+  const store = await openImageStore(app.config);
   const pressure = new StoragePressure({
     dataDir: app.config.DATA_DIR,
     minFreeBytes: app.config.STORAGE_MIN_FREE_BYTES,
