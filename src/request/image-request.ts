@@ -373,9 +373,16 @@ function upscaleRequest(body: UpscaleBody, image: InputImage): ImageRequest {
   return fromBody('upscale', body, { images: [image] });
 }
 
+/** Upscale and describe take one image: a list says so, as a multipart request with two files does, not "expected string". */
+function refuseImageList(body: object): void {
+  const image: unknown = (body as Record<string, unknown>).image;
+  if (Array.isArray(image)) throw invalidField('image', `takes one image (a data URL or an http(s) URL), not a list; got ${image.length}`);
+}
+
 /** A JSON upscale: `image` a data URL (decoded here) or an http(s) URL (left pending for `withFetched`). */
 export function parseUpscaleJson(raw: unknown, maxImageBytes: number): ParsedEditJson {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
+  refuseImageList(raw);
   const schema = upscaleSchema.extend({ image: imageRef }).required({ image: true });
   const parsed = schema.safeParse(raw);
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(upscaleFields), 'image'], raw);
@@ -429,6 +436,7 @@ const describeSchema = z.strictObject(describeFields).partial().required({ model
 /** A JSON describe: `image` a data URL (decoded here) or an http(s) URL (to fetch once admitted). */
 export function parseDescribeJson(raw: unknown, maxImageBytes: number): { request: DescribeRequest; url?: string } {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
+  refuseImageList(raw);
   const parsed = describeSchema.extend({ image: imageRef }).required({ image: true }).safeParse(raw);
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(describeFields), 'image'], raw);
   const { image, model, options } = parsed.data;
