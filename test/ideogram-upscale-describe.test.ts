@@ -201,6 +201,16 @@ describe('POST /v1/upscale', () => {
     expect(h.simulator.received).toHaveLength(0);
   });
 
+  it('JSON: a list of images is a 400 saying it takes one image, on upscale and describe, fetching nothing', async () => {
+    for (const [url, model] of [['/v1/upscale', 'ideogram-upscale'], ['/v1/describe', 'ideogram-describe']] as const) {
+      const res = await postJson(url, { model, image: [imageUrl, imageUrl] });
+      expect(res.statusCode, res.body).toBe(400);
+      expect(res.json().error.details[0]).toMatchObject({ field: 'image', message: expect.stringMatching(/takes one image .*not a list; got 2/) });
+    }
+    expect(hits).toEqual([]);
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
   it('a model that does not upscale, an unknown model, and upscale on another route get the usual errors', async () => {
     const edits = await postJson('/v1/upscale', { model: 'gpt-image-1', image: dataUrl(png) });
     expect(edits.statusCode).toBe(400);

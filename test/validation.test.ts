@@ -402,6 +402,35 @@ describe('edit: images and masks', () => {
     });
     expectRefused(res, 415, 'unsupported_media_type', ['image']);
   });
+
+  it('refuses a data URL whose base64 is cut short or a placeholder, which would otherwise decode to a PNG signature', async () => {
+    // `iVBORw0KGgo` is the PNG signature in base64: a lenient decoder skips the dots and sends 8 bytes upstream as an image.
+    const res = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: 'data:image/png;base64,iVBORw0KGgo...' });
+    const err = expectRefused(res, 400, 'invalid_request', ['image', 'not valid base64']);
+    expect(err.details?.[0]?.field).toBe('image');
+    const listed = await editJson(h, { model: 'flux-kontext-pro', prompt: 'make it blue', image: [dataUrl(png), 'data:image/png;base64,iVBORw0K GgoAAAA!'] });
+    expect(expectRefused(listed, 400, 'invalid_request', ['not valid base64']).details?.[0]?.field).toBe('image[1]');
+    const style = await generate({ model: 'ideogram-v3', prompt: 'a lighthouse', options: { style_reference_images: ['data:image/png;base64,iVBORw0KGgo...'] } });
+    expect(expectRefused(style, 400, 'invalid_request', ['not valid base64']).details?.[0]?.field).toBe('options.style_reference_images[0]');
+  });
+
+  it('takes base64 with line breaks, URL-safe letters and padding', async () => {
+    const wrapped = png.toString('base64').replace(/(.{76})/g, '$1\r\n');
+    const res = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: `data:image/png;base64,${wrapped}\n` });
+    expect(res.statusCode, res.body).toBe(200);
+    const urlSafe = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: `data:image/png;base64,${png.toString('base64url')}` });
+    expect(urlSafe.statusCode, urlSafe.body).toBe(200);
+  });
+
+  it('refuses a JSON image list that is too long or not images with a message that says what image takes', async () => {
+    const many = await editJson(h, { model: 'flux-2-pro', prompt: 'a collage', image: Array.from({ length: 17 }, (_, i) => `https://images.example.com/${i}.png`) });
+    const err = expectRefused(many, 400, 'invalid_request', ['image', 'data URL', 'http(s) URL', '1 to 16']);
+    expect(err.message).not.toMatch(/Invalid input/);
+    const notAString = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: 42 });
+    expect(expectRefused(notAString, 400, 'invalid_request', ['image', 'data URL']).message).not.toMatch(/Invalid input/);
+    const empty = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: [] });
+    expectRefused(empty, 400, 'invalid_request', ['image', 'at least one image']);
+  });
 });
 
 describe('size limits (MAX_UPLOAD_BYTES=1024)', () => {

@@ -79,12 +79,17 @@ const imageRef = z.string().refine((v) => DATA_URL.test(v) || HTTP_URL.test(v), 
   message: 'must be a data URL (data:image/png;base64,...) or an http(s) URL',
 });
 
+/** The most images a JSON edit may list before its model is known (no model takes more). */
+const MAX_EDIT_IMAGES = 16;
+
 const editJsonSchema = z
   .strictObject({
     ...commonFields,
     mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]),
     // 16: the most images any model takes; the model's own limit is checked before anything is fetched.
-    image: z.union([imageRef, z.array(imageRef).min(1).max(16)]),
+    image: z.union([imageRef, z.array(imageRef).min(1, 'must list at least one image').max(MAX_EDIT_IMAGES)], {
+      error: `must be a data URL (data:image/png;base64,...) or an http(s) URL, or an array of 1 to ${MAX_EDIT_IMAGES} of them (the model's input_schema says how many it takes)`,
+    }),
     mask: imageRef,
     // An edit's route decides whether it needs a prompt (checkAgainstRoute): Ideogram's reframe takes none.
     prompt: z.string(),
@@ -167,6 +172,13 @@ export function inputImage(bytes: Buffer, field: string, filename: string): Inpu
   return { bytes, mime, filename };
 }
 
+/**
+ * Base64 as data URLs carry it (standard or URL-safe alphabet, padding, line breaks). Node's decoder
+ * skips any other character, so a truncated or placeholder value (`iVBORw0KGgo...`) would decode to
+ * the first bytes of a PNG and reach upstream as an image.
+ */
+const BASE64_BODY = /^[A-Za-z0-9+/_\-\s]*={0,2}$/;
+
 function decodeDataUrl(value: string, field: string, maxBytes: number): InputImage {
   const comma = value.indexOf(',');
   const base64 = value.slice(comma + 1);
@@ -175,6 +187,9 @@ function decodeDataUrl(value: string, field: string, maxBytes: number): InputIma
     throw new GatewayError('payload_too_large', `${field}: image is larger than ${maxBytes} bytes`, {
       details: [{ field, message: `must be at most ${maxBytes} bytes` }],
     });
+  }
+  if (!BASE64_BODY.test(base64.trimEnd())) {
+    throw invalidField(field, 'is not valid base64: a data URL carries the whole image, data:image/png;base64,<base64 of the file>');
   }
   return inputImage(Buffer.from(base64, 'base64'), field, field.replace(/\W/g, '_'));
 }
@@ -315,7 +330,11 @@ export function takeStyleReferences(request: ImageRequest, maxImageBytes: number
   const { [STYLE_REFERENCES_FIELD]: value, ...options } = request.options;
   const parsed = z.array(imageRef).min(1).max(MAX_STYLE_REFERENCES).safeParse(value);
   if (!parsed.success) {
-    throw invalidField(field, `must be an array of 1 to ${MAX_STYLE_REFERENCES} images, each a data URL (data:image/png;base64,...) or an http(s) URL`);
+    // The model's own limit (ideogram-v3: 10) is checked once the model is known; naming 16 here would mislead.
+    throw invalidField(
+      field,
+      'must be an array of at least one image, each a data URL (data:image/png;base64,...) or an http(s) URL; the model\'s input_schema style_references.max says how many it takes',
+    );
   }
   const urls: ImageUrlRef[] = [];
   const styleReferences = parsed.data.map((ref, i) => {
@@ -354,9 +373,16 @@ function upscaleRequest(body: UpscaleBody, image: InputImage): ImageRequest {
   return fromBody('upscale', body, { images: [image] });
 }
 
+/** Upscale and describe take one image: a list says so, as a multipart request with two files does, not "expected string". */
+function refuseImageList(body: object): void {
+  const image: unknown = (body as Record<string, unknown>).image;
+  if (Array.isArray(image)) throw invalidField('image', `takes one image (a data URL or an http(s) URL), not a list; got ${image.length}`);
+}
+
 /** A JSON upscale: `image` a data URL (decoded here) or an http(s) URL (left pending for `withFetched`). */
 export function parseUpscaleJson(raw: unknown, maxImageBytes: number): ParsedEditJson {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
+  refuseImageList(raw);
   const schema = upscaleSchema.extend({ image: imageRef }).required({ image: true });
   const parsed = schema.safeParse(raw);
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(upscaleFields), 'image'], raw);
@@ -410,6 +436,7 @@ const describeSchema = z.strictObject(describeFields).partial().required({ model
 /** A JSON describe: `image` a data URL (decoded here) or an http(s) URL (to fetch once admitted). */
 export function parseDescribeJson(raw: unknown, maxImageBytes: number): { request: DescribeRequest; url?: string } {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
+  refuseImageList(raw);
   const parsed = describeSchema.extend({ image: imageRef }).required({ image: true }).safeParse(raw);
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(describeFields), 'image'], raw);
   const { image, model, options } = parsed.data;
