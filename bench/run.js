@@ -6,7 +6,7 @@
 // BENCH_LOG_LEVEL=warn runs the gateway without its per-request log line (to see what it costs).
 // The load generator (autocannon) runs in a process of its own (load-generator.js).
 import { fork } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +25,8 @@ const ONLY_TARGETS = process.env.BENCH_TARGETS ? new Set(process.env.BENCH_TARGE
 const USAGE_COMPARE = process.env.BENCH_USAGE_COMPARE === '1';
 /** Another build's dist/ (a copy made before a change), measured as the target `gateway-before`: an A/B in one interleaved run. */
 const COMPARE_DIST = process.env.BENCH_COMPARE_DIST;
+/** The gateway in this many processes sharing its port (gateway-cluster.js), measured as the target `gateway-cluster`. */
+const CLUSTER_PROCESSES = process.env.BENCH_PROCESSES ? Number(process.env.BENCH_PROCESSES) : undefined;
 
 const SETTINGS = {
   rounds: Number(process.env.BENCH_ROUNDS ?? (QUICK ? 1 : 3)),
@@ -197,7 +199,7 @@ async function main() {
   if (PROFILE) mkdirSync(profileDir, { recursive: true });
   const startGateway = (options) =>
     start(
-      'gateway.js',
+      options.script ?? 'gateway.js',
       {
         AIHUBMIX_API_KEY: UPSTREAM_KEY,
         AIHUBMIX_BASE_URL: upstream.url,
@@ -220,6 +222,8 @@ async function main() {
   // commit (BENCH_USAGE_QUEUED), the baseline for what durable usage costs (target gateway-queued).
   const queuedGateway = USAGE_COMPARE ? await startGateway({ dataDir: join(work, 'queued'), stdout: logFd, env: { BENCH_USAGE_QUEUED: '1' } }) : undefined;
   const gatewayBefore = COMPARE_DIST ? await startGateway({ dataDir: join(work, 'before'), stdout: logFd, env: { BENCH_GATEWAY_DIST: COMPARE_DIST } }) : undefined;
+  const clusterGatewayOptions = { script: 'gateway-cluster.js', stdout: logFd, env: { BENCH_PROCESSES: String(CLUSTER_PROCESSES) } };
+  const clusterGateway = CLUSTER_PROCESSES ? await startGateway({ ...clusterGatewayOptions, dataDir: join(work, 'cluster') }) : undefined;
   const imagesDir = join(dataDir, 'images');
   const staticServer = await start('static-server.js', { BENCH_STATIC_ROOT: imagesDir });
 
@@ -261,6 +265,17 @@ async function main() {
               },
             }
           : {}),
+        ...(clusterGateway
+          ? {
+              'gateway-cluster': {
+                server: clusterGateway,
+                method: 'POST',
+                url: `${clusterGateway.url}/v1/generate`,
+                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
+                body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.upstream ?? s.name}`, ...(s.responseFormat ? { response_format: s.responseFormat } : {}) }),
+              },
+            }
+          : {}),
         ...(gatewayBefore
           ? {
               'gateway-before': {
@@ -297,6 +312,17 @@ async function main() {
           headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
           body: JSON.stringify({ model: 'gpt-image-1', prompt: 'bench held' }),
         },
+        ...(clusterGateway
+          ? {
+              'gateway-cluster': {
+                server: clusterGateway,
+                method: 'POST',
+                url: `${clusterGateway.url}/v1/generate`,
+                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
+                body: JSON.stringify({ model: 'gpt-image-1', prompt: 'bench held' }),
+              },
+            }
+          : {}),
       },
     },
   ]
@@ -307,6 +333,12 @@ async function main() {
   const clearStoredImages = () => {
     for (const entry of readdirSync(imagesDir)) {
       if (/^[0-9a-f]{2}$/.test(entry) && entry !== servedDir) rmSync(join(imagesDir, entry), { recursive: true, force: true });
+    }
+    if (clusterGateway) {
+      const clusterImages = join(work, 'cluster', 'images');
+      for (const entry of existsSync(clusterImages) ? readdirSync(clusterImages) : []) {
+        if (/^[0-9a-f]{2}$/.test(entry)) rmSync(join(clusterImages, entry), { recursive: true, force: true });
+      }
     }
   };
 
@@ -329,7 +361,12 @@ async function main() {
    */
   const measureHeld = async (name, target, round) => {
     const dir = join(work, `held-${round}`);
-    const fresh = name === 'gateway' ? await startGateway({ dataDir: dir, stdout: logFd }) : await startPassthrough();
+    const fresh =
+      name === 'gateway'
+        ? await startGateway({ dataDir: dir, stdout: logFd })
+        : name === 'gateway-cluster'
+          ? await startGateway({ ...clusterGatewayOptions, dataDir: dir })
+          : await startPassthrough();
     try {
       const probe = { ...target, url: target.url.replace(target.server.url, fresh.url) };
       // JIT and pools on the same path (a 1 MiB image without the wait), then a pause for its last answers.
@@ -371,7 +408,7 @@ async function main() {
         const entry = ((results[scenario.name] ??= {})[name] ??= { rounds: [], latencies: [] });
         const pid = target.server.pid;
 
-        for (const server of [upstream, passthrough, gateway, staticServer, ...(queuedGateway ? [queuedGateway] : []), ...(gatewayBefore ? [gatewayBefore] : [])]) {
+        for (const server of [upstream, passthrough, gateway, staticServer, ...(clusterGateway ? [clusterGateway] : []), ...(queuedGateway ? [queuedGateway] : []), ...(gatewayBefore ? [gatewayBefore] : [])]) {
           if (server.exitCode !== undefined) throw new Error(`${server.name} exited (${server.exitCode}) during the run`);
         }
         if (scenario.held) {
@@ -405,7 +442,12 @@ async function main() {
         if (scenario.memory && name !== 'upstream') {
           // In a process of its own, fresh: its peak is that of this load, not what earlier scenarios left in the heap.
           await sleep(QUICK ? 100 : 300);
-          const fresh = name === 'gateway' ? await startGateway({ dataDir: join(work, `memory-${round}`), stdout: logFd }) : await startPassthrough();
+          const fresh =
+            name === 'gateway'
+              ? await startGateway({ dataDir: join(work, `memory-${round}`), stdout: logFd })
+              : name === 'gateway-cluster'
+                ? await startGateway({ ...clusterGatewayOptions, dataDir: join(work, `memory-${round}`) })
+                : await startPassthrough();
           const probe = { ...target, url: target.url.replace(target.server.url, fresh.url) };
           await load(probe, { connections: SETTINGS.memoryConnections, seconds: SETTINGS.warmupSeconds });
           treeMemory.reset(fresh.pid);
@@ -440,7 +482,7 @@ async function main() {
         );
         // Let the last answers of the loaded run finish before anything else is measured.
         await sleep(QUICK ? 100 : 300);
-        if (name === 'gateway') clearStoredImages();
+        if (name.startsWith('gateway')) clearStoredImages();
       }
     }
   }
@@ -453,6 +495,7 @@ async function main() {
   await stop(gateway);
   if (queuedGateway) await stop(queuedGateway);
   if (gatewayBefore) await stop(gatewayBefore);
+  if (clusterGateway) await stop(clusterGateway);
   await Promise.all([stop(upstream), stop(passthrough), stop(staticServer)]);
   stopLoadGenerator();
   closeSync(logFd);
