@@ -2,6 +2,7 @@
 //
 //   npm run build && node bench/held-probe.js            # gateway and pass-through, 400 clients, 10 s
 //   HELD_TARGETS=gateway HELD_CLIENTS=400 HELD_SECONDS=10 node bench/held-probe.js
+//   HELD_TRACE=1 ...                                       # and the gateway's queue and budget every 500 ms
 //
 // Each party in its own process: a fake upstream that answers every predictions call after
 // HELD_REPLY_MS (2 s) with a different 1 MiB PNG as base64, the target (the gateway from dist/ or
@@ -118,6 +119,28 @@ async function load(job) {
   return out;
 }
 
+/** Prints, every 500 ms, what the gateway's /metrics say of its upstream queue and reply budget. */
+function traceGateway(url) {
+  const started = Date.now();
+  const pick = (text, name) => {
+    let sum = 0;
+    for (const line of text.split('\n')) if (line.startsWith(name) && (line[name.length] === ' ' || line[name.length] === '{')) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+    return sum;
+  };
+  let answered = 0;
+  console.log('  t s   queued  waiting  budget MiB  answered/0.5 s');
+  const timer = setInterval(async () => {
+    const text = await fetch(`${url}/metrics`).then((res) => res.text()).catch(() => '');
+    const total = pick(text, 'gateway_http_requests_total');
+    console.log(
+      `  ${((Date.now() - started) / 1000).toFixed(1).padStart(4)}  ${String(pick(text, 'gateway_upstream_queue_depth')).padStart(6)}  ${String(pick(text, 'gateway_inflight_image_waiting')).padStart(7)}  ` +
+        `${(pick(text, 'gateway_inflight_image_bytes') / 2 ** 20).toFixed(1).padStart(10)}  ${String(total - answered).padStart(8)}`,
+    );
+    answered = total;
+  }, 500);
+  return { stop: () => clearInterval(timer) };
+}
+
 async function main() {
   const clients = Number(process.env.HELD_CLIENTS ?? 400);
   const seconds = Number(process.env.HELD_SECONDS ?? 10);
@@ -160,7 +183,10 @@ async function main() {
     };
     server.child.on('message', onMemory);
     const sampler = setInterval(() => server.child.send({ type: 'memory' }), 100);
+    // HELD_TRACE=1: the gateway's upstream queue and reply budget every 500 ms, to see where it waits.
+    const trace = name === 'gateway' && process.env.HELD_TRACE ? traceGateway(server.url) : undefined;
     const result = await load({ ...job, connections: clients, seconds });
+    trace?.stop();
     clearInterval(sampler);
     server.child.off('message', onMemory);
     const cores = (cpuMs(server.pid) - cpuBefore) / (seconds * 1000);

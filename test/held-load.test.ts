@@ -1,7 +1,8 @@
 /**
  * Held load in bounded memory (docs/held-load.md): a large upstream reply is staged as it streams
- * in, and the in-flight image bytes budget (MAX_INFLIGHT_IMAGE_BYTES) makes further upstream calls
- * wait in the queue, unsent, until a reply before them is done. The fake upstream here answers
+ * in; the in-flight image bytes budget (MAX_INFLIGHT_IMAGE_BYTES) lets replies in in turn, the
+ * others waiting unread, and once those hold a budget's worth, further upstream calls wait in the
+ * queue, unsent. The fake upstream here answers
  * each call with its headers and the first part of a large base64 PNG, and sends the rest only when
  * the test says so; what the gateway does meanwhile is read from its metrics and its staging files.
  */
@@ -16,6 +17,7 @@ import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { WAITING_REPLY_BYTES } from '../src/upstream/reply-byte-budget.js';
 
 const UPSTREAM_KEY = 'sk-test-held-0123456789abcdef';
 const CLIENT_KEY = 'gk-test-held-0123456789abcdef';
@@ -140,30 +142,49 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     expect(() => loadConfig({ ...env, MAX_INFLIGHT_IMAGE_BYTES: '64MiB' })).toThrow(/MAX_INFLIGHT_IMAGE_BYTES/);
   });
 
-  it('holds the next call in the upstream queue, unsent, until a reply in flight is done', async () => {
-    // Room for exactly two replies.
-    const base = await startGateway(2 * reply.length);
-    expect(await metric('gateway_inflight_image_bytes_limit')).toBe(2 * reply.length);
-    const first = [generate(base), generate(base)];
-    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(2 * reply.length), eventually);
-    const third = generate(base);
-    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
-    expect(calls).toHaveLength(2);
-    finishCall(0);
-    await expectStored(first[0]!);
-    // The first reply's bytes given back, the third call goes.
-    await vi.waitFor(() => expect(calls).toHaveLength(3), eventually);
-    expect(await metric('gateway_upstream_queue_depth')).toBe(0);
-    finishCall(1);
-    finishCall(2);
-    await Promise.all([expectStored(first[1]!), expectStored(third)]);
+  // At the smallest budget (1 MiB) every reply here (~3.2 MB) is larger than the whole of it, so
+  // each goes in alone; the waiting replies hold the queue once they hold a MiB between them.
+  const MiB = 1024 * 1024;
+  const waitingToShut = MiB / WAITING_REPLY_BYTES;
+
+  /** The first call in (alone), then `waiting` more sent, their replies waiting for room, unread. */
+  async function fill(base: string, waiting: number): Promise<Promise<Response>[]> {
+    const answers = [generate(base)];
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    for (let i = 0; i < waiting; i++) answers.push(generate(base));
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(waiting), eventually);
+    expect(calls).toHaveLength(1 + waiting);
+    return answers;
+  }
+
+  /** Sends the rest of every call's reply; each is stored once its turn for room comes. */
+  async function finishAll(answers: Promise<Response>[]): Promise<void> {
+    calls.forEach((call, i) => !call.writableEnded && !call.destroyed && finishCall(i));
+    for (const answer of answers) await expectStored(answer);
     expect(await metric('gateway_inflight_image_bytes')).toBe(0);
+    expect(await metric('gateway_inflight_image_waiting')).toBe(0);
+  }
+
+  it('sends calls while the budget is in use; their replies wait unread, and past a budget of waiting replies calls wait in the queue', async () => {
+    const base = await startGateway(MiB);
+    expect(await metric('gateway_inflight_image_bytes_limit')).toBe(MiB);
+    // The budget is spent by the first reply, yet the next calls go upstream: renders take seconds.
+    const answers = await fill(base, waitingToShut);
+    // The waiting replies now hold a budget's worth: the next call waits in the queue, unsent.
+    answers.push(generate(base));
+    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
+    expect(calls).toHaveLength(1 + waitingToShut);
+    finishCall(0);
+    await expectStored(answers[0]!);
+    // The first reply done, the next waiting one goes in; with one fewer waiting, the queued call goes.
+    await vi.waitFor(() => expect(calls).toHaveLength(2 + waitingToShut), eventually);
+    expect(await metric('gateway_upstream_queue_depth')).toBe(0);
+    await finishAll(answers.slice(1));
   });
 
   it('drops a call waiting in the queue whose client leaves: it is never sent and takes nothing', async () => {
-    const base = await startGateway(reply.length);
-    const first = generate(base);
-    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    const base = await startGateway(MiB);
+    const answers = await fill(base, waitingToShut);
     const leaving = new AbortController();
     const left = generate(base, leaving.signal).catch((err: unknown) => err);
     await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
@@ -172,56 +193,47 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(0), eventually);
     expect(await metric('gateway_upstream_queue_wait_seconds_count{outcome="abandoned"}')).toBe(1);
     expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
-    finishCall(0);
-    await expectStored(first);
+    await finishAll(answers);
     // The next call is the only other one upstream ever sees.
     const next = generate(base);
-    await vi.waitFor(() => expect(calls).toHaveLength(2), eventually);
-    finishCall(1);
-    await expectStored(next);
+    await vi.waitFor(() => expect(calls).toHaveLength(2 + waitingToShut), eventually);
+    await finishAll([next]);
   });
 
   it('drops a reply waiting unread for room whose client leaves, and lets the queue go on', async () => {
-    // Room for one reply and a half: the second call is sent, its reply waits for room unread.
-    const base = await startGateway(Math.floor(reply.length * 1.5));
-    const first = generate(base);
-    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    const base = await startGateway(MiB);
+    const answers = await fill(base, waitingToShut - 1);
+    // The last reply that shuts the queue is the one whose client leaves.
     const leaving = new AbortController();
     const left = generate(base, leaving.signal).catch((err: unknown) => err);
-    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(1), eventually);
-    expect(calls).toHaveLength(2);
-    // While a reply waits for room, nothing new is sent.
-    const third = generate(base);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(waitingToShut), eventually);
+    const leftCall = calls.length - 1;
+    const queued = generate(base);
     await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
     leaving.abort();
     expect(await left).toBeInstanceOf(Error);
     // The reply left waiting is dropped: counted as abandoned, its upstream connection closed.
     await vi.waitFor(async () => expect(await metric('gateway_inflight_image_wait_seconds_count{outcome="abandoned"}')).toBe(1), eventually);
-    await vi.waitFor(() => expect(calls[1]!.destroyed).toBe(true), eventually);
-    // With no reply waiting, the third call is sent; the reply that was left took nothing, so
-    // the third's reply now waits for room in its turn (waiting is not checked to be 0 in
-    // between: the third may be sent and its reply waiting before a poll of the metrics).
-    await vi.waitFor(() => expect(calls).toHaveLength(3), eventually);
-    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(1), eventually);
+    await vi.waitFor(() => expect(calls[leftCall]!.destroyed).toBe(true), eventually);
+    // With one fewer waiting, the queued call is sent; its reply waits in its turn (waiting is not
+    // checked in between: the call may be sent and its reply waiting before a poll of the metrics).
+    await vi.waitFor(() => expect(calls).toHaveLength(2 + waitingToShut), eventually);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(waitingToShut), eventually);
+    // The reply that was left took nothing.
     expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
-    finishCall(0);
-    await expectStored(first);
-    finishCall(2);
-    await expectStored(third);
+    await finishAll([...answers, queued]);
   });
 
   it('still receives a reply larger than the whole budget, alone', async () => {
-    const base = await startGateway(1024 * 1024);
-    expect(reply.length).toBeGreaterThan(1024 * 1024);
-    const first = generate(base);
-    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
-    const second = generate(base);
-    await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(1), eventually);
-    expect(calls).toHaveLength(1);
+    const base = await startGateway(MiB);
+    expect(reply.length).toBeGreaterThan(MiB);
+    const [first, second] = await fill(base, 1);
+    // Received one after the other: the second waits, unread, while the first is in.
+    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
     finishCall(0);
-    await expectStored(first);
-    await vi.waitFor(() => expect(calls).toHaveLength(2), eventually);
-    finishCall(1);
-    await expectStored(second);
+    await expectStored(first!);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(0), eventually);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    await finishAll([second!]);
   });
 });

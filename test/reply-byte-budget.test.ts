@@ -1,7 +1,7 @@
 // The in-flight image bytes budget on its own (reply-byte-budget.ts); test/held-load.test.ts shows
 // it through the gateway, with a fake upstream.
 import { describe, expect, it } from 'vitest';
-import { ReplyByteBudget, type ReplyReservation } from '../src/upstream/reply-byte-budget.js';
+import { ReplyByteBudget, WAITING_REPLY_BYTES, type ReplyReservation } from '../src/upstream/reply-byte-budget.js';
 
 const never = new AbortController().signal;
 
@@ -34,11 +34,8 @@ describe('ReplyByteBudget', () => {
     first.release();
     await waiting;
     expect(budget.inUse).toBe(25);
-    // While it is in, the budget is spent: nothing new goes.
-    expect(budget.open).toBe(false);
     huge!.release();
     expect(budget.inUse).toBe(0);
-    expect(budget.open).toBe(true);
   });
 
   it('drops a waiting reply whose signal is aborted: it rejects with the reason, takes nothing, and the next in line goes', async () => {
@@ -59,20 +56,42 @@ describe('ReplyByteBudget', () => {
     first.release();
   });
 
-  it('tells its listeners when room is given back and the budget is open again', async () => {
+  it('stays open while merely in use: a call sent now is answered later, when the replies being received are done', async () => {
     const budget = new ReplyByteBudget(10);
-    let told = 0;
-    budget.onRoom(() => told++);
     const a = await budget.reserve(6, never);
     const b = await budget.reserve(4, never);
-    expect(budget.open).toBe(false);
-    a.release();
-    expect(told).toBe(1);
+    expect(budget.inUse).toBe(10);
     expect(budget.open).toBe(true);
-    // Given back once only.
     a.release();
-    expect(budget.inUse).toBe(4);
     b.release();
+  });
+
+  it('shuts once the replies waiting for room hold as much as the budget, and tells its listeners when it opens again', async () => {
+    // Room for the waiting replies of three (what each holds while its socket is paused).
+    const budget = new ReplyByteBudget(3 * WAITING_REPLY_BYTES);
+    let told = 0;
+    budget.onRoom(() => told++);
+    const first = await budget.reserve(3 * WAITING_REPLY_BYTES, never);
+    const waiting = [1, 2].map(() => budget.reserve(WAITING_REPLY_BYTES, never));
+    await settle();
+    expect(budget.waiting).toBe(2);
+    expect(budget.open).toBe(true);
+    const leaving = new AbortController();
+    const third = budget.reserve(WAITING_REPLY_BYTES, leaving.signal).catch((err: unknown) => err);
+    await settle();
+    expect(budget.open).toBe(false);
+    // One waiting reply gone: open again, and the queue is told.
+    leaving.abort(new Error('client gone'));
+    await third;
+    expect(budget.open).toBe(true);
+    expect(told).toBe(1);
+    // Given back once only; the two waiting replies fit and go in.
+    first.release();
+    first.release();
+    const admitted = await Promise.all(waiting);
+    expect(budget.inUse).toBe(2 * WAITING_REPLY_BYTES);
+    expect(budget.waiting).toBe(0);
+    for (const reservation of admitted) reservation.release();
     expect(budget.inUse).toBe(0);
   });
 

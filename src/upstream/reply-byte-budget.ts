@@ -7,9 +7,20 @@
  * socket stays paused, so upstream's send waits in the kernel instead of in the gateway's heap.
  * Replies are let in in the order they asked; one larger than the whole budget goes in alone.
  *
- * While the budget is spent or a reply waits for room, `open` is false and the upstream queue sends
- * nothing new (fair-queue.ts): past the budget, requests wait there, unsent.
+ * A waiting reply still holds what was read before its socket paused (undici's buffer, a socket
+ * read): once the waiting replies hold as much as the budget itself, `open` is false and the
+ * upstream queue sends nothing new (fair-queue.ts): past that, requests wait there, unsent. The
+ * queue is not held while the budget is merely in use: a call sent now is answered seconds later
+ * (a render), by when the replies being received are done; holding it until then left the gateway
+ * idle for a render's length after every burst, at about half the pass-through's pace
+ * (bench/README.md, seventh pass).
  */
+/**
+ * What a reply waiting for room holds, as counted against the budget to hold the queue: what was
+ * read before its socket paused, undici's buffer and a socket read (~130 KB, docs/held-load.md).
+ */
+export const WAITING_REPLY_BYTES = 128 * 1024;
+
 export class ReplyByteBudget {
   private used = 0;
   private readonly waiters: { bytes: number; admit: () => void }[] = [];
@@ -31,9 +42,9 @@ export class ReplyByteBudget {
     return this.waiters.length;
   }
 
-  /** Whether a new upstream call may be sent: room left, and no reply waiting for it. */
+  /** Whether a new upstream call may be sent: the replies waiting for room hold less than the budget. */
   get open(): boolean {
-    return this.used < this.limit && this.waiters.length === 0;
+    return this.waiters.length * WAITING_REPLY_BYTES < this.limit;
   }
 
   /** `listener` is called whenever room is given back (the upstream queue sends what waits). */
