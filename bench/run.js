@@ -372,8 +372,15 @@ async function main() {
       // JIT and pools on the same path (a 1 MiB image without the wait), then a pause for its last answers.
       await load({ ...probe, body: probe.body.replace('bench held', 'bench 1mib') }, { connections: 8, seconds: SETTINGS.warmupSeconds });
       await sleep(500);
+      // The held run has a process of its own: with BENCH_PROFILE, so has its profile.
+      const profiled = PROFILE && name === 'gateway';
+      if (profiled) await ask(fresh, { type: 'profile-start' }, 'profile-started');
       const m = await watched(fresh.pid, () => load(probe, { connections: SETTINGS.heldConnections, seconds: SETTINGS.heldSeconds, keepLatencies: true }));
       if (fresh.exitCode !== undefined) throw new Error(`${name} exited (${fresh.exitCode}) during the held scenario`);
+      if (profiled) {
+        const path = join(profileDir, `gateway-held-${round + 1}-${new Date().toISOString().replace(/[:.]/g, '-')}.cpuprofile`);
+        log(`profile of the gateway's main thread over held round ${round + 1}: ${(await ask(fresh, { type: 'profile-stop', path }, 'profile-written')).path}`);
+      }
       // The requests cut off by the end of the run end before the process does (see the 4 MiB probe).
       await sleep(2500);
       return m;
