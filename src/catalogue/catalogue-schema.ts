@@ -9,6 +9,8 @@ import { paramDescriptorSchema, ruleFromDescriptor } from './param-descriptors.j
 import { SPLITTING_TRANSFORMS, TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
 
 const usd = z.number().nonnegative('a price is a number of USD, 0 or more').finite();
+/** A size limit in bytes (the vendor's per-image or per-request limit). */
+const byteLimit = z.number().int().positive();
 
 const mappingSchema = z
   .strictObject({
@@ -58,6 +60,8 @@ const routeSchema = z.strictObject({
       to: z.string().min(1),
       encoding: z.enum(['file', 'data-url', 'base64']),
       max: z.number().int().positive(),
+      /** The largest one image may be, in bytes (the vendor's per-image limit); absent: MAX_UPLOAD_BYTES alone. */
+      max_bytes: byteLimit.optional(),
       shape: z.enum(['single', 'array', 'numbered']).optional(),
       repeated_file_field: z.string().min(1).optional(),
     })
@@ -65,7 +69,7 @@ const routeSchema = z.strictObject({
   mask: z.strictObject({ to: z.string().min(1), convention: z.enum(['transparent', 'black']), required: z.boolean() }).optional(),
   /** Style reference images, sent as the repeated file field `to` (multipart routes only). */
   style_references: z
-    .strictObject({ to: z.string().min(1), max: z.number().int().positive(), max_bytes: z.number().int().positive(), max_total_bytes: z.number().int().positive().optional() })
+    .strictObject({ to: z.string().min(1), max: z.number().int().positive(), max_bytes: byteLimit, max_total_bytes: byteLimit.optional() })
     .optional(),
   price: priceSchema.optional(),
   /** Free text for whoever reads the catalogue: where a source was not followed, and why. */
@@ -81,7 +85,7 @@ const describeRouteSchema = z.strictObject({
   path: z.string().startsWith('/', 'an upstream path starts with /'),
   auth: z.enum(['bearer', 'api-key']).default('bearer'),
   options: z.record(z.string(), mappingSchema).default({}),
-  images: z.strictObject({ to: z.string().min(1), encoding: z.literal('file'), max: z.literal(1) }),
+  images: z.strictObject({ to: z.string().min(1), encoding: z.literal('file'), max: z.literal(1), max_bytes: byteLimit.optional() }),
 });
 
 const modelSchema = z
@@ -151,6 +155,7 @@ function toRoute(r: RouteData): UpstreamRoute {
             to: r.images.to,
             encoding: r.images.encoding,
             max: r.images.max,
+            ...(r.images.max_bytes ? { maxBytes: r.images.max_bytes } : {}),
             ...(r.images.shape ? { shape: r.images.shape } : {}),
             ...(r.images.repeated_file_field ? { repeatedFileField: r.images.repeated_file_field } : {}),
           },
@@ -174,7 +179,7 @@ function toRoute(r: RouteData): UpstreamRoute {
 function toDescribeRoute(r: DescribeRouteData): DescribeRoute {
   const options: DescribeRoute['options'] = {};
   for (const [name, m] of Object.entries(r.options)) options[name] = toMapping(m);
-  return { family: r.family, path: r.path, auth: r.auth, options, images: { to: r.images.to, encoding: 'file', max: 1 } };
+  return { family: r.family, path: r.path, auth: r.auth, options, images: { to: r.images.to, encoding: 'file', max: 1, ...(r.images.max_bytes ? { maxBytes: r.images.max_bytes } : {}) } };
 }
 
 /** Where an issue is, named by the model's id when the path reaches one. */

@@ -1,5 +1,5 @@
 import { GatewayError, invalidField } from '../errors.js';
-import type { EditMode, FieldMapping, ImageOperation, ModelSpec, Operation, Price, StyleReferenceInput, UpstreamRoute } from './model-spec.js';
+import type { EditMode, FieldMapping, ImageInput, ImageOperation, ModelSpec, Operation, Price, StyleReferenceInput, UpstreamRoute } from './model-spec.js';
 import type { ParamRule } from './param-rule.js';
 import { EDIT_MODES, STYLE_REFERENCES_FIELD } from './model-spec.js';
 import { MODELS } from './models.js';
@@ -224,7 +224,7 @@ function routeSchema(route: UpstreamRoute, withImages: boolean) {
       ...(styleReferences ? { [STYLE_REFERENCES_FIELD]: { type: 'json' as const, allowed: styleReferencesAllowed(styleReferences) } } : {}),
     },
     ...(styleReferences ? { style_references: { max: styleReferences.max, max_bytes: styleReferences.maxBytes } } : {}),
-    ...(withImages ? { images: { max: route.images?.max ?? 1 }, mask: route.mask ? { required: route.mask.required } : null } : {}),
+    ...(withImages ? { images: imagesSchema(route.images), mask: route.mask ? { required: route.mask.required } : null } : {}),
   };
 }
 
@@ -233,8 +233,13 @@ function describeSchema(model: ModelSpec) {
   const route = model.describe!;
   return {
     options: Object.fromEntries(Object.entries(route.options).map(([name, m]) => [name, fieldSchema(m.rule)])),
-    images: { max: route.images.max },
+    images: imagesSchema(route.images),
   };
+}
+
+/** How many input images a route takes, and how large each may be when its vendor says. */
+function imagesSchema(images: ImageInput | undefined) {
+  return { max: images?.max ?? 1, ...(images?.maxBytes !== undefined ? { max_bytes: images.maxBytes } : {}) };
 }
 
 /** What `options.style_reference_images` takes, in 400s and GET /v1/models. */

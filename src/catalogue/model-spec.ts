@@ -51,6 +51,8 @@ export interface ImageInput {
   /** file: multipart file; data-url: `data:image/png;base64,...`; base64: bare base64. */
   encoding: 'file' | 'data-url' | 'base64';
   max: number;
+  /** The largest one image may be, in bytes (the vendor's per-image limit); absent: MAX_UPLOAD_BYTES alone. */
+  maxBytes?: number;
   /**
    * JSON: write one image as a string (`single`), always an array (`array`), or each image in its own
    * field (`numbered`: the first at `to`, the k-th at `to_k`, Black Forest Labs' `input_image`, `input_image_2`, ...).

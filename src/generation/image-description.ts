@@ -77,6 +77,8 @@ export class ImageDescription {
         try {
           const loaded = call.loadImage ? await call.loadImage(request, call.signal) : request;
           if (isPending(loaded.image)) throw new GatewayError('internal_error', 'the input image was not read before the request was sent');
+          // Its size is known only now (a file on disk, a URL fetched).
+          checkDescribe(model, route, loaded);
           const { body, upstreamMs } = await this.send(call, toDescribeRequest(route, loaded));
           const descriptions = descriptionsOf(body);
           outcome.upstreamStatus = 200;

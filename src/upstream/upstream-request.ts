@@ -103,6 +103,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     if (req.images.length > images.max) {
       throw invalidField('image', `${model.id} takes at most ${images.max} image${images.max === 1 ? '' : 's'}; got ${req.images.length}`);
     }
+    checkImageBytes(model, req.images, images.maxBytes, (i) => (req.images.length > 1 ? `image[${i}]` : 'image'), 'input image');
     if (req.mask && !route.mask) {
       throw invalidField('mask', `${model.id}${req.mode ? ` in mode ${req.mode}` : ''} takes no mask`);
     }
@@ -110,6 +111,21 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
       throw invalidField('mask', `${model.id} in mode ${req.mode ?? 'edit'} needs a mask (transparent pixels = the area to change)`);
     }
   }
+}
+
+/**
+ * Each image within the model's per-image limit (the vendor's): a 413 naming the image's field and
+ * the limit. Images not read yet count 0 here; the check runs again once they are.
+ */
+function checkImageBytes(model: ModelSpec, images: readonly InputImage[], maxBytes: number | undefined, fieldOf: (i: number) => string, what: string): void {
+  if (maxBytes === undefined) return;
+  images.forEach((image, i) => {
+    if (image.bytes.length <= maxBytes) return;
+    const field = fieldOf(i);
+    throw new GatewayError('payload_too_large', `${field}: the image is ${image.bytes.length} bytes; ${model.id} takes at most ${maxBytes} per ${what}`, {
+      details: [{ field, message: `must be at most ${maxBytes} bytes` }],
+    });
+  });
 }
 
 /** Style reference images: only where the route takes them, at most its count, each within its size (once read). */
@@ -122,13 +138,7 @@ function checkStyleReferences(model: ModelSpec, route: UpstreamRoute, req: Image
   if (given.length > spec.max) {
     throw invalidField(field, `${model.id}${inMode} takes at most ${spec.max} style reference images; got ${given.length}`, styleReferencesAllowed(spec));
   }
-  given.forEach((image, i) => {
-    if (image.bytes.length > spec.maxBytes) {
-      throw new GatewayError('payload_too_large', `${field}[${i}]: the image is ${image.bytes.length} bytes; ${model.id} takes at most ${spec.maxBytes} per style reference image`, {
-        details: [{ field: `${field}[${i}]`, message: `must be at most ${spec.maxBytes} bytes` }],
-      });
-    }
-  });
+  checkImageBytes(model, given, spec.maxBytes, (i) => `${field}[${i}]`, 'style reference image');
   // Images not read yet count 0 here; the check runs again once they are.
   const total = [...req.images, ...(req.mask ? [req.mask] : []), ...given].reduce((sum, image) => sum + image.bytes.length, 0);
   if (spec.maxTotalBytes !== undefined && total > spec.maxTotalBytes) {
@@ -231,7 +241,7 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
   }
 }
 
-/** A describe request against its model's route: options it declares, with values it allows, and one image. */
+/** A describe request against its model's route: options it declares, with values it allows, and one image within its size (once read). */
 export function checkDescribe(model: ModelSpec, route: DescribeRoute, req: DescribeRequest): void {
   const optionNames = Object.keys(route.options);
   for (const [name, value] of Object.entries(req.options)) {
@@ -239,6 +249,7 @@ export function checkDescribe(model: ModelSpec, route: DescribeRoute, req: Descr
     if (!mapping) throw invalidField(`options.${name}`, `is not an option of ${model.id}`, optionNames);
     check(`options.${name}`, mapping, value);
   }
+  checkImageBytes(model, [req.image], route.images.maxBytes, () => 'image', 'input image');
 }
 
 /** A describe request in upstream terms: multipart, the image as the route's file field, each option a text field. */
