@@ -1,3 +1,5 @@
+import type { z } from 'zod';
+
 /**
  * Every failure the gateway reports is a GatewayError: thrown anywhere, rendered once by the
  * error handler in app.ts, so each route stays free of response-building try/catch.
@@ -73,6 +75,32 @@ export class GatewayError extends Error {
 }
 
 /** A 400 that names the field and what it may be. */
+/**
+ * zod's complaints as a 400 naming each field and what it may be; an unknown field lists
+ * `allowedFields`, exactly what the request takes. `messageOf` may say it better than zod does.
+ */
+export function zodRefusal(
+  error: z.ZodError,
+  allowedFields: readonly string[],
+  options: { name?: (key: string) => string; messageOf?: (issue: z.core.$ZodIssue) => string } = {},
+): GatewayError {
+  const details: ErrorDetail[] = [];
+  for (const issue of error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) details.push({ field: fieldPath([...issue.path, key], options.name), message: 'is not a field of this request', allowed: [...allowedFields] });
+    } else {
+      details.push({ field: fieldPath(issue.path, options.name) || '(body)', message: options.messageOf?.(issue) ?? issue.message });
+    }
+  }
+  const summary = details.map((d) => `${d.field}: ${d.message}`).join('; ').slice(0, 1000);
+  return new GatewayError('invalid_request', summary, { details });
+}
+
+/** A field's path as the API names fields in errors: `options.style`, `image[0]`, `fallback_models[1]`. */
+export function fieldPath(path: readonly PropertyKey[], name: (key: string) => string = (key) => key): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i === 0 ? '' : '.'}${name(String(p))}`)).join('');
+}
+
 export function invalidField(field: string, message: string, allowed?: unknown): GatewayError {
   const detail: ErrorDetail = allowed === undefined ? { field, message } : { field, message, allowed };
   return new GatewayError('invalid_request', `${field}: ${message}`, { details: [detail] });

@@ -95,10 +95,11 @@ describe('GET /v1/models', () => {
       n: { type: 'integer', minimum: 1, maximum: 8 },
     });
     expect(upscale.input_schema.upscale.options.magic_prompt_option.values).toEqual(['AUTO', 'ON', 'OFF']);
-    expect(upscale.input_schema.upscale.images).toEqual({ max: 1 });
+    expect(upscale.input_schema.upscale.images).toEqual({ max: 1, max_bytes: 25_000_000 });
     const describeModel = byId.get('ideogram-describe');
     expect(describeModel).toMatchObject({ operations: ['describe'], max_n: 0, price_per_image_usd: null });
     expect(describeModel.input_schema.describe.options.describe_model_version.values).toEqual(['V_2', 'V_3', 'V_4']);
+    expect(describeModel.input_schema.describe.images).toEqual({ max: 1, max_bytes: 25_000_000 });
     // The generators are unchanged.
     expect(byId.get('ideogram-v2').operations).toEqual(['generate', 'edit']);
   });
@@ -369,6 +370,51 @@ describe('POST /v1/describe', () => {
     expect(res.statusCode).toBe(403);
     expect(res.json().error.message).toMatch(/no known price/);
     expect(h.simulator.received).toHaveLength(0);
+  });
+});
+
+describe("Ideogram's limit of 25 MB an image (its spec's \"max size 25MB\"), under MAX_UPLOAD_BYTES (25 MiB)", () => {
+  const LIMIT = 25_000_000;
+  /** A PNG padded to `size` bytes: over Ideogram's 25 MB, still under MAX_UPLOAD_BYTES (26,214,400) at 25,100,000. */
+  const pngOf = (size: number) => Buffer.concat([png, Buffer.alloc(size - png.length)]);
+
+  function expectTooLarge(res: Awaited<ReturnType<typeof postJson>>, size: number): void {
+    expect(res.statusCode, res.body.slice(0, 500)).toBe(413);
+    const error = res.json().error;
+    expect(error.code).toBe('payload_too_large');
+    expect(error.message).toContain(`the image is ${size} bytes`);
+    expect(error.details).toEqual([{ field: 'image', message: `must be at most ${LIMIT} bytes` }]);
+    expect(openApiProblems('Error', res.json())).toEqual([]);
+  }
+
+  it('refuses a 25,100,000-byte image with a 413 naming image and the limit, on upscale and describe, multipart and JSON, sending nothing', async () => {
+    const size = 25_100_000;
+    const big = pngOf(size);
+    for (const [url, model] of [['/v1/upscale', 'ideogram-upscale'], ['/v1/describe', 'ideogram-describe']] as const) {
+      expectTooLarge(await postMultipart(url, { model }, [{ field: 'image', bytes: big }]), size);
+      expectTooLarge(await postJson(url, { model, image: dataUrl(big) }), size);
+    }
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('refuses an image URL that fetches to more, once fetched; an image of exactly 25,000,000 bytes is sent', async () => {
+    const size = 25_000_001;
+    const big = pngOf(size);
+    const large = createServer((_req, res) => res.writeHead(200, { 'content-type': 'image/png' }).end(big));
+    await new Promise<void>((resolve) => large.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `http://127.0.0.1:${(large.address() as AddressInfo).port}/big.png`;
+      expectTooLarge(await postJson('/v1/upscale', { model: 'ideogram-upscale', image: url }), size);
+      expectTooLarge(await postJson('/v1/describe', { model: 'ideogram-describe', image: url }), size);
+    } finally {
+      await new Promise((resolve) => large.close(resolve));
+    }
+    expect(h.simulator.received).toHaveLength(0);
+
+    const atLimit = pngOf(LIMIT);
+    const res = await postMultipart('/v1/upscale', { model: 'ideogram-upscale' }, [{ field: 'image', bytes: atLimit }]);
+    expect(res.statusCode, res.body.slice(0, 500)).toBe(200);
+    expect(upstreamCalls('/ideogram/upscale')[0]!.files!.map((f) => f.sha256)).toEqual([sha256(atLimit)]);
   });
 });
 

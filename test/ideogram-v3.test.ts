@@ -175,6 +175,39 @@ describe('an Ideogram 3.0 edit keeps the source image shape', () => {
   });
 });
 
+describe("Ideogram's limit of 25 MB an input image (its spec's \"max size 25MB\"), under MAX_UPLOAD_BYTES (25 MiB)", () => {
+  const SIZE = 25_100_000;
+  const big = Buffer.concat([SOURCE, Buffer.alloc(SIZE - SOURCE.length)]);
+
+  it.each([
+    ['ideogram-v3', 'edit', { prompt: 'a red hat' }, true],
+    ['ideogram-v3', 'remix', { prompt: 'in winter' }, false],
+    ['ideogram-v3', 'replace_background', { prompt: 'a beach' }, false],
+    ['ideogram-v3', 'reframe', { size: '1536x640' }, false],
+    ['ideogram-v2', 'edit', { prompt: 'a red hat' }, true],
+    ['ideogram-v2', 'remix', { prompt: 'in winter' }, false],
+    ['ideogram-v2', 'reframe', { size: '1024x768' }, false],
+  ] as const)('%s %s: a 25,100,000-byte image is a 413 naming image and 25000000, in multipart and JSON, sending nothing', async (model, mode, fields, masked) => {
+    const multipart = await multipartEdit({ model, mode, ...fields }, [{ field: 'image', bytes: big }, ...(masked ? [{ field: 'mask', bytes: MASK }] : [])]);
+    const json = await jsonEdit({ model, mode, ...fields, image: dataUrl(big), ...(masked ? { mask: dataUrl(MASK) } : {}) });
+    for (const res of [multipart, json]) {
+      expect(res.statusCode, res.body.slice(0, 500)).toBe(413);
+      expect(res.json().error.message).toMatch(new RegExp(`^image: the image is ${SIZE} bytes; ${model} takes at most 25000000`));
+      expect(res.json().error.details).toEqual([{ field: 'image', message: 'must be at most 25000000 bytes' }]);
+    }
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('is listed in GET /v1/models as images.max_bytes on every Ideogram edit mode; other vendors declare none', async () => {
+    for (const id of ['ideogram-v3', 'ideogram-v2', 'ideogram-v1-turbo']) {
+      const model = (await h.app.inject({ method: 'GET', url: `/v1/models/${id}`, headers: h.auth })).json();
+      for (const schema of Object.values<any>(model.input_schema.edit)) expect(schema.images).toEqual({ max: 1, max_bytes: 25_000_000 });
+    }
+    const flux = (await h.app.inject({ method: 'GET', url: '/v1/models/flux-kontext-pro', headers: h.auth })).json();
+    expect(flux.input_schema.edit.edit.images).toEqual({ max: 4 });
+  });
+});
+
 describe('style reference images', () => {
   it('as files in a multipart remix: sent upstream as repeated style_reference_images files, in order', async () => {
     const res = await multipartEdit({ prompt: 'the same scene in winter' }, [
@@ -295,6 +328,24 @@ describe('style reference images', () => {
     });
     expect(res.statusCode).toBe(400);
     expect(res.json().error.message).toMatch(/taken by POST \/v1\/generate and POST \/v1\/edit/);
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
+  it('name the same field in every refusal, multipart file or JSON: options.style_reference_images[i] (415 and 413)', async () => {
+    const notImage = await multipartEdit({ prompt: 'in winter' }, [
+      { field: 'image', bytes: SOURCE },
+      { field: 'style_reference_images', bytes: STYLE_A },
+      { field: 'style_reference_images', bytes: Buffer.from('not an image at all') },
+    ]);
+    expect(notImage.statusCode).toBe(415);
+    expect(notImage.json().error.details[0].field).toBe('options.style_reference_images[1]');
+    const large = Buffer.concat([STYLE_A, Buffer.alloc(25_000_001 - STYLE_A.length)]);
+    const tooLarge = await multipartEdit({ prompt: 'in winter' }, [
+      { field: 'image', bytes: SOURCE },
+      { field: 'style_reference_images', bytes: large },
+    ]);
+    expect(tooLarge.statusCode).toBe(413);
+    expect(tooLarge.json().error.details[0].field).toBe('options.style_reference_images[0]');
     expect(h.simulator.received).toHaveLength(0);
   });
 

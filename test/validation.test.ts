@@ -253,7 +253,7 @@ describe('generate: values outside what the model allows', () => {
 
   it('refuses a JSON n given as a string, saying a number is expected rather than that n is missing', async () => {
     const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', n: '2' });
-    const err = expectRefused(res, 400, 'invalid_request', ['n', 'expected number']);
+    const err = expectRefused(res, 400, 'invalid_request', ['n', 'must be an integer']);
     expect(err.message).not.toContain('required');
   });
 
@@ -379,7 +379,7 @@ describe('edit: images and masks', () => {
 
   it('refuses a multipart n that is not a number', async () => {
     const res = await editMultipart(h, { model: 'gpt-image-1', prompt: 'make it blue', n: 'two' }, [image(png)]);
-    const err = expectRefused(res, 400, 'invalid_request', ['n', 'number']);
+    const err = expectRefused(res, 400, 'invalid_request', ['n', 'must be an integer']);
     expect(err.details?.[0]?.field).toBe('n');
   });
 
@@ -430,6 +430,66 @@ describe('edit: images and masks', () => {
     expect(expectRefused(notAString, 400, 'invalid_request', ['image', 'data URL']).message).not.toMatch(/Invalid input/);
     const empty = await editJson(h, { model: 'gpt-image-1', prompt: 'make it blue', image: [] });
     expectRefused(empty, 400, 'invalid_request', ['image', 'at least one image']);
+  });
+});
+
+describe('errors name each field the same way, and say what it takes', () => {
+  // Its own harness: these requests would spend the shared key's requests per minute.
+  let e: Harness;
+  beforeAll(async () => {
+    e = await startHarness({ RATE_LIMIT_RPM: '1000' });
+  });
+  afterAll(async () => e.close());
+
+  function post(url: string, fields: Record<string, string>, files: Array<{ field: string; bytes: Buffer }> = [{ field: 'image', bytes: png }]) {
+    const { payload, headers } = multipartBody(fields, files.map((f) => ({ ...f, filename: `${f.field}.png` })));
+    return e.app.inject({ method: 'POST', url, headers: { ...e.auth, ...headers }, payload });
+  }
+  const postJson = (url: string, payload: Record<string, unknown>) => e.app.inject({ method: 'POST', url, headers: e.auth, payload });
+  const refused = (res: LightMyRequestResponse, mentions: string[]) => expectRefused(res, 400, 'invalid_request', mentions, e);
+  const allowedFor = (res: LightMyRequestResponse) => refused(res, ['unknown_field', 'is not a field of this request']).details?.[0]?.allowed as string[];
+
+  it('names an item of a JSON list field[i] (image[1], fallback_models[0]), never field.1', async () => {
+    const images = await postJson('/v1/edit', { model: 'flux-2-pro', prompt: 'a collage', image: [dataUrl(png), 'not-a-url'] });
+    expect(refused(images, ['image[1]: must be a data URL']).details?.[0]?.field).toBe('image[1]');
+    const fallbacks = await postJson('/v1/generate', { model: 'gpt-image-1', prompt: 'a deer', fallback_models: ['', 'gpt-image-1.5'] });
+    expect(refused(fallbacks, ['fallback_models[0]: must be a model id']).details?.[0]?.field).toBe('fallback_models[0]');
+  });
+
+  it('lists, for an unknown field, exactly what the route takes: stream where it streams, style reference files on edit, no mask on upscale and describe', async () => {
+    const generateAllowed = allowedFor(await postJson('/v1/generate', { model: 'gpt-image-1', prompt: 'a deer', unknown_field: 1 }));
+    expect(generateAllowed).toContain('stream');
+    const editJsonAllowed = allowedFor(await postJson('/v1/edit', { model: 'gpt-image-1', prompt: 'a deer', image: dataUrl(png), unknown_field: 1 }));
+    expect(editJsonAllowed).toEqual(expect.arrayContaining(['stream', 'mode', 'image', 'mask']));
+    const editAllowed = allowedFor(await post('/v1/edit', { model: 'gpt-image-1', prompt: 'a deer', unknown_field: '1' }));
+    expect(editAllowed).toEqual(expect.arrayContaining(['stream', 'mode', 'image (file)', 'mask (file)', 'style_reference_images (file)']));
+    for (const res of [
+      await post('/v1/upscale', { model: 'ideogram-upscale', unknown_field: '1' }),
+      await postJson('/v1/upscale', { model: 'ideogram-upscale', image: dataUrl(png), unknown_field: 1 }),
+    ]) {
+      const allowed = allowedFor(res);
+      expect(allowed).toContain('stream');
+      expect(allowed.filter((f) => /mask|style_reference/.test(f))).toEqual([]);
+    }
+    const describeAllowed = allowedFor(await post('/v1/describe', { model: 'ideogram-describe', unknown_field: '1' }));
+    expect(describeAllowed).toEqual(['model', 'options', 'image (file)']);
+    // A file field they do not take lists the one they do.
+    for (const url of ['/v1/upscale', '/v1/describe']) {
+      const masked = await post(url, { model: url === '/v1/upscale' ? 'ideogram-upscale' : 'ideogram-describe' }, [{ field: 'image', bytes: png }, { field: 'mask', bytes: png }]);
+      expect(refused(masked, ['mask', 'not a file field']).details?.[0]?.allowed).toEqual(['image']);
+    }
+  });
+
+  it('says what a field takes instead of zod\'s words, as "field: message" like every other error', async () => {
+    const resemblance = await post('/v1/upscale', { model: 'ideogram-upscale', resemblance: 'abc' });
+    const err = refused(resemblance, ['resemblance: must be an integer from 1 to 100']);
+    expect(err.details?.[0]).toMatchObject({ field: 'resemblance', allowed: 'an integer from 1 to 100' });
+    const format = await postJson('/v1/generate', { model: 'gpt-image-1', prompt: 'a deer', output_format: 'gif' });
+    expect(refused(format, []).message).toBe('output_format: must be one of "png", "jpeg", "webp"');
+    const several = await postJson('/v1/generate', { model: 'gpt-image-1', prompt: 'a deer', seed: 'x', async: 'yes', response_format: 'png', quality: 7, mode: 'edit' });
+    const many = refused(several, ['seed: must be an integer from 0 to 2147483647', 'async: must be true or false', 'response_format: must be one of "url", "b64_json"', 'quality: must be one of']);
+    expect(many.message).not.toMatch(/Invalid|expected|received/);
+    for (const detail of many.details ?? []) expect(many.message).toContain(`${detail.field}: ${detail.message}`);
   });
 });
 

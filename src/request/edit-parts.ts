@@ -52,8 +52,11 @@ function fileTooLarge(field: string, maxBytes: number): GatewayError {
 export async function readEditParts(
   app: FastifyInstance,
   request: FastifyRequest,
-  /** Takes `style_reference_images` files too (POST /v1/edit; the OpenAI façade keeps OpenAI's fields). */
-  accept: { styleReferences?: boolean } = {},
+  /**
+   * `styleReferences`: takes `style_reference_images` files too (POST /v1/edit; the OpenAI façade keeps OpenAI's fields).
+   * `oneImage`: takes one `image` file and nothing else (upscale, describe): no `image[]`, no mask.
+   */
+  accept: { styleReferences?: boolean; oneImage?: boolean } = {},
 ): Promise<EditParts> {
   // Uploads are written under DATA_DIR: none while it is short of space (refused as the pipeline would).
   app.storagePressure.refuseIfPressed();
@@ -74,7 +77,7 @@ export async function readEditParts(
   const files: UploadedFile[] = [];
   const styleFiles: UploadedFile[] = [];
   let mask: UploadedFile | undefined;
-  const fileFields = ['image', 'image[]', 'mask', ...(accept.styleReferences ? [STYLE_REFERENCES_FIELD] : [])];
+  const fileFields = accept.oneImage ? ['image'] : ['image', 'image[]', 'mask', ...(accept.styleReferences ? [STYLE_REFERENCES_FIELD] : [])];
   try {
     for await (const part of request.parts()) {
       if (over()) throw requestTooLarge(maxRequest);
@@ -84,11 +87,12 @@ export async function readEditParts(
         fields.set(part.fieldname, String(part.value));
         continue;
       }
+      if (!fileFields.includes(part.fieldname)) throw invalidField(part.fieldname, 'is not a file field of this request', fileFields);
       const isImage = part.fieldname === 'image' || part.fieldname === 'image[]';
-      const isStyle = accept.styleReferences === true && part.fieldname === STYLE_REFERENCES_FIELD;
-      if (!isImage && !isStyle && part.fieldname !== 'mask') throw invalidField(part.fieldname, 'is not a file field of this request', fileFields);
+      const isStyle = part.fieldname === STYLE_REFERENCES_FIELD;
       if (part.fieldname === 'mask' && mask) throw invalidField('mask', 'give at most one mask');
-      const field = isImage ? (files.length === 0 ? 'image' : `image[${files.length}]`) : isStyle ? `${STYLE_REFERENCES_FIELD}[${styleFiles.length}]` : 'mask';
+      // Named as a JSON request names them (options.style_reference_images[i]), in every refusal.
+      const field = isImage ? (files.length === 0 ? 'image' : `image[${files.length}]`) : isStyle ? `options.${STYLE_REFERENCES_FIELD}[${styleFiles.length}]` : 'mask';
       const path = newUploadPath(app, request);
       let head = Buffer.alloc(0);
       let size = 0;

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { GatewayError, invalidField, type ErrorDetail } from '../errors.js';
+import { GatewayError, invalidField, zodRefusal } from '../errors.js';
 import type { EditMode, ImageOperation, NormalizedParam } from '../catalogue/model-spec.js';
 import { EDIT_MODES, NORMALIZED_PARAMS, STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 import { sniffImageType, type ImageMime } from '../images/image-bytes.js';
@@ -41,31 +41,49 @@ export const MAX_FALLBACK_MODELS = 3;
 const NAME_MAX = 100;
 const clipName = (name: string) => (name.length > NAME_MAX ? `${name.slice(0, NAME_MAX)}...` : name);
 
+// Every field says what it takes in its own words, whatever is wrong with it (never zod's "Invalid input: ...").
+const text = (what = 'a string') => z.string({ error: `must be ${what}` });
+const nonEmpty = (what = 'a non-empty string') => text(what).min(1, `must be ${what}`);
+const oneOfValues = <T extends string>(values: readonly [T, ...T[]]) =>
+  z.enum(values, { error: `must be one of ${values.map((v) => JSON.stringify(v)).join(', ')}` });
+const integer = (what: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.number({ error: `must be ${what}` }).int(`must be ${what}`).min(min, `must be ${what}`).max(max, `must be ${what}`);
+const trueOrFalse = z.boolean({ error: 'must be true or false' });
+const modelName = nonEmpty(`a model id (at most ${NAME_MAX} characters; GET /v1/models lists them)`).max(NAME_MAX, `must be at most ${NAME_MAX} characters`);
+
 const commonFields = {
-  model: z.string().min(1, 'must not be empty').max(NAME_MAX, `must be at most ${NAME_MAX} characters`),
-  prompt: z.string().min(1, 'must not be empty'),
-  n: z.number().int().min(1),
-  size: z.string().min(1, 'must not be empty'),
-  aspect_ratio: z.string().regex(/^\d+:\d+$/, 'must be written W:H, for example "16:9"'),
-  quality: z.enum(['low', 'medium', 'high', 'standard', 'hd', 'auto']),
-  seed: z.number().int().min(0).max(2147483647),
-  negative_prompt: z.string(),
-  style: z.string().min(1, 'must not be empty'),
-  output_format: z.enum(['png', 'jpeg', 'webp']),
-  background: z.string().min(1, 'must not be empty'),
-  response_format: z.enum(['url', 'b64_json']),
-  options: z.record(z.string().min(1).max(NAME_MAX), z.unknown()),
-  async: z.boolean(),
+  model: modelName,
+  prompt: nonEmpty(),
+  // The model's own rule (its input_schema) then says how many it makes.
+  n: integer("an integer, 1 or more (the model's input_schema gives its range)", 1),
+  size: nonEmpty("a non-empty string: WIDTHxHEIGHT or a size the model names (its input_schema lists them)"),
+  aspect_ratio: text('written W:H, for example "16:9"').regex(/^\d+:\d+$/, 'must be written W:H, for example "16:9"'),
+  quality: oneOfValues(['low', 'medium', 'high', 'standard', 'hd', 'auto']),
+  seed: integer('an integer from 0 to 2147483647', 0, 2147483647),
+  negative_prompt: text(),
+  style: nonEmpty(),
+  output_format: oneOfValues(['png', 'jpeg', 'webp']),
+  background: nonEmpty(),
+  response_format: oneOfValues(['url', 'b64_json']),
+  options: z.record(
+    z.string().min(1, 'an option name must not be empty').max(NAME_MAX, `an option name must be at most ${NAME_MAX} characters`),
+    z.unknown(),
+    { error: "must be a JSON object of the model's options (its input_schema lists them)" },
+  ),
+  async: trueOrFalse,
   fallback_models: z
-    .array(z.string().min(1, 'must not be empty').max(NAME_MAX, `must be at most ${NAME_MAX} characters`))
+    .array(modelName, { error: 'must be a list of model ids' })
     .max(MAX_FALLBACK_MODELS, `must name at most ${MAX_FALLBACK_MODELS} models`)
     .refine((list) => new Set(list).size === list.length, 'must not name a model twice'),
-  fallback_on_timeout: z.boolean(),
-  callback_url: z
-    .string()
-    .max(2000)
+  fallback_on_timeout: trueOrFalse,
+  callback_url: text('an http(s) URL')
+    .max(2000, 'must be an http(s) URL of at most 2000 characters')
     .refine((v) => /^https?:$/.test(URL.canParse(v) ? new URL(v).protocol : ''), 'must be an http(s) URL'),
 };
+
+/** Taken off the body by the route before parsing (`"stream": true`), so listed among the fields it takes. */
+const STREAM = 'stream';
+const editMode = oneOfValues(EDIT_MODES as [EditMode, ...EditMode[]]);
 
 const generateSchema = z
   .strictObject(commonFields)
@@ -85,38 +103,27 @@ const MAX_EDIT_IMAGES = 16;
 const editJsonSchema = z
   .strictObject({
     ...commonFields,
-    mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]),
+    mode: editMode,
     // 16: the most images any model takes; the model's own limit is checked before anything is fetched.
     image: z.union([imageRef, z.array(imageRef).min(1, 'must list at least one image').max(MAX_EDIT_IMAGES)], {
       error: `must be a data URL (data:image/png;base64,...) or an http(s) URL, or an array of 1 to ${MAX_EDIT_IMAGES} of them (the model's input_schema says how many it takes)`,
     }),
     mask: imageRef,
     // An edit's route decides whether it needs a prompt (checkAgainstRoute): Ideogram's reframe takes none.
-    prompt: z.string(),
+    prompt: text(),
   })
   .partial()
   .required({ model: true, image: true });
 
 type GenerateBody = z.infer<typeof generateSchema>;
 
-/** zod's complaints, turned into a 400 that names each field and what it may be. */
+/** zod's complaints, turned into a 400 that names each field and what it may be; `allowedFields`: exactly what the route takes. */
 function refuse(error: z.ZodError, allowedFields: string[], body: object): GatewayError {
-  const details: ErrorDetail[] = [];
-  for (const issue of error.issues) {
-    if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) {
-        details.push({ field: clipName(key), message: 'is not a field of this request', allowed: allowedFields });
-      }
-      continue;
-    }
-    const field = issue.path.map((p) => clipName(String(p))).join('.') || '(body)';
+  return zodRefusal(error, allowedFields, {
+    name: clipName,
     // zod leaves issue.input out unless asked, so absence is read from the body itself.
-    const missing = issue.code === 'invalid_type' && issue.path.length === 1 && !Object.hasOwn(body, String(issue.path[0]));
-    const message = missing ? 'is required' : issue.message;
-    details.push({ field, message });
-  }
-  const summary = details.map((d) => `${d.field} ${d.message}`).join('; ').slice(0, 1000);
-  return new GatewayError('invalid_request', summary, { details });
+    messageOf: (issue) => (issue.code === 'invalid_type' && issue.path.length === 1 && !Object.hasOwn(body, String(issue.path[0])) ? 'is required' : issue.message),
+  });
 }
 
 function pickParams(body: Partial<Record<NormalizedParam, unknown>>): Partial<Record<NormalizedParam, unknown>> {
@@ -157,7 +164,7 @@ export function parseGenerateBody(raw: unknown): ImageRequest {
     throw invalidField('(body)', 'must be a JSON object');
   }
   const parsed = generateSchema.safeParse(raw);
-  if (!parsed.success) throw refuse(parsed.error, Object.keys(commonFields), raw);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), STREAM], raw);
   return fromBody('generate', parsed.data, {});
 }
 
@@ -205,7 +212,7 @@ function validEditJson(raw: unknown) {
     throw invalidField('(body)', 'must be a JSON object');
   }
   const parsed = editJsonSchema.safeParse(raw);
-  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image', 'mask'], raw);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image', 'mask', STREAM], raw);
   const { image, mask, mode, ...rest } = parsed.data;
   const list = Array.isArray(image) ? image : [image];
   const images = list.map((value, i) => ({ field: list.length > 1 ? `image[${i}]` : 'image', value }));
@@ -302,11 +309,11 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
     else body[name] = value;
   }
   const schema = z
-    .strictObject({ ...commonFields, mode: z.enum(EDIT_MODES as [EditMode, ...EditMode[]]), prompt: z.string() })
+    .strictObject({ ...commonFields, mode: editMode, prompt: text() })
     .partial()
     .required({ model: true });
   const parsed = schema.safeParse(body);
-  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image (file)', 'mask (file)'], body);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', STREAM, 'image (file)', 'mask (file)', `${STYLE_REFERENCES_FIELD} (file)`], body);
   if (images.length === 0) throw invalidField('image', 'at least one image file is required');
   const { mode, ...rest } = parsed.data;
   if (styleReferences.length > 0 && rest.options && Object.hasOwn(rest.options, STYLE_REFERENCES_FIELD)) {
@@ -358,9 +365,9 @@ const upscaleFields = {
   prompt: commonFields.prompt,
   n: commonFields.n,
   seed: commonFields.seed,
-  // Numbers here; the model's own rules (intRange 1-100 for ideogram-upscale) judge them.
-  resemblance: z.number(),
-  detail: z.number(),
+  // Judged by the model's own rules alone (intRange 1-100 for ideogram-upscale), which name the range.
+  resemblance: z.unknown(),
+  detail: z.unknown(),
   response_format: commonFields.response_format,
   options: commonFields.options,
   async: commonFields.async,
@@ -385,7 +392,7 @@ export function parseUpscaleJson(raw: unknown, maxImageBytes: number): ParsedEdi
   refuseImageList(raw);
   const schema = upscaleSchema.extend({ image: imageRef }).required({ image: true });
   const parsed = schema.safeParse(raw);
-  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(upscaleFields), 'image'], raw);
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(upscaleFields), 'image', STREAM], raw);
   const { image, ...rest } = parsed.data;
   const urls: ImageUrlRef[] = [];
   let input: InputImage;
@@ -408,19 +415,18 @@ function multipartBody(fields: Map<string, string>): Record<string, unknown> {
   return body;
 }
 
-/** The one image an upscale or describe takes, from a multipart body's files. */
-function oneImage(images: InputImage[], mask: InputImage | undefined): InputImage {
-  if (mask) throw invalidField('mask', 'is not a field of this request: it takes one image and no mask');
+/** The one image an upscale or describe takes, from a multipart body's files (read with `oneImage`: no mask). */
+function oneImage(images: InputImage[]): InputImage {
   if (images.length === 0) throw invalidField('image', 'one image file is required');
   if (images.length > 1) throw invalidField('image', `takes one image; got ${images.length}`);
   return images[0]!;
 }
 
-export function parseUpscaleMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined): ImageRequest {
+export function parseUpscaleMultipart(fields: Map<string, string>, images: InputImage[]): ImageRequest {
   const body = multipartBody(fields);
   const parsed = upscaleSchema.safeParse(body);
-  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(upscaleFields), 'image (file)'], body);
-  return upscaleRequest(parsed.data, oneImage(images, mask));
+  if (!parsed.success) throw refuse(parsed.error, [...Object.keys(upscaleFields), STREAM, 'image (file)'], body);
+  return upscaleRequest(parsed.data, oneImage(images));
 }
 
 /** POST /v1/describe after parsing: the model, its options, one image. */
@@ -445,9 +451,9 @@ export function parseDescribeJson(raw: unknown, maxImageBytes: number): { reques
   return { request: { ...base, image: decodeDataUrl(image, 'image', maxImageBytes) } };
 }
 
-export function parseDescribeMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined): DescribeRequest {
+export function parseDescribeMultipart(fields: Map<string, string>, images: InputImage[]): DescribeRequest {
   const body = multipartBody(fields);
   const parsed = describeSchema.safeParse(body);
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(describeFields), 'image (file)'], body);
-  return { model: parsed.data.model, options: parsed.data.options ?? {}, image: oneImage(images, mask) };
+  return { model: parsed.data.model, options: parsed.data.options ?? {}, image: oneImage(images) };
 }

@@ -156,10 +156,10 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     let stream = false;
     let load: GenerationCall['loadImages'];
     if (request.isMultipart()) {
-      const parts = await readEditParts(app, request);
+      const parts = await readEditParts(app, request, { oneImage: true });
       noteRequestedModel(app, request, parts.fields.get('model'));
       stream = takeStreamFlag(parts.fields);
-      imageRequest = parseUpscaleMultipart(parts.fields, parts.images, parts.mask);
+      imageRequest = parseUpscaleMultipart(parts.fields, parts.images);
       load = parts.load;
     } else if (isJson(request)) {
       const body = (jsonBody(request.body) ?? {}) as { model?: unknown };
@@ -180,9 +180,9 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     let describeRequest: DescribeRequest;
     let loadImage: DescribeCall['loadImage'];
     if (request.isMultipart()) {
-      const parts = await readEditParts(app, request);
+      const parts = await readEditParts(app, request, { oneImage: true });
       noteRequestedModel(app, request, parts.fields.get('model'));
-      describeRequest = parseDescribeMultipart(parts.fields, parts.images, parts.mask);
+      describeRequest = parseDescribeMultipart(parts.fields, parts.images);
       loadImage = async (admitted) => ({ ...admitted, image: await parts.readImage(admitted.image) });
     } else if (isJson(request)) {
       const body = (jsonBody(request.body) ?? {}) as { model?: unknown };

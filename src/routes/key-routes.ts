@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { GatewayError } from '../errors.js';
+import { GatewayError, zodRefusal } from '../errors.js';
 import { mintKeySchema } from '../auth/key-policy.js';
 
 function requireAdmin(request: FastifyRequest): void {
@@ -16,14 +16,7 @@ export async function keyRoutes(app: FastifyInstance): Promise<void> {
   app.post('/v1/keys', { bodyLimit: 64 * 1024 }, async (request, reply) => {
     requireAdmin(request);
     const parsed = mintKeySchema.safeParse(request.body ?? {});
-    if (!parsed.success) {
-      const details = parsed.error.issues.map((i) =>
-        i.code === 'unrecognized_keys'
-          ? { field: i.keys.join(', '), message: 'is not a field of this request', allowed: Object.keys(mintKeySchema.shape) }
-          : { field: i.path.join('.') || '(body)', message: i.message },
-      );
-      throw new GatewayError('invalid_request', details.map((d) => `${d.field} ${d.message}`).join('; '), { details });
-    }
+    if (!parsed.success) throw zodRefusal(parsed.error, Object.keys(mintKeySchema.shape));
     const { policy, key } = await app.keyStore.mint(parsed.data);
     reply.status(201);
     return { ...policy, source: 'api', key };
