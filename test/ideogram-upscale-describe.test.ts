@@ -373,6 +373,29 @@ describe('POST /v1/describe', () => {
   });
 });
 
+describe('usage records of requests refused while they are read', () => {
+  it('name the operation of their route, as UsageRecord says, on generate, edit, upscale and describe', async () => {
+    const refused = [
+      [await postMultipart('/v1/upscale', { model: 'ideogram-upscale', resemblance: 'abc' }), 'upscale'],
+      [await postJson('/v1/upscale', { model: 'ideogram-upscale' }), 'upscale'],
+      [await h.app.inject({ method: 'POST', url: '/v1/upscale', headers: { ...h.auth, 'content-type': 'text/plain' }, payload: 'an image' }), 'upscale'],
+      [await postMultipart('/v1/describe', { model: 'ideogram-describe', unknown_field: '1' }), 'describe'],
+      [await postJson('/v1/generate', { model: 'gpt-image-1', prompt: 'a deer', output_format: 'gif' }), 'generate'],
+      [await postJson('/v1/edit', { model: 'gpt-image-1', prompt: 'a deer' }), 'edit'],
+      [await postJson('/v1/images/generations', { model: 'dall-e-3', prompt: 'a deer', unknown_field: 1 }), 'generate'],
+    ] as const;
+    for (const [res, operation] of refused) {
+      expect(res.statusCode).toBeGreaterThanOrEqual(400);
+      const record = await usageRecordOf(res.headers['x-request-id'] as string);
+      expect(record, res.body).toMatchObject({ operation, status: res.statusCode, images_returned: 0 });
+      expect(openApiProblems('UsageRecord', record)).toEqual([]);
+    }
+    const other = await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth });
+    expect((await usageRecordOf(other.headers['x-request-id'] as string)).operation).toBeNull();
+    expect(h.simulator.received).toHaveLength(0);
+  });
+});
+
 describe("Ideogram's limit of 25 MB an image (its spec's \"max size 25MB\"), under MAX_UPLOAD_BYTES (25 MiB)", () => {
   const LIMIT = 25_000_000;
   /** A PNG padded to `size` bytes: over Ideogram's 25 MB, still under MAX_UPLOAD_BYTES (26,214,400) at 25,100,000. */

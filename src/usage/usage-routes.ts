@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { GatewayError } from '../errors.js';
+import type { Operation } from '../catalogue/model-spec.js';
 import { newOutcome } from './request-outcome.js';
 import { UsageLog, type UsageRecord } from './usage-log.js';
 import { USAGE_MIGRATIONS } from './usage-migrations.js';
@@ -54,6 +55,16 @@ export function isApiCall(request: FastifyRequest): boolean {
 
 const MODEL_NAME_MAX = 200;
 
+/** What each image route does: its records name it even when the request was refused before the pipeline saw it (a parse error). */
+const OPERATION_OF_ROUTE = new Map<string, Operation>([
+  ['POST /v1/generate', 'generate'],
+  ['POST /v1/edit', 'edit'],
+  ['POST /v1/upscale', 'upscale'],
+  ['POST /v1/describe', 'describe'],
+  ['POST /v1/images/generations', 'generate'],
+  ['POST /v1/images/edits', 'edit'],
+]);
+
 /** The usage record of a finished request: what it did (request.outcome) and how it was answered. */
 export function usageRecordOf(request: FastifyRequest, answer: { status: number; totalMs: number }, keepPrompt: boolean): UsageRecord {
   const outcome = request.outcome ?? newOutcome();
@@ -66,7 +77,7 @@ export function usageRecordOf(request: FastifyRequest, answer: { status: number;
     method: request.method,
     route: request.routeOptions.url ?? null,
     model: outcome.model?.slice(0, MODEL_NAME_MAX) ?? null,
-    operation: outcome.operation ?? null,
+    operation: outcome.operation ?? OPERATION_OF_ROUTE.get(`${request.method} ${request.routeOptions.url}`) ?? null,
     imagesRequested: outcome.imagesRequested ?? null,
     imagesReturned: outcome.imagesReturned,
     status: answer.status,
