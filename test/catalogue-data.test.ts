@@ -116,6 +116,23 @@ describe('a catalogue entry that does not validate is refused, naming the entry 
     entry(other, 'flux-kontext-pro').image_to_image_mode = 'remix';
     expect(refusal(other)).toMatch(/model "flux-kontext-pro": image_to_image_mode/);
   });
+
+  it("an image limit (images.max_bytes) that is not a whole number of bytes above 0, on an edit, upscale or describe route", () => {
+    for (const [id, images] of [
+      ['ideogram-v3', (m: Entry) => m.edit.remix.images],
+      ['ideogram-upscale', (m: Entry) => m.upscale.images],
+      ['ideogram-describe', (m: Entry) => m.describe.images],
+    ] as const) {
+      for (const bad of [0, 2.5, '25MB']) {
+        const data = builtin();
+        images(entry(data, id)).max_bytes = bad;
+        expect(refusal(data)).toMatch(new RegExp(`model "${id}": .*images\\.max_bytes`));
+      }
+      const fine = builtin();
+      images(entry(fine, id)).max_bytes = 1000;
+      expect(() => loadCatalogue(fine)).not.toThrow();
+    }
+  });
 });
 
 describe('GET /v1/models and routing read the catalogue file', () => {
