@@ -190,7 +190,7 @@ describe('GET /v1/models', () => {
       expect(reframe.parameters.size).toMatchObject({ type: 'enum', required: true });
       expect(reframe.parameters.size.values).toHaveLength(78);
       expect(reframe.mask).toBeNull();
-      expect(reframe.images).toEqual({ max: 1 });
+      expect(reframe.images).toEqual({ max: 1, max_bytes: 25_000_000 });
       expect(Object.keys(reframe.parameters).sort(), id).toEqual(styled ? ['n', 'seed', 'size', 'style'] : ['n', 'seed', 'size']);
       expect(reframe.options).toEqual({});
     }
