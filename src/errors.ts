@@ -74,7 +74,6 @@ export class GatewayError extends Error {
   }
 }
 
-/** A 400 that names the field and what it may be. */
 /**
  * zod's complaints as a 400 naming each field and what it may be; an unknown field lists
  * `allowedFields`, exactly what the request takes. `messageOf` may say it better than zod does.
@@ -101,6 +100,7 @@ export function fieldPath(path: readonly PropertyKey[], name: (key: string) => s
   return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i === 0 ? '' : '.'}${name(String(p))}`)).join('');
 }
 
+/** A 400 that names the field and what it may be. */
 export function invalidField(field: string, message: string, allowed?: unknown): GatewayError {
   const detail: ErrorDetail = allowed === undefined ? { field, message } : { field, message, allowed };
   return new GatewayError('invalid_request', `${field}: ${message}`, { details: [detail] });
