@@ -5,33 +5,32 @@ import { randomBytes } from 'node:crypto';
  * by serializeJson splices the bytes into the body as they are; JSON.stringify elsewhere (an event
  * stream, a stored job) gets the string. A 4 MiB image's base64 as a string cost, here, 50 ms of
  * JSON.stringify (a scan for characters to escape, a copy) and 23 ms to encode the body as UTF-8;
- * spliced, one copy of its bytes. Held as a string when it was made as one (Buffer's own base64
- * encoding of a whole image: bench/README.md, seventh pass), written into the body as Latin-1.
+ * spliced, one copy of its bytes.
  */
 export class Base64Text {
-  constructor(readonly text: Buffer | string) {}
+  constructor(readonly ascii: Buffer) {}
 
   toJSON(): string {
-    return splicing ? splicing.mark(this.text) : this.toString();
+    return splicing ? splicing.mark(this.ascii) : this.ascii.toString('latin1');
   }
 
   toString(): string {
-    return typeof this.text === 'string' ? this.text : this.text.toString('latin1');
+    return this.ascii.toString('latin1');
   }
 }
 
 /** The Base64Texts met by the JSON.stringify of serializeJson, each replaced by a marker string. */
 class Splicing {
-  readonly pieces: (Buffer | string)[] = [];
+  readonly pieces: Buffer[] = [];
   /**
    * Random for each answer that has a Base64Text (made then: most answers have none), so that no
    * string in the answer (a prompt echoed back) can pass for a marker.
    */
   tag = '';
 
-  mark(text: Buffer | string): string {
+  mark(ascii: Buffer): string {
     if (this.tag === '') this.tag = `\u0000b64:${randomBytes(8).toString('hex')}:`;
-    this.pieces.push(text);
+    this.pieces.push(ascii);
     return `${this.tag}${this.pieces.length - 1}`;
   }
 }
@@ -54,23 +53,16 @@ export function serializeJson(value: unknown): string | Buffer {
   if (current.pieces.length === 0) return json;
   // In the JSON text a marker reads "\u0000b64:<tag>:<index>" (JSON.stringify escapes the NUL).
   const marker = JSON.stringify(current.tag).slice(1, -1);
-  // The JSON around the images (UTF-8) and the images' base64 (ASCII), written once into a body
-  // of their summed length: no copy of the whole body made from parts.
-  const parts: { text: string | Buffer; latin1: boolean }[] = [];
+  const parts: Buffer[] = [];
   let at = 0;
   for (;;) {
     const found = json.indexOf(marker, at);
     if (found === -1) break;
     let end = found + marker.length;
     while (json.charCodeAt(end) >= 0x30 && json.charCodeAt(end) <= 0x39) end++;
-    parts.push({ text: json.slice(at, found), latin1: false }, { text: current.pieces[Number(json.slice(found + marker.length, end))]!, latin1: true });
+    parts.push(Buffer.from(json.slice(at, found), 'utf8'), current.pieces[Number(json.slice(found + marker.length, end))]!);
     at = end;
   }
-  parts.push({ text: json.slice(at), latin1: false });
-  let bytes = 0;
-  for (const { text, latin1 } of parts) bytes += typeof text === 'string' ? Buffer.byteLength(text, latin1 ? 'latin1' : 'utf8') : text.length;
-  const body = Buffer.allocUnsafe(bytes);
-  let written = 0;
-  for (const { text, latin1 } of parts) written += typeof text === 'string' ? body.write(text, written, latin1 ? 'latin1' : 'utf8') : text.copy(body, written);
-  return body;
+  parts.push(Buffer.from(json.slice(at), 'utf8'));
+  return Buffer.concat(parts);
 }

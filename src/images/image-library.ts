@@ -218,7 +218,7 @@ export class ImageLibrary {
       if (staged.bytes <= this.settings.inlineMaxBytes) {
         const bytes = await readFileQuickly(staged.path);
         const record = await this.save({ ...staged, inlineBytes: bytes }, width, height, options, () => rm(staged.path, { force: true }));
-        return options.answerBase64 ? { record, base64: staged.base64 ?? new Base64Text(bytes.toString('base64')) } : { record };
+        return options.answerBase64 ? { record, base64: staged.base64 ?? new Base64Text(Buffer.from(bytes.toString('base64'), 'latin1')) } : { record };
       }
       const base64 = options.answerBase64 ? (staged.base64 ?? (await this.workers.encodeFileBase64(staged.path))) : undefined;
       const record = await this.save(staged, width, height, options, (name) => this.store.putFile(name, staged.path, staged.bytes, staged.mime));

@@ -1,13 +1,8 @@
-import { readFile } from 'node:fs';
-import { promisify } from 'node:util';
 import type { Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { GatewayError } from '../errors.js';
 import { Base64Text } from '../http/base64-json.js';
-import { decodeBase64File, type DecodedImage } from './image-work.js';
-
-// fs/promises' readFile reads in 512 KiB pieces; the callback one reads a file of known size at once.
-const readWholeFile = promisify(readFile);
+import { decodeBase64File, encodeFileBase64, type DecodedImage } from './image-work.js';
 import type { ImageTask, ImageTaskFailure } from './image-worker.js';
 
 /** The worker's own file, with this module's extension (.ts under the tests, .js from dist/). */
@@ -63,9 +58,7 @@ export class ImageWorkers {
   async encodeFileBase64(path: string): Promise<Base64Text> {
     if (this.size === 0) {
       this.stats.onMainThread++;
-      // Buffer's own encoding of the whole file: more than twice as fast here as encoding it in
-      // pieces, as the worker threads do to hand back one transferable buffer.
-      return new Base64Text((await readWholeFile(path)).toString('base64'));
+      return new Base64Text(Buffer.from(await encodeFileBase64(path)));
     }
     return new Base64Text(Buffer.from((await this.run({ op: 'encode-file-base64', path })) as ArrayBuffer));
   }
