@@ -240,6 +240,14 @@ async function main() {
 
   const upstreamBody = (scenario) => JSON.stringify({ input: { prompt: `bench ${scenario}` } });
   const json = { 'content-type': 'application/json' };
+  /** A gateway target (the gateway, or another build or setup of it) for an image scenario. */
+  const gatewayTarget = (server, s) => ({
+    server,
+    method: 'POST',
+    url: `${server.url}/v1/generate`,
+    headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
+    body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.upstream ?? s.name}`, ...(s.responseFormat ? { response_format: s.responseFormat } : {}) }),
+  });
   const scenarios = [
     ...IMAGE_SCENARIOS.map((s) => ({
       ...s,
@@ -247,46 +255,10 @@ async function main() {
       targets: {
         upstream: { server: upstream, method: 'POST', url: upstream.url + UPSTREAM_PATH, headers: { ...json, authorization: `Bearer ${UPSTREAM_KEY}` }, body: upstreamBody(s.upstream ?? s.name) },
         passthrough: { server: passthrough, method: 'POST', url: passthrough.url + UPSTREAM_PATH, headers: json, body: upstreamBody(s.upstream ?? s.name) },
-        gateway: {
-          server: gateway,
-          method: 'POST',
-          url: `${gateway.url}/v1/generate`,
-          headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
-          body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.upstream ?? s.name}`, ...(s.responseFormat ? { response_format: s.responseFormat } : {}) }),
-        },
-        ...(queuedGateway
-          ? {
-              'gateway-queued': {
-                server: queuedGateway,
-                method: 'POST',
-                url: `${queuedGateway.url}/v1/generate`,
-                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
-                body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
-              },
-            }
-          : {}),
-        ...(clusterGateway
-          ? {
-              'gateway-cluster': {
-                server: clusterGateway,
-                method: 'POST',
-                url: `${clusterGateway.url}/v1/generate`,
-                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
-                body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.upstream ?? s.name}`, ...(s.responseFormat ? { response_format: s.responseFormat } : {}) }),
-              },
-            }
-          : {}),
-        ...(gatewayBefore
-          ? {
-              'gateway-before': {
-                server: gatewayBefore,
-                method: 'POST',
-                url: `${gatewayBefore.url}/v1/generate`,
-                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
-                body: JSON.stringify({ model: 'gpt-image-1', prompt: `bench ${s.name}` }),
-              },
-            }
-          : {}),
+        gateway: gatewayTarget(gateway, s),
+        ...(queuedGateway ? { 'gateway-queued': gatewayTarget(queuedGateway, s) } : {}),
+        ...(clusterGateway ? { 'gateway-cluster': gatewayTarget(clusterGateway, s) } : {}),
+        ...(gatewayBefore ? { 'gateway-before': gatewayTarget(gatewayBefore, s) } : {}),
       },
     })),
     {
@@ -305,24 +277,8 @@ async function main() {
       held: true,
       targets: {
         passthrough: { server: passthrough, method: 'POST', url: passthrough.url + UPSTREAM_PATH, headers: json, body: upstreamBody('held') },
-        gateway: {
-          server: gateway,
-          method: 'POST',
-          url: `${gateway.url}/v1/generate`,
-          headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
-          body: JSON.stringify({ model: 'gpt-image-1', prompt: 'bench held' }),
-        },
-        ...(clusterGateway
-          ? {
-              'gateway-cluster': {
-                server: clusterGateway,
-                method: 'POST',
-                url: `${clusterGateway.url}/v1/generate`,
-                headers: { ...json, authorization: `Bearer ${CLIENT_KEY}` },
-                body: JSON.stringify({ model: 'gpt-image-1', prompt: 'bench held' }),
-              },
-            }
-          : {}),
+        gateway: gatewayTarget(gateway, { name: 'held' }),
+        ...(clusterGateway ? { 'gateway-cluster': gatewayTarget(clusterGateway, { name: 'held' }) } : {}),
       },
     },
   ]

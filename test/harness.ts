@@ -118,6 +118,17 @@ export async function jobWhenFinished(h: Harness, id: string, auth: Record<strin
   throw new Error(`job ${id} did not finish`);
 }
 
+/** The usage record a request left, by its request id (read with the admin key, polled until written). */
+export async function usageRecordOf(h: Harness, requestId: string): Promise<any> {
+  for (let i = 0; i < 100; i++) {
+    const page = await h.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+    const record = page.json().data.find((r: any) => r.request_id === requestId);
+    if (record) return record;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`no usage record for ${requestId}`);
+}
+
 /** A real PNG of the given size and colour; `alpha` < 255 makes it (partly) transparent. */
 export async function makePng(width = 32, height = 32, colour = { r: 200, g: 40, b: 40 }, alpha = 255): Promise<Buffer> {
   return sharp({ create: { width, height, channels: 4, background: { ...colour, alpha: alpha / 255 } } }).png().toBuffer();

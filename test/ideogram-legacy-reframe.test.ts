@@ -9,7 +9,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, UPSTREAM_KEY, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, UPSTREAM_KEY, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness, usageRecordOf } from './harness.js';
 
 const ADMIN = { authorization: `Bearer ${ADMIN_KEY}` };
 const SOURCE = await makePng(64, 64, { r: 40, g: 90, b: 200 });
@@ -40,16 +40,6 @@ async function mintKey(policy: Record<string, unknown>): Promise<Record<string, 
   return { authorization: `Bearer ${res.json().key}` };
 }
 
-/** The usage record a request left, by its request id. */
-async function usageRecordOf(requestId: string): Promise<any> {
-  for (let i = 0; i < 100; i++) {
-    const page = await h.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: ADMIN });
-    const record = page.json().data.find((r: any) => r.request_id === requestId);
-    if (record) return record;
-    await sleep(20);
-  }
-  throw new Error(`no usage record for ${requestId}`);
-}
 
 describe('a legacy reframe through POST /v1/edit', () => {
   it("reaches /ideogram/reframe as the spec's multipart: image_file, the fixed model, size as a Resolution value, n, seed, style_type", async () => {
@@ -159,7 +149,7 @@ describe('a legacy reframe counted and (un)priced', () => {
     const res = await jsonEdit({ model: 'ideogram-v2-turbo', size: '1152x896', n: 3 }, key);
     expect(res.statusCode, res.body).toBe(200);
     expect(res.json().usage).toMatchObject({ images: 3, estimated_cost_usd: null });
-    const record = await usageRecordOf(res.headers['x-request-id'] as string);
+    const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
     expect(record).toMatchObject({ route: '/v1/edit', operation: 'edit', model: 'ideogram-v2-turbo', images_requested: 3, images_returned: 3, estimated_cost_usd: null });
     const report = await h.app.inject({ method: 'GET', url: '/v1/usage?from=2000-01-01&to=2100-01-01&group_by=team,model', headers: key });
     expect(report.statusCode, report.body).toBe(200);

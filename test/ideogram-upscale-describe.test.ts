@@ -12,7 +12,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, UPSTREAM_KEY, jobWhenFinished, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, UPSTREAM_KEY, jobWhenFinished, makePng, multipartBody, startHarness, type Harness, usageRecordOf } from './harness.js';
 import { eventsOf, parseSse } from './sse.js';
 import { ModelCatalogue, pricePerImage } from '../src/catalogue/catalogue.js';
 import { MODELS } from '../src/catalogue/models.js';
@@ -65,16 +65,6 @@ function postMultipart(url: string, fields: Record<string, string>, files: Array
   return h.app.inject({ method: 'POST', url, headers: { ...headers, ...body.headers }, payload: body.payload });
 }
 
-/** The usage record a request left, by its request id. */
-async function usageRecordOf(requestId: string): Promise<any> {
-  for (let i = 0; i < 100; i++) {
-    const page = await h.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: ADMIN });
-    const record = page.json().data.find((r: any) => r.request_id === requestId);
-    if (record) return record;
-    await sleep(20);
-  }
-  throw new Error(`no usage record for ${requestId}`);
-}
 
 async function mintKey(policy: Record<string, unknown>): Promise<Record<string, string>> {
   const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: ADMIN, payload: { team: `up${randomBytes(3).toString('hex')}`, ...policy } });
@@ -139,7 +129,7 @@ describe('POST /v1/upscale', () => {
     expect(Object.keys(sent!.fields!)).toEqual(['image_request']);
     expect(sent!.files!.map((f) => [f.field, f.sha256])).toEqual([['image_file', sha256(png)]]);
 
-    const record = await usageRecordOf(res.headers['x-request-id'] as string);
+    const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
     expect(record).toMatchObject({ route: '/v1/upscale', operation: 'upscale', model: 'ideogram-upscale', images_requested: 2, images_returned: 2, estimated_cost_usd: 0.12 });
   });
 
@@ -298,7 +288,7 @@ describe('POST /v1/describe', () => {
     expect(sent!.files!.map((f) => [f.field, f.sha256])).toEqual([['image_file', sha256(png)]]);
     const after = (await h.app.inject({ method: 'GET', url: '/v1/images?limit=100', headers: ADMIN })).json().data.length;
     expect(after).toBe(before);
-    const record = await usageRecordOf(res.headers['x-request-id'] as string);
+    const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
     expect(record).toMatchObject({
       route: '/v1/describe',
       operation: 'describe',
@@ -360,7 +350,7 @@ describe('POST /v1/describe', () => {
     const res = await postJson('/v1/describe', { model: 'ideogram-describe', image: dataUrl(png) });
     expect(res.statusCode).toBe(502);
     expect(openApiProblems('Error', res.json())).toEqual([]);
-    const record = await usageRecordOf(res.headers['x-request-id'] as string);
+    const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
     expect(record).toMatchObject({ operation: 'describe', status: 502, images_returned: 0 });
   });
 
@@ -386,12 +376,12 @@ describe('usage records of requests refused while they are read', () => {
     ] as const;
     for (const [res, operation] of refused) {
       expect(res.statusCode).toBeGreaterThanOrEqual(400);
-      const record = await usageRecordOf(res.headers['x-request-id'] as string);
+      const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
       expect(record, res.body).toMatchObject({ operation, status: res.statusCode, images_returned: 0 });
       expect(openApiProblems('UsageRecord', record)).toEqual([]);
     }
     const other = await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth });
-    expect((await usageRecordOf(other.headers['x-request-id'] as string)).operation).toBeNull();
+    expect((await usageRecordOf(h, other.headers['x-request-id'] as string)).operation).toBeNull();
     expect(h.simulator.received).toHaveLength(0);
   });
 });
