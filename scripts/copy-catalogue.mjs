@@ -1,8 +1,8 @@
 // Ships the built-in model catalogue (src/catalogue/models.yaml) next to its compiled loader in dist/,
 // which reads it relative to its own module: tsc copies no YAML. The catalogue and openapi.yaml are
 // also written as JSON (dist/catalogue/models.json, dist/openapi.json), which the built gateway
-// reads instead: parsing the two YAML files at every start took ~40 MB of its resident memory, for
-// good (bench/README.md, "Held load in bounded memory"). The YAML stays the one source.
+// reads instead: parsing the two YAML files at every start held resident memory for good
+// (bench/README.md, seventh pass). The YAML stays the one source.
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -5,7 +5,7 @@ import { FileImageStore, type ImageStore } from './image-store.js';
 /** The image store the configuration asks for: S3 when S3_BUCKET is set, else files under DATA_DIR. */
 export async function openImageStore(config: Config): Promise<ImageStore> {
   if (!config.S3_BUCKET) return new FileImageStore(config.DATA_DIR);
-  // Loaded only when asked for: the AWS SDK is ~9 MB of resident memory a gateway on files never uses.
+  // Loaded only when asked for: the AWS SDK is resident memory a gateway on files never uses (bench/README.md, seventh pass).
   const { S3ImageStore } = await import('./s3-image-store.js');
   return new S3ImageStore({
     bucket: config.S3_BUCKET,

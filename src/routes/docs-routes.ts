@@ -107,7 +107,7 @@ table.f td,table.f th{white-space:normal}</style></head>
 
 export async function docsRoutes(app: FastifyInstance): Promise<void> {
   const specText = await readFile(SPEC_PATH, 'utf8');
-  // The built gateway reads the JSON: parsing the YAML cost ~16 MB of resident memory at start.
+  // The built gateway reads the JSON: parsing the YAML held resident memory for good (bench/README.md, seventh pass).
   const spec = (existsSync(SPEC_JSON_PATH) ? JSON.parse(await readFile(SPEC_JSON_PATH, 'utf8')) : parse(specText)) as Json;
   // Rendered again only when the catalogue was replaced (a CATALOGUE_FILE reload).
   let rendered: { models: unknown; page: string; headers: ReturnType<typeof htmlPageHeaders> } | undefined;

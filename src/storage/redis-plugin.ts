@@ -12,7 +12,7 @@ declare module 'fastify' {
 async function redis(app: FastifyInstance): Promise<void> {
   const url = app.config.REDIS_URL;
   // Redis is optional: without it (or while it is down) limits are counted per replica.
-  // Loaded only when asked for: ioredis is ~7 MB of resident memory a gateway without Redis never uses.
+  // Loaded only when asked for: ioredis is resident memory a gateway without Redis never uses (bench/README.md, seventh pass).
   const redis = url ? new (await import('ioredis')).Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 }) : undefined;
   app.decorate('redis', redis);
   if (!redis) return;

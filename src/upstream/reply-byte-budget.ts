@@ -1,4 +1,10 @@
 /**
+ * What a reply waiting for room holds, as counted against the budget to hold the queue: what was
+ * read before its socket paused, undici's buffer and a socket read (docs/held-load.md).
+ */
+export const WAITING_REPLY_BYTES = 128 * 1024;
+
+/**
  * The bytes of upstream replies being received at once on this replica (MAX_INFLIGHT_IMAGE_BYTES).
  *
  * A successful reply takes its declared length (Content-Length) from the budget before its body is
@@ -12,15 +18,8 @@
  * upstream queue sends nothing new (fair-queue.ts): past that, requests wait there, unsent. The
  * queue is not held while the budget is merely in use: a call sent now is answered seconds later
  * (a render), by when the replies being received are done; holding it until then left the gateway
- * idle for a render's length after every burst, at about half the pass-through's pace
- * (bench/README.md, seventh pass).
+ * idle for a render's length after every burst (bench/README.md, seventh pass).
  */
-/**
- * What a reply waiting for room holds, as counted against the budget to hold the queue: what was
- * read before its socket paused, undici's buffer and a socket read (~130 KB, docs/held-load.md).
- */
-export const WAITING_REPLY_BYTES = 128 * 1024;
-
 export class ReplyByteBudget {
   private used = 0;
   private readonly waiters: { bytes: number; admit: () => void }[] = [];
