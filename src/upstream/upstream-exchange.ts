@@ -178,7 +178,7 @@ export class UpstreamExchange {
   ): Promise<unknown> {
     // A reply too short to hold a long base64 string is parsed whole: cheaper than scanning it.
     if (stageImage && res.statusCode >= 200 && res.statusCode < 300 && declared >= LONG_BASE64_BYTES) {
-      return this.readImageReply(res, signal, stageImage, onBytes);
+      return this.readImageReply(res, signal, declared, stageImage, onBytes);
     }
     return this.readJson(res, signal, onBytes);
   }
@@ -187,17 +187,18 @@ export class UpstreamExchange {
   private async readImageReply(
     res: Dispatcher.ResponseData,
     signal: AbortSignal,
+    /** Its Content-Length; Infinity when it has none. */
+    declared: number,
     stageImage: Base64SinkFactory<StagedImage>,
     onBytes?: (bytes: number) => void,
   ): Promise<unknown> {
     const max = this.options.maxReplyBytes;
     const upstreamStatus = res.statusCode;
-    if (Number(res.headers['content-length'] ?? 0) > max) {
+    if (Number.isFinite(declared) && declared > max) {
       res.body.destroy();
-      throw new UpstreamFailure('reply_too_large', `upstream reply is ${res.headers['content-length']} bytes, over the ${max} byte limit`, { upstreamStatus });
+      throw new UpstreamFailure('reply_too_large', `upstream reply is ${declared} bytes, over the ${max} byte limit`, { upstreamStatus });
     }
     try {
-      const declared = Number(res.headers['content-length'] ?? Number.NaN);
       // A declared length bounds each image in the reply: staging sizes its last buffer from it.
       const newSink = Number.isFinite(declared) ? () => stageImage(Math.floor((declared * 3) / 4)) : stageImage;
       const parsed = await parseImageReply(onBytes ? counted(res.body, onBytes) : res.body, newSink, max);
