@@ -177,3 +177,60 @@ describe('staging a base64 image as it arrives', () => {
     });
   });
 });
+
+describe("keeping the upstream's text for a b64_json answer", () => {
+  /** Stages `text` (base64 characters) with keepText, in pieces of the given sizes. */
+  async function stageText(text: string, sizes: number[], keepText = true) {
+    const base64 = Buffer.from(text, 'latin1');
+    const staging = new Base64Staging(coldFiles(join(dir, 'kept')), Number.POSITIVE_INFINITY, keepText);
+    for (let at = 0, i = 0; at < base64.length; i++) {
+      const size = sizes[i % sizes.length]!;
+      await staging.write(base64.subarray(at, at + size));
+      at += size;
+    }
+    const staged = await staging.end();
+    rmSync(staged.path);
+    return staged;
+  }
+  /** The image with a length that is no multiple of 3, so its base64 ends in padding (bytes past IEND are still a PNG). */
+  const padded = () => (png.length % 3 === 0 ? Buffer.concat([png, Buffer.from([0])]) : png);
+
+  for (const sizes of [[1, 2, 3, 5, 7], [65_536], [1 << 22]]) {
+    it(`answers the text as it came when it is the image's standard base64 (pieces of ${sizes.join(', ')})`, async () => {
+      const image = padded();
+      const staged = await stageText(image.toString('base64'), sizes);
+      expect(staged.base64?.toString()).toBe(image.toString('base64'));
+      expect(staged.bytes).toBe(image.length);
+    });
+  }
+
+  it('keeps nothing when not asked to', async () => {
+    expect((await stageText(png.toString('base64'), [65_536], false)).base64).toBeUndefined();
+  });
+
+  // Each decodes to an image (the staged file is right), but its text is not what a standard
+  // encoder gives, so the answer must be encoded from the file instead.
+  const notStandard: [string, (b64: string) => string][] = [
+    ['base64url characters', (b64) => b64.replaceAll('+', '-').replaceAll('/', '_')],
+    ['no padding', (b64) => b64.replace(/=+$/, '')],
+    ['a space inside', (b64) => `${b64.slice(0, 4001)} ${b64.slice(4001, -5)}${b64.slice(-4)}`],
+    ['padding inside', (b64) => `${b64.slice(0, 4000)}AA==${b64.slice(4000)}`],
+    [
+      'unused bits set in its last group',
+      (b64) => {
+        // Before padding, a last character's lowest bit is never data: setting it leaves the bytes as they are.
+        const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+        const lastData = b64.replace(/=+$/, '').length - 1;
+        return `${b64.slice(0, lastData)}${alphabet[alphabet.indexOf(b64[lastData]!) | 1]}${b64.slice(lastData + 1)}`;
+      },
+    ],
+  ];
+  for (const [what, change] of notStandard) {
+    it(`does not answer a text with ${what}`, async () => {
+      const image = padded();
+      const text = change(image.toString('base64'));
+      expect(text).not.toBe(image.toString('base64'));
+      for (const sizes of [[65_536], [3, 1000]]) expect((await stageText(text, sizes)).base64, `pieces of ${sizes.join(', ')}`).toBeUndefined();
+    });
+  }
+});

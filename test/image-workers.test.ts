@@ -129,7 +129,8 @@ describe('a large base64 image with worker threads and without', () => {
     expect(pooled.imageWorkers.threads).toHaveLength(2);
   });
 
-  it('answers b64_json with the upstream text itself (WORKERS=2) or encoded once (WORKERS=0), the same', async () => {
+  it('answers b64_json with the upstream text itself, decoded on a thread (WORKERS=2) or on the main thread (WORKERS=0), the same', async () => {
+    const encodedBefore = onMain.imageWorkers.stats.onMainThread;
     const before = { ...pooled.imageWorkers.stats };
     const bodies = [];
     for (const app of [onMain, pooled]) {
@@ -140,20 +141,22 @@ describe('a large base64 image with worker threads and without', () => {
       bodies.push(res.json().images[0]);
     }
     expect(bodies[1].sha256).toBe(bodies[0].sha256);
-    // WORKERS=0: encoded on the main thread; WORKERS=2: decoded on a thread, the text reused (no encoding task).
-    expect(onMain.imageWorkers.stats.onMainThread).toBe(1);
+    // Neither encodes the file again: WORKERS=0 decoded as it arrived, WORKERS=2 on a thread (one task).
+    expect(onMain.imageWorkers.stats.onMainThread).toBe(encodedBefore);
     expect(pooled.imageWorkers.stats).toEqual({ ...before, inWorkers: before.inWorkers + 1 });
   });
 
   it('answers b64_json in the standard alphabet, padded, when the upstream sent base64url', async () => {
     const before = pooled.imageWorkers.stats.inWorkers;
+    const encodedBefore = onMain.imageWorkers.stats.onMainThread;
     for (const app of [onMain, pooled]) {
       const res = await generate(app, 'base64url', 'b64_json');
       expect(res.statusCode, res.body).toBe(200);
       expect(res.json().images[0]).toMatchObject({ b64_json: png.toString('base64'), sha256: sha256(png), bytes: png.length });
     }
-    // Decoded, then encoded afresh: two tasks on the threads.
+    // Decoded, then encoded afresh: two tasks on the threads; on the main thread, one encoding.
     expect(pooled.imageWorkers.stats.inWorkers).toBe(before + 2);
+    expect(onMain.imageWorkers.stats.onMainThread).toBe(encodedBefore + 1);
   });
 
   it('that is not an image fails its request with 502, and the next one is answered', async () => {

@@ -142,7 +142,8 @@ export class ImageGeneration {
     const stageImage = (maxBytes?: number) => {
       // With worker threads (WORKERS) a worker decodes the text; else the main thread as it arrives.
       const { stagingFiles, workers } = this.deps.images;
-      const staging = workers.size > 0 ? new PooledBase64Staging(stagingFiles, workers, request.responseFormat === 'b64_json') : new Base64Staging(stagingFiles, maxBytes);
+      const keepText = request.responseFormat === 'b64_json';
+      const staging = workers.size > 0 ? new PooledBase64Staging(stagingFiles, workers, keepText) : new Base64Staging(stagingFiles, maxBytes, keepText);
       // A staging write that fails (a full disk) drops this image but reads the rest of the reply,
       // which still tells what it cost (its token counts come after the images).
       let lost: StorageWriteFailed | undefined;

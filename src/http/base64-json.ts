@@ -8,27 +8,32 @@ import { randomBytes } from 'node:crypto';
  * spliced, one copy of its bytes.
  */
 export class Base64Text {
-  constructor(readonly ascii: Buffer) {}
+  /** The text's bytes, in order: one Buffer, or the pieces an upstream reply arrived in. */
+  readonly pieces: readonly Buffer[];
+
+  constructor(ascii: Buffer | readonly Buffer[]) {
+    this.pieces = Buffer.isBuffer(ascii) ? [ascii] : ascii;
+  }
 
   toJSON(): string {
-    return splicing ? splicing.mark(this.ascii) : this.ascii.toString('latin1');
+    return splicing ? splicing.mark(this.pieces) : this.toString();
   }
 
   toString(): string {
-    return this.ascii.toString('latin1');
+    return (this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces)).toString('latin1');
   }
 }
 
 /** The Base64Texts met by the JSON.stringify of serializeJson, each replaced by a marker string. */
 class Splicing {
-  readonly pieces: Buffer[] = [];
+  readonly pieces: (readonly Buffer[])[] = [];
   /**
    * Random for each answer that has a Base64Text (made then: most answers have none), so that no
    * string in the answer (a prompt echoed back) can pass for a marker.
    */
   tag = '';
 
-  mark(ascii: Buffer): string {
+  mark(ascii: readonly Buffer[]): string {
     if (this.tag === '') this.tag = `\u0000b64:${randomBytes(8).toString('hex')}:`;
     this.pieces.push(ascii);
     return `${this.tag}${this.pieces.length - 1}`;
@@ -60,7 +65,7 @@ export function serializeJson(value: unknown): string | Buffer {
     if (found === -1) break;
     let end = found + marker.length;
     while (json.charCodeAt(end) >= 0x30 && json.charCodeAt(end) <= 0x39) end++;
-    parts.push(Buffer.from(json.slice(at, found), 'utf8'), current.pieces[Number(json.slice(found + marker.length, end))]!);
+    parts.push(Buffer.from(json.slice(at, found), 'utf8'), ...current.pieces[Number(json.slice(found + marker.length, end))]!);
     at = end;
   }
   parts.push(Buffer.from(json.slice(at), 'utf8'));

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { rm, type FileHandle } from 'node:fs/promises';
 import { GatewayError } from '../errors.js';
+import { Base64Text } from '../http/base64-json.js';
 import type { Base64Sink } from '../upstream/image-reply-parser.js';
 import { sniffImageType } from './image-bytes.js';
 import { DIMENSION_HEADER_BYTES, imageDimensions } from './image-dimensions.js';
@@ -30,6 +31,10 @@ const pool: Buffer[] = [];
  * here, more than receiving, decoding and hashing it. The buffers are reused from image to image:
  * fresh buffers for every piece made V8 collect garbage (a full collection every other 4 MiB
  * image) to give back their memory.
+ *
+ * `keepText` (a `b64_json` answer): the upstream's own text is kept as it arrived, and answered
+ * when it is exactly the image's standard base64, so the answer needs no second encoding of the
+ * file (what PooledBase64Staging's worker checks, checked here as the text is decoded).
  */
 export class Base64Staging implements Base64Sink<StagedImage> {
   /** Taken when first filled: an image of a MiB or less never takes the second. */
@@ -49,14 +54,25 @@ export class Base64Staging implements Base64Sink<StagedImage> {
   private warmBytes = 0;
   private staged: Omit<StagedImage, 'path' | 'sha256' | 'bytes'> | undefined;
   private done = false;
+  /** The text as it arrived, while it can still be the image's standard base64 (keepText). */
+  private text: Buffer[] | undefined;
+  private textLength = 0;
+  /** The text's last (up to) four characters: its last group, checked at the end. */
+  private lastGroup = '';
+  /** A group with padding was decoded: it must be the text's last. */
+  private padded = false;
 
   constructor(
     private readonly stagingFiles: WarmStagingFiles,
     /** What the image can decode to at most (its reply's length), when known. */
     private readonly maxBytes = Number.POSITIVE_INFINITY,
-  ) {}
+    keepText = false,
+  ) {
+    if (keepText) this.text = [];
+  }
 
   async write(base64: Buffer): Promise<void> {
+    if (this.text) this.keep(base64);
     let start = 0;
     // First the group of four the last piece left open, so the rest is decoded straight from this
     // piece's string (joining the two strings cost a copy of every piece).
@@ -83,7 +99,9 @@ export class Base64Staging implements Base64Sink<StagedImage> {
         continue;
       }
       const slice = at === 0 && text.length <= room ? text : text.slice(at, at + room);
-      this.filled += buffer.write(slice, this.filled, 'base64');
+      const written = buffer.write(slice, this.filled, 'base64');
+      if (this.text) this.checkDecoded(slice, written);
+      this.filled += written;
       at += slice.length;
     }
   }
@@ -102,7 +120,8 @@ export class Base64Staging implements Base64Sink<StagedImage> {
       if (this.warmBytes > this.bytes) await this.file!.truncate(this.bytes);
       await this.file!.close();
       this.file = undefined;
-      return { path: this.path!, sha256: this.hash.digest('hex'), bytes: this.bytes, ...this.staged };
+      const base64 = this.keptText();
+      return { path: this.path!, sha256: this.hash.digest('hex'), bytes: this.bytes, ...this.staged, ...(base64 ? { base64 } : {}) };
     } catch (err) {
       await this.abort();
       throw err;
@@ -151,6 +170,38 @@ export class Base64Staging implements Base64Sink<StagedImage> {
     this.current = this.current === 0 ? 1 : 0;
     await this.writing[this.current];
     this.writing[this.current] = undefined;
+  }
+
+  /**
+   * Keeps a piece of the text (the reply's own buffer: no copy). Base64url's two characters decode
+   * like + and /, but they are not the text a standard encoder gives.
+   */
+  private keep(base64: Buffer): void {
+    if (base64.includes(0x2d) || base64.includes(0x5f)) {
+      this.text = undefined;
+      return;
+    }
+    this.text!.push(base64);
+    this.textLength += base64.length;
+    this.lastGroup = (this.lastGroup + base64.toString('latin1', Math.max(0, base64.length - 4))).slice(-4);
+  }
+
+  /**
+   * Whole groups of four decode to three bytes each, but for padding in the text's last group: a
+   * character outside the alphabet (skipped by the decoder), padding inside the text, or fewer
+   * bytes for any other reason means the text is not the image's standard base64.
+   */
+  private checkDecoded(groups: string, written: number): void {
+    const padding = groups.endsWith('==') ? 2 : groups.endsWith('=') ? 1 : 0;
+    if (this.padded || written !== (groups.length / 4) * 3 - padding) this.text = undefined;
+    if (padding > 0) this.padded = true;
+  }
+
+  /** The kept text, when it is exactly the standard base64 of the bytes staged (padded, its unused bits zero). */
+  private keptText(): Base64Text | undefined {
+    if (!this.text || this.textLength % 4 !== 0 || this.textLength / 4 !== Math.ceil(this.bytes / 3)) return undefined;
+    if (this.lastGroup.length === 4 && Buffer.from(this.lastGroup, 'base64').toString('base64') !== this.lastGroup) return undefined;
+    return new Base64Text(this.text);
   }
 
   private release(): void {
