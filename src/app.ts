@@ -16,7 +16,7 @@ import { upstreamPlugin } from './upstream/upstream-plugin.js';
 import { imagesPlugin } from './images/images-plugin.js';
 import { workersPlugin } from './workers/workers-plugin.js';
 import type { ImageWorkers } from './workers/image-workers.js';
-import { serializeJson } from './http/base64-json.js';
+import { serializeJson, SplicedJson } from './http/base64-json.js';
 import { imageFilesPlugin } from './routes/image-file-routes.js';
 import { imageListRoutes } from './routes/image-list-routes.js';
 import { urlSignerPlugin } from './images/url-signer-plugin.js';
@@ -212,8 +212,12 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   });
   await app.register(uploadsPlugin);
   // JSON answers with a b64_json image splice its base64 bytes in, not through JSON.stringify (src/http/base64-json.ts).
-  // Fastify's types want a string; it sends a Buffer as it is (reply.js onSendEnd).
+  // Fastify's types want a string; it pipes a stream as it is (reply.js onSendEnd), with the length set here.
   app.setReplySerializer(serializeJson as (payload: unknown) => string);
+  app.addHook('onSend', async (_request, reply, payload) => {
+    if (payload instanceof SplicedJson) reply.header('content-length', payload.byteLength);
+    return payload;
+  });
   app.decorateRequest('outcome', null as unknown as RequestOutcome);
   // Before authentication (client-keys), which may refuse the request.
   app.addHook('onRequest', async (request, reply) => {

@@ -4,32 +4,45 @@
  * answer can be taken for the place of an image.
  */
 import { describe, expect, it } from 'vitest';
-import { Base64Text, serializeJson } from '../src/http/base64-json.js';
+import { Base64Text, serializeJson, SplicedJson } from '../src/http/base64-json.js';
 
 const text = (s: string) => new Base64Text(Buffer.from(s, 'latin1'));
 
+/** The body a SplicedJson sends, checked against the length it declares. */
+async function bodyOf(body: string | SplicedJson): Promise<string> {
+  if (typeof body === 'string') return body;
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(chunk as Buffer);
+  const bytes = Buffer.concat(chunks);
+  expect(bytes.length).toBe(body.byteLength);
+  return bytes.toString('utf8');
+}
+
 describe('serializeJson', () => {
-  it('writes each Base64Text where it stands, the rest as JSON.stringify does', () => {
-    const answer = { id: 'gen_1', images: [{ b64_json: text('iVBORw0KGgo='), sha256: 'ab' }, { b64_json: text('UklGRg=='), note: 'é ✓ "quoted"' }] };
+  it('writes each Base64Text where it stands, the rest as JSON.stringify does', async () => {
+    const pieces = new Base64Text([Buffer.from('UklG'), Buffer.from('Rg=='), Buffer.from('')]);
+    const answer = { id: 'gen_1', images: [{ b64_json: text('iVBORw0KGgo='), sha256: 'ab' }, { b64_json: pieces, note: 'é ✓ "quoted"' }] };
     const body = serializeJson(answer);
-    expect(Buffer.isBuffer(body)).toBe(true);
+    expect(body).toBeInstanceOf(SplicedJson);
     const plain = { id: 'gen_1', images: [{ b64_json: 'iVBORw0KGgo=', sha256: 'ab' }, { b64_json: 'UklGRg==', note: 'é ✓ "quoted"' }] };
-    expect(body.toString('utf8')).toBe(JSON.stringify(plain));
+    // The length counts bytes, not characters (é and ✓ are 2 and 3 bytes).
+    expect(await bodyOf(body)).toBe(JSON.stringify(plain));
   });
 
   it('answers a string, as JSON.stringify, when there is no Base64Text', () => {
     expect(serializeJson({ a: [1, 'x'] })).toBe('{"a":[1,"x"]}');
   });
 
-  it('does not take a string of the answer that looks like a marker for an image', () => {
+  it('does not take a string of the answer that looks like a marker for an image', async () => {
     // What a marker looks like, with guessed tags: an echoed prompt or a revised prompt could carry it.
     const lookalikes = ['\u0000b64:0000000000000000:0', '\u0000b64:', '\\u0000b64:0'];
     const answer = { revised_prompt: lookalikes, images: [{ b64_json: text('QUJD') }] };
-    expect(JSON.parse(serializeJson(answer).toString())).toEqual({ revised_prompt: lookalikes, images: [{ b64_json: 'QUJD' }] });
+    expect(JSON.parse(await bodyOf(serializeJson(answer)))).toEqual({ revised_prompt: lookalikes, images: [{ b64_json: 'QUJD' }] });
   });
 
   it('is the plain string to JSON.stringify elsewhere (an event stream, a stored job)', () => {
     expect(JSON.stringify({ b64_json: text('QUJD') })).toBe('{"b64_json":"QUJD"}');
     expect(String(text('QUJD'))).toBe('QUJD');
+    expect(JSON.stringify({ b64_json: new Base64Text([Buffer.from('QU'), Buffer.from('JD')]) })).toBe('{"b64_json":"QUJD"}');
   });
 });

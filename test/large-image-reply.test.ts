@@ -96,6 +96,22 @@ describe('a large base64 image in the upstream reply', () => {
     expect(res.json().images[0].b64_json).toBe(png.toString('base64'));
   });
 
+  it('comes back as b64_json over HTTP with its exact Content-Length, not chunked', async () => {
+    replyMode = 'length';
+    const address = await app.listen({ port: 0, host: '127.0.0.1' });
+    const res = await fetch(`${address}/v1/generate`, {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-image-1', prompt: 'noise', response_format: 'b64_json' }),
+    });
+    const body = Buffer.from(await res.arrayBuffer());
+    expect(res.status, body.toString()).toBe(200);
+    expect(res.headers.get('transfer-encoding')).toBeNull();
+    expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(Number(res.headers.get('content-length'))).toBe(body.length);
+    expect(JSON.parse(body.toString('utf8')).images[0].b64_json).toBe(png.toString('base64'));
+  });
+
   it('that breaks off fails the request with 502 and leaves nothing staged', async () => {
     replyMode = 'truncated';
     const res = await app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'gpt-image-1', prompt: 'noise' } });

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
 
 /**
  * A long base64 string (an image in a `b64_json` answer) held as its ASCII bytes. An answer written
@@ -43,10 +44,30 @@ class Splicing {
 let splicing: Splicing | undefined;
 
 /**
- * JSON.stringify of `value`, with every Base64Text in it copied straight into the body: a Buffer
- * when there is one, else the string. Fastify's reply serializer (app.ts).
+ * A JSON body with images' base64 spliced in, sent as its parts in order: joining them into one
+ * Buffer cost a fresh allocation and a copy of every image's text per answer. `byteLength` is the
+ * body's Content-Length (set by app.ts's onSend hook; a stream has none of its own).
  */
-export function serializeJson(value: unknown): string | Buffer {
+export class SplicedJson extends Readable {
+  readonly byteLength: number;
+
+  constructor(private parts: Buffer[]) {
+    super();
+    this.byteLength = parts.reduce((n, part) => n + part.length, 0);
+  }
+
+  override _read(): void {
+    for (const part of this.parts) this.push(part);
+    this.push(null);
+    this.parts = [];
+  }
+}
+
+/**
+ * JSON.stringify of `value`, with every Base64Text in it written straight into the body: a
+ * SplicedJson when there is one, else the string. Fastify's reply serializer (app.ts).
+ */
+export function serializeJson(value: unknown): string | SplicedJson {
   const current = new Splicing();
   splicing = current;
   let json: string;
@@ -69,5 +90,5 @@ export function serializeJson(value: unknown): string | Buffer {
     at = end;
   }
   parts.push(Buffer.from(json.slice(at), 'utf8'));
-  return Buffer.concat(parts);
+  return new SplicedJson(parts);
 }
