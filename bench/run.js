@@ -34,7 +34,7 @@ const SETTINGS = {
   seconds: Number(process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
   warmupSeconds: QUICK ? 0.3 : 2,
   /** Throughput is measured at this concurrency... */
-  throughputConnections: 32,
+  throughputConnections: Number(process.env.BENCH_CONNECTIONS ?? 32),
   /** ...and peak memory for the 4 MiB image also at this one. */
   memoryConnections: 16,
   /** The held scenario: this many clients, each waiting on a slow upstream reply, for this long. */
@@ -467,6 +467,7 @@ async function main() {
     .filter((line) => /"level":(50|60)/.test(line));
   const gatewayErrorLines = errorLines.length;
   for (const line of errorLines.slice(0, 3)) log(`gateway error log line: ${line.slice(0, 400)}`);
+  if (process.env.BENCH_KEEP_LOG) writeFileSync(process.env.BENCH_KEEP_LOG, readFileSync(gatewayLog));
   rmSync(work, { recursive: true, force: true });
 
   const summary = summarize(scenarios, results);

@@ -30,6 +30,8 @@ let png: Buffer;
 /** The whole reply upstream sends for every call, and the part it sends at once. */
 let reply: Buffer;
 let replyHead: Buffer;
+/** What a reply takes from the budget while received: its image's decoded bytes, 3 per 4 characters of base64 (the JSON around it counted alike). */
+let replyHolds: number;
 let upstream: Server;
 /** Calls upstream has received, each waiting for the rest of its reply. */
 let calls: ServerResponse[] = [];
@@ -43,6 +45,7 @@ beforeAll(async () => {
   reply = Buffer.from(JSON.stringify({ output: { b64_json: [{ bytesBase64: png.toString('base64'), mimeType: 'png' }] } }));
   // Two thirds: ~1.6 MB of the image decoded (a staging write or more), and the reply far from whole.
   replyHead = reply.subarray(0, Math.floor((reply.length * 2) / 3));
+  replyHolds = Math.ceil((reply.length * 3) / 4);
   upstream = createServer((req, res) => {
     req.resume();
     req.on('end', () => {
@@ -125,8 +128,8 @@ describe('a large base64 image in an upstream reply', { timeout: 120_000 }, () =
       expect(holding).toHaveLength(1);
     }, eventually);
     expect(calls[0]!.writableEnded).toBe(false);
-    // While it is received, the reply counts its declared length against the budget.
-    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    // While it is received, the reply counts what its declared length decodes to against the budget.
+    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
     finishCall(0);
     await expectStored(answer);
     expect(await metric('gateway_inflight_image_bytes')).toBe(0);
@@ -142,7 +145,7 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     expect(() => loadConfig({ ...env, MAX_INFLIGHT_IMAGE_BYTES: '64MiB' })).toThrow(/MAX_INFLIGHT_IMAGE_BYTES/);
   });
 
-  // At the smallest budget (1 MiB) every reply here (~3.2 MB) is larger than the whole of it, so
+  // At the smallest budget (1 MiB) every reply here (~2.4 MB decoded) is larger than the whole of it, so
   // each goes in alone; the waiting replies hold the queue once they hold a MiB between them.
   const MiB = 1024 * 1024;
   const waitingToShut = MiB / WAITING_REPLY_BYTES;
@@ -150,7 +153,7 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
   /** The first call in (alone), then `waiting` more sent, their replies waiting for room, unread. */
   async function fill(base: string, waiting: number): Promise<Promise<Response>[]> {
     const answers = [generate(base)];
-    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds), eventually);
     for (let i = 0; i < waiting; i++) answers.push(generate(base));
     await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(waiting), eventually);
     expect(calls).toHaveLength(1 + waiting);
@@ -192,7 +195,7 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     expect(await left).toBeInstanceOf(Error);
     await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(0), eventually);
     expect(await metric('gateway_upstream_queue_wait_seconds_count{outcome="abandoned"}')).toBe(1);
-    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
     await finishAll(answers);
     // The next call is the only other one upstream ever sees.
     const next = generate(base);
@@ -220,20 +223,20 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     await vi.waitFor(() => expect(calls).toHaveLength(2 + waitingToShut), eventually);
     await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(waitingToShut), eventually);
     // The reply that was left took nothing.
-    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
     await finishAll([...answers, queued]);
   });
 
   it('still receives a reply larger than the whole budget, alone', async () => {
     const base = await startGateway(MiB);
-    expect(reply.length).toBeGreaterThan(MiB);
+    expect(replyHolds).toBeGreaterThan(MiB);
     const [first, second] = await fill(base, 1);
     // Received one after the other: the second waits, unread, while the first is in.
-    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
     finishCall(0);
     await expectStored(first!);
     await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(0), eventually);
-    expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
     await finishAll([second!]);
   });
 });

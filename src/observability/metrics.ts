@@ -178,7 +178,7 @@ function inflightImageGauges(registry: Registry, budget: ReplyByteBudget): void 
   const registers = [registry];
   new Gauge({
     name: 'gateway_inflight_image_bytes',
-    help: 'Bytes of upstream image replies being received on this replica (their declared length), out of MAX_INFLIGHT_IMAGE_BYTES.',
+    help: 'Image bytes of upstream replies being received on this replica (what their declared length decodes to), out of MAX_INFLIGHT_IMAGE_BYTES.',
     registers,
     collect() {
       this.set(budget.inUse);

@@ -152,17 +152,20 @@ export class UpstreamExchange {
     const succeeded = res.statusCode >= 200 && res.statusCode < 300;
     // An answer that is not an image (a refusal, an error) is small and read at once.
     if (!succeeded || !this.options.replyBytes) return this.readReply(res, signal, declared, stageImage);
+    // A reply streamed to staging holds its images' decoded bytes, 3 for every 4 characters of
+    // base64 (its write buffers, never its text); one read whole holds all of it.
+    const held = stageImage && declared >= LONG_BASE64_BYTES ? (bytes: number) => Math.ceil((bytes * 3) / 4) : (bytes: number) => bytes;
     let reservation: ReplyReservation;
     try {
       // Past the budget the body stays unread (the socket paused) until a reply before it is done.
-      reservation = await this.options.replyBytes.reserve(Number.isFinite(declared) ? Math.min(declared, this.options.maxReplyBytes) : 0, signal);
+      reservation = await this.options.replyBytes.reserve(Number.isFinite(declared) ? held(Math.min(declared, this.options.maxReplyBytes)) : 0, signal);
     } catch (err) {
       res.body.destroy();
       throw err;
     }
     try {
       // A reply of unknown length takes its bytes as they arrive.
-      const onBytes = Number.isFinite(declared) ? undefined : (bytes: number) => reservation.grow(bytes);
+      const onBytes = Number.isFinite(declared) ? undefined : (bytes: number) => reservation.grow(held(bytes));
       return await this.readReply(res, signal, declared, stageImage, onBytes);
     } finally {
       reservation.release();

@@ -1,0 +1,14 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+const img = randomBytes(4 << 20);
+const b64 = Buffer.from(img.toString('base64'), 'latin1');
+const t = (name, fn, n = 20) => { fn(); const s = performance.now(); for (let i = 0; i < n; i++) fn(); console.log(name, ((performance.now() - s) / n).toFixed(2), 'ms'); };
+t('sha256 4MiB', () => createHash('sha256').update(img).digest());
+const out = Buffer.allocUnsafe(4 << 20);
+t('decode via 64KiB strings', () => { let n = 0; for (let at = 0; at < b64.length; at += 65536) n += out.write(b64.toString('latin1', at, Math.min(at + 65536, b64.length)), n, 'base64'); });
+t('toString only', () => { for (let at = 0; at < b64.length; at += 65536) b64.toString('latin1', at, Math.min(at + 65536, b64.length)); });
+t('encode base64', () => img.toString('base64'));
+t('concat 5.6MB', () => Buffer.concat([b64]));
+t('writeFileSync 4MiB', () => writeFileSync('/tmp/x.bin', img));
+t('Uint8Array.fromBase64?', () => { if (Uint8Array.fromBase64) Uint8Array.fromBase64(b64.toString('latin1')); });
+t('setFromBase64 slice', () => { if (out.setFromBase64) { let n = 0; for (let at = 0; at < b64.length; at += 65536) n += out.subarray(n).setFromBase64(b64.toString('latin1', at, Math.min(at + 65536, b64.length))).written; } });
