@@ -8,12 +8,20 @@ import { Base64Text, serializeJson, SplicedJson } from '../src/http/base64-json.
 
 const text = (s: string) => new Base64Text(Buffer.from(s, 'latin1'));
 
+/** The writes a SplicedJson makes, read as a pipe to the socket reads them (flowing). */
+function writesOf(body: SplicedJson): Promise<Buffer[]> {
+  const writes: Buffer[] = [];
+  return new Promise((resolve, reject) => {
+    body.on('data', (chunk: Buffer) => writes.push(chunk));
+    body.once('end', () => resolve(writes));
+    body.once('error', reject);
+  });
+}
+
 /** The body a SplicedJson sends, checked against the length it declares. */
 async function bodyOf(body: string | SplicedJson): Promise<string> {
   if (typeof body === 'string') return body;
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(chunk as Buffer);
-  const bytes = Buffer.concat(chunks);
+  const bytes = Buffer.concat(await writesOf(body));
   expect(bytes.length).toBe(body.byteLength);
   return bytes.toString('utf8');
 }
@@ -27,6 +35,19 @@ describe('serializeJson', () => {
     const plain = { id: 'gen_1', images: [{ b64_json: 'iVBORw0KGgo=', sha256: 'ab' }, { b64_json: 'UklGRg==', note: 'é ✓ "quoted"' }] };
     // The length counts bytes, not characters (é and ✓ are 2 and 3 bytes).
     expect(await bodyOf(body)).toBe(JSON.stringify(plain));
+  });
+
+  it('joins small pieces into writes of at least 64 KiB, and sends large ones as they are', async () => {
+    const trickle = Array.from({ length: 3000 }, (_, i) => Buffer.from('QUJD'.repeat(1 + (i % 50))));
+    const large = Buffer.alloc(200_000, 0x41);
+    const writes = await writesOf(serializeJson({ images: [{ b64_json: new Base64Text([...trickle, large]) }] }) as SplicedJson);
+    expect(Buffer.concat(writes).toString()).toBe(JSON.stringify({ images: [{ b64_json: Buffer.concat([...trickle, large]).toString() }] }));
+    // The large piece goes as it is (the very buffer); before it, the trickle in writes of 64 KiB or
+    // more, but for what was left of it; after it, the closing JSON.
+    const at = writes.indexOf(large);
+    expect(at).toBe(writes.length - 2);
+    expect(writes.slice(0, at - 1).every((w) => w.length >= 64 * 1024)).toBe(true);
+    expect(writes.length).toBeLessThan(10);
   });
 
   it('answers a string, as JSON.stringify, when there is no Base64Text', () => {

@@ -208,8 +208,8 @@ describe("keeping the upstream's text for a b64_json answer", () => {
     expect((await stageText(png.toString('base64'), [65_536], false)).base64).toBeUndefined();
   });
 
-  // Each decodes to an image (the staged file is right), but its text is not what a standard
-  // encoder gives, so the answer must be encoded from the file instead.
+  // Each is staged as what it decodes to (an image still: the change is past its first bytes), but
+  // its text is not the standard base64 of that, so the answer must be encoded from the file instead.
   const notStandard: [string, (b64: string) => string][] = [
     ['base64url characters', (b64) => b64.replaceAll('+', '-').replaceAll('/', '_')],
     ['no padding', (b64) => b64.replace(/=+$/, '')],
@@ -225,6 +225,18 @@ describe("keeping the upstream's text for a b64_json answer", () => {
       },
     ],
   ];
+  it('does not answer a text with padding inside that keeps its length (a padded group ending a piece)', async () => {
+    // No padding at its end; a middle group made "QQ==" (one byte) keeps the text's length, and with
+    // it, one more group of four than its bytes need, as a standard text of one byte less would have.
+    const image = png.subarray(0, png.length - (png.length % 3));
+    const b64 = image.toString('base64');
+    const text = `${b64.slice(0, 3996)}QQ==${b64.slice(4000)}`;
+    expect(text.length).toBe(b64.length);
+    const staged = await stageText(text, [4000]);
+    expect(staged.bytes).toBe(image.length - 2);
+    expect(staged.base64).toBeUndefined();
+  });
+
   for (const [what, change] of notStandard) {
     it(`does not answer a text with ${what}`, async () => {
       const image = padded();

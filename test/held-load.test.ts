@@ -30,8 +30,10 @@ let png: Buffer;
 /** The whole reply upstream sends for every call, and the part it sends at once. */
 let reply: Buffer;
 let replyHead: Buffer;
-/** What a reply takes from the budget while received: its image's decoded bytes, 3 per 4 characters of base64 (the JSON around it counted alike). */
+/** What a reply takes from the budget while received: its image's decoded bytes, 3 per 4 characters of base64. */
 let replyHolds: number;
+/** The JSON around the image, counted whole once the parser has kept it: a reply in takes at most this much more. */
+let replyAround: number;
 let upstream: Server;
 /** Calls upstream has received, each waiting for the rest of its reply. */
 let calls: ServerResponse[] = [];
@@ -46,6 +48,7 @@ beforeAll(async () => {
   // Two thirds: ~1.6 MB of the image decoded (a staging write or more), and the reply far from whole.
   replyHead = reply.subarray(0, Math.floor((reply.length * 2) / 3));
   replyHolds = Math.ceil((reply.length * 3) / 4);
+  replyAround = reply.length - png.toString('base64').length;
   upstream = createServer((req, res) => {
     req.resume();
     req.on('end', () => {
@@ -94,6 +97,13 @@ async function startGateway(maxInflightImageBytes: number): Promise<string> {
   return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
 }
 
+/** That one reply is being received: the budget holds what it decodes to, and what was kept whole of the JSON around it. */
+async function expectOneReplyIn(): Promise<void> {
+  const inUse = await metric('gateway_inflight_image_bytes');
+  expect(inUse).toBeGreaterThanOrEqual(replyHolds);
+  expect(inUse).toBeLessThanOrEqual(replyHolds + replyAround);
+}
+
 /** One sample of the gateway's metrics, by name and labels as written. */
 async function metric(name: string): Promise<number> {
   const text = (await app!.inject({ method: 'GET', url: '/metrics' })).body;
@@ -102,8 +112,9 @@ async function metric(name: string): Promise<number> {
   return Number(line.slice(name.length + 1));
 }
 
-function generate(base: string, signal?: AbortSignal): Promise<Response> {
-  return fetch(`${base}/v1/generate`, { method: 'POST', headers, body: JSON.stringify({ model: 'gpt-image-1', prompt: 'noise' }), signal });
+function generate(base: string, signal?: AbortSignal, responseFormat?: 'b64_json'): Promise<Response> {
+  const body = { model: 'gpt-image-1', prompt: 'noise', ...(responseFormat ? { response_format: responseFormat } : {}) };
+  return fetch(`${base}/v1/generate`, { method: 'POST', headers, body: JSON.stringify(body), signal });
 }
 
 async function expectStored(answer: Promise<Response>): Promise<void> {
@@ -129,9 +140,22 @@ describe('a large base64 image in an upstream reply', { timeout: 120_000 }, () =
     }, eventually);
     expect(calls[0]!.writableEnded).toBe(false);
     // While it is received, the reply counts what its declared length decodes to against the budget.
-    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
+    await expectOneReplyIn();
     finishCall(0);
     await expectStored(answer);
+    expect(await metric('gateway_inflight_image_bytes')).toBe(0);
+  });
+
+  it('answered as b64_json, counts its whole declared length: its text is kept for the answer', async () => {
+    const base = await startGateway(64 * 1024 * 1024);
+    const answer = generate(base, undefined, 'b64_json');
+    await vi.waitFor(() => expect(calls).toHaveLength(1), eventually);
+    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(reply.length), eventually);
+    finishCall(0);
+    const res = await answer;
+    const body = (await res.json()) as { images: { b64_json: string }[] };
+    expect(res.status).toBe(200);
+    expect(body.images[0]!.b64_json).toBe(png.toString('base64'));
     expect(await metric('gateway_inflight_image_bytes')).toBe(0);
   });
 });
@@ -153,7 +177,7 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
   /** The first call in (alone), then `waiting` more sent, their replies waiting for room, unread. */
   async function fill(base: string, waiting: number): Promise<Promise<Response>[]> {
     const answers = [generate(base)];
-    await vi.waitFor(async () => expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds), eventually);
+    await vi.waitFor(expectOneReplyIn, eventually);
     for (let i = 0; i < waiting; i++) answers.push(generate(base));
     await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(waiting), eventually);
     expect(calls).toHaveLength(1 + waiting);
@@ -195,7 +219,7 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     expect(await left).toBeInstanceOf(Error);
     await vi.waitFor(async () => expect(await metric('gateway_upstream_queue_depth')).toBe(0), eventually);
     expect(await metric('gateway_upstream_queue_wait_seconds_count{outcome="abandoned"}')).toBe(1);
-    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
+    await expectOneReplyIn();
     await finishAll(answers);
     // The next call is the only other one upstream ever sees.
     const next = generate(base);
@@ -223,7 +247,7 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     await vi.waitFor(() => expect(calls).toHaveLength(2 + waitingToShut), eventually);
     await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(waitingToShut), eventually);
     // The reply that was left took nothing.
-    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
+    await expectOneReplyIn();
     await finishAll([...answers, queued]);
   });
 
@@ -232,11 +256,11 @@ describe('MAX_INFLIGHT_IMAGE_BYTES', { timeout: 120_000 }, () => {
     expect(replyHolds).toBeGreaterThan(MiB);
     const [first, second] = await fill(base, 1);
     // Received one after the other: the second waits, unread, while the first is in.
-    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
+    await expectOneReplyIn();
     finishCall(0);
     await expectStored(first!);
     await vi.waitFor(async () => expect(await metric('gateway_inflight_image_waiting')).toBe(0), eventually);
-    expect(await metric('gateway_inflight_image_bytes')).toBe(replyHolds);
+    await expectOneReplyIn();
     await finishAll([second!]);
   });
 });

@@ -64,6 +64,19 @@ describe('parsing an image reply as it streams in', () => {
     expect(ended).toEqual([]);
   });
 
+  it('tells what it keeps as it is: everything but the strings handed to sinks', async () => {
+    // The in-flight image bytes budget counts a streamed image at what it decodes to, and the rest at its length.
+    const { newSink } = decodingSinks();
+    const escaped = `${bigB64.slice(0, 100)}\\/${bigB64.slice(100)}`;
+    const reply = `{"image":"${bigB64}","small":"${big.subarray(0, 300).toString('base64')}","escaped":"${escaped}","other":"${bigB64}"}`;
+    for (const size of [1000, 65_536]) {
+      let kept = 0;
+      await parseImageReply(inPieces(reply, size), newSink, 1 << 30, (bytes) => (kept += bytes));
+      // The two long base64 strings went to sinks; the JSON around them, the short and the escaped string did not.
+      expect(kept, `pieces of ${size}`).toBe(Buffer.byteLength(reply) - 2 * bigB64.length + 2 * '\\u0000base64:0'.length);
+    }
+  });
+
   it('reports a reply that is not JSON, or ends inside an image, and aborts the sink', async () => {
     const { newSink, ended } = decodingSinks();
     await expect(parseImageReply(inPieces('<html>oops', 4), newSink, 1 << 30)).rejects.toBeInstanceOf(MalformedReply);

@@ -139,10 +139,11 @@ export class ImageGeneration {
     const report = ctx.onEvent ?? (() => {});
     // Large base64 images are staged as the reply streams in; any not kept in the end are removed.
     const staged = new Set<StagedImage>();
-    const stageImage = (maxBytes?: number) => {
+    // A b64_json answer keeps the upstream's text (when it is the image's standard base64).
+    const keepText = request.responseFormat === 'b64_json';
+    const stageOne = (maxBytes?: number) => {
       // With worker threads (WORKERS) a worker decodes the text; else the main thread as it arrives.
       const { stagingFiles, workers } = this.deps.images;
-      const keepText = request.responseFormat === 'b64_json';
       const staging = workers.size > 0 ? new PooledBase64Staging(stagingFiles, workers, keepText) : new Base64Staging(stagingFiles, maxBytes, keepText);
       // A staging write that fails (a full disk) drops this image but reads the rest of the reply,
       // which still tells what it cost (its token counts come after the images).
@@ -171,6 +172,7 @@ export class ImageGeneration {
         },
       };
     };
+    const stageImage = Object.assign(stageOne, { keepsText: keepText });
     let produced: UpstreamResult | undefined;
     let images: ImageResult[];
     const task = ctx.task ?? {};

@@ -43,6 +43,9 @@ class Splicing {
 
 let splicing: Splicing | undefined;
 
+/** What SplicedJson writes to the socket at least at a time (but its last write). */
+const WRITE_BYTES = 64 * 1024;
+
 /**
  * A JSON body with images' base64 spliced in, sent as its parts in order: joining them into one
  * Buffer cost a fresh allocation and a copy of every image's text per answer. `byteLength` is the
@@ -50,10 +53,31 @@ let splicing: Splicing | undefined;
  */
 export class SplicedJson extends Readable {
   readonly byteLength: number;
+  private parts: Buffer[] = [];
 
-  constructor(private parts: Buffer[]) {
+  constructor(parts: Buffer[]) {
     super();
     this.byteLength = parts.reduce((n, part) => n + part.length, 0);
+    // Small pieces (an upstream that sent its reply in a trickle) are joined, so that each write
+    // to the socket carries a useful amount; large ones go as they are, uncopied.
+    let small: Buffer[] = [];
+    let smallBytes = 0;
+    const joinSmall = () => {
+      if (small.length > 0) this.parts.push(small.length === 1 ? small[0]! : Buffer.concat(small, smallBytes));
+      small = [];
+      smallBytes = 0;
+    };
+    for (const part of parts) {
+      if (part.length >= WRITE_BYTES) {
+        joinSmall();
+        this.parts.push(part);
+        continue;
+      }
+      small.push(part);
+      smallBytes += part.length;
+      if (smallBytes >= WRITE_BYTES) joinSmall();
+    }
+    joinSmall();
   }
 
   override _read(): void {

@@ -24,7 +24,10 @@ export interface Base64Sink<T> {
  * Makes the sink for each long base64 string of a reply; `maxBytes`, when the reply declared its
  * length, bounds what any string in it can decode to (3 bytes per 4 characters of the reply).
  */
-export type Base64SinkFactory<T> = (maxBytes?: number) => Base64Sink<T>;
+export type Base64SinkFactory<T> = ((maxBytes?: number) => Base64Sink<T>) & {
+  /** Its sinks keep the text they are handed (for a `b64_json` answer), besides what they decode it to. */
+  readonly keepsText?: boolean;
+};
 
 /** The reply is not JSON (or breaks off); the message says where. */
 export class MalformedReply extends Error {}
@@ -57,8 +60,20 @@ function isPlainBase64(pieces: Buffer[]): boolean {
  * from `newSink` as it streams by. On failure the sink in use is aborted; sinks that had answered
  * already are the caller's to clean up (their answers never reach it, so `newSink` must track them).
  */
-export async function parseImageReply<T>(body: AsyncIterable<Uint8Array>, newSink: Base64SinkFactory<T>, maxBytes: number): Promise<unknown> {
-  const json: Buffer[] = [];
+export async function parseImageReply<T>(
+  body: AsyncIterable<Uint8Array>,
+  newSink: Base64SinkFactory<T>,
+  maxBytes: number,
+  /** Told of the reply's bytes kept as they are until it is parsed (all but the strings handed to sinks). */
+  onKept: (bytes: number) => void = () => {},
+): Promise<unknown> {
+  const kept: Buffer[] = [];
+  const json = {
+    push(...pieces: Buffer[]) {
+      for (const piece of pieces) onKept(piece.length);
+      kept.push(...pieces);
+    },
+  };
   const results: T[] = [];
   let state: 'between' | 'string' | 'base64' = 'between';
   // The current string: its bytes so far, whether it had an escape, and an escape cut by a chunk's end.
@@ -177,7 +192,7 @@ export async function parseImageReply<T>(body: AsyncIterable<Uint8Array>, newSin
   }
 
   try {
-    return JSON.parse(Buffer.concat(json).toString('utf8'), (_key, value: unknown) => {
+    return JSON.parse(Buffer.concat(kept).toString('utf8'), (_key, value: unknown) => {
       if (typeof value === 'string' && value.startsWith(PLACEHOLDER_PREFIX)) {
         const index = Number(value.slice(PLACEHOLDER_PREFIX.length));
         if (Number.isInteger(index) && index < results.length) return new DecodedBase64(results[index]);

@@ -109,7 +109,7 @@ export class ReplyByteBudget {
   }
 }
 
-/** One reply's share of the budget: grows as a reply of unknown length arrives, given back once. */
+/** One reply's share of the budget: grows as a reply of unknown length arrives (or keeps more than counted), given back once. */
 export class ReplyReservation {
   private released = false;
 
@@ -118,7 +118,7 @@ export class ReplyReservation {
     private bytes: number,
   ) {}
 
-  /** A reply of unknown length: its bytes counted as they arrive (never waiting: it is let in already). */
+  /** Bytes counted as they arrive or are kept (never waiting: the reply is let in already). */
   grow(bytes: number): void {
     if (this.released) return;
     this.bytes += bytes;

@@ -153,8 +153,11 @@ export class UpstreamExchange {
     // An answer that is not an image (a refusal, an error) is small and read at once.
     if (!succeeded || !this.options.replyBytes) return this.readReply(res, signal, declared, stageImage);
     // A reply streamed to staging holds its images' decoded bytes, 3 for every 4 characters of
-    // base64 (its write buffers, never its text); one read whole holds all of it.
-    const held = stageImage && declared >= LONG_BASE64_BYTES ? (bytes: number) => Math.ceil((bytes * 3) / 4) : (bytes: number) => bytes;
+    // base64 (its staging's write buffers), and what the parser keeps as it is (the JSON around
+    // them, a short or escaped string) whole. A reply read whole, or whose sinks keep the text (a
+    // `b64_json` answer), holds all of it.
+    const streamed = stageImage !== undefined && !stageImage.keepsText && declared >= LONG_BASE64_BYTES;
+    const held = streamed ? (bytes: number) => Math.ceil((bytes * 3) / 4) : (bytes: number) => bytes;
     let reservation: ReplyReservation;
     try {
       // Past the budget the body stays unread (the socket paused) until a reply before it is done.
@@ -166,7 +169,9 @@ export class UpstreamExchange {
     try {
       // A reply of unknown length takes its bytes as they arrive.
       const onBytes = Number.isFinite(declared) ? undefined : (bytes: number) => reservation.grow(held(bytes));
-      return await this.readReply(res, signal, declared, stageImage, onBytes);
+      // What was counted at 3 in 4 but is kept whole takes the rest.
+      const onKept = streamed ? (bytes: number) => reservation.grow(bytes - Math.ceil((bytes * 3) / 4)) : undefined;
+      return await this.readReply(res, signal, declared, stageImage, onBytes, onKept);
     } finally {
       reservation.release();
     }
@@ -178,10 +183,11 @@ export class UpstreamExchange {
     declared: number,
     stageImage?: Base64SinkFactory<StagedImage>,
     onBytes?: (bytes: number) => void,
+    onKept?: (bytes: number) => void,
   ): Promise<unknown> {
     // A reply too short to hold a long base64 string is parsed whole: cheaper than scanning it.
     if (stageImage && res.statusCode >= 200 && res.statusCode < 300 && declared >= LONG_BASE64_BYTES) {
-      return this.readImageReply(res, signal, declared, stageImage, onBytes);
+      return this.readImageReply(res, signal, declared, stageImage, onBytes, onKept);
     }
     return this.readJson(res, signal, onBytes);
   }
@@ -194,6 +200,7 @@ export class UpstreamExchange {
     declared: number,
     stageImage: Base64SinkFactory<StagedImage>,
     onBytes?: (bytes: number) => void,
+    onKept?: (bytes: number) => void,
   ): Promise<unknown> {
     const max = this.options.maxReplyBytes;
     const upstreamStatus = res.statusCode;
@@ -204,7 +211,7 @@ export class UpstreamExchange {
     try {
       // A declared length bounds each image in the reply: staging sizes its last buffer from it.
       const newSink = Number.isFinite(declared) ? () => stageImage(Math.floor((declared * 3) / 4)) : stageImage;
-      const parsed = await parseImageReply(onBytes ? counted(res.body, onBytes) : res.body, newSink, max);
+      const parsed = await parseImageReply(onBytes ? counted(res.body, onBytes) : res.body, newSink, max, onKept);
       signal.throwIfAborted();
       return parsed;
     } catch (err) {
