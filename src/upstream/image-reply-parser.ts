@@ -67,12 +67,11 @@ export async function parseImageReply<T>(
   /** Told of the reply's bytes kept as they are until it is parsed (all but the strings handed to sinks). */
   onKept: (bytes: number) => void = () => {},
 ): Promise<unknown> {
-  const kept: Buffer[] = [];
-  const json = {
-    push(...pieces: Buffer[]) {
-      for (const piece of pieces) onKept(piece.length);
-      kept.push(...pieces);
-    },
+  // The reply's JSON with each string handed to a sink replaced by a placeholder.
+  const json: Buffer[] = [];
+  const keep = (...pieces: Buffer[]) => {
+    for (const piece of pieces) onKept(piece.length);
+    json.push(...pieces);
   };
   const results: T[] = [];
   let state: 'between' | 'string' | 'base64' = 'between';
@@ -92,7 +91,7 @@ export async function parseImageReply<T>(
     if (whole) {
       results.push(await sink.end());
       sink = undefined;
-      json.push(placeholder(results.length - 1));
+      keep(placeholder(results.length - 1));
     }
   };
 
@@ -116,7 +115,7 @@ export async function parseImageReply<T>(
           const quote = chunk.indexOf(QUOTE, at);
           const end = quote === -1 ? chunk.length : quote + 1;
           // Copied: a slice would keep the whole socket chunk alive.
-          json.push(Buffer.from(chunk.subarray(at, end)));
+          keep(Buffer.from(chunk.subarray(at, end)));
           at = end;
           if (quote !== -1) {
             state = 'string';
@@ -151,7 +150,7 @@ export async function parseImageReply<T>(
           if (quote !== -1) {
             // A long string that ended within one chunk goes to a sink too: the outcome must not depend on how the body was cut.
             if (long && isPlainBase64(pending)) await toSink(true);
-            else json.push(...pending, Buffer.from('"'));
+            else keep(...pending, Buffer.from('"'));
             state = 'between';
             at = quote + 1;
           } else {
@@ -176,7 +175,7 @@ export async function parseImageReply<T>(
           } else {
             results.push(await sink!.end());
             sink = undefined;
-            json.push(placeholder(results.length - 1));
+            keep(placeholder(results.length - 1));
             state = 'between';
             at = quote + 1;
           }
@@ -192,7 +191,7 @@ export async function parseImageReply<T>(
   }
 
   try {
-    return JSON.parse(Buffer.concat(kept).toString('utf8'), (_key, value: unknown) => {
+    return JSON.parse(Buffer.concat(json).toString('utf8'), (_key, value: unknown) => {
       if (typeof value === 'string' && value.startsWith(PLACEHOLDER_PREFIX)) {
         const index = Number(value.slice(PLACEHOLDER_PREFIX.length));
         if (Number.isInteger(index) && index < results.length) return new DecodedBase64(results[index]);

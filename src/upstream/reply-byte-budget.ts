@@ -10,8 +10,8 @@ export const WAITING_REPLY_BYTES = 128 * 1024;
  * A successful reply takes what it holds while received from the budget before its body is read
  * (for a streamed one, what its declared length decodes to: upstream-exchange.ts), and gives it
  * back once the body is read and its images staged; a reply without a declared length takes its
- * bytes as they arrive. A reply that does not fit waits, its body unread: the
- * socket stays paused, so upstream's send waits in the kernel instead of in the gateway's heap.
+ * bytes as they arrive. A reply that does not fit waits, its body unread: the socket stays paused,
+ * so upstream's send waits in the kernel instead of in the gateway's heap.
  * Replies are let in in the order they asked; one larger than the whole budget goes in alone.
  *
  * A waiting reply still holds what was read before its socket paused (undici's buffer, a socket

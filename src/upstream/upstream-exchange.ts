@@ -157,7 +157,8 @@ export class UpstreamExchange {
     // them, a short or escaped string) whole. A reply read whole, or whose sinks keep the text (a
     // `b64_json` answer), holds all of it.
     const streamed = stageImage !== undefined && !stageImage.keepsText && declared >= LONG_BASE64_BYTES;
-    const held = streamed ? (bytes: number) => Math.ceil((bytes * 3) / 4) : (bytes: number) => bytes;
+    const decoded = (bytes: number) => Math.ceil((bytes * 3) / 4);
+    const held = streamed ? decoded : (bytes: number) => bytes;
     let reservation: ReplyReservation;
     try {
       // Past the budget the body stays unread (the socket paused) until a reply before it is done.
@@ -170,7 +171,7 @@ export class UpstreamExchange {
       // A reply of unknown length takes its bytes as they arrive.
       const onBytes = Number.isFinite(declared) ? undefined : (bytes: number) => reservation.grow(held(bytes));
       // What was counted at 3 in 4 but is kept whole takes the rest.
-      const onKept = streamed ? (bytes: number) => reservation.grow(bytes - Math.ceil((bytes * 3) / 4)) : undefined;
+      const onKept = streamed ? (bytes: number) => reservation.grow(bytes - decoded(bytes)) : undefined;
       return await this.readReply(res, signal, declared, stageImage, onBytes, onKept);
     } finally {
       reservation.release();
