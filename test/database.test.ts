@@ -102,6 +102,31 @@ function databaseContract(name: string, open: () => Promise<{ db: Database; clea
       expect((await db.all<{ id: string }>("SELECT id FROM things WHERE id LIKE 'side-%'")).map((r) => r.id)).toEqual(['side-other']);
     });
 
+    it('commits a batch in one transaction, answering each statement with its rows or its count', async () => {
+      const results = await db.batch([
+        { sql: 'INSERT INTO things (id, n, flag) VALUES ($1, $2, $3), ($4, $5, $6)', params: ['batch-1', 1, true, 'batch-2', 2, false] },
+        { sql: 'UPDATE things SET n = n + $1 WHERE id LIKE $2 RETURNING id, n', params: [10, 'batch-%'], rows: true },
+        { sql: 'UPDATE things SET n = n WHERE id = $1', params: ['batch-none'] },
+      ]);
+      expect(results[0]).toBe(2);
+      expect((results[1] as Array<{ id: string; n: number | string }>).map((r) => [r.id, Number(r.n)]).sort()).toEqual([['batch-1', 11], ['batch-2', 12]]);
+      expect(results[2]).toBe(0);
+      expect((await db.all<{ id: string }>("SELECT id FROM things WHERE id LIKE 'batch-%' ORDER BY id")).map((r) => r.id)).toEqual(['batch-1', 'batch-2']);
+    });
+
+    it('keeps none of a batch whose statement fails, and goes on after', async () => {
+      await expect(
+        db.batch([
+          { sql: 'INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', params: ['batch-undone', 1, true] },
+          { sql: 'INSERT INTO missing_table (id) VALUES ($1)', params: ['x'] },
+        ]),
+      ).rejects.toThrow(/missing_table/);
+      expect(await db.get("SELECT id FROM things WHERE id = 'batch-undone'")).toBeUndefined();
+      // Nothing left open: a statement and another batch after it both land.
+      expect(await db.run('INSERT INTO things (id, n, flag) VALUES ($1, $2, $3)', ['batch-after', 1, true])).toBe(1);
+      expect(await db.batch([{ sql: 'DELETE FROM things WHERE id = $1', params: ['batch-after'] }])).toEqual([1]);
+    });
+
     it('runs transactions begun in the same turn one after another, each committed', async () => {
       const ids = ['same-turn-1', 'same-turn-2', 'same-turn-3'];
       const results = await Promise.allSettled(

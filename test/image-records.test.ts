@@ -42,11 +42,12 @@ function imageRecordsContract(name: string, open: () => Promise<{ db: Database; 
 
     it('writes the saves of one moment with one INSERT, each answered with its committed row', async () => {
       const many = Array.from({ length: 150 }, () => record());
-      const all = vi.spyOn(db, 'all');
+      const batch = vi.spyOn(db, 'batch');
       const saved = await Promise.all(many.map((r) => records.save(r)));
-      // 150 rows: three INSERTs of at most 64 rows, not 150.
-      const inserts = all.mock.calls.filter(([sql]) => sql.startsWith('INSERT INTO images'));
-      all.mockRestore();
+      // 150 rows: one commit of three INSERTs of at most 64 rows, not 150.
+      expect(batch).toHaveBeenCalledTimes(1);
+      const inserts = batch.mock.calls[0]![0].filter(({ sql }) => sql.startsWith('INSERT INTO images'));
+      batch.mockRestore();
       expect(inserts.length).toBe(3);
       expect(saved).toEqual(many);
       for (const r of many) expect(await records.find(r.name)).toEqual(r);
@@ -90,10 +91,12 @@ function imageRecordsContract(name: string, open: () => Promise<{ db: Database; 
         name: image.name, team, keyId: `${team}-key`, model: 'gpt-image-1', operation: 'generate', prompt,
         parameters: { quality: 'low' }, seed: null, costUsd: 0.01, createdAt, expiresAt,
       });
-      const transaction = vi.spyOn(db, 'transaction');
+      const batch = vi.spyOn(db, 'batch');
       await Promise.all([records.save(image, owner('team-a', 'first', 2_000_000_100)), records.save(image, owner('team-b', 'theirs', 2_000_000_100))]);
-      expect(transaction).toHaveBeenCalledTimes(1);
-      transaction.mockRestore();
+      // One commit: the image's row, then both owners' rows in one INSERT.
+      expect(batch).toHaveBeenCalledTimes(1);
+      expect(batch.mock.calls[0]![0].map(({ sql }) => sql.split('(')[0]!.trim())).toEqual(['INSERT INTO images', 'INSERT INTO image_owners']);
+      batch.mockRestore();
       await records.save({ ...image, expiresAt: 2_000_000_050 }, owner('team-a', 'again', 2_000_000_050, image.createdAt + 10));
       expect(await records.ownership(image.name, 'team-a')).toMatchObject({ prompt: 'again', expiresAt: 2_000_000_100, createdAt: image.createdAt + 10 });
       expect(await records.ownership(image.name, 'team-b')).toMatchObject({ prompt: 'theirs', parameters: { quality: 'low' }, costUsd: 0.01 });
@@ -122,10 +125,10 @@ function imageRecordsContract(name: string, open: () => Promise<{ db: Database; 
     });
 
     it('fails every save of a batch whose INSERT fails, and the next batch still works', async () => {
-      const all = vi.spyOn(db, 'all').mockRejectedValueOnce(new Error('disk full'));
+      const batch = vi.spyOn(db, 'batch').mockRejectedValueOnce(new Error('disk full'));
       const failed = [record(), record()];
       const results = await Promise.allSettled(failed.map((r) => records.save(r)));
-      all.mockRestore();
+      batch.mockRestore();
       expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
       expect(await records.find(failed[0]!.name)).toBeUndefined();
       const ok = record();

@@ -300,16 +300,16 @@ describe('a usage commit refused for want of room', () => {
   afterEach(() => vi.restoreAllMocks());
 
   it('keeps the record queued (committed once the database takes it) and marks storage full', async () => {
-    const transaction = h.app.db.transaction.bind(h.app.db);
+    const batch = h.app.db.batch.bind(h.app.db);
     // Every commit is refused (the image row's too) until the disk has room again.
     let full = true;
     let refused = 0;
-    vi.spyOn(h.app.db, 'transaction').mockImplementation(async (work: any) => {
+    vi.spyOn(h.app.db, 'batch').mockImplementation(async (statements) => {
       if (full) {
         refused++;
         throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
       }
-      return transaction(work);
+      return batch(statements);
     });
     // Answered once the usage log stops holding it (the record stays queued).
     const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'a usage record on a full disk' } });

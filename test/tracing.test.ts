@@ -164,7 +164,7 @@ describe('with an OTLP endpoint (http/json)', () => {
     expect(attr(server!, 'gateway.model')).toBe('gpt-image-1');
     expect(attr(server!, 'gateway.request_id')).toBe(res.headers['x-request-id']);
 
-    for (const name of ['upstream.queue_wait', 'upstream.exchange', 'image.store', 'db.image_row', 'usage.commit']) {
+    for (const name of ['upstream.queue_wait', 'upstream.exchange', 'image.store', 'db.image_row', 'db.commit']) {
       const child = spans.find((s) => s.name === name);
       expect(child, name).toBeDefined();
       expect(child!.traceId, name).toBe(CLIENT_TRACE_ID);
@@ -174,7 +174,7 @@ describe('with an OTLP endpoint (http/json)', () => {
     expect(exchange.kind).toBe(3); // CLIENT
     expect(attr(exchange, 'http.response.status_code')).toBe(200);
     // The group commit links to the request it carried.
-    const commit = spans.find((s) => s.name === 'usage.commit')!;
+    const commit = spans.find((s) => s.name === 'db.commit' && attr(s, 'gateway.usage.records') !== undefined)!;
     expect(commit.links?.some((l) => l.spanId === server!.spanId)).toBe(true);
 
     // Upstream was sent a traceparent of the same trace, whose parent is the exchange span.
@@ -354,6 +354,6 @@ describe('with an OTLP endpoint (http/protobuf, the default)', () => {
     // Trace ids go as 16 raw bytes; span names as strings.
     expect(body.includes(Buffer.from(CLIENT_TRACE_ID, 'hex'))).toBe(true);
     expect(body.includes(Buffer.from('POST /v1/generate'))).toBe(true);
-    expect(body.includes(Buffer.from('usage.commit'))).toBe(true);
+    expect(body.includes(Buffer.from('db.commit'))).toBe(true);
   });
 });

@@ -123,12 +123,12 @@ describe('nothing is told before its usage is committed', () => {
     const capture = (_req: IncomingMessage, res: ServerResponse) => responses.push(res);
     h.app.server.prependListener('request', capture);
     const db = h.app.db;
-    const transaction = db.transaction.bind(db);
+    const batch = db.batch.bind(db);
     // At each commit: had the answer's headers gone out already?
     const answeredAtCommit: boolean[] = [];
-    db.transaction = (fn) => {
+    db.batch = (statements) => {
       answeredAtCommit.push(responses.some((r) => r.headersSent));
-      return transaction(fn);
+      return batch(statements);
     };
     try {
       const res = await post({ model: 'gpt-image-1', prompt: 'durable' });
@@ -138,7 +138,7 @@ describe('nothing is told before its usage is committed', () => {
       expect(answeredAtCommit).toEqual([false, false]);
       expect(await committed(res.headers.get('x-request-id')!)).toEqual({ status: 200, images_returned: 1 });
     } finally {
-      db.transaction = transaction;
+      db.batch = batch;
       h.app.server.off('request', capture);
     }
   });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Logger } from '../src/observability/logger.js';
-import { SqliteDatabase, type Database, type Statements } from '../src/storage/database.js';
+import { SqliteDatabase, type BatchResult, type BatchStatement, type Database } from '../src/storage/database.js';
 import { UsageLog, type UsageRecord } from '../src/usage/usage-log.js';
 import { USAGE_MIGRATIONS } from '../src/usage/usage-migrations.js';
 
@@ -35,33 +35,23 @@ function record(requestId: string): UsageRecord {
   };
 }
 
-/** The SQLite database, with its transactions watched (the rows of each INSERT) and, when told, held or failing. */
+/** The SQLite database, with its commits watched (the rows of each INSERT) and, when told, held or failing. */
 class WatchedDatabase extends SqliteDatabase {
-  /** Per transaction, the row count of each usage INSERT in it. */
+  /** Per commit, the row count of each usage INSERT in it. */
   transactions: number[][] = [];
   failNextWrite = false;
-  /** While set, a transaction waits for it before it begins. */
+  /** While set, a commit waits for it before it begins. */
   hold: Promise<void> | undefined;
-  override async transaction<T>(fn: (tx: Statements) => Promise<T>): Promise<T> {
-    const inserts: number[] = [];
+  override async batch(statements: BatchStatement[]): Promise<BatchResult[]> {
+    // Rows per INSERT: parameters over the columns the statement names.
+    const inserts = statements.filter(({ sql }) => sql.startsWith('INSERT INTO usage_records')).map(({ sql, params }) => params.length / /\(([^)]*)\) VALUES/.exec(sql)![1]!.split(',').length);
     this.transactions.push(inserts);
     if (this.hold) await this.hold;
     if (this.failNextWrite) {
       this.failNextWrite = false;
       throw new Error('disk full');
     }
-    return super.transaction((tx) =>
-      fn({
-        dialect: tx.dialect,
-        run: async (sql, params = []) => {
-          // Rows per INSERT: parameters over the columns the statement names.
-          if (sql.startsWith('INSERT INTO usage_records')) inserts.push(params.length / /\(([^)]*)\) VALUES/.exec(sql)![1]!.split(',').length);
-          return tx.run(sql, params);
-        },
-        all: (sql, params) => tx.all(sql, params),
-        get: (sql, params) => tx.get(sql, params),
-      }),
-    );
+    return super.batch(statements);
   }
 }
 

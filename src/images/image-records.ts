@@ -1,5 +1,8 @@
 import type { ImageOperation } from '../catalogue/model-spec.js';
-import { migration, sqlByRowCount, valuesPlaceholders, type Database, type Migration, type SqlValue, type Statements } from '../storage/database.js';
+import { migration, sqlByRowCount, valuesPlaceholders, type BatchStatement, type Database, type Migration, type SqlValue, type Statements } from '../storage/database.js';
+import { GroupCommit, type CommitShare, type CommitSource } from '../storage/group-commit.js';
+import { activeSpanContext } from '../observability/tracing.js';
+import type { SpanContext } from '@opentelemetry/api';
 import type { ImageMime } from './image-bytes.js';
 
 /** What the gateway knows about one stored image; the bytes themselves are in the ImageStore. */
@@ -248,19 +251,29 @@ interface PendingSave {
   /** By team: the teams that made it in this batch. */
   owners: Map<string, ImageOwnership>;
   waiters: Array<{ resolve: (saved: ImageRecord) => void; reject: (err: unknown) => void }>;
+  /** The spans of the requests that saved it (while traces are on): the commit's span links to each. */
+  spans: SpanContext[];
 }
 
 /**
  * The `images` table: one row per stored image, in SQLite or PostgreSQL.
  *
- * Saves that arrive in the same turn of the event loop are written by one INSERT (group commit):
- * each commit to SQLite's log cost ~100 µs of the request's CPU, and each caller still hears back
- * only once its row is committed.
+ * Saves wait for the next group commit (GroupCommit): those that arrive in the same turn of the
+ * event loop are written by one INSERT, in the same transaction as their owners' entries and the
+ * other repositories' writes of that turn, and each caller hears back only once its row is committed.
  */
-export class ImageRecords {
+export class ImageRecords implements CommitSource {
   private pending = new Map<string, PendingSave>();
+  private readonly commits: GroupCommit;
 
-  constructor(private readonly db: Database) {}
+  /** `commits`: the group commit shared with the other repositories of `db` (one of its own if none). */
+  constructor(
+    private readonly db: Database,
+    commits?: GroupCommit,
+  ) {
+    this.commits = commits ?? new GroupCommit(db);
+    this.commits.register(this);
+  }
 
   async migrate(): Promise<void> {
     await this.db.migrate(IMAGE_MIGRATIONS);
@@ -271,17 +284,19 @@ export class ImageRecords {
    * and gets the later of the two expiries.
    */
   save(record: ImageRecord, owner?: ImageOwnership): Promise<ImageRecord> {
+    const span = activeSpanContext();
     return new Promise((resolve, reject) => {
-      if (this.pending.size === 0) setImmediate(() => void this.writePending());
+      if (this.pending.size === 0) this.commits.wake();
       let same = this.pending.get(record.name);
       if (same) {
         // The same image twice in one batch: one row (an INSERT may not touch a row twice).
         if (record.expiresAt > same.record.expiresAt) same.record = { ...same.record, expiresAt: record.expiresAt };
         same.waiters.push({ resolve, reject });
       } else {
-        same = { record, owners: new Map(), waiters: [{ resolve, reject }] };
+        same = { record, owners: new Map(), waiters: [{ resolve, reject }], spans: [] };
         this.pending.set(record.name, same);
       }
+      if (span) same.spans.push(span);
       if (owner) {
         const earlier = same.owners.get(owner.team);
         same.owners.set(owner.team, earlier ? { ...owner, expiresAt: Math.max(owner.expiresAt, earlier.expiresAt) } : owner);
@@ -289,40 +304,41 @@ export class ImageRecords {
     });
   }
 
-  private async writePending(): Promise<void> {
+  /** The saves waiting, as statements of the next group commit: the images, then their owners' entries. */
+  take(): CommitShare | undefined {
+    if (this.pending.size === 0) return undefined;
     // In name order: two replicas upserting the same names lock their rows in the same order (no deadlock).
     const batch = [...this.pending.values()].sort((a, b) => (a.record.name < b.record.name ? -1 : a.record.name > b.record.name ? 1 : 0));
     this.pending = new Map();
-    for (let i = 0; i < batch.length; i += SAVE_BATCH) await this.insert(batch.slice(i, i + SAVE_BATCH));
-  }
-
-  private async insert(batch: PendingSave[]): Promise<void> {
-    try {
-      const sql = upsertSql(batch.length);
-      const params = batch.flatMap(({ record: r }) => [r.name, r.sha256, r.mimeType, r.bytes, r.width, r.height, r.keyId, r.team, r.createdAt, r.expiresAt, r.inlineBytes ?? null]);
-      const owners = batch.flatMap(({ owners }) => [...owners.values()].sort((a, b) => (a.team < b.team ? -1 : a.team > b.team ? 1 : 0)));
-      // The image and its owners' rows together: one transaction (a row naming no owner is one statement).
-      const saved =
-        owners.length === 0
-          ? await this.db.all<ImageRow>(sql, params)
-          : await this.db.transaction(async (tx) => {
-              const rows = await tx.all<ImageRow>(sql, params);
-              for (let i = 0; i < owners.length; i += SAVE_BATCH) {
-                const some = owners.slice(i, i + SAVE_BATCH);
-                await tx.run(upsertOwnersSql(some.length), some.flatMap(ownerParams));
-              }
-              return rows;
-            });
-      const byName = new Map(saved.map((row) => [row.name, fromRow(row)]));
-      for (const { record, waiters } of batch) {
-        // Not read back: the same name is the same bytes, and sending them back cost ~10 µs a row.
-        const row = byName.get(record.name);
-        const answer = row ? (record.inlineBytes ? { ...row, inlineBytes: record.inlineBytes } : row) : record;
-        for (const w of waiters) w.resolve(answer);
-      }
-    } catch (err) {
-      for (const { waiters } of batch) for (const w of waiters) w.reject(err);
+    const statements: BatchStatement[] = [];
+    for (let i = 0; i < batch.length; i += SAVE_BATCH) {
+      const some = batch.slice(i, i + SAVE_BATCH);
+      const params = some.flatMap(({ record: r }) => [r.name, r.sha256, r.mimeType, r.bytes, r.width, r.height, r.keyId, r.team, r.createdAt, r.expiresAt, r.inlineBytes ?? null]);
+      statements.push({ sql: upsertSql(some.length), params, rows: true });
     }
+    const owners = batch.flatMap(({ owners }) => [...owners.values()].sort((a, b) => (a.team < b.team ? -1 : a.team > b.team ? 1 : 0)));
+    for (let i = 0; i < owners.length; i += SAVE_BATCH) {
+      const some = owners.slice(i, i + SAVE_BATCH);
+      statements.push({ sql: upsertOwnersSql(some.length), params: some.flatMap(ownerParams) });
+    }
+    return {
+      statements,
+      spans: batch.flatMap((save) => save.spans),
+      count: { attribute: 'gateway.image.rows', value: batch.length },
+      committed: (results) => {
+        const byName = new Map<string, ImageRecord>();
+        for (const rows of results) if (Array.isArray(rows)) for (const row of rows as unknown as ImageRow[]) byName.set(row.name, fromRow(row));
+        for (const { record, waiters } of batch) {
+          // Not read back: the same name is the same bytes, and sending them back cost ~10 µs a row.
+          const row = byName.get(record.name);
+          const answer = row ? (record.inlineBytes ? { ...row, inlineBytes: record.inlineBytes } : row) : record;
+          for (const w of waiters) w.resolve(answer);
+        }
+      },
+      failed: (err) => {
+        for (const { waiters } of batch) for (const w of waiters) w.reject(err);
+      },
+    };
   }
 
   async find(name: string): Promise<ImageRecord | undefined> {

@@ -31,7 +31,7 @@ async function images(app: FastifyInstance, options: ImagesPluginOptions): Promi
     log: app.log,
     probe: options.freeSpaceProbe,
   });
-  const images = new ImageLibrary(store, new ImageRecords(app.db), { inlineMaxBytes: app.config.IMAGE_INLINE_MAX_BYTES, pressure, workers: app.imageWorkers });
+  const images = new ImageLibrary(store, new ImageRecords(app.db, app.groupCommit), { inlineMaxBytes: app.config.IMAGE_INLINE_MAX_BYTES, pressure, workers: app.imageWorkers });
   app.decorate('store', store);
   app.decorate('images', images);
   app.decorate('storagePressure', pressure);

@@ -2,11 +2,14 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { ConfigError, type Config } from '../config.js';
 import { openDatabase, type Database } from './database.js';
+import { GroupCommit } from './group-commit.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** SQLite in DATA_DIR, or PostgreSQL with DATABASE_URL. */
     db: Database;
+    /** One commit for the writes of many requests: image rows, their owners and usage records. */
+    groupCommit: GroupCommit;
   }
 }
 
@@ -34,6 +37,7 @@ export async function openGatewayDatabase(config: Config, log: FastifyBaseLogger
 
 async function database(app: FastifyInstance, { db }: { db: Database }): Promise<void> {
   app.decorate('db', db);
+  app.decorate('groupCommit', new GroupCommit(db));
   app.addHook('onClose', async () => db.close());
 }
 

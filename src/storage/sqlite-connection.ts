@@ -22,11 +22,19 @@ export class SqliteConnection {
   private readonly prepared = new Map<string, StatementSync>();
 
   /** `autocheckpointPages`: the WAL size at which a commit checkpoints by itself (a file, not `:memory:`). */
+  private readonly begin: StatementSync;
+  private readonly commit: StatementSync;
+  private readonly rollback: StatementSync;
+
   constructor(path: string, autocheckpointPages?: number) {
     this.db = new DatabaseSync(path);
     // WAL lets readers (usage queries) run beside the batch writer; busy_timeout rides out brief locks.
     this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;');
     if (autocheckpointPages !== undefined) this.exec(`PRAGMA wal_autocheckpoint = ${autocheckpointPages}`);
+    // Prepared once: a batch's BEGIN and COMMIT are not compiled again each time.
+    this.begin = this.db.prepare('BEGIN IMMEDIATE');
+    this.commit = this.db.prepare('COMMIT');
+    this.rollback = this.db.prepare('ROLLBACK');
   }
 
   private statement(sql: string): StatementSync {
@@ -49,6 +57,28 @@ export class SqliteConnection {
 
   get(sql: string, params: SQLInputValue[]): unknown {
     return this.statement(sql).get(...params);
+  }
+
+  /**
+   * `statements` in one transaction (BEGIN IMMEDIATE ... COMMIT), each one's rows (`rows`) or the
+   * count it changed; rolled back, and the error thrown, if one fails or the commit does.
+   */
+  batch(statements: Array<{ sql: string; params: SQLInputValue[]; rows?: boolean }>): Array<number | Record<string, unknown>[]> {
+    this.begin.run();
+    try {
+      const results = statements.map(({ sql, params, rows }) => (rows ? (this.all(sql, params) as Record<string, unknown>[]) : this.run(sql, params)));
+      this.commit.run();
+      return results;
+    } catch (err) {
+      // A failed COMMIT (busy, disk full) leaves the transaction open too; a ROLLBACK's own failure
+      // (nothing open) does not hide the first error.
+      try {
+        this.rollback.run();
+      } catch {
+        // Nothing was open.
+      }
+      throw err;
+    }
   }
 
   exec(sql: string): void {

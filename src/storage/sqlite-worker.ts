@@ -12,6 +12,7 @@ import type { SqliteConnection } from './sqlite-connection.js';
 export type SqliteRequest =
   | { id: number; op: 'run' | 'all' | 'get'; sql: string; params: SQLInputValue[]; begin?: true }
   | { id: number; op: 'exec'; sql: string }
+  | { id: number; op: 'batch'; statements: Array<{ sql: string; params: SQLInputValue[]; rows?: boolean }> }
   | { id: number; op: 'close' };
 
 /** What it hears back: the statement's result, or its error's own words and codes. */
@@ -40,6 +41,8 @@ function perform(request: SqliteRequest): unknown {
       return db.get(request.sql, request.params);
     case 'exec':
       return db.exec(request.sql);
+    case 'batch':
+      return db.batch(request.statements);
     case 'close':
       return db.close();
   }

@@ -1,7 +1,8 @@
 import type { SpanContext } from '@opentelemetry/api';
 import type { Logger } from '../observability/logger.js';
-import { activeSpanContext, inSpan } from '../observability/tracing.js';
-import { sqlByRowCount, valuesPlaceholders, type Database, type SqlValue, type Statements } from '../storage/database.js';
+import { activeSpanContext } from '../observability/tracing.js';
+import { sqlByRowCount, valuesPlaceholders, type BatchStatement, type Database, type SqlValue, type Statements } from '../storage/database.js';
+import { GroupCommit, type CommitShare, type CommitSource } from '../storage/group-commit.js';
 
 /** What one /v1 request did, as kept in `usage_records`. Never image bytes; the prompt only with LOG_PROMPTS. */
 export interface UsageRecord {
@@ -95,6 +96,8 @@ export interface UsageLogOptions {
   maxQueued?: number;
   /** Told of each failed commit (a full disk marks storage full); the records stay queued either way. */
   onWriteFailure?: (err: unknown) => void;
+  /** The group commit shared with the database's other repositories (one of its own if none). */
+  commits?: GroupCommit;
 }
 
 /** A record waiting for its commit, and who hears of it. */
@@ -108,18 +111,17 @@ interface Entry {
 }
 
 /**
- * Every API call's record, committed before its answer goes out (record()), by a group commit:
- * the records that arrive while a commit is in flight (or in the same turn of the event loop) are
- * written together by the next one, in one transaction of multi-row INSERTs, so the cost per
- * request stays small. A failed write keeps its records and is retried; close() writes whatever
- * is left, so a graceful stop loses nothing either.
+ * Every API call's record, committed before its answer goes out (record()), by a group commit
+ * (GroupCommit): the records that arrive while a commit is in flight (or in the same turn of the
+ * event loop) are written together by the next one, in one transaction of multi-row INSERTs with
+ * the image rows of that turn, so the cost per request stays small. A failed write keeps its
+ * records and is retried; close() writes whatever is left, so a graceful stop loses nothing either.
  */
-export class UsageLog {
+export class UsageLog implements CommitSource {
   private queue: Entry[] = [];
   /** The group being committed now. */
   private inFlight: Entry[] = [];
-  /** The write loop, while one runs. */
-  private writer: Promise<void> | undefined;
+  private readonly commits: GroupCommit;
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly maxWaitMs: number;
@@ -137,6 +139,8 @@ export class UsageLog {
     this.groupSize = options.groupSize ?? 200;
     this.maxQueued = options.maxQueued ?? 100_000;
     this.onWriteFailure = options.onWriteFailure;
+    this.commits = options.commits ?? new GroupCommit(db);
+    this.commits.register(this);
   }
 
   private readonly onWriteFailure: ((err: unknown) => void) | undefined;
@@ -204,25 +208,14 @@ export class UsageLog {
     });
   }
 
-  /** Starts the write loop unless one runs or a retry is pending; `now` also cuts a pending retry's wait. */
+  /** Asks for a commit unless a retry is pending; `now` also cuts a pending retry's wait. */
   private kick(now: boolean): void {
-    if (this.writer) return;
     if (this.retryTimer) {
       if (!now) return;
       clearTimeout(this.retryTimer);
       this.retryTimer = undefined;
     }
-    if (this.queue.length === 0) return;
-    // The next turn of the event loop: records that arrive in this one go in the same commit.
-    const writer = (now ? Promise.resolve() : new Promise((resolve) => setImmediate(resolve)))
-      .then(() => this.writeQueued())
-      .finally(() => {
-        if (this.writer !== writer) return;
-        this.writer = undefined;
-        // Records that came as the loop was ending (it had seen an empty queue).
-        if (!this.closed) this.kick(false);
-      });
-    this.writer = writer;
+    if (this.queue.length > 0) this.commits.wake();
   }
 
   /**
@@ -252,10 +245,10 @@ export class UsageLog {
 
   /** Writes everything queued so far; resolves once it is in the database (or the write failed and was logged). */
   async flush(): Promise<void> {
-    // A write loop running now may have taken its group before the latest records arrived: it goes
-    // on until the queue is empty, or stops at a failure.
+    // A commit in flight now may have taken its group before the latest records arrived: the group
+    // commit goes on until the queue is empty, or stops at a failure.
     this.kick(true);
-    await this.writer;
+    await this.commits.flush();
   }
 
   async close(): Promise<void> {
@@ -269,26 +262,27 @@ export class UsageLog {
     }
   }
 
-  private async writeQueued(): Promise<void> {
-    while (this.queue.length > 0) {
-      const group = this.queue.splice(0, this.groupSize);
-      this.inFlight = group;
-      try {
-        // One commit serves many requests: its span is under the first one's and links to each.
-        const spans = group.flatMap((e) => (e.span ? [e.span] : []));
-        await inSpan(
-          'usage.commit',
-          { 'gateway.usage.records': group.length, 'db.operation.name': 'INSERT', 'db.collection.name': 'usage_records' },
-          () =>
-            this.db.transaction(async (tx) => {
-              for (let i = 0; i < group.length; i += INSERT_ROWS) {
-                const rows = group.slice(i, i + INSERT_ROWS);
-                await tx.run(insertSql(rows.length), rows.flatMap((e) => rowOf(e.record)));
-              }
-            }),
-          spans.length > 0 ? { parent: spans[0], links: spans.map((context) => ({ context })) } : {},
-        );
-      } catch (err) {
+  /** The records waiting, as the next group commit's INSERTs: at most `groupSize`, the rest in the one after. */
+  take(): CommitShare | undefined {
+    if (this.retryTimer || this.queue.length === 0) return undefined;
+    const group = this.queue.splice(0, this.groupSize);
+    this.inFlight = group;
+    if (this.queue.length > 0) this.commits.wake();
+    const statements: BatchStatement[] = [];
+    for (let i = 0; i < group.length; i += INSERT_ROWS) {
+      const rows = group.slice(i, i + INSERT_ROWS);
+      statements.push({ sql: insertSql(rows.length), params: rows.flatMap((e) => rowOf(e.record)) });
+    }
+    return {
+      statements,
+      spans: group.flatMap((e) => (e.span ? [e.span] : [])),
+      count: { attribute: 'gateway.usage.records', value: group.length },
+      committed: () => {
+        this.inFlight = [];
+        for (const e of group) e.settle();
+        void this.applyLateOutcomes(group);
+      },
+      failed: (err) => {
         this.inFlight = [];
         this.queue.unshift(...group);
         this.log.error({ err, pending: this.queue.length }, 'writing usage records failed; retrying');
@@ -297,19 +291,14 @@ export class UsageLog {
         } catch {
           // A listener's fault does not stop the retry.
         }
-        if (!this.closed) {
-          this.retryTimer = setTimeout(() => {
-            this.retryTimer = undefined;
-            this.kick(true);
-          }, this.retryMs);
-          this.retryTimer.unref();
-        }
-        return;
-      }
-      this.inFlight = [];
-      for (const e of group) e.settle();
-      await this.applyLateOutcomes(group);
-    }
+        if (this.closed) return;
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = undefined;
+          this.kick(true);
+        }, this.retryMs);
+        this.retryTimer.unref();
+      },
+    };
   }
 
   /** Outcomes of jobs that finished while their record was in the commit just made. */

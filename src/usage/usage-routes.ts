@@ -106,7 +106,7 @@ const CSV_TYPE = 'text/csv; charset=utf-8';
 async function usage(app: FastifyInstance): Promise<void> {
   await app.db.migrate(USAGE_MIGRATIONS);
   // A commit refused for want of room (the records stay queued and are retried) marks storage full.
-  const usageLog = new UsageLog(app.db, app.log, { onWriteFailure: (err) => app.storagePressure.reportWriteFailure(err) });
+  const usageLog = new UsageLog(app.db, app.log, { onWriteFailure: (err) => app.storagePressure.reportWriteFailure(err), commits: app.groupCommit });
   app.decorate('usageLog', usageLog);
   // After the jobs and the requests whose client left have settled (the jobs plugin's onClose, run
   // before this one); the server has stopped taking requests by now. What they did is written
