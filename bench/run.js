@@ -3,6 +3,7 @@
 // targets alike. BENCH_QUICK=1 for a short smoke run; BENCH_PROFILE=1 writes a CPU profile of the
 // gateway's main thread over the measured rounds to bench/results/profiles/; BENCH_ONLY=small,4mib runs only those scenarios,
 // BENCH_TARGETS=gateway only those targets, BENCH_SECONDS=10 measures longer (for profiling),
+// BENCH_SERIAL_SECONDS=0.5 shortens the concurrency-1 run (a profile then shows the loaded one),
 // BENCH_LOG_LEVEL=warn runs the gateway without its per-request log line (to see what it costs).
 // The load generator (autocannon) runs in a process of its own (load-generator.js).
 import { fork } from 'node:child_process';
@@ -33,6 +34,8 @@ const SETTINGS = {
   /** Seconds of each measurement. */
   seconds: Number(process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
   warmupSeconds: QUICK ? 0.3 : 2,
+  /** Seconds of the latency measurement at concurrency 1 (BENCH_SERIAL_SECONDS=0.5 leaves a profile to the loaded run). */
+  serialSeconds: Number(process.env.BENCH_SERIAL_SECONDS ?? process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
   /** Throughput is measured at this concurrency... */
   throughputConnections: Number(process.env.BENCH_CONNECTIONS ?? 32),
   /** ...and peak memory for the 4 MiB image also at this one. */
@@ -357,7 +360,9 @@ async function main() {
       server.child.on('message', listen);
       server.child.send(message);
     });
-  if (PROFILE) await ask(gateway, { type: 'profile-start' }, 'profile-started');
+  // With BENCH_COMPARE_DIST the other build is profiled too: two profiles of one run to compare.
+  const profiledGateways = [['gateway', gateway], ...(gatewayBefore ? [['gateway-before', gatewayBefore]] : [])];
+  if (PROFILE) for (const [, server] of profiledGateways) await ask(server, { type: 'profile-start' }, 'profile-started');
 
   // results[scenario][target] = { rounds: [...], latencies: [...] }
   const results = {};
@@ -396,7 +401,7 @@ async function main() {
           );
           continue;
         }
-        const serial = await load(target, { connections: 1, seconds: SETTINGS.seconds, keepLatencies: true });
+        const serial = await load(target, { connections: 1, seconds: SETTINGS.serialSeconds, keepLatencies: true });
         const { result: loaded, cores, cpuPerRequestMs, peakRssMb: loadedPeakMb } = await watched(pid, () =>
           load(target, { connections: SETTINGS.throughputConnections, seconds: SETTINGS.seconds, keepLatencies: true }),
         );
@@ -451,8 +456,10 @@ async function main() {
   }
 
   if (PROFILE) {
-    const { path } = await ask(gateway, { type: 'profile-stop', path: join(profileDir, `gateway-${new Date(started).toISOString().replace(/[:.]/g, '-')}.cpuprofile`) }, 'profile-written');
-    log(`profile of the gateway's main thread over the rounds: ${path}`);
+    for (const [name, server] of profiledGateways) {
+      const { path } = await ask(server, { type: 'profile-stop', path: join(profileDir, `${name}-${new Date(started).toISOString().replace(/[:.]/g, '-')}.cpuprofile`) }, 'profile-written');
+      log(`profile of ${name}'s main thread over the rounds: ${path}`);
+    }
   }
   await sleep(1500);
   await stop(gateway);
