@@ -208,4 +208,17 @@ describe('UsageLog', () => {
     });
     await log.close();
   });
+
+  it("leaves a record with no job and no token out of those two indexes, which the job's and the token's lookups still use", async () => {
+    const log = new UsageLog(db, silent);
+    await log.record(record('req_plain'));
+    await log.record({ ...record('req_job'), jobId: 'job_indexed', status: 202 });
+    await log.close();
+    const plan = async (sql: string) => (await db.all<{ detail: string }>(`EXPLAIN QUERY PLAN ${sql}`, ['x'])).map((r) => r.detail).join('; ');
+    expect(await plan('UPDATE usage_records SET status = 200 WHERE job_id = $1 AND status = 202')).toMatch(/USING INDEX usage_records_job/);
+    expect(await plan('SELECT COUNT(*) FROM usage_records WHERE token_id = $1 AND operation IS NOT NULL')).toMatch(/USING INDEX usage_records_token/);
+    // Partial: a row with a null job_id (token_id) has no entry there.
+    const partial = await db.all<{ name: string; sql: string }>("SELECT name, sql FROM sqlite_master WHERE name IN ('usage_records_job', 'usage_records_token') ORDER BY name");
+    expect(partial.map((r) => [r.name, /WHERE (job|token)_id IS NOT NULL/.test(r.sql)])).toEqual([['usage_records_job', true], ['usage_records_token', true]]);
+  });
 });
