@@ -1,5 +1,5 @@
 // What one large image costs the gateway's main thread, apart from the rest of the process: for
-// the scenarios named (BENCH_ONLY, default 4mib-b64json), N requests one after another (BENCH_N,
+// the scenarios named (BENCH_ONLY, default 4mib-b64json; `small` for a small image), N requests one after another (BENCH_N,
 // default 40), reporting the p50 latency and the CPU time per request of the main thread alone
 // (/proc/<pid>/task/<pid>/stat) and of the whole process (worker threads, libuv, GC helpers). The
 // main thread's time is what bounds throughput; it varies far less with the machine's load than
@@ -18,6 +18,8 @@ const N = Number(process.env.BENCH_N ?? 40);
 const UPSTREAM_KEY = 'sk-bench-upstream-0123456789abcdef';
 const CLIENT_KEY = 'gk-bench-client-0123456789abcdef';
 const SCENARIOS = {
+  // A small image (kept in its database row): what a request costs beside its image work.
+  small: { prompt: 'bench small' },
   '4mib-b64json': { prompt: 'bench 4mib', response_format: 'b64_json' },
   '4mib': { prompt: 'bench 4mib', response_format: 'url' },
   '1mib': { prompt: 'bench 1mib', response_format: 'url' },
@@ -88,11 +90,11 @@ for (const name of (process.env.BENCH_ONLY ?? '4mib-b64json').split(',')) {
     scenario: name,
     checkout,
     WORKERS: process.env.WORKERS ?? '(default)',
-    passthroughP50Ms: +p50(times.passthrough).toFixed(1),
-    gatewayP50Ms: +p50(times.gateway).toFixed(1),
+    passthroughP50Ms: +p50(times.passthrough).toFixed(3),
+    gatewayP50Ms: +p50(times.gateway).toFixed(3),
     ratio: +(p50(times.gateway) / p50(times.passthrough)).toFixed(2),
-    mainThreadCpuMsPerRequest: +((after.main - before.main) / N).toFixed(1),
-    processCpuMsPerRequest: +((after.all - before.all) / N).toFixed(1),
+    mainThreadCpuMsPerRequest: +((after.main - before.main) / N).toFixed(3),
+    processCpuMsPerRequest: +((after.all - before.all) / N).toFixed(3),
   };
   console.log(JSON.stringify(line));
 }
