@@ -48,12 +48,15 @@ function usage(requestId: string): UsageRecord {
   };
 }
 
-describe('GroupCommit', () => {
+describe.each([
+  ['on the event loop', 'when-busy' as const],
+  ['on its SQLite thread', 'always' as const],
+])('GroupCommit, statements %s', (_where, statementsOnThread) => {
   let dir: string;
   let db: SqliteDatabase;
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'gw-group-commit-'));
-    db = new SqliteDatabase(join(dir, 'x.sqlite'));
+    db = new SqliteDatabase(join(dir, 'x.sqlite'), { statementsOnThread });
     await db.migrate([{ id: 'things', sqlite: ['CREATE TABLE things (id TEXT PRIMARY KEY)'], postgres: [] }]);
   });
   afterEach(async () => {
@@ -109,6 +112,32 @@ describe('GroupCommit', () => {
     await flushed;
     expect(calls).toEqual([['first'], ['second', 'third']]);
     expect(await stored()).toEqual(['first', 'second', 'third']);
+  });
+
+  it("hears of a source's own fault without stranding the others: a take() or a committed() that throws", async () => {
+    const faults: string[] = [];
+    const commits = new GroupCommit(db, (err) => faults.push((err as Error).message));
+    const broken: CommitSource = { take: () => { throw new Error('take broke'); } };
+    commits.register(broken);
+    const things = new Things(commits);
+    const careless = new Things(commits);
+    careless.take = function (this: Things) {
+      const share = Things.prototype.take.call(this);
+      return share && { ...share, committed: () => { throw new Error('committed broke'); } };
+    };
+    const other = new Things(commits);
+    things.add('t1');
+    careless.add('c1');
+    other.add('o1');
+    await vi.waitFor(() => expect(things.heard.length + other.heard.length).toBe(2), { timeout: 2000, interval: 5 });
+    expect(things.heard).toEqual([{ committed: [1] }]);
+    expect(other.heard).toEqual([{ committed: [1] }]);
+    expect(faults).toEqual(['take broke', 'committed broke']);
+    expect(await stored()).toEqual(['c1', 'o1', 't1']);
+    // And it goes on.
+    things.add('t2');
+    await commits.flush();
+    expect(await stored()).toContain('t2');
   });
 
   it("commits an image's row and a usage record queued in the same turn together", async () => {

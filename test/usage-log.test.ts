@@ -158,6 +158,25 @@ describe('UsageLog', () => {
     await log.close();
   });
 
+  it('writes more than one group: close() writes every group, and a group queued behind a commit in flight follows it unasked', async () => {
+    const log = new UsageLog(db, silent, { groupSize: 2 });
+    for (let i = 1; i <= 5; i++) log.add(record(`req_${i}`));
+    await log.close();
+    expect(db.transactions).toEqual([[2], [2], [1]]);
+    expect(await stored()).toEqual(['req_1', 'req_2', 'req_3', 'req_4', 'req_5']);
+
+    db.transactions = [];
+    const next = new UsageLog(db, silent, { groupSize: 2 });
+    const release = gate();
+    for (let i = 6; i <= 10; i++) next.add(record(`req_${i}`));
+    await vi.waitFor(() => expect(db.transactions).toHaveLength(1), { timeout: 2000, interval: 5 });
+    release();
+    // Nothing else is queued or flushed: the rest goes in the commits after the held one.
+    await vi.waitFor(async () => expect(await stored()).toHaveLength(10), { timeout: 2000, interval: 5 });
+    expect(db.transactions).toEqual([[2], [2], [1]]);
+    await next.close();
+  });
+
   it('add() does not wait for the commit; close() writes every queued record', async () => {
     const log = new UsageLog(db, silent);
     const release = gate();

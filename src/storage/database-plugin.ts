@@ -37,7 +37,7 @@ export async function openGatewayDatabase(config: Config, log: FastifyBaseLogger
 
 async function database(app: FastifyInstance, { db }: { db: Database }): Promise<void> {
   app.decorate('db', db);
-  app.decorate('groupCommit', new GroupCommit(db));
+  app.decorate('groupCommit', new GroupCommit(db, (err) => app.log.error({ err }, 'a write of the group commit failed in its own code')));
   app.addHook('onClose', async () => db.close());
 }
 

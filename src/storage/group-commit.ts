@@ -37,7 +37,11 @@ export class GroupCommit {
   /** Something was queued while a commit was in flight: the next one follows it at once. */
   private again = false;
 
-  constructor(private readonly db: Database) {}
+  /** `onFault`: told of a repository's own fault in its part (a throw from take, committed or failed); the others go on. */
+  constructor(
+    private readonly db: Database,
+    private readonly onFault: (err: unknown) => void = () => {},
+  ) {}
 
   register(source: CommitSource): void {
     this.sources.push(source);
@@ -54,7 +58,8 @@ export class GroupCommit {
     // The next turn: writes queued in this one go in the same commit.
     setImmediate(() => {
       this.scheduled = false;
-      if (!this.running) this.start();
+      if (this.running) this.again = true;
+      else this.start();
     });
   }
 
@@ -66,19 +71,29 @@ export class GroupCommit {
   }
 
   private start(): void {
-    const running = this.commitWaiting().finally(() => {
-      this.running = undefined;
-      if (!this.again) return;
-      this.again = false;
-      this.start();
-    });
+    // Running from here on: a wake() from a source's take() (more than one group's worth waiting)
+    // sets `again` instead of waiting for a turn that may come while this commit is in flight.
+    const running = Promise.resolve()
+      .then(() => this.commitWaiting())
+      .catch((err: unknown) => this.fault(err))
+      .finally(() => {
+        this.running = undefined;
+        if (!this.again) return;
+        this.again = false;
+        this.start();
+      });
     this.running = running;
   }
 
   private async commitWaiting(): Promise<void> {
     const shares: CommitShare[] = [];
     for (const source of this.sources) {
-      const share = source.take();
+      let share: CommitShare | undefined;
+      try {
+        share = source.take();
+      } catch (err) {
+        this.fault(err);
+      }
       if (share) shares.push(share);
     }
     if (shares.length === 0) return;
@@ -86,11 +101,14 @@ export class GroupCommit {
     try {
       results = await this.commit(shares);
     } catch (err) {
-      if (shares.length === 1) return shares[0]!.failed(err);
+      if (shares.length === 1) return this.tell(() => shares[0]!.failed(err));
     }
     if (results) {
       let at = 0;
-      for (const share of shares) share.committed(results.slice(at, (at += share.statements.length)));
+      for (const share of shares) {
+        const mine = results.slice(at, (at += share.statements.length));
+        this.tell(() => share.committed(mine));
+      }
       return;
     }
     // Share by share: only the one at fault hears of it.
@@ -99,10 +117,27 @@ export class GroupCommit {
       try {
         results = await this.commit([share]);
       } catch (err) {
-        share.failed(err);
+        this.tell(() => share.failed(err));
         continue;
       }
-      share.committed(results);
+      this.tell(() => share.committed(results));
+    }
+  }
+
+  /** Tells a share how its commit went: a fault of its own does not keep the others from hearing. */
+  private tell(hear: () => void): void {
+    try {
+      hear();
+    } catch (err) {
+      this.fault(err);
+    }
+  }
+
+  private fault(err: unknown): void {
+    try {
+      this.onFault(err);
+    } catch {
+      // Nothing more to tell.
     }
   }
 

@@ -122,6 +122,8 @@ export class UsageLog implements CommitSource {
   /** The group being committed now. */
   private inFlight: Entry[] = [];
   private readonly commits: GroupCommit;
+  /** Outcomes of jobs being written over records just committed (applyLateOutcomes). */
+  private readonly lateOutcomes = new Set<Promise<void>>();
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly maxWaitMs: number;
@@ -249,6 +251,8 @@ export class UsageLog implements CommitSource {
     // commit goes on until the queue is empty, or stops at a failure.
     this.kick(true);
     await this.commits.flush();
+    // And the outcomes of jobs written over the records just committed.
+    await Promise.all(this.lateOutcomes);
   }
 
   async close(): Promise<void> {
@@ -265,13 +269,26 @@ export class UsageLog implements CommitSource {
   /** The records waiting, as the next group commit's INSERTs: at most `groupSize`, the rest in the one after. */
   take(): CommitShare | undefined {
     if (this.retryTimer || this.queue.length === 0) return undefined;
-    const group = this.queue.splice(0, this.groupSize);
-    this.inFlight = group;
+    const taken = this.queue.splice(0, this.groupSize);
     if (this.queue.length > 0) this.commits.wake();
+    // A record that cannot be written (its time is not a date, say) is dropped alone, not retried forever.
+    const group: Entry[] = [];
+    const rows: SqlValue[][] = [];
+    for (const e of taken) {
+      try {
+        rows.push(rowOf(e.record));
+        group.push(e);
+      } catch (err) {
+        this.log.error({ err, request_id: e.record.requestId }, 'a usage record could not be written; it is dropped');
+        e.settle();
+      }
+    }
+    if (group.length === 0) return undefined;
+    this.inFlight = group;
     const statements: BatchStatement[] = [];
-    for (let i = 0; i < group.length; i += INSERT_ROWS) {
-      const rows = group.slice(i, i + INSERT_ROWS);
-      statements.push({ sql: insertSql(rows.length), params: rows.flatMap((e) => rowOf(e.record)) });
+    for (let i = 0; i < rows.length; i += INSERT_ROWS) {
+      const some = rows.slice(i, i + INSERT_ROWS);
+      statements.push({ sql: insertSql(some.length), params: some.flat() });
     }
     return {
       statements,
@@ -280,7 +297,9 @@ export class UsageLog implements CommitSource {
       committed: () => {
         this.inFlight = [];
         for (const e of group) e.settle();
-        void this.applyLateOutcomes(group);
+        const late = this.applyLateOutcomes(group);
+        this.lateOutcomes.add(late);
+        void late.finally(() => this.lateOutcomes.delete(late));
       },
       failed: (err) => {
         this.inFlight = [];
