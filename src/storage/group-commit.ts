@@ -24,8 +24,9 @@ export interface CommitSource {
 /**
  * One commit for the writes of many requests and several repositories (image rows, their owners,
  * usage records): what is queued in the same turn of the event loop, or while a commit is in
- * flight, goes in the next one, as one batch. Each commit to SQLite's log cost more of a small
- * image's CPU than anything else (bench/README.md), and a request used to make two of its own.
+ * flight, goes in the next one, as one batch. Each commit to SQLite's log costs a small image
+ * more CPU than anything else (bench/README.md), and each request needs two (its image rows
+ * before its answer is built, its usage record as it leaves): under load, many share them.
  * A group that fails is tried again share by share, so one repository's fault (a constraint, a
  * full disk) is told to it alone and the others' writes still land.
  */

@@ -141,7 +141,7 @@ export class UsageLog implements CommitSource {
     this.groupSize = options.groupSize ?? 200;
     this.maxQueued = options.maxQueued ?? 100_000;
     this.onWriteFailure = options.onWriteFailure;
-    this.commits = options.commits ?? new GroupCommit(db);
+    this.commits = options.commits ?? new GroupCommit(db, (err) => log.error({ err }, 'a write of the group commit failed in its own code'));
     this.commits.register(this);
   }
 
