@@ -16,16 +16,23 @@ const toSqlite = (sql: string) => {
   return inOrder.includes('\u0000') ? sql.replace(/\$(\d+)/g, '?$1') : inOrder;
 };
 
+/** A statement of a batch, its parameters as node:sqlite takes them: `rows` for its rows, else the count it changed. */
+export interface SqliteBatchStatement {
+  sql: string;
+  params: SQLInputValue[];
+  rows?: boolean;
+}
+
 export class SqliteConnection {
   private readonly db: DatabaseSync;
   // Compiling the SQL cost more than running it on every request's INSERT and SELECT.
   private readonly prepared = new Map<string, StatementSync>();
 
-  /** `autocheckpointPages`: the WAL size at which a commit checkpoints by itself (a file, not `:memory:`). */
   private readonly begin: StatementSync;
   private readonly commit: StatementSync;
   private readonly rollback: StatementSync;
 
+  /** `autocheckpointPages`: the WAL size at which a commit checkpoints by itself (a file, not `:memory:`). */
   constructor(path: string, autocheckpointPages?: number) {
     this.db = new DatabaseSync(path);
     // WAL lets readers (usage queries) run beside the batch writer; busy_timeout rides out brief locks.
@@ -63,7 +70,7 @@ export class SqliteConnection {
    * `statements` in one transaction (BEGIN IMMEDIATE ... COMMIT), each one's rows (`rows`) or the
    * count it changed; rolled back, and the error thrown, if one fails or the commit does.
    */
-  batch(statements: Array<{ sql: string; params: SQLInputValue[]; rows?: boolean }>): Array<number | Record<string, unknown>[]> {
+  batch(statements: SqliteBatchStatement[]): Array<number | Record<string, unknown>[]> {
     this.begin.run();
     try {
       const results = statements.map(({ sql, params, rows }) => (rows ? (this.all(sql, params) as Record<string, unknown>[]) : this.run(sql, params)));

@@ -3,7 +3,7 @@
 // dist/, or as .ts with the types stripped under the tests): node: imports only.
 import type { SQLInputValue } from 'node:sqlite';
 import { parentPort, workerData } from 'node:worker_threads';
-import type { SqliteConnection } from './sqlite-connection.js';
+import type { SqliteBatchStatement, SqliteConnection } from './sqlite-connection.js';
 
 /**
  * What SqliteDatabase sends: one statement, or the end. `begin`: open the transaction (BEGIN
@@ -12,7 +12,7 @@ import type { SqliteConnection } from './sqlite-connection.js';
 export type SqliteRequest =
   | { id: number; op: 'run' | 'all' | 'get'; sql: string; params: SQLInputValue[]; begin?: true }
   | { id: number; op: 'exec'; sql: string }
-  | { id: number; op: 'batch'; statements: Array<{ sql: string; params: SQLInputValue[]; rows?: boolean }> }
+  | { id: number; op: 'batch'; statements: SqliteBatchStatement[] }
   | { id: number; op: 'close' };
 
 /** What it hears back: the statement's result, or its error's own words and codes. */
