@@ -34,8 +34,8 @@ const SETTINGS = {
   /** Seconds of each measurement. */
   seconds: Number(process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
   warmupSeconds: QUICK ? 0.3 : 2,
-  /** Seconds of the latency measurement at concurrency 1 (BENCH_SERIAL_SECONDS=0.5 leaves a profile to the loaded run). */
-  serialSeconds: Number(process.env.BENCH_SERIAL_SECONDS ?? process.env.BENCH_SECONDS ?? (QUICK ? 1 : 4)),
+  /** Seconds of the latency measurement at concurrency 1, when not `seconds` (BENCH_SERIAL_SECONDS=0.5 leaves a profile to the loaded run). */
+  serialSeconds: process.env.BENCH_SERIAL_SECONDS ? Number(process.env.BENCH_SERIAL_SECONDS) : undefined,
   /** Throughput is measured at this concurrency... */
   throughputConnections: Number(process.env.BENCH_CONNECTIONS ?? 32),
   /** ...and peak memory for the 4 MiB image also at this one. */
@@ -401,7 +401,7 @@ async function main() {
           );
           continue;
         }
-        const serial = await load(target, { connections: 1, seconds: SETTINGS.serialSeconds, keepLatencies: true });
+        const serial = await load(target, { connections: 1, seconds: SETTINGS.serialSeconds ?? SETTINGS.seconds, keepLatencies: true });
         const { result: loaded, cores, cpuPerRequestMs, peakRssMb: loadedPeakMb } = await watched(pid, () =>
           load(target, { connections: SETTINGS.throughputConnections, seconds: SETTINGS.seconds, keepLatencies: true }),
         );
