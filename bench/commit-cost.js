@@ -112,7 +112,7 @@ async function commitEach(writes) {
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'commit-cost-'));
-// The never-checkpointed log can reach hundreds of MB: removed however the run ends.
+// The second file's log, not checkpointed during the prefill, can reach hundreds of MB: removed however the run ends.
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 const results = {};
 const add = (setup, write, figures) => ((results[write] ??= {})[setup] ??= []).push(figures);
@@ -128,7 +128,7 @@ await gatewayDb.migrate(USAGE_MIGRATIONS);
 const gateway = repositories(gatewayDb);
 await prefill(gateway.writes);
 
-// One connection, no checkpoints: the log grows by each commit's frames.
+// One connection, checkpointed only before each measurement: the log grows by each commit's frames.
 const logFile = join(dir, 'log.db');
 const connection = new SqliteConnection(logFile, 1_000_000_000);
 connection.migrate(IMAGE_MIGRATIONS);
