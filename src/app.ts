@@ -94,8 +94,8 @@ const trustHops = (hops: number) => (_address: string, hop: number) => hop < hop
 /** The default body limit: every JSON route but a JSON edit's (see jsonEditBodyLimit) takes a prompt and a few fields. */
 const BODY_LIMIT = 1024 * 1024;
 
-/** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms; `bodyLimit`: the route's. */
-function asGatewayError(err: unknown, bodyLimit?: number): GatewayError {
+/** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms; `bodyLimit` and `contentType`: the request's. */
+function asGatewayError(err: unknown, bodyLimit?: number, contentType?: string): GatewayError {
   if (err instanceof GatewayError) return err;
   if (err instanceof UpstreamFailure) return toGatewayError(err);
   const e = err as FastifyError & { part?: unknown };
@@ -115,7 +115,11 @@ function asGatewayError(err: unknown, bodyLimit?: number): GatewayError {
     case 'FST_FILES_LIMIT':
     case 'FST_FIELDS_LIMIT':
       return new GatewayError('payload_too_large', `the request is over the size limit (${e.message})`);
-    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': {
+      // Fastify says only "Unsupported Media Type" of a body it has no parser for (curl -d sends a form).
+      const sent = contentType ? ` (${contentType.split(';')[0]!.trim().slice(0, 100)})` : '';
+      return new GatewayError('unsupported_media_type', `the body's Content-Type${sent} is not one the gateway reads: send application/json, or multipart/form-data to the routes that take files`);
+    }
     case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
       return new GatewayError('unsupported_media_type', e.message);
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
@@ -248,7 +252,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
       app.recordAbandonedRequest(request, err instanceof ClientGone ? 'client disconnected; upstream call aborted' : `client disconnected; then: ${asGatewayError(err).code}`);
       return reply.status(499).send();
     }
-    const gw = asGatewayError(err, request.routeOptions.bodyLimit);
+    const gw = asGatewayError(err, request.routeOptions.bodyLimit, request.headers['content-type']);
     app.noteFailure(request, gw);
     if (gw.retryAfter !== undefined) reply.header('retry-after', String(gw.retryAfter));
     // The rest of a body over the limit is not read: the connection closes after the answer.

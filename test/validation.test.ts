@@ -148,6 +148,16 @@ describe('generate: the request itself', () => {
     expectRefused(res, 415, 'unsupported_media_type', ['application/json']);
   });
 
+  it('refuses a form body (curl -d without a Content-Type) with 415, naming the type sent and the types read', async () => {
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...h.auth, 'content-type': 'application/x-www-form-urlencoded' },
+      payload: '{"model":"gpt-image-1","prompt":"a deer"}',
+    });
+    expectRefused(res, 415, 'unsupported_media_type', ['(application/x-www-form-urlencoded)', 'application/json', 'multipart/form-data']);
+  });
+
   it('refuses a prompt longer than the model takes, naming the limit', async () => {
     const res = await generate({ model: 'wan2.7-image-pro', prompt: 'x'.repeat(801) });
     expectRefused(res, 400, 'invalid_request', ['prompt', '801', '800']);
