@@ -522,7 +522,10 @@ model's parameters and options (GET /v1/models/{id}).
         ...(m.edit_modes ? [['edit modes', m.edit_modes]] : []),
         ['max n', m.max_n],
         ['async upstream', m.async ? 'yes' : 'no'],
-        ['USD / image', m.price_per_image_usd],
+        // A model priced by tokens has no price per image: its token prices instead, as the list says "by tokens".
+        ...(m.price_per_image_usd == null && m.price_per_million_tokens_usd
+          ? Object.entries(m.price_per_million_tokens_usd as Record<string, number>).map(([kind, usd]) => [`USD / 1M ${kind.replace('_', ' ')} tokens`, usd])
+          : [['USD / image', m.price_per_image_usd]]),
         ...Object.entries((m.parameters ?? {}) as Record<string, string>).map(([name, allowed]) => [name, allowed]),
         ...Object.entries((m.options ?? {}) as Record<string, string>).map(([name, allowed]) => [`options.${name}`, allowed]),
       ];

@@ -268,6 +268,17 @@ describe('models', () => {
     expect(run.code).toBe(0);
     expect(run.stdout).toMatch(/^id\s+FLUX-1\.1-pro$/m);
     expect(run.stdout).toMatch(/^options\.safety_tolerance\s+an integer from 0 to 6$/m);
+    // No price in AiHubMix's documents for Flux: the row says so.
+    expect(run.stdout).toMatch(/^USD \/ image\s+-$/m);
+  });
+
+  it('gives a model priced by tokens its token prices, where the list says "by tokens"', async () => {
+    const model = (await h.app.inject({ method: 'GET', url: '/v1/models/gpt-image-1', headers: h.auth })).json();
+    const run = await cli(['models', 'gpt-image-1']);
+    expect(run.code).toBe(0);
+    expect(run.stdout).not.toMatch(/^USD \/ image/m);
+    expect(run.stdout).toMatch(new RegExp(`^USD / 1M text input tokens\\s+${model.price_per_million_tokens_usd.text_input}$`, 'm'));
+    expect(run.stdout).toMatch(new RegExp(`^USD / 1M image output tokens\\s+${model.price_per_million_tokens_usd.image_output}$`, 'm'));
   });
 });
 
