@@ -233,4 +233,20 @@ describe('a full declaration', () => {
     expect(res.json().usage.estimated_cost_usd).toBe(0.03);
     expect(h!.simulator.received.map((r) => r.path)).toEqual(['/v1/models/google/imagen-5.0-generate-001/predictions']);
   });
+
+  it('a model may declare qualities of its own: they reach upstream, and a refusal lists them', async () => {
+    const builtin = (await import('../src/catalogue/builtin-catalogue.js')).builtinCatalogueData() as { models: Array<Record<string, any>> };
+    const glm = structuredClone(builtin.models.find((m) => m.id === 'glm-image')!);
+    glm.id = 'glm-image-ultra';
+    glm.aliases = [];
+    glm.generate.params.quality.rule = { oneOf: ['ultra', 'hd'] };
+    const { stringify } = await import('yaml');
+    await start(stringify({ models: [glm] }));
+    const res = await generate('glm-image-ultra', { quality: 'ultra' });
+    expect(res.statusCode).toBe(200);
+    expect(h!.simulator.received.at(-1)!.json).toMatchObject({ input: { quality: 'ultra' } });
+    const refused = await generate('glm-image-ultra', { quality: 'standard' });
+    expect(refused.statusCode).toBe(400);
+    expect(refused.json().error.details[0]).toMatchObject({ field: 'quality', allowed: ['ultra', 'hd'] });
+  });
 });

@@ -267,9 +267,14 @@ describe('generate: values outside what the model allows', () => {
     expect(err.message).not.toContain('required');
   });
 
-  it('refuses a quality no model knows, naming the values', async () => {
-    const res = await generate({ model: 'gpt-image-1', prompt: 'a deer', quality: 'ultra' });
-    expectRefused(res, 400, 'invalid_request', ['quality', 'low']);
+  it('refuses a quality no model knows with the qualities of the model asked for, not of every model', async () => {
+    const ultra = expectRefused(await generate({ model: 'gpt-image-1', prompt: 'a deer', quality: 'ultra' }), 400, 'invalid_request', ['quality']);
+    expect(ultra.details?.[0]).toMatchObject({ field: 'quality', allowed: ['low', 'medium', 'high', 'auto'] });
+    expect(ultra.message).not.toContain('hd');
+    const glm = expectRefused(await generate({ model: 'glm-image', prompt: 'a deer', quality: 'ultra' }), 400, 'invalid_request', ['quality']);
+    expect(glm.details?.[0]?.allowed).toEqual(['hd', 'standard']);
+    const none = await generate({ model: 'flux-kontext-pro', prompt: 'a deer', quality: 'ultra' });
+    expectRefused(none, 400, 'invalid_request', ['quality: is not supported by flux-kontext-pro']);
   });
 });
 
@@ -497,7 +502,7 @@ describe('errors name each field the same way, and say what it takes', () => {
     const format = await postJson('/v1/generate', { model: 'gpt-image-1', prompt: 'a deer', output_format: 'gif' });
     expect(refused(format, []).message).toBe('output_format: must be one of "png", "jpeg", "webp"');
     const several = await postJson('/v1/generate', { model: 'gpt-image-1', prompt: 'a deer', seed: 'x', async: 'yes', response_format: 'png', quality: 7, mode: 'edit' });
-    const many = refused(several, ['seed: must be an integer from 0 to 2147483647', 'async: must be true or false', 'response_format: must be one of "url", "b64_json"', 'quality: must be one of']);
+    const many = refused(several, ['seed: must be an integer from 0 to 2147483647', 'async: must be true or false', 'response_format: must be one of "url", "b64_json"', 'quality: must be a non-empty string']);
     expect(many.message).not.toMatch(/Invalid|expected|received/);
     for (const detail of many.details ?? []) expect(many.message).toContain(`${detail.field}: ${detail.message}`);
   });

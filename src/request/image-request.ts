@@ -58,7 +58,9 @@ const commonFields = {
   n: integer("an integer, 1 or more (the model's input_schema gives its range)", 1),
   size: nonEmpty("a non-empty string: WIDTHxHEIGHT or a size the model names (its input_schema lists them)"),
   aspect_ratio: text('written W:H, for example "16:9"').regex(/^\d+:\d+$/, 'must be written W:H, for example "16:9"'),
-  quality: oneOfValues(['low', 'medium', 'high', 'standard', 'hd', 'auto']),
+  // Judged by the model's own rule, which lists its qualities: one list for every model would offer
+  // values the model then refuses, and would refuse a quality an operator's catalogue declares.
+  quality: nonEmpty("a non-empty string: a quality the model names (its input_schema lists them)"),
   seed: integer('an integer from 0 to 2147483647', 0, 2147483647),
   negative_prompt: text(),
   style: nonEmpty(),
