@@ -43,6 +43,7 @@ import { securityHeaders } from './http/security-headers.js';
 import { registerCors } from './http/cors.js';
 import { systemResolver, type HostResolver } from './images/image-fetch.js';
 import { uploadsPlugin } from './request/uploads.js';
+import { parseJsonBodies } from './http/json-body.js';
 import { startTracing, traceLogFields, tracingSettings, type Tracing } from './observability/tracing.js';
 import { tracingHooks } from './observability/tracing-hooks.js';
 import { rewriteConsoleUrl } from './console/console-sessions.js';
@@ -122,11 +123,6 @@ function asGatewayError(err: unknown, bodyLimit?: number, contentType?: string):
     }
     case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
       return new GatewayError('unsupported_media_type', e.message);
-    case 'FST_ERR_CTP_INVALID_JSON_BODY':
-      // Fastify's parser says the same of a syntax error and of a prototype key, which it refuses.
-      return new GatewayError('invalid_request', 'the body is not valid JSON, or it holds a "__proto__" key or a "constructor" with a "prototype", which the gateway refuses');
-    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
-      return new GatewayError('invalid_request', `the body is not valid JSON: ${e.message}`);
   }
   if (err instanceof SyntaxError) return new GatewayError('invalid_request', `the body is not valid JSON: ${err.message}`);
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
@@ -215,6 +211,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     limits: { fileSize: config.MAX_UPLOAD_BYTES, files: 17, fields: 40, fieldSize: 1024 * 1024 },
   });
   await app.register(uploadsPlugin);
+  parseJsonBodies(app);
   // JSON answers with a b64_json image splice its base64 bytes in, not through JSON.stringify (src/http/base64-json.ts).
   // Fastify's types want a string; it pipes a stream as it is (reply.js onSendEnd), with the length set here.
   app.setReplySerializer(serializeJson as (payload: unknown) => string);

@@ -125,7 +125,22 @@ describe('generate: the request itself', () => {
       headers: { ...h.auth, 'content-type': 'application/json' },
       payload: '{"model": "gpt-image-1", "prompt": ',
     });
-    expectRefused(res, 400, 'invalid_request', [/JSON/]);
+    expectRefused(res, 400, 'invalid_request', ['the body is not valid JSON: Unexpected end of JSON input']);
+  });
+
+  it('says where a JSON body breaks, and tells a refused "__proto__" key apart from a syntax error', async () => {
+    const send = (payload: string) => h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...h.auth, 'content-type': 'application/json' }, payload });
+    // Single quotes and a trailing comma, the usual hand-written mistakes: the position is named.
+    const quotes = expectRefused(await send("{'model': 'gpt-image-1'}"), 400, 'invalid_request', ['not valid JSON', 'position 1']);
+    expect(quotes.details).toEqual([{ field: '(body)', message: expect.stringContaining('line 1 column 2') }]);
+    expectRefused(await send('{"model": "gpt-image-1", "prompt": "a deer",}'), 400, 'invalid_request', ['not valid JSON: Expected double-quoted property name', 'position 44']);
+    const proto = expectRefused(await send('{"model": "gpt-image-1", "prompt": "a deer", "__proto__": {"x": 1}}'), 400, 'invalid_request', ['__proto__']);
+    expect(proto.message).not.toContain('not valid JSON');
+    expectRefused(await send(''), 400, 'invalid_request', ['the body is empty']);
+    // A long prompt around the fault is not echoed back whole.
+    const long = await send(`{"model": "gpt-image-1", "prompt": "${'A'.repeat(5000)}" "n": 1}`);
+    expect(expectRefused(long, 400, 'invalid_request', ['not valid JSON']).message.length).toBeLessThan(300);
+    expect(h.simulator.received).toHaveLength(0);
   });
 
   it('refuses a JSON body that is not an object', async () => {
