@@ -95,6 +95,8 @@ const trustHops = (hops: number) => (_address: string, hop: number) => hop < hop
 /** The default body limit: every JSON route but a JSON edit's (see jsonEditBodyLimit) takes a prompt and a few fields. */
 const BODY_LIMIT = 1024 * 1024;
 
+const MALFORMED_MULTIPART = /^(Unexpected end of multipart data|Multipart: Boundary not found|Boundary required|\w+ terminated early due to unexpected end of multipart data)$/;
+
 /** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms; `bodyLimit` and `contentType`: the request's. */
 function asGatewayError(err: unknown, bodyLimit?: number, contentType?: string): GatewayError {
   if (err instanceof GatewayError) return err;
@@ -125,6 +127,11 @@ function asGatewayError(err: unknown, bodyLimit?: number, contentType?: string):
       return new GatewayError('unsupported_media_type', e.message);
   }
   if (err instanceof SyntaxError) return new GatewayError('invalid_request', `the body is not valid JSON: ${err.message}`);
+  // busboy's own errors carry no code or status: a body cut short, or one with no boundary to split it by.
+  if (err instanceof Error && MALFORMED_MULTIPART.test(err.message)) {
+    const message = `is not well-formed multipart/form-data (${err.message}): each part opens with "--" and the boundary that Content-Type names, and the body ends with "--" + boundary + "--"`;
+    return new GatewayError('invalid_request', `the body ${message}`, { details: [{ field: '(body)', message }] });
+  }
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     if (e.statusCode === 413) return new GatewayError('payload_too_large', e.message);
     if (e.statusCode === 415) return new GatewayError('unsupported_media_type', e.message);

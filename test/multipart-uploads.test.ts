@@ -152,3 +152,37 @@ describe('DATA_DIR/uploads at start', () => {
     }
   });
 });
+
+describe('a multipart body that is not well formed', () => {
+  let h: Harness;
+  let png: Buffer;
+  beforeAll(async () => {
+    h = await startHarness({ RATE_LIMIT_RPM: '1000' });
+    png = await makePng();
+  });
+  afterAll(async () => h.close());
+
+  const send = (url: string, contentType: string, payload: Buffer | string) =>
+    h.app.inject({ method: 'POST', url, headers: { ...h.auth, 'content-type': contentType }, payload });
+
+  it.each(['/v1/edit', '/v1/images/edits', '/v1/upscale', '/v1/describe'])('%s answers 400 naming the fault, never a 500, and leaves no file behind', async (url) => {
+    const model = url === '/v1/upscale' ? 'ideogram-upscale' : url === '/v1/describe' ? 'ideogram-describe' : 'gpt-image-1';
+    const { payload, headers } = multipartBody({ model, prompt: 'make it blue' }, [{ field: 'image', filename: 'a.png', bytes: png }]);
+    const cases: Array<[string, Buffer | string]> = [
+      // No part at all: bytes that never reach a boundary.
+      ['multipart/form-data; boundary=zzz', 'garbage'],
+      // No boundary to split the body by.
+      ['multipart/form-data', payload],
+      // A well-formed start cut off inside the file's part.
+      [headers['content-type']!, payload.subarray(0, payload.length - 40)],
+    ];
+    for (const [contentType, body] of cases) {
+      const res = await send(url, contentType, body);
+      expect(res.statusCode, `${contentType}: ${res.body}`).toBe(400);
+      expect(res.json().error.code).toBe('invalid_request');
+      expect(res.json().error.message).toMatch(/multipart/i);
+    }
+    expect(h.simulator.received).toHaveLength(0);
+    expect(uploadsOf(h)).toEqual([]);
+  });
+});
