@@ -126,6 +126,34 @@ describe('openapi.yaml and the running app', () => {
     expect(validate('UsageRecordPage', records.json())).toEqual([]);
   });
 
+  it('the refusals of the key, usage and model routes are statuses their entries list', async () => {
+    const admin = { authorization: `Bearer ${ADMIN_KEY}` };
+    const declared = (method: string, path: string) => Object.keys(spec.paths[path]![method]!.responses);
+    const expectListed = (method: string, path: string, res: { statusCode: number; body: string }, status: number) => {
+      expect(res.statusCode, res.body).toBe(status);
+      expect(declared(method, path)).toContain(String(status));
+    };
+    const mint = (payload: Record<string, unknown>) => h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload });
+    expect((await mint({ id: 'docs-twice', team: 'docs' })).statusCode).toBe(201);
+    expectListed('post', '/v1/keys', await mint({ id: 'docs-twice', team: 'docs' }), 409);
+
+    const fromEnv = (await h.app.inject({ method: 'GET', url: '/v1/keys', headers: admin })).json().data.find((k: { source: string }) => k.source === 'env');
+    expectListed('delete', '/v1/keys/{id}', await h.app.inject({ method: 'DELETE', url: `/v1/keys/${fromEnv.id}`, headers: admin }), 400);
+
+    const token = (await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: h.auth, payload: {} })).json().token;
+    for (const path of ['/v1/usage', '/v1/usage/records']) {
+      expectListed('get', path, await h.app.inject({ method: 'GET', url: path, headers: { authorization: `Bearer ${token}` } }), 403);
+    }
+
+    // A key allowed one request a minute may read ten times a minute (its rpm x 10, RATE_LIMIT_READ_RPM unset).
+    const slow = (await mint({ team: 'docs', rpm: 1 })).json().key;
+    let last = await h.app.inject({ method: 'GET', url: '/v1/models/gpt-image-1', headers: { authorization: `Bearer ${slow}` } });
+    for (let i = 0; i < 20 && last.statusCode === 200; i++) {
+      last = await h.app.inject({ method: 'GET', url: '/v1/models/gpt-image-1', headers: { authorization: `Bearer ${slow}` } });
+    }
+    expectListed('get', '/v1/models/{id}', last, 429);
+  });
+
   it('the schema check itself refuses a body that breaks the spec', () => {
     expect(validate('GenerationResult', { id: 'gen_x', object: 'image.result' })).not.toEqual([]);
   });
