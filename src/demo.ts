@@ -15,7 +15,8 @@ async function main(): Promise<void> {
   const simulator = await startUpstreamSimulator({ apiKey: simulatorKey, taskReadyAfterMs: 4000 });
   const env: NodeJS.ProcessEnv = { ...process.env, AIHUBMIX_BASE_URL: simulator.url, AIHUBMIX_API_KEY: simulatorKey };
   let demoKey: string | undefined;
-  if (!env.GATEWAY_API_KEYS && !env.GATEWAY_KEYS_FILE) {
+  // GATEWAY_KEYS_FILE's keys work beside it: the printed curl must work as it is.
+  if (!env.GATEWAY_API_KEYS) {
     demoKey = `gk-demo-${randomBytes(16).toString('hex')}`;
     env.GATEWAY_API_KEYS = `demo:${demoKey}`;
   }

@@ -24,11 +24,12 @@ export interface GatewayProcess {
 }
 
 /**
- * Starts dist/server.js on 127.0.0.1:port with env (over a few defaults: warn logs, the storage
- * floor off so the machine's free space decides nothing) and waits until /healthz answers.
+ * Starts dist/server.js (or `script`: dist/demo.js) on 127.0.0.1:port with env (over a few defaults:
+ * warn logs, the storage floor off so the machine's free space decides nothing) and waits until
+ * /healthz answers.
  */
-export async function startGatewayProcess(port: number, env: Record<string, string>): Promise<GatewayProcess> {
-  const child = spawn(process.execPath, ['dist/server.js'], {
+export async function startGatewayProcess(port: number, env: Record<string, string>, script = 'dist/server.js'): Promise<GatewayProcess> {
+  const child = spawn(process.execPath, [script], {
     cwd: root,
     env: {
       PATH: process.env.PATH,

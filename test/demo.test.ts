@@ -1,0 +1,71 @@
+/**
+ * `npm run demo` (dist/demo.js): the gateway in front of the built-in simulator, with a client key
+ * made for the run and printed, unless GATEWAY_API_KEYS gives the keys.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { freePort, kill9, startGatewayProcess, type GatewayProcess } from './gateway-process.js';
+
+let demo: GatewayProcess | undefined;
+let dir: string | undefined;
+afterEach(async () => {
+  if (demo) await kill9(demo.child);
+  demo = undefined;
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+/** The demo's banner comes once it listens; the key is read off it as a user would. */
+async function startDemo(env: Record<string, string>): Promise<{ url: string; key: string | undefined; banner: string }> {
+  dir = mkdtempSync(join(tmpdir(), 'gw-demo-'));
+  const port = await freePort();
+  demo = await startGatewayProcess(port, { DATA_DIR: join(dir, 'data'), ...env }, 'dist/demo.js');
+  for (let i = 0; i < 200 && !demo.output().includes('Try:'); i++) await sleep(25);
+  const banner = demo.output();
+  return { url: `http://127.0.0.1:${port}`, key: /client key: +(gk-demo-[0-9a-f]+)/.exec(banner)?.[1], banner };
+}
+
+const generate = (url: string, key: string) =>
+  fetch(`${url}/v1/generate`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-image-1', prompt: 'A deer drinking in the lake' }),
+  });
+
+describe('npm run demo', () => {
+  it('prints a client key made for the run, and the printed request succeeds against the simulator with no upstream key', async () => {
+    const { url, key, banner } = await startDemo({});
+    expect(banner).toContain('built-in simulator');
+    expect(key).toBeDefined();
+    const res = await generate(url, key!);
+    expect(res.status, await res.clone().text()).toBe(200);
+    const body = (await res.json()) as { images: Array<{ url: string }> };
+    expect((await fetch(body.images[0]!.url)).headers.get('content-type')).toBe('image/png');
+  });
+
+  it('makes its key when only GATEWAY_KEYS_FILE is set: the file\'s keys work beside it', async () => {
+    const fileKey = 'gk-file-0123456789abcdef0123456789';
+    const keysDir = mkdtempSync(join(tmpdir(), 'gw-demo-keys-'));
+    try {
+      const file = join(keysDir, 'keys.yaml');
+      writeFileSync(file, `keys:\n  - id: web\n    team: web\n    key: ${fileKey}\n`);
+      const { url, key } = await startDemo({ GATEWAY_KEYS_FILE: file });
+      expect(key).toBeDefined();
+      expect((await generate(url, key!)).status).toBe(200);
+      expect((await generate(url, fileKey)).status).toBe(200);
+    } finally {
+      rmSync(keysDir, { recursive: true, force: true });
+    }
+  });
+
+  it('makes no key of its own when GATEWAY_API_KEYS is set', async () => {
+    const given = 'gk-given-0123456789abcdef0123456789';
+    const { url, key, banner } = await startDemo({ GATEWAY_API_KEYS: `team:${given}` });
+    expect(key).toBeUndefined();
+    expect(banner).toContain('<one of your GATEWAY_API_KEYS>');
+    expect((await generate(url, given)).status).toBe(200);
+  });
+});
