@@ -353,6 +353,9 @@ const envSchema = z.object({
 
 export type Config = z.output<typeof envSchema>;
 
+/** Every variable the gateway reads (docs/configuration.md documents each). */
+export const CONFIG_VARIABLES = Object.keys(envSchema.shape) as ReadonlyArray<keyof Config>;
+
 export class ConfigError extends Error {}
 
 /**

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigError, loadConfig } from '../src/config.js';
+import { CONFIG_VARIABLES, ConfigError, loadConfig } from '../src/config.js';
 
 describe('configuration from the environment', () => {
   it('has the contract’s defaults', () => {
@@ -165,5 +165,25 @@ describe('a start that cannot work', () => {
     expect(loadConfig({ IMAGE_INLINE_MAX_BYTES: '0' }).IMAGE_INLINE_MAX_BYTES).toBe(0);
     expect(() => loadConfig({ IMAGE_INLINE_MAX_BYTES: '-1' })).toThrow(/IMAGE_INLINE_MAX_BYTES must be an integer from 0 to 1048576, got "-1"/);
     expect(() => loadConfig({ IMAGE_INLINE_MAX_BYTES: '2000000' })).toThrow(/IMAGE_INLINE_MAX_BYTES must be an integer from 0 to 1048576/);
+  });
+});
+
+describe('the variables documented', () => {
+  const read = (path: string) => readFileSync(new URL(`../${path}`, import.meta.url), 'utf8');
+
+  it('docs/configuration.md documents every variable the gateway reads', () => {
+    const docs = read('docs/configuration.md');
+    expect(CONFIG_VARIABLES.length).toBeGreaterThan(40);
+    expect(CONFIG_VARIABLES.filter((name) => !docs.includes(`\`${name}\``))).toEqual([]);
+  });
+
+  it('the README names every variable of the public contract (CONTRACT.md, "Running it")', () => {
+    // The contract's list, which may only grow: renaming one is not allowed.
+    const contract = ['PORT', 'AIHUBMIX_API_KEY', 'AIHUBMIX_BASE_URL', 'GATEWAY_API_KEYS', 'GATEWAY_KEYS_FILE', 'GATEWAY_ADMIN_KEY', 'DATA_DIR', 'PUBLIC_BASE_URL',
+      'UPSTREAM_TIMEOUT_MS', 'RATE_LIMIT_RPM', 'IMAGE_RETENTION_DAYS', 'UPSTREAM_MAX_CONCURRENCY', 'REDIS_URL', 'DATABASE_URL', 'LOG_LEVEL', 'CORS_ORIGINS',
+      'CATALOGUE_FILE', 'STORAGE_MIN_FREE_BYTES', 'METRICS_TOKEN'] as const;
+    const readme = read('README.md');
+    expect(contract.filter((name) => !readme.includes(`\`${name}\``))).toEqual([]);
+    expect(contract.filter((name) => !(CONFIG_VARIABLES as readonly string[]).includes(name))).toEqual([]);
   });
 });
