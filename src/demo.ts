@@ -22,17 +22,16 @@ async function main(): Promise<void> {
   }
   // Never the real gateway's state: demo keys, jobs and images must not carry over to npm start.
   env.DATA_DIR ??= './data-demo';
-  // A demo is for this machine unless the caller says otherwise.
-  env.HOST ??= '127.0.0.1';
   const config = loadConfig(env);
   demoConfig = config;
   await serve(config, { onClose: () => simulator.close() });
-  const shown = config.HOST === '0.0.0.0' || config.HOST === '::' ? 'localhost' : config.HOST;
+  const everywhere = config.HOST === '0.0.0.0' || config.HOST === '::';
+  const shown = everywhere ? 'localhost' : config.HOST;
   const url = `http://${shown}:${config.PORT}`;
   const key = demoKey ?? '<one of your GATEWAY_API_KEYS>';
   console.log(`
 Image gateway demo (upstream: built-in simulator at ${simulator.url})
-  URL:        ${url}
+  URL:        ${url}${everywhere ? `   (every interface, as the gateway's HOST default; HOST=127.0.0.1 keeps it to this machine)` : ''}
   client key: ${key}${demoKey ? '   (made for this demo run)' : ''}
   console:    ${url}/console/ (sign in with the client key)
   docs:       ${url}/docs

@@ -3,7 +3,7 @@
  * made for the run and printed, unless GATEWAY_API_KEYS gives the keys.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -19,7 +19,7 @@ afterEach(async () => {
 });
 
 /** The demo's banner comes once it listens; the key is read off it as a user would. */
-async function startDemo(env: Record<string, string>): Promise<{ url: string; key: string | undefined; banner: string }> {
+async function startDemo(env: Record<string, string | undefined>): Promise<{ url: string; key: string | undefined; banner: string }> {
   dir = mkdtempSync(join(tmpdir(), 'gw-demo-'));
   const port = await freePort();
   demo = await startGatewayProcess(port, { DATA_DIR: join(dir, 'data'), ...env }, 'dist/demo.js');
@@ -59,6 +59,16 @@ describe('npm run demo', () => {
     } finally {
       rmSync(keysDir, { recursive: true, force: true });
     }
+  });
+
+  it('listens where the gateway does, on every interface, unless HOST says otherwise, and says so', async () => {
+    const { url, key, banner } = await startDemo({ HOST: undefined });
+    expect(banner).toMatch(/every interface.*HOST=127\.0\.0\.1/);
+    // Reached by this machine's own network address, as another machine or a container would reach it.
+    const external = Object.values(networkInterfaces()).flat().find((a) => a?.family === 'IPv4' && !a.internal);
+    expect(external, 'this machine has no network address but loopback').toBeDefined();
+    const res = await generate(url.replace('127.0.0.1', external!.address), key!);
+    expect(res.status).toBe(200);
   });
 
   it('makes no key of its own when GATEWAY_API_KEYS is set', async () => {

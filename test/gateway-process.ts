@@ -28,17 +28,12 @@ export interface GatewayProcess {
  * warn logs, the storage floor off so the machine's free space decides nothing) and waits until
  * /healthz answers.
  */
-export async function startGatewayProcess(port: number, env: Record<string, string>, script = 'dist/server.js'): Promise<GatewayProcess> {
+export async function startGatewayProcess(port: number, env: Record<string, string | undefined>, script = 'dist/server.js'): Promise<GatewayProcess> {
+  const given = { PATH: process.env.PATH, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn', STORAGE_MIN_FREE_BYTES: '0', ...env };
   const child = spawn(process.execPath, [script], {
     cwd: root,
-    env: {
-      PATH: process.env.PATH,
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'warn',
-      STORAGE_MIN_FREE_BYTES: '0',
-      ...env,
-    },
+    // A variable given as undefined is left unset (HOST: undefined, to see the default).
+    env: Object.fromEntries(Object.entries(given).filter(([, value]) => value !== undefined)),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
