@@ -8,9 +8,20 @@ import { startListening, type ListeningHarness } from './harness.js';
 
 let h: ListeningHarness;
 beforeAll(async () => {
-  h = await startListening();
+  // Priced, so the spend can be counted (the catalogue gives no Flux price).
+  h = await startListening({ PRICE_OVERRIDES: JSON.stringify({ 'flux-kontext-pro': 0.04 }) });
 });
 afterAll(async () => h?.close());
+
+interface UsageRow {
+  request_id: string;
+  route: string | null;
+  status: number;
+  error_code: string | null;
+  images_returned: number;
+  estimated_cost_usd: number | null;
+  job_id: string | null;
+}
 
 const polls = () => h.simulator.received.filter((r) => r.method === 'GET' && r.path.startsWith('/v1/tasks/')).length;
 const submissions = () => h.simulator.received.filter((r) => r.method === 'POST').length;
@@ -25,7 +36,7 @@ async function until(ready: () => boolean, what: string): Promise<void> {
 }
 
 describe('an idempotent request whose client hangs up', () => {
-  it('keeps running upstream, and the retry with the same Idempotency-Key gets its result without a second submission', async () => {
+  it('keeps running upstream, the retry with the same Idempotency-Key gets its result without a second submission, and usage counts the image once', async () => {
     h.simulator.holdTasks = true;
     const headers = { ...h.auth, 'content-type': 'application/json', 'idempotency-key': 'hangup-1' };
     const body = JSON.stringify({ model: 'flux-kontext-pro', prompt: 'a deer that waits' });
@@ -58,6 +69,19 @@ describe('an idempotent request whose client hangs up', () => {
     expect(again.headers.get('idempotent-replayed')).toBe('true');
     expect(((await again.json()) as { images: Array<{ url: string }> }).images[0]!.url).toBe(answer.images[0]!.url);
     expect(submissions()).toBe(1);
+
+    // The image made is in the usage records once: in the record of the request that started the
+    // job (its client left, so the job's outcome completes it), not in those that joined or replayed it.
+    await h.app.usageLog.flush();
+    const records = ((await (await h.fetch(`${h.base}/v1/usage/records?from=2000-01-01&limit=1000`, { headers: h.auth })).json()) as { data: UsageRow[] }).data.filter(
+      (r) => r.route === '/v1/generate',
+    );
+    expect(records.map((r) => r.images_returned).reduce((a, b) => a + b, 0)).toBe(1);
+    expect(records.map((r) => r.estimated_cost_usd ?? 0).reduce((a, b) => a + b, 0)).toBeCloseTo(0.04, 6);
+    const started = records.find((r) => r.images_returned === 1)!;
+    expect(started).toMatchObject({ status: 200, error_code: null, estimated_cost_usd: 0.04 });
+    // The one that left: the first of the three.
+    expect(started.request_id).toBe(records[0]!.request_id);
   });
 
   it('(control) without a key, the hang-up stops the upstream task', async () => {

@@ -83,6 +83,38 @@ describe('a gateway killed mid-job', () => {
     rmSync(dataDir, { recursive: true, force: true });
   }, 60_000);
 
+  it('counts what a synchronous request with an Idempotency-Key made when its gateway died before answering', async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
+    simulator.reset();
+    simulator.holdTasks = true;
+    const priced = { PRICE_OVERRIDES: JSON.stringify({ 'flux-kontext-pro': 0.04 }) };
+    const first = await startGateway(priced);
+    const request = { method: 'POST', headers: { 'idempotency-key': 'dies-mid-render' }, body: JSON.stringify({ model: 'flux-kontext-pro', prompt: 'survive, unanswered' }) };
+    const unanswered = api('/v1/generate', request).catch((err: unknown) => err);
+    for (let i = 0; i < 200 && !simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+    await kill9(first);
+    expect(await unanswered).toBeInstanceOf(Error);
+
+    simulator.holdTasks = false;
+    await startGateway(priced);
+    // The retry joins the job the restarted gateway carries on, and gets its image.
+    const retry = await api('/v1/generate', request);
+    expect(retry.status).toBe(200);
+    expect(((await retry.json()) as Json).images).toHaveLength(1);
+    expect(simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+
+    const records = ((await (await api('/v1/usage/records?from=2000-01-01&limit=1000')).json()) as Json).data as Json[];
+    // The image and its price are counted once: in the record that stands for the request that died
+    // unanswered (its id is the job's), not in the retry's.
+    expect(records.reduce((n: number, r: Json) => n + r.images_returned, 0)).toBe(1);
+    const standIn = records.find((r: Json) => r.images_returned === 1);
+    expect(standIn).toMatchObject({ status: 200, route: '/v1/generate', model: 'flux-kontext-pro', key_id: 'design', images_requested: 1, estimated_cost_usd: 0.04 });
+    expect(standIn.request_id).toMatch(/^job_/);
+    expect(records.filter((r: Json) => r.request_id !== standIn.request_id).map((r: Json) => r.estimated_cost_usd ?? 0)).toEqual([0]);
+    await kill9(children.at(-1)!);
+    rmSync(dataDir, { recursive: true, force: true });
+  }, 60_000);
+
   it('fails a job whose synchronous upstream call was in flight, rather than paying for it twice', async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
     simulator.reset();

@@ -398,8 +398,10 @@ export class GenerationPipeline {
       return { kind: 'job', job: { id: row.id, status: row.status, status_url: `/v1/jobs/${row.id}` }, ...(replayed !== undefined ? { replayed } : {}) };
     }
     // A synchronous request with an Idempotency-Key waits for its job; if the caller leaves, the job
-    // goes on, and the caller's retry gets its result.
-    const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)) });
+    // goes on, and the caller's retry gets its result. The job's outcome then completes the record
+    // of the request that started it, found by its job id.
+    if (first) call.outcome.jobId = jobId;
+    const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)), starter: first });
     // Along a chain: the record counts under the model that served (or failed last), naming those
     // tried. The job's runner counted its fallbacks in the metrics.
     const moved = parseJobChain(row.chain_json);

@@ -78,8 +78,8 @@ export interface JobRunnerOptions {
    * finished. `ready` is awaited before that transaction (the starting request's record committed).
    */
   recordOutcome?: {
-    ready: (row: JobRow) => Promise<void>;
-    write: (tx: Statements, row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined) => Promise<void>;
+    ready: (row: JobRow, starter: JobStarter) => Promise<void>;
+    write: (tx: Statements, row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined, starter: JobStarter) => Promise<void>;
   };
   /** Where a job's progress is told to its followers, here and on the other replicas. */
   events: JobEventBus;
@@ -90,6 +90,19 @@ export interface JobRunnerOptions {
   followPollMs?: number;
   /** The pause before a callback is tried again (1 s, 5 s, 25 s); a test passes one that records it and returns at once. */
   callbackWait?: (ms: number, signal: AbortSignal) => Promise<void>;
+}
+
+/**
+ * Where the request that started a job stands as the job ends, which decides who records its
+ * outcome: a synchronous request still following it in this process answers with it (and records
+ * it); one whose client left, or that was stopped, has a record the outcome completes; one that
+ * started it in another process (that replica died, or this one restarted) may have none at all.
+ */
+export interface JobStarter {
+  /** The starting request is in this process and still waits for the job. */
+  answers: boolean;
+  /** The job was created in this process (its starting request's record is written here). */
+  here: boolean;
 }
 
 /** A stored image's name, from the URL the gateway gave for it. */
@@ -148,6 +161,10 @@ export class JobRunner {
   private readonly deliveries = new Set<Promise<void>>();
   private readonly stopDeliveries = new AbortController();
   /** Told once when a job this replica started has ended (settling the limits it reserved). */
+  /** Synchronous jobs whose starting request, in this process, still waits for them. */
+  private readonly startersWaiting = new Set<string>();
+  /** Jobs created in this process and not finished yet. */
+  private readonly createdHere = new Set<string>();
   private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>>>();
   private closing = false;
   /** Told of every job this replica finished (the metrics set it: they are made after the runner); `code`: a failure's error code. */
@@ -256,6 +273,9 @@ export class JobRunner {
       }
     }
     if (whenFinished) this.finishWatchers.set(id, [whenFinished]);
+    this.createdHere.add(id);
+    // Followed at once by the request that made it (JobRunner.follow with `starter`).
+    if (!request.async) this.startersWaiting.add(id);
     this.launch(id, chain, undefined);
     return { jobId: id, first: true };
   }
@@ -312,7 +332,8 @@ export class JobRunner {
    * (here or on another replica), and resolves with its row once it has finished. Rejects with
    * `signal`'s reason when that aborts first, and with a 404 when the job is gone.
    */
-  async follow(id: string, opts: { signal: AbortSignal; onEvent?: (event: ProgressEvent) => void }): Promise<JobRow> {
+  /** `starter`: the synchronous request that created the job (it answers with the outcome, and records it, unless it leaves first). */
+  async follow(id: string, opts: { signal: AbortSignal; onEvent?: (event: ProgressEvent) => void; starter?: boolean }): Promise<JobRow> {
     const { signal } = opts;
     signal.throwIfAborted();
     const report = opts.onEvent ?? (() => {});
@@ -402,6 +423,7 @@ export class JobRunner {
       }
     } finally {
       stopListening();
+      if (opts.starter) this.startersWaiting.delete(id);
     }
   }
 
@@ -571,7 +593,9 @@ export class JobRunner {
       ? { status: failure.status, error: errorBody(failure, id).error, ...(failure.retryAfter !== undefined ? { retry_after: failure.retryAfter } : {}) }
       : null;
     const recorder = this.o.recordOutcome;
-    await recorder?.ready(row);
+    const starter: JobStarter = { answers: this.startersWaiting.has(id), here: this.createdHere.has(id) };
+    this.createdHere.delete(id);
+    await recorder?.ready(row, starter);
     // Fenced by the lease: if this replica stalled and another took the job over, that one finishes it.
     // With its usage in the same transaction: the job never shows finished before what it cost is kept.
     const written = await inSpan('db.job_finish', { 'db.operation.name': 'UPDATE', 'db.collection.name': 'jobs', 'gateway.job.status': result ? 'succeeded' : 'failed' }, () => this.o.db.transaction(async (tx) => {
@@ -581,7 +605,7 @@ export class JobRunner {
         errorJson: error ? JSON.stringify(error) : null,
         now: Date.now(),
       });
-      if (changed === 1) await recorder?.write(tx, row, result, failure);
+      if (changed === 1) await recorder?.write(tx, row, result, failure, starter);
       return changed;
     }));
     if (written === 0) {

@@ -5,11 +5,41 @@ import { GatewayError } from '../errors.js';
 import { JobRunner } from './job-runner.js';
 import { parseJobChain } from './job-chain.js';
 import type { JobRow } from './job-records.js';
+import type { JobOutcome, UsageRecord } from '../usage/usage-log.js';
 
 /** A job with a fallback chain: the model its usage record counts under and the models it tried. */
 function servedBy(row: JobRow): { model?: string; modelsTried?: string[] } {
   const chain = parseJobChain(row.chain_json);
   return chain ? { model: row.model, modelsTried: chain.tried } : {};
+}
+
+/** Where each operation's request is made (a job keeps no route: the gateway's own stands for the OpenAI façade's). */
+const ROUTE_OF_OPERATION: Record<string, string> = { generate: '/v1/generate', edit: '/v1/edit', upscale: '/v1/upscale' };
+
+/**
+ * The record of a synchronous job's starting request whose replica died before it answered: the
+ * request's id died with it, so the job's id stands for it; its time is the job's creation.
+ */
+function recordOfUnansweredJob(row: JobRow, outcome: JobOutcome): UsageRecord & { jobId: string } {
+  const createdAt = Number(row.created_at);
+  const params = row.request_json ? (JSON.parse(row.request_json) as { params?: { n?: unknown } }).params : undefined;
+  return {
+    timeMs: createdAt,
+    requestId: row.id,
+    keyId: row.key_id,
+    team: row.team,
+    method: 'POST',
+    route: ROUTE_OF_OPERATION[row.operation] ?? null,
+    model: outcome.model ?? row.model,
+    operation: row.operation,
+    imagesRequested: typeof params?.n === 'number' ? params.n : 1,
+    totalMs: Math.max(0, Date.now() - createdAt),
+    prompt: null,
+    jobId: row.id,
+    tokenId: row.token_id,
+    ...outcome,
+    modelsTried: outcome.modelsTried ?? null,
+  };
 }
 
 declare module 'fastify' {
@@ -47,28 +77,27 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
     ...(options.followPollMs !== undefined ? { followPollMs: options.followPollMs } : {}),
     readImage: (name) => app.images.read(name),
     recordOutcome: {
-      ready: async (row) => {
-        if (Number(row.is_async)) await app.usageLog.whenCommitted(row.id);
+      ready: async (row, starter) => {
+        if (!starter.answers) await app.usageLog.whenCommitted(row.id);
       },
-      write: async (tx, row, result, failure) => {
-        if (!Number(row.is_async)) return;
-        await app.usageLog.completeJob(
-          row.id,
-          {
-            status: failure ? failure.status : 200,
-            errorCode: failure ? failure.code : null,
-            imagesReturned: result?.images.length ?? 0,
-            bytesStored: result?.images.reduce((sum, image) => sum + image.bytes, 0) ?? 0,
-            // Images paid for and lost to full storage: the record keeps what they cost.
-            estimatedCostUsd: result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : null,
-            upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
-            upstreamMs: result?.usage.upstream_ms ?? null,
-            upstreamTokens: result?.usage.upstream_tokens ?? null,
-            // Moved along a fallback chain: counted under the model that served (or failed last), naming those tried.
-            ...servedBy(row),
-          },
-          tx,
-        );
+      write: async (tx, row, result, failure, starter) => {
+        // A synchronous request that still waits for its job answers with the outcome, and records it.
+        if (starter.answers) return;
+        const outcome: JobOutcome = {
+          status: failure ? failure.status : 200,
+          errorCode: failure ? failure.code : null,
+          imagesReturned: result?.images.length ?? 0,
+          bytesStored: result?.images.reduce((sum, image) => sum + image.bytes, 0) ?? 0,
+          // Images paid for and lost to full storage: the record keeps what they cost.
+          estimatedCostUsd: result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : null,
+          upstreamStatus: result ? 200 : (failure?.upstreamStatus ?? null),
+          upstreamMs: result?.usage.upstream_ms ?? null,
+          upstreamTokens: result?.usage.upstream_tokens ?? null,
+          // Moved along a fallback chain: counted under the model that served (or failed last), naming those tried.
+          ...servedBy(row),
+        };
+        if (starter.here || Number(row.is_async)) return app.usageLog.completeJob(row.id, outcome, tx);
+        await app.usageLog.completeJobFromElsewhere(outcome, recordOfUnansweredJob(row, outcome), tx);
       },
     },
   });

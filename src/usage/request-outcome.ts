@@ -40,7 +40,10 @@ export interface RequestOutcome {
   modelsTried?: string[];
   /** Each fallback taken: from one model to the next, and why (the failure kind). */
   fallbacks?: { from: string; to: string; reason: string }[];
-  /** The async job this request started, whose outcome later completes its usage record. */
+  /**
+   * The job this request started (async, or synchronous with an Idempotency-Key): its outcome
+   * completes the request's usage record when the request did not answer with it (202, or its client left).
+   */
   jobId?: string;
   /** Only with LOG_PROMPTS=1. */
   prompt?: string;

@@ -64,9 +64,15 @@ function rowOf(r: UsageRecord): SqlValue[] {
 /** Rows per INSERT statement. */
 const INSERT_ROWS = 50;
 const insertSql = sqlByRowCount((rows) => `INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(rows, COLUMNS.length)}`);
+/**
+ * The statuses of a starting request's record that its job's outcome completes: 202 (accepted
+ * async), 499 (its client left a synchronous request) and 503 (the gateway stopped while it waited).
+ * Any other status is an answer that carried the outcome already.
+ */
+const AWAITING_OUTCOME = '(202, 499, 503)';
 const COMPLETE_JOB_SQL = `UPDATE usage_records SET status = $1, error_code = $2, images_returned = $3, bytes_stored = $4, cost_usd = $5,
    upstream_status = $6, upstream_ms = $7, upstream_tokens = $8, model = COALESCE($10, model), models_tried = COALESCE($11, models_tried)
- WHERE job_id = $9 AND status = 202`;
+ WHERE job_id = $9 AND status IN ${AWAITING_OUTCOME}`;
 
 const completeJobParams = (jobId: string, outcome: JobOutcome): SqlValue[] => [
   outcome.status,
@@ -243,6 +249,18 @@ export class UsageLog implements CommitSource {
     const changed = await tx.run(COMPLETE_JOB_SQL, completeJobParams(jobId, outcome));
     // Not here yet, or in a commit now: applied when it arrives, or once that commit is done.
     if (changed === 0 && this.earlyOutcomes.size < 10_000) this.earlyOutcomes.set(jobId, outcome);
+  }
+
+  /**
+   * A job carried on from another process (its replica died, or this one restarted) ends: the
+   * record of the request that started it is completed if that process wrote one; a synchronous
+   * request in flight when its process died left none, and `record` (built from the job) stands
+   * for it, so what the job made and cost is counted. Through `tx`, the transaction that marks the job finished.
+   */
+  async completeJobFromElsewhere(outcome: JobOutcome, record: UsageRecord & { jobId: string }, tx: Statements): Promise<void> {
+    if ((await tx.run(COMPLETE_JOB_SQL, completeJobParams(record.jobId, outcome))) > 0) return;
+    if (await tx.get('SELECT id FROM usage_records WHERE job_id = $1', [record.jobId])) return;
+    await tx.run(insertSql(1), rowOf(record));
   }
 
   /** Writes everything queued so far; resolves once it is in the database (or the write failed and was logged). */
