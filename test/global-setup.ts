@@ -14,4 +14,6 @@ export default function buildOnce(): void {
   // The console (dist/console), served by every gateway the tests start: its modules, then its static and vendored files.
   execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.console.json'], { cwd: root, stdio: 'pipe' });
   execFileSync(process.execPath, ['scripts/build-console.mjs'], { cwd: root, stdio: 'pipe' });
+  // As `npm run build` ends: dist/ is fresh, so `npm start` in a test does not build it again under the others.
+  execFileSync(process.execPath, ['scripts/build-if-stale.mjs', '--stamp'], { cwd: root, stdio: 'pipe' });
 }
