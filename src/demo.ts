@@ -29,13 +29,17 @@ async function main(): Promise<void> {
   const shown = everywhere ? 'localhost' : config.HOST;
   const url = `http://${shown}:${config.PORT}`;
   const key = demoKey ?? '<one of your GATEWAY_API_KEYS>';
+  // The variables still apply (a demo can be tried against real services): say where its state goes then.
+  const shared = ['DATABASE_URL', 'REDIS_URL', 'S3_BUCKET'].filter((name) => env[name]?.trim());
   console.log(`
 Image gateway demo (upstream: built-in simulator at ${simulator.url})
   URL:        ${url}${everywhere ? `   (every interface, as the gateway's HOST default; HOST=127.0.0.1 keeps it to this machine)` : ''}
   client key: ${key}${demoKey ? '   (made for this demo run)' : ''}
   console:    ${url}/console/ (sign in with the client key)
   docs:       ${url}/docs
-  state:      ${config.DATA_DIR} (kept apart from the real gateway's DATA_DIR)
+  state:      ${config.DATA_DIR} (kept apart from the real gateway's DATA_DIR)${
+    shared.length > 0 ? `\n  shared:     ${shared.join(', ')} set: the demo's keys, jobs, usage and images go there too; unset to keep them apart` : ''
+  }
 
 Try:
   curl -s ${url}/v1/generate -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\

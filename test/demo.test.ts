@@ -71,6 +71,14 @@ describe('npm run demo', () => {
     expect(res.status).toBe(200);
   });
 
+  it('says when DATABASE_URL, REDIS_URL or S3_BUCKET send its state to shared services, and not otherwise', async () => {
+    const { banner } = await startDemo({ REDIS_URL: 'redis://127.0.0.1:1' });
+    expect(banner).toMatch(/shared: +REDIS_URL set: the demo's keys, jobs, usage and images go there too/);
+    await kill9(demo!.child);
+    demo = undefined;
+    expect((await startDemo({})).banner).not.toContain('shared:');
+  });
+
   it('makes no key of its own when GATEWAY_API_KEYS is set', async () => {
     const given = 'gk-given-0123456789abcdef0123456789';
     const { url, key, banner } = await startDemo({ GATEWAY_API_KEYS: `team:${given}` });
