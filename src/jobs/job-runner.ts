@@ -160,11 +160,11 @@ export class JobRunner {
   /** Callback deliveries in progress; a stop cuts their waits short and lets them record where they got. */
   private readonly deliveries = new Set<Promise<void>>();
   private readonly stopDeliveries = new AbortController();
-  /** Told once when a job this replica started has ended (settling the limits it reserved). */
   /** Synchronous jobs whose starting request, in this process, still waits for them. */
   private readonly startersWaiting = new Set<string>();
-  /** Jobs created in this process and not finished yet. */
+  /** Jobs created in this process and not finished (or given up) yet. */
   private readonly createdHere = new Set<string>();
+  /** Told once when a job this replica started has ended (settling the limits it reserved). */
   private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>>>();
   private closing = false;
   /** Told of every job this replica finished (the metrics set it: they are made after the runner); `code`: a failure's error code. */
@@ -460,7 +460,10 @@ export class JobRunner {
       this.execute(id, chain, resumeTaskId, controller.signal, progress, span),
     )
       .catch((err) => this.o.log.error({ err, job_id: id }, 'job bookkeeping failed'))
-      .finally(() => this.active.delete(id));
+      .finally(() => {
+        this.active.delete(id);
+        this.createdHere.delete(id);
+      });
     this.active.set(id, { controller, done, resumable: () => progress.taskKnown || !progress.sending });
   }
 
