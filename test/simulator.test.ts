@@ -136,7 +136,8 @@ describe('unified predictions', () => {
     },
   );
 
-  it.each(['flux-kontext-max', 'flux-kontext-pro', 'flux-2-pro', 'flux-2-flex'])(
+  // The last: a copy of a task model under a new upstream name, as an operator's CATALOGUE_FILE declares one.
+  it.each(['flux-kontext-max', 'flux-kontext-pro', 'flux-2-pro', 'flux-2-flex', 'flux-kontext-ultra'])(
     'bfl/%s is asynchronous and answers a task id with its polling url',
     async (model) => {
       const response = await predict(`bfl/${model}`, { prompt: 'a deer', aspect_ratio: '2:3' });

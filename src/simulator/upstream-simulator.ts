@@ -97,7 +97,12 @@ export interface SimulatorOptions {
 const BODY_LIMIT_BYTES = 64 * 1024 * 1024;
 const MAX_IMAGES_PER_CALL = 16;
 const RECORDED_FILE_DATA_LIMIT = 1024 * 1024;
-const ASYNC_BFL_MODELS = new Set(['flux-kontext-max', 'flux-kontext-pro', 'flux-2-pro', 'flux-2-flex']);
+/**
+ * Black Forest Labs' own model names (`flux-kontext-pro`, `flux-2-pro`) run as tasks; AiHubMix's
+ * capitalised channels (`FLUX-1.1-pro`, `FLUX.1-Kontext-pro`) answer at once. A name of the first
+ * kind the simulator has not heard of (an operator's copy under a new upstream name) is a task too.
+ */
+const ASYNC_BFL_MODEL = /^flux-/;
 
 /** Faults that answer a submission; 'task_error' acts on a task instead. */
 type SubmissionFault = Exclude<SimulatedFault, 'task_error'>;
@@ -322,7 +327,7 @@ function registerPredictionRoutes(api: FastifyInstance, sim: SimulatorState): vo
       const body = recordJsonBody(sim, request);
       sim.checkKey(request, 'openai');
       await sim.delay();
-      const isAsync = vendor === 'bfl' && ASYNC_BFL_MODELS.has(model);
+      const isAsync = vendor === 'bfl' && ASYNC_BFL_MODEL.test(model);
       const fault = sim.takeFault(request);
       // An async submission is accepted even when moderated; the moderation shows in the task.
       if (fault && !(fault === 'moderated' && isAsync)) return answerFault(sim, reply, fault, 'openai');
