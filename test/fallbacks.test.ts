@@ -92,6 +92,18 @@ describe('fallback_models on one gateway', () => {
     expect(record.models_tried).toEqual(['gpt-image-1', 'gpt-image-1.5']);
   });
 
+  it('the simulator\'s #sim:no_channel:<model> fails that model alone: the demo shows the next one serving', async () => {
+    const res = await generate({ model: 'gpt-image-1', prompt: 'a fox #sim:no_channel:gpt-image-1', fallback_models: ['gpt-image-1.5'] });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json()).toMatchObject({ model: 'gpt-image-1.5', requested_model: 'gpt-image-1' });
+    expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
+    // Named for another model, the fault leaves this one alone.
+    h.simulator.reset();
+    const other = await generate({ model: 'gpt-image-1', prompt: 'a fox #sim:no_channel:gpt-image-1.5', fallback_models: ['gpt-image-1.5'] });
+    expect(other.statusCode, other.body).toBe(200);
+    expect(other.json().model).toBe('gpt-image-1');
+  });
+
   for (const [fault, status] of [
     ['http400', 400],
     ['moderated', 422],

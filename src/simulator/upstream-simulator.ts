@@ -185,7 +185,12 @@ class SimulatorState {
     const prompt = [json?.prompt, json?.input?.prompt, json?.image_request?.prompt, record?.fields?.prompt, imageRequest].find(
       (p): p is string => typeof p === 'string' && p.includes('#sim:'),
     );
-    const asked = prompt ? /#sim:(\w+)/.exec(prompt)?.[1] : undefined;
+    // `#sim:<fault>:<upstream model>`: only that model fails, so a fallback to another can be seen serving.
+    const [, asked, onlyFor] = (prompt ? /#sim:(\w+)(?::([\w./-]+))?/.exec(prompt) : undefined) ?? [];
+    if (onlyFor !== undefined && record) {
+      const named = [json && (json as { model?: unknown }).model, record.fields?.model];
+      if (!named.includes(onlyFor) && !record.path.split('/').includes(onlyFor)) return undefined;
+    }
     return SUBMISSION_FAULTS.find((f) => f === asked);
   }
 
