@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHarness, type Harness } from './harness.js';
-import { freshPostgres, postgresProblem } from './services.js';
+import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
 
 type Json = any;
 
@@ -90,14 +90,44 @@ describe.skipIf(postgresProblem !== undefined)(
         expect(JSON.stringify(said[0])).not.toContain(database.url);
       }
     });
+
+    it('given one IMAGE_URL_SECRET, say nothing of it', () => {
+      for (const replica of [a, b]) expect(warnings(replica).filter((w) => /IMAGE_URL_SECRET/.test(w.msg))).toEqual([]);
+    });
+
+    it('without IMAGE_URL_SECRET, warn once at start that image URLs work on no other replica', async () => {
+      const c = await startHarness({ DATABASE_URL: database.url });
+      try {
+        const said = warnings(c).filter((w) => /IMAGE_URL_SECRET/.test(w.msg));
+        expect(said).toHaveLength(1);
+        expect(said[0].msg).toMatch(/every replica/);
+      } finally {
+        await c.close();
+      }
+    });
   },
 );
+
+describe.skipIf(redisProblem !== undefined)('a replica sharing Redis without IMAGE_URL_SECRET (skipped when Redis is unreachable and REQUIRE_SERVICES is unset)', () => {
+  it('warns once at start that its image URLs work on no other replica, naming IMAGE_URL_SECRET', async () => {
+    // Empty is unset: the signing key is generated into this replica's DATA_DIR.
+    const h = await startHarness({ REDIS_URL: freshRedis().url, IMAGE_URL_SECRET: '' });
+    try {
+      const said = warnings(h).filter((w) => /IMAGE_URL_SECRET/.test(w.msg));
+      expect(said).toHaveLength(1);
+      expect(said[0].msg).toMatch(/every replica/);
+      expect(said[0].msg).toMatch(/403/);
+    } finally {
+      await h.close();
+    }
+  });
+});
 
 describe('one gateway on SQLite and local disk', () => {
   it('does not warn about replicas', async () => {
     const h = await startHarness();
     try {
-      expect(warnings(h).filter((w) => /S3_BUCKET/.test(w.msg))).toEqual([]);
+      expect(warnings(h).filter((w) => /S3_BUCKET|IMAGE_URL_SECRET/.test(w.msg))).toEqual([]);
     } finally {
       await h.close();
     }
