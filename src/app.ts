@@ -264,6 +264,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     // What a route set to describe the answer it meant to send (an image's ETag, its immutable
     // Cache-Control) must not describe this error: a cache would keep the error as that image.
     for (const name of REPRESENTATION_HEADERS) reply.removeHeader(name);
+    reply.headers(gw.headers);
     if (gw.retryAfter !== undefined) reply.header('retry-after', String(gw.retryAfter));
     // The rest of a body over the limit is not read: the connection closes after the answer.
     if (gw.code === 'payload_too_large') reply.header('connection', 'close');
