@@ -95,6 +95,9 @@ const trustHops = (hops: number) => (_address: string, hop: number) => hop < hop
 /** The default body limit: every JSON route but a JSON edit's (see jsonEditBodyLimit) takes a prompt and a few fields. */
 const BODY_LIMIT = 1024 * 1024;
 
+/** Headers that describe a route's answer (its body, caching, ranges), dropped when it fails instead; the error handler sets its own type. */
+const REPRESENTATION_HEADERS = ['content-type', 'content-length', 'content-disposition', 'content-range', 'accept-ranges', 'etag', 'last-modified', 'cache-control'] as const;
+
 const MALFORMED_MULTIPART = /^(Unexpected end of multipart data|Multipart: Boundary not found|Boundary required|\w+ terminated early due to unexpected end of multipart data)$/;
 
 /** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms; `bodyLimit` and `contentType`: the request's. */
@@ -258,6 +261,10 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     }
     const gw = asGatewayError(err, request.routeOptions.bodyLimit, request.headers['content-type']);
     app.noteFailure(request, gw);
+    // What a route set to describe the answer it meant to send (an image's ETag, its immutable
+    // Cache-Control) must not describe this error: a cache would keep the error as that image.
+    for (const name of REPRESENTATION_HEADERS) reply.removeHeader(name);
+    reply.headers(gw.headers);
     if (gw.retryAfter !== undefined) reply.header('retry-after', String(gw.retryAfter));
     // The rest of a body over the limit is not read: the connection closes after the answer.
     if (gw.code === 'payload_too_large') reply.header('connection', 'close');

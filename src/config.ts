@@ -401,7 +401,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     ...(config.GATEWAY_ADMIN_KEY !== undefined && PUBLIC_EXAMPLE_KEYS.includes(config.GATEWAY_ADMIN_KEY) ? ['GATEWAY_ADMIN_KEY'] : []),
   ];
   if (examples.length > 0) {
-    throw new ConfigError(`invalid configuration:\n  ${examples.join(', ')} hold the example key printed in openapi.yaml, which is public; set a key of your own`);
+    throw new ConfigError(`invalid configuration:\n  ${examples.join(', ')} ${examples.length === 1 ? 'holds' : 'hold'} the example key printed in openapi.yaml, which is public; set a key of your own`);
   }
   if (opts.requireUpstreamKey) {
     // The example secrets in docker/ are public: a gateway started with them could be forged against.
@@ -409,7 +409,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
       .filter(([name, value]) => name in envSchema.shape && typeof value === 'string' && /replace-me|change-me/i.test(value))
       .map(([name]) => name);
     if (placeholders.length > 0) {
-      throw new ConfigError(`invalid configuration:\n  ${placeholders.join(', ')} still hold the example value (replace-me / change-me); set real secrets`);
+      throw new ConfigError(`invalid configuration:\n  ${placeholders.join(', ')} still ${placeholders.length === 1 ? 'holds' : 'hold'} the example value (replace-me / change-me); set real secrets`);
     }
   }
   // Half a credential pair is a typo, not a request for the SDK's default credential chain.

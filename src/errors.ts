@@ -57,11 +57,13 @@ export class GatewayError extends Error {
   readonly upstreamStatus: number | undefined;
   /** For a 429 from the client's own limits: which one (rpm, images_per_day, monthly_budget_usd). */
   readonly limit: string | undefined;
+  /** Sent with the error: what a refusing limit tells of itself (x-ratelimit-images-*, ...), as on every other answer. */
+  readonly headers: Record<string, string>;
 
   constructor(
     code: ErrorCode,
     message: string,
-    extra: { details?: ErrorDetail[]; retryAfter?: number; upstreamStatus?: number; limit?: string; cause?: unknown } = {},
+    extra: { details?: ErrorDetail[]; retryAfter?: number; upstreamStatus?: number; limit?: string; headers?: Record<string, string>; cause?: unknown } = {},
   ) {
     super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
     this.name = 'GatewayError';
@@ -71,6 +73,7 @@ export class GatewayError extends Error {
     this.retryAfter = extra.retryAfter;
     this.upstreamStatus = extra.upstreamStatus;
     this.limit = extra.limit;
+    this.headers = extra.headers ?? {};
   }
 }
 

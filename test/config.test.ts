@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CONFIG_VARIABLES, ConfigError, loadConfig } from '../src/config.js';
+import { CONFIG_VARIABLES, ConfigError, PUBLIC_EXAMPLE_KEYS, loadConfig } from '../src/config.js';
 
 describe('configuration from the environment', () => {
   it('has the contract’s defaults', () => {
@@ -130,6 +130,24 @@ describe('configuration from the environment', () => {
 
   it('requires the upstream key for npm start, and names it', () => {
     expect(() => loadConfig({}, { requireUpstreamKey: true })).toThrow(/AIHUBMIX_API_KEY is required/);
+  });
+
+  it('refuses an example secret for npm start, naming each variable that holds one', () => {
+    const upstream = { AIHUBMIX_API_KEY: 'sk-real-upstream-key-0123456789' };
+    expect(() => loadConfig({ ...upstream, IMAGE_URL_SECRET: 'replace-me-with-32-random-characters' }, { requireUpstreamKey: true })).toThrow(
+      /IMAGE_URL_SECRET still holds the example value/,
+    );
+    expect(() => loadConfig({ ...upstream, IMAGE_URL_SECRET: 'replace-me-with-32-random-characters', METRICS_TOKEN: 'change-me-change-me-change-me-change-me' }, { requireUpstreamKey: true })).toThrow(
+      /IMAGE_URL_SECRET, METRICS_TOKEN still hold the example value/,
+    );
+  });
+
+  it('refuses the example key printed in openapi.yaml, naming each variable that holds it', () => {
+    const [example] = PUBLIC_EXAMPLE_KEYS;
+    expect(() => loadConfig({ GATEWAY_ADMIN_KEY: example })).toThrow(/GATEWAY_ADMIN_KEY holds the example key printed in openapi.yaml/);
+    expect(() => loadConfig({ GATEWAY_ADMIN_KEY: example, GATEWAY_API_KEYS: `design:${example}` })).toThrow(
+      /GATEWAY_API_KEYS \(team design\), GATEWAY_ADMIN_KEY hold the example key/,
+    );
   });
 });
 

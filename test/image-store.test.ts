@@ -133,6 +133,9 @@ for (const [placement, env] of [
       const res = await h.app.inject({ method: 'GET', url: image.url, headers: { range: `bytes=${image.bytes}-` } });
       expect(res.statusCode).toBe(416);
       expect(res.headers['content-range']).toBe(`bytes */${image.bytes}`);
+      // No body, nothing a cache should keep as the image.
+      expect(res.headers['cache-control']).toBe('no-store');
+      expect(res.headers.etag).toBeUndefined();
     });
 
     it('answers a matching If-None-Match with 304 and no body', async () => {

@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -87,6 +87,32 @@ describe('the admin key API', () => {
     expect(h.simulator.received).toHaveLength(0);
     const priced = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${minted.key}` }, payload: { model: 'ideogram-v3', prompt: 'x' } });
     expect(priced.statusCode).toBe(200);
+  });
+
+  it('refuses a budgeted key whose allow-list matches only models of unknown price, naming the field', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'unpriced', monthly_budget_usd: 50, models: ['imagen-*'] } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.details[0].field).toBe('models');
+    expect(res.json().error.message).toMatch(/imagen-\* matches only models with no known price.*monthly_budget_usd.*PRICE_OVERRIDES/);
+  });
+
+  it('mints a budgeted key whose allow-list matches priced models among unpriced ones', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'mixed', monthly_budget_usd: 50, models: ['imagen-*', 'ideogram-v3'] } });
+    expect(res.statusCode).toBe(201);
+  });
+
+  it('the key docs/client-keys.md mints can generate with every model it allows', async () => {
+    const doc = readFileSync(new URL('../docs/client-keys.md', import.meta.url), 'utf8');
+    const body = JSON.parse(/curl -s -X POST localhost:8080\/v1\/keys[^\n]*\n\s*-d '([^']+)'/.exec(doc)![1]!);
+    const minted = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: body });
+    expect(minted.statusCode, minted.body).toBe(201);
+    const auth = { authorization: `Bearer ${minted.json().key}` };
+    const models = (await h.app.inject({ method: 'GET', url: '/v1/models', headers: auth })).json().data;
+    expect(models.length).toBeGreaterThan(0);
+    for (const model of models) {
+      const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: model.id, prompt: 'a kite' } });
+      expect(res.statusCode, `${model.id}: ${res.body}`).toBe(200);
+    }
   });
 
   it('refuses to mint a second key with an id in use', async () => {

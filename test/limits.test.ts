@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import { ADMIN_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, jobWhenFinished, startHarness, usageRecordOf, type Harness } from './harness.js';
 import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };
@@ -70,6 +70,38 @@ describe('limits on one gateway', () => {
     expect(h.simulator.received).toHaveLength(0);
     expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 1 })).statusCode).toBe(200);
     expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 1 })).statusCode).toBe(429);
+  });
+
+  it('an images_per_day refusal carries the images headers, as every answer does', async () => {
+    const key = await mint(h, { images_per_day: 3, rpm: 100 });
+    expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 2 })).statusCode).toBe(200);
+    const over = await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 2 });
+    expect(over.statusCode).toBe(429);
+    expect(over.headers['x-ratelimit-images-limit']).toBe('3');
+    expect(over.headers['x-ratelimit-images-remaining']).toBe('1');
+  });
+
+  it('a monthly_budget_usd refusal carries the budget headers, and the images headers without the refused request', async () => {
+    // Ideogram 3.0 Turbo: $0.03 an image.
+    const key = await mint(h, { monthly_budget_usd: 0.1, images_per_day: 10, rpm: 100 });
+    const body = { model: 'ideogram-v3', prompt: 'x', n: 3, options: { rendering_speed: 'TURBO' } };
+    expect((await generate(key, body)).statusCode).toBe(200);
+    const over = await generate(key, { ...body, n: 2 });
+    expect(over.statusCode).toBe(429);
+    expect(over.json().error.message).toMatch(/monthly_budget_usd/);
+    expect(over.headers['x-ratelimit-budget-limit-usd']).toBe('0.1');
+    expect(Number(over.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.01, 6);
+    expect(over.headers['x-ratelimit-images-limit']).toBe('10');
+    expect(over.headers['x-ratelimit-images-remaining']).toBe('7');
+  });
+
+  it('the usage record of an rpm refusal names the model its JSON body asked for', async () => {
+    const key = await mint(h, { rpm: 1 });
+    expect((await generate(key, { model: 'gpt-image-1', prompt: 'a' })).statusCode).toBe(200);
+    const refused = await generate(key, { model: 'gpt-image-1', prompt: 'b' });
+    expect(refused.statusCode).toBe(429);
+    const record = await usageRecordOf(h, String(refused.headers['x-request-id']));
+    expect(record).toMatchObject({ status: 429, model: 'gpt-image-1', operation: 'generate' });
   });
 
   it('images_per_day starts again at midnight UTC', async () => {

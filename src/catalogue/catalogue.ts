@@ -146,6 +146,11 @@ export function maxImagesOf(route: UpstreamRoute | undefined): number {
   return route?.params.n?.rule.range?.max ?? 1;
 }
 
+/** Whether any of a model's image routes (generate, an edit mode, upscale) has a price: what a budgeted key may use. */
+export function hasKnownPrice(model: ModelSpec): boolean {
+  return [model.generate, ...Object.values(model.edit ?? {}), model.upscale].some((route) => route?.price !== undefined);
+}
+
 /** The price of one image, where it does not depend on the reply; null for unknown and token prices. */
 export function pricePerImage(price: Price | undefined, options: Record<string, unknown> = {}): number | null {
   if (!price || 'perMillionTokensUsd' in price) return null;

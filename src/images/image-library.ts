@@ -390,6 +390,21 @@ export class ImageLibrary {
     });
   }
 
+  /**
+   * The 404 for an image found but whose bytes `open` or `thumbnail` did not find. Retention and
+   * deletes remove the row before the bytes, so a row gone now was removed meanwhile; a row still
+   * there names bytes this store never had (another replica's DATA_DIR) or lost outside the gateway.
+   */
+  async bytesMissing(image: ImageRecord): Promise<GatewayError> {
+    if (!(await this.records.find(image.name))) return new GatewayError('not_found', 'no such image (deleted or removed by retention just now)');
+    return new GatewayError(
+      'not_found',
+      this.store.kind === 'file'
+        ? "the image is not in this replica's store: replicas share images only through S3_BUCKET (or a DATA_DIR on storage they all mount)"
+        : 'the image is recorded but its object is missing from S3_BUCKET: it was removed outside the gateway (a bucket lifecycle rule?)',
+    );
+  }
+
   /** A stored image's bytes, whole, or undefined when it has expired or is gone. */
   async read(name: string): Promise<Buffer | undefined> {
     const image = await this.find(name);

@@ -23,6 +23,13 @@ export interface ImagesPluginOptions {
 
 async function images(app: FastifyInstance, options: ImagesPluginOptions): Promise<void> {
   const store = await openImageStore(app.config);
+  // DATABASE_URL is the several-replica setup: the rows are shared, but files on this disk are not.
+  if (store.kind === 'file' && app.config.DATABASE_URL) {
+    app.log.warn(
+      { data_dir: app.config.DATA_DIR },
+      "DATABASE_URL is set but S3_BUCKET is not: images kept on local disk (DATA_DIR; those over IMAGE_INLINE_MAX_BYTES) are served only by the replica that stored them, others answer 404; set S3_BUCKET on every replica, or put DATA_DIR on storage they all share",
+    );
+  }
   const pressure = new StoragePressure({
     dataDir: app.config.DATA_DIR,
     minFreeBytes: app.config.STORAGE_MIN_FREE_BYTES,

@@ -23,6 +23,13 @@ function signingSecret(config: Config): Buffer {
 }
 
 async function urlSigner(app: FastifyInstance): Promise<void> {
+  const { IMAGE_URL_SECRET, DATABASE_URL, REDIS_URL } = app.config;
+  // Shared PostgreSQL or Redis means several replicas: a key generated here is this replica's alone.
+  if (!IMAGE_URL_SECRET && (DATABASE_URL || REDIS_URL)) {
+    app.log.warn(
+      `IMAGE_URL_SECRET is not set, so image URLs are signed with the key in ${join(app.config.DATA_DIR, 'url-signing.key')}: a replica without that same file answers them 403; set the same IMAGE_URL_SECRET (32+ characters, e.g. openssl rand -hex 32) on every replica`,
+    );
+  }
   app.decorate('signer', new UrlSigner(signingSecret(app.config)));
 }
 

@@ -18,6 +18,16 @@ export interface Reservation {
 
 const MICRO = 1_000_000;
 
+/** What an answer tells of images_per_day, `used` counted (this request's included once reserved). */
+function imagesHeaders(limit: number, used: number): Record<string, string> {
+  return { 'x-ratelimit-images-limit': String(limit), 'x-ratelimit-images-remaining': String(Math.max(0, limit - used)) };
+}
+
+/** What an answer tells of monthly_budget_usd; `limit` and `usedMicroUsd` in millionths of a dollar. */
+function budgetHeaders(budgetUsd: number, limit: number, usedMicroUsd: number): Record<string, string> {
+  return { 'x-ratelimit-budget-limit-usd': String(budgetUsd), 'x-ratelimit-budget-remaining-usd': String(Math.max(0, limit - usedMicroUsd) / MICRO) };
+}
+
 interface DayWindow {
   day: string;
   month: string;
@@ -182,22 +192,29 @@ export class KeyLimits {
       monthKey: `usd:${client.id}:${w.month}`,
       headers: { ...token?.headers },
     };
+    // The day's images counted before this request's.
+    let imagesUsedBefore = 0;
     if (client.images_per_day !== undefined) {
       await this.seedOnce(reservation.dayKey, client.id, { day: w.day }, 1, w.msToNextDay + 60_000);
       const limit = client.images_per_day;
       const { total } = await this.counters.add(reservation.dayKey, images, w.msToNextDay + 60_000);
+      imagesUsedBefore = total - images;
       if (total > limit) {
         await this.counters.add(reservation.dayKey, -images, w.msToNextDay + 60_000);
-        const used = total - images;
+        const used = imagesUsedBefore;
         throw new GatewayError(
           'rate_limited',
           `images_per_day limit reached: key ${client.id} may make ${limit} images per UTC day, has made ${used}, and asked for ${images}; it resets at 00:00 UTC`,
-          { retryAfter: Math.ceil(w.msToNextDay / 1000), limit: 'images_per_day', details: [{ field: 'n', message: 'over the images_per_day limit', allowed: Math.max(0, limit - used) }] },
+          {
+            retryAfter: Math.ceil(w.msToNextDay / 1000),
+            limit: 'images_per_day',
+            details: [{ field: 'n', message: 'over the images_per_day limit', allowed: Math.max(0, limit - used) }],
+            headers: imagesHeaders(limit, used),
+          },
         );
       }
       reservation.images = images;
-      reservation.headers['x-ratelimit-images-limit'] = String(limit);
-      reservation.headers['x-ratelimit-images-remaining'] = String(Math.max(0, limit - total));
+      Object.assign(reservation.headers, imagesHeaders(limit, total));
     }
     if (client.monthly_budget_usd !== undefined) {
       await this.seedOnce(reservation.monthKey, client.id, { month: w.month }, MICRO, w.msToNextMonth + 86_400_000);
@@ -208,15 +225,16 @@ export class KeyLimits {
       if (total > limit || total - cost >= limit) {
         await this.counters.add(reservation.monthKey, -cost, w.msToNextMonth + 86_400_000);
         await this.settle(reservation, 0, 0);
+        // The day's images this request took are given back: the refusal tells what is left without them.
+        const imagesLeft = client.images_per_day === undefined ? {} : imagesHeaders(client.images_per_day, imagesUsedBefore);
         throw new GatewayError(
           'rate_limited',
           `monthly_budget_usd limit reached: key ${client.id} may spend an estimated $${client.monthly_budget_usd} per calendar month and has spent $${((total - cost) / MICRO).toFixed(4)}; this request would cost about $${(cost / MICRO).toFixed(4)}`,
-          { retryAfter: Math.ceil(w.msToNextMonth / 1000), limit: 'monthly_budget_usd' },
+          { retryAfter: Math.ceil(w.msToNextMonth / 1000), limit: 'monthly_budget_usd', headers: { ...imagesLeft, ...budgetHeaders(client.monthly_budget_usd, limit, total - cost) } },
         );
       }
       reservation.microUsd = cost;
-      reservation.headers['x-ratelimit-budget-limit-usd'] = String(client.monthly_budget_usd);
-      reservation.headers['x-ratelimit-budget-remaining-usd'] = String(Math.max(0, limit - total) / MICRO);
+      Object.assign(reservation.headers, budgetHeaders(client.monthly_budget_usd, limit, total));
     }
     return reservation;
   }

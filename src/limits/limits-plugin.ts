@@ -73,6 +73,13 @@ async function limits(app: FastifyInstance): Promise<void> {
     errorResponseBuilder: (request, context) => {
       const seconds = Math.max(1, Math.ceil(context.ttl / 1000));
       const id = request.client?.id;
+      // A JSON body is parsed before this hook, so the refused request's usage record can name its
+      // model; a multipart body is read by the route, which never runs (its model stays unknown).
+      // app.pipeline is read per request: its plugin registers after this one, as app.jobs does.
+      const body = request.body;
+      if (request.routeOptions.config?.spendsMoney === true && typeof body === 'object' && body !== null && 'model' in body) {
+        app.pipeline.noteRequestedModel(request.outcome, body.model);
+      }
       return bucketOf.get(request) === 'read_rpm'
         ? new GatewayError(
             'rate_limited',

@@ -68,36 +68,50 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
       const image = await app.images.findFor(name, ownerTag, (team) => app.signer.ownerTagOf(team), now);
       if (!image) throw new GatewayError('not_found', 'no such image (unknown, expired, deleted or removed by retention)');
 
+      // The image's own headers go on answers that carry the image (or stand for it: 304) only: an
+      // error kept as immutable, or with the image's ETag, would stand in for the image in caches.
       const cacheControl = `private, max-age=${Math.min(exp, image.expiresAt) - now}, immutable`;
       if (width !== undefined) {
         const etag = `"${image.sha256}-w${width}"`;
-        reply.header('content-type', 'image/webp').header('cache-control', cacheControl).header('etag', etag).header('x-content-type-options', 'nosniff');
-        if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name.replace(/\.\w+$/, '')}-w${width}.webp"`);
-        if (etagMatches(request.headers['if-none-match'], etag)) return reply.status(304).send();
+        const thumbnailHeaders = (): void => {
+          reply.header('content-type', 'image/webp').header('cache-control', cacheControl).header('etag', etag).header('x-content-type-options', 'nosniff');
+          if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name.replace(/\.\w+$/, '')}-w${width}.webp"`);
+        };
+        if (etagMatches(request.headers['if-none-match'], etag)) {
+          thumbnailHeaders();
+          return reply.status(304).send();
+        }
         const thumbnail = await app.images.thumbnail(image, width);
-        if (!thumbnail) throw new GatewayError('not_found', 'no such image (removed by retention)');
+        if (!thumbnail) throw await app.images.bytesMissing(image);
+        thumbnailHeaders();
         return reply.header('content-length', thumbnail.bytes.length).send(thumbnail.bytes);
       }
 
       const etag = `"${image.sha256}"`;
-      reply
-        .header('content-type', image.mimeType)
-        .header('cache-control', cacheControl)
-        .header('etag', etag)
-        .header('accept-ranges', 'bytes')
-        .header('x-content-type-options', 'nosniff');
-      if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name}"`);
-      if (etagMatches(request.headers['if-none-match'], etag)) return reply.status(304).send();
+      const imageHeaders = (): void => {
+        reply
+          .header('content-type', image.mimeType)
+          .header('cache-control', cacheControl)
+          .header('etag', etag)
+          .header('accept-ranges', 'bytes')
+          .header('x-content-type-options', 'nosniff');
+        if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name}"`);
+      };
+      if (etagMatches(request.headers['if-none-match'], etag)) {
+        imageHeaders();
+        return reply.status(304).send();
+      }
 
       // If-Range: a range of another version is no use to the client; send the whole image.
       const ifRange = request.headers['if-range'];
       const range = ifRange === undefined || ifRange === etag ? parseByteRange(request.headers.range, image.bytes) : undefined;
       if (range === 'unsatisfiable') {
-        // Not an API error: a byte-range answer, which carries the size and no body.
-        return reply.status(416).header('content-range', `bytes */${image.bytes}`).send();
+        // Not an API error: a byte-range answer, which carries the size and no body (nothing to cache).
+        return reply.status(416).header('accept-ranges', 'bytes').header('content-range', `bytes */${image.bytes}`).send();
       }
       const stream = await app.images.open(image, range);
-      if (!stream) throw new GatewayError('not_found', 'no such image (removed by retention)');
+      if (!stream) throw await app.images.bytesMissing(image);
+      imageHeaders();
       if (range) {
         return reply
           .status(206)

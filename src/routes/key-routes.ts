@@ -1,10 +1,28 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { GatewayError, zodRefusal } from '../errors.js';
-import { mintKeySchema } from '../auth/key-policy.js';
+import { mintKeySchema, modelAllowed, type KeyPolicy } from '../auth/key-policy.js';
+import { hasKnownPrice } from '../catalogue/catalogue.js';
 
 function requireAdmin(request: FastifyRequest): void {
   if (!request.client?.admin) throw new GatewayError('forbidden', 'only the admin key may manage keys');
+}
+
+/**
+ * A budgeted key is refused every model of unknown price (403 at each request): one whose
+ * allow-list matches only such models could make nothing, so it is not minted.
+ */
+function refuseBudgetWithoutPricedModel(app: FastifyInstance, policy: Pick<KeyPolicy, 'models' | 'monthly_budget_usd'>): void {
+  if (policy.monthly_budget_usd === undefined || policy.models === undefined) return;
+  const allowed = app.catalogue.models.filter((m) => !m.retired && modelAllowed(policy, m.id));
+  // Patterns matching no model at all are refused as typos, by the key store.
+  if (allowed.length === 0 || allowed.some(hasKnownPrice)) return;
+  const patterns = policy.models.join(', ');
+  throw new GatewayError(
+    'invalid_request',
+    `models: ${patterns} ${policy.models.length === 1 ? 'matches' : 'match'} only models with no known price, which a key with a monthly_budget_usd may not use; allow priced models (GET /v1/models shows price_per_image_usd), drop monthly_budget_usd, or have an operator price them in PRICE_OVERRIDES`,
+    { details: [{ field: 'models', message: 'matches no model with a known price, and the key has a monthly_budget_usd' }] },
+  );
 }
 
 export async function keyRoutes(app: FastifyInstance): Promise<void> {
@@ -17,6 +35,7 @@ export async function keyRoutes(app: FastifyInstance): Promise<void> {
     requireAdmin(request);
     const parsed = mintKeySchema.safeParse(request.body ?? {});
     if (!parsed.success) throw zodRefusal(parsed.error, Object.keys(mintKeySchema.shape));
+    refuseBudgetWithoutPricedModel(app, parsed.data);
     const { policy, key } = await app.keyStore.mint(parsed.data);
     reply.status(201);
     return { ...policy, source: 'api', key };
