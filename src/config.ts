@@ -47,6 +47,9 @@ function duration(name: string, fallbackSeconds: number, minSeconds = 60, maxSec
 
 const positiveInt = (name: string, fallback: number) => integer(name, fallback);
 
+/** A TCP port: refused here, naming the variable, rather than by listen() with a stack trace. */
+const port = <F extends number | undefined>(name: string, fallback: F, min = 1) => integer(name, fallback, min, 65_535);
+
 /** More image threads than this is a typo, not a machine. */
 const MAX_WORKERS = 256;
 
@@ -217,7 +220,7 @@ function parsePriceOverrides(value: string | undefined, ctx: z.RefinementCtx): R
 }
 
 const envSchema = z.object({
-  PORT: positiveInt('PORT', 8080),
+  PORT: port('PORT', 8080),
   HOST: optionalString.transform((v) => v ?? '0.0.0.0'),
   AIHUBMIX_API_KEY: optionalString,
   AIHUBMIX_BASE_URL: urlString('AIHUBMIX_BASE_URL').transform((v) => v ?? 'https://aihubmix.com'),
@@ -324,7 +327,7 @@ const envSchema = z.object({
   // Browser pages on these exact origins may call the API (CORS); unset: no CORS headers at all.
   CORS_ORIGINS: z.string().optional().transform((v, ctx) => parseCorsOrigins(v, ctx)),
   // 0: any free port (tests).
-  METRICS_PORT: integer('METRICS_PORT', undefined, 0, 65_535),
+  METRICS_PORT: port('METRICS_PORT', undefined, 0),
   METRICS_HOST: optionalString.transform((v) => v ?? '127.0.0.1'),
   // OpenTelemetry traces (src/observability/tracing.ts), by the standard variables. No endpoint: the SDK is not loaded.
   OTEL_SDK_DISABLED: optionalString.transform((v) => v?.toLowerCase() === 'true'),

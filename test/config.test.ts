@@ -31,13 +31,22 @@ describe('configuration from the environment', () => {
   });
 
   it.each([
-    ['PORT', 'eighty', /PORT must be a positive integer/],
+    ['PORT', 'eighty', /PORT must be an integer from 1 to 65535/],
     ['UPSTREAM_TIMEOUT_MS', '-5', /UPSTREAM_TIMEOUT_MS must be a positive integer/],
     ['UPSTREAM_RETRIES', '11', /UPSTREAM_RETRIES must be an integer from 0 to 10/],
     ['AIHUBMIX_BASE_URL', 'not a url', /AIHUBMIX_BASE_URL must be an absolute URL/],
     ['LOG_LEVEL', 'loud', /LOG_LEVEL must be one of/],
     ['GATEWAY_API_KEYS', 'nocolon', /GATEWAY_API_KEYS entry 1 must be team:key/],
   ])('a wrong %s stops the start with a message naming it', (name, value, message) => {
+    expect(() => loadConfig({ [name]: value })).toThrow(ConfigError);
+    expect(() => loadConfig({ [name]: value })).toThrow(message);
+  });
+
+  it.each([
+    ['PORT', '99999', /PORT must be an integer from 1 to 65535, got "99999"/],
+    ['PORT', '0', /PORT must be an integer from 1 to 65535, got "0"/],
+    ['METRICS_PORT', '65536', /METRICS_PORT must be an integer from 0 to 65535, got "65536"/],
+  ])('%s=%s is no port: the start stops naming the variable and the range', (name, value, message) => {
     expect(() => loadConfig({ [name]: value })).toThrow(ConfigError);
     expect(() => loadConfig({ [name]: value })).toThrow(message);
   });
