@@ -3,6 +3,15 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CONFIG_VARIABLES, ConfigError, loadConfig } from '../src/config.js';
+import { runFailingStart } from './gateway-process.js';
+
+/** What `npm start` needs, for the tests that start the built gateway; errors only, so its one line is all it prints. */
+const startEnv = () => ({
+  AIHUBMIX_API_KEY: 'sk-test-upstream-key',
+  GATEWAY_API_KEYS: 'design:gk-test-design-0123456789',
+  DATA_DIR: mkdtempSync(join(tmpdir(), 'gw-cfg-')),
+  LOG_LEVEL: 'error',
+});
 
 describe('configuration from the environment', () => {
   it('has the contract’s defaults', () => {
@@ -162,6 +171,12 @@ describe('a start that cannot work', () => {
     const taken = Object.assign(new Error('listen EADDRINUSE'), { code: 'EADDRINUSE', syscall: 'listen' });
     expect(startupProblem(taken, config)).toMatch(/port 8123 .* in use; set PORT/);
     expect(startupProblem(new Error('something else'), config)).toBeUndefined();
+  });
+
+  it('names HOST, in one line and no stack, when it is no address nor a name that resolves', async () => {
+    const run = await runFailingStart({ ...startEnv(), HOST: 'not.a.host.invalid' });
+    expect(run.code).toBe(2);
+    expect(run.output.trim().split('\n')).toEqual([expect.stringMatching(/^cannot listen: HOST not\.a\.host\.invalid .*\(ENOTFOUND\); set HOST to an address of this machine/)]);
   });
 
   it('refuses a DATABASE_URL or REDIS_URL of another kind of server', () => {
