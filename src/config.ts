@@ -134,6 +134,12 @@ function parseClientKeys(value: string | undefined, ctx: z.RefinementCtx): Clien
       ctx.addIssue({ code: 'custom', message: `GATEWAY_API_KEYS: the key of team ${team} (entry ${keys.length + 1}) is shorter than ${MIN_CLIENT_KEY_LENGTH} characters; use a long random key (openssl rand -hex 16)` });
       return [];
     }
+    // One key for two entries: a request with it could not be told apart. Named by entry and team, never shown.
+    const same = keys.findIndex((k) => k.key === key);
+    if (same !== -1) {
+      ctx.addIssue({ code: 'custom', message: `GATEWAY_API_KEYS: entries ${same + 1} (team ${keys[same]!.team}) and ${keys.length + 1} (team ${team}) hold the same key; give each entry a key of its own` });
+      return [];
+    }
     const count = (perTeam.get(team) ?? 0) + 1;
     perTeam.set(team, count);
     keys.push({ id: count === 1 ? team : `${team}-${count}`, team, key });
@@ -405,6 +411,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   ];
   if (examples.length > 0) {
     throw new ConfigError(`invalid configuration:\n  ${examples.join(', ')} hold the example key printed in openapi.yaml, which is public; set a key of your own`);
+  }
+  // The admin key given to a team too would make that team's key an admin's (or the admin a team).
+  const adminAsClient = config.GATEWAY_API_KEYS.findIndex((k) => k.key === config.GATEWAY_ADMIN_KEY);
+  if (adminAsClient !== -1) {
+    const team = config.GATEWAY_API_KEYS[adminAsClient]!.team;
+    throw new ConfigError(`invalid configuration:\n  GATEWAY_ADMIN_KEY and GATEWAY_API_KEYS (team ${team}, entry ${adminAsClient + 1}) hold the same key; the admin key must be a key of its own`);
   }
   if (opts.requireUpstreamKey) {
     // The example secrets in docker/ are public: a gateway started with them could be forged against.

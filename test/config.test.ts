@@ -86,6 +86,28 @@ describe('configuration from the environment', () => {
     expect(loadConfig({ GATEWAY_API_KEYS: `ads:${short}x` }).GATEWAY_API_KEYS).toHaveLength(1);
   });
 
+  it('refuses the admin key given as a client key too, naming both variables and never the key', () => {
+    const key = 'gk-one-key-for-two-uses-0123456789';
+    expect(() => loadConfig({ GATEWAY_ADMIN_KEY: key, GATEWAY_API_KEYS: `design:gk-another-key-0123456789abc,ads:${key}` })).toThrow(ConfigError);
+    try {
+      loadConfig({ GATEWAY_ADMIN_KEY: key, GATEWAY_API_KEYS: `design:gk-another-key-0123456789abc,ads:${key}` });
+    } catch (err) {
+      expect((err as Error).message).toMatch(/GATEWAY_ADMIN_KEY and GATEWAY_API_KEYS \(team ads, entry 2\) hold the same key/);
+      expect((err as Error).message).not.toContain(key);
+    }
+  });
+
+  it('refuses one key given to two GATEWAY_API_KEYS entries, naming them and never the key', () => {
+    const key = 'gk-one-key-for-two-teams-0123456789';
+    expect(() => loadConfig({ GATEWAY_API_KEYS: `design:${key},ads:${key}` })).toThrow(ConfigError);
+    try {
+      loadConfig({ GATEWAY_API_KEYS: `design:${key},ads:${key}` });
+    } catch (err) {
+      expect((err as Error).message).toMatch(/GATEWAY_API_KEYS: entries 1 \(team design\) and 2 \(team ads\) hold the same key/);
+      expect((err as Error).message).not.toContain(key);
+    }
+  });
+
   it('refuses a short plaintext key in GATEWAY_KEYS_FILE, naming its team and never the key', async () => {
     const { loadKeysFile } = await import('../src/auth/key-store.js');
     const file = join(mkdtempSync(join(tmpdir(), 'gw-cfg-')), 'keys.yaml');
