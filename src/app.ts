@@ -1,3 +1,4 @@
+import { accessSync, constants } from 'node:fs';
 import { randomId } from './ids.js';
 import { makePrivateDirSync, tightenDataDirSync } from './storage/private-files.js';
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
@@ -144,9 +145,11 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   let looseFiles: string[] = [];
   try {
     makePrivateDirSync(config.DATA_DIR);
+    // Checked here, not at the first of many writes (uploads, the database, the signing key) to fail.
+    accessSync(config.DATA_DIR, constants.W_OK | constants.X_OK);
     looseFiles = tightenDataDirSync(config.DATA_DIR);
   } catch (err) {
-    throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}`);
+    throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}; set DATA_DIR to a directory this user can create and write to`);
   }
 
   const bufferedLog = options.logStream ? undefined : bufferedStdout();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CONFIG_VARIABLES, ConfigError, loadConfig } from '../src/config.js';
@@ -185,6 +185,24 @@ describe('a start that cannot work', () => {
     const file = join(mkdtempSync(join(tmpdir(), 'gw-cfg-')), 'a-file');
     writeFileSync(file, 'x');
     await expect(buildApp(loadConfig({ DATA_DIR: file }))).rejects.toThrow(/^DATA_DIR .* cannot be used as a directory/);
+  });
+
+  it('names DATA_DIR and the reason, at once, when it cannot be created (under /proc)', async () => {
+    // Node's recursive mkdir never returns here: /proc exists but answers ENOENT for a new entry.
+    const dir = `/proc/gw-nope-${process.pid}`;
+    const run = await runFailingStart({ ...startEnv(), DATA_DIR: dir }, { timeoutMs: 8000 });
+    expect(run.code).toBe(2);
+    expect(run.output.trim().split('\n')).toEqual([`DATA_DIR ${dir} cannot be used as a directory: ENOENT: no such file or directory, mkdir '${dir}'; set DATA_DIR to a directory this user can create and write to`]);
+  });
+
+  it('names DATA_DIR and the reason when it exists but this user cannot write to it', async () => {
+    const dir = startEnv().DATA_DIR;
+    // Root writes anywhere: then the gateway runs as nobody, for whom the directory (root's, 0755) is read-only.
+    const asRoot = process.getuid?.() === 0;
+    chmodSync(dir, asRoot ? 0o755 : 0o555);
+    const run = await runFailingStart({ ...startEnv(), DATA_DIR: dir }, asRoot ? { uid: 65534 } : {});
+    expect(run.code).toBe(2);
+    expect(run.output.trim().split('\n')).toEqual([`DATA_DIR ${dir} cannot be used as a directory: EACCES: permission denied, access '${dir}'; set DATA_DIR to a directory this user can create and write to`]);
   });
 
   it('names PORT when the port is taken', async () => {
