@@ -243,9 +243,17 @@ const envSchema = z.object({
   RATE_LIMIT_READ_RPM: optionalPositiveInt('RATE_LIMIT_READ_RPM'),
   IMAGE_RETENTION_DAYS: positiveInt('IMAGE_RETENTION_DAYS', 7),
   UPSTREAM_MAX_CONCURRENCY: positiveInt('UPSTREAM_MAX_CONCURRENCY', 16),
-  REDIS_URL: urlString('REDIS_URL').refine((v) => v === undefined || /^rediss?:\/\//.test(v), {
-    message: 'REDIS_URL must be a redis:// (or rediss://) URL',
-  }),
+  REDIS_URL: urlString('REDIS_URL')
+    .refine((v) => v === undefined || /^rediss?:\/\//.test(v), {
+      message: 'REDIS_URL must be a redis:// (or rediss://) URL',
+    })
+    .superRefine((v, ctx) => {
+      // ioredis reads the path as a database number and, given anything else, quietly uses database 0.
+      const path = v !== undefined && /^rediss?:\/\//.test(v) && URL.canParse(v) ? new URL(v).pathname : '';
+      if (!/^\/?(\d+)?$/.test(path)) {
+        ctx.addIssue({ code: 'custom', message: `REDIS_URL: the path must be a database number (redis://host:6379/2) or nothing, got "${path}"` });
+      }
+    }),
   DATABASE_URL: urlString('DATABASE_URL').refine((v) => v === undefined || /^postgres(ql)?:\/\//.test(v), {
     message: 'DATABASE_URL must be a postgres:// (or postgresql://) URL',
   }),

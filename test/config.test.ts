@@ -224,6 +224,15 @@ describe('a start that cannot work', () => {
     expect(() => loadConfig({ REDIS_URL: 'http://x' })).toThrow(/REDIS_URL must be a redis:\/\//);
   });
 
+  it('refuses a REDIS_URL whose path is not a database number (ioredis would use database 0), never echoing its password', () => {
+    for (const url of ['redis://:s3cret@cache:6379/sessions', 'redis://cache:6379/2/x', 'rediss://cache/-1']) {
+      expect(() => loadConfig({ REDIS_URL: url })).toThrow(ConfigError);
+      expect(() => loadConfig({ REDIS_URL: url })).toThrow(/REDIS_URL: the path must be a database number \(redis:\/\/host:6379\/2\) or nothing, got "\/[^"]+"/);
+      expect(() => loadConfig({ REDIS_URL: url })).not.toThrow(/s3cret/);
+    }
+    for (const url of ['redis://cache:6379', 'redis://cache:6379/', 'rediss://user:pw@cache:6380/15']) expect(loadConfig({ REDIS_URL: url }).REDIS_URL).toBe(url);
+  });
+
   it('keeps images of up to 16 KiB in their rows unless IMAGE_INLINE_MAX_BYTES says otherwise', () => {
     expect(loadConfig({}).IMAGE_INLINE_MAX_BYTES).toBe(16_384);
     expect(loadConfig({ IMAGE_INLINE_MAX_BYTES: '0' }).IMAGE_INLINE_MAX_BYTES).toBe(0);
