@@ -144,6 +144,23 @@ describe('a Redis that is not there', () => {
       await h.close();
     }
   });
+
+  it('is one warning, at start, naming REDIS_URL without its password and the reason, with no stack', async () => {
+    const h = await startHarness({ REDIS_URL: 'redis://gw:s3cret@127.0.0.1:1/2' });
+    try {
+      // Requests that count against the limits, and an authentication that fails: nothing more to say.
+      for (let i = 0; i < 2; i++) await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: `local ${i}` } });
+      await h.app.inject({ method: 'GET', url: '/v1/models', headers: { authorization: 'Bearer gk-not-a-key-0123456789abcdef' } });
+      const warnings = h.logs.map((l) => JSON.parse(l)).filter((l) => l.level >= 40 && /redis/i.test(JSON.stringify(l)));
+      expect(warnings.map((w) => w.msg)).toEqual([
+        expect.stringMatching(/^REDIS_URL redis:\/\/gw@127\.0\.0\.1:1\/2 cannot be reached \(connect ECONNREFUSED 127\.0\.0\.1:1\): limits are counted in this replica only until it answers$/),
+      ]);
+      expect(warnings[0].err).toBeUndefined();
+      expect(h.logs.join('\n')).not.toContain('s3cret');
+    } finally {
+      await h.close();
+    }
+  });
 });
 
 describe.skipIf(redisProblem !== undefined)('the Redis database REDIS_URL names (skipped when Redis is unreachable and REQUIRE_SERVICES is unset)', () => {

@@ -133,7 +133,10 @@ export class KeyStore {
       await this.subscriber
         .connect()
         .then(() => this.subscriber!.subscribe(CHANGES_CHANNEL))
-        .catch((err) => this.log.warn({ err }, 'cannot subscribe to key changes; polling the database only'));
+        .catch((err: Error) => {
+          // Redis down: the redis plugin has said so. Else this connection's own trouble is news.
+          if (this.redis?.status === 'ready') this.log.warn({ reason: err.message }, 'cannot subscribe to key changes in redis; polling the database only');
+        });
     }
     this.timer = setInterval(() => void this.reloadIfChanged().catch((err) => this.log.error({ err }, 'checking client keys failed')), this.pollIntervalMs);
     this.timer.unref();
