@@ -299,7 +299,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   app.get('/readyz', async (_request, reply) => {
     const [storage, database] = await Promise.all([
       // Under pressure (DATA_DIR below STORAGE_MIN_FREE_BYTES: `full`; S3 refusing writes: `unavailable`) new generations are refused.
-      app.storagePressure.state !== 'ok' ? app.storagePressure.state : app.store.check().then(() => 'ok', () => 'unavailable'),
+      app.storagePressure.state !== 'ok' ? app.storagePressure.state : app.storagePressure.storeReady().then((ready) => (ready ? 'ok' : 'unavailable')),
       app.db.ping().then(() => 'ok', () => 'unavailable'),
     ]);
     const ready = storage === 'ok' && database === 'ok';
