@@ -1,3 +1,4 @@
+import { accessSync, constants } from 'node:fs';
 import { randomId } from './ids.js';
 import { makePrivateDirSync, tightenDataDirSync } from './storage/private-files.js';
 import Fastify, { LogController, type FastifyInstance, type FastifyError } from 'fastify';
@@ -147,9 +148,11 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   let looseFiles: string[] = [];
   try {
     makePrivateDirSync(config.DATA_DIR);
+    // Checked here, not at the first of many writes (uploads, the database, the signing key) to fail.
+    accessSync(config.DATA_DIR, constants.W_OK | constants.X_OK);
     looseFiles = tightenDataDirSync(config.DATA_DIR);
   } catch (err) {
-    throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}`);
+    throw new ConfigError(`DATA_DIR ${config.DATA_DIR} cannot be used as a directory: ${(err as Error).message}; set DATA_DIR to a directory this user can create and write to`);
   }
 
   const bufferedLog = options.logStream ? undefined : bufferedStdout();
@@ -303,7 +306,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   app.get('/readyz', async (_request, reply) => {
     const [storage, database] = await Promise.all([
       // Under pressure (DATA_DIR below STORAGE_MIN_FREE_BYTES: `full`; S3 refusing writes: `unavailable`) new generations are refused.
-      app.storagePressure.state !== 'ok' ? app.storagePressure.state : app.store.check().then(() => 'ok', () => 'unavailable'),
+      app.storagePressure.state !== 'ok' ? app.storagePressure.state : app.storagePressure.storeReady().then((ready) => (ready ? 'ok' : 'unavailable')),
       app.db.ping().then(() => 'ok', () => 'unavailable'),
     ]);
     const ready = storage === 'ok' && database === 'ok';

@@ -47,6 +47,9 @@ function duration(name: string, fallbackSeconds: number, minSeconds = 60, maxSec
 
 const positiveInt = (name: string, fallback: number) => integer(name, fallback);
 
+/** A TCP port: refused here, naming the variable, rather than by listen() with a stack trace. */
+const port = <F extends number | undefined>(name: string, fallback: F, min = 1) => integer(name, fallback, min, 65_535);
+
 /** More image threads than this is a typo, not a machine. */
 const MAX_WORKERS = 256;
 
@@ -129,6 +132,12 @@ function parseClientKeys(value: string | undefined, ctx: z.RefinementCtx): Clien
     if (key.length < MIN_CLIENT_KEY_LENGTH) {
       // The team names the entry; the key itself is never echoed.
       ctx.addIssue({ code: 'custom', message: `GATEWAY_API_KEYS: the key of team ${team} (entry ${keys.length + 1}) is shorter than ${MIN_CLIENT_KEY_LENGTH} characters; use a long random key (openssl rand -hex 16)` });
+      return [];
+    }
+    // One key for two entries: a request with it could not be told apart. Named by entry and team, never shown.
+    const same = keys.findIndex((k) => k.key === key);
+    if (same !== -1) {
+      ctx.addIssue({ code: 'custom', message: `GATEWAY_API_KEYS: entries ${same + 1} (team ${keys[same]!.team}) and ${keys.length + 1} (team ${team}) hold the same key; give each entry a key of its own` });
       return [];
     }
     const count = (perTeam.get(team) ?? 0) + 1;
@@ -217,7 +226,7 @@ function parsePriceOverrides(value: string | undefined, ctx: z.RefinementCtx): R
 }
 
 const envSchema = z.object({
-  PORT: positiveInt('PORT', 8080),
+  PORT: port('PORT', 8080),
   HOST: optionalString.transform((v) => v ?? '0.0.0.0'),
   AIHUBMIX_API_KEY: optionalString,
   AIHUBMIX_BASE_URL: urlString('AIHUBMIX_BASE_URL').transform((v) => v ?? 'https://aihubmix.com'),
@@ -234,9 +243,17 @@ const envSchema = z.object({
   RATE_LIMIT_READ_RPM: optionalPositiveInt('RATE_LIMIT_READ_RPM'),
   IMAGE_RETENTION_DAYS: positiveInt('IMAGE_RETENTION_DAYS', 7),
   UPSTREAM_MAX_CONCURRENCY: positiveInt('UPSTREAM_MAX_CONCURRENCY', 16),
-  REDIS_URL: urlString('REDIS_URL').refine((v) => v === undefined || /^rediss?:\/\//.test(v), {
-    message: 'REDIS_URL must be a redis:// (or rediss://) URL',
-  }),
+  REDIS_URL: urlString('REDIS_URL')
+    .refine((v) => v === undefined || /^rediss?:\/\//.test(v), {
+      message: 'REDIS_URL must be a redis:// (or rediss://) URL',
+    })
+    .superRefine((v, ctx) => {
+      // ioredis reads the path as a database number and, given anything else, quietly uses database 0.
+      const path = v !== undefined && /^rediss?:\/\//.test(v) && URL.canParse(v) ? new URL(v).pathname : '';
+      if (!/^\/?(\d+)?$/.test(path)) {
+        ctx.addIssue({ code: 'custom', message: `REDIS_URL: the path must be a database number (redis://host:6379/2) or nothing, got "${path}"` });
+      }
+    }),
   DATABASE_URL: urlString('DATABASE_URL').refine((v) => v === undefined || /^postgres(ql)?:\/\//.test(v), {
     message: 'DATABASE_URL must be a postgres:// (or postgresql://) URL',
   }),
@@ -324,7 +341,7 @@ const envSchema = z.object({
   // Browser pages on these exact origins may call the API (CORS); unset: no CORS headers at all.
   CORS_ORIGINS: z.string().optional().transform((v, ctx) => parseCorsOrigins(v, ctx)),
   // 0: any free port (tests).
-  METRICS_PORT: integer('METRICS_PORT', undefined, 0, 65_535),
+  METRICS_PORT: port('METRICS_PORT', undefined, 0),
   METRICS_HOST: optionalString.transform((v) => v ?? '127.0.0.1'),
   // OpenTelemetry traces (src/observability/tracing.ts), by the standard variables. No endpoint: the SDK is not loaded.
   OTEL_SDK_DISABLED: optionalString.transform((v) => v?.toLowerCase() === 'true'),
@@ -402,6 +419,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   ];
   if (examples.length > 0) {
     throw new ConfigError(`invalid configuration:\n  ${examples.join(', ')} ${examples.length === 1 ? 'holds' : 'hold'} the example key printed in openapi.yaml, which is public; set a key of your own`);
+  }
+  // The admin key given to a team too would make that team's key an admin's (or the admin a team).
+  const adminAsClient = config.GATEWAY_API_KEYS.findIndex((k) => k.key === config.GATEWAY_ADMIN_KEY);
+  if (adminAsClient !== -1) {
+    const team = config.GATEWAY_API_KEYS[adminAsClient]!.team;
+    throw new ConfigError(`invalid configuration:\n  GATEWAY_ADMIN_KEY and GATEWAY_API_KEYS (team ${team}, entry ${adminAsClient + 1}) hold the same key; the admin key must be a key of its own`);
   }
   if (opts.requireUpstreamKey) {
     // The example secrets in docker/ are public: a gateway started with them could be forged against.

@@ -32,6 +32,10 @@ export function startupProblem(err: unknown, config?: Config): string | undefine
   if (config && e.syscall === 'listen' && e.code === 'EADDRINUSE') {
     return `cannot listen: port ${config.PORT} on ${config.HOST} is already in use; set PORT to a free port`;
   }
+  // A HOST that is a name is looked up before listening.
+  if (config && e.syscall === 'getaddrinfo' && (e as { hostname?: string }).hostname === config.HOST) {
+    return `cannot listen: HOST ${config.HOST} is no address of this machine nor a name that resolves (${e.code}); set HOST to an address of this machine (0.0.0.0: every interface, 127.0.0.1: this machine only)`;
+  }
   if (config && e.syscall === 'listen' && (e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL')) {
     return `cannot listen on ${config.HOST}:${config.PORT} (${e.code}); check HOST and PORT`;
   }

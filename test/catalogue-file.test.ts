@@ -3,7 +3,7 @@
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { loadConfig, ConfigError } from '../src/config.js';
 import { makePng, multipartBody, startHarness, type Harness } from './harness.js';
@@ -110,6 +110,17 @@ describe('CATALOGUE_FILE at start', () => {
       expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(ConfigError);
       expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(message);
     }
+  });
+
+  it('a path with no file, or a directory, stops the start saying so rather than as a YAML fault', () => {
+    const missing = join(dir, 'missing.yaml');
+    expect(() => loadConfig({ CATALOGUE_FILE: missing })).toThrow(ConfigError);
+    expect(() => loadConfig({ CATALOGUE_FILE: missing })).toThrow(`invalid configuration:\n  CATALOGUE_FILE ${missing}: the file does not exist`);
+    expect(() => loadConfig({ CATALOGUE_FILE: dir })).toThrow(`invalid configuration:\n  CATALOGUE_FILE ${dir}: is a directory; give the path of the YAML file`);
+    // A relative path is named as given and as read.
+    expect(() => loadConfig({ CATALOGUE_FILE: 'no-such-catalogue.yaml' })).toThrow(
+      `CATALOGUE_FILE no-such-catalogue.yaml: the file does not exist (${resolve('no-such-catalogue.yaml')}: relative paths are read from the working directory)`,
+    );
   });
 
   it('PRICE_OVERRIDES may name a model the file adds, and not one it disables', () => {

@@ -1,8 +1,17 @@
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CONFIG_VARIABLES, ConfigError, PUBLIC_EXAMPLE_KEYS, loadConfig } from '../src/config.js';
+import { runFailingStart } from './gateway-process.js';
+
+/** What `npm start` needs, for the tests that start the built gateway; errors only, so its one line is all it prints. */
+const startEnv = () => ({
+  AIHUBMIX_API_KEY: 'sk-test-upstream-key',
+  GATEWAY_API_KEYS: 'design:gk-test-design-0123456789',
+  DATA_DIR: mkdtempSync(join(tmpdir(), 'gw-cfg-')),
+  LOG_LEVEL: 'error',
+});
 
 describe('configuration from the environment', () => {
   it('has the contract’s defaults', () => {
@@ -31,13 +40,22 @@ describe('configuration from the environment', () => {
   });
 
   it.each([
-    ['PORT', 'eighty', /PORT must be a positive integer/],
+    ['PORT', 'eighty', /PORT must be an integer from 1 to 65535/],
     ['UPSTREAM_TIMEOUT_MS', '-5', /UPSTREAM_TIMEOUT_MS must be a positive integer/],
     ['UPSTREAM_RETRIES', '11', /UPSTREAM_RETRIES must be an integer from 0 to 10/],
     ['AIHUBMIX_BASE_URL', 'not a url', /AIHUBMIX_BASE_URL must be an absolute URL/],
     ['LOG_LEVEL', 'loud', /LOG_LEVEL must be one of/],
     ['GATEWAY_API_KEYS', 'nocolon', /GATEWAY_API_KEYS entry 1 must be team:key/],
   ])('a wrong %s stops the start with a message naming it', (name, value, message) => {
+    expect(() => loadConfig({ [name]: value })).toThrow(ConfigError);
+    expect(() => loadConfig({ [name]: value })).toThrow(message);
+  });
+
+  it.each([
+    ['PORT', '99999', /PORT must be an integer from 1 to 65535, got "99999"/],
+    ['PORT', '0', /PORT must be an integer from 1 to 65535, got "0"/],
+    ['METRICS_PORT', '65536', /METRICS_PORT must be an integer from 0 to 65535, got "65536"/],
+  ])('%s=%s is no port: the start stops naming the variable and the range', (name, value, message) => {
     expect(() => loadConfig({ [name]: value })).toThrow(ConfigError);
     expect(() => loadConfig({ [name]: value })).toThrow(message);
   });
@@ -66,6 +84,28 @@ describe('configuration from the environment', () => {
       expect(message).not.toContain(short);
     }
     expect(loadConfig({ GATEWAY_API_KEYS: `ads:${short}x` }).GATEWAY_API_KEYS).toHaveLength(1);
+  });
+
+  it('refuses the admin key given as a client key too, naming both variables and never the key', () => {
+    const key = 'gk-one-key-for-two-uses-0123456789';
+    expect(() => loadConfig({ GATEWAY_ADMIN_KEY: key, GATEWAY_API_KEYS: `design:gk-another-key-0123456789abc,ads:${key}` })).toThrow(ConfigError);
+    try {
+      loadConfig({ GATEWAY_ADMIN_KEY: key, GATEWAY_API_KEYS: `design:gk-another-key-0123456789abc,ads:${key}` });
+    } catch (err) {
+      expect((err as Error).message).toMatch(/GATEWAY_ADMIN_KEY and GATEWAY_API_KEYS \(team ads, entry 2\) hold the same key/);
+      expect((err as Error).message).not.toContain(key);
+    }
+  });
+
+  it('refuses one key given to two GATEWAY_API_KEYS entries, naming them and never the key', () => {
+    const key = 'gk-one-key-for-two-teams-0123456789';
+    expect(() => loadConfig({ GATEWAY_API_KEYS: `design:${key},ads:${key}` })).toThrow(ConfigError);
+    try {
+      loadConfig({ GATEWAY_API_KEYS: `design:${key},ads:${key}` });
+    } catch (err) {
+      expect((err as Error).message).toMatch(/GATEWAY_API_KEYS: entries 1 \(team design\) and 2 \(team ads\) hold the same key/);
+      expect((err as Error).message).not.toContain(key);
+    }
   });
 
   it('refuses a short plaintext key in GATEWAY_KEYS_FILE, naming its team and never the key', async () => {
@@ -165,6 +205,24 @@ describe('a start that cannot work', () => {
     await expect(buildApp(loadConfig({ DATA_DIR: file }))).rejects.toThrow(/^DATA_DIR .* cannot be used as a directory/);
   });
 
+  it('names DATA_DIR and the reason, at once, when it cannot be created (under /proc)', async () => {
+    // Node's recursive mkdir never returns here: /proc exists but answers ENOENT for a new entry.
+    const dir = `/proc/gw-nope-${process.pid}`;
+    const run = await runFailingStart({ ...startEnv(), DATA_DIR: dir }, { timeoutMs: 8000 });
+    expect(run.code).toBe(2);
+    expect(run.output.trim().split('\n')).toEqual([`DATA_DIR ${dir} cannot be used as a directory: ENOENT: no such file or directory, mkdir '${dir}'; set DATA_DIR to a directory this user can create and write to`]);
+  });
+
+  it('names DATA_DIR and the reason when it exists but this user cannot write to it', async () => {
+    const dir = startEnv().DATA_DIR;
+    // Root writes anywhere: then the gateway runs as nobody, for whom the directory (root's, 0755) is read-only.
+    const asRoot = process.getuid?.() === 0;
+    chmodSync(dir, asRoot ? 0o755 : 0o555);
+    const run = await runFailingStart({ ...startEnv(), DATA_DIR: dir }, asRoot ? { uid: 65534 } : {});
+    expect(run.code).toBe(2);
+    expect(run.output.trim().split('\n')).toEqual([`DATA_DIR ${dir} cannot be used as a directory: EACCES: permission denied, access '${dir}'; set DATA_DIR to a directory this user can create and write to`]);
+  });
+
   it('names PORT when the port is taken', async () => {
     const { startupProblem } = await import('../src/server.js');
     const config = loadConfig({ PORT: '8123' });
@@ -173,9 +231,24 @@ describe('a start that cannot work', () => {
     expect(startupProblem(new Error('something else'), config)).toBeUndefined();
   });
 
+  it('names HOST, in one line and no stack, when it is no address nor a name that resolves', async () => {
+    const run = await runFailingStart({ ...startEnv(), HOST: 'not.a.host.invalid' });
+    expect(run.code).toBe(2);
+    expect(run.output.trim().split('\n')).toEqual([expect.stringMatching(/^cannot listen: HOST not\.a\.host\.invalid .*\(ENOTFOUND\); set HOST to an address of this machine/)]);
+  });
+
   it('refuses a DATABASE_URL or REDIS_URL of another kind of server', () => {
     expect(() => loadConfig({ DATABASE_URL: 'mysql://x/y' })).toThrow(/DATABASE_URL must be a postgres:\/\//);
     expect(() => loadConfig({ REDIS_URL: 'http://x' })).toThrow(/REDIS_URL must be a redis:\/\//);
+  });
+
+  it('refuses a REDIS_URL whose path is not a database number (ioredis would use database 0), never echoing its password', () => {
+    for (const url of ['redis://:s3cret@cache:6379/sessions', 'redis://cache:6379/2/x', 'rediss://cache/-1']) {
+      expect(() => loadConfig({ REDIS_URL: url })).toThrow(ConfigError);
+      expect(() => loadConfig({ REDIS_URL: url })).toThrow(/REDIS_URL: the path must be a database number \(redis:\/\/host:6379\/2\) or nothing, got "\/[^"]+"/);
+      expect(() => loadConfig({ REDIS_URL: url })).not.toThrow(/s3cret/);
+    }
+    for (const url of ['redis://cache:6379', 'redis://cache:6379/', 'rediss://user:pw@cache:6380/15']) expect(loadConfig({ REDIS_URL: url }).REDIS_URL).toBe(url);
   });
 
   it('keeps images of up to 16 KiB in their rows unless IMAGE_INLINE_MAX_BYTES says otherwise', () => {

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, startHarness, type Harness } from './harness.js';
+import { ConfigError } from '../src/config.js';
 import { modelAllowed } from '../src/auth/key-policy.js';
 import type { GatewayError } from '../src/errors.js';
 
@@ -161,6 +162,14 @@ describe('GATEWAY_KEYS_FILE', () => {
     } finally {
       await h2.close();
     }
+  });
+
+  it('a file key that is also a GATEWAY_API_KEYS key stops the start, naming both and never the key', async () => {
+    const file = writeKeysFile(join(mkdtempSync(join(tmpdir(), 'gw-keys-')), 'keys.yaml'), `keys:\n  - id: web\n    team: web\n    key: ${CLIENT_KEY}\n`);
+    const start = startHarness({ GATEWAY_KEYS_FILE: file });
+    await expect(start).rejects.toThrow(ConfigError);
+    await expect(start).rejects.toThrow(/GATEWAY_KEYS_FILE: key web is the same key as GATEWAY_API_KEYS \(team design\)/);
+    await start.catch((err: Error) => expect(err.message).not.toContain(CLIENT_KEY));
   });
 
   it('a file with a bad entry stops the start with a message naming the file and field', async () => {

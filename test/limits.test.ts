@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ADMIN_KEY, jobWhenFinished, startHarness, usageRecordOf, type Harness } from './harness.js';
+import { Redis } from 'ioredis';
+import { ConfigError } from '../src/config.js';
 import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };
@@ -173,6 +175,95 @@ describe('a Redis that is not there', () => {
     } finally {
       await h.close();
     }
+  });
+
+  it('is one warning, at start, naming REDIS_URL without its password and the reason, with no stack', async () => {
+    const h = await startHarness({ REDIS_URL: 'redis://gw:s3cret@127.0.0.1:1/2' });
+    try {
+      // Requests that count against the limits, and an authentication that fails: nothing more to say.
+      for (let i = 0; i < 2; i++) await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: `local ${i}` } });
+      await h.app.inject({ method: 'GET', url: '/v1/models', headers: { authorization: 'Bearer gk-not-a-key-0123456789abcdef' } });
+      const warnings = h.logs.map((l) => JSON.parse(l)).filter((l) => l.level >= 40 && /redis/i.test(JSON.stringify(l)));
+      expect(warnings.map((w) => w.msg)).toEqual([
+        expect.stringMatching(/^REDIS_URL redis:\/\/gw@127\.0\.0\.1:1\/2 cannot be reached \(connect ECONNREFUSED 127\.0\.0\.1:1\): limits are counted in this replica only until it answers$/),
+      ]);
+      expect(warnings[0].err).toBeUndefined();
+      expect(h.logs.join('\n')).not.toContain('s3cret');
+    } finally {
+      await h.close();
+    }
+  });
+});
+
+describe.skipIf(redisProblem !== undefined)('the Redis database REDIS_URL names (skipped when Redis is unreachable and REQUIRE_SERVICES is unset)', () => {
+  // Database 11: no other test uses it (they all count in database 0, with keys of their own).
+  const DB = 11;
+  const team = `db${randomBytes(4).toString('hex')}`;
+  const key = `gk-${team}-0123456789abcdef`;
+  const counter = `gw:limit:rpm:${team}`;
+  /** A connection to database `db` of the test Redis. */
+  const database = (db: number) => {
+    const url = new URL(freshRedis().url);
+    url.pathname = `/${db}`;
+    return new Redis(url.toString(), { lazyConnect: true });
+  };
+  const inDatabase = async (db: number, name: string) => {
+    const redis = database(db);
+    try {
+      await redis.connect();
+      return (await redis.exists(name)) === 1;
+    } finally {
+      redis.disconnect();
+    }
+  };
+  afterAll(async () => {
+    for (const db of [0, DB]) {
+      const redis = database(db);
+      await redis.connect();
+      await redis.del(counter);
+      redis.disconnect();
+    }
+  });
+
+  it('holds the limit counters, not database 0', async () => {
+    const url = new URL(freshRedis().url);
+    url.pathname = `/${DB}`;
+    const h = await startHarness({ REDIS_URL: url.toString(), GATEWAY_API_KEYS: `${team}:${key}` });
+    try {
+      const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${key}` }, payload: { model: 'gpt-image-1', prompt: 'db' } });
+      expect(res.statusCode).toBe(200);
+      expect((await h.app.inject({ method: 'GET', url: '/readyz' })).json().checks.limits).toBe('redis');
+    } finally {
+      await h.close();
+    }
+    expect(await inDatabase(DB, counter)).toBe(true);
+    expect(await inDatabase(0, counter)).toBe(false);
+  });
+
+  it('stops the start, naming REDIS_URL, when Redis has no such database, and counts nothing in database 0', async () => {
+    // The first database number past the server's "databases" setting (16 unless configured).
+    const probe = database(0);
+    await probe.connect();
+    const [, count] = (await probe.config('GET', 'databases')) as [string, string];
+    probe.disconnect();
+    const url = new URL(freshRedis().url);
+    url.username = 'default';
+    url.password = 'not-needed-s3cret';
+    url.pathname = `/${count}`;
+    const started = await startHarness({ REDIS_URL: url.toString(), GATEWAY_API_KEYS: `${team}:${key}` }).then(
+      async (h) => {
+        // The old way: started on database 0. A request shows where it counts.
+        await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${key}` }, payload: { model: 'gpt-image-1', prompt: 'db' } });
+        await h.close();
+        return 'started';
+      },
+      (err: unknown) => err,
+    );
+    expect(await inDatabase(0, counter)).toBe(false);
+    expect(started).toBeInstanceOf(ConfigError);
+    const message = (started as Error).message;
+    expect(message).toMatch(new RegExp(`^REDIS_URL redis://default@[^ ]+/${count}: Redis has no database ${count} \\(ERR DB index is out of range\\)`));
+    expect(message).not.toContain('s3cret');
   });
 });
 

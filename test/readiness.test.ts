@@ -1,10 +1,13 @@
 /**
  * /readyz answers 503 when the database is down: PostgreSQL reached through a TCP proxy that the
- * test cuts (every open connection dropped, new ones refused) and then restores.
+ * test cuts (every open connection dropped, new ones refused) and then restores. And when the S3
+ * image store cannot be reached, with one log line saying why.
  */
+import { createServer as createHttpServer } from 'node:http';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from './gateway-process.js';
 import { startHarness, type Harness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
 
@@ -81,5 +84,46 @@ describe.skipIf(postgresProblem !== undefined)('/readyz with PostgreSQL (skipped
     const up = await h.app.inject({ method: 'GET', url: '/readyz' });
     expect(up.statusCode).toBe(200);
     expect(up.json().checks.database).toBe('ok');
+  });
+});
+
+describe('/readyz with an S3 store that cannot be reached', () => {
+  const SECRET = 'not-a-real-secret-access-key-0123';
+
+  it('answers 503 with one warning naming the bucket, endpoint and reason (no credentials), and one info line once it answers', async () => {
+    const port = await freePort();
+    const endpoint = `http://127.0.0.1:${port}`;
+    const h = await startHarness({
+      S3_BUCKET: 'gw-images',
+      S3_ENDPOINT: endpoint,
+      S3_FORCE_PATH_STYLE: '1',
+      AWS_ACCESS_KEY_ID: 'AKIA-TEST-KEY-ID',
+      AWS_SECRET_ACCESS_KEY: SECRET,
+    });
+    const s3 = createHttpServer((req, res) => res.writeHead(req.method === 'HEAD' && req.url?.startsWith('/gw-images') ? 200 : 404).end());
+    try {
+      const storeLines = () => h.logs.map((l) => JSON.parse(l)).filter((l) => l.msg.includes('image store'));
+      for (let i = 0; i < 3; i++) {
+        const down = await h.app.inject({ method: 'GET', url: '/readyz' });
+        expect(down.statusCode).toBe(503);
+        expect(down.json().checks.storage).toBe('unavailable');
+      }
+      expect(storeLines().map((l) => [l.level, l.msg])).toEqual([
+        [40, expect.stringMatching(new RegExp(`^the image store \\(S3 bucket gw-images at ${endpoint}\\) cannot be reached \\(.*ECONNREFUSED.*\\): /readyz answers 503 until it answers$`))],
+      ]);
+      expect(h.logs.join('\n')).not.toContain(SECRET);
+      expect(h.logs.join('\n')).not.toContain('AKIA-TEST-KEY-ID');
+
+      await new Promise<void>((resolve) => s3.listen(port, '127.0.0.1', resolve));
+      for (let i = 0; i < 2; i++) expect((await h.app.inject({ method: 'GET', url: '/readyz' })).statusCode).toBe(200);
+      expect(storeLines().map((l) => [l.level, l.msg])).toEqual([
+        [40, expect.any(String)],
+        [30, `the image store (S3 bucket gw-images at ${endpoint}) answers again`],
+      ]);
+    } finally {
+      await h.close();
+      s3.closeAllConnections();
+      await new Promise((resolve) => s3.close(resolve));
+    }
   });
 });

@@ -39,6 +39,12 @@ export function loadKeysFile(path: string): Array<{ policy: KeyPolicy; key?: str
   }));
 }
 
+/** Where a configured key comes from, for a message that must never show the key. */
+function keyOrigin(client: Client): string {
+  if (client.source === 'file') return `key ${client.id} of the file`;
+  return client.admin ? 'GATEWAY_ADMIN_KEY' : `GATEWAY_API_KEYS (team ${client.team})`;
+}
+
 /**
  * All client keys: GATEWAY_API_KEYS and GATEWAY_ADMIN_KEY (env), GATEWAY_KEYS_FILE (file), and keys
  * minted through the admin API (api, kept in the database as sha256 digests). A mint or revocation
@@ -79,6 +85,8 @@ export class KeyStore {
         if (entry.key && isPublicExampleKey(entry.key)) {
           throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} is an example key from the documentation, which is public; set a key of your own`);
         }
+        const same = this.keys.findByDigest(entry.key ? sha256Hex(entry.key) : entry.keySha256!);
+        if (same) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} is the same key as ${keyOrigin(same)}; give each key its own`);
         if (entry.key) this.keys.add(entry.key, client);
         else this.keys.addDigest(entry.keySha256!, client);
       }
@@ -125,7 +133,10 @@ export class KeyStore {
       await this.subscriber
         .connect()
         .then(() => this.subscriber!.subscribe(CHANGES_CHANNEL))
-        .catch((err) => this.log.warn({ err }, 'cannot subscribe to key changes; polling the database only'));
+        .catch((err: Error) => {
+          // Redis down: the redis plugin has said so. Else this connection's own trouble is news.
+          if (this.redis?.status === 'ready') this.log.warn({ reason: err.message }, 'cannot subscribe to key changes in redis; polling the database only');
+        });
     }
     this.timer = setInterval(() => void this.reloadIfChanged().catch((err) => this.log.error({ err }, 'checking client keys failed')), this.pollIntervalMs);
     this.timer.unref();

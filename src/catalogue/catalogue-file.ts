@@ -10,6 +10,7 @@
  * - a full declaration (the shape of models.yaml's entries) of a new model.
  */
 import { readFileSync } from 'node:fs';
+import { isAbsolute, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { builtinCatalogueData } from './builtin-catalogue.js';
@@ -175,9 +176,20 @@ export function mergeOverlay(builtin: unknown, overlay: unknown): { models: Data
 export function loadEffectiveCatalogue(path: string | undefined): ModelSpec[] {
   if (path === undefined) return loadCatalogue(builtinCatalogueData());
   const prefix = `CATALOGUE_FILE ${path}`;
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    // A relative path is read from the working directory, which is not always the one expected.
+    const where = isAbsolute(path) ? '' : ` (${resolve(path)}: relative paths are read from the working directory)`;
+    if (code === 'ENOENT') throw new CatalogueError(`${prefix}: the file does not exist${where}`);
+    if (code === 'EISDIR') throw new CatalogueError(`${prefix}: is a directory; give the path of the YAML file`);
+    throw new CatalogueError(`${prefix}: cannot be read: ${(err as Error).message}`);
+  }
   let overlay: unknown;
   try {
-    overlay = parse(readFileSync(path, 'utf8'));
+    overlay = parse(text);
   } catch (err) {
     throw new CatalogueError(`${prefix}: cannot be read as YAML: ${(err as Error).message.split('\n')[0]}`);
   }

@@ -19,6 +19,8 @@ export interface ByteRange {
  */
 export interface ImageStore {
   readonly kind: 'file' | 's3';
+  /** Where it is, for log lines: a directory, or a bucket and its endpoint (never a credential). */
+  readonly where: string;
   /** A directory on this machine where downloads are written before they have a name. */
   readonly stagingDir: string;
   /** Stores bytes already in memory (a decoded base64 reply). */
@@ -84,10 +86,12 @@ export async function inDirectory<T>(dir: string, write: () => Promise<T>): Prom
 export class FileImageStore implements ImageStore {
   readonly kind = 'file' as const;
   readonly stagingDir: string;
+  readonly where: string;
   private readonly root: string;
 
   constructor(dataDir: string) {
     this.root = join(dataDir, 'images');
+    this.where = `files under ${this.root}`;
     // Inside the store's own directory tree, so rename() stays on one file system and is atomic.
     this.stagingDir = join(this.root, '.staging');
     // A store an older version made 0755: closed to other users (the directories below it too, so).

@@ -35,6 +35,7 @@ async function images(app: FastifyInstance, options: ImagesPluginOptions): Promi
     minFreeBytes: app.config.STORAGE_MIN_FREE_BYTES,
     s3: store.kind === 's3',
     checkStore: () => store.check(),
+    storeWhere: store.where,
     log: app.log,
     probe: options.freeSpaceProbe,
   });

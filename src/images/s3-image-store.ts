@@ -25,11 +25,15 @@ const THUMBNAIL_PREFIX = 'thumbs/';
 export class S3ImageStore implements ImageStore {
   readonly kind = 's3' as const;
   readonly stagingDir: string;
+  readonly where: string;
   private readonly client: S3Client;
   private readonly bucket: string;
 
   constructor(options: S3ImageStoreOptions) {
     this.bucket = options.bucket;
+    // An endpoint URL could carry a user and password: never shown.
+    const endpoint = options.endpoint?.replace(/^(\w+:\/\/)[^@/]*@/, '$1').replace(/\/$/, '');
+    this.where = `S3 bucket ${options.bucket} at ${endpoint ?? `AWS S3 (${options.region})`}`;
     this.stagingDir = options.stagingDir;
     this.client = new S3Client({
       region: options.region,

@@ -28,6 +28,18 @@ export function defaultMinFreeBytes(totalBytes: number): number {
 /** Seconds a refused client is told to wait: a sweep or an operator needs a while. */
 export const STORAGE_RETRY_AFTER_SECONDS = 60;
 
+/**
+ * Why the store failed a check, in a few words: an S3 answer's status and name (its message is often
+ * just "UnknownError"), or the connection's error (a refusal to connect to a name with two addresses
+ * has an empty message of its own).
+ */
+function storeFailure(err: unknown): string {
+  const e = err as Error & { code?: string; $metadata?: { httpStatusCode?: number }; errors?: Error[] };
+  const status = e.$metadata?.httpStatusCode;
+  if (status !== undefined) return `HTTP ${status} ${e.name}`;
+  return e.message || e.errors?.[0]?.message || e.code || String(err);
+}
+
 /** Consecutive S3 write failures that mark the store unavailable (one may be a passing fault). */
 const S3_FAILURES_UNAVAILABLE = 3;
 
@@ -67,6 +79,8 @@ export interface StoragePressureOptions {
   s3: boolean;
   /** Readiness of the S3 store: a successful check ends its unavailability. */
   checkStore: () => Promise<void>;
+  /** The store, as log lines name it (ImageStore.where). */
+  storeWhere: string;
   log: Logger;
   probe?: FreeSpaceProbe;
   intervalMs?: number;
@@ -93,6 +107,8 @@ export class StoragePressure {
   /** The floor in force (0: the disk check is off); undefined until the first probe when defaulted. */
   minFreeBytes: number | undefined;
   private lastState: StorageState = 'ok';
+  /** The store failed its readiness check, and that was logged. */
+  private storeUnreachable = false;
 
   constructor(private readonly options: StoragePressureOptions) {
     this.probe = options.probe ?? statfsProbe;
@@ -160,6 +176,27 @@ export class StoragePressure {
     }
     this.noteState();
     return this.state;
+  }
+
+  /**
+   * The store's readiness check (/readyz). Probed often: only a change is logged, a warning with the
+   * reason when it stops answering and an info line when it answers again.
+   */
+  async storeReady(): Promise<boolean> {
+    try {
+      await this.options.checkStore();
+    } catch (err) {
+      if (!this.storeUnreachable) {
+        this.storeUnreachable = true;
+        this.options.log.warn(`the image store (${this.options.storeWhere}) cannot be reached (${storeFailure(err)}): /readyz answers 503 until it answers`);
+      }
+      return false;
+    }
+    if (this.storeUnreachable) {
+      this.storeUnreachable = false;
+      this.options.log.info(`the image store (${this.options.storeWhere}) answers again`);
+    }
+    return true;
   }
 
   /**

@@ -21,11 +21,14 @@ return {total, ttl}
 /**
  * Windowed counters for the limits: in Redis when REDIS_URL is set, so every replica enforces one
  * limit; in memory otherwise. If Redis stops answering, counting goes on locally (each replica then
- * enforces the limit on its own) and the change is logged and shown by /readyz.
+ * enforces the limit on its own) and the change is shown by /readyz. A lost connection is logged by
+ * the redis plugin; a command failing on a live one, here.
  */
 export class Counters {
   private readonly local = new Map<string, { total: number; resetAt: number }>();
   private redisFailing = false;
+  /** A command failed on a live connection, and that was logged: its end is logged too. */
+  private failureLogged = false;
 
   constructor(
     private readonly redis: Redis | undefined,
@@ -85,7 +88,8 @@ export class Counters {
         )) as [number, number];
         if (this.redisFailing) {
           this.redisFailing = false;
-          this.log.warn('redis answers again: limits are shared between replicas again');
+          if (this.failureLogged) this.log.info('redis commands succeed again: limits are shared between replicas again');
+          this.failureLogged = false;
         }
         return { total: Number(total), ttlMs: Number(ttl) };
       } catch (err) {
@@ -98,10 +102,12 @@ export class Counters {
   }
 
   private markFailing(err: unknown): void {
-    if (!this.redisFailing) {
-      this.redisFailing = true;
-      this.log.warn({ err }, 'redis is unavailable: limits are now counted in this replica only');
-    }
+    if (this.redisFailing) return;
+    this.redisFailing = true;
+    // Without a connection, the redis plugin has said so.
+    if (this.redis?.status !== 'ready') return;
+    this.failureLogged = true;
+    this.log.warn({ counters: this.prefix, reason: (err as Error).message }, 'redis commands fail: limits are now counted in this replica only');
   }
 
   private addLocally(key: string, amount: number, windowMs: number): CounterValue {

@@ -1,6 +1,6 @@
 import { chmodSync, closeSync, mkdirSync, openSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { mkdir, stat } from 'node:fs/promises';
 
 /**
  * DATA_DIR holds usage records, stored images and the URL-signing secret: readable by the gateway's
@@ -9,14 +9,55 @@ import { mkdir } from 'node:fs/promises';
 export const PRIVATE_DIR_MODE = 0o700;
 export const PRIVATE_FILE_MODE = 0o600;
 
-/** Creates a directory (and its missing parents) 0700; one that exists is left as it is. */
+/**
+ * Creates a directory (and its missing parents) 0700; one that exists is left as it is. Not Node's
+ * recursive mkdir: where a parent exists but answers ENOENT for a new entry (under /proc), that one
+ * retries forever at full CPU. Here a directory is tried once more after its parent, then the error stands.
+ */
 export function makePrivateDirSync(path: string): void {
-  mkdirSync(path, { recursive: true, mode: PRIVATE_DIR_MODE });
+  try {
+    mkdirSync(path, { mode: PRIVATE_DIR_MODE });
+  } catch (err) {
+    if (isDirectorySync(path)) return;
+    const parent = dirname(path);
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || parent === path) throw err;
+    makePrivateDirSync(parent);
+    try {
+      mkdirSync(path, { mode: PRIVATE_DIR_MODE });
+    } catch (again) {
+      if (!isDirectorySync(path)) throw again;
+    }
+  }
 }
 
 /** As makePrivateDirSync, without blocking. */
 export async function makePrivateDir(path: string): Promise<void> {
-  await mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
+  try {
+    await mkdir(path, { mode: PRIVATE_DIR_MODE });
+  } catch (err) {
+    if (await isDirectory(path)) return;
+    const parent = dirname(path);
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || parent === path) throw err;
+    await makePrivateDir(parent);
+    try {
+      await mkdir(path, { mode: PRIVATE_DIR_MODE });
+    } catch (again) {
+      if (!(await isDirectory(path))) throw again;
+    }
+  }
+}
+
+/** A directory there now (made by another process meanwhile, or before); false for anything else, or when it cannot be asked. */
+function isDirectorySync(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then((s) => s.isDirectory(), () => false);
 }
 
 /**
