@@ -75,7 +75,14 @@ export interface JobAccepted {
 }
 
 export type GenerationAnswer =
-  | { kind: 'result'; result: GenerationResult; /** With an Idempotency-Key: whether this is the first request's answer again. */ replayed?: boolean }
+  | {
+      kind: 'result';
+      result: GenerationResult;
+      /** With an Idempotency-Key: whether this is the first request's answer again. */
+      replayed?: boolean;
+      /** What the job made was counted by the replica that finished it, not by this answer. */
+      countedElsewhere?: boolean;
+    }
   | { kind: 'job'; job: JobAccepted; replayed?: boolean };
 
 /** A request that passed every check and holds its reservation: ready to run once. */
@@ -278,7 +285,7 @@ export class GenerationPipeline {
         const { result } = answer;
         if (!viaJobs) await this.deps.limits.settle(reservation, result.images.length, result.usage.estimated_cost_usd);
         // A replayed answer made nothing and cost nothing this time: its first request counted it.
-        if (answer.replayed) {
+        if (answer.replayed || answer.countedElsewhere) {
           outcome.estimatedCostUsd = 0;
         } else {
           outcome.imagesReturned = result.images.length;
@@ -402,6 +409,8 @@ export class GenerationPipeline {
     // of the request that started it, found by its job id.
     if (first) call.outcome.jobId = jobId;
     const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)), starter: first });
+    // Another replica carried the job on (this one stalled past its lease) and counted what it made.
+    const countedElsewhere = first && !jobs.claimStarterOutcome(jobId);
     // Along a chain: the record counts under the model that served (or failed last), naming those
     // tried. The job's runner counted its fallbacks in the metrics.
     const moved = parseJobChain(row.chain_json);
@@ -411,6 +420,11 @@ export class GenerationPipeline {
     }
     const finished = await jobs.outcome(row);
     if ('error' in finished) throw finished.error;
-    return { kind: 'result', result: resultWithOrigin(finished.result, call.publicBaseUrl), ...(replayed !== undefined ? { replayed } : {}) };
+    return {
+      kind: 'result',
+      result: resultWithOrigin(finished.result, call.publicBaseUrl),
+      ...(replayed !== undefined ? { replayed } : {}),
+      ...(countedElsewhere ? { countedElsewhere } : {}),
+    };
   }
 }

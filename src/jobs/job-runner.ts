@@ -162,6 +162,11 @@ export class JobRunner {
   private readonly stopDeliveries = new AbortController();
   /** Synchronous jobs whose starting request, in this process, still waits for them. */
   private readonly startersWaiting = new Set<string>();
+  /**
+   * Jobs finished here while their starting request waited: what records the outcome if that
+   * request leaves before answering with it (claimStarterOutcome takes it when it does answer).
+   */
+  private readonly outcomesForStarters = new Map<string, () => Promise<void>>();
   /** Jobs created in this process and not finished (or given up) yet. */
   private readonly createdHere = new Set<string>();
   /** Told once when a job this replica started has ended (settling the limits it reserved). */
@@ -334,6 +339,37 @@ export class JobRunner {
    */
   /** `starter`: the synchronous request that created the job (it answers with the outcome, and records it, unless it leaves first). */
   async follow(id: string, opts: { signal: AbortSignal; onEvent?: (event: ProgressEvent) => void; starter?: boolean }): Promise<JobRow> {
+    if (!opts.starter) return this.followJob(id, opts);
+    let answered = false;
+    try {
+      const row = await this.followJob(id, opts);
+      answered = true;
+      return row;
+    } finally {
+      this.starterStopped(id, answered);
+    }
+  }
+
+  /**
+   * Whether this replica finished the job while its starting request waited, so that request's
+   * answer counts what the job made; taken once, by that request. False when another replica
+   * carried the job on (this one stalled past its lease): that one counted it.
+   */
+  claimStarterOutcome(id: string): boolean {
+    return this.outcomesForStarters.delete(id);
+  }
+
+  /** The starting request stopped waiting: answered, or gone before it could answer (the outcome is then recorded here). */
+  private starterStopped(id: string, answered: boolean): void {
+    this.startersWaiting.delete(id);
+    if (answered) return;
+    const record = this.outcomesForStarters.get(id);
+    if (!record) return;
+    this.outcomesForStarters.delete(id);
+    void record().catch((err: unknown) => this.o.log.error({ err, job_id: id }, 'recording a finished job’s usage failed'));
+  }
+
+  private async followJob(id: string, opts: { signal: AbortSignal; onEvent?: (event: ProgressEvent) => void }): Promise<JobRow> {
     const { signal } = opts;
     signal.throwIfAborted();
     const report = opts.onEvent ?? (() => {});
@@ -423,7 +459,6 @@ export class JobRunner {
       }
     } finally {
       stopListening();
-      if (opts.starter) this.startersWaiting.delete(id);
     }
   }
 
@@ -615,6 +650,12 @@ export class JobRunner {
       this.o.log.warn({ job_id: id }, 'job was taken over by another replica; leaving its outcome to that one');
       this.finishWatchers.delete(id);
       return;
+    }
+    if (starter.answers && recorder) {
+      // Its starting request answers with the outcome, unless it leaves first (or left during the commit).
+      const record = () => recorder.write(this.o.db, row, result, failure, { answers: false, here: true });
+      if (this.startersWaiting.has(id)) this.outcomesForStarters.set(id, record);
+      else await record().catch((err: unknown) => this.o.log.error({ err, job_id: id }, 'recording a finished job’s usage failed'));
     }
     this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
     this.o.events.publish(id, { type: 'finished' });

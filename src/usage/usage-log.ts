@@ -66,10 +66,10 @@ const INSERT_ROWS = 50;
 const insertSql = sqlByRowCount((rows) => `INSERT INTO usage_records (${COLUMNS.join(', ')}) VALUES ${valuesPlaceholders(rows, COLUMNS.length)}`);
 /**
  * The statuses of a starting request's record that its job's outcome completes: 202 (accepted
- * async), 499 (its client left a synchronous request) and 503 (the gateway stopped while it waited).
- * Any other status is an answer that carried the outcome already.
+ * async) and 499 (its client left a synchronous request). Any other status is an answer that
+ * carried the outcome already.
  */
-const AWAITING_OUTCOME = '(202, 499, 503)';
+const AWAITING_OUTCOME = '(202, 499)';
 const COMPLETE_JOB_SQL = `UPDATE usage_records SET status = $1, error_code = $2, images_returned = $3, bytes_stored = $4, cost_usd = $5,
    upstream_status = $6, upstream_ms = $7, upstream_tokens = $8, model = COALESCE($10, model), models_tried = COALESCE($11, models_tried)
  WHERE job_id = $9 AND status IN ${AWAITING_OUTCOME}`;

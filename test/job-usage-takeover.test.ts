@@ -1,0 +1,69 @@
+/**
+ * A synchronous request with an Idempotency-Key whose job another replica carries on (this one
+ * stalled past its lease): what the job made is counted once, by the replica that finished it, and
+ * the waiting request still answers with it.
+ */
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
+import { freshPostgres, postgresProblem } from './services.js';
+
+type Json = any;
+
+describe.skipIf(postgresProblem !== undefined)(
+  'a job taken over while its starting request waits (skipped when PostgreSQL is unreachable and REQUIRE_SERVICES is unset)',
+  () => {
+    let a: Harness;
+    let b: Harness;
+    let database: Awaited<ReturnType<typeof freshPostgres>>;
+
+    beforeAll(async () => {
+      database = await freshPostgres();
+      const shared = {
+        DATABASE_URL: database.url,
+        IMAGE_URL_SECRET: randomBytes(32).toString('hex'),
+        PRICE_OVERRIDES: JSON.stringify({ 'flux-kontext-pro': 0.04 }),
+        TASK_POLL_INTERVAL_MS: '20',
+      };
+      a = await startHarness(shared);
+      // Both call one upstream: the task A submitted is the one B polls.
+      b = await startHarness({ ...shared, AIHUBMIX_BASE_URL: a.simulator.url });
+    }, 60_000);
+
+    afterAll(async () => {
+      await a?.close();
+      await b?.close();
+      await database?.drop();
+    });
+
+    it('counts the image once, in the taking replica’s record, and the waiting request answers with it at no cost', async () => {
+      a.simulator.holdTasks = true;
+      const waiting = a.app.inject({
+        method: 'POST',
+        url: '/v1/generate',
+        headers: { ...a.auth, 'idempotency-key': 'taken-over' },
+        payload: { model: 'flux-kontext-pro', prompt: 'a heron, carried on elsewhere' },
+      });
+      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+      // A's lease lapses (as when its event loop stalls), and B takes the job over.
+      await a.app.db.run("UPDATE jobs SET lease_until = 0 WHERE status <> 'succeeded' AND status <> 'failed'");
+      expect(await b.app.jobs.takeOverAbandoned()).toBe(1);
+      a.simulator.holdTasks = false;
+
+      const answer = await waiting;
+      expect(answer.statusCode, answer.body).toBe(200);
+      expect(answer.json().images).toHaveLength(1);
+      expect(a.simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+
+      await a.app.usageLog.flush();
+      const page = await a.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+      const records = (page.json().data as Json[]).filter((r) => r.route === '/v1/generate');
+      expect(records.reduce((n: number, r: Json) => n + r.images_returned, 0)).toBe(1);
+      expect(records.reduce((n: number, r: Json) => n + (r.estimated_cost_usd ?? 0), 0)).toBeCloseTo(0.04, 6);
+      // The waiting request's own record: answered 200, counting nothing B counted.
+      const own = records.find((r: Json) => r.request_id === answer.headers['x-request-id']);
+      expect(own).toMatchObject({ status: 200, images_returned: 0, estimated_cost_usd: 0 });
+    }, 30_000);
+  },
+);
