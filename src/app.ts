@@ -99,7 +99,8 @@ const BODY_LIMIT = 1024 * 1024;
 /** Headers that describe a route's answer (its body, caching, ranges), dropped when it fails instead; the error handler sets its own type. */
 const REPRESENTATION_HEADERS = ['content-type', 'content-length', 'content-disposition', 'content-range', 'accept-ranges', 'etag', 'last-modified', 'cache-control'] as const;
 
-const MALFORMED_MULTIPART = /^(Unexpected end of multipart data|Multipart: Boundary not found|Boundary required|\w+ terminated early due to unexpected end of multipart data)$/;
+const MALFORMED_MULTIPART =
+  /^(Unexpected end of multipart data|Multipart: Boundary not found|Boundary required|\w+ terminated early due to unexpected end of multipart data|The needle cannot have a length bigger than 256\.)$/;
 
 /** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms; `bodyLimit` and `contentType`: the request's. */
 function asGatewayError(err: unknown, bodyLimit?: number, contentType?: string): GatewayError {

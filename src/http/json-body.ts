@@ -21,8 +21,9 @@ export function parseJsonBody(text: string): unknown {
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
     if (reason === PROTOTYPE_KEY) throw bodyRefused('holds a "__proto__" key, or a "constructor" with a "prototype": the gateway refuses them');
-    // V8 quotes at most a few characters around the fault: no image or whole prompt reaches an error or a log.
-    throw bodyRefused(`is not valid JSON: ${reason.slice(0, 200)}`);
+    // V8 quotes the body around the fault (`Unexpected token 'g', "{"key":gk-0123"... is not valid
+    // JSON`): a key or a prompt would reach the answer and the log. Only its words and position are kept.
+    throw bodyRefused(`is not valid JSON: ${reason.replace(/, (?:\.\.\.)?".*$/s, '').slice(0, 200)}`);
   }
 }
 
