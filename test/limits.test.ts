@@ -193,6 +193,17 @@ describe('a Redis that is not there', () => {
       await h.close();
     }
   });
+
+  it('never shows a password given in the query, as ioredis also reads it', async () => {
+    const h = await startHarness({ REDIS_URL: 'redis://127.0.0.1:1/2?password=q-s3cret' });
+    try {
+      await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'local' } });
+      expect(h.logs.some((l) => l.includes('REDIS_URL redis://127.0.0.1:1/2 cannot be reached'))).toBe(true);
+      expect(h.logs.join('\n')).not.toContain('q-s3cret');
+    } finally {
+      await h.close();
+    }
+  });
 });
 
 describe.skipIf(redisProblem !== undefined)('the Redis database REDIS_URL names (skipped when Redis is unreachable and REQUIRE_SERVICES is unset)', () => {

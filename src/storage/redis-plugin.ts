@@ -10,10 +10,15 @@ declare module 'fastify' {
   }
 }
 
-/** REDIS_URL as a message may show it: without its password. */
+/**
+ * REDIS_URL as a message may show it: scheme, user, host, port and database. Never its password,
+ * whether in the userinfo or in the query (ioredis reads `?password=` too), nor any other option.
+ */
 export function redisUrlShown(url: string): string {
   const shown = new URL(url);
   shown.password = '';
+  shown.search = '';
+  shown.hash = '';
   return shown.toString();
 }
 
