@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const STAMP = join(root, 'dist', '.built');
 /** What dist/ is built from. */
-const SOURCES = ['src', 'console', 'scripts', 'tsconfig.json', 'tsconfig.build.json', 'tsconfig.console.json', 'package.json', 'package-lock.json'];
+const SOURCES = ['src', 'console', 'scripts', 'openapi.yaml', 'tsconfig.json', 'tsconfig.build.json', 'tsconfig.console.json', 'package.json', 'package-lock.json'];
 
 /** The newest modification time under `path` (0 when it does not exist). */
 function newest(path) {
@@ -28,7 +28,9 @@ if (process.argv.includes('--stamp')) {
   const built = statSync(STAMP, { throwIfNoEntry: false })?.mtimeMs ?? 0;
   const changed = Math.max(...SOURCES.map((source) => newest(join(root, source))));
   if (built < changed) {
-    const build = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
+    // The npm that runs this script (npm start), else the PATH's.
+    const npm = process.env.npm_execpath;
+    const build = npm ? spawnSync(process.execPath, [npm, 'run', 'build'], { cwd: root, stdio: 'inherit' }) : spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
     process.exit(build.status ?? 1);
   }
 }

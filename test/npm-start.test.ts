@@ -108,6 +108,12 @@ describe('scripts/build-if-stale.mjs (before npm start and npm run demo)', () =>
     expect(checkout(-10_000).run()).toBe('run build');
   });
 
+  it('builds when openapi.yaml changed (dist/openapi.json, which /docs reads, comes from it)', () => {
+    const { dir, run } = checkout(10_000);
+    writeFileSync(join(dir, 'openapi.yaml'), 'openapi: 3.1.0\n');
+    expect(run()).toBe('run build');
+  });
+
   it('does not build when dist/ is newer than every source', () => {
     expect(checkout(10_000).run()).toBeUndefined();
   });
