@@ -3,7 +3,7 @@
  * made for the run and printed, unless GATEWAY_API_KEYS gives the keys.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { networkInterfaces, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -64,10 +64,9 @@ describe('npm run demo', () => {
   it('listens where the gateway does, on every interface, unless HOST says otherwise, and says so', async () => {
     const { url, key, banner } = await startDemo({ HOST: undefined });
     expect(banner).toMatch(/every interface.*HOST=127\.0\.0\.1/);
-    // Reached by this machine's own network address, as another machine or a container would reach it.
-    const external = Object.values(networkInterfaces()).flat().find((a) => a?.family === 'IPv4' && !a.internal);
-    expect(external, 'this machine has no network address but loopback').toBeDefined();
-    const res = await generate(url.replace('127.0.0.1', external!.address), key!);
+    // Reached at another address than 127.0.0.1 (Linux answers all of 127/8 on loopback): a gateway
+    // listening on 127.0.0.1 alone would refuse this connection.
+    const res = await generate(url.replace('127.0.0.1', '127.0.0.2'), key!);
     expect(res.status).toBe(200);
   });
 
