@@ -133,3 +133,29 @@ describe('one gateway on SQLite and local disk', () => {
     }
   });
 });
+
+describe('one replica on SQLite whose image file went missing', () => {
+  it('answers a 404 saying the file is missing from DATA_DIR, not that another replica holds it', async () => {
+    const h = await startHarness({ IMAGE_INLINE_MAX_BYTES: '0' });
+    try {
+      const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'a lost kite' } });
+      expect(res.statusCode, res.body).toBe(200);
+      const url = new URL(res.json().images[0].url);
+      const name = url.pathname.split('/').pop()!;
+      const { readdirSync, rmSync } = await import('node:fs');
+      const { join } = await import('node:path');
+      // Removed outside the gateway: the file under DATA_DIR/images, wherever it is sharded.
+      // Kept as images/<first two of its sha256>/<sha256>.<ext>; the image's name is img_<sha256>.<ext>.
+      const file = name.replace(/^img_/, '');
+      const files = readdirSync(join(h.dataDir, 'images'), { recursive: true, withFileTypes: true }).filter((f) => f.isFile() && f.name === file);
+      expect(files).toHaveLength(1);
+      rmSync(join(files[0]!.parentPath, files[0]!.name));
+      const missing = await h.app.inject({ method: 'GET', url: url.pathname + url.search });
+      expect(missing.statusCode).toBe(404);
+      expect(missing.json().error.message).toMatch(/missing from DATA_DIR/);
+      expect(missing.json().error.message).not.toMatch(/replica/);
+    } finally {
+      await h.close();
+    }
+  });
+});

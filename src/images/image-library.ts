@@ -397,12 +397,13 @@ export class ImageLibrary {
    */
   async bytesMissing(image: ImageRecord): Promise<GatewayError> {
     if (!(await this.records.find(image.name))) return new GatewayError('not_found', 'no such image (deleted or removed by retention just now)');
-    return new GatewayError(
-      'not_found',
-      this.store.kind === 'file'
-        ? "the image is not in this replica's store: replicas share images only through S3_BUCKET (or a DATA_DIR on storage they all mount)"
-        : 'the image is recorded but its object is missing from S3_BUCKET: it was removed outside the gateway (a bucket lifecycle rule?)',
-    );
+    const why =
+      this.store.kind !== 'file'
+        ? 'the image is recorded but its object is missing from S3_BUCKET: it was removed outside the gateway (a bucket lifecycle rule?)'
+        : this.records.shared
+          ? "the image is not in this replica's store: replicas share images only through S3_BUCKET (or a DATA_DIR on storage they all mount)"
+          : 'the image is recorded but its file is missing from DATA_DIR: it was removed outside the gateway';
+    return new GatewayError('not_found', why);
   }
 
   /** A stored image's bytes, whole, or undefined when it has expired or is gone. */

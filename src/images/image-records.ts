@@ -275,6 +275,11 @@ export class ImageRecords implements CommitSource {
     this.commits.register(this);
   }
 
+  /** Whether other replicas may share these records (PostgreSQL; SQLite is one replica's own). */
+  get shared(): boolean {
+    return this.db.dialect === 'postgres';
+  }
+
   async migrate(): Promise<void> {
     await this.db.migrate(IMAGE_MIGRATIONS);
   }
