@@ -189,6 +189,8 @@ describe('browser tokens on one gateway', () => {
       expect(over.statusCode).toBe(429);
       expect(over.json().error.message).toMatch(/max_images limit reached: .* has made 2, and asked for 2/);
       expect(over.json().error.details[0]).toMatchObject({ field: 'n', allowed: 1 });
+      // The refusal carries the token's image headers as its other answers do, the refused request not counted.
+      expect(over.headers).toMatchObject({ 'x-ratelimit-token-images-limit': '3', 'x-ratelimit-token-images-remaining': '1' });
       expect((await generate(t.auth, { model: 'gpt-image-1', prompt: 'x', n: 1 })).statusCode).toBe(200);
       expect((await generate(t.auth, { model: 'gpt-image-1', prompt: 'x', n: 1 })).statusCode).toBe(429);
     });

@@ -130,6 +130,10 @@ export class KeyLimits {
     return new GatewayError('rate_limited', `${limit} limit reached: browser token ${token.id} ${message}; ask the backend for a new token`, {
       retryAfter: seconds,
       limit: `token_${limit}`,
+      // The token's images left, as its other answers say them (without the refused request).
+      ...(allowed === undefined || token.maxImages === null
+        ? {}
+        : { headers: { 'x-ratelimit-token-images-limit': String(token.maxImages), 'x-ratelimit-token-images-remaining': String(allowed) } }),
       ...(allowed === undefined ? {} : { details: [{ field: 'n', message: `over the token's ${limit}`, allowed }] }),
     });
   }
