@@ -111,12 +111,18 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
 
   it('draws the Operation group like the fields beside it: no browser frame, its legend a field label, its choices plain text', async () => {
     const looks = await page.evaluate(() => {
-      const css = (el: Element | null) => getComputedStyle(el!);
-      const fieldset = document.querySelector('#pg-op-generate')!.closest('fieldset')!;
-      const legend = fieldset.querySelector('legend')!;
-      const modelLabel = document.querySelector('label[for="pg-model"]')!;
-      const promptLabel = document.querySelector('label[for="pg-prompt"]')!;
-      const choice = document.querySelector('label[for="pg-op-generate"]')!;
+      // The page's DOM as far as this check reads it (the tests are typed without the DOM).
+      interface Box { top: number; bottom: number; left: number }
+      interface El { closest(selector: string): El | null; querySelector(selector: string): El | null; getBoundingClientRect(): Box }
+      interface Style { borderTopStyle: string; paddingLeft: string; fontWeight: string; fontSize: string }
+      const w = globalThis as unknown as { document: El; getComputedStyle(el: El): Style };
+      const $ = (selector: string, from: El = w.document) => from.querySelector(selector)!;
+      const css = (el: El) => w.getComputedStyle(el);
+      const fieldset = $('#pg-op-generate').closest('fieldset')!;
+      const legend = $('legend', fieldset);
+      const modelLabel = $('label[for="pg-model"]');
+      const promptLabel = $('label[for="pg-prompt"]');
+      const choice = $('label[for="pg-op-generate"]');
       return {
         fieldsetBorder: css(fieldset).borderTopStyle,
         fieldsetPadding: css(fieldset).paddingLeft,
@@ -125,7 +131,7 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
         choiceWeight: css(choice).fontWeight,
         // The gap below the group matches the gap below the Model field.
         gapBelow: promptLabel.getBoundingClientRect().top - fieldset.getBoundingClientRect().bottom,
-        modelGapBelow: fieldset.getBoundingClientRect().top - document.querySelector('#pg-model')!.closest('.field')!.getBoundingClientRect().bottom,
+        modelGapBelow: fieldset.getBoundingClientRect().top - $('#pg-model').closest('.field')!.getBoundingClientRect().bottom,
       };
     });
     expect(looks.fieldsetBorder).toBe('none');
