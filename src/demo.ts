@@ -20,8 +20,10 @@ async function main(): Promise<void> {
     demoKey = `gk-demo-${randomBytes(16).toString('hex')}`;
     env.GATEWAY_API_KEYS = `demo:${demoKey}`;
   }
-  // Never the real gateway's state: demo keys, jobs and images must not carry over to npm start.
-  env.DATA_DIR ??= './data-demo';
+  // Never the real gateway's state unless asked: demo keys, jobs and images must not carry over to
+  // npm start. An empty DATA_DIR counts as unset (the gateway would read it as its own ./data).
+  const dataDirGiven = Boolean(env.DATA_DIR?.trim());
+  if (!dataDirGiven) env.DATA_DIR = './data-demo';
   const config = loadConfig(env);
   demoConfig = config;
   await serve(config, { onClose: () => simulator.close() });
@@ -37,7 +39,11 @@ Image gateway demo (upstream: built-in simulator at ${simulator.url})
   client key: ${key}${demoKey ? '   (made for this demo run)' : ''}
   console:    ${url}/console/ (sign in with the client key)
   docs:       ${url}/docs
-  state:      ${config.DATA_DIR} (kept apart from the real gateway's DATA_DIR)${
+  state:      ${config.DATA_DIR} (${
+    dataDirGiven
+      ? "DATA_DIR as set: shared with npm start or anything else using it; unset for the demo's own ./data-demo"
+      : "the demo's own, kept apart from the real gateway's DATA_DIR"
+  })${
     shared.length > 0 ? `\n  shared:     ${shared.join(', ')} set: the demo's keys, jobs, usage and images go there too; unset to keep them apart` : ''
   }
 

@@ -83,6 +83,21 @@ describe('browser tokens on one gateway', () => {
       expect(res.json().error.message).toContain(field);
     });
 
+    it.each([
+      [{ ttl_seconds: 0 }, 'ttl_seconds: must be an integer from 1 to 3600'],
+      [{ ttl_seconds: 3601 }, 'ttl_seconds: must be an integer from 1 to 3600'],
+      [{ ttl_seconds: 1.5 }, 'ttl_seconds: must be an integer from 1 to 3600'],
+      [{ ttl_seconds: '60' }, 'ttl_seconds: must be an integer from 1 to 3600'],
+      [{ max_images: 0 }, 'max_images: must be an integer from 1 to 1000000'],
+      [{ max_requests: null }, 'max_requests: must be an integer from 1 to 1000000'],
+    ])('answers %j with what the field allows: %s', async (body, message) => {
+      const key = await mintKey(h);
+      const res = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: key.auth, payload: body });
+      expect(res.statusCode).toBe(400);
+      expect(res.json().error.message).toBe(message);
+      expect(res.json().error.details).toEqual([{ field: message.split(':')[0], message: message.split(': ')[1] }]);
+    });
+
     it('refuses models outside the key’s allow-list with 400 naming the model', async () => {
       const key = await mintKey(h, { models: ['gpt-image-*'] });
       const res = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: key.auth, payload: { models: ['gpt-image-1', 'ideogram-v3'] } });

@@ -109,6 +109,40 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     expect(answers).toEqual(['/console/api/v1/generate text/event-stream; charset=utf-8']);
   });
 
+  it('draws the Operation group like the fields beside it: no browser frame, its legend a field label, its choices plain text', async () => {
+    const looks = await page.evaluate(() => {
+      // The page's DOM as far as this check reads it (the tests are typed without the DOM).
+      interface Box { top: number; bottom: number; left: number }
+      interface El { closest(selector: string): El | null; querySelector(selector: string): El | null; getBoundingClientRect(): Box }
+      interface Style { borderTopStyle: string; paddingLeft: string; fontWeight: string; fontSize: string }
+      const w = globalThis as unknown as { document: El; getComputedStyle(el: El): Style };
+      const $ = (selector: string, from: El = w.document) => from.querySelector(selector)!;
+      const css = (el: El) => w.getComputedStyle(el);
+      const fieldset = $('#pg-op-generate').closest('fieldset')!;
+      const legend = $('legend', fieldset);
+      const modelLabel = $('label[for="pg-model"]');
+      const promptLabel = $('label[for="pg-prompt"]');
+      const choice = $('label[for="pg-op-generate"]');
+      return {
+        fieldsetBorder: css(fieldset).borderTopStyle,
+        fieldsetPadding: css(fieldset).paddingLeft,
+        legend: { weight: css(legend).fontWeight, size: css(legend).fontSize, left: legend.getBoundingClientRect().left },
+        label: { weight: css(modelLabel).fontWeight, size: css(modelLabel).fontSize, left: modelLabel.getBoundingClientRect().left },
+        choiceWeight: css(choice).fontWeight,
+        // The gap below the group matches the gap below the Model field.
+        gapBelow: promptLabel.getBoundingClientRect().top - fieldset.getBoundingClientRect().bottom,
+        modelGapBelow: fieldset.getBoundingClientRect().top - $('#pg-model').closest('.field')!.getBoundingClientRect().bottom,
+      };
+    });
+    expect(looks.fieldsetBorder).toBe('none');
+    expect(looks.fieldsetPadding).toBe('0px');
+    expect(looks.legend.weight).toBe(looks.label.weight);
+    expect(looks.legend.size).toBe(looks.label.size);
+    expect(looks.legend.left).toBe(looks.label.left);
+    expect(looks.choiceWeight).toBe('400');
+    expect(looks.gapBelow).toBeCloseTo(looks.modelGapBelow, 0);
+  });
+
   it('generates again with another model: results accumulate, the earlier ones stay', async () => {
     await page.getByLabel('Model', { exact: true }).selectOption('ideogram-v3');
     await page.getByLabel('Aspect ratio').selectOption('16:9');

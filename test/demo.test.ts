@@ -2,7 +2,7 @@
  * `npm run demo` (dist/demo.js): the gateway in front of the built-in simulator, with a client key
  * made for the run and printed, unless GATEWAY_API_KEYS gives the keys.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -19,10 +19,11 @@ afterEach(async () => {
 });
 
 /** The demo's banner comes once it listens; the key is read off it as a user would. */
-async function startDemo(env: Record<string, string | undefined>): Promise<{ url: string; key: string | undefined; banner: string }> {
+async function startDemo(env: Record<string, string | undefined>, opts: { inDir?: boolean } = {}): Promise<{ url: string; key: string | undefined; banner: string }> {
   dir = mkdtempSync(join(tmpdir(), 'gw-demo-'));
   const port = await freePort();
-  demo = await startGatewayProcess(port, { DATA_DIR: join(dir, 'data'), ...env }, 'dist/demo.js');
+  // inDir: run from the temporary directory, so a relative DATA_DIR lands in it.
+  demo = await startGatewayProcess(port, { DATA_DIR: join(dir, 'data'), ...env }, 'dist/demo.js', opts.inDir ? dir : undefined);
   for (let i = 0; i < 200 && !demo.output().includes('Try:'); i++) await sleep(25);
   const banner = demo.output();
   return { url: `http://127.0.0.1:${port}`, key: /client key: +(gk-demo-[0-9a-f]+)/.exec(banner)?.[1], banner };
@@ -76,6 +77,25 @@ describe('npm run demo', () => {
     await kill9(demo!.child);
     demo = undefined;
     expect((await startDemo({})).banner).not.toContain('shared:');
+  });
+
+  it('says a DATA_DIR it was given is the one used, shared with anything else using it, not a demo directory of its own', async () => {
+    const { banner } = await startDemo({});
+    const given = join(dir!, 'data');
+    expect(banner).toContain(`state:      ${given} (DATA_DIR as set: shared with npm start or anything else using it; unset for the demo's own ./data-demo)`);
+    expect(banner).not.toContain('kept apart');
+  });
+
+  it('keeps its state in ./data-demo, apart from the gateway\'s ./data, when DATA_DIR is unset or empty', async () => {
+    for (const DATA_DIR of [undefined, '', '  ']) {
+      const { banner } = await startDemo({ DATA_DIR }, { inDir: true });
+      expect(banner).toContain("state:      ./data-demo (the demo's own, kept apart from the real gateway's DATA_DIR)");
+      expect(existsSync(join(dir!, 'data-demo'))).toBe(true);
+      expect(existsSync(join(dir!, 'data'))).toBe(false);
+      await kill9(demo!.child);
+      demo = undefined;
+      rmSync(dir!, { recursive: true, force: true });
+    }
   });
 
   it('makes no key of its own when GATEWAY_API_KEYS is set', async () => {

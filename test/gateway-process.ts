@@ -24,10 +24,10 @@ export interface GatewayProcess {
 }
 
 /** dist/server.js (or `script`) on 127.0.0.1:port with env over a few defaults; its output collected. */
-function spawnGateway(port: number, env: Record<string, string | undefined>, script: string, uid?: number): GatewayProcess {
+function spawnGateway(port: number, env: Record<string, string | undefined>, script: string, uid?: number, cwd = root): GatewayProcess {
   const given = { PATH: process.env.PATH, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn', STORAGE_MIN_FREE_BYTES: '0', ...env };
-  const child = spawn(process.execPath, [script], {
-    cwd: root,
+  const child = spawn(process.execPath, [new URL(script, new URL('..', import.meta.url)).pathname], {
+    cwd,
     // A variable given as undefined is left unset (HOST: undefined, to see the default).
     env: Object.fromEntries(Object.entries(given).filter(([, value]) => value !== undefined)),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -44,8 +44,8 @@ function spawnGateway(port: number, env: Record<string, string | undefined>, scr
  * warn logs, the storage floor off so the machine's free space decides nothing) and waits until
  * /healthz answers.
  */
-export async function startGatewayProcess(port: number, env: Record<string, string | undefined>, script = 'dist/server.js'): Promise<GatewayProcess> {
-  const { child, output } = spawnGateway(port, env, script);
+export async function startGatewayProcess(port: number, env: Record<string, string | undefined>, script = 'dist/server.js', cwd?: string): Promise<GatewayProcess> {
+  const { child, output } = spawnGateway(port, env, script, undefined, cwd);
   for (let i = 0; i < 400; i++) {
     const up = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
     if (up) return { child, output };

@@ -65,6 +65,18 @@ describe('the admin key API', () => {
     expect(unknown.statusCode).toBe(400);
   });
 
+  it.each([
+    [{ rpm: 0 }, 'rpm: must be an integer from 1 to 1000000'],
+    [{ rpm: 2.5 }, 'rpm: must be an integer from 1 to 1000000'],
+    [{ images_per_day: -1 }, 'images_per_day: must be an integer from 0 to 100000000'],
+    [{ images_per_day: '10' }, 'images_per_day: must be an integer from 0 to 100000000'],
+    [{ monthly_budget_usd: -5 }, 'monthly_budget_usd: must be a number from 0 to 100000000'],
+  ])('answers a mint with %j with what the field allows: %s', async (fields, message) => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', ...fields } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.message).toBe(message);
+  });
+
   it('refuses an allow-list pattern that matches no model', async () => {
     const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', models: ['imagen-*', 'gpt-imgae-*'] } });
     expect(res.statusCode).toBe(400);

@@ -3,6 +3,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { prose } from '../src/routes/docs-routes.js';
 import { ADMIN_KEY, startHarness, type Harness, makePng, multipartBody } from './harness.js';
 
 const spec = parse(readFileSync(new URL('../openapi.yaml', import.meta.url), 'utf8')) as {
@@ -169,7 +170,24 @@ describe('openapi.yaml and the running app', () => {
     expect(docs.body).toMatch(/<code>prompt<\/code> <b>required<\/b>/);
     expect(docs.body).toContain('<code>Idempotency-Key</code> (header)');
     expect(docs.body).toContain('Authorization: Bearer');
+    // Markdown emphasis in descriptions renders, not as literal asterisks; code spans keep their characters.
+    expect(docs.body).toContain('<strong>Event streams.</strong>');
+    expect(docs.body).toContain('<strong>Limits.</strong>');
+    expect(docs.body).not.toContain('**');
+    expect(docs.body).toContain('<code>STREAM_KEEPALIVE_MS</code>');
+    expect(docs.body).toContain('<code>estimated_cost_usd</code>');
     const yaml = await h.app.inject({ method: 'GET', url: '/openapi.yaml' });
     expect(parse(yaml.body).paths['/v1/generate']).toBeDefined();
+  });
+});
+
+describe('/docs inline Markdown', () => {
+  it('renders bold, italics and code spans, and leaves identifiers, globs and code contents as written', () => {
+    expect(prose('**Limits.** counted')).toBe('<strong>Limits.</strong> counted');
+    expect(prose('an *optional* field, or _this_ one')).toBe('an <em>optional</em> field, or <em>this</em> one');
+    expect(prose('`STREAM_KEEPALIVE_MS` and STREAM_KEEPALIVE_MS')).toBe('<code>STREAM_KEEPALIVE_MS</code> and STREAM_KEEPALIVE_MS');
+    expect(prose('`**not bold**` and `gpt-image-*`')).toBe('<code>**not bold**</code> and <code>gpt-image-*</code>');
+    expect(prose('models gpt-image-* or flux-* match; 2 * 3 * 4')).toBe('models gpt-image-* or flux-* match; 2 * 3 * 4');
+    expect(prose('**a <b> tag**')).toBe('<strong>a &lt;b&gt; tag</strong>');
   });
 });

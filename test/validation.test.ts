@@ -218,6 +218,29 @@ describe('generate: parameters the model does not take', () => {
   });
 });
 
+describe('generate: n outside the model\'s range', () => {
+  // Its own harness: these requests would take the shared one over its requests-per-minute limit.
+  let own: Harness;
+  beforeAll(async () => {
+    own = await startHarness();
+  });
+  afterAll(async () => {
+    await own.close();
+  });
+
+  it.each([
+    ['ideogram-v3', 0, 'n: must be an integer from 1 to 8 for ideogram-v3'],
+    ['ideogram-v3', -3, 'n: must be an integer from 1 to 8 for ideogram-v3'],
+    ['ideogram-v3', 9, 'n: must be an integer from 1 to 8 for ideogram-v3'],
+    ['dall-e-3', 0, 'n: must be the integer 1 for dall-e-3'],
+  ])('answers %s with n=%d with the model\'s own range: %s', async (model, n, message) => {
+    const res = await own.app.inject({ method: 'POST', url: '/v1/generate', headers: own.auth, payload: { model, prompt: 'a deer', n } });
+    const err = expectRefused(res, 400, 'invalid_request', ['n'], own);
+    expect(err.message).toBe(message);
+    expect(err.details?.[0]?.field).toBe('n');
+  });
+});
+
 describe('generate: values outside what the model allows', () => {
   it('refuses n=2 on dall-e-3, which makes one image', async () => {
     const res = await generate({ model: 'dall-e-3', prompt: 'a deer', n: 2 });

@@ -5,7 +5,7 @@ import { GatewayError } from '../errors.js';
 import { randomId } from '../ids.js';
 import { migration, type Database, type Migration } from '../storage/database.js';
 import { sha256Hex, type Client, type ClientKeys } from './client-keys.js';
-import { modelAllowed } from './key-policy.js';
+import { boundedNumber, modelAllowed } from './key-policy.js';
 
 const MIGRATIONS: Migration[] = [
   migration('browser-tokens-001', (t) => [
@@ -33,10 +33,10 @@ const KEEP_EXPIRED_MS = 86_400_000;
 
 /** POST /v1/tokens */
 export const mintTokenSchema = z.strictObject({
-  ttl_seconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+  ttl_seconds: boundedNumber(1, MAX_TTL_SECONDS).optional(),
   models: z.array(z.string().min(1).max(200)).min(1).max(200).optional(),
-  max_images: z.number().int().min(1).max(1_000_000).optional(),
-  max_requests: z.number().int().min(1).max(1_000_000).optional(),
+  max_images: boundedNumber(1, 1_000_000).optional(),
+  max_requests: boundedNumber(1, 1_000_000).optional(),
 });
 export type MintTokenInput = z.infer<typeof mintTokenSchema>;
 

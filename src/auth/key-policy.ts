@@ -32,11 +32,18 @@ export function isReservedTeam(team: string): boolean {
 const id = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
 const team = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
 
+/** A number field whose every refusal (wrong type, fraction, out of range) says what it allows, never zod's "Too small: ...". */
+export function boundedNumber(min: number, max: number, integer = true) {
+  const allowed = `must be ${integer ? 'an integer' : 'a number'} from ${min} to ${max}`;
+  const number = z.number({ error: allowed });
+  return (integer ? number.int(allowed) : number).min(min, allowed).max(max, allowed);
+}
+
 export const policyFields = {
   team,
-  rpm: z.number().int().min(1).max(1_000_000).optional(),
-  images_per_day: z.number().int().min(0).max(100_000_000).optional(),
-  monthly_budget_usd: z.number().min(0).max(100_000_000).optional(),
+  rpm: boundedNumber(1, 1_000_000).optional(),
+  images_per_day: boundedNumber(0, 100_000_000).optional(),
+  monthly_budget_usd: boundedNumber(0, 100_000_000, false).optional(),
   models: z.array(z.string().min(1).max(200)).max(200).optional(),
   admin: z.boolean().optional(),
 };

@@ -150,7 +150,8 @@ export class GenerationPipeline {
   async admit(call: GenerationCall): Promise<AdmittedGeneration> {
     const { client, request, outcome } = call;
     outcome.operation = request.operation;
-    outcome.imagesRequested = typeof request.params.n === 'number' ? request.params.n : 1;
+    // n below 1 is refused by the model's rule below; a refused request's record never counts fewer than none.
+    outcome.imagesRequested = typeof request.params.n === 'number' ? Math.max(0, request.params.n) : 1;
     this.noteRequestedModel(outcome, request.model);
     // An upscale may have no prompt: none is recorded then.
     if (this.deps.keepPrompts && request.prompt !== '') outcome.prompt = request.prompt;

@@ -54,8 +54,8 @@ const modelName = nonEmpty(`a model id (at most ${NAME_MAX} characters; GET /v1/
 const commonFields = {
   model: modelName,
   prompt: nonEmpty(),
-  // The model's own rule (its input_schema) then says how many it makes.
-  n: integer("an integer, 1 or more (the model's input_schema gives its range)", 1),
+  // The model's own rule (its input_schema) then judges how many, and names its range: n=0 too.
+  n: integer("an integer (the model's input_schema gives its range)", Number.MIN_SAFE_INTEGER),
   size: nonEmpty("a non-empty string: WIDTHxHEIGHT or a size the model names (its input_schema lists them)"),
   aspect_ratio: text('written W:H, for example "16:9"').regex(/^\d+:\d+$/, 'must be written W:H, for example "16:9"'),
   // Judged by the model's own rule, which lists its qualities: one list for every model would offer

@@ -15,8 +15,19 @@ const escape = (s: unknown) =>
 
 type Json = Record<string, unknown>;
 
-/** Inline `code` and line breaks of OpenAPI descriptions, after escaping. */
-const prose = (s: unknown) => escape(s).replace(/`([^`]+)`/g, '<code>$1</code>');
+/** `**bold**` and `*italic*` / `_italic_` outside code spans; `a*b`, `gpt-image-*` and `STREAM_KEEPALIVE_MS` stay as written. */
+const emphasis = (s: string) =>
+  s
+    .replace(/\*\*(?=\S)(.+?)(?<=\S)\*\*/g, '<strong>$1</strong>')
+    .replace(/(?<![\w*])\*(?=[^\s*])([^*]+?)(?<=\S)\*(?![\w*])/g, '<em>$1</em>')
+    .replace(/(?<![\w])_(?=[^\s_])([^_]+?)(?<=\S)_(?!\w)/g, '<em>$1</em>');
+
+/** Inline Markdown of OpenAPI descriptions (`code`, **bold**, *italic*), after escaping; line breaks are kept by the page's CSS. */
+export const prose = (s: unknown) =>
+  escape(s)
+    .split(/(`[^`]+`)/)
+    .map((part, i) => (i % 2 ? `<code>${part.slice(1, -1)}</code>` : emphasis(part)))
+    .join('');
 
 /** Follows a local `$ref` (`#/components/...`) to what it names. */
 function resolve(spec: Json, node: unknown): Json {

@@ -40,9 +40,10 @@ function ownMapping(mappings: Readonly<Record<string, FieldMapping | undefined>>
   return Object.hasOwn(mappings, name) ? mappings[name] : undefined;
 }
 
-function check(field: string, mapping: FieldMapping, value: unknown): void {
+/** `modelId`: named after the rule's words, where the range is the model's own (n). */
+function check(field: string, mapping: FieldMapping, value: unknown, modelId?: string): void {
   const problem = mapping.rule.check(value);
-  if (problem) throw invalidField(field, problem, mapping.rule.values ?? mapping.rule.allowed);
+  if (problem) throw invalidField(field, modelId ? `${problem} for ${modelId}` : problem, mapping.rule.values ?? mapping.rule.allowed);
 }
 
 /** Why a parameter is refused; a shape asked in the form the model does not take names the one it does. */
@@ -77,7 +78,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
       const refused = route.refused && Object.hasOwn(route.refused, name) ? route.refused[name] : undefined;
       throw invalidField(name, refused ? `is not taken by ${model.id}${inMode}: ${refused}` : unsupportedParamMessage(model, route, name, inMode), supported);
     }
-    check(name, mapping, value);
+    check(name, mapping, value, name === 'n' ? model.id : undefined);
   }
   for (const [name, mapping] of Object.entries(route.params) as Array<[NormalizedParam, FieldMapping]>) {
     if (mapping.required && req.params[name] === undefined) {
