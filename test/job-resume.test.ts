@@ -131,6 +131,7 @@ describe('a gateway killed mid-job', () => {
     const job = await jobWhen(accepted.id, (j) => j.status === 'failed' || j.status === 'succeeded');
     expect(job.status).toBe('failed');
     expect(job.error.message).toMatch(/not sent again/);
+    expect(job.error.message).toMatch(/new Idempotency-Key/);
     expect(simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
     await kill9(children.at(-1)!);
     rmSync(dataDir, { recursive: true, force: true });
@@ -138,7 +139,7 @@ describe('a gateway killed mid-job', () => {
 });
 
 describe('jobs a restart finds failed (their upstream call was in flight)', () => {
-  it('are one warning line at start, and a retry under the same Idempotency-Key that replays the failure one more', async () => {
+  it('are one warning line at start; a retry under the same Idempotency-Key replays the failure, marked replayed, telling to use a new key', async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
     simulator.reset();
     simulator.failNext('hang', 2);
@@ -153,8 +154,10 @@ describe('jobs a restart finds failed (their upstream call was in flight)', () =
     await startGateway({ LOG_LEVEL: 'info' });
     const retry = await api('/v1/generate', request('crash-a'));
     expect(retry.status).toBe(502);
+    expect(retry.headers.get('idempotent-replayed')).toBe('true');
     const error = ((await retry.json()) as Json).error;
     expect(error.message).toMatch(/not sent again/);
+    expect(error.message).toMatch(/new Idempotency-Key/);
     expect(simulator.received.filter((r) => r.method === 'POST')).toHaveLength(2);
 
     // Stopped (SIGTERM) so that all it logged is written out.

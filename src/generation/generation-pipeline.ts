@@ -420,9 +420,9 @@ export class GenerationPipeline {
     }
     const finished = await jobs.outcome(row);
     if ('error' in finished) {
-      // A stored failure replayed is logged as a warning: its first telling was the error.
-      if (!replayed) throw finished.error;
-      throw restated(finished.error, { expected: true });
+      // A stored failure replayed is told apart as a replayed success is; logged as a warning, its first telling was the error.
+      if (replayed === undefined) throw finished.error;
+      throw restated(finished.error, { headers: { 'idempotent-replayed': String(replayed) }, ...(replayed ? { expected: true } : {}) });
     }
     return {
       kind: 'result',

@@ -710,7 +710,7 @@ export class JobRunner {
           undefined,
           new GatewayError(
             'upstream_error',
-            'the gateway stopped while this job’s upstream call was in flight; it was not sent again, to avoid paying twice. Submit it again to retry.',
+            'the gateway stopped while this job’s upstream call was in flight; it was not sent again, to avoid paying twice. Submit it again to retry, with a new Idempotency-Key if it had one (the same key replays this failure).',
           ),
         );
         failedInFlight.push(job.id);
