@@ -59,11 +59,16 @@ export class GatewayError extends Error {
   readonly limit: string | undefined;
   /** Sent with the error: what a refusing limit tells of itself (x-ratelimit-images-*, ...), as on every other answer. */
   readonly headers: Record<string, string>;
+  /**
+   * A failure already known and reported once (a stored failure replayed, a stream ended by a stop):
+   * logged as one warning line without a stack, whatever its status.
+   */
+  readonly expected: boolean;
 
   constructor(
     code: ErrorCode,
     message: string,
-    extra: { details?: ErrorDetail[]; retryAfter?: number; upstreamStatus?: number; limit?: string; headers?: Record<string, string>; cause?: unknown } = {},
+    extra: { details?: ErrorDetail[]; retryAfter?: number; upstreamStatus?: number; limit?: string; headers?: Record<string, string>; expected?: boolean; cause?: unknown } = {},
   ) {
     super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
     this.name = 'GatewayError';
@@ -74,7 +79,21 @@ export class GatewayError extends Error {
     this.upstreamStatus = extra.upstreamStatus;
     this.limit = extra.limit;
     this.headers = extra.headers ?? {};
+    this.expected = extra.expected ?? false;
   }
+}
+
+/** The same failure, answered with more headers and/or marked expected (see GatewayError.expected). */
+export function restated(err: GatewayError, extra: { headers?: Record<string, string>; expected?: boolean }): GatewayError {
+  return new GatewayError(err.code, err.message, {
+    details: err.details,
+    ...(err.retryAfter !== undefined ? { retryAfter: err.retryAfter } : {}),
+    ...(err.upstreamStatus !== undefined ? { upstreamStatus: err.upstreamStatus } : {}),
+    ...(err.limit !== undefined ? { limit: err.limit } : {}),
+    headers: { ...err.headers, ...extra.headers },
+    expected: extra.expected ?? err.expected,
+    ...(err.cause !== undefined ? { cause: err.cause } : {}),
+  });
 }
 
 /**

@@ -135,6 +135,13 @@ describe('a gateway that stops while clients follow its jobs', () => {
     const events = eventsOf(await stream);
     expect(events.at(-1)).toEqual({ event: 'error', data: { type: 'error', error: { code: 'service_unavailable', message: expect.stringMatching(/stopping/) } } });
     expect((await longPoll).status).toBe('running');
+    // The stop is no fault of the stream's: one warning line, without an error or a stack.
+    const lines = stopping.logs.map((l) => JSON.parse(l));
+    const told = lines.filter((l) => l.code === 'service_unavailable');
+    expect(told).toHaveLength(1);
+    expect(told[0]).toMatchObject({ level: 40, msg: expect.stringMatching(/stopping/) });
+    expect(told[0].err).toBeUndefined();
+    expect(lines.filter((l) => l.level >= 50)).toEqual([]);
   }, 15_000);
 });
 

@@ -17,9 +17,11 @@ let simulator: UpstreamSimulator;
 let dataDir: string;
 let port: number;
 const children: ChildProcess[] = [];
+/** What the last gateway started printed so far. */
+let outputOfLast: () => string = () => '';
 
 async function startGateway(env: Record<string, string> = {}): Promise<ChildProcess> {
-  const { child } = await startGatewayProcess(port, {
+  const { child, output } = await startGatewayProcess(port, {
     DATA_DIR: dataDir,
     AIHUBMIX_API_KEY: UPSTREAM_KEY,
     AIHUBMIX_BASE_URL: simulator.url,
@@ -29,6 +31,7 @@ async function startGateway(env: Record<string, string> = {}): Promise<ChildProc
     ...env,
   });
   children.push(child);
+  outputOfLast = output;
   return child;
 }
 
@@ -128,8 +131,55 @@ describe('a gateway killed mid-job', () => {
     const job = await jobWhen(accepted.id, (j) => j.status === 'failed' || j.status === 'succeeded');
     expect(job.status).toBe('failed');
     expect(job.error.message).toMatch(/not sent again/);
+    expect(job.error.message).toMatch(/new Idempotency-Key/);
     expect(simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
     await kill9(children.at(-1)!);
+    rmSync(dataDir, { recursive: true, force: true });
+  }, 60_000);
+});
+
+describe('jobs a restart finds failed (their upstream call was in flight)', () => {
+  it('are one warning line at start; a retry under the same Idempotency-Key replays the failure, marked replayed, telling to use a new key', async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
+    simulator.reset();
+    simulator.failNext('hang', 2);
+    const first = await startGateway();
+    const request = (key: string) => ({ method: 'POST', headers: { 'idempotency-key': key }, body: JSON.stringify({ model: 'gpt-image-1', prompt: `in flight ${key}` }) });
+    const unanswered = [api('/v1/generate', request('crash-a')).catch((err: unknown) => err), api('/v1/generate', request('crash-b')).catch((err: unknown) => err)];
+    for (let i = 0; i < 200 && simulator.received.length < 2; i++) await sleep(20);
+    await kill9(first);
+    for (const answer of await Promise.all(unanswered)) expect(answer).toBeInstanceOf(Error);
+
+    // LOG_LEVEL info: every line the restart writes about these jobs is seen.
+    await startGateway({ LOG_LEVEL: 'info' });
+    const retry = await api('/v1/generate', request('crash-a'));
+    expect(retry.status).toBe(502);
+    expect(retry.headers.get('idempotent-replayed')).toBe('true');
+    const error = ((await retry.json()) as Json).error;
+    expect(error.message).toMatch(/not sent again/);
+    expect(error.message).toMatch(/new Idempotency-Key/);
+    expect(simulator.received.filter((r) => r.method === 'POST')).toHaveLength(2);
+
+    // Stopped (SIGTERM) so that all it logged is written out.
+    const restarted = children.at(-1)!;
+    await new Promise((resolve) => {
+      restarted.once('exit', resolve);
+      restarted.kill('SIGTERM');
+    });
+    const lines = outputOfLast()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Json);
+    // No error, no stack: the restart's failed jobs are one warning naming them; the replay one warning.
+    expect(lines.filter((l) => l.level >= 50)).toEqual([]);
+    expect(lines.filter((l) => JSON.stringify(l).includes('"stack"'))).toEqual([]);
+    const restartLines = lines.filter((l) => l.level === 40 && Array.isArray(l.job_ids));
+    expect(restartLines).toHaveLength(1);
+    expect(restartLines[0]).toMatchObject({ jobs_failed: 2 });
+    expect(restartLines[0].job_ids).toHaveLength(2);
+    const replayLines = lines.filter((l) => l.reqId && l.code === 'upstream_error');
+    expect(replayLines).toHaveLength(1);
+    expect(replayLines[0].level).toBe(40);
     rmSync(dataDir, { recursive: true, force: true });
   }, 60_000);
 });

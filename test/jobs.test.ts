@@ -217,6 +217,16 @@ describe('Idempotency-Key', () => {
     expect(b.statusCode).toBe(502);
     expect(b.json().error.code).toBe('upstream_error');
     expect(submissions('gpt-image-1')).toBe(1);
+    // Told apart as a success's replay is: the retry was answered from what is kept, not by upstream.
+    expect(a.headers['idempotent-replayed']).toBe('false');
+    expect(b.headers['idempotent-replayed']).toBe('true');
+    // The failure itself was logged as an error once; its replay is one warning, without a stack.
+    const linesOf = (id: string) => h.logs.map((l) => JSON.parse(l)).filter((l) => l.reqId === id && l.msg !== 'request completed');
+    const replayLines = linesOf(b.json().error.request_id);
+    expect(replayLines).toHaveLength(1);
+    expect(replayLines[0]).toMatchObject({ level: 40, code: 'upstream_error' });
+    expect(replayLines[0].err).toBeUndefined();
+    expect(JSON.stringify(replayLines[0])).not.toMatch(/stack/);
   });
 
   it('a first request that upstream refused (never paid) is tried again by its retry, and its 429 keeps Retry-After', async () => {

@@ -1,15 +1,16 @@
 /**
  * Multipart edits: the whole request within MAX_REQUEST_BYTES (declared or counted as it arrives),
  * each file streamed to DATA_DIR/uploads as it arrives rather than held in memory, and removed once
- * the request is answered. The directory is emptied at start.
+ * the request is answered. Files untouched for over an hour (a killed replica's) are removed at start
+ * and every 10 minutes; newer ones may be another replica's upload in flight.
  */
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { makePng, multipartBody, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 
 const KIB = 1024;
@@ -135,19 +136,56 @@ describe('multipart files on disk', () => {
   });
 });
 
-describe('DATA_DIR/uploads at start', () => {
-  it('is emptied: files a stopped process left there belong to no request', async () => {
+describe('DATA_DIR/uploads at start and every 10 minutes', () => {
+  const HOUR = 3600_000;
+  const age = (path: string, ms: number) => utimesSync(path, new Date(Date.now() - ms), new Date(Date.now() - ms));
+
+  it('keeps what another replica sharing DATA_DIR may still be writing; removes files untouched for over an hour', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'gw-uploads-'));
     try {
       mkdirSync(join(dataDir, 'uploads'));
       writeFileSync(join(dataDir, 'uploads', 'up_left-behind'), 'half an upload');
+      age(join(dataDir, 'uploads', 'up_left-behind'), HOUR + 60_000);
+      writeFileSync(join(dataDir, 'uploads', 'up_in-flight'), 'another replica is writing this');
+      age(join(dataDir, 'uploads', 'up_in-flight'), HOUR - 60_000);
       const h = await startHarness({ DATA_DIR: dataDir });
       try {
-        expect(readdirSync(join(dataDir, 'uploads'))).toEqual([]);
+        expect(readdirSync(join(dataDir, 'uploads'))).toEqual(['up_in-flight']);
       } finally {
         await h.close();
       }
     } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('sweeps again every 10 minutes while running, and no more once closed', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'gw-uploads-'));
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    try {
+      const h = await startHarness({ DATA_DIR: dataDir });
+      const stale = join(dataDir, 'uploads', 'up_crashed-replica');
+      const fresh = join(dataDir, 'uploads', 'up_writing');
+      try {
+        writeFileSync(stale, 'left by a replica killed since this one started');
+        age(stale, HOUR + 60_000);
+        writeFileSync(fresh, 'being written');
+        vi.advanceTimersByTime(10 * 60_000 - 1);
+        await new Promise((r) => setTimeout(r, 100));
+        expect(readdirSync(join(dataDir, 'uploads')).sort()).toEqual(['up_crashed-replica', 'up_writing']);
+        vi.advanceTimersByTime(1);
+        for (let i = 0; i < 200 && readdirSync(join(dataDir, 'uploads')).length > 1; i++) await new Promise((r) => setTimeout(r, 10));
+        expect(readdirSync(join(dataDir, 'uploads'))).toEqual(['up_writing']);
+      } finally {
+        await h.close();
+      }
+      writeFileSync(stale, 'left after the close');
+      age(stale, HOUR + 60_000);
+      vi.advanceTimersByTime(20 * 60_000);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(readdirSync(join(dataDir, 'uploads')).sort()).toEqual(['up_crashed-replica', 'up_writing']);
+    } finally {
+      vi.useRealTimers();
       rmSync(dataDir, { recursive: true, force: true });
     }
   });

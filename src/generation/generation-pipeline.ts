@@ -1,4 +1,4 @@
-import { GatewayError, invalidField } from '../errors.js';
+import { GatewayError, invalidField, restated } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
 import { pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
@@ -420,7 +420,11 @@ export class GenerationPipeline {
       call.outcome.modelsTried = moved.tried;
     }
     const finished = await jobs.outcome(row);
-    if ('error' in finished) throw finished.error;
+    if ('error' in finished) {
+      // A stored failure replayed is told apart as a replayed success is; logged as a warning, its first telling was the error.
+      if (replayed === undefined) throw finished.error;
+      throw restated(finished.error, { headers: { 'idempotent-replayed': String(replayed) }, ...(replayed ? { expected: true } : {}) });
+    }
     return {
       kind: 'result',
       result: resultWithOrigin(finished.result, call.publicBaseUrl),

@@ -688,6 +688,8 @@ export class JobRunner {
     const now = Date.now();
     const candidates = await this.records.abandoned(now, 100);
     let taken = 0;
+    /** Jobs failed here for their upstream call in flight when their replica stopped: one warning for them all. */
+    const failedInFlight: string[] = [];
     for (const job of candidates) {
       if (this.active.has(job.id)) continue;
       // Claimed only as read: a replica that sent the job (or learned its task) since then keeps it.
@@ -706,9 +708,19 @@ export class JobRunner {
         await this.finish(
           job,
           undefined,
-          new GatewayError('upstream_error', 'the gateway stopped while this job’s upstream call was in flight; it was not sent again, to avoid paying twice. Submit it again to retry.'),
+          new GatewayError(
+            'upstream_error',
+            'the gateway stopped while this job’s upstream call was in flight; it was not sent again, to avoid paying twice. Submit it again to retry, with a new Idempotency-Key if it had one (the same key replays this failure).',
+          ),
         );
+        failedInFlight.push(job.id);
       }
+    }
+    if (failedInFlight.length > 0) {
+      this.o.log.warn(
+        { jobs_failed: failedInFlight.length, job_ids: failedInFlight },
+        `${failedInFlight.length} job(s) failed: their upstream call was in flight when their replica stopped, and is not sent again (to avoid paying twice)`,
+      );
     }
     return taken;
   }

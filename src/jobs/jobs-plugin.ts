@@ -106,7 +106,8 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
   const stopping = new AbortController();
   app.decorate('stopping', stopping.signal);
   app.addHook('preClose', async () => {
-    stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1 }));
+    // Expected: a stream or a wait it ends is logged as one warning line, not an error with a stack.
+    stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1, expected: true }));
   });
   // Migrates the jobs table and takes over jobs that a stopped replica left.
   app.addHook('onReady', async () => jobs.start());

@@ -6,7 +6,7 @@ import { isApiCall, usageRecordOf } from '../usage/usage-routes.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** Notes a failure in the request's outcome and logs it (5xx as errors). */
+    /** Notes a failure in the request's outcome and logs it (5xx as errors; an expected one as a warning without a stack). */
     noteFailure(request: FastifyRequest, failure: GatewayError): void;
     /**
      * Records a request whose client left before it was answered: as 499, as nginx writes it
@@ -91,7 +91,10 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
     outcome.errorCode = failure.code;
     if (failure.limit) outcome.limitReason = failure.limit;
     if (failure.upstreamStatus !== undefined) outcome.upstreamStatus = failure.upstreamStatus;
-    if (failure.status >= 500) {
+    if (failure.expected) {
+      // Known and reported already (a replayed stored failure, a stream a stop ended): one line, no stack.
+      request.log.warn({ code: failure.code, upstream_status: failure.upstreamStatus }, failure.message);
+    } else if (failure.status >= 500) {
       request.log.error({ code: failure.code, upstream_status: failure.upstreamStatus, err: failure.cause ?? failure }, failure.message);
     } else {
       const clientAddress = failure.status === 401 || failure.status === 429 ? { client_address: request.ip } : {};
