@@ -1,6 +1,6 @@
 import { GatewayError, invalidField } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
-import { pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
+import { imagesAskedOf, pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { KeyLimits, Reservation } from '../limits/key-limits.js';
@@ -150,7 +150,7 @@ export class GenerationPipeline {
   async admit(call: GenerationCall): Promise<AdmittedGeneration> {
     const { client, request, outcome } = call;
     outcome.operation = request.operation;
-    outcome.imagesRequested = typeof request.params.n === 'number' ? request.params.n : 1;
+    outcome.imagesRequested = imagesAskedOf(request);
     this.noteRequestedModel(outcome, request.model);
     // An upscale may have no prompt: none is recorded then.
     if (this.deps.keepPrompts && request.prompt !== '') outcome.prompt = request.prompt;
