@@ -5,7 +5,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyError } from 
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
 import { ConfigError, type Config } from './config.js';
-import { GatewayError, errorBody } from './errors.js';
+import { GatewayError, clipName, errorBody } from './errors.js';
 import { UpstreamFailure, toGatewayError } from './upstream/upstream-failure.js';
 import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
 import type { ModelSpec } from './catalogue/model-spec.js';
@@ -277,7 +277,8 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   });
 
   app.setNotFoundHandler((request, reply) => {
-    const gw = new GatewayError('not_found', `no route ${request.method} ${request.url.split('?', 1)[0]}`);
+    // The path cut to its first 100 characters: a huge one is not echoed back (nor logged) whole.
+    const gw = new GatewayError('not_found', `no route ${request.method} ${clipName(request.url.split('?', 1)[0]!)}`);
     return reply.status(404).send(errorBody(gw, request.id));
   });
 

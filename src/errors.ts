@@ -117,8 +117,16 @@ export function zodRefusal(
   return new GatewayError('invalid_request', summary, { details });
 }
 
+/** The most of a name a client made up (a field, an option, a query parameter, a path) quoted in errors and logs. */
+export const QUOTED_NAME_MAX = 100;
+
+/** A name a client made up as errors and logs quote it: its first 100 characters and "…" when longer. */
+export function clipName(name: string, max = QUOTED_NAME_MAX): string {
+  return name.length > max ? `${name.slice(0, max)}…` : name;
+}
+
 /** A field's path as the API names fields in errors: `options.style`, `image[0]`, `fallback_models[1]`. */
-export function fieldPath(path: readonly PropertyKey[], name: (key: string) => string = (key) => key): string {
+export function fieldPath(path: readonly PropertyKey[], name: (key: string) => string = clipName): string {
   return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i === 0 ? '' : '.'}${name(String(p))}`)).join('');
 }
 

@@ -147,6 +147,41 @@ describe('limits on one gateway', () => {
     expect(h.simulator.received).toHaveLength(0);
   });
 
+  it('images_per_day counts a Seedream group (sequential_image_generation auto) as the max_images it may make, 15 when not given', async () => {
+    const key = await mint(h, { images_per_day: 5, rpm: 100 });
+    const group = (options: Record<string, unknown>) =>
+      generate(key, { model: 'doubao-seedream-4-0', prompt: 'a comic strip', options: { sequential_image_generation: 'auto', ...options } });
+    // Without max_images upstream may make 15: refused before any upstream call.
+    const unbounded = await group({});
+    expect(unbounded.statusCode).toBe(429);
+    expect(unbounded.json().error.message).toMatch(/images_per_day limit reached: .* asked for 15/);
+    const tooMany = await group({ sequential_image_generation_options: { max_images: 6 } });
+    expect(tooMany.statusCode).toBe(429);
+    expect(tooMany.json().error.details[0]).toMatchObject({ allowed: 5 });
+    expect(h.simulator.received).toHaveLength(0);
+    // Four asked for, four made (the simulator answers a group with max_images images) and counted.
+    const four = await group({ sequential_image_generation_options: { max_images: 4 } });
+    expect(four.statusCode).toBe(200);
+    expect(four.json().images).toHaveLength(4);
+    expect(four.headers['x-ratelimit-images-remaining']).toBe('1');
+    expect((await group({ sequential_image_generation_options: { max_images: 2 } })).statusCode).toBe(429);
+    // "disabled" makes one image, counted as one.
+    const one = await generate(key, { model: 'doubao-seedream-4-0', prompt: 'one', options: { sequential_image_generation: 'disabled', sequential_image_generation_options: { max_images: 9 } } });
+    expect(one.statusCode).toBe(200);
+    expect(one.headers['x-ratelimit-images-remaining']).toBe('0');
+  });
+
+  it('a browser token’s max_images counts a Seedream group as its max_images', async () => {
+    const key = await mint(h, { rpm: 100 });
+    const minted = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: key, payload: { max_images: 3 } });
+    expect(minted.statusCode).toBe(201);
+    const token = { authorization: `Bearer ${minted.json().token}` };
+    const over = await generate(token, { model: 'doubao-seedream-4-0', prompt: 'x', options: { sequential_image_generation: 'auto', sequential_image_generation_options: { max_images: 4 } } });
+    expect(over.statusCode).toBe(429);
+    expect(over.json().error.message).toMatch(/max_images limit reached: .* asked for 4/);
+    expect(h.simulator.received).toHaveLength(0);
+  });
+
   it('a model outside the key’s allow-list is 403 forbidden with no upstream call', async () => {
     const key = await mint(h, { models: ['imagen-*'], rpm: 100 });
     const res = await generate(key, { model: 'gpt-image-1', prompt: 'x' });
@@ -478,5 +513,32 @@ describe('limits across a restart', () => {
       await second.close();
       rmSync(dataDir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a Seedream group against a monthly budget', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ PRICE_OVERRIDES: '{"doubao-seedream-4-0": 0.03}' });
+  });
+  afterAll(async () => h.close());
+
+  it('reserves the price of max_images images, refusing the group the budget cannot pay for', async () => {
+    const key = await mint(h, { monthly_budget_usd: 0.1, rpm: 100 });
+    const group = (maxImages: number) =>
+      h.app.inject({
+        method: 'POST',
+        url: '/v1/generate',
+        headers: key,
+        payload: { model: 'doubao-seedream-4-0', prompt: 'x', options: { sequential_image_generation: 'auto', sequential_image_generation_options: { max_images: maxImages } } },
+      });
+    const over = await group(4);
+    expect(over.statusCode).toBe(429);
+    expect(over.json().error.message).toMatch(/monthly_budget_usd limit reached: .* would cost about \$0\.1200/);
+    expect(h.simulator.received).toHaveLength(0);
+    const three = await group(3);
+    expect(three.statusCode).toBe(200);
+    expect(three.json().images).toHaveLength(3);
+    expect(Number(three.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.01, 6);
   });
 });

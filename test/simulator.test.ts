@@ -161,6 +161,16 @@ describe('unified predictions', () => {
     expect((await readJson(response)).error.type).toBe('server_error');
   });
 
+  it('answers a Seedream group (sequential_image_generation auto) with max_images images, 15 by default, fewer by its reference images', async () => {
+    const group = async (input: Record<string, unknown>) =>
+      (await readJson(await predict('doubao/doubao-seedream-4-0', { prompt: 'a comic', sequential_image_generation: 'auto', ...input }))).output;
+    expect(await group({ sequential_image_generation_options: { max_images: 3 } })).toHaveLength(3);
+    expect(await group({})).toHaveLength(15);
+    expect(await group({ image: Array.from({ length: 12 }, () => 'https://example.com/a.png') })).toHaveLength(3);
+    const one = await readJson(await predict('doubao/doubao-seedream-4-0', { prompt: 'one', sequential_image_generation: 'disabled', sequential_image_generation_options: { max_images: 3 } }));
+    expect(one.output).toHaveLength(1);
+  });
+
   it('records the path, auth header and JSON body of a submission', async () => {
     await predict('doubao/doubao-seedream-4-0', { prompt: 'a kite', size: '2K' });
     expect(sim.received).toHaveLength(1);

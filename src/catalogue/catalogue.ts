@@ -146,6 +146,25 @@ export function maxImagesOf(route: UpstreamRoute | undefined): number {
   return route?.params.n?.rule.range?.max ?? 1;
 }
 
+/** What Seedream makes for a group (`sequential_image_generation: "auto"`) without `max_images`, and the most it takes. */
+export const SEQUENTIAL_MAX_IMAGES = 15;
+
+/**
+ * How many images a request may make, which limits and budgets count before it runs: its `n`
+ * (1 when not given), or for a Seedream group (`options.sequential_image_generation: "auto"`) its
+ * `options.sequential_image_generation_options.max_images`, 15 when not given (upstream's default).
+ * The reservation settles to the images really made.
+ */
+export function imagesAskedOf(request: { params: Record<string, unknown>; options?: Record<string, unknown> }): number {
+  const n = typeof request.params.n === 'number' ? request.params.n : 1;
+  const options = request.options ?? {};
+  if (!Object.hasOwn(options, 'sequential_image_generation') || options.sequential_image_generation !== 'auto') return n;
+  const group = Object.hasOwn(options, 'sequential_image_generation_options') ? options.sequential_image_generation_options : undefined;
+  const maxImages = group && typeof group === 'object' && Object.hasOwn(group, 'max_images') ? (group as Record<string, unknown>).max_images : undefined;
+  const asked = typeof maxImages === 'number' && Number.isInteger(maxImages) && maxImages >= 1 ? Math.min(maxImages, SEQUENTIAL_MAX_IMAGES) : SEQUENTIAL_MAX_IMAGES;
+  return Math.max(n, asked);
+}
+
 /** Whether any of a model's image routes (generate, an edit mode, upscale) has a price: what a budgeted key may use. */
 export function hasKnownPrice(model: ModelSpec): boolean {
   return [model.generate, ...Object.values(model.edit ?? {}), model.upscale].some((route) => route?.price !== undefined);

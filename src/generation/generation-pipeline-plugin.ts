@@ -22,6 +22,7 @@ async function generationPipeline(app: FastifyInstance): Promise<void> {
       limits,
       jobs,
       upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS,
+      defaultRpm: config.RATE_LIMIT_RPM,
       keepPrompts: config.LOG_PROMPTS,
       storage: app.storagePressure,
       callbackRefusal: app.jobCallbacks.callbackRefusal,

@@ -1,6 +1,6 @@
 import { GatewayError, invalidField, restated } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
-import { pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
+import { imagesAskedOf, pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { KeyLimits, Reservation } from '../limits/key-limits.js';
@@ -99,6 +99,8 @@ export interface GenerationPipelineDeps {
   limits: KeyLimits;
   jobs: JobRunner;
   upstreamTimeoutMs: number;
+  /** RATE_LIMIT_RPM: the rpm of a key without its own. */
+  defaultRpm: number;
   /** LOG_PROMPTS: keep the prompt in the usage record. */
   keepPrompts: boolean;
   /** PUBLIC_BASE_URL, the one origin a job row may keep; without it job rows keep image paths (src/jobs/job-origin.ts). */
@@ -151,7 +153,7 @@ export class GenerationPipeline {
     const { client, request, outcome } = call;
     outcome.operation = request.operation;
     // n below 1 is refused by the model's rule below; a refused request's record never counts fewer than none.
-    outcome.imagesRequested = typeof request.params.n === 'number' ? Math.max(0, request.params.n) : 1;
+    outcome.imagesRequested = Math.max(0, imagesAskedOf(request));
     this.noteRequestedModel(outcome, request.model);
     // An upscale may have no prompt: none is recorded then.
     if (this.deps.keepPrompts && request.prompt !== '') outcome.prompt = request.prompt;
@@ -177,10 +179,22 @@ export class GenerationPipeline {
       .map((r) => pricePerImage(r.price, request.options))
       .reduce<number | null>((dearest, price) => (price === null ? dearest : dearest === null ? price : Math.max(dearest, price)), null);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
-    const reservation =
-      call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)))
-        ? this.deps.limits.nothingReserved(client)
-        : await this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
+    const reserve = () => this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
+    const asRetry = call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)));
+    const reservation = asRetry ? this.deps.limits.nothingReserved(client) : await reserve();
+    // The first request may free the key (its job failed unbilled) before this one claims it: this
+    // one then starts a job of its own, and counts the key's limits (rpm included: it was counted
+    // as a read) before the job starts.
+    const reserveIfFirst = asRetry
+      ? async () => {
+          await this.deps.limits.countRequest(client, this.deps.defaultRpm);
+          const taken = await reserve();
+          reservation.images = taken.images;
+          reservation.microUsd = taken.microUsd;
+          if (taken.tokenImages !== undefined) reservation.tokenImages = taken.tokenImages;
+          Object.assign(reservation.headers, taken.headers);
+        }
+      : undefined;
     if (!prepared) {
       try {
         const loaded = await call.loadImages!(request, call.signal);
@@ -214,7 +228,7 @@ export class GenerationPipeline {
       run: (onEvent = () => {}) => {
         if (started) throw new Error('an admitted generation runs once');
         started = true;
-        return this.run(call, chain, reservation, onEvent);
+        return this.run(call, chain, reservation, onEvent, reserveIfFirst);
       },
     };
   }
@@ -274,14 +288,20 @@ export class GenerationPipeline {
     return chain;
   }
 
-  private async run(call: GenerationCall, chain: PreparedGeneration[], reservation: Reservation, onEvent: ReportEvent): Promise<GenerationAnswer> {
+  private async run(
+    call: GenerationCall,
+    chain: PreparedGeneration[],
+    reservation: Reservation,
+    onEvent: ReportEvent,
+    reserveIfFirst?: () => Promise<void>,
+  ): Promise<GenerationAnswer> {
     const { outcome } = call;
     const prepared = chain[0]!;
     const viaJobs = call.request.async || call.idempotencyKey !== undefined;
     const job = { created: false };
     let answer: GenerationAnswer;
     try {
-      answer = viaJobs ? await this.viaJob(call, chain, reservation, job, onEvent) : { kind: 'result', result: await this.alongChain(call, chain, onEvent) };
+      answer = viaJobs ? await this.viaJob(call, chain, reservation, job, onEvent, reserveIfFirst) : { kind: 'result', result: await this.alongChain(call, chain, onEvent) };
       if (answer.kind === 'result') {
         const { result } = answer;
         if (!viaJobs) await this.deps.limits.settle(reservation, result.images.length, result.usage.estimated_cost_usd);
@@ -379,6 +399,7 @@ export class GenerationPipeline {
     reservation: Reservation,
     job: { created: boolean },
     onEvent: ReportEvent,
+    reserveIfFirst?: () => Promise<void>,
   ): Promise<GenerationAnswer> {
     const { client, idempotencyKey } = call;
     const jobs = this.deps.jobs;
@@ -389,7 +410,7 @@ export class GenerationPipeline {
       chain,
       // Never the caller's Host: the job row keeps PUBLIC_BASE_URL or image paths; the caller's origin is added below.
       { client, publicBaseUrl: storedJobOrigin(this.deps.publicBaseUrl) },
-      scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id) } : undefined,
+      scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id), ...(reserveIfFirst ? { onFirstClaim: reserveIfFirst } : {}) } : undefined,
       // Settled to what the job really made, whenever it ends, whether or not anyone still waits for it.
       // Images paid for and lost to full storage count at what they cost.
       (result, failure) =>

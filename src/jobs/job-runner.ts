@@ -240,7 +240,11 @@ export class JobRunner {
     /** The requested model's prepared request, then its fallback models' (the job moves along them as they fail). */
     chain: PreparedGeneration[],
     owner: { client: Client; publicBaseUrl: string },
-    idempotency?: { scope: string; fingerprint: string },
+    /**
+     * `onFirstClaim`: run once this request holds the key as its first claimant, before the job
+     * starts; if it throws, the job is dropped and the key given back.
+     */
+    idempotency?: { scope: string; fingerprint: string; onFirstClaim?: () => Promise<void> },
     whenFinished?: (result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>,
   ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
@@ -275,6 +279,15 @@ export class JobRunner {
       if (!claim.first) {
         await this.records.remove(id);
         return claim;
+      }
+      if (idempotency.onFirstClaim) {
+        try {
+          await idempotency.onFirstClaim();
+        } catch (err) {
+          await this.records.releaseIdempotencyKeysOf(id);
+          await this.records.remove(id);
+          throw err;
+        }
       }
     }
     if (whenFinished) this.finishWatchers.set(id, [whenFinished]);

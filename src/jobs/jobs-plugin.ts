@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { PaidImageLost } from '../generation/image-generation.js';
 import { GatewayError } from '../errors.js';
+import { imagesAskedOf } from '../catalogue/catalogue.js';
 import { JobRunner } from './job-runner.js';
 import { parseJobChain } from './job-chain.js';
 import type { JobRow } from './job-records.js';
@@ -22,7 +23,7 @@ const ROUTE_OF_OPERATION: Record<string, string> = { generate: '/v1/generate', e
  */
 function recordOfUnansweredJob(row: JobRow, outcome: JobOutcome): UsageRecord & { jobId: string } {
   const createdAt = Number(row.created_at);
-  const params = row.request_json ? (JSON.parse(row.request_json) as { params?: { n?: unknown } }).params : undefined;
+  const stored = row.request_json ? (JSON.parse(row.request_json) as { params?: Record<string, unknown>; options?: Record<string, unknown> }) : undefined;
   return {
     timeMs: createdAt,
     requestId: row.id,
@@ -32,7 +33,7 @@ function recordOfUnansweredJob(row: JobRow, outcome: JobOutcome): UsageRecord & 
     route: ROUTE_OF_OPERATION[row.operation] ?? null,
     model: outcome.model ?? row.model,
     operation: row.operation,
-    imagesRequested: typeof params?.n === 'number' ? params.n : 1,
+    imagesRequested: imagesAskedOf({ params: stored?.params ?? {}, options: stored?.options }),
     totalMs: Math.max(0, Date.now() - createdAt),
     prompt: null,
     jobId: row.id,

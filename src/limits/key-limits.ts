@@ -243,6 +243,24 @@ export class KeyLimits {
     return reservation;
   }
 
+  /**
+   * Counts one request against the key's requests per minute (its rpm, else `defaultRpm`), as the
+   * rate limit counts a request that can cost money: for a request first counted as a read (an
+   * Idempotency-Key retry) that turns out to start a job of its own.
+   */
+  async countRequest(client: Client, defaultRpm: number): Promise<void> {
+    if (client.admin) return;
+    const limit = client.rpm ?? defaultRpm;
+    const { total, ttlMs } = await this.counters.add(`rpm:${client.id}`, 1, 60_000);
+    if (total > limit) {
+      const seconds = Math.max(1, Math.ceil(ttlMs / 1000));
+      throw new GatewayError('rate_limited', `rpm limit reached: key ${client.id} may make ${limit} requests per minute; retry in ${seconds} s`, {
+        retryAfter: seconds,
+        limit: 'rpm',
+      });
+    }
+  }
+
   /** A reservation of nothing, for a request that can cost nothing (a retry that joins or replays the first). */
   nothingReserved(client: Client): Reservation {
     const w = windows();

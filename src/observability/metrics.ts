@@ -8,7 +8,7 @@ import type { ModelCatalogue } from '../catalogue/catalogue.js';
 import type { StoragePressure } from '../images/storage-pressure.js';
 import type { ReplyByteBudget } from '../upstream/reply-byte-budget.js';
 import { ConfigError } from '../config.js';
-import { GatewayError } from '../errors.js';
+import { GatewayError, clipName } from '../errors.js';
 import { randomId } from '../ids.js';
 
 declare module 'fastify' {
@@ -254,7 +254,7 @@ function metricsListener(registry: Registry, token: string | undefined): Server 
     answer(res, status, { 'content-type': 'application/json; charset=utf-8', ...headers }, JSON.stringify({ error: { code, message, request_id: randomId('req', 12) } }));
   const server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
     const path = (req.url ?? '/').split('?', 1)[0];
-    if (path !== '/metrics') return error(res, 404, 'not_found', `no route ${req.method} ${path} (this listener serves GET /metrics only)`);
+    if (path !== '/metrics') return error(res, 404, 'not_found', `no route ${req.method} ${clipName(path!)} (this listener serves GET /metrics only)`);
     if (req.method !== 'GET' && req.method !== 'HEAD') return error(res, 405, 'invalid_request', 'GET /metrics only', { allow: 'GET, HEAD' });
     if (token !== undefined && !bearerMatches(req.headers.authorization, token)) {
       return error(res, 401, 'unauthorized', UNAUTHORIZED, { 'www-authenticate': 'Bearer realm="metrics"' });

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import type { GatewayError } from '../errors.js';
+import { clipName, type GatewayError } from '../errors.js';
 import type { UsageRecord } from '../usage/usage-log.js';
 import { isApiCall, usageRecordOf } from '../usage/usage-routes.js';
 
@@ -43,7 +43,7 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
     request.log.info(
       {
         method: request.method,
-        path: request.url.split('?', 1)[0],
+        path: clipName(request.url.split('?', 1)[0]!),
         status,
         ms: Math.round(totalMs * 10) / 10,
         key_id: request.client?.id,

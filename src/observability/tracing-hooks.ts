@@ -1,3 +1,4 @@
+import { clipName } from '../errors.js';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Context, Span } from '@opentelemetry/api';
 import { otelContext, startServerSpan, SpanStatusCode, tracingActive } from './tracing.js';
@@ -44,7 +45,7 @@ export function tracingHooks(app: FastifyInstance): void {
     const { span, context } = startServerSpan(route ? `${request.method} ${route}` : request.method, {
       'http.request.method': request.method,
       ...(route ? { 'http.route': route } : {}),
-      'url.path': request.url.split('?', 1)[0]!,
+      'url.path': clipName(request.url.split('?', 1)[0]!),
       'gateway.request_id': request.id,
     }, request.headers);
     request.traceSpan = { span, context, ended: false };

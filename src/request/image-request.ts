@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { GatewayError, invalidField, zodRefusal } from '../errors.js';
+import { GatewayError, clipName, invalidField, zodRefusal } from '../errors.js';
 import type { EditMode, ImageOperation, NormalizedParam } from '../catalogue/model-spec.js';
 import { EDIT_MODES, NORMALIZED_PARAMS, STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 import { sniffImageType, type ImageMime } from '../images/image-bytes.js';
@@ -39,7 +39,6 @@ export const MAX_FALLBACK_MODELS = 3;
 
 /** Names a client makes up (models, fields, option keys) are echoed in errors and logs: keep them short. */
 const NAME_MAX = 100;
-const clipName = (name: string) => (name.length > NAME_MAX ? `${name.slice(0, NAME_MAX)}...` : name);
 
 // Every field says what it takes in its own words, whatever is wrong with it (never zod's "Invalid input: ...").
 const text = (what = 'a string') => z.string({ error: `must be ${what}` });

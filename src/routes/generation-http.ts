@@ -158,6 +158,8 @@ export async function answerGeneration(
     reply.headers(admitted.headers);
     if (dialect) return await streamGeneration(app, request, reply, admitted, dialect);
     const answer = await admitted.run();
+    // Again: a retry that became the first request under its Idempotency-Key counted its limits while it ran.
+    reply.headers(admitted.headers);
     if (answer.replayed !== undefined) reply.header('idempotent-replayed', String(answer.replayed));
     if (answer.kind === 'job') {
       reply.status(202).header('location', answer.job.status_url);

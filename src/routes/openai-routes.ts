@@ -7,7 +7,7 @@
  */
 import { readEditParts, type EditParts } from '../request/edit-parts.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GatewayError, invalidField, type ErrorCode } from '../errors.js';
+import { GatewayError, clipName, invalidField, type ErrorCode } from '../errors.js';
 import { parseEditMultipart, parseGenerateBody, type ImageRequest } from '../request/image-request.js';
 import type { GenerationResult, ImageResult } from '../generation/image-generation.js';
 import { noteRequestedModel } from './image-routes.js';
@@ -69,7 +69,7 @@ function splitOpenAiBody(body: Record<string, unknown>, accepted: readonly strin
   const options: Record<string, unknown> = {};
   let stream = false;
   for (const [name, value] of Object.entries(body)) {
-    if (!accepted.includes(name)) throw invalidField(name, 'is not a parameter of this endpoint', accepted);
+    if (!accepted.includes(name)) throw invalidField(clipName(name), 'is not a parameter of this endpoint', accepted);
     // OpenAI's parameters are nullable: null asks for the default.
     if (value === null || name === 'user') continue;
     if (name === 'stream') {

@@ -344,7 +344,9 @@ function registerPredictionRoutes(api: FastifyInstance, sim: SimulatorState): vo
         return { output: [sim.createTask(prompt, outcome)] };
       }
 
-      const count = imageCount(input.n ?? input.numberOfImages ?? input.sampleCount ?? input.num_images);
+      const count = vendor === 'doubao' && input.sequential_image_generation === 'auto'
+        ? seedreamGroupSize(input)
+        : imageCount(input.n ?? input.numberOfImages ?? input.sampleCount ?? input.num_images);
       const indexes = Array.from({ length: count }, (_, index) => index);
       switch (vendor) {
         case 'opanai':
@@ -744,6 +746,21 @@ function requirePrompt(value: unknown): string {
     throw new SimulatedHttpError(400, 'prompt is required', 'invalid_request_error');
   }
   return value;
+}
+
+/**
+ * Seedream's group (`sequential_image_generation: "auto"`): up to `max_images` images (1-15,
+ * default 15), with the reference images and the images made 15 at most. The simulator makes
+ * them all, the most upstream may make.
+ */
+function seedreamGroupSize(input: Record<string, unknown>): number {
+  const options = asObject(input.sequential_image_generation_options) ?? {};
+  const max = options.max_images ?? 15;
+  if (typeof max !== 'number' || !Number.isInteger(max) || max < 1 || max > 15) {
+    throw new SimulatedHttpError(400, 'sequential_image_generation_options.max_images must be an integer from 1 to 15', 'invalid_request_error');
+  }
+  const references = Array.isArray(input.image) ? input.image.length : typeof input.image === 'string' ? 1 : 0;
+  return Math.max(1, Math.min(max, 15 - references));
 }
 
 function imageCount(value: unknown): number {

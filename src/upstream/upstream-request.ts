@@ -1,4 +1,4 @@
-import { GatewayError, invalidField } from '../errors.js';
+import { GatewayError, clipName, invalidField } from '../errors.js';
 import type { DescribeRoute, FieldMapping, ModelSpec, NormalizedParam, UpstreamRoute } from '../catalogue/model-spec.js';
 import { STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 import { styleReferencesAllowed } from '../catalogue/catalogue.js';
@@ -91,9 +91,9 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     if (!mapping) {
       // Still in options: the entry point did not take the images off (the OpenAI-compatible ones do not).
       if (name === STYLE_REFERENCES_FIELD && route.styleReferences) {
-        throw invalidField(`options.${name}`, 'style reference images are taken by POST /v1/generate and POST /v1/edit, not by the OpenAI-compatible endpoints');
+        throw invalidField(`options.${clipName(name)}`, 'style reference images are taken by POST /v1/generate and POST /v1/edit, not by the OpenAI-compatible endpoints');
       }
-      throw invalidField(`options.${name}`, `is not an option of ${model.id}${inMode}`, optionNames);
+      throw invalidField(`options.${clipName(name)}`, `is not an option of ${model.id}${inMode}`, optionNames);
     }
     check(`options.${name}`, mapping, value);
   }
@@ -189,7 +189,7 @@ export async function toUpstreamRequest(route: UpstreamRoute, req: ImageRequest)
   }
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
-    if (!mapping) throw invalidField(`options.${name}`, 'is not an option of this model', Object.keys(route.options));
+    if (!mapping) throw invalidField(`options.${clipName(name)}`, 'is not an option of this model', Object.keys(route.options));
     writeMapped(tree, name, mapping, value);
   }
 
@@ -247,7 +247,7 @@ export function checkDescribe(model: ModelSpec, route: DescribeRoute, req: Descr
   const optionNames = Object.keys(route.options);
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
-    if (!mapping) throw invalidField(`options.${name}`, `is not an option of ${model.id}`, optionNames);
+    if (!mapping) throw invalidField(`options.${clipName(name)}`, `is not an option of ${model.id}`, optionNames);
     check(`options.${name}`, mapping, value);
   }
   checkImageBytes(model, [req.image], route.images.maxBytes, () => 'image', 'input image');
@@ -258,7 +258,7 @@ export function toDescribeRequest(route: DescribeRoute, req: DescribeRequest): U
   const tree: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
-    if (!mapping) throw invalidField(`options.${name}`, 'is not an option of this model', Object.keys(route.options));
+    if (!mapping) throw invalidField(`options.${clipName(name)}`, 'is not an option of this model', Object.keys(route.options));
     writeMapped(tree, name, mapping, value);
   }
   const fields: Array<[string, string]> = Object.entries(tree).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify(v)]);

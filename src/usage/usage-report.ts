@@ -1,4 +1,4 @@
-import { invalidField } from '../errors.js';
+import { clipName, invalidField } from '../errors.js';
 import type { Database, SqlValue } from '../storage/database.js';
 
 export const USAGE_DIMENSIONS = ['team', 'model', 'key', 'day'] as const;
@@ -22,7 +22,7 @@ export type Query = Record<string, string | string[] | undefined>;
 /** Refuses query parameters the route does not take, naming the ones it does. */
 export function checkQueryNames(query: Query, allowed: readonly string[]): void {
   for (const name of Object.keys(query)) {
-    if (!allowed.includes(name)) throw invalidField(name, `is not a parameter of this route`, allowed);
+    if (!allowed.includes(name)) throw invalidField(clipName(name), `is not a parameter of this route`, allowed);
   }
 }
 
@@ -45,7 +45,7 @@ export function parseInstant(name: string, value: string): number {
     const date = new Date(Date.UTC(year, month - 1, day));
     if (date.getUTCMonth() === month - 1 && date.getUTCDate() === day && hour < 24 && minute < 60 && second < 60) return Date.parse(text);
   }
-  throw invalidField(name, `"${value}" is not ${ISO_ALLOWED}`, ISO_ALLOWED);
+  throw invalidField(name, `"${clipName(value)}" is not ${ISO_ALLOWED}`, ISO_ALLOWED);
 }
 
 const startOfUtcMonth = (ms: number, monthsAhead = 0) => {
