@@ -28,6 +28,9 @@ async function signIn(page: Page, key: string) {
   await page.getByRole('button', { name: 'Sign in' }).click();
 }
 
+/** The gateway's "request completed" log lines that answered 404 (a page asking for something the gateway does not serve). */
+const notFoundLogs = (h: ListeningHarness) => h.logs.filter((line) => line.includes('"request completed"') && /"status":404\b/.test(line));
+
 /** What the page's scripts can read that could hold a key or the session. */
 const readable = (page: Page) => page.evaluate<string>('JSON.stringify([document.cookie, Object.entries(localStorage), Object.entries(sessionStorage)])');
 
@@ -96,6 +99,51 @@ describe.skipIf(chromiumProblem !== undefined)('the console shell in Chromium (s
     expect([...origins]).toEqual([h.base]);
     expect(errors).toEqual([]);
     await page.close();
+  });
+
+  it('the console and /docs carry an inline icon: the browser asks for no /favicon.ico, nothing answers 404, no console error', async () => {
+    const before = notFoundLogs(h).length;
+    const icons: string[] = [];
+    for (const path of ['/console/', '/docs']) {
+      const { page, requests, errors } = await watchedPage(browser);
+      const notFound: string[] = [];
+      page.on('response', (r) => {
+        if (r.status() === 404) notFound.push(r.url());
+      });
+      const res = await page.goto(`${h.base}${path}`);
+      expect(res!.status()).toBe(200);
+      expect(await page.locator('link[rel="icon"]').count(), path).toBe(1);
+      const icon = await page.locator('link[rel="icon"]').getAttribute('href');
+      expect(icon).toMatch(/^data:image\/svg\+xml;base64,/);
+      icons.push(icon!);
+      // The icon is a picture Chromium can draw, and the page's CSP lets it (img-src data:).
+      type Img = { onload: () => void; onerror: () => void; src: string; naturalWidth: number };
+      const drawn = await page.evaluate(
+        (href: string) =>
+          new Promise<number>((resolve) => {
+            const img = new (globalThis as unknown as { Image: new () => Img }).Image();
+            img.onload = () => resolve(img.naturalWidth);
+            img.onerror = () => resolve(0);
+            img.src = href;
+          }),
+        icon!,
+      );
+      expect(drawn, path).toBeGreaterThan(0);
+      if (path === '/console/') {
+        await signIn(page, CLIENT_KEY);
+        await page.getByRole('navigation').waitFor();
+      }
+      // Chromium asks for a page's icon once it has loaded; give it the time to.
+      await page.waitForLoadState('networkidle');
+      await page.waitForTimeout(500);
+      expect(requests.filter((u) => new URL(u).pathname === '/favicon.ico'), path).toEqual([]);
+      expect(notFound, path).toEqual([]);
+      expect(errors, path).toEqual([]);
+      await page.close();
+    }
+    expect(icons[0]).toBe(icons[1]);
+    // The gateway saw no request it answered 404 (Chromium's icon requests do not all show as page requests).
+    expect(notFoundLogs(h).slice(before)).toEqual([]);
   });
 
   it('says so when the key is wrong, and clears the field', async () => {
