@@ -28,6 +28,15 @@ async function signIn(page: Page, key: string) {
   await page.getByRole('button', { name: 'Sign in' }).click();
 }
 
+/** The element that has focus: its tag, id and text. */
+const focused = (page: Page) =>
+  page.evaluate<{ tag: string; id: string; text: string }>(
+    "(() => { const el = document.activeElement; return { tag: el?.tagName.toLowerCase() ?? '', id: el?.id ?? '', text: el?.textContent?.trim() ?? '' }; })()",
+  );
+
+/** The gateway's "request completed" log lines that answered 404 (a page asking for something the gateway does not serve). */
+const notFoundLogs = (h: ListeningHarness) => h.logs.filter((line) => line.includes('"request completed"') && /"status":404\b/.test(line));
+
 /** What the page's scripts can read that could hold a key or the session. */
 const readable = (page: Page) => page.evaluate<string>('JSON.stringify([document.cookie, Object.entries(localStorage), Object.entries(sessionStorage)])');
 
@@ -58,6 +67,9 @@ describe.skipIf(chromiumProblem !== undefined)('the console shell in Chromium (s
 
     await signIn(page, CLIENT_KEY);
     await page.getByRole('navigation').waitFor();
+    // Focus leaves the gone form for the page's heading, which only a script can focus.
+    await expect.poll(() => focused(page)).toEqual({ tag: 'h1', id: '', text: 'Playground' });
+    expect(await page.getByRole('heading', { name: 'Playground', level: 1 }).getAttribute('tabindex')).toBe('-1');
     for (const name of ['Playground', 'Gallery', 'Usage']) expect(await page.getByRole('link', { name }).isVisible()).toBe(true);
     expect(await page.getByRole('link', { name: 'Keys' }).count()).toBe(0);
     expect(await page.getByText('Team design').isVisible()).toBe(true);
@@ -88,6 +100,8 @@ describe.skipIf(chromiumProblem !== undefined)('the console shell in Chromium (s
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByLabel('API key').waitFor();
     expect(await page.getByRole('navigation').count()).toBe(0);
+    // Focus goes back to the key field.
+    await expect.poll(() => focused(page)).toMatchObject({ tag: 'input', id: 'api-key' });
     // Ended on the server too: a reload shows the form again.
     await page.reload();
     await page.getByLabel('API key').waitFor();
@@ -96,6 +110,76 @@ describe.skipIf(chromiumProblem !== undefined)('the console shell in Chromium (s
     expect([...origins]).toEqual([h.base]);
     expect(errors).toEqual([]);
     await page.close();
+  });
+
+  it('signs in from the keyboard alone: Enter in the key field, then focus is on the page’s heading', async () => {
+    const { page, errors } = await watchedPage(browser);
+    await page.goto(`${h.base}/console/#/gallery`);
+    await page.getByLabel('API key').waitFor();
+    // The form focuses its field; typing and Enter are all it takes.
+    expect(await focused(page)).toMatchObject({ tag: 'input', id: 'api-key' });
+    await page.keyboard.type(CLIENT_KEY);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Gallery', level: 1 }).waitFor();
+    await expect.poll(() => focused(page)).toEqual({ tag: 'h1', id: '', text: 'Gallery' });
+    // From the heading, Tab goes on into the page's own controls, not back to the top bar.
+    await page.keyboard.press('Tab');
+    expect(await focused(page)).toMatchObject({ tag: 'select', id: 'gallery-model' });
+    expect(await page.evaluate<string>("document.activeElement?.closest('main')?.id ?? ''")).toBe('main');
+    // A reload that finds the session leaves focus alone: nothing was taken from the user.
+    await page.reload();
+    await page.getByRole('heading', { name: 'Gallery', level: 1 }).waitFor();
+    await page.waitForLoadState('networkidle');
+    expect((await focused(page)).tag).toBe('body');
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await expect.poll(() => focused(page)).toMatchObject({ tag: 'input', id: 'api-key' });
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('the console and /docs carry an inline icon: the browser asks for no /favicon.ico, nothing answers 404, no console error', async () => {
+    const before = notFoundLogs(h).length;
+    const icons: string[] = [];
+    for (const path of ['/console/', '/docs']) {
+      const { page, requests, errors } = await watchedPage(browser);
+      const notFound: string[] = [];
+      page.on('response', (r) => {
+        if (r.status() === 404) notFound.push(r.url());
+      });
+      const res = await page.goto(`${h.base}${path}`);
+      expect(res!.status()).toBe(200);
+      expect(await page.locator('link[rel="icon"]').count(), path).toBe(1);
+      const icon = await page.locator('link[rel="icon"]').getAttribute('href');
+      expect(icon).toMatch(/^data:image\/svg\+xml;base64,/);
+      icons.push(icon!);
+      // The icon is a picture Chromium can draw, and the page's CSP lets it (img-src data:).
+      type Img = { onload: () => void; onerror: () => void; src: string; naturalWidth: number };
+      const drawn = await page.evaluate(
+        (href: string) =>
+          new Promise<number>((resolve) => {
+            const img = new (globalThis as unknown as { Image: new () => Img }).Image();
+            img.onload = () => resolve(img.naturalWidth);
+            img.onerror = () => resolve(0);
+            img.src = href;
+          }),
+        icon!,
+      );
+      expect(drawn, path).toBeGreaterThan(0);
+      if (path === '/console/') {
+        await signIn(page, CLIENT_KEY);
+        await page.getByRole('navigation').waitFor();
+      }
+      // Chromium asks for a page's icon once it has loaded; give it the time to.
+      await page.waitForLoadState('networkidle');
+      await page.waitForTimeout(500);
+      expect(requests.filter((u) => new URL(u).pathname === '/favicon.ico'), path).toEqual([]);
+      expect(notFound, path).toEqual([]);
+      expect(errors, path).toEqual([]);
+      await page.close();
+    }
+    expect(icons[0]).toBe(icons[1]);
+    // The gateway saw no request it answered 404 (Chromium's icon requests do not all show as page requests).
+    expect(notFoundLogs(h).slice(before)).toEqual([]);
   });
 
   it('says so when the key is wrong, and clears the field', async () => {

@@ -36,6 +36,11 @@ let pendingState: unknown;
 let renderSeq = 0;
 let pageRoot: HTMLElement | undefined;
 let navLinks = new Map<string, HTMLAnchorElement>();
+/**
+ * Set by a sign-in: the form that had focus is gone, so the first page drawn takes it to its
+ * heading (keyboard and screen-reader users land on the content, not on the document's top).
+ */
+let focusAfterSignIn = false;
 
 function routeOf(hash: string): string {
   const name = hash.replace(/^#\/?/, '').split(/[/?]/, 1)[0] ?? '';
@@ -69,6 +74,8 @@ async function showRoute(): Promise<void> {
   const label = NAV.find((n) => n.route === route)?.label ?? route;
   document.title = `${label} · Image Gateway console`;
   const seq = ++renderSeq;
+  const moveFocus = focusAfterSignIn;
+  focusAfterSignIn = false;
   const state = pendingState;
   pendingState = undefined;
   const root = pageRoot;
@@ -82,14 +89,29 @@ async function showRoute(): Promise<void> {
     root.replaceChildren(view);
     const ctx: ConsoleContext = { api, session, navigate, ...(state === undefined ? {} : { state }) };
     await page.render(view, ctx);
+    if (moveFocus && seq === renderSeq) focusHeading(view);
   } catch (err) {
     if (seq !== renderSeq) return;
     replaceChildren(root, h('p', { class: 'form-error', role: 'alert' }, `This page could not be shown: ${(err as Error).message}`));
+    if (moveFocus) focusHeading(root);
   }
 }
 
-function showShell(current: Session): void {
+/**
+ * Focuses the page's <h1> (focusable by script only: tabindex="-1"), or the main element when it
+ * has none, unless the user has already moved focus somewhere while the page loaded.
+ */
+function focusHeading(container: HTMLElement): void {
+  const active = document.activeElement;
+  if (active && active !== document.body && active !== pageRoot) return;
+  const heading = container.querySelector('h1');
+  if (heading && !heading.hasAttribute('tabindex')) heading.setAttribute('tabindex', '-1');
+  (heading ?? pageRoot)?.focus();
+}
+
+function showShell(current: Session, signedIn = false): void {
   session = current;
+  focusAfterSignIn = signedIn;
   navLinks = new Map(
     NAV.filter((n) => !n.adminOnly || current.admin).map((n) => [n.route, h('a', { href: `#/${n.route}`, class: 'nav-link' }, n.label)]),
   );
@@ -113,6 +135,8 @@ function showShell(current: Session): void {
     pageRoot,
   );
   if (!location.hash || !allowed(routeOf(location.hash))) history.replaceState(null, '', `#/${DEFAULT_ROUTE}`);
+  // The sign-in form had focus and is gone: hold it on <main> until the page's heading is drawn.
+  if (signedIn) pageRoot.focus();
   void showRoute();
 }
 
@@ -149,7 +173,7 @@ async function start(): Promise<void> {
 /** After a 204 from sign-in: the cookie is there unless the browser refused it (a Secure cookie over plain HTTP). */
 async function afterSignIn(): Promise<void> {
   const current = await currentSession();
-  if (current.session) showShell(current.session);
+  if (current.session) showShell(current.session, true);
   else
     showSignIn(
       'The gateway accepted the key, but this browser did not keep the session cookie. Open the console at the gateway’s public address (over HTTPS when PUBLIC_BASE_URL is https://).',

@@ -15,6 +15,17 @@ const escape = (s: unknown) =>
 
 type Json = Record<string, unknown>;
 
+/**
+ * The page's icon, inline (the CSP's img-src allows data: URLs), so a browser asks for no
+ * /favicon.ico, which the gateway does not serve: a picture on the console's accent colour, in
+ * base64 (the page names no http(s) URL, not even the SVG namespace). console/index.html carries
+ * the same data URL.
+ */
+const ICON_SVG =
+  "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'><rect width='32' height='32' rx='6' fill='#2454c5'/>" +
+  "<circle cx='22' cy='10' r='3.5' fill='#fff'/><path d='M4 26l8-11 6 7 4-5 6 9z' fill='#fff'/></svg>";
+export const ICON = `data:image/svg+xml;base64,${Buffer.from(ICON_SVG).toString('base64')}`;
+
 /** `**bold**` and `*italic*` / `_italic_` outside code spans; `a*b`, `gpt-image-*` and `STREAM_KEEPALIVE_MS` stay as written. */
 const emphasis = (s: string) =>
   s
@@ -99,6 +110,7 @@ function renderDocs(spec: Json, models: ReturnType<typeof describeModel>[]): str
     .join('\n');
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${escape(info.title)} API reference</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="${ICON}">
 <style>body{font:15px/1.5 system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
 h3{margin:1.5rem 0 .25rem}.m{display:inline-block;min-width:4rem;color:#fff;background:#2b6cb0;border-radius:4px;padding:0 .4rem;font-size:.8rem;text-align:center}
 code{background:#f3f3f3;padding:0 .2rem;border-radius:3px}.d{white-space:pre-wrap;color:#444}
