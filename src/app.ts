@@ -41,6 +41,7 @@ import { redisPlugin } from './storage/redis-plugin.js';
 import type { FreeSpaceProbe } from './images/storage-pressure.js';
 import { connectionOptions, connectionsPlugin, trackRequests } from './http/connections.js';
 import { securityHeaders } from './http/security-headers.js';
+import { MAX_PARAM_LENGTH, answerFrameworkError } from './http/framework-errors.js';
 import { registerCors } from './http/cors.js';
 import { systemResolver, type HostResolver } from './images/image-fetch.js';
 import { uploadsPlugin } from './request/uploads.js';
@@ -187,6 +188,10 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     ...connectionOptions(config),
     // The console's /console/api/v1/... is the /v1 API, authenticated by its session (src/console).
     rewriteUrl: rewriteConsoleUrl,
+    // A long path parameter reaches its route (authenticated, answered as any unknown id); the
+    // router's own refusals (a path that does not decode) answer in the contract's shape.
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    frameworkErrors: answerFrameworkError,
   });
   app.decorate('config', config);
   app.decorate('resolveHost', options.resolveHost ?? systemResolver);

@@ -89,7 +89,7 @@ describe('FLUX.2 sizes', () => {
     { size: 'auto', why: 'no preset' },
   ])('size $size is refused ($why), naming the rule', async ({ size }) => {
     const detail = expectRefused(await generate({ model: 'flux-2-pro', size }), 'size');
-    expect(detail.message).toBe('must be WIDTHxHEIGHT with each side 64..2048, multiples of 16');
+    expect(detail.message).toBe('must be WIDTHxHEIGHT with each side 64..2048, multiples of 16 for flux-2-pro');
   });
 
   it('a size at the bounds reaches upstream as width and height, integers, and no aspect_ratio', async () => {
@@ -110,7 +110,7 @@ describe('Kontext shapes', () => {
 
   it('an aspect ratio wider than 21:9 is refused', async () => {
     const detail = expectRefused(await generate({ model: 'flux-kontext-max', aspect_ratio: '3:1' }), 'aspect_ratio');
-    expect(detail.message).toBe('must be W:H with whole numbers, from 9:21 to 21:9');
+    expect(detail.message).toBe('must be W:H with whole numbers, from 9:21 to 21:9 for flux-kontext-max');
   });
 });
 
@@ -123,7 +123,7 @@ describe('FLUX.2 options', () => {
     { option: 'steps', value: 2.5, allowed: 'an integer from 1 to 50' },
   ])('flux-2-flex: options.$option $value is refused: $allowed', async ({ option, value, allowed }) => {
     const detail = expectRefused(await generate({ model: 'flux-2-flex', options: { [option]: value } }), `options.${option}`);
-    expect(detail.message).toBe(`must be ${allowed}`);
+    expect(detail.message).toBe(`must be ${allowed} for flux-2-flex`);
   });
 
   it.each(['guidance', 'steps', 'prompt_upsampling'])('flux-2-pro: options.%s is refused, as its schema lacks it', async (option) => {
@@ -134,7 +134,7 @@ describe('FLUX.2 options', () => {
 
   it('safety_tolerance above FLUX.2\'s 5 is refused (Kontext goes to 6)', async () => {
     const detail = expectRefused(await generate({ model: 'flux-2-flex', options: { safety_tolerance: 6 } }), 'options.safety_tolerance');
-    expect(detail.message).toBe('must be an integer from 0 to 5');
+    expect(detail.message).toBe('must be an integer from 0 to 5 for flux-2-flex');
   });
 });
 

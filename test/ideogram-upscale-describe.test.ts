@@ -188,7 +188,7 @@ describe('POST /v1/upscale', () => {
     expect(masked.json().error.details[0].field).toBe('mask');
     const detail = await postMultipart('/v1/upscale', { model: 'ideogram-upscale', detail: '0' });
     expect(detail.statusCode).toBe(400);
-    expect(detail.json().error.details[0]).toMatchObject({ field: 'detail', message: 'must be an integer from 1 to 100' });
+    expect(detail.json().error.details[0]).toMatchObject({ field: 'detail', message: 'must be an integer from 1 to 100 for ideogram-upscale' });
     expect(h.simulator.received).toHaveLength(0);
   });
 

@@ -155,9 +155,17 @@ describe('limits on one gateway', () => {
     const unbounded = await group({});
     expect(unbounded.statusCode).toBe(429);
     expect(unbounded.json().error.message).toMatch(/images_per_day limit reached: .* asked for 15/);
+    // The refusal names the field that set the count: here sequential_image_generation itself ("auto", up to 15).
+    expect(unbounded.json().error.details).toEqual([
+      {
+        field: 'options.sequential_image_generation',
+        message: 'over the images_per_day limit; "auto" without sequential_image_generation_options.max_images may make up to 15 images',
+        allowed: 5,
+      },
+    ]);
     const tooMany = await group({ sequential_image_generation_options: { max_images: 6 } });
     expect(tooMany.statusCode).toBe(429);
-    expect(tooMany.json().error.details[0]).toMatchObject({ allowed: 5 });
+    expect(tooMany.json().error.details).toEqual([{ field: 'options.sequential_image_generation_options.max_images', message: 'over the images_per_day limit', allowed: 5 }]);
     expect(h.simulator.received).toHaveLength(0);
     // Four asked for, four made (the simulator answers a group with max_images images) and counted.
     const four = await group({ sequential_image_generation_options: { max_images: 4 } });
@@ -179,6 +187,14 @@ describe('limits on one gateway', () => {
     const over = await generate(token, { model: 'doubao-seedream-4-0', prompt: 'x', options: { sequential_image_generation: 'auto', sequential_image_generation_options: { max_images: 4 } } });
     expect(over.statusCode).toBe(429);
     expect(over.json().error.message).toMatch(/max_images limit reached: .* asked for 4/);
+    expect(over.json().error.details).toEqual([{ field: 'options.sequential_image_generation_options.max_images', message: "over the token's max_images", allowed: 3 }]);
+    const unbounded = await generate(token, { model: 'doubao-seedream-4-0', prompt: 'x', options: { sequential_image_generation: 'auto' } });
+    expect(unbounded.statusCode).toBe(429);
+    expect(unbounded.json().error.details[0]).toMatchObject({ field: 'options.sequential_image_generation', allowed: 3 });
+    // n still names n.
+    const plain = await generate(token, { model: 'gpt-image-1', prompt: 'x', n: 4 });
+    expect(plain.statusCode).toBe(429);
+    expect(plain.json().error.details[0]).toMatchObject({ field: 'n', allowed: 3 });
     expect(h.simulator.received).toHaveLength(0);
   });
 

@@ -3,6 +3,7 @@
  * first 100 characters and "…", never echoed whole into the answer and the log.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { clipName } from '../src/errors.js';
 import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
 
 let h: Harness;
@@ -44,4 +45,84 @@ it('a huge path is a 404 quoting the path cut, and its log line holds the path c
   expect(h.logs.slice(before).join('\n')).not.toContain('k'.repeat(100));
   const line = h.logs.slice(before).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'request completed');
   expect(line?.path).toBe(`/${'k'.repeat(99)}…`);
+});
+
+/** The contract's error body: `{"error":{"code","message","details"?,"request_id"}}`, its request id the x-request-id header's. */
+function expectContractError(res: { statusCode: number; headers: Record<string, unknown>; json(): unknown }, status: number, code: string): { message: string; details?: { field?: string; message: string }[] } {
+  expect(res.statusCode).toBe(status);
+  const body = res.json() as { error: { code: string; message: string; request_id: string; details?: { field?: string; message: string }[] } };
+  expect(Object.keys(body)).toEqual(['error']);
+  expect(body.error.code).toBe(code);
+  expect(body.error.request_id).toBe(res.headers['x-request-id']);
+  expect(String(res.headers['content-type'])).toMatch(/^application\/json/);
+  expect(res.headers['x-content-type-options']).toBe('nosniff');
+  return body.error;
+}
+
+it.each([
+  ['GET /v1/jobs/{id}', 'GET', `/v1/jobs/${HUGE}`, `no job ${CUT}`],
+  ['GET /v1/jobs/{id}/events', 'GET', `/v1/jobs/${HUGE}/events`, `no job ${CUT}`],
+  ['GET /v1/models/{id}', 'GET', `/v1/models/${HUGE}`, `no model "${CUT}"; GET /v1/models lists them`],
+  ['DELETE /v1/images/{id}', 'DELETE', `/v1/images/${HUGE}`, `no image ${CUT} of yours; GET /v1/images lists them`],
+] as const)('%s with a path parameter over 100 characters is the route\'s own 404, quoting the id cut', async (_route, method, url, message) => {
+  const before = h.logs.length;
+  const res = await h.app.inject({ method, url, headers: h.auth });
+  expect(expectContractError(res, 404, 'not_found').message).toBe(message);
+  expectCut(res.body, before);
+  const line = h.logs.slice(before).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'request completed');
+  expect(line).toMatchObject({ status: 404, team: 'design' });
+  expect(line?.path).toBe(clipName(url));
+});
+
+it('a console file name over 100 characters is a 404 quoting it cut', async () => {
+  const before = h.logs.length;
+  const res = await h.app.inject({ method: 'GET', url: `/console/${HUGE}` });
+  expect(expectContractError(res, 404, 'not_found').message).toBe(`no console file ${CUT}`);
+  expectCut(res.body, before);
+});
+
+it('a long path parameter is authenticated first, like any other: no key is a 401', async () => {
+  const res = await h.app.inject({ method: 'GET', url: `/v1/jobs/${HUGE}` });
+  expectContractError(res, 401, 'unauthorized');
+  expect(res.body).not.toContain('k'.repeat(100));
+});
+
+it('a signed image URL with a name over 100 characters is refused in the contract shape, the name not echoed', async () => {
+  const bare = await h.app.inject({ method: 'GET', url: `/v1/images/${HUGE}` });
+  expectContractError(bare, 403, 'forbidden');
+  const signed = await h.app.inject({ method: 'GET', url: `/v1/images/${HUGE}?exp=${Math.floor(Date.now() / 1000) + 60}&sig=abc` });
+  expect(expectContractError(signed, 403, 'forbidden').message).toBe('the image URL signature is not valid');
+  expect(signed.body).not.toContain('k'.repeat(100));
+});
+
+it('a key id over 100 characters is a 400 naming id and its allowed length', async () => {
+  const res = await h.app.inject({ method: 'DELETE', url: `/v1/keys/${HUGE}`, headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+  const error = expectContractError(res, 400, 'invalid_request');
+  expect(error.details).toEqual([{ field: 'id', message: 'must be 1-64 characters' }]);
+  expect(res.body).not.toContain('k'.repeat(100));
+});
+
+it('a path parameter that is not valid percent-encoding is a 400 in the contract shape, the path quoted cut, and logged', async () => {
+  const before = h.logs.length;
+  const res = await h.app.inject({ method: 'GET', url: `/v1/jobs/%zz${HUGE}`, headers: h.auth });
+  const error = expectContractError(res, 400, 'invalid_request');
+  expect(error.message).toBe(`the path ${clipName(`/v1/jobs/%zz${HUGE}`)} is not a valid URL path: "%" must start a percent-encoded byte ("%2F", "%C3%A9")`);
+  expect(error.details).toEqual([{ field: '(path)', message: 'is not a valid URL path: "%" must start a percent-encoded byte ("%2F", "%C3%A9")' }]);
+  expect(res.headers['cache-control']).toBe('no-store');
+  expect(res.body).not.toContain('k'.repeat(100));
+  const logs = h.logs.slice(before);
+  expect(logs.join('\n')).not.toContain('k'.repeat(100));
+  const line = logs.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'request completed');
+  expect(line).toMatchObject({ method: 'GET', status: 400, path: clipName(`/v1/jobs/%zz${HUGE}`) });
+  // A short one the same way.
+  const short = await h.app.inject({ method: 'GET', url: '/v1/jobs/%zz', headers: h.auth });
+  expect(expectContractError(short, 400, 'invalid_request').message).toMatch(/^the path \/v1\/jobs\/%zz is not a valid URL path/);
+});
+
+it('over a real connection, a 5,000-character job id reaches its route: 404 in the contract shape', async () => {
+  const address = await h.app.listen({ port: 0, host: '127.0.0.1' });
+  const res = await fetch(`${address}/v1/jobs/${HUGE}`, { headers: h.auth });
+  expect(res.status).toBe(404);
+  const body = (await res.json()) as { error: { code: string; message: string } };
+  expect(body.error).toMatchObject({ code: 'not_found', message: `no job ${CUT}` });
 });

@@ -156,13 +156,29 @@ export const SEQUENTIAL_MAX_IMAGES = 15;
  * The reservation settles to the images really made.
  */
 export function imagesAskedOf(request: { params: Record<string, unknown>; options?: Record<string, unknown> }): number {
+  return imagesAsked(request).count;
+}
+
+/** The field whose value set a Seedream group's count: its max_images, as errors name fields. */
+export const GROUP_MAX_IMAGES_FIELD = 'options.sequential_image_generation_options.max_images';
+/** The field that set a Seedream group's count when max_images was not given (up to SEQUENTIAL_MAX_IMAGES). */
+export const GROUP_FIELD = 'options.sequential_image_generation';
+
+/**
+ * imagesAskedOf's count with the field that set it, as errors name fields (a refusing limit names
+ * it): `n`; for a Seedream group its max_images (GROUP_MAX_IMAGES_FIELD), or, without one,
+ * `options.sequential_image_generation` itself (GROUP_FIELD: "auto" may make up to 15).
+ */
+export function imagesAsked(request: { params: Record<string, unknown>; options?: Record<string, unknown> }): { count: number; field: string } {
   const n = typeof request.params.n === 'number' ? request.params.n : 1;
   const options = request.options ?? {};
-  if (!Object.hasOwn(options, 'sequential_image_generation') || options.sequential_image_generation !== 'auto') return n;
+  if (!Object.hasOwn(options, 'sequential_image_generation') || options.sequential_image_generation !== 'auto') return { count: n, field: 'n' };
   const group = Object.hasOwn(options, 'sequential_image_generation_options') ? options.sequential_image_generation_options : undefined;
   const maxImages = group && typeof group === 'object' && Object.hasOwn(group, 'max_images') ? (group as Record<string, unknown>).max_images : undefined;
-  const asked = typeof maxImages === 'number' && Number.isInteger(maxImages) && maxImages >= 1 ? Math.min(maxImages, SEQUENTIAL_MAX_IMAGES) : SEQUENTIAL_MAX_IMAGES;
-  return Math.max(n, asked);
+  const given = typeof maxImages === 'number' && Number.isInteger(maxImages) && maxImages >= 1;
+  const asked = given ? Math.min(maxImages, SEQUENTIAL_MAX_IMAGES) : SEQUENTIAL_MAX_IMAGES;
+  if (n > asked) return { count: n, field: 'n' };
+  return { count: asked, field: given ? GROUP_MAX_IMAGES_FIELD : GROUP_FIELD };
 }
 
 /** Whether any of a model's image routes (generate, an edit mode, upscale) has a price: what a budgeted key may use. */

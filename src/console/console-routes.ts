@@ -4,7 +4,7 @@ import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { GatewayError } from '../errors.js';
+import { GatewayError, clipName } from '../errors.js';
 import { checkConsoleCsrf, clearSessionCookie, sessionCookie, setSessionCookie } from './console-sessions.js';
 
 /** Where `npm run build` puts the console (console/ compiled and copied); the same from src/console and dist/console. */
@@ -56,12 +56,12 @@ async function consoleRoutes(app: FastifyInstance): Promise<void> {
   const cache = new Map<string, Cached>();
 
   async function sendFile(request: FastifyRequest, reply: FastifyReply, name: string) {
-    if (!SERVED.test(name)) throw new GatewayError('not_found', `no console file ${name}`);
+    if (!SERVED.test(name)) throw new GatewayError('not_found', `no console file ${clipName(name)}`);
     const path = join(CONSOLE_DIST, name);
     const info = await stat(path).catch(() => undefined);
     if (!info?.isFile()) {
       if (name === 'index.html') throw new GatewayError('service_unavailable', 'the console is not built: run npm run build (it writes dist/console)');
-      throw new GatewayError('not_found', `no console file ${name}`);
+      throw new GatewayError('not_found', `no console file ${clipName(name)}`);
     }
     let file = cache.get(name);
     if (!file || file.mtimeMs !== info.mtimeMs || file.size !== info.size) {

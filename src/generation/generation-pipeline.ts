@@ -1,6 +1,6 @@
 import { GatewayError, invalidField, restated } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
-import { imagesAskedOf, pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
+import { imagesAsked, pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { KeyLimits, Reservation } from '../limits/key-limits.js';
@@ -153,7 +153,8 @@ export class GenerationPipeline {
     const { client, request, outcome } = call;
     outcome.operation = request.operation;
     // n below 1 is refused by the model's rule below; a refused request's record never counts fewer than none.
-    outcome.imagesRequested = Math.max(0, imagesAskedOf(request));
+    const asked = imagesAsked(request);
+    outcome.imagesRequested = Math.max(0, asked.count);
     this.noteRequestedModel(outcome, request.model);
     // An upscale may have no prompt: none is recorded then.
     if (this.deps.keepPrompts && request.prompt !== '') outcome.prompt = request.prompt;
@@ -179,7 +180,8 @@ export class GenerationPipeline {
       .map((r) => pricePerImage(r.price, request.options))
       .reduce<number | null>((dearest, price) => (price === null ? dearest : dearest === null ? price : Math.max(dearest, price)), null);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
-    const reserve = () => this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
+    // A refusing image limit names the field that set the count (n, or a Seedream group's max_images).
+    const reserve = () => this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images, asked.field);
     const asRetry = call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)));
     const reservation = asRetry ? this.deps.limits.nothingReserved(client) : await reserve();
     // The first request may free the key (its job failed unbilled) before this one claims it: this

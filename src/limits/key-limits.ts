@@ -1,4 +1,5 @@
-import { GatewayError } from '../errors.js';
+import { GatewayError, type ErrorDetail } from '../errors.js';
+import { GROUP_FIELD, SEQUENTIAL_MAX_IMAGES } from '../catalogue/catalogue.js';
 import type { Client, TokenGrant } from '../auth/client-keys.js';
 import { modelAllowed } from '../auth/key-policy.js';
 import type { Counters } from './counters.js';
@@ -21,6 +22,15 @@ const MICRO = 1_000_000;
 /** What an answer tells of images_per_day, `used` counted (this request's included once reserved). */
 function imagesHeaders(limit: number, used: number): Record<string, string> {
   return { 'x-ratelimit-images-limit': String(limit), 'x-ratelimit-images-remaining': String(Math.max(0, limit - used)) };
+}
+
+/**
+ * What a refusing image limit says of the field that set the image count (imagesAsked): `n`, or a
+ * Seedream group's max_images, or its sequential_image_generation when max_images was not given.
+ */
+function imagesDetail(field: string, message: string, allowed: number): ErrorDetail {
+  const why = field === GROUP_FIELD ? `; "auto" without sequential_image_generation_options.max_images may make up to ${SEQUENTIAL_MAX_IMAGES} images` : '';
+  return { field, message: `${message}${why}`, allowed };
 }
 
 /** What an answer tells of monthly_budget_usd; `limit` and `usedMicroUsd` in millionths of a dollar. */
@@ -124,7 +134,8 @@ export class KeyLimits {
     return Math.max(1000, token.expiresAt - Date.now()) + 60_000;
   }
 
-  private static tokenRefusal(token: TokenGrant, limit: 'max_requests' | 'max_images', message: string, allowed?: number): GatewayError {
+  private static tokenRefusal(token: TokenGrant, limit: 'max_requests' | 'max_images', message: string, images?: { allowed: number; field: string }): GatewayError {
+    const allowed = images?.allowed;
     // Nothing resets a token's counts: the useful wait is until it expires, when a new token is needed anyway.
     const seconds = Math.max(1, Math.ceil((token.expiresAt - Date.now()) / 1000));
     return new GatewayError('rate_limited', `${limit} limit reached: browser token ${token.id} ${message}; ask the backend for a new token`, {
@@ -134,12 +145,12 @@ export class KeyLimits {
       ...(allowed === undefined || token.maxImages === null
         ? {}
         : { headers: { 'x-ratelimit-token-images-limit': String(token.maxImages), 'x-ratelimit-token-images-remaining': String(allowed) } }),
-      ...(allowed === undefined ? {} : { details: [{ field: 'n', message: `over the token's ${limit}`, allowed }] }),
+      ...(images === undefined ? {} : { details: [imagesDetail(images.field, `over the token's ${limit}`, images.allowed)] }),
     });
   }
 
   /** Counts a request and its images against a browser token's max_requests and max_images (shared between replicas like the other limits). */
-  private async reserveToken(token: TokenGrant, images: number, reservation: Reservation): Promise<void> {
+  private async reserveToken(token: TokenGrant, images: number, imagesField: string, reservation: Reservation): Promise<void> {
     const windowMs = KeyLimits.tokenWindowMs(token);
     if (token.maxRequests === null && token.maxImages === null) return;
     await this.seedTokenOnce(token, windowMs);
@@ -156,7 +167,10 @@ export class KeyLimits {
         await this.counters.add(`token-images:${token.id}`, -images, windowMs);
         if (token.maxRequests !== null) await this.counters.add(`token-requests:${token.id}`, -1, windowMs);
         const used = total - images;
-        throw KeyLimits.tokenRefusal(token, 'max_images', `may make ${token.maxImages} images, has made ${used}, and asked for ${images}`, Math.max(0, token.maxImages - used));
+        throw KeyLimits.tokenRefusal(token, 'max_images', `may make ${token.maxImages} images, has made ${used}, and asked for ${images}`, {
+          allowed: Math.max(0, token.maxImages - used),
+          field: imagesField,
+        });
       }
       reservation.tokenImages = images;
       reservation.headers['x-ratelimit-token-images-limit'] = String(token.maxImages);
@@ -172,12 +186,13 @@ export class KeyLimits {
     reservation.tokenImages = 0;
   }
 
-  async reserve(client: Client, images: number, estimatedCostUsd: number | null): Promise<Reservation> {
-    if (!client.token) return this.reserveForKey(client, images, estimatedCostUsd, undefined);
+  /** `imagesField`: the field that set `images` (imagesAsked), which a refusing image limit names. */
+  async reserve(client: Client, images: number, estimatedCostUsd: number | null, imagesField = 'n'): Promise<Reservation> {
+    if (!client.token) return this.reserveForKey(client, images, imagesField, estimatedCostUsd, undefined);
     const pending: Reservation = { ...this.nothingReserved(client) };
-    await this.reserveToken(client.token, images, pending);
+    await this.reserveToken(client.token, images, imagesField, pending);
     try {
-      const reservation = await this.reserveForKey(client, images, estimatedCostUsd, pending);
+      const reservation = await this.reserveForKey(client, images, imagesField, estimatedCostUsd, pending);
       if (pending.tokenImages !== undefined) reservation.tokenImages = pending.tokenImages;
       return reservation;
     } catch (err) {
@@ -186,7 +201,7 @@ export class KeyLimits {
     }
   }
 
-  private async reserveForKey(client: Client, images: number, estimatedCostUsd: number | null, token: Reservation | undefined): Promise<Reservation> {
+  private async reserveForKey(client: Client, images: number, imagesField: string, estimatedCostUsd: number | null, token: Reservation | undefined): Promise<Reservation> {
     const w = windows();
     const reservation: Reservation = {
       client,
@@ -212,7 +227,7 @@ export class KeyLimits {
           {
             retryAfter: Math.ceil(w.msToNextDay / 1000),
             limit: 'images_per_day',
-            details: [{ field: 'n', message: 'over the images_per_day limit', allowed: Math.max(0, limit - used) }],
+            details: [imagesDetail(imagesField, 'over the images_per_day limit', Math.max(0, limit - used))],
             headers: imagesHeaders(limit, used),
           },
         );

@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { clipName, type GatewayError } from '../errors.js';
 import type { UsageRecord } from '../usage/usage-log.js';
@@ -84,6 +84,11 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
     request.log.info(why);
     request.outcome.errorCode ??= 'client_closed';
     record(request, 499, performance.now() - request.outcome.startedAt);
+  });
+
+  // The router's own refusals (src/http/framework-errors.ts) run no hook: recorded once their answer has gone.
+  app.decorate('recordUnroutedAnswer', (request: FastifyRequest, reply: FastifyReply) => {
+    reply.raw.once('finish', () => record(request, reply.statusCode, reply.elapsedTime));
   });
 
   app.decorate('noteFailure', (request: FastifyRequest, failure: GatewayError) => {

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { GatewayError, invalidField } from '../errors.js';
+import { GatewayError, clipName, invalidField } from '../errors.js';
 import type { GalleryCursor, GalleryImage } from '../images/image-records.js';
 import { parseImageName } from '../images/image-store.js';
 import { checkQueryNames, parseInstant, single, type Query } from '../usage/usage-report.js';
@@ -122,7 +122,7 @@ export async function imageListRoutes(app: FastifyInstance): Promise<void> {
   app.delete<{ Params: { name: string } }>('/v1/images/:name', async (request, reply) => {
     const client = callerOf(request);
     const id = request.params.name;
-    const notFound = () => new GatewayError('not_found', `no image ${id.length > 100 ? `${id.slice(0, 100)}...` : id} of yours; GET /v1/images lists them`);
+    const notFound = () => new GatewayError('not_found', `no image ${clipName(id)} of yours; GET /v1/images lists them`);
     if (!parseImageName(id)) throw notFound();
     // A team key removes its team's entry (another team that made the same bytes keeps its own); the admin removes the image.
     const removed = await app.images.deleteImage(id, client.admin ? undefined : client.team);

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { GatewayError, invalidField } from '../errors.js';
+import { GatewayError, clipName, invalidField } from '../errors.js';
 import { describeModel } from '../catalogue/catalogue.js';
 import {
   parseDescribeJson,
@@ -114,7 +114,7 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
   app.get<{ Params: { id: string } }>('/v1/models/:id', async (request) => {
     const model = app.catalogue.find(request.params.id);
     // A model outside the key's allow-list answers as an unknown one: the key does not learn it exists.
-    if (!model || !modelAllowed(request.client!, model.id)) throw new GatewayError('not_found', `no model "${request.params.id}"; GET /v1/models lists them`);
+    if (!model || !modelAllowed(request.client!, model.id)) throw new GatewayError('not_found', `no model "${clipName(request.params.id)}"; GET /v1/models lists them`);
     return describeModel(model);
   });
 

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { GatewayError, errorBody, invalidField } from '../errors.js';
+import { GatewayError, clipName, errorBody, invalidField } from '../errors.js';
 import type { JobRow } from '../jobs/job-runner.js';
 import { eventWithOrigin, resultWithOrigin } from '../jobs/job-origin.js';
 import { errorEvent, gatewayEvents, publicBaseUrl, streamAnswer, whileConnected, writeEvents } from './generation-http.js';
@@ -27,7 +27,7 @@ export async function jobRoutes(app: FastifyInstance): Promise<void> {
     const client = request.client!;
     const visible = row && (client.token ? row.token_id === client.token.id : row.team === client.team || client.admin);
     if (!row || !visible) {
-      throw new GatewayError('not_found', `no job ${request.params.id}`);
+      throw new GatewayError('not_found', `no job ${clipName(request.params.id)}`);
     }
     return row;
   }

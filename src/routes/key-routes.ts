@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { GatewayError, zodRefusal } from '../errors.js';
+import { GatewayError, invalidField, zodRefusal } from '../errors.js';
 import { mintKeySchema, modelAllowed, type KeyPolicy } from '../auth/key-policy.js';
 import { hasKnownPrice } from '../catalogue/catalogue.js';
 
@@ -44,7 +44,7 @@ export async function keyRoutes(app: FastifyInstance): Promise<void> {
   app.delete<{ Params: { id: string } }>('/v1/keys/:id', async (request, reply) => {
     requireAdmin(request);
     const id = z.string().min(1).max(64).safeParse(request.params.id);
-    if (!id.success) throw new GatewayError('invalid_request', 'id: must be 1-64 characters');
+    if (!id.success) throw invalidField('id', 'must be 1-64 characters');
     await app.keyStore.revoke(id.data);
     return reply.status(204).send();
   });

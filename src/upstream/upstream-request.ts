@@ -40,10 +40,14 @@ function ownMapping(mappings: Readonly<Record<string, FieldMapping | undefined>>
   return Object.hasOwn(mappings, name) ? mappings[name] : undefined;
 }
 
-/** `modelId`: named after the rule's words, where the range is the model's own (n). */
-function check(field: string, mapping: FieldMapping, value: unknown, modelId?: string): void {
+/**
+ * A value checked against the model's own rule for it (the catalogue's): refused in the rule's
+ * words followed by the model whose rule it is, "size: must be one of ... for gpt-image-1", as
+ * every catalogue-driven value refusal reads (n, size, aspect_ratio, quality, style, options.*).
+ */
+function check(field: string, mapping: FieldMapping, value: unknown, model: ModelSpec): void {
   const problem = mapping.rule.check(value);
-  if (problem) throw invalidField(field, modelId ? `${problem} for ${modelId}` : problem, mapping.rule.values ?? mapping.rule.allowed);
+  if (problem) throw invalidField(field, `${problem} for ${model.id}`, mapping.rule.values ?? mapping.rule.allowed);
 }
 
 /** Why a parameter is refused; a shape asked in the form the model does not take names the one it does. */
@@ -78,7 +82,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
       const refused = route.refused && Object.hasOwn(route.refused, name) ? route.refused[name] : undefined;
       throw invalidField(name, refused ? `is not taken by ${model.id}${inMode}: ${refused}` : unsupportedParamMessage(model, route, name, inMode), supported);
     }
-    check(name, mapping, value, name === 'n' ? model.id : undefined);
+    check(name, mapping, value, model);
   }
   for (const [name, mapping] of Object.entries(route.params) as Array<[NormalizedParam, FieldMapping]>) {
     if (mapping.required && req.params[name] === undefined) {
@@ -95,7 +99,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
       }
       throw invalidField(`options.${clipName(name)}`, `is not an option of ${model.id}${inMode}`, optionNames);
     }
-    check(`options.${name}`, mapping, value);
+    check(`options.${name}`, mapping, value, model);
   }
   checkStyleReferences(model, route, req, inMode, optionNames);
   if (req.operation === 'edit' || req.operation === 'upscale') {
@@ -248,7 +252,7 @@ export function checkDescribe(model: ModelSpec, route: DescribeRoute, req: Descr
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
     if (!mapping) throw invalidField(`options.${clipName(name)}`, `is not an option of ${model.id}`, optionNames);
-    check(`options.${name}`, mapping, value);
+    check(`options.${name}`, mapping, value, model);
   }
   checkImageBytes(model, [req.image], route.images.maxBytes, () => 'image', 'input image');
 }
