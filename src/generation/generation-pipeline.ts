@@ -442,9 +442,11 @@ export class GenerationPipeline {
     }
     const finished = await jobs.outcome(row);
     if ('error' in finished) {
-      // A stored failure replayed is told apart as a replayed success is; logged as a warning, its first telling was the error.
-      if (replayed === undefined) throw finished.error;
-      throw restated(finished.error, { headers: { 'idempotent-replayed': String(replayed) }, ...(replayed ? { expected: true } : {}) });
+      // The job's runner logged its failure as an error (with the job, its model and how it failed;
+      // a 5xx: see JobRunner.execute), or the first request's answer did: this request's telling of
+      // it is one warning. A stored failure replayed is told apart as a replayed success is.
+      const told = replayed === true || finished.error.status >= 500;
+      throw restated(finished.error, { ...(replayed !== undefined ? { headers: { 'idempotent-replayed': String(replayed) } } : {}), ...(told ? { expected: true } : {}) });
     }
     return {
       kind: 'result',

@@ -580,7 +580,21 @@ export class JobRunner {
             : cause instanceof UpstreamFailure
               ? toGatewayError(cause)
               : new GatewayError('internal_error', 'internal error', { cause });
-        if (failure.status >= 500) this.o.log.error({ err: failure.cause ?? failure, job_id: id, code: failure.code }, failure.message);
+        // The one error line of a job's failure, with what it ran and how it failed: a synchronous
+        // request waiting for it logs its answer as a warning only (GenerationPipeline.viaJob).
+        if (failure.status >= 500) {
+          this.o.log.error(
+            {
+              err: failure.cause ?? failure,
+              job_id: id,
+              model: row.model,
+              code: failure.code,
+              ...(cause instanceof UpstreamFailure ? { failure_kind: cause.kind } : {}),
+              ...(failure.upstreamStatus !== undefined ? { upstream_status: failure.upstreamStatus } : {}),
+            },
+            failure.message,
+          );
+        }
         if (span) markSpanError(span, failure);
         break;
       }
