@@ -57,6 +57,11 @@ export interface GenerationCall {
   publicBaseUrl: string;
   /** A retry under the same key joins the first request's job instead of paying twice. */
   idempotencyKey?: string;
+  /**
+   * With an Idempotency-Key: whether the rate limit counted the request against its key's rpm
+   * (false: as a read, the key then held by a first request). Absent: counted.
+   */
+  countedInRpm?: boolean;
   /** What the request did, filled in as it goes, for its usage record, metrics and log line. */
   outcome: RequestOutcome;
   /**
@@ -181,13 +186,23 @@ export class GenerationPipeline {
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
     const reserve = () => this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images);
     const asRetry = call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)));
+    // The rate limit, earlier, may have found the key held (and counted this request as a read)
+    // where it is free now (its first request failed unbilled since, or a multipart body took its
+    // time): this request spends money, so its rpm counts now, once, before anything is reserved.
+    let rpmToCount = call.countedInRpm === false;
+    const countRpm = async () => {
+      if (!rpmToCount) return;
+      await this.deps.limits.countRequest(client, this.deps.defaultRpm);
+      rpmToCount = false;
+    };
+    if (!asRetry) await countRpm();
     const reservation = asRetry ? this.deps.limits.nothingReserved(client) : await reserve();
     // The first request may free the key (its job failed unbilled) before this one claims it: this
-    // one then starts a job of its own, and counts the key's limits (rpm included: it was counted
+    // one then starts a job of its own, and counts the key's limits (rpm included, if it was counted
     // as a read) before the job starts.
     const reserveIfFirst = asRetry
       ? async () => {
-          await this.deps.limits.countRequest(client, this.deps.defaultRpm);
+          await countRpm();
           const taken = await reserve();
           reservation.images = taken.images;
           reservation.microUsd = taken.microUsd;

@@ -88,7 +88,7 @@ function generationCall(
       request: imageRequest,
       signal,
       publicBaseUrl: publicBaseUrl(app, request),
-      ...(idempotencyKey !== undefined ? { idempotencyKey } : {}),
+      ...(idempotencyKey !== undefined ? { idempotencyKey, countedInRpm: app.countedInRpm(request) } : {}),
       outcome: request.outcome,
       ...(loadImages ? { loadImages } : {}),
     },
