@@ -65,5 +65,33 @@ describe.skipIf(postgresProblem !== undefined)(
       const own = records.find((r: Json) => r.request_id === answer.headers['x-request-id']);
       expect(own).toMatchObject({ status: 200, images_returned: 0, estimated_cost_usd: 0 });
     }, 30_000);
+
+    it('the record standing for a request made through the OpenAI façade names the façade’s route', async () => {
+      a.simulator.reset();
+      a.simulator.holdTasks = true;
+      const waiting = a.app.inject({
+        method: 'POST',
+        url: '/v1/images/generations',
+        headers: { ...a.auth, 'idempotency-key': 'taken-over-openai' },
+        payload: { model: 'flux-kontext-pro', prompt: 'a heron, asked the OpenAI way' },
+      });
+      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+      await a.app.db.run("UPDATE jobs SET lease_until = 0 WHERE status <> 'succeeded' AND status <> 'failed'");
+      expect(await b.app.jobs.takeOverAbandoned()).toBe(1);
+      a.simulator.holdTasks = false;
+
+      const answer = await waiting;
+      expect(answer.statusCode, answer.body).toBe(200);
+      expect(answer.json().data).toHaveLength(1);
+      await a.app.usageLog.flush();
+      const page = await a.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+      const records = page.json().data as Json[];
+      const own = records.find((r: Json) => r.request_id === answer.headers['x-request-id']);
+      expect(own).toMatchObject({ route: '/v1/images/generations', status: 200, images_returned: 0 });
+      // The job's record, written by B for the request it could not know: the route A's request came in on.
+      const job = await a.app.db.get<{ id: string }>('SELECT id FROM jobs ORDER BY created_at DESC LIMIT 1');
+      const standIn = records.find((r: Json) => r.request_id === job?.id);
+      expect(standIn).toMatchObject({ route: '/v1/images/generations', operation: 'generate', model: 'flux-kontext-pro', images_returned: 1, estimated_cost_usd: 0.04 });
+    }, 30_000);
   },
 );

@@ -64,6 +64,8 @@ export interface GenerationCall {
   countedInRpm?: boolean;
   /** What the request did, filled in as it goes, for its usage record, metrics and log line. */
   outcome: RequestOutcome;
+  /** The route pattern it came in on (`/v1/images/generations`), kept with its job for the record that may stand for it. */
+  route?: string;
   /**
    * Reads the request's pending images (URLs to fetch, uploads on disk; see pendingImage): called
    * only once the model, the key's allow-list and its limits have passed, so a refused request
@@ -424,7 +426,7 @@ export class GenerationPipeline {
       jobs.newJobId(),
       chain,
       // Never the caller's Host: the job row keeps PUBLIC_BASE_URL or image paths; the caller's origin is added below.
-      { client, publicBaseUrl: storedJobOrigin(this.deps.publicBaseUrl) },
+      { client, publicBaseUrl: storedJobOrigin(this.deps.publicBaseUrl), ...(call.route !== undefined ? { route: call.route } : {}) },
       scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id), ...(reserveIfFirst ? { onFirstClaim: reserveIfFirst } : {}) } : undefined,
       // Settled to what the job really made, whenever it ends, whether or not anyone still waits for it.
       // Images paid for and lost to full storage count at what they cost.

@@ -90,6 +90,7 @@ function generationCall(
       publicBaseUrl: publicBaseUrl(app, request),
       ...(idempotencyKey !== undefined ? { idempotencyKey, countedInRpm: app.countedInRpm(request) } : {}),
       outcome: request.outcome,
+      ...(request.routeOptions.url !== undefined ? { route: request.routeOptions.url } : {}),
       ...(loadImages ? { loadImages } : {}),
     },
     release,
