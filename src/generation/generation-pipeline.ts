@@ -448,8 +448,11 @@ export class GenerationPipeline {
     // of the request that started it, found by its job id.
     if (first) call.outcome.jobId = jobId;
     const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)), starter: first });
-    // Another replica carried the job on (this one stalled past its lease) and counted what it made.
+    // Another replica carried the job on (this one stalled past its lease, or stopped) and wrote a
+    // record standing for this request, with what the job made and cost: this request's record
+    // takes its place (one request, one record), counting nothing here.
     const countedElsewhere = first && !jobs.claimStarterOutcome(jobId);
+    if (countedElsewhere) call.outcome.replacesStandIn = true;
     // Along a chain: the record counts under the model that served (or failed last), naming those
     // tried. The job's runner counted its fallbacks in the metrics.
     const moved = parseJobChain(row.chain_json);
