@@ -5,13 +5,17 @@
  * its job starts.
  */
 import { createServer, type Server } from 'node:http';
+import { PassThrough } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
-import { ADMIN_KEY, makePng, startHarness, type Harness } from './harness.js';
+import { parseGenerateBody } from '../src/request/image-request.js';
+import { newOutcome } from '../src/usage/request-outcome.js';
+import { ADMIN_KEY, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 
 let h: Harness;
 let server: Server;
 let imageUrl: string;
+let png: Buffer;
 /** Requests the image host got. */
 let hits = 0;
 /** While set, the image host holds its answers until it resolves. */
@@ -34,7 +38,7 @@ async function until(condition: () => boolean | Promise<boolean>, what: string):
 }
 
 beforeAll(async () => {
-  const png = await makePng(32, 32, { r: 200, g: 20, b: 20 });
+  png = await makePng(32, 32, { r: 200, g: 20, b: 20 });
   server = createServer((req, res) => {
     hits += 1;
     const answer = () => res.writeHead(200, { 'content-type': 'image/png' }).end(png);
@@ -126,4 +130,76 @@ it('a retry that takes a freed Idempotency-Key with the limits to spare runs and
   expect(h.simulator.received).toHaveLength(3);
   const next = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key.auth, payload: { model: 'gpt-image-1', prompt: 'again', n: 2 } });
   expect(next.statusCode).toBe(429);
+});
+
+it('a request the rate limit counted as a read (its Idempotency-Key then held) that finds the key free once admitted counts against the rpm before it runs', async () => {
+  // A holds K while upstream is held; B, a multipart edit under K, is counted as a read by the rate
+  // limit (K is held) and then sends its body slowly; A fails unbilled and frees K; C spends the
+  // key's last request; B's body ends, and B is admitted as a first request, not as a retry.
+  const key = await mintKey({ rpm: 2 });
+  const upstream = deferred();
+  upstreamGate = upstream.promise;
+  h.simulator.failNext('http503');
+  const a = h.app.inject({
+    method: 'POST',
+    url: '/v1/generate',
+    headers: { ...key.auth, 'idempotency-key': 'counted-as-read' },
+    payload: { model: 'gpt-image-1', prompt: 'a hat' },
+  });
+  await until(() => h.simulator.received.length === 1, 'A to reach upstream');
+  const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'add a hat' }, [{ field: 'image', filename: 'red.png', bytes: png }]);
+  const body = new PassThrough();
+  const b = h.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...key.auth, ...headers, 'idempotency-key': 'counted-as-read' }, payload: body });
+  body.write(payload.subarray(0, 100));
+  await until(async () => (await h.app.counters.peek(`rpm:read:${key.id}`)).total === 1, 'B to be counted as a read');
+  upstreamGate = undefined;
+  upstream.resolve();
+  expect((await a).statusCode).toBe(502);
+  expect(await h.app.jobs.idempotencyKeyClaimed(`${key.id}:counted-as-read`)).toBe(false);
+  const c = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key.auth, payload: { model: 'gpt-image-1', prompt: 'plain' } });
+  expect(c.statusCode, c.body).toBe(200);
+  body.end(payload.subarray(100));
+  const answer = await b;
+  expect(answer.statusCode, answer.body).toBe(429);
+  expect(answer.json().error.message).toMatch(/rpm limit reached/);
+  // Upstream saw A and C only; B gave the key back.
+  expect(h.simulator.received).toHaveLength(2);
+  expect(await h.app.jobs.idempotencyKeyClaimed(`${key.id}:counted-as-read`)).toBe(false);
+});
+
+it('a request counted against the rpm, admitted as a retry, that then takes the freed key is not counted twice', async () => {
+  // B was counted against the rpm by the rate limit (K free then); A takes K and holds it, so B is
+  // admitted as A's retry; A fails unbilled and frees K; B takes it and runs, counted once. B is
+  // driven through the pipeline itself, to hold it between its admission and its claim.
+  const key = await mintKey({ rpm: 2 });
+  const client = h.app.keyStore.keys.findById(key.id)!;
+  await h.app.limits.countRequest(client, 60); // B, by the rate limit
+  const upstream = deferred();
+  upstreamGate = upstream.promise;
+  h.simulator.failNext('http503');
+  const a = h.app.inject({
+    method: 'POST',
+    url: '/v1/generate',
+    headers: { ...key.auth, 'idempotency-key': 'counted-once' },
+    payload: { model: 'gpt-image-1', prompt: 'a hat' },
+  });
+  await until(() => h.simulator.received.length === 1, 'A to reach upstream');
+  const b = await h.app.pipeline.admit({
+    client,
+    request: parseGenerateBody({ model: 'gpt-image-1', prompt: 'a hat' }),
+    signal: new AbortController().signal,
+    publicBaseUrl: 'http://gateway.test',
+    idempotencyKey: 'counted-once',
+    countedInRpm: true,
+    outcome: newOutcome(),
+  });
+  upstreamGate = undefined;
+  upstream.resolve();
+  expect((await a).statusCode).toBe(502);
+  expect(await h.app.jobs.idempotencyKeyClaimed(`${key.id}:counted-once`)).toBe(false);
+  const answer = await b.run();
+  expect(answer).toMatchObject({ kind: 'result', replayed: false });
+  expect(h.simulator.received).toHaveLength(2);
+  // A and B, one each.
+  expect((await h.app.counters.peek(`rpm:${key.id}`)).total).toBe(2);
 });

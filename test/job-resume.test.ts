@@ -118,6 +118,31 @@ describe('a gateway killed mid-job', () => {
     rmSync(dataDir, { recursive: true, force: true });
   }, 60_000);
 
+  it('names the OpenAI façade’s route in the record standing for a request made through it when its gateway died before answering', async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
+    simulator.reset();
+    simulator.holdTasks = true;
+    const first = await startGateway();
+    const request = { method: 'POST', headers: { 'idempotency-key': 'dies-mid-render-openai' }, body: JSON.stringify({ model: 'flux-kontext-pro', prompt: 'survive, asked the OpenAI way' }) };
+    const unanswered = api('/v1/images/generations', request).catch((err: unknown) => err);
+    for (let i = 0; i < 200 && !simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+    await kill9(first);
+    expect(await unanswered).toBeInstanceOf(Error);
+
+    simulator.holdTasks = false;
+    await startGateway();
+    // The restarted gateway takes the job over at start and finishes it; the record it writes stands for the request.
+    let standIn: Json;
+    for (let i = 0; i < 300 && !standIn; i++) {
+      const records = ((await (await api('/v1/usage/records?from=2000-01-01&limit=1000')).json()) as Json).data as Json[];
+      standIn = records.find((r: Json) => String(r.request_id).startsWith('job_'));
+      if (!standIn) await sleep(30);
+    }
+    expect(standIn).toMatchObject({ status: 200, route: '/v1/images/generations', operation: 'generate', model: 'flux-kontext-pro', images_returned: 1 });
+    await kill9(children.at(-1)!);
+    rmSync(dataDir, { recursive: true, force: true });
+  }, 60_000);
+
   it('fails a job whose synchronous upstream call was in flight, rather than paying for it twice', async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'gw-resume-'));
     simulator.reset();

@@ -37,7 +37,7 @@ describe.skipIf(postgresProblem !== undefined)(
       await database?.drop();
     });
 
-    it('counts the image once, in the taking replica’s record, and the waiting request answers with it at no cost', async () => {
+    it('counts the image once, in one record: the waiting request’s, which takes the place of the one the taking replica wrote for it', async () => {
       a.simulator.holdTasks = true;
       const waiting = a.app.inject({
         method: 'POST',
@@ -61,9 +61,94 @@ describe.skipIf(postgresProblem !== undefined)(
       const records = (page.json().data as Json[]).filter((r) => r.route === '/v1/generate');
       expect(records.reduce((n: number, r: Json) => n + r.images_returned, 0)).toBe(1);
       expect(records.reduce((n: number, r: Json) => n + (r.estimated_cost_usd ?? 0), 0)).toBeCloseTo(0.04, 6);
-      // The waiting request's own record: answered 200, counting nothing B counted.
+      // One request, one record: the waiting request's own, which took the place of the record B
+      // wrote standing for it (with what the job made and cost, as B counted it).
+      expect(records).toHaveLength(1);
       const own = records.find((r: Json) => r.request_id === answer.headers['x-request-id']);
-      expect(own).toMatchObject({ status: 200, images_returned: 0, estimated_cost_usd: 0 });
+      expect(own).toMatchObject({ status: 200, images_returned: 1, estimated_cost_usd: 0.04, upstream_status: 200 });
+    }, 30_000);
+
+    it('a request made through the OpenAI façade keeps the façade’s route in the one record it leaves', async () => {
+      a.simulator.reset();
+      a.simulator.holdTasks = true;
+      const waiting = a.app.inject({
+        method: 'POST',
+        url: '/v1/images/generations',
+        headers: { ...a.auth, 'idempotency-key': 'taken-over-openai' },
+        payload: { model: 'flux-kontext-pro', prompt: 'a heron, asked the OpenAI way' },
+      });
+      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+      await a.app.db.run("UPDATE jobs SET lease_until = 0 WHERE status <> 'succeeded' AND status <> 'failed'");
+      expect(await b.app.jobs.takeOverAbandoned()).toBe(1);
+      a.simulator.holdTasks = false;
+
+      const answer = await waiting;
+      expect(answer.statusCode, answer.body).toBe(200);
+      expect(answer.json().data).toHaveLength(1);
+      await a.app.usageLog.flush();
+      const page = await a.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+      const records = (page.json().data as Json[]).filter((r) => r.route === '/v1/images/generations');
+      expect(records).toHaveLength(1);
+      expect(records[0]).toMatchObject({ request_id: answer.headers['x-request-id'], operation: 'generate', model: 'flux-kontext-pro', images_returned: 1, estimated_cost_usd: 0.04 });
+    }, 30_000);
+  },
+);
+
+describe.skipIf(postgresProblem !== undefined)(
+  'a graceful stop while a synchronous request waits for its job (skipped when PostgreSQL is unreachable and REQUIRE_SERVICES is unset)',
+  () => {
+    let a: Harness;
+    let b: Harness;
+    let database: Awaited<ReturnType<typeof freshPostgres>>;
+
+    beforeAll(async () => {
+      database = await freshPostgres();
+      const shared = {
+        DATABASE_URL: database.url,
+        IMAGE_URL_SECRET: randomBytes(32).toString('hex'),
+        PRICE_OVERRIDES: JSON.stringify({ 'flux-kontext-pro': 0.04 }),
+        TASK_POLL_INTERVAL_MS: '20',
+      };
+      a = await startHarness({ ...shared, JOB_SHUTDOWN_GRACE_MS: '10000' });
+      b = await startHarness({ ...shared, AIHUBMIX_BASE_URL: a.simulator.url });
+    }, 60_000);
+
+    afterAll(async () => {
+      await a?.simulator.close();
+      await b?.close();
+      await database?.drop();
+    });
+
+    it('counts the request once: the stopping replica hands the job over, the other finishes it, and the waiting request answers in one record', async () => {
+      a.simulator.holdTasks = true;
+      const waiting = a.app.inject({
+        method: 'POST',
+        url: '/v1/generate',
+        headers: { ...a.auth, 'idempotency-key': 'handed-over-at-stop' },
+        payload: { model: 'flux-kontext-pro', prompt: 'a heron, across a stop' },
+      });
+      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+      // SIGTERM: A stops polling the task and frees the job's lease; its request still waits (within the grace).
+      const stopped = a.app.close();
+      let taken = 0;
+      for (let i = 0; i < 200 && taken === 0; i++) {
+        taken = await b.app.jobs.takeOverAbandoned();
+        if (taken === 0) await sleep(20);
+      }
+      expect(taken).toBe(1);
+      a.simulator.holdTasks = false;
+
+      const answer = await waiting;
+      expect(answer.statusCode, answer.body).toBe(200);
+      expect(answer.json().images).toHaveLength(1);
+      await stopped;
+      expect(a.simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+
+      const page = await b.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+      const records = (page.json().data as Json[]).filter((r) => r.route === '/v1/generate');
+      // One request, one record (not the waiting request's plus the one B wrote standing for it), its cost once.
+      expect(records).toHaveLength(1);
+      expect(records[0]).toMatchObject({ request_id: answer.headers['x-request-id'], status: 200, images_returned: 1, estimated_cost_usd: 0.04 });
     }, 30_000);
   },
 );

@@ -210,6 +210,26 @@ describe('UsageLog', () => {
     await log.close();
   });
 
+  it('a record that replaces its job’s stand-in takes the stand-in’s outcome and deletes it, in one transaction', async () => {
+    const log = new UsageLog(db, silent);
+    const outcome = { status: 200, errorCode: null, imagesReturned: 2, bytesStored: 99, estimatedCostUsd: 0.08, upstreamStatus: 200, upstreamMs: 5, upstreamTokens: null, model: 'flux-kontext-pro', modelsTried: ['gpt-image-1', 'flux-kontext-pro'] };
+    // Another replica finished job_s, with no record of its starting request to complete: it wrote one standing for it.
+    await db.transaction((tx) => log.completeJobFromElsewhere(outcome, { ...record('job_s'), ...outcome, jobId: 'job_s' }, tx));
+    await log.record(record('req_other'));
+    // The waiting request answers: its record counted nothing itself.
+    const own = { ...record('req_s'), imagesReturned: 0, bytesStored: 0, estimatedCostUsd: 0, upstreamStatus: null, upstreamMs: null, upstreamTokens: null, jobId: 'job_s', replacesStandIn: true };
+    await log.record(own);
+    const rows = await db.all<Record<string, unknown>>('SELECT request_id, job_id, status, images_returned, bytes_stored, cost_usd, upstream_status, upstream_ms, model, models_tried FROM usage_records ORDER BY id');
+    expect(rows).toEqual([
+      { request_id: 'req_other', job_id: null, status: 200, images_returned: 1, bytes_stored: 1234, cost_usd: 0.00405, upstream_status: 200, upstream_ms: 812, model: 'gpt-image-1', models_tried: null },
+      { request_id: 'req_s', job_id: 'job_s', status: 200, images_returned: 2, bytes_stored: 99, cost_usd: 0.08, upstream_status: 200, upstream_ms: 5, model: 'flux-kontext-pro', models_tried: 'gpt-image-1,flux-kontext-pro' },
+    ]);
+    // Without a stand-in (this replica finished the job after all), the record is kept as it is.
+    await log.record({ ...own, requestId: 'req_t', jobId: 'job_t' });
+    expect(await db.get('SELECT images_returned, cost_usd FROM usage_records WHERE request_id = $1', ['req_t'])).toEqual({ images_returned: 0, cost_usd: 0 });
+    await log.close();
+  });
+
   it('stores the record as given, tokens as JSON', async () => {
     const log = new UsageLog(db, silent);
     await log.record(record('req_1'));

@@ -57,8 +57,15 @@ export interface GenerationCall {
   publicBaseUrl: string;
   /** A retry under the same key joins the first request's job instead of paying twice. */
   idempotencyKey?: string;
+  /**
+   * With an Idempotency-Key: whether the rate limit counted the request against its key's rpm
+   * (false: as a read, the key then held by a first request). Absent: counted.
+   */
+  countedInRpm?: boolean;
   /** What the request did, filled in as it goes, for its usage record, metrics and log line. */
   outcome: RequestOutcome;
+  /** The route pattern it came in on (`/v1/images/generations`), kept with its job for the record that may stand for it. */
+  route?: string;
   /**
    * Reads the request's pending images (URLs to fetch, uploads on disk; see pendingImage): called
    * only once the model, the key's allow-list and its limits have passed, so a refused request
@@ -183,13 +190,23 @@ export class GenerationPipeline {
     // A refusing image limit names the field that set the count (n, or a Seedream group's max_images).
     const reserve = () => this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images, asked.field);
     const asRetry = call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)));
+    // The rate limit, earlier, may have found the key held (and counted this request as a read)
+    // where it is free now (its first request failed unbilled since, or a multipart body took its
+    // time): this request spends money, so its rpm counts now, once, before anything is reserved.
+    let rpmToCount = call.countedInRpm === false;
+    const countRpm = async () => {
+      if (!rpmToCount) return;
+      await this.deps.limits.countRequest(client, this.deps.defaultRpm);
+      rpmToCount = false;
+    };
+    if (!asRetry) await countRpm();
     const reservation = asRetry ? this.deps.limits.nothingReserved(client) : await reserve();
     // The first request may free the key (its job failed unbilled) before this one claims it: this
-    // one then starts a job of its own, and counts the key's limits (rpm included: it was counted
+    // one then starts a job of its own, and counts the key's limits (rpm included, if it was counted
     // as a read) before the job starts.
     const reserveIfFirst = asRetry
       ? async () => {
-          await this.deps.limits.countRequest(client, this.deps.defaultRpm);
+          await countRpm();
           const taken = await reserve();
           reservation.images = taken.images;
           reservation.microUsd = taken.microUsd;
@@ -411,7 +428,7 @@ export class GenerationPipeline {
       jobs.newJobId(),
       chain,
       // Never the caller's Host: the job row keeps PUBLIC_BASE_URL or image paths; the caller's origin is added below.
-      { client, publicBaseUrl: storedJobOrigin(this.deps.publicBaseUrl) },
+      { client, publicBaseUrl: storedJobOrigin(this.deps.publicBaseUrl), ...(call.route !== undefined ? { route: call.route } : {}) },
       scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id), ...(reserveIfFirst ? { onFirstClaim: reserveIfFirst } : {}) } : undefined,
       // Settled to what the job really made, whenever it ends, whether or not anyone still waits for it.
       // Images paid for and lost to full storage count at what they cost.
@@ -433,8 +450,11 @@ export class GenerationPipeline {
     // of the request that started it, found by its job id.
     if (first) call.outcome.jobId = jobId;
     const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)), starter: first });
-    // Another replica carried the job on (this one stalled past its lease) and counted what it made.
+    // Another replica carried the job on (this one stalled past its lease, or stopped) and wrote a
+    // record standing for this request, with what the job made and cost: this request's record
+    // takes its place (one request, one record), counting nothing here.
     const countedElsewhere = first && !jobs.claimStarterOutcome(jobId);
+    if (countedElsewhere) call.outcome.replacesStandIn = true;
     // Along a chain: the record counts under the model that served (or failed last), naming those
     // tried. The job's runner counted its fallbacks in the metrics.
     const moved = parseJobChain(row.chain_json);
@@ -444,9 +464,11 @@ export class GenerationPipeline {
     }
     const finished = await jobs.outcome(row);
     if ('error' in finished) {
-      // A stored failure replayed is told apart as a replayed success is; logged as a warning, its first telling was the error.
-      if (replayed === undefined) throw finished.error;
-      throw restated(finished.error, { headers: { 'idempotent-replayed': String(replayed) }, ...(replayed ? { expected: true } : {}) });
+      // The job's runner logged its failure as an error (with the job, its model and how it failed;
+      // a 5xx: see JobRunner.execute), or the first request's answer did: this request's telling of
+      // it is one warning. A stored failure replayed is told apart as a replayed success is.
+      const told = replayed === true || finished.error.status >= 500;
+      throw restated(finished.error, { ...(replayed !== undefined ? { headers: { 'idempotent-replayed': String(replayed) } } : {}), ...(told ? { expected: true } : {}) });
     }
     return {
       kind: 'result',

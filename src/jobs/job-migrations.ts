@@ -43,4 +43,7 @@ export const JOB_MIGRATIONS: Migration[] = [
   // A job's fallback chain (JSON, see JobChain): the model asked for, those tried, and the models
   // still to try with their declarations, so a job resumed after a restart goes on along it.
   migration('jobs-004-fallback-chain', () => ['ALTER TABLE jobs ADD COLUMN chain_json TEXT']),
+  // The route the starting request came in on (/v1/generate, /v1/images/generations, ...), for the
+  // usage record that stands for it if its replica dies before it answers. Older rows have none.
+  migration('jobs-005-route', () => ['ALTER TABLE jobs ADD COLUMN route TEXT']),
 ];

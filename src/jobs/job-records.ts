@@ -32,6 +32,8 @@ export interface JobRow {
   model_json: string | null;
   /** With fallback models: the chain (JobChain as JSON); null without one and on older rows. */
   chain_json: string | null;
+  /** The route pattern the starting request came in on (`/v1/images/generations`); null on older rows. */
+  route: string | null;
 }
 
 /** A job as first written: queued, leased to the replica that runs it. */
@@ -54,6 +56,8 @@ export interface NewJob {
   modelJson?: string | null;
   /** The fallback chain (JobChain as JSON), when the request has one. */
   chainJson?: string | null;
+  /** The route pattern the starting request came in on. */
+  route?: string | null;
 }
 
 /** Where a page of jobs starts: after this one, newest first. */
@@ -91,8 +95,8 @@ export class JobRecords {
   async insert(job: NewJob): Promise<void> {
     await this.db.run(
       `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
-         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id, model_json, chain_json)
-       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15, $16)`,
+         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id, model_json, chain_json, route)
+       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15, $16, $17)`,
       [
         job.id,
         job.keyId,
@@ -110,6 +114,7 @@ export class JobRecords {
         job.tokenId,
         job.modelJson ?? null,
         job.chainJson ?? null,
+        job.route ?? null,
       ],
     );
   }

@@ -239,7 +239,8 @@ export class JobRunner {
     id: string,
     /** The requested model's prepared request, then its fallback models' (the job moves along them as they fail). */
     chain: PreparedGeneration[],
-    owner: { client: Client; publicBaseUrl: string },
+    /** `route`: the route pattern the request came in on, for the usage record that may stand for it. */
+    owner: { client: Client; publicBaseUrl: string; route?: string },
     /**
      * `onFirstClaim`: run once this request holds the key as its first claimant, before the job
      * starts; if it throws, the job is dropped and the key given back.
@@ -267,6 +268,7 @@ export class JobRunner {
       tokenId: owner.client.token?.id ?? null,
       modelJson: declarationJson(prepared.model),
       chainJson: chain.length > 1 ? JSON.stringify(newJobChain(chain)) : null,
+      route: owner.route ?? null,
     }));
     if (idempotency) {
       let claim: { jobId: string; first: boolean };
@@ -580,7 +582,21 @@ export class JobRunner {
             : cause instanceof UpstreamFailure
               ? toGatewayError(cause)
               : new GatewayError('internal_error', 'internal error', { cause });
-        if (failure.status >= 500) this.o.log.error({ err: failure.cause ?? failure, job_id: id, code: failure.code }, failure.message);
+        // The one error line of a job's failure, with what it ran and how it failed: a synchronous
+        // request waiting for it logs its answer as a warning only (GenerationPipeline.viaJob).
+        if (failure.status >= 500) {
+          this.o.log.error(
+            {
+              err: failure.cause ?? failure,
+              job_id: id,
+              model: row.model,
+              code: failure.code,
+              ...(cause instanceof UpstreamFailure ? { failure_kind: cause.kind } : {}),
+              ...(failure.upstreamStatus !== undefined ? { upstream_status: failure.upstreamStatus } : {}),
+            },
+            failure.message,
+          );
+        }
         if (span) markSpanError(span, failure);
         break;
       }

@@ -14,7 +14,7 @@ function servedBy(row: JobRow): { model?: string; modelsTried?: string[] } {
   return chain ? { model: row.model, modelsTried: chain.tried } : {};
 }
 
-/** Where each operation's request is made (a job keeps no route: the gateway's own stands for the OpenAI façade's). */
+/** Where each operation's request is made: the route of a job whose row keeps none (written before jobs kept theirs). */
 const ROUTE_OF_OPERATION: Record<string, string> = { generate: '/v1/generate', edit: '/v1/edit', upscale: '/v1/upscale' };
 
 /**
@@ -30,7 +30,8 @@ function recordOfUnansweredJob(row: JobRow, outcome: JobOutcome): UsageRecord & 
     keyId: row.key_id,
     team: row.team,
     method: 'POST',
-    route: ROUTE_OF_OPERATION[row.operation] ?? null,
+    // The route it came in on (the OpenAI façade's, say), as its own record would have named it.
+    route: row.route ?? ROUTE_OF_OPERATION[row.operation] ?? null,
     model: outcome.model ?? row.model,
     operation: row.operation,
     imagesRequested: imagesAskedOf({ params: stored?.params ?? {}, options: stored?.options }),

@@ -12,6 +12,11 @@ declare module 'fastify' {
   interface FastifyInstance {
     limits: KeyLimits;
     counters: Counters;
+    /**
+     * Whether the rate limit counted this request against its key's rpm (false: as a read, an
+     * idempotent replay): a request that turns out to spend money after all counts it then.
+     */
+    countedInRpm(request: FastifyRequest): boolean;
   }
   interface FastifyContextConfig {
     /** A route whose requests can cost money upstream: counted against the key's rpm, not its reads. */
@@ -54,6 +59,7 @@ async function limits(app: FastifyInstance): Promise<void> {
     // whose routes are registered after this so that they are limited too.
     return typeof idempotencyKey !== 'string' || !(await app.jobs.idempotencyKeyClaimed(idempotencyScope(client, idempotencyKey)));
   };
+  app.decorate('countedInRpm', (request: FastifyRequest) => bucketOf.get(request) !== 'read_rpm');
   const rpmOf = (client: Client | undefined) => client?.rpm ?? config.RATE_LIMIT_RPM;
   await app.register(rateLimit, {
     global: true,

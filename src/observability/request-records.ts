@@ -97,8 +97,9 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
     if (failure.limit) outcome.limitReason = failure.limit;
     if (failure.upstreamStatus !== undefined) outcome.upstreamStatus = failure.upstreamStatus;
     if (failure.expected) {
-      // Known and reported already (a replayed stored failure, a stream a stop ended): one line, no stack.
-      request.log.warn({ code: failure.code, upstream_status: failure.upstreamStatus }, failure.message);
+      // Known and reported already (a replayed stored failure, a job's failure its runner logged, a
+      // stream a stop ended): one line, no stack; the job it started, if any, to find that error by.
+      request.log.warn({ code: failure.code, upstream_status: failure.upstreamStatus, ...(outcome.jobId !== undefined ? { job_id: outcome.jobId } : {}) }, failure.message);
     } else if (failure.status >= 500) {
       request.log.error({ code: failure.code, upstream_status: failure.upstreamStatus, err: failure.cause ?? failure }, failure.message);
     } else {

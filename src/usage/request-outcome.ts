@@ -45,6 +45,8 @@ export interface RequestOutcome {
    * completes the request's usage record when the request did not answer with it (202, or its client left).
    */
   jobId?: string;
+  /** Its job was finished by another replica, which wrote a record standing for it: this one replaces it (UsageRecord.replacesStandIn). */
+  replacesStandIn?: boolean;
   /** Only with LOG_PROMPTS=1. */
   prompt?: string;
 }

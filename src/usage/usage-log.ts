@@ -35,6 +35,12 @@ export interface UsageRecord {
   tokenId?: string | null;
   /** With fallback_models: the models tried, in order (the record's `model` is the one that served). */
   modelsTried?: string[] | null;
+  /**
+   * A synchronous request whose job another replica finished: that replica wrote a record standing
+   * for it (its request id the job's). This record takes its place, in the same transaction: what the
+   * job made and cost is taken from it, and it is deleted, so the request is one record.
+   */
+  replacesStandIn?: boolean;
 }
 
 /**
@@ -73,6 +79,18 @@ const AWAITING_OUTCOME = '(202, 499)';
 const COMPLETE_JOB_SQL = `UPDATE usage_records SET status = $1, error_code = $2, images_returned = $3, bytes_stored = $4, cost_usd = $5,
    upstream_status = $6, upstream_ms = $7, upstream_tokens = $8, model = COALESCE($10, model), models_tried = COALESCE($11, models_tried)
  WHERE job_id = $9 AND status IN ${AWAITING_OUTCOME}`;
+
+/**
+ * A record (`$1`, its request id) that takes the place of the stand-in of its job (`$2`, whose
+ * request id is the job's): the job's outcome, as the replica that finished it wrote it, then the
+ * stand-in deleted. Both through the job_id index.
+ */
+const STAND_IN = 'SELECT 1 FROM usage_records s WHERE s.job_id = $2 AND s.request_id = $2';
+const OUTCOME_COLUMNS = 'images_returned, bytes_stored, cost_usd, upstream_status, upstream_ms, upstream_tokens, model, models_tried';
+const TAKE_STAND_IN_OUTCOME_SQL = `UPDATE usage_records SET (${OUTCOME_COLUMNS}) =
+   (SELECT ${OUTCOME_COLUMNS.split(', ').map((c) => `s.${c}`).join(', ')} FROM usage_records s WHERE s.job_id = $2 AND s.request_id = $2)
+ WHERE job_id = $2 AND request_id = $1 AND EXISTS (${STAND_IN})`;
+const DELETE_STAND_IN_SQL = 'DELETE FROM usage_records WHERE job_id = $1 AND request_id = $1';
 
 const completeJobParams = (jobId: string, outcome: JobOutcome): SqlValue[] => [
   outcome.status,
@@ -307,6 +325,10 @@ export class UsageLog implements CommitSource {
     for (let i = 0; i < rows.length; i += INSERT_ROWS) {
       const some = rows.slice(i, i + INSERT_ROWS);
       statements.push({ sql: insertSql(some.length), params: some.flat() });
+    }
+    for (const { record } of group) {
+      if (!record.replacesStandIn || !record.jobId) continue;
+      statements.push({ sql: TAKE_STAND_IN_OUTCOME_SQL, params: [record.requestId, record.jobId] }, { sql: DELETE_STAND_IN_SQL, params: [record.jobId] });
     }
     return {
       statements,

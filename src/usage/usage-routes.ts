@@ -92,6 +92,7 @@ export function usageRecordOf(request: FastifyRequest, answer: { status: number;
     jobId: outcome.jobId ?? null,
     tokenId: request.client?.token?.id ?? null,
     modelsTried: outcome.modelsTried && outcome.modelsTried.length > 0 ? outcome.modelsTried.map((m) => m.slice(0, MODEL_NAME_MAX)) : null,
+    ...(outcome.replacesStandIn && outcome.jobId ? { replacesStandIn: true } : {}),
   };
 }
 
