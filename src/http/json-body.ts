@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import secureJson from 'secure-json-parse';
 import { GatewayError } from '../errors.js';
+import { refuseNulInJson } from './nul-characters.js';
 
 /** secure-json-parse's words for a key it refuses; any other failure is JSON.parse's own. */
 const PROTOTYPE_KEY = 'Object contains forbidden prototype property';
@@ -16,8 +17,9 @@ function bodyRefused(message: string): GatewayError {
  */
 export function parseJsonBody(text: string): unknown {
   if (text.length === 0) throw bodyRefused('is empty: send a JSON object');
+  let value: unknown;
   try {
-    return secureJson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' });
+    value = secureJson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' });
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
     if (reason === PROTOTYPE_KEY) throw bodyRefused('holds a "__proto__" key, or a "constructor" with a "prototype": the gateway refuses them');
@@ -25,6 +27,8 @@ export function parseJsonBody(text: string): unknown {
     // JSON`): a key or a prompt would reach the answer and the log. Only its words and position are kept.
     throw bodyRefused(`is not valid JSON: ${reason.replace(/, (?:\.\.\.)?".*$/s, '').slice(0, 200)}`);
   }
+  refuseNulInJson(text, value);
+  return value;
 }
 
 /** Every route's application/json bodies, within the route's own body limit (Fastify's, as before). */

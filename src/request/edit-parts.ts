@@ -4,6 +4,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
+import { refuseNulInField } from '../http/nul-characters.js';
 import { sniffImageType } from '../images/image-bytes.js';
 import { inputImage, isPending, pendingImage, type ImageRequest, type InputImage } from './image-request.js';
 import { newUploadPath } from './uploads.js';
@@ -84,6 +85,7 @@ export async function readEditParts(
       if (part.type === 'field') {
         if (part.valueTruncated) throw invalidField(part.fieldname, `is longer than the limit of ${mib(1024 * 1024)} for a field`);
         if (fields.has(part.fieldname)) throw invalidField(part.fieldname, 'is given more than once');
+        refuseNulInField(part.fieldname, String(part.value));
         fields.set(part.fieldname, String(part.value));
         continue;
       }
