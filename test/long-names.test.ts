@@ -107,14 +107,17 @@ it('a path parameter that is not valid percent-encoding is a 400 in the contract
   const before = h.logs.length;
   const res = await h.app.inject({ method: 'GET', url: `/v1/jobs/%zz${HUGE}`, headers: h.auth });
   const error = expectContractError(res, 400, 'invalid_request');
-  expect(error.message).toBe(`the path ${clipName(`/v1/jobs/%zz${HUGE}`)} is not a valid URL path: "%" must start a percent-encoded byte ("%2F", "%C3%A9")`);
-  expect(error.details).toEqual([{ field: '(path)', message: 'is not a valid URL path: "%" must start a percent-encoded byte ("%2F", "%C3%A9")' }]);
+  expect(error.message).toBe(`the path ${clipName(`/v1/jobs/%zz${HUGE}`)} is not a valid URL path: "%" must start a percent-encoded byte of UTF-8 ("%2F", "%C3%A9")`);
+  expect(error.details).toEqual([{ field: '(path)', message: 'is not a valid URL path: "%" must start a percent-encoded byte of UTF-8 ("%2F", "%C3%A9")' }]);
   expect(res.headers['cache-control']).toBe('no-store');
   expect(res.body).not.toContain('k'.repeat(100));
   const logs = h.logs.slice(before);
   expect(logs.join('\n')).not.toContain('k'.repeat(100));
   const line = logs.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'request completed');
   expect(line).toMatchObject({ method: 'GET', status: 400, path: clipName(`/v1/jobs/%zz${HUGE}`) });
+  // Its usage record was committed before the answer left, as every answer's is (read without flushing the log).
+  const committed = await h.app.db.get<{ status: number }>('SELECT status FROM usage_records WHERE request_id = $1', [String(res.headers['x-request-id'])]);
+  expect(committed?.status).toBe(400);
   // A short one the same way.
   const short = await h.app.inject({ method: 'GET', url: '/v1/jobs/%zz', headers: h.auth });
   expect(expectContractError(short, 400, 'invalid_request').message).toMatch(/^the path \/v1\/jobs\/%zz is not a valid URL path/);

@@ -30,7 +30,7 @@ export function answerFrameworkError(error: FastifyError, request: FastifyReques
   let gw: GatewayError;
   switch (error.code) {
     case 'FST_ERR_BAD_URL': {
-      const message = 'is not a valid URL path: "%" must start a percent-encoded byte ("%2F", "%C3%A9")';
+      const message = 'is not a valid URL path: "%" must start a percent-encoded byte of UTF-8 ("%2F", "%C3%A9")';
       gw = new GatewayError('invalid_request', `the path ${path} ${message}`, { details: [{ field: '(path)', message }] });
       break;
     }
@@ -44,11 +44,13 @@ export function answerFrameworkError(error: FastifyError, request: FastifyReques
   request.outcome = newOutcome();
   request.server.noteFailure?.(request, gw);
   request.server.recordUnroutedAnswer?.(request, reply);
-  void reply
+  // As every answer does, this one leaves once its usage record is committed.
+  const usageCommitted = request.server.commitUsage?.(request, gw.status) ?? Promise.resolve();
+  void usageCommitted.catch(() => {}).finally(() => reply
     .status(gw.status)
     .header('x-request-id', request.id)
     .headers(SECURITY_HEADERS)
     .header('cache-control', 'no-store')
     .header('content-type', 'application/json; charset=utf-8')
-    .send(JSON.stringify(errorBody(gw, request.id)));
+    .send(JSON.stringify(errorBody(gw, request.id))));
 }

@@ -88,7 +88,7 @@ async function requestRecords(app: FastifyInstance): Promise<void> {
 
   // The router's own refusals (src/http/framework-errors.ts) run no hook: recorded once their answer has gone.
   app.decorate('recordUnroutedAnswer', (request: FastifyRequest, reply: FastifyReply) => {
-    reply.raw.once('finish', () => record(request, reply.statusCode, reply.elapsedTime));
+    reply.raw.once('close', () => record(request, reply.raw.writableEnded ? reply.statusCode : 499, reply.elapsedTime));
   });
 
   app.decorate('noteFailure', (request: FastifyRequest, failure: GatewayError) => {
