@@ -91,6 +91,17 @@ describe('with CORS_ORIGINS listing two origins', () => {
     expect(list(stream.headers['access-control-expose-headers'])).toContain('x-request-id');
   });
 
+  it('a path the router refuses (it does not decode) still carries the CORS headers for a listed origin, none for another', async () => {
+    const listed = await h.app.inject({ method: 'GET', url: '/v1/jobs/%zz', headers: { ...h.auth, origin: APP } });
+    expect(listed.statusCode).toBe(400);
+    expect(listed.headers['access-control-allow-origin']).toBe(APP);
+    expect(list(listed.headers['access-control-expose-headers'])).toEqual(expect.arrayContaining(REQUIRED_EXPOSED));
+    expect(list(listed.headers.vary)).toContain('origin');
+    const unlisted = await h.app.inject({ method: 'GET', url: '/v1/jobs/%zz', headers: { ...h.auth, origin: 'https://evil.example.com' } });
+    expect(unlisted.statusCode).toBe(400);
+    expect(corsHeaders(unlisted.headers)).toEqual([]);
+  });
+
   it('gives an unlisted origin no CORS headers, and does not answer its preflight as allowed', async () => {
     for (const origin of ['https://evil.example.com', 'http://app.example.com', 'https://app.example.com.evil.com', 'https://app.example.com:8443', 'null']) {
       const pre = await preflight(h, origin);

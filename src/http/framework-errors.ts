@@ -2,6 +2,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, clipName, errorBody } from '../errors.js';
 import { newOutcome } from '../usage/request-outcome.js';
 import { SECURITY_HEADERS } from './security-headers.js';
+import { CORS_EXPOSED_HEADERS } from './cors.js';
 
 /**
  * How long a path parameter (a job id, an image name, a model id) may be before the router stops
@@ -46,6 +47,11 @@ export function answerFrameworkError(error: FastifyError, request: FastifyReques
   request.server.recordUnroutedAnswer?.(request, reply);
   // As every answer does, this one leaves once its usage record is committed.
   const usageCommitted = request.server.commitUsage?.(request, gw.status) ?? Promise.resolve();
+  // No hook ran, so neither did CORS: a listed origin gets its headers here, to read this answer.
+  const origin = request.headers.origin;
+  if (origin !== undefined && request.server.config.CORS_ORIGINS.includes(origin)) {
+    reply.header('access-control-allow-origin', origin).header('vary', 'Origin').header('access-control-expose-headers', CORS_EXPOSED_HEADERS.join(', '));
+  }
   void usageCommitted.catch(() => {}).finally(() => reply
     .status(gw.status)
     .header('x-request-id', request.id)
