@@ -54,6 +54,17 @@ describe.each(databases)('on $name', ({ skip, start }) => {
       expect(h.simulator.received.length).toBe(before);
     });
 
+    it('NUL nested deeper than the call stack goes is refused naming the field cut, not a 500', async () => {
+      const depth = 200_000;
+      const payload = `{"model":"gpt-image-1","prompt":"x","options":{"a":${'['.repeat(depth)}"\\u0000"${']'.repeat(depth)}}}`;
+      const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...h.auth, 'content-type': 'application/json' }, payload });
+      expect(res.statusCode).toBe(400);
+      const field = res.json().error.details[0].field as string;
+      expect(field.startsWith('options.a[0][0]')).toBe(true);
+      expect(field.endsWith('…')).toBe(true);
+      expect(field.length).toBe(101);
+    });
+
     it('the OpenAI façade refuses it in its own shape, naming the param', async () => {
       const res = await h.app.inject({ method: 'POST', url: '/v1/images/generations', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'a\u0000b' } });
       expect(res.statusCode).toBe(400);

@@ -9,22 +9,28 @@ import { clipName, invalidField } from '../errors.js';
 const NUL = '\u0000';
 const MESSAGE = 'must not contain the NUL character (U+0000)';
 
-/** The first field of a parsed JSON value holding NUL (in a value or a key), as the gateway names fields; undefined when none. */
-export function nulField(value: unknown, path = ''): string | undefined {
-  if (typeof value === 'string') return value.includes(NUL) ? path || '(body)' : undefined;
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      const found = nulField(value[i], `${path}[${i}]`);
-      if (found !== undefined) return found;
-    }
-    return undefined;
-  }
-  if (value !== null && typeof value === 'object') {
-    for (const [key, inner] of Object.entries(value)) {
-      const name = path ? `${path}.${key}` : key;
-      if (key.includes(NUL)) return clipName(name.replaceAll(NUL, '\\u0000'));
-      const found = nulField(inner, name);
-      if (found !== undefined) return found;
+/**
+ * The first field of a parsed JSON value holding NUL (in a value or a key), named as the gateway names
+ * fields and cut by clipName; undefined when none. A walk with its own stack: a body may nest deeper
+ * than the call stack goes.
+ */
+export function nulField(root: unknown): string | undefined {
+  const pending: Array<{ value: unknown; path: string }> = [{ value: root, path: '' }];
+  while (pending.length > 0) {
+    const { value, path } = pending.pop()!;
+    if (typeof value === 'string') {
+      if (value.includes(NUL)) return clipName(path || '(body)');
+    } else if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) pending.push({ value: value[i], path: `${path}[${i}]` });
+    } else if (value !== null && typeof value === 'object') {
+      const entries = Object.entries(value);
+      for (const [key] of entries) {
+        if (key.includes(NUL)) return clipName((path ? `${path}.${key}` : key).replaceAll(NUL, '\\u0000'));
+      }
+      for (let i = entries.length - 1; i >= 0; i--) {
+        const [key, inner] = entries[i]!;
+        pending.push({ value: inner, path: path ? `${path}.${key}` : key });
+      }
     }
   }
   return undefined;
