@@ -4,7 +4,7 @@ import { imagesAsked, pricePerImage, type ModelCatalogue } from '../catalogue/ca
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { KeyLimits, Reservation } from '../limits/key-limits.js';
-import type { JobRunner } from '../jobs/job-runner.js';
+import type { JobRow, JobRunner } from '../jobs/job-runner.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
 import type { RequestOutcome } from '../usage/request-outcome.js';
 import { PaidImageLost, type GenerationResult, type ImageGeneration, type PreparedGeneration } from './image-generation.js';
@@ -449,7 +449,16 @@ export class GenerationPipeline {
     // goes on, and the caller's retry gets its result. The job's outcome then completes the record
     // of the request that started it, found by its job id.
     if (first) call.outcome.jobId = jobId;
-    const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)), starter: first });
+    let row: JobRow;
+    try {
+      row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)), starter: first });
+    } catch (err) {
+      // A graceful stop ended the wait (503) while the job goes on elsewhere or after a restart: the
+      // replica that finishes it adds what it made and cost to this request's record (or, if it
+      // wrote a stand-in for it first, this record takes its place): one request, one record.
+      if (first && jobs.waitsHaveEnded && !call.signal.aborted) call.outcome.replacesStandIn = true;
+      throw err;
+    }
     // Another replica carried the job on (this one stalled past its lease, or stopped) and wrote a
     // record standing for this request, with what the job made and cost: this request's record
     // takes its place (one request, one record), counting nothing here.

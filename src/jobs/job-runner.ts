@@ -172,6 +172,11 @@ export class JobRunner {
   /** Told once when a job this replica started has ended (settling the limits it reserved). */
   private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>>>();
   private closing = false;
+  /**
+   * Aborted once a graceful stop's grace is over (endWaits): a request still following a job this
+   * replica no longer runs answers then, before the usage log closes, rather than wait on.
+   */
+  private readonly waitsEnded = new AbortController();
   /** Told of every job this replica finished (the metrics set it: they are made after the runner); `code`: a failure's error code. */
   observeFinished: ((status: 'succeeded' | 'failed', code: string) => void) | undefined;
   /** Told of every fallback a job takes here (the metrics set it). */
@@ -216,6 +221,20 @@ export class JobRunner {
     this.stopDeliveries.abort();
     await Promise.allSettled([...this.deliveries]);
     await this.records.releaseLeases(this.instanceId);
+  }
+
+  /**
+   * Ends every wait on a job (follow) with `reason`: called once a graceful stop's grace is over,
+   * so a synchronous request still waiting for a job that goes on elsewhere (or after a restart)
+   * answers, and its usage record is written, before the usage log closes.
+   */
+  endWaits(reason: Error): void {
+    this.waitsEnded.abort(reason);
+  }
+
+  /** Whether endWaits has been called (a follow that failed for it was ended by the stop). */
+  get waitsHaveEnded(): boolean {
+    return this.waitsEnded.signal.aborted;
   }
 
   get activeCount(): number {
@@ -354,10 +373,12 @@ export class JobRunner {
    */
   /** `starter`: the synchronous request that created the job (it answers with the outcome, and records it, unless it leaves first). */
   async follow(id: string, opts: { signal: AbortSignal; onEvent?: (event: ProgressEvent) => void; starter?: boolean }): Promise<JobRow> {
-    if (!opts.starter) return this.followJob(id, opts);
+    const ended = this.waitsEnded.signal;
+    const followOpts = { ...opts, signal: opts.signal.aborted ? opts.signal : AbortSignal.any([opts.signal, ended]) };
+    if (!opts.starter) return this.followJob(id, followOpts);
     let answered = false;
     try {
-      const row = await this.followJob(id, opts);
+      const row = await this.followJob(id, followOpts);
       answered = true;
       return row;
     } finally {

@@ -119,6 +119,18 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
     // database closes. Both in this one hook, as Fastify runs onClose hooks one at a time; the
     // usage log closes next (the usage plugin registers before this one).
     await Promise.all([app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS), jobs.close()]);
+    // The grace is over. A synchronous request still waiting for a job this replica no longer runs
+    // (no other replica finished it within the grace) answers now, 503: its usage record is
+    // committed before the usage log closes, and a retry under the same Idempotency-Key gets the job's
+    // outcome once it is carried on (elsewhere, or here after a restart).
+    jobs.endWaits(
+      new GatewayError('service_unavailable', 'the gateway stopped before this request’s job finished; the job goes on (another replica, or this one once restarted, carries it on): retry with the same Idempotency-Key for its result', {
+        retryAfter: 1,
+        expected: true,
+      }),
+    );
+    // They answer at once (the other handlers had the grace already).
+    await app.apiHandlersSettled(Math.min(config.JOB_SHUTDOWN_GRACE_MS, 1000));
   });
 }
 
