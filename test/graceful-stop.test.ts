@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startUpstreamSimulator } from '../src/simulator/upstream-simulator.js';
-import { CLIENT_KEY, UPSTREAM_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
 import { freePort, startGatewayProcess } from './gateway-process.js';
 
 let h: Harness | undefined;
@@ -183,6 +183,38 @@ describe('a graceful stop while a synchronous request waits for its job, and no 
     const all = usageRows(h);
     expect(all.reduce((n, r) => n + (r.cost_usd ?? 0), 0)).toBeCloseTo(0.04, 6);
     expect(all.reduce((n, r) => n + r.images_returned, 0)).toBe(1);
+  }, 30_000);
+});
+
+describe('a job stopped with its reservation, and failed after a restart, with counters in memory (no Redis)', () => {
+  let restarted: Harness | undefined;
+  afterEach(async () => {
+    await restarted?.app.close();
+    restarted = undefined;
+  });
+
+  it('gives back nothing the restarted process never counted: images_per_day is counted from the usage records, not below them', async () => {
+    h = await startHarness();
+    const minted = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'restart', images_per_day: 5, rpm: 100 } });
+    expect(minted.statusCode, minted.body).toBe(201);
+    const auth = { authorization: `Bearer ${minted.json().key}` };
+    h.simulator.failNext('task_error');
+    h.simulator.holdTasks = true;
+    const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'flux-kontext-pro', prompt: 'fails after a restart', async: true } });
+    expect(accepted.statusCode, accepted.body).toBe(202);
+    expect(accepted.headers['x-ratelimit-images-remaining']).toBe('4');
+    await until(() => h!.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')), 'a task poll');
+    await h.app.close();
+
+    h.simulator.holdTasks = false;
+    restarted = await startHarness({ DATA_DIR: h.dataDir, AIHUBMIX_BASE_URL: h.simulator.url });
+    expect((await jobWhenFinished(restarted, accepted.json().id, auth)).status).toBe('failed');
+    // Its reservation lived in the stopped process's memory; the restarted one counts the day from
+    // the usage records (no image made), so the next request leaves 4, not 5.
+    const next = await restarted.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'flux-kontext-pro', prompt: 'asked after', async: true } });
+    expect(next.statusCode, next.body).toBe(202);
+    expect(next.headers['x-ratelimit-images-remaining']).toBe('4');
+    await jobWhenFinished(restarted, next.json().id, auth);
   }, 30_000);
 });
 

@@ -3,7 +3,7 @@ import type { Client } from '../auth/client-keys.js';
 import { imagesAsked, pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
-import type { KeyLimits, Reservation } from '../limits/key-limits.js';
+import { storedReservation, type KeyLimits, type Reservation } from '../limits/key-limits.js';
 import type { JobRow, JobRunner } from '../jobs/job-runner.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
 import type { RequestOutcome } from '../usage/request-outcome.js';
@@ -127,6 +127,13 @@ export function idempotencyScope(client: Client, idempotencyKey: string): string
  * What a failure is in the gateway's terms: an upstream failure is given its HTTP answer here (the
  * edge); anything unforeseen is an internal error.
  */
+/** What a job keeps of its request's reservation (JSON), or null when the key has no limit it counts against. */
+function keptReservationJson(reservation: Reservation): string | null {
+  const kept = storedReservation(reservation);
+  if (!kept.perDay && !kept.budget && (kept.token?.maxImages ?? null) === null) return null;
+  return JSON.stringify(kept);
+}
+
 export function asFailure(err: unknown): GatewayError {
   if (err instanceof GatewayError) return err;
   if (err instanceof UpstreamFailure) return toGatewayError(err);
@@ -434,6 +441,8 @@ export class GenerationPipeline {
       // Images paid for and lost to full storage count at what they cost.
       (result, failure) =>
         this.deps.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : 0),
+      // Kept with the job: a replica that finishes it after this one stopped settles it the same way.
+      () => keptReservationJson(reservation),
     );
     job.created = true;
     // Joining another request's job costs nothing.

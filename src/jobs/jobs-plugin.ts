@@ -7,6 +7,7 @@ import { JobRunner } from './job-runner.js';
 import { parseJobChain } from './job-chain.js';
 import type { JobRow } from './job-records.js';
 import type { JobOutcome, UsageRecord } from '../usage/usage-log.js';
+import { reservationFromStored, type StoredReservation } from '../limits/key-limits.js';
 
 /** A job with a fallback chain: the model its usage record counts under and the models it tried. */
 function servedBy(row: JobRow): { model?: string; modelsTried?: string[] } {
@@ -78,6 +79,18 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
     ...(options.callbackWait ? { callbackWait: options.callbackWait } : {}),
     ...(options.followPollMs !== undefined ? { followPollMs: options.followPollMs } : {}),
     readImage: (name) => app.images.read(name),
+    // As the starting replica's settle (GenerationPipeline.viaJob): to what the job made; images
+    // paid for and lost to full storage at what they cost; a failure gives the rest back. Only with
+    // counters shared in Redis, where the reservation is: counters in memory never held it here (a
+    // restarted process counts from the usage records), so there is nothing to give back.
+    settleKept: async (reservationJson, result, failure) => {
+      if (app.counters.mode !== 'redis') return;
+      await app.limits.settle(
+        reservationFromStored(JSON.parse(reservationJson) as StoredReservation),
+        result?.images.length ?? 0,
+        result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : 0,
+      );
+    },
     recordOutcome: {
       ready: async (row, starter) => {
         if (!starter.answers) await app.usageLog.whenCommitted(row.id);
@@ -135,4 +148,4 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
 }
 
 /** The job runner, and the signal that ends waits on jobs when the gateway stops. */
-export const jobsPlugin = fp(jobs, { name: 'jobs', dependencies: ['database', 'images', 'image-generation', 'job-events', 'job-callbacks', 'usage'] });
+export const jobsPlugin = fp(jobs, { name: 'jobs', dependencies: ['database', 'images', 'image-generation', 'job-events', 'job-callbacks', 'usage', 'limits'] });
