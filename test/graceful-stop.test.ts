@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startUpstreamSimulator } from '../src/simulator/upstream-simulator.js';
-import { CLIENT_KEY, UPSTREAM_KEY, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
 import { freePort, startGatewayProcess } from './gateway-process.js';
 
 let h: Harness | undefined;
@@ -116,6 +116,106 @@ describe('a graceful stop', () => {
     expect(Number(row.lease_until)).toBe(0);
     upstream.release();
   });
+});
+
+/** The usage records in the SQLite file, read after the gateway has closed it. */
+function usageRows(harness: Pick<Harness, 'dataDir'>): Array<{ request_id: string; status: number; error_code: string | null; job_id: string | null; images_returned: number; cost_usd: number | null }> {
+  const db = new DatabaseSync(join(harness.dataDir, 'gateway.sqlite'), { readOnly: true });
+  try {
+    return db.prepare('SELECT request_id, status, error_code, job_id, images_returned, cost_usd FROM usage_records').all() as never;
+  } finally {
+    db.close();
+  }
+}
+
+describe('a graceful stop while a synchronous request waits for its job, and no other replica takes it', () => {
+  let restarted: Harness | undefined;
+  afterEach(async () => {
+    await restarted?.app.close();
+    restarted = undefined;
+  });
+
+  it('answers the request 503 once the grace is over, before the usage log closes: its record is kept, and the job, finished after a restart, adds what it made to it', async () => {
+    h = await startHarness({ JOB_SHUTDOWN_GRACE_MS: '200', PRICE_OVERRIDES: JSON.stringify({ 'flux-kontext-pro': 0.04 }) });
+    h.simulator.holdTasks = true;
+    const waiting = h.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...h.auth, 'idempotency-key': 'waits-across-a-stop' },
+      payload: { model: 'flux-kontext-pro', prompt: 'a heron, left waiting by a stop' },
+    });
+    await until(() => h!.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')), 'a task poll');
+    await h.app.close();
+    // Answered within the stop (not after it, nor never), and told to retry under its key.
+    const answer = await waiting;
+    expect(answer.statusCode, answer.body).toBe(503);
+    expect(answer.headers['retry-after']).toBe('1');
+    expect(answer.json().error.code).toBe('service_unavailable');
+    expect(h.logs.filter((l) => l.includes('arrived after the usage log closed'))).toEqual([]);
+    const requestId = answer.headers['x-request-id'] as string;
+    const atStop = usageRows(h).filter((r) => r.request_id === requestId);
+    expect(atStop).toHaveLength(1);
+    expect(atStop[0]).toMatchObject({ status: 503, error_code: 'service_unavailable', images_returned: 0 });
+    const jobId = atStop[0]!.job_id!;
+    expect(jobRow(h, jobId)).toMatchObject({ status: 'running', lease_until: 0 });
+
+    // Restarted on the same DATA_DIR and upstream: the job is taken over and finished.
+    h.simulator.holdTasks = false;
+    restarted = await startHarness({ DATA_DIR: h.dataDir, AIHUBMIX_BASE_URL: h.simulator.url, PRICE_OVERRIDES: JSON.stringify({ 'flux-kontext-pro': 0.04 }) });
+    const job = await jobWhenFinished(restarted, jobId);
+    expect(job.status).toBe('succeeded');
+    const retry = await restarted.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { ...restarted.auth, 'idempotency-key': 'waits-across-a-stop' },
+      payload: { model: 'flux-kontext-pro', prompt: 'a heron, left waiting by a stop' },
+    });
+    expect(retry.statusCode, retry.body).toBe(200);
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    await restarted.app.close();
+    restarted = undefined;
+    expect(h.simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+    // One record for the stopped request, which kept its 503 and gained what the job made and cost;
+    // none standing in for it; the retry's, a replay, costs nothing.
+    const rows = usageRows(h).filter((r) => r.job_id === jobId || r.request_id === jobId);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ request_id: requestId, status: 503, images_returned: 1, cost_usd: 0.04 });
+    const all = usageRows(h);
+    expect(all.reduce((n, r) => n + (r.cost_usd ?? 0), 0)).toBeCloseTo(0.04, 6);
+    expect(all.reduce((n, r) => n + r.images_returned, 0)).toBe(1);
+  }, 30_000);
+});
+
+describe('a job stopped with its reservation, and failed after a restart, with counters in memory (no Redis)', () => {
+  let restarted: Harness | undefined;
+  afterEach(async () => {
+    await restarted?.app.close();
+    restarted = undefined;
+  });
+
+  it('gives back nothing the restarted process never counted: images_per_day is counted from the usage records, not below them', async () => {
+    h = await startHarness();
+    const minted = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'restart', images_per_day: 5, rpm: 100 } });
+    expect(minted.statusCode, minted.body).toBe(201);
+    const auth = { authorization: `Bearer ${minted.json().key}` };
+    h.simulator.failNext('task_error');
+    h.simulator.holdTasks = true;
+    const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'flux-kontext-pro', prompt: 'fails after a restart', async: true } });
+    expect(accepted.statusCode, accepted.body).toBe(202);
+    expect(accepted.headers['x-ratelimit-images-remaining']).toBe('4');
+    await until(() => h!.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')), 'a task poll');
+    await h.app.close();
+
+    h.simulator.holdTasks = false;
+    restarted = await startHarness({ DATA_DIR: h.dataDir, AIHUBMIX_BASE_URL: h.simulator.url });
+    expect((await jobWhenFinished(restarted, accepted.json().id, auth)).status).toBe('failed');
+    // Its reservation lived in the stopped process's memory; the restarted one counts the day from
+    // the usage records (no image made), so the next request leaves 4, not 5.
+    const next = await restarted.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'flux-kontext-pro', prompt: 'asked after', async: true } });
+    expect(next.statusCode, next.body).toBe(202);
+    expect(next.headers['x-ratelimit-images-remaining']).toBe('4');
+    await jobWhenFinished(restarted, next.json().id, auth);
+  }, 30_000);
 });
 
 describe('SIGTERM to the server process (dist/server.js)', () => {

@@ -6,8 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, startHarness, type Harness } from './harness.js';
-import { freshPostgres, postgresProblem } from './services.js';
+import { ADMIN_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
+import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './services.js';
 
 type Json = any;
 
@@ -149,6 +149,78 @@ describe.skipIf(postgresProblem !== undefined)(
       // One request, one record (not the waiting request's plus the one B wrote standing for it), its cost once.
       expect(records).toHaveLength(1);
       expect(records[0]).toMatchObject({ request_id: answer.headers['x-request-id'], status: 200, images_returned: 1, estimated_cost_usd: 0.04 });
+    }, 30_000);
+  },
+);
+
+describe.skipIf(postgresProblem !== undefined || redisProblem !== undefined)(
+  'a job that fails on the replica that took it over after a stop (skipped when PostgreSQL or Redis is unreachable and REQUIRE_SERVICES is unset)',
+  () => {
+    let a: Harness;
+    let b: Harness;
+    let database: Awaited<ReturnType<typeof freshPostgres>>;
+
+    beforeAll(async () => {
+      database = await freshPostgres();
+      const shared = {
+        DATABASE_URL: database.url,
+        REDIS_URL: freshRedis().url,
+        IMAGE_URL_SECRET: randomBytes(32).toString('hex'),
+        PRICE_OVERRIDES: JSON.stringify({ 'flux-kontext-pro': 0.04 }),
+        TASK_POLL_INTERVAL_MS: '20',
+      };
+      a = await startHarness(shared);
+      b = await startHarness({ ...shared, AIHUBMIX_BASE_URL: a.simulator.url });
+    }, 60_000);
+
+    afterAll(async () => {
+      await a?.simulator.close();
+      await b?.close();
+      await database?.drop();
+    });
+
+    it('gives its reservation back there: images_per_day and monthly_budget_usd are as before the request', async () => {
+      const minted = await a.app.inject({
+        method: 'POST',
+        url: '/v1/keys',
+        headers: { authorization: `Bearer ${ADMIN_KEY}` },
+        payload: { team: 'takeover', images_per_day: 5, monthly_budget_usd: 10, rpm: 100 },
+      });
+      expect(minted.statusCode, minted.body).toBe(201);
+      const auth = { authorization: `Bearer ${minted.json().key}` };
+      const keyId = minted.json().id as string;
+
+      // The task fails once it is let go (after the takeover).
+      a.simulator.failNext('task_error');
+      a.simulator.holdTasks = true;
+      const accepted = await a.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'flux-kontext-pro', prompt: 'a heron that never comes', async: true } });
+      expect(accepted.statusCode, accepted.body).toBe(202);
+      expect(accepted.headers['x-ratelimit-images-remaining']).toBe('4');
+      const jobId = accepted.json().id as string;
+      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+
+      // SIGTERM on A: it stops polling and frees the lease, its reservation still counted; B carries the job on.
+      await a.app.close();
+      let taken = 0;
+      for (let i = 0; i < 200 && taken === 0; i++) {
+        taken = await b.app.jobs.takeOverAbandoned();
+        if (taken === 0) await sleep(20);
+      }
+      expect(taken).toBe(1);
+      a.simulator.holdTasks = false;
+      const job = await jobWhenFinished(b, jobId, auth);
+      expect(job.status).toBe('failed');
+
+      // Given back on B (shared through Redis), as A would have on a failure of its own.
+      const day = new Date().toISOString().slice(0, 10);
+      for (let i = 0; i < 100 && (await b.app.counters.peek(`images:${keyId}:${day}`)).total !== 0; i++) await sleep(20);
+      expect((await b.app.counters.peek(`images:${keyId}:${day}`)).total).toBe(0);
+      expect((await b.app.counters.peek(`usd:${keyId}:${day.slice(0, 7)}`)).total).toBe(0);
+      const next = await b.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'flux-kontext-pro', prompt: 'a heron, asked again', async: true } });
+      expect(next.statusCode, next.body).toBe(202);
+      expect(next.headers['x-ratelimit-images-remaining']).toBe('4');
+      expect(next.headers['x-ratelimit-budget-remaining-usd']).toBe('9.96');
+      await jobWhenFinished(b, next.json().id, auth);
     }, 30_000);
   },
 );

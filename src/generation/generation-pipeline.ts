@@ -3,8 +3,8 @@ import type { Client } from '../auth/client-keys.js';
 import { imagesAsked, pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
-import type { KeyLimits, Reservation } from '../limits/key-limits.js';
-import type { JobRunner } from '../jobs/job-runner.js';
+import { storedReservation, type KeyLimits, type Reservation } from '../limits/key-limits.js';
+import type { JobRow, JobRunner } from '../jobs/job-runner.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
 import type { RequestOutcome } from '../usage/request-outcome.js';
 import { PaidImageLost, type GenerationResult, type ImageGeneration, type PreparedGeneration } from './image-generation.js';
@@ -127,6 +127,13 @@ export function idempotencyScope(client: Client, idempotencyKey: string): string
  * What a failure is in the gateway's terms: an upstream failure is given its HTTP answer here (the
  * edge); anything unforeseen is an internal error.
  */
+/** What a job keeps of its request's reservation (JSON), or null when the key has no limit it counts against. */
+function keptReservationJson(reservation: Reservation): string | null {
+  const kept = storedReservation(reservation);
+  if (!kept.perDay && !kept.budget && (kept.token?.maxImages ?? null) === null) return null;
+  return JSON.stringify(kept);
+}
+
 export function asFailure(err: unknown): GatewayError {
   if (err instanceof GatewayError) return err;
   if (err instanceof UpstreamFailure) return toGatewayError(err);
@@ -434,6 +441,8 @@ export class GenerationPipeline {
       // Images paid for and lost to full storage count at what they cost.
       (result, failure) =>
         this.deps.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : 0),
+      // Kept with the job: a replica that finishes it after this one stopped settles it the same way.
+      () => keptReservationJson(reservation),
     );
     job.created = true;
     // Joining another request's job costs nothing.
@@ -449,7 +458,16 @@ export class GenerationPipeline {
     // goes on, and the caller's retry gets its result. The job's outcome then completes the record
     // of the request that started it, found by its job id.
     if (first) call.outcome.jobId = jobId;
-    const row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)), starter: first });
+    let row: JobRow;
+    try {
+      row = await jobs.follow(jobId, { signal: call.signal, onEvent: (event) => onEvent(eventWithOrigin(event, call.publicBaseUrl)), starter: first });
+    } catch (err) {
+      // A graceful stop ended the wait (503) while the job goes on elsewhere or after a restart: the
+      // replica that finishes it adds what it made and cost to this request's record (or, if it
+      // wrote a stand-in for it first, this record takes its place): one request, one record.
+      if (first && jobs.waitsHaveEnded && !call.signal.aborted) call.outcome.replacesStandIn = true;
+      throw err;
+    }
     // Another replica carried the job on (this one stalled past its lease, or stopped) and wrote a
     // record standing for this request, with what the job made and cost: this request's record
     // takes its place (one request, one record), counting nothing here.

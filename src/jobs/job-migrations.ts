@@ -46,4 +46,7 @@ export const JOB_MIGRATIONS: Migration[] = [
   // The route the starting request came in on (/v1/generate, /v1/images/generations, ...), for the
   // usage record that stands for it if its replica dies before it answers. Older rows have none.
   migration('jobs-005-route', () => ['ALTER TABLE jobs ADD COLUMN route TEXT']),
+  // What the starting request reserved of its key's limits (StoredReservation as JSON): the replica
+  // that finishes the job, whichever it is, settles it. Older rows have none (left as reserved).
+  migration('jobs-006-reservation', () => ['ALTER TABLE jobs ADD COLUMN reservation_json TEXT']),
 ];

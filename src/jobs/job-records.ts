@@ -34,6 +34,8 @@ export interface JobRow {
   chain_json: string | null;
   /** The route pattern the starting request came in on (`/v1/images/generations`); null on older rows. */
   route: string | null;
+  /** What the starting request reserved of its key's limits (StoredReservation as JSON); null without limits and on older rows. */
+  reservation_json: string | null;
 }
 
 /** A job as first written: queued, leased to the replica that runs it. */
@@ -58,6 +60,8 @@ export interface NewJob {
   chainJson?: string | null;
   /** The route pattern the starting request came in on. */
   route?: string | null;
+  /** What the starting request reserved (StoredReservation as JSON). */
+  reservationJson?: string | null;
 }
 
 /** Where a page of jobs starts: after this one, newest first. */
@@ -95,8 +99,8 @@ export class JobRecords {
   async insert(job: NewJob): Promise<void> {
     await this.db.run(
       `INSERT INTO jobs (id, key_id, team, status, operation, model, request_json, callback_url, public_base_url,
-         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id, model_json, chain_json, route)
-       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15, $16, $17)`,
+         lease_owner, lease_until, created_at, updated_at, expires_at, is_async, token_id, model_json, chain_json, route, reservation_json)
+       VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15, $16, $17, $18)`,
       [
         job.id,
         job.keyId,
@@ -115,8 +119,14 @@ export class JobRecords {
         job.modelJson ?? null,
         job.chainJson ?? null,
         job.route ?? null,
+        job.reservationJson ?? null,
       ],
     );
+  }
+
+  /** Keeps what the starting request reserved, once it is known (reserved as the first claimant of an Idempotency-Key). */
+  async setReservation(id: string, reservationJson: string | null): Promise<void> {
+    await this.db.run('UPDATE jobs SET reservation_json = $2 WHERE id = $1', [id, reservationJson]);
   }
 
   async remove(id: string): Promise<void> {

@@ -81,6 +81,11 @@ export interface JobRunnerOptions {
     ready: (row: JobRow, starter: JobStarter) => Promise<void>;
     write: (tx: Statements, row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined, starter: JobStarter) => Promise<void>;
   };
+  /**
+   * Settles the reservation a job kept in its row (`reservation_json`) once it ends on a replica
+   * that did not start it (or started it before a restart): as the starting replica's settle would.
+   */
+  settleKept?: (reservationJson: string, result: GenerationResult | undefined, failure: GatewayError | undefined) => Promise<void>;
   /** Where a job's progress is told to its followers, here and on the other replicas. */
   events: JobEventBus;
   /**
@@ -172,6 +177,11 @@ export class JobRunner {
   /** Told once when a job this replica started has ended (settling the limits it reserved). */
   private readonly finishWatchers = new Map<string, Array<(result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>>>();
   private closing = false;
+  /**
+   * Aborted once a graceful stop's grace is over (endWaits): a request still following a job this
+   * replica no longer runs answers then, before the usage log closes, rather than wait on.
+   */
+  private readonly waitsEnded = new AbortController();
   /** Told of every job this replica finished (the metrics set it: they are made after the runner); `code`: a failure's error code. */
   observeFinished: ((status: 'succeeded' | 'failed', code: string) => void) | undefined;
   /** Told of every fallback a job takes here (the metrics set it). */
@@ -218,6 +228,20 @@ export class JobRunner {
     await this.records.releaseLeases(this.instanceId);
   }
 
+  /**
+   * Ends every wait on a job (follow) with `reason`: called once a graceful stop's grace is over,
+   * so a synchronous request still waiting for a job that goes on elsewhere (or after a restart)
+   * answers, and its usage record is written, before the usage log closes.
+   */
+  endWaits(reason: Error): void {
+    this.waitsEnded.abort(reason);
+  }
+
+  /** Whether endWaits has been called (a follow that failed for it was ended by the stop). */
+  get waitsHaveEnded(): boolean {
+    return this.waitsEnded.signal.aborted;
+  }
+
   get activeCount(): number {
     return this.active.size;
   }
@@ -247,6 +271,12 @@ export class JobRunner {
      */
     idempotency?: { scope: string; fingerprint: string; onFirstClaim?: () => Promise<void> },
     whenFinished?: (result: GenerationResult | undefined, failure?: GatewayError) => Promise<void>,
+    /**
+     * What the request reserved of its key's limits, kept in the row (StoredReservation as JSON):
+     * a replica that finishes the job after this one stopped settles it (settleKept). Read at the
+     * insert and again once `onFirstClaim` has reserved.
+     */
+    keptReservation?: () => string | null,
   ): Promise<{ jobId: string; first: boolean }> {
     const now = Date.now();
     const prepared = chain[0]!;
@@ -269,6 +299,7 @@ export class JobRunner {
       modelJson: declarationJson(prepared.model),
       chainJson: chain.length > 1 ? JSON.stringify(newJobChain(chain)) : null,
       route: owner.route ?? null,
+      reservationJson: keptReservation?.() ?? null,
     }));
     if (idempotency) {
       let claim: { jobId: string; first: boolean };
@@ -285,6 +316,7 @@ export class JobRunner {
       if (idempotency.onFirstClaim) {
         try {
           await idempotency.onFirstClaim();
+          if (keptReservation) await this.records.setReservation(id, keptReservation());
         } catch (err) {
           await this.records.releaseIdempotencyKeysOf(id);
           await this.records.remove(id);
@@ -354,10 +386,12 @@ export class JobRunner {
    */
   /** `starter`: the synchronous request that created the job (it answers with the outcome, and records it, unless it leaves first). */
   async follow(id: string, opts: { signal: AbortSignal; onEvent?: (event: ProgressEvent) => void; starter?: boolean }): Promise<JobRow> {
-    if (!opts.starter) return this.followJob(id, opts);
+    const ended = this.waitsEnded.signal;
+    const followOpts = { ...opts, signal: opts.signal.aborted ? opts.signal : AbortSignal.any([opts.signal, ended]) };
+    if (!opts.starter) return this.followJob(id, followOpts);
     let answered = false;
     try {
-      const row = await this.followJob(id, opts);
+      const row = await this.followJob(id, followOpts);
       answered = true;
       return row;
     } finally {
@@ -553,7 +587,7 @@ export class JobRunner {
         break;
       } catch (err) {
         // Another replica holds the job now, or will once this one has stopped: it carries the job on.
-        // The reservation stays counted, for the images the job will make there.
+        // The reservation stays counted until then: the replica that finishes it settles it (from the row).
         if (err instanceof LeaseLost || (stop.aborted && !deadline.aborted)) {
           this.finishWatchers.delete(id);
           return;
@@ -689,9 +723,14 @@ export class JobRunner {
     this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
     this.o.events.publish(id, { type: 'finished' });
     if (failure && neverPaid(failure)) await this.records.releaseIdempotencyKeysOf(id);
-    const watchers = this.finishWatchers.get(id) ?? [];
+    const watchers = this.finishWatchers.get(id);
     this.finishWatchers.delete(id);
-    for (const watch of watchers) await watch(result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
+    for (const watch of watchers ?? []) await watch(result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
+    // A job carried on from a replica that stopped (or died, or stalled past its lease), or from
+    // this process before a restart: its reservation, kept in the row, is settled here, once.
+    if (!watchers && row.reservation_json && this.o.settleKept) {
+      await this.o.settleKept(row.reservation_json, result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job’s kept reservation failed'));
+    }
     const finished = row.callback_url ? await this.get(id) : undefined;
     if (finished?.callback_url) {
       const delivery: Promise<void> = this.deliverCallback(finished)

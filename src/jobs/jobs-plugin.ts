@@ -7,6 +7,7 @@ import { JobRunner } from './job-runner.js';
 import { parseJobChain } from './job-chain.js';
 import type { JobRow } from './job-records.js';
 import type { JobOutcome, UsageRecord } from '../usage/usage-log.js';
+import { reservationFromStored, type StoredReservation } from '../limits/key-limits.js';
 
 /** A job with a fallback chain: the model its usage record counts under and the models it tried. */
 function servedBy(row: JobRow): { model?: string; modelsTried?: string[] } {
@@ -78,6 +79,18 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
     ...(options.callbackWait ? { callbackWait: options.callbackWait } : {}),
     ...(options.followPollMs !== undefined ? { followPollMs: options.followPollMs } : {}),
     readImage: (name) => app.images.read(name),
+    // As the starting replica's settle (GenerationPipeline.viaJob): to what the job made; images
+    // paid for and lost to full storage at what they cost; a failure gives the rest back. Only with
+    // counters shared in Redis, where the reservation is: counters in memory never held it here (a
+    // restarted process counts from the usage records), so there is nothing to give back.
+    settleKept: async (reservationJson, result, failure) => {
+      if (app.counters.mode !== 'redis') return;
+      await app.limits.settle(
+        reservationFromStored(JSON.parse(reservationJson) as StoredReservation),
+        result?.images.length ?? 0,
+        result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : 0,
+      );
+    },
     recordOutcome: {
       ready: async (row, starter) => {
         if (!starter.answers) await app.usageLog.whenCommitted(row.id);
@@ -119,8 +132,20 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
     // database closes. Both in this one hook, as Fastify runs onClose hooks one at a time; the
     // usage log closes next (the usage plugin registers before this one).
     await Promise.all([app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS), jobs.close()]);
+    // The grace is over. A synchronous request still waiting for a job this replica no longer runs
+    // (no other replica finished it within the grace) answers now, 503: its usage record is
+    // committed before the usage log closes, and a retry under the same Idempotency-Key gets the job's
+    // outcome once it is carried on (elsewhere, or here after a restart).
+    jobs.endWaits(
+      new GatewayError('service_unavailable', 'the gateway stopped before this request’s job finished; the job goes on (another replica, or this one once restarted, carries it on): retry with the same Idempotency-Key for its result', {
+        retryAfter: 1,
+        expected: true,
+      }),
+    );
+    // They answer at once (the other handlers had the grace already).
+    await app.apiHandlersSettled(Math.min(config.JOB_SHUTDOWN_GRACE_MS, 1000));
   });
 }
 
 /** The job runner, and the signal that ends waits on jobs when the gateway stops. */
-export const jobsPlugin = fp(jobs, { name: 'jobs', dependencies: ['database', 'images', 'image-generation', 'job-events', 'job-callbacks', 'usage'] });
+export const jobsPlugin = fp(jobs, { name: 'jobs', dependencies: ['database', 'images', 'image-generation', 'job-events', 'job-callbacks', 'usage', 'limits'] });

@@ -17,6 +17,61 @@ export interface Reservation {
   tokenImages?: number;
 }
 
+/**
+ * What a job keeps of its reservation (JSON in its row), so that the replica that finishes it,
+ * whichever it is, settles it as the one that started it would have: the key, what was taken and
+ * the day and month counted in, and the key's limits (and token) the reservation counted against.
+ */
+export interface StoredReservation {
+  keyId: string;
+  images: number;
+  microUsd: number;
+  dayKey: string;
+  monthKey: string;
+  /** The key had an images_per_day / a monthly_budget_usd. */
+  perDay: boolean;
+  budget: boolean;
+  token?: { id: string; expiresAt: number; maxImages: number | null; images?: number };
+}
+
+export function storedReservation(reservation: Reservation): StoredReservation {
+  const client = reservation.client;
+  const token = client.token;
+  return {
+    keyId: client.id,
+    images: reservation.images,
+    microUsd: reservation.microUsd,
+    dayKey: reservation.dayKey,
+    monthKey: reservation.monthKey,
+    perDay: client.images_per_day !== undefined,
+    budget: client.monthly_budget_usd !== undefined,
+    ...(token ? { token: { id: token.id, expiresAt: token.expiresAt, maxImages: token.maxImages, ...(reservation.tokenImages !== undefined ? { images: reservation.tokenImages } : {}) } } : {}),
+  };
+}
+
+/**
+ * The reservation a job kept, as settle() takes it. Its client carries only what settle() reads:
+ * the key id, whether it has each limit (settle counts against the windows kept, not the values),
+ * and the token.
+ */
+export function reservationFromStored(stored: StoredReservation): Reservation {
+  const client = {
+    id: stored.keyId,
+    ...(stored.perDay ? { images_per_day: 0 } : {}),
+    ...(stored.budget ? { monthly_budget_usd: 0 } : {}),
+    ...(stored.token ? { token: { id: stored.token.id, expiresAt: stored.token.expiresAt, maxImages: stored.token.maxImages, maxRequests: null } } : {}),
+  } as unknown as Client;
+  return {
+    client,
+    images: stored.images,
+    microUsd: stored.microUsd,
+    dayKey: stored.dayKey,
+    monthKey: stored.monthKey,
+    headers: {},
+    ...(stored.token?.images !== undefined ? { tokenImages: stored.token.images } : {}),
+  };
+}
+
 const MICRO = 1_000_000;
 
 /** What an answer tells of images_per_day, `used` counted (this request's included once reserved). */

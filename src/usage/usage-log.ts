@@ -81,6 +81,15 @@ const COMPLETE_JOB_SQL = `UPDATE usage_records SET status = $1, error_code = $2,
  WHERE job_id = $9 AND status IN ${AWAITING_OUTCOME}`;
 
 /**
+ * The record of a synchronous request that a graceful stop answered 503 while its job went on (it
+ * keeps its job id): what the job made and cost is added to it when the job ends elsewhere, its
+ * status (the answer it had) kept.
+ */
+const COMPLETE_STOP_ANSWERED_SQL = `UPDATE usage_records SET images_returned = $1, bytes_stored = $2, cost_usd = $3,
+   upstream_status = $4, upstream_ms = $5, upstream_tokens = $6, model = COALESCE($8, model), models_tried = COALESCE($9, models_tried)
+ WHERE job_id = $7 AND status = 503 AND error_code = 'service_unavailable' AND request_id <> $7`;
+
+/**
  * A record (`$1`, its request id) that takes the place of the stand-in of its job (`$2`, whose
  * request id is the job's): the job's outcome, as the replica that finished it wrote it, then the
  * stand-in deleted. Both through the job_id index.
@@ -276,7 +285,10 @@ export class UsageLog implements CommitSource {
    * for it, so what the job made and cost is counted. Through `tx`, the transaction that marks the job finished.
    */
   async completeJobFromElsewhere(outcome: JobOutcome, record: UsageRecord & { jobId: string }, tx: Statements): Promise<void> {
-    if ((await tx.run(COMPLETE_JOB_SQL, completeJobParams(record.jobId, outcome))) > 0) return;
+    const params = completeJobParams(record.jobId, outcome);
+    if ((await tx.run(COMPLETE_JOB_SQL, params)) > 0) return;
+    // Without status and error code: the answer the stop gave is kept.
+    if ((await tx.run(COMPLETE_STOP_ANSWERED_SQL, params.slice(2))) > 0) return;
     if (await tx.get('SELECT id FROM usage_records WHERE job_id = $1', [record.jobId])) return;
     await tx.run(insertSql(1), rowOf(record));
   }
