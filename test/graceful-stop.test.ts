@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startUpstreamSimulator } from '../src/simulator/upstream-simulator.js';
-import { ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY, jobWhenFinished, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY, jobWhenFinished, startHarness, startListening, type Harness } from './harness.js';
 import { freePort, startGatewayProcess } from './gateway-process.js';
 
 let h: Harness | undefined;
@@ -184,6 +184,29 @@ describe('a graceful stop while a synchronous request waits for its job, and no 
     expect(all.reduce((n, r) => n + (r.cost_usd ?? 0), 0)).toBeCloseTo(0.04, 6);
     expect(all.reduce((n, r) => n + r.images_returned, 0)).toBe(1);
   }, 30_000);
+});
+
+describe('a graceful stop of a listening server while a client is connected, waiting for its job', () => {
+  it('is bounded by JOB_SHUTDOWN_GRACE_MS: the request is answered 503 over its connection, and the server closes', async () => {
+    // The connection stays open while the request waits, so the server's close waits for it: the
+    // grace must start when the stop does, not once every connection has gone.
+    const listening = await startListening({ JOB_SHUTDOWN_GRACE_MS: '200' });
+    h = listening;
+    listening.simulator.holdTasks = true;
+    const waiting = fetch(`${listening.base}/v1/generate`, {
+      method: 'POST',
+      headers: { ...listening.auth, 'content-type': 'application/json', 'idempotency-key': 'connected-across-a-stop' },
+      body: JSON.stringify({ model: 'flux-kontext-pro', prompt: 'a heron, connected through a stop' }),
+    });
+    await until(() => listening.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')), 'a task poll');
+    const closed = listening.app.close();
+    const answer = await waiting;
+    expect(answer.status).toBe(503);
+    expect(answer.headers.get('retry-after')).toBe('1');
+    expect(((await answer.json()) as { error: { code: string } }).error.code).toBe('service_unavailable');
+    // Without the bound, this never settles: the held task is polled until the upstream timeout.
+    await closed;
+  }, 20_000);
 });
 
 describe('a job stopped with its reservation, and failed after a restart, with counters in memory (no Redis)', () => {

@@ -120,22 +120,16 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
 
   const stopping = new AbortController();
   app.decorate('stopping', stopping.signal);
-  app.addHook('preClose', async () => {
-    // Expected: a stream or a wait it ends is logged as one warning line, not an error with a stack.
-    stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1, expected: true }));
-  });
-  // Migrates the jobs table and takes over jobs that a stopped replica left.
-  app.addHook('onReady', async () => jobs.start());
-  app.addHook('onClose', async () => {
-    // Side by side, within one grace period: requests whose client left (still on their way to a
-    // 499 record once their connection is gone), and jobs, which write their state before the
-    // database closes. Both in this one hook, as Fastify runs onClose hooks one at a time; the
-    // usage log closes next (the usage plugin registers before this one).
+  /**
+   * Stops the jobs within one grace period, side by side with requests whose client left (still on
+   * their way to a 499 record once their connection is gone); jobs write their state before the
+   * database closes. Once the grace is over, a synchronous request still waiting for a job this
+   * replica no longer runs (no other replica finished it within the grace) answers 503: its usage
+   * record is committed before the usage log closes, and a retry under the same Idempotency-Key gets
+   * the job's outcome once it is carried on (elsewhere, or here after a restart).
+   */
+  async function stopJobs(): Promise<void> {
     await Promise.all([app.apiHandlersSettled(config.JOB_SHUTDOWN_GRACE_MS), jobs.close()]);
-    // The grace is over. A synchronous request still waiting for a job this replica no longer runs
-    // (no other replica finished it within the grace) answers now, 503: its usage record is
-    // committed before the usage log closes, and a retry under the same Idempotency-Key gets the job's
-    // outcome once it is carried on (elsewhere, or here after a restart).
     jobs.endWaits(
       new GatewayError('service_unavailable', 'the gateway stopped before this request’s job finished; the job goes on (another replica, or this one once restarted, carries it on): retry with the same Idempotency-Key for its result', {
         retryAfter: 1,
@@ -144,6 +138,23 @@ async function jobs(app: FastifyInstance, options: JobsPluginOptions): Promise<v
     );
     // They answer at once (the other handlers had the grace already).
     await app.apiHandlersSettled(Math.min(config.JOB_SHUTDOWN_GRACE_MS, 1000));
+  }
+  let stopped: Promise<void> | undefined;
+
+  app.addHook('preClose', async () => {
+    // Expected: a stream or a wait it ends is logged as one warning line, not an error with a stack.
+    stopping.abort(new GatewayError('service_unavailable', 'the gateway is stopping; follow the job again (another replica, or this one once restarted, carries it on)', { retryAfter: 1, expected: true }));
+    // Started with the stop, not awaited: a listening server's close waits for its open connections
+    // before any onClose hook runs, and a client waiting for its job holds one until the grace ends it.
+    stopped = stopJobs();
+    stopped.catch(() => {}); // awaited, and so reported, by the onClose hook
+  });
+  // Migrates the jobs table and takes over jobs that a stopped replica left.
+  app.addHook('onReady', async () => jobs.start());
+  // Fastify runs onClose hooks one at a time; the usage log closes next (the usage plugin registers
+  // before this one), once the jobs have stopped.
+  app.addHook('onClose', async () => {
+    await (stopped ?? stopJobs());
   });
 }
 
