@@ -46,7 +46,8 @@ const nonEmpty = (what = 'a non-empty string') => text(what).min(1, `must be ${w
 const oneOfValues = <T extends string>(values: readonly [T, ...T[]]) =>
   z.enum(values, { error: `must be one of ${values.map((v) => JSON.stringify(v)).join(', ')}` });
 const integer = (what: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
-  z.number({ error: `must be ${what}` }).int(`must be ${what}`).min(min, `must be ${what}`).max(max, `must be ${what}`);
+  // A value failing the integer check stops there: 1e308 was named twice (not an integer, over the max).
+  z.number({ error: `must be ${what}` }).int({ error: `must be ${what}`, abort: true }).min(min, `must be ${what}`).max(max, `must be ${what}`);
 const trueOrFalse = z.boolean({ error: 'must be true or false' });
 const modelName = nonEmpty(`a model id (at most ${NAME_MAX} characters; GET /v1/models lists them)`).max(NAME_MAX, `must be at most ${NAME_MAX} characters`);
 

@@ -54,6 +54,16 @@ export function isApiCall(request: FastifyRequest): boolean {
 }
 
 const MODEL_NAME_MAX = 200;
+/** The largest count a usage record's INTEGER column holds (PostgreSQL's is 32-bit). */
+const RECORDABLE_COUNT_MAX = 2_147_483_647;
+
+/**
+ * A count the record can hold, else null (unknown): a refused `n` of 2147483648 failed PostgreSQL's
+ * INSERT, and with it every record of the batch it was written in, again on each retry.
+ */
+function recordableCount(count: number | undefined): number | null {
+  return count !== undefined && Number.isSafeInteger(count) && count >= 0 && count <= RECORDABLE_COUNT_MAX ? count : null;
+}
 
 /** What each image route does: its records name it even when the request was refused before the pipeline saw it (a parse error). */
 const OPERATION_OF_ROUTE = new Map<string, Operation>([
@@ -78,7 +88,7 @@ export function usageRecordOf(request: FastifyRequest, answer: { status: number;
     route: request.routeOptions.url ?? null,
     model: outcome.model?.slice(0, MODEL_NAME_MAX) ?? null,
     operation: outcome.operation ?? OPERATION_OF_ROUTE.get(`${request.method} ${request.routeOptions.url}`) ?? null,
-    imagesRequested: outcome.imagesRequested ?? null,
+    imagesRequested: recordableCount(outcome.imagesRequested),
     imagesReturned: outcome.imagesReturned,
     status: answer.status,
     errorCode: outcome.errorCode ?? null,
