@@ -40,6 +40,8 @@ class WatchedDatabase extends SqliteDatabase {
   /** Per commit, the row count of each usage INSERT in it. */
   transactions: number[][] = [];
   failNextWrite = false;
+  /** A request id whose row the database refuses, as PostgreSQL refuses a value out of its column's range. */
+  refusedRequestId: string | undefined;
   /** While set, a commit waits for it before it begins. */
   hold: Promise<void> | undefined;
   override async batch(statements: BatchStatement[]): Promise<BatchResult[]> {
@@ -50,6 +52,9 @@ class WatchedDatabase extends SqliteDatabase {
     if (this.failNextWrite) {
       this.failNextWrite = false;
       throw new Error('disk full');
+    }
+    if (this.refusedRequestId !== undefined && statements.some(({ sql, params }) => sql.startsWith('INSERT INTO usage_records') && params.includes(this.refusedRequestId!))) {
+      throw Object.assign(new Error('value "2147483648" is out of range for type integer'), { code: '22003' });
     }
     return super.batch(statements);
   }
@@ -155,6 +160,23 @@ describe('UsageLog', () => {
     await log.record(record('req_1'));
     expect(db.transactions).toHaveLength(2);
     expect(await stored()).toEqual(['req_1']);
+    await log.close();
+  });
+
+  it('a record the database refuses for its values is found and dropped, logged whole; the records beside it and after it are written', async () => {
+    const { logger, errors } = watchedLogger();
+    const log = new UsageLog(db, logger, { retryMs: 60_000 });
+    db.refusedRequestId = 'req_bad';
+    await Promise.all(['req_1', 'req_bad', 'req_2', 'req_3'].map((id) => log.record(record(id))));
+    // The group, then each of its records alone: the refused one is dropped, not retried forever.
+    expect(db.transactions).toEqual([[4], [1], [1], [1], [1]]);
+    expect(await stored()).toEqual(['req_1', 'req_2', 'req_3']);
+    expect(log.pending).toBe(0);
+    expect(errors.filter((e) => /refused by the database for its values; it is dropped/.test(e))).toHaveLength(1);
+    // Groups again after it.
+    db.transactions = [];
+    await Promise.all(['req_4', 'req_5'].map((id) => log.record(record(id))));
+    expect(db.transactions).toEqual([[2]]);
     await log.close();
   });
 

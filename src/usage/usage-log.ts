@@ -150,8 +150,24 @@ interface Entry {
  * the image rows of that turn, so the cost per request stays small. A failed write keeps its
  * records and is retried; close() writes whatever is left, so a graceful stop loses nothing either.
  */
+/**
+ * A fault of the rows themselves, which no retry mends: PostgreSQL's data exceptions and integrity
+ * violations (SQLSTATE classes 22 and 23), SQLite's constraint and type mismatch. Any other failure
+ * (the database away, the disk full) is retried as it is.
+ */
+export function isRowFault(err: unknown): boolean {
+  const { code, errcode } = (err ?? {}) as { code?: unknown; errcode?: unknown };
+  if (typeof code === 'string' && /^2[23][0-9A-Z]{3}$/.test(code)) return true;
+  return errcode === 19 || errcode === 20;
+}
+
 export class UsageLog implements CommitSource {
   private queue: Entry[] = [];
+  /**
+   * How many records to write one at a time, after a group the database refused for its rows: one bad
+   * record is found and dropped, not retried forever with every record queued behind it.
+   */
+  private writeAlone = 0;
   /** The group being committed now. */
   private inFlight: Entry[] = [];
   private readonly commits: GroupCommit;
@@ -317,7 +333,8 @@ export class UsageLog implements CommitSource {
   /** The records waiting, as the next group commit's INSERTs: at most `groupSize`, the rest in the one after. */
   take(): CommitShare | undefined {
     if (this.retryTimer || this.queue.length === 0) return undefined;
-    const taken = this.queue.splice(0, this.groupSize);
+    const taken = this.queue.splice(0, this.writeAlone > 0 ? 1 : this.groupSize);
+    if (this.writeAlone > 0) this.writeAlone--;
     if (this.queue.length > 0) this.commits.wake();
     // A record that cannot be written (its time is not a date, say) is dropped alone, not retried forever.
     const group: Entry[] = [];
@@ -355,6 +372,21 @@ export class UsageLog implements CommitSource {
       },
       failed: (err) => {
         this.inFlight = [];
+        if (isRowFault(err) && group.length === 1) {
+          // Written alone and refused for what it holds: kept in the log line, so nothing else waits on it.
+          const { prompt: _prompt, ...kept } = group[0]!.record;
+          this.log.error({ err, record: kept }, 'a usage record was refused by the database for its values; it is dropped (its fields are in this line)');
+          group[0]!.settle();
+          this.kick(true);
+          return;
+        }
+        if (isRowFault(err)) {
+          this.writeAlone = group.length;
+          this.queue.unshift(...group);
+          this.log.error({ err, pending: this.queue.length }, 'writing usage records failed for their values; writing them one at a time to find the one refused');
+          this.kick(true);
+          return;
+        }
         this.queue.unshift(...group);
         this.log.error({ err, pending: this.queue.length }, 'writing usage records failed; retrying');
         try {
