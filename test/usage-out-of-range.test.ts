@@ -4,47 +4,26 @@
  * naming n) failed every write of the usage batch it joined, so no record of it, nor of the
  * requests beside it, was ever stored.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startHarness, usageRecordOf, type Harness } from './harness.js';
-import { freshPostgres, postgresProblem } from './services.js';
+import { beforeEach, expect, it } from 'vitest';
+import { usageRecordOf, type Harness } from './harness.js';
+import { describeOnEachDatabase } from './each-database.js';
 
-const databases = [
-  { name: 'SQLite', skip: false, start: async () => ({ env: {}, drop: async () => {} }) },
-  {
-    name: 'PostgreSQL',
-    skip: postgresProblem !== undefined,
-    start: async () => {
-      const pg = await freshPostgres();
-      return { env: { DATABASE_URL: pg.url }, drop: pg.drop };
-    },
-  },
-];
+describeOnEachDatabase('an image count past what the usage table holds', (harness) => {
+  let h: Harness;
+  beforeEach(() => {
+    h = harness();
+  });
 
-describe.each(databases)('on $name', ({ skip, start }) => {
-  describe.skipIf(skip)('an image count past what the usage table holds', () => {
-    let h: Harness;
-    let drop: () => Promise<void>;
-    beforeAll(async () => {
-      const db = await start();
-      drop = db.drop;
-      h = await startHarness(db.env);
-    });
-    afterAll(async () => {
-      await h?.close();
-      await drop?.();
-    });
-
-    it('n = 2147483648 is a 400 naming n, and its usage record is written (count unknown), as is the next request\'s', async () => {
-      for (const [route, n] of [['/v1/generate', 2147483648], ['/v1/images/generations', 2 ** 40]] as const) {
-        const res = await h.app.inject({ method: 'POST', url: route, headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', n } });
-        expect(res.statusCode).toBe(400);
-        expect(res.body).toContain('n: must be an integer from 1 to 10');
-        const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
-        expect(record).toMatchObject({ status: 400, images_requested: null });
-      }
-      const ok = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', n: 2 } });
-      expect(ok.statusCode).toBe(200);
-      expect(await usageRecordOf(h, ok.headers['x-request-id'] as string)).toMatchObject({ status: 200, images_requested: 2 });
-    });
+  it('n = 2147483648 is a 400 naming n, and its usage record is written (count unknown), as is the next request\'s', async () => {
+    for (const [route, n] of [['/v1/generate', 2147483648], ['/v1/images/generations', 2 ** 40]] as const) {
+      const res = await h.app.inject({ method: 'POST', url: route, headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', n } });
+      expect(res.statusCode).toBe(400);
+      expect(res.body).toContain('n: must be an integer from 1 to 10');
+      const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
+      expect(record).toMatchObject({ status: 400, images_requested: null });
+    }
+    const ok = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', n: 2 } });
+    expect(ok.statusCode).toBe(200);
+    expect(await usageRecordOf(h, ok.headers['x-request-id'] as string)).toMatchObject({ status: 200, images_requested: 2 });
   });
 });
