@@ -20,8 +20,10 @@ async function until(ready: () => boolean, what: string): Promise<void> {
 }
 
 /** A TCP forwarder to `target` that can be cut and restored. */
-async function forwarder(target: URL): Promise<{ url: string; cut(): void; restore(): void; close(): Promise<void> }> {
+async function forwarder(target: URL): Promise<{ url: string; cut(): void; restore(): void; close(): Promise<void>; sent: string[] }> {
   let up = true;
+  /** What clients sent through it, as text (Redis commands). */
+  const sent: string[] = [];
   const sockets = new Set<Socket>();
   const server: Server = createServer((client) => {
     if (!up) {
@@ -39,12 +41,14 @@ async function forwarder(target: URL): Promise<{ url: string; cut(): void; resto
     sockets.add(redis);
     client.on('error', end).on('close', end);
     redis.on('error', end).on('close', end);
+    client.on('data', (chunk: Buffer) => sent.push(chunk.toString('latin1')));
     client.pipe(redis).pipe(client);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;
   return {
     url: `redis://127.0.0.1:${port}${target.pathname}`,
+    sent,
     cut() {
       up = false;
       for (const s of sockets) s.destroy();
@@ -95,8 +99,12 @@ describe.skipIf(redisProblem !== undefined)('limits when Redis goes away and com
     expect(await limitsMode(a)).toBe('memory (redis unavailable)');
     expect(a.logs.filter((l) => /REDIS_URL redis:\/\/127\.0\.0\.1:\d+\S* is unavailable \(.+\): limits are now counted in this replica only/.test(l))).toHaveLength(1);
 
+    link.sent.length = 0;
     link.restore();
     await until(() => a.app.redis!.status === 'ready', 'the replica to reconnect');
+    // Its subscriptions (job events, key changes) are made again on the new connections.
+    await until(() => link.sent.join('').includes('gw:job-events') && link.sent.join('').includes('gw:client-keys:changed'), 'the subscriptions made again');
+    expect(link.sent.join('')).toMatch(/subscribe/i);
     // Back in Redis: 2.
     expect((await generate(a)).statusCode).toBe(200);
     expect(await limitsMode(a)).toBe('redis');

@@ -127,9 +127,13 @@ export class KeyStore {
     await this.records.migrate();
     await this.reload();
     if (this.redis) {
-      this.subscriber = this.redis.duplicate();
-      this.subscriber.on('error', () => {}); // reconnects by itself; the poll below covers the gap
-      this.subscriber.on('message', () => void this.reload().catch((err) => this.log.error({ err }, 'reloading client keys failed')));
+      // Subscribed again here on each reconnection, not by ioredis (autoResubscribe), which leaves its
+      // SUBSCRIBE's promise unobserved: a connection dropped again at once was an unhandled rejection.
+      const subscriber = (this.subscriber = this.redis.duplicate({ autoResubscribe: false }));
+      subscriber.on('error', () => {}); // reconnects by itself; the poll below covers the gap
+      subscriber.on('message', () => void this.reload().catch((err) => this.log.error({ err }, 'reloading client keys failed')));
+      // On every connection, one made after a start without Redis too (the poll covers a miss).
+      subscriber.on('ready', () => void subscriber.subscribe(CHANGES_CHANNEL).catch(() => {}));
       await this.subscriber
         .connect()
         .then(() => this.subscriber!.subscribe(CHANGES_CHANNEL))

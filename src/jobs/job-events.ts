@@ -53,18 +53,24 @@ export class JobEventBus {
     if (!this.publisher) return;
     // A connection in subscriber mode can do nothing else: this one is the bus's own.
     // Its commands wait for Redis however long it is down (no retry limit), in the offline queue.
-    const subscriber = this.publisher.duplicate({ lazyConnect: true, enableOfflineQueue: true, maxRetriesPerRequest: null });
+    // Subscribed again here on each reconnection, not by ioredis (autoResubscribe), which leaves its
+    // SUBSCRIBE's promise unobserved: a connection dropped again at once was an unhandled rejection.
+    const subscriber = this.publisher.duplicate({ lazyConnect: true, enableOfflineQueue: true, maxRetriesPerRequest: null, autoResubscribe: false });
     subscriber.on('error', () => {}); // ioredis reconnects; followers read the job store meanwhile.
     subscriber.on('message', (_channel: string, message: string) => this.receive(message));
     this.subscriber = subscriber;
+    const subscribe = () =>
+      subscriber.subscribe(CHANNEL).then(
+        () => (this.subscribed = true),
+        (err: unknown) => {
+          if (this.subscriber === subscriber && subscriber.status === 'ready') this.log.warn({ err }, 'job events could not be subscribed to in redis: other replicas’ job events are read from the job store');
+        },
+      );
+    // On every connection (again at the first: SUBSCRIBE to a channel already subscribed is a no-op).
+    subscriber.on('ready', () => void subscribe());
     // Not awaited (the command connects): with Redis down at start, the subscription waits and is
     // made once Redis answers; meanwhile followers read the job store.
-    subscriber.subscribe(CHANNEL).then(
-      () => (this.subscribed = true),
-      (err: unknown) => {
-        if (this.subscriber) this.log.warn({ err }, 'job events could not be subscribed to in redis: other replicas’ job events are read from the job store');
-      },
-    );
+    void subscribe();
   }
 
   async close(): Promise<void> {
