@@ -43,7 +43,7 @@ it('a synchronous request with an Idempotency-Key whose job fails upstream: one 
   expect(error).toMatchObject({ level: 50, code: 'upstream_error', model: 'gpt-image-1', failure_kind: 'server_error', upstream_status: 500 });
   expect(error!.job_id).toMatch(/^job_/);
   // The job's line carries the stack of what failed.
-  expect(error!.err?.stack).toBeTruthy();
+  expect(error!.err?.stack).toMatch(/^\w*Error: .+\n\s+at /);
 
   const own = requestLines(requestId);
   expect(own).toHaveLength(1);
