@@ -209,6 +209,44 @@ describe('a graceful stop of a listening server while a client is connected, wai
   }, 20_000);
 });
 
+describe('a request still arriving when a stop begins', () => {
+  it('makes no job the stop would not wait for: a 503 to send again, nothing sent upstream, nothing left reserved', async () => {
+    const listening = await startListening({ JOB_SHUTDOWN_GRACE_MS: '200' });
+    h = listening;
+    const body = JSON.stringify({ model: 'gpt-image-1', prompt: 'a heron, arriving as the gateway stops', async: true });
+    const { request } = await import('node:http');
+    const url = new URL(`${listening.base}/v1/generate`);
+    let closed: Promise<void> | undefined;
+    const answer = await new Promise<{ status: number; body: string; headers: Record<string, unknown> }>((resolve, reject) => {
+      const req = request(
+        { host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { ...listening.auth, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8').on('data', (c: string) => (text += c)).on('end', () => resolve({ status: res.statusCode!, body: text, headers: res.headers }));
+        },
+      );
+      req.on('error', reject);
+      // Half the body, then the stop, then the rest: the request is in flight when the stop begins.
+      req.write(body.slice(0, 20));
+      setTimeout(() => {
+        closed = listening.app.close();
+        setTimeout(() => req.end(body.slice(20)), 50);
+      }, 50);
+    });
+    expect(answer.status, answer.body).toBe(503);
+    expect(answer.headers['retry-after']).toBe('1');
+    expect(JSON.parse(answer.body).error.code).toBe('service_unavailable');
+    await closed;
+    expect(listening.simulator.received).toHaveLength(0);
+    const db = new DatabaseSync(join(listening.dataDir, 'gateway.sqlite'), { readOnly: true });
+    try {
+      expect((db.prepare('SELECT COUNT(*) AS n FROM jobs').get() as { n: number }).n).toBe(0);
+    } finally {
+      db.close();
+    }
+  }, 20_000);
+});
+
 describe('a job stopped with its reservation, and failed after a restart, with counters in memory (no Redis)', () => {
   let restarted: Harness | undefined;
   afterEach(async () => {

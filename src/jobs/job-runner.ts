@@ -278,6 +278,10 @@ export class JobRunner {
      */
     keptReservation?: () => string | null,
   ): Promise<{ jobId: string; first: boolean }> {
+    // A stop has begun (close() stops jobs from its start, while requests in flight go on): no job is
+    // made here that the stop would not wait for. Nothing was sent or reserved for good: the caller
+    // gives its reservation back.
+    if (this.closing) throw new GatewayError('service_unavailable', 'the gateway is stopping; send the request again (another replica takes it)', { retryAfter: 1, expected: true });
     const now = Date.now();
     const prepared = chain[0]!;
     const request = prepared.request;
@@ -328,6 +332,12 @@ export class JobRunner {
     this.createdHere.add(id);
     // Followed at once by the request that made it (JobRunner.follow with `starter`).
     if (!request.async) this.startersWaiting.add(id);
+    // The stop began while the row was written: it stays queued, never sent, for another replica
+    // (or this one after a restart) to take over once its lease runs out.
+    if (this.closing) {
+      this.o.log.warn({ job_id: id }, 'a job made as the gateway began to stop is left queued, not sent: another replica (or this one after a restart) runs it');
+      return { jobId: id, first: true };
+    }
     this.launch(id, chain, undefined);
     return { jobId: id, first: true };
   }
