@@ -5,7 +5,8 @@ import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Logger } from '../src/observability/logger.js';
 import { SqliteDatabase, type BatchResult, type BatchStatement, type Database } from '../src/storage/database.js';
-import { UsageLog, type UsageRecord } from '../src/usage/usage-log.js';
+import { UsageLog, isRowFault, type UsageRecord } from '../src/usage/usage-log.js';
+import { DatabaseSync } from 'node:sqlite';
 import { USAGE_MIGRATIONS } from '../src/usage/usage-migrations.js';
 
 const silent = pino({ level: 'silent' });
@@ -178,6 +179,32 @@ describe('UsageLog', () => {
     await Promise.all(['req_4', 'req_5'].map((id) => log.record(record(id))));
     expect(db.transactions).toEqual([[2]]);
     await log.close();
+  });
+
+  it('tells a fault of the rows (no retry mends it) from a failing database', () => {
+    // SQLite's own errors carry the extended code (a NOT NULL violation is 1299, a UNIQUE one 2067).
+    const sqlite = new DatabaseSync(':memory:');
+    sqlite.exec('CREATE TABLE t (x INTEGER NOT NULL UNIQUE)');
+    sqlite.exec('INSERT INTO t VALUES (1)');
+    const faultOf = (sql: string) => {
+      try {
+        sqlite.exec(sql);
+      } catch (err) {
+        return err;
+      }
+      throw new Error(`no fault: ${sql}`);
+    };
+    expect(isRowFault(faultOf('INSERT INTO t VALUES (NULL)'))).toBe(true);
+    expect(isRowFault(faultOf('INSERT INTO t VALUES (1)'))).toBe(true);
+    expect(isRowFault(faultOf('INSERT INTO nowhere VALUES (1)'))).toBe(false);
+    sqlite.close();
+    // PostgreSQL's SQLSTATE: data exceptions and integrity violations, not a connection lost or a shutdown.
+    expect(isRowFault({ code: '22003' })).toBe(true);
+    expect(isRowFault({ code: '23505' })).toBe(true);
+    expect(isRowFault({ code: '57P01' })).toBe(false);
+    expect(isRowFault({ code: '08006' })).toBe(false);
+    expect(isRowFault({ code: 'ECONNREFUSED' })).toBe(false);
+    expect(isRowFault(new Error('disk full'))).toBe(false);
   });
 
   it('writes more than one group: close() writes every group, and a group queued behind a commit in flight follows it unasked', async () => {

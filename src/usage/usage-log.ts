@@ -158,7 +158,8 @@ interface Entry {
 export function isRowFault(err: unknown): boolean {
   const { code, errcode } = (err ?? {}) as { code?: unknown; errcode?: unknown };
   if (typeof code === 'string' && /^2[23][0-9A-Z]{3}$/.test(code)) return true;
-  return errcode === 19 || errcode === 20;
+  // node:sqlite gives the extended code (a NOT NULL violation is 1299): its low byte is the primary one.
+  return typeof errcode === 'number' && ((errcode & 0xff) === 19 || (errcode & 0xff) === 20);
 }
 
 export class UsageLog implements CommitSource {
@@ -388,6 +389,8 @@ export class UsageLog implements CommitSource {
           return;
         }
         this.queue.unshift(...group);
+        // Closed: no retry, and whole groups again, so that the queue is not taken one record at a time without end.
+        if (this.closed) this.writeAlone = 0;
         this.log.error({ err, pending: this.queue.length }, 'writing usage records failed; retrying');
         try {
           this.onWriteFailure?.(err);
