@@ -11,6 +11,18 @@ import { freshPostgres, freshRedis, postgresProblem, redisProblem } from './serv
 
 type Json = any;
 
+/** Until harness's upstream has been polled for a task (the job was sent and accepted). */
+async function untilTaskPolled(harness: Harness): Promise<void> {
+  for (let i = 0; i < 200 && !harness.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+}
+
+/** Every usage record `harness` can read (admin key), the log flushed first. */
+async function usageRecords(harness: Harness): Promise<Json[]> {
+  await harness.app.usageLog.flush();
+  const page = await harness.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+  return page.json().data as Json[];
+}
+
 describe.skipIf(postgresProblem !== undefined)(
   'a job taken over while its starting request waits (skipped when PostgreSQL is unreachable and REQUIRE_SERVICES is unset)',
   () => {
@@ -37,28 +49,25 @@ describe.skipIf(postgresProblem !== undefined)(
       await database?.drop();
     });
 
-    it('counts the image once, in one record: the waiting request’s, which takes the place of the one the taking replica wrote for it', async () => {
+    /** A request with an Idempotency-Key, held at its upstream task until A's lease lapses and B takes its job over; its answer. */
+    async function takenOverWhileWaiting(url: string, key: string, prompt: string) {
       a.simulator.holdTasks = true;
-      const waiting = a.app.inject({
-        method: 'POST',
-        url: '/v1/generate',
-        headers: { ...a.auth, 'idempotency-key': 'taken-over' },
-        payload: { model: 'flux-kontext-pro', prompt: 'a heron, carried on elsewhere' },
-      });
-      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+      const waiting = a.app.inject({ method: 'POST', url, headers: { ...a.auth, 'idempotency-key': key }, payload: { model: 'flux-kontext-pro', prompt } });
+      await untilTaskPolled(a);
       // A's lease lapses (as when its event loop stalls), and B takes the job over.
       await a.app.db.run("UPDATE jobs SET lease_until = 0 WHERE status <> 'succeeded' AND status <> 'failed'");
       expect(await b.app.jobs.takeOverAbandoned()).toBe(1);
       a.simulator.holdTasks = false;
+      return waiting;
+    }
 
-      const answer = await waiting;
+    it('counts the image once, in one record: the waiting request’s, which takes the place of the one the taking replica wrote for it', async () => {
+      const answer = await takenOverWhileWaiting('/v1/generate', 'taken-over', 'a heron, carried on elsewhere');
       expect(answer.statusCode, answer.body).toBe(200);
       expect(answer.json().images).toHaveLength(1);
       expect(a.simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
 
-      await a.app.usageLog.flush();
-      const page = await a.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
-      const records = (page.json().data as Json[]).filter((r) => r.route === '/v1/generate');
+      const records = (await usageRecords(a)).filter((r) => r.route === '/v1/generate');
       expect(records.reduce((n: number, r: Json) => n + r.images_returned, 0)).toBe(1);
       expect(records.reduce((n: number, r: Json) => n + (r.estimated_cost_usd ?? 0), 0)).toBeCloseTo(0.04, 6);
       // One request, one record: the waiting request's own, which took the place of the record B
@@ -70,24 +79,10 @@ describe.skipIf(postgresProblem !== undefined)(
 
     it('a request made through the OpenAI façade keeps the façade’s route in the one record it leaves', async () => {
       a.simulator.reset();
-      a.simulator.holdTasks = true;
-      const waiting = a.app.inject({
-        method: 'POST',
-        url: '/v1/images/generations',
-        headers: { ...a.auth, 'idempotency-key': 'taken-over-openai' },
-        payload: { model: 'flux-kontext-pro', prompt: 'a heron, asked the OpenAI way' },
-      });
-      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
-      await a.app.db.run("UPDATE jobs SET lease_until = 0 WHERE status <> 'succeeded' AND status <> 'failed'");
-      expect(await b.app.jobs.takeOverAbandoned()).toBe(1);
-      a.simulator.holdTasks = false;
-
-      const answer = await waiting;
+      const answer = await takenOverWhileWaiting('/v1/images/generations', 'taken-over-openai', 'a heron, asked the OpenAI way');
       expect(answer.statusCode, answer.body).toBe(200);
       expect(answer.json().data).toHaveLength(1);
-      await a.app.usageLog.flush();
-      const page = await a.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
-      const records = (page.json().data as Json[]).filter((r) => r.route === '/v1/images/generations');
+      const records = (await usageRecords(a)).filter((r) => r.route === '/v1/images/generations');
       expect(records).toHaveLength(1);
       expect(records[0]).toMatchObject({ request_id: answer.headers['x-request-id'], operation: 'generate', model: 'flux-kontext-pro', images_returned: 1, estimated_cost_usd: 0.04 });
     }, 30_000);
@@ -127,7 +122,7 @@ describe.skipIf(postgresProblem !== undefined)(
         headers: { ...a.auth, 'idempotency-key': 'handed-over-at-stop' },
         payload: { model: 'flux-kontext-pro', prompt: 'a heron, across a stop' },
       });
-      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+      await untilTaskPolled(a);
       // SIGTERM: A stops polling the task and frees the job's lease; its request still waits (within the grace).
       const stopped = a.app.close();
       let taken = 0;
@@ -144,8 +139,7 @@ describe.skipIf(postgresProblem !== undefined)(
       await stopped;
       expect(a.simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
 
-      const page = await b.app.inject({ method: 'GET', url: '/v1/usage/records?from=2000-01-01&limit=1000', headers: { authorization: `Bearer ${ADMIN_KEY}` } });
-      const records = (page.json().data as Json[]).filter((r) => r.route === '/v1/generate');
+      const records = (await usageRecords(b)).filter((r) => r.route === '/v1/generate');
       // One request, one record (not the waiting request's plus the one B wrote standing for it), its cost once.
       expect(records).toHaveLength(1);
       expect(records[0]).toMatchObject({ request_id: answer.headers['x-request-id'], status: 200, images_returned: 1, estimated_cost_usd: 0.04 });
@@ -197,7 +191,7 @@ describe.skipIf(postgresProblem !== undefined || redisProblem !== undefined)(
       expect(accepted.statusCode, accepted.body).toBe(202);
       expect(accepted.headers['x-ratelimit-images-remaining']).toBe('4');
       const jobId = accepted.json().id as string;
-      for (let i = 0; i < 200 && !a.simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+      await untilTaskPolled(a);
 
       // SIGTERM on A: it stops polling and frees the lease, its reservation still counted; B carries the job on.
       await a.app.close();
