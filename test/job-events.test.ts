@@ -267,24 +267,24 @@ describe('a job followed from another replica', () => {
 
     it('a replica that started while Redis was down hears the events once Redis answers', async () => {
       const redisUrl = new URL(freshRedis().url);
-      // B's Redis is a forwarder to the real one, not listening yet when B starts.
-      const port = await new Promise<number>((resolve) => {
-        const probe = createServer().listen(0, '127.0.0.1', () => {
-          const { port } = probe.address() as AddressInfo;
-          probe.close(() => resolve(port));
-        });
-      });
+      // B's Redis is a forwarder to the real one that drops every connection until it is "up": it
+      // listens from the start, so its port cannot be taken by another test while Redis is "down".
+      let up = false;
       const forwarder = createServer((client) => {
+        if (!up) return client.destroy();
         const redis = connect(Number(redisUrl.port || 6379), redisUrl.hostname);
         client.pipe(redis).pipe(client);
         client.on('error', () => redis.destroy());
         redis.on('error', () => client.destroy());
       });
+      const port = await new Promise<number>((resolve) =>
+        forwarder.listen(0, '127.0.0.1', () => resolve((forwarder.address() as AddressInfo).port)),
+      );
       const dataDir = mkdtempSync(join(tmpdir(), 'gw-two-replicas-'));
       const a = await startHarness({ DATA_DIR: dataDir, REDIS_URL: redisUrl.toString() });
       const b = await startHarness({ DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${port}` });
       try {
-        await new Promise<void>((resolve) => forwarder.listen(port, '127.0.0.1', resolve));
+        up = true;
         a.simulator.holdTasks = true;
         const id = await submit(a, { model: 'flux-kontext-pro', prompt: 'heard after redis came back' });
         const onB = await b.app.listen({ port: 0, host: '127.0.0.1' });
