@@ -108,6 +108,12 @@ describe('a catalogue entry that does not validate is refused, naming the entry 
     expect(refusal(twice)).toMatch(/model "glm-image": the name dall-e-3 is already model "dall-e-3"'s/);
   });
 
+  it('the name usage and metrics give a request naming no model of the catalogue', () => {
+    const data = builtin();
+    entry(data, 'glm-image').aliases.push('unknown');
+    expect(refusal(data)).toMatch(/model "glm-image": the name unknown is reserved/);
+  });
+
   it('an edit route without images, and an image-to-image mode the model lacks', () => {
     const data = builtin();
     delete entry(data, 'flux-kontext-pro').edit.edit.images;

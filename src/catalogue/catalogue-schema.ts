@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import type { DescribeRoute, EditMode, FieldMapping, ModelSpec, NormalizedParam, Price, UpstreamRoute } from './model-spec.js';
-import { EDIT_MODES, NORMALIZED_PARAMS } from './model-spec.js';
+import { EDIT_MODES, NORMALIZED_PARAMS, UNKNOWN_MODEL } from './model-spec.js';
 import { paramDescriptorSchema, ruleFromDescriptor } from './param-descriptors.js';
 import { SPLITTING_TRANSFORMS, TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
 
@@ -231,6 +231,8 @@ export function loadCatalogue(data: unknown): ModelSpec[] {
   const seen = new Map<string, string>();
   const models = parsed.data.models.map((m, i): ModelSpec => {
     for (const name of [m.id, ...m.aliases]) {
+      // Usage records and metrics say `unknown` for a request naming no model of the catalogue.
+      if (name === UNKNOWN_MODEL) throw new CatalogueError(`catalogue: model "${m.id}": the name ${UNKNOWN_MODEL} is reserved (usage and metrics use it for requests naming no model of the catalogue)`);
       const other = seen.get(name);
       if (other !== undefined && other !== m.id) throw new CatalogueError(`catalogue: model "${m.id}": the name ${name} is already model "${other}"'s`);
       seen.set(name, m.id);

@@ -2,7 +2,7 @@ import { GatewayError, invalidField, restated } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
 import { imagesAsked, pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
-import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
+import { UNKNOWN_MODEL, type ModelSpec, type UpstreamRoute } from '../catalogue/model-spec.js';
 import { storedReservation, type KeyLimits, type Reservation } from '../limits/key-limits.js';
 import type { JobRow, JobRunner } from '../jobs/job-runner.js';
 import { requestFingerprint } from '../jobs/stored-request.js';
@@ -21,9 +21,6 @@ export class ClientGone extends Error {
     this.name = 'ClientGone';
   }
 }
-
-/** The model recorded for a request naming no model of the catalogue. */
-export const UNKNOWN_MODEL = 'unknown';
 
 /** Why a direct request was cut short by UPSTREAM_TIMEOUT_MS. */
 class UpstreamDeadline extends Error {

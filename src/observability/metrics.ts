@@ -5,6 +5,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
+import { UNKNOWN_MODEL } from '../catalogue/model-spec.js';
 import type { StoragePressure } from '../images/storage-pressure.js';
 import type { ReplyByteBudget } from '../upstream/reply-byte-budget.js';
 import { ConfigError } from '../config.js';
@@ -143,7 +144,7 @@ export class GatewayMetrics {
   /** A model label: a catalogue id, `unknown` for a name the catalogue does not know, '' for none. */
   private modelLabel(model: string | undefined): string {
     if (model === undefined) return '';
-    return this.catalogue.find(model)?.id === model ? model : 'unknown';
+    return this.catalogue.find(model)?.id === model ? model : UNKNOWN_MODEL;
   }
 
   /** Counts one fallback taken, by a direct request or a job. */
