@@ -5,8 +5,8 @@
  * runs without loading anything of the server.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readFile, writeFile } from 'node:fs/promises';
-import { basename, extname } from 'node:path';
+import { access, constants, readFile, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, extname } from 'node:path';
 import { parseArgs } from 'node:util';
 
 const PROGRAM = 'image-gateway';
@@ -114,13 +114,28 @@ function outputPath(output: string | undefined, index: number, count: number, im
   return count === 1 ? `${stem}${suffix}` : `${stem}-${index + 1}${suffix}`;
 }
 
+/** Checked before anything is sent: an image paid for must have somewhere to go. */
+async function checkOutputFolder(output: string | undefined): Promise<void> {
+  const folder = dirname(output ?? 'image');
+  const isFolder = await stat(folder).then((s) => s.isDirectory(), () => false);
+  if (!isFolder) throw new CliError(`cannot save to ${output ?? folder}: the folder ${folder} does not exist`, 2);
+  await access(folder, constants.W_OK).catch(() => {
+    throw new CliError(`cannot save to ${output ?? folder}: the folder ${folder} is not writable`, 2);
+  });
+}
+
 async function saveImages(result: Json, output: string | undefined): Promise<void> {
   const images = result.images as Json[];
+  // The images are paid for: a file that cannot be written says where the image still is.
+  const save = (path: string, bytes: Buffer, url: unknown) =>
+    writeFile(path, bytes).catch((err: NodeJS.ErrnoException) => {
+      throw new CliError(`cannot write ${path}: ${err.code ?? err.message}${typeof url === 'string' ? `; the image is at ${url}` : ''}`);
+    });
   for (const [i, image] of images.entries()) {
     const path = outputPath(output, i, images.length, image);
     if (image.url === undefined && typeof image.b64_json === 'string') {
       // Not stored by the gateway (its storage was full): the bytes came inline.
-      await writeFile(path, Buffer.from(image.b64_json, 'base64'));
+      await save(path, Buffer.from(image.b64_json, 'base64'), undefined);
       process.stdout.write(`${path}\n`);
       continue;
     }
@@ -129,7 +144,7 @@ async function saveImages(result: Json, output: string | undefined): Promise<voi
       throw new CliError(`cannot download ${image.url}: ${err.message}`);
     });
     if (!res.ok) throw new CliError(`downloading image ${i + 1} answered ${res.status}`);
-    await writeFile(path, Buffer.from(await res.arrayBuffer()));
+    await save(path, Buffer.from(await res.arrayBuffer()), image.url);
     process.stdout.write(`${path}\n`);
   }
 }
@@ -329,6 +344,7 @@ function imageFields(command: string, values: ImageValues, positionals: string[]
 async function runImageJob(command: string, values: { timeout?: string | undefined; output?: string | undefined }, send: (gateway: Gateway) => Promise<Json | undefined>): Promise<void> {
   const timeout = integer('timeout', values.timeout, command) ?? 900;
   const gateway = gatewayFromEnv();
+  await checkOutputFolder(values.output);
   const answer = (await send(gateway))!;
   const result = 'images' in answer ? answer : await waitForJob(gateway, answer, timeout);
   await saveImages(result, values.output);

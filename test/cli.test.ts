@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -128,6 +128,25 @@ describe('generate', () => {
       expect(existsSync(join(workDir, 'late.png'))).toBe(false);
     } finally {
       h.simulator.holdTasks = false;
+    }
+  });
+
+  it('an -o folder that does not exist is refused before anything is sent', async () => {
+    const run = await cli(['generate', '-m', 'gpt-image-1', '-o', 'nowhere/deer.png', 'A deer']);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toBe('image-gateway: cannot save to nowhere/deer.png: the folder nowhere does not exist\n');
+    expect(submissions()).toHaveLength(0);
+  });
+
+  it('an image that cannot be written is reported with its URL, not a stack trace', async () => {
+    mkdirSync(join(workDir, 'taken.png'));
+    try {
+      const run = await cli(['generate', '-m', 'gpt-image-1', '-o', 'taken.png', 'A deer']);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/^(job_\S+: \w+ \(\d+\.\d s\)\n)*image-gateway: cannot write taken\.png: EISDIR; the image is at http:\/\/\S+\/v1\/images\/img_\S+\n$/);
+      expect(submissions()).toHaveLength(1);
+    } finally {
+      rmSync(join(workDir, 'taken.png'), { recursive: true, force: true });
     }
   });
 
