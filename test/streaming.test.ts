@@ -126,6 +126,12 @@ describe('"stream": true on the gateway’s own routes', () => {
     expect(((await both.json()) as any).error.details[0]).toMatchObject({ field: 'stream', message: expect.stringMatching(/GET \/v1\/jobs\/\{id\}\/events/) });
     const notBoolean = await post('/v1/generate', { model: 'gpt-image-1', prompt: 'x', stream: 'yes' });
     expect(((await notBoolean.json()) as any).error.details[0]).toMatchObject({ field: 'stream', allowed: [true, false] });
+    // Text stands for a boolean only in a multipart form, as for "async".
+    for (const text of ['true', 'false']) {
+      const jsonText = await post('/v1/generate', { model: 'gpt-image-1', prompt: 'x', stream: text });
+      expect(jsonText.status).toBe(400);
+      expect(((await jsonText.json()) as any).error.details[0]).toMatchObject({ field: 'stream', message: 'must be true or false' });
+    }
     expect(h.simulator.received).toHaveLength(0);
   });
 

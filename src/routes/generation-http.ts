@@ -50,10 +50,10 @@ export function publicBaseUrl(app: FastifyInstance, request: FastifyRequest): st
   return app.config.PUBLIC_BASE_URL?.replace(/\/+$/, '') ?? `${request.protocol}://${request.host}`;
 }
 
-/** A request's `stream` field (JSON true/false, multipart "true"/"false"); absent: false. */
-export function streamFlag(value: unknown): boolean {
-  if (value === undefined || value === null || value === false || value === 'false') return false;
-  if (value === true || value === 'true') return true;
+/** A request's `stream` field: JSON true/false, or in a multipart form (text only) "true"/"false"; absent: false. */
+export function streamFlag(value: unknown, form: boolean): boolean {
+  if (value === undefined || value === null || value === false || (form && value === 'false')) return false;
+  if (value === true || (form && value === 'true')) return true;
   throw invalidField('stream', 'must be true or false', [true, false]);
 }
 

@@ -39,7 +39,7 @@ function takeStreamFlag(fields: Record<string, unknown> | Map<string, string>): 
   const value = fields instanceof Map ? fields.get('stream') : fields.stream;
   if (fields instanceof Map) fields.delete('stream');
   else delete fields.stream;
-  const stream = streamFlag(value);
+  const stream = streamFlag(value, fields instanceof Map);
   const async = fields instanceof Map ? fields.get('async') : fields.async;
   if (stream && (async === true || async === 'true')) {
     throw invalidField('stream', 'cannot be combined with "async": true; follow the job at GET /v1/jobs/{id}/events instead');

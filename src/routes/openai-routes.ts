@@ -64,7 +64,7 @@ function checkPartialImages(value: unknown): void {
  * Sorts an OpenAI body into the gateway's fields and options. Nothing is dropped silently except
  * `user`, which OpenAI takes for abuse monitoring: here the client key already identifies the caller.
  */
-function splitOpenAiBody(body: Record<string, unknown>, accepted: readonly string[]): OpenAiBody {
+function splitOpenAiBody(body: Record<string, unknown>, accepted: readonly string[], form: boolean): OpenAiBody {
   const gatewayFields: Record<string, unknown> = {};
   const options: Record<string, unknown> = {};
   let stream = false;
@@ -73,7 +73,7 @@ function splitOpenAiBody(body: Record<string, unknown>, accepted: readonly strin
     // OpenAI's parameters are nullable: null asks for the default.
     if (value === null || name === 'user') continue;
     if (name === 'stream') {
-      stream = streamFlag(value);
+      stream = streamFlag(value, form);
     } else if (name === 'partial_images') {
       // No upstream sends previews today, so a stream has only the completed images (OpenAI allows fewer partials than asked).
       checkPartialImages(value);
@@ -113,7 +113,7 @@ function responseFormatOf(app: FastifyInstance, fields: Record<string, unknown>,
 
 function generationRequest(app: FastifyInstance, raw: unknown): OpenAiRequest {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalidField('(body)', 'must be a JSON object');
-  const { gatewayFields, options, stream } = splitOpenAiBody(raw as Record<string, unknown>, GENERATION_FIELDS);
+  const { gatewayFields, options, stream } = splitOpenAiBody(raw as Record<string, unknown>, GENERATION_FIELDS, false);
   responseFormatOf(app, gatewayFields, stream);
   return { imageRequest: withOptions(parseGenerateBody(gatewayFields), options), stream };
 }
@@ -123,7 +123,7 @@ async function editRequest(app: FastifyInstance, request: FastifyRequest): Promi
   const { fields: parts, images, mask, load } = await readEditParts(app, request);
   const fields = Object.fromEntries(parts);
   noteRequestedModel(app, request, fields.model);
-  const { gatewayFields, options, stream } = splitOpenAiBody(fields, EDIT_FIELDS);
+  const { gatewayFields, options, stream } = splitOpenAiBody(fields, EDIT_FIELDS, true);
   responseFormatOf(app, gatewayFields, stream);
   const text = new Map(Object.entries(gatewayFields).map(([name, value]) => [name, String(value)]));
   return { imageRequest: withOptions(parseEditMultipart(text, images, mask), options), stream, load };
