@@ -80,7 +80,9 @@ describe('the admin key API', () => {
   it('refuses an allow-list pattern that matches no model', async () => {
     const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', models: ['imagen-*', 'gpt-imgae-*'] } });
     expect(res.statusCode).toBe(400);
-    expect(res.json().error.message).toMatch(/gpt-imgae-\* match no model/);
+    expect(res.json().error.message).toMatch(/^models: gpt-imgae-\* matches no model/);
+    const two = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', models: ['gpt-imgae-*', 'imagn-*'] } });
+    expect(two.json().error.message).toMatch(/^models: gpt-imgae-\*, imagn-\* match no model/);
   });
 
   it('lists to a key only the models it may use', async () => {

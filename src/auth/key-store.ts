@@ -81,7 +81,7 @@ export class KeyStore {
           throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} has the team name "${client.team}", reserved for admin keys; give it another team (or admin: true)`);
         }
         const typos = patternsMatchingNothing(client.models, modelIds);
-        if (typos.length > 0) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} allows models ${typos.join(', ')}, which match no model the gateway serves`);
+        if (typos.length > 0) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} allows models ${typos.join(', ')}, which ${typos.length === 1 ? 'matches' : 'match'} no model the gateway serves`);
         if (entry.key && isPublicExampleKey(entry.key)) {
           throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} is an example key from the documentation, which is public; set a key of your own`);
         }
@@ -188,7 +188,7 @@ export class KeyStore {
     }
     const typos = patternsMatchingNothing(input.models, this.modelIds);
     if (typos.length > 0) {
-      throw new GatewayError('invalid_request', `models: ${typos.join(', ')} match no model the gateway serves; GET /v1/models lists them`, {
+      throw new GatewayError('invalid_request', `models: ${typos.join(', ')} ${typos.length === 1 ? 'matches' : 'match'} no model the gateway serves; GET /v1/models lists them`, {
         details: typos.map((pattern) => ({ field: 'models', message: `${pattern} matches no model` })),
       });
     }
