@@ -9,6 +9,7 @@ import OpenAI, { APIError, toFile } from 'openai';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MODELS } from '../src/catalogue/models.js';
+import { imageDimensions } from '../src/images/image-dimensions.js';
 import { CLIENT_KEY, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 
 const PNG_MAGIC = '89504e470d0a1a0a';
@@ -89,6 +90,90 @@ describe('images.generate through the SDK', () => {
     const second = await client.images.generate({ model: 'dall-e-3', prompt: 'once' }, { headers });
     expect(second.data![0]!.url).toBe(first.data![0]!.url);
     expect(submissions()).toHaveLength(1);
+  });
+});
+
+describe('size for a model that takes its shape as aspect_ratio', () => {
+  /** The usage record of the request whose answer had this x-request-id. */
+  async function recordOf(requestId: string | null) {
+    const records = (await h.app.inject({ method: 'GET', url: '/v1/usage/records?limit=1000', headers: h.auth })).json().data;
+    return records.find((r: { request_id: string }) => r.request_id === requestId);
+  }
+
+  it('ideogram-v3 with 1024x1024 sends Ideogram its 1:1 ratio, written 1x1', async () => {
+    const res = await client.images.generate({ model: 'ideogram-v3', prompt: 'a poster', size: '1024x1024' });
+    expect(res.data).toHaveLength(1);
+    expect(submissions()).toHaveLength(1);
+    const fields = submissions()[0]!.fields!;
+    expect(fields.aspect_ratio).toBe('1x1');
+    expect(fields).not.toHaveProperty('size');
+    expect(fields).not.toHaveProperty('resolution');
+  });
+
+  it('a FLUX model with 1536x1024 sends 3:2, as Black Forest Labs writes it', async () => {
+    const res = await client.images.generate({ model: 'flux-kontext-pro', prompt: 'a lake', size: '1536x1024' });
+    expect(res.data).toHaveLength(1);
+    expect(submissions()).toHaveLength(1);
+    expect(submissions()[0]!.json).toEqual({ input: { prompt: 'a lake', aspect_ratio: '3:2' } });
+  });
+
+  it('an edit too: ideogram-v3 remix with 1024x1536 sends 2x3', async () => {
+    await client.images.edit({ model: 'ideogram-v3', prompt: 'taller', image: await png(), size: '1024x1536' });
+    expect(submissions()).toHaveLength(1);
+    expect(submissions()[0]!.fields).toMatchObject({ aspect_ratio: '2x3' });
+  });
+
+  it('a streamed answer echoes the size of the image made', async () => {
+    const events = [];
+    for await (const event of await client.images.generate({ model: 'flux-kontext-pro', prompt: 'streamed lake', size: '1792x1024', stream: true })) events.push(event);
+    expect(submissions()[0]!.json).toMatchObject({ input: { aspect_ratio: '7:4' } });
+    expect(events).toHaveLength(1);
+    const made = imageDimensions(Buffer.from(events[0]!.b64_json, 'base64'))!;
+    expect(events[0]!.size).toBe(`${made.width}x${made.height}`);
+  });
+
+  it('a size whose ratio the model does not take is a 400 naming size, with nothing sent upstream and usage as for any refused size', async () => {
+    const err = await client.images.generate({ model: 'ideogram-v3', prompt: 'a poster', size: '1792x1024', n: 2 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    const bad = err as APIError;
+    expect(bad.param).toBe('size');
+    expect(bad.message).toMatch(/^400 size: 1792x1024 has the aspect ratio 7:4, which ideogram-v3 does not take/);
+    expect(bad.message).toContain('"16:9"');
+    expect(submissions()).toHaveLength(0);
+    const record = await recordOf(bad.requestID ?? null);
+    expect(record).toMatchObject({ route: '/v1/images/generations', operation: 'generate', model: 'ideogram-v3', images_requested: 2, images_returned: 0, status: 400 });
+  });
+
+  it('a size of another form, or size with aspect_ratio, is a 400 naming size', async () => {
+    for (const body of [
+      { model: 'flux-kontext-pro', prompt: 'x', size: '2K' },
+      { model: 'ideogram-v3', prompt: 'x', size: '1024x1024', aspect_ratio: '1:1' },
+    ]) {
+      const err = await client.images.generate(body as OpenAI.ImageGenerateParamsNonStreaming).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+      expect((err as APIError).param).toBe('size');
+    }
+    expect(submissions()).toHaveLength(0);
+  });
+
+  it('auto sends no ratio: the model’s default', async () => {
+    await client.images.generate({ model: 'ideogram-v3', prompt: 'a poster', size: 'auto' });
+    await client.images.generate({ model: 'flux-kontext-pro', prompt: 'a lake', size: 'auto' });
+    expect(submissions()).toHaveLength(2);
+    expect(submissions()[0]!.fields).not.toHaveProperty('aspect_ratio');
+    expect(submissions()[1]!.json).toEqual({ input: { prompt: 'a lake' } });
+  });
+
+  it('a model that takes size gets it unchanged', async () => {
+    await client.images.generate({ model: 'gpt-image-1', prompt: 'an otter', size: '1536x1024' });
+    expect(submissions()[0]!.json).toEqual({ input: { prompt: 'an otter', size: '1536x1024' } });
+  });
+
+  it('the gateway’s own /v1/generate still refuses size for such a model', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'ideogram-v3', prompt: 'x', size: '1024x1024' } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error).toMatchObject({ code: 'invalid_request', details: [{ field: 'size' }] });
+    expect(submissions()).toHaveLength(0);
   });
 });
 

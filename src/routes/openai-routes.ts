@@ -3,7 +3,8 @@
  * `POST /v1/images/edits` (multipart), so OpenAI's SDKs work with only `baseURL` and `apiKey` changed.
  * Each body is translated into an ImageRequest and run by the generation pipeline, as /v1/generate
  * and /v1/edit are: validation, limits, storage, usage and idempotency are the same. With
- * `stream: true` the answer is OpenAI's image event stream.
+ * `stream: true` the answer is OpenAI's image event stream. OpenAI's `size` reaches a model that
+ * takes its shape only as an aspect ratio as that ratio (sizeAsAspectRatio).
  */
 import { readEditParts, type EditParts } from '../request/edit-parts.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -12,6 +13,9 @@ import { parseEditMultipart, parseGenerateBody, type ImageRequest } from '../req
 import type { GenerationResult, ImageResult } from '../generation/image-generation.js';
 import { noteRequestedModel } from './image-routes.js';
 import { answerGeneration, streamFlag, type StreamDialect } from './generation-http.js';
+import { imagesAsked, routeFor } from '../catalogue/catalogue.js';
+import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
+import { parseDimensions } from '../catalogue/param-rule.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -95,6 +99,66 @@ function defaultResponseFormat(app: FastifyInstance, model: unknown): 'url' | 'b
 
 function withOptions(request: ImageRequest, options: Record<string, unknown>): ImageRequest {
   return Object.keys(options).length === 0 ? request : { ...request, options: { ...request.options, ...options } };
+}
+
+const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+
+/** The route a request would take, or none where the pipeline will refuse it (no such operation or mode) in its own words. */
+function routeOf(model: ModelSpec, request: ImageRequest): UpstreamRoute | undefined {
+  try {
+    return routeFor(model, request.operation, request.mode, request.mask !== undefined).route;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * OpenAI's `size` for a model whose route takes its shape only as `aspect_ratio` (Ideogram 3.0,
+ * FLUX.1 Kontext, ...; the catalogue says which): `WxH` becomes the reduced ratio `W:H`, the
+ * gateway's own form of aspect_ratio, which the model's rule then judges and its transform writes
+ * in the upstream's form (Ideogram `1x1`); `auto` becomes no ratio (the model's default). A ratio
+ * the model does not take, a size of another form, or both fields given: a 400 on `size`. Any
+ * other request (a model taking `size`, an unknown model, a route the model lacks) is left as it
+ * is, for the pipeline's usual checks and errors. /v1/generate and /v1/edit do not translate.
+ */
+function sizeAsAspectRatio(app: FastifyInstance, request: ImageRequest): ImageRequest {
+  const { size, ...params } = request.params;
+  if (size === undefined) return request;
+  const model = app.catalogue.find(request.model);
+  const route = model && !model.retired ? routeOf(model, request) : undefined;
+  const ratioRule = route?.params.aspect_ratio?.rule;
+  if (!model || !route || route.params.size || !ratioRule) return request;
+  const ratios = ratioRule.values ?? ratioRule.allowed;
+  const takes = `${model.id} takes its shape as aspect_ratio (${ratioRule.allowed})`;
+  if (params.aspect_ratio !== undefined) {
+    throw invalidField('size', `give size or aspect_ratio, not both: ${takes}, to which size is translated`, ratios);
+  }
+  if (size === 'auto') return { ...request, params };
+  const dimensions = typeof size === 'string' ? parseDimensions(size) : undefined;
+  if (!dimensions || dimensions.width === 0 || dimensions.height === 0) {
+    throw invalidField('size', `must be WIDTHxHEIGHT or "auto" for ${model.id}: ${takes}, and a size is sent as its reduced ratio (1024x1024 as 1:1)`, ratios);
+  }
+  const { width, height } = dimensions;
+  const divisor = gcd(width, height);
+  const ratio = `${width / divisor}:${height / divisor}`;
+  if (ratioRule.check(ratio) !== undefined) {
+    throw invalidField('size', `${size} has the aspect ratio ${ratio}, which ${model.id} does not take: ${takes}; give a size whose width:height reduces to one of those, or aspect_ratio`, ratios);
+  }
+  return { ...request, params: { ...params, aspect_ratio: ratio } };
+}
+
+/**
+ * sizeAsAspectRatio for a request about to run; a refusal is recorded as the pipeline records its
+ * own refusals of a size (operation and images asked), so usage reads the same either way.
+ */
+function shapedBySize(app: FastifyInstance, request: FastifyRequest, imageRequest: ImageRequest): ImageRequest {
+  try {
+    return sizeAsAspectRatio(app, imageRequest);
+  } catch (err) {
+    request.outcome.operation = imageRequest.operation;
+    request.outcome.imagesRequested = Math.max(0, imagesAsked(imageRequest).count);
+    throw err;
+  }
 }
 
 /** An OpenAI request in the gateway's terms, and whether it asked for a stream. */
@@ -256,8 +320,11 @@ function openAiEvents(prefix: 'image_generation' | 'image_edit', imageRequest: I
   };
 }
 
-async function run(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, { imageRequest, stream, load }: OpenAiRequest, prefix: 'image_generation' | 'image_edit') {
-  if (stream) return answerGeneration(app, request, reply, imageRequest, openAiEvents(prefix, imageRequest), load);
+async function run(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, openAi: OpenAiRequest, prefix: 'image_generation' | 'image_edit') {
+  const { stream, load } = openAi;
+  const imageRequest = shapedBySize(app, request, openAi.imageRequest);
+  // The events echo the size as asked (a preview's) or as made (an image's), never the ratio it became.
+  if (stream) return answerGeneration(app, request, reply, imageRequest, openAiEvents(prefix, openAi.imageRequest), load);
   const result = (await answerGeneration(app, request, reply, imageRequest, undefined, load)) as GenerationResult | { status_url: string };
   // The façade never runs async (OpenAI's shape has no job), so a job is always waited for.
   if (!('images' in result)) throw new GatewayError('internal_error', 'an OpenAI-compatible request answered with a job');
