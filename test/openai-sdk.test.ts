@@ -164,6 +164,11 @@ describe('size for a model that takes its shape as aspect_ratio', () => {
     expect(submissions()[1]!.json).toEqual({ input: { prompt: 'a lake' } });
   });
 
+  it('auto beside an aspect_ratio leaves the ratio to set the shape', async () => {
+    await client.images.generate({ model: 'flux-kontext-pro', prompt: 'a lake', size: 'auto', aspect_ratio: '16:9' } as OpenAI.ImageGenerateParamsNonStreaming);
+    expect(submissions()[0]!.json).toEqual({ input: { prompt: 'a lake', aspect_ratio: '16:9' } });
+  });
+
   it('a model that takes size gets it unchanged', async () => {
     await client.images.generate({ model: 'gpt-image-1', prompt: 'an otter', size: '1536x1024' });
     expect(submissions()[0]!.json).toEqual({ input: { prompt: 'an otter', size: '1536x1024' } });

@@ -130,10 +130,11 @@ function sizeAsAspectRatio(app: FastifyInstance, request: ImageRequest): ImageRe
   if (!model || !route || route.params.size || !ratioRule) return request;
   const ratios = ratioRule.values ?? ratioRule.allowed;
   const takes = `${model.id} takes its shape as aspect_ratio (${ratioRule.allowed})`;
+  // "auto" asks for the model's default shape, which an aspect_ratio given beside it sets.
+  if (size === 'auto') return { ...request, params };
   if (params.aspect_ratio !== undefined) {
     throw invalidField('size', `give size or aspect_ratio, not both: ${takes}, to which size is translated`, ratios);
   }
-  if (size === 'auto') return { ...request, params };
   const dimensions = typeof size === 'string' ? parseDimensions(size) : undefined;
   if (!dimensions || dimensions.width === 0 || dimensions.height === 0) {
     throw invalidField('size', `must be WIDTHxHEIGHT or "auto" for ${model.id}: ${takes}, and a size is sent as its reduced ratio (1024x1024 as 1:1)`, ratios);
