@@ -155,6 +155,62 @@ describe('openapi.yaml and the running app', () => {
     expectListed('get', '/v1/models/{id}', last, 429);
   });
 
+  it('every operation lists the refusals any request can meet: 408, 431 and 500', () => {
+    const missing = Object.entries(spec.paths).flatMap(([path, item]) =>
+      Object.entries(item).flatMap(([method, op]) => ['408', '431', '500'].filter((s) => !(s in op.responses)).map((s) => `${method} ${path} ${s}`)),
+    );
+    expect(missing).toEqual([]);
+  });
+
+  it('the headers an answer carries are declared on the response its entry lists', async () => {
+    const admin = { authorization: `Bearer ${ADMIN_KEY}` };
+    type Ref = { $ref?: string; headers?: Record<string, unknown> };
+    const resolve = (r: Ref): Ref => (r.$ref ? resolve((spec.components as unknown as Record<string, Record<string, Ref>>).responses![r.$ref.split('/').pop()!]!) : r);
+    const watched = /^(x-request-id|x-ratelimit-.*|idempotent-replayed|location|retry-after)$/;
+    const undeclared = (method: string, path: string, res: { statusCode: number; headers: Record<string, unknown> }) => {
+      const entry = spec.paths[path]![method]!.responses[String(res.statusCode)] as Ref | undefined;
+      if (!entry) return [`${method} ${path} ${res.statusCode} (status not listed)`];
+      const declared = new Set(Object.keys(resolve(entry).headers ?? {}).map((n) => n.toLowerCase()));
+      return Object.keys(res.headers).filter((n) => watched.test(n) && !declared.has(n)).map((n) => `${method} ${path} ${res.statusCode} ${n}`);
+    };
+    const key = (await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'docs-headers', images_per_day: 50, monthly_budget_usd: 10 } })).json().key;
+    const auth = { authorization: `Bearer ${key}` };
+    const generate = (payload: Record<string, unknown>, headers: Record<string, string> = auth, url = '/v1/generate') =>
+      h.app.inject({ method: 'POST', url, headers, payload: { model: 'gpt-image-1', prompt: 'otter', ...payload } });
+    const found: string[] = [];
+    const sync = await generate({}, { ...auth, 'idempotency-key': 'docs-headers-1' });
+    expect(sync.headers['x-ratelimit-images-limit']).toBe('50');
+    expect(sync.headers['idempotent-replayed']).toBe('false');
+    found.push(...undeclared('post', '/v1/generate', sync));
+    const replay = await generate({}, { ...auth, 'idempotency-key': 'docs-headers-1' });
+    expect(replay.headers['idempotent-replayed']).toBe('true');
+    found.push(...undeclared('post', '/v1/generate', replay));
+    const accepted = await generate({ async: true });
+    expect(accepted.statusCode).toBe(202);
+    expect(accepted.headers.location).toBe(accepted.json().status_url);
+    found.push(...undeclared('post', '/v1/generate', accepted));
+    found.push(...undeclared('get', '/v1/jobs/{id}', await h.app.inject({ method: 'GET', url: accepted.json().status_url, headers: auth })));
+    found.push(...undeclared('post', '/v1/images/generations', await generate({}, auth, '/v1/images/generations')));
+    // Upstream's 503 past the gateway's retries: a 502 telling when to come back.
+    const upstream = await generate({ prompt: 'otter #sim:http503' });
+    expect(upstream.statusCode).toBe(502);
+    expect(upstream.headers['retry-after']).toBeDefined();
+    found.push(...undeclared('post', '/v1/generate', upstream));
+    found.push(...undeclared('post', '/v1/generate', await generate({ quality: 'nope' })));
+    found.push(...undeclared('get', '/v1/models', await h.app.inject({ method: 'GET', url: '/v1/models', headers: auth })));
+    found.push(...undeclared('get', '/v1/models/{id}', await h.app.inject({ method: 'GET', url: '/v1/models/no-such-model', headers: auth })));
+    const minted = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: auth, payload: { models: ['gpt-image-1'], max_images: 2 } });
+    found.push(...undeclared('post', '/v1/tokens', minted));
+    const token = { authorization: `Bearer ${minted.json().token}` };
+    const byToken = await generate({}, token);
+    expect(byToken.headers['x-ratelimit-token-images-limit']).toBe('2');
+    found.push(...undeclared('post', '/v1/generate', byToken));
+    const overToken = await generate({ n: 2 }, token);
+    expect(overToken.statusCode).toBe(429);
+    found.push(...undeclared('post', '/v1/generate', overToken));
+    expect(found).toEqual([]);
+  });
+
   it('the schema check itself refuses a body that breaks the spec', () => {
     expect(validate('GenerationResult', { id: 'gen_x', object: 'image.result' })).not.toEqual([]);
   });
