@@ -20,6 +20,8 @@ import {
   type ModelInfo,
 } from '../console/src/param-form.js';
 import { EventStreamParser, progressText, readEventStream } from '../console/src/event-stream.js';
+import { checkImageFile, sniffImageType } from '../console/src/image-file.js';
+import { formatDuration } from '../console/src/duration.js';
 import { makeHalfTransparentMask, makePng, multipartBody, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 
 /** The catalogue as GET /v1/models answers it (through JSON, as the browser gets it). */
@@ -222,6 +224,57 @@ describe('the event stream reader', () => {
   });
 });
 
+describe('the playground checking a chosen file before showing or sending it', () => {
+  // Plain bytes (Uint8Array over an ArrayBuffer), as a File or Blob takes them.
+  const bytes = (b: Buffer) => new Uint8Array(b);
+  let png: Uint8Array<ArrayBuffer>;
+  beforeAll(async () => {
+    png = bytes(await makePng(4, 3));
+  });
+  const jpeg = bytes(Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46, 0x49, 0x46, 0, 1]));
+  const webp = bytes(Buffer.concat([Buffer.from('RIFF'), Buffer.from([0x24, 0, 0, 0]), Buffer.from('WEBPVP8 ')]));
+  const text = bytes(Buffer.from('this is just text, not a picture\n'));
+
+  it('knows PNG, JPEG and WebP by their first bytes, and nothing else', () => {
+    expect(sniffImageType(png)).toBe('image/png');
+    expect(sniffImageType(jpeg)).toBe('image/jpeg');
+    expect(sniffImageType(webp)).toBe('image/webp');
+    expect(sniffImageType(text)).toBeUndefined();
+    expect(sniffImageType(Buffer.from('GIF89a'))).toBeUndefined();
+    expect(sniffImageType(Buffer.from('RIFF\0\0\0\0WAVE'))).toBeUndefined();
+    expect(sniffImageType(new Uint8Array())).toBeUndefined();
+  });
+
+  it('refuses a text file named notimg.png, or a file of another type, saying why; takes an image whatever its name and type say', async () => {
+    const lying = new File([text], 'notimg.png', { type: 'image/png' });
+    expect(await checkImageFile(lying)).toEqual({ problem: 'notimg.png is not a PNG, JPEG or WebP image; choose another file.' });
+    expect(await checkImageFile(new File([png], 'a.txt', { type: 'text/plain' }))).toHaveProperty('problem');
+    expect(await checkImageFile(new File(['GIF89a'], 'a.gif', { type: 'image/gif' }))).toHaveProperty('problem');
+    const good = new File([png], 'a.png', { type: 'image/png' });
+    expect(await checkImageFile(good)).toEqual({ image: good });
+    // No declared type, or the wrong image type: typed as its bytes say.
+    for (const [data, type] of [[png, 'image/png'], [jpeg, 'image/jpeg'], [webp, 'image/webp']] as const) {
+      const checked = await checkImageFile(new Blob([data]));
+      expect('image' in checked && checked.image.type).toBe(type);
+    }
+    const mislabelled = await checkImageFile(new File([jpeg], 'photo.png', { type: 'image/png' }));
+    expect('image' in mislabelled && mislabelled.image.type).toBe('image/jpeg');
+  });
+});
+
+describe('the playground telling how long a result took', () => {
+  it('says milliseconds under a second, never "0.0 s"', () => {
+    expect(formatDuration(0.3)).toBe('<1 ms');
+    expect(formatDuration(42.4)).toBe('42 ms');
+    expect(formatDuration(999.4)).toBe('999 ms');
+    expect(formatDuration(999.6)).toBe('1.0 s');
+    expect(formatDuration(1440)).toBe('1.4 s');
+    expect(formatDuration(9_960)).toBe('10 s');
+    expect(formatDuration(61_000)).toBe('61 s');
+    for (const ms of [0, 1, 20, 49, 50, 99, 100, 500]) expect(formatDuration(ms)).not.toMatch(/^0(\.0)? s$/);
+  });
+});
+
 describe('the playground reading a real streamed generate', () => {
   let h: ListeningHarness;
   beforeAll(async () => {
@@ -249,7 +302,18 @@ describe('the playground reading a real streamed generate', () => {
     for (const text of seen.slice(3)) expect(text).toMatch(/^Running: \w+/);
     expect(result!.images).toHaveLength(1);
     expect(progressText('queued', {})).toBe('Queued…');
-    expect(progressText('progress', { upstream_status: 'Pending', progress: 41.6 })).toBe('Running: Pending 42%…');
+    // Upstream's progress is a fraction (0 to 1), as the simulator sends it: shown as 0 to 100 %.
+    const percents = seen.slice(3).map((text) => /(\d+)%…$/.exec(text)?.[1]).filter((p) => p !== undefined).map(Number);
+    expect(percents.length).toBeGreaterThan(0);
+    expect(Math.max(...percents)).toBeGreaterThan(1);
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 0.416 })).toBe('Running: Pending 42%…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 0.12 })).toBe('Running: Pending 12%…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 0 })).toBe('Running: Pending 0%…');
+    expect(progressText('progress', { upstream_status: 'Ready', progress: 1 })).toBe('Running: Ready 100%…');
+    // Out of range: clamped to 0..100.
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 1.7 })).toBe('Running: Pending 100%…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: -0.2 })).toBe('Running: Pending 0%…');
+    expect(progressText('progress', { upstream_status: 'Pending' })).toBe('Running: Pending…');
     expect(progressText('image', {})).toBeUndefined();
   });
 });

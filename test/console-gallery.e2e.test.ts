@@ -209,6 +209,10 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     expect(canvasSize).toBeGreaterThan(200);
     const teams = await page.locator('.page-table tbody tr td:first-child').allTextContents();
     expect(teams).toEqual(expect.arrayContaining(['design', 'ads']));
+    // The legend says "no value" one way: —, for the counts as for the day and the cost (not uPlot's "--").
+    const legend = await chart.locator('.u-legend').innerText();
+    expect(legend).not.toContain('--');
+    expect(legend.match(/—/g)).toHaveLength(5);
     await page.screenshot({ path: `${SCREENSHOTS}console-usage.png`, fullPage: true });
 
     // The CSV download is the records of the range, through the console's API.
@@ -257,11 +261,38 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     const refused = await h.fetch(`${h.base}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
     expect(refused.status).toBe(401);
     await refused.arrayBuffer();
+    // The admin key's team is said once: "admin", not "admin (admin)".
+    expect(await page.locator('tr[data-key-id="admin"] td').nth(1).textContent()).toBe('admin');
     // Configured keys cannot be revoked here: their buttons are disabled.
     await expect(page.getByRole('button', { name: 'Revoke key admin' }).isDisabled()).resolves.toBe(true);
     // On a phone the table scrolls inside its box; the page itself does not scroll sideways.
     await page.setViewportSize({ width: 375, height: 740 });
     expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(375);
+    await context.close();
+  });
+
+  it('lines up the filter labels (the dates with the rest); an image kept without parameters says "none", not "{}"', async () => {
+    // Made by the admin's own key, so the counts above are the teams' alone.
+    await generate(ADMIN_KEY, 'a plain grey square');
+    const { context, page } = await signIn(ADMIN_KEY, 'gallery');
+    await openGallery(page);
+    // Where each label's text sits: From and To with Model, Prompt contains, Key and Team.
+    const tops = await page.evaluate(`[...document.querySelectorAll('.page-filters label')].map((label) => {
+      const range = document.createRange();
+      range.selectNodeContents(label.firstChild);
+      return [label.firstChild.textContent, range.getBoundingClientRect().top];
+    })`) as Array<[string, number]>;
+    expect(tops.map(([name]) => name)).toEqual(['Model', 'From', 'To', 'Prompt contains', 'Key', 'Team']);
+    for (const [name, top] of tops) expect(Math.abs(top - tops[0]![1]), name).toBeLessThan(0.5);
+    await page.locator('.page-filters').screenshot({ path: `${SCREENSHOTS}console-gallery-filters.png` });
+
+    await page.getByLabel('Prompt contains').fill('grey square');
+    await expect.poll(() => tiles(page).count()).toBe(1);
+    await tiles(page).first().click();
+    const details = page.getByRole('dialog').getByLabel('Image details');
+    await details.waitFor();
+    expect(await details.locator('dt:text-is("Parameters") + dd').textContent()).toBe('none');
+    expect(await details.textContent()).not.toContain('{}');
     await context.close();
   });
 });

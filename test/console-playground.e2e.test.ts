@@ -102,8 +102,9 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     expect(sent).toHaveLength(1);
     expect((sent[0]!.json as { input: Record<string, unknown> }).input).toMatchObject({ prompt: 'a lighthouse at dusk', n: 2 });
     const facts = await page.locator('.result-facts').first().textContent();
-    // seed (where the model reports one), duration in seconds, cost.
-    expect(facts).toMatch(/^seed .+ · \d+(\.\d)? s · /);
+    // seed (where the model reports one), duration (milliseconds under a second, never "0.0 s"), cost.
+    expect(facts).toMatch(/^seed .+ · (\d+ ms|\d+(\.\d)? s) · /);
+    expect(facts).not.toMatch(/ 0(\.0)? s /);
     expect(await cards(page).first().getByRole('link', { name: 'Download' }).getAttribute('download')).toMatch(/^gen_.+-1\.png$/);
     // It asked for the event stream (progress as it comes), through the console's API.
     expect(answers).toEqual(['/console/api/v1/generate text/event-stream; charset=utf-8']);
@@ -164,6 +165,9 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     await page.getByRole('button', { name: 'Generate' }).click();
     const status = page.locator('.result-pending .result-status');
     await expect.poll(() => status.textContent(), { timeout: 10_000 }).toMatch(/^Running: \w+/);
+    // Upstream's progress (0 to 1) as a percentage that moves: past 1 %, never past 100 %.
+    await expect.poll(async () => Number(/ (\d+)%…$/.exec((await status.textContent()) ?? '')?.[1] ?? 0), { timeout: 10_000 }).toBeGreaterThan(1);
+    expect(Number(/ (\d+)%…$/.exec((await status.textContent()) ?? '')?.[1] ?? 0)).toBeLessThanOrEqual(100);
     await waitForResults(page, 4);
     expect((await page.locator('.result-model').first().textContent())!.startsWith('flux-kontext-pro')).toBe(true);
   });
@@ -180,6 +184,8 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
   it('edits an uploaded PNG with a mask painted with the mouse; the upstream request carries the image and the mask', async () => {
     await page.getByLabel('Model', { exact: true }).selectOption('gpt-image-1');
     await page.getByLabel('Edit an image').check();
+    // The submit button says what it will do.
+    expect(await page.locator('.submit-row button').textContent()).toBe('Edit');
     const source = await landscape(200, 120);
     await page.getByLabel('Image', { exact: true }).setInputFiles({ name: 'source.png', mimeType: 'image/png', buffer: source });
     const canvas = page.getByRole('img', { name: /^Mask/ });
@@ -209,7 +215,7 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     await page.locator('.mask-editor').screenshot({ path: `${SCREENSHOTS}console-mask.png` });
 
     const before = h.simulator.received.length;
-    await page.getByRole('button', { name: 'Generate' }).click();
+    await page.getByRole('button', { name: 'Edit', exact: true }).click();
     await waitForResults(page, 5);
 
     const edit = h.simulator.received.slice(before).find((r) => r.path === '/v1/images/edits')!;
@@ -234,6 +240,7 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
 
   it('"Edit this image" loads a result as the source to edit', async () => {
     await page.getByLabel('Generate from text').check();
+    expect(await page.locator('.submit-row button').textContent()).toBe('Generate');
     await cards(page).last().getByRole('button', { name: 'Edit this image' }).click();
     await expect.poll(() => page.getByLabel('Edit an image').isChecked()).toBe(true);
     await page.getByRole('img', { name: /^Mask/ }).waitFor();
@@ -255,6 +262,68 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     await page.locator('.drop-zone').dispatchEvent('drop', { dataTransfer: drop });
     await expect.poll(() => page.getByRole('img', { name: /^Source image/ }).count()).toBe(2);
     expect(await page.getByRole('img', { name: /^Mask/ }).count()).toBe(0);
+  });
+
+  it('names the submit button after the edit mode: Remix, Reframe, Replace background', async () => {
+    await page.getByLabel('Model', { exact: true }).selectOption('ideogram-v3');
+    await page.getByLabel('Edit an image').check();
+    const submit = page.locator('.submit-row button');
+    expect(await submit.textContent()).toBe('Edit');
+    const modeSelect = page.getByLabel('Mode', { exact: true });
+    await modeSelect.selectOption('remix');
+    expect(await submit.textContent()).toBe('Remix');
+    await modeSelect.selectOption('reframe');
+    expect(await submit.textContent()).toBe('Reframe');
+    await modeSelect.selectOption('replace_background');
+    expect(await submit.textContent()).toBe('Replace background');
+    await page.getByLabel('Generate from text').check();
+    expect(await submit.textContent()).toBe('Generate');
+  });
+
+  it('refuses a file that is not a PNG, JPEG or WebP image as it is chosen: says so there, shows no thumbnail, uploads nothing', async () => {
+    await page.getByLabel('Model', { exact: true }).selectOption('gpt-image-1');
+    await page.getByLabel('Edit an image').check();
+    // Start from no source image: remove what the earlier tests left.
+    while ((await page.getByRole('button', { name: /^Remove source image/ }).count()) > 0) await page.getByRole('button', { name: /^Remove source image/ }).first().click();
+    const input = page.getByLabel('Image', { exact: true });
+    const error = page.locator('#pg-image-error');
+    // A text file whose name and declared type say PNG: its first bytes say otherwise.
+    await input.setInputFiles({ name: 'notimg.png', mimeType: 'image/png', buffer: Buffer.from('this is just text, not a picture\n') });
+    await expect.poll(() => error.textContent()).toBe('notimg.png is not a PNG, JPEG or WebP image; choose another file.');
+    expect(await error.getAttribute('role')).toBe('alert');
+    expect(await input.inputValue()).toBe('');
+    expect(await page.locator('.source-images img').count()).toBe(0);
+    expect(await page.getByRole('img', { name: /^Mask/ }).count()).toBe(0);
+    await page.locator('.edit-section').screenshot({ path: `${SCREENSHOTS}console-refused-file.png` });
+    // Nothing is sent: the form asks for an image instead.
+    const sent = answers.length;
+    await page.getByLabel('Prompt', { exact: true }).fill('a boat');
+    await page.getByRole('button', { name: 'Edit', exact: true }).click();
+    await expect.poll(() => page.locator('.playground-form > .form-error').textContent()).toContain('Image: choose the image to edit.');
+    expect(answers.length).toBe(sent);
+
+    // A file of another declared type is refused too; a real PNG then clears the message.
+    await input.setInputFiles({ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('hello') });
+    await expect.poll(() => error.textContent()).toBe('notes.txt is not a PNG, JPEG or WebP image; choose another file.');
+    await input.setInputFiles({ name: 'real.png', mimeType: 'image/png', buffer: await landscape(40, 30) });
+    await page.getByRole('img', { name: /^Mask/ }).waitFor();
+    expect(await error.textContent()).toBe('');
+    expect(await page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
+
+    // Dropped files are checked the same way: the image (typed by its bytes) is kept, the other named.
+    await page.getByLabel('Model', { exact: true }).selectOption('doubao-seedream-4-0');
+    const png = (await landscape(40, 30)).toString('base64');
+    const drop = await page.evaluateHandle(`(() => {
+      const bytes = Uint8Array.from(atob('${png}'), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([bytes], 'untyped'));
+      transfer.items.add(new File(['GIF89a'], 'anim.gif', { type: 'image/gif' }));
+      return transfer;
+    })()`);
+    await page.locator('.drop-zone').dispatchEvent('drop', { dataTransfer: drop });
+    await expect.poll(() => error.textContent()).toBe('anim.gif is not a PNG, JPEG or WebP image; choose another file.');
+    await expect.poll(() => page.getByRole('img', { name: /^Source image/ }).count()).toBe(1);
+    expect(await page.locator('.source-images img').evaluate((img) => (img as unknown as LoadedImage).naturalWidth)).toBe(40);
   });
 
   it("fits a phone's width: nothing wider than 375 px, the mask canvas included", async () => {

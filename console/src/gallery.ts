@@ -161,7 +161,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       ['Prompt', image.prompt ?? '(not kept)'],
       ['Model', image.model],
       ['Operation', image.operation],
-      ['Parameters', el('pre', {}, image.parameters ? JSON.stringify(image.parameters, null, 2) : '(not kept)')],
+      ['Parameters', !image.parameters ? '(not kept)' : Object.keys(image.parameters).length === 0 ? 'none' : el('pre', {}, JSON.stringify(image.parameters, null, 2))],
       ['Seed', image.seed === null ? '—' : String(image.seed)],
       ['Cost', formatUsd(image.cost_usd)],
       ['Size', `${image.width}×${image.height} px, ${formatBytes(image.bytes)}`],

@@ -129,7 +129,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       'tr',
       { 'data-key-id': key.id },
       el('td', {}, key.id),
-      el('td', {}, key.admin ? `${key.team} (admin)` : key.team),
+      // The admin key's team is "admin" already: said once, not "admin (admin)".
+      el('td', {}, key.admin && key.team !== 'admin' ? `${key.team} (admin)` : key.team),
       el('td', {}, key.rpm ?? 'default'),
       el('td', {}, key.images_per_day ?? '—'),
       el('td', {}, key.monthly_budget_usd === undefined ? '—' : formatUsd(key.monthly_budget_usd)),

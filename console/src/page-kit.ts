@@ -50,6 +50,8 @@ export const PAGE_CSS = `
 .page-filters label { display: flex; flex-direction: column; gap: .2rem; margin: 0; font-size: .875rem; flex: 1 1 9rem; min-width: 0; max-width: 16rem; }
 .page-filters label.field-wide { flex-basis: 14rem; max-width: 24rem; }
 .page-filters button { flex: 0 0 auto; }
+/* Every control of a row the same height (a date input is taller than a text one, a select shorter): the labels above them line up. */
+.page-filters input, .page-filters select { height: 2.5rem; }
 .page-status { min-height: 1.5em; margin: .25rem 0 .75rem; color: var(--muted); }
 .page-status.error { color: var(--danger); }
 .table-wrap { max-width: 100%; position: relative; }

@@ -6,6 +6,8 @@
  */
 import type { ConsoleContext } from './api.js';
 import { progressText, readEventStream } from './event-stream.js';
+import { formatDuration } from './duration.js';
+import { checkImageFile } from './image-file.js';
 import { createMaskEditor, type MaskEditor } from './mask-editor.js';
 import {
   editFields,
@@ -54,8 +56,6 @@ function shown(el: HTMLElement, visible: boolean): void {
   if (visible) el.style.removeProperty('display');
   else el.style.setProperty('display', 'none');
 }
-
-const seconds = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
 
 async function errorText(res: Response): Promise<string> {
   try {
@@ -111,8 +111,10 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     h('label', { for: 'pg-image' }, 'Image'),
     fileInput,
     h('p', { class: 'hint', id: 'pg-image-help' }, 'Choose a file or drop images here.'),
+    h('p', { class: 'form-error', role: 'alert', id: 'pg-image-error' }),
   );
-  fileInput.setAttribute('aria-describedby', 'pg-image-help');
+  const imageError = dropZone.querySelector('#pg-image-error') as HTMLElement;
+  fileInput.setAttribute('aria-describedby', 'pg-image-help pg-image-error');
   // A file input is as wide as its button and text; on a phone, no wider than the box.
   fileInput.style.setProperty('max-width', '100%');
   dropZone.style.setProperty('border-style', 'dashed');
@@ -187,6 +189,14 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         const url = URL.createObjectURL(blob);
         const img = h('img', { src: url, alt: `Source image ${i + 1}`, width: 96 });
         img.addEventListener('load', () => URL.revokeObjectURL(url), { once: true });
+        // Bytes that start like an image but do not decode: no broken thumbnail, the file is dropped.
+        img.addEventListener('error', () => {
+          URL.revokeObjectURL(url);
+          sources = sources.filter((source) => source !== blob);
+          imageError.textContent = `Source image ${i + 1} cannot be read as an image; choose another file.`;
+          showSources();
+          void showMask();
+        }, { once: true });
         const remove = h('button', { type: 'button', 'aria-label': `Remove source image ${i + 1}` }, 'Remove');
         remove.addEventListener('click', () => {
           sources = sources.filter((_, j) => j !== i);
@@ -200,14 +210,26 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     );
   }
 
-  function setSources(files: Blob[]): void {
+  function setSources(images: Blob[]): void {
     const max = schema()?.images?.max ?? 1;
-    const images = files.filter((f) => /^image\//.test(f.type) || f.type === '');
-    if (images.length < files.length) toast('Only images can be edited; other files were left out.', 'error');
     if (images.length > max) toast(`${currentModel().id} takes at most ${max} image${max === 1 ? '' : 's'}; the first ${max} are used.`, 'error');
     sources = images.slice(0, max);
     showSources();
     void showMask();
+  }
+
+  let choosing = 0;
+  /** Takes the chosen or dropped files that are PNG, JPEG or WebP images (by their first bytes); says which are not, there and then. */
+  async function chooseFiles(files: Blob[]): Promise<void> {
+    const request = ++choosing;
+    const checked = await Promise.all(files.map((file) => checkImageFile(file)));
+    // A later choice was made while these were read.
+    if (request !== choosing) return;
+    const images = checked.flatMap((c) => ('image' in c ? [c.image] : []));
+    imageError.textContent = checked.flatMap((c) => ('problem' in c ? [c.problem] : [])).join(' ');
+    // The picker shows no refused file as chosen.
+    if (images.length < files.length) fileInput.value = '';
+    if (images.length > 0 || files.length === 0) setSources(images);
   }
 
   /** Redraws the parts that depend on the model, operation and mode; keeps what was typed where the field remains. */
@@ -228,6 +250,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     if (modes.includes(previousMode)) modeSelect.value = previousMode;
     shown(modeField, modes.length > 1);
     shown(editSection, operation() === 'edit');
+    // The button says what it does: Generate, Edit, or the edit mode's name (Remix, Reframe…).
+    const editMode = mode();
+    generateButton.textContent = operation() === 'generate' ? 'Generate' : !editMode || editMode === 'edit' ? 'Edit' : editMode.charAt(0).toUpperCase() + editMode.slice(1).replace(/_/g, ' ');
 
     const s = schema();
     const max = s?.images?.max ?? 1;
@@ -253,7 +278,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   opGenerate.addEventListener('change', () => update());
   opEdit.addEventListener('change', () => update());
   modeSelect.addEventListener('change', () => update());
-  fileInput.addEventListener('change', () => setSources([...(fileInput.files ?? [])]));
+  fileInput.addEventListener('change', () => void chooseFiles([...(fileInput.files ?? [])]));
   for (const type of ['dragenter', 'dragover'] as const) {
     dropZone.addEventListener(type, (event) => {
       event.preventDefault();
@@ -264,7 +289,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   dropZone.addEventListener('drop', (event) => {
     event.preventDefault();
     dropZone.classList.remove('dragging');
-    setSources([...(event.dataTransfer?.files ?? [])]);
+    void chooseFiles([...(event.dataTransfer?.files ?? [])]);
   });
 
   /** Fills the form with a request's settings (a result's, or a gallery image's). */
@@ -301,7 +326,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     }
     opEdit.checked = true;
     update();
-    setSources([blob]);
+    await chooseFiles([blob]);
     editSection.scrollIntoView?.({ block: 'start', behavior: 'smooth' });
   }
 
@@ -328,7 +353,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       });
       const facts = [
         image.seed !== undefined ? `seed ${image.seed}` : 'seed —',
-        seconds(ms),
+        formatDuration(ms),
         each === null ? 'cost —' : formatUsd(each),
         image.width && image.height ? `${image.width}×${image.height}` : '',
       ].filter(Boolean);

@@ -111,6 +111,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     }
   }
 
+  /** The legend's value of a count: one placeholder (—) for none, as the day and cost say it, not uPlot's "--". */
+  const countValue = (_u: uPlot, v: number | null) => (v == null ? '—' : v.toLocaleString());
+
   function drawChart(data: number[][]): void {
     const width = Math.max(280, chartBox.clientWidth || root.clientWidth || 320);
     const height = width < 500 ? 240 : 300;
@@ -128,9 +131,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         scales: { x: { time: true }, count: { auto: true }, usd: { auto: true } },
         series: [
           { label: 'Day', value: (_u, v) => (v === null ? '—' : isoDay(v * 1000)) },
-          { label: 'Requests', scale: 'count', stroke: '#1a73e8', width: 2 },
-          { label: 'Images', scale: 'count', stroke: '#188038', width: 2 },
-          { label: 'Errors', scale: 'count', stroke: '#d93025', width: 2 },
+          { label: 'Requests', scale: 'count', stroke: '#1a73e8', width: 2, value: countValue },
+          { label: 'Images', scale: 'count', stroke: '#188038', width: 2, value: countValue },
+          { label: 'Errors', scale: 'count', stroke: '#d93025', width: 2, value: countValue },
           { label: 'Cost (USD)', scale: 'usd', stroke: '#e37400', width: 2, dash: [6, 4], value: (_u, v) => (v === null ? '—' : formatUsd(v)) },
         ],
         axes: [
