@@ -46,6 +46,7 @@ import { registerCors } from './http/cors.js';
 import { systemResolver, type HostResolver } from './images/image-fetch.js';
 import { uploadsPlugin } from './request/uploads.js';
 import { parseJsonBodies } from './http/json-body.js';
+import { refuseOtherBodyTypes } from './http/body-types.js';
 import { refuseNulInUrls } from './http/nul-characters.js';
 import { startTracing, traceLogFields, tracingSettings, type Tracing } from './observability/tracing.js';
 import { tracingHooks } from './observability/tracing-hooks.js';
@@ -232,6 +233,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   });
   await app.register(uploadsPlugin);
   parseJsonBodies(app);
+  refuseOtherBodyTypes(app);
   refuseNulInUrls(app);
   // JSON answers with a b64_json image splice its base64 bytes in, not through JSON.stringify (src/http/base64-json.ts).
   // Fastify's types want a string; it pipes a stream as it is (reply.js onSendEnd), with the length set here.

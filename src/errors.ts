@@ -117,6 +117,21 @@ export function zodRefusal(
   return new GatewayError('invalid_request', summary, { details });
 }
 
+/**
+ * A `messageOf` for zodRefusal: a top-level field `body` lacks "is required" (zod would say
+ * "Invalid input: expected string, received undefined"), followed by `required[field]` when given;
+ * any other issue in the schema's own words. zod leaves issue.input out unless asked, so absence is
+ * read from the body itself.
+ */
+export function absentAsRequired(body: object, required: Readonly<Record<string, string>> = {}): (issue: z.core.$ZodIssue) => string {
+  return (issue) => {
+    const field = issue.path.length === 1 ? String(issue.path[0]) : undefined;
+    if (issue.code !== 'invalid_type' || field === undefined || Object.hasOwn(body, field)) return issue.message;
+    const what = Object.hasOwn(required, field) ? required[field] : undefined;
+    return what === undefined ? 'is required' : `is required: ${what}`;
+  };
+}
+
 /** The most of a name a client made up (a field, an option, a query parameter, a path) quoted in errors and logs. */
 export const QUOTED_NAME_MAX = 100;
 

@@ -98,6 +98,21 @@ describe('browser tokens on one gateway', () => {
       expect(res.json().error.details).toEqual([{ field: message.split(':')[0], message: message.split(': ')[1] }]);
     });
 
+    it.each([
+      [{ models: 'gpt-image-1' }, 'models: must be a list of 1 to 200 model ids or aliases'],
+      [{ models: [] }, 'models: must be a list of 1 to 200 model ids or aliases'],
+      [{ models: [7] }, 'models[0]: must be a model id or alias: a string of 1-200 characters'],
+      [{ models: [''] }, 'models[0]: must be a model id or alias: a string of 1-200 characters'],
+      [[], '(body): must be a JSON object of the token\'s bounds: {"ttl_seconds"?, "models"?, "max_images"?, "max_requests"?}, or {} for the defaults'],
+    ])('answers %j in its own words, never zod’s: %s', async (body, message) => {
+      const key = await mintKey(h);
+      const res = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: key.auth, payload: body });
+      expect(res.statusCode).toBe(400);
+      expect(res.json().error.message).toBe(message);
+      expect(res.json().error.details).toEqual([{ field: message.split(':')[0], message: message.slice(message.indexOf(': ') + 2) }]);
+      expect(res.body).not.toMatch(/Invalid input|expected \w+, received|Too (small|big)/);
+    });
+
     it('refuses models outside the key’s allow-list with 400 naming the model', async () => {
       const key = await mintKey(h, { models: ['gpt-image-*'] });
       const res = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: key.auth, payload: { models: ['gpt-image-1', 'ideogram-v3'] } });

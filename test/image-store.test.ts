@@ -160,6 +160,33 @@ for (const [placement, env] of [
       expect(res.headers['content-disposition']).toBeUndefined();
     });
 
+    it('refuses a download other than 1 with 400 naming it and what is allowed, after the signature and before the image is read', async () => {
+      const findFor = vi.spyOn(h.app.images, 'findFor');
+      try {
+        for (const value of ['2', '0', 'true', 'yes', '', '1&download=1']) {
+          const res = await h.app.inject({ method: 'GET', url: `${image.url}&download=${value}` });
+          expect(res.statusCode, value).toBe(400);
+          expect(res.headers['content-disposition'], value).toBeUndefined();
+          expect(res.json().error, value).toMatchObject({
+            code: 'invalid_request',
+            message: 'download: must be 1 (save the image as a file), or left out',
+            details: [{ field: 'download', allowed: ['1'] }],
+          });
+          // The same value on a thumbnail.
+          expect((await h.app.inject({ method: 'GET', url: `${image.url}&w=32&format=webp&download=${value}` })).statusCode, value).toBe(400);
+        }
+        expect(findFor).not.toHaveBeenCalled();
+        // A URL whose signature fails is told only that.
+        const forged = image.url.replace(/sig=[^&]+/, 'sig=AAAA');
+        expect((await h.app.inject({ method: 'GET', url: `${forged}&download=2` })).statusCode).toBe(403);
+      } finally {
+        findFor.mockRestore();
+      }
+      const thumbnail = await h.app.inject({ method: 'GET', url: `${image.url}&w=32&format=webp&download=1` });
+      expect(thumbnail.statusCode).toBe(200);
+      expect(thumbnail.headers['content-disposition']).toBe(`attachment; filename="${image.name.replace(/\.\w+$/, '')}-w32.webp"`);
+    });
+
     it('records the image in the database with its size, dimensions and owner', async () => {
       const row = await h.app.db.get<Record<string, unknown>>('SELECT * FROM images WHERE name = $1', [image.name]);
       expect(row).toMatchObject({ sha256: image.sha256, mime_type: 'image/png', team: 'design', key_id: 'design' });

@@ -77,6 +77,24 @@ describe('the admin key API', () => {
     expect(res.json().error.message).toBe(message);
   });
 
+  const NAME_WORDS = 'a string of 1-64 letters, digits, _ . or -';
+  it.each([
+    [undefined, 'team', `team: is required: give the team the key belongs to (its usage, images and jobs are the team's), ${NAME_WORDS}`],
+    [{}, 'team', `team: is required: give the team the key belongs to (its usage, images and jobs are the team's), ${NAME_WORDS}`],
+    [{ team: 5 }, 'team', `team: must be the team's name: ${NAME_WORDS}`],
+    [{ team: null }, 'team', `team: must be the team's name: ${NAME_WORDS}`],
+    [{ team: 'x', id: 3 }, 'id', `id: must be the key's id: ${NAME_WORDS}`],
+    [{ team: 'x', models: 'gpt-image-*' }, 'models', 'models: must be a list of at most 200 model ids or globs (gpt-image-*)'],
+    [{ team: 'x', models: [3] }, 'models[0]', 'models[0]: must be a model id or glob (gpt-image-*): a string of 1-200 characters'],
+    [{ team: 'x', admin: 'yes' }, 'admin', 'admin: must be true or false'],
+    [[{ team: 'x' }], '(body)', '(body): must be a JSON object: {"team": "<the team the key belongs to>", ...}'],
+  ])('answers a mint of %j in its own words, naming %s, never zod’s', async (payload, field, message) => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, ...(payload === undefined ? {} : { payload }) });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error).toMatchObject({ code: 'invalid_request', message, details: [{ field, message: message.slice(field.length + 2) }] });
+    expect(res.body).not.toMatch(/Invalid input|expected \w+, received/);
+  });
+
   it('refuses an allow-list pattern that matches no model', async () => {
     const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', models: ['imagen-*', 'gpt-imgae-*'] } });
     expect(res.statusCode).toBe(400);

@@ -165,14 +165,15 @@ describe('generate: the request itself', () => {
     expectRefused(res, 415, 'unsupported_media_type', ['application/json']);
   });
 
-  it('refuses a form body (curl -d without a Content-Type) with 415, naming the type sent and the types read', async () => {
+  it('refuses a form body (curl -d without a Content-Type) with 415, naming the type sent and the types the route reads', async () => {
     const res = await h.app.inject({
       method: 'POST',
       url: '/v1/generate',
       headers: { ...h.auth, 'content-type': 'application/x-www-form-urlencoded' },
       payload: '{"model":"gpt-image-1","prompt":"a deer"}',
     });
-    expectRefused(res, 415, 'unsupported_media_type', ['(application/x-www-form-urlencoded)', 'application/json', 'multipart/form-data']);
+    const err = expectRefused(res, 415, 'unsupported_media_type', ['(application/x-www-form-urlencoded)', 'POST /v1/generate', 'application/json']);
+    expect(err.details).toEqual([{ field: 'Content-Type', message: 'is application/x-www-form-urlencoded; send application/json', allowed: ['application/json'] }]);
   });
 
   it('refuses a prompt longer than the model takes, naming the limit', async () => {

@@ -5,7 +5,7 @@ import { GatewayError } from '../errors.js';
 import { randomId } from '../ids.js';
 import { migration, type Database, type Migration } from '../storage/database.js';
 import { sha256Hex, type Client, type ClientKeys } from './client-keys.js';
-import { boundedNumber, modelAllowed } from './key-policy.js';
+import { boundedNumber, modelAllowed, modelList } from './key-policy.js';
 
 const MIGRATIONS: Migration[] = [
   migration('browser-tokens-001', (t) => [
@@ -34,7 +34,7 @@ const KEEP_EXPIRED_MS = 86_400_000;
 /** POST /v1/tokens */
 export const mintTokenSchema = z.strictObject({
   ttl_seconds: boundedNumber(1, MAX_TTL_SECONDS).optional(),
-  models: z.array(z.string().min(1).max(200)).min(1).max(200).optional(),
+  models: modelList('model id or alias', 'model ids or aliases', 200, 1).optional(),
   max_images: boundedNumber(1, 1_000_000).optional(),
   max_requests: boundedNumber(1, 1_000_000).optional(),
 });

@@ -29,8 +29,18 @@ export function isReservedTeam(team: string): boolean {
   return team.toLowerCase() === ADMIN_TEAM;
 }
 
-const id = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
-const team = z.string().regex(/^[\w.-]{1,64}$/, 'must be 1-64 letters, digits, _ . or -');
+// Every field says what it takes in its own words, whatever is wrong with it (never zod's "Invalid input: ...").
+const NAME = /^[\w.-]{1,64}$/;
+export const NAME_WORDS = 'a string of 1-64 letters, digits, _ . or -';
+const id = z.string({ error: `must be the key's id: ${NAME_WORDS}` }).regex(NAME, `must be the key's id: ${NAME_WORDS}`);
+const team = z.string({ error: `must be the team's name: ${NAME_WORDS}` }).regex(NAME, `must be the team's name: ${NAME_WORDS}`);
+
+/** A list of `min` to `max` model names (`one`, `many`: what each is, in words), each refusal saying what it takes. */
+export function modelList(one: string, many: string, max: number, min = 0) {
+  const list = `must be a list of ${min > 0 ? `${min} to ` : 'at most '}${max} ${many}`;
+  const item = `must be a ${one}: a string of 1-200 characters`;
+  return z.array(z.string({ error: item }).min(1, item).max(200, item), { error: list }).min(min, list).max(max, list);
+}
 
 /** A number field whose every refusal (wrong type, fraction, out of range) says what it allows, never zod's "Too small: ...". */
 export function boundedNumber(min: number, max: number, integer = true) {
@@ -44,8 +54,8 @@ export const policyFields = {
   rpm: boundedNumber(1, 1_000_000).optional(),
   images_per_day: boundedNumber(0, 100_000_000).optional(),
   monthly_budget_usd: boundedNumber(0, 100_000_000, false).optional(),
-  models: z.array(z.string().min(1).max(200)).max(200).optional(),
-  admin: z.boolean().optional(),
+  models: modelList('model id or glob (gpt-image-*)', 'model ids or globs (gpt-image-*)', 200).optional(),
+  admin: z.boolean({ error: 'must be true or false' }).optional(),
 };
 
 /** POST /v1/keys */

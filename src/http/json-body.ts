@@ -31,9 +31,13 @@ export function parseJsonBody(text: string): unknown {
   return value;
 }
 
-/** Every route's application/json bodies, within the route's own body limit (Fastify's, as before). */
+/**
+ * Every route's application/json bodies, within the route's own body limit (Fastify's, as before).
+ * Fastify's text/plain parser goes: no route reads text, and a body of any type but JSON or
+ * multipart is refused with 415 (src/http/body-types.ts).
+ */
 export function parseJsonBodies(app: FastifyInstance): void {
-  app.removeContentTypeParser('application/json');
+  app.removeContentTypeParser(['application/json', 'text/plain']);
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
     try {
       done(null, parseJsonBody(body as string));

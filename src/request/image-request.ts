@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { GatewayError, clipName, invalidField, zodRefusal } from '../errors.js';
+import { GatewayError, absentAsRequired, clipName, invalidField, zodRefusal } from '../errors.js';
 import type { EditMode, ImageOperation, NormalizedParam } from '../catalogue/model-spec.js';
 import { EDIT_MODES, NORMALIZED_PARAMS, STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 import { sniffImageType, type ImageMime } from '../images/image-bytes.js';
@@ -121,11 +121,7 @@ type GenerateBody = z.infer<typeof generateSchema>;
 
 /** zod's complaints, turned into a 400 that names each field and what it may be; `allowedFields`: exactly what the route takes. */
 function refuse(error: z.ZodError, allowedFields: string[], body: object): GatewayError {
-  return zodRefusal(error, allowedFields, {
-    name: clipName,
-    // zod leaves issue.input out unless asked, so absence is read from the body itself.
-    messageOf: (issue) => (issue.code === 'invalid_type' && issue.path.length === 1 && !Object.hasOwn(body, String(issue.path[0])) ? 'is required' : issue.message),
-  });
+  return zodRefusal(error, allowedFields, { name: clipName, messageOf: absentAsRequired(body) });
 }
 
 function pickParams(body: Partial<Record<NormalizedParam, unknown>>): Partial<Record<NormalizedParam, unknown>> {

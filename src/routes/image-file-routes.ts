@@ -61,7 +61,9 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
         throw new GatewayError('forbidden', 'an image URL needs its exp and sig parameters, as returned by the gateway');
       }
       if (!app.signer.verify(name, exp, sig, ownerTag)) throw new GatewayError('forbidden', 'the image URL signature is not valid');
+      // After the signature, as w and format: a bad URL is told only that; before anything is read.
       const width = thumbnailWidth(request.query);
+      const download = downloadFlag(request.query.download);
       const now = Math.floor(Date.now() / 1000);
       if (exp <= now) throw new GatewayError('not_found', 'the image URL has expired');
       // A team's URL works while the team owns the image: not after it deleted it.
@@ -75,7 +77,7 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
         const etag = `"${image.sha256}-w${width}"`;
         const thumbnailHeaders = (): void => {
           reply.header('content-type', 'image/webp').header('cache-control', cacheControl).header('etag', etag).header('x-content-type-options', 'nosniff');
-          if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name.replace(/\.\w+$/, '')}-w${width}.webp"`);
+          if (download) reply.header('content-disposition', `attachment; filename="${name.replace(/\.\w+$/, '')}-w${width}.webp"`);
         };
         if (etagMatches(request.headers['if-none-match'], etag)) {
           thumbnailHeaders();
@@ -95,7 +97,7 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
           .header('etag', etag)
           .header('accept-ranges', 'bytes')
           .header('x-content-type-options', 'nosniff');
-        if (request.query.download === '1') reply.header('content-disposition', `attachment; filename="${name}"`);
+        if (download) reply.header('content-disposition', `attachment; filename="${name}"`);
       };
       if (etagMatches(request.headers['if-none-match'], etag)) {
         imageHeaders();
@@ -140,6 +142,13 @@ function thumbnailWidth(query: { w?: unknown; format?: unknown }): number | unde
   }
   if (format !== undefined && format !== 'webp') throw invalidField('format', 'must be webp (thumbnails are WebP)', ['webp']);
   return width;
+}
+
+/** `?download=1`: the answer is saved as a file (Content-Disposition: attachment); no other value. */
+function downloadFlag(download: unknown): boolean {
+  if (download === undefined) return false;
+  if (download !== '1') throw invalidField('download', 'must be 1 (save the image as a file), or left out', ['1']);
+  return true;
 }
 
 /** GET /v1/images/{name}, the retention sweeper and the input-image fetcher. */

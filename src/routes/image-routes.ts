@@ -20,6 +20,10 @@ import { readEditParts, type EditParts } from '../request/edit-parts.js';
 import type { GenerationCall } from '../generation/generation-pipeline.js';
 import type { DescribeCall } from '../generation/image-description.js';
 import { answerGeneration, gatewayEvents, streamFlag, whileConnected } from './generation-http.js';
+import { wrongBodyType, type BodyType } from '../http/body-types.js';
+
+/** The routes that take files: multipart, or JSON with images as data URLs or URLs. */
+const FILES_OR_JSON: readonly BodyType[] = ['multipart/form-data', 'application/json'];
 
 function isJson(request: FastifyRequest): boolean {
   const type = request.headers['content-type'] ?? '';
@@ -120,9 +124,8 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
 
   const generateLimit = generateBodyLimit(app);
   app.post('/v1/generate', { ...(generateLimit ? { bodyLimit: generateLimit } : {}), config: { spendsMoney: true } }, async (request, reply) => {
-    if (!isJson(request)) {
-      throw new GatewayError('unsupported_media_type', 'POST /v1/generate takes application/json');
-    }
+    // Another body type is refused before it is read (src/http/body-types.ts); this is a request with no body.
+    if (!isJson(request)) throw wrongBodyType(request);
     noteRequestedModel(app, request, (request.body as { model?: unknown } | null)?.model);
     const body = jsonBody(request.body);
     const stream = typeof body === 'object' && body !== null ? takeStreamFlag(body as Record<string, unknown>) : false;
@@ -131,7 +134,7 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
     return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined, fetchUrls(app, urls));
   });
 
-  app.post('/v1/edit', { bodyLimit: jsonEditBodyLimit(app), config: { spendsMoney: true } }, async (request, reply) => {
+  app.post('/v1/edit', { bodyLimit: jsonEditBodyLimit(app), config: { spendsMoney: true, bodyTypes: FILES_OR_JSON } }, async (request, reply) => {
     let imageRequest: ImageRequest;
     let stream = false;
     let load: GenerationCall['loadImages'];
@@ -146,12 +149,12 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
       const styled = takeStyleReferences(parsed.request, app.config.MAX_UPLOAD_BYTES);
       imageRequest = styled.request;
       load = fetchUrls(app, [...parsed.urls, ...styled.urls]);
-    } else throw new GatewayError('unsupported_media_type', 'POST /v1/edit takes multipart/form-data or application/json');
+    } else throw wrongBodyType(request);
     return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined, load);
   });
 
   // One image, an optional prompt: through the same pipeline as an edit (limits, usage, jobs, streams).
-  app.post('/v1/upscale', { bodyLimit: oneImageBodyLimit(app), config: { spendsMoney: true } }, async (request, reply) => {
+  app.post('/v1/upscale', { bodyLimit: oneImageBodyLimit(app), config: { spendsMoney: true, bodyTypes: FILES_OR_JSON } }, async (request, reply) => {
     let imageRequest: ImageRequest;
     let stream = false;
     let load: GenerationCall['loadImages'];
@@ -168,12 +171,12 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
       const parsed = parseUpscaleJson(body, app.config.MAX_UPLOAD_BYTES);
       imageRequest = parsed.request;
       if (parsed.urls.length > 0) load = async (admitted, signal) => withFetched(admitted, await app.imageFetcher.fetchAll(parsed.urls, signal));
-    } else throw new GatewayError('unsupported_media_type', 'POST /v1/upscale takes multipart/form-data or application/json');
+    } else throw wrongBodyType(request);
     return answerGeneration(app, request, reply, imageRequest, stream ? gatewayEvents : undefined, load);
   });
 
   // Text out, nothing stored: not a job, not a stream, no Idempotency-Key (nothing to replay).
-  app.post('/v1/describe', { bodyLimit: oneImageBodyLimit(app), config: { spendsMoney: true } }, async (request, reply) => {
+  app.post('/v1/describe', { bodyLimit: oneImageBodyLimit(app), config: { spendsMoney: true, bodyTypes: FILES_OR_JSON } }, async (request, reply) => {
     if (request.headers['idempotency-key'] !== undefined) {
       throw invalidField('Idempotency-Key', 'is not taken by POST /v1/describe: a describe is answered at once and stores nothing to replay; send it without the header');
     }
@@ -193,7 +196,7 @@ export async function imageRoutes(app: FastifyInstance): Promise<void> {
       if (url !== undefined) {
         loadImage = async (admitted, signal) => ({ ...admitted, image: (await app.imageFetcher.fetchAll([{ field: 'image', url }], signal)).get('image') ?? admitted.image });
       }
-    } else throw new GatewayError('unsupported_media_type', 'POST /v1/describe takes multipart/form-data or application/json');
+    } else throw wrongBodyType(request);
     const { signal, release } = whileConnected(reply);
     try {
       const admitted = await app.description.admit({

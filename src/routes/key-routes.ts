@@ -1,8 +1,11 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { GatewayError, invalidField, zodRefusal } from '../errors.js';
-import { mintKeySchema, modelAllowed, type KeyPolicy } from '../auth/key-policy.js';
+import { GatewayError, absentAsRequired, invalidField, zodRefusal } from '../errors.js';
+import { NAME_WORDS, mintKeySchema, modelAllowed, type KeyPolicy } from '../auth/key-policy.js';
 import { hasKnownPrice } from '../catalogue/catalogue.js';
+
+/** What a mint must give, in the words of its refusal when it gives none. */
+const MINT_REQUIRED = { team: `give the team the key belongs to (its usage, images and jobs are the team's), ${NAME_WORDS}` };
 
 function requireAdmin(request: FastifyRequest): void {
   if (!request.client?.admin) throw new GatewayError('forbidden', 'only the admin key may manage keys');
@@ -33,8 +36,10 @@ export async function keyRoutes(app: FastifyInstance): Promise<void> {
 
   app.post('/v1/keys', { bodyLimit: 64 * 1024 }, async (request, reply) => {
     requireAdmin(request);
-    const parsed = mintKeySchema.safeParse(request.body ?? {});
-    if (!parsed.success) throw zodRefusal(parsed.error, Object.keys(mintKeySchema.shape));
+    const body = request.body ?? {};
+    if (typeof body !== 'object' || Array.isArray(body)) throw invalidField('(body)', 'must be a JSON object: {"team": "<the team the key belongs to>", ...}');
+    const parsed = mintKeySchema.safeParse(body);
+    if (!parsed.success) throw zodRefusal(parsed.error, Object.keys(mintKeySchema.shape), { messageOf: absentAsRequired(body, MINT_REQUIRED) });
     refuseBudgetWithoutPricedModel(app, parsed.data);
     const { policy, key } = await app.keyStore.mint(parsed.data);
     reply.status(201);

@@ -16,6 +16,7 @@ import { answerGeneration, streamFlag, type StreamDialect } from './generation-h
 import { imagesAsked, routeFor } from '../catalogue/catalogue.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import { parseDimensions } from '../catalogue/param-rule.js';
+import { wrongBodyType } from '../http/body-types.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -337,15 +338,14 @@ export async function openAiRoutes(app: FastifyInstance): Promise<void> {
 
   // A prompt and a few fields: the default body limit of 1 MiB (app.ts), refused by its Content-Length before it is read.
   app.post('/v1/images/generations', { config }, async (request, reply) => {
-    if (!/^application\/(.+\+)?json\b/i.test(request.headers['content-type'] ?? '')) {
-      throw new GatewayError('unsupported_media_type', 'POST /v1/images/generations takes application/json');
-    }
+    // Another body type is refused before it is read (src/http/body-types.ts); this is a request with no body.
+    if (!/^application\/json\b/i.test(request.headers['content-type'] ?? '')) throw wrongBodyType(request);
     noteRequestedModel(app, request, (request.body as { model?: unknown } | null)?.model);
     return run(app, request, reply, generationRequest(app, request.body), 'image_generation');
   });
 
-  app.post('/v1/images/edits', { config }, async (request, reply) => {
-    if (!request.isMultipart()) throw new GatewayError('unsupported_media_type', 'POST /v1/images/edits takes multipart/form-data');
+  app.post('/v1/images/edits', { config: { ...config, bodyTypes: ['multipart/form-data'] } }, async (request, reply) => {
+    if (!request.isMultipart()) throw wrongBodyType(request);
     return run(app, request, reply, await editRequest(app, request), 'image_edit');
   });
 }
