@@ -50,6 +50,14 @@ describe('a body of a type the route does not read', () => {
     expect(h.simulator.received).toHaveLength(0);
   });
 
+  it('answers a DELETE that carries a text/plain body with 415 in the contract’s error body (openapi lists it)', async () => {
+    const res = await h.fetch(`${h.base}/v1/keys/nope`, { method: 'DELETE', headers: { ...admin, 'content-type': 'text/plain' }, body: 'x' });
+    expect(res.status).toBe(415);
+    const body = (await res.json()) as any;
+    expect(Object.keys(body)).toEqual(['error']);
+    expect(body.error).toMatchObject({ code: 'unsupported_media_type', request_id: res.headers.get('x-request-id') });
+  });
+
   it('answers text/plain to the OpenAI façade with 415 in OpenAI’s error shape', async () => {
     const res = await post('/v1/images/generations', { ...client, 'content-type': 'text/plain; charset=utf-8' }, '{"model":"gpt-image-1","prompt":"a deer"}');
     expect(res.status).toBe(415);
