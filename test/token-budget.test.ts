@@ -187,6 +187,17 @@ describe('a budgeted key and a token-priced model', () => {
     expect(Number(next.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - REAL_COST_ONE_IMAGE - (408 * 40 + 5) / 1e6, 6);
   });
 
+  it('a fallback chain reserves the most its dearest model may cost', async () => {
+    // Quality low: gpt-image-1.5 reserves 408 tokens at $32 per million, gpt-image-1 at $40.
+    const key = await mint(h, { monthly_budget_usd: 0.015 });
+    const chain = await generate(key, { model: 'gpt-image-1.5', prompt: 'x', quality: 'low', fallback_models: ['gpt-image-1'] });
+    expect(chain.statusCode).toBe(429);
+    expect(chain.json().error.message).toMatch(/would cost about \$0\.0163/);
+    expect(h.simulator.received).toHaveLength(0);
+    const alone = await generate(key, { model: 'gpt-image-1.5', prompt: 'x', quality: 'low', fallback_models: [] });
+    expect(alone.statusCode, alone.body).toBe(200);
+  });
+
   it('GET /v1/models shows the output tokens per image', async () => {
     const res = await h.app.inject({ method: 'GET', url: '/v1/models/gpt-image-1', headers: h.auth });
     expect(res.json()).toMatchObject({ output_tokens_per_image: { low: 408, medium: 1584, high: 6240 } });
