@@ -242,7 +242,7 @@ export function maxCostUsd(
 ): number | null {
   if (price && 'perMillionTokensUsd' in price) {
     const byQuality = price.outputTokensPerImage;
-    if (!byQuality) return null;
+    if (!byQuality || Object.keys(byQuality).length === 0) return null;
     const quality = request.params.quality;
     const outputTokens =
       typeof quality === 'string' && Object.hasOwn(byQuality, quality) ? byQuality[quality]! : Math.max(...Object.values(byQuality));
