@@ -542,6 +542,10 @@ model's parameters and options (GET /v1/models/{id}).
         ...(m.price_per_image_usd == null && m.price_per_million_tokens_usd
           ? Object.entries(m.price_per_million_tokens_usd as Record<string, number>).map(([kind, usd]) => [`USD / 1M ${kind.replace('_', ' ')} tokens`, usd])
           : [['USD / image', m.price_per_image_usd]]),
+        // What a budget reserves per image for such a model, by quality.
+        ...(m.output_tokens_per_image
+          ? [['output tokens / image', Object.entries(m.output_tokens_per_image as Record<string, number>).map(([quality, tokens]) => `${quality} ${tokens}`)]]
+          : []),
         ...Object.entries((m.parameters ?? {}) as Record<string, string>).map(([name, allowed]) => [name, allowed]),
         ...Object.entries((m.options ?? {}) as Record<string, string>).map(([name, allowed]) => [`options.${name}`, allowed]),
       ];

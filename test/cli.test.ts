@@ -298,6 +298,7 @@ describe('models', () => {
     expect(run.stdout).not.toMatch(/^USD \/ image/m);
     expect(run.stdout).toMatch(new RegExp(`^USD / 1M text input tokens\\s+${model.price_per_million_tokens_usd.text_input}$`, 'm'));
     expect(run.stdout).toMatch(new RegExp(`^USD / 1M image output tokens\\s+${model.price_per_million_tokens_usd.image_output}$`, 'm'));
+    expect(run.stdout).toMatch(/^output tokens \/ image\s+low 408,medium 1584,high 6240$/m);
   });
 });
 

@@ -476,14 +476,15 @@ describe('limits settled by what really happened', () => {
   });
 
   it('an async job of a token-priced model counts its real cost against the budget', async () => {
-    // gpt-image-1 in the simulator: about $0.00405 an image.
-    const key = await mint(h, { monthly_budget_usd: 0.01 });
+    // gpt-image-1 in the simulator: about $0.00405 an image; quality low reserves about $0.0163.
+    // Had each job kept its reservation, the second would be refused.
+    const key = await mint(h, { monthly_budget_usd: 0.025 });
     for (let i = 0; i < 3; i++) {
-      const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: `p${i}`, async: true } });
+      const accepted = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: `p${i}`, quality: 'low', async: true } });
       expect(accepted.statusCode).toBe(202);
       expect((await settled(key, accepted.json().id)).status).toBe('succeeded');
     }
-    const over = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'one more', async: true } });
+    const over = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-1', prompt: 'one more', quality: 'low', async: true } });
     expect(over.statusCode).toBe(429);
     expect(over.json().error.message).toMatch(/monthly_budget_usd/);
   });

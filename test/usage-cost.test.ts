@@ -5,7 +5,7 @@ import { MODELS } from '../src/catalogue/models.js';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { startHarness, type Harness } from './harness.js';
 
-const GPT_IMAGE_1: Price = { perMillionTokensUsd: { textInput: 5, imageInput: 10, imageOutput: 40 } };
+const GPT_IMAGE_1: Price = { perMillionTokensUsd: { textInput: 5, imageInput: 10, imageOutput: 40 }, outputTokensPerImage: { low: 408, medium: 1584, high: 6240 } };
 const IDEOGRAM_SPEED: Price = { byOption: 'rendering_speed', defaultValue: 'DEFAULT', perImageUsd: { TURBO: 0.03, DEFAULT: 0.06 } };
 
 describe('estimateCostUsd', () => {

@@ -5,7 +5,7 @@
  *   `upstream_model` in every route's path and `model` field;
  * - `{id, retired: true, replacement}`: requests get 410 model_retired naming the replacement;
  * - `{id, disabled: true}`: the model is no longer served (as unknown);
- * - `{id, price_per_image_usd | price_per_million_tokens_usd | description | aliases | fallbacks}`
+ * - `{id, price_per_image_usd | price_per_million_tokens_usd | output_tokens_per_image | description | aliases | fallbacks}`
  *   on an existing model: those are overridden;
  * - a full declaration (the shape of models.yaml's entries) of a new model.
  */
@@ -14,7 +14,7 @@ import { isAbsolute, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { builtinCatalogueData } from './builtin-catalogue.js';
-import { CatalogueError, loadCatalogue } from './catalogue-schema.js';
+import { CatalogueError, loadCatalogue, outputTokensPerImageSchema } from './catalogue-schema.js';
 import type { ModelSpec } from './model-spec.js';
 
 const usd = z.number().nonnegative('a price is a number of USD, 0 or more').finite();
@@ -29,6 +29,8 @@ const overlayEntrySchema = z.looseObject({
   disabled: z.literal(true, { error: 'disabled is true or absent' }).optional(),
   price_per_image_usd: usd.optional(),
   price_per_million_tokens_usd: z.strictObject({ text_input: usd, image_input: usd, image_output: usd }).optional(),
+  /** Output tokens per image by quality, for the model's token-priced routes: what a budget reserves before the call. */
+  output_tokens_per_image: outputTokensPerImageSchema.optional(),
   description: z.string().optional(),
   aliases: z.array(z.string().min(1)).optional(),
   fallbacks: z.array(z.string().min(1)).optional(),
@@ -36,7 +38,7 @@ const overlayEntrySchema = z.looseObject({
 const overlaySchema = z.strictObject({ models: z.array(overlayEntrySchema) }, { error: 'the file is {models: [...]}' });
 
 type Data = Record<string, unknown>;
-const OVERLAY_KEYS = ['from', 'upstream_model', 'disabled', 'price_per_image_usd', 'price_per_million_tokens_usd'];
+const OVERLAY_KEYS = ['from', 'upstream_model', 'disabled', 'price_per_image_usd', 'price_per_million_tokens_usd', 'output_tokens_per_image'];
 const ROUTE_KEYS = ['generate', 'edit', 'upscale', 'describe', 'image_to_image_mode'];
 const ENTRY_KEYS = Object.keys(overlayEntrySchema.shape);
 
@@ -99,7 +101,19 @@ function derive(from: Data, id: string, upstreamModel: string): Data {
 function setPrice(model: Data, price: Data): void {
   const priced = routesOf(model).filter((route) => route !== model.describe);
   if (priced.length === 0) throw new CatalogueError(`model "${String(model.id)}": a model that only describes makes no image and takes no price`);
-  for (const route of priced) route.price = clone(price);
+  for (const route of priced) {
+    // New token prices keep the route's output tokens per image: without them a budget would reserve nothing up front.
+    const kept = (route.price as Data | undefined)?.output_tokens_per_image;
+    route.price = clone(price);
+    if (kept !== undefined && 'per_million_tokens_usd' in price) (route.price as Data).output_tokens_per_image = clone(kept);
+  }
+}
+
+/** Sets the output tokens per image of every token-priced route of a model. */
+function setOutputTokensPerImage(model: Data, byQuality: Record<string, number>): void {
+  const byTokens = routesOf(model).filter((route) => route.price && typeof route.price === 'object' && 'per_million_tokens_usd' in (route.price as Data));
+  if (byTokens.length === 0) throw new CatalogueError(`model "${String(model.id)}": output_tokens_per_image: the model has no route priced by tokens (per_million_tokens_usd)`);
+  for (const route of byTokens) (route.price as Data).output_tokens_per_image = clone(byQuality);
 }
 
 /**
@@ -163,6 +177,7 @@ export function mergeOverlay(builtin: unknown, overlay: unknown): { models: Data
     if (entry.fallbacks !== undefined) model.fallbacks = entry.fallbacks;
     if (entry.price_per_image_usd !== undefined) setPrice(model, { per_image_usd: entry.price_per_image_usd });
     if (entry.price_per_million_tokens_usd !== undefined) setPrice(model, { per_million_tokens_usd: entry.price_per_million_tokens_usd });
+    if (entry.output_tokens_per_image !== undefined) setOutputTokensPerImage(model, entry.output_tokens_per_image);
     if (entry.retired) {
       if (entry.replacement === undefined) fail('retired needs a replacement (the model clients should move to)');
       model.retired = true;

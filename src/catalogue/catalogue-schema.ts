@@ -3,7 +3,7 @@
  * turns its plain data into the ModelSpecs routing, validation, pricing and GET /v1/models read.
  */
 import { z } from 'zod';
-import type { DescribeRoute, EditMode, FieldMapping, ModelSpec, NormalizedParam, Price, UpstreamRoute } from './model-spec.js';
+import type { DescribeRoute, EditMode, FieldMapping, ModelSpec, NormalizedParam, OutputTokensPerImage, Price, UpstreamRoute } from './model-spec.js';
 import { EDIT_MODES, NORMALIZED_PARAMS, UNKNOWN_MODEL } from './model-spec.js';
 import { paramDescriptorSchema, ruleFromDescriptor } from './param-descriptors.js';
 import { SPLITTING_TRANSFORMS, TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
@@ -35,11 +35,38 @@ const mappingSchema = z
     }
   });
 
+/**
+ * Output tokens one image takes by quality (`{low: 408, high: 6240}`): what a budget reserves before
+ * the call for a token-priced route. Checked by hand, not by zod's record: inside the price's
+ * union, a failed type check would only say "a price is ...", and an operator needs the reason.
+ */
+export const outputTokensPerImageSchema = z
+  .unknown()
+  .superRefine((value, ctx) => {
+    if (!value || typeof value !== 'object' || Array.isArray(value)) {
+      ctx.addIssue({ code: 'custom', message: 'output_tokens_per_image is {<quality>: tokens}, e.g. {low: 408, medium: 1584, high: 6240}' });
+      return;
+    }
+    const entries = Object.entries(value);
+    if (entries.length === 0) ctx.addIssue({ code: 'custom', message: 'output_tokens_per_image names at least one quality' });
+    for (const [quality, tokens] of entries) {
+      if (typeof tokens !== 'number' || !Number.isSafeInteger(tokens) || tokens <= 0) {
+        ctx.addIssue({ code: 'custom', message: `output tokens per image are a whole number above 0, not ${JSON.stringify(tokens)}`, path: [quality] });
+      }
+    }
+  })
+  .transform((value) => value as OutputTokensPerImage);
+
+const tokenPriceSchema = z.strictObject({
+  per_million_tokens_usd: z.strictObject({ text_input: usd, image_input: usd, image_output: usd }),
+  output_tokens_per_image: outputTokensPerImageSchema.optional(),
+});
+
 const priceSchema = z.union([
   z.strictObject({ per_image_usd: usd }),
   z.strictObject({ by_option: z.string().min(1), default: z.string().min(1), per_image_usd: z.record(z.string(), usd) }),
-  z.strictObject({ per_million_tokens_usd: z.strictObject({ text_input: usd, image_input: usd, image_output: usd }) }),
-], { error: 'a price is {per_image_usd}, {by_option, default, per_image_usd: {value: usd}} or {per_million_tokens_usd: {text_input, image_input, image_output}}' });
+  tokenPriceSchema,
+], { error: 'a price is {per_image_usd}, {by_option, default, per_image_usd: {value: usd}} or {per_million_tokens_usd: {text_input, image_input, image_output}, output_tokens_per_image?: {quality: tokens}}' });
 
 const routeSchema = z.strictObject({
   family: z.enum(['predictions', 'openai-json', 'openai-multipart', 'ideogram-multipart', 'ideogram-json']),
@@ -77,6 +104,17 @@ const routeSchema = z.strictObject({
 }).refine((r) => !r.style_references || r.family.endsWith('-multipart'), {
   message: 'style_references are sent as files: the route must be multipart',
   path: ['style_references'],
+}).superRefine((r, ctx) => {
+  // A quality the route does not take would never be asked for: most likely a typo.
+  const byQuality = r.price && 'output_tokens_per_image' in r.price ? r.price.output_tokens_per_image : undefined;
+  const qualities = (r.params.quality?.rule as { oneOf?: unknown[] } | undefined)?.oneOf;
+  // A malformed table has its own issue already.
+  if (!byQuality || typeof byQuality !== 'object' || Array.isArray(byQuality) || !Array.isArray(qualities)) return;
+  for (const quality of Object.keys(byQuality)) {
+    if (!qualities.includes(quality)) {
+      ctx.addIssue({ code: 'custom', message: `"${quality}" is not a quality this route takes (${qualities.join(', ')})`, path: ['price', 'output_tokens_per_image', quality] });
+    }
+  }
 });
 
 /** A describe route: one image file in, text out; options only (no prompt, no parameters, no price). */
@@ -128,7 +166,10 @@ function toMapping(m: MappingData): FieldMapping {
 function toPrice(p: NonNullable<RouteData['price']>): Price {
   if ('per_million_tokens_usd' in p) {
     const t = p.per_million_tokens_usd;
-    return { perMillionTokensUsd: { textInput: t.text_input, imageInput: t.image_input, imageOutput: t.image_output } };
+    return {
+      perMillionTokensUsd: { textInput: t.text_input, imageInput: t.image_input, imageOutput: t.image_output },
+      ...(p.output_tokens_per_image ? { outputTokensPerImage: p.output_tokens_per_image } : {}),
+    };
   }
   if ('by_option' in p) return { byOption: p.by_option, defaultValue: p.default, perImageUsd: p.per_image_usd };
   return { perImageUsd: p.per_image_usd };

@@ -228,6 +228,33 @@ export function estimateCostUsd(
   return Math.round(usd * 1e6) / 1e6;
 }
 
+/**
+ * The most a request may cost, in USD rounded to a millionth, known before the call: what a budget
+ * reserves. Per image: images times the price. By tokens, where the price says how many output
+ * tokens an image takes: images times those of the request's quality (the most of any quality for
+ * `auto`, none or one the table does not name), plus the prompt as text input, its UTF-8 bytes
+ * standing for its tokens (a token is at least a byte). Input images are left to settlement: their
+ * tokens are known only from the reply. Null when the price, or a token price's table, is unknown.
+ */
+export function maxCostUsd(
+  price: Price | undefined,
+  request: { images: number; prompt: string; params: Record<string, unknown>; options?: Record<string, unknown> },
+): number | null {
+  if (price && 'perMillionTokensUsd' in price) {
+    const byQuality = price.outputTokensPerImage;
+    if (!byQuality || Object.keys(byQuality).length === 0) return null;
+    const quality = request.params.quality;
+    const outputTokens =
+      typeof quality === 'string' && Object.hasOwn(byQuality, quality) ? byQuality[quality]! : Math.max(...Object.values(byQuality));
+    const promptTokens = Buffer.byteLength(request.prompt, 'utf8');
+    const p = price.perMillionTokensUsd;
+    // Tokens times USD per million tokens is millionths of a dollar.
+    return Math.round(request.images * outputTokens * p.imageOutput + promptTokens * p.textInput) / 1e6;
+  }
+  const unit = pricePerImage(price, request.options);
+  return unit === null ? null : Math.round(unit * request.images * 1e6) / 1e6;
+}
+
 /** One field of a model's input schema in GET /v1/models: what a form needs to offer it. */
 export interface FieldSchema {
   type: 'enum' | 'integer' | 'number' | 'boolean' | 'text' | 'size' | 'ratio' | 'json';
@@ -347,6 +374,7 @@ export function describeModel(model: ModelSpec) {
             image_input: primary.price.perMillionTokensUsd.imageInput,
             image_output: primary.price.perMillionTokensUsd.imageOutput,
           },
+          ...(primary.price.outputTokensPerImage ? { output_tokens_per_image: primary.price.outputTokensPerImage } : {}),
         }
       : {}),
   };

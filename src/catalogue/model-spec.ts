@@ -92,11 +92,16 @@ export interface MaskInput {
 /**
  * What a model costs: per image (`byOption` picks the price from an option's value, Ideogram's
  * rendering speed), or per million upstream tokens (gpt-image), known only once the reply reports its usage.
+ * A token price may say how many output tokens one image takes by quality (`outputTokensPerImage`),
+ * so that a budget can reserve the most a request may cost before the call.
  */
 export type Price =
   | { perImageUsd: number }
   | { byOption: string; defaultValue: string; perImageUsd: Record<string, number> }
-  | { perMillionTokensUsd: TokenPrices };
+  | { perMillionTokensUsd: TokenPrices; outputTokensPerImage?: OutputTokensPerImage };
+
+/** Output tokens one image takes, by the request's `quality` (the route's largest size). */
+export type OutputTokensPerImage = Record<string, number>;
 
 export interface TokenPrices {
   textInput: number;

@@ -1,6 +1,6 @@
 import { GatewayError, invalidField, restated } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
-import { imagesAsked, pricePerImage, type ModelCatalogue } from '../catalogue/catalogue.js';
+import { imagesAsked, maxCostUsd, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import { UNKNOWN_MODEL, type ModelSpec, type UpstreamRoute } from '../catalogue/model-spec.js';
 import { storedReservation, type KeyLimits, type Reservation } from '../limits/key-limits.js';
@@ -186,13 +186,13 @@ export class GenerationPipeline {
       if (refusal) throw invalidField('callback_url', `${refusal}; give a URL of a public host (or name the host in ALLOWED_CALLBACK_HOSTS)`);
     }
     const images = outcome.imagesRequested;
-    // A chain reserves what its dearest model would cost; the reservation settles to what ran.
-    const unitPrice = [route, ...fallbacks.map((f) => f.route)]
-      .map((r) => pricePerImage(r.price, request.options))
-      .reduce<number | null>((dearest, price) => (price === null ? dearest : dearest === null ? price : Math.max(dearest, price)), null);
+    // A chain reserves the most its dearest model may cost; the reservation settles to what ran.
+    const mostCost = [route, ...fallbacks.map((f) => f.route)]
+      .map((r) => maxCostUsd(r.price, { images, prompt: request.prompt, params: request.params, options: request.options }))
+      .reduce<number | null>((dearest, cost) => (cost === null ? dearest : dearest === null ? cost : Math.max(dearest, cost)), null);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
     // A refusing image limit names the field that set the count (n, or a Seedream group's max_images).
-    const reserve = () => this.deps.limits.reserve(client, images, unitPrice === null ? null : unitPrice * images, asked.field);
+    const reserve = () => this.deps.limits.reserve(client, images, mostCost, asked.field);
     const asRetry = call.idempotencyKey !== undefined && (await this.deps.jobs.idempotencyKeyClaimed(idempotencyScope(client, call.idempotencyKey)));
     // The rate limit, earlier, may have found the key held (and counted this request as a read)
     // where it is free now (its first request failed unbilled since, or a multipart body took its

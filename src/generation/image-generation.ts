@@ -4,7 +4,7 @@ import { rm } from 'node:fs/promises';
 import sharp from 'sharp';
 import { GatewayError } from '../errors.js';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
-import { estimateCostUsd, imagesAskedOf, pricePerImage, routeFor } from '../catalogue/catalogue.js';
+import { estimateCostUsd, imagesAskedOf, maxCostUsd, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { ImageRequest } from '../request/image-request.js';
 import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
@@ -222,9 +222,10 @@ export class ImageGeneration {
       // Past the upstream answer: the images are paid for. Their cost goes with the 507.
       if (err instanceof StorageWriteFailed) {
         const paidImages = produced?.images.length ?? imagesAskedOf(request);
-        // A reply cut short by its staging never showed its token counts: the estimate the request reserved.
-        const unit = pricePerImage(route.price, request.options);
-        const cost = estimateCostUsd(route.price, { images: paidImages, options: request.options, upstreamTokens: produced?.usage }) ?? (unit === null ? null : unit * paidImages);
+        // A reply cut short by its staging never showed its token counts: the most the request could cost, as reserved.
+        const cost =
+          estimateCostUsd(route.price, { images: paidImages, options: request.options, upstreamTokens: produced?.usage }) ??
+          maxCostUsd(route.price, { images: paidImages, prompt: request.prompt, params: request.params, options: request.options });
         throw new PaidImageLost(cost, produced?.upstreamMs, err);
       }
       throw err;
