@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CONFIG_VARIABLES, ConfigError, PUBLIC_EXAMPLE_KEYS, loadConfig } from '../src/config.js';
+import { CONFIG_VARIABLES, ConfigError, MAX_TIMER_MS, PUBLIC_EXAMPLE_KEYS, loadConfig } from '../src/config.js';
 import { runFailingStart } from './gateway-process.js';
 
 /** What `npm start` needs, for the tests that start the built gateway; errors only, so its one line is all it prints. */
@@ -250,6 +250,41 @@ describe('a start that cannot work', () => {
       expect(() => loadConfig({ REDIS_URL: url })).not.toThrow(/s3cret/);
     }
     for (const url of ['redis://cache:6379', 'redis://cache:6379/', 'rediss://user:pw@cache:6380/15']) expect(loadConfig({ REDIS_URL: url }).REDIS_URL).toBe(url);
+  });
+
+  // Node's timers take at most 2^31-1 ms; given more they fire after 1 ms (TimeoutOverflowWarning):
+  // every generate a 504 at once, the retention sweep or lease renewal in a tight loop.
+  const timerVariables = [...CONFIG_VARIABLES.filter((name) => name.endsWith('_MS')), 'OTEL_BSP_SCHEDULE_DELAY', 'OTEL_BSP_EXPORT_TIMEOUT'];
+
+  it('takes every time that ends up in a timer up to 2147483647 ms, and refuses one ms more naming the variable and the maximum', () => {
+    expect(MAX_TIMER_MS).toBe(2 ** 31 - 1);
+    expect(timerVariables).toEqual(expect.arrayContaining(['UPSTREAM_TIMEOUT_MS', 'RETENTION_SWEEP_INTERVAL_MS', 'JOB_LEASE_MS', 'STREAM_KEEPALIVE_MS', 'JOB_SHUTDOWN_GRACE_MS', 'TASK_POLL_INTERVAL_MS', 'REQUEST_TIMEOUT_MS']));
+    for (const name of timerVariables) {
+      // HEADERS_TIMEOUT_MS may not pass REQUEST_TIMEOUT_MS: both at the maximum.
+      const most = { [name]: String(MAX_TIMER_MS), ...(name === 'HEADERS_TIMEOUT_MS' ? { REQUEST_TIMEOUT_MS: String(MAX_TIMER_MS) } : {}) };
+      expect(loadConfig(most)[name as keyof ReturnType<typeof loadConfig>], name).toBe(MAX_TIMER_MS);
+      for (const value of [String(MAX_TIMER_MS + 1), '3000000000', '1e15']) {
+        expect(() => loadConfig({ [name]: value }), `${name}=${value}`).toThrow(ConfigError);
+        expect(() => loadConfig({ [name]: value }), `${name}=${value}`).toThrow(
+          new RegExp(`^invalid configuration:\\n  ${name} must be a positive integer of milliseconds, at most 2147483647 ms \\(about 24\\.8 days\\), got "${value}"$`),
+        );
+      }
+    }
+  });
+
+  it('refuses a retention of more than 100 years (expiry dates past what a Date holds)', () => {
+    expect(loadConfig({ IMAGE_RETENTION_DAYS: '36500' }).IMAGE_RETENTION_DAYS).toBe(36_500);
+    expect(() => loadConfig({ IMAGE_RETENTION_DAYS: '1000000000' })).toThrow(/IMAGE_RETENTION_DAYS must be an integer from 1 to 36500, got "1000000000"/);
+  });
+
+  it('stops the start in one line when UPSTREAM_TIMEOUT_MS or RETENTION_SWEEP_INTERVAL_MS is past what a timer takes', async () => {
+    for (const [name, value] of [['UPSTREAM_TIMEOUT_MS', '3000000000'], ['RETENTION_SWEEP_INTERVAL_MS', '2592000000']] as const) {
+      const run = await runFailingStart({ ...startEnv(), [name]: value }, { timeoutMs: 8000 });
+      expect(run.code, run.output).toBe(2);
+      expect(run.output.trim().split('\n').filter((line) => line.trim() !== 'invalid configuration:').map((line) => line.trim())).toEqual([
+        `${name} must be a positive integer of milliseconds, at most 2147483647 ms (about 24.8 days), got "${value}"`,
+      ]);
+    }
   });
 
   it('keeps images of up to 16 KiB in their rows unless IMAGE_INLINE_MAX_BYTES says otherwise', () => {
