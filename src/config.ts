@@ -88,6 +88,29 @@ const optionalString = z
 const urlString = (name: string) =>
   optionalString.refine((v) => v === undefined || URL.canParse(v), { message: `${name} must be an absolute URL` });
 
+/** A URL as written in a message, its user and password (if any) left out. */
+const shownUrl = (v: string) => v.replace(/\/\/[^/@]*@/, '//...@');
+
+/**
+ * A URL the gateway calls or hands out: http or https with a host. `URL.canParse` alone takes
+ * "localhost:18900" (scheme "localhost:"), "ftp://..." or "javascript:...", which then fail on every request.
+ */
+const httpUrl = (name: string, example: string, opts: { noQuery?: boolean } = {}) =>
+  optionalString.superRefine((v, ctx) => {
+    if (v === undefined) return;
+    const url = URL.canParse(v) ? new URL(v) : undefined;
+    let why = '';
+    if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+      why = /^[\w.-]+:\d+(\/|$)/.test(v) ? ' (the scheme is missing: http:// or https://)' : url !== undefined ? ` (not ${url.protocol}//)` : '';
+    } else if (url.hostname === '') {
+      why = ' (no host)';
+    } else if (opts.noQuery && (url.search !== '' || url.hash !== '' || v.includes('?') || v.includes('#'))) {
+      why = ' (no query or fragment: it is the front of every image URL)';
+    } else {
+      return;
+    }
+    ctx.addIssue({ code: 'custom', message: `${name} must be an http(s) URL such as ${example}${why}, got "${shownUrl(v)}"` });
+  });
 
 /** A positive integer without a default: absent means "no limit". */
 const optionalPositiveInt = (name: string) => integer(name, undefined);
@@ -257,14 +280,14 @@ const envSchema = z.object({
   PORT: port('PORT', 8080),
   HOST: optionalString.transform((v) => v ?? '0.0.0.0'),
   AIHUBMIX_API_KEY: optionalString,
-  AIHUBMIX_BASE_URL: urlString('AIHUBMIX_BASE_URL').transform((v) => v ?? 'https://aihubmix.com'),
+  AIHUBMIX_BASE_URL: httpUrl('AIHUBMIX_BASE_URL', 'https://aihubmix.com').transform((v) => v ?? 'https://aihubmix.com'),
   GATEWAY_API_KEYS: z.string().optional().transform((v, ctx) => parseClientKeys(v, ctx)),
   GATEWAY_KEYS_FILE: optionalString,
   GATEWAY_ADMIN_KEY: optionalString.refine((v) => v === undefined || v.length >= MIN_CLIENT_KEY_LENGTH, {
     message: `GATEWAY_ADMIN_KEY (team admin) must be at least ${MIN_CLIENT_KEY_LENGTH} characters`,
   }),
   DATA_DIR: optionalString.transform((v) => v ?? './data'),
-  PUBLIC_BASE_URL: urlString('PUBLIC_BASE_URL'),
+  PUBLIC_BASE_URL: httpUrl('PUBLIC_BASE_URL', 'https://images.example.com', { noQuery: true }),
   UPSTREAM_TIMEOUT_MS: milliseconds('UPSTREAM_TIMEOUT_MS', 180_000),
   RATE_LIMIT_RPM: positiveInt('RATE_LIMIT_RPM', 60),
   // Reads (job status and events, models, usage) per minute per key; unset: 10 x the key's rpm.
@@ -303,7 +326,7 @@ const envSchema = z.object({
   STREAM_KEEPALIVE_MS: milliseconds('STREAM_KEEPALIVE_MS', 10_000),
   // The image store: S3-compatible object storage when S3_BUCKET is set, else files under DATA_DIR.
   S3_BUCKET: optionalString,
-  S3_ENDPOINT: urlString('S3_ENDPOINT'),
+  S3_ENDPOINT: httpUrl('S3_ENDPOINT', 'http://minio:9000'),
   S3_REGION: optionalString.transform((v) => v ?? 'us-east-1'),
   S3_FORCE_PATH_STYLE: z
     .enum(['0', '1', 'true', 'false', ''], { message: 'S3_FORCE_PATH_STYLE must be 1 or 0' })
@@ -376,8 +399,8 @@ const envSchema = z.object({
   OTEL_TRACES_EXPORTER: optionalString.refine((v) => v === undefined || v === 'otlp' || v === 'none', {
     message: 'OTEL_TRACES_EXPORTER must be otlp or none (traces go out over OTLP/HTTP)',
   }),
-  OTEL_EXPORTER_OTLP_ENDPOINT: urlString('OTEL_EXPORTER_OTLP_ENDPOINT'),
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: urlString('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'),
+  OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl('OTEL_EXPORTER_OTLP_ENDPOINT', 'http://collector:4318'),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: httpUrl('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'http://collector:4318/v1/traces'),
   OTEL_EXPORTER_OTLP_PROTOCOL: otlpProtocol('OTEL_EXPORTER_OTLP_PROTOCOL'),
   OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: otlpProtocol('OTEL_EXPORTER_OTLP_TRACES_PROTOCOL'),
   OTEL_EXPORTER_OTLP_HEADERS: optionalString,

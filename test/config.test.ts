@@ -43,7 +43,7 @@ describe('configuration from the environment', () => {
     ['PORT', 'eighty', /PORT must be an integer from 1 to 65535/],
     ['UPSTREAM_TIMEOUT_MS', '-5', /UPSTREAM_TIMEOUT_MS must be a positive integer/],
     ['UPSTREAM_RETRIES', '11', /UPSTREAM_RETRIES must be an integer from 0 to 10/],
-    ['AIHUBMIX_BASE_URL', 'not a url', /AIHUBMIX_BASE_URL must be an absolute URL/],
+    ['AIHUBMIX_BASE_URL', 'not a url', /AIHUBMIX_BASE_URL must be an http\(s\) URL such as https:\/\/aihubmix\.com/],
     ['LOG_LEVEL', 'loud', /LOG_LEVEL must be one of/],
     ['GATEWAY_API_KEYS', 'nocolon', /GATEWAY_API_KEYS entry 1 must be team:key/],
   ])('a wrong %s stops the start with a message naming it', (name, value, message) => {
@@ -285,6 +285,45 @@ describe('a start that cannot work', () => {
         `${name} must be a positive integer of milliseconds, at most 2147483647 ms (about 24.8 days), got "${value}"`,
       ]);
     }
+  });
+
+  // URL.canParse alone took these: every generate then a 500 (Invalid URL) or 502, or image URLs that are no URLs.
+  it.each([
+    ['AIHUBMIX_BASE_URL', 'localhost:18900', 'https://aihubmix.com', ' (the scheme is missing: http:// or https://)'],
+    ['AIHUBMIX_BASE_URL', 'ftp://aihubmix.com', 'https://aihubmix.com', ' (not ftp://)'],
+    ['PUBLIC_BASE_URL', 'gw.example.com:443', 'https://images.example.com', ' (the scheme is missing: http:// or https://)'],
+    ['PUBLIC_BASE_URL', 'javascript:alert(1)', 'https://images.example.com', ' (not javascript://)'],
+    ['PUBLIC_BASE_URL', 'https://gw.example.com/?x=1', 'https://images.example.com', ' (no query or fragment: it is the front of every image URL)'],
+    ['S3_ENDPOINT', 'minio:9000', 'http://minio:9000', ' (the scheme is missing: http:// or https://)'],
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', 'file:///tmp/traces', 'http://collector:4318', ' (not file://)'],
+    ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'collector', 'http://collector:4318/v1/traces', ''],
+  ])('%s=%s is refused at start: it must be an http(s) URL with a host', (name, value, example, why) => {
+    const env = { [name]: value, ...(name === 'S3_ENDPOINT' ? { S3_BUCKET: 'images' } : {}) };
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    expect(() => loadConfig(env)).toThrow(`invalid configuration:\n  ${name} must be an http(s) URL such as ${example}${why}, got "${value}"`);
+  });
+
+  it('takes http(s) URLs in the URL settings, and never echoes a password in one it refuses', () => {
+    const config = loadConfig({
+      AIHUBMIX_BASE_URL: 'http://localhost:18900',
+      PUBLIC_BASE_URL: 'https://gw.example.com/images',
+      S3_BUCKET: 'images',
+      S3_ENDPOINT: 'http://minio:9000',
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'https://otlp.example.com',
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://collector:4318/v1/traces?tenant=a',
+    });
+    expect(config.AIHUBMIX_BASE_URL).toBe('http://localhost:18900');
+    expect(config.PUBLIC_BASE_URL).toBe('https://gw.example.com/images');
+    expect(() => loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'ftp://user:s3cret@collector' })).toThrow(/OTEL_EXPORTER_OTLP_ENDPOINT must be an http\(s\) URL .*got "ftp:\/\/\.\.\.@collector"/);
+    expect(() => loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'ftp://user:s3cret@collector' })).not.toThrow(/s3cret/);
+  });
+
+  it('stops the start in one line when AIHUBMIX_BASE_URL has no scheme, instead of answering every generate 500', async () => {
+    const run = await runFailingStart({ ...startEnv(), AIHUBMIX_BASE_URL: 'localhost:18900' }, { timeoutMs: 8000 });
+    expect(run.code, run.output).toBe(2);
+    expect(run.output.trim().split('\n').filter((line) => line.trim() !== 'invalid configuration:').map((line) => line.trim())).toEqual([
+      'AIHUBMIX_BASE_URL must be an http(s) URL such as https://aihubmix.com (the scheme is missing: http:// or https://), got "localhost:18900"',
+    ]);
   });
 
   it('keeps images of up to 16 KiB in their rows unless IMAGE_INLINE_MAX_BYTES says otherwise', () => {
