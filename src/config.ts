@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { MIN_CLIENT_KEY_LENGTH } from './auth/key-policy.js';
-import { CatalogueError } from './catalogue/catalogue-schema.js';
+import { CatalogueError, MAX_PRICE_PER_IMAGE_USD, perImageBound } from './catalogue/catalogue-schema.js';
 import { loadEffectiveCatalogue } from './catalogue/catalogue-file.js';
 import { MODELS } from './catalogue/models.js';
 
@@ -271,6 +271,8 @@ function parsePriceOverrides(value: string | undefined, ctx: z.RefinementCtx): R
   for (const [model, price] of Object.entries(parsed)) {
     if (typeof price !== 'number' || !Number.isFinite(price) || price < 0) {
       ctx.addIssue({ code: 'custom', message: `PRICE_OVERRIDES: the price of "${model}" must be a number of USD, 0 or more` });
+    } else if (price > MAX_PRICE_PER_IMAGE_USD) {
+      ctx.addIssue({ code: 'custom', message: `PRICE_OVERRIDES: the price of "${model}": ${perImageBound}, got ${price}` });
     }
   }
   return parsed as Record<string, number>;

@@ -326,6 +326,14 @@ describe('a start that cannot work', () => {
     ]);
   });
 
+  it('refuses a PRICE_OVERRIDES price above 1000 USD per image, naming the model', () => {
+    expect(loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1000}' }).PRICE_OVERRIDES).toEqual({ 'gpt-image-2': 1000 });
+    expect(() => loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1e308}' })).toThrow(ConfigError);
+    expect(() => loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1e308}' })).toThrow(
+      'invalid configuration:\n  PRICE_OVERRIDES: the price of "gpt-image-2": a price per image is at most 1000 USD, got 1e+308',
+    );
+  });
+
   it('keeps images of up to 16 KiB in their rows unless IMAGE_INLINE_MAX_BYTES says otherwise', () => {
     expect(loadConfig({}).IMAGE_INLINE_MAX_BYTES).toBe(16_384);
     expect(loadConfig({ IMAGE_INLINE_MAX_BYTES: '0' }).IMAGE_INLINE_MAX_BYTES).toBe(0);
