@@ -60,6 +60,11 @@ declare module 'fastify' {
     resolveHost: HostResolver;
     /** OpenTelemetry traces (src/observability/tracing.ts): `enabled` only with an OTLP endpoint configured. */
     tracing: Tracing;
+    /**
+     * What SIGHUP does: reads CATALOGUE_FILE and GATEWAY_KEYS_FILE again (those set), each served
+     * at once when it validates, else logged and the last good one kept. Never throws.
+     */
+    reloadFiles(): void;
   }
   interface FastifyRequest {
     /** What this request did; see RequestOutcome. */
@@ -200,6 +205,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.decorate('tracing', tracing);
   tracing.logTo(app.log);
   if (looseFiles.length > 0) app.log.warn({ paths: looseFiles }, 'DATA_DIR files readable by other users could not be made private (owned by another user); change their mode to 0600 (0700 for DATA_DIR)');
+  reloadOnHangup(app, config);
   if (traces) app.log.info({ endpoint: traces.url.replace(/^(\w+:\/\/)[^@/]*@/, '$1'), protocol: traces.protocol, service: traces.serviceName }, 'OpenTelemetry traces on');
   // Fastify runs onClose hooks last-registered first: this one runs after every other.
   // Lines logged after this still reach stdout: pino writes the buffer out when the process exits.
@@ -217,6 +223,31 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     throw err;
   }
   return app;
+}
+
+/**
+ * SIGHUP reloads the files that can be reloaded (app.reloadFiles), and never ends the process: Node's
+ * default for it is to terminate, and tooling sends it to reload (the README says the files are
+ * reloaded on SIGHUP), with CATALOGUE_FILE or GATEWAY_KEYS_FILE set or not. Installed here, before
+ * any plugin, for as long as the app lives; removed when it closes (its onClose hook runs last).
+ */
+function reloadOnHangup(app: FastifyInstance, config: Config): void {
+  app.decorate('reloadFiles', () => {
+    try {
+      const files = [config.CATALOGUE_FILE && 'CATALOGUE_FILE', config.GATEWAY_KEYS_FILE && 'GATEWAY_KEYS_FILE'].filter(Boolean);
+      app.log.info({ signal: 'SIGHUP', files }, files.length > 0 ? `SIGHUP: reloading ${files.join(' and ')}` : 'SIGHUP: no file to reload (CATALOGUE_FILE and GATEWAY_KEYS_FILE unset)');
+      // The catalogue first: the keys' allow-lists and fallbacks are then checked against the models it serves.
+      if (config.CATALOGUE_FILE && app.hasDecorator('reloadCatalogue')) app.reloadCatalogue();
+      if (config.GATEWAY_KEYS_FILE && app.hasDecorator('keyStore') && app.hasDecorator('catalogue')) app.keyStore.reloadFile((name) => app.catalogue.find(name));
+    } catch (err) {
+      app.log.error({ err }, 'SIGHUP: reloading failed');
+    }
+  });
+  const onHangup = () => app.reloadFiles();
+  process.on('SIGHUP', onHangup);
+  app.addHook('onClose', async () => {
+    process.off('SIGHUP', onHangup);
+  });
 }
 
 /**

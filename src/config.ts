@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { MIN_CLIENT_KEY_LENGTH } from './auth/key-policy.js';
-import { CatalogueError } from './catalogue/catalogue-schema.js';
+import { CatalogueError, MAX_PRICE_PER_IMAGE_USD, perImageBound } from './catalogue/catalogue-schema.js';
 import { loadEffectiveCatalogue } from './catalogue/catalogue-file.js';
 import { MODELS } from './catalogue/models.js';
 
@@ -47,6 +47,33 @@ function duration(name: string, fallbackSeconds: number, minSeconds = 60, maxSec
 
 const positiveInt = (name: string, fallback: number) => integer(name, fallback);
 
+/**
+ * The longest delay Node's timers take (2^31-1 ms, about 24.8 days): setTimeout/setInterval given more
+ * fire after 1 ms instead (TimeoutOverflowWarning), so a longer timeout would time out at once and a
+ * longer interval would run in a tight loop.
+ */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/** A time in milliseconds that ends up in a timer: at least `min`, at most MAX_TIMER_MS. */
+function milliseconds<F extends number | undefined>(name: string, fallback: F, min = 1) {
+  return z
+    .string()
+    .optional()
+    .transform((v, ctx): number | F => {
+      if (v === undefined || v.trim() === '') return fallback;
+      const n = Number(v);
+      if (!Number.isSafeInteger(n) || n < min || n > MAX_TIMER_MS) {
+        const least = min === 1 ? 'a positive integer of milliseconds' : `an integer of milliseconds, at least ${min}`;
+        ctx.addIssue({ code: 'custom', message: `${name} must be ${least}, at most ${MAX_TIMER_MS} ms (about 24.8 days), got "${v}"` });
+        return z.NEVER;
+      }
+      return n;
+    });
+}
+
+/** The longest IMAGE_RETENTION_DAYS: 100 years (expiry dates must stay within what a Date holds). */
+export const MAX_RETENTION_DAYS = 36_500;
+
 /** A TCP port: refused here, naming the variable, rather than by listen() with a stack trace. */
 const port = <F extends number | undefined>(name: string, fallback: F, min = 1) => integer(name, fallback, min, 65_535);
 
@@ -60,6 +87,30 @@ const optionalString = z
 
 const urlString = (name: string) =>
   optionalString.refine((v) => v === undefined || URL.canParse(v), { message: `${name} must be an absolute URL` });
+
+/** A URL as written in a message, its user and password (if any) left out. */
+const shownUrl = (v: string) => v.replace(/\/\/[^/@]*@/, '//...@');
+
+/**
+ * A URL the gateway calls or hands out: http or https with a host. `URL.canParse` alone takes
+ * "localhost:18900" (scheme "localhost:"), "ftp://..." or "javascript:...", which then fail on every request.
+ */
+const httpUrl = (name: string, example: string, opts: { noQuery?: boolean } = {}) =>
+  optionalString.superRefine((v, ctx) => {
+    if (v === undefined) return;
+    const url = URL.canParse(v) ? new URL(v) : undefined;
+    let why = '';
+    if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+      why = /^[\w.-]+:\d+(\/|$)/.test(v) ? ' (the scheme is missing: http:// or https://)' : url !== undefined ? ` (not ${url.protocol}//)` : '';
+    } else if (url.hostname === '') {
+      why = ' (no host)';
+    } else if (opts.noQuery && (url.search !== '' || url.hash !== '' || v.includes('?') || v.includes('#'))) {
+      why = ' (no query or fragment: it is the front of every image URL)';
+    } else {
+      return;
+    }
+    ctx.addIssue({ code: 'custom', message: `${name} must be an http(s) URL such as ${example}${why}, got "${shownUrl(v)}"` });
+  });
 
 /** A positive integer without a default: absent means "no limit". */
 const optionalPositiveInt = (name: string) => integer(name, undefined);
@@ -220,6 +271,8 @@ function parsePriceOverrides(value: string | undefined, ctx: z.RefinementCtx): R
   for (const [model, price] of Object.entries(parsed)) {
     if (typeof price !== 'number' || !Number.isFinite(price) || price < 0) {
       ctx.addIssue({ code: 'custom', message: `PRICE_OVERRIDES: the price of "${model}" must be a number of USD, 0 or more` });
+    } else if (price > MAX_PRICE_PER_IMAGE_USD) {
+      ctx.addIssue({ code: 'custom', message: `PRICE_OVERRIDES: the price of "${model}": ${perImageBound}, got ${price}` });
     }
   }
   return parsed as Record<string, number>;
@@ -229,19 +282,19 @@ const envSchema = z.object({
   PORT: port('PORT', 8080),
   HOST: optionalString.transform((v) => v ?? '0.0.0.0'),
   AIHUBMIX_API_KEY: optionalString,
-  AIHUBMIX_BASE_URL: urlString('AIHUBMIX_BASE_URL').transform((v) => v ?? 'https://aihubmix.com'),
+  AIHUBMIX_BASE_URL: httpUrl('AIHUBMIX_BASE_URL', 'https://aihubmix.com').transform((v) => v ?? 'https://aihubmix.com'),
   GATEWAY_API_KEYS: z.string().optional().transform((v, ctx) => parseClientKeys(v, ctx)),
   GATEWAY_KEYS_FILE: optionalString,
   GATEWAY_ADMIN_KEY: optionalString.refine((v) => v === undefined || v.length >= MIN_CLIENT_KEY_LENGTH, {
     message: `GATEWAY_ADMIN_KEY (team admin) must be at least ${MIN_CLIENT_KEY_LENGTH} characters`,
   }),
   DATA_DIR: optionalString.transform((v) => v ?? './data'),
-  PUBLIC_BASE_URL: urlString('PUBLIC_BASE_URL'),
-  UPSTREAM_TIMEOUT_MS: positiveInt('UPSTREAM_TIMEOUT_MS', 180_000),
+  PUBLIC_BASE_URL: httpUrl('PUBLIC_BASE_URL', 'https://images.example.com', { noQuery: true }),
+  UPSTREAM_TIMEOUT_MS: milliseconds('UPSTREAM_TIMEOUT_MS', 180_000),
   RATE_LIMIT_RPM: positiveInt('RATE_LIMIT_RPM', 60),
   // Reads (job status and events, models, usage) per minute per key; unset: 10 x the key's rpm.
   RATE_LIMIT_READ_RPM: optionalPositiveInt('RATE_LIMIT_READ_RPM'),
-  IMAGE_RETENTION_DAYS: positiveInt('IMAGE_RETENTION_DAYS', 7),
+  IMAGE_RETENTION_DAYS: integer('IMAGE_RETENTION_DAYS', 7, 1, MAX_RETENTION_DAYS),
   UPSTREAM_MAX_CONCURRENCY: positiveInt('UPSTREAM_MAX_CONCURRENCY', 16),
   REDIS_URL: urlString('REDIS_URL')
     .refine((v) => v === undefined || /^rediss?:\/\//.test(v), {
@@ -270,12 +323,12 @@ const envSchema = z.object({
   MAX_UPLOAD_BYTES: positiveInt('MAX_UPLOAD_BYTES', 25 * 1024 * 1024),
   // The whole of one multipart request (files, fields and framing), and the cap of a JSON edit's body.
   MAX_REQUEST_BYTES: positiveInt('MAX_REQUEST_BYTES', 64 * 1024 * 1024),
-  TASK_POLL_INTERVAL_MS: positiveInt('TASK_POLL_INTERVAL_MS', 500),
+  TASK_POLL_INTERVAL_MS: milliseconds('TASK_POLL_INTERVAL_MS', 500),
   // The longest silence in an event stream before a `: keepalive` comment (proxies cut silent connections).
-  STREAM_KEEPALIVE_MS: positiveInt('STREAM_KEEPALIVE_MS', 10_000),
+  STREAM_KEEPALIVE_MS: milliseconds('STREAM_KEEPALIVE_MS', 10_000),
   // The image store: S3-compatible object storage when S3_BUCKET is set, else files under DATA_DIR.
   S3_BUCKET: optionalString,
-  S3_ENDPOINT: urlString('S3_ENDPOINT'),
+  S3_ENDPOINT: httpUrl('S3_ENDPOINT', 'http://minio:9000'),
   S3_REGION: optionalString.transform((v) => v ?? 'us-east-1'),
   S3_FORCE_PATH_STYLE: z
     .enum(['0', '1', 'true', 'false', ''], { message: 'S3_FORCE_PATH_STYLE must be 1 or 0' })
@@ -289,20 +342,20 @@ const envSchema = z.object({
   // Worker threads for the image work of large images (decoding, hashing, encoding); 0: all on the main
   // thread. 0 by default: measured (docs/workers.md), the threads cost more CPU than they take off the main thread.
   WORKERS: integer('WORKERS', 0, 0, MAX_WORKERS),
-  RETENTION_SWEEP_INTERVAL_MS: positiveInt('RETENTION_SWEEP_INTERVAL_MS', 10 * 60 * 1000),
+  RETENTION_SWEEP_INTERVAL_MS: milliseconds('RETENTION_SWEEP_INTERVAL_MS', 10 * 60 * 1000),
   // Below this free space in DATA_DIR new generations are refused (507); unset: the smaller of 1 GiB and 5 % of the disk; 0: off.
   STORAGE_MIN_FREE_BYTES: integer('STORAGE_MIN_FREE_BYTES', undefined, 0),
   ALLOWED_IMAGE_HOSTS: hostList('ALLOWED_IMAGE_HOSTS'),
   ALLOWED_CALLBACK_HOSTS: hostList('ALLOWED_CALLBACK_HOSTS'),
-  UPSTREAM_QUEUE_TIMEOUT_MS: positiveInt('UPSTREAM_QUEUE_TIMEOUT_MS', 30_000),
+  UPSTREAM_QUEUE_TIMEOUT_MS: milliseconds('UPSTREAM_QUEUE_TIMEOUT_MS', 30_000),
   // Bytes of upstream image replies received at once per replica; past it, new calls wait in the upstream queue (docs/held-load.md).
   // At least 1 MiB: a smaller figure is almost surely meant in MiB, and would receive one render at a time.
   MAX_INFLIGHT_IMAGE_BYTES: integer('MAX_INFLIGHT_IMAGE_BYTES', 32 * 1024 * 1024, 1024 * 1024),
   UPSTREAM_RETRIES: integer('UPSTREAM_RETRIES', 2, 0, 10),
-  UPSTREAM_RETRY_BASE_MS: positiveInt('UPSTREAM_RETRY_BASE_MS', 500),
-  UPSTREAM_KEY_COOLDOWN_MS: positiveInt('UPSTREAM_KEY_COOLDOWN_MS', 300_000),
-  JOB_LEASE_MS: positiveInt('JOB_LEASE_MS', 30_000),
-  JOB_SHUTDOWN_GRACE_MS: positiveInt('JOB_SHUTDOWN_GRACE_MS', 25_000),
+  UPSTREAM_RETRY_BASE_MS: milliseconds('UPSTREAM_RETRY_BASE_MS', 500),
+  UPSTREAM_KEY_COOLDOWN_MS: milliseconds('UPSTREAM_KEY_COOLDOWN_MS', 300_000),
+  JOB_LEASE_MS: milliseconds('JOB_LEASE_MS', 30_000),
+  JOB_SHUTDOWN_GRACE_MS: milliseconds('JOB_SHUTDOWN_GRACE_MS', 25_000),
   CALLBACK_SECRET: optionalString.refine((v) => v === undefined || v.length >= 32, {
     message: 'CALLBACK_SECRET must be at least 32 characters',
   }),
@@ -327,12 +380,12 @@ const envSchema = z.object({
   CATALOGUE_FILE: optionalString,
   // Connection hygiene (src/http/connections.ts): the whole request, body included, must arrive within
   // REQUEST_TIMEOUT_MS (else 408), its headers within HEADERS_TIMEOUT_MS (default: the smaller of 30 s and it).
-  REQUEST_TIMEOUT_MS: positiveInt('REQUEST_TIMEOUT_MS', 120_000),
-  HEADERS_TIMEOUT_MS: optionalPositiveInt('HEADERS_TIMEOUT_MS'),
+  REQUEST_TIMEOUT_MS: milliseconds('REQUEST_TIMEOUT_MS', 120_000),
+  HEADERS_TIMEOUT_MS: milliseconds('HEADERS_TIMEOUT_MS', undefined),
   // Above the 60 s idle timeout of common load balancers, so the gateway is not the one to close first.
-  KEEP_ALIVE_TIMEOUT_MS: positiveInt('KEEP_ALIVE_TIMEOUT_MS', 72_000),
+  KEEP_ALIVE_TIMEOUT_MS: milliseconds('KEEP_ALIVE_TIMEOUT_MS', 72_000),
   // An idle socket is cut after this; never one whose request is being worked on (a long render, a stream).
-  CONNECTION_TIMEOUT_MS: positiveInt('CONNECTION_TIMEOUT_MS', 60_000),
+  CONNECTION_TIMEOUT_MS: milliseconds('CONNECTION_TIMEOUT_MS', 60_000),
   MAX_CONNECTIONS: positiveInt('MAX_CONNECTIONS', 1024),
   // /metrics: a bearer token, and/or a listener of its own (then /metrics is not served on PORT).
   METRICS_TOKEN: optionalString.refine((v) => v === undefined || v.length >= 32, {
@@ -348,8 +401,8 @@ const envSchema = z.object({
   OTEL_TRACES_EXPORTER: optionalString.refine((v) => v === undefined || v === 'otlp' || v === 'none', {
     message: 'OTEL_TRACES_EXPORTER must be otlp or none (traces go out over OTLP/HTTP)',
   }),
-  OTEL_EXPORTER_OTLP_ENDPOINT: urlString('OTEL_EXPORTER_OTLP_ENDPOINT'),
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: urlString('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'),
+  OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl('OTEL_EXPORTER_OTLP_ENDPOINT', 'http://collector:4318'),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: httpUrl('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'http://collector:4318/v1/traces'),
   OTEL_EXPORTER_OTLP_PROTOCOL: otlpProtocol('OTEL_EXPORTER_OTLP_PROTOCOL'),
   OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: otlpProtocol('OTEL_EXPORTER_OTLP_TRACES_PROTOCOL'),
   OTEL_EXPORTER_OTLP_HEADERS: optionalString,
@@ -362,10 +415,10 @@ const envSchema = z.object({
   OTEL_TRACES_SAMPLER_ARG: optionalString.refine((v) => v === undefined || (Number.isFinite(Number(v)) && Number(v) >= 0 && Number(v) <= 1), {
     message: 'OTEL_TRACES_SAMPLER_ARG must be a sampling ratio from 0 to 1',
   }),
-  OTEL_BSP_SCHEDULE_DELAY: optionalPositiveInt('OTEL_BSP_SCHEDULE_DELAY'),
+  OTEL_BSP_SCHEDULE_DELAY: milliseconds('OTEL_BSP_SCHEDULE_DELAY', undefined),
   OTEL_BSP_MAX_QUEUE_SIZE: optionalPositiveInt('OTEL_BSP_MAX_QUEUE_SIZE'),
   OTEL_BSP_MAX_EXPORT_BATCH_SIZE: optionalPositiveInt('OTEL_BSP_MAX_EXPORT_BATCH_SIZE'),
-  OTEL_BSP_EXPORT_TIMEOUT: optionalPositiveInt('OTEL_BSP_EXPORT_TIMEOUT'),
+  OTEL_BSP_EXPORT_TIMEOUT: milliseconds('OTEL_BSP_EXPORT_TIMEOUT', undefined),
 });
 
 export type Config = z.output<typeof envSchema>;

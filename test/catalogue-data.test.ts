@@ -96,6 +96,24 @@ describe('a catalogue entry that does not validate is refused, naming the entry 
     expect(refusal(data)).toMatch(/model "ideogram-v2": generate\.price/);
   });
 
+  // 1e308 per image loaded: then two images cost Infinity (estimated_cost_usd null, a budget "spent $NaN").
+  it('a price past its bound: per image at most 1000 USD, per million tokens at most 100000 USD, naming the model and the field', () => {
+    const data = builtin();
+    entry(data, 'ideogram-v2').generate.price = { per_image_usd: 1e308 };
+    expect(refusal(data)).toBe('catalogue: model "ideogram-v2": generate.price.per_image_usd: a price per image is at most 1000 USD, got 1e+308');
+    entry(data, 'ideogram-v2').generate.price = { per_image_usd: 1000 };
+    const byOption = builtin();
+    entry(byOption, 'ideogram-v3').generate.price.per_image_usd.QUALITY = 1000.01;
+    expect(refusal(byOption)).toMatch(/^catalogue: model "ideogram-v3": generate\.price\.per_image_usd\.QUALITY: a price per image is at most 1000 USD, got 1000\.01$/);
+    const tokens = builtin();
+    entry(tokens, 'gpt-image-1').edit.edit.price.per_million_tokens_usd.image_output = 1e6;
+    expect(refusal(tokens)).toMatch(/^catalogue: model "gpt-image-1": edit\.edit\.price\.per_million_tokens_usd\.image_output: a price per million tokens is at most 100000 USD, got 1000000$/);
+    // At the bounds: accepted.
+    entry(tokens, 'gpt-image-1').edit.edit.price.per_million_tokens_usd.image_output = 100_000;
+    entry(tokens, 'ideogram-v2').generate.price = { per_image_usd: 1000 };
+    expect(() => loadCatalogue(tokens)).not.toThrow();
+  });
+
   it('an unknown field, an unknown key header, a name given to two models', () => {
     const data = builtin();
     entry(data, 'glm-image').generate.retries = 3;

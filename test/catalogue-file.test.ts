@@ -112,6 +112,34 @@ describe('CATALOGUE_FILE at start', () => {
     }
   });
 
+  it('a price past its bound stops the start naming CATALOGUE_FILE, the model, the field and the bound', () => {
+    const cases: Array<[string, string]> = [
+      ['models:\n  - id: gpt-image-2\n    price_per_image_usd: 1e308\n', 'model "gpt-image-2": price_per_image_usd: a price per image is at most 1000 USD'],
+      ['models:\n  - id: gpt-image-2.5\n    from: gpt-image-2\n    upstream_model: gpt-image-2.5\n    price_per_image_usd: 5000\n', 'model "gpt-image-2.5": price_per_image_usd: a price per image is at most 1000 USD'],
+      [
+        'models:\n  - id: gpt-image-1\n    price_per_million_tokens_usd: { text_input: 5, image_input: 10, image_output: 1e9 }\n',
+        'model "gpt-image-1": price_per_million_tokens_usd.image_output: a price per million tokens is at most 100000 USD',
+      ],
+    ];
+    for (const [yaml, message] of cases) {
+      writeFileSync(file, yaml);
+      expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(ConfigError);
+      expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(`invalid configuration:\n  CATALOGUE_FILE ${file}: ${message}`);
+    }
+    writeFileSync(file, 'models:\n  - id: gpt-image-2\n    price_per_image_usd: 1000\n');
+    expect(() => loadConfig({ CATALOGUE_FILE: file })).not.toThrow();
+  });
+
+  it('a reload with a price past its bound is refused, and the last good catalogue keeps serving its price', async () => {
+    await start(ADD);
+    writeFileSync(file, ADD.replace('0.05', '1e308'));
+    const result = h!.app.reloadCatalogue();
+    expect(result.ok ? '' : result.error).toMatch(/model "gpt-image-2.5": price_per_image_usd: a price per image is at most 1000 USD/);
+    const res = await generate('gpt-image-2.5', { n: 2 });
+    expect(res.statusCode).toBe(200);
+    expect(res.json().usage.estimated_cost_usd).toBe(0.1);
+  });
+
   it('a path with no file, or a directory, stops the start saying so rather than as a YAML fault', () => {
     const missing = join(dir, 'missing.yaml');
     expect(() => loadConfig({ CATALOGUE_FILE: missing })).toThrow(ConfigError);

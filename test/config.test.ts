@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CONFIG_VARIABLES, ConfigError, PUBLIC_EXAMPLE_KEYS, loadConfig } from '../src/config.js';
+import { CONFIG_VARIABLES, ConfigError, MAX_TIMER_MS, PUBLIC_EXAMPLE_KEYS, loadConfig } from '../src/config.js';
 import { runFailingStart } from './gateway-process.js';
 
 /** What `npm start` needs, for the tests that start the built gateway; errors only, so its one line is all it prints. */
@@ -43,7 +43,7 @@ describe('configuration from the environment', () => {
     ['PORT', 'eighty', /PORT must be an integer from 1 to 65535/],
     ['UPSTREAM_TIMEOUT_MS', '-5', /UPSTREAM_TIMEOUT_MS must be a positive integer/],
     ['UPSTREAM_RETRIES', '11', /UPSTREAM_RETRIES must be an integer from 0 to 10/],
-    ['AIHUBMIX_BASE_URL', 'not a url', /AIHUBMIX_BASE_URL must be an absolute URL/],
+    ['AIHUBMIX_BASE_URL', 'not a url', /AIHUBMIX_BASE_URL must be an http\(s\) URL such as https:\/\/aihubmix\.com/],
     ['LOG_LEVEL', 'loud', /LOG_LEVEL must be one of/],
     ['GATEWAY_API_KEYS', 'nocolon', /GATEWAY_API_KEYS entry 1 must be team:key/],
   ])('a wrong %s stops the start with a message naming it', (name, value, message) => {
@@ -250,6 +250,88 @@ describe('a start that cannot work', () => {
       expect(() => loadConfig({ REDIS_URL: url })).not.toThrow(/s3cret/);
     }
     for (const url of ['redis://cache:6379', 'redis://cache:6379/', 'rediss://user:pw@cache:6380/15']) expect(loadConfig({ REDIS_URL: url }).REDIS_URL).toBe(url);
+  });
+
+  // Node's timers take at most 2^31-1 ms; given more they fire after 1 ms (TimeoutOverflowWarning):
+  // every generate a 504 at once, the retention sweep or lease renewal in a tight loop.
+  const timerVariables = [...CONFIG_VARIABLES.filter((name) => name.endsWith('_MS')), 'OTEL_BSP_SCHEDULE_DELAY', 'OTEL_BSP_EXPORT_TIMEOUT'];
+
+  it('takes every time that ends up in a timer up to 2147483647 ms, and refuses one ms more naming the variable and the maximum', () => {
+    expect(MAX_TIMER_MS).toBe(2 ** 31 - 1);
+    expect(timerVariables).toEqual(expect.arrayContaining(['UPSTREAM_TIMEOUT_MS', 'RETENTION_SWEEP_INTERVAL_MS', 'JOB_LEASE_MS', 'STREAM_KEEPALIVE_MS', 'JOB_SHUTDOWN_GRACE_MS', 'TASK_POLL_INTERVAL_MS', 'REQUEST_TIMEOUT_MS']));
+    for (const name of timerVariables) {
+      // HEADERS_TIMEOUT_MS may not pass REQUEST_TIMEOUT_MS: both at the maximum.
+      const most = { [name]: String(MAX_TIMER_MS), ...(name === 'HEADERS_TIMEOUT_MS' ? { REQUEST_TIMEOUT_MS: String(MAX_TIMER_MS) } : {}) };
+      expect(loadConfig(most)[name as keyof ReturnType<typeof loadConfig>], name).toBe(MAX_TIMER_MS);
+      for (const value of [String(MAX_TIMER_MS + 1), '3000000000', '1e15']) {
+        expect(() => loadConfig({ [name]: value }), `${name}=${value}`).toThrow(ConfigError);
+        expect(() => loadConfig({ [name]: value }), `${name}=${value}`).toThrow(
+          new RegExp(`^invalid configuration:\\n  ${name} must be a positive integer of milliseconds, at most 2147483647 ms \\(about 24\\.8 days\\), got "${value}"$`),
+        );
+      }
+    }
+  });
+
+  it('refuses a retention of more than 100 years (expiry dates past what a Date holds)', () => {
+    expect(loadConfig({ IMAGE_RETENTION_DAYS: '36500' }).IMAGE_RETENTION_DAYS).toBe(36_500);
+    expect(() => loadConfig({ IMAGE_RETENTION_DAYS: '1000000000' })).toThrow(/IMAGE_RETENTION_DAYS must be an integer from 1 to 36500, got "1000000000"/);
+  });
+
+  it('stops the start in one line when UPSTREAM_TIMEOUT_MS or RETENTION_SWEEP_INTERVAL_MS is past what a timer takes', async () => {
+    for (const [name, value] of [['UPSTREAM_TIMEOUT_MS', '3000000000'], ['RETENTION_SWEEP_INTERVAL_MS', '2592000000']] as const) {
+      const run = await runFailingStart({ ...startEnv(), [name]: value }, { timeoutMs: 8000 });
+      expect(run.code, run.output).toBe(2);
+      expect(run.output.trim().split('\n').filter((line) => line.trim() !== 'invalid configuration:').map((line) => line.trim())).toEqual([
+        `${name} must be a positive integer of milliseconds, at most 2147483647 ms (about 24.8 days), got "${value}"`,
+      ]);
+    }
+  });
+
+  // URL.canParse alone took these: every generate then a 500 (Invalid URL) or 502, or image URLs that are no URLs.
+  it.each([
+    ['AIHUBMIX_BASE_URL', 'localhost:18900', 'https://aihubmix.com', ' (the scheme is missing: http:// or https://)'],
+    ['AIHUBMIX_BASE_URL', 'ftp://aihubmix.com', 'https://aihubmix.com', ' (not ftp://)'],
+    ['PUBLIC_BASE_URL', 'gw.example.com:443', 'https://images.example.com', ' (the scheme is missing: http:// or https://)'],
+    ['PUBLIC_BASE_URL', 'javascript:alert(1)', 'https://images.example.com', ' (not javascript://)'],
+    ['PUBLIC_BASE_URL', 'https://gw.example.com/?x=1', 'https://images.example.com', ' (no query or fragment: it is the front of every image URL)'],
+    ['S3_ENDPOINT', 'minio:9000', 'http://minio:9000', ' (the scheme is missing: http:// or https://)'],
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', 'file:///tmp/traces', 'http://collector:4318', ' (not file://)'],
+    ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'collector', 'http://collector:4318/v1/traces', ''],
+  ])('%s=%s is refused at start: it must be an http(s) URL with a host', (name, value, example, why) => {
+    const env = { [name]: value, ...(name === 'S3_ENDPOINT' ? { S3_BUCKET: 'images' } : {}) };
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    expect(() => loadConfig(env)).toThrow(`invalid configuration:\n  ${name} must be an http(s) URL such as ${example}${why}, got "${value}"`);
+  });
+
+  it('takes http(s) URLs in the URL settings, and never echoes a password in one it refuses', () => {
+    const config = loadConfig({
+      AIHUBMIX_BASE_URL: 'http://localhost:18900',
+      PUBLIC_BASE_URL: 'https://gw.example.com/images',
+      S3_BUCKET: 'images',
+      S3_ENDPOINT: 'http://minio:9000',
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'https://otlp.example.com',
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://collector:4318/v1/traces?tenant=a',
+    });
+    expect(config.AIHUBMIX_BASE_URL).toBe('http://localhost:18900');
+    expect(config.PUBLIC_BASE_URL).toBe('https://gw.example.com/images');
+    expect(() => loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'ftp://user:s3cret@collector' })).toThrow(/OTEL_EXPORTER_OTLP_ENDPOINT must be an http\(s\) URL .*got "ftp:\/\/\.\.\.@collector"/);
+    expect(() => loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'ftp://user:s3cret@collector' })).not.toThrow(/s3cret/);
+  });
+
+  it('stops the start in one line when AIHUBMIX_BASE_URL has no scheme, instead of answering every generate 500', async () => {
+    const run = await runFailingStart({ ...startEnv(), AIHUBMIX_BASE_URL: 'localhost:18900' }, { timeoutMs: 8000 });
+    expect(run.code, run.output).toBe(2);
+    expect(run.output.trim().split('\n').filter((line) => line.trim() !== 'invalid configuration:').map((line) => line.trim())).toEqual([
+      'AIHUBMIX_BASE_URL must be an http(s) URL such as https://aihubmix.com (the scheme is missing: http:// or https://), got "localhost:18900"',
+    ]);
+  });
+
+  it('refuses a PRICE_OVERRIDES price above 1000 USD per image, naming the model', () => {
+    expect(loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1000}' }).PRICE_OVERRIDES).toEqual({ 'gpt-image-2': 1000 });
+    expect(() => loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1e308}' })).toThrow(ConfigError);
+    expect(() => loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1e308}' })).toThrow(
+      'invalid configuration:\n  PRICE_OVERRIDES: the price of "gpt-image-2": a price per image is at most 1000 USD, got 1e+308',
+    );
   });
 
   it('keeps images of up to 16 KiB in their rows unless IMAGE_INLINE_MAX_BYTES says otherwise', () => {

@@ -95,6 +95,19 @@ describe('the admin key API', () => {
     expect(res.body).not.toMatch(/Invalid input|expected \w+, received/);
   });
 
+  // 1e300 is no integer and above the range: one refusal, told once (it was twice in details).
+  it.each([
+    [{ rpm: 1e300 }, 'rpm', 'must be an integer from 1 to 1000000'],
+    [{ rpm: -1e300 }, 'rpm', 'must be an integer from 1 to 1000000'],
+    [{ images_per_day: 1e300 }, 'images_per_day', 'must be an integer from 0 to 100000000'],
+    [{ monthly_budget_usd: 1e300 }, 'monthly_budget_usd', 'must be a number from 0 to 100000000'],
+  ])('answers a mint with %j with one detail for the field', async (fields, field, message) => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', ...fields } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.message).toBe(`${field}: ${message}`);
+    expect(res.json().error.details).toEqual([expect.objectContaining({ field, message })]);
+  });
+
   it('refuses an allow-list pattern that matches no model', async () => {
     const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'x', models: ['imagen-*', 'gpt-imgae-*'] } });
     expect(res.statusCode).toBe(400);

@@ -46,7 +46,8 @@ export function modelList(one: string, many: string, max: number, min = 0) {
 export function boundedNumber(min: number, max: number, integer = true) {
   const allowed = `must be ${integer ? 'an integer' : 'a number'} from ${min} to ${max}`;
   const number = z.number({ error: allowed });
-  return (integer ? number.int(allowed) : number).min(min, allowed).max(max, allowed);
+  // Each check stops the ones after it: 1e300 is neither an integer nor within the range, and is told once.
+  return (integer ? number.int({ error: allowed, abort: true }) : number).min(min, { error: allowed, abort: true }).max(max, allowed);
 }
 
 export const policyFields = {

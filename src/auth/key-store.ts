@@ -42,13 +42,21 @@ export function loadKeysFile(path: string): Array<{ policy: KeyPolicy; key?: str
 /** Where a configured key comes from, for a message that must never show the key. */
 function keyOrigin(client: Client): string {
   if (client.source === 'file') return `key ${client.id} of the file`;
+  if (client.source === 'api') return `minted key ${client.id}`;
   return client.admin ? 'GATEWAY_ADMIN_KEY' : `GATEWAY_API_KEYS (team ${client.team})`;
+}
+
+/** A keys file entry, checked, as it goes into the key set: its policy and the key's sha256 digest. */
+interface FileKey {
+  client: Client;
+  digest: string;
 }
 
 /**
  * All client keys: GATEWAY_API_KEYS and GATEWAY_ADMIN_KEY (env), GATEWAY_KEYS_FILE (file), and keys
  * minted through the admin API (api, kept in the database as sha256 digests). A mint or revocation
- * reaches every replica at once through Redis, or within a second by polling the database.
+ * reaches every replica at once through Redis, or within a second by polling the database. The keys
+ * file is read at start and again on SIGHUP (reloadFile).
  */
 export class KeyStore {
   readonly keys = new ClientKeys();
@@ -57,6 +65,8 @@ export class KeyStore {
   private subscriber: Redis | undefined;
   /** The minted keys' rows. */
   readonly records: KeyRecords;
+  /** GATEWAY_KEYS_FILE, if set. */
+  private readonly file: string | undefined;
 
   constructor(
     config: Config,
@@ -73,32 +83,78 @@ export class KeyStore {
       this.keys.add(k.key, { id: k.id, team: k.team, admin: false, source: 'env' });
     }
     if (config.GATEWAY_ADMIN_KEY) this.keys.add(config.GATEWAY_ADMIN_KEY, { id: 'admin', team: ADMIN_TEAM, admin: true, source: 'env' });
-    if (config.GATEWAY_KEYS_FILE) {
-      for (const entry of loadKeysFile(config.GATEWAY_KEYS_FILE)) {
-        const client: Client = { ...entry.policy, source: 'file' };
-        if (this.keys.findById(client.id)) throw new ConfigError(`GATEWAY_KEYS_FILE: key id ${client.id} is used twice`);
-        if (!client.admin && isReservedTeam(client.team)) {
-          throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} has the team name "${client.team}", reserved for admin keys; give it another team (or admin: true)`);
-        }
-        const typos = patternsMatchingNothing(client.models, modelIds);
-        if (typos.length > 0) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} allows models ${typos.join(', ')}, which ${typos.length === 1 ? 'matches' : 'match'} no model the gateway serves`);
-        if (entry.key && isPublicExampleKey(entry.key)) {
-          throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} is an example key from the documentation, which is public; set a key of your own`);
-        }
-        const same = this.keys.findByDigest(entry.key ? sha256Hex(entry.key) : entry.keySha256!);
-        if (same) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} is the same key as ${keyOrigin(same)}; give each key its own`);
-        if (entry.key) this.keys.add(entry.key, client);
-        else this.keys.addDigest(entry.keySha256!, client);
+    this.file = config.GATEWAY_KEYS_FILE;
+    if (this.file) this.setFileKeys(this.readFileKeys(this.file));
+  }
+
+  /**
+   * Reads and checks the keys file: each id once (and none of GATEWAY_API_KEYS'), no reserved team,
+   * allow-lists that match a served model, no public example key, each key its own. Throws a
+   * ConfigError naming the file's entry; the keys served are not touched.
+   */
+  private readFileKeys(path: string): FileKey[] {
+    const staged: FileKey[] = [];
+    const outside = (client: Client | undefined) => (client !== undefined && client.source !== 'file' ? client : undefined);
+    for (const entry of loadKeysFile(path)) {
+      const client: Client = { ...entry.policy, source: 'file' };
+      if (staged.some((k) => k.client.id === client.id) || this.keys.findById(client.id)?.source === 'env') {
+        throw new ConfigError(`GATEWAY_KEYS_FILE: key id ${client.id} is used twice`);
       }
+      if (!client.admin && isReservedTeam(client.team)) {
+        throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} has the team name "${client.team}", reserved for admin keys; give it another team (or admin: true)`);
+      }
+      const typos = patternsMatchingNothing(client.models, this.modelIds);
+      if (typos.length > 0) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} allows models ${typos.join(', ')}, which ${typos.length === 1 ? 'matches' : 'match'} no model the gateway serves`);
+      if (entry.key && isPublicExampleKey(entry.key)) {
+        throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} is an example key from the documentation, which is public; set a key of your own`);
+      }
+      const digest = (entry.key ? sha256Hex(entry.key) : entry.keySha256!).toLowerCase();
+      const same = staged.find((k) => k.digest === digest)?.client ?? outside(this.keys.findByDigest(digest));
+      if (same) throw new ConfigError(`GATEWAY_KEYS_FILE: key ${client.id} is the same key as ${keyOrigin(same)}; give each key its own`);
+      staged.push({ client, digest });
     }
+    return staged;
+  }
+
+  /** Serves these keys as the file's, in place of the ones it had: a key no longer in the file stops working at once. */
+  private setFileKeys(staged: readonly FileKey[]): void {
+    this.keys.removeSource('file');
+    for (const { client, digest } of staged) this.keys.addDigest(digest, client);
+  }
+
+  /**
+   * Reads GATEWAY_KEYS_FILE again (on SIGHUP) and, when it passes the start's checks (`find`: a
+   * served model by id or alias, for `fallbacks`), serves its keys at once: a key removed from the
+   * file is refused from then on, on this replica. Else logs why and keeps the keys it had.
+   */
+  reloadFile(find: (name: string) => { id: string } | undefined): { ok: true } | { ok: false; error: string } {
+    const file = this.file;
+    if (!file) return { ok: false, error: 'GATEWAY_KEYS_FILE is not set' };
+    const before = new Set(this.keys.list().filter((c) => c.source === 'file').map((c) => c.id));
+    let staged: FileKey[];
+    try {
+      staged = this.readFileKeys(file);
+      this.checkFallbacks(find, file, staged.map((k) => k.client));
+    } catch (err) {
+      const error = (err as Error).message;
+      this.log.warn({ keys_file: file, reason: error }, `GATEWAY_KEYS_FILE reload refused, the keys it had keep working: ${error}`);
+      return { ok: false, error };
+    }
+    this.setFileKeys(staged);
+    const after = new Set(staged.map((k) => k.client.id));
+    this.log.info(
+      { keys_file: file, keys: after.size, removed: [...before].filter((id) => !after.has(id)), added: [...after].filter((id) => !before.has(id)) },
+      'GATEWAY_KEYS_FILE reloaded',
+    );
+    return { ok: true };
   }
 
   /**
    * The keys file's `fallbacks`: each must be a model the gateway serves (id or alias), not twice,
    * and within the key's own allow-list; else the start stops naming the file, the key and the entry.
    */
-  checkFallbacks(find: (name: string) => { id: string } | undefined, file: string): void {
-    for (const client of this.keys.list()) {
+  checkFallbacks(find: (name: string) => { id: string } | undefined, file: string, clients: readonly Client[] = this.keys.list()): void {
+    for (const client of clients) {
       const seen = new Set<string>();
       (client.fallbacks ?? []).forEach((name, i) => {
         const where = `GATEWAY_KEYS_FILE ${file}: key ${client.id}: fallbacks[${i}]`;

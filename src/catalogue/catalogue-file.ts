@@ -14,10 +14,12 @@ import { isAbsolute, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { builtinCatalogueData } from './builtin-catalogue.js';
-import { CatalogueError, loadCatalogue, outputTokensPerImageSchema } from './catalogue-schema.js';
+import { CatalogueError, MAX_PRICE_PER_IMAGE_USD, MAX_PRICE_PER_MILLION_TOKENS_USD, loadCatalogue, outputTokensPerImageSchema, perImageBound, perMillionTokensBound } from './catalogue-schema.js';
 import type { ModelSpec } from './model-spec.js';
 
 const usd = z.number().nonnegative('a price is a number of USD, 0 or more').finite();
+const perImageUsd = usd.max(MAX_PRICE_PER_IMAGE_USD, perImageBound);
+const perMillionTokensUsd = usd.max(MAX_PRICE_PER_MILLION_TOKENS_USD, perMillionTokensBound);
 
 /** The keys an overlay entry may carry besides a full declaration's. */
 const overlayEntrySchema = z.looseObject({
@@ -27,8 +29,8 @@ const overlayEntrySchema = z.looseObject({
   retired: z.literal(true, { error: 'retired is true or absent' }).optional(),
   replacement: z.string().min(1).optional(),
   disabled: z.literal(true, { error: 'disabled is true or absent' }).optional(),
-  price_per_image_usd: usd.optional(),
-  price_per_million_tokens_usd: z.strictObject({ text_input: usd, image_input: usd, image_output: usd }).optional(),
+  price_per_image_usd: perImageUsd.optional(),
+  price_per_million_tokens_usd: z.strictObject({ text_input: perMillionTokensUsd, image_input: perMillionTokensUsd, image_output: perMillionTokensUsd }).optional(),
   /** Output tokens per image by quality, for the model's token-priced routes: what a budget reserves before the call. */
   output_tokens_per_image: outputTokensPerImageSchema.optional(),
   description: z.string().optional(),

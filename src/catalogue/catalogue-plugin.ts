@@ -64,7 +64,8 @@ async function catalogue(app: FastifyInstance, options: CatalogueOptions): Promi
   if (!file) return;
 
   // Reloaded when the file changes (fs.watch, debounced; an mtime check every few seconds as a
-  // fallback: watches miss changes on some file systems and on replaced files) and on SIGHUP.
+  // fallback: watches miss changes on some file systems and on replaced files), and on SIGHUP by the
+  // app's handler (src/app.ts), which is there whether CATALOGUE_FILE is set or not.
   let debounce: NodeJS.Timeout | undefined;
   const soon = () => {
     clearTimeout(debounce);
@@ -82,13 +83,10 @@ async function catalogue(app: FastifyInstance, options: CatalogueOptions): Promi
     if (mtimeOf(file) !== lastMtime) soon();
   }, options.checkIntervalMs ?? 5000);
   poll.unref();
-  const onHangup = () => app.reloadCatalogue();
-  process.on('SIGHUP', onHangup);
   app.addHook('onClose', async () => {
     clearTimeout(debounce);
     clearInterval(poll);
     watcher?.close();
-    process.off('SIGHUP', onHangup);
   });
 }
 

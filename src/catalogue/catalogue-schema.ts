@@ -9,6 +9,17 @@ import { paramDescriptorSchema, ruleFromDescriptor } from './param-descriptors.j
 import { SPLITTING_TRANSFORMS, TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
 
 const usd = z.number().nonnegative('a price is a number of USD, 0 or more').finite();
+
+/**
+ * The most a price may say (docs/catalogue.md): far above any real one, low enough that a cost
+ * (price x images, or x tokens) stays a number to add up and compare with a budget. 1e308 per image
+ * loaded, and then n=2 cost Infinity: a null estimated_cost_usd, "has spent $NaN".
+ */
+export const MAX_PRICE_PER_IMAGE_USD = 1000;
+export const MAX_PRICE_PER_MILLION_TOKENS_USD = 100_000;
+/** Why a price over its bound is refused, for the catalogue, CATALOGUE_FILE and PRICE_OVERRIDES alike. */
+export const perImageBound = `a price per image is at most ${MAX_PRICE_PER_IMAGE_USD} USD`;
+export const perMillionTokensBound = `a price per million tokens is at most ${MAX_PRICE_PER_MILLION_TOKENS_USD} USD`;
 /** A size limit in bytes (the vendor's per-image or per-request limit). */
 const byteLimit = z.number().int().positive();
 
@@ -66,7 +77,19 @@ const priceSchema = z.union([
   z.strictObject({ per_image_usd: usd }),
   z.strictObject({ by_option: z.string().min(1), default: z.string().min(1), per_image_usd: z.record(z.string(), usd) }),
   tokenPriceSchema,
-], { error: 'a price is {per_image_usd}, {by_option, default, per_image_usd: {value: usd}} or {per_million_tokens_usd: {text_input, image_input, image_output}, output_tokens_per_image?: {quality: tokens}}' });
+], { error: 'a price is {per_image_usd}, {by_option, default, per_image_usd: {value: usd}} or {per_million_tokens_usd: {text_input, image_input, image_output}, output_tokens_per_image?: {quality: tokens}}' }).superRefine((price, ctx) => {
+  // Bounded here, after the union, so the refusal names the field and the bound (a union's own error would not).
+  const over = (value: number, max: number, bound: string, path: string[]) => {
+    if (value > max) ctx.addIssue({ code: 'custom', message: `${bound}, got ${value}`, path });
+  };
+  if ('per_million_tokens_usd' in price) {
+    for (const [field, value] of Object.entries(price.per_million_tokens_usd)) over(value, MAX_PRICE_PER_MILLION_TOKENS_USD, perMillionTokensBound, ['per_million_tokens_usd', field]);
+  } else if (typeof price.per_image_usd === 'number') {
+    over(price.per_image_usd, MAX_PRICE_PER_IMAGE_USD, perImageBound, ['per_image_usd']);
+  } else {
+    for (const [option, value] of Object.entries(price.per_image_usd)) over(value, MAX_PRICE_PER_IMAGE_USD, perImageBound, ['per_image_usd', option]);
+  }
+});
 
 const routeSchema = z.strictObject({
   family: z.enum(['predictions', 'openai-json', 'openai-multipart', 'ideogram-multipart', 'ideogram-json']),
