@@ -6,7 +6,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { access, constants, readFile, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, extname } from 'node:path';
+import { basename, dirname, extname, join, sep } from 'node:path';
 import { parseArgs } from 'node:util';
 
 const PROGRAM = 'image-gateway';
@@ -104,9 +104,10 @@ const MIME_OF: Record<string, string> = { '.png': 'image/png', '.jpg': 'image/jp
 
 /** Where image i of n goes: `-o out.png` as is for one image, `out-1.png`, `out-2.png`, ... for several; else the image's own name. */
 function outputPath(output: string | undefined, index: number, count: number, image: Json): string {
-  if (output === undefined) {
+  if (output === undefined || isFolder(output)) {
     // An image answered only inline (storage full) has no URL: named by its hash.
-    return image.url === undefined ? `img_${image.sha256}${EXTENSION_OF[image.mime_type] ?? ''}` : basename(new URL(image.url).pathname);
+    const name = image.url === undefined ? `img_${image.sha256}${EXTENSION_OF[image.mime_type] ?? ''}` : basename(new URL(image.url).pathname);
+    return output === undefined ? name : join(output, name);
   }
   const ext = extname(output);
   const stem = ext ? output.slice(0, -ext.length) : output;
@@ -114,11 +115,16 @@ function outputPath(output: string | undefined, index: number, count: number, im
   return count === 1 ? `${stem}${suffix}` : `${stem}-${index + 1}${suffix}`;
 }
 
+/** `-o renders/`: a folder, where the images keep their own names. */
+function isFolder(output: string): boolean {
+  return output.endsWith('/') || output.endsWith(sep);
+}
+
 /** Checked before anything is sent: an image paid for must have somewhere to go. */
 async function checkOutputFolder(output: string | undefined): Promise<void> {
-  const folder = dirname(output ?? 'image');
-  const isFolder = await stat(folder).then((s) => s.isDirectory(), () => false);
-  if (!isFolder) throw new CliError(`cannot save to ${output ?? folder}: the folder ${folder} does not exist`, 2);
+  const folder = output !== undefined && isFolder(output) ? output : dirname(output ?? 'image');
+  const exists = await stat(folder).then((s) => s.isDirectory(), () => false);
+  if (!exists) throw new CliError(`cannot save to ${output ?? folder}: the folder ${folder} does not exist`, 2);
   await access(folder, constants.W_OK).catch(() => {
     throw new CliError(`cannot save to ${output ?? folder}: the folder ${folder} is not writable`, 2);
   });
@@ -310,7 +316,7 @@ const IMAGE_OPTIONS_HELP = `  -m, --model <id>            a catalogue id or alia
       --size <WxH|auto|1K..>  --aspect-ratio <W:H>  --quality <q>  --seed <int>
       --negative-prompt <t>   --style <s>  --output-format <png|jpeg|webp>  --background <b>
       --option key=value      a model-specific upstream option (repeatable; value read as JSON when it parses)
-  -o, --output <file>         where to save: out.png, or out-1.png, out-2.png, ... when n > 1
+  -o, --output <file>         where to save: out.png, or out-1.png, out-2.png, ... when n > 1; a folder/ keeps their names
                               (default: the image's own name, img_<sha256>.<ext>, in this directory)
       --timeout <seconds>     stop waiting after this long (default 900; the job goes on at the gateway)
   -h, --help                  this help`;
@@ -457,7 +463,7 @@ runs, then downloads the images and prints the saved paths on stdout.
   -n <count>                  number of images, 1..the model's max n
       --seed <int>
       --option key=value      a model-specific option, e.g. magic_prompt_option=OFF (repeatable)
-  -o, --output <file>         where to save: out.png, or out-1.png, out-2.png, ... when n > 1
+  -o, --output <file>         where to save: out.png, or out-1.png, out-2.png, ... when n > 1; a folder/ keeps their names
       --timeout <seconds>     stop waiting after this long (default 900; the job goes on at the gateway)
   -h, --help                  this help
 

@@ -58,6 +58,23 @@ describe('a body of a type the route does not read', () => {
     expect(body.error).toMatchObject({ code: 'unsupported_media_type', request_id: res.headers.get('x-request-id') });
   });
 
+  it('answers a request for no route 404 whatever its body type', async () => {
+    for (const [method, path] of [['POST', '/v1/nonexistent'], ['PUT', '/v1/generate'], ['PATCH', '/v1/keys/abc']]) {
+      const res = await h.fetch(`${h.base}${path}`, { method, headers: { ...admin, 'content-type': 'text/plain' }, body: 'x' });
+      expect(res.status, `${method} ${path}`).toBe(404);
+      expect(((await res.json()) as any).error.code).toBe('not_found');
+    }
+  });
+
+  it('takes an empty DELETE body sent with a Content-Type as no body, as browsers send it', async () => {
+    for (const type of ['text/plain;charset=UTF-8', 'application/json']) {
+      const minted = await post('/v1/keys', { ...admin, 'content-type': 'application/json' }, JSON.stringify({ team: 'empty-delete' }));
+      expect(minted.status).toBe(201);
+      const res = await h.fetch(`${h.base}/v1/keys/${minted.body.id}`, { method: 'DELETE', headers: { ...admin, 'content-type': type }, body: '' });
+      expect(res.status, type).toBe(204);
+    }
+  });
+
   it('answers text/plain to the OpenAI façade with 415 in OpenAI’s error shape', async () => {
     const res = await post('/v1/images/generations', { ...client, 'content-type': 'text/plain; charset=utf-8' }, '{"model":"gpt-image-1","prompt":"a deer"}');
     expect(res.status).toBe(415);

@@ -138,6 +138,26 @@ describe('generate', () => {
     expect(submissions()).toHaveLength(0);
   });
 
+  it('-o folder/ saves into that folder under the images’ own names, and refuses one that does not exist before sending', async () => {
+    const missing = await cli(['generate', '-m', 'gpt-image-1', '-o', 'renders/', 'A deer']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toBe('image-gateway: cannot save to renders/: the folder renders/ does not exist\n');
+    expect(submissions()).toHaveLength(0);
+    mkdirSync(join(workDir, 'renders'));
+    try {
+      const run = await cli(['generate', '-m', 'gpt-image-1', '-n', '2', '-o', 'renders/', 'A deer']);
+      expect(run.code).toBe(0);
+      const files = run.stdout.trim().split('\n');
+      expect(files).toHaveLength(2);
+      for (const file of files) {
+        expect(file).toMatch(/^renders\/img_[0-9a-f]{64}\.png$/);
+        expect(readFileSync(join(workDir, file)).subarray(0, 8).toString('hex')).toBe(PNG_MAGIC);
+      }
+    } finally {
+      rmSync(join(workDir, 'renders'), { recursive: true, force: true });
+    }
+  });
+
   it('an image that cannot be written is reported with its URL, not a stack trace', async () => {
     mkdirSync(join(workDir, 'taken.png'));
     try {

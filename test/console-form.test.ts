@@ -259,6 +259,8 @@ describe('the playground checking a chosen file before showing or sending it', (
     }
     const mislabelled = await checkImageFile(new File([jpeg], 'photo.png', { type: 'image/png' }));
     expect('image' in mislabelled && mislabelled.image.type).toBe('image/jpeg');
+    // Retyped, it keeps its name: the upload's filename.
+    expect('image' in mislabelled && (mislabelled.image as File).name).toBe('photo.png');
   });
 });
 

@@ -30,5 +30,6 @@ export async function checkImageFile(file: Blob & { name?: string }): Promise<{ 
   if (!DECLARED_OK.has(file.type.toLowerCase())) return refused;
   const type = sniffImageType(new Uint8Array(await file.slice(0, 12).arrayBuffer()));
   if (!type) return refused;
-  return { image: file.type === type ? file : new Blob([file], { type }) };
+  // Retyped by its bytes, keeping its name for the upload.
+  return { image: file.type === type ? file : file.name ? new File([file], file.name, { type }) : new Blob([file], { type }) };
 }

@@ -76,10 +76,10 @@ export interface StyleReferenceInput {
   maxTotalBytes?: number;
 }
 
-/** The option under which a JSON request gives its style reference images, and the multipart file field. */
 /** The model recorded (usage, metrics) for a request naming no model of the catalogue: no model may take this name. */
 export const UNKNOWN_MODEL = 'unknown';
 
+/** The option under which a JSON request gives its style reference images, and the multipart file field. */
 export const STYLE_REFERENCES_FIELD = 'style_reference_images';
 
 export interface MaskInput {

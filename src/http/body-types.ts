@@ -53,6 +53,13 @@ export function wrongBodyType(request: FastifyRequest): GatewayError {
  */
 export function refuseOtherBodyTypes(app: FastifyInstance): void {
   app.addHook('preParsing', async (request, _reply, payload) => {
+    // A request for no route is answered 404 whatever its body.
+    if (request.is404) return payload;
+    // An empty DELETE body with a Content-Type (browsers' fetch(url, {method: 'DELETE', body: ''})) is no body: Fastify would otherwise try to parse it.
+    const length = request.headers['content-length'];
+    if (!BODY_METHODS.has(request.method) && (length === undefined || length === '0') && request.headers['transfer-encoding'] === undefined) {
+      delete request.headers['content-type'];
+    }
     if (!BODY_METHODS.has(request.method) || !carriesBody(request)) return payload;
     const header = request.headers['content-type'];
     const type = typeof header === 'string' ? header.split(';', 1)[0]!.trim().toLowerCase() : '';
