@@ -112,6 +112,36 @@ describe('GET /metrics', () => {
     expect(valueOf(samples, 'gateway_jobs', { state: 'failed' })).toBe(0);
   });
 
+  it('shows the usage records not committed yet, while the database holds their commit', async () => {
+    const db = h.app.db;
+    const batch = db.batch.bind(db);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let holding = false;
+    db.batch = async (statements) => {
+      if (statements.some((s) => s.sql.startsWith('INSERT INTO usage_records'))) {
+        holding = true;
+        await held;
+      }
+      return batch(statements);
+    };
+    try {
+      expect(valueOf(await scrape(h), 'gateway_usage_records_pending')).toBe(0);
+      const answered = generate(h, { model: 'gpt-image-1', prompt: 'held record' });
+      for (let i = 0; i < 200 && !holding; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(holding).toBe(true);
+      // The generation's record, and the scrape's own once it answers, wait behind the held commit.
+      expect(valueOf(await scrape(h), 'gateway_usage_records_pending')).toBeGreaterThanOrEqual(1);
+      release();
+      expect((await answered).statusCode).toBe(200);
+    } finally {
+      release();
+      db.batch = batch;
+    }
+    for (let i = 0; i < 200 && h.app.usageLog.pending > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(valueOf(await scrape(h), 'gateway_usage_records_pending')).toBe(0);
+  });
+
   it('labels refusals by the limit that refused them', async () => {
     const minted = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'limited', rpm: 1, images_per_day: 1 } });
     const auth = { authorization: `Bearer ${minted.json().key}` };

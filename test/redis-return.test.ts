@@ -86,17 +86,23 @@ describe.skipIf(redisProblem !== undefined)('limits when Redis goes away and com
 
   const generate = (h: Harness) => h.app.inject({ method: 'POST', url: '/v1/generate', headers: auth, payload: { model: 'gpt-image-1', prompt: 'counted' } });
   const limitsMode = async (h: Harness) => (await h.app.inject({ method: 'GET', url: '/readyz' })).json().checks.limits;
+  const localFallbackGauge = async (h: Harness) => {
+    const exposition = (await h.app.inject({ method: 'GET', url: '/metrics' })).body;
+    return Number(/^gateway_limits_local_fallback (\d+)$/m.exec(exposition)?.[1]);
+  };
 
   it('count locally while Redis is cut, and in Redis again once it is back, shared with the other replica', async () => {
     // 1 in Redis.
     expect((await generate(a)).statusCode).toBe(200);
     expect(await limitsMode(a)).toBe('redis');
+    expect(await localFallbackGauge(a)).toBe(0);
 
     link.cut();
     await until(() => a.app.redis!.status !== 'ready', 'the replica to see Redis gone');
     // Counted in this replica only (Redis still 1).
     expect((await generate(a)).statusCode).toBe(200);
     expect(await limitsMode(a)).toBe('memory (redis unavailable)');
+    expect(await localFallbackGauge(a)).toBe(1);
     expect(a.logs.filter((l) => /REDIS_URL redis:\/\/127\.0\.0\.1:\d+\S* is unavailable \(.+\): limits are now counted in this replica only/.test(l))).toHaveLength(1);
 
     link.sent.length = 0;
@@ -108,6 +114,7 @@ describe.skipIf(redisProblem !== undefined)('limits when Redis goes away and com
     // Back in Redis: 2.
     expect((await generate(a)).statusCode).toBe(200);
     expect(await limitsMode(a)).toBe('redis');
+    expect(await localFallbackGauge(a)).toBe(0);
     expect(a.logs.filter((l) => /REDIS_URL redis:\/\/127\.0\.0\.1:\d+\S* answers again: limits are shared between replicas again/.test(l))).toHaveLength(1);
 
     // The other replica counts on the same Redis counter: 3 is the limit, the 4th is refused. Had

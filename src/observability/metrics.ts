@@ -232,6 +232,27 @@ function storageGauges(registry: Registry, pressure: StoragePressure): void {
   });
 }
 
+/** What an outage of the database or of Redis leaves behind, read at scrape time. */
+function backlogGauges(registry: Registry, usageLog: { readonly pending: number }, counters: { readonly mode: string }): void {
+  const registers = [registry];
+  new Gauge({
+    name: 'gateway_usage_records_pending',
+    help: 'Usage records this replica has not committed yet (queued, or in a commit): they grow while the database refuses writes, and are retried.',
+    registers,
+    collect() {
+      this.set(usageLog.pending);
+    },
+  });
+  new Gauge({
+    name: 'gateway_limits_local_fallback',
+    help: '1 while REDIS_URL is set but Redis is unavailable and this replica counts the limits alone (seeded from the usage records, not shared with the others), else 0.',
+    registers,
+    collect() {
+      this.set(counters.mode === 'memory (redis unavailable)' ? 1 : 0);
+    },
+  });
+}
+
 /** Whether an Authorization header holds the bearer token, compared in constant time (of the hashes, so lengths do not show). */
 export function bearerMatches(authorization: string | undefined, token: string): boolean {
   const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
@@ -278,6 +299,7 @@ async function metrics(app: FastifyInstance): Promise<void> {
   app.jobs.observeFallback = (fallback) => gatewayMetrics.observeFallback(fallback);
   inflightImageGauges(gatewayMetrics.registry, app.upstream.replyBytes);
   storageGauges(gatewayMetrics.registry, app.storagePressure);
+  backlogGauges(gatewayMetrics.registry, app.usageLog, app.counters);
   const { METRICS_TOKEN: token, METRICS_PORT: port, METRICS_HOST: host } = app.config;
 
   if (port === undefined) {
@@ -323,4 +345,4 @@ async function metrics(app: FastifyInstance): Promise<void> {
 }
 
 /** Prometheus metrics at GET /metrics: on the main listener, or on METRICS_HOST:METRICS_PORT alone. */
-export const metricsPlugin = fp(metrics, { name: 'metrics', dependencies: ['catalogue', 'upstream', 'jobs', 'images'] });
+export const metricsPlugin = fp(metrics, { name: 'metrics', dependencies: ['catalogue', 'upstream', 'jobs', 'images', 'usage', 'limits'] });
