@@ -174,6 +174,19 @@ describe.skipIf(postgresProblem !== undefined)('PostgreSQL that stops answering 
     expect(record).toMatchObject({ status: 503, error_code: 'service_unavailable', images_returned: 0 });
   });
 
+  it('a black hole is found by the gateway itself, without /readyz: a statement left unanswered has the database pinged', async () => {
+    expect(await ready()).toBe(true);
+    link.set('blackhole');
+    const start = Date.now();
+    // The key poll's statement (every second) goes unanswered; the ping it calls for, on a connection of its own, too.
+    await until(async () => !h.app.db.reachable, 'the database known to be unreachable', 10_000);
+    expect(Date.now() - start).toBeLessThan(5000);
+    await refusedWhileDown();
+    link.set('forward');
+    await until(ready, '/readyz 200 again');
+    expect((await generate()).statusCode).toBe(200);
+  });
+
   it('with connections refused: the same refusal, and back once they are taken again', async () => {
     link.set('refuse');
     // Found by the gateway's own statements (the key poll's) and the ping they call for, without /readyz.

@@ -452,7 +452,10 @@ export interface PostgresTimeouts {
    * the connection is discarded, and the pool opens a fresh one for the next statement.
    */
   queryMs?: number;
-  /** How often the database is tried again while it is unreachable, so it comes back by itself (2 s). */
+  /**
+   * How often the database is pinged while it is unreachable, so it comes back by itself; also how
+   * long a statement may go unanswered before the database is pinged to see whether it is there (2 s).
+   */
   probeIntervalMs?: number;
   /** How long close() waits for statements in flight before cutting their connections (5 s). */
   closeMs?: number;
@@ -572,11 +575,17 @@ export class PostgresDatabase implements Database {
    */
   private async observed<T>(statement: () => Promise<T>): Promise<T> {
     if (this.down !== undefined) throw new DatabaseUnreachable(this.down);
+    // One still unanswered after probeIntervalMs has the database pinged too: a network gone silent
+    // is found in seconds, not once the statement's own limit is out.
+    const slow = setTimeout(() => this.verify(), this.timeouts.probeIntervalMs);
+    slow.unref();
     try {
       return await statement();
     } catch (err) {
       this.failed(err);
       throw err;
+    } finally {
+      clearTimeout(slow);
     }
   }
 
