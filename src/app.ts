@@ -37,6 +37,7 @@ import { usagePlugin } from './usage/usage-routes.js';
 import { metricsPlugin } from './observability/metrics.js';
 import { bufferedStdout } from './observability/log-destination.js';
 import { databasePlugin, openGatewayDatabase } from './storage/database-plugin.js';
+import type { PostgresTimeouts } from './storage/database.js';
 import { redisPlugin } from './storage/redis-plugin.js';
 import type { FreeSpaceProbe } from './images/storage-pressure.js';
 import { connectionOptions, connectionsPlugin, trackRequests } from './http/connections.js';
@@ -84,6 +85,8 @@ export interface AppOptions {
   resolveHost?: HostResolver;
   /** How often client keys are re-read from the database (1 s by default); a test sets it long to prove Redis alone carries a revocation. */
   keyPollIntervalMs?: number;
+  /** PostgreSQL's connect, statement and probe limits (src/storage/database.ts's defaults unless given); tests make them short. */
+  postgresTimeouts?: PostgresTimeouts;
   /** The pause before a job's callback is tried again (1 s, 5 s, 25 s by default); a test records it instead. */
   callbackWait?: (ms: number, signal: AbortSignal) => Promise<void>;
   /** The clock browser tokens are minted and expire by (Date.now by default); a test moves it past a token's expiry. */
@@ -103,6 +106,8 @@ const trustHops = (hops: number) => (_address: string, hop: number) => hop < hop
 
 /** The default body limit: every JSON route but a JSON edit's (see jsonEditBodyLimit) takes a prompt and a few fields. */
 const BODY_LIMIT = 1024 * 1024;
+/** How long /readyz waits for the database's SELECT 1: past it, `database: unavailable` (503). */
+const READINESS_PING_MS = 2000;
 
 /** Headers that describe a route's answer (its body, caching, ranges), dropped when it fails instead; the error handler sets its own type. */
 const REPRESENTATION_HEADERS = ['content-type', 'content-length', 'content-disposition', 'content-range', 'accept-ranges', 'etag', 'last-modified', 'cache-control'] as const;
@@ -330,7 +335,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
   await app.register(redisPlugin);
   // Opened out here: avvio gives a plugin 10 s to load, and an unreachable PostgreSQL may take
   // longer to fail; it must fail with its ConfigError.
-  await app.register(databasePlugin, { db: await openGatewayDatabase(config, app.log) });
+  await app.register(databasePlugin, { db: await openGatewayDatabase(config, app.log, options.postgresTimeouts) });
   await app.register(workersPlugin, { workers: options.imageWorkers });
   await app.register(imagesPlugin, { freeSpaceProbe: options.freeSpaceProbe });
   await app.register(upstreamPlugin);
@@ -349,7 +354,8 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     const [storage, database] = await Promise.all([
       // Under pressure (DATA_DIR below STORAGE_MIN_FREE_BYTES: `full`; S3 refusing writes: `unavailable`) new generations are refused.
       app.storagePressure.state !== 'ok' ? app.storagePressure.state : app.storagePressure.storeReady().then((ready) => (ready ? 'ok' : 'unavailable')),
-      app.db.ping().then(() => 'ok', () => 'unavailable'),
+      // Within READINESS_PING_MS: a database that does not answer (a black hole) is as unavailable as one that refuses.
+      app.db.ping(READINESS_PING_MS).then(() => 'ok', () => 'unavailable'),
     ]);
     const ready = storage === 'ok' && database === 'ok';
     // Limits degrade to per-replica counting without Redis; that is reported, not fatal.

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { GenerationPipeline } from './generation-pipeline.js';
 import { ImageDescription } from './image-description.js';
+import { refuseIfDatabaseUnreachable } from '../storage/database-plugin.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -25,6 +26,7 @@ async function generationPipeline(app: FastifyInstance): Promise<void> {
       defaultRpm: config.RATE_LIMIT_RPM,
       keepPrompts: config.LOG_PROMPTS,
       storage: app.storagePressure,
+      database: { refuseIfUnreachable: () => refuseIfDatabaseUnreachable(app.db) },
       callbackRefusal: app.jobCallbacks.callbackRefusal,
       ...(config.PUBLIC_BASE_URL ? { publicBaseUrl: config.PUBLIC_BASE_URL } : {}),
     }),
@@ -34,5 +36,5 @@ async function generationPipeline(app: FastifyInstance): Promise<void> {
 
 export const generationPipelinePlugin = fp(generationPipeline, {
   name: 'generation-pipeline',
-  dependencies: ['catalogue', 'image-generation', 'limits', 'jobs', 'job-callbacks', 'upstream'],
+  dependencies: ['database', 'catalogue', 'image-generation', 'limits', 'jobs', 'job-callbacks', 'upstream'],
 });

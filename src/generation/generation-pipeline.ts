@@ -111,6 +111,8 @@ export interface GenerationPipelineDeps {
   publicBaseUrl?: string;
   /** Refuses (507 storage_full) while image storage is full or unavailable: nothing is sent upstream then. */
   storage?: { refuseIfPressed(): void };
+  /** Refuses (503 service_unavailable) while the database is known to be unreachable: nothing is sent upstream then. */
+  database?: { refuseIfUnreachable(): void };
   /** Why a job's callback URL may not be called (the egress policy, as at delivery), or undefined. */
   callbackRefusal?: (url: URL) => Promise<string | undefined>;
 }
@@ -171,6 +173,8 @@ export class GenerationPipeline {
     if (this.deps.keepPrompts && request.prompt !== '') outcome.prompt = request.prompt;
     // First: an image that cannot be stored would be paid for and lost.
     this.deps.storage?.refuseIfPressed();
+    // Nor kept where the database is out of reach: its rows, its job, its cost would be lost.
+    this.deps.database?.refuseIfUnreachable();
     // With images still to read, what does not need their bytes is checked first (the same checks again once they are read).
     let prepared = call.loadImages ? undefined : await this.deps.generation.prepare(request);
     const { model, route, mode } = prepared ?? this.deps.generation.check(request);

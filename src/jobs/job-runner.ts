@@ -225,7 +225,8 @@ export class JobRunner {
     await Promise.allSettled([...this.active.values()].map((j) => j.done));
     this.stopDeliveries.abort();
     await Promise.allSettled([...this.deliveries]);
-    await this.records.releaseLeases(this.instanceId);
+    // A database out of reach does not stop the stop: the leases then run out by themselves, and another replica takes the jobs over after that.
+    await this.records.releaseLeases(this.instanceId).catch((err: unknown) => this.o.log.warn({ err }, 'giving up this replica’s job leases failed; they expire by themselves and another replica takes the jobs over then'));
   }
 
   /**

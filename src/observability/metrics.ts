@@ -127,7 +127,13 @@ export class GatewayMetrics {
       registers: [this.registry],
       async collect() {
         if (!jobCounts) return;
-        for (const [state, n] of Object.entries(await jobCounts())) this.set({ state }, n);
+        // A database out of reach leaves this gauge out of the scrape; the rest is still answered.
+        const counts = await jobCounts().catch(() => undefined);
+        if (!counts) {
+          this.reset();
+          return;
+        }
+        for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
       },
     });
     new Gauge({
@@ -290,8 +296,21 @@ function metricsListener(registry: Registry, token: string | undefined): Server 
   return server;
 }
 
+/** How long a scrape waits for the job counts (a query): a scraper's own timeout is often 10 s. */
+const JOB_COUNTS_MS = 2000;
+
+/** The job counts, or a failure at once while the database is unreachable, or past `ms`. */
+function jobCountsWithin(app: FastifyInstance, ms: number): Promise<Record<string, number>> {
+  if (!app.db.reachable) return Promise.reject(new Error('the database is unreachable'));
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    app.jobs.counts(),
+    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no job counts within ${ms} ms`)), ms))),
+  ]).finally(() => clearTimeout(timer));
+}
+
 async function metrics(app: FastifyInstance): Promise<void> {
-  const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth, () => app.jobs.counts());
+  const gatewayMetrics = new GatewayMetrics(app.catalogue, () => app.upstream.queueDepth, () => jobCountsWithin(app, JOB_COUNTS_MS));
   app.decorate('metrics', gatewayMetrics);
   app.upstream.observeQueueWait = (seconds, outcome) => gatewayMetrics.upstreamQueueWait.observe({ outcome }, seconds);
   app.upstream.observeReplyWait = (seconds, outcome) => gatewayMetrics.inflightImageWait.observe({ outcome }, seconds);
@@ -345,4 +364,4 @@ async function metrics(app: FastifyInstance): Promise<void> {
 }
 
 /** Prometheus metrics at GET /metrics: on the main listener, or on METRICS_HOST:METRICS_PORT alone. */
-export const metricsPlugin = fp(metrics, { name: 'metrics', dependencies: ['catalogue', 'upstream', 'jobs', 'images', 'usage', 'limits'] });
+export const metricsPlugin = fp(metrics, { name: 'metrics', dependencies: ['database', 'catalogue', 'upstream', 'jobs', 'images', 'usage', 'limits'] });

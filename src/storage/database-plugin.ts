@@ -1,7 +1,8 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { ConfigError, type Config } from '../config.js';
-import { openDatabase, type Database } from './database.js';
+import { GatewayError } from '../errors.js';
+import { openDatabase, type Database, type PostgresTimeouts } from './database.js';
 import { GroupCommit } from './group-commit.js';
 
 declare module 'fastify' {
@@ -14,12 +15,17 @@ declare module 'fastify' {
 }
 
 /** Opens the database and checks that it answers; if it cannot, a ConfigError names the setting to change. */
-export async function openGatewayDatabase(config: Config, log: FastifyBaseLogger): Promise<Database> {
+export async function openGatewayDatabase(config: Config, log: FastifyBaseLogger, postgresTimeouts?: PostgresTimeouts): Promise<Database> {
   let db: Database | undefined;
   try {
     db = openDatabase(config, {
       onCheckpointerLost: (err) => log.warn({ err }, 'the SQLite checkpoint thread stopped; checkpoints run inside commits again (slower, with pauses)'),
       onThreadLost: (err) => log.warn({ err }, 'the SQLite thread stopped; every statement runs on the event loop again (slower under load)'),
+      ...(postgresTimeouts ? { postgresTimeouts } : {}),
+      onReachability: (reachable, err) => {
+        if (reachable) log.info('DATABASE_URL: the PostgreSQL database answers again; new generations are taken again');
+        else log.error({ err }, `DATABASE_URL: the PostgreSQL database cannot be reached (${(err as Error | undefined)?.message ?? 'no answer'}); new generations are refused with 503 until it answers (tried every few seconds)`);
+      },
     });
     await db.ping();
     return db;
@@ -33,6 +39,21 @@ export async function openGatewayDatabase(config: Config, log: FastifyBaseLogger
         : `DATA_DIR: the SQLite database in ${config.DATA_DIR} cannot be opened: ${reason}`,
     );
   }
+}
+
+/** Seconds a client refused while the database is unreachable is told to wait (Retry-After). */
+export const DATABASE_RETRY_AFTER_SECONDS = 5;
+
+/**
+ * Throws 503 service_unavailable while the database is known to be unreachable: before anything is
+ * sent upstream, since the result (its image rows, the job, the usage record with its cost) could
+ * not be kept, and a paid image would be lost.
+ */
+export function refuseIfDatabaseUnreachable(db: Database): void {
+  if (db.reachable) return;
+  throw new GatewayError('service_unavailable', 'the gateway cannot reach its database, so what a generation makes could not be kept; nothing was sent upstream (nothing is charged): retry later', {
+    retryAfter: DATABASE_RETRY_AFTER_SECONDS,
+  });
 }
 
 async function database(app: FastifyInstance, { db }: { db: Database }): Promise<void> {

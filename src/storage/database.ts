@@ -36,7 +36,14 @@ export interface Database extends Statements {
    */
   batch(statements: BatchStatement[]): Promise<BatchResult[]>;
   migrate(migrations: Migration[]): Promise<void>;
-  ping(): Promise<void>;
+  /** A trivial statement; with `timeoutMs`, failed past it (a database that does not answer counts as down). */
+  ping(timeoutMs?: number): Promise<void>;
+  /**
+   * False while the database is known to be unreachable: from a failure to reach it (refused, cut,
+   * timed out) until a ping succeeds (the one it then runs every few seconds, or /readyz's); its
+   * statements meanwhile fail at once (PostgreSQL's DatabaseUnreachable). SQLite: always true.
+   */
+  readonly reachable: boolean;
   close(): Promise<void>;
 }
 
@@ -405,6 +412,9 @@ export class SqliteDatabase implements Database {
     this.connection.migrate(migrations);
   }
 
+  /** A file on this machine: never unreachable the way a server is (its failures are the disk's). */
+  readonly reachable = true;
+
   async ping(): Promise<void> {
     this.refuseIfClosed();
     this.connection.get('SELECT 1', []);
@@ -421,26 +431,174 @@ export class SqliteDatabase implements Database {
   }
 }
 
+/**
+ * How long PostgreSQL may take, fixed defaults an operator rarely needs to change (the tests pass
+ * short ones). Without them a network that stops answering (a black hole: packets dropped, no
+ * refusal) held every pooled connection and every request that touched the database forever:
+ * /readyz and /metrics never answered, the pool never recovered, a stop never finished.
+ */
+export interface PostgresTimeouts {
+  /** A new connection, and a wait for a free one of the pool: past it, an error (5 s). */
+  connectMs?: number;
+  /**
+   * The server cancels a statement running longer (`statement_timeout`, 30 s): the gateway's are
+   * point reads and writes of a few rows, and the hourly sweeps delete an hour's expired rows by an
+   * index; the migrations run on a connection of their own, with no limit.
+   */
+  statementMs?: number;
+  /**
+   * The client gives up on an answer that does not come (`query_timeout`, statementMs + 5 s): the
+   * server's own cancel comes first while it is reachable; past this the network is taken for dead,
+   * the connection is discarded, and the pool opens a fresh one for the next statement.
+   */
+  queryMs?: number;
+  /**
+   * How often the database is pinged while it is unreachable, so it comes back by itself; also how
+   * long a statement may go unanswered before the database is pinged to see whether it is there (2 s).
+   */
+  probeIntervalMs?: number;
+  /** How long close() waits for statements in flight before cutting their connections (5 s). */
+  closeMs?: number;
+}
+
+const POSTGRES_DEFAULTS = { connectMs: 5000, statementMs: 30_000, probeIntervalMs: 2000, closeMs: 5000 };
+
+/**
+ * Whether a failure means the database could not be reached (the connection refused, cut or timed
+ * out; the server shutting down), not a fault of a statement: a server's error with a SQLSTATE other
+ * than class 08 (connection exception) or 57P01-57P03 (shutdown, cannot connect now) is the
+ * statement's, as is its own statement_timeout cancel (57014: the server answered).
+ */
+export function isUnreachable(err: unknown): boolean {
+  if (err instanceof pg.DatabaseError) return /^(08|57P0[123])/.test(err.code ?? '');
+  return err instanceof Error;
+}
+
+/** A statement not tried: the database is known to be unreachable (`cause`: the failure that showed it). */
+export class DatabaseUnreachable extends Error {
+  constructor(cause: unknown) {
+    super(`the database cannot be reached (${(cause as Error | undefined)?.message ?? 'no answer'}); statements fail at once until it answers again`, { cause });
+    this.name = 'DatabaseUnreachable';
+  }
+}
+
 export class PostgresDatabase implements Database {
   readonly dialect = 'postgres' as const;
   private readonly pool: pg.Pool;
+  private readonly timeouts: Required<PostgresTimeouts>;
+  private readonly clients = new Set<pg.Client>();
+  private down: unknown = undefined;
+  private probeTimer: NodeJS.Timeout | undefined;
+  private probing = false;
+  /** The ping's own connection (see ping), and the ping in flight. */
+  private pingClient: pg.Client | undefined;
+  private pinging: Promise<void> | undefined;
+  private closed = false;
 
-  constructor(connectionString: string) {
-    this.pool = new pg.Pool({ connectionString, max: 10 });
-    // An idle client's error (server restart) must not crash the process; the next query reconnects.
-    this.pool.on('error', () => {});
+  /**
+   * `onReachability` hears when the database becomes unreachable (with the failure that showed it)
+   * and when it answers again.
+   */
+  constructor(
+    private readonly connectionString: string,
+    options: { timeouts?: PostgresTimeouts; onReachability?: (reachable: boolean, err?: unknown) => void } = {},
+  ) {
+    // DATABASE_URL's own `statement_timeout` (and `query_timeout`) parameters win over these (pg
+    // reads them from the URL): the client's limit then follows the server's, not cutting it short.
+    const inUrl = (name: string) => {
+      const value = Number(URL.parse(connectionString)?.searchParams.get(name) ?? NaN);
+      return Number.isFinite(value) && value >= 0 ? value : undefined;
+    };
+    const statementMs = inUrl('statement_timeout') ?? options.timeouts?.statementMs ?? POSTGRES_DEFAULTS.statementMs;
+    // 0 is no limit, for pg as for PostgreSQL.
+    const queryMs = inUrl('query_timeout') ?? options.timeouts?.queryMs ?? (statementMs === 0 ? 0 : statementMs + 5000);
+    this.timeouts = { ...POSTGRES_DEFAULTS, ...options.timeouts, statementMs, queryMs };
+    this.onReachability = options.onReachability;
+    this.pool = new pg.Pool({
+      connectionString,
+      max: 10,
+      connectionTimeoutMillis: this.timeouts.connectMs,
+      statement_timeout: this.timeouts.statementMs,
+      query_timeout: this.timeouts.queryMs,
+      // A peer gone silent (a NAT or firewall dropping the connection) is found by TCP itself.
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
+    this.pool.on('connect', (client) => this.clients.add(client));
+    this.pool.on('remove', (client) => this.clients.delete(client));
+    // An idle client's error (server restart, connection cut) must not crash the process; the pool
+    // drops that client, and the next statement connects again. It may mean the database is gone: a ping tells.
+    this.pool.on('error', () => this.verify());
+  }
+
+  private readonly onReachability: ((reachable: boolean, err?: unknown) => void) | undefined;
+
+  /** False from a ping that failed (the probe's, or /readyz's) until one succeeds again. */
+  get reachable(): boolean {
+    return this.down === undefined;
+  }
+
+  /**
+   * A statement could not reach the database: a ping tells whether it is away (one lost connection
+   * is not an outage, and a pool busy to its limit is not the database away).
+   */
+  private failed(err: unknown): void {
+    if (isUnreachable(err)) this.verify();
+  }
+
+  /**
+   * Pings the database at once, then every probeIntervalMs while it fails: a database that was
+   * away is found back without any traffic.
+   */
+  private verify(): void {
+    if (this.probing || this.closed) return;
+    this.probing = true;
+    const attempt = () => {
+      this.probeTimer = undefined;
+      this.ping(this.timeouts.connectMs).then(
+        () => (this.probing = false),
+        () => {
+          if (this.closed) return;
+          this.probeTimer = setTimeout(attempt, this.timeouts.probeIntervalMs);
+          this.probeTimer.unref();
+        },
+      );
+    };
+    attempt();
+  }
+
+  /**
+   * Runs `statement`; a failure to reach the database has it pinged. While it is known to be
+   * unreachable, fails at once (DatabaseUnreachable) without trying: each statement would otherwise
+   * wait out its timeout in turn (a stop's writes one after another, a request's reads), and the
+   * probe finds the database back.
+   */
+  private async observed<T>(statement: () => Promise<T>): Promise<T> {
+    if (this.down !== undefined) throw new DatabaseUnreachable(this.down);
+    // One still unanswered after probeIntervalMs has the database pinged too: a network gone silent
+    // is found in seconds, not once the statement's own limit is out.
+    const slow = setTimeout(() => this.verify(), this.timeouts.probeIntervalMs);
+    slow.unref();
+    try {
+      return await statement();
+    } catch (err) {
+      this.failed(err);
+      throw err;
+    } finally {
+      clearTimeout(slow);
+    }
   }
 
   async run(sql: string, params: SqlValue[] = []): Promise<number> {
-    return (await this.pool.query(sql, params)).rowCount ?? 0;
+    return (await this.observed(() => this.pool.query(sql, params))).rowCount ?? 0;
   }
 
   async all<T>(sql: string, params: SqlValue[] = []): Promise<T[]> {
-    return (await this.pool.query(sql, params)).rows as T[];
+    return (await this.observed(() => this.pool.query(sql, params))).rows as T[];
   }
 
   async get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
-    return (await this.pool.query(sql, params)).rows[0] as T | undefined;
+    return (await this.observed(() => this.pool.query(sql, params))).rows[0] as T | undefined;
   }
 
   batch(statements: BatchStatement[]): Promise<BatchResult[]> {
@@ -453,27 +611,37 @@ export class PostgresDatabase implements Database {
 
   /** BEGIN ... COMMIT on a client of the pool's own, returned to it after. */
   async transaction<T>(fn: (tx: Statements) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
+    const client = await this.observed(() => this.pool.connect());
+    // A connection left in no known state (a failed BEGIN, COMMIT or ROLLBACK; a statement that
+    // could not reach the server) is not given back to the pool.
+    let broken: Error | undefined;
+    const query = async (sql: string, params: SqlValue[] = []) => {
+      try {
+        return await this.observed(() => client.query(sql, params));
+      } catch (err) {
+        if (isUnreachable(err)) broken ??= err as Error;
+        throw err;
+      }
+    };
     const tx: Statements = {
       dialect: 'postgres',
-      run: async (sql, params = []) => (await client.query(sql, params)).rowCount ?? 0,
-      all: async <R>(sql: string, params: SqlValue[] = []) => (await client.query(sql, params)).rows as R[],
-      get: async <R>(sql: string, params: SqlValue[] = []) => (await client.query(sql, params)).rows[0] as R | undefined,
+      run: async (sql, params = []) => (await query(sql, params)).rowCount ?? 0,
+      all: async <R>(sql: string, params: SqlValue[] = []) => (await query(sql, params)).rows as R[],
+      get: async <R>(sql: string, params: SqlValue[] = []) => (await query(sql, params)).rows[0] as R | undefined,
     };
-    // A connection left in no known state (a failed BEGIN, COMMIT or ROLLBACK) is not given back to the pool.
-    let broken: Error | undefined;
     try {
-      await client.query('BEGIN').catch((err: Error) => {
+      await query('BEGIN').catch((err: Error) => {
         throw (broken = err);
       });
       let result: T;
       try {
         result = await fn(tx);
       } catch (err) {
-        await client.query('ROLLBACK').catch((rollbackFailed: Error) => (broken = rollbackFailed));
+        // Not on a connection already lost: the ROLLBACK would wait its own timeout behind the lost statement.
+        if (!broken) await query('ROLLBACK').catch((rollbackFailed: Error) => (broken = rollbackFailed));
         throw err;
       }
-      await client.query('COMMIT').catch((err: Error) => {
+      await query('COMMIT').catch((err: Error) => {
         throw (broken = err);
       });
       return result;
@@ -482,8 +650,15 @@ export class PostgresDatabase implements Database {
     }
   }
 
+  /**
+   * On a connection of its own, without the statement timeouts: a migration may rewrite a large
+   * table, and waits for another replica's to finish (the advisory lock).
+   */
   async migrate(migrations: Migration[]): Promise<void> {
-    const client = await this.pool.connect();
+    const client = new pg.Client({ connectionString: this.connectionString, connectionTimeoutMillis: this.timeouts.connectMs, keepAlive: true, keepAliveInitialDelayMillis: 10_000 });
+    // An error of the connection while idle between statements is the next statement's to report.
+    client.on('error', () => {});
+    await client.connect();
     try {
       // One migrator at a time across replicas.
       await client.query('SELECT pg_advisory_lock(7314159)');
@@ -503,23 +678,115 @@ export class PostgresDatabase implements Database {
       }
     } finally {
       await client.query('SELECT pg_advisory_unlock(7314159)').catch(() => {});
-      client.release();
+      // Not waited for: a peer gone silent would never answer the goodbye. Ending the session releases the lock too.
+      void client.end().catch(() => {});
     }
   }
 
-  async ping(): Promise<void> {
-    await this.pool.query('SELECT 1');
+  /**
+   * SELECT 1 on a connection of its own (not the pool's: a pool busy to its limit is not the
+   * database away), answered within `timeoutMs` or failed, and the database marked unreachable
+   * until a ping succeeds: one that does not answer is reported as fast as one that refuses.
+   * Pings at once share one try.
+   */
+  ping(timeoutMs = this.timeouts.connectMs): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('the database is closed'));
+    const shared = (this.pinging ??= this.selectOne(timeoutMs).finally(() => (this.pinging = undefined)));
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`the database did not answer within ${timeoutMs} ms`)), timeoutMs);
+    });
+    return Promise.race([shared, deadline]).then(
+      () => {
+        clearTimeout(timer);
+        this.markUp();
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        this.markDown(err);
+        throw err;
+      },
+    );
   }
 
+  private markUp(): void {
+    if (this.down === undefined) return;
+    this.down = undefined;
+    this.onReachability?.(true);
+  }
+
+  private markDown(err: unknown): void {
+    if (this.closed) return;
+    const was = this.down === undefined;
+    this.down = err;
+    if (was) this.onReachability?.(false, err);
+    this.verify();
+  }
+
+  /** SELECT 1 on the ping's connection; a kept one that fails (closed while idle, say) is replaced by a fresh one, tried once. */
+  private async selectOne(timeoutMs: number): Promise<void> {
+    const selectOn = (client: pg.Client) => client.query({ text: 'SELECT 1', query_timeout: timeoutMs } as pg.QueryConfig);
+    const kept = this.pingClient;
+    if (kept) {
+      try {
+        await selectOn(kept);
+        return;
+      } catch {
+        this.dropPingClient(kept);
+      }
+    }
+    if (this.closed) throw new Error('the database is closed');
+    const client = new pg.Client({ connectionString: this.connectionString, connectionTimeoutMillis: timeoutMs, keepAlive: true, keepAliveInitialDelayMillis: 10_000 });
+    // Reported by its next ping.
+    client.on('error', () => {});
+    this.pingClient = client;
+    try {
+      await client.connect();
+      await selectOn(client);
+    } catch (err) {
+      this.dropPingClient(client);
+      throw err;
+    }
+  }
+
+  /** Ends the ping's connection (at once if a statement is in flight on it); the next ping opens another. */
+  private dropPingClient(client: pg.Client): void {
+    if (this.pingClient === client) this.pingClient = undefined;
+    void client.end().catch(() => {});
+  }
+
+  /** Waits closeMs for the statements in flight, then cuts their connections: a stop stays bounded. */
   async close(): Promise<void> {
-    await this.pool.end();
+    this.closed = true;
+    clearTimeout(this.probeTimer);
+    void this.pingClient?.end().catch(() => {});
+    const ended = this.pool.end();
+    let timer: NodeJS.Timeout | undefined;
+    const inTime = await Promise.race([ended.then(() => true), new Promise<false>((resolve) => (timer = setTimeout(resolve, this.timeouts.closeMs, false)))]);
+    clearTimeout(timer);
+    if (inTime) return;
+    // end() on a client with a statement in flight destroys its socket: the statement fails, and the pool lets the client go.
+    for (const client of this.clients) void client.end().catch(() => {});
+    await ended;
   }
 }
 
 export function openDatabase(
   config: { DATABASE_URL?: string | undefined; DATA_DIR: string },
-  options: { onCheckpointerLost?: (err: Error | undefined) => void; onThreadLost?: (err: Error | undefined) => void } = {},
+  options: {
+    onCheckpointerLost?: (err: Error | undefined) => void;
+    onThreadLost?: (err: Error | undefined) => void;
+    /** PostgreSQL's limits (the defaults of PostgresTimeouts unless given). */
+    postgresTimeouts?: PostgresTimeouts;
+    /** PostgreSQL became unreachable (with why), or answers again. */
+    onReachability?: (reachable: boolean, err?: unknown) => void;
+  } = {},
 ): Database {
-  if (config.DATABASE_URL) return new PostgresDatabase(config.DATABASE_URL);
+  if (config.DATABASE_URL) {
+    return new PostgresDatabase(config.DATABASE_URL, {
+      ...(options.postgresTimeouts ? { timeouts: options.postgresTimeouts } : {}),
+      ...(options.onReachability ? { onReachability: options.onReachability } : {}),
+    });
+  }
   return new SqliteDatabase(`${config.DATA_DIR.replace(/\/+$/, '')}/gateway.sqlite`, options);
 }

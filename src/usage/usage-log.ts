@@ -207,11 +207,15 @@ export class UsageLog implements CommitSource {
 
   /**
    * Queues a record and resolves once it is committed, or after `maxWaitMs` if the database has
-   * not taken it by then (it stays queued and is retried; a warning says so). Never rejects.
+   * not taken it by then (it stays queued and is retried; a warning says so), or at once while the
+   * database is known to be unreachable. Never rejects.
    */
   record(record: UsageRecord): Promise<void> {
     const entry = this.enqueue(record);
     if (!entry) return Promise.resolve();
+    // A database known to be out of reach would only hold the answer for maxWaitMs: it goes out at
+    // once (a 503 refusal, mostly), and the record stays queued, retried until the database is back.
+    if (!this.db.reachable) return Promise.resolve();
     return this.capped(entry.committed, () =>
       this.log.warn({ request_id: record.requestId, pending: this.pending }, `usage record not committed within ${this.maxWaitMs} ms; answering anyway, it stays queued and is retried`),
     );
