@@ -143,6 +143,9 @@ describe.skipIf(postgresProblem !== undefined)('PostgreSQL that stops answering 
     const { value: metrics, ms: metricsMs } = await timed(h.app.inject({ method: 'GET', url: '/metrics' }));
     expect(metrics.statusCode).toBe(200);
     expect(metricsMs).toBeLessThan(3000);
+    // An operator sees it, and the records waiting for the database.
+    expect(metrics.body).toMatch(/^gateway_database_unreachable 1$/m);
+    expect(Number(/^gateway_usage_records_pending (\d+)$/m.exec(metrics.body)?.[1])).toBeGreaterThanOrEqual(1);
     expect((await h.app.inject({ method: 'GET', url: '/healthz' })).statusCode).toBe(200);
     return refused.json().error.request_id as string;
   }
@@ -165,6 +168,7 @@ describe.skipIf(postgresProblem !== undefined)('PostgreSQL that stops answering 
 
     link.set('forward');
     await until(ready, '/readyz 200 again');
+    expect((await h.app.inject({ method: 'GET', url: '/metrics' })).body).toMatch(/^gateway_database_unreachable 0$/m);
     // The pool works again (not 10 connections stuck in it): generations one after another, and at once.
     for (let i = 0; i < 3; i++) expect((await generate()).statusCode).toBe(200);
     expect((await Promise.all(Array.from({ length: 12 }, generate))).map((r) => r.statusCode)).toEqual(Array(12).fill(200));

@@ -239,8 +239,16 @@ function storageGauges(registry: Registry, pressure: StoragePressure): void {
 }
 
 /** What an outage of the database or of Redis leaves behind, read at scrape time. */
-function backlogGauges(registry: Registry, usageLog: { readonly pending: number }, counters: { readonly mode: string }): void {
+function backlogGauges(registry: Registry, usageLog: { readonly pending: number }, counters: { readonly mode: string }, db: { readonly reachable: boolean }): void {
   const registers = [registry];
+  new Gauge({
+    name: 'gateway_database_unreachable',
+    help: '1 while the database (DATABASE_URL) is known to be unreachable and new generations are refused with 503, else 0 (always 0 on SQLite).',
+    registers,
+    collect() {
+      this.set(db.reachable ? 0 : 1);
+    },
+  });
   new Gauge({
     name: 'gateway_usage_records_pending',
     help: 'Usage records this replica has not committed yet (queued, or in a commit): they grow while the database refuses writes, and are retried.',
@@ -318,7 +326,7 @@ async function metrics(app: FastifyInstance): Promise<void> {
   app.jobs.observeFallback = (fallback) => gatewayMetrics.observeFallback(fallback);
   inflightImageGauges(gatewayMetrics.registry, app.upstream.replyBytes);
   storageGauges(gatewayMetrics.registry, app.storagePressure);
-  backlogGauges(gatewayMetrics.registry, app.usageLog, app.counters);
+  backlogGauges(gatewayMetrics.registry, app.usageLog, app.counters, app.db);
   const { METRICS_TOKEN: token, METRICS_PORT: port, METRICS_HOST: host } = app.config;
 
   if (port === undefined) {
