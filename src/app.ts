@@ -241,9 +241,15 @@ function reloadOnHangup(app: FastifyInstance, config: Config): void {
     try {
       const files = [config.CATALOGUE_FILE && 'CATALOGUE_FILE', config.GATEWAY_KEYS_FILE && 'GATEWAY_KEYS_FILE'].filter(Boolean);
       app.log.info({ signal: 'SIGHUP', files }, files.length > 0 ? `SIGHUP: reloading ${files.join(' and ')}` : 'SIGHUP: no file to reload (CATALOGUE_FILE and GATEWAY_KEYS_FILE unset)');
+      const reloadCatalogue = () => (config.CATALOGUE_FILE && app.hasDecorator('reloadCatalogue') ? app.reloadCatalogue().ok : true);
       // The catalogue first: the keys' allow-lists and fallbacks are then checked against the models it serves.
-      if (config.CATALOGUE_FILE && app.hasDecorator('reloadCatalogue')) app.reloadCatalogue();
-      if (config.GATEWAY_KEYS_FILE && app.hasDecorator('keyStore') && app.hasDecorator('catalogue')) app.keyStore.reloadFile((name) => app.catalogue.find(name));
+      const catalogueReloaded = reloadCatalogue();
+      if (config.GATEWAY_KEYS_FILE && app.hasDecorator('keyStore') && app.hasDecorator('catalogue')) {
+        const keysReloaded = app.keyStore.reloadFile((name) => app.catalogue.find(name)).ok;
+        // One edit of both files (a model dropped with the keys that named it): the catalogue, refused
+        // for the old keys, is tried again against the new ones.
+        if (!catalogueReloaded && keysReloaded && reloadCatalogue()) app.log.info('SIGHUP: CATALOGUE_FILE reloaded once GATEWAY_KEYS_FILE was');
+      }
     } catch (err) {
       app.log.error({ err }, 'SIGHUP: reloading failed');
     }

@@ -102,6 +102,25 @@ describe('SIGHUP in the app (reloadFiles)', () => {
     expect(await status(ADMIN_KEY)).toBe(200);
   });
 
+  it('takes one edit of both files: a model dropped from the catalogue with the key that allowed it', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'gw-hup-'));
+    const keys = join(dir, 'keys.yaml');
+    const catalogue = join(dir, 'catalogue.yaml');
+    const withModels = (models: string[]) => `${keysFile(['kept', KEPT])}    models: [${models.join(', ')}]\n`;
+    writeFileSync(catalogue, 'models:\n  - id: house-style\n    from: gpt-image-1\n    upstream_model: house-style\n');
+    writeFileSync(keys, withModels(['gpt-image-1', 'house-style']));
+    h = await startHarness({ GATEWAY_KEYS_FILE: keys, CATALOGUE_FILE: catalogue });
+    const served = () => h!.app.catalogue.find('house-style') !== undefined;
+    expect(served()).toBe(true);
+    // Alone, the new catalogue strands the key's allow-list: refused. With the new keys file, taken.
+    writeFileSync(catalogue, 'models: []\n');
+    writeFileSync(keys, withModels(['gpt-image-1']));
+    process.emit('SIGHUP', 'SIGHUP');
+    expect(served()).toBe(false);
+    expect(h.app.keyStore.keys.list().find((c) => c.id === 'kept')?.models).toEqual(['gpt-image-1']);
+    expect(h.logs.some((line) => line.includes('SIGHUP: CATALOGUE_FILE reloaded once GATEWAY_KEYS_FILE was'))).toBe(true);
+  });
+
   it('the handler goes with the app', async () => {
     const before = process.listenerCount('SIGHUP');
     h = await startHarness();
