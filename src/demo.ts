@@ -12,7 +12,7 @@ let demoConfig: Config | undefined;
 async function main(): Promise<void> {
   const simulatorKey = `sim-${randomBytes(12).toString('hex')}`;
   // Async tasks take a few seconds, so a client can watch their progress.
-  const simulator = await startUpstreamSimulator({ apiKey: simulatorKey, taskReadyAfterMs: 4000 });
+  const simulator = await startUpstreamSimulator({ apiKey: simulatorKey, taskReadyAfterMs: 4000, distinctImages: true });
   const env: NodeJS.ProcessEnv = { ...process.env, AIHUBMIX_BASE_URL: simulator.url, AIHUBMIX_API_KEY: simulatorKey };
   let demoKey: string | undefined;
   // GATEWAY_KEYS_FILE's keys work beside it: the printed curl must work as it is.

@@ -766,3 +766,31 @@ describe('faults asked for in the prompt', () => {
     }
   });
 });
+
+describe('distinct images (the demo)', () => {
+  it('makes every render its own bytes, coloured by its prompt as before, inline and at a URL', async () => {
+    const demo = await startUpstreamSimulator({ apiKey: API_KEY, distinctImages: true });
+    try {
+      const inline = async () => {
+        const res = await fetch(`${demo.url}/v1/models/opanai/gpt-image-1/predictions`, { method: 'POST', headers: { 'content-type': 'application/json', ...BEARER }, body: JSON.stringify({ input: { prompt: 'a red fox' } }) });
+        return Buffer.from((await readJson(res)).output.b64_json[0].bytesBase64, 'base64');
+      };
+      const [first, second] = [await inline(), await inline()];
+      expect(first.equals(second)).toBe(false);
+      const colour = colourForPrompt('a red fox');
+      for (const png of [first, second]) {
+        expect(await firstPixel(png)).toEqual([colour.r, colour.g, colour.b]);
+        expect((await sharp(png).metadata()).width).toBe(64);
+      }
+      const atUrl = async () => {
+        const res = await fetch(`${demo.url}/v1/models/ideogram/V3/predictions`, { method: 'POST', headers: { 'content-type': 'application/json', ...BEARER }, body: JSON.stringify({ input: { prompt: 'a red fox' } }) });
+        return download((await readJson(res)).output[0].url);
+      };
+      const [one, two] = [await atUrl(), await atUrl()];
+      expect(one.equals(two)).toBe(false);
+      expect(await firstPixel(one)).toEqual([colour.r, colour.g, colour.b]);
+    } finally {
+      await demo.close();
+    }
+  });
+});

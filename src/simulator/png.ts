@@ -37,6 +37,16 @@ export function solidPng(colour: Rgb): Buffer {
   return png;
 }
 
+/**
+ * `colour`'s PNG made distinct by `serial` in a tEXt chunk: the same picture, other bytes, as two
+ * renders of one prompt never match byte for byte (the store is content-addressed). Not cached.
+ */
+export function distinctSolidPng(colour: Rgb, serial: number): Buffer {
+  const png = solidPng(colour);
+  const iend = png.length - 12;
+  return Buffer.concat([png.subarray(0, iend), pngChunk('tEXt', Buffer.from(`Comment\u0000simulated render ${serial}`, 'latin1')), png.subarray(iend)]);
+}
+
 export function pngForPrompt(prompt: string, index = 0): Buffer {
   return solidPng(colourForPrompt(prompt, index));
 }

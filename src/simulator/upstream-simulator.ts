@@ -4,7 +4,7 @@ import type { ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import multipart from '@fastify/multipart';
-import { colourForPrompt, solidPng, type Rgb } from './png.js';
+import { colourForPrompt, distinctSolidPng, solidPng, type Rgb } from './png.js';
 
 export interface RecordedFile {
   field: string;
@@ -88,6 +88,12 @@ export interface SimulatorOptions {
   taskReadyAfterMs?: number;
   /** Delay before every API answer; default 0. */
   latencyMs?: number;
+  /**
+   * Every image made carries a serial number, so no two renders share their bytes, as with a real
+   * model (the demo: its gallery shows each generation). Off by default: tests tell an image by its
+   * prompt's bytes.
+   */
+  distinctImages?: boolean;
   /** The clock for task readiness, URL expiry and `received[].at`; default Date.now (tests pass one they move by hand). */
   now?: () => number;
   /** How the `latencyMs` delay is waited; default a timer (a test passes one it releases by hand). */
@@ -130,6 +136,8 @@ interface SimulatedTask {
 
 interface ServedFile {
   colour: Rgb;
+  /** Its serial number, when images are made distinct. */
+  serial?: number;
   expiresAt: number;
 }
 
@@ -146,6 +154,8 @@ class SimulatorState {
   private pendingTaskErrors = 0;
   holdTasks = false;
   pollFaults = 0;
+  distinctImages = false;
+  private rendered = 0;
 
   constructor(
     readonly apiKey: string | undefined,
@@ -224,12 +234,17 @@ class SimulatorState {
     this.forgetExpiredFiles(now);
     const name = `${randomUUID()}.png`;
     const expiresAt = now + this.urlTtlMs;
-    this.files.set(name, { colour: colourForPrompt(prompt, index), expiresAt });
+    this.files.set(name, { colour: colourForPrompt(prompt, index), ...(this.distinctImages ? { serial: ++this.rendered } : {}), expiresAt });
     return `${this.baseUrl}/sim/files/${name}?exp=${expiresAt}`;
   }
 
   imageBase64(prompt: string, index: number): string {
-    return solidPng(colourForPrompt(prompt, index)).toString('base64');
+    return this.png(colourForPrompt(prompt, index)).toString('base64');
+  }
+
+  png(colour: Rgb, serial?: number): Buffer {
+    if (!this.distinctImages) return solidPng(colour);
+    return distinctSolidPng(colour, serial ?? ++this.rendered);
   }
 
   createTask(prompt: string, outcome: SimulatedTask['outcome']): { taskId: string; polling_url: string } {
@@ -256,6 +271,7 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
     opts.now,
     opts.wait,
   );
+  sim.distinctImages = opts.distinctImages ?? false;
   sim.extraApiKeys = opts.extraApiKeys ?? [];
   sim.brokeApiKeys = opts.brokeApiKeys ?? [];
 
@@ -278,7 +294,7 @@ export async function startUpstreamSimulator(opts: SimulatorOptions = {}): Promi
     if (!file || file.expiresAt <= sim.now()) {
       return reply.code(404).send({ error: 'file not found or expired' });
     }
-    return reply.type('image/png').send(solidPng(file.colour));
+    return reply.type('image/png').send(file.serial === undefined ? solidPng(file.colour) : distinctSolidPng(file.colour, file.serial));
   });
 
   await app.register(async (api) => {
