@@ -1,3 +1,5 @@
+// First: SIGHUP must not end the process while the rest loads.
+import './hangup-guard.js';
 import { randomBytes } from 'node:crypto';
 import { loadConfig, type Config } from './config.js';
 import { serve, startupProblem } from './server.js';

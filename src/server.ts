@@ -1,3 +1,5 @@
+// First: SIGHUP must not end the process while the rest loads.
+import './hangup-guard.js';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';

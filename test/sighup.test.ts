@@ -2,8 +2,8 @@
  * SIGHUP never ends the gateway (Node's default for it is to terminate): it reloads what can be
  * reloaded, CATALOGUE_FILE and GATEWAY_KEYS_FILE, whichever is set, and does nothing more otherwise.
  */
-import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -45,6 +45,20 @@ describe('SIGHUP to a gateway process', () => {
     expect(models.status).toBe(200);
     await vi.waitFor(() => expect(gateway.output()).toMatch(/"signal":"SIGHUP".*SIGHUP: no file to reload/), { timeout: 5000, interval: 50 });
   }, 30_000);
+
+  it('does not end a gateway still loading: the entry points take SIGHUP before anything else loads', async () => {
+    // The guard, alone in a process: a SIGHUP after it is survived.
+    const guard = new URL('../dist/hangup-guard.js', import.meta.url).pathname;
+    const script = `await import(${JSON.stringify(guard)}); process.kill(process.pid, 'SIGHUP'); setTimeout(() => console.log('alive'), 200);`;
+    const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 10_000 });
+    expect(run.signal).toBeNull();
+    expect(run.stdout.trim()).toBe('alive');
+    // And each entry point imports it first, before the modules that take time to load.
+    for (const entry of ['server.js', 'demo.js']) {
+      const firstImport = /^import\s[^;]*;/m.exec(readFileSync(new URL(`../dist/${entry}`, import.meta.url), 'utf8'))?.[0];
+      expect(firstImport, entry).toBe("import './hangup-guard.js';");
+    }
+  });
 
   it('reloads GATEWAY_KEYS_FILE: a key removed from the file is refused (401) at once after the HUP, the others still work', async () => {
     dir = mkdtempSync(join(tmpdir(), 'gw-hup-'));
