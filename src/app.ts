@@ -36,8 +36,8 @@ import { newOutcome, type RequestOutcome } from './usage/request-outcome.js';
 import { usagePlugin } from './usage/usage-routes.js';
 import { metricsPlugin } from './observability/metrics.js';
 import { bufferedStdout } from './observability/log-destination.js';
-import { databasePlugin, openGatewayDatabase } from './storage/database-plugin.js';
-import type { PostgresTimeouts } from './storage/database.js';
+import { DATABASE_RETRY_AFTER_SECONDS, databasePlugin, openGatewayDatabase } from './storage/database-plugin.js';
+import { DatabaseUnreachable, type PostgresTimeouts } from './storage/database.js';
 import { redisPlugin } from './storage/redis-plugin.js';
 import type { FreeSpaceProbe } from './images/storage-pressure.js';
 import { connectionOptions, connectionsPlugin, trackRequests } from './http/connections.js';
@@ -114,6 +114,17 @@ const REPRESENTATION_HEADERS = ['content-type', 'content-length', 'content-dispo
 
 const MALFORMED_MULTIPART =
   /^(Unexpected end of multipart data|Multipart: Boundary not found|Boundary required|\w+ terminated early due to unexpected end of multipart data|The needle cannot have a length bigger than 256\.)$/;
+
+/**
+ * Any request that failed for want of its database (a statement not tried, or tried while the
+ * database is known to be out of reach) is a 503 to retry, not an internal error: nothing is wrong
+ * with the request, and generations were refused before anything went upstream.
+ */
+function databaseOutOfReach(app: FastifyInstance, err: unknown): GatewayError | undefined {
+  if (err instanceof GatewayError || err instanceof UpstreamFailure) return undefined;
+  if (!(err instanceof DatabaseUnreachable) && (!app.hasDecorator('db') || app.db.reachable)) return undefined;
+  return new GatewayError('service_unavailable', 'the gateway cannot reach its database just now: retry later', { retryAfter: DATABASE_RETRY_AFTER_SECONDS, cause: err });
+}
 
 /** Fastify's own errors (bad JSON, body too large, ...) in the gateway's terms; `bodyLimit` and `contentType`: the request's. */
 function asGatewayError(err: unknown, bodyLimit?: number, contentType?: string): GatewayError {
@@ -314,7 +325,7 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
       app.recordAbandonedRequest(request, err instanceof ClientGone ? 'client disconnected; upstream call aborted' : `client disconnected; then: ${asGatewayError(err).code}`);
       return reply.status(499).send();
     }
-    const gw = asGatewayError(err, request.routeOptions.bodyLimit, request.headers['content-type']);
+    const gw = databaseOutOfReach(app, err) ?? asGatewayError(err, request.routeOptions.bodyLimit, request.headers['content-type']);
     app.noteFailure(request, gw);
     // What a route set to describe the answer it meant to send (an image's ETag, its immutable
     // Cache-Control) must not describe this error: a cache would keep the error as that image.

@@ -147,6 +147,13 @@ describe.skipIf(postgresProblem !== undefined)('PostgreSQL that stops answering 
     expect(metrics.body).toMatch(/^gateway_database_unreachable 1$/m);
     expect(Number(/^gateway_usage_records_pending (\d+)$/m.exec(metrics.body)?.[1])).toBeGreaterThanOrEqual(1);
     expect((await h.app.inject({ method: 'GET', url: '/healthz' })).statusCode).toBe(200);
+    // Requests that need the database are a 503 to retry too, not an internal error.
+    for (const [method, url] of [['GET', '/v1/usage'], ['GET', '/v1/images'], ['GET', '/v1/jobs/job_none'], ['POST', '/v1/tokens']] as const) {
+      const res = await h.app.inject({ method, url, headers: h.auth, ...(method === 'POST' ? { payload: {} } : {}) });
+      expect(res.statusCode, `${method} ${url}: ${res.body}`).toBe(503);
+      expect(res.headers['retry-after']).toBe('5');
+      expect(res.json().error).toMatchObject({ code: 'service_unavailable', message: expect.stringMatching(/database/) });
+    }
     return refused.json().error.request_id as string;
   }
 
