@@ -164,6 +164,22 @@ describe('size for a model that takes its shape as aspect_ratio', () => {
     expect(submissions()[1]!.json).toEqual({ input: { prompt: 'a lake' } });
   });
 
+  it('small sides are a ratio too: 9x16 sends 9x16 to ideogram-v3, 21x9 sends its reduced 7:3 to FLUX', async () => {
+    await client.images.generate({ model: 'ideogram-v3', prompt: 'a tall poster', size: '9x16' as '1024x1024' });
+    await client.images.generate({ model: 'flux-kontext-pro', prompt: 'a wide lake', size: '21x9' as '1024x1024' });
+    expect(submissions()[0]!.fields).toMatchObject({ aspect_ratio: '9x16' });
+    expect(submissions()[1]!.json).toEqual({ input: { prompt: 'a wide lake', aspect_ratio: '7:3' } });
+  });
+
+  it('auto on a route that takes no shape at all (an ideogram-v3 masked edit) is the model’s default, not a refusal', async () => {
+    const mask = await toFile(await makeHalfTransparentMask(), 'mask.png', { type: 'image/png' });
+    const res = await client.images.edit({ model: 'ideogram-v3', prompt: 'a hat', image: await png(), mask, size: 'auto' });
+    expect(res.data).toHaveLength(1);
+    expect(submissions()).toHaveLength(1);
+    expect(submissions()[0]!.fields).not.toHaveProperty('aspect_ratio');
+    expect(submissions()[0]!.fields).not.toHaveProperty('size');
+  });
+
   it('auto beside an aspect_ratio leaves the ratio to set the shape', async () => {
     await client.images.generate({ model: 'flux-kontext-pro', prompt: 'a lake', size: 'auto', aspect_ratio: '16:9' } as OpenAI.ImageGenerateParamsNonStreaming);
     expect(submissions()[0]!.json).toEqual({ input: { prompt: 'a lake', aspect_ratio: '16:9' } });

@@ -15,7 +15,6 @@ import { noteRequestedModel } from './image-routes.js';
 import { answerGeneration, streamFlag, type StreamDialect } from './generation-http.js';
 import { imagesAsked, routeFor } from '../catalogue/catalogue.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
-import { parseDimensions } from '../catalogue/param-rule.js';
 import { wrongBodyType } from '../http/body-types.js';
 
 declare module 'fastify' {
@@ -128,7 +127,10 @@ function sizeAsAspectRatio(app: FastifyInstance, request: ImageRequest): ImageRe
   const model = app.catalogue.find(request.model);
   const route = model && !model.retired ? routeOf(model, request) : undefined;
   const ratioRule = route?.params.aspect_ratio?.rule;
-  if (!model || !route || route.params.size || !ratioRule) return request;
+  if (!model || !route || route.params.size) return request;
+  // OpenAI's default: a route that takes no shape at all (an Ideogram masked edit) makes its own.
+  if (size === 'auto' && !ratioRule) return { ...request, params };
+  if (!ratioRule) return request;
   const ratios = ratioRule.values ?? ratioRule.allowed;
   const takes = `${model.id} takes its shape as aspect_ratio (${ratioRule.allowed})`;
   // "auto" asks for the model's default shape, which an aspect_ratio given beside it sets.
@@ -136,7 +138,9 @@ function sizeAsAspectRatio(app: FastifyInstance, request: ImageRequest): ImageRe
   if (params.aspect_ratio !== undefined) {
     throw invalidField('size', `give size or aspect_ratio, not both: ${takes}, to which size is translated`, ratios);
   }
-  const dimensions = typeof size === 'string' ? parseDimensions(size) : undefined;
+  // Any sides, small ones too: only their ratio goes upstream (9x16 is 9:16).
+  const sides = typeof size === 'string' ? /^(\d{1,5})x(\d{1,5})$/.exec(size) : null;
+  const dimensions = sides ? { width: Number(sides[1]), height: Number(sides[2]) } : undefined;
   if (!dimensions || dimensions.width === 0 || dimensions.height === 0) {
     throw invalidField('size', `must be WIDTHxHEIGHT or "auto" for ${model.id}: ${takes}, and a size is sent as its reduced ratio (1024x1024 as 1:1)`, ratios);
   }
