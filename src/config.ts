@@ -12,7 +12,8 @@ function integer<F extends number | undefined>(name: string, fallback: F, min = 
     .optional()
     .transform((v, ctx): number | F => {
       if (v === undefined || v.trim() === '') return fallback;
-      const n = Number(v);
+      // Decimal digits only: Number() would also take 0x10 and 1e3.
+      const n = /^\s*-?\d+\s*$/.test(v) ? Number(v) : NaN;
       if (!Number.isSafeInteger(n) || n < min || n > max) {
         const range = max === Number.MAX_SAFE_INTEGER ? (min === 1 ? 'a positive integer' : `an integer of at least ${min}`) : `an integer from ${min} to ${max}`;
         ctx.addIssue({ code: 'custom', message: `${name} must be ${range}, got "${v}"` });
@@ -61,7 +62,7 @@ function milliseconds<F extends number | undefined>(name: string, fallback: F, m
     .optional()
     .transform((v, ctx): number | F => {
       if (v === undefined || v.trim() === '') return fallback;
-      const n = Number(v);
+      const n = /^\s*\d+\s*$/.test(v) ? Number(v) : NaN;
       if (!Number.isSafeInteger(n) || n < min || n > MAX_TIMER_MS) {
         const least = min === 1 ? 'a positive integer of milliseconds' : `an integer of milliseconds, at least ${min}`;
         ctx.addIssue({ code: 'custom', message: `${name} must be ${least}, at most ${MAX_TIMER_MS} ms (about 24.8 days), got "${v}"` });

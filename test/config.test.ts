@@ -42,6 +42,10 @@ describe('configuration from the environment', () => {
   it.each([
     ['PORT', 'eighty', /PORT must be an integer from 1 to 65535/],
     ['UPSTREAM_TIMEOUT_MS', '-5', /UPSTREAM_TIMEOUT_MS must be a positive integer/],
+    // Decimal digits only: Number() alone would read 16 and 1000 here.
+    ['UPSTREAM_TIMEOUT_MS', '0x10', /UPSTREAM_TIMEOUT_MS must be a positive integer/],
+    ['UPSTREAM_TIMEOUT_MS', '1e3', /UPSTREAM_TIMEOUT_MS must be a positive integer/],
+    ['UPSTREAM_RETRIES', '0x2', /UPSTREAM_RETRIES must be an integer from 0 to 10/],
     ['UPSTREAM_RETRIES', '11', /UPSTREAM_RETRIES must be an integer from 0 to 10/],
     ['AIHUBMIX_BASE_URL', 'not a url', /AIHUBMIX_BASE_URL must be an http\(s\) URL such as https:\/\/aihubmix\.com/],
     ['LOG_LEVEL', 'loud', /LOG_LEVEL must be one of/],
