@@ -22,6 +22,12 @@ async function main(): Promise<void> {
     demoKey = `gk-demo-${randomBytes(16).toString('hex')}`;
     env.GATEWAY_API_KEYS = `demo:${demoKey}`;
   }
+  // The console's Keys and Usage pages need the operator's key: made here, so they can be tried too.
+  let demoAdminKey: string | undefined;
+  if (!env.GATEWAY_ADMIN_KEY?.trim()) {
+    demoAdminKey = `ga-demo-${randomBytes(16).toString('hex')}`;
+    env.GATEWAY_ADMIN_KEY = demoAdminKey;
+  }
   // Never the real gateway's state unless asked: demo keys, jobs and images must not carry over to
   // npm start. An empty DATA_DIR counts as unset (the gateway would read it as its own ./data).
   const dataDirGiven = Boolean(env.DATA_DIR?.trim());
@@ -39,6 +45,7 @@ async function main(): Promise<void> {
 Image gateway demo (upstream: built-in simulator at ${simulator.url})
   URL:        ${url}${everywhere ? `   (every interface, as the gateway's HOST default; HOST=127.0.0.1 keeps it to this machine)` : ''}
   client key: ${key}${demoKey ? '   (made for this demo run)' : ''}
+  admin key:  ${demoAdminKey ?? 'GATEWAY_ADMIN_KEY as set'}   (${demoAdminKey ? 'made for this demo run: ' : ''}manages keys, reads every key's usage)
   console:    ${url}/console/ (sign in with the client key)
   docs:       ${url}/docs
   state:      ${config.DATA_DIR} (${

@@ -47,6 +47,24 @@ describe('npm run demo', () => {
     expect((await fetch(body.images[0]!.url)).headers.get('content-type')).toBe('image/png');
   });
 
+  it('prints an admin key made for the run, which manages keys; one given in GATEWAY_ADMIN_KEY is used and never printed', async () => {
+    const { url, key, banner } = await startDemo({});
+    const adminKey = /admin key: +(ga-demo-[0-9a-f]+)/.exec(banner)?.[1];
+    expect(adminKey).toBeDefined();
+    const asAdmin = await fetch(`${url}/v1/keys`, { headers: { authorization: `Bearer ${adminKey}` } });
+    expect(asAdmin.status, await asAdmin.clone().text()).toBe(200);
+    // The client key is not the operator's.
+    expect((await fetch(`${url}/v1/keys`, { headers: { authorization: `Bearer ${key}` } })).status).toBe(403);
+    await kill9(demo!.child);
+    demo = undefined;
+
+    const given = 'ga-operator-0123456789abcdef0123';
+    const second = await startDemo({ GATEWAY_ADMIN_KEY: given });
+    expect(second.banner).not.toContain(given);
+    expect(second.banner).toMatch(/admin key: +GATEWAY_ADMIN_KEY as set/);
+    expect((await fetch(`${second.url}/v1/keys`, { headers: { authorization: `Bearer ${given}` } })).status).toBe(200);
+  });
+
   it('makes its key when only GATEWAY_KEYS_FILE is set: the file\'s keys work beside it', async () => {
     const fileKey = 'gk-file-0123456789abcdef0123456789';
     const keysDir = mkdtempSync(join(tmpdir(), 'gw-demo-keys-'));
