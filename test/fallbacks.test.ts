@@ -227,6 +227,18 @@ describe('fallback_models on one gateway', () => {
     ]);
   });
 
+  it("OpenAI's default size auto falls back to a model whose sizes have no auto (dall-e-3) as that model's default size", async () => {
+    h.simulator.failNext('no_channel');
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/images/generations',
+      headers: h.auth,
+      payload: { model: 'gpt-image-1', prompt: 'a lighthouse', size: 'auto', fallback_models: ['dall-e-3'] },
+    });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(submissions(h).map((r) => r.json)).toEqual([{ input: { prompt: 'a lighthouse', size: 'auto' } }, { input: { prompt: 'a lighthouse' } }]);
+  });
+
   it('an OpenAI size a named fallback model cannot take as its own shape is a 400 naming the model and size, before anything is sent', async () => {
     // dall-e-3 takes 1792x1024; its ratio 7:4 is none of ideogram-v3's.
     const res = await h.app.inject({

@@ -118,9 +118,10 @@ function routeOf(model: ModelSpec, request: ImageRequest): UpstreamRoute | undef
  * FLUX.1 Kontext, ...; the catalogue says which): `WxH` becomes the reduced ratio `W:H`, the
  * gateway's own form of aspect_ratio, which the model's rule then judges and its transform writes
  * in the upstream's form (Ideogram `1x1`); `auto` becomes no ratio (the model's default). A ratio
- * the model does not take, a size of another form, or both fields given: a 400 on `size`. Any
- * other request (a model taking `size`, an unknown model, a route the model lacks) is left as it
- * is, for the pipeline's usual checks and errors. /v1/generate and /v1/edit do not translate.
+ * the model does not take, a size of another form, or both fields given: a 400 on `size`. A model
+ * taking `size` keeps it, but `auto` where its sizes have none becomes no size (its default). Any
+ * other request (an unknown model, a route the model lacks) is left as it is, for the pipeline's
+ * usual checks and errors. /v1/generate and /v1/edit do not translate.
  * The pipeline calls it once per model of a chain, with the request as asked and that model's id
  * (GenerationCall.forModel): a fallback model gets its own shape, not the first model's.
  */
@@ -130,7 +131,14 @@ function sizeAsAspectRatio(app: FastifyInstance, request: ImageRequest): ImageRe
   const model = app.catalogue.find(request.model);
   const route = model && !model.retired ? routeOf(model, request) : undefined;
   const ratioRule = route?.params.aspect_ratio?.rule;
-  if (!model || !route || route.params.size) return request;
+  if (!model || !route) return request;
+  const sizeParam = route.params.size;
+  if (sizeParam) {
+    // OpenAI's "auto" is the model's default: a model whose sizes have no "auto" (dall-e-3, FLUX.2;
+    // often a fallback after a gpt-image model) is sent no size, unless the route cannot go without one.
+    const autoAsDefault = size === 'auto' && !sizeParam.required && sizeParam.rule.check('auto') !== undefined;
+    return autoAsDefault ? { ...request, params } : request;
+  }
   // OpenAI's default: a route that takes no shape at all (an Ideogram masked edit) makes its own.
   if (size === 'auto' && !ratioRule) return { ...request, params };
   if (!ratioRule) return request;
