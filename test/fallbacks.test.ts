@@ -197,6 +197,63 @@ describe('fallback_models on one gateway', () => {
     expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
   });
 
+  it("the OpenAI route translates size for each model of the chain: ideogram-v3 gets its ratio, gpt-image-1 after it the size itself", async () => {
+    h.simulator.failNext('no_channel');
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/images/generations',
+      headers: h.auth,
+      payload: { model: 'ideogram-v3', prompt: 'a tall poster', size: '1024x1536', fallback_models: ['gpt-image-1'] },
+    });
+    expect(res.statusCode, res.body).toBe(200);
+    const [first, second] = submissions(h);
+    expect(first!.fields).toMatchObject({ aspect_ratio: '2x3' });
+    expect(first!.fields).not.toHaveProperty('size');
+    expect(second!.json).toEqual({ input: { prompt: 'a tall poster', size: '1024x1536' } });
+  });
+
+  it('and the other way: gpt-image-1 gets the size, flux-kontext-pro after it the ratio 3:2', async () => {
+    h.simulator.failNext('no_channel');
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/images/generations',
+      headers: h.auth,
+      payload: { model: 'gpt-image-1', prompt: 'a wide lake', size: '1536x1024', fallback_models: ['flux-kontext-pro'] },
+    });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(submissions(h).map((r) => r.json)).toEqual([
+      { input: { prompt: 'a wide lake', size: '1536x1024' } },
+      { input: { prompt: 'a wide lake', aspect_ratio: '3:2' } },
+    ]);
+  });
+
+  it("OpenAI's default size auto falls back to a model whose sizes have no auto (dall-e-3) as that model's default size", async () => {
+    h.simulator.failNext('no_channel');
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/images/generations',
+      headers: h.auth,
+      payload: { model: 'gpt-image-1', prompt: 'a lighthouse', size: 'auto', fallback_models: ['dall-e-3'] },
+    });
+    expect(res.statusCode, res.body).toBe(200);
+    expect(submissions(h).map((r) => r.json)).toEqual([{ input: { prompt: 'a lighthouse', size: 'auto' } }, { input: { prompt: 'a lighthouse' } }]);
+  });
+
+  it('an OpenAI size a named fallback model cannot take as its own shape is a 400 naming the model and size, before anything is sent', async () => {
+    // dall-e-3 takes 1792x1024; its ratio 7:4 is none of ideogram-v3's.
+    const res = await h.app.inject({
+      method: 'POST',
+      url: '/v1/images/generations',
+      headers: h.auth,
+      payload: { model: 'dall-e-3', prompt: 'x', size: '1792x1024', fallback_models: ['ideogram-v3'] },
+    });
+    expect(res.statusCode, res.body).toBe(400);
+    const error = res.json().error as { message: string; param: string };
+    expect(error.message).toContain('ideogram-v3');
+    expect(error.message).toContain('7:4');
+    expect(submissions(h)).toHaveLength(0);
+  });
+
   it('multipart edits take fallback_models as a comma-separated list (and a JSON array)', async () => {
     const bytes = await makePng(64, 64);
     for (const list of ['gpt-image-1.5', '["gpt-image-1.5"]']) {

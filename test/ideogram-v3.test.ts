@@ -368,3 +368,15 @@ describe('style reference images', () => {
     expect(sent!.files!.map((f) => [f.field, f.sha256])).toEqual([['style_reference_images', sha256(STYLE_B)]]);
   });
 });
+
+describe('seed', () => {
+  it("each image's seed in the answer is the one Ideogram made it with: the seed asked for, or one of its own", async () => {
+    const seeded = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'ideogram-v3', prompt: 'a seeded poster', seed: 4242, n: 2 } });
+    expect(seeded.statusCode, seeded.body).toBe(200);
+    expect(h.simulator.received[0]!.fields).toMatchObject({ seed: '4242' });
+    expect(seeded.json().images.map((image: { seed?: number }) => image.seed)).toEqual([4242, 4242]);
+    const unseeded = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'ideogram-v3', prompt: 'an unseeded poster' } });
+    expect(unseeded.statusCode, unseeded.body).toBe(200);
+    expect(unseeded.json().images[0].seed).toEqual(expect.any(Number));
+  });
+});

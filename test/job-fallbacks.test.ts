@@ -202,26 +202,33 @@ describe('a gateway killed while a job runs its fallback model', () => {
     await simulator?.close();
   });
 
+  /** A gateway process on `dataDir` (with `env`: its database, ...), started anew after each kill. */
+  const gatewayOn = (dataDir: string, env: Record<string, string> = {}) => async () => {
+    const { child } = await startGatewayProcess(port, {
+      DATA_DIR: dataDir,
+      AIHUBMIX_API_KEY: UPSTREAM_KEY,
+      AIHUBMIX_BASE_URL: simulator.url,
+      GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
+      GATEWAY_ADMIN_KEY: ADMIN_KEY,
+      JOB_LEASE_MS: '300',
+      TASK_POLL_INTERVAL_MS: '20',
+      // A fault is answered as it is, not retried on the same model first.
+      UPSTREAM_RETRIES: '0',
+      ...env,
+    });
+    children.push(child);
+  };
+  const api = (path: string, init: RequestInit = {}, key = CLIENT_KEY) =>
+    fetch(`http://127.0.0.1:${port}${path}`, { ...init, headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...(init.headers ?? {}) } });
+  const taskPolled = async () => {
+    for (let i = 0; i < 300 && !simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
+    expect(simulator.received.some((r) => r.path.startsWith('/v1/tasks/'))).toBe(true);
+  };
+
   /** gpt-image-1 has no channel; flux-kontext-pro takes the job as an upstream task, held until the gateway has been killed and restarted. */
   async function killedOnTheFallbackModel(database: Record<string, string>): Promise<void> {
     const dataDir = mkdtempSync(join(tmpdir(), 'gw-job-chain-'));
-    const startGateway = async () => {
-      const { child } = await startGatewayProcess(port, {
-        DATA_DIR: dataDir,
-        AIHUBMIX_API_KEY: UPSTREAM_KEY,
-        AIHUBMIX_BASE_URL: simulator.url,
-        GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
-        GATEWAY_ADMIN_KEY: ADMIN_KEY,
-        JOB_LEASE_MS: '300',
-        TASK_POLL_INTERVAL_MS: '20',
-        // A fault is answered as it is, not retried on the same model first.
-        UPSTREAM_RETRIES: '0',
-        ...database,
-      });
-      children.push(child);
-    };
-    const api = (path: string, init: RequestInit = {}, key = CLIENT_KEY) =>
-      fetch(`http://127.0.0.1:${port}${path}`, { ...init, headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...(init.headers ?? {}) } });
+    const startGateway = gatewayOn(dataDir, database);
     try {
       simulator.reset();
       simulator.holdTasks = true;
@@ -230,8 +237,7 @@ describe('a gateway killed while a job runs its fallback model', () => {
       const res = await api('/v1/generate', { method: 'POST', body: JSON.stringify({ model: 'gpt-image-1', prompt: 'survives', async: true, fallback_models: ['flux-kontext-pro'] }) });
       expect(res.status).toBe(202);
       const accepted: Json = await res.json();
-      for (let i = 0; i < 300 && !simulator.received.some((r) => r.path.startsWith('/v1/tasks/')); i++) await sleep(20);
-      expect(simulator.received.some((r) => r.path.startsWith('/v1/tasks/'))).toBe(true);
+      await taskPolled();
       await kill9(children.at(-1)!);
 
       simulator.holdTasks = false;
@@ -262,6 +268,83 @@ describe('a gateway killed while a job runs its fallback model', () => {
 
   it('SQLite: the restarted gateway polls the fallback model’s task (nothing sent again) and counts the job under it', async () => {
     await killedOnTheFallbackModel({});
+  }, 60_000);
+
+  it("the OpenAI façade's size, translated for each model, stays so after a restart: the fallback model resumes with its own aspect ratio, not the first model's size", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'gw-job-chain-size-'));
+    const startGateway = gatewayOn(dataDir);
+    // An Idempotency-Key runs the façade's request as a job; its retry after the restart joins that job.
+    const ask = () =>
+      api('/v1/images/generations', {
+        method: 'POST',
+        headers: { 'idempotency-key': 'facade-size-after-restart' },
+        body: JSON.stringify({ model: 'gpt-image-1', prompt: 'a wide lake, survives', size: '1536x1024', fallback_models: ['flux-kontext-pro'] }),
+      });
+    try {
+      simulator.reset();
+      simulator.holdTasks = true;
+      await startGateway();
+      simulator.failNext('no_channel');
+      // Its connection dies with the gateway: the retry below answers.
+      const first = ask().catch(() => undefined);
+      await taskPolled();
+      await kill9(children.at(-1)!);
+      await first;
+
+      simulator.holdTasks = false;
+      await startGateway();
+      const retry = await ask();
+      const body: Json = await retry.json();
+      expect(retry.status, JSON.stringify(body)).toBe(200);
+      expect(body.data).toHaveLength(1);
+      // Each model got its own shape; the fallback model's task was polled again, not submitted again.
+      expect(submissions(simulator).map((r) => [r.path, r.json])).toEqual([
+        [expect.stringContaining('gpt-image-1'), { input: { prompt: 'a wide lake, survives', size: '1536x1024' } }],
+        [expect.stringContaining('flux-kontext-pro'), { input: { prompt: 'a wide lake, survives', aspect_ratio: '3:2' } }],
+      ]);
+    } finally {
+      await kill9(children.at(-1)!);
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it("and when the chain moves only after the restart: a façade job left queued for an upstream slot gives the fallback model its own aspect ratio", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'gw-job-chain-queued-'));
+    // One upstream slot, held by a call that never answers: the façade's job waits for it, never sent.
+    const startGateway = gatewayOn(dataDir, { UPSTREAM_MAX_CONCURRENCY: '1' });
+    const ask = () =>
+      api('/v1/images/generations', {
+        method: 'POST',
+        headers: { 'idempotency-key': 'facade-size-queued' },
+        body: JSON.stringify({ model: 'gpt-image-1', prompt: 'a wide lake, queued', size: '1536x1024', fallback_models: ['flux-kontext-pro'] }),
+      });
+    try {
+      simulator.reset();
+      await startGateway();
+      simulator.failNext('hang');
+      await api('/v1/generate', { method: 'POST', body: JSON.stringify({ model: 'dall-e-3', prompt: 'holds the slot', async: true }) });
+      for (let i = 0; i < 200 && submissions(simulator).length === 0; i++) await sleep(20);
+      const first = ask().catch(() => undefined);
+      // Give the façade's job time to be written and to queue behind the held slot.
+      await sleep(300);
+      expect(submissions(simulator)).toHaveLength(1);
+      await kill9(children.at(-1)!);
+      await first;
+
+      // After the restart its first model has no channel: the chain moves there, not before.
+      simulator.failNext('no_channel');
+      await startGateway();
+      const retry = await ask();
+      const body: Json = await retry.json();
+      expect(retry.status, JSON.stringify(body)).toBe(200);
+      expect(submissions(simulator).slice(1).map((r) => [r.path, r.json])).toEqual([
+        [expect.stringContaining('gpt-image-1'), { input: { prompt: 'a wide lake, queued', size: '1536x1024' } }],
+        [expect.stringContaining('flux-kontext-pro'), { input: { prompt: 'a wide lake, queued', aspect_ratio: '3:2' } }],
+      ]);
+    } finally {
+      await kill9(children.at(-1)!);
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   }, 60_000);
 
   describe.skipIf(postgresProblem !== undefined)('PostgreSQL (skipped when unreachable and REQUIRE_SERVICES is unset)', () => {

@@ -185,6 +185,17 @@ describe('size for a model that takes its shape as aspect_ratio', () => {
     expect(submissions()[0]!.json).toEqual({ input: { prompt: 'a lake', aspect_ratio: '16:9' } });
   });
 
+  it('auto for a model whose sizes have no auto (dall-e-3, FLUX.2) sends no size: the model’s default; gpt-image-1 takes auto itself', async () => {
+    await client.images.generate({ model: 'dall-e-3', prompt: 'a lighthouse', size: 'auto', response_format: 'url' });
+    await client.images.generate({ model: 'flux-2-pro', prompt: 'a lake', size: 'auto', response_format: 'url' });
+    await client.images.generate({ model: 'gpt-image-1', prompt: 'an otter', size: 'auto' });
+    expect(submissions().map((r) => r.json)).toEqual([
+      { input: { prompt: 'a lighthouse' } },
+      { input: { prompt: 'a lake' } },
+      { input: { prompt: 'an otter', size: 'auto' } },
+    ]);
+  });
+
   it('a model that takes size gets it unchanged', async () => {
     await client.images.generate({ model: 'gpt-image-1', prompt: 'an otter', size: '1536x1024' });
     expect(submissions()[0]!.json).toEqual({ input: { prompt: 'an otter', size: '1536x1024' } });

@@ -362,9 +362,22 @@ describe('Ideogram native v3', () => {
       prompt: 'a neon sign',
       resolution: '1024x1024',
       is_image_safe: true,
-      seed: 12345,
+      seed: expect.any(Number),
       style_type: 'AUTO',
     });
+    // No seed asked: each image a random one of its own in Ideogram's range, as upstream answers.
+    for (const item of body.data) expect(Number.isInteger(item.seed) && item.seed >= 0 && item.seed <= 2147483647).toBe(true);
+    expect(new Set(body.data.map((item: { seed: number }) => item.seed)).size).toBeGreaterThan(1);
+  });
+
+  it('generate echoes the seed asked for on every image; one out of range is a 400', async () => {
+    const body = await readJson(await postForm('/ideogram/v1/ideogram-v3/generate', formWith({ prompt: 'seeded', num_images: '2', seed: '7' }), IDEOGRAM_KEY));
+    expect(body.data.map((item: { seed: number }) => item.seed)).toEqual([7, 7]);
+    const zero = await readJson(await postForm('/ideogram/v1/ideogram-v3/generate', formWith({ prompt: 'seeded', seed: '0' }), IDEOGRAM_KEY));
+    expect(zero.data[0].seed).toBe(0);
+    const out = await postForm('/ideogram/v1/ideogram-v3/generate', formWith({ prompt: 'seeded', seed: '2147483648' }), IDEOGRAM_KEY);
+    expect(out.status).toBe(400);
+    expect((await readJson(out)).error).toMatch(/seed/);
   });
 
   it.each(['remix', 'edit', 'replace-background'])('%s refuses a request without an image with 400', async (action) => {
@@ -437,6 +450,15 @@ describe('Ideogram legacy', () => {
     const body = await readJson(response);
     expect(body.data).toHaveLength(2);
     expect(body.data[0].prompt).toBe('an owl');
+  });
+
+  it("generate echoes image_request.seed, and remix its image_request's", async () => {
+    const generated = await readJson(await postJson('/ideogram/generate', { image_request: { prompt: 'an owl', model: 'V_2', seed: 42 } }, IDEOGRAM_KEY));
+    expect(generated.data[0].seed).toBe(42);
+    const remixed = await readJson(
+      await postForm('/ideogram/remix', formWith({ image_request: JSON.stringify({ prompt: 'an owl again', seed: 9 }) }, { image_file: pngBlob() }), IDEOGRAM_KEY),
+    );
+    expect(remixed.data[0].seed).toBe(9);
   });
 
   it('edit takes image_file, mask, prompt and model as multipart', async () => {

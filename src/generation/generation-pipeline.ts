@@ -69,6 +69,20 @@ export interface GenerationCall {
    * fetches nothing.
    */
   loadImages?: (request: ImageRequest, signal: AbortSignal) => Promise<ImageRequest>;
+  /**
+   * The request as one model takes it, where a field is translated per model (the OpenAI façade's
+   * `size`, sent as an aspect ratio to a model that takes only that): called with the request as
+   * asked, its `model` set to the requested model and then to each fallback model in turn, so each
+   * model of a chain gets parameters of its own, never the first model's. A refusal is that model's.
+   */
+  forModel?: (request: ImageRequest) => ImageRequest;
+}
+
+/** A model of a request's chain, checked, with the request as that model takes it (GenerationCall.forModel). */
+interface ChainModel {
+  model: ModelSpec;
+  route: UpstreamRoute;
+  request: ImageRequest;
 }
 
 /** An asynchronous request's answer: the job to follow. */
@@ -163,14 +177,17 @@ export class GenerationPipeline {
 
   /** Everything checked and reserved before anything is sent; a refusal throws and costs nothing. */
   async admit(call: GenerationCall): Promise<AdmittedGeneration> {
-    const { client, request, outcome } = call;
-    outcome.operation = request.operation;
+    const { client, outcome } = call;
+    const asModel = call.forModel ?? ((asked: ImageRequest) => asked);
+    outcome.operation = call.request.operation;
     // n below 1 is refused by the model's rule below; a refused request's record never counts fewer than none.
-    const asked = imagesAsked(request);
+    const asked = imagesAsked(call.request);
     outcome.imagesRequested = Math.max(0, asked.count);
-    this.noteRequestedModel(outcome, request.model);
+    this.noteRequestedModel(outcome, call.request.model);
     // An upscale may have no prompt: none is recorded then.
-    if (this.deps.keepPrompts && request.prompt !== '') outcome.prompt = request.prompt;
+    if (this.deps.keepPrompts && call.request.prompt !== '') outcome.prompt = call.request.prompt;
+    // The request as its own model takes it; each fallback model's is made from the request as asked.
+    const request = asModel(call.request);
     // First: an image that cannot be stored would be paid for and lost.
     this.deps.storage?.refuseIfPressed();
     // Nor kept where the database is out of reach: its rows, its job, its cost would be lost.
@@ -191,8 +208,8 @@ export class GenerationPipeline {
     }
     const images = outcome.imagesRequested;
     // A chain reserves the most its dearest model may cost; the reservation settles to what ran.
-    const mostCost = [route, ...fallbacks.map((f) => f.route)]
-      .map((r) => maxCostUsd(r.price, { images, prompt: request.prompt, params: request.params, options: request.options }))
+    const mostCost = [{ route, request }, ...fallbacks]
+      .map((m) => maxCostUsd(m.route.price, { images, prompt: m.request.prompt, params: m.request.params, options: m.request.options }))
       .reduce<number | null>((dearest, cost) => (cost === null ? dearest : dearest === null ? cost : Math.max(dearest, cost)), null);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
     // A refusing image limit names the field that set the count (n, or a Seedream group's max_images).
@@ -222,27 +239,37 @@ export class GenerationPipeline {
           Object.assign(reservation.headers, taken.headers);
         }
       : undefined;
+    // The request as asked, its images read: what each fallback model's own request is made from.
+    let loadedRequest = call.request;
     if (!prepared) {
       try {
-        const loaded = await call.loadImages!(request, call.signal);
+        const loaded = await call.loadImages!(call.request, call.signal);
         if (loaded.images.some(isPending) || (loaded.mask && isPending(loaded.mask)) || loaded.styleReferences?.some(isPending)) {
           throw new GatewayError('internal_error', 'an input image was not read before the request was prepared');
         }
-        prepared = await this.deps.generation.prepare(loaded);
+        loadedRequest = loaded;
+        prepared = await this.deps.generation.prepare(asModel(loaded));
       } catch (err) {
         await this.deps.limits.settle(reservation, 0, 0);
         throw err;
       }
     }
     const ready = prepared;
+    const readRequest = loadedRequest;
     let chain: PreparedGeneration[];
     try {
       // A default chain's model that cannot take the request once its images are read is left out, not refused.
       const named = call.request.fallbackModels !== undefined;
-      const next = await Promise.all(fallbacks.map((f, i) => this.deps.generation.prepare({ ...ready.request, model: f.model.id }).catch((err: unknown) => {
-        if (named) throw forFallback(err, i, f.model.id);
-        return undefined;
-      })));
+      const next = await Promise.all(
+        fallbacks.map(async (f, i) => {
+          try {
+            return await this.deps.generation.prepare(asModel({ ...readRequest, model: f.model.id }));
+          } catch (err) {
+            if (named) throw forFallback(err, i, f.model.id);
+            return undefined;
+          }
+        }),
+      );
       chain = [ready, ...next.filter((p): p is PreparedGeneration => p !== undefined)];
       if (chain.length === 1) delete outcome.modelsTried;
     } catch (err) {
@@ -267,7 +294,7 @@ export class GenerationPipeline {
    * else the model's (CATALOGUE_FILE): the caller did not name those, so one that cannot take this
    * request is left out silently.
    */
-  private checkFallbacks(call: GenerationCall, requested: ModelSpec): { model: ModelSpec; route: UpstreamRoute }[] {
+  private checkFallbacks(call: GenerationCall, requested: ModelSpec): ChainModel[] {
     const { request, client } = call;
     const requestedId = requested.id;
     if (request.fallbackModels === undefined) return this.defaultFallbacks(call, requested);
@@ -289,19 +316,22 @@ export class GenerationPipeline {
     });
   }
 
-  private checkFallback(call: GenerationCall, spec: ModelSpec): { model: ModelSpec; route: UpstreamRoute } {
-    const { model, route, mode } = this.deps.generation.check({ ...call.request, model: spec.id });
+  /** One fallback model, checked with the request as that model takes it (made from the request as asked, not the first model's). */
+  private checkFallback(call: GenerationCall, spec: ModelSpec): ChainModel {
+    const asked = { ...call.request, model: spec.id };
+    const request = call.forModel ? call.forModel(asked) : asked;
+    const { model, route, mode } = this.deps.generation.check(request);
     this.deps.limits.checkModel(call.client, model.id);
     this.deps.limits.checkPriced(call.client, model.id, route.price !== undefined, mode);
-    return { model, route };
+    return { model, route, request };
   }
 
   /** The key's, else the model's `fallbacks`, keeping only the models that can take this request. */
-  private defaultFallbacks(call: GenerationCall, requested: ModelSpec): { model: ModelSpec; route: UpstreamRoute }[] {
+  private defaultFallbacks(call: GenerationCall, requested: ModelSpec): ChainModel[] {
     const names = call.client.fallbacks ?? requested.fallbacks ?? [];
     if (names.length === 0) return [];
     const seen = new Set([requested.id]);
-    const chain: { model: ModelSpec; route: UpstreamRoute }[] = [];
+    const chain: ChainModel[] = [];
     for (const name of names) {
       const spec = this.deps.catalogue.find(name);
       if (!spec || seen.has(spec.id) || chain.length >= MAX_FALLBACK_MODELS) continue;

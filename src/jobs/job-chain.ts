@@ -12,8 +12,17 @@ export interface JobChain {
   /** The models tried so far, in order; the last one is the job's model now. */
   tried: string[];
   fallbacks: FallbackTaken[];
-  /** The models still to try, in order, each with its catalogue declaration when the job was created (null: the catalogue's at the time). */
-  next: { model: string; declaration: unknown }[];
+  /**
+   * The params of the job's model now, once the chain has moved on: each model has its own (the
+   * OpenAI façade translates `size` per model), and the row's request holds the first model's.
+   * Absent in rows kept before params were: the request's are used.
+   */
+  params?: Record<string, unknown>;
+  /**
+   * The models still to try, in order, each with its catalogue declaration when the job was created
+   * (null: the catalogue's at the time) and the params prepared for it (absent in older rows).
+   */
+  next: { model: string; declaration: unknown; params?: Record<string, unknown> }[];
 }
 
 export function newJobChain(chain: PreparedGeneration[]): JobChain {
@@ -21,7 +30,7 @@ export function newJobChain(chain: PreparedGeneration[]): JobChain {
     requested: chain[0]!.model.id,
     tried: [chain[0]!.model.id],
     fallbacks: [],
-    next: chain.slice(1).map((p) => ({ model: p.model.id, declaration: declarationOf(p.model) ?? null })),
+    next: chain.slice(1).map((p) => ({ model: p.model.id, declaration: declarationOf(p.model) ?? null, params: p.request.params })),
   };
 }
 
@@ -30,7 +39,14 @@ export function advancedChain(chain: JobChain, reason: string): JobChain {
   const [next, ...rest] = chain.next;
   if (!next) throw new Error('a job chain with no model left cannot advance');
   const from = chain.tried[chain.tried.length - 1]!;
-  return { ...chain, tried: [...chain.tried, next.model], fallbacks: [...chain.fallbacks, { from, to: next.model, reason }], next: rest };
+  const { params: _previous, ...kept } = chain;
+  return {
+    ...kept,
+    tried: [...chain.tried, next.model],
+    fallbacks: [...chain.fallbacks, { from, to: next.model, reason }],
+    ...(next.params !== undefined ? { params: next.params } : {}),
+    next: rest,
+  };
 }
 
 export function parseJobChain(json: string | null): JobChain | undefined {

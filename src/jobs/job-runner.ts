@@ -653,8 +653,12 @@ export class JobRunner {
   /** The job's request for its model now, from its row (a job taken over, or moved along its chain). */
   private preparedFromRow(row: JobRow): Promise<PreparedGeneration> {
     const request = deserializeRequest(row.request_json ?? 'null');
-    // Along a chain the row's model is the one to run; the request still names the one asked for.
-    return this.o.generation.prepare(row.chain_json ? { ...request, model: row.model } : request, keptModel(row, this.o.log));
+    const chain = parseJobChain(row.chain_json);
+    // Along a chain the row's model is the one to run, with the params prepared for it (not the
+    // first model's: the OpenAI façade's size may be a ratio for one, a size for the next); the
+    // request still names the one asked for.
+    const forModel = chain ? { ...request, model: row.model, ...(chain.params !== undefined ? { params: chain.params } : {}) } : request;
+    return this.o.generation.prepare(forModel, keptModel(row, this.o.log));
   }
 
   private taskHooks(id: string, resumeTaskId: string | undefined, keyTag: string | null, progress: { sending: boolean; taskKnown: boolean }): TaskHooks {

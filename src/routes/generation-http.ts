@@ -76,6 +76,7 @@ function generationCall(
   reply: FastifyReply,
   imageRequest: ImageRequest,
   loadImages?: GenerationCall['loadImages'],
+  forModel?: GenerationCall['forModel'],
 ): { call: GenerationCall; release: () => void } {
   const idempotencyKey = request.headers['idempotency-key'];
   if (idempotencyKey !== undefined && (typeof idempotencyKey !== 'string' || idempotencyKey.length === 0 || idempotencyKey.length > 255)) {
@@ -92,6 +93,7 @@ function generationCall(
       outcome: request.outcome,
       ...(request.routeOptions.url !== undefined ? { route: request.routeOptions.url } : {}),
       ...(loadImages ? { loadImages } : {}),
+      ...(forModel ? { forModel } : {}),
     },
     release,
   };
@@ -152,8 +154,10 @@ export async function answerGeneration(
   dialect?: StreamDialect,
   /** Reads the request's pending images once it is admitted (see GenerationCall.loadImages). */
   loadImages?: GenerationCall['loadImages'],
+  /** The request as each model of its chain takes it (see GenerationCall.forModel). */
+  forModel?: GenerationCall['forModel'],
 ): Promise<unknown> {
-  const { call, release } = generationCall(app, request, reply, imageRequest, loadImages);
+  const { call, release } = generationCall(app, request, reply, imageRequest, loadImages, forModel);
   try {
     const admitted = await app.pipeline.admit(call);
     reply.headers(admitted.headers);

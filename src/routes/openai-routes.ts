@@ -4,7 +4,8 @@
  * Each body is translated into an ImageRequest and run by the generation pipeline, as /v1/generate
  * and /v1/edit are: validation, limits, storage, usage and idempotency are the same. With
  * `stream: true` the answer is OpenAI's image event stream. OpenAI's `size` reaches a model that
- * takes its shape only as an aspect ratio as that ratio (sizeAsAspectRatio).
+ * takes its shape only as an aspect ratio as that ratio (sizeAsAspectRatio), translated for each
+ * model of a fallback chain in turn.
  */
 import { readEditParts, type EditParts } from '../request/edit-parts.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -13,7 +14,7 @@ import { parseEditMultipart, parseGenerateBody, type ImageRequest } from '../req
 import type { GenerationResult, ImageResult } from '../generation/image-generation.js';
 import { noteRequestedModel } from './image-routes.js';
 import { answerGeneration, streamFlag, type StreamDialect } from './generation-http.js';
-import { imagesAsked, routeFor } from '../catalogue/catalogue.js';
+import { routeFor } from '../catalogue/catalogue.js';
 import type { ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import { wrongBodyType } from '../http/body-types.js';
 
@@ -117,9 +118,12 @@ function routeOf(model: ModelSpec, request: ImageRequest): UpstreamRoute | undef
  * FLUX.1 Kontext, ...; the catalogue says which): `WxH` becomes the reduced ratio `W:H`, the
  * gateway's own form of aspect_ratio, which the model's rule then judges and its transform writes
  * in the upstream's form (Ideogram `1x1`); `auto` becomes no ratio (the model's default). A ratio
- * the model does not take, a size of another form, or both fields given: a 400 on `size`. Any
- * other request (a model taking `size`, an unknown model, a route the model lacks) is left as it
- * is, for the pipeline's usual checks and errors. /v1/generate and /v1/edit do not translate.
+ * the model does not take, a size of another form, or both fields given: a 400 on `size`. A model
+ * taking `size` keeps it, but `auto` where its sizes have none becomes no size (its default). Any
+ * other request (an unknown model, a route the model lacks) is left as it is, for the pipeline's
+ * usual checks and errors. /v1/generate and /v1/edit do not translate.
+ * The pipeline calls it once per model of a chain, with the request as asked and that model's id
+ * (GenerationCall.forModel): a fallback model gets its own shape, not the first model's.
  */
 function sizeAsAspectRatio(app: FastifyInstance, request: ImageRequest): ImageRequest {
   const { size, ...params } = request.params;
@@ -127,7 +131,14 @@ function sizeAsAspectRatio(app: FastifyInstance, request: ImageRequest): ImageRe
   const model = app.catalogue.find(request.model);
   const route = model && !model.retired ? routeOf(model, request) : undefined;
   const ratioRule = route?.params.aspect_ratio?.rule;
-  if (!model || !route || route.params.size) return request;
+  if (!model || !route) return request;
+  const sizeParam = route.params.size;
+  if (sizeParam) {
+    // OpenAI's "auto" is the model's default: a model whose sizes have no "auto" (dall-e-3, FLUX.2;
+    // often a fallback after a gpt-image model) is sent no size, unless the route cannot go without one.
+    const autoAsDefault = size === 'auto' && !sizeParam.required && sizeParam.rule.check('auto') !== undefined;
+    return autoAsDefault ? { ...request, params } : request;
+  }
   // OpenAI's default: a route that takes no shape at all (an Ideogram masked edit) makes its own.
   if (size === 'auto' && !ratioRule) return { ...request, params };
   if (!ratioRule) return request;
@@ -151,20 +162,6 @@ function sizeAsAspectRatio(app: FastifyInstance, request: ImageRequest): ImageRe
     throw invalidField('size', `${size} has the aspect ratio ${ratio}, which ${model.id} does not take: ${takes}; give a size whose width:height reduces to one of those, or aspect_ratio`, ratios);
   }
   return { ...request, params: { ...params, aspect_ratio: ratio } };
-}
-
-/**
- * sizeAsAspectRatio for a request about to run; a refusal is recorded as the pipeline records its
- * own refusals of a size (operation and images asked), so usage reads the same either way.
- */
-function shapedBySize(app: FastifyInstance, request: FastifyRequest, imageRequest: ImageRequest): ImageRequest {
-  try {
-    return sizeAsAspectRatio(app, imageRequest);
-  } catch (err) {
-    request.outcome.operation = imageRequest.operation;
-    request.outcome.imagesRequested = Math.max(0, imagesAsked(imageRequest).count);
-    throw err;
-  }
 }
 
 /** An OpenAI request in the gateway's terms, and whether it asked for a stream. */
@@ -327,11 +324,12 @@ function openAiEvents(prefix: 'image_generation' | 'image_edit', imageRequest: I
 }
 
 async function run(app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, openAi: OpenAiRequest, prefix: 'image_generation' | 'image_edit') {
-  const { stream, load } = openAi;
-  const imageRequest = shapedBySize(app, request, openAi.imageRequest);
+  const { stream, load, imageRequest } = openAi;
+  // The pipeline translates size for each model it tries (the first, then each fallback), recording a refusal as its own.
+  const forModel = (asked: ImageRequest) => sizeAsAspectRatio(app, asked);
   // The events echo the size as asked (a preview's) or as made (an image's), never the ratio it became.
-  if (stream) return answerGeneration(app, request, reply, imageRequest, openAiEvents(prefix, openAi.imageRequest), load);
-  const result = (await answerGeneration(app, request, reply, imageRequest, undefined, load)) as GenerationResult | { status_url: string };
+  if (stream) return answerGeneration(app, request, reply, imageRequest, openAiEvents(prefix, imageRequest), load, forModel);
+  const result = (await answerGeneration(app, request, reply, imageRequest, undefined, load, forModel)) as GenerationResult | { status_url: string };
   // The façade never runs async (OpenAI's shape has no job), so a job is always waited for.
   if (!('images' in result)) throw new GatewayError('internal_error', 'an OpenAI-compatible request answered with a job');
   return toImagesResponse(result, imageRequest.responseFormat);

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, randomInt, randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -494,10 +494,10 @@ function registerIdeogramV3Routes(api: FastifyInstance, sim: SimulatorState): vo
           throw new SimulatedHttpError(400, 'resolution is required (one of the ResolutionV3 values, e.g. 1024x1024)', 'invalid_request_error');
         }
         if (fields.prompt !== undefined) throw new SimulatedHttpError(400, 'reframe takes no prompt', 'invalid_request_error');
-        return ideogramReply(sim, `reframe ${resolution}`, count, resolution);
+        return ideogramReply(sim, `reframe ${resolution}`, count, firstField(fields, 'seed'), resolution);
       }
       const prompt = requirePrompt(firstField(fields, 'prompt'));
-      return ideogramReply(sim, prompt, count);
+      return ideogramReply(sim, prompt, count, firstField(fields, 'seed'));
     });
   }
 }
@@ -517,7 +517,7 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
     const imageRequest = asObject(body.image_request);
     if (!imageRequest) throw new SimulatedHttpError(400, 'image_request is required', 'invalid_request_error');
     const prompt = requirePrompt(imageRequest.prompt);
-    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images));
+    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images), imageRequest.seed);
   });
 
   api.post('/ideogram/edit', async (request, reply) => {
@@ -536,7 +536,7 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
       throw new SimulatedHttpError(400, 'model is required', 'invalid_request_error');
     }
     const prompt = requirePrompt(firstField(fields, 'prompt'));
-    return ideogramReply(sim, prompt, imageCount(firstField(fields, 'num_images')));
+    return ideogramReply(sim, prompt, imageCount(firstField(fields, 'num_images')), firstField(fields, 'seed'));
   });
 
   api.post('/ideogram/remix', async (request, reply) => {
@@ -551,7 +551,7 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
     }
     const imageRequest = parseImageRequestField(firstField(fields, 'image_request'));
     const prompt = requirePrompt(imageRequest.prompt);
-    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images));
+    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images), imageRequest.seed);
   });
 
   // Ideogram's legacy reframe (spec: POST /reframe; AiHubMix documents none, so the path is the gateway's
@@ -577,7 +577,7 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
       throw new SimulatedHttpError(400, 'style_type is only for V_2 and later models', 'invalid_request_error');
     }
     const size = `${resolution[1]}x${resolution[2]}`;
-    return ideogramReply(sim, `reframe ${size}`, imageCount(firstField(fields, 'num_images')), size);
+    return ideogramReply(sim, `reframe ${size}`, imageCount(firstField(fields, 'num_images')), firstField(fields, 'seed'), size);
   });
 
   // As the documents show: image_file, and image_request (a JSON object, {} at least) whose prompt is optional.
@@ -599,7 +599,7 @@ function registerIdeogramLegacyRoutes(api: FastifyInstance, sim: SimulatorState)
       }
     }
     const prompt = typeof imageRequest.prompt === 'string' && imageRequest.prompt !== '' ? imageRequest.prompt : `upscale ${files[0]!.sha256}`;
-    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images));
+    return ideogramReply(sim, prompt, imageCount(imageRequest.num_images), imageRequest.seed);
   });
 
   // One image_file in, {"descriptions":[{"text"}]} out; describe_model_version as the vendor's spec allows.
@@ -681,13 +681,34 @@ function openAiImagesReply(sim: SimulatorState, prompt: string, count: number, a
   return { created: Math.floor(Date.now() / 1000), data, usage: tokenUsage(count) };
 }
 
-function ideogramReply(sim: SimulatorState, prompt: string, count: number, resolution = '1024x1024'): unknown {
+/** Ideogram's seed range (0 to 2147483647, its documents' and spec's). */
+const IDEOGRAM_MAX_SEED = 2_147_483_647;
+
+/**
+ * The seed an Ideogram request asked for (a multipart field's text, or a JSON number), or undefined
+ * when it asked for none; one outside Ideogram's range is a 400, as upstream refuses it.
+ */
+function ideogramSeed(value: unknown): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  const seed = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
+  if (typeof seed !== 'number' || !Number.isInteger(seed) || seed < 0 || seed > IDEOGRAM_MAX_SEED) {
+    throw new SimulatedHttpError(400, `seed must be an integer from 0 to ${IDEOGRAM_MAX_SEED}`, 'invalid_request_error');
+  }
+  return seed;
+}
+
+/**
+ * Ideogram's answer: each image names the seed it was made with, the one asked for (every image
+ * of the request then shares it) or, as upstream does without one, a random one of its own.
+ */
+function ideogramReply(sim: SimulatorState, prompt: string, count: number, seedAsked: unknown, resolution = '1024x1024'): unknown {
+  const seed = ideogramSeed(seedAsked);
   const data = Array.from({ length: count }, (_, i) => ({
     url: sim.imageUrl(prompt, i),
     prompt,
     resolution,
     is_image_safe: true,
-    seed: 12345,
+    seed: seed ?? randomInt(0, IDEOGRAM_MAX_SEED + 1),
     style_type: 'AUTO',
   }));
   return { created: new Date().toISOString(), data };
