@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeModel } from '../src/catalogue/catalogue.js';
 import { MODELS } from '../src/catalogue/models.js';
 import {
+  carryOver,
   editFields,
   editModes,
   formFields,
@@ -158,6 +159,21 @@ describe('form values', () => {
       'options.sequential_image_generation_options': '{"max_images":3}',
     });
     expect(rawFromParameters(remix, null)).toEqual({});
+  });
+
+  it('carries to another model only the values it takes: a choice it offers, a number in its range, an unjudged value under the same rule', () => {
+    const gpt = formFields(model('gpt-image-1'), 'generate');
+    const typed = { n: '5', quality: 'high', size: '1536x1024', 'options.output_compression': '80' };
+    // Same fields, same rules: everything stays.
+    expect(carryOver(gpt, formFields(model('gpt-image-1.5'), 'generate'), typed)).toEqual(typed);
+    // dall-e-3: n is 1 at most, other qualities and sizes, no output compression.
+    expect(carryOver(gpt, formFields(model('dall-e-3'), 'generate'), typed)).toEqual({});
+    const ideogram = formFields(model('ideogram-v3'), 'generate');
+    expect(carryOver(ideogram, formFields(model('imagen-4.0-generate-001'), 'generate'), { n: '3', seed: '42' })).toEqual({ n: '3' });
+    // A free size the console cannot judge stays only where the rule is the same one.
+    const flux2 = formFields(model('flux-2-pro'), 'generate');
+    expect(carryOver(flux2, formFields(model('flux-2-flex'), 'generate'), { size: '1000x700' })).toEqual({ size: '1000x700' });
+    expect(carryOver(flux2, formFields(model('doubao-seedream-4-0'), 'generate'), { size: '1000x700' })).toEqual({});
   });
 });
 

@@ -213,6 +213,41 @@ export function readValues(fields: readonly FieldDescriptor[], raw: Readonly<Rec
 }
 
 /**
+ * The texts worth keeping when the form changes model, operation or mode: a value stays only where
+ * the new form has the field and takes the value. The console can judge a choice, a number's range,
+ * a text's length; a value it cannot judge (a free size, a ratio, JSON) stays only when the field's
+ * rule is unchanged. Anything else is cleared, so a value the old model took (n=5) is never sent
+ * to, nor refused by, a model that takes less.
+ */
+export function carryOver(previous: readonly FieldDescriptor[], next: readonly FieldDescriptor[], raw: Readonly<Record<string, string>>): Record<string, string> {
+  const kept: Record<string, string> = {};
+  for (const field of next) {
+    const text = Object.hasOwn(raw, field.key) ? raw[field.key]! : '';
+    if (text.trim() === '' || readValues([field], { [field.key]: text }).errors.length > 0) continue;
+    const before = previous.find((f) => f.key === field.key);
+    const sameRule = before !== undefined && before.help === field.help && before.valueType === field.valueType;
+    if (sameRule || judgedInFull(field, text)) kept[field.key] = text;
+  }
+  return kept;
+}
+
+/** Whether readValues' verdict on `text` is the whole rule (a size, ratio or JSON value is judged by the gateway). */
+function judgedInFull(field: FieldDescriptor, text: string): boolean {
+  switch (field.control) {
+    case 'select':
+    case 'combo':
+      return (field.choices ?? []).includes(text.trim());
+    case 'number':
+      return field.min !== undefined && field.max !== undefined;
+    case 'text':
+    case 'textarea':
+      return field.valueType === 'string' && field.maxLength !== undefined;
+    default:
+      return false;
+  }
+}
+
+/**
  * The form's texts for a request's parameters (a gallery image's, or a result's "Reuse settings"):
  * `parameters` holds the normalized fields and, in `options`, the model's options.
  */

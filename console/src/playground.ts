@@ -10,6 +10,7 @@ import { formatDuration } from './duration.js';
 import { checkImageFile } from './image-file.js';
 import { createMaskEditor, type MaskEditor } from './mask-editor.js';
 import {
+  carryOver,
   editFields,
   editModes,
   formFields,
@@ -232,8 +233,13 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     if (images.length > 0 || files.length === 0) setSources(images);
   }
 
-  /** Redraws the parts that depend on the model, operation and mode; keeps what was typed where the field remains. */
-  function update(keep: Record<string, string> = view.read()): void {
+  /**
+   * Redraws the parts that depend on the model, operation and mode. `keep`: the texts to fill in;
+   * by default what was typed, where the new form has the field and takes the value (carryOver).
+   */
+  function update(keep?: Record<string, string>): void {
+    const typed = view.read();
+    const fieldsBefore = fields;
     const model = currentModel();
     modelHint.textContent = [model.description, model.async ? 'Runs as an upstream task.' : '', model.price_per_image_usd != null ? `${formatUsd(model.price_per_image_usd)} per image.` : '']
       .filter(Boolean)
@@ -269,7 +275,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
 
     fields = formFields(model, operation(), mode());
     view = renderFields(fields, 'pg');
-    view.fill(keep);
+    view.fill(keep ?? carryOver(fieldsBefore, fields, typed));
     fieldsSlot.replaceChildren(view.element);
     void showMask();
   }
@@ -424,7 +430,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     formError.textContent = '';
     const model = currentModel();
     const op = operation();
-    const values = readValues(fields, view.read());
+    // Only the fields the selected model declares for this operation and mode are read, so nothing else is ever sent.
+    const declared = formFields(model, op, mode());
+    const values = readValues(declared, view.read());
     view.markInvalid(values.errors.map((e) => e.key));
     const problems = values.errors.map((e) => e.message);
     const s = schema();
