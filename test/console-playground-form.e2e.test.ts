@@ -105,6 +105,30 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     for (const name of Object.keys(sent).filter((k) => !['model', 'prompt', 'stream'].includes(k))) expect(Object.keys(declared.parameters)).toContain(name);
   });
 
+  it("limits the prompt to the selected model's max_length from the catalogue, and refuses a longer one kept from another model", async () => {
+    const limitOf = (id: string) => catalogueModel(id).input_schema.generate!.prompt.max_length;
+    for (const id of ['gpt-image-1', 'dall-e-3', 'wan2.7-image']) {
+      await modelSelect().selectOption(id);
+      expect(await promptBox().getAttribute('maxlength'), id).toBe(String(limitOf(id)));
+      expect(await page.locator('#pg-prompt-help').textContent(), id).toBe(`Up to ${limitOf(id)} characters.`);
+    }
+    expect(limitOf('wan2.7-image')).toBeLessThan(limitOf('gpt-image-1'));
+    // A prompt written for gpt-image-1, longer than wan2.7-image takes: refused in the page, naming the limit.
+    await modelSelect().selectOption('gpt-image-1');
+    await promptBox().fill('a quiet harbour at dawn, '.repeat(40));
+    await modelSelect().selectOption('wan2.7-image');
+    const sent = generateBodies.length;
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(() => page.locator('.playground-form > .form-error').textContent()).toBe(`Prompt must be at most ${limitOf('wan2.7-image')} characters for wan2.7-image (it has 1000).`);
+    expect(generateBodies.length).toBe(sent);
+    // A mode that takes no prompt (Ideogram's reframe) shows no limit.
+    await modelSelect().selectOption('ideogram-v3');
+    await page.getByLabel('Edit an image').check();
+    await page.getByLabel('Mode', { exact: true }).selectOption('reframe');
+    expect(await promptBox().isDisabled()).toBe(true);
+    expect(await page.locator('#pg-prompt-help').textContent()).toBe('');
+  });
+
   it('logged no error', () => {
     // The one error: the session probe's 401 before signing in.
     expect(errors.filter((e) => !/status of 401/.test(e))).toEqual([]);

@@ -123,7 +123,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const maskSlot = h('div', { class: 'mask-slot' });
   const editSection = h('div', { class: 'edit-section' }, modeField, dropZone, thumbs, maskSlot);
 
-  const prompt = h('textarea', { id: 'pg-prompt', name: 'prompt', rows: 3, required: true, placeholder: 'Describe the image' });
+  const prompt = h('textarea', { id: 'pg-prompt', name: 'prompt', rows: 3, required: true, placeholder: 'Describe the image', 'aria-describedby': 'pg-prompt-help' });
+  const promptHint = h('p', { class: 'hint', id: 'pg-prompt-help' });
   const fieldsSlot = h('div', { class: 'fields-slot' });
   const generateButton = h('button', { type: 'submit', class: 'primary' }, 'Generate');
   const formError = h('p', { class: 'form-error', role: 'alert' });
@@ -133,7 +134,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     h('div', { class: 'field' }, h('label', { for: 'pg-model' }, 'Model'), modelSelect, modelHint),
     operationGroup,
     editSection,
-    h('div', { class: 'field' }, h('label', { for: 'pg-prompt' }, 'Prompt'), prompt),
+    h('div', { class: 'field' }, h('label', { for: 'pg-prompt' }, 'Prompt'), prompt, promptHint),
     fieldsSlot,
     h('div', { class: 'row submit-row' }, generateButton),
     formError,
@@ -155,6 +156,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const operation = (): Operation => (opEdit.checked ? 'edit' : 'generate');
   const mode = () => (operation() === 'edit' ? modeSelect.value || undefined : undefined);
   const schema = () => operationSchema(currentModel(), operation(), mode());
+  /** The longest prompt the selected model, operation and mode take, from the catalogue; 0: no prompt. */
+  const promptLimit = () => schema()?.prompt.max_length ?? 0;
 
   /** What the mask editor shows: its source image and whether the mask is required (kept while they stay the same). */
   let maskFor: { source: Blob; required: boolean } | undefined;
@@ -266,12 +269,14 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     (dropZone.querySelector('.hint') as HTMLElement).textContent = `Choose ${max > 1 ? `up to ${max} images` : 'an image'} (PNG, JPEG or WebP), or drop ${max > 1 ? 'them' : 'it'} here.`;
     if (sources.length > max) setSources(sources);
     // max_length 0: the mode takes no prompt (Ideogram's reframe).
-    const takesPrompt = (s?.prompt.max_length ?? 10000) > 0;
-    prompt.maxLength = takesPrompt ? (s?.prompt.max_length ?? 10000) : 0;
+    const limit = promptLimit();
+    const takesPrompt = limit > 0;
+    prompt.maxLength = limit;
     prompt.required = takesPrompt;
     prompt.disabled = !takesPrompt;
     if (!takesPrompt) prompt.value = '';
     prompt.placeholder = takesPrompt ? 'Describe the image' : 'This mode takes no prompt';
+    promptHint.textContent = takesPrompt ? `Up to ${limit} characters.` : '';
 
     fields = formFields(model, operation(), mode());
     view = renderFields(fields, 'pg');
@@ -436,13 +441,16 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     view.markInvalid(values.errors.map((e) => e.key));
     const problems = values.errors.map((e) => e.message);
     const s = schema();
-    const needsPrompt = (s?.prompt.max_length ?? 10000) > 0;
+    const limit = promptLimit();
+    const needsPrompt = limit > 0;
     if (needsPrompt && !prompt.value.trim()) problems.unshift('Prompt must not be empty.');
+    // maxlength stops typing, not a longer prompt kept from a model that takes more.
+    else if (prompt.value.length > limit && needsPrompt) problems.unshift(`Prompt must be at most ${limit} characters for ${model.id} (it has ${prompt.value.length}).`);
     if (op === 'edit' && sources.length === 0) problems.push('Image: choose the image to edit.');
     if (op === 'edit' && s?.mask?.required && !maskEditor?.hasPaint()) problems.push('Mask: this mode needs a mask; paint the area to change.');
     if (problems.length > 0) {
       formError.textContent = problems.join(' ');
-      if (needsPrompt && !prompt.value.trim()) prompt.focus();
+      if (needsPrompt && (!prompt.value.trim() || prompt.value.length > limit)) prompt.focus();
       return;
     }
     const promptText = prompt.value;
