@@ -129,6 +129,26 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     expect(await page.locator('#pg-prompt-help').textContent()).toBe('');
   });
 
+  it('disables Generate while a generation runs: a second click or Enter sends nothing more', async () => {
+    await modelSelect().selectOption('flux-kontext-pro');
+    await promptBox().fill('a lighthouse in fog');
+    const before = generateBodies.length;
+    const upstreamBefore = h.simulator.received.length;
+    const button = page.getByRole('button', { name: 'Generate' });
+    await button.click();
+    await expect.poll(() => button.isDisabled()).toBe(true);
+    // A forced click, and Enter in a field (the form's own submission), while the task is still pending upstream.
+    await button.click({ force: true });
+    await page.getByLabel('Seed').press('Enter');
+    await page.locator('form.playground-form').evaluate((form) => (form as unknown as { requestSubmit(): void }).requestSubmit());
+    expect(await page.locator('.result-pending').count()).toBe(1);
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(1);
+    expect(await button.isDisabled()).toBe(false);
+    expect(generateBodies.length - before).toBe(1);
+    // One task submitted upstream (the rest are its polls).
+    expect(h.simulator.received.slice(upstreamBefore).filter((r) => r.method === 'POST')).toHaveLength(1);
+  });
+
   it('logged no error', () => {
     // The one error: the session probe's 401 before signing in.
     expect(errors.filter((e) => !/status of 401/.test(e))).toEqual([]);

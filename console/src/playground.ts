@@ -19,6 +19,7 @@ import {
   rawFromParameters,
   readValues,
   settingsOf,
+  type FormValues,
   type ModelInfo,
   type Operation,
   type ReuseSettings,
@@ -431,7 +432,20 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     return body;
   }
 
+  /**
+   * Whether a request is on its way: one at a time, so a second click (or Enter) while the first
+   * runs is not a second, paid, generation. The button says so by being disabled.
+   */
+  let running = false;
+  function setRunning(value: boolean): void {
+    running = value;
+    generateButton.disabled = value;
+    if (value) generateButton.setAttribute('aria-busy', 'true');
+    else generateButton.removeAttribute('aria-busy');
+  }
+
   async function submit(): Promise<void> {
+    if (running) return;
     formError.textContent = '';
     const model = currentModel();
     const op = operation();
@@ -455,6 +469,15 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     }
     const promptText = prompt.value;
     const settings = settingsOf(model.id, promptText, values, mode());
+    setRunning(true);
+    try {
+      await send(model, op, promptText, values, settings);
+    } finally {
+      setRunning(false);
+    }
+  }
+
+  async function send(model: ModelInfo, op: Operation, promptText: string, values: FormValues, settings: ReuseSettings): Promise<void> {
 
     let init: RequestInit;
     if (op === 'generate') {
@@ -485,7 +508,6 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
 
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    // Several requests may run at once: each result is added as it comes.
     void submit();
   });
 
