@@ -13,7 +13,9 @@ import {
   editModes,
   formFields,
   generateBody,
+  hintFor,
   labelFor,
+  placeholderFor,
   operationSchema,
   rawFromParameters,
   readValues,
@@ -159,6 +161,21 @@ describe('form values', () => {
       'options.sequential_image_generation_options': '{"max_images":3}',
     });
     expect(rawFromParameters(remix, null)).toEqual({});
+  });
+
+  it('asks for a required field instead of leaving it to a default the model does not have', () => {
+    const reframe = formFields(model('ideogram-v3'), 'edit', 'reframe');
+    const size = reframe.find((f) => f.key === 'size')!;
+    expect(size).toMatchObject({ control: 'select', required: true });
+    expect(placeholderFor(size)).toBe('Choose a size…');
+    const count = size.choices!.length - 1;
+    expect(hintFor(size)).toBe(`Required: choose one of the ${count} options.`);
+    expect(readValues(reframe, {}).errors).toEqual([{ key: 'size', message: `Size is required: choose one of the ${count} options.` }]);
+    expect(readValues(reframe, { size: '1024x1024' })).toEqual({ parameters: { size: '1024x1024' }, options: {}, errors: [] });
+    // Other fields keep their default, and say what they allow.
+    const n = reframe.find((f) => f.key === 'n')!;
+    expect(n.required).toBeUndefined();
+    expect(hintFor(n)).toBe(n.help);
   });
 
   it('carries to another model only the values it takes: a choice it offers, a number in its range, an unjudged value under the same rule', () => {

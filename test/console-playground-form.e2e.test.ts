@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
+import sharp from 'sharp';
 import { chromiumProblem, launchChromium, SCREENSHOTS } from './browser.js';
 import { CLIENT_KEY, startListening, type ListeningHarness } from './harness.js';
 
@@ -28,6 +29,8 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
   let catalogue: CatalogueModel[];
   /** The JSON bodies the page sent to POST /console/api/v1/generate. */
   const generateBodies: Array<Record<string, unknown>> = [];
+  /** How many multipart POST /console/api/v1/edit the page sent. */
+  let edits = 0;
   const errors: string[] = [];
 
   const modelSelect = () => page.getByLabel('Model', { exact: true });
@@ -45,6 +48,7 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     page = await context.newPage();
     page.on('request', (r) => {
       if (r.method() === 'POST' && new URL(r.url()).pathname === '/console/api/v1/generate') generateBodies.push(JSON.parse(r.postData() ?? '{}'));
+      if (r.method() === 'POST' && new URL(r.url()).pathname === '/console/api/v1/edit') edits++;
     });
     page.on('console', (m) => {
       if (m.type() === 'error') errors.push(m.text());
@@ -147,6 +151,38 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     expect(generateBodies.length - before).toBe(1);
     // One task submitted upstream (the rest are its polls).
     expect(h.simulator.received.slice(upstreamBefore).filter((r) => r.method === 'POST')).toHaveLength(1);
+  });
+
+  it('starts a required select (reframe\'s size) at "Choose a size…", says how many options it has, and asks for one before sending', async () => {
+    const sizes = catalogueModel('ideogram-v3').input_schema.edit!.reframe!.parameters.size!;
+    expect(sizes.required).toBe(true);
+    await modelSelect().selectOption('ideogram-v3');
+    await page.getByLabel('Edit an image').check();
+    await page.getByLabel('Mode', { exact: true }).selectOption('reframe');
+    const size = page.getByLabel('Size', { exact: true });
+    expect(await size.inputValue()).toBe('');
+    expect(await size.locator('option').first().textContent()).toBe('Choose a size…');
+    expect(await size.locator('option').allTextContents()).not.toContain('Default');
+    expect(await size.getAttribute('aria-required')).toBe('true');
+    expect(await page.locator('#pg-size-help').textContent()).toBe(`Required: choose one of the ${sizes.values!.length} options.`);
+    const png = await sharp({ create: { width: 64, height: 48, channels: 3, background: { r: 30, g: 120, b: 200 } } }).png().toBuffer();
+    await page.getByLabel('Image', { exact: true }).setInputFiles({ name: 'sea.png', mimeType: 'image/png', buffer: png });
+    await expect.poll(() => page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
+    const sent = edits;
+    await page.getByRole('button', { name: 'Reframe' }).click();
+    await expect.poll(() => page.locator('.playground-form > .form-error').textContent()).toBe(`Size is required: choose one of the ${sizes.values!.length} options.`);
+    expect(await size.getAttribute('aria-invalid')).toBe('true');
+    expect(edits).toBe(sent);
+    // Chosen, it is sent (as Ideogram v3's resolution).
+    await size.selectOption('1024x1024');
+    const upstreamBefore = h.simulator.received.length;
+    await page.getByRole('button', { name: 'Reframe' }).click();
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBeGreaterThan(0);
+    expect(edits).toBe(sent + 1);
+    expect(h.simulator.received.slice(upstreamBefore).find((r) => r.path.endsWith('/reframe'))?.fields).toMatchObject({ resolution: '1024x1024' });
+    // A field that is not required keeps its "Default".
+    await page.getByLabel('Generate from text').check();
+    expect(await page.getByLabel('Style', { exact: true }).locator('option').first().textContent()).toBe('Default');
   });
 
   it('logged no error', () => {
