@@ -25,6 +25,7 @@ import {
 import { EventStreamParser, progressText, readEventStream } from '../console/src/event-stream.js';
 import { checkImageFile, sniffImageType } from '../console/src/image-file.js';
 import { formatDuration } from '../console/src/duration.js';
+import { failureHeadline, failureOf, problemLines } from '../console/src/failure.js';
 import { makeHalfTransparentMask, makePng, multipartBody, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 
 /** The catalogue as GET /v1/models answers it (through JSON, as the browser gets it). */
@@ -307,6 +308,32 @@ describe('the playground telling how long a result took', () => {
     expect(formatDuration(9_960)).toBe('10 s');
     expect(formatDuration(61_000)).toBe('61 s');
     for (const ms of [0, 1, 20, 49, 50, 99, 100, 500]) expect(formatDuration(ms)).not.toMatch(/^0(\.0)? s$/);
+  });
+});
+
+describe('the playground telling why a request failed', () => {
+  it('headlines the error by its code and lists each field with what it allows, once', () => {
+    const refused = failureOf(
+      {
+        error: {
+          code: 'invalid_request',
+          message: 'size: must be WIDTHxHEIGHT …; colour: is not a field of this request',
+          details: [
+            { field: 'size', message: 'must be WIDTHxHEIGHT with each side 64..2048', allowed: 'WIDTHxHEIGHT with each side 64..2048' },
+            { field: 'colour', message: 'is not a field of this request', allowed: ['model', 'prompt', 'size'] },
+          ],
+        },
+      },
+      400,
+    );
+    expect(failureHeadline(refused)).toBe('The gateway refused these settings');
+    expect(problemLines(refused)).toEqual(['size: must be WIDTHxHEIGHT with each side 64..2048', 'colour: is not a field of this request (allowed: model, prompt, size)']);
+    // A failed event's error object; an answer that is not JSON; the gateway out of reach.
+    const upstream = failureOf({ code: 'upstream_timeout', message: 'no answer in 120 s' });
+    expect([failureHeadline(upstream), problemLines(upstream)]).toEqual(['The model took too long', ['no answer in 120 s']]);
+    expect(failureOf(undefined, 502)).toEqual({ status: 502, message: 'The gateway answered 502.' });
+    expect(failureHeadline({ code: 'network', message: 'Failed to fetch' })).toBe('The gateway could not be reached');
+    expect(failureHeadline({ message: 'odd' })).toBe('The generation failed');
   });
 });
 

@@ -185,8 +185,86 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     expect(await page.getByLabel('Style', { exact: true }).locator('option').first().textContent()).toBe('Default');
   });
 
+  it('result cards show only what is known: a seed where the model reports one, no "·" left dangling', async () => {
+    await modelSelect().selectOption('gpt-image-1');
+    await promptBox().fill('a teapot');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(1);
+    // gpt-image-1 reports no seed.
+    const gptFacts = (await page.locator('.result-facts').first().textContent())!;
+    expect(gptFacts).not.toMatch(/seed/);
+    // ideogram-v3 does.
+    await modelSelect().selectOption('ideogram-v3');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(2);
+    expect(await page.locator('.result-facts').first().textContent()).toMatch(/^seed 12345 · /);
+    // Reframe takes no prompt: the caption is the model alone.
+    await page.getByLabel('Edit an image').check();
+    await page.getByLabel('Mode', { exact: true }).selectOption('reframe');
+    await page.getByLabel('Size', { exact: true }).selectOption('1024x1024');
+    const png = await sharp({ create: { width: 64, height: 48, channels: 3, background: { r: 200, g: 120, b: 30 } } }).png().toBuffer();
+    await page.getByLabel('Image', { exact: true }).setInputFiles({ name: 'dune.png', mimeType: 'image/png', buffer: png });
+    await expect.poll(() => page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
+    await page.getByRole('button', { name: 'Reframe' }).click();
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(3);
+    expect(await page.locator('.result-model').first().textContent()).toBe('ideogram-v3');
+    for (const text of [...(await page.locator('.result-facts').allTextContents()), ...(await page.locator('.result-model').allTextContents())]) {
+      expect(text).not.toMatch(/^\s*·|·\s*$|·\s*·|—/);
+    }
+  });
+
+  it('a running generation shows a clock that ticks', async () => {
+    await modelSelect().selectOption('flux-kontext-pro');
+    await promptBox().fill('a windmill at noon');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    const clock = page.locator('.result-pending .result-elapsed');
+    await expect.poll(() => clock.textContent()).toMatch(/^Elapsed \d+\.\d s$/);
+    const first = await clock.textContent();
+    await expect.poll(() => clock.textContent(), { timeout: 5_000 }).not.toBe(first);
+    expect(Number(/([\d.]+) s/.exec((await clock.textContent()) ?? '')?.[1])).toBeGreaterThan(Number(/([\d.]+) s/.exec(first ?? '')?.[1]));
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(1);
+    expect(await page.locator('.result-pending').count()).toBe(0);
+  });
+
+  it('a failed card says what went wrong and which field allows what, with Retry and "Edit settings", and no "Elapsed 0.0 s"', async () => {
+    // flux-2-pro takes sizes within limits the console leaves to the gateway to judge.
+    await modelSelect().selectOption('flux-2-pro');
+    await page.getByLabel('Size', { exact: true }).fill('12x12');
+    await promptBox().fill('a tiny stamp');
+    const before = generateBodies.length;
+    const upstreamBefore = h.simulator.received.length;
+    await page.getByRole('button', { name: 'Generate' }).click();
+    const failed = page.locator('.result-failed');
+    await failed.waitFor();
+    expect(await failed.locator('.result-headline').textContent()).toBe('The gateway refused these settings');
+    expect(await failed.locator('.result-model').textContent()).toBe('flux-2-pro · a tiny stamp');
+    const problems = await failed.locator('.result-problems li').allTextContents();
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(/^size: must be .*WIDTHxHEIGHT with each side \d+\.\.\d+/);
+    expect(await failed.textContent()).not.toMatch(/Elapsed|0\.0 s/);
+    await page.locator('.results').screenshot({ path: `${SCREENSHOTS}console-failed-card.png` });
+    // Nothing reached upstream.
+    expect(h.simulator.received.length).toBe(upstreamBefore);
+
+    // Retry sends the same request again; it fails the same way, in the same card.
+    await failed.getByRole('button', { name: 'Retry' }).click();
+    await expect.poll(() => generateBodies.length).toBe(before + 2);
+    expect(generateBodies.at(-1)).toEqual(generateBodies.at(-2));
+    await expect.poll(() => page.locator('.result-pending').count()).toBe(0);
+    expect(await failed.count()).toBe(1);
+
+    // "Edit settings" brings them back into the form with the size marked and focused.
+    await modelSelect().selectOption('gpt-image-1');
+    await failed.getByRole('button', { name: 'Edit settings' }).click();
+    expect(await modelSelect().inputValue()).toBe('flux-2-pro');
+    const size = page.getByLabel('Size', { exact: true });
+    expect(await size.inputValue()).toBe('12x12');
+    expect(await size.getAttribute('aria-invalid')).toBe('true');
+    expect(await size.evaluate((el) => el === (globalThis as unknown as { document: { activeElement: unknown } }).document.activeElement)).toBe(true);
+  });
+
   it('logged no error', () => {
-    // The one error: the session probe's 401 before signing in.
-    expect(errors.filter((e) => !/status of 401/.test(e))).toEqual([]);
+    // The expected ones: the session probe's 401 before signing in, and the refused size's 400s (the failed card's).
+    expect(errors.filter((e) => !/status of 40[01]/.test(e))).toEqual([]);
   });
 });

@@ -7,6 +7,7 @@
 import type { ConsoleContext } from './api.js';
 import { progressText, readEventStream } from './event-stream.js';
 import { formatDuration } from './duration.js';
+import { failureHeadline, failureOf, problemLines, type Failure } from './failure.js';
 import { checkImageFile } from './image-file.js';
 import { createMaskEditor, type MaskEditor } from './mask-editor.js';
 import {
@@ -50,23 +51,36 @@ interface PlaygroundState {
   editImage?: { url: string; id?: string };
 }
 
-class RequestFailed extends Error {}
+class RequestFailed extends Error {
+  constructor(readonly failure: Failure) {
+    super(failure.message);
+  }
+}
+
+/** The failure a non-2xx answer describes (its `{"error": {...}}` body). */
+async function failureOfAnswer(res: Response): Promise<Failure> {
+  try {
+    return failureOf(await res.json(), res.status);
+  } catch {
+    return failureOf(undefined, res.status);
+  }
+}
+
+/** "model · prompt", leaving out what is empty (a mode that takes no prompt): no dangling "·". */
+function captionOf(model: string, promptText: string | null | undefined): string {
+  return [model, promptText ?? ''].filter((part) => part.trim() !== '').join(' · ');
+}
+
+/** Seconds with a tenth, for the clock of a running generation. */
+function elapsedText(ms: number): string {
+  return `Elapsed ${(Math.max(0, ms) / 1000).toFixed(1)} s`;
+}
 
 /** Shows or hides an element, whatever display its classes give it ([hidden] alone loses to `display: flex`). */
 function shown(el: HTMLElement, visible: boolean): void {
   el.hidden = !visible;
   if (visible) el.style.removeProperty('display');
   else el.style.setProperty('display', 'none');
-}
-
-async function errorText(res: Response): Promise<string> {
-  try {
-    const body = (await res.json()) as { error?: { message?: string } };
-    if (body.error?.message) return body.error.message;
-  } catch {
-    // not JSON
-  }
-  return `The gateway answered ${res.status}.`;
 }
 
 export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<void> {
@@ -76,7 +90,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   let models: ModelInfo[];
   try {
     const res = await ctx.api('/v1/models');
-    if (!res.ok) throw new RequestFailed(await errorText(res));
+    if (!res.ok) throw new RequestFailed(await failureOfAnswer(res));
     // The playground generates and edits; models that only upscale or describe are not offered here.
     models = ((await res.json()) as { data: ModelInfo[] }).data.filter((m) => m.operations.includes('generate') || m.operations.includes('edit'));
   } catch (err) {
@@ -344,7 +358,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
 
   async function fetchImage(url: string): Promise<Blob> {
     const res = await fetch(url, { credentials: 'same-origin' });
-    if (!res.ok) throw new RequestFailed(`the image could not be fetched (${res.status})`);
+    if (!res.ok) throw new RequestFailed({ status: res.status, message: `the image could not be fetched (${res.status})` });
     return res.blob();
   }
 
@@ -363,13 +377,14 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
           .catch((err: Error) => toast(`Cannot edit it: ${err.message}`, 'error'))
           .finally(() => (editButton.disabled = false));
       });
+      // Only what is known: no "seed —" where the model reports none.
       const facts = [
-        image.seed !== undefined ? `seed ${image.seed}` : 'seed —',
+        image.seed !== undefined && image.seed !== null ? `seed ${image.seed}` : '',
         formatDuration(ms),
         each === null ? 'cost —' : formatUsd(each),
         image.width && image.height ? `${image.width}×${image.height}` : '',
       ].filter(Boolean);
-      const img = h('img', { src, alt: `${result.model}: ${settings.prompt ?? ''}`, loading: 'lazy', width: image.width, height: image.height });
+      const img = h('img', { src, alt: settings.prompt ? `${result.model}: ${settings.prompt}` : result.model, loading: 'lazy', width: image.width, height: image.height });
       // Scaled to the card's width, its proportions kept.
       img.style.setProperty('width', '100%');
       img.style.setProperty('height', 'auto');
@@ -378,7 +393,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         'figure',
         { class: 'card result-card', 'data-seed': image.seed ?? '' },
         img,
-        h('figcaption', null, h('p', { class: 'result-facts' }, facts.join(' · ')), h('p', { class: 'muted result-model' }, `${result.model} · ${settings.prompt ?? ''}`)),
+        h('figcaption', null, h('p', { class: 'result-facts' }, facts.join(' · ')), h('p', { class: 'muted result-model' }, captionOf(result.model, settings.prompt))),
         h(
           'div',
           { class: 'row result-actions' },
@@ -396,10 +411,10 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   async function followJob(id: string, show: (text: string) => void): Promise<GenerationResult> {
     for (;;) {
       const res = await ctx.api(`/v1/jobs/${encodeURIComponent(id)}`);
-      if (!res.ok) throw new RequestFailed(await errorText(res));
-      const job = (await res.json()) as { status: string; result?: GenerationResult; error?: { message?: string } };
+      if (!res.ok) throw new RequestFailed(await failureOfAnswer(res));
+      const job = (await res.json()) as { status: string; result?: GenerationResult; error?: unknown };
       if (job.status === 'succeeded' && job.result) return job.result;
-      if (job.status === 'failed') throw new RequestFailed(job.error?.message ?? 'The job failed.');
+      if (job.status === 'failed') throw new RequestFailed(failureOf(job.error ?? { message: 'The job failed.' }));
       show(job.status === 'queued' ? 'Queued…' : 'Running…');
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
@@ -407,7 +422,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
 
   /** Reads the answer: an event stream (progress as it comes), a 202 job, or the result itself. */
   async function outcome(res: Response, show: (text: string) => void): Promise<GenerationResult> {
-    if (!res.ok) throw new RequestFailed(await errorText(res));
+    if (!res.ok) throw new RequestFailed(await failureOfAnswer(res));
     const type = res.headers.get('content-type') ?? '';
     if (type.startsWith('text/event-stream') && res.body) {
       for await (const { event, data } of readEventStream(res.body)) {
@@ -420,12 +435,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         const text = progressText(event, parsed);
         if (text) show(text);
         if (event === 'succeeded') return parsed as unknown as GenerationResult;
-        if (event === 'failed' || event === 'error') {
-          const error = (parsed.error ?? parsed) as { message?: string };
-          throw new RequestFailed(error.message ?? 'The request failed.');
-        }
+        if (event === 'failed' || event === 'error') throw new RequestFailed(failureOf(parsed));
       }
-      throw new RequestFailed('The stream ended without a result.');
+      throw new RequestFailed({ message: 'The stream ended without a result.' });
     }
     const body = (await res.json()) as GenerationResult & { status_url?: string; status?: string };
     if (res.status === 202 && body.id) return followJob(body.id, show);
@@ -440,6 +452,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   function setRunning(value: boolean): void {
     running = value;
     generateButton.disabled = value;
+    for (const retry of results.querySelectorAll<HTMLButtonElement>('.result-retry')) retry.disabled = value;
     if (value) generateButton.setAttribute('aria-busy', 'true');
     else generateButton.removeAttribute('aria-busy');
   }
@@ -478,7 +491,6 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   }
 
   async function send(model: ModelInfo, op: Operation, promptText: string, values: FormValues, settings: ReuseSettings): Promise<void> {
-
     let init: RequestInit;
     if (op === 'generate') {
       init = { method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' }, body: JSON.stringify(generateBody(model.id, promptText, values)) };
@@ -489,21 +501,65 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       if (maskEditor?.hasPaint()) body.append('mask', await maskEditor.toBlob(), 'mask.png');
       init = { method: 'POST', headers: { Accept: 'text/event-stream' }, body };
     }
+    await run({ path: op === 'generate' ? '/v1/generate' : '/v1/edit', init, settings });
+  }
 
+  /** One request as sent: what Retry sends again (a FormData body can be sent more than once). */
+  interface SentRequest {
+    path: string;
+    init: RequestInit;
+    settings: ReuseSettings;
+  }
+
+  /** Sends a request, showing it as a card that runs (its status and a ticking clock), then its images or what went wrong. */
+  async function run(request: SentRequest, replacing?: HTMLElement): Promise<void> {
     shown(emptyResults, false);
     const status = h('p', { class: 'result-status', role: 'status' }, 'Sending…');
-    const pending = h('div', { class: 'card result-pending', 'aria-busy': 'true' }, h('p', { class: 'muted' }, `${model.id} · ${promptText}`), status);
-    results.prepend(pending);
+    const elapsed = h('p', { class: 'muted result-elapsed' });
+    const pending = h('div', { class: 'card result-pending', 'aria-busy': 'true' }, h('p', { class: 'muted' }, captionOf(request.settings.model, request.settings.prompt)), status, elapsed);
+    if (replacing) replacing.replaceWith(pending);
+    else results.prepend(pending);
     const started = performance.now();
+    const tick = () => (elapsed.textContent = elapsedText(performance.now() - started));
+    tick();
+    const clock = setInterval(tick, 100);
     try {
-      const result = await outcome(await ctx.api(op === 'generate' ? '/v1/generate' : '/v1/edit', init), (text) => (status.textContent = text));
-      pending.replaceWith(...resultCards(result, performance.now() - started, settings));
+      const result = await outcome(await ctx.api(request.path, request.init), (text) => (status.textContent = text));
+      pending.replaceWith(...resultCards(result, performance.now() - started, request.settings));
     } catch (err) {
-      pending.removeAttribute('aria-busy');
-      status.classList.add('form-error');
-      status.setAttribute('role', 'alert');
-      status.textContent = err instanceof RequestFailed ? err.message : `The gateway could not be reached: ${(err as Error).message}`;
+      const failure: Failure = err instanceof RequestFailed ? err.failure : { code: 'network', message: (err as Error).message };
+      pending.replaceWith(failedCard(request, failure, performance.now() - started));
+    } finally {
+      clearInterval(clock);
     }
+  }
+
+  /** A failed request: what happened, the problems (each field and what it allows), and Retry / Edit settings. */
+  function failedCard(request: SentRequest, failure: Failure, ms: number): HTMLElement {
+    const retry = h('button', { type: 'button', class: 'result-retry', disabled: running }, 'Retry');
+    const card = h(
+      'div',
+      { class: 'card result-failed' },
+      h('h3', { class: 'result-headline', role: 'alert' }, failureHeadline(failure)),
+      h('p', { class: 'muted result-model' }, captionOf(request.settings.model, request.settings.prompt)),
+      h('ul', { class: 'result-problems form-error' }, problemLines(failure).map((line) => h('li', null, line))),
+      // How long it took only where that tells something (an upstream that gave up after a while), never "0.0 s".
+      ms >= 1000 ? h('p', { class: 'muted result-elapsed' }, `Failed after ${formatDuration(ms)}`) : null,
+      h('div', { class: 'row result-actions' }, retry, h('button', { type: 'button', onclick: () => editSettings(request.settings, failure) }, 'Edit settings')),
+    );
+    retry.addEventListener('click', () => {
+      if (running) return;
+      setRunning(true);
+      void run(request, card).finally(() => setRunning(false));
+    });
+    return card;
+  }
+
+  /** Back to the form with a failed request's settings, the fields the gateway named marked. */
+  function editSettings(settings: ReuseSettings, failure: Failure): void {
+    applySettings(settings);
+    const named = (failure.details ?? []).flatMap((d) => (d.field ? [d.field] : []));
+    view.markInvalid(fields.filter((f) => named.includes(f.key)).map((f) => f.key));
   }
 
   form.addEventListener('submit', (event) => {
