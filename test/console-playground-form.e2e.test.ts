@@ -263,6 +263,38 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     expect(await size.evaluate((el) => el === (globalThis as unknown as { document: { activeElement: unknown } }).document.activeElement)).toBe(true);
   });
 
+  it('"Edit this image" keeps the result\'s own model where it edits, else takes the first that does and says so', async () => {
+    // A flux-kontext-pro result, edited while the form shows another model: flux-kontext-pro edits it.
+    await modelSelect().selectOption('flux-kontext-pro');
+    await promptBox().fill('a red kite');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(1);
+    await modelSelect().selectOption('gpt-image-1');
+    await cards().first().getByRole('button', { name: 'Edit this image' }).click();
+    await expect.poll(() => page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
+    expect(await modelSelect().inputValue()).toBe('flux-kontext-pro');
+    expect(await page.getByLabel('Edit an image').isChecked()).toBe(true);
+    expect(await page.locator('#pg-model-note').textContent()).toBe('');
+
+    // A dall-e-3 result (dall-e-3 only generates): the catalogue's first model that edits, with a note.
+    await page.getByLabel('Generate from text').check();
+    await modelSelect().selectOption('dall-e-3');
+    await promptBox().fill('a blue kite');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(2);
+    await cards().first().getByRole('button', { name: 'Edit this image' }).click();
+    const firstEditor = catalogue.find((m) => m.operations.includes('edit'))!.id;
+    await expect.poll(() => modelSelect().inputValue()).toBe(firstEditor);
+    await expect.poll(() => page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
+    expect(await page.locator('#pg-model-note').textContent()).toBe(`dall-e-3 does not edit images, so ${firstEditor} is selected.`);
+    expect(await page.locator('#pg-model-note').isVisible()).toBe(true);
+    await page.screenshot({ path: `${SCREENSHOTS}console-edit-note.png`, fullPage: true });
+    // Choosing a model oneself clears the note.
+    await modelSelect().selectOption('flux-kontext-pro');
+    expect(await page.locator('#pg-model-note').textContent()).toBe('');
+    expect(await page.locator('#pg-model-note').isVisible()).toBe(false);
+  });
+
   it('logged no error', () => {
     // The expected ones: the session probe's 401 before signing in, and the refused size's 400s (the failed card's).
     expect(errors.filter((e) => !/status of 40[01]/.test(e))).toEqual([]);

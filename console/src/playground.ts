@@ -48,7 +48,7 @@ interface GenerationResult {
 /** What ctx.state may carry here: settings to reuse, or an image to edit (from the gallery). */
 interface PlaygroundState {
   reuse?: ReuseSettings;
-  editImage?: { url: string; id?: string };
+  editImage?: { url: string; id?: string; model?: string };
 }
 
 class RequestFailed extends Error {
@@ -105,7 +105,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   // ---- the form
   const modelSelect = h('select', { id: 'pg-model', name: 'model' }, models.map((m) => h('option', { value: m.id }, m.id)));
   const modelHint = h('p', { class: 'hint', id: 'pg-model-help' });
-  modelSelect.setAttribute('aria-describedby', 'pg-model-help');
+  // Why the console chose the model itself (an image to edit made by a model that does not edit).
+  const modelNote = h('p', { class: 'notice model-note', id: 'pg-model-note', role: 'status' });
+  modelSelect.setAttribute('aria-describedby', 'pg-model-help pg-model-note');
 
   const opGenerate = h('input', { type: 'radio', name: 'pg-operation', id: 'pg-op-generate', value: 'generate', checked: true });
   const opEdit = h('input', { type: 'radio', name: 'pg-operation', id: 'pg-op-edit', value: 'edit' });
@@ -146,7 +148,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const form = h(
     'form',
     { class: 'card playground-form', novalidate: true },
-    h('div', { class: 'field' }, h('label', { for: 'pg-model' }, 'Model'), modelSelect, modelHint),
+    h('div', { class: 'field' }, h('label', { for: 'pg-model' }, 'Model'), modelSelect, modelHint, modelNote),
     operationGroup,
     editSection,
     h('div', { class: 'field' }, h('label', { for: 'pg-prompt' }, 'Prompt'), prompt, promptHint),
@@ -300,7 +302,11 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     void showMask();
   }
 
-  modelSelect.addEventListener('change', () => update());
+  modelSelect.addEventListener('change', () => {
+    // The user chose: the note on the console's choice no longer applies.
+    modelNote.textContent = '';
+    update();
+  });
   opGenerate.addEventListener('change', () => update());
   opEdit.addEventListener('change', () => update());
   modeSelect.addEventListener('change', () => update());
@@ -340,18 +346,26 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     prompt.focus();
   }
 
-  /** Switches to editing `blob` with a model that edits (the current one where it does, one that takes a mask first). */
-  async function editImage(blob: Blob): Promise<void> {
-    if (!currentModel().operations.includes('edit')) {
-      const editor = models.find((m) => operationSchema(m, 'edit', 'edit')?.mask) ?? models.find((m) => m.operations.includes('edit'));
+  /**
+   * Switches to editing `blob`: with the model that made it (`madeBy`) where that model edits, else
+   * with the first model of the catalogue that does, saying so under the model.
+   */
+  async function editImage(blob: Blob, madeBy?: string): Promise<void> {
+    const own = models.find((m) => m.id === madeBy) ?? (madeBy === undefined ? currentModel() : undefined);
+    let editor = own;
+    let note = '';
+    if (!own?.operations.includes('edit')) {
+      editor = models.find((m) => m.operations.includes('edit'));
       if (!editor) {
         toast('None of the models this key may use edits images.', 'error');
         return;
       }
-      modelSelect.value = editor.id;
+      note = own ? `${own.id} does not edit images, so ${editor.id} is selected.` : `${madeBy} is not available to this key, so ${editor.id} is selected.`;
     }
+    modelSelect.value = editor!.id;
     opEdit.checked = true;
     update();
+    modelNote.textContent = note;
     await chooseFiles([blob]);
     editSection.scrollIntoView?.({ block: 'start', behavior: 'smooth' });
   }
@@ -373,7 +387,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       editButton.addEventListener('click', () => {
         editButton.disabled = true;
         fetchImage(src)
-          .then(editImage)
+          .then((blob) => editImage(blob, result.model))
           .catch((err: Error) => toast(`Cannot edit it: ${err.message}`, 'error'))
           .finally(() => (editButton.disabled = false));
       });
@@ -571,7 +585,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   if (state.reuse) applySettings(state.reuse);
   if (state.editImage) {
     try {
-      await editImage(await fetchImage(state.editImage.url));
+      await editImage(await fetchImage(state.editImage.url), state.editImage.model);
     } catch (err) {
       toast(`The image could not be loaded for editing: ${(err as Error).message}`, 'error');
     }
