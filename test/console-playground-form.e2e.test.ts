@@ -198,7 +198,13 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     await page.getByRole('button', { name: 'Generate' }).click();
     await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(2);
     expect(await page.locator('.result-facts').first().textContent()).toMatch(/^seed 12345 · /);
+    // dall-e-3's cost is not known in advance: said in words.
+    await modelSelect().selectOption('dall-e-3');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(3);
+    expect(await page.locator('.result-facts').first().textContent()).toMatch(/^\d+ ms · cost unknown · \d+×\d+$/);
     // Reframe takes no prompt: the caption is the model alone.
+    await modelSelect().selectOption('ideogram-v3');
     await page.getByLabel('Edit an image').check();
     await page.getByLabel('Mode', { exact: true }).selectOption('reframe');
     await page.getByLabel('Size', { exact: true }).selectOption('1024x1024');
@@ -206,7 +212,7 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     await page.getByLabel('Image', { exact: true }).setInputFiles({ name: 'dune.png', mimeType: 'image/png', buffer: png });
     await expect.poll(() => page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
     await page.getByRole('button', { name: 'Reframe' }).click();
-    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(3);
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(4);
     expect(await page.locator('.result-model').first().textContent()).toBe('ideogram-v3');
     for (const text of [...(await page.locator('.result-facts').allTextContents()), ...(await page.locator('.result-model').allTextContents())]) {
       expect(text).not.toMatch(/^\s*·|·\s*$|·\s*·|—/);

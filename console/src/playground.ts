@@ -395,7 +395,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       const facts = [
         image.seed !== undefined && image.seed !== null ? `seed ${image.seed}` : '',
         formatDuration(ms),
-        each === null ? 'cost —' : formatUsd(each),
+        // A price the catalogue does not know (dall-e-3's depends on size and quality) is said in words, not a dash.
+        each === null ? 'cost unknown' : formatUsd(each),
         image.width && image.height ? `${image.width}×${image.height}` : '',
       ].filter(Boolean);
       const img = h('img', { src, alt: settings.prompt ? `${result.model}: ${settings.prompt}` : result.model, loading: 'lazy', width: image.width, height: image.height });
