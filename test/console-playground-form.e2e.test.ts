@@ -173,6 +173,7 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     await expect.poll(() => page.locator('.playground-form > .form-error').textContent()).toBe(`Size is required: choose one of the ${sizes.values!.length} options.`);
     expect(await size.getAttribute('aria-invalid')).toBe('true');
     expect(edits).toBe(sent);
+    await page.screenshot({ path: `${SCREENSHOTS}console-required-size.png`, fullPage: true });
     // Chosen, it is sent (as Ideogram v3's resolution).
     await size.selectOption('1024x1024');
     const upstreamBefore = h.simulator.received.length;
@@ -227,6 +228,7 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     await expect.poll(() => clock.textContent()).toMatch(/^Elapsed \d+\.\d s$/);
     const first = await clock.textContent();
     await expect.poll(() => clock.textContent(), { timeout: 5_000 }).not.toBe(first);
+    await page.screenshot({ path: `${SCREENSHOTS}console-running.png`, fullPage: true });
     expect(Number(/([\d.]+) s/.exec((await clock.textContent()) ?? '')?.[1])).toBeGreaterThan(Number(/([\d.]+) s/.exec(first ?? '')?.[1]));
     await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(1);
     expect(await page.locator('.result-pending').count()).toBe(0);
