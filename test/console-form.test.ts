@@ -8,11 +8,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeModel } from '../src/catalogue/catalogue.js';
 import { MODELS } from '../src/catalogue/models.js';
 import {
+  carryOver,
   editFields,
   editModes,
   formFields,
   generateBody,
+  hintFor,
   labelFor,
+  placeholderFor,
   operationSchema,
   rawFromParameters,
   readValues,
@@ -22,6 +25,7 @@ import {
 import { EventStreamParser, progressText, readEventStream } from '../console/src/event-stream.js';
 import { checkImageFile, sniffImageType } from '../console/src/image-file.js';
 import { formatDuration } from '../console/src/duration.js';
+import { failureHeadline, failureOf, problemLines } from '../console/src/failure.js';
 import { makeHalfTransparentMask, makePng, multipartBody, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 
 /** The catalogue as GET /v1/models answers it (through JSON, as the browser gets it). */
@@ -159,6 +163,36 @@ describe('form values', () => {
     });
     expect(rawFromParameters(remix, null)).toEqual({});
   });
+
+  it('asks for a required field instead of leaving it to a default the model does not have', () => {
+    const reframe = formFields(model('ideogram-v3'), 'edit', 'reframe');
+    const size = reframe.find((f) => f.key === 'size')!;
+    expect(size).toMatchObject({ control: 'select', required: true });
+    expect(placeholderFor(size)).toBe('Choose a size…');
+    const count = size.choices!.length - 1;
+    expect(hintFor(size)).toBe(`Required: choose one of the ${count} options.`);
+    expect(readValues(reframe, {}).errors).toEqual([{ key: 'size', message: `Size is required: choose one of the ${count} options.` }]);
+    expect(readValues(reframe, { size: '1024x1024' })).toEqual({ parameters: { size: '1024x1024' }, options: {}, errors: [] });
+    // Other fields keep their default, and say what they allow.
+    const n = reframe.find((f) => f.key === 'n')!;
+    expect(n.required).toBeUndefined();
+    expect(hintFor(n)).toBe(n.help);
+  });
+
+  it('carries to another model only the values it takes: a choice it offers, a number in its range, an unjudged value under the same rule', () => {
+    const gpt = formFields(model('gpt-image-1'), 'generate');
+    const typed = { n: '5', quality: 'high', size: '1536x1024', 'options.output_compression': '80' };
+    // Same fields, same rules: everything stays.
+    expect(carryOver(gpt, formFields(model('gpt-image-1.5'), 'generate'), typed)).toEqual(typed);
+    // dall-e-3: n is 1 at most, other qualities and sizes, no output compression.
+    expect(carryOver(gpt, formFields(model('dall-e-3'), 'generate'), typed)).toEqual({});
+    const ideogram = formFields(model('ideogram-v3'), 'generate');
+    expect(carryOver(ideogram, formFields(model('imagen-4.0-generate-001'), 'generate'), { n: '3', seed: '42' })).toEqual({ n: '3' });
+    // A free size the console cannot judge stays only where the rule is the same one.
+    const flux2 = formFields(model('flux-2-pro'), 'generate');
+    expect(carryOver(flux2, formFields(model('flux-2-flex'), 'generate'), { size: '1000x700' })).toEqual({ size: '1000x700' });
+    expect(carryOver(flux2, formFields(model('doubao-seedream-4-0'), 'generate'), { size: '1000x700' })).toEqual({});
+  });
 });
 
 describe('the requests the form builds, as the gateway takes them', () => {
@@ -274,6 +308,32 @@ describe('the playground telling how long a result took', () => {
     expect(formatDuration(9_960)).toBe('10 s');
     expect(formatDuration(61_000)).toBe('61 s');
     for (const ms of [0, 1, 20, 49, 50, 99, 100, 500]) expect(formatDuration(ms)).not.toMatch(/^0(\.0)? s$/);
+  });
+});
+
+describe('the playground telling why a request failed', () => {
+  it('headlines the error by its code and lists each field with what it allows, once', () => {
+    const refused = failureOf(
+      {
+        error: {
+          code: 'invalid_request',
+          message: 'size: must be WIDTHxHEIGHT …; colour: is not a field of this request',
+          details: [
+            { field: 'size', message: 'must be WIDTHxHEIGHT with each side 64..2048', allowed: 'WIDTHxHEIGHT with each side 64..2048' },
+            { field: 'colour', message: 'is not a field of this request', allowed: ['model', 'prompt', 'size'] },
+          ],
+        },
+      },
+      400,
+    );
+    expect(failureHeadline(refused)).toBe('The gateway refused these settings');
+    expect(problemLines(refused)).toEqual(['size: must be WIDTHxHEIGHT with each side 64..2048', 'colour: is not a field of this request (allowed: model, prompt, size)']);
+    // A failed event's error object; an answer that is not JSON; the gateway out of reach.
+    const upstream = failureOf({ code: 'upstream_timeout', message: 'no answer in 120 s' });
+    expect([failureHeadline(upstream), problemLines(upstream)]).toEqual(['The model took too long', ['no answer in 120 s']]);
+    expect(failureOf(undefined, 502)).toEqual({ status: 502, message: 'The gateway answered 502.' });
+    expect(failureHeadline({ code: 'network', message: 'Failed to fetch' })).toBe('The gateway could not be reached');
+    expect(failureHeadline({ message: 'odd' })).toBe('The generation failed');
   });
 });
 

@@ -179,7 +179,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     } }, 'Reuse settings');
     const edit = el('button', { type: 'button', onclick: () => {
       dialog.close();
-      ctx.navigate('#/playground', { editImage: { url: image.url, id: image.id } });
+      ctx.navigate('#/playground', { editImage: { url: image.url, id: image.id, model: image.model } });
     } }, 'Edit this image');
     const download = el('a', { href: image.url, download: /\.[a-z0-9]{2,5}$/i.test(image.id) ? image.id : `${image.id}.${ext}` }, 'Download');
     const remove = el('button', { type: 'button', class: 'danger', onclick: async () => {

@@ -2,7 +2,7 @@
  * Draws the playground's generated fields (param-form.ts describes them): a labelled control per
  * field with what it allows under it; the model's options in a collapsible group.
  */
-import type { FieldDescriptor } from './param-form.js';
+import { hintFor, placeholderFor, type FieldDescriptor } from './param-form.js';
 import { h } from './ui.js';
 
 export interface RenderedFields {
@@ -22,7 +22,8 @@ function controlFor(field: FieldDescriptor, id: string): { control: Control; ext
   switch (field.control) {
     case 'select': {
       const select = h('select', { id, name: field.key, 'aria-describedby': describedBy });
-      for (const choice of field.choices ?? []) select.appendChild(h('option', { value: choice }, choice === '' ? 'Default' : choice));
+      // The empty choice: the model's default, or, where there is none, a prompt to choose.
+      for (const choice of field.choices ?? []) select.appendChild(h('option', { value: choice }, choice === '' ? (field.required ? placeholderFor(field) : 'Default') : choice));
       return { control: select };
     }
     case 'combo': {
@@ -71,8 +72,9 @@ export function renderFields(fields: readonly FieldDescriptor[], idPrefix: strin
   const block = (field: FieldDescriptor) => {
     const id = `${idPrefix}-${field.key.replace(/[^\w-]/g, '_')}`;
     const { control, extra } = controlFor(field, id);
+    if (field.required) control.setAttribute('aria-required', 'true');
     controls.set(field.key, control);
-    return h('div', { class: 'field' }, h('label', { for: id }, field.label), control, extra, h('p', { id: `${id}-help`, class: 'hint' }, field.help));
+    return h('div', { class: 'field' }, h('label', { for: id }, field.label), control, extra, h('p', { id: `${id}-help`, class: 'hint' }, hintFor(field)));
   };
   const parameters = fields.filter((f) => f.group === 'parameters').map(block);
   const options = fields.filter((f) => f.group === 'options').map(block);

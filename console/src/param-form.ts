@@ -16,6 +16,8 @@ export interface FieldSchema {
   minimum?: number;
   maximum?: number;
   max_length?: number;
+  /** The request cannot be made without it (Ideogram's reframe needs a size). */
+  required?: boolean;
 }
 
 export interface OperationSchema {
@@ -62,6 +64,8 @@ export interface FieldDescriptor {
   placeholder?: string;
   /** What the field allows, in words (shown under it, and in errors). */
   help: string;
+  /** The model's default will not do: a value must be given (a select then starts at "Choose a …"). */
+  required?: boolean;
 }
 
 const LABELS: Record<string, string> = {
@@ -79,6 +83,23 @@ export function labelFor(name: string): string {
   if (Object.hasOwn(LABELS, name)) return LABELS[name]!;
   const words = name.replace(/[_-]+/g, ' ').trim();
   return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+/** A required select's first, empty choice: "Choose a size…", "Choose an aspect ratio…". */
+export function placeholderFor(field: FieldDescriptor): string {
+  const what = field.label.toLowerCase();
+  return `Choose ${/^[aeiou]/.test(what) ? 'an' : 'a'} ${what}…`;
+}
+
+/** The choices of a select, its empty first one (the default, or "Choose a …") left out. */
+export function optionCount(field: FieldDescriptor): number {
+  return (field.choices ?? []).filter((c) => c !== '').length;
+}
+
+/** What is shown under a field: what it allows; for a required one, that it is, and for a select how many options it has. */
+export function hintFor(field: FieldDescriptor): string {
+  if (!field.required) return field.help;
+  return field.control === 'select' ? `Required: choose one of the ${optionCount(field)} options.` : `Required: ${field.help}`;
 }
 
 /** The modes a model's edits take, the one shown first first ("edit" where it exists: the mask editor's mode). */
@@ -101,7 +122,7 @@ export function operationSchema(model: ModelInfo, operation: Operation, mode?: s
 
 function describe(name: string, group: FieldDescriptor['group'], schema: FieldSchema): FieldDescriptor {
   const key = group === 'options' ? `options.${name}` : name;
-  const base = { key, name, group, label: labelFor(name), help: schema.allowed };
+  const base = { key, name, group, label: labelFor(name), help: schema.allowed, ...(schema.required ? { required: true } : {}) };
   const range = {
     ...(schema.minimum !== undefined ? { min: schema.minimum } : {}),
     ...(schema.maximum !== undefined ? { max: schema.maximum } : {}),
@@ -161,8 +182,12 @@ export function readValues(fields: readonly FieldDescriptor[], raw: Readonly<Rec
   const out: FormValues = { parameters: {}, options: {}, errors: [] };
   for (const field of fields) {
     const text = (Object.hasOwn(raw, field.key) ? raw[field.key]! : '').trim();
-    if (text === '') continue;
     const fail = (message: string) => out.errors.push({ key: field.key, message: `${field.label} ${message}` });
+    if (text === '') {
+      // Left empty, a field takes the model's default; a required one has none.
+      if (field.required) fail(field.control === 'select' ? `is required: choose one of the ${optionCount(field)} options.` : `is required: ${field.help}`);
+      continue;
+    }
     let value: unknown;
     switch (field.valueType) {
       case 'integer':
@@ -210,6 +235,41 @@ export function readValues(fields: readonly FieldDescriptor[], raw: Readonly<Rec
     else out.parameters[field.name] = value;
   }
   return out;
+}
+
+/**
+ * The texts worth keeping when the form changes model, operation or mode: a value stays only where
+ * the new form has the field and takes the value. The console can judge a choice, a number's range,
+ * a text's length; a value it cannot judge (a free size, a ratio, JSON) stays only when the field's
+ * rule is unchanged. Anything else is cleared, so a value the old model took (n=5) is never sent
+ * to, nor refused by, a model that takes less.
+ */
+export function carryOver(previous: readonly FieldDescriptor[], next: readonly FieldDescriptor[], raw: Readonly<Record<string, string>>): Record<string, string> {
+  const kept: Record<string, string> = {};
+  for (const field of next) {
+    const text = Object.hasOwn(raw, field.key) ? raw[field.key]! : '';
+    if (text.trim() === '' || readValues([field], { [field.key]: text }).errors.length > 0) continue;
+    const before = previous.find((f) => f.key === field.key);
+    const sameRule = before !== undefined && before.help === field.help && before.valueType === field.valueType;
+    if (sameRule || judgedInFull(field, text)) kept[field.key] = text;
+  }
+  return kept;
+}
+
+/** Whether readValues' verdict on `text` is the whole rule (a size, ratio or JSON value is judged by the gateway). */
+function judgedInFull(field: FieldDescriptor, text: string): boolean {
+  switch (field.control) {
+    case 'select':
+    case 'combo':
+      return (field.choices ?? []).includes(text.trim());
+    case 'number':
+      return field.min !== undefined && field.max !== undefined;
+    case 'text':
+    case 'textarea':
+      return field.valueType === 'string' && field.maxLength !== undefined;
+    default:
+      return false;
+  }
 }
 
 /**

@@ -7,9 +7,11 @@
 import type { ConsoleContext } from './api.js';
 import { progressText, readEventStream } from './event-stream.js';
 import { formatDuration } from './duration.js';
+import { failureHeadline, failureOf, problemLines, type Failure } from './failure.js';
 import { checkImageFile } from './image-file.js';
 import { createMaskEditor, type MaskEditor } from './mask-editor.js';
 import {
+  carryOver,
   editFields,
   editModes,
   formFields,
@@ -18,6 +20,7 @@ import {
   rawFromParameters,
   readValues,
   settingsOf,
+  type FormValues,
   type ModelInfo,
   type Operation,
   type ReuseSettings,
@@ -45,26 +48,39 @@ interface GenerationResult {
 /** What ctx.state may carry here: settings to reuse, or an image to edit (from the gallery). */
 interface PlaygroundState {
   reuse?: ReuseSettings;
-  editImage?: { url: string; id?: string };
+  editImage?: { url: string; id?: string; model?: string };
 }
 
-class RequestFailed extends Error {}
+class RequestFailed extends Error {
+  constructor(readonly failure: Failure) {
+    super(failure.message);
+  }
+}
+
+/** The failure a non-2xx answer describes (its `{"error": {...}}` body). */
+async function failureOfAnswer(res: Response): Promise<Failure> {
+  try {
+    return failureOf(await res.json(), res.status);
+  } catch {
+    return failureOf(undefined, res.status);
+  }
+}
+
+/** "model · prompt", leaving out what is empty (a mode that takes no prompt): no dangling "·". */
+function captionOf(model: string, promptText: string | null | undefined): string {
+  return [model, promptText ?? ''].filter((part) => part.trim() !== '').join(' · ');
+}
+
+/** Seconds with a tenth, for the clock of a running generation. */
+function elapsedText(ms: number): string {
+  return `Elapsed ${(Math.max(0, ms) / 1000).toFixed(1)} s`;
+}
 
 /** Shows or hides an element, whatever display its classes give it ([hidden] alone loses to `display: flex`). */
 function shown(el: HTMLElement, visible: boolean): void {
   el.hidden = !visible;
   if (visible) el.style.removeProperty('display');
   else el.style.setProperty('display', 'none');
-}
-
-async function errorText(res: Response): Promise<string> {
-  try {
-    const body = (await res.json()) as { error?: { message?: string } };
-    if (body.error?.message) return body.error.message;
-  } catch {
-    // not JSON
-  }
-  return `The gateway answered ${res.status}.`;
 }
 
 export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<void> {
@@ -74,7 +90,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   let models: ModelInfo[];
   try {
     const res = await ctx.api('/v1/models');
-    if (!res.ok) throw new RequestFailed(await errorText(res));
+    if (!res.ok) throw new RequestFailed(await failureOfAnswer(res));
     // The playground generates and edits; models that only upscale or describe are not offered here.
     models = ((await res.json()) as { data: ModelInfo[] }).data.filter((m) => m.operations.includes('generate') || m.operations.includes('edit'));
   } catch (err) {
@@ -89,7 +105,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   // ---- the form
   const modelSelect = h('select', { id: 'pg-model', name: 'model' }, models.map((m) => h('option', { value: m.id }, m.id)));
   const modelHint = h('p', { class: 'hint', id: 'pg-model-help' });
-  modelSelect.setAttribute('aria-describedby', 'pg-model-help');
+  // Why the console chose the model itself (an image to edit made by a model that does not edit).
+  const modelNote = h('p', { class: 'notice model-note', id: 'pg-model-note', role: 'status' });
+  modelSelect.setAttribute('aria-describedby', 'pg-model-help pg-model-note');
 
   const opGenerate = h('input', { type: 'radio', name: 'pg-operation', id: 'pg-op-generate', value: 'generate', checked: true });
   const opEdit = h('input', { type: 'radio', name: 'pg-operation', id: 'pg-op-edit', value: 'edit' });
@@ -122,17 +140,18 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const maskSlot = h('div', { class: 'mask-slot' });
   const editSection = h('div', { class: 'edit-section' }, modeField, dropZone, thumbs, maskSlot);
 
-  const prompt = h('textarea', { id: 'pg-prompt', name: 'prompt', rows: 3, required: true, placeholder: 'Describe the image' });
+  const prompt = h('textarea', { id: 'pg-prompt', name: 'prompt', rows: 3, required: true, placeholder: 'Describe the image', 'aria-describedby': 'pg-prompt-help' });
+  const promptHint = h('p', { class: 'hint', id: 'pg-prompt-help' });
   const fieldsSlot = h('div', { class: 'fields-slot' });
   const generateButton = h('button', { type: 'submit', class: 'primary' }, 'Generate');
   const formError = h('p', { class: 'form-error', role: 'alert' });
   const form = h(
     'form',
     { class: 'card playground-form', novalidate: true },
-    h('div', { class: 'field' }, h('label', { for: 'pg-model' }, 'Model'), modelSelect, modelHint),
+    h('div', { class: 'field' }, h('label', { for: 'pg-model' }, 'Model'), modelSelect, modelHint, modelNote),
     operationGroup,
     editSection,
-    h('div', { class: 'field' }, h('label', { for: 'pg-prompt' }, 'Prompt'), prompt),
+    h('div', { class: 'field' }, h('label', { for: 'pg-prompt' }, 'Prompt'), prompt, promptHint),
     fieldsSlot,
     h('div', { class: 'row submit-row' }, generateButton),
     formError,
@@ -154,6 +173,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   const operation = (): Operation => (opEdit.checked ? 'edit' : 'generate');
   const mode = () => (operation() === 'edit' ? modeSelect.value || undefined : undefined);
   const schema = () => operationSchema(currentModel(), operation(), mode());
+  /** The longest prompt the selected model, operation and mode take, from the catalogue; 0: no prompt. */
+  const promptLimit = () => schema()?.prompt.max_length ?? 0;
 
   /** What the mask editor shows: its source image and whether the mask is required (kept while they stay the same). */
   let maskFor: { source: Blob; required: boolean } | undefined;
@@ -232,8 +253,13 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     if (images.length > 0 || files.length === 0) setSources(images);
   }
 
-  /** Redraws the parts that depend on the model, operation and mode; keeps what was typed where the field remains. */
-  function update(keep: Record<string, string> = view.read()): void {
+  /**
+   * Redraws the parts that depend on the model, operation and mode. `keep`: the texts to fill in;
+   * by default what was typed, where the new form has the field and takes the value (carryOver).
+   */
+  function update(keep?: Record<string, string>): void {
+    const typed = view.read();
+    const fieldsBefore = fields;
     const model = currentModel();
     modelHint.textContent = [model.description, model.async ? 'Runs as an upstream task.' : '', model.price_per_image_usd != null ? `${formatUsd(model.price_per_image_usd)} per image.` : '']
       .filter(Boolean)
@@ -260,21 +286,27 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     (dropZone.querySelector('.hint') as HTMLElement).textContent = `Choose ${max > 1 ? `up to ${max} images` : 'an image'} (PNG, JPEG or WebP), or drop ${max > 1 ? 'them' : 'it'} here.`;
     if (sources.length > max) setSources(sources);
     // max_length 0: the mode takes no prompt (Ideogram's reframe).
-    const takesPrompt = (s?.prompt.max_length ?? 10000) > 0;
-    prompt.maxLength = takesPrompt ? (s?.prompt.max_length ?? 10000) : 0;
+    const limit = promptLimit();
+    const takesPrompt = limit > 0;
+    prompt.maxLength = limit;
     prompt.required = takesPrompt;
     prompt.disabled = !takesPrompt;
     if (!takesPrompt) prompt.value = '';
     prompt.placeholder = takesPrompt ? 'Describe the image' : 'This mode takes no prompt';
+    promptHint.textContent = takesPrompt ? `Up to ${limit} characters.` : '';
 
     fields = formFields(model, operation(), mode());
     view = renderFields(fields, 'pg');
-    view.fill(keep);
+    view.fill(keep ?? carryOver(fieldsBefore, fields, typed));
     fieldsSlot.replaceChildren(view.element);
     void showMask();
   }
 
-  modelSelect.addEventListener('change', () => update());
+  modelSelect.addEventListener('change', () => {
+    // The user chose: the note on the console's choice no longer applies.
+    modelNote.textContent = '';
+    update();
+  });
   opGenerate.addEventListener('change', () => update());
   opEdit.addEventListener('change', () => update());
   modeSelect.addEventListener('change', () => update());
@@ -314,25 +346,33 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     prompt.focus();
   }
 
-  /** Switches to editing `blob` with a model that edits (the current one where it does, one that takes a mask first). */
-  async function editImage(blob: Blob): Promise<void> {
-    if (!currentModel().operations.includes('edit')) {
-      const editor = models.find((m) => operationSchema(m, 'edit', 'edit')?.mask) ?? models.find((m) => m.operations.includes('edit'));
+  /**
+   * Switches to editing `blob`: with the model that made it (`madeBy`) where that model edits, else
+   * with the first model of the catalogue that does, saying so under the model.
+   */
+  async function editImage(blob: Blob, madeBy?: string): Promise<void> {
+    const own = models.find((m) => m.id === madeBy) ?? (madeBy === undefined ? currentModel() : undefined);
+    let editor = own;
+    let note = '';
+    if (!own?.operations.includes('edit')) {
+      editor = models.find((m) => m.operations.includes('edit'));
       if (!editor) {
         toast('None of the models this key may use edits images.', 'error');
         return;
       }
-      modelSelect.value = editor.id;
+      note = own ? `${own.id} does not edit images, so ${editor.id} is selected.` : `${madeBy} is not available to this key, so ${editor.id} is selected.`;
     }
+    modelSelect.value = editor!.id;
     opEdit.checked = true;
     update();
+    modelNote.textContent = note;
     await chooseFiles([blob]);
     editSection.scrollIntoView?.({ block: 'start', behavior: 'smooth' });
   }
 
   async function fetchImage(url: string): Promise<Blob> {
     const res = await fetch(url, { credentials: 'same-origin' });
-    if (!res.ok) throw new RequestFailed(`the image could not be fetched (${res.status})`);
+    if (!res.ok) throw new RequestFailed({ status: res.status, message: `the image could not be fetched (${res.status})` });
     return res.blob();
   }
 
@@ -347,17 +387,19 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       editButton.addEventListener('click', () => {
         editButton.disabled = true;
         fetchImage(src)
-          .then(editImage)
+          .then((blob) => editImage(blob, result.model))
           .catch((err: Error) => toast(`Cannot edit it: ${err.message}`, 'error'))
           .finally(() => (editButton.disabled = false));
       });
+      // Only what is known: no "seed —" where the model reports none.
       const facts = [
-        image.seed !== undefined ? `seed ${image.seed}` : 'seed —',
+        image.seed !== undefined && image.seed !== null ? `seed ${image.seed}` : '',
         formatDuration(ms),
-        each === null ? 'cost —' : formatUsd(each),
+        // A price the catalogue does not know (dall-e-3's depends on size and quality) is said in words, not a dash.
+        each === null ? 'cost unknown' : formatUsd(each),
         image.width && image.height ? `${image.width}×${image.height}` : '',
       ].filter(Boolean);
-      const img = h('img', { src, alt: `${result.model}: ${settings.prompt ?? ''}`, loading: 'lazy', width: image.width, height: image.height });
+      const img = h('img', { src, alt: settings.prompt ? `${result.model}: ${settings.prompt}` : result.model, loading: 'lazy', width: image.width, height: image.height });
       // Scaled to the card's width, its proportions kept.
       img.style.setProperty('width', '100%');
       img.style.setProperty('height', 'auto');
@@ -366,7 +408,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         'figure',
         { class: 'card result-card', 'data-seed': image.seed ?? '' },
         img,
-        h('figcaption', null, h('p', { class: 'result-facts' }, facts.join(' · ')), h('p', { class: 'muted result-model' }, `${result.model} · ${settings.prompt ?? ''}`)),
+        h('figcaption', null, h('p', { class: 'result-facts' }, facts.join(' · ')), h('p', { class: 'muted result-model' }, captionOf(result.model, settings.prompt))),
         h(
           'div',
           { class: 'row result-actions' },
@@ -384,10 +426,10 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   async function followJob(id: string, show: (text: string) => void): Promise<GenerationResult> {
     for (;;) {
       const res = await ctx.api(`/v1/jobs/${encodeURIComponent(id)}`);
-      if (!res.ok) throw new RequestFailed(await errorText(res));
-      const job = (await res.json()) as { status: string; result?: GenerationResult; error?: { message?: string } };
+      if (!res.ok) throw new RequestFailed(await failureOfAnswer(res));
+      const job = (await res.json()) as { status: string; result?: GenerationResult; error?: unknown };
       if (job.status === 'succeeded' && job.result) return job.result;
-      if (job.status === 'failed') throw new RequestFailed(job.error?.message ?? 'The job failed.');
+      if (job.status === 'failed') throw new RequestFailed(failureOf(job.error ?? { message: 'The job failed.' }));
       show(job.status === 'queued' ? 'Queued…' : 'Running…');
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
@@ -395,7 +437,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
 
   /** Reads the answer: an event stream (progress as it comes), a 202 job, or the result itself. */
   async function outcome(res: Response, show: (text: string) => void): Promise<GenerationResult> {
-    if (!res.ok) throw new RequestFailed(await errorText(res));
+    if (!res.ok) throw new RequestFailed(await failureOfAnswer(res));
     const type = res.headers.get('content-type') ?? '';
     if (type.startsWith('text/event-stream') && res.body) {
       for await (const { event, data } of readEventStream(res.body)) {
@@ -408,38 +450,62 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
         const text = progressText(event, parsed);
         if (text) show(text);
         if (event === 'succeeded') return parsed as unknown as GenerationResult;
-        if (event === 'failed' || event === 'error') {
-          const error = (parsed.error ?? parsed) as { message?: string };
-          throw new RequestFailed(error.message ?? 'The request failed.');
-        }
+        if (event === 'failed' || event === 'error') throw new RequestFailed(failureOf(parsed));
       }
-      throw new RequestFailed('The stream ended without a result.');
+      throw new RequestFailed({ message: 'The stream ended without a result.' });
     }
     const body = (await res.json()) as GenerationResult & { status_url?: string; status?: string };
     if (res.status === 202 && body.id) return followJob(body.id, show);
     return body;
   }
 
+  /**
+   * Whether a request is on its way: one at a time, so a second click (or Enter) while the first
+   * runs is not a second, paid, generation. The button says so by being disabled.
+   */
+  let running = false;
+  function setRunning(value: boolean): void {
+    running = value;
+    generateButton.disabled = value;
+    for (const retry of results.querySelectorAll<HTMLButtonElement>('.result-retry')) retry.disabled = value;
+    if (value) generateButton.setAttribute('aria-busy', 'true');
+    else generateButton.removeAttribute('aria-busy');
+  }
+
   async function submit(): Promise<void> {
+    if (running) return;
     formError.textContent = '';
     const model = currentModel();
     const op = operation();
-    const values = readValues(fields, view.read());
+    // Only the fields the selected model declares for this operation and mode are read, so nothing else is ever sent.
+    const declared = formFields(model, op, mode());
+    const values = readValues(declared, view.read());
     view.markInvalid(values.errors.map((e) => e.key));
     const problems = values.errors.map((e) => e.message);
     const s = schema();
-    const needsPrompt = (s?.prompt.max_length ?? 10000) > 0;
+    const limit = promptLimit();
+    const needsPrompt = limit > 0;
     if (needsPrompt && !prompt.value.trim()) problems.unshift('Prompt must not be empty.');
+    // maxlength stops typing, not a longer prompt kept from a model that takes more.
+    else if (prompt.value.length > limit && needsPrompt) problems.unshift(`Prompt must be at most ${limit} characters for ${model.id} (it has ${prompt.value.length}).`);
     if (op === 'edit' && sources.length === 0) problems.push('Image: choose the image to edit.');
     if (op === 'edit' && s?.mask?.required && !maskEditor?.hasPaint()) problems.push('Mask: this mode needs a mask; paint the area to change.');
     if (problems.length > 0) {
       formError.textContent = problems.join(' ');
-      if (needsPrompt && !prompt.value.trim()) prompt.focus();
+      if (needsPrompt && (!prompt.value.trim() || prompt.value.length > limit)) prompt.focus();
       return;
     }
     const promptText = prompt.value;
     const settings = settingsOf(model.id, promptText, values, mode());
+    setRunning(true);
+    try {
+      await send(model, op, promptText, values, settings);
+    } finally {
+      setRunning(false);
+    }
+  }
 
+  async function send(model: ModelInfo, op: Operation, promptText: string, values: FormValues, settings: ReuseSettings): Promise<void> {
     let init: RequestInit;
     if (op === 'generate') {
       init = { method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' }, body: JSON.stringify(generateBody(model.id, promptText, values)) };
@@ -450,26 +516,69 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       if (maskEditor?.hasPaint()) body.append('mask', await maskEditor.toBlob(), 'mask.png');
       init = { method: 'POST', headers: { Accept: 'text/event-stream' }, body };
     }
+    await run({ path: op === 'generate' ? '/v1/generate' : '/v1/edit', init, settings });
+  }
 
+  /** One request as sent: what Retry sends again (a FormData body can be sent more than once). */
+  interface SentRequest {
+    path: string;
+    init: RequestInit;
+    settings: ReuseSettings;
+  }
+
+  /** Sends a request, showing it as a card that runs (its status and a ticking clock), then its images or what went wrong. */
+  async function run(request: SentRequest, replacing?: HTMLElement): Promise<void> {
     shown(emptyResults, false);
     const status = h('p', { class: 'result-status', role: 'status' }, 'Sending…');
-    const pending = h('div', { class: 'card result-pending', 'aria-busy': 'true' }, h('p', { class: 'muted' }, `${model.id} · ${promptText}`), status);
-    results.prepend(pending);
+    const elapsed = h('p', { class: 'muted result-elapsed' });
+    const pending = h('div', { class: 'card result-pending', 'aria-busy': 'true' }, h('p', { class: 'muted' }, captionOf(request.settings.model, request.settings.prompt)), status, elapsed);
+    if (replacing) replacing.replaceWith(pending);
+    else results.prepend(pending);
     const started = performance.now();
+    const tick = () => (elapsed.textContent = elapsedText(performance.now() - started));
+    tick();
+    const clock = setInterval(tick, 100);
     try {
-      const result = await outcome(await ctx.api(op === 'generate' ? '/v1/generate' : '/v1/edit', init), (text) => (status.textContent = text));
-      pending.replaceWith(...resultCards(result, performance.now() - started, settings));
+      const result = await outcome(await ctx.api(request.path, request.init), (text) => (status.textContent = text));
+      pending.replaceWith(...resultCards(result, performance.now() - started, request.settings));
     } catch (err) {
-      pending.removeAttribute('aria-busy');
-      status.classList.add('form-error');
-      status.setAttribute('role', 'alert');
-      status.textContent = err instanceof RequestFailed ? err.message : `The gateway could not be reached: ${(err as Error).message}`;
+      const failure: Failure = err instanceof RequestFailed ? err.failure : { code: 'network', message: (err as Error).message };
+      pending.replaceWith(failedCard(request, failure, performance.now() - started));
+    } finally {
+      clearInterval(clock);
     }
+  }
+
+  /** A failed request: what happened, the problems (each field and what it allows), and Retry / Edit settings. */
+  function failedCard(request: SentRequest, failure: Failure, ms: number): HTMLElement {
+    const retry = h('button', { type: 'button', class: 'result-retry', disabled: running }, 'Retry');
+    const card = h(
+      'div',
+      { class: 'card result-failed' },
+      h('h3', { class: 'result-headline', role: 'alert' }, failureHeadline(failure)),
+      h('p', { class: 'muted result-model' }, captionOf(request.settings.model, request.settings.prompt)),
+      h('ul', { class: 'result-problems form-error' }, problemLines(failure).map((line) => h('li', null, line))),
+      // How long it took only where that tells something (an upstream that gave up after a while), never "0.0 s".
+      ms >= 1000 ? h('p', { class: 'muted result-elapsed' }, `Failed after ${formatDuration(ms)}`) : null,
+      h('div', { class: 'row result-actions' }, retry, h('button', { type: 'button', onclick: () => editSettings(request.settings, failure) }, 'Edit settings')),
+    );
+    retry.addEventListener('click', () => {
+      if (running) return;
+      setRunning(true);
+      void run(request, card).finally(() => setRunning(false));
+    });
+    return card;
+  }
+
+  /** Back to the form with a failed request's settings, the fields the gateway named marked. */
+  function editSettings(settings: ReuseSettings, failure: Failure): void {
+    applySettings(settings);
+    const named = (failure.details ?? []).flatMap((d) => (d.field ? [d.field] : []));
+    view.markInvalid(fields.filter((f) => named.includes(f.key)).map((f) => f.key));
   }
 
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    // Several requests may run at once: each result is added as it comes.
     void submit();
   });
 
@@ -477,7 +586,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
   if (state.reuse) applySettings(state.reuse);
   if (state.editImage) {
     try {
-      await editImage(await fetchImage(state.editImage.url));
+      await editImage(await fetchImage(state.editImage.url), state.editImage.model);
     } catch (err) {
       toast(`The image could not be loaded for editing: ${(err as Error).message}`, 'error');
     }
