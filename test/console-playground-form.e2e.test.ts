@@ -194,11 +194,12 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     // gpt-image-1 reports no seed.
     const gptFacts = (await page.locator('.result-facts').first().textContent())!;
     expect(gptFacts).not.toMatch(/seed/);
-    // ideogram-v3 does.
+    // ideogram-v3 does: the seed asked for, echoed.
     await modelSelect().selectOption('ideogram-v3');
+    await page.getByLabel('Seed').fill('4242');
     await page.getByRole('button', { name: 'Generate' }).click();
     await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(2);
-    expect(await page.locator('.result-facts').first().textContent()).toMatch(/^seed 12345 · /);
+    expect(await page.locator('.result-facts').first().textContent()).toMatch(/^seed 4242 · /);
     // dall-e-3's cost is not known in advance: said in words.
     await modelSelect().selectOption('dall-e-3');
     await page.getByRole('button', { name: 'Generate' }).click();
