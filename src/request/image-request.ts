@@ -49,11 +49,21 @@ const integer = (what: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
   // A value failing the integer check stops there: 1e308 was named twice (not an integer, over the max).
   z.number({ error: `must be ${what}` }).int({ error: `must be ${what}`, abort: true }).min(min, `must be ${what}`).max(max, `must be ${what}`);
 const trueOrFalse = z.boolean({ error: 'must be true or false' });
+/**
+ * A prompt of whitespace alone (or zero-width characters) asks for nothing, yet upstream bills the
+ * attempt or refuses it after the fact: it is no prompt, refused here as an empty one is.
+ */
+export function isBlankPrompt(value: string): boolean {
+  return !/[^\s\u200B-\u200D\u2060]/.test(value);
+}
+/** What a prompt must be, in every refusal of an empty or blank one. */
+export const PROMPT_ALLOWED = 'a non-empty string (whitespace alone is not a prompt)';
+const promptText = text(PROMPT_ALLOWED).refine((v) => !isBlankPrompt(v), `must be ${PROMPT_ALLOWED}`);
 const modelName = nonEmpty(`a model id (at most ${NAME_MAX} characters; GET /v1/models lists them)`).max(NAME_MAX, `must be at most ${NAME_MAX} characters`);
 
 const commonFields = {
   model: modelName,
-  prompt: nonEmpty(),
+  prompt: promptText,
   // The model's own rule (its input_schema) then judges how many, and names its range: n=0 too.
   n: integer("an integer (the model's input_schema gives its range)", Number.MIN_SAFE_INTEGER),
   size: nonEmpty("a non-empty string: WIDTHxHEIGHT or a size the model names (its input_schema lists them)"),

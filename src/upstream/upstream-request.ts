@@ -2,7 +2,7 @@ import { GatewayError, clipName, invalidField } from '../errors.js';
 import type { DescribeRoute, FieldMapping, ModelSpec, NormalizedParam, UpstreamRoute } from '../catalogue/model-spec.js';
 import { STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 import { styleReferencesAllowed } from '../catalogue/catalogue.js';
-import type { DescribeRequest, ImageRequest, InputImage } from '../request/image-request.js';
+import { PROMPT_ALLOWED, isBlankPrompt, type DescribeRequest, type ImageRequest, type InputImage } from '../request/image-request.js';
 import { toBlackMeansChangeMask } from '../images/mask.js';
 
 export interface UpstreamFile {
@@ -70,7 +70,10 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     if (req.prompt !== '') throw invalidField('prompt', `${model.id}${inMode} takes no prompt: leave it out`);
   } else if (req.prompt === '') {
     // An upscale's prompt is optional (POST /v1/upscale); every other route with a prompt needs one.
-    if (req.operation !== 'upscale') throw invalidField('prompt', 'is required (a non-empty string)');
+    if (req.operation !== 'upscale') throw invalidField('prompt', `is required (${PROMPT_ALLOWED})`);
+  } else if (isBlankPrompt(req.prompt)) {
+    // Whitespace alone would go upstream and be paid for: no prompt, as "" is (an edit's prompt reaches here unchecked).
+    throw invalidField('prompt', req.operation === 'upscale' ? `must be ${PROMPT_ALLOWED}, or left out` : `is required (${PROMPT_ALLOWED})`);
   } else if (req.prompt.length > route.prompt.maxLength) {
     throw invalidField('prompt', `is ${req.prompt.length} characters; ${model.id} takes at most ${route.prompt.maxLength}`);
   }
