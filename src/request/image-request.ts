@@ -64,8 +64,9 @@ const modelName = nonEmpty(`a model id (at most ${NAME_MAX} characters; GET /v1/
 const commonFields = {
   model: modelName,
   prompt: promptText,
-  // The model's own rule (its input_schema) then judges how many, and names its range: n=0 too.
-  n: integer("an integer (the model's input_schema gives its range)", Number.MIN_SAFE_INTEGER),
+  // Judged by the model's own rule alone, whatever its type ("2", 1.5, 0): only that rule knows the
+  // range to name ("must be an integer from 1 to 4 for imagen-..."), where a type check here could not.
+  n: z.unknown(),
   size: nonEmpty("a non-empty string: WIDTHxHEIGHT or a size the model names (its input_schema lists them)"),
   aspect_ratio: text('written W:H, for example "16:9"').regex(/^\d+:\d+$/, 'must be written W:H, for example "16:9"'),
   // Judged by the model's own rule, which lists its qualities: one list for every model would offer

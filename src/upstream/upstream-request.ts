@@ -50,14 +50,21 @@ function check(field: string, mapping: FieldMapping, value: unknown, model: Mode
   if (problem) throw invalidField(field, `${problem} for ${model.id}`, mapping.rule.values ?? mapping.rule.allowed);
 }
 
-/** Why a parameter is refused; a shape asked in the form the model does not take names the one it does. */
+/**
+ * Why a parameter is refused; a shape asked in the form the model does not take names the one it
+ * does. Otherwise the message names the parameters the model does take, so the field list in the
+ * detail's `allowed` (["n"] for Imagen's size) reads as what it is, not as the field's values.
+ */
 function unsupportedParamMessage(model: ModelSpec, route: UpstreamRoute, name: NormalizedParam, inMode: string): string {
-  if (name === 'n') return `${model.id} makes one image per request; n must be 1`;
+  if (name === 'n') return `${model.id} makes one image per request; n must be the integer 1, or left out`;
   const size = route.params.size;
   if (name === 'aspect_ratio' && size) return `is not supported by ${model.id}, which takes an explicit size: give size, ${size.rule.allowed}`;
   const ratio = route.params.aspect_ratio;
   if (name === 'size' && ratio) return `is not supported by ${model.id}, which takes its shape as aspect_ratio: give aspect_ratio, ${ratio.rule.allowed}`;
-  return `is not supported by ${model.id}${inMode}`;
+  const taken = Object.keys(route.params);
+  const takes =
+    taken.length === 0 ? 'it takes none of the optional parameters' : taken.length === 1 ? `the only parameter it takes is ${taken[0]}` : `the parameters it takes are ${taken.join(', ')}`;
+  return `is not supported by ${model.id}${inMode}, which takes no ${name}: ${takes}`;
 }
 
 /**
