@@ -5,6 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
 import { refuseNulInField } from '../http/nul-characters.js';
+import { refuseNotUtf8Field } from '../http/utf8-text.js';
 import { sniffImageType } from '../images/image-bytes.js';
 import { inputImage, isPending, pendingImage, type ImageRequest, type InputImage } from './image-request.js';
 import { newUploadPath } from './uploads.js';
@@ -85,8 +86,11 @@ export async function readEditParts(
       if (part.type === 'field') {
         if (part.valueTruncated) throw invalidField(part.fieldname, `is longer than the limit of ${mib(1024 * 1024)} for a field`);
         if (fields.has(part.fieldname)) throw invalidField(part.fieldname, 'is given more than once');
-        refuseNulInField(part.fieldname, String(part.value));
-        fields.set(part.fieldname, String(part.value));
+        const value = String(part.value);
+        refuseNulInField(part.fieldname, value);
+        // Bytes that are not UTF-8 were decoded to U+FFFD: refused, naming the field, rather than sent upstream so.
+        refuseNotUtf8Field(part.fieldname, value);
+        fields.set(part.fieldname, value);
         continue;
       }
       if (!fileFields.includes(part.fieldname)) throw invalidField(part.fieldname, 'is not a file field of this request', fileFields);
