@@ -13,6 +13,7 @@ import { STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 
 /** A multipart file as received: on disk under DATA_DIR/uploads until the request is admitted. */
 interface UploadedFile {
+  /** How refusals name it (`image`, `image[1]`, `mask`, ...). */
   field: string;
   path: string;
   image: InputImage;
@@ -26,6 +27,8 @@ interface UploadedFile {
 export interface EditParts {
   fields: Map<string, string>;
   images: InputImage[];
+  /** The images came as a list (`image[]`, or `image` more than once): errors name each `image[i]`, one alone included. */
+  imagesListed: boolean;
   mask: InputImage | undefined;
   /** `style_reference_images` files (POST /v1/edit only), in order. */
   styleReferences: InputImage[];
@@ -79,6 +82,7 @@ export async function readEditParts(
   const files: UploadedFile[] = [];
   const styleFiles: UploadedFile[] = [];
   let mask: UploadedFile | undefined;
+  let imagesListed = false;
   const fileFields = accept.oneImage ? ['image'] : ['image', 'image[]', 'mask', ...(accept.styleReferences ? [STYLE_REFERENCES_FIELD] : [])];
   try {
     for await (const part of request.parts()) {
@@ -97,8 +101,10 @@ export async function readEditParts(
       const isImage = part.fieldname === 'image' || part.fieldname === 'image[]';
       const isStyle = part.fieldname === STYLE_REFERENCES_FIELD;
       if (part.fieldname === 'mask' && mask) throw invalidField('mask', 'give at most one mask');
-      // Named as a JSON request names them (options.style_reference_images[i]), in every refusal.
-      const field = isImage ? (files.length === 0 ? 'image' : `image[${files.length}]`) : isStyle ? `options.${STYLE_REFERENCES_FIELD}[${styleFiles.length}]` : 'mask';
+      // Named as the client sent them, as a JSON request names them, in every refusal: a file of
+      // `image[]` is image[i] (the first too), a lone `image` is image, the next ones image[1], ...
+      if (part.fieldname === 'image[]' || (isImage && files.length > 0)) imagesListed = true;
+      const field = isImage ? (imagesListed ? `image[${files.length}]` : 'image') : isStyle ? `options.${STYLE_REFERENCES_FIELD}[${styleFiles.length}]` : 'mask';
       const path = newUploadPath(app, request);
       let head = Buffer.alloc(0);
       let size = 0;
@@ -133,6 +139,8 @@ export async function readEditParts(
   } finally {
     request.raw.off('data', count);
   }
+  // A first `image` followed by more is one of a list: image[0] from now on, as the others are image[i].
+  if (imagesListed && files[0]?.field === 'image') files[0].field = 'image[0]';
 
   const byImage = new Map<InputImage, UploadedFile>([...files, ...styleFiles, ...(mask ? [mask] : [])].map((f) => [f.image, f]));
   const read = async (image: InputImage): Promise<InputImage> => {
@@ -142,6 +150,7 @@ export async function readEditParts(
   return {
     fields,
     images: files.map((f) => f.image),
+    imagesListed,
     mask: mask?.image,
     readImage: read,
     styleReferences: styleFiles.map((f) => f.image),

@@ -23,6 +23,11 @@ export interface ImageRequest {
   async: boolean;
   mode?: EditMode;
   images: InputImage[];
+  /**
+   * The client sent its images as a list (a JSON array, multipart `image[]` or several `image`
+   * files), so errors name each `image[i]`, one alone included; absent: `image` when there is one.
+   */
+  imagesListed?: boolean;
   mask?: InputImage;
   /** Style reference images (`options.style_reference_images` in JSON, `style_reference_images` files in multipart). */
   styleReferences?: InputImage[];
@@ -110,6 +115,11 @@ const imageRef = z.string().refine((v) => DATA_URL.test(v) || HTTP_URL.test(v), 
   message: 'must be a data URL (data:image/png;base64,...) or an http(s) URL',
 });
 
+/** How errors name a request's i-th input image: as the client sent it, `image[i]` from a list (one alone included), else `image`. */
+export function imageFieldOf(request: Pick<ImageRequest, 'images' | 'imagesListed'>, i: number): string {
+  return request.imagesListed === true || request.images.length > 1 ? `image[${i}]` : 'image';
+}
+
 /** The most images a JSON edit may list before its model is known (no model takes more). */
 const MAX_EDIT_IMAGES = 16;
 
@@ -149,7 +159,11 @@ function callbackFor(body: { callback_url?: string; async?: boolean }): string |
   return body.callback_url;
 }
 
-function fromBody(operation: ImageOperation, body: Omit<GenerateBody, 'prompt'> & { prompt?: string | undefined }, extra: { mode?: EditMode; images?: InputImage[]; mask?: InputImage }): ImageRequest {
+function fromBody(
+  operation: ImageOperation,
+  body: Omit<GenerateBody, 'prompt'> & { prompt?: string | undefined },
+  extra: { mode?: EditMode; images?: InputImage[]; imagesListed?: boolean; mask?: InputImage },
+): ImageRequest {
   return {
     operation,
     model: body.model,
@@ -164,6 +178,7 @@ function fromBody(operation: ImageOperation, body: Omit<GenerateBody, 'prompt'> 
     ...(body.fallback_on_timeout ? { fallbackOnTimeout: true } : {}),
     ...(extra.mode ? { mode: extra.mode } : {}),
     images: extra.images ?? [],
+    ...(extra.imagesListed ? { imagesListed: true } : {}),
     ...(extra.mask ? { mask: extra.mask } : {}),
   };
 }
@@ -223,9 +238,10 @@ function validEditJson(raw: unknown) {
   const parsed = editJsonSchema.safeParse(raw);
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image', 'mask', STREAM], raw);
   const { image, mask, mode, ...rest } = parsed.data;
-  const list = Array.isArray(image) ? image : [image];
-  const images = list.map((value, i) => ({ field: list.length > 1 ? `image[${i}]` : 'image', value }));
-  return { rest, mode, images, mask: mask === undefined ? undefined : { field: 'mask', value: mask } };
+  // Named as sent: an array's items are image[i], a one-item array's too (as zod names them above).
+  const listed = Array.isArray(image);
+  const images = (listed ? image : [image]).map((value, i) => ({ field: listed ? `image[${i}]` : 'image', value }));
+  return { rest, mode, images, listed, mask: mask === undefined ? undefined : { field: 'mask', value: mask } };
 }
 
 /** The bytes of an image not read yet (a URL to fetch, an upload on disk): a real image is never empty. */
@@ -249,7 +265,7 @@ export interface ParsedEditJson {
 
 /** Data URLs are decoded here; URL images are left pending for `withFetched`. */
 export function parseEditJson(raw: unknown, maxImageBytes: number): ParsedEditJson {
-  const { rest, mode, images, mask } = validEditJson(raw);
+  const { rest, mode, images, listed, mask } = validEditJson(raw);
   const urls: ImageUrlRef[] = [];
   const toImage = ({ field, value }: { field: string; value: string }): InputImage => {
     if (!HTTP_URL.test(value)) return decodeDataUrl(value, field, maxImageBytes);
@@ -258,6 +274,7 @@ export function parseEditJson(raw: unknown, maxImageBytes: number): ParsedEditJs
   };
   const request = fromBody('edit', rest, {
     images: images.map(toImage),
+    imagesListed: listed,
     ...(mode ? { mode } : {}),
     ...(mask ? { mask: toImage(mask) } : {}),
   });
@@ -266,11 +283,10 @@ export function parseEditJson(raw: unknown, maxImageBytes: number): ParsedEditJs
 
 /** The request with its pending images replaced by those `fetched`, by field (`image`, `image[1]`, `mask`). */
 export function withFetched(request: ImageRequest, fetched: ReadonlyMap<string, InputImage>): ImageRequest {
-  const many = request.images.length > 1;
   const pick = (image: InputImage, field: string) => (isPending(image) ? (fetched.get(field) ?? image) : image);
   return {
     ...request,
-    images: request.images.map((image, i) => pick(image, many ? `image[${i}]` : 'image')),
+    images: request.images.map((image, i) => pick(image, imageFieldOf(request, i))),
     ...(request.mask ? { mask: pick(request.mask, 'mask') } : {}),
     ...(request.styleReferences
       ? { styleReferences: request.styleReferences.map((image, i) => pick(image, `options.${STYLE_REFERENCES_FIELD}[${i}]`)) }
@@ -306,7 +322,14 @@ function parseOptionsField(value: string): unknown {
 }
 
 /** Multipart text fields arrive as strings; turn them into the JSON body's types, then validate the same way. */
-export function parseEditMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined, styleReferences: InputImage[] = []): ImageRequest {
+export function parseEditMultipart(
+  fields: Map<string, string>,
+  images: InputImage[],
+  mask: InputImage | undefined,
+  styleReferences: InputImage[] = [],
+  /** The files came as a list (`image[]`, or `image` more than once): errors name each image[i]. */
+  imagesListed = false,
+): ImageRequest {
   // No prototype: a field named after one of Object.prototype's properties is just an unknown field.
   const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
   for (const [name, value] of fields) {
@@ -328,7 +351,7 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
   if (styleReferences.length > 0 && rest.options && Object.hasOwn(rest.options, STYLE_REFERENCES_FIELD)) {
     throw invalidField(`options.${STYLE_REFERENCES_FIELD}`, `give style reference images either as files named ${STYLE_REFERENCES_FIELD} or in options, not both`);
   }
-  const request = fromBody('edit', rest, { images, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
+  const request = fromBody('edit', rest, { images, imagesListed, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
   return styleReferences.length > 0 ? { ...request, styleReferences } : request;
 }
 

@@ -2,7 +2,7 @@ import { GatewayError, clipName, invalidField } from '../errors.js';
 import type { DescribeRoute, FieldMapping, ModelSpec, NormalizedParam, UpstreamRoute } from '../catalogue/model-spec.js';
 import { STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 import { styleReferencesAllowed } from '../catalogue/catalogue.js';
-import { PROMPT_ALLOWED, isBlankPrompt, type DescribeRequest, type ImageRequest, type InputImage } from '../request/image-request.js';
+import { PROMPT_ALLOWED, imageFieldOf, isBlankPrompt, type DescribeRequest, type ImageRequest, type InputImage } from '../request/image-request.js';
 import { toBlackMeansChangeMask } from '../images/mask.js';
 
 export interface UpstreamFile {
@@ -118,7 +118,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     if (req.images.length > images.max) {
       throw invalidField('image', `${model.id} takes at most ${images.max} image${images.max === 1 ? '' : 's'}; got ${req.images.length}`);
     }
-    checkImageBytes(model, req.images, images.maxBytes, (i) => (req.images.length > 1 ? `image[${i}]` : 'image'), 'input image');
+    checkImageBytes(model, req.images, images.maxBytes, (i) => imageFieldOf(req, i), 'input image');
     if (req.mask && !route.mask) {
       throw invalidField('mask', `${model.id}${req.mode ? ` in mode ${req.mode}` : ''} takes no mask`);
     }
