@@ -76,6 +76,18 @@ describe('JSON edits', () => {
   });
 });
 
+describe('the same request, its image sent alone or as a one-item list', () => {
+  it('is the same request to an Idempotency-Key: replayed, not a 409', async () => {
+    const headers = { ...h.auth, 'idempotency-key': 'one-image-either-way' };
+    const first = await h.app.inject({ method: 'POST', url: '/v1/edit', headers, payload: { model: 'gpt-image-1', prompt: 'x', image: dataUrl(png) } });
+    expect(first.statusCode, first.body).toBe(200);
+    const again = await h.app.inject({ method: 'POST', url: '/v1/edit', headers, payload: { model: 'gpt-image-1', prompt: 'x', image: [dataUrl(png)] } });
+    expect(again.statusCode, again.body).toBe(200);
+    expect(again.json().id).toBe(first.json().id);
+    expect(h.simulator.received).toHaveLength(1);
+  });
+});
+
 describe('multipart edits', () => {
   it.each(['/v1/edit', '/v1/images/edits'])('%s: a lone image file is image, a lone image[] file image[0], a second image file image[1]', async (url) => {
     expect(namedField(await editMultipart(url, [['image', notAnImage]]), 415)).toBe('image');
