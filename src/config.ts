@@ -86,9 +86,6 @@ const optionalString = z
   .optional()
   .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
 
-const urlString = (name: string) =>
-  optionalString.refine((v) => v === undefined || URL.canParse(v), { message: `${name} must be an absolute URL` });
-
 /** A URL as written in a message, its user and password (if any) left out. */
 const shownUrl = (v: string) => v.replace(/\/\/[^/@]*@/, '//...@');
 
@@ -297,9 +294,9 @@ const envSchema = z.object({
   RATE_LIMIT_READ_RPM: optionalPositiveInt('RATE_LIMIT_READ_RPM'),
   IMAGE_RETENTION_DAYS: integer('IMAGE_RETENTION_DAYS', 7, 1, MAX_RETENTION_DAYS),
   UPSTREAM_MAX_CONCURRENCY: positiveInt('UPSTREAM_MAX_CONCURRENCY', 16),
-  REDIS_URL: urlString('REDIS_URL')
-    .refine((v) => v === undefined || /^rediss?:\/\//.test(v), {
-      message: 'REDIS_URL must be a redis:// (or rediss://) URL',
+  REDIS_URL: optionalString
+    .refine((v) => v === undefined || (URL.canParse(v) && /^rediss?:\/\//.test(v)), {
+      message: 'REDIS_URL must be a redis:// (or rediss://) URL such as redis://cache:6379',
     })
     .superRefine((v, ctx) => {
       // ioredis reads the path as a database number and, given anything else, quietly uses database 0.
@@ -308,8 +305,8 @@ const envSchema = z.object({
         ctx.addIssue({ code: 'custom', message: `REDIS_URL: the path must be a database number (redis://host:6379/2) or nothing, got "${path}"` });
       }
     }),
-  DATABASE_URL: urlString('DATABASE_URL').refine((v) => v === undefined || /^postgres(ql)?:\/\//.test(v), {
-    message: 'DATABASE_URL must be a postgres:// (or postgresql://) URL',
+  DATABASE_URL: optionalString.refine((v) => v === undefined || (URL.canParse(v) && /^postgres(ql)?:\/\//.test(v)), {
+    message: 'DATABASE_URL must be a postgres:// (or postgresql://) URL such as postgres://gateway:password@db:5432/gateway',
   }),
   LOG_LEVEL: z
     .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
@@ -430,6 +427,15 @@ export const CONFIG_VARIABLES = Object.keys(envSchema.shape) as ReadonlyArray<ke
 export class ConfigError extends Error {}
 
 /**
+ * The start stopped by bad settings: one line, `invalid configuration: ` and each problem (naming
+ * its variable and what it takes), `; ` between them. An operator reads it in a log where a line is
+ * an entry; a problem's own line breaks (a YAML parser's excerpt) are folded into it.
+ */
+export function invalidConfiguration(problems: readonly string[]): ConfigError {
+  return new ConfigError(`invalid configuration: ${problems.map((p) => p.replace(/\s*\n\s*/g, ' ').trim()).join('; ')}`);
+}
+
+/**
  * Client keys printed in openapi.yaml's examples: public, so never accepted as a real key (a test
  * checks that every `gk-` example there is listed). The docker/ examples say replace-me / change-me.
  */
@@ -444,11 +450,13 @@ export function isPublicExampleKey(key: string): boolean {
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { requireUpstreamKey?: boolean } = {}): Config {
   const parsed = envSchema.safeParse(env);
   if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => {
-      const variable = i.path.join('.');
-      return i.message.includes(variable) ? i.message : `${variable}: ${i.message}`;
-    });
-    throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
+    // One problem per variable: the first its checks found (REDIS_URL=nope is not an absolute URL, nor a redis:// one).
+    const byVariable = new Map<string, string>();
+    for (const issue of parsed.error.issues) {
+      const variable = issue.path.join('.');
+      if (!byVariable.has(variable)) byVariable.set(variable, issue.message.includes(variable) ? issue.message : `${variable}: ${issue.message}`);
+    }
+    throw invalidConfiguration([...byVariable.values()]);
   }
   const config = parsed.data;
   // The catalogue served: the built-in one with CATALOGUE_FILE applied; PRICE_OVERRIDES must name its models.
@@ -457,14 +465,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     try {
       models = loadEffectiveCatalogue(config.CATALOGUE_FILE);
     } catch (err) {
-      if (err instanceof CatalogueError) throw new ConfigError(`invalid configuration:\n  ${err.message}`);
+      if (err instanceof CatalogueError) throw invalidConfiguration([err.message]);
       throw err;
     }
   }
   const known = new Set(models.flatMap((m) => [m.id, ...m.aliases]));
   const unknownPrices = Object.keys(config.PRICE_OVERRIDES).filter((name) => !known.has(name));
   if (unknownPrices.length > 0) {
-    throw new ConfigError(`invalid configuration:\n  ${unknownPrices.map((name) => `PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`).join('\n  ')}`);
+    throw invalidConfiguration(unknownPrices.map((name) => `PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`));
   }
   // Named by variable and team, never by the key itself.
   const examples = [
@@ -472,13 +480,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     ...(config.GATEWAY_ADMIN_KEY !== undefined && PUBLIC_EXAMPLE_KEYS.includes(config.GATEWAY_ADMIN_KEY) ? ['GATEWAY_ADMIN_KEY'] : []),
   ];
   if (examples.length > 0) {
-    throw new ConfigError(`invalid configuration:\n  ${examples.join(', ')} ${examples.length === 1 ? 'holds' : 'hold'} the example key printed in openapi.yaml, which is public; set a key of your own`);
+    throw invalidConfiguration([`${examples.join(', ')} ${examples.length === 1 ? 'holds' : 'hold'} the example key printed in openapi.yaml, which is public; set a key of your own`]);
   }
   // The admin key given to a team too would make that team's key an admin's (or the admin a team).
   const adminAsClient = config.GATEWAY_API_KEYS.findIndex((k) => k.key === config.GATEWAY_ADMIN_KEY);
   if (adminAsClient !== -1) {
     const team = config.GATEWAY_API_KEYS[adminAsClient]!.team;
-    throw new ConfigError(`invalid configuration:\n  GATEWAY_ADMIN_KEY and GATEWAY_API_KEYS (team ${team}, entry ${adminAsClient + 1}) hold the same key; the admin key must be a key of its own`);
+    throw invalidConfiguration([`GATEWAY_ADMIN_KEY and GATEWAY_API_KEYS (team ${team}, entry ${adminAsClient + 1}) hold the same key; the admin key must be a key of its own`]);
   }
   if (opts.requireUpstreamKey) {
     // The example secrets in docker/ are public: a gateway started with them could be forged against.
@@ -486,33 +494,33 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
       .filter(([name, value]) => name in envSchema.shape && typeof value === 'string' && /replace-me|change-me/i.test(value))
       .map(([name]) => name);
     if (placeholders.length > 0) {
-      throw new ConfigError(`invalid configuration:\n  ${placeholders.join(', ')} still ${placeholders.length === 1 ? 'holds' : 'hold'} the example value (replace-me / change-me); set real secrets`);
+      throw invalidConfiguration([`${placeholders.join(', ')} still ${placeholders.length === 1 ? 'holds' : 'hold'} the example value (replace-me / change-me); set real secrets`]);
     }
   }
   // Half a credential pair is a typo, not a request for the SDK's default credential chain.
   if (config.S3_BUCKET && (config.AWS_ACCESS_KEY_ID === undefined) !== (config.AWS_SECRET_ACCESS_KEY === undefined)) {
-    throw new ConfigError('invalid configuration:\n  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together');
+    throw invalidConfiguration(['AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together']);
   }
   if (!config.S3_BUCKET && (config.S3_ENDPOINT || config.S3_FORCE_PATH_STYLE)) {
-    throw new ConfigError('invalid configuration:\n  S3_BUCKET is required when S3_ENDPOINT or S3_FORCE_PATH_STYLE is set');
+    throw invalidConfiguration(['S3_BUCKET is required when S3_ENDPOINT or S3_FORCE_PATH_STYLE is set']);
   }
   // In production the origin of image URLs is the operator's, never a client's Host header.
   if (env.NODE_ENV === 'production' && !config.PUBLIC_BASE_URL) {
-    throw new ConfigError(
-      'invalid configuration:\n  PUBLIC_BASE_URL is required when NODE_ENV=production: the origin clients reach the gateway at (https://images.example.com), used in returned image URLs instead of the request\'s Host header',
-    );
+    throw invalidConfiguration([
+      'PUBLIC_BASE_URL is required when NODE_ENV=production: the origin clients reach the gateway at (https://images.example.com), used in returned image URLs instead of the request\'s Host header',
+    ]);
   }
   if (config.HEADERS_TIMEOUT_MS !== undefined && config.HEADERS_TIMEOUT_MS > config.REQUEST_TIMEOUT_MS) {
-    throw new ConfigError(`invalid configuration:\n  HEADERS_TIMEOUT_MS (${config.HEADERS_TIMEOUT_MS}) must not be more than REQUEST_TIMEOUT_MS (${config.REQUEST_TIMEOUT_MS})`);
+    throw invalidConfiguration([`HEADERS_TIMEOUT_MS (${config.HEADERS_TIMEOUT_MS}) must not be more than REQUEST_TIMEOUT_MS (${config.REQUEST_TIMEOUT_MS})`]);
   }
   if (config.METRICS_PORT !== undefined && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
-    throw new ConfigError(`invalid configuration:\n  METRICS_PORT must differ from PORT (${config.PORT}): it is a listener of its own`);
+    throw invalidConfiguration([`METRICS_PORT must differ from PORT (${config.PORT}): it is a listener of its own`]);
   }
   if (config.MAX_REQUEST_BYTES < config.MAX_UPLOAD_BYTES) {
-    throw new ConfigError(`invalid configuration:\n  MAX_REQUEST_BYTES (${config.MAX_REQUEST_BYTES}) must be at least MAX_UPLOAD_BYTES (${config.MAX_UPLOAD_BYTES}): one upload must fit in a request`);
+    throw invalidConfiguration([`MAX_REQUEST_BYTES (${config.MAX_REQUEST_BYTES}) must be at least MAX_UPLOAD_BYTES (${config.MAX_UPLOAD_BYTES}): one upload must fit in a request`]);
   }
   if (opts.requireUpstreamKey && !config.AIHUBMIX_API_KEY) {
-    throw new ConfigError('invalid configuration:\n  AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)');
+    throw invalidConfiguration(['AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)']);
   }
   return config;
 }

@@ -29,7 +29,8 @@ export async function serve(config: Config, opts: { onClose?: () => Promise<void
 
 /** A start-up failure as one line an operator can act on, naming the variable to change. */
 export function startupProblem(err: unknown, config?: Config): string | undefined {
-  if (err instanceof ConfigError) return err.message;
+  // One line whatever the message holds (a file's error, a YAML excerpt): a log line is an entry.
+  if (err instanceof ConfigError) return err.message.replace(/\s*\n\s*/g, ' ').trim();
   const e = err as NodeJS.ErrnoException;
   if (config && e.syscall === 'listen' && e.code === 'EADDRINUSE') {
     return `cannot listen: port ${config.PORT} on ${config.HOST} is already in use; set PORT to a free port`;

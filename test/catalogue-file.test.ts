@@ -124,7 +124,7 @@ describe('CATALOGUE_FILE at start', () => {
     for (const [yaml, message] of cases) {
       writeFileSync(file, yaml);
       expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(ConfigError);
-      expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(`invalid configuration:\n  CATALOGUE_FILE ${file}: ${message}`);
+      expect(() => loadConfig({ CATALOGUE_FILE: file })).toThrow(`invalid configuration: CATALOGUE_FILE ${file}: ${message}`);
     }
     writeFileSync(file, 'models:\n  - id: gpt-image-2\n    price_per_image_usd: 1000\n');
     expect(() => loadConfig({ CATALOGUE_FILE: file })).not.toThrow();
@@ -143,8 +143,8 @@ describe('CATALOGUE_FILE at start', () => {
   it('a path with no file, or a directory, stops the start saying so rather than as a YAML fault', () => {
     const missing = join(dir, 'missing.yaml');
     expect(() => loadConfig({ CATALOGUE_FILE: missing })).toThrow(ConfigError);
-    expect(() => loadConfig({ CATALOGUE_FILE: missing })).toThrow(`invalid configuration:\n  CATALOGUE_FILE ${missing}: the file does not exist`);
-    expect(() => loadConfig({ CATALOGUE_FILE: dir })).toThrow(`invalid configuration:\n  CATALOGUE_FILE ${dir}: is a directory; give the path of the YAML file`);
+    expect(() => loadConfig({ CATALOGUE_FILE: missing })).toThrow(`invalid configuration: CATALOGUE_FILE ${missing}: the file does not exist`);
+    expect(() => loadConfig({ CATALOGUE_FILE: dir })).toThrow(`invalid configuration: CATALOGUE_FILE ${dir}: is a directory; give the path of the YAML file`);
     // A relative path is named as given and as read.
     expect(() => loadConfig({ CATALOGUE_FILE: 'no-such-catalogue.yaml' })).toThrow(
       `CATALOGUE_FILE no-such-catalogue.yaml: the file does not exist (${resolve('no-such-catalogue.yaml')}: relative paths are read from the working directory)`,

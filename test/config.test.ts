@@ -270,7 +270,7 @@ describe('a start that cannot work', () => {
       for (const value of [String(MAX_TIMER_MS + 1), '3000000000', '1e15']) {
         expect(() => loadConfig({ [name]: value }), `${name}=${value}`).toThrow(ConfigError);
         expect(() => loadConfig({ [name]: value }), `${name}=${value}`).toThrow(
-          new RegExp(`^invalid configuration:\\n  ${name} must be a positive integer of milliseconds, at most 2147483647 ms \\(about 24\\.8 days\\), got "${value}"$`),
+          new RegExp(`^invalid configuration: ${name} must be a positive integer of milliseconds, at most 2147483647 ms \\(about 24\\.8 days\\), got "${value}"$`),
         );
       }
     }
@@ -285,8 +285,8 @@ describe('a start that cannot work', () => {
     for (const [name, value] of [['UPSTREAM_TIMEOUT_MS', '3000000000'], ['RETENTION_SWEEP_INTERVAL_MS', '2592000000']] as const) {
       const run = await runFailingStart({ ...startEnv(), [name]: value }, { timeoutMs: 8000 });
       expect(run.code, run.output).toBe(2);
-      expect(run.output.trim().split('\n').filter((line) => line.trim() !== 'invalid configuration:').map((line) => line.trim())).toEqual([
-        `${name} must be a positive integer of milliseconds, at most 2147483647 ms (about 24.8 days), got "${value}"`,
+      expect(run.output.trim().split('\n')).toEqual([
+        `invalid configuration: ${name} must be a positive integer of milliseconds, at most 2147483647 ms (about 24.8 days), got "${value}"`,
       ]);
     }
   });
@@ -304,7 +304,7 @@ describe('a start that cannot work', () => {
   ])('%s=%s is refused at start: it must be an http(s) URL with a host', (name, value, example, why) => {
     const env = { [name]: value, ...(name === 'S3_ENDPOINT' ? { S3_BUCKET: 'images' } : {}) };
     expect(() => loadConfig(env)).toThrow(ConfigError);
-    expect(() => loadConfig(env)).toThrow(`invalid configuration:\n  ${name} must be an http(s) URL such as ${example}${why}, got "${value}"`);
+    expect(() => loadConfig(env)).toThrow(`invalid configuration: ${name} must be an http(s) URL such as ${example}${why}, got "${value}"`);
   });
 
   it('takes http(s) URLs in the URL settings, and never echoes a password in one it refuses', () => {
@@ -325,8 +325,8 @@ describe('a start that cannot work', () => {
   it('stops the start in one line when AIHUBMIX_BASE_URL has no scheme, instead of answering every generate 500', async () => {
     const run = await runFailingStart({ ...startEnv(), AIHUBMIX_BASE_URL: 'localhost:18900' }, { timeoutMs: 8000 });
     expect(run.code, run.output).toBe(2);
-    expect(run.output.trim().split('\n').filter((line) => line.trim() !== 'invalid configuration:').map((line) => line.trim())).toEqual([
-      'AIHUBMIX_BASE_URL must be an http(s) URL such as https://aihubmix.com (the scheme is missing: http:// or https://), got "localhost:18900"',
+    expect(run.output.trim().split('\n')).toEqual([
+      'invalid configuration: AIHUBMIX_BASE_URL must be an http(s) URL such as https://aihubmix.com (the scheme is missing: http:// or https://), got "localhost:18900"',
     ]);
   });
 
@@ -334,7 +334,7 @@ describe('a start that cannot work', () => {
     expect(loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1000}' }).PRICE_OVERRIDES).toEqual({ 'gpt-image-2': 1000 });
     expect(() => loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1e308}' })).toThrow(ConfigError);
     expect(() => loadConfig({ PRICE_OVERRIDES: '{"gpt-image-2": 1e308}' })).toThrow(
-      'invalid configuration:\n  PRICE_OVERRIDES: the price of "gpt-image-2": a price per image is at most 1000 USD, got 1e+308',
+      'invalid configuration: PRICE_OVERRIDES: the price of "gpt-image-2": a price per image is at most 1000 USD, got 1e+308',
     );
   });
 
@@ -343,6 +343,47 @@ describe('a start that cannot work', () => {
     expect(loadConfig({ IMAGE_INLINE_MAX_BYTES: '0' }).IMAGE_INLINE_MAX_BYTES).toBe(0);
     expect(() => loadConfig({ IMAGE_INLINE_MAX_BYTES: '-1' })).toThrow(/IMAGE_INLINE_MAX_BYTES must be an integer from 0 to 1048576, got "-1"/);
     expect(() => loadConfig({ IMAGE_INLINE_MAX_BYTES: '2000000' })).toThrow(/IMAGE_INLINE_MAX_BYTES must be an integer from 0 to 1048576/);
+  });
+});
+
+describe('a start stopped by bad settings (dist/server.js)', () => {
+  /** What the process printed, as lines; none may be a stack frame or a JSON log entry. */
+  async function failedStart(env: Record<string, string>): Promise<string[]> {
+    const run = await runFailingStart({ ...startEnv(), ...env }, { timeoutMs: 8000 });
+    expect(run.code, run.output).toBe(2);
+    const lines = run.output.trim().split('\n');
+    expect(lines.filter((line) => /^\s+at |^\{/.test(line)), run.output).toEqual([]);
+    return lines;
+  }
+
+  it.each([
+    ['PORT', 'abc', 'PORT must be an integer from 1 to 65535, got "abc"'],
+    ['RATE_LIMIT_RPM', '1.5', 'RATE_LIMIT_RPM must be a positive integer, got "1.5"'],
+    ['LOG_LEVEL', 'loud', 'LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent'],
+    // One problem per variable: "not an absolute URL" and "not redis://" were two lines for one value.
+    ['REDIS_URL', 'nope', 'REDIS_URL must be a redis:// (or rediss://) URL such as redis://cache:6379'],
+    ['DATABASE_URL', 'nope', 'DATABASE_URL must be a postgres:// (or postgresql://) URL such as postgres://gateway:password@db:5432/gateway'],
+  ])('%s=%s: exit code 2 and one line naming the variable and what it takes', async (name, value, problem) => {
+    expect(await failedStart({ [name]: value })).toEqual([`invalid configuration: ${problem}`]);
+  });
+
+  it('several bad variables: still one line, naming each', async () => {
+    expect(await failedStart({ PORT: 'abc', UPSTREAM_RETRIES: '11' })).toEqual([
+      'invalid configuration: PORT must be an integer from 1 to 65535, got "abc"; UPSTREAM_RETRIES must be an integer from 0 to 10, got "11"',
+    ]);
+  });
+
+  it('a CATALOGUE_FILE that is not YAML: one line, the parser\'s excerpt left out', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'gw-cfg-')), 'catalogue.yaml');
+    writeFileSync(file, 'models: [: bad\n');
+    const lines = await failedStart({ CATALOGUE_FILE: file });
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(new RegExp(`^invalid configuration: CATALOGUE_FILE ${file}: cannot be read as YAML: .* at line \\d+, column \\d+`));
+  });
+
+  it('a DATABASE_URL no database answers at: the one line, not also an error log entry with its stack', async () => {
+    const lines = await failedStart({ DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none' });
+    expect(lines).toEqual([expect.stringMatching(/^DATABASE_URL: the PostgreSQL database cannot be reached: connect ECONNREFUSED/)]);
   });
 });
 

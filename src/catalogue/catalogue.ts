@@ -170,7 +170,8 @@ export const GROUP_FIELD = 'options.sequential_image_generation';
  * `options.sequential_image_generation` itself (GROUP_FIELD: "auto" may make up to 15).
  */
 export function imagesAsked(request: { params: Record<string, unknown>; options?: Record<string, unknown> }): { count: number; field: string } {
-  const n = typeof request.params.n === 'number' ? request.params.n : 1;
+  // n is judged by the model's rule after this count is taken: one that is no whole number ("2", 1.5, 1e308) counts as 1.
+  const n = Number.isSafeInteger(request.params.n) ? (request.params.n as number) : 1;
   const options = request.options ?? {};
   if (!Object.hasOwn(options, 'sequential_image_generation') || options.sequential_image_generation !== 'auto') return { count: n, field: 'n' };
   const group = Object.hasOwn(options, 'sequential_image_generation_options') ? options.sequential_image_generation_options : undefined;

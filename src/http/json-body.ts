@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import secureJson from 'secure-json-parse';
 import { GatewayError } from '../errors.js';
 import { refuseNulInJson } from './nul-characters.js';
+import { decodeUtf8, notUtf8Body } from './utf8-text.js';
 
 /** secure-json-parse's words for a key it refuses; any other failure is JSON.parse's own. */
 const PROTOTYPE_KEY = 'Object contains forbidden prototype property';
@@ -15,8 +16,11 @@ function bodyRefused(message: string): GatewayError {
  * "prototype", refused). That parser answers a syntax error and a refused key in the same words and
  * never says where the syntax broke; here each says what it is, a syntax error with V8's position.
  */
-export function parseJsonBody(text: string): unknown {
-  if (text.length === 0) throw bodyRefused('is empty: send a JSON object');
+export function parseJsonBody(bytes: Buffer): unknown {
+  if (bytes.length === 0) throw bodyRefused('is empty: send a JSON object');
+  // JSON is UTF-8: bytes that are not are refused, not read as U+FFFD and sent on (src/http/utf8-text.ts).
+  const text = decodeUtf8(bytes);
+  if (text === undefined) throw notUtf8Body(bytes);
   let value: unknown;
   try {
     value = secureJson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' });
@@ -38,9 +42,10 @@ export function parseJsonBody(text: string): unknown {
  */
 export function parseJsonBodies(app: FastifyInstance): void {
   app.removeContentTypeParser(['application/json', 'text/plain']);
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+  // As bytes: Fastify's string decoding would turn bytes that are not UTF-8 into U+FFFD unseen.
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => {
     try {
-      done(null, parseJsonBody(body as string));
+      done(null, parseJsonBody(body as Buffer));
     } catch (err) {
       done(err as Error, undefined);
     }

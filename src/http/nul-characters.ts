@@ -10,22 +10,22 @@ const NUL = '\u0000';
 const MESSAGE = 'must not contain the NUL character (U+0000)';
 
 /**
- * The first field of a parsed JSON value holding NUL (in a value or a key), named as the gateway names
- * fields and cut by clipName; undefined when none. A walk with its own stack: a body may nest deeper
- * than the call stack goes.
+ * The first field of a parsed JSON value holding `char` in its value or its name (`inName`), as the
+ * gateway names fields (the name is the client's: cut by clipName where it is quoted). A walk with
+ * its own stack: a body may nest deeper than the call stack goes.
  */
-export function nulField(root: unknown): string | undefined {
+export function fieldHolding(root: unknown, char: string): { field: string; inName: boolean } | undefined {
   const pending: Array<{ value: unknown; path: string }> = [{ value: root, path: '' }];
   while (pending.length > 0) {
     const { value, path } = pending.pop()!;
     if (typeof value === 'string') {
-      if (value.includes(NUL)) return clipName(path || '(body)');
+      if (value.includes(char)) return { field: path || '(body)', inName: false };
     } else if (Array.isArray(value)) {
       for (let i = value.length - 1; i >= 0; i--) pending.push({ value: value[i], path: `${path}[${i}]` });
     } else if (value !== null && typeof value === 'object') {
       const entries = Object.entries(value);
       for (const [key] of entries) {
-        if (key.includes(NUL)) return clipName((path ? `${path}.${key}` : key).replaceAll(NUL, '\\u0000'));
+        if (key.includes(char)) return { field: path ? `${path}.${key}` : key, inName: true };
       }
       for (let i = entries.length - 1; i >= 0; i--) {
         const [key, inner] = entries[i]!;
@@ -34,6 +34,12 @@ export function nulField(root: unknown): string | undefined {
     }
   }
   return undefined;
+}
+
+/** The first field of a parsed JSON value holding NUL (in a value or a key), cut by clipName, NUL written \u0000; undefined when none. */
+export function nulField(root: unknown): string | undefined {
+  const found = fieldHolding(root, NUL);
+  return found && clipName(found.field.replaceAll(NUL, '\\u0000'));
 }
 
 /**

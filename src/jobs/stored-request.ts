@@ -51,7 +51,8 @@ function canonical(value: unknown): unknown {
 /** The same request, however its fields were ordered or its images sent (multipart or data URL), hashes the same. */
 export function requestFingerprint(request: ImageRequest, resolvedModel: string): string {
   const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-  const { images, mask, styleReferences, model: _model, ...rest } = request;
+  // How the images were sent (a list or one) names them in errors only: not part of what is asked.
+  const { images, imagesListed: _listed, mask, styleReferences, model: _model, ...rest } = request;
   const shape = canonical({
     ...rest,
     model: resolvedModel,

@@ -5,6 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { GatewayError, invalidField } from '../errors.js';
 import { refuseNulInField } from '../http/nul-characters.js';
+import { refuseNotUtf8Field } from '../http/utf8-text.js';
 import { sniffImageType } from '../images/image-bytes.js';
 import { inputImage, isPending, pendingImage, type ImageRequest, type InputImage } from './image-request.js';
 import { newUploadPath } from './uploads.js';
@@ -12,6 +13,7 @@ import { STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 
 /** A multipart file as received: on disk under DATA_DIR/uploads until the request is admitted. */
 interface UploadedFile {
+  /** How refusals name it (`image`, `image[1]`, `mask`, ...). */
   field: string;
   path: string;
   image: InputImage;
@@ -25,6 +27,8 @@ interface UploadedFile {
 export interface EditParts {
   fields: Map<string, string>;
   images: InputImage[];
+  /** The images came as a list (`image[]`, or `image` more than once): errors name each `image[i]`, one alone included. */
+  imagesListed: boolean;
   mask: InputImage | undefined;
   /** `style_reference_images` files (POST /v1/edit only), in order. */
   styleReferences: InputImage[];
@@ -78,6 +82,7 @@ export async function readEditParts(
   const files: UploadedFile[] = [];
   const styleFiles: UploadedFile[] = [];
   let mask: UploadedFile | undefined;
+  let imagesListed = false;
   const fileFields = accept.oneImage ? ['image'] : ['image', 'image[]', 'mask', ...(accept.styleReferences ? [STYLE_REFERENCES_FIELD] : [])];
   try {
     for await (const part of request.parts()) {
@@ -85,16 +90,21 @@ export async function readEditParts(
       if (part.type === 'field') {
         if (part.valueTruncated) throw invalidField(part.fieldname, `is longer than the limit of ${mib(1024 * 1024)} for a field`);
         if (fields.has(part.fieldname)) throw invalidField(part.fieldname, 'is given more than once');
-        refuseNulInField(part.fieldname, String(part.value));
-        fields.set(part.fieldname, String(part.value));
+        const value = String(part.value);
+        refuseNulInField(part.fieldname, value);
+        // Bytes that are not UTF-8 were decoded to U+FFFD: refused, naming the field, rather than sent upstream so.
+        refuseNotUtf8Field(part.fieldname, value);
+        fields.set(part.fieldname, value);
         continue;
       }
       if (!fileFields.includes(part.fieldname)) throw invalidField(part.fieldname, 'is not a file field of this request', fileFields);
       const isImage = part.fieldname === 'image' || part.fieldname === 'image[]';
       const isStyle = part.fieldname === STYLE_REFERENCES_FIELD;
       if (part.fieldname === 'mask' && mask) throw invalidField('mask', 'give at most one mask');
-      // Named as a JSON request names them (options.style_reference_images[i]), in every refusal.
-      const field = isImage ? (files.length === 0 ? 'image' : `image[${files.length}]`) : isStyle ? `options.${STYLE_REFERENCES_FIELD}[${styleFiles.length}]` : 'mask';
+      // Named as the client sent them, as a JSON request names them, in every refusal: a file of
+      // `image[]` is image[i] (the first too), a lone `image` is image, the next ones image[1], ...
+      if (part.fieldname === 'image[]' || (isImage && files.length > 0)) imagesListed = true;
+      const field = isImage ? (imagesListed ? `image[${files.length}]` : 'image') : isStyle ? `options.${STYLE_REFERENCES_FIELD}[${styleFiles.length}]` : 'mask';
       const path = newUploadPath(app, request);
       let head = Buffer.alloc(0);
       let size = 0;
@@ -129,6 +139,8 @@ export async function readEditParts(
   } finally {
     request.raw.off('data', count);
   }
+  // A first `image` followed by more is one of a list: image[0] from now on, as the others are image[i].
+  if (imagesListed && files[0]?.field === 'image') files[0].field = 'image[0]';
 
   const byImage = new Map<InputImage, UploadedFile>([...files, ...styleFiles, ...(mask ? [mask] : [])].map((f) => [f.image, f]));
   const read = async (image: InputImage): Promise<InputImage> => {
@@ -138,6 +150,7 @@ export async function readEditParts(
   return {
     fields,
     images: files.map((f) => f.image),
+    imagesListed,
     mask: mask?.image,
     readImage: read,
     styleReferences: styleFiles.map((f) => f.image),

@@ -23,6 +23,11 @@ export interface ImageRequest {
   async: boolean;
   mode?: EditMode;
   images: InputImage[];
+  /**
+   * The client sent its images as a list (a JSON array, multipart `image[]` or several `image`
+   * files), so errors name each `image[i]`, one alone included; absent: `image` when there is one.
+   */
+  imagesListed?: boolean;
   mask?: InputImage;
   /** Style reference images (`options.style_reference_images` in JSON, `style_reference_images` files in multipart). */
   styleReferences?: InputImage[];
@@ -49,13 +54,24 @@ const integer = (what: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
   // A value failing the integer check stops there: 1e308 was named twice (not an integer, over the max).
   z.number({ error: `must be ${what}` }).int({ error: `must be ${what}`, abort: true }).min(min, `must be ${what}`).max(max, `must be ${what}`);
 const trueOrFalse = z.boolean({ error: 'must be true or false' });
+/**
+ * A prompt of whitespace alone (or zero-width characters) asks for nothing, yet upstream bills the
+ * attempt or refuses it after the fact: it is no prompt, refused here as an empty one is.
+ */
+export function isBlankPrompt(value: string): boolean {
+  return !/[^\s\u200B-\u200D\u2060]/.test(value);
+}
+/** What a prompt must be, in every refusal of an empty or blank one. */
+export const PROMPT_ALLOWED = 'a non-empty string (whitespace alone is not a prompt)';
+const promptText = text(PROMPT_ALLOWED).refine((v) => !isBlankPrompt(v), `must be ${PROMPT_ALLOWED}`);
 const modelName = nonEmpty(`a model id (at most ${NAME_MAX} characters; GET /v1/models lists them)`).max(NAME_MAX, `must be at most ${NAME_MAX} characters`);
 
 const commonFields = {
   model: modelName,
-  prompt: nonEmpty(),
-  // The model's own rule (its input_schema) then judges how many, and names its range: n=0 too.
-  n: integer("an integer (the model's input_schema gives its range)", Number.MIN_SAFE_INTEGER),
+  prompt: promptText,
+  // Judged by the model's own rule alone, whatever its type ("2", 1.5, 0): only that rule knows the
+  // range to name ("must be an integer from 1 to 4 for imagen-..."), where a type check here could not.
+  n: z.unknown(),
   size: nonEmpty("a non-empty string: WIDTHxHEIGHT or a size the model names (its input_schema lists them)"),
   aspect_ratio: text('written W:H, for example "16:9"').regex(/^\d+:\d+$/, 'must be written W:H, for example "16:9"'),
   // Judged by the model's own rule, which lists its qualities: one list for every model would offer
@@ -99,6 +115,11 @@ const imageRef = z.string().refine((v) => DATA_URL.test(v) || HTTP_URL.test(v), 
   message: 'must be a data URL (data:image/png;base64,...) or an http(s) URL',
 });
 
+/** How errors name a request's i-th input image: as the client sent it, `image[i]` from a list (one alone included), else `image`. */
+export function imageFieldOf(request: Pick<ImageRequest, 'images' | 'imagesListed'>, i: number): string {
+  return request.imagesListed === true || request.images.length > 1 ? `image[${i}]` : 'image';
+}
+
 /** The most images a JSON edit may list before its model is known (no model takes more). */
 const MAX_EDIT_IMAGES = 16;
 
@@ -138,7 +159,11 @@ function callbackFor(body: { callback_url?: string; async?: boolean }): string |
   return body.callback_url;
 }
 
-function fromBody(operation: ImageOperation, body: Omit<GenerateBody, 'prompt'> & { prompt?: string | undefined }, extra: { mode?: EditMode; images?: InputImage[]; mask?: InputImage }): ImageRequest {
+function fromBody(
+  operation: ImageOperation,
+  body: Omit<GenerateBody, 'prompt'> & { prompt?: string | undefined },
+  extra: { mode?: EditMode; images?: InputImage[]; imagesListed?: boolean; mask?: InputImage },
+): ImageRequest {
   return {
     operation,
     model: body.model,
@@ -153,6 +178,7 @@ function fromBody(operation: ImageOperation, body: Omit<GenerateBody, 'prompt'> 
     ...(body.fallback_on_timeout ? { fallbackOnTimeout: true } : {}),
     ...(extra.mode ? { mode: extra.mode } : {}),
     images: extra.images ?? [],
+    ...(extra.imagesListed ? { imagesListed: true } : {}),
     ...(extra.mask ? { mask: extra.mask } : {}),
   };
 }
@@ -212,9 +238,10 @@ function validEditJson(raw: unknown) {
   const parsed = editJsonSchema.safeParse(raw);
   if (!parsed.success) throw refuse(parsed.error, [...Object.keys(commonFields), 'mode', 'image', 'mask', STREAM], raw);
   const { image, mask, mode, ...rest } = parsed.data;
-  const list = Array.isArray(image) ? image : [image];
-  const images = list.map((value, i) => ({ field: list.length > 1 ? `image[${i}]` : 'image', value }));
-  return { rest, mode, images, mask: mask === undefined ? undefined : { field: 'mask', value: mask } };
+  // Named as sent: an array's items are image[i], a one-item array's too (as zod names them above).
+  const listed = Array.isArray(image);
+  const images = (listed ? image : [image]).map((value, i) => ({ field: listed ? `image[${i}]` : 'image', value }));
+  return { rest, mode, images, listed, mask: mask === undefined ? undefined : { field: 'mask', value: mask } };
 }
 
 /** The bytes of an image not read yet (a URL to fetch, an upload on disk): a real image is never empty. */
@@ -238,7 +265,7 @@ export interface ParsedEditJson {
 
 /** Data URLs are decoded here; URL images are left pending for `withFetched`. */
 export function parseEditJson(raw: unknown, maxImageBytes: number): ParsedEditJson {
-  const { rest, mode, images, mask } = validEditJson(raw);
+  const { rest, mode, images, listed, mask } = validEditJson(raw);
   const urls: ImageUrlRef[] = [];
   const toImage = ({ field, value }: { field: string; value: string }): InputImage => {
     if (!HTTP_URL.test(value)) return decodeDataUrl(value, field, maxImageBytes);
@@ -247,6 +274,7 @@ export function parseEditJson(raw: unknown, maxImageBytes: number): ParsedEditJs
   };
   const request = fromBody('edit', rest, {
     images: images.map(toImage),
+    imagesListed: listed,
     ...(mode ? { mode } : {}),
     ...(mask ? { mask: toImage(mask) } : {}),
   });
@@ -255,11 +283,10 @@ export function parseEditJson(raw: unknown, maxImageBytes: number): ParsedEditJs
 
 /** The request with its pending images replaced by those `fetched`, by field (`image`, `image[1]`, `mask`). */
 export function withFetched(request: ImageRequest, fetched: ReadonlyMap<string, InputImage>): ImageRequest {
-  const many = request.images.length > 1;
   const pick = (image: InputImage, field: string) => (isPending(image) ? (fetched.get(field) ?? image) : image);
   return {
     ...request,
-    images: request.images.map((image, i) => pick(image, many ? `image[${i}]` : 'image')),
+    images: request.images.map((image, i) => pick(image, imageFieldOf(request, i))),
     ...(request.mask ? { mask: pick(request.mask, 'mask') } : {}),
     ...(request.styleReferences
       ? { styleReferences: request.styleReferences.map((image, i) => pick(image, `options.${STYLE_REFERENCES_FIELD}[${i}]`)) }
@@ -295,7 +322,14 @@ function parseOptionsField(value: string): unknown {
 }
 
 /** Multipart text fields arrive as strings; turn them into the JSON body's types, then validate the same way. */
-export function parseEditMultipart(fields: Map<string, string>, images: InputImage[], mask: InputImage | undefined, styleReferences: InputImage[] = []): ImageRequest {
+export function parseEditMultipart(
+  fields: Map<string, string>,
+  images: InputImage[],
+  mask: InputImage | undefined,
+  styleReferences: InputImage[] = [],
+  /** The files came as a list (`image[]`, or `image` more than once): errors name each image[i]. */
+  imagesListed = false,
+): ImageRequest {
   // No prototype: a field named after one of Object.prototype's properties is just an unknown field.
   const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
   for (const [name, value] of fields) {
@@ -317,7 +351,7 @@ export function parseEditMultipart(fields: Map<string, string>, images: InputIma
   if (styleReferences.length > 0 && rest.options && Object.hasOwn(rest.options, STYLE_REFERENCES_FIELD)) {
     throw invalidField(`options.${STYLE_REFERENCES_FIELD}`, `give style reference images either as files named ${STYLE_REFERENCES_FIELD} or in options, not both`);
   }
-  const request = fromBody('edit', rest, { images, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
+  const request = fromBody('edit', rest, { images, imagesListed, ...(mode ? { mode } : {}), ...(mask ? { mask } : {}) });
   return styleReferences.length > 0 ? { ...request, styleReferences } : request;
 }
 

@@ -57,11 +57,11 @@ function jsonBody(body: unknown): unknown {
 }
 
 async function readMultipartEdit(app: FastifyInstance, request: FastifyRequest): Promise<{ imageRequest: ImageRequest; stream: boolean; load: NonNullable<GenerationCall['loadImages']> }> {
-  const { fields, images, mask, styleReferences, load } = await readEditParts(app, request, { styleReferences: true });
+  const { fields, images, imagesListed, mask, styleReferences, load } = await readEditParts(app, request, { styleReferences: true });
   noteRequestedModel(app, request, fields.get('model'));
   const stream = takeStreamFlag(fields);
   // Style references may come as files or, as in JSON, in options (data URLs or URLs, fetched once admitted).
-  const styled = takeStyleReferences(parseEditMultipart(fields, images, mask, styleReferences), app.config.MAX_UPLOAD_BYTES);
+  const styled = takeStyleReferences(parseEditMultipart(fields, images, mask, styleReferences, imagesListed), app.config.MAX_UPLOAD_BYTES);
   const fetch = fetchUrls(app, styled.urls);
   return { imageRequest: styled.request, stream, load: fetch ? async (admitted, signal) => fetch(await load(admitted), signal) : load };
 }

@@ -187,13 +187,13 @@ function generationRequest(app: FastifyInstance, raw: unknown): OpenAiRequest {
 
 /** OpenAI's multipart edit: files `image` (or repeated `image[]`) and `mask`, the rest text fields. */
 async function editRequest(app: FastifyInstance, request: FastifyRequest): Promise<OpenAiRequest> {
-  const { fields: parts, images, mask, load } = await readEditParts(app, request);
+  const { fields: parts, images, imagesListed, mask, load } = await readEditParts(app, request);
   const fields = Object.fromEntries(parts);
   noteRequestedModel(app, request, fields.model);
   const { gatewayFields, options, stream } = splitOpenAiBody(fields, EDIT_FIELDS, true);
   responseFormatOf(app, gatewayFields, stream);
   const text = new Map(Object.entries(gatewayFields).map(([name, value]) => [name, String(value)]));
-  return { imageRequest: withOptions(parseEditMultipart(text, images, mask), options), stream, load };
+  return { imageRequest: withOptions(parseEditMultipart(text, images, mask, [], imagesListed), options), stream, load };
 }
 
 /** The gateway's answer in OpenAI's ImagesResponse shape. */

@@ -17,17 +17,21 @@ declare module 'fastify' {
 /** Opens the database and checks that it answers; if it cannot, a ConfigError names the setting to change. */
 export async function openGatewayDatabase(config: Config, log: FastifyBaseLogger, postgresTimeouts?: PostgresTimeouts): Promise<Database> {
   let db: Database | undefined;
+  // Until the first ping answers, a failure stops the start with the one line below: not logged (with its stack) as well.
+  let opened = false;
   try {
     db = openDatabase(config, {
       onCheckpointerLost: (err) => log.warn({ err }, 'the SQLite checkpoint thread stopped; checkpoints run inside commits again (slower, with pauses)'),
       onThreadLost: (err) => log.warn({ err }, 'the SQLite thread stopped; every statement runs on the event loop again (slower under load)'),
       ...(postgresTimeouts ? { postgresTimeouts } : {}),
       onReachability: (reachable, err) => {
+        if (!opened) return;
         if (reachable) log.info('DATABASE_URL: the PostgreSQL database answers again; new generations are taken again');
         else log.error({ err }, `DATABASE_URL: the PostgreSQL database cannot be reached (${(err as Error | undefined)?.message ?? 'no answer'}); new generations are refused with 503 until it answers (tried every few seconds)`);
       },
     });
     await db.ping();
+    opened = true;
     return db;
   } catch (err) {
     // Not waited for, as in buildApp: a wait on SQLite's threads could outlast the process.

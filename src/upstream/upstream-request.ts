@@ -2,7 +2,7 @@ import { GatewayError, clipName, invalidField } from '../errors.js';
 import type { DescribeRoute, FieldMapping, ModelSpec, NormalizedParam, UpstreamRoute } from '../catalogue/model-spec.js';
 import { STYLE_REFERENCES_FIELD } from '../catalogue/model-spec.js';
 import { styleReferencesAllowed } from '../catalogue/catalogue.js';
-import type { DescribeRequest, ImageRequest, InputImage } from '../request/image-request.js';
+import { PROMPT_ALLOWED, imageFieldOf, isBlankPrompt, type DescribeRequest, type ImageRequest, type InputImage } from '../request/image-request.js';
 import { toBlackMeansChangeMask } from '../images/mask.js';
 
 export interface UpstreamFile {
@@ -50,14 +50,21 @@ function check(field: string, mapping: FieldMapping, value: unknown, model: Mode
   if (problem) throw invalidField(field, `${problem} for ${model.id}`, mapping.rule.values ?? mapping.rule.allowed);
 }
 
-/** Why a parameter is refused; a shape asked in the form the model does not take names the one it does. */
+/**
+ * Why a parameter is refused; a shape asked in the form the model does not take names the one it
+ * does. Otherwise the message names the parameters the model does take, so the field list in the
+ * detail's `allowed` (["n"] for Imagen's size) reads as what it is, not as the field's values.
+ */
 function unsupportedParamMessage(model: ModelSpec, route: UpstreamRoute, name: NormalizedParam, inMode: string): string {
-  if (name === 'n') return `${model.id} makes one image per request; n must be 1`;
+  if (name === 'n') return `${model.id} makes one image per request; n must be the integer 1, or left out`;
   const size = route.params.size;
   if (name === 'aspect_ratio' && size) return `is not supported by ${model.id}, which takes an explicit size: give size, ${size.rule.allowed}`;
   const ratio = route.params.aspect_ratio;
   if (name === 'size' && ratio) return `is not supported by ${model.id}, which takes its shape as aspect_ratio: give aspect_ratio, ${ratio.rule.allowed}`;
-  return `is not supported by ${model.id}${inMode}`;
+  const taken = Object.keys(route.params);
+  const takes =
+    taken.length === 0 ? 'it takes none of the optional parameters' : taken.length === 1 ? `the only parameter it takes is ${taken[0]}` : `the parameters it takes are ${taken.join(', ')}`;
+  return `is not supported by ${model.id}${inMode}, which takes no ${name}: ${takes}`;
 }
 
 /**
@@ -70,7 +77,10 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     if (req.prompt !== '') throw invalidField('prompt', `${model.id}${inMode} takes no prompt: leave it out`);
   } else if (req.prompt === '') {
     // An upscale's prompt is optional (POST /v1/upscale); every other route with a prompt needs one.
-    if (req.operation !== 'upscale') throw invalidField('prompt', 'is required (a non-empty string)');
+    if (req.operation !== 'upscale') throw invalidField('prompt', `is required (${PROMPT_ALLOWED})`);
+  } else if (isBlankPrompt(req.prompt)) {
+    // Whitespace alone would go upstream and be paid for: no prompt, as "" is (an edit's prompt reaches here unchecked).
+    throw invalidField('prompt', req.operation === 'upscale' ? `must be ${PROMPT_ALLOWED}, or left out` : `is required (${PROMPT_ALLOWED})`);
   } else if (req.prompt.length > route.prompt.maxLength) {
     throw invalidField('prompt', `is ${req.prompt.length} characters; ${model.id} takes at most ${route.prompt.maxLength}`);
   }
@@ -108,7 +118,7 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     if (req.images.length > images.max) {
       throw invalidField('image', `${model.id} takes at most ${images.max} image${images.max === 1 ? '' : 's'}; got ${req.images.length}`);
     }
-    checkImageBytes(model, req.images, images.maxBytes, (i) => (req.images.length > 1 ? `image[${i}]` : 'image'), 'input image');
+    checkImageBytes(model, req.images, images.maxBytes, (i) => imageFieldOf(req, i), 'input image');
     if (req.mask && !route.mask) {
       throw invalidField('mask', `${model.id}${req.mode ? ` in mode ${req.mode}` : ''} takes no mask`);
     }
