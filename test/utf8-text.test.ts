@@ -118,4 +118,22 @@ describe('a multipart text field that is not UTF-8', () => {
       }
     }
   });
+
+  it('reads a part sent as application/json as its JSON text (options applied, a prompt never "[object Object]"), and refuses one that is not JSON', async () => {
+    const res = await postMultipart('/v1/edit', [
+      ['model', 'gpt-image-1'],
+      ['prompt', '{"subject":"a deer"}', 'application/json'],
+      ['options', '{"input_fidelity":"high"}', 'application/json'],
+    ]);
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    const sent = h.simulator.received[0]?.fields;
+    expect(sent?.prompt).toBe('{"subject":"a deer"}');
+    expect(sent?.input_fidelity).toBe('high');
+    h.simulator.reset();
+    const bad = await postMultipart('/v1/edit', [['model', 'gpt-image-1'], ['prompt', 'make it blue', 'application/json']]);
+    expect(bad.status, JSON.stringify(bad.body)).toBe(400);
+    // @fastify/multipart's error does not carry the part's name: it says which kind of part.
+    expect(bad.body.error.message).toMatch(/not a valid JSON as declared by its Content-Type/);
+    expect(h.simulator.received).toHaveLength(0);
+  });
 });

@@ -90,7 +90,9 @@ export async function readEditParts(
       if (part.type === 'field') {
         if (part.valueTruncated) throw invalidField(part.fieldname, `is longer than the limit of ${mib(1024 * 1024)} for a field`);
         if (fields.has(part.fieldname)) throw invalidField(part.fieldname, 'is given more than once');
-        const value = String(part.value);
+        // A part sent as application/json reaches us parsed (@fastify/multipart): its JSON text again,
+        // not String()'s "[object Object]" (a prompt so would go upstream), and a JSON string as its text.
+        const value = typeof part.value === 'string' ? part.value : JSON.stringify(part.value);
         refuseNulInField(part.fieldname, value);
         // Bytes that are not UTF-8 were decoded to U+FFFD: refused, naming the field, rather than sent upstream so.
         refuseNotUtf8Field(part.fieldname, value);
