@@ -406,7 +406,8 @@ export class GenerationPipeline {
         onEvent,
       });
     } catch (err) {
-      if (cancel.signal.reason instanceof UpstreamDeadline) {
+      // A deadline that passed after upstream answered is a paid image lost (504), not a timeout to fall back from.
+      if (cancel.signal.reason instanceof UpstreamDeadline && !(err instanceof PaidImageLost)) {
         throw new UpstreamFailure('timeout', `no complete upstream answer within ${this.deps.upstreamTimeoutMs} ms`, {
           cause: err,
           ...(err instanceof UpstreamFailure ? { mayHaveBilled: err.mayHaveBilled } : {}),

@@ -17,7 +17,7 @@ import { PooledBase64Staging } from '../workers/pooled-base64-staging.js';
 import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
 import type { ProgressEvent } from './generation-events.js';
-import { INLINE_FALLBACK_MAX_BYTES } from '../images/image-library.js';
+import { INLINE_FALLBACK_MAX_BYTES, ImageRowFailed } from '../images/image-library.js';
 import { sniffImageType } from '../images/image-bytes.js';
 import { imageDimensions } from '../images/image-dimensions.js';
 import { StorageWriteFailed } from '../images/storage-pressure.js';
@@ -37,21 +37,57 @@ export interface ImageResult {
   b64_json?: string | Base64Text;
 }
 
+/** Seconds a client told a paid image was lost to the database should wait (as for any outage of it). */
+export const PAID_IMAGE_LOST_RETRY_AFTER_SECONDS = 5;
+
 /**
- * Upstream made (and was paid for) the images, but the gateway could not store them and no longer
- * has their bytes (or they are over INLINE_FALLBACK_MAX_BYTES): 507, with what it cost.
+ * Upstream made (and was paid for) the images, but the gateway lost them before answering: its
+ * cost counts against the key's budget and in usage (never refunded), and no fallback model is
+ * tried (that would pay twice). How it was lost decides the answer:
+ * - image storage full or unavailable, the bytes not in hand to answer inline: 507 storage_full;
+ * - the database did not take the image's row: 503 paid_image_lost, Retry-After 5;
+ * - the request's deadline (UPSTREAM_TIMEOUT_MS) passed while the answer was being kept: 504 paid_image_lost.
  */
 export class PaidImageLost extends GatewayError {
-  constructor(
+  private constructor(
     readonly costUsd: number | null,
     readonly upstreamMs: number | undefined,
-    cause: StorageWriteFailed,
+    answer: { code: 'storage_full' | 'paid_image_lost'; status?: number; message: string; retryAfter?: number; cause: unknown },
   ) {
-    super('storage_full', `upstream made the image and it was paid for, but image storage is full or unavailable and it was lost; retry later`, {
-      cause,
-      retryAfter: cause.retryAfter,
+    super(answer.code, answer.message, {
+      cause: answer.cause,
+      ...(answer.status !== undefined ? { status: answer.status } : {}),
+      ...(answer.retryAfter !== undefined ? { retryAfter: answer.retryAfter } : {}),
     });
     this.name = 'PaidImageLost';
+  }
+
+  static storageFull(costUsd: number | null, upstreamMs: number | undefined, cause: StorageWriteFailed): PaidImageLost {
+    return new PaidImageLost(costUsd, upstreamMs, {
+      code: 'storage_full',
+      message: 'upstream made the image and it was paid for, but image storage is full or unavailable and it was lost; retry later',
+      retryAfter: cause.retryAfter,
+      cause,
+    });
+  }
+
+  static databaseFailed(costUsd: number | null, upstreamMs: number | undefined, cause: unknown): PaidImageLost {
+    return new PaidImageLost(costUsd, upstreamMs, {
+      code: 'paid_image_lost',
+      status: 503,
+      message: 'upstream made the image and it was paid for (its cost counts), but the gateway could not record it in its database and it was lost; retry later',
+      retryAfter: PAID_IMAGE_LOST_RETRY_AFTER_SECONDS,
+      cause,
+    });
+  }
+
+  static deadlinePassed(costUsd: number | null, upstreamMs: number | undefined, cause: unknown): PaidImageLost {
+    return new PaidImageLost(costUsd, upstreamMs, {
+      code: 'paid_image_lost',
+      status: 504,
+      message: 'upstream made the image and it was paid for (its cost counts), but the request\'s deadline passed before the gateway had kept it, and it was lost; no fallback model was tried',
+      cause,
+    });
   }
 }
 
@@ -219,14 +255,21 @@ export class ImageGeneration {
         }),
       );
     } catch (err) {
-      // Past the upstream answer: the images are paid for. Their cost goes with the 507.
-      if (err instanceof StorageWriteFailed) {
+      // Past the upstream answer: the images are paid for. Their cost goes with the failure.
+      const paidCost = () => {
         const paidImages = produced?.images.length ?? imagesAskedOf(request);
         // A reply cut short by its staging never showed its token counts: the most the request could cost, as reserved.
-        const cost =
+        return (
           estimateCostUsd(route.price, { images: paidImages, options: request.options, upstreamTokens: produced?.usage }) ??
-          maxCostUsd(route.price, { images: paidImages, prompt: request.prompt, params: request.params, options: request.options });
-        throw new PaidImageLost(cost, produced?.upstreamMs, err);
+          maxCostUsd(route.price, { images: paidImages, prompt: request.prompt, params: request.params, options: request.options })
+        );
+      };
+      if (err instanceof StorageWriteFailed) throw PaidImageLost.storageFull(paidCost(), produced?.upstreamMs, err);
+      if (produced !== undefined && !(err instanceof PaidImageLost)) {
+        if (err instanceof ImageRowFailed) throw PaidImageLost.databaseFailed(paidCost(), produced.upstreamMs, err);
+        // Stopped (the deadline, or the caller leaving) while the answer was being kept: what the
+        // caller makes of it is the caller's, but it is paid, never a plain failure to fall back from.
+        if (ctx.signal.aborted) throw PaidImageLost.deadlinePassed(paidCost(), produced.upstreamMs, err);
       }
       throw err;
     } finally {

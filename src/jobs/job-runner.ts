@@ -8,7 +8,7 @@ import { GatewayError, errorBody, type ErrorCode } from '../errors.js';
 import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 import type { Client } from '../auth/client-keys.js';
 import type { Database, Statements } from '../storage/database.js';
-import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
+import { PaidImageLost, type GenerationResult, type ImageGeneration, type PreparedGeneration } from '../generation/image-generation.js';
 import type { TaskHooks } from '../upstream/upstream-client.js';
 import { deserializeRequest, serializeRequest } from './stored-request.js';
 import { declarationOf, modelFromDeclaration } from '../catalogue/catalogue-schema.js';
@@ -384,6 +384,8 @@ export class JobRunner {
     const code = (stored?.error.code ?? 'upstream_error') as ErrorCode;
     return {
       error: new GatewayError(code, stored?.error.message ?? 'the job failed', {
+        // The status the job's failure had (paid_image_lost is 503 or 504).
+        ...(stored?.status !== undefined ? { status: stored.status } : {}),
         details: stored?.error.details ?? [],
         ...(stored?.retry_after !== undefined ? { retryAfter: stored.retry_after } : {}),
       }),
@@ -603,7 +605,8 @@ export class JobRunner {
           this.finishWatchers.delete(id);
           return;
         }
-        const cause = deadline.aborted
+        // A deadline that passed after upstream answered is a paid image lost (504), not a timeout to fall back from.
+        const cause = deadline.aborted && !(err instanceof PaidImageLost)
           ? new UpstreamFailure('timeout', `no complete upstream answer within ${this.o.upstreamTimeoutMs} ms`, {
               cause: err,
               ...(err instanceof UpstreamFailure ? { mayHaveBilled: err.mayHaveBilled } : {}),
