@@ -114,9 +114,15 @@ export async function streamAnswer(
   const stream = EventStream.open(reply, app.config.STREAM_KEEPALIVE_MS);
   stream.hold();
   let finished = false;
+  let producing = true;
+  let abandoned = false;
   reply.raw.once('finish', () => (finished = true));
   reply.raw.once('close', () => {
-    if (!finished) app.recordAbandonedRequest(request, 'client disconnected during the stream');
+    if (finished) return;
+    // Recorded once the pipeline has settled what the request cost (it stops soon after the client
+    // leaves): the record then says the cost the budget was charged.
+    if (producing) abandoned = true;
+    else app.recordAbandonedRequest(request, 'client disconnected during the stream');
   });
   try {
     await produce(stream);
@@ -128,6 +134,8 @@ export async function streamAnswer(
       if (tellFailure) void stream.send(...tellFailure(failure));
     }
   } finally {
+    producing = false;
+    if (abandoned) app.recordAbandonedRequest(request, 'client disconnected during the stream');
     if (stream.open) await app.commitUsage(request, request.outcome.status ?? reply.statusCode);
     await stream.release();
     await stream.end();
