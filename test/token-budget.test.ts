@@ -131,13 +131,14 @@ describe('a budgeted key and a token-priced model', () => {
     const reserve = (408 * 40 + 1 * 5) / 1e6;
     const first = await generate(key, { model: 'gpt-image-1', prompt: 'x', quality: 'low' });
     expect(first.statusCode, first.body).toBe(200);
-    // The answer's headers count the reservation, taken before the call.
-    expect(Number(first.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - reserve, 6);
+    expect(REAL_COST_ONE_IMAGE).toBeLessThan(reserve);
+    // The answer's headers count what the request really cost, as settled, not its reservation.
+    expect(Number(first.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - REAL_COST_ONE_IMAGE, 6);
     expect(first.json().usage.estimated_cost_usd).toBe(REAL_COST_ONE_IMAGE);
     // The next one finds the first settled to its real cost, not to what it reserved.
     const second = await generate(key, { model: 'gpt-image-1', prompt: 'x', quality: 'low' });
     expect(second.statusCode, second.body).toBe(200);
-    expect(Number(second.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - REAL_COST_ONE_IMAGE - reserve, 6);
+    expect(Number(second.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - 2 * REAL_COST_ONE_IMAGE, 6);
   });
 
   it('quality low reserves less than high: a budget that fits low is refused high and auto', async () => {
@@ -184,7 +185,7 @@ describe('a budgeted key and a token-priced model', () => {
     const job = await h.app.inject({ method: 'GET', url: `/v1/jobs/${accepted.json().id}?wait=30`, headers: key });
     expect(job.json().status).toBe('succeeded');
     const next = await generate(key, { model: 'gpt-image-1', prompt: 'x', quality: 'low' });
-    expect(Number(next.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - REAL_COST_ONE_IMAGE - (408 * 40 + 5) / 1e6, 6);
+    expect(Number(next.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - 2 * REAL_COST_ONE_IMAGE, 6);
   });
 
   it('a fallback chain reserves the most its dearest model may cost', async () => {
@@ -224,7 +225,8 @@ describe('a token-priced catalogue route without output_tokens_per_image', () =>
     const generate = () => h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-2', prompt: 'x' } });
     const first = await generate();
     expect(first.statusCode, first.body).toBe(200);
-    expect(first.headers['x-ratelimit-budget-remaining-usd']).toBe('0.005');
+    // Reserved nothing, settled to what it cost.
+    expect(Number(first.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.005 - REAL_COST_ONE_IMAGE, 6);
     expect(first.json().usage.estimated_cost_usd).toBe(REAL_COST_ONE_IMAGE);
     // What is left (about $0.001) is not spent yet: the next one runs, and takes the key over its budget.
     expect((await generate()).statusCode).toBe(200);

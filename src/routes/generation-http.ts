@@ -166,9 +166,14 @@ export async function answerGeneration(
     const admitted = await app.pipeline.admit(call);
     reply.headers(admitted.headers);
     if (dialect) return await streamGeneration(app, request, reply, admitted, dialect);
-    const answer = await admitted.run();
-    // Again: a retry that became the first request under its Idempotency-Key counted its limits while it ran.
-    reply.headers(admitted.headers);
+    let answer;
+    try {
+      answer = await admitted.run();
+    } finally {
+      // Again, as settled: a failure gave back what it reserved, a success counts what it cost (and
+      // a retry that became the first request under its Idempotency-Key counted its limits while it ran).
+      reply.headers(admitted.headers);
+    }
     if (answer.replayed !== undefined) reply.header('idempotent-replayed', String(answer.replayed));
     if (answer.kind === 'job') {
       reply.status(202).header('location', answer.job.status_url);
