@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { maxCostUsd } from '../src/catalogue/catalogue.js';
+import { INPUT_IMAGE_TILE_TOKENS_MAX, inputImagesOf, maxCostUsd } from '../src/catalogue/catalogue.js';
 import { loadCatalogue } from '../src/catalogue/catalogue-schema.js';
 import { builtinCatalogueData } from '../src/catalogue/builtin-catalogue.js';
 import { mergeOverlay } from '../src/catalogue/catalogue-file.js';
@@ -52,6 +52,27 @@ describe('maxCostUsd', () => {
 
   it('is the images times the price for a per-image price', () => {
     expect(maxCostUsd({ perImageUsd: 0.04 }, { images: 3, prompt: 'x', params: {} })).toBe(0.12);
+    expect(maxCostUsd({ perImageUsd: 0.04 }, { images: 3, prompt: 'x', params: {}, inputImages: 2 })).toBe(0.12);
+  });
+
+  it('reserves each input image of an edit at the most its tokens may be, at the image input price', () => {
+    // 4 tiles at 129 tokens and 65 more, plus up to 6240 for high input fidelity, at $10 per million.
+    expect(INPUT_IMAGE_TILE_TOKENS_MAX).toBe(581);
+    const output = 408 * 40 + 1 * 5;
+    expect(maxCostUsd(GPT_IMAGE_1, { images: 1, prompt: 'x', params: { quality: 'low' }, inputImages: 2 })).toBe((output + 2 * (581 + 6240) * 10) / 1e6);
+    expect(maxCostUsd(GPT_IMAGE_1, { images: 1, prompt: 'x', params: { quality: 'low' }, options: { input_fidelity: 'high' }, inputImages: 2 })).toBe(
+      (output + 2 * (581 + 6240) * 10) / 1e6,
+    );
+    // An explicit low fidelity adds nothing for it.
+    expect(maxCostUsd(GPT_IMAGE_1, { images: 1, prompt: 'x', params: { quality: 'low' }, options: { input_fidelity: 'low' }, inputImages: 2 })).toBe(
+      (output + 2 * 581 * 10) / 1e6,
+    );
+  });
+
+  it('counts an edit’s images and its mask as its input images', () => {
+    expect(inputImagesOf({ images: [] })).toBe(0);
+    expect(inputImagesOf({ images: [1, 2, 3] })).toBe(3);
+    expect(inputImagesOf({ images: [1], mask: 2 })).toBe(2);
   });
 });
 
@@ -153,17 +174,29 @@ describe('a budgeted key and a token-priced model', () => {
     expect(h.simulator.received).toHaveLength(1);
   });
 
-  it('an edit reserves the same way, before any upstream call', async () => {
+  it('an edit reserves the same way, its input images included, before any upstream call', async () => {
+    const LOW_FIDELITY = JSON.stringify({ input_fidelity: 'low' });
     const key = await mint(h, { monthly_budget_usd: 0.05 });
-    const edit = async (quality: string) => {
-      const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'make it blue', quality }, [{ field: 'image', filename: 'a.png', bytes: await makePng() }]);
+    const edit = async (fields: Record<string, string>, images = 1) => {
+      const files = [];
+      for (let i = 0; i < images; i++) files.push({ field: 'image', filename: `a${i}.png`, bytes: await makePng() });
+      const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'make it blue', ...fields }, files);
       return h.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...key, ...headers }, payload });
     };
-    const high = await edit('high');
+    const high = await edit({ quality: 'high', options: LOW_FIDELITY });
     expect(high.statusCode).toBe(429);
     expect(high.json().error.message).toMatch(/monthly_budget_usd/);
+    // Low quality, but its input image may be high fidelity: 408 output tokens at $40, 12 prompt
+    // bytes at $5, and the image at up to 581 + 6240 tokens at $10.
+    const fidelityUnsaid = await edit({ quality: 'low' });
+    expect(fidelityUnsaid.statusCode).toBe(429);
+    expect(fidelityUnsaid.json().error.message).toMatch(/would cost about \$0\.0846/);
+    // Six images at low fidelity: 6 × 581 tokens at $10 and the low output, over $0.05 too.
+    const many = await edit({ quality: 'low', options: LOW_FIDELITY }, 6);
+    expect(many.statusCode).toBe(429);
+    expect(many.json().error.message).toMatch(/would cost about \$0\.0512/);
     expect(h.simulator.received).toHaveLength(0);
-    const low = await edit('low');
+    const low = await edit({ quality: 'low', options: LOW_FIDELITY });
     expect(low.statusCode, low.body).toBe(200);
     expect(low.json().usage.estimated_cost_usd).toBe(REAL_COST_ONE_IMAGE);
   });

@@ -1,6 +1,6 @@
 import { GatewayError, invalidField, restated } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
-import { imagesAsked, maxCostUsd, type ModelCatalogue } from '../catalogue/catalogue.js';
+import { imagesAsked, inputImagesOf, maxCostUsd, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import { UNKNOWN_MODEL, type ModelSpec, type UpstreamRoute } from '../catalogue/model-spec.js';
 import { storedReservation, type KeyLimits, type Reservation } from '../limits/key-limits.js';
@@ -197,7 +197,7 @@ export class GenerationPipeline {
     const images = outcome.imagesRequested;
     // A chain reserves the most its dearest model may cost; the reservation settles to what ran.
     const mostCost = [route, ...fallbacks.map((f) => f.route)]
-      .map((r) => maxCostUsd(r.price, { images, prompt: request.prompt, params: request.params, options: request.options }))
+      .map((r) => maxCostUsd(r.price, { images, prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) }))
       .reduce<number | null>((dearest, cost) => (cost === null ? dearest : dearest === null ? cost : Math.max(dearest, cost)), null);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
     // A refusing image limit names the field that set the count (n, or a Seedream group's max_images).
@@ -392,8 +392,8 @@ export class GenerationPipeline {
     }
     const { route, request } = sent;
     const images = outcome.imagesRequested ?? 0;
-    const cost =
-      err instanceof PaidImageLost ? err.costUsd : maxCostUsd(route.price, { images, prompt: request.prompt, params: request.params, options: request.options });
+    const estimate = { images, prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) };
+    const cost = err instanceof PaidImageLost ? err.costUsd : maxCostUsd(route.price, estimate);
     // Unpriced (null): the reservation stays as it was, and the record says the cost is unknown.
     await this.deps.limits.settle(reservation, images, cost);
     outcome.estimatedCostUsd = cost;

@@ -4,7 +4,7 @@ import { rm } from 'node:fs/promises';
 import sharp from 'sharp';
 import { GatewayError } from '../errors.js';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
-import { estimateCostUsd, imagesAskedOf, maxCostUsd, routeFor } from '../catalogue/catalogue.js';
+import { estimateCostUsd, imagesAskedOf, inputImagesOf, maxCostUsd, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { ImageRequest } from '../request/image-request.js';
 import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
@@ -261,7 +261,7 @@ export class ImageGeneration {
         // A reply cut short by its staging never showed its token counts: the most the request could cost, as reserved.
         return (
           estimateCostUsd(route.price, { images: paidImages, options: request.options, upstreamTokens: produced?.usage }) ??
-          maxCostUsd(route.price, { images: paidImages, prompt: request.prompt, params: request.params, options: request.options })
+          maxCostUsd(route.price, { images: paidImages, prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) })
         );
       };
       if (err instanceof StorageWriteFailed) throw PaidImageLost.storageFull(paidCost(), produced?.upstreamMs, err);
