@@ -546,6 +546,33 @@ describe('limits settled by what really happened', () => {
   });
 });
 
+describe.skipIf(redisProblem !== undefined)('an answer that waited for its job, with counters in Redis (skipped when Redis is unreachable and REQUIRE_SERVICES is unset)', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    const url = new URL(freshRedis().url);
+    url.pathname = '/7';
+    h = await startHarness({ REDIS_URL: url.toString(), RATE_LIMIT_RPM: '1000' });
+  });
+  afterAll(async () => h.close());
+
+  // The job's reservation is settled over the network: the answer must wait for it, not race it.
+  it('with an Idempotency-Key, tells its limits as its job settled them', async () => {
+    for (let i = 0; i < 5; i++) {
+      const key = await mint(h, { images_per_day: 5, monthly_budget_usd: 1, rpm: 100 });
+      const body = { model: 'gpt-image-1', prompt: 'x', n: 2, quality: 'low' };
+      h.simulator.failNext('http500');
+      const failed = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...key, 'idempotency-key': `settled-failed-${i}` }, payload: body });
+      expect(failed.statusCode).toBe(502);
+      expect(failed.headers['x-ratelimit-images-remaining']).toBe('5');
+      expect(failed.headers['x-ratelimit-budget-remaining-usd']).toBe('1');
+      const ok = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...key, 'idempotency-key': `settled-ok-${i}` }, payload: body });
+      expect(ok.statusCode).toBe(200);
+      expect(ok.headers['x-ratelimit-images-remaining']).toBe('3');
+      expect(Number(ok.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(1 - (ok.json().usage.estimated_cost_usd as number), 6);
+    }
+  });
+});
+
 describe('limits across a restart', () => {
   it('a key’s day of images continues after the gateway restarts, without Redis', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'gw-restart-'));

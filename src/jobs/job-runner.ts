@@ -734,12 +734,14 @@ export class JobRunner {
       if (this.startersWaiting.has(id)) this.outcomesForStarters.set(id, record);
       else await record().catch((err: unknown) => this.o.log.error({ err, job_id: id }, 'recording a finished job’s usage failed'));
     }
-    this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
-    this.o.events.publish(id, { type: 'finished' });
-    if (failure && neverPaid(failure)) await this.records.releaseIdempotencyKeysOf(id);
+    // Settled before anyone hears the job finished: the request waiting for it answers with its
+    // limits as settled (x-ratelimit-*-remaining), not as reserved.
     const watchers = this.finishWatchers.get(id);
     this.finishWatchers.delete(id);
     for (const watch of watchers ?? []) await watch(result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
+    this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
+    this.o.events.publish(id, { type: 'finished' });
+    if (failure && neverPaid(failure)) await this.records.releaseIdempotencyKeysOf(id);
     // A job carried on from a replica that stopped (or died, or stalled past its lease), or from
     // this process before a restart: its reservation, kept in the row, is settled here, once.
     if (!watchers && row.reservation_json && this.o.settleKept) {
