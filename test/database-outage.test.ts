@@ -322,6 +322,26 @@ describe('a paid image lost after upstream answered', () => {
       expect(await key.spentUsd()).toBeCloseTo(record.estimated_cost_usd, 6);
     });
 
+    it('with an Idempotency-Key: answered 504 paid_image_lost as its job failed, and its retry replays that, sending nothing again', async () => {
+      const key = await budgetedKey(h);
+      const before = generations;
+      const send = () =>
+        h.app.inject({
+          method: 'POST',
+          url: '/v1/generate',
+          headers: { ...key.auth, 'idempotency-key': 'lost-once' },
+          payload: { model: 'gpt-image-1', prompt: 'a slow lighthouse', quality: 'low', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true },
+        });
+      for (const replayed of ['false', 'true']) {
+        const res = await send();
+        expect(res.statusCode, res.body).toBe(504);
+        expect(res.json().error.code).toBe('paid_image_lost');
+        expect(res.headers['idempotent-replayed']).toBe(replayed);
+      }
+      expect(generations - before).toBe(1);
+      expect(await key.spentUsd()).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+    });
+
     it('in a job too: the job fails 504 paid_image_lost on its first model, its cost counted', async () => {
       const key = await budgetedKey(h);
       const before = generations;
