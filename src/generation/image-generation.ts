@@ -46,16 +46,18 @@ export const PAID_IMAGE_LOST_RETRY_AFTER_SECONDS = 5;
  * tried (that would pay twice). How it was lost decides the answer:
  * - image storage full or unavailable, the bytes not in hand to answer inline: 507 storage_full;
  * - the database did not take the image's row: 503 paid_image_lost, Retry-After 5;
- * - the request's deadline (UPSTREAM_TIMEOUT_MS) passed while the answer was being kept: 504 paid_image_lost.
+ * - the request's deadline (UPSTREAM_TIMEOUT_MS) passed while the answer was being kept: 504 paid_image_lost;
+ * - a job's synchronous upstream call was in flight when its replica stopped, and is not sent again:
+ *   502 upstream_error, at the most it may have cost (whether upstream made it is not known).
  */
 export class PaidImageLost extends GatewayError {
   private constructor(
     readonly costUsd: number | null,
     readonly upstreamMs: number | undefined,
-    answer: { code: 'storage_full' | 'paid_image_lost'; status?: number; message: string; retryAfter?: number; cause: unknown },
+    answer: { code: 'storage_full' | 'paid_image_lost' | 'upstream_error'; status?: number; message: string; retryAfter?: number; cause?: unknown },
   ) {
     super(answer.code, answer.message, {
-      cause: answer.cause,
+      ...(answer.cause !== undefined ? { cause: answer.cause } : {}),
       ...(answer.status !== undefined ? { status: answer.status } : {}),
       ...(answer.retryAfter !== undefined ? { retryAfter: answer.retryAfter } : {}),
     });
@@ -79,6 +81,10 @@ export class PaidImageLost extends GatewayError {
       retryAfter: PAID_IMAGE_LOST_RETRY_AFTER_SECONDS,
       cause,
     });
+  }
+
+  static inFlightWhenStopped(costUsd: number | null, message: string): PaidImageLost {
+    return new PaidImageLost(costUsd, undefined, { code: 'upstream_error', message });
   }
 
   static deadlinePassed(costUsd: number | null, upstreamMs: number | undefined, cause: unknown): PaidImageLost {

@@ -13,6 +13,7 @@ import type { TaskHooks } from '../upstream/upstream-client.js';
 import { deserializeRequest, serializeRequest } from './stored-request.js';
 import { declarationOf, modelFromDeclaration } from '../catalogue/catalogue-schema.js';
 import type { ModelSpec } from '../catalogue/model-spec.js';
+import { imagesAskedOf, inputImagesOf, maxCostUsd } from '../catalogue/catalogue.js';
 import { fallbackAllowed, type FallbackTaken } from '../generation/fallbacks.js';
 import { advancedChain, newJobChain, parseJobChain, type JobChain } from './job-chain.js';
 import { JobRecords, type JobRow, type JobStatus } from './job-records.js';
@@ -788,12 +789,13 @@ export class JobRunner {
         this.launch(job.id, undefined, undefined);
       } else {
         // Its synchronous upstream call was in flight when the gateway died: sending it again could
-        // pay twice, and the first answer is lost. Say so rather than guess.
+        // pay twice, and the first answer is lost. Say so rather than guess. Upstream may have made
+        // and billed it: the budget and the usage record keep the most it may have cost.
         await this.finish(
           job,
           undefined,
-          new GatewayError(
-            'upstream_error',
+          PaidImageLost.inFlightWhenStopped(
+            await this.mostCostOf(job),
             'the gateway stopped while this job’s upstream call was in flight; it was not sent again, to avoid paying twice. Submit it again to retry, with a new Idempotency-Key if it had one (the same key replays this failure).',
           ),
         );
@@ -807,6 +809,17 @@ export class JobRunner {
       );
     }
     return taken;
+  }
+
+  /** The most a job's request may cost at the model it runs on (what its budget reserved for it), or null when unknown. */
+  private async mostCostOf(row: JobRow): Promise<number | null> {
+    try {
+      const { route, request } = await this.preparedFromRow(row);
+      return maxCostUsd(route.price, { images: imagesAskedOf(request), prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) });
+    } catch (err) {
+      this.o.log.warn({ err, job_id: row.id }, 'the most a job in flight may have cost could not be worked out; its reservation is kept as it was');
+      return null;
+    }
   }
 
   private async forgetExpired(): Promise<void> {
