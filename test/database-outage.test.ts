@@ -12,7 +12,7 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ADMIN_KEY, jobWhenFinished, startHarness, usageRecordOf, type Harness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
 import pg from 'pg';
@@ -279,19 +279,25 @@ describe('a paid image lost after upstream answered', () => {
     });
   });
 
-  describe('the deadline passes while the result is fetched (UPSTREAM_TIMEOUT_MS=500)', () => {
+  describe('the result cannot be fetched: the deadline passes while it is, or its URL has expired (UPSTREAM_TIMEOUT_MS=500)', () => {
     let upstream: HttpServer;
     let h: Harness;
     let generations = 0;
+    /** The result URL each generation answers with: one whose download never answers, or one that is gone. */
+    let resultPath = '/never.png';
+    beforeEach(() => {
+      resultPath = '/never.png';
+    });
     beforeAll(async () => {
-      // Answers every generation at once with a URL to its result, whose download never answers.
+      // Answers every generation at once with a URL to its result.
       upstream = createHttpServer((req, res) => {
         if (req.url === '/never.png') return;
+        if (req.url === '/gone.png') return void res.writeHead(404).end('expired');
         req.resume();
         req.on('end', () => {
           generations++;
           const { port } = upstream.address() as AddressInfo;
-          const body = JSON.stringify({ output: { urls: [`http://127.0.0.1:${port}/never.png`] }, usage: { input_tokens: 10, output_tokens: 400, total_tokens: 410 } });
+          const body = JSON.stringify({ output: { urls: [`http://127.0.0.1:${port}${resultPath}`] }, usage: { input_tokens: 10, output_tokens: 400, total_tokens: 410 } });
           res.writeHead(200, { 'content-type': 'application/json' }).end(body);
         });
       });
@@ -340,6 +346,29 @@ describe('a paid image lost after upstream answered', () => {
       }
       expect(generations - before).toBe(1);
       expect(await key.spentUsd()).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+    });
+
+    it('an expired result URL: still the 502 it was, but its cost counted, no fallback, and a retry under its Idempotency-Key replays it', async () => {
+      resultPath = '/gone.png';
+      const key = await budgetedKey(h);
+      const before = generations;
+      const body = { model: 'gpt-image-1', prompt: 'an expired lighthouse', quality: 'low', fallback_models: ['gpt-image-1.5'] };
+      const direct = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key.auth, payload: body });
+      expect(direct.statusCode, direct.body).toBe(502);
+      expect(direct.json().error.code).toBe('upstream_error');
+      expect(generations - before).toBe(1);
+      const record = await usageRecordOf(h, direct.headers['x-request-id'] as string);
+      expect(record.estimated_cost_usd).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+      expect(await key.spentUsd()).toBeCloseTo(record.estimated_cost_usd, 6);
+      // As a job: paid for, so its Idempotency-Key is kept and a retry replays the failure (the
+      // download's 404 is not upstream refusing the request unpaid).
+      for (const replayed of ['false', 'true']) {
+        const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...key.auth, 'idempotency-key': 'expired-once' }, payload: body });
+        expect(res.statusCode, res.body).toBe(502);
+        expect(res.headers['idempotent-replayed']).toBe(replayed);
+      }
+      expect(generations - before).toBe(2);
+      expect(await key.spentUsd()).toBeCloseTo((2 * (10 * 5 + 400 * 40)) / 1e6, 6);
     });
 
     it('in a job too: the job fails 504 paid_image_lost on its first model, its cost counted', async () => {

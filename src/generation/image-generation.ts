@@ -2,7 +2,8 @@ import { randomId } from '../ids.js';
 import { hash } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import sharp from 'sharp';
-import { GatewayError } from '../errors.js';
+import { GatewayError, type ErrorCode } from '../errors.js';
+import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
 import { estimateCostUsd, imagesAskedOf, inputImagesOf, maxCostUsd, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
@@ -47,6 +48,8 @@ export const PAID_IMAGE_LOST_RETRY_AFTER_SECONDS = 5;
  * - image storage full or unavailable, the bytes not in hand to answer inline: 507 storage_full;
  * - the database did not take the image's row: 503 paid_image_lost, Retry-After 5;
  * - the request's deadline (UPSTREAM_TIMEOUT_MS) passed while the answer was being kept: 504 paid_image_lost;
+ * - the result could not be fetched from the URL upstream gave (expired, over the cap, refused):
+ *   502 upstream_error, as the download failure says;
  * - a job's synchronous upstream call was in flight when its replica stopped, and is not sent again:
  *   502 upstream_error, at the most it may have cost (whether upstream made it is not known).
  */
@@ -54,10 +57,11 @@ export class PaidImageLost extends GatewayError {
   private constructor(
     readonly costUsd: number | null,
     readonly upstreamMs: number | undefined,
-    answer: { code: 'storage_full' | 'paid_image_lost' | 'upstream_error'; status?: number; message: string; retryAfter?: number; cause?: unknown },
+    answer: { code: ErrorCode; status?: number; message: string; retryAfter?: number; upstreamStatus?: number; cause?: unknown },
   ) {
     super(answer.code, answer.message, {
       ...(answer.cause !== undefined ? { cause: answer.cause } : {}),
+      ...(answer.upstreamStatus !== undefined ? { upstreamStatus: answer.upstreamStatus } : {}),
       ...(answer.status !== undefined ? { status: answer.status } : {}),
       ...(answer.retryAfter !== undefined ? { retryAfter: answer.retryAfter } : {}),
     });
@@ -80,6 +84,17 @@ export class PaidImageLost extends GatewayError {
       message: 'upstream made the image and it was paid for (its cost counts), but the gateway could not record it in its database and it was lost; retry later',
       retryAfter: PAID_IMAGE_LOST_RETRY_AFTER_SECONDS,
       cause,
+    });
+  }
+
+  /** `answer`: the download's failure as the edge answers it (toGatewayError). */
+  static notFetched(costUsd: number | null, upstreamMs: number | undefined, answer: GatewayError): PaidImageLost {
+    return new PaidImageLost(costUsd, upstreamMs, {
+      code: answer.code,
+      message: answer.message,
+      ...(answer.upstreamStatus !== undefined ? { upstreamStatus: answer.upstreamStatus } : {}),
+      ...(answer.retryAfter !== undefined ? { retryAfter: answer.retryAfter } : {}),
+      cause: answer.cause ?? answer,
     });
   }
 
@@ -276,6 +291,8 @@ export class ImageGeneration {
         // Stopped (the deadline, or the caller leaving) while the answer was being kept: what the
         // caller makes of it is the caller's, but it is paid, never a plain failure to fall back from.
         if (ctx.signal.aborted) throw PaidImageLost.deadlinePassed(paidCost(), produced.upstreamMs, err);
+        // Made and paid for, but its URL could not be fetched (expired, over the cap, refused): lost.
+        if (err instanceof UpstreamFailure && err.kind === 'download_failed') throw PaidImageLost.notFetched(paidCost(), produced.upstreamMs, toGatewayError(err));
       }
       throw err;
     } finally {

@@ -37,6 +37,8 @@ interface StoredError {
  * Idempotency-Key should try again rather than replay it.
  */
 function neverPaid(failure: GatewayError): boolean {
+  // Made and paid for (its upstreamStatus may be a result download's 404, not the call's).
+  if (failure instanceof PaidImageLost) return false;
   if (failure.code === 'rate_limited' || failure.code === 'service_unavailable') return true;
   const status = failure.upstreamStatus;
   return status !== undefined && ((status >= 400 && status < 500) || status === 503);
