@@ -13,7 +13,9 @@ import { loadCatalogue } from '../src/catalogue/catalogue-schema.js';
 import { builtinCatalogueData } from '../src/catalogue/builtin-catalogue.js';
 import { mergeOverlay } from '../src/catalogue/catalogue-file.js';
 import type { Price } from '../src/catalogue/model-spec.js';
-import { ADMIN_KEY, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, makePng, multipartBody, startHarness, usageRecordOf, type Harness } from './harness.js';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };
 
@@ -271,5 +273,37 @@ describe('a token-priced catalogue route without output_tokens_per_image', () =>
     const model = await h.app.inject({ method: 'GET', url: '/v1/models/gpt-image-2', headers: h.auth });
     expect(model.json().price_per_million_tokens_usd).toEqual({ text_input: 5, image_input: 10, image_output: 40 });
     expect(model.json()).not.toHaveProperty('output_tokens_per_image');
+  });
+});
+
+describe('a token-priced reply without its token counts', () => {
+  let upstream: Server;
+  let h: Harness;
+  beforeAll(async () => {
+    const png = await makePng();
+    // A gpt-image answer with its image and no `usage`.
+    upstream = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ output: { b64_json: [{ bytesBase64: png.toString('base64'), mimeType: 'png' }] } })));
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    h = await startHarness({ AIHUBMIX_BASE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}` });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await new Promise((resolve) => upstream?.close(resolve));
+  });
+
+  it('costs the most it could (what was reserved), alike in the answer, the usage record and the budget', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'no-usage', monthly_budget_usd: 1, rpm: 100 } });
+    const { id, key } = res.json();
+    const generated = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${key}` }, payload: { model: 'gpt-image-1', prompt: 'x', quality: 'low' } });
+    expect(generated.statusCode, generated.body).toBe(200);
+    const most = (408 * 40 + 1 * 5) / 1e6;
+    expect(generated.json().usage.estimated_cost_usd).toBe(most);
+    expect(Number(generated.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(1 - most, 6);
+    expect((await h.app.counters.peek(`usd:${id}:${new Date().toISOString().slice(0, 7)}`)).total / 1e6).toBeCloseTo(most, 6);
+    const record = await usageRecordOf(h, generated.headers['x-request-id'] as string);
+    expect(record.estimated_cost_usd).toBeCloseTo(most, 6);
   });
 });

@@ -298,7 +298,12 @@ export class ImageGeneration {
     } finally {
       await Promise.all([...staged].map((image) => rm(image.path, { force: true })));
     }
-    const estimatedCostUsd = estimateCostUsd(route.price, { images: images.length, options: request.options, upstreamTokens: produced.usage });
+    // A token price needs the reply's token counts: a reply without them counts the most the request
+    // could cost (what a budget reserved for it), so that the answer, the usage record and the
+    // budget agree, rather than an unknown cost the budget still holds.
+    const estimatedCostUsd =
+      estimateCostUsd(route.price, { images: images.length, options: request.options, upstreamTokens: produced.usage }) ??
+      maxCostUsd(route.price, { images: images.length, prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) });
     return {
       id: newId('gen'),
       object: 'image.result',
