@@ -20,6 +20,7 @@ export type ErrorCode =
   | 'upstream_timeout'
   | 'service_unavailable'
   | 'storage_full'
+  | 'paid_image_lost'
   | 'internal_error';
 
 const STATUS_OF: Record<ErrorCode, number> = {
@@ -38,6 +39,8 @@ const STATUS_OF: Record<ErrorCode, number> = {
   service_unavailable: 503,
   upstream_timeout: 504,
   storage_full: 507,
+  // 503 when the database failed to keep the image; 504 when the deadline passed after upstream answered.
+  paid_image_lost: 503,
   internal_error: 500,
 };
 
@@ -68,12 +71,22 @@ export class GatewayError extends Error {
   constructor(
     code: ErrorCode,
     message: string,
-    extra: { details?: ErrorDetail[]; retryAfter?: number; upstreamStatus?: number; limit?: string; headers?: Record<string, string>; expected?: boolean; cause?: unknown } = {},
+    extra: {
+      details?: ErrorDetail[];
+      retryAfter?: number;
+      upstreamStatus?: number;
+      limit?: string;
+      headers?: Record<string, string>;
+      expected?: boolean;
+      cause?: unknown;
+      /** Another status than the code's own: only paid_image_lost has two (503, 504). */
+      status?: number;
+    } = {},
   ) {
     super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
     this.name = 'GatewayError';
     this.code = code;
-    this.status = STATUS_OF[code];
+    this.status = extra.status ?? STATUS_OF[code];
     this.details = extra.details ?? [];
     this.retryAfter = extra.retryAfter;
     this.upstreamStatus = extra.upstreamStatus;
@@ -86,6 +99,7 @@ export class GatewayError extends Error {
 /** The same failure, answered with more headers and/or marked expected (see GatewayError.expected). */
 export function restated(err: GatewayError, extra: { headers?: Record<string, string>; expected?: boolean }): GatewayError {
   return new GatewayError(err.code, err.message, {
+    status: err.status,
     details: err.details,
     ...(err.retryAfter !== undefined ? { retryAfter: err.retryAfter } : {}),
     ...(err.upstreamStatus !== undefined ? { upstreamStatus: err.upstreamStatus } : {}),

@@ -11,8 +11,9 @@
  */
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startHarness, usageRecordOf, type Harness } from './harness.js';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { ADMIN_KEY, jobWhenFinished, startHarness, usageRecordOf, type Harness } from './harness.js';
 import { freshPostgres, postgresProblem } from './services.js';
 import pg from 'pg';
 import { DatabaseUnreachable, isUnreachable, type PostgresTimeouts } from '../src/storage/database.js';
@@ -227,5 +228,163 @@ describe.skipIf(postgresProblem !== undefined)('PostgreSQL that stops answering 
       await other.close();
       await pg.drop();
     }
+  });
+});
+
+/**
+ * The database (or the deadline) lost after upstream answered: the image was made and paid for.
+ * That is never an ordinary failure to refund or to try again on a fallback model (paying twice):
+ * 503 (database) or 504 (deadline) `paid_image_lost`, its cost counted against the key's budget
+ * and in its usage record.
+ */
+describe('a paid image lost after upstream answered', () => {
+  const month = () => new Date().toISOString().slice(0, 7);
+  /** A key with a budget, and what its budget has counted so far (USD). */
+  async function budgetedKey(h: Harness): Promise<{ auth: Record<string, string>; spentUsd: () => Promise<number> }> {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'lost', monthly_budget_usd: 10, rpm: 100 } });
+    expect(res.statusCode, res.body).toBe(201);
+    const { id, key } = res.json();
+    return { auth: { authorization: `Bearer ${key}` }, spentUsd: async () => (await h.app.counters.peek(`usd:${id}:${month()}`)).total / 1e6 };
+  }
+
+  describe('the database refuses the image row', () => {
+    let h: Harness;
+    beforeAll(async () => {
+      h = await startHarness();
+    });
+    afterAll(async () => h.close());
+    afterEach(() => vi.restoreAllMocks());
+
+    it('answers 503 paid_image_lost with Retry-After 5, counts its cost in budget and usage, and tries no fallback model', async () => {
+      const key = await budgetedKey(h);
+      vi.spyOn((h.app.images as any).records, 'save').mockRejectedValue(new DatabaseUnreachable(new Error('Connection terminated unexpectedly')));
+      h.simulator.reset();
+      const res = await h.app.inject({
+        method: 'POST',
+        url: '/v1/generate',
+        headers: key.auth,
+        payload: { model: 'gpt-image-1', prompt: 'a lost lighthouse', quality: 'low', fallback_models: ['gpt-image-1.5'] },
+      });
+      expect(res.statusCode, res.body).toBe(503);
+      expect(res.headers['retry-after']).toBe('5');
+      expect(res.json().error).toMatchObject({ code: 'paid_image_lost', message: expect.stringMatching(/paid for.*database/) });
+      // One model was sent the request, once: no fallback after a paid answer.
+      expect(h.simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+      vi.restoreAllMocks();
+      const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
+      expect(record).toMatchObject({ status: 503, error_code: 'paid_image_lost', model: 'gpt-image-1', images_returned: 0 });
+      expect(record.estimated_cost_usd).toBeGreaterThan(0);
+      // Counted, not refunded: the budget holds exactly what the record says it cost.
+      expect(await key.spentUsd()).toBeCloseTo(record.estimated_cost_usd, 6);
+    });
+  });
+
+  describe('the result cannot be fetched: the deadline passes while it is, or its URL has expired (UPSTREAM_TIMEOUT_MS=500)', () => {
+    let upstream: HttpServer;
+    let h: Harness;
+    let generations = 0;
+    /** The result URL each generation answers with: one whose download never answers, or one that is gone. */
+    let resultPath = '/never.png';
+    beforeEach(() => {
+      resultPath = '/never.png';
+    });
+    beforeAll(async () => {
+      // Answers every generation at once with a URL to its result.
+      upstream = createHttpServer((req, res) => {
+        if (req.url === '/never.png') return;
+        if (req.url === '/gone.png') return void res.writeHead(404).end('expired');
+        req.resume();
+        req.on('end', () => {
+          generations++;
+          const { port } = upstream.address() as AddressInfo;
+          const body = JSON.stringify({ output: { urls: [`http://127.0.0.1:${port}${resultPath}`] }, usage: { input_tokens: 10, output_tokens: 400, total_tokens: 410 } });
+          res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+        });
+      });
+      await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+      h = await startHarness({ AIHUBMIX_BASE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, UPSTREAM_TIMEOUT_MS: '500' });
+    });
+    afterAll(async () => {
+      await h?.close();
+      upstream?.closeAllConnections();
+      await new Promise((resolve) => upstream?.close(resolve));
+    });
+
+    it('is a 504 paid_image_lost that counts its cost, never a timeout that falls back (even with fallback_on_timeout)', async () => {
+      const key = await budgetedKey(h);
+      const res = await h.app.inject({
+        method: 'POST',
+        url: '/v1/generate',
+        headers: key.auth,
+        payload: { model: 'gpt-image-1', prompt: 'a slow lighthouse', quality: 'low', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true },
+      });
+      expect(res.statusCode, res.body).toBe(504);
+      expect(res.json().error).toMatchObject({ code: 'paid_image_lost', message: expect.stringMatching(/paid for.*deadline/) });
+      expect(generations).toBe(1);
+      const record = await usageRecordOf(h, res.headers['x-request-id'] as string);
+      expect(record).toMatchObject({ status: 504, error_code: 'paid_image_lost', model: 'gpt-image-1' });
+      // 10 text tokens at $5 and 400 image tokens at $40 per million.
+      expect(record.estimated_cost_usd).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+      expect(await key.spentUsd()).toBeCloseTo(record.estimated_cost_usd, 6);
+    });
+
+    it('with an Idempotency-Key: answered 504 paid_image_lost as its job failed, and its retry replays that, sending nothing again', async () => {
+      const key = await budgetedKey(h);
+      const before = generations;
+      const send = () =>
+        h.app.inject({
+          method: 'POST',
+          url: '/v1/generate',
+          headers: { ...key.auth, 'idempotency-key': 'lost-once' },
+          payload: { model: 'gpt-image-1', prompt: 'a slow lighthouse', quality: 'low', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true },
+        });
+      for (const replayed of ['false', 'true']) {
+        const res = await send();
+        expect(res.statusCode, res.body).toBe(504);
+        expect(res.json().error.code).toBe('paid_image_lost');
+        expect(res.headers['idempotent-replayed']).toBe(replayed);
+      }
+      expect(generations - before).toBe(1);
+      expect(await key.spentUsd()).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+    });
+
+    it('an expired result URL: still the 502 it was, but its cost counted, no fallback, and a retry under its Idempotency-Key replays it', async () => {
+      resultPath = '/gone.png';
+      const key = await budgetedKey(h);
+      const before = generations;
+      const body = { model: 'gpt-image-1', prompt: 'an expired lighthouse', quality: 'low', fallback_models: ['gpt-image-1.5'] };
+      const direct = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key.auth, payload: body });
+      expect(direct.statusCode, direct.body).toBe(502);
+      expect(direct.json().error.code).toBe('upstream_error');
+      expect(generations - before).toBe(1);
+      const record = await usageRecordOf(h, direct.headers['x-request-id'] as string);
+      expect(record.estimated_cost_usd).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+      expect(await key.spentUsd()).toBeCloseTo(record.estimated_cost_usd, 6);
+      // As a job: paid for, so its Idempotency-Key is kept and a retry replays the failure (the
+      // download's 404 is not upstream refusing the request unpaid).
+      for (const replayed of ['false', 'true']) {
+        const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...key.auth, 'idempotency-key': 'expired-once' }, payload: body });
+        expect(res.statusCode, res.body).toBe(502);
+        expect(res.headers['idempotent-replayed']).toBe(replayed);
+      }
+      expect(generations - before).toBe(2);
+      expect(await key.spentUsd()).toBeCloseTo((2 * (10 * 5 + 400 * 40)) / 1e6, 6);
+    });
+
+    it('in a job too: the job fails 504 paid_image_lost on its first model, its cost counted', async () => {
+      const key = await budgetedKey(h);
+      const before = generations;
+      const accepted = await h.app.inject({
+        method: 'POST',
+        url: '/v1/generate',
+        headers: key.auth,
+        payload: { model: 'gpt-image-1', prompt: 'a slow lighthouse', quality: 'low', async: true, fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true },
+      });
+      expect(accepted.statusCode, accepted.body).toBe(202);
+      const job = await jobWhenFinished(h, accepted.json().id, key.auth);
+      expect(job).toMatchObject({ status: 'failed', error: { code: 'paid_image_lost' } });
+      expect(generations - before).toBe(1);
+      expect(await key.spentUsd()).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+    });
   });
 });

@@ -158,6 +158,17 @@ describe('a gateway killed mid-job', () => {
     expect(job.error.message).toMatch(/not sent again/);
     expect(job.error.message).toMatch(/new Idempotency-Key/);
     expect(simulator.received.filter((r) => r.method === 'POST')).toHaveLength(1);
+    // Upstream may have made and billed it: its usage record (what a budget counts from after a
+    // restart) keeps the most it may have cost, never nothing. No quality: the highest, 6240 output
+    // tokens at $40 per million, and the prompt's 9 bytes at $5.
+    let record: Json;
+    for (let i = 0; i < 300 && !record; i++) {
+      const records = ((await (await api('/v1/usage/records?from=2000-01-01&limit=1000')).json()) as Json).data as Json[];
+      record = records.find((r: Json) => r.route === '/v1/generate' && r.status === 502);
+      if (!record) await sleep(30);
+    }
+    expect(record).toMatchObject({ error_code: 'upstream_error', images_returned: 0 });
+    expect(record.estimated_cost_usd).toBeCloseTo((6240 * 40 + 9 * 5) / 1e6, 6);
     await kill9(children.at(-1)!);
     rmSync(dataDir, { recursive: true, force: true });
   }, 60_000);

@@ -133,6 +133,38 @@ describe('limits on one gateway', () => {
     expect((await generate(key, { model: 'gpt-image-1', prompt: 'x', n: 2 })).statusCode).toBe(200);
   });
 
+  it('an answer’s limit headers tell the settled figures: a failure shows what it reserved given back, a success what it really cost', async () => {
+    const key = await mint(h, { images_per_day: 5, monthly_budget_usd: 1, rpm: 100 });
+    const body = { model: 'gpt-image-1', prompt: 'x', n: 2, quality: 'low' };
+    for (const fault of ['http500', 'moderated'] as const) {
+      h.simulator.failNext(fault);
+      const failed = await generate(key, body);
+      expect(failed.statusCode, fault).toBe(fault === 'http500' ? 502 : 422);
+      expect(failed.headers['x-ratelimit-images-remaining'], fault).toBe('5');
+      expect(failed.headers['x-ratelimit-budget-remaining-usd'], fault).toBe('1');
+    }
+    const ok = await generate(key, body);
+    expect(ok.statusCode).toBe(200);
+    expect(ok.headers['x-ratelimit-images-remaining']).toBe('3');
+    // Token-priced: it reserved the most 2 low images may cost, and settled to what the reply's tokens cost.
+    const cost = ok.json().usage.estimated_cost_usd as number;
+    expect(cost).toBeLessThan((2 * 408 * 40 + 5) / 1e6);
+    expect(Number(ok.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(1 - cost, 6);
+  });
+
+  it('a browser token’s images left, on a failed answer, do not count the images it gave back', async () => {
+    const key = await mint(h, { rpm: 100 });
+    const minted = await h.app.inject({ method: 'POST', url: '/v1/tokens', headers: key, payload: { max_images: 3 } });
+    expect(minted.statusCode, minted.body).toBe(201);
+    const token = { authorization: `Bearer ${minted.json().token}` };
+    h.simulator.failNext('http500');
+    const failed = await generate(token, { model: 'gpt-image-1', prompt: 'x', n: 2 });
+    expect(failed.statusCode).toBe(502);
+    expect(failed.headers['x-ratelimit-token-images-remaining']).toBe('3');
+    const ok = await generate(token, { model: 'gpt-image-1', prompt: 'x', n: 2 });
+    expect(ok.headers['x-ratelimit-token-images-remaining']).toBe('1');
+  });
+
   it('monthly_budget_usd refuses the request whose estimated price would cross it', async () => {
     // Ideogram 3.0 Turbo: $0.03 an image.
     const key = await mint(h, { monthly_budget_usd: 0.1, rpm: 100 });
@@ -511,6 +543,33 @@ describe('limits settled by what really happened', () => {
       rows = await h.app.db.all<{ status: number; error_code: string }>("SELECT status, error_code FROM usage_records WHERE request_id = 'hang-up'");
     }
     expect(rows).toEqual([{ status: 499, error_code: 'client_closed' }]);
+  });
+});
+
+describe.skipIf(redisProblem !== undefined)('an answer that waited for its job, with counters in Redis (skipped when Redis is unreachable and REQUIRE_SERVICES is unset)', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    const url = new URL(freshRedis().url);
+    url.pathname = '/7';
+    h = await startHarness({ REDIS_URL: url.toString(), RATE_LIMIT_RPM: '1000' });
+  });
+  afterAll(async () => h.close());
+
+  // The job's reservation is settled over the network: the answer must wait for it, not race it.
+  it('with an Idempotency-Key, tells its limits as its job settled them', async () => {
+    for (let i = 0; i < 5; i++) {
+      const key = await mint(h, { images_per_day: 5, monthly_budget_usd: 1, rpm: 100 });
+      const body = { model: 'gpt-image-1', prompt: 'x', n: 2, quality: 'low' };
+      h.simulator.failNext('http500');
+      const failed = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...key, 'idempotency-key': `settled-failed-${i}` }, payload: body });
+      expect(failed.statusCode).toBe(502);
+      expect(failed.headers['x-ratelimit-images-remaining']).toBe('5');
+      expect(failed.headers['x-ratelimit-budget-remaining-usd']).toBe('1');
+      const ok = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...key, 'idempotency-key': `settled-ok-${i}` }, payload: body });
+      expect(ok.statusCode).toBe(200);
+      expect(ok.headers['x-ratelimit-images-remaining']).toBe('3');
+      expect(Number(ok.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(1 - (ok.json().usage.estimated_cost_usd as number), 6);
+    }
   });
 });
 

@@ -8,12 +8,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { maxCostUsd } from '../src/catalogue/catalogue.js';
+import { INPUT_IMAGE_TILE_TOKENS_MAX, inputImagesOf, maxCostUsd } from '../src/catalogue/catalogue.js';
 import { loadCatalogue } from '../src/catalogue/catalogue-schema.js';
 import { builtinCatalogueData } from '../src/catalogue/builtin-catalogue.js';
 import { mergeOverlay } from '../src/catalogue/catalogue-file.js';
 import type { Price } from '../src/catalogue/model-spec.js';
-import { ADMIN_KEY, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, makePng, multipartBody, startHarness, usageRecordOf, type Harness } from './harness.js';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 
 const admin = { authorization: `Bearer ${ADMIN_KEY}` };
 
@@ -52,6 +54,27 @@ describe('maxCostUsd', () => {
 
   it('is the images times the price for a per-image price', () => {
     expect(maxCostUsd({ perImageUsd: 0.04 }, { images: 3, prompt: 'x', params: {} })).toBe(0.12);
+    expect(maxCostUsd({ perImageUsd: 0.04 }, { images: 3, prompt: 'x', params: {}, inputImages: 2 })).toBe(0.12);
+  });
+
+  it('reserves each input image of an edit at the most its tokens may be, at the image input price', () => {
+    // 4 tiles at 129 tokens and 65 more, plus up to 6240 for high input fidelity, at $10 per million.
+    expect(INPUT_IMAGE_TILE_TOKENS_MAX).toBe(581);
+    const output = 408 * 40 + 1 * 5;
+    expect(maxCostUsd(GPT_IMAGE_1, { images: 1, prompt: 'x', params: { quality: 'low' }, inputImages: 2 })).toBe((output + 2 * (581 + 6240) * 10) / 1e6);
+    expect(maxCostUsd(GPT_IMAGE_1, { images: 1, prompt: 'x', params: { quality: 'low' }, options: { input_fidelity: 'high' }, inputImages: 2 })).toBe(
+      (output + 2 * (581 + 6240) * 10) / 1e6,
+    );
+    // An explicit low fidelity adds nothing for it.
+    expect(maxCostUsd(GPT_IMAGE_1, { images: 1, prompt: 'x', params: { quality: 'low' }, options: { input_fidelity: 'low' }, inputImages: 2 })).toBe(
+      (output + 2 * 581 * 10) / 1e6,
+    );
+  });
+
+  it('counts an edit’s images and its mask as its input images', () => {
+    expect(inputImagesOf({ images: [] })).toBe(0);
+    expect(inputImagesOf({ images: [1, 2, 3] })).toBe(3);
+    expect(inputImagesOf({ images: [1], mask: 2 })).toBe(2);
   });
 });
 
@@ -131,13 +154,14 @@ describe('a budgeted key and a token-priced model', () => {
     const reserve = (408 * 40 + 1 * 5) / 1e6;
     const first = await generate(key, { model: 'gpt-image-1', prompt: 'x', quality: 'low' });
     expect(first.statusCode, first.body).toBe(200);
-    // The answer's headers count the reservation, taken before the call.
-    expect(Number(first.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - reserve, 6);
+    expect(REAL_COST_ONE_IMAGE).toBeLessThan(reserve);
+    // The answer's headers count what the request really cost, as settled, not its reservation.
+    expect(Number(first.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - REAL_COST_ONE_IMAGE, 6);
     expect(first.json().usage.estimated_cost_usd).toBe(REAL_COST_ONE_IMAGE);
     // The next one finds the first settled to its real cost, not to what it reserved.
     const second = await generate(key, { model: 'gpt-image-1', prompt: 'x', quality: 'low' });
     expect(second.statusCode, second.body).toBe(200);
-    expect(Number(second.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - REAL_COST_ONE_IMAGE - reserve, 6);
+    expect(Number(second.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - 2 * REAL_COST_ONE_IMAGE, 6);
   });
 
   it('quality low reserves less than high: a budget that fits low is refused high and auto', async () => {
@@ -152,17 +176,29 @@ describe('a budgeted key and a token-priced model', () => {
     expect(h.simulator.received).toHaveLength(1);
   });
 
-  it('an edit reserves the same way, before any upstream call', async () => {
+  it('an edit reserves the same way, its input images included, before any upstream call', async () => {
+    const LOW_FIDELITY = JSON.stringify({ input_fidelity: 'low' });
     const key = await mint(h, { monthly_budget_usd: 0.05 });
-    const edit = async (quality: string) => {
-      const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'make it blue', quality }, [{ field: 'image', filename: 'a.png', bytes: await makePng() }]);
+    const edit = async (fields: Record<string, string>, images = 1) => {
+      const files = [];
+      for (let i = 0; i < images; i++) files.push({ field: 'image', filename: `a${i}.png`, bytes: await makePng() });
+      const { payload, headers } = multipartBody({ model: 'gpt-image-1', prompt: 'make it blue', ...fields }, files);
       return h.app.inject({ method: 'POST', url: '/v1/edit', headers: { ...key, ...headers }, payload });
     };
-    const high = await edit('high');
+    const high = await edit({ quality: 'high', options: LOW_FIDELITY });
     expect(high.statusCode).toBe(429);
     expect(high.json().error.message).toMatch(/monthly_budget_usd/);
+    // Low quality, but its input image may be high fidelity: 408 output tokens at $40, 12 prompt
+    // bytes at $5, and the image at up to 581 + 6240 tokens at $10.
+    const fidelityUnsaid = await edit({ quality: 'low' });
+    expect(fidelityUnsaid.statusCode).toBe(429);
+    expect(fidelityUnsaid.json().error.message).toMatch(/would cost about \$0\.0846/);
+    // Six images at low fidelity: 6 × 581 tokens at $10 and the low output, over $0.05 too.
+    const many = await edit({ quality: 'low', options: LOW_FIDELITY }, 6);
+    expect(many.statusCode).toBe(429);
+    expect(many.json().error.message).toMatch(/would cost about \$0\.0512/);
     expect(h.simulator.received).toHaveLength(0);
-    const low = await edit('low');
+    const low = await edit({ quality: 'low', options: LOW_FIDELITY });
     expect(low.statusCode, low.body).toBe(200);
     expect(low.json().usage.estimated_cost_usd).toBe(REAL_COST_ONE_IMAGE);
   });
@@ -184,7 +220,7 @@ describe('a budgeted key and a token-priced model', () => {
     const job = await h.app.inject({ method: 'GET', url: `/v1/jobs/${accepted.json().id}?wait=30`, headers: key });
     expect(job.json().status).toBe('succeeded');
     const next = await generate(key, { model: 'gpt-image-1', prompt: 'x', quality: 'low' });
-    expect(Number(next.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - REAL_COST_ONE_IMAGE - (408 * 40 + 5) / 1e6, 6);
+    expect(Number(next.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.05 - 2 * REAL_COST_ONE_IMAGE, 6);
   });
 
   it('a fallback chain reserves the most its dearest model may cost', async () => {
@@ -224,7 +260,8 @@ describe('a token-priced catalogue route without output_tokens_per_image', () =>
     const generate = () => h.app.inject({ method: 'POST', url: '/v1/generate', headers: key, payload: { model: 'gpt-image-2', prompt: 'x' } });
     const first = await generate();
     expect(first.statusCode, first.body).toBe(200);
-    expect(first.headers['x-ratelimit-budget-remaining-usd']).toBe('0.005');
+    // Reserved nothing, settled to what it cost.
+    expect(Number(first.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(0.005 - REAL_COST_ONE_IMAGE, 6);
     expect(first.json().usage.estimated_cost_usd).toBe(REAL_COST_ONE_IMAGE);
     // What is left (about $0.001) is not spent yet: the next one runs, and takes the key over its budget.
     expect((await generate()).statusCode).toBe(200);
@@ -236,5 +273,37 @@ describe('a token-priced catalogue route without output_tokens_per_image', () =>
     const model = await h.app.inject({ method: 'GET', url: '/v1/models/gpt-image-2', headers: h.auth });
     expect(model.json().price_per_million_tokens_usd).toEqual({ text_input: 5, image_input: 10, image_output: 40 });
     expect(model.json()).not.toHaveProperty('output_tokens_per_image');
+  });
+});
+
+describe('a token-priced reply without its token counts', () => {
+  let upstream: Server;
+  let h: Harness;
+  beforeAll(async () => {
+    const png = await makePng();
+    // A gpt-image answer with its image and no `usage`.
+    upstream = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ output: { b64_json: [{ bytesBase64: png.toString('base64'), mimeType: 'png' }] } })));
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    h = await startHarness({ AIHUBMIX_BASE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}` });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await new Promise((resolve) => upstream?.close(resolve));
+  });
+
+  it('costs the most it could (what was reserved), alike in the answer, the usage record and the budget', async () => {
+    const res = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: admin, payload: { team: 'no-usage', monthly_budget_usd: 1, rpm: 100 } });
+    const { id, key } = res.json();
+    const generated = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${key}` }, payload: { model: 'gpt-image-1', prompt: 'x', quality: 'low' } });
+    expect(generated.statusCode, generated.body).toBe(200);
+    const most = (408 * 40 + 1 * 5) / 1e6;
+    expect(generated.json().usage.estimated_cost_usd).toBe(most);
+    expect(Number(generated.headers['x-ratelimit-budget-remaining-usd'])).toBeCloseTo(1 - most, 6);
+    expect((await h.app.counters.peek(`usd:${id}:${new Date().toISOString().slice(0, 7)}`)).total / 1e6).toBeCloseTo(most, 6);
+    const record = await usageRecordOf(h, generated.headers['x-request-id'] as string);
+    expect(record.estimated_cost_usd).toBeCloseTo(most, 6);
   });
 });

@@ -230,16 +230,36 @@ export function estimateCostUsd(
 }
 
 /**
+ * The most input tokens one input image of an edit (each `image`, and the mask) may take at a
+ * token-priced model (gpt-image), as a budget reserves them before the call. Two parts:
+ * - the image itself: OpenAI tiles an input image in 512-px squares after scaling it to at most
+ *   512 px on its short side and 2048 px on its long one, so at most 4 tiles at 129 tokens and 65
+ *   more (the figures gpt-image-1's edits report: 194 tokens for one tile, 323 for two);
+ * - `input_fidelity: high` (gpt-image-2 always works so) adds up to 6,240 tokens per image (OpenAI's
+ *   figure for a portrait or landscape image at gpt-image-1; a square one adds 4,160).
+ * An upper bound, not an estimate: settlement counts the image tokens the reply reports.
+ */
+export const INPUT_IMAGE_TILE_TOKENS_MAX = 65 + 4 * 129;
+export const INPUT_IMAGE_HIGH_FIDELITY_TOKENS_MAX = 6_240;
+
+/** The input images an edit sends (its images and its mask), which a token price bills as image input. */
+export function inputImagesOf(request: { images: readonly unknown[]; mask?: unknown }): number {
+  return request.images.length + (request.mask !== undefined ? 1 : 0);
+}
+
+/**
  * The most a request may cost, in USD rounded to a millionth, known before the call: what a budget
  * reserves. Per image: images times the price. By tokens, where the price says how many output
  * tokens an image takes: images times those of the request's quality (the most of any quality for
  * `auto`, none or one the table does not name), plus the prompt as text input, its UTF-8 bytes
- * standing for its tokens (a token is at least a byte). Input images are left to settlement: their
- * tokens are known only from the reply. Null when the price, or a token price's table, is unknown.
+ * standing for its tokens (a token is at least a byte), plus each input image of an edit at the
+ * most it may take (INPUT_IMAGE_TILE_TOKENS_MAX, and INPUT_IMAGE_HIGH_FIDELITY_TOKENS_MAX unless the
+ * request sets `input_fidelity: low`) at `image_input`. Null when the price, or a token price's
+ * table, is unknown.
  */
 export function maxCostUsd(
   price: Price | undefined,
-  request: { images: number; prompt: string; params: Record<string, unknown>; options?: Record<string, unknown> },
+  request: { images: number; prompt: string; params: Record<string, unknown>; options?: Record<string, unknown>; inputImages?: number },
 ): number | null {
   if (price && 'perMillionTokensUsd' in price) {
     const byQuality = price.outputTokensPerImage;
@@ -248,9 +268,12 @@ export function maxCostUsd(
     const outputTokens =
       typeof quality === 'string' && Object.hasOwn(byQuality, quality) ? byQuality[quality]! : Math.max(...Object.values(byQuality));
     const promptTokens = Buffer.byteLength(request.prompt, 'utf8');
+    // Only an explicit `low` is known to add nothing for fidelity: other models may default to high.
+    const perInputImage = INPUT_IMAGE_TILE_TOKENS_MAX + (request.options?.input_fidelity === 'low' ? 0 : INPUT_IMAGE_HIGH_FIDELITY_TOKENS_MAX);
+    const inputImageTokens = (request.inputImages ?? 0) * perInputImage;
     const p = price.perMillionTokensUsd;
     // Tokens times USD per million tokens is millionths of a dollar.
-    return Math.round(request.images * outputTokens * p.imageOutput + promptTokens * p.textInput) / 1e6;
+    return Math.round(request.images * outputTokens * p.imageOutput + promptTokens * p.textInput + inputImageTokens * p.imageInput) / 1e6;
   }
   const unit = pricePerImage(price, request.options);
   return unit === null ? null : Math.round(unit * request.images * 1e6) / 1e6;

@@ -1,6 +1,6 @@
 import { GatewayError, invalidField, restated } from '../errors.js';
 import type { Client } from '../auth/client-keys.js';
-import { imagesAsked, maxCostUsd, type ModelCatalogue } from '../catalogue/catalogue.js';
+import { imagesAsked, inputImagesOf, maxCostUsd, type ModelCatalogue } from '../catalogue/catalogue.js';
 import { MAX_FALLBACK_MODELS, isPending, type ImageRequest } from '../request/image-request.js';
 import { UNKNOWN_MODEL, type ModelSpec, type UpstreamRoute } from '../catalogue/model-spec.js';
 import { storedReservation, type KeyLimits, type Reservation } from '../limits/key-limits.js';
@@ -83,6 +83,11 @@ interface ChainModel {
   model: ModelSpec;
   route: UpstreamRoute;
   request: ImageRequest;
+}
+
+/** What a direct request has sent upstream so far: the model last sent (each retry or fallback sends again). */
+interface SentUpstream {
+  sent?: PreparedGeneration;
 }
 
 /** An asynchronous request's answer: the job to follow. */
@@ -209,7 +214,7 @@ export class GenerationPipeline {
     const images = outcome.imagesRequested;
     // A chain reserves the most its dearest model may cost; the reservation settles to what ran.
     const mostCost = [{ route, request }, ...fallbacks]
-      .map((m) => maxCostUsd(m.route.price, { images, prompt: m.request.prompt, params: m.request.params, options: m.request.options }))
+      .map((m) => maxCostUsd(m.route.price, { images, prompt: m.request.prompt, params: m.request.params, options: m.request.options, inputImages: inputImagesOf(m.request) }))
       .reduce<number | null>((dearest, cost) => (cost === null ? dearest : dearest === null ? cost : Math.max(dearest, cost)), null);
     // A retry of a request already made joins or replays it: it reserves nothing, so a spent quota does not refuse it.
     // A refusing image limit names the field that set the count (n, or a Seedream group's max_images).
@@ -356,9 +361,13 @@ export class GenerationPipeline {
     const prepared = chain[0]!;
     const viaJobs = call.request.async || call.idempotencyKey !== undefined;
     const job = { created: false };
+    // The model last sent upstream (directly): what a caller that leaves is charged for.
+    const upstream: SentUpstream = {};
     let answer: GenerationAnswer;
     try {
-      answer = viaJobs ? await this.viaJob(call, chain, reservation, job, onEvent, reserveIfFirst) : { kind: 'result', result: await this.alongChain(call, chain, onEvent) };
+      answer = viaJobs
+        ? await this.viaJob(call, chain, reservation, job, onEvent, reserveIfFirst)
+        : { kind: 'result', result: await this.alongChain(call, chain, onEvent, upstream) };
       if (answer.kind === 'result') {
         const { result } = answer;
         if (!viaJobs) await this.deps.limits.settle(reservation, result.images.length, result.usage.estimated_cost_usd);
@@ -376,7 +385,11 @@ export class GenerationPipeline {
       }
     } catch (err) {
       // A caller that leaves does not get its images back: upstream may have made (and charged) them.
-      if (call.signal.aborted && call.signal.reason instanceof ClientGone) throw new ClientGone();
+      // A job settles its own reservation when it ends; a direct request settles here.
+      if (call.signal.aborted && call.signal.reason instanceof ClientGone) {
+        if (!job.created) await this.settleHangUp(call, reservation, upstream.sent, err);
+        throw new ClientGone();
+      }
       // Paid for and lost (storage failed after upstream answered): what it cost still counts.
       if (err instanceof PaidImageLost) {
         outcome.estimatedCostUsd = err.costUsd;
@@ -395,11 +408,33 @@ export class GenerationPipeline {
   }
 
   /**
+   * A direct request whose caller left: once something was sent upstream it may have been made and
+   * billed, so the reservation settles to the sent model's estimated cost (what it really cost,
+   * when upstream had answered), its images counted; with nothing sent, to nothing. The usage
+   * record says the same cost the budget was charged.
+   */
+  private async settleHangUp(call: GenerationCall, reservation: Reservation, sent: PreparedGeneration | undefined, err: unknown): Promise<void> {
+    const { outcome } = call;
+    if (!sent) {
+      await this.deps.limits.settle(reservation, 0, 0);
+      outcome.estimatedCostUsd = 0;
+      return;
+    }
+    const { route, request } = sent;
+    const images = outcome.imagesRequested ?? 0;
+    const estimate = { images, prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) };
+    const cost = err instanceof PaidImageLost ? err.costUsd : maxCostUsd(route.price, estimate);
+    // Unpriced (null): the reservation stays as it was, and the record says the cost is unknown.
+    await this.deps.limits.settle(reservation, images, cost);
+    outcome.estimatedCostUsd = cost;
+  }
+
+  /**
    * Runs the first model of the chain, and on a failure another model may serve (and upstream did
    * not bill) the next one: the answer's `model` is the one that served, `requested_model` the first.
    */
-  private async alongChain(call: GenerationCall, chain: PreparedGeneration[], onEvent: ReportEvent): Promise<GenerationResult> {
-    if (chain.length === 1) return this.directly(call, chain[0]!, onEvent);
+  private async alongChain(call: GenerationCall, chain: PreparedGeneration[], onEvent: ReportEvent, upstream: SentUpstream): Promise<GenerationResult> {
+    if (chain.length === 1) return this.directly(call, chain[0]!, onEvent, upstream);
     const { outcome } = call;
     const tried = (outcome.modelsTried ??= []);
     for (let i = 0; ; i++) {
@@ -407,7 +442,7 @@ export class GenerationPipeline {
       tried.push(prepared.model.id);
       outcome.model = prepared.model.id;
       try {
-        const result = await this.directly(call, prepared, onEvent);
+        const result = await this.directly(call, prepared, onEvent, upstream);
         return { ...result, requested_model: chain[0]!.model.id };
       } catch (err) {
         const next = chain[i + 1];
@@ -419,7 +454,7 @@ export class GenerationPipeline {
     }
   }
 
-  private async directly(call: GenerationCall, prepared: PreparedGeneration, onEvent: ReportEvent): Promise<GenerationResult> {
+  private async directly(call: GenerationCall, prepared: PreparedGeneration, onEvent: ReportEvent, upstream: SentUpstream): Promise<GenerationResult> {
     // One controller for both ends of a request, the caller leaving and the deadline: a composite
     // AbortSignal.any() costs more per request than the rest of the routing.
     const cancel = new AbortController();
@@ -434,9 +469,15 @@ export class GenerationPipeline {
         publicBaseUrl: call.publicBaseUrl,
         owner: { keyId: call.client.id, team: call.client.team },
         onEvent,
+        task: {
+          onSent: () => {
+            upstream.sent = prepared;
+          },
+        },
       });
     } catch (err) {
-      if (cancel.signal.reason instanceof UpstreamDeadline) {
+      // A deadline that passed after upstream answered is a paid image lost (504), not a timeout to fall back from.
+      if (cancel.signal.reason instanceof UpstreamDeadline && !(err instanceof PaidImageLost)) {
         throw new UpstreamFailure('timeout', `no complete upstream answer within ${this.deps.upstreamTimeoutMs} ms`, {
           cause: err,
           ...(err instanceof UpstreamFailure ? { mayHaveBilled: err.mayHaveBilled } : {}),

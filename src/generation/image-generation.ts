@@ -2,9 +2,10 @@ import { randomId } from '../ids.js';
 import { hash } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import sharp from 'sharp';
-import { GatewayError } from '../errors.js';
+import { GatewayError, type ErrorCode } from '../errors.js';
+import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 import type { ModelCatalogue } from '../catalogue/catalogue.js';
-import { estimateCostUsd, imagesAskedOf, maxCostUsd, routeFor } from '../catalogue/catalogue.js';
+import { estimateCostUsd, imagesAskedOf, inputImagesOf, maxCostUsd, routeFor } from '../catalogue/catalogue.js';
 import type { EditMode, ModelSpec, UpstreamRoute } from '../catalogue/model-spec.js';
 import type { ImageRequest } from '../request/image-request.js';
 import { checkAgainstRoute, toUpstreamRequest, type UpstreamRequest } from '../upstream/upstream-request.js';
@@ -17,7 +18,7 @@ import { PooledBase64Staging } from '../workers/pooled-base64-staging.js';
 import type { ImageRecord } from '../images/image-records.js';
 import type { UrlSigner } from '../images/url-signer.js';
 import type { ProgressEvent } from './generation-events.js';
-import { INLINE_FALLBACK_MAX_BYTES } from '../images/image-library.js';
+import { INLINE_FALLBACK_MAX_BYTES, ImageRowFailed } from '../images/image-library.js';
 import { sniffImageType } from '../images/image-bytes.js';
 import { imageDimensions } from '../images/image-dimensions.js';
 import { StorageWriteFailed } from '../images/storage-pressure.js';
@@ -37,21 +38,77 @@ export interface ImageResult {
   b64_json?: string | Base64Text;
 }
 
+/** Seconds a client told a paid image was lost to the database should wait (as for any outage of it). */
+export const PAID_IMAGE_LOST_RETRY_AFTER_SECONDS = 5;
+
 /**
- * Upstream made (and was paid for) the images, but the gateway could not store them and no longer
- * has their bytes (or they are over INLINE_FALLBACK_MAX_BYTES): 507, with what it cost.
+ * Upstream made (and was paid for) the images, but the gateway lost them before answering: its
+ * cost counts against the key's budget and in usage (never refunded), and no fallback model is
+ * tried (that would pay twice). How it was lost decides the answer:
+ * - image storage full or unavailable, the bytes not in hand to answer inline: 507 storage_full;
+ * - the database did not take the image's row: 503 paid_image_lost, Retry-After 5;
+ * - the request's deadline (UPSTREAM_TIMEOUT_MS) passed while the answer was being kept: 504 paid_image_lost;
+ * - the result could not be fetched from the URL upstream gave (expired, over the cap, refused):
+ *   502 upstream_error, as the download failure says;
+ * - a job's synchronous upstream call was in flight when its replica stopped, and is not sent again:
+ *   502 upstream_error, at the most it may have cost (whether upstream made it is not known).
  */
 export class PaidImageLost extends GatewayError {
-  constructor(
+  private constructor(
     readonly costUsd: number | null,
     readonly upstreamMs: number | undefined,
-    cause: StorageWriteFailed,
+    answer: { code: ErrorCode; status?: number; message: string; retryAfter?: number; upstreamStatus?: number; cause?: unknown },
   ) {
-    super('storage_full', `upstream made the image and it was paid for, but image storage is full or unavailable and it was lost; retry later`, {
-      cause,
-      retryAfter: cause.retryAfter,
+    super(answer.code, answer.message, {
+      ...(answer.cause !== undefined ? { cause: answer.cause } : {}),
+      ...(answer.upstreamStatus !== undefined ? { upstreamStatus: answer.upstreamStatus } : {}),
+      ...(answer.status !== undefined ? { status: answer.status } : {}),
+      ...(answer.retryAfter !== undefined ? { retryAfter: answer.retryAfter } : {}),
     });
     this.name = 'PaidImageLost';
+  }
+
+  static storageFull(costUsd: number | null, upstreamMs: number | undefined, cause: StorageWriteFailed): PaidImageLost {
+    return new PaidImageLost(costUsd, upstreamMs, {
+      code: 'storage_full',
+      message: 'upstream made the image and it was paid for, but image storage is full or unavailable and it was lost; retry later',
+      retryAfter: cause.retryAfter,
+      cause,
+    });
+  }
+
+  static databaseFailed(costUsd: number | null, upstreamMs: number | undefined, cause: unknown): PaidImageLost {
+    return new PaidImageLost(costUsd, upstreamMs, {
+      code: 'paid_image_lost',
+      status: 503,
+      message: 'upstream made the image and it was paid for (its cost counts), but the gateway could not record it in its database and it was lost; retry later',
+      retryAfter: PAID_IMAGE_LOST_RETRY_AFTER_SECONDS,
+      cause,
+    });
+  }
+
+  /** `answer`: the download's failure as the edge answers it (toGatewayError). */
+  static notFetched(costUsd: number | null, upstreamMs: number | undefined, answer: GatewayError): PaidImageLost {
+    return new PaidImageLost(costUsd, upstreamMs, {
+      code: answer.code,
+      message: answer.message,
+      ...(answer.upstreamStatus !== undefined ? { upstreamStatus: answer.upstreamStatus } : {}),
+      ...(answer.retryAfter !== undefined ? { retryAfter: answer.retryAfter } : {}),
+      cause: answer.cause ?? answer,
+    });
+  }
+
+  static inFlightWhenStopped(costUsd: number | null, message: string): PaidImageLost {
+    return new PaidImageLost(costUsd, undefined, { code: 'upstream_error', message });
+  }
+
+  static deadlinePassed(costUsd: number | null, upstreamMs: number | undefined, cause: unknown): PaidImageLost {
+    return new PaidImageLost(costUsd, upstreamMs, {
+      code: 'paid_image_lost',
+      status: 504,
+      message: 'upstream made the image and it was paid for (its cost counts), but the request\'s deadline passed before the gateway had kept it, and it was lost; no fallback model was tried',
+      cause,
+    });
   }
 }
 
@@ -219,20 +276,34 @@ export class ImageGeneration {
         }),
       );
     } catch (err) {
-      // Past the upstream answer: the images are paid for. Their cost goes with the 507.
-      if (err instanceof StorageWriteFailed) {
+      // Past the upstream answer: the images are paid for. Their cost goes with the failure.
+      const paidCost = () => {
         const paidImages = produced?.images.length ?? imagesAskedOf(request);
         // A reply cut short by its staging never showed its token counts: the most the request could cost, as reserved.
-        const cost =
+        return (
           estimateCostUsd(route.price, { images: paidImages, options: request.options, upstreamTokens: produced?.usage }) ??
-          maxCostUsd(route.price, { images: paidImages, prompt: request.prompt, params: request.params, options: request.options });
-        throw new PaidImageLost(cost, produced?.upstreamMs, err);
+          maxCostUsd(route.price, { images: paidImages, prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) })
+        );
+      };
+      if (err instanceof StorageWriteFailed) throw PaidImageLost.storageFull(paidCost(), produced?.upstreamMs, err);
+      if (produced !== undefined && !(err instanceof PaidImageLost)) {
+        if (err instanceof ImageRowFailed) throw PaidImageLost.databaseFailed(paidCost(), produced.upstreamMs, err);
+        // Stopped (the deadline, or the caller leaving) while the answer was being kept: what the
+        // caller makes of it is the caller's, but it is paid, never a plain failure to fall back from.
+        if (ctx.signal.aborted) throw PaidImageLost.deadlinePassed(paidCost(), produced.upstreamMs, err);
+        // Made and paid for, but its URL could not be fetched (expired, over the cap, refused): lost.
+        if (err instanceof UpstreamFailure && err.kind === 'download_failed') throw PaidImageLost.notFetched(paidCost(), produced.upstreamMs, toGatewayError(err));
       }
       throw err;
     } finally {
       await Promise.all([...staged].map((image) => rm(image.path, { force: true })));
     }
-    const estimatedCostUsd = estimateCostUsd(route.price, { images: images.length, options: request.options, upstreamTokens: produced.usage });
+    // A token price needs the reply's token counts: a reply without them counts the most the request
+    // could cost (what a budget reserved for it), so that the answer, the usage record and the
+    // budget agree, rather than an unknown cost the budget still holds.
+    const estimatedCostUsd =
+      estimateCostUsd(route.price, { images: images.length, options: request.options, upstreamTokens: produced.usage }) ??
+      maxCostUsd(route.price, { images: images.length, prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) });
     return {
       id: newId('gen'),
       object: 'image.result',

@@ -87,6 +87,14 @@ export interface ImageLibraryOptions {
   workers?: ImageWorkers;
 }
 
+/** The database did not take an image's row (out of reach, a statement refused): the image is not kept. */
+export class ImageRowFailed extends Error {
+  constructor(cause: unknown) {
+    super(`the image record could not be written to the database: ${(cause as Error | undefined)?.message ?? String(cause)}`, { cause });
+    this.name = 'ImageRowFailed';
+  }
+}
+
 /**
  * The stored result images: bytes in an ImageStore (files or S3), facts in the `images` table.
  * Storing writes the row before the bytes and retention deletes the row before the bytes, both
@@ -286,7 +294,9 @@ export class ImageLibrary {
         // A database out of room (SQLITE_FULL, PostgreSQL's disk_full) is storage too: the paid
         // image is answered inline, and storage is marked full.
         if (isStorageFullError(err)) throw this.writeFailed('the image record (database)', 'database', err);
-        throw err;
+        // Any other failure is the database's (out of reach, a statement refused): told apart, as it
+        // comes after upstream made (and was paid for) the image.
+        throw new ImageRowFailed(err);
       });
       // Written every time, even when already stored: the same bytes, and a retention sweep on
       // another replica may have just removed them.

@@ -8,11 +8,12 @@ import { GatewayError, errorBody, type ErrorCode } from '../errors.js';
 import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 import type { Client } from '../auth/client-keys.js';
 import type { Database, Statements } from '../storage/database.js';
-import type { GenerationResult, ImageGeneration, PreparedGeneration } from '../generation/image-generation.js';
+import { PaidImageLost, type GenerationResult, type ImageGeneration, type PreparedGeneration } from '../generation/image-generation.js';
 import type { TaskHooks } from '../upstream/upstream-client.js';
 import { deserializeRequest, serializeRequest } from './stored-request.js';
 import { declarationOf, modelFromDeclaration } from '../catalogue/catalogue-schema.js';
 import type { ModelSpec } from '../catalogue/model-spec.js';
+import { imagesAskedOf, inputImagesOf, maxCostUsd } from '../catalogue/catalogue.js';
 import { fallbackAllowed, type FallbackTaken } from '../generation/fallbacks.js';
 import { advancedChain, newJobChain, parseJobChain, type JobChain } from './job-chain.js';
 import { JobRecords, type JobRow, type JobStatus } from './job-records.js';
@@ -36,6 +37,8 @@ interface StoredError {
  * Idempotency-Key should try again rather than replay it.
  */
 function neverPaid(failure: GatewayError): boolean {
+  // Made and paid for (its upstreamStatus may be a result download's 404, not the call's).
+  if (failure instanceof PaidImageLost) return false;
   if (failure.code === 'rate_limited' || failure.code === 'service_unavailable') return true;
   const status = failure.upstreamStatus;
   return status !== undefined && ((status >= 400 && status < 500) || status === 503);
@@ -384,6 +387,8 @@ export class JobRunner {
     const code = (stored?.error.code ?? 'upstream_error') as ErrorCode;
     return {
       error: new GatewayError(code, stored?.error.message ?? 'the job failed', {
+        // The status the job's failure had (paid_image_lost is 503 or 504).
+        ...(stored?.status !== undefined ? { status: stored.status } : {}),
         details: stored?.error.details ?? [],
         ...(stored?.retry_after !== undefined ? { retryAfter: stored.retry_after } : {}),
       }),
@@ -603,7 +608,8 @@ export class JobRunner {
           this.finishWatchers.delete(id);
           return;
         }
-        const cause = deadline.aborted
+        // A deadline that passed after upstream answered is a paid image lost (504), not a timeout to fall back from.
+        const cause = deadline.aborted && !(err instanceof PaidImageLost)
           ? new UpstreamFailure('timeout', `no complete upstream answer within ${this.o.upstreamTimeoutMs} ms`, {
               cause: err,
               ...(err instanceof UpstreamFailure ? { mayHaveBilled: err.mayHaveBilled } : {}),
@@ -735,12 +741,14 @@ export class JobRunner {
       if (this.startersWaiting.has(id)) this.outcomesForStarters.set(id, record);
       else await record().catch((err: unknown) => this.o.log.error({ err, job_id: id }, 'recording a finished job’s usage failed'));
     }
-    this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
-    this.o.events.publish(id, { type: 'finished' });
-    if (failure && neverPaid(failure)) await this.records.releaseIdempotencyKeysOf(id);
+    // Settled before anyone hears the job finished: the request waiting for it answers with its
+    // limits as settled (x-ratelimit-*-remaining), not as reserved.
     const watchers = this.finishWatchers.get(id);
     this.finishWatchers.delete(id);
     for (const watch of watchers ?? []) await watch(result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
+    this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
+    this.o.events.publish(id, { type: 'finished' });
+    if (failure && neverPaid(failure)) await this.records.releaseIdempotencyKeysOf(id);
     // A job carried on from a replica that stopped (or died, or stalled past its lease), or from
     // this process before a restart: its reservation, kept in the row, is settled here, once.
     if (!watchers && row.reservation_json && this.o.settleKept) {
@@ -787,12 +795,13 @@ export class JobRunner {
         this.launch(job.id, undefined, undefined);
       } else {
         // Its synchronous upstream call was in flight when the gateway died: sending it again could
-        // pay twice, and the first answer is lost. Say so rather than guess.
+        // pay twice, and the first answer is lost. Say so rather than guess. Upstream may have made
+        // and billed it: the budget and the usage record keep the most it may have cost.
         await this.finish(
           job,
           undefined,
-          new GatewayError(
-            'upstream_error',
+          PaidImageLost.inFlightWhenStopped(
+            await this.mostCostOf(job),
             'the gateway stopped while this job’s upstream call was in flight; it was not sent again, to avoid paying twice. Submit it again to retry, with a new Idempotency-Key if it had one (the same key replays this failure).',
           ),
         );
@@ -806,6 +815,17 @@ export class JobRunner {
       );
     }
     return taken;
+  }
+
+  /** The most a job's request may cost at the model it runs on (what its budget reserved for it), or null when unknown. */
+  private async mostCostOf(row: JobRow): Promise<number | null> {
+    try {
+      const { route, request } = await this.preparedFromRow(row);
+      return maxCostUsd(route.price, { images: imagesAskedOf(request), prompt: request.prompt, params: request.params, options: request.options, inputImages: inputImagesOf(request) });
+    } catch (err) {
+      this.o.log.warn({ err, job_id: row.id }, 'the most a job in flight may have cost could not be worked out; its reservation is kept as it was');
+      return null;
+    }
   }
 
   private async forgetExpired(): Promise<void> {

@@ -337,23 +337,41 @@ export class KeyLimits {
     return { client, images: 0, microUsd: 0, dayKey: `images:${client.id}:${w.day}`, monthKey: `usd:${client.id}:${w.month}`, headers: {} };
   }
 
-  /** Gives back what was reserved but not used (a failure, fewer images) or adds what it cost beyond the estimate. */
+  /**
+   * Gives back what was reserved but not used (a failure, fewer images) or adds what it cost beyond
+   * the estimate. The reservation then holds what was settled, and its headers say what is left
+   * after it: an answer tells the settled figures, never a reservation a failure gave back.
+   */
   async settle(reservation: Reservation, images: number, costUsd: number | null): Promise<void> {
     const w = windows();
+    const headers = reservation.headers;
     const token = reservation.client.token;
     if (token && reservation.tokenImages !== undefined && token.maxImages !== null) {
       const delta = images - reservation.tokenImages;
-      if (delta !== 0) await this.counters.add(`token-images:${token.id}`, delta, KeyLimits.tokenWindowMs(token));
+      if (delta !== 0) {
+        const { total } = await this.counters.add(`token-images:${token.id}`, delta, KeyLimits.tokenWindowMs(token));
+        if (headers['x-ratelimit-token-images-remaining'] !== undefined) headers['x-ratelimit-token-images-remaining'] = String(Math.max(0, token.maxImages - total));
+      }
       reservation.tokenImages = images;
     }
     if (reservation.images !== 0 || (reservation.client.images_per_day !== undefined && images !== 0)) {
       const delta = images - reservation.images;
-      if (delta !== 0) await this.counters.add(reservation.dayKey, delta, w.msToNextDay + 60_000);
+      if (delta !== 0) {
+        const { total } = await this.counters.add(reservation.dayKey, delta, w.msToNextDay + 60_000);
+        const limit = headers['x-ratelimit-images-limit'];
+        if (limit !== undefined) Object.assign(headers, imagesHeaders(Number(limit), total));
+      }
     }
     if (reservation.client.monthly_budget_usd !== undefined) {
       const actual = costUsd === null ? reservation.microUsd : Math.round(costUsd * MICRO);
       const delta = actual - reservation.microUsd;
-      if (delta !== 0) await this.counters.add(reservation.monthKey, delta, w.msToNextMonth + 86_400_000);
+      if (delta !== 0) {
+        const { total } = await this.counters.add(reservation.monthKey, delta, w.msToNextMonth + 86_400_000);
+        const budgetUsd = headers['x-ratelimit-budget-limit-usd'];
+        if (budgetUsd !== undefined) Object.assign(headers, budgetHeaders(Number(budgetUsd), Math.round(Number(budgetUsd) * MICRO), total));
+      }
+      // Settled: settling again counts from here, not from the estimate.
+      reservation.microUsd = actual;
     }
     reservation.images = images;
   }

@@ -116,9 +116,15 @@ export async function streamAnswer(
   const stream = EventStream.open(reply, app.config.STREAM_KEEPALIVE_MS);
   stream.hold();
   let finished = false;
+  let producing = true;
+  let abandoned = false;
   reply.raw.once('finish', () => (finished = true));
   reply.raw.once('close', () => {
-    if (!finished) app.recordAbandonedRequest(request, 'client disconnected during the stream');
+    if (finished) return;
+    // Recorded once the pipeline has settled what the request cost (it stops soon after the client
+    // leaves): the record then says the cost the budget was charged.
+    if (producing) abandoned = true;
+    else app.recordAbandonedRequest(request, 'client disconnected during the stream');
   });
   try {
     await produce(stream);
@@ -130,6 +136,8 @@ export async function streamAnswer(
       if (tellFailure) void stream.send(...tellFailure(failure));
     }
   } finally {
+    producing = false;
+    if (abandoned) app.recordAbandonedRequest(request, 'client disconnected during the stream');
     if (stream.open) await app.commitUsage(request, request.outcome.status ?? reply.statusCode);
     await stream.release();
     await stream.end();
@@ -162,9 +170,14 @@ export async function answerGeneration(
     const admitted = await app.pipeline.admit(call);
     reply.headers(admitted.headers);
     if (dialect) return await streamGeneration(app, request, reply, admitted, dialect);
-    const answer = await admitted.run();
-    // Again: a retry that became the first request under its Idempotency-Key counted its limits while it ran.
-    reply.headers(admitted.headers);
+    let answer;
+    try {
+      answer = await admitted.run();
+    } finally {
+      // Again, as settled: a failure gave back what it reserved, a success counts what it cost (and
+      // a retry that became the first request under its Idempotency-Key counted its limits while it ran).
+      reply.headers(admitted.headers);
+    }
     if (answer.replayed !== undefined) reply.header('idempotent-replayed', String(answer.replayed));
     if (answer.kind === 'job') {
       reply.status(202).header('location', answer.job.status_url);

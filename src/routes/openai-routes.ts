@@ -227,6 +227,7 @@ const OPENAI_ERROR_KIND: Record<ErrorCode, { type: string; code?: string }> = {
   upstream_timeout: { type: 'server_error' },
   service_unavailable: { type: 'server_error' },
   storage_full: { type: 'server_error' },
+  paid_image_lost: { type: 'server_error' },
   internal_error: { type: 'server_error' },
 };
 
