@@ -8,9 +8,13 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ADMIN_KEY, startListening, usageRecordOf, type ListeningHarness } from './harness.js';
 
 let h: ListeningHarness;
+/** While gating, each upstream answer waits here until the test releases it (the simulator's latency). */
+let gating = false;
+const held: Array<() => void> = [];
+const gatedWait = () => (gating ? new Promise<void>((release) => held.push(release)) : Promise.resolve());
 beforeAll(async () => {
   // One upstream call at a time: a second request waits in the queue, sent nowhere yet.
-  h = await startListening({ UPSTREAM_MAX_CONCURRENCY: '1', RATE_LIMIT_RPM: '1000' });
+  h = await startListening({ UPSTREAM_MAX_CONCURRENCY: '1', RATE_LIMIT_RPM: '1000' }, { latencyMs: 1, wait: gatedWait });
 });
 afterAll(async () => h?.close());
 beforeEach(() => h.simulator.reset());
@@ -108,5 +112,33 @@ describe('a client that hangs up on a direct request', () => {
     first.hangUp();
     await first.answer;
     await until(async () => (await holder.spentUsd()) < 0.02 + 1e-9, 'the holder settled');
+  });
+
+  it('after its first model failed unbilled and the fallback waits for a slot: nothing is charged, the failed model’s estimate neither', async () => {
+    const holder = await budgetedKey();
+    const key = await budgetedKey();
+    gating = true;
+    try {
+      // The first model answers "no channel" (not billed) once released; the chain then waits for the slot.
+      const call = generation(key.headers, 'paid-hangup-fallback-queued', { model: 'gpt-image-1', prompt: 'a deer #sim:no_channel:gpt-image-1', fallback_models: ['gpt-image-1.5'] });
+      await until(() => held.length === 1, 'the first model sent upstream');
+      // Another request queues for the slot meanwhile, and takes it when the first model's answer frees it.
+      const other = generation(holder.headers, 'paid-hangup-fallback-holder', { model: 'ideogram-v1-turbo', prompt: 'takes the slot next' });
+      await until(async () => (await holder.spentUsd()) > 0, 'the other request queued');
+      held.shift()!();
+      await until(() => held.length === 1 && submissions() === 2, 'the slot taken by the other request');
+      call.hangUp();
+      await call.answer;
+      await until(async () => (await key.spentUsd()) === 0, 'the reservation given back');
+      await h.app.usageLog.flush();
+      const record = await usageRecordOf(h, 'paid-hangup-fallback-queued');
+      expect(record).toMatchObject({ status: 499, estimated_cost_usd: 0 });
+      gating = false;
+      held.shift()!();
+      expect(((await other.answer) as Response).status).toBe(200);
+    } finally {
+      gating = false;
+      for (const release of held.splice(0)) release();
+    }
   });
 });

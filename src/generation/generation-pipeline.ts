@@ -447,6 +447,8 @@ export class GenerationPipeline {
       } catch (err) {
         const next = chain[i + 1];
         if (!next || call.signal.aborted || !fallbackAllowed(err, call.request)) throw err;
+        // Not billed: a caller leaving before the next model is sent owes nothing for this one.
+        if (!err.mayHaveBilled) upstream.sent = undefined;
         const fallback = { from: prepared.model.id, to: next.model.id, reason: err.kind };
         (outcome.fallbacks ??= []).push(fallback);
         onEvent({ type: 'fallback', ...fallback });
