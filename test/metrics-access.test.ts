@@ -5,6 +5,11 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { bearerMatches } from '../src/observability/metrics.js';
+import { mkdtempSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runFailingStart } from './gateway-process.js';
 import { startHarness, startListening, type Harness } from './harness.js';
 
 const TOKEN = 'metrics-token-0123456789abcdef0123456789';
@@ -101,13 +106,39 @@ describe('METRICS_PORT', () => {
 });
 
 describe('neither METRICS_TOKEN nor METRICS_PORT', () => {
-  it('keeps /metrics open on the API’s port and warns at start', async () => {
+  it('keeps /metrics open on the API’s port and warns once listening', async () => {
     h = await startHarness();
     expect((await scrape(h)).statusCode).toBe(200);
+    // Not before the gateway listens: a start that cannot bind must not warn about a port it never served.
+    expect(h.logs.some((l) => WARNING.test(l))).toBe(false);
+    await h.app.listen({ port: 0, host: '127.0.0.1' });
     const warning = h.logs.map((l) => JSON.parse(l)).find((l) => WARNING.test(l.msg));
     expect(warning).toBeDefined();
     expect(warning.level).toBe(40);
     expect(warning.msg).toMatch(/METRICS_TOKEN/);
     expect(warning.msg).toMatch(/METRICS_PORT/);
+  });
+});
+
+/** What `npm start` needs; warnings logged (the default of a started test gateway), so the warning would show. */
+const PROCESS_ENV = {
+  AIHUBMIX_API_KEY: 'sk-test-upstream-key',
+  GATEWAY_API_KEYS: 'design:gk-test-design-0123456789',
+  DATA_DIR: mkdtempSync(join(tmpdir(), 'gw-metrics-')),
+};
+
+describe('a start that cannot listen', () => {
+  it('ends with its one line and exit code 2, and no /metrics warning after it', async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    try {
+      const { port } = taken.address() as AddressInfo;
+      const { code, output } = await runFailingStart({ PORT: String(port), ...PROCESS_ENV });
+      expect(code, output).toBe(2);
+      expect(output).toMatch(/already in use/);
+      expect(output).not.toMatch(WARNING);
+    } finally {
+      await new Promise((r) => taken.close(r));
+    }
   });
 });

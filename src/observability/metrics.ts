@@ -339,7 +339,8 @@ async function metrics(app: FastifyInstance): Promise<void> {
       return reply.type(gatewayMetrics.registry.contentType).send(await gatewayMetrics.registry.metrics());
     });
     if (token === undefined) {
-      app.addHook('onReady', async () => {
+      // Once listening: a start that fails to bind ends with its own error, not this warning after it.
+      app.addHook('onListen', async () => {
         app.log.warn('GET /metrics is open to anyone who reaches the gateway (team names, models, volumes); set METRICS_TOKEN, or METRICS_PORT to serve it on an internal address only');
       });
     }
