@@ -8,6 +8,7 @@ import { ConfigError, type Config } from './config.js';
 import { GatewayError, clipName, errorBody } from './errors.js';
 import { UpstreamFailure, toGatewayError } from './upstream/upstream-failure.js';
 import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
+import { hintOptionsSentAsFields } from './request/option-hints.js';
 import type { ModelSpec } from './catalogue/model-spec.js';
 import { clientKeysPlugin } from './auth/client-keys-plugin.js';
 import { limitsPlugin } from './limits/limits-plugin.js';
@@ -325,7 +326,10 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
       app.recordAbandonedRequest(request, err instanceof ClientGone ? 'client disconnected; upstream call aborted' : `client disconnected; then: ${asGatewayError(err).code}`);
       return reply.status(499).send();
     }
-    const gw = databaseOutOfReach(app, err) ?? asGatewayError(err, request.routeOptions.bodyLimit, request.headers['content-type']);
+    const refused = databaseOutOfReach(app, err) ?? asGatewayError(err, request.routeOptions.bodyLimit, request.headers['content-type']);
+    // The model the request named (noted before its body was judged): an option sent as a field is told where it goes.
+    const named = request.outcome?.model;
+    const gw = named !== undefined && app.hasDecorator('catalogue') ? hintOptionsSentAsFields(refused, app.catalogue.find(named)) : refused;
     app.noteFailure(request, gw);
     // What a route set to describe the answer it meant to send (an image's ETag, its immutable
     // Cache-Control) must not describe this error: a cache would keep the error as that image.

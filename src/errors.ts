@@ -110,6 +110,14 @@ export function restated(err: GatewayError, extra: { headers?: Record<string, st
   });
 }
 
+/** What a refused unknown field is told (src/request/option-hints.ts adds where a model option goes). */
+export const NOT_A_FIELD = 'is not a field of this request';
+
+/** A 400's message: each detail as `field: message`, within 1000 characters. */
+export function detailsSummary(details: readonly ErrorDetail[]): string {
+  return details.map((d) => `${d.field}: ${d.message}`).join('; ').slice(0, 1000);
+}
+
 /**
  * zod's complaints as a 400 naming each field and what it may be; an unknown field lists
  * `allowedFields`, exactly what the request takes. `messageOf` may say it better than zod does.
@@ -122,13 +130,12 @@ export function zodRefusal(
   const details: ErrorDetail[] = [];
   for (const issue of error.issues) {
     if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) details.push({ field: fieldPath([...issue.path, key], options.name), message: 'is not a field of this request', allowed: [...allowedFields] });
+      for (const key of issue.keys) details.push({ field: fieldPath([...issue.path, key], options.name), message: NOT_A_FIELD, allowed: [...allowedFields] });
     } else {
       details.push({ field: fieldPath(issue.path, options.name) || '(body)', message: options.messageOf?.(issue) ?? issue.message });
     }
   }
-  const summary = details.map((d) => `${d.field}: ${d.message}`).join('; ').slice(0, 1000);
-  return new GatewayError('invalid_request', summary, { details });
+  return new GatewayError('invalid_request', detailsSummary(details), { details });
 }
 
 /**
