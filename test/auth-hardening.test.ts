@@ -167,3 +167,23 @@ describe('job rows never keep a client-supplied host', () => {
     expect(JSON.stringify(rows)).not.toContain('evil.example');
   });
 });
+
+describe('a key sent without its scheme', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => h.close());
+
+  it('is a 401 saying the header needs "Bearer <key>", never echoing what was sent; with no header at all, the key is asked for', async () => {
+    for (const value of [CLIENT_KEY, `Basic ${CLIENT_KEY}`, `Bearer`]) {
+      const res = await models(h, '198.51.100.40', { authorization: value });
+      expect(res.statusCode).toBe(401);
+      expect(res.json().error.message).toMatch(/^the Authorization header must be "Bearer <key>"/);
+      expect(res.body).not.toContain(CLIENT_KEY);
+    }
+    const none = await models(h, '198.51.100.40', {});
+    expect(none.statusCode).toBe(401);
+    expect(none.json().error.message).toBe('a client key is required: Authorization: Bearer <key> or x-api-key: <key>');
+  });
+});

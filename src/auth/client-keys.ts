@@ -93,7 +93,16 @@ export function presentedKey(request: FastifyRequest): string | undefined {
 
 export function authenticate(keys: ClientKeys, request: FastifyRequest): Client {
   const key = presentedKey(request);
-  if (!key) throw new GatewayError('unauthorized', 'a client key is required: Authorization: Bearer <key> or x-api-key: <key>');
+  if (!key) {
+    // A key sent without its scheme (`Authorization: gk-...`) is the common slip: said so, the header never echoed.
+    const unread = typeof request.headers.authorization === 'string' && request.headers.authorization.trim() !== '';
+    throw new GatewayError(
+      'unauthorized',
+      unread
+        ? 'the Authorization header must be "Bearer <key>" (the word Bearer, a space, then the key); or send the key alone in x-api-key'
+        : 'a client key is required: Authorization: Bearer <key> or x-api-key: <key>',
+    );
+  }
   const client = keys.find(key);
   if (!client) throw new GatewayError('unauthorized', 'the client key is not valid');
   return client;
