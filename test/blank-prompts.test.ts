@@ -33,6 +33,8 @@ function promptRefusal(res: LightMyRequestResponse, openAi = false): string {
   else expect(error.details.map((d: { field: string }) => d.field)).toEqual(['prompt']);
   expect(error.message).toMatch(/^prompt: /);
   expect(error.message).toContain('whitespace alone is not a prompt');
+  // One pair of parentheses: "is required (a non-empty string (whitespace ...))" read badly.
+  expect(error.message).not.toMatch(/\(.*\(/);
   expect(h.simulator.received).toHaveLength(0);
   return error.message;
 }

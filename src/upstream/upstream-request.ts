@@ -77,10 +77,10 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
     if (req.prompt !== '') throw invalidField('prompt', `${model.id}${inMode} takes no prompt: leave it out`);
   } else if (req.prompt === '') {
     // An upscale's prompt is optional (POST /v1/upscale); every other route with a prompt needs one.
-    if (req.operation !== 'upscale') throw invalidField('prompt', `is required (${PROMPT_ALLOWED})`);
+    if (req.operation !== 'upscale') throw invalidField('prompt', `is required: ${PROMPT_ALLOWED}`);
   } else if (isBlankPrompt(req.prompt)) {
     // Whitespace alone would go upstream and be paid for: no prompt, as "" is (an edit's prompt reaches here unchecked).
-    throw invalidField('prompt', req.operation === 'upscale' ? `must be ${PROMPT_ALLOWED}, or left out` : `is required (${PROMPT_ALLOWED})`);
+    throw invalidField('prompt', req.operation === 'upscale' ? `must be ${PROMPT_ALLOWED}, or left out` : `is required: ${PROMPT_ALLOWED}`);
   } else if (req.prompt.length > route.prompt.maxLength) {
     throw invalidField('prompt', `is ${req.prompt.length} characters; ${model.id} takes at most ${route.prompt.maxLength}`);
   }
