@@ -1,6 +1,7 @@
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { isIP, type LookupFunction } from 'node:net';
 import ipaddr from 'ipaddr.js';
+import type { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
 import { GatewayError, invalidField } from '../errors.js';
 import { inputImage, type ImageUrlRef, type InputImage } from '../request/image-request.js';
@@ -104,6 +105,12 @@ export interface ImageFetcherOptions {
   /** How host names are resolved (the system resolver by default; tests give their own). */
   resolve?: HostResolver;
   maxRedirects?: number;
+  /**
+   * A URL this gateway signed for one of its stored images: its bytes, read from the store (its
+   * host is often this machine, which egress refuses); undefined for any other URL, fetched as usual.
+   * Throws a 400 naming `field` for such a URL whose image is gone.
+   */
+  ownImage?: (url: URL, field: string) => Promise<Readable | undefined>;
 }
 
 /** Why a URL was not fetched; turned into a 400 naming the field. */
@@ -222,6 +229,8 @@ export class ImageFetcher {
     const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
     try {
       let url = this.parse(ref);
+      const own = await this.options.ownImage?.(url, ref.field);
+      if (own) return inputImage(await this.readCapped(ref.field, { headers: {}, body: own }), ref.field, url.pathname.split('/').pop()!);
       for (let hop = 0; ; hop++) {
         await this.checkDestination(url);
         const res = await request(url, { method: 'GET', signal: combined, dispatcher: this.dispatcher, headers: { accept: 'image/png, image/jpeg, image/webp' } });
@@ -270,7 +279,7 @@ export class ImageFetcher {
     if (refusal) throw new EgressRefused(refusal);
   }
 
-  private async readCapped(field: string, res: Dispatcher.ResponseData): Promise<Buffer> {
+  private async readCapped(field: string, res: Pick<Dispatcher.ResponseData, 'headers'> & { body: Readable }): Promise<Buffer> {
     const max = this.options.maxBytes;
     const tooLarge = () =>
       new GatewayError('payload_too_large', `${field}: the image at the URL is larger than ${max} bytes`, {

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import type { Readable } from 'node:stream';
 import fp from 'fastify-plugin';
 import { Counter } from 'prom-client';
 import { GatewayError, invalidField } from '../errors.js';
@@ -43,7 +44,12 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
   app.storagePressure.onPressure(() => {
     retention.sweepNow().catch((err: unknown) => app.log.error({ err }, 'image retention sweep failed'));
   });
-  const fetcher = new ImageFetcher({ maxBytes: app.config.MAX_UPLOAD_BYTES, allowedHosts: app.config.ALLOWED_IMAGE_HOSTS, resolve: app.resolveHost });
+  const fetcher = new ImageFetcher({
+    maxBytes: app.config.MAX_UPLOAD_BYTES,
+    allowedHosts: app.config.ALLOWED_IMAGE_HOSTS,
+    resolve: app.resolveHost,
+    ownImage: (url, field) => ownStoredImage(app, url, field),
+  });
   app.decorate('imageFetcher', fetcher);
   app.addHook('onReady', async () => retention.start());
   // preClose: before onClose hooks close the database a sweep may be using.
@@ -124,6 +130,29 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
       return reply.header('content-length', image.bytes).send(stream);
     },
   );
+}
+
+/**
+ * An image URL this gateway signed (`.../v1/images/<name>?exp=&sig=[&o=]`, whatever host it was
+ * given under), as an input image: read from the store, so "edit the image you just made" works
+ * with the URL it answered. Its signature is the proof, as when it is fetched. A thumbnail's URL
+ * (`w=`) or one whose signature is not ours is left to the fetcher.
+ */
+async function ownStoredImage(app: FastifyInstance, url: URL, field: string): Promise<Readable | undefined> {
+  const name = /\/v1\/images\/([^/]+)$/.exec(url.pathname)?.[1];
+  const query = url.searchParams;
+  const exp = Number(query.get('exp'));
+  const sig = query.get('sig');
+  if (name === undefined || !Number.isInteger(exp) || !sig || query.has('w')) return undefined;
+  const ownerTag = query.get('o') || undefined;
+  if (!app.signer.verify(name, exp, sig, ownerTag)) return undefined;
+  const now = Math.floor(Date.now() / 1000);
+  const gone = () => invalidField(field, 'is an image URL of this gateway whose image is gone (the URL expired, or the image was deleted or removed by retention)');
+  if (exp <= now) throw gone();
+  const image = await app.images.findFor(name, ownerTag, (team) => app.signer.ownerTagOf(team), now);
+  const bytes = image && (await app.images.open(image));
+  if (!bytes) throw gone();
+  return bytes;
 }
 
 export const THUMBNAIL_MIN_WIDTH = 16;
