@@ -344,7 +344,10 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
 
   app.setNotFoundHandler((request, reply) => {
     // The path cut to its first 100 characters: a huge one is not echoed back (nor logged) whole.
-    const gw = new GatewayError('not_found', `no route ${request.method} ${clipName(request.url.split('?', 1)[0]!)}`);
+    const path = request.url.split('?', 1)[0]!;
+    // A `<vendor>/<model>` alias put in the path as it is: its slash makes another route.
+    const hint = /^\/v1\/models\/[^/]+\/[^/]+$/.test(path) ? `; a model id with a "/" goes URL-encoded, e.g. GET /v1/models/openai%2Fgpt-image-1` : '';
+    const gw = new GatewayError('not_found', `no route ${request.method} ${clipName(path)}${hint}`);
     return reply.status(404).send(errorBody(gw, request.id));
   });
 

@@ -256,6 +256,17 @@ describe('GET /v1/models/{id} applies the key\'s allow-list', () => {
     expect(outside.json().error.message).toBe(unknown.json().error.message.replace('no-such-model', 'dall-e-3'));
   });
 
+  it('an alias with its "/" left unencoded is no route: the 404 says to URL-encode it, and encoded it is found', async () => {
+    const plain = await h.app.inject({ method: 'GET', url: '/v1/models/openai/gpt-image-1', headers: limited });
+    expect(plain.statusCode).toBe(404);
+    expect(plain.json().error.message).toBe('no route GET /v1/models/openai/gpt-image-1; a model id with a "/" goes URL-encoded, e.g. GET /v1/models/openai%2Fgpt-image-1');
+    const encoded = await h.app.inject({ method: 'GET', url: '/v1/models/openai%2Fgpt-image-1', headers: limited });
+    expect(encoded.statusCode, encoded.body).toBe(200);
+    expect(encoded.json().id).toBe('gpt-image-1');
+    // Any other path without a route: no hint.
+    expect((await h.app.inject({ method: 'GET', url: '/v1/nothing/here', headers: limited })).json().error.message).toBe('no route GET /v1/nothing/here');
+  });
+
   it('a model inside it (or any model, for a key without one) is described', async () => {
     expect((await h.app.inject({ method: 'GET', url: '/v1/models/gpt-image-1', headers: limited })).statusCode).toBe(200);
     expect((await h.app.inject({ method: 'GET', url: '/v1/models/dall-e-3', headers: { authorization: `Bearer ${CLIENT_KEY}` } })).statusCode).toBe(200);
