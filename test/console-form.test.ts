@@ -333,6 +333,9 @@ describe('the playground telling why a request failed', () => {
     expect([failureHeadline(upstream), problemLines(upstream)]).toEqual(['The model took too long', ['no answer in 120 s']]);
     expect(failureOf(undefined, 502)).toEqual({ status: 502, message: 'The gateway answered 502.' });
     expect(failureHeadline({ code: 'network', message: 'Failed to fetch' })).toBe('The gateway could not be reached');
+    // A 400 upstream gave, after the gateway's own checks passed: not told as the gateway's refusal.
+    const byProvider = failureOf({ error: { code: 'invalid_request', message: 'upstream refused the request: size not supported', details: [{ message: 'size not supported' }] } }, 400);
+    expect([failureHeadline(byProvider), problemLines(byProvider)]).toEqual(["The model's provider refused these settings", ['size not supported']]);
     expect(failureHeadline({ message: 'odd' })).toBe('The generation failed');
   });
 });

@@ -31,8 +31,12 @@ const HEADLINES: Record<string, string> = {
   storage_full: "The gateway's storage is full",
 };
 
+/** How the gateway words a 400 that upstream gave (src/upstream/upstream-exchange.ts): the settings passed its own checks. */
+const UPSTREAM_REFUSAL = 'upstream refused the request';
+
 /** The card's headline: from the error's code, else a general one. */
 export function failureHeadline(failure: Failure): string {
+  if (failure.code === 'invalid_request' && failure.message.startsWith(UPSTREAM_REFUSAL)) return "The model's provider refused these settings";
   return (failure.code !== undefined && Object.hasOwn(HEADLINES, failure.code) ? HEADLINES[failure.code] : undefined) ?? 'The generation failed';
 }
 

@@ -307,6 +307,7 @@ export class UpstreamExchange {
     }
     if (status >= 400 && status < 500) {
       if (moderation) return new UpstreamFailure('moderated', `upstream moderation refused the request: ${said}`, extra);
+      // Worded so: the console tells the provider's refusal from the gateway's own by it (console/src/failure.ts).
       return new UpstreamFailure('rejected_input', `upstream refused the request: ${said}`, extra);
     }
     return new UpstreamFailure(status >= 500 && noChannel ? 'no_channel' : 'server_error', `upstream failed (HTTP ${status}): ${said}`, extra);
