@@ -3,7 +3,7 @@
  * turns its plain data into the ModelSpecs routing, validation, pricing and GET /v1/models read.
  */
 import { z } from 'zod';
-import type { DescribeRoute, EditMode, FieldMapping, ModelSpec, NormalizedParam, OutputTokensPerImage, Price, UpstreamRoute } from './model-spec.js';
+import type { DescribeRoute, EditMode, FieldMapping, ModelSpec, NormalizedParam, OutputTokensPerImage, ParamConstraint, Price, UpstreamRoute } from './model-spec.js';
 import { EDIT_MODES, NORMALIZED_PARAMS, UNKNOWN_MODEL } from './model-spec.js';
 import { paramDescriptorSchema, ruleFromDescriptor } from './param-descriptors.js';
 import { SPLITTING_TRANSFORMS, TRANSFORM_NAMES, TRANSFORMS, type TransformName } from './transforms.js';
@@ -91,6 +91,18 @@ const priceSchema = z.union([
   }
 });
 
+const scalar = z.union([z.string(), z.number(), z.boolean()]);
+
+const constraintSchema = z.strictObject({
+  /** The request's values that bring the constraint in: all of them given, as listed. */
+  when: z.partialRecord(z.enum(NORMALIZED_PARAMS), scalar).refine((w) => Object.keys(w).length > 0, 'name at least one field'),
+  /** The field constrained, and the values it may then have (given or not: absent, the model's default holds). */
+  field: z.enum(NORMALIZED_PARAMS),
+  one_of: z.array(scalar).min(1),
+  /** Why, in the 400: what a user needs to know to fix the request. */
+  reason: z.string().min(1),
+});
+
 const routeSchema = z.strictObject({
   family: z.enum(['predictions', 'openai-json', 'openai-multipart', 'ideogram-multipart', 'ideogram-json']),
   path: z.string().startsWith('/', 'an upstream path starts with /'),
@@ -103,6 +115,8 @@ const routeSchema = z.strictObject({
   params: z.partialRecord(z.enum(NORMALIZED_PARAMS), mappingSchema).default({}),
   /** Normalized fields the route refuses, each with the reason the 400 gives (not merely "not supported"). */
   refused: z.partialRecord(z.enum(NORMALIZED_PARAMS), z.string().min(1)).optional(),
+  /** Values of one field another field's value rules out (a transparent background is no JPEG): a 400 before upstream. */
+  constraints: z.array(constraintSchema).optional(),
   options: z.record(z.string(), mappingSchema).default({}),
   fixed: z.record(z.string(), z.unknown()).optional(),
   images: z
@@ -128,6 +142,12 @@ const routeSchema = z.strictObject({
   message: 'style_references are sent as files: the route must be multipart',
   path: ['style_references'],
 }).superRefine((r, ctx) => {
+  // A constraint on a field the route does not take could never apply: most likely a typo.
+  for (const [i, c] of (r.constraints ?? []).entries()) {
+    for (const name of [c.field, ...Object.keys(c.when)]) {
+      if (!Object.hasOwn(r.params, name)) ctx.addIssue({ code: 'custom', message: `"${name}" is not a parameter of this route`, path: ['constraints', i] });
+    }
+  }
   // A quality the route does not take would never be asked for: most likely a typo.
   const byQuality = r.price && 'output_tokens_per_image' in r.price ? r.price.output_tokens_per_image : undefined;
   const qualities = (r.params.quality?.rule as { oneOf?: unknown[] } | undefined)?.oneOf;
@@ -211,6 +231,9 @@ function toRoute(r: RouteData): UpstreamRoute {
     ...(r.prompt ? { prompt: { to: r.prompt.to, maxLength: r.prompt.max_length } } : {}),
     params,
     ...(r.refused ? { refused: r.refused } : {}),
+    ...(r.constraints
+      ? { constraints: r.constraints.map((c) => ({ when: c.when as ParamConstraint['when'], field: c.field, oneOf: c.one_of, reason: c.reason })) }
+      : {}),
     options,
     ...(r.fixed ? { fixed: r.fixed } : {}),
     ...(r.images

@@ -109,6 +109,14 @@ export interface TokenPrices {
   imageOutput: number;
 }
 
+/** With every `when` value given, `field` (when given) must be one of `oneOf`; `reason` says why in the 400. */
+export interface ParamConstraint {
+  when: Partial<Record<NormalizedParam, string | number | boolean>>;
+  field: NormalizedParam;
+  oneOf: Array<string | number | boolean>;
+  reason: string;
+}
+
 export interface UpstreamRoute {
   family: UpstreamFamily;
   path: string;
@@ -122,6 +130,8 @@ export interface UpstreamRoute {
   params: Partial<Record<NormalizedParam, FieldMapping>>;
   /** Normalized fields the route refuses with a reason of its own (Ideogram 3.0's edit keeps the image's shape). */
   refused?: Partial<Record<NormalizedParam, string>>;
+  /** Values of one field that other fields' values rule out, checked before upstream. */
+  constraints?: ParamConstraint[];
   /** Model-specific upstream parameters accepted in `options`, by their upstream names. */
   options: Record<string, FieldMapping>;
   /** Values always sent (the model name for OpenAI-compatible calls, for example). */

@@ -99,6 +99,14 @@ export function checkAgainstRoute(model: ModelSpec, route: UpstreamRoute, req: I
       throw invalidField(name, `is required by ${model.id}${inMode}; one of ${mapping.rule.allowed.replace(/^one of /, '')}`, mapping.rule.values ?? mapping.rule.allowed);
     }
   }
+  for (const c of route.constraints ?? []) {
+    const given = req.params[c.field];
+    const applies = Object.entries(c.when).every(([name, value]) => req.params[name as NormalizedParam] === value);
+    if (applies && given !== undefined && !c.oneOf.includes(given as string | number | boolean)) {
+      const when = Object.entries(c.when).map(([name, value]) => `${name} ${String(value)}`).join(' and ');
+      throw invalidField(c.field, `must be one of ${c.oneOf.join(', ')} with ${when} on ${model.id}${inMode}: ${c.reason}`, c.oneOf);
+    }
+  }
   const optionNames = [...Object.keys(route.options), ...(route.styleReferences ? [STYLE_REFERENCES_FIELD] : [])];
   for (const [name, value] of Object.entries(req.options)) {
     const mapping = ownMapping(route.options, name);
