@@ -42,6 +42,13 @@ describe('a transparent background with JPEG output', () => {
     expect(h.simulator.received).toHaveLength(0);
   });
 
+  it('is told in GET /v1/models, as the catalogue declares it', async () => {
+    const model = (await h.app.inject({ method: 'GET', url: '/v1/models/gpt-image-1', headers: h.auth })).json();
+    for (const schema of [model.input_schema.generate, model.input_schema.edit.edit]) {
+      expect(schema.constraints).toEqual([{ when: { background: 'transparent' }, field: 'output_format', one_of: ['png', 'webp'], reason: expect.stringContaining('alpha channel') }]);
+    }
+  });
+
   it('png, webp or no format with it, and JPEG with another background, are sent', async () => {
     for (const params of [{ output_format: 'png' }, { output_format: 'webp' }, {}]) {
       const res = await post('/v1/generate', { model: 'gpt-image-1', prompt: 'a sticker', background: 'transparent', ...params });

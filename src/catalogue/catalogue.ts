@@ -316,6 +316,7 @@ function routeSchema(route: UpstreamRoute, withImages: boolean) {
     },
     ...(styleReferences ? { style_references: { max: styleReferences.max, max_bytes: styleReferences.maxBytes } } : {}),
     ...(withImages ? { images: imagesSchema(route.images), mask: route.mask ? { required: route.mask.required } : null } : {}),
+    ...(route.constraints ? { constraints: route.constraints.map((c) => ({ when: c.when, field: c.field, one_of: c.oneOf, reason: c.reason })) } : {}),
   };
 }
 
