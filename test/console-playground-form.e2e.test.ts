@@ -283,6 +283,8 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     await expect.poll(() => page.getByRole('img', { name: 'Source image 1' }).count()).toBe(1);
     expect(await modelSelect().inputValue()).toBe('flux-kontext-pro');
     expect(await page.getByLabel('Edit an image').isChecked()).toBe(true);
+    // The picker holds it as chosen, not "No file chosen" beside the preview.
+    expect(await page.locator('#pg-image').evaluate((input) => Array.from((input as unknown as { files: ArrayLike<{ name: string }> }).files, (f) => f.name))).toEqual(['image-to-edit.png']);
     expect(await page.locator('#pg-model-note').textContent()).toBe('');
 
     // A dall-e-3 result (dall-e-3 only generates): the catalogue's first model that edits, with a note.
