@@ -65,6 +65,8 @@ describe('form fields from GET /v1/models', () => {
     // gpt-image-2 takes any WIDTHxHEIGHT within limits, with presets offered.
     expect(field(model('gpt-image-2'), 'size')).toMatchObject({ control: 'combo', choices: ['auto', '1024x1024', '1536x1024', '1024x1536'] });
     expect(field(model('gpt-image-2'), 'size')!.help).toMatch(/multiples of 16/);
+    // Short enough to show whole in a narrow box: the help under it says WIDTHxHEIGHT.
+    expect(field(model('flux-2-pro'), 'size')).toMatchObject({ control: 'text', placeholder: 'e.g. 1024x1024' });
 
     const flux = model('flux-kontext-pro');
     expect(field(flux, 'aspect_ratio')).toMatchObject({ control: 'text', placeholder: 'W:H, e.g. 16:9' });

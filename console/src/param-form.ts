@@ -145,7 +145,7 @@ function describe(name: string, group: FieldDescriptor['group'], schema: FieldSc
     }
     case 'size': {
       const presets = (schema.values ?? []).map(String);
-      return { ...base, control: presets.length > 0 ? 'combo' : 'text', valueType: 'string', placeholder: 'WIDTHxHEIGHT, e.g. 1024x1024', ...(presets.length > 0 ? { choices: presets } : {}) };
+      return { ...base, control: presets.length > 0 ? 'combo' : 'text', valueType: 'string', placeholder: 'e.g. 1024x1024', ...(presets.length > 0 ? { choices: presets } : {}) };
     }
     case 'ratio':
       return { ...base, control: 'text', valueType: 'string', placeholder: 'W:H, e.g. 16:9' };
