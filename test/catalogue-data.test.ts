@@ -27,6 +27,12 @@ describe('the built-in catalogue file (src/catalogue/models.yaml)', () => {
     expect(JSON.parse(readFileSync('dist/openapi.json', 'utf8'))).toEqual(yamlOf('openapi.yaml'));
   });
 
+  it('describes each model for its users: no upstream path, wire field or transport in a description', () => {
+    // GET /v1/models and the console show these; how a model is reached is the catalogue's routes' business.
+    const plumbing = /\/ideogram\/|\/v1\/|extra_body|input_image|refer_image|predictions API|native API|general interface|asynchronous task/;
+    for (const model of MODELS) expect(model.description, model.id).not.toMatch(plumbing);
+  });
+
   it('validates, and declares every model the gateway serves', () => {
     const data = builtin();
     const models = loadCatalogue(data);
