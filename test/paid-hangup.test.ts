@@ -110,3 +110,37 @@ describe('a client that hangs up on a direct request', () => {
     await until(async () => (await holder.spentUsd()) < 0.02 + 1e-9, 'the holder settled');
   });
 });
+
+describe('a client that hangs up after a fallback', () => {
+  it('once the model that failed unbilled (no channel) was left for the next, still waiting for a slot: nothing is charged for the first', async () => {
+    const first = await budgetedKey();
+    const second = await budgetedKey();
+    const key = await budgetedKey();
+    // The only upstream slot, held; the chain's request and then the second holder queue behind it.
+    h.simulator.failNext('hang');
+    const holder = generation(first.headers, 'paid-hangup-fb-holder', { model: 'ideogram-v1-turbo', prompt: 'holds the slot' });
+    await until(() => submissions() === 1, 'the slot taken');
+    const chained = generation(key.headers, 'paid-hangup-fb-chain', CHAIN);
+    await until(async () => (await key.spentUsd()) > 0, 'the chain reserved');
+    const next = generation(second.headers, 'paid-hangup-fb-next', { model: 'ideogram-v1-turbo', prompt: 'takes the slot next' });
+    await until(async () => (await second.spentUsd()) > 0, 'the second holder reserved');
+    // The chain's first model answers "no channel" (not billed); the second holder then takes the slot and keeps it.
+    h.simulator.failNext('no_channel');
+    h.simulator.failNext('hang');
+    holder.hangUp();
+    await holder.answer;
+    await until(() => submissions() === 3, 'the first model refused, the second holder sent');
+    // The fallback model waits for the slot: nothing of this request is in upstream's hands.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(submissions()).toBe(3);
+    chained.hangUp();
+    await chained.answer;
+    await until(async () => (await key.spentUsd()) < 0.08, 'the reservation settled');
+    expect(await key.spentUsd()).toBe(0);
+    await h.app.usageLog.flush();
+    const record = await usageRecordOf(h, 'paid-hangup-fb-chain');
+    expect(record).toMatchObject({ status: 499, estimated_cost_usd: 0 });
+    next.hangUp();
+    await next.answer;
+  });
+});

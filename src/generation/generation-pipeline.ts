@@ -447,6 +447,9 @@ export class GenerationPipeline {
       } catch (err) {
         const next = chain[i + 1];
         if (!next || call.signal.aborted || !fallbackAllowed(err, call.request)) throw err;
+        // Upstream said it did not bill that model (no channel, throttled, ...): a caller leaving
+        // before the next model is sent is charged nothing for it.
+        if (!err.mayHaveBilled) delete upstream.sent;
         const fallback = { from: prepared.model.id, to: next.model.id, reason: err.kind };
         (outcome.fallbacks ??= []).push(fallback);
         onEvent({ type: 'fallback', ...fallback });
