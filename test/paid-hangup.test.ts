@@ -144,3 +144,44 @@ describe('a client that hangs up after a fallback', () => {
     await next.answer;
   });
 });
+
+describe('a client that hangs up while its request waits to be sent again (UPSTREAM_RETRIES=1)', () => {
+  let r: ListeningHarness;
+  beforeAll(async () => {
+    r = await startListening({ RATE_LIMIT_RPM: '1000', UPSTREAM_RETRIES: '1' });
+  });
+  afterAll(async () => r?.close());
+
+  it('after upstream refused it unbilled (429, Retry-After 1): nothing is charged, the record says $0', async () => {
+    const res = await r.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'hangup-retry', monthly_budget_usd: 5 } });
+    expect(res.statusCode, res.body).toBe(201);
+    const { id, key } = res.json();
+    const spentUsd = async () => (await r.app.counters.peek(`usd:${id}:${month()}`)).total / 1e6;
+    r.simulator.reset();
+    r.simulator.failNext('http429');
+    const leave = new AbortController();
+    const answer = r
+      .fetch(`${r.base}/v1/generate`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'x-request-id': 'paid-hangup-retry' },
+        body: JSON.stringify({ model: 'ideogram-v1-turbo', prompt: 'a deer told to wait' }),
+        signal: leave.signal,
+      })
+      .catch((err: unknown) => err);
+    const refused = () => r.simulator.received.filter((x) => x.method === 'POST').length === 1;
+    for (let i = 0; i < 500 && !refused(); i++) await new Promise((done) => setTimeout(done, 10));
+    expect(refused()).toBe(true);
+    // Upstream answered 429: the gateway waits its Retry-After (1 s) before sending again.
+    await new Promise((done) => setTimeout(done, 200));
+    expect(await spentUsd()).toBeCloseTo(0.02, 6);
+    leave.abort();
+    await answer;
+    for (let i = 0; i < 500 && (await spentUsd()) > 0; i++) await new Promise((done) => setTimeout(done, 10));
+    expect(await spentUsd()).toBe(0);
+    await r.app.usageLog.flush();
+    expect(await usageRecordOf(r, 'paid-hangup-retry')).toMatchObject({ status: 499, estimated_cost_usd: 0 });
+    // Not sent again.
+    await new Promise((done) => setTimeout(done, 1100));
+    expect(r.simulator.received.filter((x) => x.method === 'POST')).toHaveLength(1);
+  });
+});

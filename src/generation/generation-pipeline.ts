@@ -476,6 +476,11 @@ export class GenerationPipeline {
           onSent: () => {
             upstream.sent = prepared;
           },
+          // Refused unbilled (429, 503) and waiting to be sent again: not in upstream's hands meanwhile.
+          onRetryWait: (waiting) => {
+            if (waiting) delete upstream.sent;
+            else upstream.sent = prepared;
+          },
         },
       });
     } catch (err) {
