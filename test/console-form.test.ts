@@ -334,6 +334,9 @@ describe('the playground telling why a request failed', () => {
     expect(failureOf(undefined, 502)).toEqual({ status: 502, message: 'The gateway answered 502.' });
     expect(failureHeadline({ code: 'network', message: 'Failed to fetch' })).toBe('The gateway could not be reached');
     expect(failureHeadline({ message: 'odd' })).toBe('The generation failed');
+    // A paid image lost is charged: its card does not read as a plain failure.
+    const lost = failureOf({ error: { code: 'paid_image_lost', message: 'upstream made the image and it was paid for (its cost counts), but …' } }, 504);
+    expect(failureHeadline(lost)).toBe('The image was made and charged for, but lost');
   });
 });
 

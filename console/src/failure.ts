@@ -29,6 +29,8 @@ const HEADLINES: Record<string, string> = {
   service_unavailable: 'The gateway cannot serve this right now',
   upstream_timeout: 'The model took too long',
   storage_full: "The gateway's storage is full",
+  // Unlike the other failures it was paid for: the headline says so before the message does.
+  paid_image_lost: 'The image was made and charged for, but lost',
 };
 
 /** The card's headline: from the error's code, else a general one. */
