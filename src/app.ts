@@ -336,6 +336,9 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     for (const name of REPRESENTATION_HEADERS) reply.removeHeader(name);
     reply.headers(gw.headers);
     if (gw.retryAfter !== undefined) reply.header('retry-after', String(gw.retryAfter));
+    // Made and paid for, then lost: a client library must not send it again on its own (OpenAI's SDKs
+    // retry any 5xx, honouring Retry-After), each retry paying upstream again; the caller decides.
+    if (gw.code === 'paid_image_lost') reply.header('x-should-retry', 'false');
     // The rest of a body over the limit is not read: the connection closes after the answer.
     if (gw.code === 'payload_too_large') reply.header('connection', 'close');
     // The OpenAI-compatible routes answer in OpenAI's error shape, for OpenAI's SDKs; same status.

@@ -75,3 +75,19 @@ describe('a whitespace-only prompt', () => {
     expect(h.simulator.received).toHaveLength(1);
   });
 });
+
+describe('openapi.yaml says the same of a blank prompt', () => {
+  it('each prompt schema whose blank prompt is refused has a pattern that matches exactly the prompts that are not blank', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { parse } = await import('yaml');
+    const { isBlankPrompt } = await import('../src/request/image-request.js');
+    const schemas = (parse(readFileSync(new URL('../openapi.yaml', import.meta.url), 'utf8')) as { components: { schemas: Record<string, any> } }).components.schemas;
+    for (const name of ['GenerateRequest', 'UpscaleRequestJson', 'OpenAiGenerateRequest']) {
+      const pattern = schemas[name]?.properties?.prompt?.pattern as string | undefined;
+      expect(pattern, name).toBeDefined();
+      for (const prompt of [...BLANK, '\u2060\u200d', 'a deer', ' \u200bx ']) {
+        expect(new RegExp(pattern!, 'u').test(prompt), `${name}: ${JSON.stringify(prompt)}`).toBe(!isBlankPrompt(prompt));
+      }
+    }
+  });
+});

@@ -339,6 +339,9 @@ describe('the playground telling why a request failed', () => {
     const byProvider = failureOf({ error: { code: 'invalid_request', message: 'upstream refused the request: size not supported', details: [{ message: 'size not supported' }] } }, 400);
     expect([failureHeadline(byProvider), problemLines(byProvider)]).toEqual(["The model's provider refused these settings", ['size not supported']]);
     expect(failureHeadline({ message: 'odd' })).toBe('The generation failed');
+    // A paid image lost is charged: its card does not read as a plain failure.
+    const lost = failureOf({ error: { code: 'paid_image_lost', message: 'upstream made the image and it was paid for (its cost counts), but …' } }, 504);
+    expect(failureHeadline(lost)).toBe('The image was made and charged for, but lost');
   });
 });
 

@@ -22,6 +22,8 @@ const REQUIRED_EXPOSED = [
   'x-ratelimit-budget-limit-usd',
   'x-ratelimit-budget-remaining-usd',
   'idempotent-replayed',
+  // A paid_image_lost answer's: OpenAI's SDK in a browser must read it, or it resends (and pays) on its own.
+  'x-should-retry',
 ];
 
 const list = (value: unknown) =>

@@ -338,14 +338,21 @@ describe('a paid image lost after upstream answered', () => {
           headers: { ...key.auth, 'idempotency-key': 'lost-once' },
           payload: { model: 'gpt-image-1', prompt: 'a slow lighthouse', quality: 'low', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true },
         });
+      const requestIds: string[] = [];
       for (const replayed of ['false', 'true']) {
         const res = await send();
         expect(res.statusCode, res.body).toBe(504);
         expect(res.json().error.code).toBe('paid_image_lost');
         expect(res.headers['idempotent-replayed']).toBe(replayed);
+        requestIds.push(res.headers['x-request-id'] as string);
       }
       expect(generations - before).toBe(1);
       expect(await key.spentUsd()).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+      // The request that waited for its job records what the budget was charged; its replay, nothing.
+      const first = await usageRecordOf(h, requestIds[0]!);
+      expect(first).toMatchObject({ status: 504, error_code: 'paid_image_lost' });
+      expect(first.estimated_cost_usd).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
+      expect((await usageRecordOf(h, requestIds[1]!)).estimated_cost_usd ?? 0).toBe(0);
     });
 
     it('an expired result URL: still the 502 it was, but its cost counted, no fallback, and a retry under its Idempotency-Key replays it', async () => {
@@ -366,6 +373,8 @@ describe('a paid image lost after upstream answered', () => {
         const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...key.auth, 'idempotency-key': 'expired-once' }, payload: body });
         expect(res.statusCode, res.body).toBe(502);
         expect(res.headers['idempotent-replayed']).toBe(replayed);
+        // The request that started the job records what it cost, as the direct one did.
+        if (replayed === 'false') expect((await usageRecordOf(h, res.headers['x-request-id'] as string)).estimated_cost_usd).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
       }
       expect(generations - before).toBe(2);
       expect(await key.spentUsd()).toBeCloseTo((2 * (10 * 5 + 400 * 40)) / 1e6, 6);

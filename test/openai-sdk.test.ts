@@ -7,7 +7,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import OpenAI, { APIError, toFile } from 'openai';
 import { parse } from 'yaml';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { MODELS } from '../src/catalogue/models.js';
 import { imageDimensions } from '../src/images/image-dimensions.js';
 import { CLIENT_KEY, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
@@ -413,6 +413,24 @@ describe('a key over its rpm on the façade', () => {
       expect(Number(limitedErr.headers?.get('retry-after'))).toBeGreaterThan(0);
     } finally {
       await limited.close();
+    }
+  });
+});
+
+describe('a paid image lost, through the SDK', () => {
+  it('is not retried by the SDK on its own (x-should-retry: false): upstream was paid, and each retry would pay again', async () => {
+    // The database does not take the image's row: 503 paid_image_lost, with Retry-After.
+    vi.spyOn((h.app.images as any).records, 'save').mockRejectedValue(new Error('Connection terminated unexpectedly'));
+    try {
+      const sdk = new OpenAI({ baseURL, apiKey: CLIENT_KEY, maxRetries: 2 });
+      const err = (await sdk.images.generate({ model: 'gpt-image-1', prompt: 'a lost otter', quality: 'low' }).catch((e: unknown) => e)) as APIError;
+      expect(err).toBeInstanceOf(APIError);
+      expect(err.status).toBe(503);
+      expect((err.error as { code?: string }).code).toBe('paid_image_lost');
+      expect(err.headers?.get('x-should-retry')).toBe('false');
+      expect(submissions()).toHaveLength(1);
+    } finally {
+      vi.restoreAllMocks();
     }
   });
 });

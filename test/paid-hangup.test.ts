@@ -8,13 +8,9 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ADMIN_KEY, startListening, usageRecordOf, type ListeningHarness } from './harness.js';
 
 let h: ListeningHarness;
-/** While gating, each upstream answer waits here until the test releases it (the simulator's latency). */
-let gating = false;
-const held: Array<() => void> = [];
-const gatedWait = () => (gating ? new Promise<void>((release) => held.push(release)) : Promise.resolve());
 beforeAll(async () => {
   // One upstream call at a time: a second request waits in the queue, sent nowhere yet.
-  h = await startListening({ UPSTREAM_MAX_CONCURRENCY: '1', RATE_LIMIT_RPM: '1000' }, { latencyMs: 1, wait: gatedWait });
+  h = await startListening({ UPSTREAM_MAX_CONCURRENCY: '1', RATE_LIMIT_RPM: '1000' });
 });
 afterAll(async () => h?.close());
 beforeEach(() => h.simulator.reset());
@@ -113,32 +109,79 @@ describe('a client that hangs up on a direct request', () => {
     await first.answer;
     await until(async () => (await holder.spentUsd()) < 0.02 + 1e-9, 'the holder settled');
   });
+});
 
-  it('after its first model failed unbilled and the fallback waits for a slot: nothing is charged, the failed model’s estimate neither', async () => {
-    const holder = await budgetedKey();
+describe('a client that hangs up after a fallback', () => {
+  it('once the model that failed unbilled (no channel) was left for the next, still waiting for a slot: nothing is charged for the first', async () => {
+    const first = await budgetedKey();
+    const second = await budgetedKey();
     const key = await budgetedKey();
-    gating = true;
-    try {
-      // The first model answers "no channel" (not billed) once released; the chain then waits for the slot.
-      const call = generation(key.headers, 'paid-hangup-fallback-queued', { model: 'gpt-image-1', prompt: 'a deer #sim:no_channel:gpt-image-1', fallback_models: ['gpt-image-1.5'] });
-      await until(() => held.length === 1, 'the first model sent upstream');
-      // Another request queues for the slot meanwhile, and takes it when the first model's answer frees it.
-      const other = generation(holder.headers, 'paid-hangup-fallback-holder', { model: 'ideogram-v1-turbo', prompt: 'takes the slot next' });
-      await until(async () => (await holder.spentUsd()) > 0, 'the other request queued');
-      held.shift()!();
-      await until(() => held.length === 1 && submissions() === 2, 'the slot taken by the other request');
-      call.hangUp();
-      await call.answer;
-      await until(async () => (await key.spentUsd()) === 0, 'the reservation given back');
-      await h.app.usageLog.flush();
-      const record = await usageRecordOf(h, 'paid-hangup-fallback-queued');
-      expect(record).toMatchObject({ status: 499, estimated_cost_usd: 0 });
-      gating = false;
-      held.shift()!();
-      expect(((await other.answer) as Response).status).toBe(200);
-    } finally {
-      gating = false;
-      for (const release of held.splice(0)) release();
-    }
+    // The only upstream slot, held; the chain's request and then the second holder queue behind it.
+    h.simulator.failNext('hang');
+    const holder = generation(first.headers, 'paid-hangup-fb-holder', { model: 'ideogram-v1-turbo', prompt: 'holds the slot' });
+    await until(() => submissions() === 1, 'the slot taken');
+    const chained = generation(key.headers, 'paid-hangup-fb-chain', CHAIN);
+    await until(async () => (await key.spentUsd()) > 0, 'the chain reserved');
+    const next = generation(second.headers, 'paid-hangup-fb-next', { model: 'ideogram-v1-turbo', prompt: 'takes the slot next' });
+    await until(async () => (await second.spentUsd()) > 0, 'the second holder reserved');
+    // The chain's first model answers "no channel" (not billed); the second holder then takes the slot and keeps it.
+    h.simulator.failNext('no_channel');
+    h.simulator.failNext('hang');
+    holder.hangUp();
+    await holder.answer;
+    await until(() => submissions() === 3, 'the first model refused, the second holder sent');
+    // The fallback model waits for the slot: nothing of this request is in upstream's hands.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(submissions()).toBe(3);
+    chained.hangUp();
+    await chained.answer;
+    await until(async () => (await key.spentUsd()) < 0.08, 'the reservation settled');
+    expect(await key.spentUsd()).toBe(0);
+    await h.app.usageLog.flush();
+    const record = await usageRecordOf(h, 'paid-hangup-fb-chain');
+    expect(record).toMatchObject({ status: 499, estimated_cost_usd: 0 });
+    next.hangUp();
+    await next.answer;
+  });
+});
+
+describe('a client that hangs up while its request waits to be sent again (UPSTREAM_RETRIES=1)', () => {
+  let r: ListeningHarness;
+  beforeAll(async () => {
+    r = await startListening({ RATE_LIMIT_RPM: '1000', UPSTREAM_RETRIES: '1' });
+  });
+  afterAll(async () => r?.close());
+
+  it('after upstream refused it unbilled (429, Retry-After 1): nothing is charged, the record says $0', async () => {
+    const res = await r.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'hangup-retry', monthly_budget_usd: 5 } });
+    expect(res.statusCode, res.body).toBe(201);
+    const { id, key } = res.json();
+    const spentUsd = async () => (await r.app.counters.peek(`usd:${id}:${month()}`)).total / 1e6;
+    r.simulator.reset();
+    r.simulator.failNext('http429');
+    const leave = new AbortController();
+    const answer = r
+      .fetch(`${r.base}/v1/generate`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'x-request-id': 'paid-hangup-retry' },
+        body: JSON.stringify({ model: 'ideogram-v1-turbo', prompt: 'a deer told to wait' }),
+        signal: leave.signal,
+      })
+      .catch((err: unknown) => err);
+    const refused = () => r.simulator.received.filter((x) => x.method === 'POST').length === 1;
+    for (let i = 0; i < 500 && !refused(); i++) await new Promise((done) => setTimeout(done, 10));
+    expect(refused()).toBe(true);
+    // Upstream answered 429: the gateway waits its Retry-After (1 s) before sending again.
+    await new Promise((done) => setTimeout(done, 200));
+    expect(await spentUsd()).toBeCloseTo(0.02, 6);
+    leave.abort();
+    await answer;
+    for (let i = 0; i < 500 && (await spentUsd()) > 0; i++) await new Promise((done) => setTimeout(done, 10));
+    expect(await spentUsd()).toBe(0);
+    await r.app.usageLog.flush();
+    expect(await usageRecordOf(r, 'paid-hangup-retry')).toMatchObject({ status: 499, estimated_cost_usd: 0 });
+    // Not sent again.
+    await new Promise((done) => setTimeout(done, 1100));
+    expect(r.simulator.received.filter((x) => x.method === 'POST')).toHaveLength(1);
   });
 });

@@ -29,6 +29,8 @@ const HEADLINES: Record<string, string> = {
   service_unavailable: 'The gateway cannot serve this right now',
   upstream_timeout: 'The model took too long',
   storage_full: "The gateway's storage is full",
+  // Unlike the other failures it was paid for: the headline says so before the message does.
+  paid_image_lost: 'The image was made and charged for, but lost',
 };
 
 /** How the gateway words a 400 that upstream gave (src/upstream/upstream-exchange.ts): the settings passed its own checks. */

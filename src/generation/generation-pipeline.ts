@@ -447,8 +447,9 @@ export class GenerationPipeline {
       } catch (err) {
         const next = chain[i + 1];
         if (!next || call.signal.aborted || !fallbackAllowed(err, call.request)) throw err;
-        // Not billed: a caller leaving before the next model is sent owes nothing for this one.
-        if (!err.mayHaveBilled) upstream.sent = undefined;
+        // Upstream said it did not bill that model (no channel, throttled, ...): a caller leaving
+        // before the next model is sent is charged nothing for it.
+        if (!err.mayHaveBilled) delete upstream.sent;
         const fallback = { from: prepared.model.id, to: next.model.id, reason: err.kind };
         (outcome.fallbacks ??= []).push(fallback);
         onEvent({ type: 'fallback', ...fallback });
@@ -474,6 +475,11 @@ export class GenerationPipeline {
         task: {
           onSent: () => {
             upstream.sent = prepared;
+          },
+          // Refused unbilled (429, 503) and waiting to be sent again: not in upstream's hands meanwhile.
+          onRetryWait: (waiting) => {
+            if (waiting) delete upstream.sent;
+            else upstream.sent = prepared;
           },
         },
       });
@@ -505,6 +511,9 @@ export class GenerationPipeline {
     const jobs = this.deps.jobs;
     const scope = idempotencyKey ? idempotencyScope(client, idempotencyKey) : undefined;
     const prepared = chain[0]!;
+    // A paid image the job lost, as the job's runner settled it here: the failure this request then
+    // answers is read back from the job's row, without its cost, which its usage record still says.
+    let paidAndLost: PaidImageLost | undefined;
     const { jobId, first } = await jobs.create(
       jobs.newJobId(),
       chain,
@@ -513,8 +522,10 @@ export class GenerationPipeline {
       scope ? { scope, fingerprint: requestFingerprint(prepared.request, prepared.model.id), ...(reserveIfFirst ? { onFirstClaim: reserveIfFirst } : {}) } : undefined,
       // Settled to what the job really made, whenever it ends, whether or not anyone still waits for it.
       // Images paid for and lost to full storage count at what they cost.
-      (result, failure) =>
-        this.deps.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : 0),
+      (result, failure) => {
+        if (failure instanceof PaidImageLost) paidAndLost = failure;
+        return this.deps.limits.settle(reservation, result?.images.length ?? 0, result ? result.usage.estimated_cost_usd : failure instanceof PaidImageLost ? failure.costUsd : 0);
+      },
       // Kept with the job: a replica that finishes it after this one stopped settles it the same way.
       () => keptReservationJson(reservation),
     );
@@ -556,6 +567,11 @@ export class GenerationPipeline {
     }
     const finished = await jobs.outcome(row);
     if ('error' in finished) {
+      // Paid for and lost: this request's record (it started the job, and answers it) says what the budget was charged.
+      if (first && !countedElsewhere && paidAndLost) {
+        call.outcome.estimatedCostUsd = paidAndLost.costUsd;
+        if (paidAndLost.upstreamMs !== undefined) call.outcome.upstreamMs = paidAndLost.upstreamMs;
+      }
       // The job's runner logged its failure as an error (with the job, its model and how it failed;
       // a 5xx: see JobRunner.execute), or the first request's answer did: this request's telling of
       // it is one warning. A stored failure replayed is told apart as a replayed success is.

@@ -8,7 +8,7 @@ import { GatewayError } from '../errors.js';
  */
 export const CORS_ALLOWED_HEADERS = ['Authorization', 'Content-Type', 'Idempotency-Key', 'X-Request-Id', 'X-Api-Key', 'traceparent', 'tracestate'] as const;
 
-/** The answer's headers a page may read: its id, when to retry, the key's limits, and whether an idempotent answer is a replay. */
+/** The answer's headers a page may read: its id, when to retry, the key's limits, whether an idempotent answer is a replay, and whether a client library may resend it. */
 export const CORS_EXPOSED_HEADERS = [
   'x-request-id',
   'retry-after',
@@ -23,6 +23,8 @@ export const CORS_EXPOSED_HEADERS = [
   'x-ratelimit-token-images-limit',
   'x-ratelimit-token-images-remaining',
   'idempotent-replayed',
+  // `false` on a paid_image_lost answer: OpenAI's SDK (in a browser too) then does not resend it on its own.
+  'x-should-retry',
 ] as const;
 
 /** How long (seconds) a browser may keep a preflight's answer. */

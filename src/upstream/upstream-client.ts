@@ -53,6 +53,11 @@ export interface TaskHooks {
    * unsent (a job checks here that it is still its replica's to send).
    */
   onSent?: () => Promise<void> | void;
+  /**
+   * Called `true` when upstream refused the request unbilled (429, 503) and it waits to be sent
+   * again, `false` as it is sent again: a caller leaving meanwhile has nothing in upstream's hands.
+   */
+  onRetryWait?: (waiting: boolean) => void;
   /** Called as soon as upstream has accepted an asynchronous task, before polling it. */
   onTaskId?: (taskId: string, keyTag: string) => Promise<void>;
   /** Poll this task instead of submitting again: it was submitted (and paid for) before a restart. */
@@ -174,7 +179,7 @@ export class UpstreamClient {
       try {
         await hooks.onSent?.();
         progress.sent = true;
-        ({ body, key } = await this.exchange.submit(req, signal, hooks.stageImage));
+        ({ body, key } = await this.exchange.submit(req, signal, hooks.stageImage, hooks.onRetryWait));
       } finally {
         this.slots.release();
       }

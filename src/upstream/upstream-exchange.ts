@@ -88,14 +88,20 @@ export class UpstreamExchange {
    * Sends with retries, but only where no image can have been paid for: upstream refused the call
    * (429 throttling, 503 no channel) or refused the key (401/403, then the next key is tried).
    */
-  submit(req: UpstreamRequest, signal: AbortSignal, stageImage?: Base64SinkFactory<StagedImage>): Promise<{ body: unknown; key: string }> {
+  submit(
+    req: UpstreamRequest,
+    signal: AbortSignal,
+    stageImage?: Base64SinkFactory<StagedImage>,
+    /** Told `true` when upstream refused an attempt unbilled (429, 503) and the next waits, `false` when it is sent. */
+    onRetryWait?: (waiting: boolean) => void,
+  ): Promise<{ body: unknown; key: string }> {
     const url = new URL(req.path, this.options.baseUrl);
     // One span per submission, its retries as events; named by what it is, the path as an attribute.
     return inSpan(
       'upstream.exchange',
       { 'http.request.method': 'POST', 'server.address': url.hostname, 'url.path': url.pathname },
       (span) =>
-        this.submitWithRetries(req, signal, stageImage).then((sent) => {
+        this.submitWithRetries(req, signal, stageImage, onRetryWait).then((sent) => {
           span?.setAttribute('http.response.status_code', 200);
           return sent;
         }),
@@ -103,7 +109,12 @@ export class UpstreamExchange {
     );
   }
 
-  private async submitWithRetries(req: UpstreamRequest, signal: AbortSignal, stageImage?: Base64SinkFactory<StagedImage>): Promise<{ body: unknown; key: string }> {
+  private async submitWithRetries(
+    req: UpstreamRequest,
+    signal: AbortSignal,
+    stageImage?: Base64SinkFactory<StagedImage>,
+    onRetryWait?: (waiting: boolean) => void,
+  ): Promise<{ body: unknown; key: string }> {
     let refusals = 0;
     for (;;) {
       const key = this.keys.pick();
@@ -123,7 +134,10 @@ export class UpstreamExchange {
             const backoff = this.options.retryBaseMs * 2 ** (refusals - 1);
             const wait = err.retryAfterSeconds !== undefined ? err.retryAfterSeconds * 1000 : backoff / 2 + Math.random() * backoff;
             spanEvent('retry', { 'gateway.retry.attempt': refusals, 'gateway.retry.wait_ms': Math.round(Math.min(wait, 30_000)), 'http.response.status_code': status });
+            // Nothing of this request is in upstream's hands while it waits (it refused it unbilled).
+            onRetryWait?.(true);
             await this.options.wait(Math.min(wait, 30_000), signal);
+            onRetryWait?.(false);
             continue;
           }
           // Out of retries: the client still learns when to come back.
