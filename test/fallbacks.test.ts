@@ -87,6 +87,8 @@ describe('fallback_models on one gateway', () => {
   it('the simulator\'s #sim:no_channel fails every model of the chain: the last failure is answered, each model tried once', async () => {
     const res = await generate({ model: 'gpt-image-1', prompt: 'a fox #sim:no_channel', fallback_models: ['gpt-image-1.5'] });
     errorOf(res, 502, 'upstream_error');
+    // The answer says the whole chain was tried, not only the last model's failure.
+    expect(res.json().error.message).toMatch(/; every model of the chain failed \(tried gpt-image-1, gpt-image-1\.5\)$/);
     expect(modelsSent(h)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
     const record = await usageOf(h, String(res.headers['x-request-id']));
     expect(record.models_tried).toEqual(['gpt-image-1', 'gpt-image-1.5']);

@@ -100,6 +100,8 @@ describe('fallback_models in jobs', () => {
     const job = await finished(res.json().id);
     expect(job.status).toBe('failed');
     expect(job.error.code).toBe('upstream_error');
+    // Its error says the whole chain was tried, as a direct request's does.
+    expect(job.error.message).toMatch(/; every model of the chain failed \(tried gpt-image-1, gpt-image-1\.5\)$/);
     expect(job.model).toBe('gpt-image-1.5');
     expect(modelsSent(h.simulator)).toEqual(['gpt-image-1', 'gpt-image-1.5']);
     const record = await usageOf(h, String(res.headers['x-request-id']));

@@ -446,6 +446,10 @@ export class GenerationPipeline {
         return { ...result, requested_model: chain[0]!.model.id };
       } catch (err) {
         const next = chain[i + 1];
+        // The chain's last model failed as the others did: the answer says all were tried.
+        if (!next && i > 0 && !call.signal.aborted && fallbackAllowed(err, call.request)) {
+          throw err.with({}, `${err.message}; every model of the chain failed (tried ${tried.join(', ')})`);
+        }
         if (!next || call.signal.aborted || !fallbackAllowed(err, call.request)) throw err;
         // Upstream said it did not bill that model (no channel, throttled, ...): a caller leaving
         // before the next model is sent is charged nothing for it.

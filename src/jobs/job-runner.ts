@@ -627,12 +627,17 @@ export class JobRunner {
           progress.taskKnown = false;
           continue;
         }
+        // The chain's last model failed as the others did: the answer says all were tried.
+        const tried = chain?.tried ?? [];
+        const told = tried.length > 1 && prepared && fallbackAllowed(cause, prepared.request)
+          ? cause.with({}, `${cause.message}; every model of the chain failed (tried ${tried.join(', ')})`)
+          : cause;
         failure =
-          cause instanceof GatewayError
-            ? cause
-            : cause instanceof UpstreamFailure
-              ? toGatewayError(cause)
-              : new GatewayError('internal_error', 'internal error', { cause });
+          told instanceof GatewayError
+            ? told
+            : told instanceof UpstreamFailure
+              ? toGatewayError(told)
+              : new GatewayError('internal_error', 'internal error', { cause: told });
         // The one error line of a job's failure, with what it ran and how it failed: a synchronous
         // request waiting for it logs its answer as a warning only (GenerationPipeline.viaJob).
         if (failure.status >= 500) {

@@ -100,8 +100,8 @@ export class UpstreamFailure extends Error {
   }
 
   /** The same failure with other fields (e.g. billed: it came after upstream accepted a task). */
-  with(extra: UpstreamFailureExtra): UpstreamFailure {
-    return new UpstreamFailure(this.kind, this.message, {
+  with(extra: UpstreamFailureExtra, message = this.message): UpstreamFailure {
+    return new UpstreamFailure(this.kind, message, {
       upstreamStatus: this.upstreamStatus,
       retryAfterSeconds: this.retryAfterSeconds,
       detail: this.detail,
