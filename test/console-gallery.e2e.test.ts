@@ -113,9 +113,12 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     const ads = await signIn(OTHER_CLIENT_KEY, 'gallery');
     await openGallery(ads.page);
     await expect.poll(() => tiles(ads.page).count()).toBe(GALLERY_PAGE);
+    // A page of many: the count is of those shown so far, not read as the total.
+    expect(await ads.page.getByRole('status').first().textContent()).toBe(`Showing the newest ${GALLERY_PAGE} images; more load as you scroll.`);
     const more = ads.page.getByRole('button', { name: 'Load more' });
     await more.scrollIntoViewIfNeeded();
     await expect.poll(() => tiles(ads.page).count()).toBe(ADS_IMAGES);
+    await expect.poll(() => ads.page.getByRole('status').first().textContent()).toBe(`${ADS_IMAGES} images.`);
     await expect.poll(() => more.isHidden()).toBe(true);
     const adsNames = await tiles(ads.page).evaluateAll((buttons) => buttons.map((b) => b.getAttribute('aria-label')));
     expect(new Set(adsNames)).toEqual(new Set(ADS_PROMPTS.map((p) => `Open image: ${p}`)));

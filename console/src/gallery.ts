@@ -130,7 +130,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       shown += page.data.length;
       cursor = page.next_cursor;
       more.hidden = cursor === null;
-      status.textContent = shown === 0 ? 'No images match.' : `${shown} image${shown === 1 ? '' : 's'}${cursor ? ', more below' : ''}.`;
+      // With more to load, the count is of those shown so far, not of all that match: said so.
+      const count = `${shown} image${shown === 1 ? '' : 's'}`;
+      status.textContent = shown === 0 ? 'No images match.' : cursor ? `Showing the newest ${count}; more load as you scroll.` : `${count}.`;
     } catch (err) {
       if (mine !== generation) return;
       status.classList.add('error');
