@@ -23,6 +23,7 @@ import { imageFilesPlugin } from './routes/image-file-routes.js';
 import { imageListRoutes } from './routes/image-list-routes.js';
 import { urlSignerPlugin } from './images/url-signer-plugin.js';
 import { imageGenerationPlugin } from './generation/image-generation-plugin.js';
+import { PaidImageLost } from './generation/image-generation.js';
 import { imageRoutes } from './routes/image-routes.js';
 import { ClientGone } from './generation/generation-pipeline.js';
 import { generationPipelinePlugin } from './generation/generation-pipeline-plugin.js';
@@ -338,7 +339,8 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     if (gw.retryAfter !== undefined) reply.header('retry-after', String(gw.retryAfter));
     // Made and paid for, then lost: a client library must not send it again on its own (OpenAI's SDKs
     // retry any 5xx, honouring Retry-After), each retry paying upstream again; the caller decides.
-    if (gw.code === 'paid_image_lost') reply.header('x-should-retry', 'false');
+    // So also for the other answers of an image paid for and lost: storage full, a result not fetched.
+    if (gw.code === 'paid_image_lost' || err instanceof PaidImageLost) reply.header('x-should-retry', 'false');
     // The rest of a body over the limit is not read: the connection closes after the answer.
     if (gw.code === 'payload_too_large') reply.header('connection', 'close');
     // The OpenAI-compatible routes answer in OpenAI's error shape, for OpenAI's SDKs; same status.

@@ -363,6 +363,8 @@ describe('a paid image lost after upstream answered', () => {
       const direct = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: key.auth, payload: body });
       expect(direct.statusCode, direct.body).toBe(502);
       expect(direct.json().error.code).toBe('upstream_error');
+      // Paid for: a client library must not send it again on its own (OpenAI's SDKs retry any 5xx).
+      expect(direct.headers['x-should-retry']).toBe('false');
       expect(generations - before).toBe(1);
       const record = await usageRecordOf(h, direct.headers['x-request-id'] as string);
       expect(record.estimated_cost_usd).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);

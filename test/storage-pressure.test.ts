@@ -358,6 +358,8 @@ describe('a large base64 image whose staging fails mid-reply', () => {
       expect(res.headers['retry-after']).toBe('60');
       expect(res.json().error.code).toBe('storage_full');
       expect(res.json().error.message).toMatch(/paid for.*lost/);
+      // Paid for: not to be sent again by a client library on its own.
+      expect(res.headers['x-should-retry']).toBe('false');
       expect(replies).toBe(1);
       const record = (await usageRecords(h)).find((r) => r.request_id === res.headers['x-request-id']);
       expect(record).toMatchObject({ status: 507, error_code: 'storage_full', images_returned: 0 });
