@@ -8,7 +8,8 @@ import { ConfigError, type Config } from './config.js';
 import { GatewayError, clipName, errorBody } from './errors.js';
 import { UpstreamFailure, toGatewayError } from './upstream/upstream-failure.js';
 import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
-import { hintOptionsSentAsFields } from './request/option-hints.js';
+import { hintOptionsSentAsFields, hintedOperationOf } from './request/option-hints.js';
+import { modelAllowed } from './auth/key-policy.js';
 import type { ModelSpec } from './catalogue/model-spec.js';
 import { clientKeysPlugin } from './auth/client-keys-plugin.js';
 import { limitsPlugin } from './limits/limits-plugin.js';
@@ -328,9 +329,14 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
       return reply.status(499).send();
     }
     const refused = databaseOutOfReach(app, err) ?? asGatewayError(err, request.routeOptions.bodyLimit, request.headers['content-type']);
-    // The model the request named (noted before its body was judged): an option sent as a field is told where it goes.
+    // The model the request named (noted before its body was judged), when the key may use it: an
+    // option sent as a field is told where it goes.
     const named = request.outcome?.model;
-    const gw = named !== undefined && app.hasDecorator('catalogue') ? hintOptionsSentAsFields(refused, app.catalogue.find(named)) : refused;
+    const model = named !== undefined && request.client && app.hasDecorator('catalogue') ? app.catalogue.find(named) : undefined;
+    const gw =
+      model && modelAllowed(request.client!, model.id)
+        ? hintOptionsSentAsFields(refused, model, hintedOperationOf(request.routeOptions.url), request.isMultipart())
+        : refused;
     app.noteFailure(request, gw);
     // What a route set to describe the answer it meant to send (an image's ETag, its immutable
     // Cache-Control) must not describe this error: a cache would keep the error as that image.
