@@ -85,4 +85,9 @@ describe('a constraint in catalogue data', () => {
     expect(() => loadCatalogue(model([{ when: { quality: 'high' }, field: 'output_format', one_of: ['png'], reason: 'r' }]))).toThrow(/"quality" is not a parameter of this route/);
     expect(() => loadCatalogue(model([{ when: { background: 'transparent' }, field: 'output_format', one_of: ['png'] }]))).toThrow(CatalogueError);
   });
+
+  it('with a value its field does not take is refused: a typo would never apply, or refuse every value', () => {
+    expect(() => loadCatalogue(model([{ when: { background: 'transparant' }, field: 'output_format', one_of: ['png'], reason: 'r' }]))).toThrow(/background "transparant" is not a value the route takes/);
+    expect(() => loadCatalogue(model([{ when: { background: 'transparent' }, field: 'output_format', one_of: ['PNG'], reason: 'r' }]))).toThrow(/output_format "PNG" is not a value the route takes/);
+  });
 });

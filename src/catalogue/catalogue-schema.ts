@@ -144,8 +144,21 @@ const routeSchema = z.strictObject({
 }).superRefine((r, ctx) => {
   // A constraint on a field the route does not take could never apply: most likely a typo.
   for (const [i, c] of (r.constraints ?? []).entries()) {
-    for (const name of [c.field, ...Object.keys(c.when)]) {
-      if (!Object.hasOwn(r.params, name)) ctx.addIssue({ code: 'custom', message: `"${name}" is not a parameter of this route`, path: ['constraints', i] });
+    // Each value must be one its field takes: a typo would never apply, or refuse every value.
+    const values: Array<[string, unknown]> = [...Object.entries(c.when), ...c.one_of.map((v): [string, unknown] => [c.field, v])];
+    for (const [name, value] of values) {
+      const mapping = Object.hasOwn(r.params, name) ? r.params[name as NormalizedParam] : undefined;
+      if (!mapping) {
+        ctx.addIssue({ code: 'custom', message: `"${name}" is not a parameter of this route`, path: ['constraints', i] });
+        continue;
+      }
+      let refusal: string | undefined;
+      try {
+        refusal = ruleFromDescriptor(mapping.rule).check(value);
+      } catch {
+        continue; // A malformed rule has its own issue already.
+      }
+      if (refusal !== undefined) ctx.addIssue({ code: 'custom', message: `${name} ${JSON.stringify(value)} is not a value the route takes (${refusal})`, path: ['constraints', i] });
     }
   }
   // A quality the route does not take would never be asked for: most likely a typo.
