@@ -38,6 +38,16 @@ describe('an edit given an image URL of this gateway', () => {
     expect(edited.status, JSON.stringify(edited.body)).toBe(200);
     const sent = h.simulator.received.find((r) => r.method === 'POST')?.files?.find((f) => f.field.startsWith('image'));
     expect(sent?.sha256).toBe(sha256(image.bytes));
+
+    // Its name percent-encoded, as GET /v1/images/{name} takes it too: the same image.
+    const encoded = new URL(image.url);
+    encoded.pathname = encoded.pathname.replace(/\/([^/])([^/]*)$/, (_m, first: string, rest: string) => `/%${first.charCodeAt(0).toString(16)}${rest}`);
+    expect(encoded.pathname).toMatch(/%[0-9a-f]{2}/);
+    expect((await h.fetch(encoded.toString())).status).toBe(200);
+    h.simulator.reset();
+    const again = await post('/v1/edit', { model: 'gpt-image-1', prompt: 'make it night', image: encoded.toString() });
+    expect(again.status, JSON.stringify(again.body)).toBe(200);
+    expect(h.simulator.received.find((r) => r.method === 'POST')?.files?.find((f) => f.field.startsWith('image'))?.sha256).toBe(sha256(image.bytes));
   });
 
   it('a URL with a signature that is not the gateway’s is fetched as any URL: refused, its host being this machine', async () => {

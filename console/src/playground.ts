@@ -366,14 +366,18 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     opEdit.checked = true;
     update();
     modelNote.textContent = note;
+    // chooseFiles counts this choice as the next one; a later one made while it reads wins.
+    const thisChoice = choosing + 1;
     await chooseFiles([blob]);
     // The picker shows the image as chosen, not "No file chosen" beside its preview (no change event fires).
-    try {
-      const chosen = new DataTransfer();
-      chosen.items.add(new File([blob], `image-to-edit.${blob.type.split('/')[1] ?? 'png'}`, { type: blob.type }));
-      fileInput.files = chosen.files;
-    } catch {
-      // A browser without a settable FileList keeps its "No file chosen": the preview still shows the image.
+    if (thisChoice === choosing) {
+      try {
+        const chosen = new DataTransfer();
+        chosen.items.add(new File([blob], `image-to-edit.${blob.type.split('/')[1] ?? 'png'}`, { type: blob.type }));
+        fileInput.files = chosen.files;
+      } catch {
+        // A browser without a settable FileList keeps its "No file chosen": the preview still shows the image.
+      }
     }
     editSection.scrollIntoView?.({ block: 'start', behavior: 'smooth' });
   }

@@ -230,7 +230,16 @@ export class ImageFetcher {
     try {
       let url = this.parse(ref);
       const own = await this.options.ownImage?.(url, ref.field);
-      if (own) return inputImage(await this.readCapped(ref.field, { headers: {}, body: own }), ref.field, url.pathname.split('/').pop()!);
+      if (own) {
+        // Under the same deadline and cancellation as a fetch: a stalled store read is ended too.
+        const stop = () => own.destroy(combined.reason instanceof Error ? combined.reason : new Error('aborted'));
+        combined.addEventListener('abort', stop, { once: true });
+        try {
+          return inputImage(await this.readCapped(ref.field, { headers: {}, body: own }), ref.field, url.pathname.split('/').pop()!);
+        } finally {
+          combined.removeEventListener('abort', stop);
+        }
+      }
       for (let hop = 0; ; hop++) {
         await this.checkDestination(url);
         const res = await request(url, { method: 'GET', signal: combined, dispatcher: this.dispatcher, headers: { accept: 'image/png, image/jpeg, image/webp' } });

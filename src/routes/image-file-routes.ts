@@ -139,7 +139,14 @@ async function imageFiles(app: FastifyInstance): Promise<void> {
  * (`w=`) or one whose signature is not ours is left to the fetcher.
  */
 async function ownStoredImage(app: FastifyInstance, url: URL, field: string): Promise<Readable | undefined> {
-  const name = /\/v1\/images\/([^/]+)$/.exec(url.pathname)?.[1];
+  const segment = /\/v1\/images\/([^/]+)$/.exec(url.pathname)?.[1];
+  // Decoded as the GET route's parameter is: a name may come percent-encoded.
+  let name: string | undefined;
+  try {
+    name = segment === undefined ? undefined : decodeURIComponent(segment);
+  } catch {
+    return undefined;
+  }
   const query = url.searchParams;
   const exp = Number(query.get('exp'));
   const sig = query.get('sig');
