@@ -46,7 +46,7 @@ Image gateway demo (upstream: built-in simulator at ${simulator.url})
   URL:        ${url}${everywhere ? `   (every interface, as the gateway's HOST default; HOST=127.0.0.1 keeps it to this machine)` : ''}
   client key: ${key}${demoKey ? '   (made for this demo run)' : ''}
   admin key:  ${demoAdminKey ?? 'GATEWAY_ADMIN_KEY as set'}   (${demoAdminKey ? 'made for this demo run: ' : ''}manages keys, reads every key's usage)
-  console:    ${url}/console/ (sign in with the client key)
+  console:    ${url}/console/ (sign in with the client key, or the admin key for every team's usage and keys)
   docs:       ${url}/docs
   state:      ${config.DATA_DIR} (${
     dataDirGiven
