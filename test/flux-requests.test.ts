@@ -139,11 +139,27 @@ describe('FLUX.2 options', () => {
 });
 
 describe('GET /v1/models', () => {
+  it('lists sizes and aspect ratios only where they can be listed: never an empty list, which would read as none allowed', async () => {
+    const res = await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth });
+    const models = res.json().data as { id: string; sizes?: string[]; size_rule?: string; aspect_ratios?: string[]; aspect_ratio_rule?: string }[];
+    for (const model of models) {
+      if (model.sizes) expect(model.sizes.length, model.id).toBeGreaterThan(0);
+      if (model.aspect_ratios) expect(model.aspect_ratios.length, model.id).toBeGreaterThan(0);
+    }
+    const kontext = models.find((m) => m.id === 'flux-kontext-pro')!;
+    expect(kontext.aspect_ratio_rule).toMatch(/\d+:\d+/);
+    expect(kontext).not.toHaveProperty('aspect_ratios');
+    // A model whose sizes are a list keeps it.
+    expect(models.find((m) => m.id === 'gpt-image-1')!.sizes).toContain('1024x1024');
+  });
+
   it('describes FLUX.2 by size (no aspect ratio), with 8 edit images and flex guidance and steps', async () => {
     const res = await h.app.inject({ method: 'GET', url: '/v1/models/flux-2-flex', headers: h.auth });
     expect(res.statusCode).toBe(200);
     const model = res.json();
     expect(model.size_rule).toBe('WIDTHxHEIGHT with each side 64..2048, multiples of 16');
+    // Sizes within bounds cannot be listed: no `sizes` (an empty list would mean none allowed).
+    expect(model).not.toHaveProperty('sizes');
     expect(model.aspect_ratio_rule).toBeUndefined();
     expect(model.input_schema.edit.edit.images).toEqual({ max: 8 });
     expect(model.input_schema.generate.options.guidance).toMatchObject({ type: 'number', minimum: 1.5, maximum: 10 });

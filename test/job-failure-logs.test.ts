@@ -91,4 +91,6 @@ it('an asynchronous job’s failure: the one error line is the job’s', async (
   expect(job.status).toBe('failed');
   expect(errors()).toHaveLength(1);
   expect(errors()[0]).toMatchObject({ job_id: id, model: 'gpt-image-1', failure_kind: 'server_error' });
+  // The job's error names the job (its log lines carry it as job_id), not the request that created it.
+  expect(job.error.request_id).toBe(id);
 });

@@ -377,8 +377,9 @@ export function describeModel(model: ModelSpec) {
     operations: operationsOf(model),
     ...(editModes.length > 0 ? { edit_modes: editModes } : {}),
     max_n: maxImagesOf(primary),
-    ...(sizeRule ? { sizes: sizeRule.values ?? [], size_rule: sizeRule.allowed } : {}),
-    ...(ratioRule ? { aspect_ratios: ratioRule.values ?? [], aspect_ratio_rule: ratioRule.allowed } : {}),
+    // A rule of ranges (WIDTHxHEIGHT within bounds) has no list: an empty one would read as "none allowed".
+    ...(sizeRule ? { ...(sizeRule.values ? { sizes: sizeRule.values } : {}), size_rule: sizeRule.allowed } : {}),
+    ...(ratioRule ? { ...(ratioRule.values ? { aspect_ratios: ratioRule.values } : {}), aspect_ratio_rule: ratioRule.allowed } : {}),
     parameters,
     options,
     async: primary.async === true,
