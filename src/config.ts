@@ -490,11 +490,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   }
   if (opts.requireUpstreamKey) {
     // The example secrets in docker/ are public: a gateway started with them could be forged against.
+    // `sk-...` is the upstream key's placeholder in docker/env.example and the README.
     const placeholders = Object.entries(env)
-      .filter(([name, value]) => name in envSchema.shape && typeof value === 'string' && /replace-me|change-me/i.test(value))
+      .filter(([name, value]) => name in envSchema.shape && typeof value === 'string' && /replace-me|change-me|^sk-\.\.\.$/i.test(value))
       .map(([name]) => name);
     if (placeholders.length > 0) {
-      throw invalidConfiguration([`${placeholders.join(', ')} still ${placeholders.length === 1 ? 'holds' : 'hold'} the example value (replace-me / change-me); set real secrets`]);
+      throw invalidConfiguration([`${placeholders.join(', ')} still ${placeholders.length === 1 ? 'holds' : 'hold'} the example value (replace-me / change-me / sk-...); set real secrets`]);
     }
   }
   // Half a credential pair is a typo, not a request for the SDK's default credential chain.

@@ -184,6 +184,9 @@ describe('configuration from the environment', () => {
     expect(() => loadConfig({ ...upstream, IMAGE_URL_SECRET: 'replace-me-with-32-random-characters', METRICS_TOKEN: 'change-me-change-me-change-me-change-me' }, { requireUpstreamKey: true })).toThrow(
       /IMAGE_URL_SECRET, METRICS_TOKEN still hold the example value/,
     );
+    // The upstream key's placeholder in docker/env.example would otherwise start a gateway whose every render fails.
+    expect(() => loadConfig({ AIHUBMIX_API_KEY: 'sk-...' }, { requireUpstreamKey: true })).toThrow(/AIHUBMIX_API_KEY still holds the example value/);
+    expect(loadConfig({ AIHUBMIX_API_KEY: 'sk-...real' }, { requireUpstreamKey: true }).AIHUBMIX_API_KEY).toBe('sk-...real');
   });
 
   it('refuses the example key printed in openapi.yaml, naming each variable that holds it', () => {
