@@ -375,6 +375,8 @@ describe('a paid image lost after upstream answered', () => {
         const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...key.auth, 'idempotency-key': 'expired-once' }, payload: body });
         expect(res.statusCode, res.body).toBe(502);
         expect(res.headers['idempotent-replayed']).toBe(replayed);
+        // Told as the direct answer is: its job's failure was paid for.
+        expect(res.headers['x-should-retry']).toBe('false');
         // The request that started the job records what it cost, as the direct one did.
         if (replayed === 'false') expect((await usageRecordOf(h, res.headers['x-request-id'] as string)).estimated_cost_usd).toBeCloseTo((10 * 5 + 400 * 40) / 1e6, 6);
       }

@@ -30,6 +30,8 @@ interface StoredError {
   error: ReturnType<typeof errorBody>['error'];
   /** Seconds, for a 429/503 answer replayed to a waiting request. */
   retry_after?: number;
+  /** Made and paid for upstream, then lost: its answers tell client libraries not to resend it. */
+  paid?: true;
 }
 
 /**
@@ -391,6 +393,8 @@ export class JobRunner {
         ...(stored?.status !== undefined ? { status: stored.status } : {}),
         details: stored?.error.details ?? [],
         ...(stored?.retry_after !== undefined ? { retryAfter: stored.retry_after } : {}),
+        // As the edge answers a PaidImageLost (src/app.ts): OpenAI's SDKs retry any 5xx on their own.
+        ...(stored?.paid ? { headers: { 'x-should-retry': 'false' } } : {}),
       }),
     };
   }
@@ -717,7 +721,12 @@ export class JobRunner {
   private async finish(row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined): Promise<void> {
     const id = row.id;
     const error: StoredError | null = failure
-      ? { status: failure.status, error: errorBody(failure, id).error, ...(failure.retryAfter !== undefined ? { retry_after: failure.retryAfter } : {}) }
+      ? {
+          status: failure.status,
+          error: errorBody(failure, id).error,
+          ...(failure.retryAfter !== undefined ? { retry_after: failure.retryAfter } : {}),
+          ...(failure instanceof PaidImageLost ? { paid: true as const } : {}),
+        }
       : null;
     const recorder = this.o.recordOutcome;
     const starter: JobStarter = { answers: this.startersWaiting.has(id), here: this.createdHere.has(id) };
