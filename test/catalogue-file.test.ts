@@ -104,6 +104,11 @@ describe('CATALOGUE_FILE at start', () => {
       ['models: [ {', /CATALOGUE_FILE .*cannot be read as YAML/],
       ['models:\n  - id: gpt-image-2\n    price_per_image: 0.05\n', /CATALOGUE_FILE .*model "gpt-image-2": unknown field price_per_image/],
       ['models:\n  - id: imagen-9\n    price_per_image_usd: 0.05\n', /CATALOGUE_FILE .*model "imagen-9": names no model of the catalogue/],
+      // A route given beside from would be dropped: the copy serves from's routes.
+      [
+        'models:\n  - id: gpt-image-2.5\n    from: gpt-image-2\n    upstream_model: gpt-image-2.5\n    generate: { path: /v1/images/generations }\n',
+        /CATALOGUE_FILE .*model "gpt-image-2.5": generate cannot go with from \(the copy takes every route and option of "gpt-image-2"\)/,
+      ],
     ];
     for (const [yaml, message] of cases) {
       writeFileSync(file, yaml);

@@ -153,6 +153,9 @@ export function mergeOverlay(builtin: unknown, overlay: unknown): { models: Data
     }
     let model: Data;
     if (entry.from !== undefined) {
+      // A copy takes its routes from `from`: routes given beside it would be dropped in silence.
+      const extra = Object.keys(entry).filter((k) => !ENTRY_KEYS.includes(k));
+      if (extra.length > 0) fail(`${extra.join(', ')} cannot go with from (the copy takes every route and option of "${entry.from}"); declare the model in full without from, or drop ${extra.length === 1 ? 'it' : 'them'}`);
       if (at >= 0) fail(`from: the id is already a model; give the new model an id of its own`);
       if (entry.upstream_model === undefined) fail('from needs upstream_model (the name upstream serves it under)');
       const source = models.find((m) => m.id === entry.from || (Array.isArray(m.aliases) && m.aliases.includes(entry.from)));
