@@ -5,7 +5,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyError } from 
 import multipart from '@fastify/multipart';
 import type { DestinationStream } from 'pino';
 import { ConfigError, type Config } from './config.js';
-import { GatewayError, clipName, errorBody } from './errors.js';
+import { GatewayError, NO_AUTOMATIC_RETRY, clipName, errorBody, retryCannotHelp } from './errors.js';
 import { UpstreamFailure, toGatewayError } from './upstream/upstream-failure.js';
 import { cataloguePlugin } from './catalogue/catalogue-plugin.js';
 import { hintOptionsSentAsFields, hintedOperationOf } from './request/option-hints.js';
@@ -346,7 +346,8 @@ async function registerAll(app: FastifyInstance, config: Config, options: AppOpt
     // Made and paid for, then lost: a client library must not send it again on its own (OpenAI's SDKs
     // retry any 5xx, honouring Retry-After), each retry paying upstream again; the caller decides.
     // So also for the other answers of an image paid for and lost: storage full, a result not fetched.
-    if (gw.code === 'paid_image_lost' || err instanceof PaidImageLost) reply.header('x-should-retry', 'false');
+    // (An upstream failure that may have been billed carries it in gw.headers: toGatewayError.)
+    if (gw.code === 'paid_image_lost' || err instanceof PaidImageLost || retryCannotHelp(gw)) reply.headers(NO_AUTOMATIC_RETRY);
     // The rest of a body over the limit is not read: the connection closes after the answer.
     if (gw.code === 'payload_too_large') reply.header('connection', 'close');
     // The OpenAI-compatible routes answer in OpenAI's error shape, for OpenAI's SDKs; same status.

@@ -96,6 +96,24 @@ export class GatewayError extends Error {
   }
 }
 
+/**
+ * Sent with an answer that a client library must not send again on its own (OpenAI's SDKs retry any
+ * 408, 409, 429 and 5xx unless this header says `false`, sleeping whatever Retry-After says).
+ */
+export const NO_AUTOMATIC_RETRY: Readonly<Record<string, string>> = { 'x-should-retry': 'false' };
+
+/**
+ * Whether an answer's own retry by a client library cannot help: a 409 meets the same conflict; a
+ * browser token's cap holds until the token expires; a 429 that resets only after more than a
+ * minute (a key's images per day or monthly budget) would hold the caller's request for hours, and
+ * a Retry-After past 2^31 ms is read by Node's timers as none. The caller decides instead.
+ */
+export function retryCannotHelp(err: GatewayError): boolean {
+  if (err.status === 409) return true;
+  if (err.status !== 429) return false;
+  return err.limit?.startsWith('token_') === true || (err.retryAfter ?? 0) > 60;
+}
+
 /** The same failure, answered with more headers and/or marked expected (see GatewayError.expected). */
 export function restated(err: GatewayError, extra: { headers?: Record<string, string>; expected?: boolean }): GatewayError {
   return new GatewayError(err.code, err.message, {

@@ -220,6 +220,9 @@ describe('Idempotency-Key', () => {
     // Told apart as a success's replay is: the retry was answered from what is kept, not by upstream.
     expect(a.headers['idempotent-replayed']).toBe('false');
     expect(b.headers['idempotent-replayed']).toBe('true');
+    // Both tell a client library not to send it again on its own: upstream may have billed the call.
+    expect(a.headers['x-should-retry']).toBe('false');
+    expect(b.headers['x-should-retry']).toBe('false');
     // The failure itself was logged as an error once; its replay is one warning, without a stack.
     const linesOf = (id: string) => h.logs.map((l) => JSON.parse(l)).filter((l) => l.reqId === id && l.msg !== 'request completed');
     const replayLines = linesOf(b.json().error.request_id);
@@ -235,6 +238,8 @@ describe('Idempotency-Key', () => {
     const a = await generate(body, { 'idempotency-key': 'k-throttled' });
     expect(a.statusCode).toBe(429);
     expect(Number(a.headers['retry-after'])).toBeGreaterThan(0);
+    // Never paid, and over within seconds: a client library may send it again.
+    expect(a.headers['x-should-retry']).toBeUndefined();
     const b = await generate(body, { 'idempotency-key': 'k-throttled' });
     expect(b.statusCode).toBe(200);
     expect(submissions('gpt-image-1')).toBe(2);

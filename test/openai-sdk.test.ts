@@ -10,7 +10,7 @@ import { parse } from 'yaml';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { MODELS } from '../src/catalogue/models.js';
 import { imageDimensions } from '../src/images/image-dimensions.js';
-import { CLIENT_KEY, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, CLIENT_KEY, makeHalfTransparentMask, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 
 const PNG_MAGIC = '89504e470d0a1a0a';
 
@@ -411,6 +411,8 @@ describe('a key over its rpm on the façade', () => {
       expect(limitedErr.code).toBe('rate_limit_exceeded');
       expect(limitedErr.type).toBe('rate_limit_error');
       expect(Number(limitedErr.headers?.get('retry-after'))).toBeGreaterThan(0);
+      // The rpm resets within the minute: the SDK may wait and send it again.
+      expect(limitedErr.headers?.get('x-should-retry')).toBeNull();
     } finally {
       await limited.close();
     }
@@ -432,5 +434,56 @@ describe('a paid image lost, through the SDK', () => {
     } finally {
       vi.restoreAllMocks();
     }
+  });
+});
+
+describe('what the SDK sends again on its own', () => {
+  const sdk = () => new OpenAI({ baseURL, apiKey: CLIENT_KEY, maxRetries: 2 });
+
+  it('not an upstream failure that may have been billed (502 after an upstream 500): one paid call, not three', async () => {
+    h.simulator.failNext('http500', 3);
+    const err = (await sdk().images.generate({ model: 'gpt-image-1', prompt: 'billed maybe' }).catch((e: unknown) => e)) as APIError;
+    expect(err).toBeInstanceOf(OpenAI.InternalServerError);
+    expect(err.status).toBe(502);
+    expect(err.headers?.get('x-should-retry')).toBe('false');
+    expect(submissions()).toHaveLength(1);
+  });
+
+  it('not a reply upstream broke (malformed): it may have been billed too', async () => {
+    h.simulator.failNext('malformed', 3);
+    const err = (await sdk().images.generate({ model: 'gpt-image-1', prompt: 'garbled' }).catch((e: unknown) => e)) as APIError;
+    expect(err.status).toBe(502);
+    expect(err.headers?.get('x-should-retry')).toBe('false');
+    expect(submissions()).toHaveLength(1);
+  });
+
+  it('but an unbilled upstream refusal (throttled, Retry-After 1) is retried, and the retry succeeds', async () => {
+    h.simulator.failNext('http429');
+    const res = await sdk().images.generate({ model: 'dall-e-3', prompt: 'patient' });
+    expect(res.data).toHaveLength(1);
+    expect(submissions()).toHaveLength(2);
+  });
+
+  it('not an Idempotency-Key reused with another body (409: the same conflict each time)', async () => {
+    const key = `sdk-conflict-${Date.now()}`;
+    await sdk().images.generate({ model: 'dall-e-3', prompt: 'first' }, { headers: { 'Idempotency-Key': key } });
+    const err = (await sdk().images.generate({ model: 'dall-e-3', prompt: 'second' }, { headers: { 'Idempotency-Key': key } }).catch((e: unknown) => e)) as APIError;
+    expect(err).toBeInstanceOf(OpenAI.ConflictError);
+    expect(err.headers?.get('x-should-retry')).toBe('false');
+    expect(submissions()).toHaveLength(1);
+  });
+
+  it('not a 429 that resets hours away (images_per_day): refused at once, not held until midnight', async () => {
+    const minted = await h.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: `sdk-day-${Date.now()}`, rpm: 1000, images_per_day: 1 } });
+    expect(minted.statusCode).toBe(201);
+    const limited = new OpenAI({ baseURL, apiKey: minted.json().key, maxRetries: 2 });
+    await limited.images.generate({ model: 'dall-e-3', prompt: 'the one of today' });
+    const err = (await limited.images.generate({ model: 'dall-e-3', prompt: 'one more' }).catch((e: unknown) => e)) as APIError;
+    expect(err).toBeInstanceOf(OpenAI.RateLimitError);
+    expect(err.message).toMatch(/images_per_day limit reached/);
+    // Unless it is the last minute of the UTC day, the reset is more than a minute away.
+    if (Number(err.headers?.get('retry-after')) > 60) expect(err.headers?.get('x-should-retry')).toBe('false');
+    else expect(err.headers?.get('x-should-retry')).toBeNull();
+    expect(submissions()).toHaveLength(1);
   });
 });

@@ -8,7 +8,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { GatewayError } from '../src/errors.js';
+import { GatewayError, retryCannotHelp } from '../src/errors.js';
 import { startUpstreamSimulator, type UpstreamSimulator } from '../src/simulator/upstream-simulator.js';
 import { UpstreamClient, type UpstreamClientOptions } from '../src/upstream/upstream-client.js';
 import { EDGE_CODE, FAILURE_KINDS, FAILURE_TRAITS, UpstreamFailure, toGatewayError, type UpstreamFailureKind } from '../src/upstream/upstream-failure.js';
@@ -292,6 +292,28 @@ describe('the edge mapping', () => {
     expect(answered.details).toEqual([{ message: 'size' }]);
     expect(answered.cause).toBe(cause);
     expect(toGatewayError(new UpstreamFailure('throttled', 'x', { retryAfterSeconds: 7 })).retryAfter).toBe(7);
+  });
+
+  it('tells client libraries not to resend on their own exactly the failures that may have been billed', () => {
+    for (const kind of FAILURE_KINDS) {
+      const header = toGatewayError(new UpstreamFailure(kind, 'x')).headers['x-should-retry'];
+      expect({ kind, header }).toEqual({ kind, header: FAILURE_TRAITS[kind].mayHaveBilled ? 'false' : undefined });
+    }
+    // A failure that says otherwise than its kind's default (a timeout while the task still queued).
+    expect(toGatewayError(new UpstreamFailure('timeout', 'x', { mayHaveBilled: false })).headers['x-should-retry']).toBeUndefined();
+    expect(toGatewayError(new UpstreamFailure('moderated', 'x', { mayHaveBilled: true })).headers['x-should-retry']).toBe('false');
+  });
+});
+
+describe('answers a client library should not send again on its own (retryCannotHelp)', () => {
+  it('a 409, a browser token cap, a 429 resetting more than a minute away; not a 429 within the minute nor a 5xx', () => {
+    expect(retryCannotHelp(new GatewayError('conflict', 'used with another body'))).toBe(true);
+    expect(retryCannotHelp(new GatewayError('rate_limited', 'cap', { retryAfter: 5, limit: 'token_max_images' }))).toBe(true);
+    expect(retryCannotHelp(new GatewayError('rate_limited', 'day', { retryAfter: 61, limit: 'images_per_day' }))).toBe(true);
+    expect(retryCannotHelp(new GatewayError('rate_limited', 'day', { retryAfter: 60, limit: 'images_per_day' }))).toBe(false);
+    expect(retryCannotHelp(new GatewayError('rate_limited', 'rpm', { retryAfter: 42, limit: 'rpm' }))).toBe(false);
+    expect(retryCannotHelp(new GatewayError('service_unavailable', 'queue', { retryAfter: 3600 }))).toBe(false);
+    expect(retryCannotHelp(new GatewayError('invalid_request', 'bad'))).toBe(false);
   });
 });
 

@@ -4,7 +4,7 @@ import { randomId } from '../ids.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../observability/logger.js';
 import { request as httpRequest, type Dispatcher } from 'undici';
-import { GatewayError, errorBody, type ErrorCode } from '../errors.js';
+import { GatewayError, NO_AUTOMATIC_RETRY, errorBody, type ErrorCode } from '../errors.js';
 import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 import type { Client } from '../auth/client-keys.js';
 import type { Database, Statements } from '../storage/database.js';
@@ -30,7 +30,7 @@ interface StoredError {
   error: ReturnType<typeof errorBody>['error'];
   /** Seconds, for a 429/503 answer replayed to a waiting request. */
   retry_after?: number;
-  /** Made and paid for upstream, then lost: its answers tell client libraries not to resend it. */
+  /** Made and paid for upstream then lost, or may have been billed: its answers tell client libraries not to resend it. */
   paid?: true;
 }
 
@@ -394,7 +394,7 @@ export class JobRunner {
         details: stored?.error.details ?? [],
         ...(stored?.retry_after !== undefined ? { retryAfter: stored.retry_after } : {}),
         // As the edge answers a PaidImageLost (src/app.ts): OpenAI's SDKs retry any 5xx on their own.
-        ...(stored?.paid ? { headers: { 'x-should-retry': 'false' } } : {}),
+        ...(stored?.paid ? { headers: { ...NO_AUTOMATIC_RETRY } } : {}),
       }),
     };
   }
@@ -725,7 +725,8 @@ export class JobRunner {
           status: failure.status,
           error: errorBody(failure, id).error,
           ...(failure.retryAfter !== undefined ? { retry_after: failure.retryAfter } : {}),
-          ...(failure instanceof PaidImageLost ? { paid: true as const } : {}),
+          // Paid for and lost, or an upstream failure that may have been billed (toGatewayError).
+          ...(failure instanceof PaidImageLost || failure.headers['x-should-retry'] === 'false' ? { paid: true as const } : {}),
         }
       : null;
     const recorder = this.o.recordOutcome;

@@ -1,4 +1,4 @@
-import { GatewayError, type ErrorCode } from '../errors.js';
+import { GatewayError, NO_AUTOMATIC_RETRY, type ErrorCode } from '../errors.js';
 
 /**
  * Every way a call to upstream can fail, in upstream's terms: what happened, whether upstream may
@@ -142,6 +142,8 @@ export function toGatewayError(failure: UpstreamFailure): GatewayError {
     ...(failure.upstreamStatus !== undefined ? { upstreamStatus: failure.upstreamStatus } : {}),
     ...(failure.retryAfterSeconds !== undefined ? { retryAfter: failure.retryAfterSeconds } : {}),
     ...(details ? { details } : {}),
+    // A call upstream may have billed: a client library resending it on its own would pay again.
+    ...(failure.mayHaveBilled ? { headers: { ...NO_AUTOMATIC_RETRY } } : {}),
     ...(failure.cause !== undefined ? { cause: failure.cause } : {}),
   });
 }
