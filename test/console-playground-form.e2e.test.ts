@@ -64,9 +64,10 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     await h?.close();
   });
   beforeEach(async () => {
-    // Each test starts from a fresh playground (the session cookie stays).
-    await page.goto(`${h.base}/console/#/gallery`);
+    // Each test starts from a fresh playground: a reload (the session cookie stays). Going to
+    // another page and back would find the playground as it was left.
     await page.goto(`${h.base}/console/#/playground`);
+    await page.reload();
     await modelSelect().waitFor();
   });
 

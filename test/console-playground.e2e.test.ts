@@ -326,6 +326,29 @@ describe.skipIf(chromiumProblem !== undefined)('the console playground in Chromi
     expect(await page.locator('.source-images img').evaluate((img) => (img as unknown as LoadedImage).naturalWidth)).toBe(40);
   });
 
+  it('keeps the form and the results across a visit to another page, a request still running included; a followed link takes focus to the heading', async () => {
+    const heading = () => page.evaluate<string>("document.activeElement?.tagName === 'H1' ? document.activeElement.textContent : ''");
+    await page.getByLabel('Model', { exact: true }).selectOption('flux-kontext-pro');
+    await page.getByLabel('Generate from text').check();
+    await page.getByLabel('Prompt', { exact: true }).fill('a lantern kept across pages');
+    const before = await cards(page).count();
+    expect(before).toBeGreaterThan(0);
+    await page.getByRole('button', { name: 'Generate' }).click();
+    // The upstream task takes 1.5 s: the page is left while it runs.
+    await page.locator('.result-pending').waitFor();
+    await page.getByRole('link', { name: 'Gallery' }).click();
+    await expect.poll(heading).toBe('Gallery');
+    await page.getByRole('link', { name: 'Playground' }).click();
+    await expect.poll(heading).toBe('Playground');
+    await waitForResults(page, before + 1);
+    expect((await page.locator('.result-model').first().textContent())!).toBe('flux-kontext-pro · a lantern kept across pages');
+    expect(await page.getByLabel('Model', { exact: true }).inputValue()).toBe('flux-kontext-pro');
+    expect(await page.getByLabel('Prompt', { exact: true }).inputValue()).toBe('a lantern kept across pages');
+    // One run: the kept page was not drawn again, nor its request sent twice.
+    expect(await page.locator('h1').count()).toBe(1);
+    expect(await page.getByRole('button', { name: 'Generate' }).isEnabled()).toBe(true);
+  });
+
   it("fits a phone's width: nothing wider than 375 px, the mask canvas included", async () => {
     // Same browser context: the session cookie signs this page in too.
     const phone = await page.context().newPage();

@@ -7,7 +7,14 @@ import { renderSignIn } from './signin.js';
 import { h, replaceChildren, toast } from './ui.js';
 
 interface Page {
-  render(root: HTMLElement, ctx: ConsoleContext): void | Promise<void>;
+  /** A page that returns a KeptPage keeps its view for the session: shown again as it was left. */
+  render(root: HTMLElement, ctx: ConsoleContext): void | KeptPage | Promise<void | KeptPage>;
+}
+
+/** A page kept across navigation (the playground: its form, results and a request still running). */
+interface KeptPage {
+  /** Takes what navigate() hands the page when its kept view is shown again. */
+  receive(state: unknown): void | Promise<void>;
 }
 
 /** The route table: one line per page (`#/<name>`), each module loaded when first shown. */
@@ -35,6 +42,8 @@ let pendingState: unknown;
 /** Bumped on every render, so a slow page load that was navigated away from does not draw. */
 let renderSeq = 0;
 let pageRoot: HTMLElement | undefined;
+/** The views of kept pages, by route, until sign-out: the next session may be another key's. */
+const keptViews = new Map<string, { view: HTMLElement; page: KeptPage }>();
 let navLinks = new Map<string, HTMLAnchorElement>();
 /**
  * Set by a sign-in: the form that had focus is gone, so the first page drawn takes it to its
@@ -54,12 +63,15 @@ function allowed(route: string): boolean {
 
 function navigate(hash: string, state?: unknown): void {
   pendingState = state;
-  if (location.hash === hash) void showRoute();
+  if (location.hash === hash) void showRoute(true);
   else location.hash = hash;
 }
 
-async function showRoute(): Promise<void> {
+/** `followed`: the user went to the page (a link, a page's button), so its heading takes focus once drawn. */
+async function showRoute(followed = false): Promise<void> {
   if (!session || !pageRoot) return;
+  // Focus still here when the page is drawn was not moved by the user meanwhile.
+  const focusFrom = followed ? document.activeElement : null;
   let route = routeOf(location.hash);
   if (!allowed(route)) {
     route = DEFAULT_ROUTE;
@@ -74,11 +86,21 @@ async function showRoute(): Promise<void> {
   const label = NAV.find((n) => n.route === route)?.label ?? route;
   document.title = `${label} · Image Gateway console`;
   const seq = ++renderSeq;
-  const moveFocus = focusAfterSignIn;
+  const moveFocus = focusAfterSignIn || followed;
   focusAfterSignIn = false;
   const state = pendingState;
   pendingState = undefined;
   const root = pageRoot;
+  const kept = keptViews.get(route);
+  if (kept) {
+    root.replaceChildren(kept.view);
+    try {
+      if (state !== undefined) await kept.page.receive(state);
+    } finally {
+      if (moveFocus && seq === renderSeq) focusHeading(kept.view, focusFrom);
+    }
+    return;
+  }
   replaceChildren(root, h('p', { class: 'loading' }, 'Loading…'));
   try {
     const page = await pages[route]!();
@@ -88,22 +110,25 @@ async function showRoute(): Promise<void> {
     const view = h('div', { class: 'view' });
     root.replaceChildren(view);
     const ctx: ConsoleContext = { api, session, navigate, ...(state === undefined ? {} : { state }) };
-    await page.render(view, ctx);
-    if (moveFocus && seq === renderSeq) focusHeading(view);
+    const keeps = await page.render(view, ctx);
+    // Kept only when drawn for the session still signed in, as the page the user is on.
+    if (keeps && seq === renderSeq && pageRoot === root) keptViews.set(route, { view, page: keeps });
+    if (moveFocus && seq === renderSeq) focusHeading(view, focusFrom);
   } catch (err) {
     if (seq !== renderSeq) return;
     replaceChildren(root, h('p', { class: 'form-error', role: 'alert' }, `This page could not be shown: ${(err as Error).message}`));
-    if (moveFocus) focusHeading(root);
+    if (moveFocus) focusHeading(root, focusFrom);
   }
 }
 
 /**
  * Focuses the page's <h1> (focusable by script only: tabindex="-1"), or the main element when it
- * has none, unless the user has already moved focus somewhere while the page loaded.
+ * has none, unless the user has already moved focus somewhere while the page loaded: focus still
+ * on `from` (the link followed) or on nothing was not moved.
  */
-function focusHeading(container: HTMLElement): void {
+function focusHeading(container: HTMLElement, from: Element | null): void {
   const active = document.activeElement;
-  if (active && active !== document.body && active !== pageRoot) return;
+  if (active && active !== document.body && active !== pageRoot && active !== from) return;
   const heading = container.querySelector('h1');
   if (heading && !heading.hasAttribute('tabindex')) heading.setAttribute('tabindex', '-1');
   (heading ?? pageRoot)?.focus();
@@ -143,6 +168,7 @@ function showShell(current: Session, signedIn = false): void {
 function showSignIn(notice?: string): void {
   session = undefined;
   pageRoot = undefined;
+  keptViews.clear();
   navLinks = new Map();
   renderSeq++;
   document.title = 'Sign in · Image Gateway console';
@@ -183,5 +209,5 @@ async function afterSignIn(): Promise<void> {
 whenUnauthorized(() => {
   if (session) showSignIn('Your session ended (it expired, was signed out, or its key was revoked). Sign in again.');
 });
-window.addEventListener('hashchange', () => void showRoute());
+window.addEventListener('hashchange', () => void showRoute(true));
 void start();

@@ -83,7 +83,11 @@ function shown(el: HTMLElement, visible: boolean): void {
   else el.style.setProperty('display', 'none');
 }
 
-export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<void> {
+/**
+ * Draws the playground. Returns how to hand it state later: the shell keeps this view for the
+ * session, so leaving the page loses neither the form nor the results (nor a request running).
+ */
+export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ receive(state: unknown): Promise<void> } | undefined> {
   const state = (ctx.state ?? {}) as PlaygroundState;
   replaceChildren(root, h('h1', null, 'Playground'), h('p', { class: 'loading' }, 'Loading models…'));
 
@@ -95,11 +99,11 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     models = ((await res.json()) as { data: ModelInfo[] }).data.filter((m) => m.operations.includes('generate') || m.operations.includes('edit'));
   } catch (err) {
     replaceChildren(root, h('h1', null, 'Playground'), h('p', { class: 'form-error', role: 'alert' }, `The models could not be loaded: ${(err as Error).message}`));
-    return;
+    return undefined;
   }
   if (models.length === 0) {
     replaceChildren(root, h('h1', null, 'Playground'), h('p', { class: 'notice' }, 'This key may use no model.'));
-    return;
+    return undefined;
   }
 
   // ---- the form
@@ -594,13 +598,20 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     void submit();
   });
 
-  update({});
-  if (state.reuse) applySettings(state.reuse);
-  if (state.editImage) {
-    try {
-      await editImage(await fetchImage(state.editImage.url), state.editImage.model);
-    } catch (err) {
-      toast(`The image could not be loaded for editing: ${(err as Error).message}`, 'error');
+  /** What the gallery hands over: settings to reuse, or an image to edit. */
+  async function receive(given: unknown): Promise<void> {
+    const handed = (given ?? {}) as PlaygroundState;
+    if (handed.reuse) applySettings(handed.reuse);
+    if (handed.editImage) {
+      try {
+        await editImage(await fetchImage(handed.editImage.url), handed.editImage.model);
+      } catch (err) {
+        toast(`The image could not be loaded for editing: ${(err as Error).message}`, 'error');
+      }
     }
   }
+
+  update({});
+  await receive(state);
+  return { receive };
 }
