@@ -175,8 +175,10 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     expect(await size.getAttribute('aria-invalid')).toBe('true');
     expect(edits).toBe(sent);
     await page.screenshot({ path: `${SCREENSHOTS}console-required-size.png`, fullPage: true });
-    // Chosen, it is sent (as Ideogram v3's resolution).
+    // Chosen, it is sent (as Ideogram v3's resolution); the message and the mark go at once.
     await size.selectOption('1024x1024');
+    expect(await page.locator('.playground-form > .form-error').textContent()).toBe('');
+    expect(await size.getAttribute('aria-invalid')).not.toBe('true');
     const upstreamBefore = h.simulator.received.length;
     await page.getByRole('button', { name: 'Reframe' }).click();
     await expect.poll(() => cards().count(), { timeout: 15_000 }).toBeGreaterThan(0);
@@ -185,6 +187,45 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     // A field that is not required keeps its "Default".
     await page.getByLabel('Generate from text').check();
     expect(await page.getByLabel('Style', { exact: true }).locator('option').first().textContent()).toBe('Default');
+  });
+
+  it('what a refused Edit named follows the form as it is fixed: the image chosen, the mask painted, a model that needs none', async () => {
+    const formError = page.locator('.playground-form > .form-error');
+    await modelSelect().selectOption('ideogram-v3');
+    await page.getByLabel('Edit an image').check();
+    await promptBox().fill('a boat');
+    const sent = edits;
+    await page.getByRole('button', { name: 'Edit', exact: true }).click();
+    await expect.poll(() => formError.textContent()).toBe('Image: choose the image to edit. Mask: this mode needs a mask; paint the area to change.');
+    const png = await sharp({ create: { width: 64, height: 48, channels: 3, background: { r: 30, g: 120, b: 200 } } }).png().toBuffer();
+    await page.getByLabel('Image', { exact: true }).setInputFiles({ name: 'sea.png', mimeType: 'image/png', buffer: png });
+    await expect.poll(() => formError.textContent()).toBe('Mask: this mode needs a mask; paint the area to change.');
+    // A stroke on the mask: nothing left to fix.
+    const canvas = page.getByRole('img', { name: /^Mask/ });
+    await canvas.waitFor();
+    const box = (await canvas.boundingBox())!;
+    await page.mouse.move(box.x + box.width * 0.2, box.y + box.height * 0.5);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.5, { steps: 6 });
+    await page.mouse.up();
+    await expect.poll(() => formError.textContent()).toBe('');
+    // Cleared, the mask is needed again; a model whose edit takes no mask needs nothing.
+    await page.getByRole('button', { name: 'Clear' }).click();
+    await page.getByRole('button', { name: 'Edit', exact: true }).click();
+    await expect.poll(() => formError.textContent()).toBe('Mask: this mode needs a mask; paint the area to change.');
+    await modelSelect().selectOption('doubao-seedream-4-0');
+    await expect.poll(() => formError.textContent()).toBe('');
+    expect(edits).toBe(sent);
+  });
+
+  it('gives focus back to Generate when a run it started from the keyboard ends (disabled, it had lost it)', async () => {
+    await modelSelect().selectOption('dall-e-3');
+    await promptBox().fill('a kite');
+    const button = page.getByRole('button', { name: 'Generate' });
+    await button.focus();
+    await page.keyboard.press('Enter');
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(1);
+    await expect.poll(() => page.evaluate<string>("document.activeElement?.textContent ?? ''")).toBe('Generate');
   });
 
   it('result cards show only what is known: a seed where the model reports one, no "·" left dangling', async () => {

@@ -227,6 +227,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
           sources = sources.filter((_, j) => j !== i);
           showSources();
           void showMask();
+          recheck();
         });
         const figure = h('figure', { class: 'source-image row' }, img, remove);
         figure.style.setProperty('margin', '0');
@@ -241,6 +242,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
     sources = images.slice(0, max);
     showSources();
     void showMask();
+    recheck();
   }
 
   let choosing = 0;
@@ -315,6 +317,13 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
   opEdit.addEventListener('change', () => update());
   modeSelect.addEventListener('change', () => update());
   fileInput.addEventListener('change', () => void chooseFiles([...(fileInput.files ?? [])]));
+  // What a refused Generate named follows the form as it is fixed (after each field's own handler).
+  form.addEventListener('input', recheck);
+  form.addEventListener('change', recheck);
+  // Painting (a stroke ends), Undo, Clear ...: whether the mask has paint may have changed.
+  maskSlot.addEventListener('pointerup', recheck);
+  maskSlot.addEventListener('click', recheck);
+  maskSlot.addEventListener('keyup', recheck);
   for (const type of ['dragenter', 'dragover'] as const) {
     dropZone.addEventListener(type, (event) => {
       event.preventDefault();
@@ -480,37 +489,67 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
    * runs is not a second, paid, generation. The button says so by being disabled.
    */
   let running = false;
+  /** The button that had focus when it was disabled (the browser then leaves focus on nothing). */
+  let focusFrom: HTMLButtonElement | undefined;
   function setRunning(value: boolean): void {
     running = value;
+    if (value) {
+      const active = document.activeElement;
+      focusFrom = active instanceof HTMLButtonElement && (active === generateButton || active.classList.contains('result-retry')) ? active : undefined;
+    }
     generateButton.disabled = value;
     for (const retry of results.querySelectorAll<HTMLButtonElement>('.result-retry')) retry.disabled = value;
     if (value) generateButton.setAttribute('aria-busy', 'true');
     else generateButton.removeAttribute('aria-busy');
+    // Back where the user was, unless they moved on meanwhile (or the page is not shown).
+    if (!value && focusFrom) {
+      const active = document.activeElement;
+      if ((active === null || active === document.body) && focusFrom.isConnected) focusFrom.focus();
+      focusFrom = undefined;
+    }
+  }
+
+  /** What Generate would refuse now: the fields the selected model declares, the prompt, the image and the mask. */
+  function formProblems(): { values: FormValues; problems: string[]; promptWrong: boolean } {
+    const model = currentModel();
+    const op = operation();
+    // Only the fields the selected model declares for this operation and mode are read, so nothing else is ever sent.
+    const values = readValues(formFields(model, op, mode()), view.read());
+    const problems = values.errors.map((e) => e.message);
+    const limit = promptLimit();
+    const needsPrompt = limit > 0;
+    const empty = needsPrompt && !prompt.value.trim();
+    // maxlength stops typing, not a longer prompt kept from a model that takes more.
+    const tooLong = needsPrompt && !empty && prompt.value.length > limit;
+    if (empty) problems.unshift('Prompt must not be empty.');
+    else if (tooLong) problems.unshift(`Prompt must be at most ${limit} characters for ${model.id} (it has ${prompt.value.length}).`);
+    if (op === 'edit' && sources.length === 0) problems.push('Image: choose the image to edit.');
+    if (op === 'edit' && schema()?.mask?.required && !maskEditor?.hasPaint()) problems.push('Mask: this mode needs a mask; paint the area to change.');
+    return { values, problems, promptWrong: empty || tooLong };
+  }
+
+  /** Whether the form shows what a refused Generate named: it then follows each change, and goes once all is fixed. */
+  let problemsShown = false;
+  function showProblems(): string[] {
+    const { values, problems } = formProblems();
+    view.markInvalid(values.errors.map((e) => e.key));
+    formError.textContent = problems.join(' ');
+    problemsShown = problems.length > 0;
+    return problems;
+  }
+  function recheck(): void {
+    if (problemsShown) showProblems();
   }
 
   async function submit(): Promise<void> {
     if (running) return;
-    formError.textContent = '';
-    const model = currentModel();
-    const op = operation();
-    // Only the fields the selected model declares for this operation and mode are read, so nothing else is ever sent.
-    const declared = formFields(model, op, mode());
-    const values = readValues(declared, view.read());
-    view.markInvalid(values.errors.map((e) => e.key));
-    const problems = values.errors.map((e) => e.message);
-    const s = schema();
-    const limit = promptLimit();
-    const needsPrompt = limit > 0;
-    if (needsPrompt && !prompt.value.trim()) problems.unshift('Prompt must not be empty.');
-    // maxlength stops typing, not a longer prompt kept from a model that takes more.
-    else if (prompt.value.length > limit && needsPrompt) problems.unshift(`Prompt must be at most ${limit} characters for ${model.id} (it has ${prompt.value.length}).`);
-    if (op === 'edit' && sources.length === 0) problems.push('Image: choose the image to edit.');
-    if (op === 'edit' && s?.mask?.required && !maskEditor?.hasPaint()) problems.push('Mask: this mode needs a mask; paint the area to change.');
-    if (problems.length > 0) {
-      formError.textContent = problems.join(' ');
-      if (needsPrompt && (!prompt.value.trim() || prompt.value.length > limit)) prompt.focus();
+    if (showProblems().length > 0) {
+      if (formProblems().promptWrong) prompt.focus();
       return;
     }
+    const { values } = formProblems();
+    const model = currentModel();
+    const op = operation();
     const promptText = prompt.value;
     const settings = settingsOf(model.id, promptText, values, mode());
     setRunning(true);
