@@ -384,6 +384,15 @@ describe('errors in OpenAI’s shape', () => {
     expect(res.json().error).toMatchObject({ param: 'async', type: 'invalid_request_error' });
   });
 
+  it('a model asked for an operation it lacks is pointed to the façade’s route for it; an upscaler to the gateway’s own', async () => {
+    const edit = await client.images.edit({ model: 'dall-e-3', prompt: 'x', image: await png() }).catch((e: unknown) => e);
+    expect(edit).toBeInstanceOf(OpenAI.BadRequestError);
+    expect((edit as APIError).message).toMatch(/dall-e-3 does not edit images; use POST \/v1\/images\/generations$/);
+    const upscale = await client.images.generate({ model: 'ideogram-upscale', prompt: 'x' }).catch((e: unknown) => e);
+    expect((upscale as APIError).message).toMatch(/does not generate from text; use POST \/v1\/upscale$/);
+    expect(submissions()).toHaveLength(0);
+  });
+
   it('the gateway’s own routes keep the gateway’s error shape', async () => {
     const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'x', size: '640x480' } });
     expect(res.json().error).toMatchObject({ code: 'invalid_request', details: [{ field: 'size' }] });

@@ -240,12 +240,17 @@ function openAiParam(field: string): string | null {
 }
 
 /** `{"error":{"message","type","param","code"}}`; the request id travels in the `x-request-id` header, where the SDKs read it. */
+/** The gateway's routes as the façade names them; upscale and describe have no façade route. */
+const FACADE_ROUTE: Readonly<Record<string, string>> = { 'POST /v1/generate': 'POST /v1/images/generations', 'POST /v1/edit': 'POST /v1/images/edits' };
+
 export function openAiErrorBody(err: GatewayError) {
   const kind = OPENAI_ERROR_KIND[err.code];
   const field = err.details.find((d) => d.field !== undefined)?.field;
   const param = field === undefined ? null : openAiParam(field);
   let message = err.message;
   for (const name of OPTION_FIELDS) message = message.replaceAll(`options.${name}`, name);
+  // A model asked for an operation it lacks is told where to go (catalogue.ts endpointsOf), here in the façade's routes.
+  message = message.replace(/use (POST \/v1\/\w+(?: or POST \/v1\/\w+)*)$/, (_, routes: string) => `use ${routes.split(' or ').map((r) => FACADE_ROUTE[r] ?? r).join(' or ')}`);
   return { error: { message, type: kind.type, param, code: kind.code ?? err.code } };
 }
 
