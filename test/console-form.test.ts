@@ -372,17 +372,18 @@ describe('the playground reading a real streamed generate', () => {
     for (const text of seen.slice(3)) expect(text).toMatch(/^Running: \w+/);
     expect(result!.images).toHaveLength(1);
     expect(progressText('queued', {})).toBe('Queued…');
-    // Upstream's progress is a fraction (0 to 1), as the simulator sends it: shown as 0 to 100 %.
+    // Upstream's progress is a fraction (0 to 1), as the simulator sends it: shown as 0 to 100 %,
+    // without upstream's word for the state (BFL says "Pending" until the image is ready).
     const percents = seen.slice(3).map((text) => /(\d+)%…$/.exec(text)?.[1]).filter((p) => p !== undefined).map(Number);
     expect(percents.length).toBeGreaterThan(0);
     expect(Math.max(...percents)).toBeGreaterThan(1);
-    expect(progressText('progress', { upstream_status: 'Pending', progress: 0.416 })).toBe('Running: Pending 42%…');
-    expect(progressText('progress', { upstream_status: 'Pending', progress: 0.12 })).toBe('Running: Pending 12%…');
-    expect(progressText('progress', { upstream_status: 'Pending', progress: 0 })).toBe('Running: Pending 0%…');
-    expect(progressText('progress', { upstream_status: 'Ready', progress: 1 })).toBe('Running: Ready 100%…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 0.416 })).toBe('Running: 42%…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 0.12 })).toBe('Running: 12%…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 0 })).toBe('Running: 0%…');
+    expect(progressText('progress', { upstream_status: 'Ready', progress: 1 })).toBe('Running: 100%…');
     // Out of range: clamped to 0..100.
-    expect(progressText('progress', { upstream_status: 'Pending', progress: 1.7 })).toBe('Running: Pending 100%…');
-    expect(progressText('progress', { upstream_status: 'Pending', progress: -0.2 })).toBe('Running: Pending 0%…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: 1.7 })).toBe('Running: 100%…');
+    expect(progressText('progress', { upstream_status: 'Pending', progress: -0.2 })).toBe('Running: 0%…');
     expect(progressText('progress', { upstream_status: 'Pending' })).toBe('Running: Pending…');
     expect(progressText('image', {})).toBeUndefined();
   });

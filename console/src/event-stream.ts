@@ -64,8 +64,9 @@ export function progressText(event: string, data: Record<string, unknown>): stri
   if (event === 'running') return data.task_id ? 'Running (upstream task accepted)…' : 'Running…';
   if (event === 'progress') {
     // Upstream's progress is a fraction, 0 to 1 (openapi.yaml's ProgressEvent): shown as a percentage, 0 to 100.
-    const pct = typeof data.progress === 'number' && Number.isFinite(data.progress) ? ` ${Math.round(Math.min(1, Math.max(0, data.progress)) * 100)}%` : '';
-    return `Running: ${String(data.upstream_status ?? 'in progress')}${pct}…`;
+    // A percentage says more than upstream's word for the state, which may still be "Pending" at 60 %.
+    if (typeof data.progress === 'number' && Number.isFinite(data.progress)) return `Running: ${Math.round(Math.min(1, Math.max(0, data.progress)) * 100)}%…`;
+    return `Running: ${String(data.upstream_status ?? 'in progress')}…`;
   }
   return undefined;
 }
