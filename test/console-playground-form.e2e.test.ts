@@ -44,7 +44,7 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     const res = await h.fetch(`${h.base}/v1/models`, { headers: h.auth });
     catalogue = ((await res.json()) as { data: CatalogueModel[] }).data;
     browser = await launchChromium();
-    const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+    const context = await browser.newContext({ viewport: { width: 1100, height: 900 }, permissions: ['clipboard-read', 'clipboard-write'] });
     page = await context.newPage();
     page.on('request', (r) => {
       if (r.method() === 'POST' && new URL(r.url()).pathname === '/console/api/v1/generate') generateBodies.push(JSON.parse(r.postData() ?? '{}'));
@@ -126,6 +126,17 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     await page.getByRole('button', { name: 'Generate' }).click();
     await expect.poll(() => page.locator('.playground-form > .form-error').textContent()).toBe(`Prompt must be at most ${limitOf('wan2.7-image')} characters for wan2.7-image (it has 1000).`);
     expect(generateBodies.length).toBe(sent);
+    // A longer text pasted is cut to the limit by the browser: the hint says how much was left out.
+    const limit = limitOf('wan2.7-image');
+    await promptBox().fill('a lighthouse. ');
+    await page.evaluate(`navigator.clipboard.writeText(${JSON.stringify('x'.repeat(limit))})`);
+    await promptBox().press('End');
+    await promptBox().press('ControlOrMeta+V');
+    await expect.poll(() => promptBox().inputValue()).toHaveLength(limit);
+    expect(await page.locator('#pg-prompt-help').textContent()).toBe(`Up to ${limit} characters. The pasted text was cut to fit: its last 14 characters were left out.`);
+    // The next edit puts the hint back.
+    await promptBox().press('Backspace');
+    expect(await page.locator('#pg-prompt-help').textContent()).toBe(`Up to ${limit} characters.`);
     // A mode that takes no prompt (Ideogram's reframe) shows no limit.
     await modelSelect().selectOption('ideogram-v3');
     await page.getByLabel('Edit an image').check();

@@ -179,6 +179,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
   const schema = () => operationSchema(currentModel(), operation(), mode());
   /** The longest prompt the selected model, operation and mode take, from the catalogue; 0: no prompt. */
   const promptLimit = () => schema()?.prompt.max_length ?? 0;
+  const limitText = () => (promptLimit() > 0 ? `Up to ${promptLimit()} characters.` : '');
 
   /** What the mask editor shows: its source image and whether the mask is required (kept while they stay the same). */
   let maskFor: { source: Blob; required: boolean } | undefined;
@@ -299,7 +300,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
     prompt.disabled = !takesPrompt;
     if (!takesPrompt) prompt.value = '';
     prompt.placeholder = takesPrompt ? 'Describe the image' : 'This mode takes no prompt';
-    promptHint.textContent = takesPrompt ? `Up to ${limit} characters.` : '';
+    promptHint.textContent = limitText();
 
     fields = formFields(model, operation(), mode());
     view = renderFields(fields, 'pg');
@@ -317,6 +318,18 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
   opEdit.addEventListener('change', () => update());
   modeSelect.addEventListener('change', () => update());
   fileInput.addEventListener('change', () => void chooseFiles([...(fileInput.files ?? [])]));
+  // maxlength cuts a pasted text in silence: the hint says how much was left out, until the next edit.
+  prompt.addEventListener('paste', (event) => {
+    const pasted = event.clipboardData?.getData('text') ?? '';
+    const room = prompt.maxLength - (prompt.value.length - (prompt.selectionEnd - prompt.selectionStart));
+    const cut = pasted.length - Math.max(0, room);
+    if (prompt.maxLength > 0 && cut > 0) {
+      promptHint.textContent = `${limitText()} The pasted text was cut to fit: its last ${cut} character${cut === 1 ? ' was' : 's were'} left out.`;
+    }
+  });
+  prompt.addEventListener('input', (event) => {
+    if ((event as InputEvent).inputType !== 'insertFromPaste') promptHint.textContent = limitText();
+  });
   // What a refused Generate named follows the form as it is fixed (after each field's own handler).
   form.addEventListener('input', recheck);
   form.addEventListener('change', recheck);
