@@ -268,6 +268,11 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     expect(await page.locator('tr[data-key-id="admin"] td').nth(1).textContent()).toBe('admin');
     // Configured keys cannot be revoked here: their buttons are disabled.
     await expect(page.getByRole('button', { name: 'Revoke key admin' }).isDisabled()).resolves.toBe(true);
+    // ... and say why, in words beside the button that describe it.
+    const why = page.locator('tr[data-key-id="admin"] .revoke-why');
+    expect(await why.textContent()).toBe('Set in GATEWAY_ADMIN_KEY');
+    expect(await page.getByRole('button', { name: 'Revoke key admin' }).getAttribute('aria-describedby')).toBe(await why.getAttribute('id'));
+    expect(await page.locator('tr[data-key-id="design"] .revoke-why').textContent()).toBe('Set in GATEWAY_API_KEYS');
     // On a phone the table scrolls inside its box; the page itself does not scroll sideways.
     await page.setViewportSize({ width: 375, height: 740 });
     expect(await page.evaluate<number>('document.documentElement.scrollWidth')).toBeLessThanOrEqual(375);

@@ -103,11 +103,17 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     copy.focus();
   }
 
+  let whyIds = 0;
   function row(key: KeyEntry): HTMLTableRowElement {
     const revoke = el('button', { type: 'button', class: 'danger', 'aria-label': `Revoke key ${key.id}` }, 'Revoke');
+    // A configured key is revoked where it is set: said beside the disabled button (a title shows
+    // only to a mouse, and a disabled button takes no focus).
+    let why: HTMLElement | null = null;
     if (key.source !== 'api') {
       revoke.disabled = true;
-      revoke.title = `Set in the gateway's configuration (${key.source}); remove it there`;
+      const where = key.source === 'file' ? 'GATEWAY_KEYS_FILE' : key.admin && key.id === 'admin' ? 'GATEWAY_ADMIN_KEY' : 'GATEWAY_API_KEYS';
+      why = el('span', { class: 'revoke-why', id: `revoke-why-${++whyIds}` }, `Set in ${where}`);
+      revoke.setAttribute('aria-describedby', why.id);
     }
     revoke.addEventListener('click', async () => {
       if (!window.confirm(`Revoke key ${key.id} (team ${key.team})? Calls with it are refused from now on.`)) return;
@@ -136,7 +142,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
       el('td', {}, key.monthly_budget_usd === undefined ? '—' : formatUsd(key.monthly_budget_usd)),
       el('td', {}, key.models ? key.models.join(', ') : 'all'),
       el('td', {}, key.source),
-      el('td', {}, revoke),
+      el('td', {}, revoke, why),
     );
     return tr;
   }

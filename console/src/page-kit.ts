@@ -82,4 +82,5 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .key-once code { display: block; overflow-wrap: anywhere; font-size: 1rem; margin: .5rem 0; user-select: all; }
 .page-form { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(12rem, 100%), 1fr)); gap: .5rem .75rem; align-items: end; margin: 0 0 1rem; }
 .page-form label { display: flex; flex-direction: column; gap: .2rem; margin: 0; font-size: .875rem; }
+.revoke-why { display: block; margin-top: .2rem; font-size: .8rem; color: var(--muted); }
 `;
