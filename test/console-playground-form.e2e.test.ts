@@ -137,6 +137,15 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     // The next edit puts the hint back.
     await promptBox().press('Backspace');
     expect(await page.locator('#pg-prompt-help').textContent()).toBe(`Up to ${limit} characters.`);
+    // So does a paste that fits, right after one that was cut; a line break counts once, as the textarea keeps it.
+    await promptBox().press('ControlOrMeta+V');
+    await expect.poll(() => page.locator('#pg-prompt-help').textContent()).toMatch(new RegExp(`last ${limit - 1} characters were left out`));
+    const fitting = `${'y'.repeat(limit - 2)}\r\nz`;
+    await page.evaluate(`navigator.clipboard.writeText(${JSON.stringify(fitting)})`);
+    await promptBox().press('ControlOrMeta+A');
+    await promptBox().press('ControlOrMeta+V');
+    await expect.poll(() => promptBox().inputValue()).toBe(`${'y'.repeat(limit - 2)}\nz`);
+    expect(await page.locator('#pg-prompt-help').textContent()).toBe(`Up to ${limit} characters.`);
     // A mode that takes no prompt (Ideogram's reframe) shows no limit.
     await modelSelect().selectOption('ideogram-v3');
     await page.getByLabel('Edit an image').check();
@@ -229,6 +238,22 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     expect(edits).toBe(sent);
   });
 
+  it('settings filled in by "Reuse settings" clear what a refused Generate named', async () => {
+    const formError = page.locator('.playground-form > .form-error');
+    await modelSelect().selectOption('dall-e-3');
+    await promptBox().fill('a paper boat');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(() => cards().count(), { timeout: 15_000 }).toBe(1);
+    await promptBox().fill('');
+    const sent = generateBodies.length;
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await expect.poll(() => formError.textContent()).toBe('Prompt must not be empty.');
+    await cards().first().getByRole('button', { name: 'Reuse settings' }).click();
+    expect(await promptBox().inputValue()).toBe('a paper boat');
+    expect(await formError.textContent()).toBe('');
+    expect(generateBodies.length).toBe(sent);
+  });
+
   it('gives focus back to Generate when a run it started from the keyboard ends (disabled, it had lost it)', async () => {
     await modelSelect().selectOption('dall-e-3');
     await promptBox().fill('a kite');
@@ -314,6 +339,8 @@ describe.skipIf(chromiumProblem !== undefined)('the playground form follows the 
     expect(generateBodies.at(-1)).toEqual(generateBodies.at(-2));
     await expect.poll(() => page.locator('.result-pending').count()).toBe(0);
     expect(await failed.count()).toBe(1);
+    // Focus, lost when Retry was disabled and its card replaced, is on the new card's Retry.
+    await expect.poll(() => page.evaluate<boolean>("document.activeElement?.classList.contains('result-retry') === true && document.activeElement.isConnected")).toBe(true);
 
     // "Edit settings" brings them back into the form with the size marked and focused.
     await modelSelect().selectOption('gpt-image-1');

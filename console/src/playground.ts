@@ -222,6 +222,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
           imageError.textContent = `Source image ${i + 1} cannot be read as an image; choose another file.`;
           showSources();
           void showMask();
+          recheck();
         }, { once: true });
         const remove = h('button', { type: 'button', 'aria-label': `Remove source image ${i + 1}` }, 'Remove');
         remove.addEventListener('click', () => {
@@ -320,12 +321,12 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
   fileInput.addEventListener('change', () => void chooseFiles([...(fileInput.files ?? [])]));
   // maxlength cuts a pasted text in silence: the hint says how much was left out, until the next edit.
   prompt.addEventListener('paste', (event) => {
-    const pasted = event.clipboardData?.getData('text') ?? '';
+    // A textarea keeps line breaks as one character each, whatever the clipboard carried.
+    const pasted = (event.clipboardData?.getData('text') ?? '').replace(/\r\n?/g, '\n');
     const room = prompt.maxLength - (prompt.value.length - (prompt.selectionEnd - prompt.selectionStart));
     const cut = pasted.length - Math.max(0, room);
-    if (prompt.maxLength > 0 && cut > 0) {
-      promptHint.textContent = `${limitText()} The pasted text was cut to fit: its last ${cut} character${cut === 1 ? ' was' : 's were'} left out.`;
-    }
+    promptHint.textContent =
+      prompt.maxLength > 0 && cut > 0 ? `${limitText()} The pasted text was cut to fit: its last ${cut} character${cut === 1 ? ' was' : 's were'} left out.` : limitText();
   });
   prompt.addEventListener('input', (event) => {
     if ((event as InputEvent).inputType !== 'insertFromPaste') promptHint.textContent = limitText();
@@ -370,6 +371,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
     view.fill(rawFromParameters(fields, parameters));
     if (typeof settings.prompt === 'string') prompt.value = settings.prompt;
     prompt.focus();
+    // Filled by script, no input event: what a refused Generate named follows here too.
+    recheck();
   }
 
   /**
@@ -504,7 +507,11 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
   let running = false;
   /** The button that had focus when it was disabled (the browser then leaves focus on nothing). */
   let focusFrom: HTMLButtonElement | undefined;
-  function setRunning(value: boolean): void {
+  /**
+   * `placed` is the card a Retry's run left in place of the one its button was on: focus goes to
+   * that card's Retry if it failed again, else to its first action, not to nothing.
+   */
+  function setRunning(value: boolean, placed?: HTMLElement): void {
     running = value;
     if (value) {
       const active = document.activeElement;
@@ -517,7 +524,8 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
     // Back where the user was, unless they moved on meanwhile (or the page is not shown).
     if (!value && focusFrom) {
       const active = document.activeElement;
-      if ((active === null || active === document.body) && focusFrom.isConnected) focusFrom.focus();
+      const target = focusFrom.isConnected ? focusFrom : placed?.querySelector<HTMLElement>('.result-retry, .result-actions button, .result-actions a');
+      if ((active === null || active === document.body) && target?.isConnected) target.focus();
       focusFrom = undefined;
     }
   }
@@ -594,8 +602,11 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
     settings: ReuseSettings;
   }
 
-  /** Sends a request, showing it as a card that runs (its status and a ticking clock), then its images or what went wrong. */
-  async function run(request: SentRequest, replacing?: HTMLElement): Promise<void> {
+  /**
+   * Sends a request, showing it as a card that runs (its status and a ticking clock), then its
+   * images or what went wrong. Returns the first card it left.
+   */
+  async function run(request: SentRequest, replacing?: HTMLElement): Promise<HTMLElement> {
     shown(emptyResults, false);
     const status = h('p', { class: 'result-status', role: 'status' }, 'Sending…');
     const elapsed = h('p', { class: 'muted result-elapsed' });
@@ -608,10 +619,14 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
     const clock = setInterval(tick, 100);
     try {
       const result = await outcome(await ctx.api(request.path, request.init), (text) => (status.textContent = text));
-      pending.replaceWith(...resultCards(result, performance.now() - started, request.settings));
+      const cards = resultCards(result, performance.now() - started, request.settings);
+      pending.replaceWith(...cards);
+      return cards[0] ?? results;
     } catch (err) {
       const failure: Failure = err instanceof RequestFailed ? err.failure : { code: 'network', message: (err as Error).message };
-      pending.replaceWith(failedCard(request, failure, performance.now() - started));
+      const card = failedCard(request, failure, performance.now() - started);
+      pending.replaceWith(card);
+      return card;
     } finally {
       clearInterval(clock);
     }
@@ -633,7 +648,10 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
     retry.addEventListener('click', () => {
       if (running) return;
       setRunning(true);
-      void run(request, card).finally(() => setRunning(false));
+      void run(request, card).then(
+        (placed) => setRunning(false, placed),
+        () => setRunning(false),
+      );
     });
     return card;
   }
@@ -661,6 +679,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
         toast(`The image could not be loaded for editing: ${(err as Error).message}`, 'error');
       }
     }
+    recheck();
   }
 
   update({});
