@@ -104,14 +104,15 @@ export const NO_AUTOMATIC_RETRY: Readonly<Record<string, string>> = { 'x-should-
 
 /**
  * Whether an answer's own retry by a client library cannot help: a 409 meets the same conflict; a
- * browser token's cap holds until the token expires; a 429 that resets only after more than a
- * minute (a key's images per day or monthly budget) would hold the caller's request for hours, and
- * a Retry-After past 2^31 ms is read by Node's timers as none. The caller decides instead.
+ * browser token's cap holds until the token expires; any answer whose Retry-After is more than a
+ * minute away (a key's images per day or monthly budget, an upstream that said to come back in an
+ * hour) would hold the caller's request that long, and a Retry-After past 2^31 ms is read by
+ * Node's timers as none. The caller decides instead.
  */
 export function retryCannotHelp(err: GatewayError): boolean {
   if (err.status === 409) return true;
-  if (err.status !== 429) return false;
-  return err.limit?.startsWith('token_') === true || (err.retryAfter ?? 0) > 60;
+  if (err.status === 429 && err.limit?.startsWith('token_') === true) return true;
+  return (err.retryAfter ?? 0) > 60;
 }
 
 /** The same failure, answered with more headers and/or marked expected (see GatewayError.expected). */

@@ -306,13 +306,17 @@ describe('the edge mapping', () => {
 });
 
 describe('answers a client library should not send again on its own (retryCannotHelp)', () => {
-  it('a 409, a browser token cap, a 429 resetting more than a minute away; not a 429 within the minute nor a 5xx', () => {
+  it('a 409, a browser token cap, any answer whose Retry-After is more than a minute away; not one within the minute', () => {
     expect(retryCannotHelp(new GatewayError('conflict', 'used with another body'))).toBe(true);
     expect(retryCannotHelp(new GatewayError('rate_limited', 'cap', { retryAfter: 5, limit: 'token_max_images' }))).toBe(true);
     expect(retryCannotHelp(new GatewayError('rate_limited', 'day', { retryAfter: 61, limit: 'images_per_day' }))).toBe(true);
     expect(retryCannotHelp(new GatewayError('rate_limited', 'day', { retryAfter: 60, limit: 'images_per_day' }))).toBe(false);
     expect(retryCannotHelp(new GatewayError('rate_limited', 'rpm', { retryAfter: 42, limit: 'rpm' }))).toBe(false);
-    expect(retryCannotHelp(new GatewayError('service_unavailable', 'queue', { retryAfter: 3600 }))).toBe(false);
+    // An upstream that said to come back in an hour (its 503, answered 502), or a long queue wait.
+    expect(retryCannotHelp(new GatewayError('upstream_error', 'no channel', { retryAfter: 3600 }))).toBe(true);
+    expect(retryCannotHelp(new GatewayError('service_unavailable', 'queue', { retryAfter: 120 }))).toBe(true);
+    expect(retryCannotHelp(new GatewayError('service_unavailable', 'stopping', { retryAfter: 1 }))).toBe(false);
+    expect(retryCannotHelp(new GatewayError('upstream_error', 'bad gateway'))).toBe(false);
     expect(retryCannotHelp(new GatewayError('invalid_request', 'bad'))).toBe(false);
   });
 });
