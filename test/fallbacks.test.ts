@@ -302,6 +302,21 @@ describe('fallback_on_timeout (UPSTREAM_TIMEOUT_MS=300)', () => {
     expect(modelsSent(h)).toEqual(['gpt-image-1']);
   });
 
+  it('on, the next model then refused unbilled: the answer still says not to resend on its own (the first may have billed)', async () => {
+    h.simulator.failNext('hang');
+    h.simulator.failNext('no_channel', 10);
+    const res = await generate({ model: 'gpt-image-1', prompt: 'slow then none', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true });
+    errorOf(res, 502, 'upstream_error');
+    expect(modelsSent(h)).toContain('gpt-image-1.5');
+    expect(res.headers['x-should-retry']).toBe('false');
+    // Without the timeout before it, the same refusal may be resent.
+    h.simulator.reset();
+    h.simulator.failNext('no_channel', 10);
+    const alone = await generate({ model: 'gpt-image-1.5', prompt: 'none', fallback_models: [] });
+    errorOf(alone, 502, 'upstream_error');
+    expect(alone.headers['x-should-retry']).toBeUndefined();
+  });
+
   it('on: the next model answers', async () => {
     h.simulator.failNext('hang');
     const res = await generate({ model: 'gpt-image-1', prompt: 'slow', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true });

@@ -166,6 +166,28 @@ describe('fallback_models in jobs', () => {
   });
 });
 
+describe('a job whose chain left a model after a timeout', () => {
+  it('answers its last model\'s unbilled failure with x-should-retry: false, replayed too (the timed-out model may have billed)', async () => {
+    const slow = await startHarness({ UPSTREAM_TIMEOUT_MS: '300' });
+    try {
+      slow.simulator.failNext('hang');
+      slow.simulator.failNext('no_channel', 10);
+      const payload = { model: 'gpt-image-1', prompt: 'slow then none', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true };
+      // With an Idempotency-Key, a direct request runs as a job.
+      const headers = { ...slow.auth, 'idempotency-key': 'chain-timeout-then-none' };
+      const first = await slow.app.inject({ method: 'POST', url: '/v1/generate', headers, payload });
+      expect(first.statusCode, first.body).toBe(502);
+      expect(modelsSent(slow.simulator)).toContain('gpt-image-1.5');
+      expect(first.headers['x-should-retry']).toBe('false');
+      const replay = await slow.app.inject({ method: 'POST', url: '/v1/generate', headers, payload });
+      expect(replay.headers['idempotent-replayed']).toBe('true');
+      expect(replay.headers['x-should-retry']).toBe('false');
+    } finally {
+      await slow.close();
+    }
+  });
+});
+
 describe('limits with a chain in a job', () => {
   let h: Harness;
   beforeAll(async () => {

@@ -437,6 +437,8 @@ export class GenerationPipeline {
     if (chain.length === 1) return this.directly(call, chain[0]!, onEvent, upstream);
     const { outcome } = call;
     const tried = (outcome.modelsTried ??= []);
+    // A model left after a timeout (fallback_on_timeout) may have billed: so may the request, however the last model failed.
+    let billedBefore = false;
     for (let i = 0; ; i++) {
       const prepared = chain[i]!;
       tried.push(prepared.model.id);
@@ -445,12 +447,14 @@ export class GenerationPipeline {
         const result = await this.directly(call, prepared, onEvent, upstream);
         return { ...result, requested_model: chain[0]!.model.id };
       } catch (err) {
+        const answered = (failure: unknown) => (billedBefore && failure instanceof UpstreamFailure && !failure.mayHaveBilled ? failure.with({ mayHaveBilled: true }) : failure);
         const next = chain[i + 1];
         // The chain's last model failed as the others did: the answer says all were tried.
         if (!next && i > 0 && !call.signal.aborted && fallbackAllowed(err, call.request)) {
-          throw err.with({}, `${err.message}; every model of the chain failed (tried ${tried.join(', ')})`);
+          throw answered(err.with({}, `${err.message}; every model of the chain failed (tried ${tried.join(', ')})`));
         }
-        if (!next || call.signal.aborted || !fallbackAllowed(err, call.request)) throw err;
+        if (!next || call.signal.aborted || !fallbackAllowed(err, call.request)) throw answered(err);
+        billedBefore ||= err.mayHaveBilled;
         // Upstream said it did not bill that model (no channel, throttled, ...): a caller leaving
         // before the next model is sent is charged nothing for it.
         if (!err.mayHaveBilled) delete upstream.sent;

@@ -41,6 +41,8 @@ interface StoredError {
 function neverPaid(failure: GatewayError): boolean {
   // Made and paid for (its upstreamStatus may be a result download's 404, not the call's).
   if (failure instanceof PaidImageLost) return false;
+  // An upstream failure that may have been billed (toGatewayError), whatever the last status was.
+  if (failure.headers['x-should-retry'] === 'false') return false;
   if (failure.code === 'rate_limited' || failure.code === 'service_unavailable') return true;
   const status = failure.upstreamStatus;
   return status !== undefined && ((status >= 400 && status < 500) || status === 503);
@@ -633,9 +635,12 @@ export class JobRunner {
         }
         // The chain's last model failed as the others did: the answer says all were tried.
         const tried = chain?.tried ?? [];
-        const told = tried.length > 1 && prepared && fallbackAllowed(cause, prepared.request)
+        const allTried = tried.length > 1 && prepared && fallbackAllowed(cause, prepared.request)
           ? cause.with({}, `${cause.message}; every model of the chain failed (tried ${tried.join(', ')})`)
           : cause;
+        // A model left after a timeout (fallback_on_timeout) may have billed: so may the job, however its last model failed.
+        const billedBefore = chain?.fallbacks.some((f) => f.reason === 'timeout') === true;
+        const told = billedBefore && allTried instanceof UpstreamFailure && !allTried.mayHaveBilled ? allTried.with({ mayHaveBilled: true }) : allTried;
         failure =
           told instanceof GatewayError
             ? told
