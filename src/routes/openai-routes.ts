@@ -239,10 +239,10 @@ function openAiParam(field: string): string | null {
   return field.replace(/\[\d+\]$/, '');
 }
 
-/** `{"error":{"message","type","param","code"}}`; the request id travels in the `x-request-id` header, where the SDKs read it. */
 /** The gateway's routes as the façade names them; upscale and describe have no façade route. */
 const FACADE_ROUTE: Readonly<Record<string, string>> = { 'POST /v1/generate': 'POST /v1/images/generations', 'POST /v1/edit': 'POST /v1/images/edits' };
 
+/** `{"error":{"message","type","param","code"}}`; the request id travels in the `x-request-id` header, where the SDKs read it. */
 export function openAiErrorBody(err: GatewayError) {
   const kind = OPENAI_ERROR_KIND[err.code];
   const field = err.details.find((d) => d.field !== undefined)?.field;
