@@ -54,6 +54,9 @@ Image gateway demo (upstream: built-in simulator at ${simulator.url})
       : "the demo's own, kept apart from the real gateway's DATA_DIR"
   })${
     shared.length > 0 ? `\n  shared:     ${shared.join(', ')} set: the demo's keys, jobs, usage and images go there too; unset to keep them apart` : ''
+  }${
+    // Its simulator's tasks live in this process: another demo cannot carry its jobs on.
+    dataDirGiven || shared.length > 0 ? `\n  replicas:   each demo has a simulator of its own; for replicas, run one with npm run simulator and npm start each against it` : ''
   }
 
 Try:

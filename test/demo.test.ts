@@ -92,6 +92,8 @@ describe('npm run demo', () => {
   it('says when DATABASE_URL, REDIS_URL or S3_BUCKET send its state to shared services, and not otherwise', async () => {
     const { banner } = await startDemo({ REDIS_URL: 'redis://127.0.0.1:1' });
     expect(banner).toMatch(/shared: +REDIS_URL set: the demo's keys, jobs, usage and images go there too/);
+    // Two demos sharing state do not share upstream tasks: where replicas go instead.
+    expect(banner).toMatch(/replicas: +each demo has a simulator of its own; for replicas, run one with npm run simulator and npm start each against it/);
     await kill9(demo!.child);
     demo = undefined;
     expect((await startDemo({})).banner).not.toContain('shared:');
@@ -102,12 +104,14 @@ describe('npm run demo', () => {
     const given = join(dir!, 'data');
     expect(banner).toContain(`state:      ${given} (DATA_DIR as set: shared with npm start or anything else using it; unset for the demo's own ./data-demo)`);
     expect(banner).not.toContain('kept apart');
+    expect(banner).toContain('replicas:   each demo has a simulator of its own');
   });
 
   it('keeps its state in ./data-demo, apart from the gateway\'s ./data, when DATA_DIR is unset or empty', async () => {
     for (const DATA_DIR of [undefined, '', '  ']) {
       const { banner } = await startDemo({ DATA_DIR }, { inDir: true });
       expect(banner).toContain("state:      ./data-demo (the demo's own, kept apart from the real gateway's DATA_DIR)");
+      expect(banner).not.toContain('replicas:');
       expect(existsSync(join(dir!, 'data-demo'))).toBe(true);
       expect(existsSync(join(dir!, 'data'))).toBe(false);
       await kill9(demo!.child);
