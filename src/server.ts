@@ -14,8 +14,13 @@ export async function serve(config: Config, opts: { onClose?: () => Promise<void
     if (closing) return;
     closing = true;
     app.log.info({ signal }, 'shutting down');
+    const since = Date.now();
     app.close().then(
-      () => process.exit(0),
+      () => {
+        // The line an operator waits for before taking the machine away.
+        app.log.info({ signal, ms: Date.now() - since }, 'stopped: every request answered, every record written');
+        process.exit(0);
+      },
       (err) => {
         app.log.error({ err }, 'error while closing');
         process.exit(1);

@@ -66,6 +66,8 @@ describe('npm start', () => {
     expect(await answers(port)).toBe(false);
     // It stopped as on its own SIGTERM: gracefully, saying so.
     expect(output).toMatch(/"signal":"SIGTERM".*"msg":"shutting down"/);
+    // And that it finished draining, as its last line.
+    expect(output.trim().split('\n').at(-1)).toMatch(/"signal":"SIGTERM".*"msg":"stopped: every request answered, every record written"/);
   }, 60_000);
 });
 

@@ -133,8 +133,13 @@ class SqliteCheckpointer {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    // Held while it stops: with the worker and the timer unreferenced, a process with nothing else
+    // left would exit here, the rest of the stop never run (the database left open, the last spans unsent).
+    this.worker.ref();
     this.worker.postMessage('stop');
-    const stopped = await Promise.race([this.exited.then(() => true), new Promise<false>((resolve) => setTimeout(resolve, 2000, false).unref())]);
+    let timer: NodeJS.Timeout | undefined;
+    const stopped = await Promise.race([this.exited.then(() => true), new Promise<false>((resolve) => (timer = setTimeout(resolve, 2000, false)))]);
+    clearTimeout(timer);
     if (!stopped) await this.worker.terminate();
   }
 }
@@ -214,6 +219,8 @@ class SqliteThread {
       this.ended = new Error('the database is closed');
       await closing.catch(() => {});
     }
+    // Held until it has exited (its last answer unreferenced it), as SqliteCheckpointer.stop().
+    this.worker.ref();
     await this.exited;
   }
 }
