@@ -101,7 +101,10 @@ describe('CATALOGUE_FILE at start', () => {
       ['models:\n  - id: dall-e-3\n    retired: true\n    replacement: nope\n', /CATALOGUE_FILE .*model "dall-e-3": replacement: "nope" is not a model/],
       ['models:\n  - id: gpt-image-2\n    price_per_image_usd: -1\n', /CATALOGUE_FILE .*model "gpt-image-2": price_per_image_usd/],
       ['models:\n  - id: new-one\n    from: gpt-image-2\n', /CATALOGUE_FILE .*model "new-one": from needs upstream_model/],
-      ['models: [ {', /CATALOGUE_FILE .*cannot be read as YAML/],
+      // The parser's own message, without the colon that introduced the excerpt left out.
+      ['models: [ {', /CATALOGUE_FILE .*cannot be read as YAML: .*at line \d+, column \d+$/],
+      ['models:\n  - id: dall-e-3\n    retired: false\n', /CATALOGUE_FILE .*model "dall-e-3": retired: must be true, or left out \(got false\)$/],
+      ['models:\n  - id: dall-e-3\n    disabled: yes please\n', /CATALOGUE_FILE .*model "dall-e-3": disabled: must be true, or left out \(got "yes please"\)$/],
       ['models:\n  - id: gpt-image-2\n    price_per_image: 0.05\n', /CATALOGUE_FILE .*model "gpt-image-2": unknown field price_per_image/],
       ['models:\n  - id: imagen-9\n    price_per_image_usd: 0.05\n', /CATALOGUE_FILE .*model "imagen-9": names no model of the catalogue/],
       // A route given beside from would be dropped: the copy serves from's routes.

@@ -26,9 +26,9 @@ const overlayEntrySchema = z.looseObject({
   id: z.string({ error: 'every entry needs an id (a string)' }).min(1, 'every entry needs an id'),
   from: z.string().min(1).optional(),
   upstream_model: z.string().min(1).regex(/^[^/?#\s]+$/, 'upstream_model is one name, without / ? # or spaces').optional(),
-  retired: z.literal(true, { error: 'retired is true or absent' }).optional(),
+  retired: z.literal(true, { error: (issue) => `must be true, or left out (got ${JSON.stringify(issue.input)})` }).optional(),
   replacement: z.string().min(1).optional(),
-  disabled: z.literal(true, { error: 'disabled is true or absent' }).optional(),
+  disabled: z.literal(true, { error: (issue) => `must be true, or left out (got ${JSON.stringify(issue.input)})` }).optional(),
   price_per_image_usd: perImageUsd.optional(),
   price_per_million_tokens_usd: z.strictObject({ text_input: perMillionTokensUsd, image_input: perMillionTokensUsd, image_output: perMillionTokensUsd }).optional(),
   /** Output tokens per image by quality, for the model's token-priced routes: what a budget reserves before the call. */
@@ -211,7 +211,7 @@ export function loadEffectiveCatalogue(path: string | undefined): ModelSpec[] {
   try {
     overlay = parse(text);
   } catch (err) {
-    throw new CatalogueError(`${prefix}: cannot be read as YAML: ${(err as Error).message.split('\n')[0]}`);
+    throw new CatalogueError(`${prefix}: cannot be read as YAML: ${(err as Error).message.split('\n')[0]!.replace(/:\s*$/, '')}`);
   }
   try {
     return loadCatalogue(mergeOverlay(builtinCatalogueData(), overlay));
