@@ -11,7 +11,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { LightMyRequestResponse } from 'fastify';
 import { ADMIN_KEY, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 import { eventsOf, parseSse } from './sse.js';
-import { fallbackAllowed } from '../src/generation/fallbacks.js';
+import { billedToo, fallbackAllowed } from '../src/generation/fallbacks.js';
+import { GatewayError } from '../src/errors.js';
 import { UpstreamFailure } from '../src/upstream/upstream-failure.js';
 import { parseGenerateBody } from '../src/request/image-request.js';
 
@@ -354,6 +355,21 @@ describe('limits with a chain', () => {
     // 0.02 + 0.3 fits in 0.35; had the first kept 0.3, this would be refused.
     const second = await generate({ model: 'gpt-image-1', prompt: 'chain 2', fallback_models: ['gpt-image-1.5'] }, key);
     expect(second.statusCode, second.body).toBe(200);
+  });
+});
+
+describe("a chain's last failure after a model it left may have billed (billedToo)", () => {
+  it('is marked whatever it is: an upstream failure as may-have-billed, a gateway refusal (no upstream slot in time) with x-should-retry: false', () => {
+    const unbilled = billedToo(new UpstreamFailure('no_channel', 'none', { mayHaveBilled: false })) as UpstreamFailure;
+    expect(unbilled.mayHaveBilled).toBe(true);
+    expect(unbilled.kind).toBe('no_channel');
+    const noSlot = billedToo(new GatewayError('service_unavailable', 'no upstream slot within 300 ms', { retryAfter: 1 })) as GatewayError;
+    expect(noSlot.status).toBe(503);
+    expect(noSlot.retryAfter).toBe(1);
+    expect(noSlot.headers['x-should-retry']).toBe('false');
+    // Not an error of another kind (nothing to mark).
+    const other = new Error('x');
+    expect(billedToo(other)).toBe(other);
   });
 });
 

@@ -1,5 +1,7 @@
 import type { ImageRequest } from '../request/image-request.js';
+import { GatewayError, NO_AUTOMATIC_RETRY, restated } from '../errors.js';
 import { UpstreamFailure } from '../upstream/upstream-failure.js';
+import { PaidImageLost } from './image-generation.js';
 
 /** One fallback taken: upstream could not serve `from` (`reason`: the failure kind), so `to` was tried next. */
 export interface FallbackTaken {
@@ -17,4 +19,15 @@ export function fallbackAllowed(err: unknown, request: ImageRequest): err is Ups
   if (!(err instanceof UpstreamFailure)) return false;
   if (err.kind === 'timeout') return request.fallbackOnTimeout === true;
   return err.otherModelMayServe && !err.mayHaveBilled;
+}
+
+/**
+ * A chain's last failure, once a model it left may have billed (a timeout fallen back from): told
+ * so whatever it is (an upstream refusal, a wait for an upstream slot that ran out ...), so that
+ * no client library resends it on its own and an Idempotency-Key keeps it.
+ */
+export function billedToo(failure: unknown): unknown {
+  if (failure instanceof UpstreamFailure) return failure.mayHaveBilled ? failure : failure.with({ mayHaveBilled: true });
+  if (failure instanceof GatewayError && !(failure instanceof PaidImageLost) && failure.headers['x-should-retry'] !== 'false') return restated(failure, { headers: NO_AUTOMATIC_RETRY });
+  return failure;
 }

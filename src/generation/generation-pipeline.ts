@@ -11,7 +11,7 @@ import { PaidImageLost, type GenerationResult, type ImageGeneration, type Prepar
 import type { ReportEvent } from './generation-events.js';
 import { eventWithOrigin, resultWithOrigin, storedJobOrigin } from '../jobs/job-origin.js';
 import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
-import { fallbackAllowed } from './fallbacks.js';
+import { billedToo, fallbackAllowed } from './fallbacks.js';
 import { parseJobChain } from '../jobs/job-chain.js';
 
 /** Why a request was cut short: its caller went away (the connection closed). */
@@ -447,7 +447,7 @@ export class GenerationPipeline {
         const result = await this.directly(call, prepared, onEvent, upstream);
         return { ...result, requested_model: chain[0]!.model.id };
       } catch (err) {
-        const answered = (failure: unknown) => (billedBefore && failure instanceof UpstreamFailure && !failure.mayHaveBilled ? failure.with({ mayHaveBilled: true }) : failure);
+        const answered = (failure: unknown) => (billedBefore ? billedToo(failure) : failure);
         const next = chain[i + 1];
         // The chain's last model failed as the others did: the answer says all were tried.
         if (!next && i > 0 && !call.signal.aborted && fallbackAllowed(err, call.request)) {

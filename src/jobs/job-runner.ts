@@ -14,7 +14,7 @@ import { deserializeRequest, serializeRequest } from './stored-request.js';
 import { declarationOf, modelFromDeclaration } from '../catalogue/catalogue-schema.js';
 import type { ModelSpec } from '../catalogue/model-spec.js';
 import { imagesAskedOf, inputImagesOf, maxCostUsd } from '../catalogue/catalogue.js';
-import { fallbackAllowed, type FallbackTaken } from '../generation/fallbacks.js';
+import { billedToo, fallbackAllowed, type FallbackTaken } from '../generation/fallbacks.js';
 import { advancedChain, newJobChain, parseJobChain, type JobChain } from './job-chain.js';
 import { JobRecords, type JobRow, type JobStatus } from './job-records.js';
 import type { ProgressEvent } from '../generation/generation-events.js';
@@ -640,7 +640,7 @@ export class JobRunner {
           : cause;
         // A model left after a timeout (fallback_on_timeout) may have billed: so may the job, however its last model failed.
         const billedBefore = chain?.fallbacks.some((f) => f.reason === 'timeout') === true;
-        const told = billedBefore && allTried instanceof UpstreamFailure && !allTried.mayHaveBilled ? allTried.with({ mayHaveBilled: true }) : allTried;
+        const told = billedBefore ? billedToo(allTried) : allTried;
         failure =
           told instanceof GatewayError
             ? told
