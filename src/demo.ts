@@ -11,6 +11,13 @@ import { startUpstreamSimulator } from './simulator/upstream-simulator.js';
  */
 let demoConfig: Config | undefined;
 
+/** What of the demo's state each shared service takes. */
+const SHARED_STATE: Readonly<Record<string, string>> = {
+  DATABASE_URL: 'its jobs, usage, image records and minted keys',
+  REDIS_URL: 'its limit counters and key changes',
+  S3_BUCKET: 'its images',
+};
+
 async function main(): Promise<void> {
   const simulatorKey = `sim-${randomBytes(12).toString('hex')}`;
   // Async tasks take a few seconds, so a client can watch their progress.
@@ -53,10 +60,12 @@ Image gateway demo (upstream: built-in simulator at ${simulator.url})
       ? "DATA_DIR as set: shared with npm start or anything else using it; unset for the demo's own ./data-demo"
       : "the demo's own, kept apart from the real gateway's DATA_DIR"
   })${
-    shared.length > 0 ? `\n  shared:     ${shared.join(', ')} set: the demo's keys, jobs, usage and images go there too; unset to keep them apart` : ''
+    shared.length > 0 ? `\n  shared:     ${shared.map((name) => `${name} set: ${SHARED_STATE[name]} go there`).join('; ')}; unset to keep them apart` : ''
   }${
-    // Its simulator's tasks live in this process: another demo cannot carry its jobs on.
-    dataDirGiven || shared.length > 0 ? `\n  replicas:   each demo has a simulator of its own; for replicas, run one with npm run simulator and npm start each against it` : ''
+    // Its simulator's tasks live in this process: a gateway sharing its jobs cannot carry them on.
+    dataDirGiven || env.DATABASE_URL?.trim()
+      ? `\n  replicas:   each demo has a simulator of its own: a demo job left unfinished is taken over by the gateways sharing its jobs, and fails there (keep demos off a production database); for replicas, run one with npm run simulator and npm start each against it`
+      : ''
   }
 
 Try:

@@ -18,7 +18,7 @@ export async function serve(config: Config, opts: { onClose?: () => Promise<void
     app.close().then(
       () => {
         // The line an operator waits for before taking the machine away.
-        app.log.info({ signal, ms: Date.now() - since }, 'stopped: every request answered, every record written');
+        app.log.info({ signal, ms: Date.now() - since }, 'stopped: the graceful stop is over');
         process.exit(0);
       },
       (err) => {

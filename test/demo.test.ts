@@ -91,9 +91,8 @@ describe('npm run demo', () => {
 
   it('says when DATABASE_URL, REDIS_URL or S3_BUCKET send its state to shared services, and not otherwise', async () => {
     const { banner } = await startDemo({ REDIS_URL: 'redis://127.0.0.1:1' });
-    expect(banner).toMatch(/shared: +REDIS_URL set: the demo's keys, jobs, usage and images go there too/);
-    // Two demos sharing state do not share upstream tasks: where replicas go instead.
-    expect(banner).toMatch(/replicas: +each demo has a simulator of its own; for replicas, run one with npm run simulator and npm start each against it/);
+    // What goes there, not more: with Redis alone, jobs and usage stay in DATA_DIR.
+    expect(banner).toMatch(/shared: +REDIS_URL set: its limit counters and key changes go there; unset to keep them apart/);
     await kill9(demo!.child);
     demo = undefined;
     expect((await startDemo({})).banner).not.toContain('shared:');
@@ -104,7 +103,8 @@ describe('npm run demo', () => {
     const given = join(dir!, 'data');
     expect(banner).toContain(`state:      ${given} (DATA_DIR as set: shared with npm start or anything else using it; unset for the demo's own ./data-demo)`);
     expect(banner).not.toContain('kept apart');
-    expect(banner).toContain('replicas:   each demo has a simulator of its own');
+    // Its jobs are shared: a gateway sharing them cannot carry on its simulator's tasks.
+    expect(banner).toMatch(/replicas: +each demo has a simulator of its own: a demo job left unfinished is taken over by the gateways sharing its jobs, and fails there \(keep demos off a production database\); for replicas, run one with npm run simulator/);
   });
 
   it('keeps its state in ./data-demo, apart from the gateway\'s ./data, when DATA_DIR is unset or empty', async () => {

@@ -74,6 +74,15 @@ describe('npm run simulator', () => {
     expect(body.result?.images).toHaveLength(1);
   });
 
+  it('stops on SIGHUP (a closed terminal), as on SIGTERM, freeing its port', async () => {
+    const port = await freePort();
+    const sim = startSimulator({ SIMULATOR_PORT: String(port) });
+    for (let i = 0; i < 200 && !/npm start/.test(sim.output()); i++) await sleep(25);
+    expect(sim.output()).toMatch(/npm start/);
+    sim.child.kill('SIGHUP');
+    expect(await sim.exited).toBe(0);
+  });
+
   it('a SIMULATOR_PORT that is no port stops it at once, naming the variable', async () => {
     const sim = startSimulator({ SIMULATOR_PORT: 'eighty' });
     expect(await sim.exited).toBe(2);

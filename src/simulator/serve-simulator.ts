@@ -1,5 +1,3 @@
-// First: SIGHUP must not end the process while the rest loads.
-import '../hangup-guard.js';
 import { randomBytes } from 'node:crypto';
 import { startUpstreamSimulator } from './upstream-simulator.js';
 
@@ -32,8 +30,8 @@ Start every gateway replica against it:
   AIHUBMIX_BASE_URL=${simulator.url} AIHUBMIX_API_KEY=${apiKey} npm start
 Its tasks and result URLs live in this process's memory: they are gone when it stops.`);
   const stop = () => void simulator.close().then(() => process.exit(0));
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  // It has nothing to reload: a closed terminal (SIGHUP) stops it too, freeing its port.
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(signal, stop);
 } catch (err) {
   const e = err as NodeJS.ErrnoException;
   if (e.syscall === 'listen' || e.syscall === 'getaddrinfo') {
