@@ -327,6 +327,44 @@ describe('fallback_on_timeout (UPSTREAM_TIMEOUT_MS=300)', () => {
   });
 });
 
+describe('a deadline that passes while upstream does not hold the request (UPSTREAM_TIMEOUT_MS=600, retries on)', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    // Retries after a 503 come at once; the simulator's 429 asks for one second, past the deadline.
+    h = await startHarness({ UPSTREAM_TIMEOUT_MS: '600', UPSTREAM_RETRIES: '2', UPSTREAM_RETRY_BASE_MS: '20' });
+    // A first request warms the path, so that a timeout below comes where the test means it to.
+    expect((await generate({ model: 'gpt-image-1', prompt: 'warm' })).statusCode).toBe(200);
+  });
+  afterAll(async () => h.close());
+  beforeEach(() => h.simulator.reset());
+
+  const generate = (payload: Record<string, unknown>) => h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload });
+
+  it('waiting to send it again after an unbilled 429: a timeout that was not billed, which a client may resend', async () => {
+    h.simulator.failNext('http429');
+    const alone = await generate({ model: 'gpt-image-1', prompt: 'throttled', fallback_models: [] });
+    errorOf(alone, 504, 'upstream_timeout');
+    expect(alone.headers['x-should-retry']).toBeUndefined();
+  });
+
+  it('and with fallback_on_timeout, the next model refused unbilled: nothing says it may have billed', async () => {
+    h.simulator.failNext('http429');
+    h.simulator.failNext('http400');
+    const chained = await generate({ model: 'gpt-image-1', prompt: 'throttled then refused', fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true });
+    errorOf(chained, 400, 'invalid_request');
+    expect(modelsSent(h)).toContain('gpt-image-1.5');
+    expect(chained.headers['x-should-retry']).toBeUndefined();
+  });
+
+  it('once sent again (the deadline passes in the second attempt): may have billed', async () => {
+    h.simulator.failNext('http503');
+    h.simulator.failNext('hang');
+    const res = await generate({ model: 'gpt-image-1', prompt: 'unavailable then slow', fallback_models: [] });
+    errorOf(res, 504, 'upstream_timeout');
+    expect(res.headers['x-should-retry']).toBe('false');
+  });
+});
+
 describe('limits with a chain', () => {
   let h: Harness;
   beforeAll(async () => {

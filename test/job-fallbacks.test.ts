@@ -186,6 +186,37 @@ describe('a job whose chain left a model after a timeout', () => {
       await slow.close();
     }
   });
+
+  it('does not when the timeout came while upstream was not holding the request (waiting to resend after a 429)', async () => {
+    const slow = await startHarness({ UPSTREAM_TIMEOUT_MS: '600', UPSTREAM_RETRIES: '2', UPSTREAM_RETRY_BASE_MS: '20' });
+    try {
+      // A first request warms the path, so that the timeout below comes where the test means it to.
+      expect((await slow.app.inject({ method: 'POST', url: '/v1/generate', headers: slow.auth, payload: { model: 'gpt-image-1', prompt: 'warm' } })).statusCode).toBe(200);
+      // The simulator's 429 asks for one second: the 600 ms deadline passes during that wait.
+      slow.simulator.failNext('http429');
+      slow.simulator.failNext('http400');
+      const payload = { model: 'gpt-image-1', prompt: 'throttled then none', async: true, fallback_models: ['gpt-image-1.5'], fallback_on_timeout: true };
+      const created = await slow.app.inject({ method: 'POST', url: '/v1/generate', headers: slow.auth, payload });
+      const job = (await slow.app.inject({ method: 'GET', url: `/v1/jobs/${created.json().id}?wait=30`, headers: slow.auth })).json();
+      expect(job.status).toBe('failed');
+      expect(job.model).toBe('gpt-image-1.5');
+      expect(job.error.code).toBe('invalid_request');
+      // With an Idempotency-Key, a direct request runs as a job.
+      slow.simulator.reset();
+      slow.simulator.failNext('http429');
+      slow.simulator.failNext('http400');
+      const synchronous = await slow.app.inject({
+        method: 'POST',
+        url: '/v1/generate',
+        headers: { ...slow.auth, 'idempotency-key': 'chain-throttled-then-none' },
+        payload: { ...payload, async: false },
+      });
+      expect(synchronous.statusCode, synchronous.body).toBe(400);
+      expect(synchronous.headers['x-should-retry']).toBeUndefined();
+    } finally {
+      await slow.close();
+    }
+  });
 });
 
 describe('limits with a chain in a job', () => {

@@ -13,6 +13,11 @@ export interface JobChain {
   tried: string[];
   fallbacks: FallbackTaken[];
   /**
+   * Whether a model the chain has left may have billed (a timeout once upstream held the request):
+   * then so may the job, however its last model fails. Absent in older rows: see `leftBilled`.
+   */
+  leftMayHaveBilled?: boolean;
+  /**
    * The params of the job's model now, once the chain has moved on: each model has its own (the
    * OpenAI façade translates `size` per model), and the row's request holds the first model's.
    * Absent in rows kept before params were: the request's are used.
@@ -34,8 +39,8 @@ export function newJobChain(chain: PreparedGeneration[]): JobChain {
   };
 }
 
-/** The chain once `reason` moved it from its current model to the next one. */
-export function advancedChain(chain: JobChain, reason: string): JobChain {
+/** The chain once `reason` moved it from its current model to the next one (which may have billed, or not). */
+export function advancedChain(chain: JobChain, reason: string, mayHaveBilled: boolean): JobChain {
   const [next, ...rest] = chain.next;
   if (!next) throw new Error('a job chain with no model left cannot advance');
   const from = chain.tried[chain.tried.length - 1]!;
@@ -44,6 +49,7 @@ export function advancedChain(chain: JobChain, reason: string): JobChain {
     ...kept,
     tried: [...chain.tried, next.model],
     fallbacks: [...chain.fallbacks, { from, to: next.model, reason }],
+    leftMayHaveBilled: leftMayHaveBilled(chain) || mayHaveBilled,
     ...(next.params !== undefined ? { params: next.params } : {}),
     next: rest,
   };
@@ -51,4 +57,9 @@ export function advancedChain(chain: JobChain, reason: string): JobChain {
 
 export function parseJobChain(json: string | null): JobChain | undefined {
   return json ? (JSON.parse(json) as JobChain) : undefined;
+}
+
+/** Whether a model the chain has left may have billed; rows kept before this was recorded say so of any timeout left. */
+export function leftMayHaveBilled(chain: JobChain): boolean {
+  return chain.leftMayHaveBilled ?? chain.fallbacks.some((f) => f.reason === 'timeout');
 }

@@ -15,7 +15,7 @@ import { declarationOf, modelFromDeclaration } from '../catalogue/catalogue-sche
 import type { ModelSpec } from '../catalogue/model-spec.js';
 import { imagesAskedOf, inputImagesOf, maxCostUsd } from '../catalogue/catalogue.js';
 import { billedToo, fallbackAllowed, type FallbackTaken } from '../generation/fallbacks.js';
-import { advancedChain, newJobChain, parseJobChain, type JobChain } from './job-chain.js';
+import { advancedChain, leftMayHaveBilled, newJobChain, parseJobChain, type JobChain } from './job-chain.js';
 import { JobRecords, type JobRow, type JobStatus } from './job-records.js';
 import type { ProgressEvent } from '../generation/generation-events.js';
 import type { JobEventBus, JobNotice } from './job-events.js';
@@ -25,6 +25,14 @@ import { injectTraceHeaders, inSpan, markSpanError } from '../observability/trac
 export type { JobRow, JobStatus } from './job-records.js';
 
 /** What a finished job failed with: the HTTP status it would have had, and the error object. */
+/** Where a running job stands with upstream, told by its task hooks. */
+interface JobProgress {
+  /** Sent (or being sent): a stop then waits for its task id before leaving it to another replica. */
+  sending: boolean;
+  /** Its upstream task id is kept in the row: another replica can poll it. */
+  taskKnown: boolean;
+}
+
 interface StoredError {
   status: number;
   error: ReturnType<typeof errorBody>['error'];
@@ -559,7 +567,7 @@ export class JobRunner {
   private launch(id: string, chain: PreparedGeneration[] | undefined, resumeTaskId: string | undefined): void {
     const controller = new AbortController();
     // A stop may cut a job short where nothing is lost: before it is sent, or once its task id is kept.
-    const progress = { sending: false, taskKnown: resumeTaskId !== undefined };
+    const progress: JobProgress = { sending: false, taskKnown: resumeTaskId !== undefined };
     // In the context of the request that created the job (same process): its trace goes on. A job
     // taken over after a restart starts a trace of its own.
     const done = inSpan('job.run', { 'gateway.job_id': id, 'gateway.job.resumed': resumeTaskId !== undefined || chain === undefined }, (span) =>
@@ -578,7 +586,7 @@ export class JobRunner {
     given: PreparedGeneration[] | undefined,
     resumeTaskId: string | undefined,
     stop: AbortSignal,
-    progress: { sending: boolean; taskKnown: boolean },
+    progress: JobProgress,
     span?: Span,
   ): Promise<void> {
     let row = await this.get(id);
@@ -622,7 +630,7 @@ export class JobRunner {
             })
           : err;
         if (chain && chain.next.length > 0 && prepared && fallbackAllowed(cause, prepared.request)) {
-          const moved = await this.moveAlongChain(row, chain, cause.kind);
+          const moved = await this.moveAlongChain(row, chain, cause.kind, cause.mayHaveBilled);
           if (!moved) {
             this.finishWatchers.delete(id);
             return;
@@ -639,8 +647,7 @@ export class JobRunner {
           ? cause.with({}, `${cause.message}; every model of the chain failed (tried ${tried.join(', ')})`)
           : cause;
         // A model left after a timeout (fallback_on_timeout) may have billed: so may the job, however its last model failed.
-        const billedBefore = chain?.fallbacks.some((f) => f.reason === 'timeout') === true;
-        const told = billedBefore ? billedToo(allTried) : allTried;
+        const told = chain && leftMayHaveBilled(chain) ? billedToo(allTried) : allTried;
         failure =
           told instanceof GatewayError
             ? told
@@ -681,7 +688,7 @@ export class JobRunner {
     return this.o.generation.prepare(forModel, keptModel(row, this.o.log));
   }
 
-  private taskHooks(id: string, resumeTaskId: string | undefined, keyTag: string | null, progress: { sending: boolean; taskKnown: boolean }): TaskHooks {
+  private taskHooks(id: string, resumeTaskId: string | undefined, keyTag: string | null, progress: JobProgress): TaskHooks {
     return {
       ...(resumeTaskId ? { resumeTaskId, ...(keyTag ? { resumeKeyTag: keyTag } : {}) } : {}),
       // A job is queued until it has an upstream slot: one that dies queued is sent again elsewhere.
@@ -708,8 +715,8 @@ export class JobRunner {
    * row first, so a restart goes on from there; then told to followers and the metrics. Undefined
    * when this replica no longer holds the job.
    */
-  private async moveAlongChain(row: JobRow, chain: JobChain, reason: string): Promise<{ row: JobRow; chain: JobChain } | undefined> {
-    const moved = advancedChain(chain, reason);
+  private async moveAlongChain(row: JobRow, chain: JobChain, reason: string, mayHaveBilled: boolean): Promise<{ row: JobRow; chain: JobChain } | undefined> {
+    const moved = advancedChain(chain, reason, mayHaveBilled);
     const next = chain.next[0]!;
     const modelJson = next.declaration === null ? null : JSON.stringify(next.declaration);
     const chainJson = JSON.stringify(moved);

@@ -179,7 +179,12 @@ export class UpstreamClient {
       try {
         await hooks.onSent?.();
         progress.sent = true;
-        ({ body, key } = await this.exchange.submit(req, signal, hooks.stageImage, hooks.onRetryWait));
+        // Refused unbilled (429, 503) and waiting to be sent again: a deadline passing then was not billed.
+        const onRetryWait = (waiting: boolean) => {
+          progress.sent = !waiting;
+          hooks.onRetryWait?.(waiting);
+        };
+        ({ body, key } = await this.exchange.submit(req, signal, hooks.stageImage, onRetryWait));
       } finally {
         this.slots.release();
       }
