@@ -11,7 +11,12 @@ export async function serve(config: Config, opts: { onClose?: () => Promise<void
   await app.listen({ port: config.PORT, host: config.HOST });
   let closing = false;
   const shutdown = (signal: string) => {
-    if (closing) return;
+    // A second signal (Ctrl-C again) ends the wait: what was in flight is left as a kill would
+    // leave it (jobs carried on after a restart, usage records kept so far durable).
+    if (closing) {
+      app.log.warn({ signal }, 'stopped at once: a second signal came during the graceful stop');
+      process.exit(1);
+    }
     closing = true;
     app.log.info({ signal }, 'shutting down');
     const since = Date.now();

@@ -7,6 +7,7 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -315,6 +316,49 @@ describe('SIGTERM to the server process (dist/server.js)', () => {
       expect(Number(row.lease_until)).toBe(0);
       await fetch(`${simulator.url}/sim/files/none`);
       expect(polls()).toBe(atExit);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await simulator.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a second SIGTERM during a graceful stop (dist/server.js)', () => {
+  it('stops the process at once, exit 1, instead of waiting for the call in flight', async () => {
+    const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30 });
+    const dataDir = mkdtempSync(join(tmpdir(), 'gw-stop-twice-'));
+    const port = await freePort();
+    const { child, output } = await startGatewayProcess(port, {
+      DATA_DIR: dataDir,
+      AIHUBMIX_API_KEY: UPSTREAM_KEY,
+      AIHUBMIX_BASE_URL: simulator.url,
+      GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
+      // An hour: the first SIGTERM's stop waits for the hanging call within it.
+      JOB_SHUTDOWN_GRACE_MS: '3600000',
+      UPSTREAM_TIMEOUT_MS: '3600000',
+    });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      simulator.failNext('hang');
+      const accepted = await fetch(`http://127.0.0.1:${port}/v1/generate`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-image-1', prompt: 'never answered', async: true }),
+      });
+      expect(accepted.status).toBe(202);
+      const { id } = (await accepted.json()) as { id: string };
+      await until(() => simulator.received.some((r) => r.method === 'POST'), `the call upstream (${output()})`);
+
+      child.kill('SIGTERM');
+      // The first stop is waiting for the call: still running a while later.
+      const first = await Promise.race([exited, sleep(500).then(() => 'waiting' as const)]);
+      expect(first).toBe('waiting');
+      child.kill('SIGTERM');
+      expect(await exited).toBe(1);
+      expect(output()).toContain('stopped at once: a second signal came during the graceful stop');
+      // Sent, so not sent again after a restart: it stays running until one fails it.
+      expect(jobRow({ dataDir }, id).status).toBe('running');
     } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await simulator.close();
