@@ -12,7 +12,7 @@ export async function serve(config: Config, opts: { onClose?: () => Promise<void
   let closing = false;
   const shutdown = (signal: string) => {
     // A second signal (Ctrl-C again) ends the wait: what was in flight is left as a kill would
-    // leave it (jobs carried on after a restart, usage records kept so far durable).
+    // leave it (jobs taken up after a restart as after a crash, usage records kept so far durable).
     if (closing) {
       app.log.warn({ signal }, 'stopped at once: a second signal came during the graceful stop');
       process.exit(1);
