@@ -107,10 +107,12 @@ export const NO_AUTOMATIC_RETRY: Readonly<Record<string, string>> = { 'x-should-
  * browser token's cap holds until the token expires; any answer whose Retry-After is more than a
  * minute away (a key's images per day or monthly budget, an upstream that said to come back in an
  * hour) would hold the caller's request that long, and a Retry-After past 2^31 ms is read by
- * Node's timers as none. The caller decides instead.
+ * Node's timers as none; upstream refusing the gateway's own key or balance (401, 403) refuses it
+ * again until an operator acts. The caller decides instead.
  */
 export function retryCannotHelp(err: GatewayError): boolean {
   if (err.status === 409) return true;
+  if (err.code === 'upstream_error' && (err.upstreamStatus === 401 || err.upstreamStatus === 403)) return true;
   if (err.status === 429 && err.limit?.startsWith('token_') === true) return true;
   return (err.retryAfter ?? 0) > 60;
 }

@@ -466,6 +466,14 @@ describe('what the SDK sends again on its own', () => {
     expect(submissions()).toHaveLength(1);
   });
 
+  it("not upstream refusing the gateway's own key (401): refused again until an operator acts", async () => {
+    h.simulator.failNext('http401', 3);
+    const err = (await sdk().images.generate({ model: 'gpt-image-1', prompt: 'no key' }).catch((e: unknown) => e)) as APIError;
+    expect(err.status).toBe(502);
+    expect(err.headers?.get('x-should-retry')).toBe('false');
+    expect(submissions()).toHaveLength(1);
+  });
+
   it('but an unbilled upstream refusal (throttled, Retry-After 1) is retried, and the retry succeeds', async () => {
     h.simulator.failNext('http429');
     const res = await sdk().images.generate({ model: 'dall-e-3', prompt: 'patient' });

@@ -317,6 +317,10 @@ describe('answers a client library should not send again on its own (retryCannot
     expect(retryCannotHelp(new GatewayError('service_unavailable', 'queue', { retryAfter: 120 }))).toBe(true);
     expect(retryCannotHelp(new GatewayError('service_unavailable', 'stopping', { retryAfter: 1 }))).toBe(false);
     expect(retryCannotHelp(new GatewayError('upstream_error', 'bad gateway'))).toBe(false);
+    // Upstream refused the gateway's own key or balance: refused again until an operator acts.
+    expect(retryCannotHelp(new GatewayError('upstream_error', 'credentials', { upstreamStatus: 401 }))).toBe(true);
+    expect(retryCannotHelp(new GatewayError('upstream_error', 'balance', { upstreamStatus: 403 }))).toBe(true);
+    expect(retryCannotHelp(new GatewayError('upstream_error', 'no channel', { upstreamStatus: 503 }))).toBe(false);
     expect(retryCannotHelp(new GatewayError('invalid_request', 'bad'))).toBe(false);
   });
 });
