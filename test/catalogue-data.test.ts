@@ -33,6 +33,14 @@ describe('the built-in catalogue file (src/catalogue/models.yaml)', () => {
     for (const model of MODELS) expect(model.description, model.id).not.toMatch(plumbing);
   });
 
+  it('says a model is priced the way its routes are: "priced by tokens" only with token prices, "no published price" only with none', () => {
+    for (const model of MODELS) {
+      const prices = [model.generate, ...Object.values(model.edit ?? {}), model.upscale].map((route) => route?.price).filter((p) => p !== undefined);
+      if (/priced by tokens/.test(model.description)) expect(prices.some((p) => 'perMillionTokensUsd' in p), model.id).toBe(true);
+      if (/no (published )?price/i.test(model.description)) expect(prices, model.id).toEqual([]);
+    }
+  });
+
   it('validates, and declares every model the gateway serves', () => {
     const data = builtin();
     const models = loadCatalogue(data);
