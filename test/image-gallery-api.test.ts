@@ -186,6 +186,8 @@ function gallerySuite(label: string, database: () => Promise<{ env: Record<strin
       expect(await prompts('model=gpt-image-1')).toEqual(['lighthouse at night', 'Lighthouse 100%_done']);
       // An alias finds its model's images.
       expect(await prompts('model=bfl/FLUX-1.1-pro')).toEqual(['harbour']);
+      // Any other name is taken as a model id images were kept under (a model no longer served has its own): here none.
+      expect(await prompts('model=no-such-model')).toEqual([]);
       // Case-insensitive; LIKE's own characters are taken as written.
       expect((await list(h, design, `?${q(`${tag} LIGHTHOUSE`)}`)).data).toHaveLength(2);
       expect((await list(h, design, `?${q('100%_done')}`)).data.map((i) => i.prompt)).toEqual([`${tag} Lighthouse 100%_done`]);
