@@ -211,8 +211,33 @@ describe.skipIf(chromiumProblem !== undefined)('the console shell in Chromium (s
       focused.push(await page.evaluate<string>("document.activeElement?.textContent ?? ''"));
     }
     expect(focused).toEqual(expect.arrayContaining(['Playground', 'Gallery', 'Usage', 'Keys', 'Sign out']));
+    // The keys table is wider than the phone: it scrolls in a box of its own, a named region the
+    // keyboard reaches, and arrow keys bring its last column (Revoke) into view.
+    const table = page.getByRole('region', { name: 'Keys' });
+    const revoke = page.getByRole('button', { name: 'Revoke key admin' });
+    await revoke.waitFor({ state: 'attached' });
+    const right = async () => (await revoke.boundingBox())!.x + (await revoke.boundingBox())!.width;
+    expect(await right()).toBeGreaterThan(375);
+    await table.screenshot({ path: `${SCREENSHOTS}console-keys-phone-table.png` });
+    await table.focus();
+    for (let i = 0; i < 30; i++) await page.keyboard.press('ArrowRight');
+    // Chromium scrolls smoothly: the last press lands a moment later.
+    await expect.poll(right).toBeLessThanOrEqual(375);
+    await table.screenshot({ path: `${SCREENSHOTS}console-keys-phone-table-scrolled.png` });
     expect(errors).toEqual([]);
     expect(await readable(page)).not.toContain(ADMIN_KEY);
+    await page.close();
+  });
+
+  it('/docs fits a 375 px phone: long code wraps, and the models table scrolls in its own box', async () => {
+    const { page, errors } = await watchedPage(browser, { width: 375, height: 720 });
+    await page.goto(`${h.base}/docs`);
+    const overflow = await page.evaluate<number>('document.documentElement.scrollWidth - document.documentElement.clientWidth');
+    expect(overflow).toBeLessThanOrEqual(0);
+    const models = page.getByRole('region', { name: 'Models' });
+    expect(await models.evaluate((el) => el.scrollWidth > el.clientWidth)).toBe(true);
+    await page.screenshot({ path: `${SCREENSHOTS}docs-phone.png` });
+    expect(errors).toEqual([]);
     await page.close();
   });
   it('a page still loading when the user moves on never draws over the next one', async () => {

@@ -4,7 +4,7 @@
  * (DELETE /v1/keys/{id}, after a confirmation).
  */
 import type { ConsoleContext } from './api.js';
-import { PAGE_CSS, addStyles, apiJson, el, errorMessage, formatUsd, statusLine } from './page-kit.js';
+import { PAGE_CSS, addStyles, apiJson, el, errorMessage, formatUsd, scrollingTable, statusLine } from './page-kit.js';
 
 interface KeyEntry {
   id: string;
@@ -65,7 +65,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     ),
     tableBody,
   );
-  root.append(el('h2', {}, 'Mint a key'), mintForm, once, status, el('h2', {}, 'Keys'), el('div', { class: 'table-wrap' }, table));
+  root.append(el('h2', {}, 'Mint a key'), mintForm, once, status, el('h2', {}, 'Keys'), scrollingTable(table, 'Keys'));
 
   // The minted key lives only in this element's text: gone when the console leaves this page.
   const forget = () => {

@@ -18,6 +18,14 @@ export async function apiJson<T>(ctx: ConsoleContext, path: string, init?: Reque
   return (await res.json()) as T;
 }
 
+/**
+ * A table in a box that scrolls sideways where the screen is narrower (a phone): a region named
+ * `label` that takes the keyboard's focus, so arrow keys scroll it too.
+ */
+export function scrollingTable(table: HTMLTableElement, label: string): HTMLDivElement {
+  return h('div', { class: 'table-wrap', role: 'region', 'aria-label': label, tabindex: '0' }, table);
+}
+
 /** A status line announced to screen readers. */
 export function statusLine(): HTMLParagraphElement {
   return h('p', { class: 'page-status', role: 'status', 'aria-live': 'polite' });
@@ -55,6 +63,15 @@ export const PAGE_CSS = `
 .page-status { min-height: 1.5em; margin: .25rem 0 .75rem; color: var(--muted); }
 .page-status.error { color: var(--danger); }
 .table-wrap { max-width: 100%; position: relative; }
+/* A table wider than its box: a shadow at an edge with more beyond it (the covers scroll with the table and hide it at either end). */
+.table-wrap {
+  background:
+    linear-gradient(to right, var(--bg) 40%, transparent) left / 2.5rem 100% no-repeat local,
+    linear-gradient(to left, var(--bg) 40%, transparent) right / 2.5rem 100% no-repeat local,
+    radial-gradient(farthest-side at 0 50%, color-mix(in srgb, var(--text) 30%, transparent), transparent) left / .9rem 100% no-repeat scroll,
+    radial-gradient(farthest-side at 100% 50%, color-mix(in srgb, var(--text) 30%, transparent), transparent) right / .9rem 100% no-repeat scroll;
+}
+.table-wrap:focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .page-actions { display: flex; flex-wrap: wrap; align-items: center; gap: .5rem; margin: .75rem 0; }
 .page-actions a { display: inline-block; padding: .5rem 1rem; border: 1px solid var(--border); border-radius: var(--radius); background: var(--surface); color: inherit; text-decoration: none; }
@@ -77,6 +94,8 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .image-dialog pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; }
 .usage-chart { width: 100%; min-height: 260px; margin: 0 0 1rem; overflow: hidden; }
 .usage-chart .u-legend { font-size: .85rem; }
+/* The legend is a table too: not ruled as the pages' tables are. */
+.usage-chart .u-legend th, .usage-chart .u-legend td { border-bottom: 0; }
 .key-once { border: 2px solid var(--accent); border-radius: var(--radius); background: var(--surface); padding: .75rem 1rem; margin: 1rem 0; }
 .key-once h3 { margin: 0 0 .25rem; font-size: 1rem; }
 .key-once code { display: block; overflow-wrap: anywhere; font-size: 1rem; margin: .5rem 0; user-select: all; }

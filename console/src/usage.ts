@@ -6,7 +6,7 @@
 import uPlot from '../vendor/uPlot.esm.js';
 import type { ConsoleContext } from './api.js';
 import { DAY_MS, dailySeries, dayAfter, isoDay, monthToDate, type DayTotals } from './days.js';
-import { PAGE_CSS, addStyles, apiJson, el, errorMessage, formatUsd, saveBlob, statusLine } from './page-kit.js';
+import { PAGE_CSS, addStyles, apiJson, el, errorMessage, formatUsd, saveBlob, scrollingTable, statusLine } from './page-kit.js';
 
 interface UsageRow extends DayTotals {
   team?: string | null;
@@ -71,7 +71,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
     el('h2', {}, 'Per day'),
     chartBox,
     el('h2', {}, 'By team, model and key'),
-    el('div', { class: 'table-wrap' }, table),
+    scrollingTable(table, 'Usage by team, model and key'),
   );
 
   let chart: uPlot | undefined;

@@ -113,9 +113,9 @@ function renderDocs(spec: Json, models: ReturnType<typeof describeModel>[]): str
 <link rel="icon" href="${ICON}">
 <style>body{font:15px/1.5 system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
 h3{margin:1.5rem 0 .25rem}.m{display:inline-block;min-width:4rem;color:#fff;background:#2b6cb0;border-radius:4px;padding:0 .4rem;font-size:.8rem;text-align:center}
-code{background:#f3f3f3;padding:0 .2rem;border-radius:3px}.d{white-space:pre-wrap;color:#444}
-table{border-collapse:collapse;width:100%;font-size:13px}td,th{border:1px solid #ddd;padding:.3rem;vertical-align:top;text-align:left;white-space:pre-wrap}
-table.f td,table.f th{white-space:normal}</style></head>
+code{background:#f3f3f3;padding:0 .2rem;border-radius:3px;overflow-wrap:anywhere}.d{white-space:pre-wrap;color:#444}
+table{border-collapse:collapse;width:100%;font-size:13px}td,th{border:1px solid #ddd;padding:.3rem;vertical-align:top;text-align:left;white-space:pre-wrap;overflow-wrap:anywhere}
+table.f td,table.f th{white-space:normal}.s{overflow-x:auto}.s table{min-width:48rem}</style></head>
 <body><h1>${escape(info.title)} <small>${escape(info.version)}</small></h1><p class="d">${prose(info.description)}</p>
 <p>The machine-readable specification: <a href="/openapi.yaml">/openapi.yaml</a>.</p>
 <h2>Authentication</h2><p>Every <code>/v1</code> route except image downloads needs a client key:
@@ -124,7 +124,7 @@ table.f td,table.f th{white-space:normal}</style></head>
 <code>x-request-id</code>; errors are <code>{"error":{"code","message","details","request_id"}}</code>.</p>
 <h2>Endpoints</h2>${sections.join('\n')}
 <h2 id="models">Models</h2><p>Read from the gateway's catalogue (also at <code>GET /v1/models</code>).</p>
-<table><thead><tr><th>model</th><th>operations</th><th>max n</th><th>parameters</th><th>options</th><th>async upstream</th><th>USD / image</th></tr></thead><tbody>${rows}</tbody></table>
+<div class="s" role="region" aria-label="Models" tabindex="0"><table><thead><tr><th>model</th><th>operations</th><th>max n</th><th>parameters</th><th>options</th><th>async upstream</th><th>USD / image</th></tr></thead><tbody>${rows}</tbody></table></div>
 </body></html>`;
 }
 
