@@ -547,7 +547,10 @@ model's parameters and options (GET /v1/models/{id}).
         // A model priced by tokens has no price per image: its token prices instead, as the list says "by tokens".
         ...(m.price_per_image_usd == null && m.price_per_million_tokens_usd
           ? Object.entries(m.price_per_million_tokens_usd as Record<string, number>).map(([kind, usd]) => [`USD / 1M ${kind.replace('_', ' ')} tokens`, usd])
-          : [['USD / image', m.price_per_image_usd]]),
+          : m.price_by_option
+            ? // An option's value picks the price (ideogram-v3's rendering_speed): each value's.
+              [[`USD / image by ${m.price_by_option.option}`, Object.entries(m.price_by_option.per_image_usd as Record<string, number>).map(([value, usd]) => `${value} ${usd}${value === m.price_by_option.default ? ' (default)' : ''}`)]]
+            : [['USD / image', m.price_per_image_usd]]),
         // What a budget reserves per image for such a model, by quality.
         ...(m.output_tokens_per_image
           ? [['output tokens / image', Object.entries(m.output_tokens_per_image as Record<string, number>).map(([quality, tokens]) => `${quality} ${tokens}`)]]

@@ -320,6 +320,12 @@ describe('models', () => {
     expect(run.stdout).toMatch(new RegExp(`^USD / 1M image output tokens\\s+${model.price_per_million_tokens_usd.image_output}$`, 'm'));
     expect(run.stdout).toMatch(/^output tokens \/ image\s+low 408,medium 1584,high 6240$/m);
   });
+
+  it('gives a model whose price an option picks each value\'s price (ideogram-v3, rendering_speed)', async () => {
+    const run = await cli(['models', 'ideogram-v3']);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/^USD \/ image by rendering_speed\s+TURBO 0\.03,DEFAULT 0\.06 \(default\),QUALITY 0\.09$/m);
+  });
 });
 
 describe('usage', () => {

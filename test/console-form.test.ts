@@ -17,6 +17,7 @@ import {
   labelFor,
   placeholderFor,
   operationSchema,
+  priceHint,
   rawFromParameters,
   readValues,
   settingsOf,
@@ -121,6 +122,15 @@ describe('form fields from GET /v1/models', () => {
     ]);
     const values = readValues(fields, { 'options.strength': '2', 'options.palette': '{"hues":[1,2]}', steps_hint: '7' });
     expect(values).toEqual({ parameters: { steps_hint: 7 }, options: { strength: 2, palette: { hues: [1, 2] } }, errors: [] });
+  });
+});
+
+describe("the model hint's price", () => {
+  it('one price per image, each value of the option that picks it (ideogram-v3 rendering_speed), or none for a model without one', () => {
+    const byId = (id: string) => catalogue.find((m) => m.id === id)!;
+    expect(priceHint(byId('ideogram-v3'))).toBe('Per image by rendering_speed: TURBO $0.03, DEFAULT $0.06 (default), QUALITY $0.09.');
+    expect(priceHint(byId('ideogram-v2'))).toMatch(/^\$\d+\.\d+ per image\.$/);
+    expect(priceHint(byId('gpt-image-2'))).toBe('');
   });
 });
 

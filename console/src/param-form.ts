@@ -4,6 +4,7 @@
  * needs no console change. Pure: no DOM here (param-form-view.ts renders the descriptors), so it
  * runs in Node's tests.
  */
+import { formatUsd } from './format.js';
 
 export type FieldType = 'enum' | 'integer' | 'number' | 'boolean' | 'text' | 'size' | 'ratio' | 'json';
 export type Scalar = string | number | boolean;
@@ -40,6 +41,8 @@ export interface ModelInfo {
   max_n?: number;
   async?: boolean;
   price_per_image_usd?: number | null;
+  /** A price per image that an option's value picks (Ideogram's rendering_speed). */
+  price_by_option?: { option: string; default: string; per_image_usd: Record<string, number> };
   input_schema?: { generate?: OperationSchema; edit?: Record<string, OperationSchema> };
 }
 
@@ -335,4 +338,14 @@ export function settingsOf(model: string, prompt: string, values: Pick<FormValue
       ...(mode ? { mode } : {}),
     },
   };
+}
+
+/** What one image costs, for the model's hint: by option value where a value picks it. */
+export function priceHint(model: Pick<ModelInfo, 'price_per_image_usd' | 'price_by_option'>): string {
+  const byOption = model.price_by_option;
+  if (byOption) {
+    const each = Object.entries(byOption.per_image_usd).map(([value, usd]) => `${value} ${formatUsd(usd)}${value === byOption.default ? ' (default)' : ''}`);
+    return `Per image by ${byOption.option}: ${each.join(', ')}.`;
+  }
+  return model.price_per_image_usd != null ? `${formatUsd(model.price_per_image_usd)} per image.` : '';
 }

@@ -17,6 +17,7 @@ import {
   formFields,
   generateBody,
   operationSchema,
+  priceHint,
   rawFromParameters,
   readValues,
   settingsOf,
@@ -269,7 +270,7 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<{ 
     const typed = view.read();
     const fieldsBefore = fields;
     const model = currentModel();
-    modelHint.textContent = [model.description, model.async ? 'Runs as an upstream task.' : '', model.price_per_image_usd != null ? `${formatUsd(model.price_per_image_usd)} per image.` : '']
+    modelHint.textContent = [model.description, model.async ? 'Runs as an upstream task.' : '', priceHint(model)]
       .filter(Boolean)
       .join(' ');
     const ops = model.operations;

@@ -4,6 +4,8 @@
  * (the page's CSP forbids them): use classes, or element.style.setProperty from code.
  */
 
+export { formatUsd } from './format.js';
+
 export type Child = Node | string | number | null | undefined | false | Child[];
 export type AttrValue = string | number | boolean | null | undefined | ((event: any) => void);
 export type Attrs = Record<string, AttrValue>;
@@ -58,14 +60,6 @@ export function toast(message: string, kind: 'info' | 'error' = 'info', ms = 400
   const item = h('div', { class: `toast toast-${kind}`, role: kind === 'error' ? 'alert' : 'status' }, message);
   toastRegion.appendChild(item);
   setTimeout(() => item.remove(), ms);
-}
-
-/** `$0.04`, `$12.50`, `$0.0025` (small amounts keep their significant digits); null/undefined: `—`. */
-export function formatUsd(n: number | null | undefined): string {
-  if (n === null || n === undefined || !Number.isFinite(n)) return '—';
-  const abs = Math.abs(n);
-  const digits = abs !== 0 && abs < 0.01 ? 4 : 2;
-  return `${n < 0 ? '-' : ''}$${abs.toFixed(digits)}`;
 }
 
 /** `512 B`, `1.5 KiB`, `2.3 MiB`, `1.1 GiB`; null/undefined: `—`. */

@@ -393,6 +393,10 @@ export function describeModel(model: ModelSpec) {
       ...(model.describe ? { describe: describeSchema(model) } : {}),
     },
     price_per_image_usd: pricePerImage(primary.price),
+    // A price that an option's value picks (Ideogram's rendering_speed): each value's, and which is the default.
+    ...(primary.price && 'byOption' in primary.price
+      ? { price_by_option: { option: primary.price.byOption, default: primary.price.defaultValue, per_image_usd: { ...primary.price.perImageUsd } } }
+      : {}),
     ...(primary.price && 'perMillionTokensUsd' in primary.price
       ? {
           price_per_million_tokens_usd: {

@@ -105,7 +105,7 @@ function renderDocs(spec: Json, models: ReturnType<typeof describeModel>[]): str
   }
   const rows = models
     .map(
-      (m) => `<tr><td><code>${escape(m.id)}</code><br><small>${escape(m.aliases.join(', '))}</small></td><td>${escape(m.operations.join(', '))}${'edit_modes' in m && m.edit_modes ? `<br><small>modes: ${escape(m.edit_modes.join(', '))}</small>` : ''}</td><td>${m.max_n}</td><td>${escape(Object.entries(m.parameters).map(([k, v]) => `${k}: ${v}`).join('\n'))}</td><td>${escape(Object.entries(m.options).map(([k, v]) => `${k}: ${v}`).join('\n'))}</td><td>${m.async ? 'yes' : 'no'}</td><td>${m.price_per_image_usd ?? '—'}</td></tr>`,
+      (m) => `<tr><td><code>${escape(m.id)}</code><br><small>${escape(m.aliases.join(', '))}</small></td><td>${escape(m.operations.join(', '))}${'edit_modes' in m && m.edit_modes ? `<br><small>modes: ${escape(m.edit_modes.join(', '))}</small>` : ''}</td><td>${m.max_n}</td><td>${escape(Object.entries(m.parameters).map(([k, v]) => `${k}: ${v}`).join('\n'))}</td><td>${escape(Object.entries(m.options).map(([k, v]) => `${k}: ${v}`).join('\n'))}</td><td>${m.async ? 'yes' : 'no'}</td><td>${'price_by_option' in m && m.price_by_option ? escape(`by ${m.price_by_option.option}:\n${Object.entries(m.price_by_option.per_image_usd).map(([value, usd]) => `${value} ${usd}${value === m.price_by_option!.default ? ' (default)' : ''}`).join('\n')}`) : (m.price_per_image_usd ?? '—')}</td></tr>`,
     )
     .join('\n');
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${escape(info.title)} API reference</title>
