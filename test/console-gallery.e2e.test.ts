@@ -212,6 +212,10 @@ describe.skipIf(chromiumProblem !== undefined)('console gallery, usage and keys 
     expect(canvasSize).toBeGreaterThan(200);
     const teams = await page.locator('.page-table tbody tr td:first-child').allTextContents();
     expect(teams).toEqual(expect.arrayContaining(['design', 'ads']));
+    // Requests that named no model (the listings, the deletion) say so in words, not with a dash.
+    const models = await page.locator('.page-table tbody tr td:nth-child(2)').allTextContents();
+    expect(models).toContain('no model');
+    expect(models).not.toContain('—');
     // The legend says "no value" one way: —, for the counts as for the day and the cost (not uPlot's "--").
     const legend = await chart.locator('.u-legend').innerText();
     expect(legend).not.toContain('--');

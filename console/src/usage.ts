@@ -159,8 +159,9 @@ export async function render(root: HTMLElement, ctx: ConsoleContext): Promise<vo
           'tr',
           {},
           el('td', {}, r.team ?? '—'),
-          el('td', {}, r.model ?? '—'),
-          el('td', {}, r.key ?? '—'),
+          // Listings, job polls, usage queries, refusals before the body was read: requests that named no model.
+          r.model == null ? el('td', { class: 'muted', title: 'Requests that named no model: listings, job polls, usage queries, refusals' }, 'no model') : el('td', {}, r.model),
+          r.key == null ? el('td', { class: 'muted', title: 'Requests without a valid key' }, 'no key') : el('td', {}, r.key),
           el('td', { class: 'num' }, r.requests),
           el('td', { class: 'num' }, r.images),
           el('td', { class: 'num' }, r.errors),
