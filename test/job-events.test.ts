@@ -6,8 +6,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { OTHER_CLIENT_KEY, jobWhenFinished, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
+import { ADMIN_KEY, OTHER_CLIENT_KEY, jobWhenFinished, startHarness, startListening, type Harness, type ListeningHarness } from './harness.js';
 import { freshRedis, redisProblem } from './services.js';
 import { eventsOf, parseSse, readStream } from './sse.js';
 
@@ -262,6 +263,34 @@ describe('a job followed from another replica', () => {
         expect(b.simulator.received).toHaveLength(0);
       } finally {
         await close();
+      }
+    });
+
+    it("on another database of the same Redis server, a deployment's job events and key changes stay on channels of its own", async () => {
+      // Pub/sub channels belong to the whole server, not to a database: a staging deployment on /1
+      // must not hear production's (on /0) job events, which carry signed image URLs.
+      const onDb1 = new URL(freshRedis().url);
+      onDb1.pathname = '/1';
+      const listener = new Redis(freshRedis().url);
+      const heard: Array<{ channel: string; message: string }> = [];
+      listener.on('pmessage', (_pattern: string, channel: string, message: string) => heard.push({ channel, message }));
+      await listener.psubscribe('gw:*');
+      const { a, b, close } = await twoReplicas({ REDIS_URL: onDb1.toString() });
+      try {
+        const id = await submit(a, { model: 'flux-kontext-pro', prompt: 'made on database 1' });
+        const onB = await b.app.listen({ port: 0, host: '127.0.0.1' });
+        // B hears A's events: the replicas of one deployment still share them.
+        const events = eventsOf(await readStream(await fetch(`${onB}/v1/jobs/${id}/events`, { headers: b.auth })));
+        expect(events.at(-1)!.event).toBe('succeeded');
+        const minted = await a.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'db-one' } });
+        expect(minted.statusCode).toBe(201);
+        await until(() => heard.some((m) => m.channel === 'gw:db1:client-keys:changed'), 'the key change on its own channel');
+        const about = heard.filter((m) => m.message.includes(id));
+        expect(about.length).toBeGreaterThan(0);
+        expect(new Set(about.map((m) => m.channel))).toEqual(new Set(['gw:db1:job-events']));
+      } finally {
+        await close();
+        listener.disconnect();
       }
     });
 

@@ -5,12 +5,13 @@ import type { Redis } from 'ioredis';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, isPublicExampleKey, type Config } from '../config.js';
 import { GatewayError } from '../errors.js';
+import { channelName } from '../storage/redis-channels.js';
 import type { Database } from '../storage/database.js';
 import { KeyRecords } from './key-records.js';
 import { ClientKeys, sha256Hex, type Client } from './client-keys.js';
 import { ADMIN_TEAM, MIN_CLIENT_KEY_LENGTH, isReservedTeam, keysFileSchema, modelAllowed, patternsMatchingNothing, type KeyPolicy } from './key-policy.js';
 
-const CHANGES_CHANNEL = 'gw:client-keys:changed';
+const CHANGES_CHANNEL = 'client-keys:changed';
 
 /** Reads GATEWAY_KEYS_FILE; a bad file stops the start with a message naming it and the entry. */
 export function loadKeysFile(path: string): Array<{ policy: KeyPolicy; key?: string; keySha256?: string }> {
@@ -189,10 +190,10 @@ export class KeyStore {
       subscriber.on('error', () => {}); // reconnects by itself; the poll below covers the gap
       subscriber.on('message', () => void this.reload().catch((err) => this.log.error({ err }, 'reloading client keys failed')));
       // On every connection, one made after a start without Redis too (the poll covers a miss).
-      subscriber.on('ready', () => void subscriber.subscribe(CHANGES_CHANNEL).catch(() => {}));
+      subscriber.on('ready', () => void subscriber.subscribe(channelName(subscriber, CHANGES_CHANNEL)).catch(() => {}));
       await this.subscriber
         .connect()
-        .then(() => this.subscriber!.subscribe(CHANGES_CHANNEL))
+        .then(() => this.subscriber!.subscribe(channelName(this.subscriber!, CHANGES_CHANNEL)))
         .catch((err: Error) => {
           // Redis down: the redis plugin has said so. Else this connection's own trouble is news.
           if (this.redis?.status === 'ready') this.log.warn({ reason: err.message }, 'cannot subscribe to key changes in redis; polling the database only');
@@ -232,7 +233,7 @@ export class KeyStore {
   }
 
   private async announce(): Promise<void> {
-    await this.redis?.publish(CHANGES_CHANNEL, String(Date.now())).catch(() => {});
+    await this.redis?.publish(channelName(this.redis, CHANGES_CHANNEL), String(Date.now())).catch(() => {});
   }
 
   /** Makes a key, stores only its digest, and returns the plaintext this one time. */

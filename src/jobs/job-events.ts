@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { channelName } from '../storage/redis-channels.js';
 import type { ProgressEvent } from '../generation/generation-events.js';
 import type { ImageResult } from '../generation/image-generation.js';
 import type { Logger } from '../observability/logger.js';
@@ -16,7 +17,7 @@ export type JobNotice =
 type Listener = (notice: JobNotice) => void;
 
 /** One channel for every job: notices are small and few, and a replica subscribes once. */
-const CHANNEL = 'gw:job-events';
+const CHANNEL = 'job-events';
 
 interface Envelope {
   /** The replica that published it, which has already told its own listeners. */
@@ -60,7 +61,7 @@ export class JobEventBus {
     subscriber.on('message', (_channel: string, message: string) => this.receive(message));
     this.subscriber = subscriber;
     const subscribe = () =>
-      subscriber.subscribe(CHANNEL).then(
+      subscriber.subscribe(channelName(subscriber, CHANNEL)).then(
         () => (this.subscribed = true),
         (err: unknown) => {
           if (this.subscriber === subscriber && subscriber.status === 'ready') this.log.warn({ err }, 'job events could not be subscribed to in redis: other replicas’ job events are read from the job store');
@@ -104,7 +105,7 @@ export class JobEventBus {
       shared = { ...notice, image, b64_in_store: true };
     }
     const envelope: Envelope = { from: this.replicaId, job: jobId, notice: shared };
-    this.publisher.publish(CHANNEL, JSON.stringify(envelope)).catch((err) => this.log.debug({ err, job_id: jobId }, 'a job notice was not shared through redis'));
+    this.publisher.publish(channelName(this.publisher, CHANNEL), JSON.stringify(envelope)).catch((err) => this.log.debug({ err, job_id: jobId }, 'a job notice was not shared through redis'));
   }
 
   private receive(message: string): void {
