@@ -219,7 +219,19 @@ describe('GATEWAY_KEYS_FILE', () => {
 
   it('a file with a bad entry stops the start with a message naming the file and field', async () => {
     const file = writeKeysFile(join(mkdtempSync(join(tmpdir(), 'gw-keys-')), 'bad.yaml'), 'keys:\n  - id: x\n    team: t\n    rpm: -1\n    key: gk-0123456789\n');
-    await expect(startHarness({ GATEWAY_KEYS_FILE: file })).rejects.toThrow(/GATEWAY_KEYS_FILE .*bad\.yaml.*keys\.0\.rpm/);
+    await expect(startHarness({ GATEWAY_KEYS_FILE: file })).rejects.toThrow(/GATEWAY_KEYS_FILE .*bad\.yaml is not valid: keys\[0\] \(id x\)\.rpm: /);
+  });
+
+  it('names an entry by its place and its id, and an unknown field with the fields an entry takes', async () => {
+    const file = writeKeysFile(
+      join(mkdtempSync(join(tmpdir(), 'gw-keys-')), 'typo.yaml'),
+      `keys:\n  - id: web\n    team: t\n    key: ${CLIENT_KEY}x\n  - id: design-web\n    team: design\n    rpmm: 5\n    key: gk-design-web-0123456789abcdef\n`,
+    );
+    const start = startHarness({ GATEWAY_KEYS_FILE: file });
+    await expect(start).rejects.toThrow(
+      /typo\.yaml is not valid: keys\[1\] \(id design-web\): "rpmm" is not a field of a key entry \(allowed: id, key, key_sha256, team, rpm, images_per_day, monthly_budget_usd, models, admin, fallbacks\)$/,
+    );
+    await start.catch((err: Error) => expect(err.message).not.toContain('gk-design-web'));
   });
 });
 

@@ -3,8 +3,9 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from '../observability/logger.js';
 import type { Redis } from 'ioredis';
 import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
 import { ConfigError, isPublicExampleKey, type Config } from '../config.js';
-import { GatewayError } from '../errors.js';
+import { GatewayError, clipName, fieldPath } from '../errors.js';
 import { channelName } from '../storage/redis-channels.js';
 import type { Database } from '../storage/database.js';
 import { KeyRecords } from './key-records.js';
@@ -24,7 +25,7 @@ export function loadKeysFile(path: string): Array<{ policy: KeyPolicy; key?: str
   }
   const parsed = keysFileSchema.safeParse(raw);
   if (!parsed.success) {
-    const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+    const problems = parsed.error.issues.map((issue) => keysFileProblem(issue, raw)).join('; ');
     throw new ConfigError(`GATEWAY_KEYS_FILE ${path} is not valid: ${problems}`);
   }
   const short = parsed.data.keys.find((k) => k.key !== undefined && k.key.length < MIN_CLIENT_KEY_LENGTH);
@@ -38,6 +39,24 @@ export function loadKeysFile(path: string): Array<{ policy: KeyPolicy; key?: str
     ...(key ? { key } : {}),
     ...(key_sha256 ? { keySha256: key_sha256.toLowerCase() } : {}),
   }));
+}
+
+const KEY_ENTRY_FIELDS = Object.keys(keysFileSchema.shape.keys.element.shape);
+
+/**
+ * One problem of a keys file, naming the entry by its place and its id (`keys[2] (id design-web)`)
+ * and the field; an unknown field lists the fields an entry takes. Never quotes a value: one may be a key.
+ */
+function keysFileProblem(issue: z.core.$ZodIssue, raw: unknown): string {
+  const [top, index, ...rest] = issue.path;
+  if (top !== 'keys' || typeof index !== 'number') return `${fieldPath(issue.path) || '(file)'}: ${issue.message}`;
+  const entry = (raw as { keys: unknown[] }).keys[index];
+  const id = typeof entry === 'object' && entry !== null && typeof (entry as { id?: unknown }).id === 'string' ? (entry as { id: string }).id : undefined;
+  const where = `keys[${index}]${id !== undefined ? ` (id ${clipName(id)})` : ''}`;
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((field) => `${where}: "${clipName(field)}" is not a field of a key entry (allowed: ${KEY_ENTRY_FIELDS.join(', ')})`).join('; ');
+  }
+  return `${where}${rest.length > 0 ? `.${fieldPath(rest)}` : ''}: ${issue.message}`;
 }
 
 /** Where a configured key comes from, for a message that must never show the key. */
