@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { FastifyRequest } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelCatalogue } from '../src/catalogue/catalogue.js';
@@ -50,6 +51,14 @@ describe('GET /metrics', () => {
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
     expect(res.body).toContain('# TYPE gateway_http_requests_total counter');
+  });
+
+  it("every gateway_* metric it serves is in docs/metrics.md's table", async () => {
+    const res = await h.app.inject({ method: 'GET', url: '/metrics' });
+    const served = [...res.body.matchAll(/^# TYPE (gateway_\w+) /gm)].map((m) => m[1]!);
+    expect(served.length).toBeGreaterThan(20);
+    const documented = new Set([...readFileSync('docs/metrics.md', 'utf8').matchAll(/`(gateway_\w+)`/g)].map((m) => m[1]!));
+    expect(served.filter((name) => !documented.has(name))).toEqual([]);
   });
 
   it('counts requests by route, model, team and status', async () => {
