@@ -3,7 +3,8 @@
 # Image Gateway container image.
 #   docker build -t image-gateway .
 #   docker run -p 8080:8080 -e AIHUBMIX_API_KEY=... -e GATEWAY_API_KEYS=team:gk-... \
-#     -v gateway-data:/data image-gateway
+#     -e PUBLIC_BASE_URL=http://localhost:8080 -v gateway-data:/data image-gateway
+# (NODE_ENV=production: PUBLIC_BASE_URL is required, the address clients reach the gateway at.)
 # The gateway runs as PID 1: it must handle SIGTERM itself (or run the container with --init).
 
 # ---- build: install everything, compile TypeScript, then drop dev dependencies ----------

@@ -211,6 +211,14 @@ describe('docker/k8s', () => {
   });
 });
 
+describe('the image build context (.dockerignore)', () => {
+  it('leaves out secrets and local state wherever they lie: docker/.env (the compose passwords), the data and demo folders', () => {
+    const repo = new URL('../', import.meta.url).pathname;
+    const ignored = readFileSync(join(repo, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    expect(ignored).toEqual(expect.arrayContaining(['**/.env', '**/.env.*', 'data', 'data-demo', 'node_modules', '.git']));
+  });
+});
+
 describe('how the gateway process is started', () => {
   const repo = new URL('../', import.meta.url).pathname;
   // `exec`: the shell npm runs the script in gives way to node (npm's signals reach it); the image runs node itself.
