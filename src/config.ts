@@ -459,34 +459,35 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
     throw invalidConfiguration([...byVariable.values()]);
   }
   const config = parsed.data;
+  // Every problem found below in one line, so that one start shows all there is to fix.
+  const problems: string[] = [];
   // The catalogue served: the built-in one with CATALOGUE_FILE applied; PRICE_OVERRIDES must name its models.
   let models = MODELS;
   if (config.CATALOGUE_FILE !== undefined) {
     try {
       models = loadEffectiveCatalogue(config.CATALOGUE_FILE);
     } catch (err) {
-      if (err instanceof CatalogueError) throw invalidConfiguration([err.message]);
-      throw err;
+      if (!(err instanceof CatalogueError)) throw err;
+      problems.push(err.message);
     }
   }
   const known = new Set(models.flatMap((m) => [m.id, ...m.aliases]));
   const unknownPrices = Object.keys(config.PRICE_OVERRIDES).filter((name) => !known.has(name));
-  if (unknownPrices.length > 0) {
-    throw invalidConfiguration(unknownPrices.map((name) => `PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`));
-  }
+  // Against the built-in catalogue when CATALOGUE_FILE is refused: a name it would add is not reported twice over.
+  if (problems.length === 0) problems.push(...unknownPrices.map((name) => `PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`));
   // Named by variable and team, never by the key itself.
   const examples = [
     ...config.GATEWAY_API_KEYS.filter((k) => PUBLIC_EXAMPLE_KEYS.includes(k.key)).map((k) => `GATEWAY_API_KEYS (team ${k.team})`),
     ...(config.GATEWAY_ADMIN_KEY !== undefined && PUBLIC_EXAMPLE_KEYS.includes(config.GATEWAY_ADMIN_KEY) ? ['GATEWAY_ADMIN_KEY'] : []),
   ];
   if (examples.length > 0) {
-    throw invalidConfiguration([`${examples.join(', ')} ${examples.length === 1 ? 'holds' : 'hold'} the example key printed in openapi.yaml, which is public; set a key of your own`]);
+    problems.push(`${examples.join(', ')} ${examples.length === 1 ? 'holds' : 'hold'} the example key printed in openapi.yaml, which is public; set a key of your own`);
   }
   // The admin key given to a team too would make that team's key an admin's (or the admin a team).
   const adminAsClient = config.GATEWAY_API_KEYS.findIndex((k) => k.key === config.GATEWAY_ADMIN_KEY);
   if (adminAsClient !== -1) {
     const team = config.GATEWAY_API_KEYS[adminAsClient]!.team;
-    throw invalidConfiguration([`GATEWAY_ADMIN_KEY and GATEWAY_API_KEYS (team ${team}, entry ${adminAsClient + 1}) hold the same key; the admin key must be a key of its own`]);
+    problems.push(`GATEWAY_ADMIN_KEY and GATEWAY_API_KEYS (team ${team}, entry ${adminAsClient + 1}) hold the same key; the admin key must be a key of its own`);
   }
   if (opts.requireUpstreamKey) {
     // The example secrets in docker/ are public: a gateway started with them could be forged against.
@@ -495,33 +496,32 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
       .filter(([name, value]) => name in envSchema.shape && typeof value === 'string' && /replace-me|change-me|^sk-\.\.\.$/i.test(value))
       .map(([name]) => name);
     if (placeholders.length > 0) {
-      throw invalidConfiguration([`${placeholders.join(', ')} still ${placeholders.length === 1 ? 'holds' : 'hold'} the example value (replace-me / change-me / sk-...); set real secrets`]);
+      problems.push(`${placeholders.join(', ')} still ${placeholders.length === 1 ? 'holds' : 'hold'} the example value (replace-me / change-me / sk-...); set real secrets`);
     }
   }
   // Half a credential pair is a typo, not a request for the SDK's default credential chain.
   if (config.S3_BUCKET && (config.AWS_ACCESS_KEY_ID === undefined) !== (config.AWS_SECRET_ACCESS_KEY === undefined)) {
-    throw invalidConfiguration(['AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together']);
+    problems.push('AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together');
   }
   if (!config.S3_BUCKET && (config.S3_ENDPOINT || config.S3_FORCE_PATH_STYLE)) {
-    throw invalidConfiguration(['S3_BUCKET is required when S3_ENDPOINT or S3_FORCE_PATH_STYLE is set']);
+    problems.push('S3_BUCKET is required when S3_ENDPOINT or S3_FORCE_PATH_STYLE is set');
   }
   // In production the origin of image URLs is the operator's, never a client's Host header.
   if (env.NODE_ENV === 'production' && !config.PUBLIC_BASE_URL) {
-    throw invalidConfiguration([
-      'PUBLIC_BASE_URL is required when NODE_ENV=production: the origin clients reach the gateway at (https://images.example.com), used in returned image URLs instead of the request\'s Host header',
-    ]);
+    problems.push('PUBLIC_BASE_URL is required when NODE_ENV=production: the origin clients reach the gateway at (https://images.example.com), used in returned image URLs instead of the request\'s Host header');
   }
   if (config.HEADERS_TIMEOUT_MS !== undefined && config.HEADERS_TIMEOUT_MS > config.REQUEST_TIMEOUT_MS) {
-    throw invalidConfiguration([`HEADERS_TIMEOUT_MS (${config.HEADERS_TIMEOUT_MS}) must not be more than REQUEST_TIMEOUT_MS (${config.REQUEST_TIMEOUT_MS})`]);
+    problems.push(`HEADERS_TIMEOUT_MS (${config.HEADERS_TIMEOUT_MS}) must not be more than REQUEST_TIMEOUT_MS (${config.REQUEST_TIMEOUT_MS})`);
   }
   if (config.METRICS_PORT !== undefined && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
-    throw invalidConfiguration([`METRICS_PORT must differ from PORT (${config.PORT}): it is a listener of its own`]);
+    problems.push(`METRICS_PORT must differ from PORT (${config.PORT}): it is a listener of its own`);
   }
   if (config.MAX_REQUEST_BYTES < config.MAX_UPLOAD_BYTES) {
-    throw invalidConfiguration([`MAX_REQUEST_BYTES (${config.MAX_REQUEST_BYTES}) must be at least MAX_UPLOAD_BYTES (${config.MAX_UPLOAD_BYTES}): one upload must fit in a request`]);
+    problems.push(`MAX_REQUEST_BYTES (${config.MAX_REQUEST_BYTES}) must be at least MAX_UPLOAD_BYTES (${config.MAX_UPLOAD_BYTES}): one upload must fit in a request`);
   }
   if (opts.requireUpstreamKey && !config.AIHUBMIX_API_KEY) {
-    throw invalidConfiguration(['AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)']);
+    problems.push('AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)');
   }
+  if (problems.length > 0) throw invalidConfiguration(problems);
   return config;
 }

@@ -189,6 +189,12 @@ describe('configuration from the environment', () => {
     expect(loadConfig({ AIHUBMIX_API_KEY: 'sk-...real' }, { requireUpstreamKey: true }).AIHUBMIX_API_KEY).toBe('sk-...real');
   });
 
+  it('names every problem of a start at once, not one a try (PUBLIC_BASE_URL in production and AIHUBMIX_API_KEY)', () => {
+    expect(() => loadConfig({ NODE_ENV: 'production', S3_ENDPOINT: 'http://minio:9000' }, { requireUpstreamKey: true })).toThrow(
+      /^invalid configuration: S3_BUCKET is required when S3_ENDPOINT .*; PUBLIC_BASE_URL is required when NODE_ENV=production.*; AIHUBMIX_API_KEY is required/,
+    );
+  });
+
   it('refuses the example key printed in openapi.yaml, naming each variable that holds it', () => {
     const [example] = PUBLIC_EXAMPLE_KEYS;
     expect(() => loadConfig({ GATEWAY_ADMIN_KEY: example })).toThrow(/GATEWAY_ADMIN_KEY holds the example key printed in openapi.yaml/);
