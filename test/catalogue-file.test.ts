@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { loadConfig, ConfigError } from '../src/config.js';
-import { makePng, multipartBody, startHarness, type Harness } from './harness.js';
+import { ADMIN_KEY, makePng, multipartBody, startHarness, type Harness } from './harness.js';
 
 const ADD = `models:
   - id: gpt-image-2.5
@@ -81,6 +81,13 @@ describe('CATALOGUE_FILE at start', () => {
     const listed = (await models()).find((m) => m.id === 'dall-e-3');
     expect(listed).toMatchObject({ retired: true, replacement: 'gpt-image-2' });
     expect((await models()).find((m) => m.id === 'gpt-image-2')?.retired).toBeUndefined();
+    // A key whose allow-list leaves the retired model out is refused it as such (403), not pointed to
+    // a replacement it may not use either.
+    const minted = await h!.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'narrow', models: ['gpt-image-1*'] } });
+    expect(minted.statusCode, minted.body).toBe(201);
+    const narrow = await h!.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${minted.json().key}` }, payload: { model: 'dall-e-3', prompt: 'x' } });
+    expect(narrow.statusCode, narrow.body).toBe(403);
+    expect(narrow.json().error.details[0]).toMatchObject({ field: 'model', message: 'is not in this key’s allow-list' });
   });
 
   it('disables a model: not listed, and refused as unknown', async () => {

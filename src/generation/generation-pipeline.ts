@@ -197,6 +197,10 @@ export class GenerationPipeline {
     this.deps.storage?.refuseIfPressed();
     // Nor kept where the database is out of reach: its rows, its job, its cost would be lost.
     this.deps.database?.refuseIfUnreachable();
+    // A model outside the key's allow-list is refused as such (403) before the catalogue says it is
+    // retired (410), whose replacement the key may not be allowed either.
+    const named = this.deps.catalogue.find(request.model);
+    if (named) this.deps.limits.checkModel(client, named.id);
     // With images still to read, what does not need their bytes is checked first (the same checks again once they are read).
     let prepared = call.loadImages ? undefined : await this.deps.generation.prepare(request);
     const { model, route, mode } = prepared ?? this.deps.generation.check(request);
