@@ -4,22 +4,27 @@ import type { FastifyInstance } from 'fastify';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 
+/** A stop signal this soon after the first is the same stop delivered twice, not a second one. */
+const REPEATED_SIGNAL_MS = 1000;
+
 /** Listens, and on SIGTERM/SIGINT stops taking requests and lets the ones in flight finish. */
 export async function serve(config: Config, opts: { onClose?: () => Promise<void> } = {}): Promise<FastifyInstance> {
   const app = await buildApp(config);
   if (opts.onClose) app.addHook('onClose', opts.onClose);
   await app.listen({ port: config.PORT, host: config.HOST });
-  let closing = false;
+  let stopSince: number | undefined;
   const shutdown = (signal: string) => {
-    // A second signal (Ctrl-C again) ends the wait: what was in flight is left as a kill would
-    // leave it (jobs taken up after a restart as after a crash, usage records kept so far durable).
-    if (closing) {
+    if (stopSince !== undefined) {
+      // One stop often arrives twice at once: a terminal's Ctrl-C reaches npm and the gateway, and
+      // npm passes its copy on; systemd signals every process of the unit. Only a later one counts.
+      if (Date.now() - stopSince < REPEATED_SIGNAL_MS) return;
+      // A second signal (Ctrl-C again) ends the wait: what was in flight is left as a kill would
+      // leave it (jobs taken up after a restart as after a crash, usage records kept so far durable).
       app.log.warn({ signal }, 'stopped at once: a second signal came during the graceful stop');
       process.exit(1);
     }
-    closing = true;
-    app.log.info({ signal }, 'shutting down');
-    const since = Date.now();
+    const since = (stopSince = Date.now());
+    app.log.info({ signal }, `shutting down: requests and jobs in flight may finish; a second SIGTERM or SIGINT (Ctrl-C) a second from now stops at once`);
     app.close().then(
       () => {
         // The line an operator waits for before taking the machine away.

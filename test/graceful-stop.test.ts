@@ -325,7 +325,7 @@ describe('SIGTERM to the server process (dist/server.js)', () => {
 });
 
 describe('a second SIGTERM during a graceful stop (dist/server.js)', () => {
-  it('stops the process at once, exit 1, instead of waiting for the call in flight', async () => {
+  it('a second later, stops the process at once, exit 1, instead of waiting for the call in flight; not at once after the first', async () => {
     const simulator = await startUpstreamSimulator({ apiKey: UPSTREAM_KEY, taskReadyAfterMs: 30 });
     const dataDir = mkdtempSync(join(tmpdir(), 'gw-stop-twice-'));
     const port = await freePort();
@@ -350,9 +350,11 @@ describe('a second SIGTERM during a graceful stop (dist/server.js)', () => {
       const { id } = (await accepted.json()) as { id: string };
       await until(() => simulator.received.some((r) => r.method === 'POST'), `the call upstream (${output()})`);
 
+      // The same stop delivered twice at once (npm's copy of a terminal's Ctrl-C, systemd's signal to
+      // every process of the unit) is one stop: the gateway waits for the call.
       child.kill('SIGTERM');
-      // The first stop is waiting for the call: still running a while later.
-      const first = await Promise.race([exited, sleep(500).then(() => 'waiting' as const)]);
+      child.kill('SIGTERM');
+      const first = await Promise.race([exited, sleep(1500).then(() => 'waiting' as const)]);
       expect(first).toBe('waiting');
       child.kill('SIGTERM');
       // Bounded, so that a stop that still waits fails here and the process is killed below.

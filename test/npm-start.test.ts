@@ -14,60 +14,89 @@ import { freePort } from './gateway-process.js';
 
 const root = new URL('..', import.meta.url).pathname;
 let npm: ChildProcess | undefined;
+/** npm was started in a process group of its own: the whole group is killed after the test. */
+let npmGroup = false;
 let dataDir: string | undefined;
 
 afterEach(() => {
-  if (npm && npm.exitCode === null && npm.signalCode === null) npm.kill('SIGKILL');
+  if (npm && npmGroup) {
+    try {
+      process.kill(-npm.pid!, 'SIGKILL');
+    } catch {
+      // the group is gone already
+    }
+  } else if (npm && npm.exitCode === null && npm.signalCode === null) npm.kill('SIGKILL');
   npm = undefined;
+  npmGroup = false;
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
   dataDir = undefined;
 });
 
 const answers = (port: number) => fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false);
 
+/** `npm start` on a free port; `detached`: in a process group of its own, as a terminal's foreground job is. */
+async function startNpm(detached = false): Promise<{ port: number; output: () => string; exited: Promise<number | null> }> {
+  dataDir = mkdtempSync(join(tmpdir(), 'gw-npm-start-'));
+  const port = await freePort();
+  const started = spawn('npm', ['start'], {
+    cwd: root,
+    detached,
+    env: {
+      // npm and the scripts run on this Node (the pinned one), whatever the PATH's node is.
+      PATH: `${join(process.execPath, '..')}:${process.env.PATH}`,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      DATA_DIR: dataDir,
+      AIHUBMIX_API_KEY: UPSTREAM_KEY,
+      AIHUBMIX_BASE_URL: 'http://127.0.0.1:9',
+      GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
+      LOG_LEVEL: 'info',
+      STORAGE_MIN_FREE_BYTES: '0',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  npm = started;
+  npmGroup = detached;
+  let output = '';
+  started.stdout!.on('data', (chunk) => (output += chunk));
+  started.stderr!.on('data', (chunk) => (output += chunk));
+  const exited = new Promise<number | null>((resolve) => started.once('exit', (code) => resolve(code)));
+  for (let i = 0; i < 600 && !(await answers(port)); i++) {
+    if (started.exitCode !== null) throw new Error(`npm start exited: ${output}`);
+    await sleep(25);
+  }
+  expect(await answers(port), output).toBe(true);
+  return { port, output: () => output, exited };
+}
+
 describe('npm start', () => {
   it('starts the built gateway without building it again, and stops it on a SIGTERM to npm', async () => {
-    dataDir = mkdtempSync(join(tmpdir(), 'gw-npm-start-'));
-    const port = await freePort();
     const builtAt = statSync(join(root, 'dist', '.built')).mtimeMs;
-    npm = spawn('npm', ['start'], {
-      cwd: root,
-      env: {
-        // npm and the scripts run on this Node (the pinned one), whatever the PATH's node is.
-        PATH: `${join(process.execPath, '..')}:${process.env.PATH}`,
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        DATA_DIR: dataDir,
-        AIHUBMIX_API_KEY: UPSTREAM_KEY,
-        AIHUBMIX_BASE_URL: 'http://127.0.0.1:9',
-        GATEWAY_API_KEYS: `design:${CLIENT_KEY}`,
-        LOG_LEVEL: 'info',
-        STORAGE_MIN_FREE_BYTES: '0',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    npm.stdout!.on('data', (chunk) => (output += chunk));
-    npm.stderr!.on('data', (chunk) => (output += chunk));
-    const exited = new Promise<number | null>((resolve) => npm!.once('exit', (code) => resolve(code)));
-    for (let i = 0; i < 600 && !(await answers(port)); i++) {
-      if (npm.exitCode !== null) throw new Error(`npm start exited: ${output}`);
-      await sleep(25);
-    }
-    expect(await answers(port), output).toBe(true);
+    const { port, output, exited } = await startNpm();
     // dist/ is fresh (test/global-setup.ts built it): nothing was compiled.
-    expect(output).not.toMatch(/> tsc /);
+    expect(output()).not.toMatch(/> tsc /);
     expect(statSync(join(root, 'dist', '.built')).mtimeMs).toBe(builtAt);
 
-    npm.kill('SIGTERM');
+    npm!.kill('SIGTERM');
     expect(await exited).toBe(0);
     // The gateway went with npm: nothing answers on its port.
     for (let i = 0; i < 200 && (await answers(port)); i++) await sleep(25);
     expect(await answers(port)).toBe(false);
     // It stopped as on its own SIGTERM: gracefully, saying so.
-    expect(output).toMatch(/"signal":"SIGTERM".*"msg":"shutting down"/);
+    expect(output()).toMatch(/"signal":"SIGTERM".*"msg":"shutting down/);
     // And that it finished draining, as its last line.
-    expect(output.trim().split('\n').at(-1)).toMatch(/"signal":"SIGTERM".*"msg":"stopped: the graceful stop is over"/);
+    expect(output().trim().split('\n').at(-1)).toMatch(/"signal":"SIGTERM".*"msg":"stopped: the graceful stop is over"/);
+  }, 60_000);
+
+  it("stops gracefully on one Ctrl-C in a terminal, which reaches the gateway twice (from the terminal, and npm's copy)", async () => {
+    const { port, output, exited } = await startNpm(true);
+    // What a terminal does on Ctrl-C: SIGINT to every process of the foreground group.
+    process.kill(-npm!.pid!, 'SIGINT');
+    await exited;
+    for (let i = 0; i < 200 && (await answers(port)); i++) await sleep(25);
+    expect(await answers(port)).toBe(false);
+    expect(output()).not.toContain('stopped at once');
+    expect(output()).toMatch(/"signal":"SIGINT".*"msg":"stopped: the graceful stop is over"/);
   }, 60_000);
 });
 
