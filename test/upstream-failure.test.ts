@@ -16,7 +16,7 @@ import { UpstreamKeyPool } from '../src/upstream/upstream-key-pool.js';
 import type { UpstreamRequest } from '../src/upstream/upstream-request.js';
 import { parseGenerateBody } from '../src/request/image-request.js';
 import { newOutcome } from '../src/usage/request-outcome.js';
-import { startHarness } from './harness.js';
+import { UPSTREAM_KEY, startHarness } from './harness.js';
 
 const KEY = 'sk-test-failure-kinds-0123456789';
 const URL_TTL_MS = 60_000;
@@ -357,5 +357,33 @@ describe('the pipeline (the edge)', () => {
     expect({ status: rejected.err.status, code: rejected.err.code }).toEqual({ status: 400, code: 'invalid_request' });
     expect(rejected.err.details).toEqual([{ message: 'size not supported' }]);
     expect(rejected.outcome.failureKind).toBe('rejected_input');
+  });
+});
+
+describe("upstream refusing the gateway's own key (401), answered so that no client library resends it on its own", () => {
+  it('every key set aside: a 502 with Retry-After when the first is tried again (UPSTREAM_KEY_COOLDOWN_MS), and x-should-retry: false', async () => {
+    const h = await startHarness({ AIHUBMIX_API_KEY: `${UPSTREAM_KEY},${UPSTREAM_KEY}-second`, UPSTREAM_KEY_COOLDOWN_MS: '300000' });
+    closers.push(() => h.close());
+    h.simulator.failNext('http401', 2);
+    const res = await h.app.inject({ method: 'POST', url: '/v1/generate', headers: h.auth, payload: { model: 'gpt-image-1', prompt: 'no key left' } });
+    expect(res.statusCode, res.body).toBe(502);
+    expect(res.json().error.message).toMatch(/refused every configured upstream key/);
+    expect(Number(res.headers['retry-after'])).toBeGreaterThan(290);
+    expect(res.headers['x-should-retry']).toBe('false');
+  });
+
+  it('a request run as a job (an Idempotency-Key), and its replay, say so too', async () => {
+    const h = await startHarness();
+    closers.push(() => h.close());
+    h.simulator.failNext('http401');
+    const send = () =>
+      h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...h.auth, 'idempotency-key': 'upstream-401' }, payload: { model: 'gpt-image-1', prompt: 'refused key' } });
+    const first = await send();
+    expect(first.statusCode, first.body).toBe(502);
+    expect(first.headers['x-should-retry']).toBe('false');
+    // Never paid: the key is freed, so the same key sends it again once an operator has fixed the upstream key.
+    const again = await send();
+    expect(again.headers['idempotent-replayed']).not.toBe('true');
+    expect(again.statusCode, again.body).toBe(200);
   });
 });

@@ -4,7 +4,7 @@ import { randomId } from '../ids.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../observability/logger.js';
 import { request as httpRequest, type Dispatcher } from 'undici';
-import { GatewayError, NO_AUTOMATIC_RETRY, errorBody, type ErrorCode } from '../errors.js';
+import { GatewayError, NO_AUTOMATIC_RETRY, errorBody, retryCannotHelp, type ErrorCode } from '../errors.js';
 import { UpstreamFailure, toGatewayError } from '../upstream/upstream-failure.js';
 import type { Client } from '../auth/client-keys.js';
 import type { Database, Statements } from '../storage/database.js';
@@ -24,7 +24,6 @@ import { injectTraceHeaders, inSpan, markSpanError } from '../observability/trac
 
 export type { JobRow, JobStatus } from './job-records.js';
 
-/** What a finished job failed with: the HTTP status it would have had, and the error object. */
 /** Where a running job stands with upstream, told by its task hooks. */
 interface JobProgress {
   /** Sent (or being sent): a stop then waits for its task id before leaving it to another replica. */
@@ -33,6 +32,7 @@ interface JobProgress {
   taskKnown: boolean;
 }
 
+/** What a finished job failed with: the HTTP status it would have had, and the error object. */
 interface StoredError {
   status: number;
   error: ReturnType<typeof errorBody>['error'];
@@ -40,6 +40,8 @@ interface StoredError {
   retry_after?: number;
   /** Made and paid for upstream then lost, or may have been billed: its answers tell client libraries not to resend it. */
   paid?: true;
+  /** A resend cannot help (retryCannotHelp: upstream refused the gateway's own key, ...): its answers say so too. */
+  retry_cannot_help?: true;
 }
 
 /**
@@ -404,7 +406,7 @@ export class JobRunner {
         details: stored?.error.details ?? [],
         ...(stored?.retry_after !== undefined ? { retryAfter: stored.retry_after } : {}),
         // As the edge answers a PaidImageLost (src/app.ts): OpenAI's SDKs retry any 5xx on their own.
-        ...(stored?.paid ? { headers: { ...NO_AUTOMATIC_RETRY } } : {}),
+        ...(stored?.paid || stored?.retry_cannot_help ? { headers: { ...NO_AUTOMATIC_RETRY } } : {}),
       }),
     };
   }
@@ -739,6 +741,8 @@ export class JobRunner {
           ...(failure.retryAfter !== undefined ? { retry_after: failure.retryAfter } : {}),
           // Paid for and lost, or an upstream failure that may have been billed (toGatewayError).
           ...(failure instanceof PaidImageLost || failure.headers['x-should-retry'] === 'false' ? { paid: true as const } : {}),
+          // What the edge tells from the failure's upstream status, which the row does not keep.
+          ...(retryCannotHelp(failure) ? { retry_cannot_help: true as const } : {}),
         }
       : null;
     const recorder = this.o.recordOutcome;
