@@ -473,7 +473,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   }
   const known = new Set(models.flatMap((m) => [m.id, ...m.aliases]));
   const unknownPrices = Object.keys(config.PRICE_OVERRIDES).filter((name) => !known.has(name));
-  // Against the built-in catalogue when CATALOGUE_FILE is refused: a name it would add is not reported twice over.
+  // Not checked when CATALOGUE_FILE is refused: a name it would have added would be reported too.
   if (problems.length === 0) problems.push(...unknownPrices.map((name) => `PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`));
   // Named by variable and team, never by the key itself.
   const examples = [

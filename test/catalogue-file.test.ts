@@ -88,6 +88,26 @@ describe('CATALOGUE_FILE at start', () => {
     const narrow = await h!.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${minted.json().key}` }, payload: { model: 'dall-e-3', prompt: 'x' } });
     expect(narrow.statusCode, narrow.body).toBe(403);
     expect(narrow.json().error.details[0]).toMatchObject({ field: 'model', message: 'is not in this key’s allow-list' });
+    // So too as a fallback model.
+    const asFallback = await h!.app.inject({
+      method: 'POST',
+      url: '/v1/generate',
+      headers: { authorization: `Bearer ${minted.json().key}` },
+      payload: { model: 'gpt-image-1', prompt: 'x', fallback_models: ['dall-e-3'] },
+    });
+    expect(asFallback.statusCode, asFallback.body).toBe(403);
+    expect(asFallback.json().error.details[0].field).toBe('fallback_models[0]');
+  });
+
+  it('a retired describe model outside a key allow-list is refused as such (403), not as retired', async () => {
+    await start('models:\n  - id: ideogram-describe\n    retired: true\n    replacement: gpt-image-2\n');
+    const minted = await h!.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'narrow', models: ['gpt-image-1*'] } });
+    const body = { model: 'ideogram-describe', image: `data:image/png;base64,${(await makePng()).toString('base64')}` };
+    const narrow = await h!.app.inject({ method: 'POST', url: '/v1/describe', headers: { authorization: `Bearer ${minted.json().key}` }, payload: body });
+    expect(narrow.statusCode, narrow.body).toBe(403);
+    // A key allowed every model is told it is retired.
+    const wide = await h!.app.inject({ method: 'POST', url: '/v1/describe', headers: h!.auth, payload: body });
+    expect(wide.statusCode, wide.body).toBe(410);
   });
 
   it('disables a model: not listed, and refused as unknown', async () => {

@@ -20,6 +20,15 @@ describe('a job chain: whether a model it left may have billed', () => {
     expect(leftMayHaveBilled(billed)).toBe(true);
   });
 
+  it('a step taken by a replica that does not record it (a rolling upgrade) counts as billed when it left a timeout', () => {
+    // This version recorded an unbilled timeout; an earlier one then took the job over and left a
+    // timeout of its own, copying the record as it was.
+    const recorded = advancedChain(chain(), 'timeout', false);
+    const byEarlier: JobChain = { ...recorded, tried: [...recorded.tried, 'gpt-image-2'], fallbacks: [...recorded.fallbacks, { from: 'gpt-image-1.5', to: 'gpt-image-2', reason: 'timeout' }], next: [] };
+    expect(leftMayHaveBilled(byEarlier)).toBe(true);
+    expect(leftMayHaveBilled({ ...byEarlier, fallbacks: [...recorded.fallbacks, { from: 'gpt-image-1.5', to: 'gpt-image-2', reason: 'no_channel' }] })).toBe(false);
+  });
+
   it('in a row kept before it was recorded, any timeout left counts as billed', () => {
     const older = (reason: string): JobChain => ({ ...chain(), tried: ['gpt-image-1', 'gpt-image-1.5'], fallbacks: [{ from: 'gpt-image-1', to: 'gpt-image-1.5', reason }] });
     expect(leftMayHaveBilled(older('timeout'))).toBe(true);

@@ -26,7 +26,8 @@ export class ClientGone extends Error {
 class UpstreamDeadline extends Error {
   constructor() {
     super('the upstream deadline passed');
-    this.name = 'UpstreamDeadline';
+    // As AbortSignal.timeout()'s reason is named (a job's deadline): the upstream client tells a deadline by it.
+    this.name = 'TimeoutError';
   }
 }
 
@@ -329,8 +330,9 @@ export class GenerationPipeline {
   private checkFallback(call: GenerationCall, spec: ModelSpec): ChainModel {
     const asked = { ...call.request, model: spec.id };
     const request = call.forModel ? call.forModel(asked) : asked;
+    // The key's allow-list first: a retired model outside it is refused as such (403), not as retired (410).
+    this.deps.limits.checkModel(call.client, spec.id);
     const { model, route, mode } = this.deps.generation.check(request);
-    this.deps.limits.checkModel(call.client, model.id);
     this.deps.limits.checkPriced(call.client, model.id, route.price !== undefined, mode);
     return { model, route, request };
   }

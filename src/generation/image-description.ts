@@ -60,6 +60,9 @@ export class ImageDescription {
     const { client, request, outcome } = call;
     outcome.operation = 'describe';
     outcome.imagesRequested = 0;
+    // A model outside the key's allow-list is refused as such (403) before a retired one's 410.
+    const named = this.deps.catalogue.find(request.model);
+    if (named) this.deps.limits.checkModel(client, named.id);
     const model = this.deps.catalogue.resolve(request.model);
     outcome.model = model.id;
     const route = model.describe;

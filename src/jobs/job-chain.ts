@@ -13,10 +13,12 @@ export interface JobChain {
   tried: string[];
   fallbacks: FallbackTaken[];
   /**
-   * Whether a model the chain has left may have billed (a timeout once upstream held the request):
-   * then so may the job, however its last model fails. Absent in older rows: see `leftBilled`.
+   * For each step of `fallbacks`, whether the model left may have billed (a timeout once upstream
+   * held the request): then so may the job, however its last model fails. A step without an entry
+   * (a row kept before this was, or a step taken by a replica of that version) counts as billed
+   * when it left a timeout: see `leftMayHaveBilled`.
    */
-  leftMayHaveBilled?: boolean;
+  stepsMayHaveBilled?: boolean[];
   /**
    * The params of the job's model now, once the chain has moved on: each model has its own (the
    * OpenAI façade translates `size` per model), and the row's request holds the first model's.
@@ -49,7 +51,7 @@ export function advancedChain(chain: JobChain, reason: string, mayHaveBilled: bo
     ...kept,
     tried: [...chain.tried, next.model],
     fallbacks: [...chain.fallbacks, { from, to: next.model, reason }],
-    leftMayHaveBilled: leftMayHaveBilled(chain) || mayHaveBilled,
+    stepsMayHaveBilled: [...chain.fallbacks.map((step, i) => stepMayHaveBilled(chain, step, i)), mayHaveBilled],
     ...(next.params !== undefined ? { params: next.params } : {}),
     next: rest,
   };
@@ -59,7 +61,11 @@ export function parseJobChain(json: string | null): JobChain | undefined {
   return json ? (JSON.parse(json) as JobChain) : undefined;
 }
 
-/** Whether a model the chain has left may have billed; rows kept before this was recorded say so of any timeout left. */
+function stepMayHaveBilled(chain: JobChain, step: FallbackTaken, i: number): boolean {
+  return chain.stepsMayHaveBilled?.[i] ?? step.reason === 'timeout';
+}
+
+/** Whether a model the chain has left may have billed. */
 export function leftMayHaveBilled(chain: JobChain): boolean {
-  return chain.leftMayHaveBilled ?? chain.fallbacks.some((f) => f.reason === 'timeout');
+  return chain.fallbacks.some((step, i) => stepMayHaveBilled(chain, step, i));
 }

@@ -154,7 +154,9 @@ export class UpstreamClient {
       return await this.exchangeAndPoll(req, signal, hooks, progress);
     } catch (err) {
       // Cut off by the caller's deadline (UPSTREAM_TIMEOUT_MS), not by the caller leaving: a timeout.
-      if (signal.aborted && !(err instanceof UpstreamFailure) && hooks.deadline !== undefined && this.now() >= hooks.deadline) {
+      // Told by the abort's reason where it is a timeout's: a timer may fire a little before the clock reads the deadline.
+      const deadlinePassed = (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError' || (hooks.deadline !== undefined && this.now() >= hooks.deadline);
+      if (signal.aborted && !(err instanceof UpstreamFailure) && deadlinePassed) {
         throw new UpstreamFailure('timeout', 'no complete upstream answer before the deadline', {
           cause: err,
           ...(progress.sent ? {} : { mayHaveBilled: false }),
