@@ -88,6 +88,12 @@ describe('CATALOGUE_FILE at start', () => {
     const narrow = await h!.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${minted.json().key}` }, payload: { model: 'dall-e-3', prompt: 'x' } });
     expect(narrow.statusCode, narrow.body).toBe(403);
     expect(narrow.json().error.details[0]).toMatchObject({ field: 'model', message: 'is not in this key’s allow-list' });
+    // A key that may use the retired model but not its replacement is told so, not sent to a 403 next.
+    const mintedOld = await h!.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${ADMIN_KEY}` }, payload: { team: 'old', id: 'old-web', models: ['dall-e-3', 'gpt-image-1'] } });
+    expect(mintedOld.statusCode, mintedOld.body).toBe(201);
+    const old = await h!.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${mintedOld.json().key}` }, payload: { model: 'dall-e-3', prompt: 'x' } });
+    expect(old.statusCode, old.body).toBe(410);
+    expect(old.json().error.message).toBe("dall-e-3 is retired; its replacement gpt-image-2 is not in key old-web's allow-list: an operator may allow it");
     // So too as a fallback model.
     const asFallback = await h!.app.inject({
       method: 'POST',

@@ -89,14 +89,24 @@ export class ModelCatalogue {
     if (!model) {
       throw invalidField('model', `"${name}" is not a model this gateway serves; GET /v1/models lists them`);
     }
-    if (model.retired) {
-      const replacement = model.retired.replacement;
-      throw new GatewayError('model_retired', `${model.id} is retired; use ${replacement} instead`, {
-        details: [{ field: 'model', message: `retired; replacement: ${replacement}`, allowed: [replacement] }],
-      });
-    }
+    if (model.retired) throw retiredModel(model.id, model.retired.replacement);
     return model;
   }
+}
+
+/**
+ * The 410 of a retired model, naming its replacement; `keyId`: the key asking may not use that
+ * replacement (its allow-list), so the answer says so rather than send it to a 403 next.
+ */
+export function retiredModel(modelId: string, replacement: string, keyId?: string): GatewayError {
+  if (keyId !== undefined) {
+    return new GatewayError('model_retired', `${modelId} is retired; its replacement ${replacement} is not in key ${keyId}'s allow-list: an operator may allow it`, {
+      details: [{ field: 'model', message: `retired; replacement: ${replacement}, which this key may not use`, allowed: [] }],
+    });
+  }
+  return new GatewayError('model_retired', `${modelId} is retired; use ${replacement} instead`, {
+    details: [{ field: 'model', message: `retired; replacement: ${replacement}`, allowed: [replacement] }],
+  });
 }
 
 export function operationsOf(model: ModelSpec): Operation[] {

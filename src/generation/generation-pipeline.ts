@@ -201,7 +201,7 @@ export class GenerationPipeline {
     // A model outside the key's allow-list is refused as such (403) before the catalogue says it is
     // retired (410), whose replacement the key may not be allowed either.
     const named = this.deps.catalogue.find(request.model);
-    if (named) this.deps.limits.checkModel(client, named.id);
+    if (named) this.deps.limits.checkNamedModel(client, named);
     // With images still to read, what does not need their bytes is checked first (the same checks again once they are read).
     let prepared = call.loadImages ? undefined : await this.deps.generation.prepare(request);
     const { model, route, mode } = prepared ?? this.deps.generation.check(request);
@@ -331,7 +331,7 @@ export class GenerationPipeline {
     const asked = { ...call.request, model: spec.id };
     const request = call.forModel ? call.forModel(asked) : asked;
     // The key's allow-list first: a retired model outside it is refused as such (403), not as retired (410).
-    this.deps.limits.checkModel(call.client, spec.id);
+    this.deps.limits.checkNamedModel(call.client, spec);
     const { model, route, mode } = this.deps.generation.check(request);
     this.deps.limits.checkPriced(call.client, model.id, route.price !== undefined, mode);
     return { model, route, request };

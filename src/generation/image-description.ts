@@ -62,7 +62,7 @@ export class ImageDescription {
     outcome.imagesRequested = 0;
     // A model outside the key's allow-list is refused as such (403) before a retired one's 410.
     const named = this.deps.catalogue.find(request.model);
-    if (named) this.deps.limits.checkModel(client, named.id);
+    if (named) this.deps.limits.checkNamedModel(client, named);
     const model = this.deps.catalogue.resolve(request.model);
     outcome.model = model.id;
     const route = model.describe;

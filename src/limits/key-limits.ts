@@ -1,5 +1,6 @@
 import { GatewayError, type ErrorDetail } from '../errors.js';
-import { GROUP_FIELD, SEQUENTIAL_MAX_IMAGES } from '../catalogue/catalogue.js';
+import { GROUP_FIELD, SEQUENTIAL_MAX_IMAGES, retiredModel } from '../catalogue/catalogue.js';
+import type { ModelSpec } from '../catalogue/model-spec.js';
 import type { Client, TokenGrant } from '../auth/client-keys.js';
 import { modelAllowed } from '../auth/key-policy.js';
 import type { Counters } from './counters.js';
@@ -156,6 +157,15 @@ export class KeyLimits {
     this.seeded.add(key);
     const used = await this.usageSoFar(keyId, window);
     await this.counters.seed(key, Math.round(used * scale), windowMs);
+  }
+
+  /**
+   * The model a request names, against the key before the catalogue answers for it: outside the
+   * allow-list, a 403; retired, a 410 that says when the key may not use the replacement either.
+   */
+  checkNamedModel(client: Client, model: ModelSpec): void {
+    this.checkModel(client, model.id);
+    if (model.retired && !modelAllowed(client, model.retired.replacement)) throw retiredModel(model.id, model.retired.replacement, client.id);
   }
 
   checkModel(client: Client, modelId: string): void {
