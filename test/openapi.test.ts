@@ -166,7 +166,7 @@ describe('openapi.yaml and the running app', () => {
     const admin = { authorization: `Bearer ${ADMIN_KEY}` };
     type Ref = { $ref?: string; headers?: Record<string, unknown> };
     const resolve = (r: Ref): Ref => (r.$ref ? resolve((spec.components as unknown as Record<string, Record<string, Ref>>).responses![r.$ref.split('/').pop()!]!) : r);
-    const watched = /^(x-request-id|x-ratelimit-.*|idempotent-replayed|location|retry-after)$/;
+    const watched = /^(x-request-id|x-ratelimit-.*|idempotent-replayed|location|retry-after|x-accel-buffering|etag|set-cookie|content-range)$/;
     const undeclared = (method: string, path: string, res: { statusCode: number; headers: Record<string, unknown> }) => {
       const entry = spec.paths[path]![method]!.responses[String(res.statusCode)] as Ref | undefined;
       if (!entry) return [`${method} ${path} ${res.statusCode} (status not listed)`];
@@ -208,7 +208,39 @@ describe('openapi.yaml and the running app', () => {
     const overToken = await generate({ n: 2 }, token);
     expect(overToken.statusCode).toBe(429);
     found.push(...undeclared('post', '/v1/generate', overToken));
+    // Event streams: the gateway's, OpenAI's, a job's.
+    const streamed = await generate({ stream: true });
+    expect(streamed.headers['x-accel-buffering']).toBe('no');
+    found.push(...undeclared('post', '/v1/generate', streamed));
+    found.push(...undeclared('post', '/v1/images/generations', await generate({ stream: true }, auth, '/v1/images/generations')));
+    const events = await h.app.inject({ method: 'GET', url: `${accepted.json().status_url}/events`, headers: auth });
+    expect(events.statusCode).toBe(200);
+    found.push(...undeclared('get', '/v1/jobs/{id}/events', events));
+    // A stored image: whole, a range of it, not modified.
+    const url = new URL(sync.json().images[0].url);
+    const image = await h.app.inject({ method: 'GET', url: url.pathname + url.search });
+    found.push(...undeclared('get', '/v1/images/{id}', image));
+    const range = await h.app.inject({ method: 'GET', url: url.pathname + url.search, headers: { range: 'bytes=0-9' } });
+    expect(range.statusCode).toBe(206);
+    found.push(...undeclared('get', '/v1/images/{id}', range));
+    const notModified = await h.app.inject({ method: 'GET', url: url.pathname + url.search, headers: { 'if-none-match': String(image.headers.etag) } });
+    expect(notModified.statusCode).toBe(304);
+    found.push(...undeclared('get', '/v1/images/{id}', notModified));
+    // Signing out of the console clears its cookie.
+    const host = 'gw.test';
+    const signOut = await h.app.inject({ method: 'DELETE', url: '/console/api/session', headers: { host, origin: `http://${host}`, 'x-console-request': '1' } });
+    expect(signOut.statusCode).toBe(204);
+    expect(String(signOut.headers['set-cookie'])).toMatch(/^gw_console=;/);
+    found.push(...undeclared('delete', '/console/api/session', signOut));
     expect(found).toEqual([]);
+  });
+
+  it("the JSON request examples of POST /v1/edit and /v1/upscale are taken as written", async () => {
+    for (const path of ['/v1/edit', '/v1/upscale']) {
+      const example = (spec.paths[path]!.post as unknown as { requestBody: { content: Record<string, { example: Record<string, unknown> }> } }).requestBody.content['application/json']!.example;
+      const res = await h.app.inject({ method: 'POST', url: path, headers: h.auth, payload: example });
+      expect(res.statusCode, `${path}: ${res.body}`).toBe(200);
+    }
   });
 
   it('the schema check itself refuses a body that breaks the spec', () => {
