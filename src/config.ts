@@ -473,7 +473,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   }
   const known = new Set(models.flatMap((m) => [m.id, ...m.aliases]));
   const unknownPrices = Object.keys(config.PRICE_OVERRIDES).filter((name) => !known.has(name));
-  // Not checked when CATALOGUE_FILE is refused: a name it would have added would be reported too.
+  // Not checked once a problem is found (CATALOGUE_FILE refused): a name it would have added would be reported too.
   if (problems.length === 0) problems.push(...unknownPrices.map((name) => `PRICE_OVERRIDES names "${name}", which is not a catalogue model id or alias`));
   // Named by variable and team, never by the key itself.
   const examples = [
@@ -519,7 +519,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { require
   if (config.MAX_REQUEST_BYTES < config.MAX_UPLOAD_BYTES) {
     problems.push(`MAX_REQUEST_BYTES (${config.MAX_REQUEST_BYTES}) must be at least MAX_UPLOAD_BYTES (${config.MAX_UPLOAD_BYTES}): one upload must fit in a request`);
   }
-  if (opts.requireUpstreamKey && !config.AIHUBMIX_API_KEY) {
+  // Commas alone (`,`) give no key either.
+  if (opts.requireUpstreamKey && !config.AIHUBMIX_API_KEY?.split(',').some((key) => key.trim() !== '')) {
     problems.push('AIHUBMIX_API_KEY is required (the upstream key; it never leaves the server)');
   }
   if (problems.length > 0) throw invalidConfiguration(problems);

@@ -189,6 +189,10 @@ describe('configuration from the environment', () => {
     expect(loadConfig({ AIHUBMIX_API_KEY: 'sk-...real' }, { requireUpstreamKey: true }).AIHUBMIX_API_KEY).toBe('sk-...real');
   });
 
+  it('takes commas alone in AIHUBMIX_API_KEY as no key', () => {
+    expect(() => loadConfig({ AIHUBMIX_API_KEY: ' , ' }, { requireUpstreamKey: true })).toThrow(/AIHUBMIX_API_KEY is required/);
+  });
+
   it('names every problem of a start at once, not one a try (PUBLIC_BASE_URL in production and AIHUBMIX_API_KEY)', () => {
     expect(() => loadConfig({ NODE_ENV: 'production', S3_ENDPOINT: 'http://minio:9000' }, { requireUpstreamKey: true })).toThrow(
       /^invalid configuration: S3_BUCKET is required when S3_ENDPOINT .*; PUBLIC_BASE_URL is required when NODE_ENV=production.*; AIHUBMIX_API_KEY is required/,

@@ -372,7 +372,7 @@ describe("upstream refusing the gateway's own key (401), answered so that no cli
     expect(res.headers['x-should-retry']).toBe('false');
   });
 
-  it('a request run as a job (an Idempotency-Key), and its replay, say so too', async () => {
+  it('a request run as a job (an Idempotency-Key) says so too; never paid, its key is freed for the next try', async () => {
     const h = await startHarness();
     closers.push(() => h.close());
     h.simulator.failNext('http401');
@@ -385,5 +385,20 @@ describe("upstream refusing the gateway's own key (401), answered so that no cli
     const again = await send();
     expect(again.headers['idempotent-replayed']).not.toBe('true');
     expect(again.statusCode, again.body).toBe(200);
+  });
+
+  it('every key set aside, in a job: nothing was sent, so the key is freed, not kept with a stale Retry-After', async () => {
+    const h = await startHarness({ AIHUBMIX_API_KEY: `${UPSTREAM_KEY},${UPSTREAM_KEY}-second`, UPSTREAM_KEY_COOLDOWN_MS: '300000' });
+    closers.push(() => h.close());
+    h.simulator.failNext('http401', 2);
+    const send = () =>
+      h.app.inject({ method: 'POST', url: '/v1/generate', headers: { ...h.auth, 'idempotency-key': 'keys-set-aside' }, payload: { model: 'gpt-image-1', prompt: 'no key left' } });
+    const first = await send();
+    expect(first.statusCode, first.body).toBe(502);
+    expect(first.headers['x-should-retry']).toBe('false');
+    // Both keys are still set aside: refused again, but run again, not replayed.
+    const again = await send();
+    expect(again.statusCode, again.body).toBe(502);
+    expect(again.headers['idempotent-replayed']).not.toBe('true');
   });
 });

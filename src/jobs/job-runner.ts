@@ -596,6 +596,8 @@ export class JobRunner {
     let chain = parseJobChain(row.chain_json);
     let result: GenerationResult | undefined;
     let failure: GatewayError | undefined;
+    // Upstream said it was not billed (never sent, refused unbilled): the Idempotency-Key is freed.
+    let unbilled = false;
     // Once per model of the chain: each has UPSTREAM_TIMEOUT_MS of its own, as in a direct request.
     for (;;) {
       const deadlineAt = Date.now() + this.o.upstreamTimeoutMs;
@@ -650,6 +652,7 @@ export class JobRunner {
           : cause;
         // A model left after a timeout (fallback_on_timeout) may have billed: so may the job, however its last model failed.
         const told = chain && leftMayHaveBilled(chain) ? billedToo(allTried) : allTried;
+        unbilled = told instanceof UpstreamFailure && !told.mayHaveBilled;
         failure =
           told instanceof GatewayError
             ? told
@@ -676,7 +679,7 @@ export class JobRunner {
       }
     }
     if (result && chain) result = { ...result, requested_model: chain.requested };
-    await this.finish(row, result, failure);
+    await this.finish(row, result, failure, unbilled);
   }
 
   /** The job's request for its model now, from its row (a job taken over, or moved along its chain). */
@@ -732,7 +735,8 @@ export class JobRunner {
     return { row: updated, chain: moved };
   }
 
-  private async finish(row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined): Promise<void> {
+  /** `unbilled`: upstream said the failure cost nothing, though its answer may not show it (no upstream status: nothing was sent). */
+  private async finish(row: JobRow, result: GenerationResult | undefined, failure: GatewayError | undefined, unbilled = false): Promise<void> {
     const id = row.id;
     const error: StoredError | null = failure
       ? {
@@ -779,7 +783,7 @@ export class JobRunner {
     for (const watch of watchers ?? []) await watch(result, failure).catch((err) => this.o.log.error({ err, job_id: id }, 'settling a finished job failed'));
     this.observeFinished?.(result ? 'succeeded' : 'failed', result ? '' : (failure?.code ?? 'internal_error'));
     this.o.events.publish(id, { type: 'finished' });
-    if (failure && neverPaid(failure)) await this.records.releaseIdempotencyKeysOf(id);
+    if (failure && (unbilled || neverPaid(failure))) await this.records.releaseIdempotencyKeysOf(id);
     // A job carried on from a replica that stopped (or died, or stalled past its lease), or from
     // this process before a restart: its reservation, kept in the row, is settled here, once.
     if (!watchers && row.reservation_json && this.o.settleKept) {

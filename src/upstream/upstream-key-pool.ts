@@ -42,6 +42,7 @@ export class UpstreamKeyPool {
     }
     // Retry-After: when the first key set aside is tried again (UPSTREAM_KEY_COOLDOWN_MS), past which a
     // client library's own retries (within a minute) would only meet this refusal again.
+    if (this.keys.length === 0) throw new UpstreamFailure('auth', 'no upstream key is configured (AIHUBMIX_API_KEY); an operator must set one');
     const soonest = Math.min(...this.keys.map((k) => k.setAsideUntil)) - now;
     throw new UpstreamFailure('auth', 'upstream has refused every configured upstream key recently (HTTP 401/403); an operator must check the keys and balance', {
       retryAfterSeconds: Math.max(1, Math.ceil(soonest / 1000)),
