@@ -17,13 +17,17 @@ export async function serve(config: Config, opts: { onClose?: () => Promise<void
     if (stopSince !== undefined) {
       // One stop often arrives twice at once: a terminal's Ctrl-C reaches npm and the gateway, and
       // npm passes its copy on; systemd signals every process of the unit. Only a later one counts.
-      if (Date.now() - stopSince < REPEATED_SIGNAL_MS) return;
+      if (performance.now() - stopSince < REPEATED_SIGNAL_MS) {
+        app.log.debug({ signal }, 'taken as the same stop (within a second of the first)');
+        return;
+      }
       // A second signal (Ctrl-C again) ends the wait: what was in flight is left as a kill would
       // leave it (jobs taken up after a restart as after a crash, usage records kept so far durable).
       app.log.warn({ signal }, 'stopped at once: a second signal came during the graceful stop');
       process.exit(1);
     }
-    const since = (stopSince = Date.now());
+    stopSince = performance.now();
+    const since = Date.now();
     app.log.info({ signal }, `shutting down: requests and jobs in flight may finish; a second SIGTERM or SIGINT (Ctrl-C) a second from now stops at once`);
     app.close().then(
       () => {

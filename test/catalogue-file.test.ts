@@ -94,7 +94,13 @@ describe('CATALOGUE_FILE at start', () => {
     const old = await h!.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${mintedOld.json().key}` }, payload: { model: 'dall-e-3', prompt: 'x' } });
     expect(old.statusCode, old.body).toBe(410);
     expect(old.json().error.message).toBe("dall-e-3 is retired; its replacement gpt-image-2 is not in key old-web's allow-list: an operator may allow it");
-    // So too as a fallback model.
+    // A browser token names its own list.
+    const tokenMinted = await h!.app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: `Bearer ${mintedOld.json().key}` }, payload: { models: ['dall-e-3'] } });
+    expect(tokenMinted.statusCode, tokenMinted.body).toBe(201);
+    const byToken = await h!.app.inject({ method: 'POST', url: '/v1/generate', headers: { authorization: `Bearer ${tokenMinted.json().token}` }, payload: { model: 'dall-e-3', prompt: 'x' } });
+    expect(byToken.statusCode, byToken.body).toBe(410);
+    expect(byToken.json().error.message).toMatch(/^dall-e-3 is retired; its replacement gpt-image-2 is not in browser token \S+'s models$/);
+    // A model outside the allow-list named as a fallback model: its 403 too.
     const asFallback = await h!.app.inject({
       method: 'POST',
       url: '/v1/generate',

@@ -353,6 +353,8 @@ describe('a second SIGTERM during a graceful stop (dist/server.js)', () => {
       // The same stop delivered twice at once (npm's copy of a terminal's Ctrl-C, systemd's signal to
       // every process of the unit) is one stop: the gateway waits for the call.
       child.kill('SIGTERM');
+      // Apart, so that the kernel does not merge them into one, and within the second.
+      await sleep(200);
       child.kill('SIGTERM');
       const first = await Promise.race([exited, sleep(1500).then(() => 'waiting' as const)]);
       expect(first).toBe('waiting');

@@ -60,7 +60,8 @@ async function startNpm(detached = false): Promise<{ port: number; output: () =>
   let output = '';
   started.stdout!.on('data', (chunk) => (output += chunk));
   started.stderr!.on('data', (chunk) => (output += chunk));
-  const exited = new Promise<number | null>((resolve) => started.once('exit', (code) => resolve(code)));
+  // 'close': the process has exited and its output has all been read.
+  const exited = new Promise<number | null>((resolve) => started.once('close', (code) => resolve(code)));
   for (let i = 0; i < 600 && !(await answers(port)); i++) {
     if (started.exitCode !== null) throw new Error(`npm start exited: ${output}`);
     await sleep(25);

@@ -95,12 +95,12 @@ export class ModelCatalogue {
 }
 
 /**
- * The 410 of a retired model, naming its replacement; `keyId`: the key asking may not use that
- * replacement (its allow-list), so the answer says so rather than send it to a 403 next.
+ * The 410 of a retired model, naming its replacement; `notIn`: the list the asking key (or browser
+ * token) may use leaves that replacement out, so the answer says so rather than send it to a 403 next.
  */
-export function retiredModel(modelId: string, replacement: string, keyId?: string): GatewayError {
-  if (keyId !== undefined) {
-    return new GatewayError('model_retired', `${modelId} is retired; its replacement ${replacement} is not in key ${keyId}'s allow-list: an operator may allow it`, {
+export function retiredModel(modelId: string, replacement: string, notIn?: string): GatewayError {
+  if (notIn !== undefined) {
+    return new GatewayError('model_retired', `${modelId} is retired; its replacement ${replacement} is not in ${notIn}`, {
       details: [{ field: 'model', message: `retired; replacement: ${replacement}, which this key may not use`, allowed: [] }],
     });
   }

@@ -165,7 +165,10 @@ export class KeyLimits {
    */
   checkNamedModel(client: Client, model: ModelSpec): void {
     this.checkModel(client, model.id);
-    if (model.retired && !modelAllowed(client, model.retired.replacement)) throw retiredModel(model.id, model.retired.replacement, client.id);
+    if (model.retired && !modelAllowed(client, model.retired.replacement)) {
+      const notIn = client.token ? `browser token ${client.token.id}'s models` : `key ${client.id}'s allow-list: an operator may allow it`;
+      throw retiredModel(model.id, model.retired.replacement, notIn);
+    }
   }
 
   checkModel(client: Client, modelId: string): void {
