@@ -205,7 +205,6 @@ export class GenerationPipeline {
     // With images still to read, what does not need their bytes is checked first (the same checks again once they are read).
     let prepared = call.loadImages ? undefined : await this.deps.generation.prepare(request);
     const { model, route, mode } = prepared ?? this.deps.generation.check(request);
-    this.deps.limits.checkModel(client, model.id);
     this.deps.limits.checkPriced(client, model.id, route.price !== undefined, mode);
     // The whole fallback chain is checked now: each model must take the request, the key, its budget.
     const fallbacks = this.checkFallbacks(call, model);

@@ -68,7 +68,6 @@ export class ImageDescription {
     const route = model.describe;
     if (!route) throw invalidField('model', `${model.id} does not describe images; use ${endpointsOf(model)}`, operationsOf(model));
     checkDescribe(model, route, request);
-    this.deps.limits.checkModel(client, model.id);
     this.deps.limits.checkPriced(client, model.id, false);
     const reservation = await this.deps.limits.reserve(client, 0, null);
     let started = false;
